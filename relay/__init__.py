@@ -1,0 +1,1 @@
+"""wa-relay: the relay node (protocol, ring, server, federation, directory)."""

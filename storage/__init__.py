@@ -1,0 +1,22 @@
+"""Pluggable storage for wa-relay nodes: the :class:`Storage` protocol, backends, registry.
+
+Backends are chosen by URL with :func:`open_storage`: ``lmdb:///path`` (default),
+``memory://``; third parties register an entry point in group ``wa_relay.storage``
+and prove themselves with :mod:`storage.testing`.
+"""
+
+from .base import OutboxEntry, QueueItem, Storage
+from .errors import (
+    DuplicateKey,
+    QueueFull,
+    StaleVersion,
+    StorageError,
+    StorageFull,
+    UnknownBackend,
+)
+from .registry import open_storage, register_backend
+
+__all__ = [
+    "DuplicateKey", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
+    "StorageError", "StorageFull", "UnknownBackend", "open_storage", "register_backend",
+]

@@ -1,0 +1,153 @@
+"""The :class:`Storage` protocol: everything a wa-relay node keeps on disk.
+
+Contract for every backend (checked by :mod:`storage.testing`):
+
+* All methods are async and Trio-friendly: a backend never blocks the event
+  loop on disk I/O and never fsyncs on it (run blocking work in
+  ``trio.to_thread``). Methods may be called concurrently from many tasks.
+* A mutating call returns only after its effect is *durable* (survives a
+  process kill -9 and a power loss as far as the backend's medium allows).
+  Backends are encouraged to batch concurrent mutations into one durable
+  transaction (group commit).
+* Each call is atomic: it applies entirely or not at all. When a call raises
+  :class:`~storage.errors.StorageFull` or :class:`~storage.errors.QueueFull`,
+  nothing of it was stored and everything committed before is intact.
+* Keys are ``user_id: str`` (52 chars) and ``device_id: int``. Values are
+  opaque ``bytes`` that the backend never interprets (they are ciphertext
+  envelopes, signed device lists, public keys).
+* Sequence numbers of one device queue start at 1 and strictly increase; they
+  are never reused for that device, even after acks, purges or restarts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One queued envelope. ``ts`` is when it was enqueued, in seconds since the epoch."""
+
+    seq: int
+    ts: float
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A request the node accepted but could not hand to peer node ``dest`` yet.
+
+    ``outbox_id`` increases in insertion order; ``attempts`` counts failed tries.
+    """
+
+    outbox_id: int
+    dest: str
+    payload: bytes
+    attempts: int
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What a storage backend provides. See the module docstring for the contract."""
+
+    # -- lifecycle
+
+    async def aclose(self) -> None:
+        """Flush pending writes and release resources. Idempotent."""
+
+    # -- device lists (key directory)
+
+    async def get_device_list(self, user_id: str) -> tuple[int, bytes] | None:
+        """The stored ``(version, signed_blob)`` of ``user_id``, or ``None``."""
+
+    async def put_device_list(self, user_id: str, version: int, blob: bytes) -> None:
+        """Store a device list if ``version`` is greater than the stored one.
+
+        Raises:
+            StaleVersion: if a list with version >= ``version`` is stored.
+            StorageFull: nothing stored.
+        """
+
+    # -- one-time keys and fallback keys
+
+    async def add_one_time_keys(
+        self, user_id: str, device_id: int, keys: list[tuple[str, bytes]]
+    ) -> int:
+        """Add ``(key_id, public_key)`` pairs for a device; return how many it now holds.
+
+        Raises:
+            DuplicateKey: a key id is repeated in ``keys`` or already stored
+                (also if it was already claimed); nothing stored.
+            StorageFull: nothing stored.
+        """
+
+    async def set_fallback_key(self, user_id: str, device_id: int, key_id: str, key: bytes) -> None:
+        """Replace the device's fallback key (handed out when no one-time key is left)."""
+
+    async def claim_key(self, user_id: str, device_id: int) -> tuple[str, bytes, bool] | None:
+        """Atomically take one key for the device: ``(key_id, key, is_fallback)``.
+
+        A one-time key is returned to at most one caller, ever, even under
+        concurrent claims; it is deleted in the same transaction. When none is
+        left, the fallback key is returned (not deleted). ``None`` if neither exists.
+        """
+
+    async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
+        """How many unclaimed one-time keys the device has."""
+
+    # -- per-device queues
+
+    async def enqueue(
+        self, items: list[tuple[str, int, bytes]], *, dedupe: bytes | None = None,
+        max_queue: int | None = None, now: float | None = None,
+    ) -> list[int] | None:
+        """Append envelopes ``(user_id, device_id, envelope)`` to device queues, atomically.
+
+        Args:
+            items: the copies; several may target the same device.
+            dedupe: if given, an id (e.g. ``msg_id + user_id``). If the same
+                ``dedupe`` id was enqueued before (and not yet expired), nothing is
+                stored and ``None`` is returned: a retried request is idempotent.
+            max_queue: if given, the most envelopes one device queue may hold.
+            now: the enqueue time in seconds (default: ``time.time()``).
+
+        Returns:
+            The assigned sequence numbers, in ``items`` order, or ``None`` for a duplicate.
+
+        Raises:
+            QueueFull: some device queue would exceed ``max_queue``; nothing stored.
+            StorageFull: nothing stored.
+        """
+
+    async def read_queue(
+        self, user_id: str, device_id: int, after_seq: int = 0, limit: int = 256
+    ) -> list[QueueItem]:
+        """Up to ``limit`` queued items of the device with ``seq > after_seq``, in seq order."""
+
+    async def queue_length(self, user_id: str, device_id: int) -> int:
+        """How many envelopes the device's queue holds."""
+
+    async def ack(self, user_id: str, device_id: int, up_to_seq: int) -> int:
+        """Delete every queued item of the device with ``seq <= up_to_seq``; return how many."""
+
+    async def purge_device(self, user_id: str, device_id: int) -> int:
+        """Delete the device's whole queue and its keys; return how many envelopes went."""
+
+    async def expire(self, older_than: float) -> int:
+        """Delete queued items and dedupe ids enqueued before ``older_than``
+        (seconds since the epoch); return how many queued items went."""
+
+    # -- outbox (durable federation retries)
+
+    async def outbox_put(self, dest: str, payload: bytes) -> int:
+        """Durably store a request for peer node ``dest``; return its ``outbox_id``."""
+
+    async def outbox_list(self, dest: str | None = None, limit: int = 256) -> list[OutboxEntry]:
+        """Pending entries, oldest first, optionally only those for ``dest``."""
+
+    async def outbox_retry(self, outbox_id: int) -> None:
+        """Record one more failed attempt for the entry (no-op if it is gone)."""
+
+    async def outbox_delete(self, outbox_id: int) -> None:
+        """Remove a delivered (or finally bounced) entry. No-op if it is gone."""

@@ -1,0 +1,26 @@
+"""The storage package's one base error and its subclasses."""
+
+
+class StorageError(Exception):
+    """Base of every error a storage backend raises on purpose."""
+
+
+class StorageFull(StorageError):
+    """The disk or the backend's capacity (LMDB map) is full. Nothing of the
+    failed call was stored; earlier committed data is intact."""
+
+
+class QueueFull(StorageError):
+    """A device queue is at its bound; nothing of the failed call was stored."""
+
+
+class DuplicateKey(StorageError):
+    """An uploaded one-time key id already exists for that device; nothing was stored."""
+
+
+class StaleVersion(StorageError):
+    """A device list whose version does not grow over the stored one."""
+
+
+class UnknownBackend(StorageError):
+    """No backend is registered for the URL's scheme."""
