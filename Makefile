@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m bench.demo
+	$(BIN)/python -m demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check relay storage cli tests bench
