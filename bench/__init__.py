@@ -1,0 +1,1 @@
+"""Benchmarks for wa-relay: each scenario prints figures (run with ``make bench``)."""
