@@ -1,0 +1,308 @@
+"""Node and cluster configuration files (TOML), read with :mod:`tomllib`.
+
+``cluster.toml`` (the same file on every node)::
+
+    [[node]]
+    id = "n1"
+    url = "ws://127.0.0.1:7400"
+    public_key = "<standard base64 of the 32-byte Ed25519 public key>"
+
+``node.toml`` (one per node; relative paths are relative to its directory)::
+
+    id = "n1"
+    host = "127.0.0.1"
+    port = 7400
+    cluster = "../cluster.toml"
+    key_file = "node.key"          # 32-byte raw Ed25519 seed, mode 0600
+    storage = "lmdb:///abs/DIR/n1/data"
+    log_file = "node.log"          # optional
+    queue_ttl = 2592000            # seconds (30 days)
+    max_queue = 10000              # envelopes per device queue
+    max_frame = 1048576            # bytes
+
+Both files are flat, so they are written by hand (no extra dependency);
+strings are emitted as JSON strings, which are valid TOML basic strings.
+Every problem raises :class:`ConfigError` with a message naming the file
+and the field; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from .ring import NodeInfo
+
+DEFAULT_QUEUE_TTL = 30 * 24 * 3600
+DEFAULT_MAX_QUEUE = 10_000
+DEFAULT_MAX_FRAME = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid (CLI exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything one node needs to run.
+
+    Attributes:
+        id: this node's id; must appear in ``cluster``.
+        host, port: where to listen (port 0 = any free port).
+        cluster: all nodes of the cluster file, this one included.
+        signing_key: this node's Ed25519 key (its public half must match the cluster file).
+        storage: storage URL for :func:`storage.open_storage`.
+        log_file: extra log destination, or ``None``.
+        queue_ttl: seconds after which queued envelopes expire.
+        max_queue: most envelopes one device queue may hold.
+        max_frame: largest accepted WebSocket message, bytes.
+    """
+
+    id: str
+    host: str
+    port: int
+    cluster: tuple[NodeInfo, ...]
+    signing_key: nacl.signing.SigningKey
+    storage: str
+    log_file: Path | None = None
+    queue_ttl: float = DEFAULT_QUEUE_TTL
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_frame: int = DEFAULT_MAX_FRAME
+
+    @property
+    def node(self) -> NodeInfo:
+        """This node's cluster entry."""
+        for n in self.cluster:
+            if n.id == self.id:
+                return n
+        raise ConfigError(f"node {self.id!r} is not in the cluster file")  # pragma: no cover
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def _field(data: dict[str, Any], name: str, tp: type, where: str, default: Any = ...) -> Any:
+    if name not in data:
+        if default is ...:
+            raise ConfigError(f"{where}: missing field {name!r}")
+        return default
+    value = data[name]
+    if tp is int and (type(value) is not int):
+        raise ConfigError(f"{where}: field {name!r} must be an integer")
+    if tp is float and (type(value) not in (int, float)):
+        raise ConfigError(f"{where}: field {name!r} must be a number")
+    if tp is str and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: field {name!r} must be a non-empty string")
+    return value
+
+
+def load_cluster(path: str | os.PathLike[str]) -> tuple[NodeInfo, ...]:
+    """Read a cluster file.
+
+    Raises:
+        ConfigError: unreadable file, no ``[[node]]``, a bad field, duplicate ids.
+    """
+    path = Path(path)
+    data = _read_toml(path)
+    entries = data.get("node")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: expected at least one [[node]] table")
+    nodes: list[NodeInfo] = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: [[node]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: not a table")
+        node_id = _field(entry, "id", str, where)
+        url = _field(entry, "url", str, where)
+        if not url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"{where}: url must start with ws:// or wss://")
+        key_b64 = _field(entry, "public_key", str, where)
+        try:
+            key = base64.b64decode(key_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError(f"{where}: public_key is not standard base64") from exc
+        if len(key) != 32:
+            raise ConfigError(f"{where}: public_key must encode 32 bytes, got {len(key)}")
+        nodes.append(NodeInfo(node_id, url, key))
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: duplicate node id")
+    return tuple(nodes)
+
+
+def load_key(path: str | os.PathLike[str]) -> nacl.signing.SigningKey:
+    """Read a 32-byte raw Ed25519 seed.
+
+    Raises:
+        ConfigError: unreadable, wrong length, or readable by group/others.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+        seed = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from exc
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise ConfigError(f"{path}: key file must not be accessible by others (chmod 600)")
+    if len(seed) != 32:
+        raise ConfigError(f"{path}: key file must hold a 32-byte Ed25519 seed, got {len(seed)}")
+    return nacl.signing.SigningKey(seed)
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read ``node.toml``, the cluster file and the key file it names.
+
+    Raises:
+        ConfigError: any missing file, bad field, or inconsistency (node not in
+            the cluster, key not matching the cluster's public key).
+    """
+    path = Path(path)
+    data = _read_toml(path)
+    where = str(path)
+    base = path.resolve().parent
+
+    def rel(p: str) -> Path:
+        return (base / p) if not Path(p).is_absolute() else Path(p)
+
+    node_id = _field(data, "id", str, where)
+    host = _field(data, "host", str, where, "127.0.0.1")
+    port = _field(data, "port", int, where)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port must be within 0..65535")
+    cluster = load_cluster(rel(_field(data, "cluster", str, where)))
+    key = load_key(rel(_field(data, "key_file", str, where)))
+    storage = _field(data, "storage", str, where)
+    log_file = data.get("log_file")
+    if log_file is not None and (not isinstance(log_file, str) or not log_file):
+        raise ConfigError(f"{where}: field 'log_file' must be a non-empty string")
+    ttl = _field(data, "queue_ttl", float, where, DEFAULT_QUEUE_TTL)
+    max_queue = _field(data, "max_queue", int, where, DEFAULT_MAX_QUEUE)
+    max_frame = _field(data, "max_frame", int, where, DEFAULT_MAX_FRAME)
+    if ttl <= 0 or max_queue <= 0 or max_frame < 1024:
+        raise ConfigError(f"{where}: queue_ttl and max_queue must be > 0, max_frame >= 1024")
+    me = next((n for n in cluster if n.id == node_id), None)
+    if me is None:
+        raise ConfigError(f"{where}: node id {node_id!r} is not in the cluster file")
+    if bytes(key.verify_key) != me.public_key:
+        raise ConfigError(f"{where}: key_file does not match the public key of {node_id!r}")
+    return NodeConfig(
+        id=node_id, host=host, port=port, cluster=cluster, signing_key=key, storage=storage,
+        log_file=rel(log_file) if log_file else None, queue_ttl=float(ttl),
+        max_queue=max_queue, max_frame=max_frame,
+    )
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):  # pragma: no cover - not used by our files
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
+    """The text of a cluster file for ``nodes``."""
+    parts = []
+    for n in nodes:
+        key = base64.b64encode(n.public_key).decode("ascii")
+        parts.append(
+            f"[[node]]\nid = {_toml_value(n.id)}\nurl = {_toml_value(n.url)}\n"
+            f"public_key = {_toml_value(key)}\n"
+        )
+    return "\n".join(parts)
+
+
+def format_node(fields: dict[str, Any]) -> str:
+    """The text of a flat ``node.toml`` holding ``fields`` (str/int/float values)."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_key(path: Path, key: nacl.signing.SigningKey) -> None:
+    """Write the 32-byte seed of ``key`` to ``path`` with mode 0600 (created exclusively)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(bytes(key))
+
+
+def init_cluster(
+    data_dir: str | os.PathLike[str], nodes: int, base_port: int, host: str = "127.0.0.1"
+) -> list[Path]:
+    """Create (or complete) a local cluster layout under ``data_dir``.
+
+    Writes ``DIR/cluster.toml`` and ``DIR/nK/{node.toml,node.key}`` for
+    K = 1..``nodes`` on ports ``base_port``..``base_port + nodes - 1``, with
+    storage ``lmdb:///<abs DIR>/nK/data`` and ``log_file = "node.log"``.
+    Existing key files are kept, so a restart resumes with the same identities
+    and data; an existing ``node.toml`` is kept when its id and port match, and
+    ``cluster.toml`` is rewritten only when its content would change.
+
+    Returns:
+        The paths of the ``node.toml`` files, in node order.
+
+    Raises:
+        ConfigError: bad arguments, or an unreadable existing key file.
+    """
+    if nodes < 1 or not 0 < base_port <= 65535 - (nodes - 1):
+        raise ConfigError("need --nodes >= 1 and ports within 1..65535")
+    root = Path(data_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    infos: list[NodeInfo] = []
+    node_files: list[Path] = []
+    for k in range(1, nodes + 1):
+        node_id, port = f"n{k}", base_port + k - 1
+        node_dir = root / node_id
+        (node_dir / "data").mkdir(parents=True, exist_ok=True)
+        key_path = node_dir / "node.key"
+        if key_path.exists():
+            key = load_key(key_path)
+        else:
+            key = nacl.signing.SigningKey.generate()
+            write_key(key_path, key)
+        infos.append(NodeInfo(node_id, f"ws://{host}:{port}", bytes(key.verify_key)))
+        node_file = node_dir / "node.toml"
+        node_files.append(node_file)
+        if node_file.exists():
+            try:
+                existing = _read_toml(node_file)
+            except ConfigError:
+                existing = {}
+            if existing.get("id") == node_id and existing.get("port") == port:
+                continue
+        write_text_atomic(node_file, format_node({
+            "id": node_id, "host": host, "port": port, "cluster": "../cluster.toml",
+            "key_file": "node.key", "storage": f"lmdb://{node_dir / 'data'}",
+            "log_file": "node.log", "queue_ttl": DEFAULT_QUEUE_TTL,
+            "max_queue": DEFAULT_MAX_QUEUE, "max_frame": DEFAULT_MAX_FRAME,
+        }))
+    cluster_file = root / "cluster.toml"
+    text = format_cluster(infos)
+    if not cluster_file.exists() or cluster_file.read_text(encoding="utf-8") != text:
+        write_text_atomic(cluster_file, text)
+    return node_files

@@ -1,0 +1,235 @@
+"""Sans-I/O state machine of one connection, seen from the node (server side).
+
+States (docs/protocol.md, "Handshake")::
+
+    AWAIT_HELLO --hello--> AWAIT_AUTH --auth ok--> CLIENT
+                                      --peer_auth ok--> PEER
+    any state --close()--> CLOSED
+
+The I/O layer feeds every WebSocket message to :meth:`ServerConnection.receive_data`,
+which decodes it with the connection's limits, validates the frame and checks
+that it is allowed in the current state. Problems raise
+:class:`~relay.protocol.errors.RemoteProtocolError`; answer with
+:meth:`ServerConnection.error_frame` and close the WebSocket when the error's
+``close_code`` is set (text frame 1003, oversized frame 1009, unsupported
+version 1002, five consecutive bad frames 1008).
+
+Authentication decisions (signature checks against device lists or node keys)
+belong to the caller, which then calls :meth:`mark_authenticated_client` or
+:meth:`mark_authenticated_peer`. No I/O, no Trio.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .codec import DEFAULT_LIMITS, Limits, decode
+from .errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from .frames import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Ack,
+    Auth,
+    Challenge,
+    ClaimKeys,
+    Error,
+    Forward,
+    Frame,
+    GetDevices,
+    Hello,
+    PeerAuth,
+    Ping,
+    PutDevices,
+    Send,
+    Sync,
+    UploadKeys,
+    parse,
+)
+
+MAX_BAD_FRAMES = 5
+NONCE_SIZE = 32
+
+
+class ConnState(enum.Enum):
+    """Where a server-side connection is in its life."""
+
+    AWAIT_HELLO = "await_hello"
+    AWAIT_AUTH = "await_auth"
+    CLIENT = "client"
+    PEER = "peer"
+    CLOSED = "closed"
+
+
+# Requests a node accepts, per state (and per role while awaiting auth).
+_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, Ping})
+_PEER_PRE_AUTH: frozenset[type[Frame]] = frozenset({PeerAuth, Ping})
+_CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
+    {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping}
+)
+_PEER_REQUESTS: frozenset[type[Frame]] = frozenset({Forward, GetDevices, ClaimKeys, Ping})
+_ALL_REQUESTS = _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello, Auth, PeerAuth}
+
+
+class ServerConnection:
+    """One connection's protocol state on the node.
+
+    Args:
+        limits: decoding limits (``max_frame`` etc.) for every received message.
+        max_bad_frames: consecutive rejected frames after which the error
+            carries close code 1008.
+
+    Attributes:
+        state: the current :class:`ConnState`.
+        role: ``"client"`` or ``"peer"`` once ``hello`` was accepted, else ``None``.
+        nonce: the 32-byte challenge nonce once :meth:`challenge` was called.
+        user_id, device_id: the authenticated device (state ``CLIENT``).
+        peer_id: the authenticated node id (state ``PEER``).
+        last_request_id: the ``id`` of the last received message if it could
+            be read (0 otherwise); :meth:`error_frame` answers with it.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, max_bad_frames: int = MAX_BAD_FRAMES) -> None:
+        self.limits = limits
+        self.max_bad_frames = max_bad_frames
+        self.state = ConnState.AWAIT_HELLO
+        self.role: str | None = None
+        self.nonce: bytes | None = None
+        self.node_id: str | None = None
+        self.ring_version: str | None = None
+        self.user_id: str | None = None
+        self.device_id: int | None = None
+        self.peer_id: str | None = None
+        self.last_request_id = 0
+        self.bad_frames = 0
+        self._hello_seen = False
+
+    # ----------------------------------------------------------- receiving
+
+    def receive_data(self, data: bytes | bytearray | str) -> Frame:
+        """Decode, validate and admit one received WebSocket message.
+
+        Returns:
+            The frame, allowed in the current state. A ``hello`` is fully
+            checked here (version, role); the caller answers it with
+            :meth:`challenge`.
+
+        Raises:
+            RemoteProtocolError: with the code to answer; ``close_code`` set
+                when the connection must be closed (see the module docstring).
+            LocalProtocolError: called in state ``CLOSED``.
+        """
+        if self.state is ConnState.CLOSED:
+            raise LocalProtocolError("receive_data on a closed connection")
+        self.last_request_id = 0
+        try:
+            raw = decode(data, self.limits)
+            rid = raw.get("id")
+            if type(rid) is int and rid >= 0:
+                self.last_request_id = rid
+            frame = parse(raw, self.limits)
+            self._admit(frame)
+        except RemoteProtocolError as exc:
+            self.bad_frames += 1
+            if exc.close_code is None and self.bad_frames >= self.max_bad_frames:
+                raise RemoteProtocolError(
+                    exc.code, f"{exc.message} ({self.bad_frames} bad frames in a row)",
+                    close_code=CloseCode.POLICY_VIOLATION,
+                ) from exc
+            raise
+        self.bad_frames = 0
+        return frame
+
+    def _admit(self, frame: Frame) -> None:
+        cls = type(frame)
+        if cls not in _ALL_REQUESTS:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{frame.TYPE!r} is not a request")
+        if self.state is ConnState.AWAIT_HELLO:
+            if cls is not Hello:
+                raise RemoteProtocolError(ErrorCode.BAD_FRAME, "the first frame must be 'hello'")
+            self._check_hello(frame)  # type: ignore[arg-type]
+            return
+        if cls is Hello:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "'hello' was already received")
+        if self.state is ConnState.AWAIT_AUTH:
+            allowed = _CLIENT_PRE_AUTH if self.role == "client" else _PEER_PRE_AUTH
+            if self.nonce is None:
+                raise LocalProtocolError("challenge() must answer hello before more frames")
+            if cls not in allowed:
+                raise RemoteProtocolError(
+                    ErrorCode.UNAUTHORIZED, f"{frame.TYPE!r} needs an authenticated {self.role}"
+                )
+            return
+        allowed = _CLIENT_REQUESTS if self.state is ConnState.CLIENT else _PEER_REQUESTS
+        if cls in (Auth, PeerAuth):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "already authenticated")
+        if cls not in allowed:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, f"{frame.TYPE!r} is not allowed on a {self.role} connection"
+            )
+
+    def _check_hello(self, hello: Hello) -> None:
+        if hello.role not in ("client", "peer"):
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "role must be 'client' or 'peer'")
+        if not any(v in SUPPORTED_VERSIONS for v in hello.versions):
+            raise RemoteProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"no common protocol version; this node speaks {list(SUPPORTED_VERSIONS)}",
+                close_code=CloseCode.PROTOCOL_ERROR,
+            )
+        self.role = hello.role
+        self.state = ConnState.AWAIT_AUTH
+
+    # ----------------------------------------------------------- sending side
+
+    def challenge(self, nonce: bytes, node_id: str, ring_version: str) -> Challenge:
+        """The ``challenge`` answering the accepted ``hello`` (id repeated).
+
+        Args:
+            nonce: 32 fresh random bytes; devices and peers sign over it.
+            node_id: this node's id.
+            ring_version: this node's ring version.
+
+        Raises:
+            LocalProtocolError: not right after ``hello``, or a nonce of the wrong size.
+        """
+        if self.state is not ConnState.AWAIT_AUTH or self.nonce is not None:
+            raise LocalProtocolError("challenge() answers an accepted hello, once")
+        if len(nonce) != NONCE_SIZE:
+            raise LocalProtocolError(f"the nonce must be {NONCE_SIZE} bytes")
+        self.nonce, self.node_id, self.ring_version = nonce, node_id, ring_version
+        return Challenge(
+            id=self.last_request_id, version=PROTOCOL_VERSION, node_id=node_id,
+            ring_version=ring_version, nonce=nonce,
+        )
+
+    def mark_authenticated_client(self, user_id: str, device_id: int) -> None:
+        """The caller verified an ``auth``: the connection now serves this device.
+
+        Raises:
+            LocalProtocolError: not awaiting a client's auth.
+        """
+        if self.state is not ConnState.AWAIT_AUTH or self.role != "client" or self.nonce is None:
+            raise LocalProtocolError("mark_authenticated_client outside a client's auth")
+        self.user_id, self.device_id = user_id, device_id
+        self.state = ConnState.CLIENT
+
+    def mark_authenticated_peer(self, peer_id: str) -> None:
+        """The caller verified a ``peer_auth``: the connection now serves node ``peer_id``.
+
+        Raises:
+            LocalProtocolError: not awaiting a peer's auth.
+        """
+        if self.state is not ConnState.AWAIT_AUTH or self.role != "peer" or self.nonce is None:
+            raise LocalProtocolError("mark_authenticated_peer outside a peer's auth")
+        self.peer_id = peer_id
+        self.state = ConnState.PEER
+
+    def close(self) -> None:
+        """Enter ``CLOSED``; further :meth:`receive_data` calls are a local error."""
+        self.state = ConnState.CLOSED
+
+    def error_frame(self, exc: RemoteProtocolError, request_id: int | None = None) -> Error:
+        """The ``error`` frame for ``exc``, answering ``request_id`` (default:
+        the last received message's id, 0 when it was unreadable)."""
+        rid = self.last_request_id if request_id is None else request_id
+        return Error(id=rid, code=exc.code.value, message=exc.message)

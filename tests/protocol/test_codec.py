@@ -1,0 +1,128 @@
+"""The codec and frame parser on hostile input: only RemoteProtocolError, bounded memory."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.protocol import (
+    CloseCode,
+    ErrorCode,
+    Limits,
+    RemoteProtocolError,
+    decode,
+    encode,
+    read_frame,
+)
+
+SMALL = Limits(max_frame=4096, max_bin=1024, max_str=256, max_array=16, max_map=8, max_copies=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2048))
+def test_decoding_any_bytes_raises_only_remote_protocol_error(data: bytes) -> None:
+    try:
+        read_frame(data)
+    except RemoteProtocolError as exc:
+        assert isinstance(exc.code, ErrorCode)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64).map(lambda b: bytes([0xDD, 0xFF, 0xFF, 0xFF, 0xFF]) + b))
+def test_decoding_any_bytes_with_small_limits(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        read_frame(data, SMALL)
+
+
+_msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=8) | st.integers(-5, 5), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["hello", "auth", "send", "forward", "put_devices", "upload_keys", "ack", "x"]),
+    st.dictionaries(st.text(max_size=12), _msgpack_values, max_size=6),
+)
+def test_any_msgpack_map_parses_or_raises_remote_protocol_error(t: str, fields: dict) -> None:
+    try:
+        frame = read_frame(msgpack.packb({"t": t, "id": 1, **fields}, use_bin_type=True))
+    except RemoteProtocolError:
+        return
+    assert frame.TYPE == t
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes.fromhex("ddffffffff"),  # array32 claiming 4 G entries
+        bytes.fromhex("dfffffffff"),  # map32 claiming 4 G entries
+        bytes.fromhex("c6ffffffff"),  # bin32 claiming 4 GiB
+        bytes.fromhex("dbffffffff"),  # str32 claiming 4 GiB
+        bytes.fromhex("c7ff01"),  # ext
+        b"",
+        b"\xc1",  # never-used byte
+        encode({"t": "ping", "id": 1}) + b"\x00",  # trailing data
+        msgpack.packb([1, 2, 3]),  # not a map
+        msgpack.packb({1: "x"}),  # non-string key
+    ],
+)
+def test_hostile_bytes_are_bad_frame(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(data)
+    assert info.value.code is ErrorCode.BAD_FRAME
+    assert info.value.close_code is None
+
+
+def test_text_frame_closes_1003() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode("hello")
+    assert info.value.code is ErrorCode.BAD_FRAME
+    assert info.value.close_code is CloseCode.UNSUPPORTED_DATA
+
+
+def test_oversized_frame_closes_1009() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(b"\x80" * (SMALL.max_frame + 1), SMALL)
+    assert info.value.code is ErrorCode.TOO_LARGE
+    assert info.value.close_code is CloseCode.MESSAGE_TOO_BIG
+
+
+def test_nested_depth_bomb_is_bad_frame() -> None:
+    data = b"\x91" * 100_000 + b"\xc0"  # 100k nested one-element arrays
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(data)
+    assert info.value.code is ErrorCode.BAD_FRAME
+
+
+def test_limits_on_lengths() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(encode({"t": "x", "s": "a" * (SMALL.max_str + 1)}), SMALL)
+    with pytest.raises(RemoteProtocolError):
+        decode(encode({"t": "x", "a": [0] * (SMALL.max_array + 1)}), SMALL)
+    assert decode(encode({"t": "x", "a": [0] * SMALL.max_array}), SMALL)["a"] == [0] * 16
+
+
+_VALID = encode({
+    "t": "send", "id": 7, "msg_id": b"m" * 16,
+    "recipients": [{"user_id": "u" * 52, "devices_version": 1,
+                    "copies": [{"device_id": 0, "body": b"cipher"}]}],
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), max_size=4))
+def test_mutated_valid_frame_parses_or_raises_remote_protocol_error(flips) -> None:
+    data = bytearray(_VALID)
+    for pos, value in flips:
+        data[pos] = value
+    try:
+        read_frame(bytes(data))
+    except RemoteProtocolError:
+        pass
