@@ -1,0 +1,141 @@
+"""``wa-cli`` devices driven as subprocesses (``--home DIR --json``), per DESIGN.md's CLI contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .harness import Cluster
+from .procs import HarnessError, subprocess_env, tool
+
+CLI_TIMEOUT = 60.0  # seconds for one wa-cli invocation
+
+
+@dataclass
+class Device:
+    """One ``wa-cli`` device: a ``--home`` directory and the commands of DESIGN.md."""
+
+    home: Path
+    name: str = ""
+    user_id: str = ""
+    device_id: int | None = None
+    home_url: str = ""
+
+    def run(self, *args: str, timeout: float = CLI_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``wa-cli --home HOME --json ARGS``; raise HarnessError on a non-zero
+        exit if ``check``."""
+        argv = [*tool("wa-cli"), "--home", str(self.home), "--json", *args]
+        try:
+            run = subprocess.run(
+                argv, capture_output=True, timeout=timeout, env=subprocess_env(), check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise HarnessError(f"{argv} did not finish within {timeout}s") from exc
+        if check and run.returncode != 0:
+            raise HarnessError(
+                f"wa-cli {' '.join(args)} exited {run.returncode}\nstdout:\n"
+                f"{run.stdout.decode(errors='replace')}\nstderr:\n{run.stderr.decode(errors='replace')}"
+            )
+        return run
+
+    def json_lines(self, *args: str, timeout: float = CLI_TIMEOUT) -> list[dict]:
+        """Run a command and parse its stdout as JSON lines (blank lines ignored)."""
+        run = self.run(*args, timeout=timeout)
+        out = []
+        for line in run.stdout.decode("utf-8").splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise HarnessError(f"wa-cli {' '.join(args)} printed non-JSON {line!r}") from exc
+        return out
+
+    def json_one(self, *args: str, timeout: float = CLI_TIMEOUT) -> dict:
+        """Run a command that prints exactly one JSON object and return it."""
+        lines = self.json_lines(*args, timeout=timeout)
+        if len(lines) != 1:
+            raise HarnessError(f"wa-cli {' '.join(args)} printed {len(lines)} JSON lines: {lines}")
+        return lines[0]
+
+    def init(self, name: str, relay_url: str) -> dict:
+        """``init --name NAME --relay URL``; remembers user_id, device_id and home."""
+        out = self.json_one("init", "--name", name, "--relay", relay_url)
+        self.name, self.user_id = name, out["user_id"]
+        self.device_id, self.home_url = out["device_id"], out["home"]
+        return out
+
+    def ident(self) -> dict:
+        """``id``: ``{user_id, device_id, fingerprint, home, name}``."""
+        return self.json_one("id")
+
+    def add_contact(self, name: str, user_id: str) -> None:
+        """``contacts add NAME USER_ID``."""
+        self.run("contacts", "add", name, user_id)
+
+    def send(self, to: str, text: str) -> dict:
+        """``send TO TEXT`` -> ``{id, status, to}``."""
+        return self.json_one("send", to, text)
+
+    def recv(self, timeout: float = 1.0) -> list[dict]:
+        """``recv --timeout S``: everything queued for this device, printed and acked."""
+        return self.json_lines("recv", "--timeout", str(timeout), timeout=CLI_TIMEOUT + timeout)
+
+    def recv_until(self, count: int, deadline: float, timeout: float = 1.0) -> list[dict]:
+        """Call :meth:`recv` until ``count`` messages arrived in total or ``deadline``
+        (``time.monotonic()`` value) passed; returns everything received."""
+        got: list[dict] = []
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                got.extend(self.recv(timeout=timeout))
+            except HarnessError:
+                # The home may still be coming back; the deadline bounds retries.
+                if time.monotonic() >= deadline:
+                    raise
+        return got
+
+
+def make_device(
+    cluster: Cluster, root: Path, name: str, home_node: str | None = None,
+    *, not_on: Iterable[str] = (), via: str | None = None, attempts: int = 60,
+) -> Device:
+    """Create an account ``name`` whose home is ``home_node`` (any node if ``None``)
+    and none of ``not_on``.
+
+    ``init`` runs in fresh ``--home`` directories ``root/devices/NAME-i`` until
+    the home it reports fits (rendezvous hashing decides; with N nodes about N
+    tries are needed for a given node). The reported home is cross-checked
+    against :meth:`Cluster.home_of`. ``via`` is the node whose URL is given to
+    ``--relay`` (default: the first running node that is not ``home_node``,
+    so that the ``moved`` redirect is exercised too).
+
+    Raises:
+        HarnessError: no account landed on a fitting node within ``attempts``.
+    """
+    not_on = set(not_on)
+    ids = list(cluster.nodes)
+    if via is None:
+        via = next((n for n in ids if n != home_node and cluster.nodes[n].running), ids[0])
+    for i in range(attempts):
+        dev = Device(home=root / "devices" / f"{name}-{i}")
+        dev.home.parent.mkdir(parents=True, exist_ok=True)
+        out = dev.init(name, cluster.url(via))
+        landed = cluster.node_for_url(out["home"])
+        by_ring = cluster.home_of(dev.user_id)
+        if landed != by_ring:
+            raise HarnessError(f"wa-cli says {name}'s home is {landed}, relay.ring says {by_ring}")
+        if (home_node is None or landed == home_node) and landed not in not_on:
+            return dev
+    raise HarnessError(
+        f"no account for {name} landed on {home_node or 'a node'} (not {sorted(not_on)}) "
+        f"in {attempts} tries"
+    )
+
+
+def home_node(cluster: Cluster, device: Device) -> str:
+    """The node id of ``device``'s home, from what its ``init`` reported."""
+    return cluster.node_for_url(device.home_url)
