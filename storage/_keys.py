@@ -37,3 +37,25 @@ def check_bytes(name: str, value: bytes) -> bytes:
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+
+
+MAX_KEY_ID_BYTES = 200
+MAX_DEDUPE_BYTES = 255
+
+
+def check_key_id(key_id: str) -> bytes:
+    """Return a one-time/fallback key id as UTF-8 bytes (1..200 bytes). Raises ValueError."""
+    if not isinstance(key_id, str):
+        raise TypeError(f"key_id must be str, not {type(key_id).__name__}")
+    raw = key_id.encode("utf-8")
+    if not raw or len(raw) > MAX_KEY_ID_BYTES:
+        raise ValueError(f"malformed key id {key_id!r}")
+    return raw
+
+
+def check_dedupe(dedupe: bytes) -> bytes:
+    """Return a dedupe id as bytes (1..255 bytes). Raises ValueError/TypeError."""
+    raw = check_bytes("dedupe", dedupe)
+    if not raw or len(raw) > MAX_DEDUPE_BYTES:
+        raise ValueError(f"dedupe id must be 1..{MAX_DEDUPE_BYTES} bytes")
+    return raw

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from ._keys import check_bytes, check_device_id, check_user_id
+from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from .base import OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageFull
 
@@ -143,8 +143,7 @@ class MemoryStorage:
         seen: set[str] = set()
         new: list[tuple[str, bytes]] = []
         for key_id, key in keys:
-            if not isinstance(key_id, str) or not key_id:
-                raise ValueError(f"malformed key id {key_id!r}")
+            check_key_id(key_id)
             if key_id in seen or key_id in have or key_id in claimed:
                 raise DuplicateKey(f"one-time key id {key_id!r} already used for {dev}")
             seen.add(key_id)
@@ -158,6 +157,7 @@ class MemoryStorage:
         """See :meth:`storage.base.Storage.set_fallback_key`."""
         await self._enter()
         dev = self._dev(user_id, device_id)
+        check_key_id(key_id)
         key = check_bytes("key", key)
         old = self._fallback.get(dev)
         old_size = len(old[0].encode()) + len(old[1]) if old else 0
@@ -197,7 +197,7 @@ class MemoryStorage:
             (self._dev(u, d), check_bytes("envelope", env)) for u, d, env in items
         ]
         if dedupe is not None:
-            dedupe = check_bytes("dedupe", dedupe)
+            dedupe = check_dedupe(dedupe)
             if dedupe in self._dedupe:
                 return None
         ts = time.time() if now is None else float(now)

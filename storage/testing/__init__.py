@@ -1,0 +1,39 @@
+"""The storage conformance suite: a pytest mixin every backend's tests subclass.
+
+Usage (one hook; pytest-trio with ``trio_mode = true``)::
+
+    from storage.testing import StorageConformance
+    from mybackend import MyStorage
+
+    class TestMyStorage(StorageConformance):
+        reopen_supported = True          # persistent: enables the durability tests
+
+        def make_storage(self):          # -> AbstractAsyncContextManager[Storage]
+            return MyStorage.from_url(f"my://{self.tmp_path}/db")
+
+``self.tmp_path`` is a fresh directory per test. With ``reopen_supported``,
+calling :meth:`make_storage` again in the same test must reopen the same data.
+Optionally override ``make_small_storage()`` (a store of at most a few hundred
+KiB) to run the :class:`~storage.errors.StorageFull` tests. Every test runs under
+``trio.fail_after(test_timeout)``.
+
+The suite covers the whole contract of :class:`storage.base.Storage`: device
+list versions (``StaleVersion``), one-time keys (``DuplicateKey``, claims at most
+once under 200 concurrent claims, fallback keys), queues (seqs per device,
+contiguous under 500 concurrent enqueues, never reused after ack, purge or
+reopen; dedupe; ``max_queue`` and ``QueueFull`` with nothing stored; atomic
+multi-device enqueue; expiry), the outbox, and durability across reopen.
+"""
+
+from ._base import ALICE, BOB, uid
+from ._directory import DirectoryConformance
+from ._durability import DurabilityConformance, OutboxConformance
+from ._queues import QueueConformance
+
+__all__ = ["ALICE", "BOB", "StorageConformance", "uid"]
+
+
+class StorageConformance(
+    DirectoryConformance, QueueConformance, OutboxConformance, DurabilityConformance
+):
+    """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
