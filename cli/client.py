@@ -1,0 +1,549 @@
+"""Async client API of one device (trio + trio-websocket), used by ``wa-cli``, tests and bench.
+
+Usage::
+
+    with open_state(home) as state:
+        async with open_client(state) as client:
+            result = await client.send_text(bob_user_id, "hi")     # SendResult
+            async for event in client.receive():                  # Message | BacklogDone | ...
+                ...
+
+Sending encrypts one Olm copy per device of the recipient (from its verified,
+account-signed device list, cached in the state) and per own other device,
+claims one-time keys for devices without a session, saves the state (advanced
+ratchets) *before* the ``send`` leaves, and re-encrypts after ``stale_devices``
+(at most :data:`MAX_SEND_ROUNDS` attempts, same ``msg_id``). Receiving sends
+``sync``, decrypts each delivered envelope, drops duplicates by
+``(sender, msg_id)``, saves the state and only then acknowledges (decrypt ->
+save -> ack), so a crash never loses or double-shows a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import msgpack
+import trio
+
+from relay.protocol import DeviceList, ErrorCode
+from relay.protocol.frames import (
+    Ack,
+    ClaimedKey,
+    ClaimKeys,
+    Copy,
+    Deliver,
+    Envelope,
+    Error,
+    GetDevices,
+    PutDevices,
+    Recipient,
+    Send,
+    Sync,
+    Synced,
+    UploadKeys,
+)
+from relay.protocol.identity import Device
+
+from . import crypto, payload
+from .connection import Connection, connect
+from .errors import ClientError, ConnectionLost, RelayError, SendFailed
+from .state import State, seen_key
+
+log = logging.getLogger(__name__)
+
+MAX_SEND_ROUNDS = 3
+MAX_RESENDS = 3
+RECEIVE_BATCH = 256
+STEP_TIMEOUT = 30.0  # bound on network work done while processing one delivered envelope
+NO_RESEND = {"unknown_user", "unauthorized", "bad_request", "bad_frame", "too_large"}
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Outcome of a send: ``status`` is ``"stored"`` (durable at every recipient home)
+    or ``"queued"`` (durable in the sender home's outbox); ``to`` is the recipient user_id."""
+
+    msg_id: bytes
+    status: str
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decrypted message. ``direction`` is ``"in"``, or ``"out"`` for a copy of what
+    another device of this account sent to ``peer``. ``ts`` is the sender's clock (ms).
+    ``from_name`` is the local contact alias of the sender if any, else ``declared_name``."""
+
+    msg_id: bytes
+    sender_user: str
+    sender_device: int
+    direction: str
+    peer: str
+    ts: int
+    type: str
+    text: str
+    from_name: str
+    declared_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogDone:
+    """Marker: everything queued at ``sync`` time has been yielded (the node sent ``synced``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """The home's outbox finally failed to deliver ``msg_id`` to ``user_id`` (``code``).
+    ``resent_status`` is the status of the automatic re-encrypted resend, if one was made;
+    ``error`` says why a resend failed."""
+
+    msg_id: bytes
+    user_id: str
+    code: str
+    message: str
+    resent_status: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """An envelope that was acknowledged but not shown: undecryptable, forged or malformed."""
+
+    msg_id: bytes
+    sender_user: str
+    sender_device: int
+    reason: str
+
+
+Event = Message | BacklogDone | Bounce | Dropped
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch."""
+    return int(time.time() * 1000)
+
+
+def init_account(state: State, *, device_name: str = "primary") -> None:
+    """Prepare a state from :func:`cli.state.create_state`: sign device list version 1
+    (this device as device 0), create 100 one-time keys and a fallback key, save.
+
+    The list and keys are published by the next :func:`open_client`.
+    """
+    ident = state.identity
+    _, signed = crypto.make_device_list(
+        state.account_key, 1,
+        [crypto.DeviceEntry(state.device_id, ident.ed25519, ident.curve25519, device_name,
+                            int(time.time()))],
+    )
+    state.remember_device_list(signed, state.user_id)
+    ident.generate_one_time_keys(crypto.ONE_TIME_KEYS_TARGET)
+    ident.generate_fallback_key()
+    state.save()
+
+
+class Client:
+    """An authenticated device session on its home node. Create with :func:`open_client`.
+
+    Methods may be called from several tasks at once; one :meth:`receive` at a time.
+    """
+
+    def __init__(self, state: State, conn: Connection) -> None:
+        self.state = state
+        self._conn = conn
+        self._keys_lock = trio.Lock()
+        self._sessions_lock = trio.Lock()
+        self._low_send, self._low_recv = trio.open_memory_channel(1)
+        conn.on_key_count = self._on_key_count
+
+    @property
+    def url(self) -> str:
+        """The home node URL this client is connected to."""
+        return self._conn.url
+
+    @property
+    def node_id(self) -> str:
+        """The home node's id."""
+        return self._conn.node_id
+
+    # ------------------------------------------------------------ key directory
+
+    async def publish_device_list(self) -> None:
+        """Store this account's own signed device list on the home (``put_devices``).
+
+        Raises:
+            RelayError: refused (``stale_version`` is treated as already published).
+            ConnectionLost: the connection closed.
+        """
+        own = self.state.device_lists[self.state.user_id]
+        try:
+            await self._conn.request(PutDevices, device_list=own.signed)
+        except RelayError as exc:
+            if exc.code != ErrorCode.STALE_VERSION:
+                raise
+        self.state.published_version = own.parsed.version
+        await self.state.asave()
+
+    async def upload_keys(self) -> int:
+        """Top the device's one-time keys on the node up to 100 (plus an unpublished fallback key).
+
+        Private halves are saved before the public halves leave. Returns the node's new count.
+
+        Raises:
+            RelayError, ConnectionLost.
+        """
+        async with self._keys_lock:
+            ident = self.state.identity
+            need = (crypto.ONE_TIME_KEYS_TARGET - self._conn.otk_count
+                    - len(ident.unpublished_one_time_keys()))
+            ident.generate_one_time_keys(need)
+            keys, fallback = ident.unpublished_one_time_keys(), ident.unpublished_fallback_key()
+            if not keys and fallback is None:
+                return self._conn.otk_count
+            await self.state.asave()
+            try:
+                answer = await self._conn.request(UploadKeys, one_time_keys=keys, fallback_key=fallback)
+            except RelayError as exc:
+                if exc.code != ErrorCode.BAD_REQUEST:
+                    raise
+                log.warning("node refused the key upload (%s); assuming an earlier upload landed", exc)
+            else:
+                self._conn.otk_count = answer.otk_count
+            ident.mark_keys_as_published()
+            await self.state.asave()
+            return self._conn.otk_count
+
+    def _on_key_count(self, count: int) -> None:
+        self._conn.otk_count = count
+        if count < crypto.ONE_TIME_KEYS_LOW:
+            try:
+                self._low_send.send_nowait(count)
+            except trio.WouldBlock:
+                pass  # a top-up is already scheduled
+
+    async def _top_up_keys(self) -> None:
+        async for _ in self._low_recv:
+            try:
+                await self.upload_keys()
+            except ClientError as exc:
+                log.warning("one-time key top-up failed: %s", exc)
+
+    async def get_devices(self, user_id: str) -> DeviceList:
+        """Fetch, verify (account signature, version never goes back) and cache a device list.
+
+        Raises:
+            RelayError: ``unknown_user``, ``unavailable`` (home unreachable), ...
+            cli.state.DeviceListRejected: forged or rolled-back list.
+        """
+        answer = await self._conn.request(GetDevices, user_id=user_id)
+        return self.state.remember_device_list(answer.device_list, user_id)
+
+    async def claim_keys(self, user_id: str, device_ids: list[int]) -> list[ClaimedKey]:
+        """Claim one one-time key (else the fallback key) per listed device of ``user_id``."""
+        answer = await self._conn.request(ClaimKeys, user_id=user_id, device_ids=device_ids)
+        return answer.keys
+
+    # ---------------------------------------------------------------- sending
+
+    async def send_text(self, user_id: str, text: str) -> SendResult:
+        """Encrypt ``text`` for every device of ``user_id`` (and own other devices) and send it.
+
+        Returns:
+            ``SendResult(msg_id, status, to=user_id)``.
+
+        Raises:
+            ValueError: ``text`` longer than ``payload.MAX_TEXT`` characters.
+            SendFailed: no usable devices/keys, or the device list kept changing.
+            RelayError: the relay refused (``unknown_user``, ``queue_full``, ...).
+            cli.state.DeviceListRejected, ConnectionLost.
+        """
+        if len(text) > payload.MAX_TEXT:
+            raise ValueError(f"text is longer than {payload.MAX_TEXT} characters")
+        msg_id = os.urandom(16)
+        p = payload.TextPayload(msg_id, text, now_ms(), self.state.name, user_id)
+        self.state.history.append({
+            "id": msg_id.hex(), "direction": "out", "peer": user_id, "from": self.state.user_id,
+            "from_device": self.state.device_id, "ts": p.ts, "type": "text", "text": text,
+            "from_name": self.state.name, "resends": 0,
+        })
+        status = await self._send_payload(user_id, msg_id, p.encode())
+        return SendResult(msg_id, status, user_id)
+
+    async def _list_for(self, user_id: str, fresh: bool) -> DeviceList:
+        cached = self.state.device_lists.get(user_id)
+        if cached is not None and not fresh:
+            return cached.parsed
+        try:
+            return await self.get_devices(user_id)
+        except RelayError as exc:
+            if exc.code == ErrorCode.UNAVAILABLE and cached is not None:
+                log.info("home of %s unreachable; using its cached device list", user_id[:8])
+                return cached.parsed
+            raise
+
+    async def _ensure_sessions(self, user_id: str, devices: list[Device]) -> None:
+        async with self._sessions_lock:
+            missing = [d for d in devices if not self._has_session(user_id, d)]
+            if not missing:
+                return
+            claimed = {k.device_id: k for k in await self.claim_keys(
+                user_id, [d.device_id for d in missing])}
+            for d in missing:
+                key = claimed.get(d.device_id)
+                if key is None:
+                    raise SendFailed(f"device {d.device_id} of {user_id} has no keys left to claim")
+                session = self.state.identity.create_outbound_session(d.curve25519, key.key)
+                self.state.add_session(user_id, d.device_id, d.curve25519, session)
+
+    def _has_session(self, user_id: str, device: Device) -> bool:
+        ss = self.state.session_set(user_id, device.device_id)
+        return ss is not None and bool(ss.sessions) and ss.identity_key == device.curve25519
+
+    async def _encrypt(self, lists: dict[str, DeviceList], plaintext: bytes) -> list[Recipient]:
+        recipients = []
+        me = (self.state.user_id, self.state.device_id)
+        for uid, dl in lists.items():
+            devices = [d for d in dl.devices if (uid, d.device_id) != me]
+            if not devices:
+                continue
+            await self._ensure_sessions(uid, devices)
+            copies = [
+                Copy(device_id=d.device_id,
+                     body=crypto.encrypt(self.state.sessions[(uid, d.device_id)].sessions[0],
+                                         plaintext))
+                for d in devices
+            ]
+            recipients.append(Recipient(user_id=uid, devices_version=dl.version, copies=copies))
+        return recipients
+
+    async def _send_payload(
+        self, user_id: str, msg_id: bytes, plaintext: bytes, *, fresh: bool = False
+    ) -> str:
+        targets = [user_id] if user_id == self.state.user_id else [user_id, self.state.user_id]
+        lists = {uid: await self._list_for(uid, fresh and uid == user_id) for uid in targets}
+        for _ in range(MAX_SEND_ROUNDS):
+            recipients = await self._encrypt(lists, plaintext)
+            if not recipients:
+                raise SendFailed("no devices to send to")
+            await self.state.asave()  # advanced ratchets are durable before anything leaves
+            try:
+                answer = await self._conn.request(Send, msg_id=msg_id, recipients=recipients)
+            except RelayError as exc:
+                frame = exc.frame
+                if (exc.code != ErrorCode.STALE_DEVICES or frame.device_list is None
+                        or frame.user_id not in lists):
+                    raise
+                old = lists[frame.user_id].version
+                new = self.state.remember_device_list(frame.device_list, frame.user_id)
+                if new.version <= old:
+                    raise SendFailed(f"relay says the device list of {frame.user_id} is stale but "
+                                     f"served version {new.version} (have {old})") from exc
+                lists[frame.user_id] = new
+                continue
+            return answer.status
+        raise SendFailed(f"the device list of {user_id} kept changing; gave up after "
+                         f"{MAX_SEND_ROUNDS} attempts")
+
+    # -------------------------------------------------------------- receiving
+
+    def receive(self) -> Receiver:
+        """Start delivery (``sync``); iterate the returned :class:`Receiver` for events.
+
+        Yields :class:`Message`, :class:`BacklogDone` (once, after the backlog),
+        :class:`Bounce`, :class:`Dropped`. Each delivered envelope is processed,
+        the state saved, then acknowledged, before its event is yielded.
+        Runs until the connection closes (then raises ``ConnectionLost``).
+        """
+        return Receiver(self)
+
+    async def _sender_device(self, user_id: str, device_id: int) -> Device | None:
+        cached = self.state.device_lists.get(user_id)
+        if cached is not None and cached.parsed.device(device_id) is not None:
+            return cached.parsed.device(device_id)
+        try:
+            dl = await self.get_devices(user_id)
+        except RelayError as exc:
+            if exc.code == ErrorCode.UNKNOWN_USER:
+                return None
+            raise
+        return dl.device(device_id)
+
+    async def _open(self, env: Envelope) -> Event | None:
+        if env.kind == "bounce":
+            return await self._on_bounce(env)
+
+        def dropped(reason: str) -> Dropped:
+            log.warning("dropping message %s from %s/%d: %s",
+                        env.msg_id.hex()[:8], env.sender_user[:8], env.sender_device, reason)
+            return Dropped(env.msg_id, env.sender_user, env.sender_device, reason)
+
+        if env.kind != "olm":
+            return dropped(f"unknown envelope kind {env.kind!r}")
+        key = seen_key(env.sender_user, env.msg_id)
+        if key in self.state.seen:
+            return None
+        device = await self._sender_device(env.sender_user, env.sender_device)
+        if device is None:
+            return dropped("the sender device is not in its account-signed device list")
+        ss = self.state.session_set(env.sender_user, env.sender_device)
+        sessions = ss.sessions if ss is not None and ss.identity_key == device.curve25519 else []
+        try:
+            plaintext, session, _ = crypto.decrypt(
+                self.state.identity, sessions, device.curve25519, env.body)
+        except crypto.DecryptError as exc:
+            return dropped(str(exc))
+        self.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
+        try:
+            p = payload.decode(plaintext)
+        except payload.PayloadError as exc:
+            return dropped(str(exc))
+        if p.msg_id != env.msg_id:
+            return dropped("the msg_id inside the ciphertext differs from the envelope's")
+        self.state.mark_seen(key)
+        own = env.sender_user == self.state.user_id
+        peer = p.to if own else env.sender_user
+        alias = None if own else self.state.alias_of(env.sender_user)
+        self.state.history.append({
+            "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": peer,
+            "from": env.sender_user, "from_device": env.sender_device, "ts": p.ts,
+            "type": "text", "text": p.text, "from_name": p.from_name, "resends": 0,
+        })
+        return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
+                       peer, p.ts, "text", p.text, alias or p.from_name, p.from_name)
+
+    async def _on_bounce(self, env: Envelope) -> Bounce:
+        try:
+            info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
+        except (ValueError, msgpack.UnpackException):
+            info = None
+        info = info if isinstance(info, dict) else {}
+        code, message = str(info.get("code", "")), str(info.get("message", ""))
+        user_id = str(info.get("user_id", ""))
+        entry = self.state.find_history(env.msg_id.hex())
+        if (entry is None or entry["direction"] != "out" or code in NO_RESEND
+                or entry.get("resends", 0) >= MAX_RESENDS or entry["from"] != self.state.user_id):
+            return Bounce(env.msg_id, user_id, code, message)
+        entry["resends"] = entry.get("resends", 0) + 1
+        p = payload.TextPayload(env.msg_id, entry["text"], entry["ts"], entry["from_name"],
+                                entry["peer"])
+        try:
+            status = await self._send_payload(entry["peer"], env.msg_id, p.encode(), fresh=True)
+        except ClientError as exc:
+            return Bounce(env.msg_id, user_id, code, message, error=str(exc))
+        return Bounce(env.msg_id, user_id, code, message, resent_status=status)
+
+
+class Receiver:
+    """Async iterator over a client's incoming :data:`Event` s (see :meth:`Client.receive`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._ready: deque[Event] = deque()
+        self._error: Exception | None = None
+        self._started = False
+
+    def __aiter__(self) -> Receiver:
+        return self
+
+    async def __anext__(self) -> Event:
+        conn = self._client._conn
+        if not self._started:
+            self._started = True
+            await conn.send(Sync, stream=True)
+        while not self._ready:
+            if self._error is not None:
+                raise self._error
+            try:
+                batch = [await conn.pushes.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise ConnectionLost(f"connection to {conn.url} closed") from None
+            while len(batch) < RECEIVE_BATCH:
+                try:
+                    batch.append(conn.pushes.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            # Shielded: once envelopes are taken from the channel they are processed,
+            # saved and acknowledged as a unit, so cancelling a caller's wait (e.g.
+            # move_on_after around anext) never leaves state saved but events unshown.
+            with trio.CancelScope(shield=True):
+                await self._process(batch)
+        return self._ready.popleft()
+
+    async def _process(self, batch: list) -> None:
+        client = self._client
+        last_seq = None
+        for frame in batch:
+            if isinstance(frame, Deliver):
+                try:
+                    with trio.fail_after(STEP_TIMEOUT):
+                        event = await client._open(frame.envelope)
+                except ClientError as exc:  # e.g. sender's home unavailable: retry on next sync
+                    self._error = exc
+                    break
+                except trio.TooSlowError:
+                    self._error = ClientError("the relay did not answer while processing a message")
+                    break
+                last_seq = frame.seq
+                if event is not None:
+                    self._ready.append(event)
+            elif isinstance(frame, Synced):
+                self._ready.append(BacklogDone())
+            elif isinstance(frame, Error):
+                self._error = RelayError(frame)
+                break
+        if last_seq is not None:
+            await client.state.asave()
+            with trio.move_on_after(STEP_TIMEOUT):  # an ack lost here means a redelivery, deduped
+                try:
+                    await client._conn.send(Ack, seq=last_seq)
+                except ConnectionLost as exc:
+                    self._error = exc
+
+
+def _single_leaf(group: BaseExceptionGroup) -> BaseException | None:
+    leaves = []
+    stack = [group]
+    while stack:
+        for exc in stack.pop().exceptions:
+            (stack.append(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc))
+    return leaves[0] if len(leaves) == 1 else None
+
+
+@asynccontextmanager
+async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIterator[Client]:
+    """Connect to the device's home (following ``moved``), authenticate, top up one-time
+    keys if the node holds fewer than 50, and yield a :class:`Client`.
+
+    The connection closes on exit. A single exception from the body or the
+    background tasks is re-raised as itself (not wrapped in an exception group).
+
+    Args:
+        state: an open device state (:func:`cli.state.open_state`).
+        connect_timeout: seconds for each connection attempt and handshake.
+
+    Raises:
+        ConnectionFailed, RelayError: see :func:`cli.connection.connect`.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            conn = await connect(nursery, state, connect_timeout=connect_timeout)
+            client = Client(state, conn)
+            nursery.start_soon(conn.run_reader)
+            nursery.start_soon(client._top_up_keys)
+            try:
+                if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
+                    await client.upload_keys()
+                yield client
+            finally:
+                await conn.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # re-raised, never swallowed
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None

@@ -1,0 +1,42 @@
+"""``wa-cli``: the Click root group. Commands live in sibling modules.
+
+Global options: ``--home DIR`` (env ``WA_HOME``, default ``~/.wa-cli``) and
+``--json``. Exit codes: 0 ok, 1 runtime failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ..output import Output
+from ._common import DEFAULT_HOME, AppContext
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="WA_HOME",
+              default=DEFAULT_HOME, show_default=True,
+              help="Directory of this device's state (env WA_HOME).")
+@click.option("--json", "json_mode", is_flag=True,
+              help="Machine-readable output: one JSON object per line on stdout.")
+@click.version_option(package_name="wa-relay", prog_name="wa-cli")
+@click.pass_context
+def main(ctx: click.Context, home: Path, json_mode: bool) -> None:
+    """wa-cli: end-to-end encrypted messaging over wa-relay nodes."""
+    logging.basicConfig(level=logging.WARNING, format="wa-cli: %(message)s")
+    ctx.obj = AppContext(home=home.expanduser(), out=Output(json_mode))
+
+
+def _register() -> None:
+    from . import contacts, identity, init, messaging
+
+    main.add_command(init.init)
+    main.add_command(identity.id_)
+    main.add_command(contacts.contacts)
+    main.add_command(messaging.send)
+    main.add_command(messaging.recv)
+
+
+_register()

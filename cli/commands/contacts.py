@@ -1,0 +1,44 @@
+"""``wa-cli contacts add NAME USER_ID | list``: local aliases for user ids."""
+
+from __future__ import annotations
+
+import click
+
+from relay.protocol import is_user_id
+
+from ._common import AppContext, failures, state_of
+
+
+@click.group()
+def contacts() -> None:
+    """Manage local contact names (never sent to a relay)."""
+
+
+@contacts.command("add")
+@click.argument("name")
+@click.argument("user_id")
+@click.pass_obj
+def add(app: AppContext, name: str, user_id: str) -> None:
+    """Call USER_ID by NAME from now on (replaces an existing NAME)."""
+    if not is_user_id(user_id):
+        raise click.BadParameter("not a user id (52 lowercase base32 characters)",
+                                 param_hint="USER_ID")
+    if is_user_id(name) or not name.strip() or len(name) > 100:
+        raise click.BadParameter("must be 1 to 100 characters and not a user id",
+                                 param_hint="NAME")
+    with state_of(app) as state, failures():
+        state.contacts[name] = user_id
+        state.save()
+    app.out.emit({"name": name, "user_id": user_id}, f"{name} = {user_id}")
+
+
+@contacts.command("list")
+@click.pass_obj
+def list_(app: AppContext) -> None:
+    """List contacts, one per line."""
+    with state_of(app) as state:
+        items = sorted(state.contacts.items())
+    for name, user_id in items:
+        app.out.emit({"name": name, "user_id": user_id}, f"{name}\t{user_id}")
+    if not items and not app.out.json_mode:
+        app.out.note("no contacts yet (wa-cli contacts add NAME USER_ID)")

@@ -1,0 +1,54 @@
+"""``wa-cli init --name NAME --relay URL``: new account and primary device 0."""
+
+from __future__ import annotations
+
+import click
+import trio
+
+from ..client import init_account, open_client
+from ..state import AlreadyInitialized, State, create_state, open_state
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures
+
+
+def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.startswith(("ws://", "wss://")):
+        raise click.BadParameter("must be a ws:// or wss:// URL")
+    return value
+
+
+async def _publish(state: State) -> str:
+    """Connect (publishing the device list and keys on the way); return the home URL."""
+    async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+        return client.url
+
+
+@click.command()
+@click.option("--name", required=True, help="Your display name (sent inside messages).")
+@click.option("--relay", required=True, callback=_check_url,
+              help="WebSocket URL of any node of the federation, e.g. ws://127.0.0.1:7400.")
+@click.pass_obj
+def init(app: AppContext, name: str, relay: str) -> None:
+    """Create a new account with this device as its primary (device 0).
+
+    Publishes the account-signed device list and one-time keys on the account's
+    home node (following a redirect) and prints the user id. Re-running it on a
+    home whose first publication failed retries the publication.
+    """
+    if not name.strip() or len(name) > 100:
+        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
+    with failures():
+        try:
+            with create_state(app.home, name=name, relay_url=relay) as state:
+                init_account(state)
+                home_url = trio.run(_publish, state)
+        except AlreadyInitialized:
+            with open_state(app.home) as state:
+                if state.published_version:
+                    raise CliError(f"{app.home} already holds account {state.user_id}") from None
+                home_url = trio.run(_publish, state)
+    app.out.emit(
+        {"user_id": state.user_id, "device_id": state.device_id, "home": home_url},
+        state.user_id,
+    )
+    if not app.out.json_mode:
+        app.out.note(f"account created for {state.name}; home node {home_url}")

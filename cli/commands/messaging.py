@@ -1,0 +1,94 @@
+"""``wa-cli send NAME|USER_ID TEXT`` and ``wa-cli recv [--follow] [--timeout S]``."""
+
+from __future__ import annotations
+
+import click
+import trio
+
+from ..client import BacklogDone, Bounce, Message, open_client
+from ..output import bounce_human, message_human, message_json
+from ..payload import MAX_TEXT
+from ..state import State, StateError
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, state_of
+
+BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
+
+
+@click.command()
+@click.argument("recipient", metavar="NAME|USER_ID")
+@click.argument("text")
+@click.pass_obj
+def send(app: AppContext, recipient: str, text: str) -> None:
+    """Send TEXT, end-to-end encrypted, to every device of a contact.
+
+    Prints the message id and the relay's status: "stored" (durable at the
+    recipient's home) or "queued" (durable in your home's outbox; the
+    recipient's home is unreachable and will get it later).
+    """
+    if len(text) > MAX_TEXT:
+        raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
+    with state_of(app) as state:
+        try:
+            user_id = state.resolve(recipient)
+        except StateError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+
+        async def run():
+            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+                return await client.send_text(user_id, text)
+
+        with failures():
+            result = trio.run(run)
+        name = state.alias_of(user_id) or user_id[:12]
+    app.out.emit(
+        {"id": result.msg_id.hex(), "status": result.status, "to": user_id},
+        f"sent to {name} ({result.status}) id {result.msg_id.hex()}",
+    )
+
+
+def _show(app: AppContext, state: State, event) -> None:
+    if isinstance(event, Message):
+        peer_name = state.alias_of(event.peer) or event.peer[:12]
+        app.out.emit(message_json(event), message_human(event, peer_name))
+    elif isinstance(event, Bounce):
+        app.out.note(bounce_human(event))
+    # Dropped envelopes are logged as warnings by the client.
+
+
+async def _recv(app: AppContext, state: State, follow: bool, idle_s: float) -> int:
+    shown = 0
+    async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+        receiver = client.receive()
+        backlog_done = False
+        while True:
+            idle = None if follow and backlog_done else (
+                idle_s if backlog_done else max(idle_s, BACKLOG_IDLE_LIMIT))
+            event = None
+            with trio.move_on_after(idle if idle is not None else float("inf")):
+                event = await receiver.__anext__()
+            if event is None:
+                if not backlog_done:
+                    raise CliError("the relay did not finish delivering the queued messages")
+                return shown
+            if isinstance(event, BacklogDone):
+                backlog_done = True
+                continue
+            shown += isinstance(event, Message)
+            _show(app, state, event)
+
+
+@click.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new messages until interrupted.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Return once the queue is printed and nothing new came for this many seconds.")
+@click.pass_obj
+def recv(app: AppContext, follow: bool, timeout: float) -> None:
+    """Print and acknowledge the messages queued for this device.
+
+    Each message is decrypted, saved locally, then acknowledged to the relay,
+    and shown once even if the relay delivers it again.
+    """
+    with state_of(app) as state, failures():
+        shown = trio.run(_recv, app, state, follow, timeout)
+    if not app.out.json_mode and not shown:
+        app.out.note("no new messages")

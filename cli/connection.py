@@ -1,0 +1,284 @@
+"""One authenticated WebSocket from a device to its home node (docs/protocol.md, "Handshake").
+
+:func:`connect` opens the socket, runs ``hello`` -> ``challenge``, publishes the
+device's own signed device list if the home does not have it yet, signs the
+challenge (``auth``) and follows ``error moved`` to the user's home, saving the
+new URL in the state. The returned :class:`Connection` multiplexes requests by
+request id; its reader task (:meth:`Connection.run_reader`) always drains the
+socket (trio-websocket stops answering pings when its queue is full) and routes
+each frame: answers to their waiting request, ``key_count`` pushes to a
+callback, ``deliver``/``synced``/connection errors to a bounded push channel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+from relay.protocol import (
+    DEFAULT_LIMITS,
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    RemoteProtocolError,
+    auth_message,
+    read_frame,
+    write_frame,
+)
+from relay.protocol.frames import (
+    Auth,
+    AuthOk,
+    Challenge,
+    Deliver,
+    Error,
+    Frame,
+    Hello,
+    KeyCount,
+    PutDevices,
+    Synced,
+)
+
+from .errors import ConnectionFailed, ConnectionLost, RelayError
+from .state import State
+
+log = logging.getLogger(__name__)
+
+AGENT = "wa-cli/0.1"
+MAX_MOVES = 3
+PUSH_BUFFER = 1024  # > the node's 256 unacknowledged deliveries in flight per connection
+WS_QUEUE = 16
+WS_RECEIVE_BUFFER = 64 * 1024
+WS_MAX_MESSAGE = DEFAULT_LIMITS.max_frame
+CLOSE_TIMEOUT = 2.0
+
+
+class _Waiter:
+    __slots__ = ("event", "frame", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.frame: Frame | None = None
+        self.error: Exception | None = None
+
+
+class Connection:
+    """An authenticated connection. Create with :func:`connect`.
+
+    Attributes:
+        url: the home node's WebSocket URL.
+        node_id: the home node's id (from its challenge).
+        otk_count: one-time keys the node held for this device at ``auth_ok``.
+        pushes: receive side of the bounded push channel (``Deliver``,
+            ``Synced``, unsolicited ``Error``); closed when the connection ends.
+    """
+
+    def __init__(self, ws: WebSocketConnection, url: str, challenge: Challenge, otk_count: int):
+        self._ws = ws
+        self.url = url
+        self.node_id = challenge.node_id
+        self.otk_count = otk_count
+        self._ids = itertools.count(10)
+        self._pending: dict[int, _Waiter] = {}
+        self._stream_ids: set[int] = set()
+        self._closed: ConnectionLost | None = None
+        self._push_send, self.pushes = trio.open_memory_channel(PUSH_BUFFER)
+        self.on_key_count: Callable[[int], None] = lambda count: None
+
+    async def _write(self, frame: Frame) -> None:
+        if self._closed is not None:
+            raise ConnectionLost(str(self._closed))
+        try:
+            await self._ws.send_message(write_frame(frame))
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"connection to {self.url} closed ({exc.reason})") from exc
+
+    async def request(self, frame_cls: type[Frame], **fields) -> Frame:
+        """Send a request and wait for its answer.
+
+        Returns:
+            The answer frame (never an ``Error``).
+
+        Raises:
+            RelayError: the node answered ``error``.
+            ConnectionLost: the connection closed first.
+        """
+        rid = next(self._ids)
+        waiter = self._pending[rid] = _Waiter()
+        try:
+            await self._write(frame_cls(id=rid, **fields))
+            await waiter.event.wait()
+        finally:
+            self._pending.pop(rid, None)
+        if waiter.error is not None:
+            raise waiter.error
+        if isinstance(waiter.frame, Error):
+            raise RelayError(waiter.frame)
+        return waiter.frame
+
+    async def send(self, frame_cls: type[Frame], *, stream: bool = False, **fields) -> int:
+        """Send a frame that gets no direct answer (``ack`` with id 0, ``sync``).
+
+        Args:
+            stream: the request starts a stream (``sync``): an ``error`` carrying
+                its id goes to :attr:`pushes`.
+
+        Returns:
+            The request id used (0 for ``ack``).
+
+        Raises:
+            ConnectionLost: the connection is closed.
+        """
+        rid = 0 if frame_cls.TYPE == "ack" else next(self._ids)
+        if stream:
+            self._stream_ids.add(rid)
+        await self._write(frame_cls(id=rid, **fields))
+        return rid
+
+    async def run_reader(self) -> None:
+        """Drain the socket until it closes, routing every frame (see the module docstring).
+
+        Runs as a task in the client's nursery; returns when the connection closes.
+        Outstanding requests then fail with :class:`ConnectionLost` and :attr:`pushes` ends.
+        """
+        try:
+            while True:
+                try:
+                    data = await self._ws.get_message()
+                except ConnectionClosed as exc:
+                    self._closed = ConnectionLost(f"connection to {self.url} closed ({exc.reason})")
+                    return
+                try:
+                    frame = read_frame(data)
+                except RemoteProtocolError as exc:
+                    log.warning("ignoring an invalid frame from %s: %s", self.url, exc)
+                    continue
+                waiter = self._pending.pop(frame.id, None) if frame.id else None
+                if waiter is not None:
+                    waiter.frame = frame
+                    waiter.event.set()
+                elif isinstance(frame, KeyCount):
+                    self.on_key_count(frame.otk_count)
+                elif isinstance(frame, Deliver | Synced) or (
+                    isinstance(frame, Error) and (frame.id == 0 or frame.id in self._stream_ids)
+                ):
+                    await self._push_send.send(frame)
+                else:
+                    log.debug("dropping a late answer (id %d) from %s", frame.id, self.url)
+        finally:
+            if self._closed is None:
+                self._closed = ConnectionLost(f"connection to {self.url} closed")
+            for waiter in self._pending.values():
+                waiter.error = ConnectionLost(str(self._closed))
+                waiter.event.set()
+            self._pending.clear()
+            self._push_send.close()
+
+    async def aclose(self) -> None:
+        """Close the WebSocket (waits at most ``CLOSE_TIMEOUT`` seconds, shielded)."""
+        await _close_ws(self._ws)
+
+
+async def _close_ws(ws: WebSocketConnection) -> None:
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        await ws.aclose()
+
+
+async def _exchange(ws: WebSocketConnection, frame: Frame) -> Frame:
+    """Handshake-phase request/answer (before the reader task runs)."""
+    await ws.send_message(write_frame(frame))
+    while True:
+        answer = read_frame(await ws.get_message())
+        if answer.id == frame.id:
+            break
+    if isinstance(answer, Error):
+        raise RelayError(answer)
+    return answer
+
+
+async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challenge, AuthOk] | str:
+    """Returns ``(challenge, auth_ok)``, or the URL from ``error moved``."""
+    challenge = await _exchange(
+        ws, Hello(id=1, versions=list(SUPPORTED_VERSIONS), role="client", agent=AGENT)
+    )
+    if not isinstance(challenge, Challenge) or len(challenge.nonce) != 32:
+        raise ConnectionFailed(f"unexpected answer to hello: {challenge.TYPE}")
+    try:
+        own = state.device_lists.get(state.user_id)
+        if own is not None and own.parsed.version > state.published_version:
+            try:
+                await _exchange(ws, PutDevices(id=2, device_list=own.signed))
+            except RelayError as exc:
+                if exc.code != ErrorCode.STALE_VERSION:  # already there (a retry after a crash)
+                    raise
+            state.published_version = own.parsed.version
+            await state.asave()
+        signature = state.identity.sign(
+            auth_message(challenge.nonce, challenge.node_id, state.user_id, state.device_id)
+        )
+        ok = await _exchange(
+            ws, Auth(id=3, user_id=state.user_id, device_id=state.device_id, signature=signature)
+        )
+    except RelayError as exc:
+        if exc.code == ErrorCode.MOVED and exc.frame.url:
+            return exc.frame.url
+        raise
+    if not isinstance(ok, AuthOk):
+        raise ConnectionFailed(f"unexpected answer to auth: {ok.TYPE}")
+    return challenge, ok
+
+
+async def connect(nursery: trio.Nursery, state: State, *, connect_timeout: float) -> Connection:
+    """Connect and authenticate to ``state.relay_url``, following ``moved`` (at most 3 hops).
+
+    The caller starts :meth:`Connection.run_reader` in ``nursery`` afterwards.
+
+    Args:
+        nursery: owns trio-websocket's background task of the socket.
+        state: the device state; ``relay_url`` and ``published_version`` are updated and saved.
+        connect_timeout: seconds for each connection attempt including its handshake.
+
+    Raises:
+        ConnectionFailed: unreachable, timed out, closed, or invalid answers.
+        RelayError: refused (``unknown_user``, ``unauthorized``, ...).
+    """
+    url = state.relay_url
+    for _ in range(MAX_MOVES + 1):
+        try:
+            with trio.fail_after(connect_timeout):
+                ws = await connect_websocket_url(
+                    nursery, url, message_queue_size=WS_QUEUE, max_message_size=WS_MAX_MESSAGE,
+                    receive_buffer_size=WS_RECEIVE_BUFFER,
+                )
+        except (OSError, HandshakeError, trio.TooSlowError, ValueError) as exc:
+            raise ConnectionFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+        done = False
+        try:
+            with trio.fail_after(connect_timeout):
+                result = await _authenticate(ws, state)
+            if isinstance(result, tuple):
+                done = True
+                challenge, ok = result
+                return Connection(ws, url, challenge, ok.otk_count)
+        except trio.TooSlowError as exc:
+            raise ConnectionFailed(f"handshake with {url} timed out after {connect_timeout:g}s") from exc
+        except ConnectionClosed as exc:
+            raise ConnectionFailed(f"{url} closed the connection ({exc.reason})") from exc
+        except RemoteProtocolError as exc:
+            raise ConnectionFailed(f"{url} sent an invalid frame: {exc}") from exc
+        finally:
+            if not done:
+                await _close_ws(ws)
+        if result == url:
+            raise ConnectionFailed(f"{url} redirects to itself")
+        log.info("home moved: %s -> %s", url, result)
+        url = state.relay_url = result
+        await state.asave()
+    raise ConnectionFailed(f"too many redirects (last: {url})")

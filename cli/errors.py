@@ -1,0 +1,39 @@
+"""Errors of the client library (:mod:`cli.connection`, :mod:`cli.client`).
+
+Messages are user-facing; the CLI prints them and exits 1.
+"""
+
+from __future__ import annotations
+
+from relay.protocol.frames import Error
+
+
+class ClientError(Exception):
+    """Base of every client-side runtime failure."""
+
+
+class ConnectionFailed(ClientError):
+    """Could not connect to, or complete the handshake with, a relay node."""
+
+
+class ConnectionLost(ClientError):
+    """The connection closed while a request was outstanding or a stream was open."""
+
+
+class RelayError(ClientError):
+    """The relay answered a request with an ``error`` frame.
+
+    Attributes:
+        code: the wire error code (``relay.protocol.ErrorCode`` value, unknown codes kept as is).
+        frame: the whole ``Error`` frame (``url``, ``user_id``, ``device_list`` where sent).
+    """
+
+    def __init__(self, frame: Error) -> None:
+        detail = f": {frame.message}" if frame.message else ""
+        super().__init__(f"relay refused the request ({frame.code}{detail})")
+        self.code = frame.code
+        self.frame = frame
+
+
+class SendFailed(ClientError):
+    """A message could not be encrypted for, or delivered to, its recipient's devices."""

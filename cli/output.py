@@ -1,0 +1,80 @@
+"""Rendering for ``wa-cli``: human text, or ``--json`` (one JSON object per line on stdout).
+
+In ``--json`` mode stdout carries only JSON lines; notes and warnings always go
+to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import click
+
+from .client import Bounce, Message
+
+
+class Output:
+    """Writes results for one command invocation.
+
+    Args:
+        json_mode: ``True`` for ``--json``.
+    """
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+
+    def emit(self, obj: dict, human: str) -> None:
+        """One result: ``obj`` as a JSON line in ``--json`` mode, else ``human`` on stdout."""
+        if self.json_mode:
+            click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+        else:
+            click.echo(human)
+
+    def note(self, text: str) -> None:
+        """A human note or warning on stderr (both modes)."""
+        click.echo(text, err=True)
+
+
+def message_json(msg: Message) -> dict:
+    """The ``recv --json`` object of a message (DESIGN.md, CLI contract).
+
+    Keys: ``id`` (hex msg_id), ``from`` (sender user_id), ``from_name``,
+    ``from_device``, ``direction`` (``in``/``out``), ``ts`` (ms), ``type``,
+    ``text``; plus ``to`` for ``out``.
+    """
+    obj = {
+        "id": msg.msg_id.hex(),
+        "from": msg.sender_user,
+        "from_name": msg.from_name,
+        "from_device": msg.sender_device,
+        "direction": msg.direction,
+        "ts": msg.ts,
+        "type": msg.type,
+        "text": msg.text,
+    }
+    if msg.direction == "out":
+        obj["to"] = msg.peer
+    return obj
+
+
+def _clock(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def message_human(msg: Message, peer_name: str) -> str:
+    """``[time] name: text`` (incoming) or ``[time] you (device N) -> name: text``."""
+    if msg.direction == "out":
+        return f"[{_clock(msg.ts)}] you (device {msg.sender_device}) -> {peer_name}: {msg.text}"
+    return f"[{_clock(msg.ts)}] {msg.from_name or msg.sender_user[:12]}: {msg.text}"
+
+
+def bounce_human(bounce: Bounce) -> str:
+    """A one-line description of a bounce and what was done about it."""
+    what = f"message {bounce.msg_id.hex()} to {bounce.user_id[:12] or '?'} bounced ({bounce.code}"
+    what += f": {bounce.message})" if bounce.message else ")"
+    if bounce.resent_status:
+        return f"{what}; re-encrypted and resent: {bounce.resent_status}"
+    if bounce.error:
+        return f"{what}; resend failed: {bounce.error}"
+    return what

@@ -1,0 +1,434 @@
+"""One device's local store under ``--home DIR`` (env ``WA_HOME``), encrypted at rest.
+
+Files in ``DIR`` (created mode 0700):
+
+* ``state.bin`` -- header ``b"WAST" || mode`` then a pynacl ``SecretBox``
+  (XSalsa20-Poly1305) of the msgpack state. Mode 1: the 32-byte key is in
+  ``storage.key`` (mode 0600). Mode 2: the key is Argon2id(``WA_PASSPHRASE``)
+  with the salt and cost in the header (``salt(16) || opslimit(u32) ||
+  memlimit(u64)``), and there is no key file.
+* ``lock`` -- ``fcntl.flock`` target: one ``wa-cli`` process per home at a time.
+
+The state holds the account key (primary device only), the vodozemac device
+account and Olm sessions (pickled again under a key derived from the storage
+key), contacts, verified device lists, recent message ids (dedupe), recent
+history, the home relay URL and the display name.
+
+Threat model: the encryption protects a home directory that is copied
+without its key (backups, a synced folder, a stolen disk image that lacks
+``storage.key``), and, in passphrase mode, a stolen home directory as a whole
+(offline guessing then costs an Argon2id evaluation per guess). It does not
+protect against malware running as the user or an attacker holding both
+``state.bin`` and ``storage.key``: that is holding the device. No plaintext,
+private key or message text is ever written outside the sealed box.
+
+Writes are atomic (temporary file, fsync, rename, fsync of the directory):
+a crash leaves the previous or the new state, never a torn one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import nacl.exceptions
+import nacl.secret
+import nacl.signing
+import nacl.utils
+import trio
+import vodozemac
+from nacl.pwhash import argon2id
+
+from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
+from relay.protocol.frames import SignedDeviceList
+
+from . import crypto
+
+STATE_FILE = "state.bin"
+KEY_FILE = "storage.key"
+LOCK_FILE = "lock"
+MAGIC = b"WAST"
+MODE_KEYFILE = 1
+MODE_PASSPHRASE = 2
+PASSPHRASE_ENV = "WA_PASSPHRASE"
+SEEN_LIMIT = 10_000
+HISTORY_LIMIT = 500
+SESSIONS_PER_DEVICE = 4
+FORMAT_VERSION = 1
+
+
+class StateError(Exception):
+    """Base error of :mod:`cli.state` (message is user-facing)."""
+
+
+class StateLocked(StateError):
+    """Another process holds this home's lock."""
+
+
+class NotInitialized(StateError):
+    """The home has no state yet (run ``wa-cli init``)."""
+
+
+class AlreadyInitialized(StateError):
+    """``init`` on a home that already holds an account."""
+
+
+class DeviceListRejected(StateError):
+    """A device list failed its signature check or rolled its version back."""
+
+
+@dataclass
+class SessionSet:
+    """Olm sessions with one remote device, most recent first, for its ``identity_key``."""
+
+    identity_key: bytes
+    sessions: list[vodozemac.Session] = field(default_factory=list)
+
+
+@dataclass
+class CachedList:
+    """A verified device list and the signed form it came from."""
+
+    parsed: DeviceList
+    signed: SignedDeviceList
+
+
+def _pickle_key(storage_key: bytes) -> bytes:
+    return hashlib.blake2b(storage_key, digest_size=32, person=b"wa-olm-pickle").digest()
+
+
+def seen_key(sender_user: str, msg_id: bytes) -> bytes:
+    """The 16-byte dedupe key of a message (scoped to its sender)."""
+    return hashlib.blake2b(sender_user.encode() + msg_id, digest_size=16).digest()
+
+
+class State:
+    """The decrypted state of one device. Mutate attributes, then :meth:`save`.
+
+    Not thread-safe; one process at a time per home (see :func:`open_state`).
+    """
+
+    def __init__(self, home: Path, storage_key: bytes, header: bytes) -> None:
+        self.home = home
+        self._storage_key = storage_key
+        self._header = header
+        self._pickle_key = _pickle_key(storage_key)
+        self._write_lock = trio.Lock()
+        self.user_id = ""
+        self.device_id = 0
+        self.name = ""
+        self.relay_url = ""
+        self.account_key: nacl.signing.SigningKey | None = None
+        self.identity = crypto.DeviceIdentity()
+        self.published_version = 0  # own device-list version known to be on the home node
+        self.contacts: dict[str, str] = {}
+        self.device_lists: dict[str, CachedList] = {}
+        self.sessions: dict[tuple[str, int], SessionSet] = {}
+        self.seen: OrderedDict[bytes, None] = OrderedDict()
+        self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
+
+    # ----------------------------------------------------------- queries
+
+    def resolve(self, name_or_user_id: str) -> str:
+        """The user_id for a contact alias or a literal user_id.
+
+        Raises:
+            StateError: neither a known alias nor a valid user_id.
+        """
+        if name_or_user_id in self.contacts:
+            return self.contacts[name_or_user_id]
+        if is_user_id(name_or_user_id):
+            return name_or_user_id
+        raise StateError(f"unknown contact {name_or_user_id!r} (add it with 'contacts add')")
+
+    def alias_of(self, user_id: str) -> str | None:
+        """The local contact alias of ``user_id``, if any."""
+        for alias, uid in self.contacts.items():
+            if uid == user_id:
+                return alias
+        return None
+
+    def own_list(self) -> DeviceList | None:
+        """This account's own device list, if known."""
+        cached = self.device_lists.get(self.user_id)
+        return cached.parsed if cached else None
+
+    def session_set(self, user_id: str, device_id: int) -> SessionSet | None:
+        """Sessions with a remote device, or ``None``."""
+        return self.sessions.get((user_id, device_id))
+
+    def add_session(
+        self, user_id: str, device_id: int, identity_key: bytes, session: vodozemac.Session
+    ) -> None:
+        """Record ``session`` as the newest with that device (keeps the last few)."""
+        ss = self.sessions.get((user_id, device_id))
+        if ss is None or ss.identity_key != identity_key:
+            ss = self.sessions[(user_id, device_id)] = SessionSet(identity_key)
+        if session in ss.sessions:
+            ss.sessions.remove(session)
+        ss.sessions.insert(0, session)
+        del ss.sessions[SESSIONS_PER_DEVICE:]
+
+    def find_history(self, msg_id_hex: str) -> dict | None:
+        """The history entry of a message id (hex), newest first, or ``None``."""
+        for entry in reversed(self.history):
+            if entry.get("id") == msg_id_hex:
+                return entry
+        return None
+
+    # ----------------------------------------------------------- updates
+
+    def remember_device_list(self, signed: SignedDeviceList, user_id: str) -> DeviceList:
+        """Verify a served device list and cache it; drop sessions of devices it no longer has.
+
+        Returns:
+            The parsed list (the cached one if ``signed`` is the same version).
+
+        Raises:
+            DeviceListRejected: bad signature or body, wrong user, an older version
+                than cached, or a different list under the cached version.
+        """
+        try:
+            parsed = verify_device_list(signed, user_id)
+        except RemoteProtocolError as exc:
+            raise DeviceListRejected(f"device list of {user_id} rejected: {exc.message}") from exc
+        cached = self.device_lists.get(user_id)
+        if cached is not None:
+            if parsed.version < cached.parsed.version:
+                raise DeviceListRejected(
+                    f"device list of {user_id} rolled back from version "
+                    f"{cached.parsed.version} to {parsed.version}"
+                )
+            if parsed.version == cached.parsed.version:
+                if signed.body != cached.signed.body:
+                    raise DeviceListRejected(f"two different device lists of {user_id} "
+                                             f"claim version {parsed.version}")
+                return cached.parsed
+        self.device_lists[user_id] = CachedList(parsed, signed)
+        for (uid, did), ss in list(self.sessions.items()):
+            if uid == user_id:
+                dev = parsed.device(did)
+                if dev is None or dev.curve25519 != ss.identity_key:
+                    del self.sessions[(uid, did)]
+        return parsed
+
+    def mark_seen(self, key: bytes) -> bool:
+        """Record a dedupe key; ``False`` if it was already seen."""
+        if key in self.seen:
+            return False
+        self.seen[key] = None
+        while len(self.seen) > SEEN_LIMIT:
+            self.seen.popitem(last=False)
+        return True
+
+    # ----------------------------------------------------------- persistence
+
+    def _to_map(self) -> dict:
+        pk = self._pickle_key
+        return {
+            "format": FORMAT_VERSION,
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "name": self.name,
+            "relay_url": self.relay_url,
+            "account_key": bytes(self.account_key) if self.account_key else None,
+            "identity": self.identity.pickle(pk),
+            "published_version": self.published_version,
+            "contacts": self.contacts,
+            "device_lists": [[c.signed.body, c.signed.signature, uid]
+                             for uid, c in self.device_lists.items()],
+            "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
+                         for (uid, did), ss in self.sessions.items()],
+            "seen": list(self.seen),
+            "history": list(self.history),
+        }
+
+    def _from_map(self, m: dict) -> None:
+        pk = self._pickle_key
+        self.user_id, self.device_id, self.name = m["user_id"], m["device_id"], m["name"]
+        self.relay_url = m["relay_url"]
+        ak = m["account_key"]
+        self.account_key = nacl.signing.SigningKey(ak) if ak else None
+        self.identity = crypto.DeviceIdentity.from_pickle(m["identity"], pk)
+        self.published_version = m["published_version"]
+        self.contacts = dict(m["contacts"])
+        for body, sig, uid in m["device_lists"]:
+            signed = SignedDeviceList(body=body, signature=sig)
+            self.device_lists[uid] = CachedList(verify_device_list(signed, uid), signed)
+        for uid, did, ikey, pickles in m["sessions"]:
+            self.sessions[(uid, did)] = SessionSet(
+                ikey, [crypto.session_from_pickle(p, pk) for p in pickles]
+            )
+        self.seen = OrderedDict((k, None) for k in m["seen"])
+        self.history = deque(m["history"], maxlen=HISTORY_LIMIT)
+
+    def snapshot(self) -> bytes:
+        """The encrypted file contents of the current state."""
+        plain = msgpack.packb(self._to_map(), use_bin_type=True)
+        return self._header + nacl.secret.SecretBox(self._storage_key).encrypt(plain)
+
+    def save(self) -> None:
+        """Write the state atomically and durably (blocking; fsyncs)."""
+        _write_atomic(self.home / STATE_FILE, self.snapshot())
+
+    async def asave(self) -> None:
+        """Like :meth:`save`, with the file I/O in a worker thread.
+
+        The snapshot is taken before the first ``await`` and writes happen in call
+        order, so a later state never gets overwritten by an earlier one.
+        """
+        data = self.snapshot()
+        async with self._write_lock:
+            await trio.to_thread.run_sync(_write_atomic, self.home / STATE_FILE, data)
+
+
+# ----------------------------------------------------------------- files
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _passphrase_key(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:
+    return argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase.encode(), salt,
+                        opslimit=ops, memlimit=mem)
+
+
+def _new_key(home: Path) -> tuple[bytes, bytes]:
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if passphrase:
+        salt = nacl.utils.random(argon2id.SALTBYTES)
+        ops, mem = argon2id.OPSLIMIT_MODERATE, argon2id.MEMLIMIT_MODERATE
+        header = (MAGIC + bytes([MODE_PASSPHRASE]) + salt + ops.to_bytes(4, "big")
+                  + mem.to_bytes(8, "big"))
+        return _passphrase_key(passphrase, salt, ops, mem), header
+    key = nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
+    _write_atomic(home / KEY_FILE, key, 0o600)
+    return key, MAGIC + bytes([MODE_KEYFILE])
+
+
+def _load_key(home: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """Returns ``(key, header, ciphertext)``."""
+    if data[:4] != MAGIC or len(data) < 5:
+        raise StateError(f"{home / STATE_FILE} is not a wa-cli state file")
+    if data[4] == MODE_KEYFILE:
+        try:
+            key = (home / KEY_FILE).read_bytes()
+        except FileNotFoundError:
+            raise StateError(f"{home / KEY_FILE} is missing; the state cannot be opened") from None
+        return key, data[:5], data[5:]
+    if data[4] == MODE_PASSPHRASE:
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        if not passphrase:
+            raise StateError(f"this home is protected by a passphrase; set {PASSPHRASE_ENV}")
+        salt, rest = data[5:5 + argon2id.SALTBYTES], data[5 + argon2id.SALTBYTES:]
+        ops, mem = int.from_bytes(rest[:4], "big"), int.from_bytes(rest[4:12], "big")
+        end = 5 + argon2id.SALTBYTES + 12
+        return _passphrase_key(passphrase, salt, ops, mem), data[:end], data[end:]
+    raise StateError(f"unknown state file mode {data[4]}")
+
+
+@contextmanager
+def _locked(home: Path, timeout: float) -> Iterator[None]:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StateLocked(
+                        f"{home} is in use by another wa-cli process (waited {timeout:g}s)"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def create_state(
+    home: str | os.PathLike, *, name: str, relay_url: str, lock_timeout: float = 5.0
+) -> Iterator[State]:
+    """Create a new account (Ed25519 account key) and primary device 0 in ``home``.
+
+    The state is saved before this yields and the home stays locked until exit.
+    One-time keys are generated by the caller (see :mod:`cli.client`).
+
+    Raises:
+        AlreadyInitialized: ``home`` already holds a state.
+        StateLocked: another process holds the home.
+    """
+    path = Path(home).expanduser().absolute()
+    with _locked(path, lock_timeout):
+        if (path / STATE_FILE).exists():
+            raise AlreadyInitialized(f"{path} already holds an account")
+        key, header = _new_key(path)
+        state = State(path, key, header)
+        state.account_key = crypto.new_account_key()
+        state.user_id = crypto.account_user_id(state.account_key)
+        state.device_id = 0
+        state.name = name
+        state.relay_url = relay_url
+        state.save()
+        yield state
+
+
+@contextmanager
+def open_state(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterator[State]:
+    """Lock ``home`` and load its state; the lock is released on exit (state is not auto-saved).
+
+    Args:
+        home: the device directory.
+        lock_timeout: seconds to wait for another process to release the home.
+
+    Raises:
+        NotInitialized: no state in ``home``.
+        StateLocked: the home is still locked after ``lock_timeout``.
+        StateError: wrong key or passphrase, or a corrupt file.
+    """
+    path = Path(home).expanduser().absolute()
+    with _locked(path, lock_timeout):
+        try:
+            data = (path / STATE_FILE).read_bytes()
+        except FileNotFoundError:
+            raise NotInitialized(f"{path} has no account; run 'wa-cli init' first") from None
+        key, header, box = _load_key(path, data)
+        try:
+            plain = nacl.secret.SecretBox(key).decrypt(box)
+        except nacl.exceptions.CryptoError:
+            raise StateError(f"cannot decrypt {path / STATE_FILE}: wrong key or passphrase") from None
+        state = State(path, key, header)
+        try:
+            state._from_map(msgpack.unpackb(plain, raw=False))
+        except (KeyError, TypeError, ValueError, crypto.CryptoError, RemoteProtocolError) as exc:
+            raise StateError(f"corrupt state in {path}: {exc}") from exc
+        yield state

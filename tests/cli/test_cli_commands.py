@@ -1,0 +1,112 @@
+"""wa-cli commands through Click's CliRunner: usage errors exit 2, runtime failures exit 1,
+offline commands print the CLI contract's JSON (no relay needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.client import init_account
+from cli.commands import main
+from cli.state import create_state
+
+BOB = "b" * 52  # syntactically valid user_id (base32 'b' = 1)
+
+
+@pytest.fixture
+def home(tmp_path):
+    """An initialised (never published) home; no relay listens on its URL."""
+    path = tmp_path / "alice"
+    with create_state(path, name="alice", relay_url="ws://127.0.0.1:9") as state:
+        init_account(state)
+    return path
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["init"],  # --name and --relay missing
+        ["init", "--name", "a"],
+        ["init", "--name", "a", "--relay", "http://127.0.0.1:1"],
+        ["init", "--name", "", "--relay", "ws://127.0.0.1:1"],
+        ["contacts", "add", "bob", "not-a-user-id"],
+        ["contacts", "add", "bob"],
+        ["contacts", "add", BOB, BOB],
+        ["send", "bob"],
+        ["recv", "--timeout", "-1"],
+        ["recv", "--timeout", "soon"],
+        ["no-such-command"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args):
+    result = run("--home", str(tmp_path / "h"), *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+
+
+def test_send_to_unknown_contact_is_a_usage_error(home):
+    result = run("--home", str(home), "send", "nobody", "hi")
+    assert result.exit_code == 2
+    assert "unknown contact 'nobody'" in result.stderr
+
+
+def test_send_of_oversized_text_is_a_usage_error(home):
+    result = run("--home", str(home), "send", BOB, "x" * 60_001)
+    assert result.exit_code == 2
+
+
+def test_id_prints_the_contract_json(home):
+    result = run("--home", str(home), "--json", "id")
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert set(obj) == {"user_id", "device_id", "fingerprint", "home", "name"}
+    assert obj["device_id"] == 0 and obj["name"] == "alice" and obj["home"] == "ws://127.0.0.1:9"
+    assert len(obj["user_id"]) == 52
+    assert len(obj["fingerprint"].split()) == 6
+    human = run("--home", str(home), "id")
+    assert obj["user_id"] in human.stdout and obj["fingerprint"] in human.stdout
+
+
+def test_id_without_account_fails_with_exit_1(tmp_path):
+    result = run("--home", str(tmp_path / "empty"), "id")
+    assert result.exit_code == 1
+    assert "wa-cli init" in result.stderr
+    assert result.stdout == ""
+
+
+def test_home_from_environment(home):
+    result = run("--json", "id", env={"WA_HOME": str(home)})
+    assert result.exit_code == 0 and json.loads(result.stdout)["name"] == "alice"
+
+
+def test_contacts_add_and_list(home):
+    assert run("--home", str(home), "contacts", "add", "bob", BOB).exit_code == 0
+    result = run("--home", str(home), "--json", "contacts", "list")
+    assert result.exit_code == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"name": "bob", "user_id": BOB}
+    ]
+    assert "bob\t" + BOB in run("--home", str(home), "contacts", "list").stdout
+
+
+def test_unreachable_relay_is_a_runtime_failure(home):
+    result = run("--home", str(home), "--json", "send", BOB, "hi")
+    assert result.exit_code == 1
+    assert "cannot connect to ws://127.0.0.1:9" in result.stderr
+    assert result.stdout == ""
+    result = run("--home", str(home), "--json", "recv", "--timeout", "0")
+    assert result.exit_code == 1 and result.stdout == ""
+
+
+def test_init_on_an_unreachable_relay_fails_and_can_be_retried(tmp_path):
+    h = tmp_path / "x"
+    first = run("--home", str(h), "init", "--name", "x", "--relay", "ws://127.0.0.1:9")
+    assert first.exit_code == 1 and "cannot connect" in first.stderr
+    again = run("--home", str(h), "init", "--name", "x", "--relay", "ws://127.0.0.1:9")
+    assert again.exit_code == 1 and "cannot connect" in again.stderr  # retried, not "exists"
