@@ -1,0 +1,190 @@
+"""LMDB key/value layout of :class:`storage.lmdb.LmdbStorage` and the read helpers.
+
+Named sub-databases (``devk`` = ``user_id UTF-8 | "|" | device_id u32 BE``; all
+integers big-endian so that byte order is numeric order):
+
+===========  =================================  =====================================
+db           key                                value
+===========  =================================  =====================================
+lists        user_id                            version u64 | signed blob
+otk          devk | key_id                      public key
+claimed      devk | key_id                      empty (a claimed id is never reused)
+fallback     devk                               len(key_id) u16 | key_id | key
+queue        devk | seq u64                     ts f64 | envelope
+devices      devk                               last_seq u64 | queue_len u64 | otk_count u64
+dedupe       dedupe id                          ts f64
+expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`expire`)
+             ts_key | b"d" | dedupe id
+outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
+meta         b"format" / b"outbox_last"         b"1" / u64
+             b"bump"                            u64 (see storage._group_commit)
+===========  =================================  =====================================
+
+``devices.last_seq`` survives acks and purges, so seqs are never reused;
+``meta.outbox_last`` does the same for outbox ids. ``ts_key`` encodes a float so
+that byte order is numeric order (also for negative values).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import lmdb
+
+from .base import OutboxEntry, QueueItem
+
+FORMAT = b"1"
+DB_NAMES = (
+    "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
+    "meta",
+)
+OUTBOX_LAST = b"outbox_last"
+
+_U64 = struct.Struct(">Q")
+_F64 = struct.Struct(">d")
+_DEVREC = struct.Struct(">QQQ")
+_OUTBOX_HDR = struct.Struct(">IH")
+_FB_HDR = struct.Struct(">H")
+
+
+@dataclass(frozen=True, slots=True)
+class Dbs:
+    """Handles of the named sub-databases of one environment."""
+
+    lists: lmdb._Database
+    otk: lmdb._Database
+    claimed: lmdb._Database
+    fallback: lmdb._Database
+    queue: lmdb._Database
+    devices: lmdb._Database
+    dedupe: lmdb._Database
+    expiry: lmdb._Database
+    outbox: lmdb._Database
+    meta: lmdb._Database
+
+    @classmethod
+    def open(cls, env: lmdb.Environment) -> Dbs:
+        """Create/open every sub-database and check the format marker (blocking)."""
+        with env.begin(write=True) as txn:
+            handles = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+            fmt = txn.get(b"format", db=handles["meta"])
+            if fmt is None:
+                txn.put(b"format", FORMAT, db=handles["meta"])
+            elif fmt != FORMAT:
+                raise ValueError(f"unsupported LMDB storage format {fmt!r}")
+        return cls(**handles)
+
+
+# -- encoders
+
+
+def dev_key(user: bytes, device_id: int) -> bytes:
+    return user + b"|" + device_id.to_bytes(4, "big")
+
+
+def queue_key(devk: bytes, seq: int) -> bytes:
+    return devk + _U64.pack(seq)
+
+
+def ts_key(ts: float) -> bytes:
+    """8 bytes whose unsigned order is the numeric order of ``ts``."""
+    (n,) = _U64.unpack(_F64.pack(ts))
+    n = n ^ 0xFFFF_FFFF_FFFF_FFFF if n >> 63 else n | (1 << 63)
+    return _U64.pack(n)
+
+
+def pack_u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def unpack_u64(raw: bytes) -> int:
+    return _U64.unpack(raw)[0]
+
+
+def pack_f64(x: float) -> bytes:
+    return _F64.pack(x)
+
+
+def unpack_f64(raw: bytes) -> float:
+    return _F64.unpack(raw[:8])[0]
+
+
+@dataclass(slots=True)
+class DevRec:
+    """The ``devices`` record of one device queue."""
+
+    last_seq: int = 0
+    queue_len: int = 0
+    otk_count: int = 0
+
+    @classmethod
+    def load(cls, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> DevRec:
+        raw = txn.get(devk, db=dbs.devices)
+        return cls(*_DEVREC.unpack(raw)) if raw is not None else cls()
+
+    def store(self, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> None:
+        txn.put(devk, _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count), db=dbs.devices)
+
+
+def pack_fallback(key_id: bytes, key: bytes) -> bytes:
+    return _FB_HDR.pack(len(key_id)) + key_id + key
+
+
+def unpack_fallback(raw: bytes) -> tuple[str, bytes]:
+    (n,) = _FB_HDR.unpack(raw[:2])
+    return raw[2:2 + n].decode("utf-8"), raw[2 + n:]
+
+
+def pack_outbox(attempts: int, dest: bytes, payload: bytes) -> bytes:
+    return _OUTBOX_HDR.pack(attempts, len(dest)) + dest + payload
+
+
+def unpack_outbox(outbox_id: int, raw: bytes) -> OutboxEntry:
+    attempts, n = _OUTBOX_HDR.unpack(raw[:6])
+    return OutboxEntry(
+        outbox_id=outbox_id, dest=raw[6:6 + n].decode("utf-8"), payload=raw[6 + n:],
+        attempts=attempts,
+    )
+
+
+# -- reads (any transaction)
+
+
+def read_queue(
+    txn: lmdb.Transaction, dbs: Dbs, devk: bytes, after_seq: int, limit: int
+) -> list[QueueItem]:
+    out: list[QueueItem] = []
+    if limit <= 0:
+        return out
+    if after_seq >= 2**64 - 1:
+        return out
+    start = queue_key(devk, max(after_seq + 1, 0))
+    with txn.cursor(db=dbs.queue) as cur:
+        if not cur.set_range(start):
+            return out
+        for key, value in cur:
+            if len(key) != len(devk) + 8 or not key.startswith(devk):
+                break
+            out.append(QueueItem(
+                seq=unpack_u64(key[-8:]), ts=unpack_f64(value), envelope=value[8:],
+            ))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def outbox_list(
+    txn: lmdb.Transaction, dbs: Dbs, dest: bytes | None, limit: int
+) -> list[OutboxEntry]:
+    out: list[OutboxEntry] = []
+    if limit <= 0:
+        return out
+    with txn.cursor(db=dbs.outbox) as cur:
+        for key, value in cur:
+            entry = unpack_outbox(unpack_u64(key), value)
+            if dest is None or entry.dest.encode() == dest:
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+    return out

@@ -1,0 +1,243 @@
+"""The LMDB backend: the shared conformance suite, then group commit, batch isolation,
+full map, URLs and crash durability."""
+
+import errno
+import os
+import sys
+import textwrap
+import time
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from pathlib import Path
+
+import lmdb
+import pytest
+import trio
+
+from storage import (
+    DuplicateKey,
+    QueueFull,
+    StaleVersion,
+    Storage,
+    StorageError,
+    StorageFull,
+    open_storage,
+)
+from storage._group_commit import translate
+from storage.lmdb import DEFAULT_MAP_SIZE, LmdbStorage, parse_size, path_from_url
+from storage.testing import ALICE, BOB, StorageConformance, uid
+
+T0 = 1_800_000_000.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TestLmdbStorage(StorageConformance):
+    reopen_supported = True
+
+    def make_storage(self) -> AbstractAsyncContextManager[Storage]:
+        return LmdbStorage.from_url(f"lmdb://{self.tmp_path}/db")
+
+    def make_small_storage(self) -> AbstractAsyncContextManager[Storage]:
+        return LmdbStorage.open(self.tmp_path / "small", map_size=256 * 1024)
+
+
+async def test_concurrent_enqueues_are_group_committed(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            users = [uid(i) for i in range(10)]
+            batches = st.writer.batches
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for n in range(1000):
+                    nursery.start_soon(st.enqueue, [(users[n % 10], 0, b"e%d" % n)])
+            elapsed = time.perf_counter() - start
+            used = st.writer.batches - batches
+            assert used <= 20, f"1000 concurrent enqueues took {used} transactions"
+            assert elapsed < 1.0, f"1000 concurrent enqueues took {elapsed:.2f}s"
+            for user in users:
+                assert await st.queue_length(user, 0) == 100
+
+
+async def test_domain_errors_do_not_fail_the_batch(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            await st.put_device_list(ALICE, 5, b"v5")
+            await st.add_one_time_keys(ALICE, 0, [("k1", b"1")])
+            await st.enqueue([(BOB, 0, b"x")] * 2, now=T0)
+            outcomes: dict[str, object] = {}
+
+            async def run(name: str, fn, *args) -> None:  # noqa: ANN001
+                try:
+                    outcomes[name] = await fn(*args)
+                except (StaleVersion, DuplicateKey, QueueFull) as exc:
+                    outcomes[name] = type(exc)
+
+            batches = st.writer.batches
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "stale", st.put_device_list, ALICE, 4, b"v4")
+                nursery.start_soon(run, "dup", st.add_one_time_keys, ALICE, 0, [("k1", b"1")])
+                nursery.start_soon(run, "full", partial(st.enqueue, max_queue=2), [(BOB, 0, b"y")])
+                nursery.start_soon(run, "ok1", partial(st.enqueue, now=T0), [(ALICE, 0, b"a")])
+                nursery.start_soon(run, "ok2", st.add_one_time_keys, ALICE, 0, [("k2", b"2")])
+                nursery.start_soon(run, "ok3", st.put_device_list, BOB, 1, b"b1")
+            assert st.writer.batches - batches <= 2  # they shared a transaction
+            assert outcomes == {
+                "stale": StaleVersion, "dup": DuplicateKey, "full": QueueFull,
+                "ok1": [1], "ok2": 2, "ok3": None,
+            }
+            assert await st.get_device_list(ALICE) == (5, b"v5")
+            assert await st.get_device_list(BOB) == (1, b"b1")
+            assert await st.queue_length(BOB, 0) == 2
+
+
+async def test_unexpected_op_error_fails_only_that_op(tmp_path: Path) -> None:
+    def broken(txn, dbs):  # noqa: ANN001, ANN202
+        txn.put(b"half-written", b"x", db=dbs.meta)
+        raise RuntimeError("bug")
+
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            results: list[object] = []
+
+            async def bad() -> None:
+                with pytest.raises(RuntimeError, match="bug"):
+                    await st.writer.submit(broken)
+
+            async def good(n: int) -> None:
+                results.append(await st.enqueue([(ALICE, 0, b"%d" % n)], now=T0))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(5):
+                    nursery.start_soon(good, n)
+                nursery.start_soon(bad)
+            assert sorted(r[0] for r in results) == [1, 2, 3, 4, 5]  # type: ignore[index]
+            assert st._read(lambda txn: txn.get(b"half-written", db=st._dbs.meta)) is None
+
+
+async def test_map_full_aborts_whole_batch_but_frees_still_work(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db", map_size=256 * 1024) as st:
+            await st.enqueue([(ALICE, 0, b"a" * 1000)] * 8, now=T0)
+            await st.add_one_time_keys(ALICE, 0, [("k1", b"1")])
+            errors: list[type] = []
+            freed: list[object] = []
+
+            async def grow(n: int) -> None:
+                try:
+                    await st.enqueue([(BOB, n, b"b" * 100_000)], now=T0)
+                except StorageFull:
+                    errors.append(StorageFull)
+
+            async def free() -> None:
+                freed.append(await st.ack(ALICE, 0, 4))
+                freed.append(await st.claim_key(ALICE, 0))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(6):  # 600 kB: cannot all fit in a 256 KiB map
+                    nursery.start_soon(grow, n)
+                nursery.start_soon(free)
+            assert errors, "some enqueues must have found the map full"
+            assert freed == [4, ("k1", b"1", False)]
+            stored = sum([await st.queue_length(BOB, n) for n in range(6)])
+            assert stored + len(errors) == 6
+            assert [i.seq for i in await st.read_queue(ALICE, 0)] == [5, 6, 7, 8]
+            assert await st.enqueue([(ALICE, 0, b"small")], now=T0) == [9]
+
+
+async def test_freeing_ops_grow_the_map_if_even_deletes_find_no_room(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db", map_size=256 * 1024) as st:
+            await st.enqueue([(ALICE, 0, b"a")] * 3, now=T0)
+            real_attempt = st.writer._attempt
+            calls: list[int] = []
+
+            def full_until_grown(pending):  # noqa: ANN001, ANN202
+                calls.append(len(pending))
+                if st.writer.grown_bytes == 0:
+                    raise lmdb.MapFullError("simulated")
+                return real_attempt(pending)
+
+            st.writer._attempt = full_until_grown  # type: ignore[method-assign]
+            before = st.map_size
+            assert await st.ack(ALICE, 0, 2) == 2
+            assert st.map_size > before and st.writer.grown_bytes == st.map_size - before
+            st.writer._attempt = real_attempt  # type: ignore[method-assign]
+            assert await st.queue_length(ALICE, 0) == 1
+
+
+def test_full_disk_errors_translate_to_storage_full() -> None:
+    assert isinstance(translate(lmdb.MapFullError("mdb_put", -30792)), StorageFull)
+    assert isinstance(translate(lmdb.DiskError("mdb_txn_commit", errno.ENOSPC)), StorageFull)
+    assert isinstance(translate(lmdb.Error("mdb_txn_commit", errno.EDQUOT)), StorageFull)
+    other = translate(lmdb.Error("mdb_txn_commit", errno.EIO))
+    assert type(other) is StorageError and isinstance(other.__cause__, lmdb.Error)
+
+
+async def test_aclose_flushes_and_then_refuses(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            async with trio.open_nursery() as nursery:
+                for _ in range(50):
+                    nursery.start_soon(st.enqueue, [(ALICE, 0, b"x")])
+                await trio.testing.wait_all_tasks_blocked()
+                await st.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                await st.enqueue([(ALICE, 0, b"late")])
+            with pytest.raises(trio.ClosedResourceError):
+                await st.queue_length(ALICE, 0)
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            assert await st.queue_length(ALICE, 0) == 50
+
+
+async def test_body_exception_is_not_wrapped_in_a_group(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        async with LmdbStorage.open(tmp_path / "db"):
+            raise KeyError("mine")
+
+
+async def test_urls(tmp_path: Path) -> None:
+    assert path_from_url("lmdb:///var/lib/x") == ("/var/lib/x", {})
+    assert path_from_url("lmdb://data/n1?map_size=1G") == ("data/n1", {"map_size": ["1G"]})
+    assert path_from_url("lmdb:///a%20b") == ("/a b", {})
+    with pytest.raises(ValueError):
+        path_from_url("lmdb://")
+    assert parse_size("1GiB") == parse_size("1g") == 1 << 30
+    assert parse_size("4096") == 4096 and parse_size("512M") == 512 << 20
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    with trio.fail_after(10):
+        async with open_storage(f"lmdb://{tmp_path}/u?map_size=8M") as st:
+            assert isinstance(st, LmdbStorage) and st.map_size == 8 << 20
+        async with open_storage(f"lmdb://{tmp_path}/v") as st:
+            assert isinstance(st, LmdbStorage) and st.map_size == DEFAULT_MAP_SIZE
+        with pytest.raises(ValueError, match="unknown"):
+            async with open_storage(f"lmdb://{tmp_path}/u?sync=0"):
+                pass
+
+
+async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
+    child = textwrap.dedent(f"""
+        import os, signal, sys, trio
+        from storage.lmdb import LmdbStorage
+        async def main():
+            async with LmdbStorage.open({str(tmp_path / "db")!r}) as st:
+                async with trio.open_nursery() as nursery:
+                    for n in range(200):
+                        nursery.start_soon(st.enqueue, [({ALICE!r}, 0, b"m%d" % n)])
+                await st.outbox_put("n2", b"fwd")
+                print("acked", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        trio.run(main)
+    """)
+    with trio.fail_after(20):
+        proc = await trio.run_process(
+            [sys.executable, "-c", child], capture_stdout=True, check=False, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    assert proc.stdout == b"acked\n" and proc.returncode == -9
+    with trio.fail_after(10):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            items = await st.read_queue(ALICE, 0, limit=1000)
+            assert sorted(i.envelope for i in items) == sorted(b"m%d" % n for n in range(200))
+            assert [i.seq for i in items] == list(range(1, 201))
+            assert [e.payload for e in await st.outbox_list()] == [b"fwd"]
