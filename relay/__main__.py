@@ -1,0 +1,145 @@
+"""``wa-relay``: run relay nodes (console script ``relay.__main__:main``).
+
+Commands::
+
+    wa-relay serve --config node.toml
+    wa-relay init-cluster --nodes N --base-port P --data DIR [--host 127.0.0.1]
+    wa-relay cluster --nodes N --base-port P --data DIR [--host 127.0.0.1]
+
+``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
+node to stdout (flushed) once it listens, log to stderr (and each node's
+``log_file``), and stop cleanly on SIGTERM or SIGINT (exit 0). Exit codes: 0
+ok, 1 runtime failure (port in use, storage cannot be opened), 2 usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from relay.config import ConfigError, NodeConfig, init_cluster, load_node_config
+from relay.node import LOG_FORMAT, serve_node
+from storage import StorageError
+
+
+class ConfigProblem(click.ClickException):
+    """A configuration error (exit code 2)."""
+
+    exit_code = 2
+
+
+class RunFailure(click.ClickException):
+    """A node could not start or failed while running (exit code 1)."""
+
+    exit_code = 1
+
+
+def _setup_logging(level: str) -> None:
+    log = logging.getLogger("wa_relay")
+    if not any(getattr(h, "_wa_relay", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._wa_relay = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(level.upper())
+
+
+async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logging.getLogger("wa_relay").info("signal %d: stopping", signum)
+            cancel_scope.cancel()
+            return
+
+
+async def run_nodes(configs: list[NodeConfig]) -> None:
+    """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        for cfg in configs:
+            await nursery.start(serve_node, cfg)
+            click.echo(f"ready {cfg.id} {cfg.node.url}")
+            sys.stdout.flush()
+
+
+def _run(configs: list[NodeConfig]) -> None:
+    try:
+        trio.run(run_nodes, configs)
+    except* OSError as group:
+        raise RunFailure(f"cannot run the node: {group.exceptions[0]}") from None
+    except* StorageError as group:
+        raise RunFailure(f"storage error: {group.exceptions[0]}") from None
+
+
+def _load(path: Path) -> NodeConfig:
+    try:
+        return load_node_config(path)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+
+
+@click.group()
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Log level for stderr and log files.")
+def main(log_level: str) -> None:
+    """wa-relay: run federated relay nodes."""
+    _setup_logging(log_level)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+def serve(config_path: Path) -> None:
+    """Run one node in the foreground."""
+    _run([_load(config_path)])
+
+
+_cluster_options = [
+    click.option("--nodes", type=click.IntRange(1, 64), required=True, help="Number of nodes."),
+    click.option("--base-port", type=click.IntRange(1, 65535), required=True,
+                 help="Port of n1; nK listens on base-port + K - 1."),
+    click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Directory for the cluster file, node keys and storage."),
+    click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+]
+
+
+def _with_cluster_options(fn):
+    for opt in reversed(_cluster_options):
+        fn = opt(fn)
+    return fn
+
+
+def _init(nodes: int, base_port: int, data: Path, host: str) -> list[Path]:
+    try:
+        return init_cluster(data, nodes, base_port, host)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except OSError as exc:
+        raise RunFailure(f"cannot write {data}: {exc}") from exc
+
+
+@main.command("init-cluster")
+@_with_cluster_options
+def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str) -> None:
+    """Create (or complete) the files of a local N-node cluster under --data."""
+    for path in _init(nodes, base_port, data, host):
+        click.echo(str(path))
+
+
+@main.command()
+@_with_cluster_options
+def cluster(nodes: int, base_port: int, data: Path, host: str) -> None:
+    """Run N local nodes in this process (init-cluster first if needed)."""
+    _run([_load(p) for p in _init(nodes, base_port, data, host)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,204 @@
+"""The key directory of a home node: signed device lists and one-time / fallback keys.
+
+Only a user's home node (see :mod:`relay.ring`) stores that user's directory
+entries. Device lists are stored as msgpack ``{body, signature}`` of the
+:class:`~relay.protocol.frames.SignedDeviceList`, and verified on the way in
+(the account signature is the only authority). Parsed lists of recently used
+users are cached in a bounded dict.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from relay.errors import RelayError
+from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
+from relay.protocol.frames import ClaimedKey, OneTimeKey, Recipient, SignedDeviceList
+from relay.ring import Ring
+from storage import DuplicateKey, StaleVersion, Storage
+
+KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys
+MAX_KEY_ID = 64  # characters
+KEY_SIZE = 32  # Curve25519 public key bytes
+
+
+def _pack_list(signed: SignedDeviceList) -> bytes:
+    return msgpack.packb({"body": signed.body, "signature": signed.signature}, use_bin_type=True)
+
+
+def _unpack_list(blob: bytes) -> SignedDeviceList:
+    m = msgpack.unpackb(blob, raw=False)
+    return SignedDeviceList(body=m["body"], signature=m["signature"])
+
+
+class Directory:
+    """Device lists and keys of the users homed at node ``node_id``.
+
+    Args:
+        storage: the node's storage.
+        ring: the cluster ring (home lookups).
+        node_id: this node's id.
+        cache_size: most parsed device lists kept in memory.
+    """
+
+    def __init__(self, storage: Storage, ring: Ring, node_id: str, cache_size: int = 4096) -> None:
+        self._storage = storage
+        self._ring = ring
+        self._node_id = node_id
+        self._cache: dict[str, tuple[SignedDeviceList, DeviceList]] = {}
+        self._cache_size = cache_size
+
+    # ------------------------------------------------------------ homes
+
+    @staticmethod
+    def check_user_id(user_id: str) -> None:
+        """Raise ``bad_request`` unless ``user_id`` is a well-formed user id."""
+        if not is_user_id(user_id):
+            raise RelayError(ErrorCode.BAD_REQUEST, "malformed user_id")
+
+    def is_home(self, user_id: str) -> bool:
+        """True if this node is ``user_id``'s home."""
+        return self._ring.home(user_id).id == self._node_id
+
+    def check_home(self, user_id: str) -> None:
+        """Raise ``moved`` (with the home URL) unless this node is ``user_id``'s home."""
+        home = self._ring.home(user_id)
+        if home.id != self._node_id:
+            raise RelayError(ErrorCode.MOVED, f"the home of this user is {home.id}", url=home.url,
+                             user_id=user_id)
+
+    # ------------------------------------------------------------ device lists
+
+    def _remember(self, user_id: str, entry: tuple[SignedDeviceList, DeviceList]) -> None:
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[1].version >= entry[1].version:
+            return
+        self._cache.pop(user_id, None)
+        if len(self._cache) >= self._cache_size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[user_id] = entry
+
+    async def put_device_list(self, signed: SignedDeviceList) -> DeviceList:
+        """Verify and store a device list for a user homed here.
+
+        Raises:
+            RelayError: ``unauthorized`` (bad signature), ``bad_request``
+                (malformed), ``moved`` (not homed here), ``stale_version``
+                (version does not grow).
+            RemoteProtocolError: from :func:`verify_device_list`.
+            StorageFull: nothing stored.
+        """
+        parsed = verify_device_list(signed)
+        self.check_home(parsed.user_id)
+        try:
+            await self._storage.put_device_list(parsed.user_id, parsed.version, _pack_list(signed))
+        except StaleVersion as exc:
+            raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
+                             user_id=parsed.user_id) from exc
+        self._remember(parsed.user_id, (signed, parsed))
+        return parsed
+
+    async def get_device_list(self, user_id: str) -> tuple[SignedDeviceList, DeviceList] | None:
+        """The stored signed list of a user homed here and its parsed form, or ``None``."""
+        cached = self._cache.get(user_id)
+        if cached is not None:
+            return cached
+        stored = await self._storage.get_device_list(user_id)
+        if stored is None:
+            return None
+        signed = _unpack_list(stored[1])
+        entry = (signed, verify_device_list(signed, user_id))
+        self._remember(user_id, entry)
+        return entry
+
+    async def require_device_list(self, user_id: str) -> tuple[SignedDeviceList, DeviceList]:
+        """Like :meth:`get_device_list` but raise ``unknown_user`` if there is none."""
+        entry = await self.get_device_list(user_id)
+        if entry is None:
+            raise RelayError(ErrorCode.UNKNOWN_USER, "no device list published for this user",
+                             user_id=user_id)
+        return entry
+
+    async def check_recipient(self, recipient: Recipient) -> None:
+        """Check that the copies address exactly the user's current devices.
+
+        Raises:
+            RelayError: ``unknown_user``; ``stale_devices`` with the current
+                signed list when the device ids differ (or repeat).
+        """
+        signed, parsed = await self.require_device_list(recipient.user_id)
+        ids = [c.device_id for c in recipient.copies]
+        if len(set(ids)) != len(ids) or set(ids) != parsed.device_ids:
+            raise RelayError(
+                ErrorCode.STALE_DEVICES, f"copies do not match device list v{parsed.version}",
+                user_id=recipient.user_id, device_list=signed,
+            )
+
+    # ------------------------------------------------------------ keys
+
+    async def upload_keys(
+        self, user_id: str, device_id: int, one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+    ) -> int:
+        """Add one-time keys (and replace the fallback key) of a device; return its count.
+
+        Raises:
+            RelayError: ``bad_request`` for a duplicate or malformed key (nothing stored).
+            StorageFull: nothing stored.
+        """
+        for k in [*one_time_keys, *([fallback_key] if fallback_key else [])]:
+            if not 0 < len(k.key_id) <= MAX_KEY_ID or len(k.key) != KEY_SIZE:
+                raise RelayError(ErrorCode.BAD_REQUEST,
+                                 f"a key needs a 1..{MAX_KEY_ID} char id and {KEY_SIZE} bytes")
+        if one_time_keys:
+            try:
+                count = await self._storage.add_one_time_keys(
+                    user_id, device_id, [(k.key_id, k.key) for k in one_time_keys]
+                )
+            except DuplicateKey as exc:
+                raise RelayError(ErrorCode.BAD_REQUEST, "duplicate one-time key id") from exc
+        else:
+            count = await self._storage.count_one_time_keys(user_id, device_id)
+        if fallback_key is not None:
+            await self._storage.set_fallback_key(user_id, device_id, fallback_key.key_id,
+                                                 fallback_key.key)
+        return count
+
+    async def key_count(self, user_id: str, device_id: int) -> int:
+        """How many unclaimed one-time keys the device has."""
+        return await self._storage.count_one_time_keys(user_id, device_id)
+
+    async def claim_keys(
+        self, user_id: str, device_ids: list[int]
+    ) -> tuple[list[ClaimedKey], dict[int, int]]:
+        """Take one key per listed device of a user homed here.
+
+        Returns:
+            The claimed keys (devices with neither a one-time nor a fallback key
+            are absent) and ``{device_id: count}`` for devices whose one-time
+            keys dropped below :data:`KEYS_LOW` with this claim.
+
+        Raises:
+            RelayError: ``unknown_user``; ``unknown_device`` for a device id not
+                in the list; ``bad_request`` for a repeated device id.
+        """
+        _, parsed = await self.require_device_list(user_id)
+        if len(set(device_ids)) != len(device_ids):
+            raise RelayError(ErrorCode.BAD_REQUEST, "repeated device id")
+        for d in device_ids:
+            if d not in parsed.device_ids:
+                raise RelayError(ErrorCode.UNKNOWN_DEVICE, f"device {d} is not in the list",
+                                 user_id=user_id)
+        keys: list[ClaimedKey] = []
+        low: dict[int, int] = {}
+        for d in device_ids:
+            got = await self._storage.claim_key(user_id, d)
+            if got is None:
+                continue
+            key_id, key, fallback = got
+            keys.append(ClaimedKey(device_id=d, key_id=key_id, key=key, fallback=fallback))
+            if not fallback:
+                left = await self._storage.count_one_time_keys(user_id, d)
+                if left < KEYS_LOW:
+                    low[d] = left
+        return keys, low

@@ -1,0 +1,124 @@
+"""One relay node: storage, ring, directory, delivery, federation, outbox, server.
+
+``serve_node(config)`` runs until cancelled and supports ``nursery.start``::
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_node, config)   # listening from here on
+        ...
+        nursery.cancel_scope.cancel()
+
+Logs go to the ``wa_relay.node.<id>`` logger (and ``config.log_file``, if
+set): metadata only (user id prefixes, device ids, codes), never message
+bodies or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AsyncExitStack
+from functools import partial
+
+import trio
+from trio_websocket import serve_websocket
+
+from relay.config import NodeConfig
+from relay.delivery import DeviceRegistry
+from relay.directory import Directory
+from relay.federation import Federation
+from relay.outbox import Outbox
+from relay.protocol import Limits
+from relay.ring import Ring
+from relay.router import FORWARD_TIMEOUT, Router
+from relay.server import handle_websocket
+from storage import Storage, open_storage
+
+EXPIRE_INTERVAL = 300.0  # seconds between TTL sweeps
+FRAME_SLACK = 64 * 1024  # bytes above max_frame that still get a too_large answer
+RECEIVE_BUFFER = 64 * 1024
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Node:
+    """The wired components of one running node (built by :func:`serve_node`).
+
+    Attributes:
+        id: node id. ring: the cluster ring. limits: frame limits.
+        storage, directory, registry, federation, outbox, router: components.
+        signing_key: the node's Ed25519 key. log: the node's logger.
+    """
+
+    def __init__(
+        self, config: NodeConfig, storage: Storage, log: logging.Logger, *,
+        forward_timeout: float = FORWARD_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self.signing_key = config.signing_key
+        self.log = log
+        self.ring = Ring(config.cluster)
+        self.limits = Limits(max_frame=config.max_frame, max_bin=config.max_frame)
+        self.storage = storage
+        self.directory = Directory(storage, self.ring, config.id)
+        self.registry = DeviceRegistry()
+        self.federation = Federation(config.id, config.signing_key, self.ring, self.limits, log)
+        self.outbox = Outbox(storage, self.federation, self.registry.notify,
+                             queue_ttl=config.queue_ttl, timeout=forward_timeout,
+                             limits=self.limits, log=log)
+        self.router = Router(config.id, self.ring, storage, self.directory, self.federation,
+                             self.outbox, self.registry.notify, max_queue=config.max_queue,
+                             forward_timeout=forward_timeout)
+
+    async def expire_loop(self) -> None:
+        """Delete queued envelopes older than the TTL, every :data:`EXPIRE_INTERVAL` s."""
+        while True:
+            gone = await self.storage.expire(time.time() - self.config.queue_ttl)
+            if gone:
+                self.log.info("expired %d queued envelopes", gone)
+            await trio.sleep(EXPIRE_INTERVAL)
+
+
+async def serve_node(
+    config: NodeConfig, *, storage: Storage | None = None,
+    forward_timeout: float = FORWARD_TIMEOUT,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one node until cancelled.
+
+    Args:
+        config: the node's configuration (:func:`relay.config.load_node_config`).
+        storage: an already open storage to use instead of opening
+            ``config.storage`` (tests); the caller keeps ownership.
+        forward_timeout: seconds a forward may take before it goes to the outbox.
+        task_status: ``nursery.start`` gets the bound TCP port (useful with port 0).
+
+    Raises:
+        StorageError / ValueError: the storage cannot be opened.
+        OSError: the port cannot be bound.
+    """
+    log = logging.getLogger(f"wa_relay.node.{config.id}")
+    async with AsyncExitStack() as stack:
+        if config.log_file is not None:
+            handler = logging.FileHandler(config.log_file, encoding="utf-8")
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            log.addHandler(handler)
+            if log.level == logging.NOTSET or log.level > logging.INFO:
+                log.setLevel(logging.INFO)
+            stack.callback(handler.close)
+            stack.callback(log.removeHandler, handler)
+        if storage is None:
+            storage = await stack.enter_async_context(open_storage(config.storage))
+        node = Node(config, storage, log, forward_timeout=forward_timeout)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.outbox.run)
+            server = await nursery.start(partial(
+                serve_websocket, partial(handle_websocket, node), config.host, config.port, None,
+                message_queue_size=4, max_message_size=config.max_frame + FRAME_SLACK,
+                receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
+            ))
+            nursery.start_soon(node.federation.run)
+            nursery.start_soon(node.expire_loop)
+            port = server.port
+            log.info("node %s listening on %s:%d (ring %s)", config.id, config.host, port,
+                     node.ring.version[:12])
+            task_status.started(port)

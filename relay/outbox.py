@@ -1,0 +1,179 @@
+"""The durable outbox: forwards accepted with ``sent queued``, retried per destination.
+
+Each destination node has one drain task. It sends the destination's entries
+oldest first (FIFO, so per-device order is kept), deletes an entry once the
+destination answered ``ok``, and on failure backs off exponentially (0.2 s
+doubling to 30 s with jitter; a link coming back up ends the wait early).
+A *final* rejection from the live destination (e.g. ``stale_devices``,
+``unknown_user``), or an entry older than the queue TTL, turns into one
+``bounce`` envelope for the sending device (deduplicated per entry), after
+which the entry is deleted. Retryable answers (``storage_full``,
+``queue_full``, ``rate_limited``, ``unavailable``, ``internal``) keep it.
+
+While a destination has pending entries, new forwards to it go to the
+outbox too (see :meth:`Outbox.has_pending`), so they never overtake older ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import msgpack
+import trio
+
+from relay.delivery import pack_envelope
+from relay.errors import KNOWN_REFUSALS
+from relay.federation import Federation, LinkDown, backoff_delays, request_within
+from relay.protocol import (
+    DEFAULT_LIMITS,
+    ErrorCode,
+    Limits,
+    RemoteProtocolError,
+    read_frame,
+    write_frame,
+)
+from relay.protocol.frames import Envelope, Error, Forward, Ok
+from storage import OutboxEntry, Storage
+
+RETRYABLE = frozenset({
+    ErrorCode.STORAGE_FULL.value, ErrorCode.QUEUE_FULL.value, ErrorCode.RATE_LIMITED.value,
+    ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value,
+})
+BATCH = 64
+
+
+def bounce_dedupe(entry: OutboxEntry, fwd: Forward) -> bytes:
+    """The dedupe id of the bounce for one outbox entry."""
+    return b"bounce\0" + fwd.sender_user.encode() + b"\0" + fwd.msg_id + entry.dest.encode()
+
+
+class Outbox:
+    """Durable per-destination retry queues of one node.
+
+    Args:
+        storage: the node's storage (``outbox_*`` and, for bounces, ``enqueue``).
+        federation: the outgoing peer links.
+        notify: ``notify(user_id, device_id)`` after a bounce was enqueued.
+        queue_ttl: seconds after which an undeliverable entry is bounced.
+        timeout: seconds to wait for one forward's answer.
+        limits: frame limits (to read stored forwards back).
+        log: for metadata-only log lines.
+    """
+
+    def __init__(
+        self, storage: Storage, federation: Federation, notify: Callable[[str, int], None], *,
+        queue_ttl: float, timeout: float, limits: Limits = DEFAULT_LIMITS, log: logging.Logger,
+    ) -> None:
+        self._storage = storage
+        self._federation = federation
+        self._notify = notify
+        self._ttl = queue_ttl
+        self._timeout = timeout
+        self._log = log
+        self._limits = limits
+        self._pending: dict[str, bool] = {d: False for d in federation.links}
+        self._gen: dict[str, int] = {d: 0 for d in federation.links}
+        self._wake: dict[str, trio.Event] = {d: trio.Event() for d in federation.links}
+
+    def has_pending(self, dest: str) -> bool:
+        """True if ``dest`` has entries not yet delivered (new forwards must queue behind them)."""
+        return self._pending.get(dest, False)
+
+    async def put(self, forward: Forward, dest: str) -> int:
+        """Durably queue ``forward`` for node ``dest``; return its outbox id.
+
+        Raises:
+            StorageFull: nothing stored.
+        """
+        outbox_id = await self._storage.outbox_put(dest, write_frame(forward))
+        self._pending[dest] = True
+        self._gen[dest] += 1
+        self._wake[dest].set()
+        return outbox_id
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Load pending state from storage, then drain every destination until cancelled."""
+        for dest in self._pending:
+            if await self._storage.outbox_list(dest, limit=1):
+                self._pending[dest] = True
+        async with trio.open_nursery() as nursery:
+            for dest in self._pending:
+                nursery.start_soon(self._drain, dest)
+            task_status.started()
+
+    async def _drain(self, dest: str) -> None:
+        delays = backoff_delays()
+        while True:
+            wake = self._wake[dest]
+            if wake.is_set():
+                self._wake[dest] = wake = trio.Event()
+            gen = self._gen[dest]
+            entries = await self._storage.outbox_list(dest, limit=BATCH)
+            if not entries:
+                if self._gen[dest] == gen:
+                    self._pending[dest] = False
+                await wake.wait()
+                continue
+            for entry in entries:
+                outcome = await self._attempt(entry)
+                if outcome == "done":
+                    delays = backoff_delays()
+                    continue
+                await self._storage.outbox_retry(entry.outbox_id)
+                link = self._federation.links[dest]
+                with trio.move_on_after(next(delays)):
+                    if outcome == "down":
+                        await link.connected.wait()
+                    else:
+                        await trio.sleep_forever()
+                break
+
+    async def _attempt(self, entry: OutboxEntry) -> str:
+        """Try one entry: ``"done"`` (delivered or bounced), ``"down"`` or ``"retry"``."""
+        try:
+            fwd = read_frame(entry.payload, self._limits)
+        except RemoteProtocolError:
+            fwd = None
+        if not isinstance(fwd, Forward):
+            self._log.error("outbox entry %d is corrupt; dropped", entry.outbox_id)
+            await self._storage.outbox_delete(entry.outbox_id)
+            return "done"
+        if fwd.ts / 1000 < time.time() - self._ttl:
+            return await self._bounce(entry, fwd, ErrorCode.UNAVAILABLE.value,
+                                      f"node {entry.dest} unreachable for the queue TTL", None)
+        try:
+            answer = await request_within(self._federation, entry.dest, fwd, self._timeout)
+        except LinkDown:
+            return "down"
+        if isinstance(answer, Ok):
+            await self._storage.outbox_delete(entry.outbox_id)
+            self._log.info("outbox %d delivered to %s", entry.outbox_id, entry.dest)
+            return "done"
+        if isinstance(answer, Error) and answer.code not in RETRYABLE:
+            return await self._bounce(entry, fwd, answer.code, answer.message, answer.user_id)
+        self._log.info("outbox %d to %s: retry after %s", entry.outbox_id, entry.dest,
+                       getattr(answer, "code", answer.TYPE))
+        return "retry"
+
+    async def _bounce(
+        self, entry: OutboxEntry, fwd: Forward, code: str, message: str, user_id: str | None
+    ) -> str:
+        uid = user_id or (fwd.recipients[0].user_id if fwd.recipients else "")
+        body = msgpack.packb({"code": code, "message": message, "user_id": uid}, use_bin_type=True)
+        env = Envelope(msg_id=fwd.msg_id, sender_user=fwd.sender_user,
+                       sender_device=fwd.sender_device, ts=int(time.time() * 1000),
+                       kind="bounce", body=body)
+        try:
+            await self._storage.enqueue(
+                [(fwd.sender_user, fwd.sender_device, pack_envelope(env))],
+                dedupe=bounce_dedupe(entry, fwd),
+            )
+        except KNOWN_REFUSALS:
+            self._log.warning("outbox %d: bounce could not be stored yet", entry.outbox_id)
+            return "retry"
+        self._notify(fwd.sender_user, fwd.sender_device)
+        await self._storage.outbox_delete(entry.outbox_id)
+        self._log.info("outbox %d to %s bounced: %s", entry.outbox_id, entry.dest, code)
+        return "done"

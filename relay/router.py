@@ -1,0 +1,158 @@
+"""The send path: group recipients by home node, store locally or forward.
+
+For one ``send`` the sender's home groups the recipients by home node and
+handles all groups concurrently:
+
+* its own users: :meth:`Router.store_local` checks every user's copies
+  against the current device list, then writes all copies in one atomic,
+  durable ``enqueue`` deduplicated by ``(sender_user, msg_id)``;
+* other homes: a ``forward`` over the peer link, answered ``ok`` once the
+  home did the same. If the destination has pending outbox entries, or the
+  link is down or slow, the forward goes to the durable outbox instead.
+
+The answer is ``stored`` when every home confirmed, ``queued`` when some
+group went to the outbox, or the first refusal (in recipient order), e.g.
+``stale_devices`` from a live home.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import trio
+
+from relay.delivery import pack_envelope
+from relay.directory import Directory
+from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
+from relay.federation import Federation, LinkDown, request_within
+from relay.outbox import Outbox
+from relay.protocol import ErrorCode
+from relay.protocol.frames import Envelope, Error, Forward, Ok, Recipient
+from relay.ring import Ring
+from storage import Storage
+
+FORWARD_TIMEOUT = 5.0
+
+
+def dedupe_id(sender_user: str, msg_id: bytes) -> bytes:
+    """The storage dedupe id of one message at one home."""
+    return b"msg\0" + sender_user.encode() + b"\0" + msg_id
+
+
+class Router:
+    """Routes ``send`` requests and stores ``forward`` requests for local users.
+
+    Args:
+        node_id: this node's id.
+        ring: the cluster ring.
+        storage, directory: local state.
+        federation, outbox: the way to other homes.
+        notify: ``notify(user_id, device_id)`` after envelopes were enqueued.
+        max_queue: bound of one device queue.
+        forward_timeout: seconds before a forward is given to the outbox.
+    """
+
+    def __init__(
+        self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
+        federation: Federation, outbox: Outbox, notify: Callable[[str, int], None], *,
+        max_queue: int, forward_timeout: float = FORWARD_TIMEOUT,
+    ) -> None:
+        self._node_id = node_id
+        self._ring = ring
+        self._storage = storage
+        self._directory = directory
+        self._federation = federation
+        self._outbox = outbox
+        self._notify = notify
+        self._max_queue = max_queue
+        self.forward_timeout = forward_timeout
+
+    async def store_local(self, fwd: Forward) -> None:
+        """Check and durably enqueue a forward whose recipients are all homed here.
+
+        All or nothing: if any user is stale or unknown, nothing is written.
+        A repeated ``(sender_user, msg_id)`` is acknowledged without writing again.
+
+        Raises:
+            RelayError: ``bad_request`` (malformed or not homed here, repeated
+                user), ``unknown_user``, ``stale_devices``.
+            StorageFull, QueueFull: nothing stored.
+        """
+        seen: set[str] = set()
+        for r in fwd.recipients:
+            self._directory.check_user_id(r.user_id)
+            if r.user_id in seen:
+                raise RelayError(ErrorCode.BAD_REQUEST, "a user appears twice in recipients")
+            seen.add(r.user_id)
+            if not self._directory.is_home(r.user_id):
+                raise RelayError(ErrorCode.BAD_REQUEST, "recipient is not homed at this node",
+                                 user_id=r.user_id)
+            await self._directory.check_recipient(r)
+        items = []
+        for r in fwd.recipients:
+            for c in r.copies:
+                env = Envelope(msg_id=fwd.msg_id, sender_user=fwd.sender_user,
+                               sender_device=fwd.sender_device, ts=fwd.ts, kind="olm", body=c.body)
+                items.append((r.user_id, c.device_id, pack_envelope(env)))
+        if not items:
+            return
+        seqs = await self._storage.enqueue(
+            items, dedupe=dedupe_id(fwd.sender_user, fwd.msg_id), max_queue=self._max_queue,
+        )
+        if seqs is not None:
+            for user_id, device_id, _ in items:
+                self._notify(user_id, device_id)
+
+    async def send(
+        self, sender_user: str, sender_device: int, msg_id: bytes, recipients: list[Recipient]
+    ) -> str:
+        """Route one message; return ``"stored"`` or ``"queued"``.
+
+        Raises:
+            RelayError: the first refusal of a home (see the module docstring).
+            StorageFull, QueueFull: from the local store or the outbox.
+        """
+        if not recipients:
+            raise RelayError(ErrorCode.BAD_REQUEST, "a send needs at least one recipient")
+        groups: dict[str, list[Recipient]] = {}
+        for r in recipients:
+            self._directory.check_user_id(r.user_id)
+            groups.setdefault(self._ring.home(r.user_id).id, []).append(r)
+        ts = int(time.time() * 1000)
+        results: dict[str, str | RelayError] = {}
+
+        async def one(dest: str, group: list[Recipient]) -> None:
+            fwd = Forward(id=0, msg_id=msg_id, sender_user=sender_user,
+                          sender_device=sender_device, ts=ts, recipients=group)
+            try:
+                if dest == self._node_id:
+                    await self.store_local(fwd)
+                    results[dest] = "stored"
+                else:
+                    results[dest] = await self._forward(dest, fwd)
+            except KNOWN_REFUSALS as exc:
+                results[dest] = relay_error_from(exc)  # type: ignore[assignment]
+
+        async with trio.open_nursery() as nursery:
+            for dest, group in groups.items():
+                nursery.start_soon(one, dest, group)
+        for dest in groups:
+            if isinstance(results[dest], RelayError):
+                raise results[dest]
+        return "queued" if "queued" in results.values() else "stored"
+
+    async def _forward(self, dest: str, fwd: Forward) -> str:
+        if self._outbox.has_pending(dest):
+            await self._outbox.put(fwd, dest)
+            return "queued"
+        try:
+            answer = await request_within(self._federation, dest, fwd, self.forward_timeout)
+        except LinkDown:
+            await self._outbox.put(fwd, dest)
+            return "queued"
+        if isinstance(answer, Ok):
+            return "stored"
+        if isinstance(answer, Error):
+            raise RelayError.from_frame(answer)
+        raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r} from {dest}")

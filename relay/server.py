@@ -1,0 +1,351 @@
+"""The per-connection handler of a node: devices (clients) and peer nodes.
+
+Tasks of one connection, all in one nursery:
+
+* the **reader** always drains the WebSocket into a bounded inbox
+  (``INBOX_SIZE`` messages), so trio-websocket keeps answering pings/closes;
+* the **handler** (this task) feeds each message to the sans-I/O
+  :class:`~relay.protocol.connection.ServerConnection` and serves requests;
+  a device's requests are answered one after the other, in order; a peer's
+  (``forward``/``get_devices``/``claim_keys``) run concurrently, at most
+  ``PEER_CONCURRENCY`` at a time, and are answered by id;
+* the **writer** is the only task that sends; everything goes through a
+  bounded outbox (``OUTBOX_SIZE`` frames), which gives backpressure;
+* after ``sync``, a :class:`~relay.delivery.Pusher` streams the device's queue.
+
+Error handling: protocol problems answer ``error`` (closing when the error
+carries a close code); refusals (:data:`relay.errors.KNOWN_REFUSALS`) answer
+their code; any other exception is a bug, logged (metadata only) and answered
+with ``error internal`` and close 1011. The node keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from relay.delivery import Pusher
+from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
+from relay.federation import LinkDown, request_within
+from relay.protocol import (
+    CloseCode,
+    ErrorCode,
+    RemoteProtocolError,
+    auth_message,
+    peer_auth_message,
+    verify_signature,
+    write_frame,
+)
+from relay.protocol.connection import ConnState, ServerConnection
+from relay.protocol.frames import (
+    Ack,
+    Auth,
+    AuthOk,
+    Claimed,
+    ClaimKeys,
+    Devices,
+    Error,
+    Forward,
+    Frame,
+    GetDevices,
+    Hello,
+    KeyCount,
+    Ok,
+    PeerAuth,
+    PeerAuthOk,
+    Ping,
+    PutDevices,
+    Send,
+    Sent,
+    Sync,
+    UploadKeys,
+)
+
+if TYPE_CHECKING:
+    from relay.node import Node
+
+INBOX_SIZE = 16
+OUTBOX_SIZE = 64
+PEER_CONCURRENCY = 64
+CLOSE_TIMEOUT = 5.0
+PEER_REQUEST_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Connection:
+    """One accepted WebSocket (device or peer node) on ``node``.
+
+    Implements :class:`relay.delivery.Session` for the device registry.
+    """
+
+    def __init__(self, node: Node, ws: WebSocketConnection, remote: str) -> None:
+        self._node = node
+        self._ws = ws
+        self._remote = remote
+        self._log: logging.Logger = node.log
+        self._conn = ServerConnection(node.limits)
+        self._in_send, self._in_recv = trio.open_memory_channel[bytes | str](INBOX_SIZE)
+        self._out_send, self._out_recv = trio.open_memory_channel[Frame | _Close](OUTBOX_SIZE)
+        self._cancel = trio.CancelScope()
+        self._pusher: Pusher | None = None
+        self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
+        self._exits = ExitStack()
+        self._nursery: trio.Nursery | None = None
+
+    # ----------------------------------------------------------------- Session
+
+    def push_nowait(self, frame: Frame) -> bool:
+        """Queue a push (e.g. ``key_count``) without blocking; ``False`` if saturated."""
+        try:
+            self._out_send.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def kick(self) -> None:
+        """Drop this connection (its device authenticated on a newer one)."""
+        self._cancel.cancel()
+
+    # ----------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        """Serve the connection until it closes. Never raises (except Cancelled)."""
+        try:
+            with self._exits, self._cancel:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._writer)
+                    await self._handle_all(nursery)
+                    await self._close(CloseCode.NORMAL, "")
+        except Exception:  # noqa: BLE001 - the per-connection boundary: log, internal, close 1011
+            self._log.exception("connection %s (%s): unexpected error", self._remote,
+                                self._who())
+            with trio.move_on_after(1):
+                try:
+                    await self._ws.send_message(write_frame(Error(id=0, code="internal")))
+                    await self._ws.aclose(CloseCode.INTERNAL_ERROR, "internal error")
+                except ConnectionClosed:
+                    pass
+
+    def _who(self) -> str:
+        if self._conn.state is ConnState.CLIENT:
+            return f"device {self._conn.user_id[:8]}/{self._conn.device_id}"  # type: ignore[index]
+        if self._conn.state is ConnState.PEER:
+            return f"peer {self._conn.peer_id}"
+        return "unauthenticated"
+
+    async def _reader(self) -> None:
+        async with self._in_send:
+            while True:
+                try:
+                    message = await self._ws.get_message()
+                except ConnectionClosed:
+                    return
+                await self._in_send.send(message)
+
+    async def _writer(self) -> None:
+        async with self._out_recv:
+            async for item in self._out_recv:
+                if isinstance(item, _Close):
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await self._ws.aclose(item.code, item.reason)
+                    break
+                try:
+                    await self._ws.send_message(write_frame(item))
+                except ConnectionClosed:
+                    break
+        self._cancel.cancel()
+
+    async def _send(self, frame: Frame) -> None:
+        await self._out_send.send(frame)
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Flush queued frames, close with ``code`` and end the connection."""
+        await self._out_send.send(_Close(code, reason))
+        await trio.sleep(CLOSE_TIMEOUT)  # the writer cancels us once closed
+        self._cancel.cancel()
+
+    async def _handle_all(self, nursery: trio.Nursery) -> None:
+        async for message in self._in_recv:
+            try:
+                frame = self._conn.receive_data(message)
+            except RemoteProtocolError as exc:
+                self._log.info("connection %s: %s (%s)", self._remote, exc.code.value, self._who())
+                await self._send(self._conn.error_frame(exc))
+                if exc.close_code is not None:
+                    await self._close(exc.close_code, exc.code.value)
+                continue
+            if self._conn.state is ConnState.PEER and not isinstance(frame, PeerAuth):
+                await self._peer_slots.acquire()
+                nursery.start_soon(self._peer_request, frame)
+            else:
+                await self._request(frame)
+
+    async def _peer_request(self, frame: Frame) -> None:
+        try:
+            await self._request(frame)
+        finally:
+            self._peer_slots.release()
+
+    async def _request(self, frame: Frame) -> None:
+        try:
+            answer = await self._dispatch(frame)
+        except KNOWN_REFUSALS as exc:
+            err = relay_error_from(exc)
+            assert err is not None
+            self._log.info("%s %s -> %s", self._who(), frame.TYPE, err.code.value)
+            answer = err.to_frame(frame.id)
+        if answer is not None:
+            await self._send(answer)
+
+    # ----------------------------------------------------------------- requests
+
+    async def _dispatch(self, frame: Frame) -> Frame | None:
+        node = self._node
+        match frame:
+            case Hello():
+                return self._conn.challenge(os.urandom(32), node.id, node.ring.version)
+            case Ping():
+                return Ok(id=frame.id)
+            case Auth():
+                return await self._auth(frame)
+            case PeerAuth():
+                return self._peer_auth(frame)
+            case PutDevices():
+                await node.directory.put_device_list(frame.device_list)
+                return Ok(id=frame.id)
+            case GetDevices():
+                return await self._get_devices(frame)
+            case UploadKeys():
+                count = await node.directory.upload_keys(
+                    self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
+                    frame.one_time_keys, frame.fallback_key,
+                )
+                return KeyCount(id=frame.id, otk_count=count)
+            case ClaimKeys():
+                return await self._claim_keys(frame)
+            case Send():
+                status = await node.router.send(
+                    self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
+                    frame.msg_id, frame.recipients,
+                )
+                return Sent(id=frame.id, status=status)
+            case Forward():
+                node.directory.check_user_id(frame.sender_user)
+                if node.ring.home(frame.sender_user).id != self._conn.peer_id:
+                    raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
+                await node.router.store_local(frame)
+                return Ok(id=frame.id)
+            case Sync():
+                return self._start_sync()
+            case Ack():
+                user_id, device_id = self._conn.user_id, self._conn.device_id
+                await node.storage.ack(user_id, device_id, frame.seq)  # type: ignore[arg-type]
+                if self._pusher is not None:
+                    self._pusher.on_ack(frame.seq)
+                return None
+        raise RelayError(ErrorCode.BAD_REQUEST, f"unexpected {frame.TYPE!r}")  # pragma: no cover
+
+    async def _auth(self, frame: Auth) -> Frame:
+        node = self._node
+        node.directory.check_user_id(frame.user_id)
+        node.directory.check_home(frame.user_id)
+        _, parsed = await node.directory.require_device_list(frame.user_id)
+        device = parsed.device(frame.device_id)
+        if device is None:
+            raise RelayError(ErrorCode.UNKNOWN_DEVICE, "device is not in the user's device list")
+        message = auth_message(self._conn.nonce, node.id, frame.user_id, frame.device_id)  # type: ignore[arg-type]
+        if not verify_signature(device.ed25519, message, frame.signature):
+            raise RelayError(ErrorCode.UNAUTHORIZED, "device signature does not verify")
+        self._conn.mark_authenticated_client(frame.user_id, frame.device_id)
+        self._exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
+        self._log.info("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
+        count = await node.directory.key_count(frame.user_id, frame.device_id)
+        return AuthOk(id=frame.id, otk_count=count)
+
+    def _peer_auth(self, frame: PeerAuth) -> Frame:
+        node = self._node
+        peer = node.ring.node(frame.node_id)
+        if peer is None or peer.id == node.id or len(frame.nonce) != 32:
+            raise RelayError(ErrorCode.UNAUTHORIZED, "unknown peer node")
+        message = peer_auth_message(self._conn.nonce, peer.id, node.id, node.ring.version)  # type: ignore[arg-type]
+        if not verify_signature(peer.public_key, message, frame.signature):
+            raise RelayError(ErrorCode.UNAUTHORIZED, "peer signature does not verify")
+        self._conn.mark_authenticated_peer(peer.id)
+        node.federation.kick(peer.id)  # it is up: our link to it may reconnect now
+        sig = node.signing_key.sign(
+            peer_auth_message(frame.nonce, node.id, peer.id, node.ring.version)
+        ).signature
+        self._log.info("peer %s authenticated", peer.id)
+        return PeerAuthOk(id=frame.id, signature=sig)
+
+    async def _ask_home(self, frame: Frame, user_id: str) -> Frame | None:
+        """Forward a directory read to ``user_id``'s home; ``None`` if it is this node."""
+        node = self._node
+        node.directory.check_user_id(user_id)
+        home = node.ring.home(user_id)
+        if home.id == node.id:
+            return None
+        if self._conn.state is ConnState.PEER:
+            raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node")
+        try:
+            answer = await request_within(node.federation, home.id, frame, PEER_REQUEST_TIMEOUT)
+        except LinkDown as exc:
+            raise RelayError(ErrorCode.UNAVAILABLE, f"home node {home.id} is unreachable") from exc
+        if isinstance(answer, Error):
+            raise RelayError.from_frame(answer)
+        return answer
+
+    async def _get_devices(self, frame: GetDevices) -> Frame:
+        answer = await self._ask_home(frame, frame.user_id)
+        if isinstance(answer, Devices):
+            return Devices(id=frame.id, device_list=answer.device_list)
+        if answer is not None:
+            raise RelayError(ErrorCode.INTERNAL, "unexpected answer from the home node")
+        signed, _ = await self._node.directory.require_device_list(frame.user_id)
+        return Devices(id=frame.id, device_list=signed)
+
+    async def _claim_keys(self, frame: ClaimKeys) -> Frame:
+        answer = await self._ask_home(frame, frame.user_id)
+        if isinstance(answer, Claimed):
+            return Claimed(id=frame.id, keys=answer.keys)
+        if answer is not None:
+            raise RelayError(ErrorCode.INTERNAL, "unexpected answer from the home node")
+        keys, low = await self._node.directory.claim_keys(frame.user_id, frame.device_ids)
+        for device_id, count in low.items():
+            session = self._node.registry.session(frame.user_id, device_id)
+            if session is not None:
+                session.push_nowait(KeyCount(id=0, otk_count=count))
+        return Claimed(id=frame.id, keys=keys)
+
+    def _start_sync(self) -> None:
+        if self._pusher is not None:
+            raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
+        node = self._node
+        self._pusher = Pusher(node.storage, node.registry, self._conn.user_id,  # type: ignore[arg-type]
+                              self._conn.device_id, self._send)  # type: ignore[arg-type]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pusher.run)
+        return None
+
+
+async def handle_websocket(node: Node, request: WebSocketRequest) -> None:
+    """trio-websocket handler: accept and serve one connection on ``node``."""
+    try:
+        ws = await request.accept()
+    except ConnectionClosed:
+        return
+    remote = f"{ws.remote.address}:{ws.remote.port}" if hasattr(ws.remote, "port") else "?"
+    await Connection(node, ws, remote).run()

@@ -1,0 +1,23 @@
+"""Fixtures of the relay tests: in-process nodes on 127.0.0.1 with memory storage."""
+
+from __future__ import annotations
+
+import pytest
+from relay_harness import Cluster, make_configs
+
+
+@pytest.fixture
+async def cluster3(nursery) -> Cluster:
+    """Three running nodes n1..n3 (memory storage), stopped with the test's nursery."""
+    c = Cluster(nursery, make_configs(3))
+    for cfg in c.configs:
+        await c.start(cfg.id)
+    return c
+
+
+@pytest.fixture
+async def node1(nursery) -> Cluster:
+    """A one-node cluster (n1)."""
+    c = Cluster(nursery, make_configs(1))
+    await c.start("n1")
+    return c

@@ -1,0 +1,211 @@
+"""Harness for in-process relay node tests: clusters on 127.0.0.1, devices, raw clients."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import nacl.signing
+import trio
+import vodozemac
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from relay.config import NodeConfig
+from relay.node import serve_node
+from relay.protocol import (
+    Device,
+    DeviceList,
+    auth_message,
+    read_frame,
+    sign_device_list,
+    user_id_from_key,
+    write_frame,
+)
+from relay.protocol.frames import (
+    Auth,
+    AuthOk,
+    Challenge,
+    Copy,
+    Frame,
+    Hello,
+    OneTimeKey,
+    PutDevices,
+    Recipient,
+    SignedDeviceList,
+)
+from relay.ring import NodeInfo, Ring
+from storage import open_storage
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct currently free TCP ports on 127.0.0.1."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def make_configs(n: int, **overrides) -> list[NodeConfig]:
+    """Configs of an ``n``-node cluster on free loopback ports with memory storage."""
+    ports = free_ports(n)
+    keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
+    nodes = tuple(
+        NodeInfo(f"n{i + 1}", f"ws://127.0.0.1:{p}", bytes(k.verify_key))
+        for i, (p, k) in enumerate(zip(ports, keys, strict=True))
+    )
+    return [
+        NodeConfig(id=nodes[i].id, host="127.0.0.1", port=ports[i], cluster=nodes,
+                   signing_key=keys[i], storage="memory://", **overrides)
+        for i in range(n)
+    ]
+
+
+@dataclass
+class UserDevice:
+    """A user with one device: pynacl account key + vodozemac device account."""
+
+    account_key: nacl.signing.SigningKey = field(default_factory=nacl.signing.SigningKey.generate)
+    olm: vodozemac.Account = field(default_factory=vodozemac.Account)
+    device_id: int = 0
+    version: int = 1
+
+    @property
+    def user_id(self) -> str:
+        return user_id_from_key(bytes(self.account_key.verify_key))
+
+    @property
+    def ed25519(self) -> bytes:
+        return _b64(self.olm.ed25519_key.to_base64())
+
+    def device_list(self, version: int | None = None, extra_devices: int = 0) -> SignedDeviceList:
+        devices = [Device(self.device_id, self.ed25519, self.olm.curve25519_key.to_bytes(), "t", 1)]
+        devices += [Device(100 + i, os.urandom(32), os.urandom(32), "x", 1) for i in range(extra_devices)]
+        dl = DeviceList(self.user_id, version or self.version, tuple(devices), int(time.time()))
+        return sign_device_list(self.account_key, dl)
+
+    def sign(self, message: bytes) -> bytes:
+        return _b64(self.olm.sign(message).to_base64())
+
+    def one_time_keys(self, n: int) -> list[OneTimeKey]:
+        self.olm.generate_one_time_keys(n)
+        keys = [OneTimeKey(k, v.to_bytes()) for k, v in self.olm.one_time_keys.items()]
+        self.olm.mark_keys_as_published()
+        return keys
+
+    def recipient(self, body: bytes = b"ciphertext", version: int = 1) -> Recipient:
+        return Recipient(self.user_id, version, [Copy(self.device_id, body)])
+
+
+def _b64(s: str) -> bytes:
+    return base64.b64decode(s + "=" * (-len(s) % 4))
+
+
+class RawClient:
+    """A WebSocket speaking raw frames; pushes (id 0) are kept apart from answers."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self._next = 1
+        self.challenge: Challenge | None = None
+
+    def next_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    async def send(self, frame: Frame) -> None:
+        await self.ws.send_message(write_frame(frame))
+
+    async def recv(self) -> Frame:
+        return read_frame(await self.ws.get_message())
+
+    async def request(self, frame: Frame) -> Frame:
+        """Send a request and return the answer with its id (skipping pushes)."""
+        await self.send(frame)
+        while True:
+            answer = await self.recv()
+            if answer.id == frame.id:
+                return answer
+
+    async def hello(self, role: str = "client") -> Challenge:
+        ch = await self.request(Hello(id=1, versions=[1], role=role, agent="test"))
+        assert isinstance(ch, Challenge), ch
+        self.challenge = ch
+        return ch
+
+    async def auth(self, device: UserDevice) -> Frame:
+        assert self.challenge is not None
+        msg = auth_message(self.challenge.nonce, self.challenge.node_id, device.user_id,
+                           device.device_id)
+        return await self.request(Auth(id=self.next_id(), user_id=device.user_id,
+                                       device_id=device.device_id, signature=device.sign(msg)))
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[RawClient]:
+    async with open_websocket_url(url, max_message_size=4 * 1024 * 1024) as ws:
+        yield RawClient(ws)
+
+
+@asynccontextmanager
+async def session(url: str, device: UserDevice) -> AsyncIterator[RawClient]:
+    """An authenticated client connection for ``device`` (its list must be published)."""
+    async with connect(url) as c:
+        await c.hello()
+        ok = await c.auth(device)
+        assert isinstance(ok, AuthOk), ok
+        yield c
+
+
+async def publish(url: str, device: UserDevice, version: int | None = None) -> Frame:
+    """put_devices without a session; returns the answer."""
+    async with connect(url) as c:
+        await c.hello()
+        return await c.request(PutDevices(id=2, device_list=device.device_list(version)))
+
+
+def device_homed_at(ring: Ring, node_id: str) -> UserDevice:
+    """A fresh device whose user is homed at ``node_id``."""
+    while True:
+        d = UserDevice()
+        if ring.home(d.user_id).id == node_id:
+            return d
+
+
+class Cluster:
+    """Nodes run in-process; start/stop each one independently."""
+
+    def __init__(self, nursery: trio.Nursery, configs: list[NodeConfig]) -> None:
+        self.nursery = nursery
+        self.configs = configs
+        self.ring = Ring(configs[0].cluster)
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.storages: dict[str, object] = {}
+
+    def url(self, node_id: str) -> str:
+        return self.ring.node(node_id).url
+
+    async def start(self, node_id: str, **kwargs) -> None:
+        cfg = next(c for c in self.configs if c.id == node_id)
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                self.scopes[node_id] = scope
+                async with open_storage("memory://") as st:
+                    self.storages[node_id] = st
+                    await serve_node(cfg, storage=st, task_status=task_status, **kwargs)
+
+        await self.nursery.start(run)
+
+    def stop(self, node_id: str) -> None:
+        self.scopes.pop(node_id).cancel()
