@@ -171,6 +171,11 @@ class Client:
         """The home node's id."""
         return self._conn.node_id
 
+    @property
+    def otk_count(self) -> int:
+        """One-time keys the home node holds for this device, as last reported."""
+        return self._conn.otk_count
+
     # ------------------------------------------------------------ key directory
 
     async def publish_device_list(self) -> None:

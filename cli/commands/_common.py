@@ -53,3 +53,15 @@ def state_of(app: AppContext):
     with failures(), open_state(app.home) as state:
         yield state
 
+
+
+def json_option(command):
+    """Add ``--json`` to a subcommand too (``wa-cli recv --json`` = ``wa-cli --json recv``)."""
+
+    def enable(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.find_object(AppContext).out.json_mode = True
+        return value
+
+    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=enable,
+                        is_eager=True, help="Same as the global --json.")(command)

@@ -6,7 +6,7 @@ import click
 
 from relay.protocol import is_user_id
 
-from ._common import AppContext, failures, state_of
+from ._common import AppContext, failures, json_option, state_of
 
 
 @click.group()
@@ -17,6 +17,7 @@ def contacts() -> None:
 @contacts.command("add")
 @click.argument("name")
 @click.argument("user_id")
+@json_option
 @click.pass_obj
 def add(app: AppContext, name: str, user_id: str) -> None:
     """Call USER_ID by NAME from now on (replaces an existing NAME)."""
@@ -33,6 +34,7 @@ def add(app: AppContext, name: str, user_id: str) -> None:
 
 
 @contacts.command("list")
+@json_option
 @click.pass_obj
 def list_(app: AppContext) -> None:
     """List contacts, one per line."""

@@ -7,10 +7,11 @@ import click
 from relay.protocol import key_from_user_id
 
 from ..crypto import safety_fingerprint
-from ._common import AppContext, state_of
+from ._common import AppContext, json_option, state_of
 
 
 @click.command("id")
+@json_option
 @click.pass_obj
 def id_(app: AppContext) -> None:
     """Show the user id, device id, home node and safety fingerprint (no network)."""

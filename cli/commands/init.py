@@ -7,7 +7,7 @@ import trio
 
 from ..client import init_account, open_client
 from ..state import AlreadyInitialized, State, create_state, open_state
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -26,6 +26,7 @@ async def _publish(state: State) -> str:
 @click.option("--name", required=True, help="Your display name (sent inside messages).")
 @click.option("--relay", required=True, callback=_check_url,
               help="WebSocket URL of any node of the federation, e.g. ws://127.0.0.1:7400.")
+@json_option
 @click.pass_obj
 def init(app: AppContext, name: str, relay: str) -> None:
     """Create a new account with this device as its primary (device 0).

@@ -9,7 +9,7 @@ from ..client import BacklogDone, Bounce, Message, open_client
 from ..output import bounce_human, message_human, message_json
 from ..payload import MAX_TEXT
 from ..state import State, StateError
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, state_of
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
 
@@ -17,6 +17,7 @@ BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give
 @click.command()
 @click.argument("recipient", metavar="NAME|USER_ID")
 @click.argument("text")
+@json_option
 @click.pass_obj
 def send(app: AppContext, recipient: str, text: str) -> None:
     """Send TEXT, end-to-end encrypted, to every device of a contact.
@@ -81,6 +82,7 @@ async def _recv(app: AppContext, state: State, follow: bool, idle_s: float) -> i
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new messages until interrupted.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Return once the queue is printed and nothing new came for this many seconds.")
+@json_option
 @click.pass_obj
 def recv(app: AppContext, follow: bool, timeout: float) -> None:
     """Print and acknowledge the messages queued for this device.

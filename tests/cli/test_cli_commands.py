@@ -110,3 +110,9 @@ def test_init_on_an_unreachable_relay_fails_and_can_be_retried(tmp_path):
     assert first.exit_code == 1 and "cannot connect" in first.stderr
     again = run("--home", str(h), "init", "--name", "x", "--relay", "ws://127.0.0.1:9")
     assert again.exit_code == 1 and "cannot connect" in again.stderr  # retried, not "exists"
+
+
+def test_json_flag_is_accepted_after_the_subcommand_too(home):
+    result = run("--home", str(home), "id", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "alice"
