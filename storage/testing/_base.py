@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import pytest
 import trio
@@ -37,8 +37,15 @@ class ConformanceBase:
     tmp_path: Path
 
     @pytest.fixture(autouse=True)
-    def _conformance_tmp_path(self, tmp_path: Path) -> None:
+    def _conformance_setup(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
+        needs = getattr(request.function, "conformance_needs", None)
+        if needs == "reopen" and not self.reopen_supported:
+            pytest.skip("backend is not persistent (reopen_supported = False)")
+        if needs == "small" and (
+            type(self).make_small_storage is ConformanceBase.make_small_storage
+        ):
+            pytest.skip("backend provides no make_small_storage()")
 
     def make_storage(self) -> AbstractAsyncContextManager[Storage]:
         """Return an async context manager that opens the backend under test.
@@ -56,19 +63,19 @@ class ConformanceBase:
 
     @asynccontextmanager
     async def opened(self, *, small: bool = False) -> AsyncIterator[Storage]:
-        """Open the store under test with the per-test timeout guard."""
+        """Open the store under test (or the small one) with the per-test timeout guard."""
         with trio.fail_after(self.test_timeout):
-            if small:
-                try:
-                    cm = self.make_small_storage()
-                except NotImplementedError:
-                    pytest.skip("backend provides no make_small_storage()")
-            else:
-                cm = self.make_storage()
+            cm = self.make_small_storage() if small else self.make_storage()
             async with cm as st:
                 yield st
 
-    def require_reopen(self) -> None:
-        """Skip the calling test unless the backend persists across reopen."""
-        if not self.reopen_supported:
-            pytest.skip("backend is not persistent (reopen_supported = False)")
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def needs(what: str) -> Callable[[F], F]:
+    """Mark a conformance test as needing ``"reopen"`` or ``"small"`` support (else skipped)."""
+    def mark(fn: F) -> F:
+        fn.conformance_needs = what  # type: ignore[attr-defined]
+        return fn
+    return mark

@@ -6,7 +6,7 @@ import pytest
 
 from ..base import OutboxEntry
 from ..errors import DuplicateKey, StorageFull
-from ._base import ALICE, BOB, ConformanceBase
+from ._base import ALICE, BOB, ConformanceBase, needs
 
 T0 = 1_800_000_000.0
 
@@ -55,8 +55,8 @@ class OutboxConformance(ConformanceBase):
 class DurabilityConformance(ConformanceBase):
     """Everything survives close and reopen (persistent backends only); full storage."""
 
+    @needs("reopen")
     async def test_everything_survives_reopen(self) -> None:
-        self.require_reopen()
         async with self.opened() as st:
             await st.put_device_list(ALICE, 2, b"list")
             await st.add_one_time_keys(ALICE, 0, [("k1", b"one"), ("k2", b"two")])
@@ -81,8 +81,8 @@ class DurabilityConformance(ConformanceBase):
             assert await st.outbox_list() == [OutboxEntry(oid, "n2", b"fwd", 1)]
             assert await st.outbox_put("n2", b"next") > oid
 
+    @needs("reopen")
     async def test_seq_not_reused_after_ack_purge_and_reopen(self) -> None:
-        self.require_reopen()
         async with self.opened() as st:
             await st.enqueue([(ALICE, 0, b"e")] * 3 + [(BOB, 0, b"e")] * 2, now=T0)
             assert await st.ack(ALICE, 0, 3) == 3
@@ -90,6 +90,7 @@ class DurabilityConformance(ConformanceBase):
         async with self.opened() as st:
             assert await st.enqueue([(ALICE, 0, b"e"), (BOB, 0, b"e")], now=T0) == [4, 3]
 
+    @needs("small")
     async def test_storage_full_stores_nothing_and_recovers(self) -> None:
         async with self.opened(small=True) as st:
             await st.put_device_list(ALICE, 1, b"list")

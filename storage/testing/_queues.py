@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from ..base import QueueItem
 from ..errors import QueueFull
@@ -168,3 +169,20 @@ class QueueConformance(ConformanceBase):
             assert await st.queue_length(ALICE, 0) in (0, 2)
             [seq] = await st.enqueue([(ALICE, 0, b"c")], now=T0) or [0]
             assert [i.seq for i in await st.read_queue(ALICE, 0)][-1] == seq
+
+    async def test_cancelled_waiters_leave_whole_calls(self) -> None:
+        async with self.opened() as st:
+            async with trio.open_nursery() as nursery:
+                for n in range(50):
+                    nursery.start_soon(st.enqueue, [(BOB, 0, b"%d" % n), (BOB, 0, b"%d" % n)])
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            # A cancelled call may still be applied after its caller left, but a call
+            # made later is applied after it.
+            [after] = await st.enqueue([(BOB, 0, b"after")], now=T0) or [0]
+            *items, last = await st.read_queue(BOB, 0, limit=1000)
+            assert (last.seq, last.envelope) == (after, b"after") == (len(items) + 1, b"after")
+            # Each call stored both of its copies, with consecutive seqs, or nothing.
+            assert len(items) % 2 == 0
+            for first, second in zip(items[::2], items[1::2], strict=True):
+                assert first.envelope == second.envelope and second.seq == first.seq + 1
