@@ -17,6 +17,12 @@ Contract for every backend (checked by :mod:`storage.testing`):
   envelopes, signed device lists, public keys).
 * Sequence numbers of one device queue start at 1 and strictly increase; they
   are never reused for that device, even after acks, purges or restarts.
+* A call whose caller is cancelled may or may not be applied, never partly;
+  if applied, it is applied before any mutating call made after it.
+* After :meth:`Storage.aclose`, methods raise :class:`trio.ClosedResourceError`.
+* Backends are opened by URL with :func:`storage.open_storage`; each backend
+  class provides ``from_url(url) -> AbstractAsyncContextManager[Self]``
+  (see ``docs/storage.md``).
 """
 
 from __future__ import annotations
@@ -132,7 +138,11 @@ class Storage(Protocol):
         """Delete every queued item of the device with ``seq <= up_to_seq``; return how many."""
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
-        """Delete the device's whole queue and its keys; return how many envelopes went."""
+        """Delete the device's whole queue and its keys; return how many envelopes went.
+
+        "Its keys" are its one-time keys, the record of its claimed key ids and
+        its fallback key; its seq counter is kept (seqs are never reused).
+        """
 
     async def expire(self, older_than: float) -> int:
         """Delete queued items and dedupe ids enqueued before ``older_than``
