@@ -21,10 +21,19 @@ import itertools
 import logging
 import os
 import random
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import nacl.signing
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from relay.protocol import (
     SUPPORTED_VERSIONS,
@@ -61,6 +70,40 @@ def backoff_delays(
     while True:
         yield delay * rng.uniform(0.75, 1.25)
         delay = min(delay * 2, cap)
+
+
+@asynccontextmanager
+async def open_link_websocket(url: str, max_message_size: int) -> AsyncIterator[WebSocketConnection]:
+    """Open a client WebSocket to ``url`` whose TCP stream is always closed on exit.
+
+    (``open_websocket_url`` leaks the socket when cancelled during the opening
+    handshake, so the stream is owned here.)
+
+    Raises:
+        OSError: cannot connect. trio.TooSlowError: no handshake within
+        :data:`CONNECT_TIMEOUT`. ConnectionClosed / HandshakeError: rejected.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with trio.fail_after(CONNECT_TIMEOUT):
+        if parts.scheme == "wss":
+            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl.create_default_context(), https_compatible=True)
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+    async with stream, trio.open_nursery() as nursery:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            ws = await wrap_client_stream(
+                nursery, stream, parts.netloc, resource, max_message_size=max_message_size,
+                receive_buffer_size=RECEIVE_BUFFER, message_queue_size=4,
+            )
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(2):  # not shielded: when cancelled, just drop the stream
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
 
 
 class PeerLink:
@@ -142,11 +185,7 @@ class PeerLink:
         delays = backoff_delays()
         while True:
             try:
-                async with open_websocket_url(
-                    self.peer.url, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=2,
-                    max_message_size=self._limits.max_frame + 4096,
-                    receive_buffer_size=RECEIVE_BUFFER, message_queue_size=4,
-                ) as ws:
+                async with open_link_websocket(self.peer.url, self._limits.max_frame + 4096) as ws:
                     with trio.fail_after(CONNECT_TIMEOUT):
                         await self._handshake(ws)
                     self._ws = ws
@@ -155,10 +194,11 @@ class PeerLink:
                     self._log.info("peer link to %s up", self.peer.id)
                     delays = backoff_delays()
                     await self._read_answers(ws)
-            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, _LinkError) as exc:
-                self._log.info("peer link to %s down: %s", self.peer.id, type(exc).__name__)
-                if isinstance(exc, _LinkError):
-                    self._log.warning("peer %s: %s", self.peer.id, exc)
+            except* _LinkError as group:
+                self._log.warning("peer link to %s: %s", self.peer.id, group.exceptions[0])
+            except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as group:
+                self._log.info("peer link to %s down: %s", self.peer.id,
+                               type(group.exceptions[0]).__name__)
             finally:
                 self._go_down()
             self._kick = trio.Event()

@@ -39,7 +39,7 @@ from relay.protocol.frames import (
     SignedDeviceList,
 )
 from relay.ring import NodeInfo, Ring
-from storage import open_storage
+from storage.memory import MemoryStorage
 
 
 def free_ports(n: int) -> list[int]:
@@ -190,7 +190,7 @@ class Cluster:
         self.configs = configs
         self.ring = Ring(configs[0].cluster)
         self.scopes: dict[str, trio.CancelScope] = {}
-        self.storages: dict[str, object] = {}
+        self.storages: dict[str, MemoryStorage] = {}
 
     def url(self, node_id: str) -> str:
         return self.ring.node(node_id).url
@@ -198,12 +198,12 @@ class Cluster:
     async def start(self, node_id: str, **kwargs) -> None:
         cfg = next(c for c in self.configs if c.id == node_id)
 
+        storage = self.storages.setdefault(node_id, MemoryStorage())  # survives restarts
+
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
             with trio.CancelScope() as scope:
                 self.scopes[node_id] = scope
-                async with open_storage("memory://") as st:
-                    self.storages[node_id] = st
-                    await serve_node(cfg, storage=st, task_status=task_status, **kwargs)
+                await serve_node(cfg, storage=storage, task_status=task_status, **kwargs)
 
         await self.nursery.start(run)
 
