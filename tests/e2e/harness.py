@@ -226,6 +226,9 @@ class Cluster:
                     self._abort(node)
                     raise HarnessError(f"node {node_id} announced itself as {parts[1]!r}")
                 node.ready_url = parts[2]
+                if parts[2].rstrip("/") != node.url.rstrip("/"):
+                    self._abort(node)
+                    raise HarnessError(f"node {node_id} is ready at {parts[2]}, cluster.toml says {node.url}")
                 return node
 
     def _abort(self, node: Node) -> None:
