@@ -23,105 +23,39 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-import msgpack
 import trio
 
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import (
-    Ack,
     ClaimedKey,
     ClaimKeys,
     Copy,
-    Deliver,
-    Envelope,
-    Error,
     GetDevices,
     PutDevices,
     Recipient,
     Send,
-    Sync,
-    Synced,
     UploadKeys,
 )
 from relay.protocol.identity import Device
 
 from . import crypto, payload
 from .connection import Connection, connect
-from .errors import ClientError, ConnectionLost, RelayError, SendFailed
-from .state import State, seen_key
+from .errors import ClientError, RelayError, SendFailed
+from .events import BacklogDone, Bounce, Dropped, Event, Message, SendResult
+from .receiving import Receiver
+from .state import State
+
+__all__ = [
+    "BacklogDone", "Bounce", "Client", "Dropped", "Event", "Message", "Receiver", "SendResult",
+    "init_account", "now_ms", "open_client",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_SEND_ROUNDS = 3
-MAX_RESENDS = 3
-RECEIVE_BATCH = 256
-STEP_TIMEOUT = 30.0  # bound on network work done while processing one delivered envelope
-NO_RESEND = {"unknown_user", "unauthorized", "bad_request", "bad_frame", "too_large"}
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """Outcome of a send: ``status`` is ``"stored"`` (durable at every recipient home)
-    or ``"queued"`` (durable in the sender home's outbox); ``to`` is the recipient user_id."""
-
-    msg_id: bytes
-    status: str
-    to: str
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decrypted message. ``direction`` is ``"in"``, or ``"out"`` for a copy of what
-    another device of this account sent to ``peer``. ``ts`` is the sender's clock (ms).
-    ``from_name`` is the local contact alias of the sender if any, else ``declared_name``."""
-
-    msg_id: bytes
-    sender_user: str
-    sender_device: int
-    direction: str
-    peer: str
-    ts: int
-    type: str
-    text: str
-    from_name: str
-    declared_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class BacklogDone:
-    """Marker: everything queued at ``sync`` time has been yielded (the node sent ``synced``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bounce:
-    """The home's outbox finally failed to deliver ``msg_id`` to ``user_id`` (``code``).
-    ``resent_status`` is the status of the automatic re-encrypted resend, if one was made;
-    ``error`` says why a resend failed."""
-
-    msg_id: bytes
-    user_id: str
-    code: str
-    message: str
-    resent_status: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """An envelope that was acknowledged but not shown: undecryptable, forged or malformed."""
-
-    msg_id: bytes
-    sender_user: str
-    sender_device: int
-    reason: str
-
-
-Event = Message | BacklogDone | Bounce | Dropped
 
 
 def now_ms() -> int:
@@ -170,6 +104,11 @@ class Client:
     def node_id(self) -> str:
         """The home node's id."""
         return self._conn.node_id
+
+    @property
+    def connection(self) -> Connection:
+        """The underlying :class:`cli.connection.Connection`."""
+        return self._conn
 
     @property
     def otk_count(self) -> int:
@@ -276,7 +215,7 @@ class Client:
             "from_device": self.state.device_id, "ts": p.ts, "type": "text", "text": text,
             "from_name": self.state.name, "resends": 0,
         })
-        status = await self._send_payload(user_id, msg_id, p.encode())
+        status = await self.send_payload(user_id, msg_id, p.encode())
         return SendResult(msg_id, status, user_id)
 
     async def _list_for(self, user_id: str, fresh: bool) -> DeviceList:
@@ -326,9 +265,23 @@ class Client:
             recipients.append(Recipient(user_id=uid, devices_version=dl.version, copies=copies))
         return recipients
 
-    async def _send_payload(
+    async def send_payload(
         self, user_id: str, msg_id: bytes, plaintext: bytes, *, fresh: bool = False
     ) -> str:
+        """Encrypt an encoded payload for ``user_id``'s devices and own other devices; send it.
+
+        Used by :meth:`send_text` and to resend a bounced message under its original id.
+
+        Args:
+            fresh: fetch ``user_id``'s device list instead of using the cached one
+                (the cached one is still used if the home is unreachable).
+
+        Returns:
+            ``"stored"`` or ``"queued"``.
+
+        Raises:
+            SendFailed, RelayError, DeviceListRejected, ConnectionLost: as :meth:`send_text`.
+        """
         targets = [user_id] if user_id == self.state.user_id else [user_id, self.state.user_id]
         lists = {uid: await self._list_for(uid, fresh and uid == user_id) for uid in targets}
         for _ in range(MAX_SEND_ROUNDS):
@@ -365,149 +318,6 @@ class Client:
         Runs until the connection closes (then raises ``ConnectionLost``).
         """
         return Receiver(self)
-
-    async def _sender_device(self, user_id: str, device_id: int) -> Device | None:
-        cached = self.state.device_lists.get(user_id)
-        if cached is not None and cached.parsed.device(device_id) is not None:
-            return cached.parsed.device(device_id)
-        try:
-            dl = await self.get_devices(user_id)
-        except RelayError as exc:
-            if exc.code == ErrorCode.UNKNOWN_USER:
-                return None
-            raise
-        return dl.device(device_id)
-
-    async def _open(self, env: Envelope) -> Event | None:
-        if env.kind == "bounce":
-            return await self._on_bounce(env)
-
-        def dropped(reason: str) -> Dropped:
-            log.warning("dropping message %s from %s/%d: %s",
-                        env.msg_id.hex()[:8], env.sender_user[:8], env.sender_device, reason)
-            return Dropped(env.msg_id, env.sender_user, env.sender_device, reason)
-
-        if env.kind != "olm":
-            return dropped(f"unknown envelope kind {env.kind!r}")
-        key = seen_key(env.sender_user, env.msg_id)
-        if key in self.state.seen:
-            return None
-        device = await self._sender_device(env.sender_user, env.sender_device)
-        if device is None:
-            return dropped("the sender device is not in its account-signed device list")
-        ss = self.state.session_set(env.sender_user, env.sender_device)
-        sessions = ss.sessions if ss is not None and ss.identity_key == device.curve25519 else []
-        try:
-            plaintext, session, _ = crypto.decrypt(
-                self.state.identity, sessions, device.curve25519, env.body)
-        except crypto.DecryptError as exc:
-            return dropped(str(exc))
-        self.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
-        try:
-            p = payload.decode(plaintext)
-        except payload.PayloadError as exc:
-            return dropped(str(exc))
-        if p.msg_id != env.msg_id:
-            return dropped("the msg_id inside the ciphertext differs from the envelope's")
-        self.state.mark_seen(key)
-        own = env.sender_user == self.state.user_id
-        peer = p.to if own else env.sender_user
-        alias = None if own else self.state.alias_of(env.sender_user)
-        self.state.history.append({
-            "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": peer,
-            "from": env.sender_user, "from_device": env.sender_device, "ts": p.ts,
-            "type": "text", "text": p.text, "from_name": p.from_name, "resends": 0,
-        })
-        return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
-                       peer, p.ts, "text", p.text, alias or p.from_name, p.from_name)
-
-    async def _on_bounce(self, env: Envelope) -> Bounce:
-        try:
-            info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
-        except (ValueError, msgpack.UnpackException):
-            info = None
-        info = info if isinstance(info, dict) else {}
-        code, message = str(info.get("code", "")), str(info.get("message", ""))
-        user_id = str(info.get("user_id", ""))
-        entry = self.state.find_history(env.msg_id.hex())
-        if (entry is None or entry["direction"] != "out" or code in NO_RESEND
-                or entry.get("resends", 0) >= MAX_RESENDS or entry["from"] != self.state.user_id):
-            return Bounce(env.msg_id, user_id, code, message)
-        entry["resends"] = entry.get("resends", 0) + 1
-        p = payload.TextPayload(env.msg_id, entry["text"], entry["ts"], entry["from_name"],
-                                entry["peer"])
-        try:
-            status = await self._send_payload(entry["peer"], env.msg_id, p.encode(), fresh=True)
-        except ClientError as exc:
-            return Bounce(env.msg_id, user_id, code, message, error=str(exc))
-        return Bounce(env.msg_id, user_id, code, message, resent_status=status)
-
-
-class Receiver:
-    """Async iterator over a client's incoming :data:`Event` s (see :meth:`Client.receive`)."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._ready: deque[Event] = deque()
-        self._error: Exception | None = None
-        self._started = False
-
-    def __aiter__(self) -> Receiver:
-        return self
-
-    async def __anext__(self) -> Event:
-        conn = self._client._conn
-        if not self._started:
-            self._started = True
-            await conn.send(Sync, stream=True)
-        while not self._ready:
-            if self._error is not None:
-                raise self._error
-            try:
-                batch = [await conn.pushes.receive()]
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise ConnectionLost(f"connection to {conn.url} closed") from None
-            while len(batch) < RECEIVE_BATCH:
-                try:
-                    batch.append(conn.pushes.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            # Shielded: once envelopes are taken from the channel they are processed,
-            # saved and acknowledged as a unit, so cancelling a caller's wait (e.g.
-            # move_on_after around anext) never leaves state saved but events unshown.
-            with trio.CancelScope(shield=True):
-                await self._process(batch)
-        return self._ready.popleft()
-
-    async def _process(self, batch: list) -> None:
-        client = self._client
-        last_seq = None
-        for frame in batch:
-            if isinstance(frame, Deliver):
-                try:
-                    with trio.fail_after(STEP_TIMEOUT):
-                        event = await client._open(frame.envelope)
-                except ClientError as exc:  # e.g. sender's home unavailable: retry on next sync
-                    self._error = exc
-                    break
-                except trio.TooSlowError:
-                    self._error = ClientError("the relay did not answer while processing a message")
-                    break
-                last_seq = frame.seq
-                if event is not None:
-                    self._ready.append(event)
-            elif isinstance(frame, Synced):
-                self._ready.append(BacklogDone())
-            elif isinstance(frame, Error):
-                self._error = RelayError(frame)
-                break
-        if last_seq is not None:
-            await client.state.asave()
-            with trio.move_on_after(STEP_TIMEOUT):  # an ack lost here means a redelivery, deduped
-                try:
-                    await client._conn.send(Ack, seq=last_seq)
-                except ConnectionLost as exc:
-                    self._error = exc
 
 
 def _single_leaf(group: BaseExceptionGroup) -> BaseException | None:

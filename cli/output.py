@@ -11,7 +11,7 @@ from datetime import datetime
 
 import click
 
-from .client import Bounce, Message
+from .events import Bounce, Message
 
 
 class Output:

@@ -2,7 +2,7 @@
 
 Files in ``DIR`` (created mode 0700):
 
-* ``state.bin`` -- header ``b"WAST" || mode`` then a pynacl ``SecretBox``
+* ``state.bin`` -- (see :mod:`cli.vault`) header ``b"WAST" || mode`` then a pynacl ``SecretBox``
   (XSalsa20-Poly1305) of the msgpack state. Mode 1: the 32-byte key is in
   ``storage.key`` (mode 0600). Mode 2: the key is Argon2id(``WA_PASSPHRASE``)
   with the salt and cost in the header (``salt(16) || opslimit(u32) ||
@@ -28,10 +28,8 @@ a crash leaves the previous or the new state, never a torn one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,38 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
-import nacl.exceptions
-import nacl.secret
 import nacl.signing
-import nacl.utils
 import trio
 import vodozemac
-from nacl.pwhash import argon2id
 
 from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
 from relay.protocol.frames import SignedDeviceList
 
-from . import crypto
+from . import crypto, vault
+from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
-STATE_FILE = "state.bin"
-KEY_FILE = "storage.key"
-LOCK_FILE = "lock"
-MAGIC = b"WAST"
-MODE_KEYFILE = 1
-MODE_PASSPHRASE = 2
-PASSPHRASE_ENV = "WA_PASSPHRASE"
+__all__ = [
+    "KEY_FILE", "STATE_FILE", "AlreadyInitialized", "CachedList", "DeviceListRejected",
+    "NotInitialized", "SessionSet", "State", "StateError", "StateLocked", "create_state",
+    "open_state", "seen_key",
+]
+
 SEEN_LIMIT = 10_000
 HISTORY_LIMIT = 500
 SESSIONS_PER_DEVICE = 4
 FORMAT_VERSION = 1
-
-
-class StateError(Exception):
-    """Base error of :mod:`cli.state` (message is user-facing)."""
-
-
-class StateLocked(StateError):
-    """Another process holds this home's lock."""
 
 
 class NotInitialized(StateError):
@@ -273,11 +259,11 @@ class State:
     def snapshot(self) -> bytes:
         """The encrypted file contents of the current state."""
         plain = msgpack.packb(self._to_map(), use_bin_type=True)
-        return self._header + nacl.secret.SecretBox(self._storage_key).encrypt(plain)
+        return vault.seal(self._storage_key, self._header, plain)
 
     def save(self) -> None:
         """Write the state atomically and durably (blocking; fsyncs)."""
-        _write_atomic(self.home / STATE_FILE, self.snapshot())
+        vault.write_atomic(self.home / STATE_FILE, self.snapshot())
 
     async def asave(self) -> None:
         """Like :meth:`save`, with the file I/O in a worker thread.
@@ -287,91 +273,7 @@ class State:
         """
         data = self.snapshot()
         async with self._write_lock:
-            await trio.to_thread.run_sync(_write_atomic, self.home / STATE_FILE, data)
-
-
-# ----------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _passphrase_key(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:
-    return argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase.encode(), salt,
-                        opslimit=ops, memlimit=mem)
-
-
-def _new_key(home: Path) -> tuple[bytes, bytes]:
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    if passphrase:
-        salt = nacl.utils.random(argon2id.SALTBYTES)
-        ops, mem = argon2id.OPSLIMIT_MODERATE, argon2id.MEMLIMIT_MODERATE
-        header = (MAGIC + bytes([MODE_PASSPHRASE]) + salt + ops.to_bytes(4, "big")
-                  + mem.to_bytes(8, "big"))
-        return _passphrase_key(passphrase, salt, ops, mem), header
-    key = nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
-    _write_atomic(home / KEY_FILE, key, 0o600)
-    return key, MAGIC + bytes([MODE_KEYFILE])
-
-
-def _load_key(home: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
-    """Returns ``(key, header, ciphertext)``."""
-    if data[:4] != MAGIC or len(data) < 5:
-        raise StateError(f"{home / STATE_FILE} is not a wa-cli state file")
-    if data[4] == MODE_KEYFILE:
-        try:
-            key = (home / KEY_FILE).read_bytes()
-        except FileNotFoundError:
-            raise StateError(f"{home / KEY_FILE} is missing; the state cannot be opened") from None
-        return key, data[:5], data[5:]
-    if data[4] == MODE_PASSPHRASE:
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        if not passphrase:
-            raise StateError(f"this home is protected by a passphrase; set {PASSPHRASE_ENV}")
-        salt, rest = data[5:5 + argon2id.SALTBYTES], data[5 + argon2id.SALTBYTES:]
-        ops, mem = int.from_bytes(rest[:4], "big"), int.from_bytes(rest[4:12], "big")
-        end = 5 + argon2id.SALTBYTES + 12
-        return _passphrase_key(passphrase, salt, ops, mem), data[:end], data[end:]
-    raise StateError(f"unknown state file mode {data[4]}")
-
-
-@contextmanager
-def _locked(home: Path, timeout: float) -> Iterator[None]:
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StateLocked(
-                        f"{home} is in use by another wa-cli process (waited {timeout:g}s)"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            await trio.to_thread.run_sync(vault.write_atomic, self.home / STATE_FILE, data)
 
 
 @contextmanager
@@ -388,10 +290,10 @@ def create_state(
         StateLocked: another process holds the home.
     """
     path = Path(home).expanduser().absolute()
-    with _locked(path, lock_timeout):
+    with vault.locked(path, lock_timeout):
         if (path / STATE_FILE).exists():
             raise AlreadyInitialized(f"{path} already holds an account")
-        key, header = _new_key(path)
+        key, header = vault.new_key(path)
         state = State(path, key, header)
         state.account_key = crypto.new_account_key()
         state.user_id = crypto.account_user_id(state.account_key)
@@ -416,16 +318,13 @@ def open_state(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterato
         StateError: wrong key or passphrase, or a corrupt file.
     """
     path = Path(home).expanduser().absolute()
-    with _locked(path, lock_timeout):
+    with vault.locked(path, lock_timeout):
         try:
             data = (path / STATE_FILE).read_bytes()
         except FileNotFoundError:
             raise NotInitialized(f"{path} has no account; run 'wa-cli init' first") from None
-        key, header, box = _load_key(path, data)
-        try:
-            plain = nacl.secret.SecretBox(key).decrypt(box)
-        except nacl.exceptions.CryptoError:
-            raise StateError(f"cannot decrypt {path / STATE_FILE}: wrong key or passphrase") from None
+        key, header, box = vault.load_key(path, data)
+        plain = vault.unseal(key, box, path / STATE_FILE)
         state = State(path, key, header)
         try:
             state._from_map(msgpack.unpackb(plain, raw=False))

@@ -7,8 +7,9 @@ import stat
 import uuid
 
 import pytest
+from nacl.pwhash import argon2id
 
-from cli import crypto
+from cli import crypto, vault
 from cli.client import init_account
 from cli.state import (
     KEY_FILE,
@@ -79,6 +80,9 @@ def test_home_files_hold_no_plaintext_or_private_keys(tmp_path):
 
 
 def test_passphrase_mode_has_no_key_file_and_needs_the_passphrase(tmp_path, monkeypatch):
+    # Cheaper Argon2id for the test; the cost is read back from the file header.
+    monkeypatch.setattr(vault, "PASSPHRASE_OPSLIMIT", argon2id.OPSLIMIT_MIN)
+    monkeypatch.setattr(vault, "PASSPHRASE_MEMLIMIT", argon2id.MEMLIMIT_MIN)
     monkeypatch.setenv("WA_PASSPHRASE", "correct horse battery staple")
     home = _new_home(tmp_path)
     assert not (home / KEY_FILE).exists()

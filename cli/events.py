@@ -1,0 +1,68 @@
+"""What the client API returns: send results and the events of a receive stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Outcome of a send: ``status`` is ``"stored"`` (durable at every recipient home)
+    or ``"queued"`` (durable in the sender home's outbox); ``to`` is the recipient user_id."""
+
+    msg_id: bytes
+    status: str
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decrypted message. ``direction`` is ``"in"``, or ``"out"`` for a copy of what
+    another device of this account sent to ``peer``. ``ts`` is the sender's clock (ms).
+    ``from_name`` is the local contact alias of the sender if any, else ``declared_name``."""
+
+    msg_id: bytes
+    sender_user: str
+    sender_device: int
+    direction: str
+    peer: str
+    ts: int
+    type: str
+    text: str
+    from_name: str
+    declared_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogDone:
+    """Marker: everything queued at ``sync`` time has been yielded (the node sent ``synced``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """The home's outbox finally failed to deliver ``msg_id`` to ``user_id`` (``code``).
+    ``resent_status`` is the status of the automatic re-encrypted resend, if one was made;
+    ``error`` says why a resend failed."""
+
+    msg_id: bytes
+    user_id: str
+    code: str
+    message: str
+    resent_status: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """An envelope that was acknowledged but not shown: undecryptable, forged or malformed."""
+
+    msg_id: bytes
+    sender_user: str
+    sender_device: int
+    reason: str
+
+
+Event = Message | BacklogDone | Bounce | Dropped
+"""One item of :meth:`cli.client.Client.receive`."""
+
+

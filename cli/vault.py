@@ -1,0 +1,153 @@
+"""The sealed state file of a device home: storage key, atomic durable writes, process lock.
+
+File layout (``state.bin``): ``b"WAST" || mode || [KDF parameters] || SecretBox``.
+Mode 1 keeps a random 32-byte key in ``storage.key`` (mode 0600); mode 2
+derives it with Argon2id from ``WA_PASSPHRASE`` (salt and cost in the header,
+no key file). See :mod:`cli.state` for the threat model.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.secret
+import nacl.utils
+from nacl.pwhash import argon2id
+
+STATE_FILE = "state.bin"
+KEY_FILE = "storage.key"
+LOCK_FILE = "lock"
+MAGIC = b"WAST"
+MODE_KEYFILE = 1
+MODE_PASSPHRASE = 2
+PASSPHRASE_ENV = "WA_PASSPHRASE"
+PASSPHRASE_OPSLIMIT = argon2id.OPSLIMIT_MODERATE  # libsodium's "moderate": ~0.5 s, 256 MiB
+PASSPHRASE_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
+
+
+class StateError(Exception):
+    """Base error of the device store (:mod:`cli.vault`, :mod:`cli.state`); user-facing message."""
+
+
+class StateLocked(StateError):
+    """Another process holds the home's lock."""
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (tmp file, fsync, rename, fsync dir)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def passphrase_key(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:
+    """Argon2id (pynacl) of ``passphrase`` into a 32-byte SecretBox key."""
+    return argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase.encode(), salt,
+                        opslimit=ops, memlimit=mem)
+
+
+def new_key(home: Path) -> tuple[bytes, bytes]:
+    """A new storage key for ``home`` and the file header naming how to get it again.
+
+    Writes ``storage.key`` unless ``WA_PASSPHRASE`` is set.
+    """
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if passphrase:
+        salt = nacl.utils.random(argon2id.SALTBYTES)
+        ops, mem = PASSPHRASE_OPSLIMIT, PASSPHRASE_MEMLIMIT
+        header = (MAGIC + bytes([MODE_PASSPHRASE]) + salt + ops.to_bytes(4, "big")
+                  + mem.to_bytes(8, "big"))
+        return passphrase_key(passphrase, salt, ops, mem), header
+    key = nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
+    write_atomic(home / KEY_FILE, key, 0o600)
+    return key, MAGIC + bytes([MODE_KEYFILE])
+
+
+def load_key(home: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a state file and recover its key: returns ``(key, header, sealed box)``.
+
+    Raises:
+        StateError: not a state file, key file missing, passphrase needed, unknown mode.
+    """
+    if data[:4] != MAGIC or len(data) < 5:
+        raise StateError(f"{home / STATE_FILE} is not a wa-cli state file")
+    if data[4] == MODE_KEYFILE:
+        try:
+            key = (home / KEY_FILE).read_bytes()
+        except FileNotFoundError:
+            raise StateError(f"{home / KEY_FILE} is missing; the state cannot be opened") from None
+        return key, data[:5], data[5:]
+    if data[4] == MODE_PASSPHRASE:
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        if not passphrase:
+            raise StateError(f"this home is protected by a passphrase; set {PASSPHRASE_ENV}")
+        salt, rest = data[5:5 + argon2id.SALTBYTES], data[5 + argon2id.SALTBYTES:]
+        ops, mem = int.from_bytes(rest[:4], "big"), int.from_bytes(rest[4:12], "big")
+        end = 5 + argon2id.SALTBYTES + 12
+        return passphrase_key(passphrase, salt, ops, mem), data[:end], data[end:]
+    raise StateError(f"unknown state file mode {data[4]}")
+
+
+@contextmanager
+def locked(home: Path, timeout: float) -> Iterator[None]:
+    """Hold ``home/lock`` (``flock``), creating ``home`` (0700); wait at most ``timeout`` s.
+
+    Raises:
+        StateLocked: still held by another process after ``timeout`` seconds.
+    """
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StateLocked(
+                        f"{home} is in use by another wa-cli process (waited {timeout:g}s)"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+
+def seal(key: bytes, header: bytes, plaintext: bytes) -> bytes:
+    """The file contents: ``header`` then ``plaintext`` in a SecretBox under ``key``."""
+    return header + nacl.secret.SecretBox(key).encrypt(plaintext)
+
+
+def unseal(key: bytes, box: bytes, where: Path) -> bytes:
+    """Open the SecretBox of a state file.
+
+    Raises:
+        StateError: wrong key or passphrase, or a tampered file.
+    """
+    try:
+        return nacl.secret.SecretBox(key).decrypt(box)
+    except nacl.exceptions.CryptoError:
+        raise StateError(f"cannot decrypt {where}: wrong key or passphrase") from None
