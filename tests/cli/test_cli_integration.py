@@ -179,8 +179,6 @@ async def test_own_other_devices_get_a_copy_of_what_was_sent(tmp_path):
                 assert [m.text for m in await drain(client)] == ["from device 0"]
 
 
-@pytest.mark.xfail(reason="relay/federation.py: a peer link's ConnectionClosed escapes and "
-                          "stops the node when a peer goes down", strict=False)
 async def test_send_is_queued_when_the_recipient_home_is_down(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(3) as cluster:

@@ -64,3 +64,29 @@ async def test_cli_send_and_recv_contract(tmp_path):
             assert m["from_name"] == "al"  # the local alias wins over the declared name
             human = await wa(tmp_path / "a", "--help", check=False)
             assert human.returncode == 0
+
+
+async def test_recv_follow_prints_live_messages(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(2) as cluster:
+            relay = cluster.urls["n1"]
+            (bob,) = lines(await wa(tmp_path / "b", "init", "--name", "bob", "--relay", relay))
+            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "cli", "--home", str(tmp_path / "b"), "recv", "--follow",
+                 "--json"],
+                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            )
+            try:
+                await wa(tmp_path / "a", "send", bob["user_id"], "live one")
+                buf = b""
+                while b"\n" not in buf:
+                    chunk = await proc.stdout.receive_some()
+                    assert chunk, "recv --follow exited early"
+                    buf += chunk
+                msg = json.loads(buf.split(b"\n")[0])
+                assert (msg["text"], msg["from_name"], msg["direction"]) == ("live one", "alice", "in")
+            finally:
+                proc.terminate()
+                await proc.wait()
+                await proc.stdout.aclose()
