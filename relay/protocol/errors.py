@@ -29,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     STORAGE_FULL = "storage_full"  # the node's disk / LMDB map is full; nothing was stored
     TOO_LARGE = "too_large"  # frame, field or copy count above the negotiated limit
     RATE_LIMITED = "rate_limited"  # slow down; retry later
+    NOT_FOUND = "not_found"  # unknown, used or expired linking mailbox (or other named object)
     UNAVAILABLE = "unavailable"  # a peer node needed for the answer is unreachable (read paths)
     INTERNAL = "internal"  # bug or unexpected failure on the node
 

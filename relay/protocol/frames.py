@@ -86,9 +86,12 @@ class Envelope:
         sender_user: user_id of the sender (authenticated by its home node).
         sender_device: device_id of the sending device.
         ts: time the sender's home accepted it, milliseconds since the Unix epoch.
-        kind: ``"olm"`` (body is an Olm message) or ``"bounce"`` (body is a
+        kind: ``"olm"`` (body is an Olm message), ``"bounce"`` (body is a
             msgpack ``{"code", "message", "user_id"}`` explaining why an outbox
-            entry for ``msg_id`` was finally rejected).
+            entry for ``msg_id`` was finally rejected), or ``"device_list"``
+            (body is msgpack ``{"body", "signature"}``: ``sender_user``'s new
+            signed device list, sent by its home to the devices of users who
+            fetched it; clients verify it like any list).
         body: opaque ciphertext bytes.
     """
 
@@ -334,12 +337,89 @@ class Error(Frame):
     device_list: SignedDeviceList | None = None
 
 
+# -- linking a companion device (DESIGN.md "Linking"; see docs/protocol.md)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOpen(Frame):
+    """A new device opens a one-off provisioning mailbox (allowed before ``auth``).
+
+    ``device_info`` is msgpack ``{ed25519, curve25519, ephemeral, name}`` (32-byte keys;
+    ``ephemeral`` is an X25519 key for sealing the answer). The linking code commits
+    to it by hash, so the relay cannot swap it. The node keeps the mailbox in memory
+    while this connection stays open, at most ``expires_in`` seconds.
+    """
+
+    TYPE: ClassVar[str] = "link_open"
+    device_info: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOpened(Frame):
+    """Answer to ``link_open``: the mailbox id (16 bytes), its node, and seconds until it expires."""
+
+    TYPE: ClassVar[str] = "link_opened"
+    mailbox_id: bytes
+    node_id: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFetch(Frame):
+    """The primary (authenticated) reads a mailbox's ``device_info``; forwarded to ``node_id``."""
+
+    TYPE: ClassVar[str] = "link_fetch"
+    node_id: str
+    mailbox_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo(Frame):
+    """Answer to ``link_fetch``."""
+
+    TYPE: ClassVar[str] = "link_info"
+    device_info: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkComplete(Frame):
+    """The primary posts the sealed account material; the mailbox node pushes it
+    as ``link_data`` to the waiting device and closes the mailbox (single use).
+    Answer ``ok``, or ``not_found`` for an unknown, used or expired mailbox."""
+
+    TYPE: ClassVar[str] = "link_complete"
+    node_id: str
+    mailbox_id: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkData(Frame):
+    """Push (id 0) to the new device: sealed (X25519 sealed box) account material."""
+
+    TYPE: ClassVar[str] = "link_data"
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Notify(Frame):
+    """Node-to-node: queue ``envelope`` for every current device of each of ``user_ids``
+    (all homed at the receiving node), deduplicated by ``(envelope.sender_user,
+    envelope.msg_id)``. Used for device-list change notices (envelope kind
+    ``"device_list"``, body = msgpack ``{body, signature}`` of the signed list)."""
+
+    TYPE: ClassVar[str] = "notify"
+    user_ids: list[str]
+    envelope: Envelope
+
+
 FRAME_TYPES: dict[str, type[Frame]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Challenge, Auth, AuthOk, PeerAuth, PeerAuthOk,
         PutDevices, GetDevices, Devices, UploadKeys, KeyCount, ClaimKeys, Claimed,
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
+        LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
     )
 }
 
