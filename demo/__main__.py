@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .cluster import ClusterProcess, DemoError, child_env, free_base_port, tool
@@ -29,8 +30,8 @@ NODES = 3
 READY_TIMEOUT = 30.0  # seconds for the cluster's ready lines
 CLI_TIMEOUT = 60.0  # seconds for one wa-cli command
 MESSAGES = [
-    "Hi Bob, it's Alice. Are you around?",
-    "I'm sending this while you're offline; your home node keeps it for you.",
+    "Hi Bob, this is Alice. Are you around?",
+    "Sending this while you are offline: your home node keeps it for you.",
     "Third and last: they should arrive in this order. 🙂",
 ]
 
@@ -123,6 +124,7 @@ def run_demo(data: Path) -> int:
     """The whole scenario under ``data``; returns the exit code."""
     say("== wa-relay demo: 3 relay nodes, 2 accounts on different homes, offline delivery ==")
     say(f"   working directory: {data}")
+    say("   (relay keys, LMDB data and logs under relays/ and logs/; device state under alice/ and bob/)")
     say()
     say("[1] start a local federation of three relay nodes")
     cluster = start_cluster(data)
@@ -154,8 +156,9 @@ def run_demo(data: Path) -> int:
         say(f"[5] bob comes online: his device connects to {bob['node']}, receives, decrypts, acknowledges")
         got = wa_cli(bob["dir"], "recv", "--timeout", "2")
         for i, msg in enumerate(got, 1):
-            say(f"   #{i} from {msg.get('from_name') or msg['from']} (device {msg['from_device']}), "
-                f"{msg['direction']}, {msg['type']}: {msg['text']!r}")
+            when = time.strftime("%H:%M:%S", time.localtime(msg["ts"] / 1000))
+            say(f"   #{i} [{when}] decrypted, from {msg.get('from_name') or msg['from']} "
+                f"(device {msg['from_device']}, {msg['direction']}, {msg['type']}): {msg['text']!r}")
         say()
         say("[6] verify")
         texts = [m["text"] for m in got]

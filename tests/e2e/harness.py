@@ -314,6 +314,14 @@ class Cluster:
                     f"{_tail(node.stderr_log)}"
                 )
 
+    def assert_clean_logs(self) -> None:
+        """Fail if any node wrote a Python traceback to stderr or its node.log
+        (a crash, or an error that escaped a handler)."""
+        for nid, node in self.nodes.items():
+            for path in (node.stderr_log, node.config.parent / "node.log"):
+                text = _tail(path, limit=10**8)
+                assert "Traceback" not in text, f"node {nid} logged a traceback in {path}:\n{text[-3000:]}"
+
     def home_of(self, user_id: str) -> str:
         """The node id of ``user_id``'s home by the ring (``relay.ring``) over cluster.toml."""
         from relay.ring import NodeInfo, Ring  # the node's own rendezvous hashing

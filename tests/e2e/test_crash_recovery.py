@@ -42,6 +42,7 @@ def test_kill9_recipient_home_after_ack(cluster, tmp_path):
     assert [m["text"] for m in bob.recv(timeout=1.0)] == [text2]
     assert bob.recv(timeout=1.0) == []
     cluster.assert_running()
+    cluster.assert_clean_logs()
 
 
 def test_kill9_sender_home_after_ack(cluster, tmp_path):
@@ -60,6 +61,7 @@ def test_kill9_sender_home_after_ack(cluster, tmp_path):
     assert {m["from"] for m in got} == {alice.user_id}
     assert bob.recv(timeout=1.0) == []
     cluster.assert_running()
+    cluster.assert_clean_logs()
 
 
 def test_queued_survives_kill9_of_sender_home(cluster, tmp_path):
@@ -82,3 +84,4 @@ def test_queued_survives_kill9_of_sender_home(cluster, tmp_path):
     assert [m["text"] for m in got] == [queued]
     assert bob.recv(timeout=1.0) == []
     cluster.assert_running()
+    cluster.assert_clean_logs()

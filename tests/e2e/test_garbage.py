@@ -189,3 +189,4 @@ async def test_garbage_gets_errors_or_close_codes(node, single_node):
         assert again["nonce"] != first["nonce"]
         assert again["ring_version"] == first["ring_version"]
     single_node.assert_running()
+    single_node.assert_clean_logs()

@@ -54,5 +54,6 @@ def test_no_plaintext_marker_in_relay_files(cluster, tmp_path):
     for nid in cluster.nodes:
         assert (cluster.data / nid / "node.log").is_file(), f"{nid} wrote no node.log"
     assert sum(p.stat().st_size for p in files) > 0
+    cluster.assert_clean_logs()
     found = find_markers(files, markers)
     assert found == {}, f"plaintext found in relay files: {found}"

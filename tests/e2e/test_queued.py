@@ -35,3 +35,4 @@ def test_home_down_gives_queued_then_delivery(cluster, tmp_path):
     assert all(m["from"] == alice.user_id and m["from_name"] == "alice" for m in got)
     assert bob.recv(timeout=1.0) == []
     cluster.assert_running()
+    cluster.assert_clean_logs()
