@@ -50,31 +50,37 @@ def _setup_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
-async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            logging.getLogger("wa_relay").info("signal %d: stopping", signum)
-            cancel_scope.cancel()
-            return
+async def _stop_on_signal(signals, cancel_scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        logging.getLogger("wa_relay").info("signal %d: stopping", signum)
+        cancel_scope.cancel()
+        return
 
 
 async def run_nodes(configs: list[NodeConfig]) -> None:
     """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        for cfg in configs:
-            await nursery.start(serve_node, cfg)
-            click.echo(f"ready {cfg.id} {cfg.node.url}")
-            sys.stdout.flush()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            for cfg in configs:
+                await nursery.start(serve_node, cfg)
+                click.echo(f"ready {cfg.id} {cfg.node.url}")
+                sys.stdout.flush()
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _run(configs: list[NodeConfig]) -> None:
     try:
         trio.run(run_nodes, configs)
     except* OSError as group:
-        raise RunFailure(f"cannot run the node: {group.exceptions[0]}") from None
+        raise RunFailure(f"cannot run the node: {_first_leaf(group)}") from None
     except* StorageError as group:
-        raise RunFailure(f"storage error: {group.exceptions[0]}") from None
+        raise RunFailure(f"storage error: {_first_leaf(group)}") from None
 
 
 def _load(path: Path) -> NodeConfig:

@@ -24,7 +24,7 @@ from relay.protocol.frames import Deliver, Envelope, Frame, Synced
 from storage import Storage
 
 DEFAULT_WINDOW = 256
-READ_BATCH = 32  # envelopes read per storage call (each up to max_frame bytes)
+READ_BATCH = 16  # envelopes read per storage call (each up to max_frame bytes)
 
 _Dev = tuple[str, int]
 

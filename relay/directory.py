@@ -119,16 +119,24 @@ class Directory:
                              user_id=user_id)
         return entry
 
-    async def check_recipient(self, recipient: Recipient) -> None:
+    async def check_recipient(self, recipient: Recipient, sender: tuple[str, int] | None = None) -> None:
         """Check that the copies address exactly the user's current devices.
+
+        Args:
+            recipient: one user's copies.
+            sender: ``(user_id, device_id)`` of the sending device; when the
+                recipient is the sender's own user, that device needs no copy.
 
         Raises:
             RelayError: ``unknown_user``; ``stale_devices`` with the current
                 signed list when the device ids differ (or repeat).
         """
         signed, parsed = await self.require_device_list(recipient.user_id)
+        expected = set(parsed.device_ids)
+        if sender is not None and sender[0] == recipient.user_id:
+            expected.discard(sender[1])
         ids = [c.device_id for c in recipient.copies]
-        if len(set(ids)) != len(ids) or set(ids) != parsed.device_ids:
+        if len(set(ids)) != len(ids) or set(ids) != expected:
             raise RelayError(
                 ErrorCode.STALE_DEVICES, f"copies do not match device list v{parsed.version}",
                 user_id=recipient.user_id, device_list=signed,

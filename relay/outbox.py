@@ -73,13 +73,15 @@ class Outbox:
         self._timeout = timeout
         self._log = log
         self._limits = limits
-        self._pending: dict[str, bool] = {d: False for d in federation.links}
-        self._gen: dict[str, int] = {d: 0 for d in federation.links}
+        # Pending entries per destination: ids put by this process, plus a flag for
+        # entries found in storage at start (cleared once a listing comes back empty).
+        self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
+        self._backlog: dict[str, bool] = {d: False for d in federation.links}
         self._wake: dict[str, trio.Event] = {d: trio.Event() for d in federation.links}
 
     def has_pending(self, dest: str) -> bool:
         """True if ``dest`` has entries not yet delivered (new forwards must queue behind them)."""
-        return self._pending.get(dest, False)
+        return bool(self._ids.get(dest)) or self._backlog.get(dest, False)
 
     async def put(self, forward: Forward, dest: str) -> int:
         """Durably queue ``forward`` for node ``dest``; return its outbox id.
@@ -88,18 +90,17 @@ class Outbox:
             StorageFull: nothing stored.
         """
         outbox_id = await self._storage.outbox_put(dest, write_frame(forward))
-        self._pending[dest] = True
-        self._gen[dest] += 1
+        self._ids[dest].add(outbox_id)
         self._wake[dest].set()
         return outbox_id
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load pending state from storage, then drain every destination until cancelled."""
-        for dest in self._pending:
+        for dest in self._ids:
             if await self._storage.outbox_list(dest, limit=1):
-                self._pending[dest] = True
+                self._backlog[dest] = True
         async with trio.open_nursery() as nursery:
-            for dest in self._pending:
+            for dest in self._ids:
                 nursery.start_soon(self._drain, dest)
             task_status.started()
 
@@ -109,11 +110,9 @@ class Outbox:
             wake = self._wake[dest]
             if wake.is_set():
                 self._wake[dest] = wake = trio.Event()
-            gen = self._gen[dest]
             entries = await self._storage.outbox_list(dest, limit=BATCH)
             if not entries:
-                if self._gen[dest] == gen:
-                    self._pending[dest] = False
+                self._backlog[dest] = False
                 await wake.wait()
                 continue
             for entry in entries:
@@ -130,6 +129,10 @@ class Outbox:
                         await trio.sleep_forever()
                 break
 
+    async def _delete(self, entry: OutboxEntry) -> None:
+        await self._storage.outbox_delete(entry.outbox_id)
+        self._ids[entry.dest].discard(entry.outbox_id)
+
     async def _attempt(self, entry: OutboxEntry) -> str:
         """Try one entry: ``"done"`` (delivered or bounced), ``"down"`` or ``"retry"``."""
         try:
@@ -138,7 +141,7 @@ class Outbox:
             fwd = None
         if not isinstance(fwd, Forward):
             self._log.error("outbox entry %d is corrupt; dropped", entry.outbox_id)
-            await self._storage.outbox_delete(entry.outbox_id)
+            await self._delete(entry)
             return "done"
         if fwd.ts / 1000 < time.time() - self._ttl:
             return await self._bounce(entry, fwd, ErrorCode.UNAVAILABLE.value,
@@ -148,7 +151,7 @@ class Outbox:
         except LinkDown:
             return "down"
         if isinstance(answer, Ok):
-            await self._storage.outbox_delete(entry.outbox_id)
+            await self._delete(entry)
             self._log.info("outbox %d delivered to %s", entry.outbox_id, entry.dest)
             return "done"
         if isinstance(answer, Error) and answer.code not in RETRYABLE:
@@ -174,6 +177,6 @@ class Outbox:
             self._log.warning("outbox %d: bounce could not be stored yet", entry.outbox_id)
             return "retry"
         self._notify(fwd.sender_user, fwd.sender_device)
-        await self._storage.outbox_delete(entry.outbox_id)
+        await self._delete(entry)
         self._log.info("outbox %d to %s bounced: %s", entry.outbox_id, entry.dest, code)
         return "done"

@@ -72,6 +72,8 @@ class Router:
         """Check and durably enqueue a forward whose recipients are all homed here.
 
         All or nothing: if any user is stale or unknown, nothing is written.
+        The sender's own user may be a recipient (its other devices); the
+        sending device itself needs no copy.
         A repeated ``(sender_user, msg_id)`` is acknowledged without writing again.
 
         Raises:
@@ -88,7 +90,7 @@ class Router:
             if not self._directory.is_home(r.user_id):
                 raise RelayError(ErrorCode.BAD_REQUEST, "recipient is not homed at this node",
                                  user_id=r.user_id)
-            await self._directory.check_recipient(r)
+            await self._directory.check_recipient(r, (fwd.sender_user, fwd.sender_device))
         items = []
         for r in fwd.recipients:
             for c in r.copies:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import nacl.signing
 import trio
 import vodozemac
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import WebSocketConnection
 
 from relay.config import NodeConfig
+from relay.federation import open_link_websocket
 from relay.node import serve_node
 from relay.protocol import (
     Device,
@@ -153,7 +154,7 @@ class RawClient:
 
 @asynccontextmanager
 async def connect(url: str) -> AsyncIterator[RawClient]:
-    async with open_websocket_url(url, max_message_size=4 * 1024 * 1024) as ws:
+    async with open_link_websocket(url, max_message_size=4 * 1024 * 1024) as ws:
         yield RawClient(ws)
 
 

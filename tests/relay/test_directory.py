@@ -13,8 +13,8 @@ from relay.protocol.frames import (
     Error,
     GetDevices,
     KeyCount,
-    OneTimeKey,
     Ok,
+    OneTimeKey,
     PutDevices,
     UploadKeys,
 )

@@ -94,3 +94,20 @@ async def test_requests_before_auth_are_refused(node1) -> None:
             await c.hello()
             err = await c.request(GetDevices(id=2, user_id=UserDevice().user_id))
             assert isinstance(err, Error) and err.code == "unauthorized"
+
+
+async def test_a_newer_connection_replaces_the_older(node1) -> None:
+    from trio_websocket import ConnectionClosed
+
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        dev = UserDevice()
+        await publish(url, dev)
+        async with session(url, dev) as old, session(url, dev) as new:
+            assert await new.request(Ping(id=5)) == Ok(id=5)
+            try:
+                while True:
+                    await old.ws.get_message()
+            except ConnectionClosed:
+                pass
+            assert old.ws.closed is not None

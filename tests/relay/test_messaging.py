@@ -16,8 +16,8 @@ from relay.protocol.frames import (
     Recipient,
     Send,
     Sent,
-    Synced,
     Sync,
+    Synced,
 )
 
 
@@ -165,3 +165,56 @@ async def test_window_of_unacked_deliveries(node1) -> None:
             rest = await _drain(b, 44)
             assert isinstance(await b.recv(), Synced)
             assert [d.seq for d in first + rest] == list(range(1, 301))
+
+
+async def test_copies_for_the_senders_other_devices(node1) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        alice, bob = UserDevice(), UserDevice()
+        await publish(url, bob)
+        signed = alice.device_list(extra_devices=1)  # devices 0 (this one) and 100
+        async with session_after_put(url, alice, signed) as a:
+            mine = Recipient(alice.user_id, 1, [Copy(100, b"for my laptop")])
+            sent = await a.request(Send(id=3, msg_id=os.urandom(16), recipients=[bob.recipient(), mine]))
+            assert sent == Sent(id=3, status="stored")
+            both = Recipient(alice.user_id, 1, [Copy(0, b"me"), Copy(100, b"laptop")])
+            err = await a.request(Send(id=4, msg_id=os.urandom(16), recipients=[both]))
+            assert isinstance(err, Error) and err.code == "stale_devices"
+        assert await node1.storages["n1"].queue_length(alice.user_id, 100) == 1
+        assert await node1.storages["n1"].queue_length(alice.user_id, 0) == 0
+
+
+def session_after_put(url, device, signed):
+    from contextlib import asynccontextmanager
+
+    from relay_harness import connect
+
+    from relay.protocol.frames import AuthOk, Ok, PutDevices
+
+    @asynccontextmanager
+    async def cm():
+        async with connect(url) as c:
+            await c.hello()
+            assert isinstance(await c.request(PutDevices(id=2, device_list=signed)), Ok)
+            assert isinstance(await c.auth(device), AuthOk)
+            yield c
+
+    return cm()
+
+
+async def test_unreachable_home_for_reads(nursery) -> None:
+    from relay_harness import Cluster, make_configs
+
+    from relay.protocol.frames import ClaimKeys, GetDevices
+
+    cluster = Cluster(nursery, make_configs(2))
+    await cluster.start("n1")
+    with trio.fail_after(10):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), alice)
+        async with session(cluster.url("n1"), alice) as a:
+            err = await a.request(GetDevices(id=3, user_id=bob.user_id))
+            assert isinstance(err, Error) and err.code == "unavailable"
+            err = await a.request(ClaimKeys(id=4, user_id=bob.user_id, device_ids=[0]))
+            assert isinstance(err, Error) and err.code == "unavailable"

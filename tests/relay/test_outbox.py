@@ -43,7 +43,7 @@ async def test_home_down_then_back(nursery) -> None:
                 assert [d.envelope.msg_id for d in got] == ids
                 assert [d.envelope.body for d in got] == [b"\x00", b"\x01", b"\x02"]
                 # the outbox is empty again; new sends go straight through
-                while await cluster.storages["n1"].outbox_list("n2"):
+                while await cluster.storages["n1"].outbox_list("n2"):  # noqa: ASYNC110 - poll, deadline above
                     await trio.sleep(0.01)
                 sent = await a.request(Send(id=9, msg_id=os.urandom(16), recipients=[bob.recipient(b"live")]))
                 assert sent.status == "stored"

@@ -1,0 +1,138 @@
+"""Hostile input: every bad frame gets an error frame or a close code; the node keeps serving."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import msgpack
+import pytest
+import trio
+from relay_harness import Cluster, UserDevice, connect, make_configs, publish, session
+from trio_websocket import ConnectionClosed
+
+from relay.protocol import encode, read_frame
+from relay.protocol.frames import Ack, Error, Ok, Ping, Sync, Synced
+from storage.memory import MemoryStorage
+
+
+async def _expect_close(client) -> int:
+    """Read until the node closes; return the close code."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await client.ws.get_message()
+    return info.value.reason.code
+
+
+async def _still_serving(url: str) -> None:
+    dev = UserDevice()
+    assert isinstance(await publish(url, dev), Ok)
+    async with session(url, dev) as c:
+        assert await c.request(Ping(id=77)) == Ok(id=77)
+
+
+BAD_FRAMES = [
+    os.urandom(64),
+    bytes.fromhex("ddffffffff"),  # array32 claiming 4 G entries
+    bytes.fromhex("dfffffffff"),  # map32 claiming 4 G entries
+    bytes.fromhex("c6ffffffff") + b"x" * 10,  # bin32 claiming 4 GiB
+    msgpack.packb({1: "non-string key", "t": "ping", "id": 3}),
+    encode({"t": "ping", "id": "three"}),  # wrong field type
+    encode({"t": "hello", "id": 3, "versions": "1", "role": "client"}),
+    encode({"t": "no-such-type", "id": 3}),
+    msgpack.packb([1, 2, 3]),
+    b"",
+]
+
+
+@pytest.mark.parametrize("data", BAD_FRAMES, ids=range(len(BAD_FRAMES)))
+async def test_bad_frame_gets_error_and_connection_stays(node1, data: bytes) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        async with connect(url) as c:
+            await c.ws.send_message(data)
+            err = await c.recv()
+            assert isinstance(err, Error) and err.code == "bad_frame"
+            assert err.id in (0, 3)
+            await c.hello()  # the connection still works
+            assert await c.request(Ping(id=9)) == Ok(id=9)
+        await _still_serving(url)
+
+
+async def test_five_bad_frames_close_1008(node1) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        async with connect(url) as c:
+            for _ in range(5):
+                await c.ws.send_message(b"\xc1")
+            codes = [read_frame(await c.ws.get_message()).code for _ in range(5)]
+            assert codes == ["bad_frame"] * 5
+            assert await _expect_close(c) == 1008
+        await _still_serving(url)
+
+
+async def test_text_frame_closes_1003(node1) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        async with connect(url) as c:
+            await c.ws.send_message('{"t": "hello"}')
+            assert read_frame(await c.ws.get_message()).code == "bad_frame"
+            assert await _expect_close(c) == 1003
+        await _still_serving(url)
+
+
+async def test_oversized_frames_close_1009(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(1, max_frame=64 * 1024))
+    await cluster.start("n1")
+    with trio.fail_after(10):
+        url = cluster.url("n1")
+        async with connect(url) as c:  # just above max_frame: error frame, then close
+            await c.ws.send_message(b"\x00" * (64 * 1024 + 1))
+            assert read_frame(await c.ws.get_message()).code == "too_large"
+            assert await _expect_close(c) == 1009
+        async with connect(url) as c:  # far above: closed by the WebSocket layer
+            with contextlib.suppress(ConnectionClosed):  # the node may close while we send
+                await c.ws.send_message(b"\x00" * (1024 * 1024))
+            assert await _expect_close(c) == 1009
+        await _still_serving(url)
+
+
+async def test_many_garbage_clients_in_parallel(node1) -> None:
+    with trio.fail_after(20):
+        url = node1.url("n1")
+
+        async def garbage(i: int) -> None:
+            async with connect(url) as c:
+                for _ in range(20):
+                    try:
+                        await c.ws.send_message(os.urandom(i % 50 + 1))
+                    except ConnectionClosed:
+                        return
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(garbage, i)
+        await _still_serving(url)
+
+
+class _BrokenAck(MemoryStorage):
+    async def ack(self, user_id: str, device_id: int, up_to_seq: int) -> int:
+        raise RuntimeError("simulated bug")
+
+
+async def test_unexpected_exception_is_internal_and_1011(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(1))
+    cluster.storages["n1"] = _BrokenAck()
+    await cluster.start("n1")
+    with trio.fail_after(10):
+        url = cluster.url("n1")
+        dev = UserDevice()
+        await publish(url, dev)
+        async with session(url, dev) as c:
+            await c.send(Sync(id=2))
+            assert isinstance(await c.recv(), Synced)
+            await c.send(Ack(id=0, seq=1))
+            err = await c.recv()
+            assert isinstance(err, Error) and err.code == "internal"
+            assert await _expect_close(c) == 1011
+        await _still_serving(url)
