@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check relay storage cli tests bench
+	$(BIN)/ruff check relay storage cli tests bench demo
 
 test: lint
 	$(BIN)/python -m pytest -q
