@@ -256,7 +256,7 @@ class Connection:
                 if self._pusher is not None:
                     self._pusher.on_ack(frame.seq)
                 return None
-        raise RelayError(ErrorCode.BAD_REQUEST, f"unexpected {frame.TYPE!r}")  # pragma: no cover
+        raise RelayError(ErrorCode.BAD_REQUEST, f"{frame.TYPE!r} is not supported by this node yet")
 
     async def _auth(self, frame: Auth) -> Frame:
         node = self._node

@@ -37,6 +37,10 @@ from .frames import (
     Frame,
     GetDevices,
     Hello,
+    LinkComplete,
+    LinkFetch,
+    LinkOpen,
+    Notify,
     PeerAuth,
     Ping,
     PutDevices,
@@ -61,13 +65,16 @@ class ConnState(enum.Enum):
 
 
 # Requests a node accepts, per state (and per role while awaiting auth).
-_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, Ping})
+# Linking frames and notify are admitted for issue 3; a node may still refuse them.
+_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen, Ping})
 _PEER_PRE_AUTH: frozenset[type[Frame]] = frozenset({PeerAuth, Ping})
 _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
-    {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping}
+    {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete}
 )
-_PEER_REQUESTS: frozenset[type[Frame]] = frozenset({Forward, GetDevices, ClaimKeys, Ping})
-_ALL_REQUESTS = _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello, Auth, PeerAuth}
+_PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
+    {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify}
+)
+_ALL_REQUESTS = _CLIENT_PRE_AUTH | _PEER_PRE_AUTH | _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello}
 
 
 class ServerConnection:

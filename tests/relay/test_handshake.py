@@ -111,3 +111,14 @@ async def test_a_newer_connection_replaces_the_older(node1) -> None:
             except ConnectionClosed:
                 pass
             assert old.ws.closed is not None
+
+
+async def test_not_yet_supported_request_is_bad_request(node1) -> None:
+    from relay.protocol.frames import LinkOpen
+
+    with trio.fail_after(10):
+        async with connect(node1.url("n1")) as c:
+            await c.hello()
+            err = await c.request(LinkOpen(id=2, device_info=b"x"))
+            assert isinstance(err, Error) and err.code == "bad_request"
+            assert await c.request(Ping(id=3)) == Ok(id=3)
