@@ -91,7 +91,8 @@ class Envelope:
             entry for ``msg_id`` was finally rejected), or ``"device_list"``
             (body is msgpack ``{"body", "signature"}``: ``sender_user``'s new
             signed device list, sent by its home to the devices of users who
-            fetched it; clients verify it like any list).
+            fetched it; clients verify it like any list), or ``"group"``
+            (body is one Megolm ciphertext shared by every member device).
         body: opaque ciphertext bytes.
     """
 
@@ -413,6 +414,103 @@ class Notify(Frame):
     envelope: Envelope
 
 
+# -- media (DESIGN.md "Groups and media"; encrypted on the client, opaque here)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUpload(Frame):
+    """Append ``chunk`` (at most 256 KiB) at ``offset`` of blob ``media_id`` on the
+    sender's home. ``media_id`` = SHA-256 of the whole ciphertext (32 bytes);
+    ``size`` = its total length in bytes. ``offset`` must equal the bytes already
+    received (resume after ``media_status``). When the last chunk arrives the node
+    checks the hash; a mismatch discards the blob (``bad_request``)."""
+
+    TYPE: ClassVar[str] = "media_upload"
+    media_id: bytes
+    size: int
+    offset: int
+    chunk: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MediaStatus(Frame):
+    """How much of ``media_id`` the node holds (to resume an upload)."""
+
+    TYPE: ClassVar[str] = "media_status"
+    media_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MediaProgress(Frame):
+    """Answer to ``media_upload`` / ``media_status``: bytes received, total size
+    (0 if unknown), and whether the blob is complete and verified."""
+
+    TYPE: ClassVar[str] = "media_progress"
+    received: int
+    size: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDownload(Frame):
+    """Read ``length`` (at most 256 KiB) bytes at ``offset`` of a complete blob held by
+    node ``node_id`` (any node forwards to it)."""
+
+    TYPE: ClassVar[str] = "media_download"
+    node_id: str
+    media_id: bytes
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class MediaChunk(Frame):
+    """Answer to ``media_download``: ``data`` and the blob's total ``size``."""
+
+    TYPE: ClassVar[str] = "media_chunk"
+    data: bytes
+    size: int
+
+
+# -- groups: one ciphertext fanned out by the relays
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecipient:
+    """One member of a group send: the devices of ``user_id`` (device-list
+    ``devices_version``) that get the single ciphertext."""
+
+    user_id: str
+    devices_version: int
+    device_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSend(Frame):
+    """A sender-key (Megolm) group message: one ``body`` for every listed device.
+    The sender's home splits the recipients by home node (``group_forward``);
+    each home checks each member's device ids against its list (``stale_devices``)
+    and queues the body for every device. Answered like ``send`` (``sent``)."""
+
+    TYPE: ClassVar[str] = "group_send"
+    msg_id: bytes
+    body: bytes
+    recipients: list[GroupRecipient]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupForward(Frame):
+    """Node-to-node part of a ``group_send`` for the users homed at the receiving node."""
+
+    TYPE: ClassVar[str] = "group_forward"
+    msg_id: bytes
+    sender_user: str
+    sender_device: int
+    ts: int
+    body: bytes
+    recipients: list[GroupRecipient]
+
+
 FRAME_TYPES: dict[str, type[Frame]] = {
     cls.TYPE: cls
     for cls in (
@@ -420,6 +518,8 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         PutDevices, GetDevices, Devices, UploadKeys, KeyCount, ClaimKeys, Claimed,
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
+        MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
+        GroupSend, GroupForward,
     )
 }
 
@@ -506,6 +606,14 @@ def parse(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Frame:
     frame = _from_map(cls, data, "")
     if frame.id < 0:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "field 'id' must be >= 0")
+    if isinstance(frame, GroupSend | GroupForward):
+        n = sum(len(r.device_ids) for r in frame.recipients)
+        if n > limits.max_copies:
+            raise RemoteProtocolError(
+                ErrorCode.TOO_LARGE, f"{n} recipient devices exceed the limit of {limits.max_copies}"
+            )
+        if len(frame.msg_id) != 16:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "msg_id must be 16 bytes")
     if isinstance(frame, Send | Forward):
         n = sum(len(r.copies) for r in frame.recipients)
         if n > limits.max_copies:
