@@ -16,6 +16,7 @@ dedupe       dedupe id                          ts f64
 expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`expire`)
              ts_key | b"d" | dedupe id
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
+watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
 meta         b"format" / b"outbox_last"         b"1" / u64
              b"bump"                            u64 (see storage._group_commit)
 ===========  =================================  =====================================
@@ -37,7 +38,7 @@ from .base import OutboxEntry, QueueItem
 FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
-    "meta",
+    "meta", "watchers",
 )
 OUTBOX_LAST = b"outbox_last"
 
@@ -62,6 +63,7 @@ class Dbs:
     expiry: lmdb._Database
     outbox: lmdb._Database
     meta: lmdb._Database
+    watchers: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:
@@ -171,6 +173,20 @@ def read_queue(
             ))
             if len(out) >= limit:
                 break
+    return out
+
+
+def watchers(txn: lmdb.Transaction, dbs: Dbs, user: bytes) -> list[str]:
+    """The watcher user ids of ``user`` in byte (= ascending) order."""
+    prefix = user + b"|"
+    out: list[str] = []
+    with txn.cursor(db=dbs.watchers) as cur:
+        if not cur.set_range(prefix):
+            return out
+        for key in cur.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                break
+            out.append(key[len(prefix):].decode("utf-8"))
     return out
 
 

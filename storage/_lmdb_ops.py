@@ -33,6 +33,12 @@ def put_device_list(user: bytes, version: int, blob: bytes) -> Op:
     return op
 
 
+def add_watcher(key: bytes) -> Op:
+    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
+        txn.put(key, b"", db=dbs.watchers, overwrite=False)
+    return op
+
+
 def add_one_time_keys(devk: bytes, keys: list[tuple[bytes, bytes]]) -> Op:
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
         seen: set[bytes] = set()

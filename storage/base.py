@@ -75,6 +75,23 @@ class Storage(Protocol):
             StorageFull: nothing stored.
         """
 
+    # -- device-list watchers (who holds a copy of whose list)
+
+    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
+        """Durably record that ``watcher_user_id`` fetched ``user_id``'s device list.
+
+        Idempotent: recording a pair that is already stored changes nothing.
+        The home node notifies every watcher's devices when ``user_id``'s list
+        changes (docs/protocol.md, "Device-list changes").
+
+        Raises:
+            StorageFull: nothing stored.
+        """
+
+    async def watchers(self, user_id: str) -> list[str]:
+        """The user ids recorded by :meth:`add_watcher` for ``user_id``, each once,
+        in ascending order (``[]`` if none)."""
+
     # -- one-time keys and fallback keys
 
     async def add_one_time_keys(

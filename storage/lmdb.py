@@ -197,6 +197,21 @@ class LmdbStorage:
             raise ValueError(f"device list version out of range: {version}")
         await self.writer.submit(ops.put_device_list(user, version, blob), size=len(blob))
 
+    # -- watchers
+
+    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
+        """See :meth:`storage.base.Storage.add_watcher`. A pair already stored
+        costs a read on the loop, no write."""
+        key = check_user_id(user_id) + b"|" + check_user_id(watcher_user_id)
+        if await self._reading(lambda txn: txn.get(key, db=self._dbs.watchers)) is not None:
+            return
+        await self.writer.submit(ops.add_watcher(key), size=len(key))
+
+    async def watchers(self, user_id: str) -> list[str]:
+        """See :meth:`storage.base.Storage.watchers`."""
+        user = check_user_id(user_id)
+        return await self._reading(lambda txn: L.watchers(txn, self._dbs, user))
+
     # -- one-time keys
 
     async def add_one_time_keys(

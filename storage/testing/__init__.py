@@ -22,18 +22,21 @@ list versions (``StaleVersion``), one-time keys (``DuplicateKey``, claims at mos
 once under 200 concurrent claims, fallback keys), queues (seqs per device,
 contiguous under 500 concurrent enqueues, never reused after ack, purge or
 reopen; dedupe; ``max_queue`` and ``QueueFull`` with nothing stored; atomic
-multi-device enqueue; expiry), the outbox, and durability across reopen.
+multi-device enqueue; expiry), device-list watchers (idempotent, sorted, durable),
+the outbox, and durability across reopen.
 """
 
 from ._base import ALICE, BOB, uid
 from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
 from ._queues import QueueConformance
+from ._watchers import WatcherConformance
 
 __all__ = ["ALICE", "BOB", "StorageConformance", "uid"]
 
 
 class StorageConformance(
-    DirectoryConformance, QueueConformance, OutboxConformance, DurabilityConformance
+    DirectoryConformance, QueueConformance, WatcherConformance, OutboxConformance,
+    DurabilityConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
