@@ -1,0 +1,110 @@
+"""``python -m bench [--quick] [--only NAME ...] [--list] [--json PATH]``: run the
+benchmark scenarios in one process (Trio) and print their figures, section by section.
+
+Everything runs in-process on 127.0.0.1: relay nodes (LMDB storage in a
+temporary directory), clients, and the raw ceilings. Figures are printed, never
+asserted. ``--quick`` is a ~20-second smoke run with small sizes (noisy figures).
+
+To add a scenario (issue 3: users with several devices; issue 4: groups, media),
+write ``async def run(ctx: BenchContext) -> None`` in its own module, recording
+figures with ``ctx.report``, and append a :class:`Scenario` to :data:`SCENARIOS`.
+See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+import trio
+
+from . import ceilings, client_costs, devices, send, send_many
+from .scenario import BenchContext, Scenario
+from .stats import Report
+
+SCENARIOS: list[Scenario] = [
+    Scenario("client", "Client cost per message (Olm, device state), no network",
+             client_costs.run),
+    Scenario("send", "1:1 send, alice (n1) -> bob (n2), 3-node LMDB cluster", send.run),
+    Scenario("send_many", "1:1 send, many sender devices at once (aggregate)", send_many.run),
+    Scenario("ws", "Ceiling: raw trio-websocket, one connection", ceilings.transport),
+    Scenario("lmdb", "Ceiling: raw LMDB durable puts with batching", ceilings.disk),
+    Scenario("storage", "Ceiling: LmdbStorage group commit (enqueue)", ceilings.group_commit),
+    Scenario("devices", "Send to users with 1, 2, 4, 8 devices (issue 3)", devices.run, issue=3),
+]
+"""Scenarios in run order; the client-cost one first (the send scenarios use its figures)."""
+
+
+def check_names(names: list[str]) -> None:
+    """Raise ValueError naming the first unknown scenario in ``names``."""
+    known = [s.name for s in SCENARIOS]
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+
+
+async def run_bench(
+    names: list[str] | None = None, *, quick: bool = False, out: TextIO | None = None
+) -> Report:
+    """Run the named scenarios (all if ``None``) in :data:`SCENARIOS` order.
+
+    Each gets a fresh temporary directory, removed afterwards.
+
+    Returns:
+        The report holding every figure.
+
+    Raises:
+        ValueError: an unknown scenario name. Any error a scenario raises.
+    """
+    check_names(names or [])
+    report = Report(out=out or sys.stdout)
+    shared: dict = {}
+    print(f"wa-relay benchmark ({'quick' if quick else 'full'}): Python "
+          f"{platform.python_version()}, {platform.system()} {platform.machine()}, "
+          f"{os.cpu_count()} CPUs; everything in one process", file=report.out, flush=True)
+    started = time.perf_counter()
+    for scenario in SCENARIOS:
+        if names and scenario.name not in names:
+            continue
+        report.section(scenario.name, f"{scenario.title}  [{scenario.name}]")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"wa-bench-{scenario.name}-") as tmp:
+            await scenario.run(BenchContext(report, quick, Path(tmp), shared))
+        report.note(f"({time.perf_counter() - t0:.1f} s)")
+    print(f"\ntotal {time.perf_counter() - started:.1f} s", file=report.out, flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code (0 ok, 2 usage error)."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~20 s smoke run, small sizes")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only this scenario (repeatable); see --list")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--json", metavar="PATH", type=Path,
+                        help="also write {figure key: value} as JSON to PATH")
+    args = parser.parse_args(argv)
+    if args.list:
+        for s in SCENARIOS:
+            print(f"{s.name:<10} {s.title}")
+        return 0
+    try:
+        check_names(args.only or [])
+    except ValueError as exc:
+        parser.error(str(exc))
+    report = trio.run(lambda: run_bench(args.only, quick=args.quick))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
