@@ -17,6 +17,8 @@ expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`e
              ts_key | b"d" | dedupe id
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
 watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
+media        media_id (32 bytes)                see storage._lmdb_media (blob record)
+media_time   ts_key | media_id                  empty   (time index for media_expire)
 meta         b"format" / b"outbox_last"         b"1" / u64
              b"bump"                            u64 (see storage._group_commit)
 ===========  =================================  =====================================
@@ -38,7 +40,7 @@ from .base import OutboxEntry, QueueItem
 FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
-    "meta", "watchers",
+    "meta", "watchers", "media", "media_time",
 )
 OUTBOX_LAST = b"outbox_last"
 
@@ -64,6 +66,8 @@ class Dbs:
     outbox: lmdb._Database
     meta: lmdb._Database
     watchers: lmdb._Database
+    media: lmdb._Database
+    media_time: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:
