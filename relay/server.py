@@ -21,6 +21,7 @@ with ``error internal`` and close 1011. The node keeps serving the others.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from contextlib import ExitStack
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from relay import lookups
 from relay.delivery import Pusher
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.federation import LinkDown, request_within
+from relay.linking import Mailbox
 from relay.protocol import (
     CloseCode,
     ErrorCode,
@@ -47,15 +49,19 @@ from relay.protocol.frames import (
     Ack,
     Auth,
     AuthOk,
-    Claimed,
     ClaimKeys,
-    Devices,
     Error,
     Forward,
     Frame,
     GetDevices,
+    GroupForward,
+    GroupSend,
     Hello,
     KeyCount,
+    LinkComplete,
+    LinkFetch,
+    LinkOpen,
+    Notify,
     Ok,
     PeerAuth,
     PeerAuthOk,
@@ -74,7 +80,6 @@ INBOX_SIZE = 16
 OUTBOX_SIZE = 16
 PEER_CONCURRENCY = 64
 CLOSE_TIMEOUT = 5.0
-PEER_REQUEST_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,9 @@ class Connection:
         self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
         self._exits = ExitStack()
         self._nursery: trio.Nursery | None = None
+        self._mailbox: Mailbox | None = None  # the linking mailbox this connection opened
+        self._exits.callback(self._drop_mailbox)
+        self._revoked = False
 
     # ----------------------------------------------------------------- Session
 
@@ -116,6 +124,21 @@ class Connection:
     def kick(self) -> None:
         """Drop this connection (its device authenticated on a newer one)."""
         self._cancel.cancel()
+
+    def revoke(self) -> None:
+        """The device was removed from its list: serve nothing more, push
+        ``error unknown_device`` (id 0) and close 1008 once it is flushed."""
+        self._revoked = True
+        frame = Error(id=0, code=ErrorCode.UNKNOWN_DEVICE.value,
+                      message="this device was removed from the account's device list")
+        close = _Close(CloseCode.POLICY_VIOLATION, "device removed")
+        if not (self.push_nowait(frame) and self.push_nowait(close)):  # type: ignore[arg-type]
+            self._cancel.cancel()
+
+    def _drop_mailbox(self) -> None:
+        if self._mailbox is not None:
+            self._mailbox.close()
+            self._mailbox = None
 
     # ----------------------------------------------------------------- running
 
@@ -200,6 +223,8 @@ class Connection:
             self._peer_slots.release()
 
     async def _request(self, frame: Frame) -> None:
+        if self._revoked:
+            return
         try:
             answer = await self._dispatch(frame)
         except KNOWN_REFUSALS as exc:
@@ -224,10 +249,23 @@ class Connection:
             case PeerAuth():
                 return self._peer_auth(frame)
             case PutDevices():
-                await node.directory.put_device_list(frame.device_list)
+                await node.changes.publish(frame.device_list)
+                return Ok(id=frame.id)
+            case LinkOpen():
+                self._drop_mailbox()  # one mailbox per connection: a new code replaces the old
+                self._mailbox, opened = node.linking.open(frame.device_info, self.push_nowait)
+                return dataclasses.replace(opened, id=frame.id)
+            case LinkFetch() | LinkComplete():
+                return await node.linking.handle(
+                    frame, from_peer=self._conn.state is ConnState.PEER)
+            case Notify():
+                await node.changes.receive(frame, self._conn.peer_id)  # type: ignore[arg-type]
                 return Ok(id=frame.id)
             case GetDevices():
-                return await self._get_devices(frame)
+                peer = self._conn.state is ConnState.PEER
+                return await lookups.get_devices(
+                    node, frame, user_id=None if peer else self._conn.user_id,
+                    peer_id=self._conn.peer_id if peer else None)
             case UploadKeys():
                 count = await node.directory.upload_keys(
                     self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
@@ -235,7 +273,8 @@ class Connection:
                 )
                 return KeyCount(id=frame.id, otk_count=count)
             case ClaimKeys():
-                return await self._claim_keys(frame)
+                return await lookups.claim_keys(
+                    node, frame, from_peer=self._conn.state is ConnState.PEER)
             case Send():
                 status = await node.router.send(
                     self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
@@ -247,6 +286,18 @@ class Connection:
                 if node.ring.home(frame.sender_user).id != self._conn.peer_id:
                     raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
                 await node.router.store_local(frame)
+                return Ok(id=frame.id)
+            case GroupSend():
+                status = await node.groups.send(
+                    self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
+                    frame.msg_id, frame.body, frame.recipients,
+                )
+                return Sent(id=frame.id, status=status)
+            case GroupForward():
+                node.directory.check_user_id(frame.sender_user)
+                if node.ring.home(frame.sender_user).id != self._conn.peer_id:
+                    raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
+                await node.groups.store_local(frame)
                 return Ok(id=frame.id)
             case Sync():
                 return self._start_sync()
@@ -290,45 +341,6 @@ class Connection:
         ).signature
         self._log.info("peer %s authenticated", peer.id)
         return PeerAuthOk(id=frame.id, signature=sig)
-
-    async def _ask_home(self, frame: Frame, user_id: str) -> Frame | None:
-        """Forward a directory read to ``user_id``'s home; ``None`` if it is this node."""
-        node = self._node
-        node.directory.check_user_id(user_id)
-        home = node.ring.home(user_id)
-        if home.id == node.id:
-            return None
-        if self._conn.state is ConnState.PEER:
-            raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node")
-        try:
-            answer = await request_within(node.federation, home.id, frame, PEER_REQUEST_TIMEOUT)
-        except LinkDown as exc:
-            raise RelayError(ErrorCode.UNAVAILABLE, f"home node {home.id} is unreachable") from exc
-        if isinstance(answer, Error):
-            raise RelayError.from_frame(answer)
-        return answer
-
-    async def _get_devices(self, frame: GetDevices) -> Frame:
-        answer = await self._ask_home(frame, frame.user_id)
-        if isinstance(answer, Devices):
-            return Devices(id=frame.id, device_list=answer.device_list)
-        if answer is not None:
-            raise RelayError(ErrorCode.INTERNAL, "unexpected answer from the home node")
-        signed, _ = await self._node.directory.require_device_list(frame.user_id)
-        return Devices(id=frame.id, device_list=signed)
-
-    async def _claim_keys(self, frame: ClaimKeys) -> Frame:
-        answer = await self._ask_home(frame, frame.user_id)
-        if isinstance(answer, Claimed):
-            return Claimed(id=frame.id, keys=answer.keys)
-        if answer is not None:
-            raise RelayError(ErrorCode.INTERNAL, "unexpected answer from the home node")
-        keys, low = await self._node.directory.claim_keys(frame.user_id, frame.device_ids)
-        for device_id, count in low.items():
-            session = self._node.registry.session(frame.user_id, device_id)
-            if session is not None:
-                session.push_nowait(KeyCount(id=0, otk_count=count))
-        return Claimed(id=frame.id, keys=keys)
 
     def _start_sync(self) -> None:
         if self._pusher is not None:

@@ -36,6 +36,8 @@ from .frames import (
     Forward,
     Frame,
     GetDevices,
+    GroupForward,
+    GroupSend,
     Hello,
     LinkComplete,
     LinkFetch,
@@ -69,10 +71,11 @@ class ConnState(enum.Enum):
 _CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen, Ping})
 _PEER_PRE_AUTH: frozenset[type[Frame]] = frozenset({PeerAuth, Ping})
 _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
-    {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete}
+    {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete,
+     GroupSend}
 )
 _PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
-    {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify}
+    {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify, GroupForward}
 )
 _ALL_REQUESTS = _CLIENT_PRE_AUTH | _PEER_PRE_AUTH | _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello}
 
