@@ -5,9 +5,11 @@ Backends are chosen by URL with :func:`open_storage`: ``lmdb:///path`` (default)
 and prove themselves with :mod:`storage.testing`.
 """
 
-from .base import OutboxEntry, QueueItem, Storage
+from .base import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE, MediaInfo, OutboxEntry, QueueItem, Storage
 from .errors import (
     DuplicateKey,
+    MediaConflict,
+    MediaCorrupt,
     QueueFull,
     StaleVersion,
     StorageError,
@@ -17,6 +19,7 @@ from .errors import (
 from .registry import open_storage, register_backend
 
 __all__ = [
+    "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
     "DuplicateKey", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
     "StorageError", "StorageFull", "UnknownBackend", "open_storage", "register_backend",
 ]

@@ -53,6 +53,35 @@ class OutboxEntry:
     attempts: int
 
 
+MEDIA_ID_SIZE = 32
+"""Bytes of a media id: the SHA-256 of the blob's whole content."""
+MEDIA_CHUNK_MAX = 256 * 1024
+"""Most bytes one ``media_append`` chunk or one ``media_read`` may carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """The state of one stored media blob (see the "media" section of :class:`Storage`).
+
+    Attributes:
+        media_id: 32 bytes, the SHA-256 of the whole blob.
+        size: the declared total length in bytes.
+        received: bytes stored so far, contiguous from offset 0.
+        complete: every byte received and the SHA-256 verified; only complete
+            blobs can be read.
+        owner: the ``user_id`` whose upload created the blob.
+        ts: seconds since the epoch of the last append (of completion, once complete);
+            ``media_expire`` compares it.
+    """
+
+    media_id: bytes
+    size: int
+    received: int
+    complete: bool
+    owner: str
+    ts: float
+
+
 @runtime_checkable
 class Storage(Protocol):
     """What a storage backend provides. See the module docstring for the contract."""
@@ -178,3 +207,66 @@ class Storage(Protocol):
 
     async def outbox_delete(self, outbox_id: int) -> None:
         """Remove a delivered (or finally bounced) entry. No-op if it is gone."""
+
+    # -- media: encrypted blobs addressed by SHA-256, uploaded in chunks (docs/media.md)
+    #
+    # A blob is appended in order, chunk after chunk (each at most MEDIA_CHUNK_MAX
+    # bytes), by the user who started it; the append that reaches ``size`` checks the
+    # SHA-256 of the whole blob against ``media_id`` and marks it complete. Backends
+    # never hold a whole blob in memory (stream it) and never block the loop on it.
+    # Each append is atomic and durable like every mutating call. Blobs are opaque
+    # ciphertext to the backend.
+
+    async def media_append(
+        self, media_id: bytes, size: int, offset: int, chunk: bytes, *, owner: str,
+        max_total: int | None = None, now: float | None = None,
+    ) -> MediaInfo:
+        """Store ``chunk`` at ``offset`` of blob ``media_id`` (created by the first append).
+
+        Args:
+            media_id: 32 bytes, the SHA-256 the finished blob must have.
+            size: the blob's total length (>= 0); every append repeats it.
+            offset: must equal the bytes received so far (0 for a new blob).
+            chunk: 1..MEDIA_CHUNK_MAX bytes (empty only for a blob of size 0),
+                ending at most at ``size``.
+            owner: the uploading ``user_id``; appends by another user to an
+                unfinished blob are refused.
+            max_total: if given, the most bytes all blobs together may declare
+                (complete and unfinished, each counted at its ``size``); checked
+                when a blob is created.
+            now: the time of the append in seconds (default ``time.time()``).
+
+        Returns:
+            The blob's state after the append. Appending to a *complete* blob of
+            the same ``size`` stores nothing and returns its state (whoever asks,
+            whatever the offset): the content is fixed by its hash.
+
+        Raises:
+            MediaConflict: ``offset`` is not the bytes received so far, the blob has
+                another ``size``, or it is another owner's unfinished blob; nothing stored.
+            MediaCorrupt: this append completed the blob but its SHA-256 is not
+                ``media_id``; the whole blob was deleted.
+            StorageFull: ``max_total`` would be exceeded, or the disk is full;
+                nothing stored.
+            ValueError: malformed arguments (id length, negative numbers, a chunk
+                that is empty, longer than MEDIA_CHUNK_MAX or ends past ``size``).
+        """
+
+    async def media_status(self, media_id: bytes) -> MediaInfo | None:
+        """The state of blob ``media_id``, or ``None`` if there is none."""
+
+    async def media_read(self, media_id: bytes, offset: int, length: int) -> bytes | None:
+        """Up to ``length`` bytes of a *complete* blob from ``offset`` (fewer at the end,
+        ``b""`` at ``offset == size``), or ``None`` if no complete blob ``media_id`` exists.
+
+        Raises:
+            ValueError: ``offset`` outside ``0..size`` or ``length`` outside
+                ``0..MEDIA_CHUNK_MAX``.
+        """
+
+    async def media_usage(self) -> int:
+        """Bytes all stored blobs declare together (complete and unfinished, at their ``size``)."""
+
+    async def media_expire(self, older_than: float) -> int:
+        """Delete every blob (complete or not) whose ``ts`` is before ``older_than``
+        (seconds since the epoch); return how many went."""

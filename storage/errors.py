@@ -22,5 +22,15 @@ class StaleVersion(StorageError):
     """A device list whose version does not grow over the stored one."""
 
 
+class MediaConflict(StorageError):
+    """A media append that does not continue the stored blob (wrong offset, another
+    size, past the end, another owner's unfinished upload); nothing was stored."""
+
+
+class MediaCorrupt(StorageError):
+    """The append that completed a blob found its SHA-256 differs from its media id;
+    the blob was deleted."""
+
+
 class UnknownBackend(StorageError):
     """No backend is registered for the URL's scheme."""

@@ -35,6 +35,7 @@ from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
 from ._group_commit import GroupCommitWriter, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._lmdb_media import LmdbMediaMixin
 from .base import OutboxEntry, QueueItem
 
 T = TypeVar("T")
@@ -65,7 +66,7 @@ def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     return path, parse_qs(parts.query)
 
 
-class LmdbStorage:
+class LmdbStorage(LmdbMediaMixin):
     """A durable :class:`~storage.base.Storage` in one LMDB environment (a directory).
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that

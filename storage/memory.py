@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._memory_media import MemoryMediaMixin
 from .base import OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageFull
 
@@ -35,7 +36,7 @@ _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage:
+class MemoryStorage(MemoryMediaMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:

@@ -31,12 +31,13 @@ from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
 from ._queues import QueueConformance
 from ._watchers import WatcherConformance
+from .media import MediaConformance
 
 __all__ = ["ALICE", "BOB", "StorageConformance", "uid"]
 
 
 class StorageConformance(
     DirectoryConformance, QueueConformance, WatcherConformance, OutboxConformance,
-    DurabilityConformance,
+    DurabilityConformance, MediaConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
