@@ -41,21 +41,25 @@ from relay.protocol.frames import (
 )
 from relay.protocol.identity import Device
 
-from . import crypto, payload
+from . import crypto, devices, linkcode, payload
 from .connection import Connection, connect
+from .devices import ApprovedDevice, Confirm, DeviceOffer
 from .errors import ClientError, RelayError, SendFailed
-from .events import BacklogDone, Bounce, Dropped, Event, Message, SendResult
+from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from .receiving import Receiver
 from .state import State
 
 __all__ = [
-    "BacklogDone", "Bounce", "Client", "Dropped", "Event", "Message", "Receiver", "SendResult",
-    "init_account", "now_ms", "open_client",
+    "ApprovedDevice", "BacklogDone", "Bounce", "Client", "DeviceOffer", "DevicesChanged",
+    "Dropped", "Event", "Message", "Receiver", "SendResult", "init_account", "now_ms",
+    "open_client",
 ]
 
 log = logging.getLogger(__name__)
 
 MAX_SEND_ROUNDS = 3
+CLAIM_RETRY_DELAY = 0.1  # seconds; doubled per retry while a device has no keys yet
+CLAIM_RETRY_MAX = 1.6  # last delay tried (about 3 s in all)
 
 
 def now_ms() -> int:
@@ -233,16 +237,22 @@ class Client:
     async def _ensure_sessions(self, user_id: str, devices: list[Device]) -> None:
         async with self._sessions_lock:
             missing = [d for d in devices if not self._has_session(user_id, d)]
-            if not missing:
-                return
-            claimed = {k.device_id: k for k in await self.claim_keys(
-                user_id, [d.device_id for d in missing])}
-            for d in missing:
-                key = claimed.get(d.device_id)
-                if key is None:
-                    raise SendFailed(f"device {d.device_id} of {user_id} has no keys left to claim")
-                session = self.state.identity.create_outbound_session(d.curve25519, key.key)
-                self.state.add_session(user_id, d.device_id, d.curve25519, session)
+            delay = CLAIM_RETRY_DELAY
+            while missing:
+                claimed = {k.device_id: k for k in await self.claim_keys(
+                    user_id, [d.device_id for d in missing])}
+                for d in missing:
+                    key = claimed.get(d.device_id)
+                    if key is not None:
+                        session = self.state.identity.create_outbound_session(d.curve25519, key.key)
+                        self.state.add_session(user_id, d.device_id, d.curve25519, session)
+                missing = [d for d in missing if d.device_id not in claimed]
+                if missing and delay > CLAIM_RETRY_MAX:
+                    raise SendFailed(f"device {missing[0].device_id} of {user_id} has no keys "
+                                     "to claim (not connected since it was linked?)")
+                if missing:  # a device just linked uploads its keys right after the list
+                    await trio.sleep(delay)
+                    delay *= 2
 
     def _has_session(self, user_id: str, device: Device) -> bool:
         ss = self.state.session_set(user_id, device.device_id)
@@ -306,6 +316,26 @@ class Client:
             return answer.status
         raise SendFailed(f"the device list of {user_id} kept changing; gave up after "
                          f"{MAX_SEND_ROUNDS} attempts")
+
+    # ------------------------------------------------------------ own devices
+
+    async def approve_link(
+        self, code: str, *, confirm: Confirm | None = None, history: bool = True,
+        history_limit: int = linkcode.HISTORY_DEFAULT,
+    ) -> ApprovedDevice:
+        """Add the device behind a linking code to this account (primary only).
+
+        See :func:`cli.devices.approve_link` (arguments, order of steps, errors).
+        """
+        return await devices.approve_link(self, code, confirm=confirm, history=history,
+                                          history_limit=history_limit)
+
+    async def remove_device(self, device_id: int) -> DeviceList:
+        """Publish the account's list without ``device_id`` (primary only); returns the new list.
+
+        See :func:`cli.devices.remove_device`.
+        """
+        return await devices.remove_device(self, device_id)
 
     # -------------------------------------------------------------- receiving
 

@@ -46,7 +46,7 @@ from relay.protocol.frames import (
     Synced,
 )
 
-from .errors import ConnectionFailed, ConnectionLost, RelayError
+from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, RelayError
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -183,16 +183,43 @@ class Connection:
 
     async def aclose(self) -> None:
         """Close the WebSocket (waits at most ``CLOSE_TIMEOUT`` seconds, shielded)."""
-        await _close_ws(self._ws)
+        await close_ws(self._ws)
 
 
-async def _close_ws(ws: WebSocketConnection) -> None:
+async def close_ws(ws: WebSocketConnection) -> None:
+    """Close a WebSocket, waiting at most ``CLOSE_TIMEOUT`` seconds (shielded)."""
     with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
         await ws.aclose()
 
 
-async def _exchange(ws: WebSocketConnection, frame: Frame) -> Frame:
-    """Handshake-phase request/answer (before the reader task runs)."""
+async def open_socket(nursery: trio.Nursery, url: str, limit: float) -> WebSocketConnection:
+    """Open a WebSocket to a node with the client's buffer sizes (no handshake yet).
+
+    Args:
+        nursery: owns trio-websocket's background task of the socket.
+        limit: seconds for the TCP connect and the WebSocket handshake.
+
+    Raises:
+        ConnectionFailed: unreachable, refused, timed out or not a WebSocket URL.
+    """
+    try:
+        with trio.fail_after(limit):
+            return await connect_websocket_url(
+                nursery, url, message_queue_size=WS_QUEUE, max_message_size=WS_MAX_MESSAGE,
+                receive_buffer_size=WS_RECEIVE_BUFFER,
+            )
+    except (OSError, HandshakeError, trio.TooSlowError, ValueError) as exc:
+        raise ConnectionFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+
+
+async def exchange(ws: WebSocketConnection, frame: Frame) -> Frame:
+    """Handshake-phase request/answer on a socket without a reader task: send ``frame``
+    and return the first frame carrying its id (others are skipped).
+
+    Raises:
+        RelayError: the answer is an ``error``.
+        trio_websocket.ConnectionClosed, RemoteProtocolError: from the socket / decoder.
+    """
     await ws.send_message(write_frame(frame))
     while True:
         answer = read_frame(await ws.get_message())
@@ -205,7 +232,7 @@ async def _exchange(ws: WebSocketConnection, frame: Frame) -> Frame:
 
 async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challenge, AuthOk] | str:
     """Returns ``(challenge, auth_ok)``, or the URL from ``error moved``."""
-    challenge = await _exchange(
+    challenge = await exchange(
         ws, Hello(id=1, versions=list(SUPPORTED_VERSIONS), role="client", agent=AGENT)
     )
     if not isinstance(challenge, Challenge) or len(challenge.nonce) != 32:
@@ -214,7 +241,7 @@ async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challeng
         own = state.device_lists.get(state.user_id)
         if own is not None and own.parsed.version > state.published_version:
             try:
-                await _exchange(ws, PutDevices(id=2, device_list=own.signed))
+                await exchange(ws, PutDevices(id=2, device_list=own.signed))
             except RelayError as exc:
                 if exc.code != ErrorCode.STALE_VERSION:  # already there (a retry after a crash)
                     raise
@@ -223,12 +250,17 @@ async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challeng
         signature = state.identity.sign(
             auth_message(challenge.nonce, challenge.node_id, state.user_id, state.device_id)
         )
-        ok = await _exchange(
+        ok = await exchange(
             ws, Auth(id=3, user_id=state.user_id, device_id=state.device_id, signature=signature)
         )
     except RelayError as exc:
         if exc.code == ErrorCode.MOVED and exc.frame.url:
             return exc.frame.url
+        if exc.code == ErrorCode.UNKNOWN_DEVICE:
+            raise DeviceRemoved(
+                f"this device ({state.device_id}) is no longer in the account's device list: "
+                "it was removed (or never approved); link it again with 'wa-cli link'"
+            ) from exc
         raise
     if not isinstance(ok, AuthOk):
         raise ConnectionFailed(f"unexpected answer to auth: {ok.TYPE}")
@@ -247,18 +279,12 @@ async def connect(nursery: trio.Nursery, state: State, *, connect_timeout: float
 
     Raises:
         ConnectionFailed: unreachable, timed out, closed, or invalid answers.
+        DeviceRemoved: the device is not in the account's current list (``unknown_device``).
         RelayError: refused (``unknown_user``, ``unauthorized``, ...).
     """
     url = state.relay_url
     for _ in range(MAX_MOVES + 1):
-        try:
-            with trio.fail_after(connect_timeout):
-                ws = await connect_websocket_url(
-                    nursery, url, message_queue_size=WS_QUEUE, max_message_size=WS_MAX_MESSAGE,
-                    receive_buffer_size=WS_RECEIVE_BUFFER,
-                )
-        except (OSError, HandshakeError, trio.TooSlowError, ValueError) as exc:
-            raise ConnectionFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+        ws = await open_socket(nursery, url, connect_timeout)
         done = False
         try:
             with trio.fail_after(connect_timeout):
@@ -275,7 +301,7 @@ async def connect(nursery: trio.Nursery, state: State, *, connect_timeout: float
             raise ConnectionFailed(f"{url} sent an invalid frame: {exc}") from exc
         finally:
             if not done:
-                await _close_ws(ws)
+                await close_ws(ws)
         if result == url:
             raise ConnectionFailed(f"{url} redirects to itself")
         log.info("home moved: %s -> %s", url, result)

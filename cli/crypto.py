@@ -36,7 +36,13 @@ import nacl.signing
 import vodozemac
 
 from relay.protocol.frames import OneTimeKey, SignedDeviceList
-from relay.protocol.identity import Device, DeviceList, sign_device_list, user_id_from_key
+from relay.protocol.identity import (
+    Device,
+    DeviceList,
+    key_from_user_id,
+    sign_device_list,
+    user_id_from_key,
+)
 
 ONE_TIME_KEYS_TARGET = 100
 """How many one-time keys a device keeps published on its home node."""
@@ -303,3 +309,19 @@ def safety_fingerprint(account_key: bytes, user_id: str) -> str:
     for _ in range(FINGERPRINT_ITERATIONS):
         h = hashlib.sha512(h + account_key).digest()
     return " ".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+
+
+def safety_number(user_id_a: str, user_id_b: str) -> str:
+    """The safety number of two accounts (Signal-style): both parties'
+    :func:`safety_fingerprint` s (30 digits each) concatenated, the smaller first, so
+    both sides compute the same 60 digits. Printed as twelve 5-digit groups.
+
+    It depends only on the two account keys (the user ids), so it does not
+    change when either account links or removes devices.
+
+    Raises:
+        relay.protocol.RemoteProtocolError: a user id is malformed.
+    """
+    halves = sorted(safety_fingerprint(key_from_user_id(uid), uid)
+                    for uid in (user_id_a, user_id_b))
+    return " ".join(halves)

@@ -37,3 +37,16 @@ class RelayError(ClientError):
 
 class SendFailed(ClientError):
     """A message could not be encrypted for, or delivered to, its recipient's devices."""
+
+
+class NotPrimary(ClientError):
+    """The operation needs the account key, which only the primary device holds."""
+
+
+class LinkFailed(ClientError):
+    """Linking a device did not complete (wrong, used or expired code, mismatch, timeout,
+    or material that does not verify). The message says whether anything changed."""
+
+
+class DeviceRemoved(ClientError):
+    """This device is no longer in its account's device list (it was removed)."""

@@ -62,7 +62,22 @@ class Dropped:
     reason: str
 
 
-Event = Message | BacklogDone | Bounce | Dropped
+@dataclass(frozen=True, slots=True)
+class DevicesChanged:
+    """A contact (or this account) published a new, verified device list.
+
+    ``added`` and ``removed`` hold ``(device_id, name)`` pairs relative to the list
+    cached before; ``version`` is the new list's version; ``name`` the local alias
+    of ``user_id`` (or ``""``)."""
+
+    user_id: str
+    name: str
+    version: int
+    added: tuple[tuple[int, str], ...]
+    removed: tuple[tuple[int, str], ...]
+
+
+Event = Message | BacklogDone | Bounce | Dropped | DevicesChanged
 """One item of :meth:`cli.client.Client.receive`."""
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import click
 
-from .events import Bounce, Message
+from .events import Bounce, DevicesChanged, Message
 
 
 class Output:
@@ -78,3 +78,26 @@ def bounce_human(bounce: Bounce) -> str:
     if bounce.error:
         return f"{what}; resend failed: {bounce.error}"
     return what
+
+
+def devices_changed_json(change: DevicesChanged) -> dict:
+    """The ``recv --json`` line of a device-list change::
+
+        {"type": "devices_changed", "user_id", "name", "version",
+         "added": [{"device_id", "name"}], "removed": [{"device_id", "name"}]}
+    """
+    return {
+        "type": "devices_changed", "user_id": change.user_id, "name": change.name,
+        "version": change.version,
+        "added": [{"device_id": i, "name": n} for i, n in change.added],
+        "removed": [{"device_id": i, "name": n} for i, n in change.removed],
+    }
+
+
+def devices_changed_human(change: DevicesChanged, own: bool) -> str:
+    """``bob linked a new device (tablet)`` / ``bob removed device 2``, one line per change
+    (``you ...`` for this account's own list)."""
+    who = "you" if own else (change.name or change.user_id[:12])
+    lines = [f"{who} linked a new device ({n})" for _, n in change.added]
+    lines += [f"{who} removed device {i}" for i, _ in change.removed]
+    return "\n".join(lines) or f"{who} published device list version {change.version}"

@@ -8,6 +8,8 @@ of envelopes is processed, then the state is saved, then the highest ``seq``
 acknowledged, and only then are the events yielded (decrypt -> save -> ack).
 ``bounce`` envelopes are reported and, when the original is in local
 history, re-encrypted against a fresh device list and resent with the same id.
+``device_list`` envelopes (a contact's new signed list) are verified and cached
+(:func:`cli.devices.device_list_notice`) and reported as ``DevicesChanged``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
 from . import crypto, payload
+from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Message
 from .state import DeviceListRejected, seen_key
@@ -66,6 +69,12 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
     """
     if env.kind == "bounce":
         return await handle_bounce(client, env)
+    if env.kind == "device_list":
+        try:
+            return device_list_notice(client, env.sender_user, env.body)
+        except DeviceListRejected as exc:
+            log.warning("dropping a device-list notice: %s", exc)
+            return Dropped(env.msg_id, env.sender_user, env.sender_device, str(exc))
 
     def dropped(reason: str) -> Dropped:
         log.warning("dropping message %s from %s/%d: %s",
@@ -88,6 +97,7 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
     except crypto.DecryptError as exc:
         return dropped(str(exc))
     client.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
+    client.state.saw_device(env.sender_user, env.sender_device, env.ts)
     try:
         p = payload.decode(plaintext)
     except payload.PayloadError as exc:

@@ -49,8 +49,8 @@ from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
 __all__ = [
     "KEY_FILE", "STATE_FILE", "AlreadyInitialized", "CachedList", "DeviceListRejected",
-    "NotInitialized", "SessionSet", "State", "StateError", "StateLocked", "create_state",
-    "open_state", "seen_key",
+    "NewHome", "NotInitialized", "SessionSet", "State", "StateError", "StateLocked",
+    "create_state", "new_home", "open_state", "seen_key",
 ]
 
 SEEN_LIMIT = 10_000
@@ -120,6 +120,8 @@ class State:
         self.sessions: dict[tuple[str, int], SessionSet] = {}
         self.seen: OrderedDict[bytes, None] = OrderedDict()
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
+        self.next_device_id = 1  # primary: lowest device_id never handed out (ids are never reused)
+        self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
 
     # ----------------------------------------------------------- queries
 
@@ -162,6 +164,25 @@ class State:
             ss.sessions.remove(session)
         ss.sessions.insert(0, session)
         del ss.sessions[SESSIONS_PER_DEVICE:]
+
+    def allocate_device_id(self) -> int:
+        """The next never-used device id of this account (primary only); advances the counter.
+
+        Takes the highest id in the own list into account too, so an id is never
+        reused even if the counter is behind (e.g. a state from before it existed).
+        The caller saves the state before the id is published.
+        """
+        own = self.own_list()
+        highest = max(own.device_ids) if own is not None else self.device_id
+        device_id = max(self.next_device_id, highest + 1)
+        self.next_device_id = device_id + 1
+        return device_id
+
+    def saw_device(self, user_id: str, device_id: int, ts: int) -> None:
+        """Note that a message from ``(user_id, device_id)`` with sender time ``ts`` (ms) arrived."""
+        key = (user_id, device_id)
+        if ts > self.last_seen.get(key, 0):
+            self.last_seen[key] = ts
 
     def find_history(self, msg_id_hex: str) -> dict | None:
         """The history entry of a message id (hex), newest first, or ``None``."""
@@ -235,6 +256,8 @@ class State:
                          for (uid, did), ss in self.sessions.items()],
             "seen": list(self.seen),
             "history": list(self.history),
+            "next_device_id": self.next_device_id,
+            "last_seen": [[uid, did, ts] for (uid, did), ts in self.last_seen.items()],
         }
 
     def _from_map(self, m: dict) -> None:
@@ -255,6 +278,8 @@ class State:
             )
         self.seen = OrderedDict((k, None) for k in m["seen"])
         self.history = deque(m["history"], maxlen=HISTORY_LIMIT)
+        self.next_device_id = m.get("next_device_id", 1)
+        self.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
 
     def snapshot(self) -> bytes:
         """The encrypted file contents of the current state."""
@@ -276,6 +301,59 @@ class State:
             await trio.to_thread.run_sync(vault.write_atomic, self.home / STATE_FILE, data)
 
 
+class NewHome:
+    """A locked, still empty device home (see :func:`new_home`); :meth:`create` fills it once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state: State | None = None
+
+    def create(
+        self, *, user_id: str, device_id: int, name: str, relay_url: str,
+        identity: crypto.DeviceIdentity | None = None,
+        account_key: nacl.signing.SigningKey | None = None,
+    ) -> State:
+        """Make the storage key and a state for this device; the caller fills in the rest
+        and saves. The home stays locked until the :func:`new_home` block exits.
+
+        Args:
+            user_id: the account; ``device_id``: this device's id in its list.
+            name: the display name sent inside messages.
+            identity: the device's vodozemac account (a new one if ``None``).
+            account_key: the account's private key (the primary only).
+
+        Raises:
+            AlreadyInitialized: called twice.
+        """
+        if self.state is not None:
+            raise AlreadyInitialized(f"{self.path} was already created")
+        key, header = vault.new_key(self.path)
+        state = State(self.path, key, header)
+        state.user_id, state.device_id, state.name = user_id, device_id, name
+        state.relay_url, state.account_key = relay_url, account_key
+        if identity is not None:
+            state.identity = identity
+        self.state = state
+        return state
+
+
+@contextmanager
+def new_home(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterator[NewHome]:
+    """Lock ``home`` (created mode 0700), check it holds no account yet, yield a :class:`NewHome`.
+
+    Used by ``init`` and by ``link``, which holds the lock while it waits for approval.
+
+    Raises:
+        AlreadyInitialized: ``home`` already holds a state.
+        StateLocked: another process holds the home.
+    """
+    path = Path(home).expanduser().absolute()
+    with vault.locked(path, lock_timeout):
+        if (path / STATE_FILE).exists():
+            raise AlreadyInitialized(f"{path} already holds an account")
+        yield NewHome(path)
+
+
 @contextmanager
 def create_state(
     home: str | os.PathLike, *, name: str, relay_url: str, lock_timeout: float = 5.0
@@ -289,17 +367,10 @@ def create_state(
         AlreadyInitialized: ``home`` already holds a state.
         StateLocked: another process holds the home.
     """
-    path = Path(home).expanduser().absolute()
-    with vault.locked(path, lock_timeout):
-        if (path / STATE_FILE).exists():
-            raise AlreadyInitialized(f"{path} already holds an account")
-        key, header = vault.new_key(path)
-        state = State(path, key, header)
-        state.account_key = crypto.new_account_key()
-        state.user_id = crypto.account_user_id(state.account_key)
-        state.device_id = 0
-        state.name = name
-        state.relay_url = relay_url
+    with new_home(home, lock_timeout=lock_timeout) as fresh:
+        account_key = crypto.new_account_key()
+        state = fresh.create(user_id=crypto.account_user_id(account_key), device_id=0,
+                             name=name, relay_url=relay_url, account_key=account_key)
         state.save()
         yield state
 

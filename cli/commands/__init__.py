@@ -30,10 +30,14 @@ def main(ctx: click.Context, home: Path, json_mode: bool) -> None:
 
 
 def _register() -> None:
-    from . import contacts, identity, init, messaging
+    from . import contacts, devices, history, identity, init, link, messaging
 
     main.add_command(init.init)
+    main.add_command(link.link)
+    main.add_command(devices.devices)
     main.add_command(identity.id_)
+    main.add_command(identity.verify)
+    main.add_command(history.history)
     main.add_command(contacts.contacts)
     main.add_command(messaging.send)
     main.add_command(messaging.recv)

@@ -1,4 +1,5 @@
-"""``wa-cli id``: this device's identity and the account's safety fingerprint."""
+"""``wa-cli id`` (this device's identity, the account's safety fingerprint) and
+``wa-cli verify NAME`` (the pair's safety number)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import click
 
 from relay.protocol import key_from_user_id
 
-from ..crypto import safety_fingerprint
+from ..crypto import safety_fingerprint, safety_number
+from ..state import StateError
 from ._common import AppContext, json_option, state_of
 
 
@@ -26,3 +28,27 @@ def id_(app: AppContext) -> None:
         f"home node:   {obj['home']}",
         f"fingerprint: {obj['fingerprint']}",
     ]))
+
+
+@click.command()
+@click.argument("contact", metavar="NAME|USER_ID")
+@json_option
+@click.pass_obj
+def verify(app: AppContext, contact: str) -> None:
+    """Show the safety number of you and a contact (no network).
+
+    Read it aloud or compare it in person: both sides see the same 60 digits.
+    It is derived from the two account keys only, so it stays the same when
+    either of you links or removes a device.
+    """
+    with state_of(app) as state:
+        try:
+            user_id = state.resolve(contact)
+        except StateError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+        number = safety_number(state.user_id, user_id)
+        name = state.alias_of(user_id) or user_id[:12]
+    groups = number.split()
+    app.out.emit({"safety_number": number, "user_id": user_id},
+                 f"safety number with {name}:\n" + "\n".join(
+                     " ".join(groups[i:i + 4]) for i in range(0, 12, 4)))

@@ -5,8 +5,14 @@ from __future__ import annotations
 import click
 import trio
 
-from ..client import BacklogDone, Bounce, Message, open_client
-from ..output import bounce_human, message_human, message_json
+from ..client import BacklogDone, Bounce, DevicesChanged, Message, open_client
+from ..output import (
+    bounce_human,
+    devices_changed_human,
+    devices_changed_json,
+    message_human,
+    message_json,
+)
 from ..payload import MAX_TEXT
 from ..state import State, StateError
 from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
@@ -53,6 +59,11 @@ def _show(app: AppContext, state: State, event) -> None:
         app.out.emit(message_json(event), message_human(event, peer_name))
     elif isinstance(event, Bounce):
         app.out.note(bounce_human(event))
+    elif isinstance(event, DevicesChanged):
+        if app.out.json_mode:
+            app.out.emit(devices_changed_json(event), "")
+        else:
+            app.out.note(devices_changed_human(event, own=event.user_id == state.user_id))
     # Dropped envelopes are logged as warnings by the client.
 
 

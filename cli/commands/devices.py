@@ -1,0 +1,147 @@
+"""``wa-cli devices approve CODE [--yes] [--no-history] | list | remove ID [--yes]``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+import trio
+
+from ..client import DeviceOffer, open_client
+from ..devices import current_own_list
+from ..errors import ClientError
+from ..linkcode import LinkCode, LinkCodeError, device_fingerprint
+from ..state import State
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
+
+LIST_CONNECT_TIMEOUT = 3.0  # ``devices list`` falls back to the cached list after this
+
+
+def _ask(question: str) -> bool:
+    """``click.confirm`` on stderr; ``False`` on no, end of input or Ctrl-C."""
+    try:
+        return click.confirm(question, err=True)
+    except click.Abort:
+        return False
+
+
+def _require_primary(state: State, what: str) -> None:
+    if state.account_key is None:
+        raise CliError(f"only the primary device (the one holding the account key) can {what}; "
+                       f"this is device {state.device_id}. Run it on the primary")
+
+
+@click.group()
+def devices() -> None:
+    """Link, list and remove the devices of your account."""
+
+
+@devices.command("approve")
+@click.argument("code")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-history", is_flag=True, help="Do not send recent messages to the device.")
+@json_option
+@click.pass_obj
+def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
+    """Add the device showing CODE (from 'wa-cli link') to your account.
+
+    Shows the device's name and key fingerprint (compare it with what the new
+    device prints) and asks to confirm. Then signs and publishes the new device
+    list and sends the device its account material, sealed to a key only it
+    holds. A wrong, used or expired code changes nothing.
+    """
+    try:
+        parsed = LinkCode.decode(code)
+    except LinkCodeError as exc:
+        raise click.BadParameter(str(exc), param_hint="CODE") from exc
+
+    async def confirm(offer: DeviceOffer) -> bool:
+        app.out.note(f"device to link: {offer.name}\nkey fingerprint: {offer.fingerprint}")
+        if yes:
+            return True
+
+        return await trio.to_thread.run_sync(_ask, "Link this device to your account?")
+
+    async def run(state: State):
+        async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            return await client.approve_link(parsed, confirm=confirm, history=not no_history)
+
+    with state_of(app) as state:
+        _require_primary(state, "approve new devices")
+        with failures():
+            done = trio.run(run, state)
+    app.out.emit(
+        {"device_id": done.device_id, "name": done.name, "fingerprint": done.fingerprint,
+         "version": done.version},
+        f"approved device {done.device_id} ({done.name}), key fingerprint {done.fingerprint}; "
+        f"device list version {done.version}",
+    )
+
+
+def _clock(ts_ms: int | None) -> str:
+    if not ts_ms:
+        return "-"
+    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@devices.command("list")
+@json_option
+@click.pass_obj
+def list_(app: AppContext) -> None:
+    """Show the account's devices: id, name, key fingerprint, when last seen.
+
+    The list is refreshed from the home node when it is reachable. "Last seen"
+    is the time of the newest message this device received from that device.
+    """
+
+    async def refresh(state: State) -> None:
+        async with open_client(state, connect_timeout=LIST_CONNECT_TIMEOUT) as client:
+            await current_own_list(client)
+            await state.asave()
+
+    with state_of(app) as state:
+        try:
+            trio.run(refresh, state)
+        except ClientError as exc:
+            app.out.note(f"showing the cached device list ({exc})")
+        own = state.own_list()
+        if own is None:
+            raise CliError("no device list is known for this account yet")
+        rows = [{
+            "device_id": d.device_id, "name": d.name,
+            "fingerprint": device_fingerprint(d.ed25519, d.curve25519),
+            "added_at": d.added_at, "this_device": d.device_id == state.device_id,
+            "last_seen": state.last_seen.get((state.user_id, d.device_id)),
+        } for d in sorted(own.devices, key=lambda d: d.device_id)]
+    for r in rows:
+        seen = "this device" if r["this_device"] else _clock(r["last_seen"])
+        app.out.emit(r, f"{r['device_id']:<3} {r['name'][:20]:<20} {r['fingerprint']}  {seen}")
+
+
+@devices.command("remove")
+@click.argument("device_id", type=click.IntRange(min=0))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def remove(app: AppContext, device_id: int, yes: bool) -> None:
+    """Remove device DEVICE_ID from your account (primary only).
+
+    Publishes a device list without it: its home purges its queue and refuses
+    it from then on, and your contacts stop encrypting to it.
+    """
+
+    async def run(state: State):
+        async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            return await client.remove_device(device_id)
+
+    with state_of(app) as state:
+        _require_primary(state, "remove devices")
+        cached = state.own_list()
+        entry = cached.device(device_id) if cached else None
+        label = f"device {device_id}" + (f" ({entry.name})" if entry else "")
+        if not yes and not _ask(f"Remove {label}? It will get no more messages."):
+            raise CliError("not removed; nothing changed")
+        with failures():
+            new_list = trio.run(run, state)
+    app.out.emit({"removed": device_id, "version": new_list.version},
+                 f"removed {label}; device list version {new_list.version}")

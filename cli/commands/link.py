@@ -1,0 +1,82 @@
+"""``wa-cli --home NEW link --relay URL --name NAME [--timeout S]``: join an account as a
+companion device (docs/protocol.md, "Linking a companion device").
+
+Output: the linking code first (stdout; ``{"code": ...}`` with ``--json``), a
+QR code of it and instructions on stderr (human mode), then once approved
+``linked as device N of USER_ID`` (``{"user_id": ..., "device_id": ...}``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import segno
+import trio
+
+from relay.protocol import key_from_user_id
+
+from ..client import open_client
+from ..crypto import safety_fingerprint
+from ..errors import ClientError
+from ..linking import open_link, save_linked
+from ..state import NewHome, State, new_home
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option
+from .init import _check_url
+
+MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
+
+
+async def _link(app: AppContext, fresh: NewHome, relay: str, name: str, wait_s: float) -> State:
+    async with open_link(relay, name, connect_timeout=CONNECT_TIMEOUT) as pending:
+        app.out.emit({"code": pending.code}, pending.code)
+        if not app.out.json_mode:
+            segno.make(pending.code, error="l").terminal(out=sys.stderr, compact=True)
+            app.out.note(
+                f"On your primary device run:\n  wa-cli devices approve {pending.code}\n"
+                f"This device: {pending.device_name}, key fingerprint {pending.fingerprint}\n"
+                f"Waiting for approval (at most {min(wait_s, pending.expires_in):g} s)...")
+        linked = None
+        with trio.move_on_after(wait_s):
+            linked = await pending.wait()
+        if linked is None:
+            raise CliError(f"not approved within {wait_s:g} s; the linking code is no longer "
+                           "valid and nothing was saved. Run 'wa-cli link' again")
+    state = save_linked(fresh, linked, relay)
+    try:
+        async with open_client(state, connect_timeout=CONNECT_TIMEOUT):
+            pass  # authenticates and uploads this device's one-time keys
+    except ClientError as exc:
+        raise CliError(f"linked as device {state.device_id}, but publishing this device's keys "
+                       f"failed ({exc}); run 'wa-cli recv' to retry") from exc
+    return state
+
+
+@click.command()
+@click.option("--relay", required=True, callback=_check_url,
+              help="WebSocket URL of any node of the federation, e.g. ws://127.0.0.1:7400.")
+@click.option("--name", required=True,
+              help="This device's name in the account's device list, e.g. laptop.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=MAILBOX_LIFETIME,
+              show_default=True, help="Seconds to wait for the primary's approval.")
+@json_option
+@click.pass_obj
+def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
+    """Join an existing account as a new device of it.
+
+    Prints a linking code (and a QR code of it); approve it on the primary with
+    'wa-cli devices approve CODE'. The primary then sends this device the
+    account's signed device list, contacts and recent history, sealed to a key
+    that only this device holds. Nothing is saved unless the link completes.
+    """
+    if not name.strip() or len(name) > 100:
+        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
+    with failures(), new_home(app.home) as fresh:
+        state = trio.run(_link, app, fresh, relay, name, timeout)
+        fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
+        imported = (len(state.history), len(state.contacts))
+    app.out.emit({"user_id": state.user_id, "device_id": state.device_id},
+                 f"linked as device {state.device_id} of {state.user_id}")
+    if not app.out.json_mode:
+        app.out.note(f"imported {imported[0]} messages and {imported[1]} contacts; account "
+                     f"fingerprint {fingerprint} (compare with 'wa-cli id' on the primary)")

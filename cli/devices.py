@@ -1,0 +1,252 @@
+"""The account's device list, primary side: approve a linking code, remove a device
+(docs/protocol.md, "Linking a companion device" and "Device-list changes").
+
+Only the primary holds the account key, so only it can sign a new list. Every
+change fetches the current list from the home first (so a restored primary
+never signs an older version), signs version + 1, publishes it with
+``put_devices`` and only then caches it. Device ids are never reused: the next
+id is one more than the highest ever handed out (kept in the state, saved
+before the list is published).
+
+Approval order (nothing changes until the code is proven good): ``link_fetch``
+-> check BLAKE2b(device_info) against the code -> confirm -> publish the list
+with the new device -> ``link_complete`` with the sealed material. If
+``link_complete`` fails after the list went out, a list without the device is
+published again, so no ghost device remains.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
+from relay.protocol.frames import LinkComplete, LinkFetch, PutDevices, SignedDeviceList
+from relay.protocol.identity import Device
+
+from . import crypto, linkcode
+from .errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
+from .events import DevicesChanged
+from .linkcode import DeviceInfo, LinkCode, LinkCodeError
+from .state import DeviceListRejected
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing changed"
+MISMATCH_MESSAGE = "code does not match the device; nothing changed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOffer:
+    """The device a linking code points at, shown before the user confirms."""
+
+    name: str
+    fingerprint: str
+    ed25519: bytes
+    curve25519: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedDevice:
+    """Result of an approval: the new device's id, label and fingerprint, and the
+    version of the list that added it."""
+
+    device_id: int
+    name: str
+    fingerprint: str
+    version: int
+
+
+Confirm = Callable[[DeviceOffer], Awaitable[bool]]
+
+
+def _require_primary(client: Client, what: str) -> None:
+    if client.state.account_key is None:
+        raise NotPrimary(f"only the primary device (the one holding the account key) can "
+                         f"{what}; this is device {client.state.device_id}")
+
+
+def _entries(devices: tuple[Device, ...] | list[Device]) -> list[crypto.DeviceEntry]:
+    return [crypto.DeviceEntry(d.device_id, d.ed25519, d.curve25519, d.name, d.added_at)
+            for d in devices]
+
+
+async def current_own_list(client: Client) -> DeviceList:
+    """The account's list as its home holds it (verified, cached); the cache if unreachable."""
+    state = client.state
+    try:
+        return await client.get_devices(state.user_id)
+    except RelayError as exc:
+        if exc.code in (ErrorCode.UNKNOWN_USER, ErrorCode.UNAVAILABLE) and state.own_list():
+            return state.own_list()
+        raise
+
+
+async def publish_own_list(client: Client, devices: list[crypto.DeviceEntry],
+                           version: int) -> DeviceList:
+    """Sign ``devices`` as list ``version`` with the account key, publish it, then cache it.
+
+    Raises:
+        NotPrimary; RelayError (``stale_version`` if the home has that version already);
+        ConnectionLost.
+    """
+    _require_primary(client, "change the device list")
+    state = client.state
+    _, signed = crypto.make_device_list(state.account_key, version, devices)
+    await client.connection.request(PutDevices, device_list=signed)
+    parsed = state.remember_device_list(signed, state.user_id)  # drops removed devices' sessions
+    state.published_version = version
+    await state.asave()
+    return parsed
+
+
+async def approve_link(
+    client: Client, code: str | LinkCode, *, confirm: Confirm | None = None,
+    history: bool = True, history_limit: int = linkcode.HISTORY_DEFAULT,
+) -> ApprovedDevice:
+    """Approve the device behind a linking code (see the module docstring for the order).
+
+    Args:
+        client: the primary's connected client.
+        code: as printed by ``wa-cli link`` (or parsed).
+        confirm: awaited with the :class:`DeviceOffer`; ``False`` stops with nothing changed.
+        history: send the last ``history_limit`` messages (trimmed to fit a frame).
+
+    Raises:
+        LinkCodeError: the code is malformed (a usage error).
+        NotPrimary: this device has no account key.
+        LinkFailed: wrong, used or expired code; hash mismatch; declined; or the
+            completion failed (the device is withdrawn again).
+        RelayError, ConnectionLost: other refusals / network failures.
+    """
+    _require_primary(client, "approve new devices")
+    parsed_code = code if isinstance(code, LinkCode) else LinkCode.decode(code)
+    state = client.state
+    try:
+        answer = await client.connection.request(
+            LinkFetch, node_id=parsed_code.node_id, mailbox_id=parsed_code.mailbox_id)
+    except RelayError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
+        raise
+    if linkcode.info_digest(answer.device_info) != parsed_code.digest:
+        raise LinkFailed(MISMATCH_MESSAGE)
+    try:
+        info = DeviceInfo.decode(answer.device_info)
+    except LinkCodeError as exc:
+        raise LinkFailed(f"the new device sent malformed info ({exc}); nothing changed") from exc
+    offer = DeviceOffer(info.name, info.fingerprint, info.ed25519, info.curve25519)
+    if confirm is not None and not await confirm(offer):
+        raise LinkFailed("not approved; nothing changed")
+
+    own = await current_own_list(client)
+    if any(d.ed25519 == info.ed25519 or d.curve25519 == info.curve25519 for d in own.devices):
+        raise LinkFailed("this device's keys are already in the account; nothing changed")
+    device_id = state.allocate_device_id()
+    await state.asave()  # the id is burnt before it can appear anywhere
+    entries = _entries(own.devices)
+    entries.append(crypto.DeviceEntry(device_id, info.ed25519, info.curve25519, info.name,
+                                      int(time.time())))
+    new_list = await publish_own_list(client, entries, own.version + 1)
+    signed = state.device_lists[state.user_id].signed
+    material = linkcode.Material(
+        user_id=state.user_id, device_id=device_id, device_list=signed, name=state.name,
+        contacts=dict(state.contacts),
+        history=linkcode.recent_history(list(state.history), history_limit) if history else [],
+        proof=(linkcode.link_proof(parsed_code.secret, signed)
+               if parsed_code.secret is not None else None),
+    )
+    body = linkcode.seal(info.ephemeral, material.encode())
+    try:
+        await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
+                                         mailbox_id=parsed_code.mailbox_id, body=body)
+    except (RelayError, ConnectionLost) as exc:
+        await _withdraw(client, device_id, exc)
+    return ApprovedDevice(device_id, info.name, info.fingerprint, new_list.version)
+
+
+async def _withdraw(client: Client, device_id: int, cause: ClientError) -> None:
+    """``link_complete`` failed after the list went out: publish it again without the device."""
+    reason = (NOT_FOUND_MESSAGE.split(";")[0] if isinstance(cause, RelayError)
+              and cause.code == ErrorCode.NOT_FOUND else str(cause))
+    try:
+        own = client.state.own_list()
+        await publish_own_list(client, _entries([d for d in own.devices
+                                                 if d.device_id != device_id]), own.version + 1)
+    except ClientError as exc:
+        raise LinkFailed(f"linking failed ({reason}) and device {device_id} could not be "
+                         f"withdrawn ({exc}); run 'wa-cli devices remove {device_id}'") from cause
+    raise LinkFailed(f"linking failed ({reason}); device {device_id} was withdrawn from the "
+                     "account again") from cause
+
+
+async def remove_device(client: Client, device_id: int) -> DeviceList:
+    """Publish the account's list without ``device_id`` (primary only). The home then
+    purges its queue and refuses it; sessions with it are dropped here.
+
+    Raises:
+        NotPrimary; ClientError (this device itself, or no such device); RelayError;
+        ConnectionLost.
+    """
+    _require_primary(client, "remove devices")
+    state = client.state
+    if device_id == state.device_id:
+        raise ClientError(f"device {device_id} is this (primary) device; it cannot be removed")
+    own = await current_own_list(client)
+    if own.device(device_id) is None:
+        raise ClientError(f"the account has no device {device_id} "
+                          f"(devices: {', '.join(str(i) for i in sorted(own.device_ids))})")
+    remaining = [d for d in own.devices if d.device_id != device_id]
+    return await publish_own_list(client, _entries(remaining), own.version + 1)
+
+
+def device_list_notice(client: Client, sender_user: str, body: bytes) -> DevicesChanged | None:
+    """Apply a ``device_list`` envelope (``sender_user``'s new signed list, pushed by its
+    home): verify it, cache it (sessions with removed devices are dropped; sessions
+    with added devices are opened on the next send) and describe the change.
+
+    Returns:
+        The change, or ``None`` if the list is not newer than the cached one (a late
+        or repeated notice) or no list was cached before (nothing to compare).
+
+    Raises:
+        DeviceListRejected: malformed, not signed by ``sender_user``'s account key, or a
+            different list under the cached version.
+    """
+    try:
+        raw = msgpack.unpackb(body, raw=False, max_ext_len=0, max_map_len=4,
+                              max_bin_len=64 * 1024)
+        signed = SignedDeviceList(body=raw["body"], signature=raw["signature"])
+        if not (isinstance(signed.body, bytes) and isinstance(signed.signature, bytes)):
+            raise TypeError("body and signature must be bytes")
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise DeviceListRejected(f"malformed device-list notice from {sender_user}") from exc
+    state = client.state
+    try:
+        parsed = verify_device_list(signed, sender_user)
+    except RemoteProtocolError as exc:
+        raise DeviceListRejected(f"device list of {sender_user} rejected: {exc.message}") from exc
+    before = state.device_lists.get(sender_user)
+    if before is not None and parsed.version < before.parsed.version:
+        return None  # an older notice arriving after a newer list
+    state.remember_device_list(signed, sender_user)
+    if before is None or parsed.version == before.parsed.version:
+        return None
+    old = {d.device_id: d for d in before.parsed.devices}
+    new = {d.device_id: d for d in parsed.devices}
+    added = tuple((i, new[i].name) for i in sorted(new.keys() - old.keys()))
+    removed = tuple((i, old[i].name) for i in sorted(old.keys() - new.keys()))
+    for i in sorted(new.keys() & old.keys()):  # same id, new keys: removed and added
+        if new[i].curve25519 != old[i].curve25519 or new[i].ed25519 != old[i].ed25519:
+            removed += ((i, old[i].name),)
+            added += ((i, new[i].name),)
+    return DevicesChanged(sender_user, state.alias_of(sender_user) or "", parsed.version,
+                          added, removed)

@@ -1,0 +1,258 @@
+"""Linking a companion device, new-device side (docs/protocol.md, "Linking a companion device").
+
+Usage (one trio program can add a device to an account whose primary it also runs)::
+
+    with new_home(home) as fresh:
+        async with open_link(relay_url, "laptop") as pending:
+            print(pending.code)                      # shown to the user / scanned as QR
+            linked = await pending.wait()            # caller bounds it (fail_after)
+        state = save_linked(fresh, linked, relay_url)
+        async with open_client(state):               # uploads one-time keys
+            pass
+
+or simply ``await link_device(primary_client, home, "laptop")``.
+
+The new device makes its vodozemac account and an ephemeral X25519 key, opens a
+mailbox with ``link_open`` on any node, and waits on that connection for
+``link_data``. The answer must open with the ephemeral key, carry a proof keyed
+by the code's secret (so only whoever read the code could have made it), and a
+device list signed by the account key (``user_id``) that holds this device's
+keys at the assigned ``device_id``; otherwise nothing is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.public
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from relay.protocol import SUPPORTED_VERSIONS, DeviceList, RemoteProtocolError, read_frame
+from relay.protocol.frames import Challenge, Error, Hello, LinkData, LinkOpen, LinkOpened
+from relay.protocol.identity import verify_device_list
+
+from . import crypto, linkcode
+from .client import Client, _single_leaf, open_client
+from .connection import AGENT, close_ws, exchange, open_socket
+from .errors import ConnectionFailed, LinkFailed
+from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
+from .state import NewHome, State, new_home, seen_key
+
+__all__ = ["LinkedAccount", "PendingLink", "link_device", "open_link", "save_linked"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LinkedAccount:
+    """A verified linking answer: the device's own keys plus the account material.
+
+    Attributes:
+        identity: this device's vodozemac account (private keys; never sent).
+        material: what the primary sent (contacts, history, display name).
+        device_list: the verified signed list that holds this device.
+    """
+
+    identity: crypto.DeviceIdentity
+    material: Material
+    device_list: DeviceList
+
+    @property
+    def user_id(self) -> str:
+        """The account this device joined."""
+        return self.material.user_id
+
+    @property
+    def device_id(self) -> int:
+        """This device's id in the account's list."""
+        return self.material.device_id
+
+
+class PendingLink:
+    """An open provisioning mailbox; create with :func:`open_link`.
+
+    Attributes:
+        code: the linking code to show (``wa1-...``).
+        node_id, mailbox_id: where the mailbox lives.
+        expires_in: seconds the node keeps the mailbox (from ``link_opened``).
+        fingerprint: this device's key fingerprint (the primary shows the same).
+        device_name: the label announced in ``device_info``.
+    """
+
+    def __init__(self, ws: WebSocketConnection, identity: crypto.DeviceIdentity,
+                 ephemeral: nacl.public.PrivateKey, info: DeviceInfo, secret: bytes,
+                 opened: LinkOpened) -> None:
+        self._ws = ws
+        self._identity = identity
+        self._ephemeral = ephemeral
+        self._secret = secret
+        self.node_id = opened.node_id
+        self.mailbox_id = opened.mailbox_id
+        self.expires_in = opened.expires_in
+        self.fingerprint = info.fingerprint
+        self.device_name = info.name
+        self.code = LinkCode(opened.node_id, opened.mailbox_id,
+                             linkcode.info_digest(info.encode()), secret).encode()
+
+    async def wait(self) -> LinkedAccount:
+        """Wait for the primary's answer and verify it. The caller bounds the wait.
+
+        Raises:
+            LinkFailed: the relay closed the mailbox (expired) or sent an error, or the
+                answer does not verify (nothing is saved in any case).
+        """
+        while True:
+            try:
+                data = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                raise LinkFailed(
+                    f"the relay closed the linking mailbox ({exc.reason}); the code has "
+                    "expired or was used. Run 'wa-cli link' again") from exc
+            try:
+                frame = read_frame(data)
+            except RemoteProtocolError as exc:
+                log.warning("ignoring an invalid frame while linking: %s", exc)
+                continue
+            if isinstance(frame, LinkData):
+                return self._verify(frame.body)
+            if isinstance(frame, Error):
+                raise LinkFailed(f"the relay ended the link ({frame.code}: {frame.message})")
+
+    def _verify(self, body: bytes) -> LinkedAccount:
+        try:
+            material = Material.decode(linkcode.unseal(self._ephemeral, body))
+        except LinkCodeError as exc:
+            raise LinkFailed(f"unusable linking answer: {exc}; not linked") from exc
+        if not linkcode.proof_ok(self._secret, material):
+            raise LinkFailed("the linking answer was not made by a device that read this "
+                             "code (relay tampering?); not linked")
+        try:
+            dl = verify_device_list(material.device_list, material.user_id)
+        except RemoteProtocolError as exc:
+            raise LinkFailed(f"the account's device list does not verify ({exc.message}); "
+                             "not linked") from exc
+        me = dl.device(material.device_id)
+        if (me is None or me.ed25519 != self._identity.ed25519
+                or me.curve25519 != self._identity.curve25519):
+            raise LinkFailed("the signed device list does not hold this device's keys; not linked")
+        return LinkedAccount(self._identity, material, dl)
+
+
+async def _open_mailbox(ws: WebSocketConnection, blob: bytes, limit: float) -> LinkOpened:
+    try:
+        with trio.fail_after(limit):
+            challenge = await exchange(
+                ws, Hello(id=1, versions=list(SUPPORTED_VERSIONS), role="client", agent=AGENT))
+            if not isinstance(challenge, Challenge):
+                raise ConnectionFailed(f"unexpected answer to hello: {challenge.TYPE}")
+            opened = await exchange(ws, LinkOpen(id=2, device_info=blob))
+    except trio.TooSlowError as exc:
+        raise ConnectionFailed(f"the relay did not open a mailbox within {limit:g}s") from exc
+    except ConnectionClosed as exc:
+        raise ConnectionFailed(f"the relay closed the connection ({exc.reason})") from exc
+    except RemoteProtocolError as exc:
+        raise ConnectionFailed(f"the relay sent an invalid frame: {exc}") from exc
+    if not isinstance(opened, LinkOpened):
+        raise ConnectionFailed(f"unexpected answer to link_open: {opened.TYPE}")
+    return opened
+
+
+@asynccontextmanager
+async def open_link(
+    relay_url: str, device_name: str, *, identity: crypto.DeviceIdentity | None = None,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[PendingLink]:
+    """Create device keys, open a mailbox on ``relay_url`` and yield the :class:`PendingLink`.
+
+    The connection (and so the mailbox) stays open until the block exits.
+
+    Args:
+        relay_url: any node (``ws://host:port``).
+        device_name: this device's label in the account's list (at most 100 characters).
+        identity: device keys to use (new ones by default).
+        connect_timeout: seconds to connect and open the mailbox.
+
+    Raises:
+        ConnectionFailed: unreachable or bad answers.
+        RelayError: the node refused ``link_open``.
+    """
+    identity = identity if identity is not None else crypto.DeviceIdentity()
+    ephemeral = nacl.public.PrivateKey.generate()
+    info = DeviceInfo(identity.ed25519, identity.curve25519, bytes(ephemeral.public_key),
+                      device_name[:linkcode.MAX_DEVICE_NAME])
+    secret = os.urandom(linkcode.SECRET_LEN)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await open_socket(nursery, relay_url, connect_timeout)
+            try:
+                opened = await _open_mailbox(ws, info.encode(), connect_timeout)
+                yield PendingLink(ws, identity, ephemeral, info, secret, opened)
+            finally:
+                await close_ws(ws)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # re-raised, never swallowed
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+def save_linked(fresh: NewHome, linked: LinkedAccount, relay_url: str) -> State:
+    """Write the new device's state into a locked empty home: identity, account list,
+    contacts and imported history (marked seen), plus one-time and fallback keys to
+    upload on the first connection. Returns the saved :class:`State`."""
+    m = linked.material
+    state = fresh.create(user_id=m.user_id, device_id=m.device_id, name=m.name,
+                         relay_url=relay_url, identity=linked.identity)
+    state.remember_device_list(m.device_list, m.user_id)
+    state.published_version = linked.device_list.version  # the primary published it
+    state.contacts.update(m.contacts)
+    for entry in m.history:
+        state.history.append({**entry, "resends": 0})
+        state.mark_seen(seen_key(entry["from"], bytes.fromhex(entry["id"])))
+    state.identity.generate_one_time_keys(crypto.ONE_TIME_KEYS_TARGET)
+    state.identity.generate_fallback_key()
+    state.save()
+    return state
+
+
+async def link_device(
+    approver: Client, home: str | os.PathLike, device_name: str, *, history: bool = True,
+    relay_url: str | None = None,
+) -> LinkedAccount:
+    """Add a device to ``approver``'s account in one program: open a mailbox, approve it
+    with the primary's client, save the new device's state in ``home`` and publish its
+    one-time keys. ``open_state(home)`` opens the new device afterwards.
+
+    Args:
+        approver: a connected client of the account's primary device.
+        home: an empty directory for the new device.
+        relay_url: where to open the mailbox (default: the approver's home node).
+
+    The caller bounds the whole link (``trio.fail_after``).
+
+    Raises:
+        LinkFailed, ConnectionFailed, RelayError, AlreadyInitialized.
+    """
+    url = relay_url or approver.url
+    with new_home(Path(home)) as fresh:
+        async with open_link(url, device_name) as pending:
+            result: list[LinkedAccount] = []
+
+            async def wait() -> None:
+                result.append(await pending.wait())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait)
+                await approver.approve_link(pending.code, history=history)
+        state = save_linked(fresh, result[0], url)
+        async with open_client(state):
+            pass  # authenticates and uploads the one-time keys
+    return result[0]
