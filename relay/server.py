@@ -61,6 +61,9 @@ from relay.protocol.frames import (
     LinkComplete,
     LinkFetch,
     LinkOpen,
+    MediaDownload,
+    MediaStatus,
+    MediaUpload,
     Notify,
     Ok,
     PeerAuth,
@@ -299,6 +302,13 @@ class Connection:
                     raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
                 await node.groups.store_local(frame)
                 return Ok(id=frame.id)
+            case MediaUpload():
+                return await node.media.upload(self._conn.user_id, frame)  # type: ignore[arg-type]
+            case MediaStatus():
+                return await node.media.status(frame)
+            case MediaDownload():
+                return await node.media.download(
+                    frame, from_peer=self._conn.state is ConnState.PEER)
             case Sync():
                 return self._start_sync()
             case Ack():

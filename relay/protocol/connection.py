@@ -42,6 +42,9 @@ from .frames import (
     LinkComplete,
     LinkFetch,
     LinkOpen,
+    MediaDownload,
+    MediaStatus,
+    MediaUpload,
     Notify,
     PeerAuth,
     Ping,
@@ -72,10 +75,11 @@ _CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen
 _PEER_PRE_AUTH: frozenset[type[Frame]] = frozenset({PeerAuth, Ping})
 _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
     {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete,
-     GroupSend}
+     GroupSend, MediaUpload, MediaStatus, MediaDownload}
 )
 _PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
-    {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify, GroupForward}
+    {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify, GroupForward,
+     MediaDownload}
 )
 _ALL_REQUESTS = _CLIENT_PRE_AUTH | _PEER_PRE_AUTH | _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello}
 

@@ -1,0 +1,188 @@
+"""Media on a node: chunked uploads to the uploader's home, downloads from any node.
+
+Media is ciphertext encrypted on the client (docs/media.md); the node sees
+only sizes, the uploading user and who downloads. Flows (docs/media.md):
+
+* ``media_upload {media_id, size, offset, chunk}`` from an authenticated
+  device (so at its home): ``chunk`` is appended at ``offset``, which must be
+  the bytes already received; the chunk that reaches ``size`` makes the node
+  check SHA-256(blob) == ``media_id``. Answer ``media_progress``.
+* ``media_status {media_id}``: ``media_progress`` of what this node holds
+  (``received = size = 0`` if nothing), to resume an upload.
+* ``media_download {node_id, media_id, offset, length}``: served from local
+  storage when ``node_id`` is this node, else forwarded over the peer link to
+  ``node_id`` (one hop; a peer's request is never forwarded again), one chunk
+  per request, so memory stays bounded whatever the blob size.
+
+Limits (from :class:`relay.config.NodeConfig`): a chunk carries at most 256 KiB
+(``too_large``); a blob is at most ``max_media_size`` bytes (``too_large``);
+all blobs of the node declare at most ``media_quota`` bytes (``storage_full``);
+blobs whose last write is older than ``media_ttl`` are deleted by
+:meth:`MediaService.expire`, which the node runs periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from relay.errors import RelayError
+from relay.federation import Federation, LinkDown, request_within
+from relay.protocol import ErrorCode
+from relay.protocol.frames import (
+    Error,
+    MediaChunk,
+    MediaDownload,
+    MediaProgress,
+    MediaStatus,
+    MediaUpload,
+)
+from relay.ring import Ring
+from storage import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE, MediaConflict, MediaCorrupt, Storage
+
+GiB = 1 << 30
+DEFAULT_MEDIA_QUOTA = 10 * GiB
+DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
+DEFAULT_MAX_MEDIA_SIZE = 2 * GiB
+DOWNLOAD_FORWARD_TIMEOUT = 10.0  # seconds for a peer to answer one forwarded chunk
+
+
+def _check_media_id(media_id: bytes) -> None:
+    if len(media_id) != MEDIA_ID_SIZE:
+        raise RelayError(ErrorCode.BAD_REQUEST, f"media_id must be {MEDIA_ID_SIZE} bytes")
+
+
+class MediaService:
+    """The media requests of one node.
+
+    Args:
+        node_id: this node's id.
+        ring: the cluster (to know which node ids exist).
+        storage: the node's storage (media methods).
+        federation: peer links, for forwarded downloads.
+        log: the node's logger (metadata only: id prefixes, sizes).
+        quota: most bytes all blobs may declare together.
+        ttl: seconds after a blob's last write when it expires.
+        max_size: largest accepted blob, bytes.
+        forward_timeout: seconds a peer may take to answer one forwarded download.
+    """
+
+    def __init__(
+        self, node_id: str, ring: Ring, storage: Storage, federation: Federation,
+        log: logging.Logger, *, quota: int = DEFAULT_MEDIA_QUOTA,
+        ttl: float = DEFAULT_MEDIA_TTL, max_size: int = DEFAULT_MAX_MEDIA_SIZE,
+        forward_timeout: float = DOWNLOAD_FORWARD_TIMEOUT,
+    ) -> None:
+        self._node_id = node_id
+        self._ring = ring
+        self._storage = storage
+        self._federation = federation
+        self._log = log
+        self.quota = quota
+        self.ttl = ttl
+        self.max_size = max_size
+        self.forward_timeout = forward_timeout
+
+    async def upload(self, user_id: str, frame: MediaUpload) -> MediaProgress:
+        """Append one chunk uploaded by ``user_id`` (an authenticated device of it).
+
+        Raises:
+            RelayError: ``too_large`` (chunk above 256 KiB, blob above
+                ``max_size``), ``bad_request`` (malformed, offset not the bytes
+                received, size or owner differs, hash mismatch: blob discarded).
+            StorageFull: quota or disk full; nothing stored.
+        """
+        _check_media_id(frame.media_id)
+        if len(frame.chunk) > MEDIA_CHUNK_MAX:
+            raise RelayError(ErrorCode.TOO_LARGE,
+                             f"a chunk carries at most {MEDIA_CHUNK_MAX} bytes")
+        if frame.size > self.max_size:
+            raise RelayError(ErrorCode.TOO_LARGE,
+                             f"a file may be at most {self.max_size} bytes (encrypted)")
+        if frame.size < 0 or frame.offset < 0:
+            raise RelayError(ErrorCode.BAD_REQUEST, "size and offset must be >= 0")
+        try:
+            info = await self._storage.media_append(
+                frame.media_id, frame.size, frame.offset, frame.chunk, owner=user_id,
+                max_total=self.quota,
+            )
+        except MediaCorrupt as exc:
+            self._log.info("media %s from %s: hash mismatch, discarded",
+                           frame.media_id.hex()[:12], user_id[:8])
+            raise RelayError(ErrorCode.BAD_REQUEST,
+                             "the uploaded bytes do not hash to media_id; the blob was "
+                             "discarded, upload it again from offset 0") from exc
+        except (MediaConflict, ValueError) as exc:
+            raise RelayError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        if info.complete and frame.offset + len(frame.chunk) == info.size:
+            self._log.info("media %s complete: %d bytes from %s", frame.media_id.hex()[:12],
+                           info.size, user_id[:8])
+        return MediaProgress(id=frame.id, received=info.received, size=info.size,
+                             complete=info.complete)
+
+    async def status(self, frame: MediaStatus) -> MediaProgress:
+        """What this node holds of ``frame.media_id`` (zeros if nothing).
+
+        Raises:
+            RelayError: ``bad_request`` for a malformed id.
+        """
+        _check_media_id(frame.media_id)
+        info = await self._storage.media_status(frame.media_id)
+        if info is None:
+            return MediaProgress(id=frame.id, received=0, size=0, complete=False)
+        return MediaProgress(id=frame.id, received=info.received, size=info.size,
+                             complete=info.complete)
+
+    async def download(self, frame: MediaDownload, *, from_peer: bool) -> MediaChunk:
+        """One chunk of a complete blob, read here or fetched from ``frame.node_id``.
+
+        Args:
+            frame: the request.
+            from_peer: the request came over a peer link (then ``node_id`` must be us).
+
+        Raises:
+            RelayError: ``not_found`` (no such complete blob, unknown node),
+                ``too_large`` (``length`` above 256 KiB), ``bad_request``
+                (malformed, offset past the end, a peer asking for another node),
+                ``unavailable`` (the holding node is unreachable).
+        """
+        _check_media_id(frame.media_id)
+        if frame.length > MEDIA_CHUNK_MAX:
+            raise RelayError(ErrorCode.TOO_LARGE, f"length is at most {MEDIA_CHUNK_MAX} bytes")
+        if frame.offset < 0 or frame.length < 0:
+            raise RelayError(ErrorCode.BAD_REQUEST, "offset and length must be >= 0")
+        if frame.node_id != self._node_id:
+            if from_peer:
+                raise RelayError(ErrorCode.BAD_REQUEST, "media is not held by this node")
+            return await self._forward(frame)
+        info = await self._storage.media_status(frame.media_id)
+        if info is None or not info.complete:
+            raise RelayError(ErrorCode.NOT_FOUND, "no such media on this node")
+        if frame.offset > info.size:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"offset is past the size {info.size}")
+        data = await self._storage.media_read(frame.media_id, frame.offset, frame.length)
+        if data is None:
+            raise RelayError(ErrorCode.NOT_FOUND, "no such media on this node")
+        return MediaChunk(id=frame.id, data=data, size=info.size)
+
+    async def _forward(self, frame: MediaDownload) -> MediaChunk:
+        if self._ring.node(frame.node_id) is None:
+            raise RelayError(ErrorCode.NOT_FOUND, f"no node {frame.node_id!r} in the cluster")
+        try:
+            answer = await request_within(self._federation, frame.node_id, frame,
+                                          self.forward_timeout)
+        except LinkDown as exc:
+            raise RelayError(ErrorCode.UNAVAILABLE,
+                             f"node {frame.node_id} holding the media is unreachable") from exc
+        if isinstance(answer, Error):
+            raise RelayError.from_frame(answer)
+        if not isinstance(answer, MediaChunk):
+            raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r}")
+        return MediaChunk(id=frame.id, data=answer.data, size=answer.size)
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete blobs whose last write is older than the TTL; return how many went."""
+        gone = await self._storage.media_expire((time.time() if now is None else now) - self.ttl)
+        if gone:
+            self._log.info("expired %d media blobs", gone)
+        return gone
