@@ -61,6 +61,9 @@ class Session(Protocol):
     def kick(self) -> None:
         """Close the connection soon (the device connected again elsewhere)."""
 
+    def revoke(self) -> None:
+        """The device was removed from its account's list: tell it and close soon."""
+
 
 class DeviceRegistry:
     """Connected devices and wake-ups of their pushers, for one node.

@@ -22,13 +22,27 @@ MAX_KEY_ID = 64  # characters
 KEY_SIZE = 32  # Curve25519 public key bytes
 
 
-def _pack_list(signed: SignedDeviceList) -> bytes:
+def pack_list(signed: SignedDeviceList) -> bytes:
+    """msgpack ``{body, signature}``: the stored form of a signed list, and the body
+    of a ``device_list`` envelope."""
     return msgpack.packb({"body": signed.body, "signature": signed.signature}, use_bin_type=True)
 
 
-def _unpack_list(blob: bytes) -> SignedDeviceList:
-    m = msgpack.unpackb(blob, raw=False)
-    return SignedDeviceList(body=m["body"], signature=m["signature"])
+def unpack_list(blob: bytes) -> SignedDeviceList:
+    """Inverse of :func:`pack_list`.
+
+    Raises:
+        RelayError: ``bad_request`` if ``blob`` is not such a map (it is not verified here).
+    """
+    try:
+        m = msgpack.unpackb(blob, raw=False, max_bin_len=1 << 16, max_str_len=64,
+                            max_map_len=4, max_array_len=0)
+        signed = SignedDeviceList(body=m["body"], signature=m["signature"])
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise RelayError(ErrorCode.BAD_REQUEST, "malformed signed device list") from exc
+    if not isinstance(signed.body, bytes) or not isinstance(signed.signature, bytes):
+        raise RelayError(ErrorCode.BAD_REQUEST, "malformed signed device list")
+    return signed
 
 
 class Directory:
@@ -91,7 +105,7 @@ class Directory:
         parsed = verify_device_list(signed)
         self.check_home(parsed.user_id)
         try:
-            await self._storage.put_device_list(parsed.user_id, parsed.version, _pack_list(signed))
+            await self._storage.put_device_list(parsed.user_id, parsed.version, pack_list(signed))
         except StaleVersion as exc:
             raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
                              user_id=parsed.user_id) from exc
@@ -106,7 +120,7 @@ class Directory:
         stored = await self._storage.get_device_list(user_id)
         if stored is None:
             return None
-        signed = _unpack_list(stored[1])
+        signed = unpack_list(stored[1])
         entry = (signed, verify_device_list(signed, user_id))
         self._remember(user_id, entry)
         return entry

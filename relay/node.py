@@ -26,6 +26,10 @@ from relay.config import NodeConfig
 from relay.delivery import DeviceRegistry
 from relay.directory import Directory
 from relay.federation import Federation
+from relay.groups import GroupRouter
+from relay.linking import Linking
+from relay.media import MediaService
+from relay.notices import DeviceListChanges
 from relay.outbox import Outbox
 from relay.protocol import Limits
 from relay.ring import Ring
@@ -44,7 +48,9 @@ class Node:
 
     Attributes:
         id: node id. ring: the cluster ring. limits: frame limits.
-        storage, directory, registry, federation, outbox, router: components.
+        storage, directory, registry, federation, outbox, router, groups: components.
+        linking: the linking mailboxes. changes: device-list changes (watchers, notices).
+        media: media uploads and downloads.
         signing_key: the node's Ed25519 key. log: the node's logger.
     """
 
@@ -65,16 +71,29 @@ class Node:
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
                              queue_ttl=config.queue_ttl, timeout=forward_timeout,
                              limits=self.limits, log=log)
+        self.changes = DeviceListChanges(
+            config.id, self.ring, storage, self.directory, self.registry, self.federation,
+            self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
+        )
         self.router = Router(config.id, self.ring, storage, self.directory, self.federation,
                              self.outbox, self.registry.notify, max_queue=config.max_queue,
-                             forward_timeout=forward_timeout)
+                             forward_timeout=forward_timeout, on_stale=self.changes.watch)
+        self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl)
+        self.groups = GroupRouter(config.id, self.ring, storage, self.directory, self.router,
+                                  self.registry.notify, max_queue=config.max_queue,
+                                  on_stale=self.changes.watch)
+        self.media = MediaService(config.id, self.ring, storage, self.federation, log,
+                                  quota=config.media_quota, ttl=config.media_ttl,
+                                  max_size=config.max_media_size)
 
     async def expire_loop(self) -> None:
-        """Delete queued envelopes older than the TTL, every :data:`EXPIRE_INTERVAL` s."""
+        """Delete queued envelopes and media blobs older than their TTLs, every
+        :data:`EXPIRE_INTERVAL` s."""
         while True:
             gone = await self.storage.expire(time.time() - self.config.queue_ttl)
             if gone:
                 self.log.info("expired %d queued envelopes", gone)
+            await self.media.expire()
             await trio.sleep(EXPIRE_INTERVAL)
 
 

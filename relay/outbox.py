@@ -1,4 +1,5 @@
-"""The durable outbox: forwards accepted with ``sent queued``, retried per destination.
+"""The durable outbox: forwards accepted with ``sent queued`` (and device-list
+``notify`` requests), retried per destination.
 
 Each destination node has one drain task. It sends the destination's entries
 oldest first (FIFO, so per-device order is kept), deletes an entry once the
@@ -9,6 +10,8 @@ A *final* rejection from the live destination (e.g. ``stale_devices``,
 ``bounce`` envelope for the sending device (deduplicated per entry), after
 which the entry is deleted. Retryable answers (``storage_full``,
 ``queue_full``, ``rate_limited``, ``unavailable``, ``internal``) keep it.
+A ``notify`` entry has no sending device: a final rejection or the TTL just
+drops it (logged); the watchers' clients catch up through ``stale_devices``.
 
 While a destination has pending entries, new forwards to it go to the
 outbox too (see :meth:`Outbox.has_pending`), so they never overtake older ones.
@@ -34,7 +37,7 @@ from relay.protocol import (
     read_frame,
     write_frame,
 )
-from relay.protocol.frames import Envelope, Error, Forward, Ok
+from relay.protocol.frames import Envelope, Error, Forward, GroupForward, Notify, Ok
 from storage import OutboxEntry, Storage
 
 RETRYABLE = frozenset({
@@ -44,7 +47,7 @@ RETRYABLE = frozenset({
 BATCH = 64
 
 
-def bounce_dedupe(entry: OutboxEntry, fwd: Forward) -> bytes:
+def bounce_dedupe(entry: OutboxEntry, fwd: Forward | GroupForward) -> bytes:
     """The dedupe id of the bounce for one outbox entry."""
     return b"bounce\0" + fwd.sender_user.encode() + b"\0" + fwd.msg_id + entry.dest.encode()
 
@@ -83,13 +86,13 @@ class Outbox:
         """True if ``dest`` has entries not yet delivered (new forwards must queue behind them)."""
         return bool(self._ids.get(dest)) or self._backlog.get(dest, False)
 
-    async def put(self, forward: Forward, dest: str) -> int:
-        """Durably queue ``forward`` for node ``dest``; return its outbox id.
+    async def put(self, request: Forward | GroupForward | Notify, dest: str) -> int:
+        """Durably queue ``request`` for node ``dest``; return its outbox id.
 
         Raises:
             StorageFull: nothing stored.
         """
-        outbox_id = await self._storage.outbox_put(dest, write_frame(forward))
+        outbox_id = await self._storage.outbox_put(dest, write_frame(request))
         self._ids[dest].add(outbox_id)
         self._wake[dest].set()
         return outbox_id
@@ -139,13 +142,14 @@ class Outbox:
             fwd = read_frame(entry.payload, self._limits)
         except RemoteProtocolError:
             fwd = None
-        if not isinstance(fwd, Forward):
+        if not isinstance(fwd, Forward | GroupForward | Notify):
             self._log.error("outbox entry %d is corrupt; dropped", entry.outbox_id)
             await self._delete(entry)
             return "done"
-        if fwd.ts / 1000 < time.time() - self._ttl:
-            return await self._bounce(entry, fwd, ErrorCode.UNAVAILABLE.value,
-                                      f"node {entry.dest} unreachable for the queue TTL", None)
+        ts = fwd.ts if isinstance(fwd, Forward | GroupForward) else fwd.envelope.ts
+        if ts / 1000 < time.time() - self._ttl:
+            return await self._give_up(entry, fwd, ErrorCode.UNAVAILABLE.value,
+                                       f"node {entry.dest} unreachable for the queue TTL", None)
         try:
             answer = await request_within(self._federation, entry.dest, fwd, self._timeout)
         except LinkDown:
@@ -155,13 +159,24 @@ class Outbox:
             self._log.info("outbox %d delivered to %s", entry.outbox_id, entry.dest)
             return "done"
         if isinstance(answer, Error) and answer.code not in RETRYABLE:
-            return await self._bounce(entry, fwd, answer.code, answer.message, answer.user_id)
+            return await self._give_up(entry, fwd, answer.code, answer.message, answer.user_id)
         self._log.info("outbox %d to %s: retry after %s", entry.outbox_id, entry.dest,
                        getattr(answer, "code", answer.TYPE))
         return "retry"
 
+    async def _give_up(
+        self, entry: OutboxEntry, request: Forward | GroupForward | Notify, code: str, message: str,
+        user_id: str | None,
+    ) -> str:
+        if isinstance(request, Forward | GroupForward):
+            return await self._bounce(entry, request, code, message, user_id)
+        await self._delete(entry)
+        self._log.warning("outbox %d (notify) to %s dropped: %s", entry.outbox_id, entry.dest, code)
+        return "done"
+
     async def _bounce(
-        self, entry: OutboxEntry, fwd: Forward, code: str, message: str, user_id: str | None
+        self, entry: OutboxEntry, fwd: Forward | GroupForward, code: str, message: str,
+        user_id: str | None,
     ) -> str:
         uid = user_id or (fwd.recipients[0].user_id if fwd.recipients else "")
         body = msgpack.packb({"code": code, "message": message, "user_id": uid}, use_bin_type=True)

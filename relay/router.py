@@ -18,7 +18,7 @@ group went to the outbox, or the first refusal (in recipient order), e.g.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -28,7 +28,7 @@ from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
 from relay.federation import Federation, LinkDown, request_within
 from relay.outbox import Outbox
 from relay.protocol import ErrorCode
-from relay.protocol.frames import Envelope, Error, Forward, Ok, Recipient
+from relay.protocol.frames import Envelope, Error, Forward, GroupForward, Ok, Recipient
 from relay.ring import Ring
 from storage import Storage
 
@@ -51,12 +51,15 @@ class Router:
         notify: ``notify(user_id, device_id)`` after envelopes were enqueued.
         max_queue: bound of one device queue.
         forward_timeout: seconds before a forward is given to the outbox.
+        on_stale: ``await on_stale(user_id, sender_user)`` before a ``stale_devices``
+            refusal hands ``user_id``'s list to ``sender_user`` (records a watcher).
     """
 
     def __init__(
         self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
         federation: Federation, outbox: Outbox, notify: Callable[[str, int], None], *,
         max_queue: int, forward_timeout: float = FORWARD_TIMEOUT,
+        on_stale: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
@@ -67,6 +70,7 @@ class Router:
         self._notify = notify
         self._max_queue = max_queue
         self.forward_timeout = forward_timeout
+        self._on_stale = on_stale
 
     async def store_local(self, fwd: Forward) -> None:
         """Check and durably enqueue a forward whose recipients are all homed here.
@@ -90,7 +94,12 @@ class Router:
             if not self._directory.is_home(r.user_id):
                 raise RelayError(ErrorCode.BAD_REQUEST, "recipient is not homed at this node",
                                  user_id=r.user_id)
-            await self._directory.check_recipient(r, (fwd.sender_user, fwd.sender_device))
+            try:
+                await self._directory.check_recipient(r, (fwd.sender_user, fwd.sender_device))
+            except RelayError as exc:
+                if exc.code is ErrorCode.STALE_DEVICES and self._on_stale is not None:
+                    await self._on_stale(r.user_id, fwd.sender_user)
+                raise
         items = []
         for r in fwd.recipients:
             for c in r.copies:
@@ -132,7 +141,7 @@ class Router:
                     await self.store_local(fwd)
                     results[dest] = "stored"
                 else:
-                    results[dest] = await self._forward(dest, fwd)
+                    results[dest] = await self.forward(dest, fwd)
             except KNOWN_REFUSALS as exc:
                 results[dest] = relay_error_from(exc)  # type: ignore[assignment]
 
@@ -144,7 +153,16 @@ class Router:
                 raise results[dest]
         return "queued" if "queued" in results.values() else "stored"
 
-    async def _forward(self, dest: str, fwd: Forward) -> str:
+    async def forward(self, dest: str, fwd: Forward | GroupForward) -> str:
+        """Hand ``fwd`` to node ``dest``: over the peer link, else (link down or slow,
+        or older entries pending for ``dest``) to the durable outbox.
+
+        Returns:
+            ``"stored"`` (``dest`` answered ``ok``) or ``"queued"`` (in the outbox).
+
+        Raises:
+            RelayError: ``dest``'s refusal. StorageFull: the outbox is full.
+        """
         if self._outbox.has_pending(dest):
             await self._outbox.put(fwd, dest)
             return "queued"

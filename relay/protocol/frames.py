@@ -190,10 +190,15 @@ class PutDevices(Frame):
 
 @dataclass(frozen=True, slots=True)
 class GetDevices(Frame):
-    """Fetch a user's current signed device list (forwarded to the user's home)."""
+    """Fetch a user's current signed device list (forwarded to the user's home).
+
+    ``watcher`` is set only node-to-node: the user on whose behalf the forwarding
+    node asks, whom the home records as a watcher of ``user_id``'s list (a client's
+    value is ignored; the home uses the authenticated user)."""
 
     TYPE: ClassVar[str] = "get_devices"
     user_id: str
+    watcher: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from relay.protocol import (
     Device,
     DeviceList,
     auth_message,
+    peer_auth_message,
     read_frame,
     sign_device_list,
     user_id_from_key,
@@ -35,6 +36,8 @@ from relay.protocol.frames import (
     Frame,
     Hello,
     OneTimeKey,
+    PeerAuth,
+    PeerAuthOk,
     PutDevices,
     Recipient,
     SignedDeviceList,
@@ -107,6 +110,22 @@ class UserDevice:
     def recipient(self, body: bytes = b"ciphertext", version: int = 1) -> Recipient:
         return Recipient(self.user_id, version, [Copy(self.device_id, body)])
 
+    def companion(self, device_id: int) -> UserDevice:
+        """Another device of the same account (fresh device keys)."""
+        return UserDevice(account_key=self.account_key, device_id=device_id)
+
+    def entry(self) -> Device:
+        """This device's entry in a device list."""
+        return Device(self.device_id, self.ed25519, self.olm.curve25519_key.to_bytes(),
+                      f"dev{self.device_id}", 1)
+
+
+def list_of(devices: list[UserDevice], version: int) -> SignedDeviceList:
+    """A list of several devices of one account, signed by ``devices[0]``'s account key."""
+    first = devices[0]
+    dl = DeviceList(first.user_id, version, tuple(d.entry() for d in devices), int(time.time()))
+    return sign_device_list(first.account_key, dl)
+
 
 def _b64(s: str) -> bytes:
     return base64.b64decode(s + "=" * (-len(s) % 4))
@@ -165,6 +184,19 @@ async def session(url: str, device: UserDevice) -> AsyncIterator[RawClient]:
         await c.hello()
         ok = await c.auth(device)
         assert isinstance(ok, AuthOk), ok
+        yield c
+
+
+@asynccontextmanager
+async def peer_session(cluster: Cluster, from_id: str, to_id: str) -> AsyncIterator[RawClient]:
+    """A raw connection to node ``to_id`` authenticated as peer node ``from_id``."""
+    cfg = next(c for c in cluster.configs if c.id == from_id)
+    async with connect(cluster.url(to_id)) as c:
+        ch = await c.hello(role="peer")
+        sig = cfg.signing_key.sign(
+            peer_auth_message(ch.nonce, from_id, to_id, cluster.ring.version)).signature
+        ok = await c.request(PeerAuth(id=2, node_id=from_id, signature=sig, nonce=os.urandom(32)))
+        assert isinstance(ok, PeerAuthOk), ok
         yield c
 
 

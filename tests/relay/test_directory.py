@@ -131,3 +131,34 @@ async def test_keys_low_push(node1) -> None:
                 await a.request(ClaimKeys(id=4, user_id=bob.user_id, device_ids=[0]))  # 19 left
             push = await b.recv()
             assert push == KeyCount(id=0, otk_count=19)
+
+
+async def test_concurrent_claims_through_different_nodes(cluster3) -> None:
+    with trio.fail_after(20):
+        bob = device_homed_at(cluster3.ring, "n2")
+        await publish(cluster3.url("n2"), bob)
+        keys = bob.one_time_keys(40)
+        async with session(cluster3.url("n2"), bob) as b:
+            up = await b.request(UploadKeys(id=3, one_time_keys=keys,
+                                            fallback_key=OneTimeKey("fb", b"f" * 32)))
+            assert up.otk_count == 40
+        claimers = [device_homed_at(cluster3.ring, "n1"), device_homed_at(cluster3.ring, "n3")]
+        for c, home in zip(claimers, ("n1", "n3"), strict=True):
+            await publish(cluster3.url(home), c)
+        got: list[tuple[str, bool]] = []
+
+        async def claim_many(dev: UserDevice, home: str) -> None:
+            async with session(cluster3.url(home), dev) as c:
+                for i in range(25):  # pipelined: the two nodes' claims interleave at n2
+                    await c.send(ClaimKeys(id=100 + i, user_id=bob.user_id, device_ids=[0]))
+                for _ in range(25):
+                    claimed = await c.recv()
+                    assert isinstance(claimed, Claimed), claimed
+                    got.extend((k.key_id, k.fallback) for k in claimed.keys)
+
+        async with trio.open_nursery() as nursery:
+            for c, home in zip(claimers, ("n1", "n3"), strict=True):
+                nursery.start_soon(claim_many, c, home)
+        one_time = [k for k, fallback in got if not fallback]
+        assert sorted(one_time) == sorted(k.key_id for k in keys)  # each handed out once
+        assert [k for k, fallback in got if fallback] == ["fb"] * 10

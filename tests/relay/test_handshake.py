@@ -113,12 +113,16 @@ async def test_a_newer_connection_replaces_the_older(node1) -> None:
             assert old.ws.closed is not None
 
 
-async def test_not_yet_supported_request_is_bad_request(node1) -> None:
-    from relay.protocol.frames import LinkOpen
+async def test_link_open_is_allowed_before_auth(node1) -> None:
+    from relay.protocol.frames import LinkOpen, LinkOpened
 
     with trio.fail_after(10):
         async with connect(node1.url("n1")) as c:
             await c.hello()
-            err = await c.request(LinkOpen(id=2, device_info=b"x"))
+            opened = await c.request(LinkOpen(id=2, device_info=b"x"))
+            assert isinstance(opened, LinkOpened) and opened.id == 2
+            assert opened.node_id == "n1" and len(opened.mailbox_id) == 16
+            assert opened.expires_in == 120
+            err = await c.request(LinkOpen(id=3, device_info=b""))
             assert isinstance(err, Error) and err.code == "bad_request"
-            assert await c.request(Ping(id=3)) == Ok(id=3)
+            assert await c.request(Ping(id=4)) == Ok(id=4)

@@ -1,0 +1,212 @@
+"""Linking mailboxes: one-off provisioning mailboxes for companion devices.
+
+Flow (docs/protocol.md, "Linking a companion device")::
+
+    new  -> node M   link_open {device_info}            -> link_opened {mailbox_id, node_id M, expires_in}
+    prim -> home H   link_fetch {M, mailbox_id}          -> link_info {device_info}   (H forwards to M)
+    prim -> home H   link_complete {M, mailbox_id, body} -> ok; M pushes link_data {body} to new
+
+Mailboxes live only in the memory of the node that opened them (no
+persistence), owned by :class:`Linking`, which the node owns (no globals). A
+mailbox is gone when the first of these happens: ``link_complete`` succeeded
+(single use), the opening connection closed (or opened another mailbox), or
+``ttl`` seconds passed (``trio.current_time()``, so a ``MockClock`` drives it).
+An unknown, used or expired mailbox answers ``not_found`` and nothing changes.
+At most ``max_open`` mailboxes are open per node; beyond that ``link_open``
+answers ``rate_limited``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+
+import trio
+
+from relay.errors import RelayError
+from relay.federation import Federation, LinkDown, request_within
+from relay.protocol import ErrorCode
+from relay.protocol.frames import (
+    Error,
+    Frame,
+    LinkComplete,
+    LinkData,
+    LinkFetch,
+    LinkInfo,
+    LinkOpened,
+    Ok,
+)
+from relay.ring import Ring
+
+MAILBOX_ID_SIZE = 16  # bytes
+MAX_DEVICE_INFO = 4096  # bytes
+MAX_MAILBOXES = 1000  # open mailboxes per node
+PEER_TIMEOUT = 5.0  # seconds for a forwarded link_fetch / link_complete
+
+Push = Callable[[Frame], bool]
+
+
+class Mailbox:
+    """One open mailbox; the connection that opened it owns it and calls :meth:`close`.
+
+    Attributes:
+        mailbox_id: 16 random bytes. device_info: what ``link_open`` carried.
+        expires_at: ``trio.current_time()`` after which it is expired.
+    """
+
+    def __init__(self, owner: Linking, mailbox_id: bytes, device_info: bytes, push: Push,
+                 expires_at: float) -> None:
+        self._owner = owner
+        self.mailbox_id = mailbox_id
+        self.device_info = device_info
+        self.push = push
+        self.expires_at = expires_at
+
+    def close(self) -> None:
+        """Forget the mailbox (idempotent): later fetches and completes get ``not_found``."""
+        self._owner._forget(self)
+
+
+class Linking:
+    """The linking mailboxes of one node, and forwarding of fetch/complete to other nodes.
+
+    Args:
+        node_id: this node's id (the ``node_id`` of its mailboxes).
+        ring: the cluster (to tell a known node id from a wrong code).
+        federation: peer links, for mailboxes on other nodes.
+        ttl: seconds a mailbox lives at most.
+        max_open: most open mailboxes on this node.
+        peer_timeout: seconds a forwarded request may take.
+    """
+
+    def __init__(
+        self, node_id: str, ring: Ring, federation: Federation, *, ttl: float,
+        max_open: int = MAX_MAILBOXES, peer_timeout: float = PEER_TIMEOUT,
+    ) -> None:
+        self._node_id = node_id
+        self._ring = ring
+        self._federation = federation
+        self.ttl = ttl
+        self._max_open = max_open
+        self._peer_timeout = peer_timeout
+        self._boxes: dict[bytes, Mailbox] = {}  # insertion order = expiry order (fixed ttl)
+
+    def __len__(self) -> int:
+        """How many mailboxes are open (expired ones not yet pruned included)."""
+        return len(self._boxes)
+
+    # ------------------------------------------------------------ local mailboxes
+
+    def _forget(self, box: Mailbox) -> None:
+        if self._boxes.get(box.mailbox_id) is box:
+            del self._boxes[box.mailbox_id]
+
+    def _prune(self) -> None:
+        now = trio.current_time()
+        while self._boxes:
+            first = next(iter(self._boxes.values()))
+            if first.expires_at > now:
+                break
+            del self._boxes[first.mailbox_id]
+
+    def open(self, device_info: bytes, push: Push) -> tuple[Mailbox, LinkOpened]:
+        """Open a mailbox for a new device whose connection pushes with ``push``.
+
+        Args:
+            device_info: opaque bytes (msgpack ``{ed25519, curve25519, ephemeral,
+                name}`` by convention), 1..4096 bytes.
+            push: queues a frame on the new device's connection without blocking;
+                ``False`` if that connection is gone or saturated.
+
+        Returns:
+            The mailbox (the caller closes it when its connection ends) and the
+            ``link_opened`` answer (``id`` 0; the caller sets the request id).
+
+        Raises:
+            RelayError: ``bad_request`` (empty info), ``too_large`` (info above
+                4 KiB), ``rate_limited`` (``max_open`` mailboxes are open).
+        """
+        if not device_info:
+            raise RelayError(ErrorCode.BAD_REQUEST, "device_info is empty")
+        if len(device_info) > MAX_DEVICE_INFO:
+            raise RelayError(ErrorCode.TOO_LARGE, f"device_info exceeds {MAX_DEVICE_INFO} bytes")
+        self._prune()
+        if len(self._boxes) >= self._max_open:
+            raise RelayError(ErrorCode.RATE_LIMITED,
+                             "too many linking mailboxes are open on this node; retry later")
+        mailbox_id = os.urandom(MAILBOX_ID_SIZE)
+        box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl)
+        self._boxes[mailbox_id] = box
+        opened = LinkOpened(id=0, mailbox_id=mailbox_id, node_id=self._node_id,
+                            expires_in=max(1, math.ceil(self.ttl)))
+        return box, opened
+
+    def _live(self, mailbox_id: bytes) -> Mailbox:
+        self._prune()
+        box = self._boxes.get(mailbox_id)
+        if box is None:
+            raise RelayError(ErrorCode.NOT_FOUND,
+                             "no such linking code: it is wrong, already used or expired")
+        return box
+
+    def fetch(self, mailbox_id: bytes) -> bytes:
+        """The ``device_info`` of an open mailbox on this node (it stays open).
+
+        Raises:
+            RelayError: ``not_found`` (unknown, used or expired).
+        """
+        return self._live(mailbox_id).device_info
+
+    def complete(self, mailbox_id: bytes, body: bytes) -> None:
+        """Push ``link_data {body}`` to the waiting device and close the mailbox.
+
+        Raises:
+            RelayError: ``not_found`` (unknown, used or expired, or the new
+                device's connection is gone); nothing changes then.
+        """
+        box = self._live(mailbox_id)
+        if not box.push(LinkData(id=0, body=body)):
+            box.close()
+            raise RelayError(ErrorCode.NOT_FOUND, "the new device is no longer connected")
+        box.close()
+
+    # ------------------------------------------------------------ requests
+
+    async def handle(self, frame: LinkFetch | LinkComplete, *, from_peer: bool) -> Frame:
+        """Serve ``link_fetch`` / ``link_complete``: here, or forwarded to ``frame.node_id``.
+
+        Args:
+            frame: the request (its ``id`` is repeated in the answer).
+            from_peer: the request came over a peer link (never forwarded again).
+
+        Returns:
+            ``link_info`` (fetch) or ``ok`` (complete).
+
+        Raises:
+            RelayError: ``not_found`` (unknown node or mailbox), ``unavailable``
+                (the mailbox's node is unreachable), ``bad_request`` (a peer asked
+                for a mailbox that is not on this node), or the mailbox node's error.
+        """
+        if frame.node_id == self._node_id:
+            if isinstance(frame, LinkFetch):
+                return LinkInfo(id=frame.id, device_info=self.fetch(frame.mailbox_id))
+            self.complete(frame.mailbox_id, frame.body)
+            return Ok(id=frame.id)
+        if from_peer:
+            raise RelayError(ErrorCode.BAD_REQUEST, "that mailbox is not on this node")
+        if self._ring.node(frame.node_id) is None:
+            raise RelayError(ErrorCode.NOT_FOUND, "no such linking code: unknown node")
+        try:
+            answer = await request_within(self._federation, frame.node_id, frame,
+                                          self._peer_timeout)
+        except LinkDown as exc:
+            raise RelayError(ErrorCode.UNAVAILABLE,
+                             f"node {frame.node_id} holding the mailbox is unreachable") from exc
+        if isinstance(answer, Error):
+            raise RelayError.from_frame(answer)
+        expected = LinkInfo if isinstance(frame, LinkFetch) else Ok
+        if not isinstance(answer, expected):
+            raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r} from the node")
+        return dataclasses.replace(answer, id=frame.id)

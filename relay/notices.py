@@ -1,0 +1,276 @@
+"""Device-list changes at a user's home: watchers, device removal and ``device_list`` notices.
+
+See docs/protocol.md, "Device-list changes":
+
+* **Watchers.** When a client's ``get_devices(U)`` is served (directly or
+  forwarded, with the asking user in ``get_devices.watcher``), and when a
+  ``send`` is refused with ``stale_devices`` (which hands out the list too),
+  U's home records the asking user as a watcher of U (:meth:`watch`; durable,
+  idempotent, remembered in a bounded in-memory set to skip repeated writes).
+* **Publishing** a new list (:meth:`publish`) is serialised per user. A device
+  dropped by the new list has its queue and keys purged and its live
+  connection closed (``error unknown_device``, close 1008); it can no longer
+  authenticate because it is not in the list.
+* **Notices.** Then (unless it is the user's first list) the home builds one envelope of kind ``device_list``
+  (``msg_id`` = the first 16 bytes of BLAKE2b-512(``user_id`` UTF-8 || version
+  as u64 big-endian), ``sender_user`` = U, ``sender_device`` = 0, body = the
+  signed list as msgpack ``{body, signature}``) and queues it for every current
+  device of U and of every watcher: locally, or through ``notify`` to the
+  watcher's home (the durable outbox when that home is down or refuses with a
+  retryable code). A receiving home verifies the list, and queues the envelope
+  once per user (dedupe by ``(sender_user, msg_id, user)``). A full device
+  queue skips that user (logged): its client still learns the list through
+  ``stale_devices``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+from relay.delivery import DeviceRegistry, pack_envelope
+from relay.directory import Directory, pack_list, unpack_list
+from relay.errors import KNOWN_REFUSALS, RelayError
+from relay.federation import Federation, LinkDown, request_within
+from relay.outbox import RETRYABLE, Outbox
+from relay.protocol import DeviceList, ErrorCode, verify_device_list
+from relay.protocol.frames import Envelope, Error, Notify, Ok, SignedDeviceList
+from relay.ring import Ring
+from storage import QueueFull, Storage, StorageFull
+
+NOTICE_KIND = "device_list"
+NOTIFY_BATCH = 1024  # user ids per notify frame (below the codec's array bound)
+WATCH_CACHE = 65536  # (user, watcher) pairs known to be stored
+
+
+def notice_msg_id(user_id: str, version: int) -> bytes:
+    """The ``msg_id`` of the notice for ``user_id``'s list ``version`` (16 bytes)."""
+    return hashlib.blake2b(user_id.encode() + version.to_bytes(8, "big")).digest()[:16]
+
+
+def notice_dedupe(sender_user: str, msg_id: bytes, user_id: str) -> bytes:
+    """The storage dedupe id of one notice for one receiving user."""
+    return b"dl\0" + sender_user.encode() + b"\0" + msg_id + user_id.encode()
+
+
+class DeviceListChanges:
+    """Watchers, device removal and notices of the users homed at one node.
+
+    Args:
+        node_id, ring: this node and the cluster.
+        storage, directory, registry: local state and connected devices.
+        federation, outbox: the way to other homes.
+        max_queue: bound of one device queue.
+        timeout: seconds a ``notify`` may take before it goes to the outbox.
+        log: for metadata-only log lines.
+    """
+
+    def __init__(
+        self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
+        registry: DeviceRegistry, federation: Federation, outbox: Outbox, *, max_queue: int,
+        timeout: float, log: logging.Logger,
+    ) -> None:
+        self._node_id = node_id
+        self._ring = ring
+        self._storage = storage
+        self._directory = directory
+        self._registry = registry
+        self._federation = federation
+        self._outbox = outbox
+        self._max_queue = max_queue
+        self._timeout = timeout
+        self._log = log
+        self._watched: dict[tuple[str, str], None] = {}
+        self._locks: dict[str, list] = {}  # user_id -> [trio.Lock, users]
+
+    # ------------------------------------------------------------ watchers
+
+    async def watch(self, user_id: str, watcher: str) -> None:
+        """Durably record ``watcher`` as a watcher of ``user_id`` (a user homed here).
+
+        A user never watches itself (its own devices always get notices).
+
+        Raises:
+            StorageFull: not recorded.
+        """
+        pair = (user_id, watcher)
+        if watcher == user_id or pair in self._watched:
+            return
+        await self._storage.add_watcher(user_id, watcher)
+        if len(self._watched) >= WATCH_CACHE:
+            del self._watched[next(iter(self._watched))]
+        self._watched[pair] = None
+
+    async def fetch(self, user_id: str, watcher: str | None) -> SignedDeviceList:
+        """The current signed list of a user homed here, recording ``watcher`` first.
+
+        The list is read again after the watcher is stored, so a list published
+        meanwhile is either returned or announced to the watcher.
+
+        Raises:
+            RelayError: ``unknown_user`` (no watcher is recorded then).
+            StorageFull: the watcher could not be recorded.
+        """
+        signed, _ = await self._directory.require_device_list(user_id)
+        if watcher is not None and watcher != user_id:
+            await self.watch(user_id, watcher)
+            signed, _ = await self._directory.require_device_list(user_id)
+        return signed
+
+    # ------------------------------------------------------------ publishing
+
+    @contextmanager
+    def _user_lock(self, user_id: str) -> Iterator[trio.Lock]:
+        slot = self._locks.setdefault(user_id, [trio.Lock(), 0])
+        slot[1] += 1
+        try:
+            yield slot[0]
+        finally:
+            slot[1] -= 1
+            if slot[1] == 0:
+                del self._locks[user_id]
+
+    async def publish(self, signed: SignedDeviceList) -> DeviceList:
+        """Verify and store a new list for a user homed here, remove dropped
+        devices, then queue the notices (see the module docstring).
+
+        Returns once the list and the removals are durable and every notice is
+        queued locally, accepted by the watcher's home, or in the outbox (a
+        notice that cannot be stored is logged, never raised).
+
+        Raises:
+            RelayError: ``unauthorized``, ``bad_request``, ``moved``, ``stale_version``
+                (see :meth:`Directory.put_device_list`); nothing changed then.
+            RemoteProtocolError: a malformed list.
+            StorageFull: the list was not stored.
+        """
+        user_id = verify_device_list(signed).user_id
+        with self._user_lock(user_id) as lock:
+            async with lock:
+                old = await self._directory.get_device_list(user_id)
+                parsed = await self._directory.put_device_list(signed)
+                removed = sorted(old[1].device_ids - parsed.device_ids) if old else []
+                for device_id in removed:
+                    await self._remove_device(user_id, device_id)
+        self._log.info("device list of %s is now v%d (%d devices, %d removed)", user_id[:8],
+                       parsed.version, len(parsed.devices), len(removed))
+        if old is not None:  # a first list has no watchers and no other device to tell
+            await self._announce(signed, parsed)
+        return parsed
+
+    async def _remove_device(self, user_id: str, device_id: int) -> None:
+        gone = await self._storage.purge_device(user_id, device_id)
+        session = self._registry.session(user_id, device_id)
+        if session is not None:
+            session.revoke()
+        self._log.info("device %s/%d removed: %d queued envelopes purged", user_id[:8],
+                       device_id, gone)
+
+    async def _announce(self, signed: SignedDeviceList, parsed: DeviceList) -> None:
+        user_id = parsed.user_id
+        env = Envelope(msg_id=notice_msg_id(user_id, parsed.version), sender_user=user_id,
+                       sender_device=0, ts=int(time.time() * 1000), kind=NOTICE_KIND,
+                       body=pack_list(signed))
+        groups: dict[str, list[str]] = {}
+        for u in [user_id, *await self._storage.watchers(user_id)]:
+            groups.setdefault(self._ring.home(u).id, []).append(u)
+
+        async def one(dest: str, users: list[str]) -> None:
+            try:
+                if dest == self._node_id:
+                    await self.deliver_local(users, env)
+                else:
+                    await self._notify_remote(dest, users, env)
+            except KNOWN_REFUSALS as exc:
+                self._log.warning("notice of %s v%d for %d users at %s not stored: %s",
+                                  user_id[:8], parsed.version, len(users), dest, exc)
+
+        async with trio.open_nursery() as nursery:
+            for dest, users in groups.items():
+                for i in range(0, len(users), NOTIFY_BATCH):
+                    nursery.start_soon(one, dest, users[i:i + NOTIFY_BATCH])
+
+    async def _notify_remote(self, dest: str, users: list[str], env: Envelope) -> None:
+        frame = Notify(id=0, user_ids=users, envelope=env)
+        if self._outbox.has_pending(dest) or not self._federation.links[dest].is_up:
+            await self._outbox.put(frame, dest)
+            return
+        try:
+            answer = await request_within(self._federation, dest, frame, self._timeout)
+        except LinkDown:
+            await self._outbox.put(frame, dest)
+            return
+        if isinstance(answer, Ok):
+            return
+        if isinstance(answer, Error) and answer.code in RETRYABLE:
+            await self._outbox.put(frame, dest)
+            return
+        self._log.warning("notify to %s refused: %s", dest, getattr(answer, "code", answer.TYPE))
+
+    # ------------------------------------------------------------ receiving
+
+    async def receive(self, frame: Notify, peer_id: str) -> None:
+        """Serve a ``notify`` from peer node ``peer_id``: check it, then :meth:`deliver_local`.
+
+        Raises:
+            RelayError / RemoteProtocolError: ``bad_request`` (sender not homed at
+                the peer, wrong kind or msg_id, a user not homed here),
+                ``unauthorized`` (the list's signature does not verify).
+            StorageFull: retry later (users already served are deduplicated).
+        """
+        env = frame.envelope
+        self._directory.check_user_id(env.sender_user)
+        if self._ring.home(env.sender_user).id != peer_id:
+            raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
+        if env.kind != NOTICE_KIND or env.sender_device != 0:
+            raise RelayError(ErrorCode.BAD_REQUEST, "notify carries device_list notices only")
+        parsed = verify_device_list(unpack_list(env.body), env.sender_user)
+        if env.msg_id != notice_msg_id(env.sender_user, parsed.version):
+            raise RelayError(ErrorCode.BAD_REQUEST, "notice msg_id does not match the list")
+        for u in frame.user_ids:
+            self._directory.check_user_id(u)
+            if not self._directory.is_home(u):
+                raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node",
+                                 user_id=u)
+        await self.deliver_local(frame.user_ids, env)
+
+    async def deliver_local(self, user_ids: list[str], env: Envelope) -> None:
+        """Queue ``env`` for every current device of each user (homed here), once per
+        user; users without a list are skipped, a full queue skips its user (logged).
+
+        Raises:
+            StorageFull: some users were not served (the others are, deduplicated).
+        """
+        packed = pack_envelope(env)
+        full: list[StorageFull] = []
+
+        async def one(user_id: str) -> None:
+            entry = await self._directory.get_device_list(user_id)
+            if entry is None:
+                return
+            items = [(user_id, d, packed) for d in sorted(entry[1].device_ids)]
+            try:
+                seqs = await self._storage.enqueue(
+                    items, dedupe=notice_dedupe(env.sender_user, env.msg_id, user_id),
+                    max_queue=self._max_queue,
+                )
+            except QueueFull:
+                self._log.warning("notice for %s skipped: a device queue is full", user_id[:8])
+                return
+            except StorageFull as exc:
+                full.append(exc)
+                return
+            if seqs is not None:
+                for _, device_id, _ in items:
+                    self._registry.notify(user_id, device_id)
+
+        async with trio.open_nursery() as nursery:
+            for user_id in dict.fromkeys(user_ids):
+                nursery.start_soon(one, user_id)
+        if full:
+            raise full[0]

@@ -1,0 +1,223 @@
+"""Linking mailboxes: link_open / link_fetch / link_complete / link_data, across nodes."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import trio
+from relay_harness import (
+    Cluster,
+    UserDevice,
+    connect,
+    device_homed_at,
+    list_of,
+    make_configs,
+    publish,
+    session,
+)
+
+from relay.errors import RelayError
+from relay.federation import Federation
+from relay.linking import MAX_DEVICE_INFO, Linking
+from relay.protocol import DEFAULT_LIMITS, ErrorCode
+from relay.protocol.frames import (
+    AuthOk,
+    Error,
+    LinkComplete,
+    LinkData,
+    LinkFetch,
+    LinkInfo,
+    LinkOpen,
+    LinkOpened,
+    Ok,
+    PutDevices,
+)
+from relay.ring import Ring
+
+INFO = b"\x84device-info: keys, ephemeral, name"
+
+
+async def test_link_happy_path_across_nodes(cluster3) -> None:
+    with trio.fail_after(15):
+        primary = device_homed_at(cluster3.ring, "n2")
+        await publish(cluster3.url("n2"), primary)
+        laptop = primary.companion(1)
+        async with connect(cluster3.url("n1")) as new, session(cluster3.url("n2"), primary) as p:
+            await new.hello()
+            opened = await new.request(LinkOpen(id=5, device_info=INFO))
+            assert isinstance(opened, LinkOpened) and opened.id == 5
+            assert (opened.node_id, opened.expires_in) == ("n1", 120)
+            box = opened.mailbox_id
+            info = await p.request(LinkFetch(id=3, node_id="n1", mailbox_id=box))  # forwarded
+            assert info == LinkInfo(id=3, device_info=INFO)
+            again = await p.request(LinkFetch(id=4, node_id="n1", mailbox_id=box))
+            assert again == LinkInfo(id=4, device_info=INFO)  # fetching does not use it up
+            put = await p.request(PutDevices(id=5, device_list=list_of([primary, laptop], 2)))
+            assert put == Ok(id=5)
+            sealed = os.urandom(2000)
+            assert await p.request(LinkComplete(id=6, node_id="n1", mailbox_id=box,
+                                                body=sealed)) == Ok(id=6)
+            assert await new.recv() == LinkData(id=0, body=sealed)
+            # single use: a second complete or fetch changes nothing
+            err = await p.request(LinkComplete(id=7, node_id="n1", mailbox_id=box, body=b"x"))
+            assert isinstance(err, Error) and err.code == "not_found" and "used" in err.message
+            err = await p.request(LinkFetch(id=8, node_id="n1", mailbox_id=box))
+            assert isinstance(err, Error) and err.code == "not_found"
+            # n1 is not the account's home: the new device is sent there
+            moved = await new.auth(laptop)
+            assert isinstance(moved, Error) and moved.code == "moved"
+        async with session(cluster3.url("n2"), laptop) as c:
+            assert c.challenge is not None
+        assert await cluster3.storages["n2"].get_device_list(primary.user_id) is not None
+
+
+async def test_link_on_the_primarys_own_home(node1) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        primary = UserDevice()
+        await publish(url, primary)
+        async with connect(url) as new, session(url, primary) as p:
+            await new.hello()
+            box = (await new.request(LinkOpen(id=2, device_info=INFO))).mailbox_id
+            assert await p.request(LinkFetch(id=3, node_id="n1", mailbox_id=box)) == LinkInfo(
+                id=3, device_info=INFO)
+            assert await p.request(LinkComplete(id=4, node_id="n1", mailbox_id=box,
+                                                body=b"sealed")) == Ok(id=4)
+            assert await new.recv() == LinkData(id=0, body=b"sealed")
+            # the linked device authenticates on the same connection
+            laptop = primary.companion(1)
+            await p.request(PutDevices(id=5, device_list=list_of([primary, laptop], 2)))
+            assert isinstance(await new.auth(laptop), AuthOk)
+
+
+async def test_wrong_code_is_not_found_and_changes_nothing(cluster3) -> None:
+    with trio.fail_after(15):
+        primary = device_homed_at(cluster3.ring, "n2")
+        await publish(cluster3.url("n2"), primary)
+        async with connect(cluster3.url("n1")) as new, session(cluster3.url("n2"), primary) as p:
+            await new.hello()
+            box = (await new.request(LinkOpen(id=2, device_info=INFO))).mailbox_id
+            wrong = [("n1", os.urandom(16)), ("n2", box), ("n3", box), ("n9", box),
+                     ("n1", box[:8])]
+            for i, (node_id, mailbox_id) in enumerate(wrong):
+                for frame in (LinkFetch(id=10 + i, node_id=node_id, mailbox_id=mailbox_id),
+                              LinkComplete(id=20 + i, node_id=node_id, mailbox_id=mailbox_id,
+                                           body=b"x")):
+                    err = await p.request(frame)
+                    assert isinstance(err, Error) and err.code == "not_found", (frame, err)
+            # the right code still works afterwards
+            assert await p.request(LinkComplete(id=30, node_id="n1", mailbox_id=box,
+                                                body=b"ok")) == Ok(id=30)
+            assert await new.recv() == LinkData(id=0, body=b"ok")
+
+
+async def test_link_needs_auth_for_fetch_and_limits_info(node1) -> None:
+    with trio.fail_after(10):
+        async with connect(node1.url("n1")) as c:
+            await c.hello()
+            err = await c.request(LinkFetch(id=2, node_id="n1", mailbox_id=bytes(16)))
+            assert isinstance(err, Error) and err.code == "unauthorized"
+            err = await c.request(LinkOpen(id=3, device_info=b"i" * (MAX_DEVICE_INFO + 1)))
+            assert isinstance(err, Error) and err.code == "too_large"
+            ok = await c.request(LinkOpen(id=4, device_info=b"i" * MAX_DEVICE_INFO))
+            assert isinstance(ok, LinkOpened)
+
+
+async def test_mailbox_dies_with_its_connection_and_on_reopen(node1) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        primary = UserDevice()
+        await publish(url, primary)
+        async with session(url, primary) as p:
+            async with connect(url) as new:
+                await new.hello()
+                first = (await new.request(LinkOpen(id=2, device_info=INFO))).mailbox_id
+                second = (await new.request(LinkOpen(id=3, device_info=INFO))).mailbox_id
+                assert first != second
+                err = await p.request(LinkFetch(id=3, node_id="n1", mailbox_id=first))
+                assert isinstance(err, Error) and err.code == "not_found"
+                assert isinstance(await p.request(
+                    LinkFetch(id=4, node_id="n1", mailbox_id=second)), LinkInfo)
+            # the new device's connection is gone: so is its mailbox (fetch does not use it
+            # up, so polling it shows when the node noticed the close)
+            rid = 5
+            while isinstance(answer := await p.request(
+                    LinkFetch(id=rid, node_id="n1", mailbox_id=second)), LinkInfo):
+                rid += 1
+                await trio.sleep(0.01)  # poll, deadline above
+            assert isinstance(answer, Error) and answer.code == "not_found"
+            err = await p.request(LinkComplete(id=rid + 1, node_id="n1", mailbox_id=second,
+                                               body=b"late"))
+            assert isinstance(err, Error) and err.code == "not_found"
+
+
+async def test_mailbox_expires(nursery, mock_clock) -> None:
+    mock_clock.rate = 1.0  # real time flows (the fail_after guard works); jumps add to it
+    cluster = Cluster(nursery, make_configs(1))
+    await cluster.start("n1")
+    url = cluster.url("n1")
+    with trio.fail_after(10) as guard:
+        primary = UserDevice()
+        await publish(url, primary)
+        async with connect(url) as new, session(url, primary) as p:
+            await new.hello()
+            box = (await new.request(LinkOpen(id=2, device_info=INFO))).mailbox_id
+            mock_clock.jump(115)
+            guard.deadline += 115
+            assert isinstance(await p.request(LinkFetch(id=3, node_id="n1", mailbox_id=box)),
+                              LinkInfo)
+            mock_clock.jump(6)
+            guard.deadline += 6
+            err = await p.request(LinkFetch(id=4, node_id="n1", mailbox_id=box))
+            assert isinstance(err, Error) and err.code == "not_found" and "expired" in err.message
+            err = await p.request(LinkComplete(id=5, node_id="n1", mailbox_id=box, body=b"x"))
+            assert isinstance(err, Error) and err.code == "not_found"
+            # a fresh code on the same connection works
+            box2 = (await new.request(LinkOpen(id=6, device_info=INFO))).mailbox_id
+            assert await p.request(LinkComplete(id=7, node_id="n1", mailbox_id=box2,
+                                                body=b"y")) == Ok(id=7)
+            assert await new.recv() == LinkData(id=0, body=b"y")
+
+
+# ---------------------------------------------------------------- unit level
+
+
+def _linking(ttl: float = 120.0, max_open: int = 3) -> Linking:
+    cfg = make_configs(1)[0]
+    ring = Ring(cfg.cluster)
+    fed = Federation(cfg.id, cfg.signing_key, ring, DEFAULT_LIMITS, logging.getLogger("test"))
+    return Linking(cfg.id, ring, fed, ttl=ttl, max_open=max_open)
+
+
+async def test_mailbox_bound_is_rate_limited(autojump_clock) -> None:
+    linking = _linking(ttl=10, max_open=3)
+    boxes = [linking.open(INFO, lambda f: True)[0] for _ in range(3)]
+    with pytest.raises(RelayError) as info:
+        linking.open(INFO, lambda f: True)
+    assert info.value.code is ErrorCode.RATE_LIMITED
+    boxes[0].close()
+    boxes[0].close()  # idempotent
+    assert len(linking) == 2
+    linking.open(INFO, lambda f: True)
+    await trio.sleep(11)  # all expired: pruned on the next open
+    linking.open(INFO, lambda f: True)
+    assert len(linking) == 1
+
+
+async def test_complete_pushes_once_and_gone_device_is_not_found(autojump_clock) -> None:
+    linking = _linking()
+    pushed: list = []
+    box, opened = linking.open(INFO, lambda f: pushed.append(f) is None)
+    assert opened.mailbox_id == box.mailbox_id and opened.expires_in == 120
+    assert linking.fetch(box.mailbox_id) == INFO
+    linking.complete(box.mailbox_id, b"material")
+    assert pushed == [LinkData(id=0, body=b"material")]
+    with pytest.raises(RelayError) as info:
+        linking.complete(box.mailbox_id, b"again")
+    assert info.value.code is ErrorCode.NOT_FOUND and len(pushed) == 1
+    dead, _ = linking.open(INFO, lambda f: False)  # its connection cannot take frames
+    with pytest.raises(RelayError) as info:
+        linking.complete(dead.mailbox_id, b"material")
+    assert info.value.code is ErrorCode.NOT_FOUND and len(linking) == 0
