@@ -3,10 +3,9 @@ benchmark scenarios in one process (Trio) and print their figures, section by se
 
 Everything runs in-process on 127.0.0.1: relay nodes (LMDB storage in a
 temporary directory), clients, and the raw ceilings. Figures are printed, never
-asserted. ``--quick`` is a ~20-second smoke run with small sizes (noisy figures).
+asserted. ``--quick`` is a smoke run of a few seconds with small sizes (noisy figures).
 
-To add a scenario (issue 3: users with several devices; issue 4: groups, media),
-write ``async def run(ctx: BenchContext) -> None`` in its own module, recording
+To add a scenario (e.g. issue 4: groups, media), write ``async def run(ctx: BenchContext) -> None`` in its own module, recording
 figures with ``ctx.report``, and append a :class:`Scenario` to :data:`SCENARIOS`.
 See docs/benchmarks.md.
 """
@@ -34,10 +33,10 @@ SCENARIOS: list[Scenario] = [
              client_costs.run),
     Scenario("send", "1:1 send, alice (n1) -> bob (n2), 3-node LMDB cluster", send.run),
     Scenario("send_many", "1:1 send, many sender devices at once (aggregate)", send_many.run),
+    Scenario("devices", "Send to users with 1, 2, 4, 8 devices (issue 3)", devices.run, issue=3),
     Scenario("ws", "Ceiling: raw trio-websocket, one connection", ceilings.transport),
     Scenario("lmdb", "Ceiling: raw LMDB durable puts with batching", ceilings.disk),
     Scenario("storage", "Ceiling: LmdbStorage group commit (enqueue)", ceilings.group_commit),
-    Scenario("devices", "Send to users with 1, 2, 4, 8 devices (issue 3)", devices.run, issue=3),
 ]
 """Scenarios in run order; the client-cost one first (the send scenarios use its figures)."""
 
@@ -85,7 +84,7 @@ async def run_bench(
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0 ok, 2 usage error)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="~20 s smoke run, small sizes")
+    parser.add_argument("--quick", action="store_true", help="smoke run of a few seconds, small sizes")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this scenario (repeatable); see --list")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")

@@ -9,8 +9,8 @@ import trio
 from . import raw_lmdb, raw_storage, raw_ws
 from .scenario import BenchContext
 
-FRAME_SIZE = 200  # bytes: about one small msgpack request
-ENVELOPE_SIZE = 400  # bytes: about one stored envelope of a 100-character text
+FRAME_SIZE = 512  # bytes: about one `send` frame of a 100-character text
+ENVELOPE_SIZE = 530  # bytes: one stored envelope of a 100-character text (pre-key Olm)
 
 
 async def transport(ctx: BenchContext) -> None:

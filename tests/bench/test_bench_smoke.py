@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from bench.__main__ import SCENARIOS, check_names, main, run_bench
+from bench.devices import multi_device_supported
 
 DEADLINE = 15  # seconds per test
 
@@ -37,7 +38,7 @@ async def test_quick_send_scenario_prints_positive_figures():
     assert "== 1:1 send" in text and "send-to-deliver" in text and "stored 200" in text
 
 
-async def test_quick_client_and_storage_scenarios():
+async def test_quick_client_storage_and_devices_scenarios():
     out = io.StringIO()
     with trio.fail_after(DEADLINE):
         report = await run_bench(["client", "storage", "devices"], quick=True, out=out)
@@ -46,8 +47,11 @@ async def test_quick_client_and_storage_scenarios():
     storage = _positive(figures, "storage.")
     assert set(storage) == {"storage.sequential", "storage.concurrent", "storage.batch"}
     assert storage["storage.batch"] >= 1
-    # Issue 3's scenario prints why it is skipped until the client can link devices.
-    assert "skipped" in out.getvalue() or any(k.startswith("devices.") for k in figures)
+    if multi_device_supported():
+        devs = _positive(figures, "devices.")
+        assert {"devices.k1.envelopes", "devices.k4.envelopes", "devices.k4.deliver_p99"} <= set(devs)
+    else:  # issue 3's scenario says why it is skipped
+        assert "skipped: the client cannot add a device" in out.getvalue()
 
 
 def test_scenario_names_are_unique_and_checked():
