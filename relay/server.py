@@ -7,11 +7,17 @@ Tasks of one connection, all in one nursery:
 * the **handler** (this task) feeds each message to the sans-I/O
   :class:`~relay.protocol.connection.ServerConnection` and serves requests;
   a device's requests are answered one after the other, in order; a peer's
-  (``forward``/``get_devices``/``claim_keys``) run concurrently, at most
-  ``PEER_CONCURRENCY`` at a time, and are answered by id;
+  (``forward``, ``get_devices``, ``claim_keys``, ``link_*``, ``notify``, ...)
+  run concurrently, at most ``PEER_CONCURRENCY`` at a time, and are answered
+  by id, possibly out of order;
 * the **writer** is the only task that sends; everything goes through a
   bounded outbox (``OUTBOX_SIZE`` frames), which gives backpressure;
 * after ``sync``, a :class:`~relay.delivery.Pusher` streams the device's queue.
+
+A connection that opened a linking mailbox (``link_open``) owns it: the
+mailbox goes when the connection ends or opens another (:mod:`relay.linking`).
+A device removed from its list is *revoked*: it gets ``error unknown_device``
+(id 0), nothing more is served, and the connection closes with 1008.
 
 Error handling: protocol problems answer ``error`` (closing when the error
 carries a close code); refusals (:data:`relay.errors.KNOWN_REFUSALS`) answer
