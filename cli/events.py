@@ -19,7 +19,9 @@ class SendResult:
 class Message:
     """A decrypted message. ``direction`` is ``"in"``, or ``"out"`` for a copy of what
     another device of this account sent to ``peer``. ``ts`` is the sender's clock (ms).
-    ``from_name`` is the local contact alias of the sender if any, else ``declared_name``."""
+    ``from_name`` is the local contact alias of the sender if any, else ``declared_name``.
+    For a group message, ``group`` is the group's name and ``group_id`` its id in hex
+    (``peer`` is the group id too)."""
 
     msg_id: bytes
     sender_user: str
@@ -31,6 +33,8 @@ class Message:
     text: str
     from_name: str
     declared_name: str
+    group: str | None = None
+    group_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ def _unpack(data: bytes, what: str, **limits) -> object:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0, **limits)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise LinkCodeError(f"{what} is not valid msgpack") from exc
+        raise LinkCodeError(f"{what} is malformed (not msgpack)") from exc
 
 
 def info_digest(device_info: bytes) -> bytes:
@@ -103,7 +103,7 @@ class LinkCode:
         try:
             raw = base64.b32decode(body + "=" * (-len(body) % 8))
         except (binascii.Error, ValueError) as exc:
-            raise LinkCodeError("the linking code is not valid base32") from exc
+            raise LinkCodeError("the linking code is malformed (not base32)") from exc
         m = _unpack(raw, "the linking code", max_map_len=8, max_bin_len=64, max_str_len=64)
         if not isinstance(m, dict):
             raise LinkCodeError("the linking code is malformed")

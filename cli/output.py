@@ -41,7 +41,8 @@ def message_json(msg: Message) -> dict:
 
     Keys: ``id`` (hex msg_id), ``from`` (sender user_id), ``from_name``,
     ``from_device``, ``direction`` (``in``/``out``), ``ts`` (ms), ``type``,
-    ``text``; plus ``to`` for ``out``.
+    ``text``; plus ``to`` for ``out``; plus ``group`` (name) and ``group_id`` (hex)
+    for a group message.
     """
     obj = {
         "id": msg.msg_id.hex(),
@@ -55,6 +56,8 @@ def message_json(msg: Message) -> dict:
     }
     if msg.direction == "out":
         obj["to"] = msg.peer
+    if msg.group_id is not None:
+        obj["group"], obj["group_id"] = msg.group, msg.group_id
     return obj
 
 
@@ -63,7 +66,12 @@ def _clock(ts_ms: int) -> str:
 
 
 def message_human(msg: Message, peer_name: str) -> str:
-    """``[time] name: text`` (incoming) or ``[time] you (device N) -> name: text``."""
+    """``[time] name: text`` (incoming) or ``[time] you (device N) -> name: text``;
+    a group message shows ``name @ group`` (``peer_name`` is then ignored)."""
+    if msg.group_id is not None:
+        who = (f"you (device {msg.sender_device})" if msg.direction == "out"
+               else msg.from_name or msg.sender_user[:12])
+        return f"[{_clock(msg.ts)}] {who} @ {msg.group}: {msg.text}"
     if msg.direction == "out":
         return f"[{_clock(msg.ts)}] you (device {msg.sender_device}) -> {peer_name}: {msg.text}"
     return f"[{_clock(msg.ts)}] {msg.from_name or msg.sender_user[:12]}: {msg.text}"

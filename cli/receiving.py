@@ -25,7 +25,7 @@ from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, payload
+from . import crypto, group_messaging, group_receiving, payload
 from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Message
@@ -75,6 +75,8 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
         except DeviceListRejected as exc:
             log.warning("dropping a device-list notice: %s", exc)
             return Dropped(env.msg_id, env.sender_user, env.sender_device, str(exc))
+    if env.kind == "group":  # one Megolm body for the whole group (cli.group_receiving)
+        return await group_receiving.open_group_envelope(client, env)
 
     def dropped(reason: str) -> Dropped:
         log.warning("dropping message %s from %s/%d: %s",
@@ -98,6 +100,9 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
         return dropped(str(exc))
     client.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
     client.state.saw_device(env.sender_user, env.sender_device, env.ts)
+    if group_receiving.control_type(plaintext) is not None:  # group state or sender key
+        return group_receiving.on_control(client, env.sender_user, env.sender_device,
+                                          env.msg_id, plaintext)
     try:
         p = payload.decode(plaintext)
     except payload.PayloadError as exc:
@@ -134,7 +139,11 @@ async def handle_bounce(client: Client, env: Envelope) -> Bounce:
     p = payload.TextPayload(env.msg_id, entry["text"], entry["ts"], entry["from_name"],
                             entry["peer"])
     try:
-        status = await client.send_payload(entry["peer"], env.msg_id, p.encode(), fresh=True)
+        if entry.get("group_id"):  # a group message: one Megolm body again, same msg_id
+            status = await group_messaging.send_group_payload(
+                client, bytes.fromhex(entry["group_id"]), env.msg_id, p.encode())
+        else:
+            status = await client.send_payload(entry["peer"], env.msg_id, p.encode(), fresh=True)
     except ClientError as exc:
         return Bounce(env.msg_id, user_id, code, message, error=str(exc))
     return Bounce(env.msg_id, user_id, code, message, resent_status=status)

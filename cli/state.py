@@ -45,6 +45,7 @@ from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_d
 from relay.protocol.frames import SignedDeviceList
 
 from . import crypto, vault
+from .groups import GroupError, GroupStore
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
 __all__ = [
@@ -122,6 +123,7 @@ class State:
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
         self.next_device_id = 1  # primary: lowest device_id never handed out (ids are never reused)
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
+        self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
 
     # ----------------------------------------------------------- queries
 
@@ -258,6 +260,7 @@ class State:
             "history": list(self.history),
             "next_device_id": self.next_device_id,
             "last_seen": [[uid, did, ts] for (uid, did), ts in self.last_seen.items()],
+            "groups": self.groups.to_map(pk),
         }
 
     def _from_map(self, m: dict) -> None:
@@ -280,6 +283,7 @@ class State:
         self.history = deque(m["history"], maxlen=HISTORY_LIMIT)
         self.next_device_id = m.get("next_device_id", 1)
         self.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
+        self.groups = GroupStore.from_map(m.get("groups"), pk)
 
     def snapshot(self) -> bytes:
         """The encrypted file contents of the current state."""
@@ -399,6 +403,7 @@ def open_state(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterato
         state = State(path, key, header)
         try:
             state._from_map(msgpack.unpackb(plain, raw=False))
-        except (KeyError, TypeError, ValueError, crypto.CryptoError, RemoteProtocolError) as exc:
+        except (KeyError, TypeError, ValueError, crypto.CryptoError, RemoteProtocolError,
+                GroupError) as exc:
             raise StateError(f"corrupt state in {path}: {exc}") from exc
         yield state

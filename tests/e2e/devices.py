@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -97,6 +99,98 @@ class Device:
                 if time.monotonic() >= deadline:
                     raise
         return got
+
+
+    # -- multi-device (issue 3)
+
+    def start_link(self, device_name: str, relay_url: str, timeout: float = 60.0) -> LinkProcess:
+        """Start ``link --relay URL --name NAME --json`` in this (empty) home and wait for
+        its first line ``{"code": ...}``; finish it with :meth:`LinkProcess.finish`."""
+        return LinkProcess.start(self, device_name, relay_url, timeout)
+
+    def approve(self, code: str, *args: str) -> dict:
+        """``devices approve CODE --yes [ARGS]`` -> ``{device_id, name, fingerprint, version}``."""
+        return self.json_one("devices", "approve", code, "--yes", *args)
+
+    def devices(self) -> list[dict]:
+        """``devices list``: one ``{device_id, name, fingerprint, added_at, last_seen,
+        this_device}`` per device."""
+        return self.json_lines("devices", "list")
+
+    def remove_device(self, device_id: int) -> dict:
+        """``devices remove ID --yes`` -> ``{removed, version}``."""
+        return self.json_one("devices", "remove", str(device_id), "--yes")
+
+    def history(self, *args: str) -> list[dict]:
+        """``history [NAME] [--limit N]``: locally stored messages, ``recv --json`` shape."""
+        return self.json_lines("history", *args)
+
+    def verify(self, contact: str) -> dict:
+        """``verify NAME`` -> ``{safety_number, user_id}``."""
+        return self.json_one("verify", contact)
+
+
+@dataclass
+class LinkProcess:
+    """A running ``wa-cli link --json``; ``code`` is the linking code it printed first."""
+
+    device: Device
+    proc: subprocess.Popen
+    lines: queue.Queue
+    code: str = ""
+
+    @classmethod
+    def start(cls, device: Device, device_name: str, relay_url: str, timeout: float) -> LinkProcess:
+        argv = [*tool("wa-cli"), "--home", str(device.home), "--json", "link", "--relay",
+                relay_url, "--name", device_name, "--timeout", str(timeout)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=subprocess_env())
+        lines: queue.Queue = queue.Queue()
+
+        def pump() -> None:
+            for raw in proc.stdout:
+                lines.put(raw.decode("utf-8", "replace"))
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True, name="wa-cli-link").start()
+        link = cls(device, proc, lines)
+        first = link._line(CLI_TIMEOUT)
+        if first is None:
+            raise HarnessError(f"wa-cli link printed no code: {link.finish_raw()}")
+        link.code = json.loads(first)["code"]
+        return link
+
+    def _line(self, timeout: float) -> str | None:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def finish_raw(self, timeout: float = CLI_TIMEOUT) -> tuple[int, list[str], str]:
+        """Wait for the process: ``(exit code, remaining stdout lines, stderr)``."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise HarnessError(f"wa-cli link did not finish within {timeout}s") from None
+        out = []
+        while (line := self._line(CLI_TIMEOUT)) is not None:
+            out.append(line)
+        err = self.proc.stderr.read().decode("utf-8", "replace")
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code, [line for line in out if line.strip()], err
+
+    def finish(self, timeout: float = CLI_TIMEOUT) -> dict:
+        """Wait for success; returns ``{user_id, device_id}`` and fills in the device."""
+        code, out, err = self.finish_raw(timeout)
+        if code != 0 or len(out) != 1:
+            raise HarnessError(f"wa-cli link exited {code}\nstdout: {out}\nstderr: {err}")
+        result = json.loads(out[0])
+        self.device.user_id, self.device.device_id = result["user_id"], result["device_id"]
+        self.device.home_url = self.device.ident()["home"]
+        return result
 
 
 def make_device(

@@ -1,0 +1,293 @@
+"""Groups over the network: admin changes and sender-key sends (receiving: :mod:`cli.group_receiving`).
+
+Control messages travel pairwise over Olm (the 1:1 path: one copy per device of
+every target user, own other devices included), as payloads of type
+
+* ``group_state`` ``{v, type, msg_id, ts, state: {body, signature}}``: a new
+  account-signed group state (:mod:`cli.group_state`), sent by an admin's
+  primary device to the old and new members;
+* ``group_key`` ``{v, type, msg_id, ts, group_id, session_id, session_key,
+  sender_device, state}``: the sending device's Megolm session key at its
+  current index, with the group state it was shared under (so a device that
+  joins later, or gets a key before the admin's state, learns the group).
+
+A group message is **one** Megolm encryption (:func:`cli.groups.encrypt`) sent
+as ``group_send`` with that single body and every member device except the
+sending one. Before it, the session key goes over Olm to the member devices
+that lack it (users at once, all their devices), and the session is rotated
+when a device holding it is no longer a recipient (a member removed, a device
+unlinked), after 100 messages or after 7 days. On ``stale_devices`` the
+attached list is verified (signature, growing version), the key shared with
+new devices and the message resent with the same ``msg_id`` (at most
+:data:`MAX_SEND_ROUNDS` rounds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from relay.protocol import DeviceList, ErrorCode
+from relay.protocol.frames import GroupRecipient, GroupSend, Send
+
+from . import groups, payload
+from .errors import RelayError, SendFailed
+from .group_state import GroupError, GroupState
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = [
+    "GroupSendError", "GroupSendResult", "NotGroupAdmin", "add_member", "create_group",
+    "remove_member", "send_group_payload", "send_group_text", "send_pairwise",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_SEND_ROUNDS = 3
+GROUP_STATE = "group_state"
+GROUP_KEY = "group_key"
+
+Device3 = tuple[str, int, bytes]  # (user_id, device_id, curve25519)
+
+
+class NotGroupAdmin(GroupError):
+    """This device cannot change the group (no account key, or not an admin)."""
+
+
+class GroupSendError(GroupError):
+    """A group message cannot be sent (unknown group, not a member)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSendResult:
+    """Outcome of a group send: ``status`` as for :class:`cli.events.SendResult`."""
+
+    msg_id: bytes
+    status: str
+    group_id: str
+    name: str
+
+
+# ------------------------------------------------------------------ pairwise
+
+
+def _control(kind: str, msg_id: bytes, **fields) -> bytes:
+    return msgpack.packb({"v": payload.VERSION, "type": kind, "msg_id": msg_id,
+                          "ts": int(time.time() * 1000), **fields}, use_bin_type=True)
+
+
+async def send_pairwise(
+    client: Client, user_ids: list[str], msg_id: bytes, plaintext: bytes,
+    lists: dict[str, DeviceList] | None = None,
+) -> str | None:
+    """Olm-encrypt ``plaintext`` for every device of ``user_ids`` (not this device) in one ``send``.
+
+    ``lists`` (user_id -> cached list) is used and updated in place after
+    ``stale_devices``. Returns the relay's status, or ``None`` if there was no
+    device to send to.
+
+    Raises:
+        SendFailed, RelayError, DeviceListRejected, ConnectionLost.
+    """
+    lists = {} if lists is None else lists
+    for uid in user_ids:
+        if uid not in lists:
+            lists[uid] = await client._list_for(uid, False)
+    for _ in range(MAX_SEND_ROUNDS):
+        recipients = await client._encrypt({u: lists[u] for u in user_ids}, plaintext)
+        if not recipients:
+            return None
+        await client.state.asave()  # advanced ratchets are durable before anything leaves
+        try:
+            answer = await client.connection.request(Send, msg_id=msg_id, recipients=recipients)
+        except RelayError as exc:
+            _learn_stale(client, exc, lists)
+            continue
+        return answer.status
+    raise SendFailed(f"device lists kept changing; gave up after {MAX_SEND_ROUNDS} attempts")
+
+
+def _learn_stale(client: Client, exc: RelayError, lists: dict[str, DeviceList]) -> None:
+    """Adopt the list of a ``stale_devices`` refusal (verified, must grow); else re-raise."""
+    frame = exc.frame
+    if exc.code != ErrorCode.STALE_DEVICES or frame.device_list is None or frame.user_id not in lists:
+        raise exc
+    old = lists[frame.user_id].version
+    new = client.state.remember_device_list(frame.device_list, frame.user_id)
+    if new.version <= old:
+        raise SendFailed(f"relay says the device list of {frame.user_id} is stale but served "
+                         f"version {new.version} (have {old})") from exc
+    lists[frame.user_id] = new
+
+
+# ------------------------------------------------------------------ admin changes
+
+
+def _require_admin(client: Client, record: groups.GroupRecord | None) -> None:
+    state = client.state
+    if state.account_key is None:
+        raise NotGroupAdmin(
+            f"this is device {state.device_id}, which has no account key: only the primary "
+            "device can create or change a group")
+    if record is not None and state.user_id not in record.state.admins:
+        raise NotGroupAdmin(f"you are not an admin of group {record.state.name!r}")
+
+
+async def _publish(client: Client, previous: GroupState | None, members: list[str],
+                   admins: list[str], name: str, group_id: bytes, creator: str) -> GroupState:
+    state = client.state
+    for uid in members:  # every member must exist before anything is signed
+        if uid != state.user_id and (previous is None or uid not in previous.members):
+            await client._list_for(uid, True)
+    new, signed = groups.make_state(
+        state.account_key, group_id=group_id, name=name, members=members, admins=admins,
+        version=1 if previous is None else previous.version + 1, creator=creator)
+    state.groups.apply(signed)
+    if previous is not None and set(previous.members) - set(new.members):
+        state.groups.rotate(group_id)  # the leaver must not get anything sent from now on
+    await state.asave()
+    targets = sorted(set(new.members) | set(previous.members if previous else ()))
+    msg_id = os.urandom(16)
+    await send_pairwise(client, targets, msg_id,
+                        _control(GROUP_STATE, msg_id, state=signed.to_map()))
+    return new
+
+
+async def create_group(client: Client, name: str, members: list[str]) -> GroupState:
+    """Create a group of this account (admin) and ``members`` (user_ids); tell them.
+
+    Raises:
+        NotGroupAdmin: no account key on this device.
+        GroupError: bad name, too many members, the name is taken here.
+        RelayError (``unknown_user``), SendFailed, ConnectionLost.
+    """
+    _require_admin(client, None)
+    me = client.state.user_id
+    if any(r.state.name == name for r in client.state.groups.groups.values()):
+        raise GroupError(f"you already have a group called {name!r}")
+    return await _publish(client, None, [me, *members], [me], name, groups.new_group_id(), me)
+
+
+async def add_member(client: Client, group: str, user_id: str) -> GroupState:
+    """Add ``user_id`` to ``group`` (name or id); tell every member, the newcomer included.
+
+    Raises:
+        NotGroupAdmin, GroupError (unknown group, already a member), RelayError, SendFailed.
+    """
+    record = client.state.groups.find(group)
+    _require_admin(client, record)
+    old = record.state
+    if user_id in old.members:
+        raise GroupError(f"{user_id} is already a member of {old.name!r}")
+    return await _publish(client, old, [*old.members, user_id], list(old.admins), old.name,
+                          old.group_id, old.creator)
+
+
+async def remove_member(client: Client, group: str, user_id: str) -> GroupState:
+    """Remove ``user_id`` (and its admin role) from ``group``; tell old and new members.
+
+    This device's sender key is rotated: the removed member cannot decrypt later messages.
+
+    Raises:
+        NotGroupAdmin, GroupError (unknown group, not a member, last admin), RelayError.
+    """
+    record = client.state.groups.find(group)
+    _require_admin(client, record)
+    old = record.state
+    if user_id not in old.members:
+        raise GroupError(f"{user_id} is not a member of {old.name!r}")
+    admins = [a for a in old.admins if a != user_id]
+    if not admins:
+        raise GroupError("a group needs an admin; make someone else admin first")
+    return await _publish(client, old, [m for m in old.members if m != user_id], admins,
+                          old.name, old.group_id, old.creator)
+
+
+# ------------------------------------------------------------------ sending
+
+
+def _recipients(client: Client, lists: dict[str, DeviceList]) -> set[Device3]:
+    me = (client.state.user_id, client.state.device_id)
+    return {(uid, d.device_id, d.curve25519) for uid, dl in lists.items() for d in dl.devices
+            if (uid, d.device_id) != me}
+
+
+async def _share_key(client: Client, record: groups.GroupRecord, out: groups.OutboundSession,
+                     user_ids: list[str], lists: dict[str, DeviceList]) -> None:
+    """Send the session key at its current index to every device of ``user_ids``."""
+    msg_id = os.urandom(16)
+    plaintext = _control(
+        GROUP_KEY, msg_id, group_id=record.state.group_id, session_id=out.session_id,
+        session_key=out.session_key(), sender_device=client.state.device_id,
+        state=record.signed.to_map())
+    await send_pairwise(client, user_ids, msg_id, plaintext, lists)
+    out.shared |= _recipients(client, {u: lists[u] for u in user_ids})
+
+
+async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inner: bytes) -> str:
+    """Encrypt an encoded :mod:`cli.payload` plaintext once with this device's sender key
+    for the group and fan it out with ``group_send``; returns ``"stored"`` or ``"queued"``.
+
+    Raises:
+        GroupSendError: unknown group or not a member.
+        SendFailed, RelayError, DeviceListRejected, ConnectionLost.
+    """
+    state = client.state
+    record = state.groups.groups.get(group_id)
+    if record is None or state.user_id not in record.state.members:
+        raise GroupSendError("you are not a member of this group")
+    lists = {uid: await client._list_for(uid, False) for uid in record.state.members}
+    body, body_session = None, None
+    for _ in range(MAX_SEND_ROUNDS):
+        targets = _recipients(client, lists)
+        out, _ = state.groups.outbound_for(group_id, targets)
+        need = sorted({uid for uid, _, _ in targets - out.shared})
+        if need:  # exported at the current index, so before (re-)encrypting this message
+            await _share_key(client, record, out, need, lists)
+            body = None
+        if body is None or body_session != out.session_id:
+            body, body_session = groups.encrypt(out, group_id, inner), out.session_id
+        await state.asave()
+        me = (state.user_id, state.device_id)
+        recipients = [
+            GroupRecipient(user_id=uid, devices_version=dl.version,
+                           device_ids=[d.device_id for d in dl.devices if (uid, d.device_id) != me])
+            for uid, dl in lists.items()]
+        try:
+            answer = await client.connection.request(GroupSend, msg_id=msg_id, body=body,
+                                                     recipients=recipients)
+        except RelayError as exc:
+            _learn_stale(client, exc, lists)
+            continue
+        return answer.status
+    raise SendFailed(f"device lists of the group kept changing; gave up after "
+                     f"{MAX_SEND_ROUNDS} attempts")
+
+
+async def send_group_text(client: Client, group: str, text: str) -> GroupSendResult:
+    """Send ``text`` to ``group`` (name or id): one encryption, one ``group_send``.
+
+    Raises:
+        ValueError: text too long. GroupError: unknown group, not a member.
+        SendFailed, RelayError, DeviceListRejected, ConnectionLost.
+    """
+    if len(text) > payload.MAX_TEXT:
+        raise ValueError(f"text is longer than {payload.MAX_TEXT} characters")
+    state = client.state
+    record = state.groups.find(group)
+    msg_id = os.urandom(16)
+    p = payload.TextPayload(msg_id, text, int(time.time() * 1000), state.name,
+                            record.state.hex_id)
+    state.history.append({
+        "id": msg_id.hex(), "direction": "out", "peer": record.state.hex_id,
+        "group_id": record.state.hex_id, "from": state.user_id, "from_device": state.device_id,
+        "ts": p.ts, "type": "text", "text": text, "from_name": state.name, "resends": 0,
+    })
+    status = await send_group_payload(client, record.state.group_id, msg_id, p.encode())
+    return GroupSendResult(msg_id, status, record.state.hex_id, record.state.name)

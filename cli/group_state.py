@@ -1,0 +1,180 @@
+"""Account-signed group state: build, sign, verify, and the rules for accepting an update.
+
+A group state ``{group_id (16 random bytes), name, members, admins, version,
+creator, signer, issued_at}`` is msgpack, signed with an admin's *account*
+key (pynacl Ed25519 over ``GROUP_STATE_CONTEXT || body``). The signer's
+user_id is self-certifying, so anyone can check the signature offline. A
+member accepts a new state (:func:`check_update`) only if
+
+* the signature verifies under ``signer`` and the fields are well formed
+  (admins are members, no repeats, sorted, at most :data:`MAX_MEMBERS` members);
+* for a group it knows: the ``group_id`` and ``creator`` are unchanged, the
+  version grows and the signer is an admin in the *previous* state;
+* for a group it does not know: version 1 must be signed by its creator; a later
+  version (a member added later, or a device linked later) is trusted on first
+  use if signed by one of its own admins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import msgpack
+import nacl.exceptions
+import nacl.signing
+
+from relay.protocol import is_user_id, key_from_user_id
+
+from .crypto import account_user_id
+from .errors import ClientError
+
+GROUP_STATE_CONTEXT = b"wa-relay group-state v1\x00"
+GROUP_ID_SIZE = 16
+MAX_MEMBERS = 256
+MAX_NAME = 100
+
+
+class GroupError(ClientError):
+    """A group operation cannot be done (unknown group, not an admin, no account key, ...)."""
+
+
+class GroupStateRejected(GroupError):
+    """A received group state failed its signature, shape or update checks."""
+
+
+class GroupDecryptError(GroupError):
+    """A group message cannot be decrypted (no key from that sender, corrupt, forged)."""
+
+
+# ------------------------------------------------------------------ group state
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """One version of a group. ``members`` and ``admins`` are sorted user_ids."""
+
+    group_id: bytes
+    name: str
+    members: tuple[str, ...]
+    admins: tuple[str, ...]
+    version: int
+    creator: str
+    signer: str
+    issued_at: int
+
+    @property
+    def hex_id(self) -> str:
+        """The group id as 32 hex characters (what ``--json`` shows)."""
+        return self.group_id.hex()
+
+    def encode(self) -> bytes:
+        """The signed msgpack body."""
+        return msgpack.packb({
+            "group_id": self.group_id, "name": self.name, "members": list(self.members),
+            "admins": list(self.admins), "version": self.version, "creator": self.creator,
+            "signer": self.signer, "issued_at": self.issued_at,
+        }, use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedGroupState:
+    """A group state body and the signer's 64-byte account-key signature."""
+
+    body: bytes
+    signature: bytes
+
+    def to_map(self) -> dict:
+        """``{body, signature}`` for embedding in a payload."""
+        return {"body": self.body, "signature": self.signature}
+
+
+def new_group_id() -> bytes:
+    """16 random bytes."""
+    return os.urandom(GROUP_ID_SIZE)
+
+
+def make_state(
+    account_key: nacl.signing.SigningKey, *, group_id: bytes, name: str, members: list[str],
+    admins: list[str], version: int, creator: str,
+) -> tuple[GroupState, SignedGroupState]:
+    """Build and sign a group state with ``account_key`` (the signer).
+
+    Raises:
+        GroupStateRejected: the fields are malformed (see :func:`check_shape`).
+    """
+    signer = account_user_id(account_key)
+    state = GroupState(group_id, name, tuple(sorted(set(members))), tuple(sorted(set(admins))),
+                       version, creator, signer, int(time.time()))
+    check_shape(state)
+    body = state.encode()
+    return state, SignedGroupState(body, account_key.sign(GROUP_STATE_CONTEXT + body).signature)
+
+
+def check_shape(state: GroupState) -> None:
+    """Raise :class:`GroupStateRejected` unless the fields are well formed."""
+    if len(state.group_id) != GROUP_ID_SIZE:
+        raise GroupStateRejected("group id must be 16 bytes")
+    if not 0 < len(state.name) <= MAX_NAME or not state.name.strip():
+        raise GroupStateRejected(f"group name must be 1 to {MAX_NAME} characters")
+    if not 0 < len(state.members) <= MAX_MEMBERS or len(set(state.members)) != len(state.members):
+        raise GroupStateRejected(f"a group has 1 to {MAX_MEMBERS} distinct members")
+    if not all(is_user_id(u) for u in (*state.members, state.creator, state.signer)):
+        raise GroupStateRejected("malformed user id in group state")
+    if not state.admins or not set(state.admins) <= set(state.members):
+        raise GroupStateRejected("a group needs admins, and every admin must be a member")
+    if state.version < 1:
+        raise GroupStateRejected("group version must be >= 1")
+
+
+def parse_state(signed: SignedGroupState) -> GroupState:
+    """Verify the signature and shape of a signed group state (not its history).
+
+    Raises:
+        GroupStateRejected: bad signature, not msgpack, missing or mistyped fields.
+    """
+    try:
+        m = msgpack.unpackb(signed.body, raw=False, strict_map_key=True, max_ext_len=0,
+                            max_map_len=16, max_array_len=MAX_MEMBERS)
+        state = GroupState(
+            m["group_id"], m["name"], tuple(m["members"]), tuple(m["admins"]), m["version"],
+            m["creator"], m["signer"], m["issued_at"],
+        )
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise GroupStateRejected(f"malformed group state: {exc}") from exc
+    if not (isinstance(state.group_id, bytes) and isinstance(state.name, str)
+            and type(state.version) is int and type(state.issued_at) is int
+            and all(isinstance(u, str) for u in (*state.members, *state.admins,
+                                                  state.creator, state.signer))):
+        raise GroupStateRejected("group state fields have wrong types")
+    check_shape(state)
+    if list(state.members) != sorted(state.members) or list(state.admins) != sorted(state.admins):
+        raise GroupStateRejected("group state lists are not sorted")
+    try:
+        nacl.signing.VerifyKey(key_from_user_id(state.signer)).verify(
+            GROUP_STATE_CONTEXT + signed.body, signed.signature)
+    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+        raise GroupStateRejected("group state signature does not verify") from exc
+    return state
+
+
+def check_update(previous: GroupState | None, new: GroupState) -> None:
+    """Check that ``new`` may follow ``previous`` (``None``: the group is unknown here).
+
+    Raises:
+        GroupStateRejected: see the module docstring for the rules.
+    """
+    if previous is None:
+        if new.version == 1 and new.signer != new.creator:
+            raise GroupStateRejected("version 1 of a group must be signed by its creator")
+        if new.signer not in new.admins:
+            raise GroupStateRejected("group state signed by a non-admin")
+        return
+    if new.group_id != previous.group_id or new.creator != previous.creator:
+        raise GroupStateRejected("group id or creator changed")
+    if new.version <= previous.version:
+        raise GroupStateRejected(
+            f"group version must grow (have {previous.version}, got {new.version})")
+    if new.signer not in previous.admins:
+        raise GroupStateRejected(f"change signed by {new.signer[:12]}, who is not an admin")
