@@ -320,7 +320,7 @@ class Client:
     # ------------------------------------------------------------ own devices
 
     async def approve_link(
-        self, code: str, *, confirm: Confirm | None = None, history: bool = True,
+        self, code: str | linkcode.LinkCode, *, confirm: Confirm | None = None, history: bool = True,
         history_limit: int = linkcode.HISTORY_DEFAULT,
     ) -> ApprovedDevice:
         """Add the device behind a linking code to this account (primary only).
@@ -343,7 +343,8 @@ class Client:
         """Start delivery (``sync``); iterate the returned :class:`Receiver` for events.
 
         Yields :class:`Message`, :class:`BacklogDone` (once, after the backlog),
-        :class:`Bounce`, :class:`Dropped`. Each delivered envelope is processed,
+        :class:`Bounce`, :class:`Dropped`, :class:`DevicesChanged` (a contact's or this
+        account's verified new device list). Each delivered envelope is processed,
         the state saved, then acknowledged, before its event is yielded.
         Runs until the connection closes (then raises ``ConnectionLost``).
         """

@@ -44,7 +44,9 @@ from .errors import ConnectionFailed, LinkFailed
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
 from .state import NewHome, State, new_home, seen_key
 
-__all__ = ["LinkedAccount", "PendingLink", "link_device", "open_link", "save_linked"]
+__all__ = [
+    "LinkedAccount", "PendingLink", "link_device", "link_devices", "open_link", "save_linked",
+]
 
 log = logging.getLogger(__name__)
 
@@ -256,3 +258,19 @@ async def link_device(
         async with open_client(state):
             pass  # authenticates and uploads the one-time keys
     return result[0]
+
+
+async def link_devices(
+    approver: Client, root: str | os.PathLike, count: int, *, name_prefix: str = "device",
+    history: bool = False,
+) -> list[LinkedAccount]:
+    """Add ``count`` devices to ``approver``'s account, one after the other (for tests and
+    benchmarks). Device ``i`` (from 1) is named and homed ``root/NAME_PREFIX-i``; open it
+    with ``open_state(root / f"{name_prefix}-{i}")``. The caller bounds the time.
+
+    Raises:
+        as :func:`link_device`.
+    """
+    return [await link_device(approver, Path(root) / f"{name_prefix}-{i}", f"{name_prefix}-{i}",
+                              history=history)
+            for i in range(1, count + 1)]

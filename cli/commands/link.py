@@ -78,5 +78,7 @@ def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
     app.out.emit({"user_id": state.user_id, "device_id": state.device_id},
                  f"linked as device {state.device_id} of {state.user_id}")
     if not app.out.json_mode:
-        app.out.note(f"imported {imported[0]} messages and {imported[1]} contacts; account "
-                     f"fingerprint {fingerprint} (compare with 'wa-cli id' on the primary)")
+        n, c = imported
+        app.out.note(f"imported {n} message{'s' * (n != 1)} and {c} contact{'s' * (c != 1)}; "
+                     f"account fingerprint {fingerprint} (compare with 'wa-cli id' on the "
+                     "primary)")
