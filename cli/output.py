@@ -6,7 +6,10 @@ to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable
 from datetime import datetime
 
 import click
@@ -109,3 +112,44 @@ def devices_changed_human(change: DevicesChanged, own: bool) -> str:
     lines = [f"{who} linked a new device ({n})" for _, n in change.added]
     lines += [f"{who} removed device {i}" for i, _ in change.removed]
     return "\n".join(lines) or f"{who} published device list version {change.version}"
+
+
+def progress_bar(out: Output, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback (bytes) that draws a bar on stderr in human
+    mode and does nothing with ``--json``. Use as a context manager; the bar is
+    created on the first call (when the total is known) and finished on exit."""
+    return _ProgressBar(None if out.json_mode else label)
+
+
+class _ProgressBar(contextlib.AbstractContextManager):
+    def __init__(self, label: str | None) -> None:
+        self._label = label
+        self._stack = contextlib.ExitStack()
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._label is None:
+            return
+        if self._bar is None:
+            self._bar = self._stack.enter_context(click.progressbar(
+                length=max(total, 1), label=self._label, file=sys.stderr, show_pos=False,
+                show_percent=True, show_eta=True))
+        if done < self._bar.pos:  # a transfer that had to start over
+            self._bar.pos = 0
+        self._bar.update(done - self._bar.pos)
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def file_human(file: dict) -> str:
+    """One line describing a received file: where it was saved, or why not."""
+    what = f"file {file.get('name') or '?'} ({file.get('size', 0)} bytes)"
+    if file.get("path"):
+        return f"{what} saved to {file['path']}"
+    if file.get("error"):
+        return f"{what} NOT saved: {file['error']}"
+    return f"{what} not downloaded yet (will retry on the next recv)"

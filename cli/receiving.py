@@ -116,10 +116,10 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
     client.state.history.append({
         "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": peer,
         "from": env.sender_user, "from_device": env.sender_device, "ts": p.ts,
-        "type": "text", "text": p.text, "from_name": p.from_name, "resends": 0,
+        "from_name": p.from_name, "resends": 0, **payload.history_fields(p),
     })
     return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
-                   peer, p.ts, "text", p.text, alias or p.from_name, p.from_name)
+                   peer, p.ts, p.type, p.text, alias or p.from_name, p.from_name)
 
 
 async def handle_bounce(client: Client, env: Envelope) -> Bounce:
@@ -136,8 +136,10 @@ async def handle_bounce(client: Client, env: Envelope) -> Bounce:
             or entry.get("resends", 0) >= MAX_RESENDS or entry["from"] != client.state.user_id):
         return Bounce(env.msg_id, user_id, code, message)
     entry["resends"] = entry.get("resends", 0) + 1
-    p = payload.TextPayload(env.msg_id, entry["text"], entry["ts"], entry["from_name"],
-                            entry["peer"])
+    try:
+        p = payload.from_history(env.msg_id, entry)
+    except payload.PayloadError as exc:
+        return Bounce(env.msg_id, user_id, code, message, error=str(exc))
     try:
         if entry.get("group_id"):  # a group message: one Megolm body again, same msg_id
             status = await group_messaging.send_group_payload(
