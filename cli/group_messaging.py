@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GroupSendError", "GroupSendResult", "NotGroupAdmin", "add_member", "create_group",
-    "remove_member", "send_group_payload", "send_group_text", "send_pairwise",
+    "remove_member", "send_group", "send_group_payload", "send_group_text", "send_pairwise",
 ]
 
 log = logging.getLogger(__name__)
@@ -270,24 +270,35 @@ async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inn
                      f"{MAX_SEND_ROUNDS} attempts")
 
 
-async def send_group_text(client: Client, group: str, text: str) -> GroupSendResult:
-    """Send ``text`` to ``group`` (name or id): one encryption, one ``group_send``.
+async def send_group(client: Client, group: str, p: payload.Payload) -> GroupSendResult:
+    """Record ``p`` (its ``msg_id``; ``to`` should be the group id in hex) in local history
+    and send it to ``group`` (name or id): one encryption, one ``group_send``. Used for
+    text and for files (``p`` a :class:`cli.payload.FilePayload` after the upload).
 
     Raises:
-        ValueError: text too long. GroupError: unknown group, not a member.
+        GroupError: unknown group, not a member.
         SendFailed, RelayError, DeviceListRejected, ConnectionLost.
+    """
+    state = client.state
+    record = state.groups.find(group)
+    state.history.append({
+        "id": p.msg_id.hex(), "direction": "out", "peer": record.state.hex_id,
+        "group_id": record.state.hex_id, "from": state.user_id, "from_device": state.device_id,
+        "ts": p.ts, "from_name": state.name, "resends": 0, **payload.history_fields(p),
+    })
+    status = await send_group_payload(client, record.state.group_id, p.msg_id, p.encode())
+    return GroupSendResult(p.msg_id, status, record.state.hex_id, record.state.name)
+
+
+async def send_group_text(client: Client, group: str, text: str) -> GroupSendResult:
+    """Send ``text`` to ``group`` (name or id); see :func:`send_group`.
+
+    Raises:
+        ValueError: text too long. As :func:`send_group` otherwise.
     """
     if len(text) > payload.MAX_TEXT:
         raise ValueError(f"text is longer than {payload.MAX_TEXT} characters")
-    state = client.state
-    record = state.groups.find(group)
-    msg_id = os.urandom(16)
-    p = payload.TextPayload(msg_id, text, int(time.time() * 1000), state.name,
+    record = client.state.groups.find(group)
+    p = payload.TextPayload(os.urandom(16), text, int(time.time() * 1000), client.state.name,
                             record.state.hex_id)
-    state.history.append({
-        "id": msg_id.hex(), "direction": "out", "peer": record.state.hex_id,
-        "group_id": record.state.hex_id, "from": state.user_id, "from_device": state.device_id,
-        "ts": p.ts, "type": "text", "text": text, "from_name": state.name, "resends": 0,
-    })
-    status = await send_group_payload(client, record.state.group_id, msg_id, p.encode())
-    return GroupSendResult(msg_id, status, record.state.hex_id, record.state.name)
+    return await send_group(client, group, p)

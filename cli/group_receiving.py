@@ -166,10 +166,10 @@ async def open_group_envelope(client: Client, env: Envelope) -> Message | Droppe
     state.history.append({
         "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": hex_id,
         "group_id": hex_id, "from": env.sender_user, "from_device": env.sender_device,
-        "ts": p.ts, "type": "text", "text": p.text, "from_name": p.from_name, "resends": 0,
+        "ts": p.ts, "from_name": p.from_name, "resends": 0, **payload.history_fields(p),
     })
     alias = None if own else state.alias_of(env.sender_user)
     return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
-                   hex_id, p.ts, "text", p.text, alias or p.from_name, p.from_name,
+                   hex_id, p.ts, p.type, p.text, alias or p.from_name, p.from_name,
                    group=record.state.name, group_id=hex_id)
 

@@ -6,6 +6,7 @@ import click
 import trio
 
 from ..client import BacklogDone, Bounce, DevicesChanged, Message, open_client
+from ..group_receiving import GroupChanged
 from ..output import (
     bounce_human,
     devices_changed_human,
@@ -15,23 +16,33 @@ from ..output import (
 )
 from ..payload import MAX_TEXT
 from ..state import State, StateError
+from . import group as group_cmd
 from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
 
 
 @click.command()
-@click.argument("recipient", metavar="NAME|USER_ID")
-@click.argument("text")
+@click.argument("recipient", metavar="NAME|USER_ID", required=False)
+@click.argument("text", required=False)
+@click.option("--group", "group_name", metavar="GROUP",
+              help="Send TEXT to a group (name or id): wa-cli send --group GROUP TEXT.")
 @json_option
 @click.pass_obj
-def send(app: AppContext, recipient: str, text: str) -> None:
-    """Send TEXT, end-to-end encrypted, to every device of a contact.
+def send(app: AppContext, recipient: str | None, text: str | None,
+         group_name: str | None) -> None:
+    """Send TEXT, end-to-end encrypted, to every device of a contact (or of a group).
 
     Prints the message id and the relay's status: "stored" (durable at the
     recipient's home) or "queued" (durable in your home's outbox; the
     recipient's home is unreachable and will get it later).
     """
+    if group_name is not None:  # wa-cli send --group GROUP TEXT: the one argument is TEXT
+        if recipient is None or text is not None:
+            raise click.UsageError("usage: wa-cli send --group GROUP TEXT")
+        return group_cmd.send_to_group(app, group_name, recipient)
+    if recipient is None or text is None:
+        raise click.UsageError("usage: wa-cli send NAME|USER_ID TEXT")
     if len(text) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
     with state_of(app) as state:
@@ -64,6 +75,11 @@ def _show(app: AppContext, state: State, event) -> None:
             app.out.emit(devices_changed_json(event), "")
         else:
             app.out.note(devices_changed_human(event, own=event.user_id == state.user_id))
+    elif isinstance(event, GroupChanged):
+        if app.out.json_mode:
+            app.out.emit(group_cmd.group_changed_json(event), "")
+        else:
+            app.out.note(group_cmd.group_changed_human(state, event))
     # Dropped envelopes are logged as warnings by the client.
 
 

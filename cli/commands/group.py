@@ -1,0 +1,176 @@
+"""``wa-cli group create NAME MEMBER... | add NAME MEMBER | remove NAME MEMBER | list | info NAME``
+and the group half of ``wa-cli send --group NAME TEXT``.
+
+Members are contact names or user_ids. Changes need the account key, so they
+run on the primary device of an admin; ``create`` makes the creator the admin.
+Every change is signed and sent to the members' devices over Olm; messages use
+the sending device's sender key (see docs/groups.md).
+"""
+
+from __future__ import annotations
+
+import click
+import trio
+
+from ..client import open_client
+from ..group_messaging import add_member, create_group, remove_member, send_group_text
+from ..group_receiving import GroupChanged
+from ..group_state import GroupState
+from ..payload import MAX_TEXT
+from ..state import State, StateError
+from ._common import CONNECT_TIMEOUT, AppContext, failures, json_option, state_of
+
+
+def _resolve(state: State, member: str) -> str:
+    try:
+        return state.resolve(member)
+    except StateError as exc:
+        raise click.BadParameter(str(exc), param_hint="MEMBER") from exc
+
+
+def _label(state: State, user_id: str) -> str:
+    if user_id == state.user_id:
+        return "you"
+    return state.alias_of(user_id) or user_id[:12]
+
+
+def group_json(state: State, g: GroupState) -> dict:
+    """``{"group", "group_id", "version", "members": [{"user_id", "name", "admin"}],
+    "admin", "member"}`` (``admin``/``member``: this account's role)."""
+    return {
+        "group": g.name, "group_id": g.hex_id, "version": g.version,
+        "members": [{"user_id": u, "name": state.alias_of(u) or ("" if u != state.user_id
+                                                                 else state.name),
+                     "admin": u in g.admins} for u in g.members],
+        "admin": state.user_id in g.admins, "member": state.user_id in g.members,
+    }
+
+
+def group_human(state: State, g: GroupState) -> str:
+    """Several lines: name, id, version, then one member per line (``*`` = admin)."""
+    lines = [f"{g.name}  (id {g.hex_id}, version {g.version})"]
+    if state.user_id not in g.members:
+        lines.append("  you are no longer a member")
+    lines += [f"  {'*' if u in g.admins else ' '} {_label(state, u)}  {u}" for u in g.members]
+    return "\n".join(lines)
+
+
+def group_changed_json(change: GroupChanged) -> dict:
+    """The ``recv --json`` line of a group change::
+
+        {"type": "group_changed", "group", "group_id", "version", "by", "added", "removed", "left"}
+    """
+    return {"type": "group_changed", "group": change.name, "group_id": change.group_id,
+            "version": change.version, "by": change.actor, "added": list(change.added),
+            "removed": list(change.removed), "left": change.left}
+
+
+def group_changed_human(state: State, change: GroupChanged) -> str:
+    """``alice added bob to team`` / ``alice removed you from team`` ..."""
+    by = _label(state, change.actor)
+    if change.version == 1 or (change.added and state.user_id in change.added):
+        return f"{by} added you to group {change.name!r}"
+    parts = [f"{by} added {_label(state, u)} to {change.name!r}" for u in change.added]
+    parts += [f"{by} removed {_label(state, u)} from {change.name!r}" for u in change.removed]
+    return "\n".join(parts) or f"group {change.name!r} changed (version {change.version})"
+
+
+def _change(app: AppContext, op, *args) -> None:
+    with state_of(app) as state:
+        async def run():
+            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+                return await op(client, *args)
+
+        with failures():
+            g = trio.run(run)
+        app.out.emit(group_json(state, g), group_human(state, g))
+
+
+@click.group()
+def group() -> None:
+    """Groups: one sender-key encryption per message, fanned out by the relays."""
+
+
+@group.command("create")
+@click.argument("name")
+@click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
+@json_option
+@click.pass_obj
+def create(app: AppContext, name: str, members: tuple[str, ...]) -> None:
+    """Create group NAME with you (admin) and MEMBERs (contact names or user ids)."""
+    if not name.strip() or len(name) > 100:
+        raise click.BadParameter("must be 1 to 100 characters", param_hint="NAME")
+    with state_of(app) as state:
+        ids = list(dict.fromkeys(_resolve(state, m) for m in members))
+    _change(app, create_group, name, ids)
+
+
+@group.command("add")
+@click.argument("name")
+@click.argument("member")
+@json_option
+@click.pass_obj
+def add(app: AppContext, name: str, member: str) -> None:
+    """Add MEMBER to group NAME (admins, on the primary device)."""
+    with state_of(app) as state:
+        user_id = _resolve(state, member)
+    _change(app, add_member, name, user_id)
+
+
+@group.command("remove")
+@click.argument("name")
+@click.argument("member")
+@json_option
+@click.pass_obj
+def remove(app: AppContext, name: str, member: str) -> None:
+    """Remove MEMBER from group NAME; they cannot read anything sent afterwards."""
+    with state_of(app) as state:
+        user_id = _resolve(state, member)
+    _change(app, remove_member, name, user_id)
+
+
+@group.command("list")
+@json_option
+@click.pass_obj
+def list_(app: AppContext) -> None:
+    """List the groups this device knows (no network)."""
+    with state_of(app) as state:
+        items = sorted((r.state for r in state.groups.groups.values()), key=lambda g: g.name)
+        for g in items:
+            role = "admin" if state.user_id in g.admins else (
+                "member" if state.user_id in g.members else "left")
+            app.out.emit(
+                {"group": g.name, "group_id": g.hex_id, "version": g.version,
+                 "members": len(g.members), "role": role},
+                f"{g.name}\t{len(g.members)} members\t{role}\t{g.hex_id}")
+    if not items and not app.out.json_mode:
+        app.out.note("no groups yet (wa-cli group create NAME MEMBER...)")
+
+
+@group.command("info")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def info(app: AppContext, name: str) -> None:
+    """Show group NAME (or id): version, members, admins (no network)."""
+    with state_of(app) as state, failures():
+        g = state.groups.find(name).state
+        app.out.emit(group_json(state, g), group_human(state, g))
+
+
+def send_to_group(app: AppContext, name: str, text: str) -> None:
+    """``wa-cli send --group NAME TEXT``: prints ``{"id", "status", "group", "group_id"}``."""
+    if len(text) > MAX_TEXT:
+        raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
+    with state_of(app) as state:
+        async def run():
+            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+                return await send_group_text(client, name, text)
+
+        with failures():
+            result = trio.run(run)
+    app.out.emit(
+        {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
+         "group_id": result.group_id},
+        f"sent to group {result.name} ({result.status}) id {result.msg_id.hex()}",
+    )
