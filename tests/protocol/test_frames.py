@@ -92,3 +92,17 @@ def test_unknown_extra_fields_are_ignored() -> None:
 def test_error_for() -> None:
     exc = RemoteProtocolError(ErrorCode.UNAUTHORIZED, "bad signature")
     assert error_for(9, exc) == Error(id=9, code="unauthorized", message="bad signature")
+
+
+def test_get_devices_watcher_is_optional_and_omitted_when_absent() -> None:
+    from relay.protocol import decode
+    from relay.protocol.frames import GetDevices
+
+    plain = GetDevices(id=4, user_id=UID)
+    assert "watcher" not in decode(write_frame(plain))
+    assert read_frame(write_frame(plain)) == plain
+    peer = GetDevices(id=5, user_id=UID, watcher="b" * 52)
+    assert read_frame(write_frame(peer)) == peer
+    with pytest.raises(RemoteProtocolError) as info:
+        read_frame(encode({"t": "get_devices", "id": 6, "user_id": UID, "watcher": 7}))
+    assert info.value.code is ErrorCode.BAD_FRAME

@@ -49,6 +49,13 @@ def test_defaults_and_relative_paths(tmp_path) -> None:
                   'storage = "memory://"\n')
     cfg = load_node_config(node)
     assert cfg.port == 0 and cfg.log_file is None and cfg.max_queue == 10000
+    assert cfg.link_ttl == 120.0
+    base = node.read_text()
+    _write(node, base + "link_ttl = 30\n")
+    assert load_node_config(node).link_ttl == 30.0
+    _write(node, base + "link_ttl = 0\n")
+    with pytest.raises(ConfigError, match="link_ttl"):
+        load_node_config(node)
 
 
 @pytest.mark.parametrize(
