@@ -16,7 +16,7 @@ from cli.client import DevicesChanged, Message, init_account, open_client
 from cli.devices import MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
 from cli.errors import DeviceRemoved, LinkFailed, NotPrimary, RelayError
 from cli.linkcode import LinkCode
-from cli.linking import link_device, open_link, save_linked
+from cli.linking import link_device, link_devices, open_link, save_linked
 from cli.state import AlreadyInitialized, create_state, new_home, open_state
 from relay.protocol.frames import Error, LinkComplete
 
@@ -110,6 +110,7 @@ async def test_phone_and_laptop_get_everything_once_and_own_devices_see_outgoing
 
 
 async def test_stale_cached_list_reaches_the_new_tablet_through_stale_devices(tmp_path):
+    """The tablet was linked after alice cached bob's list; it has no one-time keys left."""
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(3) as cluster:
             alice = make_account(tmp_path, "alice", cluster, stack)
@@ -123,6 +124,12 @@ async def test_stale_cached_list_reaches_the_new_tablet_through_stale_devices(tm
             assert alice.device_lists[bob.user_id].parsed.version == 1
             await add_device(bob, tmp_path / "bob-tablet", "tablet")
             tablet = stack.enter_context(open_state(tmp_path / "bob-tablet"))
+            async with open_client(bob) as client:  # use up the tablet's one-time keys
+                for _ in range(101):
+                    (key,) = await client.claim_keys(bob.user_id, [1])
+                    if key.fallback:
+                        break
+                assert key.fallback  # alice's session with the tablet uses the fallback key
 
             log: list = []
             async with open_client(alice) as client:  # alice's cache still says version 1
@@ -301,3 +308,20 @@ async def test_a_used_home_cannot_be_linked_and_a_link_is_saved_once(tmp_path):
                 save_linked(fresh, linked, bob.relay_url)
                 with pytest.raises(AlreadyInitialized, match="already created"):
                     save_linked(fresh, linked, bob.relay_url)
+
+
+async def test_link_devices_adds_n_devices_in_one_program(tmp_path):
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1) as cluster:
+            alice = make_account(tmp_path, "alice", cluster, stack)
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            async with open_client(alice), open_client(bob) as client:
+                linked = await link_devices(client, tmp_path / "bob-devices", 3)
+            assert [x.device_id for x in linked] == [1, 2, 3]
+            assert bob.own_list().device_ids == {0, 1, 2, 3}
+            async with open_client(alice) as client:
+                await client.send_text(bob.user_id, "to four devices")
+            for i in (1, 2, 3):
+                state = stack.enter_context(open_state(tmp_path / "bob-devices" / f"device-{i}"))
+                assert state.device_id == i
+                assert [m.text for m in await messages(state)] == ["to four devices"]
