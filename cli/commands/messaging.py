@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import trio
 
@@ -16,6 +18,7 @@ from ..output import (
 )
 from ..payload import MAX_TEXT
 from ..state import State, StateError
+from . import files as file_cmd
 from . import group as group_cmd
 from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
 
@@ -27,16 +30,22 @@ BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give
 @click.argument("text", required=False)
 @click.option("--group", "group_name", metavar="GROUP",
               help="Send TEXT to a group (name or id): wa-cli send --group GROUP TEXT.")
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Send this file (encrypted, uploaded with a progress bar); TEXT is an "
+                   "optional caption.")
 @json_option
 @click.pass_obj
 def send(app: AppContext, recipient: str | None, text: str | None,
-         group_name: str | None) -> None:
+         group_name: str | None, file_path: Path | None) -> None:
     """Send TEXT, end-to-end encrypted, to every device of a contact (or of a group).
 
     Prints the message id and the relay's status: "stored" (durable at the
     recipient's home) or "queued" (durable in your home's outbox; the
     recipient's home is unreachable and will get it later).
     """
+    if file_path is not None:  # wa-cli send NAME --file PATH [CAPTION] (or --group GROUP)
+        return file_cmd.send_file(app, file_path, recipient=recipient, caption=text,
+                                  group=group_name)
     if group_name is not None:  # wa-cli send --group GROUP TEXT: the one argument is TEXT
         if recipient is None or text is not None:
             raise click.UsageError("usage: wa-cli send --group GROUP TEXT")
@@ -83,9 +92,11 @@ def _show(app: AppContext, state: State, event) -> None:
     # Dropped envelopes are logged as warnings by the client.
 
 
-async def _recv(app: AppContext, state: State, follow: bool, idle_s: float) -> int:
+async def _recv(app: AppContext, state: State, follow: bool, idle_s: float,
+                files: file_cmd.FileReceiver) -> int:
     shown = 0
     async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+        await files.resume_pending(client)
         receiver = client.receive()
         backlog_done = False
         while True:
@@ -102,22 +113,29 @@ async def _recv(app: AppContext, state: State, follow: bool, idle_s: float) -> i
                 backlog_done = True
                 continue
             shown += isinstance(event, Message)
-            _show(app, state, event)
+            if isinstance(event, Message) and event.type == "file":
+                await files.show(client, event)
+            else:
+                _show(app, state, event)
 
 
 @click.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new messages until interrupted.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Return once the queue is printed and nothing new came for this many seconds.")
+@click.option("--downloads", type=click.Path(file_okay=False, path_type=Path),
+              help="Where received files are saved  [default: HOME/downloads]")
 @json_option
 @click.pass_obj
-def recv(app: AppContext, follow: bool, timeout: float) -> None:
+def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) -> None:
     """Print and acknowledge the messages queued for this device.
 
     Each message is decrypted, saved locally, then acknowledged to the relay,
     and shown once even if the relay delivers it again.
     """
     with state_of(app) as state, failures():
-        shown = trio.run(_recv, app, state, follow, timeout)
+        files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads))
+        shown = trio.run(_recv, app, state, follow, timeout, files)
     if not app.out.json_mode and not shown:
         app.out.note("no new messages")
+    files.check()

@@ -1,0 +1,138 @@
+"""The file parts of ``wa-cli send ... --file PATH`` and ``wa-cli recv --downloads DIR``.
+
+``send NAME --file PATH [CAPTION]`` (or ``send --group GROUP --file PATH [CAPTION]``)
+encrypts and uploads the file with a progress bar on stderr (human mode), then
+sends a ``file`` message; it prints ``{"id", "status", "to" | "group", "group_id",
+"file": {"name", "size", "mime"}}``.
+
+``recv`` downloads, verifies and decrypts each received file into the downloads
+directory (default ``<home>/downloads``) and prints the message with
+``"file": {"name", "size", "mime", "path"}`` (``path`` is where it was saved;
+``null`` plus ``"error"`` if it failed). Downloads interrupted earlier resume
+first, reported as ``{"type": "file_saved", "id", "file"}``. A file that fails its
+integrity check is not saved and makes ``recv`` exit 1 after printing everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import click
+import trio
+
+from .. import media
+from ..client import Client, now_ms
+from ..events import Message
+from ..group_messaging import send_group
+from ..output import file_human, message_human, message_json, progress_bar
+from ..payload import MAX_TEXT, FilePayload
+from ..state import State, StateError
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, state_of
+
+
+def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: str | None,
+              group: str | None) -> None:
+    """Run ``send ... --file PATH``; see the module docstring. Exit codes as ``send``."""
+    if group is not None:  # the one positional argument is the caption
+        if caption is not None:
+            raise click.UsageError("usage: wa-cli send --group GROUP --file PATH [CAPTION]")
+        caption = recipient
+    elif recipient is None:
+        raise click.UsageError("usage: wa-cli send NAME|USER_ID --file PATH [CAPTION]")
+    caption = caption or ""
+    if len(caption) > MAX_TEXT:
+        raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="CAPTION")
+    source = os.path.abspath(path)
+    with state_of(app) as state:
+        user_id = None
+        if group is None:
+            try:
+                user_id = state.resolve(recipient)  # type: ignore[arg-type]
+            except StateError as exc:
+                raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+
+        async def run() -> dict:
+            async with media.Reconnecting(state, connect_timeout=CONNECT_TIMEOUT) as rc:
+                with progress_bar(app.out, f"uploading {path.name}") as bar:
+                    att = await media.upload_file(rc, path, progress=bar)
+                info = {"name": att.name, "size": att.size, "mime": att.mime}
+                if user_id is not None:
+                    result = await media.send_file(rc, user_id, att, caption, source=source)
+                    return {"id": result.msg_id.hex(), "status": result.status, "to": user_id,
+                            "file": info}
+                return await _send_to_group(await rc.client(), group, att, caption, info)  # type: ignore[arg-type]
+
+        with failures():
+            out = trio.run(run)
+        to = out.get("group") or state.alias_of(out["to"]) or out["to"][:12]
+    app.out.emit(out, f"sent {path.name} to {to} ({out['status']}) id {out['id']}")
+
+
+async def _send_to_group(client: Client, group: str, att, caption: str, info: dict) -> dict:  # noqa: ANN001
+    record = client.state.groups.find(group)
+    p = FilePayload(os.urandom(16), caption, now_ms(), client.state.name, record.state.hex_id,
+                    att)
+    result = await send_group(client, group, p)
+    return {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
+            "group_id": result.group_id, "file": info}
+
+
+class FileReceiver:
+    """Downloads the files of ``recv`` and prints their messages (see the module docstring).
+
+    Args:
+        app: the command context (output mode).
+        state: the open device state.
+        downloads: destination directory.
+    """
+
+    def __init__(self, app: AppContext, state: State, downloads: Path) -> None:
+        self._app = app
+        self._state = state
+        self._downloads = downloads
+        self.failed: list[str] = []
+
+    async def _fetch(self, client: Client, entry: dict) -> dict:
+        name = entry["file"].get("name") or "file"
+        with progress_bar(self._app.out, f"downloading {name}") as bar:
+            info = await media.fetch_history_file(client, entry, self._downloads, progress=bar)
+        await self._state.asave()
+        if info.get("error"):
+            self.failed.append(f"{name}: {info['error']}")
+        return info
+
+    async def resume_pending(self, client: Client) -> None:
+        """Download the files of earlier messages that are not saved yet."""
+        for entry in media.pending_files(self._state):
+            info = await self._fetch(client, entry)
+            if info.get("path") or info.get("error"):
+                self._app.out.emit({"type": "file_saved", "id": entry["id"], "file": info},
+                                   file_human(info))
+
+    async def show(self, client: Client, event: Message) -> None:
+        """Download the file of ``event`` (a ``file`` message) and print the message."""
+        entry = self._state.find_history(event.msg_id.hex())
+        info = None
+        if entry is not None and isinstance(entry.get("file"), dict):
+            info = await self._fetch(client, entry)
+        obj = message_json(event)
+        obj["file"] = info
+        peer_name = self._state.alias_of(event.peer) or event.peer[:12]
+        shown = dataclasses.replace(event, text=event.text or "(file)")
+        human = message_human(shown, peer_name)
+        if info is not None:
+            human += "\n  " + file_human(info)
+        self._app.out.emit(obj, human)
+
+    def check(self) -> None:
+        """Raise :class:`CliError` (exit 1) if a file failed for good."""
+        if self.failed:
+            raise CliError("not saved: " + "; ".join(self.failed))
+
+
+def default_downloads(app: AppContext, downloads: Path | None) -> Path:
+    """``--downloads`` or ``<home>/downloads``."""
+    return downloads if downloads is not None else app.home / media.DOWNLOADS_DIR
+
