@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -64,9 +64,60 @@ class Mailbox:
         self.push = push
         self.expires_at = expires_at
 
+    @property
+    def is_open(self) -> bool:
+        """True until closed, used, or pruned after expiry."""
+        return self._owner._boxes.get(self.mailbox_id) is self
+
     def close(self) -> None:
         """Forget the mailbox (idempotent): later fetches and completes get ``not_found``."""
         self._owner._forget(self)
+
+
+class LinkSlot:
+    """The one mailbox a connection may hold (owned by that connection).
+
+    Args:
+        linking: the node's mailboxes.
+        push: queues a frame on the connection without blocking (for ``link_data``).
+        send: sends a frame on the connection (for the expiry notice).
+    """
+
+    def __init__(self, linking: Linking, push: Push,
+                 send: Callable[[Frame], Awaitable[None]]) -> None:
+        self._linking = linking
+        self._push = push
+        self._send = send
+        self._box: Mailbox | None = None
+        self._timer = trio.CancelScope()
+
+    def open(self, device_info: bytes, nursery: trio.Nursery) -> LinkOpened:
+        """Open a mailbox, replacing (closing) the one held before; a task in
+        ``nursery`` sends ``error not_found`` (id 0) if it expires unused.
+
+        Raises:
+            RelayError: see :meth:`Linking.open` (the old mailbox is closed anyway).
+        """
+        self.close()
+        self._box, opened = self._linking.open(device_info, self._push)
+        self._timer = trio.CancelScope()
+        nursery.start_soon(self._expire, self._box, self._timer)
+        return opened
+
+    def close(self) -> None:
+        """Close the held mailbox, if any (idempotent; the connection ends)."""
+        self._timer.cancel()
+        if self._box is not None:
+            self._box.close()
+            self._box = None
+
+    async def _expire(self, box: Mailbox, timer: trio.CancelScope) -> None:
+        with timer:
+            await trio.sleep_until(box.expires_at)
+            if box.is_open:
+                box.close()
+                await self._send(Error(id=0, code=ErrorCode.NOT_FOUND.value,
+                                       message="the linking code expired; open a new one"))
 
 
 class Linking:

@@ -15,7 +15,8 @@ Tasks of one connection, all in one nursery:
 * after ``sync``, a :class:`~relay.delivery.Pusher` streams the device's queue.
 
 A connection that opened a linking mailbox (``link_open``) owns it: the
-mailbox goes when the connection ends or opens another (:mod:`relay.linking`).
+mailbox goes when the connection ends or opens another (:mod:`relay.linking`);
+if it expires unused, the connection gets ``error not_found`` (id 0).
 A device removed from its list is *revoked*: it gets ``error unknown_device``
 (id 0), nothing more is served, and the connection closes with 1008.
 
@@ -40,7 +41,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from relay import lookups
 from relay.delivery import Pusher
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.linking import Mailbox
+from relay.linking import LinkSlot
 from relay.protocol import (
     CloseCode,
     ErrorCode,
@@ -116,8 +117,8 @@ class Connection:
         self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
         self._exits = ExitStack()
         self._nursery: trio.Nursery | None = None
-        self._mailbox: Mailbox | None = None  # the linking mailbox this connection opened
-        self._exits.callback(self._drop_mailbox)
+        self._link = LinkSlot(node.linking, self.push_nowait, self._send)
+        self._exits.callback(self._link.close)
         self._revoked = False
 
     # ----------------------------------------------------------------- Session
@@ -144,10 +145,6 @@ class Connection:
         if not (self.push_nowait(frame) and self.push_nowait(close)):  # type: ignore[arg-type]
             self._cancel.cancel()
 
-    def _drop_mailbox(self) -> None:
-        if self._mailbox is not None:
-            self._mailbox.close()
-            self._mailbox = None
 
     # ----------------------------------------------------------------- running
 
@@ -261,8 +258,8 @@ class Connection:
                 await node.changes.publish(frame.device_list)
                 return Ok(id=frame.id)
             case LinkOpen():
-                self._drop_mailbox()  # one mailbox per connection: a new code replaces the old
-                self._mailbox, opened = node.linking.open(frame.device_info, self.push_nowait)
+                assert self._nursery is not None
+                opened = self._link.open(frame.device_info, self._nursery)
                 return dataclasses.replace(opened, id=frame.id)
             case LinkFetch() | LinkComplete():
                 return await node.linking.handle(

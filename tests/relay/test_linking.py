@@ -170,8 +170,12 @@ async def test_mailbox_expires(nursery, mock_clock) -> None:
                               LinkInfo)
             mock_clock.jump(6)
             guard.deadline += 6
+            # the waiting device is told (and its connection stays usable)
+            pushed = await new.recv()
+            assert isinstance(pushed, Error) and (pushed.id, pushed.code) == (0, "not_found")
+            assert "expired" in pushed.message
             err = await p.request(LinkFetch(id=4, node_id="n1", mailbox_id=box))
-            assert isinstance(err, Error) and err.code == "not_found" and "expired" in err.message
+            assert isinstance(err, Error) and err.code == "not_found"
             err = await p.request(LinkComplete(id=5, node_id="n1", mailbox_id=box, body=b"x"))
             assert isinstance(err, Error) and err.code == "not_found"
             # a fresh code on the same connection works
