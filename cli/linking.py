@@ -123,6 +123,9 @@ class PendingLink:
                 continue
             if isinstance(frame, LinkData):
                 return self._verify(frame.body)
+            if isinstance(frame, Error) and frame.code == "not_found":
+                raise LinkFailed("the linking code expired before it was approved; nothing "
+                                 "was saved. Run 'wa-cli link' again")
             if isinstance(frame, Error):
                 raise LinkFailed(f"the relay ended the link ({frame.code}: {frame.message})")
 

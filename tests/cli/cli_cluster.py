@@ -45,8 +45,9 @@ class LocalCluster:
 
 
 @asynccontextmanager
-async def run_cluster(n: int = 3):
-    """Start ``n`` in-process nodes with ``memory://`` storage; stop them on exit."""
+async def run_cluster(n: int = 3, **options):
+    """Start ``n`` in-process nodes with ``memory://`` storage; stop them on exit.
+    ``options`` are extra ``NodeConfig`` fields (e.g. ``link_ttl``)."""
     relay_node = pytest.importorskip("relay.node")
     from relay.config import NodeConfig
     from relay.ring import NodeInfo, Ring
@@ -59,7 +60,7 @@ async def run_cluster(n: int = 3):
         scopes = {}
         for info, port, key in zip(infos, ports, keys, strict=True):
             config = NodeConfig(id=info.id, host="127.0.0.1", port=port, cluster=infos,
-                                signing_key=key, storage="memory://")
+                                signing_key=key, storage="memory://", **options)
 
             async def one(config=config, task_status=trio.TASK_STATUS_IGNORED):
                 with trio.CancelScope() as scope:

@@ -325,3 +325,16 @@ async def test_link_devices_adds_n_devices_in_one_program(tmp_path):
                 state = stack.enter_context(open_state(tmp_path / "bob-devices" / f"device-{i}"))
                 assert state.device_id == i
                 assert [m.text for m in await messages(state)] == ["to four devices"]
+
+
+async def test_an_expired_mailbox_tells_the_waiting_device_and_refuses_approval(tmp_path):
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1, link_ttl=0.3) as cluster:
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            async with open_client(bob) as client:
+                async with open_link(client.url, "late") as pending:
+                    with pytest.raises(LinkFailed, match="expired before it was approved"):
+                        await pending.wait()
+                    with pytest.raises(LinkFailed, match=NOT_FOUND_MESSAGE):
+                        await client.approve_link(pending.code)
+            assert bob.own_list().version == 1 and bob.next_device_id == 1
