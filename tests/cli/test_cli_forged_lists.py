@@ -19,6 +19,7 @@ from cli.state import DeviceListRejected, create_state
 from relay.protocol.frames import Claimed, ClaimedKey, Deliver, Devices, Envelope, Error, Sent
 
 GHOST = 9
+DEADLINE = 10
 
 
 class Relay:
@@ -91,7 +92,8 @@ def relay_for(alice, bob, stale_list):
 async def test_stale_devices_with_a_list_signed_by_another_key_is_refused(pair):
     alice, bob = pair
     relay = relay_for(alice, bob, bob_list(bob, 2, key=crypto.new_account_key()))
-    with pytest.raises(DeviceListRejected, match="not signed by the user_id's account key"):
+    with trio.fail_after(DEADLINE), pytest.raises(
+            DeviceListRejected, match="not signed by the user_id's account key"):
         await Client(alice, relay).send_text(bob.user_id, "hi")
     assert [t for t, _ in relay.log if t == "send"] == ["send"]  # no second round
     assert relay.copies_sent() == {(bob.user_id, 0)}
@@ -107,7 +109,7 @@ async def test_stale_devices_with_a_list_that_does_not_grow_is_refused(pair, ver
     else:  # the same version with other contents
         served = bob_list(bob, 1)
     relay = relay_for(alice, bob, served)
-    with pytest.raises((SendFailed, DeviceListRejected)):
+    with trio.fail_after(DEADLINE), pytest.raises((SendFailed, DeviceListRejected)):
         await Client(alice, relay).send_text(bob.user_id, "hi")
     assert [t for t, _ in relay.log if t == "send"] == ["send"]
     assert (bob.user_id, GHOST) not in relay.copies_sent()
@@ -117,7 +119,7 @@ async def test_a_forged_fresh_list_is_refused_before_anything_is_encrypted(pair)
     alice, bob = pair
     del alice.device_lists[bob.user_id]
     relay = relay_for(alice, bob, bob_list(bob, 5, key=crypto.new_account_key()))
-    with pytest.raises(DeviceListRejected):
+    with trio.fail_after(DEADLINE), pytest.raises(DeviceListRejected):
         await Client(alice, relay).send_text(bob.user_id, "hi")
     assert relay.copies_sent() == set()
     assert [t for t, _ in relay.log] == ["get_devices"]
@@ -130,7 +132,8 @@ async def test_a_genuine_new_list_is_used_after_stale_devices(pair):
     rounds = iter([Error(id=1, code="stale_devices", user_id=bob.user_id, device_list=genuine),
                    Sent(id=1, status="stored")])
     relay.answers["send"] = lambda f: next(rounds)
-    assert (await Client(alice, relay).send_text(bob.user_id, "hi")).status == "stored"
+    with trio.fail_after(DEADLINE):
+        assert (await Client(alice, relay).send_text(bob.user_id, "hi")).status == "stored"
     assert relay.copies_sent() == {(bob.user_id, 0), (bob.user_id, GHOST)}  # bob signed it
 
 
@@ -140,7 +143,8 @@ async def test_three_stale_rounds_give_a_clear_error(pair):
     relay = relay_for(alice, bob, None)
     relay.answers["send"] = lambda f: Error(id=1, code="stale_devices", user_id=bob.user_id,
                                             device_list=next(lists))
-    with pytest.raises(SendFailed, match="kept changing; gave up after 3 attempts"):
+    with trio.fail_after(DEADLINE), pytest.raises(
+            SendFailed, match="kept changing; gave up after 3 attempts"):
         await Client(alice, relay).send_text(bob.user_id, "hi")
     assert [t for t, _ in relay.log].count("send") == 3
 
