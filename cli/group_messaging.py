@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_SEND_ROUNDS = 3
+SEND_BUDGET = 512 * 1024  # bytes of Olm copies per pairwise send (frames are <= 1 MiB)
+SEND_MAX_COPIES = 1000  # copies per pairwise send (nodes accept 1024)
+OLM_OVERHEAD = 256  # bytes an Olm pre-key copy adds to its plaintext, generously
 GROUP_STATE = "group_state"
 GROUP_KEY = "group_key"
 
@@ -82,15 +86,39 @@ def _control(kind: str, msg_id: bytes, **fields) -> bytes:
                           "ts": int(time.time() * 1000), **fields}, use_bin_type=True)
 
 
+def _chunks(user_ids: list[str], lists: dict[str, DeviceList], size: int) -> list[list[str]]:
+    """Split users so that one ``send`` stays under :data:`SEND_BUDGET` bytes and
+    :data:`SEND_MAX_COPIES` copies (about ``size`` + :data:`OLM_OVERHEAD` bytes a copy)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    used = copies = 0
+    for uid in user_ids:
+        n = max(1, len(lists[uid].devices))
+        if current and (used + n * (size + OLM_OVERHEAD) > SEND_BUDGET
+                        or copies + n > SEND_MAX_COPIES):
+            chunks.append(current)
+            current, used, copies = [], 0, 0
+        current.append(uid)
+        used += n * (size + OLM_OVERHEAD)
+        copies += n
+    return [*chunks, current] if current else chunks
+
+
 async def send_pairwise(
-    client: Client, user_ids: list[str], msg_id: bytes, plaintext: bytes,
+    client: Client, user_ids: list[str], build: Callable[[bytes], bytes],
     lists: dict[str, DeviceList] | None = None,
 ) -> str | None:
-    """Olm-encrypt ``plaintext`` for every device of ``user_ids`` (not this device) in one ``send``.
+    """Olm-encrypt a control payload for every device of ``user_ids`` (not this device).
 
+    One ``send`` per chunk of users (:func:`_chunks`: a large group's state times
+    hundreds of devices would not fit one frame); each chunk has its own random
+    ``msg_id`` and plaintext ``build(msg_id)`` (the id is repeated inside).
     ``lists`` (user_id -> cached list) is used and updated in place after
-    ``stale_devices``. Returns the relay's status, or ``None`` if there was no
-    device to send to.
+    ``stale_devices``.
+
+    Returns:
+        ``"queued"`` if any chunk was queued, else ``"stored"``; ``None`` if there
+        was no device to send to.
 
     Raises:
         SendFailed, RelayError, DeviceListRejected, ConnectionLost.
@@ -99,18 +127,30 @@ async def send_pairwise(
     for uid in user_ids:
         if uid not in lists:
             lists[uid] = await client._list_for(uid, False)
-    for _ in range(MAX_SEND_ROUNDS):
-        recipients = await client._encrypt({u: lists[u] for u in user_ids}, plaintext)
-        if not recipients:
-            return None
-        await client.state.asave()  # advanced ratchets are durable before anything leaves
-        try:
-            answer = await client.connection.request(Send, msg_id=msg_id, recipients=recipients)
-        except RelayError as exc:
-            _learn_stale(client, exc, lists)
-            continue
-        return answer.status
-    raise SendFailed(f"device lists kept changing; gave up after {MAX_SEND_ROUNDS} attempts")
+    size = len(build(bytes(16)))
+    statuses = set()
+    for chunk in _chunks(user_ids, lists, size):
+        msg_id = os.urandom(16)
+        plaintext = build(msg_id)
+        for _ in range(MAX_SEND_ROUNDS):
+            recipients = await client._encrypt({u: lists[u] for u in chunk}, plaintext)
+            if not recipients:
+                break
+            await client.state.asave()  # advanced ratchets are durable before anything leaves
+            try:
+                answer = await client.connection.request(Send, msg_id=msg_id,
+                                                         recipients=recipients)
+            except RelayError as exc:
+                _learn_stale(client, exc, lists)
+                continue
+            statuses.add(answer.status)
+            break
+        else:
+            raise SendFailed(f"device lists kept changing; gave up after {MAX_SEND_ROUNDS} "
+                             "attempts")
+    if not statuses:
+        return None
+    return "queued" if "queued" in statuses else "stored"
 
 
 def _learn_stale(client: Client, exc: RelayError, lists: dict[str, DeviceList]) -> None:
@@ -153,9 +193,8 @@ async def _publish(client: Client, previous: GroupState | None, members: list[st
         state.groups.rotate(group_id)  # the leaver must not get anything sent from now on
     await state.asave()
     targets = sorted(set(new.members) | set(previous.members if previous else ()))
-    msg_id = os.urandom(16)
-    await send_pairwise(client, targets, msg_id,
-                        _control(GROUP_STATE, msg_id, state=signed.to_map()))
+    await send_pairwise(client, targets,
+                        lambda msg_id: _control(GROUP_STATE, msg_id, state=signed.to_map()))
     return new
 
 
@@ -221,12 +260,14 @@ def _recipients(client: Client, lists: dict[str, DeviceList]) -> set[Device3]:
 async def _share_key(client: Client, record: groups.GroupRecord, out: groups.OutboundSession,
                      user_ids: list[str], lists: dict[str, DeviceList]) -> None:
     """Send the session key at its current index to every device of ``user_ids``."""
-    msg_id = os.urandom(16)
-    plaintext = _control(
-        GROUP_KEY, msg_id, group_id=record.state.group_id, session_id=out.session_id,
-        session_key=out.session_key(), sender_device=client.state.device_id,
-        state=record.signed.to_map())
-    await send_pairwise(client, user_ids, msg_id, plaintext, lists)
+    session_key = out.session_key()
+
+    def build(msg_id: bytes) -> bytes:
+        return _control(GROUP_KEY, msg_id, group_id=record.state.group_id,
+                        session_id=out.session_id, session_key=session_key,
+                        sender_device=client.state.device_id, state=record.signed.to_map())
+
+    await send_pairwise(client, user_ids, build, lists)
     out.shared |= _recipients(client, {u: lists[u] for u in user_ids})
 
 

@@ -32,7 +32,7 @@ from .errors import ClientError
 
 GROUP_STATE_CONTEXT = b"wa-relay group-state v1\x00"
 GROUP_ID_SIZE = 16
-MAX_MEMBERS = 256
+MAX_MEMBERS = 512  # users; a group_send reaches at most 1024 devices (node limit)
 MAX_NAME = 100
 
 

@@ -299,9 +299,8 @@ async def test_change_by_non_admin_is_rejected_by_members(tmp_path) -> None:
                 members=[*made.members, mallory.user_id], admins=[*made.admins, bob.user_id],
                 version=2, creator=made.creator)
             async with open_client(bob) as client:
-                msg_id = os.urandom(16)
-                await send_pairwise(client, [alice.user_id, carol.user_id], msg_id,
-                                    _control(GROUP_STATE, msg_id, state=forged.to_map()))
+                await send_pairwise(client, [alice.user_id, carol.user_id],
+                                    lambda mid: _control(GROUP_STATE, mid, state=forged.to_map()))
             for dev in (alice, carol):
                 events = await events_of(dev)
                 assert any(isinstance(e, Dropped) and "not an admin" in e.reason for e in events)
@@ -346,3 +345,46 @@ async def test_stale_member_device_gets_the_key_and_the_message(tmp_path) -> Non
                 [alice.user_id, carol.user_id]))
             texts = [e.text for e in await events_of(carol) if isinstance(e, Message)]
             assert texts == ["one", "two"]
+
+
+def test_pairwise_control_sends_are_split_to_fit_a_frame() -> None:
+    from types import SimpleNamespace
+
+    from cli.group_messaging import SEND_BUDGET, SEND_MAX_COPIES, _chunks
+
+    lists = {f"u{i}": SimpleNamespace(devices=[object()] * (1 + i % 3)) for i in range(300)}
+    users = list(lists)
+    # a 14 KB group state per copy (256 members): several sends, each under the budget
+    chunks = _chunks(users, lists, 14_000)
+    assert [u for c in chunks for u in c] == users and len(chunks) > 1
+    for c in chunks:
+        copies = sum(len(lists[u].devices) for u in c)
+        assert copies * (14_000 + 256) <= SEND_BUDGET and copies <= SEND_MAX_COPIES
+    assert _chunks(users, lists, 100) == [users]  # 600 small copies: one send
+    assert _chunks([], lists, 100) == []
+
+
+async def test_sender_key_rotates_when_a_member_device_leaves(tmp_path) -> None:
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(3) as cluster:
+            alice = make_account(tmp_path, "alice", cluster, stack)
+            bob, laptop = await two_devices(tmp_path, "bob", cluster, stack)
+            bodies: list[bytes] = []
+            async with open_client(alice) as client:
+                capture_group_bodies(client, bodies)
+                made = await create_group(client, "g", [bob.user_id])
+                await send_group_text(client, "g", "both devices")
+            first = alice.groups.outbound[made.group_id].session_id
+            assert [e.text for e in await events_of(laptop) if isinstance(e, Message)] == [
+                "both devices"]
+            async with open_client(bob) as client:
+                await client.remove_device(laptop.device_id)
+            async with open_client(alice) as client:  # alice's cached list of bob is stale
+                capture_group_bodies(client, bodies)
+                result = await send_group_text(client, "g", "primary only")
+            assert result.status == "stored"
+            assert alice.groups.outbound[made.group_id].session_id != first
+            texts = [e.text for e in await events_of(bob) if isinstance(e, Message)]
+            assert texts == ["both devices", "primary only"]
+            with pytest.raises(groups.GroupDecryptError, match="no group session key"):
+                laptop.groups.decrypt(alice.user_id, 0, bodies[-1])  # the new key never reached it
