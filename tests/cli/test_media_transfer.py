@@ -1,0 +1,310 @@
+"""Files through real relay nodes (in-process, LMDB storage on disk, loopback): round
+trips forwarded between homes, tampering, no plaintext on the relays, resumed
+uploads and downloads across node restarts, quota."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from contextlib import ExitStack, asynccontextmanager
+from pathlib import Path
+
+import nacl.signing
+import pytest
+import trio
+from cli_cluster import new_account, publish
+
+from cli import media
+from cli.client import BacklogDone, Message, open_client
+from cli.errors import RelayError
+from relay.config import NodeConfig
+from relay.node import serve_node
+from relay.ring import NodeInfo, Ring
+
+K, M = 1024, 1024 * 1024
+DEADLINE = 60
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class DiskCluster:
+    """In-process nodes n1..nN on LMDB under ``root``; each can be stopped and restarted."""
+
+    def __init__(self, nursery: trio.Nursery, root: Path, n: int, **overrides) -> None:
+        ports = _free_ports(n)
+        keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
+        infos = tuple(NodeInfo(f"n{i + 1}", f"ws://127.0.0.1:{p}", bytes(k.verify_key))
+                      for i, (p, k) in enumerate(zip(ports, keys, strict=True)))
+        self.root = root
+        self.ring = Ring(infos)
+        self.urls = {i.id: i.url for i in infos}
+        self.configs = {
+            i.id: NodeConfig(id=i.id, host="127.0.0.1", port=p, cluster=infos, signing_key=k,
+                             storage=f"lmdb://{root / i.id}", **overrides)
+            for i, p, k in zip(infos, ports, keys, strict=True)
+        }
+        self._nursery = nursery
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._stopped: dict[str, trio.Event] = {}
+        for node_id in self.configs:
+            (root / node_id).mkdir(parents=True, exist_ok=True)
+
+    def home_of(self, user_id: str) -> str:
+        return self.ring.home(user_id).id
+
+    def data_dir(self, node_id: str) -> Path:
+        return self.root / node_id
+
+    async def start(self, node_id: str) -> None:
+        """Start the node (after its previous run, if any, has closed its storage)."""
+        previous = self._stopped.get(node_id)
+        if previous is not None:
+            await previous.wait()
+        stopped = self._stopped[node_id] = trio.Event()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with trio.CancelScope() as scope:
+                    self._scopes[node_id] = scope
+                    await serve_node(self.configs[node_id], task_status=task_status)
+            finally:
+                stopped.set()
+
+        await self._nursery.start(run)
+
+    def stop(self, node_id: str) -> None:
+        self._scopes.pop(node_id).cancel()
+
+
+@asynccontextmanager
+async def disk_cluster(root: Path, n: int = 2, **overrides):
+    async with trio.open_nursery() as nursery:
+        cluster = DiskCluster(nursery, root, n, **overrides)
+        for node_id in cluster.configs:
+            await cluster.start(node_id)
+        try:
+            yield cluster
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def account(tmp_path: Path, name: str, cluster: DiskCluster, stack: ExitStack,
+                  home: str):
+    """A published account homed at ``home``."""
+    for i in range(60):
+        state = new_account(tmp_path / "homes", f"{name}-{i}", cluster.urls[home], stack)
+        if cluster.home_of(state.user_id) == home:
+            state.name = name
+            await publish(state)
+            return state
+    raise AssertionError(f"no account for {name} landed on {home}")
+
+
+def content(path: str | Path) -> bytes:
+    """The bytes of a file (tests read small local files on the loop)."""
+    return Path(path).read_bytes()
+
+
+def pattern(size: int, marker: bytes = b"") -> bytes:
+    """Deterministic content of ``size`` bytes, with ``marker`` repeated through it."""
+    block = marker + hashlib.sha256(b"%d" % size).digest() * 8
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def send(sender, to_user: str, path: Path, caption: str = "", progress=None):
+    async with media.Reconnecting(sender, backoff=0.05) as rc:
+        att = await media.upload_file(rc, path, **({"progress": progress} if progress else {}))
+        result = await media.send_file(rc, to_user, att, caption, source=str(path))
+    assert result.status == "stored"
+    return att
+
+
+async def receive_files(receiver, downloads: Path, count: int) -> list[dict]:
+    """Receive ``count`` file messages; return each one's file info (downloaded)."""
+    infos: list[dict] = []
+    async with open_client(receiver) as client:
+        async for event in client.receive():
+            if isinstance(event, Message) and event.type == "file":
+                entry = receiver.find_history(event.msg_id.hex())
+                infos.append(await media.fetch_history_file(client, entry, downloads))
+                await receiver.asave()
+                if len(infos) == count:
+                    return infos
+            elif isinstance(event, BacklogDone) and len(infos) == count:
+                return infos
+    raise AssertionError("receive ended early")
+
+
+SIZES = [0, 1, 256 * K - 1, 256 * K, 256 * K + 1, 20 * M]
+
+
+async def test_round_trip_bit_exact_across_homes(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes") as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n2")
+            sent = {}
+            for size in SIZES:
+                path = files / f"f{size}.bin"
+                path.write_bytes(os.urandom(size))
+                att = await send(alice, bob.user_id, path, caption=f"size {size}")
+                assert (att.node_id, att.size, att.name) == ("n1", size, path.name)
+                assert att.mime == "application/octet-stream"
+                sent[path.name] = path.read_bytes()
+            downloads = tmp_path / "downloads"
+            infos = await receive_files(bob, downloads, len(SIZES))
+            assert [i["name"] for i in infos] == [f"f{s}.bin" for s in SIZES]
+            for info in infos:
+                assert "error" not in info
+                saved = Path(info["path"])
+                assert saved.parent == downloads and saved.name == info["name"]
+                assert content(saved) == sent[info["name"]], info["name"]
+                assert info["size"] == len(sent[info["name"]])
+            # temporary ciphertexts are gone on both sides
+            assert list((alice.home / media.MEDIA_DIR).iterdir()) == []
+            assert list((bob.home / media.MEDIA_DIR).iterdir()) == []
+            # the blobs live at alice's home only; n2 forwarded every download chunk
+            assert len(list((cluster.data_dir("n1") / "media").iterdir())) == len(SIZES)
+            assert not (cluster.data_dir("n2") / "media").exists() or not list(
+                (cluster.data_dir("n2") / "media").iterdir())
+
+
+async def test_tampered_blob_gives_integrity_error_and_no_file(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_bytes(pattern(600 * K))
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes") as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n2")
+            att = await send(alice, bob.user_id, path)
+            blob = cluster.data_dir("n1") / "media" / att.media_id.hex()
+            raw = bytearray(blob.read_bytes())
+            raw[300 * K] ^= 0x01  # one bit of one ciphertext chunk, in the relay's storage
+            blob.write_bytes(bytes(raw))
+            downloads = tmp_path / "downloads"
+            (info,) = await receive_files(bob, downloads, 1)
+            assert info["path"] is None
+            assert "SHA-256" in info["error"] and "nothing was saved" in info["error"]
+            assert not downloads.exists() or list(downloads.iterdir()) == []
+            assert list((bob.home / media.MEDIA_DIR).iterdir()) == []  # partial data deleted
+            entry = next(e for e in bob.history if e.get("type") == "file")
+            assert entry["file"]["error"] == info["error"]  # recorded: not retried forever
+            assert media.pending_files(bob) == []
+
+
+async def test_relay_storage_never_holds_plaintext(tmp_path):
+    marker = b"PLAINTEXT-MEDIA-MARKER-" + os.urandom(8).hex().encode()
+    path = tmp_path / "notes.txt"
+    path.write_bytes(pattern(700 * K, marker))
+    assert path.read_bytes().count(marker) > 100
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes") as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n2")
+            await send(alice, bob.user_id, path, caption="see notes")
+            (info,) = await receive_files(bob, tmp_path / "downloads", 1)
+            assert marker in content(info["path"])  # positive control
+    relay_files = [p for p in (tmp_path / "nodes").rglob("*") if p.is_file()]
+    assert any(p.parent.name == "media" for p in relay_files)
+    for p in relay_files:
+        assert marker not in p.read_bytes(), p
+        assert b"notes.txt" not in p.read_bytes(), p  # nor the file name
+
+
+async def test_upload_resumes_after_a_dropped_connection(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(6 * M))
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes") as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n2")
+            seen: list[int] = []
+            async with trio.open_nursery() as nursery, media.Reconnecting(
+                    alice, backoff=0.05) as rc:
+                first = await rc.client()
+
+                def progress(done: int, total: int) -> None:
+                    seen.append(done)
+                    if done >= 2 * M and len(seen) < 20:  # once, mid-upload: drop the socket
+                        nursery.start_soon(first.connection.aclose)
+
+                att = await media.upload_file(rc, path, progress=progress)
+                assert await rc.client() is not first  # it reconnected ...
+                result = await media.send_file(rc, bob.user_id, att)
+                assert result.status == "stored"
+            # ... and each attempt reported the offset it started from: 0, then what n1 had
+            restarts = [b for a, b in zip(seen, seen[1:], strict=False) if b <= a]
+            assert seen[0] == 0 and len(restarts) == 1 and restarts[0] >= 2 * M, seen
+            assert seen[-1] == att.enc_size
+            (info,) = await receive_files(bob, tmp_path / "downloads", 1)
+            assert content(info["path"]) == content(path)
+
+
+async def test_download_resumes_after_an_interruption(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(5 * M))
+    downloads = tmp_path / "downloads"
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes") as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n2")
+            att = await send(alice, bob.user_id, path)
+            seen: list[int] = []
+
+            def stop_holder(done: int, total: int) -> None:
+                seen.append(done)
+                if done >= 2 * M and "n1" in cluster._scopes:
+                    cluster.stop("n1")  # the node holding the blob goes away mid-download
+
+            async with open_client(bob) as client:
+                async for event in client.receive():
+                    if isinstance(event, Message):
+                        entry = bob.find_history(event.msg_id.hex())
+                        with pytest.raises(RelayError) as exc:
+                            await media.save_attachment(
+                                client, media.Attachment.from_map(entry["file"]), downloads,
+                                state_home=bob.home, progress=stop_holder)
+                        assert exc.value.code == "unavailable"
+                        break
+            part = bob.home / media.MEDIA_DIR / f"{att.media_id.hex()}.part"
+            kept = part.stat().st_size
+            assert kept >= 2 * M
+            assert not downloads.exists() or list(downloads.iterdir()) == []
+            await cluster.start("n1")
+            assert [e["id"] for e in media.pending_files(bob)] == [entry["id"]]
+            resumed: list[int] = []
+            async with open_client(bob) as client:
+                info = await media.fetch_history_file(
+                    client, entry, downloads, progress=lambda d, t: resumed.append(d))
+            assert resumed[0] == kept  # continued where it stopped
+            assert content(info["path"]) == content(path)
+            assert not part.exists()
+            assert media.pending_files(bob) == []
+
+
+async def test_quota_is_storage_full(tmp_path):
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(os.urandom(300 * K))
+    big.write_bytes(os.urandom(300 * K))
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes", n=1, media_quota=500 * K) as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n1")
+            await send(alice, bob.user_id, small)
+            with pytest.raises(RelayError) as exc:
+                await send(alice, bob.user_id, big)
+            assert exc.value.code == "storage_full"
+            assert list((alice.home / media.MEDIA_DIR).iterdir()) == []
+            assert len(list((cluster.data_dir("n1") / "media").iterdir())) == 1
