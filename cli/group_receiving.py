@@ -104,12 +104,16 @@ def on_control(client: Client, sender_user: str, sender_device: int, msg_id: byt
 
     m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
                         max_map_len=16, max_array_len=4)
-    if m.get("v") != payload.VERSION or m.get("msg_id") != msg_id:
+    if m.get("v") != payload.VERSION:
+        return dropped("unknown group control payload version")
+    if m.get("msg_id") != msg_id:
         return dropped("the msg_id inside the ciphertext differs from the envelope's")
     client.state.mark_seen(seen_key(sender_user, msg_id))
     store = client.state.groups
     try:
         signed = _signed(m)
+        if m["type"] == GROUP_KEY and groups.parse_state(signed).group_id != m.get("group_id"):
+            return dropped("group key share carries the state of another group")
         event = _adopt(client, signed)
     except GroupStateRejected as exc:
         if m["type"] == GROUP_STATE:

@@ -17,6 +17,7 @@ from cli.client import Message, open_client
 from cli.crypto import account_user_id
 from cli.events import Dropped
 from cli.group_messaging import (
+    GROUP_KEY,
     GROUP_STATE,
     NotGroupAdmin,
     _control,
@@ -29,7 +30,9 @@ from cli.group_messaging import (
 from cli.group_receiving import GroupChanged
 from cli.group_state import GroupError, GroupStateRejected, SignedGroupState
 from cli.linking import link_device
+from cli.payload import TextPayload
 from cli.state import create_state, open_state
+from relay.protocol.frames import GroupRecipient, GroupSend
 
 DEADLINE = 60
 
@@ -306,6 +309,27 @@ async def test_change_by_non_admin_is_rejected_by_members(tmp_path) -> None:
                 assert any(isinstance(e, Dropped) and "not an admin" in e.reason for e in events)
                 assert not any(isinstance(e, GroupChanged) and e.version == 2 for e in events)
                 assert dev.groups.find("g").state == made
+
+            # mallory (not a member) holds the real signed state, shares a sender key and
+            # fans a message out to the members: nothing is shown, the key is refused
+            signed = alice.groups.find("g").signed
+            mal_store = groups.GroupStore()
+            mal_store.apply(signed)
+            out, _ = mal_store.outbound_for(made.group_id, set())
+            async with open_client(mallory) as client:
+                await send_pairwise(client, [carol.user_id], lambda mid: _control(
+                    GROUP_KEY, mid, group_id=made.group_id, session_id=out.session_id,
+                    session_key=out.session_key(), sender_device=0, state=signed.to_map()))
+                await client.connection.request(
+                    GroupSend, msg_id=os.urandom(16), recipients=[
+                        GroupRecipient(carol.user_id, 1, [0])],
+                    body=groups.encrypt(out, made.group_id, TextPayload(
+                        os.urandom(16), "from mallory", 1, "m", made.hex_id).encode()))
+            events = await events_of(carol)
+            reasons = [e.reason for e in events if isinstance(e, Dropped)]
+            assert any("not a member" in r for r in reasons)
+            assert any("no group session key" in r for r in reasons)
+            assert not any(isinstance(e, Message) for e in events)
 
 
 async def test_stale_member_device_gets_the_key_and_the_message(tmp_path) -> None:
