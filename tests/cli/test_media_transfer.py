@@ -1,6 +1,6 @@
 """Files through real relay nodes (in-process, LMDB storage on disk, loopback): round
 trips forwarded between homes, tampering, no plaintext on the relays, resumed
-uploads and downloads across node restarts, quota."""
+uploads (dropped connection) and downloads (holding node restarted), quota, a group file."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import trio
 from cli_cluster import new_account, publish
 
 from cli import media
-from cli.client import BacklogDone, Message, open_client
+from cli.client import BacklogDone, Message, now_ms, open_client
 from cli.errors import RelayError
+from cli.group_messaging import create_group, send_group
+from cli.payload import FilePayload
 from relay.config import NodeConfig
 from relay.node import serve_node
 from relay.ring import NodeInfo, Ring
@@ -308,3 +310,34 @@ async def test_quota_is_storage_full(tmp_path):
             assert exc.value.code == "storage_full"
             assert list((alice.home / media.MEDIA_DIR).iterdir()) == []
             assert len(list((cluster.data_dir("n1") / "media").iterdir())) == 1
+
+
+async def test_group_file(tmp_path):
+    path = tmp_path / "slides.pdf"
+    path.write_bytes(os.urandom(300 * K))
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with disk_cluster(tmp_path / "nodes") as cluster:
+            alice = await account(tmp_path, "alice", cluster, stack, "n1")
+            bob = await account(tmp_path, "bob", cluster, stack, "n2")
+            async with open_client(alice) as client:
+                made = await create_group(client, "team", [bob.user_id])
+            async with open_client(bob) as client:  # bob learns the group
+                async for event in client.receive():
+                    if isinstance(event, BacklogDone):
+                        break
+            async with media.Reconnecting(alice) as rc:
+                att = await media.upload_file(rc, path)
+                p = FilePayload(os.urandom(16), "for the meeting", now_ms(), alice.name,
+                                made.group_id.hex(), att)
+                result = await send_group(await rc.client(), "team", p)
+            assert result.status == "stored"
+            async with open_client(bob) as client:
+                async for event in client.receive():
+                    if isinstance(event, Message):
+                        assert (event.type, event.text, event.group) == (
+                            "file", "for the meeting", "team")
+                        entry = bob.find_history(event.msg_id.hex())
+                        info = await media.fetch_history_file(client, entry, tmp_path / "dl")
+                        break
+            assert info["mime"] == "application/pdf"
+            assert content(info["path"]) == content(path)
