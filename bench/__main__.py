@@ -24,7 +24,7 @@ from typing import TextIO
 
 import trio
 
-from . import ceilings, client_costs, devices, groups, send, send_many
+from . import ceilings, client_costs, devices, groups, media, send, send_many
 from .scenario import BenchContext, Scenario
 from .stats import Report
 
@@ -35,6 +35,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("send_many", "1:1 send, many sender devices at once (aggregate)", send_many.run),
     Scenario("devices", "Send to users with 1, 2, 4, 8 devices (issue 3)", devices.run, issue=3),
     Scenario("groups", "Group send at 8, 64, 256 member devices (issue 4)", groups.group_send_cost, issue=4),
+    Scenario("media", "A 200 MiB file through wa-cli and two node processes (issue 4)", media.run,
+             issue=4),
     Scenario("ws", "Ceiling: raw trio-websocket, one connection", ceilings.transport),
     Scenario("lmdb", "Ceiling: raw LMDB durable puts with batching", ceilings.disk),
     Scenario("storage", "Ceiling: LmdbStorage group commit (enqueue)", ceilings.group_commit),
