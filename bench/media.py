@@ -92,10 +92,10 @@ class _Nodes:
     def start(self) -> None:
         for config in init_cluster(self.root, 2, _free_base_port(2)):
             node_id = config.parent.name
-            proc = subprocess.Popen([*_tool("wa-relay"), "serve", "--config", str(config)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=(self.root / f"{node_id}.stderr").open("wb"),
-                                    env=_env(), cwd=str(config.parent))
+            with (self.root / f"{node_id}.stderr").open("wb") as stderr:
+                proc = subprocess.Popen([*_tool("wa-relay"), "serve", "--config", str(config)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=stderr, env=_env(), cwd=str(config.parent))
             self.procs[node_id] = proc
             deadline = time.monotonic() + READY_TIMEOUT
             while time.monotonic() < deadline:
