@@ -337,11 +337,14 @@ class LmdbMediaMixin:
 
     async def media_status(self, media_id: bytes) -> MediaInfo | None:
         """See :meth:`storage.base.Storage.media_status`."""
-        return await self._media_info(check_media_id(media_id))
+        media_id = check_media_id(media_id)
+        await self._media_files()
+        return await self._media_info(media_id)
 
     async def media_read(self, media_id: bytes, offset: int, length: int) -> bytes | None:
         """See :meth:`storage.base.Storage.media_read`. Reads with ``pread`` in a worker thread."""
         media_id = check_media_id(media_id)
+        files = await self._media_files()
         info = await self._media_info(media_id)
         if info is None or not info.complete:
             return None
@@ -349,7 +352,6 @@ class LmdbMediaMixin:
         n = min(length, info.size - offset)
         if n == 0:
             return b""
-        files = await self._media_files()
         try:
             data = await trio.to_thread.run_sync(_read_at, files.path(media_id), offset, n)
         except FileNotFoundError:
@@ -362,6 +364,7 @@ class LmdbMediaMixin:
 
     async def media_usage(self) -> int:
         """See :meth:`storage.base.Storage.media_usage`."""
+        await self._media_files()
         return await self._reading(lambda txn: _used(txn, self._dbs))  # type: ignore[attr-defined]
 
     async def media_expire(self, older_than: float) -> int:
