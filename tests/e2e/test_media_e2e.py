@@ -153,3 +153,18 @@ def test_quota_answers_storage_full(cluster, tmp_path):
     _, rows = recv_files(bob, tmp_path / "downloads")
     assert [r["file"]["name"] for r in rows] == ["small.bin"]
     cluster.assert_clean_logs()
+
+
+def test_group_file(cluster, tmp_path):
+    alice, bob = pair(cluster, tmp_path)
+    alice.json_one("group", "create", "team", "bob")
+    recv_files(bob, tmp_path / "downloads")  # bob learns the group
+    path = tmp_path / "slides.pdf"
+    path.write_bytes(os.urandom(700 * K))
+    out = alice.json_one("send", "--group", "team", "--file", str(path), "the deck")
+    assert (out["status"], out["group"]) == ("stored", "team")
+    assert out["file"] == {"name": "slides.pdf", "size": 700 * K, "mime": "application/pdf"}
+    _, (row,) = recv_files(bob, tmp_path / "downloads")
+    assert (row["type"], row["text"], row["group"]) == ("file", "the deck", "team")
+    assert Path(row["file"]["path"]).read_bytes() == path.read_bytes()
+    cluster.assert_clean_logs()
