@@ -27,6 +27,7 @@ worker threads.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import mimetypes
@@ -61,6 +62,7 @@ MEDIA_DIR = "media"  # under the device home: temporary ciphertexts (uploads, pa
 DOWNLOADS_DIR = "downloads"  # default destination under the device home
 CHUNK = MEDIA_CHUNK_MAX
 HASH_READ = 1 << 20
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 MAX_NAME_TRIES = 10_000
 
 Progress = Callable[[int, int], None]
@@ -172,14 +174,14 @@ async def upload_blob(client: Client, path: Path, media_id: bytes, size: int,
         while True:
             await f.seek(offset)
             chunk = await f.read(min(CHUNK, size - offset))
+            if not chunk and offset < size:
+                raise ClientError(f"{path} is shorter than the {size} bytes being uploaded")
             answer = await conn.request(MediaUpload, media_id=media_id, size=size,
                                         offset=offset, chunk=chunk)
             offset = answer.received
             progress(offset, size)
             if answer.complete:
                 return
-            if not chunk:
-                raise ClientError(f"{path} is shorter than the {size} bytes being uploaded")
 
 
 async def upload_file(rc: Reconnecting, path: Path, *,
@@ -297,6 +299,17 @@ def claim_name(tmp: Path, directory: Path, name: str) -> Path:
             os.link(tmp, target)  # fails if target exists: no silent overwrite
         except FileExistsError:
             continue
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # No hard links on this filesystem: reserve the name exclusively, then
+            # move the file over our own empty placeholder.
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                continue
+            os.replace(tmp, target)
+            return target
         tmp.unlink()
         return target
     raise FileExistsError(f"no free file name for {name!r} in {directory}")

@@ -3,6 +3,7 @@ failures, attachment fields, file payloads, safe and unique file names."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 
@@ -162,3 +163,15 @@ def test_claim_name_never_overwrites(tmp_path):
     assert made[1].read_bytes() == b"new2"
     tmp = write(tmp_path / ".t", b"z")
     assert claim_name(tmp, tmp_path, "README").name == "README"
+
+
+def test_claim_name_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "a.txt").write_bytes(b"old")
+    tmp = write(tmp_path / ".t", b"new")
+    target = claim_name(tmp, tmp_path, "a.txt")
+    assert target.name == "a (1).txt" and target.read_bytes() == b"new" and not tmp.exists()
+    assert (tmp_path / "a.txt").read_bytes() == b"old"
