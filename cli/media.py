@@ -32,22 +32,21 @@ import hashlib
 import logging
 import mimetypes
 import os
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
 from relay.protocol import ErrorCode
 from relay.protocol.frames import MediaDownload, MediaStatus, MediaUpload
-from storage.base import MEDIA_CHUNK_MAX
 
 from . import payload
 from .attachment import DEFAULT_MIME, Attachment, AttachmentError, safe_name
-from .client import Client, SendResult, now_ms, open_client
-from .errors import ClientError, ConnectionFailed, ConnectionLost, RelayError
+from .client import Client, SendResult, now_ms
+from .errors import ClientError, RelayError
 from .mediacrypt import IntegrityError, decrypt_file, encrypt_file
+from .reconnecting import Reconnecting
 from .state import State
 
 __all__ = [
@@ -60,16 +59,13 @@ log = logging.getLogger(__name__)
 
 MEDIA_DIR = "media"  # under the device home: temporary ciphertexts (uploads, partial downloads)
 DOWNLOADS_DIR = "downloads"  # default destination under the device home
-CHUNK = MEDIA_CHUNK_MAX
+CHUNK = 256 * 1024  # the protocol's limit per media_upload chunk / media_download length
 HASH_READ = 1 << 20
 _NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 MAX_NAME_TRIES = 10_000
 
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``, called as a transfer advances (and when it resumes)."""
-
-T = TypeVar("T")
-
 
 def _no_progress(done: int, total: int) -> None:
     pass
@@ -80,76 +76,6 @@ def work_dir(state: State) -> Path:
     path = state.home / MEDIA_DIR
     path.mkdir(mode=0o700, exist_ok=True)
     return path
-
-
-class Reconnecting:
-    """Runs resumable steps on a :class:`Client`, reconnecting after a dropped connection.
-
-    Args:
-        state: the device state.
-        connect_timeout: seconds per connection attempt.
-        attempts: most tries of one :meth:`run` (the first included).
-        backoff: seconds before the first retry, doubling up to 5 s.
-        retry_codes: relay error codes worth retrying (default: ``unavailable``).
-
-    Use as an async context manager (from one task); the connection is closed on exit.
-    """
-
-    def __init__(self, state: State, *, connect_timeout: float = 10.0, attempts: int = 6,
-                 backoff: float = 0.2, retry_codes: frozenset[str] = frozenset({"unavailable"})):
-        self.state = state
-        self._timeout = connect_timeout
-        self._attempts = attempts
-        self._backoff = backoff
-        self._retry_codes = retry_codes
-        self._stack: AsyncExitStack | None = None
-        self._client: Client | None = None
-
-    async def __aenter__(self) -> Reconnecting:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._drop()
-
-    async def client(self) -> Client:
-        """The current client, connecting if there is none.
-
-        Raises:
-            ConnectionFailed, RelayError: see :func:`cli.client.open_client`.
-        """
-        if self._client is None:
-            stack = AsyncExitStack()  # nothing to close if entering fails
-            self._client = await stack.enter_async_context(
-                open_client(self.state, connect_timeout=self._timeout))
-            self._stack = stack
-        return self._client
-
-    async def _drop(self) -> None:
-        stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
-
-    async def run(self, step: Callable[[Client], Awaitable[T]]) -> T:
-        """Run ``step(client)``; after a lost connection, a failed connect or a retryable
-        relay error, reconnect and run it again (it must resume by itself).
-
-        Raises:
-            The last error once :attr:`attempts` tries failed; other errors at once.
-        """
-        delay = self._backoff
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return await step(await self.client())
-            except (ConnectionLost, ConnectionFailed, RelayError) as exc:
-                if isinstance(exc, RelayError) and exc.code not in self._retry_codes:
-                    raise
-                await self._drop()
-                if attempt == self._attempts:
-                    raise
-                log.info("transfer interrupted (%s); retrying in %.1fs", exc, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ------------------------------------------------------------------- upload

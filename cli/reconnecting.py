@@ -1,0 +1,92 @@
+"""Resumable work over a device connection: :class:`Reconnecting` hands out a live
+:class:`~cli.client.Client` and, after a dropped connection, a failed connect or a
+retryable relay error, reconnects (with backoff) and runs the step again. Steps must
+resume by themselves (media uploads ask ``media_status``, downloads keep a partial file).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TypeVar
+
+import trio
+
+from .client import Client, open_client
+from .errors import ConnectionFailed, ConnectionLost, RelayError
+from .state import State
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Reconnecting:
+    """Runs resumable steps on a :class:`Client`, reconnecting after a dropped connection.
+
+    Args:
+        state: the device state.
+        connect_timeout: seconds per connection attempt.
+        attempts: most tries of one :meth:`run` (the first included).
+        backoff: seconds before the first retry, doubling up to 5 s.
+        retry_codes: relay error codes worth retrying (default: ``unavailable``).
+
+    Use as an async context manager (from one task); the connection is closed on exit.
+    """
+
+    def __init__(self, state: State, *, connect_timeout: float = 10.0, attempts: int = 6,
+                 backoff: float = 0.2, retry_codes: frozenset[str] = frozenset({"unavailable"})):
+        self.state = state
+        self._timeout = connect_timeout
+        self._attempts = attempts
+        self._backoff = backoff
+        self._retry_codes = retry_codes
+        self._stack: AsyncExitStack | None = None
+        self._client: Client | None = None
+
+    async def __aenter__(self) -> Reconnecting:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._drop()
+
+    async def client(self) -> Client:
+        """The current client, connecting if there is none.
+
+        Raises:
+            ConnectionFailed, RelayError: see :func:`cli.client.open_client`.
+        """
+        if self._client is None:
+            stack = AsyncExitStack()  # nothing to close if entering fails
+            self._client = await stack.enter_async_context(
+                open_client(self.state, connect_timeout=self._timeout))
+            self._stack = stack
+        return self._client
+
+    async def _drop(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def run(self, step: Callable[[Client], Awaitable[T]]) -> T:
+        """Run ``step(client)``; after a lost connection, a failed connect or a retryable
+        relay error, reconnect and run it again (it must resume by itself).
+
+        Raises:
+            The last error once :attr:`attempts` tries failed; other errors at once.
+        """
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await step(await self.client())
+            except (ConnectionLost, ConnectionFailed, RelayError) as exc:
+                if isinstance(exc, RelayError) and exc.code not in self._retry_codes:
+                    raise
+                await self._drop()
+                if attempt == self._attempts:
+                    raise
+                log.info("transfer interrupted (%s); retrying in %.1fs", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")  # pragma: no cover
