@@ -22,6 +22,7 @@
     link_ttl = 120                 # seconds a linking mailbox stays open (optional)
     media_quota = 10737418240      # bytes all media blobs may take (optional, 10 GiB)
     media_ttl = 2592000            # seconds a media blob is kept (optional, 30 days)
+    media_upload_ttl = 86400       # seconds an unfinished upload is kept idle (optional, 1 day)
     max_media_size = 2147483648    # largest encrypted file, bytes (optional, 2 GiB)
 
 Both files are flat, so they are written by hand (no extra dependency);
@@ -51,6 +52,7 @@ DEFAULT_MAX_FRAME = 1024 * 1024
 DEFAULT_LINK_TTL = 120.0
 DEFAULT_MEDIA_QUOTA = 10 * 1024**3
 DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
+DEFAULT_MEDIA_UPLOAD_TTL = 24 * 3600.0
 DEFAULT_MAX_MEDIA_SIZE = 2 * 1024**3
 
 
@@ -73,8 +75,9 @@ class NodeConfig:
         max_queue: most envelopes one device queue may hold.
         max_frame: largest accepted WebSocket message, bytes.
         link_ttl: seconds a linking mailbox lives at most (docs/protocol.md, "Linking").
-        media_quota: most bytes all media blobs of the node may declare (docs/media.md).
+        media_quota: most bytes of media blobs the node holds (docs/media.md).
         media_ttl: seconds after its last write when a media blob is deleted.
+        media_upload_ttl: seconds after its last chunk when an unfinished upload is deleted.
         max_media_size: largest accepted media blob (encrypted file), bytes.
     """
 
@@ -91,6 +94,7 @@ class NodeConfig:
     link_ttl: float = DEFAULT_LINK_TTL
     media_quota: int = DEFAULT_MEDIA_QUOTA
     media_ttl: float = DEFAULT_MEDIA_TTL
+    media_upload_ttl: float = DEFAULT_MEDIA_UPLOAD_TTL
     max_media_size: int = DEFAULT_MAX_MEDIA_SIZE
 
     @property
@@ -218,9 +222,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         raise ConfigError(f"{where}: link_ttl must be > 0")
     media_quota = _field(data, "media_quota", int, where, DEFAULT_MEDIA_QUOTA)
     media_ttl = _field(data, "media_ttl", float, where, DEFAULT_MEDIA_TTL)
+    media_upload_ttl = _field(data, "media_upload_ttl", float, where, DEFAULT_MEDIA_UPLOAD_TTL)
     max_media_size = _field(data, "max_media_size", int, where, DEFAULT_MAX_MEDIA_SIZE)
-    if media_quota < 0 or media_ttl <= 0 or max_media_size < 0:
-        raise ConfigError(f"{where}: media_quota and max_media_size must be >= 0, media_ttl > 0")
+    if media_quota < 0 or media_ttl <= 0 or media_upload_ttl <= 0 or max_media_size < 0:
+        raise ConfigError(f"{where}: media_quota and max_media_size must be >= 0, "
+                          "media_ttl and media_upload_ttl > 0")
     me = next((n for n in cluster if n.id == node_id), None)
     if me is None:
         raise ConfigError(f"{where}: node id {node_id!r} is not in the cluster file")
@@ -230,7 +236,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         id=node_id, host=host, port=port, cluster=cluster, signing_key=key, storage=storage,
         log_file=rel(log_file) if log_file else None, queue_ttl=float(ttl),
         max_queue=max_queue, max_frame=max_frame, link_ttl=float(link_ttl),
-        media_quota=media_quota, media_ttl=float(media_ttl), max_media_size=max_media_size,
+        media_quota=media_quota, media_ttl=float(media_ttl),
+        media_upload_ttl=float(media_upload_ttl), max_media_size=max_media_size,
     )
 
 

@@ -16,9 +16,12 @@ only sizes, the uploading user and who downloads. Flows (docs/media.md):
 
 Limits (from :class:`relay.config.NodeConfig`): a chunk carries at most 256 KiB
 (``too_large``); a blob is at most ``max_media_size`` bytes (``too_large``);
-all blobs of the node declare at most ``media_quota`` bytes (``storage_full``);
-blobs whose last write is older than ``media_ttl`` are deleted by
-:meth:`MediaService.expire`, which the node runs periodically.
+the node holds at most ``media_quota`` bytes of media (``storage_full``; an
+upload reserves nothing beyond what it stored, so a declared size cannot lock
+others out, but a size that could never fit is refused at its first chunk);
+blobs whose last write is older than ``media_ttl``, and unfinished uploads idle
+for ``media_upload_ttl``, are deleted by :meth:`MediaService.expire`, which the
+node runs periodically.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from storage import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE, MediaConflict, MediaCorrupt,
 GiB = 1 << 30
 DEFAULT_MEDIA_QUOTA = 10 * GiB
 DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
+DEFAULT_MEDIA_UPLOAD_TTL = 24 * 3600.0
 DEFAULT_MAX_MEDIA_SIZE = 2 * GiB
 DOWNLOAD_FORWARD_TIMEOUT = 10.0  # seconds for a peer to answer one forwarded chunk
 
@@ -61,8 +65,9 @@ class MediaService:
         storage: the node's storage (media methods).
         federation: peer links, for forwarded downloads.
         log: the node's logger (metadata only: id prefixes, sizes).
-        quota: most bytes all blobs may declare together.
+        quota: most bytes all blobs may hold together.
         ttl: seconds after a blob's last write when it expires.
+        upload_ttl: seconds after its last chunk when an unfinished upload expires.
         max_size: largest accepted blob, bytes.
         forward_timeout: seconds a peer may take to answer one forwarded download.
     """
@@ -70,8 +75,8 @@ class MediaService:
     def __init__(
         self, node_id: str, ring: Ring, storage: Storage, federation: Federation,
         log: logging.Logger, *, quota: int = DEFAULT_MEDIA_QUOTA,
-        ttl: float = DEFAULT_MEDIA_TTL, max_size: int = DEFAULT_MAX_MEDIA_SIZE,
-        forward_timeout: float = DOWNLOAD_FORWARD_TIMEOUT,
+        ttl: float = DEFAULT_MEDIA_TTL, upload_ttl: float = DEFAULT_MEDIA_UPLOAD_TTL,
+        max_size: int = DEFAULT_MAX_MEDIA_SIZE, forward_timeout: float = DOWNLOAD_FORWARD_TIMEOUT,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
@@ -80,6 +85,7 @@ class MediaService:
         self._log = log
         self.quota = quota
         self.ttl = ttl
+        self.upload_ttl = upload_ttl
         self.max_size = max_size
         self.forward_timeout = forward_timeout
 
@@ -181,8 +187,11 @@ class MediaService:
         return MediaChunk(id=frame.id, data=answer.data, size=answer.size)
 
     async def expire(self, now: float | None = None) -> int:
-        """Delete blobs whose last write is older than the TTL; return how many went."""
-        gone = await self._storage.media_expire((time.time() if now is None else now) - self.ttl)
+        """Delete blobs whose last write is older than the TTL, and unfinished uploads idle
+        for longer than the upload TTL; return how many went."""
+        t = time.time() if now is None else now
+        gone = await self._storage.media_expire(t - self.ttl,
+                                                incomplete_older_than=t - self.upload_ttl)
         if gone:
             self._log.info("expired %d media blobs", gone)
         return gone

@@ -84,6 +84,7 @@ class Node:
                                   on_stale=self.changes.watch)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,
+                                  upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
 
     async def expire_loop(self) -> None:

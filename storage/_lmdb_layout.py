@@ -18,7 +18,7 @@ expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`e
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
 watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
 media        media_id (32 bytes)                see storage._lmdb_media (blob record)
-media_time   ts_key | media_id                  empty   (time index for media_expire)
+media_time   b"c"/b"p" | ts_key | media_id      empty   (time index for media_expire)
 meta         b"format" / b"outbox_last"         b"1" / u64
              b"bump"                            u64 (see storage._group_commit)
 ===========  =================================  =====================================

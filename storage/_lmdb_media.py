@@ -30,9 +30,10 @@ Record layout (db ``media``, key = media_id)::
 
     size u64 | received u64 | complete u8 | ts f64 | owner UTF-8
 
-``media_time`` indexes records by ``ts_key(ts) | media_id`` for
-:meth:`media_expire`; ``meta`` key ``b"media_used"`` holds the sum of all
-records' sizes (u64) for the quota.
+``media_time`` indexes records by ``b"c" | ts_key(ts) | media_id`` (complete) or
+``b"p" | ts_key(ts) | media_id`` (unfinished) for :meth:`media_expire`; ``meta``
+key ``b"media_used"`` holds the bytes received by all records together (u64),
+for the quota.
 """
 
 from __future__ import annotations
@@ -83,6 +84,19 @@ def _validate(info: MediaInfo | None, size: int, offset: int, owner: str) -> Non
         raise MediaConflict(f"offset {offset} is not the {received} bytes received")
 
 
+def _time_key(info: MediaInfo) -> bytes:
+    return (b"c" if info.complete else b"p") + L.ts_key(info.ts) + info.media_id
+
+
+def _over_quota(used: int, old: MediaInfo | None, size: int, adding: int,
+                max_total: int | None) -> bool:
+    """True if an append of ``adding`` bytes must be refused: the store would hold more
+    than ``max_total``, or a new blob's whole ``size`` could never fit."""
+    if max_total is None:
+        return False
+    return used + adding > max_total or (old is None and used + size > max_total)
+
+
 def _used(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
     raw = txn.get(MEDIA_USED, db=dbs.meta)
     return 0 if raw is None else L.unpack_u64(raw)
@@ -90,8 +104,8 @@ def _used(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
 
 def _delete_record(txn: lmdb.Transaction, dbs: L.Dbs, info: MediaInfo) -> None:
     txn.delete(info.media_id, db=dbs.media)
-    txn.delete(L.ts_key(info.ts) + info.media_id, db=dbs.media_time)
-    txn.put(MEDIA_USED, L.pack_u64(max(_used(txn, dbs) - info.size, 0)), db=dbs.meta)
+    txn.delete(_time_key(info), db=dbs.media_time)
+    txn.put(MEDIA_USED, L.pack_u64(max(_used(txn, dbs) - info.received, 0)), db=dbs.meta)
 
 
 # -- ops run by the group-commit writer (validate, then write; see storage._lmdb_ops)
@@ -105,14 +119,14 @@ def _op_append(new: MediaInfo, offset: int, max_total: int | None):
             return old
         _validate(old, new.size, offset, new.owner)
         used = _used(txn, dbs)
-        if old is None and max_total is not None and used + new.size > max_total:
+        adding = new.received - offset
+        if _over_quota(used, old, new.size, adding, max_total):
             raise StorageFull(f"media quota of {max_total} bytes exceeded")
         if old is not None:
-            txn.delete(L.ts_key(old.ts) + old.media_id, db=dbs.media_time)
-        else:
-            txn.put(MEDIA_USED, L.pack_u64(used + new.size), db=dbs.meta)
+            txn.delete(_time_key(old), db=dbs.media_time)
+        txn.put(MEDIA_USED, L.pack_u64(used + adding), db=dbs.meta)
         txn.put(new.media_id, _pack(new), db=dbs.media)
-        txn.put(L.ts_key(new.ts) + new.media_id, b"", db=dbs.media_time)
+        txn.put(_time_key(new), b"", db=dbs.media_time)
         return new
     return op
 
@@ -127,17 +141,18 @@ def _op_delete(media_id: bytes):
     return op
 
 
-def _op_expire(older_than: float):
+def _op_expire(older_than: float, stalled_before: float):
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> list[bytes]:
-        limit = L.ts_key(older_than)
         gone: list[MediaInfo] = []
         with txn.cursor(db=dbs.media_time) as cur:
-            cur.first()
-            while (key := cur.key()) and key[:8] < limit:
-                raw = txn.get(key[8:], db=dbs.media)
-                if raw is not None:
-                    gone.append(_unpack(key[8:], raw))
-                cur.next()
+            for state, before in ((b"c", older_than), (b"p", stalled_before)):
+                limit = L.ts_key(before)
+                cur.set_range(state)
+                while (key := cur.key()) and key[:1] == state and key[1:9] < limit:
+                    raw = txn.get(key[9:], db=dbs.media)
+                    if raw is not None:
+                        gone.append(_unpack(key[9:], raw))
+                    cur.next()
         for info in gone:
             _delete_record(txn, dbs, info)
         return [info.media_id for info in gone]
@@ -308,9 +323,9 @@ class LmdbMediaMixin:
             if info is not None and info.complete and info.size == size:
                 return info
             _validate(info, size, offset, owner)
-            if info is None and max_total is not None:
-                if await self.media_usage() + size > max_total:
-                    raise StorageFull(f"media quota of {max_total} bytes exceeded")
+            if max_total is not None and _over_quota(
+                    await self.media_usage(), info, size, len(chunk), max_total):
+                raise StorageFull(f"media quota of {max_total} bytes exceeded")
             path = files.path(media_id)
             end = offset + len(chunk)
             try:
@@ -367,12 +382,18 @@ class LmdbMediaMixin:
         await self._media_files()
         return await self._reading(lambda txn: _used(txn, self._dbs))  # type: ignore[attr-defined]
 
-    async def media_expire(self, older_than: float) -> int:
+    async def media_expire(
+        self, older_than: float, *, incomplete_older_than: float | None = None
+    ) -> int:
         """See :meth:`storage.base.Storage.media_expire`. Records go in one
-        transaction; then each file is unlinked under its blob's lock unless an
-        upload re-created the blob meanwhile."""
+        transaction (cost proportional to what expires: a time index per state);
+        then each file is unlinked under its blob's lock unless an upload
+        re-created the blob meanwhile."""
         files = await self._media_files()
-        gone = await self.writer.submit(_op_expire(float(older_than)), freeing=True)  # type: ignore[attr-defined]
+        stalled = older_than if incomplete_older_than is None else max(
+            older_than, incomplete_older_than)
+        gone = await self.writer.submit(  # type: ignore[attr-defined]
+            _op_expire(float(older_than), float(stalled)), freeing=True)
         for media_id in gone:
             async with files.locks.hold(media_id):
                 if await self._media_info(media_id) is None:

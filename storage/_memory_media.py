@@ -69,9 +69,11 @@ class MemoryMediaMixin:
             raise MediaConflict("another user's upload of this blob is in progress")
         if offset != received:
             raise MediaConflict(f"offset {offset} is not the {received} bytes received")
-        if blob is None:
-            if max_total is not None and self._usage() + size > max_total:
+        if max_total is not None:
+            usage = self._usage()
+            if (blob is None and usage + size > max_total) or usage + len(chunk) > max_total:
                 raise StorageFull(f"media quota of {max_total} bytes exceeded")
+        if blob is None:
             self._reserve(len(chunk) + _BLOB_OVERHEAD)  # type: ignore[attr-defined]
             blob = blobs[media_id] = _Blob(size=size, owner=owner, ts=ts)
         else:
@@ -91,7 +93,7 @@ class MemoryMediaMixin:
         return blob.info(media_id)
 
     def _usage(self) -> int:
-        return sum(b.size for b in self._blobs().values())
+        return sum(b.received for b in self._blobs().values())
 
     def _drop_blob(self, media_id: bytes) -> None:
         blob = self._blobs().pop(media_id)
@@ -131,10 +133,14 @@ class MemoryMediaMixin:
         await self._enter()  # type: ignore[attr-defined]
         return self._usage()
 
-    async def media_expire(self, older_than: float) -> int:
+    async def media_expire(
+        self, older_than: float, *, incomplete_older_than: float | None = None
+    ) -> int:
         """See :meth:`storage.base.Storage.media_expire`."""
         await self._enter()  # type: ignore[attr-defined]
-        old = [m for m, b in self._blobs().items() if b.ts < older_than]
+        stalled = older_than if incomplete_older_than is None else incomplete_older_than
+        old = [m for m, b in self._blobs().items()
+               if b.ts < older_than or (not b.complete and b.ts < stalled)]
         for media_id in old:
             self._drop_blob(media_id)
         return len(old)

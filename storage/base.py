@@ -231,9 +231,11 @@ class Storage(Protocol):
                 ending at most at ``size``.
             owner: the uploading ``user_id``; appends by another user to an
                 unfinished blob are refused.
-            max_total: if given, the most bytes all blobs together may declare
-                (complete and unfinished, each counted at its ``size``); checked
-                when a blob is created.
+            max_total: if given, the most bytes all blobs together may hold (see
+                :meth:`media_usage`): an append that would go above it is refused,
+                and so is the first chunk of a blob whose ``size`` alone would not
+                fit. Unfinished uploads reserve nothing beyond what they stored, so
+                declaring a huge size cannot lock others out.
             now: the time of the append in seconds (default ``time.time()``).
 
         Returns:
@@ -265,8 +267,12 @@ class Storage(Protocol):
         """
 
     async def media_usage(self) -> int:
-        """Bytes all stored blobs declare together (complete and unfinished, at their ``size``)."""
+        """Bytes all stored blobs hold together (each at its bytes ``received``)."""
 
-    async def media_expire(self, older_than: float) -> int:
-        """Delete every blob (complete or not) whose ``ts`` is before ``older_than``
-        (seconds since the epoch); return how many went."""
+    async def media_expire(
+        self, older_than: float, *, incomplete_older_than: float | None = None
+    ) -> int:
+        """Delete every blob whose ``ts`` is before ``older_than``, and every unfinished
+        blob whose ``ts`` is before ``incomplete_older_than`` (if given; a stalled
+        upload usually gets a shorter life); times in seconds since the epoch.
+        Return how many blobs went."""

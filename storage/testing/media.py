@@ -52,7 +52,7 @@ class MediaConformance(ConformanceBase):
                                           now=T0)
             assert first == MediaInfo(mid, len(data), MEDIA_CHUNK_MAX, False, ALICE, T0)
             assert await st.media_read(mid, 0, 10) is None  # not complete yet
-            assert await st.media_usage() == len(data)
+            assert await st.media_usage() == MEDIA_CHUNK_MAX
             second = await st.media_append(mid, len(data), MEDIA_CHUNK_MAX,
                                            data[MEDIA_CHUNK_MAX:2 * MEDIA_CHUNK_MAX],
                                            owner=ALICE, now=T0 + 1)
@@ -174,23 +174,28 @@ class MediaConformance(ConformanceBase):
     async def test_media_quota(self) -> None:
         async with self.opened() as st:
             a, aid = blob(3000, seed=1)
-            b, bid = blob(2000, seed=2)
+            b, bid = blob(3000, seed=2)
             c, cid = blob(1000, seed=3)
-            await st.media_append(aid, 3000, 0, a[:100], owner=ALICE, max_total=5000, now=T0)
-            with pytest.raises(StorageFull):  # 3000 reserved + 2500 > 5000
-                await st.media_append(bid, 2500, 0, b[:100], owner=ALICE, max_total=5000)
-            assert await st.media_status(bid) is None
-            assert (await upload(st, b, bid, max_total=5000, now=T0 + 10)).complete  # fits
+            q = {"max_total": 5000}
+            await st.media_append(aid, 3000, 0, a[:100], owner=ALICE, now=T0, **q)
+            assert await st.media_usage() == 100  # what is stored, not what is declared
+            with pytest.raises(StorageFull):  # a size that could never fit is refused at once
+                await st.media_append(cid, 5001, 0, b"x", owner=ALICE, **q)
+            assert await st.media_status(cid) is None
+            # declaring a size reserves nothing: b starts though a and b cannot both finish
+            await st.media_append(bid, 3000, 0, b[:2000], owner=BOB, now=T0 + 10, **q)
+            info = await st.media_append(aid, 3000, 100, a[100:], owner=ALICE, now=T0, **q)
+            assert info.complete and await st.media_usage() == 5000  # exactly at the limit
+            with pytest.raises(StorageFull):  # b's last 1000 bytes no longer fit
+                await st.media_append(bid, 3000, 2000, b[2000:], owner=BOB, **q)
+            assert (await st.media_status(bid)).received == 2000  # nothing of it stored
             with pytest.raises(StorageFull):
-                await st.media_append(cid, 1000, 0, c, owner=ALICE, max_total=5000)
-            # an upload already counted goes on at the limit
-            info = await st.media_append(aid, 3000, 100, a[100:], owner=ALICE, max_total=5000,
-                                         now=T0)
-            assert info.complete
-            assert await st.media_usage() == 5000
+                await st.media_append(cid, 1000, 0, c, owner=ALICE, **q)
             assert await st.media_expire(T0 + 1) == 1  # a (ts T0) goes, b (T0 + 10) stays
             assert await st.media_usage() == 2000
-            assert (await st.media_append(cid, 1000, 0, c, owner=ALICE, max_total=5000)).complete
+            assert (await st.media_append(bid, 3000, 2000, b[2000:], owner=BOB, **q)).complete
+            assert (await st.media_append(cid, 1000, 0, c, owner=ALICE, **q)).complete
+            assert await st.media_usage() == 4000
 
     async def test_media_expire(self) -> None:
         async with self.opened() as st:
@@ -214,6 +219,24 @@ class MediaConformance(ConformanceBase):
             assert (await upload(st, old, oid, now=T0 + 200)).complete
             assert await st.media_read(oid, 0, 500) == old
 
+    async def test_media_expire_stalled_uploads_sooner(self) -> None:
+        async with self.opened() as st:
+            done, did = blob(300, seed=1)
+            part, pid = blob(300, seed=2)
+            fresh, fid = blob(300, seed=3)
+            await upload(st, done, did, now=T0)
+            await st.media_append(pid, 300, 0, part[:100], owner=ALICE, now=T0)
+            await st.media_append(fid, 300, 0, fresh[:100], owner=ALICE, now=T0 + 50)
+            # complete blobs live until older_than; unfinished ones until incomplete_older_than
+            assert await st.media_expire(T0 - 100, incomplete_older_than=T0 + 10) == 1
+            assert await st.media_status(pid) is None
+            assert await st.media_status(did) is not None
+            assert (await st.media_status(fid)).received == 100
+            assert await st.media_usage() == 300 + 100
+            # a bound earlier than older_than does not keep unfinished blobs longer
+            assert await st.media_expire(T0 + 60, incomplete_older_than=T0 - 100) == 2
+            assert await st.media_usage() == 0
+
     @needs("reopen")
     async def test_media_survives_reopen(self) -> None:
         done, did = blob(MEDIA_CHUNK_MAX + 3, seed=1)
@@ -227,7 +250,7 @@ class MediaConformance(ConformanceBase):
             assert await st.media_read(did, MEDIA_CHUNK_MAX, 10) == done[MEDIA_CHUNK_MAX:]
             assert await st.media_status(pid) == MediaInfo(pid, len(part), MEDIA_CHUNK_MAX,
                                                            False, BOB, T0)
-            assert await st.media_usage() == len(done) + len(part)
+            assert await st.media_usage() == len(done) + MEDIA_CHUNK_MAX
             for offset in (MEDIA_CHUNK_MAX, 2 * MEDIA_CHUNK_MAX):
                 info = await st.media_append(pid, len(part), offset,
                                              part[offset:offset + MEDIA_CHUNK_MAX], owner=BOB)

@@ -204,16 +204,40 @@ async def test_download_refusals(cluster3) -> None:
             assert isinstance(down, Error) and down.code == "unavailable"
 
 
-async def test_expire_uses_the_ttl() -> None:
-    ttl = 100.0
+async def test_expire_uses_the_ttls() -> None:
+    ttl, upload_ttl = 100.0, 10.0
     configs = make_configs(1)
     storage = MemoryStorage()
     ring = Ring(configs[0].cluster)
     log = logging.getLogger("test.media")
     fed = Federation("n1", configs[0].signing_key, ring, Limits(), log)
-    media = MediaService("n1", ring, storage, fed, log, ttl=ttl)
+    media = MediaService("n1", ring, storage, fed, log, ttl=ttl, upload_ttl=upload_ttl)
     data, mid = blob(10)
+    part, pid = blob(10)
     await storage.media_append(mid, 10, 0, data, owner="a" * 52, now=1000.0)
+    await storage.media_append(pid, 10, 0, part[:5], owner="a" * 52, now=1000.0)
+    assert await media.expire(now=1000.0 + upload_ttl) == 0
+    assert await media.expire(now=1000.0 + upload_ttl + 1) == 1  # the stalled upload
+    assert await storage.media_status(pid) is None
     assert await media.expire(now=1000.0 + ttl) == 0
     assert await media.expire(now=1000.0 + ttl + 1) == 1
     assert await storage.media_status(mid) is None
+
+
+async def test_a_declared_size_reserves_no_quota(nursery) -> None:
+    with trio.fail_after(20):
+        cluster = Cluster(nursery, make_configs(1, media_quota=4 * CHUNK))
+        await cluster.start("n1")
+        mallory = device_homed_at(cluster.ring, "n1")
+        alice = device_homed_at(cluster.ring, "n1")
+        await publish(cluster.url("n1"), mallory)
+        await publish(cluster.url("n1"), alice)
+        _, squat = blob(32)
+        async with session(cluster.url("n1"), mallory) as m:  # claims the whole quota, sends 1 B
+            answer = await m.request(MediaUpload(id=3, media_id=squat, size=4 * CHUNK, offset=0,
+                                                 chunk=b"x"))
+            assert isinstance(answer, MediaProgress) and answer.received == 1
+        data, mid = blob(3 * CHUNK)
+        async with session(cluster.url("n1"), alice) as a:
+            assert (await upload(a, data, mid)).complete
+            assert await download(a, "n1", mid) == data
