@@ -23,7 +23,8 @@ once under 200 concurrent claims, fallback keys), queues (seqs per device,
 contiguous under 500 concurrent enqueues, never reused after ack, purge or
 reopen; dedupe; ``max_queue`` and ``QueueFull`` with nothing stored; atomic
 multi-device enqueue; expiry), device-list watchers (idempotent, sorted, durable),
-the outbox, and durability across reopen.
+the outbox, media blobs (ordered chunked appends, hash check, conflicts, quota,
+expiry), and durability across reopen.
 """
 
 from ._base import ALICE, BOB, uid
