@@ -42,7 +42,7 @@ from relay.protocol.frames import (
 from relay.protocol.identity import Device
 
 from . import crypto, devices, linkcode, payload
-from .connection import Connection, connect
+from .connection import Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer
 from .errors import ClientError, RelayError, SendFailed
 from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
@@ -373,20 +373,21 @@ async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIt
         connect_timeout: seconds for each connection attempt and handshake.
 
     Raises:
-        ConnectionFailed, RelayError: see :func:`cli.connection.connect`.
+        ConnectionFailed, RelayError: see :func:`cli.connection.open_connection`.
+        ConnectionLost: the connection closed while the body was waiting on it.
     """
     try:
         async with trio.open_nursery() as nursery:
-            conn = await connect(nursery, state, connect_timeout=connect_timeout)
-            client = Client(state, conn)
-            nursery.start_soon(conn.run_reader)
-            nursery.start_soon(client._top_up_keys)
             try:
-                if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
-                    await client.upload_keys()
-                yield client
+                async with open_connection(nursery, state,
+                                           connect_timeout=connect_timeout) as conn:
+                    client = Client(state, conn)
+                    nursery.start_soon(conn.run_reader)
+                    nursery.start_soon(client._top_up_keys)
+                    if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
+                        await client.upload_keys()
+                    yield client
             finally:
-                await conn.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # re-raised, never swallowed
         leaf = _single_leaf(group)

@@ -1,9 +1,10 @@
 """One authenticated WebSocket from a device to its home node (docs/protocol.md, "Handshake").
 
-:func:`connect` opens the socket, runs ``hello`` -> ``challenge``, publishes the
-device's own signed device list if the home does not have it yet, signs the
-challenge (``auth``) and follows ``error moved`` to the user's home, saving the
-new URL in the state. The returned :class:`Connection` multiplexes requests by
+:func:`open_connection` opens the socket (:mod:`cli.websocket`, which owns the TCP
+stream), runs ``hello`` -> ``challenge``, publishes the device's own signed device
+list if the home does not have it yet, signs the challenge (``auth``) and follows
+``error moved`` to the user's home, saving the new URL in the state. The yielded
+:class:`Connection` multiplexes requests by
 request id; its reader task (:meth:`Connection.run_reader`) always drains the
 socket (trio-websocket stops answering pings when its queue is full) and routes
 each frame: answers to their waiting request, ``key_count`` pushes to a
@@ -14,18 +15,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    connect_websocket_url,
-)
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from relay.protocol import (
-    DEFAULT_LIMITS,
     SUPPORTED_VERSIONS,
     ErrorCode,
     RemoteProtocolError,
@@ -48,16 +44,26 @@ from relay.protocol.frames import (
 
 from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, RelayError
 from .state import State
+from .websocket import CLOSE_TIMEOUT, open_websocket
 
 log = logging.getLogger(__name__)
 
 AGENT = "wa-cli/0.1"
 MAX_MOVES = 3
 PUSH_BUFFER = 1024  # > the node's 256 unacknowledged deliveries in flight per connection
-WS_QUEUE = 16
-WS_RECEIVE_BUFFER = 64 * 1024
-WS_MAX_MESSAGE = DEFAULT_LIMITS.max_frame
-CLOSE_TIMEOUT = 2.0
+
+
+def _closed_text(url: str, reason: CloseReason | None) -> str:
+    """A user-facing sentence for a closed socket, e.g. ``connection to ws://h:p lost: the
+    node went away without closing it (1006 abnormal closure)``."""
+    if reason is None:
+        return f"connection to {url} closed"
+    name = (reason.name or "").replace("_", " ").lower()
+    detail = f", {reason.reason}" if reason.reason else ""
+    if reason.code == 1006:
+        return (f"connection to {url} lost: the node went away without closing it "
+                f"({reason.code} {name})")
+    return f"connection to {url} closed ({reason.code} {name}{detail})"
 
 
 class _Waiter:
@@ -70,7 +76,7 @@ class _Waiter:
 
 
 class Connection:
-    """An authenticated connection. Create with :func:`connect`.
+    """An authenticated connection. Create with :func:`open_connection`.
 
     Attributes:
         url: the home node's WebSocket URL.
@@ -94,11 +100,16 @@ class Connection:
 
     async def _write(self, frame: Frame) -> None:
         if self._closed is not None:
-            raise ConnectionLost(str(self._closed))
+            raise self.lost()
         try:
             await self._ws.send_message(write_frame(frame))
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection to {self.url} closed ({exc.reason})") from exc
+            raise ConnectionLost(_closed_text(self.url, exc.reason)) from exc
+
+    def lost(self) -> ConnectionLost:
+        """A new :class:`ConnectionLost` saying why the connection ended (who closed it,
+        the WebSocket close code), for callers that notice the end on :attr:`pushes`."""
+        return ConnectionLost(str(self._closed or f"connection to {self.url} closed"))
 
     async def request(self, frame_cls: type[Frame], **fields) -> Frame:
         """Send a request and wait for its answer.
@@ -153,7 +164,7 @@ class Connection:
                 try:
                     data = await self._ws.get_message()
                 except ConnectionClosed as exc:
-                    self._closed = ConnectionLost(f"connection to {self.url} closed ({exc.reason})")
+                    self._closed = ConnectionLost(_closed_text(self.url, exc.reason))
                     return
                 try:
                     frame = read_frame(data)
@@ -176,40 +187,17 @@ class Connection:
             if self._closed is None:
                 self._closed = ConnectionLost(f"connection to {self.url} closed")
             for waiter in self._pending.values():
-                waiter.error = ConnectionLost(str(self._closed))
+                waiter.error = self.lost()
                 waiter.event.set()
             self._pending.clear()
             self._push_send.close()
 
     async def aclose(self) -> None:
-        """Close the WebSocket (waits at most ``CLOSE_TIMEOUT`` seconds, shielded)."""
-        await close_ws(self._ws)
-
-
-async def close_ws(ws: WebSocketConnection) -> None:
-    """Close a WebSocket, waiting at most ``CLOSE_TIMEOUT`` seconds (shielded)."""
-    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-        await ws.aclose()
-
-
-async def open_socket(nursery: trio.Nursery, url: str, limit: float) -> WebSocketConnection:
-    """Open a WebSocket to a node with the client's buffer sizes (no handshake yet).
-
-    Args:
-        nursery: owns trio-websocket's background task of the socket.
-        limit: seconds for the TCP connect and the WebSocket handshake.
-
-    Raises:
-        ConnectionFailed: unreachable, refused, timed out or not a WebSocket URL.
-    """
-    try:
-        with trio.fail_after(limit):
-            return await connect_websocket_url(
-                nursery, url, message_queue_size=WS_QUEUE, max_message_size=WS_MAX_MESSAGE,
-                receive_buffer_size=WS_RECEIVE_BUFFER,
-            )
-    except (OSError, HandshakeError, trio.TooSlowError, ValueError) as exc:
-        raise ConnectionFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+        """Close the WebSocket now (closing handshake at most ``CLOSE_TIMEOUT`` seconds,
+        shielded); outstanding requests fail with :class:`ConnectionLost`. The TCP stream
+        is closed at the latest when :func:`open_connection` exits."""
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await self._ws.aclose()
 
 
 async def exchange(ws: WebSocketConnection, frame: Frame) -> Frame:
@@ -267,10 +255,30 @@ async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challeng
     return challenge, ok
 
 
-async def connect(nursery: trio.Nursery, state: State, *, connect_timeout: float) -> Connection:
-    """Connect and authenticate to ``state.relay_url``, following ``moved`` (at most 3 hops).
+async def _handshake(ws: WebSocketConnection, state: State, url: str,
+                     limit: float) -> tuple[Challenge, AuthOk] | str:
+    """:func:`_authenticate` within ``limit`` seconds, its failures as ``ConnectionFailed``."""
+    try:
+        with trio.fail_after(limit):
+            return await _authenticate(ws, state)
+    except trio.TooSlowError as exc:
+        raise ConnectionFailed(f"handshake with {url} timed out after {limit:g}s") from exc
+    except ConnectionClosed as exc:
+        raise ConnectionFailed(f"{url} closed the connection ({exc.reason})") from exc
+    except RemoteProtocolError as exc:
+        raise ConnectionFailed(f"{url} sent an invalid frame: {exc}") from exc
 
-    The caller starts :meth:`Connection.run_reader` in ``nursery`` afterwards.
+
+@asynccontextmanager
+async def open_connection(
+    nursery: trio.Nursery, state: State, *, connect_timeout: float
+) -> AsyncIterator[Connection]:
+    """Connect and authenticate to ``state.relay_url``, following ``moved`` (at most 3 hops),
+    and yield the :class:`Connection`; on exit close its WebSocket and TCP stream
+    (:func:`cli.websocket.open_websocket`), also after the node broke the connection.
+
+    The caller starts :meth:`Connection.run_reader` in ``nursery`` (which also runs
+    trio-websocket's own reader task, ended by the exit).
 
     Args:
         nursery: owns trio-websocket's background task of the socket.
@@ -284,24 +292,12 @@ async def connect(nursery: trio.Nursery, state: State, *, connect_timeout: float
     """
     url = state.relay_url
     for _ in range(MAX_MOVES + 1):
-        ws = await open_socket(nursery, url, connect_timeout)
-        done = False
-        try:
-            with trio.fail_after(connect_timeout):
-                result = await _authenticate(ws, state)
+        async with open_websocket(nursery, url, connect_timeout) as ws:
+            result = await _handshake(ws, state, url, connect_timeout)
             if isinstance(result, tuple):
-                done = True
                 challenge, ok = result
-                return Connection(ws, url, challenge, ok.otk_count)
-        except trio.TooSlowError as exc:
-            raise ConnectionFailed(f"handshake with {url} timed out after {connect_timeout:g}s") from exc
-        except ConnectionClosed as exc:
-            raise ConnectionFailed(f"{url} closed the connection ({exc.reason})") from exc
-        except RemoteProtocolError as exc:
-            raise ConnectionFailed(f"{url} sent an invalid frame: {exc}") from exc
-        finally:
-            if not done:
-                await close_ws(ws)
+                yield Connection(ws, url, challenge, ok.otk_count)
+                return
         if result == url:
             raise ConnectionFailed(f"{url} redirects to itself")
         log.info("home moved: %s -> %s", url, result)

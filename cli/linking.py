@@ -39,10 +39,11 @@ from relay.protocol.identity import verify_device_list
 
 from . import crypto, linkcode
 from .client import Client, _single_leaf, open_client
-from .connection import AGENT, close_ws, exchange, open_socket
+from .connection import AGENT, exchange
 from .errors import ConnectionFailed, LinkFailed
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
 from .state import NewHome, State, new_home, seen_key
+from .websocket import open_websocket
 
 __all__ = [
     "LinkedAccount", "PendingLink", "link_device", "link_devices", "open_link", "save_linked",
@@ -195,12 +196,11 @@ async def open_link(
 
     try:
         async with trio.open_nursery() as nursery:
-            ws = await open_socket(nursery, relay_url, connect_timeout)
             try:
-                opened = await _open_mailbox(ws, info.encode(), connect_timeout)
-                yield PendingLink(ws, identity, ephemeral, info, secret, opened)
+                async with open_websocket(nursery, relay_url, connect_timeout) as ws:
+                    opened = await _open_mailbox(ws, info.encode(), connect_timeout)
+                    yield PendingLink(ws, identity, ephemeral, info, secret, opened)
             finally:
-                await close_ws(ws)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # re-raised, never swallowed
         leaf = _single_leaf(group)

@@ -174,7 +174,7 @@ class Receiver:
             try:
                 batch = [await conn.pushes.receive()]
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise ConnectionLost(f"connection to {conn.url} closed") from None
+                raise conn.lost() from None
             while len(batch) < RECEIVE_BATCH:
                 try:
                     batch.append(conn.pushes.receive_nowait())
