@@ -38,6 +38,27 @@ def test_user_id_round_trip() -> None:
     assert not is_user_id(uid.upper()) and not is_user_id(uid[:-1]) and not is_user_id("1" * 52)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a" * 51, "a" * 53, "a" * 51 + "1", "a" * 51 + "=", "a" * 51 + "\n", "a" * 52 + "\n",
+     "\u00e9" * 52, "\u00df" * 52, "\u0430" * 52, "a" * 26 + "\x00" + "a" * 25, b"a" * 52, None, 52],
+)
+def test_malformed_user_ids_are_refused_not_raised(bad) -> None:
+    # Non-ASCII look-alikes used to raise ValueError from the base32 decoder, which
+    # a node would have answered with ``internal`` and a close.
+    assert is_user_id(bad) is False
+    with pytest.raises(RemoteProtocolError) as info:
+        key_from_user_id(bad)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_every_base32_letter_is_accepted() -> None:
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    for i in range(0, 52, 4):
+        uid = (alphabet * 2)[i:i + 52].ljust(52, "a")
+        assert is_user_id(uid) and len(key_from_user_id(uid)) == 32
+
+
 def test_device_list_sign_verify() -> None:
     sk, uid = _account()
     signed = sign_device_list(sk, _list(uid, 3))

@@ -136,3 +136,26 @@ async def test_unexpected_exception_is_internal_and_1011(nursery) -> None:
             assert isinstance(err, Error) and err.code == "internal"
             assert await _expect_close(c) == 1011
         await _still_serving(url)
+
+
+@pytest.mark.parametrize("user_id", ["\u00e9" * 52, "\u0430" * 52, "A" * 52], ids=["latin", "cyrillic", "upper"])
+async def test_non_base32_user_ids_are_bad_request(node1, user_id: str) -> None:
+    # Non-ASCII look-alikes used to raise ValueError in the base32 decoder: ``internal``, 1011.
+    from relay.protocol.frames import ClaimKeys, Copy, GetDevices, Recipient, Send
+
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        dev = UserDevice()
+        await publish(url, dev)
+        async with session(url, dev) as c:
+            for frame in (
+                GetDevices(id=c.next_id(), user_id=user_id),
+                ClaimKeys(id=c.next_id(), user_id=user_id, device_ids=[0]),
+                Send(id=c.next_id(), msg_id=os.urandom(16),
+                     recipients=[Recipient(user_id, 1, [Copy(0, b"c")])]),
+            ):
+                err = await c.request(frame)
+                assert isinstance(err, Error) and err.code == "bad_request", err
+            rid = c.next_id()
+            assert await c.request(Ping(id=rid)) == Ok(id=rid)
+        await _still_serving(url)
