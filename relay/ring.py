@@ -6,6 +6,10 @@ highest score ``int(blake2b(node_id + "\\0" + user_id, digest_size=8))``
 users whose new highest score is the new node's (about ``1/N`` of them);
 removing one moves only that node's users.
 
+Homes are asked for every recipient of every send, so each :class:`Ring` keeps
+the last :data:`HOME_CACHE_SIZE` answers in its own bounded LRU cache (the node
+list never changes for a ring, so a cached home never goes stale).
+
 The *ring version* identifies the node list: the lowercase sha256 hex digest
 of the msgpack array ``[[id, url, public_key], ...]`` sorted by id. Peers
 refuse to link when their ring versions differ.
@@ -13,11 +17,15 @@ refuse to link when their ring versions differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
+
+HOME_CACHE_SIZE = 16384
+"""Most user -> home answers one ring remembers (about 150 bytes each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +60,13 @@ class Ring:
 
     Args:
         nodes: the cluster file's nodes; ids must be unique and non-empty.
+        home_cache: most :meth:`home` answers kept (least recently used go first).
 
     Raises:
         ValueError: no nodes, or a duplicate node id.
     """
 
-    def __init__(self, nodes: Iterable[NodeInfo]) -> None:
+    def __init__(self, nodes: Iterable[NodeInfo], *, home_cache: int = HOME_CACHE_SIZE) -> None:
         self.nodes: tuple[NodeInfo, ...] = tuple(sorted(nodes, key=lambda n: n.id))
         if not self.nodes:
             raise ValueError("a ring needs at least one node")
@@ -65,9 +74,14 @@ class Ring:
         if len(self._by_id) != len(self.nodes):
             raise ValueError("duplicate node id in the cluster")
         self.version: str = ring_version(self.nodes)
+        # Per instance (no globals): a C-level LRU of the pure function below.
+        self._cached_home = functools.lru_cache(maxsize=home_cache)(self._compute_home)
 
     def home(self, user_id: str) -> NodeInfo:
-        """The home node of ``user_id`` (highest rendezvous score)."""
+        """The home node of ``user_id`` (highest rendezvous score; memoised)."""
+        return self._cached_home(user_id)
+
+    def _compute_home(self, user_id: str) -> NodeInfo:
         return max(self.nodes, key=lambda n: (score(n.id, user_id), n.id))
 
     def node(self, node_id: str) -> NodeInfo | None:

@@ -66,3 +66,17 @@ def test_lookup_and_errors() -> None:
         Ring([])
     with pytest.raises(ValueError):
         Ring([_nodes(1)[0], _nodes(1)[0]])
+
+
+def test_home_cache_is_bounded_and_agrees_with_scores() -> None:
+    users = _users(300)
+    ring = Ring(_nodes(5), home_cache=16)
+    for _ in range(2):  # the second pass mixes hits and evictions
+        for u in users:
+            best = max(ring.nodes, key=lambda n: (score(n.id, u), n.id))
+            assert ring.home(u) is best
+    assert ring._cached_home.cache_info().currsize == 16
+    hot = users[-1]
+    hits = ring._cached_home.cache_info().hits
+    assert ring.home(hot) is ring.home(hot)
+    assert ring._cached_home.cache_info().hits == hits + 2
