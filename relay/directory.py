@@ -13,7 +13,7 @@ import msgpack
 
 from relay.errors import RelayError
 from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
-from relay.protocol.frames import ClaimedKey, OneTimeKey, Recipient, SignedDeviceList
+from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
 from relay.ring import Ring
 from storage import DuplicateKey, StaleVersion, Storage
 
@@ -74,6 +74,14 @@ class Directory:
         """True if this node is ``user_id``'s home."""
         return self._ring.home(user_id).id == self._node_id
 
+    def check_homed_at(self, user_id: str, node_id: str, role: str = "user") -> None:
+        """Raise ``bad_request`` unless ``user_id`` is well-formed and homed at node
+        ``node_id`` (a peer speaks only for its own users; ``role`` names the user
+        in the message, e.g. ``"sender"``)."""
+        self.check_user_id(user_id)
+        if self._ring.home(user_id).id != node_id:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"{role} is not homed at that peer")
+
     def check_home(self, user_id: str) -> None:
         """Raise ``moved`` (with the home URL) unless this node is ``user_id``'s home."""
         home = self._ring.home(user_id)
@@ -133,11 +141,14 @@ class Directory:
                              user_id=user_id)
         return entry
 
-    async def check_recipient(self, recipient: Recipient, sender: tuple[str, int] | None = None) -> None:
-        """Check that the copies address exactly the user's current devices.
+    async def check_devices(
+        self, user_id: str, device_ids: list[int], sender: tuple[str, int] | None = None
+    ) -> None:
+        """Check that ``device_ids`` are exactly the user's current devices, once each.
 
         Args:
-            recipient: one user's copies.
+            user_id: a user homed here.
+            device_ids: the devices a message addresses (one copy each).
             sender: ``(user_id, device_id)`` of the sending device; when the
                 recipient is the sender's own user, that device needs no copy.
 
@@ -145,15 +156,15 @@ class Directory:
             RelayError: ``unknown_user``; ``stale_devices`` with the current
                 signed list when the device ids differ (or repeat).
         """
-        signed, parsed = await self.require_device_list(recipient.user_id)
-        expected = set(parsed.device_ids)
-        if sender is not None and sender[0] == recipient.user_id:
-            expected.discard(sender[1])
-        ids = [c.device_id for c in recipient.copies]
-        if len(set(ids)) != len(ids) or set(ids) != expected:
+        signed, parsed = await self.require_device_list(user_id)
+        expected = parsed.device_ids
+        if sender is not None and sender[0] == user_id:
+            expected = expected - {sender[1]}
+        given = set(device_ids)
+        if len(given) != len(device_ids) or given != expected:
             raise RelayError(
                 ErrorCode.STALE_DEVICES, f"copies do not match device list v{parsed.version}",
-                user_id=recipient.user_id, device_list=signed,
+                user_id=user_id, device_list=signed,
             )
 
     # ------------------------------------------------------------ keys

@@ -24,6 +24,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import nacl.signing
@@ -35,8 +36,10 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from relay.errors import RelayError
 from relay.protocol import (
     SUPPORTED_VERSIONS,
+    ErrorCode,
     Limits,
     RemoteProtocolError,
     peer_auth_message,
@@ -259,6 +262,36 @@ async def request_within(federation: Federation, dest: str, frame: Frame, second
     with trio.move_on_after(seconds):
         return await federation.request(dest, frame)
     raise LinkDown(f"no answer from {dest} within {seconds} s")
+
+
+F = TypeVar("F", bound=Frame)
+
+
+async def ask_peer(
+    federation: Federation, dest: str, frame: Frame, expected: type[F], seconds: float, *,
+    holder: str,
+) -> F:
+    """Serve a read by asking node ``dest``: its answer of type ``expected``, with
+    the request id of ``frame`` (the client's id goes back to the client).
+
+    Args:
+        holder: what ``dest`` is to this request, for the ``unavailable`` message
+            (e.g. ``"home node"``, ``"node holding the media"``).
+
+    Raises:
+        RelayError: ``unavailable`` (unreachable, or no answer within ``seconds``),
+            the peer's own refusal (its ``error`` frame), ``internal`` (an
+            answer of another type).
+    """
+    try:
+        answer = await request_within(federation, dest, frame, seconds)
+    except LinkDown as exc:
+        raise RelayError(ErrorCode.UNAVAILABLE, f"{holder} {dest} is unreachable") from exc
+    if isinstance(answer, Error):
+        raise RelayError.from_frame(answer)
+    if not isinstance(answer, expected):
+        raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r} from {dest}")
+    return dataclasses.replace(answer, id=frame.id)
 
 
 class Federation:

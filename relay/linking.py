@@ -18,7 +18,6 @@ answers ``rate_limited``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from relay.errors import RelayError
-from relay.federation import Federation, LinkDown, request_within
+from relay.federation import Federation, ask_peer
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Error,
@@ -249,15 +248,6 @@ class Linking:
             raise RelayError(ErrorCode.BAD_REQUEST, "that mailbox is not on this node")
         if self._ring.node(frame.node_id) is None:
             raise RelayError(ErrorCode.NOT_FOUND, "no such linking code: unknown node")
-        try:
-            answer = await request_within(self._federation, frame.node_id, frame,
-                                          self._peer_timeout)
-        except LinkDown as exc:
-            raise RelayError(ErrorCode.UNAVAILABLE,
-                             f"node {frame.node_id} holding the mailbox is unreachable") from exc
-        if isinstance(answer, Error):
-            raise RelayError.from_frame(answer)
-        expected = LinkInfo if isinstance(frame, LinkFetch) else Ok
-        if not isinstance(answer, expected):
-            raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r} from the node")
-        return dataclasses.replace(answer, id=frame.id)
+        expected: type[LinkInfo | Ok] = LinkInfo if isinstance(frame, LinkFetch) else Ok
+        return await ask_peer(self._federation, frame.node_id, frame, expected,
+                              self._peer_timeout, holder="node holding the mailbox")

@@ -10,25 +10,31 @@ the home (docs/protocol.md, "Device-list changes"): a device's own user, or the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from relay.errors import RelayError
-from relay.federation import LinkDown, request_within
+from relay.federation import ask_peer
 from relay.protocol import ErrorCode
-from relay.protocol.frames import Claimed, ClaimKeys, Devices, Error, Frame, GetDevices, KeyCount
+from relay.protocol.frames import Claimed, ClaimKeys, Devices, Frame, GetDevices, KeyCount
 
 if TYPE_CHECKING:
     from relay.node import Node
 
 PEER_REQUEST_TIMEOUT = 5.0
 
+A = TypeVar("A", Devices, Claimed)
 
-async def ask_home(node: Node, frame: Frame, user_id: str, *, from_peer: bool) -> Frame | None:
-    """Forward a directory read to ``user_id``'s home; ``None`` if it is this node.
+
+async def ask_home(
+    node: Node, frame: Frame, user_id: str, expected: type[A], *, from_peer: bool
+) -> A | None:
+    """Forward a directory read to ``user_id``'s home and return its answer (of type
+    ``expected``, with ``frame``'s id); ``None`` if this node is the home.
 
     Raises:
         RelayError: ``bad_request`` (malformed user id, or a peer asking a node
-            that is not the home), ``unavailable``, or the home's refusal.
+            that is not the home), ``unavailable``, the home's refusal, or
+            ``internal`` (an answer of another type).
     """
     node.directory.check_user_id(user_id)
     home = node.ring.home(user_id)
@@ -36,13 +42,8 @@ async def ask_home(node: Node, frame: Frame, user_id: str, *, from_peer: bool) -
         return None
     if from_peer:
         raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node")
-    try:
-        answer = await request_within(node.federation, home.id, frame, PEER_REQUEST_TIMEOUT)
-    except LinkDown as exc:
-        raise RelayError(ErrorCode.UNAVAILABLE, f"home node {home.id} is unreachable") from exc
-    if isinstance(answer, Error):
-        raise RelayError.from_frame(answer)
-    return answer
+    return await ask_peer(node.federation, home.id, frame, expected, PEER_REQUEST_TIMEOUT,
+                          holder="home node")
 
 
 async def get_devices(
@@ -59,15 +60,11 @@ async def get_devices(
     if peer_id is not None:
         watcher = frame.watcher
         if watcher is not None:
-            node.directory.check_user_id(watcher)
-            if node.ring.home(watcher).id != peer_id:
-                raise RelayError(ErrorCode.BAD_REQUEST, "watcher is not homed at that peer")
+            node.directory.check_homed_at(watcher, peer_id, "watcher")
     ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher)
-    answer = await ask_home(node, ask, frame.user_id, from_peer=peer_id is not None)
-    if isinstance(answer, Devices):
-        return Devices(id=frame.id, device_list=answer.device_list)
+    answer = await ask_home(node, ask, frame.user_id, Devices, from_peer=peer_id is not None)
     if answer is not None:
-        raise RelayError(ErrorCode.INTERNAL, "unexpected answer from the home node")
+        return answer
     signed = await node.changes.fetch(frame.user_id, watcher)
     return Devices(id=frame.id, device_list=signed)
 
@@ -78,11 +75,9 @@ async def claim_keys(node: Node, frame: ClaimKeys, *, from_peer: bool) -> Claime
     Raises:
         RelayError: see :func:`ask_home` and :meth:`Directory.claim_keys`.
     """
-    answer = await ask_home(node, frame, frame.user_id, from_peer=from_peer)
-    if isinstance(answer, Claimed):
-        return Claimed(id=frame.id, keys=answer.keys)
+    answer = await ask_home(node, frame, frame.user_id, Claimed, from_peer=from_peer)
     if answer is not None:
-        raise RelayError(ErrorCode.INTERNAL, "unexpected answer from the home node")
+        return answer
     keys, low = await node.directory.claim_keys(frame.user_id, frame.device_ids)
     for device_id, count in low.items():
         session = node.registry.session(frame.user_id, device_id)

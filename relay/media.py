@@ -30,10 +30,9 @@ import logging
 import time
 
 from relay.errors import RelayError
-from relay.federation import Federation, LinkDown, request_within
+from relay.federation import Federation, ask_peer
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
-    Error,
     MediaChunk,
     MediaDownload,
     MediaProgress,
@@ -174,17 +173,8 @@ class MediaService:
     async def _forward(self, frame: MediaDownload) -> MediaChunk:
         if self._ring.node(frame.node_id) is None:
             raise RelayError(ErrorCode.NOT_FOUND, f"no node {frame.node_id!r} in the cluster")
-        try:
-            answer = await request_within(self._federation, frame.node_id, frame,
-                                          self.forward_timeout)
-        except LinkDown as exc:
-            raise RelayError(ErrorCode.UNAVAILABLE,
-                             f"node {frame.node_id} holding the media is unreachable") from exc
-        if isinstance(answer, Error):
-            raise RelayError.from_frame(answer)
-        if not isinstance(answer, MediaChunk):
-            raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r}")
-        return MediaChunk(id=frame.id, data=answer.data, size=answer.size)
+        return await ask_peer(self._federation, frame.node_id, frame, MediaChunk,
+                              self.forward_timeout, holder="node holding the media")
 
     async def expire(self, now: float | None = None) -> int:
         """Delete blobs whose last write is older than the TTL, and unfinished uploads idle

@@ -79,9 +79,7 @@ class Node:
                              self.outbox, self.registry.notify, max_queue=config.max_queue,
                              forward_timeout=forward_timeout, on_stale=self.changes.watch)
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl)
-        self.groups = GroupRouter(config.id, self.ring, storage, self.directory, self.router,
-                                  self.registry.notify, max_queue=config.max_queue,
-                                  on_stale=self.changes.watch)
+        self.groups = GroupRouter(self.router)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,

@@ -224,9 +224,7 @@ class DeviceListChanges:
             StorageFull: retry later (users already served are deduplicated).
         """
         env = frame.envelope
-        self._directory.check_user_id(env.sender_user)
-        if self._ring.home(env.sender_user).id != peer_id:
-            raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
+        self._directory.check_homed_at(env.sender_user, peer_id, "sender")
         if env.kind != NOTICE_KIND or env.sender_device != 0:
             raise RelayError(ErrorCode.BAD_REQUEST, "notify carries device_list notices only")
         parsed = verify_device_list(unpack_list(env.body), env.sender_user)

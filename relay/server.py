@@ -288,9 +288,7 @@ class Connection:
                 )
                 return Sent(id=frame.id, status=status)
             case Forward():
-                node.directory.check_user_id(frame.sender_user)
-                if node.ring.home(frame.sender_user).id != self._conn.peer_id:
-                    raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
+                node.router.check_from_peer(frame.sender_user, self._conn.peer_id)  # type: ignore[arg-type]
                 await node.router.store_local(frame)
                 return Ok(id=frame.id)
             case GroupSend():
@@ -300,9 +298,7 @@ class Connection:
                 )
                 return Sent(id=frame.id, status=status)
             case GroupForward():
-                node.directory.check_user_id(frame.sender_user)
-                if node.ring.home(frame.sender_user).id != self._conn.peer_id:
-                    raise RelayError(ErrorCode.BAD_REQUEST, "sender is not homed at that peer")
+                node.router.check_from_peer(frame.sender_user, self._conn.peer_id)  # type: ignore[arg-type]
                 await node.groups.store_local(frame)
                 return Ok(id=frame.id)
             case MediaUpload():
