@@ -38,13 +38,9 @@ for the quota.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import struct
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import lmdb
@@ -52,17 +48,30 @@ import trio
 
 from . import _lmdb_layout as L
 from ._keys import check_bytes, check_user_id
-from ._media_args import check_media_append, check_media_id, check_media_read
+from ._media_args import (
+    check_continues,
+    check_media_append,
+    check_media_id,
+    check_media_read,
+    over_quota,
+)
+from ._media_files import (
+    MediaFiles,
+    file_error,
+    fsync_dir,
+    read_at,
+    sha256_file,
+    unlink,
+    write_at,
+)
 from .base import MediaInfo
-from .errors import MediaConflict, MediaCorrupt, StorageError, StorageFull
+from .errors import MediaCorrupt, StorageError, StorageFull
 
 MEDIA_DIR = "media"
 MEDIA_USED = b"media_used"
-HASH_READ = 1 << 20  # bytes per read while hashing a finished blob
 SWEEP_BATCH = 1000
 
 _REC = struct.Struct(">QQBd")
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _pack(info: MediaInfo) -> bytes:
@@ -74,27 +83,8 @@ def _unpack(media_id: bytes, raw: bytes) -> MediaInfo:
     return MediaInfo(media_id, size, received, bool(complete), raw[_REC.size:].decode(), ts)
 
 
-def _validate(info: MediaInfo | None, size: int, offset: int, owner: str) -> None:
-    received = 0 if info is None else info.received
-    if info is not None and info.size != size:
-        raise MediaConflict(f"blob has size {info.size}, not {size}")
-    if info is not None and info.owner != owner:
-        raise MediaConflict("another user's upload of this blob is in progress")
-    if offset != received:
-        raise MediaConflict(f"offset {offset} is not the {received} bytes received")
-
-
 def _time_key(info: MediaInfo) -> bytes:
     return (b"c" if info.complete else b"p") + L.ts_key(info.ts) + info.media_id
-
-
-def _over_quota(used: int, old: MediaInfo | None, size: int, adding: int,
-                max_total: int | None) -> bool:
-    """True if an append of ``adding`` bytes must be refused: the store would hold more
-    than ``max_total``, or a new blob's whole ``size`` could never fit."""
-    if max_total is None:
-        return False
-    return used + adding > max_total or (old is None and used + size > max_total)
 
 
 def _used(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
@@ -117,10 +107,10 @@ def _op_append(new: MediaInfo, offset: int, max_total: int | None):
         old = None if raw is None else _unpack(new.media_id, raw)
         if old is not None and old.complete and old.size == new.size:
             return old
-        _validate(old, new.size, offset, new.owner)
+        check_continues(old, new.size, offset, new.owner)
         used = _used(txn, dbs)
         adding = new.received - offset
-        if _over_quota(used, old, new.size, adding, max_total):
+        if over_quota(used, old, new.size, adding, max_total):
             raise StorageFull(f"media quota of {max_total} bytes exceeded")
         if old is not None:
             txn.delete(_time_key(old), db=dbs.media_time)
@@ -159,116 +149,17 @@ def _op_expire(older_than: float, stalled_before: float):
     return op
 
 
-# -- blocking file helpers (worker threads only)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_at(path: Path, offset: int, data: bytes, new_file: bool) -> None:
-    """Write ``data`` at ``offset`` and make it durable (creating the file if needed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        view, pos = memoryview(data), offset
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
-        (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
-    finally:
-        os.close(fd)
-    if new_file:
-        _fsync_dir(path.parent)
-
-
-def _sha256_file(path: Path, size: int) -> bytes:
-    """SHA-256 of the first ``size`` bytes of ``path``, read :data:`HASH_READ` bytes at a time."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        pos = 0
-        while pos < size:
-            block = os.pread(fd, min(HASH_READ, size - pos), pos)
-            if not block:
-                break
-            digest.update(block)
-            pos += len(block)
-    finally:
-        os.close(fd)
-    return digest.digest()
-
-
-def _read_at(path: Path, offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        return os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _file_error(exc: OSError) -> StorageError:
-    if exc.errno in _FULL_ERRNOS:
-        err: StorageError = StorageFull(f"storage full: {exc.strerror}")
-    else:
-        err = StorageError(f"media file I/O failed: {exc}")
-    err.__cause__ = exc
-    return err
-
-
-class _KeyedLocks:
-    """One :class:`trio.Lock` per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[bytes, list] = {}  # key -> [lock, users]
-
-    @asynccontextmanager
-    async def hold(self, key: bytes) -> AsyncIterator[None]:
-        entry = self._locks.setdefault(key, [trio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[key]
-
-
-class _MediaFiles:
-    """Per-storage media state: the blob directory, per-blob locks, the orphan sweep."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.locks = _KeyedLocks()
-        self.ready = False
-        self.init_lock = trio.Lock()
-
-    def path(self, media_id: bytes) -> Path:
-        return self.root / media_id.hex()
-
-
 class LmdbMediaMixin:
     """Media blobs as files beside the LMDB environment; see the module docstring.
 
     Relies on the host class's ``_env``, ``_dbs``, ``writer`` and ``_reading``.
     """
 
-    async def _media_files(self) -> _MediaFiles:
+    async def _media_files(self) -> MediaFiles:
         files = self.__dict__.get("_media_state")
         if files is None:
             root = Path(self._env.path()) / MEDIA_DIR  # type: ignore[attr-defined]
-            files = self.__dict__["_media_state"] = _MediaFiles(root)
+            files = self.__dict__["_media_state"] = MediaFiles(root)
         if not files.ready:
             async with files.init_lock:
                 if not files.ready:
@@ -276,18 +167,18 @@ class LmdbMediaMixin:
                     files.ready = True
         return files
 
-    async def _media_sweep(self, files: _MediaFiles) -> None:
+    async def _media_sweep(self, files: MediaFiles) -> None:
         """Create the media directory; delete files that have no record (orphans of a crash)."""
         def listing() -> list[str]:
             if not files.root.exists():
                 files.root.mkdir(mode=0o700)
-                _fsync_dir(files.root.parent)
+                fsync_dir(files.root.parent)
             return os.listdir(files.root)
 
         try:
             names = await trio.to_thread.run_sync(listing)
         except OSError as exc:
-            raise _file_error(exc) from exc
+            raise file_error(exc) from exc
         orphans = []
         for i, name in enumerate(names):
             if i % SWEEP_BATCH == SWEEP_BATCH - 1:
@@ -299,7 +190,7 @@ class LmdbMediaMixin:
             if len(media_id) == 32 and await self._media_info(media_id) is None:
                 orphans.append(files.root / name)
         for path in orphans:
-            await trio.to_thread.run_sync(_unlink, path)
+            await trio.to_thread.run_sync(unlink, path)
 
     async def _media_info(self, media_id: bytes) -> MediaInfo | None:
         def read(txn: lmdb.Transaction) -> MediaInfo | None:
@@ -322,23 +213,23 @@ class LmdbMediaMixin:
             info = await self._media_info(media_id)
             if info is not None and info.complete and info.size == size:
                 return info
-            _validate(info, size, offset, owner)
-            if max_total is not None and _over_quota(
+            check_continues(info, size, offset, owner)
+            if max_total is not None and over_quota(
                     await self.media_usage(), info, size, len(chunk), max_total):
                 raise StorageFull(f"media quota of {max_total} bytes exceeded")
             path = files.path(media_id)
             end = offset + len(chunk)
             try:
-                await trio.to_thread.run_sync(_write_at, path, offset, chunk, info is None)
+                await trio.to_thread.run_sync(write_at, path, offset, chunk, info is None)
                 digest = None
                 if end == size:
-                    digest = await trio.to_thread.run_sync(_sha256_file, path, size)
+                    digest = await trio.to_thread.run_sync(sha256_file, path, size)
             except OSError as exc:
-                raise _file_error(exc) from exc
+                raise file_error(exc) from exc
             if digest is not None and digest != media_id:
                 if info is not None:
                     await self.writer.submit(_op_delete(media_id), freeing=True)  # type: ignore[attr-defined]
-                await trio.to_thread.run_sync(_unlink, path)
+                await trio.to_thread.run_sync(unlink, path)
                 raise MediaCorrupt("the blob's SHA-256 differs from its media id; it was deleted")
             new = MediaInfo(media_id, size, end, digest is not None, owner, ts)
             try:
@@ -347,7 +238,7 @@ class LmdbMediaMixin:
                 )
             except StorageError:
                 if info is None:  # nothing refers to the file we just created
-                    await trio.to_thread.run_sync(_unlink, path)
+                    await trio.to_thread.run_sync(unlink, path)
                 raise
 
     async def media_status(self, media_id: bytes) -> MediaInfo | None:
@@ -368,11 +259,11 @@ class LmdbMediaMixin:
         if n == 0:
             return b""
         try:
-            data = await trio.to_thread.run_sync(_read_at, files.path(media_id), offset, n)
+            data = await trio.to_thread.run_sync(read_at, files.path(media_id), offset, n)
         except FileNotFoundError:
             return None  # expired meanwhile
         except OSError as exc:
-            raise _file_error(exc) from exc
+            raise file_error(exc) from exc
         if len(data) != n:
             raise StorageError(f"media file {media_id.hex()} is shorter than its record")
         return data
@@ -397,5 +288,5 @@ class LmdbMediaMixin:
         for media_id in gone:
             async with files.locks.hold(media_id):
                 if await self._media_info(media_id) is None:
-                    await trio.to_thread.run_sync(_unlink, files.path(media_id))
+                    await trio.to_thread.run_sync(unlink, files.path(media_id))
         return len(gone)

@@ -1,11 +1,13 @@
-"""Argument checks of the media methods shared by the built-in backends (see
-:class:`storage.base.Storage`, "media"), so both reject the same inputs with
-``ValueError``/``TypeError``."""
+"""Checks of the media methods shared by the built-in backends (see
+:class:`storage.base.Storage`, "media"), so both reject the same inputs:
+argument checks (``ValueError``/``TypeError``), whether an append continues
+the stored blob (:class:`~storage.errors.MediaConflict`), and the quota rule."""
 
 from __future__ import annotations
 
 from ._keys import check_bytes
-from .base import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE
+from .base import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE, MediaInfo
+from .errors import MediaConflict
 
 MAX_MEDIA_SIZE = 2**63 - 1
 
@@ -49,3 +51,28 @@ def check_media_read(size: int, offset: int, length: int) -> None:
     _check_int("length", length, MEDIA_CHUNK_MAX)
     if offset > size:
         raise ValueError(f"offset {offset} is past the size {size}")
+
+
+def check_continues(info: MediaInfo | None, size: int, offset: int, owner: str) -> None:
+    """Check that an append continues the stored blob ``info`` (``None``: no blob yet).
+
+    Raises:
+        MediaConflict: another declared size, another owner's unfinished upload,
+            or ``offset`` is not the bytes received so far.
+    """
+    received = 0 if info is None else info.received
+    if info is not None and info.size != size:
+        raise MediaConflict(f"blob has size {info.size}, not {size}")
+    if info is not None and info.owner != owner:
+        raise MediaConflict("another user's upload of this blob is in progress")
+    if offset != received:
+        raise MediaConflict(f"offset {offset} is not the {received} bytes received")
+
+
+def over_quota(used: int, info: MediaInfo | None, size: int, adding: int,
+               max_total: int | None) -> bool:
+    """True if an append of ``adding`` bytes must be refused: the store would hold more
+    than ``max_total`` bytes, or a new blob's whole ``size`` could never fit."""
+    if max_total is None:
+        return False
+    return used + adding > max_total or (info is None and used + size > max_total)

@@ -18,9 +18,15 @@ import time
 from dataclasses import dataclass, field
 
 from ._keys import check_bytes, check_user_id
-from ._media_args import check_media_append, check_media_id, check_media_read
+from ._media_args import (
+    check_continues,
+    check_media_append,
+    check_media_id,
+    check_media_read,
+    over_quota,
+)
 from .base import MEDIA_CHUNK_MAX, MediaInfo
-from .errors import MediaConflict, MediaCorrupt, StorageFull
+from .errors import MediaCorrupt, StorageFull
 
 _BLOB_OVERHEAD = 64
 
@@ -62,17 +68,10 @@ class MemoryMediaMixin:
         blob = blobs.get(media_id)
         if blob is not None and blob.complete and blob.size == size:
             return blob.info(media_id)
-        received = 0 if blob is None else blob.received
-        if blob is not None and blob.size != size:
-            raise MediaConflict(f"blob has size {blob.size}, not {size}")
-        if blob is not None and blob.owner != owner:
-            raise MediaConflict("another user's upload of this blob is in progress")
-        if offset != received:
-            raise MediaConflict(f"offset {offset} is not the {received} bytes received")
-        if max_total is not None:
-            usage = self._usage()
-            if (blob is None and usage + size > max_total) or usage + len(chunk) > max_total:
-                raise StorageFull(f"media quota of {max_total} bytes exceeded")
+        info = None if blob is None else blob.info(media_id)
+        check_continues(info, size, offset, owner)
+        if max_total is not None and over_quota(self._usage(), info, size, len(chunk), max_total):
+            raise StorageFull(f"media quota of {max_total} bytes exceeded")
         if blob is None:
             self._reserve(len(chunk) + _BLOB_OVERHEAD)  # type: ignore[attr-defined]
             blob = blobs[media_id] = _Blob(size=size, owner=owner, ts=ts)

@@ -93,7 +93,7 @@ async def test_lmdb_full_disk_is_storage_full_and_stores_nothing(tmp_path: Path,
             def full(*args: object) -> None:
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-            monkeypatch.setattr(lmdb_media, "_write_at", full)
+            monkeypatch.setattr(lmdb_media, "write_at", full)  # as imported by the LMDB media mixin
             with pytest.raises(StorageFull):
                 await st.media_append(mid, len(data), CHUNK, data[CHUNK:], owner=ALICE)
             _, other = blob(10)
