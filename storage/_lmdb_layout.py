@@ -86,10 +86,12 @@ class Dbs:
 
 
 def dev_key(user: bytes, device_id: int) -> bytes:
+    """``devk``: the UTF-8 user id, ``|``, the device id as u32 BE."""
     return user + b"|" + device_id.to_bytes(4, "big")
 
 
 def queue_key(devk: bytes, seq: int) -> bytes:
+    """Key of one queued envelope: ``devk | seq u64 BE``."""
     return devk + _U64.pack(seq)
 
 
@@ -101,18 +103,22 @@ def ts_key(ts: float) -> bytes:
 
 
 def pack_u64(n: int) -> bytes:
+    """``n`` as 8 big-endian bytes."""
     return _U64.pack(n)
 
 
 def unpack_u64(raw: bytes) -> int:
+    """Inverse of :func:`pack_u64`."""
     return _U64.unpack(raw)[0]
 
 
 def pack_f64(x: float) -> bytes:
+    """``x`` as an 8-byte big-endian IEEE double."""
     return _F64.pack(x)
 
 
 def unpack_f64(raw: bytes) -> float:
+    """The double in the first 8 bytes of ``raw``."""
     return _F64.unpack(raw[:8])[0]
 
 
@@ -126,27 +132,33 @@ class DevRec:
 
     @classmethod
     def load(cls, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> DevRec:
+        """The device's record, or zeros if it has none."""
         raw = txn.get(devk, db=dbs.devices)
         return cls(*_DEVREC.unpack(raw)) if raw is not None else cls()
 
     def store(self, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> None:
+        """Write the record (write transaction only)."""
         txn.put(devk, _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count), db=dbs.devices)
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:
+    """The ``fallback`` value: ``len(key_id) u16 | key_id | key``."""
     return _FB_HDR.pack(len(key_id)) + key_id + key
 
 
 def unpack_fallback(raw: bytes) -> tuple[str, bytes]:
+    """Inverse of :func:`pack_fallback`: ``(key_id, key)``."""
     (n,) = _FB_HDR.unpack(raw[:2])
     return raw[2:2 + n].decode("utf-8"), raw[2 + n:]
 
 
 def pack_outbox(attempts: int, dest: bytes, payload: bytes) -> bytes:
+    """The ``outbox`` value: ``attempts u32 | len(dest) u16 | dest | payload``."""
     return _OUTBOX_HDR.pack(attempts, len(dest)) + dest + payload
 
 
 def unpack_outbox(outbox_id: int, raw: bytes) -> OutboxEntry:
+    """Inverse of :func:`pack_outbox`, as the entry with id ``outbox_id``."""
     attempts, n = _OUTBOX_HDR.unpack(raw[:6])
     return OutboxEntry(
         outbox_id=outbox_id, dest=raw[6:6 + n].decode("utf-8"), payload=raw[6 + n:],
@@ -160,6 +172,7 @@ def unpack_outbox(outbox_id: int, raw: bytes) -> OutboxEntry:
 def read_queue(
     txn: lmdb.Transaction, dbs: Dbs, devk: bytes, after_seq: int, limit: int
 ) -> list[QueueItem]:
+    """The device's first ``limit`` envelopes with seq > ``after_seq``, in seq order."""
     out: list[QueueItem] = []
     if limit <= 0:
         return out
@@ -197,6 +210,7 @@ def watchers(txn: lmdb.Transaction, dbs: Dbs, user: bytes) -> list[str]:
 def outbox_list(
     txn: lmdb.Transaction, dbs: Dbs, dest: bytes | None, limit: int
 ) -> list[OutboxEntry]:
+    """The first ``limit`` outbox entries (for ``dest``, or all), oldest first."""
     out: list[OutboxEntry] = []
     if limit <= 0:
         return out

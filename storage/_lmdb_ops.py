@@ -25,6 +25,7 @@ Op = Callable[[lmdb.Transaction, L.Dbs], Any]
 
 
 def put_device_list(user: bytes, version: int, blob: bytes) -> Op:
+    """Store ``blob`` as ``user``'s list ``version``. Raises StaleVersion unless it grows."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
         old = txn.get(user, db=dbs.lists)
         if old is not None and L.unpack_u64(old[:8]) >= version:
@@ -34,12 +35,14 @@ def put_device_list(user: bytes, version: int, blob: bytes) -> Op:
 
 
 def add_watcher(key: bytes) -> Op:
+    """Record the ``user | watcher`` pair (idempotent)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
         txn.put(key, b"", db=dbs.watchers, overwrite=False)
     return op
 
 
 def add_one_time_keys(devk: bytes, keys: list[tuple[bytes, bytes]]) -> Op:
+    """Add ``(key_id, key)`` pairs; return the count. Raises DuplicateKey (stored or claimed id)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
         seen: set[bytes] = set()
         for key_id, _ in keys:
@@ -58,12 +61,14 @@ def add_one_time_keys(devk: bytes, keys: list[tuple[bytes, bytes]]) -> Op:
 
 
 def set_fallback_key(devk: bytes, key_id: bytes, key: bytes) -> Op:
+    """Replace the device's fallback key."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
         txn.put(devk, L.pack_fallback(key_id, key), db=dbs.fallback)
     return op
 
 
 def claim_key(devk: bytes) -> Op:
+    """Take the lowest one-time key (its id is kept as claimed), else the fallback; ``None`` if neither."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> tuple[str, bytes, bool] | None:
         with txn.cursor(db=dbs.otk) as cur:
             if cur.set_range(devk) and cur.key().startswith(devk):
@@ -85,6 +90,7 @@ def claim_key(devk: bytes) -> Op:
 def enqueue(
     items: list[tuple[bytes, bytes]], dedupe: bytes | None, max_queue: int | None, ts: float
 ) -> Op:
+    """Append every ``(devk, envelope)`` atomically; ``None`` if ``dedupe`` is stored. Raises QueueFull."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
             return None
@@ -135,6 +141,7 @@ def _delete_queue_range(
 
 
 def ack(devk: bytes, up_to_seq: int) -> Op:
+    """Delete the device's envelopes up to ``up_to_seq``; return how many went."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
         if up_to_seq < 1:
             return 0
@@ -155,6 +162,7 @@ def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> 
 
 
 def purge_device(devk: bytes) -> Op:
+    """Delete the device's queue and keys (keeping its seq counter); return the envelopes deleted."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
         gone = _delete_queue_range(txn, dbs, devk, None)
         _delete_prefix(txn, dbs.otk, devk)
@@ -171,6 +179,7 @@ def purge_device(devk: bytes) -> Op:
 
 
 def expire(older_than: float) -> Op:
+    """Delete envelopes and dedupe ids enqueued before ``older_than``; return the envelopes deleted."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
         limit = L.ts_key(older_than)
         drops: dict[bytes, int] = {}
@@ -194,6 +203,7 @@ def expire(older_than: float) -> Op:
 
 
 def outbox_put(dest: bytes, payload: bytes) -> Op:
+    """Append an outbox entry for ``dest``; return its new id."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
         raw = txn.get(L.OUTBOX_LAST, db=dbs.meta)
         oid = (L.unpack_u64(raw) if raw is not None else 0) + 1
@@ -204,6 +214,7 @@ def outbox_put(dest: bytes, payload: bytes) -> Op:
 
 
 def outbox_retry(outbox_id: int) -> Op:
+    """Count one more failed attempt of the entry (gone: nothing)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
         key = L.pack_u64(outbox_id)
         raw = txn.get(key, db=dbs.outbox)
@@ -214,6 +225,7 @@ def outbox_retry(outbox_id: int) -> Op:
 
 
 def outbox_delete(outbox_id: int) -> Op:
+    """Delete the entry (gone: nothing)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
         txn.delete(L.pack_u64(outbox_id), db=dbs.outbox)
     return op
