@@ -45,6 +45,7 @@ from storage import QueueFull, Storage, StorageFull
 
 NOTICE_KIND = "device_list"
 NOTIFY_BATCH = 1024  # user ids per notify frame (below the codec's array bound)
+NOTICE_WORKERS = 32  # users served at once by one deliver_local (bounded tasks and memory)
 WATCH_CACHE = 65536  # (user, watcher) pairs known to be stored
 
 
@@ -181,19 +182,20 @@ class DeviceListChanges:
             groups.setdefault(self._ring.home(u).id, []).append(u)
 
         async def one(dest: str, users: list[str]) -> None:
-            try:
-                if dest == self._node_id:
-                    await self.deliver_local(users, env)
-                else:
-                    await self._notify_remote(dest, users, env)
-            except KNOWN_REFUSALS as exc:
-                self._log.warning("notice of %s v%d for %d users at %s not stored: %s",
-                                  user_id[:8], parsed.version, len(users), dest, exc)
+            for i in range(0, len(users), NOTIFY_BATCH):  # one batch at a time per home
+                batch = users[i:i + NOTIFY_BATCH]
+                try:
+                    if dest == self._node_id:
+                        await self.deliver_local(batch, env)
+                    else:
+                        await self._notify_remote(dest, batch, env)
+                except KNOWN_REFUSALS as exc:
+                    self._log.warning("notice of %s v%d for %d users at %s not stored: %s",
+                                      user_id[:8], parsed.version, len(batch), dest, exc)
 
         async with trio.open_nursery() as nursery:
             for dest, users in groups.items():
-                for i in range(0, len(users), NOTIFY_BATCH):
-                    nursery.start_soon(one, dest, users[i:i + NOTIFY_BATCH])
+                nursery.start_soon(one, dest, users)
 
     async def _notify_remote(self, dest: str, users: list[str], env: Envelope) -> None:
         frame = Notify(id=0, user_ids=users, envelope=env)
@@ -240,6 +242,7 @@ class DeviceListChanges:
     async def deliver_local(self, user_ids: list[str], env: Envelope) -> None:
         """Queue ``env`` for every current device of each user (homed here), once per
         user; users without a list are skipped, a full queue skips its user (logged).
+        At most :data:`NOTICE_WORKERS` users are served at a time.
 
         Raises:
             StorageFull: some users were not served (the others are, deduplicated).
@@ -267,8 +270,14 @@ class DeviceListChanges:
                 for _, device_id, _ in items:
                     self._registry.notify(user_id, device_id)
 
+        todo = iter(dict.fromkeys(user_ids))
+
+        async def worker() -> None:
+            for user_id in todo:  # shared iterator: each user is served once
+                await one(user_id)
+
         async with trio.open_nursery() as nursery:
-            for user_id in dict.fromkeys(user_ids):
-                nursery.start_soon(one, user_id)
+            for _ in range(min(NOTICE_WORKERS, len(user_ids))):
+                nursery.start_soon(worker)
         if full:
             raise full[0]

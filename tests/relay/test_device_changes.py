@@ -240,3 +240,52 @@ async def test_peer_notify_is_checked(cluster3) -> None:
                 assert await p.request(Notify(id=rid, user_ids=[alice.user_id],
                                               envelope=env)) == Ok(id=rid)
             assert await cluster3.storages["n1"].queue_length(alice.user_id, 0) == 1
+
+
+class _CountingStorage:
+    """Wraps a MemoryStorage; records the most ``enqueue`` calls in progress at once."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.active = self.peak = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def enqueue(self, *args, **kwargs):
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await trio.sleep(0.01)  # (autojump clock) keep the call open so overlaps show
+            return await self._inner.enqueue(*args, **kwargs)
+        finally:
+            self.active -= 1
+
+
+async def test_deliver_local_serves_many_users_with_bounded_concurrency(autojump_clock) -> None:
+    import logging
+
+    from relay.delivery import DeviceRegistry
+    from relay.directory import Directory
+    from relay.notices import NOTICE_WORKERS, DeviceListChanges
+    from relay.ring import Ring
+    from storage.memory import MemoryStorage
+
+    config = make_configs(1)[0]
+    ring = Ring(config.cluster)
+    storage = _CountingStorage(MemoryStorage())
+    directory = Directory(storage, ring, config.id)  # type: ignore[arg-type]
+    users = [UserDevice() for _ in range(3 * NOTICE_WORKERS + 5)]
+    for u in users:
+        await directory.put_device_list(u.device_list())
+    changes = DeviceListChanges(config.id, ring, storage, directory, DeviceRegistry(),  # type: ignore[arg-type]
+                                None, None, max_queue=100, timeout=1.0,  # type: ignore[arg-type]
+                                log=logging.getLogger("test"))
+    env = Envelope(msg_id=b"n" * 16, sender_user=users[0].user_id, sender_device=0, ts=1,
+                   kind="device_list", body=b"list")
+    ids = [u.user_id for u in users]
+    with trio.fail_after(60):
+        await changes.deliver_local(ids + ids[:7], env)  # repeats are served once
+    assert storage.peak == NOTICE_WORKERS
+    for u in users:
+        assert [i.seq for i in await storage.read_queue(u.user_id, 0)] == [1]
