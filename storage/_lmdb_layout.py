@@ -16,10 +16,12 @@ dedupe       dedupe id                          ts f64
 expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`expire`)
              ts_key | b"d" | dedupe id
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
+outbox_dest  len(dest) u16 | dest | outbox_id   empty   (per-destination index of ``outbox``)
 watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
 media        media_id (32 bytes)                see storage._lmdb_media (blob record)
 media_time   b"c"/b"p" | ts_key | media_id      empty   (time index for media_expire)
 meta         b"format" / b"outbox_last"         b"1" / u64
+             b"outbox_indexed"                  b"1" once ``outbox_dest`` covers ``outbox``
              b"bump"                            u64 (see storage._group_commit)
 ===========  =================================  =====================================
 
@@ -40,9 +42,10 @@ from .base import OutboxEntry, QueueItem
 FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
-    "meta", "watchers", "media", "media_time",
+    "meta", "watchers", "media", "media_time", "outbox_dest",
 )
 OUTBOX_LAST = b"outbox_last"
+OUTBOX_INDEXED = b"outbox_indexed"
 
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
@@ -68,10 +71,15 @@ class Dbs:
     watchers: lmdb._Database
     media: lmdb._Database
     media_time: lmdb._Database
+    outbox_dest: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:
-        """Create/open every sub-database and check the format marker (blocking)."""
+        """Create/open every sub-database and check the format marker (blocking).
+
+        An environment written before ``outbox_dest`` existed gets that index
+        built from its ``outbox`` here, once, in the same transaction.
+        """
         with env.begin(write=True) as txn:
             handles = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
             fmt = txn.get(b"format", db=handles["meta"])
@@ -79,6 +87,13 @@ class Dbs:
                 txn.put(b"format", FORMAT, db=handles["meta"])
             elif fmt != FORMAT:
                 raise ValueError(f"unsupported LMDB storage format {fmt!r}")
+            if txn.get(OUTBOX_INDEXED, db=handles["meta"]) is None:
+                with txn.cursor(db=handles["outbox"]) as cur:
+                    for key, value in cur:
+                        entry = unpack_outbox(unpack_u64(key), value)
+                        txn.put(outbox_dest_key(entry.dest.encode(), entry.outbox_id), b"",
+                                db=handles["outbox_dest"])
+                txn.put(OUTBOX_INDEXED, b"1", db=handles["meta"])
         return cls(**handles)
 
 
@@ -157,6 +172,17 @@ def pack_outbox(attempts: int, dest: bytes, payload: bytes) -> bytes:
     return _OUTBOX_HDR.pack(attempts, len(dest)) + dest + payload
 
 
+def outbox_dest_prefix(dest: bytes) -> bytes:
+    """The ``outbox_dest`` key prefix of one destination (length-prefixed: no
+    destination's prefix is another's, e.g. ``n1`` and ``n10``)."""
+    return _FB_HDR.pack(len(dest)) + dest
+
+
+def outbox_dest_key(dest: bytes, outbox_id: int) -> bytes:
+    """The ``outbox_dest`` key of one entry."""
+    return outbox_dest_prefix(dest) + _U64.pack(outbox_id)
+
+
 def unpack_outbox(outbox_id: int, raw: bytes) -> OutboxEntry:
     """Inverse of :func:`pack_outbox`, as the entry with id ``outbox_id``."""
     attempts, n = _OUTBOX_HDR.unpack(raw[:6])
@@ -210,15 +236,31 @@ def watchers(txn: lmdb.Transaction, dbs: Dbs, user: bytes) -> list[str]:
 def outbox_list(
     txn: lmdb.Transaction, dbs: Dbs, dest: bytes | None, limit: int
 ) -> list[OutboxEntry]:
-    """The first ``limit`` outbox entries (for ``dest``, or all), oldest first."""
+    """The first ``limit`` outbox entries (for ``dest``, or all), oldest first.
+
+    For one destination this walks its ``outbox_dest`` index, so its cost does
+    not grow with other destinations' backlogs.
+    """
     out: list[OutboxEntry] = []
     if limit <= 0:
         return out
-    with txn.cursor(db=dbs.outbox) as cur:
-        for key, value in cur:
-            entry = unpack_outbox(unpack_u64(key), value)
-            if dest is None or entry.dest.encode() == dest:
-                out.append(entry)
+    if dest is None:
+        with txn.cursor(db=dbs.outbox) as cur:
+            for key, value in cur:
+                out.append(unpack_outbox(unpack_u64(key), value))
+                if len(out) >= limit:
+                    break
+        return out
+    prefix = outbox_dest_prefix(dest)
+    with txn.cursor(db=dbs.outbox_dest) as cur:
+        if not cur.set_range(prefix):
+            return out
+        for key in cur.iternext(keys=True, values=False):
+            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                break
+            raw = txn.get(key[-8:], db=dbs.outbox)
+            if raw is not None:
+                out.append(unpack_outbox(unpack_u64(key[-8:]), raw))
                 if len(out) >= limit:
                     break
     return out

@@ -208,6 +208,7 @@ def outbox_put(dest: bytes, payload: bytes) -> Op:
         raw = txn.get(L.OUTBOX_LAST, db=dbs.meta)
         oid = (L.unpack_u64(raw) if raw is not None else 0) + 1
         txn.put(L.pack_u64(oid), L.pack_outbox(0, dest, payload), db=dbs.outbox)
+        txn.put(L.outbox_dest_key(dest, oid), b"", db=dbs.outbox_dest)
         txn.put(L.OUTBOX_LAST, L.pack_u64(oid), db=dbs.meta)
         return oid
     return op
@@ -225,7 +226,12 @@ def outbox_retry(outbox_id: int) -> Op:
 
 
 def outbox_delete(outbox_id: int) -> Op:
-    """Delete the entry (gone: nothing)."""
+    """Delete the entry and its index key (gone: nothing)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
-        txn.delete(L.pack_u64(outbox_id), db=dbs.outbox)
+        key = L.pack_u64(outbox_id)
+        raw = txn.get(key, db=dbs.outbox)
+        if raw is not None:
+            dest = L.unpack_outbox(outbox_id, raw).dest.encode()
+            txn.delete(L.outbox_dest_key(dest, outbox_id), db=dbs.outbox_dest)
+            txn.delete(key, db=dbs.outbox)
     return op

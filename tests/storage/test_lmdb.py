@@ -241,3 +241,42 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
             assert sorted(i.envelope for i in items) == sorted(b"m%d" % n for n in range(200))
             assert [i.seq for i in items] == list(range(1, 201))
             assert [e.payload for e in await st.outbox_list()] == [b"fwd"]
+
+
+async def test_outbox_lists_per_destination_through_its_index(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            ids = {d: [await st.outbox_put(d, f"{d}-{i}".encode()) for i in range(3)]
+                   for d in ("n1", "n10", "n2")}  # "n1" is a prefix of "n10"
+            await st.outbox_delete(ids["n10"][1])
+            await st.outbox_retry(ids["n1"][0])
+            got = {d: [(e.outbox_id, e.payload, e.attempts) for e in await st.outbox_list(d)]
+                   for d in ("n1", "n10", "n2", "n3")}
+            assert got == {
+                "n1": [(ids["n1"][0], b"n1-0", 1), (ids["n1"][1], b"n1-1", 0),
+                       (ids["n1"][2], b"n1-2", 0)],
+                "n10": [(ids["n10"][0], b"n10-0", 0), (ids["n10"][2], b"n10-2", 0)],
+                "n2": [(i, f"n2-{k}".encode(), 0) for k, i in enumerate(ids["n2"])],
+                "n3": [],
+            }
+            assert [e.outbox_id for e in await st.outbox_list("n2", limit=2)] == ids["n2"][:2]
+            assert len(await st.outbox_list(None)) == 8
+
+
+async def test_outbox_index_is_built_for_an_older_environment(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with trio.fail_after(20):
+        async with LmdbStorage.open(path) as st:
+            a = await st.outbox_put("n2", b"a")
+            b = await st.outbox_put("n3", b"b")
+        # Make it look like an environment written before the index existed.
+        env = lmdb.open(str(path), max_dbs=32)
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"outbox_dest", txn=txn), delete=True)
+            txn.delete(b"outbox_indexed", db=env.open_db(b"meta", txn=txn))
+        env.close()
+        async with LmdbStorage.open(path) as st:
+            assert [e.outbox_id for e in await st.outbox_list("n2")] == [a]
+            assert [e.outbox_id for e in await st.outbox_list("n3")] == [b]
+            await st.outbox_delete(a)
+            assert await st.outbox_list("n2") == []
