@@ -33,6 +33,7 @@ from relay.protocol.frames import (
     ClaimedKey,
     ClaimKeys,
     Copy,
+    Frame,
     GetDevices,
     PutDevices,
     Recipient,
@@ -47,6 +48,7 @@ from .devices import ApprovedDevice, Confirm, DeviceOffer
 from .errors import ClientError, RelayError, SendFailed
 from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from .receiving import Receiver
+from .sendorder import SendOrder
 from .state import State
 
 __all__ = [
@@ -96,6 +98,7 @@ class Client:
         self._conn = conn
         self._keys_lock = trio.Lock()
         self._sessions_lock = trio.Lock()
+        self._send_order = SendOrder()
         self._low_send, self._low_recv = trio.open_memory_channel(1)
         conn.on_key_count = self._on_key_count
 
@@ -222,7 +225,19 @@ class Client:
         status = await self.send_payload(user_id, msg_id, p.encode())
         return SendResult(msg_id, status, user_id)
 
-    async def _list_for(self, user_id: str, fresh: bool) -> DeviceList:
+    async def device_list(self, user_id: str, *, fresh: bool = False) -> DeviceList:
+        """The verified device list of ``user_id`` to encrypt for: the cached one, or (if
+        none is cached or ``fresh``) fetched from the relay with :meth:`get_devices`.
+
+        Args:
+            fresh: fetch even if a list is cached; the cached one is still returned when
+                the user's home is unreachable (``unavailable``).
+
+        Raises:
+            RelayError: ``unknown_user``; ``unavailable`` with nothing cached; ...
+            cli.state.DeviceListRejected: the served list is forged or rolled back.
+            ConnectionLost.
+        """
         cached = self.state.device_lists.get(user_id)
         if cached is not None and not fresh:
             return cached.parsed
@@ -258,22 +273,74 @@ class Client:
         ss = self.state.session_set(user_id, device.device_id)
         return ss is not None and bool(ss.sessions) and ss.identity_key == device.curve25519
 
-    async def _encrypt(self, lists: dict[str, DeviceList], plaintext: bytes) -> list[Recipient]:
-        recipients = []
+    async def encrypt(self, lists: dict[str, DeviceList], plaintext: bytes) -> list[Recipient]:
+        """Olm-encrypt ``plaintext`` once for every device in ``lists`` except this one.
+
+        First makes sure a session exists with each device (claiming one-time keys,
+        retrying for about 3 s while a just-linked device has none); then encrypts
+        every copy with no ``await`` in between, advancing each session's ratchet.
+        Send the result with :meth:`request_encrypted` *right away* (no ``await``
+        before it) so that ciphertexts leave in encryption order and only after the
+        advanced ratchets are durable.
+
+        Args:
+            lists: user_id -> that user's verified device list (see :meth:`device_list`).
+            plaintext: the encoded payload (:mod:`cli.payload`) or control message.
+
+        Returns:
+            One ``Recipient(user_id, devices_version, copies)`` per user that has a
+            device other than this one (may be empty); ``copies[i].body`` is the Olm
+            message (:func:`cli.crypto.encrypt`) for ``copies[i].device_id``.
+
+        Raises:
+            SendFailed: a device has no one-time or fallback key to claim.
+            RelayError, ConnectionLost: claiming keys failed.
+        """
         me = (self.state.user_id, self.state.device_id)
-        for uid, dl in lists.items():
-            devices = [d for d in dl.devices if (uid, d.device_id) != me]
-            if not devices:
-                continue
-            await self._ensure_sessions(uid, devices)
-            copies = [
+        targets = {uid: [d for d in dl.devices if (uid, d.device_id) != me]
+                   for uid, dl in lists.items()}
+        targets = {uid: devs for uid, devs in targets.items() if devs}
+        while True:  # another task may drop a session while this one claims keys
+            for uid, devs in targets.items():
+                await self._ensure_sessions(uid, devs)
+            if all(self._has_session(uid, d) for uid, ds in targets.items() for d in ds):
+                break
+        return [
+            Recipient(user_id=uid, devices_version=lists[uid].version, copies=[
                 Copy(device_id=d.device_id,
                      body=crypto.encrypt(self.state.sessions[(uid, d.device_id)].sessions[0],
                                          plaintext))
-                for d in devices
-            ]
-            recipients.append(Recipient(user_id=uid, devices_version=dl.version, copies=copies))
-        return recipients
+                for d in devs])
+            for uid, devs in targets.items()
+        ]
+
+    async def request_encrypted(self, frame_cls: type[Frame], **fields) -> Frame:
+        """Send a request carrying ciphertexts encrypted just before: call it with no
+        ``await`` since the encryption (:meth:`encrypt`, :func:`cli.groups.encrypt`).
+
+        It takes the next place in this client's send order at once, makes the state
+        durable (:meth:`cli.state.State.asave`, a group commit shared with concurrent
+        sends), writes the frame once every earlier place has been written or given
+        up (so each device gets its copies in ratchet order), then waits for the answer.
+
+        Args:
+            frame_cls, fields: the request (``Send``, ``GroupSend``), without ``id``.
+
+        Returns:
+            The answer frame.
+
+        Raises:
+            RelayError: the relay refused (e.g. ``stale_devices``).
+            ConnectionLost: the connection closed.
+            OSError: the state could not be saved (nothing was sent).
+        """
+        place = self._send_order.take()
+        try:
+            await self.state.asave()  # advanced ratchets are durable before anything leaves
+            return await self._conn.request(frame_cls, place=(self._send_order, place),
+                                            **fields)
+        finally:
+            self._send_order.done(place)
 
     async def send_payload(
         self, user_id: str, msg_id: bytes, plaintext: bytes, *, fresh: bool = False
@@ -291,16 +358,17 @@ class Client:
 
         Raises:
             SendFailed, RelayError, DeviceListRejected, ConnectionLost: as :meth:`send_text`.
+            OSError: the state could not be saved.
         """
         targets = [user_id] if user_id == self.state.user_id else [user_id, self.state.user_id]
-        lists = {uid: await self._list_for(uid, fresh and uid == user_id) for uid in targets}
+        lists = {uid: await self.device_list(uid, fresh=fresh and uid == user_id)
+                 for uid in targets}
         for _ in range(MAX_SEND_ROUNDS):
-            recipients = await self._encrypt(lists, plaintext)
+            recipients = await self.encrypt(lists, plaintext)
             if not recipients:
                 raise SendFailed("no devices to send to")
-            await self.state.asave()  # advanced ratchets are durable before anything leaves
             try:
-                answer = await self._conn.request(Send, msg_id=msg_id, recipients=recipients)
+                answer = await self.request_encrypted(Send, msg_id=msg_id, recipients=recipients)
             except RelayError as exc:
                 frame = exc.frame
                 if (exc.code != ErrorCode.STALE_DEVICES or frame.device_list is None

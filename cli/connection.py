@@ -43,6 +43,7 @@ from relay.protocol.frames import (
 )
 
 from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, RelayError
+from .sendorder import SendOrder
 from .state import State
 from .websocket import CLOSE_TIMEOUT, open_websocket
 
@@ -111,8 +112,16 @@ class Connection:
         the WebSocket close code), for callers that notice the end on :attr:`pushes`."""
         return ConnectionLost(str(self._closed or f"connection to {self.url} closed"))
 
-    async def request(self, frame_cls: type[Frame], **fields) -> Frame:
+    async def request(
+        self, frame_cls: type[Frame], *, place: tuple[SendOrder, int] | None = None, **fields
+    ) -> Frame:
         """Send a request and wait for its answer.
+
+        Args:
+            place: ``(order, place)``: write the frame only at that place's turn in
+                ``order`` (:class:`cli.sendorder.SendOrder`), and mark the place done
+                once written (or on any failure or cancellation before that).
+            fields: the frame's fields (not ``id``).
 
         Returns:
             The answer frame (never an ``Error``).
@@ -124,7 +133,13 @@ class Connection:
         rid = next(self._ids)
         waiter = self._pending[rid] = _Waiter()
         try:
-            await self._write(frame_cls(id=rid, **fields))
+            try:
+                if place is not None:
+                    await place[0].wait_turn(place[1])
+                await self._write(frame_cls(id=rid, **fields))
+            finally:
+                if place is not None:
+                    place[0].done(place[1])
             await waiter.event.wait()
         finally:
             self._pending.pop(rid, None)

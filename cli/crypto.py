@@ -77,6 +77,7 @@ class DeviceIdentity:
 
     def __init__(self, account: vodozemac.Account | None = None) -> None:
         self._account = account if account is not None else vodozemac.Account()
+        self._pickled: tuple[bytes, str] | None = None  # (key, pickle) until the next change
 
     @classmethod
     def from_pickle(cls, pickle: str, key: bytes) -> DeviceIdentity:
@@ -91,8 +92,13 @@ class DeviceIdentity:
             raise CryptoError(f"cannot restore the device account: {exc}") from exc
 
     def pickle(self, key: bytes) -> str:
-        """The account encrypted under the 32-byte ``key`` (vodozemac pickle)."""
-        return self._account.pickle(key)
+        """The account encrypted under the 32-byte ``key`` (vodozemac pickle).
+
+        Kept until a method that changes the account is called (the state is saved
+        before every send; the account changes far less often)."""
+        if self._pickled is None or self._pickled[0] != key:
+            self._pickled = (key, self._account.pickle(key))
+        return self._pickled[1]
 
     @property
     def ed25519(self) -> bytes:
@@ -111,10 +117,12 @@ class DeviceIdentity:
     def generate_one_time_keys(self, count: int) -> None:
         """Create ``count`` new (unpublished) one-time keys."""
         if count > 0:
+            self._pickled = None
             self._account.generate_one_time_keys(count)
 
     def generate_fallback_key(self) -> None:
         """Create a new (unpublished) fallback key; the previous one stays usable for a while."""
+        self._pickled = None
         self._account.generate_fallback_key()
 
     def unpublished_one_time_keys(self) -> list[OneTimeKey]:
@@ -131,6 +139,7 @@ class DeviceIdentity:
 
     def mark_keys_as_published(self) -> None:
         """Forget the public halves of uploaded keys (the private halves stay for inbound sessions)."""
+        self._pickled = None
         self._account.mark_keys_as_published()
 
     def create_outbound_session(self, identity_key: bytes, one_time_key: bytes) -> vodozemac.Session:
@@ -155,6 +164,7 @@ class DeviceIdentity:
         Raises:
             DecryptError: the message does not decrypt (nothing was consumed).
         """
+        self._pickled = None
         try:
             return self._account.create_inbound_session(
                 vodozemac.Curve25519PublicKey.from_bytes(identity_key), message

@@ -126,20 +126,19 @@ async def send_pairwise(
     lists = {} if lists is None else lists
     for uid in user_ids:
         if uid not in lists:
-            lists[uid] = await client._list_for(uid, False)
+            lists[uid] = await client.device_list(uid)
     size = len(build(bytes(16)))
     statuses = set()
     for chunk in _chunks(user_ids, lists, size):
         msg_id = os.urandom(16)
         plaintext = build(msg_id)
         for _ in range(MAX_SEND_ROUNDS):
-            recipients = await client._encrypt({u: lists[u] for u in chunk}, plaintext)
+            recipients = await client.encrypt({u: lists[u] for u in chunk}, plaintext)
             if not recipients:
                 break
-            await client.state.asave()  # advanced ratchets are durable before anything leaves
             try:
-                answer = await client.connection.request(Send, msg_id=msg_id,
-                                                         recipients=recipients)
+                answer = await client.request_encrypted(Send, msg_id=msg_id,
+                                                        recipients=recipients)
             except RelayError as exc:
                 _learn_stale(client, exc, lists)
                 continue
@@ -184,7 +183,7 @@ async def _publish(client: Client, previous: GroupState | None, members: list[st
     state = client.state
     for uid in members:  # every member must exist before anything is signed
         if uid != state.user_id and (previous is None or uid not in previous.members):
-            await client._list_for(uid, True)
+            await client.device_list(uid, fresh=True)
     new, signed = groups.make_state(
         state.account_key, group_id=group_id, name=name, members=members, admins=admins,
         version=1 if previous is None else previous.version + 1, creator=creator)
@@ -283,7 +282,7 @@ async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inn
     record = state.groups.groups.get(group_id)
     if record is None or state.user_id not in record.state.members:
         raise GroupSendError("you are not a member of this group")
-    lists = {uid: await client._list_for(uid, False) for uid in record.state.members}
+    lists = {uid: await client.device_list(uid) for uid in record.state.members}
     body, body_session = None, None
     for _ in range(MAX_SEND_ROUNDS):
         targets = _recipients(client, lists)
@@ -292,17 +291,16 @@ async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inn
         if need:  # exported at the current index, so before (re-)encrypting this message
             await _share_key(client, record, out, need, lists)
             body = None
-        if body is None or body_session != out.session_id:
-            body, body_session = groups.encrypt(out, group_id, inner), out.session_id
-        await state.asave()
         me = (state.user_id, state.device_id)
         recipients = [
             GroupRecipient(user_id=uid, devices_version=dl.version,
                            device_ids=[d.device_id for d in dl.devices if (uid, d.device_id) != me])
             for uid, dl in lists.items()]
-        try:
-            answer = await client.connection.request(GroupSend, msg_id=msg_id, body=body,
-                                                     recipients=recipients)
+        if body is None or body_session != out.session_id:
+            body, body_session = groups.encrypt(out, group_id, inner), out.session_id
+        try:  # right after encrypting: saved first, sent in ratchet order
+            answer = await client.request_encrypted(GroupSend, msg_id=msg_id, body=body,
+                                                    recipients=recipients)
         except RelayError as exc:
             _learn_stale(client, exc, lists)
             continue

@@ -315,6 +315,7 @@ async def fetch_history_file(client: Client, entry: dict[str, Any], downloads: P
             log.warning("file %s: %s; will retry on the next recv", file.get("name"), exc)
     else:
         file["path"] = str(path)
+    client.state.history_changed(entry)
     return file_info(file)
 
 

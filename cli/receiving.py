@@ -136,6 +136,7 @@ async def handle_bounce(client: Client, env: Envelope) -> Bounce:
             or entry.get("resends", 0) >= MAX_RESENDS or entry["from"] != client.state.user_id):
         return Bounce(env.msg_id, user_id, code, message)
     entry["resends"] = entry.get("resends", 0) + 1
+    client.state.history_changed(entry)
     try:
         p = payload.from_history(env.msg_id, entry)
     except payload.PayloadError as exc:

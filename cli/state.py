@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,13 +38,12 @@ from pathlib import Path
 
 import msgpack
 import nacl.signing
-import trio
 import vodozemac
 
 from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
 from relay.protocol.frames import SignedDeviceList
 
-from . import crypto, vault
+from . import crypto, statecodec, vault
 from .groups import GroupError, GroupStore
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
@@ -57,7 +56,6 @@ __all__ = [
 SEEN_LIMIT = 10_000
 HISTORY_LIMIT = 500
 SESSIONS_PER_DEVICE = 4
-FORMAT_VERSION = 1
 
 
 class NotInitialized(StateError):
@@ -108,7 +106,8 @@ class State:
         self._storage_key = storage_key
         self._header = header
         self._pickle_key = _pickle_key(storage_key)
-        self._write_lock = trio.Lock()
+        self._commit = vault.GroupCommit(home / STATE_FILE, self._pack, self._seal)
+        self._history_packer = statecodec.HistoryPacker()
         self.user_id = ""
         self.device_id = 0
         self.name = ""
@@ -119,7 +118,7 @@ class State:
         self.contacts: dict[str, str] = {}
         self.device_lists: dict[str, CachedList] = {}
         self.sessions: dict[tuple[str, int], SessionSet] = {}
-        self.seen: OrderedDict[bytes, None] = OrderedDict()
+        self.seen = statecodec.SeenIds(SEEN_LIMIT)  # dedupe keys, oldest first
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
         self.next_device_id = 1  # primary: lowest device_id never handed out (ids are never reused)
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
@@ -230,20 +229,21 @@ class State:
         return parsed
 
     def mark_seen(self, key: bytes) -> bool:
-        """Record a dedupe key; ``False`` if it was already seen."""
-        if key in self.seen:
-            return False
-        self.seen[key] = None
-        while len(self.seen) > SEEN_LIMIT:
-            self.seen.popitem(last=False)
-        return True
+        """Record a 16-byte dedupe key (:func:`seen_key`), keeping the last
+        :data:`SEEN_LIMIT`; ``False`` if it was already seen."""
+        return self.seen.add(key)
+
+    def history_changed(self, entry: dict) -> None:
+        """Report that a history entry was modified in place (so the next save packs it
+        again; appended entries need no report)."""
+        self._history_packer.changed(entry)
 
     # ----------------------------------------------------------- persistence
 
     def _to_map(self) -> dict:
         pk = self._pickle_key
         return {
-            "format": FORMAT_VERSION,
+            "format": statecodec.FORMAT_VERSION,
             "user_id": self.user_id,
             "device_id": self.device_id,
             "name": self.name,
@@ -256,8 +256,8 @@ class State:
                              for uid, c in self.device_lists.items()],
             "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
                          for (uid, did), ss in self.sessions.items()],
-            "seen": list(self.seen),
-            "history": list(self.history),
+            "seen": self.seen.to_bytes(),
+            "history": self._history_packer.pack(self.history),
             "next_device_id": self.next_device_id,
             "last_seen": [[uid, did, ts] for (uid, did), ts in self.last_seen.items()],
             "groups": self.groups.to_map(pk),
@@ -279,30 +279,49 @@ class State:
             self.sessions[(uid, did)] = SessionSet(
                 ikey, [crypto.session_from_pickle(p, pk) for p in pickles]
             )
-        self.seen = OrderedDict((k, None) for k in m["seen"])
-        self.history = deque(m["history"], maxlen=HISTORY_LIMIT)
+        seen = m["seen"]
+        self.seen = (statecodec.SeenIds.from_bytes(SEEN_LIMIT, seen) if isinstance(seen, bytes)
+                     else statecodec.SeenIds(SEEN_LIMIT, seen))
+        self.history = deque(statecodec.unpack_history(m["history"]), maxlen=HISTORY_LIMIT)
         self.next_device_id = m.get("next_device_id", 1)
         self.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
         self.groups = GroupStore.from_map(m.get("groups"), pk)
 
-    def snapshot(self) -> bytes:
-        """The encrypted file contents of the current state."""
-        plain = msgpack.packb(self._to_map(), use_bin_type=True)
+    def _pack(self) -> bytes:
+        """The plaintext of the current state (:mod:`cli.statecodec`); on the event loop."""
+        return msgpack.packb(self._to_map(), use_bin_type=True)
+
+    def _seal(self, plain: bytes) -> bytes:
+        """The file contents for :meth:`_pack` output; thread-safe (run in a worker thread)."""
         return vault.seal(self._storage_key, self._header, plain)
 
+    def snapshot(self) -> bytes:
+        """The encrypted file contents of the current state."""
+        return self._seal(self._pack())
+
+    @property
+    def writes(self) -> int:
+        """Durable writes of the state file by this object so far (one may cover many saves)."""
+        return self._commit.writes
+
     def save(self) -> None:
-        """Write the state atomically and durably (blocking; fsyncs)."""
-        vault.write_atomic(self.home / STATE_FILE, self.snapshot())
+        """Write the state atomically and durably (blocking; fsyncs). Not while an
+        :meth:`asave` runs (``RuntimeError``): use it where no client is running."""
+        self._commit.write_blocking()
 
     async def asave(self) -> None:
-        """Like :meth:`save`, with the file I/O in a worker thread.
+        """Return once the state as it is now (or later) is atomically and durably written.
 
-        The snapshot is taken before the first ``await`` and writes happen in call
-        order, so a later state never gets overwritten by an earlier one.
+        Concurrent calls are coalesced (group commit, :class:`cli.vault.GroupCommit`):
+        one snapshot and one fsync, in a worker thread, cover every change made before
+        it, so pipelined sends and received batches share writes. A later state is
+        never overwritten by an earlier one.
+
+        Raises:
+            OSError: the write failed (the caller must not let its ciphertext leave
+                or acknowledge what it received).
         """
-        data = self.snapshot()
-        async with self._write_lock:
-            await trio.to_thread.run_sync(vault.write_atomic, self.home / STATE_FILE, data)
+        await self._commit.write()
 
 
 class NewHome:
