@@ -2,12 +2,24 @@
 
 In ``--json`` mode stdout carries only JSON lines; notes and warnings always go
 to stderr.
+
+Human output never passes a peer's control characters to the terminal: names,
+texts, file names and group names come from other people, so every C0/C1
+control character, DEL, the Unicode line and paragraph separators and the bidi
+controls (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069) are shown as
+backslash escapes (:func:`escape`). A multi-line message text keeps its line
+breaks, but every continuation line starts with ``"  | "`` (:func:`escape_lines`),
+so a text cannot pass for another row. As a last line of defence :class:`Output`
+escapes these characters (except newline and tab) in everything it prints.
+JSON lines keep every string exact; the characters above are written as
+``\\uXXXX`` escapes, so a line never contains a raw line separator.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -15,6 +27,52 @@ from datetime import datetime
 import click
 
 from .events import Bounce, DevicesChanged, Message
+
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                    "\u202a-\u202e\u2066-\u2069]")
+"""Characters never written raw to a terminal (see the module docstring)."""
+
+_SINK_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                          "\u202a-\u202e\u2066-\u2069]")  # UNSAFE minus newline and tab
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                          "\u202a-\u202e\u2066-\u2069]")  # what json.dumps leaves raw
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+CONTINUATION = "  | "
+"""Prefix of the continuation lines of a multi-line message text."""
+
+
+def _escape_char(match: re.Match) -> str:
+    c = match.group()
+    if c in _NAMED:
+        return _NAMED[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` made safe for one line of terminal output: each :data:`UNSAFE` character
+    becomes ``\\n``, ``\\r``, ``\\t``, ``\\xNN`` or ``\\uNNNN``; other text is unchanged."""
+    return UNSAFE.sub(_escape_char, text)
+
+
+def escape_lines(text: str, prefix: str = CONTINUATION) -> str:
+    """A multi-line text for terminal output: lines split at ``\\n`` (or ``\\r\\n``),
+    each :func:`escape` d, every line after the first starting with ``prefix``."""
+    return ("\n" + prefix).join(escape(line) for line in text.replace("\r\n", "\n").split("\n"))
+
+
+def has_unsafe(text: str) -> bool:
+    """``True`` if ``text`` holds a character of :data:`UNSAFE` (names must not)."""
+    return UNSAFE.search(text) is not None
+
+
+def sender_label(known: str | None, declared: str, user_id: str) -> str:
+    """How a sender is shown: ``known`` (the local contact alias, or this account's own
+    name) if there is one, else ``~declared (unknown abcdefghijkl…)``: the name the
+    sender chose, marked as unverified, and the start of its user id. Escaped."""
+    if known is not None:
+        return escape(known)
+    unknown = f"unknown {user_id[:12]}\u2026"
+    return f"~{escape(declared)} ({unknown})" if declared else unknown
 
 
 class Output:
@@ -28,35 +86,56 @@ class Output:
         self.json_mode = json_mode
 
     def emit(self, obj: dict, human: str) -> None:
-        """One result: ``obj`` as a JSON line in ``--json`` mode, else ``human`` on stdout."""
+        """One result: ``obj`` as a JSON line in ``--json`` mode, else ``human`` on stdout
+        (control characters other than newline and tab escaped)."""
         if self.json_mode:
-            click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+            click.echo(json_line(obj))
         else:
-            click.echo(human)
+            click.echo(scrub(human))
 
     def note(self, text: str) -> None:
-        """A human note or warning on stderr (both modes)."""
-        click.echo(text, err=True)
+        """A human note or warning on stderr (both modes; escaped like :meth:`emit`)."""
+        click.echo(scrub(text), err=True)
 
 
-def message_json(msg: Message) -> dict:
+def json_line(obj: dict) -> str:
+    """``obj`` as one line of JSON (UTF-8 kept; the characters of :data:`UNSAFE` that
+    ``json.dumps`` would leave raw are written as ``\\uXXXX``)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def scrub(text: str) -> str:
+    """:func:`escape` every :data:`UNSAFE` character except newline and tab (for text
+    whose line breaks are ours)."""
+    return _SINK_UNSAFE.sub(_escape_char, text)
+
+
+def message_json(msg: Message, known: str | None) -> dict:
     """The ``recv --json`` object of a message (DESIGN.md, CLI contract).
 
     Keys: ``id`` (hex msg_id), ``from`` (sender user_id), ``from_name``,
     ``from_device``, ``direction`` (``in``/``out``), ``ts`` (ms), ``type``,
     ``text``; plus ``to`` for ``out``; plus ``group`` (name) and ``group_id`` (hex)
     for a group message.
+
+    ``from_name`` is ``known``: the local contact alias of the sender (or this
+    account's own name for its own messages). For any other sender it is ``null``
+    and ``declared_name`` holds the name the sender declared (unverified: anyone can
+    claim any name).
     """
     obj = {
         "id": msg.msg_id.hex(),
         "from": msg.sender_user,
-        "from_name": msg.from_name,
+        "from_name": known,
         "from_device": msg.sender_device,
         "direction": msg.direction,
         "ts": msg.ts,
         "type": msg.type,
         "text": msg.text,
     }
+    if known is None:
+        obj["declared_name"] = msg.declared_name
     if msg.direction == "out":
         obj["to"] = msg.peer
     if msg.group_id is not None:
@@ -68,26 +147,32 @@ def _clock(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def message_human(msg: Message, peer_name: str) -> str:
-    """``[time] name: text`` (incoming) or ``[time] you (device N) -> name: text``;
-    a group message shows ``name @ group`` (``peer_name`` is then ignored)."""
+def message_human(msg: Message, sender: str, peer: str) -> str:
+    """``[time] SENDER: text`` (incoming) or ``[time] you (device N) -> PEER: text``; a
+    group message shows ``SENDER @ group`` (``peer`` is then ignored).
+
+    ``sender`` and ``peer`` are display labels, already escaped (:func:`sender_label`);
+    the text keeps its line breaks with :data:`CONTINUATION` lines (:func:`escape_lines`).
+    """
+    text = escape_lines(msg.text)
+    me = f"you (device {msg.sender_device})"
     if msg.group_id is not None:
-        who = (f"you (device {msg.sender_device})" if msg.direction == "out"
-               else msg.from_name or msg.sender_user[:12])
-        return f"[{_clock(msg.ts)}] {who} @ {msg.group}: {msg.text}"
+        who = me if msg.direction == "out" else sender
+        return f"[{_clock(msg.ts)}] {who} @ {escape(msg.group or '')}: {text}"
     if msg.direction == "out":
-        return f"[{_clock(msg.ts)}] you (device {msg.sender_device}) -> {peer_name}: {msg.text}"
-    return f"[{_clock(msg.ts)}] {msg.from_name or msg.sender_user[:12]}: {msg.text}"
+        return f"[{_clock(msg.ts)}] {me} -> {peer}: {text}"
+    return f"[{_clock(msg.ts)}] {sender}: {text}"
 
 
 def bounce_human(bounce: Bounce) -> str:
     """A one-line description of a bounce and what was done about it."""
-    what = f"message {bounce.msg_id.hex()} to {bounce.user_id[:12] or '?'} bounced ({bounce.code}"
-    what += f": {bounce.message})" if bounce.message else ")"
+    what = (f"message {bounce.msg_id.hex()} to {escape(bounce.user_id[:12]) or '?'} bounced "
+            f"({escape(bounce.code)}")
+    what += f": {escape(bounce.message)})" if bounce.message else ")"
     if bounce.resent_status:
-        return f"{what}; re-encrypted and resent: {bounce.resent_status}"
+        return f"{what}; re-encrypted and resent: {escape(bounce.resent_status)}"
     if bounce.error:
-        return f"{what}; resend failed: {bounce.error}"
+        return f"{what}; resend failed: {escape(bounce.error)}"
     return what
 
 
@@ -107,9 +192,10 @@ def devices_changed_json(change: DevicesChanged) -> dict:
 
 def devices_changed_human(change: DevicesChanged, own: bool) -> str:
     """``bob linked a new device (tablet)`` / ``bob removed device 2``, one line per change
-    (``you ...`` for this account's own list)."""
-    who = "you" if own else (change.name or change.user_id[:12])
-    lines = [f"{who} linked a new device ({n})" for _, n in change.added]
+    (``you ...`` for this account's own list; ``unknown abcdefghijkl…`` for a user who
+    is not a contact). Device names are escaped."""
+    who = "you" if own else sender_label(change.name or None, "", change.user_id)
+    lines = [f"{who} linked a new device ({escape(n)})" for _, n in change.added]
     lines += [f"{who} removed device {i}" for i, _ in change.removed]
     return "\n".join(lines) or f"{who} published device list version {change.version}"
 
@@ -123,7 +209,7 @@ def progress_bar(out: Output, label: str) -> contextlib.AbstractContextManager[C
 
 class _ProgressBar(contextlib.AbstractContextManager):
     def __init__(self, label: str | None) -> None:
-        self._label = label
+        self._label = None if label is None else escape(label)
         self._stack = contextlib.ExitStack()
         self._bar = None
 
@@ -146,10 +232,10 @@ class _ProgressBar(contextlib.AbstractContextManager):
 
 
 def file_human(file: dict) -> str:
-    """One line describing a received file: where it was saved, or why not."""
-    what = f"file {file.get('name') or '?'} ({file.get('size', 0)} bytes)"
+    """One line describing a received file: where it was saved, or why not (escaped)."""
+    what = f"file {escape(str(file.get('name') or '?'))} ({file.get('size', 0)} bytes)"
     if file.get("path"):
-        return f"{what} saved to {file['path']}"
+        return f"{what} saved to {escape(str(file['path']))}"
     if file.get("error"):
-        return f"{what} NOT saved: {file['error']}"
+        return f"{what} NOT saved: {escape(str(file['error']))}"
     return f"{what} not downloaded yet (will retry on the next recv)"

@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 
 from ..errors import ClientError
-from ..output import Output
-from ..state import StateError, open_state
+from ..events import Message
+from ..output import Output, message_human, message_json, sender_label
+from ..state import State, StateError, open_state
 
 DEFAULT_HOME = "~/.wa-cli"
 CONNECT_TIMEOUT = 10.0
@@ -45,6 +46,31 @@ def failures() -> Iterator[None]:
         raise CliError(str(exc)) from exc
     except OSError as exc:
         raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
+
+
+def known_name(state: State, user_id: str) -> str | None:
+    """The name this device may show for ``user_id`` as its own words: the local contact
+    alias, or this account's own name; ``None`` for anyone else (whose declared name
+    is only a claim, see :func:`cli.output.sender_label`)."""
+    if user_id == state.user_id:
+        return state.name
+    return state.alias_of(user_id)
+
+
+def user_label(state: State, user_id: str) -> str:
+    """``you``, the contact alias, or ``unknown abcdefghijkl…`` (escaped)."""
+    if user_id == state.user_id:
+        return "you"
+    return sender_label(state.alias_of(user_id), "", user_id)
+
+
+def message_row(state: State, msg: Message) -> tuple[dict, str]:
+    """The ``--json`` object and the human row of a message, its sender named by
+    :func:`known_name` (see :func:`cli.output.message_json`, :func:`cli.output.message_human`)."""
+    known = known_name(state, msg.sender_user)
+    sender = sender_label(known, msg.declared_name, msg.sender_user)
+    peer = user_label(state, msg.peer) if msg.direction == "out" else ""
+    return message_json(msg, known), message_human(msg, sender, peer)
 
 
 @contextmanager

@@ -26,10 +26,18 @@ from .. import media
 from ..client import Client, now_ms
 from ..events import Message
 from ..group_messaging import send_group
-from ..output import file_human, message_human, message_json, progress_bar
+from ..output import escape, file_human, progress_bar
 from ..payload import MAX_TEXT, FilePayload
 from ..state import State, StateError
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, state_of
+from ._common import (
+    CONNECT_TIMEOUT,
+    AppContext,
+    CliError,
+    failures,
+    message_row,
+    state_of,
+    user_label,
+)
 
 
 def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: str | None,
@@ -66,8 +74,8 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
 
         with failures():
             out = trio.run(run)
-        to = out.get("group") or state.alias_of(out["to"]) or out["to"][:12]
-    app.out.emit(out, f"sent {path.name} to {to} ({out['status']}) id {out['id']}")
+        to = escape(out["group"]) if "group" in out else user_label(state, out["to"])
+    app.out.emit(out, f"sent {escape(path.name)} to {to} ({out['status']}) id {out['id']}")
 
 
 async def _send_to_group(client: Client, group: str, att, caption: str, info: dict) -> dict:  # noqa: ANN001
@@ -117,11 +125,9 @@ class FileReceiver:
         info = None
         if entry is not None and isinstance(entry.get("file"), dict):
             info = await self._fetch(client, entry)
-        obj = message_json(event)
+        obj, _ = message_row(self._state, event)
         obj["file"] = info
-        peer_name = self._state.alias_of(event.peer) or event.peer[:12]
-        shown = dataclasses.replace(event, text=event.text or "(file)")
-        human = message_human(shown, peer_name)
+        _, human = message_row(self._state, dataclasses.replace(event, text=event.text or "(file)"))
         if info is not None:
             human += "\n  " + file_human(info)
         self._app.out.emit(obj, human)

@@ -16,9 +16,10 @@ from ..client import open_client
 from ..group_messaging import add_member, create_group, remove_member, send_group_text
 from ..group_receiving import GroupChanged
 from ..group_state import GroupState
+from ..output import escape
 from ..payload import MAX_TEXT
 from ..state import State, StateError
-from ._common import CONNECT_TIMEOUT, AppContext, failures, json_option, state_of
+from ._common import CONNECT_TIMEOUT, AppContext, failures, json_option, state_of, user_label
 
 
 def _resolve(state: State, member: str) -> str:
@@ -26,12 +27,6 @@ def _resolve(state: State, member: str) -> str:
         return state.resolve(member)
     except StateError as exc:
         raise click.BadParameter(str(exc), param_hint="MEMBER") from exc
-
-
-def _label(state: State, user_id: str) -> str:
-    if user_id == state.user_id:
-        return "you"
-    return state.alias_of(user_id) or user_id[:12]
 
 
 def group_json(state: State, g: GroupState) -> dict:
@@ -48,10 +43,10 @@ def group_json(state: State, g: GroupState) -> dict:
 
 def group_human(state: State, g: GroupState) -> str:
     """Several lines: name, id, version, then one member per line (``*`` = admin)."""
-    lines = [f"{g.name}  (id {g.hex_id}, version {g.version})"]
+    lines = [f"{escape(g.name)}  (id {g.hex_id}, version {g.version})"]
     if state.user_id not in g.members:
         lines.append("  you are no longer a member")
-    lines += [f"  {'*' if u in g.admins else ' '} {_label(state, u)}  {u}" for u in g.members]
+    lines += [f"  {'*' if u in g.admins else ' '} {user_label(state, u)}  {u}" for u in g.members]
     return "\n".join(lines)
 
 
@@ -66,13 +61,15 @@ def group_changed_json(change: GroupChanged) -> dict:
 
 
 def group_changed_human(state: State, change: GroupChanged) -> str:
-    """``alice added bob to team`` / ``alice removed you from team`` ..."""
-    by = _label(state, change.actor)
+    """``alice added bob to team`` / ``alice removed you from team`` ... (users who are
+    not contacts show as ``unknown abcdefghijkl…``; names escaped)."""
+    by = user_label(state, change.actor)
+    name = repr(escape(change.name))
     if change.version == 1 or (change.added and state.user_id in change.added):
-        return f"{by} added you to group {change.name!r}"
-    parts = [f"{by} added {_label(state, u)} to {change.name!r}" for u in change.added]
-    parts += [f"{by} removed {_label(state, u)} from {change.name!r}" for u in change.removed]
-    return "\n".join(parts) or f"group {change.name!r} changed (version {change.version})"
+        return f"{by} added you to group {name}"
+    parts = [f"{by} added {user_label(state, u)} to {name}" for u in change.added]
+    parts += [f"{by} removed {user_label(state, u)} from {name}" for u in change.removed]
+    return "\n".join(parts) or f"group {name} changed (version {change.version})"
 
 
 def _change(app: AppContext, op, *args) -> None:

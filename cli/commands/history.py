@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from ..events import Message
-from ..output import message_human, message_json
 from ..state import StateError
-from ._common import AppContext, json_option, state_of
+from ._common import AppContext, json_option, message_row, state_of
 
 
 @click.command()
@@ -28,16 +27,16 @@ def history(app: AppContext, contact: str | None, limit: int) -> None:
             except StateError as exc:
                 raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
         entries = [e for e in state.history if peer is None or e.get("peer") == peer][-limit:]
+        names = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
         rows = []
         for e in entries:
-            own = e.get("direction") == "out"
-            alias = None if own else state.alias_of(e.get("from", ""))
+            declared = e.get("from_name", "")
             msg = Message(bytes.fromhex(e["id"]), e.get("from", ""), e.get("from_device", 0),
                           e.get("direction", "in"), e.get("peer", ""), e.get("ts", 0),
-                          e.get("type", "text"), e.get("text", ""),
-                          alias or e.get("from_name", ""), e.get("from_name", ""))
-            peer_name = state.alias_of(msg.peer) or msg.peer[:12]
-            rows.append((message_json(msg), message_human(msg, peer_name)))
+                          e.get("type", "text"), e.get("text", ""), declared, declared,
+                          names.get(e["group_id"], "?") if e.get("group_id") else None,
+                          e.get("group_id"))
+            rows.append(message_row(state, msg))
     for obj, human in rows:
         app.out.emit(obj, human)
     if not rows and not app.out.json_mode:

@@ -13,14 +13,20 @@ from ..output import (
     bounce_human,
     devices_changed_human,
     devices_changed_json,
-    message_human,
-    message_json,
 )
 from ..payload import MAX_TEXT
 from ..state import State, StateError
 from . import files as file_cmd
 from . import group as group_cmd
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
+from ._common import (
+    CONNECT_TIMEOUT,
+    AppContext,
+    CliError,
+    failures,
+    json_option,
+    message_row,
+    state_of,
+)
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
 
@@ -75,8 +81,7 @@ def send(app: AppContext, recipient: str | None, text: str | None,
 
 def _show(app: AppContext, state: State, event) -> None:
     if isinstance(event, Message):
-        peer_name = state.alias_of(event.peer) or event.peer[:12]
-        app.out.emit(message_json(event), message_human(event, peer_name))
+        app.out.emit(*message_row(state, event))
     elif isinstance(event, Bounce):
         app.out.note(bounce_human(event))
     elif isinstance(event, DevicesChanged):

@@ -50,11 +50,12 @@ async def test_cli_send_and_recv_contract(tmp_path):
             got = lines(await wa(tmp_path / "b", "recv", "--timeout", "0.2"))
             assert [m["text"] for m in got] == ["x", "y ✓", "z"]
             assert [m["id"] for m in got] == [s["id"] for s in sent] + [by_id["id"]]
-            for m in got:
-                assert set(m) == {"id", "from", "from_name", "from_device", "direction", "ts",
-                                  "type", "text"}
-                assert (m["from"], m["from_name"], m["from_device"], m["direction"], m["type"]) == (
-                    alice["user_id"], "alice", 0, "in", "text")
+            for m in got:  # alice is not bob's contact: her name is only declared
+                assert set(m) == {"id", "from", "from_name", "declared_name", "from_device",
+                                  "direction", "ts", "type", "text"}
+                assert (m["from"], m["from_name"], m["declared_name"], m["from_device"],
+                        m["direction"], m["type"]) == (alice["user_id"], None, "alice", 0, "in",
+                                                       "text")
                 assert isinstance(m["ts"], int)
             assert lines(await wa(tmp_path / "b", "recv", "--timeout", "0.2")) == []
 
@@ -85,7 +86,8 @@ async def test_recv_follow_prints_live_messages(tmp_path):
                     assert chunk, "recv --follow exited early"
                     buf += chunk
                 msg = json.loads(buf.split(b"\n")[0])
-                assert (msg["text"], msg["from_name"], msg["direction"]) == ("live one", "alice", "in")
+                assert (msg["text"], msg["declared_name"], msg["direction"]) == (
+                    "live one", "alice", "in")
             finally:
                 proc.terminate()
                 await proc.wait()
