@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-import nacl.signing
 import pytest
 import trio
 from cli_cluster import new_account, publish
@@ -20,87 +18,18 @@ from cli.client import BacklogDone, Message, now_ms, open_client
 from cli.errors import RelayError
 from cli.group_messaging import create_group, send_group
 from cli.payload import FilePayload
-from relay.config import NodeConfig
-from relay.node import serve_node
-from relay.ring import NodeInfo, Ring
+from relay.testing import LocalCluster, open_local_cluster
 
 K, M = 1024, 1024 * 1024
 DEADLINE = 60
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class DiskCluster:
+def disk_cluster(root: Path, n: int = 2, **overrides):
     """In-process nodes n1..nN on LMDB under ``root``; each can be stopped and restarted."""
-
-    def __init__(self, nursery: trio.Nursery, root: Path, n: int, **overrides) -> None:
-        ports = _free_ports(n)
-        keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
-        infos = tuple(NodeInfo(f"n{i + 1}", f"ws://127.0.0.1:{p}", bytes(k.verify_key))
-                      for i, (p, k) in enumerate(zip(ports, keys, strict=True)))
-        self.root = root
-        self.ring = Ring(infos)
-        self.urls = {i.id: i.url for i in infos}
-        self.configs = {
-            i.id: NodeConfig(id=i.id, host="127.0.0.1", port=p, cluster=infos, signing_key=k,
-                             storage=f"lmdb://{root / i.id}", **overrides)
-            for i, p, k in zip(infos, ports, keys, strict=True)
-        }
-        self._nursery = nursery
-        self._scopes: dict[str, trio.CancelScope] = {}
-        self._stopped: dict[str, trio.Event] = {}
-        for node_id in self.configs:
-            (root / node_id).mkdir(parents=True, exist_ok=True)
-
-    def home_of(self, user_id: str) -> str:
-        return self.ring.home(user_id).id
-
-    def data_dir(self, node_id: str) -> Path:
-        return self.root / node_id
-
-    async def start(self, node_id: str) -> None:
-        """Start the node (after its previous run, if any, has closed its storage)."""
-        previous = self._stopped.get(node_id)
-        if previous is not None:
-            await previous.wait()
-        stopped = self._stopped[node_id] = trio.Event()
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                with trio.CancelScope() as scope:
-                    self._scopes[node_id] = scope
-                    await serve_node(self.configs[node_id], task_status=task_status)
-            finally:
-                stopped.set()
-
-        await self._nursery.start(run)
-
-    def stop(self, node_id: str) -> None:
-        self._scopes.pop(node_id).cancel()
+    return open_local_cluster(n, storage="lmdb", data_dir=root, **overrides)
 
 
-@asynccontextmanager
-async def disk_cluster(root: Path, n: int = 2, **overrides):
-    async with trio.open_nursery() as nursery:
-        cluster = DiskCluster(nursery, root, n, **overrides)
-        for node_id in cluster.configs:
-            await cluster.start(node_id)
-        try:
-            yield cluster
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def account(tmp_path: Path, name: str, cluster: DiskCluster, stack: ExitStack,
+async def account(tmp_path: Path, name: str, cluster: LocalCluster, stack: ExitStack,
                   home: str):
     """A published account homed at ``home``."""
     for i in range(60):
@@ -267,7 +196,7 @@ async def test_download_resumes_after_an_interruption(tmp_path):
 
             def stop_holder(done: int, total: int) -> None:
                 seen.append(done)
-                if done >= 2 * M and "n1" in cluster._scopes:
+                if done >= 2 * M and cluster.running("n1"):
                     cluster.stop("n1")  # the node holding the blob goes away mid-download
 
             async with open_client(bob) as client:

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import nacl.signing
-import trio
 import vodozemac
 from trio_websocket import WebSocketConnection
 
 from relay.config import NodeConfig
 from relay.federation import open_link_websocket
-from relay.node import serve_node
 from relay.protocol import (
     Device,
     DeviceList,
@@ -42,37 +39,14 @@ from relay.protocol.frames import (
     Recipient,
     SignedDeviceList,
 )
-from relay.ring import NodeInfo, Ring
-from storage.memory import MemoryStorage
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct currently free TCP ports on 127.0.0.1."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from relay.ring import Ring
+from relay.testing import LocalCluster, node_configs
+from relay.testing import free_ports as free_ports  # re-exported for older tests
 
 
 def make_configs(n: int, **overrides) -> list[NodeConfig]:
     """Configs of an ``n``-node cluster on free loopback ports with memory storage."""
-    ports = free_ports(n)
-    keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
-    nodes = tuple(
-        NodeInfo(f"n{i + 1}", f"ws://127.0.0.1:{p}", bytes(k.verify_key))
-        for i, (p, k) in enumerate(zip(ports, keys, strict=True))
-    )
-    return [
-        NodeConfig(id=nodes[i].id, host="127.0.0.1", port=ports[i], cluster=nodes,
-                   signing_key=keys[i], storage="memory://", **overrides)
-        for i in range(n)
-    ]
+    return node_configs(n, **overrides)
 
 
 @dataclass
@@ -190,7 +164,7 @@ async def session(url: str, device: UserDevice) -> AsyncIterator[RawClient]:
 @asynccontextmanager
 async def peer_session(cluster: Cluster, from_id: str, to_id: str) -> AsyncIterator[RawClient]:
     """A raw connection to node ``to_id`` authenticated as peer node ``from_id``."""
-    cfg = next(c for c in cluster.configs if c.id == from_id)
+    cfg = cluster.config(from_id)
     async with connect(cluster.url(to_id)) as c:
         ch = await c.hello(role="peer")
         sig = cfg.signing_key.sign(
@@ -215,30 +189,6 @@ def device_homed_at(ring: Ring, node_id: str) -> UserDevice:
             return d
 
 
-class Cluster:
-    """Nodes run in-process; start/stop each one independently."""
-
-    def __init__(self, nursery: trio.Nursery, configs: list[NodeConfig]) -> None:
-        self.nursery = nursery
-        self.configs = configs
-        self.ring = Ring(configs[0].cluster)
-        self.scopes: dict[str, trio.CancelScope] = {}
-        self.storages: dict[str, MemoryStorage] = {}
-
-    def url(self, node_id: str) -> str:
-        return self.ring.node(node_id).url
-
-    async def start(self, node_id: str, **kwargs) -> None:
-        cfg = next(c for c in self.configs if c.id == node_id)
-
-        storage = self.storages.setdefault(node_id, MemoryStorage())  # survives restarts
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            with trio.CancelScope() as scope:
-                self.scopes[node_id] = scope
-                await serve_node(cfg, storage=storage, task_status=task_status, **kwargs)
-
-        await self.nursery.start(run)
-
-    def stop(self, node_id: str) -> None:
-        self.scopes.pop(node_id).cancel()
+Cluster = LocalCluster
+"""``Cluster(nursery, make_configs(n))``: nodes run in-process; start/stop each one
+independently; ``storages[node_id]`` survives restarts (see :class:`relay.testing.LocalCluster`)."""

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import trio
 from click.testing import CliRunner
-from relay_harness import device_homed_at, free_ports, publish, session
+from relay_harness import device_homed_at, publish, session
 
 from relay.__main__ import main
 from relay.config import load_cluster
 from relay.protocol.frames import Deliver, Send, Sent, Sync
 from relay.ring import Ring
+from relay.testing import free_base_port
 
 
 def test_init_cluster_command(tmp_path) -> None:
@@ -37,25 +37,6 @@ def test_config_errors_exit_2(tmp_path) -> None:
     assert result.exit_code == 2 and "'id' must be a non-empty string" in result.output
     result = runner.invoke(main, ["cluster", "--nodes", "0", "--base-port", "1", "--data", "x"])
     assert result.exit_code == 2
-
-
-def _consecutive_free_ports(n: int) -> int:
-    """A base port P with P..P+n-1 free on 127.0.0.1 right now."""
-    for _ in range(100):
-        base = free_ports(1)[0]
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no consecutive free ports")
 
 
 async def _start_cluster(data, base_port: int, nodes: int) -> tuple[trio.Process, list[str]]:
@@ -84,7 +65,7 @@ async def _stop(proc: trio.Process) -> int:
 
 async def test_cluster_process_resumes_on_the_same_data(tmp_path) -> None:
     with trio.fail_after(40):
-        port = _consecutive_free_ports(2)
+        port = free_base_port(2)
         proc, lines = await _start_cluster(tmp_path, port, 2)
         try:
             assert lines == [f"ready n1 ws://127.0.0.1:{port}", f"ready n2 ws://127.0.0.1:{port + 1}"]
