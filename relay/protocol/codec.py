@@ -3,6 +3,13 @@
 Decoding untrusted bytes raises only :class:`~relay.protocol.errors.RemoteProtocolError`
 and allocates memory bounded by :class:`Limits`, whatever the length prefixes
 inside claim (msgpack checks ``max_*_len`` before allocating).
+
+Nesting: msgpack's own stack bounds it (:data:`MAX_NESTING` levels, ``bad_frame``
+beyond). Nothing in :mod:`relay.protocol` walks a decoded value recursively
+beyond the frame schema (a few levels), and no error message holds a
+``repr`` of a decoded value, so deep values inside the limit cost no Python
+recursion; a ``RecursionError`` that still happens while decoding (msgpack's
+pure-Python fallback recurses per level) is translated to ``bad_frame``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import msgpack
 from .errors import CloseCode, ErrorCode, RemoteProtocolError
 
 MiB = 1024 * 1024
+MAX_NESTING = 1024  # msgpack's unpacker stack: deeper arrays/maps raise StackError
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,8 @@ def decode(data: bytes | bytearray | str, limits: Limits = DEFAULT_LIMITS) -> di
     Raises:
         RemoteProtocolError: ``too_large`` (close 1009) for an oversized frame;
             ``bad_frame`` for text frames, invalid msgpack, trailing bytes,
-            non-string map keys, lengths above the limits, or a non-map top level.
+            non-string map keys, lengths above the limits, nesting deeper than
+            :data:`MAX_NESTING`, or a non-map top level. The message is never empty.
     """
     if isinstance(data, str):
         raise RemoteProtocolError(
@@ -83,10 +92,16 @@ def decode(data: bytes | bytearray | str, limits: Limits = DEFAULT_LIMITS) -> di
             max_map_len=limits.max_map,
             max_ext_len=0,
         )
+    except (msgpack.StackError, RecursionError) as exc:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"invalid msgpack: arrays/maps nested deeper than {MAX_NESTING}"
+        ) from exc
     except (ValueError, msgpack.UnpackException) as exc:
-        # ExtraData, FormatError, StackError and UnicodeDecodeError all derive
-        # from ValueError or UnpackException.
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"invalid msgpack: {exc}") from exc
+        # ExtraData, FormatError and UnicodeDecodeError all derive from
+        # ValueError or UnpackException.
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"invalid msgpack: {exc or type(exc).__name__}"
+        ) from exc
     if not isinstance(obj, dict):
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "a frame must be a msgpack map")
     return obj

@@ -323,10 +323,26 @@ def parse(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Frame:
             ``limits.max_copies`` copies, or a ``group_send``/``group_forward``
             listing more recipient devices than that.
     """
+    try:
+        return _parse(data, limits)
+    except RecursionError as exc:  # a guard: nothing here recurses along a decoded value
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame nested too deeply") from exc
+
+
+def _parse(data: dict[str, Any], limits: Limits) -> Frame:
     t = data.get("t")
     cls = FRAME_TYPES.get(t) if isinstance(t, str) else None
     if cls is None:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {t!r}")
+        # Never a repr of an arbitrary decoded value: it may be nested ~1000
+        # levels deep (RecursionError) or hold a megabyte.
+        if t is None:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "missing field 't' (the frame type)")
+        if isinstance(t, str):
+            shown = repr(t[:32]) + ("..." if len(t) > 32 else "")
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {shown}")
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"field 't': expected str, got {type(t).__name__}"
+        )
     try:
         frame = _READERS[cls](data)
     except FieldError as exc:

@@ -115,7 +115,20 @@ BAD_FRAMES = {
         {"t": "get_devices", "id": 4, "user_id": b"\x00" * 52}, use_bin_type=True
     ),
     **{f"random bytes #{i}": p for i, p in enumerate(_random_payloads(2026, 6))},
+    # Deep nesting: msgpack decodes up to 1024 levels, more than Python's recursion limit.
+    "100 000 nested arrays": b"\x91" * 100_000 + b"\xc0",
+    "100 000 nested maps": b"\x81\xa1k" * 100_000 + b"\xc0",
+    "1000 nested arrays as the frame type": b"\x81\xa1t" + b"\x91" * 1000 + b"\xc0",
+    "1000 nested maps as the frame type": b"\x81\xa1t" + b"\x81\xa1k" * 1000 + b"\xc0",
+    "1020 nested arrays in a hello field": b"\x84\xa1t\xa5hello\xa2id\x07\xa4role\xa6client"
+    b"\xa8versions" + b"\x91" * 1020 + b"\x01",
+    "1020 nested maps and arrays in a hello field": b"\x84\xa1t\xa5hello\xa2id\x07"
+    b"\xa4role\xa6client\xa8versions" + b"\x81\xa1k\x91" * 510 + b"\x01",
 }
+
+# A valid hello carrying a deeply nested unknown field: ignored, answered by a challenge.
+DEEP_EXTRA_HELLO = (b"\x85\xa1t\xa5hello\xa2id\x07\xa4role\xa6client\xa8versions\x91\x01"
+                    b"\xa1x" + b"\x91" * 1020 + b"\xc0")
 
 
 @pytest.fixture
@@ -149,6 +162,12 @@ async def test_garbage_gets_errors_or_close_codes(node, single_node):
             assert reply.close_code is None, f"{name}: closed with {reply.close_code}"
             assert reply.types() == ["error", "challenge"], f"{name}: {reply.frames}"
             assert reply.frames[0]["code"] == "bad_frame", f"{name}: {reply.frames[0]}"
+            assert 0 < len(reply.frames[0]["message"]) < 200, f"{name}: {reply.frames[0]}"
+
+        reply = await poke(url, DEEP_EXTRA_HELLO, then_hello=True)  # the second hello: refused
+        assert reply.types() == ["challenge", "error"], reply
+        assert reply.frames[0]["id"] == 7
+        assert reply.frames[1]["code"] == "bad_request", reply
 
         # An oversized frame: ``error too_large`` and/or close 1009.
         reply = await poke(url, b"\x00" * (MiB + 1))
@@ -190,3 +209,4 @@ async def test_garbage_gets_errors_or_close_codes(node, single_node):
         assert again["ring_version"] == first["ring_version"]
     single_node.assert_running()
     single_node.assert_clean_logs()
+    assert " ERROR " not in single_node.stderr_text("n1")

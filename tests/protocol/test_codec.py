@@ -99,6 +99,114 @@ def test_nested_depth_bomb_is_bad_frame() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode(data)
     assert info.value.code is ErrorCode.BAD_FRAME
+    assert info.value.message == "invalid msgpack: arrays/maps nested deeper than 1024"
+
+
+# Deep nesting (issue 2, "Garbage input"): msgpack decodes up to 1024 levels,
+# more than Python's recursion limit, so nothing may recurse along a value.
+_OPEN = {"array": b"\x91", "map": b"\x81\xa1k"}  # one level: [x] or {"k": x}
+
+
+def nested(depth: int, kinds: str = "array", leaf: bytes = b"\xc0") -> bytes:
+    """msgpack of ``leaf`` wrapped in ``depth`` levels, cycling through ``kinds``
+    (comma-separated ``array``/``map``)."""
+    cycle = kinds.split(",")
+    return b"".join(_OPEN[cycle[i % len(cycle)]] for i in range(depth)) + leaf
+
+
+def _map(*pairs: tuple[str, bytes]) -> bytes:
+    """A msgpack map of raw pre-encoded values (so a value may be a depth bomb)."""
+    return bytes([0x80 | len(pairs)]) + b"".join(encode_key(k) + v for k, v in pairs)
+
+
+def encode_key(key: str) -> bytes:
+    return msgpack.packb(key)
+
+
+def _call_deep(levels: int, fn, *args):
+    """Call ``fn`` under ``levels`` extra Python frames, like a server's call stack."""
+    if levels == 0:
+        return fn(*args)
+    return _call_deep(levels - 1, fn, *args)
+
+
+_PACK = msgpack.packb
+_PLACES = {
+    # the whole frame is the bomb
+    "top": lambda bomb: bomb,
+    # the frame type is the bomb
+    "t": lambda bomb: _map(("t", bomb), ("id", _PACK(1))),
+    # a typed field of a valid frame: the wrong type
+    "field": lambda bomb: _map(("t", _PACK("hello")), ("id", _PACK(1)), ("versions", bomb),
+                               ("role", _PACK("client"))),
+    # inside a list of maps (recipients[0].copies)
+    "inner": lambda bomb: _map(("t", _PACK("send")), ("id", _PACK(2)), ("msg_id", _PACK(b"m" * 16)),
+                               ("recipients", b"\x91" + _map(("user_id", _PACK("u" * 52)),
+                                                               ("devices_version", _PACK(1)),
+                                                               ("copies", bomb)))),
+    # an unknown extra field of a valid frame: ignored
+    "extra": lambda bomb: _map(("t", _PACK("hello")), ("id", _PACK(1)), ("versions", _PACK([1])),
+                               ("role", _PACK("client")), ("x", bomb)),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    depth=st.one_of(st.integers(0, 1100), st.integers(950, 1030)),
+    kinds=st.sampled_from(["array", "map", "array,map", "map,map,array"]),
+    place=st.sampled_from(sorted(_PLACES)),
+    leaf=st.sampled_from([b"\xc0", b"\x90", b"\x80", b"\xc4\x01x", b"\xc1"]),
+    stack=st.sampled_from([0, 200]),
+)
+def test_deep_nesting_parses_or_raises_bad_frame(depth, kinds, place, leaf, stack) -> None:
+    data = _PLACES[place](nested(depth, kinds, leaf))
+    try:
+        frame = _call_deep(stack, read_frame, data)
+    except RemoteProtocolError as exc:
+        assert exc.code is ErrorCode.BAD_FRAME
+        assert exc.message
+        assert len(exc.message) < 200
+        assert exc.close_code is None
+        return
+    assert frame.TYPE == "hello" and place == "extra", (place, depth)
+
+
+@pytest.mark.parametrize("place", sorted(_PLACES))
+@pytest.mark.parametrize("kinds", ["array", "map"])
+@pytest.mark.parametrize("depth", [990, 1000, 1020, 1023, 100_000])
+def test_deep_nesting_at_the_recursion_limit(place: str, kinds: str, depth: int) -> None:
+    data = _PLACES[place](nested(depth, kinds))
+    if place == "extra" and depth < 1024:  # the frame map is one more level
+        assert read_frame(data).TYPE == "hello"
+        return
+    with pytest.raises(RemoteProtocolError) as info:
+        read_frame(data)
+    assert info.value.code is ErrorCode.BAD_FRAME
+    assert info.value.message
+
+
+def test_deep_nesting_with_the_pure_python_msgpack(monkeypatch) -> None:
+    """msgpack's fallback unpacker recurses per level: still only bad_frame."""
+    import msgpack.fallback
+
+    monkeypatch.setattr(msgpack, "unpackb", msgpack.fallback.unpackb)
+    for depth in (999, 1000, 5000):
+        with pytest.raises(RemoteProtocolError) as info:
+            _call_deep(100, read_frame, _PLACES["t"](nested(depth, "array,map")))
+        assert info.value.code is ErrorCode.BAD_FRAME
+        assert info.value.message
+
+
+def test_unknown_frame_type_message_is_short() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        read_frame(encode({"t": "x" * 60_000, "id": 1}))
+    assert info.value.message == f"unknown frame type {'x' * 32!r}..."
+    with pytest.raises(RemoteProtocolError) as info:
+        read_frame(encode({"t": [0] * 4096, "id": 1}))
+    assert info.value.message == "field 't': expected str, got list"
+    with pytest.raises(RemoteProtocolError) as info:
+        read_frame(encode({"id": 1}))
+    assert info.value.message == "missing field 't' (the frame type)"
 
 
 def test_limits_on_lengths() -> None:

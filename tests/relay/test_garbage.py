@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import msgpack
@@ -57,6 +58,49 @@ async def test_bad_frame_gets_error_and_connection_stays(node1, data: bytes) -> 
             await c.hello()  # the connection still works
             assert await c.request(Ping(id=9)) == Ok(id=9)
         await _still_serving(url)
+
+
+def _deep(depth: int, level: bytes) -> bytes:
+    return level * depth + b"\xc0"
+
+
+# Deeply nested values (msgpack decodes up to 1024 levels, more than Python's
+# recursion limit): as the frame type, as a typed field, and as the whole frame.
+DEEP_FRAMES = {
+    "t: arrays": b"\x82\xa1t" + _deep(1000, b"\x91") + b"\xa2id\x03",
+    "t: maps": b"\x82\xa1t" + _deep(1000, b"\x81\xa1k") + b"\xa2id\x03",
+    "versions: arrays": b"\x84\xa1t\xa5hello\xa2id\x03\xa4role\xa6client\xa8versions"
+    + _deep(1010, b"\x91"),
+    "versions: maps": b"\x84\xa1t\xa5hello\xa2id\x03\xa4role\xa6client\xa8versions"
+    + _deep(1010, b"\x81\xa1k"),
+    "100 000 arrays": _deep(100_000, b"\x91"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_FRAMES))
+async def test_deeply_nested_frame_is_bad_frame_without_error_logs(node1, caplog, name) -> None:
+    with trio.fail_after(10):
+        url = node1.url("n1")
+        async with connect(url) as c:
+            for _ in range(3):  # fewer than five bad frames in a row: the connection stays
+                await c.ws.send_message(DEEP_FRAMES[name])
+                err = await c.recv()
+                assert isinstance(err, Error) and err.code == "bad_frame", err
+                assert err.id in (0, 3)
+                assert err.message and len(err.message) < 200
+            await c.hello()
+            assert await c.request(Ping(id=9)) == Ok(id=9)
+        await _still_serving(url)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_deeply_nested_unknown_field_is_ignored(node1) -> None:
+    with trio.fail_after(10):
+        async with connect(node1.url("n1")) as c:
+            await c.ws.send_message(
+                b"\x85\xa1t\xa5hello\xa2id\x03\xa4role\xa6client\xa8versions\x91\x01\xa1x"
+                + _deep(1020, b"\x91"))
+            assert (await c.recv()).TYPE == "challenge"
 
 
 async def test_five_bad_frames_close_1008(node1) -> None:
