@@ -11,8 +11,15 @@ from pathlib import Path
 
 import click
 
-from ..output import Output
+from ..output import Output, escape
 from ._common import DEFAULT_HOME, AppContext
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines on stderr with control characters escaped (warnings quote peers' data)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
+        return escape(super().formatMessage(record))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +32,9 @@ from ._common import DEFAULT_HOME, AppContext
 @click.pass_context
 def main(ctx: click.Context, home: Path, json_mode: bool) -> None:
     """wa-cli: end-to-end encrypted messaging over wa-relay nodes."""
-    logging.basicConfig(level=logging.WARNING, format="wa-cli: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_EscapingFormatter("wa-cli: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     ctx.obj = AppContext(home=home.expanduser(), out=Output(json_mode))
 
 

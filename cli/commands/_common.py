@@ -16,7 +16,15 @@ import click
 
 from ..errors import ClientError
 from ..events import Message
-from ..output import Output, message_human, message_json, sender_label
+from ..output import (
+    Output,
+    escape,
+    has_unsafe,
+    message_human,
+    message_json,
+    scrub,
+    sender_label,
+)
 from ..state import State, StateError, open_state
 
 DEFAULT_HOME = "~/.wa-cli"
@@ -24,9 +32,28 @@ CONNECT_TIMEOUT = 10.0
 
 
 class CliError(click.ClickException):
-    """A runtime failure; exit code 1, message on stderr."""
+    """A runtime failure; exit code 1, message on stderr (control characters escaped)."""
 
     exit_code = 1
+
+    def format_message(self) -> str:
+        return scrub(self.message)
+
+
+def check_name(value: str, param_hint: str) -> str:
+    """Validate a name chosen on this device (display name, device name, contact alias,
+    group name): 1 to 100 characters, not only spaces, no control, line-separator or
+    bidi character (:data:`cli.output.UNSAFE`).
+
+    Raises:
+        click.BadParameter: (exit 2) otherwise.
+    """
+    if not value.strip() or len(value) > 100:
+        raise click.BadParameter("must be 1 to 100 characters", param_hint=param_hint)
+    if has_unsafe(value):
+        raise click.BadParameter(f"must not contain control characters (got '{escape(value)}')",
+                                 param_hint=param_hint)
+    return value
 
 
 @dataclass
@@ -43,7 +70,7 @@ def failures() -> Iterator[None]:
     try:
         yield
     except (ClientError, StateError) as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(escape(str(exc))) from exc
     except OSError as exc:
         raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
 

@@ -6,7 +6,8 @@ import click
 
 from relay.protocol import is_user_id
 
-from ._common import AppContext, failures, json_option, state_of
+from ..output import escape
+from ._common import AppContext, check_name, failures, json_option, state_of
 
 
 @click.group()
@@ -24,13 +25,13 @@ def add(app: AppContext, name: str, user_id: str) -> None:
     if not is_user_id(user_id):
         raise click.BadParameter("not a user id (52 lowercase base32 characters)",
                                  param_hint="USER_ID")
-    if is_user_id(name) or not name.strip() or len(name) > 100:
-        raise click.BadParameter("must be 1 to 100 characters and not a user id",
-                                 param_hint="NAME")
+    if is_user_id(name):
+        raise click.BadParameter("must not be a user id", param_hint="NAME")
+    check_name(name, "NAME")
     with state_of(app) as state, failures():
         state.contacts[name] = user_id
         state.save()
-    app.out.emit({"name": name, "user_id": user_id}, f"{name} = {user_id}")
+    app.out.emit({"name": name, "user_id": user_id}, f"{escape(name)} = {user_id}")
 
 
 @contacts.command("list")
@@ -41,6 +42,6 @@ def list_(app: AppContext) -> None:
     with state_of(app) as state:
         items = sorted(state.contacts.items())
     for name, user_id in items:
-        app.out.emit({"name": name, "user_id": user_id}, f"{name}\t{user_id}")
+        app.out.emit({"name": name, "user_id": user_id}, f"{escape(name)}\t{user_id}")
     if not items and not app.out.json_mode:
         app.out.note("no contacts yet (wa-cli contacts add NAME USER_ID)")

@@ -11,6 +11,7 @@ from ..client import DeviceOffer, open_client
 from ..devices import current_own_list
 from ..errors import ClientError
 from ..linkcode import LinkCode, LinkCodeError, device_fingerprint
+from ..output import escape
 from ..state import State
 from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
 
@@ -56,7 +57,8 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="CODE") from exc
 
     async def confirm(offer: DeviceOffer) -> bool:
-        app.out.note(f"device to link: {offer.name}\nkey fingerprint: {offer.fingerprint}")
+        app.out.note(f"device to link: {escape(offer.name)}\n"
+                     f"key fingerprint: {offer.fingerprint}")
         if yes:
             return True
 
@@ -73,7 +75,8 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     app.out.emit(
         {"device_id": done.device_id, "name": done.name, "fingerprint": done.fingerprint,
          "version": done.version},
-        f"approved device {done.device_id} ({done.name}), key fingerprint {done.fingerprint}; "
+        f"approved device {done.device_id} ({escape(done.name)}), key fingerprint "
+        f"{done.fingerprint}; "
         f"device list version {done.version}",
     )
 
@@ -103,7 +106,7 @@ def list_(app: AppContext) -> None:
         try:
             trio.run(refresh, state)
         except ClientError as exc:
-            app.out.note(f"showing the cached device list ({exc})")
+            app.out.note(f"showing the cached device list ({escape(str(exc))})")
         own = state.own_list()
         if own is None:
             raise CliError("no device list is known for this account yet")
@@ -115,7 +118,8 @@ def list_(app: AppContext) -> None:
         } for d in sorted(own.devices, key=lambda d: d.device_id)]
     for r in rows:
         seen = "this device" if r["this_device"] else _clock(r["last_seen"])
-        app.out.emit(r, f"{r['device_id']:<3} {r['name'][:20]:<20} {r['fingerprint']}  {seen}")
+        app.out.emit(r, f"{r['device_id']:<3} {escape(r['name'])[:20]:<20} {r['fingerprint']}  "
+                        f"{seen}")
 
 
 @devices.command("remove")
@@ -138,7 +142,7 @@ def remove(app: AppContext, device_id: int, yes: bool) -> None:
         _require_primary(state, "remove devices")
         cached = state.own_list()
         entry = cached.device(device_id) if cached else None
-        label = f"device {device_id}" + (f" ({entry.name})" if entry else "")
+        label = f"device {device_id}" + (f" ({escape(entry.name)})" if entry else "")
         if not yes and not _ask(f"Remove {label}? It will get no more messages."):
             raise CliError("not removed; nothing changed")
         with failures():

@@ -19,7 +19,15 @@ from ..group_state import GroupState
 from ..output import escape
 from ..payload import MAX_TEXT
 from ..state import State, StateError
-from ._common import CONNECT_TIMEOUT, AppContext, failures, json_option, state_of, user_label
+from ._common import (
+    CONNECT_TIMEOUT,
+    AppContext,
+    check_name,
+    failures,
+    json_option,
+    state_of,
+    user_label,
+)
 
 
 def _resolve(state: State, member: str) -> str:
@@ -95,8 +103,7 @@ def group() -> None:
 @click.pass_obj
 def create(app: AppContext, name: str, members: tuple[str, ...]) -> None:
     """Create group NAME with you (admin) and MEMBERs (contact names or user ids)."""
-    if not name.strip() or len(name) > 100:
-        raise click.BadParameter("must be 1 to 100 characters", param_hint="NAME")
+    check_name(name, "NAME")
     with state_of(app) as state:
         ids = list(dict.fromkeys(_resolve(state, m) for m in members))
     _change(app, create_group, name, ids)
@@ -139,7 +146,7 @@ def list_(app: AppContext) -> None:
             app.out.emit(
                 {"group": g.name, "group_id": g.hex_id, "version": g.version,
                  "members": len(g.members), "role": role},
-                f"{g.name}\t{len(g.members)} members\t{role}\t{g.hex_id}")
+                f"{escape(g.name)}\t{len(g.members)} members\t{role}\t{g.hex_id}")
     if not items and not app.out.json_mode:
         app.out.note("no groups yet (wa-cli group create NAME MEMBER...)")
 
@@ -169,5 +176,5 @@ def send_to_group(app: AppContext, name: str, text: str) -> None:
     app.out.emit(
         {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
          "group_id": result.group_id},
-        f"sent to group {result.name} ({result.status}) id {result.msg_id.hex()}",
+        f"sent to group {escape(result.name)} ({result.status}) id {result.msg_id.hex()}",
     )

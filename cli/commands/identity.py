@@ -8,8 +8,9 @@ import click
 from relay.protocol import key_from_user_id
 
 from ..crypto import safety_fingerprint, safety_number
+from ..output import escape
 from ..state import StateError
-from ._common import AppContext, json_option, state_of
+from ._common import AppContext, json_option, state_of, user_label
 
 
 @click.command("id")
@@ -22,10 +23,10 @@ def id_(app: AppContext) -> None:
         obj = {"user_id": state.user_id, "device_id": state.device_id,
                "fingerprint": fingerprint, "home": state.relay_url, "name": state.name}
     app.out.emit(obj, "\n".join([
-        f"name:        {obj['name']}",
+        f"name:        {escape(obj['name'])}",
         f"user id:     {obj['user_id']}",
         f"device id:   {obj['device_id']}",
-        f"home node:   {obj['home']}",
+        f"home node:   {escape(obj['home'])}",
         f"fingerprint: {obj['fingerprint']}",
     ]))
 
@@ -47,7 +48,7 @@ def verify(app: AppContext, contact: str) -> None:
         except StateError as exc:
             raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
         number = safety_number(state.user_id, user_id)
-        name = state.alias_of(user_id) or user_id[:12]
+        name = user_label(state, user_id)
     groups = number.split()
     app.out.emit({"safety_number": number, "user_id": user_id},
                  f"safety number with {name}:\n" + "\n".join(

@@ -6,8 +6,9 @@ import click
 import trio
 
 from ..client import init_account, open_client
+from ..output import escape
 from ..state import AlreadyInitialized, State, create_state, open_state
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, check_name, failures, json_option
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -35,8 +36,7 @@ def init(app: AppContext, name: str, relay: str) -> None:
     home node (following a redirect) and prints the user id. Re-running it on a
     home whose first publication failed retries the publication.
     """
-    if not name.strip() or len(name) > 100:
-        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
+    check_name(name, "--name")
     with failures():
         try:
             with create_state(app.home, name=name, relay_url=relay) as state:
@@ -52,4 +52,4 @@ def init(app: AppContext, name: str, relay: str) -> None:
         state.user_id,
     )
     if not app.out.json_mode:
-        app.out.note(f"account created for {state.name}; home node {home_url}")
+        app.out.note(f"account created for {escape(state.name)}; home node {escape(home_url)}")

@@ -21,7 +21,7 @@ from ..crypto import safety_fingerprint
 from ..errors import ClientError
 from ..linking import open_link, save_linked
 from ..state import NewHome, State, new_home
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option
+from ._common import CONNECT_TIMEOUT, AppContext, CliError, check_name, failures, json_option
 from .init import _check_url
 
 MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
@@ -69,8 +69,7 @@ def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
     account's signed device list, contacts and recent history, sealed to a key
     that only this device holds. Nothing is saved unless the link completes.
     """
-    if not name.strip() or len(name) > 100:
-        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
+    check_name(name, "--name")
     with failures(), new_home(app.home) as fresh:
         state = trio.run(_link, app, fresh, relay, name, timeout)
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)

@@ -26,6 +26,7 @@ from ._common import (
     json_option,
     message_row,
     state_of,
+    user_label,
 )
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
@@ -72,7 +73,7 @@ def send(app: AppContext, recipient: str | None, text: str | None,
 
         with failures():
             result = trio.run(run)
-        name = state.alias_of(user_id) or user_id[:12]
+        name = user_label(state, user_id)
     app.out.emit(
         {"id": result.msg_id.hex(), "status": result.status, "to": user_id},
         f"sent to {name} ({result.status}) id {result.msg_id.hex()}",
