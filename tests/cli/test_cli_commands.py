@@ -39,6 +39,13 @@ def run(*args, env=None):
         ["contacts", "add", "bob"],
         ["contacts", "add", BOB, BOB],
         ["send", "bob"],
+        ["send", "bob", ""],
+        ["send", "bob", " "],
+        ["send", "--group", "team", ""],
+        ["send", "bob", "--group", "team"],
+        ["send", "bob", "--group=team"],
+        ["send", BOB, "hi", "--group", "team"],
+        ["send", "--json", "bob", "--group", "team", "--file", __file__],
         ["recv", "--timeout", "-1"],
         ["recv", "--timeout", "soon"],
         ["no-such-command"],
@@ -116,3 +123,12 @@ def test_json_flag_is_accepted_after_the_subcommand_too(home):
     result = run("--home", str(home), "id", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["name"] == "alice"
+
+
+def test_a_recipient_and_group_are_mutually_exclusive(home):
+    result = run("--home", str(home), "send", "bob", "--group", "team")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "a recipient ('bob') and --group are mutually exclusive" in result.stderr
+    # TEXT after --group is the text: this one gets as far as looking up the group
+    result = run("--home", str(home), "send", "--group", "team", "bob")
+    assert result.exit_code == 1 and "cannot connect" in result.stderr
