@@ -34,7 +34,8 @@ def init(app: AppContext, name: str, relay: str) -> None:
 
     Publishes the account-signed device list and one-time keys on the account's
     home node (following a redirect) and prints the user id. Re-running it on a
-    home whose first publication failed retries the publication.
+    home whose first publication failed (e.g. the relay was unreachable) retries
+    it with the --name and --relay given this time.
     """
     check_name(name, "--name")
     with failures():
@@ -46,6 +47,10 @@ def init(app: AppContext, name: str, relay: str) -> None:
             with open_state(app.home) as state:
                 if state.published_version:
                     raise CliError(f"{app.home} already holds account {state.user_id}") from None
+                # An earlier init never got its account published: keep its keys, but
+                # this call's --name and --relay win.
+                state.name, state.relay_url = name, relay
+                state.save()
                 home_url = trio.run(_publish, state)
     app.out.emit(
         {"user_id": state.user_id, "device_id": state.device_id, "home": home_url},

@@ -119,6 +119,17 @@ def test_init_on_an_unreachable_relay_fails_and_can_be_retried(tmp_path):
     assert again.exit_code == 1 and "cannot connect" in again.stderr  # retried, not "exists"
 
 
+def test_a_retried_init_uses_the_new_relay_and_name(tmp_path):
+    h = str(tmp_path / "x")
+    assert run("--home", h, "init", "--name", "x", "--relay", "ws://127.0.0.1:9").exit_code == 1
+    (before,) = [json.loads(run("--home", h, "--json", "id").stdout)]
+    again = run("--home", h, "init", "--name", "y", "--relay", "ws://127.0.0.1:7")
+    assert again.exit_code == 1 and "cannot connect to ws://127.0.0.1:7" in again.stderr
+    after = json.loads(run("--home", h, "--json", "id").stdout)
+    assert (after["name"], after["home"]) == ("y", "ws://127.0.0.1:7")
+    assert after["user_id"] == before["user_id"]  # the keys made the first time are kept
+
+
 def test_json_flag_is_accepted_after_the_subcommand_too(home):
     result = run("--home", str(home), "id", "--json")
     assert result.exit_code == 0, result.output
