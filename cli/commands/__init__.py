@@ -1,7 +1,8 @@
 """``wa-cli``: the Click root group. Commands live in sibling modules.
 
 Global options: ``--home DIR`` (env ``WA_HOME``, default ``~/.wa-cli``) and
-``--json``. Exit codes: 0 ok, 1 runtime failure, 2 usage error.
+``--json``. Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
+(Ctrl-C; ``recv --follow`` instead stops quietly with 0).
 """
 
 from __future__ import annotations
@@ -22,7 +23,22 @@ class _EscapingFormatter(logging.Formatter):
         return escape(super().formatMessage(record))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Root(click.Group):
+    """The root group: Ctrl-C ends a command with exit code 130 (not Click's
+    "Aborted!" and 1)."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 (Click's signature)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes: 0 ok, 1 runtime failure (network, refused, locked or missing "
+                    "home), 2 usage error, 130 interrupted (Ctrl-C; 'recv --follow' stops "
+                    "quietly with 0).")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="WA_HOME",
               default=DEFAULT_HOME, show_default=True,
               help="Directory of this device's state (env WA_HOME).")

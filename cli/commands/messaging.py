@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import trio
@@ -30,6 +33,8 @@ from ._common import (
 )
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
+
+T = TypeVar("T")
 
 
 _VALUE_OPTIONS = frozenset({"--file", "--home"})  # options of ``send`` that take a value
@@ -145,6 +150,32 @@ def _show(app: AppContext, state: State, event) -> None:
     # Dropped envelopes are logged as warnings by the client.
 
 
+async def _until_interrupted(fn: Callable[..., Awaitable[T]], *args) -> T | None:
+    """``await fn(*args)``, cancelled by the first SIGINT (Ctrl-C): then ``None``.
+
+    Must run in the main thread (signal handling). Errors of ``fn`` are raised as
+    themselves, not wrapped in an exception group.
+    """
+    result = None
+
+    async def cancel_on_signal(signals, scope: trio.CancelScope) -> None:  # noqa: ANN001
+        async for _ in signals:
+            scope.cancel()
+            return
+
+    try:
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
+                result = await fn(*args)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # re-raised, never swallowed
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return result
+
+
 async def _recv(app: AppContext, state: State, follow: bool, idle_s: float,
                 files: file_cmd.FileReceiver) -> int:
     shown = 0
@@ -183,12 +214,19 @@ async def _recv(app: AppContext, state: State, follow: bool, idle_s: float,
 def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) -> None:
     """Print and acknowledge the messages queued for this device.
 
+    With --follow it keeps printing new messages until interrupted; Ctrl-C then
+    stops it quietly with exit code 0.
+
     Each message is decrypted, saved locally, then acknowledged to the relay,
     and shown once even if the relay delivers it again.
     """
     with state_of(app) as state, failures():
         files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads))
-        shown = trio.run(_recv, app, state, follow, timeout, files)
-    if not app.out.json_mode and not shown:
+        if follow:
+            trio.run(_until_interrupted, _recv, app, state, True, timeout, files)
+            shown = None
+        else:
+            shown = trio.run(_recv, app, state, False, timeout, files)
+    if not app.out.json_mode and shown == 0:
         app.out.note("no new messages")
     files.check()
