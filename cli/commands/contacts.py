@@ -7,7 +7,7 @@ import click
 from relay.protocol import is_user_id
 
 from ..output import escape
-from ._common import AppContext, check_name, failures, json_option, state_of
+from ._common import AppContext, CliError, check_name, failures, json_option, state_of
 
 
 @click.group()
@@ -18,10 +18,17 @@ def contacts() -> None:
 @contacts.command("add")
 @click.argument("name")
 @click.argument("user_id")
+@click.option("--force", is_flag=True,
+              help="Let NAME name another user id, or rename the contact of USER_ID.")
 @json_option
 @click.pass_obj
-def add(app: AppContext, name: str, user_id: str) -> None:
-    """Call USER_ID by NAME from now on (replaces an existing NAME)."""
+def add(app: AppContext, name: str, user_id: str, force: bool) -> None:
+    """Call USER_ID by NAME from now on.
+
+    A name names one user id and a user id has one name: changing either needs
+    --force (exit 1 without it, nothing changed). Your own user id cannot be a
+    contact.
+    """
     if not is_user_id(user_id):
         raise click.BadParameter("not a user id (52 lowercase base32 characters)",
                                  param_hint="USER_ID")
@@ -29,8 +36,21 @@ def add(app: AppContext, name: str, user_id: str) -> None:
         raise click.BadParameter("must not be a user id", param_hint="NAME")
     check_name(name, "NAME")
     with state_of(app) as state, failures():
-        state.contacts[name] = user_id
-        state.save()
+        if user_id == state.user_id:
+            raise click.BadParameter("that is your own user id; a contact is another account",
+                                     param_hint="USER_ID")
+        old_id, old_name = state.contacts.get(name), state.alias_of(user_id)
+        if old_id != user_id:
+            if old_id is not None and not force:
+                raise CliError(f"contact {name!r} already exists; to change it "
+                               f"({old_id} -> {user_id}) run again with --force")
+            if old_name is not None and not force:
+                raise CliError(f"{user_id} is already your contact {old_name!r}; to rename it "
+                               f"({old_name!r} -> {name!r}) run again with --force")
+            if old_name is not None:
+                del state.contacts[old_name]
+            state.contacts[name] = user_id
+            state.save()
     app.out.emit({"name": name, "user_id": user_id}, f"{escape(name)} = {user_id}")
 
 

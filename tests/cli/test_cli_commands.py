@@ -143,3 +143,33 @@ def test_a_recipient_and_group_are_mutually_exclusive(home):
     # TEXT after --group is the text: this one gets as far as looking up the group
     result = run("--home", str(home), "send", "--group", "team", "bob")
     assert result.exit_code == 1 and "cannot connect" in result.stderr
+
+
+CAROL = "c" * 52
+
+
+def test_contacts_add_does_not_silently_rebind(home):
+    assert run("--home", str(home), "contacts", "add", "bob", BOB).exit_code == 0
+    assert run("--home", str(home), "contacts", "add", "bob", BOB).exit_code == 0  # same: fine
+    result = run("--home", str(home), "contacts", "add", "bob", CAROL)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"contact 'bob' already exists; to change it ({BOB} -> {CAROL})" in result.stderr
+    assert "--force" in result.stderr
+    result = run("--home", str(home), "contacts", "add", "robert", BOB)
+    assert result.exit_code == 1 and "already your contact 'bob'" in result.stderr
+    listed = run("--home", str(home), "--json", "contacts", "list").stdout
+    assert [json.loads(line) for line in listed.splitlines()] == [{"name": "bob", "user_id": BOB}]
+
+    assert run("--home", str(home), "contacts", "add", "--force", "bob", CAROL).exit_code == 0
+    assert run("--home", str(home), "contacts", "add", "robert", BOB).exit_code == 0
+    assert run("--home", str(home), "contacts", "add", "--force", "rob", BOB).exit_code == 0
+    listed = run("--home", str(home), "--json", "contacts", "list").stdout
+    assert [json.loads(line) for line in listed.splitlines()] == [
+        {"name": "bob", "user_id": CAROL}, {"name": "rob", "user_id": BOB}]
+
+
+def test_contacts_add_refuses_your_own_user_id(home):
+    me = json.loads(run("--home", str(home), "--json", "id").stdout)["user_id"]
+    result = run("--home", str(home), "contacts", "add", "me", me)
+    assert result.exit_code == 2 and "that is your own user id" in result.stderr
+    assert run("--home", str(home), "contacts", "list").stdout == ""
