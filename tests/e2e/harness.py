@@ -17,16 +17,15 @@ Every wait has a deadline; nothing sleeps for a fixed time to wait for an event.
 
 from __future__ import annotations
 
-import queue
 import shutil
-import signal
 import subprocess
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from relay.testing import LoggedProcess, file_tail
 
 from .procs import HOST, HarnessError, free_base_port, subprocess_env, tool
 
@@ -48,47 +47,30 @@ class Node:
     config: Path
     stdout_log: Path
     stderr_log: Path
-    proc: subprocess.Popen | None = None
+    child: LoggedProcess | None = None
     ready_url: str | None = None
-    _reader: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The current process, if the node was started and not yet reaped."""
+        return None if self.child is None else self.child.proc
 
     @property
     def pid(self) -> int:
         """The running process's pid. Raises HarnessError if not running."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.child is None or not self.child.running:
             raise HarnessError(f"node {self.node_id} is not running")
-        return self.proc.pid
+        return self.child.pid
 
     @property
     def running(self) -> bool:
         """True if the node's process is alive."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.running
 
     @property
     def port(self) -> int:
         """The TCP port from the node's URL."""
         return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-
-
-def _pump_stdout(proc: subprocess.Popen, log: Path, lines: queue.Queue) -> None:
-    """Copy ``proc``'s stdout to ``log`` line by line and hand each line to ``lines``.
-
-    Puts ``None`` at EOF. Runs in a daemon thread so the pipe never fills up.
-    """
-    with log.open("ab") as out:
-        for raw in proc.stdout:
-            out.write(raw)
-            out.flush()
-            lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
-    lines.put(None)
-
-
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-limit:].decode("utf-8", "replace")
 
 
 class Cluster:
@@ -191,64 +173,37 @@ class Cluster:
         node = self.nodes[node_id]
         if node.running:
             raise HarnessError(f"node {node_id} is already running")
-        stderr = node.stderr_log.open("ab")
-        try:
-            proc = subprocess.Popen(
-                [*tool("wa-relay"), "serve", "--config", str(node.config)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                env=subprocess_env(), cwd=str(node.config.parent),
-            )
-        finally:
-            stderr.close()
-        lines: queue.Queue = queue.Queue()
-        reader = threading.Thread(
-            target=_pump_stdout, args=(proc, node.stdout_log, lines), daemon=True,
-            name=f"stdout-{node_id}",
+        child = LoggedProcess(
+            [*tool("wa-relay"), "serve", "--config", str(node.config)],
+            stdout_log=node.stdout_log, stderr_log=node.stderr_log, env=subprocess_env(),
+            cwd=node.config.parent, name=node_id,
         )
-        reader.start()
-        node.proc, node._reader, node.ready_url = proc, reader, None
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = lines.get(timeout=max(remaining, 0.0)) if remaining > 0 else None
-            except queue.Empty:
-                line = None
-            if line is None:
-                self._abort(node)
-                raise HarnessError(
-                    f"node {node_id} printed no ready line within {timeout}s "
-                    f"(exit code {proc.returncode}); stderr tail:\n{_tail(node.stderr_log)}"
-                )
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "ready":
-                if parts[1] != node_id:
-                    self._abort(node)
-                    raise HarnessError(f"node {node_id} announced itself as {parts[1]!r}")
-                node.ready_url = parts[2]
-                if parts[2].rstrip("/") != node.url.rstrip("/"):
-                    self._abort(node)
-                    raise HarnessError(f"node {node_id} is ready at {parts[2]}, cluster.toml says {node.url}")
-                return node
+        node.child, node.ready_url = child, None
+        ready = child.next_ready(time.monotonic() + timeout)
+        if ready is None:
+            self._abort(node)
+            raise HarnessError(
+                f"node {node_id} printed no ready line within {timeout}s "
+                f"(exit code {child.proc.returncode}); stderr tail:\n{file_tail(node.stderr_log)}"
+            )
+        ready_id, node.ready_url = ready
+        if ready_id != node_id:
+            self._abort(node)
+            raise HarnessError(f"node {node_id} announced itself as {ready_id!r}")
+        if node.ready_url.rstrip("/") != node.url.rstrip("/"):
+            self._abort(node)
+            raise HarnessError(f"node {node_id} is ready at {node.ready_url}, cluster.toml says {node.url}")
+        return node
 
     def _abort(self, node: Node) -> None:
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.kill()
-        self._reap(node)
+        """SIGKILL the node's process if it still runs, and reap it."""
+        if node.child is not None:
+            node.child.kill(STOP_TIMEOUT)
+        node.child = None
 
     def _reap(self, node: Node) -> int | None:
-        code = None
-        if node.proc is not None:
-            try:
-                code = node.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                code = node.proc.wait(timeout=STOP_TIMEOUT)
-            if node.proc.stdout is not None:
-                if node._reader is not None:
-                    node._reader.join(timeout=STOP_TIMEOUT)
-                node.proc.stdout.close()
-        node.proc, node._reader = None, None
+        code = None if node.child is None else node.child.reap(STOP_TIMEOUT)
+        node.child = None
         return code
 
     def stop(self, node_id: str, timeout: float = STOP_TIMEOUT) -> int | None:
@@ -259,23 +214,18 @@ class Cluster:
             if it was not running.
         """
         node = self.nodes[node_id]
-        if node.proc is None:
+        if node.child is None:
             return None
-        if node.proc.poll() is None:
-            node.proc.send_signal(signal.SIGTERM)
-            try:
-                node.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-        return self._reap(node)
+        code, _ = node.child.stop(timeout)
+        node.child = None
+        return code
 
     def kill(self, node_id: str) -> None:
         """SIGKILL ``node_id`` (kill -9: no chance to flush anything) and reap it."""
         node = self.nodes[node_id]
-        if node.proc is None:
+        if node.child is None:
             raise HarnessError(f"node {node_id} is not running")
-        node.proc.send_signal(signal.SIGKILL)
-        self._reap(node)
+        self._abort(node)
 
     def restart(self, node_id: str) -> Node:
         """Start ``node_id`` again on the same config and data."""
@@ -283,16 +233,12 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every node this cluster started (SIGTERM, then SIGKILL)."""
-        running = [n for n in self.nodes.values() if n.proc is not None]
+        running = [n for n in self.nodes.values() if n.child is not None]
         for node in running:
-            if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
+            node.child.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT
         for node in running:
-            try:
-                node.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
+            node.child.wait_or_kill(max(deadline - time.monotonic(), 0.1))
             self._reap(node)
 
     def __enter__(self) -> Cluster:
@@ -311,7 +257,7 @@ class Cluster:
                 code = node.proc.returncode if node.proc is not None else None
                 raise HarnessError(
                     f"node {nid} is not running (exit code {code}); stderr tail:\n"
-                    f"{_tail(node.stderr_log)}"
+                    f"{file_tail(node.stderr_log)}"
                 )
 
     def assert_clean_logs(self) -> None:
@@ -319,7 +265,7 @@ class Cluster:
         (a crash, or an error that escaped a handler)."""
         for nid, node in self.nodes.items():
             for path in (node.stderr_log, node.config.parent / "node.log"):
-                text = _tail(path, limit=10**8)
+                text = file_tail(path, limit=10**8)
                 assert "Traceback" not in text, f"node {nid} logged a traceback in {path}:\n{text[-3000:]}"
 
     def home_of(self, user_id: str) -> str:
@@ -339,4 +285,4 @@ class Cluster:
 
     def stderr_text(self, node_id: str) -> str:
         """Everything node ``node_id`` wrote to stderr so far, across restarts."""
-        return _tail(self.nodes[node_id].stderr_log, limit=10**8)
+        return file_tail(self.nodes[node_id].stderr_log, limit=10**8)
