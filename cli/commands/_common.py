@@ -25,7 +25,7 @@ from ..output import (
     scrub,
     sender_label,
 )
-from ..state import State, StateError, open_state
+from ..state import STATE_FILE, State, StateError, open_state
 
 DEFAULT_HOME = "~/.wa-cli"
 CONNECT_TIMEOUT = 10.0
@@ -102,7 +102,14 @@ def message_row(state: State, msg: Message) -> tuple[dict, str]:
 
 @contextmanager
 def state_of(app: AppContext):
-    """Open (and lock) the device state of ``--home``, translating errors."""
+    """Open (and lock) the device state of ``--home``, translating errors.
+
+    Raises:
+        CliError: the home holds no account (nothing is created then), or see
+            :func:`failures`.
+    """
+    if not (app.home / STATE_FILE).is_file():
+        raise CliError(f"no account here ({app.home}): run 'wa-cli init' or 'wa-cli link'")
     with failures(), open_state(app.home) as state:
         yield state
 

@@ -173,3 +173,18 @@ def test_contacts_add_refuses_your_own_user_id(home):
     result = run("--home", str(home), "contacts", "add", "me", me)
     assert result.exit_code == 2 and "that is your own user id" in result.stderr
     assert run("--home", str(home), "contacts", "list").stdout == ""
+
+
+@pytest.mark.parametrize("args", [
+    ["id"], ["contacts", "list"], ["contacts", "add", "bob", BOB], ["history"], ["group", "list"],
+    ["devices", "list"], ["recv"], ["send", "bob", "hi"], ["verify", BOB],
+])
+def test_commands_on_a_home_without_account_create_nothing(tmp_path, args):
+    home = tmp_path / "nonexist"
+    result = run("--home", str(home), *args)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"no account here ({home}): run 'wa-cli init' or 'wa-cli link'" in result.stderr
+    assert not home.exists()
+    home.mkdir()
+    assert run("--home", str(home), *args).exit_code == 1
+    assert list(home.iterdir()) == []  # no lock file either
