@@ -1,7 +1,7 @@
 """``wa-cli``: the Click root group. Commands live in sibling modules.
 
 Global options: ``--home DIR`` (env ``WA_HOME``, default ``~/.wa-cli``) and
-``--json``. Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
+``--json``, before the subcommand or after it (``wa-cli id --home DIR --json``). Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
 (Ctrl-C; ``recv --follow`` instead stops quietly with 0).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..output import Output, escape
-from ._common import DEFAULT_HOME, AppContext
+from ._common import DEFAULT_HOME, AppContext, home_option
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -67,6 +67,15 @@ def _register() -> None:
     main.add_command(messaging.send)
     main.add_command(messaging.recv)
     main.add_command(group.group)
+    _leaves_take_home(main)
+
+
+def _leaves_take_home(parent: click.Group) -> None:
+    for command in parent.commands.values():
+        if isinstance(command, click.Group):
+            _leaves_take_home(command)
+        else:
+            home_option(command)
 
 
 _register()

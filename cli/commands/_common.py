@@ -115,6 +115,20 @@ def state_of(app: AppContext):
 
 
 
+def home_option(command: click.Command) -> click.Command:
+    """Add ``--home DIR`` to a subcommand too (``wa-cli id --home H`` = ``wa-cli --home H id``;
+    the later one wins). Appends to ``command.params``; returns ``command``."""
+
+    def set_home(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+        if value is not None:
+            ctx.find_object(AppContext).home = value.expanduser()
+
+    command.params.append(click.Option(
+        ["--home"], type=click.Path(file_okay=False, path_type=Path), expose_value=False,
+        callback=set_home, is_eager=True, metavar="DIR", help="Same as the global --home."))
+    return command
+
+
 def json_option(command):
     """Add ``--json`` to a subcommand too (``wa-cli recv --json`` = ``wa-cli --json recv``)."""
 

@@ -188,3 +188,15 @@ def test_commands_on_a_home_without_account_create_nothing(tmp_path, args):
     home.mkdir()
     assert run("--home", str(home), *args).exit_code == 1
     assert list(home.iterdir()) == []  # no lock file either
+
+
+def test_home_is_accepted_after_the_subcommand_too(home, tmp_path):
+    result = run("id", "--home", str(home), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "alice"
+    assert run("contacts", "add", f"--home={home}", "bob", BOB).exit_code == 0
+    assert run("--home", str(tmp_path / "other"), "contacts", "list", "--home", str(home)
+               ).stdout == f"bob\t{BOB}\n"  # the later --home wins
+    result = run("send", "bob", "hi", "--home", str(home))
+    assert result.exit_code == 1 and "cannot connect to ws://127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "other").exists()
