@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from cli.client import init_account, open_client
+from cli.client import BacklogDone, DevicesChanged, init_account, open_client
 from cli.state import State, create_state
 from relay.testing import LocalCluster, open_local_cluster
 
-__all__ = ["LocalCluster", "new_account", "publish", "run_cluster"]
+__all__ = [
+    "LocalCluster", "alice_and_bob", "drain", "make_account", "new_account", "publish",
+    "run_cluster",
+]
 
 
 def run_cluster(n: int = 3, **options):
@@ -30,3 +33,41 @@ async def publish(state: State) -> str:
     """Publish the device list and keys (one connection); returns the home URL."""
     async with open_client(state, connect_timeout=10) as client:
         return client.url
+
+
+def make_account(tmp_path, name, cluster, stack, not_on=()):
+    """A fresh account whose home is not in ``not_on``; its relay URL is another node,
+    so that connecting exercises ``moved``."""
+    for i in range(50):
+        state = new_account(tmp_path, f"{name}-{i}", "ws://unset", stack)
+        state.name = name
+        home = cluster.home_of(state.user_id)
+        if home in not_on:
+            continue
+        state.relay_url = next((url for nid, url in cluster.urls.items() if nid != home),
+                               cluster.urls[home])
+        state.save()
+        return state
+    raise AssertionError("no account landed on a fitting node")
+
+
+async def alice_and_bob(tmp_path, cluster, stack, *, apart: bool = False) -> tuple[State, State]:
+    """Accounts ``alice`` and ``bob`` (:func:`make_account`), both published; with
+    ``apart``, bob's home is not alice's."""
+    alice = make_account(tmp_path, "alice", cluster, stack)
+    bob = make_account(tmp_path, "bob", cluster, stack,
+                       not_on=[cluster.home_of(alice.user_id)] if apart else ())
+    await publish(alice)
+    await publish(bob)
+    return alice, bob
+
+
+async def drain(client) -> list:
+    """Events until the backlog marker (device-list change notices left out)."""
+    out = []
+    async for event in client.receive():
+        if isinstance(event, BacklogDone):
+            return out
+        if not isinstance(event, DevicesChanged):
+            out.append(event)
+    raise AssertionError("receive ended before the backlog marker")

@@ -7,40 +7,13 @@ import time
 from contextlib import ExitStack
 
 import trio
-from cli_cluster import new_account, publish, run_cluster
+from cli_cluster import alice_and_bob, drain, make_account, publish, run_cluster
 
 from cli import crypto
-from cli.client import BacklogDone, DevicesChanged, Message, open_client
+from cli.client import BacklogDone, Message, open_client
 from cli.state import create_state
 
 DEADLINE = 30
-
-
-def make_account(tmp_path, name, cluster, stack, not_on=()):
-    """A fresh account whose home is not in ``not_on``; its relay URL is another node,
-    so that connecting exercises ``moved``."""
-    for i in range(50):
-        state = new_account(tmp_path, f"{name}-{i}", "ws://unset", stack)
-        state.name = name
-        home = cluster.home_of(state.user_id)
-        if home in not_on:
-            continue
-        state.relay_url = next((url for nid, url in cluster.urls.items() if nid != home),
-                               cluster.urls[home])
-        state.save()
-        return state
-    raise AssertionError("no account landed on a fitting node")
-
-
-async def drain(client) -> list:
-    """Events until the backlog marker (device-list change notices left out)."""
-    out = []
-    async for event in client.receive():
-        if isinstance(event, BacklogDone):
-            return out
-        if not isinstance(event, DevicesChanged):
-            out.append(event)
-    raise AssertionError("receive ended before the backlog marker")
 
 
 async def test_offline_messages_arrive_once_in_order_across_homes(tmp_path):
@@ -85,10 +58,7 @@ async def test_offline_messages_arrive_once_in_order_across_homes(tmp_path):
 async def test_live_delivery_while_connected(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(2) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack)
-            await publish(alice)
-            await publish(bob)
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack)
             async with open_client(bob) as bob_client, open_client(alice) as alice_client:
                 receiver = bob_client.receive()
                 assert isinstance(await receiver.__anext__(), BacklogDone)
@@ -101,10 +71,7 @@ async def test_live_delivery_while_connected(tmp_path):
 async def test_one_time_keys_are_topped_up(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(1) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack)
-            await publish(alice)
-            await publish(bob)
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack)
             async with open_client(bob) as bob_client:
                 for _ in range(60):
                     (key,) = await bob_client.claim_keys(alice.user_id, [0])
@@ -124,10 +91,7 @@ async def _bob_with_two_devices(tmp_path, cluster, stack):
     """alice and bob (published), alice has a session with bob's device 0 and bob's
     list v1 cached; then bob publishes list v2 with a second device 1 (what linking
     will do in a later issue). Returns (alice, bob, bob1)."""
-    alice = make_account(tmp_path, "alice", cluster, stack)
-    bob = make_account(tmp_path, "bob", cluster, stack)
-    await publish(alice)
-    await publish(bob)
+    alice, bob = await alice_and_bob(tmp_path, cluster, stack)
     async with open_client(alice) as client:
         assert (await client.send_text(bob.user_id, "before")).status == "stored"
     bob1 = stack.enter_context(
@@ -180,11 +144,7 @@ async def test_own_other_devices_get_a_copy_of_what_was_sent(tmp_path):
 async def test_send_is_queued_when_the_recipient_home_is_down(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(3) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack,
-                               not_on=[cluster.home_of(alice.user_id)])
-            await publish(alice)
-            await publish(bob)
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
             async with open_client(alice) as client:
                 assert (await client.send_text(bob.user_id, "warm")).status == "stored"
             cluster.stop(cluster.home_of(bob.user_id))

@@ -9,8 +9,7 @@ from contextlib import ExitStack
 
 import pytest
 import trio
-from cli_cluster import run_cluster
-from test_cli_integration import drain, make_account
+from cli_cluster import alice_and_bob, drain, make_account, run_cluster
 
 from cli.client import DevicesChanged, Message, init_account, open_client
 from cli.devices import MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
@@ -65,12 +64,7 @@ def spy(client, log: list) -> None:
 async def test_phone_and_laptop_get_everything_once_and_own_devices_see_outgoing(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(3) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack,
-                               not_on=[cluster.home_of(alice.user_id)])
-            for s in (alice, bob):
-                async with open_client(s):
-                    pass
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
             alice.contacts["bob"] = bob.user_id
             a2 = await add_device(alice, tmp_path / "alice-tablet", "tablet")
             b1 = await add_device(bob, tmp_path / "bob-laptop", "laptop")
@@ -113,12 +107,7 @@ async def test_stale_cached_list_reaches_the_new_tablet_through_stale_devices(tm
     """The tablet was linked after alice cached bob's list; it has no one-time keys left."""
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(3) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack,
-                               not_on=[cluster.home_of(alice.user_id)])
-            for s in (alice, bob):
-                async with open_client(s):
-                    pass
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
             async with open_client(alice) as client:
                 assert (await client.send_text(bob.user_id, "before")).status == "stored"
             assert alice.device_lists[bob.user_id].parsed.version == 1
@@ -150,12 +139,7 @@ async def test_stale_cached_list_reaches_the_new_tablet_through_stale_devices(tm
 async def test_notices_removal_and_a_removed_device_gets_nothing(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(3) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack,
-                               not_on=[cluster.home_of(alice.user_id)])
-            for s in (alice, bob):
-                async with open_client(s):
-                    pass
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
             alice.contacts["bob"] = bob.user_id
             async with open_client(alice) as client:  # alice now holds bob's list (a watcher)
                 await client.send_text(bob.user_id, "hi")
@@ -269,11 +253,7 @@ async def test_failed_completion_withdraws_the_device_and_never_reuses_its_id(tm
 async def test_history_sync_and_no_history(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(2) as cluster:
-            alice = make_account(tmp_path, "alice", cluster, stack)
-            bob = make_account(tmp_path, "bob", cluster, stack)
-            for s in (alice, bob):
-                async with open_client(s):
-                    pass
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack)
             bob.contacts["alice"] = alice.user_id
             async with open_client(alice) as client:
                 for i in range(3):

@@ -9,8 +9,7 @@ from contextlib import ExitStack
 import nacl.signing
 import pytest
 import trio
-from cli_cluster import run_cluster
-from test_cli_integration import drain, make_account
+from cli_cluster import drain, make_account, run_cluster
 
 from cli import groups
 from cli.client import Message, open_client
