@@ -91,6 +91,24 @@ def user_label(state: State, user_id: str) -> str:
     return sender_label(state.alias_of(user_id), "", user_id)
 
 
+def resolve_recipient(state: State, recipient: str) -> str:
+    """The user_id to send to for ``NAME|USER_ID``.
+
+    Raises:
+        click.BadParameter: unknown contact and not a user id (exit 2).
+        CliError: it is this account and it has no other device (nothing to send to).
+    """
+    try:
+        user_id = state.resolve(recipient)
+    except StateError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+    own = state.own_list()
+    if user_id == state.user_id and own is not None and own.device_ids <= {state.device_id}:
+        raise CliError("you have no other devices; nothing to send to yourself "
+                       "(a message to yourself goes to your other linked devices)")
+    return user_id
+
+
 def message_row(state: State, msg: Message) -> tuple[dict, str]:
     """The ``--json`` object and the human row of a message, its sender named by
     :func:`known_name` (see :func:`cli.output.message_json`, :func:`cli.output.message_human`)."""

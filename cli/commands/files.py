@@ -28,13 +28,14 @@ from ..events import Message
 from ..group_messaging import send_group
 from ..output import escape, file_human, progress_bar
 from ..payload import MAX_TEXT, FilePayload
-from ..state import State, StateError
+from ..state import State
 from ._common import (
     CONNECT_TIMEOUT,
     AppContext,
     CliError,
     failures,
     message_row,
+    resolve_recipient,
     state_of,
     user_label,
 )
@@ -56,10 +57,7 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
     with state_of(app) as state:
         user_id = None
         if group is None:
-            try:
-                user_id = state.resolve(recipient)  # type: ignore[arg-type]
-            except StateError as exc:
-                raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+            user_id = resolve_recipient(state, recipient)  # type: ignore[arg-type]
 
         async def run() -> dict:
             async with media.Reconnecting(state, connect_timeout=CONNECT_TIMEOUT) as rc:

@@ -18,7 +18,7 @@ from ..output import (
     devices_changed_json,
 )
 from ..payload import MAX_TEXT
-from ..state import State, StateError
+from ..state import State
 from . import files as file_cmd
 from . import group as group_cmd
 from ._common import (
@@ -28,6 +28,7 @@ from ._common import (
     failures,
     json_option,
     message_row,
+    resolve_recipient,
     state_of,
     user_label,
 )
@@ -114,10 +115,7 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
         raise click.UsageError("usage: wa-cli send NAME|USER_ID TEXT")
     _check_text(text)
     with state_of(app) as state:
-        try:
-            user_id = state.resolve(recipient)
-        except StateError as exc:
-            raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+        user_id = resolve_recipient(state, recipient)
 
         async def run():
             async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:

@@ -200,3 +200,14 @@ def test_home_is_accepted_after_the_subcommand_too(home, tmp_path):
     result = run("send", "bob", "hi", "--home", str(home))
     assert result.exit_code == 1 and "cannot connect to ws://127.0.0.1:9" in result.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_send_to_yourself_without_other_devices_says_so(home, tmp_path):
+    me = json.loads(run("--home", str(home), "--json", "id").stdout)["user_id"]
+    result = run("--home", str(home), "send", me, "note to self")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "you have no other devices; nothing to send to yourself" in result.stderr
+    path = tmp_path / "f.txt"
+    path.write_text("x")
+    result = run("--home", str(home), "send", me, "--file", str(path))
+    assert result.exit_code == 1 and "you have no other devices" in result.stderr
