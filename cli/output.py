@@ -93,6 +93,11 @@ class Output:
         else:
             click.echo(scrub(human))
 
+    def heading(self, text: str) -> None:
+        """A header row on stdout in human mode only (nothing with ``--json``)."""
+        if not self.json_mode:
+            click.echo(scrub(text))
+
     def note(self, text: str) -> None:
         """A human note or warning on stderr (both modes; escaped like :meth:`emit`)."""
         click.echo(scrub(text), err=True)

@@ -91,10 +91,15 @@ def _clock(ts_ms: int | None) -> str:
 @json_option
 @click.pass_obj
 def list_(app: AppContext) -> None:
-    """Show the account's devices: id, name, key fingerprint, when last seen.
+    """Show the account's devices: id, name, key fingerprint, last seen.
 
-    The list is refreshed from the home node when it is reachable. "Last seen"
-    is the time of the newest message this device received from that device.
+    The list is refreshed from the home node when it is reachable (otherwise
+    the cached list is shown, with a note on stderr).
+
+    LAST SEEN is when the newest message that this device has received from
+    that device was sent (by the sender's clock; local time). It is not when
+    the device was last online: "-" means no message from it has arrived here
+    yet. The device you run the command on shows "this device".
     """
 
     async def refresh(state: State) -> None:
@@ -116,10 +121,12 @@ def list_(app: AppContext) -> None:
             "added_at": d.added_at, "this_device": d.device_id == state.device_id,
             "last_seen": state.last_seen.get((state.user_id, d.device_id)),
         } for d in sorted(own.devices, key=lambda d: d.device_id)]
+    width = max(len(r["fingerprint"]) for r in rows)
+    app.out.heading(f"{'ID':<3} {'NAME':<20} {'KEY FINGERPRINT':<{width}}  LAST SEEN")
     for r in rows:
         seen = "this device" if r["this_device"] else _clock(r["last_seen"])
-        app.out.emit(r, f"{r['device_id']:<3} {escape(r['name'])[:20]:<20} {r['fingerprint']}  "
-                        f"{seen}")
+        app.out.emit(r, f"{r['device_id']:<3} {escape(r['name'])[:20]:<20} "
+                        f"{r['fingerprint']:<{width}}  {seen}")
 
 
 @devices.command("remove")

@@ -118,7 +118,10 @@ def test_devices_list_falls_back_to_the_cached_list(homes):
     assert "showing the cached device list" in result.stderr
     human = run("--home", homes["laptop"], "devices", "list")
     assert human.exit_code == 0
-    assert human.stdout.splitlines()[1].endswith("this device")
+    header, phone, laptop = human.stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "KEY", "FINGERPRINT", "LAST", "SEEN"]
+    assert header.index("LAST SEEN") == laptop.index("this device") == len(phone) - 1
+    assert laptop.endswith("this device") and phone.endswith("-")
 
 
 def test_history_prints_stored_messages(homes):
