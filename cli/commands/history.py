@@ -17,8 +17,8 @@ from ._common import AppContext, json_option, message_row, state_of
 @click.pass_obj
 def history(app: AppContext, contact: str | None, limit: int) -> None:
     """Show recent messages stored on this device, oldest first (also those a
-    linked device received in its history sync). ``--json`` rows have the
-    ``recv --json`` shape."""
+    linked device received in its history sync). With --json each row has the
+    shape of a 'wa-cli recv --json' line."""
     with state_of(app) as state:
         peer = None
         if contact is not None:

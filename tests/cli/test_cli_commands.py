@@ -211,3 +211,18 @@ def test_send_to_yourself_without_other_devices_says_so(home, tmp_path):
     path.write_text("x")
     result = run("--home", str(home), "send", me, "--file", str(path))
     assert result.exit_code == 1 and "you have no other devices" in result.stderr
+
+
+def _all_commands(group, path=()):
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if hasattr(command, "commands"):
+            yield from _all_commands(command, (*path, name))
+
+
+@pytest.mark.parametrize("path", [(), *_all_commands(main)], ids=" ".join)
+def test_help_is_plain_text(path):
+    result = run(*path, "--help")
+    assert result.exit_code == 0
+    for markup in ("``", ":func:", ":class:", ":data:", ":meth:"):
+        assert markup not in result.stdout
