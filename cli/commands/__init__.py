@@ -55,7 +55,7 @@ def main(ctx: click.Context, home: Path, json_mode: bool) -> None:
 
 
 def _register() -> None:
-    from . import contacts, devices, group, history, identity, init, link, messaging
+    from . import contacts, devices, group, history, identity, init, link, messaging, receive
 
     main.add_command(init.init)
     main.add_command(link.link)
@@ -65,7 +65,7 @@ def _register() -> None:
     main.add_command(history.history)
     main.add_command(contacts.contacts)
     main.add_command(messaging.send)
-    main.add_command(messaging.recv)
+    main.add_command(receive.recv)
     main.add_command(group.group)
     _leaves_take_home(main)
 

@@ -1,42 +1,25 @@
-"""``wa-cli send NAME|USER_ID TEXT`` and ``wa-cli recv [--follow] [--timeout S]``."""
+"""``wa-cli send NAME|USER_ID TEXT`` (``--group``, ``--file``: see :mod:`.group`, :mod:`.files`)."""
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import click
 import trio
 
-from ..client import BacklogDone, Bounce, DevicesChanged, Message, open_client
-from ..group_receiving import GroupChanged
-from ..output import (
-    bounce_human,
-    devices_changed_human,
-    devices_changed_json,
-)
+from ..client import open_client
 from ..payload import MAX_TEXT
-from ..state import State
 from . import files as file_cmd
 from . import group as group_cmd
 from ._common import (
     CONNECT_TIMEOUT,
     AppContext,
-    CliError,
     failures,
     json_option,
-    message_row,
     resolve_recipient,
     state_of,
     user_label,
 )
-
-BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
-
-T = TypeVar("T")
-
 
 _VALUE_OPTIONS = frozenset({"--file", "--home"})  # options of ``send`` that take a value
 
@@ -128,103 +111,3 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
         {"id": result.msg_id.hex(), "status": result.status, "to": user_id},
         f"sent to {name} ({result.status}) id {result.msg_id.hex()}",
     )
-
-
-def _show(app: AppContext, state: State, event) -> None:
-    if isinstance(event, Message):
-        app.out.emit(*message_row(state, event))
-    elif isinstance(event, Bounce):
-        app.out.note(bounce_human(event))
-    elif isinstance(event, DevicesChanged):
-        if app.out.json_mode:
-            app.out.emit(devices_changed_json(event), "")
-        else:
-            app.out.note(devices_changed_human(event, own=event.user_id == state.user_id))
-    elif isinstance(event, GroupChanged):
-        if app.out.json_mode:
-            app.out.emit(group_cmd.group_changed_json(event), "")
-        else:
-            app.out.note(group_cmd.group_changed_human(state, event))
-    # Dropped envelopes are logged as warnings by the client.
-
-
-async def _until_interrupted(fn: Callable[..., Awaitable[T]], *args) -> T | None:
-    """``await fn(*args)``, cancelled by the first SIGINT (Ctrl-C): then ``None``.
-
-    Must run in the main thread (signal handling). Errors of ``fn`` are raised as
-    themselves, not wrapped in an exception group.
-    """
-    result = None
-
-    async def cancel_on_signal(signals, scope: trio.CancelScope) -> None:  # noqa: ANN001
-        async for _ in signals:
-            scope.cancel()
-            return
-
-    try:
-        with trio.open_signal_receiver(signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
-                result = await fn(*args)
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # re-raised, never swallowed
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    return result
-
-
-async def _recv(app: AppContext, state: State, follow: bool, idle_s: float,
-                files: file_cmd.FileReceiver) -> int:
-    shown = 0
-    async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
-        await files.resume_pending(client)
-        receiver = client.receive()
-        backlog_done = False
-        while True:
-            idle = None if follow and backlog_done else (
-                idle_s if backlog_done else max(idle_s, BACKLOG_IDLE_LIMIT))
-            event = None
-            with trio.move_on_after(idle if idle is not None else float("inf")):
-                event = await receiver.__anext__()
-            if event is None:
-                if not backlog_done:
-                    raise CliError("the relay did not finish delivering the queued messages")
-                return shown
-            if isinstance(event, BacklogDone):
-                backlog_done = True
-                continue
-            shown += isinstance(event, Message)
-            if isinstance(event, Message) and event.type == "file":
-                await files.show(client, event)
-            else:
-                _show(app, state, event)
-
-
-@click.command()
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new messages until interrupted.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Return once the queue is printed and nothing new came for this many seconds.")
-@click.option("--downloads", type=click.Path(file_okay=False, path_type=Path),
-              help="Where received files are saved  [default: HOME/downloads]")
-@json_option
-@click.pass_obj
-def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) -> None:
-    """Print and acknowledge the messages queued for this device.
-
-    With --follow it keeps printing new messages until interrupted; Ctrl-C then
-    stops it quietly with exit code 0.
-
-    Each message is decrypted, saved locally, then acknowledged to the relay,
-    and shown once even if the relay delivers it again.
-    """
-    with state_of(app) as state, failures():
-        files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads))
-        if follow:
-            trio.run(_until_interrupted, _recv, app, state, True, timeout, files)
-            shown = None
-        else:
-            shown = trio.run(_recv, app, state, False, timeout, files)
-    if not app.out.json_mode and shown == 0:
-        app.out.note("no new messages")
-    files.check()

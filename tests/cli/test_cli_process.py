@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -10,6 +11,9 @@ import sys
 
 import trio
 from cli_cluster import run_cluster
+
+from cli.commands.receive import reconnect_delays
+from relay.testing import open_local_cluster
 
 DEADLINE = 60
 
@@ -45,11 +49,12 @@ async def test_init_retried_on_a_reachable_relay_succeeds_there(tmp_path):
 
 
 class Running:
-    """A ``wa-cli`` subprocess whose stdout is read line by line."""
+    """A ``wa-cli`` subprocess whose stdout and stderr are read line by line."""
 
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
-        self._buf = b""
+        self._bufs = {"out": b"", "err": b""}
+        self.err = ""  # every stderr line read so far
 
     @classmethod
     async def start(cls, home, *args) -> Running:
@@ -58,24 +63,35 @@ class Running:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         return cls(proc)
 
-    async def line(self) -> str:
-        while b"\n" not in self._buf:
-            chunk = await self.proc.stdout.receive_some()
-            assert chunk, "the process closed its stdout"
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+    async def _line(self, which: str) -> str:
+        stream = self.proc.stdout if which == "out" else self.proc.stderr
+        while b"\n" not in self._bufs[which]:
+            chunk = await stream.receive_some()
+            assert chunk, f"the process closed its std{which}: {self.err}"
+            self._bufs[which] += chunk
+        line, self._bufs[which] = self._bufs[which].split(b"\n", 1)
         return line.decode()
+
+    async def line(self) -> str:
+        """The next line on stdout."""
+        return await self._line("out")
+
+    async def err_line(self) -> str:
+        """The next line on stderr (also kept in :attr:`err`)."""
+        line = await self._line("err")
+        self.err += line + "\n"
+        return line
 
     async def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
         """Send ``sig``; returns the exit code and everything on stderr."""
         self.proc.send_signal(sig)
-        err = b""
+        err = self._bufs["err"]
         while chunk := await self.proc.stderr.receive_some():
             err += chunk
         code = await self.proc.wait()
         await self.proc.stdout.aclose()
         await self.proc.stderr.aclose()
-        return code, err.decode()
+        return code, self.err + err.decode()
 
     async def aclose(self) -> None:
         if self.proc.returncode is None:
@@ -117,3 +133,35 @@ async def test_ctrl_c_ends_other_commands_with_exit_130(tmp_path):
             assert code == 130
             assert "interrupted" in err and "Aborted" not in err
             assert not (tmp_path / "new" / "state.bin").exists()
+
+
+async def test_recv_follow_reconnects_when_the_home_node_restarts(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with open_local_cluster(1) as cluster:  # memory storage kept across restarts
+            relay = cluster.urls["n1"]
+            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--name", "bob",
+                                    "--relay", relay))
+            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            follow = await Running.start(tmp_path / "b", "--json", "recv", "--follow")
+            try:
+                await wa(tmp_path / "a", "send", bob["user_id"], "before")
+                assert json.loads(await follow.line())["text"] == "before"
+                for n in range(2):  # two outages, one note each
+                    cluster.stop("n1")
+                    note = await follow.err_line()
+                    assert note.startswith("lost the connection to the home node (")
+                    assert note.endswith("reconnecting until interrupted")
+                    await cluster.start("n1")
+                    await wa(tmp_path / "a", "send", bob["user_id"], f"after {n}")
+                    assert json.loads(await follow.line())["text"] == f"after {n}"
+                code, err = await follow.stop()
+            finally:
+                await follow.aclose()
+            assert code == 0
+            assert err.count("lost the connection") == 2, err
+
+
+def test_reconnect_delays_double_up_to_30_s_with_jitter():
+    assert list(itertools.islice(reconnect_delays(rng=lambda: 1.0), 9)) == [
+        0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert list(itertools.islice(reconnect_delays(rng=lambda: 0.0), 3)) == [0.25, 0.5, 1]
