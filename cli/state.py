@@ -7,12 +7,14 @@ Files in ``DIR`` (created mode 0700):
   ``storage.key`` (mode 0600). Mode 2: the key is Argon2id(``WA_PASSPHRASE``)
   with the salt and cost in the header (``salt(16) || opslimit(u32) ||
   memlimit(u64)``), and there is no key file.
+* ``journal.bin`` -- (see :mod:`cli.journal`) the recent history and the message ids
+  seen (dedupe), as appended records each sealed in a ``SecretBox`` under the same key.
 * ``lock`` -- ``fcntl.flock`` target: one ``wa-cli`` process per home at a time.
 
 The state holds the account key (primary device only), the vodozemac device
 account and Olm sessions (pickled again under a key derived from the storage
-key), contacts, verified device lists, recent message ids (dedupe), recent
-history, the home relay URL and the display name.
+key), contacts, verified device lists, Megolm sessions, the home relay URL and the
+display name in ``state.bin``; recent message ids and history in ``journal.bin``.
 
 Threat model: the encryption protects a home directory that is copied
 without its key (backups, a synced folder, a stolen disk image that lacks
@@ -22,8 +24,11 @@ protect against malware running as the user or an attacker holding both
 ``state.bin`` and ``storage.key``: that is holding the device. No plaintext,
 private key or message text is ever written outside the sealed box.
 
-Writes are atomic (temporary file, fsync, rename, fsync of the directory):
-a crash leaves the previous or the new state, never a torn one.
+Writes are atomic (``state.bin``: temporary file, fsync, rename, fsync of the
+directory; ``journal.bin``: append then fsync, a torn last record is dropped on
+open) and the journal is written first: a crash leaves the previous or the new
+state, never a torn one, and never ratchets newer than the history and ids of
+what they decrypted.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from relay.protocol.frames import SignedDeviceList
 
 from . import crypto, statecodec, vault
 from .groups import GroupError, GroupStore
+from .journal import Journal
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
 __all__ = [
@@ -79,6 +85,15 @@ class SessionSet:
 
 
 @dataclass
+class _Snapshot:
+    hot: bytes  # state.bin plaintext
+    record: bytes | None  # journal record plaintext, None if nothing to journal
+    base: bool  # the record replaces the journal (compaction)
+    entries: list  # history items it holds, with their versions (HistoryTracker)
+    seen_mark: int  # SeenIds.saved mark
+
+
+@dataclass
 class CachedList:
     """A verified device list and the signed form it came from."""
 
@@ -106,8 +121,10 @@ class State:
         self._storage_key = storage_key
         self._header = header
         self._pickle_key = _pickle_key(storage_key)
-        self._commit = vault.GroupCommit(home / STATE_FILE, self._pack, self._seal)
-        self._history_packer = statecodec.HistoryPacker()
+        self._commit = vault.GroupCommit(self._take_snapshot, self._write_snapshot,
+                                         self._snapshot_written)
+        self._journal = Journal(home, storage_key)
+        self._tracker = statecodec.HistoryTracker()
         self.user_id = ""
         self.device_id = 0
         self.name = ""
@@ -234,9 +251,9 @@ class State:
         return self.seen.add(key)
 
     def history_changed(self, entry: dict) -> None:
-        """Report that a history entry was modified in place (so the next save packs it
-        again; appended entries need no report)."""
-        self._history_packer.changed(entry)
+        """Report that a history entry was modified in place, so the next save writes it
+        again (appended entries need no report)."""
+        self._tracker.changed(entry)
 
     # ----------------------------------------------------------- persistence
 
@@ -256,8 +273,6 @@ class State:
                              for uid, c in self.device_lists.items()],
             "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
                          for (uid, did), ss in self.sessions.items()],
-            "seen": self.seen.to_bytes(),
-            "history": self._history_packer.pack(self.history),
             "next_device_id": self.next_device_id,
             "last_seen": [[uid, did, ts] for (uid, did), ts in self.last_seen.items()],
             "groups": self.groups.to_map(pk),
@@ -279,29 +294,62 @@ class State:
             self.sessions[(uid, did)] = SessionSet(
                 ikey, [crypto.session_from_pickle(p, pk) for p in pickles]
             )
-        seen = m["seen"]
-        self.seen = (statecodec.SeenIds.from_bytes(SEEN_LIMIT, seen) if isinstance(seen, bytes)
-                     else statecodec.SeenIds(SEEN_LIMIT, seen))
-        self.history = deque(statecodec.unpack_history(m["history"]), maxlen=HISTORY_LIMIT)
+        if "history" in m:  # format 1 or 2: moved to the journal by the next save
+            seen = m["seen"]
+            self.seen = (statecodec.SeenIds.from_bytes(SEEN_LIMIT, seen)
+                         if isinstance(seen, bytes) else statecodec.SeenIds(SEEN_LIMIT, seen))
+            self.history = deque(statecodec.unpack_history(m["history"]), maxlen=HISTORY_LIMIT)
+            self._journal.rewrite = True
+        else:
+            replayed = self._journal.load()
+            self.seen = statecodec.SeenIds(SEEN_LIMIT, replayed.seen)
+            self.history = deque(self._tracker.adopt(replayed.history[-HISTORY_LIMIT:]),
+                                 maxlen=HISTORY_LIMIT)
         self.next_device_id = m.get("next_device_id", 1)
         self.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
         self.groups = GroupStore.from_map(m.get("groups"), pk)
 
-    def _pack(self) -> bytes:
-        """The plaintext of the current state (:mod:`cli.statecodec`); on the event loop."""
-        return msgpack.packb(self._to_map(), use_bin_type=True)
+    def _take_snapshot(self) -> _Snapshot:
+        """On the event loop: ``state.bin``'s plaintext and the journal record of what
+        changed in history and dedupe keys (or all of it, when the journal is compacted)."""
+        hot = msgpack.packb(self._to_map(), use_bin_type=True)
+        base = self._journal.should_compact()
+        if base:
+            entries = self._tracker.everything(self.history)
+            seen, mark = self.seen.to_bytes(), self.seen.unsaved()[1]
+        else:
+            entries = self._tracker.unsaved(self.history)
+            seen, mark = self.seen.unsaved()
+        record = None
+        if base or entries or seen:
+            record = Journal.pack(statecodec.HistoryTracker.wire(entries), seen, base=base)
+        return _Snapshot(hot, record, base, entries, mark)
 
-    def _seal(self, plain: bytes) -> bytes:
-        """The file contents for :meth:`_pack` output; thread-safe (run in a worker thread)."""
-        return vault.seal(self._storage_key, self._header, plain)
+    def _write_snapshot(self, snap: _Snapshot) -> None:
+        """In a worker thread: the journal record first, then ``state.bin`` (so a crash
+        in between never leaves advanced ratchets without the history and dedupe keys
+        of what they decrypted)."""
+        if snap.record is not None:
+            if snap.base:
+                self._journal.replace(snap.record)
+            else:
+                self._journal.append(snap.record)
+        vault.write_atomic(self.home / STATE_FILE,
+                           vault.seal(self._storage_key, self._header, snap.hot))
+
+    def _snapshot_written(self, snap: _Snapshot) -> None:
+        self._tracker.saved(snap.entries)
+        self.seen.saved(snap.seen_mark)
 
     def snapshot(self) -> bytes:
-        """The encrypted file contents of the current state."""
-        return self._seal(self._pack())
+        """The encrypted contents of ``state.bin`` for the current state (history and
+        dedupe keys excluded: they are in the journal)."""
+        return vault.seal(self._storage_key, self._header,
+                          msgpack.packb(self._to_map(), use_bin_type=True))
 
     @property
     def writes(self) -> int:
-        """Durable writes of the state file by this object so far (one may cover many saves)."""
+        """Durable writes of the state by this object so far (one may cover many saves)."""
         return self._commit.writes
 
     def save(self) -> None:
@@ -313,8 +361,10 @@ class State:
         """Return once the state as it is now (or later) is atomically and durably written.
 
         Concurrent calls are coalesced (group commit, :class:`cli.vault.GroupCommit`):
-        one snapshot and one fsync, in a worker thread, cover every change made before
-        it, so pipelined sends and received batches share writes. A later state is
+        one snapshot and one write, in a worker thread, cover every change made before
+        it, so pipelined sends and received batches share writes. A write appends what
+        changed in history and dedupe keys to the journal (:mod:`cli.journal`), then
+        replaces ``state.bin`` (keys, ratchets, lists: tens of KiB). A later state is
         never overwritten by an earlier one.
 
         Raises:

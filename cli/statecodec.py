@@ -1,52 +1,51 @@
-"""The plaintext inside a device's sealed state file, and what keeps a snapshot cheap.
+"""The plaintext of a device's ``state.bin``, and the bookkeeping that lets the bulky
+parts (history, dedupe keys) be saved as small appends to ``journal.bin``
+(:mod:`cli.journal`) instead of being rewritten with every save.
 
-A state is saved before every send and every acknowledged batch, so its snapshot
-runs on the event loop very often; with a full history (500 entries) and 10,000
-dedupe keys, packing everything afresh each time cost about 1 ms of CPU. Format 2
-stores the two bulky sections as single byte strings built from parts kept ready:
+Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
 
-* ``seen``: the dedupe keys, oldest first, concatenated (16 bytes each), kept as a
-  growing ``bytearray`` by :class:`SeenIds`;
-* ``history``: a msgpack stream (one map per entry, oldest first), each entry packed
-  once by :class:`HistoryPacker` and reused until it is reported changed.
-
-Format 1 (lists in place of those byte strings) is still read.
-
-The map (msgpack, then sealed by :mod:`cli.vault`)::
-
-    {format: 2, user_id, device_id, name, relay_url, account_key: bytes|None,
+    {format: 3, user_id, device_id, name, relay_url, account_key: bytes|None,
      identity: str (vodozemac pickle), published_version, contacts: {alias: user_id},
      device_lists: [[body, signature, user_id]], sessions: [[user_id, device_id,
-     identity_key, [pickle, ...]]], seen: bytes, history: bytes, next_device_id,
-     last_seen: [[user_id, device_id, ts]], groups: {...} (cli.groups)}
+     identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
+     groups: {...} (cli.groups)}
+
+History and dedupe keys are in the journal. Formats 1 and 2 kept them in the map
+(``seen``: a list of keys / their concatenation; ``history``: a list of maps / a
+msgpack stream); they are still read, and the next save moves them to the journal.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import msgpack
 
-__all__ = ["FORMAT_VERSION", "SEEN_KEY_LEN", "HistoryPacker", "SeenIds", "unpack_history"]
+__all__ = ["FORMAT_VERSION", "SEEN_KEY_LEN", "HistoryTracker", "SeenIds", "unpack_history"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SEEN_KEY_LEN = 16
 
 
 class SeenIds:
     """The most recent ``limit`` dedupe keys (:data:`SEEN_KEY_LEN` bytes each), oldest first.
 
-    Supports ``key in seen``, ``len(seen)``, iteration (oldest first), :meth:`add` and
-    :meth:`to_bytes` (the concatenation, kept ready: no per-snapshot work).
+    Supports ``key in seen``, ``len(seen)``, iteration (oldest first), :meth:`add`,
+    :meth:`to_bytes` (the concatenation, kept ready) and, for the journal, the keys
+    added since the last save (:meth:`unsaved`, :meth:`saved`). Keys given to the
+    constructor count as saved.
     """
 
     def __init__(self, limit: int, keys: Iterable[bytes] = ()) -> None:
         self._limit = limit
         self._keys: set[bytes] = set()
         self._blob = bytearray()
+        self._added = 0  # keys ever added
+        self._saved = 0  # of which the first this many are durable
         for key in keys:
             self.add(key)
+        self._saved = self._added
 
     @classmethod
     def from_bytes(cls, limit: int, blob: bytes) -> SeenIds:
@@ -71,6 +70,7 @@ class SeenIds:
             return False
         self._keys.add(key)
         self._blob += key
+        self._added += 1
         while len(self._keys) > self._limit:
             self._keys.discard(bytes(self._blob[:SEEN_KEY_LEN]))
             del self._blob[:SEEN_KEY_LEN]  # cheap: bytearray deletes at the front in O(1)
@@ -79,6 +79,16 @@ class SeenIds:
     def to_bytes(self) -> bytes:
         """Every key, oldest first, concatenated."""
         return bytes(self._blob)
+
+    def unsaved(self) -> tuple[bytes, int]:
+        """The keys added since the last :meth:`saved` (those still held), concatenated,
+        and the mark to pass to :meth:`saved` once they are durable."""
+        n = min(self._added - self._saved, len(self._keys))
+        return (bytes(self._blob[len(self._blob) - n * SEEN_KEY_LEN:]) if n else b""), self._added
+
+    def saved(self, mark: int) -> None:
+        """Record that every key added before ``mark`` (from :meth:`unsaved`) is durable."""
+        self._saved = max(self._saved, mark)
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -91,33 +101,78 @@ class SeenIds:
         return (blob[i:i + SEEN_KEY_LEN] for i in range(0, len(blob), SEEN_KEY_LEN))
 
 
-class HistoryPacker:
-    """Packs history entries (dicts) into one msgpack stream, each entry only once.
+class _Tracked:
+    __slots__ = ("entry", "seq", "version", "saved")
 
-    Entries are remembered by identity; an entry changed in place after it was
-    packed must be reported with :meth:`changed` (``State.history_changed``), or the
-    old packing would be saved.
+    def __init__(self, entry: dict, seq: int, version: int, saved: int) -> None:
+        self.entry, self.seq, self.version, self.saved = entry, seq, version, saved
+
+
+class HistoryTracker:
+    """Numbers history entries in append order (``seq``) and knows which version of
+    each the journal holds, by entry identity (the entry dicts are kept referenced).
+
+    Appended entries are found at the end of the history; an entry changed in place
+    must be reported with :meth:`changed` (``State.history_changed``), or the journal
+    keeps its old version.
     """
 
     def __init__(self) -> None:
-        self._packed: dict[int, tuple[dict, bytes]] = {}
+        self._known: dict[int, _Tracked] = {}
+        self._dirty: dict[int, _Tracked] = {}
+        self._next_seq = 0
 
-    def pack(self, entries: Iterable[dict]) -> bytes:
-        """The msgpack stream of ``entries`` in order (packing only new or changed ones)."""
-        old, new = self._packed, {}
-        parts = []
-        for entry in entries:
-            hit = old.get(id(entry))
-            if hit is None or hit[0] is not entry:
-                hit = (entry, msgpack.packb(entry, use_bin_type=True))
-            new[id(entry)] = hit
-            parts.append(hit[1])
-        self._packed = new  # entries that left the history are forgotten
-        return b"".join(parts)
+    def adopt(self, pairs: list[tuple[int, dict]]) -> list[dict]:
+        """Register entries read from the journal (already saved); returns the entries."""
+        for seq, entry in pairs:
+            self._known[id(entry)] = _Tracked(entry, seq, 0, 0)
+            self._next_seq = max(self._next_seq, seq + 1)
+        return [entry for _, entry in pairs]
 
     def changed(self, entry: dict) -> None:
-        """Forget the packing of ``entry`` (it was modified in place)."""
-        self._packed.pop(id(entry), None)
+        """Note that ``entry`` was modified in place (no effect on an unknown entry: it
+        is new and will be saved whole anyway)."""
+        t = self._known.get(id(entry))
+        if t is not None and t.entry is entry:
+            t.version += 1
+            self._dirty[id(entry)] = t
+
+    def _register_new(self, history: Iterable[dict]) -> None:
+        new = []
+        for entry in reversed(history):
+            t = self._known.get(id(entry))
+            if t is not None and t.entry is entry:
+                break
+            new.append(entry)
+        for entry in reversed(new):
+            t = self._known[id(entry)] = _Tracked(entry, self._next_seq, 1, 0)
+            self._dirty[id(entry)] = t
+            self._next_seq += 1
+
+    def unsaved(self, history: Collection[dict]) -> list[tuple[_Tracked, int]]:
+        """``(item, version)`` of every new or changed entry, oldest first."""
+        self._register_new(history)
+        if len(self._known) > 2 * len(history) + 64:  # forget entries the deque dropped
+            keep = {id(e) for e in history}
+            self._known = {k: t for k, t in self._known.items() if k in keep}
+        return sorted(((t, t.version) for t in self._dirty.values()), key=lambda x: x[0].seq)
+
+    def everything(self, history: Collection[dict]) -> list[tuple[_Tracked, int]]:
+        """``(item, version)`` of every entry in ``history`` (for a compacted journal)."""
+        self._register_new(history)
+        return [(self._known[id(e)], self._known[id(e)].version) for e in history]
+
+    def saved(self, items: list[tuple[_Tracked, int]]) -> None:
+        """Record that these versions are durable in the journal."""
+        for t, version in items:
+            t.saved = max(t.saved, version)
+            if t.saved >= t.version and self._dirty.get(id(t.entry)) is t:
+                del self._dirty[id(t.entry)]
+
+    @staticmethod
+    def wire(items: list[tuple[_Tracked, int]]) -> list[list]:
+        """The journal's ``history`` field for ``items``: ``[[seq, entry], ...]``."""
+        return [[t.seq, t.entry] for t, _ in items]
 
 
 def unpack_history(data: bytes | list) -> list[dict]:

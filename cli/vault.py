@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import nacl.exceptions
 import nacl.secret
@@ -30,6 +31,8 @@ MODE_PASSPHRASE = 2
 PASSPHRASE_ENV = "WA_PASSPHRASE"
 PASSPHRASE_OPSLIMIT = argon2id.OPSLIMIT_MODERATE  # libsodium's "moderate": ~0.5 s, 256 MiB
 PASSPHRASE_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
+
+T = TypeVar("T")
 
 
 class StateError(Exception):
@@ -59,33 +62,33 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dfd)
 
 
-class GroupCommit:
-    """Durable writes of one file where concurrent callers share one snapshot and one fsync.
+class GroupCommit(Generic[T]):
+    """Durable writes where concurrent callers share one snapshot and one write.
 
-    :meth:`write` returns once a snapshot taken *at or after* its call is durably on
-    disk (:func:`write_atomic`). One write runs at a time, led by a caller: the leader
-    takes the snapshot (on the event loop, so it sees every change made before it),
-    seals and writes it in a worker thread, then wakes the callers waiting meanwhile; a caller
-    whose request came before that snapshot returns, the others elect the next leader,
-    whose single snapshot covers all of them. So N concurrent callers cost about two
-    snapshots and two fsyncs, not N, and a later state is never overwritten by an older
-    one. No background task: a write happens only while some caller awaits it.
+    :meth:`write` returns once a snapshot taken *at or after* its call is durable.
+    One write runs at a time, led by a caller: the leader takes the snapshot (on the
+    event loop, so it sees every change made before it), writes it in a worker
+    thread, then wakes the callers waiting meanwhile; a caller whose request came
+    before that snapshot returns, the others elect the next leader, whose single
+    snapshot covers all of them. So N concurrent callers cost about two snapshots
+    and two writes, not N, and a later state is never overwritten by an older one.
+    No background task: a write happens only while some caller awaits it.
 
     Args:
-        path: the file to replace.
-        snapshot: returns the new contents in the clear (called on the event loop).
-        seal: turns a snapshot into the file's bytes (called in a worker thread; must
-            not touch state that the event loop changes).
+        snapshot: captures what to write (called on the event loop).
+        write: makes a snapshot durable (called in a worker thread, one at a time;
+            must not touch what the event loop changes).
+        written: called on the event loop after ``write`` succeeded.
 
     Attributes:
         writes: durable writes done so far (each may cover many :meth:`write` calls).
     """
 
-    def __init__(self, path: Path, snapshot: Callable[[], bytes],
-                 seal: Callable[[bytes], bytes]) -> None:
-        self._path = path
+    def __init__(self, snapshot: Callable[[], T], write: Callable[[T], None],
+                 written: Callable[[T], None]) -> None:
         self._snapshot = snapshot
-        self._seal = seal
+        self._write = write
+        self._written_cb = written
         self._requested = 0  # generation of the newest write() call
         self._durable = 0  # every call up to this generation is on disk
         self._writing = False
@@ -112,17 +115,16 @@ class GroupCommit:
             self._writing = True
             try:
                 upto = self._requested
-                plain = self._snapshot()
-                await trio.to_thread.run_sync(self._seal_and_write, plain)
-                self._durable = upto
-                self.writes += 1
+                snap = self._snapshot()
+                await trio.to_thread.run_sync(self._write, snap)
+                self._done(upto, snap)
             finally:
                 self._writing = False
                 self._written.set()
                 self._written = trio.Event()
 
     def write_blocking(self) -> None:
-        """Snapshot and write now, blocking (fsyncs on the calling thread).
+        """Snapshot and write now, blocking (on the calling thread).
 
         Raises:
             RuntimeError: a :meth:`write` is in progress (its older snapshot could land
@@ -130,14 +132,16 @@ class GroupCommit:
             OSError: the write failed.
         """
         if self._writing:
-            raise RuntimeError(f"blocking write of {self._path} while an async write runs")
+            raise RuntimeError("blocking write while an async write runs")
         upto = self._requested
-        self._seal_and_write(self._snapshot())
-        self._durable = upto
-        self.writes += 1
+        snap = self._snapshot()
+        self._write(snap)
+        self._done(upto, snap)
 
-    def _seal_and_write(self, plain: bytes) -> None:
-        write_atomic(self._path, self._seal(plain))
+    def _done(self, upto: int, snap: T) -> None:
+        self._durable = max(self._durable, upto)
+        self.writes += 1
+        self._written_cb(snap)
 
 
 def passphrase_key(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:

@@ -13,9 +13,10 @@ from cli_cluster import new_account, publish, run_cluster
 from cli import crypto, payload, vault
 from cli.client import open_client
 from cli.events import BacklogDone, Dropped, Message
+from cli.journal import JOURNAL_FILE
 from cli.sendorder import SendOrder
 from cli.state import SEEN_LIMIT, STATE_FILE, create_state, open_state, seen_key
-from cli.statecodec import HistoryPacker, SeenIds, unpack_history
+from cli.statecodec import HistoryTracker, SeenIds
 
 DEADLINE = 30
 
@@ -154,14 +155,18 @@ def test_seen_ids_bounded_and_round_trip():
         SeenIds.from_bytes(3, b"x" * 17)
 
 
-def test_history_packer_packs_each_entry_once_until_changed():
-    packer = HistoryPacker()
-    entries = [{"id": "a", "n": 1}, {"id": "b", "n": 2}]
-    assert unpack_history(packer.pack(entries)) == entries
-    entries[0]["n"] = 10  # changed in place, not reported: the old packing stays
-    assert unpack_history(packer.pack(entries))[0]["n"] == 1
-    packer.changed(entries[0])
-    assert unpack_history(packer.pack(entries)) == [{"id": "a", "n": 10}, {"id": "b", "n": 2}]
+def test_history_tracker_reports_new_and_changed_entries_until_saved():
+    tracker = HistoryTracker()
+    history = [{"id": "a"}, {"id": "b"}]
+    items = tracker.unsaved(history)
+    assert HistoryTracker.wire(items) == [[0, {"id": "a"}], [1, {"id": "b"}]]
+    history[0]["n"] = 1
+    tracker.changed(history[0])  # changed while its first version is being written
+    tracker.saved(items)
+    assert HistoryTracker.wire(tracker.unsaved(history)) == [[0, {"id": "a", "n": 1}]]
+    tracker.saved(tracker.unsaved(history))
+    history.append({"id": "c"})
+    assert HistoryTracker.wire(tracker.unsaved(history)) == [[2, {"id": "c"}]]
 
 
 def test_history_change_in_place_is_saved(tmp_path):
@@ -183,13 +188,14 @@ def test_reads_format_1_state(tmp_path):
         m = state._to_map()
         m.update(format=1, seen=[seen_key("s", b"\x02" * 16)],
                  history=[{"id": "02" * 16, "direction": "out", "text": "old"}])
-        vault.write_atomic(home / STATE_FILE,
-                           state._seal(msgpack.packb(m, use_bin_type=True)))
+        vault.write_atomic(home / STATE_FILE, vault.seal(
+            state._storage_key, state._header, msgpack.packb(m, use_bin_type=True)))
     with open_state(home) as state:
         assert state.find_history("02" * 16)["text"] == "old"
         assert not state.mark_seen(seen_key("s", b"\x02" * 16))
         assert len(state.seen) == 1 and SEEN_LIMIT > 1
-        state.save()
+        state.save()  # moves history and seen ids to the journal
+    assert (home / JOURNAL_FILE).exists()
     with open_state(home) as state:
         assert state.find_history("02" * 16)["text"] == "old"
         assert seen_key("s", b"\x02" * 16) in state.seen
