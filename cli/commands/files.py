@@ -39,6 +39,7 @@ from ._common import (
     state_of,
     user_label,
 )
+from ._events import lists_shown
 
 
 def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: str | None,
@@ -70,7 +71,7 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
                             "file": info}
                 return await _send_to_group(await rc.client(), group, att, caption, info)  # type: ignore[arg-type]
 
-        with failures():
+        with failures(), lists_shown(app, state):
             out = trio.run(run)
         to = escape(out["group"]) if "group" in out else user_label(state, out["to"])
     app.out.emit(out, f"sent {escape(path.name)} to {to} ({out['status']}) id {out['id']}")

@@ -14,7 +14,6 @@ import trio
 
 from ..client import open_client
 from ..group_messaging import add_member, create_group, remove_member, send_group_text
-from ..group_receiving import GroupChanged
 from ..group_state import GroupState
 from ..output import escape
 from ..payload import MAX_TEXT
@@ -28,6 +27,7 @@ from ._common import (
     state_of,
     user_label,
 )
+from ._events import lists_shown
 
 
 def _resolve(state: State, member: str) -> str:
@@ -58,35 +58,13 @@ def group_human(state: State, g: GroupState) -> str:
     return "\n".join(lines)
 
 
-def group_changed_json(change: GroupChanged) -> dict:
-    """The ``recv --json`` line of a group change::
-
-        {"type": "group_changed", "group", "group_id", "version", "by", "added", "removed", "left"}
-    """
-    return {"type": "group_changed", "group": change.name, "group_id": change.group_id,
-            "version": change.version, "by": change.actor, "added": list(change.added),
-            "removed": list(change.removed), "left": change.left}
-
-
-def group_changed_human(state: State, change: GroupChanged) -> str:
-    """``alice added bob to team`` / ``alice removed you from team`` ... (users who are
-    not contacts show as ``unknown abcdefghijkl…``; names escaped)."""
-    by = user_label(state, change.actor)
-    name = repr(escape(change.name))
-    if change.version == 1 or (change.added and state.user_id in change.added):
-        return f"{by} added you to group {name}"
-    parts = [f"{by} added {user_label(state, u)} to {name}" for u in change.added]
-    parts += [f"{by} removed {user_label(state, u)} from {name}" for u in change.removed]
-    return "\n".join(parts) or f"group {name} changed (version {change.version})"
-
-
 def _change(app: AppContext, op, *args) -> None:
     with state_of(app) as state:
         async def run():
             async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
                 return await op(client, *args)
 
-        with failures():
+        with failures(), lists_shown(app, state):
             g = trio.run(run)
         app.out.emit(group_json(state, g), group_human(state, g))
 
@@ -171,7 +149,7 @@ def send_to_group(app: AppContext, name: str, text: str) -> None:
             async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
                 return await send_group_text(client, name, text)
 
-        with failures():
+        with failures(), lists_shown(app, state):
             result = trio.run(run)
     app.out.emit(
         {"id": result.msg_id.hex(), "status": result.status, "group": result.name,

@@ -20,6 +20,7 @@ from ._common import (
     state_of,
     user_label,
 )
+from ._events import lists_shown
 
 _VALUE_OPTIONS = frozenset({"--file", "--home"})  # options of ``send`` that take a value
 
@@ -104,7 +105,7 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
             async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
                 return await client.send_text(user_id, text)
 
-        with failures():
+        with failures(), lists_shown(app, state):
             result = trio.run(run)
         name = user_label(state, user_id)
     app.out.emit(

@@ -19,22 +19,19 @@ from typing import TypeVar
 import click
 import trio
 
-from ..client import BacklogDone, Bounce, Client, DevicesChanged, Message, open_client
+from ..client import BacklogDone, Client, Message, open_client
 from ..errors import ConnectionFailed, ConnectionLost
-from ..group_receiving import GroupChanged
-from ..output import bounce_human, devices_changed_human, devices_changed_json
 from ..state import State
 from . import files as file_cmd
-from . import group as group_cmd
 from ._common import (
     CONNECT_TIMEOUT,
     AppContext,
     CliError,
     failures,
     json_option,
-    message_row,
     state_of,
 )
+from ._events import show
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
 RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt of an outage
@@ -52,25 +49,6 @@ def reconnect_delays(first: float = RECONNECT_FIRST, limit: float = RECONNECT_MA
     while True:
         yield delay * (0.5 + rng() / 2)
         delay = min(delay * 2, limit)
-
-
-def show(app: AppContext, state: State, event) -> None:  # noqa: ANN001 (an Event)
-    """Print one receive event (a message, bounce, device-list or group change)."""
-    if isinstance(event, Message):
-        app.out.emit(*message_row(state, event))
-    elif isinstance(event, Bounce):
-        app.out.note(bounce_human(event))
-    elif isinstance(event, DevicesChanged):
-        if app.out.json_mode:
-            app.out.emit(devices_changed_json(event), "")
-        else:
-            app.out.note(devices_changed_human(event, own=event.user_id == state.user_id))
-    elif isinstance(event, GroupChanged):
-        if app.out.json_mode:
-            app.out.emit(group_cmd.group_changed_json(event), "")
-        else:
-            app.out.note(group_cmd.group_changed_human(state, event))
-    # Dropped envelopes are logged as warnings by the client.
 
 
 async def _until_interrupted(fn: Callable[..., Awaitable[T]], *args) -> T | None:

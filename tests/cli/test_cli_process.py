@@ -12,7 +12,10 @@ import sys
 import trio
 from cli_cluster import run_cluster
 
+from cli.client import open_client
 from cli.commands.receive import reconnect_delays
+from cli.linking import link_device
+from cli.state import open_state
 from relay.testing import open_local_cluster
 
 DEADLINE = 60
@@ -165,3 +168,36 @@ def test_reconnect_delays_double_up_to_30_s_with_jitter():
     assert list(itertools.islice(reconnect_delays(rng=lambda: 1.0), 9)) == [
         0.5, 1, 2, 4, 8, 16, 30, 30, 30]
     assert list(itertools.islice(reconnect_delays(rng=lambda: 0.0), 3)) == [0.25, 0.5, 1]
+
+
+async def link_a_device(bob_home, device_home, name: str) -> None:
+    """bob's primary links a new device (through the library; bob runs no CLI meanwhile)."""
+    with open_state(bob_home) as state:
+        async with open_client(state) as client:
+            await link_device(client, device_home, name, history=False)
+
+
+async def test_send_shows_a_device_list_change_it_ran_into(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(1) as cluster:
+            relay = cluster.urls["n1"]
+            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--name", "bob",
+                                    "--relay", relay))
+            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            await wa(tmp_path / "a", "contacts", "add", "bob", bob["user_id"])
+            await wa(tmp_path / "a", "send", "bob", "one")  # alice caches bob's list
+
+            await link_a_device(tmp_path / "b", tmp_path / "tablet", "tablet")
+            changed, sent = lines(await wa(tmp_path / "a", "--json", "send", "bob", "two"))
+            assert changed == {"type": "devices_changed", "user_id": bob["user_id"],
+                               "name": "bob", "version": 2,
+                               "added": [{"device_id": 1, "name": "tablet"}], "removed": []}
+            assert sent["status"] == "stored"
+
+            await link_a_device(tmp_path / "b", tmp_path / "watch", "watch")
+            human = await wa(tmp_path / "a", "send", "bob", "three")
+            assert human.stderr.decode() == "bob linked a new device (watch)\n"
+            assert human.stdout.decode().startswith("sent to bob (stored)")
+            # shown once: the notice that reaches alice later has nothing new
+            later = lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.2"))
+            assert [e for e in later if e.get("type") == "devices_changed"] == []

@@ -1,0 +1,95 @@
+"""Printing what a device learns: receive events (messages, bounces, device-list and group
+changes) and the device-list changes a send runs into."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from relay.protocol import DeviceList
+
+from ..client import Bounce, DevicesChanged, Message
+from ..group_receiving import GroupChanged
+from ..output import bounce_human, devices_changed_human, devices_changed_json, escape
+from ..state import State
+from ._common import AppContext, message_row, user_label
+
+
+def group_changed_json(change: GroupChanged) -> dict:
+    """The ``recv --json`` line of a group change::
+
+        {"type": "group_changed", "group", "group_id", "version", "by", "added", "removed", "left"}
+    """
+    return {"type": "group_changed", "group": change.name, "group_id": change.group_id,
+            "version": change.version, "by": change.actor, "added": list(change.added),
+            "removed": list(change.removed), "left": change.left}
+
+
+def group_changed_human(state: State, change: GroupChanged) -> str:
+    """``alice added bob to team`` / ``alice removed you from team`` ... (users who are
+    not contacts show as ``unknown abcdefghijkl…``; names escaped)."""
+    by = user_label(state, change.actor)
+    name = repr(escape(change.name))
+    if change.version == 1 or (change.added and state.user_id in change.added):
+        return f"{by} added you to group {name}"
+    parts = [f"{by} added {user_label(state, u)} to {name}" for u in change.added]
+    parts += [f"{by} removed {user_label(state, u)} from {name}" for u in change.removed]
+    return "\n".join(parts) or f"group {name} changed (version {change.version})"
+
+
+def show(app: AppContext, state: State, event) -> None:  # noqa: ANN001 (an Event)
+    """Print one receive event (a message, bounce, device-list or group change)."""
+    if isinstance(event, Message):
+        app.out.emit(*message_row(state, event))
+    elif isinstance(event, Bounce):
+        app.out.note(bounce_human(event))
+    elif isinstance(event, DevicesChanged):
+        if app.out.json_mode:
+            app.out.emit(devices_changed_json(event), "")
+        else:
+            app.out.note(devices_changed_human(event, own=event.user_id == state.user_id))
+    elif isinstance(event, GroupChanged):
+        if app.out.json_mode:
+            app.out.emit(group_changed_json(event), "")
+        else:
+            app.out.note(group_changed_human(state, event))
+    # Dropped envelopes are logged as warnings by the client.
+
+
+def list_changes(state: State, before: dict[str, DeviceList]) -> list[DevicesChanged]:
+    """How the cached device lists of ``state`` differ from ``before`` (user_id -> list,
+    see :func:`lists_shown`): one change per user whose list got a newer version, with
+    the devices added and removed (a device whose keys changed counts as both), as
+    :func:`cli.devices.device_list_notice` reports them on receive."""
+    changes = []
+    for user_id, cached in state.device_lists.items():
+        old, new = before.get(user_id), cached.parsed
+        if old is None or new.version <= old.version:
+            continue
+        was = {d.device_id: d for d in old.devices}
+        now = {d.device_id: d for d in new.devices}
+        rekeyed = sorted(i for i in now.keys() & was.keys()
+                         if (now[i].curve25519, now[i].ed25519) != (was[i].curve25519,
+                                                                   was[i].ed25519))
+        added = sorted(now.keys() - was.keys()) + rekeyed
+        removed = sorted(was.keys() - now.keys()) + rekeyed
+        changes.append(DevicesChanged(user_id, state.alias_of(user_id) or "", new.version,
+                                      tuple((i, now[i].name) for i in added),
+                                      tuple((i, was[i].name) for i in removed)))
+    return changes
+
+
+@contextmanager
+def lists_shown(app: AppContext, state: State) -> Iterator[None]:
+    """Around a send: print the device-list changes it learned (a ``stale_devices``
+    answer makes the client fetch the new list, so the notice that comes later on
+    ``recv`` finds nothing new). Same output as ``recv`` (a ``devices_changed`` line
+    with --json, a note on stderr otherwise), printed even if the send fails."""
+    before = {user_id: cached.parsed for user_id, cached in state.device_lists.items()}
+    try:
+        yield
+    finally:
+        for change in list_changes(state, before):
+            show(app, state, change)
+
+
