@@ -8,7 +8,7 @@ refused by the relay, locked or missing home), 2 usage error (Click's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from ..output import (
     scrub,
     sender_label,
 )
-from ..state import STATE_FILE, State, StateError, open_state
+from ..state import STATE_FILE, State, StateError, StateLocked, open_state
 
 DEFAULT_HOME = "~/.wa-cli"
 CONNECT_TIMEOUT = 10.0
+LOCK_TIMEOUT = 5.0  # seconds to wait for another process to release the home
 
 
 class CliError(click.ClickException):
@@ -122,15 +123,23 @@ def message_row(state: State, msg: Message) -> tuple[dict, str]:
 def state_of(app: AppContext):
     """Open (and lock) the device state of ``--home``, translating errors.
 
+    One wa-cli process uses a device at a time: the home stays locked until the
+    command ends (``recv --follow`` holds it until stopped), and another process
+    waits :data:`LOCK_TIMEOUT` seconds for it.
+
     Raises:
-        CliError: the home holds no account (nothing is created then), or see
-            :func:`failures`.
+        CliError: the home holds no account (nothing is created then); another
+            process holds it; or see :func:`failures`.
     """
     if not (app.home / STATE_FILE).is_file():
         raise CliError(f"no account here ({app.home}): run 'wa-cli init' or 'wa-cli link'")
-    with failures(), open_state(app.home) as state:
+    with failures(), ExitStack() as stack:
+        try:
+            state = stack.enter_context(open_state(app.home, lock_timeout=LOCK_TIMEOUT))
+        except StateLocked as exc:
+            raise CliError(f"{exc}; a device is used by one wa-cli process at a time: stop "
+                           "'wa-cli recv --follow' (or the other command) first") from exc
         yield state
-
 
 
 def home_option(command: click.Command) -> click.Command:

@@ -157,6 +157,10 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) 
     With --follow it keeps printing new messages until interrupted; Ctrl-C then
     stops it quietly with exit code 0. If the home node goes away it reconnects
     (after 0.5 s, doubling up to 30 s), with one note on stderr per outage.
+
+    A device is used by one wa-cli process at a time: while 'recv --follow'
+    runs, other commands on the same --home (send, contacts, ...) wait 5 s and
+    fail. Stop it first (Ctrl-C), or send from another device of the account.
     """
     with state_of(app) as state, failures():
         files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads))

@@ -226,3 +226,15 @@ def test_help_is_plain_text(path):
     assert result.exit_code == 0
     for markup in ("``", ":func:", ":class:", ":data:", ":meth:"):
         assert markup not in result.stdout
+
+
+def test_a_home_in_use_says_to_stop_recv_follow_first(home, monkeypatch):
+    from cli.commands import _common
+    from cli.state import open_state
+
+    monkeypatch.setattr(_common, "LOCK_TIMEOUT", 0.1)
+    with open_state(home):  # e.g. a running 'wa-cli recv --follow'
+        result = run("--home", str(home), "send", BOB, "hi")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "is in use by another wa-cli process" in result.stderr
+    assert "stop 'wa-cli recv --follow' (or the other command) first" in result.stderr
