@@ -33,6 +33,8 @@ import nacl.public
 from relay.protocol import is_user_id
 from relay.protocol.frames import SignedDeviceList
 
+from .attachment import Attachment, AttachmentError
+
 CODE_PREFIX = "wa1-"
 MAILBOX_ID_LEN = 16
 SECRET_LEN = 16
@@ -237,26 +239,52 @@ class Material:
         )
 
 
+def _hex16(value: object) -> bool:
+    """True for 32 hex digits (a msg_id or group id)."""
+    if not isinstance(value, str) or len(value) != 32:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
 def clean_history_entry(entry: object) -> dict | None:
-    """Keep the known, correctly typed fields of a history entry (:data:`HISTORY_FIELDS`).
+    """Keep the known, correctly typed fields of a history entry (:data:`HISTORY_FIELDS`),
+    for a device being linked (built by the primary, checked again by the new device).
 
     Returns ``None`` unless it has ``id`` (32 hex digits), ``direction`` (``in``/``out``),
-    ``peer`` and ``from`` (user ids) and ``ts``; ``type``, ``text``, ``from_name`` and
+    ``from`` (a user id), ``ts`` and ``peer``: a user id, or for a group message the
+    ``group_id`` (32 hex digits, kept). ``type``, ``text``, ``from_name`` and
     ``from_device`` default to ``"text"``, ``""``, ``""`` and 0.
+
+    A ``file`` message keeps its attachment (reference, key, hash, name, size, mime:
+    :class:`cli.attachment.Attachment`) so the new device can fetch it itself while
+    the relay still has it, but never the primary's local ``path`` or download
+    ``error``: it gets ``path: None`` and ``imported: True`` (not downloaded; not
+    fetched by ``recv`` on its own, see ``wa-cli history --download``). A file
+    entry whose attachment does not parse is kept as a plain message without it.
     """
     if not isinstance(entry, dict):
         return None
     out = {k: v for k, v in entry.items()
            if k in HISTORY_FIELDS and type(v) is HISTORY_FIELDS[k]}
+    group_id = entry.get("group_id")
+    peer_ok = (_hex16(group_id) and out.get("peer") == group_id) or is_user_id(out.get("peer", ""))
     if (not {"id", "peer", "from", "ts"} <= out.keys()
             or out.get("direction") not in ("in", "out")
-            or not (is_user_id(out["peer"]) and is_user_id(out["from"]))):
+            or not (peer_ok and is_user_id(out["from"])) or not _hex16(out["id"])):
         return None
-    try:
-        if len(bytes.fromhex(out["id"])) != 16:
-            return None
-    except ValueError:
-        return None
+    if _hex16(group_id) and out["peer"] == group_id:
+        out["group_id"] = group_id
+    if out.get("type") == "file" and isinstance(entry.get("file"), dict):
+        try:
+            att = Attachment.from_map(entry["file"])
+        except AttachmentError:
+            pass
+        else:
+            out["file"] = {**att.to_map(), "path": None, "imported": True}
     return {"type": "text", "text": "", "from_name": "", "from_device": 0, **out}
 
 

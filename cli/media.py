@@ -320,8 +320,11 @@ async def fetch_history_file(client: Client, entry: dict[str, Any], downloads: P
 
 
 def pending_files(state: State) -> list[dict[str, Any]]:
-    """History entries whose file is neither saved nor failed (oldest first)."""
+    """History entries whose file is neither saved nor failed (oldest first), except
+    those imported from the primary when this device was linked (``imported``: fetched
+    only on request, with ``wa-cli history --download``)."""
     return [e for e in state.history
             if e.get("type") == "file" and isinstance(e.get("file"), dict)
             and not e["file"].get("path")
-            and not e["file"].get("error")]
+            and not e["file"].get("error")
+            and not e["file"].get("imported")]

@@ -1,24 +1,95 @@
-"""``wa-cli history [NAME|USER_ID] [--limit N]``: messages kept on this device (no network)."""
+"""``wa-cli history [NAME|USER_ID] [--limit N] [--download [--downloads DIR]]``: messages
+kept on this device (no network unless ``--download``).
+
+A file message shows its file: ``"file": {"name", "size", "mime", "path"}`` with
+``--json`` (``path`` null while not downloaded, plus ``"error"`` if it failed for
+good), or a second line in human mode. History that a linked device got from the
+primary carries the file's reference but never the primary's local path: such files
+are "not downloaded" until ``--download`` fetches them from the relay (if it still
+has them).
+"""
 
 from __future__ import annotations
 
-import click
+import dataclasses
+from pathlib import Path
 
+import click
+import trio
+
+from .. import media
 from ..events import Message
-from ..state import StateError
-from ._common import AppContext, json_option, message_row, state_of
+from ..output import escape, progress_bar
+from ..state import State, StateError
+from ._common import CONNECT_TIMEOUT, AppContext, failures, json_option, message_row, state_of
+
+
+def _message(state: State, entry: dict, groups: dict[str, str]) -> Message:
+    declared = entry.get("from_name", "")
+    group_id = entry.get("group_id")
+    return Message(bytes.fromhex(entry["id"]), entry.get("from", ""), entry.get("from_device", 0),
+                   entry.get("direction", "in"), entry.get("peer", ""), entry.get("ts", 0),
+                   entry.get("type", "text"), entry.get("text", ""), declared, declared,
+                   groups.get(group_id, "?") if group_id else None, group_id)
+
+
+def _file_line(file: dict) -> str:
+    """The human line of a history entry's file: name, size, type, and where it is."""
+    info = media.file_info(file)
+    what = f"file {escape(str(info['name'] or '?'))} ({info['size']} bytes, {escape(info['mime'])})"
+    if info["path"]:
+        return f"{what} saved to {escape(str(info['path']))}"
+    if info.get("error"):
+        return f"{what} NOT saved: {escape(str(info['error']))}"
+    if file.get("imported"):
+        return f"{what} not downloaded (fetch it with 'wa-cli history --download')"
+    return f"{what} not downloaded yet (will retry on the next recv)"
+
+
+def _row(state: State, entry: dict, groups: dict[str, str]) -> tuple[dict, str]:
+    """The ``--json`` object and human row of a history entry (see the module docstring)."""
+    msg = _message(state, entry, groups)
+    file = entry.get("file") if entry.get("type") == "file" else None
+    if not isinstance(file, dict):
+        return message_row(state, msg)
+    obj, _ = message_row(state, msg)
+    _, human = message_row(state, dataclasses.replace(msg, text=msg.text or "(file)"))
+    obj["file"] = media.file_info(file)
+    return obj, human + "\n  " + _file_line(file)
+
+
+async def _download(state: State, entries: list[dict], downloads: Path, app: AppContext) -> None:
+    """Fetch the files of ``entries`` that are not saved yet (imported ones included)."""
+    todo = [e for e in entries if e.get("type") == "file" and isinstance(e.get("file"), dict)
+            and not e["file"].get("path") and not e["file"].get("error")]
+    if not todo:
+        return
+    async with media.Reconnecting(state, connect_timeout=CONNECT_TIMEOUT) as rc:
+        for entry in todo:
+            name = entry["file"].get("name") or "file"
+            with progress_bar(app.out, f"downloading {name}") as bar:
+                await rc.run(lambda client, entry=entry, bar=bar: media.fetch_history_file(
+                    client, entry, downloads, progress=bar))
+            await state.asave()
 
 
 @click.command()
 @click.argument("contact", metavar="[NAME|USER_ID]", required=False)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="Show at most this many of the newest messages.")
+@click.option("--download", is_flag=True,
+              help="First fetch the files of the shown messages that are not downloaded "
+                   "(needs the relay).")
+@click.option("--downloads", type=click.Path(file_okay=False, path_type=Path),
+              help="Where --download saves files  [default: HOME/downloads]")
 @json_option
 @click.pass_obj
-def history(app: AppContext, contact: str | None, limit: int) -> None:
+def history(app: AppContext, contact: str | None, limit: int, download: bool,
+            downloads: Path | None) -> None:
     """Show recent messages stored on this device, oldest first (also those a
     linked device received in its history sync). With --json each row has the
-    shape of a 'wa-cli recv --json' line."""
+    shape of a 'wa-cli recv --json' line. File messages show the file's name, size
+    and type, and where it was saved (or that it is not downloaded)."""
     with state_of(app) as state:
         peer = None
         if contact is not None:
@@ -27,16 +98,12 @@ def history(app: AppContext, contact: str | None, limit: int) -> None:
             except StateError as exc:
                 raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
         entries = [e for e in state.history if peer is None or e.get("peer") == peer][-limit:]
-        names = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
-        rows = []
-        for e in entries:
-            declared = e.get("from_name", "")
-            msg = Message(bytes.fromhex(e["id"]), e.get("from", ""), e.get("from_device", 0),
-                          e.get("direction", "in"), e.get("peer", ""), e.get("ts", 0),
-                          e.get("type", "text"), e.get("text", ""), declared, declared,
-                          names.get(e["group_id"], "?") if e.get("group_id") else None,
-                          e.get("group_id"))
-            rows.append(message_row(state, msg))
+        if download:
+            target = downloads if downloads is not None else app.home / media.DOWNLOADS_DIR
+            with failures():
+                trio.run(_download, state, entries, target, app)
+        groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
+        rows = [_row(state, e, groups) for e in entries]
     for obj, human in rows:
         app.out.emit(obj, human)
     if not rows and not app.out.json_mode:
