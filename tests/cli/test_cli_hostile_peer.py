@@ -166,3 +166,17 @@ def test_log_lines_escape_control_characters():
                                "file %s: %s", (HOSTILE_FILE, "bad"), None)
     line = _EscapingFormatter("wa-cli: %(message)s").format(record)
     assert line == "wa-cli: file r\\n  file FORGED.pdf (1 bytes) saved to \\x1b]0;x\\x07.pdf: bad"
+
+
+def test_device_list_notices_name_unknown_users_by_user_id():
+    from cli.events import DevicesChanged
+    from cli.output import devices_changed_human
+
+    mallory = "m" * 52
+    change = DevicesChanged(mallory, "", 2, ((1, "tab\nlet"),), ((3, "old\x1b[0m"),))
+    assert devices_changed_human(change, own=False).split("\n") == [
+        f"unknown {mallory[:12]}\u2026 linked a new device (tab\\nlet)",
+        f"unknown {mallory[:12]}\u2026 removed device 3",
+    ]
+    named = DevicesChanged(mallory, "bob", 2, ((1, "tablet"),), ())
+    assert devices_changed_human(named, own=False) == "bob linked a new device (tablet)"
