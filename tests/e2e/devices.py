@@ -80,8 +80,18 @@ class Device:
         self.run("contacts", "add", name, user_id)
 
     def send(self, to: str, text: str) -> dict:
-        """``send TO TEXT`` -> ``{id, status, to}``."""
-        return self.json_one("send", to, text)
+        """``send TO TEXT`` -> ``{id, status, to}`` (the result; any ``devices_changed``
+        lines printed before it are skipped, see :meth:`send_lines`)."""
+        *_, result = self.send_lines(to, text)
+        return result
+
+    def send_lines(self, to: str, text: str) -> list[dict]:
+        """``send TO TEXT``: the ``devices_changed`` lines of the device-list changes the
+        send ran into, then its result ``{id, status, to}``."""
+        lines = self.json_lines("send", to, text)
+        if not lines or any(line.get("type") != "devices_changed" for line in lines[:-1]):
+            raise HarnessError(f"wa-cli send {to} printed {lines}")
+        return lines
 
     def recv(self, timeout: float = 1.0) -> list[dict]:
         """``recv --timeout S``: everything queued for this device, printed and acked."""

@@ -46,17 +46,18 @@ def test_linked_laptop_history_messages_and_removal(cluster, tmp_path):
         (0, "primary", True), (1, "laptop", False)]
     assert rows[1]["fingerprint"] == approved["fingerprint"]
 
-    sent = alice.send("bob", markers[2])  # alice's cached list is stale: stale_devices
+    # alice's cached list is stale: stale_devices; the send reports the change
+    changed, sent = alice.send_lines("bob", markers[2])
+    assert changed == {"type": "devices_changed", "user_id": bob.user_id, "name": "bob",
+                       "version": 2, "added": [{"device_id": 1, "name": "laptop"}],
+                       "removed": []}
     assert sent["status"] == "stored"
     for device in (laptop, bob):
         got = [m for m in device.recv() if m.get("type") == "text"]
         assert [(m["text"], m["direction"], m["id"]) for m in got] == [
             (markers[2], "in", sent["id"])]
         assert device.recv() == []
-    notices = [m for m in alice.recv() if m.get("type") == "devices_changed"]
-    assert notices in ([], [{"type": "devices_changed", "user_id": bob.user_id, "name": "bob",
-                             "version": 2, "added": [{"device_id": 1, "name": "laptop"}],
-                             "removed": []}])
+    assert [m for m in alice.recv() if m.get("type") == "devices_changed"] == []  # shown once
     reply = laptop.send("alice", "from the laptop")  # the primary stays offline
     assert reply["status"] == "stored"
     assert [(m["text"], m["from_device"]) for m in alice.recv()] == [("from the laptop", 1)]
