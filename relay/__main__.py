@@ -3,14 +3,15 @@
 Commands::
 
     wa-relay serve --config node.toml
-    wa-relay init-cluster --nodes N --base-port P --data DIR [--host 127.0.0.1]
-    wa-relay cluster --nodes N --base-port P --data DIR [--host 127.0.0.1]
+    wa-relay init-cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
+    wa-relay cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
 node to stdout (flushed) once it listens, log to stderr (and each node's
 ``log_file``), and stop cleanly on SIGTERM or SIGINT (exit 0). Exit codes: 0
 ok, 1 runtime failure (port in use, storage cannot be opened), 2 usage or
-configuration error.
+configuration error, including a data dir whose ``cluster.toml`` lists other
+nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 import click
 import trio
 
-from relay.config import ConfigError, NodeConfig, init_cluster, load_node_config
+from relay.cluster_files import init_cluster
+from relay.config import ConfigError, NodeConfig, load_node_config
 from relay.node import LOG_FORMAT, serve_node
 from storage import StorageError
 
@@ -114,6 +116,9 @@ _cluster_options = [
     click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                  help="Directory for the cluster file, node keys and storage."),
     click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+    click.option("--reconfigure", is_flag=True,
+                 help="Rewrite an existing cluster.toml that lists other nodes or URLs "
+                      "(moves users to other home nodes; removed nodes' queues stay behind)."),
 ]
 
 
@@ -123,9 +128,9 @@ def _with_cluster_options(fn):
     return fn
 
 
-def _init(nodes: int, base_port: int, data: Path, host: str) -> list[Path]:
+def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> list[Path]:
     try:
-        return init_cluster(data, nodes, base_port, host)
+        return init_cluster(data, nodes, base_port, host, reconfigure=reconfigure)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except OSError as exc:
@@ -134,17 +139,17 @@ def _init(nodes: int, base_port: int, data: Path, host: str) -> list[Path]:
 
 @main.command("init-cluster")
 @_with_cluster_options
-def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str) -> None:
+def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
     """Create (or complete) the files of a local N-node cluster under --data."""
-    for path in _init(nodes, base_port, data, host):
+    for path in _init(nodes, base_port, data, host, reconfigure):
         click.echo(str(path))
 
 
 @main.command()
 @_with_cluster_options
-def cluster(nodes: int, base_port: int, data: Path, host: str) -> None:
+def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
     """Run N local nodes in this process (init-cluster first if needed)."""
-    _run([_load(p) for p in _init(nodes, base_port, data, host)])
+    _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,17 +25,15 @@
     media_upload_ttl = 86400       # seconds an unfinished upload is kept idle (optional, 1 day)
     max_media_size = 2147483648    # largest encrypted file, bytes (optional, 2 GiB)
 
-Both files are flat, so they are written by hand (no extra dependency);
-strings are emitted as JSON strings, which are valid TOML basic strings.
-Every problem raises :class:`ConfigError` with a message naming the file
-and the field; the CLI turns it into exit code 2.
+Both files are flat; :mod:`relay.cluster_files` writes them (and lays out a
+local cluster). Every problem raises :class:`ConfigError` with a message
+naming the file and the field; the CLI turns it into exit code 2.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -106,7 +104,12 @@ class NodeConfig:
         raise ConfigError(f"node {self.id!r} is not in the cluster file")  # pragma: no cover
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file.
+
+    Raises:
+        ConfigError: missing, unreadable or invalid (the message names the file).
+    """
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -140,7 +143,7 @@ def load_cluster(path: str | os.PathLike[str]) -> tuple[NodeInfo, ...]:
         ConfigError: unreadable file, no ``[[node]]``, a bad field, duplicate ids.
     """
     path = Path(path)
-    data = _read_toml(path)
+    data = read_toml(path)
     entries = data.get("node")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: expected at least one [[node]] table")
@@ -194,7 +197,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
             the cluster, key not matching the cluster's public key).
     """
     path = Path(path)
-    data = _read_toml(path)
+    data = read_toml(path)
     where = str(path)
     base = path.resolve().parent
 
@@ -241,100 +244,12 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     )
 
 
-# ---------------------------------------------------------------- writing
+def __getattr__(name: str) -> Any:
+    """``init_cluster`` and the file writers moved to :mod:`relay.cluster_files`;
+    importing them from here keeps working."""
+    if name in ("init_cluster", "ClusterMismatch", "format_cluster", "format_node",
+                "write_text_atomic", "write_key"):
+        from relay import cluster_files
 
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):  # pragma: no cover - not used by our files
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
-    """The text of a cluster file for ``nodes``."""
-    parts = []
-    for n in nodes:
-        key = base64.b64encode(n.public_key).decode("ascii")
-        parts.append(
-            f"[[node]]\nid = {_toml_value(n.id)}\nurl = {_toml_value(n.url)}\n"
-            f"public_key = {_toml_value(key)}\n"
-        )
-    return "\n".join(parts)
-
-
-def format_node(fields: dict[str, Any]) -> str:
-    """The text of a flat ``node.toml`` holding ``fields`` (str/int/float values)."""
-    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_key(path: Path, key: nacl.signing.SigningKey) -> None:
-    """Write the 32-byte seed of ``key`` to ``path`` with mode 0600 (created exclusively)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(key))
-
-
-def init_cluster(
-    data_dir: str | os.PathLike[str], nodes: int, base_port: int, host: str = "127.0.0.1"
-) -> list[Path]:
-    """Create (or complete) a local cluster layout under ``data_dir``.
-
-    Writes ``DIR/cluster.toml`` and ``DIR/nK/{node.toml,node.key}`` for
-    K = 1..``nodes`` on ports ``base_port``..``base_port + nodes - 1``, with
-    storage ``lmdb:///<abs DIR>/nK/data`` and ``log_file = "node.log"``.
-    Existing key files are kept, so a restart resumes with the same identities
-    and data; an existing ``node.toml`` is kept when its id and port match, and
-    ``cluster.toml`` is rewritten only when its content would change.
-
-    Returns:
-        The paths of the ``node.toml`` files, in node order.
-
-    Raises:
-        ConfigError: bad arguments, or an unreadable existing key file.
-    """
-    if nodes < 1 or not 0 < base_port <= 65535 - (nodes - 1):
-        raise ConfigError("need --nodes >= 1 and ports within 1..65535")
-    root = Path(data_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    infos: list[NodeInfo] = []
-    node_files: list[Path] = []
-    for k in range(1, nodes + 1):
-        node_id, port = f"n{k}", base_port + k - 1
-        node_dir = root / node_id
-        (node_dir / "data").mkdir(parents=True, exist_ok=True)
-        key_path = node_dir / "node.key"
-        if key_path.exists():
-            key = load_key(key_path)
-        else:
-            key = nacl.signing.SigningKey.generate()
-            write_key(key_path, key)
-        infos.append(NodeInfo(node_id, f"ws://{host}:{port}", bytes(key.verify_key)))
-        node_file = node_dir / "node.toml"
-        node_files.append(node_file)
-        if node_file.exists():
-            try:
-                existing = _read_toml(node_file)
-            except ConfigError:
-                existing = {}
-            if existing.get("id") == node_id and existing.get("port") == port:
-                continue
-        write_text_atomic(node_file, format_node({
-            "id": node_id, "host": host, "port": port, "cluster": "../cluster.toml",
-            "key_file": "node.key", "storage": f"lmdb://{node_dir / 'data'}",
-            "log_file": "node.log", "queue_ttl": DEFAULT_QUEUE_TTL,
-            "max_queue": DEFAULT_MAX_QUEUE, "max_frame": DEFAULT_MAX_FRAME,
-        }))
-    cluster_file = root / "cluster.toml"
-    text = format_cluster(infos)
-    if not cluster_file.exists() or cluster_file.read_text(encoding="utf-8") != text:
-        write_text_atomic(cluster_file, text)
-    return node_files
+        return getattr(cluster_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

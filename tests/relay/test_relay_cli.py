@@ -7,10 +7,13 @@ import signal
 import subprocess
 import sys
 
+import nacl.signing
+import pytest
 import trio
 from click.testing import CliRunner
 from relay_harness import device_homed_at, publish, session
 
+import relay.__main__ as relay_cli
 from relay.__main__ import main
 from relay.config import load_cluster
 from relay.protocol.frames import Deliver, Send, Sent, Sync
@@ -26,6 +29,66 @@ def test_init_cluster_command(tmp_path) -> None:
                                      str(tmp_path / "n2" / "node.toml")]
     assert [n.url for n in load_cluster(tmp_path / "cluster.toml")] == [
         "ws://127.0.0.1:7800", "ws://127.0.0.1:7801"]
+
+
+def _init_args(data, nodes: int, base_port: int, *extra: str) -> list[str]:
+    return ["init-cluster", "--nodes", str(nodes), "--base-port", str(base_port),
+            "--data", str(data), *extra]
+
+
+@pytest.mark.parametrize("command", ["init-cluster", "cluster"])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--nodes", "2", "--base-port", "7400"], "the queues of n3 are no longer served"),
+        (["--nodes", "4", "--base-port", "7400"], "users move to other home nodes"),
+        (["--nodes", "3", "--base-port", "7500"], "ws://127.0.0.1:7500"),
+        (["--nodes", "3", "--base-port", "7400", "--host", "127.0.0.2"], "ws://127.0.0.2:7400"),
+    ],
+    ids=["fewer nodes", "more nodes", "other base port", "other host"],
+)
+def test_other_arguments_do_not_rewrite_an_existing_cluster(
+    tmp_path, monkeypatch, command, args, needle
+) -> None:
+    started = []
+    monkeypatch.setattr(relay_cli, "_run", started.append)  # never run nodes here
+    runner = CliRunner()
+    assert runner.invoke(main, _init_args(tmp_path, 3, 7400)).exit_code == 0
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    result = runner.invoke(main, [command, *args, "--data", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "already describes another cluster" in result.output
+    assert ("existing:  n1 ws://127.0.0.1:7400, n2 ws://127.0.0.1:7401, n3 ws://127.0.0.1:7402"
+            in result.output)
+    assert needle in result.output
+    assert "--reconfigure" in result.output
+    after = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # nothing written: no new node dir, key or node.toml either
+    assert started == []
+
+
+def test_reconfigure_rewrites_the_cluster(tmp_path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, _init_args(tmp_path, 3, 7400)).exit_code == 0
+    keys = [(tmp_path / f"n{i}" / "node.key").read_bytes() for i in (1, 2)]
+    result = runner.invoke(main, _init_args(tmp_path, 2, 7410, "--reconfigure"))
+    assert result.exit_code == 0, result.output
+    cluster = load_cluster(tmp_path / "cluster.toml")
+    assert [(n.id, n.url) for n in cluster] == [("n1", "ws://127.0.0.1:7410"),
+                                               ("n2", "ws://127.0.0.1:7411")]
+    assert [n.public_key for n in cluster] == [
+        bytes(nacl.signing.SigningKey(k).verify_key) for k in keys]  # same identities
+    assert "port = 7411" in (tmp_path / "n2" / "node.toml").read_text()
+    # the same arguments again: accepted without the flag
+    assert runner.invoke(main, _init_args(tmp_path, 2, 7410)).exit_code == 0
+
+
+def test_unreadable_existing_cluster_file_is_refused(tmp_path) -> None:
+    (tmp_path / "cluster.toml").write_text("[[node]]\nid = 3\n")
+    result = CliRunner().invoke(main, _init_args(tmp_path, 1, 7400))
+    assert result.exit_code == 2, result.output
+    assert "'id' must be a non-empty string" in result.output and "--reconfigure" in result.output
+    assert not (tmp_path / "n1").exists()
 
 
 def test_config_errors_exit_2(tmp_path) -> None:
