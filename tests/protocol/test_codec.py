@@ -168,7 +168,9 @@ def test_deep_nesting_parses_or_raises_bad_frame(depth, kinds, place, leaf, stac
         assert len(exc.message) < 200
         assert exc.close_code is None
         return
-    assert frame.TYPE == "hello" and place == "extra", (place, depth)
+    # only an ignored field, or no nesting at all around a fitting leaf, parses
+    assert place == "extra" or depth == 0, (place, depth)
+    assert frame.TYPE in ("hello", "send")
 
 
 @pytest.mark.parametrize("place", sorted(_PLACES))
