@@ -10,8 +10,15 @@ from relay_harness import Cluster, make_configs
 async def cluster3(nursery) -> Cluster:
     """Three running nodes n1..n3 (memory storage), stopped with the test's nursery."""
     c = Cluster(nursery, make_configs(3))
-    for cfg in c.configs:
-        await c.start(cfg.id)
+    await c.start_all()
+    return c
+
+
+@pytest.fixture
+async def cluster2(nursery) -> Cluster:
+    """Two running nodes n1, n2 (memory storage), stopped with the test's nursery."""
+    c = Cluster(nursery, make_configs(2))
+    await c.start_all()
     return c
 
 

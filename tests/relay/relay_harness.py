@@ -30,6 +30,7 @@ from relay.protocol.frames import (
     AuthOk,
     Challenge,
     Copy,
+    Deliver,
     Frame,
     Hello,
     OneTimeKey,
@@ -176,9 +177,33 @@ async def peer_session(cluster: Cluster, from_id: str, to_id: str) -> AsyncItera
 
 async def publish(url: str, device: UserDevice, version: int | None = None) -> Frame:
     """put_devices without a session; returns the answer."""
+    return await publish_list(url, device.device_list(version))
+
+
+async def publish_list(url: str, signed: SignedDeviceList) -> Frame:
+    """put_devices of ``signed`` without a session; returns the answer (id 2)."""
     async with connect(url) as c:
         await c.hello()
-        return await c.request(PutDevices(id=2, device_list=device.device_list(version)))
+        return await c.request(PutDevices(id=2, device_list=signed))
+
+
+async def published(cluster: Cluster, *homes: str) -> list[UserDevice]:
+    """One fresh device homed at each node of ``homes`` (ids, in order), each list
+    published at its home."""
+    devices = [device_homed_at(cluster.ring, home) for home in homes]
+    for device, home in zip(devices, homes, strict=True):
+        await publish(cluster.url(home), device)
+    return devices
+
+
+async def deliveries(client: RawClient, n: int) -> list[Deliver]:
+    """Receive until ``n`` deliver frames arrived; other frames (synced, answers) are skipped."""
+    got = []
+    while len(got) < n:
+        frame = await client.recv()
+        if isinstance(frame, Deliver):
+            got.append(frame)
+    return got
 
 
 def device_homed_at(ring: Ring, node_id: str) -> UserDevice:

@@ -7,14 +7,16 @@ import os
 import msgpack
 import trio
 from relay_harness import (
-    Cluster,
     UserDevice,
     connect,
+    deliveries,
     device_homed_at,
     list_of,
     make_configs,
     peer_session,
     publish,
+    publish_list,
+    published,
     session,
 )
 
@@ -22,7 +24,6 @@ from relay.notices import notice_msg_id
 from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     Copy,
-    Deliver,
     Devices,
     Envelope,
     Error,
@@ -38,22 +39,6 @@ from relay.protocol.frames import (
     Synced,
     UploadKeys,
 )
-
-
-async def _deliveries(client, n: int) -> list[Deliver]:
-    got = []
-    while len(got) < n:
-        frame = await client.recv()
-        if isinstance(frame, Deliver):
-            got.append(frame)
-    return got
-
-
-async def publish_list(url: str, signed: SignedDeviceList) -> object:
-    """put_devices without a session; returns the answer (id 2)."""
-    async with connect(url) as c:
-        await c.hello()
-        return await c.request(PutDevices(id=2, device_list=signed))
 
 
 def _notice_list(env: Envelope) -> SignedDeviceList:
@@ -83,7 +68,7 @@ async def test_watcher_on_another_node_gets_the_notice(cluster3) -> None:
             await a.send(Sync(id=2))
             assert isinstance(await a.recv(), Synced)
             assert await publish_list(cluster3.url("n2"), new_list) == Ok(id=2)
-            (notice,) = await _deliveries(a, 1)
+            (notice,) = await deliveries(a, 1)
         env = notice.envelope
         assert (env.kind, env.sender_user, env.sender_device) == ("device_list", bob.user_id, 0)
         assert env.msg_id == notice_msg_id(bob.user_id, 2)
@@ -98,15 +83,10 @@ async def test_watcher_on_another_node_gets_the_notice(cluster3) -> None:
         assert await cluster3.storages["n3"].queue_length(dave.user_id, 0) == 0
 
 
-async def test_notice_reaches_a_watcher_whose_home_was_down(nursery) -> None:
-    cluster = Cluster(nursery, make_configs(2))
-    await cluster.start("n1")
-    await cluster.start("n2")
+async def test_notice_reaches_a_watcher_whose_home_was_down(cluster2) -> None:
+    cluster = cluster2
     with trio.fail_after(20):
-        bob = device_homed_at(cluster.ring, "n2")
-        alice = device_homed_at(cluster.ring, "n1")
-        await publish(cluster.url("n2"), bob)
-        await publish(cluster.url("n1"), alice)
+        bob, alice = await published(cluster, "n2", "n1")
         async with session(cluster.url("n1"), alice) as a:
             assert isinstance(await a.request(GetDevices(id=3, user_id=bob.user_id)), Devices)
         cluster.stop("n1")
@@ -117,7 +97,7 @@ async def test_notice_reaches_a_watcher_whose_home_was_down(nursery) -> None:
         await cluster.start("n1")
         async with session(cluster.url("n1"), alice) as a:
             await a.send(Sync(id=2))
-            (notice,) = await _deliveries(a, 1)
+            (notice,) = await deliveries(a, 1)
             assert notice.envelope.kind == "device_list"
             assert _notice_list(notice.envelope) == new_list
         while await cluster.storages["n2"].outbox_list("n1"):  # noqa: ASYNC110 - poll, deadline above
@@ -185,7 +165,7 @@ async def test_removed_device_is_purged_closed_and_refused(cluster3) -> None:
         assert await refused(laptop) == "unauthorized"
         async with session(cluster3.url("n2"), new_laptop) as c:
             await c.send(Sync(id=2))
-            (notice,) = await _deliveries(c, 1)  # nothing from before its list
+            (notice,) = await deliveries(c, 1)  # nothing from before its list
             assert notice.envelope.msg_id == notice_msg_id(bob.user_id, 3)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 
 import trio
-from relay_harness import UserDevice, device_homed_at, publish, session
+from relay_harness import UserDevice, deliveries, device_homed_at, publish, published, session
 
 from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     Ack,
     Copy,
-    Deliver,
     Error,
     Recipient,
     Send,
@@ -21,27 +20,9 @@ from relay.protocol.frames import (
 )
 
 
-async def _pair(cluster, home_a: str, home_b: str) -> tuple[UserDevice, UserDevice]:
-    a = device_homed_at(cluster.ring, home_a)
-    b = device_homed_at(cluster.ring, home_b)
-    await publish(cluster.url(home_a), a)
-    await publish(cluster.url(home_b), b)
-    return a, b
-
-
-async def _drain(client, n: int) -> list[Deliver]:
-    """Receive ``n`` deliver frames (then expect synced if it comes)."""
-    got = []
-    while len(got) < n:
-        frame = await client.recv()
-        if isinstance(frame, Deliver):
-            got.append(frame)
-    return got
-
-
 async def test_send_local_and_remote_then_sync_in_order(cluster3) -> None:
     with trio.fail_after(15):
-        alice, bob = await _pair(cluster3, "n1", "n2")
+        alice, bob = await published(cluster3, "n1", "n2")
         carol = device_homed_at(cluster3.ring, "n1")
         await publish(cluster3.url("n1"), carol)
         ids = [os.urandom(16) for _ in range(5)]
@@ -54,7 +35,7 @@ async def test_send_local_and_remote_then_sync_in_order(cluster3) -> None:
         for dev, home, text in ((bob, "n2", b"to bob"), (carol, "n1", b"to carol")):
             async with session(cluster3.url(home), dev) as c:
                 await c.send(Sync(id=50))
-                delivered = await _drain(c, 5)
+                delivered = await deliveries(c, 5)
                 assert isinstance(await c.recv(), Synced)
                 assert [d.envelope.msg_id for d in delivered] == ids
                 assert [d.envelope.body for d in delivered] == [text + f" {i}".encode() for i in range(5)]
@@ -65,7 +46,7 @@ async def test_send_local_and_remote_then_sync_in_order(cluster3) -> None:
                 await c.send(Ack(id=0, seq=seqs[2]))
             async with session(cluster3.url(home), dev) as c:  # acked ones are gone
                 await c.send(Sync(id=51))
-                rest = await _drain(c, 2)
+                rest = await deliveries(c, 2)
                 assert [d.seq for d in rest] == seqs[3:]
                 assert isinstance(await c.recv(), Synced)
                 await c.send(Ack(id=0, seq=seqs[4]))
@@ -76,7 +57,7 @@ async def test_send_local_and_remote_then_sync_in_order(cluster3) -> None:
 
 async def test_live_push_and_duplicate_msg_id(cluster3) -> None:
     with trio.fail_after(15):
-        alice, bob = await _pair(cluster3, "n3", "n1")
+        alice, bob = await published(cluster3, "n3", "n1")
         async with session(cluster3.url("n1"), bob) as b, session(cluster3.url("n3"), alice) as a:
             await b.send(Sync(id=2))
             assert isinstance(await b.recv(), Synced)
@@ -84,13 +65,13 @@ async def test_live_push_and_duplicate_msg_id(cluster3) -> None:
             for rid in (3, 4):  # the same msg_id twice: stored once
                 assert (await a.request(Send(id=rid, msg_id=mid, recipients=[bob.recipient()]))).status == "stored"
             await a.request(Send(id=5, msg_id=os.urandom(16), recipients=[bob.recipient(b"second")]))
-            first, second = await _drain(b, 2)
+            first, second = await deliveries(b, 2)
             assert first.envelope.msg_id == mid and second.envelope.body == b"second"
 
 
 async def test_stale_devices_from_remote_and_local_home(cluster3) -> None:
     with trio.fail_after(15):
-        alice, bob = await _pair(cluster3, "n1", "n2")
+        alice, bob = await published(cluster3, "n1", "n2")
         await publish(cluster3.url("n2"), UserDevice(account_key=bob.account_key, olm=bob.olm),
                       version=2)  # same device, new version
         bob2_list = bob.device_list(version=3, extra_devices=1)  # bob adds a device
@@ -116,12 +97,12 @@ async def test_stale_devices_from_remote_and_local_home(cluster3) -> None:
             assert isinstance(err, Error) and err.code == "unknown_user"
         async with session(cluster3.url("n1"), carol) as c:
             await c.send(Sync(id=2))
-            (only,) = await _drain(c, 1)
+            (only,) = await deliveries(c, 1)
             assert only.envelope.msg_id == mid
             assert isinstance(await c.recv(), Synced)
         async with session(cluster3.url("n2"), bob) as b:
             await b.send(Sync(id=2))
-            got = await _drain(b, 3)  # the notices of bob's own lists v2 and v3, then the copy
+            got = await deliveries(b, 3)  # the notices of bob's own lists v2 and v3, then the copy
             assert [d.envelope.kind for d in got] == ["device_list", "device_list", "olm"]
             assert got[2].envelope.body == b"c0"
 
@@ -157,13 +138,13 @@ async def test_window_of_unacked_deliveries(node1) -> None:
                 assert isinstance(await a.recv(), Sent)
         async with session(url, bob) as b:
             await b.send(Sync(id=2))
-            first = await _drain(b, 256)
+            first = await deliveries(b, 256)
             # no more than 256 in flight: nothing else arrives until an ack
             with trio.move_on_after(0.3) as idle:
                 await b.recv()
             assert idle.cancelled_caught
             await b.send(Ack(id=0, seq=first[-1].seq))
-            rest = await _drain(b, 44)
+            rest = await deliveries(b, 44)
             assert isinstance(await b.recv(), Synced)
             assert [d.seq for d in first + rest] == list(range(1, 301))
 

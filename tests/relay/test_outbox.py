@@ -6,29 +6,23 @@ import os
 
 import msgpack
 import trio
-from relay_harness import Cluster, device_homed_at, make_configs, publish, session
+from relay_harness import (
+    Cluster,
+    deliveries,
+    device_homed_at,
+    make_configs,
+    publish,
+    published,
+    session,
+)
 
-from relay.protocol.frames import Deliver, Send, Sent, Sync, Synced
+from relay.protocol.frames import Send, Sent, Sync, Synced
 
 
-async def _deliveries(client, n: int) -> list[Deliver]:
-    got = []
-    while len(got) < n:
-        frame = await client.recv()
-        if isinstance(frame, Deliver):
-            got.append(frame)
-    return got
-
-
-async def test_home_down_then_back(nursery) -> None:
-    cluster = Cluster(nursery, make_configs(2))
-    await cluster.start("n1")
-    await cluster.start("n2")
+async def test_home_down_then_back(cluster2) -> None:
+    cluster = cluster2
     with trio.fail_after(20):
-        alice = device_homed_at(cluster.ring, "n1")
-        bob = device_homed_at(cluster.ring, "n2")
-        await publish(cluster.url("n1"), alice)
-        await publish(cluster.url("n2"), bob)
+        alice, bob = await published(cluster, "n1", "n2")
         cluster.stop("n2")
         ids = [os.urandom(16) for _ in range(3)]
         async with session(cluster.url("n1"), alice) as a:
@@ -39,7 +33,7 @@ async def test_home_down_then_back(nursery) -> None:
             await cluster.start("n2")
             async with session(cluster.url("n2"), bob) as b:
                 await b.send(Sync(id=2))
-                got = await _deliveries(b, 3)
+                got = await deliveries(b, 3)
                 assert [d.envelope.msg_id for d in got] == ids
                 assert [d.envelope.body for d in got] == [b"\x00", b"\x01", b"\x02"]
                 # the outbox is empty again; new sends go straight through
@@ -47,7 +41,7 @@ async def test_home_down_then_back(nursery) -> None:
                     await trio.sleep(0.01)
                 sent = await a.request(Send(id=9, msg_id=os.urandom(16), recipients=[bob.recipient(b"live")]))
                 assert sent.status == "stored"
-                (live,) = await _deliveries(b, 1)
+                (live,) = await deliveries(b, 1)
                 assert live.envelope.body == b"live"
 
 
@@ -65,7 +59,7 @@ async def test_final_rejection_bounces_once(nursery) -> None:
             sent = await a.request(Send(id=3, msg_id=mid, recipients=[bob.recipient()]))
             assert sent.status == "queued"
             await cluster.start("n2")
-            (bounce,) = await _deliveries(a, 1)
+            (bounce,) = await deliveries(a, 1)
             assert bounce.envelope.kind == "bounce" and bounce.envelope.msg_id == mid
             assert bounce.envelope.sender_user == alice.user_id
             body = msgpack.unpackb(bounce.envelope.body)

@@ -167,10 +167,8 @@ async def test_too_many_devices_and_peer_only_frame(node1) -> None:
             assert isinstance(err, Error) and err.code == "bad_request"
 
 
-async def test_member_home_down_goes_to_the_outbox_in_order(nursery) -> None:
-    cluster = Cluster(nursery, make_configs(2))
-    await cluster.start("n1")
-    await cluster.start("n2")
+async def test_member_home_down_goes_to_the_outbox_in_order(cluster2) -> None:
+    cluster = cluster2
     with trio.fail_after(DEADLINE):
         alice = device_homed_at(cluster.ring, "n1")
         bob = device_homed_at(cluster.ring, "n2")
