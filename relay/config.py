@@ -24,6 +24,9 @@
     media_ttl = 2592000            # seconds a media blob is kept (optional, 30 days)
     media_upload_ttl = 86400       # seconds an unfinished upload is kept idle (optional, 1 day)
     max_media_size = 2147483648    # largest encrypted file, bytes (optional, 2 GiB)
+    handshake_timeout = 10         # seconds to authenticate (or open a link mailbox) (optional)
+    max_pending_per_ip = 64        # unauthenticated connections per address (optional)
+    max_connections = 10000        # connections of all kinds at once (optional)
 
 Both files are flat; :mod:`relay.cluster_files` writes them (and lays out a
 local cluster). Every problem raises :class:`ConfigError` with a message
@@ -52,6 +55,9 @@ DEFAULT_MEDIA_QUOTA = 10 * 1024**3
 DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
 DEFAULT_MEDIA_UPLOAD_TTL = 24 * 3600.0
 DEFAULT_MAX_MEDIA_SIZE = 2 * 1024**3
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_PENDING_PER_IP = 64
+DEFAULT_MAX_CONNECTIONS = 10_000
 
 
 class ConfigError(Exception):
@@ -77,6 +83,11 @@ class NodeConfig:
         media_ttl: seconds after its last write when a media blob is deleted.
         media_upload_ttl: seconds after its last chunk when an unfinished upload is deleted.
         max_media_size: largest accepted media blob (encrypted file), bytes.
+        handshake_timeout: seconds a new connection has to authenticate
+            (``auth``/``peer_auth``) or open a linking mailbox; then close 1008.
+        max_pending_per_ip: most unauthenticated connections from one address
+            (an IPv4 address or an IPv6 /64); more are refused (HTTP 503).
+        max_connections: most connections of all kinds at once; more are refused (HTTP 503).
     """
 
     id: str
@@ -94,6 +105,9 @@ class NodeConfig:
     media_ttl: float = DEFAULT_MEDIA_TTL
     media_upload_ttl: float = DEFAULT_MEDIA_UPLOAD_TTL
     max_media_size: int = DEFAULT_MAX_MEDIA_SIZE
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def node(self) -> NodeInfo:
@@ -230,6 +244,12 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     if media_quota < 0 or media_ttl <= 0 or media_upload_ttl <= 0 or max_media_size < 0:
         raise ConfigError(f"{where}: media_quota and max_media_size must be >= 0, "
                           "media_ttl and media_upload_ttl > 0")
+    handshake_timeout = _field(data, "handshake_timeout", float, where, DEFAULT_HANDSHAKE_TIMEOUT)
+    max_pending_per_ip = _field(data, "max_pending_per_ip", int, where, DEFAULT_MAX_PENDING_PER_IP)
+    max_connections = _field(data, "max_connections", int, where, DEFAULT_MAX_CONNECTIONS)
+    if handshake_timeout <= 0 or max_pending_per_ip < 1 or max_connections < 1:
+        raise ConfigError(f"{where}: handshake_timeout must be > 0, "
+                          "max_pending_per_ip and max_connections >= 1")
     me = next((n for n in cluster if n.id == node_id), None)
     if me is None:
         raise ConfigError(f"{where}: node id {node_id!r} is not in the cluster file")
@@ -241,6 +261,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         max_queue=max_queue, max_frame=max_frame, link_ttl=float(link_ttl),
         media_quota=media_quota, media_ttl=float(media_ttl),
         media_upload_ttl=float(media_upload_ttl), max_media_size=max_media_size,
+        handshake_timeout=float(handshake_timeout), max_pending_per_ip=max_pending_per_ip,
+        max_connections=max_connections,
     )
 
 

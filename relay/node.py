@@ -22,19 +22,20 @@ from functools import partial
 import trio
 from trio_websocket import serve_websocket
 
+from relay.admission import Admission
 from relay.config import NodeConfig
 from relay.delivery import DeviceRegistry
 from relay.directory import Directory
 from relay.federation import Federation
 from relay.groups import GroupRouter
 from relay.linking import Linking
+from relay.listener import handle_websocket
 from relay.media import MediaService
 from relay.notices import DeviceListChanges
 from relay.outbox import Outbox
 from relay.protocol import Limits
 from relay.ring import Ring
 from relay.router import FORWARD_TIMEOUT, Router
-from relay.server import handle_websocket
 from storage import Storage, open_storage
 
 EXPIRE_INTERVAL = 300.0  # seconds between TTL sweeps
@@ -50,7 +51,7 @@ class Node:
         id: node id. ring: the cluster ring. limits: frame limits.
         storage, directory, registry, federation, outbox, router, groups: components.
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
-        media: media uploads and downloads.
+        media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
     """
 
@@ -64,6 +65,7 @@ class Node:
         self.log = log
         self.ring = Ring(config.cluster)
         self.limits = Limits(max_frame=config.max_frame, max_bin=config.max_frame)
+        self.admission = Admission(config.max_connections, config.max_pending_per_ip)
         self.storage = storage
         self.directory = Directory(storage, self.ring, config.id)
         self.registry = DeviceRegistry()

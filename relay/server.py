@@ -20,6 +20,11 @@ if it expires unused, the connection gets ``error not_found`` (id 0).
 A device removed from its list is *revoked*: it gets ``error unknown_device``
 (id 0), nothing more is served, and the connection closes with 1008.
 
+A connection that has not authenticated (or opened a linking mailbox) within
+``handshake_timeout`` seconds gets ``error unauthorized`` (id 0) and close 1008;
+a mailbox extends that by its lifetime. Connections are admitted (or refused)
+by :mod:`relay.listener` before they get here.
+
 Error handling: protocol problems answer ``error`` (closing when the error
 carries a close code); refusals (:data:`relay.errors.KNOWN_REFUSALS`) answer
 their code; any other exception is a bug, logged (metadata only) and answered
@@ -36,9 +41,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from relay import lookups
+from relay.admission import HandshakeDeadline, Ticket
 from relay.delivery import Pusher
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
 from relay.linking import LinkSlot
@@ -104,10 +110,12 @@ class Connection:
     Implements :class:`relay.delivery.Session` for the device registry.
     """
 
-    def __init__(self, node: Node, ws: WebSocketConnection, remote: str) -> None:
+    def __init__(self, node: Node, ws: WebSocketConnection, remote: str, ticket: Ticket) -> None:
         self._node = node
         self._ws = ws
         self._remote = remote
+        self._ticket = ticket
+        self._deadline = HandshakeDeadline(node.config.handshake_timeout)
         self._log: logging.Logger = node.log
         self._conn = ServerConnection(node.limits)
         self._in_send, self._in_recv = trio.open_memory_channel[bytes | str](INBOX_SIZE)
@@ -156,6 +164,7 @@ class Connection:
                     self._nursery = nursery
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._handshake_deadline)
                     await self._handle_all(nursery)
                     await self._close(CloseCode.NORMAL, "")
         except Exception:  # noqa: BLE001 - the per-connection boundary: log, internal, close 1011
@@ -174,6 +183,23 @@ class Connection:
         if self._conn.state is ConnState.PEER:
             return f"peer {self._conn.peer_id}"
         return "unauthenticated"
+
+    async def _handshake_deadline(self) -> None:
+        if not await self._deadline.wait():
+            return
+        self._log.info("connection %s: no authentication within %g s; closing", self._remote,
+                       self._node.config.handshake_timeout)
+        frame = Error(id=0, code=ErrorCode.UNAUTHORIZED.value,
+                      message="authenticate within "
+                              f"{self._node.config.handshake_timeout:g} s of connecting")
+        close = _Close(CloseCode.POLICY_VIOLATION, "handshake timeout")
+        if self.push_nowait(frame) and self.push_nowait(close):  # type: ignore[arg-type]
+            await trio.sleep(CLOSE_TIMEOUT)  # the writer cancels us once closed
+        self._cancel.cancel()
+
+    def _authenticated(self) -> None:
+        self._deadline.done()
+        self._ticket.authenticated()
 
     async def _reader(self) -> None:
         async with self._in_send:
@@ -260,6 +286,7 @@ class Connection:
             case LinkOpen():
                 assert self._nursery is not None
                 opened = self._link.open(frame.device_info, self._nursery)
+                self._deadline.extend(node.linking.ttl + node.config.handshake_timeout)
                 return dataclasses.replace(opened, id=frame.id)
             case LinkFetch() | LinkComplete():
                 return await node.linking.handle(
@@ -330,6 +357,7 @@ class Connection:
         if not verify_signature(device.ed25519, message, frame.signature):
             raise RelayError(ErrorCode.UNAUTHORIZED, "device signature does not verify")
         self._conn.mark_authenticated_client(frame.user_id, frame.device_id)
+        self._authenticated()
         self._exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
         self._log.info("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
         count = await node.directory.key_count(frame.user_id, frame.device_id)
@@ -344,6 +372,7 @@ class Connection:
         if not verify_signature(peer.public_key, message, frame.signature):
             raise RelayError(ErrorCode.UNAUTHORIZED, "peer signature does not verify")
         self._conn.mark_authenticated_peer(peer.id)
+        self._authenticated()
         node.federation.kick(peer.id)  # it is up: our link to it may reconnect now
         sig = node.signing_key.sign(
             peer_auth_message(frame.nonce, node.id, peer.id, node.ring.version)
@@ -360,13 +389,3 @@ class Connection:
         assert self._nursery is not None
         self._nursery.start_soon(self._pusher.run)
         return None
-
-
-async def handle_websocket(node: Node, request: WebSocketRequest) -> None:
-    """trio-websocket handler: accept and serve one connection on ``node``."""
-    try:
-        ws = await request.accept()
-    except ConnectionClosed:
-        return
-    remote = f"{ws.remote.address}:{ws.remote.port}" if hasattr(ws.remote, "port") else "?"
-    await Connection(node, ws, remote).run()

@@ -104,3 +104,19 @@ def test_key_mismatch_and_permissions(tmp_path) -> None:
 def test_bad_cluster(tmp_path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_cluster(_write(tmp_path / "cluster.toml", text))
+
+
+def test_admission_settings(tmp_path) -> None:
+    init_cluster(tmp_path / "c", nodes=1, base_port=7600)
+    node = tmp_path / "c" / "n1" / "node.toml"
+    base = node.read_text()
+    cfg = load_node_config(node)
+    assert (cfg.handshake_timeout, cfg.max_pending_per_ip, cfg.max_connections) == (10.0, 64, 10000)
+    _write(node, base + "handshake_timeout = 2.5\nmax_pending_per_ip = 8\nmax_connections = 100\n")
+    cfg = load_node_config(node)
+    assert (cfg.handshake_timeout, cfg.max_pending_per_ip, cfg.max_connections) == (2.5, 8, 100)
+    for bad in ("handshake_timeout = 0", "max_pending_per_ip = 0", "max_connections = -1",
+                'max_connections = "many"'):
+        _write(node, base + bad + "\n")
+        with pytest.raises(ConfigError, match=bad.split()[0]):
+            load_node_config(node)
