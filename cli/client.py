@@ -32,7 +32,6 @@ from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import (
     ClaimedKey,
     ClaimKeys,
-    Copy,
     Frame,
     GetDevices,
     PutDevices,
@@ -40,16 +39,16 @@ from relay.protocol.frames import (
     Send,
     UploadKeys,
 )
-from relay.protocol.identity import Device
 
-from . import crypto, devices, linkcode, payload
+from . import crypto, devices, linkcode, outbound, payload
 from .connection import Connection, open_connection
-from .devices import ApprovedDevice, Confirm, DeviceOffer
+from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from .errors import ClientError, RelayError, SendFailed
 from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from .receiving import Receiver
 from .sendorder import SendOrder
 from .state import State
+from .taskgroups import unwrap_single
 
 __all__ = [
     "ApprovedDevice", "BacklogDone", "Bounce", "Client", "DeviceOffer", "DevicesChanged",
@@ -60,31 +59,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_SEND_ROUNDS = 3
-CLAIM_RETRY_DELAY = 0.1  # seconds; doubled per retry while a device has no keys yet
-CLAIM_RETRY_MAX = 1.6  # last delay tried (about 3 s in all)
 
 
 def now_ms() -> int:
     """Milliseconds since the Unix epoch."""
     return int(time.time() * 1000)
-
-
-def init_account(state: State, *, device_name: str = "primary") -> None:
-    """Prepare a state from :func:`cli.state.create_state`: sign device list version 1
-    (this device as device 0), create 100 one-time keys and a fallback key, save.
-
-    The list and keys are published by the next :func:`open_client`.
-    """
-    ident = state.identity
-    _, signed = crypto.make_device_list(
-        state.account_key, 1,
-        [crypto.DeviceEntry(state.device_id, ident.ed25519, ident.curve25519, device_name,
-                            int(time.time()))],
-    )
-    state.remember_device_list(signed, state.user_id)
-    ident.generate_one_time_keys(crypto.ONE_TIME_KEYS_TARGET)
-    ident.generate_fallback_key()
-    state.save()
 
 
 class Client:
@@ -249,30 +228,6 @@ class Client:
                 return cached.parsed
             raise
 
-    async def _ensure_sessions(self, user_id: str, devices: list[Device]) -> None:
-        async with self._sessions_lock:
-            missing = [d for d in devices if not self._has_session(user_id, d)]
-            delay = CLAIM_RETRY_DELAY
-            while missing:
-                claimed = {k.device_id: k for k in await self.claim_keys(
-                    user_id, [d.device_id for d in missing])}
-                for d in missing:
-                    key = claimed.get(d.device_id)
-                    if key is not None:
-                        session = self.state.identity.create_outbound_session(d.curve25519, key.key)
-                        self.state.add_session(user_id, d.device_id, d.curve25519, session)
-                missing = [d for d in missing if d.device_id not in claimed]
-                if missing and delay > CLAIM_RETRY_MAX:
-                    raise SendFailed(f"device {missing[0].device_id} of {user_id} has no keys "
-                                     "to claim (not connected since it was linked?)")
-                if missing:  # a device just linked uploads its keys right after the list
-                    await trio.sleep(delay)
-                    delay *= 2
-
-    def _has_session(self, user_id: str, device: Device) -> bool:
-        ss = self.state.session_set(user_id, device.device_id)
-        return ss is not None and bool(ss.sessions) and ss.identity_key == device.curve25519
-
     async def encrypt(self, lists: dict[str, DeviceList], plaintext: bytes) -> list[Recipient]:
         """Olm-encrypt ``plaintext`` once for every device in ``lists`` except this one.
 
@@ -296,23 +251,7 @@ class Client:
             SendFailed: a device has no one-time or fallback key to claim.
             RelayError, ConnectionLost: claiming keys failed.
         """
-        me = (self.state.user_id, self.state.device_id)
-        targets = {uid: [d for d in dl.devices if (uid, d.device_id) != me]
-                   for uid, dl in lists.items()}
-        targets = {uid: devs for uid, devs in targets.items() if devs}
-        while True:  # another task may drop a session while this one claims keys
-            for uid, devs in targets.items():
-                await self._ensure_sessions(uid, devs)
-            if all(self._has_session(uid, d) for uid, ds in targets.items() for d in ds):
-                break
-        return [
-            Recipient(user_id=uid, devices_version=lists[uid].version, copies=[
-                Copy(device_id=d.device_id,
-                     body=crypto.encrypt(self.state.sessions[(uid, d.device_id)].sessions[0],
-                                         plaintext))
-                for d in devs])
-            for uid, devs in targets.items()
-        ]
+        return await outbound.encrypt_for(self, lists, plaintext, self._sessions_lock)
 
     async def request_encrypted(self, frame_cls: type[Frame], **fields) -> Frame:
         """Send a request carrying ciphertexts encrypted just before: call it with no
@@ -419,15 +358,6 @@ class Client:
         return Receiver(self)
 
 
-def _single_leaf(group: BaseExceptionGroup) -> BaseException | None:
-    leaves = []
-    stack = [group]
-    while stack:
-        for exc in stack.pop().exceptions:
-            (stack.append(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc))
-    return leaves[0] if len(leaves) == 1 else None
-
-
 @asynccontextmanager
 async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIterator[Client]:
     """Connect to the device's home (following ``moved``), authenticate, top up one-time
@@ -444,7 +374,7 @@ async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIt
         ConnectionFailed, RelayError: see :func:`cli.connection.open_connection`.
         ConnectionLost: the connection closed while the body was waiting on it.
     """
-    try:
+    with unwrap_single():
         async with trio.open_nursery() as nursery:
             try:
                 async with open_connection(nursery, state,
@@ -457,8 +387,3 @@ async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIt
                     yield client
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # re-raised, never swallowed
-        leaf = _single_leaf(group)
-        if leaf is None:
-            raise
-        raise leaf from None

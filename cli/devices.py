@@ -33,7 +33,7 @@ from . import crypto, linkcode
 from .errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
 from .events import DevicesChanged
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError
-from .state import DeviceListRejected
+from .state import DeviceListRejected, State
 
 if TYPE_CHECKING:
     from .client import Client
@@ -42,6 +42,24 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing changed"
 MISMATCH_MESSAGE = "code does not match the device; nothing changed"
+
+
+def init_account(state: State, *, device_name: str = "primary") -> None:
+    """Prepare a state from :func:`cli.state.create_state`: sign device list version 1
+    (this device as device 0), create 100 one-time keys and a fallback key, save.
+
+    The list and keys are published by the next :func:`cli.client.open_client`.
+    """
+    ident = state.identity
+    _, signed = crypto.make_device_list(
+        state.account_key, 1,
+        [crypto.DeviceEntry(state.device_id, ident.ed25519, ident.curve25519, device_name,
+                            int(time.time()))],
+    )
+    state.remember_device_list(signed, state.user_id)
+    ident.generate_one_time_keys(crypto.ONE_TIME_KEYS_TARGET)
+    ident.generate_fallback_key()
+    state.save()
 
 
 @dataclass(frozen=True, slots=True)

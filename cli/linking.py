@@ -38,11 +38,12 @@ from relay.protocol.frames import Challenge, Error, Hello, LinkData, LinkOpen, L
 from relay.protocol.identity import verify_device_list
 
 from . import crypto, linkcode
-from .client import Client, _single_leaf, open_client
+from .client import Client, open_client
 from .connection import AGENT, exchange
 from .errors import ConnectionFailed, LinkFailed
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
 from .state import NewHome, State, new_home, seen_key
+from .taskgroups import unwrap_single
 from .websocket import open_websocket
 
 __all__ = [
@@ -194,7 +195,7 @@ async def open_link(
                       device_name[:linkcode.MAX_DEVICE_NAME])
     secret = os.urandom(linkcode.SECRET_LEN)
 
-    try:
+    with unwrap_single():
         async with trio.open_nursery() as nursery:
             try:
                 async with open_websocket(nursery, relay_url, connect_timeout) as ws:
@@ -202,11 +203,6 @@ async def open_link(
                     yield PendingLink(ws, identity, ephemeral, info, secret, opened)
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # re-raised, never swallowed
-        leaf = _single_leaf(group)
-        if leaf is None:
-            raise
-        raise leaf from None
 
 
 def save_linked(fresh: NewHome, linked: LinkedAccount, relay_url: str) -> State:

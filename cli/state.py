@@ -38,7 +38,6 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
@@ -50,7 +49,8 @@ from relay.protocol.frames import SignedDeviceList
 
 from . import crypto, statecodec, vault
 from .groups import GroupError, GroupStore
-from .journal import Journal
+from .statecodec import CachedList, SessionSet
+from .statestore import StateStore
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
 __all__ = [
@@ -76,35 +76,6 @@ class DeviceListRejected(StateError):
     """A device list failed its signature check or rolled its version back."""
 
 
-@dataclass
-class SessionSet:
-    """Olm sessions with one remote device, most recent first, for its ``identity_key``."""
-
-    identity_key: bytes
-    sessions: list[vodozemac.Session] = field(default_factory=list)
-
-
-@dataclass
-class _Snapshot:
-    hot: bytes  # state.bin plaintext
-    record: bytes | None  # journal record plaintext, None if nothing to journal
-    base: bool  # the record replaces the journal (compaction)
-    entries: list  # history items it holds, with their versions (HistoryTracker)
-    seen_mark: int  # SeenIds.saved mark
-
-
-@dataclass
-class CachedList:
-    """A verified device list and the signed form it came from."""
-
-    parsed: DeviceList
-    signed: SignedDeviceList
-
-
-def _pickle_key(storage_key: bytes) -> bytes:
-    return hashlib.blake2b(storage_key, digest_size=32, person=b"wa-olm-pickle").digest()
-
-
 def seen_key(sender_user: str, msg_id: bytes) -> bytes:
     """The 16-byte dedupe key of a message (scoped to its sender)."""
     return hashlib.blake2b(sender_user.encode() + msg_id, digest_size=16).digest()
@@ -118,13 +89,7 @@ class State:
 
     def __init__(self, home: Path, storage_key: bytes, header: bytes) -> None:
         self.home = home
-        self._storage_key = storage_key
-        self._header = header
-        self._pickle_key = _pickle_key(storage_key)
-        self._commit = vault.GroupCommit(self._take_snapshot, self._write_snapshot,
-                                         self._snapshot_written)
-        self._journal = Journal(home, storage_key)
-        self._tracker = statecodec.HistoryTracker()
+        self._store = StateStore(self, storage_key, header)
         self.user_id = ""
         self.device_id = 0
         self.name = ""
@@ -253,109 +218,36 @@ class State:
     def history_changed(self, entry: dict) -> None:
         """Report that a history entry was modified in place, so the next save writes it
         again (appended entries need no report)."""
-        self._tracker.changed(entry)
+        self._store.tracker.changed(entry)
 
     # ----------------------------------------------------------- persistence
 
     def _to_map(self) -> dict:
-        pk = self._pickle_key
-        return {
-            "format": statecodec.FORMAT_VERSION,
-            "user_id": self.user_id,
-            "device_id": self.device_id,
-            "name": self.name,
-            "relay_url": self.relay_url,
-            "account_key": bytes(self.account_key) if self.account_key else None,
-            "identity": self.identity.pickle(pk),
-            "published_version": self.published_version,
-            "contacts": self.contacts,
-            "device_lists": [[c.signed.body, c.signed.signature, uid]
-                             for uid, c in self.device_lists.items()],
-            "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
-                         for (uid, did), ss in self.sessions.items()],
-            "next_device_id": self.next_device_id,
-            "last_seen": [[uid, did, ts] for (uid, did), ts in self.last_seen.items()],
-            "groups": self.groups.to_map(pk),
-        }
+        """The ``state.bin`` map of format 3 (:func:`cli.statecodec.to_map`)."""
+        return statecodec.to_map(self, self._store.pickle_key)
 
     def _from_map(self, m: dict) -> None:
-        pk = self._pickle_key
-        self.user_id, self.device_id, self.name = m["user_id"], m["device_id"], m["name"]
-        self.relay_url = m["relay_url"]
-        ak = m["account_key"]
-        self.account_key = nacl.signing.SigningKey(ak) if ak else None
-        self.identity = crypto.DeviceIdentity.from_pickle(m["identity"], pk)
-        self.published_version = m["published_version"]
-        self.contacts = dict(m["contacts"])
-        for body, sig, uid in m["device_lists"]:
-            signed = SignedDeviceList(body=body, signature=sig)
-            self.device_lists[uid] = CachedList(verify_device_list(signed, uid), signed)
-        for uid, did, ikey, pickles in m["sessions"]:
-            self.sessions[(uid, did)] = SessionSet(
-                ikey, [crypto.session_from_pickle(p, pk) for p in pickles]
-            )
-        if "history" in m:  # format 1 or 2: moved to the journal by the next save
-            seen = m["seen"]
-            self.seen = (statecodec.SeenIds.from_bytes(SEEN_LIMIT, seen)
-                         if isinstance(seen, bytes) else statecodec.SeenIds(SEEN_LIMIT, seen))
-            self.history = deque(statecodec.unpack_history(m["history"]), maxlen=HISTORY_LIMIT)
-            self._journal.rewrite = True
-        else:
-            replayed = self._journal.load()
-            self.seen = statecodec.SeenIds(SEEN_LIMIT, replayed.seen)
-            self.history = deque(self._tracker.adopt(replayed.history[-HISTORY_LIMIT:]),
-                                 maxlen=HISTORY_LIMIT)
-        self.next_device_id = m.get("next_device_id", 1)
-        self.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
-        self.groups = GroupStore.from_map(m.get("groups"), pk)
-
-    def _take_snapshot(self) -> _Snapshot:
-        """On the event loop: ``state.bin``'s plaintext and the journal record of what
-        changed in history and dedupe keys (or all of it, when the journal is compacted)."""
-        hot = msgpack.packb(self._to_map(), use_bin_type=True)
-        base = self._journal.should_compact()
-        if base:
-            entries = self._tracker.everything(self.history)
-            seen, mark = self.seen.to_bytes(), self.seen.unsaved()[1]
-        else:
-            entries = self._tracker.unsaved(self.history)
-            seen, mark = self.seen.unsaved()
-        record = None
-        if base or entries or seen:
-            record = Journal.pack(statecodec.HistoryTracker.wire(entries), seen, base=base)
-        return _Snapshot(hot, record, base, entries, mark)
-
-    def _write_snapshot(self, snap: _Snapshot) -> None:
-        """In a worker thread: the journal record first, then ``state.bin`` (so a crash
-        in between never leaves advanced ratchets without the history and dedupe keys
-        of what they decrypted)."""
-        if snap.record is not None:
-            if snap.base:
-                self._journal.replace(snap.record)
-            else:
-                self._journal.append(snap.record)
-        vault.write_atomic(self.home / STATE_FILE,
-                           vault.seal(self._storage_key, self._header, snap.hot))
-
-    def _snapshot_written(self, snap: _Snapshot) -> None:
-        self._tracker.saved(snap.entries)
-        self.seen.saved(snap.seen_mark)
+        """Load a decrypted ``state.bin`` map and the journal (:meth:`StateStore.load`)."""
+        self._store.load(m)
 
     def snapshot(self) -> bytes:
         """The encrypted contents of ``state.bin`` for the current state (history and
         dedupe keys excluded: they are in the journal)."""
-        return vault.seal(self._storage_key, self._header,
-                          msgpack.packb(self._to_map(), use_bin_type=True))
+        return self._store.snapshot()
 
     @property
     def writes(self) -> int:
         """Durable writes of the state by this object so far (one may cover many saves)."""
-        return self._commit.writes
+        return self._store.writes
 
     def save(self) -> None:
         """Write the state atomically and durably (blocking; fsyncs). Not while an
-        :meth:`asave` runs (``RuntimeError``): use it where no client is running."""
-        self._commit.write_blocking()
+        :meth:`asave` runs (``RuntimeError``): use it where no client is running.
+
+        Raises:
+            OSError: the write failed.
+        """
+        self._store.save()
 
     async def asave(self) -> None:
         """Return once the state as it is now (or later) is atomically and durably written.
@@ -371,7 +263,7 @@ class State:
             OSError: the write failed (the caller must not let its ciphertext leave
                 or acknowledge what it received).
         """
-        await self._commit.write()
+        await self._store.asave()
 
 
 class NewHome:

@@ -19,13 +19,106 @@ from __future__ import annotations
 
 import io
 from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgpack
+import nacl.signing
+import vodozemac
 
-__all__ = ["FORMAT_VERSION", "SEEN_KEY_LEN", "HistoryTracker", "SeenIds", "unpack_history"]
+from relay.protocol import DeviceList, verify_device_list
+from relay.protocol.frames import SignedDeviceList
+
+from . import crypto
+from .groups import GroupStore
+
+if TYPE_CHECKING:
+    from .state import State
+
+__all__ = [
+    "FORMAT_VERSION", "SEEN_KEY_LEN", "CachedList", "HistoryTracker", "SeenIds", "SessionSet",
+    "Snapshot", "load_map", "to_map", "unpack_history",
+]
 
 FORMAT_VERSION = 3
 SEEN_KEY_LEN = 16
+
+
+@dataclass
+class SessionSet:
+    """Olm sessions with one remote device, most recent first, for its ``identity_key``."""
+
+    identity_key: bytes
+    sessions: list[vodozemac.Session] = field(default_factory=list)
+
+
+@dataclass
+class CachedList:
+    """A verified device list and the signed form it came from."""
+
+    parsed: DeviceList
+    signed: SignedDeviceList
+
+
+@dataclass
+class Snapshot:
+    """One save, taken on the event loop and written in a worker thread."""
+
+    hot: bytes  # state.bin plaintext
+    record: bytes | None  # journal record plaintext, None if nothing to journal
+    base: bool  # the record replaces the journal (compaction)
+    entries: list  # history items it holds, with their versions (HistoryTracker)
+    seen_mark: int  # SeenIds.saved mark
+
+
+def to_map(state: State, pickle_key: bytes) -> dict:
+    """The format-3 map of ``state`` (see the module docstring); Olm and Megolm
+    sessions and the device account pickled under ``pickle_key``."""
+    pk = pickle_key
+    return {
+        "format": FORMAT_VERSION,
+        "user_id": state.user_id,
+        "device_id": state.device_id,
+        "name": state.name,
+        "relay_url": state.relay_url,
+        "account_key": bytes(state.account_key) if state.account_key else None,
+        "identity": state.identity.pickle(pk),
+        "published_version": state.published_version,
+        "contacts": state.contacts,
+        "device_lists": [[c.signed.body, c.signed.signature, uid]
+                         for uid, c in state.device_lists.items()],
+        "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
+                     for (uid, did), ss in state.sessions.items()],
+        "next_device_id": state.next_device_id,
+        "last_seen": [[uid, did, ts] for (uid, did), ts in state.last_seen.items()],
+        "groups": state.groups.to_map(pk),
+    }
+
+
+def load_map(state: State, m: dict, pickle_key: bytes) -> None:
+    """Fill ``state`` from a map of any format, except history and dedupe keys.
+
+    Raises:
+        KeyError, TypeError, ValueError, crypto.CryptoError, RemoteProtocolError,
+        GroupError: a corrupt map (the caller reports ``StateError``).
+    """
+    pk = pickle_key
+    state.user_id, state.device_id, state.name = m["user_id"], m["device_id"], m["name"]
+    state.relay_url = m["relay_url"]
+    ak = m["account_key"]
+    state.account_key = nacl.signing.SigningKey(ak) if ak else None
+    state.identity = crypto.DeviceIdentity.from_pickle(m["identity"], pk)
+    state.published_version = m["published_version"]
+    state.contacts = dict(m["contacts"])
+    for body, sig, uid in m["device_lists"]:
+        signed = SignedDeviceList(body=body, signature=sig)
+        state.device_lists[uid] = CachedList(verify_device_list(signed, uid), signed)
+    for uid, did, ikey, pickles in m["sessions"]:
+        state.sessions[(uid, did)] = SessionSet(
+            ikey, [crypto.session_from_pickle(p, pk) for p in pickles])
+    state.next_device_id = m.get("next_device_id", 1)
+    state.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
+    state.groups = GroupStore.from_map(m.get("groups"), pk)
 
 
 class SeenIds:
@@ -38,7 +131,7 @@ class SeenIds:
     """
 
     def __init__(self, limit: int, keys: Iterable[bytes] = ()) -> None:
-        self._limit = limit
+        self.limit = limit
         self._keys: set[bytes] = set()
         self._blob = bytearray()
         self._added = 0  # keys ever added
@@ -71,7 +164,7 @@ class SeenIds:
         self._keys.add(key)
         self._blob += key
         self._added += 1
-        while len(self._keys) > self._limit:
+        while len(self._keys) > self.limit:
             self._keys.discard(bytes(self._blob[:SEEN_KEY_LEN]))
             del self._blob[:SEEN_KEY_LEN]  # cheap: bytearray deletes at the front in O(1)
         return True

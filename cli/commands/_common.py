@@ -38,6 +38,8 @@ class CliError(click.ClickException):
     exit_code = 1
 
     def format_message(self) -> str:
+        """The message as Click prints it: control characters escaped except newline and
+        tab (:func:`cli.output.scrub`)."""
         return scrub(self.message)
 
 

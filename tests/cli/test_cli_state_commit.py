@@ -188,8 +188,8 @@ def test_reads_format_1_state(tmp_path):
         m = state._to_map()
         m.update(format=1, seen=[seen_key("s", b"\x02" * 16)],
                  history=[{"id": "02" * 16, "direction": "out", "text": "old"}])
-        vault.write_atomic(home / STATE_FILE, vault.seal(
-            state._storage_key, state._header, msgpack.packb(m, use_bin_type=True)))
+        vault.write_atomic(home / STATE_FILE,
+                           state._store.seal(msgpack.packb(m, use_bin_type=True)))
     with open_state(home) as state:
         assert state.find_history("02" * 16)["text"] == "old"
         assert not state.mark_seen(seen_key("s", b"\x02" * 16))
