@@ -27,6 +27,7 @@
     handshake_timeout = 10         # seconds to authenticate (or open a link mailbox) (optional)
     max_pending_per_ip = 64        # unauthenticated connections per address (optional)
     max_connections = 10000        # connections of all kinds at once (optional)
+    max_mailboxes_per_ip = 8       # open linking mailboxes per address (optional)
 
 Both files are flat; :mod:`relay.cluster_files` writes them (and lays out a
 local cluster). Every problem raises :class:`ConfigError` with a message
@@ -58,6 +59,7 @@ DEFAULT_MAX_MEDIA_SIZE = 2 * 1024**3
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_MAILBOXES_PER_IP = 8
 
 
 class ConfigError(Exception):
@@ -88,6 +90,8 @@ class NodeConfig:
         max_pending_per_ip: most unauthenticated connections from one address
             (an IPv4 address or an IPv6 /64); more are refused (HTTP 503).
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
+        max_mailboxes_per_ip: most linking mailboxes open at once from one
+            address; more ``link_open`` get ``rate_limited``.
     """
 
     id: str
@@ -108,6 +112,7 @@ class NodeConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
 
     @property
     def node(self) -> NodeInfo:
@@ -247,9 +252,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     handshake_timeout = _field(data, "handshake_timeout", float, where, DEFAULT_HANDSHAKE_TIMEOUT)
     max_pending_per_ip = _field(data, "max_pending_per_ip", int, where, DEFAULT_MAX_PENDING_PER_IP)
     max_connections = _field(data, "max_connections", int, where, DEFAULT_MAX_CONNECTIONS)
-    if handshake_timeout <= 0 or max_pending_per_ip < 1 or max_connections < 1:
-        raise ConfigError(f"{where}: handshake_timeout must be > 0, "
-                          "max_pending_per_ip and max_connections >= 1")
+    max_mailboxes_per_ip = _field(data, "max_mailboxes_per_ip", int, where,
+                                  DEFAULT_MAX_MAILBOXES_PER_IP)
+    if handshake_timeout <= 0 or min(max_pending_per_ip, max_connections, max_mailboxes_per_ip) < 1:
+        raise ConfigError(f"{where}: handshake_timeout must be > 0, max_pending_per_ip, "
+                          "max_connections and max_mailboxes_per_ip >= 1")
     me = next((n for n in cluster if n.id == node_id), None)
     if me is None:
         raise ConfigError(f"{where}: node id {node_id!r} is not in the cluster file")
@@ -262,7 +269,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         media_quota=media_quota, media_ttl=float(media_ttl),
         media_upload_ttl=float(media_upload_ttl), max_media_size=max_media_size,
         handshake_timeout=float(handshake_timeout), max_pending_per_ip=max_pending_per_ip,
-        max_connections=max_connections,
+        max_connections=max_connections, max_mailboxes_per_ip=max_mailboxes_per_ip,
     )
 
 

@@ -12,7 +12,9 @@ mailbox is gone when the first of these happens: ``link_complete`` succeeded
 (single use), the opening connection closed (or opened another mailbox), or
 ``ttl`` seconds passed (``trio.current_time()``, so a ``MockClock`` drives it).
 An unknown, used or expired mailbox answers ``not_found`` and nothing changes.
-At most ``max_open`` mailboxes are open per node; beyond that ``link_open``
+At most ``max_per_owner`` mailboxes are open per remote address (its
+:func:`relay.admission.address_key`), so one address cannot exhaust the node,
+and at most ``max_open`` per node, the last resort; beyond either ``link_open``
 answers ``rate_limited``.
 """
 
@@ -42,6 +44,7 @@ from relay.ring import Ring
 MAILBOX_ID_SIZE = 16  # bytes
 MAX_DEVICE_INFO = 4096  # bytes
 MAX_MAILBOXES = 1000  # open mailboxes per node
+MAX_MAILBOXES_PER_OWNER = 8  # open mailboxes per remote address
 PEER_TIMEOUT = 5.0  # seconds for a forwarded link_fetch / link_complete
 
 Push = Callable[[Frame], bool]
@@ -53,11 +56,13 @@ class Mailbox:
     Attributes:
         mailbox_id: 16 random bytes. device_info: what ``link_open`` carried.
         expires_at: ``trio.current_time()`` after which it is expired.
+        address: the remote address key of the connection that opened it.
     """
 
     def __init__(self, owner: Linking, mailbox_id: bytes, device_info: bytes, push: Push,
-                 expires_at: float) -> None:
+                 expires_at: float, address: str) -> None:
         self._owner = owner
+        self.address = address
         self.mailbox_id = mailbox_id
         self.device_info = device_info
         self.push = push
@@ -80,13 +85,15 @@ class LinkSlot:
         linking: the node's mailboxes.
         push: queues a frame on the connection without blocking (for ``link_data``).
         send: sends a frame on the connection (for the expiry notice).
+        address: the connection's remote address key (:func:`relay.admission.address_key`).
     """
 
     def __init__(self, linking: Linking, push: Push,
-                 send: Callable[[Frame], Awaitable[None]]) -> None:
+                 send: Callable[[Frame], Awaitable[None]], address: str = "") -> None:
         self._linking = linking
         self._push = push
         self._send = send
+        self._address = address
         self._box: Mailbox | None = None
         self._timer = trio.CancelScope()
 
@@ -98,7 +105,7 @@ class LinkSlot:
             RelayError: see :meth:`Linking.open` (the old mailbox is closed anyway).
         """
         self.close()
-        self._box, opened = self._linking.open(device_info, self._push)
+        self._box, opened = self._linking.open(device_info, self._push, self._address)
         self._timer = trio.CancelScope()
         nursery.start_soon(self._expire, self._box, self._timer)
         return opened
@@ -128,18 +135,22 @@ class Linking:
         federation: peer links, for mailboxes on other nodes.
         ttl: seconds a mailbox lives at most.
         max_open: most open mailboxes on this node.
+        max_per_owner: most open mailboxes per remote address.
         peer_timeout: seconds a forwarded request may take.
     """
 
     def __init__(
         self, node_id: str, ring: Ring, federation: Federation, *, ttl: float,
-        max_open: int = MAX_MAILBOXES, peer_timeout: float = PEER_TIMEOUT,
+        max_open: int = MAX_MAILBOXES, max_per_owner: int = MAX_MAILBOXES_PER_OWNER,
+        peer_timeout: float = PEER_TIMEOUT,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
         self._federation = federation
         self.ttl = ttl
         self._max_open = max_open
+        self._max_per_owner = max_per_owner
+        self._per_owner: dict[str, int] = {}  # address -> open mailboxes
         self._peer_timeout = peer_timeout
         self._boxes: dict[bytes, Mailbox] = {}  # insertion order = expiry order (fixed ttl)
 
@@ -149,9 +160,18 @@ class Linking:
 
     # ------------------------------------------------------------ local mailboxes
 
+    def open_from(self, address: str) -> int:
+        """How many mailboxes remote address ``address`` holds open."""
+        return self._per_owner.get(address, 0)
+
     def _forget(self, box: Mailbox) -> None:
         if self._boxes.get(box.mailbox_id) is box:
             del self._boxes[box.mailbox_id]
+            left = self._per_owner[box.address] - 1
+            if left:
+                self._per_owner[box.address] = left
+            else:
+                del self._per_owner[box.address]
 
     def _prune(self) -> None:
         now = trio.current_time()
@@ -159,9 +179,9 @@ class Linking:
             first = next(iter(self._boxes.values()))
             if first.expires_at > now:
                 break
-            del self._boxes[first.mailbox_id]
+            self._forget(first)
 
-    def open(self, device_info: bytes, push: Push) -> tuple[Mailbox, LinkOpened]:
+    def open(self, device_info: bytes, push: Push, address: str = "") -> tuple[Mailbox, LinkOpened]:
         """Open a mailbox for a new device whose connection pushes with ``push``.
 
         Args:
@@ -169,6 +189,7 @@ class Linking:
                 name}`` by convention), 1..4096 bytes.
             push: queues a frame on the new device's connection without blocking;
                 ``False`` if that connection is gone or saturated.
+            address: the remote address key of that connection.
 
         Returns:
             The mailbox (the caller closes it when its connection ends) and the
@@ -176,19 +197,24 @@ class Linking:
 
         Raises:
             RelayError: ``bad_request`` (empty info), ``too_large`` (info above
-                4 KiB), ``rate_limited`` (``max_open`` mailboxes are open).
+                4 KiB), ``rate_limited`` (``address`` holds ``max_per_owner``
+                mailboxes, or ``max_open`` are open on the node).
         """
         if not device_info:
             raise RelayError(ErrorCode.BAD_REQUEST, "device_info is empty")
         if len(device_info) > MAX_DEVICE_INFO:
             raise RelayError(ErrorCode.TOO_LARGE, f"device_info exceeds {MAX_DEVICE_INFO} bytes")
         self._prune()
+        if self._per_owner.get(address, 0) >= self._max_per_owner:
+            raise RelayError(ErrorCode.RATE_LIMITED,
+                             "too many linking mailboxes are open from your address; retry later")
         if len(self._boxes) >= self._max_open:
             raise RelayError(ErrorCode.RATE_LIMITED,
                              "too many linking mailboxes are open on this node; retry later")
         mailbox_id = os.urandom(MAILBOX_ID_SIZE)
-        box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl)
+        box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl, address)
         self._boxes[mailbox_id] = box
+        self._per_owner[address] = self._per_owner.get(address, 0) + 1
         opened = LinkOpened(id=0, mailbox_id=mailbox_id, node_id=self._node_id,
                             expires_in=max(1, math.ceil(self.ttl)))
         return box, opened

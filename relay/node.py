@@ -80,7 +80,8 @@ class Node:
         self.router = Router(config.id, self.ring, storage, self.directory, self.federation,
                              self.outbox, self.registry.notify, max_queue=config.max_queue,
                              forward_timeout=forward_timeout, on_stale=self.changes.watch)
-        self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl)
+        self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
+                               max_per_owner=config.max_mailboxes_per_ip)
         self.groups = GroupRouter(self.router)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,

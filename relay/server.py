@@ -125,7 +125,7 @@ class Connection:
         self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
         self._exits = ExitStack()
         self._nursery: trio.Nursery | None = None
-        self._link = LinkSlot(node.linking, self.push_nowait, self._send)
+        self._link = LinkSlot(node.linking, self.push_nowait, self._send, ticket.key)
         self._exits.callback(self._link.close)
         self._revoked = False
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from urllib.parse import urlsplit
 
 import pytest
 import trio
 from relay_harness import (
     Cluster,
+    RawClient,
     UserDevice,
     connect,
     device_homed_at,
@@ -17,6 +21,7 @@ from relay_harness import (
     publish,
     session,
 )
+from trio_websocket import wrap_client_stream
 
 from relay.errors import RelayError
 from relay.federation import Federation
@@ -113,6 +118,48 @@ async def test_wrong_code_is_not_found_and_changes_nothing(cluster3) -> None:
             assert await new.recv() == LinkData(id=0, body=b"ok")
 
 
+@asynccontextmanager
+async def connect_from(url: str, source: str) -> AsyncIterator[RawClient]:
+    """A raw client whose TCP connection comes from loopback address ``source``."""
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port, local_address=source)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, parts.netloc, "/")
+        try:
+            yield RawClient(ws)
+        finally:
+            with trio.move_on_after(2):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_one_address_cannot_take_every_mailbox(node1) -> None:
+    """1000 link_open from one address used to fill the node's 1000 mailboxes."""
+    with trio.fail_after(20):
+        url = node1.url("n1")
+        async with AsyncExitStack() as stack:
+            hog = []
+            for _ in range(9):
+                c = await stack.enter_async_context(connect(url))
+                await c.hello()
+                hog.append(await c.request(LinkOpen(id=2, device_info=INFO)))
+            assert all(isinstance(a, LinkOpened) for a in hog[:8])
+            assert isinstance(hog[8], Error) and hog[8].code == "rate_limited"
+            # a real new device elsewhere still gets a code
+            async with connect_from(url, "127.0.0.2") as new:
+                await new.hello()
+                assert isinstance(await new.request(LinkOpen(id=2, device_info=INFO)), LinkOpened)
+        # the hog's connections are gone: its mailboxes are given back
+        async with connect(url) as c:
+            await c.hello()
+            rid = 2
+            while isinstance(answer := await c.request(LinkOpen(id=rid, device_info=INFO)), Error):
+                assert answer.code == "rate_limited"
+                rid += 1
+                await trio.sleep(0.01)  # poll, deadline above
+            assert isinstance(answer, LinkOpened)
+
+
 async def test_link_needs_auth_for_fetch_and_limits_info(node1) -> None:
     with trio.fail_after(10):
         async with connect(node1.url("n1")) as c:
@@ -188,11 +235,39 @@ async def test_mailbox_expires(nursery, mock_clock) -> None:
 # ---------------------------------------------------------------- unit level
 
 
-def _linking(ttl: float = 120.0, max_open: int = 3) -> Linking:
+def _linking(ttl: float = 120.0, max_open: int = 3, max_per_owner: int = 8) -> Linking:
     cfg = make_configs(1)[0]
     ring = Ring(cfg.cluster)
     fed = Federation(cfg.id, cfg.signing_key, ring, DEFAULT_LIMITS, logging.getLogger("test"))
-    return Linking(cfg.id, ring, fed, ttl=ttl, max_open=max_open)
+    return Linking(cfg.id, ring, fed, ttl=ttl, max_open=max_open, max_per_owner=max_per_owner)
+
+
+async def test_mailboxes_per_address_are_capped(autojump_clock) -> None:
+    linking = _linking(ttl=10, max_open=5, max_per_owner=2)
+    a = [linking.open(INFO, lambda f: True, "10.0.0.1")[0] for _ in range(2)]
+    with pytest.raises(RelayError) as info:
+        linking.open(INFO, lambda f: True, "10.0.0.1")
+    assert info.value.code is ErrorCode.RATE_LIMITED
+    assert info.value.message == "too many linking mailboxes are open from your address; retry later"
+    # other addresses are not affected, up to the node-wide cap (the last resort)
+    linking.open(INFO, lambda f: True, "10.0.0.2")
+    linking.open(INFO, lambda f: True, "10.0.0.3")
+    linking.open(INFO, lambda f: True, "10.0.0.4")
+    with pytest.raises(RelayError) as info:
+        linking.open(INFO, lambda f: True, "10.0.0.5")
+    assert "open on this node" in info.value.message
+    a[0].close()
+    a[0].close()  # idempotent: counted once
+    assert (linking.open_from("10.0.0.1"), len(linking)) == (1, 4)
+    linking.open(INFO, lambda f: True, "10.0.0.1")
+    with pytest.raises(RelayError):
+        linking.open(INFO, lambda f: True, "10.0.0.1")
+    await trio.sleep(11)  # all expired: pruned (and uncounted) on the next open
+    linking.open(INFO, lambda f: True, "10.0.0.1")
+    assert (linking.open_from("10.0.0.1"), linking.open_from("10.0.0.2"), len(linking)) == (1, 0, 1)
+    box, _ = linking.open(INFO, lambda f: True, "10.0.0.1")
+    linking.complete(box.mailbox_id, b"material")  # a used mailbox is uncounted too
+    assert linking.open_from("10.0.0.1") == 1
 
 
 async def test_mailbox_bound_is_rate_limited(autojump_clock) -> None:

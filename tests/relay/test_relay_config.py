@@ -115,8 +115,11 @@ def test_admission_settings(tmp_path) -> None:
     _write(node, base + "handshake_timeout = 2.5\nmax_pending_per_ip = 8\nmax_connections = 100\n")
     cfg = load_node_config(node)
     assert (cfg.handshake_timeout, cfg.max_pending_per_ip, cfg.max_connections) == (2.5, 8, 100)
+    assert cfg.max_mailboxes_per_ip == 8
+    _write(node, base + "max_mailboxes_per_ip = 2\n")
+    assert load_node_config(node).max_mailboxes_per_ip == 2
     for bad in ("handshake_timeout = 0", "max_pending_per_ip = 0", "max_connections = -1",
-                'max_connections = "many"'):
+                'max_connections = "many"', "max_mailboxes_per_ip = 0"):
         _write(node, base + bad + "\n")
         with pytest.raises(ConfigError, match=bad.split()[0]):
             load_node_config(node)
