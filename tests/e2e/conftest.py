@@ -9,24 +9,22 @@ import pytest
 from .harness import Cluster
 
 
+def _running(tmp_path, nodes: int) -> Iterator[Cluster]:
+    """A started cluster of ``nodes`` under ``tmp_path/cluster``; every process is
+    stopped when the generator closes, whatever happened."""
+    with Cluster(tmp_path / "cluster", nodes=nodes) as c:
+        c.start_all()
+        yield c
+
+
 @pytest.fixture
 def cluster(tmp_path) -> Iterator[Cluster]:
     """Three running nodes (``wa-relay serve`` each) under ``tmp_path/cluster``; all
     processes are stopped when the test ends, whatever happened."""
-    c = Cluster(tmp_path / "cluster", nodes=3)
-    try:
-        c.start_all()
-        yield c
-    finally:
-        c.close()
+    yield from _running(tmp_path, nodes=3)
 
 
 @pytest.fixture
 def single_node(tmp_path) -> Iterator[Cluster]:
     """A one-node cluster (node ``n1``), stopped when the test ends."""
-    c = Cluster(tmp_path / "cluster", nodes=1)
-    try:
-        c.start_all()
-        yield c
-    finally:
-        c.close()
+    yield from _running(tmp_path, nodes=1)

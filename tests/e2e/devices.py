@@ -243,3 +243,13 @@ def make_device(
 def home_node(cluster: Cluster, device: Device) -> str:
     """The node id of ``device``'s home, from what its ``init`` reported."""
     return cluster.node_for_url(device.home_url)
+
+
+def alice_and_bob(cluster: Cluster, root: Path) -> tuple[Device, Device]:
+    """Accounts ``alice`` and ``bob`` (:func:`make_device`) on different homes, each
+    in the other's contacts under those names."""
+    alice = make_device(cluster, root, "alice")
+    bob = make_device(cluster, root, "bob", not_on=[home_node(cluster, alice)])
+    alice.add_contact("bob", bob.user_id)
+    bob.add_contact("alice", alice.user_id)
+    return alice, bob

@@ -6,23 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 
-from .devices import Device, home_node, make_device
-from .harness import Cluster
+from .devices import alice_and_bob, home_node
 
 DELIVERY_DEADLINE = 45.0  # seconds for an outbox retry after a restart
 
 
-def pair(cluster: Cluster, root) -> tuple[Device, Device]:
-    """alice and bob on different homes, each in the other's contacts."""
-    alice = make_device(cluster, root, "alice")
-    bob = make_device(cluster, root, "bob", not_on=[home_node(cluster, alice)])
-    alice.add_contact("bob", bob.user_id)
-    bob.add_contact("alice", alice.user_id)
-    return alice, bob
-
-
 def test_kill9_recipient_home_after_ack(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     bob_home = home_node(cluster, bob)
     text = f"survives kill -9 of bob's home {uuid.uuid4().hex}"
 
@@ -46,7 +36,7 @@ def test_kill9_recipient_home_after_ack(cluster, tmp_path):
 
 
 def test_kill9_sender_home_after_ack(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     alice_home = home_node(cluster, alice)
     texts = [f"before the crash {uuid.uuid4().hex}", f"also before {uuid.uuid4().hex}"]
 
@@ -67,7 +57,7 @@ def test_kill9_sender_home_after_ack(cluster, tmp_path):
 def test_queued_survives_kill9_of_sender_home(cluster, tmp_path):
     """A ``queued`` answer is an acknowledgement too: the outbox entry must survive
     a kill -9 of the sender's home and be delivered once both nodes are back."""
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     alice_home, bob_home = home_node(cluster, alice), home_node(cluster, bob)
     warm = f"warm-up {uuid.uuid4().hex}"
     assert alice.send("bob", warm)["status"] == "stored"

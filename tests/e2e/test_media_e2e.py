@@ -10,7 +10,7 @@ import os
 import uuid
 from pathlib import Path
 
-from .devices import Device, home_node, make_device
+from .devices import Device, alice_and_bob, home_node
 from .procs import HarnessError, find_markers
 
 K, M = 1024, 1024 * 1024
@@ -35,16 +35,8 @@ def recv_files(device: Device, downloads: Path, check: bool = True):
     return run, rows
 
 
-def pair(cluster, tmp_path):
-    alice = make_device(cluster, tmp_path, "alice")
-    bob = make_device(cluster, tmp_path, "bob", not_on=[home_node(cluster, alice)])
-    alice.add_contact("bob", bob.user_id)
-    bob.add_contact("alice", alice.user_id)
-    return alice, bob
-
-
 def test_files_round_trip_bit_exact(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     holder = cluster.node(home_node(cluster, alice))
     hwm_before = _status_kib(holder.pid, "VmHWM")
     src = tmp_path / "src"
@@ -93,7 +85,7 @@ def test_files_round_trip_bit_exact(cluster, tmp_path):
 
 
 def test_tampered_chunk_is_an_integrity_error_and_saves_nothing(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     path = tmp_path / "report.pdf"
     path.write_bytes(os.urandom(700 * K))
     send_file(alice, "bob", path)
@@ -118,7 +110,7 @@ def test_tampered_chunk_is_an_integrity_error_and_saves_nothing(cluster, tmp_pat
 
 
 def test_relays_never_hold_the_plaintext(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     marker = f"MEDIA-PLAINTEXT-MARKER-{uuid.uuid4().hex}"
     name = f"secret-name-{uuid.uuid4().hex}.txt"
     path = tmp_path / name
@@ -137,7 +129,7 @@ def test_relays_never_hold_the_plaintext(cluster, tmp_path):
 
 
 def test_quota_answers_storage_full(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     home = home_node(cluster, alice)
     config = cluster.node(home).config
     config.write_text(config.read_text() + "media_quota = 1048576\n")
@@ -156,7 +148,7 @@ def test_quota_answers_storage_full(cluster, tmp_path):
 
 
 def test_group_file(cluster, tmp_path):
-    alice, bob = pair(cluster, tmp_path)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     alice.json_one("group", "create", "team", "bob")
     recv_files(bob, tmp_path / "downloads")  # bob learns the group
     path = tmp_path / "slides.pdf"

@@ -10,15 +10,12 @@ import uuid
 
 from cli.linkcode import LinkCode
 
-from .devices import Device, home_node, make_device
+from .devices import Device, alice_and_bob, home_node, make_device
 from .procs import find_markers
 
 
 def test_linked_laptop_history_messages_and_removal(cluster, tmp_path):
-    alice = make_device(cluster, tmp_path, "alice")
-    bob = make_device(cluster, tmp_path, "bob", not_on=[home_node(cluster, alice)])
-    alice.add_contact("bob", bob.user_id)
-    bob.add_contact("alice", alice.user_id)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     tag = uuid.uuid4().hex
     markers = [f"HISTORY-MARKER-{i}-{tag}" for i in range(2)] + [f"LIVE-MARKER-{tag}"]
     alice.send("bob", markers[0])

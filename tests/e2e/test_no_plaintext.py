@@ -8,17 +8,14 @@ import json
 import time
 import uuid
 
-from .devices import home_node, make_device
+from .devices import alice_and_bob, home_node
 from .procs import find_markers
 
 DELIVERY_DEADLINE = 45.0
 
 
 def test_no_plaintext_marker_in_relay_files(cluster, tmp_path):
-    alice = make_device(cluster, tmp_path, "alice")
-    bob = make_device(cluster, tmp_path, "bob", not_on=[home_node(cluster, alice)])
-    alice.add_contact("bob", bob.user_id)
-    bob.add_contact("alice", alice.user_id)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     bob_home = home_node(cluster, bob)
     markers = [f"PLAINTEXT-MARKER-{i}-{uuid.uuid4().hex}" for i in range(5)]
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 
-from .devices import home_node, make_device
+from .devices import alice_and_bob, home_node
 
 DELIVERY_DEADLINE = 45.0  # seconds: outbox backoff after the home comes back
 
 
 def test_home_down_gives_queued_then_delivery(cluster, tmp_path):
-    alice = make_device(cluster, tmp_path, "alice")
-    bob = make_device(cluster, tmp_path, "bob", not_on=[home_node(cluster, alice)])
-    alice.add_contact("bob", bob.user_id)
-    bob.add_contact("alice", alice.user_id)
+    alice, bob = alice_and_bob(cluster, tmp_path)
     bob_home = home_node(cluster, bob)
 
     # alice has messaged bob before: her Olm session and bob's device list are cached.
