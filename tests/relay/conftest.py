@@ -23,6 +23,14 @@ async def cluster2(nursery) -> Cluster:
 
 
 @pytest.fixture
+async def cluster2_n1_only(nursery) -> Cluster:
+    """Two nodes of which only n1 runs; n2 was never started (the test starts it)."""
+    c = Cluster(nursery, make_configs(2))
+    await c.start("n1")
+    return c
+
+
+@pytest.fixture
 async def node1(nursery) -> Cluster:
     """A one-node cluster (n1)."""
     c = Cluster(nursery, make_configs(1))

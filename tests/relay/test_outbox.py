@@ -6,15 +6,7 @@ import os
 
 import msgpack
 import trio
-from relay_harness import (
-    Cluster,
-    deliveries,
-    device_homed_at,
-    make_configs,
-    publish,
-    published,
-    session,
-)
+from relay_harness import deliveries, device_homed_at, published, session
 
 from relay.protocol.frames import Send, Sent, Sync, Synced
 
@@ -45,13 +37,11 @@ async def test_home_down_then_back(cluster2) -> None:
                 assert live.envelope.body == b"live"
 
 
-async def test_final_rejection_bounces_once(nursery) -> None:
-    cluster = Cluster(nursery, make_configs(2))
-    await cluster.start("n1")
+async def test_final_rejection_bounces_once(cluster2_n1_only) -> None:
+    cluster = cluster2_n1_only
     with trio.fail_after(20):
-        alice = device_homed_at(cluster.ring, "n1")
+        (alice,) = await published(cluster, "n1")
         bob = device_homed_at(cluster.ring, "n2")  # never publishes a device list
-        await publish(cluster.url("n1"), alice)
         mid = os.urandom(16)
         async with session(cluster.url("n1"), alice) as a:
             await a.send(Sync(id=2))

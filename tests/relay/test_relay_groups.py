@@ -12,8 +12,8 @@ from relay_harness import (
     UserDevice,
     connect,
     device_homed_at,
-    make_configs,
     publish,
+    published,
     session,
 )
 
@@ -196,13 +196,11 @@ async def test_member_home_down_goes_to_the_outbox_in_order(cluster2) -> None:
         assert [e.body for e in await queued(cluster, bob, 100)] == [b"\x00", b"\x01", b"\x02"]
 
 
-async def test_final_rejection_of_a_queued_group_part_bounces(nursery) -> None:
-    cluster = Cluster(nursery, make_configs(2))
-    await cluster.start("n1")
+async def test_final_rejection_of_a_queued_group_part_bounces(cluster2_n1_only) -> None:
+    cluster = cluster2_n1_only
     with trio.fail_after(DEADLINE):
-        alice = device_homed_at(cluster.ring, "n1")
+        (alice,) = await published(cluster, "n1")
         bob = device_homed_at(cluster.ring, "n2")  # never publishes a device list
-        await publish(cluster.url("n1"), alice)
         mid = os.urandom(16)
         async with session(cluster.url("n1"), alice) as a:
             await a.send(Sync(id=2))
