@@ -12,6 +12,12 @@ the link by request id; the accepting node may answer them out of order. A
 broken link fails its pending requests with :class:`LinkDown` and reconnects
 with exponential backoff (0.2 s doubling to a 30 s cap, +-25 % jitter); a
 request made while the link is down triggers one immediate attempt.
+
+Logging: one info line when a link comes up, one warning when a link that was
+up goes down; failed attempts while a peer is down are debug lines (at start-up
+the peers are usually still starting), except one warning once a peer has been
+unreachable for :data:`UNREACHABLE_WARNING` seconds. A peer that refuses the
+handshake (another ring version, a bad signature) is a warning every time.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from relay.ring import NodeInfo, Ring
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 5.0
+UNREACHABLE_WARNING = 60.0  # seconds a peer may stay unreachable before a warning
 RECEIVE_BUFFER = 64 * 1024
 
 
@@ -186,6 +193,7 @@ class PeerLink:
     async def run(self) -> None:
         """Keep the link up until cancelled (connect, serve, back off, repeat)."""
         delays = backoff_delays()
+        down_since, warned = trio.current_time(), False
         while True:
             try:
                 async with open_link_websocket(self.peer.url, self._limits.max_frame + 4096) as ws:
@@ -198,11 +206,21 @@ class PeerLink:
                     delays = backoff_delays()
                     await self._read_answers(ws)
             except* _LinkError as group:
-                self._log.warning("peer link to %s: %s", self.peer.id, group.exceptions[0])
+                self._log.warning("peer link to %s: %s", self.peer.id, _leaf(group))
             except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as group:
-                self._log.info("peer link to %s down: %s", self.peer.id,
-                               type(group.exceptions[0]).__name__)
+                why = _describe(group)
+                if self._ws is not None:  # it was up
+                    self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id, why)
+                    down_since, warned = trio.current_time(), False
+                elif not warned and trio.current_time() - down_since >= UNREACHABLE_WARNING:
+                    self._log.warning("peer %s unreachable for %.0f s (%s); still retrying",
+                                      self.peer.id, trio.current_time() - down_since, why)
+                    warned = True
+                else:
+                    self._log.debug("peer link to %s: attempt failed: %s", self.peer.id, why)
             finally:
+                if self._ws is not None:
+                    down_since, warned = trio.current_time(), False
                 self._go_down()
             self._kick = trio.Event()
             with trio.move_on_after(next(delays)):
@@ -255,6 +273,21 @@ class PeerLink:
             if slot is not None and slot[1] is None:
                 slot[1] = frame
                 slot[0].set()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first leaf exception of a (possibly nested) exception group."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ConnectionRefusedError: [Errno 111] Connect call failed ..."`` (one line;
+    the first leaf of an exception group)."""
+    exc = _leaf(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def request_within(federation: Federation, dest: str, frame: Frame, seconds: float) -> Frame:

@@ -45,6 +45,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from relay import lookups
 from relay.admission import HandshakeDeadline, Ticket
+from relay.auth import check_device_auth, check_peer_auth
 from relay.delivery import Pusher
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
 from relay.linking import LinkSlot
@@ -52,9 +53,6 @@ from relay.protocol import (
     CloseCode,
     ErrorCode,
     RemoteProtocolError,
-    auth_message,
-    peer_auth_message,
-    verify_signature,
     write_frame,
 )
 from relay.protocol.connection import ConnState, ServerConnection
@@ -80,7 +78,6 @@ from relay.protocol.frames import (
     Notify,
     Ok,
     PeerAuth,
-    PeerAuthOk,
     Ping,
     PutDevices,
     Send,
@@ -128,6 +125,8 @@ class Connection:
         self._link = LinkSlot(node.linking, self.push_nowait, self._send, ticket.key)
         self._exits.callback(self._link.close)
         self._revoked = False
+        self._started = trio.current_time()
+        self._ended: str | None = None  # why the connection ends (the first reason wins)
 
     # ----------------------------------------------------------------- Session
 
@@ -141,12 +140,14 @@ class Connection:
 
     def kick(self) -> None:
         """Drop this connection (its device authenticated on a newer one)."""
+        self._end("replaced by a newer connection of the device")
         self._cancel.cancel()
 
     def revoke(self) -> None:
         """The device was removed from its list: serve nothing more, push
         ``error unknown_device`` (id 0) and close 1008 once it is flushed."""
         self._revoked = True
+        self._end(f"closed {CloseCode.POLICY_VIOLATION:d} device removed")
         frame = Error(id=0, code=ErrorCode.UNKNOWN_DEVICE.value,
                       message="this device was removed from the account's device list")
         close = _Close(CloseCode.POLICY_VIOLATION, "device removed")
@@ -157,7 +158,8 @@ class Connection:
     # ----------------------------------------------------------------- running
 
     async def run(self) -> None:
-        """Serve the connection until it closes. Never raises (except Cancelled)."""
+        """Serve the connection until it closes, then log one info line saying why.
+        Never raises (except Cancelled)."""
         try:
             with self._exits, self._cancel:
                 async with trio.open_nursery() as nursery:
@@ -170,12 +172,19 @@ class Connection:
         except Exception:  # noqa: BLE001 - the per-connection boundary: log, internal, close 1011
             self._log.exception("connection %s (%s): unexpected error", self._remote,
                                 self._who())
+            self._ended = f"closed {CloseCode.INTERNAL_ERROR:d} internal error"
             with trio.move_on_after(1):
                 try:
                     await self._ws.send_message(write_frame(Error(id=0, code="internal")))
                     await self._ws.aclose(CloseCode.INTERNAL_ERROR, "internal error")
                 except ConnectionClosed:
                     pass
+        self._log.info("connection %s (%s) ended after %.1f s: %s", self._remote, self._who(),
+                       trio.current_time() - self._started, self._ended or "closed")
+
+    def _end(self, reason: str) -> None:
+        if self._ended is None:
+            self._ended = reason
 
     def _who(self) -> str:
         if self._conn.state is ConnState.CLIENT:
@@ -187,8 +196,8 @@ class Connection:
     async def _handshake_deadline(self) -> None:
         if not await self._deadline.wait():
             return
-        self._log.info("connection %s: no authentication within %g s; closing", self._remote,
-                       self._node.config.handshake_timeout)
+        self._end(f"closed {CloseCode.POLICY_VIOLATION:d} no authentication within "
+                  f"{self._node.config.handshake_timeout:g} s")
         frame = Error(id=0, code=ErrorCode.UNAUTHORIZED.value,
                       message="authenticate within "
                               f"{self._node.config.handshake_timeout:g} s of connecting")
@@ -206,7 +215,8 @@ class Connection:
             while True:
                 try:
                     message = await self._ws.get_message()
-                except ConnectionClosed:
+                except ConnectionClosed as exc:
+                    self._end(f"closed by the remote ({exc.reason.code})")
                     return
                 await self._in_send.send(message)
 
@@ -219,7 +229,8 @@ class Connection:
                     break
                 try:
                     await self._ws.send_message(write_frame(item))
-                except ConnectionClosed:
+                except ConnectionClosed as exc:
+                    self._end(f"closed by the remote ({exc.reason.code})")
                     break
         self._cancel.cancel()
 
@@ -228,6 +239,7 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         """Flush queued frames, close with ``code`` and end the connection."""
+        self._end(f"closed {code} {reason}".rstrip())
         await self._out_send.send(_Close(code, reason))
         await trio.sleep(CLOSE_TIMEOUT)  # the writer cancels us once closed
         self._cancel.cancel()
@@ -237,7 +249,7 @@ class Connection:
             try:
                 frame = self._conn.receive_data(message)
             except RemoteProtocolError as exc:
-                self._log.info("connection %s: %s (%s)", self._remote, exc.code.value, self._who())
+                self._log.debug("connection %s: %s (%s)", self._remote, exc.code.value, self._who())
                 await self._send(self._conn.error_frame(exc))
                 if exc.close_code is not None:
                     await self._close(exc.close_code, exc.code.value)
@@ -262,7 +274,7 @@ class Connection:
         except KNOWN_REFUSALS as exc:
             err = relay_error_from(exc)
             assert err is not None
-            self._log.info("%s %s -> %s", self._who(), frame.TYPE, err.code.value)
+            self._log.debug("%s %s -> %s", self._who(), frame.TYPE, err.code.value)
             answer = err.to_frame(frame.id)
         if answer is not None:
             await self._send(answer)
@@ -347,38 +359,21 @@ class Connection:
 
     async def _auth(self, frame: Auth) -> Frame:
         node = self._node
-        node.directory.check_user_id(frame.user_id)
-        node.directory.check_home(frame.user_id)
-        _, parsed = await node.directory.require_device_list(frame.user_id)
-        device = parsed.device(frame.device_id)
-        if device is None:
-            raise RelayError(ErrorCode.UNKNOWN_DEVICE, "device is not in the user's device list")
-        message = auth_message(self._conn.nonce, node.id, frame.user_id, frame.device_id)  # type: ignore[arg-type]
-        if not verify_signature(device.ed25519, message, frame.signature):
-            raise RelayError(ErrorCode.UNAUTHORIZED, "device signature does not verify")
+        await check_device_auth(node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_client(frame.user_id, frame.device_id)
         self._authenticated()
         self._exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
-        self._log.info("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
+        self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
         count = await node.directory.key_count(frame.user_id, frame.device_id)
         return AuthOk(id=frame.id, otk_count=count)
 
     def _peer_auth(self, frame: PeerAuth) -> Frame:
-        node = self._node
-        peer = node.ring.node(frame.node_id)
-        if peer is None or peer.id == node.id or len(frame.nonce) != 32:
-            raise RelayError(ErrorCode.UNAUTHORIZED, "unknown peer node")
-        message = peer_auth_message(self._conn.nonce, peer.id, node.id, node.ring.version)  # type: ignore[arg-type]
-        if not verify_signature(peer.public_key, message, frame.signature):
-            raise RelayError(ErrorCode.UNAUTHORIZED, "peer signature does not verify")
-        self._conn.mark_authenticated_peer(peer.id)
+        answer = check_peer_auth(self._node, self._conn.nonce, frame)  # type: ignore[arg-type]
+        self._conn.mark_authenticated_peer(frame.node_id)
         self._authenticated()
-        node.federation.kick(peer.id)  # it is up: our link to it may reconnect now
-        sig = node.signing_key.sign(
-            peer_auth_message(frame.nonce, node.id, peer.id, node.ring.version)
-        ).signature
-        self._log.info("peer %s authenticated", peer.id)
-        return PeerAuthOk(id=frame.id, signature=sig)
+        self._node.federation.kick(frame.node_id)  # it is up: our link to it may reconnect now
+        self._log.debug("peer %s authenticated", frame.node_id)
+        return answer
 
     def _start_sync(self) -> None:
         if self._pusher is not None:
