@@ -67,18 +67,29 @@ def _hwm_kib(pid: int) -> int:
 
 
 def _run(argv: list[str], out: Path) -> tuple[float, int, str]:
-    """Run ``argv``; return (seconds, peak RSS in KiB from wait4, stdout)."""
+    """Run ``argv``; return (seconds, peak RSS in KiB, stdout).
+
+    The peak is the child's own ``VmHWM``, polled every 10 ms until it exits
+    (a high-water mark, so the last read is the peak up to then). ``ru_maxrss``
+    from ``wait4`` is not used: it survives ``exec`` and so reports the RSS of
+    this (large) benchmark process at fork time instead of the command's own.
+    """
+    peak = 0
     with out.open("wb") as stdout, (out.with_suffix(".err")).open("wb") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                 env=_env())
-        _, status, usage = os.wait4(proc.pid, 0)
+        while proc.poll() is None:
+            try:
+                peak = max(peak, _hwm_kib(proc.pid))
+            except (OSError, BenchError):
+                pass  # exiting: /proc/PID/status is gone or has no VmHWM any more
+            time.sleep(0.01)
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise BenchError(f"{' '.join(argv[-4:])} exited {proc.returncode}: "
                          f"{out.with_suffix('.err').read_text()[-2000:]}")
-    return seconds, usage.ru_maxrss, out.read_text()
+    return seconds, peak, out.read_text()
 
 
 class _Nodes:
