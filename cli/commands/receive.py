@@ -22,6 +22,7 @@ import trio
 from ..client import BacklogDone, Client, Message, open_client
 from ..errors import ConnectionFailed, ConnectionLost
 from ..state import State
+from ..taskgroups import unwrap_single
 from . import files as file_cmd
 from ._common import (
     CONNECT_TIMEOUT,
@@ -64,16 +65,11 @@ async def _until_interrupted(fn: Callable[..., Awaitable[T]], *args) -> T | None
             scope.cancel()
             return
 
-    try:
-        with trio.open_signal_receiver(signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
-                result = await fn(*args)
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # re-raised, never swallowed
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+    with unwrap_single(), trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
+            result = await fn(*args)
+            nursery.cancel_scope.cancel()
     return result
 
 
