@@ -7,11 +7,14 @@
   new envelopes were enqueued.
 * :class:`Pusher` streams one device's queue to its connection: the backlog,
   one ``synced``, then live envelopes, with at most ``window`` unacknowledged
-  ``deliver`` frames in flight.
+  ``deliver`` frames in flight. Envelopes enqueued more than ``queue_ttl``
+  seconds ago are skipped, not delivered (the next expiry sweep, or the
+  device's next ack covering their seq, deletes them).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -122,17 +125,23 @@ class Pusher:
         user_id, device_id: the device.
         send: coroutine sending one frame on the connection (may block: backpressure).
         window: most ``deliver`` frames not yet acknowledged.
+        queue_ttl: seconds; envelopes enqueued longer ago than that (by their
+            stored ``ts``) are skipped, never delivered. ``None``: no limit.
+        clock: wall-clock seconds since the epoch (tests inject their own).
     """
 
     def __init__(
         self, storage: Storage, registry: DeviceRegistry, user_id: str, device_id: int,
-        send: Callable[[Frame], Awaitable[None]], window: int = DEFAULT_WINDOW,
+        send: Callable[[Frame], Awaitable[None]], window: int = DEFAULT_WINDOW, *,
+        queue_ttl: float | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
         self._storage = storage
         self._registry = registry
         self._dev = (user_id, device_id)
         self._send = send
         self._window = window
+        self._queue_ttl = queue_ttl
+        self._clock = clock
         self._in_flight: deque[int] = deque()
         self._acked = trio.Event()
 
@@ -159,10 +168,13 @@ class Pusher:
                 await self._acked.wait()
             room = min(READ_BATCH, self._window - len(self._in_flight))
             items = await self._storage.read_queue(user_id, device_id, after_seq=cursor, limit=room)
+            oldest = -float("inf") if self._queue_ttl is None else self._clock() - self._queue_ttl
             for item in items:
+                cursor = item.seq
+                if item.ts < oldest:
+                    continue  # expired: deleted by the next sweep or an ack covering it
                 await self._send(Deliver(id=0, seq=item.seq, envelope=unpack_envelope(item.envelope)))
                 self._in_flight.append(item.seq)
-                cursor = item.seq
             if items:
                 continue
             if not synced:

@@ -27,6 +27,7 @@ from relay.config import NodeConfig
 from relay.delivery import DeviceRegistry
 from relay.directory import Directory
 from relay.federation import Federation
+from relay.full_log import StorageFullLog
 from relay.groups import GroupRouter
 from relay.linking import Linking
 from relay.listener import handle_websocket
@@ -36,7 +37,7 @@ from relay.outbox import Outbox
 from relay.protocol import Limits
 from relay.ring import Ring
 from relay.router import FORWARD_TIMEOUT, Router
-from storage import Storage, open_storage
+from storage import Storage, StorageError, open_storage
 
 EXPIRE_INTERVAL = 300.0  # seconds between TTL sweeps
 FRAME_SLACK = 64 * 1024  # bytes above max_frame that still get a too_large answer
@@ -53,6 +54,7 @@ class Node:
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
+        full_log: rate-limited warnings about ``storage_full`` refusals.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Node:
         self.id = config.id
         self.signing_key = config.signing_key
         self.log = log
+        self.full_log = StorageFullLog(log)
         self.ring = Ring(config.cluster)
         self.limits = Limits(max_frame=config.max_frame, max_bin=config.max_frame)
         self.admission = Admission(config.max_connections, config.max_pending_per_ip)
@@ -88,15 +91,24 @@ class Node:
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
 
-    async def expire_loop(self) -> None:
+    async def expire_loop(self, interval: float = EXPIRE_INTERVAL) -> None:
         """Delete queued envelopes and media blobs older than their TTLs, every
-        :data:`EXPIRE_INTERVAL` s."""
+        ``interval`` s (default :data:`EXPIRE_INTERVAL`); runs until cancelled.
+
+        A sweep that fails with a :class:`storage.StorageError` (e.g.
+        ``StorageFull``) is logged as a warning and retried at the next interval;
+        other exceptions propagate (bugs).
+        """
         while True:
-            gone = await self.storage.expire(time.time() - self.config.queue_ttl)
-            if gone:
-                self.log.info("expired %d queued envelopes", gone)
-            await self.media.expire()
-            await trio.sleep(EXPIRE_INTERVAL)
+            try:
+                gone = await self.storage.expire(time.time() - self.config.queue_ttl)
+                if gone:
+                    self.log.info("expired %d queued envelopes", gone)
+                await self.media.expire()
+            except StorageError as exc:
+                self.log.warning("expiry sweep failed (%s: %s); retrying in %g s",
+                                 type(exc).__name__, exc, interval)
+            await trio.sleep(interval)
 
 
 async def serve_node(

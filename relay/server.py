@@ -275,6 +275,8 @@ class Connection:
             err = relay_error_from(exc)
             assert err is not None
             self._log.debug("%s %s -> %s", self._who(), frame.TYPE, err.code.value)
+            if err.code is ErrorCode.STORAGE_FULL:
+                self._node.full_log.note(frame.TYPE, trio.current_time())
             answer = err.to_frame(frame.id)
         if answer is not None:
             await self._send(answer)
@@ -380,7 +382,8 @@ class Connection:
             raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
         node = self._node
         self._pusher = Pusher(node.storage, node.registry, self._conn.user_id,  # type: ignore[arg-type]
-                              self._conn.device_id, self._send)  # type: ignore[arg-type]
+                              self._conn.device_id, self._send,  # type: ignore[arg-type]
+                              queue_ttl=node.config.queue_ttl)
         assert self._nursery is not None
         self._nursery.start_soon(self._pusher.run)
         return None
