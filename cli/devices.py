@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import msgpack
 
@@ -74,13 +74,19 @@ class DeviceOffer:
 
 @dataclass(frozen=True, slots=True)
 class ApprovedDevice:
-    """Result of an approval: the new device's id, label and fingerprint, and the
-    version of the list that added it."""
+    """Result of an approval: the new device's id, label and fingerprint, the
+    version of the list that added it, and what the material carried:
+    ``history_sent`` of the ``history_total`` recent messages offered (the
+    oldest are left out when they do not fit one linking frame) and
+    ``groups`` signed group states."""
 
     device_id: int
     name: str
     fingerprint: str
     version: int
+    history_sent: int = 0
+    history_total: int = 0
+    groups: int = 0
 
 
 Confirm = Callable[[DeviceOffer], Awaitable[bool]]
@@ -136,7 +142,11 @@ async def approve_link(
         client: the primary's connected client.
         code: as printed by ``wa-cli link`` (or parsed).
         confirm: awaited with the :class:`DeviceOffer`; ``False`` stops with nothing changed.
-        history: send the last ``history_limit`` messages (trimmed to fit a frame).
+        history: send the last ``history_limit`` messages (the oldest are left out
+            when they do not fit one frame; the result says how many went).
+
+    The material also carries the account's current signed group states (never
+    Megolm session keys: the new device only gets keys shared after it joined).
 
     Raises:
         LinkCodeError: the code is malformed (a usage error).
@@ -181,18 +191,28 @@ async def approve_link(
         history=linkcode.recent_history(list(state.history), history_limit) if history else [],
         proof=(linkcode.link_proof(parsed_code.secret, signed)
                if parsed_code.secret is not None else None),
+        groups=[record.signed for record in state.groups.groups.values()],
     )
-    body = linkcode.seal(info.ephemeral, material.encode())
+    try:
+        encoded, sent = material.fit()
+    except ValueError as exc:
+        await _withdraw(client, device_id, ClientError(str(exc)))
+    if sent < len(material.history):
+        log.info("history sync: %d of %d recent messages fit in the linking frame",
+                    sent, len(material.history))
+    body = linkcode.seal(info.ephemeral, encoded)
     try:
         await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
                                          mailbox_id=parsed_code.mailbox_id, body=body)
     except (RelayError, ConnectionLost) as exc:
         await _withdraw(client, device_id, exc)
-    return ApprovedDevice(device_id, info.name, info.fingerprint, new_list.version)
+    return ApprovedDevice(device_id, info.name, info.fingerprint, new_list.version,
+                          sent, len(material.history), len(material.groups))
 
 
-async def _withdraw(client: Client, device_id: int, cause: ClientError) -> None:
-    """``link_complete`` failed after the list went out: publish it again without the device."""
+async def _withdraw(client: Client, device_id: int, cause: ClientError) -> NoReturn:
+    """``link_complete`` failed after the list went out: publish it again without the
+    device. Always raises :class:`LinkFailed`."""
     reason = (NOT_FOUND_MESSAGE.split(";")[0] if isinstance(cause, RelayError)
               and cause.code == ErrorCode.NOT_FOUND else str(cause))
     try:

@@ -14,8 +14,14 @@
   could otherwise enrol it into an account of its own. Codes without ``s``
   decode (the proof is then absent), but :mod:`cli.linking` always sets it.
 * ``material`` = msgpack ``{user_id, device_id, device_list: {body, signature},
-  name, contacts, history, proof}`` sealed (``nacl.public.SealedBox``) to the
-  ephemeral key. ``proof`` = keyed BLAKE2b-256(key = s) over the signed list.
+  name, contacts, history, history_omitted, groups: [{body, signature}], proof}``
+  sealed (``nacl.public.SealedBox``) to the ephemeral key. ``proof`` = keyed
+  BLAKE2b-256(key = s) over the signed list. ``groups`` are the primary's
+  current admin-signed group states (:mod:`cli.group_state`), which the new
+  device verifies like received ``group_state`` payloads; no Megolm session
+  keys travel (a device linked later gets only current and later keys).
+  ``history_omitted`` counts the oldest history entries left out to fit the
+  frame (:data:`MATERIAL_BUDGET`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from relay.protocol import is_user_id
 from relay.protocol.frames import SignedDeviceList
 
 from .attachment import Attachment, AttachmentError
+from .group_state import SignedGroupState
 
 CODE_PREFIX = "wa1-"
 MAILBOX_ID_LEN = 16
@@ -172,7 +179,11 @@ class Material:
         name: the account's display name (sent inside messages).
         contacts: local aliases ``{alias: user_id}``.
         history: recent messages, oldest first (see :data:`HISTORY_FIELDS`).
+        groups: the account's current signed group states (not yet verified after
+            :meth:`decode`; see :func:`cli.linking.save_linked`).
         proof: :func:`link_proof`, or ``None`` if the code had no secret.
+        history_omitted: after :meth:`decode`, how many older history entries the
+            primary left out to fit the frame (0 when built locally).
     """
 
     user_id: str
@@ -182,25 +193,34 @@ class Material:
     contacts: dict[str, str] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     proof: bytes | None = None
+    groups: list[SignedGroupState] = field(default_factory=list)
+    history_omitted: int = 0
 
-    def _map(self, history: list[dict]) -> dict:
+    def _map(self, history: list[dict], omitted: int) -> dict:
         return {"user_id": self.user_id, "device_id": self.device_id,
                 "device_list": {"body": self.device_list.body,
                                 "signature": self.device_list.signature},
                 "name": self.name, "contacts": self.contacts, "history": history,
+                "history_omitted": omitted, "groups": [g.to_map() for g in self.groups],
                 "proof": self.proof}
 
-    def encode(self, budget: int = MATERIAL_BUDGET) -> bytes:
-        """msgpack of the material; the oldest history entries are left out so that
-        the result stays under ``budget`` bytes.
+    def fit(self, budget: int = MATERIAL_BUDGET) -> tuple[bytes, int]:
+        """msgpack of the material with as many of the *newest* history entries as fit
+        under ``budget`` bytes (the oldest are left out first, and counted in
+        ``history_omitted`` so the new device can say so).
+
+        Returns:
+            ``(encoded, kept)``: the bytes and how many of ``self.history`` they hold.
 
         Raises:
-            ValueError: even without any history it does not fit.
+            ValueError: even without any history it does not fit (too many groups).
         """
-        fixed = len(msgpack.packb(self._map([]), use_bin_type=True))
+        # the largest omitted count encodes longest, so the reserve covers any count
+        fixed = len(msgpack.packb(self._map([], len(self.history)), use_bin_type=True))
         room = budget - fixed - 8  # array header
         if room < 0:
-            raise ValueError("account material does not fit in a linking frame")
+            raise ValueError(f"the account material ({fixed} bytes without history, "
+                             f"{len(self.groups)} groups) does not fit in a linking frame")
         kept: list[dict] = []
         for entry in reversed(self.history):
             size = len(msgpack.packb(entry, use_bin_type=True))
@@ -209,11 +229,21 @@ class Material:
             room -= size
             kept.append(entry)
         kept.reverse()
-        return msgpack.packb(self._map(kept), use_bin_type=True)
+        omitted = len(self.history) - len(kept)
+        return msgpack.packb(self._map(kept, omitted), use_bin_type=True), len(kept)
+
+    def encode(self, budget: int = MATERIAL_BUDGET) -> bytes:
+        """The encoded material of :meth:`fit` (history trimmed to ``budget`` bytes).
+
+        Raises:
+            ValueError: even without any history it does not fit.
+        """
+        return self.fit(budget)[0]
 
     @classmethod
     def decode(cls, data: bytes) -> Material:
-        """Parse and type-check material; malformed history entries and contacts are skipped.
+        """Parse and type-check material; malformed history entries, contacts and
+        group entries are skipped (group signatures are checked by the caller).
 
         Raises:
             LinkCodeError: malformed.
@@ -223,10 +253,12 @@ class Material:
             raise LinkCodeError("account material is not a map")
         uid, did, dl, name = m.get("user_id"), m.get("device_id"), m.get("device_list"), m.get("name")
         contacts, history, proof = m.get("contacts", {}), m.get("history", []), m.get("proof")
+        group_maps, omitted = m.get("groups", []), m.get("history_omitted", 0)
         if not (isinstance(uid, str) and type(did) is int and isinstance(dl, dict)
                 and isinstance(dl.get("body"), bytes) and isinstance(dl.get("signature"), bytes)
                 and isinstance(name, str) and isinstance(contacts, dict)
-                and isinstance(history, list) and (proof is None or isinstance(proof, bytes))):
+                and isinstance(history, list) and (proof is None or isinstance(proof, bytes))
+                and isinstance(group_maps, list) and type(omitted) is int and omitted >= 0):
             raise LinkCodeError("account material has wrong fields")
         return cls(
             user_id=uid, device_id=did,
@@ -236,6 +268,10 @@ class Material:
                       if isinstance(k, str) and isinstance(v, str) and is_user_id(v)},
             history=[e for e in (clean_history_entry(x) for x in history) if e is not None],
             proof=proof,
+            groups=[SignedGroupState(g["body"], g["signature"]) for g in group_maps
+                    if isinstance(g, dict) and isinstance(g.get("body"), bytes)
+                    and isinstance(g.get("signature"), bytes)],
+            history_omitted=omitted,
         )
 
 

@@ -41,13 +41,14 @@ from . import crypto, linkcode
 from .client import Client, open_client
 from .connection import AGENT, exchange
 from .errors import ConnectionFailed, LinkFailed
+from .group_state import GroupStateRejected, SignedGroupState
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
 from .state import NewHome, State, new_home, seen_key
 from .taskgroups import unwrap_single
 from .websocket import open_websocket
 
 __all__ = [
-    "LinkedAccount", "PendingLink", "link_device", "link_devices", "open_link", "save_linked",
+    "LinkedAccount", "PendingLink", "adopt_groups", "link_device", "link_devices", "open_link", "save_linked",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class LinkedAccount:
 
     Attributes:
         identity: this device's vodozemac account (private keys; never sent).
-        material: what the primary sent (contacts, history, display name).
+        material: what the primary sent (contacts, history, group states, display name;
+            ``material.history_omitted`` older messages did not fit).
         device_list: the verified signed list that holds this device.
     """
 
@@ -205,16 +207,38 @@ async def open_link(
                 nursery.cancel_scope.cancel()
 
 
+def adopt_groups(state: State, signed: list[SignedGroupState]) -> int:
+    """Adopt the group states the primary sent, each verified exactly like a received
+    ``group_state`` payload (:meth:`cli.groups.GroupStore.apply`: account signature of
+    an admin, shape, first-use rules). A state that fails is skipped with a warning.
+    No Megolm keys come with them: this device gets the senders' keys as they share
+    them from now on, and makes its own outbound session on its first send.
+
+    Returns:
+        How many group states were adopted.
+    """
+    adopted = 0
+    for group in signed:
+        try:
+            if state.groups.apply(group) is not None:
+                adopted += 1
+        except GroupStateRejected as exc:
+            log.warning("skipping a group state from the linking material: %s", exc)
+    return adopted
+
+
 def save_linked(fresh: NewHome, linked: LinkedAccount, relay_url: str) -> State:
     """Write the new device's state into a locked empty home: identity, account list,
-    contacts and imported history (marked seen), plus one-time and fallback keys to
-    upload on the first connection. Returns the saved :class:`State`."""
+    contacts, verified group states (:func:`adopt_groups`) and imported history
+    (marked seen), plus one-time and fallback keys to upload on the first
+    connection. Returns the saved :class:`State`."""
     m = linked.material
     state = fresh.create(user_id=m.user_id, device_id=m.device_id, name=m.name,
                          relay_url=relay_url, identity=linked.identity)
     state.remember_device_list(m.device_list, m.user_id)
     state.published_version = linked.device_list.version  # the primary published it
     state.contacts.update(m.contacts)
+    adopt_groups(state, m.groups)
     for entry in m.history:
         state.history.append({**entry, "resends": 0})
         state.mark_seen(seen_key(entry["from"], bytes.fromhex(entry["id"])))

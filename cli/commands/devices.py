@@ -74,11 +74,19 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
             done = trio.run(run, state)
     app.out.emit(
         {"device_id": done.device_id, "name": done.name, "fingerprint": done.fingerprint,
-         "version": done.version},
+         "version": done.version, "history_sent": done.history_sent,
+         "history_total": done.history_total, "groups": done.groups},
         f"approved device {done.device_id} ({escape(done.name)}), key fingerprint "
         f"{done.fingerprint}; "
         f"device list version {done.version}",
     )
+    if done.history_sent < done.history_total:
+        app.out.note(f"history sync: sent the newest {done.history_sent} of "
+                     f"{done.history_total} recent messages; "
+                     f"{done.history_total - done.history_sent} older ones did not fit in "
+                     "the linking frame")
+    elif not no_history:
+        app.out.note(f"history sync: sent {done.history_sent} recent messages")
 
 
 def _clock(ts_ms: int | None) -> str:

@@ -3,7 +3,9 @@ companion device (docs/protocol.md, "Linking a companion device").
 
 Output: the linking code first (stdout; ``{"code": ...}`` with ``--json``), a
 QR code of it and instructions on stderr (human mode), then once approved
-``linked as device N of USER_ID`` (``{"user_id": ..., "device_id": ...}``).
+``linked as device N of USER_ID`` (``{"user_id": ..., "device_id": ..., "history": N,
+"history_omitted": M, "groups": G}``: imported messages, older ones that did not
+fit the linking frame, group states), then on stderr what was imported.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from .init import _check_url
 MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
 
 
-async def _link(app: AppContext, fresh: NewHome, relay: str, name: str, wait_s: float) -> State:
+async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
+                wait_s: float) -> tuple[State, int]:
+    """Link and save; returns the state and how many older history messages the primary
+    left out (they did not fit the linking frame)."""
     async with open_link(relay, name, connect_timeout=CONNECT_TIMEOUT) as pending:
         app.out.emit({"code": pending.code}, pending.code)
         if not app.out.json_mode:
@@ -49,7 +54,7 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str, wait_s: 
     except ClientError as exc:
         raise CliError(f"linked as device {state.device_id}, but publishing this device's keys "
                        f"failed ({exc}); run 'wa-cli recv' to retry") from exc
-    return state
+    return state, linked.material.history_omitted
 
 
 @click.command()
@@ -71,13 +76,15 @@ def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
     """
     check_name(name, "--name")
     with failures(), new_home(app.home) as fresh:
-        state = trio.run(_link, app, fresh, relay, name, timeout)
+        state, omitted = trio.run(_link, app, fresh, relay, name, timeout)
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
-        imported = (len(state.history), len(state.contacts))
-    app.out.emit({"user_id": state.user_id, "device_id": state.device_id},
+        n, c, g = len(state.history), len(state.contacts), len(state.groups.groups)
+    app.out.emit({"user_id": state.user_id, "device_id": state.device_id, "history": n,
+                  "history_omitted": omitted, "groups": g},
                  f"linked as device {state.device_id} of {state.user_id}")
     if not app.out.json_mode:
-        n, c = imported
-        app.out.note(f"imported {n} message{'s' * (n != 1)} and {c} contact{'s' * (c != 1)}; "
+        trimmed = f" ({omitted} older message{'s' * (omitted != 1)} did not fit)" if omitted else ""
+        app.out.note(f"imported {n} message{'s' * (n != 1)}{trimmed}, {c} "
+                     f"contact{'s' * (c != 1)} and {g} group{'s' * (g != 1)}; "
                      f"account fingerprint {fingerprint} (compare with 'wa-cli id' on the "
                      "primary)")
