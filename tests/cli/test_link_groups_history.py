@@ -3,6 +3,9 @@ sync says how much of the history fit in the linking frame."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from contextlib import ExitStack
 
 import msgpack
@@ -133,3 +136,64 @@ async def test_laptop_linked_after_the_group_lists_and_sends_to_it(tmp_path) -> 
             assert _texts(await _events(laptop)) == [("after the link", "out", "team")]
             assert bob.groups.find("team").state.members == tuple(
                 sorted([alice.user_id, bob.user_id, carol.user_id]))
+
+
+async def _read_all(stream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+async def _wa(home, *args) -> subprocess.CompletedProcess:
+    proc = await trio.run_process([sys.executable, "-m", "cli", "--home", str(home), *args],
+                                  capture_stdout=True, capture_stderr=True, check=False,
+                                  stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+async def test_cli_tells_both_sides_when_history_was_trimmed(tmp_path) -> None:
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1) as cluster:
+            relay = cluster.urls["n1"]
+            made = json.loads((await _wa(tmp_path / "a", "--json", "init", "--name", "alice",
+                                         "--relay", relay)).stdout)
+            me = made["user_id"]
+            with open_state(tmp_path / "a") as alice:
+                for i in range(300):
+                    alice.history.append({"id": f"{i:032x}", "direction": "out", "peer": me,
+                                          "from": me, "ts": i, "type": "text",
+                                          "text": "y" * 5000, "from_name": "alice",
+                                          "from_device": 0, "resends": 0})
+                alice.save()
+            link = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "cli", "--home", str(tmp_path / "new"), "link",
+                 "--relay", relay, "--name", "laptop"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            stack.callback(lambda: link.returncode is None and link.kill())
+            first = b""
+            while b"\n" not in first:
+                chunk = await link.stdout.receive_some()
+                assert chunk, "link ended before printing its code"
+                first += chunk
+            code, rest = first.split(b"\n", 1)
+            approved = await _wa(tmp_path / "a", "--json", "devices", "approve",
+                                 code.decode(), "--yes")
+            answer = json.loads(approved.stdout)
+            assert answer["history_total"] == 300 and 50 < answer["history_sent"] < 300
+            omitted = 300 - answer["history_sent"]
+            assert (f"sent the newest {answer['history_sent']} of 300 recent messages; "
+                    f"{omitted} older ones did not fit") in approved.stderr.decode()
+            out, err = {}, {}
+
+            async def read(name, stream, into):
+                into[name] = await _read_all(stream)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, "out", link.stdout, out)
+                nursery.start_soon(read, "err", link.stderr, err)
+            assert await link.wait() == 0, err["err"].decode()
+            assert "linked as device 1" in (rest + out["out"]).decode()
+            assert (f"imported {answer['history_sent']} messages ({omitted} older messages "
+                    "did not fit), 0 contacts and 0 groups") in err["err"].decode()
