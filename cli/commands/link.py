@@ -3,9 +3,9 @@ companion device (docs/protocol.md, "Linking a companion device").
 
 Output: the linking code first (stdout; ``{"code": ...}`` with ``--json``), a
 QR code of it and instructions on stderr (human mode), then once approved
-``linked as device N of USER_ID`` (``{"user_id": ..., "device_id": ..., "history": N,
-"history_omitted": M, "groups": G}``: imported messages, older ones that did not
-fit the linking frame, group states), then on stderr what was imported.
+``linked as device N of USER_ID`` (``{"user_id": ..., "device_id": ...}``), then on
+stderr what was imported (and how many older messages did not fit the linking
+frame; with ``--json`` only that, when some did not fit).
 """
 
 from __future__ import annotations
@@ -79,10 +79,12 @@ def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
         state, omitted = trio.run(_link, app, fresh, relay, name, timeout)
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
         n, c, g = len(state.history), len(state.contacts), len(state.groups.groups)
-    app.out.emit({"user_id": state.user_id, "device_id": state.device_id, "history": n,
-                  "history_omitted": omitted, "groups": g},
+    app.out.emit({"user_id": state.user_id, "device_id": state.device_id},
                  f"linked as device {state.device_id} of {state.user_id}")
-    if not app.out.json_mode:
+    if app.out.json_mode and omitted:
+        app.out.note(f"history sync: imported {n} messages; {omitted} older messages did "
+                     "not fit in the linking frame")
+    elif not app.out.json_mode:
         trimmed = f" ({omitted} older message{'s' * (omitted != 1)} did not fit)" if omitted else ""
         app.out.note(f"imported {n} message{'s' * (n != 1)}{trimmed}, {c} "
                      f"contact{'s' * (c != 1)} and {g} group{'s' * (g != 1)}; "
