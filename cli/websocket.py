@@ -16,7 +16,12 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import (
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from relay.protocol import DEFAULT_LIMITS
 
@@ -51,6 +56,10 @@ def _split(url: str) -> tuple[str, str, int, str]:
 def _failed_text(url: str, exc: Exception, limit: float) -> str:
     if isinstance(exc, trio.TooSlowError):
         return f"cannot connect to {url}: no WebSocket answer within {limit:g}s"
+    if isinstance(exc, ConnectionRejected):
+        if exc.status_code == 503:
+            return f"cannot connect to {url}: the node is busy (HTTP 503); retry in a few seconds"
+        return f"cannot connect to {url}: the node refused the connection (HTTP {exc.status_code})"
     return f"cannot connect to {url}: {str(exc) or type(exc).__name__}"
 
 

@@ -85,3 +85,15 @@ async def test_handshake_timeout_closes_the_socket(tmp_path):
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
     assert re.fullmatch(r"cannot connect to ws://127\.0\.0\.1:\d+: "
                         r"no WebSocket answer within 0\.3s", message), message
+
+
+def test_a_refusing_node_is_reported_plainly():
+    from trio_websocket import ConnectionRejected
+
+    from cli.websocket import _failed_text
+
+    busy = _failed_text("ws://127.0.0.1:1", ConnectionRejected(503, [], b"busy"), 5)
+    assert busy == ("cannot connect to ws://127.0.0.1:1: the node is busy (HTTP 503); "
+                    "retry in a few seconds")
+    other = _failed_text("ws://127.0.0.1:1", ConnectionRejected(403, [], b""), 5)
+    assert other.endswith("the node refused the connection (HTTP 403)")
