@@ -277,7 +277,8 @@ async def link_device(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wait)
                 await approver.approve_link(pending.code, history=history)
-        state = save_linked(fresh, result[0], url)
+        # save_linked fsyncs: keep it off the event loop (the approver is live on it)
+        state = await trio.to_thread.run_sync(save_linked, fresh, result[0], url)
         async with open_client(state):
             pass  # authenticates and uploads the one-time keys
     return result[0]

@@ -47,7 +47,7 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
         if linked is None:
             raise CliError(f"not approved within {wait_s:g} s; the linking code is no longer "
                            "valid and nothing was saved. Run 'wa-cli link' again")
-    state = save_linked(fresh, linked, relay)
+    state = await trio.to_thread.run_sync(save_linked, fresh, linked, relay)  # fsyncs
     try:
         async with open_client(state, connect_timeout=CONNECT_TIMEOUT):
             pass  # authenticates and uploads this device's one-time keys
