@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from relay.protocol import ErrorCode, RemoteProtocolError
 from relay.protocol.frames import Error, SignedDeviceList
-from storage import QueueFull, StorageFull
+from storage import QueueFull, StorageFull, StorageUnavailable
 
 
 class RelayError(Exception):
@@ -61,10 +61,13 @@ def relay_error_from(exc: Exception) -> RelayError | None:
         return RelayError(exc.code, exc.message)
     if isinstance(exc, StorageFull):
         return RelayError(ErrorCode.STORAGE_FULL, "the node's storage is full; nothing was stored")
+    if isinstance(exc, StorageUnavailable):
+        return RelayError(ErrorCode.STORAGE_UNAVAILABLE,
+                          "the node's storage failed; nothing was stored, retry later")
     if isinstance(exc, QueueFull):
         return RelayError(ErrorCode.QUEUE_FULL, "a recipient device's queue is full")
     return None
 
 
-KNOWN_REFUSALS = (RelayError, RemoteProtocolError, StorageFull, QueueFull)
+KNOWN_REFUSALS = (RelayError, RemoteProtocolError, StorageFull, StorageUnavailable, QueueFull)
 """The exception types :func:`relay_error_from` maps (catch these, not ``Exception``)."""

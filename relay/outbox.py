@@ -42,7 +42,7 @@ from storage import OutboxEntry, Storage
 
 RETRYABLE = frozenset({
     ErrorCode.STORAGE_FULL.value, ErrorCode.QUEUE_FULL.value, ErrorCode.RATE_LIMITED.value,
-    ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value,
+    ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, ErrorCode.STORAGE_UNAVAILABLE.value,
 })
 BATCH = 64
 

@@ -5,7 +5,15 @@ Backends are chosen by URL with :func:`open_storage`: ``lmdb:///path`` (default)
 and prove themselves with :mod:`storage.testing`.
 """
 
-from .base import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE, MediaInfo, OutboxEntry, QueueItem, Storage
+from .base import (
+    MEDIA_CHUNK_MAX,
+    MEDIA_ID_SIZE,
+    EnqueueRequest,
+    MediaInfo,
+    OutboxEntry,
+    QueueItem,
+    Storage,
+)
 from .errors import (
     DuplicateKey,
     MediaConflict,
@@ -14,12 +22,13 @@ from .errors import (
     StaleVersion,
     StorageError,
     StorageFull,
+    StorageUnavailable,
     UnknownBackend,
 )
 from .registry import open_storage, register_backend
 
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
-    "DuplicateKey", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
-    "StorageError", "StorageFull", "UnknownBackend", "open_storage", "register_backend",
+    "DuplicateKey", "EnqueueRequest", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
+    "StorageError", "StorageFull", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
 ]

@@ -53,6 +53,24 @@ class OutboxEntry:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One message's copies for :meth:`Storage.enqueue_many` (the arguments of
+    :meth:`Storage.enqueue` as a value): ``items`` are ``(user_id, device_id,
+    envelope)``; ``dedupe``, ``max_queue`` and ``now`` as there."""
+
+    items: list[tuple[str, int, bytes]]
+    dedupe: bytes | None = None
+    max_queue: int | None = None
+    now: float | None = None
+
+
+EnqueueResult = "list[int] | None | StorageError"
+"""What :meth:`Storage.enqueue_many` answers per request: the assigned seqs,
+``None`` for a duplicate, or the :class:`~storage.errors.StorageError` instance
+(``QueueFull``, ``StorageFull``, ``StorageUnavailable``) refusing that request alone."""
+
+
 MEDIA_ID_SIZE = 32
 """Bytes of a media id: the SHA-256 of the blob's whole content."""
 MEDIA_CHUNK_MAX = 256 * 1024
@@ -145,6 +163,12 @@ class Storage(Protocol):
         left, the fallback key is returned (not deleted). ``None`` if neither exists.
         """
 
+    async def claim_keys(
+        self, claims: list[tuple[str, int]]
+    ) -> list[tuple[str, bytes, bool] | None]:
+        """:meth:`claim_key` for many ``(user_id, device_id)`` in one transaction,
+        answered in order (a device listed twice gets two different one-time keys)."""
+
     async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
         """How many unclaimed one-time keys the device has."""
 
@@ -172,6 +196,19 @@ class Storage(Protocol):
             StorageFull: nothing stored.
         """
 
+    async def enqueue_many(self, requests: list[EnqueueRequest]) -> list:
+        """Apply many :meth:`enqueue` requests in one group commit, each atomic on its own.
+
+        Requests are applied **in list order** (sequence numbers of one device
+        grow along the list), and each gets its own answer: one request's
+        refusal (``QueueFull``, ``StorageFull`` for an envelope too big for the
+        store, ...) never fails the others.
+
+        Returns:
+            One entry per request, in order: its seqs, ``None`` (duplicate), or
+            the ``StorageError`` instance that refused it (not raised).
+        """
+
     async def read_queue(
         self, user_id: str, device_id: int, after_seq: int = 0, limit: int = 256
     ) -> list[QueueItem]:
@@ -182,6 +219,11 @@ class Storage(Protocol):
 
     async def ack(self, user_id: str, device_id: int, up_to_seq: int) -> int:
         """Delete every queued item of the device with ``seq <= up_to_seq``; return how many."""
+
+    async def ack_many(self, acks: list[tuple[str, int, int]]) -> list[int]:
+        """Cumulative acks ``(user_id, device_id, up_to_seq)`` in one durable
+        transaction; return how many items each deleted. Freeing: succeeds on a
+        full store."""
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """Delete the device's whole queue and its keys; return how many envelopes went.

@@ -10,6 +10,12 @@ class StorageFull(StorageError):
     failed call was stored; earlier committed data is intact."""
 
 
+class StorageUnavailable(StorageError):
+    """The medium failed (EIO, a lost database connection): the call was not
+    stored and may be retried later. Distinct from :class:`StorageFull`, which
+    means "no room"."""
+
+
 class QueueFull(StorageError):
     """A device queue is at its bound; nothing of the failed call was stored."""
 

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_DEVICE = "unknown_device"  # device_id not in the user's device list
     QUEUE_FULL = "queue_full"  # the recipient device's queue is at its bound
     STORAGE_FULL = "storage_full"  # the node's disk / LMDB map is full; nothing was stored
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the node's storage failed (EIO, lost DB); retry
     TOO_LARGE = "too_large"  # frame, field or copy count above the negotiated limit
     RATE_LIMITED = "rate_limited"  # slow down; retry later
     NOT_FOUND = "not_found"  # unknown, used or expired linking mailbox (or other named object)
