@@ -22,8 +22,10 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from relay.protocol import (
+    DEFAULT_LIMITS,
     SUPPORTED_VERSIONS,
     ErrorCode,
+    Limits,
     RemoteProtocolError,
     auth_message,
     read_frame,
@@ -40,6 +42,7 @@ from relay.protocol.frames import (
     KeyCount,
     PutDevices,
     Synced,
+    check_budget,
 )
 
 from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, RelayError
@@ -92,6 +95,8 @@ class Connection:
         self.url = url
         self.node_id = challenge.node_id
         self.otk_count = otk_count
+        self.limits = Limits.for_node(challenge.max_frame or DEFAULT_LIMITS.max_frame,
+                                      challenge.max_envelope)
         self._ids = itertools.count(10)
         self._pending: dict[int, _Waiter] = {}
         self._stream_ids: set[int] = set()
@@ -134,9 +139,15 @@ class Connection:
         waiter = self._pending[rid] = _Waiter()
         try:
             try:
+                frame = frame_cls(id=rid, **fields)
+                try:
+                    check_budget(frame, self.limits)
+                except RemoteProtocolError as exc:  # refused before sending, like the node would
+                    raise RelayError(Error(id=rid, code=exc.code.value,
+                                           message=f"{exc.message} (not sent)")) from None
                 if place is not None:
                     await place[0].wait_turn(place[1])
-                await self._write(frame_cls(id=rid, **fields))
+                await self._write(frame)
             finally:
                 if place is not None:
                     place[0].done(place[1])

@@ -31,7 +31,7 @@ __all__ = ["CLOSE_TIMEOUT", "WS_MAX_MESSAGE", "WS_QUEUE", "WS_RECEIVE_BUFFER", "
 
 WS_QUEUE = 16  # messages trio-websocket buffers before our reader task takes them
 WS_RECEIVE_BUFFER = 64 * 1024  # bytes per socket read (the library's default is 4 KiB)
-WS_MAX_MESSAGE = DEFAULT_LIMITS.max_frame  # bytes; larger messages close the socket (1009)
+WS_MAX_MESSAGE = DEFAULT_LIMITS.max_peer_frame  # bytes; above any frame a node sends a client (1009)
 CLOSE_TIMEOUT = 2.0  # seconds for the closing handshake before the stream is dropped
 
 

@@ -19,6 +19,7 @@
     queue_ttl = 2592000            # seconds (30 days)
     max_queue = 10000              # envelopes per device queue
     max_frame = 1048576            # bytes
+    max_envelope = 262144          # bytes, largest envelope body (optional; see docs/protocol.md)
     link_ttl = 120                 # seconds a linking mailbox stays open (optional)
     media_quota = 10737418240      # bytes all media blobs may take (optional, 10 GiB)
     media_ttl = 2592000            # seconds a media blob is kept (optional, 30 days)
@@ -46,6 +47,7 @@ from typing import Any
 
 import nacl.signing
 
+from .protocol import Limits
 from .ring import NodeInfo
 
 DEFAULT_QUEUE_TTL = 30 * 24 * 3600
@@ -104,6 +106,7 @@ class NodeConfig:
     queue_ttl: float = DEFAULT_QUEUE_TTL
     max_queue: int = DEFAULT_MAX_QUEUE
     max_frame: int = DEFAULT_MAX_FRAME
+    max_envelope: int | None = None
     link_ttl: float = DEFAULT_LINK_TTL
     media_quota: int = DEFAULT_MEDIA_QUOTA
     media_ttl: float = DEFAULT_MEDIA_TTL
@@ -239,6 +242,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     max_frame = _field(data, "max_frame", int, where, DEFAULT_MAX_FRAME)
     if ttl <= 0 or max_queue <= 0 or max_frame < 1024:
         raise ConfigError(f"{where}: queue_ttl and max_queue must be > 0, max_frame >= 1024")
+    max_envelope = _field(data, "max_envelope", int, where, None)
+    try:
+        Limits.for_node(max_frame, max_envelope)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     link_ttl = _field(data, "link_ttl", float, where, DEFAULT_LINK_TTL)
     if link_ttl <= 0:
         raise ConfigError(f"{where}: link_ttl must be > 0")
@@ -265,7 +273,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     return NodeConfig(
         id=node_id, host=host, port=port, cluster=cluster, signing_key=key, storage=storage,
         log_file=rel(log_file) if log_file else None, queue_ttl=float(ttl),
-        max_queue=max_queue, max_frame=max_frame, link_ttl=float(link_ttl),
+        max_queue=max_queue, max_frame=max_frame, max_envelope=max_envelope, link_ttl=float(link_ttl),
         media_quota=media_quota, media_ttl=float(media_ttl),
         media_upload_ttl=float(media_upload_ttl), max_media_size=max_media_size,
         handshake_timeout=float(handshake_timeout), max_pending_per_ip=max_pending_per_ip,

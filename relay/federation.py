@@ -124,7 +124,9 @@ class PeerLink:
         signing_key: this node's Ed25519 key.
         ring: the cluster (ring version and the peer's public key).
         peer: the destination node.
-        limits: frame limits for answers.
+        limits: the cluster's size budget (client-level limits); the link carries
+            frames up to ``limits.max_peer_frame`` and refuses a peer whose
+            budget differs (docs/protocol.md, "Size budget").
         log: where to log link state changes.
     """
 
@@ -136,7 +138,8 @@ class PeerLink:
         self._node_id = node_id
         self._key = signing_key
         self._ring = ring
-        self._limits = limits
+        self._budget = limits
+        self._limits = limits.for_peers()
         self._log = log
         self._ws: WebSocketConnection | None = None
         self._ids = itertools.count(1)
@@ -167,7 +170,15 @@ class PeerLink:
 
         Raises:
             LinkDown: unreachable, or the link broke before the answer.
+            RelayError: ``too_large``: the frame exceeds the peer frame limit
+                (it could never be carried; nothing was sent).
         """
+        rid = next(self._ids)
+        data = write_frame(dataclasses.replace(frame, id=rid))
+        if len(data) > self._limits.max_frame:
+            raise RelayError(ErrorCode.TOO_LARGE,
+                             f"a {frame.TYPE} of {len(data)} bytes exceeds the node-to-node "
+                             f"frame limit of {self._limits.max_frame} bytes")
         if self._ws is None:
             changed = self._changed
             self.kick()
@@ -175,12 +186,11 @@ class PeerLink:
         ws = self._ws
         if ws is None:
             raise LinkDown(f"node {self.peer.id} is unreachable")
-        rid = next(self._ids)
         slot: list = [trio.Event(), None]
         self._pending[rid] = slot
         try:
             try:
-                await ws.send_message(write_frame(dataclasses.replace(frame, id=rid)))
+                await ws.send_message(data)
             except ConnectionClosed as exc:
                 raise LinkDown(f"link to {self.peer.id} closed") from exc
             await slot[0].wait()
@@ -251,6 +261,10 @@ class PeerLink:
             raise _LinkError("unexpected challenge (wrong node id or frame)")
         if ch.ring_version != self._ring.version:
             raise _LinkError("ring version differs: the nodes read different cluster files")
+        if (ch.max_frame, ch.max_envelope) != (self._budget.max_frame, self._budget.max_envelope):
+            raise _LinkError(
+                f"size budget differs: peer max_frame={ch.max_frame} max_envelope="
+                f"{ch.max_envelope}, ours {self._budget.max_frame}/{self._budget.max_envelope}")
         my_nonce = os.urandom(32)
         sig = self._key.sign(
             peer_auth_message(ch.nonce, self._node_id, self.peer.id, self._ring.version)

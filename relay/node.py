@@ -67,7 +67,7 @@ class Node:
         self.log = log
         self.full_log = StorageFullLog(log)
         self.ring = Ring(config.cluster)
-        self.limits = Limits(max_frame=config.max_frame, max_bin=config.max_frame)
+        self.limits = Limits.for_node(config.max_frame, config.max_envelope)
         self.admission = Admission(config.max_connections, config.max_pending_per_ip)
         self.storage = storage
         self.directory = Directory(storage, self.ring, config.id)
@@ -146,7 +146,7 @@ async def serve_node(
             await nursery.start(node.outbox.run)
             server = await nursery.start(partial(
                 serve_websocket, partial(handle_websocket, node), config.host, config.port, None,
-                message_queue_size=4, max_message_size=config.max_frame + FRAME_SLACK,
+                message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
             ))
             nursery.start_soon(node.federation.run)

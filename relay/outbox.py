@@ -27,7 +27,7 @@ import msgpack
 import trio
 
 from relay.delivery import pack_envelope
-from relay.errors import KNOWN_REFUSALS
+from relay.errors import KNOWN_REFUSALS, RelayError
 from relay.federation import Federation, LinkDown, backoff_delays, request_within
 from relay.protocol import (
     DEFAULT_LIMITS,
@@ -45,6 +45,9 @@ RETRYABLE = frozenset({
     ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, ErrorCode.STORAGE_UNAVAILABLE.value,
 })
 BATCH = 64
+DEAD_LETTER = "!dead-letter"
+"""The outbox destination of entries that can never be sent (unreadable, or above the
+peer frame limit): kept aside, counted in the logs, never drained nor dropped."""
 
 
 def bounce_dedupe(entry: OutboxEntry, fwd: Forward | GroupForward) -> bytes:
@@ -75,7 +78,8 @@ class Outbox:
         self._ttl = queue_ttl
         self._timeout = timeout
         self._log = log
-        self._limits = limits
+        self._limits = limits.for_peers()  # stored forwards are read back with peer limits
+        self.dead_letters = 0  # entries this process moved to DEAD_LETTER
         # Pending entries per destination: ids put by this process, plus a flag for
         # entries found in storage at start (cleared once a listing comes back empty).
         self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
@@ -143,9 +147,7 @@ class Outbox:
         except RemoteProtocolError:
             fwd = None
         if not isinstance(fwd, Forward | GroupForward | Notify):
-            self._log.error("outbox entry %d is corrupt; dropped", entry.outbox_id)
-            await self._delete(entry)
-            return "done"
+            return await self._dead_letter(entry, "unreadable")
         ts = fwd.ts if isinstance(fwd, Forward | GroupForward) else fwd.envelope.ts
         if ts / 1000 < time.time() - self._ttl:
             return await self._give_up(entry, fwd, ErrorCode.UNAVAILABLE.value,
@@ -154,6 +156,10 @@ class Outbox:
             answer = await request_within(self._federation, entry.dest, fwd, self._timeout)
         except LinkDown:
             return "down"
+        except RelayError as exc:  # too_large: it can never be carried
+            if isinstance(fwd, Forward | GroupForward):
+                return await self._bounce(entry, fwd, exc.code.value, exc.message, None)
+            return await self._dead_letter(entry, exc.code.value)
         if isinstance(answer, Ok):
             await self._delete(entry)
             self._log.info("outbox %d delivered to %s", entry.outbox_id, entry.dest)
@@ -163,6 +169,37 @@ class Outbox:
         self._log.info("outbox %d to %s: retry after %s", entry.outbox_id, entry.dest,
                        getattr(answer, "code", answer.TYPE))
         return "retry"
+
+    async def _dead_letter(self, entry: OutboxEntry, why: str) -> str:
+        """Keep an entry that can never be sent aside (destination :data:`DEAD_LETTER`),
+        bounce to its sender when the sender can still be read, never drop it."""
+        salvaged = _salvage(entry.payload)
+        if salvaged is not None:
+            sender_user, sender_device, msg_id = salvaged
+            body = msgpack.packb({"code": ErrorCode.INTERNAL.value,
+                                  "message": f"the relay could not forward this message ({why})",
+                                  "user_id": ""}, use_bin_type=True)
+            env = Envelope(msg_id=msg_id, sender_user=sender_user, sender_device=sender_device,
+                           ts=int(time.time() * 1000), kind="bounce", body=body)
+            try:
+                await self._storage.enqueue(
+                    [(sender_user, sender_device, pack_envelope(env))],
+                    dedupe=b"dead\0" + sender_user.encode() + b"\0" + msg_id + entry.dest.encode())
+            except KNOWN_REFUSALS:
+                self._log.warning("outbox %d: bounce could not be stored yet", entry.outbox_id)
+                return "retry"
+            self._notify(sender_user, sender_device)
+        try:
+            await self._storage.outbox_put(DEAD_LETTER, entry.payload)
+        except KNOWN_REFUSALS:
+            self._log.warning("outbox %d: dead-letter could not be stored yet", entry.outbox_id)
+            return "retry"
+        await self._delete(entry)
+        self.dead_letters += 1
+        self._log.error("outbox %d to %s is %s: kept aside as a dead letter (%d this run)%s",
+                        entry.outbox_id, entry.dest, why, self.dead_letters,
+                        "; bounced to its sender" if salvaged else "")
+        return "done"
 
     async def _give_up(
         self, entry: OutboxEntry, request: Forward | GroupForward | Notify, code: str, message: str,
@@ -195,3 +232,18 @@ class Outbox:
         await self._delete(entry)
         self._log.info("outbox %d to %s bounced: %s", entry.outbox_id, entry.dest, code)
         return "done"
+
+
+def _salvage(payload: bytes) -> tuple[str, int, bytes] | None:
+    """``(sender_user, sender_device, msg_id)`` of a stored forward that does not parse
+    as a frame (read without frame limits: it is this node's own data), else ``None``."""
+    try:
+        m = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if not isinstance(m, dict):
+        return None
+    user, dev, msg_id = m.get("sender_user"), m.get("sender_device"), m.get("msg_id")
+    if isinstance(user, str) and type(dev) is int and isinstance(msg_id, bytes):
+        return user, dev, msg_id
+    return None

@@ -114,7 +114,7 @@ class Connection:
         self._ticket = ticket
         self._deadline = HandshakeDeadline(node.config.handshake_timeout)
         self._log: logging.Logger = node.log
-        self._conn = ServerConnection(node.limits)
+        self._conn = ServerConnection(node.limits)  # peers: node.limits.for_peers()
         self._in_send, self._in_recv = trio.open_memory_channel[bytes | str](INBOX_SIZE)
         self._out_send, self._out_recv = trio.open_memory_channel[Frame | _Close](OUTBOX_SIZE)
         self._cancel = trio.CancelScope()

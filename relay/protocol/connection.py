@@ -89,6 +89,9 @@ class ServerConnection:
 
     Args:
         limits: decoding limits (``max_frame`` etc.) for every received message.
+        peer_limits: the limits once a ``hello`` said ``role: peer`` (default
+            ``limits.for_peers()``: node-to-node frames carry up to a whole client
+            frame plus forward headers).
         max_bad_frames: consecutive rejected frames after which the error
             carries close code 1008.
 
@@ -102,8 +105,13 @@ class ServerConnection:
             be read (0 otherwise); :meth:`error_frame` answers with it.
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, max_bad_frames: int = MAX_BAD_FRAMES) -> None:
+    def __init__(
+        self, limits: Limits = DEFAULT_LIMITS, max_bad_frames: int = MAX_BAD_FRAMES, *,
+        peer_limits: Limits | None = None,
+    ) -> None:
         self.limits = limits
+        self.budget = limits  # the size budget announced in ``challenge``
+        self.peer_limits = peer_limits if peer_limits is not None else limits.for_peers()
         self.max_bad_frames = max_bad_frames
         self.state = ConnState.AWAIT_HELLO
         self.role: str | None = None
@@ -191,6 +199,8 @@ class ServerConnection:
                 close_code=CloseCode.PROTOCOL_ERROR,
             )
         self.role = hello.role
+        if hello.role == "peer":
+            self.limits = self.peer_limits
         self.state = ConnState.AWAIT_AUTH
 
     # ----------------------------------------------------------- sending side
@@ -214,6 +224,7 @@ class ServerConnection:
         return Challenge(
             id=self.last_request_id, version=PROTOCOL_VERSION, node_id=node_id,
             ring_version=ring_version, nonce=nonce,
+            max_frame=self.budget.max_frame, max_envelope=self.budget.max_envelope,
         )
 
     def mark_authenticated_client(self, user_id: str, device_id: int) -> None:

@@ -35,7 +35,7 @@ from ._frame_base import (
 from ._group_frames import GroupForward, GroupSend
 from ._linking_frames import LinkComplete, LinkData, LinkFetch, LinkInfo, LinkOpen, LinkOpened
 from ._media_frames import MediaChunk, MediaDownload, MediaProgress, MediaStatus, MediaUpload
-from .codec import DEFAULT_LIMITS, Limits
+from .codec import DEFAULT_LIMITS, Limits, encode
 from .errors import ErrorCode, RemoteProtocolError
 
 PROTOCOL_VERSION = 1
@@ -53,7 +53,7 @@ __all__ = [
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
     "PeerAuthOk", "Ping", "PutDevices", "Send", "Sent", "Sync", "Synced", "UploadKeys",
     # functions
-    "error_for", "parse", "to_wire",
+    "check_budget", "error_for", "parse", "to_wire",
 ]
 
 
@@ -72,13 +72,18 @@ class Hello(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Challenge(Frame):
-    """Node's answer to ``hello``: chosen version, its node id, ring version and a 32-byte nonce."""
+    """Node's answer to ``hello``: chosen version, its node id, ring version and a 32-byte
+    nonce, plus the node's size budget (``max_frame``, ``max_envelope``, bytes): a client
+    refuses to send an envelope above ``max_envelope``; peers refuse to link when their
+    budgets differ (docs/protocol.md, "Size budget")."""
 
     TYPE: ClassVar[str] = "challenge"
     version: int
     node_id: str
     ring_version: str
     nonce: bytes
+    max_frame: int | None = None
+    max_envelope: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +326,8 @@ def parse(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Frame:
             mistyped field, a negative ``id``, a ``msg_id`` that is not 16 bytes;
             ``too_large`` for a ``send``/``forward`` carrying more than
             ``limits.max_copies`` copies, or a ``group_send``/``group_forward``
-            listing more recipient devices than that.
+            listing more recipient devices than that, or an envelope body (a
+            copy's ``body``, a group ``body``) above ``limits.max_envelope``.
     """
     try:
         return _parse(data, limits)
@@ -361,6 +367,7 @@ def _parse(data: dict[str, Any], limits: Limits) -> Frame:
             )
         if len(frame.msg_id) != 16:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "msg_id must be 16 bytes")
+        _check_envelope(len(frame.body), limits)
     elif cls is Send or cls is Forward:
         n = sum(len(r.copies) for r in frame.recipients)
         if n > limits.max_copies:
@@ -369,7 +376,40 @@ def _parse(data: dict[str, Any], limits: Limits) -> Frame:
             )
         if len(frame.msg_id) != 16:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "msg_id must be 16 bytes")
+        for r in frame.recipients:
+            for c in r.copies:
+                _check_envelope(len(c.body), limits)
     return frame
+
+
+def check_budget(frame: Frame, limits: Limits) -> bytes:
+    """Encode an outgoing request and check it against the peer's size budget,
+    the same checks the receiver makes (so a sender refuses before sending).
+
+    Returns:
+        The encoded frame.
+
+    Raises:
+        RemoteProtocolError: ``too_large``: the frame is above ``limits.max_frame``,
+            an envelope body above ``limits.max_envelope``, or too many copies.
+    """
+    data = encode(to_wire(frame))
+    if len(data) > limits.max_frame:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"a {frame.TYPE} frame of {len(data)} bytes exceeds the limit of "
+            f"{limits.max_frame} bytes")
+    if isinstance(frame, Send | Forward | GroupSend | GroupForward):
+        _parse(to_wire(frame), limits)
+    return data
+
+
+def _check_envelope(size: int, limits: Limits) -> None:
+    if size > limits.max_envelope:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"an envelope of {size} bytes exceeds the limit of {limits.max_envelope} bytes",
+        )
 
 
 def to_wire(frame: Frame) -> dict[str, Any]:

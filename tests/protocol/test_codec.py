@@ -17,7 +17,7 @@ from relay.protocol import (
     read_frame,
 )
 
-SMALL = Limits(max_frame=4096, max_bin=1024, max_str=256, max_array=16, max_map=8, max_copies=4)
+SMALL = Limits(max_frame=4096, max_envelope=1024, max_bin=1024, max_str=256, max_array=16, max_map=8, max_copies=4)
 
 
 @settings(max_examples=400, deadline=None)
@@ -236,3 +236,13 @@ def test_mutated_valid_frame_parses_or_raises_remote_protocol_error(flips) -> No
         read_frame(bytes(data))
     except RemoteProtocolError:
         pass
+
+
+@pytest.mark.parametrize("ext", [msgpack.ExtType(1, b""), msgpack.ExtType(7, b"xy"),
+                                 msgpack.Timestamp(1)])
+def test_ext_types_are_refused_whatever_their_length(ext) -> None:
+    """Issue 15 item 9: a zero-length ext inside an ignored field used to pass."""
+    data = msgpack.packb({"t": "ping", "id": 1, "ignored": ext}, use_bin_type=True)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(data)
+    assert info.value.code is ErrorCode.BAD_FRAME and "ext" in info.value.message

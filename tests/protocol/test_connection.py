@@ -43,7 +43,8 @@ def _awaiting_auth(role: str = "client") -> ServerConnection:
     conn = ServerConnection()
     assert isinstance(conn.receive_data(_hello(role)), Hello)
     ch = conn.challenge(NONCE, "n1", "rv")
-    assert ch == Challenge(id=1, version=1, node_id="n1", ring_version="rv", nonce=NONCE)
+    assert ch == Challenge(id=1, version=1, node_id="n1", ring_version="rv", nonce=NONCE,
+                          max_frame=1024 * 1024, max_envelope=256 * 1024)
     return conn
 
 
