@@ -69,6 +69,7 @@ class Snapshot:
     base: bool  # the record replaces the journal (compaction)
     entries: list  # history items it holds, with their versions (HistoryTracker)
     seen_mark: int  # SeenIds.saved mark
+    inbox_mark: dict = field(default_factory=dict)  # Inbox.saved mark
 
 
 def to_map(state: State, pickle_key: bytes) -> dict:
