@@ -33,6 +33,7 @@ from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
 from .inbox import KEPT_TYPES
+from .outbound import WITHHELD
 from .state import DeviceListRejected, seen_key
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
 
     if env.kind != "olm":
         return dropped(f"unknown envelope kind {env.kind!r}")
+    if env.body == WITHHELD:
+        return dropped("withheld: the sender had no keys for this device when it sent it")
     key = seen_key(env.sender_user, env.msg_id)
     if key in client.state.seen:
         return None

@@ -106,6 +106,9 @@ class State:
         self.seen = statecodec.SeenIds(SEEN_LIMIT)  # dedupe keys, oldest first
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
         self.next_device_id = 1  # primary: lowest device_id never handed out (ids are never reused)
+        # primary: devices whose linking began and did not complete: withdrawn from the
+        # account's list by the next connection (cli.devices.finish_withdrawals)
+        self.pending_withdrawals: set[int] = set()
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)

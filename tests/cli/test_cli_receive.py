@@ -136,6 +136,18 @@ async def test_keep_puts_the_batch_into_the_inbox_durably_before_the_ack(pair):
     assert [p.event.text for p in bob.inbox.pending()] == ["m1", "m2"]
 
 
+async def test_a_withheld_copy_is_dropped_with_its_reason(pair):
+    alice, bob = pair
+    log = []
+    conn = ScriptedConn(log, {})
+    client = Client(bob, conn)
+    conn.push.send_nowait(_deliver(1, b"\x09" * 16, alice, b""))
+    with trio.fail_after(5):
+        (event,) = await _events(client, 1)
+    assert isinstance(event, Dropped) and event.reason.startswith("withheld")
+    assert log[-1] == ("ack", {"seq": 1})
+
+
 async def test_forged_and_mismatched_copies_are_dropped_but_acked(pair):
     alice, bob = pair
     log = []
