@@ -44,17 +44,7 @@ from . import crypto, devices, linkcode, outbound, payload
 from .connection import Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from .errors import ClientError, RelayError, SendFailed
-from .events import (
-    BacklogDone,
-    Bounce,
-    DevicesChanged,
-    Dropped,
-    Event,
-    GroupChanged,
-    Kept,
-    Message,
-    SendResult,
-)
+from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from .receiving import Receiver
 from .sendorder import SendOrder
 from .state import State
@@ -62,8 +52,8 @@ from .taskgroups import unwrap_single
 
 __all__ = [
     "ApprovedDevice", "BacklogDone", "Bounce", "Client", "DeviceOffer", "DevicesChanged",
-    "Dropped", "Event", "GroupChanged", "Kept", "Message", "Receiver", "SendResult",
-    "init_account", "now_ms", "open_client",
+    "Dropped", "Event", "Message", "Receiver", "SendResult", "init_account", "now_ms",
+    "open_client",
 ]
 
 log = logging.getLogger(__name__)
@@ -371,13 +361,13 @@ class Client:
 
         Yields :class:`Message`, :class:`BacklogDone` (once, after the backlog),
         :class:`Bounce`, :class:`Dropped`, :class:`DevicesChanged` (a contact's or this
-        account's verified new device list), :class:`GroupChanged`. Each delivered
+        account's verified new device list), ``GroupChanged``. Each delivered
         envelope is processed, the state saved, then acknowledged, before its event is
         yielded. Runs until the connection closes (then raises ``ConnectionLost``).
 
         Args:
             keep: keep the events to show in ``state.inbox`` (:mod:`cli.inbox`), durable
-                before the ack, and yield one :class:`Kept` per batch instead of them
+                before the ack, and yield one ``cli.events.Kept`` per batch instead of them
                 (``wa-cli recv`` shows them from there, exactly once).
         """
         return Receiver(self, keep=keep)

@@ -29,8 +29,9 @@ from pathlib import Path
 import click
 import trio
 
-from ..client import BacklogDone, Client, Kept, open_client
+from ..client import BacklogDone, Client, open_client
 from ..errors import ConnectionFailed, ConnectionLost
+from ..events import Kept
 from ..linesink import ReaderGone
 from ..state import State
 from ..taskgroups import unwrap_single

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from cli import crypto, payload
-from cli.client import BacklogDone, Bounce, Client, Dropped, Kept, Message, init_account
+from cli.client import BacklogDone, Bounce, Client, Dropped, Message, init_account
+from cli.events import Kept
 from cli.state import create_state
 from relay.protocol.frames import (
     Claimed,

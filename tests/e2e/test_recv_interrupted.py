@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from collections import defaultdict
 
+import pytest
 import trio
 
 from cli.client import open_client
@@ -87,11 +88,11 @@ def _rest(bob: Device) -> list[list[dict]]:
     return runs
 
 
-def _interrupted(cluster, tmp_path, sig: int) -> tuple[int, list[dict], str, list[list[dict]],
-                                                         dict[str, list[str]]]:
+def _interrupted(cluster, tmp_path, sig: int, *args: str) -> tuple[
+        int, list[dict], str, list[list[dict]], dict[str, list[str]]]:
     bob, senders = _accounts(cluster, tmp_path)
     sent = _queue(senders, bob.user_id, BACKLOG)
-    recv = bob.start_recv("--timeout", "5")
+    recv = bob.start_recv(*(args or ("--timeout", "5")))
     shown = [recv.line(), recv.line()]  # the first lines are on screen: stop it now
     recv.proc.send_signal(sig)
     code, rest, err = recv.finish()
@@ -100,8 +101,9 @@ def _interrupted(cluster, tmp_path, sig: int) -> tuple[int, list[dict], str, lis
     return code, shown, err, _rest(bob), sent
 
 
-def test_sigkill_mid_batch_loses_nothing_and_repeats_nothing(single_node, tmp_path):
-    code, shown, _, later, sent = _interrupted(single_node, tmp_path, signal.SIGKILL)
+@pytest.mark.parametrize("args", [(), ("--follow",)], ids=["recv", "recv-follow"])
+def test_sigkill_mid_batch_loses_nothing_and_repeats_nothing(single_node, tmp_path, args):
+    code, shown, _, later, sent = _interrupted(single_node, tmp_path, signal.SIGKILL, *args)
     assert code == -signal.SIGKILL
     _check_once([shown, *later], sent, kills=1)
 
