@@ -60,11 +60,13 @@ class LineSink:
 
     Args:
         stream: the text stream (``sys.stdout``, ``sys.stderr``), looked at once now.
+        watch: wait for a pipe's or socket's reader (``False``: taken when written, for
+            a diagnostic stream that a parent may read only at the end).
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, watch: bool = True) -> None:
         self._stream = stream
-        self._probe = _probe(stream)
+        self._probe = _probe(stream) if watch else None
 
     @property
     def watched(self) -> bool:

@@ -7,6 +7,9 @@ first: each is announced, written, flushed and taken by the reader of the stream
 task (:meth:`Screen.serve_files`) and shown once its download has finished or
 failed, so the messages behind it never wait for a download.
 
+Notes on stderr (human device-list and group changes, bounces) count as shown
+once written: stderr is for diagnostics, which a parent may read only at its end.
+
 With ``--json`` a line of an event that an earlier run may have shown (it was
 killed while showing it) carries ``"maybe_shown": true``; human output starts it
 with :data:`MAYBE_PREFIX`.
@@ -53,7 +56,7 @@ class Screen:
         self._state = state
         self.files = files
         self._out = LineSink(sys.stdout)
-        self._err = LineSink(sys.stderr)
+        self._err = LineSink(sys.stderr, watch=False)  # notes: a parent may read them late
         self.messages = 0  # messages shown
         self._changed: trio.Event | None = None
         self._folded = 0  # inbox marks already folded
