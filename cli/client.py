@@ -91,6 +91,12 @@ class Client:
         """The home node's id."""
         return self._conn.node_id
 
+    def open_fresh(self, *, connect_timeout: float = 10.0):  # noqa: ANN201 (async CM)
+        """Another client of the same state over a new connection (:func:`open_client`,
+        without finishing pending withdrawals): for a step that must not depend on
+        this client's connection, which may be dead."""
+        return open_client(self.state, connect_timeout=connect_timeout, withdraw_pending=False)
+
     @property
     def connection(self) -> Connection:
         """The underlying :class:`cli.connection.Connection`."""
@@ -247,8 +253,12 @@ class Client:
             device other than this one (may be empty); ``copies[i].body`` is the Olm
             message (:func:`cli.crypto.encrypt`) for ``copies[i].device_id``.
 
+        A device with no one-time or fallback key to claim (e.g. a link that did not
+        complete) gets a withheld copy (:data:`cli.outbound.WITHHELD`) and a warning
+        naming it (logged), so that it does not stop the message for the others.
+
         Raises:
-            SendFailed: a device has no one-time or fallback key to claim.
+            SendFailed: no device of a recipient has keys to claim.
             RelayError, ConnectionLost: claiming keys failed.
         """
         return await outbound.encrypt_for(self, lists, plaintext, self._sessions_lock)
@@ -346,22 +356,33 @@ class Client:
 
     # -------------------------------------------------------------- receiving
 
-    def receive(self) -> Receiver:
+    def receive(self, *, keep: bool = False) -> Receiver:
         """Start delivery (``sync``); iterate the returned :class:`Receiver` for events.
 
         Yields :class:`Message`, :class:`BacklogDone` (once, after the backlog),
         :class:`Bounce`, :class:`Dropped`, :class:`DevicesChanged` (a contact's or this
-        account's verified new device list). Each delivered envelope is processed,
-        the state saved, then acknowledged, before its event is yielded.
-        Runs until the connection closes (then raises ``ConnectionLost``).
+        account's verified new device list), ``GroupChanged``. Each delivered
+        envelope is processed, the state saved, then acknowledged, before its event is
+        yielded. Runs until the connection closes (then raises ``ConnectionLost``).
+
+        Args:
+            keep: keep the events to show in ``state.inbox`` (:mod:`cli.inbox`), durable
+                before the ack, and yield one ``cli.events.Kept`` per batch instead of them
+                (``wa-cli recv`` shows them from there, exactly once).
         """
-        return Receiver(self)
+        return Receiver(self, keep=keep)
 
 
 @asynccontextmanager
-async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIterator[Client]:
+async def open_client(state: State, *, connect_timeout: float = 10.0,
+                      withdraw_pending: bool = True) -> AsyncIterator[Client]:
     """Connect to the device's home (following ``moved``), authenticate, top up one-time
     keys if the node holds fewer than 50, and yield a :class:`Client`.
+
+    On a primary whose state records devices whose linking did not complete
+    (``state.pending_withdrawals``, see :mod:`cli.devices`), they are withdrawn from
+    the account's list first (:func:`cli.devices.finish_pending_withdrawals`), unless
+    ``withdraw_pending`` is false.
 
     The connection closes on exit. A single exception from the body or the
     background tasks is re-raised as itself (not wrapped in an exception group).
@@ -384,6 +405,9 @@ async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIt
                     nursery.start_soon(client._top_up_keys)
                     if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
                         await client.upload_keys()
+                    if (withdraw_pending and state.pending_withdrawals
+                            and state.account_key is not None):
+                        await devices.finish_pending_withdrawals(client)
                     yield client
             finally:
                 nursery.cancel_scope.cancel()

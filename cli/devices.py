@@ -9,14 +9,22 @@ id is one more than the highest ever handed out (kept in the state, saved
 before the list is published).
 
 Approval order (nothing changes until the code is proven good): ``link_fetch``
--> check BLAKE2b(device_info) against the code -> confirm -> publish the list
-with the new device -> ``link_complete`` with the sealed material. If
-``link_complete`` fails after the list went out, a list without the device is
-published again, so no ghost device remains.
+-> check BLAKE2b(device_info) against the code -> confirm -> record the new
+device in ``state.pending_withdrawals`` (saved) -> publish the list with the new
+device -> ``link_complete`` with the sealed material -> clear the record (saved).
+
+Linking is atomic from the user's view: a device whose link did not complete
+never stays in the account's list. If anything fails after the record was saved
+(the ``put_devices`` answer lost, the connection cut, ``link_complete`` refused),
+a list without the device is published over a *fresh* connection
+(:func:`finish_withdrawals`); if that fails too, or the process was killed, the
+record stays in the state and the next connection of this primary
+(:func:`cli.client.open_client`) finishes the withdrawal. Errors name the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -128,6 +136,7 @@ async def publish_own_list(client: Client, devices: list[crypto.DeviceEntry],
     await client.connection.request(PutDevices, device_list=signed)
     parsed = state.remember_device_list(signed, state.user_id)  # drops removed devices' sessions
     state.published_version = version
+    state.pending_withdrawals &= parsed.device_ids  # a device no longer listed is withdrawn
     await state.asave()
     return parsed
 
@@ -179,51 +188,110 @@ async def approve_link(
     if any(d.ed25519 == info.ed25519 or d.curve25519 == info.curve25519 for d in own.devices):
         raise LinkFailed("this device's keys are already in the account; nothing changed")
     device_id = state.allocate_device_id()
-    await state.asave()  # the id is burnt before it can appear anywhere
+    state.pending_withdrawals.add(device_id)  # withdrawn again unless the link completes
+    await state.asave()  # the id is burnt and the withdrawal recorded before it appears anywhere
     entries = _entries(own.devices)
     entries.append(crypto.DeviceEntry(device_id, info.ed25519, info.curve25519, info.name,
                                       int(time.time())))
-    new_list = await publish_own_list(client, entries, own.version + 1)
-    signed = state.device_lists[state.user_id].signed
-    material = linkcode.Material(
-        user_id=state.user_id, device_id=device_id, device_list=signed, name=state.name,
-        contacts=dict(state.contacts),
-        history=linkcode.recent_history(list(state.history), history_limit) if history else [],
-        proof=(linkcode.link_proof(parsed_code.secret, signed)
-               if parsed_code.secret is not None else None),
-        groups=[record.signed for record in state.groups.groups.values()],
-    )
     try:
-        encoded, sent = material.fit()
-    except ValueError as exc:
-        await _withdraw(client, device_id, ClientError(str(exc)))
-    if sent < len(material.history):
-        log.info("history sync: %d of %d recent messages fit in the linking frame",
-                    sent, len(material.history))
-    body = linkcode.seal(info.ephemeral, encoded)
-    try:
+        new_list = await publish_own_list(client, entries, own.version + 1)
+        signed = state.device_lists[state.user_id].signed
+        material = linkcode.Material(
+            user_id=state.user_id, device_id=device_id, device_list=signed, name=state.name,
+            contacts=dict(state.contacts),
+            history=(linkcode.recent_history(list(state.history), history_limit)
+                     if history else []),
+            proof=(linkcode.link_proof(parsed_code.secret, signed)
+                   if parsed_code.secret is not None else None),
+            groups=[record.signed for record in state.groups.groups.values()],
+        )
+        try:
+            encoded, sent = material.fit()
+        except ValueError as exc:
+            raise LinkFailed(str(exc)) from exc
+        if sent < len(material.history):
+            log.info("history sync: %d of %d recent messages fit in the linking frame",
+                     sent, len(material.history))
+        body = linkcode.seal(info.ephemeral, encoded)
         await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
                                          mailbox_id=parsed_code.mailbox_id, body=body)
-    except (RelayError, ConnectionLost) as exc:
-        await _withdraw(client, device_id, exc)
+    except ClientError as exc:
+        await _withdraw(client, device_id, info.name, exc)
+    state.pending_withdrawals.discard(device_id)
+    await state.asave()
     return ApprovedDevice(device_id, info.name, info.fingerprint, new_list.version,
                           sent, len(material.history), len(material.groups))
 
 
-async def _withdraw(client: Client, device_id: int, cause: ClientError) -> NoReturn:
-    """``link_complete`` failed after the list went out: publish it again without the
-    device. Always raises :class:`LinkFailed`."""
+async def _withdraw(client: Client, device_id: int, name: str, cause: ClientError) -> NoReturn:
+    """Linking failed after the device was recorded in ``pending_withdrawals``: take it
+    out of the account's list, over this connection if it still works, else over a
+    *fresh* one. Always raises :class:`LinkFailed`, naming the device and what became
+    of it."""
     reason = (NOT_FOUND_MESSAGE.split(";")[0] if isinstance(cause, RelayError)
               and cause.code == ErrorCode.NOT_FOUND else str(cause))
+    label = f"device {device_id} ({name})"
+    withdrawn = None
     try:
-        own = client.state.own_list()
-        await publish_own_list(client, _entries([d for d in own.devices
-                                                 if d.device_id != device_id]), own.version + 1)
+        if not isinstance(cause, ConnectionLost):
+            with contextlib.suppress(ConnectionLost):  # it died too: a fresh one below
+                withdrawn = await finish_withdrawals(client)
+        if withdrawn is None:
+            async with client.open_fresh() as fresh:
+                withdrawn = await finish_withdrawals(fresh)
     except ClientError as exc:
-        raise LinkFailed(f"linking failed ({reason}) and device {device_id} could not be "
-                         f"withdrawn ({exc}); run 'wa-cli devices remove {device_id}'") from cause
-    raise LinkFailed(f"linking failed ({reason}); device {device_id} was withdrawn from the "
-                     "account again") from cause
+        raise LinkFailed(f"linking {label} failed ({reason}) and it could not be withdrawn "
+                         f"yet ({exc}); the next wa-cli command on this device withdraws "
+                         "it") from cause
+    what = ("it was withdrawn from the account again"
+            if device_id in {i for i, _ in withdrawn} else "it was not added to the account")
+    raise LinkFailed(f"linking {label} failed ({reason}); {what}") from cause
+
+
+async def finish_withdrawals(client: Client) -> list[tuple[int, str]]:
+    """Take the devices of ``state.pending_withdrawals`` (links that began and did not
+    complete) out of the account's list as the home holds it, and clear the record.
+
+    Returns:
+        ``(device_id, name)`` of each device that was in the home's list and is now
+        withdrawn (the others never got there).
+
+    Raises:
+        NotPrimary; RelayError, ConnectionLost (the record stays for the next try).
+    """
+    state = client.state
+    pending = set(state.pending_withdrawals)
+    if not pending:
+        return []
+    own = await client.get_devices(state.user_id)  # never the cache: it may lack the device
+    ghosts = [(d.device_id, d.name) for d in own.devices if d.device_id in pending]
+    if ghosts:
+        await publish_own_list(client, _entries([d for d in own.devices
+                                                 if d.device_id not in pending]),
+                               own.version + 1)
+    state.pending_withdrawals -= pending
+    await state.asave()
+    return ghosts
+
+
+async def finish_pending_withdrawals(client: Client) -> None:
+    """:func:`finish_withdrawals` when a primary connects (:func:`cli.client.open_client`):
+    each device withdrawn is logged as a warning; a refusal is logged and the record
+    kept for the next connection.
+
+    Raises:
+        ConnectionLost: the connection closed.
+    """
+    try:
+        withdrawn = await finish_withdrawals(client)
+    except RelayError as exc:
+        log.warning("could not withdraw the devices whose linking did not complete (%s): %s; "
+                    "will retry on the next connection",
+                    ", ".join(str(i) for i in sorted(client.state.pending_withdrawals)), exc)
+        return
+    for device_id, name in withdrawn:
+        log.warning("withdrew device %d (%s) from the account: its linking did not complete",
+                    device_id, name)
 
 
 async def remove_device(client: Client, device_id: int) -> DeviceList:

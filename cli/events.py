@@ -81,7 +81,33 @@ class DevicesChanged:
     removed: tuple[tuple[int, str], ...]
 
 
-Event = Message | BacklogDone | Bounce | Dropped | DevicesChanged
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    """A verified new group state was adopted (a receive event).
+
+    ``actor`` signed it; ``added``/``removed`` are user_ids relative to the
+    previous state (everyone is ``added`` for a group seen for the first time);
+    ``left`` is True when this account is no longer a member."""
+
+    group_id: str
+    name: str
+    version: int
+    actor: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    left: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """Marker of ``receive(keep=True)``: ``count`` events of the batch just processed were
+    kept in the device's inbox (:class:`cli.inbox.Inbox`, durable before the batch was
+    acknowledged) instead of being yielded; show them from there."""
+
+    count: int
+
+
+Event = Message | BacklogDone | Bounce | Dropped | DevicesChanged | GroupChanged | Kept
 """One item of :meth:`cli.client.Client.receive`."""
 
 

@@ -13,13 +13,12 @@ only a member's message to a group this account is still in is shown.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgpack
 
 from . import groups, payload
-from .events import Dropped, Message
+from .events import Dropped, GroupChanged, Message
 from .group_messaging import GROUP_KEY, GROUP_STATE
 from .group_state import GroupStateRejected, SignedGroupState
 from .state import seen_key
@@ -34,23 +33,6 @@ __all__ = ["CONTROL_TYPES", "GroupChanged", "control_type", "on_control", "open_
 log = logging.getLogger(__name__)
 
 CONTROL_TYPES = frozenset({GROUP_STATE, GROUP_KEY})
-
-
-@dataclass(frozen=True, slots=True)
-class GroupChanged:
-    """A verified new group state was adopted (a receive event).
-
-    ``actor`` signed it; ``added``/``removed`` are user_ids relative to the
-    previous state (everyone is ``added`` for a group seen for the first time);
-    ``left`` is True when this account is no longer a member."""
-
-    group_id: str
-    name: str
-    version: int
-    actor: str
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    left: bool
 
 
 def control_type(plaintext: bytes) -> str | None:

@@ -10,13 +10,17 @@ record with what changed since the last one, and the file is rewritten whole
 File: a sequence of records ``length (u32, big-endian) || SecretBox(msgpack map)``
 under the home's storage key::
 
-    {base: bool, history: [[seq, entry], ...], seen: bytes}
+    {base: bool, history: [[seq, entry], ...], seen: bytes,
+     inbox: [[n, record | None], ...], inbox_next: int}
 
 ``base`` records reset everything read so far (a compacted journal is one base
 record). ``seq`` numbers each history entry in the order it was appended; a record
 holding a ``seq`` already read replaces that entry (it was changed in place). The
 history is the last ``HISTORY_LIMIT`` entries by ``seq``; ``seen`` appends 16-byte
-keys, the oldest dropped beyond ``SEEN_LIMIT``.
+keys, the oldest dropped beyond ``SEEN_LIMIT``. ``inbox`` holds the events kept
+until shown (:mod:`cli.inbox`): a record for ``n`` replaces it, ``None`` removes it;
+``inbox_next`` is the inbox's next number (the highest read wins). Journals written
+before the inbox existed lack both keys (an empty inbox).
 
 A record cut short by a crash (its length runs past the end of the file) is
 dropped and the file truncated to the records before it; a complete record that
@@ -46,10 +50,13 @@ _LEN = 4
 @dataclass
 class Replayed:
     """What a journal holds: history ``(seq, entry)`` pairs by ``seq`` and the dedupe
-    keys in order (both before the limits are applied)."""
+    keys in order (both before the limits are applied), the inbox (``n -> record``)
+    and its next number."""
 
     history: list[tuple[int, dict]] = field(default_factory=list)
     seen: list[bytes] = field(default_factory=list)
+    inbox: dict[int, dict] = field(default_factory=dict)
+    inbox_next: int = 0
 
 
 class Journal:
@@ -73,9 +80,11 @@ class Journal:
         return self.rewrite or self.size > max(COMPACT_MIN, COMPACT_FACTOR * self.base_size)
 
     @staticmethod
-    def pack(history: list[list], seen: bytes, *, base: bool) -> bytes:
+    def pack(history: list[list], seen: bytes, *, base: bool, inbox: list[list] = (),
+             inbox_next: int = 0) -> bytes:
         """The plaintext of one record (see the module docstring); cheap for a delta."""
-        return msgpack.packb({"base": base, "history": history, "seen": seen},
+        return msgpack.packb({"base": base, "history": history, "seen": seen,
+                              "inbox": list(inbox), "inbox_next": inbox_next},
                              use_bin_type=True)
 
     def _seal(self, plain: bytes) -> bytes:
@@ -136,6 +145,8 @@ class Journal:
             return Replayed()
         entries: dict[int, dict] = {}
         seen: list[bytes] = []
+        inbox: dict[int, dict] = {}
+        inbox_next = 0
         pos = base_size = 0
         while len(data) - pos >= _LEN:
             n = int.from_bytes(data[pos:pos + _LEN], "big")
@@ -146,11 +157,19 @@ class Journal:
                                     raw=False)
                 base, history, blob = bool(m["base"]), m["history"], m["seen"]
                 if base:
-                    entries, seen, base_size = {}, [], _LEN + n
+                    entries, seen, inbox, base_size = {}, [], {}, _LEN + n
                 for seq, entry in history:
                     if not isinstance(seq, int) or not isinstance(entry, dict):
                         raise TypeError("history item is not [seq, map]")
                     entries[seq] = entry
+                for num, record in m.get("inbox", ()):
+                    if not isinstance(num, int) or not isinstance(record, dict | None):
+                        raise TypeError("inbox item is not [n, map | nil]")
+                    if record is None:
+                        inbox.pop(num, None)
+                    else:
+                        inbox[num] = record
+                inbox_next = max(inbox_next, int(m.get("inbox_next", 0)))
                 if not isinstance(blob, bytes) or len(blob) % 16:
                     raise TypeError("seen is not 16-byte keys")
                 seen.extend(blob[i:i + 16] for i in range(0, len(blob), 16))
@@ -164,4 +183,4 @@ class Journal:
                 f.truncate(pos)
                 os.fsync(f.fileno())
         self.size, self.base_size = pos, base_size
-        return Replayed(sorted(entries.items()), seen)
+        return Replayed(sorted(entries.items()), seen, inbox, inbox_next)

@@ -6,6 +6,9 @@ check the payload (the msg_id inside the ciphertext must equal the
 envelope's), drop duplicates by ``(sender, msg_id)``, record history. A batch
 of envelopes is processed, then the state is saved, then the highest ``seq``
 acknowledged, and only then are the events yielded (decrypt -> save -> ack).
+With ``keep=True`` the events to show are kept in the state's inbox
+(:mod:`cli.inbox`) instead, so they are durable before the ack: a caller killed
+after the ack still finds them there, and yields one :class:`Kept` per batch.
 ``bounce`` envelopes are reported and, when the original is in local
 history, re-encrypted against a fresh device list and resent with the same id.
 ``device_list`` envelopes (a contact's new signed list) are verified and cached
@@ -28,7 +31,9 @@ from relay.protocol.identity import Device
 from . import crypto, group_messaging, group_receiving, payload
 from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
-from .events import BacklogDone, Bounce, Dropped, Event, Message
+from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
+from .inbox import KEPT_TYPES
+from .outbound import WITHHELD
 from .state import DeviceListRejected, seen_key
 
 if TYPE_CHECKING:
@@ -85,6 +90,8 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
 
     if env.kind != "olm":
         return dropped(f"unknown envelope kind {env.kind!r}")
+    if env.body == WITHHELD:
+        return dropped("withheld: the sender had no keys for this device when it sent it")
     key = seen_key(env.sender_user, env.msg_id)
     if key in client.state.seen:
         return None
@@ -153,10 +160,18 @@ async def handle_bounce(client: Client, env: Envelope) -> Bounce:
 
 
 class Receiver:
-    """Async iterator over a client's incoming :data:`Event` s (see :meth:`Client.receive`)."""
+    """Async iterator over a client's incoming :data:`Event` s (see :meth:`Client.receive`).
 
-    def __init__(self, client: Client) -> None:
+    Args:
+        client: the connected client.
+        keep: put the events to show (:data:`cli.inbox.KEPT_TYPES`) into
+            ``client.state.inbox`` before the batch is saved and acknowledged, and
+            yield a :class:`Kept` marker per batch instead of them.
+    """
+
+    def __init__(self, client: Client, *, keep: bool = False) -> None:
         self._client = client
+        self._keep = keep
         self._ready: deque[Event] = deque()
         self._error: Exception | None = None
         self._started = False
@@ -191,6 +206,7 @@ class Receiver:
     async def _process(self, batch: list) -> None:
         client = self._client
         last_seq = None
+        kept = 0
         for frame in batch:
             if isinstance(frame, Deliver):
                 try:
@@ -203,7 +219,10 @@ class Receiver:
                     self._error = ClientError("the relay did not answer while processing a message")
                     break
                 last_seq = frame.seq
-                if event is not None:
+                if event is not None and self._keep and isinstance(event, KEPT_TYPES):
+                    client.state.inbox.keep(event)
+                    kept += 1
+                elif event is not None:
                     self._ready.append(event)
             elif isinstance(frame, Synced):
                 self._ready.append(BacklogDone())
@@ -212,6 +231,8 @@ class Receiver:
                 break
         if last_seq is not None:
             await client.state.asave()
+            if kept:
+                self._ready.appendleft(Kept(kept))
             with trio.move_on_after(STEP_TIMEOUT):  # an ack lost here means a redelivery, deduped
                 try:
                     await client.connection.send(Ack, seq=last_seq)

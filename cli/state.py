@@ -9,6 +9,8 @@ Files in ``DIR`` (created mode 0700):
   memlimit(u64)``), and there is no key file.
 * ``journal.bin`` -- (see :mod:`cli.journal`) the recent history and the message ids
   seen (dedupe), as appended records each sealed in a ``SecretBox`` under the same key.
+* ``shown.bin`` -- (see :mod:`cli.inbox`) sealed marks of the kept events a command has
+  shown; the kept events themselves (decrypted, not yet shown) are in the journal.
 * ``lock`` -- ``fcntl.flock`` target: one ``wa-cli`` process per home at a time.
 
 The state holds the account key (primary device only), the vodozemac device
@@ -49,6 +51,7 @@ from relay.protocol.frames import SignedDeviceList
 
 from . import crypto, statecodec, vault
 from .groups import GroupError, GroupStore
+from .inbox import Inbox
 from .statecodec import CachedList, SessionSet
 from .statestore import StateStore
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
@@ -103,8 +106,12 @@ class State:
         self.seen = statecodec.SeenIds(SEEN_LIMIT)  # dedupe keys, oldest first
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)
         self.next_device_id = 1  # primary: lowest device_id never handed out (ids are never reused)
+        # primary: devices whose linking began and did not complete: withdrawn from the
+        # account's list by the next connection (cli.devices.finish_withdrawals)
+        self.pending_withdrawals: set[int] = set()
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
+        self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
 
     # ----------------------------------------------------------- queries
 

@@ -8,7 +8,7 @@ Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
      identity: str (vodozemac pickle), published_version, contacts: {alias: user_id},
      device_lists: [[body, signature, user_id]], sessions: [[user_id, device_id,
      identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
-     groups: {...} (cli.groups)}
+     groups: {...} (cli.groups), pending_withdrawals: [device_id, ...]}
 
 History and dedupe keys are in the journal. Formats 1 and 2 kept them in the map
 (``seen``: a list of keys / their concatenation; ``history``: a list of maps / a
@@ -69,6 +69,7 @@ class Snapshot:
     base: bool  # the record replaces the journal (compaction)
     entries: list  # history items it holds, with their versions (HistoryTracker)
     seen_mark: int  # SeenIds.saved mark
+    inbox_mark: dict = field(default_factory=dict)  # Inbox.saved mark
 
 
 def to_map(state: State, pickle_key: bytes) -> dict:
@@ -90,6 +91,7 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
                      for (uid, did), ss in state.sessions.items()],
         "next_device_id": state.next_device_id,
+        "pending_withdrawals": sorted(state.pending_withdrawals),
         "last_seen": [[uid, did, ts] for (uid, did), ts in state.last_seen.items()],
         "groups": state.groups.to_map(pk),
     }
@@ -117,6 +119,7 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
         state.sessions[(uid, did)] = SessionSet(
             ikey, [crypto.session_from_pickle(p, pk) for p in pickles])
     state.next_device_id = m.get("next_device_id", 1)
+    state.pending_withdrawals = {int(i) for i in m.get("pending_withdrawals", ())}
     state.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
     state.groups = GroupStore.from_map(m.get("groups"), pk)
 

@@ -2,7 +2,8 @@
 
 Two files in the home (see :mod:`cli.state`): ``state.bin``, rewritten atomically
 with keys, ratchets and lists at every save, and ``journal.bin`` (:mod:`cli.journal`),
-to which each save first appends what changed in history and dedupe keys. Saves go
+to which each save first appends what changed in history, dedupe keys and the inbox
+of events kept until shown (:mod:`cli.inbox`, which also owns ``shown.bin``). Saves go
 through a group commit (:class:`cli.vault.GroupCommit`): the snapshot is taken on
 the event loop, sealing and writing happen in a worker thread.
 """
@@ -96,6 +97,7 @@ class StateStore:
             replayed = self._journal.load()
             state.seen = statecodec.SeenIds(seen_limit, replayed.seen)
             state.history = deque(self.tracker.adopt(replayed.history[-limit:]), maxlen=limit)
+            state.inbox.load(replayed.inbox, replayed.inbox_next)
 
     def _take(self) -> Snapshot:
         """On the event loop: ``state.bin``'s plaintext and the journal record of what
@@ -106,13 +108,16 @@ class StateStore:
         if base:
             entries = self.tracker.everything(state.history)
             seen, mark = state.seen.to_bytes(), state.seen.unsaved()[1]
+            inbox, inbox_mark = state.inbox.everything()
         else:
             entries = self.tracker.unsaved(state.history)
             seen, mark = state.seen.unsaved()
+            inbox, inbox_mark = state.inbox.unsaved()
         record = None
-        if base or entries or seen:
-            record = Journal.pack(statecodec.HistoryTracker.wire(entries), seen, base=base)
-        return Snapshot(hot, record, base, entries, mark)
+        if base or entries or seen or inbox:
+            record = Journal.pack(statecodec.HistoryTracker.wire(entries), seen, base=base,
+                                  inbox=inbox, inbox_next=state.inbox.next_n)
+        return Snapshot(hot, record, base, entries, mark, inbox_mark)
 
     def _write(self, snap: Snapshot) -> None:
         """In a worker thread: the journal record first, then ``state.bin`` (so a crash
@@ -128,3 +133,4 @@ class StateStore:
     def _written(self, snap: Snapshot) -> None:
         self.tracker.saved(snap.entries)
         self._state.seen.saved(snap.seen_mark)
+        self._state.inbox.saved(snap.inbox_mark)

@@ -37,23 +37,39 @@ def group_changed_human(state: State, change: GroupChanged) -> str:
     return "\n".join(parts) or f"group {name} changed (version {change.version})"
 
 
-def show(app: AppContext, state: State, event) -> None:  # noqa: ANN001 (an Event)
-    """Print one receive event (a message, bounce, device-list or group change)."""
+def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa: ANN001 (an Event)
+    """How a receive event is printed: ``(json object or None, human text, note)``.
+
+    With ``--json`` the object is a line on stdout (if ``None``, the human text is a
+    note on stderr); without, the human text goes to stderr if ``note``, else to
+    stdout. ``None`` for events that print nothing (dropped envelopes are logged as
+    warnings by the client; markers)."""
     if isinstance(event, Message):
-        app.out.emit(*message_row(state, event))
-    elif isinstance(event, Bounce):
-        app.out.note(bounce_human(event))
-    elif isinstance(event, DevicesChanged):
-        if app.out.json_mode:
-            app.out.emit(devices_changed_json(event), "")
-        else:
-            app.out.note(devices_changed_human(event, own=event.user_id == state.user_id))
-    elif isinstance(event, GroupChanged):
-        if app.out.json_mode:
-            app.out.emit(group_changed_json(event), "")
-        else:
-            app.out.note(group_changed_human(state, event))
-    # Dropped envelopes are logged as warnings by the client.
+        obj, human = message_row(state, event)
+        return obj, human, False
+    if isinstance(event, Bounce):
+        return None, bounce_human(event), True
+    if isinstance(event, DevicesChanged):
+        return (devices_changed_json(event),
+                devices_changed_human(event, own=event.user_id == state.user_id), True)
+    if isinstance(event, GroupChanged):
+        return group_changed_json(event), group_changed_human(state, event), True
+    return None
+
+
+def show(app: AppContext, state: State, event) -> None:  # noqa: ANN001 (an Event)
+    """Print one receive event (a message, bounce, device-list or group change), as
+    :func:`render` says."""
+    shape = render(state, event)
+    if shape is None:
+        return
+    obj, human, note = shape
+    if app.out.json_mode and obj is not None:
+        app.out.emit(obj, human)
+    elif note or app.out.json_mode:
+        app.out.note(human)
+    else:
+        app.out.emit(obj or {}, human)
 
 
 def list_changes(state: State, before: dict[str, DeviceList]) -> list[DevicesChanged]:

@@ -49,7 +49,9 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     Shows the device's name and key fingerprint (compare it with what the new
     device prints) and asks to confirm. Then signs and publishes the new device
     list and sends the device its account material, sealed to a key only it
-    holds. A wrong, used or expired code changes nothing.
+    holds. A wrong, used or expired code changes nothing. If the link fails
+    after the new list was published (or this command is killed), the device
+    is withdrawn again: at once, or by the next wa-cli command on this device.
     """
     try:
         parsed = LinkCode.decode(code)

@@ -8,8 +8,10 @@ sends a ``file`` message; it prints ``{"id", "status", "to" | "group", "group_id
 ``recv`` downloads, verifies and decrypts each received file into the downloads
 directory (default ``<home>/downloads``) and prints the message with
 ``"file": {"name", "size", "mime", "path"}`` (``path`` is where it was saved;
-``null`` plus ``"error"`` if it failed). Downloads interrupted earlier resume
-first, reported as ``{"type": "file_saved", "id", "file"}``. A file that fails its
+``null`` plus ``"error"`` if it failed). A file message is printed once its download
+has finished (or failed); the messages behind it do not wait for it (docs/cli.md).
+Downloads of messages already printed that did not finish resume first, reported
+as ``{"type": "file_saved", "id", "file"}``. A file that fails its
 integrity check is not saved and makes ``recv`` exit 1 after printing everything.
 """
 
@@ -110,26 +112,39 @@ class FileReceiver:
             self.failed.append(f"{name}: {info['error']}")
         return info
 
-    async def resume_pending(self, client: Client) -> None:
-        """Download the files of earlier messages that are not saved yet."""
+    async def resume_pending(self, client: Client, skip: frozenset[str] = frozenset()) -> None:
+        """Download the files of earlier messages that are not saved yet, except those of
+        the message ids (hex) in ``skip`` (still waiting in the inbox: their message
+        line reports the file)."""
         for entry in media.pending_files(self._state):
+            if entry["id"] in skip:
+                continue
             info = await self._fetch(client, entry)
             if info.get("path") or info.get("error"):
                 self._app.out.emit({"type": "file_saved", "id": entry["id"], "file": info},
                                    file_human(info))
 
-    async def show(self, client: Client, event: Message) -> None:
-        """Download the file of ``event`` (a ``file`` message) and print the message."""
+    async def fetch(self, client: Client, event: Message) -> dict | None:
+        """Download the file of ``event`` (a ``file`` message) into the downloads
+        directory, recording the outcome in its history entry; returns the file info
+        of ``recv --json`` (``None`` if the message is no longer in local history).
+
+        Raises:
+            ConnectionLost: the connection dropped (the file stays pending).
+        """
         entry = self._state.find_history(event.msg_id.hex())
-        info = None
-        if entry is not None and isinstance(entry.get("file"), dict):
-            info = await self._fetch(client, entry)
+        if entry is None or not isinstance(entry.get("file"), dict):
+            return None
+        return await self._fetch(client, entry)
+
+    def row(self, event: Message, info: dict | None) -> tuple[dict, str]:
+        """The ``--json`` object and the human row of a file message with its file info."""
         obj, _ = message_row(self._state, event)
         obj["file"] = info
         _, human = message_row(self._state, dataclasses.replace(event, text=event.text or "(file)"))
         if info is not None:
             human += "\n  " + file_human(info)
-        self._app.out.emit(obj, human)
+        return obj, human
 
     def check(self) -> None:
         """Raise :class:`CliError` (exit 1) if a file failed for good."""

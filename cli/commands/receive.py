@@ -6,21 +6,33 @@ Without ``--follow`` it returns once the backlog is printed and nothing new came
 stops it quietly with exit code 0, and once connected it survives its home node
 going away: it reconnects with backoff (:func:`reconnect_delays`), printing one note
 on stderr per outage.
+
+Exactly once on screen (docs/cli.md): the received events are kept in the device
+state before the relay gets the ack, and each is marked shown only once its line
+was written, flushed and taken by the reader of stdout (:mod:`cli.commands._screen`).
+What waits from an interrupted run is shown first, before connecting. Ctrl-C ends
+``recv`` with exit code 130 (``recv --follow``: 0); a reader that closes stdout
+(``wa-cli recv | head -n 5``) ends it quietly with exit code 0; in both cases and
+after a SIGKILL, the next ``recv`` shows the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import click
 import trio
 
-from ..client import BacklogDone, Client, Message, open_client
+from ..client import BacklogDone, Client, open_client
 from ..errors import ConnectionFailed, ConnectionLost
+from ..events import Kept
+from ..linesink import ReaderGone
 from ..state import State
 from ..taskgroups import unwrap_single
 from . import files as file_cmd
@@ -32,13 +44,11 @@ from ._common import (
     json_option,
     state_of,
 )
-from ._events import show
+from ._screen import MAX_FILES_WAITING, Screen
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
 RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt of an outage
 RECONNECT_MAX = 30.0  # seconds; the longest wait between attempts
-
-T = TypeVar("T")
 
 
 def reconnect_delays(first: float = RECONNECT_FIRST, limit: float = RECONNECT_MAX,
@@ -52,64 +62,69 @@ def reconnect_delays(first: float = RECONNECT_FIRST, limit: float = RECONNECT_MA
         delay = min(delay * 2, limit)
 
 
-async def _until_interrupted(fn: Callable[..., Awaitable[T]], *args) -> T | None:
-    """``await fn(*args)``, cancelled by the first SIGINT (Ctrl-C): then ``None``.
+async def _until_interrupted(fn: Callable[..., Awaitable[object]], *args) -> bool:
+    """``await fn(*args)``, cancelled by the first SIGINT (Ctrl-C); ``True`` if it was
+    interrupted, ``False`` if it returned.
 
     Must run in the main thread (signal handling). Errors of ``fn`` are raised as
-    themselves, not wrapped in an exception group.
+    themselves, not wrapped in an exception group. SIGINT never raises
+    ``KeyboardInterrupt`` in between: a line is never cut from its shown mark.
     """
-    result = None
+    interrupted = False
 
     async def cancel_on_signal(signals, scope: trio.CancelScope) -> None:  # noqa: ANN001
+        nonlocal interrupted
         async for _ in signals:
+            interrupted = True
             scope.cancel()
             return
 
     with unwrap_single(), trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
-            result = await fn(*args)
+            await fn(*args)
             nursery.cancel_scope.cancel()
-    return result
+    return interrupted
 
 
-async def _receive(app: AppContext, client: Client, files: file_cmd.FileReceiver,
-                   idle_s: float | None, synced: Callable[[], None] = lambda: None) -> int:
-    """Print events from ``client`` until nothing came for ``idle_s`` seconds after the
-    backlog (forever if ``None``); returns how many messages were shown. Calls
-    ``synced()`` once the backlog is printed."""
-    state = client.state
-    shown = 0
-    await files.resume_pending(client)
-    receiver = client.receive()
-    backlog_done = False
-    while True:
-        idle = max(idle_s or 0.0, BACKLOG_IDLE_LIMIT) if not backlog_done else idle_s
-        event = None
-        with trio.move_on_after(idle if idle is not None else float("inf")):
-            event = await receiver.__anext__()
-        if event is None:
-            if not backlog_done:
-                raise CliError("the relay did not finish delivering the queued messages")
-            return shown
-        if isinstance(event, BacklogDone):
-            backlog_done = True
-            synced()
-            continue
-        shown += isinstance(event, Message)
-        if isinstance(event, Message) and event.type == "file":
-            await files.show(client, event)
-        else:
-            show(app, state, event)
+async def _receive(client: Client, screen: Screen, idle_s: float | None,
+                   synced: Callable[[], None] = lambda: None) -> None:
+    """Show what ``client`` receives until nothing came for ``idle_s`` seconds after the
+    backlog (forever if ``None``) and the files of the messages shown are downloaded.
+    Shows what waits in the inbox first; calls ``synced()`` once the backlog is in."""
+    with unwrap_single():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(screen.serve_files, client)
+            await screen.files.resume_pending(client, skip=screen.pending_file_ids())
+            await screen.show_ready()
+            receiver = client.receive(keep=True)
+            backlog_done = False
+            while True:
+                await screen.wait_files(MAX_FILES_WAITING)
+                idle = max(idle_s or 0.0, BACKLOG_IDLE_LIMIT) if not backlog_done else idle_s
+                event = None
+                with trio.move_on_after(idle if idle is not None else float("inf")):
+                    event = await receiver.__anext__()
+                if event is None:
+                    if not backlog_done:
+                        raise CliError("the relay did not finish delivering the queued messages")
+                    await screen.wait_files(0)
+                    break
+                if isinstance(event, Kept):
+                    await screen.show_ready()
+                elif isinstance(event, BacklogDone):
+                    backlog_done = True
+                    synced()
+            nursery.cancel_scope.cancel()
 
 
-async def _once(app: AppContext, state: State, idle_s: float,
-                files: file_cmd.FileReceiver) -> int:
+async def _once(state: State, idle_s: float, screen: Screen) -> None:
+    await screen.show_ready()  # what an earlier run kept, before connecting
     async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
-        return await _receive(app, client, files, idle_s)
+        await _receive(client, screen, idle_s)
 
 
-async def _follow(app: AppContext, state: State, files: file_cmd.FileReceiver) -> None:
+async def _follow(app: AppContext, state: State, screen: Screen) -> None:
     """Receive until cancelled. A first connection that fails raises; after that a
     lost connection or failed reconnect is retried after the next of
     :func:`reconnect_delays` (restarted once a connection got through its backlog),
@@ -121,11 +136,12 @@ async def _follow(app: AppContext, state: State, files: file_cmd.FileReceiver) -
         nonlocal delays, outage
         delays, outage = reconnect_delays(), False
 
+    await screen.show_ready()
     while True:
         try:
             async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
                 delays = delays or reconnect_delays()
-                await _receive(app, client, files, None, synced)
+                await _receive(client, screen, None, synced)
         except (ConnectionLost, ConnectionFailed) as exc:
             if delays is None:
                 raise
@@ -134,6 +150,22 @@ async def _follow(app: AppContext, state: State, files: file_cmd.FileReceiver) -
                 app.out.note(f"lost the connection to the home node ({exc}); "
                              "reconnecting until interrupted")
             await trio.sleep(next(delays))
+
+
+def _reader_gone(app: AppContext, state: State) -> None:
+    """stdout was closed by its reader: send what Python still buffers for it to
+    /dev/null (no error at exit) and say how much is left for the next run."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (tests): nothing buffered to drop
+        pass
+    finally:
+        os.close(devnull)
+    left = len(state.inbox)
+    with contextlib.suppress(BrokenPipeError):  # stderr closed too: nobody to tell
+        app.out.note(f"the output was closed; {left} event{'s' * (left != 1)} kept for "
+                     "the next 'wa-cli recv'" if left else "the output was closed")
 
 
 @click.command()
@@ -147,8 +179,14 @@ async def _follow(app: AppContext, state: State, files: file_cmd.FileReceiver) -
 def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) -> None:
     """Print and acknowledge the messages queued for this device.
 
-    Each message is decrypted, saved locally, then acknowledged to the relay,
-    and shown once even if the relay delivers it again.
+    Each message is decrypted and kept in the local state, then acknowledged to
+    the relay, then printed; it counts as shown once its line has been read
+    (from a pipe: taken by the reader). Whatever an interrupted recv (Ctrl-C,
+    killed, 'recv | head -n 5') did not show is shown by the next one, first.
+    A message that a killed recv was printing at that very moment is shown
+    again, marked "maybe shown before" ("maybe_shown": true with --json).
+    File messages are printed when their download has finished; the messages
+    behind them do not wait.
 
     With --follow it keeps printing new messages until interrupted; Ctrl-C then
     stops it quietly with exit code 0. If the home node goes away it reconnects
@@ -160,8 +198,21 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) 
     """
     with state_of(app) as state, failures():
         files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads))
-        if follow:
-            trio.run(_until_interrupted, _follow, app, state, files)
-        elif not trio.run(_once, app, state, timeout, files) and not app.out.json_mode:
+        screen = Screen(app, state, files)
+        try:
+            if follow:
+                trio.run(_until_interrupted, _follow, app, state, screen)
+                interrupted = False  # Ctrl-C is how --follow ends
+            else:
+                interrupted = trio.run(_until_interrupted, _once, state, timeout, screen)
+        except ReaderGone:
+            screen.finish()
+            _reader_gone(app, state)
+            return
+        screen.finish()
+        if interrupted:
+            click.echo("\ninterrupted", err=True)
+            raise click.exceptions.Exit(130)
+        if not follow and not screen.messages and not app.out.json_mode:
             app.out.note("no new messages")
     files.check()

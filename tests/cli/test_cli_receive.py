@@ -12,6 +12,7 @@ import trio
 
 from cli import crypto, payload
 from cli.client import BacklogDone, Bounce, Client, Dropped, Message, init_account
+from cli.events import Kept
 from cli.state import create_state
 from relay.protocol.frames import (
     Claimed,
@@ -104,6 +105,48 @@ async def test_duplicates_are_shown_once_and_acked_after_saving(pair):
     assert [t for t, _ in log] == ["sync", "save", "ack"]
     assert log[-1][1] == {"seq": 2}
     assert bob.find_history(msg_id.hex())["text"] == "hi"
+
+
+async def test_keep_puts_the_batch_into_the_inbox_durably_before_the_ack(pair):
+    alice, bob = pair
+    log = []
+    conn = ScriptedConn(log, {})
+    client = Client(bob, conn)
+    original_asave = bob.asave
+
+    async def logged_asave():
+        log.append(("save", {"inbox": [p.event.text for p in bob.inbox.pending()]}))
+        await original_asave()
+
+    bob.asave = logged_asave
+    otks = iter(bob.identity.unpublished_one_time_keys())
+    for seq in (1, 2):
+        msg_id = bytes([seq]) * 16
+        session = alice.identity.create_outbound_session(bob.identity.curve25519,
+                                                         next(otks).key)
+        body = crypto.encrypt(session, payload.TextPayload(msg_id, f"m{seq}", seq, "alice",
+                                                           bob.user_id).encode())
+        conn.push.send_nowait(_deliver(seq, msg_id, alice, body))
+    conn.push.send_nowait(Synced(id=0))
+    receiver = client.receive(keep=True)
+    with trio.fail_after(5):
+        events = [await receiver.__anext__() for _ in range(2)]
+    assert events == [Kept(2), BacklogDone()]
+    assert [t for t, _ in log] == ["sync", "save", "ack"]
+    assert log[1][1] == {"inbox": ["m1", "m2"]}  # kept before the save that precedes the ack
+    assert [p.event.text for p in bob.inbox.pending()] == ["m1", "m2"]
+
+
+async def test_a_withheld_copy_is_dropped_with_its_reason(pair):
+    alice, bob = pair
+    log = []
+    conn = ScriptedConn(log, {})
+    client = Client(bob, conn)
+    conn.push.send_nowait(_deliver(1, b"\x09" * 16, alice, b""))
+    with trio.fail_after(5):
+        (event,) = await _events(client, 1)
+    assert isinstance(event, Dropped) and event.reason.startswith("withheld")
+    assert log[-1] == ("ack", {"seq": 1})
 
 
 async def test_forged_and_mismatched_copies_are_dropped_but_acked(pair):

@@ -139,6 +139,79 @@ class Device:
         """``verify NAME`` -> ``{safety_number, user_id}``."""
         return self.json_one("verify", contact)
 
+    def start_recv(self, *args: str, stdout: int | object = subprocess.PIPE) -> RecvProcess:
+        """Start ``recv --json ARGS`` in the background (see :class:`RecvProcess`); with
+        ``stdout`` another process's pipe end, its stdout goes there instead."""
+        return RecvProcess.start(self, args, stdout)
+
+
+class RecvProcess:
+    """A running ``wa-cli --json recv``: its stdout lines are pumped into a queue by a
+    thread (so the pipe is read as fast as it is written), its stderr collected."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: queue.Queue = queue.Queue()
+        self._err: list[bytes] = []
+        self._threads = [threading.Thread(target=self._pump_err, daemon=True)]
+        if proc.stdout is not None:
+            self._threads.append(threading.Thread(target=self._pump_out, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    def start(cls, device: Device, args: Iterable[str], stdout: int | object) -> RecvProcess:
+        argv = [*tool("wa-cli"), "--home", str(device.home), "--json", "recv", *args]
+        return cls(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=subprocess.PIPE, env=subprocess_env()))
+
+    def _pump_out(self) -> None:
+        for raw in self.proc.stdout:
+            self.lines.put(json.loads(raw))
+        self.lines.put(None)
+
+    def _pump_err(self) -> None:
+        for raw in self.proc.stderr:
+            self._err.append(raw)
+
+    def line(self, timeout: float = CLI_TIMEOUT) -> dict:
+        """The next JSON line on stdout.
+
+        Raises:
+            HarnessError: none within ``timeout`` s, or stdout ended.
+        """
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise HarnessError(f"wa-cli recv printed nothing within {timeout}s") from None
+        if line is None:
+            raise HarnessError(f"wa-cli recv ended its output: {self.stderr()}")
+        return line
+
+    def finish(self, timeout: float = CLI_TIMEOUT) -> tuple[int, list[dict], str]:
+        """Wait for the exit: ``(exit code, the stdout lines not read yet, stderr)``."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise HarnessError(f"wa-cli recv did not exit within {timeout}s") from None
+        for t in self._threads:
+            t.join(timeout)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        rest = []
+        while not self.lines.empty():
+            line = self.lines.get_nowait()
+            if line is not None:
+                rest.append(line)
+        return code, rest, self.stderr()
+
+    def stderr(self) -> str:
+        """What the process wrote on stderr so far."""
+        return b"".join(self._err).decode("utf-8", "replace")
+
 
 @dataclass
 class LinkProcess:

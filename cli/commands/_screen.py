@@ -1,0 +1,179 @@
+"""``wa-cli recv``'s screen: the device's inbox shown exactly once, in order.
+
+The receiver keeps every event to show in the inbox of the device state
+(:mod:`cli.inbox`, durable before the ack). :class:`Screen` shows them oldest
+first: each is announced, written, flushed and taken by the reader of the stream
+(:mod:`cli.linesink`), then marked shown. A file message is handed to a download
+task (:meth:`Screen.serve_files`) and shown once its download has finished or
+failed, so the messages behind it never wait for a download.
+
+Notes on stderr (human device-list and group changes, bounces) count as shown
+once written: stderr is for diagnostics, which a parent may read only at its end.
+
+With ``--json`` a line of an event that an earlier run may have shown (it was
+killed while showing it) carries ``"maybe_shown": true``; human output starts it
+with :data:`MAYBE_PREFIX`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from ..events import Message
+from ..inbox import Pending
+from ..linesink import LineSink, ReaderGone
+from ..output import json_line, scrub
+from ..state import State
+from . import files as file_cmd
+from ._common import AppContext
+from ._events import render
+
+__all__ = ["FOLD_EVERY", "GRACE", "MAX_FILES_WAITING", "MAYBE_PREFIX", "Screen"]
+
+MAX_FILES_WAITING = 16  # file messages kept while downloads run; no new batch is taken beyond
+GRACE = 0.5  # seconds: on Ctrl-C, how long the reader may still take the line in flight
+FOLD_EVERY = 4096  # marks appended before they are folded into the state file
+MAYBE_PREFIX = "(maybe shown before) "
+
+
+def _is_file(p: Pending) -> bool:
+    return isinstance(p.event, Message) and p.event.type == "file"
+
+
+class Screen:
+    """Shows the inbox of ``state`` on stdout (and notes on stderr).
+
+    Args:
+        app: the command context (output mode).
+        state: the open device state.
+        files: downloads the files of file messages.
+    """
+
+    def __init__(self, app: AppContext, state: State, files: file_cmd.FileReceiver) -> None:
+        self._app = app
+        self._state = state
+        self.files = files
+        self._out = LineSink(sys.stdout)
+        self._err = LineSink(sys.stderr, watch=False)  # notes: a parent may read them late
+        self.messages = 0  # messages shown
+        self._changed: trio.Event | None = None
+        self._folded = 0  # inbox marks already folded
+
+    # ------------------------------------------------------------ queries
+
+    def pending_file_ids(self) -> frozenset[str]:
+        """Message ids (hex) of the file messages waiting in the inbox."""
+        return frozenset(p.event.msg_id.hex() for p in self._state.inbox.pending()
+                         if _is_file(p))
+
+    def _files_waiting(self) -> int:
+        return sum(_is_file(p) for p in self._state.inbox.pending())
+
+    # ------------------------------------------------------------ showing
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def _line(self, p: Pending, shape: tuple[dict | None, str, bool]) -> tuple[LineSink, str]:
+        obj, human, note = shape
+        json_mode = self._app.out.json_mode
+        if json_mode and obj is not None:
+            return self._out, json_line({**obj, "maybe_shown": True} if p.maybe_shown else obj)
+        text = scrub((MAYBE_PREFIX if p.maybe_shown else "") + human)
+        return (self._err if note or json_mode else self._out), text
+
+    async def _show(self, p: Pending, shape: tuple[dict | None, str, bool]) -> None:
+        """Announce, write, wait until taken, mark shown (see :mod:`cli.inbox`).
+
+        Raises:
+            ReaderGone: the reader closed the stream first (``p`` stays pending).
+            OSError: a write failed.
+        """
+        sink, line = self._line(p, shape)
+        inbox = self._state.inbox
+        inbox.showing(p.n)
+        try:
+            sink.write(line)
+            await sink.taken()
+        except trio.Cancelled:  # Ctrl-C: the reader may still take the line in flight
+            with trio.CancelScope(deadline=trio.current_time() + GRACE, shield=True):
+                try:
+                    await sink.taken()
+                except ReaderGone:
+                    inbox.withdraw(p.n)
+                else:
+                    inbox.shown(p.n)
+            raise  # if the grace ran out, it stays announced: flagged maybe_shown next time
+        except (ReaderGone, OSError):
+            inbox.withdraw(p.n)
+            raise
+        inbox.shown(p.n)
+        self.messages += isinstance(p.event, Message)
+        self._notify()
+
+    async def show_ready(self) -> None:
+        """Show every pending event in order, except file messages (:meth:`serve_files`
+        shows those); wakes the download task for new ones."""
+        self._notify()
+        for p in self._state.inbox.pending():
+            if _is_file(p) or p.n not in self._state.inbox:
+                continue
+            shape = render(self._state, p.event)
+            if shape is not None:
+                await self._show(p, shape)
+        if self._state.inbox.marks - self._folded >= FOLD_EVERY:
+            await self._fold()
+
+    async def serve_files(self, client, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        """Download and show the inbox's file messages, oldest first, until cancelled.
+
+        Raises:
+            ConnectionLost: the connection dropped (the file message stays pending).
+            ReaderGone, OSError: as :meth:`_show`.
+        """
+        task_status.started()
+        while True:
+            p = next((p for p in self._state.inbox.pending() if _is_file(p)), None)
+            if p is None:
+                await self._wait_change()
+                continue
+            info = await self.files.fetch(client, p.event)  # type: ignore[arg-type]
+            obj, human = self.files.row(p.event, info)  # type: ignore[arg-type]
+            await self._show(p, (obj, human, False))
+
+    async def wait_files(self, limit: int) -> None:
+        """Wait until at most ``limit`` file messages wait for their download
+        (:meth:`serve_files` must be running)."""
+        while self._files_waiting() > limit:
+            await self._wait_change()
+
+    # ------------------------------------------------------------ folding
+
+    async def _fold(self) -> None:
+        """Save the state, then empty ``shown.bin`` if no mark came meanwhile."""
+        inbox = self._state.inbox
+        marks = inbox.marks
+        await self._state.asave()
+        if inbox.marks == marks and inbox.announced is None:
+            inbox.reset_marks()
+        self._folded = marks
+
+    def finish(self) -> None:
+        """After the run (no client running): an event announced and not marked shown is
+        flagged ``maybe_shown``; the state is saved and ``shown.bin`` emptied.
+
+        Raises:
+            OSError: the save failed (the marks stay and are applied on the next load).
+        """
+        self._state.inbox.settle()
+        self._state.save()
+        self._state.inbox.reset_marks()
