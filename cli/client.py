@@ -1,4 +1,4 @@
-"""Async client API of one device (trio + trio-websocket), used by ``wa-cli``, tests and bench.
+"""Async client API of one device (trio, over relay.net's connection layer), used by ``wa-cli``, tests and bench.
 
 Usage::
 
@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from relay.net import LinkSettings
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import (
     ClaimedKey,
@@ -41,7 +42,7 @@ from relay.protocol.frames import (
 )
 
 from . import crypto, devices, linkcode, outbound, payload
-from .connection import Connection, open_connection
+from .connection import CLIENT_SETTINGS, Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from .errors import ClientError, RelayError, SendFailed
 from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
@@ -359,7 +360,8 @@ class Client:
 
 
 @asynccontextmanager
-async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIterator[Client]:
+async def open_client(state: State, *, connect_timeout: float = 10.0,
+                      settings: LinkSettings = CLIENT_SETTINGS) -> AsyncIterator[Client]:
     """Connect to the device's home (following ``moved``), authenticate, top up one-time
     keys if the node holds fewer than 50, and yield a :class:`Client`.
 
@@ -368,7 +370,8 @@ async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIt
 
     Args:
         state: an open device state (:func:`cli.state.open_state`).
-        connect_timeout: seconds for each connection attempt and handshake.
+        connect_timeout: seconds for each connection attempt and handshake step.
+        settings: keepalive and request deadline (:func:`cli.connection.client_settings`).
 
     Raises:
         ConnectionFailed, RelayError: see :func:`cli.connection.open_connection`.
@@ -377,10 +380,9 @@ async def open_client(state: State, *, connect_timeout: float = 10.0) -> AsyncIt
     with unwrap_single():
         async with trio.open_nursery() as nursery:
             try:
-                async with open_connection(nursery, state,
-                                           connect_timeout=connect_timeout) as conn:
+                async with open_connection(nursery, state, connect_timeout=connect_timeout,
+                                           settings=settings) as conn:
                     client = Client(state, conn)
-                    nursery.start_soon(conn.run_reader)
                     nursery.start_soon(client._top_up_keys)
                     if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
                         await client.upload_keys()

@@ -17,7 +17,14 @@ class ConnectionFailed(ClientError):
 
 
 class ConnectionLost(ClientError):
-    """The connection closed while a request was outstanding or a stream was open."""
+    """The connection closed (or stopped answering: keepalive overdue, a request's
+    deadline passed) while a request was outstanding or a stream was open."""
+
+
+class NoAnswer(ConnectionLost):
+    """A request left but its answer never came (the connection was lost, the keepalive
+    gave up on it, or its deadline passed): the relay may or may not have acted on it.
+    Requests that carry their own id (``send``: ``msg_id``) are safe to repeat with it."""
 
 
 class RelayError(ClientError):

@@ -10,6 +10,8 @@ Used by ``wa-cli`` (:mod:`cli.connection`, :mod:`cli.linking`), the node's peer 
 (:mod:`relay.federation`) and the tests. Imports :mod:`relay.protocol` only.
 """
 
+from relay.protocol.keepalive import KeepaliveConfig
+
 from .client import (
     PEER_SETTINGS,
     authenticate,
@@ -31,7 +33,7 @@ from .websocket import CLOSE_TIMEOUT, OwnedWebSocket, closed_text, failed_text, 
 
 __all__ = [
     "CLOSE_TIMEOUT", "DEFAULT_SETTINGS", "PEER_SETTINGS", "ConnectFailed", "ConnectionLost",
-    "FrameTooLarge", "HandshakeFailed", "Link", "LinkSettings", "NetError", "OwnedWebSocket",
+    "FrameTooLarge", "HandshakeFailed", "KeepaliveConfig", "Link", "LinkSettings", "NetError", "OwnedWebSocket",
     "Refused", "RequestTimeout", "authenticate", "closed_text", "failed_text",
     "handshake_step", "open_client_connection", "open_link", "open_peer_connection",
     "open_websocket",
