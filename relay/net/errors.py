@@ -27,7 +27,16 @@ class NetError(Exception):
 
 
 class ConnectFailed(NetError):
-    """Could not open the connection or complete its handshake (nothing was served)."""
+    """Could not open the connection or complete its handshake (nothing was served).
+
+    Attributes:
+        http_status: the HTTP status of a refused WebSocket upgrade (503: the node is
+            over its connection limits), else ``None``.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class HandshakeFailed(ConnectFailed):

@@ -68,6 +68,10 @@ class LinkSettings:
         strict: a frame that cannot be decoded closes the link (else it is logged and
             skipped).
         shield_close: a cancelled exit still waits for the closing handshake.
+        raw: nothing is classified: every received frame goes to :attr:`Link.pushes` in
+            order, answers included (the other end's pings are still answered and not
+            passed on); use :meth:`Link.send` with the ids you choose. For tests and
+            tools that speak raw frames; set ``keepalive`` interval 0 with it.
     """
 
     connect_timeout: float = 10.0
@@ -81,6 +85,7 @@ class LinkSettings:
     receive_buffer: int = 64 * 1024
     strict: bool = False
     shield_close: bool = True
+    raw: bool = False
 
 
 DEFAULT_SETTINGS = LinkSettings()
@@ -115,6 +120,10 @@ class Link:
             the push is consumed (it must not block).
         handshake: the sans-I/O handshake run over this link (:mod:`relay.net.client`),
             ``None`` for a bare link.
+        socket: the :class:`~relay.net.websocket.OwnedWebSocket` (for tests and tools
+            that write raw bytes with ``socket.ws.send_message``; never read from it).
+        close_code: the WebSocket close code once the socket closed (1000 normal, 1006
+            abnormal, ...), ``None`` while open or when we ended the link first.
     """
 
     def __init__(self, sock: OwnedWebSocket, url: str, settings: LinkSettings,
@@ -123,7 +132,8 @@ class Link:
         self.settings = settings
         self.limits = limits
         self.max_send: int | None = None
-        self._sock = sock
+        self._sock = self.socket = sock
+        self.close_code: int | None = None
         self._session = Session(window=settings.window, keepalive=settings.keepalive,
                                 now=trio.current_time())
         self._slots = trio.Semaphore(settings.window)
@@ -268,6 +278,8 @@ class Link:
                     data = await self._sock.ws.get_message()
                 except ConnectionClosed as exc:
                     reason = closed_text(self.url, exc.reason)
+                    if self._reason is None and exc.reason is not None:
+                        self.close_code = exc.reason.code
                     return
                 try:
                     frame = read_frame(data, self.limits)
@@ -278,6 +290,8 @@ class Link:
                     log.warning("ignoring an invalid frame from %s: %s", self.url, exc)
                     continue
                 kind = self._session.receive(frame, trio.current_time())
+                if self.settings.raw and kind is not Incoming.PING:
+                    kind = Incoming.PUSH
                 if kind is Incoming.ANSWER:
                     waiter = self._waiters.get(frame.id)
                     if waiter is not None:
@@ -380,6 +394,7 @@ class Link:
 @asynccontextmanager
 async def open_link(
     url: str, *, settings: LinkSettings = DEFAULT_SETTINGS, limits: Limits = DEFAULT_LIMITS,
+    local_address: str | None = None,
 ) -> AsyncIterator[Link]:
     """Connect to ``url`` and yield a running :class:`Link` (nothing sent yet: see
     :mod:`relay.net.client` for the handshakes). On exit the link is closed
@@ -387,26 +402,29 @@ async def open_link(
 
     A single exception from the body is raised as itself (not in an exception group).
 
+    Args:
+        url: ``ws://host:port`` or ``wss://...``.
+        settings: see :class:`LinkSettings`.
+        limits: decoding limits for received frames.
+        local_address: the local IP address to connect from.
+
     Raises:
         ConnectFailed: see :func:`relay.net.websocket.open_websocket`.
     """
     with unwrap_single():
-        async with trio.open_nursery() as nursery:
-            try:
-                async with open_websocket(
-                    nursery, url, connect_timeout=settings.connect_timeout,
-                    max_message_size=settings.max_message,
-                    message_queue_size=settings.message_queue,
-                    receive_buffer_size=settings.receive_buffer,
-                    shield_close=settings.shield_close,
-                ) as sock:
-                    link = Link(sock, url, settings, limits)
-                    nursery.start_soon(link._read)
-                    nursery.start_soon(link._write)
-                    nursery.start_soon(link._keep_alive)
-                    try:
-                        yield link
-                    finally:
-                        await link.aclose()
-            finally:
-                nursery.cancel_scope.cancel()
+        async with open_websocket(
+            url, connect_timeout=settings.connect_timeout,
+            max_message_size=settings.max_message, message_queue_size=settings.message_queue,
+            receive_buffer_size=settings.receive_buffer, shield_close=settings.shield_close,
+            local_address=local_address,
+        ) as sock:
+            async with trio.open_nursery() as nursery:
+                link = Link(sock, url, settings, limits)
+                nursery.start_soon(link._read)
+                nursery.start_soon(link._write)
+                nursery.start_soon(link._keep_alive)
+                try:
+                    yield link
+                finally:
+                    await link.aclose()
+                    nursery.cancel_scope.cancel()

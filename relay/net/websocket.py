@@ -15,8 +15,8 @@ closed socket (:func:`closed_text`).
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,6 +29,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from ._groups import single_leaf
 from .errors import ConnectFailed
 
 __all__ = ["CLOSE_TIMEOUT", "OwnedWebSocket", "closed_text", "failed_text", "open_websocket",
@@ -93,29 +94,53 @@ class OwnedWebSocket:
         await trio.aclose_forcefully(self.stream)
 
 
-async def _open_stream(scheme: str, host: str, port: int) -> trio.abc.Stream:
-    if scheme == "wss":
-        return await trio.open_ssl_over_tcp_stream(
-            host, port, ssl_context=ssl.create_default_context(), https_compatible=True)
-    return await trio.open_tcp_stream(host, port)
+async def _open_stream(scheme: str, host: str, port: int,
+                       local_address: str | None) -> trio.abc.Stream:
+    tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
+    if scheme != "wss":
+        return tcp
+    tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host,
+                         https_compatible=True)
+    try:
+        await tls.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return tls
+
+
+@contextmanager
+def _rejections(url: str, limit: float) -> Iterator[None]:
+    """Exceptions of trio-websocket's reader task come as a group from its nursery: a
+    refused upgrade (``ConnectionRejected``, HTTP 503 at admission) becomes
+    :class:`ConnectFailed`; any other single exception is raised as itself."""
+    try:
+        yield
+    except BaseExceptionGroup as group:  # re-raised, never swallowed
+        leaf = single_leaf(group)
+        if leaf is None:
+            raise
+        if isinstance(leaf, HandshakeError):
+            status = leaf.status_code if isinstance(leaf, ConnectionRejected) else None
+            raise ConnectFailed(failed_text(url, leaf, limit), http_status=status) from leaf
+        raise leaf from leaf.__cause__
 
 
 @asynccontextmanager
 async def open_websocket(
-    nursery: trio.Nursery, url: str, *, connect_timeout: float, max_message_size: int,
+    url: str, *, connect_timeout: float, max_message_size: int,
     message_queue_size: int = 16, receive_buffer_size: int = 64 * 1024,
-    shield_close: bool = True,
+    shield_close: bool = True, local_address: str | None = None,
 ) -> AsyncIterator[OwnedWebSocket]:
     """Connect to ``url`` and yield the open WebSocket; on exit close it and its stream.
 
     Exit first tries the closing handshake (at most :data:`CLOSE_TIMEOUT` seconds,
     shielded unless ``shield_close`` is false, so a cancelled caller still says
     goodbye), then closes the stream in every case: a normal exit, an exception,
-    cancellation, or a socket the other end already broke.
+    cancellation, or a socket the other end already broke. trio-websocket's reader
+    task runs in a nursery of its own, inside.
 
     Args:
-        nursery: runs trio-websocket's reader task of this socket (it ends once the
-            stream is closed).
         url: ``ws://host:port[/path]`` or ``wss://...``.
         connect_timeout: seconds for the TCP (+TLS) connect, and again for the
             WebSocket opening handshake.
@@ -124,31 +149,37 @@ async def open_websocket(
         receive_buffer_size: bytes per socket read (the library's default is 4 KiB).
         shield_close: whether a cancelled exit still waits for the closing handshake
             (a node stopping its peer links does not).
+        local_address: the local IP address to connect from (default: the system's choice).
 
     Raises:
-        ConnectFailed: bad URL, unreachable, refused (HTTP status), timed out, or not a
-            WebSocket.
+        ConnectFailed: bad URL, unreachable, refused (``http_status``), timed out, or
+            not a WebSocket.
     """
     scheme, host, port, resource = split_url(url)
     try:
         with trio.fail_after(connect_timeout):
-            stream = await _open_stream(scheme, host, port)
-    except (OSError, trio.TooSlowError) as exc:
+            stream = await _open_stream(scheme, host, port, local_address)
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
         raise ConnectFailed(failed_text(url, exc, connect_timeout)) from exc
     try:
-        try:
-            with trio.fail_after(connect_timeout):
-                ws = await wrap_client_stream(
-                    nursery, stream, host if port in (80, 443) else f"{host}:{port}", resource,
-                    message_queue_size=message_queue_size, max_message_size=max_message_size,
-                    receive_buffer_size=receive_buffer_size)
-        except (OSError, HandshakeError, trio.TooSlowError) as exc:
-            raise ConnectFailed(failed_text(url, exc, connect_timeout)) from exc
-        owned = OwnedWebSocket(ws, stream)
-        try:
-            yield owned
-        finally:
-            with trio.move_on_after(CLOSE_TIMEOUT, shield=shield_close):
-                await ws.aclose()
+        with _rejections(url, connect_timeout):
+            async with trio.open_nursery() as nursery:
+                try:
+                    with trio.fail_after(connect_timeout):
+                        ws = await wrap_client_stream(
+                            nursery, stream, host if port in (80, 443) else f"{host}:{port}",
+                            resource, message_queue_size=message_queue_size,
+                            max_message_size=max_message_size,
+                            receive_buffer_size=receive_buffer_size)
+                except (OSError, HandshakeError, trio.TooSlowError) as exc:
+                    status = exc.status_code if isinstance(exc, ConnectionRejected) else None
+                    raise ConnectFailed(failed_text(url, exc, connect_timeout),
+                                        http_status=status) from exc
+                try:
+                    yield OwnedWebSocket(ws, stream)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT, shield=shield_close):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)

@@ -222,11 +222,13 @@ class Handshake:
 
         Raises:
             HandshakeRefused: ``error`` (``moved`` with ``url``, ``unknown_device``, ...).
-                The handshake may try :meth:`auth` again on another connection only.
+                The state goes back to ``CHALLENGED``: the node keeps awaiting an
+                ``auth`` on this connection, so :meth:`auth` may be tried again.
             RemoteProtocolError: another frame type.
         """
         self._expect(HandshakeState.AWAIT_AUTH_OK, "receive_auth_ok()")
         if isinstance(frame, Error):
+            self.state = HandshakeState.CHALLENGED
             raise HandshakeRefused("auth", frame)
         if not isinstance(frame, AuthOk):
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unexpected answer to auth: {frame.TYPE}")
@@ -263,11 +265,13 @@ class Handshake:
         """Check the answer to ``peer_auth``: the other node's signature over our nonce.
 
         Raises:
-            HandshakeRefused: ``error`` (``unauthorized``: it does not know our key, ...).
+            HandshakeRefused: ``error`` (``unauthorized``: it does not know our key, ...);
+                back to ``CHALLENGED`` as for :meth:`receive_auth_ok`.
             RemoteProtocolError: another frame, or a signature that does not verify.
         """
         self._expect(HandshakeState.AWAIT_AUTH_OK, "receive_peer_auth_ok()")
         if isinstance(frame, Error):
+            self.state = HandshakeState.CHALLENGED
             raise HandshakeRefused("peer_auth", frame)
         ch = self.challenge
         assert ch is not None and self._my_nonce is not None and self._node_id is not None

@@ -128,6 +128,9 @@ def test_refusals_carry_the_error_frame() -> None:
     with pytest.raises(HandshakeRefused) as info:
         hs.receive_auth_ok(moved)
     assert info.value.frame == moved and info.value.code is ErrorCode.MOVED
+    assert hs.state is HandshakeState.CHALLENGED  # the node still awaits an auth
+    hs.auth(UID, 1, lambda m: b"s" * 64)
+    assert hs.receive_auth_ok(AuthOk(id=3, otk_count=0)).otk_count == 0
     unknown = HandshakeRefused("auth", Error(id=2, code="from_the_future"))
     assert unknown.code is ErrorCode.INTERNAL and "from_the_future" in str(unknown)
 
