@@ -44,7 +44,7 @@ from relay.protocol.frames import (
 from . import crypto, devices, linkcode, outbound, payload
 from .connection import CLIENT_SETTINGS, Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
-from .errors import ClientError, RelayError, SendFailed
+from .errors import ClientError, NoAnswer, RelayError, SendFailed, SendUnknown
 from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from .receiving import Receiver
 from .sendorder import SendOrder
@@ -271,7 +271,9 @@ class Client:
 
         Raises:
             RelayError: the relay refused (e.g. ``stale_devices``).
-            ConnectionLost: the connection closed.
+            SendUnknown: the frame left but no answer came (connection lost, keepalive
+                overdue, deadline): retry with the same ``msg_id``.
+            ConnectionLost: the connection closed before the frame left.
             OSError: the state could not be saved (nothing was sent).
         """
         place = self._send_order.take()
@@ -279,6 +281,8 @@ class Client:
             await self.state.asave()  # advanced ratchets are durable before anything leaves
             return await self._conn.request(frame_cls, place=(self._send_order, place),
                                             **fields)
+        except NoAnswer as exc:  # it left: delivered or not, only a retry can tell
+            raise SendUnknown(fields["msg_id"], str(exc)) from exc
         finally:
             self._send_order.done(place)
 

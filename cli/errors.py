@@ -27,6 +27,23 @@ class NoAnswer(ConnectionLost):
     Requests that carry their own id (``send``: ``msg_id``) are safe to repeat with it."""
 
 
+class SendUnknown(NoAnswer):
+    """A message (``send``, ``group_send``) left but the relay's answer never came: it may
+    or may not have been delivered. Retrying with the same ``msg_id`` is safe: the
+    recipient's home stores a message id once and devices show it once.
+
+    Attributes:
+        msg_id: the 16-byte message id to retry with (``wa-cli send --retry HEX``).
+    """
+
+    def __init__(self, msg_id: bytes, reason: str) -> None:
+        super().__init__(
+            f"message {msg_id.hex()} may or may not have been delivered: {reason}. It is "
+            f"safe to retry with the same message id (it is shown once): "
+            f"wa-cli send --retry {msg_id.hex()}")
+        self.msg_id = msg_id
+
+
 class RelayError(ClientError):
     """The relay answered a request with an ``error`` frame.
 

@@ -19,13 +19,12 @@ from typing import TypeVar
 import click
 import trio
 
-from ..client import BacklogDone, Client, Message, open_client
+from ..client import BacklogDone, Client, Message
 from ..errors import ConnectionFailed, ConnectionLost
 from ..state import State
 from ..taskgroups import unwrap_single
 from . import files as file_cmd
 from ._common import (
-    CONNECT_TIMEOUT,
     AppContext,
     CliError,
     failures,
@@ -105,7 +104,7 @@ async def _receive(app: AppContext, client: Client, files: file_cmd.FileReceiver
 
 async def _once(app: AppContext, state: State, idle_s: float,
                 files: file_cmd.FileReceiver) -> int:
-    async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+    async with app.connect(state) as client:
         return await _receive(app, client, files, idle_s)
 
 
@@ -123,7 +122,7 @@ async def _follow(app: AppContext, state: State, files: file_cmd.FileReceiver) -
 
     while True:
         try:
-            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            async with app.connect(state) as client:
                 delays = delays or reconnect_delays()
                 await _receive(app, client, files, None, synced)
         except (ConnectionLost, ConnectionFailed) as exc:
