@@ -16,13 +16,13 @@ from contextlib import ExitStack
 import pytest
 import trio
 from cli_cluster import new_account, run_cluster
-from netproxy import Proxy, frame_type
 from test_cli_process import lines, wa
 
 from cli.client import open_client
 from cli.connection import client_settings
 from cli.errors import NoAnswer
 from cli.linking import open_link
+from tests.netproxy import Proxy, frame_type
 
 DEADLINE = 60
 KEEPALIVE, KEEPALIVE_TIMEOUT = 0.3, 0.3
