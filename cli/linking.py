@@ -117,6 +117,11 @@ class PendingLink:
             try:
                 frame = await self._link.pushes.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
+                if self._link.close_code is None:  # we gave up on it (keepalive overdue)
+                    raise LinkFailed(
+                        f"lost the connection to the relay while waiting for approval "
+                        f"({self._link.close_reason}); nothing was saved. Run 'wa-cli link' "
+                        "again") from None
                 raise LinkFailed(
                     f"the relay closed the linking mailbox ({self._link.close_reason}); the "
                     "code has expired or was used. Run 'wa-cli link' again") from None
