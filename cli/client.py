@@ -1,4 +1,4 @@
-"""Async client API of one device (trio + trio-websocket), used by ``wa-cli``, tests and bench.
+"""Async client API of one device (trio, over relay.net's connection layer), used by ``wa-cli``, tests and bench.
 
 Usage::
 
@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from relay.net import LinkSettings
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import (
     ClaimedKey,
@@ -41,9 +42,9 @@ from relay.protocol.frames import (
 )
 
 from . import crypto, devices, linkcode, outbound, payload
-from .connection import Connection, open_connection
+from .connection import CLIENT_SETTINGS, Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
-from .errors import ClientError, RelayError, SendFailed
+from .errors import ClientError, NoAnswer, RelayError, SendFailed, SendUnknown
 from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from .receiving import Receiver
 from .sendorder import SendOrder
@@ -280,7 +281,9 @@ class Client:
 
         Raises:
             RelayError: the relay refused (e.g. ``stale_devices``).
-            ConnectionLost: the connection closed.
+            SendUnknown: the frame left but no answer came (connection lost, keepalive
+                overdue, deadline): retry with the same ``msg_id``.
+            ConnectionLost: the connection closed before the frame left.
             OSError: the state could not be saved (nothing was sent).
         """
         place = self._send_order.take()
@@ -288,6 +291,8 @@ class Client:
             await self.state.asave()  # advanced ratchets are durable before anything leaves
             return await self._conn.request(frame_cls, place=(self._send_order, place),
                                             **fields)
+        except NoAnswer as exc:  # it left: delivered or not, only a retry can tell
+            raise SendUnknown(fields["msg_id"], str(exc)) from exc
         finally:
             self._send_order.done(place)
 
@@ -375,7 +380,8 @@ class Client:
 
 @asynccontextmanager
 async def open_client(state: State, *, connect_timeout: float = 10.0,
-                      withdraw_pending: bool = True) -> AsyncIterator[Client]:
+                      withdraw_pending: bool = True,
+                      settings: LinkSettings = CLIENT_SETTINGS) -> AsyncIterator[Client]:
     """Connect to the device's home (following ``moved``), authenticate, top up one-time
     keys if the node holds fewer than 50, and yield a :class:`Client`.
 
@@ -389,7 +395,8 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
 
     Args:
         state: an open device state (:func:`cli.state.open_state`).
-        connect_timeout: seconds for each connection attempt and handshake.
+        connect_timeout: seconds for each connection attempt and handshake step.
+        settings: keepalive and request deadline (:func:`cli.connection.client_settings`).
 
     Raises:
         ConnectionFailed, RelayError: see :func:`cli.connection.open_connection`.
@@ -398,10 +405,9 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
     with unwrap_single():
         async with trio.open_nursery() as nursery:
             try:
-                async with open_connection(nursery, state,
-                                           connect_timeout=connect_timeout) as conn:
+                async with open_connection(nursery, state, connect_timeout=connect_timeout,
+                                           settings=settings) as conn:
                     client = Client(state, conn)
-                    nursery.start_soon(conn.run_reader)
                     nursery.start_soon(client._top_up_keys)
                     if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
                         await client.upload_keys()

@@ -1,171 +1,168 @@
-"""One authenticated WebSocket from a device to its home node (docs/protocol.md, "Handshake").
+"""One authenticated connection from a device to its home node (docs/protocol.md, "Handshake").
 
-:func:`open_connection` opens the socket (:mod:`cli.websocket`, which owns the TCP
-stream), runs ``hello`` -> ``challenge``, publishes the device's own signed device
-list if the home does not have it yet, signs the challenge (``auth``) and follows
-``error moved`` to the user's home, saving the new URL in the state. The yielded
-:class:`Connection` multiplexes requests by
-request id; its reader task (:meth:`Connection.run_reader`) always drains the
-socket (trio-websocket stops answering pings when its queue is full) and routes
-each frame: answers to their waiting request, ``key_count`` pushes to a
-callback, ``deliver``/``synced``/connection errors to a bounded push channel.
+:func:`open_connection` opens a link with :mod:`relay.net` (the one connection layer:
+owned socket, a reader that always drains it, a bounded writer, pipelined requests
+with a deadline each, keepalive pings), publishes the device's own signed device list
+if the home does not have it yet, authenticates (``auth``) and follows ``error
+moved`` to the user's home, saving the new URL in the state. The yielded
+:class:`Connection` translates the link's errors into the client's
+(:mod:`cli.errors`) and checks every request against the node's size budget before
+it leaves (``check_budget``).
+
+Pushes: ``key_count`` goes to :attr:`Connection.on_key_count`; ``deliver``,
+``synced`` and ``error`` (id 0, or ending the ``sync`` stream) to the bounded
+:attr:`Connection.pushes` channel, which ends when the connection does.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 
 import trio
-from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
-from relay.protocol import (
-    DEFAULT_LIMITS,
-    SUPPORTED_VERSIONS,
-    ErrorCode,
-    Limits,
-    RemoteProtocolError,
-    auth_message,
-    read_frame,
-    write_frame,
-)
-from relay.protocol.frames import (
-    Auth,
-    AuthOk,
-    Challenge,
-    Deliver,
-    Error,
-    Frame,
-    Hello,
-    KeyCount,
-    PutDevices,
-    Synced,
-    check_budget,
-)
+import relay.net as net
+from relay.protocol import ErrorCode, RemoteProtocolError
+from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
 
-from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, RelayError
+from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, NoAnswer, RelayError
 from .sendorder import SendOrder
 from .state import State
-from .websocket import CLOSE_TIMEOUT, open_websocket
+
+__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection"]
 
 log = logging.getLogger(__name__)
 
 AGENT = "wa-cli/0.1"
 MAX_MOVES = 3
 PUSH_BUFFER = 1024  # > the node's 256 unacknowledged deliveries in flight per connection
+REQUEST_TIMEOUT = 30.0  # seconds; above every deadline a node uses inside one request (<= 10 s)
+
+CLIENT_SETTINGS = net.LinkSettings(request_timeout=REQUEST_TIMEOUT, push_buffer=PUSH_BUFFER)
+"""The link settings of a device connection: keepalive ping after 20 s of silence,
+10 s to answer it; 30 s per request."""
 
 
-def _closed_text(url: str, reason: CloseReason | None) -> str:
-    """A user-facing sentence for a closed socket, e.g. ``connection to ws://h:p lost: the
-    node went away without closing it (1006 abnormal closure)``."""
-    if reason is None:
-        return f"connection to {url} closed"
-    name = (reason.name or "").replace("_", " ").lower()
-    detail = f", {reason.reason}" if reason.reason else ""
-    if reason.code == 1006:
-        return (f"connection to {url} lost: the node went away without closing it "
-                f"({reason.code} {name})")
-    return f"connection to {url} closed ({reason.code} {name}{detail})"
+def client_settings(*, keepalive: float = 20.0, keepalive_timeout: float = 10.0,
+                    request_timeout: float = REQUEST_TIMEOUT) -> net.LinkSettings:
+    """:data:`CLIENT_SETTINGS` with other times (seconds; ``keepalive`` 0 disables pings).
+
+    Raises:
+        ValueError: a negative interval, a timeout that is not positive.
+    """
+    if not request_timeout > 0:
+        raise ValueError(f"the request timeout must be > 0 seconds, not {request_timeout}")
+    return replace(CLIENT_SETTINGS, request_timeout=request_timeout,
+                   keepalive=net.KeepaliveConfig(keepalive, keepalive_timeout))
 
 
-class _Waiter:
-    __slots__ = ("event", "frame", "error")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.frame: Frame | None = None
-        self.error: Exception | None = None
+def _lost(exc: net.ConnectionLost | net.RequestTimeout, what: str) -> ConnectionLost:
+    """The client's error for a request that got no answer: :class:`NoAnswer` once the
+    frame had left (the node may have acted on it), else :class:`ConnectionLost`."""
+    if exc.sent:
+        return NoAnswer(f"no answer to {what}: {exc}")
+    return ConnectionLost(str(exc))
 
 
 class Connection:
     """An authenticated connection. Create with :func:`open_connection`.
 
+    Methods may be called from several tasks at once.
+
     Attributes:
         url: the home node's WebSocket URL.
         node_id: the home node's id (from its challenge).
         otk_count: one-time keys the node held for this device at ``auth_ok``.
+        limits: the node's size budget (from its challenge).
         pushes: receive side of the bounded push channel (``Deliver``,
             ``Synced``, unsolicited ``Error``); closed when the connection ends.
+        on_key_count: called with the count of each ``key_count`` push.
     """
 
-    def __init__(self, ws: WebSocketConnection, url: str, challenge: Challenge, otk_count: int):
-        self._ws = ws
-        self.url = url
-        self.node_id = challenge.node_id
+    def __init__(self, link: net.Link, otk_count: int) -> None:
+        handshake = link.handshake
+        assert handshake is not None and handshake.challenge is not None
+        self._link = link
+        self.url = link.url
+        self.node_id = handshake.challenge.node_id
         self.otk_count = otk_count
-        self.limits = Limits.for_node(challenge.max_frame or DEFAULT_LIMITS.max_frame,
-                                      challenge.max_envelope)
-        self._ids = itertools.count(10)
-        self._pending: dict[int, _Waiter] = {}
-        self._stream_ids: set[int] = set()
-        self._closed: ConnectionLost | None = None
-        self._push_send, self.pushes = trio.open_memory_channel(PUSH_BUFFER)
+        self.limits = handshake.limits
+        self.pushes = link.pushes
         self.on_key_count: Callable[[int], None] = lambda count: None
+        link.intercept = self._intercept
 
-    async def _write(self, frame: Frame) -> None:
-        if self._closed is not None:
-            raise self.lost()
-        try:
-            await self._ws.send_message(write_frame(frame))
-        except ConnectionClosed as exc:
-            raise ConnectionLost(_closed_text(self.url, exc.reason)) from exc
+    def _intercept(self, frame: Frame) -> bool:
+        if isinstance(frame, KeyCount):
+            self.on_key_count(frame.otk_count)
+            return True
+        return False
+
+    @property
+    def link(self) -> net.Link:
+        """The underlying :class:`relay.net.Link`."""
+        return self._link
 
     def lost(self) -> ConnectionLost:
         """A new :class:`ConnectionLost` saying why the connection ended (who closed it,
-        the WebSocket close code), for callers that notice the end on :attr:`pushes`."""
-        return ConnectionLost(str(self._closed or f"connection to {self.url} closed"))
+        the WebSocket close code, or the keepalive giving up), for callers that notice
+        the end on :attr:`pushes`."""
+        return ConnectionLost(str(self._link.lost()))
 
     async def request(
         self, frame_cls: type[Frame], *, place: tuple[SendOrder, int] | None = None, **fields
     ) -> Frame:
-        """Send a request and wait for its answer.
+        """Send a request and wait for its answer, at most the link's request timeout
+        (30 s by default).
 
         Args:
             place: ``(order, place)``: write the frame only at that place's turn in
                 ``order`` (:class:`cli.sendorder.SendOrder`), and mark the place done
-                once written (or on any failure or cancellation before that).
+                once queued for writing (frames leave in that order), or on any
+                failure or cancellation before that.
             fields: the frame's fields (not ``id``).
 
         Returns:
             The answer frame (never an ``Error``).
 
         Raises:
-            RelayError: the node answered ``error``.
-            ConnectionLost: the connection closed first.
+            RelayError: the node answered ``error``; or ``too_large`` before sending
+                (the node's size budget).
+            NoAnswer: the frame left but no answer came (connection lost, keepalive
+                overdue, or deadline): the node may have acted on it.
+            ConnectionLost: the connection ended before the frame left.
         """
-        rid = next(self._ids)
-        waiter = self._pending[rid] = _Waiter()
+        frame = frame_cls(id=0, **fields)
+        order, turn = place if place is not None else (None, 0)
         try:
             try:
-                frame = frame_cls(id=rid, **fields)
-                try:
-                    check_budget(frame, self.limits)
-                except RemoteProtocolError as exc:  # refused before sending, like the node would
-                    raise RelayError(Error(id=rid, code=exc.code.value,
-                                           message=f"{exc.message} (not sent)")) from None
-                if place is not None:
-                    await place[0].wait_turn(place[1])
-                await self._write(frame)
-            finally:
-                if place is not None:
-                    place[0].done(place[1])
-            await waiter.event.wait()
+                check_budget(frame, self.limits)
+            except RemoteProtocolError as exc:  # refused before sending, like the node would
+                raise RelayError(Error(id=0, code=exc.code.value,
+                                       message=f"{exc.message} (not sent)")) from None
+            if order is not None:
+                await order.wait_turn(turn)
+            answer = await self._link.request(
+                frame, on_queued=None if order is None else (lambda: order.done(turn)))
+        except net.FrameTooLarge as exc:
+            raise RelayError(Error(id=0, code=ErrorCode.TOO_LARGE.value,
+                                   message=f"{exc} (not sent)")) from None
+        except (net.ConnectionLost, net.RequestTimeout) as exc:
+            raise _lost(exc, frame.TYPE) from exc
         finally:
-            self._pending.pop(rid, None)
-        if waiter.error is not None:
-            raise waiter.error
-        if isinstance(waiter.frame, Error):
-            raise RelayError(waiter.frame)
-        return waiter.frame
+            if order is not None:
+                order.done(turn)
+        if isinstance(answer, Error):
+            raise RelayError(answer)
+        return answer
 
     async def send(self, frame_cls: type[Frame], *, stream: bool = False, **fields) -> int:
-        """Send a frame that gets no direct answer (``ack`` with id 0, ``sync``).
+        """Send a frame that gets no direct answer: ``ack`` (id 0) or a stream's
+        request (``sync``: an ``error`` carrying its id goes to :attr:`pushes`).
 
         Args:
-            stream: the request starts a stream (``sync``): an ``error`` carrying
-                its id goes to :attr:`pushes`.
+            stream: accepted for compatibility; every frame but ``ack`` is a stream.
 
         Returns:
             The request id used (0 for ``ack``).
@@ -173,101 +170,65 @@ class Connection:
         Raises:
             ConnectionLost: the connection is closed.
         """
-        rid = 0 if frame_cls.TYPE == "ack" else next(self._ids)
-        if stream:
-            self._stream_ids.add(rid)
-        await self._write(frame_cls(id=rid, **fields))
-        return rid
+        frame = frame_cls(id=0, **fields)
+        try:
+            return await self._link.send(frame, stream=frame_cls.TYPE != "ack")
+        except net.ConnectionLost as exc:
+            raise ConnectionLost(str(exc)) from exc
+
+    def send_nowait(self, frame_cls: type[Frame], **fields) -> bool:
+        """Queue an ``ack`` without waiting (fire and forget); ``False`` if the writer's
+        queue is full or the connection has ended (acks are cumulative: the next one
+        covers this one)."""
+        try:
+            self._link.send_nowait(frame_cls(id=0, **fields))
+        except (trio.WouldBlock, net.ConnectionLost):
+            return False
+        return True
 
     async def run_reader(self) -> None:
-        """Drain the socket until it closes, routing every frame (see the module docstring).
-
-        Runs as a task in the client's nursery; returns when the connection closes.
-        Outstanding requests then fail with :class:`ConnectionLost` and :attr:`pushes` ends.
-        """
-        try:
-            while True:
-                try:
-                    data = await self._ws.get_message()
-                except ConnectionClosed as exc:
-                    self._closed = ConnectionLost(_closed_text(self.url, exc.reason))
-                    return
-                try:
-                    frame = read_frame(data)
-                except RemoteProtocolError as exc:
-                    log.warning("ignoring an invalid frame from %s: %s", self.url, exc)
-                    continue
-                waiter = self._pending.pop(frame.id, None) if frame.id else None
-                if waiter is not None:
-                    waiter.frame = frame
-                    waiter.event.set()
-                elif isinstance(frame, KeyCount):
-                    self.on_key_count(frame.otk_count)
-                elif isinstance(frame, Deliver | Synced) or (
-                    isinstance(frame, Error) and (frame.id == 0 or frame.id in self._stream_ids)
-                ):
-                    await self._push_send.send(frame)
-                else:
-                    log.debug("dropping a late answer (id %d) from %s", frame.id, self.url)
-        finally:
-            if self._closed is None:
-                self._closed = ConnectionLost(f"connection to {self.url} closed")
-            for waiter in self._pending.values():
-                waiter.error = self.lost()
-                waiter.event.set()
-            self._pending.clear()
-            self._push_send.close()
+        """Wait until the connection ends. (The link's own reader task drains the
+        socket; this remains for callers that ran the reader themselves.)"""
+        await self._link.wait_closed()
 
     async def aclose(self) -> None:
-        """Close the WebSocket now (closing handshake at most ``CLOSE_TIMEOUT`` seconds,
-        shielded); outstanding requests fail with :class:`ConnectionLost`. The TCP stream
-        is closed at the latest when :func:`open_connection` exits."""
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await self._ws.aclose()
+        """Close the connection now (queued frames are written; closing handshake at
+        most 2 s, shielded); outstanding requests fail with :class:`ConnectionLost`.
+        The socket is closed at the latest when :func:`open_connection` exits."""
+        await self._link.aclose()
 
 
-async def exchange(ws: WebSocketConnection, frame: Frame) -> Frame:
-    """Handshake-phase request/answer on a socket without a reader task: send ``frame``
-    and return the first frame carrying its id (others are skipped).
-
-    Raises:
-        RelayError: the answer is an ``error``.
-        trio_websocket.ConnectionClosed, RemoteProtocolError: from the socket / decoder.
-    """
-    await ws.send_message(write_frame(frame))
-    while True:
-        answer = read_frame(await ws.get_message())
-        if answer.id == frame.id:
-            break
-    if isinstance(answer, Error):
-        raise RelayError(answer)
-    return answer
-
-
-async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challenge, AuthOk] | str:
-    """Returns ``(challenge, auth_ok)``, or the URL from ``error moved``."""
-    challenge = await exchange(
-        ws, Hello(id=1, versions=list(SUPPORTED_VERSIONS), role="client", agent=AGENT)
-    )
-    if not isinstance(challenge, Challenge) or len(challenge.nonce) != 32:
-        raise ConnectionFailed(f"unexpected answer to hello: {challenge.TYPE}")
+async def _publish_own_list(link: net.Link, state: State) -> str | None:
+    """``put_devices`` of the account's list if the home may not have it yet (before
+    ``auth``: a device just linked authenticates against it). Returns a ``moved`` URL."""
+    own = state.device_lists.get(state.user_id)
+    if own is None or own.parsed.version <= state.published_version:
+        return None
+    limit = link.settings.connect_timeout
     try:
-        own = state.device_lists.get(state.user_id)
-        if own is not None and own.parsed.version > state.published_version:
-            try:
-                await exchange(ws, PutDevices(id=2, device_list=own.signed))
-            except RelayError as exc:
-                if exc.code != ErrorCode.STALE_VERSION:  # already there (a retry after a crash)
-                    raise
-            state.published_version = own.parsed.version
-            await state.asave()
-        signature = state.identity.sign(
-            auth_message(challenge.nonce, challenge.node_id, state.user_id, state.device_id)
-        )
-        ok = await exchange(
-            ws, Auth(id=3, user_id=state.user_id, device_id=state.device_id, signature=signature)
-        )
-    except RelayError as exc:
+        answer = await link.request(PutDevices(id=0, device_list=own.signed), timeout=limit)
+    except net.RequestTimeout as exc:
+        raise ConnectionFailed(f"handshake with {link.url} timed out after {limit:g}s") from exc
+    except net.ConnectionLost as exc:
+        raise ConnectionFailed(f"{exc} during the handshake") from exc
+    if isinstance(answer, Error):
+        if answer.code == ErrorCode.MOVED and answer.url:
+            return answer.url
+        if answer.code != ErrorCode.STALE_VERSION:  # stale: already there (a retry after a crash)
+            raise RelayError(answer)
+    state.published_version = own.parsed.version
+    await state.asave()
+    return None
+
+
+async def _authenticate(link: net.Link, state: State) -> AuthOk | str:
+    """Returns the node's ``auth_ok``, or the URL from ``error moved``."""
+    try:
+        moved = await _publish_own_list(link, state)
+        if moved is not None:
+            return moved
+        return await net.authenticate(link, state.user_id, state.device_id, state.identity.sign)
+    except net.Refused as exc:
         if exc.code == ErrorCode.MOVED and exc.frame.url:
             return exc.frame.url
         if exc.code == ErrorCode.UNKNOWN_DEVICE:
@@ -275,54 +236,43 @@ async def _authenticate(ws: WebSocketConnection, state: State) -> tuple[Challeng
                 f"this device ({state.device_id}) is no longer in the account's device list: "
                 "it was removed (or never approved); link it again with 'wa-cli link'"
             ) from exc
-        raise
-    if not isinstance(ok, AuthOk):
-        raise ConnectionFailed(f"unexpected answer to auth: {ok.TYPE}")
-    return challenge, ok
-
-
-async def _handshake(ws: WebSocketConnection, state: State, url: str,
-                     limit: float) -> tuple[Challenge, AuthOk] | str:
-    """:func:`_authenticate` within ``limit`` seconds, its failures as ``ConnectionFailed``."""
-    try:
-        with trio.fail_after(limit):
-            return await _authenticate(ws, state)
-    except trio.TooSlowError as exc:
-        raise ConnectionFailed(f"handshake with {url} timed out after {limit:g}s") from exc
-    except ConnectionClosed as exc:
-        raise ConnectionFailed(f"{url} closed the connection ({exc.reason})") from exc
-    except RemoteProtocolError as exc:
-        raise ConnectionFailed(f"{url} sent an invalid frame: {exc}") from exc
+        raise RelayError(exc.frame) from exc
 
 
 @asynccontextmanager
 async def open_connection(
-    nursery: trio.Nursery, state: State, *, connect_timeout: float
+    nursery: trio.Nursery | None, state: State, *, connect_timeout: float,
+    settings: net.LinkSettings = CLIENT_SETTINGS,
 ) -> AsyncIterator[Connection]:
     """Connect and authenticate to ``state.relay_url``, following ``moved`` (at most 3 hops),
-    and yield the :class:`Connection`; on exit close its WebSocket and TCP stream
-    (:func:`cli.websocket.open_websocket`), also after the node broke the connection.
-
-    The caller starts :meth:`Connection.run_reader` in ``nursery`` (which also runs
-    trio-websocket's own reader task, ended by the exit).
+    and yield the :class:`Connection`; on exit close it and its socket, also after the
+    node broke the connection.
 
     Args:
-        nursery: owns trio-websocket's background task of the socket.
+        nursery: unused (the link runs its own tasks); kept for callers.
         state: the device state; ``relay_url`` and ``published_version`` are updated and saved.
-        connect_timeout: seconds for each connection attempt including its handshake.
+        connect_timeout: seconds for each connection attempt and each handshake step.
+        settings: keepalive, request deadline and buffers (see :func:`client_settings`).
 
     Raises:
         ConnectionFailed: unreachable, timed out, closed, or invalid answers.
         DeviceRemoved: the device is not in the account's current list (``unknown_device``).
         RelayError: refused (``unknown_user``, ``unauthorized``, ...).
     """
+    settings = replace(settings, connect_timeout=connect_timeout)
     url = state.relay_url
     for _ in range(MAX_MOVES + 1):
-        async with open_websocket(nursery, url, connect_timeout) as ws:
-            result = await _handshake(ws, state, url, connect_timeout)
-            if isinstance(result, tuple):
-                challenge, ok = result
-                yield Connection(ws, url, challenge, ok.otk_count)
+        async with AsyncExitStack() as stack:
+            try:
+                link = await stack.enter_async_context(
+                    net.open_client_connection(url, agent=AGENT, settings=settings))
+                result = await _authenticate(link, state)
+            except net.Refused as exc:  # to hello
+                raise RelayError(exc.frame) from exc
+            except net.ConnectFailed as exc:
+                raise ConnectionFailed(str(exc)) from exc
+            if isinstance(result, AuthOk):
+                yield Connection(link, result.otk_count)
                 return
         if result == url:
             raise ConnectionFailed(f"{url} redirects to itself")

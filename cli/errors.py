@@ -17,7 +17,31 @@ class ConnectionFailed(ClientError):
 
 
 class ConnectionLost(ClientError):
-    """The connection closed while a request was outstanding or a stream was open."""
+    """The connection closed (or stopped answering: keepalive overdue, a request's
+    deadline passed) while a request was outstanding or a stream was open."""
+
+
+class NoAnswer(ConnectionLost):
+    """A request left but its answer never came (the connection was lost, the keepalive
+    gave up on it, or its deadline passed): the relay may or may not have acted on it.
+    Requests that carry their own id (``send``: ``msg_id``) are safe to repeat with it."""
+
+
+class SendUnknown(NoAnswer):
+    """A message (``send``, ``group_send``) left but the relay's answer never came: it may
+    or may not have been delivered. Retrying with the same ``msg_id`` is safe: the
+    recipient's home stores a message id once and devices show it once.
+
+    Attributes:
+        msg_id: the 16-byte message id to retry with (``wa-cli send --retry HEX``).
+    """
+
+    def __init__(self, msg_id: bytes, reason: str) -> None:
+        super().__init__(
+            f"message {msg_id.hex()} may or may not have been delivered: {reason}. It is "
+            f"safe to retry with the same message id (it is shown once): "
+            f"wa-cli send --retry {msg_id.hex()}")
+        self.msg_id = msg_id
 
 
 class RelayError(ClientError):

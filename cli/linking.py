@@ -13,8 +13,9 @@ Usage (one trio program can add a device to an account whose primary it also run
 or simply ``await link_device(primary_client, home, "laptop")``.
 
 The new device makes its vodozemac account and an ephemeral X25519 key, opens a
-mailbox with ``link_open`` on any node, and waits on that connection for
-``link_data``. The answer must open with the ephemeral key, carry a proof keyed
+mailbox with ``link_open`` on any node (a :mod:`relay.net` client link: ``hello``,
+``challenge``, then ``link_open`` without ``auth``; keepalive pings watch it while
+it waits), and waits on that connection for ``link_data``. The answer must open with the ephemeral key, carry a proof keyed
 by the code's secret (so only whoever read the code could have made it), and a
 device list signed by the account key (``user_id``) that holds this device's
 keys at the assigned ``device_id``; otherwise nothing is saved.
@@ -25,27 +26,25 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nacl.public
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from relay.protocol import SUPPORTED_VERSIONS, DeviceList, RemoteProtocolError, read_frame
-from relay.protocol.frames import Challenge, Error, Hello, LinkData, LinkOpen, LinkOpened
+import relay.net as net
+from relay.protocol import DeviceList, RemoteProtocolError
+from relay.protocol.frames import Error, LinkData, LinkOpen, LinkOpened
 from relay.protocol.identity import verify_device_list
 
 from . import crypto, linkcode
 from .client import Client, open_client
-from .connection import AGENT, exchange
-from .errors import ConnectionFailed, LinkFailed
+from .connection import AGENT, CLIENT_SETTINGS
+from .errors import ConnectionFailed, LinkFailed, RelayError
 from .group_state import GroupStateRejected, SignedGroupState
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
 from .state import NewHome, State, new_home, seen_key
-from .taskgroups import unwrap_single
-from .websocket import open_websocket
 
 __all__ = [
     "LinkedAccount", "PendingLink", "adopt_groups", "link_device", "link_devices", "open_link", "save_linked",
@@ -91,10 +90,10 @@ class PendingLink:
         device_name: the label announced in ``device_info``.
     """
 
-    def __init__(self, ws: WebSocketConnection, identity: crypto.DeviceIdentity,
+    def __init__(self, link: net.Link | None, identity: crypto.DeviceIdentity,
                  ephemeral: nacl.public.PrivateKey, info: DeviceInfo, secret: bytes,
                  opened: LinkOpened) -> None:
-        self._ws = ws
+        self._link = link
         self._identity = identity
         self._ephemeral = ephemeral
         self._secret = secret
@@ -113,18 +112,19 @@ class PendingLink:
             LinkFailed: the relay closed the mailbox (expired) or sent an error, or the
                 answer does not verify (nothing is saved in any case).
         """
+        assert self._link is not None
         while True:
             try:
-                data = await self._ws.get_message()
-            except ConnectionClosed as exc:
+                frame = await self._link.pushes.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if self._link.close_code is None:  # we gave up on it (keepalive overdue)
+                    raise LinkFailed(
+                        f"lost the connection to the relay while waiting for approval "
+                        f"({self._link.close_reason}); nothing was saved. Run 'wa-cli link' "
+                        "again") from None
                 raise LinkFailed(
-                    f"the relay closed the linking mailbox ({exc.reason}); the code has "
-                    "expired or was used. Run 'wa-cli link' again") from exc
-            try:
-                frame = read_frame(data)
-            except RemoteProtocolError as exc:
-                log.warning("ignoring an invalid frame while linking: %s", exc)
-                continue
+                    f"the relay closed the linking mailbox ({self._link.close_reason}); the "
+                    "code has expired or was used. Run 'wa-cli link' again") from None
             if isinstance(frame, LinkData):
                 return self._verify(frame.body)
             if isinstance(frame, Error) and frame.code == "not_found":
@@ -153,20 +153,16 @@ class PendingLink:
         return LinkedAccount(self._identity, material, dl)
 
 
-async def _open_mailbox(ws: WebSocketConnection, blob: bytes, limit: float) -> LinkOpened:
+async def _open_mailbox(link: net.Link, blob: bytes) -> LinkOpened:
+    limit = link.settings.connect_timeout
     try:
-        with trio.fail_after(limit):
-            challenge = await exchange(
-                ws, Hello(id=1, versions=list(SUPPORTED_VERSIONS), role="client", agent=AGENT))
-            if not isinstance(challenge, Challenge):
-                raise ConnectionFailed(f"unexpected answer to hello: {challenge.TYPE}")
-            opened = await exchange(ws, LinkOpen(id=2, device_info=blob))
-    except trio.TooSlowError as exc:
+        opened = await link.request(LinkOpen(id=0, device_info=blob), timeout=limit)
+    except net.RequestTimeout as exc:
         raise ConnectionFailed(f"the relay did not open a mailbox within {limit:g}s") from exc
-    except ConnectionClosed as exc:
-        raise ConnectionFailed(f"the relay closed the connection ({exc.reason})") from exc
-    except RemoteProtocolError as exc:
-        raise ConnectionFailed(f"the relay sent an invalid frame: {exc}") from exc
+    except net.ConnectionLost as exc:
+        raise ConnectionFailed(f"{exc} before the mailbox opened") from exc
+    if isinstance(opened, Error):
+        raise RelayError(opened)
     if not isinstance(opened, LinkOpened):
         raise ConnectionFailed(f"unexpected answer to link_open: {opened.TYPE}")
     return opened
@@ -175,7 +171,7 @@ async def _open_mailbox(ws: WebSocketConnection, blob: bytes, limit: float) -> L
 @asynccontextmanager
 async def open_link(
     relay_url: str, device_name: str, *, identity: crypto.DeviceIdentity | None = None,
-    connect_timeout: float = 10.0,
+    connect_timeout: float = 10.0, settings: net.LinkSettings = CLIENT_SETTINGS,
 ) -> AsyncIterator[PendingLink]:
     """Create device keys, open a mailbox on ``relay_url`` and yield the :class:`PendingLink`.
 
@@ -185,7 +181,8 @@ async def open_link(
         relay_url: any node (``ws://host:port``).
         device_name: this device's label in the account's list (at most 100 characters).
         identity: device keys to use (new ones by default).
-        connect_timeout: seconds to connect and open the mailbox.
+        connect_timeout: seconds to connect, and again to open the mailbox.
+        settings: keepalive and buffers of the link (:func:`cli.connection.client_settings`).
 
     Raises:
         ConnectionFailed: unreachable or bad answers.
@@ -197,14 +194,17 @@ async def open_link(
                       device_name[:linkcode.MAX_DEVICE_NAME])
     secret = os.urandom(linkcode.SECRET_LEN)
 
-    with unwrap_single():
-        async with trio.open_nursery() as nursery:
-            try:
-                async with open_websocket(nursery, relay_url, connect_timeout) as ws:
-                    opened = await _open_mailbox(ws, info.encode(), connect_timeout)
-                    yield PendingLink(ws, identity, ephemeral, info, secret, opened)
-            finally:
-                nursery.cancel_scope.cancel()
+    settings = replace(settings, connect_timeout=connect_timeout)
+    async with AsyncExitStack() as stack:
+        try:
+            link = await stack.enter_async_context(
+                net.open_client_connection(relay_url, agent=AGENT, settings=settings))
+        except net.Refused as exc:
+            raise RelayError(exc.frame) from exc
+        except net.ConnectFailed as exc:
+            raise ConnectionFailed(str(exc)) from exc
+        opened = await _open_mailbox(link, info.encode())
+        yield PendingLink(link, identity, ephemeral, info, secret, opened)
 
 
 def adopt_groups(state: State, signed: list[SignedGroupState]) -> int:

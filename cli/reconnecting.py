@@ -1,6 +1,7 @@
 """Resumable work over a device connection: :class:`Reconnecting` hands out a live
-:class:`~cli.client.Client` and, after a dropped connection, a failed connect or a
-retryable relay error, reconnects (with backoff) and runs the step again. Steps must
+:class:`~cli.client.Client` and, after a dropped connection (also one the keepalive
+declared dead, or a request past its deadline), a failed connect or a retryable
+relay error, reconnects (with backoff) and runs the step again. Steps must
 resume by themselves (media uploads ask ``media_status``, downloads keep a partial file).
 """
 
@@ -13,7 +14,10 @@ from typing import TypeVar
 
 import trio
 
+from relay.net import LinkSettings
+
 from .client import Client, open_client
+from .connection import CLIENT_SETTINGS
 from .errors import ConnectionFailed, ConnectionLost, RelayError
 from .state import State
 
@@ -28,6 +32,7 @@ class Reconnecting:
     Args:
         state: the device state.
         connect_timeout: seconds per connection attempt.
+        settings: keepalive and request deadline (:func:`cli.connection.client_settings`).
         attempts: most tries of one :meth:`run` (the first included).
         backoff: seconds before the first retry, doubling up to 5 s.
         retry_codes: relay error codes worth retrying (default: ``unavailable``).
@@ -36,9 +41,11 @@ class Reconnecting:
     """
 
     def __init__(self, state: State, *, connect_timeout: float = 10.0, attempts: int = 6,
-                 backoff: float = 0.2, retry_codes: frozenset[str] = frozenset({"unavailable"})):
+                 backoff: float = 0.2, retry_codes: frozenset[str] = frozenset({"unavailable"}),
+                 settings: LinkSettings = CLIENT_SETTINGS):
         self.state = state
         self._timeout = connect_timeout
+        self._settings = settings
         self._attempts = attempts
         self._backoff = backoff
         self._retry_codes = retry_codes
@@ -60,7 +67,7 @@ class Reconnecting:
         if self._client is None:
             stack = AsyncExitStack()  # nothing to close if entering fails
             self._client = await stack.enter_async_context(
-                open_client(self.state, connect_timeout=self._timeout))
+                open_client(self.state, connect_timeout=self._timeout, settings=self._settings))
             self._stack = stack
         return self._client
 

@@ -1,7 +1,10 @@
 """``wa-cli``: the Click root group. Commands live in sibling modules.
 
 Global options: ``--home DIR`` (env ``WA_HOME``, default ``~/.wa-cli``) and
-``--json``, before the subcommand or after it (``wa-cli id --home DIR --json``). Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
+``--json``, before the subcommand or after it (``wa-cli id --home DIR --json``); the
+network settings ``--connect-timeout``, ``--request-timeout``, ``--keepalive`` and
+``--keepalive-timeout`` (env ``WA_CONNECT_TIMEOUT``, ``WA_REQUEST_TIMEOUT``,
+``WA_KEEPALIVE``, ``WA_KEEPALIVE_TIMEOUT``) before the subcommand. Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted
 (Ctrl-C; ``recv --follow`` instead stops quietly with 0).
 """
 
@@ -12,8 +15,13 @@ from pathlib import Path
 
 import click
 
+from relay.protocol.keepalive import DEFAULT_KEEPALIVE
+
+from ..connection import REQUEST_TIMEOUT, client_settings
 from ..output import Output, escape
-from ._common import DEFAULT_HOME, AppContext, home_option
+from ._common import CONNECT_TIMEOUT, DEFAULT_HOME, AppContext, home_option
+
+_SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -44,14 +52,33 @@ class _Root(click.Group):
               help="Directory of this device's state (env WA_HOME).")
 @click.option("--json", "json_mode", is_flag=True,
               help="Machine-readable output: one JSON object per line on stdout.")
+@click.option("--connect-timeout", type=_SECONDS, envvar="WA_CONNECT_TIMEOUT",
+              default=CONNECT_TIMEOUT, show_default=True, metavar="S",
+              help="Seconds to connect to a node, and for each handshake step "
+                   "(env WA_CONNECT_TIMEOUT).")
+@click.option("--request-timeout", type=_SECONDS, envvar="WA_REQUEST_TIMEOUT",
+              default=REQUEST_TIMEOUT, show_default=True, metavar="S",
+              help="Seconds a request may wait for the node's answer (env WA_REQUEST_TIMEOUT).")
+@click.option("--keepalive", type=click.FloatRange(min=0), envvar="WA_KEEPALIVE",
+              default=DEFAULT_KEEPALIVE.interval, show_default=True, metavar="S",
+              help="Seconds of silence on a connection before it is pinged; 0: never "
+                   "(env WA_KEEPALIVE).")
+@click.option("--keepalive-timeout", type=_SECONDS, envvar="WA_KEEPALIVE_TIMEOUT",
+              default=DEFAULT_KEEPALIVE.timeout, show_default=True, metavar="S",
+              help="Seconds a ping may stay unanswered before the connection is given up "
+                   "as dead (env WA_KEEPALIVE_TIMEOUT).")
 @click.version_option(package_name="wa-relay", prog_name="wa-cli")
 @click.pass_context
-def main(ctx: click.Context, home: Path, json_mode: bool) -> None:
+def main(ctx: click.Context, home: Path, json_mode: bool, connect_timeout: float,
+         request_timeout: float, keepalive: float, keepalive_timeout: float) -> None:
     """wa-cli: end-to-end encrypted messaging over wa-relay nodes."""
     handler = logging.StreamHandler()
     handler.setFormatter(_EscapingFormatter("wa-cli: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    ctx.obj = AppContext(home=home.expanduser(), out=Output(json_mode))
+    net = client_settings(keepalive=keepalive, keepalive_timeout=keepalive_timeout,
+                          request_timeout=request_timeout)
+    ctx.obj = AppContext(home=home.expanduser(), out=Output(json_mode), net=net,
+                         connect_timeout=connect_timeout)
 
 
 def _register() -> None:

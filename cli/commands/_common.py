@@ -8,12 +8,16 @@ refused by the relay, locked or missing home), 2 usage error (Click's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
+from relay.net import LinkSettings
+
+from ..client import Client, open_client
+from ..connection import CLIENT_SETTINGS
 from ..errors import ClientError
 from ..events import Message
 from ..output import (
@@ -61,10 +65,22 @@ def check_name(value: str, param_hint: str) -> str:
 
 @dataclass
 class AppContext:
-    """``ctx.obj`` of every command: the device home and the output mode."""
+    """``ctx.obj`` of every command: the device home, the output mode and the network
+    settings (``--connect-timeout``, ``--request-timeout``, ``--keepalive``,
+    ``--keepalive-timeout`` and their ``WA_*`` environment variables)."""
 
     home: Path
     out: Output
+    net: LinkSettings = field(default=CLIENT_SETTINGS)
+    connect_timeout: float = CONNECT_TIMEOUT
+
+    def connect(self, state: State, *,
+                connect_timeout: float | None = None) -> AbstractAsyncContextManager[Client]:
+        """:func:`cli.client.open_client` with this invocation's network settings
+        (``connect_timeout``: at most this many seconds instead of ``--connect-timeout``)."""
+        limit = self.connect_timeout if connect_timeout is None else min(connect_timeout,
+                                                                          self.connect_timeout)
+        return open_client(state, connect_timeout=limit, settings=self.net)
 
 
 @contextmanager

@@ -7,13 +7,13 @@ from datetime import datetime
 import click
 import trio
 
-from ..client import DeviceOffer, open_client
+from ..client import DeviceOffer
 from ..devices import current_own_list
 from ..errors import ClientError
 from ..linkcode import LinkCode, LinkCodeError, device_fingerprint
 from ..output import escape
 from ..state import State
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, failures, json_option, state_of
+from ._common import AppContext, CliError, failures, json_option, state_of
 
 LIST_CONNECT_TIMEOUT = 3.0  # ``devices list`` falls back to the cached list after this
 
@@ -67,7 +67,7 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
         return await trio.to_thread.run_sync(_ask, "Link this device to your account?")
 
     async def run(state: State):
-        async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+        async with app.connect(state) as client:
             return await client.approve_link(parsed, confirm=confirm, history=not no_history)
 
     with state_of(app) as state:
@@ -113,7 +113,7 @@ def list_(app: AppContext) -> None:
     """
 
     async def refresh(state: State) -> None:
-        async with open_client(state, connect_timeout=LIST_CONNECT_TIMEOUT) as client:
+        async with app.connect(state, connect_timeout=LIST_CONNECT_TIMEOUT) as client:
             await current_own_list(client)
             await state.asave()
 
@@ -152,7 +152,7 @@ def remove(app: AppContext, device_id: int, yes: bool) -> None:
     """
 
     async def run(state: State):
-        async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+        async with app.connect(state) as client:
             return await client.remove_device(device_id)
 
     with state_of(app) as state:

@@ -32,7 +32,6 @@ from ..output import escape, file_human, progress_bar
 from ..payload import MAX_TEXT, FilePayload
 from ..state import State
 from ._common import (
-    CONNECT_TIMEOUT,
     AppContext,
     CliError,
     failures,
@@ -63,7 +62,8 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
             user_id = resolve_recipient(state, recipient)  # type: ignore[arg-type]
 
         async def run() -> dict:
-            async with media.Reconnecting(state, connect_timeout=CONNECT_TIMEOUT) as rc:
+            async with media.Reconnecting(state, connect_timeout=app.connect_timeout,
+                                         settings=app.net) as rc:
                 with progress_bar(app.out, f"uploading {path.name}") as bar:
                     att = await media.upload_file(rc, path, progress=bar)
                 info = {"name": att.name, "size": att.size, "mime": att.mime}

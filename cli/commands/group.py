@@ -12,14 +12,12 @@ from __future__ import annotations
 import click
 import trio
 
-from ..client import open_client
 from ..group_messaging import add_member, create_group, remove_member, send_group_text
 from ..group_state import GroupState
 from ..output import escape
 from ..payload import MAX_TEXT
 from ..state import State, StateError
 from ._common import (
-    CONNECT_TIMEOUT,
     AppContext,
     check_name,
     failures,
@@ -61,7 +59,7 @@ def group_human(state: State, g: GroupState) -> str:
 def _change(app: AppContext, op, *args) -> None:
     with state_of(app) as state:
         async def run():
-            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            async with app.connect(state) as client:
                 return await op(client, *args)
 
         with failures(), lists_shown(app, state):
@@ -146,7 +144,7 @@ def send_to_group(app: AppContext, name: str, text: str) -> None:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
     with state_of(app) as state:
         async def run():
-            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            async with app.connect(state) as client:
                 return await send_group_text(client, name, text)
 
         with failures(), lists_shown(app, state):

@@ -21,7 +21,7 @@ from .. import media
 from ..events import Message
 from ..output import escape, progress_bar
 from ..state import State, StateError
-from ._common import CONNECT_TIMEOUT, AppContext, failures, json_option, message_row, state_of
+from ._common import AppContext, failures, json_option, message_row, state_of
 
 
 def _message(state: State, entry: dict, groups: dict[str, str]) -> Message:
@@ -64,7 +64,8 @@ async def _download(state: State, entries: list[dict], downloads: Path, app: App
             and not e["file"].get("path") and not e["file"].get("error")]
     if not todo:
         return
-    async with media.Reconnecting(state, connect_timeout=CONNECT_TIMEOUT) as rc:
+    async with media.Reconnecting(state, connect_timeout=app.connect_timeout,
+                                   settings=app.net) as rc:
         for entry in todo:
             name = entry["file"].get("name") or "file"
             with progress_bar(app.out, f"downloading {name}") as bar:

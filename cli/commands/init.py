@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 import trio
 
-from ..client import init_account, open_client
+from ..client import init_account
 from ..output import escape
 from ..state import AlreadyInitialized, State, create_state, open_state
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, check_name, failures, json_option
+from ._common import AppContext, CliError, check_name, failures, json_option
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -17,9 +17,9 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-async def _publish(state: State) -> str:
+async def _publish(app: AppContext, state: State) -> str:
     """Connect (publishing the device list and keys on the way); return the home URL."""
-    async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+    async with app.connect(state) as client:
         return client.url
 
 
@@ -42,7 +42,7 @@ def init(app: AppContext, name: str, relay: str) -> None:
         try:
             with create_state(app.home, name=name, relay_url=relay) as state:
                 init_account(state)
-                home_url = trio.run(_publish, state)
+                home_url = trio.run(_publish, app, state)
         except AlreadyInitialized:
             with open_state(app.home) as state:
                 if state.published_version:
@@ -51,7 +51,7 @@ def init(app: AppContext, name: str, relay: str) -> None:
                 # this call's --name and --relay win.
                 state.name, state.relay_url = name, relay
                 state.save()
-                home_url = trio.run(_publish, state)
+                home_url = trio.run(_publish, app, state)
     app.out.emit(
         {"user_id": state.user_id, "device_id": state.device_id, "home": home_url},
         state.user_id,

@@ -18,12 +18,11 @@ import trio
 
 from relay.protocol import key_from_user_id
 
-from ..client import open_client
 from ..crypto import safety_fingerprint
 from ..errors import ClientError
 from ..linking import open_link, save_linked
 from ..state import NewHome, State, new_home
-from ._common import CONNECT_TIMEOUT, AppContext, CliError, check_name, failures, json_option
+from ._common import AppContext, CliError, check_name, failures, json_option
 from .init import _check_url
 
 MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
@@ -33,7 +32,8 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
                 wait_s: float) -> tuple[State, int]:
     """Link and save; returns the state and how many older history messages the primary
     left out (they did not fit the linking frame)."""
-    async with open_link(relay, name, connect_timeout=CONNECT_TIMEOUT) as pending:
+    async with open_link(relay, name, connect_timeout=app.connect_timeout,
+                         settings=app.net) as pending:
         app.out.emit({"code": pending.code}, pending.code)
         if not app.out.json_mode:
             segno.make(pending.code, error="l").terminal(out=sys.stderr, compact=True)
@@ -49,7 +49,7 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
                            "valid and nothing was saved. Run 'wa-cli link' again")
     state = await trio.to_thread.run_sync(save_linked, fresh, linked, relay)  # fsyncs
     try:
-        async with open_client(state, connect_timeout=CONNECT_TIMEOUT):
+        async with app.connect(state):
             pass  # authenticates and uploads this device's one-time keys
     except ClientError as exc:
         raise CliError(f"linked as device {state.device_id}, but publishing this device's keys "

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 import trio
 
-from ..client import open_client
+from ..errors import SendUnknown
+from ..output import escape
 from ..payload import MAX_TEXT
+from ..resend import resend
 from . import files as file_cmd
 from . import group as group_cmd
 from ._common import (
-    CONNECT_TIMEOUT,
     AppContext,
     failures,
     json_option,
@@ -22,7 +25,7 @@ from ._common import (
 )
 from ._events import lists_shown
 
-_VALUE_OPTIONS = frozenset({"--file", "--home"})  # options of ``send`` that take a value
+_VALUE_OPTIONS = frozenset({"--file", "--home", "--retry"})  # options of ``send`` that take a value
 
 
 def _recipient_before_group(args: list[str]) -> bool:
@@ -65,10 +68,13 @@ def _check_text(text: str) -> None:
 @click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Send this file (encrypted, uploaded with a progress bar); TEXT is an "
                    "optional caption.")
+@click.option("--retry", "retry_id", metavar="MSG_ID",
+              help="Send again, under its own id, a message of this device whose answer never "
+                   "came (shown once even if the first attempt was delivered).")
 @json_option
 @click.pass_context
 def send(ctx: click.Context, recipient: str | None, text: str | None,
-         group_name: str | None, file_path: Path | None) -> None:
+         group_name: str | None, file_path: Path | None, retry_id: str | None) -> None:
     """Send TEXT, end-to-end encrypted, to every device of a contact (or of a group).
 
     \b
@@ -76,13 +82,21 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     wa-cli send --group GROUP TEXT
     wa-cli send NAME|USER_ID --file PATH [CAPTION]
     wa-cli send --group GROUP --file PATH [CAPTION]
+    wa-cli send --retry MSG_ID
 
     A recipient and --group are mutually exclusive. Prints the message id and
     the relay's status: "stored" (durable at the recipient's home) or "queued"
     (durable in your home's outbox; the recipient's home is unreachable and
-    will get it later).
+    will get it later). If the relay's answer never comes (the connection went
+    silent or broke after the message left), the status is unknown: send exits
+    1 saying so, and 'wa-cli send --retry MSG_ID' sends it again under the same
+    id, which the recipient sees once whatever happened to the first attempt.
     """
     app = ctx.find_object(AppContext)
+    if retry_id is not None:
+        if recipient is not None or text is not None or group_name or file_path:
+            raise click.UsageError("usage: wa-cli send --retry MSG_ID (nothing else)")
+        return _retry(app, retry_id)
     if group_name is not None and ctx.meta["send.recipient_before_group"]:
         raise click.UsageError(
             f"a recipient ({recipient!r}) and --group are mutually exclusive: use "
@@ -102,13 +116,55 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
         user_id = resolve_recipient(state, recipient)
 
         async def run():
-            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            async with app.connect(state) as client:
                 return await client.send_text(user_id, text)
 
-        with failures(), lists_shown(app, state):
+        with failures(), lists_shown(app, state), _unknown_reported(app, user_id):
             result = trio.run(run)
         name = user_label(state, user_id)
     app.out.emit(
         {"id": result.msg_id.hex(), "status": result.status, "to": user_id},
         f"sent to {name} ({result.status}) id {result.msg_id.hex()}",
     )
+
+
+@contextmanager
+def _unknown_reported(app: AppContext, to: str) -> Iterator[None]:
+    """In ``--json`` mode, print ``{"id", "status": "unknown", "to"}`` for a message whose
+    answer never came, before the error (exit 1) explains it on stderr."""
+    try:
+        yield
+    except SendUnknown as exc:
+        if app.out.json_mode:
+            app.out.emit({"id": exc.msg_id.hex(), "status": "unknown", "to": to}, "")
+        raise
+
+
+def _retry(app: AppContext, retry_id: str) -> None:
+    """``wa-cli send --retry MSG_ID``: see :mod:`cli.resend`."""
+    try:
+        msg_id = bytes.fromhex(retry_id)
+    except ValueError:
+        msg_id = b""
+    if len(msg_id) != 16:
+        raise click.BadParameter("must be a message id: 32 hex digits", param_hint="--retry")
+    with state_of(app) as state:
+
+        async def run():
+            async with app.connect(state) as client:
+                return await resend(client, msg_id)
+
+        entry = state.find_history(msg_id.hex()) or {}
+        to = entry.get("group_id") or entry.get("peer", "")
+        with failures(), lists_shown(app, state), _unknown_reported(app, to):
+            status, entry = trio.run(run)
+        if entry.get("group_id"):
+            record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))
+            group = record.state.name if record is not None else entry["group_id"]
+            name = f"group {escape(group)}"
+            obj = {"id": retry_id.lower(), "status": status, "group": group,
+                   "group_id": entry["group_id"]}
+        else:
+            name = user_label(state, entry["peer"])
+            obj = {"id": retry_id.lower(), "status": status, "to": entry["peer"]}
+    app.out.emit(obj, f"sent again to {name} ({status}) id {retry_id.lower()}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 import trio
 
-from ..client import BacklogDone, Client, open_client
+from ..client import BacklogDone, Client
 from ..errors import ConnectionFailed, ConnectionLost
 from ..events import Kept
 from ..linesink import ReaderGone
@@ -37,7 +37,6 @@ from ..state import State
 from ..taskgroups import unwrap_single
 from . import files as file_cmd
 from ._common import (
-    CONNECT_TIMEOUT,
     AppContext,
     CliError,
     failures,
@@ -118,9 +117,9 @@ async def _receive(client: Client, screen: Screen, idle_s: float | None,
             nursery.cancel_scope.cancel()
 
 
-async def _once(state: State, idle_s: float, screen: Screen) -> None:
+async def _once(app: AppContext, state: State, idle_s: float, screen: Screen) -> None:
     await screen.show_ready()  # what an earlier run kept, before connecting
-    async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+    async with app.connect(state, connect_timeout=CONNECT_TIMEOUT) as client:
         await _receive(client, screen, idle_s)
 
 
@@ -139,7 +138,7 @@ async def _follow(app: AppContext, state: State, screen: Screen) -> None:
     await screen.show_ready()
     while True:
         try:
-            async with open_client(state, connect_timeout=CONNECT_TIMEOUT) as client:
+            async with app.connect(state) as client:
                 delays = delays or reconnect_delays()
                 await _receive(client, screen, None, synced)
         except (ConnectionLost, ConnectionFailed) as exc:

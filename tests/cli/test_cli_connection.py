@@ -90,7 +90,7 @@ async def test_handshake_timeout_closes_the_socket(tmp_path):
 def test_a_refusing_node_is_reported_plainly():
     from trio_websocket import ConnectionRejected
 
-    from cli.websocket import _failed_text
+    from relay.net import failed_text as _failed_text
 
     busy = _failed_text("ws://127.0.0.1:1", ConnectionRejected(503, [], b"busy"), 5)
     assert busy == ("cannot connect to ws://127.0.0.1:1: the node is busy (HTTP 503); "

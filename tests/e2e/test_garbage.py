@@ -10,15 +10,16 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, replace
 
 import msgpack
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from relay.protocol import Hello, write_frame
+from relay.net import open_websocket
+from relay.protocol import DEFAULT_LIMITS, write_frame
+from relay.protocol.handshake import Handshake
 
 from .procs import vm_rss_kib
 
@@ -26,7 +27,7 @@ MiB = 1024 * 1024
 RSS_GROWTH_LIMIT_KIB = 50 * 1024
 STEP_TIMEOUT = 10.0  # seconds for the node to answer one frame
 
-HELLO = write_frame(Hello(id=7, versions=[1], role="client", agent="e2e-garbage"))
+HELLO = write_frame(replace(Handshake("client", "e2e-garbage").hello(), id=7))
 
 
 @dataclass
@@ -49,23 +50,12 @@ def _unpack(message: bytes | str) -> dict:
 
 @asynccontextmanager
 async def open_ws(url: str) -> AsyncIterator[WebSocketConnection]:
-    """A client WebSocket whose TCP stream this test owns and always closes.
-
-    (``open_websocket_url`` leaves the socket to the garbage collector when the
-    peer resets the connection during a send, which trips ResourceWarning.)
-    """
-    parts = urlsplit(url)
-    with trio.fail_after(STEP_TIMEOUT):
-        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
-    async with stream, trio.open_nursery() as nursery:
-        with trio.fail_after(STEP_TIMEOUT):
-            ws = await wrap_client_stream(nursery, stream, parts.netloc, parts.path or "/")
-        try:
-            yield ws
-        finally:
-            with trio.move_on_after(2):
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
+    """A raw client WebSocket (:func:`relay.net.open_websocket`: its stream is always
+    closed, also when the node resets the connection during a send)."""
+    async with open_websocket(url, connect_timeout=STEP_TIMEOUT,
+                              max_message_size=DEFAULT_LIMITS.max_peer_frame,
+                              shield_close=False) as sock:
+        yield sock.ws
 
 
 async def poke(url: str, *payloads: bytes | str, then_hello: bool = False) -> Reply:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -10,36 +12,31 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import nacl.signing
+import trio
 import vodozemac
 from trio_websocket import WebSocketConnection
 
 from relay.config import NodeConfig
-from relay.federation import open_link_websocket
+from relay.net import KeepaliveConfig, Link, LinkSettings, open_link
 from relay.protocol import (
     Device,
     DeviceList,
-    auth_message,
-    peer_auth_message,
-    read_frame,
     sign_device_list,
     user_id_from_key,
-    write_frame,
 )
 from relay.protocol.frames import (
-    Auth,
     AuthOk,
     Challenge,
     Copy,
     Deliver,
     Frame,
-    Hello,
     OneTimeKey,
-    PeerAuth,
     PeerAuthOk,
     PutDevices,
     Recipient,
     SignedDeviceList,
 )
+from relay.protocol.handshake import Handshake, HandshakeRefused
 from relay.ring import Ring
 from relay.testing import LocalCluster, node_configs
 from relay.testing import free_ports as free_ports  # re-exported for older tests
@@ -106,23 +103,57 @@ def _b64(s: str) -> bytes:
     return base64.b64decode(s + "=" * (-len(s) % 4))
 
 
-class RawClient:
-    """A WebSocket speaking raw frames; pushes (id 0) are kept apart from answers."""
+RAW_SETTINGS = LinkSettings(raw=True, keepalive=KeepaliveConfig(interval=0),
+                            request_timeout=None, max_message=4 * 1024 * 1024,
+                            connect_timeout=10.0)
+"""A raw link: every frame handed over in order, ids as the test chooses, no keepalive."""
 
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self.ws = ws
+
+class RawClient:
+    """Raw frames over a :mod:`relay.net` link in raw mode: :meth:`recv` returns every
+    frame in the order the node sent it (answers and pushes alike), :meth:`send` keeps
+    the test's ids. The handshake frames and their checks come from the sans-I/O
+    :class:`relay.protocol.handshake.Handshake` (the one handshake implementation).
+
+    Attributes:
+        link: the :class:`relay.net.Link` (``link.socket.ws.send_message`` writes raw
+            bytes; ``link.close_code`` once the node closed).
+        challenge: the node's challenge after :meth:`hello`.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
         self._next = 1
         self.challenge: Challenge | None = None
+        self.handshake: Handshake | None = None
+
+    @property
+    def ws(self) -> WebSocketConnection:
+        """The WebSocket, to write raw bytes (never read from it: the link's reader does)."""
+        return self.link.socket.ws
+
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code once the node closed the connection."""
+        return self.link.close_code
 
     def next_id(self) -> int:
         self._next += 1
         return self._next
 
     async def send(self, frame: Frame) -> None:
-        await self.ws.send_message(write_frame(frame))
+        await self.link.send(frame)
 
     async def recv(self) -> Frame:
-        return read_frame(await self.ws.get_message())
+        """The next frame from the node.
+
+        Raises:
+            relay.net.ConnectionLost: the connection closed (see :attr:`close_code`).
+        """
+        try:
+            return await self.link.pushes.receive()
+        except trio.EndOfChannel:
+            raise self.link.lost() from None
 
     async def request(self, frame: Frame) -> Frame:
         """Send a request and return the answer with its id (skipping pushes)."""
@@ -132,24 +163,52 @@ class RawClient:
             if answer.id == frame.id:
                 return answer
 
-    async def hello(self, role: str = "client") -> Challenge:
-        ch = await self.request(Hello(id=1, versions=[1], role=role, agent="test"))
-        assert isinstance(ch, Challenge), ch
-        self.challenge = ch
-        return ch
+    async def hello(self, role: str = "client", handshake: Handshake | None = None) -> Challenge:
+        """``hello`` (id 1) and the checked challenge; ``handshake`` for a peer role."""
+        hs = handshake if handshake is not None else Handshake(role, "test")
+        answer = await self.request(dataclasses.replace(hs.hello(), id=1))
+        self.challenge = hs.receive_challenge(answer)
+        self.handshake = hs
+        return self.challenge
 
     async def auth(self, device: UserDevice) -> Frame:
-        assert self.challenge is not None
-        msg = auth_message(self.challenge.nonce, self.challenge.node_id, device.user_id,
-                           device.device_id)
-        return await self.request(Auth(id=self.next_id(), user_id=device.user_id,
-                                       device_id=device.device_id, signature=device.sign(msg)))
+        """``auth`` of ``device``; returns the answer (``auth_ok`` or ``error``)."""
+        assert self.handshake is not None
+        frame = self.handshake.auth(device.user_id, device.device_id, device.sign)
+        answer = await self.request(dataclasses.replace(frame, id=self.next_id()))
+        with contextlib.suppress(HandshakeRefused):  # the test looks at the error itself
+            self.handshake.receive_auth_ok(answer)
+        return answer
+
+    async def peer_auth(self, node_id: str, signing_key: nacl.signing.SigningKey) -> Frame:
+        """``peer_auth`` as node ``node_id``; returns the answer (``peer_auth_ok``, its
+        signature verified, or ``error``)."""
+        assert self.handshake is not None
+        frame = self.handshake.peer_auth(node_id, lambda m: signing_key.sign(m).signature,
+                                         os.urandom(32))
+        answer = await self.request(dataclasses.replace(frame, id=self.next_id()))
+        with contextlib.suppress(HandshakeRefused):
+            self.handshake.receive_peer_auth_ok(answer)
+        return answer
+
+
+def peer_handshake(cluster: Cluster, from_id: str, to_id: str) -> Handshake:
+    """The handshake of node ``from_id`` dialling node ``to_id`` of ``cluster``."""
+    peer = cluster.ring.node(to_id)
+    assert peer is not None
+    return Handshake("peer", f"test/{from_id}", expect_node_id=to_id,
+                     ring_version=cluster.ring.version, peer_key=peer.public_key)
 
 
 @asynccontextmanager
-async def connect(url: str) -> AsyncIterator[RawClient]:
-    async with open_link_websocket(url, max_message_size=4 * 1024 * 1024) as ws:
-        yield RawClient(ws)
+async def connect(url: str, *, local_address: str | None = None) -> AsyncIterator[RawClient]:
+    """A raw client connection (nothing sent yet).
+
+    Raises:
+        relay.net.ConnectFailed: refused (``http_status`` 503 at admission), unreachable.
+    """
+    async with open_link(url, settings=RAW_SETTINGS, local_address=local_address) as link:
+        yield RawClient(link)
 
 
 @asynccontextmanager
@@ -165,12 +224,9 @@ async def session(url: str, device: UserDevice) -> AsyncIterator[RawClient]:
 @asynccontextmanager
 async def peer_session(cluster: Cluster, from_id: str, to_id: str) -> AsyncIterator[RawClient]:
     """A raw connection to node ``to_id`` authenticated as peer node ``from_id``."""
-    cfg = cluster.config(from_id)
     async with connect(cluster.url(to_id)) as c:
-        ch = await c.hello(role="peer")
-        sig = cfg.signing_key.sign(
-            peer_auth_message(ch.nonce, from_id, to_id, cluster.ring.version)).signature
-        ok = await c.request(PeerAuth(id=2, node_id=from_id, signature=sig, nonce=os.urandom(32)))
+        await c.hello(handshake=peer_handshake(cluster, from_id, to_id))
+        ok = await c.peer_auth(from_id, cluster.config(from_id).signing_key)
         assert isinstance(ok, PeerAuthOk), ok
         yield c
 

@@ -8,10 +8,9 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 from relay_harness import Cluster, RawClient, UserDevice, connect, make_configs, publish
-from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from relay.admission import Admission, HandshakeDeadline, Refused, address_key
-from relay.protocol import read_frame
+from relay.net import ConnectFailed, ConnectionLost
 from relay.protocol.frames import AuthOk, Error, LinkOpen, LinkOpened, Ok, Ping
 
 # ------------------------------------------------------------------ bookkeeping
@@ -96,8 +95,8 @@ async def _refusal_status(url: str) -> int | None:
     try:
         async with connect(url):
             pass
-    except* ConnectionRejected as group:
-        status = group.exceptions[0].status_code
+    except ConnectFailed as exc:
+        status = exc.http_status
     return status
 
 
@@ -105,9 +104,9 @@ async def _expect_close(client: RawClient) -> tuple[list, int]:
     frames = []
     try:
         while True:
-            frames.append(read_frame(await client.ws.get_message()))
-    except ConnectionClosed as exc:
-        return frames, exc.reason.code
+            frames.append(await client.recv())
+    except ConnectionLost:
+        return frames, client.close_code
 
 
 async def _admitted(stack: AsyncExitStack, url: str) -> RawClient:
@@ -116,8 +115,8 @@ async def _admitted(stack: AsyncExitStack, url: str) -> RawClient:
     while True:
         try:
             return await stack.enter_async_context(connect(url))
-        except* ConnectionRejected:
-            pass
+        except ConnectFailed as exc:
+            assert exc.http_status == 503, exc
         await trio.sleep(0.01)
 
 
@@ -208,8 +207,8 @@ async def test_many_idle_sockets_from_one_address(nursery) -> None:
         try:
             async with connect(url) as c:
                 closed.append((await _expect_close(c))[1])
-        except* ConnectionRejected as group:
-            refused.append(group.exceptions[0].status_code)
+        except ConnectFailed as exc:
+            refused.append(exc.http_status)
 
     with trio.fail_after(20):
         async with trio.open_nursery() as n:

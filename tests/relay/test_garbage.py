@@ -12,17 +12,18 @@ import trio
 from relay_harness import Cluster, UserDevice, connect, make_configs, publish, session
 from trio_websocket import ConnectionClosed
 
-from relay.protocol import encode, read_frame
+from relay.net import ConnectionLost
+from relay.protocol import encode
 from relay.protocol.frames import Ack, Error, Ok, Ping, Sync, Synced
 from storage.memory import MemoryStorage
 
 
 async def _expect_close(client) -> int:
     """Read until the node closes; return the close code."""
-    with pytest.raises(ConnectionClosed) as info:
+    with pytest.raises(ConnectionLost):
         while True:
-            await client.ws.get_message()
-    return info.value.reason.code
+            await client.recv()
+    return client.close_code
 
 
 async def _still_serving(url: str) -> None:
@@ -109,7 +110,7 @@ async def test_five_bad_frames_close_1008(node1) -> None:
         async with connect(url) as c:
             for _ in range(5):
                 await c.ws.send_message(b"\xc1")
-            codes = [read_frame(await c.ws.get_message()).code for _ in range(5)]
+            codes = [(await c.recv()).code for _ in range(5)]
             assert codes == ["bad_frame"] * 5
             assert await _expect_close(c) == 1008
         await _still_serving(url)
@@ -120,7 +121,7 @@ async def test_text_frame_closes_1003(node1) -> None:
         url = node1.url("n1")
         async with connect(url) as c:
             await c.ws.send_message('{"t": "hello"}')
-            assert read_frame(await c.ws.get_message()).code == "bad_frame"
+            assert (await c.recv()).code == "bad_frame"
             assert await _expect_close(c) == 1003
         await _still_serving(url)
 
@@ -132,7 +133,7 @@ async def test_oversized_frames_close_1009(nursery) -> None:
         url = cluster.url("n1")
         async with connect(url) as c:  # just above max_frame: error frame, then close
             await c.ws.send_message(b"\x00" * (64 * 1024 + 1))
-            assert read_frame(await c.ws.get_message()).code == "too_large"
+            assert (await c.recv()).code == "too_large"
             assert await _expect_close(c) == 1009
         async with connect(url) as c:  # far above: closed by the WebSocket layer
             with contextlib.suppress(ConnectionClosed):  # the node may close while we send

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from relay_harness import UserDevice, connect, device_homed_at, publish, session
 
+from relay.net import ConnectionLost
 from relay.protocol import auth_message
 from relay.protocol.frames import Auth, AuthOk, Error, Hello, Ok, Ping
 
@@ -97,20 +99,16 @@ async def test_requests_before_auth_are_refused(node1) -> None:
 
 
 async def test_a_newer_connection_replaces_the_older(node1) -> None:
-    from trio_websocket import ConnectionClosed
-
     with trio.fail_after(10):
         url = node1.url("n1")
         dev = UserDevice()
         await publish(url, dev)
         async with session(url, dev) as old, session(url, dev) as new:
             assert await new.request(Ping(id=5)) == Ok(id=5)
-            try:
+            with pytest.raises(ConnectionLost):
                 while True:
-                    await old.ws.get_message()
-            except ConnectionClosed:
-                pass
-            assert old.ws.closed is not None
+                    await old.recv()
+            assert old.close_code is not None
 
 
 async def test_link_open_is_allowed_before_auth(node1) -> None:

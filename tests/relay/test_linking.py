@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from urllib.parse import urlsplit
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
 from relay_harness import (
     Cluster,
-    RawClient,
     UserDevice,
     connect,
     device_homed_at,
@@ -21,7 +18,6 @@ from relay_harness import (
     publish,
     session,
 )
-from trio_websocket import wrap_client_stream
 
 from relay.errors import RelayError
 from relay.federation import Federation
@@ -118,21 +114,6 @@ async def test_wrong_code_is_not_found_and_changes_nothing(cluster3) -> None:
             assert await new.recv() == LinkData(id=0, body=b"ok")
 
 
-@asynccontextmanager
-async def connect_from(url: str, source: str) -> AsyncIterator[RawClient]:
-    """A raw client whose TCP connection comes from loopback address ``source``."""
-    parts = urlsplit(url)
-    stream = await trio.open_tcp_stream(parts.hostname, parts.port, local_address=source)
-    async with stream, trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(nursery, stream, parts.netloc, "/")
-        try:
-            yield RawClient(ws)
-        finally:
-            with trio.move_on_after(2):
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
-
-
 async def test_one_address_cannot_take_every_mailbox(node1) -> None:
     """1000 link_open from one address used to fill the node's 1000 mailboxes."""
     with trio.fail_after(20):
@@ -146,7 +127,7 @@ async def test_one_address_cannot_take_every_mailbox(node1) -> None:
             assert all(isinstance(a, LinkOpened) for a in hog[:8])
             assert isinstance(hog[8], Error) and hog[8].code == "rate_limited"
             # a real new device elsewhere still gets a code
-            async with connect_from(url, "127.0.0.2") as new:
+            async with connect(url, local_address="127.0.0.2") as new:
                 await new.hello()
                 assert isinstance(await new.request(LinkOpen(id=2, device_info=INFO)), LinkOpened)
         # the hog's connections are gone: its mailboxes are given back

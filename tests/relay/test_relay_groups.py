@@ -12,13 +12,14 @@ from relay_harness import (
     UserDevice,
     connect,
     device_homed_at,
+    peer_handshake,
     publish,
     published,
     session,
 )
 
 from relay.delivery import pack_envelope, unpack_envelope
-from relay.protocol import peer_auth_message, verify_device_list
+from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     Deliver,
     Envelope,
@@ -27,7 +28,6 @@ from relay.protocol.frames import (
     GroupRecipient,
     GroupSend,
     Ok,
-    PeerAuth,
     PeerAuthOk,
     PutDevices,
     Sent,
@@ -223,13 +223,10 @@ async def test_group_forward_only_from_the_senders_home(cluster3) -> None:
         fwd = GroupForward(id=5, msg_id=os.urandom(16), sender_user=alice.user_id,
                            sender_device=0, ts=1, body=b"x", recipients=[member(bob, [0])])
         async with connect(cluster3.url("n2")) as c:
-            ch = await c.hello(role="peer")
+            await c.hello(handshake=peer_handshake(cluster3, "n3", "n2"))
             err = await c.request(fwd)  # not authenticated yet
             assert isinstance(err, Error) and err.code == "unauthorized"
-            sig = n3.signing_key.sign(
-                peer_auth_message(ch.nonce, "n3", "n2", cluster3.ring.version)).signature
-            ok = await c.request(PeerAuth(id=6, node_id="n3", signature=sig, nonce=os.urandom(32)))
-            assert isinstance(ok, PeerAuthOk)
+            assert isinstance(await c.peer_auth("n3", n3.signing_key), PeerAuthOk)
             # n3 is a peer, but alice's home is n1: n3 cannot speak for her
             err = await c.request(dataclasses.replace(fwd, id=7))
             assert isinstance(err, Error) and err.code == "bad_request"

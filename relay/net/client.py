@@ -1,0 +1,150 @@
+"""The connecting side's handshakes over a :class:`~relay.net.link.Link`: a device
+(``hello`` -> ``challenge`` -> [pre-auth requests] -> ``auth``), a linking device (the
+same without ``auth``) and a node's outgoing peer link (``hello`` -> ``challenge`` ->
+``peer_auth`` -> ``peer_auth_ok``). The frames and their checks are the sans-I/O
+:class:`~relay.protocol.handshake.Handshake`; the handshake requests travel over the
+link like any other request (same reader, writer and keepalive).
+
+Usage (a device)::
+
+    async with open_client_connection(url, agent="wa-cli/0.1") as link:
+        link.handshake.challenge            # node id, size budget
+        await link.request(PutDevices(...)) # allowed before auth
+        ok = await authenticate(link, user_id, device_id, sign)
+        answer = await link.request(GetDevices(id=0, user_id=...))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+from relay.protocol import DEFAULT_LIMITS, Limits, RemoteProtocolError
+from relay.protocol.frames import AuthOk, Frame
+from relay.protocol.handshake import Handshake, HandshakeRefused, Signer
+
+from .errors import ConnectFailed, ConnectionLost, HandshakeFailed, Refused, RequestTimeout
+from .link import DEFAULT_SETTINGS, Link, LinkSettings, open_link
+
+__all__ = ["PEER_SETTINGS", "authenticate", "handshake_step", "open_client_connection",
+           "open_peer_connection"]
+
+PEER_SETTINGS = LinkSettings(connect_timeout=5.0, request_timeout=None, push_buffer=0,
+                             message_queue=4, strict=True, shield_close=False)
+"""Defaults of a node's outgoing peer link: callers own request timeouts, no pushes
+expected, an invalid frame closes the link, a stopping node does not wait for goodbyes.
+``max_message`` is set from the cluster's budget by :func:`open_peer_connection`."""
+
+
+async def handshake_step(link: Link, frame: Frame, check: Callable[[Frame], Frame]) -> Frame:
+    """Send one handshake request over ``link`` and return ``check(answer)``, within
+    ``link.settings.connect_timeout`` seconds.
+
+    Raises:
+        ConnectFailed: no answer in time, or the link ended.
+        Refused: the answer is ``error`` (``.frame``: ``moved`` and its ``url``, ...).
+        HandshakeFailed: the answer is wrong (``check`` raised ``RemoteProtocolError``).
+    """
+    limit = link.settings.connect_timeout
+    try:
+        return check(await link.request(frame, timeout=limit))
+    except RequestTimeout as exc:
+        raise ConnectFailed(f"handshake with {link.url} timed out after {limit:g}s") from exc
+    except ConnectionLost as exc:
+        raise ConnectFailed(f"{exc} during the handshake") from exc
+    except HandshakeRefused as exc:
+        raise Refused(f"{link.url}: {exc.message}", exc.frame) from exc
+    except RemoteProtocolError as exc:
+        raise HandshakeFailed(f"{link.url}: {exc.message}") from exc
+
+
+async def _hello(link: Link, handshake: Handshake) -> None:
+    link.handshake = handshake
+    await handshake_step(link, handshake.hello(), handshake.receive_challenge)
+
+
+@asynccontextmanager
+async def open_client_connection(
+    url: str, *, agent: str, settings: LinkSettings = DEFAULT_SETTINGS,
+    limits: Limits = DEFAULT_LIMITS, expect_node_id: str | None = None,
+) -> AsyncIterator[Link]:
+    """Connect to a node as a client (a device or a linking device) and yield the link
+    once the node's ``challenge`` is accepted; on exit the link closes.
+
+    The link is not authenticated yet: send pre-auth requests (``put_devices``,
+    ``link_open``, ``ping``) or :func:`authenticate`. ``link.handshake.challenge``
+    holds the node's id and nonce; ``link.max_send`` is set from its size budget.
+
+    Args:
+        agent: sent in ``hello`` (e.g. ``"wa-cli/0.1"``).
+        settings: timeouts, keepalive, window, buffers (:class:`LinkSettings`).
+        limits: decoding limits for what the node sends.
+        expect_node_id: refuse a node announcing another id.
+
+    Raises:
+        ConnectFailed: unreachable, refused at the WebSocket handshake, timed out, closed.
+        HandshakeFailed: a wrong answer to ``hello``.
+        Refused: ``error`` answering ``hello`` (``unsupported_version``).
+    """
+    async with open_link(url, settings=settings, limits=limits) as link:
+        handshake = Handshake("client", agent, expect_node_id=expect_node_id)
+        await _hello(link, handshake)
+        link.max_send = handshake.limits.max_frame
+        yield link
+
+
+async def authenticate(link: Link, user_id: str, device_id: int, sign: Signer) -> AuthOk:
+    """Authenticate a device on a link from :func:`open_client_connection`.
+
+    Args:
+        sign: signs with the device's Ed25519 key; returns the 64-byte signature.
+
+    Returns:
+        The node's ``auth_ok`` (``otk_count``).
+
+    Raises:
+        Refused: ``moved`` (``.frame.url``: the user's home), ``unknown_device``,
+            ``unknown_user``, ``unauthorized``.
+        ConnectFailed, HandshakeFailed: as :func:`handshake_step`.
+    """
+    handshake: Handshake = link.handshake
+    answer = await handshake_step(link, handshake.auth(user_id, device_id, sign),
+                                  handshake.receive_auth_ok)
+    assert isinstance(answer, AuthOk)
+    return answer
+
+
+@asynccontextmanager
+async def open_peer_connection(
+    url: str, *, node_id: str, sign: Signer, peer_id: str, peer_key: bytes,
+    ring_version: str, budget: Limits, settings: LinkSettings = PEER_SETTINGS,
+) -> AsyncIterator[Link]:
+    """Open this node's outgoing link to node ``peer_id`` and authenticate both ways;
+    yield the link (requests only: ``forward``, ``get_devices``, ...); on exit it closes.
+
+    Args:
+        node_id, sign: this node's id and a signer with its node key.
+        peer_id, peer_key: the other node's id and 32-byte public key (cluster file).
+        ring_version: both nodes must read the same cluster file.
+        budget: the cluster's size budget (client-level :class:`Limits`); the other
+            node must announce the same, and the link carries frames up to
+            ``budget.max_peer_frame``.
+        settings: default :data:`PEER_SETTINGS`.
+
+    Raises:
+        ConnectFailed: unreachable, timed out, closed.
+        HandshakeFailed: another node id, ring version or budget; a bad signature.
+        Refused: the other node answered ``error`` (it does not know our key, ...).
+    """
+    peer_limits = budget.for_peers()
+    settings = replace(settings, max_message=peer_limits.max_frame + 4096)
+    async with open_link(url, settings=settings, limits=peer_limits) as link:
+        handshake = Handshake("peer", f"wa-relay/{node_id}", expect_node_id=peer_id,
+                              ring_version=ring_version, budget=budget, peer_key=peer_key)
+        await _hello(link, handshake)
+        await handshake_step(link, handshake.peer_auth(node_id, sign, os.urandom(32)),
+                             handshake.receive_peer_auth_ok)
+        link.max_send = peer_limits.max_frame
+        yield link

@@ -1,0 +1,185 @@
+"""A client WebSocket over a TCP (or TLS) stream that this module owns and always closes.
+
+The one place for trio-websocket's leak workarounds: its own ``open_websocket_url`` /
+``connect_websocket_url`` leave the TCP socket open in two cases, when cancelled
+during the opening handshake, and after an abnormal closure (the other end died:
+``aclose()`` then returns early without closing the stream), which leaks the socket
+(``ResourceWarning``). :func:`open_websocket` opens the stream itself and closes it
+on every exit; :meth:`OwnedWebSocket.abort` drops it at once (a dead link needs no
+closing handshake).
+
+Also here: the user-facing sentences for a failed connect (:func:`failed_text`) and a
+closed socket (:func:`closed_text`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import (
+    CloseReason,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from ._groups import single_leaf
+from .errors import ConnectFailed
+
+__all__ = ["CLOSE_TIMEOUT", "OwnedWebSocket", "closed_text", "failed_text", "open_websocket",
+           "split_url"]
+
+CLOSE_TIMEOUT = 2.0  # seconds for the closing handshake before the stream is dropped
+
+
+def split_url(url: str) -> tuple[str, str, int, str]:
+    """``(scheme, host, port, resource)`` of a ``ws://`` or ``wss://`` URL.
+
+    Raises:
+        ConnectFailed: another scheme, no host, or a bad port.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConnectFailed(f"cannot connect to {url}: {exc}") from exc
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConnectFailed(f"cannot connect to {url}: not a ws:// or wss:// URL")
+    port = port or (443 if parts.scheme == "wss" else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port, resource
+
+
+def failed_text(url: str, exc: BaseException, limit: float) -> str:
+    """A user-facing sentence for a failed connect, e.g. ``cannot connect to ws://h:p: the
+    node is busy (HTTP 503); retry in a few seconds``."""
+    if isinstance(exc, trio.TooSlowError):
+        return f"cannot connect to {url}: no WebSocket answer within {limit:g}s"
+    if isinstance(exc, ConnectionRejected):
+        if exc.status_code == 503:
+            return f"cannot connect to {url}: the node is busy (HTTP 503); retry in a few seconds"
+        return f"cannot connect to {url}: the node refused the connection (HTTP {exc.status_code})"
+    return f"cannot connect to {url}: {str(exc) or type(exc).__name__}"
+
+
+def closed_text(url: str, reason: CloseReason | None) -> str:
+    """A user-facing sentence for a closed socket, e.g. ``connection to ws://h:p lost: the
+    node went away without closing it (1006 abnormal closure)``."""
+    if reason is None:
+        return f"connection to {url} closed"
+    name = (reason.name or "").replace("_", " ").lower()
+    detail = f", {reason.reason}" if reason.reason else ""
+    if reason.code == 1006:
+        return (f"connection to {url} lost: the node went away without closing it "
+                f"({reason.code} {name})")
+    return f"connection to {url} closed ({reason.code} {name}{detail})"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedWebSocket:
+    """An open WebSocket and the stream under it (closed by :func:`open_websocket`'s exit)."""
+
+    ws: WebSocketConnection
+    stream: trio.abc.Stream
+
+    async def abort(self) -> None:
+        """Close the stream now, without a closing handshake (the other end is gone or
+        silent). trio-websocket then sees an abnormal closure (1006)."""
+        await trio.aclose_forcefully(self.stream)
+
+
+async def _open_stream(scheme: str, host: str, port: int,
+                       local_address: str | None) -> trio.abc.Stream:
+    tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
+    if scheme != "wss":
+        return tcp
+    tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host,
+                         https_compatible=True)
+    try:
+        await tls.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return tls
+
+
+@contextmanager
+def _rejections(url: str, limit: float) -> Iterator[None]:
+    """Exceptions of trio-websocket's reader task come as a group from its nursery: a
+    refused upgrade (``ConnectionRejected``, HTTP 503 at admission) becomes
+    :class:`ConnectFailed`; any other single exception is raised as itself."""
+    try:
+        yield
+    except BaseExceptionGroup as group:  # re-raised, never swallowed
+        leaf = single_leaf(group)
+        if leaf is None:
+            raise
+        if isinstance(leaf, HandshakeError):
+            status = leaf.status_code if isinstance(leaf, ConnectionRejected) else None
+            raise ConnectFailed(failed_text(url, leaf, limit), http_status=status) from leaf
+        raise leaf from leaf.__cause__
+
+
+@asynccontextmanager
+async def open_websocket(
+    url: str, *, connect_timeout: float, max_message_size: int,
+    message_queue_size: int = 16, receive_buffer_size: int = 64 * 1024,
+    shield_close: bool = True, local_address: str | None = None,
+) -> AsyncIterator[OwnedWebSocket]:
+    """Connect to ``url`` and yield the open WebSocket; on exit close it and its stream.
+
+    Exit first tries the closing handshake (at most :data:`CLOSE_TIMEOUT` seconds,
+    shielded unless ``shield_close`` is false, so a cancelled caller still says
+    goodbye), then closes the stream in every case: a normal exit, an exception,
+    cancellation, or a socket the other end already broke. trio-websocket's reader
+    task runs in a nursery of its own, inside.
+
+    Args:
+        url: ``ws://host:port[/path]`` or ``wss://...``.
+        connect_timeout: seconds for the TCP (+TLS) connect, and again for the
+            WebSocket opening handshake.
+        max_message_size: bytes; a larger message closes the socket (1009).
+        message_queue_size: messages trio-websocket buffers before our reader takes them.
+        receive_buffer_size: bytes per socket read (the library's default is 4 KiB).
+        shield_close: whether a cancelled exit still waits for the closing handshake
+            (a node stopping its peer links does not).
+        local_address: the local IP address to connect from (default: the system's choice).
+
+    Raises:
+        ConnectFailed: bad URL, unreachable, refused (``http_status``), timed out, or
+            not a WebSocket.
+    """
+    scheme, host, port, resource = split_url(url)
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await _open_stream(scheme, host, port, local_address)
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        raise ConnectFailed(failed_text(url, exc, connect_timeout)) from exc
+    try:
+        with _rejections(url, connect_timeout):
+            async with trio.open_nursery() as nursery:
+                try:
+                    with trio.fail_after(connect_timeout):
+                        ws = await wrap_client_stream(
+                            nursery, stream, host if port in (80, 443) else f"{host}:{port}",
+                            resource, message_queue_size=message_queue_size,
+                            max_message_size=max_message_size,
+                            receive_buffer_size=receive_buffer_size)
+                except (OSError, HandshakeError, trio.TooSlowError) as exc:
+                    status = exc.status_code if isinstance(exc, ConnectionRejected) else None
+                    raise ConnectFailed(failed_text(url, exc, connect_timeout),
+                                        http_status=status) from exc
+                try:
+                    yield OwnedWebSocket(ws, stream)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT, shield=shield_close):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
