@@ -119,7 +119,7 @@ async def _receive(client: Client, screen: Screen, idle_s: float | None,
 
 async def _once(app: AppContext, state: State, idle_s: float, screen: Screen) -> None:
     await screen.show_ready()  # what an earlier run kept, before connecting
-    async with app.connect(state, connect_timeout=CONNECT_TIMEOUT) as client:
+    async with app.connect(state) as client:
         await _receive(client, screen, idle_s)
 
 
