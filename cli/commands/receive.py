@@ -203,7 +203,7 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) 
                 trio.run(_until_interrupted, _follow, app, state, screen)
                 interrupted = False  # Ctrl-C is how --follow ends
             else:
-                interrupted = trio.run(_until_interrupted, _once, state, timeout, screen)
+                interrupted = trio.run(_until_interrupted, _once, app, state, timeout, screen)
         except ReaderGone:
             screen.finish()
             _reader_gone(app, state)
