@@ -40,8 +40,9 @@ retries once.
 
 **Stale readers.** A process killed while it had the environment open leaves its
 reader slot behind; enough of them fill the reader table (``MDB_READERS_FULL``)
-and pin old pages. The writer runs ``env.reader_check()`` every
-``reader_check_interval`` seconds (monotonic clock) in its thread, before a batch.
+and pin old pages. The writer runs ``env.reader_check()`` in its thread every
+``reader_check_interval`` seconds (Trio's clock): before a batch once the
+interval has passed, and when it has been idle that long.
 
 Ops submitted concurrently may be applied in any order; ops of one task, which
 awaits each before the next, are applied in order.
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -153,7 +153,7 @@ class GroupCommitWriter:
     def __init__(
         self, env: lmdb.Environment, dbs: Dbs, *, max_batch_ops: int = 1024,
         max_batch_bytes: int = 16 * 1024 * 1024, queue_size: int = 1024,
-        limit_bytes: int | None = None, reader_check_interval: float = 30.0,
+        limit_bytes: int | None = None, reader_check_interval: float = 10.0,
         fault_hook: FaultHook | None = None,
     ) -> None:
         self._env = env
@@ -164,7 +164,7 @@ class GroupCommitWriter:
         self.limit_bytes = map_size - default_reserve(map_size) if limit_bytes is None else limit_bytes
         self.psize: int = env.stat()["psize"]
         self._reader_interval = reader_check_interval
-        self._next_reader_check = time.monotonic() + reader_check_interval
+        self._next_reader_check = 0.0  # set when serve() starts
         self._fault = fault_hook
         self._send, self._recv = trio.open_memory_channel[_Ticket](queue_size)
         self.stopped = trio.Event()
@@ -240,11 +240,20 @@ class GroupCommitWriter:
         batch: list[_Ticket] = []
         try:
             task_status.started()
+            self._next_reader_check = trio.current_time() + self._reader_interval
             while True:
-                try:
-                    first = await self._recv.receive()
-                except trio.EndOfChannel:
-                    return
+                first: _Ticket | None = None
+                with trio.move_on_at(self._next_reader_check):
+                    try:
+                        first = await self._recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                check = trio.current_time() >= self._next_reader_check
+                if check:
+                    self._next_reader_check = trio.current_time() + self._reader_interval
+                if first is None:  # idle for a whole interval
+                    await trio.to_thread.run_sync(self.check_readers)
+                    continue
                 batch = [first]
                 nops = len(first.ops)
                 nbytes = sum(op.size for op in first.ops)
@@ -258,7 +267,7 @@ class GroupCommitWriter:
                     nbytes += sum(op.size for op in more.ops)
                 ops = [op for ticket in batch for op in ticket.ops]
                 # Not cancellable: the transaction always runs to commit or abort in its thread.
-                await trio.to_thread.run_sync(self._run_sync, ops)
+                await trio.to_thread.run_sync(self._run_sync, ops, check)
                 self.batches += 1
                 self.ops += len(ops)
                 for ticket in batch:
@@ -282,11 +291,9 @@ class GroupCommitWriter:
 
     # -- in the writer thread
 
-    def _run_sync(self, ops: list[_Op]) -> None:
+    def _run_sync(self, ops: list[_Op], check_readers: bool) -> None:
         """Commit ``ops`` (splitting on failure, see the module docstring); set every answer."""
-        now = time.monotonic()
-        if now >= self._next_reader_check:
-            self._next_reader_check = now + self._reader_interval
+        if check_readers:
             self.check_readers()
         segments: deque[list[_Op]] = deque([ops])
         bumped = False
@@ -294,6 +301,7 @@ class GroupCommitWriter:
             seg = segments.popleft()
             try:
                 self._attempt(seg)
+                bumped = False  # the pages this commit freed are pinned until the next one
                 continue
             except _Failed as failed:
                 exc, k = failed.exc, failed.index
@@ -321,12 +329,45 @@ class GroupCommitWriter:
                     op.error = translate(exc)
 
     def _refuse(self, op: _Op, exc: Exception) -> None:
+        """Answer ``op``, which failed alone with ``exc``; a freeing op that found no
+        room is first retried in pieces."""
         err = translate(exc) if isinstance(exc, lmdb.Error) else StorageUnavailable(repr(exc))
+        if isinstance(err, StorageFull) and op.freeing and hasattr(op.fn, "piece"):
+            err = self._in_pieces(op) or err
+            if op.error is None:
+                return
         if op.freeing:
-            log.error("a freeing storage op failed alone: %r", exc)
+            log.error("a freeing storage op failed alone: %r", err)
         elif not isinstance(err, StorageFull):
             log.error("a storage op failed alone: %r", exc)
         op.error = err
+
+    def _in_pieces(self, op: _Op) -> StorageError | None:
+        """Run a freeing op (a ``_lmdb_ops.Deletion``) in pieces of at most 1024
+        records, halving on a full map; each piece is its own commit. Sets the
+        op's answer (the sum of the counts) and returns None, or returns the error.
+        """
+        total, limit, bumped = 0, 1024, False
+        while limit:
+            piece = _Op(op.fn.piece(limit), 0, 0, True)  # type: ignore[attr-defined]
+            try:
+                self._attempt([piece])
+            except _Failed as failed:
+                if not (isinstance(failed.exc, lmdb.Error) and is_full_error(failed.exc)):
+                    return translate(failed.exc) if isinstance(failed.exc, lmdb.Error) \
+                        else StorageUnavailable(repr(failed.exc))
+                if not bumped and self._bump():
+                    bumped = True
+                else:
+                    limit //= 2
+                continue
+            bumped = False
+            count, done = piece.value
+            total += count
+            if done:
+                op.value, op.error = total, None
+                return None
+        return StorageFull("storage full: no room even to delete one record")
 
     def check_readers(self) -> int:
         """Clear reader slots of dead processes (blocking, cheap); return how many."""
