@@ -102,6 +102,7 @@ class Committer:
         self._fault = fault_hook
         #: Counters for tests and metrics.
         self.commits = 0
+        self.pieces = 0
         self.refused_full = 0
         self.stale_readers_cleared = 0
 
@@ -176,6 +177,7 @@ class Committer:
                     limit //= 2
                 continue
             bumped = False
+            self.pieces += 1
             count, done = piece.value
             total += count
             if done:

@@ -294,3 +294,24 @@ async def test_open_with_a_full_table_and_no_live_node_is_a_clear_refusal(
                     pass
         finally:
             await _stop(proc)
+
+
+async def test_an_ack_too_big_for_one_transaction_runs_in_pieces(tmp_path: Path) -> None:
+    """Filling a map with small envelopes of one device and acknowledging them all in
+    one ack needs more free pages than a full map has in one transaction (LMDB is
+    copy-on-write); the ack still succeeds, in pieces, and frees the store."""
+    with trio.fail_after(30):
+        async with LmdbStorage.open(tmp_path / "db", map_size=1 << 20) as st:
+            stored, n, full = 0, 0, False
+            while not full:
+                n += 1
+                answers = await st.enqueue_many([
+                    EnqueueRequest([(ALICE, 0, bytes(60))], dedupe=b"d-%d-%d" % (n, k),
+                                   now=T0 + n) for k in range(64)])
+                full = any(isinstance(a, StorageFull) for a in answers)
+                stored += sum(isinstance(a, list) for a in answers)
+            assert await st.ack(ALICE, 0, stored) == stored
+            assert st.writer.pieces > 1
+            assert await st.queue_length(ALICE, 0) == 0
+            assert await st.expire(T0 + n + 1) == 0  # the dedupe ids, also in pieces if need be
+            assert await st.enqueue([(ALICE, 0, b"again")], now=T0) == [stored + 1]
