@@ -9,6 +9,7 @@ from .base import (
     MEDIA_CHUNK_MAX,
     MEDIA_ID_SIZE,
     EnqueueRequest,
+    EnqueueResult,
     MediaInfo,
     OutboxEntry,
     QueueItem,
@@ -29,6 +30,6 @@ from .registry import open_storage, register_backend
 
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
-    "DuplicateKey", "EnqueueRequest", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
+    "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
     "StorageError", "StorageFull", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
 ]

@@ -96,6 +96,10 @@ class Dbs:
                 txn.put(OUTBOX_INDEXED, b"1", db=handles["meta"])
         return cls(**handles)
 
+    def all(self) -> tuple[lmdb._Database, ...]:
+        """Every handle, in :data:`DB_NAMES` order."""
+        return tuple(getattr(self, name) for name in DB_NAMES)
+
 
 # -- encoders
 

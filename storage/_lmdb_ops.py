@@ -23,6 +23,31 @@ from .errors import DuplicateKey, QueueFull, StaleVersion
 
 Op = Callable[[lmdb.Transaction, L.Dbs], Any]
 
+_NODE_HDR = 8
+_PAGE_HDR = 16
+
+
+def record_estimate(klen: int, vlen: int, psize: int) -> int:
+    """Bytes one LMDB record of a ``klen``-byte key and ``vlen``-byte value may take:
+    twice its node (B-tree leaves may be half full), or its overflow pages if the
+    value does not fit on a leaf (more than about half a page)."""
+    node = _NODE_HDR + klen + vlen
+    if node <= (psize - _PAGE_HDR) // 2 - 2:
+        return 2 * node
+    pages = -(-(vlen + _PAGE_HDR) // psize)
+    return pages * psize + 2 * (_NODE_HDR + klen + 8)
+
+
+def enqueue_estimate(items: list[tuple[bytes, bytes]], dedupe: bytes | None, psize: int) -> int:
+    """Bytes an :func:`enqueue` of ``(devk, envelope)`` items may add (admission check)."""
+    total = 64
+    for devk, envelope in items:
+        qk = len(devk) + 8
+        total += record_estimate(qk, 8 + len(envelope), psize) + record_estimate(9 + qk, 0, psize)
+    if dedupe is not None:
+        total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), 0, psize)
+    return total
+
 
 def put_device_list(user: bytes, version: int, blob: bytes) -> Op:
     """Store ``blob`` as ``user``'s list ``version``. Raises StaleVersion unless it grows."""
@@ -202,15 +227,20 @@ def expire(older_than: float) -> Op:
     return op
 
 
-def outbox_put(dest: bytes, payload: bytes) -> Op:
-    """Append an outbox entry for ``dest``; return its new id."""
-    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
+def outbox_put_many(entries: list[tuple[bytes, bytes]]) -> Op:
+    """Append outbox entries ``(dest, payload)`` atomically; return their new ids, in order."""
+    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> list[int]:
         raw = txn.get(L.OUTBOX_LAST, db=dbs.meta)
-        oid = (L.unpack_u64(raw) if raw is not None else 0) + 1
-        txn.put(L.pack_u64(oid), L.pack_outbox(0, dest, payload), db=dbs.outbox)
-        txn.put(L.outbox_dest_key(dest, oid), b"", db=dbs.outbox_dest)
-        txn.put(L.OUTBOX_LAST, L.pack_u64(oid), db=dbs.meta)
-        return oid
+        oid = L.unpack_u64(raw) if raw is not None else 0
+        ids = []
+        for dest, payload in entries:
+            oid += 1
+            txn.put(L.pack_u64(oid), L.pack_outbox(0, dest, payload), db=dbs.outbox)
+            txn.put(L.outbox_dest_key(dest, oid), b"", db=dbs.outbox_dest)
+            ids.append(oid)
+        if ids:
+            txn.put(L.OUTBOX_LAST, L.pack_u64(oid), db=dbs.meta)
+        return ids
     return op
 
 
@@ -225,13 +255,14 @@ def outbox_retry(outbox_id: int) -> Op:
     return op
 
 
-def outbox_delete(outbox_id: int) -> Op:
-    """Delete the entry and its index key (gone: nothing)."""
+def outbox_delete_many(outbox_ids: list[int]) -> Op:
+    """Delete the entries and their index keys (those gone: nothing)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
-        key = L.pack_u64(outbox_id)
-        raw = txn.get(key, db=dbs.outbox)
-        if raw is not None:
-            dest = L.unpack_outbox(outbox_id, raw).dest.encode()
-            txn.delete(L.outbox_dest_key(dest, outbox_id), db=dbs.outbox_dest)
-            txn.delete(key, db=dbs.outbox)
+        for outbox_id in outbox_ids:
+            key = L.pack_u64(outbox_id)
+            raw = txn.get(key, db=dbs.outbox)
+            if raw is not None:
+                dest = L.unpack_outbox(outbox_id, raw).dest.encode()
+                txn.delete(L.outbox_dest_key(dest, outbox_id), db=dbs.outbox_dest)
+                txn.delete(key, db=dbs.outbox)
     return op

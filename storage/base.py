@@ -28,7 +28,9 @@ Contract for every backend (checked by :mod:`storage.testing`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
+
+from .errors import StorageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ class EnqueueRequest:
     now: float | None = None
 
 
-EnqueueResult = "list[int] | None | StorageError"
+EnqueueResult: TypeAlias = list[int] | None | StorageError
 """What :meth:`Storage.enqueue_many` answers per request: the assigned seqs,
 ``None`` for a duplicate, or the :class:`~storage.errors.StorageError` instance
 (``QueueFull``, ``StorageFull``, ``StorageUnavailable``) refusing that request alone."""
@@ -196,7 +198,7 @@ class Storage(Protocol):
             StorageFull: nothing stored.
         """
 
-    async def enqueue_many(self, requests: list[EnqueueRequest]) -> list:
+    async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
         """Apply many :meth:`enqueue` requests in one group commit, each atomic on its own.
 
         Requests are applied **in list order** (sequence numbers of one device
@@ -206,7 +208,11 @@ class Storage(Protocol):
 
         Returns:
             One entry per request, in order: its seqs, ``None`` (duplicate), or
-            the ``StorageError`` instance that refused it (not raised).
+            the ``StorageError`` instance that refused it (not raised):
+            ``QueueFull``, ``StorageFull``, ``StorageUnavailable``.
+
+        Raises:
+            ValueError, TypeError: a malformed argument in any request; nothing stored.
         """
 
     async def read_queue(
@@ -221,9 +227,14 @@ class Storage(Protocol):
         """Delete every queued item of the device with ``seq <= up_to_seq``; return how many."""
 
     async def ack_many(self, acks: list[tuple[str, int, int]]) -> list[int]:
-        """Cumulative acks ``(user_id, device_id, up_to_seq)`` in one durable
-        transaction; return how many items each deleted. Freeing: succeeds on a
-        full store."""
+        """Cumulative acks ``(user_id, device_id, up_to_seq)`` in one group commit,
+        applied in list order; return how many items each deleted. Freeing: succeeds
+        on a full store. An ack never deletes an item with ``seq > up_to_seq``.
+
+        Raises:
+            StorageUnavailable: the medium failed (acks before the failing one may
+                have been applied; acks are idempotent, so retry them all).
+        """
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """Delete the device's whole queue and its keys; return how many envelopes went.
@@ -241,6 +252,14 @@ class Storage(Protocol):
     async def outbox_put(self, dest: str, payload: bytes) -> int:
         """Durably store a request for peer node ``dest``; return its ``outbox_id``."""
 
+    async def outbox_put_many(self, entries: list[tuple[str, bytes]]) -> list[int]:
+        """:meth:`outbox_put` for many ``(dest, payload)`` in one durable transaction,
+        atomically; return their ``outbox_id`` s in order (increasing).
+
+        Raises:
+            StorageFull, StorageUnavailable: nothing stored.
+        """
+
     async def outbox_list(self, dest: str | None = None, limit: int = 256) -> list[OutboxEntry]:
         """Pending entries, oldest first, optionally only those for ``dest``."""
 
@@ -249,6 +268,10 @@ class Storage(Protocol):
 
     async def outbox_delete(self, outbox_id: int) -> None:
         """Remove a delivered (or finally bounced) entry. No-op if it is gone."""
+
+    async def outbox_delete_many(self, outbox_ids: list[int]) -> None:
+        """:meth:`outbox_delete` for many ids in one durable transaction (ids that are
+        gone are skipped). Freeing: succeeds on a full store."""
 
     # -- media: encrypted blobs addressed by SHA-256, uploaded in chunks (docs/media.md)
     #

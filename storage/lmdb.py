@@ -10,9 +10,11 @@
 * **Reads** run on the event loop in a short read-only transaction that never
   spans an ``await``. LMDB reads are lock-free memory-mapped lookups that never
   fsync; a bounded read (``limit`` items) from the page cache costs far less
-  than a thread hop, and keeping the loop's transactions synchronous is what
-  makes growing the map between write batches safe. A cold page cache can
-  stall the loop for a page fault; that is the accepted trade-off.
+  than a thread hop. A cold page cache can stall the loop for a page fault;
+  that is the accepted trade-off. A read that finds the reader table full
+  (slots of killed processes) clears stale slots and tries once more.
+* **Bounded.** ``map_size`` is the most ``data.mdb`` ever takes; part of it
+  (``reserve``) is kept for freeing ops so a full store can always drain.
 * **Layout** of the named sub-databases: :mod:`storage._lmdb_layout`.
 
 Not thread-safe: use one instance from one Trio run. No global state.
@@ -33,10 +35,11 @@ import trio
 
 from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
-from ._group_commit import GroupCommitWriter, translate
+from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._lmdb_media import LmdbMediaMixin
-from .base import OutboxEntry, QueueItem
+from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
+from .errors import StorageError
 
 T = TypeVar("T")
 
@@ -88,35 +91,54 @@ class LmdbStorage(LmdbMediaMixin):
     @asynccontextmanager
     async def open(
         cls, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
-        max_batch_ops: int = 1024, max_batch_bytes: int = 16 << 20,
+        reserve: int | None = None, max_batch_ops: int = 1024, max_batch_bytes: int = 16 << 20,
+        max_readers: int = 126, reader_check_interval: float = 30.0,
+        fault_hook: FaultHook | None = None,
     ) -> AsyncIterator[Self]:
         """Open (creating if needed) the environment in directory ``path``.
 
         Args:
             path: a directory; ``data.mdb`` and ``lock.mdb`` live in it.
-            map_size: the most bytes the database may use (LMDB map size). A
-                write that does not fit raises StorageFull; deletions may grow
-                the map slightly so a full store can still drain.
+            map_size: the most bytes ``data.mdb`` may ever take (the LMDB map size);
+                the map is never grown. An environment whose file is already larger
+                (written by an older version that grew its map) keeps its size.
+            reserve: bytes of the map kept for freeing ops (acks, purges, expiry,
+                claims, outbox deletes): a write that would raise the pages in use
+                above ``map_size - reserve`` is refused with StorageFull. Default
+                :func:`~storage._group_commit.default_reserve` (1/8, 64 KiB..64 MiB).
             max_batch_ops, max_batch_bytes: group-commit batch bounds.
+            max_readers: LMDB reader slots (processes x read transactions at once).
+            reader_check_interval: seconds between clearing stale reader slots of
+                dead processes (also done at open).
+            fault_hook: test-only fault injection, see
+                :data:`~storage._group_commit.FaultHook`.
 
         Yields the storage; on exit, queued writes are committed and the
         environment is closed. Raises StorageError if LMDB cannot open it.
         """
+        if reserve is None:
+            reserve = default_reserve(map_size)
+        if not 0 <= reserve < map_size:
+            raise ValueError(f"reserve must be in 0..map_size-1, not {reserve}")
         try:
             env = await trio.to_thread.run_sync(partial(
                 lmdb.open, os.fspath(path), map_size=map_size, subdir=True, create=True,
                 sync=True, metasync=True, lock=True, max_dbs=len(L.DB_NAMES) + 2,
-                readahead=False,
+                readahead=False, max_readers=max_readers,
             ))
         except lmdb.Error as exc:
             raise translate(exc) from exc
         try:
             try:
+                # Slots of killed processes would fill the reader table: clear them first.
+                await trio.to_thread.run_sync(env.reader_check)
                 dbs = await trio.to_thread.run_sync(L.Dbs.open, env)
             except lmdb.Error as exc:
                 raise translate(exc) from exc
             writer = GroupCommitWriter(
                 env, dbs, max_batch_ops=max_batch_ops, max_batch_bytes=max_batch_bytes,
+                limit_bytes=map_size - reserve, reader_check_interval=reader_check_interval,
+                fault_hook=fault_hook,
             )
             st = cls(env, dbs, writer)
             try:
@@ -138,15 +160,15 @@ class LmdbStorage(LmdbMediaMixin):
 
     @classmethod
     def from_url(cls, url: str) -> AbstractAsyncContextManager[Self]:
-        """``lmdb:///abs/path[?map_size=BYTES]`` (sizes like ``512M``, ``1GiB`` allowed);
-        ``lmdb://rel/path`` is relative to the working directory. See :meth:`open`."""
+        """``lmdb:///abs/path[?map_size=BYTES&reserve=BYTES]`` (sizes like ``512M``,
+        ``1GiB`` allowed); ``lmdb://rel/path`` is relative to the working directory.
+        See :meth:`open`."""
         path, query = path_from_url(url)
-        unknown = set(query) - {"map_size"}
+        unknown = set(query) - {"map_size", "reserve"}
         if unknown:
             raise ValueError(f"unknown lmdb:// options: {sorted(unknown)}")
-        kwargs = {}
-        if "map_size" in query:
-            kwargs["map_size"] = parse_size(query["map_size"][-1])
+        kwargs = {name: parse_size(query[name][-1]) for name in ("map_size", "reserve")
+                  if name in query}
         return cls.open(path, **kwargs)
 
     # -- plumbing
@@ -156,7 +178,13 @@ class LmdbStorage(LmdbMediaMixin):
         if self._closed:
             raise trio.ClosedResourceError("storage is closed")
         try:
-            with self._env.begin(write=False) as txn:
+            try:
+                txn = self._env.begin(write=False)
+            except lmdb.ReadersFullError:
+                # Killed processes left their slots behind: clear them, try once more.
+                self.writer.check_readers()
+                txn = self._env.begin(write=False)
+            with txn:
                 return fn(txn)
         except lmdb.Error as exc:
             raise translate(exc) from exc
@@ -176,8 +204,13 @@ class LmdbStorage(LmdbMediaMixin):
 
     @property
     def map_size(self) -> int:
-        """The current LMDB map size in bytes."""
+        """The LMDB map size in bytes: the most ``data.mdb`` may take."""
         return self._env.info()["map_size"]
+
+    def used_bytes(self) -> int:
+        """Bytes of the pages the stored data uses now (what the admission bound,
+        ``map_size - reserve``, is compared with); freed pages are not counted."""
+        return self._read(self.writer.used_bytes)
 
     # -- device lists
 
@@ -233,8 +266,22 @@ class LmdbStorage(LmdbMediaMixin):
 
     async def claim_key(self, user_id: str, device_id: int) -> tuple[str, bytes, bool] | None:
         """See :meth:`storage.base.Storage.claim_key`. Hands out the lowest key id first."""
-        devk = self._devk(user_id, device_id)
-        return await self.writer.submit(ops.claim_key(devk), freeing=True)
+        [claimed] = await self.claim_keys([(user_id, device_id)])
+        return claimed
+
+    async def claim_keys(
+        self, claims: list[tuple[str, int]]
+    ) -> list[tuple[str, bytes, bool] | None]:
+        """See :meth:`storage.base.Storage.claim_keys`. Freeing: never refused for room.
+
+        Raises:
+            StorageUnavailable: the medium failed; no key was handed out.
+            ValueError, TypeError: a malformed id; nothing was done.
+        """
+        devks = [self._devk(u, d) for u, d in claims]
+        answers = await self.writer.submit_many(
+            [(ops.claim_key(devk), 0, None, True) for devk in devks])
+        return [_value(answer) for answer in answers]
 
     async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.count_one_time_keys`."""
@@ -248,12 +295,31 @@ class LmdbStorage(LmdbMediaMixin):
         max_queue: int | None = None, now: float | None = None,
     ) -> list[int] | None:
         """See :meth:`storage.base.Storage.enqueue`."""
-        raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in items]
-        dd = None if dedupe is None else check_dedupe(dedupe)
-        ts = time.time() if now is None else float(now)
-        return await self.writer.submit(
-            ops.enqueue(raw, dd, max_queue, ts), size=sum(len(e) + 32 for _, e in raw),
-        )
+        [answer] = await self.enqueue_many([EnqueueRequest(items, dedupe, max_queue, now)])
+        if isinstance(answer, StorageError):
+            raise answer
+        return answer
+
+    async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
+        """See :meth:`storage.base.Storage.enqueue_many`. One submission to the group
+        commit; a request that would not fit within ``map_size - reserve`` is refused
+        alone (StorageFull).
+
+        Raises:
+            ValueError, TypeError: a malformed argument in any request; nothing was stored.
+            trio.ClosedResourceError: the storage is closed.
+        """
+        psize = self.writer.psize
+        specs = []
+        for req in requests:
+            raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
+            dd = None if req.dedupe is None else check_dedupe(req.dedupe)
+            ts = time.time() if req.now is None else float(req.now)
+            specs.append((ops.enqueue(raw, dd, req.max_queue, ts),
+                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(raw, dd, psize),
+                          False))
+        answers = await self.writer.submit_many(specs)
+        return [_answer(answer) for answer in answers]
 
     async def read_queue(
         self, user_id: str, device_id: int, after_seq: int = 0, limit: int = 256
@@ -271,8 +337,20 @@ class LmdbStorage(LmdbMediaMixin):
 
     async def ack(self, user_id: str, device_id: int, up_to_seq: int) -> int:
         """See :meth:`storage.base.Storage.ack`."""
-        devk = self._devk(user_id, device_id)
-        return await self.writer.submit(ops.ack(devk, up_to_seq), freeing=True)
+        [gone] = await self.ack_many([(user_id, device_id, up_to_seq)])
+        return gone
+
+    async def ack_many(self, acks: list[tuple[str, int, int]]) -> list[int]:
+        """See :meth:`storage.base.Storage.ack_many`. Freeing: uses the reserve, never
+        refused for room.
+
+        Raises:
+            StorageUnavailable: the medium failed (a StorageFull only if the reserve
+                was too small even for a delete); acks before it in the list may be applied.
+            ValueError, TypeError: a malformed id; nothing was done.
+        """
+        specs = [(ops.ack(self._devk(u, d), seq), 0, None, True) for u, d, seq in acks]
+        return [_value(answer) for answer in await self.writer.submit_many(specs)]
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.purge_device`. Also forgets the device's
@@ -289,10 +367,31 @@ class LmdbStorage(LmdbMediaMixin):
 
     async def outbox_put(self, dest: str, payload: bytes) -> int:
         """See :meth:`storage.base.Storage.outbox_put`."""
-        d, payload = dest.encode("utf-8"), check_bytes("payload", payload)
-        if len(d) > 0xFFFF:
-            raise ValueError("dest too long")
-        return await self.writer.submit(ops.outbox_put(d, payload), size=len(d) + len(payload))
+        [oid] = await self.outbox_put_many([(dest, payload)])
+        return oid
+
+    async def outbox_put_many(self, entries: list[tuple[str, bytes]]) -> list[int]:
+        """See :meth:`storage.base.Storage.outbox_put_many`.
+
+        Raises:
+            StorageFull, StorageUnavailable: nothing of the call was stored.
+            ValueError, TypeError: a malformed argument; nothing was stored.
+        """
+        psize = self.writer.psize
+        raw = []
+        for dest, payload in entries:
+            d, p = dest.encode("utf-8"), check_bytes("payload", payload)
+            if len(d) > 0xFFFF:
+                raise ValueError("dest too long")
+            raw.append((d, p))
+        specs = [(ops.outbox_put_many(raw), sum(len(d) + len(p) for d, p in raw),
+                  sum(ops.record_estimate(8, 6 + len(d) + len(p), psize)
+                      + ops.record_estimate(len(d) + 10, 0, psize) for d, p in raw) + 64,
+                  False)]
+        [(value, error)] = await self.writer.submit_many(specs)
+        if error is not None:
+            raise error
+        return value
 
     async def outbox_list(self, dest: str | None = None, limit: int = 256) -> list[OutboxEntry]:
         """See :meth:`storage.base.Storage.outbox_list`."""
@@ -308,11 +407,38 @@ class LmdbStorage(LmdbMediaMixin):
 
     async def outbox_delete(self, outbox_id: int) -> None:
         """See :meth:`storage.base.Storage.outbox_delete`."""
-        if 0 < outbox_id < 2**64:
-            await self.writer.submit(ops.outbox_delete(outbox_id), freeing=True)
+        await self.outbox_delete_many([outbox_id])
+
+    async def outbox_delete_many(self, outbox_ids: list[int]) -> None:
+        """See :meth:`storage.base.Storage.outbox_delete_many`. Freeing.
+
+        Raises:
+            StorageUnavailable: the medium failed; nothing was deleted.
+        """
+        ids = [i for i in outbox_ids if 0 < i < 2**64]
+        if ids:
+            await self.writer.submit(ops.outbox_delete_many(ids), freeing=True)
         else:
             await trio.lowlevel.checkpoint()
 
     @staticmethod
     def _devk(user_id: str, device_id: int) -> bytes:
         return L.dev_key(check_user_id(user_id), check_device_id(device_id))
+
+
+def _answer(answer: tuple[T, Exception | None]) -> T | StorageError:
+    """A batch answer: the value, or the StorageError refusing it; other errors raise."""
+    value, error = answer
+    if error is None:
+        return value
+    if isinstance(error, StorageError):
+        return error
+    raise error
+
+
+def _value(answer: tuple[T, Exception | None]) -> T:
+    """The value of a batch answer, or raise its error."""
+    value, error = answer
+    if error is not None:
+        raise error
+    return value

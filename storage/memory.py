@@ -23,8 +23,8 @@ import trio
 
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._memory_media import MemoryMediaMixin
-from .base import OutboxEntry, QueueItem
-from .errors import DuplicateKey, QueueFull, StaleVersion, StorageFull
+from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
+from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
 
 _Dev = tuple[str, int]
 
@@ -188,8 +188,18 @@ class MemoryStorage(MemoryMediaMixin):
 
     async def claim_key(self, user_id: str, device_id: int) -> tuple[str, bytes, bool] | None:
         """See :meth:`storage.base.Storage.claim_key`. Hands out the oldest key first."""
+        [claimed] = await self.claim_keys([(user_id, device_id)])
+        return claimed
+
+    async def claim_keys(
+        self, claims: list[tuple[str, int]]
+    ) -> list[tuple[str, bytes, bool] | None]:
+        """See :meth:`storage.base.Storage.claim_keys`."""
         await self._enter()
-        dev = self._dev(user_id, device_id)
+        devs = [self._dev(u, d) for u, d in claims]
+        return [self._claim(dev) for dev in devs]
+
+    def _claim(self, dev: _Dev) -> tuple[str, bytes, bool] | None:
         have = self._otks.get(dev)
         if have:
             key_id = next(iter(have))
@@ -214,14 +224,33 @@ class MemoryStorage(MemoryMediaMixin):
         max_queue: int | None = None, now: float | None = None,
     ) -> list[int] | None:
         """See :meth:`storage.base.Storage.enqueue`."""
+        [answer] = await self.enqueue_many([EnqueueRequest(items, dedupe, max_queue, now)])
+        if isinstance(answer, StorageError):
+            raise answer
+        return answer
+
+    async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
+        """See :meth:`storage.base.Storage.enqueue_many`."""
         await self._enter()
         checked = [
-            (self._dev(u, d), check_bytes("envelope", env)) for u, d, env in items
+            ([(self._dev(u, d), check_bytes("envelope", env)) for u, d, env in req.items],
+             None if req.dedupe is None else check_dedupe(req.dedupe), req)
+            for req in requests
         ]
-        if dedupe is not None:
-            dedupe = check_dedupe(dedupe)
-            if dedupe in self._dedupe:
-                return None
+        answers: list[EnqueueResult] = []
+        for items, dedupe, req in checked:
+            try:
+                answers.append(self._enqueue(items, dedupe, req.max_queue, req.now))
+            except StorageError as exc:
+                answers.append(exc)
+        return answers
+
+    def _enqueue(
+        self, checked: list[tuple[_Dev, bytes]], dedupe: bytes | None, max_queue: int | None,
+        now: float | None,
+    ) -> list[int] | None:
+        if dedupe is not None and dedupe in self._dedupe:
+            return None
         ts = time.time() if now is None else float(now)
         per_dev: dict[_Dev, int] = {}
         for dev, _ in checked:
@@ -275,12 +304,18 @@ class MemoryStorage(MemoryMediaMixin):
 
     async def ack(self, user_id: str, device_id: int, up_to_seq: int) -> int:
         """See :meth:`storage.base.Storage.ack`."""
+        [gone] = await self.ack_many([(user_id, device_id, up_to_seq)])
+        return gone
+
+    async def ack_many(self, acks: list[tuple[str, int, int]]) -> list[int]:
+        """See :meth:`storage.base.Storage.ack_many`."""
         await self._enter()
-        dev = self._dev(user_id, device_id)
-        queue = self._queues.get(dev)
-        if not queue:
-            return 0
-        return self._drop(dev, [s for s in queue if s <= up_to_seq])
+        checked = [(self._dev(u, d), seq) for u, d, seq in acks]
+        out = []
+        for dev, up_to_seq in checked:
+            queue = self._queues.get(dev)
+            out.append(self._drop(dev, [s for s in queue if s <= up_to_seq]) if queue else 0)
+        return out
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.purge_device`.
@@ -317,13 +352,21 @@ class MemoryStorage(MemoryMediaMixin):
 
     async def outbox_put(self, dest: str, payload: bytes) -> int:
         """See :meth:`storage.base.Storage.outbox_put`."""
-        await self._enter()
-        payload = check_bytes("payload", payload)
-        self._reserve(len(dest.encode()) + len(payload) + _OUTBOX_OVERHEAD)
-        self._outbox_last += 1
-        oid = self._outbox_last
-        self._outbox[oid] = OutboxEntry(outbox_id=oid, dest=dest, payload=payload, attempts=0)
+        [oid] = await self.outbox_put_many([(dest, payload)])
         return oid
+
+    async def outbox_put_many(self, entries: list[tuple[str, bytes]]) -> list[int]:
+        """See :meth:`storage.base.Storage.outbox_put_many`."""
+        await self._enter()
+        checked = [(dest, check_bytes("payload", payload)) for dest, payload in entries]
+        self._reserve(sum(len(d.encode()) + len(p) + _OUTBOX_OVERHEAD for d, p in checked))
+        ids = []
+        for dest, payload in checked:
+            self._outbox_last += 1
+            oid = self._outbox_last
+            self._outbox[oid] = OutboxEntry(outbox_id=oid, dest=dest, payload=payload, attempts=0)
+            ids.append(oid)
+        return ids
 
     async def outbox_list(self, dest: str | None = None, limit: int = 256) -> list[OutboxEntry]:
         """See :meth:`storage.base.Storage.outbox_list`."""
@@ -350,7 +393,12 @@ class MemoryStorage(MemoryMediaMixin):
 
     async def outbox_delete(self, outbox_id: int) -> None:
         """See :meth:`storage.base.Storage.outbox_delete`."""
+        await self.outbox_delete_many([outbox_id])
+
+    async def outbox_delete_many(self, outbox_ids: list[int]) -> None:
+        """See :meth:`storage.base.Storage.outbox_delete_many`."""
         await self._enter()
-        entry = self._outbox.pop(outbox_id, None)
-        if entry is not None:
-            self._used -= len(entry.dest.encode()) + len(entry.payload) + _OUTBOX_OVERHEAD
+        for outbox_id in outbox_ids:
+            entry = self._outbox.pop(outbox_id, None)
+            if entry is not None:
+                self._used -= len(entry.dest.encode()) + len(entry.payload) + _OUTBOX_OVERHEAD

@@ -22,12 +22,16 @@ list versions (``StaleVersion``), one-time keys (``DuplicateKey``, claims at mos
 once under 200 concurrent claims, fallback keys), queues (seqs per device,
 contiguous under 500 concurrent enqueues, never reused after ack, purge or
 reopen; dedupe; ``max_queue`` and ``QueueFull`` with nothing stored; atomic
-multi-device enqueue; expiry), device-list watchers (idempotent, sorted, durable),
+multi-device enqueue; expiry), the batch methods (``enqueue_many`` answers each
+request alone and in list order, also across the capacity limit; cumulative
+``ack_many``; ``claim_keys`` hands a device listed twice two keys; outbox
+batches), device-list watchers (idempotent, sorted, durable),
 the outbox, media blobs (ordered chunked appends, hash check, conflicts, quota,
 expiry), and durability across reopen.
 """
 
 from ._base import ALICE, BOB, uid
+from ._batches import BatchConformance
 from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
 from ._queues import QueueConformance
@@ -38,7 +42,7 @@ __all__ = ["ALICE", "BOB", "StorageConformance", "uid"]
 
 
 class StorageConformance(
-    DirectoryConformance, QueueConformance, WatcherConformance, OutboxConformance,
+    DirectoryConformance, QueueConformance, BatchConformance, WatcherConformance, OutboxConformance,
     DurabilityConformance, MediaConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
