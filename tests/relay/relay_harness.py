@@ -16,6 +16,7 @@ from trio_websocket import WebSocketConnection
 from relay.config import NodeConfig
 from relay.federation import open_link_websocket
 from relay.protocol import (
+    SUPPORTED_VERSIONS,
     Device,
     DeviceList,
     auth_message,
@@ -31,6 +32,7 @@ from relay.protocol.frames import (
     Challenge,
     Copy,
     Deliver,
+    DeliverItem,
     Frame,
     Hello,
     OneTimeKey,
@@ -133,7 +135,7 @@ class RawClient:
                 return answer
 
     async def hello(self, role: str = "client") -> Challenge:
-        ch = await self.request(Hello(id=1, versions=[1], role=role, agent="test"))
+        ch = await self.request(Hello(id=1, versions=list(SUPPORTED_VERSIONS), role=role, agent="test"))
         assert isinstance(ch, Challenge), ch
         self.challenge = ch
         return ch
@@ -196,13 +198,14 @@ async def published(cluster: Cluster, *homes: str) -> list[UserDevice]:
     return devices
 
 
-async def deliveries(client: RawClient, n: int) -> list[Deliver]:
-    """Receive until ``n`` deliver frames arrived; other frames (synced, answers) are skipped."""
-    got = []
+async def deliveries(client: RawClient, n: int) -> list[DeliverItem]:
+    """Receive until ``n`` delivered envelopes arrived (``deliver`` frames carry one or
+    more); other frames (synced, answers) are skipped."""
+    got: list[DeliverItem] = []
     while len(got) < n:
         frame = await client.recv()
         if isinstance(frame, Deliver):
-            got.append(frame)
+            got.extend(frame.items)
     return got
 
 
