@@ -21,7 +21,6 @@ from functools import partial
 
 import trio
 
-from relay.acks import AckBatcher
 from relay.admission import Admission
 from relay.config import NodeConfig
 from relay.delivery import DeviceRegistry
@@ -54,9 +53,8 @@ class Node:
 
     Attributes:
         id: node id. ring: the cluster ring. limits: frame limits.
-        storage, directory, registry, federation, outbox, router, forwarding, acks:
-            components (``forwarding``: the per-destination ``forward_batch`` lanes;
-            ``acks``: the node-wide ack coalescer).
+        storage, directory, registry, federation, outbox, router, forwarding: components
+            (``forwarding``: the per-destination ``forward_batch`` lanes).
         handlers: the per-service handler table (:func:`relay.services.table.node_table`).
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
         media: media uploads and downloads. admission: connection counts and caps.
@@ -92,7 +90,6 @@ class Node:
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
         self.router.attach(self.forwarding)
-        self.acks = AckBatcher(storage, log)
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
                                max_per_owner=config.max_mailboxes_per_ip)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
@@ -155,7 +152,6 @@ async def serve_node(
         async with trio.open_nursery() as nursery:
             await nursery.start(node.outbox.run)
             await nursery.start(node.forwarding.run)
-            await nursery.start(node.acks.run)
             server = await nursery.start(partial(
                 serve_gated_websocket, partial(handle_websocket, node), config.host, config.port,
                 None,

@@ -4,7 +4,7 @@ Tasks of one connection, all in one nursery:
 
 * the **reader** always drains the WebSocket: it decodes and admits each
   message at once (:class:`~relay.protocol.connection.ServerConnection`), applies
-  an ``ack`` on the spot (clamped, coalesced node-wide: :mod:`relay.acks`) and
+  an ``ack`` on the spot (clamped, then coalesced: :mod:`relay.acks`) and
   queues every other request; it reads ahead at most ``window`` unanswered
   requests (announced in ``challenge``), then waits (backpressure);
 * the **handler** (this task) takes *every* queued request at each wakeup and
@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from relay.acks import AckFlusher
 from relay.admission import HandshakeDeadline, Ticket
 from relay.auth import check_device_auth, check_peer_auth
 from relay.delivery import Pusher
@@ -138,6 +139,7 @@ class Connection:
         self._writer_done = trio.Event()
         self._cancel = trio.CancelScope()
         self._pusher: Pusher | None = None
+        self._acks: AckFlusher | None = None
         self._acked = 0
         self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
         self._exits = ExitStack()
@@ -198,6 +200,9 @@ class Connection:
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._handshake_deadline)
                     await self._handle_all()
+                    if self._acks is not None:  # acks read before the end are applied
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await self._acks.flushed()
                     await self._close(CloseCode.NORMAL, "")
         except Exception:  # noqa: BLE001 - the per-connection boundary: log, internal, close 1011
             self._log.exception("connection %s (%s): unexpected error", self._remote,
@@ -280,16 +285,15 @@ class Connection:
 
     def _ack(self, seq: int) -> None:
         """A cumulative ack: clamp it to what this connection delivered, then delete
-        (coalesced with the node's other acks: :class:`relay.acks.AckBatcher`)."""
-        if self._revoked or self._pusher is None:
+        (coalesced: :class:`relay.acks.AckFlusher`)."""
+        if self._revoked or self._pusher is None or self._acks is None:
             return  # nothing was delivered on this connection: nothing to delete
         seq = min(seq, self._pusher.delivered)
         if seq <= self._acked:
             return
         self._acked = seq
         self._pusher.on_ack(seq)
-        user_id, device_id = self._caller.device()
-        self._node.acks.post(user_id, device_id, seq)
+        self._acks.post(seq)
 
     # ----------------------------------------------------------------- handling
 
@@ -494,6 +498,8 @@ class Connection:
                               max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
                               is_local=node.directory.is_home, notify=node.registry.notify,
                               log=node.log)
+        self._acks = AckFlusher(node.storage, user_id, device_id, node.log)
         assert self._nursery is not None
         self._nursery.start_soon(self._pusher.run)
+        self._nursery.start_soon(self._acks.run)
         return None
