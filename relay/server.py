@@ -445,12 +445,14 @@ class Connection:
 
     async def _settle(self, buffered) -> None:
         """Close gate (:mod:`relay.wsio`): return once every message read has been
-        served and every answer written."""
+        served, every answer written and every ack applied."""
         while (buffered() or self._requests or self._busy or self._peer_tasks
                or self._writing or self._out_recv.statistics().current_buffer_used):
             if self._writer_done.is_set():
                 return
             await self._progress.wait()
+        if self._acks is not None:  # acks read before the Close are applied too
+            await self._acks.flushed()
 
     # ----------------------------------------------------------------- own requests
 

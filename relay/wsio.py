@@ -8,7 +8,8 @@
   before the Close has been answered and written (at most
   :data:`CLOSE_GATE_TIMEOUT` seconds), then closes as usual.
 * **Several frames per write.** :meth:`GatedWebSocket.send_messages` frames a
-  list of binary messages and writes them with one ``send_all``.
+  list of binary messages and writes them with one ``send_all`` (also while the
+  close gate holds the Close reply back).
 
 Both reach into trio-websocket's internals (``_handle_close_connection_event``,
 ``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
@@ -60,7 +61,14 @@ class GatedWebSocket(WebSocketConnection):
         """
         if self._close_reason:
             raise ConnectionClosed(self._close_reason)
-        data = b"".join(self._wsproto.send(BytesMessage(data=m)) for m in messages)
+        if self._wsproto.state == ConnectionState.REMOTE_CLOSING and self._wsproto.connection:
+            # Inside the close gate: wsproto refuses messages once it parsed the
+            # remote's Close, but RFC 6455 (5.5.1) lets us finish what we owe before
+            # our Close reply, so frame them with its frame protocol directly.
+            proto = self._wsproto.connection._proto
+            data = b"".join(proto.send_data(m, True) for m in messages)
+        else:
+            data = b"".join(self._wsproto.send(BytesMessage(data=m)) for m in messages)
         async with self._stream_lock:
             try:
                 await self._stream.send_all(data)

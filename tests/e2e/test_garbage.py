@@ -26,7 +26,7 @@ MiB = 1024 * 1024
 RSS_GROWTH_LIMIT_KIB = 50 * 1024
 STEP_TIMEOUT = 10.0  # seconds for the node to answer one frame
 
-HELLO = write_frame(Hello(id=7, versions=[1], role="client", agent="e2e-garbage"))
+HELLO = write_frame(Hello(id=7, versions=[2], role="client", agent="e2e-garbage"))
 
 
 @dataclass
@@ -127,7 +127,7 @@ BAD_FRAMES = {
 }
 
 # A valid hello carrying a deeply nested unknown field: ignored, answered by a challenge.
-DEEP_EXTRA_HELLO = (b"\x85\xa1t\xa5hello\xa2id\x07\xa4role\xa6client\xa8versions\x91\x01"
+DEEP_EXTRA_HELLO = (b"\x85\xa1t\xa5hello\xa2id\x07\xa4role\xa6client\xa8versions\x91\x02"
                     b"\xa1x" + b"\x91" * 1020 + b"\xc0")
 
 
