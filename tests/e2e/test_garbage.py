@@ -145,7 +145,7 @@ async def check_handshake(url: str) -> dict:
     (challenge,) = reply.frames
     assert challenge["t"] == "challenge"
     assert challenge["id"] == 7
-    assert challenge["version"] == 1
+    assert challenge["version"] == 2
     assert challenge["node_id"] == "n1"
     assert isinstance(challenge["nonce"], bytes) and len(challenge["nonce"]) == 32
     return challenge
