@@ -6,7 +6,8 @@ Tasks of one connection, all in one nursery:
   message at once (:class:`~relay.protocol.connection.ServerConnection`), applies
   an ``ack`` on the spot (clamped, then coalesced: :mod:`relay.acks`) and
   queues every other request; it reads ahead at most ``window`` unanswered
-  requests (announced in ``challenge``), then waits (backpressure);
+  requests (announced in ``challenge``) and ``READ_AHEAD_BYTES``, then waits
+  (backpressure);
 * the **handler** (this task) takes *every* queued request at each wakeup and
   serves them in order: a run of consecutive ``send`` / ``group_send`` requests
   is routed as one batch (:meth:`relay.router.Router.send_batch`: one
@@ -89,6 +90,9 @@ if TYPE_CHECKING:
 
 OUTBOX_SIZE = 256
 WRITE_BATCH = 64  # most frames written with one socket write
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+"""Bytes of read but unserved requests after which the reader waits (with the window,
+this bounds a connection's read-ahead memory whatever its frames' sizes)."""
 PEER_CONCURRENCY = 64
 CLOSE_TIMEOUT = 5.0
 _SENDS = (Send, GroupSend)
@@ -128,6 +132,7 @@ class Connection:
         self._conn = ServerConnection(node.limits)  # peers: node.limits.for_peers()
         self._caller = Caller()
         self._requests: deque[Frame | _Refusal] = deque()
+        self._queued_bytes = 0
         self._more = trio.Event()  # the reader queued something (or ended)
         self._room = trio.Event()  # the handler took the queue
         self._reading = True
@@ -259,7 +264,8 @@ class Connection:
                     self._end(f"closed by the remote ({reason})")
                     return
                 self._take(message)
-                while len(self._requests) >= self._conn.window:
+                while (len(self._requests) >= self._conn.window
+                       or self._queued_bytes >= READ_AHEAD_BYTES):
                     self._room = trio.Event()
                     await self._room.wait()
         finally:
@@ -280,6 +286,7 @@ class Connection:
                 self._signal()
                 return
             self._requests.append(frame)
+        self._queued_bytes += len(message)
         self._more.set()
         self._signal()
 
@@ -309,6 +316,7 @@ class Connection:
                     continue
                 batch = list(self._requests)
                 self._requests.clear()
+                self._queued_bytes = 0
                 self._room.set()
                 self._busy = True
                 try:
@@ -341,7 +349,7 @@ class Connection:
                 answers = await self._node.router.send_batch(user_id, device_id, batch[i:j])  # type: ignore[arg-type]
                 for answer in answers:
                     self._note_refusal(answer)
-                    await self._send(answer)
+                await self._send_many([write_frame(a) for a in answers])
                 i = j
                 continue
             if self._conn.state is ConnState.PEER and not isinstance(item, _ORDERED_PEER):
@@ -386,6 +394,18 @@ class Connection:
 
     async def _send(self, frame: Frame) -> None:
         await self._send_raw(write_frame(frame))
+
+    async def _send_many(self, frames: list[bytes]) -> None:
+        """Queue encoded frames without yielding in between while there is room, so
+        the writer takes them all at its next wakeup (one socket write)."""
+        for data in frames:
+            try:
+                self._out_send.send_nowait(data)
+            except trio.WouldBlock:
+                await self._send_raw(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.debug("connection %s ended: %d frames dropped", self._remote, len(frames))
+                return
 
     async def _send_raw(self, data: bytes) -> None:
         """Queue an encoded frame for the writer; dropped (debug) once the connection ended."""
