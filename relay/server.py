@@ -140,7 +140,7 @@ class Connection:
         self._peer_tasks = 0
         self._progress = trio.Event()
         self._out_send, self._out_recv = trio.open_memory_channel[bytes | _Close](OUTBOX_SIZE)
-        self._writing = False
+        self._unwritten = 0  # frames queued for the writer and not written yet
         self._writer_done = trio.Event()
         self._cancel = trio.CancelScope()
         self._pusher: Pusher | None = None
@@ -170,6 +170,7 @@ class Connection:
             self._out_send.send_nowait(write_frame(frame))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self._unwritten += 1
         return True
 
     def kick(self) -> None:
@@ -406,12 +407,16 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("connection %s ended: %d frames dropped", self._remote, len(frames))
                 return
+            else:
+                self._unwritten += 1
 
     async def _send_raw(self, data: bytes) -> None:
         """Queue an encoded frame for the writer; dropped (debug) once the connection ended."""
+        self._unwritten += 1
         try:
             await self._out_send.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._unwritten -= 1
             log.debug("connection %s ended: a frame of %d bytes was dropped", self._remote,
                       len(data))
 
@@ -426,10 +431,10 @@ class Connection:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     close = batch.pop() if isinstance(batch[-1], _Close) else None
-                    self._writing = True
                     try:
                         if batch:
                             await self._write(batch)  # type: ignore[arg-type]
+                            self._unwritten -= len(batch)
                         if close is not None:
                             with trio.move_on_after(CLOSE_TIMEOUT):
                                 await self._ws.aclose(close.code, close.reason)
@@ -440,7 +445,6 @@ class Connection:
                         self._end(f"closed by the remote ({reason})")
                         return
                     finally:
-                        self._writing = False
                         self._signal()
         finally:
             self._writer_done.set()
@@ -466,8 +470,7 @@ class Connection:
     async def _settle(self, buffered) -> None:
         """Close gate (:mod:`relay.wsio`): return once every message read has been
         served, every answer written and every ack applied."""
-        while (buffered() or self._requests or self._busy or self._peer_tasks
-               or self._writing or self._out_recv.statistics().current_buffer_used):
+        while buffered() or self._requests or self._busy or self._peer_tasks or self._unwritten:
             if self._writer_done.is_set():
                 return
             await self._progress.wait()
