@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-import msgpack
 import trio
 
 from relay.errors import KNOWN_REFUSALS
@@ -35,6 +34,7 @@ from relay.protocol import write_frame
 from relay.protocol.frames import Envelope, Frame, Synced
 from relay.protocol.stored import (
     decode_envelope,
+    encode_bounce_body,
     encode_envelope,
     fits_alone,
     pack_deliveries,
@@ -128,8 +128,11 @@ class Pusher:
             stored ``ts``) are skipped, never delivered. ``None``: no limit.
         clock: wall-clock seconds since the epoch (tests inject their own).
         is_local: ``is_local(user_id)``: True if the user is homed at this node
-            (an undeliverable head is bounced to a local sender's device).
+            (an undeliverable head is bounced to a local sender's device here).
         notify: ``notify(user_id, device_id)`` after a bounce was enqueued.
+        bounce_remote: ``await bounce_remote(envelope)`` durably hands a ``bounce``
+            envelope for a sender homed at another node to that node (the outbox);
+            ``None``: such bounces are only logged.
         log: for metadata-only log lines.
     """
 
@@ -140,8 +143,10 @@ class Pusher:
         clock: Callable[[], float] = time.time,
         is_local: Callable[[str], bool] = lambda user_id: True,
         notify: Callable[[str, int], None] = lambda user_id, device_id: None,
+        bounce_remote: Callable[[Envelope], Awaitable[object]] | None = None,
         log: logging.Logger | None = None,
     ) -> None:
+        self._bounce_remote = bounce_remote
         self._storage = storage
         self._registry = registry
         self._dev = (user_id, device_id)
@@ -221,10 +226,11 @@ class Pusher:
             env = decode_envelope(item.envelope)
         except ValueError:
             env = None
+        bounced = False
         while True:
             try:
-                if env is not None and self._is_local(env.sender_user):
-                    await self._bounce(env, len(item.envelope))
+                if env is not None:
+                    bounced = await self._bounce(env, len(item.envelope))
                 await self._storage.ack(user_id, device_id, item.seq)
                 break
             except KNOWN_REFUSALS as exc:  # full or failing storage: try again later
@@ -234,21 +240,26 @@ class Pusher:
         self._log.warning(
             "envelope seq %d of %s/%d (%d bytes) cannot fit a %d-byte frame: removed%s",
             item.seq, user_id[:8], device_id, len(item.envelope), self._max_frame,
-            "" if env is None else (" and bounced to its sender" if self._is_local(env.sender_user)
-                                    else "; its sender is homed at another node (not bounced)"))
+            " and bounced to its sender" if bounced else " (not bounced)")
 
-    async def _bounce(self, env: Envelope, size: int) -> None:
-        body = msgpack.packb(
-            {"code": "too_large", "user_id": self._dev[0],
-             "message": f"the message ({size} bytes stored) exceeds the recipient's frame "
-                        f"limit of {self._max_frame} bytes and was not delivered"},
-            use_bin_type=True)
+    async def _bounce(self, env: Envelope, size: int) -> bool:
+        """Queue a ``too_large`` bounce for ``env``'s sender (here, or through the
+        outbox to its home); ``False`` if there is no way to."""
+        body = encode_bounce_body(
+            "too_large", f"the message ({size} bytes stored) exceeds the recipient's frame "
+                         f"limit of {self._max_frame} bytes and was not delivered", self._dev[0])
         bounce = Envelope(msg_id=env.msg_id, sender_user=env.sender_user,
                           sender_device=env.sender_device, ts=int(self._clock() * 1000),
                           kind="bounce", body=body)
+        if not self._is_local(env.sender_user):
+            if self._bounce_remote is None:
+                return False
+            await self._bounce_remote(bounce)
+            return True
         seqs = await self._storage.enqueue(
             [(env.sender_user, env.sender_device, encode_envelope(bounce))],
             dedupe=b"undeliverable\0" + env.sender_user.encode() + b"\0" + env.msg_id
             + self._dev[0].encode() + self._dev[1].to_bytes(4, "big"))
         if seqs is not None:
             self._notify(env.sender_user, env.sender_device)
+        return True

@@ -47,6 +47,7 @@ from relay.protocol import (
     write_frame,
 )
 from relay.protocol.frames import (
+    BounceBack,
     Envelope,
     Error,
     Forward,
@@ -57,7 +58,7 @@ from relay.protocol.frames import (
     Ok,
     Results,
 )
-from relay.protocol.stored import encode_envelope
+from relay.protocol.stored import encode_bounce_body, encode_envelope
 from storage import EnqueueRequest, OutboxEntry, Storage
 
 RETRYABLE = frozenset({
@@ -71,7 +72,7 @@ DEAD_LETTER = "!dead-letter"
 """The outbox destination of entries that can never be sent (unreadable, or above the
 peer frame limit): kept aside, counted in the logs, never drained nor dropped."""
 
-Request = Forward | GroupForward | Notify
+Request = Forward | GroupForward | Notify | BounceBack
 
 
 def bounce_dedupe(entry: OutboxEntry, fwd: Forward | GroupForward) -> bytes:
@@ -196,11 +197,12 @@ class Outbox:
                 request = read_frame(entry.payload, self._limits)
             except RemoteProtocolError:
                 request = None
-            if not isinstance(request, Forward | GroupForward | Notify):
+            if not isinstance(request, Forward | GroupForward | Notify | BounceBack):
                 if await self._dead_letter(entry, "unreadable") != "done":
                     return "retry", entry.outbox_id
                 continue
-            ts = request.envelope.ts if isinstance(request, Notify) else request.ts
+            ts = (request.envelope.ts if isinstance(request, Notify | BounceBack)
+                  else request.ts)
             if ts / 1000 < time.time() - self._ttl:
                 if await self._give_up(entry, request, ErrorCode.UNAVAILABLE.value,
                                        f"node {dest} unreachable for the queue TTL", None) != "done":
@@ -260,12 +262,12 @@ class Outbox:
         self.delivered += len(stored)
         if stored:
             self._log.info("outbox: %d entries delivered to %s", len(stored), dest)
-        notifies = [f for f in finals if isinstance(f[0].request, Notify)]
+        notifies = [f for f in finals if isinstance(f[0].request, Notify | BounceBack)]
         if notifies:
             await self._delete_many([f[0].entry for f in notifies])
             for f in notifies:
-                self._log.warning("outbox %d (notify) to %s dropped: %s", f[0].entry.outbox_id,
-                                  dest, f[1])
+                self._log.warning("outbox %d (%s) to %s dropped: %s", f[0].entry.outbox_id,
+                                  f[0].request.TYPE, dest, f[1])
         bounced = await self._bounce_many([f for f in finals if f not in notifies])
         if kept:
             first = items[kept[0]]
@@ -281,9 +283,8 @@ class Outbox:
         salvaged = _salvage(entry.payload)
         if salvaged is not None:
             sender_user, sender_device, msg_id = salvaged
-            body = msgpack.packb({"code": ErrorCode.INTERNAL.value,
-                                  "message": f"the relay could not forward this message ({why})",
-                                  "user_id": ""}, use_bin_type=True)
+            body = encode_bounce_body(ErrorCode.INTERNAL.value,
+                                      f"the relay could not forward this message ({why})", "")
             env = Envelope(msg_id=msg_id, sender_user=sender_user, sender_device=sender_device,
                            ts=int(time.time() * 1000), kind="bounce", body=body)
             try:
@@ -314,7 +315,8 @@ class Outbox:
             item = _Item(entry, request, len(entry.payload))
             return "done" if await self._bounce_many([(item, code, message, user_id)]) else "retry"
         await self._delete_many([entry])
-        self._log.warning("outbox %d (notify) to %s dropped: %s", entry.outbox_id, entry.dest, code)
+        self._log.warning("outbox %d (%s) to %s dropped: %s", entry.outbox_id, request.TYPE,
+                          entry.dest, code)
         return "done"
 
     async def _bounce_many(self, finals: list[tuple[_Item, str, str, str | None]]) -> bool:
@@ -328,8 +330,7 @@ class Outbox:
             fwd = item.request
             assert isinstance(fwd, Forward | GroupForward)
             uid = user_id or (fwd.recipients[0].user_id if fwd.recipients else "")
-            body = msgpack.packb({"code": code, "message": message, "user_id": uid},
-                                 use_bin_type=True)
+            body = encode_bounce_body(code, message, uid)
             env = Envelope(msg_id=fwd.msg_id, sender_user=fwd.sender_user,
                            sender_device=fwd.sender_device, ts=int(time.time() * 1000),
                            kind="bounce", body=body)
@@ -354,9 +355,7 @@ class Outbox:
         return len(gone) == len(finals)
 
 
-def _recipients(request: Request) -> set[str]:
-    if isinstance(request, Notify):
-        return set(request.user_ids)
+def _recipients(request: Forward | GroupForward) -> set[str]:
     return {r.user_id for r in request.recipients}
 
 
@@ -364,13 +363,13 @@ def _overtaken(i: int, items: list[_Item], results: list[Frame]) -> bool:
     """True if a later item of the same sending device to one of the same users was
     stored in this batch (so item ``i`` can no longer be delivered in order)."""
     request = items[i].request
-    if isinstance(request, Notify):
+    if not isinstance(request, Forward | GroupForward):
         return False
     sender = (request.sender_user, request.sender_device)
     users = _recipients(request)
     for item, result in zip(items[i + 1:], results[i + 1:], strict=True):
         later = item.request
-        if (isinstance(result, Ok) and not isinstance(later, Notify)
+        if (isinstance(result, Ok) and isinstance(later, Forward | GroupForward)
                 and (later.sender_user, later.sender_device) == sender
                 and users & _recipients(later)):
             return True

@@ -68,6 +68,8 @@ from relay.protocol.frames import (
     Ack,
     Auth,
     AuthOk,
+    BounceBack,
+    Envelope,
     Error,
     Forward,
     ForwardBatch,
@@ -514,6 +516,11 @@ class Connection:
         self._deadline.extend(node.linking.ttl + node.config.handshake_timeout)
         return dataclasses.replace(opened, id=frame.id)
 
+    async def _bounce_remote(self, envelope: Envelope) -> None:
+        """Hand a ``bounce`` for a sender homed at another node to the durable outbox."""
+        home = self._node.ring.home(envelope.sender_user).id
+        await self._node.outbox.put(BounceBack(id=0, envelope=envelope), home)
+
     async def _sync(self, caller: Caller, frame: Frame) -> None:
         if self._pusher is not None:
             raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
@@ -522,7 +529,7 @@ class Connection:
         self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._send_raw,
                               max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
                               is_local=node.directory.is_home, notify=node.registry.notify,
-                              log=node.log)
+                              bounce_remote=self._bounce_remote, log=node.log)
         self._acks = AckFlusher(node.storage, user_id, device_id, node.log)
         assert self._nursery is not None
         self._nursery.start_soon(self._pusher.run)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._frame_base import Frame
+from ._frame_base import Envelope, Frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,17 @@ class ForwardBatch(Frame):
 
     TYPE: ClassVar[str] = "forward_batch"
     items: list[Frame]
+
+
+@dataclass(frozen=True, slots=True)
+class BounceBack(Frame):
+    """Node-to-node: queue ``envelope`` (kind ``bounce``, body msgpack ``{code,
+    message, user_id}``) for its ``sender_user`` / ``sender_device``, homed at the
+    receiving node: a message of that device which the recipient ``user_id``'s home
+    (the sending node) could never deliver. Answered ``ok``."""
+
+    TYPE: ClassVar[str] = "bounce"
+    envelope: Envelope
 
 
 @dataclass(frozen=True, slots=True)

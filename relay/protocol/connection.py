@@ -30,6 +30,7 @@ from .frames import (
     SUPPORTED_VERSIONS,
     Ack,
     Auth,
+    BounceBack,
     Challenge,
     ClaimKeys,
     Error,
@@ -83,7 +84,7 @@ _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
 )
 _PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
     {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify, GroupForward,
-     MediaDownload, ForwardBatch}
+     MediaDownload, ForwardBatch, BounceBack}
 )
 _ALL_REQUESTS = _CLIENT_PRE_AUTH | _PEER_PRE_AUTH | _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ._batch_frames import ForwardBatch, Results
+from ._batch_frames import BounceBack, ForwardBatch, Results
 from ._convert import FieldError, compile_classes, plain
 from ._frame_base import (
     ClaimedKey,
@@ -50,7 +50,8 @@ __all__ = [
     "ClaimedKey", "Copy", "DeliverItem", "Envelope", "GroupRecipient", "OneTimeKey", "Recipient",
     "SignedDeviceList",
     # frames
-    "Ack", "Auth", "AuthOk", "Challenge", "ClaimKeys", "Claimed", "Deliver", "Devices", "Error",
+    "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
+    "Devices", "Error",
     "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend", "Hello", "KeyCount",
     "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
@@ -316,12 +317,12 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
-        GroupSend, GroupForward, ForwardBatch, Results,
+        GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
     )
 }
 
 _BATCHES: dict[type[Frame], tuple[type[Frame], ...]] = {
-    ForwardBatch: (Forward, GroupForward, Notify),
+    ForwardBatch: (Forward, GroupForward, Notify, BounceBack),
     Results: (Ok, Error),
 }
 """Frames whose ``items`` are whole nested frames, and the item types they allow."""

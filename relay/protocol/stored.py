@@ -44,6 +44,29 @@ def decode_envelope(data: bytes) -> Envelope:
     return env
 
 
+def encode_bounce_body(code: str, message: str, user_id: str) -> bytes:
+    """The body of a ``bounce`` envelope: msgpack ``{code, message, user_id}`` (why the
+    message to ``user_id`` was not delivered)."""
+    return msgpack.packb({"code": code, "message": message, "user_id": user_id},
+                         use_bin_type=True)
+
+
+def decode_bounce_body(body: bytes) -> tuple[str, str, str]:
+    """``(code, message, user_id)`` of a ``bounce`` envelope's body.
+
+    Raises:
+        ValueError: not a bounce body.
+    """
+    try:
+        m = msgpack.unpackb(body, raw=False)
+        code, message, user_id = m["code"], m["message"], m["user_id"]
+    except (ValueError, msgpack.UnpackException, KeyError, TypeError) as exc:
+        raise ValueError("not a bounce body") from exc
+    if not (isinstance(code, str) and isinstance(message, str) and isinstance(user_id, str)):
+        raise ValueError("not a bounce body")
+    return code, message, user_id
+
+
 def deliver_size(envelope_sizes: Sequence[int]) -> int:
     """An upper bound, in bytes, of the ``deliver`` frame carrying envelopes of these sizes."""
     return _HEADER_MAX + sum(_ITEM_MAX + n for n in envelope_sizes)

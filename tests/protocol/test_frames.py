@@ -13,6 +13,7 @@ from relay.protocol import (
     write_frame,
 )
 from relay.protocol.frames import (
+    BounceBack,
     Claimed,
     ClaimedKey,
     Copy,
@@ -54,6 +55,7 @@ UID = "a" * 52
             GroupForward(id=0, msg_id=b"y" * 16, sender_user=UID, sender_device=1, ts=2,
                          body=b"g", recipients=[GroupRecipient(UID, 3, [0, 2])])]),
         Results(id=7, items=[Ok(id=0), Error(id=0, code="queue_full", message="full")]),
+        BounceBack(id=8, envelope=Envelope(b"z" * 16, UID, 2, 3, "bounce", b"why")),
         Error(id=5, code="stale_devices", user_id=UID, device_list=SignedDeviceList(b"b", b"s")),
     ],
 )

@@ -6,10 +6,11 @@ from __future__ import annotations
 import msgpack
 import trio
 import trio.testing
+from relay_harness import Cluster, deliveries, device_homed_at, make_configs, publish, session
 
 from relay.delivery import DeviceRegistry, Pusher
 from relay.protocol import read_frame
-from relay.protocol.frames import Deliver, Envelope, Synced
+from relay.protocol.frames import Deliver, Envelope, Sync, Synced
 from relay.protocol.stored import encode_envelope
 from storage.memory import MemoryStorage
 
@@ -97,3 +98,27 @@ async def test_an_undeliverable_head_waits_for_the_acks_before_it() -> None:
             while await storage.queue_length(BOB, 0):  # noqa: ASYNC110 - poll, deadline above
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
+
+
+async def test_an_undeliverable_head_is_bounced_to_a_sender_on_another_node(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(2, max_frame=64 * 1024))
+    await cluster.start_all()
+    with trio.fail_after(20):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), alice)
+        await publish(cluster.url("n2"), bob)
+        big = encode_envelope(Envelope(b"B" * 16, alice.user_id, 0, 1, "olm", b"x" * 100_000))
+        after = encode_envelope(Envelope(b"A" * 16, alice.user_id, 0, 2, "olm", b"after"))
+        # stored under an older, larger max_frame: no deliver frame can carry it now
+        await cluster.storages["n2"].enqueue([(bob.user_id, 0, big), (bob.user_id, 0, after)])
+        async with session(cluster.url("n2"), bob) as b:
+            await b.send(Sync(id=2))
+            (item,) = await deliveries(b, 1)
+            assert item.envelope.msg_id == b"A" * 16  # the head no longer blocks the queue
+        async with session(cluster.url("n1"), alice) as a:
+            await a.send(Sync(id=2))
+            (bounce,) = await deliveries(a, 1)
+        assert bounce.envelope.kind == "bounce" and bounce.envelope.msg_id == b"B" * 16
+        assert msgpack.unpackb(bounce.envelope.body)["code"] == "too_large"
+        assert msgpack.unpackb(bounce.envelope.body)["user_id"] == bob.user_id
