@@ -267,6 +267,12 @@ class Connection:
                     self._end(f"closed by the remote ({reason})")
                     return
                 self._take(message)
+                if isinstance(self._ws, GatedWebSocket):  # what is buffered, without yielding
+                    while len(self._requests) < self._conn.window:
+                        more = self._ws.get_message_nowait()
+                        if more is None:
+                            break
+                        self._take(more)
                 while (len(self._requests) >= self._conn.window
                        or self._queued_bytes >= READ_AHEAD_BYTES):
                     self._room = trio.Event()

@@ -7,6 +7,8 @@
   :class:`relay.server.Connection`), which returns once every message read
   before the Close has been answered and written (at most
   :data:`CLOSE_GATE_TIMEOUT` seconds), then closes as usual.
+* **Reading without a task switch per message.**
+  :meth:`GatedWebSocket.get_message_nowait` takes an already buffered message.
 * **Several frames per write.** :meth:`GatedWebSocket.send_messages` frames a
   list of binary messages and writes them with one ``send_all`` (also while the
   close gate holds the Close reply back).
@@ -45,6 +47,14 @@ class GatedWebSocket(WebSocketConnection):
     def buffered(self) -> int:
         """Received messages not yet taken with ``get_message``."""
         return self._recv_channel.statistics().current_buffer_used
+
+    def get_message_nowait(self) -> bytes | str | None:
+        """The next received message if one is already buffered, else ``None``
+        (without yielding to the scheduler, unlike ``get_message``)."""
+        try:
+            return self._recv_channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         gate = self.close_gate
