@@ -33,6 +33,8 @@ from relay.router import Outcome, Part, outcome_of
 
 BATCH_HEADER = 64
 """Bytes, an upper bound of a ``forward_batch`` frame's own map around its items."""
+MAX_ITEMS = 1024
+"""Most parts in one ``forward_batch`` (the receiver's msgpack array limit is 4096)."""
 
 
 class _Ticket:
@@ -127,7 +129,7 @@ class Forwarding:
         size = BATCH_HEADER
         for part in parts:
             n = len(write_frame(part))
-            if run and size + n > self._max:
+            if run and (size + n > self._max or len(run) >= MAX_ITEMS):
                 chunks.append(run)
                 run, size = [], BATCH_HEADER
             run.append(part)

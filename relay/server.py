@@ -348,8 +348,11 @@ class Connection:
                     return False
                 i += 1
                 continue
-            if self._revoked:
-                return True
+            if self._revoked:  # refuse what was read; the close (1008) follows
+                await self._send(Error(id=item.id, code=ErrorCode.UNKNOWN_DEVICE.value,
+                                       message="this device was removed"))
+                i += 1
+                continue
             if isinstance(item, _SENDS) and self._conn.state is ConnState.CLIENT:
                 j = i + 1
                 while j < len(batch) and isinstance(batch[j], _SENDS):
