@@ -40,80 +40,36 @@ retries once.
 
 **Stale readers.** A process killed while it had the environment open leaves its
 reader slot behind; enough of them fill the reader table (``MDB_READERS_FULL``)
-and pin old pages. The writer runs ``env.reader_check()`` every
-``reader_check_interval`` seconds (monotonic clock) in its thread, before a batch.
+and pin old pages. The writer runs ``env.reader_check()`` in its thread every
+``reader_check_interval`` seconds (Trio's clock): before a batch once the
+interval has passed, and when it has been idle that long.
 
 Ops submitted concurrently may be applied in any order; ops of one task, which
 awaits each before the next, are applied in order.
+
+This module is the Trio side (submission, batching, the writer task); the
+transactions themselves run in :class:`storage._lmdb_commit.Committer`, its base.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
-import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import lmdb
 import trio
 
+from ._lmdb_commit import (
+    Committer,
+    FaultHook,
+    Op,
+    PendingOp,
+    default_reserve,
+    is_full_error,
+    translate,
+)
 from ._lmdb_layout import Dbs
-from .errors import StorageError, StorageFull, StorageUnavailable
 
-log = logging.getLogger(__name__)
-
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-BUMP_KEY = b"bump"
-Op = Callable[[lmdb.Transaction, Dbs], Any]
-FaultHook = Callable[[str], None]
-"""Test-only fault injection: called with ``"commit"`` just before each commit; it
-may raise ``lmdb.Error`` to simulate a failing medium (the transaction is aborted)."""
-
-
-def default_reserve(map_size: int) -> int:
-    """Bytes of the map kept free for freeing ops: 1/8 of it, at least 64 KiB and
-    at most 64 MiB, never more than a quarter of the map."""
-    return min(max(map_size // 8, 64 << 10), 64 << 20, map_size // 4)
-
-
-def _errno_of(exc: lmdb.Error) -> int | None:
-    code = getattr(exc, "code", None)
-    if code is None and len(exc.args) >= 2 and isinstance(exc.args[1], int):
-        code = exc.args[1]  # constructed from Python as Error(what, code)
-    return code
-
-
-def is_full_error(exc: lmdb.Error) -> bool:
-    """True if ``exc`` means "no room": a full LMDB map or a full disk/quota."""
-    return isinstance(exc, lmdb.MapFullError | lmdb.DiskError) or _errno_of(exc) in _FULL_ERRNOS
-
-
-def translate(exc: lmdb.Error) -> StorageError:
-    """The storage error for an LMDB error, chained to it: ``StorageFull`` for no
-    room, ``StorageUnavailable`` for anything else (EIO, panic, corruption)."""
-    err: StorageError
-    if is_full_error(exc):
-        err = StorageFull(f"storage full: {exc}")
-    else:
-        err = StorageUnavailable(f"LMDB failed: {exc}")
-    err.__cause__ = exc
-    return err
-
-
-class _Op:
-    """One submitted op and its answer."""
-
-    __slots__ = ("fn", "size", "est", "freeing", "value", "error")
-
-    def __init__(self, fn: Op, size: int, est: int, freeing: bool) -> None:
-        self.fn = fn
-        self.size = size
-        self.est = est
-        self.freeing = freeing
-        self.value: Any = None
-        self.error: Exception | None = None
+__all__ = ["FaultHook", "GroupCommitWriter", "Op", "default_reserve", "is_full_error", "translate"]
 
 
 class _Ticket:
@@ -121,21 +77,12 @@ class _Ticket:
 
     __slots__ = ("ops", "done")
 
-    def __init__(self, ops: list[_Op]) -> None:
+    def __init__(self, ops: list[PendingOp]) -> None:
         self.ops = ops
         self.done = trio.Event()
 
 
-class _Failed(Exception):
-    """An attempt was aborted: op ``index`` raised ``exc`` (None: the commit did)."""
-
-    def __init__(self, index: int | None, exc: Exception) -> None:
-        super().__init__(repr(exc))
-        self.index = index
-        self.exc = exc
-
-
-class GroupCommitWriter:
+class GroupCommitWriter(Committer):
     """The single writer of one environment. Run :meth:`serve` in a nursery.
 
     Args:
@@ -153,27 +100,19 @@ class GroupCommitWriter:
     def __init__(
         self, env: lmdb.Environment, dbs: Dbs, *, max_batch_ops: int = 1024,
         max_batch_bytes: int = 16 * 1024 * 1024, queue_size: int = 1024,
-        limit_bytes: int | None = None, reader_check_interval: float = 30.0,
+        limit_bytes: int | None = None, reader_check_interval: float = 10.0,
         fault_hook: FaultHook | None = None,
     ) -> None:
-        self._env = env
-        self._dbs = dbs
+        super().__init__(env, dbs, limit_bytes=limit_bytes, fault_hook=fault_hook)
         self._max_ops = max_batch_ops
         self._max_bytes = max_batch_bytes
-        map_size = env.info()["map_size"]
-        self.limit_bytes = map_size - default_reserve(map_size) if limit_bytes is None else limit_bytes
-        self.psize: int = env.stat()["psize"]
         self._reader_interval = reader_check_interval
-        self._next_reader_check = time.monotonic() + reader_check_interval
-        self._fault = fault_hook
+        self._next_reader_check = 0.0  # set when serve() starts
         self._send, self._recv = trio.open_memory_channel[_Ticket](queue_size)
         self.stopped = trio.Event()
-        #: Counters for tests and metrics.
+        #: Counters for tests and metrics (more in Committer).
         self.batches = 0
         self.ops = 0
-        self.commits = 0
-        self.refused_full = 0
-        self.stale_readers_cleared = 0
 
     # -- callers
 
@@ -217,10 +156,10 @@ class GroupCommitWriter:
         return await self._submit([self._op(*spec) for spec in ops])
 
     @staticmethod
-    def _op(fn: Op, size: int, est: int | None, freeing: bool) -> _Op:
-        return _Op(fn, size, 2 * size + 256 if est is None else est, freeing)
+    def _op(fn: Op, size: int, est: int | None, freeing: bool) -> PendingOp:
+        return PendingOp(fn, size, 2 * size + 256 if est is None else est, freeing)
 
-    async def _submit(self, ops: list[_Op]) -> list[tuple[Any, Exception | None]]:
+    async def _submit(self, ops: list[PendingOp]) -> list[tuple[Any, Exception | None]]:
         ticket = _Ticket(ops)
         try:
             await self._send.send(ticket)
@@ -240,11 +179,20 @@ class GroupCommitWriter:
         batch: list[_Ticket] = []
         try:
             task_status.started()
+            self._next_reader_check = trio.current_time() + self._reader_interval
             while True:
-                try:
-                    first = await self._recv.receive()
-                except trio.EndOfChannel:
-                    return
+                first: _Ticket | None = None
+                with trio.move_on_at(self._next_reader_check):
+                    try:
+                        first = await self._recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                check = trio.current_time() >= self._next_reader_check
+                if check:
+                    self._next_reader_check = trio.current_time() + self._reader_interval
+                if first is None:  # idle for a whole interval
+                    await trio.to_thread.run_sync(self.check_readers)
+                    continue
                 batch = [first]
                 nops = len(first.ops)
                 nbytes = sum(op.size for op in first.ops)
@@ -258,7 +206,7 @@ class GroupCommitWriter:
                     nbytes += sum(op.size for op in more.ops)
                 ops = [op for ticket in batch for op in ticket.ops]
                 # Not cancellable: the transaction always runs to commit or abort in its thread.
-                await trio.to_thread.run_sync(self._run_sync, ops)
+                await trio.to_thread.run_sync(self._run_sync, ops, check)
                 self.batches += 1
                 self.ops += len(ops)
                 for ticket in batch:
@@ -279,131 +227,3 @@ class GroupCommitWriter:
                         op.error = trio.ClosedResourceError("storage writer stopped")
                     ticket.done.set()
             self.stopped.set()
-
-    # -- in the writer thread
-
-    def _run_sync(self, ops: list[_Op]) -> None:
-        """Commit ``ops`` (splitting on failure, see the module docstring); set every answer."""
-        now = time.monotonic()
-        if now >= self._next_reader_check:
-            self._next_reader_check = now + self._reader_interval
-            self.check_readers()
-        segments: deque[list[_Op]] = deque([ops])
-        bumped = False
-        while segments:
-            seg = segments.popleft()
-            try:
-                self._attempt(seg)
-                continue
-            except _Failed as failed:
-                exc, k = failed.exc, failed.index
-            if isinstance(exc, lmdb.MapFullError) and not bumped:
-                # Pages freed by the last commit become reusable only after one more
-                # commit (LMDB keeps the previous snapshot): commit a tiny update, retry.
-                bumped = True
-                if self._bump():
-                    segments.appendleft(seg)
-                    continue
-            if k is not None and not isinstance(exc, lmdb.Error):
-                log.error("storage op failed unexpectedly: %r", exc)
-                seg[k].error = exc  # a bug in one op: drop it, retry the others
-                segments.extendleft(p for p in (seg[k + 1:], seg[:k]) if p)
-            elif len(seg) == 1:
-                self._refuse(seg[0], exc)
-            elif k is not None:  # op k's put failed: commit what came before, then k alone
-                segments.extendleft(p for p in (seg[k + 1:], [seg[k]], seg[:k]) if p)
-            elif is_full_error(exc):  # no room at commit: bisect
-                half = len(seg) // 2
-                segments.extendleft((seg[half:], seg[:half]))
-            else:  # the medium failed at commit: answer the whole transaction
-                log.error("LMDB commit failed (%d ops refused): %r", len(seg), exc)
-                for op in seg:
-                    op.error = translate(exc)
-
-    def _refuse(self, op: _Op, exc: Exception) -> None:
-        err = translate(exc) if isinstance(exc, lmdb.Error) else StorageUnavailable(repr(exc))
-        if op.freeing:
-            log.error("a freeing storage op failed alone: %r", exc)
-        elif not isinstance(err, StorageFull):
-            log.error("a storage op failed alone: %r", exc)
-        op.error = err
-
-    def check_readers(self) -> int:
-        """Clear reader slots of dead processes (blocking, cheap); return how many."""
-        try:
-            cleared = self._env.reader_check()
-        except lmdb.Error as exc:
-            log.warning("LMDB reader_check failed: %r", exc)
-            return 0
-        if cleared:
-            log.info("cleared %d stale LMDB reader slot(s)", cleared)
-            self.stale_readers_cleared += cleared
-        return cleared
-
-    def _bump(self) -> bool:
-        """Commit a one-record write so the previous commit's free pages become reusable."""
-        try:
-            with self._env.begin(write=True) as txn:
-                raw = txn.get(BUMP_KEY, db=self._dbs.meta)
-                n = int.from_bytes(raw, "big") if raw else 0
-                txn.put(BUMP_KEY, ((n + 1) % 2**64).to_bytes(8, "big"), db=self._dbs.meta)
-        except lmdb.Error as exc:
-            log.warning("LMDB map full, even a one-record commit failed: %r", exc)
-            return False
-        return True
-
-    def used_bytes(self, txn: lmdb.Transaction) -> int:
-        """Bytes of the pages the transaction's snapshot uses (all sub-databases, the
-        main database and the two meta pages; not the free list)."""
-        pages = 3
-        for db in self._dbs.all():
-            st = txn.stat(db)
-            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-        return pages * self.psize
-
-    def _attempt(self, seg: list[_Op]) -> None:
-        """One write transaction over ``seg``: committed with every answer set, or
-        aborted with nothing stored and no answer set.
-
-        Raises:
-            _Failed: an op or the commit failed; the transaction was aborted.
-        """
-        results: list[tuple[Any, Exception | None]] = []
-        room: int | None = None
-        txn = self._env.begin(write=True)
-        committed = False
-        try:
-            for i, op in enumerate(seg):
-                if not op.freeing:
-                    if room is None or op.est > room:
-                        room = self.limit_bytes - self.used_bytes(txn)  # exact, when in doubt
-                    if op.est > room:
-                        results.append((None, StorageFull(
-                            f"storage full: {op.est} more bytes do not fit within the "
-                            f"{self.limit_bytes}-byte bound")))
-                        continue
-                    room -= op.est
-                try:
-                    results.append((op.fn(txn, self._dbs), None))
-                except StorageError as exc:  # validation failed before the op wrote anything
-                    results.append((None, exc))
-                except Exception as exc:  # an LMDB error, or a bug in this op: it alone fails
-                    raise _Failed(i, exc) from exc
-            if self._fault is not None:
-                try:
-                    self._fault("commit")
-                except lmdb.Error as exc:
-                    raise _Failed(None, exc) from exc
-            try:
-                txn.commit()
-            except lmdb.Error as exc:
-                raise _Failed(None, exc) from exc
-            committed = True
-        finally:
-            if not committed:
-                txn.abort()  # a no-op after a failed commit
-        self.commits += 1
-        for op, (value, error) in zip(seg, results, strict=True):
-            op.value, op.error = value, error
-            if isinstance(error, StorageFull):
-                self.refused_full += 1

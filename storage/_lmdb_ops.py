@@ -148,10 +148,34 @@ def enqueue(
     return op
 
 
+class Deletion:
+    """A freeing op that can also run in pieces, for a map too full to delete
+    everything in one transaction (see :mod:`storage._group_commit`).
+
+    ``run(txn, dbs, limit)`` deletes at most ``limit`` records (all if ``None``),
+    leaving a consistent state (a prefix of what the whole op deletes), and returns
+    ``(count, done)``. Called as an op, it runs whole and returns ``count``; the
+    answer of an op run in pieces is the sum of their counts.
+    """
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Callable[[lmdb.Transaction, L.Dbs, int | None], tuple[int, bool]]):
+        self.run = run
+
+    def __call__(self, txn: lmdb.Transaction, dbs: L.Dbs) -> int:
+        return self.run(txn, dbs, None)[0]
+
+    def piece(self, limit: int) -> Op:
+        """An op deleting at most ``limit`` records: ``(txn, dbs) -> (count, done)``."""
+        return lambda txn, dbs: self.run(txn, dbs, limit)
+
+
 def _delete_queue_range(
-    txn: lmdb.Transaction, dbs: L.Dbs, devk: bytes, up_to_seq: int | None
+    txn: lmdb.Transaction, dbs: L.Dbs, devk: bytes, up_to_seq: int | None, limit: int | None,
 ) -> int:
-    """Delete the device's items with seq <= up_to_seq (all if None), with their index entries."""
+    """Delete the device's items with seq <= up_to_seq (all if None), with their index
+    entries, lowest seq first, at most ``limit`` of them (None: no bound)."""
     gone = 0
     with txn.cursor(db=dbs.queue) as cur:
         cur.set_range(devk)
@@ -159,24 +183,26 @@ def _delete_queue_range(
         while (key := cur.key()) and len(key) == len(devk) + 8 and key.startswith(devk):
             if up_to_seq is not None and L.unpack_u64(key[-8:]) > up_to_seq:
                 break
+            if limit is not None and gone >= limit:
+                break
             txn.delete(L.ts_key(L.unpack_f64(cur.value())) + b"q" + key, db=dbs.expiry)
             cur.delete()  # moves to the next item
             gone += 1
     return gone
 
 
-def ack(devk: bytes, up_to_seq: int) -> Op:
+def ack(devk: bytes, up_to_seq: int) -> Deletion:
     """Delete the device's envelopes up to ``up_to_seq``; return how many went."""
-    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
+    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
         if up_to_seq < 1:
-            return 0
-        gone = _delete_queue_range(txn, dbs, devk, min(up_to_seq, 2**64 - 1))
+            return 0, True
+        gone = _delete_queue_range(txn, dbs, devk, min(up_to_seq, 2**64 - 1), limit)
         if gone:
             rec = L.DevRec.load(txn, dbs, devk)
             rec.queue_len -= gone
             rec.store(txn, dbs, devk)
-        return gone
-    return op
+        return gone, limit is None or gone < limit
+    return Deletion(run)
 
 
 def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> None:
@@ -186,31 +212,42 @@ def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> 
             cur.delete()
 
 
-def purge_device(devk: bytes) -> Op:
-    """Delete the device's queue and keys (keeping its seq counter); return the envelopes deleted."""
-    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
-        gone = _delete_queue_range(txn, dbs, devk, None)
+def purge_device(devk: bytes) -> Deletion:
+    """Delete the device's queue and keys (keeping its seq counter); return the
+    envelopes deleted. In pieces: the queue goes first, the keys with the last piece."""
+    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
+        gone = _delete_queue_range(txn, dbs, devk, None, limit)
+        rec = L.DevRec.load(txn, dbs, devk)
+        if limit is not None and gone >= limit:
+            rec.queue_len -= gone
+            rec.store(txn, dbs, devk)
+            return gone, False
         _delete_prefix(txn, dbs.otk, devk)
         _delete_prefix(txn, dbs.claimed, devk)
         txn.delete(devk, db=dbs.fallback)
-        rec = L.DevRec.load(txn, dbs, devk)
         if rec.last_seq:  # keep the seq counter: seqs are never reused
             rec.queue_len = rec.otk_count = 0
             rec.store(txn, dbs, devk)
         else:
             txn.delete(devk, db=dbs.devices)
-        return gone
-    return op
+        return gone, True
+    return Deletion(run)
 
 
-def expire(older_than: float) -> Op:
-    """Delete envelopes and dedupe ids enqueued before ``older_than``; return the envelopes deleted."""
-    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
-        limit = L.ts_key(older_than)
+def expire(older_than: float) -> Deletion:
+    """Delete envelopes and dedupe ids enqueued before ``older_than`` (oldest first);
+    return the envelopes deleted."""
+    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
+        bound = L.ts_key(older_than)
         drops: dict[bytes, int] = {}
+        done = True
+        n = 0
         with txn.cursor(db=dbs.expiry) as cur:
             cur.first()
-            while (key := cur.key()) and key[:8] < limit:
+            while (key := cur.key()) and key[:8] < bound:
+                if limit is not None and n >= limit:
+                    done = False
+                    break
                 kind, rest = key[8:9], key[9:]
                 if kind == b"q":
                     if txn.delete(rest, db=dbs.queue):
@@ -219,12 +256,13 @@ def expire(older_than: float) -> Op:
                 else:
                     txn.delete(rest, db=dbs.dedupe)
                 cur.delete()
-        for devk, n in drops.items():
+                n += 1
+        for devk, k in drops.items():
             rec = L.DevRec.load(txn, dbs, devk)
-            rec.queue_len -= n
+            rec.queue_len -= k
             rec.store(txn, dbs, devk)
-        return sum(drops.values())
-    return op
+        return sum(drops.values()), done
+    return Deletion(run)
 
 
 def outbox_put_many(entries: list[tuple[bytes, bytes]]) -> Op:

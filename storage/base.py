@@ -10,8 +10,15 @@ Contract for every backend (checked by :mod:`storage.testing`):
   Backends are encouraged to batch concurrent mutations into one durable
   transaction (group commit).
 * Each call is atomic: it applies entirely or not at all. When a call raises
-  :class:`~storage.errors.StorageFull` or :class:`~storage.errors.QueueFull`,
-  nothing of it was stored and everything committed before is intact.
+  :class:`~storage.errors.StorageFull`, :class:`~storage.errors.StorageUnavailable`
+  or :class:`~storage.errors.QueueFull`, nothing of it was stored and everything
+  committed before is intact. Batch calls (``*_many``, ``claim_keys``) are atomic
+  per request and answer each request in list order. One exception: on a store too
+  full to delete everything at once, a freeing call (``ack``, ``purge_device``,
+  ``expire``) may be committed in pieces, each leaving a prefix of its deletions
+  applied; it returns only once all pieces are durable.
+* Freeing calls (acks, claims, purges, expiry, outbox deletes and retries) succeed
+  on a full store: backends keep room for them.
 * Keys are ``user_id: str`` (52 chars) and ``device_id: int``. Values are
   opaque ``bytes`` that the backend never interprets (they are ciphertext
   envelopes, signed device lists, public keys).

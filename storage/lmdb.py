@@ -26,9 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import partial
 from typing import Self, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import lmdb
 import trio
@@ -37,36 +35,13 @@ from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
 from ._lmdb_media import LmdbMediaMixin
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import StorageError
 
 T = TypeVar("T")
-
-DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB
-_SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``"1073741824"``, ``"512M"``, ``"1GiB"``, ``"64k"`` -> bytes. Raises ValueError."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    mult = _SIZE_SUFFIXES.get(t[-1:], 1)
-    if mult != 1:
-        t = t[:-1]
-    if not t.isdigit():
-        raise ValueError(f"bad size {text!r}")
-    return int(t) * mult
-
-
-def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
-    """``lmdb:///abs/path?...`` -> ``("/abs/path", query)``; ``lmdb://rel/path`` is relative."""
-    parts = urlsplit(url)
-    if parts.scheme != "lmdb":
-        raise ValueError(f"not an lmdb:// URL: {url!r}")
-    path = unquote(parts.netloc + parts.path)
-    if not path:
-        raise ValueError(f"lmdb URL has no path: {url!r}")
-    return path, parse_qs(parts.query)
+__all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
 
 
 class LmdbStorage(LmdbMediaMixin):
@@ -92,7 +67,7 @@ class LmdbStorage(LmdbMediaMixin):
     async def open(
         cls, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
         reserve: int | None = None, max_batch_ops: int = 1024, max_batch_bytes: int = 16 << 20,
-        max_readers: int = 126, reader_check_interval: float = 30.0,
+        max_readers: int = 1024, reader_check_interval: float = 10.0,
         fault_hook: FaultHook | None = None,
     ) -> AsyncIterator[Self]:
         """Open (creating if needed) the environment in directory ``path``.
@@ -107,9 +82,14 @@ class LmdbStorage(LmdbMediaMixin):
                 above ``map_size - reserve`` is refused with StorageFull. Default
                 :func:`~storage._group_commit.default_reserve` (1/8, 64 KiB..64 MiB).
             max_batch_ops, max_batch_bytes: group-commit batch bounds.
-            max_readers: LMDB reader slots (processes x read transactions at once).
+            max_readers: LMDB reader slots (read transactions of all processes at
+                once; 64 bytes each in ``lock.mdb``). Set by the first process that
+                opens the environment; later ones use the size of its table.
             reader_check_interval: seconds between clearing stale reader slots of
-                dead processes (also done at open).
+                dead processes (also done at open). If the table is full of stale
+                slots at open (py-lmdb needs a slot to open), opening is retried
+                for ``2 * reader_check_interval + 1`` seconds, long enough for
+                another node process on the environment to clear them.
             fault_hook: test-only fault injection, see
                 :data:`~storage._group_commit.FaultHook`.
 
@@ -120,18 +100,11 @@ class LmdbStorage(LmdbMediaMixin):
             reserve = default_reserve(map_size)
         if not 0 <= reserve < map_size:
             raise ValueError(f"reserve must be in 0..map_size-1, not {reserve}")
-        try:
-            env = await trio.to_thread.run_sync(partial(
-                lmdb.open, os.fspath(path), map_size=map_size, subdir=True, create=True,
-                sync=True, metasync=True, lock=True, max_dbs=len(L.DB_NAMES) + 2,
-                readahead=False, max_readers=max_readers,
-            ))
-        except lmdb.Error as exc:
-            raise translate(exc) from exc
+        env = await open_env(path, map_size, max_readers, 2 * reader_check_interval + 1)
         try:
             try:
                 # Slots of killed processes would fill the reader table: clear them first.
-                await trio.to_thread.run_sync(env.reader_check)
+                cleared = await trio.to_thread.run_sync(env.reader_check)
                 dbs = await trio.to_thread.run_sync(L.Dbs.open, env)
             except lmdb.Error as exc:
                 raise translate(exc) from exc
@@ -140,6 +113,7 @@ class LmdbStorage(LmdbMediaMixin):
                 limit_bytes=map_size - reserve, reader_check_interval=reader_check_interval,
                 fault_hook=fault_hook,
             )
+            writer.stale_readers_cleared = cleared
             st = cls(env, dbs, writer)
             try:
                 async with trio.open_nursery() as nursery:

@@ -25,11 +25,13 @@ reopen; dedupe; ``max_queue`` and ``QueueFull`` with nothing stored; atomic
 multi-device enqueue; expiry), the batch methods (``enqueue_many`` answers each
 request alone and in list order, also across the capacity limit; cumulative
 ``ack_many``; ``claim_keys`` hands a device listed twice two keys; outbox
-batches), device-list watchers (idempotent, sorted, durable),
+batches; a hypothesis state machine of cumulative acks racing new enqueues),
+device-list watchers (idempotent, sorted, durable),
 the outbox, media blobs (ordered chunked appends, hash check, conflicts, quota,
 expiry), and durability across reopen.
 """
 
+from ._ack_race import AckRaceConformance, AckRaceMachine
 from ._base import ALICE, BOB, uid
 from ._batches import BatchConformance
 from ._directory import DirectoryConformance
@@ -38,11 +40,11 @@ from ._queues import QueueConformance
 from ._watchers import WatcherConformance
 from .media import MediaConformance
 
-__all__ = ["ALICE", "BOB", "StorageConformance", "uid"]
+__all__ = ["ALICE", "BOB", "AckRaceMachine", "StorageConformance", "uid"]
 
 
 class StorageConformance(
-    DirectoryConformance, QueueConformance, BatchConformance, WatcherConformance, OutboxConformance,
+    DirectoryConformance, QueueConformance, BatchConformance, AckRaceConformance, WatcherConformance, OutboxConformance,
     DurabilityConformance, MediaConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""

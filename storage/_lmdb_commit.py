@@ -1,0 +1,266 @@
+"""The thread side of group commit: run one batch of ops in LMDB write transactions.
+
+:class:`Committer` is the base of :class:`storage._group_commit.GroupCommitWriter`;
+its methods run in the writer's worker thread (blocking), never on the event loop.
+See :mod:`storage._group_commit` for what a batch is and how failures are split so
+that every op gets its own answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+
+from ._lmdb_layout import Dbs
+from .errors import StorageError, StorageFull, StorageUnavailable
+
+log = logging.getLogger("storage._group_commit")
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+BUMP_KEY = b"bump"
+Op = Callable[[lmdb.Transaction, Dbs], Any]
+FaultHook = Callable[[str], None]
+"""Test-only fault injection: called with ``"commit"`` just before each commit; it
+may raise ``lmdb.Error`` to simulate a failing medium (the transaction is aborted)."""
+
+
+def default_reserve(map_size: int) -> int:
+    """Bytes of the map kept free for freeing ops: 1/8 of it, at least 64 KiB and
+    at most 64 MiB, never more than a quarter of the map."""
+    return min(max(map_size // 8, 64 << 10), 64 << 20, map_size // 4)
+
+
+def _errno_of(exc: lmdb.Error) -> int | None:
+    code = getattr(exc, "code", None)
+    if code is None and len(exc.args) >= 2 and isinstance(exc.args[1], int):
+        code = exc.args[1]  # constructed from Python as Error(what, code)
+    return code
+
+
+def is_full_error(exc: lmdb.Error) -> bool:
+    """True if ``exc`` means "no room": a full LMDB map or a full disk/quota."""
+    return isinstance(exc, lmdb.MapFullError | lmdb.DiskError) or _errno_of(exc) in _FULL_ERRNOS
+
+
+def translate(exc: lmdb.Error) -> StorageError:
+    """The storage error for an LMDB error, chained to it: ``StorageFull`` for no
+    room, ``StorageUnavailable`` for anything else (EIO, panic, corruption)."""
+    err: StorageError
+    if is_full_error(exc):
+        err = StorageFull(f"storage full: {exc}")
+    else:
+        err = StorageUnavailable(f"LMDB failed: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class PendingOp:
+    """One submitted op and its answer."""
+
+    __slots__ = ("fn", "size", "est", "freeing", "value", "error")
+
+    def __init__(self, fn: Op, size: int, est: int, freeing: bool) -> None:
+        self.fn = fn
+        self.size = size
+        self.est = est
+        self.freeing = freeing
+        self.value: Any = None
+        self.error: Exception | None = None
+
+
+class _Failed(Exception):
+    """An attempt was aborted: op ``index`` raised ``exc`` (None: the commit did)."""
+
+    def __init__(self, index: int | None, exc: Exception) -> None:
+        super().__init__(repr(exc))
+        self.index = index
+        self.exc = exc
+
+
+class Committer:
+    """Runs batches of ops in write transactions of ``env`` (blocking; one thread).
+
+    Args:
+        env, dbs: the open environment and its sub-database handles.
+        limit_bytes: adding ops are refused (``StorageFull``) once the pages in use
+            would exceed this; ``None``: ``map_size - default_reserve(map_size)``.
+        fault_hook: test-only, see :data:`FaultHook`.
+    """
+
+    def __init__(self, env: lmdb.Environment, dbs: Dbs, *, limit_bytes: int | None = None,
+                 fault_hook: FaultHook | None = None) -> None:
+        self._env = env
+        self._dbs = dbs
+        map_size = env.info()["map_size"]
+        self.limit_bytes = map_size - default_reserve(map_size) if limit_bytes is None else limit_bytes
+        self.psize: int = env.stat()["psize"]
+        self._fault = fault_hook
+        #: Counters for tests and metrics.
+        self.commits = 0
+        self.pieces = 0
+        self.refused_full = 0
+        self.stale_readers_cleared = 0
+
+    def _run_sync(self, ops: list[PendingOp], check_readers: bool) -> None:
+        """Commit ``ops`` (splitting on failure, see the module docstring); set every answer."""
+        if check_readers:
+            self.check_readers()
+        segments: deque[list[PendingOp]] = deque([ops])
+        bumped = False
+        while segments:
+            seg = segments.popleft()
+            try:
+                self._attempt(seg)
+                bumped = False  # the pages this commit freed are pinned until the next one
+                continue
+            except _Failed as failed:
+                exc, k = failed.exc, failed.index
+            if isinstance(exc, lmdb.MapFullError) and not bumped:
+                # Pages freed by the last commit become reusable only after one more
+                # commit (LMDB keeps the previous snapshot): commit a tiny update, retry.
+                bumped = True
+                if self._bump():
+                    segments.appendleft(seg)
+                    continue
+            if k is not None and not isinstance(exc, lmdb.Error):
+                log.error("storage op failed unexpectedly: %r", exc)
+                seg[k].error = exc  # a bug in one op: drop it, retry the others
+                segments.extendleft(p for p in (seg[k + 1:], seg[:k]) if p)
+            elif len(seg) == 1:
+                self._refuse(seg[0], exc)
+            elif k is not None:  # op k's put failed: commit what came before, then k alone
+                segments.extendleft(p for p in (seg[k + 1:], [seg[k]], seg[:k]) if p)
+            elif is_full_error(exc):  # no room at commit: bisect
+                half = len(seg) // 2
+                segments.extendleft((seg[half:], seg[:half]))
+            else:  # the medium failed at commit: answer the whole transaction
+                log.error("LMDB commit failed (%d ops refused): %r", len(seg), exc)
+                for op in seg:
+                    op.error = translate(exc)
+
+    def _refuse(self, op: PendingOp, exc: Exception) -> None:
+        """Answer ``op``, which failed alone with ``exc``; a freeing op that found no
+        room is first retried in pieces."""
+        err = translate(exc) if isinstance(exc, lmdb.Error) else StorageUnavailable(repr(exc))
+        if isinstance(err, StorageFull) and op.freeing and hasattr(op.fn, "piece"):
+            err = self._in_pieces(op) or err
+            if op.error is None:
+                return
+        if op.freeing:
+            log.error("a freeing storage op failed alone: %r", err)
+        elif not isinstance(err, StorageFull):
+            log.error("a storage op failed alone: %r", exc)
+        op.error = err
+
+    def _in_pieces(self, op: PendingOp) -> StorageError | None:
+        """Run a freeing op (a ``_lmdb_ops.Deletion``) in pieces of at most 1024
+        records, halving on a full map; each piece is its own commit. Sets the
+        op's answer (the sum of the counts) and returns None, or returns the error.
+        """
+        total, limit, bumped = 0, 1024, False
+        while limit:
+            piece = PendingOp(op.fn.piece(limit), 0, 0, True)  # type: ignore[attr-defined]
+            try:
+                self._attempt([piece])
+            except _Failed as failed:
+                if not (isinstance(failed.exc, lmdb.Error) and is_full_error(failed.exc)):
+                    return translate(failed.exc) if isinstance(failed.exc, lmdb.Error) \
+                        else StorageUnavailable(repr(failed.exc))
+                if not bumped and self._bump():
+                    bumped = True
+                else:
+                    limit //= 2
+                continue
+            bumped = False
+            self.pieces += 1
+            count, done = piece.value
+            total += count
+            if done:
+                op.value, op.error = total, None
+                return None
+        return StorageFull("storage full: no room even to delete one record")
+
+    def check_readers(self) -> int:
+        """Clear reader slots of dead processes (blocking, cheap); return how many."""
+        try:
+            cleared = self._env.reader_check()
+        except lmdb.Error as exc:
+            log.warning("LMDB reader_check failed: %r", exc)
+            return 0
+        if cleared:
+            log.info("cleared %d stale LMDB reader slot(s)", cleared)
+            self.stale_readers_cleared += cleared
+        return cleared
+
+    def _bump(self) -> bool:
+        """Commit a one-record write so the previous commit's free pages become reusable."""
+        try:
+            with self._env.begin(write=True) as txn:
+                raw = txn.get(BUMP_KEY, db=self._dbs.meta)
+                n = int.from_bytes(raw, "big") if raw else 0
+                txn.put(BUMP_KEY, ((n + 1) % 2**64).to_bytes(8, "big"), db=self._dbs.meta)
+        except lmdb.Error as exc:
+            log.warning("LMDB map full, even a one-record commit failed: %r", exc)
+            return False
+        return True
+
+    def used_bytes(self, txn: lmdb.Transaction) -> int:
+        """Bytes of the pages the transaction's snapshot uses (all sub-databases, the
+        main database and the two meta pages; not the free list)."""
+        pages = 3
+        for db in self._dbs.all():
+            st = txn.stat(db)
+            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return pages * self.psize
+
+    def _attempt(self, seg: list[PendingOp]) -> None:
+        """One write transaction over ``seg``: committed with every answer set, or
+        aborted with nothing stored and no answer set.
+
+        Raises:
+            _Failed: an op or the commit failed; the transaction was aborted.
+        """
+        results: list[tuple[Any, Exception | None]] = []
+        room: int | None = None
+        txn = self._env.begin(write=True)
+        committed = False
+        try:
+            for i, op in enumerate(seg):
+                if not op.freeing:
+                    if room is None or op.est > room:
+                        room = self.limit_bytes - self.used_bytes(txn)  # exact, when in doubt
+                    if op.est > room:
+                        results.append((None, StorageFull(
+                            f"storage full: {op.est} more bytes do not fit within the "
+                            f"{self.limit_bytes}-byte bound")))
+                        continue
+                    room -= op.est
+                try:
+                    results.append((op.fn(txn, self._dbs), None))
+                except StorageError as exc:  # validation failed before the op wrote anything
+                    results.append((None, exc))
+                except Exception as exc:  # an LMDB error, or a bug in this op: it alone fails
+                    raise _Failed(i, exc) from exc
+            if self._fault is not None:
+                try:
+                    self._fault("commit")
+                except lmdb.Error as exc:
+                    raise _Failed(None, exc) from exc
+            try:
+                txn.commit()
+            except lmdb.Error as exc:
+                raise _Failed(None, exc) from exc
+            committed = True
+        finally:
+            if not committed:
+                txn.abort()  # a no-op after a failed commit
+        self.commits += 1
+        for op, (value, error) in zip(seg, results, strict=True):
+            op.value, op.error = value, error
+            if isinstance(error, StorageFull):
+                self.refused_full += 1
