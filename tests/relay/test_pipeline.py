@@ -24,6 +24,8 @@ from relay.protocol.frames import (
     Envelope,
     Error,
     Frame,
+    GroupRecipient,
+    GroupSend,
     Ok,
     Ping,
     Recipient,
@@ -187,3 +189,45 @@ async def test_cumulative_acks_never_delete_what_was_not_delivered(nursery) -> N
             await b.send(Ack(id=0, seq=1000))  # clamped to 3, the highest seq delivered
         # the connection applies the acks it read before it closes
         assert [i.seq for i in await storage.read_queue(bob.user_id, 0)] == [4, 5]
+
+
+async def test_sends_and_group_sends_in_one_pipeline_keep_their_order(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(2))
+    await cluster.start_all()
+    with trio.fail_after(30):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = three_devices(cluster.ring, "n2")
+        carol = device_homed_at(cluster.ring, "n1")
+        await publish(cluster.url("n1"), alice)
+        await publish(cluster.url("n1"), carol)
+        await publish_list(cluster.url("n2"), list_of(bob, 1))
+        ids = [os.urandom(16) for _ in range(200)]
+        frames: list[Frame] = []
+        for i, mid in enumerate(ids):
+            if i % 3:
+                frames.append(Send(id=10 + i, msg_id=mid, recipients=[to_all(bob, b"s")]))
+            else:  # one ciphertext for bob's three devices (n2) and carol (n1)
+                frames.append(GroupSend(id=10 + i, msg_id=mid, body=b"g", recipients=[
+                    GroupRecipient(bob[0].user_id, 1, [0, 1, 2]),
+                    GroupRecipient(carol.user_id, 1, [0])]))
+        async with session(cluster.url("n1"), alice) as a:
+            answers = await pipeline(a, frames)
+        assert all(answers[f.id] == Sent(id=f.id, status="stored") for f in frames)
+        for device in bob:
+            async with session(cluster.url("n2"), device) as b:
+                got = await drain_all(b, set(ids))
+            assert got == ids
+        async with session(cluster.url("n1"), carol) as c:
+            assert await drain_all(c, set(ids[::3])) == ids[::3]
+
+
+async def drain_all(client: RawClient, want: set[bytes]) -> list[bytes]:
+    """Like :func:`drain`, for envelopes of any message kind (olm and group)."""
+    await client.send(Sync(id=client.next_id()))
+    got: list[bytes] = []
+    while not want <= set(got):
+        frame = await client.recv()
+        if isinstance(frame, Deliver):
+            got += [i.envelope.msg_id for i in frame.items if i.envelope.kind in ("olm", "group")]
+            await client.send(Ack(id=0, seq=frame.items[-1].seq))
+    return got
