@@ -16,8 +16,9 @@ Tasks of one connection, all in one nursery:
   (:func:`relay.services.table.node_table`). A peer's requests other than
   forwards run concurrently (at most ``PEER_CONCURRENCY``) and are answered by
   id, possibly out of order; a peer's forwards are served in order;
-* the **writer** is the only task that writes: it takes every encoded frame
-  queued (bounded: ``OUTBOX_SIZE``) and writes them with one socket write;
+* the **writer** (:class:`relay.writer.FrameWriter`) is the only task that
+  writes: it takes every encoded frame queued (bounded) and writes them with one
+  socket write;
 * after ``sync``, a :class:`~relay.delivery.Pusher` streams the device's queue.
 
 Answers are matched by request id. A remote Close waits until every request
@@ -85,28 +86,19 @@ from relay.protocol.frames import (
     Sync,
 )
 from relay.services.base import Caller, Handler
+from relay.writer import CLOSE_TIMEOUT, FrameWriter
 from relay.wsio import GatedWebSocket
 
 if TYPE_CHECKING:
     from relay.node import Node
 
-OUTBOX_SIZE = 256
-WRITE_BATCH = 64  # most frames written with one socket write
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 """Bytes of read but unserved requests after which the reader waits (with the window,
 this bounds a connection's read-ahead memory whatever its frames' sizes)."""
 PEER_CONCURRENCY = 64
-CLOSE_TIMEOUT = 5.0
 _SENDS = (Send, GroupSend)
 _ORDERED_PEER = (Forward, GroupForward, ForwardBatch)
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Close:
-    code: int
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +133,7 @@ class Connection:
         self._busy = False
         self._peer_tasks = 0
         self._progress = trio.Event()
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes | _Close](OUTBOX_SIZE)
-        self._unwritten = 0  # frames queued for the writer and not written yet
-        self._writer_done = trio.Event()
+        self._out = FrameWriter(ws, remote, on_progress=self._signal, on_remote_close=self._end)
         self._cancel = trio.CancelScope()
         self._pusher: Pusher | None = None
         self._acks: AckFlusher | None = None
@@ -168,12 +158,7 @@ class Connection:
     def push_nowait(self, frame: Frame) -> bool:
         """Queue a push (e.g. ``key_count``) without blocking; ``False`` if saturated
         or the connection has ended."""
-        try:
-            self._out_send.send_nowait(write_frame(frame))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        self._unwritten += 1
-        return True
+        return self._out.push_nowait(write_frame(frame))
 
     def kick(self) -> None:
         """Drop this connection (its device authenticated on a newer one)."""
@@ -187,12 +172,8 @@ class Connection:
         self._end(f"closed {CloseCode.POLICY_VIOLATION:d} device removed")
         frame = Error(id=0, code=ErrorCode.UNKNOWN_DEVICE.value,
                       message="this device was removed from the account's device list")
-        if not self.push_nowait(frame):
-            self._cancel.cancel()
-            return
-        try:
-            self._out_send.send_nowait(_Close(CloseCode.POLICY_VIOLATION, "device removed"))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        if not (self.push_nowait(frame)
+                and self._out.close_nowait(CloseCode.POLICY_VIOLATION, "device removed")):
             self._cancel.cancel()
 
     # ----------------------------------------------------------------- running
@@ -205,7 +186,7 @@ class Connection:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._reader)
-                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._out.run, self._cancel)
                     nursery.start_soon(self._handshake_deadline)
                     await self._handle_all()
                     if self._acks is not None:  # acks read before the end are applied
@@ -361,7 +342,7 @@ class Connection:
                 answers = await self._node.router.send_batch(user_id, device_id, batch[i:j])  # type: ignore[arg-type]
                 for answer in answers:
                     self._note_refusal(answer)
-                await self._send_many([write_frame(a) for a in answers])
+                await self._out.send_many([write_frame(a) for a in answers])
                 i = j
                 continue
             if self._conn.state is ConnState.PEER and not isinstance(item, _ORDERED_PEER):
@@ -405,84 +386,19 @@ class Connection:
     # ----------------------------------------------------------------- writing
 
     async def _send(self, frame: Frame) -> None:
-        await self._send_raw(write_frame(frame))
-
-    async def _send_many(self, frames: list[bytes]) -> None:
-        """Queue encoded frames without yielding in between while there is room, so
-        the writer takes them all at its next wakeup (one socket write)."""
-        for data in frames:
-            try:
-                self._out_send.send_nowait(data)
-            except trio.WouldBlock:
-                await self._send_raw(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.debug("connection %s ended: %d frames dropped", self._remote, len(frames))
-                return
-            else:
-                self._unwritten += 1
-
-    async def _send_raw(self, data: bytes) -> None:
-        """Queue an encoded frame for the writer; dropped (debug) once the connection ended."""
-        self._unwritten += 1
-        try:
-            await self._out_send.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._unwritten -= 1
-            log.debug("connection %s ended: a frame of %d bytes was dropped", self._remote,
-                      len(data))
-
-    async def _writer(self) -> None:
-        try:
-            async with self._out_recv:
-                async for item in self._out_recv:
-                    batch = [item]
-                    while len(batch) < WRITE_BATCH and not isinstance(batch[-1], _Close):
-                        try:
-                            batch.append(self._out_recv.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    close = batch.pop() if isinstance(batch[-1], _Close) else None
-                    try:
-                        if batch:
-                            await self._write(batch)  # type: ignore[arg-type]
-                            self._unwritten -= len(batch)
-                        if close is not None:
-                            with trio.move_on_after(CLOSE_TIMEOUT):
-                                await self._ws.aclose(close.code, close.reason)
-                            self._cancel.cancel()  # our close: the connection is over
-                            return
-                    except ConnectionClosed as exc:
-                        reason = exc.reason.code if exc.reason is not None else "?"
-                        self._end(f"closed by the remote ({reason})")
-                        return
-                    finally:
-                        self._signal()
-        finally:
-            self._writer_done.set()
-
-    async def _write(self, batch: list[bytes]) -> None:
-        if isinstance(self._ws, GatedWebSocket):
-            await self._ws.send_messages(batch)
-        else:
-            for data in batch:
-                await self._ws.send_message(data)
+        await self._out.send(write_frame(frame))
 
     async def _close(self, code: int, reason: str) -> None:
         """Flush queued frames, close with ``code`` and end the connection."""
         self._end(f"closed {code} {reason}".rstrip())
-        try:
-            await self._out_send.send(_Close(code, reason))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("connection %s already ended: close %d dropped", self._remote, code)
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            await self._writer_done.wait()
+        await self._out.close(code, reason)
         self._cancel.cancel()
 
     async def _settle(self, buffered) -> None:
         """Close gate (:mod:`relay.wsio`): return once every message read has been
         served, every answer written and every ack applied."""
-        while buffered() or self._requests or self._busy or self._peer_tasks or self._unwritten:
-            if self._writer_done.is_set():
+        while buffered() or self._requests or self._busy or self._peer_tasks or self._out.unwritten:
+            if self._out.done.is_set():
                 return
             await self._progress.wait()
         if self._acks is not None:  # acks read before the Close are applied too
@@ -535,7 +451,7 @@ class Connection:
             raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
         node = self._node
         user_id, device_id = caller.device()
-        self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._send_raw,
+        self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._out.send,
                               max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
                               is_local=node.directory.is_home, notify=node.registry.notify,
                               bounce_remote=self._bounce_remote, log=node.log)
