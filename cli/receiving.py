@@ -209,21 +209,25 @@ class Receiver:
         kept = 0
         for frame in batch:
             if isinstance(frame, Deliver):
-                try:
-                    with trio.fail_after(STEP_TIMEOUT):
-                        event = await open_envelope(client, frame.envelope)
-                except ClientError as exc:  # e.g. sender's home unavailable: retry on next sync
-                    self._error = exc
+                for item in frame.items:  # one frame may carry several envelopes
+                    try:
+                        with trio.fail_after(STEP_TIMEOUT):
+                            event = await open_envelope(client, item.envelope)
+                    except ClientError as exc:  # e.g. sender's home unavailable: retry on next sync
+                        self._error = exc
+                        break
+                    except trio.TooSlowError:
+                        self._error = ClientError(
+                            "the relay did not answer while processing a message")
+                        break
+                    last_seq = item.seq
+                    if event is not None and self._keep and isinstance(event, KEPT_TYPES):
+                        client.state.inbox.keep(event)
+                        kept += 1
+                    elif event is not None:
+                        self._ready.append(event)
+                if self._error is not None:
                     break
-                except trio.TooSlowError:
-                    self._error = ClientError("the relay did not answer while processing a message")
-                    break
-                last_seq = frame.seq
-                if event is not None and self._keep and isinstance(event, KEPT_TYPES):
-                    client.state.inbox.keep(event)
-                    kept += 1
-                elif event is not None:
-                    self._ready.append(event)
             elif isinstance(frame, Synced):
                 self._ready.append(BacklogDone())
             elif isinstance(frame, Error):

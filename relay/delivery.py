@@ -1,58 +1,55 @@
-"""Per-device delivery: the envelope codec, the connected-device registry and the pusher.
+"""Per-device delivery: the connected-device registry and the pusher.
 
-* Envelopes are stored in device queues as msgpack maps of
-  :class:`relay.protocol.frames.Envelope` (opaque to storage).
+* Envelopes are stored in device queues in wire form
+  (:func:`relay.protocol.stored.encode_envelope`), opaque to storage.
 * :class:`DeviceRegistry` is owned by one node (no globals): it knows which
   devices are connected (to push ``key_count``) and wakes their pushers when
   new envelopes were enqueued.
 * :class:`Pusher` streams one device's queue to its connection: the backlog,
   one ``synced``, then live envelopes, with at most ``window`` unacknowledged
-  ``deliver`` frames in flight. Envelopes enqueued more than ``queue_ttl``
-  seconds ago are skipped, not delivered (the next expiry sweep, or the
-  device's next ack covering their seq, deletes them).
+  envelopes in flight. Whatever is ready goes out together: ``deliver`` frames
+  of many envelopes each, packed to fit ``max_frame`` and built from the stored
+  bytes without decoding them (:func:`relay.protocol.stored.pack_deliveries`).
+  Envelopes enqueued more than ``queue_ttl`` seconds ago are skipped, not
+  delivered (the next expiry sweep, or the device's next ack covering their
+  seq, deletes them). A queue head that can never be delivered (its ``deliver``
+  frame would exceed ``max_frame``, e.g. stored under an older configuration)
+  is bounced to its sender and removed once everything before it was
+  acknowledged, so it does not block the queue.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-import msgpack
 import trio
 
-from relay.protocol.frames import Deliver, Envelope, Frame, Synced
-from storage import Storage
+from relay.errors import KNOWN_REFUSALS
+from relay.protocol import write_frame
+from relay.protocol.frames import Envelope, Frame, Synced
+from relay.protocol.stored import (
+    decode_envelope,
+    encode_bounce_body,
+    encode_envelope,
+    fits_alone,
+    pack_deliveries,
+)
+from storage import QueueItem, Storage
 
 DEFAULT_WINDOW = 256
-READ_BATCH = 16  # envelopes read per storage call (each up to max_frame bytes)
+READ_BATCH = 32  # envelopes read per storage call (each up to max_envelope bytes)
 
 _Dev = tuple[str, int]
 
-
-def pack_envelope(env: Envelope) -> bytes:
-    """The stored form of an envelope (a msgpack map of its fields)."""
-    return msgpack.packb(
-        {"msg_id": env.msg_id, "sender_user": env.sender_user, "sender_device": env.sender_device,
-         "ts": env.ts, "kind": env.kind, "body": env.body},
-        use_bin_type=True,
-    )
-
-
-def unpack_envelope(data: bytes) -> Envelope:
-    """Inverse of :func:`pack_envelope` (for data this node stored itself).
-
-    Raises:
-        ValueError: ``data`` is not a stored envelope (corrupt storage).
-    """
-    try:
-        m = msgpack.unpackb(data, raw=False)
-        return Envelope(m["msg_id"], m["sender_user"], m["sender_device"], m["ts"], m["kind"],
-                        m["body"])
-    except (msgpack.UnpackException, KeyError, TypeError) as exc:
-        raise ValueError("corrupt stored envelope") from exc
+pack_envelope = encode_envelope
+"""The stored form of an envelope (see :func:`relay.protocol.stored.encode_envelope`)."""
+unpack_envelope = decode_envelope
+"""Inverse of :func:`pack_envelope` (see :func:`relay.protocol.stored.decode_envelope`)."""
 
 
 class Session(Protocol):
@@ -123,27 +120,49 @@ class Pusher:
         storage: where the queue lives.
         registry: wake-ups for new envelopes (the device must be registered).
         user_id, device_id: the device.
-        send: coroutine sending one frame on the connection (may block: backpressure).
-        window: most ``deliver`` frames not yet acknowledged.
+        send: coroutine writing one encoded frame on the connection (may block:
+            backpressure).
+        window: most delivered envelopes not yet acknowledged.
+        max_frame: bytes, the largest frame the device accepts.
         queue_ttl: seconds; envelopes enqueued longer ago than that (by their
             stored ``ts``) are skipped, never delivered. ``None``: no limit.
         clock: wall-clock seconds since the epoch (tests inject their own).
+        is_local: ``is_local(user_id)``: True if the user is homed at this node
+            (an undeliverable head is bounced to a local sender's device here).
+        notify: ``notify(user_id, device_id)`` after a bounce was enqueued.
+        bounce_remote: ``await bounce_remote(envelope)`` durably hands a ``bounce``
+            envelope for a sender homed at another node to that node (the outbox);
+            ``None``: such bounces are only logged.
+        log: for metadata-only log lines.
     """
 
     def __init__(
         self, storage: Storage, registry: DeviceRegistry, user_id: str, device_id: int,
-        send: Callable[[Frame], Awaitable[None]], window: int = DEFAULT_WINDOW, *,
-        queue_ttl: float | None = None, clock: Callable[[], float] = time.time,
+        send: Callable[[bytes], Awaitable[None]], window: int = DEFAULT_WINDOW, *,
+        max_frame: int = 1024 * 1024, queue_ttl: float | None = None,
+        clock: Callable[[], float] = time.time,
+        is_local: Callable[[str], bool] = lambda user_id: True,
+        notify: Callable[[str, int], None] = lambda user_id, device_id: None,
+        bounce_remote: Callable[[Envelope], Awaitable[object]] | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
+        self._bounce_remote = bounce_remote
         self._storage = storage
         self._registry = registry
         self._dev = (user_id, device_id)
         self._send = send
         self._window = window
+        self._max_frame = max_frame
         self._queue_ttl = queue_ttl
         self._clock = clock
+        self._is_local = is_local
+        self._notify = notify
+        self._log = log or logging.getLogger(__name__)
         self._in_flight: deque[int] = deque()
         self._acked = trio.Event()
+        self.delivered = 0
+        """The highest seq delivered on this connection (0 before the first)."""
+        self.frames = 0  # deliver frames written (tests, metrics)
 
     @property
     def in_flight(self) -> int:
@@ -151,7 +170,7 @@ class Pusher:
         return len(self._in_flight)
 
     def on_ack(self, seq: int) -> None:
-        """The device acknowledged everything up to ``seq`` (already deleted from storage)."""
+        """The device acknowledged everything up to ``seq`` (at most :attr:`delivered`)."""
         while self._in_flight and self._in_flight[0] <= seq:
             self._in_flight.popleft()
         self._acked.set()
@@ -169,15 +188,78 @@ class Pusher:
             room = min(READ_BATCH, self._window - len(self._in_flight))
             items = await self._storage.read_queue(user_id, device_id, after_seq=cursor, limit=room)
             oldest = -float("inf") if self._queue_ttl is None else self._clock() - self._queue_ttl
+            ready: list[tuple[int, bytes]] = []
+            blocked: QueueItem | None = None
             for item in items:
-                cursor = item.seq
                 if item.ts < oldest:
+                    cursor = item.seq
                     continue  # expired: deleted by the next sweep or an ack covering it
-                await self._send(Deliver(id=0, seq=item.seq, envelope=unpack_envelope(item.envelope)))
-                self._in_flight.append(item.seq)
+                if not fits_alone(item.envelope, self._max_frame):
+                    blocked = item
+                    break
+                ready.append((item.seq, item.envelope))
+                cursor = item.seq
+            for data, seqs in pack_deliveries(ready, self._max_frame):
+                self._in_flight.extend(seqs)
+                self.delivered = seqs[-1]
+                self.frames += 1
+                await self._send(data)
+            if blocked is not None:
+                await self._drop_head(blocked)
+                cursor = blocked.seq
+                continue
             if items:
                 continue
             if not synced:
-                await self._send(Synced(id=0))
+                await self._send(write_frame(Synced(id=0)))
                 synced = True
             await wake.wait()
+
+    async def _drop_head(self, item: QueueItem) -> None:
+        """Bounce an envelope that no ``deliver`` frame can carry and remove it, once
+        every envelope before it was acknowledged (so the removal, a cumulative ack
+        up to its seq, deletes nothing the device has not acknowledged)."""
+        while self._in_flight:
+            await self._acked.wait()
+        user_id, device_id = self._dev
+        try:
+            env = decode_envelope(item.envelope)
+        except ValueError:
+            env = None
+        bounced = False
+        while True:
+            try:
+                if env is not None:
+                    bounced = await self._bounce(env, len(item.envelope))
+                await self._storage.ack(user_id, device_id, item.seq)
+                break
+            except KNOWN_REFUSALS as exc:  # full or failing storage: try again later
+                self._log.warning("undeliverable envelope seq %d of %s/%d: %s; retrying",
+                                  item.seq, user_id[:8], device_id, type(exc).__name__)
+                await trio.sleep(5)
+        self._log.warning(
+            "envelope seq %d of %s/%d (%d bytes) cannot fit a %d-byte frame: removed%s",
+            item.seq, user_id[:8], device_id, len(item.envelope), self._max_frame,
+            " and bounced to its sender" if bounced else " (not bounced)")
+
+    async def _bounce(self, env: Envelope, size: int) -> bool:
+        """Queue a ``too_large`` bounce for ``env``'s sender (here, or through the
+        outbox to its home); ``False`` if there is no way to."""
+        body = encode_bounce_body(
+            "too_large", f"the message ({size} bytes stored) exceeds the recipient's frame "
+                         f"limit of {self._max_frame} bytes and was not delivered", self._dev[0])
+        bounce = Envelope(msg_id=env.msg_id, sender_user=env.sender_user,
+                          sender_device=env.sender_device, ts=int(self._clock() * 1000),
+                          kind="bounce", body=body)
+        if not self._is_local(env.sender_user):
+            if self._bounce_remote is None:
+                return False
+            await self._bounce_remote(bounce)
+            return True
+        seqs = await self._storage.enqueue(
+            [(env.sender_user, env.sender_device, encode_envelope(bounce))],
+            dedupe=b"undeliverable\0" + env.sender_user.encode() + b"\0" + env.msg_id
+            + self._dev[0].encode() + self._dev[1].to_bytes(4, "big"))
+        if seqs is not None:
+            self._notify(env.sender_user, env.sender_device)
+        return True

@@ -20,15 +20,14 @@ from contextlib import AsyncExitStack
 from functools import partial
 
 import trio
-from trio_websocket import serve_websocket
 
 from relay.admission import Admission
 from relay.config import NodeConfig
 from relay.delivery import DeviceRegistry
 from relay.directory import Directory
 from relay.federation import Federation
+from relay.forwarding import Forwarding
 from relay.full_log import StorageFullLog
-from relay.groups import GroupRouter
 from relay.linking import Linking
 from relay.listener import handle_websocket
 from relay.media import MediaService
@@ -36,8 +35,12 @@ from relay.notices import DeviceListChanges
 from relay.outbox import Outbox
 from relay.protocol import Limits
 from relay.ring import Ring
-from relay.router import FORWARD_TIMEOUT, Router
+from relay.router import Router
+from relay.services.table import node_table
+from relay.wsio import serve_gated_websocket
 from storage import Storage, StorageError, open_storage
+
+FORWARD_TIMEOUT = 5.0  # seconds before a forward is given to the outbox
 
 EXPIRE_INTERVAL = 300.0  # seconds between TTL sweeps
 FRAME_SLACK = 64 * 1024  # bytes above max_frame that still get a too_large answer
@@ -50,7 +53,9 @@ class Node:
 
     Attributes:
         id: node id. ring: the cluster ring. limits: frame limits.
-        storage, directory, registry, federation, outbox, router, groups: components.
+        storage, directory, registry, federation, outbox, router, forwarding: components
+            (``forwarding``: the per-destination ``forward_batch`` lanes).
+        handlers: the per-service handler table (:func:`relay.services.table.node_table`).
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
@@ -80,16 +85,18 @@ class Node:
             config.id, self.ring, storage, self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
         )
-        self.router = Router(config.id, self.ring, storage, self.directory, self.federation,
-                             self.outbox, self.registry.notify, max_queue=config.max_queue,
-                             forward_timeout=forward_timeout, on_stale=self.changes.watch)
+        self.router = Router(config.id, self.ring, storage, self.directory, self.registry.notify,
+                             max_queue=config.max_queue, on_stale=self.changes.watch)
+        self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
+                                     timeout=forward_timeout, log=log)
+        self.router.attach(self.forwarding)
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
                                max_per_owner=config.max_mailboxes_per_ip)
-        self.groups = GroupRouter(self.router)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
+        self.handlers = node_table(self)
 
     async def expire_loop(self, interval: float = EXPIRE_INTERVAL) -> None:
         """Delete queued envelopes and media blobs older than their TTLs, every
@@ -144,8 +151,10 @@ async def serve_node(
         node = Node(config, storage, log, forward_timeout=forward_timeout)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.outbox.run)
+            await nursery.start(node.forwarding.run)
             server = await nursery.start(partial(
-                serve_websocket, partial(handle_websocket, node), config.host, config.port, None,
+                serve_gated_websocket, partial(handle_websocket, node), config.host, config.port,
+                None,
                 message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
             ))

@@ -1,20 +1,29 @@
-"""The durable outbox: forwards accepted with ``sent queued`` (and device-list
-``notify`` requests), retried per destination.
+"""The durable outbox: parts of sends accepted with ``sent queued`` (and device-list
+``notify`` requests), retried per destination in batches.
 
-Each destination node has one drain task. It sends the destination's entries
-oldest first (FIFO, so per-device order is kept), deletes an entry once the
-destination answered ``ok``, and on failure backs off exponentially (0.2 s
-doubling to 30 s with jitter; a link coming back up ends the wait early).
-A *final* rejection from the live destination (e.g. ``stale_devices``,
-``unknown_user``), or an entry older than the queue TTL, turns into one
-``bounce`` envelope for the sending device (deduplicated per entry), after
-which the entry is deleted. Retryable answers (``storage_full``,
-``queue_full``, ``rate_limited``, ``unavailable``, ``internal``) keep it.
-A ``notify`` entry has no sending device: a final rejection or the TTL just
-drops it (logged); the watchers' clients catch up through ``stale_devices``.
+Each destination node has one drain task. It lists the destination's entries
+oldest first (FIFO, so per-device order is kept) and sends as many as fit one
+``forward_batch`` frame (``max_peer_frame``); the destination answers each item
+on its own (``results``). Stored items are deleted together
+(``outbox_delete_many``); a *final* rejection from the live destination (e.g.
+``stale_devices``, ``unknown_user``), or an entry older than the queue TTL,
+turns into one ``bounce`` envelope for the sending device (deduplicated per
+entry), after which the entry is deleted. Retryable answers (``storage_full``,
+``queue_full``, ``rate_limited``, ``unavailable``, ``internal``,
+``storage_unavailable``) keep the entry, and only those entries are sent again,
+after a backoff (0.2 s doubling to 30 s with jitter; a link coming back up ends
+the wait early).
 
-While a destination has pending entries, new forwards to it go to the
-outbox too (see :meth:`Outbox.has_pending`), so they never overtake older ones.
+Order: an entry kept for a retry must not be overtaken by a later entry of the
+same sending device to the same user. If the destination stored such a later
+entry in the same batch (its answers are per item), the kept entry can no
+longer arrive in order: it is bounced instead (the sender's client resends it,
+as a new message, after the later one). A ``notify`` entry has no sending
+device: a final rejection or the TTL just drops it (logged); the watchers'
+clients catch up through ``stale_devices``.
+
+While a destination has pending entries, new parts for it go to the outbox too
+(see :meth:`Outbox.has_pending`), so they never overtake older ones.
 """
 
 from __future__ import annotations
@@ -22,11 +31,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgpack
 import trio
 
-from relay.delivery import pack_envelope
 from relay.errors import KNOWN_REFUSALS, RelayError
 from relay.federation import Federation, LinkDown, backoff_delays, request_within
 from relay.protocol import (
@@ -37,17 +46,33 @@ from relay.protocol import (
     read_frame,
     write_frame,
 )
-from relay.protocol.frames import Envelope, Error, Forward, GroupForward, Notify, Ok
-from storage import OutboxEntry, Storage
+from relay.protocol.frames import (
+    BounceBack,
+    Envelope,
+    Error,
+    Forward,
+    ForwardBatch,
+    Frame,
+    GroupForward,
+    Notify,
+    Ok,
+    Results,
+)
+from relay.protocol.stored import encode_bounce_body, encode_envelope
+from storage import EnqueueRequest, OutboxEntry, Storage
 
 RETRYABLE = frozenset({
     ErrorCode.STORAGE_FULL.value, ErrorCode.QUEUE_FULL.value, ErrorCode.RATE_LIMITED.value,
     ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, ErrorCode.STORAGE_UNAVAILABLE.value,
 })
-BATCH = 64
+BATCH = 256
+"""Most entries listed per round (then packed to fit one frame)."""
+BATCH_HEADER = 64
 DEAD_LETTER = "!dead-letter"
 """The outbox destination of entries that can never be sent (unreadable, or above the
 peer frame limit): kept aside, counted in the logs, never drained nor dropped."""
+
+Request = Forward | GroupForward | Notify | BounceBack
 
 
 def bounce_dedupe(entry: OutboxEntry, fwd: Forward | GroupForward) -> bytes:
@@ -55,16 +80,24 @@ def bounce_dedupe(entry: OutboxEntry, fwd: Forward | GroupForward) -> bytes:
     return b"bounce\0" + fwd.sender_user.encode() + b"\0" + fwd.msg_id + entry.dest.encode()
 
 
+@dataclass(slots=True)
+class _Item:
+    entry: OutboxEntry
+    request: Request
+    size: int
+
+
 class Outbox:
     """Durable per-destination retry queues of one node.
 
     Args:
-        storage: the node's storage (``outbox_*`` and, for bounces, ``enqueue``).
+        storage: the node's storage (``outbox_*`` and, for bounces, ``enqueue_many``).
         federation: the outgoing peer links.
         notify: ``notify(user_id, device_id)`` after a bounce was enqueued.
         queue_ttl: seconds after which an undeliverable entry is bounced.
-        timeout: seconds to wait for one forward's answer.
-        limits: frame limits (to read stored forwards back).
+        timeout: seconds to wait for one batch's answer.
+        limits: the node's size budget (stored requests are read back, and batches
+            packed, with the peer limits).
         log: for metadata-only log lines.
     """
 
@@ -80,6 +113,9 @@ class Outbox:
         self._log = log
         self._limits = limits.for_peers()  # stored forwards are read back with peer limits
         self.dead_letters = 0  # entries this process moved to DEAD_LETTER
+        #: Counters for tests and metrics: batches sent, entries stored by their destination.
+        self.batches = 0
+        self.delivered = 0
         # Pending entries per destination: ids put by this process, plus a flag for
         # entries found in storage at start (cleared once a listing comes back empty).
         self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
@@ -90,16 +126,26 @@ class Outbox:
         """True if ``dest`` has entries not yet delivered (new forwards must queue behind them)."""
         return bool(self._ids.get(dest)) or self._backlog.get(dest, False)
 
-    async def put(self, request: Forward | GroupForward | Notify, dest: str) -> int:
+    async def put(self, request: Request, dest: str) -> int:
         """Durably queue ``request`` for node ``dest``; return its outbox id.
 
         Raises:
-            StorageFull: nothing stored.
+            StorageFull, StorageUnavailable: nothing stored.
         """
-        outbox_id = await self._storage.outbox_put(dest, write_frame(request))
-        self._ids[dest].add(outbox_id)
-        self._wake[dest].set()
+        (outbox_id,) = await self.put_many([request], dest)
         return outbox_id
+
+    async def put_many(self, requests: list[Request], dest: str) -> list[int]:
+        """Durably queue ``requests`` for node ``dest``, in order, in one transaction;
+        return their outbox ids.
+
+        Raises:
+            StorageFull, StorageUnavailable: nothing stored.
+        """
+        ids = await self._storage.outbox_put_many([(dest, write_frame(r)) for r in requests])
+        self._ids[dest].update(ids)
+        self._wake[dest].set()
+        return ids
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load pending state from storage, then drain every destination until cancelled."""
@@ -122,53 +168,114 @@ class Outbox:
                 self._backlog[dest] = False
                 await wake.wait()
                 continue
-            for entry in entries:
-                outcome = await self._attempt(entry)
-                if outcome == "done":
-                    delays = backoff_delays()
-                    continue
-                await self._storage.outbox_retry(entry.outbox_id)
-                link = self._federation.links[dest]
-                with trio.move_on_after(next(delays)):
-                    if outcome == "down":
-                        await link.connected.wait()
-                    else:
-                        await trio.sleep_forever()
+            outcome, head = await self._attempt(dest, entries)
+            if outcome == "done":
+                delays = backoff_delays()
+                continue
+            if head is not None:
+                await self._storage.outbox_retry(head)
+            link = self._federation.links[dest]
+            with trio.move_on_after(next(delays)):
+                if outcome == "down":
+                    await link.connected.wait()
+                else:
+                    await trio.sleep_forever()
+
+    async def _delete_many(self, entries: list[OutboxEntry]) -> None:
+        if not entries:
+            return
+        await self._storage.outbox_delete_many([e.outbox_id for e in entries])
+        for e in entries:
+            self._ids[e.dest].discard(e.outbox_id)
+
+    async def _attempt(self, dest: str, entries: list[OutboxEntry]) -> tuple[str, int | None]:
+        """One round: ``("done" | "down" | "retry", outbox id of the first kept entry)``."""
+        items: list[_Item] = []
+        size = BATCH_HEADER
+        for entry in entries:
+            try:
+                request = read_frame(entry.payload, self._limits)
+            except RemoteProtocolError:
+                request = None
+            if not isinstance(request, Forward | GroupForward | Notify | BounceBack):
+                if await self._dead_letter(entry, "unreadable") != "done":
+                    return "retry", entry.outbox_id
+                continue
+            ts = (request.envelope.ts if isinstance(request, Notify | BounceBack)
+                  else request.ts)
+            if ts / 1000 < time.time() - self._ttl:
+                if await self._give_up(entry, request, ErrorCode.UNAVAILABLE.value,
+                                       f"node {dest} unreachable for the queue TTL", None) != "done":
+                    return "retry", entry.outbox_id
+                continue
+            n = len(entry.payload)
+            if items and size + n > self._limits.max_frame:
                 break
-
-    async def _delete(self, entry: OutboxEntry) -> None:
-        await self._storage.outbox_delete(entry.outbox_id)
-        self._ids[entry.dest].discard(entry.outbox_id)
-
-    async def _attempt(self, entry: OutboxEntry) -> str:
-        """Try one entry: ``"done"`` (delivered or bounced), ``"down"`` or ``"retry"``."""
+            items.append(_Item(entry, request, n))
+            size += n
+        if not items:
+            return "done", None
         try:
-            fwd = read_frame(entry.payload, self._limits)
-        except RemoteProtocolError:
-            fwd = None
-        if not isinstance(fwd, Forward | GroupForward | Notify):
-            return await self._dead_letter(entry, "unreadable")
-        ts = fwd.ts if isinstance(fwd, Forward | GroupForward) else fwd.envelope.ts
-        if ts / 1000 < time.time() - self._ttl:
-            return await self._give_up(entry, fwd, ErrorCode.UNAVAILABLE.value,
-                                       f"node {entry.dest} unreachable for the queue TTL", None)
-        try:
-            answer = await request_within(self._federation, entry.dest, fwd, self._timeout)
+            answer = await request_within(
+                self._federation, dest, ForwardBatch(id=0, items=[i.request for i in items]),
+                self._timeout)
         except LinkDown:
-            return "down"
+            return "down", items[0].entry.outbox_id
         except RelayError as exc:  # too_large: it can never be carried
-            if isinstance(fwd, Forward | GroupForward):
-                return await self._bounce(entry, fwd, exc.code.value, exc.message, None)
-            return await self._dead_letter(entry, exc.code.value)
-        if isinstance(answer, Ok):
-            await self._delete(entry)
-            self._log.info("outbox %d delivered to %s", entry.outbox_id, entry.dest)
-            return "done"
-        if isinstance(answer, Error) and answer.code not in RETRYABLE:
-            return await self._give_up(entry, fwd, answer.code, answer.message, answer.user_id)
-        self._log.info("outbox %d to %s: retry after %s", entry.outbox_id, entry.dest,
-                       getattr(answer, "code", answer.TYPE))
-        return "retry"
+            first = items[0]
+            if len(items) > 1:  # cannot happen (packed to fit); send it alone next round
+                self._log.warning("outbox batch to %s refused locally: %s", dest, exc.code.value)
+                return "retry", first.entry.outbox_id
+            if isinstance(first.request, Forward | GroupForward):
+                done = await self._bounce_many([(first, exc.code.value, exc.message, None)])
+                return ("done" if done else "retry"), first.entry.outbox_id
+            return await self._dead_letter(first.entry, exc.code.value), first.entry.outbox_id
+        self.batches += 1
+        if isinstance(answer, Results) and len(answer.items) == len(items):
+            results: list[Frame] = answer.items
+        elif isinstance(answer, Error):
+            results = [answer] * len(items)
+        else:
+            self._log.warning("outbox batch to %s: unexpected answer %r", dest, answer.TYPE)
+            return "retry", items[0].entry.outbox_id
+        return await self._settle(dest, items, results)
+
+    async def _settle(
+        self, dest: str, items: list[_Item], results: list[Frame]
+    ) -> tuple[str, int | None]:
+        stored: list[OutboxEntry] = []
+        finals: list[tuple[_Item, str, str, str | None]] = []
+        kept: list[int] = []  # indexes of entries kept for a retry
+        for i, (item, result) in enumerate(zip(items, results, strict=True)):
+            if isinstance(result, Ok):
+                stored.append(item.entry)
+            elif isinstance(result, Error) and result.code not in RETRYABLE:
+                finals.append((item, result.code, result.message, result.user_id))
+            else:
+                code = getattr(result, "code", result.TYPE)
+                if _overtaken(i, items, results):
+                    finals.append((item, code, "a later message was delivered first; "
+                                   f"this one could not be stored ({code})", None))
+                else:
+                    kept.append(i)
+        await self._delete_many(stored)
+        self.delivered += len(stored)
+        if stored:
+            self._log.info("outbox: %d entries delivered to %s", len(stored), dest)
+        notifies = [f for f in finals if isinstance(f[0].request, Notify | BounceBack)]
+        if notifies:
+            await self._delete_many([f[0].entry for f in notifies])
+            for f in notifies:
+                self._log.warning("outbox %d (%s) to %s dropped: %s", f[0].entry.outbox_id,
+                                  f[0].request.TYPE, dest, f[1])
+        bounced = await self._bounce_many([f for f in finals if f not in notifies])
+        if kept:
+            first = items[kept[0]]
+            self._log.info("outbox: %d entries to %s kept for a retry (first %d: %s)", len(kept),
+                           dest, first.entry.outbox_id,
+                           getattr(results[kept[0]], "code", results[kept[0]].TYPE))
+            return "retry", first.entry.outbox_id
+        return ("done" if bounced else "retry"), None
 
     async def _dead_letter(self, entry: OutboxEntry, why: str) -> str:
         """Keep an entry that can never be sent aside (destination :data:`DEAD_LETTER`),
@@ -176,14 +283,13 @@ class Outbox:
         salvaged = _salvage(entry.payload)
         if salvaged is not None:
             sender_user, sender_device, msg_id = salvaged
-            body = msgpack.packb({"code": ErrorCode.INTERNAL.value,
-                                  "message": f"the relay could not forward this message ({why})",
-                                  "user_id": ""}, use_bin_type=True)
+            body = encode_bounce_body(ErrorCode.INTERNAL.value,
+                                      f"the relay could not forward this message ({why})", "")
             env = Envelope(msg_id=msg_id, sender_user=sender_user, sender_device=sender_device,
                            ts=int(time.time() * 1000), kind="bounce", body=body)
             try:
                 await self._storage.enqueue(
-                    [(sender_user, sender_device, pack_envelope(env))],
+                    [(sender_user, sender_device, encode_envelope(env))],
                     dedupe=b"dead\0" + sender_user.encode() + b"\0" + msg_id + entry.dest.encode())
             except KNOWN_REFUSALS:
                 self._log.warning("outbox %d: bounce could not be stored yet", entry.outbox_id)
@@ -194,7 +300,7 @@ class Outbox:
         except KNOWN_REFUSALS:
             self._log.warning("outbox %d: dead-letter could not be stored yet", entry.outbox_id)
             return "retry"
-        await self._delete(entry)
+        await self._delete_many([entry])
         self.dead_letters += 1
         self._log.error("outbox %d to %s is %s: kept aside as a dead letter (%d this run)%s",
                         entry.outbox_id, entry.dest, why, self.dead_letters,
@@ -202,36 +308,72 @@ class Outbox:
         return "done"
 
     async def _give_up(
-        self, entry: OutboxEntry, request: Forward | GroupForward | Notify, code: str, message: str,
+        self, entry: OutboxEntry, request: Request, code: str, message: str,
         user_id: str | None,
     ) -> str:
         if isinstance(request, Forward | GroupForward):
-            return await self._bounce(entry, request, code, message, user_id)
-        await self._delete(entry)
-        self._log.warning("outbox %d (notify) to %s dropped: %s", entry.outbox_id, entry.dest, code)
+            item = _Item(entry, request, len(entry.payload))
+            return "done" if await self._bounce_many([(item, code, message, user_id)]) else "retry"
+        await self._delete_many([entry])
+        self._log.warning("outbox %d (%s) to %s dropped: %s", entry.outbox_id, request.TYPE,
+                          entry.dest, code)
         return "done"
 
-    async def _bounce(
-        self, entry: OutboxEntry, fwd: Forward | GroupForward, code: str, message: str,
-        user_id: str | None,
-    ) -> str:
-        uid = user_id or (fwd.recipients[0].user_id if fwd.recipients else "")
-        body = msgpack.packb({"code": code, "message": message, "user_id": uid}, use_bin_type=True)
-        env = Envelope(msg_id=fwd.msg_id, sender_user=fwd.sender_user,
-                       sender_device=fwd.sender_device, ts=int(time.time() * 1000),
-                       kind="bounce", body=body)
+    async def _bounce_many(self, finals: list[tuple[_Item, str, str, str | None]]) -> bool:
+        """Queue one ``bounce`` envelope per entry for its sending device (one
+        ``enqueue_many``), then delete the bounced entries. ``False`` if some bounce
+        could not be stored (its entry stays for the next round)."""
+        if not finals:
+            return True
+        requests = []
+        for item, code, message, user_id in finals:
+            fwd = item.request
+            assert isinstance(fwd, Forward | GroupForward)
+            uid = user_id or (fwd.recipients[0].user_id if fwd.recipients else "")
+            body = encode_bounce_body(code, message, uid)
+            env = Envelope(msg_id=fwd.msg_id, sender_user=fwd.sender_user,
+                           sender_device=fwd.sender_device, ts=int(time.time() * 1000),
+                           kind="bounce", body=body)
+            requests.append(EnqueueRequest([(fwd.sender_user, fwd.sender_device,
+                                             encode_envelope(env))],
+                                           dedupe=bounce_dedupe(item.entry, fwd)))
         try:
-            await self._storage.enqueue(
-                [(fwd.sender_user, fwd.sender_device, pack_envelope(env))],
-                dedupe=bounce_dedupe(entry, fwd),
-            )
+            answers = await self._storage.enqueue_many(requests)
         except KNOWN_REFUSALS:
-            self._log.warning("outbox %d: bounce could not be stored yet", entry.outbox_id)
-            return "retry"
-        self._notify(fwd.sender_user, fwd.sender_device)
-        await self._delete(entry)
-        self._log.info("outbox %d to %s bounced: %s", entry.outbox_id, entry.dest, code)
-        return "done"
+            answers = [RelayError(ErrorCode.STORAGE_UNAVAILABLE)] * len(requests)
+        gone = []
+        for (item, code, _, _), answer in zip(finals, answers, strict=True):
+            if isinstance(answer, Exception):
+                self._log.warning("outbox %d: bounce could not be stored yet", item.entry.outbox_id)
+                continue
+            fwd = item.request
+            self._notify(fwd.sender_user, fwd.sender_device)  # type: ignore[union-attr]
+            gone.append(item.entry)
+            self._log.info("outbox %d to %s bounced: %s", item.entry.outbox_id, item.entry.dest,
+                           code)
+        await self._delete_many(gone)
+        return len(gone) == len(finals)
+
+
+def _recipients(request: Forward | GroupForward) -> set[str]:
+    return {r.user_id for r in request.recipients}
+
+
+def _overtaken(i: int, items: list[_Item], results: list[Frame]) -> bool:
+    """True if a later item of the same sending device to one of the same users was
+    stored in this batch (so item ``i`` can no longer be delivered in order)."""
+    request = items[i].request
+    if not isinstance(request, Forward | GroupForward):
+        return False
+    sender = (request.sender_user, request.sender_device)
+    users = _recipients(request)
+    for item, result in zip(items[i + 1:], results[i + 1:], strict=True):
+        later = item.request
+        if (isinstance(result, Ok) and isinstance(later, Forward | GroupForward)
+                and (later.sender_user, later.sender_device) == sender
+                and users & _recipients(later)):
+            return True
+    return False
 
 
 def _salvage(payload: bytes) -> tuple[str, int, bytes] | None:

@@ -1,42 +1,52 @@
-"""The send path: group recipients by home node, store locally or forward.
+"""The send path: group recipients by home node, store locally or forward, in batches.
 
-For one ``send`` (or ``group_send``, see :mod:`relay.groups`) the sender's
-home splits the recipients by home node (:meth:`Router.route`) and handles
-every home concurrently:
+A connection hands the router a *run* of consecutive ``send`` / ``group_send``
+requests of one device (:meth:`Router.send_batch`, up to the connection's
+window). For every request the sender's home splits the recipients by home
+node into *parts* (a ``forward`` or ``group_forward`` per home, id 0), then:
 
-* its own users: the part is checked against every user's current device
-  list (:meth:`Router.check_local`), then all its envelopes are written in one
-  atomic, durable ``enqueue`` deduplicated by ``(sender_user, msg_id)``
-  (:meth:`Router.enqueue_local`);
-* other homes: a ``forward`` (``group_forward``) over the peer link, answered
-  ``ok`` once the home did the same. If the destination has pending outbox
-  entries, or the link is down or slow, the part goes to the durable outbox
-  instead (:meth:`Router.forward`).
+* the parts of users homed here are checked one by one against every user's
+  current device list (:meth:`Router.check_local`) and all accepted ones are
+  written with **one** ``storage.enqueue_many`` call, in request order, each
+  part atomic and deduplicated by ``(sender_user, msg_id)``
+  (:meth:`Router.store_parts`);
+* the parts for other homes are handed, in request order, to the per-destination
+  lanes of :class:`relay.forwarding.Forwarding`, which send them in
+  ``forward_batch`` frames (or to the durable outbox).
 
-The answer is ``stored`` when every home confirmed, ``queued`` when some
-part went to the outbox, or the first refusal (in recipient order), e.g.
-``stale_devices`` from a live home.
+Each request is answered on its own: ``stored`` when every home stored its
+part, ``queued`` when some part went to the outbox, else the first refusal in
+recipient order (e.g. ``stale_devices``). A run returns only once every part of
+it has its outcome, so the runs of one connection are applied strictly one
+after the other (docs/protocol.md, "Order").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
 
-import trio
-
-from relay.delivery import pack_envelope
 from relay.directory import Directory
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.federation import Federation, LinkDown, request_within
-from relay.outbox import Outbox
+from relay.groups import GROUP_KIND, group_items, group_members
 from relay.protocol import ErrorCode
-from relay.protocol.frames import Envelope, Error, Forward, GroupForward, Ok, Recipient
+from relay.protocol.frames import (
+    Envelope,
+    Error,
+    Forward,
+    Frame,
+    GroupForward,
+    GroupSend,
+    Send,
+    Sent,
+)
+from relay.protocol.stored import encode_envelope
 from relay.ring import Ring
-from storage import Storage
+from storage import EnqueueRequest, Storage
 
-FORWARD_TIMEOUT = 5.0
+Part = Forward | GroupForward
+Outcome = str | RelayError
+"""What became of one part: ``"stored"``, ``"queued"`` or the refusal."""
 
 
 def dedupe_id(sender_user: str, msg_id: bytes) -> bytes:
@@ -49,138 +59,183 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class _Addressed(Protocol):
-    user_id: str
+def part_members(part: Part) -> list[tuple[str, list[int]]]:
+    """``(user_id, device_ids)`` per recipient user of a part."""
+    if isinstance(part, GroupForward):
+        return group_members(part)
+    return [(r.user_id, [c.device_id for c in r.copies]) for r in part.recipients]
 
 
-R = TypeVar("R", bound=_Addressed)
-P = TypeVar("P", Forward, GroupForward)
+def part_items(part: Part) -> list[tuple[str, int, bytes]]:
+    """The stored envelopes ``(user_id, device_id, envelope)`` of a part."""
+    if isinstance(part, GroupForward):
+        return group_items(part)
+    items = []
+    for r in part.recipients:
+        for c in r.copies:
+            env = Envelope(msg_id=part.msg_id, sender_user=part.sender_user,
+                           sender_device=part.sender_device, ts=part.ts, kind="olm", body=c.body)
+            items.append((r.user_id, c.device_id, encode_envelope(env)))
+    return items
+
+
+class _Forwarding:
+    """What the router needs from :class:`relay.forwarding.Forwarding` (no import cycle)."""
+
+    def submit(self, dest: str, parts: list[Part]) -> Callable[[], Awaitable[list[Outcome]]]:
+        """Queue ``parts`` for node ``dest`` and return an awaitable of their outcomes."""
+        raise NotImplementedError
 
 
 class Router:
-    """Routes ``send`` requests and stores ``forward`` requests for local users.
+    """Routes runs of ``send`` / ``group_send`` and stores parts for local users.
 
     Args:
         node_id: this node's id.
         ring: the cluster ring.
         storage, directory: local state.
-        federation, outbox: the way to other homes.
+        forwarding: the per-destination lanes to other homes (set with
+            :meth:`attach` when built after the router).
         notify: ``notify(user_id, device_id)`` after envelopes were enqueued.
         max_queue: bound of one device queue.
-        forward_timeout: seconds before a forward is given to the outbox.
         on_stale: ``await on_stale(user_id, sender_user)`` before a ``stale_devices``
             refusal hands ``user_id``'s list to ``sender_user`` (records a watcher).
     """
 
     def __init__(
         self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
-        federation: Federation, outbox: Outbox, notify: Callable[[str, int], None], *,
-        max_queue: int, forward_timeout: float = FORWARD_TIMEOUT,
+        notify: Callable[[str, int], None], *, max_queue: int,
+        forwarding: _Forwarding | None = None,
         on_stale: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
         self._storage = storage
         self._directory = directory
-        self._federation = federation
-        self._outbox = outbox
+        self._forwarding = forwarding
         self._notify = notify
         self._max_queue = max_queue
-        self.forward_timeout = forward_timeout
         self._on_stale = on_stale
 
-    # ------------------------------------------------------------ ``send``
+    def attach(self, forwarding: _Forwarding) -> None:
+        """Set the forwarding lanes (they need the router's outbox; built after it)."""
+        self._forwarding = forwarding
 
-    async def store_local(self, fwd: Forward) -> None:
-        """Check and durably enqueue a forward whose recipients are all homed here.
+    # ------------------------------------------------------------ a device's run of sends
 
-        All or nothing: if any user is stale or unknown, nothing is written.
-        The sender's own user may be a recipient (its other devices); the
-        sending device itself needs no copy.
-        A repeated ``(sender_user, msg_id)`` is acknowledged without writing again.
-
-        Raises:
-            RelayError: ``bad_request`` (malformed or not homed here, repeated
-                user), ``unknown_user``, ``stale_devices``.
-            StorageFull, QueueFull: nothing stored.
-        """
-        await self.check_local(fwd.sender_user, fwd.sender_device,
-                               [(r.user_id, [c.device_id for c in r.copies])
-                                for r in fwd.recipients])
-        items = []
-        for r in fwd.recipients:
-            for c in r.copies:
-                env = Envelope(msg_id=fwd.msg_id, sender_user=fwd.sender_user,
-                               sender_device=fwd.sender_device, ts=fwd.ts, kind="olm", body=c.body)
-                items.append((r.user_id, c.device_id, pack_envelope(env)))
-        await self.enqueue_local(items, fwd.sender_user, fwd.msg_id)
-
-    async def send(
-        self, sender_user: str, sender_device: int, msg_id: bytes, recipients: list[Recipient]
-    ) -> str:
-        """Route one message; return ``"stored"`` or ``"queued"``.
-
-        Raises:
-            RelayError: ``bad_request`` (no recipients, malformed user id) or the
-                first refusal of a home (see the module docstring).
-            StorageFull, QueueFull: from the local store or the outbox.
-        """
-        if not recipients:
-            raise RelayError(ErrorCode.BAD_REQUEST, "a send needs at least one recipient")
-        ts = now_ms()
-
-        def part(group: list[Recipient]) -> Forward:
-            return Forward(id=0, msg_id=msg_id, sender_user=sender_user,
-                           sender_device=sender_device, ts=ts, recipients=group)
-
-        return await self.route(recipients, part, self.store_local)
-
-    # ------------------------------------------------------------ shared by send and group_send
-
-    async def route(
-        self, recipients: Sequence[R], part: Callable[[list[R]], P],
-        store_local: Callable[[P], Awaitable[None]],
-    ) -> str:
-        """Split ``recipients`` by home node and hand every home its part, concurrently.
-
-        Args:
-            recipients: objects with a ``user_id`` (``Recipient``, ``GroupRecipient``).
-            part: builds the ``forward`` / ``group_forward`` of one home's recipients.
-            store_local: stores the part of the users homed here.
+    async def send_batch(
+        self, sender_user: str, sender_device: int, frames: list[Send | GroupSend]
+    ) -> list[Frame]:
+        """Route a run of one device's ``send`` / ``group_send`` requests, in order.
 
         Returns:
-            ``"stored"`` (every home wrote its part) or ``"queued"`` (some part
-            is in the outbox).
-
-        Raises:
-            RelayError: ``bad_request`` for a malformed user id (before anything
-                is routed), else the first refusal in recipient order.
-            StorageFull, QueueFull: as a refusal of the home concerned.
+            One answer per request, in order: ``sent {status}`` or ``error``.
+            Refusals are answers, never raised.
         """
-        parts: dict[str, list[R]] = {}
-        for r in recipients:
-            self._directory.check_user_id(r.user_id)
-            parts.setdefault(self._ring.home(r.user_id).id, []).append(r)
-        results: dict[str, str | RelayError] = {}
-
-        async def one(dest: str, group: list[R]) -> None:
-            fwd = part(group)
+        ts = now_ms()
+        answers: list[Frame | None] = [None] * len(frames)
+        plans: list[list[str]] = [[] for _ in frames]  # per request: its homes, in recipient order
+        local: list[tuple[int, Part]] = []
+        remote: dict[str, list[tuple[int, Part]]] = {}
+        for i, frame in enumerate(frames):
             try:
-                if dest == self._node_id:
-                    await store_local(fwd)
-                    results[dest] = "stored"
-                else:
-                    results[dest] = await self.forward(dest, fwd)
-            except KNOWN_REFUSALS as exc:
-                results[dest] = relay_error_from(exc)  # type: ignore[assignment]
+                parts = self._split(frame, sender_user, sender_device, ts)
+            except RelayError as exc:
+                answers[i] = exc.to_frame(frame.id)
+                continue
+            for dest, part in parts:
+                plans[i].append(dest)
+                (local if dest == self._node_id else remote.setdefault(dest, [])).append((i, part))
+        waits = {}
+        if remote:
+            assert self._forwarding is not None, "Router.attach() was not called"
+            for dest, entries in remote.items():
+                waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
+        outcomes: list[dict[str, Outcome]] = [{} for _ in frames]
+        if local:
+            results = await self.store_parts([p for _, p in local])
+            for (i, _), result in zip(local, results, strict=True):
+                outcomes[i][self._node_id] = result if result is not None else "stored"
+        for dest, wait in waits.items():
+            for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
+                outcomes[i][dest] = outcome
+        for i, frame in enumerate(frames):
+            if answers[i] is None:
+                answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
+        return answers  # type: ignore[return-value]
 
-        async with trio.open_nursery() as nursery:
-            for dest, group in parts.items():
-                nursery.start_soon(one, dest, group)
-        for dest in parts:
-            if isinstance(results[dest], RelayError):
-                raise results[dest]
-        return "queued" if "queued" in results.values() else "stored"
+    def _split(
+        self, frame: Send | GroupSend, sender_user: str, sender_device: int, ts: int
+    ) -> list[tuple[str, Part]]:
+        if not frame.recipients:
+            what = "a group send" if isinstance(frame, GroupSend) else "a send"
+            raise RelayError(ErrorCode.BAD_REQUEST, f"{what} needs at least one recipient")
+        groups: dict[str, list] = {}
+        for r in frame.recipients:
+            self._directory.check_user_id(r.user_id)
+            groups.setdefault(self._ring.home(r.user_id).id, []).append(r)
+        if isinstance(frame, GroupSend):
+            return [(dest, GroupForward(id=0, msg_id=frame.msg_id, sender_user=sender_user,
+                                        sender_device=sender_device, ts=ts, body=frame.body,
+                                        recipients=group))
+                    for dest, group in groups.items()]
+        return [(dest, Forward(id=0, msg_id=frame.msg_id, sender_user=sender_user,
+                               sender_device=sender_device, ts=ts, recipients=group))
+                for dest, group in groups.items()]
+
+    # ------------------------------------------------------------ storing parts homed here
+
+    async def store_parts(
+        self, parts: list[Part], *, peer_id: str | None = None
+    ) -> list[RelayError | None]:
+        """Check every part and durably enqueue the accepted ones in one ``enqueue_many``
+        call, in order; wake the devices' pushers.
+
+        Args:
+            parts: forwards / group forwards whose recipients are all homed here.
+            peer_id: the node the parts came from: each part's ``sender_user`` must
+                be homed there (``None``: built here from an authenticated device).
+
+        Returns:
+            Per part, in order: ``None`` (stored, or already stored: deduplicated by
+            ``(sender_user, msg_id)``) or the :class:`RelayError` refusing it alone
+            (``bad_request``, ``unknown_user``, ``stale_devices``, ``queue_full``,
+            ``storage_full``, ``storage_unavailable``).
+        """
+        results: list[RelayError | None] = [None] * len(parts)
+        requests: list[EnqueueRequest] = []
+        accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
+        for i, part in enumerate(parts):
+            try:
+                if peer_id is not None:
+                    self.check_from_peer(part.sender_user, peer_id)
+                await self.check_local(part.sender_user, part.sender_device, part_members(part))
+                items = part_items(part)
+            except KNOWN_REFUSALS as exc:
+                results[i] = relay_error_from(exc)
+                continue
+            if not items:
+                continue
+            accepted.append((i, items))
+            requests.append(EnqueueRequest(items, dedupe=dedupe_id(part.sender_user, part.msg_id),
+                                           max_queue=self._max_queue))
+        if not requests:
+            return results
+        try:
+            answers = await self._storage.enqueue_many(requests)
+        except KNOWN_REFUSALS as exc:  # the whole call failed (e.g. the storage is gone)
+            err = relay_error_from(exc)
+            for i, _ in accepted:
+                results[i] = err
+            return results
+        for (i, items), answer in zip(accepted, answers, strict=True):
+            if isinstance(answer, Exception):
+                results[i] = relay_error_from(answer) or RelayError(
+                    ErrorCode.INTERNAL, "the node could not store the message")
+            elif answer is not None:
+                for user_id, device_id, _ in items:
+                    self._notify(user_id, device_id)
+        return results
 
     async def check_local(
         self, sender_user: str, sender_device: int, members: list[tuple[str, list[int]]]
@@ -213,50 +268,27 @@ class Router:
                     await self._on_stale(user_id, sender_user)
                 raise
 
-    async def enqueue_local(
-        self, items: list[tuple[str, int, bytes]], sender_user: str, msg_id: bytes
-    ) -> None:
-        """Durably enqueue one message's envelopes ``(user_id, device_id, envelope)``
-        in one atomic call deduplicated by ``(sender_user, msg_id)``, then wake
-        the devices' pushers (not when the message was already stored).
-
-        Raises:
-            StorageFull, QueueFull: nothing stored.
-        """
-        if not items:
-            return
-        seqs = await self._storage.enqueue(
-            items, dedupe=dedupe_id(sender_user, msg_id), max_queue=self._max_queue,
-        )
-        if seqs is not None:
-            for user_id, device_id, _ in items:
-                self._notify(user_id, device_id)
-
     def check_from_peer(self, sender_user: str, peer_id: str) -> None:
         """Raise ``bad_request`` unless ``sender_user`` is well-formed and homed at
         ``peer_id`` (a peer may only forward what its own users sent)."""
         self._directory.check_homed_at(sender_user, peer_id, "sender")
 
-    async def forward(self, dest: str, fwd: Forward | GroupForward) -> str:
-        """Hand ``fwd`` to node ``dest``: over the peer link, else (link down or slow,
-        or older entries pending for ``dest``) to the durable outbox.
 
-        Returns:
-            ``"stored"`` (``dest`` answered ``ok``) or ``"queued"`` (in the outbox).
+def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:
+    for outcome in outcomes:
+        if isinstance(outcome, RelayError):
+            return outcome.to_frame(request_id)
+    return Sent(id=request_id, status="queued" if "queued" in outcomes else "stored")
 
-        Raises:
-            RelayError: ``dest``'s refusal. StorageFull: the outbox is full.
-        """
-        if self._outbox.has_pending(dest):
-            await self._outbox.put(fwd, dest)
-            return "queued"
-        try:
-            answer = await request_within(self._federation, dest, fwd, self.forward_timeout)
-        except LinkDown:
-            await self._outbox.put(fwd, dest)
-            return "queued"
-        if isinstance(answer, Ok):
-            return "stored"
-        if isinstance(answer, Error):
-            raise RelayError.from_frame(answer)
-        raise RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r} from {dest}")
+
+def outcome_of(answer: Frame, dest: str) -> Outcome:
+    """The outcome of one part from a peer's per-item answer (``ok`` or ``error``)."""
+    if isinstance(answer, Error):
+        return RelayError.from_frame(answer)
+    if answer.TYPE == "ok":
+        return "stored"
+    return RelayError(ErrorCode.INTERNAL, f"unexpected answer {answer.TYPE!r} from {dest}")
+
+
+__all__ = ["GROUP_KIND", "Outcome", "Part", "Router", "dedupe_id", "now_ms", "outcome_of",
+           "part_items", "part_members"]

@@ -2,17 +2,30 @@
 
 Tasks of one connection, all in one nursery:
 
-* the **reader** always drains the WebSocket into a bounded inbox
-  (``INBOX_SIZE`` messages), so trio-websocket keeps answering pings/closes;
-* the **handler** (this task) feeds each message to the sans-I/O
-  :class:`~relay.protocol.connection.ServerConnection` and serves requests;
-  a device's requests are answered one after the other, in order; a peer's
-  (``forward``, ``get_devices``, ``claim_keys``, ``link_*``, ``notify``, ...)
-  run concurrently, at most ``PEER_CONCURRENCY`` at a time, and are answered
-  by id, possibly out of order;
-* the **writer** is the only task that sends; everything goes through a
-  bounded outbox (``OUTBOX_SIZE`` frames), which gives backpressure;
+* the **reader** always drains the WebSocket: it decodes and admits each
+  message at once (:class:`~relay.protocol.connection.ServerConnection`), applies
+  an ``ack`` on the spot (clamped, then coalesced: :mod:`relay.acks`) and
+  queues every other request; it reads ahead at most ``window`` unanswered
+  requests (announced in ``challenge``) and ``READ_AHEAD_BYTES``, then waits
+  (backpressure);
+* the **handler** (this task) takes *every* queued request at each wakeup and
+  serves them in order: a run of consecutive ``send`` / ``group_send`` requests
+  is routed as one batch (:meth:`relay.router.Router.send_batch`: one
+  ``enqueue_many`` for the local parts, ``forward_batch`` lanes for the others),
+  the rest through the node's per-service handler table
+  (:func:`relay.services.table.node_table`). A peer's requests other than
+  forwards run concurrently (at most ``PEER_CONCURRENCY``) and are answered by
+  id, possibly out of order; a peer's forwards are served in order;
+* the **writer** (:class:`relay.writer.FrameWriter`) is the only task that
+  writes: it takes every encoded frame queued (bounded) and writes them with one
+  socket write;
 * after ``sync``, a :class:`~relay.delivery.Pusher` streams the device's queue.
+
+Answers are matched by request id. A remote Close waits until every request
+read before it has been answered and written (:mod:`relay.wsio`); a request
+read before the node closes is answered (or refused) before the node's Close.
+An answer, push or close for a connection that has already ended is dropped
+with a debug line; it never cancels the connection's other requests.
 
 A connection that opened a linking mailbox (``link_open``) owns it: the
 mailbox goes when the connection ends or opens another (:mod:`relay.linking`);
@@ -36,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,62 +57,57 @@ from typing import TYPE_CHECKING
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from relay import lookups
+from relay.acks import AckFlusher
 from relay.admission import HandshakeDeadline, Ticket
 from relay.auth import check_device_auth, check_peer_auth
 from relay.delivery import Pusher
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
 from relay.linking import LinkSlot
-from relay.protocol import (
-    CloseCode,
-    ErrorCode,
-    RemoteProtocolError,
-    write_frame,
-)
+from relay.protocol import CloseCode, ErrorCode, RemoteProtocolError, write_frame
 from relay.protocol.connection import ConnState, ServerConnection
 from relay.protocol.frames import (
     Ack,
     Auth,
     AuthOk,
-    ClaimKeys,
+    BounceBack,
+    Envelope,
     Error,
     Forward,
+    ForwardBatch,
     Frame,
-    GetDevices,
     GroupForward,
     GroupSend,
     Hello,
-    KeyCount,
-    LinkComplete,
-    LinkFetch,
     LinkOpen,
-    MediaDownload,
-    MediaStatus,
-    MediaUpload,
-    Notify,
     Ok,
     PeerAuth,
     Ping,
-    PutDevices,
     Send,
-    Sent,
     Sync,
-    UploadKeys,
 )
+from relay.services.base import Caller, Handler
+from relay.writer import CLOSE_TIMEOUT, FrameWriter
+from relay.wsio import GatedWebSocket
 
 if TYPE_CHECKING:
     from relay.node import Node
 
-INBOX_SIZE = 16
-OUTBOX_SIZE = 16
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+"""Bytes of read but unserved requests after which the reader waits (with the window,
+this bounds a connection's read-ahead memory whatever its frames' sizes)."""
 PEER_CONCURRENCY = 64
-CLOSE_TIMEOUT = 5.0
+_SENDS = (Send, GroupSend)
+_ORDERED_PEER = (Forward, GroupForward, ForwardBatch)
+
 
 
 @dataclass(frozen=True, slots=True)
-class _Close:
-    code: int
-    reason: str
+class _Refusal:
+    """A message that could not be admitted: its error answer, in reading order."""
+
+    error: Error
+    close_code: int | None
+    code: str
 
 
 class Connection:
@@ -115,10 +124,20 @@ class Connection:
         self._deadline = HandshakeDeadline(node.config.handshake_timeout)
         self._log: logging.Logger = node.log
         self._conn = ServerConnection(node.limits)  # peers: node.limits.for_peers()
-        self._in_send, self._in_recv = trio.open_memory_channel[bytes | str](INBOX_SIZE)
-        self._out_send, self._out_recv = trio.open_memory_channel[Frame | _Close](OUTBOX_SIZE)
+        self._caller = Caller()
+        self._requests: deque[Frame | _Refusal] = deque()
+        self._queued_bytes = 0
+        self._more = trio.Event()  # the reader queued something (or ended)
+        self._room = trio.Event()  # the handler took the queue
+        self._reading = True
+        self._busy = False
+        self._peer_tasks = 0
+        self._progress = trio.Event()
+        self._out = FrameWriter(ws, remote, on_progress=self._signal, on_remote_close=self._end)
         self._cancel = trio.CancelScope()
         self._pusher: Pusher | None = None
+        self._acks: AckFlusher | None = None
+        self._acked = 0
         self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
         self._exits = ExitStack()
         self._nursery: trio.Nursery | None = None
@@ -127,16 +146,19 @@ class Connection:
         self._revoked = False
         self._started = trio.current_time()
         self._ended: str | None = None  # why the connection ends (the first reason wins)
+        self._own: dict[type[Frame], Handler] = {
+            Hello: self._hello, Ping: self._ping, Auth: self._auth, PeerAuth: self._peer_auth,
+            LinkOpen: self._link_open, Sync: self._sync,
+        }
+        if isinstance(ws, GatedWebSocket):
+            ws.close_gate = self._settle
 
     # ----------------------------------------------------------------- Session
 
     def push_nowait(self, frame: Frame) -> bool:
-        """Queue a push (e.g. ``key_count``) without blocking; ``False`` if saturated."""
-        try:
-            self._out_send.send_nowait(frame)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        return True
+        """Queue a push (e.g. ``key_count``) without blocking; ``False`` if saturated
+        or the connection has ended."""
+        return self._out.push_nowait(write_frame(frame))
 
     def kick(self) -> None:
         """Drop this connection (its device authenticated on a newer one)."""
@@ -150,10 +172,9 @@ class Connection:
         self._end(f"closed {CloseCode.POLICY_VIOLATION:d} device removed")
         frame = Error(id=0, code=ErrorCode.UNKNOWN_DEVICE.value,
                       message="this device was removed from the account's device list")
-        close = _Close(CloseCode.POLICY_VIOLATION, "device removed")
-        if not (self.push_nowait(frame) and self.push_nowait(close)):  # type: ignore[arg-type]
+        if not (self.push_nowait(frame)
+                and self._out.close_nowait(CloseCode.POLICY_VIOLATION, "device removed")):
             self._cancel.cancel()
-
 
     # ----------------------------------------------------------------- running
 
@@ -165,9 +186,12 @@ class Connection:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._reader)
-                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._out.run, self._cancel)
                     nursery.start_soon(self._handshake_deadline)
-                    await self._handle_all(nursery)
+                    await self._handle_all()
+                    if self._acks is not None:  # acks read before the end are applied
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await self._acks.flushed()
                     await self._close(CloseCode.NORMAL, "")
         except Exception:  # noqa: BLE001 - the per-connection boundary: log, internal, close 1011
             self._log.exception("connection %s (%s): unexpected error", self._remote,
@@ -193,6 +217,10 @@ class Connection:
             return f"peer {self._conn.peer_id}"
         return "unauthenticated"
 
+    def _signal(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
     async def _handshake_deadline(self) -> None:
         if not await self._deadline.wait():
             return
@@ -201,189 +229,234 @@ class Connection:
         frame = Error(id=0, code=ErrorCode.UNAUTHORIZED.value,
                       message="authenticate within "
                               f"{self._node.config.handshake_timeout:g} s of connecting")
-        close = _Close(CloseCode.POLICY_VIOLATION, "handshake timeout")
-        if self.push_nowait(frame) and self.push_nowait(close):  # type: ignore[arg-type]
-            await trio.sleep(CLOSE_TIMEOUT)  # the writer cancels us once closed
-        self._cancel.cancel()
+        await self._send(frame)
+        await self._close(CloseCode.POLICY_VIOLATION, "handshake timeout")
 
     def _authenticated(self) -> None:
         self._deadline.done()
         self._ticket.authenticated()
 
+    # ----------------------------------------------------------------- reading
+
     async def _reader(self) -> None:
-        async with self._in_send:
+        try:
             while True:
                 try:
                     message = await self._ws.get_message()
                 except ConnectionClosed as exc:
-                    self._end(f"closed by the remote ({exc.reason.code})")
+                    reason = exc.reason.code if exc.reason is not None else "?"
+                    self._end(f"closed by the remote ({reason})")
                     return
-                await self._in_send.send(message)
+                self._take(message)
+                if isinstance(self._ws, GatedWebSocket):  # what is buffered, without yielding
+                    while len(self._requests) < self._conn.window:
+                        more = self._ws.get_message_nowait()
+                        if more is None:
+                            break
+                        self._take(more)
+                while (len(self._requests) >= self._conn.window
+                       or self._queued_bytes >= READ_AHEAD_BYTES):
+                    self._room = trio.Event()
+                    await self._room.wait()
+        finally:
+            self._reading = False
+            self._more.set()
+            self._signal()
 
-    async def _writer(self) -> None:
-        async with self._out_recv:
-            async for item in self._out_recv:
-                if isinstance(item, _Close):
-                    with trio.move_on_after(CLOSE_TIMEOUT):
-                        await self._ws.aclose(item.code, item.reason)
-                    break
+    def _take(self, message: bytes | str) -> None:
+        """Decode and admit one message; apply an ack now, queue anything else."""
+        try:
+            frame = self._conn.receive_data(message)
+        except RemoteProtocolError as exc:
+            self._requests.append(_Refusal(self._conn.error_frame(exc), exc.close_code,
+                                           exc.code.value))
+        else:
+            if isinstance(frame, Ack):
+                self._ack(frame.seq)
+                self._signal()
+                return
+            self._requests.append(frame)
+        self._queued_bytes += len(message)
+        self._more.set()
+        self._signal()
+
+    def _ack(self, seq: int) -> None:
+        """A cumulative ack: clamp it to what this connection delivered, then delete
+        (coalesced: :class:`relay.acks.AckFlusher`)."""
+        if self._revoked or self._pusher is None or self._acks is None:
+            return  # nothing was delivered on this connection: nothing to delete
+        seq = min(seq, self._pusher.delivered)
+        if seq <= self._acked:
+            return
+        self._acked = seq
+        self._pusher.on_ack(seq)
+        self._acks.post(seq)
+
+    # ----------------------------------------------------------------- handling
+
+    async def _handle_all(self) -> None:
+        """Serve queued requests until the reader ended and everything read is answered."""
+        async with trio.open_nursery() as peers:
+            while True:
+                if not self._requests:
+                    if not self._reading:
+                        return  # the peer nursery waits for requests still running
+                    self._more = trio.Event()
+                    await self._more.wait()
+                    continue
+                batch = list(self._requests)
+                self._requests.clear()
+                self._queued_bytes = 0
+                self._room.set()
+                self._busy = True
                 try:
-                    await self._ws.send_message(write_frame(item))
-                except ConnectionClosed as exc:
-                    self._end(f"closed by the remote ({exc.reason.code})")
-                    break
-        self._cancel.cancel()
+                    if not await self._serve(batch, peers):
+                        return
+                finally:
+                    self._busy = False
+                    self._signal()
 
-    async def _send(self, frame: Frame) -> None:
-        await self._out_send.send(frame)
-
-    async def _close(self, code: int, reason: str) -> None:
-        """Flush queued frames, close with ``code`` and end the connection."""
-        self._end(f"closed {code} {reason}".rstrip())
-        await self._out_send.send(_Close(code, reason))
-        await trio.sleep(CLOSE_TIMEOUT)  # the writer cancels us once closed
-        self._cancel.cancel()
-
-    async def _handle_all(self, nursery: trio.Nursery) -> None:
-        async for message in self._in_recv:
-            try:
-                frame = self._conn.receive_data(message)
-            except RemoteProtocolError as exc:
-                self._log.debug("connection %s: %s (%s)", self._remote, exc.code.value, self._who())
-                await self._send(self._conn.error_frame(exc))
-                if exc.close_code is not None:
-                    await self._close(exc.close_code, exc.code.value)
+    async def _serve(self, batch: list[Frame | _Refusal], peers: trio.Nursery) -> bool:
+        """Serve ``batch`` in order; ``False`` once the connection must close."""
+        i = 0
+        while i < len(batch):
+            item = batch[i]
+            if isinstance(item, _Refusal):
+                self._log.debug("connection %s: %s (%s)", self._remote, item.code, self._who())
+                await self._send(item.error)
+                if item.close_code is not None:
+                    await self._close(item.close_code, item.code)
+                    return False
+                i += 1
                 continue
-            if self._conn.state is ConnState.PEER and not isinstance(frame, PeerAuth):
+            if self._revoked:  # refuse what was read; the close (1008) follows
+                await self._send(Error(id=item.id, code=ErrorCode.UNKNOWN_DEVICE.value,
+                                       message="this device was removed"))
+                i += 1
+                continue
+            if isinstance(item, _SENDS) and self._conn.state is ConnState.CLIENT:
+                j = i + 1
+                while j < len(batch) and isinstance(batch[j], _SENDS):
+                    j += 1
+                user_id, device_id = self._caller.device()
+                answers = await self._node.router.send_batch(user_id, device_id, batch[i:j])  # type: ignore[arg-type]
+                for answer in answers:
+                    self._note_refusal(answer)
+                await self._out.send_many([write_frame(a) for a in answers])
+                i = j
+                continue
+            if self._conn.state is ConnState.PEER and not isinstance(item, _ORDERED_PEER):
                 await self._peer_slots.acquire()
-                nursery.start_soon(self._peer_request, frame)
+                self._peer_tasks += 1
+                peers.start_soon(self._peer_request, item)
             else:
-                await self._request(frame)
+                await self._request(item)
+            i += 1
+        return True
 
     async def _peer_request(self, frame: Frame) -> None:
         try:
             await self._request(frame)
         finally:
             self._peer_slots.release()
+            self._peer_tasks -= 1
+            self._signal()
 
     async def _request(self, frame: Frame) -> None:
-        if self._revoked:
-            return
+        handler = self._own.get(type(frame)) or self._node.handlers.get(type(frame))
         try:
-            answer = await self._dispatch(frame)
+            if handler is None:
+                raise RelayError(ErrorCode.BAD_REQUEST,
+                                 f"{frame.TYPE!r} is not supported by this node yet")
+            answer = await handler(self._caller, frame)
         except KNOWN_REFUSALS as exc:
             err = relay_error_from(exc)
             assert err is not None
-            self._log.debug("%s %s -> %s", self._who(), frame.TYPE, err.code.value)
-            if err.code is ErrorCode.STORAGE_FULL:
-                self._node.full_log.note(frame.TYPE, trio.current_time())
             answer = err.to_frame(frame.id)
+            self._note_refusal(answer, frame.TYPE)
         if answer is not None:
             await self._send(answer)
 
-    # ----------------------------------------------------------------- requests
+    def _note_refusal(self, answer: Frame, what: str = "send") -> None:
+        if isinstance(answer, Error):
+            self._log.debug("%s %s -> %s", self._who(), what, answer.code)
+            if answer.code == ErrorCode.STORAGE_FULL.value:
+                self._node.full_log.note(what, trio.current_time())
 
-    async def _dispatch(self, frame: Frame) -> Frame | None:
-        node = self._node
-        match frame:
-            case Hello():
-                return self._conn.challenge(os.urandom(32), node.id, node.ring.version)
-            case Ping():
-                return Ok(id=frame.id)
-            case Auth():
-                return await self._auth(frame)
-            case PeerAuth():
-                return self._peer_auth(frame)
-            case PutDevices():
-                await node.changes.publish(frame.device_list)
-                return Ok(id=frame.id)
-            case LinkOpen():
-                assert self._nursery is not None
-                opened = self._link.open(frame.device_info, self._nursery)
-                self._deadline.extend(node.linking.ttl + node.config.handshake_timeout)
-                return dataclasses.replace(opened, id=frame.id)
-            case LinkFetch() | LinkComplete():
-                return await node.linking.handle(
-                    frame, from_peer=self._conn.state is ConnState.PEER)
-            case Notify():
-                await node.changes.receive(frame, self._conn.peer_id)  # type: ignore[arg-type]
-                return Ok(id=frame.id)
-            case GetDevices():
-                peer = self._conn.state is ConnState.PEER
-                return await lookups.get_devices(
-                    node, frame, user_id=None if peer else self._conn.user_id,
-                    peer_id=self._conn.peer_id if peer else None)
-            case UploadKeys():
-                count = await node.directory.upload_keys(
-                    self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
-                    frame.one_time_keys, frame.fallback_key,
-                )
-                return KeyCount(id=frame.id, otk_count=count)
-            case ClaimKeys():
-                return await lookups.claim_keys(
-                    node, frame, from_peer=self._conn.state is ConnState.PEER)
-            case Send():
-                status = await node.router.send(
-                    self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
-                    frame.msg_id, frame.recipients,
-                )
-                return Sent(id=frame.id, status=status)
-            case Forward():
-                node.router.check_from_peer(frame.sender_user, self._conn.peer_id)  # type: ignore[arg-type]
-                await node.router.store_local(frame)
-                return Ok(id=frame.id)
-            case GroupSend():
-                status = await node.groups.send(
-                    self._conn.user_id, self._conn.device_id,  # type: ignore[arg-type]
-                    frame.msg_id, frame.body, frame.recipients,
-                )
-                return Sent(id=frame.id, status=status)
-            case GroupForward():
-                node.router.check_from_peer(frame.sender_user, self._conn.peer_id)  # type: ignore[arg-type]
-                await node.groups.store_local(frame)
-                return Ok(id=frame.id)
-            case MediaUpload():
-                return await node.media.upload(self._conn.user_id, frame)  # type: ignore[arg-type]
-            case MediaStatus():
-                return await node.media.status(frame)
-            case MediaDownload():
-                return await node.media.download(
-                    frame, from_peer=self._conn.state is ConnState.PEER)
-            case Sync():
-                return self._start_sync()
-            case Ack():
-                user_id, device_id = self._conn.user_id, self._conn.device_id
-                await node.storage.ack(user_id, device_id, frame.seq)  # type: ignore[arg-type]
-                if self._pusher is not None:
-                    self._pusher.on_ack(frame.seq)
-                return None
-        raise RelayError(ErrorCode.BAD_REQUEST, f"{frame.TYPE!r} is not supported by this node yet")
+    # ----------------------------------------------------------------- writing
 
-    async def _auth(self, frame: Auth) -> Frame:
+    async def _send(self, frame: Frame) -> None:
+        await self._out.send(write_frame(frame))
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Flush queued frames, close with ``code`` and end the connection."""
+        self._end(f"closed {code} {reason}".rstrip())
+        await self._out.close(code, reason)
+        self._cancel.cancel()
+
+    async def _settle(self, buffered) -> None:
+        """Close gate (:mod:`relay.wsio`): return once every message read has been
+        served, every answer written and every ack applied."""
+        while buffered() or self._requests or self._busy or self._peer_tasks or self._out.unwritten:
+            if self._out.done.is_set():
+                return
+            await self._progress.wait()
+        if self._acks is not None:  # acks read before the Close are applied too
+            await self._acks.flushed()
+
+    # ----------------------------------------------------------------- own requests
+
+    async def _hello(self, caller: Caller, frame: Frame) -> Frame:
+        return self._conn.challenge(os.urandom(32), self._node.id, self._node.ring.version)
+
+    async def _ping(self, caller: Caller, frame: Frame) -> Frame:
+        return Ok(id=frame.id)
+
+    async def _auth(self, caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, Auth)
         node = self._node
         await check_device_auth(node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_client(frame.user_id, frame.device_id)
+        self._caller = Caller(user_id=frame.user_id, device_id=frame.device_id)
         self._authenticated()
         self._exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
         self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
         count = await node.directory.key_count(frame.user_id, frame.device_id)
         return AuthOk(id=frame.id, otk_count=count)
 
-    def _peer_auth(self, frame: PeerAuth) -> Frame:
+    async def _peer_auth(self, caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, PeerAuth)
         answer = check_peer_auth(self._node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_peer(frame.node_id)
+        self._caller = Caller(peer_id=frame.node_id)
         self._authenticated()
         self._node.federation.kick(frame.node_id)  # it is up: our link to it may reconnect now
         self._log.debug("peer %s authenticated", frame.node_id)
         return answer
 
-    def _start_sync(self) -> None:
+    async def _link_open(self, caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, LinkOpen) and self._nursery is not None
+        node = self._node
+        opened = self._link.open(frame.device_info, self._nursery)
+        self._deadline.extend(node.linking.ttl + node.config.handshake_timeout)
+        return dataclasses.replace(opened, id=frame.id)
+
+    async def _bounce_remote(self, envelope: Envelope) -> None:
+        """Hand a ``bounce`` for a sender homed at another node to the durable outbox."""
+        home = self._node.ring.home(envelope.sender_user).id
+        await self._node.outbox.put(BounceBack(id=0, envelope=envelope), home)
+
+    async def _sync(self, caller: Caller, frame: Frame) -> None:
         if self._pusher is not None:
             raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
         node = self._node
-        self._pusher = Pusher(node.storage, node.registry, self._conn.user_id,  # type: ignore[arg-type]
-                              self._conn.device_id, self._send,  # type: ignore[arg-type]
-                              queue_ttl=node.config.queue_ttl)
+        user_id, device_id = caller.device()
+        self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._out.send,
+                              max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
+                              is_local=node.directory.is_home, notify=node.registry.notify,
+                              bounce_remote=self._bounce_remote, log=node.log)
+        self._acks = AckFlusher(node.storage, user_id, device_id, node.log)
         assert self._nursery is not None
         self._nursery.start_soon(self._pusher.run)
+        self._nursery.start_soon(self._acks.run)
         return None

@@ -89,6 +89,14 @@ class Envelope:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class DeliverItem:
+    """One queued envelope in a ``deliver`` frame: its per-device ``seq`` and the envelope."""
+
+    seq: int
+    envelope: Envelope
+
+
 # -- groups
 
 

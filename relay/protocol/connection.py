@@ -30,10 +30,12 @@ from .frames import (
     SUPPORTED_VERSIONS,
     Ack,
     Auth,
+    BounceBack,
     Challenge,
     ClaimKeys,
     Error,
     Forward,
+    ForwardBatch,
     Frame,
     GetDevices,
     GroupForward,
@@ -57,6 +59,9 @@ from .frames import (
 
 MAX_BAD_FRAMES = 5
 NONCE_SIZE = 32
+WINDOW = 128
+"""Requests a device or peer may have in flight on one connection (announced in
+``challenge.window``); the node reads ahead at most that many unanswered requests."""
 
 
 class ConnState(enum.Enum):
@@ -79,7 +84,7 @@ _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
 )
 _PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
     {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify, GroupForward,
-     MediaDownload}
+     MediaDownload, ForwardBatch, BounceBack}
 )
 _ALL_REQUESTS = _CLIENT_PRE_AUTH | _PEER_PRE_AUTH | _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello}
 
@@ -94,6 +99,7 @@ class ServerConnection:
             frame plus forward headers).
         max_bad_frames: consecutive rejected frames after which the error
             carries close code 1008.
+        window: requests the other end may have in flight (``challenge.window``).
 
     Attributes:
         state: the current :class:`ConnState`.
@@ -107,8 +113,9 @@ class ServerConnection:
 
     def __init__(
         self, limits: Limits = DEFAULT_LIMITS, max_bad_frames: int = MAX_BAD_FRAMES, *,
-        peer_limits: Limits | None = None,
+        peer_limits: Limits | None = None, window: int = WINDOW,
     ) -> None:
+        self.window = window
         self.limits = limits
         self.budget = limits  # the size budget announced in ``challenge``
         self.peer_limits = peer_limits if peer_limits is not None else limits.for_peers()
@@ -225,6 +232,7 @@ class ServerConnection:
             id=self.last_request_id, version=PROTOCOL_VERSION, node_id=node_id,
             ring_version=ring_version, nonce=nonce,
             max_frame=self.budget.max_frame, max_envelope=self.budget.max_envelope,
+            window=self.window,
         )
 
     def mark_authenticated_client(self, user_id: str, device_id: int) -> None:

@@ -1,4 +1,4 @@
-"""Frame types of the wa-relay wire protocol, version 1 (see docs/protocol.md).
+"""Frame types of the wa-relay wire protocol, version 2 (see docs/protocol.md).
 
 Every frame is a msgpack map ``{"t": TYPE, "id": REQUEST_ID, ...fields}``.
 Requests carry a positive ``id`` chosen by the sender; the answer (a typed
@@ -13,7 +13,8 @@ class at import (:mod:`relay.protocol._convert`).
 This module holds the handshake, key-directory and messaging frames and
 re-exports the rest, so import every frame and nested value from here: the
 base and nested values (:mod:`._frame_base`), linking (:mod:`._linking_frames`),
-media (:mod:`._media_frames`) and group (:mod:`._group_frames`) frames.
+media (:mod:`._media_frames`), group (:mod:`._group_frames`) and batched
+node-to-node (:mod:`._batch_frames`) frames.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ._batch_frames import BounceBack, ForwardBatch, Results
 from ._convert import FieldError, compile_classes, plain
 from ._frame_base import (
     ClaimedKey,
     Copy,
+    DeliverItem,
     Envelope,
     Frame,
     GroupRecipient,
@@ -38,20 +41,21 @@ from ._media_frames import MediaChunk, MediaDownload, MediaProgress, MediaStatus
 from .codec import DEFAULT_LIMITS, Limits, encode
 from .errors import ErrorCode, RemoteProtocolError
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
 
 __all__ = [
     "FRAME_TYPES", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS",
     # nested values
-    "ClaimedKey", "Copy", "Envelope", "GroupRecipient", "OneTimeKey", "Recipient",
+    "ClaimedKey", "Copy", "DeliverItem", "Envelope", "GroupRecipient", "OneTimeKey", "Recipient",
     "SignedDeviceList",
     # frames
-    "Ack", "Auth", "AuthOk", "Challenge", "ClaimKeys", "Claimed", "Deliver", "Devices", "Error",
-    "Forward", "Frame", "GetDevices", "GroupForward", "GroupSend", "Hello", "KeyCount",
+    "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
+    "Devices", "Error",
+    "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend", "Hello", "KeyCount",
     "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
-    "PeerAuthOk", "Ping", "PutDevices", "Send", "Sent", "Sync", "Synced", "UploadKeys",
+    "PeerAuthOk", "Ping", "PutDevices", "Results", "Send", "Sent", "Sync", "Synced", "UploadKeys",
     # functions
     "check_budget", "error_for", "parse", "to_wire",
 ]
@@ -75,7 +79,8 @@ class Challenge(Frame):
     """Node's answer to ``hello``: chosen version, its node id, ring version and a 32-byte
     nonce, plus the node's size budget (``max_frame``, ``max_envelope``, bytes): a client
     refuses to send an envelope above ``max_envelope``; peers refuse to link when their
-    budgets differ (docs/protocol.md, "Size budget")."""
+    budgets differ (docs/protocol.md, "Size budget"). ``window`` is how many requests
+    the sender may have in flight on this connection (pipelining; answers come by id)."""
 
     TYPE: ClassVar[str] = "challenge"
     version: int
@@ -84,6 +89,7 @@ class Challenge(Frame):
     nonce: bytes
     max_frame: int | None = None
     max_envelope: int | None = None
+    window: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +239,11 @@ class Sync(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Deliver(Frame):
-    """Push (id 0): one queued envelope with its per-device sequence number."""
+    """Push (id 0): one or more queued envelopes of the device, in ``seq`` order
+    (packed to fit ``max_frame``)."""
 
     TYPE: ClassVar[str] = "deliver"
-    seq: int
-    envelope: Envelope
+    items: list[DeliverItem]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +255,9 @@ class Synced(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Ack(Frame):
-    """The device has durably processed everything up to and including ``seq``.
-    No answer is sent (``id`` may be 0)."""
+    """Cumulative: the device has durably processed everything up to and including
+    ``seq``; the node deletes those envelopes (``seq`` above the highest seq delivered
+    on this connection is clamped to it). No answer is sent (``id`` may be 0)."""
 
     TYPE: ClassVar[str] = "ack"
     seq: int
@@ -310,12 +317,17 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
-        GroupSend, GroupForward,
+        GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
     )
 }
 
+_BATCHES: dict[type[Frame], tuple[type[Frame], ...]] = {
+    ForwardBatch: (Forward, GroupForward, Notify, BounceBack),
+    Results: (Ok, Error),
+}
+"""Frames whose ``items`` are whole nested frames, and the item types they allow."""
 
-_READERS, _WRITERS = compile_classes(FRAME_TYPES.values())
+_READERS, _WRITERS = compile_classes(c for c in FRAME_TYPES.values() if c not in _BATCHES)
 
 
 def parse(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -349,6 +361,8 @@ def _parse(data: dict[str, Any], limits: Limits) -> Frame:
         raise RemoteProtocolError(
             ErrorCode.BAD_FRAME, f"field 't': expected str, got {type(t).__name__}"
         )
+    if cls in _BATCHES:
+        return _parse_batch(cls, data, limits)
     try:
         frame = _READERS[cls](data)
     except FieldError as exc:
@@ -380,6 +394,28 @@ def _parse(data: dict[str, Any], limits: Limits) -> Frame:
             for c in r.copies:
                 _check_envelope(len(c.body), limits)
     return frame
+
+
+def _parse_batch(cls: type[Frame], data: dict[str, Any], limits: Limits) -> Frame:
+    rid, items = data.get("id"), data.get("items")
+    if type(rid) is not int or rid < 0:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "field 'id': expected an int >= 0")
+    if not isinstance(items, list):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "field 'items': expected array")
+    allowed = _BATCHES[cls]
+    frames = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"field 'items[{i}]': expected map")
+        try:
+            frame = _parse(item, limits)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(exc.code, f"items[{i}]: {exc.message}") from None
+        if type(frame) not in allowed:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FRAME, f"items[{i}]: a {frame.TYPE!r} cannot be in a {cls.TYPE}")
+        frames.append(frame)
+    return cls(rid, frames)  # type: ignore[call-arg]
 
 
 def check_budget(frame: Frame, limits: Limits) -> bytes:
@@ -414,6 +450,10 @@ def _check_envelope(size: int, limits: Limits) -> None:
 
 def to_wire(frame: Frame) -> dict[str, Any]:
     """The msgpack-ready map of ``frame`` (``None`` fields are omitted)."""
+    if type(frame) in _BATCHES:
+        out = {"id": frame.id, "items": [to_wire(f) for f in frame.items]}  # type: ignore[attr-defined]
+        out["t"] = frame.TYPE
+        return out
     writer = _WRITERS.get(type(frame))
     out = writer(frame) if writer is not None else plain(frame)
     out["t"] = frame.TYPE

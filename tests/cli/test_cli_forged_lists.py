@@ -16,7 +16,16 @@ from cli import crypto
 from cli.client import Client, DevicesChanged, Dropped, init_account
 from cli.errors import RelayError, SendFailed
 from cli.state import DeviceListRejected, create_state
-from relay.protocol.frames import Claimed, ClaimedKey, Deliver, Devices, Envelope, Error, Sent
+from relay.protocol.frames import (
+    Claimed,
+    ClaimedKey,
+    Deliver,
+    DeliverItem,
+    Devices,
+    Envelope,
+    Error,
+    Sent,
+)
 
 GHOST = 9
 DEADLINE = 10
@@ -151,9 +160,9 @@ async def test_three_stale_rounds_give_a_clear_error(pair):
 
 def _notice(seq, bob, signed):
     body = msgpack.packb({"body": signed.body, "signature": signed.signature})
-    return Deliver(id=0, seq=seq, envelope=Envelope(
+    return Deliver(id=0, items=[DeliverItem(seq, Envelope(
         msg_id=bytes([seq]) * 16, sender_user=bob.user_id, sender_device=0, ts=1,
-        kind="device_list", body=body))
+        kind="device_list", body=body))])
 
 
 async def test_device_list_notices_are_verified(pair):
@@ -165,9 +174,9 @@ async def test_device_list_notices_are_verified(pair):
     for seq, signed in enumerate([bob_list(bob, 3, key=crypto.new_account_key()), v2, v2,
                                   bob.device_lists[bob.user_id].signed], start=1):
         relay.push.send_nowait(_notice(seq, bob, signed))
-    relay.push.send_nowait(Deliver(id=0, seq=5, envelope=Envelope(
+    relay.push.send_nowait(Deliver(id=0, items=[DeliverItem(5, Envelope(
         msg_id=b"\x05" * 16, sender_user=bob.user_id, sender_device=0, ts=1,
-        kind="device_list", body=b"\x93garbage")))
+        kind="device_list", body=b"\x93garbage"))]))
     receiver = client.receive()
     with trio.fail_after(5):
         forged, added, bad = [await receiver.__anext__() for _ in range(3)]

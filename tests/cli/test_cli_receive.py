@@ -18,6 +18,7 @@ from relay.protocol.frames import (
     Claimed,
     ClaimedKey,
     Deliver,
+    DeliverItem,
     Devices,
     Envelope,
     Sent,
@@ -70,9 +71,9 @@ def _olm_to(bob, sender, plaintext):
 
 
 def _deliver(seq, msg_id, sender, body, kind="olm", device=0):
-    return Deliver(id=0, seq=seq, envelope=Envelope(
+    return Deliver(id=0, items=[DeliverItem(seq, Envelope(
         msg_id=msg_id, sender_user=sender.user_id, sender_device=device, ts=1, kind=kind,
-        body=body))
+        body=body))])
 
 
 async def _events(client, n):
@@ -184,9 +185,9 @@ async def test_bounce_is_reencrypted_and_resent_with_the_same_msg_id(pair):
     result = await client.send_text(bob.user_id, "hello")
     assert result.status == "queued"
     bounce = msgpack.packb({"code": "stale_devices", "message": "gone", "user_id": bob.user_id})
-    conn.push.send_nowait(Deliver(id=0, seq=1, envelope=Envelope(
+    conn.push.send_nowait(Deliver(id=0, items=[DeliverItem(1, Envelope(
         msg_id=result.msg_id, sender_user=alice.user_id, sender_device=0, ts=1, kind="bounce",
-        body=bounce)))
+        body=bounce))]))
     with trio.fail_after(5):
         (event,) = await _events(client, 1)
     assert isinstance(event, Bounce)

@@ -117,7 +117,7 @@ BAD_FRAMES = {
 }
 
 # A valid hello carrying a deeply nested unknown field: ignored, answered by a challenge.
-DEEP_EXTRA_HELLO = (b"\x85\xa1t\xa5hello\xa2id\x07\xa4role\xa6client\xa8versions\x91\x01"
+DEEP_EXTRA_HELLO = (b"\x85\xa1t\xa5hello\xa2id\x07\xa4role\xa6client\xa8versions\x91\x02"
                     b"\xa1x" + b"\x91" * 1020 + b"\xc0")
 
 
@@ -135,7 +135,7 @@ async def check_handshake(url: str) -> dict:
     (challenge,) = reply.frames
     assert challenge["t"] == "challenge"
     assert challenge["id"] == 7
-    assert challenge["version"] == 1
+    assert challenge["version"] == 2
     assert challenge["node_id"] == "n1"
     assert isinstance(challenge["nonce"], bytes) and len(challenge["nonce"]) == 32
     return challenge

@@ -14,12 +14,13 @@ from relay.protocol import (
     encode,
     write_frame,
 )
-from relay.protocol.connection import ConnState, ServerConnection
+from relay.protocol.connection import WINDOW, ConnState, ServerConnection
 from relay.protocol.frames import (
     Ack,
     Auth,
     Challenge,
     Deliver,
+    DeliverItem,
     Envelope,
     Error,
     Forward,
@@ -35,7 +36,7 @@ UID = "a" * 52
 NONCE = b"n" * 32
 
 
-def _hello(role: str = "client", versions=(1,), rid: int = 1) -> bytes:
+def _hello(role: str = "client", versions=(2,), rid: int = 1) -> bytes:
     return write_frame(Hello(id=rid, versions=list(versions), role=role))
 
 
@@ -43,8 +44,8 @@ def _awaiting_auth(role: str = "client") -> ServerConnection:
     conn = ServerConnection()
     assert isinstance(conn.receive_data(_hello(role)), Hello)
     ch = conn.challenge(NONCE, "n1", "rv")
-    assert ch == Challenge(id=1, version=1, node_id="n1", ring_version="rv", nonce=NONCE,
-                          max_frame=1024 * 1024, max_envelope=256 * 1024)
+    assert ch == Challenge(id=1, version=2, node_id="n1", ring_version="rv", nonce=NONCE,
+                          max_frame=1024 * 1024, max_envelope=256 * 1024, window=WINDOW)
     return conn
 
 
@@ -107,7 +108,7 @@ def test_requests_before_auth_are_unauthorized() -> None:
 
 def test_pushes_from_a_client_are_not_requests() -> None:
     conn = _awaiting_auth("client")
-    deliver = Deliver(id=0, seq=1, envelope=Envelope(b"m" * 16, UID, 0, 1, "olm", b""))
+    deliver = Deliver(id=0, items=[DeliverItem(1, Envelope(b"m" * 16, UID, 0, 1, "olm", b""))])
     assert _error(conn, write_frame(deliver)).code is ErrorCode.BAD_FRAME
 
 

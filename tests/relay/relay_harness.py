@@ -29,6 +29,7 @@ from relay.protocol.frames import (
     Challenge,
     Copy,
     Deliver,
+    DeliverItem,
     Frame,
     OneTimeKey,
     PeerAuthOk,
@@ -252,13 +253,14 @@ async def published(cluster: Cluster, *homes: str) -> list[UserDevice]:
     return devices
 
 
-async def deliveries(client: RawClient, n: int) -> list[Deliver]:
-    """Receive until ``n`` deliver frames arrived; other frames (synced, answers) are skipped."""
-    got = []
+async def deliveries(client: RawClient, n: int) -> list[DeliverItem]:
+    """Receive until ``n`` delivered envelopes arrived (``deliver`` frames carry one or
+    more); other frames (synced, answers) are skipped."""
+    got: list[DeliverItem] = []
     while len(got) < n:
         frame = await client.recv()
         if isinstance(frame, Deliver):
-            got.append(frame)
+            got.extend(frame.items)
     return got
 
 

@@ -8,6 +8,7 @@ import trio
 from relay_harness import Cluster, device_homed_at, make_configs, publish, session
 
 from relay.delivery import DeviceRegistry, Pusher, pack_envelope
+from relay.protocol import read_frame
 from relay.protocol.frames import Deliver, Envelope, Frame, Sync, Synced
 from storage.memory import MemoryStorage
 
@@ -26,7 +27,8 @@ async def test_pusher_skips_envelopes_older_than_the_ttl() -> None:
     sent: list[Frame] = []
     done = trio.Event()
 
-    async def send(frame: Frame) -> None:
+    async def send(data: bytes) -> None:
+        frame = read_frame(data)
         sent.append(frame)
         if isinstance(frame, Synced):
             done.set()
@@ -37,8 +39,9 @@ async def test_pusher_skips_envelopes_older_than_the_ttl() -> None:
             nursery.start_soon(pusher.run)
             await done.wait()
             nursery.cancel_scope.cancel()
-    delivered = [(f.seq, f.envelope.body) for f in sent if isinstance(f, Deliver)]
+    delivered = [(i.seq, i.envelope.body) for f in sent if isinstance(f, Deliver) for i in f.items]
     assert delivered == [(2, b"edge"), (3, b"new")]
+    assert len(sent) == 2  # both in one deliver frame, then synced
     assert isinstance(sent[-1], Synced)
     assert pusher.in_flight == 2
 
@@ -69,6 +72,7 @@ async def test_node_does_not_deliver_expired_envelopes_before_the_sweep(nursery)
             frames = []
             while not frames or not isinstance(frames[-1], Synced):
                 frames.append(await b.recv())
-        delivered = [(f.seq, f.envelope.body) for f in frames if isinstance(f, Deliver)]
+        delivered = [(i.seq, i.envelope.body) for f in frames if isinstance(f, Deliver)
+                     for i in f.items]
         assert delivered == [(2, b"fresh")]
         assert await st.queue_length(bob.user_id, 0) == 2  # the sweep deletes the stale one

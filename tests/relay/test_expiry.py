@@ -42,6 +42,6 @@ async def test_outbox_entry_older_than_ttl_bounces(nursery) -> None:
         async with session(cluster.url("n1"), alice) as a:
             await a.send(Sync(id=2))
             frame = await a.recv()
-            assert isinstance(frame, Deliver) and frame.envelope.kind == "bounce"
-            assert frame.envelope.msg_id == b"o" * 16
+            assert isinstance(frame, Deliver) and frame.items[0].envelope.kind == "bounce"
+            assert frame.items[0].envelope.msg_id == b"o" * 16
         assert await st.outbox_list("n2") == []

@@ -18,7 +18,7 @@ async def test_hello_challenge_and_auth(node1) -> None:
         assert isinstance(await publish(url, dev), Ok)
         async with connect(url) as c:
             ch = await c.hello()
-            assert ch.node_id == "n1" and ch.version == 1 and len(ch.nonce) == 32
+            assert ch.node_id == "n1" and ch.version == 2 and ch.window == 128 and len(ch.nonce) == 32
             assert ch.ring_version == node1.ring.version
             ok = await c.auth(dev)
             assert ok == AuthOk(id=ok.id, otk_count=0)

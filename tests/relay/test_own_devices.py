@@ -50,7 +50,7 @@ async def test_own_other_devices_are_checked_exactly(cluster3) -> None:
             await lap.send(Sync(id=3))
             first = await lap.recv()
             assert isinstance(first, Deliver)
-            env = first.envelope
+            env = first.items[0].envelope
             assert (env.msg_id, env.sender_user, env.sender_device, env.body) == (
                 mid, alice.user_id, 0, b"own 1")
         n1 = cluster3.storages["n1"]

@@ -148,7 +148,7 @@ async def test_cluster_process_resumes_on_the_same_data(tmp_path) -> None:
             async with session(ring.node("n2").url, bob) as b:
                 await b.send(Sync(id=2))
                 frame = await b.recv()
-                assert isinstance(frame, Deliver) and frame.envelope.msg_id == mid
+                assert isinstance(frame, Deliver) and frame.items[0].envelope.msg_id == mid
         finally:
             assert await _stop(proc) == 0
         for node in ("n1", "n2"):  # no bodies or keys in the logs

@@ -22,6 +22,7 @@ from relay.delivery import pack_envelope, unpack_envelope
 from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     Deliver,
+    DeliverItem,
     Envelope,
     Error,
     GroupForward,
@@ -57,12 +58,18 @@ async def queued(cluster: Cluster, dev: UserDevice, device_id: int) -> list:
     return [e for e in (unpack_envelope(i.envelope) for i in items) if e.kind != "device_list"]
 
 
-async def next_delivery(client, kind: str) -> Deliver:
-    """The next ``deliver`` of envelope kind ``kind`` (others are skipped)."""
+async def next_delivery(client, kind: str) -> DeliverItem:
+    """The next delivered envelope of kind ``kind`` (others are skipped; a deliver
+    frame's other envelopes wait on the client for the next call)."""
+    buffered: list[DeliverItem] = client.__dict__.setdefault("delivered", [])
     while True:
+        while buffered:
+            item = buffered.pop(0)
+            if item.envelope.kind == kind:
+                return item
         frame = await client.recv()
-        if isinstance(frame, Deliver) and frame.envelope.kind == kind:
-            return frame
+        if isinstance(frame, Deliver):
+            buffered.extend(frame.items)
 
 
 async def test_one_body_fans_out_to_every_device_across_homes(cluster3) -> None:

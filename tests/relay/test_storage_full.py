@@ -12,7 +12,7 @@ from relay_harness import Cluster, device_homed_at, make_configs, publish, sessi
 
 from relay.full_log import StorageFullLog
 from relay.node import Node
-from relay.protocol.frames import Ack, Deliver, Error, Send, Sent, Sync, Synced
+from relay.protocol.frames import Ack, Deliver, DeliverItem, Error, Send, Sent, Sync, Synced
 from storage import StorageFull
 from storage.memory import MemoryStorage
 
@@ -57,13 +57,13 @@ async def test_full_lmdb_node_keeps_serving_and_stores_again(nursery, tmp_path, 
             assert "send x1" in line
         async with session(url, bob) as b:
             await b.send(Sync(id=2))
-            got: list[Deliver] = []
+            got: list[DeliverItem] = []
             while True:
                 frame = await b.recv()
                 if isinstance(frame, Synced):
                     break
                 assert isinstance(frame, Deliver)
-                got.append(frame)
+                got.extend(frame.items)
             assert [d.envelope.body for d in got] == bodies
             await b.send(Ack(id=0, seq=got[-1].seq))
             async with session(url, alice) as a:
@@ -71,7 +71,7 @@ async def test_full_lmdb_node_keeps_serving_and_stores_again(nursery, tmp_path, 
                                             recipients=[bob.recipient(b"after")]))
                 assert isinstance(sent, Sent) and sent.status == "stored"
             frame = await b.recv()
-            assert isinstance(frame, Deliver) and frame.envelope.body == b"after"
+            assert isinstance(frame, Deliver) and frame.items[0].envelope.body == b"after"
 
 
 async def test_storage_full_log_is_rate_limited(caplog) -> None:

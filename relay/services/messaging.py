@@ -1,0 +1,110 @@
+"""Messaging between nodes: ``forward``, ``group_forward``, ``bounce`` and ``forward_batch``.
+
+A peer hands this node the parts of its users' sends for users homed here. A
+``forward_batch`` is served item by item, in order: every ``forward`` /
+``group_forward`` item is checked on its own (sender homed at the peer,
+recipients homed here, device lists current) and all accepted items are
+written with one ``enqueue_many`` (:meth:`relay.router.Router.store_parts`);
+``notify`` and ``bounce`` items are served like those requests. The answer,
+``results {items}``, holds one ``ok`` or ``error`` per item.
+
+A ``bounce`` hands this node a ``bounce`` envelope for one of its own users'
+devices: a message the sending node (the recipient's home) can never deliver.
+It is accepted only for a sender homed here and a recipient (the body's
+``user_id``) homed at the sending node, and queued once per
+``(sender, msg_id, recipient)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
+from relay.protocol import ErrorCode
+from relay.protocol.frames import (
+    BounceBack,
+    Forward,
+    ForwardBatch,
+    Frame,
+    GroupForward,
+    Notify,
+    Ok,
+    Results,
+)
+from relay.protocol.stored import decode_bounce_body, encode_envelope
+from relay.services.base import Caller, Table
+
+if TYPE_CHECKING:
+    from relay.node import Node
+
+
+def messaging_table(node: Node) -> Table:
+    """Handlers of forwarded messages (peer links only)."""
+
+    async def forward(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, Forward | GroupForward) and caller.peer_id is not None
+        (refusal,) = await node.router.store_parts([frame], peer_id=caller.peer_id)
+        if refusal is not None:
+            raise refusal
+        return Ok(id=frame.id)
+
+    async def forward_batch(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, ForwardBatch) and caller.peer_id is not None
+        answers: list[Frame | None] = [None] * len(frame.items)
+        parts = [(i, f) for i, f in enumerate(frame.items) if isinstance(f, Forward | GroupForward)]
+        results = await node.router.store_parts([f for _, f in parts], peer_id=caller.peer_id)
+        for (i, _), refusal in zip(parts, results, strict=True):
+            answers[i] = Ok(id=0) if refusal is None else refusal.to_frame(0)
+        for i, item in enumerate(frame.items):
+            if isinstance(item, Notify | BounceBack):
+                answers[i] = await _one(node, item, caller.peer_id)
+        return Results(id=frame.id, items=answers)  # type: ignore[arg-type]
+
+    async def bounce_back(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, BounceBack) and caller.peer_id is not None
+        await store_bounce(node, frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    return {Forward: forward, GroupForward: forward, ForwardBatch: forward_batch,
+            BounceBack: bounce_back}
+
+
+async def _one(node: Node, item: Notify | BounceBack, peer_id: str) -> Frame:
+    try:
+        if isinstance(item, Notify):
+            await node.changes.receive(item, peer_id)
+        else:
+            await store_bounce(node, item, peer_id)
+    except KNOWN_REFUSALS as exc:
+        err = relay_error_from(exc)
+        assert isinstance(err, RelayError)
+        return err.to_frame(0)
+    return Ok(id=0)
+
+
+async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
+    """Check and queue a ``bounce`` from peer ``peer_id`` for a device homed here.
+
+    Raises:
+        RelayError: ``bad_request`` (not a bounce, sender not homed here, recipient
+            not homed at the peer, unreadable body).
+        StorageFull, StorageUnavailable: nothing stored.
+    """
+    env = frame.envelope
+    if env.kind != "bounce":
+        raise RelayError(ErrorCode.BAD_REQUEST, "a bounce carries a 'bounce' envelope")
+    node.directory.check_user_id(env.sender_user)
+    if not node.directory.is_home(env.sender_user):
+        raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender is not homed at this node",
+                         user_id=env.sender_user)
+    try:
+        _, _, recipient = decode_bounce_body(env.body)
+    except ValueError as exc:
+        raise RelayError(ErrorCode.BAD_REQUEST, "unreadable bounce body") from exc
+    node.directory.check_homed_at(recipient, peer_id, "recipient")
+    seqs = await node.storage.enqueue(
+        [(env.sender_user, env.sender_device, encode_envelope(env))],
+        dedupe=b"bounce-back\0" + env.sender_user.encode() + b"\0" + env.msg_id
+        + recipient.encode())
+    if seqs is not None:
+        node.registry.notify(env.sender_user, env.sender_device)

@@ -1,0 +1,121 @@
+"""The node's handler table: every service's requests, by frame type.
+
+Services and what they serve:
+
+* directory: ``put_devices``, ``get_devices``, ``upload_keys``, ``claim_keys``;
+* linking: ``link_fetch``, ``link_complete``;
+* device-list notices: ``notify`` (peers);
+* media: ``media_upload``, ``media_status``, ``media_download``;
+* messaging (peers): ``forward``, ``group_forward``, ``forward_batch``
+  (:mod:`relay.services.messaging`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay import lookups
+from relay.protocol.frames import (
+    ClaimKeys,
+    Frame,
+    GetDevices,
+    KeyCount,
+    LinkComplete,
+    LinkFetch,
+    MediaDownload,
+    MediaStatus,
+    MediaUpload,
+    Notify,
+    Ok,
+    PutDevices,
+    UploadKeys,
+)
+from relay.services.base import Caller, Table
+from relay.services.messaging import messaging_table
+
+if TYPE_CHECKING:
+    from relay.node import Node
+
+
+def directory_table(node: Node) -> Table:
+    """Handlers of the key directory."""
+
+    async def put_devices(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, PutDevices)
+        await node.changes.publish(frame.device_list)
+        return Ok(id=frame.id)
+
+    async def get_devices(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, GetDevices)
+        return await lookups.get_devices(node, frame, user_id=caller.user_id,
+                                         peer_id=caller.peer_id)
+
+    async def upload_keys(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, UploadKeys)
+        user_id, device_id = caller.device()
+        count = await node.directory.upload_keys(user_id, device_id, frame.one_time_keys,
+                                                 frame.fallback_key)
+        return KeyCount(id=frame.id, otk_count=count)
+
+    async def claim_keys(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, ClaimKeys)
+        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer)
+
+    return {PutDevices: put_devices, GetDevices: get_devices, UploadKeys: upload_keys,
+            ClaimKeys: claim_keys}
+
+
+def linking_table(node: Node) -> Table:
+    """Handlers of the primary's side of linking (the new device's ``link_open`` is
+    served by its connection, which owns the mailbox)."""
+
+    async def link(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, LinkFetch | LinkComplete)
+        return await node.linking.handle(frame, from_peer=caller.is_peer)
+
+    return {LinkFetch: link, LinkComplete: link}
+
+
+def notices_table(node: Node) -> Table:
+    """Handlers of device-list change notices between nodes."""
+
+    async def notify(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, Notify) and caller.peer_id is not None
+        await node.changes.receive(frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    return {Notify: notify}
+
+
+def media_table(node: Node) -> Table:
+    """Handlers of encrypted media transfers."""
+
+    async def upload(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, MediaUpload)
+        return await node.media.upload(caller.device()[0], frame)
+
+    async def status(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, MediaStatus)
+        return await node.media.status(frame)
+
+    async def download(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, MediaDownload)
+        return await node.media.download(frame, from_peer=caller.is_peer)
+
+    return {MediaUpload: upload, MediaStatus: status, MediaDownload: download}
+
+
+def node_table(node: Node) -> Table:
+    """Every service's handlers merged (a frame type served twice is a bug).
+
+    Raises:
+        ValueError: two services claim the same frame type.
+    """
+    table: Table = {}
+    for part in (directory_table(node), linking_table(node), notices_table(node),
+                 media_table(node), messaging_table(node)):
+        for cls, handler in part.items():
+            if cls in table:
+                raise ValueError(f"{cls.TYPE!r} is served twice")
+            table[cls] = handler
+    return table

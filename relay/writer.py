@@ -1,0 +1,148 @@
+"""The write side of one node connection: a bounded queue of encoded frames and the one
+task that writes them, several per socket write.
+
+Everything a connection sends (answers, pushes, its close) goes through
+:class:`FrameWriter`. Once the connection has ended, whatever is still queued
+or sent is dropped with a debug line: an ended connection never raises into the
+code that answers or pushes (a device or peer that closed while a push, an
+answer or a close was on its way is no error).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from relay.wsio import GatedWebSocket
+
+QUEUE_SIZE = 256  # frames queued for the writer
+WRITE_BATCH = 64  # most frames written with one socket write
+CLOSE_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class FrameWriter:
+    """Queue of encoded frames for one WebSocket and the task writing them (:meth:`run`).
+
+    Args:
+        ws: the connection's WebSocket.
+        remote: ``host:port`` of the other end, for debug lines.
+        on_progress: called after every write (the close gate waits on it).
+        on_remote_close: ``on_remote_close(reason)`` when a write finds the
+            connection closed by the other end.
+
+    Attributes:
+        unwritten: frames queued and not written yet.
+        done: set once the writer task has ended (closed, or the connection ended).
+    """
+
+    def __init__(self, ws: WebSocketConnection, remote: str, *,
+                 on_progress: Callable[[], None], on_remote_close: Callable[[str], None]) -> None:
+        self._ws = ws
+        self._remote = remote
+        self._on_progress = on_progress
+        self._on_remote_close = on_remote_close
+        self._send, self._recv = trio.open_memory_channel[bytes | _Close](QUEUE_SIZE)
+        self.unwritten = 0
+        self.done = trio.Event()
+
+    def push_nowait(self, data: bytes) -> bool:
+        """Queue a frame without blocking; ``False`` if the queue is full or the
+        connection has ended."""
+        try:
+            self._send.send_nowait(data)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        self.unwritten += 1
+        return True
+
+    async def send(self, data: bytes) -> None:
+        """Queue a frame (waits while the queue is full: backpressure)."""
+        self.unwritten += 1
+        try:
+            await self._send.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.unwritten -= 1
+            log.debug("connection %s ended: a frame of %d bytes was dropped", self._remote,
+                      len(data))
+
+    async def send_many(self, frames: list[bytes]) -> None:
+        """Queue frames without yielding in between while there is room, so the
+        writer takes them all at its next wakeup (one socket write)."""
+        for data in frames:
+            try:
+                self._send.send_nowait(data)
+            except trio.WouldBlock:
+                await self.send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.debug("connection %s ended: %d frames dropped", self._remote, len(frames))
+                return
+            else:
+                self.unwritten += 1
+
+    def close_nowait(self, code: int, reason: str) -> bool:
+        """Queue the close after what is queued; ``False`` if that cannot be done now."""
+        try:
+            self._send.send_nowait(_Close(code, reason))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        """Queue the close after what is queued and wait (at most ``CLOSE_TIMEOUT``
+        seconds) until the writer has written everything and closed."""
+        try:
+            await self._send.send(_Close(code, reason))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection %s already ended: close %d dropped", self._remote, code)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self.done.wait()
+
+    async def run(self, cancel: trio.CancelScope) -> None:
+        """Write queued frames until a close was written (then cancel ``cancel``: the
+        connection is over) or the connection ended."""
+        try:
+            async with self._recv:
+                async for item in self._recv:
+                    batch = [item]
+                    while len(batch) < WRITE_BATCH and not isinstance(batch[-1], _Close):
+                        try:
+                            batch.append(self._recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    close = batch.pop() if isinstance(batch[-1], _Close) else None
+                    try:
+                        if batch:
+                            await self._write(batch)  # type: ignore[arg-type]
+                            self.unwritten -= len(batch)
+                        if close is not None:
+                            with trio.move_on_after(CLOSE_TIMEOUT):
+                                await self._ws.aclose(close.code, close.reason)
+                            cancel.cancel()
+                            return
+                    except ConnectionClosed as exc:
+                        reason = exc.reason.code if exc.reason is not None else "?"
+                        self._on_remote_close(f"closed by the remote ({reason})")
+                        return
+                    finally:
+                        self._on_progress()
+        finally:
+            self.done.set()
+
+    async def _write(self, batch: list[bytes]) -> None:
+        if isinstance(self._ws, GatedWebSocket):
+            await self._ws.send_messages(batch)
+        else:
+            for data in batch:
+                await self._ws.send_message(data)

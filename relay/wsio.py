@@ -1,0 +1,133 @@
+"""The node's accepted WebSockets: trio-websocket with two additions the message path needs.
+
+* **Answer before Close.** When the remote sends a Close, trio-websocket
+  replies and closes the TCP stream at once, so requests read just before it
+  (five ``send`` frames and a Close in one TCP write) could never be answered.
+  :class:`GatedWebSocket` first awaits its ``close_gate`` (set by
+  :class:`relay.server.Connection`), which returns once every message read
+  before the Close has been answered and written (at most
+  :data:`CLOSE_GATE_TIMEOUT` seconds), then closes as usual.
+* **Reading without a task switch per message.**
+  :meth:`GatedWebSocket.get_message_nowait` takes an already buffered message.
+* **Several frames per write.** :meth:`GatedWebSocket.send_messages` frames a
+  list of binary messages and writes them with one ``send_all`` (also while the
+  close gate holds the Close reply back).
+
+Both reach into trio-websocket's internals (``_handle_close_connection_event``,
+``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
+trio-websocket 0.12) and mirror its own ``_send``;
+:func:`serve_gated_websocket` is ``serve_websocket`` building this class.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection
+
+CLOSE_GATE_TIMEOUT = 5.0
+"""Seconds a remote Close waits for the answers to the requests read before it."""
+
+CloseGate = Callable[[Callable[[], int]], Awaitable[None]]
+"""``await gate(buffered)``: return once everything read is answered; ``buffered()``
+is how many received messages still wait in trio-websocket's queue."""
+
+
+class GatedWebSocket(WebSocketConnection):
+    """A server-side :class:`~trio_websocket.WebSocketConnection` whose reply to a
+    remote Close waits for :attr:`close_gate` (see the module docstring)."""
+
+    close_gate: CloseGate | None = None
+
+    def buffered(self) -> int:
+        """Received messages not yet taken with ``get_message``."""
+        return self._recv_channel.statistics().current_buffer_used
+
+    def get_message_nowait(self) -> bytes | str | None:
+        """The next received message if one is already buffered, else ``None``
+        (without yielding to the scheduler, unlike ``get_message``)."""
+        try:
+            return self._recv_channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        gate = self.close_gate
+        if gate is not None and self._wsproto.state == ConnectionState.REMOTE_CLOSING:
+            with trio.move_on_after(CLOSE_GATE_TIMEOUT):
+                await gate(self.buffered)
+        await super()._handle_close_connection_event(event)
+
+    async def send_messages(self, messages: list[bytes]) -> None:
+        """Send binary messages, in order, with one write to the stream.
+
+        Raises:
+            ConnectionClosed: the connection is closed or closing (like ``send_message``).
+        """
+        if self._close_reason:
+            raise ConnectionClosed(self._close_reason)
+        if self._wsproto.state == ConnectionState.REMOTE_CLOSING and self._wsproto.connection:
+            # Inside the close gate: wsproto refuses messages once it parsed the
+            # remote's Close, but RFC 6455 (5.5.1) lets us finish what we owe before
+            # our Close reply, so frame them with its frame protocol directly.
+            proto = self._wsproto.connection._proto
+            data = b"".join(proto.send_data(m, True) for m in messages)
+        else:
+            data = b"".join(self._wsproto.send(BytesMessage(data=m)) for m in messages)
+        async with self._stream_lock:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._abort_web_socket()
+                raise ConnectionClosed(self._close_reason) from None
+
+
+class _GatedServer(WebSocketServer):
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        # trio-websocket 0.12's WebSocketServer._handle_connection, building a GatedWebSocket.
+        async with trio.open_nursery() as nursery:
+            connection = GatedWebSocket(
+                stream, WSConnection(ConnectionType.SERVER),
+                message_queue_size=self._message_queue_size,
+                max_message_size=self._max_message_size,
+                receive_buffer_size=self._receive_buffer_size)
+            nursery.start_soon(connection._reader_task)
+            with trio.move_on_after(self._connect_timeout) as connect_scope:
+                request = await connection._get_request()
+            if connect_scope.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                await stream.aclose()
+                return
+            try:
+                await self._handler(request)
+            finally:
+                with trio.move_on_after(self._disconnect_timeout):
+                    await connection.aclose()
+
+
+async def serve_gated_websocket(
+    handler: Callable[[WebSocketRequest], Awaitable[None]], host: str | None, port: int,
+    ssl_context: ssl.SSLContext | None, *, message_queue_size: int, max_message_size: int,
+    receive_buffer_size: int, connect_timeout: float, disconnect_timeout: float,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``trio_websocket.serve_websocket`` whose connections are :class:`GatedWebSocket`;
+    runs until cancelled and supports ``nursery.start`` (started with the server)."""
+    if ssl_context is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:
+        listeners = await trio.open_ssl_over_tcp_listeners(
+            port, ssl_context, host=host, https_compatible=True)
+    server = _GatedServer(
+        handler, listeners, message_queue_size=message_queue_size,
+        max_message_size=max_message_size, receive_buffer_size=receive_buffer_size,
+        connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout)
+    await server.run(task_status=task_status)
+
+
+__all__ = ["CLOSE_GATE_TIMEOUT", "CloseGate", "GatedWebSocket", "serve_gated_websocket"]

@@ -1,0 +1,137 @@
+"""Batched federation: many parts per ``forward_batch``, one answer per part, and an
+outbox that retries only what the destination did not store."""
+
+from __future__ import annotations
+
+import os
+
+import msgpack
+import trio
+from relay_harness import Cluster, device_homed_at, make_configs, peer_session, publish, session
+
+from relay.protocol.frames import (
+    Ack,
+    Copy,
+    Deliver,
+    Error,
+    Forward,
+    ForwardBatch,
+    Ok,
+    Recipient,
+    Results,
+    Send,
+    Sent,
+    Sync,
+)
+from storage.memory import MemoryStorage
+
+SMALL, BIG = 200, 20_000  # bytes of body
+CAPACITY = 30_000  # bytes n2 may hold: the list, the small ones and one big one
+
+
+async def _outbox_ids(storage, dest: str) -> list[int]:
+    return [e.outbox_id for e in await storage.outbox_list(dest)]
+
+
+async def _wait_outbox(storage, dest: str, n: int) -> None:
+    while len(await storage.outbox_list(dest)) != n:  # noqa: ASYNC110 - poll, caller's deadline
+        await trio.sleep(0.01)
+
+
+async def test_destination_full_half_way_answers_per_part_and_retries_the_rest(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(2))
+    n2 = cluster.storages["n2"] = MemoryStorage(capacity_bytes=CAPACITY)
+    await cluster.start_all()
+    n1 = cluster.storages["n1"]
+    with trio.fail_after(30):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), alice)
+        await publish(cluster.url("n2"), bob)
+        cluster.stop("n2")
+        sizes = [SMALL, SMALL, BIG, BIG]
+        ids = [os.urandom(16) for _ in sizes]
+        async with session(cluster.url("n1"), alice) as a:
+            for i, (mid, size) in enumerate(zip(ids, sizes, strict=True)):
+                sent = await a.request(Send(id=10 + i, msg_id=mid,
+                                            recipients=[bob.recipient(os.urandom(size))]))
+                assert sent == Sent(id=10 + i, status="queued")
+        entries = await _outbox_ids(n1, "n2")
+        assert len(entries) == 4
+        await cluster.start("n2")
+        # one batch: ok, ok, ok, storage_full; only the last entry stays
+        await _wait_outbox(n1, "n2", 1)
+        assert await _outbox_ids(n1, "n2") == entries[3:]
+        assert [i.seq for i in await n2.read_queue(bob.user_id, 0)] == [1, 2, 3]
+        async with session(cluster.url("n2"), bob) as b:
+            await b.send(Sync(id=2))
+            got: list[bytes] = []
+            while len(got) < 4:  # acking frees room: the outbox's retry then fits
+                frame = await b.recv()
+                if isinstance(frame, Deliver):
+                    got += [i.envelope.msg_id for i in frame.items]
+                    await b.send(Ack(id=0, seq=frame.items[-1].seq))
+        assert got == ids  # once each, in order
+        await _wait_outbox(n1, "n2", 0)
+
+
+async def test_forward_batch_is_answered_per_part(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(2))
+    n2 = cluster.storages["n2"] = MemoryStorage(capacity_bytes=CAPACITY)
+    await cluster.start_all()
+    with trio.fail_after(20):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n2"), bob)
+
+        def part(body: bytes, *, user=bob.user_id, device=0, sender=alice.user_id) -> Forward:
+            return Forward(id=0, msg_id=os.urandom(16), sender_user=sender, sender_device=0,
+                           ts=1, recipients=[Recipient(user, 1, [Copy(device, body)])])
+
+        items = [part(b"a" * SMALL), part(b"b" * BIG), part(b"c" * BIG),
+                 part(b"d", device=5), part(b"e", sender=bob.user_id), part(b"f" * SMALL)]
+        async with peer_session(cluster, "n1", "n2") as p:
+            answer = await p.request(ForwardBatch(id=7, items=items))
+        assert isinstance(answer, Results) and answer.id == 7
+        codes = [a.code if isinstance(a, Error) else a.TYPE for a in answer.items]
+        assert codes == ["ok", "ok", "storage_full", "stale_devices", "bad_request", "ok"]
+        assert isinstance(answer.items[0], Ok)
+        stored = [msgpack.unpackb(i.envelope)["body"][:1]
+                  for i in await n2.read_queue(bob.user_id, 0)]
+        assert stored == [b"a", b"b", b"f"]
+
+
+async def test_kept_entry_overtaken_in_its_batch_is_bounced_not_retried(nursery) -> None:
+    cluster = Cluster(nursery, make_configs(2))
+    cluster.storages["n2"] = MemoryStorage(capacity_bytes=CAPACITY)
+    await cluster.start_all()
+    n1 = cluster.storages["n1"]
+    with trio.fail_after(30):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), alice)
+        await publish(cluster.url("n2"), bob)
+        cluster.stop("n2")
+        sizes = [BIG, BIG, SMALL]  # the second big one cannot be stored; the small one can
+        ids = [os.urandom(16) for _ in sizes]
+        async with session(cluster.url("n1"), alice) as a:
+            for i, (mid, size) in enumerate(zip(ids, sizes, strict=True)):
+                sent = await a.request(Send(id=10 + i, msg_id=mid,
+                                            recipients=[bob.recipient(os.urandom(size))]))
+                assert sent.status == "queued"
+            await cluster.start("n2")
+            await _wait_outbox(n1, "n2", 0)
+            await a.send(Sync(id=20))
+            while True:  # the second one comes back as a bounce: it could not be in order
+                frame = await a.recv()
+                if isinstance(frame, Deliver):
+                    bounce = [i.envelope for i in frame.items if i.envelope.kind == "bounce"]
+                    if bounce:
+                        break
+        assert [b.msg_id for b in bounce] == [ids[1]]
+        assert msgpack.unpackb(bounce[0].body)["code"] == "storage_full"
+        async with session(cluster.url("n2"), bob) as b:
+            await b.send(Sync(id=2))
+            frame = await b.recv()
+            assert isinstance(frame, Deliver)
+            assert [i.envelope.msg_id for i in frame.items] == [ids[0], ids[2]]
