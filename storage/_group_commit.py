@@ -75,10 +75,11 @@ __all__ = ["FaultHook", "GroupCommitWriter", "Op", "default_reserve", "is_full_e
 class _Ticket:
     """One submission (one or more ops) and the event its caller waits on."""
 
-    __slots__ = ("ops", "done")
+    __slots__ = ("ops", "size", "done")
 
-    def __init__(self, ops: list[PendingOp]) -> None:
+    def __init__(self, ops: list[PendingOp], size: int) -> None:
         self.ops = ops
+        self.size = size
         self.done = trio.Event()
 
 
@@ -134,10 +135,11 @@ class GroupCommitWriter(Committer):
         If the caller is cancelled after the op was queued, the op may still be
         applied (entirely or not at all).
         """
-        [(value, error)] = await self._submit([self._op(op, size, est, freeing)])
-        if error is not None:
-            raise error
-        return value
+        pending = PendingOp(op, size, 2 * size + 256 if est is None else est, freeing)
+        await self._queue(_Ticket([pending], size))
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
 
     async def submit_many(
         self, ops: list[tuple[Op, int, int | None, bool]]
@@ -153,20 +155,18 @@ class GroupCommitWriter(Committer):
         if not ops:
             await trio.lowlevel.checkpoint()
             return []
-        return await self._submit([self._op(*spec) for spec in ops])
+        pending = [PendingOp(fn, size, 2 * size + 256 if est is None else est, freeing)
+                   for fn, size, est, freeing in ops]
+        await self._queue(_Ticket(pending, sum(p.size for p in pending)))
+        return [(p.value, p.error) for p in pending]
 
-    @staticmethod
-    def _op(fn: Op, size: int, est: int | None, freeing: bool) -> PendingOp:
-        return PendingOp(fn, size, 2 * size + 256 if est is None else est, freeing)
-
-    async def _submit(self, ops: list[PendingOp]) -> list[tuple[Any, Exception | None]]:
-        ticket = _Ticket(ops)
+    async def _queue(self, ticket: _Ticket) -> None:
+        """Queue ``ticket`` and wait until its ops are answered."""
         try:
             await self._send.send(ticket)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise trio.ClosedResourceError("storage is closed") from exc
         await ticket.done.wait()
-        return [(op.value, op.error) for op in ops]
 
     def close(self) -> None:
         """Accept no more ops; :meth:`serve` commits what is queued, then returns."""
@@ -195,7 +195,7 @@ class GroupCommitWriter(Committer):
                     continue
                 batch = [first]
                 nops = len(first.ops)
-                nbytes = sum(op.size for op in first.ops)
+                nbytes = first.size
                 while nops < self._max_ops and nbytes < self._max_bytes:
                     try:
                         more = self._recv.receive_nowait()
@@ -203,8 +203,9 @@ class GroupCommitWriter(Committer):
                         break
                     batch.append(more)
                     nops += len(more.ops)
-                    nbytes += sum(op.size for op in more.ops)
-                ops = [op for ticket in batch for op in ticket.ops]
+                    nbytes += more.size
+                ops = batch[0].ops if len(batch) == 1 else [
+                    op for ticket in batch for op in ticket.ops]
                 # Not cancellable: the transaction always runs to commit or abort in its thread.
                 await trio.to_thread.run_sync(self._run_sync, ops, check)
                 self.batches += 1

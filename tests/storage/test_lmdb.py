@@ -114,7 +114,9 @@ async def test_unexpected_op_error_fails_only_that_op(tmp_path: Path) -> None:
             assert st._read(lambda txn: txn.get(b"half-written", db=st._dbs.meta)) is None
 
 
-async def test_map_full_aborts_whole_batch_but_frees_still_work(tmp_path: Path) -> None:
+async def test_full_map_refuses_big_enqueues_alone_and_frees_still_work(tmp_path: Path) -> None:
+    """Concurrent 100 kB enqueues into a 256 KiB map, with an ack and a claim in the
+    same batches: each enqueue is answered alone, the freeing ops succeed."""
     with trio.fail_after(10):
         async with LmdbStorage.open(tmp_path / "db", map_size=256 * 1024) as st:
             await st.enqueue([(ALICE, 0, b"a" * 1000)] * 8, now=T0)
