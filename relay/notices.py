@@ -41,7 +41,7 @@ from relay.outbox import RETRYABLE, Outbox
 from relay.protocol import DeviceList, ErrorCode, verify_device_list
 from relay.protocol.frames import Envelope, Error, Notify, Ok, SignedDeviceList
 from relay.ring import Ring
-from storage import QueueFull, Storage, StorageFull
+from storage import QueueFull, Storage, StorageFull, StorageUnavailable
 
 NOTICE_KIND = "device_list"
 NOTIFY_BATCH = 1024  # user ids per notify frame (below the codec's array bound)
@@ -248,7 +248,7 @@ class DeviceListChanges:
             StorageFull: some users were not served (the others are, deduplicated).
         """
         packed = pack_envelope(env)
-        full: list[StorageFull] = []
+        full: list[StorageFull | StorageUnavailable] = []
 
         async def one(user_id: str) -> None:
             entry = await self._directory.get_device_list(user_id)
@@ -263,7 +263,7 @@ class DeviceListChanges:
             except QueueFull:
                 self._log.warning("notice for %s skipped: a device queue is full", user_id[:8])
                 return
-            except StorageFull as exc:
+            except (StorageFull, StorageUnavailable) as exc:
                 full.append(exc)
                 return
             if seqs is not None:

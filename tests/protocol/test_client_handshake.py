@@ -12,6 +12,7 @@ import pytest
 
 from relay.protocol import (
     DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
     ErrorCode,
     Limits,
     LocalProtocolError,
@@ -95,7 +96,7 @@ def _peer_hs(**over) -> Handshake:
 
 @pytest.mark.parametrize(("hs", "challenge", "needle"), [
     (Handshake("client"), dict(nonce=b"x" * 31), "nonce of 31 bytes"),
-    (Handshake("client"), dict(version=2), "protocol version 2"),
+    (Handshake("client"), dict(version=1), "protocol version 1"),
     (Handshake("client", expect_node_id="n9"), {}, "expected 'n9'"),
     (_peer_hs(), dict(node_id="c"), "expected 'b'"),
     (_peer_hs(), dict(ring_version="other"), "ring version differs"),
@@ -103,7 +104,7 @@ def _peer_hs(**over) -> Handshake:
     (Handshake("client"), dict(max_frame=600, max_envelope=500), "unusable size budget"),
 ])
 def test_wrong_challenges_are_refused(hs: Handshake, challenge: dict, needle: str) -> None:
-    fields = dict(id=1, version=1, node_id="b", ring_version="rv", nonce=b"n" * 32,
+    fields = dict(id=1, version=PROTOCOL_VERSION, node_id="b", ring_version="rv", nonce=b"n" * 32,
                   max_frame=DEFAULT_LIMITS.max_frame, max_envelope=DEFAULT_LIMITS.max_envelope)
     hs.hello()
     with pytest.raises(RemoteProtocolError, match=needle):
