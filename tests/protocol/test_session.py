@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from relay.protocol import LocalProtocolError
 from relay.protocol.frames import (
     Deliver,
+    DeliverItem,
     Devices,
     Envelope,
     Error,
@@ -36,7 +37,8 @@ def _ask(session: Session) -> int:
 
 
 def _deliver(seq: int = 1) -> Deliver:
-    return Deliver(id=0, seq=seq, envelope=Envelope(b"m" * 16, UID, 0, 1, "olm", b"x"))
+    return Deliver(id=0, items=[DeliverItem(seq=seq, envelope=Envelope(b"m" * 16, UID, 0, 1,
+                                                                       "olm", b"x"))])
 
 
 def test_ids_grow_and_are_never_reused() -> None:
