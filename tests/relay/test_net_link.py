@@ -24,7 +24,7 @@ from relay.net import (
     open_link,
 )
 from relay.protocol import DEFAULT_LIMITS, read_frame, write_frame
-from relay.protocol.frames import Deliver, Envelope, Frame, Ok, Ping, Synced
+from relay.protocol.frames import Deliver, DeliverItem, Envelope, Frame, Ok, Ping, Synced
 from tests.netproxy import Proxy
 
 DEADLINE = 10
@@ -54,7 +54,8 @@ async def _send(ws, frame: Frame) -> None:
 
 
 def _deliver(seq: int) -> Deliver:
-    return Deliver(id=0, seq=seq, envelope=Envelope(b"m" * 16, "u" * 52, 0, 1, "olm", b"x"))
+    return Deliver(id=0, items=[DeliverItem(seq=seq, envelope=Envelope(b"m" * 16, "u" * 52, 0,
+                                                                       1, "olm", b"x"))])
 
 
 async def test_answers_out_of_order_reach_their_requests(nursery) -> None:
@@ -181,7 +182,7 @@ async def test_a_slow_push_consumer_does_not_kill_the_link(nursery) -> None:
     with trio.fail_after(DEADLINE):
         async with open_link(url, settings=settings) as link:
             await trio.sleep(1.0)  # ten keepalive deadlines without reading
-            seqs = [(await link.pushes.receive()).seq for _ in range(8)]
+            seqs = [(await link.pushes.receive()).items[0].seq for _ in range(8)]
             assert seqs == list(range(1, 9))
             assert isinstance(await link.request(Ping(id=0)), Ok)
             assert not link.is_closed
