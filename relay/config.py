@@ -26,6 +26,8 @@
     media_upload_ttl = 86400       # seconds an unfinished upload is kept idle (optional, 1 day)
     max_media_size = 2147483648    # largest encrypted file, bytes (optional, 2 GiB)
     handshake_timeout = 10         # seconds to authenticate (or open a link mailbox) (optional)
+    keepalive_interval = 20        # seconds of silence from a connection before a ping; 0 = off
+    keepalive_timeout = 10         # seconds for the pong before the connection is closed
     max_pending_per_ip = 64        # unauthenticated connections per address (optional)
     max_connections = 10000        # connections of all kinds at once (optional)
     max_mailboxes_per_ip = 8       # open linking mailboxes per address (optional)
@@ -59,6 +61,8 @@ DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
 DEFAULT_MEDIA_UPLOAD_TTL = 24 * 3600.0
 DEFAULT_MAX_MEDIA_SIZE = 2 * 1024**3
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_INTERVAL = 20.0
+DEFAULT_KEEPALIVE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_MAILBOXES_PER_IP = 8
@@ -89,6 +93,10 @@ class NodeConfig:
         max_media_size: largest accepted media blob (encrypted file), bytes.
         handshake_timeout: seconds a new connection has to authenticate
             (``auth``/``peer_auth``) or open a linking mailbox; then close 1008.
+        keepalive_interval: seconds without a received message after which the
+            node sends a WebSocket ping on a connection (0: never).
+        keepalive_timeout: seconds for the pong; without it the node closes the
+            connection (1001 going away is not sent: the link is dead) and frees it.
         max_pending_per_ip: most unauthenticated connections from one address
             (an IPv4 address or an IPv6 /64); more are refused (HTTP 503).
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
@@ -113,6 +121,8 @@ class NodeConfig:
     media_upload_ttl: float = DEFAULT_MEDIA_UPLOAD_TTL
     max_media_size: int = DEFAULT_MAX_MEDIA_SIZE
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
@@ -262,6 +272,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     max_connections = _field(data, "max_connections", int, where, DEFAULT_MAX_CONNECTIONS)
     max_mailboxes_per_ip = _field(data, "max_mailboxes_per_ip", int, where,
                                   DEFAULT_MAX_MAILBOXES_PER_IP)
+    keepalive_interval = _field(data, "keepalive_interval", float, where,
+                                DEFAULT_KEEPALIVE_INTERVAL)
+    keepalive_timeout = _field(data, "keepalive_timeout", float, where, DEFAULT_KEEPALIVE_TIMEOUT)
+    if keepalive_interval < 0 or keepalive_timeout <= 0:
+        raise ConfigError(f"{where}: keepalive_interval must be >= 0, keepalive_timeout > 0")
     if handshake_timeout <= 0 or min(max_pending_per_ip, max_connections, max_mailboxes_per_ip) < 1:
         raise ConfigError(f"{where}: handshake_timeout must be > 0, max_pending_per_ip, "
                           "max_connections and max_mailboxes_per_ip >= 1")
@@ -276,7 +291,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         max_queue=max_queue, max_frame=max_frame, max_envelope=max_envelope, link_ttl=float(link_ttl),
         media_quota=media_quota, media_ttl=float(media_ttl),
         media_upload_ttl=float(media_upload_ttl), max_media_size=max_media_size,
-        handshake_timeout=float(handshake_timeout), max_pending_per_ip=max_pending_per_ip,
+        handshake_timeout=float(handshake_timeout),
+        keepalive_interval=float(keepalive_interval), keepalive_timeout=float(keepalive_timeout),
+        max_pending_per_ip=max_pending_per_ip,
         max_connections=max_connections, max_mailboxes_per_ip=max_mailboxes_per_ip,
     )
 

@@ -145,6 +145,7 @@ class Connection:
         self._exits.callback(self._link.close)
         self._revoked = False
         self._started = trio.current_time()
+        self._last_rx = self._started  # when the reader last took a message
         self._ended: str | None = None  # why the connection ends (the first reason wins)
         self._own: dict[type[Frame], Handler] = {
             Hello: self._hello, Ping: self._ping, Auth: self._auth, PeerAuth: self._peer_auth,
@@ -188,6 +189,7 @@ class Connection:
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._out.run, self._cancel)
                     nursery.start_soon(self._handshake_deadline)
+                    nursery.start_soon(self._keepalive)
                     await self._handle_all()
                     if self._acks is not None:  # acks read before the end are applied
                         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -232,6 +234,35 @@ class Connection:
         await self._send(frame)
         await self._close(CloseCode.POLICY_VIOLATION, "handshake timeout")
 
+    async def _keepalive(self) -> None:
+        """Notice a dead link (issue 15, "Dead links noticed"): after
+        ``keepalive_interval`` s with no message from the other end, send a WebSocket
+        ping (RFC 6455 5.5.2; every wa-relay end keeps a reader draining its socket,
+        so trio-websocket answers it); no pong within ``keepalive_timeout`` s (or a
+        send buffer that stays full for that long) ends the connection, which frees
+        the device's registration and its in-flight window."""
+        config = self._node.config
+        interval, timeout = config.keepalive_interval, config.keepalive_timeout
+        if interval <= 0:
+            return
+        while True:
+            idle = trio.current_time() - self._last_rx
+            if idle < interval:
+                await trio.sleep(interval - idle)
+                continue
+            with trio.move_on_after(timeout) as waited:
+                try:
+                    await self._ws.ping()
+                except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # ended anyway; the reader tells why
+            if not waited.cancelled_caught:
+                self._last_rx = max(self._last_rx, trio.current_time())
+                continue
+            self._end(f"no answer to a keepalive ping within {timeout:g} s")
+            self._log.debug("connection %s (%s): keepalive timed out", self._remote, self._who())
+            self._cancel.cancel()
+            return
+
     def _authenticated(self) -> None:
         self._deadline.done()
         self._ticket.authenticated()
@@ -247,6 +278,7 @@ class Connection:
                     reason = exc.reason.code if exc.reason is not None else "?"
                     self._end(f"closed by the remote ({reason})")
                     return
+                self._last_rx = trio.current_time()
                 self._take(message)
                 if isinstance(self._ws, GatedWebSocket):  # what is buffered, without yielding
                     while len(self._requests) < self._conn.window:
