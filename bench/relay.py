@@ -164,9 +164,11 @@ async def run(ctx: BenchContext) -> None:
     """Scenario: online, store, drain and paced on one node; federated on two."""
     r = ctx.report
     count = max(1, round(COUNT * scale(ctx.quick)))
+    load = os.getloadavg()[0]
     single, double = await trio.to_thread.run_sync(_measure, ctx.tmp, count)
     r.note(f"{PAIRS} senders -> {PAIRS} receivers, {count:,} messages each, {BODY} B bodies, "
-           f"{WINDOW} sends in flight per sender; wa-relay serve processes, LMDB with fsync")
+           f"{WINDOW} sends in flight per sender; wa-relay serve processes, LMDB with fsync; "
+           f"load average {load:.2f} before (other processes compete for the CPUs)")
     _record(ctx, "online", "online, one node", single["online"], latency=True)
     _record(ctx, "store", "store (receivers offline), durable", single["store"], latency=False)
     _record(ctx, "drain", "drain (receivers sync and ack)", single["drain"], latency=False)
