@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nacl.signing
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -26,22 +26,18 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from relay.protocol import (
     Device,
     DeviceList,
-    auth_message,
     read_frame,
     sign_device_list,
     user_id_from_key,
     write_frame,
 )
 from relay.protocol.codec import decode
+from relay.protocol.errors import ProtocolError
 from relay.protocol.frames import (
     Ack,
-    Auth,
-    AuthOk,
-    Challenge,
     Copy,
     Deliver,
     Error,
-    Hello,
     Ok,
     Ping,
     PutDevices,
@@ -51,6 +47,7 @@ from relay.protocol.frames import (
     Sync,
     Synced,
 )
+from relay.protocol.handshake import Handshake
 
 RECEIVE_BUFFER = 64 * 1024  # bytes, as the node and wa-cli use
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes, largest WebSocket message accepted
@@ -106,7 +103,8 @@ class Event:
 
 
 def events(data: bytes | str) -> list[Event]:
-    """The events one WebSocket message from the node carries (today: exactly one).
+    """The events one WebSocket message from the node carries (a ``deliver`` frame
+    carries one per envelope; every other frame exactly one).
 
     The hot path reads the decoded map (:func:`relay.protocol.codec.decode`, with
     the protocol's limits) without building frame objects; anything but
@@ -117,8 +115,9 @@ def events(data: bytes | str) -> list[Event]:
     """
     m = decode(data)
     t, request_id = m.get("t"), m.get("id")
-    if t == Deliver.TYPE:
-        return [Event("deliver", seq=m["seq"], msg_id=m["envelope"]["msg_id"])]
+    if t == Deliver.TYPE:  # version 2: one frame carries several envelopes
+        return [Event("deliver", seq=item["seq"], msg_id=item["envelope"]["msg_id"])
+                for item in m["items"]]
     if t == Synced.TYPE:
         return [Event("synced")]
     if request_id == 0:
@@ -173,12 +172,16 @@ async def _request(ws: WebSocketConnection, data: bytes, request_id: int):
             return frame
 
 
-async def _hello(ws: WebSocketConnection) -> Challenge:
-    challenge = await _request(ws, write_frame(Hello(id=1, versions=[1], role="client",
-                                                     agent="wa-relay bench")), 1)
-    if not isinstance(challenge, Challenge):
-        raise WireError(f"hello answered {challenge!r}")
-    return challenge
+async def _hello(ws: WebSocketConnection) -> Handshake:
+    """``hello`` and the checked ``challenge``, by the one sans-I/O handshake
+    (:class:`relay.protocol.handshake.Handshake`)."""
+    hs = Handshake("client", "wa-relay bench")
+    answer = await _request(ws, write_frame(replace(hs.hello(), id=1)), 1)
+    try:
+        hs.receive_challenge(answer)
+    except ProtocolError as exc:
+        raise WireError(f"hello answered {answer!r}: {exc}") from exc
+    return hs
 
 
 async def publish(url: str, account: Account) -> None:
@@ -204,13 +207,12 @@ async def session(url: str, account: Account) -> AsyncIterator[WebSocketConnecti
         WireError: the handshake failed.
     """
     async with open_ws(url) as ws:
-        challenge = await _hello(ws)
-        message = auth_message(challenge.nonce, challenge.node_id, account.user_id,
-                               account.device_id)
-        signature = account.device_key.sign(message).signature
-        answer = await _request(ws, write_frame(Auth(id=2, user_id=account.user_id,
-                                                     device_id=account.device_id,
-                                                     signature=signature)), 2)
-        if not isinstance(answer, AuthOk):
-            raise WireError(f"auth answered {answer!r}")
+        hs = await _hello(ws)
+        auth = hs.auth(account.user_id, account.device_id,
+                       lambda message: account.device_key.sign(message).signature)
+        answer = await _request(ws, write_frame(replace(auth, id=2)), 2)
+        try:
+            hs.receive_auth_ok(answer)
+        except ProtocolError as exc:
+            raise WireError(f"auth answered {answer!r}: {exc}") from exc
         yield ws
