@@ -132,13 +132,18 @@ class LocalPostgres:
             opts = {"listen_addresses": "''", "unix_socket_directories": f"'{root}'",
                     "fsync": "on" if fsync else "off", "max_connections": "200",
                     "shared_buffers": "128MB", **(settings or {})}
-            server._run("pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"),
-                        "-w", "-t", "60", "-o", " ".join(f"-c {k}={v}" for k, v in opts.items()),
-                        "start")
+            # In postgresql.conf (not on the command line), so a restart keeps them.
+            with (root / "data" / "postgresql.conf").open("a") as conf:
+                conf.write("".join(f"{k} = {v}\n" for k, v in opts.items()))
+            server._start()
         except BaseException:
             server.stop()
             raise
         return server
+
+    def _start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "server.log"),
+                  "-w", "-t", "60", "start")
 
     def _run(self, exe: str, *args: str) -> subprocess.CompletedProcess[bytes]:
         cmd = [str(self.bindir / exe), *args]
@@ -175,6 +180,13 @@ class LocalPostgres:
             return (self.root / "server.log").read_text(errors="replace")
         except OSError:
             return ""
+
+    def restart(self, mode: str = "immediate") -> None:
+        """Stop the server (``immediate``: like a crash, recovery from the WAL at
+        start; or ``fast``) and start it again on the same directory and socket."""
+        data = str(self.root / "data")
+        self._run("pg_ctl", "-D", data, "-m", mode, "-w", "stop")
+        self._start()
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its directory. Idempotent."""

@@ -24,6 +24,7 @@ from relay.cluster_files import init_cluster
 from storage import Storage, StorageUnavailable, open_storage
 from storage.postgresql import SCHEMA_VERSION, PostgresStorage, SchemaError, split_url
 from storage.testing import ALICE, BOB, StorageConformance
+from storage.testing.postgres_server import LocalPostgres
 
 
 class TestPostgresStorage(StorageConformance):
@@ -304,3 +305,46 @@ async def test_urls_and_the_registry(postgres_db: str, request: pytest.FixtureRe
             with pytest.raises(ValueError):
                 async with open_storage(f"{postgres_db}&{opts}"):
                     pass
+
+
+async def test_server_restart_during_traffic_gives_errors_or_successes_never_false_ones() -> None:
+    """A crash-restart of the server (immediate stop, WAL recovery) while 10 tasks
+    enqueue: each call returns its seqs or raises StorageUnavailable; afterwards
+    every acknowledged envelope is stored, once, under its seq."""
+    server = await trio.to_thread.run_sync(LocalPostgres.start)
+    try:
+        with trio.fail_after(90):
+            async with PostgresStorage.open(server.conninfo(), retry_for=15) as st:
+                acked: dict[bytes, int] = {}
+                refused: list[bytes] = []
+                restarted = trio.Event()
+                fifty_answered = trio.Event()
+
+                async def sender(k: int) -> None:
+                    for n in range(30):
+                        env = b"r%d-%d" % (k, n)
+                        try:
+                            [seq] = await st.enqueue([(ALICE, 0, env)]) or [0]
+                        except StorageUnavailable:
+                            refused.append(env)
+                        else:
+                            acked[env] = seq
+                        if len(acked) + len(refused) >= 50:
+                            fifty_answered.set()
+                        if n == 10:
+                            await restarted.wait()
+
+                async with trio.open_nursery() as nursery:
+                    for k in range(10):
+                        nursery.start_soon(sender, k)
+                    await fifty_answered.wait()
+                    await trio.to_thread.run_sync(server.restart)
+                    restarted.set()
+                assert len(acked) + len(refused) == 300 and len(acked) >= 150
+                assert st.writer.retries >= 1
+                items = await st.read_queue(ALICE, 0, limit=1000)
+                stored = [i.envelope for i in items]
+                assert len(stored) == len(set(stored))
+                assert {i.envelope: i.seq for i in items if i.envelope in acked} == acked
+    finally:
+        await trio.to_thread.run_sync(server.stop)
