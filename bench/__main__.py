@@ -1,9 +1,11 @@
 """``python -m bench [--quick] [--only NAME ...] [--list] [--json PATH]``: run the
-benchmark scenarios in one process (Trio) and print their figures, section by section.
+benchmark scenarios (Trio) and print their figures, section by section.
 
-Everything runs in-process on 127.0.0.1: relay nodes (LMDB storage in a
-temporary directory), clients, and the raw ceilings. Figures are printed, never
-asserted. ``--quick`` is a smoke run of a few seconds with small sizes (noisy figures).
+Everything runs on 127.0.0.1, in this process (relay nodes with LMDB storage in a
+temporary directory, clients, the raw ceilings) except in the scenarios that start
+processes (``media``; ``relay``: node processes and a load-generator process).
+Figures are printed, never asserted. ``--quick`` is a smoke run of a few seconds
+with small sizes (noisy figures).
 
 To add a scenario (e.g. issue 4: groups, media), write ``async def run(ctx: BenchContext) -> None`` in its own module, recording
 figures with ``ctx.report``, and append a :class:`Scenario` to :data:`SCENARIOS`.
@@ -24,7 +26,7 @@ from typing import TextIO
 
 import trio
 
-from . import ceilings, client_costs, devices, groups, media, send, send_many
+from . import ceilings, client_costs, devices, groups, media, relay, send, send_many
 from .scenario import BenchContext, Scenario
 from .stats import Report
 
@@ -40,6 +42,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("ws", "Ceiling: raw trio-websocket, one connection", ceilings.transport),
     Scenario("lmdb", "Ceiling: raw LMDB durable puts with batching", ceilings.disk),
     Scenario("storage", "Ceiling: LmdbStorage group commit (enqueue)", ceilings.group_commit),
+    Scenario("relay", "Relay alone: node processes under a load generator process (issue 9)",
+             relay.run, issue=9, requires=("ws",)),
 ]
 """Scenarios in run order; the client-cost one first (the send scenarios use its figures)."""
 
@@ -52,12 +56,26 @@ def check_names(names: list[str]) -> None:
             raise ValueError(f"unknown scenario {name!r}; known: {', '.join(known)}")
 
 
+def with_required(names: list[str]) -> list[str]:
+    """``names`` plus every scenario they require (transitively), without repeats."""
+    by_name = {s.name: s for s in SCENARIOS}
+    out: list[str] = []
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
+        if name not in out:
+            out.append(name)
+            todo.extend(by_name[name].requires)
+    return out
+
+
 async def run_bench(
     names: list[str] | None = None, *, quick: bool = False, out: TextIO | None = None
 ) -> Report:
     """Run the named scenarios (all if ``None``) in :data:`SCENARIOS` order.
 
-    Each gets a fresh temporary directory, removed afterwards.
+    Each gets a fresh temporary directory, removed afterwards. A named scenario
+    brings the scenarios it requires (:attr:`Scenario.requires`).
 
     Returns:
         The report holding every figure.
@@ -66,11 +84,13 @@ async def run_bench(
         ValueError: an unknown scenario name. Any error a scenario raises.
     """
     check_names(names or [])
+    if names:
+        names = with_required(names)
     report = Report(out=out or sys.stdout)
     shared: dict = {}
     print(f"wa-relay benchmark ({'quick' if quick else 'full'}): Python "
           f"{platform.python_version()}, {platform.system()} {platform.machine()}, "
-          f"{os.cpu_count()} CPUs; everything in one process", file=report.out, flush=True)
+          f"{os.cpu_count()} CPUs", file=report.out, flush=True)
     started = time.perf_counter()
     for scenario in SCENARIOS:
         if names and scenario.name not in names:

@@ -40,9 +40,12 @@ class Scenario:
         run: ``async (ctx) -> None``; records figures, raises on failure. Never asserts
             on speed.
         issue: the issue that introduced it.
+        requires: names of scenarios whose figures this one is read against; ``--only``
+            runs them too (in :data:`~bench.__main__.SCENARIOS` order).
     """
 
     name: str
     title: str
     run: Callable[[BenchContext], Awaitable[None]]
     issue: int = 2
+    requires: tuple[str, ...] = ()

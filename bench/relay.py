@@ -1,0 +1,182 @@
+"""Issue 9: the relay alone, at full speed, as processes. Relay nodes run as
+``wa-relay serve`` processes (LMDB, fsync on every commit); the load generator
+(:mod:`bench.relay_load`) runs in another process and speaks the wire protocol with
+real accounts and signed device lists but opaque 100-byte bodies (no Olm), so
+the figures are the relay's own.
+
+* one node: ``online`` (16 senders -> 16 connected receivers, 2,000 messages each,
+  64 sends in flight per sender, receivers acking as a client would), ``store``
+  (receivers offline: durable ``stored`` answers), ``drain`` (receivers connect
+  and take everything, acking), ``paced`` (online at half the online rate,
+  evenly spaced);
+* two nodes: ``federated``, the online load with every receiver homed on the
+  other node than its sender (CPU of both nodes).
+
+Server CPU is ``utime + stime`` of the node processes from ``/proc``, over the
+phase. ``ws.frames`` (raw trio-websocket) is measured in the same run by the
+``ws`` scenario, which ``--only relay`` pulls in. Message counts scale with the
+environment variable :data:`SCALE_ENV` (a factor, e.g. ``0.1``; ``--quick``: 0.025).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from relay.cluster_files import init_cluster
+from relay.testing import LoggedProcess, child_env, free_base_port, tool
+
+from .scenario import BenchContext
+
+SCALE_ENV = "WA_BENCH_RELAY_SCALE"
+PAIRS = 16
+COUNT = 2000  # messages per sender at scale 1
+WINDOW = 64
+BODY = 100  # bytes
+QUICK_SCALE = 0.025
+READY_TIMEOUT = 30.0  # seconds for a node to print its ready line
+LOAD_TIMEOUT = 1200.0  # seconds for one load generator run
+STOP_TIMEOUT = 10.0
+
+
+class BenchError(RuntimeError):
+    """A node or the load generator of the relay scenario did not behave."""
+
+
+def scale(quick: bool) -> float:
+    """The message-count factor: :data:`SCALE_ENV` if set, else 0.025 quick, 1 full.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    text = os.environ.get(SCALE_ENV)
+    if text is None:
+        return QUICK_SCALE if quick else 1.0
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{SCALE_ENV} must be a positive number, not {text!r}")
+    return value
+
+
+class NodeProcesses:
+    """``wa-relay serve`` processes of a fresh ``n``-node cluster laid out under ``root``.
+
+    Attributes:
+        cluster_file: the cluster's ``cluster.toml``.
+        procs: ``{node_id: LoggedProcess}`` once :meth:`start` returned.
+    """
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        self.n = n
+        self.cluster_file = root / "cluster.toml"
+        self.procs: dict[str, LoggedProcess] = {}
+
+    def start(self) -> None:
+        """Lay out the cluster and start every node; return once all listen.
+
+        Raises:
+            BenchError: a node exited or printed no ready line in time.
+        """
+        for config in init_cluster(self.root, self.n, free_base_port(self.n)):
+            node_id = config.parent.name
+            proc = LoggedProcess([*tool("wa-relay"), "serve", "--config", str(config)],
+                                 stdout_log=self.root / f"{node_id}.out",
+                                 stderr_log=self.root / f"{node_id}.err", cwd=config.parent,
+                                 name=node_id)
+            self.procs[node_id] = proc
+            if proc.next_ready(time.monotonic() + READY_TIMEOUT) is None:
+                raise BenchError(f"node {node_id} did not start: {proc.stderr_tail()}")
+
+    def pids(self) -> list[int]:
+        """The node processes' ids."""
+        return [p.pid for p in self.procs.values()]
+
+    def stop(self) -> None:
+        """SIGTERM every node (SIGKILL after :data:`STOP_TIMEOUT`) and reap it."""
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            proc.stop(STOP_TIMEOUT)
+
+
+def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str) -> dict:
+    """Run :mod:`bench.relay_load` against ``nodes`` (blocking); returns its JSON.
+
+    Raises:
+        BenchError: it failed, or a node died meanwhile (with the stderr tails).
+    """
+    argv = [sys.executable, "-m", "bench.relay_load", "--cluster", str(nodes.cluster_file),
+            "--phases", ",".join(phases), "--pairs", str(PAIRS), "--count", str(count),
+            "--window", str(WINDOW), "--body", str(BODY), *extra]
+    for pid in nodes.pids():
+        argv += ["--pid", str(pid)]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=LOAD_TIMEOUT,
+                              env=child_env(), cwd=root, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"the load generator took more than {LOAD_TIMEOUT:g} s") from exc
+    dead = {nid: p.stderr_tail(1500) for nid, p in nodes.procs.items() if not p.running}
+    if done.returncode != 0 or dead:
+        raise BenchError(f"load generator exited {done.returncode}: {done.stderr[-3000:]}"
+                         + "".join(f"\nnode {nid} died: {tail}" for nid, tail in dead.items()))
+    return json.loads(done.stdout)
+
+
+def _measure(tmp: Path, count: int) -> tuple[dict, dict]:
+    """The process part (blocking; run in a thread): one node, then two."""
+    results = []
+    for n, phases, extra in ((1, ["online", "store", "drain", "paced"], ()),
+                             (2, ["online"], ("--cross-homes",))):
+        nodes = NodeProcesses(tmp / f"cluster{n}", n)
+        try:
+            nodes.start()
+            results.append(run_load(nodes, phases, count, *extra))
+        finally:
+            nodes.stop()
+    return results[0], results[1]
+
+
+def _record(ctx: BenchContext, name: str, label: str, phase: dict, latency: bool) -> float:
+    r = ctx.report
+    msgs = phase["messages"]
+    rate = r.figure(f"{name}.msgs_per_s", f"{label}: messages/s", msgs / phase["seconds"],
+                    "msg/s")
+    r.figure(f"{name}.server_us_per_msg", "  server CPU per message",
+             phase["server_cpu_s"] / msgs * 1e6, "µs", ",.0f")
+    if latency:
+        r.figure(f"{name}.p50_ms", "  send-to-deliver p50", phase["p50_ms"], "ms", ",.2f")
+        r.figure(f"{name}.p99_ms", "  send-to-deliver p99", phase["p99_ms"], "ms", ",.2f")
+    r.note(f"  {msgs:,} messages in {phase['seconds']:.2f} s; node CPU "
+           f"{phase['server_cpu_s'] / phase['seconds']:.0%} of a core, load generator "
+           f"{phase['gen_cpu_s'] / phase['seconds']:.0%}; answers {phase['statuses']}")
+    return rate
+
+
+async def run(ctx: BenchContext) -> None:
+    """Scenario: online, store, drain and paced on one node; federated on two."""
+    r = ctx.report
+    count = max(1, round(COUNT * scale(ctx.quick)))
+    load = os.getloadavg()[0]
+    single, double = await trio.to_thread.run_sync(_measure, ctx.tmp, count)
+    r.note(f"{PAIRS} senders -> {PAIRS} receivers, {count:,} messages each, {BODY} B bodies, "
+           f"{WINDOW} sends in flight per sender; wa-relay serve processes, LMDB with fsync; "
+           f"load average {load:.2f} before (other processes compete for the CPUs)")
+    _record(ctx, "online", "online, one node", single["online"], latency=True)
+    _record(ctx, "store", "store (receivers offline), durable", single["store"], latency=False)
+    _record(ctx, "drain", "drain (receivers sync and ack)", single["drain"], latency=False)
+    _record(ctx, "federated", "federated 1:1 (two nodes, CPU of both)", double["online"],
+            latency=True)
+    paced = single["paced"]
+    r.figure("paced.p50_ms", f"paced at {paced['rate']:,.0f} msg/s: send-to-deliver p50",
+             paced["p50_ms"], "ms", ",.2f")
+    r.figure("paced.p99_ms", "  send-to-deliver p99", paced["p99_ms"], "ms", ",.2f")
+    r.note(f"  {paced['messages']:,} messages in {paced['seconds']:.2f} s "
+           f"({paced['messages'] / paced['seconds']:,.0f} msg/s achieved)")
