@@ -9,7 +9,8 @@ Kinds (:func:`classify`):
   or its outcome is unknown (lost at ``COMMIT``); the writer finds out which with
   its commit token (see :mod:`storage.postgresql._writer`).
 * ``"transient"``: the server refused this transaction but the connection is fine
-  (serialization failure, deadlock, lock or statement timeout): run it again.
+  (serialization failure, deadlock, lock or statement timeout, or a dedupe id that
+  another process committed after we looked: ``dedupe_pkey``): run it again.
 * ``"full"``: no room (``53100 disk_full``, ``54000`` a value over a limit).
 * ``"bug"``: anything else (a malformed statement, a violated constraint that
   validation should have caught): that op alone fails.
@@ -30,6 +31,8 @@ _CONNECTION = (
 )
 _TRANSIENT = (pe.TransactionRollback, pe.LockNotAvailable, pe.QueryCanceled, pe.OutOfMemory)
 _FULL = (pe.DiskFull, pe.ProgramLimitExceeded)
+LOOK_AGAIN_CONSTRAINTS = frozenset({"dedupe_pkey"})
+"""Unique constraints whose violation means "another process was first": look again."""
 
 
 def classify(exc: BaseException, conn: psycopg.Connection | None = None) -> str:
@@ -39,6 +42,9 @@ def classify(exc: BaseException, conn: psycopg.Connection | None = None) -> str:
     if isinstance(exc, _CONNECTION):
         return "connection"
     if isinstance(exc, _TRANSIENT):
+        return "transient"
+    if (isinstance(exc, pe.UniqueViolation)
+            and exc.diag.constraint_name in LOOK_AGAIN_CONSTRAINTS):
         return "transient"
     if isinstance(exc, _FULL):
         return "full"

@@ -1,7 +1,9 @@
 """The write ops of the PostgreSQL backend, run by :class:`~._writer.PgWriter`.
 
 Each op class validates before it writes (see the writer's docstring) and sets
-``value``/``error`` per op. Kinds marked ``merge`` run every consecutive op of the
+``value``/``error`` per op. Statements are pipelined (see :class:`~._writer.Tx`):
+reads are queued with ``tx.query`` and fetched together, writes are queued with
+``tx.cur.execute`` and travel with the ``COMMIT``. Kinds marked ``merge`` run every consecutive op of the
 batch as one set-based step: all enqueues of a batch take five statements, all
 acks one. Accounted bytes (the ``max_bytes`` bound) are each value's length plus
 the fixed per-record overheads below; :class:`~._writer.Tx` keeps the count.
@@ -23,7 +25,6 @@ WATCHER_OVERHEAD = 32
 KEY_OVERHEAD = 32
 OUTBOX_OVERHEAD = 48
 MAX_BIGINT = 2**63 - 1
-CLAIM_LOOKS = 200
 
 _Dev = tuple[str, int]
 
@@ -54,22 +55,26 @@ class Enqueue(Op):
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
         reqs: Sequence[Enqueue] = ops  # type: ignore[assignment]
         devs = sorted({(u, d) for op in reqs for u, d, _ in op.items})
-        state: dict[_Dev, list[int]] = {}
+        wanted = list({op.dedupe for op in reqs if op.dedupe is not None})
+        counters = dupes = None
         if devs:
             # Create missing counter rows and lock them all, in key order (no deadlocks
             # between processes); the no-op update makes RETURNING show existing rows.
-            rows = tx.fetch(
+            counters = tx.query(
                 "INSERT INTO devices (user_id, device_id) "
-                "SELECT u, d FROM unnest(%s::text[], %s::bigint[]) AS v(u, d) ORDER BY u, d "
+                "SELECT u, d FROM unnest(%b::text[], %b::bigint[]) AS v(u, d) ORDER BY u, d "
                 "ON CONFLICT (user_id, device_id) DO UPDATE SET last_seq = devices.last_seq "
                 "RETURNING user_id, device_id, last_seq, queue_len",
                 ([u for u, _ in devs], [d for _, d in devs]))
-            state = {(u, d): [s, n] for u, d, s, n in rows}
-        wanted = list({op.dedupe for op in reqs if op.dedupe is not None})
-        seen: set[bytes] = set()
         if wanted:
-            seen = {bytes(r[0]) for r in tx.fetch(
-                "SELECT id FROM dedupe WHERE id = ANY(%s::bytea[])", (wanted,))}
+            dupes = tx.query("SELECT id FROM dedupe WHERE id = ANY(%b::bytea[])", (wanted,))
+        # One round trip for both reads (and whatever was queued before them).
+        state: dict[_Dev, list[int]] = {}
+        if counters is not None:
+            state = {(u, d): [s, n] for u, d, s, n in counters.fetchall()}
+        seen: set[bytes] = set()
+        if dupes is not None:
+            seen = {bytes(r[0]) for r in dupes.fetchall()}
         q_user: list[str] = []
         q_dev: list[int] = []
         q_seq: list[int] = []
@@ -106,20 +111,19 @@ class Enqueue(Op):
                 d_ts.append(op.ts)
             op.value = seqs
         if d_ids:
-            # The unique constraint decides: a concurrent process's id makes us look again.
-            got = tx.fetch("INSERT INTO dedupe (id, ts) SELECT * FROM unnest(%s::bytea[], "
-                           "%s::float8[]) ON CONFLICT DO NOTHING RETURNING id", (d_ids, d_ts))
-            if len(got) != len(d_ids):
-                raise LookAgain("a dedupe id was committed by another process")
+            # The unique constraint decides: an id another process committed after we
+            # looked violates dedupe_pkey, and the writer runs the batch again.
+            tx.cur.execute("INSERT INTO dedupe (id, ts) SELECT * FROM "
+                           "unnest(%b::bytea[], %b::float8[])", (d_ids, d_ts))
         if q_seq:
             tx.cur.execute(
                 "INSERT INTO queue (user_id, device_id, seq, ts, envelope) SELECT * FROM "
-                "unnest(%s::text[], %s::bigint[], %s::bigint[], %s::float8[], %s::bytea[])",
+                "unnest(%b::text[], %b::bigint[], %b::bigint[], %b::float8[], %b::bytea[])",
                 (q_user, q_dev, q_seq, q_ts, q_env))
             touched = sorted({(u, d) for u, d in zip(q_user, q_dev, strict=True)})
             tx.cur.execute(
                 "UPDATE devices AS t SET last_seq = v.s, queue_len = v.n FROM unnest("
-                "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) AS v(u, d, s, n) "
+                "%b::text[], %b::bigint[], %b::bigint[], %b::bigint[]) AS v(u, d, s, n) "
                 "WHERE t.user_id = v.u AND t.device_id = v.d",
                 ([u for u, _ in touched], [d for _, d in touched],
                  [state[k][0] for k in touched], [state[k][1] for k in touched]))
@@ -139,7 +143,7 @@ class Ack(Op):
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
         acks: Sequence[Ack] = ops  # type: ignore[assignment]
         rows = tx.fetch("""
-            WITH a AS (SELECT u, d, max(s) AS s FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
+            WITH a AS (SELECT u, d, max(s) AS s FROM unnest(%b::text[], %b::bigint[], %b::bigint[])
                        AS v(u, d, s) GROUP BY u, d),
             gone AS (DELETE FROM queue q USING a
                      WHERE q.user_id = a.u AND q.device_id = a.d AND q.seq <= a.s
@@ -185,31 +189,31 @@ class Claim(Op):
     @staticmethod
     def _claim(tx: Tx, op: Claim) -> tuple[str, bytes, bool] | None:
         params = {"u": op.user, "d": op.dev}
-        for _ in range(CLAIM_LOOKS):
-            rows = tx.fetch("""
-                WITH c AS (DELETE FROM otk WHERE (user_id, device_id, key_id) IN (
-                               SELECT user_id, device_id, key_id FROM otk
-                               WHERE user_id = %(u)s AND device_id = %(d)s
-                               ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                           RETURNING user_id, device_id, key_id, key),
-                t AS (INSERT INTO otk_claimed (user_id, device_id, key_id)
-                      SELECT user_id, device_id, key_id FROM c)
-                SELECT key_id, key FROM c""", params)
-            if rows:
-                key_id, key = bytes(rows[0][0]), bytes(rows[0][1])
-                tx.free(len(key))  # the key id stays, as a tombstone
-                return (key_id.decode(), key, False)
-            [(busy, fb_id, fb_key)] = tx.fetch("""
-                SELECT EXISTS (SELECT 1 FROM otk WHERE user_id = %(u)s AND device_id = %(d)s),
-                       f.key_id, f.key
-                FROM (SELECT 1) AS one LEFT JOIN fallback_keys f
-                     ON f.user_id = %(u)s AND f.device_id = %(d)s""", params)
-            if not busy:
-                return None if fb_id is None else (bytes(fb_id).decode(), bytes(fb_key), True)
-            # Every key left is locked by another process's claim: an empty answer
-            # under contention means "look again", not "none left".
-            tx.cur.execute("SELECT pg_sleep(0.001)")
-        raise LookAgain("one-time keys stayed locked by other claims")
+        rows = tx.fetch("""
+            WITH c AS (DELETE FROM otk WHERE (user_id, device_id, key_id) IN (
+                           SELECT user_id, device_id, key_id FROM otk
+                           WHERE user_id = %(u)s AND device_id = %(d)s
+                           ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                       RETURNING user_id, device_id, key_id, key),
+            t AS (INSERT INTO otk_claimed (user_id, device_id, key_id)
+                  SELECT user_id, device_id, key_id FROM c)
+            SELECT key_id, key FROM c""", params)
+        if rows:
+            key_id, key = bytes(rows[0][0]), bytes(rows[0][1])
+            tx.free(len(key))  # the key id stays, as a tombstone
+            return (key_id.decode(), key, False)
+        [(busy, fb_id, fb_key)] = tx.fetch("""
+            SELECT EXISTS (SELECT 1 FROM otk WHERE user_id = %(u)s AND device_id = %(d)s),
+                   f.key_id, f.key
+            FROM (SELECT 1) AS one LEFT JOIN fallback_keys f
+                 ON f.user_id = %(u)s AND f.device_id = %(d)s""", params)
+        if busy:
+            # Every key left is locked by another process's unfinished claim: an empty
+            # answer under contention means "look again", not "none left". Roll back
+            # (releasing the keys this batch holds, so two batches never wait on each
+            # other) and run the batch again after a short random pause.
+            raise LookAgain("one-time keys are locked by another process's claims")
+        return None if fb_id is None else (bytes(fb_id).decode(), bytes(fb_key), True)
 
 
 class AddKeys(Op):
@@ -234,10 +238,10 @@ class AddKeys(Op):
         if ids:
             dup = tx.fetch("""
                 SELECT key_id FROM otk WHERE user_id = %(u)s AND device_id = %(d)s
-                    AND key_id = ANY(%(ids)s::bytea[])
+                    AND key_id = ANY(%(ids)b::bytea[])
                 UNION ALL
                 SELECT key_id FROM otk_claimed WHERE user_id = %(u)s AND device_id = %(d)s
-                    AND key_id = ANY(%(ids)s::bytea[])
+                    AND key_id = ANY(%(ids)b::bytea[])
                 LIMIT 1""", params)
             if dup:
                 op.error = DuplicateKey(f"one-time key id {bytes(dup[0][0]).decode()!r} "
@@ -246,11 +250,13 @@ class AddKeys(Op):
             if not tx.admit(op.adds):
                 tx.refuse_full(op)
                 return None
-            tx.cur.execute("""
-                INSERT INTO otk (user_id, device_id, key_id, key)
-                SELECT %(u)s, %(d)s, k, v FROM unnest(%(ids)s::bytea[], %(keys)s::bytea[]) AS x(k, v)
-                ON CONFLICT DO NOTHING""", {**params, "keys": [v for _, v in op.keys]})
-            if tx.cur.rowcount != len(ids):
+            [(added,)] = tx.fetch("""
+                WITH ins AS (INSERT INTO otk (user_id, device_id, key_id, key)
+                             SELECT %(u)s, %(d)s, k, v
+                             FROM unnest(%(ids)b::bytea[], %(keys)b::bytea[]) AS x(k, v)
+                             ON CONFLICT DO NOTHING RETURNING 1)
+                SELECT count(*) FROM ins""", {**params, "keys": [v for _, v in op.keys]})
+            if added != len(ids):
                 raise LookAgain("a key id was added by another process")
         [(count,)] = tx.fetch(
             "SELECT count(*) FROM otk WHERE user_id = %(u)s AND device_id = %(d)s", params)
@@ -334,9 +340,8 @@ class AddWatcher(Op):
             if not tx.admit(op.adds):
                 tx.refuse_full(op)
                 continue
-            tx.cur.execute("INSERT INTO watchers (user_id, watcher) VALUES (%s, %s) "
-                           "ON CONFLICT DO NOTHING", (op.user, op.watcher))
-            if tx.cur.rowcount == 0:
+            if not tx.fetch("INSERT INTO watchers (user_id, watcher) VALUES (%s, %s) "
+                            "ON CONFLICT DO NOTHING RETURNING 1", (op.user, op.watcher)):
                 tx.free(op.adds)
 
 
@@ -420,7 +425,7 @@ class OutboxPut(Op):
                 "SELECT nextval('outbox_ids') FROM generate_series(1, %s)", (len(op.entries),)))
             tx.cur.execute(
                 "INSERT INTO outbox (id, dest, payload) SELECT * FROM "
-                "unnest(%s::bigint[], %s::text[], %s::bytea[])",
+                "unnest(%b::bigint[], %b::text[], %b::bytea[])",
                 (ids, [d for d, _ in op.entries], [p for _, p in op.entries]))
             op.value = ids
 
@@ -455,7 +460,7 @@ class OutboxDelete(Op):
         for op in ops:
             assert isinstance(op, OutboxDelete)
             [(freed,)] = tx.fetch("""
-                WITH g AS (DELETE FROM outbox WHERE id = ANY(%s::bigint[])
+                WITH g AS (DELETE FROM outbox WHERE id = ANY(%b::bigint[])
                            RETURNING octet_length(dest) + octet_length(payload) + %s AS n)
                 SELECT coalesce(sum(n), 0) FROM g""", (op.ids, OUTBOX_OVERHEAD))
             tx.free(int(freed))

@@ -20,8 +20,10 @@ that fails anyway aborts the transaction; the batch is then split:
   connection (the pool replaces broken ones), with a pause that doubles from
   50 ms, for up to ``retry_for`` seconds; then every op of it gets
   ``StorageUnavailable`` and the next batch starts afresh;
-* ``"transient"`` errors and :class:`LookAgain` (an op found a row that another
-  process committed after it looked): the batch runs again at once;
+* ``"transient"`` errors (deadlock, serialization failure, a dedupe id another
+  process committed after we looked) run the batch again at once, and
+  :class:`LookAgain` (one-time keys locked by another process's claim) after a
+  random pause of up to a millisecond per try, at most 50 times;
 * ``"full"`` and ``"bug"`` errors: the batch is bisected until the failing op is
   alone; it gets ``StorageFull`` (no room) or ``StorageUnavailable``, and the
   others commit.
@@ -45,6 +47,7 @@ still be applied, entirely, before any later op.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections import deque
@@ -68,7 +71,7 @@ connection's backend or raise a ``psycopg.Error``."""
 
 TOKEN_TTL = "10 minutes"
 TOKEN_SWEEP_EVERY = 60.0
-LOOK_AGAIN_LIMIT = 20
+LOOK_AGAIN_LIMIT = 50
 
 
 class LookAgain(Exception):
@@ -102,20 +105,33 @@ class Op:
 
 
 class Tx:
-    """What an op's ``run`` sees: the cursor, and the usage accounting.
+    """What an op's ``run`` sees: the connection (in pipeline mode), a cursor, and the
+    usage accounting.
+
+    Statements are pipelined: ``cur.execute`` only queues a statement, and the
+    queue goes to the server in one round trip when a result is needed (``fetch``,
+    or fetching from a cursor returned by ``query``) or at ``COMMIT``. So an op
+    issues its reads with ``query``, then fetches them (one round trip for all),
+    and queues its writes with ``cur.execute`` (sent with the ``COMMIT``).
 
     ``admit(n)`` is True (and counts ``n`` bytes) if ``n`` more bytes stay within
     ``max_bytes`` (always, without a bound); ``free(n)`` un-counts freed bytes.
     """
 
-    def __init__(self, cur: psycopg.Cursor, used: int | None, limit: int | None) -> None:
+    def __init__(self, conn: psycopg.Connection, cur: psycopg.Cursor,
+                 usage: psycopg.Cursor | None, limit: int | None) -> None:
+        self.conn = conn
         self.cur = cur
         self.delta = 0
-        self._used = used
+        self._usage = usage
+        self._used: int | None = None
         self._limit = limit
 
     def admit(self, nbytes: int) -> bool:
-        if self._limit is not None and self._used is not None:
+        if self._limit is not None and self._usage is not None:
+            if self._used is None:
+                row = self._usage.fetchone()
+                self._used = int(row[0]) if row else 0
             if self._used + self.delta + nbytes > self._limit:
                 return False
         self.delta += nbytes
@@ -127,7 +143,14 @@ class Tx:
     def refuse_full(self, op: Op) -> None:
         op.error = StorageFull(f"storage full: {op.adds} more bytes exceed max_bytes={self._limit}")
 
+    def query(self, query: Any, params: Any = None) -> psycopg.Cursor:
+        """Queue ``query`` on a cursor of its own; fetch from it later."""
+        cur = self.conn.cursor()
+        cur.execute(query, params)
+        return cur
+
     def fetch(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run ``query`` now (a round trip, with whatever was queued) and return its rows."""
         self.cur.execute(query, params)
         return self.cur.fetchall()
 
@@ -299,6 +322,9 @@ class PgWriter:
             except LookAgain:
                 looks += 1
                 if looks <= LOOK_AGAIN_LIMIT:
+                    # A random pause so that two processes looking again do not collide
+                    # again in step (the writer thread sleeps, not the event loop).
+                    time.sleep(random.uniform(0, 0.001 * looks))
                     continue
                 self._answer_all(seg, StorageUnavailable("the database kept changing under "
                                                          "this batch; try again"))
@@ -310,6 +336,11 @@ class PgWriter:
                 if kind in ("full", "bug"):
                     raise _Failed(exc) from exc
                 self.retries += 1
+                if kind == "transient" and time.monotonic() > deadline:
+                    log.error("a batch kept failing for %.1f s: %d ops refused: %r",
+                              self._retry_for, len(seg), exc)
+                    self._answer_all(seg, translate(exc))
+                    return
                 if kind == "connection":
                     if time.monotonic() + pause > deadline:
                         log.error("PostgreSQL unreachable for %.1f s: %d ops refused: %r",
@@ -327,59 +358,69 @@ class PgWriter:
         self, conn: psycopg.Connection, seg: list[Op], token: bytes,
         in_doubt: list[tuple[Any, Exception | None]] | None,
     ) -> None:
-        """One attempt: returns once committed with every answer set, or raises. A
-        connection lost at ``COMMIT`` raises :class:`_LostCommit` carrying the answers."""
+        """One attempt, pipelined (see :class:`Tx`): an enqueue batch costs two round
+        trips, its reads and then its writes with the ``COMMIT``. Returns once
+        committed with every answer set, or raises; an error once ``COMMIT`` was
+        queued raises :class:`_LostCommit` (carrying the answers) when the connection
+        is gone, since the outcome is then unknown."""
         cur = conn.cursor()
+        commit_queued = False
+        answers: list[tuple[Any, Exception | None]] = []
         try:
-            cur.execute("BEGIN")
-            cur.execute("INSERT INTO wa_commits (token) VALUES (%s) ON CONFLICT DO NOTHING",
-                        (token,))
-            if cur.rowcount == 0:  # an earlier attempt's COMMIT landed after all
-                cur.execute("ROLLBACK")
-                if in_doubt is None:
-                    raise RuntimeError("commit token present but no attempt sent COMMIT")
-                for op, (value, error) in zip(seg, in_doubt, strict=True):
-                    op.value, op.error = value, error
-                self.resolved_by_token += 1
-                return
-            used = None
-            if self._limit is not None:
-                row = cur.execute("SELECT coalesce(sum(bytes), 0)::bigint FROM wa_usage").fetchone()
-                used = row[0] if row else 0
-            tx = Tx(cur, used, self._limit)
-            for op in seg:
-                op.value, op.error = None, None
-            start = 0
-            while start < len(seg):
-                kind = type(seg[start])
-                end = start + 1
-                if kind.merge:
-                    while end < len(seg) and type(seg[end]) is kind:
-                        end += 1
-                kind.run(tx, seg[start:end])
-                start = end
-            if tx.delta:
-                cur.execute("UPDATE wa_usage SET bytes = bytes + %s WHERE slot = %s",
-                            (tx.delta, self._slot))
-            now = time.monotonic()
-            if now >= self._next_sweep:
-                self._next_sweep = now + TOKEN_SWEEP_EVERY
-                cur.execute(f"DELETE FROM wa_commits WHERE at < now() - interval '{TOKEN_TTL}'")
-            answers = [(op.value, op.error) for op in seg]
-            if self.fault_hook is not None:
-                self.fault_hook("commit", conn)
-            try:
+            with conn.pipeline():
+                cur.execute("BEGIN")
+                if in_doubt is not None:
+                    # A retry after a lost COMMIT: first learn whether it landed.
+                    cur.execute("INSERT INTO wa_commits (token) VALUES (%s) "
+                                "ON CONFLICT DO NOTHING RETURNING 1", (token,))
+                    if cur.fetchone() is None:
+                        cur.execute("ROLLBACK")
+                        for op, (value, error) in zip(seg, in_doubt, strict=True):
+                            op.value, op.error = value, error
+                        self.resolved_by_token += 1
+                        return
+                else:  # a fresh token cannot conflict: no need to wait for the answer
+                    cur.execute("INSERT INTO wa_commits (token) VALUES (%s)", (token,))
+                usage = None
+                if self._limit is not None:
+                    usage = conn.cursor()
+                    usage.execute("SELECT coalesce(sum(bytes), 0)::bigint FROM wa_usage")
+                tx = Tx(conn, cur, usage, self._limit)
+                for op in seg:
+                    op.value, op.error = None, None
+                start = 0
+                while start < len(seg):
+                    kind = type(seg[start])
+                    end = start + 1
+                    if kind.merge:
+                        while end < len(seg) and type(seg[end]) is kind:
+                            end += 1
+                    kind.run(tx, seg[start:end])
+                    start = end
+                if tx.delta:
+                    cur.execute("UPDATE wa_usage SET bytes = bytes + %s WHERE slot = %s",
+                                (tx.delta, self._slot))
+                now = time.monotonic()
+                if now >= self._next_sweep:
+                    self._next_sweep = now + TOKEN_SWEEP_EVERY
+                    cur.execute(f"DELETE FROM wa_commits WHERE at < now() - interval '{TOKEN_TTL}'")
+                answers = [(op.value, op.error) for op in seg]
+                if self.fault_hook is not None:
+                    self.fault_hook("commit", conn)
+                commit_queued = True
                 cur.execute("COMMIT")
-            except psycopg.Error as exc:
-                if classify(exc, conn) == "connection":
-                    raise _LostCommit(answers, exc) from exc
-                raise
+            # Leaving the pipeline sent COMMIT and read every result: committed.
             if self.fault_hook is not None:
                 try:
                     self.fault_hook("committed", conn)
                 except psycopg.Error as exc:
                     raise _LostCommit(answers, exc) from exc
         except _LostCommit:
+            raise
+        except psycopg.Error as exc:
+            if commit_queued and classify(exc, conn) == "connection":
+                raise _LostCommit(answers, exc) from exc
+            _rollback(conn)
             raise
         except BaseException:
             _rollback(conn)
