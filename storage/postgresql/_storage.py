@@ -256,6 +256,8 @@ class PostgresStorage(PgMediaMixin):
                 return fn(conn, attempt)
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 kind = classify(exc, conn)
+                if kind == "connection" and conn is not None:
+                    conn.close()  # e.g. on a read-only standby after a failover: replace it
                 if kind not in ("connection", "transient") or time.monotonic() + pause > deadline:
                     raise translate(exc) from exc
                 attempt += 1
@@ -263,7 +265,7 @@ class PostgresStorage(PgMediaMixin):
                 pause = min(pause * 2, 1.0)
             finally:
                 if conn is not None:
-                    self._pool.putconn(conn)
+                    self._pool.putconn(conn)  # a closed or broken one is discarded
 
     async def _fetch(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         def run(conn: psycopg.Connection, attempt: int) -> list[tuple[Any, ...]]:

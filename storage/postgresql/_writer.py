@@ -335,6 +335,8 @@ class PgWriter:
                 kind = classify(exc, conn)
                 if kind in ("full", "bug"):
                     raise _Failed(exc) from exc
+                if kind == "connection" and conn is not None:
+                    conn.close()  # e.g. on a read-only standby after a failover: replace it
                 self.retries += 1
                 if kind == "transient" and time.monotonic() > deadline:
                     log.error("a batch kept failing for %.1f s: %d ops refused: %r",
@@ -352,7 +354,7 @@ class PgWriter:
                     pause = min(pause * 2, 1.0)
             finally:
                 if conn is not None:
-                    self._pool.putconn(conn)
+                    self._pool.putconn(conn)  # a closed or broken one is discarded
 
     def _transaction(
         self, conn: psycopg.Connection, seg: list[Op], token: bytes,

@@ -348,3 +348,32 @@ async def test_server_restart_during_traffic_gives_errors_or_successes_never_fal
                 assert {i.envelope: i.seq for i in items if i.envelope in acked} == acked
     finally:
         await trio.to_thread.run_sync(server.stop)
+
+
+async def test_connections_that_land_on_a_read_only_server_are_replaced(
+        pg, postgres_db: str) -> None:
+    """Like a failover that left the pool on a standby: writes fail with 25006
+    (read-only transaction), so the writer drops those connections; once the
+    database is writable again, new connections serve the next batch."""
+    conninfo, schema = pg
+    dbname = postgres_db.split("///", 1)[1].split("?", 1)[0]
+    admin = conninfo.replace(f"/{dbname}?", "/postgres?", 1)
+
+    def set_read_only(on: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            action = "SET default_transaction_read_only = on" if on else "RESET ALL"
+            conn.execute(f'ALTER DATABASE "{dbname}" {action}')
+        if on:
+            _terminate(conninfo, app=schema)  # the pool reconnects: to a "standby"
+
+    with trio.fail_after(30):
+        async with PostgresStorage.open(conninfo, schema=schema, retry_for=1) as st:
+            assert await st.enqueue([(ALICE, 0, b"before")], now=T0) == [1]
+            try:
+                await trio.to_thread.run_sync(set_read_only, True)
+                with pytest.raises(StorageUnavailable, match="read-only"):
+                    await st.enqueue([(ALICE, 0, b"refused")], now=T0)
+            finally:
+                await trio.to_thread.run_sync(set_read_only, False)
+            assert await st.enqueue([(ALICE, 0, b"after")], now=T0) == [2]
+            assert [i.envelope for i in await st.read_queue(ALICE, 0)] == [b"before", b"after"]
