@@ -6,6 +6,7 @@ the URL options and the schema, ``docs/operations.md`` for running it.
 
 from ._schema import LATEST as SCHEMA_VERSION
 from ._schema import SchemaError
-from ._storage import DEFAULT_SCHEMA, PostgresStorage, split_url
+from ._storage import PostgresStorage
+from ._url import DEFAULT_SCHEMA, split_url
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStorage", "SchemaError", "split_url"]

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, Self, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 import psycopg_pool
@@ -32,56 +31,20 @@ import trio
 
 from .. import _keys as K
 from ..base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
-from ..errors import DuplicateKey, StorageError, StorageUnavailable
+from ..errors import StorageError, StorageUnavailable
 from . import _ops as ops
+from ._directory import PgDirectoryMixin, value_of
 from ._errors import classify, translate
 from ._media import PgMediaMixin
 from ._schema import migrate, set_search_path
+from ._url import DEFAULT_SCHEMA, open_kwargs, split_url
 from ._writer import FaultHook, PgWriter
 
 T = TypeVar("T")
 
-SCHEMES = ("postgresql", "postgres")
-DEFAULT_SCHEMA = "wa_relay"
-_OPTIONS = {"schema", "pool_min", "pool_max", "max_bytes", "migrate", "retry_for",
-            "connect_timeout_s"}
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-
-def split_url(url: str) -> tuple[str, dict[str, str]]:
-    """``postgresql://...?schema=x&host=/run/pg`` -> ``(libpq conninfo URL, our options)``.
-
-    Our options (see :meth:`PostgresStorage.from_url`) are taken out; every other
-    query parameter, the hosts (several for failover) and the database name go to
-    libpq unchanged. Raises ValueError for another scheme or a repeated option.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ValueError(f"not a postgresql:// URL: {url!r}")
-    ours: dict[str, str] = {}
-    rest = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in _OPTIONS:
-            if key in ours:
-                raise ValueError(f"option {key!r} given twice in {url!r}")
-            ours[key] = value
-        else:
-            rest.append((key, value))
-    query = urlencode(rest)
-    conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
-    return conninfo, ours
-
-
-def _flag(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-class PostgresStorage(PgMediaMixin):
+class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
     """A durable, shareable :class:`~storage.base.Storage` in PostgreSQL.
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that own
@@ -199,22 +162,7 @@ class PostgresStorage(PgMediaMixin):
         a Unix-socket directory, ``sslmode``, ``target_session_attrs``...).
         See :meth:`open`."""
         conninfo, opts = split_url(url)
-        kwargs: dict[str, Any] = {}
-        if "schema" in opts:
-            kwargs["schema"] = opts["schema"]
-        for name in ("pool_min", "pool_max"):
-            if name in opts:
-                kwargs[name] = int(opts[name])
-        if "max_bytes" in opts:
-            from ..lmdb import parse_size
-            kwargs["max_bytes"] = parse_size(opts["max_bytes"])
-        if "migrate" in opts:
-            kwargs["migrate"] = _flag(opts["migrate"])
-        if "retry_for" in opts:
-            kwargs["retry_for"] = float(opts["retry_for"])
-        if "connect_timeout_s" in opts:
-            kwargs["connect_timeout"] = float(opts["connect_timeout_s"])
-        return cls.open(conninfo, **kwargs)
+        return cls.open(conninfo, **open_kwargs(opts))
 
     @classmethod
     async def migrate_url(cls, url: str) -> tuple[int, list[str]]:
@@ -286,88 +234,6 @@ class PostgresStorage(PgMediaMixin):
     def _dev(user_id: str, device_id: int) -> tuple[str, int]:
         K.check_user_id(user_id)
         return user_id, K.check_device_id(device_id)
-
-    # -- device lists
-
-    async def get_device_list(self, user_id: str) -> tuple[int, bytes] | None:
-        """See :meth:`storage.base.Storage.get_device_list`."""
-        K.check_user_id(user_id)
-        rows = await self._fetch("SELECT version, blob FROM device_lists WHERE user_id = %s",
-                                 (user_id,))
-        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
-
-    async def put_device_list(self, user_id: str, version: int, blob: bytes) -> None:
-        """See :meth:`storage.base.Storage.put_device_list`. ``version`` fits in 64 bits."""
-        K.check_user_id(user_id)
-        blob = K.check_bytes("blob", blob)
-        if not 0 <= version < 2**64:
-            raise ValueError(f"device list version out of range: {version}")
-        self._check_open()
-        await self.writer.submit(ops.PutDeviceList(user_id, version, blob))
-
-    # -- watchers
-
-    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
-        """See :meth:`storage.base.Storage.add_watcher`. A stored pair costs one read."""
-        K.check_user_id(user_id)
-        K.check_user_id(watcher_user_id)
-        if await self._fetch("SELECT 1 FROM watchers WHERE user_id = %s AND watcher = %s",
-                             (user_id, watcher_user_id)):
-            return
-        await self.writer.submit(ops.AddWatcher(user_id, watcher_user_id))
-
-    async def watchers(self, user_id: str) -> list[str]:
-        """See :meth:`storage.base.Storage.watchers`."""
-        K.check_user_id(user_id)
-        rows = await self._fetch(
-            "SELECT watcher FROM watchers WHERE user_id = %s ORDER BY watcher", (user_id,))
-        return [r[0] for r in rows]
-
-    # -- one-time keys
-
-    async def add_one_time_keys(
-        self, user_id: str, device_id: int, keys: list[tuple[str, bytes]]
-    ) -> int:
-        """See :meth:`storage.base.Storage.add_one_time_keys`."""
-        user, dev = self._dev(user_id, device_id)
-        raw = [(K.check_key_id(k), K.check_bytes("key", v)) for k, v in keys]
-        if len({k for k, _ in raw}) != len(raw):
-            await trio.lowlevel.checkpoint()
-            raise DuplicateKey("a one-time key id is repeated in the call")
-        self._check_open()
-        return await self.writer.submit(ops.AddKeys(user, dev, raw))
-
-    async def set_fallback_key(self, user_id: str, device_id: int, key_id: str, key: bytes) -> None:
-        """See :meth:`storage.base.Storage.set_fallback_key`."""
-        user, dev = self._dev(user_id, device_id)
-        kid, key = K.check_key_id(key_id), K.check_bytes("key", key)
-        self._check_open()
-        await self.writer.submit(ops.SetFallback(user, dev, kid, key))
-
-    async def claim_key(self, user_id: str, device_id: int) -> tuple[str, bytes, bool] | None:
-        """See :meth:`storage.base.Storage.claim_key`. Hands out the lowest key id first."""
-        [claimed] = await self.claim_keys([(user_id, device_id)])
-        return claimed
-
-    async def claim_keys(
-        self, claims: list[tuple[str, int]]
-    ) -> list[tuple[str, bytes, bool] | None]:
-        """See :meth:`storage.base.Storage.claim_keys`. Freeing: never refused for room.
-
-        Raises:
-            StorageUnavailable: the database failed; no key was handed out.
-        """
-        batch = [ops.Claim(*self._dev(u, d)) for u, d in claims]
-        self._check_open()
-        return [_value(op) for op in await self.writer.submit_many(batch)]
-
-    async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
-        """See :meth:`storage.base.Storage.count_one_time_keys`."""
-        user, dev = self._dev(user_id, device_id)
-        rows = await self._fetch(
-            "SELECT count(*) FROM otk WHERE user_id = %s AND device_id = %s", (user, dev))
-        return int(rows[0][0])
-
     # -- queues
 
     async def enqueue(
@@ -433,7 +299,7 @@ class PostgresStorage(PgMediaMixin):
         """
         batch = [ops.Ack(*self._dev(u, d), int(seq)) for u, d, seq in acks]
         self._check_open()
-        return [_value(op) for op in await self.writer.submit_many(batch)]
+        return [value_of(op) for op in await self.writer.submit_many(batch)]
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.purge_device`. Keeps the seq counter row."""
@@ -518,8 +384,3 @@ def _answer(op: ops.Op) -> Any:
         return op.error
     raise op.error
 
-
-def _value(op: ops.Op) -> Any:
-    if op.error is not None:
-        raise op.error
-    return op.value
