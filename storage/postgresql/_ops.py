@@ -123,6 +123,7 @@ class Enqueue(Op):
                 "unnest(%b::text[], %b::bigint[], %b::bigint[], %b::float8[], %b::bytea[])",
                 (q_user, q_dev, q_seq, q_ts, q_env))
             touched = sorted({(u, d) for u, d in zip(q_user, q_dev, strict=True)})
+            tx.enqueued.update(touched)
             tx.cur.execute(
                 "UPDATE devices AS t SET last_seq = v.s, queue_len = v.n FROM unnest("
                 "%b::text[], %b::bigint[], %b::bigint[], %b::bigint[]) AS v(u, d, s, n) "

@@ -36,6 +36,7 @@ from . import _ops as ops
 from ._directory import PgDirectoryMixin, value_of
 from ._errors import classify, translate
 from ._media import PgMediaMixin
+from ._notify import channel_of, new_origin, serve_enqueue_watch
 from ._schema import migrate, set_search_path
 from ._url import DEFAULT_SCHEMA, open_kwargs, split_url
 from ._writer import FaultHook, PgWriter
@@ -61,6 +62,8 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
         self._retry_for = retry_for
         self._limiter = limiter
         self._closed = False
+        self._conninfo = ""
+        self._origin = ""
 
     # -- opening
 
@@ -70,7 +73,7 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
         cls, conninfo: str, *, schema: str = DEFAULT_SCHEMA, pool_min: int = 1,
         pool_max: int = 8, max_bytes: int | None = None, migrate: bool = True,
         retry_for: float = 5.0, connect_timeout: float = 10.0, max_batch_ops: int = 1024,
-        fault_hook: FaultHook | None = None,
+        notify: bool = False, fault_hook: FaultHook | None = None,
     ) -> AsyncIterator[Self]:
         """Connect, migrate (or check) the schema, start the writer; close on exit.
 
@@ -88,6 +91,8 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
                 before answering StorageUnavailable.
             connect_timeout: seconds to reach the server at open.
             max_batch_ops: most ops per group-commit transaction.
+            notify: send a notification with every commit that enqueued envelopes,
+                for :meth:`serve_enqueue_watch` in other processes on the schema.
             fault_hook: test-only, see :data:`~storage.postgresql._writer.FaultHook`.
 
         Raises (on entry):
@@ -114,10 +119,13 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
                                                       timeout=connect_timeout))
             except psycopg_pool.PoolTimeout as exc:
                 raise StorageUnavailable(f"cannot open connections to PostgreSQL: {exc}") from exc
+            origin = new_origin()
             writer = PgWriter(pool, max_bytes=max_bytes, retry_for=retry_for,
-                              max_batch_ops=max_batch_ops, fault_hook=fault_hook)
+                              max_batch_ops=max_batch_ops, fault_hook=fault_hook,
+                              notify=(channel_of(schema), origin) if notify else None)
             st = cls(pool, writer, schema=schema, retry_for=retry_for,
                      limiter=trio.CapacityLimiter(pool_max - 1))
+            st._conninfo, st._origin = conninfo, origin
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(writer.serve)
@@ -173,6 +181,27 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"bad schema name {schema!r}")
         return await trio.to_thread.run_sync(partial(cls.prepare, conninfo, schema))
+
+    async def serve_enqueue_watch(
+        self, on_enqueued: Callable[[set[tuple[str, int]] | None], None], *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_enqueued(devices)`` whenever *another* storage instance on this
+        schema (opened with ``notify=True``) committed envelopes for ``devices``
+        (a set of ``(user_id, device_id)``), and ``on_enqueued(None)`` after a lost
+        listening connection came back (wake every local device). Runs until
+        cancelled; ``task_status.started()`` once listening. See
+        :mod:`storage.postgresql._notify`.
+
+        Raises:
+            StorageUnavailable: the first connection or LISTEN failed.
+        """
+        self._check_open()
+        try:
+            await serve_enqueue_watch(self._conninfo, self.schema, self._origin, on_enqueued,
+                                      task_status=task_status)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
 
     # -- plumbing
 

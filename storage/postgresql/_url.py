@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "wa_relay"
 _OPTIONS = {"schema", "pool_min", "pool_max", "max_bytes", "migrate", "retry_for",
-            "connect_timeout_s"}
+            "connect_timeout_s", "notify"}
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -56,8 +56,9 @@ def open_kwargs(opts: dict[str, str]) -> dict[str, Any]:
     if "max_bytes" in opts:
         from ..lmdb import parse_size
         kwargs["max_bytes"] = parse_size(opts["max_bytes"])
-    if "migrate" in opts:
-        kwargs["migrate"] = _flag(opts["migrate"])
+    for name in ("migrate", "notify"):
+        if name in opts:
+            kwargs[name] = _flag(opts[name])
     if "retry_for" in opts:
         kwargs["retry_for"] = float(opts["retry_for"])
     if "connect_timeout_s" in opts:

@@ -60,6 +60,7 @@ import trio
 
 from ..errors import StorageError, StorageFull, StorageUnavailable
 from ._errors import classify, translate
+from ._notify import payloads
 from ._schema import USAGE_SLOTS
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class Tx:
         self.conn = conn
         self.cur = cur
         self.delta = 0
+        #: devices that got envelopes in this transaction (for the notification)
+        self.enqueued: set[tuple[str, int]] = set()
         self._usage = usage
         self._used: int | None = None
         self._limit = limit
@@ -178,6 +181,8 @@ class PgWriter:
         max_bytes: the accounted-bytes bound, or ``None``.
         retry_for: seconds a batch keeps retrying on connection errors.
         max_batch_ops, max_batch_bytes, queue_size: batch and channel bounds.
+        notify: ``(channel, origin)``: every transaction that enqueued envelopes also
+            sends ``pg_notify`` (see :mod:`storage.postgresql._notify`); None: not.
         fault_hook: test-only, see :data:`FaultHook`.
     """
 
@@ -185,7 +190,7 @@ class PgWriter:
         self, pool: psycopg_pool.ConnectionPool, *, max_bytes: int | None = None,
         retry_for: float = 5.0, max_batch_ops: int = 1024,
         max_batch_bytes: int = 16 * 1024 * 1024, queue_size: int = 1024,
-        fault_hook: FaultHook | None = None,
+        notify: tuple[str, str] | None = None, fault_hook: FaultHook | None = None,
     ) -> None:
         self._pool = pool
         self._limit = max_bytes
@@ -194,6 +199,7 @@ class PgWriter:
         self._max_bytes = max_batch_bytes
         self._slot = secrets.randbelow(USAGE_SLOTS)
         self._next_sweep = time.monotonic() + TOKEN_SWEEP_EVERY
+        self._notify = notify
         self.fault_hook = fault_hook
         self._send, self._recv = trio.open_memory_channel[_Ticket](queue_size)
         self.stopped = trio.Event()
@@ -402,6 +408,10 @@ class PgWriter:
                 if tx.delta:
                     cur.execute("UPDATE wa_usage SET bytes = bytes + %s WHERE slot = %s",
                                 (tx.delta, self._slot))
+                if self._notify is not None and tx.enqueued:
+                    channel, origin = self._notify
+                    for payload in payloads(origin, tx.enqueued):
+                        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
                 now = time.monotonic()
                 if now >= self._next_sweep:
                     self._next_sweep = now + TOKEN_SWEEP_EVERY

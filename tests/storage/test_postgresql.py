@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from relay.__main__ import main as relay_main
 from relay.cluster_files import init_cluster
-from storage import Storage, StorageUnavailable, open_storage
+from storage import QueueFull, Storage, StorageUnavailable, open_storage
 from storage.postgresql import SCHEMA_VERSION, PostgresStorage, SchemaError, split_url
 from storage.testing import ALICE, BOB, StorageConformance
 from storage.testing.postgres_server import LocalPostgres
@@ -377,3 +377,51 @@ async def test_connections_that_land_on_a_read_only_server_are_replaced(
                 await trio.to_thread.run_sync(set_read_only, False)
             assert await st.enqueue([(ALICE, 0, b"after")], now=T0) == [2]
             assert [i.envelope for i in await st.read_queue(ALICE, 0)] == [b"before", b"after"]
+
+
+# -- cross-process wake-ups (LISTEN/NOTIFY)
+
+
+async def test_enqueues_in_one_storage_wake_watchers_of_another(pg) -> None:
+    conninfo, schema = pg
+    with trio.fail_after(30):
+        async with PostgresStorage.open(conninfo, schema=schema, notify=True) as a, \
+                PostgresStorage.open(conninfo, schema=schema, notify=True) as b:
+            seen_by_b: list[set[tuple[str, int]] | None] = []
+            seen_by_a: list[set[tuple[str, int]] | None] = []
+            arrived = trio.Event()
+            a_heard_b = trio.Event()
+
+            def on_a(devices: set[tuple[str, int]] | None) -> None:
+                seen_by_a.append(devices)
+                if devices == {(BOB, 1)}:
+                    a_heard_b.set()
+
+            def on_b(devices: set[tuple[str, int]] | None) -> None:
+                seen_by_b.append(devices)
+                arrived.set()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.serve_enqueue_watch, on_b)
+                await nursery.start(a.serve_enqueue_watch, on_a)
+                await a.enqueue([(ALICE, 0, b"x"), (BOB, 3, b"y"), (ALICE, 0, b"z")], now=T0)
+                await arrived.wait()
+                assert seen_by_b == [{(ALICE, 0), (BOB, 3)}]
+                # A refused request sends nothing; B's own enqueues do not wake B.
+                arrived = trio.Event()
+                with pytest.raises(QueueFull):
+                    await a.enqueue([(ALICE, 0, b"w")], max_queue=1, now=T0)
+                await b.enqueue([(BOB, 1, b"from b")], now=T0)
+                await a_heard_b.wait()
+                # The listener connection is lost: B reconnects and says "maybe missed".
+                await trio.to_thread.run_sync(partial(_terminate, conninfo, app=schema))
+                await arrived.wait()
+                assert seen_by_b[1] is None
+                arrived = trio.Event()
+                await a.enqueue([(BOB, 2, b"after")], now=T0)
+                while seen_by_b[-1] != {(BOB, 2)}:
+                    await arrived.wait()
+                    arrived = trio.Event()
+                nursery.cancel_scope.cancel()
+            # A heard B's enqueue, never its own.
+            assert all(s is None or (ALICE, 0) not in s for s in seen_by_a)
