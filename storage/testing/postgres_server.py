@@ -36,6 +36,10 @@ class PostgresMissing(RuntimeError):
     """No PostgreSQL server binaries were found (or could be installed)."""
 
 
+class PostgresStartFailed(RuntimeError):
+    """initdb or pg_ctl failed; the message carries their output and the server log."""
+
+
 def _version_key(path: str) -> tuple[int, ...]:
     name = Path(path).parent.name
     return tuple(int(p) for p in name.split(".") if p.isdigit())
@@ -116,13 +120,15 @@ class LocalPostgres:
 
         Raises:
             PostgresMissing: no binaries (see :func:`find_bindir`).
-            subprocess.CalledProcessError: initdb or pg_ctl failed (output attached).
+            PostgresStartFailed: initdb or pg_ctl failed (their output in the message).
         """
         bindir = bindir or find_bindir()
         if bindir is None:
             raise PostgresMissing("no PostgreSQL server binaries (initdb, pg_ctl) found")
         user = _server_user()
-        root = Path(tempfile.mkdtemp(prefix="wa-pg-"))
+        # /tmp: short enough for a Unix socket path, and reachable by the server's
+        # user when we are root (TMPDIR may point into root's home).
+        root = Path(tempfile.mkdtemp(prefix="wa-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
         if user is not None:
             shutil.chown(root, user)
         server = cls(bindir, root, user)
@@ -136,6 +142,13 @@ class LocalPostgres:
             with (root / "data" / "postgresql.conf").open("a") as conf:
                 conf.write("".join(f"{k} = {v}\n" for k, v in opts.items()))
             server._start()
+        except subprocess.CalledProcessError as exc:
+            out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(
+                errors="replace")
+            msg = f"{' '.join(map(str, exc.cmd))} failed ({exc.returncode}):\n{out[-2000:]}"
+            msg += f"\nserver log:\n{server.log()[-2000:]}"
+            server.stop()
+            raise PostgresStartFailed(msg) from exc
         except BaseException:
             server.stop()
             raise
@@ -189,12 +202,15 @@ class LocalPostgres:
         self._start()
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown) and delete its directory. Idempotent."""
+        """Stop the server (fast shutdown, else immediate) and delete its directory.
+        Idempotent."""
         if (self.root / "data" / "postmaster.pid").exists():
-            try:
-                self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
-            except subprocess.CalledProcessError:
-                self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "stop")
+            for mode in ("fast", "immediate"):
+                try:
+                    self._run("pg_ctl", "-D", str(self.root / "data"), "-m", mode, "-w", "stop")
+                    break
+                except subprocess.CalledProcessError:
+                    continue
         shutil.rmtree(self.root, ignore_errors=True)
 
 
