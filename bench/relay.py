@@ -34,12 +34,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from relay.cluster_files import init_cluster
 from relay.testing import LoggedProcess, child_env, free_base_port, tool
-from storage.testing.postgres_server import LocalPostgres
 
 from .scenario import BenchContext
 
@@ -124,8 +124,9 @@ class NodeProcesses:
             proc.stop(STOP_TIMEOUT)
 
 
-def postgres_pids(server: LocalPostgres) -> list[int]:
-    """The postmaster of ``server`` and every process it has forked now (backends,
+def postgres_pids(server: Any) -> list[int]:
+    """The postmaster of ``server`` (a :class:`~storage.testing.postgres_server.LocalPostgres`)
+    and every process it has forked now (backends,
     WAL writer, checkpointer...), from ``/proc``."""
     postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
     pids = [postmaster]
@@ -166,7 +167,10 @@ def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str,
 
 def _measure(tmp: Path, count: int, storage: str = "lmdb") -> tuple[dict, dict]:
     """The process part (blocking; run in a thread): one node, then two."""
-    server = LocalPostgres.start(fsync=True) if storage == "postgresql" else None
+    server = None
+    if storage == "postgresql":
+        from storage.testing.postgres_server import LocalPostgres
+        server = LocalPostgres.start(fsync=True)
     try:
         db = server.create_database("bench") if server is not None else ""
         results = []

@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# Rich assertion messages for the conformance suite shipped inside the package,
+# registered here, before any test module (bench's, too) imports storage.testing.
+pytest.register_assert_rewrite("storage.testing")
+
 if TYPE_CHECKING:
     from storage.testing.postgres_server import LocalPostgres
 
@@ -27,8 +31,6 @@ def _in_ci() -> bool:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
-    # Imported here: importing storage.testing at collection time would defeat the
-    # assertion rewriting that tests/storage/conftest.py registers for it.
     from storage.testing.postgres_server import LocalPostgres, find_bindir, install_postgres
 
     bindir = find_bindir()
