@@ -70,7 +70,8 @@ def with_required(names: list[str]) -> list[str]:
 
 
 async def run_bench(
-    names: list[str] | None = None, *, quick: bool = False, out: TextIO | None = None
+    names: list[str] | None = None, *, quick: bool = False, out: TextIO | None = None,
+    storage: str = "lmdb",
 ) -> Report:
     """Run the named scenarios (all if ``None``) in :data:`SCENARIOS` order.
 
@@ -87,7 +88,7 @@ async def run_bench(
     if names:
         names = with_required(names)
     report = Report(out=out or sys.stdout)
-    shared: dict = {}
+    shared: dict = {"storage": storage}  # the relay scenario's node storage (--storage)
     print(f"wa-relay benchmark ({'quick' if quick else 'full'}): Python "
           f"{platform.python_version()}, {platform.system()} {platform.machine()}, "
           f"{os.cpu_count()} CPUs", file=report.out, flush=True)
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this scenario (repeatable); see --list")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--storage", choices=relay.STORAGES, default="lmdb",
+                        help="node storage of the relay scenario (postgresql: keys relay_pg.*)")
     parser.add_argument("--json", metavar="PATH", type=Path,
                         help="also write {figure key: value} as JSON to PATH")
     args = parser.parse_args(argv)
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         check_names(args.only or [])
     except ValueError as exc:
         parser.error(str(exc))
-    report = trio.run(lambda: run_bench(args.only, quick=args.quick))
+    report = trio.run(lambda: run_bench(args.only, quick=args.quick, storage=args.storage))
     if args.json is not None:
         args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0

@@ -13,7 +13,14 @@ the figures are the relay's own.
   other node than its sender (CPU of both nodes).
 
 Server CPU is ``utime + stime`` of the node processes from ``/proc``, over the
-phase. ``ws.frames`` (raw trio-websocket) is measured in the same run by the
+phase.
+
+With ``--storage postgresql`` (``python -m bench --only relay --storage postgresql``)
+the nodes store in PostgreSQL instead (figure keys ``relay_pg.*``): a throwaway
+server started the way the tests start theirs
+(:mod:`storage.testing.postgres_server`), but with ``fsync=on`` like LMDB, one
+schema per node, each node's pool opened in full at start (8 connections), and
+the server's processes (postmaster and every backend) counted in server CPU. ``ws.frames`` (raw trio-websocket) is measured in the same run by the
 ``ws`` scenario, which ``--only relay`` pulls in. Message counts scale with the
 environment variable :data:`SCALE_ENV` (a factor, e.g. ``0.1``; ``--quick``: 0.025).
 """
@@ -25,7 +32,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -43,6 +52,8 @@ QUICK_SCALE = 0.025
 READY_TIMEOUT = 30.0  # seconds for a node to print its ready line
 LOAD_TIMEOUT = 1200.0  # seconds for one load generator run
 STOP_TIMEOUT = 10.0
+STORAGES = ("lmdb", "postgresql")
+PG_POOL = 8  # connections per node, all opened at start (their backends' CPU is counted)
 
 
 class BenchError(RuntimeError):
@@ -72,9 +83,11 @@ class NodeProcesses:
         procs: ``{node_id: LoggedProcess}`` once :meth:`start` returned.
     """
 
-    def __init__(self, root: Path, n: int) -> None:
+    def __init__(self, root: Path, n: int, storage_url: Callable[[str], str] | None = None
+                 ) -> None:
         self.root = root
         self.n = n
+        self.storage_url = storage_url  # node id -> storage URL (None: the LMDB default)
         self.cluster_file = root / "cluster.toml"
         self.procs: dict[str, LoggedProcess] = {}
 
@@ -86,6 +99,11 @@ class NodeProcesses:
         """
         for config in init_cluster(self.root, self.n, free_base_port(self.n)):
             node_id = config.parent.name
+            if self.storage_url is not None:
+                url = json.dumps(self.storage_url(node_id))  # a valid TOML basic string
+                lines = [f"storage = {url}" if line.startswith("storage = ") else line
+                         for line in config.read_text().splitlines()]
+                config.write_text("\n".join(lines) + "\n")
             proc = LoggedProcess([*tool("wa-relay"), "serve", "--config", str(config)],
                                  stdout_log=self.root / f"{node_id}.out",
                                  stderr_log=self.root / f"{node_id}.err", cwd=config.parent,
@@ -106,7 +124,24 @@ class NodeProcesses:
             proc.stop(STOP_TIMEOUT)
 
 
-def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str) -> dict:
+def postgres_pids(server: Any) -> list[int]:
+    """The postmaster of ``server`` (a :class:`~storage.testing.postgres_server.LocalPostgres`)
+    and every process it has forked now (backends,
+    WAL writer, checkpointer...), from ``/proc``."""
+    postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == postmaster:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str,
+             extra_pids: list[int] = ()) -> dict:
     """Run :mod:`bench.relay_load` against ``nodes`` (blocking); returns its JSON.
 
     Raises:
@@ -115,7 +150,7 @@ def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str) -
     argv = [sys.executable, "-m", "bench.relay_load", "--cluster", str(nodes.cluster_file),
             "--phases", ",".join(phases), "--pairs", str(PAIRS), "--count", str(count),
             "--window", str(WINDOW), "--body", str(BODY), *extra]
-    for pid in nodes.pids():
+    for pid in [*nodes.pids(), *extra_pids]:
         argv += ["--pid", str(pid)]
     root = Path(__file__).resolve().parent.parent
     try:
@@ -130,18 +165,33 @@ def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str) -
     return json.loads(done.stdout)
 
 
-def _measure(tmp: Path, count: int) -> tuple[dict, dict]:
+def _measure(tmp: Path, count: int, storage: str = "lmdb") -> tuple[dict, dict]:
     """The process part (blocking; run in a thread): one node, then two."""
-    results = []
-    for n, phases, extra in ((1, ["online", "store", "drain", "paced"], ()),
-                             (2, ["online"], ("--cross-homes",))):
-        nodes = NodeProcesses(tmp / f"cluster{n}", n)
-        try:
-            nodes.start()
-            results.append(run_load(nodes, phases, count, *extra))
-        finally:
-            nodes.stop()
-    return results[0], results[1]
+    server = None
+    if storage == "postgresql":
+        from storage.testing.postgres_server import LocalPostgres
+        server = LocalPostgres.start(fsync=True)
+    try:
+        db = server.create_database("bench") if server is not None else ""
+        results = []
+        for n, phases, extra in ((1, ["online", "store", "drain", "paced"], ()),
+                                 (2, ["online"], ("--cross-homes",))):
+            url = None
+            if server is not None:
+                def url(node_id: str, n: int = n) -> str:
+                    return server.url(db, schema=f"c{n}_{node_id}", pool_min=str(PG_POOL),
+                                      pool_max=str(PG_POOL))
+            nodes = NodeProcesses(tmp / f"cluster{n}", n, url)
+            try:
+                nodes.start()
+                pids = postgres_pids(server) if server is not None else []
+                results.append(run_load(nodes, phases, count, *extra, extra_pids=pids))
+            finally:
+                nodes.stop()
+        return results[0], results[1]
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _record(ctx: BenchContext, name: str, label: str, phase: dict, latency: bool) -> float:
@@ -161,13 +211,23 @@ def _record(ctx: BenchContext, name: str, label: str, phase: dict, latency: bool
 
 
 async def run(ctx: BenchContext) -> None:
-    """Scenario: online, store, drain and paced on one node; federated on two."""
+    """Scenario: online, store, drain and paced on one node; federated on two. With
+    ``ctx.shared["storage"] == "postgresql"`` the same on PostgreSQL, keys ``relay_pg.*``."""
     r = ctx.report
+    storage = ctx.shared.get("storage", "lmdb")
+    if storage not in STORAGES:
+        raise ValueError(f"unknown storage {storage!r}; known: {', '.join(STORAGES)}")
     count = max(1, round(COUNT * scale(ctx.quick)))
     load = os.getloadavg()[0]
-    single, double = await trio.to_thread.run_sync(_measure, ctx.tmp, count)
+    single, double = await trio.to_thread.run_sync(_measure, ctx.tmp, count, storage)
+    medium = "LMDB with fsync"
+    if storage == "postgresql":
+        r.section("relay_pg", "Relay alone on PostgreSQL: the same load, nodes storing in a "
+                              "local PostgreSQL (fsync on)")
+        medium = (f"PostgreSQL with fsync (a local server, Unix socket, {PG_POOL} connections "
+                  "per node; server CPU includes the database's processes)")
     r.note(f"{PAIRS} senders -> {PAIRS} receivers, {count:,} messages each, {BODY} B bodies, "
-           f"{WINDOW} sends in flight per sender; wa-relay serve processes, LMDB with fsync; "
+           f"{WINDOW} sends in flight per sender; wa-relay serve processes, {medium}; "
            f"load average {load:.2f} before (other processes compete for the CPUs)")
     _record(ctx, "online", "online, one node", single["online"], latency=True)
     _record(ctx, "store", "store (receivers offline), durable", single["store"], latency=False)

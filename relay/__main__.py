@@ -5,6 +5,7 @@ Commands::
     wa-relay serve --config node.toml
     wa-relay init-cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
     wa-relay cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
+    wa-relay storage migrate --config node.toml      (see relay.storage_command)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
 node to stdout (flushed) once it listens, log to stderr (and each node's
@@ -27,6 +28,7 @@ import trio
 from relay.cluster_files import init_cluster
 from relay.config import ConfigError, NodeConfig, load_node_config
 from relay.node import LOG_FORMAT, serve_node
+from relay.storage_command import storage as storage_group
 from storage import StorageError
 
 
@@ -150,6 +152,9 @@ def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfig
 def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
     """Run N local nodes in this process (init-cluster first if needed)."""
     _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure)])
+
+
+main.add_command(storage_group)
 
 
 if __name__ == "__main__":  # pragma: no cover
