@@ -17,6 +17,7 @@ nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -96,8 +97,11 @@ def _load(path: Path) -> NodeConfig:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               help="Log level for stderr and log files.")
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """wa-relay: run federated relay nodes."""
+    old = os.umask(0o077)  # data, keys, logs and backups are for this user only
+    ctx.call_on_close(lambda: os.umask(old))
     _setup_logging(log_level)
 
 
@@ -119,6 +123,9 @@ _cluster_options = [
     click.option("--reconfigure", is_flag=True,
                  help="Rewrite an existing cluster.toml that lists other nodes or URLs "
                       "(moves users to other home nodes; removed nodes' queues stay behind)."),
+    click.option("--admin-base-port", type=click.IntRange(0, 65535), default=None,
+                 help="Admin port of n1 (/metrics, /health, /ready on loopback); nK's is "
+                      "admin-base-port + K - 1. Default: base-port + nodes. 0: none."),
 ]
 
 
@@ -128,9 +135,11 @@ def _with_cluster_options(fn):
     return fn
 
 
-def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> list[Path]:
+def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
+          admin_base_port: int | None) -> list[Path]:
     try:
-        return init_cluster(data, nodes, base_port, host, reconfigure=reconfigure)
+        return init_cluster(data, nodes, base_port, host, reconfigure=reconfigure,
+                            admin_base_port=admin_base_port)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except OSError as exc:
@@ -139,17 +148,19 @@ def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) 
 
 @main.command("init-cluster")
 @_with_cluster_options
-def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
+def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
+                     admin_base_port: int | None) -> None:
     """Create (or complete) the files of a local N-node cluster under --data."""
-    for path in _init(nodes, base_port, data, host, reconfigure):
+    for path in _init(nodes, base_port, data, host, reconfigure, admin_base_port):
         click.echo(str(path))
 
 
 @main.command()
 @_with_cluster_options
-def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
+def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
+            admin_base_port: int | None) -> None:
     """Run N local nodes in this process (init-cluster first if needed)."""
-    _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure)])
+    _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure, admin_base_port)])
 
 
 if __name__ == "__main__":  # pragma: no cover
