@@ -23,11 +23,14 @@ import sys
 from pathlib import Path
 
 import click
+import msgspec
+import nacl.signing
 import trio
 
-from relay.cluster_files import init_cluster
-from relay.config import ConfigError, NodeConfig, load_node_config
+from relay.cluster_files import format_cluster, format_node, init_cluster, write_key
+from relay.config import ConfigError, NodeConfig, load_node_config, parse_node_file
 from relay.node import LOG_FORMAT, serve_node
+from relay.ring import NodeInfo, Ring
 from storage import StorageError
 
 
@@ -94,6 +97,7 @@ def _load(path: Path) -> NodeConfig:
 
 
 @click.group()
+@click.version_option(package_name="wa-relay", prog_name="wa-relay")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               help="Log level for stderr and log files.")
@@ -161,6 +165,44 @@ def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool
             admin_base_port: int | None) -> None:
     """Run N local nodes in this process (init-cluster first if needed)."""
     _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure, admin_base_port)])
+
+
+@main.command()
+@click.option("--key-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the new key (created with mode 0600; never overwritten).")
+@click.option("--id", "node_id", required=True, help="The node's id in the cluster file.")
+@click.option("--url", required=True, help="The node's ws:// or wss:// URL.")
+def keygen(key_file: Path, node_id: str, url: str) -> None:
+    """Write a new node key and print its [[node]] entry for cluster.toml."""
+    if not url.startswith(("ws://", "wss://")):
+        raise ConfigProblem(f"--url must start with ws:// or wss://, not {url!r}")
+    key = nacl.signing.SigningKey.generate()
+    try:
+        write_key(key_file, key)
+    except FileExistsError:
+        raise ConfigProblem(f"{key_file} exists; a key is never overwritten") from None
+    except OSError as exc:
+        raise RunFailure(f"cannot write {key_file}: {exc.strerror}") from exc
+    click.echo(format_cluster([NodeInfo(node_id, url, bytes(key.verify_key))]), nl=False)
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+def check_config(config_path: Path) -> None:
+    """Check a node.toml (and its cluster and key files) without starting anything;
+    print the effective settings (environment overrides applied, paths resolved)."""
+    try:
+        cfg = load_node_config(config_path)
+        effective = msgspec.to_builtins(parse_node_file(config_path))
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    effective.update(storage=cfg.storage, cluster=str(config_path.resolve().parent /
+                                                     effective["cluster"]),
+                     key_file=str(cfg.key_file), log_file=str(cfg.log_file or ""))
+    click.echo(f"# {config_path}: ok (node {cfg.id}, {len(cfg.cluster)} nodes in the cluster, "
+               f"ring {Ring(cfg.cluster).version[:12]})")
+    click.echo(format_node(effective), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

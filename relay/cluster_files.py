@@ -30,11 +30,13 @@ from .ring import NodeInfo
 
 
 def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
-    """The text of a cluster file for ``nodes``."""
-    return tomli_w.dumps({"node": [
-        {"id": n.id, "url": n.url, "public_key": base64.b64encode(n.public_key).decode("ascii")}
+    """The text of a cluster file for ``nodes``: one ``[[node]]`` table each (tomli-w
+    would write short ones as an inline array)."""
+    return "\n".join(
+        "[[node]]\n" + tomli_w.dumps({"id": n.id, "url": n.url,
+                                      "public_key": base64.b64encode(n.public_key).decode("ascii")})
         for n in nodes
-    ]})
+    )
 
 
 def format_node(fields: dict[str, Any]) -> str:
