@@ -16,10 +16,12 @@ nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -27,9 +29,11 @@ import msgspec
 import nacl.signing
 import trio
 
+from relay.admin.status import cluster_status, format_status
 from relay.cluster_files import format_cluster, format_node, init_cluster, write_key
-from relay.config import ConfigError, NodeConfig, load_node_config, parse_node_file
-from relay.node import LOG_FORMAT, serve_node
+from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
+from relay.logs import LogFiles, configure_logging
+from relay.node import serve_node
 from relay.ring import NodeInfo, Ring
 from storage import StorageError
 
@@ -46,32 +50,37 @@ class RunFailure(click.ClickException):
     exit_code = 1
 
 
-def _setup_logging(level: str) -> None:
+async def _handle_signals(signals, stop: trio.Event, cancel_scope: trio.CancelScope,
+                          logs: LogFiles) -> None:
+    """SIGTERM/SIGINT: stop gracefully (a second one: at once); SIGHUP: reopen logs."""
     log = logging.getLogger("wa_relay")
-    if not any(getattr(h, "_wa_relay", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler._wa_relay = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(level.upper())
-
-
-async def _stop_on_signal(signals, cancel_scope: trio.CancelScope) -> None:
     async for signum in signals:
-        logging.getLogger("wa_relay").info("signal %d: stopping", signum)
-        cancel_scope.cancel()
-        return
+        if signum == signal.SIGHUP:
+            logs.reopen()
+            log.info("SIGHUP: log files reopened")
+        elif not stop.is_set():
+            log.info("signal %d: stopping", signum)
+            stop.set()
+        else:
+            log.warning("signal %d again: stopping at once", signum)
+            cancel_scope.cancel()
 
 
-async def run_nodes(configs: list[NodeConfig]) -> None:
-    """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None) -> None:
+    """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT, then
+    stop every node gracefully (1001 to every connection, storage flushed, each
+    within its ``shutdown_grace``) and return."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-            for cfg in configs:
-                await nursery.start(serve_node, cfg)
-                click.echo(f"ready {cfg.id} {cfg.node.url}")
-                sys.stdout.flush()
+            nursery.start_soon(_handle_signals, signals, stop, nursery.cancel_scope,
+                               logs or LogFiles([]))
+            async with trio.open_nursery() as nodes:
+                for cfg in configs:
+                    await nodes.start(partial(serve_node, cfg, stop=stop))
+                    click.echo(f"ready {cfg.id} {cfg.node.url}")
+                    sys.stdout.flush()
+            nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -81,12 +90,19 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 def _run(configs: list[NodeConfig]) -> None:
+    level = click.get_current_context().find_root().params.get("log_level")
     try:
-        trio.run(run_nodes, configs)
+        logs = configure_logging(configs, level)
+    except OSError as exc:
+        raise RunFailure(f"cannot open a log file: {exc}") from exc
+    try:
+        trio.run(run_nodes, configs, logs)
     except* OSError as group:
         raise RunFailure(f"cannot run the node: {_first_leaf(group)}") from None
     except* StorageError as group:
         raise RunFailure(f"storage error: {_first_leaf(group)}") from None
+    finally:
+        logs.close()
 
 
 def _load(path: Path) -> NodeConfig:
@@ -98,15 +114,14 @@ def _load(path: Path) -> NodeConfig:
 
 @click.group()
 @click.version_option(package_name="wa-relay", prog_name="wa-relay")
-@click.option("--log-level", default="info", show_default=True,
+@click.option("--log-level", default=None,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="Log level for stderr and log files.")
+              help="Log level for stderr and every log file; overrides each node's log_level.")
 @click.pass_context
-def main(ctx: click.Context, log_level: str) -> None:
+def main(ctx: click.Context, log_level: str | None) -> None:
     """wa-relay: run federated relay nodes."""
     old = os.umask(0o077)  # data, keys, logs and backups are for this user only
     ctx.call_on_close(lambda: os.umask(old))
-    _setup_logging(log_level)
 
 
 @main.command()
@@ -203,6 +218,42 @@ def check_config(config_path: Path) -> None:
     click.echo(f"# {config_path}: ok (node {cfg.id}, {len(cfg.cluster)} nodes in the cluster, "
                f"ring {Ring(cfg.cluster).version[:12]})")
     click.echo(format_node(effective), nl=False)
+
+
+def _status_targets(data: Path | None, config_path: Path | None):
+    """The cluster nodes, admin URLs and ring version that ``status`` probes."""
+    if (data is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --data DIR and --config FILE")
+    try:
+        if config_path is not None:
+            cfg = load_node_config(config_path)
+            return cfg.cluster, {cfg.id: cfg.admin_url}, Ring(cfg.cluster).version
+        nodes = load_cluster(data / "cluster.toml")
+        admin = {n.id: load_node_config(data / n.id / "node.toml").admin_url
+                 for n in nodes if (data / n.id / "node.toml").exists()}
+        return nodes, admin, Ring(nodes).version
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+
+
+@main.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="A local cluster's directory (every node's admin URL is known).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="A node.toml of a deployment (its cluster file lists every node).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node and line.")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=5.0, show_default=True,
+              help="Seconds per probe.")
+def status(data: Path | None, config_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Show each node: reachable, healthy, ready, version, ring, queues and links.
+
+    Exit code 1 if a node is unreachable, on another ring, or unhealthy."""
+    nodes, admin, ring_version = _status_targets(data, config_path)
+    statuses = trio.run(partial(cluster_status, nodes, admin, ring_version, timeout))
+    for st in statuses:
+        click.echo(json.dumps(st.as_dict(), sort_keys=True) if as_json else format_status(st))
+    if not all(st.ok for st in statuses):
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
