@@ -57,7 +57,6 @@ async def _handle_signals(signals, stop: trio.Event, cancel_scope: trio.CancelSc
     async for signum in signals:
         if signum == signal.SIGHUP:
             logs.reopen()
-            log.info("SIGHUP: log files reopened")
         elif not stop.is_set():
             log.info("signal %d: stopping", signum)
             stop.set()
@@ -74,7 +73,7 @@ async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None) -> 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, signals, stop, nursery.cancel_scope,
-                               logs or LogFiles([]))
+                               logs or LogFiles({}))
             async with trio.open_nursery() as nodes:
                 for cfg in configs:
                     await nodes.start(partial(serve_node, cfg, stop=stop))

@@ -90,19 +90,20 @@ class ReopenableFileHandler(logging.FileHandler):
 
 
 class LogFiles:
-    """The file handlers :func:`configure_logging` installed."""
+    """The file handlers :func:`configure_logging` installed, by node logger name."""
 
-    def __init__(self, handlers: list[ReopenableFileHandler]) -> None:
+    def __init__(self, handlers: dict[str, ReopenableFileHandler]) -> None:
         self.handlers = handlers
 
     def reopen(self) -> None:
-        """Reopen every log file (``SIGHUP``)."""
-        for handler in self.handlers:
+        """Reopen every log file (``SIGHUP``) and say so in each."""
+        for name, handler in self.handlers.items():
             handler.reopen()
+            logging.getLogger(name).info("log file reopened (SIGHUP)")
 
     def close(self) -> None:
         """Flush and close every log file."""
-        for handler in self.handlers:
+        for handler in self.handlers.values():
             handler.close()
 
 
@@ -157,6 +158,6 @@ def configure_logging(configs: Sequence[NodeConfig], level: str | None = None) -
         if isinstance(cause, OSError):
             raise cause from None
         raise
-    found = [h for name in ([f"wa_relay.node.{c.id}" for c in configs])
-             for h in logging.getLogger(name).handlers if isinstance(h, ReopenableFileHandler)]
+    found = {name: h for name in (f"wa_relay.node.{c.id}" for c in configs)
+             for h in logging.getLogger(name).handlers if isinstance(h, ReopenableFileHandler)}
     return LogFiles(found)
