@@ -29,6 +29,7 @@ import msgspec
 import nacl.signing
 import trio
 
+from relay.admin.backup import BackupError, backup, restore
 from relay.admin.status import cluster_status, format_status
 from relay.cluster_files import format_cluster, format_node, init_cluster, write_key
 from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
@@ -253,6 +254,41 @@ def status(data: Path | None, config_path: Path | None, as_json: bool, timeout: 
         click.echo(json.dumps(st.as_dict(), sort_keys=True) if as_json else format_status(st))
     if not all(st.ok for st in statuses):
         sys.exit(1)
+
+
+@main.command("backup")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="A new directory for the backup (created 0700).")
+def backup_cmd(config_path: Path, out: Path) -> None:
+    """Copy a node's storage (online, compacted), media, key and files into --out."""
+    try:
+        manifest = backup(_load(config_path), config_path, out)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except BackupError as exc:
+        raise RunFailure(str(exc)) from exc
+    click.echo(f"backed up node {manifest['node']} to {out}: {manifest['data_bytes']} bytes of "
+               f"storage, {manifest['media_files']} media files, in {manifest['seconds']:g} s")
+
+
+@main.command("restore")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+@click.option("--from", "source", required=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A directory written by wa-relay backup.")
+def restore_cmd(config_path: Path, source: Path) -> None:
+    """Put a backup back into a stopped node's (empty) storage directory."""
+    try:
+        manifest = restore(config_path, source)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except BackupError as exc:
+        raise RunFailure(str(exc)) from exc
+    click.echo(f"restored node {manifest['node']} from {source} (taken at "
+               f"{manifest['created']:.0f}, wa-relay {manifest['wa_relay']})")
 
 
 if __name__ == "__main__":  # pragma: no cover

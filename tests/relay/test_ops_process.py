@@ -161,3 +161,56 @@ def test_a_low_file_descriptor_limit_is_a_startup_warning(tmp_path) -> None:
     assert proc.returncode == 0, err
     assert b"file-descriptor limit (256, ulimit -n) is below max_connections (10000)" in err
     assert "file-descriptor limit (256" in (tmp_path / "n1" / "node.log").read_text()
+
+
+async def test_online_backup_and_restore(tmp_path) -> None:
+    """A backup taken while the node runs, restored into an emptied node, delivers
+    what was queued; the backup and the restored files are private."""
+    proc = _cluster(tmp_path, 1)
+    node_toml = tmp_path / "data" / "n1" / "node.toml"
+    with trio.fail_after(60):
+        [(_, url)] = await _ready(proc, 1)
+        try:
+            ring = Ring(load_cluster(tmp_path / "data" / "cluster.toml"))
+            alice, bob = device_homed_at(ring, "n1"), device_homed_at(ring, "n1")
+            await publish(url, alice)
+            await publish(url, bob)
+            mid = os.urandom(16)
+            async with session(url, alice) as a:
+                sent = await a.request(Send(id=2, msg_id=mid, recipients=[bob.recipient(b"b")]))
+                assert sent == Sent(id=2, status="stored")
+            run = await trio.run_process(
+                [*tool("wa-relay"), "backup", "--config", str(node_toml), "--out",
+                 str(tmp_path / "bk")], capture_stdout=True, capture_stderr=True, check=False)
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.startswith(b"backed up node n1 to ")
+        finally:
+            assert await _stop(proc) == 0
+        backup_files = sorted(p.relative_to(tmp_path / "bk").as_posix()
+                              for p in (tmp_path / "bk").rglob("*"))
+        assert backup_files == ["cluster.toml", "data", "data/data.mdb", "data/media", "manifest.json",
+                                "node.key", "node.toml"]
+        for p in (tmp_path / "bk").rglob("*"):
+            assert p.stat().st_mode & 0o077 == 0, p
+        manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+        assert manifest["node"] == "n1" and manifest["ring"] == ring.version
+        # lose the node's data and key, restore
+        (tmp_path / "data" / "n1" / "data").rename(tmp_path / "lost")
+        (tmp_path / "data" / "n1" / "node.key").unlink()
+        run = await trio.run_process(
+            [*tool("wa-relay"), "restore", "--config", str(node_toml), "--from",
+             str(tmp_path / "bk")], capture_stdout=True, capture_stderr=True, check=False)
+        assert run.returncode == 0, run.stderr
+        again = await trio.run_process(
+            [*tool("wa-relay"), "restore", "--config", str(node_toml), "--from",
+             str(tmp_path / "bk")], capture_stderr=True, check=False)
+        assert again.returncode == 1 and b"already holds an LMDB environment" in again.stderr
+        proc = _cluster(tmp_path, 1, name="restored", base=int(url.rsplit(":", 1)[1]))
+        try:
+            await _ready(proc, 1)
+            async with session(url, bob) as b:
+                await b.send(Sync(id=2))
+                frame = await b.recv()
+                assert isinstance(frame, Deliver) and frame.envelope.msg_id == mid
+        finally:
+            assert await _stop(proc) == 0
