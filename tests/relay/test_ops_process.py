@@ -70,6 +70,13 @@ async def test_status_json_reports_every_node(tmp_path) -> None:
                 [*tool("wa-relay"), "status", "--data", str(tmp_path / "data")],
                 capture_stdout=True, check=False)
             assert text.returncode == 0 and text.stdout.decode().count("reachable, healthy") == 2
+            one = await trio.run_process(  # a deployment's view: only its own admin URL
+                [*tool("wa-relay"), "status", "--config", str(tmp_path / "data" / "n2" / "node.toml"),
+                 "--json"], capture_stdout=True, check=False)
+            assert one.returncode == 0
+            n1, n2 = (json.loads(line) for line in one.stdout.decode().splitlines())
+            assert n1["reachable"] and n1["admin_url"] is None and n1["healthy"] is None
+            assert n2["reachable"] and n2["healthy"] is True
     finally:
         assert await _stop(proc) == 0
     with trio.fail_after(30):  # every node down: exit 1, both unreachable
