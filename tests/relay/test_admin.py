@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -87,3 +88,20 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
         assert (status, json.loads(body)) == (200, {"node": "n2", "ready": True})
         status, _ = await http_get(admin["n2"] + "/nope", 10)
         assert status == 404
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    from pathlib import Path
+
+    from relay.metrics import NodeMetrics
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json")
+                           .read_text())
+    names = {s.name for family in NodeMetrics("n1", "0" * 64).registry.collect()
+             for s in family.samples} | {
+        "wa_relay_refusals_total", "wa_relay_storage_refusals_total",  # labelled: no sample yet
+        "wa_relay_outbox_entries", "wa_relay_peer_link_up", "wa_relay_connections",
+        "wa_relay_storage_bytes"}
+    used = {m for panel in dashboard["panels"] for t in panel["targets"]
+            for m in re.findall(r"\bwa_relay_\w+", t["expr"])}
+    assert len(dashboard["panels"]) >= 10 and used and used <= names, used - names
