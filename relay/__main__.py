@@ -1,17 +1,27 @@
-"""``wa-relay``: run relay nodes (console script ``relay.__main__:main``).
+"""``wa-relay``: run and operate relay nodes (console script ``relay.__main__:main``).
 
-Commands::
+Commands (docs/operations.md)::
 
-    wa-relay serve --config node.toml
-    wa-relay init-cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
-    wa-relay cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
+    wa-relay [--log-level LEVEL] serve --config node.toml
+    wa-relay init-cluster --nodes N --base-port P --data DIR [--host H] [--reconfigure]
+                          [--admin-base-port A]
+    wa-relay cluster      (the same options: init-cluster, then run every node here)
+    wa-relay --version
+    wa-relay keygen --key-file FILE --id ID --url URL
+    wa-relay check-config --config node.toml
+    wa-relay status (--data DIR | --config node.toml) [--json] [--timeout S]
+    wa-relay backup --config node.toml --out DIR
+    wa-relay restore --config node.toml --from DIR
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
-node to stdout (flushed) once it listens, log to stderr (and each node's
-``log_file``), and stop cleanly on SIGTERM or SIGINT (exit 0). Exit codes: 0
-ok, 1 runtime failure (port in use, storage cannot be opened), 2 usage or
-configuration error, including a data dir whose ``cluster.toml`` lists other
-nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
+node to stdout (flushed) once it listens, log as :mod:`relay.logs` sets up
+(stderr and each node's ``log_file``; SIGHUP reopens the files), and on SIGTERM
+or SIGINT stop gracefully (every WebSocket closed with 1001, storage flushed,
+within ``shutdown_grace``) and exit 0; a second signal stops at once. Every
+command runs with umask 077. Exit codes: 0 ok, 1 runtime failure (port in use,
+storage cannot be opened, a node unreachable for ``status``, a failed backup),
+2 usage or configuration error, including a data dir whose ``cluster.toml``
+lists other nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ process, ``wa-relay cluster`` or tests, never mix). Three kinds of sources:
 * **counters moved where things happen**: connections accepted and refused and
   WebSocket frames in and out (:mod:`relay.listener`), envelopes stored, acked,
   purged and expired and outbox entries added (:class:`relay.metered.MeteredStorage`),
-  group-commit batches (an observer on the LMDB writer), refusals by error code
-  (:meth:`NodeMetrics.refusal`, called by the connection handler);
+  group-commit batches (an observer on the LMDB writer); refusals by error code,
+  forwards by peer and result, and finished outbox entries through
+  :meth:`NodeMetrics.refusal`, :meth:`~NodeMetrics.forward` and
+  :meth:`~NodeMetrics.outbox_finished`, called by the message path (server,
+  router, outbox);
 * **gauges read at scrape time** by :meth:`NodeMetrics.refresh`: connections by
   kind, peer links up, queued envelopes, outbox depth per peer (bounded by
   :data:`OUTBOX_COUNT_LIMIT`), storage size and free disk space;
@@ -96,6 +99,12 @@ class NodeMetrics:
         self.refusals = Counter("wa_relay_refusals",
                                 "Requests answered with an error code, by code.", ["code"],
                                 registry=r)
+        self.forwards = Counter("wa_relay_forwards",
+                                "Forwards to peers by result: stored (answered), queued (to the "
+                                "outbox), refused.", ["peer", "result"], registry=r)
+        self.outbox_done = Counter("wa_relay_outbox_done",
+                                   "Outbox entries finished, by how: delivered, bounced, "
+                                   "dead_letter.", ["how"], registry=r)
         self.batch_ops = Histogram("wa_relay_commit_batch_ops",
                                    "Operations per group-commit transaction.",
                                    buckets=BATCH_OPS_BUCKETS, registry=r)
@@ -121,6 +130,16 @@ class NodeMetrics:
     def refusal(self, code: str) -> None:
         """Count one request answered with error ``code`` (e.g. ``"queue_full"``)."""
         self.refusals.labels(code).inc()
+
+    def forward(self, peer: str, result: str) -> None:
+        """Count one forward to ``peer`` with ``result`` (``"stored"``, ``"queued"``,
+        ``"refused"``); called by the router."""
+        self.forwards.labels(peer, result).inc()
+
+    def outbox_finished(self, how: str) -> None:
+        """Count one outbox entry gone (``"delivered"``, ``"bounced"``,
+        ``"dead_letter"``); called by the outbox."""
+        self.outbox_done.labels(how).inc()
 
     def observe_batch(self, ops: int, seconds: float) -> None:
         """Group-commit observer: one batch of ``ops`` ops took ``seconds``."""
