@@ -101,7 +101,7 @@ class _Nodes:
         self.urls: dict[str, str] = {}
 
     def start(self) -> None:
-        for config in init_cluster(self.root, 2, _free_base_port(2)):
+        for config in init_cluster(self.root, 2, _free_base_port(4)):
             node_id = config.parent.name
             with (self.root / f"{node_id}.stderr").open("wb") as stderr:
                 proc = subprocess.Popen([*_tool("wa-relay"), "serve", "--config", str(config)],

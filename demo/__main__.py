@@ -79,7 +79,7 @@ def start_cluster(data: Path) -> ClusterProcess:
     for attempt in range(3):
         if relays.exists():
             shutil.rmtree(relays)  # fresh keys and data: the ports are new each run
-        base = free_base_port(NODES)
+        base = free_base_port(2 * NODES)  # node ports, then admin ports
         cluster = ClusterProcess.start(NODES, base, relays, data / "logs")
         say(f"$ {shlex.join(['wa-relay', *cluster.args])}")
         try:

@@ -1,33 +1,52 @@
-"""``wa-relay``: run relay nodes (console script ``relay.__main__:main``).
+"""``wa-relay``: run and operate relay nodes (console script ``relay.__main__:main``).
 
-Commands::
+Commands (docs/operations.md)::
 
-    wa-relay serve --config node.toml
-    wa-relay init-cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
-    wa-relay cluster --nodes N --base-port P --data DIR [--host 127.0.0.1] [--reconfigure]
+    wa-relay [--log-level LEVEL] serve --config node.toml
+    wa-relay init-cluster --nodes N --base-port P --data DIR [--host H] [--reconfigure]
+                          [--admin-base-port A]
+    wa-relay cluster      (the same options: init-cluster, then run every node here)
+    wa-relay --version
+    wa-relay keygen --key-file FILE --id ID --url URL
+    wa-relay check-config --config node.toml
+    wa-relay status (--data DIR | --config node.toml) [--json] [--timeout S]
+    wa-relay backup --config node.toml --out DIR
+    wa-relay restore --config node.toml --from DIR
     wa-relay storage migrate --config node.toml      (see relay.storage_command)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
-node to stdout (flushed) once it listens, log to stderr (and each node's
-``log_file``), and stop cleanly on SIGTERM or SIGINT (exit 0). Exit codes: 0
-ok, 1 runtime failure (port in use, storage cannot be opened), 2 usage or
-configuration error, including a data dir whose ``cluster.toml`` lists other
-nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
+node to stdout (flushed) once it listens, log as :mod:`relay.logs` sets up
+(stderr and each node's ``log_file``; SIGHUP reopens the files), and on SIGTERM
+or SIGINT stop gracefully (every WebSocket closed with 1001, storage flushed,
+within ``shutdown_grace``) and exit 0; a second signal stops at once. Every
+command runs with umask 077. Exit codes: 0 ok, 1 runtime failure (port in use,
+storage cannot be opened, a node unreachable for ``status``, a failed backup),
+2 usage or configuration error, including a data dir whose ``cluster.toml``
+lists other nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
+import msgspec
+import nacl.signing
 import trio
 
-from relay.cluster_files import init_cluster
-from relay.config import ConfigError, NodeConfig, load_node_config
-from relay.node import LOG_FORMAT, serve_node
+from relay.admin.backup import BackupError, backup, restore
+from relay.admin.status import cluster_status, format_status
+from relay.cluster_files import format_cluster, format_node, init_cluster, write_key
+from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
+from relay.logs import LogFiles, configure_logging
+from relay.node import serve_node
+from relay.ring import NodeInfo, Ring
 from relay.storage_command import storage as storage_group
 from storage import StorageError
 
@@ -44,32 +63,36 @@ class RunFailure(click.ClickException):
     exit_code = 1
 
 
-def _setup_logging(level: str) -> None:
+async def _handle_signals(signals, stop: trio.Event, cancel_scope: trio.CancelScope,
+                          logs: LogFiles) -> None:
+    """SIGTERM/SIGINT: stop gracefully (a second one: at once); SIGHUP: reopen logs."""
     log = logging.getLogger("wa_relay")
-    if not any(getattr(h, "_wa_relay", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler._wa_relay = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(level.upper())
-
-
-async def _stop_on_signal(signals, cancel_scope: trio.CancelScope) -> None:
     async for signum in signals:
-        logging.getLogger("wa_relay").info("signal %d: stopping", signum)
-        cancel_scope.cancel()
-        return
+        if signum == signal.SIGHUP:
+            logs.reopen()
+        elif not stop.is_set():
+            log.info("signal %d: stopping", signum)
+            stop.set()
+        else:
+            log.warning("signal %d again: stopping at once", signum)
+            cancel_scope.cancel()
 
 
-async def run_nodes(configs: list[NodeConfig]) -> None:
-    """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None) -> None:
+    """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT, then
+    stop every node gracefully (1001 to every connection, storage flushed, each
+    within its ``shutdown_grace``) and return."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-            for cfg in configs:
-                await nursery.start(serve_node, cfg)
-                click.echo(f"ready {cfg.id} {cfg.node.url}")
-                sys.stdout.flush()
+            nursery.start_soon(_handle_signals, signals, stop, nursery.cancel_scope,
+                               logs or LogFiles({}))
+            async with trio.open_nursery() as nodes:
+                for cfg in configs:
+                    await nodes.start(partial(serve_node, cfg, stop=stop))
+                    click.echo(f"ready {cfg.id} {cfg.node.url}")
+                    sys.stdout.flush()
+            nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -79,12 +102,19 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 def _run(configs: list[NodeConfig]) -> None:
+    level = click.get_current_context().find_root().params.get("log_level")
     try:
-        trio.run(run_nodes, configs)
+        logs = configure_logging(configs, level)
+    except OSError as exc:
+        raise RunFailure(f"cannot open a log file: {exc}") from exc
+    try:
+        trio.run(run_nodes, configs, logs)
     except* OSError as group:
         raise RunFailure(f"cannot run the node: {_first_leaf(group)}") from None
     except* StorageError as group:
         raise RunFailure(f"storage error: {_first_leaf(group)}") from None
+    finally:
+        logs.close()
 
 
 def _load(path: Path) -> NodeConfig:
@@ -95,12 +125,15 @@ def _load(path: Path) -> NodeConfig:
 
 
 @click.group()
-@click.option("--log-level", default="info", show_default=True,
+@click.version_option(package_name="wa-relay", prog_name="wa-relay")
+@click.option("--log-level", default=None,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="Log level for stderr and log files.")
-def main(log_level: str) -> None:
+              help="Log level for stderr and every log file; overrides each node's log_level.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
     """wa-relay: run federated relay nodes."""
-    _setup_logging(log_level)
+    old = os.umask(0o077)  # data, keys, logs and backups are for this user only
+    ctx.call_on_close(lambda: os.umask(old))
 
 
 @main.command()
@@ -121,6 +154,9 @@ _cluster_options = [
     click.option("--reconfigure", is_flag=True,
                  help="Rewrite an existing cluster.toml that lists other nodes or URLs "
                       "(moves users to other home nodes; removed nodes' queues stay behind)."),
+    click.option("--admin-base-port", type=click.IntRange(0, 65535), default=None,
+                 help="Admin port of n1 (/metrics, /health, /ready on loopback); nK's is "
+                      "admin-base-port + K - 1. Default: base-port + nodes. 0: none."),
 ]
 
 
@@ -130,9 +166,11 @@ def _with_cluster_options(fn):
     return fn
 
 
-def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> list[Path]:
+def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
+          admin_base_port: int | None) -> list[Path]:
     try:
-        return init_cluster(data, nodes, base_port, host, reconfigure=reconfigure)
+        return init_cluster(data, nodes, base_port, host, reconfigure=reconfigure,
+                            admin_base_port=admin_base_port)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except OSError as exc:
@@ -141,17 +179,128 @@ def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) 
 
 @main.command("init-cluster")
 @_with_cluster_options
-def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
+def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
+                     admin_base_port: int | None) -> None:
     """Create (or complete) the files of a local N-node cluster under --data."""
-    for path in _init(nodes, base_port, data, host, reconfigure):
+    for path in _init(nodes, base_port, data, host, reconfigure, admin_base_port):
         click.echo(str(path))
 
 
 @main.command()
 @_with_cluster_options
-def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool) -> None:
+def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
+            admin_base_port: int | None) -> None:
     """Run N local nodes in this process (init-cluster first if needed)."""
-    _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure)])
+    _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure, admin_base_port)])
+
+
+@main.command()
+@click.option("--key-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the new key (created with mode 0600; never overwritten).")
+@click.option("--id", "node_id", required=True, help="The node's id in the cluster file.")
+@click.option("--url", required=True, help="The node's ws:// or wss:// URL.")
+def keygen(key_file: Path, node_id: str, url: str) -> None:
+    """Write a new node key and print its [[node]] entry for cluster.toml."""
+    if not url.startswith(("ws://", "wss://")):
+        raise ConfigProblem(f"--url must start with ws:// or wss://, not {url!r}")
+    key = nacl.signing.SigningKey.generate()
+    try:
+        write_key(key_file, key)
+    except FileExistsError:
+        raise ConfigProblem(f"{key_file} exists; a key is never overwritten") from None
+    except OSError as exc:
+        raise RunFailure(f"cannot write {key_file}: {exc.strerror}") from exc
+    click.echo(format_cluster([NodeInfo(node_id, url, bytes(key.verify_key))]), nl=False)
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+def check_config(config_path: Path) -> None:
+    """Check a node.toml (and its cluster and key files) without starting anything;
+    print the effective settings (environment overrides applied, paths resolved)."""
+    try:
+        cfg = load_node_config(config_path)
+        effective = msgspec.to_builtins(parse_node_file(config_path))
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    effective.update(storage=cfg.storage, cluster=str(config_path.resolve().parent /
+                                                     effective["cluster"]),
+                     key_file=str(cfg.key_file), log_file=str(cfg.log_file or ""))
+    click.echo(f"# {config_path}: ok (node {cfg.id}, {len(cfg.cluster)} nodes in the cluster, "
+               f"ring {Ring(cfg.cluster).version[:12]})")
+    click.echo(format_node(effective), nl=False)
+
+
+def _status_targets(data: Path | None, config_path: Path | None):
+    """The cluster nodes, admin URLs and ring version that ``status`` probes."""
+    if (data is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --data DIR and --config FILE")
+    try:
+        if config_path is not None:
+            cfg = load_node_config(config_path)
+            return cfg.cluster, {cfg.id: cfg.admin_url}, Ring(cfg.cluster).version
+        nodes = load_cluster(data / "cluster.toml")
+        admin = {n.id: load_node_config(data / n.id / "node.toml").admin_url
+                 for n in nodes if (data / n.id / "node.toml").exists()}
+        return nodes, admin, Ring(nodes).version
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+
+
+@main.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="A local cluster's directory (every node's admin URL is known).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="A node.toml of a deployment (its cluster file lists every node).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node and line.")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=5.0, show_default=True,
+              help="Seconds per probe.")
+def status(data: Path | None, config_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Show each node: reachable, healthy, ready, version, ring, queues and links.
+
+    Exit code 1 if a node is unreachable, on another ring, or unhealthy."""
+    nodes, admin, ring_version = _status_targets(data, config_path)
+    statuses = trio.run(partial(cluster_status, nodes, admin, ring_version, timeout))
+    for st in statuses:
+        click.echo(json.dumps(st.as_dict(), sort_keys=True) if as_json else format_status(st))
+    if not all(st.ok for st in statuses):
+        sys.exit(1)
+
+
+@main.command("backup")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="A new directory for the backup (created 0700).")
+def backup_cmd(config_path: Path, out: Path) -> None:
+    """Copy a node's storage (online, compacted), media, key and files into --out."""
+    try:
+        manifest = backup(_load(config_path), config_path, out)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except BackupError as exc:
+        raise RunFailure(str(exc)) from exc
+    click.echo(f"backed up node {manifest['node']} to {out}: {manifest['data_bytes']} bytes of "
+               f"storage, {manifest['media_files']} media files, in {manifest['seconds']:g} s")
+
+
+@main.command("restore")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+@click.option("--from", "source", required=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A directory written by wa-relay backup.")
+def restore_cmd(config_path: Path, source: Path) -> None:
+    """Put a backup back into a stopped node's (empty) storage directory."""
+    try:
+        manifest = restore(config_path, source)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except BackupError as exc:
+        raise RunFailure(str(exc)) from exc
+    click.echo(f"restored node {manifest['node']} from {source} (taken at "
+               f"{manifest['created']:.0f}, wa-relay {manifest['wa_relay']})")
 
 
 main.add_command(storage_group)

@@ -104,6 +104,11 @@ class Admission:
         self._refused = 0
         self._refusal_logged_at = -float("inf")
 
+    @property
+    def pending_total(self) -> int:
+        """Unauthenticated connections now, all addresses together."""
+        return sum(self._pending.values())
+
     def pending(self, address: object) -> int:
         """How many unauthenticated connections ``address`` (its key) holds."""
         return self._pending.get(address_key(address), 0)

@@ -1,24 +1,27 @@
-"""Writing the configuration files, and laying out a local cluster (``init-cluster``).
+"""Writing the configuration files (with :mod:`tomli_w`), and laying out a local
+cluster (``init-cluster``).
 
-File formats: :mod:`relay.config`. Strings are emitted as JSON strings, which
-are valid TOML basic strings, so no TOML writer is needed.
+File formats: :mod:`relay.config`. Generated ``node.toml`` files hold every
+setting of :class:`~relay.config.schema.NodeFile` with its value (defaults
+included), and only paths relative to their own directory, so a data dir can
+be moved or copied as a whole.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nacl.signing
+import tomli_w
 
 from .config import (
-    DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_QUEUE_TTL,
+    NODE_SETTINGS,
     ConfigError,
+    NodeFile,
     load_cluster,
     load_key,
     read_toml,
@@ -26,29 +29,31 @@ from .config import (
 from .ring import NodeInfo
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):  # pragma: no cover - not used by our files
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
-    """The text of a cluster file for ``nodes``."""
-    parts = []
-    for n in nodes:
-        key = base64.b64encode(n.public_key).decode("ascii")
-        parts.append(
-            f"[[node]]\nid = {_toml_value(n.id)}\nurl = {_toml_value(n.url)}\n"
-            f"public_key = {_toml_value(key)}\n"
-        )
-    return "\n".join(parts)
+    """The text of a cluster file for ``nodes``: one ``[[node]]`` table each (tomli-w
+    would write short ones as an inline array)."""
+    return "\n".join(
+        "[[node]]\n" + tomli_w.dumps({"id": n.id, "url": n.url,
+                                      "public_key": base64.b64encode(n.public_key).decode("ascii")})
+        for n in nodes
+    )
 
 
 def format_node(fields: dict[str, Any]) -> str:
-    """The text of a flat ``node.toml`` holding ``fields`` (str/int/float values)."""
-    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items())
+    """The text of a flat ``node.toml`` holding ``fields`` (str/int/float/bool values)."""
+    return tomli_w.dumps(fields)
+
+
+def node_file_fields(**settings: Any) -> dict[str, Any]:
+    """Every setting of ``node.toml``, in file order: ``settings`` over the defaults.
+
+    Raises:
+        ConfigError: a required setting is missing or a value is invalid.
+    """
+    try:
+        return msgspec.to_builtins(msgspec.convert(settings, NodeFile))
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"node.toml: {exc}") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -59,7 +64,11 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_key(path: Path, key: nacl.signing.SigningKey) -> None:
-    """Write the 32-byte seed of ``key`` to ``path`` with mode 0600 (created exclusively)."""
+    """Write the 32-byte seed of ``key`` to ``path`` with mode 0600 (created exclusively).
+
+    Raises:
+        FileExistsError: ``path`` exists (a key is never overwritten). OSError: not written.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(bytes(key))
@@ -109,18 +118,30 @@ def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
     )
 
 
+def default_admin_base_port(nodes: int, base_port: int) -> int:
+    """The first admin port of a local cluster: right after the node ports
+    (``nK`` listens on ``base_port + K - 1``, its admin on ``base_port + nodes + K - 1``)."""
+    return base_port + nodes
+
+
 def init_cluster(
     data_dir: str | os.PathLike[str], nodes: int, base_port: int, host: str = "127.0.0.1",
-    *, reconfigure: bool = False,
+    *, reconfigure: bool = False, admin_base_port: int | None = None,
 ) -> list[Path]:
     """Create (or complete) a local cluster layout under ``data_dir``.
 
     Writes ``DIR/cluster.toml`` and ``DIR/nK/{node.toml,node.key}`` for
-    K = 1..``nodes`` on ports ``base_port``..``base_port + nodes - 1``, with
-    storage ``lmdb:///<abs DIR>/nK/data`` and ``log_file = "node.log"``.
+    K = 1..``nodes`` on ports ``base_port``..``base_port + nodes - 1``, admin
+    listeners (loopback) on ``admin_base_port + K - 1`` (default
+    :func:`default_admin_base_port`; 0 = none), storage ``lmdb://data`` and
+    ``log_file = "node.log"`` (both relative to ``nK/``), and every other setting
+    with its default. Directories are created 0700, keys 0600.
+
     Existing key files are kept, so a restart resumes with the same identities
-    and data; an existing ``node.toml`` is kept when its id, host and port
-    match, and ``cluster.toml`` is rewritten only when its content would change.
+    and data. An existing ``node.toml`` keeps its other settings; its id, host,
+    port and admin port are updated (and missing settings added with their
+    defaults) only if they differ. ``cluster.toml`` is rewritten only when its
+    content would change.
 
     An existing ``cluster.toml`` listing other node ids or URLs than the
     arguments is refused before anything is written (a different ``nodes``
@@ -136,17 +157,22 @@ def init_cluster(
     """
     if nodes < 1 or not 0 < base_port <= 65535 - (nodes - 1):
         raise ConfigError("need --nodes >= 1 and ports within 1..65535")
+    if admin_base_port is None:
+        admin_base_port = default_admin_base_port(nodes, base_port)
+    if admin_base_port and not 0 < admin_base_port <= 65535 - (nodes - 1):
+        raise ConfigError("admin ports must be within 1..65535 (--admin-base-port 0: none)")
     root = Path(data_dir).resolve()
     if not reconfigure:
         check_existing_cluster(
             root, [(f"n{k}", f"ws://{host}:{base_port + k - 1}") for k in range(1, nodes + 1)])
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     infos: list[NodeInfo] = []
     node_files: list[Path] = []
     for k in range(1, nodes + 1):
         node_id, port = f"n{k}", base_port + k - 1
         node_dir = root / node_id
-        (node_dir / "data").mkdir(parents=True, exist_ok=True)
+        node_dir.mkdir(exist_ok=True, mode=0o700)
+        (node_dir / "data").mkdir(exist_ok=True, mode=0o700)
         key_path = node_dir / "node.key"
         if key_path.exists():
             key = load_key(key_path)
@@ -156,23 +182,32 @@ def init_cluster(
         infos.append(NodeInfo(node_id, f"ws://{host}:{port}", bytes(key.verify_key)))
         node_file = node_dir / "node.toml"
         node_files.append(node_file)
-        if node_file.exists():
-            try:
-                existing = read_toml(node_file)
-            except ConfigError:
-                existing = {}
-            if (existing.get("id"), existing.get("host", "127.0.0.1"), existing.get("port")) == (
-                node_id, host, port
-            ):
-                continue
-        write_text_atomic(node_file, format_node({
-            "id": node_id, "host": host, "port": port, "cluster": "../cluster.toml",
-            "key_file": "node.key", "storage": f"lmdb://{node_dir / 'data'}",
-            "log_file": "node.log", "queue_ttl": DEFAULT_QUEUE_TTL,
-            "max_queue": DEFAULT_MAX_QUEUE, "max_frame": DEFAULT_MAX_FRAME,
-        }))
+        _write_node_file(node_file, {
+            "id": node_id, "host": host, "port": port,
+            "admin_port": admin_base_port + k - 1 if admin_base_port else 0,
+        })
     cluster_file = root / "cluster.toml"
     text = format_cluster(infos)
     if not cluster_file.exists() or cluster_file.read_text(encoding="utf-8") != text:
         write_text_atomic(cluster_file, text)
     return node_files
+
+
+def _write_node_file(node_file: Path, wanted: dict[str, Any]) -> None:
+    """Write ``node_file`` with ``wanted`` over its existing settings (or the local
+    cluster's defaults), unless that changes nothing."""
+    existing: dict[str, Any] = {}
+    if node_file.exists():
+        try:
+            existing = read_toml(node_file)
+        except ConfigError:
+            existing = {}
+    settings: dict[str, Any] = {
+        "cluster": "../cluster.toml", "key_file": "node.key", "storage": "lmdb://data",
+        "log_file": "node.log",
+    }
+    settings.update({k: v for k, v in existing.items() if k in NODE_SETTINGS})
+    settings.update(wanted)
+    text = format_node(node_file_fields(**settings))
+    if not node_file.exists() or node_file.read_text(encoding="utf-8") != text:
+        write_text_atomic(node_file, text)

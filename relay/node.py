@@ -1,36 +1,46 @@
 """One relay node: storage, ring, directory, delivery, federation, outbox, server.
 
-``serve_node(config)`` runs until cancelled and supports ``nursery.start``::
+``serve_node(config)`` runs until cancelled, or until its ``stop`` event is set
+(then it stops gracefully, :meth:`Node.shut_down`), and supports ``nursery.start``::
 
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_node, config)   # listening from here on
+        port = await nursery.start(partial(serve_node, config, stop=stop))  # listening now
         ...
-        nursery.cancel_scope.cancel()
+        stop.set()        # graceful: every WebSocket closed with 1001, storage flushed
+        # or: nursery.cancel_scope.cancel()   (abrupt)
 
-Logs go to the ``wa_relay.node.<id>`` logger (and ``config.log_file``, if
-set): metadata only (user id prefixes, device ids, codes), never message
-bodies or keys.
+With ``config.admin_port`` set, the node also serves its admin HTTP listener
+(``/metrics``, ``/health``, ``/ready``; :mod:`relay.admin`).
+
+Logs go to the ``wa_relay.node.<id>`` logger: metadata only (user id prefixes,
+device ids, codes), never message bodies or keys. Where they end up (stderr,
+``config.log_file``, format, level) is set once per process by
+:func:`relay.logs.configure_logging` (the CLI does it); this module adds no handler.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from contextlib import AsyncExitStack
 from functools import partial
 
 import trio
+import trio_websocket
 
+from relay.admin import serve_admin
 from relay.admission import Admission
 from relay.config import NodeConfig
-from relay.delivery import DeviceRegistry
 from relay.directory import Directory
 from relay.federation import Federation
 from relay.forwarding import Forwarding
 from relay.full_log import StorageFullLog
 from relay.linking import Linking
-from relay.listener import handle_websocket
+from relay.listener import SocketSet, handle_websocket
 from relay.media import MediaService
+from relay.metered import CountingRegistry, MeteredStorage
+from relay.metrics import NodeMetrics
 from relay.notices import DeviceListChanges
 from relay.outbox import Outbox
 from relay.protocol import Limits
@@ -45,7 +55,9 @@ FORWARD_TIMEOUT = 5.0  # seconds before a forward is given to the outbox
 EXPIRE_INTERVAL = 300.0  # seconds between TTL sweeps
 FRAME_SLACK = 64 * 1024  # bytes above max_frame that still get a too_large answer
 RECEIVE_BUFFER = 64 * 1024
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # also relay.logs
+CLOSE_GOING_AWAY = 1001
+FD_HEADROOM = 64  # descriptors a node needs beyond its connections (storage, logs, links)
 
 
 class Node:
@@ -60,6 +72,13 @@ class Node:
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
+        metrics: the node's :class:`~relay.metrics.NodeMetrics` (its own registry).
+        sockets: the accepted WebSockets being served (:mod:`relay.listener` keeps it).
+        ready: set once the node listens. stopping: set when it starts to stop.
+        started_at: ``trio.current_time()`` when the node was built.
+
+    ``storage`` is wrapped in a :class:`~relay.metered.MeteredStorage`; a storage
+    that offers ``observe_batches`` (LMDB) reports its group-commit batches.
     """
 
     def __init__(
@@ -74,9 +93,18 @@ class Node:
         self.ring = Ring(config.cluster)
         self.limits = Limits.for_node(config.max_frame, config.max_envelope)
         self.admission = Admission(config.max_connections, config.max_pending_per_ip)
+        self.metrics = NodeMetrics(config.id, self.ring.version)
+        observe = getattr(storage, "observe_batches", None)
+        if observe is not None:
+            observe(self.metrics.observe_batch)
+        storage = MeteredStorage(storage, self.metrics)  # type: ignore[assignment]
         self.storage = storage
+        self.sockets = SocketSet()
+        self.ready = trio.Event()
+        self.stopping = trio.Event()
+        self.started_at = trio.current_time()
         self.directory = Directory(storage, self.ring, config.id)
-        self.registry = DeviceRegistry()
+        self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.ring, self.limits, log)
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
                              queue_ttl=config.queue_ttl, timeout=forward_timeout,
@@ -98,6 +126,31 @@ class Node:
                                   max_size=config.max_media_size)
         self.handlers = node_table(self)
 
+    async def shut_down(self, grace: float) -> None:
+        """Stop gracefully: refuse new connections (503), close every accepted
+        WebSocket with 1001 (going away) and wait until their handlers are done,
+        for at most ``grace`` seconds in all. Queued writes are committed when the
+        storage closes afterwards (:func:`serve_node`)."""
+        self.stopping.set()
+        sockets = self.sockets.snapshot()
+        self.log.info("stopping: closing %d connection(s) with %d", len(sockets),
+                      CLOSE_GOING_AWAY)
+        with trio.move_on_after(grace) as scope:
+            async with trio.open_nursery() as nursery:
+                for ws in sockets:
+                    nursery.start_soon(self._going_away, ws)
+            await self.sockets.wait_empty()  # handlers end right after their socket closed
+        if scope.cancelled_caught:
+            self.log.warning("stopping: %d connection(s) still open after %g s; dropping them",
+                             len(self.sockets), grace)
+
+    @staticmethod
+    async def _going_away(ws) -> None:
+        try:
+            await ws.aclose(CLOSE_GOING_AWAY, "node stopping")
+        except trio_websocket.ConnectionClosed:  # pragma: no cover - aclose is idempotent
+            pass
+
     async def expire_loop(self, interval: float = EXPIRE_INTERVAL) -> None:
         """Delete queued envelopes and media blobs older than their TTLs, every
         ``interval`` s (default :data:`EXPIRE_INTERVAL`); runs until cancelled.
@@ -118,34 +171,44 @@ class Node:
             await trio.sleep(interval)
 
 
+def check_fd_limit(config: NodeConfig, log: logging.Logger) -> int:
+    """Warn if this process may open fewer file descriptors than ``max_connections``
+    plus :data:`FD_HEADROOM`; return the soft limit (-1: unlimited or unknown)."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - not on this platform
+        return -1
+    if soft != resource.RLIM_INFINITY and soft < config.max_connections + FD_HEADROOM:
+        log.warning("the file-descriptor limit (%d, ulimit -n) is below max_connections (%d) "
+                    "+ %d: connections beyond it fail with EMFILE; raise it (LimitNOFILE= in "
+                    "systemd) or lower max_connections", soft, config.max_connections,
+                    FD_HEADROOM)
+    return -1 if soft == resource.RLIM_INFINITY else soft
+
+
 async def serve_node(
     config: NodeConfig, *, storage: Storage | None = None,
-    forward_timeout: float = FORWARD_TIMEOUT,
+    forward_timeout: float = FORWARD_TIMEOUT, stop: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one node until cancelled.
+    """Run one node until cancelled, or until ``stop`` is set and it has stopped
+    gracefully (:meth:`Node.shut_down` within ``config.shutdown_grace``).
 
     Args:
         config: the node's configuration (:func:`relay.config.load_node_config`).
         storage: an already open storage to use instead of opening
             ``config.storage`` (tests); the caller keeps ownership.
         forward_timeout: seconds a forward may take before it goes to the outbox.
+        stop: set it to stop gracefully; then this returns (storage flushed and closed).
         task_status: ``nursery.start`` gets the bound TCP port (useful with port 0).
 
     Raises:
         StorageError / ValueError: the storage cannot be opened.
-        OSError: the port cannot be bound.
+        OSError: the port (or the admin port) cannot be bound.
     """
     log = logging.getLogger(f"wa_relay.node.{config.id}")
+    check_fd_limit(config, log)
     async with AsyncExitStack() as stack:
-        if config.log_file is not None:
-            handler = logging.FileHandler(config.log_file, encoding="utf-8")
-            handler.setFormatter(logging.Formatter(LOG_FORMAT))
-            log.addHandler(handler)
-            if log.level == logging.NOTSET or log.level > logging.INFO:
-                log.setLevel(logging.INFO)
-            stack.callback(handler.close)
-            stack.callback(log.removeHandler, handler)
         if storage is None:
             storage = await stack.enter_async_context(open_storage(config.storage))
         node = Node(config, storage, log, forward_timeout=forward_timeout)
@@ -158,9 +221,17 @@ async def serve_node(
                 message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
             ))
+            if config.admin_port:
+                await nursery.start(serve_admin, node, config.admin_host, config.admin_port)
             nursery.start_soon(node.federation.run)
             nursery.start_soon(node.expire_loop)
             port = server.port
-            log.info("node %s listening on %s:%d (ring %s)", config.id, config.host, port,
-                     node.ring.version[:12])
+            log.info("node %s listening on %s:%d (ring %s)%s", config.id, config.host, port,
+                     node.ring.version[:12],
+                     f", admin on {config.admin_url}" if config.admin_port else "")
+            node.ready.set()
             task_status.started(port)
+            if stop is not None:
+                await stop.wait()
+                await node.shut_down(config.shutdown_grace)
+                nursery.cancel_scope.cancel()

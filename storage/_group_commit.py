@@ -53,6 +53,8 @@ transactions themselves run in :class:`storage._lmdb_commit.Committer`, its base
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -114,6 +116,10 @@ class GroupCommitWriter(Committer):
         #: Counters for tests and metrics (more in Committer).
         self.batches = 0
         self.ops = 0
+        #: Optional observer, called on the event loop after every batch with
+        #: ``(ops in the batch, seconds the batch's thread call took)``; it must
+        #: not raise or block (metrics: :meth:`storage.lmdb.LmdbStorage.observe_batches`).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     # -- callers
 
@@ -207,9 +213,12 @@ class GroupCommitWriter(Committer):
                 ops = batch[0].ops if len(batch) == 1 else [
                     op for ticket in batch for op in ticket.ops]
                 # Not cancellable: the transaction always runs to commit or abort in its thread.
+                started = time.perf_counter()
                 await trio.to_thread.run_sync(self._run_sync, ops, check)
                 self.batches += 1
                 self.ops += len(ops)
+                if self.on_batch is not None:
+                    self.on_batch(len(ops), time.perf_counter() - started)
                 for ticket in batch:
                     ticket.done.set()
                 batch = []

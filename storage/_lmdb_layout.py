@@ -237,6 +237,20 @@ def watchers(txn: lmdb.Transaction, dbs: Dbs, user: bytes) -> list[str]:
     return out
 
 
+def outbox_count(txn: lmdb.Transaction, dbs: Dbs, dest: bytes, limit: int) -> int:
+    """How many ``outbox_dest`` index keys ``dest`` has, counting at most ``limit``."""
+    prefix = outbox_dest_prefix(dest)
+    count = 0
+    with txn.cursor(db=dbs.outbox_dest) as cur:
+        if not cur.set_range(prefix):
+            return 0
+        for key in cur.iternext(keys=True, values=False):
+            if count >= limit or not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                break
+            count += 1
+    return count
+
+
 def outbox_list(
     txn: lmdb.Transaction, dbs: Dbs, dest: bytes | None, limit: int
 ) -> list[OutboxEntry]:

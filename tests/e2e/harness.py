@@ -99,7 +99,7 @@ class Cluster:
         if self.data.exists():
             shutil.rmtree(self.data)
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.base_port = free_base_port(self.size)
+        self.base_port = free_base_port(2 * self.size)  # node ports, then admin ports
         argv = [
             *tool("wa-relay"), "init-cluster", "--nodes", str(self.size),
             "--base-port", str(self.base_port), "--data", str(self.data), "--host", HOST,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def test_quota_answers_storage_full(cluster, tmp_path):
     alice, bob = alice_and_bob(cluster, tmp_path)
     home = home_node(cluster, alice)
     config = cluster.node(home).config
-    config.write_text(config.read_text() + "media_quota = 1048576\n")
+    # generated files hold every setting with its value: replace the line
+    config.write_text(re.sub(r"(?m)^media_quota = .*$", "media_quota = 1048576",
+                             config.read_text()))
     cluster.stop(home)
     cluster.restart(home)
     small, big = tmp_path / "small.bin", tmp_path / "big.bin"

@@ -87,7 +87,8 @@ def test_unreadable_existing_cluster_file_is_refused(tmp_path) -> None:
     (tmp_path / "cluster.toml").write_text("[[node]]\nid = 3\n")
     result = CliRunner().invoke(main, _init_args(tmp_path, 1, 7400))
     assert result.exit_code == 2, result.output
-    assert "'id' must be a non-empty string" in result.output and "--reconfigure" in result.output
+    assert "field 'node[0].id': Expected `str`, got `int`" in result.output
+    assert "--reconfigure" in result.output
     assert not (tmp_path / "n1").exists()
 
 
@@ -97,7 +98,7 @@ def test_config_errors_exit_2(tmp_path) -> None:
     assert result.exit_code == 2 and "file not found" in result.output
     (tmp_path / "bad.toml").write_text("id = 3\n")
     result = runner.invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
-    assert result.exit_code == 2 and "'id' must be a non-empty string" in result.output
+    assert result.exit_code == 2 and "field 'id': Expected `str`, got `int`" in result.output
     result = runner.invoke(main, ["cluster", "--nodes", "0", "--base-port", "1", "--data", "x"])
     assert result.exit_code == 2
 
@@ -128,7 +129,7 @@ async def _stop(proc: trio.Process) -> int:
 
 async def test_cluster_process_resumes_on_the_same_data(tmp_path) -> None:
     with trio.fail_after(40):
-        port = free_base_port(2)
+        port = free_base_port(4)  # two nodes, two admin listeners
         proc, lines = await _start_cluster(tmp_path, port, 2)
         try:
             assert lines == [f"ready n1 ws://127.0.0.1:{port}", f"ready n2 ws://127.0.0.1:{port + 1}"]

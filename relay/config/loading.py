@@ -1,0 +1,277 @@
+"""Reading ``node.toml``, ``cluster.toml`` and key files into a :class:`NodeConfig`.
+
+Rules (docs/operations.md, "Node settings"):
+
+* the file is validated against :class:`~relay.config.schema.NodeFile`: a wrong
+  type or bound, a missing required key, and an unknown key (with the closest
+  known one suggested, by :mod:`difflib`) are each a :class:`ConfigError`;
+* environment variables ``WA_RELAY_<KEY>`` (e.g. ``WA_RELAY_PORT=7400``) override
+  the file's keys, converted to the key's type; an unknown ``WA_RELAY_*`` name is
+  an error too;
+* every path (``cluster``, ``key_file``, ``log_file`` and a relative
+  ``lmdb://`` storage URL) is relative to the directory of ``node.toml``,
+  whatever the working directory;
+* the storage URL's scheme must name a known backend (built-in or plug-in), and
+  an ``lmdb://`` URL's options must parse.
+
+Every problem raises :class:`ConfigError` naming the file (or variable) and the
+key; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import nacl.signing
+
+from relay.protocol import Limits
+from relay.ring import NodeInfo
+from storage import UnknownBackend
+from storage.registry import default_registry
+
+from .model import ConfigError, NodeConfig
+from .schema import NODE_SETTINGS, ClusterFile, ClusterNode, NodeFile
+
+ENV_PREFIX = "WA_RELAY_"
+_FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(NodeFile)}
+_AT = re.compile(r" - at `\$((?:\.\w+|\[\d+\])*)`$")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file.
+
+    Raises:
+        ConfigError: missing, unreadable or invalid (the message names the file).
+    """
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def closest(name: str, known: tuple[str, ...] | list[str]) -> str | None:
+    """The known name closest to ``name`` (:func:`difflib.get_close_matches`), or ``None``."""
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(name: str | None) -> str:
+    """``" (did you mean 'x'?)"``, or ``""`` for ``None``."""
+    return f" (did you mean {name!r}?)" if name else ""
+
+
+def _convert(data: Any, schema: type, where: str, known: tuple[str, ...] = ()) -> Any:
+    """``msgspec.convert`` with the error rewritten as ``where: field 'x': ...``."""
+    try:
+        return msgspec.convert(data, schema)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        missing = re.match(r"Object missing required field `(\w+)`", text)
+        m = _AT.search(text)
+        at = m.group(1) if m else ""
+        field = at.replace("$", "").lstrip(".")
+        if missing:
+            place = f" in {field}" if field else ""
+            raise ConfigError(f"{where}: missing required field {missing.group(1)!r}{place}") from None
+        unknown = re.match(r"Object contains unknown field `(\w+)`", text)
+        if unknown:
+            known = known or tuple(getattr(schema, "__struct_fields__", ()))
+            place = f" in {field}" if field else ""
+            raise ConfigError(f"{where}: unknown key {unknown.group(1)!r}{place}"
+                              f"{did_you_mean(closest(unknown.group(1), known))}") from None
+        message = _AT.sub("", text)
+        raise ConfigError(f"{where}: field {field!r}: {message}") from None
+
+
+def _check_keys(data: Mapping[str, Any], where: str) -> None:
+    for key in data:
+        if key not in NODE_SETTINGS:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{did_you_mean(closest(key, NODE_SETTINGS))}")
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given as ``WA_RELAY_<KEY>`` variables, converted to their types.
+
+    Raises:
+        ConfigError: an unknown key, or a value that does not convert (the
+            message names the variable).
+    """
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in _FIELD_TYPES:
+            near = closest(key, NODE_SETTINGS)
+            hint = did_you_mean(near and ENV_PREFIX + near.upper())
+            raise ConfigError(f"environment: unknown setting {name!r}{hint}")
+        try:
+            out[key] = msgspec.convert(raw, _FIELD_TYPES[key], strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"environment: {name}={raw!r}: {exc}") from None
+    return out
+
+
+def load_cluster(path: str | os.PathLike[str]) -> tuple[NodeInfo, ...]:
+    """Read a cluster file.
+
+    Raises:
+        ConfigError: unreadable file, no ``[[node]]``, a bad or unknown field, duplicate ids.
+    """
+    path = Path(path)
+    data = read_toml(path)
+    if not data.get("node"):
+        raise ConfigError(f"{path}: expected at least one [[node]] table")
+    parsed: ClusterFile = _convert(data, ClusterFile, str(path),
+                                   ("node", *ClusterNode.__struct_fields__))
+    nodes: list[NodeInfo] = []
+    for i, entry in enumerate(parsed.node):
+        where = f"{path}: [[node]] #{i + 1}"
+        if not entry.url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"{where}: url must start with ws:// or wss://")
+        try:
+            key = base64.b64decode(entry.public_key, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError(f"{where}: public_key is not standard base64") from exc
+        if len(key) != 32:
+            raise ConfigError(f"{where}: public_key must encode 32 bytes, got {len(key)}")
+        nodes.append(NodeInfo(entry.id, entry.url, key))
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: duplicate node id")
+    return tuple(nodes)
+
+
+def load_key(path: str | os.PathLike[str]) -> nacl.signing.SigningKey:
+    """Read a 32-byte raw Ed25519 seed.
+
+    Raises:
+        ConfigError: unreadable, wrong length, or readable by group/others.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+        seed = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from exc
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise ConfigError(f"{path}: key file must not be accessible by others (chmod 600)")
+    if len(seed) != 32:
+        raise ConfigError(f"{path}: key file must hold a 32-byte Ed25519 seed, got {len(seed)}")
+    return nacl.signing.SigningKey(seed)
+
+
+def resolve_storage_url(url: str, base: Path, where: str) -> str:
+    """Check ``url``'s scheme against the backend registry and make a relative
+    ``lmdb://`` path absolute against ``base``.
+
+    Raises:
+        ConfigError: no scheme, an unknown scheme, or bad ``lmdb://`` options.
+    """
+    scheme = urlsplit(url).scheme
+    if not scheme:
+        raise ConfigError(f"{where}: field 'storage': {url!r} has no scheme (try 'lmdb://data')")
+    try:
+        default_registry().resolve(scheme)
+    except UnknownBackend as exc:
+        raise ConfigError(f"{where}: field 'storage': {exc}") from None
+    if scheme.lower() != "lmdb":
+        return url
+    from storage.lmdb import parse_size, path_from_url
+
+    try:
+        path, query = path_from_url(url)
+        unknown = set(query) - {"map_size", "reserve"}
+        if unknown:
+            raise ValueError(f"unknown lmdb:// options {sorted(unknown)}")
+        for name in query:
+            parse_size(query[name][-1])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: field 'storage': {exc}") from None
+    rest = url.split("?", 1)[1] if "?" in url else ""
+    absolute = Path(path) if Path(path).is_absolute() else base / path
+    return f"lmdb://{absolute}" + (f"?{rest}" if rest else "")
+
+
+def parse_node_file(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+) -> NodeFile:
+    """Read and validate ``node.toml`` with the ``WA_RELAY_*`` overrides of
+    ``environ`` (default ``os.environ``); paths stay as written.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, bad value, bad variable.
+    """
+    path = Path(path)
+    data = read_toml(path)
+    _check_keys(data, str(path))
+    data.update(env_overrides(os.environ if environ is None else environ))
+    return _convert(data, NodeFile, str(path))
+
+
+def load_node_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """Read ``node.toml`` (plus ``WA_RELAY_*`` overrides), the cluster file and the
+    key file it names.
+
+    Args:
+        path: the node file.
+        environ: where overrides come from (default ``os.environ``).
+
+    Raises:
+        ConfigError: any missing file, bad or unknown field, unknown storage scheme,
+            or inconsistency (node not in the cluster, key not matching the
+            cluster's public key).
+    """
+    path = Path(path)
+    where = str(path)
+    f = parse_node_file(path, environ)
+    base = path.resolve().parent
+
+    def rel(p: str) -> Path:
+        return base / p  # an absolute p stays as it is
+
+    try:
+        Limits.for_node(f.max_frame, f.max_envelope or None)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    storage = resolve_storage_url(f.storage, base, where)
+    cluster = load_cluster(rel(f.cluster))
+    key_path = rel(f.key_file)
+    key = load_key(key_path)
+    me = next((n for n in cluster if n.id == f.id), None)
+    if me is None:
+        raise ConfigError(f"{where}: node id {f.id!r} is not in the cluster file")
+    if bytes(key.verify_key) != me.public_key:
+        raise ConfigError(f"{where}: key_file does not match the public key of {f.id!r}")
+    return NodeConfig(
+        id=f.id, host=f.host, port=f.port, cluster=cluster, signing_key=key, storage=storage,
+        log_file=rel(f.log_file) if f.log_file else None, log_level=f.log_level,
+        log_format=f.log_format, admin_host=f.admin_host, admin_port=f.admin_port,
+        shutdown_grace=float(f.shutdown_grace), queue_ttl=float(f.queue_ttl),
+        max_queue=f.max_queue, max_frame=f.max_frame, max_envelope=f.max_envelope or None,
+        link_ttl=float(f.link_ttl), media_quota=f.media_quota, media_ttl=float(f.media_ttl),
+        media_upload_ttl=float(f.media_upload_ttl), max_media_size=f.max_media_size,
+        handshake_timeout=float(f.handshake_timeout), max_pending_per_ip=f.max_pending_per_ip,
+        keepalive_interval=float(f.keepalive_interval),
+        keepalive_timeout=float(f.keepalive_timeout),
+        max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
+        key_file=key_path,
+    )

@@ -1,0 +1,104 @@
+"""The schema of ``node.toml`` and ``cluster.toml``, as :mod:`msgspec` structs.
+
+Every setting of a node file is one field of :class:`NodeFile`, with its type,
+bounds and default; docs/operations.md documents each one (a test checks that
+the two agree) and :func:`relay.cluster_files.init_cluster` writes every one,
+with its default, into the files it generates. Unknown keys are refused
+(``forbid_unknown_fields``); :mod:`relay.config.loading` names the closest
+known key in the error.
+
+Why msgspec rather than pydantic: it validates a TOML-parsed dict into typed,
+frozen structs with bounds (``Meta(ge=..)``), refuses unknown fields, converts
+environment strings with ``strict=False`` field by field, and is one small
+compiled wheel with no dependencies (pydantic brings pydantic-core and
+typing-extensions, and its models are heavier than this flat file needs).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[float, Meta(gt=0)]
+Count = Annotated[int, Meta(ge=1)]
+Bytes = Annotated[int, Meta(ge=0)]
+
+DEFAULT_QUEUE_TTL = 30 * 24 * 3600
+DEFAULT_MAX_QUEUE = 10_000
+DEFAULT_MAX_FRAME = 1024 * 1024
+DEFAULT_LINK_TTL = 120.0
+DEFAULT_MEDIA_QUOTA = 10 * 1024**3
+DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
+DEFAULT_MEDIA_UPLOAD_TTL = 24 * 3600.0
+DEFAULT_MAX_MEDIA_SIZE = 2 * 1024**3
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_INTERVAL = 20.0
+DEFAULT_KEEPALIVE_TIMEOUT = 10.0
+DEFAULT_MAX_PENDING_PER_IP = 64
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_MAILBOXES_PER_IP = 8
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+DEFAULT_SHUTDOWN_GRACE = 10.0
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+
+class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """``node.toml`` as written (paths unresolved). Field docs: docs/operations.md.
+
+    Required: ``id``, ``port``, ``cluster``, ``key_file``, ``storage``. An empty
+    ``log_file`` means none; ``admin_port = 0`` means no admin listener;
+    ``max_envelope = 0`` means "derived from ``max_frame``" (256 KiB at most).
+    """
+
+    id: NonEmpty
+    host: NonEmpty = "127.0.0.1"
+    port: Port
+    cluster: NonEmpty
+    key_file: NonEmpty
+    storage: NonEmpty
+    log_file: str = ""
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    admin_host: NonEmpty = DEFAULT_ADMIN_HOST
+    admin_port: Port = 0
+    shutdown_grace: Positive = DEFAULT_SHUTDOWN_GRACE
+    queue_ttl: Positive = DEFAULT_QUEUE_TTL
+    max_queue: Count = DEFAULT_MAX_QUEUE
+    max_frame: Annotated[int, Meta(ge=1024)] = DEFAULT_MAX_FRAME
+    max_envelope: Bytes = 0
+    link_ttl: Positive = DEFAULT_LINK_TTL
+    media_quota: Bytes = DEFAULT_MEDIA_QUOTA
+    media_ttl: Positive = DEFAULT_MEDIA_TTL
+    media_upload_ttl: Positive = DEFAULT_MEDIA_UPLOAD_TTL
+    max_media_size: Bytes = DEFAULT_MAX_MEDIA_SIZE
+    handshake_timeout: Positive = DEFAULT_HANDSHAKE_TIMEOUT
+    keepalive_interval: Annotated[float, Meta(ge=0)] = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_timeout: Positive = DEFAULT_KEEPALIVE_TIMEOUT
+    max_pending_per_ip: Count = DEFAULT_MAX_PENDING_PER_IP
+    max_connections: Count = DEFAULT_MAX_CONNECTIONS
+    max_mailboxes_per_ip: Count = DEFAULT_MAX_MAILBOXES_PER_IP
+
+
+class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ``[[node]]`` of ``cluster.toml``: id, ``ws://``/``wss://`` URL, and the
+    standard base64 of its 32-byte Ed25519 public key."""
+
+    id: NonEmpty
+    url: NonEmpty
+    public_key: NonEmpty
+
+
+class ClusterFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``cluster.toml``: at least one ``[[node]]``."""
+
+    node: Annotated[list[ClusterNode], Meta(min_length=1)]
+
+
+NODE_SETTINGS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(NodeFile))
+"""Every key ``node.toml`` may hold, in file order."""
