@@ -9,7 +9,7 @@ seconds about refusals. While the node stops (:meth:`relay.node.Node.shut_down`)
 every new connection is refused the same way.
 
 Each accepted WebSocket is counted in the node's metrics (messages and bytes in
-and out, :class:`relay.metered.MeteredWebSocket`) and kept in
+and out, counted by the connection's reader and writer) and kept in
 :attr:`relay.node.Node.sockets` while it is served, so that stopping can close
 it with 1001 (going away).
 """
@@ -22,7 +22,6 @@ import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketRequest
 
 from relay.admission import REFUSAL_LOG_INTERVAL, Refused
-from relay.metered import MeteredWebSocket
 from relay.server import CLOSE_TIMEOUT, Connection
 
 if TYPE_CHECKING:
@@ -94,6 +93,6 @@ async def handle_websocket(node: Node, request: WebSocketRequest) -> None:
         node.metrics.accepted.inc()
         node.sockets.add(ws)
         try:
-            await Connection(node, MeteredWebSocket(ws, node.metrics), remote, ticket).run()
+            await Connection(node, ws, remote, ticket).run()
         finally:
             node.sockets.discard(ws)

@@ -4,8 +4,8 @@ happen, without the components knowing about metrics:
 * :class:`MeteredStorage` wraps the node's :class:`storage.Storage`: envelopes
   stored, duplicates, acked, purged and expired, outbox entries added, enqueue
   refusals; every other attribute is the wrapped storage's own.
-* :class:`MeteredWebSocket` wraps one accepted WebSocket: messages and bytes in
-  and out.
+* (messages and bytes in and out are counted where they pass: the connection's
+  reader and writer, :meth:`relay.metrics.NodeMetrics.read` / ``written``).
 * :class:`CountingRegistry` is a :class:`relay.delivery.DeviceRegistry` that
   counts connected devices.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-from trio_websocket import WebSocketConnection
 
 from relay.delivery import DeviceRegistry
 from relay.metrics import NodeMetrics
@@ -108,31 +106,6 @@ class MeteredStorage:
         ids = await self._storage.outbox_put_many(entries)
         self._m.outbox_added.inc(len(ids))
         return ids
-
-
-class MeteredWebSocket:
-    """An accepted WebSocket whose messages are counted; everything else is the
-    connection's own (``aclose``, ``closed``, ``remote``, ...)."""
-
-    def __init__(self, ws: WebSocketConnection, metrics: NodeMetrics) -> None:
-        self._ws = ws
-        self._m = metrics
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ws, name)
-
-    async def get_message(self) -> bytes | str:
-        """See :meth:`trio_websocket.WebSocketConnection.get_message`."""
-        message = await self._ws.get_message()
-        self._m.frames_in.inc()
-        self._m.bytes_in.inc(len(message))
-        return message
-
-    async def send_message(self, message: bytes | str) -> None:
-        """See :meth:`trio_websocket.WebSocketConnection.send_message`."""
-        await self._ws.send_message(message)
-        self._m.frames_out.inc()
-        self._m.bytes_out.inc(len(message))
 
 
 class CountingRegistry(DeviceRegistry):

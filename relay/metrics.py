@@ -127,6 +127,16 @@ class NodeMetrics:
 
     # -- hooks
 
+    def read(self, message: bytes | str) -> None:
+        """One WebSocket message was read from a connection."""
+        self.frames_in.inc()
+        self.bytes_in.inc(len(message))
+
+    def written(self, batch: list[bytes]) -> None:
+        """``batch`` of WebSocket messages was written to a connection."""
+        self.frames_out.inc(len(batch))
+        self.bytes_out.inc(sum(len(m) for m in batch))
+
     def refusal(self, code: str) -> None:
         """Count one request answered with error ``code`` (e.g. ``"queue_full"``)."""
         self.refusals.labels(code).inc()

@@ -133,7 +133,10 @@ class Connection:
         self._busy = False
         self._peer_tasks = 0
         self._progress = trio.Event()
-        self._out = FrameWriter(ws, remote, on_progress=self._signal, on_remote_close=self._end)
+        metrics = node.metrics
+        self._metrics = metrics
+        self._out = FrameWriter(ws, remote, on_progress=self._signal, on_remote_close=self._end,
+                                on_written=metrics.written)
         self._cancel = trio.CancelScope()
         self._pusher: Pusher | None = None
         self._acks: AckFlusher | None = None
@@ -297,6 +300,7 @@ class Connection:
 
     def _take(self, message: bytes | str) -> None:
         """Decode and admit one message; apply an ack now, queue anything else."""
+        self._metrics.read(message)
         try:
             frame = self._conn.receive_data(message)
         except RemoteProtocolError as exc:
@@ -411,6 +415,7 @@ class Connection:
 
     def _note_refusal(self, answer: Frame, what: str = "send") -> None:
         if isinstance(answer, Error):
+            self._metrics.refusal(answer.code)
             self._log.debug("%s %s -> %s", self._who(), what, answer.code)
             if answer.code == ErrorCode.STORAGE_FULL.value:
                 self._node.full_log.note(what, trio.current_time())

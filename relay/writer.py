@@ -48,8 +48,10 @@ class FrameWriter:
     """
 
     def __init__(self, ws: WebSocketConnection, remote: str, *,
-                 on_progress: Callable[[], None], on_remote_close: Callable[[str], None]) -> None:
+                 on_progress: Callable[[], None], on_remote_close: Callable[[str], None],
+                 on_written: Callable[[list[bytes]], None] = lambda batch: None) -> None:
         self._ws = ws
+        self._on_written = on_written
         self._remote = remote
         self._on_progress = on_progress
         self._on_remote_close = on_remote_close
@@ -146,3 +148,4 @@ class FrameWriter:
         else:
             for data in batch:
                 await self._ws.send_message(data)
+        self._on_written(batch)

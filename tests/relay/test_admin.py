@@ -70,8 +70,8 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
             assert live[("wa_relay_connections", (("kind", "device"),))] == 1
             await b.send(Sync(id=2))
             frame = await b.recv()
-            assert isinstance(frame, Deliver) and frame.envelope.msg_id == mid
-            await b.send(Ack(id=3, seq=frame.seq))
+            assert isinstance(frame, Deliver) and frame.items[0].envelope.msg_id == mid
+            await b.send(Ack(id=3, seq=frame.items[-1].seq))
             while True:  # the ack has no answer: poll the counter (bounded by fail_after)
                 done = await _metrics(admin["n2"])
                 if done[("wa_relay_envelopes_acked_total", ())] == 1:

@@ -118,7 +118,7 @@ async def test_sigterm_closes_clients_with_1001_and_keeps_what_was_acknowledged(
             async with session(url, bob) as b:
                 await b.send(Sync(id=2))
                 frame = await b.recv()
-                assert isinstance(frame, Deliver) and frame.envelope.msg_id == mid
+                assert isinstance(frame, Deliver) and frame.items[0].envelope.msg_id == mid
         finally:
             assert await _stop(proc) == 0
 
@@ -218,6 +218,6 @@ async def test_online_backup_and_restore(tmp_path) -> None:
             async with session(url, bob) as b:
                 await b.send(Sync(id=2))
                 frame = await b.recv()
-                assert isinstance(frame, Deliver) and frame.envelope.msg_id == mid
+                assert isinstance(frame, Deliver) and frame.items[0].envelope.msg_id == mid
         finally:
             assert await _stop(proc) == 0
