@@ -243,15 +243,30 @@ class Connection:
         ping (RFC 6455 5.5.2; every wa-relay end keeps a reader draining its socket,
         so trio-websocket answers it); no pong within ``keepalive_timeout`` s (or a
         send buffer that stays full for that long) ends the connection, which frees
-        the device's registration and its in-flight window."""
+        the device's registration and its in-flight window. A socket write that has
+        not finished after ``keepalive_interval + keepalive_timeout`` s ends the
+        connection too, whatever arrives meanwhile: the other end reads nothing (a
+        device that never reads but keeps sending ``ack`` frames would otherwise
+        pin the frames queued for it forever)."""
         config = self._node.config
         interval, timeout = config.keepalive_interval, config.keepalive_timeout
         if interval <= 0:
             return
+        stall_limit = interval + timeout
         while True:
-            idle = trio.current_time() - self._last_rx
+            now = trio.current_time()
+            writing = self._out.writing_since
+            if writing is not None and now - writing >= stall_limit:
+                self._end(f"no write progress for {stall_limit:g} s (the remote reads nothing)")
+                self._log.debug("connection %s (%s): writes stalled", self._remote, self._who())
+                self._cancel.cancel()
+                return
+            idle = now - self._last_rx
             if idle < interval:
-                await trio.sleep(interval - idle)
+                wait = interval - idle
+                if writing is not None:
+                    wait = min(wait, writing + stall_limit - now)
+                await trio.sleep(wait)
                 continue
             with trio.move_on_after(timeout) as waited:
                 try:

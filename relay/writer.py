@@ -21,6 +21,9 @@ from relay.wsio import GatedWebSocket
 
 QUEUE_SIZE = 256  # frames queued for the writer
 WRITE_BATCH = 64  # most frames written with one socket write
+WRITE_BYTES = 256 * 1024
+"""Bytes after which a socket write takes no further frame (so each write is short
+enough that its completion is a sign of progress: :attr:`FrameWriter.writing_since`)."""
 CLOSE_TIMEOUT = 5.0
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,9 @@ class FrameWriter:
     Attributes:
         unwritten: frames queued and not written yet.
         done: set once the writer task has ended (closed, or the connection ended).
+        writing_since: ``trio.current_time()`` when the socket write in progress
+            began, ``None`` between writes: a write that stays unfinished means the
+            other end reads nothing (its receive window is shut).
     """
 
     def __init__(self, ws: WebSocketConnection, remote: str, *,
@@ -58,6 +64,7 @@ class FrameWriter:
         self._send, self._recv = trio.open_memory_channel[bytes | _Close](QUEUE_SIZE)
         self.unwritten = 0
         self.done = trio.Event()
+        self.writing_since: float | None = None
 
     def push_nowait(self, data: bytes) -> bool:
         """Queue a frame without blocking; ``False`` if the queue is full or the
@@ -118,15 +125,21 @@ class FrameWriter:
             async with self._recv:
                 async for item in self._recv:
                     batch = [item]
-                    while len(batch) < WRITE_BATCH and not isinstance(batch[-1], _Close):
+                    size = 0 if isinstance(item, _Close) else len(item)
+                    while (len(batch) < WRITE_BATCH and size < WRITE_BYTES
+                           and not isinstance(batch[-1], _Close)):
                         try:
                             batch.append(self._recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                        if not isinstance(batch[-1], _Close):
+                            size += len(batch[-1])
                     close = batch.pop() if isinstance(batch[-1], _Close) else None
                     try:
                         if batch:
+                            self.writing_since = trio.current_time()
                             await self._write(batch)  # type: ignore[arg-type]
+                            self.writing_since = None
                             self.unwritten -= len(batch)
                         if close is not None:
                             with trio.move_on_after(CLOSE_TIMEOUT):

@@ -11,8 +11,10 @@ written with one ``enqueue_many`` (:meth:`relay.router.Router.store_parts`);
 A ``bounce`` hands this node a ``bounce`` envelope for one of its own users'
 devices: a message the sending node (the recipient's home) can never deliver.
 It is accepted only for a sender homed here and a recipient (the body's
-``user_id``) homed at the sending node, and queued once per
-``(sender, msg_id, recipient)``.
+``user_id``) homed at the sending node, a 16-byte ``msg_id``, a listed sender
+device and a body within ``max_envelope`` (like any envelope, it must fit a
+``deliver`` frame), and queued once per ``(sender, msg_id, recipient)``, within
+``max_queue``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from relay.protocol.frames import (
 )
 from relay.protocol.stored import decode_bounce_body, encode_envelope
 from relay.services.base import Caller, Table
+
+MSG_ID_SIZE = 16
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -93,6 +97,12 @@ async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
     env = frame.envelope
     if env.kind != "bounce":
         raise RelayError(ErrorCode.BAD_REQUEST, "a bounce carries a 'bounce' envelope")
+    if len(env.msg_id) != MSG_ID_SIZE:
+        raise RelayError(ErrorCode.BAD_REQUEST, f"msg_id must be {MSG_ID_SIZE} bytes")
+    if len(env.body) > node.limits.max_envelope:  # it must fit a deliver frame like any other
+        raise RelayError(ErrorCode.TOO_LARGE,
+                         f"an envelope of {len(env.body)} bytes exceeds the limit of "
+                         f"{node.limits.max_envelope} bytes")
     node.directory.check_user_id(env.sender_user)
     if not node.directory.is_home(env.sender_user):
         raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender is not homed at this node",
@@ -102,9 +112,13 @@ async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
     except ValueError as exc:
         raise RelayError(ErrorCode.BAD_REQUEST, "unreadable bounce body") from exc
     node.directory.check_homed_at(recipient, peer_id, "recipient")
+    entry = await node.directory.get_device_list(env.sender_user)
+    if entry is None or env.sender_device not in entry[1].device_ids:
+        raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender device is not listed",
+                         user_id=env.sender_user)
     seqs = await node.storage.enqueue(
         [(env.sender_user, env.sender_device, encode_envelope(env))],
         dedupe=b"bounce-back\0" + env.sender_user.encode() + b"\0" + env.msg_id
-        + recipient.encode())
+        + recipient.encode(), max_queue=node.config.max_queue)
     if seqs is not None:
         node.registry.notify(env.sender_user, env.sender_device)
