@@ -19,12 +19,14 @@ device and a body within ``max_envelope`` (like any envelope, it must fit a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.protocol import ErrorCode
+from relay.protocol import ErrorCode, write_frame
 from relay.protocol.frames import (
     BounceBack,
+    Error,
     Forward,
     ForwardBatch,
     Frame,
@@ -62,7 +64,7 @@ def messaging_table(node: Node) -> Table:
         for i, item in enumerate(frame.items):
             if isinstance(item, Notify | BounceBack):
                 answers[i] = await _one(node, item, caller.peer_id)
-        return Results(id=frame.id, items=answers)  # type: ignore[arg-type]
+        return fit_results(frame.id, answers, node.limits.max_peer_frame)  # type: ignore[arg-type]
 
     async def bounce_back(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, BounceBack) and caller.peer_id is not None
@@ -71,6 +73,34 @@ def messaging_table(node: Node) -> Table:
 
     return {Forward: forward, GroupForward: forward, ForwardBatch: forward_batch,
             BounceBack: bounce_back}
+
+
+RESULTS_HEADER = 64
+"""Bytes, an upper bound of a ``results`` frame's own map around its items."""
+LIST_OMITTED = " (the list is omitted to keep the answer within the frame limit)"
+
+
+def fit_results(request_id: int, answers: list[Frame], max_frame: int) -> Results:
+    """``results {answers}`` within ``max_frame`` bytes: while it would be larger, the
+    biggest ``stale_devices`` refusals lose their ``device_list`` (a list may be
+    hundreds of kilobytes, and one batch holds up to 4096 items; an oversized
+    ``results`` would break the peer link, and the whole batch would be retried
+    forever). The sender's home fetches an omitted list itself."""
+    sizes = [len(write_frame(a)) for a in answers]
+    total = RESULTS_HEADER + sum(sizes)
+    if total > max_frame:
+        heavy = sorted((i for i, a in enumerate(answers)
+                        if isinstance(a, Error) and a.device_list is not None),
+                       key=lambda i: sizes[i], reverse=True)
+        for i in heavy:
+            if total <= max_frame:
+                break
+            slim = dataclasses.replace(answers[i], device_list=None,  # type: ignore[type-var]
+                                       message=answers[i].message + LIST_OMITTED)  # type: ignore[union-attr]
+            n = len(write_frame(slim))
+            total += n - sizes[i]
+            answers[i], sizes[i] = slim, n
+    return Results(id=request_id, items=answers)
 
 
 async def _one(node: Node, item: Notify | BounceBack, peer_id: str) -> Frame:

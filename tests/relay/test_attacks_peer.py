@@ -76,3 +76,81 @@ async def test_a_malformed_peer_bounce_is_refused_not_a_crash_of_the_link(cluste
             codes = [a.code if isinstance(a, Error) else a.TYPE for a in answer.items]
             assert codes == ["bad_request", "bad_request", "ok"]
             assert await p.request(Ping(id=9)) == Ok(id=9)
+
+
+def _fat_list(device, size: int):
+    """A validly signed device list of about ``size`` bytes: a list body may carry
+    fields the node does not know (strings of up to 256 characters in maps of up to 16
+    entries), so a user can publish a list far above what its devices need."""
+    import time
+
+    from relay.protocol.frames import SignedDeviceList
+    from relay.protocol.identity import DEVICE_LIST_CONTEXT
+
+    pad_map = {f"k{i}": "x" * 250 for i in range(15)}
+    pads = {}
+    while len(pads) * 64 * 15 * 256 < size:
+        pads[f"pad{len(pads)}"] = [pad_map] * 64
+    entry = device.entry()
+    body = msgpack.packb({"user_id": device.user_id, "version": 1, "issued_at": int(time.time()),
+                          "devices": [{"device_id": entry.device_id, "ed25519": entry.ed25519,
+                                       "curve25519": entry.curve25519, "name": entry.name,
+                                       "added_at": entry.added_at}], **pads}, use_bin_type=True)
+    sig = device.account_key.sign(DEVICE_LIST_CONTEXT + body).signature
+    return SignedDeviceList(body=body, signature=sig)
+
+
+async def test_refusals_carrying_big_lists_do_not_break_the_peer_link(nursery) -> None:
+    """One user makes ``stale_devices`` refusals as large as a device list can be (a list
+    padded to ~700 KB); a second user's pipelined sends to it, wrongly addressed, come
+    back in one ``results`` frame. That frame must not exceed the peer frame limit
+    (which broke the link: every batch then went to the outbox, retried forever, and
+    every later message between the two nodes queued behind it)."""
+    from relay_harness import publish_list, session
+
+    from relay.protocol.frames import Copy, Recipient, Send, Sent
+
+    cluster = Cluster(nursery, make_configs(2))
+    await cluster.start_all()
+    with trio.fail_after(40):
+        alice = device_homed_at(cluster.ring, "n1")
+        mallory = device_homed_at(cluster.ring, "n2")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), alice)
+        await publish(cluster.url("n2"), bob)
+        fat = _fat_list(mallory, 700_000)
+        assert (await publish_list(cluster.url("n2"), fat)).TYPE == "ok"
+        async with session(cluster.url("n1"), alice) as a:
+            stale = [Send(id=10 + i, msg_id=os.urandom(16),
+                          recipients=[Recipient(mallory.user_id, 1, [Copy(7, b"x")])])
+                     for i in range(3)]
+            for frame in stale:
+                await a.send(frame)
+            answers = {}
+            while len(answers) < len(stale):
+                f = await a.recv()
+                answers[f.id] = f
+            codes = [getattr(answers[f.id], "code", answers[f.id].TYPE) for f in stale]
+            assert codes == ["stale_devices"] * 3, [answers[f.id] for f in stale]
+            # the sender's home fetched the lists the destination left out
+            assert all(answers[f.id].device_list == fat for f in stale)
+            sent = await a.request(Send(id=20, msg_id=os.urandom(16),
+                                        recipients=[bob.recipient()]))
+            assert sent == Sent(id=20, status="stored"), sent
+        assert await cluster.storages["n1"].outbox_list("n2") == []
+
+
+def test_results_are_fitted_to_the_frame_limit() -> None:
+    """The destination side on its own: big lists are left out until the frame fits."""
+    from relay.protocol import write_frame
+    from relay.protocol.frames import SignedDeviceList
+    from relay.services.messaging import fit_results
+
+    big = SignedDeviceList(body=b"b" * 300_000, signature=b"s" * 64)
+    answers = [Error(id=0, code="stale_devices", message="m", user_id="u", device_list=big)
+               for _ in range(5)] + [Ok(id=0)]
+    fitted = fit_results(7, list(answers), 1_000_000)
+    assert len(write_frame(fitted)) <= 1_000_000
+    kept = [a.device_list is not None for a in fitted.items[:5]]
+    assert kept.count(True) == 3 and [a.code for a in fitted.items[:5]] == ["stale_devices"] * 5
+    assert fit_results(7, list(answers), 10_000_000).items == answers
