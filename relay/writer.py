@@ -35,6 +35,16 @@ class _Close:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Tracked:
+    data: bytes
+    on_written: Callable[[], None]
+
+
+def _data(item: bytes | _Tracked) -> bytes:
+    return item.data if isinstance(item, _Tracked) else item
+
+
 class FrameWriter:
     """Queue of encoded frames for one WebSocket and the task writing them (:meth:`run`).
 
@@ -61,7 +71,7 @@ class FrameWriter:
         self._remote = remote
         self._on_progress = on_progress
         self._on_remote_close = on_remote_close
-        self._send, self._recv = trio.open_memory_channel[bytes | _Close](QUEUE_SIZE)
+        self._send, self._recv = trio.open_memory_channel[bytes | _Tracked | _Close](QUEUE_SIZE)
         self.unwritten = 0
         self.done = trio.Event()
         self.writing_since: float | None = None
@@ -76,11 +86,12 @@ class FrameWriter:
         self.unwritten += 1
         return True
 
-    async def send(self, data: bytes) -> None:
-        """Queue a frame (waits while the queue is full: backpressure)."""
+    async def send(self, data: bytes, on_written: Callable[[], None] | None = None) -> None:
+        """Queue a frame (waits while the queue is full: backpressure); ``on_written()``
+        is called once it has been written to the socket (never if it is dropped)."""
         self.unwritten += 1
         try:
-            await self._send.send(data)
+            await self._send.send(data if on_written is None else _Tracked(data, on_written))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.unwritten -= 1
             log.debug("connection %s ended: a frame of %d bytes was dropped", self._remote,
@@ -125,7 +136,7 @@ class FrameWriter:
             async with self._recv:
                 async for item in self._recv:
                     batch = [item]
-                    size = 0 if isinstance(item, _Close) else len(item)
+                    size = 0 if isinstance(item, _Close) else len(_data(item))
                     while (len(batch) < WRITE_BATCH and size < WRITE_BYTES
                            and not isinstance(batch[-1], _Close)):
                         try:
@@ -133,14 +144,17 @@ class FrameWriter:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                         if not isinstance(batch[-1], _Close):
-                            size += len(batch[-1])
+                            size += len(_data(batch[-1]))  # type: ignore[arg-type]
                     close = batch.pop() if isinstance(batch[-1], _Close) else None
                     try:
                         if batch:
                             self.writing_since = trio.current_time()
-                            await self._write(batch)  # type: ignore[arg-type]
+                            await self._write([_data(i) for i in batch])  # type: ignore[arg-type]
                             self.writing_since = None
                             self.unwritten -= len(batch)
+                            for i in batch:
+                                if isinstance(i, _Tracked):
+                                    i.on_written()
                         if close is not None:
                             with trio.move_on_after(CLOSE_TIMEOUT):
                                 await self._ws.aclose(close.code, close.reason)

@@ -64,3 +64,26 @@ async def test_a_device_that_never_reads_but_keeps_acking_is_dropped(nursery, ca
             except ConnectionLost:
                 pass
         assert _ended(caplog, bob.user_id[:8])
+
+
+async def test_an_ack_never_deletes_what_was_queued_but_not_written(nursery) -> None:
+    """A device that reads nothing acks far ahead: the node had counted every deliver
+    frame it *queued* for the socket as delivered, so the ack deleted envelopes that
+    never left the node. Only what was written to the socket may be acked."""
+    cluster = Cluster(nursery, make_configs(1, keepalive_interval=0))
+    await cluster.start("n1")
+    bob = UserDevice()
+    storage = cluster.storages["n1"]
+    n = 200
+    with trio.fail_after(30):
+        await publish(cluster.url("n1"), bob)
+        await _fill(storage, bob, n, 200_000)  # 40 MB: far above any socket buffers
+        async with stalled_session(cluster.url("n1"), bob) as b:
+            await b.send(Sync(id=5))
+            await trio.sleep(1.0)  # the pusher queued what its window allows
+            await b.send(Ack(id=0, seq=10**6))
+            await trio.sleep(0.5)
+            left = len(await storage.read_queue(bob.user_id, 0, limit=10_000))
+            # what the sockets can hold between the node and the stalled reader is
+            # a few MB (a few dozen envelopes of 200 KB), never the whole backlog
+            assert left >= n - 60, f"{n - left} envelopes deleted by an ack"

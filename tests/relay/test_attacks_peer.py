@@ -6,7 +6,6 @@ import dataclasses
 import os
 
 import msgpack
-
 import trio
 from relay_harness import Cluster, device_homed_at, make_configs, peer_session, publish
 
