@@ -28,7 +28,14 @@ from relay.federation import Federation, LinkDown, request_within
 from relay.outbox import Outbox
 from relay.protocol import Limits, write_frame
 from relay.protocol.errors import ErrorCode
-from relay.protocol.frames import Error, ForwardBatch, Results
+from relay.protocol.frames import (
+    Devices,
+    Error,
+    ForwardBatch,
+    GetDevices,
+    Results,
+    SignedDeviceList,
+)
 from relay.router import Outcome, Part, outcome_of
 
 BATCH_HEADER = 64
@@ -151,11 +158,36 @@ class Forwarding:
         self.frames += 1
         self.parts += len(parts)
         if isinstance(answer, Results) and len(answer.items) == len(parts):
-            return [outcome_of(a, dest) for a in answer.items]
+            outcomes = [outcome_of(a, dest) for a in answer.items]
+            await self._refill_lists(dest, parts, outcomes)
+            return outcomes
         if isinstance(answer, Error):
             return [RelayError.from_frame(answer)] * len(parts)
         self._log.warning("unexpected answer %r to a forward_batch from %s", answer.TYPE, dest)
         return [RelayError(ErrorCode.INTERNAL, f"unexpected answer from {dest}")] * len(parts)
+
+    async def _refill_lists(self, dest: str, parts: list[Part], outcomes: list[Outcome]) -> None:
+        """Fetch the device lists the destination left out of ``stale_devices`` refusals
+        (to keep its ``results`` within the frame limit), one ``get_devices`` per user,
+        within the forward timeout; a list that cannot be fetched stays out."""
+        lists: dict[str, SignedDeviceList | None] = {}
+        with trio.move_on_after(self._timeout):
+            for part, outcome in zip(parts, outcomes, strict=True):
+                if not (isinstance(outcome, RelayError)
+                        and outcome.code is ErrorCode.STALE_DEVICES
+                        and outcome.device_list is None and outcome.user_id is not None):
+                    continue
+                user_id = outcome.user_id
+                if user_id not in lists:
+                    lists[user_id] = None
+                    try:
+                        answer = await self._federation.request(
+                            dest, GetDevices(id=0, user_id=user_id, watcher=part.sender_user))
+                    except (LinkDown, RelayError):
+                        answer = None
+                    if isinstance(answer, Devices):
+                        lists[user_id] = answer.device_list
+                outcome.device_list = lists[user_id]
 
     async def _queue(self, dest: str, parts: list[Part]) -> list[Outcome]:
         try:

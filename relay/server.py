@@ -141,6 +141,7 @@ class Connection:
         self._pusher: Pusher | None = None
         self._acks: AckFlusher | None = None
         self._acked = 0
+        self._written = 0  # the highest seq whose deliver frame was written to the socket
         self._peer_slots = trio.Semaphore(PEER_CONCURRENCY)
         self._exits = ExitStack()
         self._nursery: trio.Nursery | None = None
@@ -243,15 +244,30 @@ class Connection:
         ping (RFC 6455 5.5.2; every wa-relay end keeps a reader draining its socket,
         so trio-websocket answers it); no pong within ``keepalive_timeout`` s (or a
         send buffer that stays full for that long) ends the connection, which frees
-        the device's registration and its in-flight window."""
+        the device's registration and its in-flight window. A socket write that has
+        not finished after ``keepalive_interval + keepalive_timeout`` s ends the
+        connection too, whatever arrives meanwhile: the other end reads nothing (a
+        device that never reads but keeps sending ``ack`` frames would otherwise
+        pin the frames queued for it forever)."""
         config = self._node.config
         interval, timeout = config.keepalive_interval, config.keepalive_timeout
         if interval <= 0:
             return
+        stall_limit = interval + timeout
         while True:
-            idle = trio.current_time() - self._last_rx
+            now = trio.current_time()
+            writing = self._out.writing_since
+            if writing is not None and now - writing >= stall_limit:
+                self._end(f"no write progress for {stall_limit:g} s (the remote reads nothing)")
+                self._log.debug("connection %s (%s): writes stalled", self._remote, self._who())
+                self._cancel.cancel()
+                return
+            idle = now - self._last_rx
             if idle < interval:
-                await trio.sleep(interval - idle)
+                wait = interval - idle
+                if writing is not None:
+                    wait = min(wait, writing + stall_limit - now)
+                await trio.sleep(wait)
                 continue
             with trio.move_on_after(timeout) as waited:
                 try:
@@ -321,7 +337,7 @@ class Connection:
         (coalesced: :class:`relay.acks.AckFlusher`)."""
         if self._revoked or self._pusher is None or self._acks is None:
             return  # nothing was delivered on this connection: nothing to delete
-        seq = min(seq, self._pusher.delivered)
+        seq = min(seq, self._written)
         if seq <= self._acked:
             return
         self._acked = seq
@@ -483,12 +499,25 @@ class Connection:
         home = self._node.ring.home(envelope.sender_user).id
         await self._node.outbox.put(BounceBack(id=0, envelope=envelope), home)
 
+    async def _push(self, data: bytes) -> None:
+        """The pusher's send: an ack is clamped to the deliveries *written* to the
+        socket, not merely queued (the pusher counts a frame delivered before it is
+        queued; a device that reads nothing could otherwise ack, and delete, what
+        never left the node)."""
+        assert self._pusher is not None
+        seq = self._pusher.delivered  # the last seq of this frame (set before it is sent)
+
+        def written() -> None:
+            self._written = max(self._written, seq)
+
+        await self._out.send(data, written)
+
     async def _sync(self, caller: Caller, frame: Frame) -> None:
         if self._pusher is not None:
             raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
         node = self._node
         user_id, device_id = caller.device()
-        self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._out.send,
+        self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._push,
                               max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
                               is_local=node.directory.is_home, notify=node.registry.notify,
                               bounce_remote=self._bounce_remote, log=node.log)

@@ -21,6 +21,9 @@ from relay.wsio import GatedWebSocket
 
 QUEUE_SIZE = 256  # frames queued for the writer
 WRITE_BATCH = 64  # most frames written with one socket write
+WRITE_BYTES = 256 * 1024
+"""Bytes after which a socket write takes no further frame (so each write is short
+enough that its completion is a sign of progress: :attr:`FrameWriter.writing_since`)."""
 CLOSE_TIMEOUT = 5.0
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,16 @@ log = logging.getLogger(__name__)
 class _Close:
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Tracked:
+    data: bytes
+    on_written: Callable[[], None]
+
+
+def _data(item: bytes | _Tracked) -> bytes:
+    return item.data if isinstance(item, _Tracked) else item
 
 
 class FrameWriter:
@@ -45,6 +58,9 @@ class FrameWriter:
     Attributes:
         unwritten: frames queued and not written yet.
         done: set once the writer task has ended (closed, or the connection ended).
+        writing_since: ``trio.current_time()`` when the socket write in progress
+            began, ``None`` between writes: a write that stays unfinished means the
+            other end reads nothing (its receive window is shut).
     """
 
     def __init__(self, ws: WebSocketConnection, remote: str, *,
@@ -55,9 +71,10 @@ class FrameWriter:
         self._remote = remote
         self._on_progress = on_progress
         self._on_remote_close = on_remote_close
-        self._send, self._recv = trio.open_memory_channel[bytes | _Close](QUEUE_SIZE)
+        self._send, self._recv = trio.open_memory_channel[bytes | _Tracked | _Close](QUEUE_SIZE)
         self.unwritten = 0
         self.done = trio.Event()
+        self.writing_since: float | None = None
 
     def push_nowait(self, data: bytes) -> bool:
         """Queue a frame without blocking; ``False`` if the queue is full or the
@@ -69,11 +86,12 @@ class FrameWriter:
         self.unwritten += 1
         return True
 
-    async def send(self, data: bytes) -> None:
-        """Queue a frame (waits while the queue is full: backpressure)."""
+    async def send(self, data: bytes, on_written: Callable[[], None] | None = None) -> None:
+        """Queue a frame (waits while the queue is full: backpressure); ``on_written()``
+        is called once it has been written to the socket (never if it is dropped)."""
         self.unwritten += 1
         try:
-            await self._send.send(data)
+            await self._send.send(data if on_written is None else _Tracked(data, on_written))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.unwritten -= 1
             log.debug("connection %s ended: a frame of %d bytes was dropped", self._remote,
@@ -118,16 +136,25 @@ class FrameWriter:
             async with self._recv:
                 async for item in self._recv:
                     batch = [item]
-                    while len(batch) < WRITE_BATCH and not isinstance(batch[-1], _Close):
+                    size = 0 if isinstance(item, _Close) else len(_data(item))
+                    while (len(batch) < WRITE_BATCH and size < WRITE_BYTES
+                           and not isinstance(batch[-1], _Close)):
                         try:
                             batch.append(self._recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                        if not isinstance(batch[-1], _Close):
+                            size += len(_data(batch[-1]))  # type: ignore[arg-type]
                     close = batch.pop() if isinstance(batch[-1], _Close) else None
                     try:
                         if batch:
-                            await self._write(batch)  # type: ignore[arg-type]
+                            self.writing_since = trio.current_time()
+                            await self._write([_data(i) for i in batch])  # type: ignore[arg-type]
+                            self.writing_since = None
                             self.unwritten -= len(batch)
+                            for i in batch:
+                                if isinstance(i, _Tracked):
+                                    i.on_written()
                         if close is not None:
                             with trio.move_on_after(CLOSE_TIMEOUT):
                                 await self._ws.aclose(close.code, close.reason)

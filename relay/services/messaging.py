@@ -11,18 +11,22 @@ written with one ``enqueue_many`` (:meth:`relay.router.Router.store_parts`);
 A ``bounce`` hands this node a ``bounce`` envelope for one of its own users'
 devices: a message the sending node (the recipient's home) can never deliver.
 It is accepted only for a sender homed here and a recipient (the body's
-``user_id``) homed at the sending node, and queued once per
-``(sender, msg_id, recipient)``.
+``user_id``) homed at the sending node, a 16-byte ``msg_id``, a listed sender
+device and a body within ``max_envelope`` (like any envelope, it must fit a
+``deliver`` frame), and queued once per ``(sender, msg_id, recipient)``, within
+``max_queue``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.protocol import ErrorCode
+from relay.protocol import ErrorCode, write_frame
 from relay.protocol.frames import (
     BounceBack,
+    Error,
     Forward,
     ForwardBatch,
     Frame,
@@ -33,6 +37,8 @@ from relay.protocol.frames import (
 )
 from relay.protocol.stored import decode_bounce_body, encode_envelope
 from relay.services.base import Caller, Table
+
+MSG_ID_SIZE = 16
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -58,7 +64,7 @@ def messaging_table(node: Node) -> Table:
         for i, item in enumerate(frame.items):
             if isinstance(item, Notify | BounceBack):
                 answers[i] = await _one(node, item, caller.peer_id)
-        return Results(id=frame.id, items=answers)  # type: ignore[arg-type]
+        return fit_results(frame.id, answers, node.limits.max_peer_frame)  # type: ignore[arg-type]
 
     async def bounce_back(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, BounceBack) and caller.peer_id is not None
@@ -67,6 +73,34 @@ def messaging_table(node: Node) -> Table:
 
     return {Forward: forward, GroupForward: forward, ForwardBatch: forward_batch,
             BounceBack: bounce_back}
+
+
+RESULTS_HEADER = 64
+"""Bytes, an upper bound of a ``results`` frame's own map around its items."""
+LIST_OMITTED = " (the list is omitted to keep the answer within the frame limit)"
+
+
+def fit_results(request_id: int, answers: list[Frame], max_frame: int) -> Results:
+    """``results {answers}`` within ``max_frame`` bytes: while it would be larger, the
+    biggest ``stale_devices`` refusals lose their ``device_list`` (a list may be
+    hundreds of kilobytes, and one batch holds up to 4096 items; an oversized
+    ``results`` would break the peer link, and the whole batch would be retried
+    forever). The sender's home fetches an omitted list itself."""
+    sizes = [len(write_frame(a)) for a in answers]
+    total = RESULTS_HEADER + sum(sizes)
+    if total > max_frame:
+        heavy = sorted((i for i, a in enumerate(answers)
+                        if isinstance(a, Error) and a.device_list is not None),
+                       key=lambda i: sizes[i], reverse=True)
+        for i in heavy:
+            if total <= max_frame:
+                break
+            slim = dataclasses.replace(answers[i], device_list=None,  # type: ignore[type-var]
+                                       message=answers[i].message + LIST_OMITTED)  # type: ignore[union-attr]
+            n = len(write_frame(slim))
+            total += n - sizes[i]
+            answers[i], sizes[i] = slim, n
+    return Results(id=request_id, items=answers)
 
 
 async def _one(node: Node, item: Notify | BounceBack, peer_id: str) -> Frame:
@@ -93,6 +127,12 @@ async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
     env = frame.envelope
     if env.kind != "bounce":
         raise RelayError(ErrorCode.BAD_REQUEST, "a bounce carries a 'bounce' envelope")
+    if len(env.msg_id) != MSG_ID_SIZE:
+        raise RelayError(ErrorCode.BAD_REQUEST, f"msg_id must be {MSG_ID_SIZE} bytes")
+    if len(env.body) > node.limits.max_envelope:  # it must fit a deliver frame like any other
+        raise RelayError(ErrorCode.TOO_LARGE,
+                         f"an envelope of {len(env.body)} bytes exceeds the limit of "
+                         f"{node.limits.max_envelope} bytes")
     node.directory.check_user_id(env.sender_user)
     if not node.directory.is_home(env.sender_user):
         raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender is not homed at this node",
@@ -102,9 +142,13 @@ async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
     except ValueError as exc:
         raise RelayError(ErrorCode.BAD_REQUEST, "unreadable bounce body") from exc
     node.directory.check_homed_at(recipient, peer_id, "recipient")
+    entry = await node.directory.get_device_list(env.sender_user)
+    if entry is None or env.sender_device not in entry[1].device_ids:
+        raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender device is not listed",
+                         user_id=env.sender_user)
     seqs = await node.storage.enqueue(
         [(env.sender_user, env.sender_device, encode_envelope(env))],
         dedupe=b"bounce-back\0" + env.sender_user.encode() + b"\0" + env.msg_id
-        + recipient.encode())
+        + recipient.encode(), max_queue=node.config.max_queue)
     if seqs is not None:
         node.registry.notify(env.sender_user, env.sender_device)
