@@ -29,7 +29,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of every random choice.")
-@click.option("--rounds", type=click.IntRange(min=1), default=12, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=15, show_default=True,
               help="Rounds to run (each: one fault with traffic, heal, drain).")
 @click.option("--kinds", callback=_kinds, help="Comma-separated fault kinds (default: all). "
               "--list-kinds shows them.")

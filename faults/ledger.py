@@ -25,6 +25,11 @@ after_heal
     acknowledged messages first shown after the faults of their round healed.
 late
     the lost ones that were shown later (after the deadline).
+unacked_shown
+    messages whose send was not acknowledged (failed, interrupted) but shown.
+refused_shown
+    of those, the ones the relay refused (``relay refused the request``):
+    a refusal should mean that no device shows the message.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Sent:
     receivers: frozenset[str]
     msg_id: str | None = None
     status: str | None = None  # "stored", "queued", or None (failed, killed, hung)
+    refusal: str | None = None  # the relay's refusal, if the send printed one
 
     @property
     def acked(self) -> bool:
@@ -87,6 +93,7 @@ class DeviceStats:
     after_heal: int = 0
     late: int = 0
     unacked_shown: int = 0
+    refused_shown: int = 0
     lost_ids: list[str] = field(default_factory=list)
 
 
@@ -139,11 +146,14 @@ class Ledger:
             failed += "resend failed" in match[0]
         return bounced, failed
 
-    def missing(self, device: str) -> list[Sent]:
-        """Acknowledged messages ``device`` must show and has not shown yet."""
+    def missing(self, device: str, *, new_only: bool = False) -> list[Sent]:
+        """Acknowledged messages ``device`` must show and has not shown yet (with
+        ``new_only``, not those whose deadline already passed)."""
         seen = self.first_shown[device]
+        old = self.missing_at_deadline[device] if new_only else set()
         return [s for s in self.by_id.values()
-                if s.acked and device in s.receivers and s.msg_id not in seen]
+                if s.acked and device in s.receivers and s.msg_id not in seen
+                and s.msg_id not in old]
 
     def mark_deadline(self, device: str) -> None:
         """The drain deadline of a round passed: what is missing now counts as late
@@ -188,6 +198,7 @@ class Ledger:
                     st.duplicates += n - 1
                 if sent is not None and counted(sent) and not sent.acked:
                     st.unacked_shown += 1
+                    st.refused_shown += sent.refusal is not None
             st.reordered = self._reordered(device, counted)
         return out
 

@@ -67,7 +67,8 @@ def _row(world: World, kind: str | None, rounds: list[dict]) -> dict:
                queued=outcomes["queued"], failed_sends=outcomes["failed"])
     for key, event in EVENTS.items():
         row[key] = sum(r["notes"].get("events", {}).get(event, 0) for r in rounds)
-    for key in ("expected", *VIOLATIONS, "never", "after_heal", "late", "unacked_shown"):
+    for key in ("expected", *VIOLATIONS, "never", "after_heal", "late", "unacked_shown",
+                "refused_shown"):
         row.setdefault(key, 0)
     bad = any(row[v] for v in (*VIOLATIONS, *PROBLEMS))
     known = KINDS[kind].known if kind in KINDS else None

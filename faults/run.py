@@ -37,7 +37,7 @@ class Config:
     """Options of a run (``python -m faults --help`` describes them)."""
 
     seed: int = 1
-    rounds: int = 12
+    rounds: int = 15
     kinds: tuple[str, ...] = DEFAULT_KINDS
     nodes: int = 3
     sends: int = 3
@@ -101,18 +101,21 @@ async def run_round(world: World, cfg: Config, index: int, kind: str) -> dict:
     restarted = await heal(r)
     drain_started = time.monotonic()
     world.trace(f"round {index}: drain")
+    before = sum(len(m) for m in ledger.missing_at_deadline.values())
     await drain(r, cfg.deadline)
     sends = list(ledger.sends.values())[sends_before:]
     missing = {d.label: len(ledger.missing(d.label)) for d in world.active()}
+    new = sum(len(m) for m in ledger.missing_at_deadline.values()) - before
     record = {
         "round": index, "kind": kind, "notes": r.notes,
         "sends": len(sends), "acked": sum(s.acked for s in sends),
         "restarted_at_heal": restarted, "missing_after_drain": {k: v for k, v in missing.items() if v},
+        "new_missing": new,
         "fault_s": round(fault_s, 2), "drain_s": round(time.monotonic() - drain_started, 2),
     }
     _say(cfg, f"round {index}/{cfg.rounds} {kind}: {record['sends']} sends, "
               f"{record['acked']} acknowledged; fault {fault_s:.1f} s, drain "
-              f"{record['drain_s']:.1f} s; missing {sum(missing.values())}")
+              f"{record['drain_s']:.1f} s; missing {sum(missing.values())} ({new} new)")
     return record
 
 

@@ -74,13 +74,15 @@ async def heal(r: Round) -> list[str]:
 async def drain(r: Round, deadline_s: float) -> None:
     """Every active device receives (at least once) until it showed every acknowledged
     message it must show, or ``deadline_s`` seconds passed; what is still missing
-    then is marked in the ledger (late if it shows up later, lost if never)."""
+    then is marked in the ledger (lost; late if it shows up later). Messages that
+    missed an earlier round's deadline are not waited for again."""
     ledger = r.world.ledger
     deadline = trio.current_time() + deadline_s
 
     async def one(device: Device) -> None:
         first = True
-        while first or (ledger.missing(device.label) and trio.current_time() < deadline):
+        while first or (ledger.missing(device.label, new_only=True)
+                        and trio.current_time() < deadline):
             first = False
             result = await r.recv(device, phase=AFTER, idle=DRAIN_IDLE)
             if not result.ok:

@@ -143,6 +143,8 @@ class Round:
         if not result.ok:
             why = "hung" if result.hung else ("interrupted" if result.interrupted
                                               else result.error())
+            if "relay refused" in why:
+                sent.refusal = why
             self.world.errors[f"send: {_generic(why)}"] += 1
         self.count("hung commands", result.hung)
         return result

@@ -45,6 +45,15 @@ def test_counts_per_device():
     assert ledger.stats(kind="other")["b0"].expected == 0
 
 
+def test_refused_but_shown():
+    ledger = Ledger()
+    sent = ledger.next_send("b0", 1, "k", frozenset({"a0"}))
+    sent.refusal = "relay refused the request (storage_full)"
+    _show(ledger, "b1", "cd" * 16, "b0", sent.seq)  # shown on the sender's other device
+    st = ledger.stats()["b1"]
+    assert (st.expected, st.unacked_shown, st.refused_shown) == (0, 1, 1)
+
+
 def test_padded_texts_and_foreign_lines():
     ledger = Ledger()
     m1 = _send(ledger, "c0", {"a0"}, "stored")
