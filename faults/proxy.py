@@ -222,7 +222,7 @@ async def serve_proxy(
         try:
             with conn.scope:
                 await _carry(network, conn, target_port)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             conn.state = RESET  # the node is unreachable or a side broke: reset the other
         finally:
             network._unregister(conn)

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -47,7 +47,6 @@ class Config:
     dead_ttl: float = 60.0
     workdir: Path | None = None
     quiet: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def schedule(seed: int, rounds: int, kinds: list[str]) -> list[str]:
@@ -157,14 +156,16 @@ async def run_suite(cfg: Config) -> Report:
     try:
         async with trio.open_nursery() as nursery:
             await nodes.init()
-            ports = {}
-            for node_id, node in nodes.nodes.items():
-                listener = await open_listener()
-                ports[node_id] = listener.socket.getsockname()[1]
-                await nursery.start(serve_proxy, network, node_id, listener, node.port)
-            nodes.point_at_proxies(ports)
+            listeners = {node_id: await open_listener() for node_id in nodes.nodes}
+            nodes.point_at_proxies({n: lis.socket.getsockname()[1] for n, lis in listeners.items()})
             try:
+                # Nodes start while the proxies only listen: a node's first peer link
+                # attempts wait in the kernel's accept queue until every node is up,
+                # instead of being accepted and reset by a proxy of a node not yet there.
                 await nodes.start_all()
+                for node_id, listener in listeners.items():
+                    await nursery.start(serve_proxy, network, node_id, listener,
+                                        nodes.nodes[node_id].port)
                 await setup_world(world, random.Random(f"{cfg.seed}/setup"), cfg.linked)
                 _say(cfg, f"set up in {time.monotonic() - started:.1f} s: "
                           f"{', '.join(d.label for d in world.active())} on "

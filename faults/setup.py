@@ -11,6 +11,7 @@ from .world import GROUP, World
 
 ACCOUNTS = ("alice", "bob", "carol")
 INIT_ATTEMPTS = 40  # ``init`` tries to land an account on a node no other account is on
+SETUP_ATTEMPTS = 5  # tries of a set-up command that a node refused (peer links still coming up)
 LINK_TIMEOUT = 20.0  # seconds ``wa-cli link`` waits for the approval
 GROUP_SYNC_DEADLINE = 30.0  # seconds for members to learn the common group
 
@@ -23,6 +24,17 @@ def _must(result: CliResult, what: str) -> dict:
     if not result.ok or result.last() is None:
         raise SetupError(f"{what} failed (exit {result.code}): {result.stderr[-2000:]}")
     return result.last()
+
+
+async def _retried(device: Device, *args: str) -> CliResult:
+    """Run a set-up command, again (after 1 s) while a node refuses it as
+    ``unavailable`` (set-up is not under test), at most :data:`SETUP_ATTEMPTS` times."""
+    for _ in range(SETUP_ATTEMPTS - 1):
+        result = await device.run(*args)
+        if result.ok or "unavailable" not in result.stderr:
+            return result
+        await trio.sleep(1.0)
+    return await device.run(*args)
 
 
 async def make_account(world: World, name: str, rng: random.Random) -> Device:
@@ -65,7 +77,8 @@ async def make_group(world: World) -> None:
     """The first account creates :data:`GROUP` with every account; each other primary
     receives until it knows the group. Raises SetupError."""
     owner, *others = world.accounts
-    _must(await world.primary(owner).run("group", "create", GROUP, *others), "group create")
+    _must(await _retried(world.primary(owner), "group", "create", GROUP, *others),
+          "group create")
     world.groups[GROUP] = list(world.accounts)
     deadline = trio.current_time() + GROUP_SYNC_DEADLINE
     for account in others:

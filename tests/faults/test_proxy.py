@@ -4,6 +4,8 @@ silent (resumes at the heal), dead (never resumes), and source labels."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 
 import pytest
 import trio
@@ -112,6 +114,25 @@ async def test_silent_holds_then_resumes_and_dead_stays_dark():
                     while True:
                         if not await quiet.receive_some(10):
                             raise AssertionError("closed cleanly instead of a reset")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_side_that_resets_ends_only_its_connection():
+    """A client that aborts (TCP reset) while the proxy reads ends that connection;
+    the proxy keeps serving."""
+    network = Network()
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            async with Streams(await _setup(nursery, network)) as streams:
+                for _ in range(3):
+                    rude = await streams.open()
+                    assert await _roundtrip(rude, b"hi") == b"hi"
+                    rude.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                    await rude.send_all(b"unanswered")  # in flight when the reset comes
+                    rude.socket.close()
+                polite = await streams.open()
+                assert await _roundtrip(polite, b"still here") == b"still here"
             nursery.cancel_scope.cancel()
 
 
