@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 
 from .clients import Device, Interrupt
+from .ledger import AFTER
 from .proxy import CLIENT, DEAD, RESET, SILENT
 from .setup import find_ghosts, link_device, remove_device
 from .world import Round
@@ -390,10 +391,15 @@ async def link_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
         code_seen.set()
     r.notes["link"] = outcome
     r.count("hung commands", outcome["hung"])
-    if device is not None:
+    if device is not None and not outcome["half"]:
         r.joined.append(device)
 
     async def ghosts() -> None:
+        if device is not None and outcome["half"]:  # do what link asked for, after the heal
+            finished = await r.recv(device, phase=AFTER)
+            r.notes["finished_by_recv"] = finished.ok
+            if finished.ok:  # takes part from the next round
+                world.accounts[account].append(device.label)
         found = await find_ghosts(world, account)
         r.notes["ghosts"] = found
         r.count("ghost devices", len(found))

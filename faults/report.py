@@ -128,8 +128,11 @@ def build_report(world: World, cfg: Config, plan: list[str], records: list[dict]
         f"{lost_in_history}",
         "hung = a command still running after its time limit; stuck = recv --follow did "
         "not show a message sent after the heal; ghosts = devices left in a device list "
-        f"by a failed link; node tracebacks: "
-        f"{sum(p['tracebacks'] for p in world.nodes.log_problems().values())}",
+        "by a failed link",
+        f"bounced messages: {total['bounced']} (their resend failed: "
+        f"{total['resend_failed']}); refused sends shown on a device anyway: "
+        f"{total['refused_shown']}; recv --follow exited: {total['follow_exited']}; "
+        f"node tracebacks: {sum(p['tracebacks'] for p in world.nodes.log_problems().values())}",
     ]
     known = sorted({row["known"] for row in rows if row.get("known") and row["result"] != "ok"})
     lines += [f"known: {k}" for k in known]

@@ -101,9 +101,11 @@ async def link_device(world: World, account: str, *, relay_url: str | None = Non
         on_code: set once the linking code was printed (a fault may then start).
 
     Returns:
-        ``(device, outcome)``: the device if both commands succeeded (else ``None``)
-        and what each command did (``link``, ``approve``: ``"ok"`` or the error;
-        ``hung``: how many of them had to be killed), for the report.
+        ``(device, outcome)``: the device if the approval succeeded and the new home
+        holds the account (else ``None``), and what each command did (``link``,
+        ``approve``: ``"ok"`` or the error; ``hung``: how many had to be killed;
+        ``half``: link failed after saving the account, and asked for ``wa-cli
+        recv`` to finish publishing the device's keys).
     """
     primary = world.primary(account)
     label = world.next_label(account)
@@ -139,12 +141,13 @@ async def link_device(world: World, account: str, *, relay_url: str | None = Non
     link = link_result[0]
     outcome["link"] = "ok" if link.ok else (link.error() or f"exit {link.code}")
     outcome["hung"] = outcome.get("hung", 0) + link.hung
-    done = [line for line in link.lines if "device_id" in line]
-    if not (link.ok and done and outcome.get("approve") == "ok"):
+    ident = await dev.run("id")  # does the new home hold an account, whatever link said?
+    if not ident.ok or outcome.get("approve") != "ok":
         return None, outcome
-    dev.user_id, dev.device_id = done[-1]["user_id"], done[-1]["device_id"]
-    ident = await dev.run("id")
-    dev.home_url = (ident.last() or {}).get("home", primary.home_url)
+    info = ident.last() or {}
+    dev.user_id, dev.device_id = info.get("user_id", ""), info.get("device_id", -1)
+    dev.home_url = info.get("home", primary.home_url)
+    outcome["half"] = not link.ok  # saved, but link asked for a 'wa-cli recv' to finish
     return dev, outcome
 
 
@@ -183,6 +186,10 @@ async def setup_world(world: World, rng: random.Random, linked: int = 1) -> None
     await make_group(world)
     for _ in range(linked):
         dev, outcome = await link_device(world, ACCOUNTS[0])
+        if dev is not None and outcome["half"]:  # as link advises
+            finished = await dev.run("recv", "--timeout", "0.5")
+            if not finished.ok:
+                raise SetupError(f"recv after a half link failed: {finished.stderr}")
         if dev is None:
             raise SetupError(f"linking a device failed: {outcome}")
         world.accounts[ACCOUNTS[0]].append(dev.label)
