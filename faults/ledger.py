@@ -95,6 +95,7 @@ class DeviceStats:
     unacked_shown: int = 0
     refused_shown: int = 0
     lost_ids: list[str] = field(default_factory=list)
+    reorders: list[str] = field(default_factory=list)  # "a0 7 after 9 (round 3)", at most 50
 
 
 class Ledger:
@@ -199,7 +200,8 @@ class Ledger:
                 if sent is not None and counted(sent) and not sent.acked:
                     st.unacked_shown += 1
                     st.refused_shown += sent.refusal is not None
-            st.reordered = self._reordered(device, counted)
+            st.reorders = self._reordered(device, counted)
+            st.reordered, st.reorders = len(st.reorders), st.reorders[:50]
         return out
 
     def _by_text(self, device: str, msg_id: str) -> Sent | None:
@@ -208,10 +210,12 @@ class Ledger:
             return None
         return self.sends.get((showing.sender, showing.seq))
 
-    def _reordered(self, device: str, counted) -> int:  # noqa: ANN001 (a predicate)
+    def _reordered(self, device: str, counted) -> list[str]:  # noqa: ANN001 (a predicate)
+        """One ``"<sender> <seq> after <higher seq> (round <r>, <phase>)"`` per acknowledged
+        message shown after a later one of the same sender."""
         highest: dict[str, int] = {}
         seen: set[str] = set()
-        late = 0
+        late: list[str] = []
         for showing in self.shown[device]:
             if showing.msg_id in seen or showing.sender is None:
                 continue
@@ -221,7 +225,8 @@ class Ledger:
                 continue
             top = highest.get(sent.sender, 0)
             if sent.seq < top and counted(sent):
-                late += 1
+                late.append(f"{sent.sender} {sent.seq} after {top} (shown in round "
+                            f"{showing.round}, {showing.phase})")
             highest[sent.sender] = max(top, sent.seq)
         return late
 

@@ -143,7 +143,8 @@ async def run_suite(cfg: Config) -> Report:
     root.mkdir(parents=True, exist_ok=True)
     network = Network(dead_ttl=cfg.dead_ttl)
     nodes = NodeSet(root, cfg.nodes, network)
-    world = World(root, nodes, network, Ledger(), cli_timeout=cfg.cli_timeout)
+    world = World(root, nodes, network, Ledger(), cli_timeout=cfg.cli_timeout,
+                  deadline=cfg.deadline)
     nodes.trace = network.trace = world.trace
     missing_kinds = await unavailable(cfg.kinds)
     kinds = [k for k in cfg.kinds if k not in missing_kinds]

@@ -40,6 +40,7 @@ class World:
     network: Network
     ledger: Ledger
     cli_timeout: float = CLI_TIMEOUT
+    deadline: float = 45.0  # seconds after a heal for a message to be shown
     devices: dict[str, Device] = field(default_factory=dict)
     accounts: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)

@@ -41,6 +41,7 @@ def test_counts_per_device():
         3, 3, 0, 1, 1, 1)
     assert (b1.expected, b1.shown, b1.lost, b1.never, b1.late, b1.lost_ids) == (
         3, 2, 2, 1, 1, [m2])
+    assert b0.reorders == ["a0 1 after 2 (shown in round 1, during)"]
     assert ledger.send_outcomes() == {"stored": 2, "queued": 1, "failed": 1}
     assert ledger.stats(kind="other")["b0"].expected == 0
 
