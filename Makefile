@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench faults clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,13 +17,20 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check relay storage cli tests bench demo
+	$(BIN)/ruff check relay storage cli tests bench demo faults
 
 test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench
+
+# The fault suite (docs/reliability.md): make faults [ROUNDS=1000] [SEED=7] [KINDS=a,b]
+ROUNDS ?= 15
+SEED ?= 1
+FAULTS_JSON ?= faults-report.json
+faults: $(VENV)/.installed
+	$(BIN)/python -m faults --seed $(SEED) --rounds $(ROUNDS) --json $(FAULTS_JSON) $(if $(KINDS),--kinds $(KINDS))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

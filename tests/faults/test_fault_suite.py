@@ -1,0 +1,54 @@
+"""A short seeded run of the fault suite (``make faults``, docs/reliability.md) inside
+``make test``: real ``wa-relay`` processes behind the suite's proxy, real ``wa-cli``
+devices, one round of each fault kind that passes today.
+
+The other kinds are left out on purpose, not skipped: each names the issue item
+whose fix it waits for (``faults.kinds.KINDS[...].known``; listed in
+docs/reliability.md), and joins this list once that fix has landed. Kinds without
+a known item that are still left out are listed in ``SLOW`` with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from faults.kinds import KINDS
+from faults.run import Config, run_suite
+
+SMOKE_KINDS = ("node_kill", "peer_reset", "peer_silent", "disk_full")
+SLOW = {  # pass today, but too slow for make test (see docs/reliability.md)
+    "client_reset": "each cut costs wa-cli its 10 s connect timeout",
+    "client_silent": "a recv --follow and two probes per round",
+    "send_kill": "covered by the long run",
+    "group_cut": "covered by the long run",
+    "media_cut": "covered by the long run",
+}
+GUARD = 240  # seconds for the whole run (setup ~20 s, then ~15 s per round on 2 cores)
+
+
+def test_every_kind_is_accounted_for():
+    """A kind is in the smoke run, or waits for a named fix, or is listed as slow (or
+    needs a command wa-cli does not have yet); none is silently left out."""
+    for name, kind in KINDS.items():
+        assert (name in SMOKE_KINDS) + bool(kind.known) + (name in SLOW) + bool(kind.requires) == 1, name
+    doc = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
+    for name in KINDS:
+        assert f"`{name}`" in doc, f"docs/reliability.md does not describe {name}"
+
+
+async def test_seeded_run_loses_nothing(tmp_path):
+    cfg = Config(seed=15, rounds=len(SMOKE_KINDS), kinds=SMOKE_KINDS, workdir=tmp_path / "run",
+                 quiet=True)
+    with trio.fail_after(GUARD):
+        report = await run_suite(cfg)
+    data, total = report.data, report.data["total"]
+    assert data["aborted"] is None, report.table
+    assert data["rounds_run"] == len(SMOKE_KINDS)
+    assert set(data["kinds"]) == set(SMOKE_KINDS)  # the schedule ran each kind once
+    assert total["acked"] >= 30 and total["expected"] >= 60, report.table  # traffic really ran
+    assert (total["lost"], total["duplicates"], total["reordered"]) == (0, 0, 0), report.table
+    assert (total["hung"], total["stuck"], total["ghosts"]) == (0, 0, 0), report.table
+    assert all(n["tracebacks"] == 0 for n in data["nodes"].values()), data["nodes"]
+    assert sum(n["kills"] for n in data["nodes"].values()) >= 1  # node_kill killed one
