@@ -134,13 +134,13 @@ async def peer_silent(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     await _peer_cut(r, SILENT, task_status)
 
 
-@kind("peer_dead", known="issue 15 item 11 (dead links noticed; peer links have no keepalive)")
+@kind("peer_dead")
 async def peer_dead(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Node-to-node links go dark for good (NAT timeout); new links pass after the heal."""
     await _peer_cut(r, DEAD, task_status)
 
 
-@kind("disk_full")
+@kind("disk_full", known="finding 9 (an outbox entry refused storage_full and overtaken in its batch is bounced; the resend shows after later messages)")
 async def disk_full(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """A home node restarted with an LMDB map a few KiB above its data file, then a
     burst of long messages to it that nobody receives until the heal."""
@@ -248,7 +248,7 @@ async def client_silent(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     await _client_cut(r, SILENT, task_status)
 
 
-@kind("client_dead", known="issue 15 item 11 (wa-cli has no deadline or keepalive)")
+@kind("client_dead")
 async def client_dead(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Client links to one home go dark for good (dead Wi-Fi); new ones pass after the heal."""
     await _client_cut(r, DEAD, task_status)
@@ -279,21 +279,21 @@ async def _recv_interrupted(r: Round, interrupt: Interrupt, follow: bool, task_s
                  hang_after=interrupt.after + 20.0)
 
 
-@kind("recv_kill", known="issue 15 item 10 (recv acknowledges before it shows)")
+@kind("recv_kill", known="finding 8 (a file message is shown once downloaded, after later texts of its sender)")
 async def recv_kill(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGKILL of ``wa-cli recv`` (or ``recv --follow``) while messages arrive."""
     sig = Interrupt(signal.SIGKILL, r.rng.uniform(0.5, 3.0))
     await _recv_interrupted(r, sig, r.rng.random() < 0.5, task_status)
 
 
-@kind("recv_int", known="issue 15 item 10 (recv acknowledges before it shows)")
+@kind("recv_int", known="finding 8 (a file message is shown once downloaded, after later texts of its sender)")
 async def recv_int(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGINT (Ctrl-C) of ``wa-cli recv`` (or ``recv --follow``) while messages arrive."""
     sig = Interrupt(signal.SIGINT, r.rng.uniform(0.5, 3.0))
     await _recv_interrupted(r, sig, r.rng.random() < 0.5, task_status)
 
 
-@kind("recv_pipe", known="issue 15 item 10 (recv acknowledges before it shows)")
+@kind("recv_pipe", known="finding 8 (a file message is shown once downloaded, after later texts of its sender)")
 async def recv_pipe(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """``wa-cli recv | head -n K``: its stdout closed after K lines."""
     await _recv_interrupted(r, Interrupt(close_after_lines=r.rng.randint(1, 4), after=3.0),
@@ -364,7 +364,7 @@ async def media_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
                          interrupt=kill if variant == "sigkill" and i == 0 else None)
 
 
-@kind("link_cut", known="issue 15 item 12 (a cut during linking leaves a ghost device)")
+@kind("link_cut")
 async def link_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """A fault in the middle of ``wa-cli link`` / ``devices approve``; ghosts are counted."""
     account = _pick_account(r)
