@@ -50,10 +50,15 @@ WINDOW = 64
 BODY = 100  # bytes
 QUICK_SCALE = 0.025
 READY_TIMEOUT = 30.0  # seconds for a node to print its ready line
-LOAD_TIMEOUT = 1200.0  # seconds for one load generator run
 STOP_TIMEOUT = 10.0
 STORAGES = ("lmdb", "postgresql")
 PG_POOL = 8  # connections per node, all opened at start (their backends' CPU is counted)
+
+
+def load_timeout(count: int) -> float:
+    """Seconds one load-generator run may take for ``count`` messages per sender
+    (then it is killed): generous, but short for smoke runs."""
+    return 60.0 + 0.5 * count
 
 
 class BenchError(RuntimeError):
@@ -153,11 +158,12 @@ def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str,
     for pid in [*nodes.pids(), *extra_pids]:
         argv += ["--pid", str(pid)]
     root = Path(__file__).resolve().parent.parent
+    timeout = load_timeout(count)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=LOAD_TIMEOUT,
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               env=child_env(), cwd=root, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"the load generator took more than {LOAD_TIMEOUT:g} s") from exc
+        raise BenchError(f"the load generator took more than {timeout:g} s") from exc
     dead = {nid: p.stderr_tail(1500) for nid, p in nodes.procs.items() if not p.running}
     if done.returncode != 0 or dead:
         raise BenchError(f"load generator exited {done.returncode}: {done.stderr[-3000:]}"

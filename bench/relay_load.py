@@ -94,6 +94,7 @@ class Countdown:
             self.event.set()
 
     def arrive(self) -> None:
+        """Count one arrival; the last one sets :attr:`event`."""
         self.left -= 1
         if self.left <= 0:
             self.event.set()

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from bench.__main__ import run_bench, with_required
-from bench.relay import SCALE_ENV, scale
+from bench.relay import SCALE_ENV, STOP_TIMEOUT, BenchError, NodeProcesses, run_load, scale
 
 DEADLINE = 90  # seconds (the run takes a few; nodes are processes)
 
@@ -54,3 +54,15 @@ def test_scale_knob(monkeypatch):
     monkeypatch.setenv(SCALE_ENV, "-1")
     with pytest.raises(ValueError, match=SCALE_ENV):
         scale(quick=False)
+
+
+def test_a_dead_node_fails_the_run_with_its_stderr(tmp_path):
+    nodes = NodeProcesses(tmp_path, 1)
+    try:
+        nodes.start()
+        nodes.procs["n1"].kill(STOP_TIMEOUT)
+        with pytest.raises(BenchError, match="load generator exited 1") as info:
+            run_load(nodes, ["online"], 5)
+        assert "node n1 died" in str(info.value)
+    finally:
+        nodes.stop()
