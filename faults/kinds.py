@@ -279,21 +279,21 @@ async def _recv_interrupted(r: Round, interrupt: Interrupt, follow: bool, task_s
                  hang_after=interrupt.after + 20.0)
 
 
-@kind("recv_kill", known="finding 8 (a file message is shown once downloaded, after later texts of its sender)")
+@kind("recv_kill")
 async def recv_kill(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGKILL of ``wa-cli recv`` (or ``recv --follow``) while messages arrive."""
     sig = Interrupt(signal.SIGKILL, r.rng.uniform(0.5, 3.0))
     await _recv_interrupted(r, sig, r.rng.random() < 0.5, task_status)
 
 
-@kind("recv_int", known="finding 8 (a file message is shown once downloaded, after later texts of its sender)")
+@kind("recv_int")
 async def recv_int(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGINT (Ctrl-C) of ``wa-cli recv`` (or ``recv --follow``) while messages arrive."""
     sig = Interrupt(signal.SIGINT, r.rng.uniform(0.5, 3.0))
     await _recv_interrupted(r, sig, r.rng.random() < 0.5, task_status)
 
 
-@kind("recv_pipe", known="finding 8 (a file message is shown once downloaded, after later texts of its sender)")
+@kind("recv_pipe")
 async def recv_pipe(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """``wa-cli recv | head -n K``: its stdout closed after K lines."""
     await _recv_interrupted(r, Interrupt(close_after_lines=r.rng.randint(1, 4), after=3.0),

@@ -42,6 +42,13 @@ def _is_file(p: Pending) -> bool:
     return isinstance(p.event, Message) and p.event.type == "file"
 
 
+def _sender(p: Pending) -> tuple[str, int] | None:
+    """The sending device of a message event (``None`` for other events)."""
+    if isinstance(p.event, Message):
+        return (p.event.sender_user, p.event.sender_device)
+    return None
+
+
 class Screen:
     """Shows the inbox of ``state`` on stdout (and notes on stderr).
 
@@ -55,6 +62,7 @@ class Screen:
         self._app = app
         self._state = state
         self.files = files
+        self._showing = trio.Lock()
         self._out = LineSink(sys.stdout)
         self._err = LineSink(sys.stderr, watch=False)  # notes: a parent may read them late
         self.messages = 0  # messages shown
@@ -122,14 +130,23 @@ class Screen:
 
     async def show_ready(self) -> None:
         """Show every pending event in order, except file messages (:meth:`serve_files`
-        shows those); wakes the download task for new ones."""
+        shows those once downloaded) and what the same sending device sent after a
+        file message that is still waiting: order per (sending device, this device)
+        holds on screen, while other senders' messages do not wait for a download.
+        Wakes the download task for new file messages."""
         self._notify()
-        for p in self._state.inbox.pending():
-            if _is_file(p) or p.n not in self._state.inbox:
-                continue
-            shape = render(self._state, p.event)
-            if shape is not None:
-                await self._show(p, shape)
+        async with self._showing:  # the receive loop and serve_files both call this
+            held: set[tuple[str, int]] = set()  # senders with a file message still waiting
+            for p in self._state.inbox.pending():
+                sender = _sender(p)
+                if _is_file(p):
+                    held.add(sender)  # type: ignore[arg-type]
+                    continue
+                if sender in held or p.n not in self._state.inbox:
+                    continue
+                shape = render(self._state, p.event)
+                if shape is not None:
+                    await self._show(p, shape)
         if self._state.inbox.marks - self._folded >= FOLD_EVERY:
             await self._fold()
 
@@ -149,6 +166,7 @@ class Screen:
             info = await self.files.fetch(client, p.event)  # type: ignore[arg-type]
             obj, human = self.files.row(p.event, info)  # type: ignore[arg-type]
             await self._show(p, (obj, human, False))
+            await self.show_ready()  # what its sender sent after it was held back
 
     async def wait_files(self, limit: int) -> None:
         """Wait until at most ``limit`` file messages wait for their download

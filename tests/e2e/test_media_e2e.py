@@ -163,3 +163,19 @@ def test_group_file(cluster, tmp_path):
     assert (row["type"], row["text"], row["group"]) == ("file", "the deck", "team")
     assert Path(row["file"]["path"]).read_bytes() == path.read_bytes()
     cluster.assert_clean_logs()
+
+
+def test_a_file_keeps_its_place_among_its_senders_messages(cluster, tmp_path):
+    """Fault-suite finding 8: `recv` shows a file message once downloaded; the texts its
+    sender wrote after it must not be shown before it (order per sending device)."""
+    alice, bob = alice_and_bob(cluster, tmp_path)
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(3 * M))  # a download of 12 chunks, forwarded by bob's home
+    alice.send("bob", "before the file")
+    assert send_file(alice, "bob", path, "the file")["status"] == "stored"
+    for i in range(3):
+        alice.send("bob", f"after the file {i}")
+    run, rows = recv_files(bob, tmp_path / "downloads")
+    shown = [r.get("text") if r["type"] != "file" else "<file>" for r in rows
+             if r.get("from") == alice.user_id]
+    assert shown == ["before the file", "<file>"] + [f"after the file {i}" for i in range(3)]
