@@ -108,6 +108,7 @@ async def _receive(client: Client, screen: Screen, idle_s: float | None,
                     if not backlog_done:
                         raise CliError("the relay did not finish delivering the queued messages")
                     await screen.wait_files(0)
+                    await screen.show_ready()  # what waited behind the last file message
                     break
                 if isinstance(event, Kept):
                     await screen.show_ready()
