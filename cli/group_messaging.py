@@ -39,6 +39,7 @@ from relay.protocol.frames import GroupRecipient, GroupSend, Send
 from . import groups, payload
 from .errors import RelayError, SendFailed
 from .group_state import GroupError, GroupState
+from .outbound import has_session
 
 if TYPE_CHECKING:
     from .client import Client
@@ -267,7 +268,13 @@ async def _share_key(client: Client, record: groups.GroupRecord, out: groups.Out
                         sender_device=client.state.device_id, state=record.signed.to_map())
 
     await send_pairwise(client, user_ids, build, lists)
-    out.shared |= _recipients(client, {u: lists[u] for u in user_ids})
+    # Only devices that got a real (Olm-encrypted) copy have the key now; a device that
+    # had no keys to claim got a withheld copy and must be shared with again on a later
+    # send (fault-suite finding 10: a half-linked device never got a sender's key).
+    me = (client.state.user_id, client.state.device_id)
+    out.shared |= {(uid, d.device_id, d.curve25519) for uid in user_ids
+                   for d in lists[uid].devices
+                   if (uid, d.device_id) != me and has_session(client.state, uid, d)}
 
 
 async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inner: bytes) -> str:

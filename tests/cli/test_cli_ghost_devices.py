@@ -83,3 +83,23 @@ async def test_a_recorded_withdrawal_is_finished_by_the_next_connection(tmp_path
                 "withdrew device 1 (ghost) from the account: its linking did not complete"]
             async with open_client(alice) as client:
                 assert (await client.send_text(bob.user_id, "hi")).status == "stored"
+
+
+async def test_a_group_key_is_shared_again_with_a_device_that_had_no_keys(tmp_path):
+    """Fault-suite finding 10: a device that got a withheld copy of a sender's group key
+    (no keys to claim yet) was recorded as having the key, so it never got it and could
+    read none of that sender's group messages. It is now left out of the shared set and
+    gets the key on the sender's next group send."""
+    from cli.group_messaging import create_group, send_group_text
+
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(2) as cluster:
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
+            await _add_ghost(bob, 5, age=600)
+            async with open_client(alice) as client:
+                group = await create_group(client, "g", [bob.user_id])
+                await send_group_text(client, "g", "first")
+            shared = {(uid, did) for s in alice.groups.outbound.values() for uid, did, _ in s.shared}
+            assert (bob.user_id, 0) in shared
+            assert (bob.user_id, 5) not in shared  # withheld: it holds no key
+            assert group.name == "g"
