@@ -38,6 +38,7 @@ from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, che
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
+from ._running import running_writer
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import StorageError
 
@@ -116,20 +117,8 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
             )
             writer.stale_readers_cleared = cleared
             st = cls(env, dbs, writer)
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(writer.serve)
-                    try:
-                        yield st
-                    finally:
-                        await st.aclose()
-            except BaseExceptionGroup as group:
-                # The writer task does not raise, so a group here only wraps what the
-                # caller's block raised: give it back unwrapped, as callers expect.
-                if len(group.exceptions) == 1:
-                    inner = group.exceptions[0]
-                    raise inner from inner.__cause__
-                raise
+            async with running_writer(writer, st) as running:
+                yield running
         finally:
             env.close()
 

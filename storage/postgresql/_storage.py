@@ -30,6 +30,7 @@ import psycopg_pool
 import trio
 
 from .. import _keys as K
+from .._running import running_writer
 from ..base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from ..errors import StorageError, StorageUnavailable
 from . import _ops as ops
@@ -126,19 +127,8 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
             st = cls(pool, writer, schema=schema, retry_for=retry_for,
                      limiter=trio.CapacityLimiter(pool_max - 1))
             st._conninfo, st._origin = conninfo, origin
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(writer.serve)
-                    try:
-                        yield st
-                    finally:
-                        await st.aclose()
-            except BaseExceptionGroup as group:
-                # The writer task does not raise: a group only wraps the caller's error.
-                if len(group.exceptions) == 1:
-                    inner = group.exceptions[0]
-                    raise inner from inner.__cause__
-                raise
+            async with running_writer(writer, st) as running:
+                yield running
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pool.close)
