@@ -93,7 +93,7 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
 def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
     from pathlib import Path
 
-    from relay.metrics import NodeMetrics
+    from relay.admin.metrics import NodeMetrics
 
     dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json")
                            .read_text())

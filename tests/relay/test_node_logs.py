@@ -10,11 +10,11 @@ import pytest
 import trio
 from relay_harness import Cluster, UserDevice, connect, make_configs, publish, session
 
-from relay.federation import UNREACHABLE_WARNING, PeerLink
+from relay.config.ring import Ring
 from relay.net import ConnectionLost
 from relay.protocol import DEFAULT_LIMITS
 from relay.protocol.frames import Ok, Ping
-from relay.ring import Ring
+from relay.services.federation import UNREACHABLE_WARNING, PeerLink
 
 
 def _lines(caplog, level: int, needle: str = "") -> list[str]:

@@ -35,10 +35,10 @@ import nacl.signing
 import trio
 
 import relay.net as net
+from relay.config.ring import NodeInfo, Ring
 from relay.errors import RelayError
 from relay.protocol import ErrorCode, Limits, write_frame
 from relay.protocol.frames import Error, Frame
-from relay.ring import NodeInfo, Ring
 
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0

@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.federation import Federation, LinkDown, request_within
-from relay.outbox import Outbox
 from relay.protocol import Limits, write_frame
 from relay.protocol.errors import ErrorCode
 from relay.protocol.frames import (
@@ -36,7 +34,9 @@ from relay.protocol.frames import (
     Results,
     SignedDeviceList,
 )
-from relay.router import Outcome, Part, outcome_of
+from relay.services.federation import Federation, LinkDown, request_within
+from relay.services.outbox import Outbox
+from relay.services.router import Outcome, Part, outcome_of
 
 BATCH_HEADER = 64
 """Bytes, an upper bound of a ``forward_batch`` frame's own map around its items."""

@@ -5,8 +5,8 @@ holds only that node's metrics (no global registry, so several nodes of one
 process, ``wa-relay cluster`` or tests, never mix). Three kinds of sources:
 
 * **counters moved where things happen**: connections accepted and refused and
-  WebSocket frames in and out (:mod:`relay.listener`), envelopes stored, acked,
-  purged and expired and outbox entries added (:class:`relay.metered.MeteredStorage`),
+  WebSocket frames in and out (:mod:`relay.serving.listener`), envelopes stored, acked,
+  purged and expired and outbox entries added (:class:`relay.admin.metered.MeteredStorage`),
   group-commit batches (an observer on the LMDB writer); refusals by error code,
   forwards by peer and result, and finished outbox entries through
   :meth:`NodeMetrics.refusal`, :meth:`~NodeMetrics.forward` and

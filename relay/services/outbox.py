@@ -37,7 +37,6 @@ import msgpack
 import trio
 
 from relay.errors import KNOWN_REFUSALS, RelayError
-from relay.federation import Federation, LinkDown, backoff_delays, request_within
 from relay.protocol import (
     DEFAULT_LIMITS,
     ErrorCode,
@@ -59,6 +58,7 @@ from relay.protocol.frames import (
     Results,
 )
 from relay.protocol.stored import encode_bounce_body, encode_envelope
+from relay.services.federation import Federation, LinkDown, backoff_delays, request_within
 from storage import EnqueueRequest, OutboxEntry, Storage
 
 RETRYABLE = frozenset({
