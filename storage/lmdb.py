@@ -33,6 +33,7 @@ import trio
 
 from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
+from ._chains import chain_keys
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
@@ -267,19 +268,21 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
     async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
         """See :meth:`storage.base.Storage.enqueue_many`. One submission to the group
         commit; a request that would not fit within ``map_size - reserve`` is refused
-        alone (StorageFull).
+        alone (StorageFull), and a refused sender's later requests to the same devices
+        are skipped by the committer (:mod:`storage._chains`).
 
         Raises:
             ValueError, TypeError: a malformed argument in any request; nothing was stored.
             trio.ClosedResourceError: the storage is closed.
         """
         psize = self.writer.psize
+        token = object()
         specs = []
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts),
+            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, chain_keys(token, req)),
                           sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(raw, dd, psize),
                           False))
         answers = await self.writer.submit_many(specs)

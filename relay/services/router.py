@@ -19,6 +19,23 @@ part, ``queued`` when some part went to the outbox, else the first refusal in
 recipient order (e.g. ``stale_devices``). A run returns only once every part of
 it has its outcome, so the runs of one connection are applied strictly one
 after the other (docs/protocol.md, "Order").
+
+**A refused send leaves no copies on the sender's other devices.** When a run
+has parts for other homes *and* parts homed here (the copies for the sender's own
+other devices, or local recipients), the local parts are written only once the
+other homes have answered, and not for a request that another home refused: a
+send answered with a refusal is then in no queue of this home (and a client that
+resends it with the same ``msg_id`` is deduplicated where it was stored). What
+stays possible is the reverse, rarer case: another home stored its part and this
+home then refuses its own (``storage_full``, ``queue_full``); the sender gets the
+refusal, and a resend with the same ``msg_id`` is deduplicated over there.
+
+**Order across refusals.** Within one :meth:`Router.store_parts` call, once a part
+is refused with a retryable code, the same sending device's later parts to any of
+the same devices are refused with that code too (nothing written): checked here
+for the checks before storage, and by ``enqueue_many`` (each request carries its
+``sender``) for the storage's own refusals. So a retried part can never land
+behind a later one (docs/protocol.md, "Order", rule 5).
 """
 
 from __future__ import annotations
@@ -27,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from relay.config.ring import Ring
-from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
+from relay.errors import KNOWN_REFUSALS, RETRYABLE_CODES, RelayError, relay_error_from
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Envelope,
@@ -152,13 +169,18 @@ class Router:
             for dest, entries in remote.items():
                 waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
         outcomes: list[dict[str, Outcome]] = [{} for _ in frames]
-        if local:
-            results = await self.store_parts([p for _, p in local])
-            for (i, _), result in zip(local, results, strict=True):
-                outcomes[i][self._node_id] = result if result is not None else "stored"
-        for dest, wait in waits.items():
+        for dest, wait in waits.items():  # first: a refused request stores nothing here
             for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
                 outcomes[i][dest] = outcome
+        refused = {i for i, got in enumerate(outcomes)
+                   if any(isinstance(o, RelayError) for o in got.values())}
+        keep = [(i, p) for i, p in local if i not in refused]
+        if keep:
+            results = await self.store_parts([p for _, p in keep])
+            for (i, _), result in zip(keep, results, strict=True):
+                outcomes[i][self._node_id] = result if result is not None else "stored"
+        for i, _ in local:
+            outcomes[i].setdefault(self._node_id, "stored")  # not written: a refusal answers
         for i, frame in enumerate(frames):
             if answers[i] is None:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
@@ -205,20 +227,31 @@ class Router:
         results: list[RelayError | None] = [None] * len(parts)
         requests: list[EnqueueRequest] = []
         accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
+        blocked: dict[tuple[str, int, str, int], RelayError] = {}  # see "Order across refusals"
         for i, part in enumerate(parts):
+            keys = _chain_keys(part)
+            hit = next((blocked[k] for k in keys if k in blocked), None)
+            if hit is not None:
+                results[i] = RelayError(hit.code, "not stored: an earlier message of the same "
+                                        f"sending device was refused ({hit.message or hit.code.value})")
+                blocked.update(dict.fromkeys(keys, hit))
+                continue
             try:
                 if peer_id is not None:
                     self.check_from_peer(part.sender_user, peer_id)
                 await self.check_local(part.sender_user, part.sender_device, part_members(part))
                 items = part_items(part)
             except KNOWN_REFUSALS as exc:
-                results[i] = relay_error_from(exc)
+                err = results[i] = relay_error_from(exc)
+                if err is not None and err.code.value in RETRYABLE_CODES:
+                    blocked.update(dict.fromkeys(keys, err))
                 continue
             if not items:
                 continue
             accepted.append((i, items))
             requests.append(EnqueueRequest(items, dedupe=dedupe_id(part.sender_user, part.msg_id),
-                                           max_queue=self._max_queue))
+                                           max_queue=self._max_queue,
+                                           sender=(part.sender_user, part.sender_device)))
         if not requests:
             return results
         try:
@@ -272,6 +305,15 @@ class Router:
         """Raise ``bad_request`` unless ``sender_user`` is well-formed and homed at
         ``peer_id`` (a peer may only forward what its own users sent)."""
         self._directory.check_homed_at(sender_user, peer_id, "sender")
+
+
+def _chain_keys(part: Part) -> set[tuple[str, int, str, int]]:
+    """``(sender user, sender device, user, device)`` per receiving device of a part."""
+    try:
+        members = part_members(part)
+    except (TypeError, ValueError, AttributeError):  # malformed: refused by the checks
+        return set()
+    return {(part.sender_user, part.sender_device, u, d) for u, devs in members for d in devs}
 
 
 def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:

@@ -30,6 +30,7 @@ import psycopg_pool
 import trio
 
 from .. import _keys as K
+from .._chains import chain_keys
 from .._running import running_writer
 from ..base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from ..errors import StorageError, StorageUnavailable
@@ -273,12 +274,13 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
             ValueError, TypeError: a malformed argument in any request; nothing stored.
             trio.ClosedResourceError: the storage is closed.
         """
+        token = object()
         batch = []
         for req in requests:
             items = [(*self._dev(u, d), K.check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else K.check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            batch.append(ops.Enqueue(items, dd, req.max_queue, ts))
+            batch.append(ops.Enqueue(items, dd, req.max_queue, ts, chain_keys(token, req)))
         self._check_open()
         return [_answer(op) for op in await self.writer.submit_many(batch)]
 
