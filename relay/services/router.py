@@ -63,6 +63,10 @@ from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
 Outcome = str | RelayError
+ChainKey = tuple[str, int, str, int]
+"""``(sender user, sender device, receiving user, receiving device)``."""
+Blocked = dict[ChainKey, RelayError]
+"""Retryable refusals so far, by chain key (see "Order across refusals" above)."""
 """What became of one part: ``"stored"``, ``"queued"`` or the refusal."""
 
 
@@ -208,7 +212,7 @@ class Router:
     # ------------------------------------------------------------ storing parts homed here
 
     async def store_parts(
-        self, parts: list[Part], *, peer_id: str | None = None
+        self, parts: list[Part], *, peer_id: str | None = None, blocked: Blocked | None = None,
     ) -> list[RelayError | None]:
         """Check every part and durably enqueue the accepted ones in one ``enqueue_many``
         call, in order; wake the devices' pushers.
@@ -217,6 +221,9 @@ class Router:
             parts: forwards / group forwards whose recipients are all homed here.
             peer_id: the node the parts came from: each part's ``sender_user`` must
                 be homed there (``None``: built here from an authenticated device).
+            blocked: the retryable refusals of earlier calls that the same order
+                covers (one ``forward_batch`` stored in several calls): read, and
+                updated with this call's retryable refusals.
 
         Returns:
             Per part, in order: ``None`` (stored, or already stored: deduplicated by
@@ -227,9 +234,11 @@ class Router:
         results: list[RelayError | None] = [None] * len(parts)
         requests: list[EnqueueRequest] = []
         accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
-        blocked: dict[tuple[str, int, str, int], RelayError] = {}  # see "Order across refusals"
+        blocked = {} if blocked is None else blocked  # see "Order across refusals"
+        keys_of: list[set[ChainKey]] = []
         for i, part in enumerate(parts):
             keys = _chain_keys(part)
+            keys_of.append(keys)
             hit = next((blocked[k] for k in keys if k in blocked), None)
             if hit is not None:
                 results[i] = RelayError(hit.code, "not stored: an earlier message of the same "
@@ -260,11 +269,14 @@ class Router:
             err = relay_error_from(exc)
             for i, _ in accepted:
                 results[i] = err
+                if err is not None:
+                    blocked.update(dict.fromkeys(keys_of[i], err))
             return results
         for (i, items), answer in zip(accepted, answers, strict=True):
             if isinstance(answer, Exception):
-                results[i] = relay_error_from(answer) or RelayError(
+                err = results[i] = relay_error_from(answer) or RelayError(
                     ErrorCode.INTERNAL, "the node could not store the message")
+                blocked.update(dict.fromkeys(keys_of[i], err))
             elif answer is not None:
                 for user_id, device_id, _ in items:
                     self._notify(user_id, device_id)
@@ -307,7 +319,7 @@ class Router:
         self._directory.check_homed_at(sender_user, peer_id, "sender")
 
 
-def _chain_keys(part: Part) -> set[tuple[str, int, str, int]]:
+def _chain_keys(part: Part) -> set[ChainKey]:
     """``(sender user, sender device, user, device)`` per receiving device of a part."""
     try:
         members = part_members(part)

@@ -144,3 +144,36 @@ async def test_kept_entry_is_retried_in_order_not_overtaken_nor_bounced(nursery)
         assert got == ids  # once each, in order
         await _wait_outbox(n1, "n2", 0)
         assert await n1.queue_length(alice.user_id, 0) == 0  # no bounce
+
+
+async def test_forward_batch_items_are_applied_in_item_order(nursery) -> None:
+    """A ``bounce`` item before a ``forward`` item for the same device lands first in
+    its queue (docs/protocol.md: item order), and a retryable refusal keeps the
+    sending device's later items to that device out across the bounce in between."""
+    from relay.protocol.frames import BounceBack, Envelope
+    from relay.protocol.stored import encode_bounce_body
+
+    cluster = Cluster(nursery, make_configs(2))
+    n2 = cluster.storages["n2"] = MemoryStorage(capacity_bytes=CAPACITY)
+    await cluster.start_all()
+    with trio.fail_after(20):
+        alice = device_homed_at(cluster.ring, "n1")
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n2"), bob)
+
+        def part(body: bytes) -> Forward:
+            return Forward(id=0, msg_id=os.urandom(16), sender_user=alice.user_id,
+                           sender_device=0, ts=1, recipients=[bob.recipient(body)])
+
+        bounce = BounceBack(id=0, envelope=Envelope(
+            msg_id=os.urandom(16), sender_user=bob.user_id, sender_device=0, ts=1,
+            kind="bounce", body=encode_bounce_body("stale_devices", "", alice.user_id)))
+        items = [bounce, part(b"a" * SMALL), part(b"b" * BIG), part(b"c" * BIG), bounce,
+                 part(b"d" * SMALL)]
+        async with peer_session(cluster, "n1", "n2") as p:
+            answer = await p.request(ForwardBatch(id=3, items=items))
+        assert isinstance(answer, Results)
+        codes = [a.code if isinstance(a, Error) else a.TYPE for a in answer.items]
+        assert codes == ["ok", "ok", "ok", "storage_full", "ok", "storage_full"]
+        kinds = [msgpack.unpackb(i.envelope)["kind"] for i in await n2.read_queue(bob.user_id, 0)]
+        assert kinds == ["bounce", "olm", "olm"]  # the bounce first; the second one deduplicated
