@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from typing import TypeVar
 
 import nacl.signing
@@ -37,11 +36,10 @@ import trio
 import relay.net as net
 from relay.config.ring import NodeInfo, Ring
 from relay.errors import RelayError
+from relay.net.backoff import PEER_BACKOFF
 from relay.protocol import ErrorCode, Limits, write_frame
 from relay.protocol.frames import Error, Frame
 
-BACKOFF_MIN = 0.2
-BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 5.0
 UNREACHABLE_WARNING = 60.0  # seconds a peer may stay unreachable before a warning
 
@@ -52,17 +50,6 @@ ping after 20 s of silence, 10 s to answer; callers own request timeouts)."""
 
 class LinkDown(Exception):
     """The peer node could not be reached, or the link broke before the answer came."""
-
-
-def backoff_delays(
-    start: float = BACKOFF_MIN, cap: float = BACKOFF_MAX, rng: random.Random | None = None
-):
-    """Yield reconnect delays in seconds: ``start`` doubling to ``cap``, each +-25 % jitter."""
-    rng = rng or random.Random()
-    delay = start
-    while True:
-        yield delay * rng.uniform(0.75, 1.25)
-        delay = min(delay * 2, cap)
 
 
 class PeerLink:
@@ -152,7 +139,7 @@ class PeerLink:
 
     async def run(self) -> None:
         """Keep the link up until cancelled (connect, serve, back off, repeat)."""
-        delays = backoff_delays()
+        delays = PEER_BACKOFF.delays()
         down_since, warned = trio.current_time(), False
         while True:
             try:
@@ -161,7 +148,7 @@ class PeerLink:
                     self.connected.set()
                     self._signal_change()
                     self._log.info("peer link to %s up", self.peer.id)
-                    delays = backoff_delays()
+                    delays = PEER_BACKOFF.delays()
                     await link.wait_closed()
                 self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id,
                                   link.close_reason)

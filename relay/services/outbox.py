@@ -37,6 +37,7 @@ import msgpack
 import trio
 
 from relay.errors import KNOWN_REFUSALS, RelayError
+from relay.net.backoff import PEER_BACKOFF
 from relay.protocol import (
     DEFAULT_LIMITS,
     ErrorCode,
@@ -58,7 +59,7 @@ from relay.protocol.frames import (
     Results,
 )
 from relay.protocol.stored import encode_bounce_body, encode_envelope
-from relay.services.federation import Federation, LinkDown, backoff_delays, request_within
+from relay.services.federation import Federation, LinkDown, request_within
 from storage import EnqueueRequest, OutboxEntry, Storage
 
 RETRYABLE = frozenset({
@@ -158,7 +159,7 @@ class Outbox:
             task_status.started()
 
     async def _drain(self, dest: str) -> None:
-        delays = backoff_delays()
+        delays = PEER_BACKOFF.delays()
         while True:
             wake = self._wake[dest]
             if wake.is_set():
@@ -170,7 +171,7 @@ class Outbox:
                 continue
             outcome, head = await self._attempt(dest, entries)
             if outcome == "done":
-                delays = backoff_delays()
+                delays = PEER_BACKOFF.delays()
                 continue
             if head is not None:
                 await self._storage.outbox_retry(head)
