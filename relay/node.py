@@ -118,6 +118,8 @@ class Node:
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
         self.router.attach(self.forwarding)
+        self.forwarding.on_outcomes = self.metrics.forwards_done
+        self.outbox.on_finished = self.metrics.outbox_finished
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
                                max_per_owner=config.max_mailboxes_per_ip)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
