@@ -141,6 +141,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for ws in sockets:
                     nursery.start_soon(self._going_away, ws)
+                nursery.start_soon(self.federation.go_away)  # our own links to peers
             await self.sockets.wait_empty()  # handlers end right after their socket closed
         if scope.cancelled_caught:
             self.log.warning("stopping: %d connection(s) still open after %g s; dropping them",

@@ -41,6 +41,7 @@ from relay.protocol import ErrorCode, Limits, write_frame
 from relay.protocol.frames import Error, Frame
 
 CONNECT_TIMEOUT = 5.0
+CLOSE_GOING_AWAY = 1001  # RFC 6455 7.4.1: an endpoint is going away
 UNREACHABLE_WARNING = 60.0  # seconds a peer may stay unreachable before a warning
 
 PEER_LINK_SETTINGS = dataclasses.replace(net.PEER_SETTINGS, connect_timeout=CONNECT_TIMEOUT)
@@ -82,6 +83,7 @@ class PeerLink:
         self._link: net.Link | None = None
         self._changed = trio.Event()  # set after every connect attempt and disconnect
         self._kick = trio.Event()
+        self._leaving = False  # set by go_away(): the node stops, do not reconnect
         self.connected = trio.Event()  # set while the link is up (replaced when it goes down)
 
     @property
@@ -92,6 +94,14 @@ class PeerLink:
     def kick(self) -> None:
         """Reconnect now instead of waiting out the current backoff delay."""
         self._kick.set()
+
+    async def go_away(self) -> None:
+        """The node is stopping: close the link with 1001 (going away, RFC 6455) so the
+        peer sees a clean close instead of 1006, and do not reconnect afterwards."""
+        self._leaving = True
+        self._kick.set()
+        if self._link is not None:
+            await self._link.aclose(CLOSE_GOING_AWAY, "node stopping")
 
     def _signal_change(self) -> None:
         self._changed.set()
@@ -164,6 +174,8 @@ class PeerLink:
                     self._log.debug("peer link to %s: attempt failed: %s", self.peer.id, exc)
             finally:
                 self._go_down()
+            if self._leaving:
+                await trio.sleep_forever()  # until the node's nursery is cancelled
             self._kick = trio.Event()
             with trio.move_on_after(next(delays)):
                 await self._kick.wait()
@@ -234,6 +246,12 @@ class Federation:
         async with trio.open_nursery() as nursery:
             for link in self.links.values():
                 nursery.start_soon(link.run)
+
+    async def go_away(self) -> None:
+        """Close every peer link with 1001 (the node is stopping); see :meth:`PeerLink.go_away`."""
+        async with trio.open_nursery() as nursery:
+            for link in self.links.values():
+                nursery.start_soon(link.go_away)
 
     async def request(self, dest: str, frame: Frame) -> Frame:
         """Send a request to node ``dest`` and return its answer.
