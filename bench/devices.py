@@ -23,9 +23,9 @@ from contextlib import AsyncExitStack, ExitStack
 
 import trio
 
-from cli import crypto
 from cli.client import Client, open_client
-from cli.state import open_state
+from cli.session import crypto
+from cli.session.state import open_state
 
 from .client_costs import TEXT_SIZE, sample_plaintext
 from .cluster import account_on, open_bench_cluster
