@@ -255,6 +255,7 @@ class OutboxPut(Op):
                 "INSERT INTO outbox (id, dest, payload) SELECT * FROM "
                 "unnest(%b::bigint[], %b::text[], %b::bytea[])",
                 (ids, [d for d, _ in op.entries], [p for _, p in op.entries]))
+            tx.changes.outbox.update(d for d, _ in op.entries)
             op.value = ids
 
 

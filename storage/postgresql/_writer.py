@@ -60,7 +60,7 @@ import trio
 
 from ..errors import StorageError, StorageFull, StorageUnavailable
 from ._errors import classify, translate
-from ._notify import payloads
+from ._notify import Changes, payloads
 from ._schema import USAGE_SLOTS
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,10 @@ class Tx:
         self.conn = conn
         self.cur = cur
         self.delta = 0
-        #: devices that got envelopes in this transaction (for the notification)
-        self.enqueued: set[tuple[str, int]] = set()
+        #: what this transaction changed that other processes care about (the notification)
+        self.changes = Changes()
+        #: devices that got envelopes in this transaction (``changes.queues``)
+        self.enqueued: set[tuple[str, int]] = self.changes.queues
         self._usage = usage
         self._used: int | None = None
         self._limit = limit
@@ -181,7 +183,8 @@ class PgWriter:
         max_bytes: the accounted-bytes bound, or ``None``.
         retry_for: seconds a batch keeps retrying on connection errors.
         max_batch_ops, max_batch_bytes, queue_size: batch and channel bounds.
-        notify: ``(channel, origin)``: every transaction that enqueued envelopes also
+        notify: ``(channel, origin)``: every transaction that enqueued envelopes, stored
+            a device list or put outbox entries also
             sends ``pg_notify`` (see :mod:`storage.postgresql._notify`); None: not.
         fault_hook: test-only, see :data:`FaultHook`.
     """
@@ -408,9 +411,9 @@ class PgWriter:
                 if tx.delta:
                     cur.execute("UPDATE wa_usage SET bytes = bytes + %s WHERE slot = %s",
                                 (tx.delta, self._slot))
-                if self._notify is not None and tx.enqueued:
+                if self._notify is not None and tx.changes:
                     channel, origin = self._notify
-                    for payload in payloads(origin, tx.enqueued):
+                    for payload in payloads(origin, tx.changes):
                         cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
                 now = time.monotonic()
                 if now >= self._next_sweep:
