@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from cli.client import init_account, open_client
+from cli.client import Message, init_account, open_client
+from cli.errors import ConnectionFailed, ConnectionLost, RelayError
 from cli.linking import link_device
 from cli.state import State, create_state, open_state
 from relay.config import load_cluster
 from relay.config.ring import Ring
 from relay.testing import ProcessCluster
+from storage.testing.postgres_server import LocalPostgres
 
 from .devices import Device, RecvProcess
 
@@ -128,3 +130,88 @@ async def test_two_processes_one_home_kill_one_during_a_burst(home: ProcessClust
         assert [code for code, _, _ in results] == [0, 0], results
         with open_state(alice.home) as phone_state:
             assert phone_state.relay_url == b_url  # reconnected to the other address
+
+
+COUNT = 80  # messages sent across the database restart
+RESTART_AT = 25  # acknowledged messages before the restart begins
+
+
+async def received(state: State, want: set[str], seconds: float) -> list[str]:
+    """Connect ``state`` and collect message texts until every one of ``want`` came
+    (backlog and live); raise TooSlowError after ``seconds``."""
+    got: list[str] = []
+    with trio.fail_after(seconds):
+        async with open_client(state) as client:
+            async for event in client.receive():
+                if isinstance(event, Message):
+                    got.append(event.text)
+                    if want <= set(got):
+                        return got
+    raise AssertionError("the connection ended")
+
+
+async def test_database_restart_during_traffic(tmp_path: Path, postgres_server) -> None:
+    """Two processes of n1 over a server of their own, restarted (crash, WAL
+    recovery) while bob sends: each send is answered or fails (a short
+    ``retry_for``, so some do fail with ``storage_unavailable``), the relays live on
+    and reconnect, and every acknowledged message reaches alice once, in order."""
+    server = await trio.to_thread.run_sync(LocalPostgres.start)
+    db = await trio.to_thread.run_sync(server.create_database, "mprestart")
+    cluster = ProcessCluster(tmp_path / "cluster", 1, processes={"n1": 2},
+                             storage_url=lambda node_id: server.url(db, schema="n1",
+                                                                    retry_for="0.5"))
+    try:
+        await trio.to_thread.run_sync(cluster.start_all)
+        a_url, b_url = cluster.urls["n1"]
+        ring = Ring(load_cluster(cluster.cluster_file))
+        with trio.fail_after(DEADLINE), ExitStack() as stack:
+            bob = account_on(tmp_path, "bob", ring, "n1", a_url, stack)
+            alice = account_on(tmp_path, "alice", ring, "n1", b_url, stack)
+            async with open_client(alice):
+                pass  # published
+            acked: list[str] = []
+            failed: list[tuple[str, str]] = []
+            restarted = trio.Event()
+            after = 0  # sends answered after the server was back
+
+            async def restart() -> None:
+                await trio.to_thread.run_sync(server.restart)
+                restarted.set()
+
+            def more() -> bool:
+                return n < COUNT or after < 10
+
+            async with trio.open_nursery() as nursery:
+                n = 0
+                while more():
+                    try:
+                        async with open_client(bob) as sender:
+                            while more():
+                                text = f"r{n:03d}"
+                                n += 1
+                                try:
+                                    await sender.send_text(alice.user_id, text)
+                                except RelayError as exc:
+                                    failed.append((text, exc.code))
+                                    continue
+                                finally:
+                                    after += restarted.is_set()
+                                acked.append(text)
+                                if len(acked) == RESTART_AT:
+                                    nursery.start_soon(restart)
+                    except (ConnectionLost, ConnectionFailed) as exc:  # NoAnswer too
+                        failed.append((text, type(exc).__name__))
+            assert restarted.is_set() and len(acked) >= RESTART_AT + 10, failed
+            assert {code for _, code in failed} <= {"storage_unavailable", "NoAnswer",
+                                                    "ConnectionLost", "ConnectionFailed"}
+            assert cluster.dead() == {}  # both relays lived through it
+            got = [t for t in await received(alice, set(acked), 20) if t.startswith("r")]
+            assert len(got) == len(set(got)) and got == sorted(got)
+            # Live again: a message from A wakes alice's connection on B.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(received, alice, {"after"}, 15)
+                async with open_client(bob) as sender:
+                    await sender.send_text(alice.user_id, "after")
+    finally:
+        await trio.to_thread.run_sync(cluster.stop_all)
+        await trio.to_thread.run_sync(server.stop)
