@@ -18,7 +18,8 @@ commits make stale; the storage tells it what changed
   queue behind them, and its drain sends them too (so entries of a process that
   died are not stranded);
 * ``None`` (the listening connection was lost and is back; something may have
-  been missed): all of the above, for everything.
+  been missed), or a change that says ``everything`` (another process could not
+  announce a commit): all of the above, for everything.
 
 Storage backends without the method (LMDB, memory) are one process each; then
 nothing here runs.
@@ -46,6 +47,7 @@ class Changes(Protocol):
     queues: set[tuple[str, int]]
     lists: set[str]
     outbox: set[str]
+    everything: bool
 
 
 WatchFn = Callable[..., Awaitable[None]]
@@ -82,7 +84,7 @@ class Siblings:
     def on_change(self, changes: Changes | None) -> None:
         """The storage's callback (on the event loop; never blocks)."""
         self.changes_seen += 1
-        if changes is None:
+        if changes is None or changes.everything:
             self._directory.forget_all()
             self._outbox.note_pending(None)
             self._registry.notify_all()

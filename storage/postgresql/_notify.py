@@ -3,10 +3,9 @@ users' device lists changed", "these outbox destinations got entries".
 
 What a home served by several relay processes over one database needs (see
 docs/operations.md, "One home, several processes"). With ``notify=True`` the
-writer adds ``pg_notify(channel, payload)`` to every transaction that enqueued
-envelopes, stored a device list or put outbox entries; PostgreSQL delivers a
-notification only when (and if) that transaction commits, to every session that
-``LISTEN``\\ s on the channel, in commit order. :func:`serve_watch` is such a
+writer sends ``pg_notify(channel, payload)`` after every commit that enqueued
+envelopes, stored a device list or put outbox entries; PostgreSQL delivers it to
+every session that ``LISTEN``\\ s on the channel. :func:`serve_watch` is such a
 session: it calls back with the :class:`Changes` that *other* processes
 committed, so the relay can wake delivery tasks, drop cached device lists and
 drain the outbox at once.
@@ -15,8 +14,17 @@ Channel: ``wa.<schema>`` (at most 63 bytes). Payload: ``<origin>|<kind>|<items>`
 ``origin`` a random token per storage instance (a process skips its own
 notifications: it acted on them itself), ``kind`` one of ``q`` (items
 ``user:device``), ``l`` (user ids), ``o`` (outbox destinations, percent-encoded),
-items joined by ``,``; split into several notifications so that each stays under
-PostgreSQL's 8000-byte payload limit.
+``a`` (no items: anything may have changed), items joined by ``,``; split into
+several notifications so that each stays under PostgreSQL's 8000-byte payload
+limit.
+
+The writer sends them right *after* its ``COMMIT``, in a transaction of their
+own, not inside the data's: PostgreSQL serialises the commits of all
+transactions that notify (a database-wide lock held through the commit's WAL
+flush), which would take group commit across processes away. A notification
+transaction writes no WAL, so it holds that lock only for a moment. If one is
+lost (the connection broke right after the commit), the next one carries
+``a``.
 
 The listening session runs on the event loop: ``trio.lowlevel.wait_readable`` on
 libpq's socket, then the non-blocking ``consume_input`` and ``notifies`` of
@@ -53,14 +61,17 @@ class Changes:
         queues: ``(user_id, device_id)`` of device queues that got envelopes.
         lists: user ids whose device list was stored.
         outbox: outbox destinations that got entries.
+        everything: anything may have changed (a commit whose notification could
+            not be sent): act as after a lost listening connection.
     """
 
     queues: Devices = field(default_factory=set)
     lists: set[str] = field(default_factory=set)
     outbox: set[str] = field(default_factory=set)
+    everything: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.queues or self.lists or self.outbox)
+        return bool(self.queues or self.lists or self.outbox or self.everything)
 
 
 def channel_of(schema: str) -> str:
@@ -94,7 +105,8 @@ def payloads(origin: str, changes: Changes | Devices) -> list[str]:
     at most :data:`PAYLOAD_MAX` bytes."""
     if not isinstance(changes, Changes):
         changes = Changes(queues=set(changes))
-    return [*_split(origin, "q", (f"{u}:{d}" for u, d in sorted(changes.queues))),
+    return [*([f"{origin}|a|"] if changes.everything else []),
+            *_split(origin, "q", (f"{u}:{d}" for u, d in sorted(changes.queues))),
             *_split(origin, "l", sorted(changes.lists)),
             *_split(origin, "o", (quote(d, safe="") for d in sorted(changes.outbox)))]
 
@@ -115,6 +127,8 @@ def parse(payload: str) -> tuple[str, Changes]:
         changes.lists.update(items)
     elif kind == "o":
         changes.outbox.update(unquote(i) for i in items)
+    elif kind == "a":
+        changes.everything = True
     else:
         raise ValueError(f"unknown notification kind {kind!r}")
     return origin, changes

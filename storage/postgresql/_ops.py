@@ -53,6 +53,9 @@ class Enqueue(Op):
         self.max_queue = max_queue
         self.ts = ts
 
+    def devices(self) -> list[_Dev]:
+        return [(u, d) for u, d, _ in self.items]
+
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
         reqs: Sequence[Enqueue] = ops  # type: ignore[assignment]
@@ -114,9 +117,11 @@ class Enqueue(Op):
             op.value = seqs
         if d_ids:
             # The unique constraint decides: an id another process committed after we
-            # looked violates dedupe_pkey, and the writer runs the batch again.
+            # looked violates dedupe_pkey, and the writer runs the batch again. In key
+            # order, so two writers inserting the same ids wait, never deadlock.
+            d_ids, d_ts = zip(*sorted(zip(d_ids, d_ts, strict=True)), strict=True)
             tx.cur.execute("INSERT INTO dedupe (id, ts) SELECT * FROM "
-                           "unnest(%b::bytea[], %b::float8[])", (d_ids, d_ts))
+                           "unnest(%b::bytea[], %b::float8[])", (list(d_ids), list(d_ts)))
         if q_seq:
             tx.cur.execute(
                 "INSERT INTO queue (user_id, device_id, seq, ts, envelope) SELECT * FROM "
@@ -141,6 +146,9 @@ class Ack(Op):
     def __init__(self, user: str, dev: int, seq: int) -> None:
         super().__init__()
         self.user, self.dev, self.seq = user, dev, _clamp(seq)
+
+    def devices(self) -> list[_Dev]:
+        return [(self.user, self.dev)]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -181,6 +189,9 @@ class PurgeDevice(Op):
     def __init__(self, user: str, dev: int) -> None:
         super().__init__()
         self.user, self.dev = user, dev
+
+    def devices(self) -> list[_Dev]:
+        return [(self.user, self.dev)]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
