@@ -48,7 +48,7 @@ class NodeInfo:
     urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.urls:
+        if len(self.urls) <= 1:  # also ``dataclasses.replace(info, url=...)`` of one address
             object.__setattr__(self, "urls", (self.url,))
         elif self.urls[0] != self.url:
             raise ValueError(f"node {self.id}: url must be the first of urls")
