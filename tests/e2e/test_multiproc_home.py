@@ -21,8 +21,8 @@ import trio
 
 from cli.client import Message, init_account, open_client
 from cli.errors import ConnectionFailed, ConnectionLost, RelayError
-from cli.linking import link_device
-from cli.state import State, create_state, open_state
+from cli.features.linking import link_device
+from cli.session.state import State, create_state, open_state
 from relay.config import load_cluster
 from relay.config.ring import Ring
 from relay.testing import ProcessCluster
