@@ -45,10 +45,14 @@ from urllib.parse import quote, unquote
 import psycopg
 import trio
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10  # seconds for the listening connection to reach the server
+LISTEN_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                     "keepalives_count": 3}
+"""libpq TCP keepalives of the listening connection: a dead peer noticed within ~25 s."""
 PAYLOAD_MAX = 7900  # bytes per notification (PostgreSQL's limit is 8000)
 Devices = set[tuple[str, int]]
 
@@ -189,7 +193,12 @@ async def serve_watch(
 
 
 def _listen(conninfo: str, channel: str) -> psycopg.Connection:
-    conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+    # TCP keepalives (unless the URL sets them): the listener only reads, so a silently
+    # dead server or route would otherwise go unnoticed for hours (Unix sockets: ignored).
+    given = conninfo_to_dict(conninfo)
+    keepalives = {k: v for k, v in LISTEN_KEEPALIVES.items() if k not in given}
+    conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                           **keepalives)
     try:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
     except BaseException:
