@@ -89,8 +89,8 @@ async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None) -> 
                                logs or LogFiles({}))
             async with trio.open_nursery() as nodes:
                 for cfg in configs:
-                    await nodes.start(partial(serve_node, cfg, stop=stop))
-                    click.echo(f"ready {cfg.id} {cfg.node.url}")
+                    port = await nodes.start(partial(serve_node, cfg, stop=stop))
+                    click.echo(f"ready {cfg.id} {cfg.own_url(port)}")
                     sys.stdout.flush()
             nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for
 

@@ -46,6 +46,7 @@ from relay.services.media import MediaService
 from relay.services.notices import DeviceListChanges
 from relay.services.outbox import Outbox
 from relay.services.router import Router
+from relay.services.siblings import Siblings, watch_of
 from relay.services.table import node_table
 from relay.serving.listener import SocketSet, handle_websocket
 from storage import Storage, StorageError, open_storage
@@ -69,6 +70,7 @@ class Node:
             (``forwarding``: the per-destination ``forward_batch`` lanes).
         handlers: the per-service handler table (:func:`relay.services.table.node_table`).
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
+        siblings: what the node's other processes commit (a shared storage only).
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
@@ -126,6 +128,7 @@ class Node:
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
+        self.siblings = Siblings(self.registry, self.directory, self.outbox, log)
         self.handlers = node_table(self)
 
     async def shut_down(self, grace: float) -> None:
@@ -216,6 +219,9 @@ async def serve_node(
             storage = await stack.enter_async_context(open_storage(config.storage))
         node = Node(config, storage, log, forward_timeout=forward_timeout)
         async with trio.open_nursery() as nursery:
+            watch = watch_of(node.storage)
+            if watch is not None:  # several processes serve this node: hear the others
+                await nursery.start(node.siblings.run, watch)
             await nursery.start(node.outbox.run)
             await nursery.start(node.forwarding.run)
             server = await nursery.start(partial(

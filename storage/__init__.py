@@ -23,6 +23,7 @@ from .errors import (
     StaleVersion,
     StorageError,
     StorageFull,
+    StorageInUse,
     StorageUnavailable,
     UnknownBackend,
 )
@@ -31,5 +32,5 @@ from .registry import open_storage, register_backend
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
     "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
-    "StorageError", "StorageFull", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
+    "StorageError", "StorageFull", "StorageInUse", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
 ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from typing import Self, TypeVar
 
 import lmdb
@@ -37,11 +37,12 @@ from ._chains import chain_keys
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
+from ._lmdb_lock import exclusive_lock
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
 from ._running import running_writer
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailable
 
 T = TypeVar("T")
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
@@ -97,12 +98,35 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
                 :data:`~storage._group_commit.FaultHook`.
 
         Yields the storage; on exit, queued writes are committed and the
-        environment is closed. Raises StorageError if LMDB cannot open it.
+        environment is closed. One process at a time: the directory's lock file
+        is held while open (:mod:`storage._lmdb_lock`).
+
+        Raises:
+            StorageInUse: another process (or another open) holds the store.
+            StorageError: LMDB cannot open it.
         """
         if reserve is None:
             reserve = default_reserve(map_size)
         if not 0 <= reserve < map_size:
             raise ValueError(f"reserve must be in 0..map_size-1, not {reserve}")
+        with ExitStack() as lock:
+            try:
+                lock.enter_context(exclusive_lock(path))
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot lock the LMDB store {os.fspath(path)!r}: "
+                                         f"{exc}") from exc
+            async with cls._open_locked(path, map_size, reserve, max_batch_ops,
+                                        max_batch_bytes, max_readers, reader_check_interval,
+                                        fault_hook) as st:
+                yield st
+
+    @classmethod
+    @asynccontextmanager
+    async def _open_locked(
+        cls, path: str | os.PathLike[str], map_size: int, reserve: int, max_batch_ops: int,
+        max_batch_bytes: int, max_readers: int, reader_check_interval: float,
+        fault_hook: FaultHook | None,
+    ) -> AsyncIterator[Self]:
         env = await open_env(path, map_size, max_readers, 2 * reader_check_interval + 1)
         try:
             try:

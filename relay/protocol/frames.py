@@ -105,10 +105,13 @@ class Auth(Frame):
 
 @dataclass(frozen=True, slots=True)
 class AuthOk(Frame):
-    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for the device."""
+    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for
+    the device. ``urls``: every address of this home when several processes serve it
+    (a client that loses its connection may reconnect to any of them); absent otherwise."""
 
     TYPE: ClassVar[str] = "auth_ok"
     otk_count: int
+    urls: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,15 @@ class Directory:
             del self._cache[next(iter(self._cache))]
         self._cache[user_id] = entry
 
+    def forget(self, user_id: str) -> None:
+        """Drop the cached list of ``user_id`` (another process of this node stored a
+        newer one); the next lookup reads the storage."""
+        self._cache.pop(user_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached list."""
+        self._cache.clear()
+
     async def put_device_list(self, signed: SignedDeviceList) -> DeviceList:
         """Verify and store a device list for a user homed here.
 

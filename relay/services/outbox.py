@@ -128,6 +128,16 @@ class Outbox:
         """True if ``dest`` has entries not yet delivered (new forwards must queue behind them)."""
         return bool(self._ids.get(dest)) or self._backlog.get(dest, False)
 
+    def note_pending(self, dest: str | None = None) -> None:
+        """Another process of this node put entries for ``dest`` (``None``: maybe for
+        any destination): new forwards to it queue behind them, and this process's
+        drain lists them too (the destination drops a copy it already stored, by
+        message id, if both processes send it)."""
+        for d in self._backlog if dest is None else (dest,):
+            if d in self._backlog:
+                self._backlog[d] = True
+                self._wake[d].set()
+
     async def put(self, request: Request, dest: str) -> int:
         """Durably queue ``request`` for node ``dest``; return its outbox id.
 

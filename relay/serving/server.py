@@ -221,7 +221,8 @@ class Connection:
         self._link.exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
         self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
         count = await node.directory.key_count(frame.user_id, frame.device_id)
-        return AuthOk(id=frame.id, otk_count=count)
+        urls = node.config.node.urls
+        return AuthOk(id=frame.id, otk_count=count, urls=list(urls) if len(urls) > 1 else None)
 
     async def _peer_auth(self, caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, PeerAuth)

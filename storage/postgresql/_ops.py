@@ -54,6 +54,9 @@ class Enqueue(Op):
         self.ts = ts
         self.chain = chain  # chain keys (storage._chains): skipped after a refusal on one
 
+    def devices(self) -> list[_Dev]:
+        return [(u, d) for u, d, _ in self.items]
+
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
         reqs: Sequence[Enqueue] = ops  # type: ignore[assignment]
@@ -122,9 +125,11 @@ class Enqueue(Op):
             op.value = seqs
         if d_ids:
             # The unique constraint decides: an id another process committed after we
-            # looked violates dedupe_pkey, and the writer runs the batch again.
+            # looked violates dedupe_pkey, and the writer runs the batch again. In key
+            # order, so two writers inserting the same ids wait, never deadlock.
+            d_ids, d_ts = zip(*sorted(zip(d_ids, d_ts, strict=True)), strict=True)
             tx.cur.execute("INSERT INTO dedupe (id, ts) SELECT * FROM "
-                           "unnest(%b::bytea[], %b::float8[])", (d_ids, d_ts))
+                           "unnest(%b::bytea[], %b::float8[])", (list(d_ids), list(d_ts)))
         if q_seq:
             tx.cur.execute(
                 "INSERT INTO queue (user_id, device_id, seq, ts, envelope) SELECT * FROM "
@@ -149,6 +154,9 @@ class Ack(Op):
     def __init__(self, user: str, dev: int, seq: int) -> None:
         super().__init__()
         self.user, self.dev, self.seq = user, dev, _clamp(seq)
+
+    def devices(self) -> list[_Dev]:
+        return [(self.user, self.dev)]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -189,6 +197,9 @@ class PurgeDevice(Op):
     def __init__(self, user: str, dev: int) -> None:
         super().__init__()
         self.user, self.dev = user, dev
+
+    def devices(self) -> list[_Dev]:
+        return [(self.user, self.dev)]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -263,6 +274,7 @@ class OutboxPut(Op):
                 "INSERT INTO outbox (id, dest, payload) SELECT * FROM "
                 "unnest(%b::bigint[], %b::text[], %b::bytea[])",
                 (ids, [d for d, _ in op.entries], [p for _, p in op.entries]))
+            tx.changes.outbox.update(d for d, _ in op.entries)
             op.value = ids
 
 
