@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
@@ -36,7 +37,7 @@ _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage(MemoryMediaMixin):
+class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:

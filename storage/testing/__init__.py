@@ -36,6 +36,7 @@ from ._base import ALICE, BOB, uid
 from ._batches import BatchConformance
 from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
+from ._handoff import HandoffConformance
 from ._queues import QueueConformance
 from ._watchers import WatcherConformance
 from .media import MediaConformance
@@ -45,6 +46,6 @@ __all__ = ["ALICE", "BOB", "AckRaceMachine", "StorageConformance", "uid"]
 
 class StorageConformance(
     DirectoryConformance, QueueConformance, BatchConformance, AckRaceConformance, WatcherConformance, OutboxConformance,
-    DurabilityConformance, MediaConformance,
+    DurabilityConformance, MediaConformance, HandoffConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
