@@ -36,6 +36,7 @@ from ._frame_base import (
     SignedDeviceList,
 )
 from ._group_frames import GroupForward, GroupSend
+from ._handoff_frames import HandoffComplete, HandoffDone, HandoffPut
 from ._linking_frames import LinkComplete, LinkData, LinkFetch, LinkInfo, LinkOpen, LinkOpened
 from ._media_frames import MediaChunk, MediaDownload, MediaProgress, MediaStatus, MediaUpload
 from .codec import DEFAULT_LIMITS, Limits, encode
@@ -52,7 +53,8 @@ __all__ = [
     # frames
     "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
     "Devices", "Error",
-    "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend", "Hello", "KeyCount",
+    "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend",
+    "HandoffComplete", "HandoffDone", "HandoffPut", "Hello", "KeyCount",
     "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
     "PeerAuthOk", "Ping", "PutDevices", "Results", "Send", "Sent", "Sync", "Synced", "UploadKeys",
@@ -318,6 +320,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
         GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
+        HandoffPut, HandoffDone, HandoffComplete,
     )
 }
 

@@ -29,7 +29,9 @@ async def ask_home(
     node: Node, frame: Frame, user_id: str, expected: type[A], *, from_peer: bool
 ) -> A | None:
     """Forward a directory read to ``user_id``'s home and return its answer (of type
-    ``expected``, with ``frame``'s id); ``None`` if this node is the home.
+    ``expected``, with ``frame``'s id); ``None`` if this node is the home. During a
+    reshape the home is where the user is served now (:class:`~relay.services.homes.Homes`):
+    a peer's read for a user still being handed to this node goes on to the old home.
 
     Raises:
         RelayError: ``bad_request`` (malformed user id, or a peer asking a node
@@ -37,10 +39,10 @@ async def ask_home(
             ``internal`` (an answer of another type).
     """
     node.directory.check_user_id(user_id)
-    home = node.ring.home(user_id)
+    home = node.homes.home(user_id)
     if home.id == node.id:
         return None
-    if from_peer:
+    if from_peer and not node.homes.incoming(user_id):  # one more hop only to an old home
         raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node")
     return await ask_peer(node.federation, home.id, frame, expected, PEER_REQUEST_TIMEOUT,
                           holder="home node")
@@ -59,7 +61,8 @@ async def get_devices(
     watcher = user_id  # a device's own value of the field is ignored
     if peer_id is not None:
         watcher = frame.watcher
-        if watcher is not None:
+        relayed = node.homes.outgoing.get(frame.user_id) == peer_id  # by the user's new home
+        if watcher is not None and not relayed:
             node.directory.check_homed_at(watcher, peer_id, "watcher")
     ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher)
     answer = await ask_home(node, ask, frame.user_id, Devices, from_peer=peer_id is not None)

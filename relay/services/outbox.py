@@ -181,6 +181,14 @@ class Outbox:
                 else:
                     await trio.sleep_forever()
 
+    async def delete_entries(self, entries: list[OutboxEntry]) -> None:
+        """Delete entries taken elsewhere (e.g. handed to a user's new home by a reshape).
+
+        Raises:
+            StorageUnavailable: not deleted.
+        """
+        await self._delete_many(entries)
+
     async def _delete_many(self, entries: list[OutboxEntry]) -> None:
         if not entries:
             return

@@ -24,7 +24,8 @@ async def check_device_auth(node: Node, nonce: bytes, frame: Auth) -> None:
             ``unknown_user``, ``unknown_device``, ``unauthorized`` (bad signature).
     """
     node.directory.check_user_id(frame.user_id)
-    node.directory.check_home(frame.user_id)
+    async with node.homes.hold([frame.user_id]):  # a handoff of the user in progress: wait
+        node.directory.check_home(frame.user_id)
     _, parsed = await node.directory.require_device_list(frame.user_id)
     device = parsed.device(frame.device_id)
     if device is None:
@@ -45,7 +46,7 @@ def check_peer_auth(node: Node, nonce: bytes, frame: PeerAuth) -> PeerAuthOk:
         RelayError: ``unauthorized`` (unknown node, this node's own id, a nonce
             that is not 32 bytes, or a bad signature).
     """
-    peer = node.ring.node(frame.node_id)
+    peer = node.homes.node(frame.node_id)  # either ring: a node being removed still drains
     if peer is None or peer.id == node.id or len(frame.nonce) != 32:
         raise RelayError(ErrorCode.UNAUTHORIZED, "unknown peer node")
     message = peer_auth_message(nonce, peer.id, node.id, node.ring.version)

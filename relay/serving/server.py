@@ -148,6 +148,7 @@ class Connection:
         self._link = LinkSlot(node.linking, self.push_nowait, self._send, ticket.key)
         self._exits.callback(self._link.close)
         self._revoked = False
+        self._moved_to: str | None = None  # set by move(): the new home of the user
         self._started = trio.current_time()
         self._last_rx = self._started  # when the reader last took a message
         self._ended: str | None = None  # why the connection ends (the first reason wins)
@@ -179,6 +180,17 @@ class Connection:
                       message="this device was removed from the account's device list")
         if not (self.push_nowait(frame)
                 and self._out.close_nowait(CloseCode.POLICY_VIOLATION, "device removed")):
+            self._cancel.cancel()
+
+    def move(self, url: str) -> None:
+        """The user's home moves (a reshape): serve nothing more, push ``error moved``
+        (id 0, ``url``) and close 1001 once it is flushed."""
+        self._moved_to = url
+        self._end(f"closed {CloseCode.GOING_AWAY:d} home moved")
+        frame = Error(id=0, code=ErrorCode.MOVED.value, url=url,
+                      message="the home of this user moved; connect there")
+        if not (self.push_nowait(frame)
+                and self._out.close_nowait(CloseCode.GOING_AWAY, "home moved")):
             self._cancel.cancel()
 
     # ----------------------------------------------------------------- running
@@ -381,6 +393,11 @@ class Connection:
                     return False
                 i += 1
                 continue
+            if self._moved_to is not None:  # refuse what was read; the close (1001) follows
+                await self._send(Error(id=item.id, code=ErrorCode.MOVED.value,
+                                       url=self._moved_to, message="the home of this user moved"))
+                i += 1
+                continue
             if self._revoked:  # refuse what was read; the close (1008) follows
                 await self._send(Error(id=item.id, code=ErrorCode.UNKNOWN_DEVICE.value,
                                        message="this device was removed"))
@@ -496,7 +513,7 @@ class Connection:
 
     async def _bounce_remote(self, envelope: Envelope) -> None:
         """Hand a ``bounce`` for a sender homed at another node to the durable outbox."""
-        home = self._node.ring.home(envelope.sender_user).id
+        home = self._node.homes.home(envelope.sender_user).id
         await self._node.outbox.put(BounceBack(id=0, envelope=envelope), home)
 
     async def _push(self, data: bytes) -> None:
