@@ -107,10 +107,13 @@ class Auth(Frame):
 
 @dataclass(frozen=True, slots=True)
 class AuthOk(Frame):
-    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for the device."""
+    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for the
+    device; ``cluster``: the URLs of every node of the cluster (optional), which a client
+    keeps to find its home again if its saved home goes away (docs/protocol.md, "Handoff")."""
 
     TYPE: ClassVar[str] = "auth_ok"
     otk_count: int
+    cluster: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

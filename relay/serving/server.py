@@ -492,7 +492,8 @@ class Connection:
         self._exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
         self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
         count = await node.directory.key_count(frame.user_id, frame.device_id)
-        return AuthOk(id=frame.id, otk_count=count)
+        return AuthOk(id=frame.id, otk_count=count,
+                      cluster=[n.url for n in self._node.ring.nodes])
 
     async def _peer_auth(self, caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, PeerAuth)
