@@ -102,6 +102,13 @@ _ORDERED_PEER = (Forward, GroupForward, ForwardBatch)
 
 
 @dataclass(frozen=True, slots=True)
+class _Moved:
+    """Queued by :meth:`Connection.move`: the user's home moved to ``url``."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Refusal:
     """A message that could not be admitted: its error answer, in reading order."""
 
@@ -125,7 +132,7 @@ class Connection:
         self._log: logging.Logger = node.log
         self._conn = ServerConnection(node.limits)  # peers: node.limits.for_peers()
         self._caller = Caller()
-        self._requests: deque[Frame | _Refusal] = deque()
+        self._requests: deque[Frame | _Refusal | _Moved] = deque()
         self._queued_bytes = 0
         self._more = trio.Event()  # the reader queued something (or ended)
         self._room = trio.Event()  # the handler took the queue
@@ -148,7 +155,6 @@ class Connection:
         self._link = LinkSlot(node.linking, self.push_nowait, self._send, ticket.key)
         self._exits.callback(self._link.close)
         self._revoked = False
-        self._moved_to: str | None = None  # set by move(): the new home of the user
         self._started = trio.current_time()
         self._last_rx = self._started  # when the reader last took a message
         self._ended: str | None = None  # why the connection ends (the first reason wins)
@@ -183,15 +189,11 @@ class Connection:
             self._cancel.cancel()
 
     def move(self, url: str) -> None:
-        """The user's home moves (a reshape): serve nothing more, push ``error moved``
-        (id 0, ``url``) and close 1001 once it is flushed."""
-        self._moved_to = url
-        self._end(f"closed {CloseCode.GOING_AWAY:d} home moved")
-        frame = Error(id=0, code=ErrorCode.MOVED.value, url=url,
-                      message="the home of this user moved; connect there")
-        if not (self.push_nowait(frame)
-                and self._out.close_nowait(CloseCode.GOING_AWAY, "home moved")):
-            self._cancel.cancel()
+        """The user's home moves (a reshape): answer the requests read so far, then push
+        ``error moved`` (id 0, ``url``) and close 1001; later requests get ``moved``."""
+        self._requests.append(_Moved(url))
+        self._more.set()
+        self._signal()
 
     # ----------------------------------------------------------------- running
 
@@ -380,7 +382,7 @@ class Connection:
                     self._busy = False
                     self._signal()
 
-    async def _serve(self, batch: list[Frame | _Refusal], peers: trio.Nursery) -> bool:
+    async def _serve(self, batch: list[Frame | _Refusal | _Moved], peers: trio.Nursery) -> bool:
         """Serve ``batch`` in order; ``False`` once the connection must close."""
         i = 0
         while i < len(batch):
@@ -393,11 +395,12 @@ class Connection:
                     return False
                 i += 1
                 continue
-            if self._moved_to is not None:  # refuse what was read; the close (1001) follows
-                await self._send(Error(id=item.id, code=ErrorCode.MOVED.value,
-                                       url=self._moved_to, message="the home of this user moved"))
-                i += 1
-                continue
+            if isinstance(item, _Moved):
+                self._end(f"closed {CloseCode.GOING_AWAY:d} home moved")
+                await self._send(Error(id=0, code=ErrorCode.MOVED.value, url=item.url,
+                                       message="the home of this user moved; connect there"))
+                await self._close(CloseCode.GOING_AWAY, "home moved")
+                return False
             if self._revoked:  # refuse what was read; the close (1008) follows
                 await self._send(Error(id=item.id, code=ErrorCode.UNKNOWN_DEVICE.value,
                                        message="this device was removed"))
