@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
 
@@ -196,6 +197,7 @@ def check_fd_limit(config: NodeConfig, log: logging.Logger) -> int:
 async def serve_node(
     config: NodeConfig, *, storage: Storage | None = None,
     forward_timeout: float = FORWARD_TIMEOUT, stop: trio.Event | None = None,
+    on_node: Callable[[Node], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled, or until ``stop`` is set and it has stopped
@@ -209,6 +211,8 @@ async def serve_node(
             ``config.storage`` (tests); the caller keeps ownership.
         forward_timeout: seconds a forward may take before it goes to the outbox.
         stop: set it to stop gracefully; then this returns (storage flushed and closed).
+        on_node: called with the built :class:`Node` before it serves (e.g. to watch a
+            reshape's handoff).
         task_status: ``nursery.start`` gets the bound TCP port (useful with port 0).
 
     Raises:
@@ -222,6 +226,8 @@ async def serve_node(
             storage = await stack.enter_async_context(open_storage(config.storage))
         node = Node(config, storage, log, forward_timeout=forward_timeout)
         await node.handoff.load()
+        if on_node is not None:
+            on_node(node)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.outbox.run)
             await nursery.start(node.forwarding.run)

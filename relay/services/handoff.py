@@ -117,6 +117,30 @@ class Handoff:
         """Users still to hand over."""
         return len(self._homes.outgoing)
 
+    def waiting_for(self) -> list[str]:
+        """Nodes of the previous ring that have not said ``handoff_complete`` to this
+        (new-ring) node yet."""
+        homes = self._homes
+        if homes.previous is None or not homes.in_ring:
+            return []
+        return sorted(n.id for n in homes.previous.nodes
+                      if n.id != homes.node_id and n.id not in homes.complete)
+
+    @property
+    def done(self) -> bool:
+        """True when no reshape is unfinished at this node: nothing left to hand over,
+        every new-ring node told, and nothing more to come from the previous ring."""
+        return self.drained.is_set() and not self.waiting_for()
+
+    def progress(self) -> dict[str, object]:
+        """The handoff's state for ``/health`` and ``wa-relay status``."""
+        return {
+            "reshaping": self._homes.previous is not None, "done": self.done,
+            "remaining": self.remaining, "waiting_for": self.waiting_for(),
+            "users_out": self.stats.users, "envelopes_out": self.stats.envelopes,
+            "bytes_out": self.stats.bytes, "users_in": self.stats.users_in,
+        }
+
     # ------------------------------------------------------------ start
 
     async def load(self) -> None:
