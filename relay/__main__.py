@@ -15,6 +15,8 @@ Commands (docs/operations.md)::
     wa-relay backup --config node.toml --out DIR
     wa-relay restore --config node.toml --from DIR
     wa-relay storage migrate --config node.toml      (see relay.admin.storage_command)
+    wa-relay admin user show|purge|block|unblock --config node.toml USER_ID
+                                                     (see relay.admin.user_commands)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
 node to stdout (flushed) once it listens, log as :mod:`relay.admin.logs` sets up
@@ -43,6 +45,7 @@ import nacl.signing
 import trio
 
 from relay.admin.backup import BackupError, backup, restore
+from relay.admin.commands import admin as admin_group
 from relay.admin.logs import LogFiles, configure_logging
 from relay.admin.reshape import (
     ReshapeWatch,
@@ -383,6 +386,7 @@ def restore_cmd(config_path: Path, source: Path) -> None:
 
 
 main.add_command(storage_group)
+main.add_command(admin_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

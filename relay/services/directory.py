@@ -18,6 +18,9 @@ from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
 from relay.services.homes import Homes
 from storage import DuplicateKey, StaleVersion, Storage
 
+BLOCK_MARK = "blocked/"
+"""Storage marker prefix of accounts an operator blocked (``blocked/<user_id>``: the
+reason); their devices are refused at login (``wa-relay admin user block``)."""
 KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys
 MAX_KEY_ID = 64  # characters
 KEY_SIZE = 32  # Curve25519 public key bytes
