@@ -132,6 +132,7 @@ class Node:
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
         self.handoff = Handoff(self)
+        self.outbox.reroute = self.handoff.requeue
         self.handlers = node_table(self)
 
     async def shut_down(self, grace: float) -> None:

@@ -32,7 +32,7 @@ start; the new home answers repeated batches and ``done`` alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from typing import TYPE_CHECKING
 
 import trio
@@ -52,6 +52,7 @@ from relay.protocol.frames import (
 )
 from relay.services.base import Caller, Table
 from relay.services.federation import LinkDown, backoff_delays, request_within
+from relay.services.requeue import requeue, reroute_removed
 from storage import OutboxEntry, StorageError, UserRecord
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def mark_prefix(ring_version: str) -> str:
     return f"handoff/{ring_version[:16]}/"
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class HandoffStats:
     """What this node handed over (out) and took over (in) since it started."""
 
@@ -171,6 +172,7 @@ class Handoff:
         for user, dest in self._unconfirmed.items():
             homes.outgoing[user] = dest
             await homes.begin_move(user)  # never served here again before done is answered
+        await reroute_removed(self._node)
         if homes.outgoing:
             self._log.info("handoff: %d user(s) to hand over to their new homes",
                            len(homes.outgoing))
@@ -347,7 +349,7 @@ class Handoff:
     async def _requeue(self, user: str, payloads: list[bytes]) -> None:
         """Queue the user's pending forwards here, each to its recipients' home now."""
         limits = self._node.limits.for_peers()
-        by_dest: dict[str, list[Forward | GroupForward]] = {}
+        parts: list[Forward | GroupForward] = []
         for payload in payloads:
             try:
                 part = read_frame(payload, limits)
@@ -355,16 +357,12 @@ class Handoff:
                 raise RelayError(ErrorCode.BAD_REQUEST, "unreadable outbox entry") from exc
             if not isinstance(part, Forward | GroupForward) or part.sender_user != user:
                 raise RelayError(ErrorCode.BAD_REQUEST, "not a forward of that user")
-            dest = self._homes.home(part.recipients[0].user_id).id if part.recipients else ""
-            by_dest.setdefault(dest, []).append(part)
-        for dest, parts in by_dest.items():
-            if dest == self._homes.node_id:
-                for refusal in await self._node.router.store_parts(parts):  # type: ignore[arg-type]
-                    if refusal is not None:
-                        self._log.info("handoff: a moved outbox entry was refused: %s",
-                                       refusal.code.value)
-            elif dest in self._node.federation.links:
-                await self._node.outbox.put_many(parts, dest)  # type: ignore[arg-type]
+            parts.append(part)
+        await self.requeue(parts)
+
+    async def requeue(self, parts: list[Forward | GroupForward]) -> None:
+        """See :func:`relay.services.requeue.requeue`."""
+        await requeue(self._node, parts)
 
     async def receive_done(self, frame: HandoffDone, peer_id: str) -> None:
         """Serve the user from now on (durably).
