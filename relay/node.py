@@ -132,6 +132,7 @@ class Node:
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
         self.handoff = Handoff(self)
+        self.media.reshaping = lambda: self.homes.previous is not None
         self.outbox.reroute = self.handoff.requeue
         self.handlers = node_table(self)
 

@@ -165,6 +165,21 @@ class MemoryHandoffMixin:
         check_user_id(user_id)
         return self._delete(user_id)
 
+    async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:
+        """See :meth:`storage.base.Storage.media_owned`."""
+        await self._enter()
+        blobs = self.__dict__.get("_media_blobs") or {}
+        return sorted(m for m, b in blobs.items()
+                      if b.owner == owner and b.complete and m > after)[:max(limit, 0)]
+
+    async def media_delete(self, media_id: bytes) -> bool:
+        """See :meth:`storage.base.Storage.media_delete`."""
+        await self._enter()
+        if media_id not in (self.__dict__.get("_media_blobs") or {}):
+            return False
+        self._drop_blob(media_id)  # type: ignore[attr-defined]
+        return True
+
     async def get_mark(self, name: str) -> bytes | None:
         """See :meth:`storage.base.Storage.get_mark`."""
         await self._enter()

@@ -410,6 +410,13 @@ class Storage(Protocol):
         (seq counters are kept: seqs are never reused); return how many envelopes
         went. Freeing: succeeds on a full store."""
 
+    async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:
+        """Up to ``limit`` ids of *complete* blobs uploaded by ``owner``, ascending,
+        greater than ``after`` (a user's media moves with its home)."""
+
+    async def media_delete(self, media_id: bytes) -> bool:
+        """Delete one blob (complete or not); ``False`` if there was none. Freeing."""
+
     async def get_mark(self, name: str) -> bytes | None:
         """The value of a small durable named marker (handoff progress), or ``None``."""
 

@@ -4,6 +4,7 @@
 The old home sends, for one user at a time::
 
     handoff_put {user_id, start, reset, records, outbox}   -> ok    (one or more)
+    handoff_media {user_id, media_id, size, offset, chunk} -> ok   (per chunk of each blob)
     handoff_done {user_id}                                  -> ok | error unavailable
     handoff_complete {ring_version}                         -> ok    (once, nothing more to send)
 
@@ -41,6 +42,20 @@ class HandoffPut(Frame):
     reset: bool
     records: bytes
     outbox: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffMedia(Frame):
+    """Old home -> new home: one chunk (in order, from offset 0) of a complete media
+    blob the user uploaded (answered ``ok`` once durable; chunks the new home already
+    holds are acknowledged without being written again)."""
+
+    TYPE: ClassVar[str] = "handoff_media"
+    user_id: str
+    media_id: bytes
+    size: int
+    offset: int
+    chunk: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from ._frame_base import (
     SignedDeviceList,
 )
 from ._group_frames import GroupForward, GroupSend
-from ._handoff_frames import HandoffComplete, HandoffDone, HandoffPut
+from ._handoff_frames import HandoffComplete, HandoffDone, HandoffMedia, HandoffPut
 from ._linking_frames import LinkComplete, LinkData, LinkFetch, LinkInfo, LinkOpen, LinkOpened
 from ._media_frames import MediaChunk, MediaDownload, MediaProgress, MediaStatus, MediaUpload
 from .codec import DEFAULT_LIMITS, Limits, encode
@@ -54,7 +54,7 @@ __all__ = [
     "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
     "Devices", "Error",
     "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend",
-    "HandoffComplete", "HandoffDone", "HandoffPut", "Hello", "KeyCount",
+    "HandoffComplete", "HandoffDone", "HandoffMedia", "HandoffPut", "Hello", "KeyCount",
     "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
     "PeerAuthOk", "Ping", "PutDevices", "Results", "Send", "Sent", "Sync", "Synced", "UploadKeys",
@@ -323,7 +323,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
         GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
-        HandoffPut, HandoffDone, HandoffComplete,
+        HandoffPut, HandoffMedia, HandoffDone, HandoffComplete,
     )
 }
 

@@ -8,10 +8,11 @@ the current ring homes elsewhere (*outgoing*) and moves them one by one:
    devices ``moved`` (they reconnect to this node, which answers ``moved`` once
    the user is handed over);
 2. send the user's whole state in ``handoff_put`` batches (the first with
-   ``reset``), with the user's pending outbox entries; each is answered once durable;
+   ``reset``), with the user's pending outbox entries, then the media blobs it
+   uploaded in ``handoff_media`` chunks; each is answered once durable;
 3. write the marker ``out/<user>`` (this node must not serve the user again before
    the new home has answered ``handoff_done``), send ``handoff_done``;
-4. on ``ok``: delete the user's state and outbox entries here, clear the marker;
+4. on ``ok``: delete the user's state, blobs and outbox entries here, clear the marker;
    the user's writes, held meanwhile, now go to the new home. On ``unavailable``
    (the new home still has requests for the user in flight to this node): clear
    the marker, let the writes go on here and try again later (from step 1).
@@ -47,13 +48,14 @@ from relay.protocol.frames import (
     GroupForward,
     HandoffComplete,
     HandoffDone,
+    HandoffMedia,
     HandoffPut,
     Ok,
 )
 from relay.services.base import Caller, Table
 from relay.services.federation import LinkDown, backoff_delays, request_within
 from relay.services.requeue import requeue, reroute_removed
-from storage import OutboxEntry, StorageError, UserRecord
+from storage import MediaConflict, MediaCorrupt, OutboxEntry, StorageError, UserRecord
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -62,6 +64,8 @@ EXPORT_PAGE = 256
 """Records read per ``export_user`` call."""
 PUT_HEADER = 1024
 """Bytes reserved in a ``handoff_put`` frame for everything but the records."""
+MEDIA_CHUNK = 128 * 1024
+"""Bytes of media per ``handoff_media`` frame (within every peer frame limit)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds for the new home to answer one handoff request."""
 
@@ -218,6 +222,8 @@ class Handoff:
                 del self._unconfirmed[user]
                 return False
             gone = await self._storage.delete_user(user)
+            for media_id in await self._media_of(user):
+                await self._storage.media_delete(media_id)
             await self._node.outbox.delete_entries(entries)
             await self._storage.set_mark(f"{self._prefix}out/{user}", None)
             del self._unconfirmed[user]
@@ -297,7 +303,31 @@ class Handoff:
             outbox.append(entry.payload)
             outbox_bytes += len(entry.payload)
         await flush(outbox)  # at least one put, even for a user with nothing but a name
+        for media_id in await self._media_of(user):
+            size += await self._copy_media(user, dest, media_id)
         return envelopes, size, entries
+
+    async def _media_of(self, user: str) -> list[bytes]:
+        ids: list[bytes] = []
+        while batch := await self._storage.media_owned(user, ids[-1] if ids else b"", 256):
+            ids += batch
+        return ids
+
+    async def _copy_media(self, user: str, dest: str, media_id: bytes) -> int:
+        """Send one complete blob in chunks; its size (0 if it went meanwhile)."""
+        info = await self._storage.media_status(media_id)
+        if info is None or not info.complete:
+            return 0
+        offset = 0
+        while True:
+            chunk = await self._storage.media_read(media_id, offset, MEDIA_CHUNK)
+            if chunk is None:
+                return 0
+            await self._request(dest, HandoffMedia(id=0, user_id=user, media_id=media_id,
+                                                   size=info.size, offset=offset, chunk=chunk))
+            offset += len(chunk)
+            if offset >= info.size:
+                return info.size
 
     async def _announce(self) -> None:
         """``handoff_complete`` to every node of the new ring, until each answered."""
@@ -364,6 +394,30 @@ class Handoff:
         """See :func:`relay.services.requeue.requeue`."""
         await requeue(self._node, parts)
 
+    async def receive_media(self, frame: HandoffMedia, peer_id: str) -> None:
+        """Store one chunk of a moving user's blob (chunks already held are skipped).
+
+        Raises:
+            RelayError: ``bad_request`` (see :meth:`receive_put`; a chunk after a gap;
+                a blob whose hash does not match); StorageFull: not stored.
+        """
+        self._node.directory.check_user_id(frame.user_id)
+        self._check_sender(frame.user_id, peer_id)
+        if frame.user_id in self._homes.done:
+            return
+        held = await self._storage.media_status(frame.media_id)
+        received = 0 if held is None else held.received
+        if held is not None and (held.complete or received >= frame.offset + len(frame.chunk)):
+            return
+        if frame.offset != received:
+            raise RelayError(ErrorCode.BAD_REQUEST,
+                             f"media chunk at {frame.offset}, expected {received}")
+        try:
+            await self._storage.media_append(frame.media_id, frame.size, frame.offset,
+                                             frame.chunk, owner=frame.user_id)
+        except (MediaConflict, MediaCorrupt, ValueError) as exc:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"bad media chunk: {exc}") from exc
+
     async def receive_done(self, frame: HandoffDone, peer_id: str) -> None:
         """Serve the user from now on (durably).
 
@@ -415,4 +469,10 @@ def handoff_table(node: Node) -> Table:
         await node.handoff.receive_complete(frame, caller.peer_id)
         return Ok(id=frame.id)
 
-    return {HandoffPut: put, HandoffDone: done, HandoffComplete: complete}
+    async def media(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, HandoffMedia) and caller.peer_id is not None
+        await node.handoff.receive_media(frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    return {HandoffPut: put, HandoffMedia: media, HandoffDone: done,
+            HandoffComplete: complete}

@@ -199,6 +199,28 @@ class PgHandoffMixin:
         self._check_open()  # type: ignore[attr-defined]
         return await self.writer.submit(DeleteUser(user_id))  # type: ignore[attr-defined]
 
+    async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:
+        """See :meth:`storage.base.Storage.media_owned`."""
+        rows = await self._fetch(  # type: ignore[attr-defined]
+            "SELECT id FROM media WHERE owner = %s AND complete AND id > %s ORDER BY id LIMIT %s",
+            (owner, after, max(limit, 0)))
+        return [bytes(r[0]) for r in rows]
+
+    async def media_delete(self, media_id: bytes) -> bool:
+        """See :meth:`storage.base.Storage.media_delete`."""
+        def delete(conn: Any, attempt: int) -> bool:
+            with conn.transaction():
+                row = conn.execute("""
+                    WITH gone AS (DELETE FROM media WHERE id = %(id)s RETURNING id, received),
+                    ch AS (DELETE FROM media_chunks c USING gone WHERE c.media_id = gone.id),
+                    m AS (UPDATE wa_meta SET value = value - (SELECT coalesce(sum(received), 0)
+                                                              FROM gone)
+                          WHERE key = 'media_used')
+                    SELECT count(*) FROM gone""", {"id": media_id}).fetchone()
+            return bool(row and row[0])
+        self._check_open()  # type: ignore[attr-defined]
+        return await self._with_conn(delete)  # type: ignore[attr-defined]
+
     async def get_mark(self, name: str) -> bytes | None:
         """See :meth:`storage.base.Storage.get_mark`."""
         check_mark(name)

@@ -1,7 +1,9 @@
 """Conformance: moving a user's home (``list_users``, ``export_user``, ``import_user``,
-``delete_user``) and durable markers."""
+``delete_user``, ``media_owned``, ``media_delete``) and durable markers."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 
@@ -91,6 +93,28 @@ class HandoffConformance(ConformanceBase):
             with pytest.raises(ValueError):
                 await st.import_user(ALICE, [UserRecord("bogus")])
             assert await st.export_user(ALICE) == []
+
+    async def test_media_owned_and_delete(self) -> None:
+        async with self.opened() as st:
+            blobs = {}
+            for i, owner in enumerate((ALICE, ALICE, BOB)):
+                data = f"blob {i}".encode()
+                media_id = hashlib.sha256(data).digest()
+                await st.media_append(media_id, len(data), 0, data, owner=owner)
+                blobs[media_id] = owner
+            half = hashlib.sha256(b"unfinished!").digest()
+            await st.media_append(half, 11, 0, b"unfin", owner=ALICE)
+            mine = sorted(m for m, o in blobs.items() if o == ALICE)
+            assert await st.media_owned(ALICE) == mine
+            assert await st.media_owned(ALICE, after=mine[0]) == mine[1:]
+            assert await st.media_owned(ALICE, limit=1) == mine[:1]
+            assert await st.media_delete(mine[0]) is True
+            assert await st.media_delete(mine[0]) is False
+            assert await st.media_status(mine[0]) is None
+            assert await st.media_read(mine[0], 0, 10) is None
+            assert await st.media_owned(ALICE) == mine[1:]
+            assert await st.media_delete(half) is True
+            assert await st.media_usage() == sum(len(f"blob {i}") for i in (1, 2))
 
     async def test_marks(self) -> None:
         async with self.opened() as st:

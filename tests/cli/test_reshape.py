@@ -5,12 +5,13 @@ saved home was removed find their new home by themselves."""
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 
 import trio
 from cli_cluster import drain, make_account
 
-from cli import payload
+from cli import media, payload
 from cli.client import Message, now_ms, open_client
 from cli.errors import ConnectionFailed, ConnectionLost, SendUnknown
 from cli.group_messaging import create_group, send_group_text
@@ -132,6 +133,13 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
                     for name in NAMES[1:]:
                         expected[name].append((ids["alice"], f"{tag} group"))
 
+            photo = tmp_path / "photo.bin"  # a file whose blob moves with frank's home
+            data = os.urandom(300_000)  # more than one chunk
+            await trio.Path(photo).write_bytes(data)
+            async with media.Reconnecting(users["frank"], backoff=0.05) as rc:
+                att = await media.upload_file(rc, photo)
+                sent_file = await media.send_file(rc, ids["alice"], att, "a photo")
+            expected["alice"].append((ids["frank"], "a photo"))
             await send_round("before")  # queued for offline devices
             cluster = await reshape(nursery, cluster, 5)
             await send_round("during", group=False)  # while homes move (or just after)
@@ -159,6 +167,11 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
                 assert users[name].relay_url == cluster.urls[cluster.home_of(ids[name])]
             for name, laptop in laptops.items():
                 assert await texts_of(laptop) == expected[name], name
+            assert att.node_id == "n3"  # uploaded to a node that the reshape removed
+            async with open_client(users["alice"]) as client:
+                entry = users["alice"].find_history(sent_file.msg_id.hex())
+                info = await media.fetch_history_file(client, entry, tmp_path / "downloads")
+            assert await trio.Path(info["path"]).read_bytes() == data, info
             # every user sends and receives afterwards
             expected = {n: [] for n in NAMES}
             await send_round("last")
