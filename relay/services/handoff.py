@@ -33,14 +33,13 @@ start; the new home answers repeated batches and ``done`` alike.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import trio
 
 from relay.errors import RelayError
 from relay.protocol import ErrorCode, RemoteProtocolError, read_frame
-from relay.protocol._handoff_frames import Record, decode_records, encode_records
+from relay.protocol._handoff_frames import Record, encode_records
 from relay.protocol.frames import (
     Error,
     Forward,
@@ -54,8 +53,9 @@ from relay.protocol.frames import (
 )
 from relay.services.base import Caller, Table
 from relay.services.federation import LinkDown, backoff_delays, request_within
+from relay.services.handoff_in import HandoffIn, HandoffStats
 from relay.services.requeue import requeue, reroute_removed
-from storage import MediaConflict, MediaCorrupt, OutboxEntry, StorageError, UserRecord
+from storage import OutboxEntry, StorageError, UserRecord
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -75,22 +75,8 @@ def mark_prefix(ring_version: str) -> str:
     return f"handoff/{ring_version[:16]}/"
 
 
-@dataclasses.dataclass(slots=True)
-class HandoffStats:
-    """What this node handed over (out) and took over (in) since it started."""
-
-    users: int = 0
-    envelopes: int = 0
-    bytes: int = 0
-    users_in: int = 0
-
-
 def _to_record(r: UserRecord) -> Record:
     return (r.kind, r.device_id, r.key, r.seq, r.ts, r.value)
-
-
-def _from_record(r: Record) -> UserRecord:
-    return UserRecord(r[0], device_id=r[1], key=r[2], seq=r[3], ts=r[4], value=r[5])
 
 
 class Handoff:
@@ -102,6 +88,7 @@ class Handoff:
 
     Attributes:
         stats: :class:`HandoffStats`.
+        incoming: the new-home side (:class:`relay.services.handoff_in.HandoffIn`).
         drained: set once this node has nothing left to hand over and told every
             node of the new ring so (at once when no reshape is unfinished).
     """
@@ -116,6 +103,7 @@ class Handoff:
         self._unconfirmed: dict[str, str] = {}  # users with an out/ marker: done not confirmed
         self.stats = HandoffStats()
         self.drained = trio.Event()
+        self.incoming = HandoffIn(node, self._prefix, self.stats)
 
     @property
     def remaining(self) -> int:
@@ -345,110 +333,9 @@ class Handoff:
             if pending:
                 await trio.sleep(next(delays))
 
-    # ------------------------------------------------------------ new home
-
-    def _check_sender(self, user_id: str, peer_id: str) -> None:
-        homes = self._homes
-        old = homes.old_home(user_id)
-        if old is None or old.id != peer_id or homes.ring.home(user_id).id != homes.node_id:
-            raise RelayError(ErrorCode.BAD_REQUEST,
-                             "the user is not handed from that node to this one")
-
-    async def receive_put(self, frame: HandoffPut, peer_id: str) -> None:
-        """Import one batch (idempotent; ignored once the user is handed over).
-
-        Raises:
-            RelayError: ``bad_request`` (not a handoff from that node to this one,
-                malformed records); StorageError: nothing stored.
-        """
-        self._node.directory.check_user_id(frame.user_id)
-        self._check_sender(frame.user_id, peer_id)
-        if frame.user_id in self._homes.done:
-            return
-        try:
-            records = [_from_record(r) for r in decode_records(
-                frame.records, self._node.limits.max_peer_frame)]
-            await self._storage.import_user(frame.user_id, records,
-                                            reset=frame.reset and frame.start == 0)
-        except (RemoteProtocolError, ValueError) as exc:
-            raise RelayError(ErrorCode.BAD_REQUEST, f"bad handoff batch: {exc}") from exc
-        self._node.directory.forget(frame.user_id)
-        if frame.outbox:
-            await self._requeue(frame.user_id, frame.outbox)
-
-    async def _requeue(self, user: str, payloads: list[bytes]) -> None:
-        """Queue the user's pending forwards here, each to its recipients' home now."""
-        limits = self._node.limits.for_peers()
-        parts: list[Forward | GroupForward] = []
-        for payload in payloads:
-            try:
-                part = read_frame(payload, limits)
-            except RemoteProtocolError as exc:
-                raise RelayError(ErrorCode.BAD_REQUEST, "unreadable outbox entry") from exc
-            if not isinstance(part, Forward | GroupForward) or part.sender_user != user:
-                raise RelayError(ErrorCode.BAD_REQUEST, "not a forward of that user")
-            parts.append(part)
-        await self.requeue(parts)
-
     async def requeue(self, parts: list[Forward | GroupForward]) -> None:
         """See :func:`relay.services.requeue.requeue`."""
         await requeue(self._node, parts)
-
-    async def receive_media(self, frame: HandoffMedia, peer_id: str) -> None:
-        """Store one chunk of a moving user's blob (chunks already held are skipped).
-
-        Raises:
-            RelayError: ``bad_request`` (see :meth:`receive_put`; a chunk after a gap;
-                a blob whose hash does not match); StorageFull: not stored.
-        """
-        self._node.directory.check_user_id(frame.user_id)
-        self._check_sender(frame.user_id, peer_id)
-        if frame.user_id in self._homes.done:
-            return
-        held = await self._storage.media_status(frame.media_id)
-        received = 0 if held is None else held.received
-        if held is not None and (held.complete or received >= frame.offset + len(frame.chunk)):
-            return
-        if frame.offset != received:
-            raise RelayError(ErrorCode.BAD_REQUEST,
-                             f"media chunk at {frame.offset}, expected {received}")
-        try:
-            await self._storage.media_append(frame.media_id, frame.size, frame.offset,
-                                             frame.chunk, owner=frame.user_id)
-        except (MediaConflict, MediaCorrupt, ValueError) as exc:
-            raise RelayError(ErrorCode.BAD_REQUEST, f"bad media chunk: {exc}") from exc
-
-    async def receive_done(self, frame: HandoffDone, peer_id: str) -> None:
-        """Serve the user from now on (durably).
-
-        Raises:
-            RelayError: ``bad_request`` (see :meth:`receive_put`); ``unavailable``
-                while requests for users of that node are in flight to it.
-        """
-        self._node.directory.check_user_id(frame.user_id)
-        self._check_sender(frame.user_id, peer_id)
-        if frame.user_id in self._homes.done:
-            return
-        node = self._node
-        if (self._homes.relaying.get(peer_id) or node.forwarding.busy(peer_id)
-                or node.outbox.has_pending(peer_id)):
-            raise RelayError(ErrorCode.UNAVAILABLE,
-                             "requests are still in flight to the old home; try again")
-        await self._storage.set_mark(f"{self._prefix}in/{frame.user_id}", b"1")
-        self._homes.done.add(frame.user_id)
-        self.stats.users_in += 1
-
-    async def receive_complete(self, frame: HandoffComplete, peer_id: str) -> None:
-        """Record that ``peer_id`` hands nothing more over for this ring.
-
-        Raises:
-            RelayError: ``bad_request`` for another ring version.
-        """
-        if frame.ring_version != self._homes.version:
-            raise RelayError(ErrorCode.BAD_REQUEST, "another ring version")
-        if peer_id not in self._homes.complete:
-            await self._storage.set_mark(f"{self._prefix}complete/{peer_id}", b"1")
-            self._homes.complete.add(peer_id)
 
 
 def handoff_table(node: Node) -> Table:
@@ -456,22 +343,22 @@ def handoff_table(node: Node) -> Table:
 
     async def put(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, HandoffPut) and caller.peer_id is not None
-        await node.handoff.receive_put(frame, caller.peer_id)
+        await node.handoff.incoming.receive_put(frame, caller.peer_id)
         return Ok(id=frame.id)
 
     async def done(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, HandoffDone) and caller.peer_id is not None
-        await node.handoff.receive_done(frame, caller.peer_id)
+        await node.handoff.incoming.receive_done(frame, caller.peer_id)
         return Ok(id=frame.id)
 
     async def complete(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, HandoffComplete) and caller.peer_id is not None
-        await node.handoff.receive_complete(frame, caller.peer_id)
+        await node.handoff.incoming.receive_complete(frame, caller.peer_id)
         return Ok(id=frame.id)
 
     async def media(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, HandoffMedia) and caller.peer_id is not None
-        await node.handoff.receive_media(frame, caller.peer_id)
+        await node.handoff.incoming.receive_media(frame, caller.peer_id)
         return Ok(id=frame.id)
 
     return {HandoffPut: put, HandoffMedia: media, HandoffDone: done,
