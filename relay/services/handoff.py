@@ -154,13 +154,20 @@ class Handoff:
                 homes.complete.add(key)
             elif kind == "out":
                 self._unconfirmed[key] = value.decode()
-        after = ""
+        after, strays = "", 0
         while users := await self._storage.list_users(after, EXPORT_PAGE):
             for user in users:
                 dest = homes.ring.home(user).id
-                if dest != homes.node_id:
-                    homes.outgoing[user] = dest
+                if dest == homes.node_id:
+                    continue
+                if homes.previous.home(user).id != homes.node_id:
+                    strays += 1  # never its home: the real home's state must not be reset
+                    continue
+                homes.outgoing[user] = dest
             after = users[-1]
+        if strays:
+            self._log.warning("handoff: %d user(s) with state here were not homed here "
+                              "before the reshape either; left alone", strays)
         for user, dest in self._unconfirmed.items():
             homes.outgoing[user] = dest
             await homes.begin_move(user)  # never served here again before done is answered
