@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay.errors import RelayError
+from relay.net.backoff import PEER_BACKOFF
 from relay.protocol import ErrorCode, RemoteProtocolError, read_frame
 from relay.protocol._handoff_frames import Record, encode_records
 from relay.protocol.frames import (
@@ -52,7 +53,7 @@ from relay.protocol.frames import (
     Ok,
 )
 from relay.services.base import Caller, Table
-from relay.services.federation import LinkDown, backoff_delays, request_within
+from relay.services.federation import LinkDown, request_within
 from relay.services.handoff_in import HandoffIn, HandoffStats
 from relay.services.requeue import requeue, reroute_removed
 from storage import OutboxEntry, StorageError, UserRecord
@@ -183,7 +184,7 @@ class Handoff:
         or done (see the module docstring)."""
         if self._homes.previous is None:
             return
-        delays = backoff_delays()
+        delays = PEER_BACKOFF.delays()
         while self._homes.outgoing:
             progress = False
             for user in sorted(self._homes.outgoing):
@@ -328,7 +329,7 @@ class Handoff:
         """``handoff_complete`` to every node of the new ring, until each answered."""
         homes = self._homes
         pending = [n.id for n in homes.ring.nodes if n.id != homes.node_id]
-        delays = backoff_delays()
+        delays = PEER_BACKOFF.delays()
         while pending:
             for dest in list(pending):
                 try:

@@ -11,13 +11,14 @@ from contextlib import ExitStack
 import trio
 from cli_cluster import drain, make_account
 
-from cli import media, payload
 from cli.client import Message, now_ms, open_client
 from cli.errors import ConnectionFailed, ConnectionLost, SendUnknown
-from cli.group_messaging import create_group, send_group_text
-from cli.linking import link_device
-from cli.state import open_state
+from cli.features import media, payload
+from cli.features.group_messaging import create_group, send_group_text
+from cli.features.linking import link_device
+from cli.session.state import open_state
 from relay.config.ring import Ring
+from relay.net.backoff import Backoff
 from relay.services.handoff import mark_prefix
 from relay.testing import LocalCluster, node_configs, reshape_configs
 
@@ -136,7 +137,7 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
             photo = tmp_path / "photo.bin"  # a file whose blob moves with frank's home
             data = os.urandom(300_000)  # more than one chunk
             await trio.Path(photo).write_bytes(data)
-            async with media.Reconnecting(users["frank"], backoff=0.05) as rc:
+            async with media.Reconnecting(users["frank"], backoff=Backoff(0.05, 0.05)) as rc:
                 att = await media.upload_file(rc, photo)
                 sent_file = await media.send_file(rc, ids["alice"], att, "a photo")
             expected["alice"].append((ids["frank"], "a photo"))

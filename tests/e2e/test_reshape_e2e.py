@@ -12,9 +12,9 @@ from pathlib import Path
 import trio
 
 from cli.client import BacklogDone, Message, init_account, open_client
-from cli.group_messaging import create_group, send_group_text
-from cli.linking import link_device
-from cli.state import create_state, open_state
+from cli.features.group_messaging import create_group, send_group_text
+from cli.features.linking import link_device
+from cli.session.state import create_state, open_state
 from relay.config import load_cluster
 from relay.config.ring import Ring
 from relay.testing import LoggedProcess

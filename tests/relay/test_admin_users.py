@@ -13,7 +13,7 @@ import trio
 
 from cli.client import BacklogDone, init_account, open_client
 from cli.errors import RelayError
-from cli.state import create_state
+from cli.session.state import create_state
 from relay.config import load_node_config
 from relay.config.cluster_files import init_cluster
 from relay.testing import LocalCluster, child_env, free_base_port, tool

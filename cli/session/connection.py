@@ -24,10 +24,7 @@ from dataclasses import replace
 import trio
 
 import relay.net as net
-from relay.protocol import ErrorCode, RemoteProtocolError
-from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
-
-from .errors import (
+from cli.errors import (
     ClientError,
     ConnectionFailed,
     ConnectionLost,
@@ -35,8 +32,10 @@ from .errors import (
     NoAnswer,
     RelayError,
 )
-from .sendorder import SendOrder
-from .state import State
+from cli.session.sendorder import SendOrder
+from cli.session.state import State
+from relay.protocol import ErrorCode, RemoteProtocolError
+from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
 
 __all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection"]
 
