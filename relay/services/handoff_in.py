@@ -12,18 +12,24 @@ from relay.errors import RelayError
 from relay.protocol import ErrorCode, RemoteProtocolError, read_frame
 from relay.protocol._handoff_frames import Record, decode_records
 from relay.protocol.frames import (
+    Error,
     Forward,
+    GetDevices,
     GroupForward,
     HandoffComplete,
     HandoffDone,
     HandoffMedia,
     HandoffPut,
 )
+from relay.services.federation import LinkDown, request_within
 from relay.services.requeue import requeue
 from storage import MediaConflict, MediaCorrupt, UserRecord
 
 if TYPE_CHECKING:
     from relay.node import Node
+
+SETTLE_TIMEOUT = 5.0
+"""Seconds the old home may take to say whether it holds a user."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -152,3 +158,20 @@ class HandoffIn:
         if peer_id not in self._homes.complete:
             await self._storage.set_mark(f"{self._prefix}complete/{peer_id}", b"1")
             self._homes.complete.add(peer_id)
+
+    async def settle(self, user_id: str) -> None:
+        """Before a device of ``user_id`` is sent on to its old home: ask the old home
+        whether it holds the user; if it answers ``moved`` (a user created during the
+        reshape), this node serves the user from now on. Unreachable: no change."""
+        homes = self._homes
+        if not homes.incoming(user_id):
+            return
+        old = homes.old_home(user_id)
+        assert old is not None
+        try:
+            answer = await request_within(self._node.federation, old.id,
+                                          GetDevices(id=0, user_id=user_id), SETTLE_TIMEOUT)
+        except (LinkDown, RelayError):
+            return
+        if isinstance(answer, Error) and answer.code == ErrorCode.MOVED.value:
+            homes.done.add(user_id)

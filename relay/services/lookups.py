@@ -33,19 +33,32 @@ async def ask_home(
     reshape the home is where the user is served now (:class:`~relay.services.homes.Homes`):
     a peer's read for a user still being handed to this node goes on to the old home.
 
+    An old home asked for a user it does not hold answers ``moved``; the new home
+    then serves the user itself (a user created during the reshape).
+
     Raises:
         RelayError: ``bad_request`` (malformed user id, or a peer asking a node
-            that is not the home), ``unavailable``, the home's refusal, or
-            ``internal`` (an answer of another type).
+            that is not the home), ``moved``, ``unavailable``, the home's refusal,
+            or ``internal`` (an answer of another type).
     """
     node.directory.check_user_id(user_id)
-    home = node.homes.home(user_id)
+    homes = node.homes
+    home = homes.home(user_id)
     if home.id == node.id:
         return None
-    if from_peer and not node.homes.incoming(user_id):  # one more hop only to an old home
+    if from_peer and not homes.incoming(user_id):  # one more hop only to an old home
+        if homes.previous is not None:  # not held here: the new home is the home
+            raise RelayError(ErrorCode.MOVED, f"the home of this user is {home.id}",
+                             url=home.url, user_id=user_id)
         raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node")
-    return await ask_peer(node.federation, home.id, frame, expected, PEER_REQUEST_TIMEOUT,
-                          holder="home node")
+    try:
+        return await ask_peer(node.federation, home.id, frame, expected, PEER_REQUEST_TIMEOUT,
+                              holder="home node")
+    except RelayError as exc:
+        if exc.code is ErrorCode.MOVED and homes.incoming(user_id):
+            homes.done.add(user_id)  # the old home does not hold the user: served here
+            return None
+        raise
 
 
 async def get_devices(

@@ -227,6 +227,8 @@ class Router:
                 outcomes = await waits[dest]()
                 moved = [(i, p) for (i, p), o in zip(entries, outcomes, strict=True)
                          if isinstance(o, RelayError) and o.code is ErrorCode.MOVED]
+                for _, part in moved:  # the old home does not hold them (any more)
+                    self._homes.done.update(r.user_id for r in part.recipients)
                 retried = dict(zip([i for i, _ in moved],
                                    await self.store_parts([p for _, p in moved]), strict=True))
                 for (i, _), outcome in zip(entries, outcomes, strict=True):

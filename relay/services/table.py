@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay.protocol import RemoteProtocolError, verify_device_list
 from relay.protocol.frames import (
     ClaimKeys,
     Frame,
@@ -45,6 +46,10 @@ def directory_table(node: Node) -> Table:
 
     async def put_devices(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, PutDevices)
+        try:  # checked again (and refused) by publish
+            await node.handoff.incoming.settle(verify_device_list(frame.device_list).user_id)
+        except RemoteProtocolError:
+            pass
         await node.changes.publish(frame.device_list)
         return Ok(id=frame.id)
 

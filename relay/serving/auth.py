@@ -26,6 +26,7 @@ async def check_device_auth(node: Node, nonce: bytes, frame: Auth) -> None:
             an account blocked with ``wa-relay admin user block``).
     """
     node.directory.check_user_id(frame.user_id)
+    await node.handoff.incoming.settle(frame.user_id)
     async with node.homes.hold([frame.user_id]):  # a handoff of the user in progress: wait
         node.directory.check_home(frame.user_id)
     if await node.storage.get_mark(BLOCK_MARK + frame.user_id) is not None:

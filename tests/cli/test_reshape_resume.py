@@ -88,3 +88,41 @@ async def test_resume_after_done_before_delete_and_after_partial_import(tmp_path
                 assert user.relay_url == new.url(new.home_of(user.user_id))
             assert await storages[o].get_mark(f"{prefix}out/{uid}") is None
             nursery.cancel_scope.cancel()
+
+
+async def test_new_account_while_its_old_home_still_hands_over(tmp_path) -> None:
+    """n1 cannot finish (the new home of one of its users is down), so n4 still passes
+    requests for users whose old home is n1 on to n1; a new account there is not held
+    by n1, which says so (``moved``), and n4 serves it at once."""
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with trio.open_nursery() as nursery:
+            old = LocalCluster(nursery, node_configs(2))
+            await old.start_all()
+            configs = reshape_configs(old.configs, 4)
+            ring = LocalCluster(nursery, configs).ring
+            for i in range(200):  # a user of n1 whose new home (n3) stays down
+                stuck = make_account(tmp_path, f"stuck{i}", old, stack)
+                if old.home_of(stuck.user_id) == "n1" and ring.home(stuck.user_id).id == "n3":
+                    break
+            async with open_client(stuck):
+                pass
+            for node_id in list(old.scopes):
+                old.stop(node_id)
+            new = LocalCluster(nursery, configs)
+            new.storages = old.storages
+            for node_id in ("n1", "n2", "n4"):
+                await new.start(node_id)
+            for i in range(200):  # new accounts: old home n1, new home n4
+                fresh = make_account(tmp_path, f"fresh{i}", new, stack)
+                if (new.home_of(fresh.user_id) == "n4"
+                        and old.ring.home(fresh.user_id).id == "n1"):
+                    break
+            other = make_account(tmp_path, "other", new, stack, not_on=["n3"])
+            fresh.relay_url = new.url("n1")
+            async with open_client(fresh) as client:  # publishes, authenticates
+                assert client.node_id == "n4"
+            async with open_client(other) as client:
+                await client.send_text(fresh.user_id, "welcome")
+            assert await texts_of(fresh) == ["welcome"]
+            assert await new.storages["n1"].get_device_list(stuck.user_id) is not None
+            nursery.cancel_scope.cancel()
