@@ -135,7 +135,7 @@ class Node:
                                   max_size=config.max_media_size)
         self.handoff = Handoff(self)
         self.media.reshaping = lambda: self.homes.previous is not None
-        self.outbox.reroute = self.handoff.requeue
+        self.outbox.reroute = self.handoff.rerouted
         self.handlers = node_table(self)
 
     async def shut_down(self, grace: float) -> None:

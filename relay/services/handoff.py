@@ -345,6 +345,17 @@ class Handoff:
         """See :func:`relay.services.requeue.requeue`."""
         await requeue(self._node, parts)
 
+    async def rerouted(self, parts: list[Forward | GroupForward], dest: str) -> None:
+        """``dest`` answered ``moved`` for ``parts``: it does not hold their recipients
+        (any more), so those it was the old home of are served here or at their ring
+        home now; send the parts there (:attr:`relay.services.outbox.Outbox.reroute`)."""
+        for part in parts:
+            for r in part.recipients:
+                old = self._homes.old_home(r.user_id)
+                if old is not None and old.id == dest:
+                    self._homes.done.add(r.user_id)
+        await requeue(self._node, parts)
+
 
 def handoff_table(node: Node) -> Table:
     """Handlers of the handoff frames (peer links only)."""

@@ -125,10 +125,10 @@ class Outbox:
         self.on_finished: Callable[[str, int], None] = lambda how, n: None
         # Pending entries per destination: ids put by this process, plus a flag for
         # entries found in storage at start (cleared once a listing comes back empty).
-        #: ``await reroute(parts)`` sends forwards whose destination answered ``moved``
+        #: ``await reroute(parts, dest)`` sends forwards that ``dest`` answered ``moved``
         #: (a reshape handed the recipient over) to where the recipients are now;
         #: ``None``: such answers bounce like any final refusal.
-        self.reroute: Callable[[list[Forward | GroupForward]], Awaitable[None]] | None = None
+        self.reroute: Callable[[list[Forward | GroupForward], str], Awaitable[None]] | None = None
         self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
         self._backlog: dict[str, bool] = {d: False for d in federation.links}
         self._wake: dict[str, trio.Event] = {d: trio.Event() for d in federation.links}
@@ -284,7 +284,7 @@ class Outbox:
                     kept.append(i)
         if moved:
             assert self.reroute is not None
-            await self.reroute([m.request for m in moved])  # type: ignore[misc]
+            await self.reroute([m.request for m in moved], dest)  # type: ignore[misc]
             await self._delete_many([m.entry for m in moved])
             self._log.info("outbox: %d entries to %s re-sent to the recipients' new homes",
                            len(moved), dest)

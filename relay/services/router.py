@@ -253,6 +253,7 @@ class Router:
         for i, part in enumerate(parts):
             try:
                 if peer_id is not None and not self._relayed_to(part, peer_id):
+                    self._check_not_passed_on(part, peer_id)
                     self.check_from_peer(part.sender_user, peer_id)
                 if relays is not None:
                     part = self._relay_incoming(i, part, relays)
@@ -326,6 +327,20 @@ class Router:
         (the new home passes requests for them on; docs/protocol.md, "Handoff")."""
         outgoing = self._homes.outgoing
         return all(outgoing.get(r.user_id) == peer_id for r in part.recipients)
+
+    def _check_not_passed_on(self, part: Part, peer_id: str) -> None:
+        """Raise ``moved`` for a part that the recipients' new home ``peer_id`` passed
+        on to this old home although none of them is held here (any more): the new
+        home then stores it itself."""
+        homes = self._homes
+        if homes.previous is None or not part.recipients:
+            return
+        if all(homes.ring.home(r.user_id).id == peer_id and r.user_id not in homes.outgoing
+               for r in part.recipients):
+            home = homes.node(peer_id)
+            raise RelayError(ErrorCode.MOVED, f"the home of these users is {peer_id}",
+                             url=home.url if home else None,
+                             user_id=part.recipients[0].user_id)
 
     def _relay_incoming(
         self, i: int, part: Part, relays: dict[str, list[tuple[int, Part]]]
