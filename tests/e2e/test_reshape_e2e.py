@@ -5,6 +5,7 @@ and one whose saved home was removed finds its new home by itself."""
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -154,6 +155,12 @@ async def test_cluster_reshape_3_5_2_with_kill_9_during_handoff(tmp_path) -> Non
         cluster.start(2, reshape=True)
         line = cluster.wait_line("reshaped:")
         assert int(line.split()[2]) >= 1, line  # users moved off the removed nodes
+        status = await trio.run_process(
+            [*tool("wa-relay"), "status", "--data", str(cluster.data), "--json"],
+            capture_stdout=True, env=subprocess_env())
+        nodes = [json.loads(row) for row in status.stdout.decode().splitlines()]
+        assert [(n["id"], n["handoff"]["done"]) for n in nodes] == [("n1", True), ("n2", True)]
+        assert sum(n["handoff"]["users_in"] for n in nodes) == int(line.split()[2])
         await send_round("after")
 
         final = cluster.ring()
