@@ -37,6 +37,7 @@ from ._chains import chain_keys
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
+from ._lmdb_handoff import LmdbHandoffMixin
 from ._lmdb_lock import exclusive_lock
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
@@ -48,7 +49,7 @@ T = TypeVar("T")
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
 
 
-class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
+class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
     """A durable :class:`~storage.base.Storage` in one LMDB environment (a directory).
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that

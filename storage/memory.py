@@ -23,6 +23,7 @@ import trio
 
 from ._chains import Chains, chain_keys
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
@@ -37,7 +38,7 @@ _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage(MemoryMediaMixin):
+class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:

@@ -223,6 +223,14 @@ class AcceptedLink:
         """Queue the close after what is queued; ``False`` if that cannot be done now."""
         return self._out.close_nowait(code, reason)
 
+    def close_after_read(self, frame: Error, code: int, reason: str) -> None:
+        """Serve what was read so far, then send ``frame`` and close with ``code``
+        (e.g. ``error moved`` and 1001 when a reshape moves the user's home); what is
+        read afterwards is not served."""
+        self._requests.append(_Refusal(frame, code, reason))
+        self._more.set()
+        self._signal()
+
     async def close(self, code: int, reason: str) -> None:
         """Flush queued frames, close with ``code`` and end the link."""
         self.end(f"closed {code} {reason}".rstrip())

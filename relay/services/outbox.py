@@ -25,13 +25,16 @@ watchers' clients catch up through ``stale_devices``.
 
 While a destination has pending entries, new parts for it go to the outbox too
 (see :meth:`Outbox.has_pending`), so they never overtake older ones.
+
+A ``moved`` answer (a reshape handed the recipient to another node) is not final:
+the entry is sent again towards where its recipients are now (:attr:`Outbox.reroute`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -120,6 +123,10 @@ class Outbox:
         self.on_finished: Callable[[str, int], None] = lambda how, n: None
         # Pending entries per destination: ids put by this process, plus a flag for
         # entries found in storage at start (cleared once a listing comes back empty).
+        #: ``await reroute(parts, dest)`` sends forwards that ``dest`` answered ``moved``
+        #: (a reshape handed the recipient over) to where the recipients are now;
+        #: ``None``: such answers bounce like any final refusal.
+        self.reroute: Callable[[list[Forward | GroupForward], str], Awaitable[None]] | None = None
         self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
         self._backlog: dict[str, bool] = {d: False for d in federation.links}
         self._wake: dict[str, trio.Event] = {d: trio.Event() for d in federation.links}
@@ -193,6 +200,14 @@ class Outbox:
                 else:
                     await trio.sleep_forever()
 
+    async def delete_entries(self, entries: list[OutboxEntry]) -> None:
+        """Delete entries taken elsewhere (e.g. handed to a user's new home by a reshape).
+
+        Raises:
+            StorageUnavailable: not deleted.
+        """
+        await self._delete_many(entries)
+
     async def _delete_many(self, entries: list[OutboxEntry]) -> None:
         if not entries:
             return
@@ -258,13 +273,24 @@ class Outbox:
         stored: list[OutboxEntry] = []
         finals: list[tuple[_Item, str, str, str | None]] = []
         kept: list[int] = []  # indexes of entries kept for a retry
+        moved: list[_Item] = []
         for i, (item, result) in enumerate(zip(items, results, strict=True)):
             if isinstance(result, Ok):
                 stored.append(item.entry)
+            elif (isinstance(result, Error) and result.code == ErrorCode.MOVED.value
+                  and self.reroute is not None
+                  and isinstance(item.request, Forward | GroupForward)):
+                moved.append(item)
             elif isinstance(result, Error) and result.code not in RETRYABLE:
                 finals.append((item, result.code, result.message, result.user_id))
             else:
                 kept.append(i)
+        if moved:
+            assert self.reroute is not None
+            await self.reroute([m.request for m in moved], dest)  # type: ignore[misc]
+            await self._delete_many([m.entry for m in moved])
+            self._log.info("outbox: %d entries to %s re-sent to the recipients' new homes",
+                           len(moved), dest)
         await self._delete_many(stored)
         self.delivered += len(stored)
         self.on_finished("delivered", len(stored))

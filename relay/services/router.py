@@ -40,6 +40,7 @@ behind a later one (docs/protocol.md, "Order", rule 5).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -59,6 +60,7 @@ from relay.protocol.frames import (
 from relay.protocol.stored import encode_envelope
 from relay.services.directory import Directory
 from relay.services.groups import GROUP_KIND, group_items, group_members
+from relay.services.homes import Homes
 from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
@@ -124,13 +126,13 @@ class Router:
     """
 
     def __init__(
-        self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
+        self, node_id: str, ring: Ring | Homes, storage: Storage, directory: Directory,
         notify: Callable[[str, int], None], *, max_queue: int,
         forwarding: _Forwarding | None = None,
         on_stale: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._node_id = node_id
-        self._ring = ring
+        self._ring = self._homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
         self._storage = storage
         self._directory = directory
         self._forwarding = forwarding
@@ -158,31 +160,34 @@ class Router:
         plans: list[list[str]] = [[] for _ in frames]  # per request: its homes, in recipient order
         local: list[tuple[int, Part]] = []
         remote: dict[str, list[tuple[int, Part]]] = {}
-        for i, frame in enumerate(frames):
-            try:
-                parts = self._split(frame, sender_user, sender_device, ts)
-            except RelayError as exc:
-                answers[i] = exc.to_frame(frame.id)
-                continue
-            for dest, part in parts:
-                plans[i].append(dest)
-                (local if dest == self._node_id else remote.setdefault(dest, [])).append((i, part))
-        waits = {}
-        if remote:
-            assert self._forwarding is not None, "Router.attach() was not called"
-            for dest, entries in remote.items():
-                waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
         outcomes: list[dict[str, Outcome]] = [{} for _ in frames]
-        for dest, wait in waits.items():  # first: a refused request stores nothing here
-            for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
-                outcomes[i][dest] = outcome
-        refused = {i for i, got in enumerate(outcomes)
-                   if any(isinstance(o, RelayError) for o in got.values())}
-        keep = [(i, p) for i, p in local if i not in refused]
-        if keep:
-            results = await self.store_parts([p for _, p in keep])
-            for (i, _), result in zip(keep, results, strict=True):
-                outcomes[i][self._node_id] = result if result is not None else "stored"
+        waits = {}
+        users = {r.user_id for f in frames for r in f.recipients}
+        async with self._homes.hold(users):  # no user's handoff starts between split and store
+            for i, frame in enumerate(frames):
+                try:
+                    parts = self._split(frame, sender_user, sender_device, ts)
+                except RelayError as exc:
+                    answers[i] = exc.to_frame(frame.id)
+                    continue
+                for dest, part in parts:
+                    plans[i].append(dest)
+                    (local if dest == self._node_id else remote.setdefault(dest, [])).append(
+                        (i, part))
+            if remote:
+                assert self._forwarding is not None, "Router.attach() was not called"
+                for dest, entries in remote.items():
+                    waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
+            for dest, wait in waits.items():  # first: a refused request stores nothing here
+                for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
+                    outcomes[i][dest] = outcome
+            refused = {i for i, got in enumerate(outcomes)
+                       if any(isinstance(o, RelayError) for o in got.values())}
+            keep = [(i, p) for i, p in local if i not in refused]
+            if keep:
+                results = await self._store_held([p for _, p in keep])
+                for (i, _), result in zip(keep, results, strict=True):
+                    outcomes[i][self._node_id] = result if result is not None else "stored"
         for i, _ in local:
             outcomes[i].setdefault(self._node_id, "stored")  # not written: a refusal answers
         for i, frame in enumerate(frames):
@@ -199,7 +204,7 @@ class Router:
         groups: dict[str, list] = {}
         for r in frame.recipients:
             self._directory.check_user_id(r.user_id)
-            groups.setdefault(self._ring.home(r.user_id).id, []).append(r)
+            groups.setdefault(self._homes.home(r.user_id).id, []).append(r)
         if isinstance(frame, GroupSend):
             return [(dest, GroupForward(id=0, msg_id=frame.msg_id, sender_user=sender_user,
                                         sender_device=sender_device, ts=ts, body=frame.body,
@@ -229,8 +234,49 @@ class Router:
             Per part, in order: ``None`` (stored, or already stored: deduplicated by
             ``(sender_user, msg_id)``) or the :class:`RelayError` refusing it alone
             (``bad_request``, ``unknown_user``, ``stale_devices``, ``queue_full``,
-            ``storage_full``, ``storage_unavailable``).
+            ``storage_full``, ``storage_unavailable``, ``moved``: the user was just
+            handed to another node by a reshape).
+
+        During a reshape (docs/protocol.md, "Handoff"), recipients still being handed
+        to this node are passed on to their old home (the outcome is that node's, or
+        ``queued`` in the outbox), and a peer that is the new home of every recipient
+        may pass on parts of any sender.
         """
+        users = {r.user_id for part in parts for r in part.recipients}
+        relays: dict[str, list[tuple[int, Part]]] = {}
+        async with self._homes.hold(users):
+            results = await self._store_held(parts, peer_id=peer_id, relays=relays,
+                                             blocked=blocked)
+        if not relays:
+            return results
+        assert self._forwarding is not None, "Router.attach() was not called"
+        waits = {dest: self._forwarding.submit(dest, [p for _, p in entries])
+                 for dest, entries in relays.items()}
+        try:
+            for dest, entries in relays.items():  # users still being handed to this node
+                outcomes = await waits[dest]()
+                moved = [(i, p) for (i, p), o in zip(entries, outcomes, strict=True)
+                         if isinstance(o, RelayError) and o.code is ErrorCode.MOVED]
+                for _, part in moved:  # the old home does not hold them (any more)
+                    self._homes.done.update(r.user_id for r in part.recipients)
+                retried = dict(zip([i for i, _ in moved],
+                                   await self.store_parts([p for _, p in moved]), strict=True))
+                for (i, _), outcome in zip(entries, outcomes, strict=True):
+                    outcome = retried.get(i, outcome)
+                    if isinstance(outcome, RelayError) and results[i] is None:
+                        results[i] = outcome
+        finally:
+            for dest, entries in relays.items():
+                self._homes.relaying[dest] -= len(entries)
+        return results
+
+    async def _store_held(
+        self, parts: list[Part], *, peer_id: str | None = None,
+        relays: dict[str, list[tuple[int, Part]]] | None = None, blocked: Blocked | None = None,
+    ) -> list[RelayError | None]:
+        """:meth:`store_parts` while the recipients are held (:meth:`Homes.hold`);
+        parts (or their recipients) for users still being handed to this node go
+        into ``relays`` by their old home instead."""
         results: list[RelayError | None] = [None] * len(parts)
         requests: list[EnqueueRequest] = []
         accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
@@ -246,8 +292,13 @@ class Router:
                 blocked.update(dict.fromkeys(keys, hit))
                 continue
             try:
-                if peer_id is not None:
+                if peer_id is not None and not self._relayed_to(part, peer_id):
+                    self._check_not_passed_on(part, peer_id)
                     self.check_from_peer(part.sender_user, peer_id)
+                if relays is not None:
+                    part = self._relay_incoming(i, part, relays)
+                    if part is None:
+                        continue
                 await self.check_local(part.sender_user, part.sender_device, part_members(part))
                 items = part_items(part)
             except KNOWN_REFUSALS as exc:
@@ -303,6 +354,10 @@ class Router:
                 raise RelayError(ErrorCode.BAD_REQUEST, "a user appears twice in recipients")
             seen.add(user_id)
             if not self._directory.is_home(user_id):
+                if self._homes.previous is not None:  # handed over during a reshape
+                    home = self._homes.home(user_id)
+                    raise RelayError(ErrorCode.MOVED, f"the home of this user is {home.id}",
+                                     url=home.url, user_id=user_id)
                 raise RelayError(ErrorCode.BAD_REQUEST, "recipient is not homed at this node",
                                  user_id=user_id)
             try:
@@ -312,6 +367,49 @@ class Router:
                 if exc.code is ErrorCode.STALE_DEVICES and self._on_stale is not None:
                     await self._on_stale(user_id, sender_user)
                 raise
+
+    def _relayed_to(self, part: Part, peer_id: str) -> bool:
+        """True if every recipient of ``part`` is being handed from here to ``peer_id``
+        (the new home passes requests for them on; docs/protocol.md, "Handoff")."""
+        outgoing = self._homes.outgoing
+        return all(outgoing.get(r.user_id) == peer_id for r in part.recipients)
+
+    def _check_not_passed_on(self, part: Part, peer_id: str) -> None:
+        """Raise ``moved`` for a part that the recipients' new home ``peer_id`` passed
+        on to this old home although none of them is held here (any more): the new
+        home then stores it itself."""
+        homes = self._homes
+        if homes.previous is None or not part.recipients:
+            return
+        if all(homes.ring.home(r.user_id).id == peer_id and r.user_id not in homes.outgoing
+               for r in part.recipients):
+            home = homes.node(peer_id)
+            raise RelayError(ErrorCode.MOVED, f"the home of these users is {peer_id}",
+                             url=home.url if home else None,
+                             user_id=part.recipients[0].user_id)
+
+    def _relay_incoming(
+        self, i: int, part: Part, relays: dict[str, list[tuple[int, Part]]]
+    ) -> Part | None:
+        """Move the recipients of ``part`` that are still being handed to this node into
+        ``relays`` (by old home); return the rest (``None`` if nothing is left)."""
+        homes = self._homes
+        if homes.previous is None:
+            return part
+        by_dest: dict[str, list] = {}
+        for r in part.recipients:
+            dest = homes.home(r.user_id).id if homes.incoming(r.user_id) else self._node_id
+            by_dest.setdefault(dest, []).append(r)
+        for dest, recipients in by_dest.items():
+            if dest != self._node_id:
+                relays.setdefault(dest, []).append(
+                    (i, dataclasses.replace(part, recipients=recipients)))  # type: ignore[type-var]
+                homes.relaying[dest] = homes.relaying.get(dest, 0) + 1
+        mine = by_dest.get(self._node_id)
+        if mine is None:
+            return None
+        return part if len(mine) == len(part.recipients) else dataclasses.replace(
+            part, recipients=mine)  # type: ignore[type-var]
 
     def check_from_peer(self, sender_user: str, peer_id: str) -> None:
         """Raise ``bad_request`` unless ``sender_user`` is well-formed and homed at

@@ -128,6 +128,14 @@ class Connection:
                 and self._link.close_nowait(CloseCode.POLICY_VIOLATION, "device removed")):
             self._link.cancel("device removed")
 
+    def move(self, url: str) -> None:
+        """The user's home moves (a reshape): answer the requests read so far, then push
+        ``error moved`` (id 0, ``url``) and close 1001; later requests are not served."""
+        self._link.close_after_read(
+            Error(id=0, code=ErrorCode.MOVED.value, url=url,
+                  message="the home of this user moved; connect there"),
+            CloseCode.GOING_AWAY, "home moved")
+
     # ----------------------------------------------------------------- Dispatcher
 
     def on_ack(self, seq: int) -> None:
@@ -222,7 +230,8 @@ class Connection:
         self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
         count = await node.directory.key_count(frame.user_id, frame.device_id)
         urls = node.config.node.urls
-        return AuthOk(id=frame.id, otk_count=count, urls=list(urls) if len(urls) > 1 else None)
+        return AuthOk(id=frame.id, otk_count=count, urls=list(urls) if len(urls) > 1 else None,
+                      cluster=[n.url for n in node.ring.nodes])
 
     async def _peer_auth(self, caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, PeerAuth)
@@ -243,7 +252,7 @@ class Connection:
 
     async def _bounce_remote(self, envelope: Envelope) -> None:
         """Hand a ``bounce`` for a sender homed at another node to the durable outbox."""
-        home = self._node.ring.home(envelope.sender_user).id
+        home = self._node.homes.home(envelope.sender_user).id
         await self._node.outbox.put(BounceBack(id=0, envelope=envelope), home)
 
     async def _push(self, data: bytes) -> None:

@@ -37,6 +37,7 @@ from ..errors import StorageError, StorageUnavailable
 from . import _ops as ops
 from ._directory import PgDirectoryMixin, value_of
 from ._errors import classify, translate
+from ._handoff import PgHandoffMixin
 from ._media import PgMediaMixin
 from ._notify import Changes, channel_of, new_origin, serve_enqueue_watch, serve_watch
 from ._schema import migrate, set_search_path
@@ -47,7 +48,7 @@ T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
+class PostgresStorage(PgHandoffMixin, PgDirectoryMixin, PgMediaMixin):
     """A durable, shareable :class:`~storage.base.Storage` in PostgreSQL.
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that own

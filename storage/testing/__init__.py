@@ -37,6 +37,7 @@ from ._base import ALICE, BOB, uid
 from ._batches import BatchConformance
 from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
+from ._handoff import HandoffConformance
 from ._queues import QueueConformance
 from ._watchers import WatcherConformance
 from .media import MediaConformance
@@ -46,6 +47,6 @@ __all__ = ["ALICE", "BOB", "AckRaceMachine", "StorageConformance", "uid"]
 
 class StorageConformance(
     DirectoryConformance, QueueConformance, BatchConformance, AckRaceConformance, WatcherConformance, OutboxConformance,
-    DurabilityConformance, MediaConformance,
+    DurabilityConformance, MediaConformance, HandoffConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
