@@ -73,7 +73,7 @@ class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
         cls, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
         reserve: int | None = None, max_batch_ops: int = 1024, max_batch_bytes: int = 16 << 20,
         max_readers: int = 1024, reader_check_interval: float = 10.0,
-        fault_hook: FaultHook | None = None,
+        fault_hook: FaultHook | None = None, exclusive: bool = True,
     ) -> AsyncIterator[Self]:
         """Open (creating if needed) the environment in directory ``path``.
 
@@ -97,10 +97,14 @@ class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
                 another node process on the environment to clear them.
             fault_hook: test-only fault injection, see
                 :data:`~storage._group_commit.FaultHook`.
+            exclusive: hold the directory's lock file while open (a serving node:
+                one process at a time, :mod:`storage._lmdb_lock`). ``False`` is for
+                short operator tools (``wa-relay admin user``) that read or make small
+                edits next to the running node: LMDB's own writer lock serializes
+                their commits with the node's.
 
         Yields the storage; on exit, queued writes are committed and the
-        environment is closed. One process at a time: the directory's lock file
-        is held while open (:mod:`storage._lmdb_lock`).
+        environment is closed.
 
         Raises:
             StorageInUse: another process (or another open) holds the store.
@@ -112,7 +116,8 @@ class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
             raise ValueError(f"reserve must be in 0..map_size-1, not {reserve}")
         with ExitStack() as lock:
             try:
-                lock.enter_context(exclusive_lock(path))
+                if exclusive:
+                    lock.enter_context(exclusive_lock(path))
             except OSError as exc:
                 raise StorageUnavailable(f"cannot lock the LMDB store {os.fspath(path)!r}: "
                                          f"{exc}") from exc
@@ -149,17 +154,17 @@ class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
             env.close()
 
     @classmethod
-    def from_url(cls, url: str) -> AbstractAsyncContextManager[Self]:
+    def from_url(cls, url: str, *, exclusive: bool = True) -> AbstractAsyncContextManager[Self]:
         """``lmdb:///abs/path[?map_size=BYTES&reserve=BYTES]`` (sizes like ``512M``,
         ``1GiB`` allowed); ``lmdb://rel/path`` is relative to the working directory.
-        See :meth:`open`."""
+        See :meth:`open` (``exclusive`` too)."""
         path, query = path_from_url(url)
         unknown = set(query) - {"map_size", "reserve"}
         if unknown:
             raise ValueError(f"unknown lmdb:// options: {sorted(unknown)}")
         kwargs = {name: parse_size(query[name][-1]) for name in ("map_size", "reserve")
                   if name in query}
-        return cls.open(path, **kwargs)
+        return cls.open(path, exclusive=exclusive, **kwargs)
 
     # -- plumbing
 
