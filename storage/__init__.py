@@ -13,6 +13,7 @@ from .base import (
     MediaInfo,
     OutboxEntry,
     QueueItem,
+    QueueQuota,
     Storage,
 )
 from .errors import (
@@ -30,6 +31,6 @@ from .registry import open_storage, register_backend
 
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
-    "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
+    "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "QueueQuota", "StaleVersion", "Storage",
     "StorageError", "StorageFull", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
 ]

@@ -35,9 +35,11 @@ from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._lmdb_extras import LmdbExtrasMixin
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
+from ._quota import check_charges
 from ._running import running_writer
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import StorageError
@@ -46,7 +48,7 @@ T = TypeVar("T")
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
 
 
-class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
+class LmdbStorage(LmdbExtrasMixin, LmdbMediaMixin, LmdbStatsMixin):
     """A durable :class:`~storage.base.Storage` in one LMDB environment (a directory).
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that
@@ -279,8 +281,10 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts),
-                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(raw, dd, psize),
+            charges = check_charges(req.charges)
+            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota),
+                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(
+                              raw, dd, psize, len("\0".join(charges).encode())),
                           False))
         answers = await self.writer.submit_many(specs)
         return [_answer(answer) for answer in answers]

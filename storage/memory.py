@@ -22,7 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._memory_extras import MemoryExtrasMixin
 from ._memory_media import MemoryMediaMixin
+from ._quota import check_charges, check_quota
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
 
@@ -36,7 +38,7 @@ _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage(MemoryMediaMixin):
+class MemoryStorage(MemoryExtrasMixin, MemoryMediaMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:
@@ -66,6 +68,7 @@ class MemoryStorage(MemoryMediaMixin):
         self._dedupe: dict[bytes, float] = {}
         self._outbox: dict[int, OutboxEntry] = {}
         self._outbox_last = 0
+        self._init_extras()
 
     @classmethod
     @asynccontextmanager
@@ -232,6 +235,8 @@ class MemoryStorage(MemoryMediaMixin):
     async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
         """See :meth:`storage.base.Storage.enqueue_many`."""
         await self._enter()
+        for req in requests:
+            check_charges(req.charges)
         checked = [
             ([(self._dev(u, d), check_bytes("envelope", env)) for u, d, env in req.items],
              None if req.dedupe is None else check_dedupe(req.dedupe), req)
@@ -240,14 +245,14 @@ class MemoryStorage(MemoryMediaMixin):
         answers: list[EnqueueResult] = []
         for items, dedupe, req in checked:
             try:
-                answers.append(self._enqueue(items, dedupe, req.max_queue, req.now))
+                answers.append(self._enqueue(items, dedupe, req.max_queue, req.now, req))
             except StorageError as exc:
                 answers.append(exc)
         return answers
 
     def _enqueue(
         self, checked: list[tuple[_Dev, bytes]], dedupe: bytes | None, max_queue: int | None,
-        now: float | None,
+        now: float | None, req: EnqueueRequest,
     ) -> list[int] | None:
         if dedupe is not None and dedupe in self._dedupe:
             return None
@@ -259,6 +264,7 @@ class MemoryStorage(MemoryMediaMixin):
             for dev, n in per_dev.items():
                 if len(self._queues.get(dev, ())) + n > max_queue:
                     raise QueueFull(f"queue of {dev} would exceed {max_queue} envelopes")
+        check_quota([(u, d, len(env)) for (u, d), env in checked], req.charges, req.quota, self)
         size = sum(len(env) + _ITEM_OVERHEAD for _, env in checked)
         if dedupe is not None:
             size += len(dedupe) + _DEDUPE_OVERHEAD
@@ -268,6 +274,7 @@ class MemoryStorage(MemoryMediaMixin):
             seq = self._seq.get(dev, 0) + 1
             self._seq[dev] = seq
             self._queues.setdefault(dev, {})[seq] = QueueItem(seq=seq, ts=ts, envelope=env)
+            self._count_added(dev, seq, len(env), req.charges)
             seqs.append(seq)
         if dedupe is not None:
             self._dedupe[dedupe] = ts
@@ -297,7 +304,9 @@ class MemoryStorage(MemoryMediaMixin):
     def _drop(self, dev: _Dev, seqs: list[int]) -> int:
         queue = self._queues[dev]
         for seq in seqs:
-            self._used -= len(queue.pop(seq).envelope) + _ITEM_OVERHEAD
+            n = len(queue.pop(seq).envelope)
+            self._used -= n + _ITEM_OVERHEAD
+            self._count_dropped(dev, seq, n)
         if not queue:
             del self._queues[dev]
         return len(seqs)

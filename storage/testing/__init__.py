@@ -26,7 +26,9 @@ multi-device enqueue; expiry), the batch methods (``enqueue_many`` answers each
 request alone and in list order, also across the capacity limit; cumulative
 ``ack_many``; ``claim_keys`` hands a device listed twice two keys; outbox
 batches; a hypothesis state machine of cumulative acks racing new enqueues),
-device-list watchers (idempotent, sorted, durable),
+device-list watchers (idempotent, sorted, durable), exact queue byte counts
+(per device, user, charge tag and share; across enqueue, ack, purge, expiry and
+reopen) with the byte quotas of ``QueueQuota``, correspondents, single-use invites,
 the outbox, media blobs (ordered chunked appends, hash check, conflicts, quota,
 expiry), and durability across reopen.
 """
@@ -37,6 +39,7 @@ from ._batches import BatchConformance
 from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
 from ._queues import QueueConformance
+from ._quotas import QuotaConformance
 from ._watchers import WatcherConformance
 from .media import MediaConformance
 
@@ -45,6 +48,6 @@ __all__ = ["ALICE", "BOB", "AckRaceMachine", "StorageConformance", "uid"]
 
 class StorageConformance(
     DirectoryConformance, QueueConformance, BatchConformance, AckRaceConformance, WatcherConformance, OutboxConformance,
-    DurabilityConformance, MediaConformance,
+    DurabilityConformance, MediaConformance, QuotaConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""
