@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-
 from ._keys import check_user_id
 
 _Dev = tuple[str, int]

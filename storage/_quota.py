@@ -34,7 +34,8 @@ MAX_TAG_BYTES = 255
 
 
 def check_charges(charges: tuple[str, ...]) -> tuple[str, ...]:
-    """Return ``charges`` as a tuple of tags (each a 1..255-byte ``str`` without NUL).
+    """Return ``charges`` as a tuple of tags (each a 1..255-byte ``str`` without
+    control characters: backends join them with NUL or U+001F).
 
     Raises:
         TypeError, ValueError: a malformed tag.
@@ -44,7 +45,7 @@ def check_charges(charges: tuple[str, ...]) -> tuple[str, ...]:
         if not isinstance(tag, str):
             raise TypeError(f"a charge tag must be str, not {type(tag).__name__}")
         raw = tag.encode("utf-8")
-        if not raw or len(raw) > MAX_TAG_BYTES or b"\x00" in raw:
+        if not raw or len(raw) > MAX_TAG_BYTES or any(c < 0x20 for c in raw):
             raise ValueError(f"malformed charge tag {tag!r}")
     if len(set(out)) != len(out):
         raise ValueError("a charge tag is repeated")

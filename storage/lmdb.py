@@ -35,8 +35,8 @@ from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
-from ._lmdb_extras import LmdbExtrasMixin
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
+from ._lmdb_extras import LmdbExtrasMixin
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
 from ._quota import check_charges
