@@ -41,6 +41,7 @@ from relay.services.directory import Directory
 from relay.services.federation import Federation
 from relay.services.forwarding import Forwarding
 from relay.services.full_log import StorageFullLog
+from relay.services.limits import QueuePolicy, RateLimits
 from relay.services.linking import Linking
 from relay.services.media import MediaService
 from relay.services.notices import DeviceListChanges
@@ -70,6 +71,8 @@ class Node:
         handlers: the per-service handler table (:func:`relay.services.table.node_table`).
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
         media: media uploads and downloads. admission: connection counts and caps.
+        rates: the token buckets; queue_policy: byte quotas and correspondents
+            (:mod:`relay.services.limits`).
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
         metrics: the node's :class:`~relay.admin.metrics.NodeMetrics` (its own registry).
@@ -113,8 +116,11 @@ class Node:
             config.id, self.ring, storage, self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
         )
+        self.rates = RateLimits(config.abuse)
+        self.queue_policy = QueuePolicy(config.abuse, storage)
         self.router = Router(config.id, self.ring, storage, self.directory, self.registry.notify,
-                             max_queue=config.max_queue, on_stale=self.changes.watch)
+                             max_queue=config.max_queue, on_stale=self.changes.watch,
+                             policy=self.queue_policy, rates=self.rates)
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
         self.router.attach(self.forwarding)

@@ -81,14 +81,26 @@ def check_quota(
                                 "bytes", quota="account_bytes")
     if quota.charge_bytes is not None:
         total = sum(per_user.values())
-        for tag in charges:
-            if usage.charge(tag) + total > quota.charge_bytes:
-                raise QueueFull(f"{tag} would hold more than {quota.charge_bytes} bytes "
+        for i, tag in enumerate(charges):
+            bound = _bound(quota.charge_bytes, i)
+            if bound is not None and usage.charge(tag) + total > bound:
+                raise QueueFull(f"{tag} would hold more than {bound} bytes "
                                 "in this node's queues", quota="charge_bytes", tag=tag)
     if quota.share_bytes is not None:
-        for tag in charges:
+        for i, tag in enumerate(charges):
+            bound = _bound(quota.share_bytes, i)
+            if bound is None:
+                continue
             for (user_id, device_id), n in per_dev.items():
-                if usage.share(user_id, device_id, tag) + n > quota.share_bytes:
-                    raise QueueFull(f"{tag} would hold more than {quota.share_bytes} bytes of "
+                if user_id in quota.share_exempt:
+                    continue
+                if usage.share(user_id, device_id, tag) + n > bound:
+                    raise QueueFull(f"{tag} would hold more than {bound} bytes of "
                                     f"the queue of device {device_id}", quota="share_bytes",
                                     tag=tag)
+
+
+def _bound(bounds: int | tuple[int | None, ...], i: int) -> int | None:
+    if isinstance(bounds, int):
+        return bounds
+    return bounds[i] if i < len(bounds) else None

@@ -73,15 +73,19 @@ class QueueQuota:
         device_bytes: most bytes one device queue may hold.
         account_bytes: most bytes all device queues of one user may hold together.
         charge_bytes: most bytes each of the request's ``charges`` tags may hold in
-            all queues of the store together.
+            all queues of the store together: one bound for every tag, or a tuple of
+            bounds in ``charges`` order (``None`` entries: no bound for that tag).
         share_bytes: most bytes each of the request's ``charges`` tags may hold in
-            one device queue.
+            one device queue (one bound, or a tuple as for ``charge_bytes``).
+        share_exempt: users whose queues ``share_bytes`` does not bound (e.g. the
+            sender's own account, accounts that wrote to the sender).
     """
 
     device_bytes: int | None = None
     account_bytes: int | None = None
-    charge_bytes: int | None = None
-    share_bytes: int | None = None
+    charge_bytes: int | tuple[int | None, ...] | None = None
+    share_bytes: int | tuple[int | None, ...] | None = None
+    share_exempt: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from storage import UnknownBackend
 from storage.registry import default_registry
 
 from .model import ConfigError, NodeConfig
+from .abuse import AbuseLimits
 from .schema import NODE_SETTINGS, ClusterFile, ClusterNode, NodeFile
 
 ENV_PREFIX = "WA_RELAY_"
@@ -273,5 +274,5 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
-        key_file=key_path,
+        key_file=key_path, abuse=AbuseLimits.from_settings(f),
     )

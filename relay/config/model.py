@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nacl.signing
 
+from relay.config.abuse import AbuseLimits
 from relay.config.ring import NodeInfo
 
 from .schema import (
@@ -72,6 +73,8 @@ class NodeConfig:
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
         key_file: where the signing key was read from (``None`` if not from a file).
+        abuse: quotas, rate limits, device count, registration policy
+            (:class:`~relay.config.abuse.AbuseLimits`).
     """
 
     id: str
@@ -102,6 +105,7 @@ class NodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
     key_file: Path | None = None
+    abuse: AbuseLimits = AbuseLimits()
 
     @property
     def node(self) -> NodeInfo:

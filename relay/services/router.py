@@ -14,6 +14,16 @@ node into *parts* (a ``forward`` or ``group_forward`` per home, id 0), then:
   lanes of :class:`relay.services.forwarding.Forwarding`, which send them in
   ``forward_batch`` frames (or to the durable outbox).
 
+Before any of that, each request is checked against its sender's limits
+(:mod:`relay.services.limits`): its fan-out (body bytes times copies) against the
+sender quota, then the ``send`` (copies) and ``send_bytes`` token buckets of the
+account and of the source address; a refused request is answered
+``quota_exceeded`` / ``rate_limited`` and nothing of it is routed. The recipients
+of an accepted request are recorded as the sender's correspondents (their copies
+from the sender are then exempt from share bounds here). Every stored part is
+charged to its sender (and forwarding node) under the byte quotas of
+:meth:`relay.services.limits.QueuePolicy.quota_for`.
+
 Each request is answered on its own: ``stored`` when every home stored its
 part, ``queued`` when some part went to the outbox, else the first refusal in
 recipient order (e.g. ``stale_devices``). A run returns only once every part of
@@ -42,6 +52,7 @@ from relay.protocol.frames import (
 from relay.protocol.stored import encode_envelope
 from relay.services.directory import Directory
 from relay.services.groups import GROUP_KIND, group_items, group_members
+from relay.services.limits import QueuePolicy, RateLimits
 from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
@@ -100,6 +111,8 @@ class Router:
         max_queue: bound of one device queue.
         on_stale: ``await on_stale(user_id, sender_user)`` before a ``stale_devices``
             refusal hands ``user_id``'s list to ``sender_user`` (records a watcher).
+        policy: byte quotas and correspondents (``None``: no quotas).
+        rates: token buckets (``None``: no rate limits).
     """
 
     def __init__(
@@ -107,6 +120,7 @@ class Router:
         notify: Callable[[str, int], None], *, max_queue: int,
         forwarding: _Forwarding | None = None,
         on_stale: Callable[[str, str], Awaitable[None]] | None = None,
+        policy: QueuePolicy | None = None, rates: RateLimits | None = None,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
@@ -116,6 +130,8 @@ class Router:
         self._notify = notify
         self._max_queue = max_queue
         self._on_stale = on_stale
+        self._policy = policy
+        self._rates = rates
 
     def attach(self, forwarding: _Forwarding) -> None:
         """Set the forwarding lanes (they need the router's outbox; built after it)."""
@@ -124,9 +140,15 @@ class Router:
     # ------------------------------------------------------------ a device's run of sends
 
     async def send_batch(
-        self, sender_user: str, sender_device: int, frames: list[Send | GroupSend]
+        self, sender_user: str, sender_device: int, frames: list[Send | GroupSend], *,
+        address: str | None = None,
     ) -> list[Frame]:
         """Route a run of one device's ``send`` / ``group_send`` requests, in order.
+
+        Args:
+            sender_user, sender_device: the authenticated sending device.
+            frames: the run, in reading order.
+            address: the connection's address key (for per-address rate limits).
 
         Returns:
             One answer per request, in order: ``sent {status}`` or ``error``.
@@ -139,9 +161,13 @@ class Router:
         remote: dict[str, list[tuple[int, Part]]] = {}
         for i, frame in enumerate(frames):
             try:
+                self._check_limits(frame, sender_user, address)
                 parts = self._split(frame, sender_user, sender_device, ts)
-            except RelayError as exc:
-                answers[i] = exc.to_frame(frame.id)
+                if self._policy is not None:
+                    await self._policy.note_sent(sender_user,
+                                                 [r.user_id for r in frame.recipients])
+            except KNOWN_REFUSALS as exc:
+                answers[i] = relay_error_from(exc).to_frame(frame.id)  # type: ignore[union-attr]
                 continue
             for dest, part in parts:
                 plans[i].append(dest)
@@ -163,6 +189,22 @@ class Router:
             if answers[i] is None:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
         return answers  # type: ignore[return-value]
+
+    def _check_limits(self, frame: Send | GroupSend, sender_user: str,
+                      address: str | None) -> None:
+        """Fan-out quota, then the ``send`` and ``send_bytes`` buckets (nothing taken
+        unless both pass)."""
+        if isinstance(frame, GroupSend):
+            copies = sum(len(r.device_ids) for r in frame.recipients)
+            fanout = copies * len(frame.body)
+        else:
+            copies = sum(len(r.copies) for r in frame.recipients)
+            fanout = sum(len(c.body) for r in frame.recipients for c in r.copies)
+        if self._policy is not None:
+            self._policy.check_fanout(fanout)
+        if self._rates is not None:
+            self._rates.take_many([("send", copies), ("send_bytes", fanout)],
+                                   account=sender_user, address=address)
 
     def _split(
         self, frame: Send | GroupSend, sender_user: str, sender_device: int, ts: int
@@ -209,8 +251,13 @@ class Router:
             try:
                 if peer_id is not None:
                     self.check_from_peer(part.sender_user, peer_id)
-                await self.check_local(part.sender_user, part.sender_device, part_members(part))
+                members = part_members(part)
+                await self.check_local(part.sender_user, part.sender_device, members)
                 items = part_items(part)
+                charges, quota = (), None
+                if self._policy is not None:
+                    charges, quota = await self._policy.quota_for(
+                        part.sender_user, [u for u, _ in members], peer_id)
             except KNOWN_REFUSALS as exc:
                 results[i] = relay_error_from(exc)
                 continue
@@ -218,7 +265,8 @@ class Router:
                 continue
             accepted.append((i, items))
             requests.append(EnqueueRequest(items, dedupe=dedupe_id(part.sender_user, part.msg_id),
-                                           max_queue=self._max_queue))
+                                           max_queue=self._max_queue, charges=charges,
+                                           quota=quota))
         if not requests:
             return results
         try:
@@ -230,8 +278,11 @@ class Router:
             return results
         for (i, items), answer in zip(accepted, answers, strict=True):
             if isinstance(answer, Exception):
-                results[i] = relay_error_from(answer) or RelayError(
+                err = relay_error_from(answer) or RelayError(
                     ErrorCode.INTERNAL, "the node could not store the message")
+                if err.code is ErrorCode.QUOTA_EXCEEDED and self._policy is not None:
+                    err.retry_after_ms = self._policy.retry_after_ms
+                results[i] = err
             elif answer is not None:
                 for user_id, device_id, _ in items:
                     self._notify(user_id, device_id)

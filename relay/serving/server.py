@@ -124,7 +124,7 @@ class Connection:
         self._deadline = HandshakeDeadline(node.config.handshake_timeout)
         self._log: logging.Logger = node.log
         self._conn = ServerConnection(node.limits)  # peers: node.limits.for_peers()
-        self._caller = Caller()
+        self._caller = Caller(address=ticket.key)
         self._requests: deque[Frame | _Refusal] = deque()
         self._queued_bytes = 0
         self._more = trio.Event()  # the reader queued something (or ended)
@@ -391,7 +391,8 @@ class Connection:
                 while j < len(batch) and isinstance(batch[j], _SENDS):
                     j += 1
                 user_id, device_id = self._caller.device()
-                answers = await self._node.router.send_batch(user_id, device_id, batch[i:j])  # type: ignore[arg-type]
+                answers = await self._node.router.send_batch(
+                    user_id, device_id, batch[i:j], address=self._ticket.key)  # type: ignore[arg-type]
                 for answer in answers:
                     self._note_refusal(answer)
                 await self._out.send_many([write_frame(a) for a in answers])
@@ -470,7 +471,8 @@ class Connection:
         node = self._node
         await check_device_auth(node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_client(frame.user_id, frame.device_id)
-        self._caller = Caller(user_id=frame.user_id, device_id=frame.device_id)
+        self._caller = Caller(user_id=frame.user_id, device_id=frame.device_id,
+                              address=self._ticket.key)
         self._authenticated()
         self._exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
         self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
@@ -481,7 +483,7 @@ class Connection:
         assert isinstance(frame, PeerAuth)
         answer = check_peer_auth(self._node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_peer(frame.node_id)
-        self._caller = Caller(peer_id=frame.node_id)
+        self._caller = Caller(peer_id=frame.node_id, address=self._ticket.key)
         self._authenticated()
         self._node.federation.kick(frame.node_id)  # it is up: our link to it may reconnect now
         self._log.debug("peer %s authenticated", frame.node_id)

@@ -94,6 +94,23 @@ class QuotaConformance(ConformanceBase):
             assert a == [3] and b == [4]
             assert await st.queue_bytes(ALICE, 0) == 60
 
+    async def test_per_tag_bounds_and_share_exemptions(self) -> None:
+        async with self.opened() as st:
+            quota = QueueQuota(charge_bytes=(100, 20), share_bytes=(10, None),
+                               share_exempt=frozenset({BOB}))
+            answers = await st.enqueue_many([
+                EnqueueRequest([(BOB, 0, b"x" * 15)], now=T0, charges=("a", "b"), quota=quota),
+                EnqueueRequest([(ALICE, 0, b"x" * 11)], now=T0, charges=("a", "c"), quota=quota),
+                EnqueueRequest([(ALICE, 0, b"x" * 10)], now=T0, charges=("a", "c"), quota=quota),
+                EnqueueRequest([(CAROL, 0, b"x" * 6)], now=T0, charges=("a", "b"), quota=quota),
+            ])
+            assert answers[0] == [1]  # bob is exempt from the share bound of "a"
+            assert isinstance(answers[1], QueueFull) and answers[1].quota == "share_bytes"
+            assert answers[2] == [1]
+            assert isinstance(answers[3], QueueFull) and answers[3].tag == "b"
+            assert answers[3].quota == "charge_bytes"
+            assert await st.charged_bytes("a") == 25
+
     @needs("reopen")
     async def test_counts_survive_reopen(self) -> None:
         async with self.opened() as st:
