@@ -46,6 +46,7 @@ from relay.services.linking import Linking
 from relay.services.media import MediaService
 from relay.services.notices import DeviceListChanges
 from relay.services.outbox import Outbox
+from relay.services.registration import Registration
 from relay.services.router import Router
 from relay.services.table import node_table
 from relay.serving.listener import SocketSet, handle_websocket
@@ -72,7 +73,7 @@ class Node:
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
         media: media uploads and downloads. admission: connection counts and caps.
         rates: the token buckets; queue_policy: byte quotas and correspondents
-            (:mod:`relay.services.limits`).
+            (:mod:`relay.services.limits`); registration: the registration policy.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
         metrics: the node's :class:`~relay.admin.metrics.NodeMetrics` (its own registry).
@@ -95,7 +96,8 @@ class Node:
         self.full_log = StorageFullLog(log)
         self.ring = Ring(config.cluster)
         self.limits = Limits.for_node(config.max_frame, config.max_envelope)
-        self.admission = Admission(config.max_connections, config.max_pending_per_ip)
+        self.admission = Admission(config.max_connections, config.max_pending_per_ip,
+                                   min(config.max_pending, config.max_connections))
         self.metrics = NodeMetrics(config.id, self.ring.version)
         observe = getattr(storage, "observe_batches", None)
         if observe is not None:
@@ -106,7 +108,8 @@ class Node:
         self.ready = trio.Event()
         self.stopping = trio.Event()
         self.started_at = trio.current_time()
-        self.directory = Directory(storage, self.ring, config.id)
+        self.directory = Directory(storage, self.ring, config.id,
+                                   max_devices=config.abuse.max_devices)
         self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.ring, self.limits, log)
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
@@ -118,6 +121,7 @@ class Node:
         )
         self.rates = RateLimits(config.abuse)
         self.queue_policy = QueuePolicy(config.abuse, storage)
+        self.registration = Registration(config.abuse.registration, storage, self.rates)
         self.router = Router(config.id, self.ring, storage, self.directory, self.registry.notify,
                              max_queue=config.max_queue, on_stale=self.changes.watch,
                              policy=self.queue_policy, rates=self.rates)

@@ -274,5 +274,6 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
+        max_pending=f.max_pending,
         key_file=key_path, abuse=AbuseLimits.from_settings(f),
     )

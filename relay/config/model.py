@@ -20,6 +20,7 @@ from .schema import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_MAILBOXES_PER_IP,
     DEFAULT_MAX_MEDIA_SIZE,
+    DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_PER_IP,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MEDIA_QUOTA,
@@ -72,6 +73,9 @@ class NodeConfig:
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
+        max_pending: most unauthenticated connections in all; the rest of
+            ``max_connections`` is reserved for authenticated devices, peers and
+            linking devices (the oldest pending connection is evicted for a new one).
         key_file: where the signing key was read from (``None`` if not from a file).
         abuse: quotas, rate limits, device count, registration policy
             (:class:`~relay.config.abuse.AbuseLimits`).
@@ -104,6 +108,7 @@ class NodeConfig:
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
+    max_pending: int = DEFAULT_MAX_PENDING
     key_file: Path | None = None
     abuse: AbuseLimits = AbuseLimits()
 

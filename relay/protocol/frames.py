@@ -135,10 +135,15 @@ class PeerAuthOk(Frame):
 
 @dataclass(frozen=True, slots=True)
 class PutDevices(Frame):
-    """Publish a signed device list. Needs no session: the account signature is the authority."""
+    """Publish a signed device list. Needs no session: the account signature is the authority.
+
+    ``invite``: a registration token of the home node (``wa-relay admin invite``), needed
+    for a user's first list on a node whose registration policy is ``invite``.
+    """
 
     TYPE: ClassVar[str] = "put_devices"
     device_list: SignedDeviceList
+    invite: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

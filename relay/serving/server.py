@@ -34,8 +34,11 @@ A device removed from its list is *revoked*: it gets ``error unknown_device``
 (id 0), nothing more is served, and the connection closes with 1008.
 
 A connection that has not authenticated (or opened a linking mailbox) within
-``handshake_timeout`` seconds gets ``error unauthorized`` (id 0) and close 1008;
-a mailbox extends that by its lifetime. Connections are admitted (or refused)
+``handshake_timeout`` seconds gets ``error unauthorized`` (id 0) and close 1008.
+The first ``link_open`` gives the connection the mailbox's lifetime (``link_ttl``,
+plus ``handshake_timeout`` to hear that it expired) from then, once: later ``link_open`` (rate-limited per address) replace the mailbox
+but never extend the connection's life. An unauthenticated connection may be
+evicted for a newer one (:mod:`relay.net.admission`): it is closed with 1008. Connections are admitted (or refused)
 by :mod:`relay.serving.listener` before they get here.
 
 Error handling: protocol problems answer ``error`` (closing when the error
@@ -125,6 +128,7 @@ class Connection:
         self._log: logging.Logger = node.log
         self._conn = ServerConnection(node.limits)  # peers: node.limits.for_peers()
         self._caller = Caller(address=ticket.key)
+        ticket.on_evict = self._evicted
         self._requests: deque[Frame | _Refusal] = deque()
         self._queued_bytes = 0
         self._more = trio.Event()  # the reader queued something (or ended)
@@ -281,6 +285,12 @@ class Connection:
             self._log.debug("connection %s (%s): keepalive timed out", self._remote, self._who())
             self._cancel.cancel()
             return
+
+    def _evicted(self) -> None:
+        """The admission evicted this unauthenticated connection for a newer one."""
+        self._end(f"closed {CloseCode.POLICY_VIOLATION:d} evicted: not authenticated")
+        if not self._out.close_nowait(CloseCode.POLICY_VIOLATION, "not authenticated"):
+            self._cancel.cancel()
 
     def _authenticated(self) -> None:
         self._deadline.done()
@@ -492,8 +502,11 @@ class Connection:
     async def _link_open(self, caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, LinkOpen) and self._nursery is not None
         node = self._node
+        node.rates.take("link_open", address=self._ticket.key)
         opened = self._link.open(frame.device_info, self._nursery)
-        self._deadline.extend(node.linking.ttl + node.config.handshake_timeout)
+        # once: a fixed life (the mailbox's, plus time to be told it expired), not renewed
+        self._deadline.linking(node.linking.ttl + node.config.handshake_timeout)
+        self._ticket.authenticated()  # a linking device: bounded per address by its mailboxes
         return dataclasses.replace(opened, id=frame.id)
 
     async def _bounce_remote(self, envelope: Envelope) -> None:
