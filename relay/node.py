@@ -114,7 +114,10 @@ class Node:
         self.federation = Federation(config.id, config.signing_key, self.ring, self.limits, log)
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
                              queue_ttl=config.queue_ttl, timeout=forward_timeout,
-                             limits=self.limits, log=log)
+                             limits=self.limits, log=log,
+                             sender_cap=config.abuse.outbox_sender_bytes,
+                             total_cap=config.abuse.outbox_total_bytes,
+                             retry_after_ms=int(config.abuse.quota_retry_after * 1000))
         self.changes = DeviceListChanges(
             config.id, self.ring, storage, self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
@@ -133,7 +136,8 @@ class Node:
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,
-                                  max_size=config.max_media_size)
+                                  max_size=config.max_media_size,
+                                  account_quota=config.abuse.media_account_quota)
         self.handlers = node_table(self)
 
     async def shut_down(self, grace: float) -> None:

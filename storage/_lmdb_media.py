@@ -273,6 +273,21 @@ class LmdbMediaMixin:
         await self._media_files()
         return await self._reading(lambda txn: _used(txn, self._dbs))  # type: ignore[attr-defined]
 
+    async def media_owner_usage(self, owner: str) -> int:
+        """See :meth:`storage.base.Storage.media_owner_usage` (a scan of the blob
+        records, not of their files)."""
+        await self._media_files()
+        raw_owner = owner.encode()
+
+        def scan(txn: lmdb.Transaction) -> int:
+            total = 0
+            with txn.cursor(db=self._dbs.media) as cur:  # type: ignore[attr-defined]
+                for _key, value in cur:
+                    if value[_REC.size:] == raw_owner:
+                        total += _REC.unpack(value[:_REC.size])[1]
+            return total
+        return await self._reading(scan)  # type: ignore[attr-defined]
+
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None
     ) -> int:

@@ -411,6 +411,10 @@ class Storage(Protocol):
     async def media_usage(self) -> int:
         """Bytes all stored blobs hold together (each at its bytes ``received``)."""
 
+    async def media_owner_usage(self, owner: str) -> int:
+        """Bytes the blobs created by ``owner`` hold together (each at its bytes
+        ``received``). May cost a scan of the blob records: callers cache it."""
+
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None
     ) -> int:

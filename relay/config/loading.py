@@ -39,8 +39,8 @@ from relay.protocol import Limits
 from storage import UnknownBackend
 from storage.registry import default_registry
 
-from .model import ConfigError, NodeConfig
 from .abuse import AbuseLimits
+from .model import ConfigError, NodeConfig
 from .schema import NODE_SETTINGS, ClusterFile, ClusterNode, NodeFile
 
 ENV_PREFIX = "WA_RELAY_"

@@ -6,7 +6,9 @@ A peer hands this node the parts of its users' sends for users homed here. A
 recipients homed here, device lists current) and all accepted items are
 written with one ``enqueue_many`` (:meth:`relay.services.router.Router.store_parts`);
 ``notify`` and ``bounce`` items are served like those requests. The answer,
-``results {items}``, holds one ``ok`` or ``error`` per item.
+``results {items}``, holds one ``ok`` or ``error`` per item. Forwards are counted
+against the peer's ``peer_forward`` token bucket (one token per copy); over it,
+every item is answered ``rate_limited`` (retryable: the peer's outbox keeps them).
 
 A ``bounce`` hands this node a ``bounce`` envelope for one of its own users'
 devices: a message the sending node (the recipient's home) can never deliver.
@@ -49,6 +51,7 @@ def messaging_table(node: Node) -> Table:
 
     async def forward(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, Forward | GroupForward) and caller.peer_id is not None
+        node.rates.take("peer_forward", copies([frame]), account=caller.peer_id)
         (refusal,) = await node.router.store_parts([frame], peer_id=caller.peer_id)
         if refusal is not None:
             raise refusal
@@ -58,6 +61,10 @@ def messaging_table(node: Node) -> Table:
         assert isinstance(frame, ForwardBatch) and caller.peer_id is not None
         answers: list[Frame | None] = [None] * len(frame.items)
         parts = [(i, f) for i, f in enumerate(frame.items) if isinstance(f, Forward | GroupForward)]
+        try:
+            node.rates.take("peer_forward", copies([f for _, f in parts]), account=caller.peer_id)
+        except RelayError as exc:  # the peer's outbox keeps them and retries later
+            return Results(id=frame.id, items=[exc.to_frame(0)] * len(frame.items))
         results = await node.router.store_parts([f for _, f in parts], peer_id=caller.peer_id)
         for (i, _), refusal in zip(parts, results, strict=True):
             answers[i] = Ok(id=0) if refusal is None else refusal.to_frame(0)
@@ -73,6 +80,17 @@ def messaging_table(node: Node) -> Table:
 
     return {Forward: forward, GroupForward: forward, ForwardBatch: forward_batch,
             BounceBack: bounce_back}
+
+
+def copies(parts: list[Forward | GroupForward]) -> int:
+    """How many envelopes ``parts`` would queue (the ``peer_forward`` token cost)."""
+    n = 0
+    for part in parts:
+        if isinstance(part, GroupForward):
+            n += sum(len(r.device_ids) for r in part.recipients)
+        else:
+            n += sum(len(r.copies) for r in part.recipients)
+    return max(1, n)
 
 
 RESULTS_HEADER = 64
