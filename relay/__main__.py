@@ -13,6 +13,8 @@ Commands (docs/operations.md)::
     wa-relay backup --config node.toml --out DIR
     wa-relay restore --config node.toml --from DIR
     wa-relay storage migrate --config node.toml      (see relay.admin.storage_command)
+    wa-relay admin invite --config node.toml [--count N] [--ttl S] [--json]
+                                                     (see relay.admin.admin_command)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
 node to stdout (flushed) once it listens, log as :mod:`relay.admin.logs` sets up
@@ -40,6 +42,7 @@ import msgspec
 import nacl.signing
 import trio
 
+from relay.admin.admin_command import admin as admin_group
 from relay.admin.backup import BackupError, backup, restore
 from relay.admin.logs import LogFiles, configure_logging
 from relay.admin.status import cluster_status, format_status
@@ -304,6 +307,7 @@ def restore_cmd(config_path: Path, source: Path) -> None:
 
 
 main.add_command(storage_group)
+main.add_command(admin_group)
 
 
 if __name__ == "__main__":  # pragma: no cover
