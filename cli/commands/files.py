@@ -39,10 +39,6 @@ from ..group_messaging import send_group
 from ..output import escape, file_human, progress_bar
 from ..payload import MAX_TEXT, FilePayload
 from ..state import State
-
-AUTO_DOWNLOAD_MAX = 25 * 1024 * 1024
-"""Largest file ``recv`` downloads by itself (from a contact), bytes."""
-
 from ._common import (
     AppContext,
     CliError,
@@ -53,6 +49,9 @@ from ._common import (
     user_label,
 )
 from ._events import lists_shown
+
+AUTO_DOWNLOAD_MAX = 25 * 1024 * 1024
+"""Largest file ``recv`` downloads by itself (from a contact), bytes."""
 
 
 def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: str | None,
