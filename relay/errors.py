@@ -83,6 +83,8 @@ SENDER_TAG = "u:"
 """Prefix of the storage charge tag of a sending account (``u:<user_id>``)."""
 PEER_TAG = "n:"
 """Prefix of the storage charge tag of a forwarding peer node (``n:<node_id>``)."""
+STRANGERS_TAG = "x:"
+"""Prefix of the storage charge tag of all senders a recipient never wrote to."""
 _QUOTA_NAMES = {"device_bytes": "device_queue_bytes", "account_bytes": "account_queue_bytes"}
 
 
@@ -90,10 +92,14 @@ def quota_name(quota: str, tag: str | None) -> str:
     """The ``quota`` field of a ``quota_exceeded`` refusal for a storage
     :class:`~storage.QueueFull` (``quota``, ``tag``): ``device_queue_bytes``,
     ``account_queue_bytes``, ``sender_bytes``, ``sender_share``, ``peer_bytes``,
-    ``peer_share``."""
+    ``peer_share``, ``strangers_share``."""
     if quota in _QUOTA_NAMES:
         return _QUOTA_NAMES[quota]
-    who = "peer" if tag is not None and tag.startswith(PEER_TAG) else "sender"
+    who = "sender"
+    if tag is not None and tag.startswith(PEER_TAG):
+        who = "peer"
+    elif tag is not None and tag.startswith(STRANGERS_TAG):
+        who = "strangers"
     return f"{who}_share" if quota == "share_bytes" else f"{who}_bytes"
 
 

@@ -58,6 +58,9 @@ DEFAULT_ABUSE: dict[str, Any] = {
 RATE_ACTIONS = ("send", "send_bytes", "claim_keys", "upload_keys", "put_devices", "link_open",
                 "media_upload", "account_create", "peer_forward")
 """The token-bucket actions, each with a ``<action>_rate`` and ``<action>_burst`` setting."""
+ADDRESS_ACTIONS = ("link_open", "account_create")
+"""Actions counted per source address only: their settings are the address's buckets
+(``address_rate_factor`` does not apply)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,13 @@ from collections.abc import Callable
 
 import trio
 
-from relay.config.abuse import RATE_ACTIONS, AbuseLimits
-from relay.errors import PEER_TAG, SENDER_TAG, RelayError
+from relay.config.abuse import ADDRESS_ACTIONS, RATE_ACTIONS, AbuseLimits
+from relay.errors import PEER_TAG, SENDER_TAG, STRANGERS_TAG, RelayError
 from relay.protocol import ErrorCode
 from relay.services.ratelimit import TokenBuckets
 from storage import QueueQuota, Storage
 
-STRANGERS_TAG = "x:strangers"
+STRANGERS = STRANGERS_TAG + "strangers"
 """The charge tag of copies from senders none of the part's recipients wrote to: all
 strangers together may hold at most ``queue_strangers_share`` of one device queue."""
 MAX_KNOWN_PAIRS = 200_000
@@ -51,7 +51,7 @@ class RateLimits:
         for action in RATE_ACTIONS:
             rate, burst = abuse.bucket(action)
             self._accounts[action] = TokenBuckets(rate, burst)
-            factor = abuse.address_rate_factor
+            factor = 1.0 if action in ADDRESS_ACTIONS else abuse.address_rate_factor
             self._addresses[action] = TokenBuckets(rate * factor, burst * factor)
 
     def take(self, action: str, cost: float = 1, *, account: str | None = None,
@@ -156,7 +156,7 @@ class QueuePolicy:
             totals.append(a.queue_peer_bytes)
             shares.append(self._peer_share)
         if not exempt:  # from a stranger to everyone in the part: the strangers' pool
-            charges.append(STRANGERS_TAG)
+            charges.append(STRANGERS)
             totals.append(None)
             shares.append(self._strangers_share)
         return tuple(charges), QueueQuota(
