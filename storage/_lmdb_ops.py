@@ -121,15 +121,18 @@ def claim_key(devk: bytes) -> Op:
 
 class _TxnUsage:
     """The byte counts of :mod:`storage._quota`, read in the writer's transaction
-    (so they include the earlier ops of the same batch)."""
+    (so they include the earlier ops of the same batch); device records already
+    loaded by the op are reused."""
 
-    __slots__ = ("txn", "dbs")
+    __slots__ = ("txn", "dbs", "recs")
 
-    def __init__(self, txn: lmdb.Transaction, dbs: L.Dbs) -> None:
-        self.txn, self.dbs = txn, dbs
+    def __init__(self, txn: lmdb.Transaction, dbs: L.Dbs, recs: dict[bytes, L.DevRec]) -> None:
+        self.txn, self.dbs, self.recs = txn, dbs, recs
 
     def device(self, user_id: str, device_id: int) -> int:
-        return L.DevRec.load(self.txn, self.dbs, L.dev_key(user_id.encode(), device_id)).queue_bytes
+        devk = L.dev_key(user_id.encode(), device_id)
+        rec = self.recs.get(devk)
+        return (rec or L.DevRec.load(self.txn, self.dbs, devk)).queue_bytes
 
     def account(self, user_id: str) -> int:
         return L.get_u64(self.txn, self.dbs.accounts, user_id.encode())
@@ -145,9 +148,11 @@ class _TxnUsage:
 def enqueue(
     items: list[tuple[bytes, bytes]], dedupe: bytes | None, max_queue: int | None, ts: float,
     charges: tuple[str, ...] = (), quota: QueueQuota | None = None,
+    sizes: list[tuple[str, int, int]] | None = None,
 ) -> Op:
     """Append every ``(devk, envelope)`` atomically; ``None`` if ``dedupe`` is stored.
-    Raises QueueFull (``max_queue`` or a byte bound of ``quota``)."""
+    Raises QueueFull (``max_queue`` or a byte bound of ``quota``; ``sizes`` are the
+    items as ``(user_id, device_id, len(envelope))``, needed with a quota)."""
     tags = [t.encode() for t in charges]
     packed_tags = b"\0".join(tags)
 
@@ -165,24 +170,25 @@ def enqueue(
                 if recs[devk].queue_len + n > max_queue:
                     raise QueueFull(f"a device queue would exceed {max_queue} envelopes")
         if quota is not None:
-            check_quota([(L.user_of(devk).decode(), int.from_bytes(devk[-4:], "big"), len(env))
-                         for devk, env in items], charges, quota, _TxnUsage(txn, dbs))
+            assert sizes is not None, "a quota needs the sizes"
+            check_quota(sizes, charges, quota, _TxnUsage(txn, dbs, recs))
         tsk, tsv = L.ts_key(ts), L.pack_f64(ts)
         seqs: list[int] = []
-        per_user: dict[bytes, int] = {}
         per_dev: dict[bytes, int] = {}
+        queue, expiry, qcharge = dbs.queue, dbs.expiry, dbs.qcharge
         for devk, envelope in items:
             rec = recs[devk]
             rec.last_seq += 1
             rec.queue_len += 1
             rec.queue_bytes += len(envelope)
             qk = L.queue_key(devk, rec.last_seq)
-            txn.put(qk, tsv + envelope, db=dbs.queue)
-            txn.put(tsk + b"q" + qk, b"", db=dbs.expiry)
+            txn.put(qk, tsv + envelope, db=queue)
+            txn.put(tsk + b"q" + qk, b"", db=expiry)
             if tags:
-                txn.put(qk, packed_tags, db=dbs.qcharge)
+                txn.put(qk, packed_tags, db=qcharge)
             per_dev[devk] = per_dev.get(devk, 0) + len(envelope)
             seqs.append(rec.last_seq)
+        per_user: dict[bytes, int] = {}
         for devk, rec in recs.items():
             rec.store(txn, dbs, devk)
             user = L.user_of(devk)

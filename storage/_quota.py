@@ -8,6 +8,7 @@ a request would cross. Pure Python, no I/O.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from .base import QueueQuota
@@ -31,6 +32,7 @@ class Usage(Protocol):
 
 
 MAX_TAG_BYTES = 255
+_CONTROL = re.compile("[\x00-\x1f]")
 
 
 def check_charges(charges: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,8 +46,7 @@ def check_charges(charges: tuple[str, ...]) -> tuple[str, ...]:
     for tag in out:
         if not isinstance(tag, str):
             raise TypeError(f"a charge tag must be str, not {type(tag).__name__}")
-        raw = tag.encode("utf-8")
-        if not raw or len(raw) > MAX_TAG_BYTES or any(c < 0x20 for c in raw):
+        if not tag or len(tag.encode("utf-8")) > MAX_TAG_BYTES or _CONTROL.search(tag):
             raise ValueError(f"malformed charge tag {tag!r}")
     if len(set(out)) != len(out):
         raise ValueError("a charge tag is repeated")
@@ -64,11 +65,16 @@ def check_quota(
     """
     if quota is None:
         return
-    per_dev: dict[tuple[str, int], int] = {}
-    per_user: dict[str, int] = {}
-    for user_id, device_id, n in items:
-        per_dev[(user_id, device_id)] = per_dev.get((user_id, device_id), 0) + n
-        per_user[user_id] = per_user.get(user_id, 0) + n
+    if len(items) == 1:  # one copy (a 1:1 message to one device): no grouping needed
+        user_id, device_id, n = items[0]
+        per_dev = {(user_id, device_id): n}
+        per_user = {user_id: n}
+    else:
+        per_dev = {}
+        per_user = {}
+        for user_id, device_id, n in items:
+            per_dev[(user_id, device_id)] = per_dev.get((user_id, device_id), 0) + n
+            per_user[user_id] = per_user.get(user_id, 0) + n
     if quota.device_bytes is not None:
         for (user_id, device_id), n in per_dev.items():
             if usage.device(user_id, device_id) + n > quota.device_bytes:
@@ -79,28 +85,25 @@ def check_quota(
             if usage.account(user_id) + n > quota.account_bytes:
                 raise QueueFull(f"the queues of a recipient would exceed {quota.account_bytes} "
                                 "bytes", quota="account_bytes")
-    if quota.charge_bytes is not None:
-        total = sum(per_user.values())
-        for i, tag in enumerate(charges):
-            bound = _bound(quota.charge_bytes, i)
-            if bound is not None and usage.charge(tag) + total > bound:
-                raise QueueFull(f"{tag} would hold more than {bound} bytes "
-                                "in this node's queues", quota="charge_bytes", tag=tag)
-    if quota.share_bytes is not None:
-        for i, tag in enumerate(charges):
-            bound = _bound(quota.share_bytes, i)
-            if bound is None:
-                continue
-            for (user_id, device_id), n in per_dev.items():
-                if user_id in quota.share_exempt:
-                    continue
-                if usage.share(user_id, device_id, tag) + n > bound:
-                    raise QueueFull(f"{tag} would hold more than {bound} bytes of "
-                                    f"the queue of device {device_id}", quota="share_bytes",
-                                    tag=tag)
+    totals, shares = quota.charge_bytes, quota.share_bytes
+    if totals is None and shares is None:
+        return
+    total = sum(per_user.values())
+    exempt = quota.share_exempt
+    for i, tag in enumerate(charges):
+        bound = totals if totals is None or isinstance(totals, int) else _bound(totals, i)
+        if bound is not None and usage.charge(tag) + total > bound:
+            raise QueueFull(f"{tag} would hold more than {bound} bytes "
+                            "in this node's queues", quota="charge_bytes", tag=tag)
+        bound = shares if shares is None or isinstance(shares, int) else _bound(shares, i)
+        if bound is None:
+            continue
+        for (user_id, device_id), n in per_dev.items():
+            if user_id not in exempt and usage.share(user_id, device_id, tag) + n > bound:
+                raise QueueFull(f"{tag} would hold more than {bound} bytes of "
+                                f"the queue of device {device_id}", quota="share_bytes",
+                                tag=tag)
 
 
-def _bound(bounds: int | tuple[int | None, ...], i: int) -> int | None:
-    if isinstance(bounds, int):
-        return bounds
+def _bound(bounds: tuple[int | None, ...], i: int) -> int | None:
     return bounds[i] if i < len(bounds) else None

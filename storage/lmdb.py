@@ -279,10 +279,12 @@ class LmdbStorage(LmdbExtrasMixin, LmdbMediaMixin, LmdbStatsMixin):
         specs = []
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
+            sizes = (None if req.quota is None
+                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw)])
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
             charges = check_charges(req.charges)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota),
+            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes),
                           sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(
                               raw, dd, psize, len("\0".join(charges).encode())),
                           False))

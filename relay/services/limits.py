@@ -31,6 +31,9 @@ from storage import QueueQuota, Storage
 STRANGERS = STRANGERS_TAG + "strangers"
 """The charge tag of copies from senders none of the part's recipients wrote to: all
 strangers together may hold at most ``queue_strangers_share`` of one device queue."""
+NEGATIVE_TTL = 30.0
+"""Seconds a "did not write to" answer of storage is trusted (another process of the
+same home may record the pair meanwhile; this process's own records win at once)."""
 MAX_KNOWN_PAIRS = 200_000
 """Correspondent pairs kept in memory (a cache of the durable record) before it is cleared."""
 
@@ -102,10 +105,14 @@ class QueuePolicy:
         storage: where correspondents are recorded.
     """
 
-    def __init__(self, abuse: AbuseLimits, storage: Storage) -> None:
+    def __init__(self, abuse: AbuseLimits, storage: Storage,
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self._abuse = abuse
         self._storage = storage
+        self._clock = clock
         self._known: set[tuple[str, str]] = set()  # (user, other): user wrote to other
+        self._unknown: dict[tuple[str, str], float] = {}  # pair -> when storage said no
+        self._quotas: dict[str | None, QueueQuota] = {}  # peer -> quota without exemptions
         share = abuse.queue_device_bytes
         self._sender_share = max(1, int(share * abuse.queue_sender_share))
         self._peer_share = max(1, int(share * abuse.queue_peer_share))
@@ -147,6 +154,23 @@ class QueuePolicy:
         """The charges and quota of one part from ``sender`` (forwarded by ``peer_id``,
         ``None``: sent here) to ``recipients`` (all homed here)."""
         exempt = frozenset([r for r in recipients if await self._wrote_to(r, sender)])
+        if not exempt:  # the common case: one quota object per peer, reused
+            quota = self._quotas.get(peer_id)
+            if quota is None:
+                _, quota = self._build(sender, peer_id, exempt)
+                self._quotas[peer_id] = quota
+            return self._charges(sender, peer_id, strangers=True), quota
+        return self._build(sender, peer_id, exempt)
+
+    @staticmethod
+    def _charges(sender: str, peer_id: str | None, *, strangers: bool) -> tuple[str, ...]:
+        charges = (SENDER_TAG + sender,)
+        if peer_id is not None:
+            charges += (PEER_TAG + peer_id,)
+        return charges + (STRANGERS,) if strangers else charges
+
+    def _build(self, sender: str, peer_id: str | None,
+               exempt: frozenset[str]) -> tuple[tuple[str, ...], QueueQuota]:
         a = self._abuse
         charges = [SENDER_TAG + sender]
         totals: list[int | None] = [a.queue_sender_bytes]
@@ -164,11 +188,20 @@ class QueuePolicy:
             charge_bytes=tuple(totals), share_bytes=tuple(shares), share_exempt=exempt)
 
     async def _wrote_to(self, user: str, other: str) -> bool:
-        if user == other or (user, other) in self._known:
+        pair = (user, other)
+        if user == other or pair in self._known:
             return True
+        now = self._clock()
+        said_no = self._unknown.get(pair)
+        if said_no is not None and now - said_no < NEGATIVE_TTL:
+            return False
         if await self._storage.is_correspondent(user, other):
-            self._remember([(user, other)])
+            self._remember([pair])
+            self._unknown.pop(pair, None)
             return True
+        if len(self._unknown) >= MAX_KNOWN_PAIRS:
+            self._unknown.clear()
+        self._unknown[pair] = now
         return False
 
     def _remember(self, pairs: list[tuple[str, str]]) -> None:

@@ -159,9 +159,19 @@ class Router:
         plans: list[list[str]] = [[] for _ in frames]  # per request: its homes, in recipient order
         local: list[tuple[int, Part]] = []
         remote: dict[str, list[tuple[int, Part]]] = {}
+        costs = [_costs(frame) for frame in frames]
+        rated = False  # the whole run's tokens taken at once (the common case)
+        if self._rates is not None and len(frames) > 1:
+            try:
+                self._rates.take_many([("send", sum(c for c, _ in costs)),
+                                       ("send_bytes", sum(b for _, b in costs))],
+                                      account=sender_user, address=address)
+                rated = True
+            except RelayError:
+                pass  # some frames of the run pass: take them one by one below
         for i, frame in enumerate(frames):
             try:
-                self._check_limits(frame, sender_user, address)
+                self._check_limits(costs[i], sender_user, address, rated=rated)
                 parts = self._split(frame, sender_user, sender_device, ts)
                 if self._policy is not None:
                     await self._policy.note_sent(sender_user,
@@ -190,21 +200,16 @@ class Router:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
         return answers  # type: ignore[return-value]
 
-    def _check_limits(self, frame: Send | GroupSend, sender_user: str,
-                      address: str | None) -> None:
-        """Fan-out quota, then the ``send`` and ``send_bytes`` buckets (nothing taken
-        unless both pass)."""
-        if isinstance(frame, GroupSend):
-            copies = sum(len(r.device_ids) for r in frame.recipients)
-            fanout = copies * len(frame.body)
-        else:
-            copies = sum(len(r.copies) for r in frame.recipients)
-            fanout = sum(len(c.body) for r in frame.recipients for c in r.copies)
+    def _check_limits(self, costs: tuple[int, int], sender_user: str, address: str | None,
+                      *, rated: bool) -> None:
+        """Fan-out quota, then (unless the run's tokens were ``rated`` already) the
+        ``send`` and ``send_bytes`` buckets (nothing taken unless both pass)."""
+        copies, fanout = costs
         if self._policy is not None:
             self._policy.check_fanout(fanout)
-        if self._rates is not None:
+        if self._rates is not None and not rated:
             self._rates.take_many([("send", copies), ("send_bytes", fanout)],
-                                   account=sender_user, address=address)
+                                  account=sender_user, address=address)
 
     def _split(
         self, frame: Send | GroupSend, sender_user: str, sender_device: int, ts: int
@@ -323,6 +328,15 @@ class Router:
         """Raise ``bad_request`` unless ``sender_user`` is well-formed and homed at
         ``peer_id`` (a peer may only forward what its own users sent)."""
         self._directory.check_homed_at(sender_user, peer_id, "sender")
+
+
+def _costs(frame: Send | GroupSend) -> tuple[int, int]:
+    """``(copies, fan-out bytes)`` of one request: its rate-limit tokens."""
+    if isinstance(frame, GroupSend):
+        copies = sum(len(r.device_ids) for r in frame.recipients)
+        return copies, copies * len(frame.body)
+    return (sum(len(r.copies) for r in frame.recipients),
+            sum(len(c.body) for r in frame.recipients for c in r.copies))
 
 
 def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:
