@@ -280,7 +280,7 @@ class LmdbStorage(LmdbExtrasMixin, LmdbMediaMixin, LmdbStatsMixin):
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             sizes = (None if req.quota is None
-                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw)])
+                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw, strict=True)])
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
             charges = check_charges(req.charges)

@@ -24,10 +24,10 @@ from relay.config.abuse import AbuseLimits
 from relay.net import ConnectFailed
 from relay.protocol.frames import (
     Ack,
-    GroupRecipient,
     AuthOk,
     Copy,
     Error,
+    GroupRecipient,
     GroupSend,
     KeyCount,
     LinkOpen,
