@@ -2,8 +2,8 @@
 full map, URLs and crash durability."""
 
 import errno
-import struct
 import os
+import struct
 import sys
 import textwrap
 import time
