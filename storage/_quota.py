@@ -75,9 +75,10 @@ def check_quota(
         for user_id, device_id, n in items:
             per_dev[(user_id, device_id)] = per_dev.get((user_id, device_id), 0) + n
             per_user[user_id] = per_user.get(user_id, 0) + n
+    held = {dev: usage.device(*dev) for dev in per_dev}
     if quota.device_bytes is not None:
         for (user_id, device_id), n in per_dev.items():
-            if usage.device(user_id, device_id) + n > quota.device_bytes:
+            if held[(user_id, device_id)] + n > quota.device_bytes:
                 raise QueueFull(f"the queue of device {device_id} would exceed "
                                 f"{quota.device_bytes} bytes", quota="device_bytes")
     if quota.account_bytes is not None:
@@ -99,7 +100,9 @@ def check_quota(
         if bound is None:
             continue
         for (user_id, device_id), n in per_dev.items():
-            if user_id not in exempt and usage.share(user_id, device_id, tag) + n > bound:
+            if user_id in exempt or held[(user_id, device_id)] + n <= bound:
+                continue  # a tag's share of a queue is at most all the queue holds
+            if usage.share(user_id, device_id, tag) + n > bound:
                 raise QueueFull(f"{tag} would hold more than {bound} bytes of "
                                 f"the queue of device {device_id}", quota="share_bytes",
                                 tag=tag)
