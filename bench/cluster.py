@@ -2,7 +2,9 @@
 (:func:`relay.testing.open_local_cluster`), each with durable LMDB storage
 (``lmdb:///<dir>/nK``), plus helpers that create accounts homed on a chosen node.
 
-LMDB, not memory, because durability is what we measure.
+LMDB, not memory, because durability is what we measure. Every client of a
+benchmark connects from 127.0.0.1 and sends as fast as it can, so the nodes' rate
+limits are raised (:data:`BENCH_ABUSE`); the checks still run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from pathlib import Path
 
 from cli.client import init_account, open_client
 from cli.session.state import State, create_state
+from relay.config.abuse import AbuseLimits
 from relay.testing import LocalCluster, open_local_cluster
+
+BENCH_ABUSE = AbuseLimits(
+    send_rate=1e9, send_burst=1e9, send_bytes_rate=1e12, send_bytes_burst=1e12,
+    claim_keys_rate=1e9, claim_keys_burst=1e9, upload_keys_rate=1e9, upload_keys_burst=1e9,
+    put_devices_rate=1e9, put_devices_burst=1e9, account_create_rate=1e9,
+    account_create_burst=1e9, peer_forward_rate=1e9, peer_forward_burst=1e9,
+    media_upload_rate=1e12, media_upload_burst=1e12)
+"""The abuse limits of benchmark nodes: quotas as by default, rates out of the way."""
 
 BenchCluster = LocalCluster
 """Running nodes: ``urls[node_id]``, ``ring``; ``home_of(user_id)`` is a node id."""
@@ -25,7 +36,7 @@ def open_bench_cluster(n: int, data_dir: Path):
     Raises:
         OSError: a port could not be bound; StorageError: LMDB could not open.
     """
-    return open_local_cluster(n, storage="lmdb", data_dir=data_dir)
+    return open_local_cluster(n, storage="lmdb", data_dir=data_dir, abuse=BENCH_ABUSE)
 
 
 def new_account(home: Path, name: str, relay_url: str, stack: ExitStack) -> State:

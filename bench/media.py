@@ -194,11 +194,13 @@ def _transfer(root: Path, size: int) -> dict[str, float]:
     nodes = _Nodes(root / "cluster")
     nodes.start()
     try:
-        alice, _ = _account(root / "devices", "alice", nodes, "n1")
+        alice, alice_id = _account(root / "devices", "alice", nodes, "n1")
         bob, bob_id = _account(root / "devices", "bob", nodes, "n2")
         logs = root / "logs"
         logs.mkdir()
         _run(_cli(alice, "contacts", "add", "bob", bob_id), logs / "contact.out")
+        # recv fetches by itself only a contact's file, up to --auto-download bytes
+        _run(_cli(bob, "contacts", "add", "alice", alice_id), logs / "contact-bob.out")
         _, text_send_kib, _ = _run(_cli(alice, "send", "bob", "hello"), logs / "text.out")
         _, text_recv_kib, _ = _run(_cli(bob, "recv", "--timeout", "0.5"), logs / "text-recv.out")
         src = root / "big.bin"
@@ -208,7 +210,8 @@ def _transfer(root: Path, size: int) -> dict[str, float]:
         up_s, send_kib, _ = _run(_cli(alice, "send", "bob", "--file", str(src)), logs / "send.out")
         downloads = root / "downloads"
         down_s, recv_kib, out = _run(
-            _cli(bob, "recv", "--timeout", "0.5", "--downloads", str(downloads)),
+            _cli(bob, "recv", "--timeout", "0.5", "--downloads", str(downloads),
+                 "--auto-download", str(size)),
             logs / "recv.out")
         hwm1 = {nid: _hwm_kib(pid) for nid, pid in pids.items()}
         row = json.loads(out.splitlines()[0])

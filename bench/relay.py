@@ -15,6 +15,13 @@ the figures are the relay's own.
 Server CPU is ``utime + stime`` of the node processes from ``/proc``, over the
 phase.
 
+The nodes run every abuse check of issue 11 on every message; the load generator
+speaks for 32 accounts from one address, so the rate limits are raised in their
+``node.toml`` (:data:`BENCH_SETTINGS`) to stay out of the way, while the checks
+still run. ``relay.limits.*`` (:mod:`bench.limits_cost`) says what the checks and
+the byte accounting cost per message, and their share of
+``relay.online.server_us_per_msg``.
+
 With ``--storage postgresql`` (``python -m bench --only relay --storage postgresql``)
 the nodes store in PostgreSQL instead (figure keys ``relay_pg.*``): a throwaway
 server started the way the tests start theirs
@@ -43,6 +50,7 @@ import trio
 
 from relay.testing import LoggedProcess, ProcessCluster, ProcessFailed, child_env
 
+from . import limits_cost
 from .scenario import BenchContext
 
 SCALE_ENV = "WA_BENCH_RELAY_SCALE"
@@ -55,6 +63,12 @@ READY_TIMEOUT = 30.0  # seconds for a node to print its ready line
 STOP_TIMEOUT = 10.0
 STORAGES = ("lmdb", "postgresql")
 PG_POOL = 8  # connections per node, all opened at start (their backends' CPU is counted)
+BENCH_SETTINGS = {"send_rate": 1e9, "send_burst": 1e9, "send_bytes_rate": 1e12,
+                  "send_bytes_burst": 1e12, "peer_forward_rate": 1e9, "peer_forward_burst": 1e9,
+                  "account_create_burst": 1e6, "put_devices_burst": 1e6,
+                  "upload_keys_burst": 1e6, "claim_keys_burst": 1e9}
+"""``node.toml`` settings of the benchmark's nodes: one load generator, one address,
+32 accounts sending as fast as they can; every check still runs."""
 
 
 def load_timeout(count: int) -> float:
@@ -109,8 +123,9 @@ class NodeProcesses:
         Raises:
             BenchError: a process exited or printed no ready line in time.
         """
+        settings = {k: repr(float(v)) for k, v in BENCH_SETTINGS.items()}
         self.cluster = ProcessCluster(self.root, self.n, processes=self.processes,
-                                      storage_url=self.storage_url)
+                                      storage_url=self.storage_url, settings=settings)
         try:
             for node_id, urls in self.cluster.urls.items():
                 for k in range(len(urls)):
@@ -243,6 +258,7 @@ async def run(ctx: BenchContext) -> None:
            f"{WINDOW} sends in flight per sender; wa-relay serve processes, {medium}; "
            f"load average {load:.2f} before (other processes compete for the CPUs)")
     _record(ctx, "online", "online, one node", single["online"], latency=True)
+    online_us = single["online"]["server_cpu_s"] / single["online"]["messages"] * 1e6
     _record(ctx, "store", "store (receivers offline), durable", single["store"], latency=False)
     _record(ctx, "drain", "drain (receivers sync and ack)", single["drain"], latency=False)
     _record(ctx, "federated", "federated 1:1 (two nodes, CPU of both)", double["online"],
@@ -253,6 +269,17 @@ async def run(ctx: BenchContext) -> None:
     r.figure("paced.p99_ms", "  send-to-deliver p99", paced["p99_ms"], "ms", ",.2f")
     r.note(f"  {paced['messages']:,} messages in {paced['seconds']:.2f} s "
            f"({paced['messages'] / paced['seconds']:,.0f} msg/s achieved)")
+    if storage == "lmdb":
+        cost = await trio.to_thread.run_sync(limits_cost.run_blocking, ctx.tmp / "limits",
+                                             max(1000, min(8000, 4 * count)))
+        r.figure("limits.checks_us", "abuse checks per message (rate limits, fan-out, quota "
+                 "policy)", cost["checks_us"], "µs", ",.1f")
+        r.figure("limits.accounting_us", "  byte accounting per message in LMDB (charged "
+                 "minus plain enqueue CPU)", cost["accounting_us"], "µs", ",.1f")
+        r.figure("limits.overhead_pct", "  together, share of online server CPU per message",
+                 (cost["checks_us"] + cost["accounting_us"]) / online_us * 100, "%", ",.1f")
+        r.note(f"  plain enqueue CPU {cost['plain_enqueue_us']:.1f} µs per message in the "
+               "same measurement (target: checks under 5% of the online figure)")
     if more:
         r.section("relay_pg2", "One home served by two relay processes over one PostgreSQL "
                                "database")

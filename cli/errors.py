@@ -47,16 +47,37 @@ class SendUnknown(NoAnswer):
 class RelayError(ClientError):
     """The relay answered a request with an ``error`` frame.
 
+    The message names the limit (``quota``) and when to retry (``retry_after_ms``)
+    where the relay sent them (``rate_limited``, ``quota_exceeded``).
+
     Attributes:
         code: the wire error code (``relay.protocol.ErrorCode`` value, unknown codes kept as is).
         frame: the whole ``Error`` frame (``url``, ``user_id``, ``device_list`` where sent).
+        quota: the limit that refused, or ``None``.
+        retry_after_ms: milliseconds after which a retry may succeed, or ``None``.
     """
 
     def __init__(self, frame: Error) -> None:
         detail = f": {frame.message}" if frame.message else ""
-        super().__init__(f"relay refused the request ({frame.code}{detail})")
+        extra = ""
+        if frame.quota:
+            extra += f"; limit {frame.quota}"
+        if frame.retry_after_ms is not None:
+            extra += f"; retry in {_seconds(frame.retry_after_ms)}"
+        super().__init__(f"relay refused the request ({frame.code}{detail}{extra})")
         self.code = frame.code
         self.frame = frame
+        self.quota = frame.quota
+        self.retry_after_ms = frame.retry_after_ms
+
+
+def _seconds(ms: int) -> str:
+    """``ms`` as a short human duration: ``250 ms``, ``1.5 s``, ``2 min``."""
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.3g} s"
+    return f"{ms / 60_000:.3g} min"
 
 
 class SendFailed(ClientError):

@@ -255,4 +255,7 @@ def file_human(file: dict) -> str:
         return f"{what} saved to {escape(str(file['path']))}"
     if file.get("error"):
         return f"{what} NOT saved: {escape(str(file['error']))}"
+    if file.get("held"):
+        return (f"{what} not downloaded ({escape(str(file['held']))}); to fetch it: "
+                f"{escape(str(file.get('fetch') or 'wa-cli history --download'))}")
     return f"{what} not downloaded yet (will retry on the next recv)"

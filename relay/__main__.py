@@ -17,6 +17,8 @@ Commands (docs/operations.md)::
     wa-relay storage migrate --config node.toml      (see relay.admin.storage_command)
     wa-relay admin user show|purge|block|unblock --config node.toml USER_ID
                                                      (see relay.admin.user_commands)
+    wa-relay admin invite --config node.toml [--count N] [--ttl S] [--json]
+                                                     (see relay.admin.admin_command)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
 node to stdout (flushed) once it listens, log as :mod:`relay.admin.logs` sets up

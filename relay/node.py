@@ -44,10 +44,12 @@ from relay.services.forwarding import Forwarding
 from relay.services.full_log import StorageFullLog
 from relay.services.handoff import Handoff
 from relay.services.homes import Homes
+from relay.services.limits import QueuePolicy, RateLimits
 from relay.services.linking import Linking
 from relay.services.media import MediaService
 from relay.services.notices import DeviceListChanges
 from relay.services.outbox import Outbox
+from relay.services.registration import Registration
 from relay.services.router import Router
 from relay.services.siblings import Siblings, watch_of
 from relay.services.table import node_table
@@ -75,6 +77,8 @@ class Node:
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
         siblings: what the node's other processes commit (a shared storage only).
         media: media uploads and downloads. admission: connection counts and caps.
+        rates: the token buckets; queue_policy: byte quotas and correspondents
+            (:mod:`relay.services.limits`); registration: the registration policy.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
         metrics: the node's :class:`~relay.admin.metrics.NodeMetrics` (its own registry).
@@ -99,7 +103,8 @@ class Node:
         self.homes = Homes(config.id, self.ring,
                            Ring(config.previous_cluster) if config.previous_cluster else None)
         self.limits = Limits.for_node(config.max_frame, config.max_envelope)
-        self.admission = Admission(config.max_connections, config.max_pending_per_ip)
+        self.admission = Admission(config.max_connections, config.max_pending_per_ip,
+                                   min(config.max_pending, config.max_connections))
         self.metrics = NodeMetrics(config.id, self.ring.version)
         observe = getattr(storage, "observe_batches", None)
         if observe is not None:
@@ -110,20 +115,28 @@ class Node:
         self.ready = trio.Event()
         self.stopping = trio.Event()
         self.started_at = trio.current_time()
-        self.directory = Directory(storage, self.homes, config.id)
+        self.directory = Directory(storage, self.homes, config.id,
+                                   max_devices=config.abuse.max_devices)
         self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
                                      self.limits, log)
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
                              queue_ttl=config.queue_ttl, timeout=forward_timeout,
-                             limits=self.limits, log=log)
+                             limits=self.limits, log=log,
+                             sender_cap=config.abuse.outbox_sender_bytes,
+                             total_cap=config.abuse.outbox_total_bytes,
+                             retry_after_ms=int(config.abuse.quota_retry_after * 1000))
         self.changes = DeviceListChanges(
             config.id, self.homes, storage,  # type: ignore[arg-type]
             self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
         )
+        self.rates = RateLimits(config.abuse)
+        self.queue_policy = QueuePolicy(config.abuse, storage)
+        self.registration = Registration(config.abuse.registration, storage, self.rates)
         self.router = Router(config.id, self.homes, storage, self.directory, self.registry.notify,
-                             max_queue=config.max_queue, on_stale=self.changes.watch)
+                             max_queue=config.max_queue, on_stale=self.changes.watch,
+                             policy=self.queue_policy, rates=self.rates)
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
         self.router.attach(self.forwarding)
@@ -134,7 +147,8 @@ class Node:
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,
-                                  max_size=config.max_media_size)
+                                  max_size=config.max_media_size,
+                                  account_quota=config.abuse.media_account_quota)
         self.siblings = Siblings(self.registry, self.directory, self.outbox, log)
         self.handoff = Handoff(self)
         self.media.reshaping = lambda: self.homes.previous is not None

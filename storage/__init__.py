@@ -13,6 +13,7 @@ from .base import (
     MediaInfo,
     OutboxEntry,
     QueueItem,
+    QueueQuota,
     Storage,
     UserRecord,
 )
@@ -32,7 +33,7 @@ from .registry import open_storage, register_backend
 
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
-    "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
-    "StorageError", "StorageFull", "StorageInUse", "StorageUnavailable", "UnknownBackend",
-    "UserRecord", "open_storage", "register_backend",
+    "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem",
+    "QueueQuota", "StaleVersion", "Storage", "StorageError", "StorageFull", "StorageInUse",
+    "StorageUnavailable", "UnknownBackend", "UserRecord", "open_storage", "register_backend",
 ]

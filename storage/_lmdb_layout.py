@@ -12,6 +12,13 @@ claimed      devk | key_id                      empty (a claimed id is never reu
 fallback     devk                               len(key_id) u16 | key_id | key
 queue        devk | seq u64                     ts f64 | envelope
 devices      devk                               last_seq u64 | queue_len u64 | otk_count u64
+                                                | queue_bytes u64
+accounts     user_id                            queue bytes u64 of all the user's devices
+charges      charge tag                         queue bytes u64 charged to the tag
+shares       devk | charge tag                  queue bytes u64 of the tag in one queue
+qcharge      queue key                          the item's charge tags, NUL-separated
+correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
+invites      SHA-256 of an invite token         expires_at f64
 dedupe       dedupe id                          ts f64
 expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`expire`)
              ts_key | b"d" | dedupe id
@@ -23,7 +30,13 @@ media_time   b"c"/b"p" | ts_key | media_id      empty   (time index for media_ex
 meta         b"format" / b"outbox_last"         b"1" / u64
              b"outbox_indexed"                  b"1" once ``outbox_dest`` covers ``outbox``
              b"bump"                            u64 (see storage._group_commit)
+             b"bytes_indexed"                   b"1" once queue bytes are counted
 ===========  =================================  =====================================
+
+Queue bytes are envelope lengths (``accounts``, ``charges``, ``shares`` and
+``devices.queue_bytes``), kept exact by every enqueue and deletion; a store written
+before they existed gets them counted once at open (``bytes_indexed``); zero
+counters are deleted.
 
 ``devices.last_seq`` survives acks and purges, so seqs are never reused;
 ``meta.outbox_last`` does the same for outbox ids. ``ts_key`` encodes a float so
@@ -42,14 +55,17 @@ from .base import OutboxEntry, QueueItem
 FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
-    "meta", "watchers", "media", "media_time", "outbox_dest",
+    "meta", "watchers", "media", "media_time", "outbox_dest", "accounts", "charges", "shares",
+    "qcharge", "correspond", "invites",
 )
 OUTBOX_LAST = b"outbox_last"
+BYTES_INDEXED = b"bytes_indexed"
 OUTBOX_INDEXED = b"outbox_indexed"
 
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
-_DEVREC = struct.Struct(">QQQ")
+_DEVREC = struct.Struct(">QQQQ")
+_DEVREC_V1 = struct.Struct(">QQQ")
 _OUTBOX_HDR = struct.Struct(">IH")
 _FB_HDR = struct.Struct(">H")
 
@@ -72,6 +88,12 @@ class Dbs:
     media: lmdb._Database
     media_time: lmdb._Database
     outbox_dest: lmdb._Database
+    accounts: lmdb._Database
+    charges: lmdb._Database
+    shares: lmdb._Database
+    qcharge: lmdb._Database
+    correspond: lmdb._Database
+    invites: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:
@@ -94,7 +116,11 @@ class Dbs:
                         txn.put(outbox_dest_key(entry.dest.encode(), entry.outbox_id), b"",
                                 db=handles["outbox_dest"])
                 txn.put(OUTBOX_INDEXED, b"1", db=handles["meta"])
-        return cls(**handles)
+            dbs = cls(**handles)
+            if txn.get(BYTES_INDEXED, db=dbs.meta) is None:
+                count_queue_bytes(txn, dbs)
+                txn.put(BYTES_INDEXED, b"1", db=dbs.meta)
+        return dbs
 
     def all(self) -> tuple[lmdb._Database, ...]:
         """Every handle, in :data:`DB_NAMES` order."""
@@ -148,16 +174,64 @@ class DevRec:
     last_seq: int = 0
     queue_len: int = 0
     otk_count: int = 0
+    queue_bytes: int = 0
 
     @classmethod
     def load(cls, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> DevRec:
-        """The device's record, or zeros if it has none."""
+        """The device's record, or zeros if it has none (a record written before
+        ``queue_bytes`` existed reads with 0 there until :func:`count_queue_bytes`)."""
         raw = txn.get(devk, db=dbs.devices)
-        return cls(*_DEVREC.unpack(raw)) if raw is not None else cls()
+        if raw is None:
+            return cls()
+        if len(raw) == _DEVREC_V1.size:
+            return cls(*_DEVREC_V1.unpack(raw))
+        return cls(*_DEVREC.unpack(raw))
 
     def store(self, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> None:
         """Write the record (write transaction only)."""
-        txn.put(devk, _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count), db=dbs.devices)
+        txn.put(devk, _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count,
+                                   self.queue_bytes), db=dbs.devices)
+
+
+def user_of(devk: bytes) -> bytes:
+    """The UTF-8 user id of a ``devk``."""
+    return devk[:-5]
+
+
+def get_u64(txn: lmdb.Transaction, db: lmdb._Database, key: bytes) -> int:
+    """The u64 counter stored at ``key`` (0 if none)."""
+    raw = txn.get(key, db=db)
+    return 0 if raw is None else unpack_u64(raw)
+
+
+def add_u64(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, delta: int) -> None:
+    """Add ``delta`` to the counter at ``key``; a counter that reaches 0 (or would go
+    below it) is deleted."""
+    if not delta:
+        return
+    n = get_u64(txn, db, key) + delta
+    if n > 0:
+        txn.put(key, pack_u64(n), db=db)
+    else:
+        txn.delete(key, db=db)
+
+
+def count_queue_bytes(txn: lmdb.Transaction, dbs: Dbs) -> None:
+    """Count the envelope bytes of every queue into ``devices`` and ``accounts``
+    (once, for a store written before byte accounting; items then have no charges)."""
+    per_dev: dict[bytes, int] = {}
+    with txn.cursor(db=dbs.queue) as cur:
+        for key, value in cur:
+            devk = key[:-8]
+            per_dev[devk] = per_dev.get(devk, 0) + len(value) - 8
+    per_user: dict[bytes, int] = {}
+    for devk, n in per_dev.items():
+        rec = DevRec.load(txn, dbs, devk)
+        rec.queue_bytes = n
+        rec.store(txn, dbs, devk)
+        per_user[user_of(devk)] = per_user.get(user_of(devk), 0) + n
+    for user, n in per_user.items():
+        txn.put(user, pack_u64(n), db=dbs.accounts)
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:

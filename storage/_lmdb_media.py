@@ -300,6 +300,20 @@ class LmdbMediaMixin:
             if gone:
                 await trio.to_thread.run_sync(unlink, files.path(media_id))
         return gone
+    async def media_owner_usage(self, owner: str) -> int:
+        """See :meth:`storage.base.Storage.media_owner_usage` (a scan of the blob
+        records, not of their files)."""
+        await self._media_files()
+        raw_owner = owner.encode()
+
+        def scan(txn: lmdb.Transaction) -> int:
+            total = 0
+            with txn.cursor(db=self._dbs.media) as cur:  # type: ignore[attr-defined]
+                for _key, value in cur:
+                    if value[_REC.size:] == raw_owner:
+                        total += _REC.unpack(value[:_REC.size])[1]
+            return total
+        return await self._reading(scan)  # type: ignore[attr-defined]
 
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None

@@ -19,6 +19,8 @@ from typing import Any
 import lmdb
 
 from . import _lmdb_layout as L
+from ._quota import check_quota
+from .base import QueueQuota
 from .errors import DuplicateKey, QueueFull, StaleVersion
 
 Op = Callable[[lmdb.Transaction, L.Dbs], Any]
@@ -38,12 +40,17 @@ def record_estimate(klen: int, vlen: int, psize: int) -> int:
     return pages * psize + 2 * (_NODE_HDR + klen + 8)
 
 
-def enqueue_estimate(items: list[tuple[bytes, bytes]], dedupe: bytes | None, psize: int) -> int:
-    """Bytes an :func:`enqueue` of ``(devk, envelope)`` items may add (admission check)."""
-    total = 64
+def enqueue_estimate(
+    items: list[tuple[bytes, bytes]], dedupe: bytes | None, psize: int, tags_len: int = 0
+) -> int:
+    """Bytes an :func:`enqueue` of ``(devk, envelope)`` items may add (admission check);
+    ``tags_len``: bytes of the NUL-joined charge tags (0: none)."""
+    total = 64 + 4 * record_estimate(tags_len + 64, 8, psize)
     for devk, envelope in items:
         qk = len(devk) + 8
         total += record_estimate(qk, 8 + len(envelope), psize) + record_estimate(9 + qk, 0, psize)
+        if tags_len:
+            total += record_estimate(qk, tags_len, psize) + record_estimate(qk + tags_len, 8, psize)
     if dedupe is not None:
         total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), 0, psize)
     return total
@@ -112,15 +119,47 @@ def claim_key(devk: bytes) -> Op:
     return op
 
 
+class _TxnUsage:
+    """The byte counts of :mod:`storage._quota`, read in the writer's transaction
+    (so they include the earlier ops of the same batch); device records already
+    loaded by the op are reused."""
+
+    __slots__ = ("txn", "dbs", "recs")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: L.Dbs, recs: dict[bytes, L.DevRec]) -> None:
+        self.txn, self.dbs, self.recs = txn, dbs, recs
+
+    def device(self, user_id: str, device_id: int) -> int:
+        devk = L.dev_key(user_id.encode(), device_id)
+        rec = self.recs.get(devk)
+        return (rec or L.DevRec.load(self.txn, self.dbs, devk)).queue_bytes
+
+    def account(self, user_id: str) -> int:
+        return L.get_u64(self.txn, self.dbs.accounts, user_id.encode())
+
+    def charge(self, tag: str) -> int:
+        return L.get_u64(self.txn, self.dbs.charges, tag.encode())
+
+    def share(self, user_id: str, device_id: int, tag: str) -> int:
+        return L.get_u64(self.txn, self.dbs.shares,
+                         L.dev_key(user_id.encode(), device_id) + tag.encode())
+
+
 def enqueue(
     items: list[tuple[bytes, bytes]], dedupe: bytes | None, max_queue: int | None, ts: float,
-    chain: frozenset = frozenset(),
+    charges: tuple[str, ...] = (), quota: QueueQuota | None = None,
+    sizes: list[tuple[str, int, int]] | None = None, chain: frozenset = frozenset(),
 ) -> Op:
-    """Append every ``(devk, envelope)`` atomically; ``None`` if ``dedupe`` is stored. Raises QueueFull.
+    """Append every ``(devk, envelope)`` atomically; ``None`` if ``dedupe`` is stored.
+    Raises QueueFull (``max_queue`` or a byte bound of ``quota``; ``sizes`` are the
+    items as ``(user_id, device_id, len(envelope))``, needed with a quota).
 
     ``chain``: the request's chain keys (:mod:`storage._chains`), kept on the op as
     ``op.chain`` for the committer, which skips the op after a refusal on one of them.
     """
+    tags = [t.encode() for t in charges]
+    packed_tags = b"\0".join(tags)
+
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
             return None
@@ -134,24 +173,84 @@ def enqueue(
             for devk, n in adding.items():
                 if recs[devk].queue_len + n > max_queue:
                     raise QueueFull(f"a device queue would exceed {max_queue} envelopes")
+        if quota is not None:
+            assert sizes is not None, "a quota needs the sizes"
+            check_quota(sizes, charges, quota, _TxnUsage(txn, dbs, recs))
         tsk, tsv = L.ts_key(ts), L.pack_f64(ts)
         seqs: list[int] = []
+        per_dev: dict[bytes, int] = {}
+        queue, expiry, qcharge = dbs.queue, dbs.expiry, dbs.qcharge
         for devk, envelope in items:
             rec = recs[devk]
             rec.last_seq += 1
             rec.queue_len += 1
+            rec.queue_bytes += len(envelope)
             qk = L.queue_key(devk, rec.last_seq)
-            txn.put(qk, tsv + envelope, db=dbs.queue)
-            txn.put(tsk + b"q" + qk, b"", db=dbs.expiry)
+            txn.put(qk, tsv + envelope, db=queue)
+            txn.put(tsk + b"q" + qk, b"", db=expiry)
+            if tags:
+                txn.put(qk, packed_tags, db=qcharge)
+            per_dev[devk] = per_dev.get(devk, 0) + len(envelope)
             seqs.append(rec.last_seq)
+        per_user: dict[bytes, int] = {}
         for devk, rec in recs.items():
             rec.store(txn, dbs, devk)
+            user = L.user_of(devk)
+            per_user[user] = per_user.get(user, 0) + per_dev[devk]
+        for user, n in per_user.items():
+            L.add_u64(txn, dbs.accounts, user, n)
+        if tags:
+            total = sum(per_dev.values())
+            for tag in tags:
+                L.add_u64(txn, dbs.charges, tag, total)
+                for devk, n in per_dev.items():
+                    L.add_u64(txn, dbs.shares, devk + tag, n)
         if dedupe is not None:
             txn.put(dedupe, tsv, db=dbs.dedupe)
             txn.put(tsk + b"d" + dedupe, b"", db=dbs.expiry)
         return seqs
     op.chain = chain  # type: ignore[attr-defined]
     return op
+
+
+class _Freed:
+    """The bytes of deleted queue items, applied to the counters once per op."""
+
+    __slots__ = ("items", "by_dev", "by_tag")
+
+    def __init__(self) -> None:
+        self.items: dict[bytes, int] = {}
+        self.by_dev: dict[bytes, int] = {}
+        self.by_tag: dict[tuple[bytes, bytes], int] = {}
+
+    def note(self, txn: lmdb.Transaction, dbs: L.Dbs, qk: bytes, value: bytes) -> None:
+        """Count one deleted item (queue key ``qk``, stored value ``value``) and drop
+        its charge record."""
+        devk, n = qk[:-8], len(value) - 8
+        self.items[devk] = self.items.get(devk, 0) + 1
+        self.by_dev[devk] = self.by_dev.get(devk, 0) + n
+        tags = txn.pop(qk, db=dbs.qcharge)
+        if tags:
+            for tag in tags.split(b"\0"):
+                self.by_tag[(devk, tag)] = self.by_tag.get((devk, tag), 0) + n
+
+    def apply(self, txn: lmdb.Transaction, dbs: L.Dbs) -> int:
+        """Update ``devices``, ``accounts``, ``charges`` and ``shares``; return the
+        items deleted."""
+        for devk, k in self.items.items():
+            rec = L.DevRec.load(txn, dbs, devk)
+            rec.queue_len -= k
+            rec.queue_bytes = max(0, rec.queue_bytes - self.by_dev[devk])
+            rec.store(txn, dbs, devk)
+        per_user: dict[bytes, int] = {}
+        for devk, n in self.by_dev.items():
+            per_user[L.user_of(devk)] = per_user.get(L.user_of(devk), 0) + n
+        for user, n in per_user.items():
+            L.add_u64(txn, dbs.accounts, user, -n)
+        for (devk, tag), n in self.by_tag.items():
+            L.add_u64(txn, dbs.charges, tag, -n)
+            L.add_u64(txn, dbs.shares, devk + tag, -n)
+        return sum(self.items.values())
 
 
 class Deletion:
@@ -179,9 +278,11 @@ class Deletion:
 
 def _delete_queue_range(
     txn: lmdb.Transaction, dbs: L.Dbs, devk: bytes, up_to_seq: int | None, limit: int | None,
+    freed: _Freed,
 ) -> int:
     """Delete the device's items with seq <= up_to_seq (all if None), with their index
-    entries, lowest seq first, at most ``limit`` of them (None: no bound)."""
+    entries, lowest seq first, at most ``limit`` of them (None: no bound); count them
+    in ``freed``."""
     gone = 0
     with txn.cursor(db=dbs.queue) as cur:
         cur.set_range(devk)
@@ -191,7 +292,9 @@ def _delete_queue_range(
                 break
             if limit is not None and gone >= limit:
                 break
-            txn.delete(L.ts_key(L.unpack_f64(cur.value())) + b"q" + key, db=dbs.expiry)
+            value = cur.value()
+            txn.delete(L.ts_key(L.unpack_f64(value)) + b"q" + key, db=dbs.expiry)
+            freed.note(txn, dbs, key, value)
             cur.delete()  # moves to the next item
             gone += 1
     return gone
@@ -202,11 +305,9 @@ def ack(devk: bytes, up_to_seq: int) -> Deletion:
     def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
         if up_to_seq < 1:
             return 0, True
-        gone = _delete_queue_range(txn, dbs, devk, min(up_to_seq, 2**64 - 1), limit)
-        if gone:
-            rec = L.DevRec.load(txn, dbs, devk)
-            rec.queue_len -= gone
-            rec.store(txn, dbs, devk)
+        freed = _Freed()
+        gone = _delete_queue_range(txn, dbs, devk, min(up_to_seq, 2**64 - 1), limit, freed)
+        freed.apply(txn, dbs)
         return gone, limit is None or gone < limit
     return Deletion(run)
 
@@ -222,17 +323,17 @@ def purge_device(devk: bytes) -> Deletion:
     """Delete the device's queue and keys (keeping its seq counter); return the
     envelopes deleted. In pieces: the queue goes first, the keys with the last piece."""
     def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
-        gone = _delete_queue_range(txn, dbs, devk, None, limit)
+        freed = _Freed()
+        gone = _delete_queue_range(txn, dbs, devk, None, limit, freed)
+        freed.apply(txn, dbs)
         rec = L.DevRec.load(txn, dbs, devk)
         if limit is not None and gone >= limit:
-            rec.queue_len -= gone
-            rec.store(txn, dbs, devk)
             return gone, False
         _delete_prefix(txn, dbs.otk, devk)
         _delete_prefix(txn, dbs.claimed, devk)
         txn.delete(devk, db=dbs.fallback)
         if rec.last_seq:  # keep the seq counter: seqs are never reused
-            rec.queue_len = rec.otk_count = 0
+            rec.queue_len = rec.otk_count = rec.queue_bytes = 0
             rec.store(txn, dbs, devk)
         else:
             txn.delete(devk, db=dbs.devices)
@@ -245,7 +346,7 @@ def expire(older_than: float) -> Deletion:
     return the envelopes deleted."""
     def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
         bound = L.ts_key(older_than)
-        drops: dict[bytes, int] = {}
+        freed = _Freed()
         done = True
         n = 0
         with txn.cursor(db=dbs.expiry) as cur:
@@ -256,18 +357,14 @@ def expire(older_than: float) -> Deletion:
                     break
                 kind, rest = key[8:9], key[9:]
                 if kind == b"q":
-                    if txn.delete(rest, db=dbs.queue):
-                        devk = rest[:-8]
-                        drops[devk] = drops.get(devk, 0) + 1
+                    value = txn.pop(rest, db=dbs.queue)
+                    if value is not None:
+                        freed.note(txn, dbs, rest, value)
                 else:
                     txn.delete(rest, db=dbs.dedupe)
                 cur.delete()
                 n += 1
-        for devk, k in drops.items():
-            rec = L.DevRec.load(txn, dbs, devk)
-            rec.queue_len -= k
-            rec.store(txn, dbs, devk)
-        return sum(drops.values()), done
+        return freed.apply(txn, dbs), done
     return Deletion(run)
 
 

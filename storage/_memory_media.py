@@ -132,6 +132,11 @@ class MemoryMediaMixin:
         await self._enter()  # type: ignore[attr-defined]
         return self._usage()
 
+    async def media_owner_usage(self, owner: str) -> int:
+        """See :meth:`storage.base.Storage.media_owner_usage`."""
+        await self._enter()  # type: ignore[attr-defined]
+        return sum(b.received for b in self._blobs().values() if b.owner == owner)
+
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None
     ) -> int:

@@ -63,19 +63,52 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueQuota:
+    """Byte bounds checked by :meth:`Storage.enqueue_many` before a request is written.
+
+    Bytes are envelope lengths (``len(envelope)``), counted exactly: an enqueue adds
+    them, and an ack, a purge or expiry takes them away again. ``None``: no bound.
+
+    Attributes:
+        device_bytes: most bytes one device queue may hold.
+        account_bytes: most bytes all device queues of one user may hold together.
+        charge_bytes: most bytes each of the request's ``charges`` tags may hold in
+            all queues of the store together: one bound for every tag, or a tuple of
+            bounds in ``charges`` order (``None`` entries: no bound for that tag).
+        share_bytes: most bytes each of the request's ``charges`` tags may hold in
+            one device queue (one bound, or a tuple as for ``charge_bytes``).
+        share_exempt: users whose queues ``share_bytes`` does not bound (e.g. the
+            sender's own account, accounts that wrote to the sender).
+    """
+
+    device_bytes: int | None = None
+    account_bytes: int | None = None
+    charge_bytes: int | tuple[int | None, ...] | None = None
+    share_bytes: int | tuple[int | None, ...] | None = None
+    share_exempt: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class EnqueueRequest:
     """One message's copies for :meth:`Storage.enqueue_many` (the arguments of
     :meth:`Storage.enqueue` as a value): ``items`` are ``(user_id, device_id,
     envelope)``; ``dedupe``, ``max_queue`` and ``now`` as there. ``sender``, the
     ``(user_id, device_id)`` of the device that sent the message (``None``: no
     sending device, e.g. a bounce), orders the requests of one call: see
-    :meth:`Storage.enqueue_many`."""
+    :meth:`Storage.enqueue_many`.
+
+    ``charges`` are tags (e.g. the sending user, the forwarding node) that every
+    copy's bytes are counted against until it leaves its queue (see
+    :meth:`Storage.charged_bytes`); ``quota`` bounds the bytes (:class:`QueueQuota`).
+    """
 
     items: list[tuple[str, int, bytes]]
     dedupe: bytes | None = None
     max_queue: int | None = None
     now: float | None = None
     sender: tuple[str, int] | None = None
+    charges: tuple[str, ...] = ()
+    quota: QueueQuota | None = None
 
 
 EnqueueResult: TypeAlias = list[int] | None | StorageError
@@ -254,6 +287,11 @@ class Storage(Protocol):
         (docs/protocol.md, "Order"). Requests without a ``sender``, of other
         senders, or for other devices are not affected.
 
+        A request's ``quota`` is checked against the state left by the requests
+        before it (a duplicate is answered ``None`` before any bound is checked);
+        over any bound, the request gets ``QueueFull`` naming it (``quota``, ``tag``)
+        and nothing of it is written.
+
         Returns:
             One entry per request, in order: its seqs, ``None`` (duplicate), or
             the ``StorageError`` instance that refused it (not raised):
@@ -270,6 +308,16 @@ class Storage(Protocol):
 
     async def queue_length(self, user_id: str, device_id: int) -> int:
         """How many envelopes the device's queue holds."""
+
+    async def queue_bytes(self, user_id: str, device_id: int | None = None) -> int:
+        """Envelope bytes queued for one device, or for all of the user's devices
+        (``device_id`` ``None``). Exact: enqueues add, acks, purges and expiry subtract."""
+
+    async def charged_bytes(
+        self, tag: str, user_id: str | None = None, device_id: int | None = None
+    ) -> int:
+        """Envelope bytes still queued that were enqueued with charge ``tag``: in all
+        queues, or in one device's queue (``user_id`` and ``device_id`` given)."""
 
     async def ack(self, user_id: str, device_id: int, up_to_seq: int) -> int:
         """Delete every queued item of the device with ``seq <= up_to_seq``; return how many."""
@@ -294,6 +342,28 @@ class Storage(Protocol):
     async def expire(self, older_than: float) -> int:
         """Delete queued items and dedupe ids enqueued before ``older_than``
         (seconds since the epoch); return how many queued items went."""
+
+    # -- correspondents ("this user wrote to that one", kept at the user's home)
+
+    async def add_correspondents(self, user_id: str, others: list[str]) -> None:
+        """Durably record that ``user_id`` sent to each of ``others`` (idempotent).
+
+        Raises:
+            StorageFull: nothing stored.
+        """
+
+    async def is_correspondent(self, user_id: str, other: str) -> bool:
+        """Whether :meth:`add_correspondents` recorded ``other`` for ``user_id``."""
+
+    # -- invites (single-use registration tokens)
+
+    async def invite_add(self, token_hash: bytes, expires_at: float) -> None:
+        """Store an invite, by the hash of its token, valid until ``expires_at``
+        (seconds since the epoch). Raises StorageFull (nothing stored)."""
+
+    async def invite_use(self, token_hash: bytes, now: float | None = None) -> bool:
+        """Atomically consume an unexpired invite: ``True`` for exactly one caller,
+        ever; ``False`` if it is unknown, used or expired (expired ones are deleted)."""
 
     # -- outbox (durable federation retries)
 
@@ -381,6 +451,10 @@ class Storage(Protocol):
 
     async def media_usage(self) -> int:
         """Bytes all stored blobs hold together (each at its bytes ``received``)."""
+
+    async def media_owner_usage(self, owner: str) -> int:
+        """Bytes the blobs created by ``owner`` hold together (each at its bytes
+        ``received``). May cost a scan of the blob records: callers cache it."""
 
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None

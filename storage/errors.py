@@ -17,7 +17,20 @@ class StorageUnavailable(StorageError):
 
 
 class QueueFull(StorageError):
-    """A device queue is at its bound; nothing of the failed call was stored."""
+    """A device queue (or a byte quota of :class:`~storage.base.QueueQuota`) is at its
+    bound; nothing of the failed call was stored.
+
+    Attributes:
+        quota: which bound refused: ``"queue_len"`` (``max_queue`` envelopes),
+            ``"device_bytes"``, ``"account_bytes"``, ``"charge_bytes"`` or ``"share_bytes"``.
+        tag: for the two charge quotas, the charge tag that is over its bound.
+    """
+
+    def __init__(self, message: str = "", *, quota: str = "queue_len",
+                 tag: str | None = None) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.tag = tag
 
 
 class DuplicateKey(StorageError):

@@ -37,10 +37,12 @@ from ._chains import chain_keys
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
+from ._lmdb_extras import LmdbExtrasMixin
 from ._lmdb_handoff import LmdbHandoffMixin
 from ._lmdb_lock import exclusive_lock
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
+from ._quota import check_charges
 from ._running import running_writer
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import StorageError, StorageUnavailable
@@ -49,7 +51,7 @@ T = TypeVar("T")
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
 
 
-class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
+class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
     """A durable :class:`~storage.base.Storage` in one LMDB environment (a directory).
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that
@@ -310,10 +312,15 @@ class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
         specs = []
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
+            sizes = (None if req.quota is None
+                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw, strict=True)])
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, chain_keys(token, req)),
-                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(raw, dd, psize),
+            charges = check_charges(req.charges)
+            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes,
+                                      chain=chain_keys(token, req)),
+                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(
+                              raw, dd, psize, len("\0".join(charges).encode())),
                           False))
         answers = await self.writer.submit_many(specs)
         return [_answer(answer) for answer in answers]

@@ -23,8 +23,10 @@ import trio
 
 from ._chains import Chains, chain_keys
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._memory_extras import MemoryExtrasMixin
 from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
+from ._quota import check_charges, check_quota
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
 
@@ -38,7 +40,7 @@ _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
+class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:
@@ -68,6 +70,7 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
         self._dedupe: dict[bytes, float] = {}
         self._outbox: dict[int, OutboxEntry] = {}
         self._outbox_last = 0
+        self._init_extras()
 
     @classmethod
     @asynccontextmanager
@@ -235,6 +238,8 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
         """See :meth:`storage.base.Storage.enqueue_many`."""
         await self._enter()
         token = object()
+        for req in requests:
+            check_charges(req.charges)
         checked = [
             ([(self._dev(u, d), check_bytes("envelope", env)) for u, d, env in req.items],
              None if req.dedupe is None else check_dedupe(req.dedupe), req,
@@ -247,7 +252,7 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
             answer: EnqueueResult | None = chains.blocking(keys)
             if answer is None:
                 try:
-                    answer = self._enqueue(items, dedupe, req.max_queue, req.now)
+                    answer = self._enqueue(items, dedupe, req.max_queue, req.now, req)
                 except StorageError as exc:
                     answer = exc
             chains.record(keys, answer if isinstance(answer, StorageError) else None)
@@ -256,7 +261,7 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
 
     def _enqueue(
         self, checked: list[tuple[_Dev, bytes]], dedupe: bytes | None, max_queue: int | None,
-        now: float | None,
+        now: float | None, req: EnqueueRequest,
     ) -> list[int] | None:
         if dedupe is not None and dedupe in self._dedupe:
             return None
@@ -268,6 +273,7 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
             for dev, n in per_dev.items():
                 if len(self._queues.get(dev, ())) + n > max_queue:
                     raise QueueFull(f"queue of {dev} would exceed {max_queue} envelopes")
+        check_quota([(u, d, len(env)) for (u, d), env in checked], req.charges, req.quota, self)
         size = sum(len(env) + _ITEM_OVERHEAD for _, env in checked)
         if dedupe is not None:
             size += len(dedupe) + _DEDUPE_OVERHEAD
@@ -277,6 +283,7 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
             seq = self._seq.get(dev, 0) + 1
             self._seq[dev] = seq
             self._queues.setdefault(dev, {})[seq] = QueueItem(seq=seq, ts=ts, envelope=env)
+            self._count_added(dev, seq, len(env), req.charges)
             seqs.append(seq)
         if dedupe is not None:
             self._dedupe[dedupe] = ts
@@ -306,7 +313,9 @@ class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
     def _drop(self, dev: _Dev, seqs: list[int]) -> int:
         queue = self._queues[dev]
         for seq in seqs:
-            self._used -= len(queue.pop(seq).envelope) + _ITEM_OVERHEAD
+            n = len(queue.pop(seq).envelope)
+            self._used -= n + _ITEM_OVERHEAD
+            self._count_dropped(dev, seq, n)
         if not queue:
             del self._queues[dev]
         return len(seqs)

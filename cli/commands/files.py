@@ -13,6 +13,12 @@ has finished (or failed); the messages behind it do not wait for it (docs/cli.md
 Downloads of messages already printed that did not finish resume first, reported
 as ``{"type": "file_saved", "id", "file"}``. A file that fails its
 integrity check is not saved and makes ``recv`` exit 1 after printing everything.
+
+``recv`` downloads automatically only files from contacts (or from this account's
+own devices) of at most ``--auto-download`` bytes (default 25 MiB, env
+``WA_AUTO_DOWNLOAD``); any other file is listed, not fetched: ``"file": {...,
+"path": null, "held": REASON, "fetch": COMMAND}`` and a human line naming the
+command that fetches it (``wa-cli history USER --download``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ from cli.features.group_messaging import send_group
 from cli.features.payload import MAX_TEXT, FilePayload
 from cli.output import escape, file_human, progress_bar
 from cli.session.state import State
+from relay.protocol import is_user_id
+
+AUTO_DOWNLOAD_MAX = 25 * 1024 * 1024
+"""Largest file ``recv`` downloads by itself (from a contact), bytes."""
 
 
 def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: str | None,
@@ -97,11 +107,33 @@ class FileReceiver:
         downloads: destination directory.
     """
 
-    def __init__(self, app: AppContext, state: State, downloads: Path) -> None:
+    def __init__(self, app: AppContext, state: State, downloads: Path,
+                 auto_max: int = AUTO_DOWNLOAD_MAX) -> None:
         self._app = app
         self._state = state
         self._downloads = downloads
+        self._auto_max = auto_max
         self.failed: list[str] = []
+
+    def held(self, entry: dict) -> str | None:
+        """Why the file of history ``entry`` is not downloaded automatically, or ``None``."""
+        peer = entry.get("from") or entry.get("peer") or ""
+        size = entry["file"].get("size") or 0
+        if peer != self._state.user_id and self._state.alias_of(peer) is None:
+            return "from someone not in your contacts"
+        if size > self._auto_max:
+            return f"larger than the automatic download limit of {self._auto_max} bytes"
+        return None
+
+    def _hold(self, entry: dict, reason: str) -> dict:
+        """Mark ``entry``'s file as held (listed, not fetched) and return its
+        ``recv --json`` info with ``held`` and ``fetch`` (the command that fetches it)."""
+        entry["file"]["held"] = reason
+        self._state.history_changed(entry)
+        peer = entry.get("peer") or ""
+        who = (self._state.alias_of(peer) or peer) if is_user_id(peer) else ""
+        fetch = f"wa-cli history {who} --download" if who else "wa-cli history --download"
+        return {**media.file_info(entry["file"]), "held": reason, "fetch": fetch}
 
     async def _fetch(self, client: Client, entry: dict) -> dict:
         name = entry["file"].get("name") or "file"
@@ -117,7 +149,7 @@ class FileReceiver:
         the message ids (hex) in ``skip`` (still waiting in the inbox: their message
         line reports the file)."""
         for entry in media.pending_files(self._state):
-            if entry["id"] in skip:
+            if entry["id"] in skip or self.held(entry) is not None:
                 continue
             info = await self._fetch(client, entry)
             if info.get("path") or info.get("error"):
@@ -135,6 +167,11 @@ class FileReceiver:
         entry = self._state.find_history(event.msg_id.hex())
         if entry is None or not isinstance(entry.get("file"), dict):
             return None
+        reason = self.held(entry)
+        if reason is not None:
+            info = self._hold(entry, reason)
+            await self._state.asave()
+            return info
         return await self._fetch(client, entry)
 
     def row(self, event: Message, info: dict | None) -> tuple[dict, str]:

@@ -1,4 +1,4 @@
-"""``wa-cli init --name NAME --relay URL``: new account and primary device 0."""
+"""``wa-cli init --name NAME --relay URL [--invite TOKEN]``: new account and primary device 0."""
 
 from __future__ import annotations
 
@@ -27,21 +27,25 @@ async def _publish(app: AppContext, state: State) -> str:
 @click.option("--name", required=True, help="Your display name (sent inside messages).")
 @click.option("--relay", required=True, callback=_check_url,
               help="WebSocket URL of any node of the federation, e.g. ws://127.0.0.1:7400.")
+@click.option("--invite", default=None, metavar="TOKEN",
+              help="An invite token from the operator of a node that registers by invite.")
 @json_option
 @click.pass_obj
-def init(app: AppContext, name: str, relay: str) -> None:
+def init(app: AppContext, name: str, relay: str, invite: str | None) -> None:
     """Create a new account with this device as its primary (device 0).
 
     Publishes the account-signed device list and one-time keys on the account's
     home node (following a redirect) and prints the user id. Re-running it on a
     home whose first publication failed (e.g. the relay was unreachable) retries
-    it with the --name and --relay given this time.
+    it with the --name and --relay given this time. A home whose registration is by
+    invite needs --invite (a token from its operator, used once).
     """
     check_name(name, "--name")
     with failures():
         try:
             with create_state(app.home, name=name, relay_url=relay) as state:
                 init_account(state)
+                state.invite = invite
                 home_url = trio.run(_publish, app, state)
         except AlreadyInitialized:
             with open_state(app.home) as state:
@@ -51,6 +55,7 @@ def init(app: AppContext, name: str, relay: str) -> None:
                 # this call's --name and --relay win.
                 state.name, state.relay_url = name, relay
                 state.save()
+                state.invite = invite
                 home_url = trio.run(_publish, app, state)
     app.out.emit(
         {"user_id": state.user_id, "device_id": state.device_id, "home": home_url},

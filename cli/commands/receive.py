@@ -162,9 +162,14 @@ def _reader_gone(app: AppContext, state: State) -> None:
               help="Return once the queue is printed and nothing new came for this many seconds.")
 @click.option("--downloads", type=click.Path(file_okay=False, path_type=Path),
               help="Where received files are saved  [default: HOME/downloads]")
+@click.option("--auto-download", "auto_download", type=click.IntRange(min=0),
+              default=file_cmd.AUTO_DOWNLOAD_MAX, show_default=True, envvar="WA_AUTO_DOWNLOAD",
+              help="Largest file (bytes) downloaded by itself, and only from contacts; "
+                   "other files are listed with the command that fetches them.")
 @json_option
 @click.pass_obj
-def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) -> None:
+def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
+         auto_download: int) -> None:
     """Print and acknowledge the messages queued for this device.
 
     Each message is decrypted and kept in the local state, then acknowledged to
@@ -174,7 +179,8 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) 
     A message that a killed recv was printing at that very moment is shown
     again, marked "maybe shown before" ("maybe_shown": true with --json).
     File messages are printed when their download has finished; the messages
-    behind them do not wait.
+    behind them do not wait. Only files from contacts up to --auto-download bytes
+    are downloaded; others are listed with the command that fetches them.
 
     With --follow it keeps printing new messages until interrupted; Ctrl-C then
     stops it quietly with exit code 0. If the home node goes away it reconnects
@@ -185,7 +191,8 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) 
     fail. Stop it first (Ctrl-C), or send from another device of the account.
     """
     with state_of(app) as state, failures():
-        files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads))
+        files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads),
+                                      auto_download)
         screen = Screen(app, state, files)
         try:
             if follow:

@@ -212,7 +212,9 @@ async def _publish_own_list(link: net.Link, state: State) -> str | None:
         return None
     limit = link.settings.connect_timeout
     try:
-        answer = await link.request(PutDevices(id=0, device_list=own.signed), timeout=limit)
+        invite = state.invite if not state.published_version else None  # a first list only
+        answer = await link.request(PutDevices(id=0, device_list=own.signed, invite=invite),
+                                    timeout=limit)
     except net.RequestTimeout as exc:
         raise ConnectionFailed(f"handshake with {link.url} timed out after {limit:g}s") from exc
     except net.ConnectionLost as exc:

@@ -101,6 +101,7 @@ class State:
         self.account_key: nacl.signing.SigningKey | None = None
         self.identity = crypto.DeviceIdentity()
         self.published_version = 0  # own device-list version known to be on the home node
+        self.invite: str | None = None  # not saved: the home's invite token for the first list
         self.contacts: dict[str, str] = {}
         self.device_lists: dict[str, CachedList] = {}
         self.sessions: dict[tuple[str, int], SessionSet] = {}

@@ -32,13 +32,13 @@ from urllib.parse import urlsplit
 import click
 import trio
 
+from relay.admin._store import open_beside_node
 from relay.config import ConfigError, NodeConfig, load_node_config
 from relay.config.ring import Ring
 from relay.protocol import is_user_id, verify_device_list
 from relay.services.directory import BLOCK_MARK, unpack_list
 from relay.services.homes import Homes
-from storage import Storage, StorageError, open_storage
-from storage.lmdb import LmdbStorage
+from storage import Storage, StorageError
 
 
 class _ConfigProblem(click.ClickException):
@@ -68,11 +68,7 @@ def _homes(config: NodeConfig) -> Homes:
 
 def _with_store(config: NodeConfig, action) -> Any:
     async def run() -> Any:
-        if urlsplit(config.storage).scheme == "lmdb":  # next to the running node: no lock
-            opened = LmdbStorage.from_url(config.storage, exclusive=False)
-        else:
-            opened = open_storage(config.storage)
-        async with opened as st:
+        async with open_beside_node(config.storage) as st:
             return await action(st)
     try:
         return trio.run(run)

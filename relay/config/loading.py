@@ -39,6 +39,7 @@ from relay.protocol import Limits
 from storage import UnknownBackend
 from storage.registry import default_registry
 
+from .abuse import AbuseLimits
 from .model import ConfigError, NodeConfig
 from .schema import NODE_SETTINGS, ClusterFile, ClusterNode, NodeFile
 
@@ -325,7 +326,8 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
-        key_file=key_path, previous_cluster=previous,
+        max_pending=f.max_pending,
+        key_file=key_path, previous_cluster=previous, abuse=AbuseLimits.from_settings(f),
     )
 
 

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import nacl.signing
 
+from relay.config.abuse import AbuseLimits
 from relay.config.ring import NodeInfo
 
 from .schema import (
@@ -20,6 +21,7 @@ from .schema import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_MAILBOXES_PER_IP,
     DEFAULT_MAX_MEDIA_SIZE,
+    DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_PER_IP,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MEDIA_QUOTA,
@@ -72,10 +74,15 @@ class NodeConfig:
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
+        max_pending: most unauthenticated connections in all; the rest of
+            ``max_connections`` is reserved for authenticated devices, peers and
+            linking devices (the oldest pending connection is evicted for a new one).
         key_file: where the signing key was read from (``None`` if not from a file).
         previous_cluster: the nodes before an unfinished reshape (``<cluster>.prev``;
             ``()`` if none): users are handed off from their old homes to the new ones
             (:mod:`relay.services.handoff`).
+        abuse: quotas, rate limits, device count, registration policy
+            (:class:`~relay.config.abuse.AbuseLimits`).
     """
 
     id: str
@@ -105,8 +112,10 @@ class NodeConfig:
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
+    max_pending: int = DEFAULT_MAX_PENDING
     key_file: Path | None = None
     previous_cluster: tuple[NodeInfo, ...] = ()
+    abuse: AbuseLimits = AbuseLimits()
 
     @property
     def node(self) -> NodeInfo:

@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from .abuse import DEFAULT_ABUSE as _A
+
 NonEmpty = Annotated[str, Meta(min_length=1)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[float, Meta(gt=0)]
@@ -41,8 +43,13 @@ DEFAULT_KEEPALIVE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_MAILBOXES_PER_IP = 8
+DEFAULT_MAX_PENDING = 5_000
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 DEFAULT_SHUTDOWN_GRACE = 10.0
+
+Fraction = Annotated[float, Meta(gt=0, le=1)]
+Rate = Annotated[float, Meta(gt=0)]
+Registration = Literal["open", "invite", "closed"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -83,6 +90,41 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     max_pending_per_ip: Count = DEFAULT_MAX_PENDING_PER_IP
     max_connections: Count = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: Count = DEFAULT_MAX_MAILBOXES_PER_IP
+    max_pending: Count = DEFAULT_MAX_PENDING
+    # abuse limits (relay.config.abuse; docs/operations.md, "Abuse limits")
+    queue_device_bytes: Count = _A["queue_device_bytes"]
+    queue_account_bytes: Count = _A["queue_account_bytes"]
+    queue_sender_bytes: Count = _A["queue_sender_bytes"]
+    queue_peer_bytes: Count = _A["queue_peer_bytes"]
+    queue_sender_share: Fraction = _A["queue_sender_share"]
+    queue_peer_share: Fraction = _A["queue_peer_share"]
+    queue_strangers_share: Fraction = _A["queue_strangers_share"]
+    quota_retry_after: Positive = _A["quota_retry_after"]
+    max_devices: Annotated[int, Meta(ge=1, le=1024)] = _A["max_devices"]
+    registration: Registration = _A["registration"]
+    invite_ttl: Positive = _A["invite_ttl"]
+    media_account_quota: Bytes = _A["media_account_quota"]
+    outbox_sender_bytes: Count = _A["outbox_sender_bytes"]
+    outbox_total_bytes: Count = _A["outbox_total_bytes"]
+    send_rate: Rate = _A["send_rate"]
+    send_burst: Rate = _A["send_burst"]
+    send_bytes_rate: Rate = _A["send_bytes_rate"]
+    send_bytes_burst: Rate = _A["send_bytes_burst"]
+    claim_keys_rate: Rate = _A["claim_keys_rate"]
+    claim_keys_burst: Rate = _A["claim_keys_burst"]
+    upload_keys_rate: Rate = _A["upload_keys_rate"]
+    upload_keys_burst: Rate = _A["upload_keys_burst"]
+    put_devices_rate: Rate = _A["put_devices_rate"]
+    put_devices_burst: Rate = _A["put_devices_burst"]
+    link_open_rate: Rate = _A["link_open_rate"]
+    link_open_burst: Rate = _A["link_open_burst"]
+    media_upload_rate: Rate = _A["media_upload_rate"]
+    media_upload_burst: Rate = _A["media_upload_burst"]
+    account_create_rate: Rate = _A["account_create_rate"]
+    account_create_burst: Rate = _A["account_create_burst"]
+    peer_forward_rate: Rate = _A["peer_forward_rate"]
+    peer_forward_burst: Rate = _A["peer_forward_burst"]
+    address_rate_factor: Annotated[float, Meta(ge=1)] = _A["address_rate_factor"]
 
 
 class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -26,7 +26,7 @@ of one link, all in one nursery:
   socket write makes no progress for both together;
 * the **handshake deadline**: a connection that has not called
   :meth:`AcceptedLink.authenticated` within ``handshake_timeout`` seconds (extended
-  by :meth:`AcceptedLink.extend_deadline`) gets ``error unauthorized`` (id 0) and
+  by :meth:`AcceptedLink.linking_deadline`) gets ``error unauthorized`` (id 0) and
   close 1008.
 
 A remote Close waits until every request read before it has been answered and
@@ -168,6 +168,7 @@ class AcceptedLink:
         self._ended: str | None = None  # why the link ends (the first reason wins)
         if isinstance(ws, GatedWebSocket):
             ws.close_gate = self._settle
+        ticket.on_evict = self._evicted
 
     def attach(self, dispatcher: Dispatcher) -> None:
         """Set the dispatcher (before :meth:`run`)."""
@@ -188,14 +189,24 @@ class AcceptedLink:
         self._deadline.done()
         self._ticket.authenticated()
 
-    def extend_deadline(self, seconds: float) -> None:
-        """Allow at least ``seconds`` more to authenticate (a linking device)."""
-        self._deadline.extend(seconds)
+    def linking_deadline(self, seconds: float) -> None:
+        """A linking device opened its mailbox: the connection may live ``seconds`` from
+        now (the mailbox's lifetime plus time to hear that it expired), set once and
+        never renewed by a later ``link_open``; it no longer counts as pending in the
+        admission (it is bounded per address by its mailboxes)."""
+        self._deadline.linking(seconds)
+        self._ticket.authenticated()
 
     def end(self, reason: str) -> None:
         """Record why the link ends (the first reason wins; logged at the end)."""
         if self._ended is None:
             self._ended = reason
+
+    def _evicted(self) -> None:
+        """The admission evicted this unauthenticated connection for a newer one."""
+        self.end(f"closed {CloseCode.POLICY_VIOLATION:d} evicted: not authenticated")
+        if not self._out.close_nowait(CloseCode.POLICY_VIOLATION, "not authenticated"):
+            self._cancel.cancel()
 
     def cancel(self, reason: str) -> None:
         """End the link now (``reason`` as for :meth:`end`), dropping what is queued."""

@@ -1,12 +1,21 @@
-"""Admission of new connections: a node-wide cap, and a per-address cap on
-connections that have not authenticated yet.
+"""Admission of new connections: a node-wide cap, and caps on connections that
+have not authenticated yet, per address and in all.
 
 A node counts every accepted WebSocket (devices, peers, linking devices) against
 ``max_connections``, and every connection that has not yet authenticated
-(``auth`` / ``peer_auth``) against ``max_pending_per_ip`` for its remote
-address. Beyond either cap a new connection is refused at the HTTP handshake
-(503, :mod:`relay.net.listener`), so idle sockets from one address cannot pile up
-(the handshake deadline closes each one after ``handshake_timeout`` anyway).
+(``auth`` / ``peer_auth``) or opened a linking mailbox against
+``max_pending_per_ip`` for its remote address and against ``max_pending`` in all.
+So ``max_connections - max_pending`` slots are reserved for authenticated devices,
+peer nodes and linking devices: unauthenticated traffic can never take them.
+
+When a new connection finds its address (or the whole pending pool) at its cap,
+the *oldest* unauthenticated connection of that address (of the pool) that has
+had at least ``PENDING_GRACE`` seconds to authenticate is evicted to make room
+(its connection is closed): an honest device authenticates within a round trip,
+so idle sockets cannot keep it out, however many an attacker opens. Only when
+none is old enough is the new connection refused at the HTTP handshake (503,
+:mod:`relay.net.listener`). The handshake deadline closes every connection
+that has not authenticated after ``handshake_timeout`` anyway.
 
 Addresses are grouped by :func:`address_key`: an IPv4 address, or the /64
 prefix of an IPv6 one (one host usually holds a whole /64). Bookkeeping only,
@@ -19,11 +28,14 @@ authenticate, or open a linking mailbox, within ``handshake_timeout`` seconds.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from types import TracebackType
 
 import trio
 
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
+PENDING_GRACE = 1.0
+"""Seconds an unauthenticated connection may not be evicted for a newer one."""
 
 
 def address_key(address: object) -> str:
@@ -55,19 +67,28 @@ class Refused(Exception):
 
 class Ticket:
     """One admitted connection's place in the counts; a context manager that
-    gives the place back on exit (idempotent)."""
+    gives the place back on exit (idempotent).
 
-    def __init__(self, owner: Admission, key: str) -> None:
+    Attributes:
+        key: the address key. since: when it was admitted (the admission's clock).
+        on_evict: called (once) if the admission evicts this pending connection for a
+            newer one; the connection should close. Set by the connection's owner.
+    """
+
+    def __init__(self, owner: Admission, key: str, since: float) -> None:
         self._owner = owner
         self.key = key
+        self.since = since
         self.pending = True
+        self.on_evict: Callable[[], None] | None = None
         self._open = True
 
     def authenticated(self) -> None:
-        """The connection authenticated: it no longer counts as pending (idempotent)."""
+        """The connection authenticated (or became a linking device): it no longer
+        counts as pending (idempotent)."""
         if self.pending and self._open:
             self.pending = False
-            self._owner._unpend(self.key)
+            self._owner._unpend(self)
 
     def release(self) -> None:
         """The connection ended (idempotent)."""
@@ -91,53 +112,83 @@ class Admission:
         max_connections: most connections open at once (all kinds).
         max_pending_per_ip: most not-yet-authenticated connections per
             :func:`address_key`.
+        max_pending: most not-yet-authenticated connections in all (default: half
+            of ``max_connections``; the rest is reserved for authenticated ones).
+        clock: the time source (default ``trio.current_time``).
 
     Attributes:
         total: connections admitted and not yet released.
+        evicted: pending connections evicted for newer ones so far.
     """
 
-    def __init__(self, max_connections: int, max_pending_per_ip: int) -> None:
+    def __init__(self, max_connections: int, max_pending_per_ip: int,
+                 max_pending: int | None = None,
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self.max_connections = max_connections
         self.max_pending_per_ip = max_pending_per_ip
+        self.max_pending = max(1, max_connections // 2) if max_pending is None else max_pending
         self.total = 0
-        self._pending: dict[str, int] = {}
+        self.evicted = 0
+        self._clock = clock
+        self._pending: dict[str, dict[Ticket, None]] = {}  # key -> tickets, oldest first
+        self._queue: dict[Ticket, None] = {}  # every pending ticket, oldest first
         self._refused = 0
         self._refusal_logged_at = -float("inf")
 
     @property
     def pending_total(self) -> int:
         """Unauthenticated connections now, all addresses together."""
-        return sum(self._pending.values())
+        return len(self._queue)
 
     def pending(self, address: object) -> int:
         """How many unauthenticated connections ``address`` (its key) holds."""
-        return self._pending.get(address_key(address), 0)
+        return len(self._pending.get(address_key(address), ()))
 
     def admit(self, address: object) -> Ticket:
-        """Count a new, unauthenticated connection from ``address``.
+        """Count a new, unauthenticated connection from ``address``, evicting the
+        oldest pending one of the address (or of the pool) past :data:`PENDING_GRACE`
+        if a pending cap is reached.
 
         Returns:
             Its :class:`Ticket` (release it when the connection ends).
 
         Raises:
-            Refused: ``max_connections`` are open, or ``address`` already
-                holds ``max_pending_per_ip`` unauthenticated connections.
+            Refused: ``max_connections`` are open, or a pending cap is reached and
+                no pending connection is old enough to evict.
         """
+        now = self._clock()
+        key = address_key(address)
+        mine = self._pending.get(key, {})
+        if len(mine) >= self.max_pending_per_ip and not self._evict(mine, now):
+            raise Refused(f"too many unauthenticated connections from {key}")
+        if len(self._queue) >= self.max_pending and not self._evict(self._queue, now):
+            raise Refused("too many unauthenticated connections")
         if self.total >= self.max_connections:
             raise Refused(f"the node is at its limit of {self.max_connections} connections")
-        key = address_key(address)
-        if self._pending.get(key, 0) >= self.max_pending_per_ip:
-            raise Refused(f"too many unauthenticated connections from {key}")
-        self._pending[key] = self._pending.get(key, 0) + 1
+        ticket = Ticket(self, key, now)
+        self._pending.setdefault(key, {})[ticket] = None
+        self._queue[ticket] = None
         self.total += 1
-        return Ticket(self, key)
+        return ticket
 
-    def _unpend(self, key: str) -> None:
-        left = self._pending[key] - 1
-        if left:
-            self._pending[key] = left
-        else:
-            del self._pending[key]
+    def _evict(self, tickets: dict[Ticket, None], now: float) -> bool:
+        """Evict the oldest ticket of ``tickets`` if it is past the grace period."""
+        oldest = next(iter(tickets), None)
+        if oldest is None or now - oldest.since < PENDING_GRACE:
+            return False
+        self.evicted += 1
+        evict = oldest.on_evict
+        oldest.release()
+        if evict is not None:
+            evict()
+        return True
+
+    def _unpend(self, ticket: Ticket) -> None:
+        mine = self._pending[ticket.key]
+        del mine[ticket]
+        if not mine:
+            del self._pending[ticket.key]
+        del self._queue[ticket]
 
     def note_refusal(self, now: float) -> int:
         """Count one refused connection; return how many to report in a log line
@@ -159,15 +210,19 @@ class HandshakeDeadline:
     def __init__(self, seconds: float) -> None:
         self._scope = trio.CancelScope(deadline=trio.current_time() + seconds)
         self._done = trio.Event()
+        self._linking = False
 
     def done(self) -> None:
         """The connection authenticated: no deadline any more."""
         self._done.set()
 
-    def extend(self, seconds: float) -> None:
-        """Allow at least ``seconds`` more from now (e.g. a linking device waiting
-        on its mailbox)."""
-        self._scope.deadline = max(self._scope.deadline, trio.current_time() + seconds)
+    def linking(self, seconds: float) -> None:
+        """The connection opened a linking mailbox: it may wait ``seconds`` from now
+        for it, once. Later calls change nothing (a connection cannot renew its life
+        by opening mailbox after mailbox)."""
+        if not self._linking:
+            self._linking = True
+            self._scope.deadline = max(self._scope.deadline, trio.current_time() + seconds)
 
     async def wait(self) -> bool:
         """Wait until :meth:`done` (``False``) or until the deadline passes (``True``)."""

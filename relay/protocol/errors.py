@@ -29,7 +29,8 @@ class ErrorCode(enum.StrEnum):
     STORAGE_FULL = "storage_full"  # the node's disk / LMDB map is full; nothing was stored
     STORAGE_UNAVAILABLE = "storage_unavailable"  # the node's storage failed (EIO, lost DB); retry
     TOO_LARGE = "too_large"  # frame, field or copy count above the negotiated limit
-    RATE_LIMITED = "rate_limited"  # slow down; retry later
+    RATE_LIMITED = "rate_limited"  # slow down; ``retry_after_ms`` says when to retry
+    QUOTA_EXCEEDED = "quota_exceeded"  # a byte quota is used up; ``quota`` names it
     NOT_FOUND = "not_found"  # unknown, used or expired linking mailbox (or other named object)
     UNAVAILABLE = "unavailable"  # a peer node needed for the answer is unreachable (read paths)
     INTERNAL = "internal"  # bug or unexpected failure on the node

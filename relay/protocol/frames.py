@@ -143,10 +143,15 @@ class PeerAuthOk(Frame):
 
 @dataclass(frozen=True, slots=True)
 class PutDevices(Frame):
-    """Publish a signed device list. Needs no session: the account signature is the authority."""
+    """Publish a signed device list. Needs no session: the account signature is the authority.
+
+    ``invite``: a registration token of the home node (``wa-relay admin invite``), needed
+    for a user's first list on a node whose registration policy is ``invite``.
+    """
 
     TYPE: ClassVar[str] = "put_devices"
     device_list: SignedDeviceList
+    invite: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +300,12 @@ class Error(Frame):
         url: for ``moved``, the home node's WebSocket URL.
         user_id: for ``stale_devices`` / ``unknown_user``, which user.
         device_list: for ``stale_devices``, the current signed list.
+        retry_after_ms: for ``rate_limited`` and ``quota_exceeded``, milliseconds
+            after which the same request may succeed (a hint for quotas).
+        quota: for ``quota_exceeded`` (and ``rate_limited``), which limit refused:
+            e.g. ``device_queue_bytes``, ``account_queue_bytes``, ``sender_bytes``,
+            ``sender_share``, ``peer_bytes``, ``peer_share``, ``media_account``,
+            ``outbox_sender``, ``outbox_total``, ``fanout``, or the rate-limited action.
     """
 
     TYPE: ClassVar[str] = "error"
@@ -303,6 +314,8 @@ class Error(Frame):
     url: str | None = None
     user_id: str | None = None
     device_list: SignedDeviceList | None = None
+    retry_after_ms: int | None = None
+    quota: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,14 @@ class Caller:
         user_id, device_id: the authenticated device (``None`` before ``auth``
             and on peer links).
         peer_id: the authenticated peer node (``None`` on device connections).
+        address: the connection's address key
+            (:func:`relay.net.admission.address_key`), for per-address limits.
     """
 
     user_id: str | None = None
     device_id: int | None = None
     peer_id: str | None = None
+    address: str | None = None
 
     @property
     def is_peer(self) -> bool:

@@ -3,8 +3,10 @@
 Only a user's home node (see :mod:`relay.config.ring`) stores that user's directory
 entries. Device lists are stored as msgpack ``{body, signature}`` of the
 :class:`~relay.protocol.frames.SignedDeviceList`, and verified on the way in
-(the account signature is the only authority). Parsed lists of recently used
-users are cached in a bounded dict.
+(the account signature is the only authority). A list may hold at most
+``max_devices`` devices: every node checks it, on lists published here and on
+lists that arrive from peers (:meth:`Directory.check_device_count`). Parsed lists
+of recently used users are cached in a bounded dict.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from storage import DuplicateKey, StaleVersion, Storage
 BLOCK_MARK = "blocked/"
 """Storage marker prefix of accounts an operator blocked (``blocked/<user_id>``: the
 reason); their devices are refused at login (``wa-relay admin user block``)."""
+DEFAULT_MAX_DEVICES = 8
 KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys
 MAX_KEY_ID = 64  # characters
 KEY_SIZE = 32  # Curve25519 public key bytes
@@ -57,10 +60,12 @@ class Directory:
         ring: the node's :class:`~relay.services.homes.Homes` (a bare ring: no reshape).
         node_id: this node's id.
         cache_size: most parsed device lists kept in memory.
+        max_devices: most devices one list may hold.
     """
 
     def __init__(self, storage: Storage, ring: Ring | Homes, node_id: str,
-                 cache_size: int = 4096) -> None:
+                 cache_size: int = 4096, *, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
+        self.max_devices = max_devices
         self._storage = storage
         self._ring = self.homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
         self._node_id = node_id
@@ -96,6 +101,15 @@ class Directory:
 
     # ------------------------------------------------------------ device lists
 
+    def check_device_count(self, parsed: DeviceList) -> None:
+        """Raise ``too_large`` (``quota`` = ``max_devices``) if the list holds more
+        than ``max_devices`` devices."""
+        if len(parsed.devices) > self.max_devices:
+            raise RelayError(ErrorCode.TOO_LARGE,
+                             f"a device list may hold at most {self.max_devices} devices "
+                             f"(this one has {len(parsed.devices)})", user_id=parsed.user_id,
+                             quota="max_devices")
+
     def _remember(self, user_id: str, entry: tuple[SignedDeviceList, DeviceList]) -> None:
         cached = self._cache.get(user_id)
         if cached is not None and cached[1].version >= entry[1].version:
@@ -121,13 +135,14 @@ class Directory:
         Raises:
             RelayError: ``unauthorized`` (bad signature), ``bad_request``
                 (malformed), ``moved`` (not homed here), ``stale_version``
-                (version does not grow).
+                (version does not grow), ``too_large`` (more than ``max_devices``).
             RemoteProtocolError: from :func:`verify_device_list`.
             StorageFull: nothing stored.
         """
         parsed = verify_device_list(signed)
         async with self.homes.hold([parsed.user_id]):
             self.check_home(parsed.user_id)
+            self.check_device_count(parsed)
             try:
                 await self._storage.put_device_list(parsed.user_id, parsed.version,
                                                     pack_list(signed))

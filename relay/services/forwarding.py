@@ -204,10 +204,15 @@ class Forwarding:
                 outcome.device_list = lists[user_id]
 
     async def _queue(self, dest: str, parts: list[Part]) -> list[Outcome]:
+        """Put ``parts`` in the outbox; a part over the outbox caps is refused alone
+        (``quota_exceeded``), the others are ``queued``."""
+        refusals = self._outbox.caps.over_caps(parts)
+        fitting = [p for p, r in zip(parts, refusals, strict=True) if r is None]
         try:
-            await self._outbox.put_many(parts, dest)
+            if fitting:
+                await self._outbox.put_many(fitting, dest)
         except KNOWN_REFUSALS as exc:
             err = relay_error_from(exc)
             assert err is not None
             return [err] * len(parts)
-        return ["queued"] * len(parts)
+        return [r if r is not None else "queued" for r in refusals]

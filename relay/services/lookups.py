@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from relay.errors import RelayError
-from relay.protocol import ErrorCode
+from relay.protocol import ErrorCode, verify_device_list
 from relay.protocol.frames import Claimed, ClaimKeys, Devices, Frame, GetDevices, KeyCount
 from relay.services.federation import ask_peer
 
@@ -68,7 +68,8 @@ async def get_devices(
 
     Raises:
         RelayError: see :func:`ask_home`; ``unknown_user``; ``bad_request`` if a
-            peer names a watcher not homed at that peer.
+            peer names a watcher not homed at that peer; ``too_large`` if the home
+            answered a list with more devices than this node allows.
         StorageFull: the watcher could not be recorded.
     """
     watcher = user_id  # a device's own value of the field is ignored
@@ -79,7 +80,8 @@ async def get_devices(
             node.directory.check_homed_at(watcher, peer_id, "watcher")
     ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher)
     answer = await ask_home(node, ask, frame.user_id, Devices, from_peer=peer_id is not None)
-    if answer is not None:
+    if answer is not None:  # a list from the user's home: this node checks its size too
+        node.directory.check_device_count(verify_device_list(answer.device_list, frame.user_id))
         return answer
     signed = await node.changes.fetch(frame.user_id, watcher)
     return Devices(id=frame.id, device_list=signed)

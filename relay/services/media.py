@@ -22,7 +22,10 @@ Limits (from :class:`relay.config.NodeConfig`): a chunk carries at most 256 KiB
 the node holds at most ``media_quota`` bytes of media (``storage_full``; an
 upload reserves nothing beyond what it stored, so a declared size cannot lock
 others out, but a size that could never fit is refused at its first chunk);
-blobs whose last write is older than ``media_ttl``, and unfinished uploads idle
+one account holds at most ``media_account_quota`` bytes of the node's media
+(``quota_exceeded``, quota ``media_account``; counted from storage once, then kept
+up to date in memory until the next expiry sweep); blobs whose last write is older
+than ``media_ttl``, and unfinished uploads idle
 for ``media_upload_ttl``, are deleted by :meth:`MediaService.expire`, which the
 node runs periodically.
 """
@@ -53,6 +56,7 @@ DEFAULT_MEDIA_TTL = 30 * 24 * 3600.0
 DEFAULT_MEDIA_UPLOAD_TTL = 24 * 3600.0
 DEFAULT_MAX_MEDIA_SIZE = 2 * GiB
 DOWNLOAD_FORWARD_TIMEOUT = 10.0  # seconds for a peer to answer one forwarded chunk
+OWNER_CACHE = 100_000  # accounts whose media usage is kept in memory
 
 
 def _check_media_id(media_id: bytes) -> None:
@@ -70,6 +74,7 @@ class MediaService:
         federation: peer links, for forwarded downloads.
         log: the node's logger (metadata only: id prefixes, sizes).
         quota: most bytes all blobs may hold together.
+        account_quota: most bytes one account's blobs may hold (``None``: no bound).
         ttl: seconds after a blob's last write when it expires.
         upload_ttl: seconds after its last chunk when an unfinished upload expires.
         max_size: largest accepted blob, bytes.
@@ -80,7 +85,8 @@ class MediaService:
         self, node_id: str, ring: Ring, storage: Storage, federation: Federation,
         log: logging.Logger, *, quota: int = DEFAULT_MEDIA_QUOTA,
         ttl: float = DEFAULT_MEDIA_TTL, upload_ttl: float = DEFAULT_MEDIA_UPLOAD_TTL,
-        max_size: int = DEFAULT_MAX_MEDIA_SIZE, forward_timeout: float = DOWNLOAD_FORWARD_TIMEOUT,
+        max_size: int = DEFAULT_MAX_MEDIA_SIZE, account_quota: int | None = None,
+        forward_timeout: float = DOWNLOAD_FORWARD_TIMEOUT,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
@@ -88,6 +94,8 @@ class MediaService:
         self._federation = federation
         self._log = log
         self.quota = quota
+        self.account_quota = account_quota
+        self._owner_bytes: dict[str, int] = {}  # cache of storage.media_owner_usage
         self.ttl = ttl
         self.upload_ttl = upload_ttl
         self.max_size = max_size
@@ -102,7 +110,8 @@ class MediaService:
             RelayError: ``too_large`` (chunk above 256 KiB, blob above
                 ``max_size``), ``bad_request`` (malformed, offset not the bytes
                 received, size or owner differs, hash mismatch: blob discarded).
-            StorageFull: quota or disk full; nothing stored.
+            RelayError: ``quota_exceeded`` (``media_account``) over the account quota.
+            StorageFull: node quota or disk full; nothing stored.
         """
         _check_media_id(frame.media_id)
         if len(frame.chunk) > MEDIA_CHUNK_MAX:
@@ -113,6 +122,13 @@ class MediaService:
                              f"a file may be at most {self.max_size} bytes (encrypted)")
         if frame.size < 0 or frame.offset < 0:
             raise RelayError(ErrorCode.BAD_REQUEST, "size and offset must be >= 0")
+        used = await self._account_usage(user_id)
+        if self.account_quota is not None and used + len(frame.chunk) > self.account_quota:
+            raise RelayError(ErrorCode.QUOTA_EXCEEDED,
+                             f"this account holds {used} bytes of media here, at most "
+                             f"{self.account_quota}", quota="media_account",
+                             retry_after_ms=int(self.ttl * 1000))
+        before = await self._storage.media_status(frame.media_id)
         try:
             info = await self._storage.media_append(
                 frame.media_id, frame.size, frame.offset, frame.chunk, owner=user_id,
@@ -126,11 +142,22 @@ class MediaService:
                              "discarded, upload it again from offset 0") from exc
         except (MediaConflict, ValueError) as exc:
             raise RelayError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        if info.owner == user_id:
+            grown = info.received - (before.received if before is not None else 0)
+            self._owner_bytes[user_id] = used + max(0, grown)
         if info.complete and frame.offset + len(frame.chunk) == info.size:
             self._log.info("media %s complete: %d bytes from %s", frame.media_id.hex()[:12],
                            info.size, user_id[:8])
         return MediaProgress(id=frame.id, received=info.received, size=info.size,
                              complete=info.complete)
+
+    async def _account_usage(self, user_id: str) -> int:
+        used = self._owner_bytes.get(user_id)
+        if used is None:
+            if len(self._owner_bytes) >= OWNER_CACHE:
+                self._owner_bytes.clear()
+            used = self._owner_bytes[user_id] = await self._storage.media_owner_usage(user_id)
+        return used
 
     async def status(self, frame: MediaStatus) -> MediaProgress:
         """What this node holds of ``frame.media_id`` (zeros if nothing).
@@ -226,4 +253,5 @@ class MediaService:
                                                 incomplete_older_than=t - self.upload_ttl)
         if gone:
             self._log.info("expired %d media blobs", gone)
+            self._owner_bytes.clear()  # recounted from storage on the next upload
         return gone

@@ -9,7 +9,9 @@ one ``enqueue_many`` (:meth:`relay.services.router.Router.store_parts`); a
 it and before those after it. A retryable refusal of a sending device's item keeps
 its later items to the same devices out for the whole batch, across runs
 (docs/protocol.md, "Order", rule 5). The answer, ``results {items}``, holds one
-``ok`` or ``error`` per item.
+``ok`` or ``error`` per item. Forwards are counted against the peer's
+``peer_forward`` token bucket (one token per copy); over it, every item is
+answered ``rate_limited`` (retryable: the peer's outbox keeps them).
 
 A ``bounce`` hands this node a ``bounce`` envelope for one of its own users'
 devices: a message the sending node (the recipient's home) can never deliver.
@@ -53,6 +55,7 @@ def messaging_table(node: Node) -> Table:
 
     async def forward(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, Forward | GroupForward) and caller.peer_id is not None
+        node.rates.take("peer_forward", copies([frame]), account=caller.peer_id)
         (refusal,) = await node.router.store_parts([frame], peer_id=caller.peer_id)
         if refusal is not None:
             raise refusal
@@ -61,6 +64,11 @@ def messaging_table(node: Node) -> Table:
     async def forward_batch(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, ForwardBatch) and caller.peer_id is not None
         answers: list[Frame | None] = [None] * len(frame.items)
+        parts = [f for f in frame.items if isinstance(f, Forward | GroupForward)]
+        try:
+            node.rates.take("peer_forward", copies(parts), account=caller.peer_id)
+        except RelayError as exc:  # the peer's outbox keeps them and retries later
+            return Results(id=frame.id, items=[exc.to_frame(0)] * len(frame.items))
         blocked: Blocked = {}
         run: list[tuple[int, Forward | GroupForward]] = []
 
@@ -89,6 +97,17 @@ def messaging_table(node: Node) -> Table:
 
     return {Forward: forward, GroupForward: forward, ForwardBatch: forward_batch,
             BounceBack: bounce_back}
+
+
+def copies(parts: list[Forward | GroupForward]) -> int:
+    """How many envelopes ``parts`` would queue (the ``peer_forward`` token cost)."""
+    n = 0
+    for part in parts:
+        if isinstance(part, GroupForward):
+            n += sum(len(r.device_ids) for r in part.recipients)
+        else:
+            n += sum(len(r.copies) for r in part.recipients)
+    return max(1, n)
 
 
 RESULTS_HEADER = 64

@@ -222,7 +222,8 @@ class DeviceListChanges:
         Raises:
             RelayError / RemoteProtocolError: ``bad_request`` (sender not homed at
                 the peer, wrong kind or msg_id, a user not homed here),
-                ``unauthorized`` (the list's signature does not verify).
+                ``unauthorized`` (the list's signature does not verify), ``too_large``
+                (more devices than this node allows).
             StorageFull: retry later (users already served are deduplicated).
         """
         env = frame.envelope
@@ -230,6 +231,7 @@ class DeviceListChanges:
         if env.kind != NOTICE_KIND or env.sender_device != 0:
             raise RelayError(ErrorCode.BAD_REQUEST, "notify carries device_list notices only")
         parsed = verify_device_list(unpack_list(env.body), env.sender_user)
+        self._directory.check_device_count(parsed)
         if env.msg_id != notice_msg_id(env.sender_user, parsed.version):
             raise RelayError(ErrorCode.BAD_REQUEST, "notice msg_id does not match the list")
         for u in frame.user_ids:

@@ -28,6 +28,14 @@ While a destination has pending entries, new parts for it go to the outbox too
 
 A ``moved`` answer (a reshape handed the recipient to another node) is not final:
 the entry is sent again towards where its recipients are now (:attr:`Outbox.reroute`).
+
+Caps (issue 11): the outbox holds at most ``sender_cap`` bytes of one sending
+account's parts and ``total_cap`` bytes of parts in all (:meth:`OutboxCaps.over_caps`;
+bytes are stored payload lengths, counted for the entries this process put or
+found at start; :class:`~relay.services.outbox_caps.OutboxCaps`). A part over a cap is refused to its sender (``quota_exceeded``,
+quota ``outbox_sender`` / ``outbox_total``, with ``retry_after_ms``), never dropped;
+what was accepted is never touched. ``quota_exceeded`` answers of a destination
+are retryable like ``queue_full``.
 """
 
 from __future__ import annotations
@@ -64,9 +72,12 @@ from relay.protocol.frames import (
 )
 from relay.protocol.stored import encode_bounce_body, encode_envelope
 from relay.services.federation import Federation, LinkDown, request_within
+from relay.services.outbox_caps import OutboxCaps
 from storage import EnqueueRequest, OutboxEntry, Storage
 
 RETRYABLE = RETRYABLE_CODES
+START_COUNT = 100_000
+"""Most entries per destination counted against the caps at start."""
 BATCH = 256
 """Most entries listed per round (then packed to fit one frame)."""
 BATCH_HEADER = 64
@@ -101,12 +112,18 @@ class Outbox:
         limits: the node's size budget (stored requests are read back, and batches
             packed, with the peer limits).
         log: for metadata-only log lines.
+        sender_cap, total_cap: most payload bytes of one sending account's parts, and
+            of all parts (``None``: no cap); see :attr:`caps`.
+        retry_after_ms: the retry hint of a refusal over a cap.
     """
 
     def __init__(
         self, storage: Storage, federation: Federation, notify: Callable[[str, int], None], *,
         queue_ttl: float, timeout: float, limits: Limits = DEFAULT_LIMITS, log: logging.Logger,
+        sender_cap: int | None = None, total_cap: int | None = None,
+        retry_after_ms: int = 60_000,
     ) -> None:
+        self.caps = OutboxCaps(sender_cap, total_cap, retry_after_ms)
         self._storage = storage
         self._federation = federation
         self._notify = notify
@@ -161,16 +178,28 @@ class Outbox:
         Raises:
             StorageFull, StorageUnavailable: nothing stored.
         """
-        ids = await self._storage.outbox_put_many([(dest, write_frame(r)) for r in requests])
+        payloads = [write_frame(r) for r in requests]
+        ids = await self._storage.outbox_put_many([(dest, p) for p in payloads])
+        for oid, request, payload in zip(ids, requests, payloads, strict=True):
+            self.caps.count(oid, request, len(payload))
         self._ids[dest].update(ids)
         self._wake[dest].set()
         return ids
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Load pending state from storage, then drain every destination until cancelled."""
+        """Load pending state from storage (and count it against the caps), then drain
+        every destination until cancelled."""
         for dest in self._ids:
-            if await self._storage.outbox_list(dest, limit=1):
+            found = await self._storage.outbox_list(dest, limit=START_COUNT)
+            if found:
                 self._backlog[dest] = True
+            for entry in found:
+                try:
+                    request = read_frame(entry.payload, self._limits)
+                except RemoteProtocolError:
+                    continue  # the drain sets it aside
+                if isinstance(request, Forward | GroupForward | Notify | BounceBack):
+                    self.caps.count(entry.outbox_id, request, len(entry.payload))
         async with trio.open_nursery() as nursery:
             for dest in self._ids:
                 nursery.start_soon(self._drain, dest)
@@ -214,6 +243,7 @@ class Outbox:
         await self._storage.outbox_delete_many([e.outbox_id for e in entries])
         for e in entries:
             self._ids[e.dest].discard(e.outbox_id)
+            self.caps.uncount(e.outbox_id)
 
     async def _attempt(self, dest: str, entries: list[OutboxEntry]) -> tuple[str, int | None]:
         """One round: ``("done" | "down" | "retry", outbox id of the first kept entry)``."""

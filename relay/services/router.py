@@ -14,6 +14,16 @@ node into *parts* (a ``forward`` or ``group_forward`` per home, id 0), then:
   lanes of :class:`relay.services.forwarding.Forwarding`, which send them in
   ``forward_batch`` frames (or to the durable outbox).
 
+Before any of that, each request is checked against its sender's limits
+(:mod:`relay.services.limits`): its fan-out (body bytes times copies) against the
+sender quota, then the ``send`` (copies) and ``send_bytes`` token buckets of the
+account and of the source address; a refused request is answered
+``quota_exceeded`` / ``rate_limited`` and nothing of it is routed. The recipients
+of an accepted request are recorded as the sender's correspondents (their copies
+from the sender are then exempt from share bounds here). Every stored part is
+charged to its sender (and forwarding node) under the byte quotas of
+:meth:`relay.services.limits.QueuePolicy.quota_for`.
+
 Each request is answered on its own: ``stored`` when every home stored its
 part, ``queued`` when some part went to the outbox, else the first refusal in
 recipient order (e.g. ``stale_devices``). A run returns only once every part of
@@ -61,6 +71,7 @@ from relay.protocol.stored import encode_envelope
 from relay.services.directory import Directory
 from relay.services.groups import GROUP_KIND, group_items, group_members
 from relay.services.homes import Homes
+from relay.services.limits import QueuePolicy, RateLimits
 from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
@@ -123,6 +134,8 @@ class Router:
         max_queue: bound of one device queue.
         on_stale: ``await on_stale(user_id, sender_user)`` before a ``stale_devices``
             refusal hands ``user_id``'s list to ``sender_user`` (records a watcher).
+        policy: byte quotas and correspondents (``None``: no quotas).
+        rates: token buckets (``None``: no rate limits).
     """
 
     def __init__(
@@ -130,6 +143,7 @@ class Router:
         notify: Callable[[str, int], None], *, max_queue: int,
         forwarding: _Forwarding | None = None,
         on_stale: Callable[[str, str], Awaitable[None]] | None = None,
+        policy: QueuePolicy | None = None, rates: RateLimits | None = None,
     ) -> None:
         self._node_id = node_id
         self._ring = self._homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
@@ -139,6 +153,8 @@ class Router:
         self._notify = notify
         self._max_queue = max_queue
         self._on_stale = on_stale
+        self._policy = policy
+        self._rates = rates
 
     def attach(self, forwarding: _Forwarding) -> None:
         """Set the forwarding lanes (they need the router's outbox; built after it)."""
@@ -147,9 +163,15 @@ class Router:
     # ------------------------------------------------------------ a device's run of sends
 
     async def send_batch(
-        self, sender_user: str, sender_device: int, frames: list[Send | GroupSend]
+        self, sender_user: str, sender_device: int, frames: list[Send | GroupSend], *,
+        address: str | None = None,
     ) -> list[Frame]:
         """Route a run of one device's ``send`` / ``group_send`` requests, in order.
+
+        Args:
+            sender_user, sender_device: the authenticated sending device.
+            frames: the run, in reading order.
+            address: the connection's address key (for per-address rate limits).
 
         Returns:
             One answer per request, in order: ``sent {status}`` or ``error``.
@@ -160,15 +182,29 @@ class Router:
         plans: list[list[str]] = [[] for _ in frames]  # per request: its homes, in recipient order
         local: list[tuple[int, Part]] = []
         remote: dict[str, list[tuple[int, Part]]] = {}
+        costs = [_costs(frame) for frame in frames]
+        rated = False  # the whole run's tokens taken at once (the common case)
+        if self._rates is not None and len(frames) > 1:
+            try:
+                self._rates.take_many([("send", sum(c for c, _ in costs)),
+                                       ("send_bytes", sum(b for _, b in costs))],
+                                      account=sender_user, address=address)
+                rated = True
+            except RelayError:
+                pass  # some frames of the run pass: take them one by one below
         outcomes: list[dict[str, Outcome]] = [{} for _ in frames]
         waits = {}
         users = {r.user_id for f in frames for r in f.recipients}
         async with self._homes.hold(users):  # no user's handoff starts between split and store
             for i, frame in enumerate(frames):
                 try:
+                    self._check_limits(costs[i], sender_user, address, rated=rated)
                     parts = self._split(frame, sender_user, sender_device, ts)
-                except RelayError as exc:
-                    answers[i] = exc.to_frame(frame.id)
+                    if self._policy is not None:
+                        await self._policy.note_sent(sender_user,
+                                                     [r.user_id for r in frame.recipients])
+                except KNOWN_REFUSALS as exc:
+                    answers[i] = relay_error_from(exc).to_frame(frame.id)  # type: ignore[union-attr]
                     continue
                 for dest, part in parts:
                     plans[i].append(dest)
@@ -194,6 +230,17 @@ class Router:
             if answers[i] is None:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
         return answers  # type: ignore[return-value]
+
+    def _check_limits(self, costs: tuple[int, int], sender_user: str, address: str | None,
+                      *, rated: bool) -> None:
+        """Fan-out quota, then (unless the run's tokens were ``rated`` already) the
+        ``send`` and ``send_bytes`` buckets (nothing taken unless both pass)."""
+        copies, fanout = costs
+        if self._policy is not None:
+            self._policy.check_fanout(fanout)
+        if self._rates is not None and not rated:
+            self._rates.take_many([("send", copies), ("send_bytes", fanout)],
+                                  account=sender_user, address=address)
 
     def _split(
         self, frame: Send | GroupSend, sender_user: str, sender_device: int, ts: int
@@ -299,8 +346,13 @@ class Router:
                     part = self._relay_incoming(i, part, relays)
                     if part is None:
                         continue
-                await self.check_local(part.sender_user, part.sender_device, part_members(part))
+                members = part_members(part)
+                await self.check_local(part.sender_user, part.sender_device, members)
                 items = part_items(part)
+                charges, quota = (), None
+                if self._policy is not None:
+                    charges, quota = await self._policy.quota_for(
+                        part.sender_user, [u for u, _ in members], peer_id)
             except KNOWN_REFUSALS as exc:
                 err = results[i] = relay_error_from(exc)
                 if err is not None and err.code.value in RETRYABLE_CODES:
@@ -310,7 +362,8 @@ class Router:
                 continue
             accepted.append((i, items))
             requests.append(EnqueueRequest(items, dedupe=dedupe_id(part.sender_user, part.msg_id),
-                                           max_queue=self._max_queue,
+                                           max_queue=self._max_queue, charges=charges,
+                                           quota=quota,
                                            sender=(part.sender_user, part.sender_device)))
         if not requests:
             return results
@@ -325,8 +378,11 @@ class Router:
             return results
         for (i, items), answer in zip(accepted, answers, strict=True):
             if isinstance(answer, Exception):
-                err = results[i] = relay_error_from(answer) or RelayError(
+                err = relay_error_from(answer) or RelayError(
                     ErrorCode.INTERNAL, "the node could not store the message")
+                if err.code is ErrorCode.QUOTA_EXCEEDED and self._policy is not None:
+                    err.retry_after_ms = self._policy.retry_after_ms
+                results[i] = err
                 blocked.update(dict.fromkeys(keys_of[i], err))
             elif answer is not None:
                 for user_id, device_id, _ in items:
@@ -424,6 +480,15 @@ def _chain_keys(part: Part) -> set[ChainKey]:
     except (TypeError, ValueError, AttributeError):  # malformed: refused by the checks
         return set()
     return {(part.sender_user, part.sender_device, u, d) for u, devs in members for d in devs}
+
+
+def _costs(frame: Send | GroupSend) -> tuple[int, int]:
+    """``(copies, fan-out bytes)`` of one request: its rate-limit tokens."""
+    if isinstance(frame, GroupSend):
+        copies = sum(len(r.device_ids) for r in frame.recipients)
+        return copies, copies * len(frame.body)
+    return (sum(len(r.copies) for r in frame.recipients),
+            sum(len(c.body) for r in frame.recipients for c in r.copies))
 
 
 def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:

@@ -6,6 +6,11 @@ Services and what they serve:
 * linking: ``link_fetch``, ``link_complete``;
 * device-list notices: ``notify`` (peers);
 * media: ``media_upload``, ``media_status``, ``media_download``;
+
+Rate limits (:class:`relay.services.limits.RateLimits`, per account and per source
+address) are taken before ``put_devices``, ``upload_keys``, ``claim_keys`` (one token
+per device claimed) and ``media_upload`` (one per byte) are served; a first device
+list also passes the registration policy (:mod:`relay.services.registration`).
 * messaging (peers): ``forward``, ``group_forward``, ``forward_batch``
   (:mod:`relay.services.messaging`);
 * handoff (peers): ``handoff_put``, ``handoff_done``, ``handoff_complete``
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.protocol import RemoteProtocolError, verify_device_list
+from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     ClaimKeys,
     Frame,
@@ -46,10 +51,13 @@ def directory_table(node: Node) -> Table:
 
     async def put_devices(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, PutDevices)
-        try:  # checked again (and refused) by publish
-            await node.handoff.incoming.settle(verify_device_list(frame.device_list).user_id)
-        except RemoteProtocolError:
-            pass
+        parsed = verify_device_list(frame.device_list)
+        await node.handoff.incoming.settle(parsed.user_id)
+        node.rates.take("put_devices", account=parsed.user_id, address=caller.address)
+        node.directory.check_home(parsed.user_id)
+        node.directory.check_device_count(parsed)
+        if await node.directory.get_device_list(parsed.user_id) is None:
+            await node.registration.admit(frame.invite, caller.address)
         await node.changes.publish(frame.device_list)
         return Ok(id=frame.id)
 
@@ -61,12 +69,16 @@ def directory_table(node: Node) -> Table:
     async def upload_keys(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, UploadKeys)
         user_id, device_id = caller.device()
+        node.rates.take("upload_keys", account=user_id, address=caller.address)
         count = await node.directory.upload_keys(user_id, device_id, frame.one_time_keys,
                                                  frame.fallback_key)
         return KeyCount(id=frame.id, otk_count=count)
 
     async def claim_keys(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, ClaimKeys)
+        if not caller.is_peer:  # the asking device's home counts it (no double count)
+            node.rates.take("claim_keys", max(1, len(frame.device_ids)),
+                            account=caller.user_id, address=caller.address)
         return await lookups.claim_keys(node, frame, from_peer=caller.is_peer)
 
     return {PutDevices: put_devices, GetDevices: get_devices, UploadKeys: upload_keys,
@@ -100,7 +112,10 @@ def media_table(node: Node) -> Table:
 
     async def upload(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, MediaUpload)
-        return await node.media.upload(caller.device()[0], frame)
+        user_id = caller.device()[0]
+        node.rates.take("media_upload", max(1, len(frame.chunk)), account=user_id,
+                        address=caller.address)
+        return await node.media.upload(user_id, frame)
 
     async def status(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, MediaStatus)

@@ -24,9 +24,13 @@ if it expires unused, the connection gets ``error not_found`` (id 0).
 A device removed from its list is *revoked*: it gets ``error unknown_device``
 (id 0), nothing more is served, and the connection closes with 1008.
 
-A connection that opens a linking mailbox gets the mailbox's lifetime on top of
-``handshake_timeout`` to authenticate. Connections are admitted (or refused) by
-:mod:`relay.serving.listener` before they get here.
+A connection that has not authenticated (or opened a linking mailbox) within
+``handshake_timeout`` seconds gets ``error unauthorized`` (id 0) and close 1008.
+The first ``link_open`` gives the connection the mailbox's lifetime (``link_ttl``,
+plus ``handshake_timeout`` to hear that it expired) from then, once: later ``link_open`` (rate-limited per address) replace the mailbox
+but never extend the connection's life. An unauthenticated connection may be
+evicted for a newer one (:mod:`relay.net.admission`): it is closed with 1008. Connections are admitted (or refused)
+by :mod:`relay.net.listener` before they get here.
 
 Error handling: protocol problems are answered by the link; refusals
 (:data:`relay.errors.KNOWN_REFUSALS`) answer their code; any other exception is a
@@ -93,7 +97,7 @@ class Connection:
         self._conn = link.conn
         self._log: logging.Logger = node.log
         self._metrics = node.metrics
-        self._caller = Caller()
+        self._caller = Caller(address=link.address)
         self._pusher: Pusher | None = None
         self._acks: AckFlusher | None = None
         self._acked = 0
@@ -174,7 +178,8 @@ class Connection:
                 while j < len(frames) and isinstance(frames[j], _SENDS):
                     j += 1
                 user_id, device_id = self._caller.device()
-                answers = await self._node.router.send_batch(user_id, device_id, frames[i:j])  # type: ignore[arg-type]
+                answers = await self._node.router.send_batch(
+                    user_id, device_id, frames[i:j], address=self._link.address)  # type: ignore[arg-type]
                 for answer in answers:
                     self._note_refusal(answer)
                 await self._link.send_many(answers)
@@ -224,7 +229,8 @@ class Connection:
         node = self._node
         await check_device_auth(node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_client(frame.user_id, frame.device_id)
-        self._caller = Caller(user_id=frame.user_id, device_id=frame.device_id)
+        self._caller = Caller(user_id=frame.user_id, device_id=frame.device_id,
+                              address=self._link.address)
         self._authenticated()
         self._link.exits.enter_context(node.registry.register(frame.user_id, frame.device_id, self))
         self._log.debug("device %s/%d authenticated", frame.user_id[:8], frame.device_id)
@@ -237,7 +243,7 @@ class Connection:
         assert isinstance(frame, PeerAuth)
         answer = check_peer_auth(self._node, self._conn.nonce, frame)  # type: ignore[arg-type]
         self._conn.mark_authenticated_peer(frame.node_id)
-        self._caller = Caller(peer_id=frame.node_id)
+        self._caller = Caller(peer_id=frame.node_id, address=self._link.address)
         self._authenticated()
         self._node.federation.kick(frame.node_id)  # it is up: our link to it may reconnect now
         self._log.debug("peer %s authenticated", frame.node_id)
@@ -246,8 +252,9 @@ class Connection:
     async def _link_open(self, caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, LinkOpen) and self._link.nursery is not None
         node = self._node
+        node.rates.take("link_open", address=self._link.address)
         opened = self._link_slot.open(frame.device_info, self._link.nursery)
-        self._link.extend_deadline(node.linking.ttl + node.config.handshake_timeout)
+        self._link.linking_deadline(node.linking.ttl + node.config.handshake_timeout)
         return dataclasses.replace(opened, id=frame.id)
 
     async def _bounce_remote(self, envelope: Envelope) -> None:

@@ -38,6 +38,8 @@ class ProcessCluster:
         storage_url: node id -> storage URL (default: the layout's ``lmdb://data``).
             A node served by several processes needs a shared one (``postgresql://``).
         host: the loopback address everything listens on.
+        settings: ``node.toml`` key -> value as TOML text (e.g. ``"1e9"``), replacing
+            the generated line of that key in every node's file.
 
     Attributes:
         cluster_file: the ``cluster.toml``.
@@ -46,7 +48,8 @@ class ProcessCluster:
     """
 
     def __init__(self, root: Path, n: int, *, processes: dict[str, int] | None = None,
-                 storage_url: Callable[[str], str] | None = None, host: str = LOOPBACK) -> None:
+                 storage_url: Callable[[str], str] | None = None, host: str = LOOPBACK,
+                 settings: dict[str, str] | None = None) -> None:
         self.root = root
         self.cluster_file = root / "cluster.toml"
         self.procs: dict[tuple[str, int], LoggedProcess] = {}
@@ -55,10 +58,12 @@ class ProcessCluster:
         for config in init_cluster(root, n, free_base_port(n, host=host), host):
             node_id = config.parent.name
             self.configs[node_id] = config
-            if storage_url is not None:
-                url = json.dumps(storage_url(node_id))  # a valid TOML basic string
-                lines = [f"storage = {url}" if line.startswith("storage = ") else line
-                         for line in config.read_text().splitlines()]
+            values = dict(settings or {})
+            if storage_url is not None:  # json: a valid TOML basic string
+                values["storage"] = json.dumps(storage_url(node_id))
+            if values:
+                lines = [f"{key} = {values[key]}" if (key := line.split(" = ", 1)[0]) in values
+                         else line for line in config.read_text().splitlines()]
                 config.write_text("\n".join(lines) + "\n")
         nodes = []
         for info in load_cluster(self.cluster_file):

@@ -131,6 +131,12 @@ class PgMediaMixin:
             return int(row[0]) if row else 0
         return await self._with_conn(usage)  # type: ignore[attr-defined]
 
+    async def media_owner_usage(self, owner: str) -> int:
+        """See :meth:`storage.base.Storage.media_owner_usage`."""
+        rows = await self._fetch(  # type: ignore[attr-defined]
+            "SELECT coalesce(sum(received), 0) FROM media WHERE owner = %s", (owner,))
+        return int(rows[0][0])
+
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None
     ) -> int:

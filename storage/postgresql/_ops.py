@@ -17,6 +17,8 @@ import bisect
 from collections import Counter
 from collections.abc import Sequence
 
+from .._quota import check_quota
+from ..base import QueueQuota
 from ..errors import QueueFull
 from ._writer import Op, Tx
 
@@ -29,6 +31,56 @@ OUTBOX_OVERHEAD = 48
 MAX_BIGINT = 2**63 - 1
 
 _Dev = tuple[str, int]
+TAG_SEP = "\x1f"
+
+CHARGE_CTES = """,
+            sh AS (SELECT g.user_id, g.device_id, x.tag, sum(g.len) AS b
+                   FROM gone g, unnest(string_to_array(g.charges, chr(31))) AS x(tag)
+                   WHERE g.charges IS NOT NULL GROUP BY g.user_id, g.device_id, x.tag),
+            us AS (UPDATE queue_shares t SET bytes = t.bytes - sh.b FROM sh
+                   WHERE t.user_id = sh.user_id AND t.device_id = sh.device_id AND t.tag = sh.tag),
+            uc AS (UPDATE queue_charges t SET bytes = t.bytes - c.b
+                   FROM (SELECT tag, sum(b) AS b FROM sh GROUP BY tag) AS c WHERE t.tag = c.tag)"""
+"""CTEs that take the bytes of the deleted items of a ``gone`` CTE (columns user_id,
+device_id, len, charges) off ``queue_shares`` and ``queue_charges``."""
+
+DEVICE_CTES = """,
+            cnt AS (SELECT user_id, device_id, count(*) AS c, sum(len) AS b FROM gone
+                    GROUP BY user_id, device_id),
+            upd AS (UPDATE devices t SET queue_len = t.queue_len - cnt.c,
+                                         queue_bytes = t.queue_bytes - cnt.b FROM cnt
+                    WHERE t.user_id = cnt.user_id AND t.device_id = cnt.device_id)"""
+"""CTEs that take the deleted items of ``gone`` off the ``devices`` counters."""
+
+
+class _BatchUsage:
+    """The byte counts of :mod:`storage._quota` for one batch of enqueues: read from
+    the database before the batch, plus what the batch's accepted requests add."""
+
+    def __init__(self, state: dict[_Dev, list[int]], accounts: dict[str, int],
+                 charges: dict[str, int], shares: dict[tuple[str, int, str], int]) -> None:
+        self.state, self.accounts, self.charges, self.shares = state, accounts, charges, shares
+
+    def device(self, user_id: str, device_id: int) -> int:
+        return self.state[(user_id, device_id)][2]
+
+    def account(self, user_id: str) -> int:
+        return self.accounts.get(user_id, 0)
+
+    def charge(self, tag: str) -> int:
+        return self.charges.get(tag, 0)
+
+    def share(self, user_id: str, device_id: int, tag: str) -> int:
+        return self.shares.get((user_id, device_id, tag), 0)
+
+    def add(self, items: list[tuple[str, int, bytes]], tags: tuple[str, ...]) -> None:
+        for u, d, env in items:
+            n = len(env)
+            self.state[(u, d)][2] += n
+            self.accounts[u] = self.accounts.get(u, 0) + n
+            for tag in tags:
+                self.charges[tag] = self.charges.get(tag, 0) + n
+                self.shares[(u, d, tag)] = self.shares.get((u, d, tag), 0) + n
 
 
 def _clamp(n: int) -> int:
@@ -38,11 +90,12 @@ def _clamp(n: int) -> int:
 class Enqueue(Op):
     """One :class:`~storage.base.EnqueueRequest`; value: seqs, or None (duplicate)."""
 
-    __slots__ = ("items", "dedupe", "max_queue", "ts", "chain")
+    __slots__ = ("items", "dedupe", "max_queue", "ts", "chain", "charges", "quota")
     merge = True
 
     def __init__(self, items: list[tuple[str, int, bytes]], dedupe: bytes | None,
-                 max_queue: int | None, ts: float, chain: frozenset = frozenset()) -> None:
+                 max_queue: int | None, ts: float, charges: tuple[str, ...] = (),
+                 quota: QueueQuota | None = None, chain: frozenset = frozenset()) -> None:
         size = sum(len(env) for _, _, env in items)
         adds = size + ITEM_OVERHEAD * len(items)
         if dedupe is not None:
@@ -53,6 +106,8 @@ class Enqueue(Op):
         self.max_queue = max_queue
         self.ts = ts
         self.chain = chain  # chain keys (storage._chains): skipped after a refusal on one
+        self.charges = charges
+        self.quota = quota
 
     def devices(self) -> list[_Dev]:
         return [(u, d) for u, d, _ in self.items]
@@ -70,14 +125,22 @@ class Enqueue(Op):
                 "INSERT INTO devices (user_id, device_id) "
                 "SELECT u, d FROM unnest(%b::text[], %b::bigint[]) AS v(u, d) ORDER BY u, d "
                 "ON CONFLICT (user_id, device_id) DO UPDATE SET last_seq = devices.last_seq "
-                "RETURNING user_id, device_id, last_seq, queue_len",
+                "RETURNING user_id, device_id, last_seq, queue_len, queue_bytes",
                 ([u for u, _ in devs], [d for _, d in devs]))
         if wanted:
             dupes = tx.query("SELECT id FROM dedupe WHERE id = ANY(%b::bytea[])", (wanted,))
-        # One round trip for both reads (and whatever was queued before them).
+        quota_reads = cls._quota_reads(tx, reqs, devs)
+        # One round trip for all reads (and whatever was queued before them).
         state: dict[_Dev, list[int]] = {}
         if counters is not None:
-            state = {(u, d): [s, n] for u, d, s, n in counters.fetchall()}
+            state = {(u, d): [s, n, b] for u, d, s, n, b in counters.fetchall()}
+        accounts_cur, charges_cur, shares_cur = quota_reads
+        usage = _BatchUsage(
+            state,
+            {} if accounts_cur is None else {u: int(n) for u, n in accounts_cur.fetchall()},
+            {} if charges_cur is None else {t: int(n) for t, n in charges_cur.fetchall()},
+            {} if shares_cur is None else {(u, d, t): int(n)
+                                           for u, d, t, n in shares_cur.fetchall()})
         seen: set[bytes] = set()
         if dupes is not None:
             seen = {bytes(r[0]) for r in dupes.fetchall()}
@@ -86,6 +149,7 @@ class Enqueue(Op):
         q_seq: list[int] = []
         q_ts: list[float] = []
         q_env: list[bytes] = []
+        q_charges: list[str | None] = []
         d_ids: list[bytes] = []
         d_ts: list[float] = []
         for op in reqs:
@@ -103,10 +167,17 @@ class Enqueue(Op):
                     op.error = QueueFull(f"queue of {full[0]} would exceed {op.max_queue} envelopes")
                     tx.chains.record(op.chain, op.error)
                     continue
+            try:
+                check_quota([(u, d, len(env)) for u, d, env in op.items], op.charges, op.quota,
+                            usage)
+            except QueueFull as exc:
+                op.error = exc
+                continue
             if not tx.admit(op.adds):
                 tx.refuse_full(op)
                 tx.chains.record(op.chain, op.error)
                 continue
+            usage.add(op.items, op.charges)
             seqs = []
             for u, d, env in op.items:
                 st = state[(u, d)]
@@ -118,6 +189,7 @@ class Enqueue(Op):
                 q_seq.append(st[0])
                 q_ts.append(op.ts)
                 q_env.append(env)
+                q_charges.append(TAG_SEP.join(op.charges) if op.charges else None)
             if op.dedupe is not None:
                 seen.add(op.dedupe)
                 d_ids.append(op.dedupe)
@@ -132,17 +204,69 @@ class Enqueue(Op):
                            "unnest(%b::bytea[], %b::float8[])", (list(d_ids), list(d_ts)))
         if q_seq:
             tx.cur.execute(
-                "INSERT INTO queue (user_id, device_id, seq, ts, envelope) SELECT * FROM "
-                "unnest(%b::text[], %b::bigint[], %b::bigint[], %b::float8[], %b::bytea[])",
-                (q_user, q_dev, q_seq, q_ts, q_env))
+                "INSERT INTO queue (user_id, device_id, seq, ts, envelope, charges) SELECT * "
+                "FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::float8[], %b::bytea[], "
+                "%b::text[])", (q_user, q_dev, q_seq, q_ts, q_env, q_charges))
+            cls._add_charges(tx, reqs)
             touched = sorted({(u, d) for u, d in zip(q_user, q_dev, strict=True)})
             tx.enqueued.update(touched)
             tx.cur.execute(
-                "UPDATE devices AS t SET last_seq = v.s, queue_len = v.n FROM unnest("
-                "%b::text[], %b::bigint[], %b::bigint[], %b::bigint[]) AS v(u, d, s, n) "
-                "WHERE t.user_id = v.u AND t.device_id = v.d",
+                "UPDATE devices AS t SET last_seq = v.s, queue_len = v.n, queue_bytes = v.b "
+                "FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[], "
+                "%b::bigint[]) AS v(u, d, s, n, b) WHERE t.user_id = v.u AND t.device_id = v.d",
                 ([u for u, _ in touched], [d for _, d in touched],
-                 [state[k][0] for k in touched], [state[k][1] for k in touched]))
+                 [state[k][0] for k in touched], [state[k][1] for k in touched],
+                 [state[k][2] for k in touched]))
+
+    @staticmethod
+    def _quota_reads(tx: Tx, reqs: Sequence[Enqueue], devs: list[_Dev]) -> list:
+        """Queue the reads the batch's quotas need: ``[accounts, charges, shares]``
+        cursors (``None`` where no request needs them)."""
+        quotas = [op.quota for op in reqs if op.quota is not None]
+        tags = sorted({t for op in reqs if op.quota is not None for t in op.charges})
+        accounts = charges = shares = None
+        if any(q.account_bytes is not None for q in quotas):
+            accounts = tx.query(
+                "SELECT user_id, sum(queue_bytes) FROM devices WHERE user_id = ANY(%b::text[]) "
+                "GROUP BY user_id", (sorted({u for u, _ in devs}),))
+        if tags and any(q.charge_bytes is not None for q in quotas):
+            charges = tx.query("SELECT tag, bytes FROM queue_charges WHERE tag = ANY(%b::text[])",
+                               (tags,))
+        if tags and any(q.share_bytes is not None for q in quotas):
+            shares = tx.query(
+                "SELECT s.user_id, s.device_id, s.tag, s.bytes FROM queue_shares s JOIN "
+                "unnest(%b::text[], %b::bigint[]) AS v(u, d) ON s.user_id = v.u AND "
+                "s.device_id = v.d WHERE s.tag = ANY(%b::text[])",
+                ([u for u, _ in devs], [d for _, d in devs], tags))
+        return [accounts, charges, shares]
+
+    @staticmethod
+    def _add_charges(tx: Tx, reqs: Sequence[Enqueue]) -> None:
+        """Queue the upserts of ``queue_charges`` / ``queue_shares`` for the accepted
+        requests (in key order)."""
+        by_tag: Counter[str] = Counter()
+        by_share: Counter[tuple[str, int, str]] = Counter()
+        for op in reqs:
+            if op.value is None or not op.charges:
+                continue
+            for u, d, env in op.items:
+                for tag in op.charges:
+                    by_tag[tag] += len(env)
+                    by_share[(u, d, tag)] += len(env)
+        if not by_tag:
+            return
+        tags = sorted(by_tag)
+        tx.cur.execute(
+            "INSERT INTO queue_charges (tag, bytes) SELECT * FROM unnest(%b::text[], "
+            "%b::bigint[]) ON CONFLICT (tag) DO UPDATE SET bytes = queue_charges.bytes "
+            "+ EXCLUDED.bytes", (tags, [by_tag[t] for t in tags]))
+        keys = sorted(by_share)
+        tx.cur.execute(
+            "INSERT INTO queue_shares (user_id, device_id, tag, bytes) SELECT * FROM "
+            "unnest(%b::text[], %b::bigint[], %b::text[], %b::bigint[]) ON CONFLICT "
+            "(user_id, device_id, tag) DO UPDATE SET bytes = queue_shares.bytes + EXCLUDED.bytes",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+             [by_share[k] for k in keys]))
 
 
 class Ack(Op):
@@ -166,10 +290,9 @@ class Ack(Op):
                        AS v(u, d, s) GROUP BY u, d),
             gone AS (DELETE FROM queue q USING a
                      WHERE q.user_id = a.u AND q.device_id = a.d AND q.seq <= a.s
-                     RETURNING q.user_id, q.device_id, q.seq, octet_length(q.envelope) AS n),
-            cnt AS (SELECT user_id, device_id, count(*) AS c FROM gone GROUP BY user_id, device_id),
-            upd AS (UPDATE devices t SET queue_len = t.queue_len - cnt.c FROM cnt
-                    WHERE t.user_id = cnt.user_id AND t.device_id = cnt.device_id)
+                     RETURNING q.user_id, q.device_id, q.seq, octet_length(q.envelope) AS n,
+                               octet_length(q.envelope) AS len, q.charges)""" + DEVICE_CTES
+            + CHARGE_CTES + """
             SELECT user_id, device_id, seq, n FROM gone""",
             ([a.user for a in acks], [a.dev for a in acks], [a.seq for a in acks]))
         deleted: dict[_Dev, list[int]] = {}
@@ -206,17 +329,20 @@ class PurgeDevice(Op):
         for op in ops:
             assert isinstance(op, PurgeDevice)
             [(count, freed)] = tx.fetch("""
-                WITH q AS (DELETE FROM queue WHERE user_id = %(u)s AND device_id = %(d)s
-                           RETURNING octet_length(envelope) + %(io)s AS n),
+                WITH gone AS (DELETE FROM queue WHERE user_id = %(u)s AND device_id = %(d)s
+                              RETURNING user_id, device_id, octet_length(envelope) + %(io)s AS n,
+                                        octet_length(envelope) AS len, charges)""" + CHARGE_CTES
+                + """,
                 k AS (DELETE FROM otk WHERE user_id = %(u)s AND device_id = %(d)s
                       RETURNING octet_length(key_id) + octet_length(key) + %(ko)s AS n),
                 c AS (DELETE FROM otk_claimed WHERE user_id = %(u)s AND device_id = %(d)s
                       RETURNING octet_length(key_id) AS n),
                 f AS (DELETE FROM fallback_keys WHERE user_id = %(u)s AND device_id = %(d)s
                       RETURNING octet_length(key_id) + octet_length(key) + %(ko)s AS n),
-                z AS (UPDATE devices SET queue_len = 0 WHERE user_id = %(u)s AND device_id = %(d)s)
-                SELECT (SELECT count(*) FROM q),
-                       (SELECT coalesce(sum(n), 0) FROM q) + (SELECT coalesce(sum(n), 0) FROM k)
+                z AS (UPDATE devices SET queue_len = 0, queue_bytes = 0
+                      WHERE user_id = %(u)s AND device_id = %(d)s)
+                SELECT (SELECT count(*) FROM gone),
+                       (SELECT coalesce(sum(n), 0) FROM gone) + (SELECT coalesce(sum(n), 0) FROM k)
                        + (SELECT coalesce(sum(n), 0) FROM c) + (SELECT coalesce(sum(n), 0) FROM f)
                 """, {"u": op.user, "d": op.dev, "io": ITEM_OVERHEAD, "ko": KEY_OVERHEAD})
             tx.free(int(freed))
@@ -238,17 +364,17 @@ class Expire(Op):
             assert isinstance(op, Expire)
             [(count, freed)] = tx.fetch("""
                 WITH gone AS (DELETE FROM queue WHERE ts < %(t)s
-                              RETURNING user_id, device_id, octet_length(envelope) + %(io)s AS n),
-                cnt AS (SELECT user_id, device_id, count(*) AS c FROM gone
-                        GROUP BY user_id, device_id),
-                upd AS (UPDATE devices t SET queue_len = t.queue_len - cnt.c FROM cnt
-                        WHERE t.user_id = cnt.user_id AND t.device_id = cnt.device_id),
+                              RETURNING user_id, device_id, octet_length(envelope) + %(io)s AS n,
+                                        octet_length(envelope) AS len, charges)""" + DEVICE_CTES
+                + CHARGE_CTES + """,
                 dd AS (DELETE FROM dedupe WHERE ts < %(t)s RETURNING octet_length(id) + %(do)s AS n)
                 SELECT (SELECT count(*) FROM gone),
                        (SELECT coalesce(sum(n), 0) FROM gone) + (SELECT coalesce(sum(n), 0) FROM dd)
                 """, {"t": op.before, "io": ITEM_OVERHEAD, "do": DEDUPE_OVERHEAD})
             tx.free(int(freed))
             op.value = count
+            tx.cur.execute("DELETE FROM queue_shares WHERE bytes <= 0")
+            tx.cur.execute("DELETE FROM queue_charges WHERE bytes <= 0")
 
 
 class OutboxPut(Op):

@@ -30,8 +30,16 @@ ordering is by code point, as Python sorts ``str``:
 ``wa_meta``        ``key`` -> ``value``: ``media_used``
 ``wa_commits``     ``token`` -> ``at``: one row per committed write batch, so a
                    batch whose ``COMMIT`` was lost can tell whether it landed
-``wa_marks``       ``name`` -> ``value``: durable handoff markers (version 2)
+``wa_marks``       ``name`` -> ``value``: durable handoff markers (version 3)
 =================  ==============================================================
+
+Version 2 adds exact queue byte accounting: ``devices.queue_bytes`` (envelope
+bytes per device; a user's total is the sum of its rows), ``queue.charges`` (the
+item's charge tags joined by U+001F, NULL for none), ``queue_charges`` (``tag`` -> bytes) and
+``queue_shares`` (``user_id``, ``device_id``, ``tag``) -> bytes, kept by every
+enqueue and deletion (rows at 0 are dropped by expiry); ``correspondents``
+(``user_id``, ``other``): "user_id sent to other"; ``invites`` (``hash`` ->
+``expires_at``): single-use registration tokens.
 """
 
 from __future__ import annotations
@@ -136,7 +144,35 @@ CREATE TABLE wa_commits (
     at timestamptz NOT NULL DEFAULT now()
 );
 """),
-    (2, "handoff marks", """
+    (2, "queue byte accounting, correspondents, invites", """
+ALTER TABLE devices ADD COLUMN queue_bytes bigint NOT NULL DEFAULT 0;
+UPDATE devices AS t SET queue_bytes = s.n
+    FROM (SELECT user_id, device_id, sum(octet_length(envelope)) AS n FROM queue
+          GROUP BY user_id, device_id) AS s
+    WHERE t.user_id = s.user_id AND t.device_id = s.device_id;
+ALTER TABLE queue ADD COLUMN charges text;
+CREATE TABLE queue_charges (
+    tag text COLLATE "C" PRIMARY KEY,
+    bytes bigint NOT NULL
+);
+CREATE TABLE queue_shares (
+    user_id text COLLATE "C" NOT NULL,
+    device_id bigint NOT NULL,
+    tag text COLLATE "C" NOT NULL,
+    bytes bigint NOT NULL,
+    PRIMARY KEY (user_id, device_id, tag)
+);
+CREATE TABLE correspondents (
+    user_id text COLLATE "C" NOT NULL,
+    other text COLLATE "C" NOT NULL,
+    PRIMARY KEY (user_id, other)
+);
+CREATE TABLE invites (
+    hash bytea PRIMARY KEY,
+    expires_at float8 NOT NULL
+);
+"""),
+    (3, "handoff marks", """
 CREATE TABLE wa_marks (
     name text COLLATE "C" PRIMARY KEY,
     value bytea NOT NULL

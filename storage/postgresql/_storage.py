@@ -31,12 +31,14 @@ import trio
 
 from .. import _keys as K
 from .._chains import chain_keys
+from .._quota import check_charges
 from .._running import running_writer
 from ..base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from ..errors import StorageError, StorageUnavailable
 from . import _ops as ops
 from ._directory import PgDirectoryMixin, value_of
 from ._errors import classify, translate
+from ._extras import PgExtrasMixin
 from ._handoff import PgHandoffMixin
 from ._media import PgMediaMixin
 from ._notify import Changes, channel_of, new_origin, serve_enqueue_watch, serve_watch
@@ -48,7 +50,7 @@ T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-class PostgresStorage(PgHandoffMixin, PgDirectoryMixin, PgMediaMixin):
+class PostgresStorage(PgExtrasMixin, PgHandoffMixin, PgDirectoryMixin, PgMediaMixin):
     """A durable, shareable :class:`~storage.base.Storage` in PostgreSQL.
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that own
@@ -306,7 +308,8 @@ class PostgresStorage(PgHandoffMixin, PgDirectoryMixin, PgMediaMixin):
             items = [(*self._dev(u, d), K.check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else K.check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            batch.append(ops.Enqueue(items, dd, req.max_queue, ts, chain_keys(token, req)))
+            batch.append(ops.Enqueue(items, dd, req.max_queue, ts, check_charges(req.charges),
+                                     req.quota, chain_keys(token, req)))
         self._check_open()
         return [_answer(op) for op in await self.writer.submit_many(batch)]
 

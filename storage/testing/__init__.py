@@ -27,7 +27,9 @@ request alone and in list order, also across the capacity limit, and skips a ref
 sender's later requests to the same devices; cumulative
 ``ack_many``; ``claim_keys`` hands a device listed twice two keys; outbox
 batches; a hypothesis state machine of cumulative acks racing new enqueues),
-device-list watchers (idempotent, sorted, durable),
+device-list watchers (idempotent, sorted, durable), exact queue byte counts
+(per device, user, charge tag and share; across enqueue, ack, purge, expiry and
+reopen) with the byte quotas of ``QueueQuota``, correspondents, single-use invites,
 the outbox, media blobs (ordered chunked appends, hash check, conflicts, quota,
 expiry), and durability across reopen.
 """
@@ -39,6 +41,7 @@ from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
 from ._handoff import HandoffConformance
 from ._queues import QueueConformance
+from ._quotas import QuotaConformance
 from ._watchers import WatcherConformance
 from .media import MediaConformance
 
@@ -47,6 +50,6 @@ __all__ = ["ALICE", "BOB", "AckRaceMachine", "StorageConformance", "uid"]
 
 class StorageConformance(
     DirectoryConformance, QueueConformance, BatchConformance, AckRaceConformance, WatcherConformance, OutboxConformance,
-    DurabilityConformance, MediaConformance, HandoffConformance,
+    DurabilityConformance, MediaConformance, HandoffConformance, QuotaConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""

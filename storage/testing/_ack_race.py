@@ -49,6 +49,7 @@ class AckRaceMachine(RuleBasedStateMachine):
         self.model: list[dict[int, bytes]] = [{} for _ in self.devs]
         self.last_seq = [0] * _DEVICES
         self.counter = 0
+        self.tag = f"ack-race-{n}"  # every copy is charged to it: its bytes must follow
 
     # -- helpers
 
@@ -63,7 +64,7 @@ class AckRaceMachine(RuleBasedStateMachine):
                 self.counter += 1
                 user, dev = self.devs[d]
                 items.append((user, dev, b"env-%d" % self.counter))
-            reqs.append(EnqueueRequest(items, now=T0))
+            reqs.append(EnqueueRequest(items, now=T0, charges=(self.tag,)))
         return reqs
 
     def _record(self, reqs: list[EnqueueRequest], answers: list[Any]) -> None:
@@ -151,6 +152,15 @@ class AckRaceMachine(RuleBasedStateMachine):
             assert {i.seq: i.envelope for i in items} == self.model[d]
             assert [i.seq for i in items] == sorted(self.model[d])
             assert self._call(self.st.queue_length, user, dev) == len(self.model[d])
+            held = sum(len(e) for e in self.model[d].values())
+            assert self._call(self.st.queue_bytes, user, dev) == held
+            assert self._call(self.st.charged_bytes, self.tag, user, dev) == held
+        for user in {u for u, _ in self.devs}:
+            assert self._call(self.st.queue_bytes, user) == sum(
+                len(e) for d, (u, _) in enumerate(self.devs) if u == user
+                for e in self.model[d].values())
+        assert self._call(self.st.charged_bytes, self.tag) == sum(
+            len(e) for m in self.model for e in m.values())
 
 
 class AckRaceConformance(ConformanceBase):

@@ -11,7 +11,7 @@ import trio
 
 from ..base import MEDIA_CHUNK_MAX, MediaInfo
 from ..errors import MediaConflict, MediaCorrupt, StorageFull
-from ._base import ALICE, BOB, ConformanceBase, needs
+from ._base import ALICE, BOB, ConformanceBase, needs, uid
 
 T0 = 1_800_000_000.0
 K = 1024
@@ -196,6 +196,9 @@ class MediaConformance(ConformanceBase):
             assert (await st.media_append(bid, 3000, 2000, b[2000:], owner=BOB, **q)).complete
             assert (await st.media_append(cid, 1000, 0, c, owner=ALICE, **q)).complete
             assert await st.media_usage() == 4000
+            assert await st.media_owner_usage(ALICE) == 1000
+            assert await st.media_owner_usage(BOB) == 3000
+            assert await st.media_owner_usage(uid("nobody")) == 0
 
     async def test_media_expire(self) -> None:
         async with self.opened() as st:

@@ -21,6 +21,7 @@ KEYS = [
     "relay.online.p99_ms", "relay.store.msgs_per_s", "relay.store.server_us_per_msg",
     "relay.drain.msgs_per_s", "relay.drain.server_us_per_msg", "relay.federated.msgs_per_s",
     "relay.federated.server_us_per_msg", "relay.paced.p50_ms", "relay.paced.p99_ms",
+    "relay.limits.checks_us", "relay.limits.accounting_us", "relay.limits.overhead_pct",
     "ws.frames",
 ]
 

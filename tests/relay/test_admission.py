@@ -10,7 +10,7 @@ import trio
 from relay_harness import Cluster, RawClient, UserDevice, connect, make_configs, publish
 
 from relay.net import ConnectFailed, ConnectionLost
-from relay.net.admission import Admission, HandshakeDeadline, Refused, address_key
+from relay.net.admission import PENDING_GRACE, Admission, HandshakeDeadline, Refused, address_key
 from relay.protocol.frames import AuthOk, Error, LinkOpen, LinkOpened, Ok, Ping
 
 # ------------------------------------------------------------------ bookkeeping
@@ -26,7 +26,7 @@ def test_address_key_groups_ipv6_by_64() -> None:
 
 
 def test_pending_cap_per_address_and_release() -> None:
-    adm = Admission(max_connections=100, max_pending_per_ip=2)
+    adm = Admission(max_connections=100, max_pending_per_ip=2, clock=lambda: 0.0)
     a1, a2 = adm.admit("10.0.0.1"), adm.admit("10.0.0.1")
     with pytest.raises(Refused, match="too many unauthenticated connections from 10.0.0.1"):
         adm.admit("10.0.0.1")
@@ -47,7 +47,7 @@ def test_pending_cap_per_address_and_release() -> None:
 
 
 def test_node_wide_cap_counts_authenticated_connections() -> None:
-    adm = Admission(max_connections=2, max_pending_per_ip=10)
+    adm = Admission(max_connections=2, max_pending_per_ip=10, max_pending=10, clock=lambda: 0.0)
     first = adm.admit("10.0.0.1")
     first.authenticated()
     adm.admit("10.0.0.2")
@@ -58,7 +58,7 @@ def test_node_wide_cap_counts_authenticated_connections() -> None:
 
 
 def test_refusals_are_logged_at_most_once_per_interval() -> None:
-    adm = Admission(max_connections=1, max_pending_per_ip=1)
+    adm = Admission(max_connections=1, max_pending_per_ip=1, clock=lambda: 0.0)
     assert adm.note_refusal(100.0) == 1
     assert [adm.note_refusal(100.0 + i) for i in range(1, 10)] == [0] * 9
     assert adm.note_refusal(110.0) == 10
@@ -78,12 +78,39 @@ async def test_handshake_deadline(autojump_clock) -> None:
         assert await done.wait() is False
     assert trio.current_time() - start == pytest.approx(13)
 
-    extended = HandshakeDeadline(10)
+    linking = HandshakeDeadline(10)
     await trio.sleep(5)
-    extended.extend(30)  # now + 30 > the original deadline
-    extended.extend(1)  # never shortens
-    assert await extended.wait() is True
+    linking.linking(30)  # now + 30 > the original deadline
+    await trio.sleep(20)
+    linking.linking(30)  # a second mailbox does not renew the connection's life
+    assert await linking.wait() is True
     assert trio.current_time() - start == pytest.approx(48)
+
+
+def test_oldest_pending_connection_is_evicted_after_the_grace_period() -> None:
+    now = [0.0]
+    adm = Admission(max_connections=10, max_pending_per_ip=2, max_pending=3,
+                    clock=lambda: now[0])
+    evicted: list[str] = []
+    a1 = adm.admit("10.0.0.1")
+    a1.on_evict = lambda: evicted.append("a1")
+    a2 = adm.admit("10.0.0.1")
+    a2.on_evict = lambda: evicted.append("a2")
+    with pytest.raises(Refused, match="from 10.0.0.1"):  # both are within their grace
+        adm.admit("10.0.0.1")
+    now[0] = PENDING_GRACE
+    honest = adm.admit("10.0.0.1")  # the oldest idle one makes room
+    assert evicted == ["a1"] and adm.pending("10.0.0.1") == 2 and adm.evicted == 1
+    honest.authenticated()
+    b = adm.admit("10.0.0.2")
+    b.on_evict = lambda: evicted.append("b")
+    now[0] = 2 * PENDING_GRACE
+    adm.admit("10.0.0.3")
+    assert adm.pending_total == 3 and evicted == ["a1"]
+    adm.admit("10.0.0.4")  # the pool (3) is full: its oldest (a2) goes
+    assert evicted == ["a1", "a2"] and adm.pending_total == 3 and adm.total == 4
+    a1.release()  # releasing an evicted ticket again changes nothing
+    assert adm.total == 4
 
 
 # ------------------------------------------------------------------ live nodes

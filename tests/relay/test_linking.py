@@ -211,6 +211,12 @@ async def test_mailbox_expires(nursery, mock_clock) -> None:
             assert await p.request(LinkComplete(id=7, node_id="n1", mailbox_id=box2,
                                                 body=b"y")) == Ok(id=7)
             assert await new.recv() == LinkData(id=0, body=b"y")
+            # ... but the second mailbox does not renew the connection's life (issue 11):
+            # it ends link_ttl + handshake_timeout after the first link_open
+            mock_clock.jump(10)
+            guard.deadline += 10
+            closed = await new.recv()
+            assert isinstance(closed, Error) and closed.code == "unauthorized"
 
 
 # ---------------------------------------------------------------- unit level

@@ -3,6 +3,7 @@ full map, URLs and crash durability."""
 
 import errno
 import os
+import struct
 import sys
 import textwrap
 import time
@@ -261,3 +262,29 @@ async def test_outbox_index_is_built_for_an_older_environment(tmp_path: Path) ->
             assert [e.outbox_id for e in await st.outbox_list("n3")] == [b]
             await st.outbox_delete(a)
             assert await st.outbox_list("n2") == []
+
+
+async def test_a_store_written_before_byte_accounting_is_counted_at_open(tmp_path: Path) -> None:
+    """Issue 11: a store from before ``queue_bytes`` (24-byte device records, no
+    ``accounts``) gets its queue bytes counted once when opened."""
+    from storage import _lmdb_layout as L
+
+    with trio.fail_after(20):
+        async with LmdbStorage.open(tmp_path) as st:
+            await st.enqueue([(ALICE, 0, b"a" * 10), (ALICE, 1, b"b" * 20), (BOB, 0, b"c")])
+        env = lmdb.open(str(tmp_path), max_dbs=len(L.DB_NAMES) + 2, subdir=True)
+        with env.begin(write=True) as txn:  # turn it back into the old layout
+            dbs = L.Dbs(**{n: env.open_db(n.encode(), txn=txn) for n in L.DB_NAMES})
+            for user, dev in ((ALICE, 0), (ALICE, 1), (BOB, 0)):
+                devk = L.dev_key(user.encode(), dev)
+                rec = L.DevRec.load(txn, dbs, devk)
+                txn.put(devk, struct.pack(">QQQ", rec.last_seq, rec.queue_len, rec.otk_count),
+                        db=dbs.devices)
+            txn.drop(dbs.accounts, delete=False)
+            txn.delete(L.BYTES_INDEXED, db=dbs.meta)
+        env.close()
+        async with LmdbStorage.open(tmp_path) as st:
+            assert [await st.queue_bytes(ALICE, 0), await st.queue_bytes(ALICE),
+                    await st.queue_bytes(BOB)] == [10, 30, 1]
+            assert await st.ack(ALICE, 1, 1) == 1
+            assert await st.queue_bytes(ALICE) == 10
