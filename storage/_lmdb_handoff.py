@@ -7,6 +7,7 @@ from __future__ import annotations
 import lmdb
 
 from . import _lmdb_layout as L
+from ._lmdb_ops import Freed
 from ._keys import check_user_id
 from ._memory_handoff import check_mark, check_records
 from .base import UserRecord
@@ -56,8 +57,8 @@ def list_users(txn: lmdb.Transaction, dbs: L.Dbs, after: str, limit: int) -> lis
                 user = key[:-5].decode()
                 if queued and queued[-1] == user:
                     continue
-                last_seq, queue_len, otk_count = L._DEVREC.unpack(raw)
-                if queue_len or otk_count:
+                rec = L.DevRec.load(txn, dbs, key)
+                if rec.queue_len or rec.otk_count:
                     if len(queued) >= limit:
                         break
                     queued.append(user)
@@ -97,12 +98,14 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
         cur.set_range(prefix)
         while (key := cur.key()) and key.startswith(prefix):
             cur.delete()
+    freed = Freed()
     for d in _user_devices(txn, dbs, user):
         devk = L.dev_key(user, d)
         with txn.cursor(db=dbs.queue) as cur:
             cur.set_range(devk)
             while (key := cur.key()) and len(key) == len(devk) + 8 and key.startswith(devk):
                 txn.delete(L.ts_key(L.unpack_f64(cur.value())) + b"q" + key, db=dbs.expiry)
+                freed.note(txn, dbs, key, cur.value())
                 cur.delete()
                 gone += 1
         for db in (dbs.otk, dbs.claimed):
@@ -113,10 +116,11 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
         txn.delete(devk, db=dbs.fallback)
         rec = L.DevRec.load(txn, dbs, devk)
         if rec.last_seq:
-            rec.queue_len = rec.otk_count = 0
+            rec.queue_len = rec.otk_count = rec.queue_bytes = 0
             rec.store(txn, dbs, devk)
         else:
             txn.delete(devk, db=dbs.devices)
+    freed.apply_totals(txn, dbs)  # the user's account total and its senders' charges
     return gone
 
 
@@ -163,10 +167,14 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
             else:  # item
                 qk = L.queue_key(devk, r.seq)
                 old = txn.get(qk, db=dbs.queue)
+                grown = len(r.value)  # an imported copy carries no charge tags
                 if old is not None:
                     txn.delete(L.ts_key(L.unpack_f64(old)) + b"q" + qk, db=dbs.expiry)
+                    grown -= len(old) - 8
                 else:
                     rec(r.device_id).queue_len += 1
+                rec(r.device_id).queue_bytes = max(0, rec(r.device_id).queue_bytes + grown)
+                L.add_u64(txn, dbs.accounts, user, grown)
                 txn.put(qk, L.pack_f64(r.ts) + r.value, db=dbs.queue)
                 txn.put(L.ts_key(r.ts) + b"q" + qk, b"", db=dbs.expiry)
                 rec(r.device_id).last_seq = max(rec(r.device_id).last_seq, r.seq)

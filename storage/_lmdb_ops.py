@@ -213,7 +213,7 @@ def enqueue(
     return op
 
 
-class _Freed:
+class Freed:
     """The bytes of deleted queue items, applied to the counters once per op."""
 
     __slots__ = ("items", "by_dev", "by_tag")
@@ -242,6 +242,11 @@ class _Freed:
             rec.queue_len -= k
             rec.queue_bytes = max(0, rec.queue_bytes - self.by_dev[devk])
             rec.store(txn, dbs, devk)
+        self.apply_totals(txn, dbs)
+        return sum(self.items.values())
+
+    def apply_totals(self, txn: lmdb.Transaction, dbs: L.Dbs) -> None:
+        """Update ``accounts``, ``charges`` and ``shares`` (not the device records)."""
         per_user: dict[bytes, int] = {}
         for devk, n in self.by_dev.items():
             per_user[L.user_of(devk)] = per_user.get(L.user_of(devk), 0) + n
@@ -250,7 +255,6 @@ class _Freed:
         for (devk, tag), n in self.by_tag.items():
             L.add_u64(txn, dbs.charges, tag, -n)
             L.add_u64(txn, dbs.shares, devk + tag, -n)
-        return sum(self.items.values())
 
 
 class Deletion:
@@ -278,7 +282,7 @@ class Deletion:
 
 def _delete_queue_range(
     txn: lmdb.Transaction, dbs: L.Dbs, devk: bytes, up_to_seq: int | None, limit: int | None,
-    freed: _Freed,
+    freed: Freed,
 ) -> int:
     """Delete the device's items with seq <= up_to_seq (all if None), with their index
     entries, lowest seq first, at most ``limit`` of them (None: no bound); count them
@@ -305,7 +309,7 @@ def ack(devk: bytes, up_to_seq: int) -> Deletion:
     def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
         if up_to_seq < 1:
             return 0, True
-        freed = _Freed()
+        freed = Freed()
         gone = _delete_queue_range(txn, dbs, devk, min(up_to_seq, 2**64 - 1), limit, freed)
         freed.apply(txn, dbs)
         return gone, limit is None or gone < limit
@@ -323,7 +327,7 @@ def purge_device(devk: bytes) -> Deletion:
     """Delete the device's queue and keys (keeping its seq counter); return the
     envelopes deleted. In pieces: the queue goes first, the keys with the last piece."""
     def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
-        freed = _Freed()
+        freed = Freed()
         gone = _delete_queue_range(txn, dbs, devk, None, limit, freed)
         freed.apply(txn, dbs)
         rec = L.DevRec.load(txn, dbs, devk)
@@ -346,7 +350,7 @@ def expire(older_than: float) -> Deletion:
     return the envelopes deleted."""
     def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
         bound = L.ts_key(older_than)
-        freed = _Freed()
+        freed = Freed()
         done = True
         n = 0
         with txn.cursor(db=dbs.expiry) as cur:

@@ -108,6 +108,7 @@ class MemoryHandoffMixin:
                 self._used -= len(fb[0].encode()) + len(fb[1])
             for item in self._queues.pop(dev, {}).values():
                 self._used -= len(item.envelope) + 16
+                self._count_dropped(dev, item.seq, len(item.envelope))  # type: ignore[attr-defined]
                 gone += 1
         return gone
 
@@ -154,8 +155,13 @@ class MemoryHandoffMixin:
             self._claimed.setdefault(dev, set()).add(r.key)
         else:  # item
             queue = self._queues.setdefault(dev, {})
-            if r.seq not in queue:
+            old_item = queue.get(r.seq)
+            if old_item is None:
                 self._used += len(r.value) + 16
+            else:
+                self._count_dropped(dev, r.seq, len(old_item.envelope))  # type: ignore[attr-defined]
+            # an imported copy carries no charge tags: they are the old home's bookkeeping
+            self._count_added(dev, r.seq, len(r.value), ())  # type: ignore[attr-defined]
             queue[r.seq] = QueueItem(seq=r.seq, ts=r.ts, envelope=r.value)
             self._seq[dev] = max(self._seq.get(dev, 0), r.seq)
 

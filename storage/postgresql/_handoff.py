@@ -10,7 +10,7 @@ from typing import Any
 from .._keys import check_user_id
 from .._memory_handoff import check_mark, check_records
 from ..base import UserRecord
-from ._ops import ITEM_OVERHEAD, KEY_OVERHEAD, LIST_OVERHEAD, WATCHER_OVERHEAD
+from ._ops import CHARGE_CTES, ITEM_OVERHEAD, KEY_OVERHEAD, LIST_OVERHEAD, WATCHER_OVERHEAD
 from ._writer import Op, Tx
 
 _DELETE = """
@@ -18,13 +18,15 @@ WITH l AS (DELETE FROM device_lists WHERE user_id = %(u)s
            RETURNING octet_length(blob) + %(lo)s AS n),
 w AS (DELETE FROM watchers WHERE user_id = %(u)s
       RETURNING octet_length(user_id) + octet_length(watcher) + %(wo)s AS n),
-q AS (DELETE FROM queue WHERE user_id = %(u)s RETURNING octet_length(envelope) + %(io)s AS n),
+gone AS (DELETE FROM queue WHERE user_id = %(u)s
+         RETURNING user_id, device_id, octet_length(envelope) AS len, charges),
+q AS (SELECT len + %(io)s AS n FROM gone),
 k AS (DELETE FROM otk WHERE user_id = %(u)s
       RETURNING octet_length(key_id) + octet_length(key) + %(ko)s AS n),
 c AS (DELETE FROM otk_claimed WHERE user_id = %(u)s RETURNING octet_length(key_id) AS n),
 f AS (DELETE FROM fallback_keys WHERE user_id = %(u)s
       RETURNING octet_length(key_id) + octet_length(key) + %(ko)s AS n),
-z AS (UPDATE devices SET queue_len = 0 WHERE user_id = %(u)s)
+z AS (UPDATE devices SET queue_len = 0, queue_bytes = 0 WHERE user_id = %(u)s)""" + CHARGE_CTES + """
 SELECT (SELECT count(*) FROM q),
        (SELECT coalesce(sum(n), 0) FROM l) + (SELECT coalesce(sum(n), 0) FROM w)
        + (SELECT coalesce(sum(n), 0) FROM q) + (SELECT coalesce(sum(n), 0) FROM k)
@@ -100,9 +102,12 @@ class ImportUser(Op):
                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id, device_id, seq) "
                     "DO UPDATE SET envelope = EXCLUDED.envelope, ts = EXCLUDED.ts "
                     "RETURNING (xmax = 0) AS fresh) "
-                    "UPDATE devices SET queue_len = queue_len + 1 "
+                    # an imported copy carries no charge tags (the old home's bookkeeping);
+                    # a replaced copy (a resumed handoff) was counted already
+                    "UPDATE devices SET queue_len = queue_len + 1, "
+                    "queue_bytes = queue_bytes + %s "
                     "WHERE user_id = %s AND device_id = %s AND (SELECT fresh FROM ins)",
-                    (u, d, r.seq, r.ts, r.value, u, d))
+                    (u, d, r.seq, r.ts, r.value, len(r.value), u, d))
         elif r.kind == "fallback":
             tx.cur.execute(
                 "INSERT INTO fallback_keys (user_id, device_id, key_id, key) VALUES (%s, %s, %s, %s) "

@@ -142,3 +142,23 @@ class QuotaConformance(ConformanceBase):
             assert not await st.invite_use(b"h1" * 16, now=T0)
             assert not await st.invite_use(b"h2" * 16, now=T0 + 100)  # expired
             assert not await st.invite_use(b"h2" * 16, now=T0)  # and gone
+
+    async def test_handoff_keeps_byte_counts_exact(self) -> None:
+        """delete_user takes a handed-off user's bytes off its account and off its
+        senders' charges; import_user counts the imported items (without charges)."""
+        async with self.opened() as st:
+            await st.enqueue_many([
+                EnqueueRequest([(ALICE, 0, b"a" * 10), (ALICE, 1, b"b" * 20)], now=T0,
+                               charges=("u:carol",)),
+                EnqueueRequest([(BOB, 0, b"c" * 4)], now=T0, charges=("u:carol",)),
+            ])
+            records = await st.export_user(ALICE, limit=1000)
+            assert await st.charged_bytes("u:carol") == 34
+            await st.delete_user(ALICE)
+            assert await _counts(st) == (0, 0, 0, 4, 0)
+            assert await st.charged_bytes("u:carol", BOB, 0) == 4
+            await st.import_user(ALICE, records)
+            await st.import_user(ALICE, records)  # a resumed handoff: idempotent
+            assert await _counts(st) == (10, 20, 30, 4, 0)
+            assert await st.ack(ALICE, 1, 99) == 1
+            assert await _counts(st) == (10, 0, 10, 4, 0)
