@@ -1,10 +1,9 @@
 """A reshape of ``wa-relay serve`` nodes (one process each) 3 -> 4, with a kill -9 of
-the new node and of an old home while their handoff is pending; ``wa-relay status``
-reports when every node is done; every queued message arrives once, in order."""
+the new node and of an old home while their handoff is pending; the status probes
+(``wa-relay status``) report when every node is done; every queued message arrives once, in order."""
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,7 +13,8 @@ import trio
 from cli.client import BacklogDone, Message, init_account, open_client
 from cli.session.state import create_state
 from relay.admin.reshape import prepare_local_reshape
-from relay.config import load_cluster
+from relay.admin.status import cluster_status
+from relay.config import load_cluster, load_node_config
 from relay.config.cluster_files import init_cluster
 from relay.config.ring import Ring
 from relay.testing import LoggedProcess
@@ -55,9 +55,10 @@ class Nodes:
 
 
 async def status(data: Path) -> list[dict]:
-    done = await trio.run_process([*tool("wa-relay"), "status", "--data", str(data), "--json"],
-                                  capture_stdout=True, check=False, env=subprocess_env())
-    return [json.loads(line) for line in done.stdout.decode().splitlines()]
+    """What ``wa-relay status --data`` reports (its library function, in-process)."""
+    cluster = load_cluster(data / "cluster.toml")
+    admin = {n.id: load_node_config(data / n.id / "node.toml").admin_url for n in cluster}
+    return [st.as_dict() for st in await cluster_status(cluster, admin, Ring(cluster).version, 5)]
 
 
 async def texts_of(state) -> list[str]:
