@@ -111,8 +111,9 @@ async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None,
             async with trio.open_nursery() as nodes:
                 on_node = watch.on_node if watch is not None else None
                 for cfg in configs:
-                    await nodes.start(partial(serve_node, cfg, stop=stop, on_node=on_node))
-                    _say(f"ready {cfg.id} {cfg.node.url}")
+                    port = await nodes.start(partial(serve_node, cfg, stop=stop,
+                                                     on_node=on_node))
+                    _say(f"ready {cfg.id} {cfg.own_url(port)}")
                 if watch is not None:
                     nodes.start_soon(watch.wait, len(configs), _say)
             nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for

@@ -49,6 +49,7 @@ from relay.services.media import MediaService
 from relay.services.notices import DeviceListChanges
 from relay.services.outbox import Outbox
 from relay.services.router import Router
+from relay.services.siblings import Siblings, watch_of
 from relay.services.table import node_table
 from relay.serving.listener import SocketSet, handle_websocket
 from storage import Storage, StorageError, open_storage
@@ -72,6 +73,7 @@ class Node:
             (``forwarding``: the per-destination ``forward_batch`` lanes).
         handlers: the per-service handler table (:func:`relay.services.table.node_table`).
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
+        siblings: what the node's other processes commit (a shared storage only).
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
@@ -133,6 +135,7 @@ class Node:
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
+        self.siblings = Siblings(self.registry, self.directory, self.outbox, log)
         self.handoff = Handoff(self)
         self.media.reshaping = lambda: self.homes.previous is not None
         self.outbox.reroute = self.handoff.rerouted
@@ -234,6 +237,9 @@ async def serve_node(
         if on_node is not None:
             on_node(node)
         async with trio.open_nursery() as nursery:
+            watch = watch_of(node.storage)
+            if watch is not None:  # several processes serve this node: hear the others
+                await nursery.start(node.siblings.run, watch)
             await nursery.start(node.outbox.run)
             await nursery.start(node.forwarding.run)
             server = await nursery.start(partial(

@@ -24,6 +24,7 @@ from .errors import (
     StaleVersion,
     StorageError,
     StorageFull,
+    StorageInUse,
     StorageUnavailable,
     UnknownBackend,
 )
@@ -32,5 +33,6 @@ from .registry import open_storage, register_backend
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
     "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
-    "StorageError", "StorageFull", "UserRecord", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
+    "StorageError", "StorageFull", "StorageInUse", "StorageUnavailable", "UnknownBackend",
+    "UserRecord", "open_storage", "register_backend",
 ]

@@ -66,12 +66,16 @@ class OutboxEntry:
 class EnqueueRequest:
     """One message's copies for :meth:`Storage.enqueue_many` (the arguments of
     :meth:`Storage.enqueue` as a value): ``items`` are ``(user_id, device_id,
-    envelope)``; ``dedupe``, ``max_queue`` and ``now`` as there."""
+    envelope)``; ``dedupe``, ``max_queue`` and ``now`` as there. ``sender``, the
+    ``(user_id, device_id)`` of the device that sent the message (``None``: no
+    sending device, e.g. a bounce), orders the requests of one call: see
+    :meth:`Storage.enqueue_many`."""
 
     items: list[tuple[str, int, bytes]]
     dedupe: bytes | None = None
     max_queue: int | None = None
     now: float | None = None
+    sender: tuple[str, int] | None = None
 
 
 EnqueueResult: TypeAlias = list[int] | None | StorageError
@@ -238,7 +242,17 @@ class Storage(Protocol):
         Requests are applied **in list order** (sequence numbers of one device
         grow along the list), and each gets its own answer: one request's
         refusal (``QueueFull``, ``StorageFull`` for an envelope too big for the
-        store, ...) never fails the others.
+        store, ...) never fails the others, with one exception that keeps order:
+
+        **A refused sender's later requests to the same devices are skipped.**
+        Once a request with a ``sender`` is refused, every *later* request of the
+        same call with the same ``sender`` and an item for any device the refused
+        request had an item for is refused too, with the same error class and
+        nothing written (checked before its dedupe id; a skipped request counts as
+        refused for the requests after it). So a resent refused message can never
+        land after a later message of the same sending device in a device queue
+        (docs/protocol.md, "Order"). Requests without a ``sender``, of other
+        senders, or for other devices are not affected.
 
         Returns:
             One entry per request, in order: its seqs, ``None`` (duplicate), or

@@ -38,6 +38,7 @@ from relay.protocol import is_user_id, verify_device_list
 from relay.services.directory import BLOCK_MARK, unpack_list
 from relay.services.homes import Homes
 from storage import Storage, StorageError, open_storage
+from storage.lmdb import LmdbStorage
 
 
 class _ConfigProblem(click.ClickException):
@@ -67,7 +68,11 @@ def _homes(config: NodeConfig) -> Homes:
 
 def _with_store(config: NodeConfig, action) -> Any:
     async def run() -> Any:
-        async with open_storage(config.storage) as st:
+        if urlsplit(config.storage).scheme == "lmdb":  # next to the running node: no lock
+            opened = LmdbStorage.from_url(config.storage, exclusive=False)
+        else:
+            opened = open_storage(config.storage)
+        async with opened as st:
             return await action(st)
     try:
         return trio.run(run)

@@ -31,10 +31,12 @@ from relay.config.ring import NodeInfo
 
 def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
     """The text of a cluster file for ``nodes``: one ``[[node]]`` table each (tomli-w
-    would write short ones as an inline array)."""
+    would write short ones as an inline array); ``urls`` for a node with several
+    addresses, else ``url``."""
     return "\n".join(
-        "[[node]]\n" + tomli_w.dumps({"id": n.id, "url": n.url,
-                                      "public_key": base64.b64encode(n.public_key).decode("ascii")})
+        "[[node]]\n" + tomli_w.dumps({
+            "id": n.id, **({"url": n.url} if len(n.urls) == 1 else {"urls": list(n.urls)}),
+            "public_key": base64.b64encode(n.public_key).decode("ascii")})
         for n in nodes
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nacl.signing
 
@@ -115,6 +116,17 @@ class NodeConfig:
             if n.id == self.id:
                 return n
         raise ConfigError(f"node {self.id!r} is not in the cluster file")  # pragma: no cover
+
+    def own_url(self, port: int) -> str:
+        """This process's address: the first of the node's ``urls`` whose port is
+        ``port`` (the bound port), else the node's first URL."""
+        for url in self.node.urls:
+            try:
+                if urlsplit(url).port == port:
+                    return url
+            except ValueError:
+                continue
+        return self.node.url
 
     @property
     def admin_url(self) -> str | None:

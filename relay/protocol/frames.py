@@ -107,12 +107,15 @@ class Auth(Frame):
 
 @dataclass(frozen=True, slots=True)
 class AuthOk(Frame):
-    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for the
-    device; ``cluster``: the URLs of every node of the cluster (optional), which a client
-    keeps to find its home again if its saved home goes away (docs/protocol.md, "Handoff")."""
+    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for
+    the device. ``urls``: every address of this home when several processes serve it
+    (a client that loses its connection may reconnect to any of them); absent otherwise.
+    ``cluster``: the URLs of every node of the cluster (optional), which a client keeps
+    to find its home again if its saved home goes away (docs/protocol.md, "Handoff")."""
 
     TYPE: ClassVar[str] = "auth_ok"
     otk_count: int
+    urls: list[str] | None = None
     cluster: list[str] | None = None
 
 

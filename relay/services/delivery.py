@@ -119,6 +119,15 @@ class DeviceRegistry:
             slot[0].set()
             slot[0] = trio.Event()
 
+    def devices(self) -> list[_Dev]:
+        """``(user_id, device_id)`` of every connected device."""
+        return list(self._sessions)
+
+    def notify_all(self) -> None:
+        """Wake every registered pusher (each reads its queue once more)."""
+        for user_id, device_id in list(self._events):
+            self.notify(user_id, device_id)
+
 
 class Pusher:
     """Streams one device's queue to its connection.

@@ -105,6 +105,16 @@ class Directory:
             del self._cache[next(iter(self._cache))]
         self._cache[user_id] = entry
 
+    def forget(self, user_id: str) -> None:
+        """Drop the cached list of ``user_id`` (another process of this node stored a
+        newer one, or the user was handed to another node); the next lookup reads the
+        storage."""
+        self._cache.pop(user_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached list."""
+        self._cache.clear()
+
     async def put_device_list(self, signed: SignedDeviceList) -> DeviceList:
         """Verify and store a device list for a user homed here.
 
@@ -226,9 +236,6 @@ class Directory:
             self.check_home(user_id)
             return await self._claim_keys(user_id, device_ids)
 
-    def forget(self, user_id: str) -> None:
-        """Drop the cached list of a user handed to another node."""
-        self._cache.pop(user_id, None)
 
     async def _claim_keys(
         self, user_id: str, device_ids: list[int]

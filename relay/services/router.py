@@ -19,6 +19,23 @@ part, ``queued`` when some part went to the outbox, else the first refusal in
 recipient order (e.g. ``stale_devices``). A run returns only once every part of
 it has its outcome, so the runs of one connection are applied strictly one
 after the other (docs/protocol.md, "Order").
+
+**A refused send leaves no copies on the sender's other devices.** When a run
+has parts for other homes *and* parts homed here (the copies for the sender's own
+other devices, or local recipients), the local parts are written only once the
+other homes have answered, and not for a request that another home refused: a
+send answered with a refusal is then in no queue of this home (and a client that
+resends it with the same ``msg_id`` is deduplicated where it was stored). What
+stays possible is the reverse, rarer case: another home stored its part and this
+home then refuses its own (``storage_full``, ``queue_full``); the sender gets the
+refusal, and a resend with the same ``msg_id`` is deduplicated over there.
+
+**Order across refusals.** Within one :meth:`Router.store_parts` call, once a part
+is refused with a retryable code, the same sending device's later parts to any of
+the same devices are refused with that code too (nothing written): checked here
+for the checks before storage, and by ``enqueue_many`` (each request carries its
+``sender``) for the storage's own refusals. So a retried part can never land
+behind a later one (docs/protocol.md, "Order", rule 5).
 """
 
 from __future__ import annotations
@@ -28,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from relay.config.ring import Ring
-from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
+from relay.errors import KNOWN_REFUSALS, RETRYABLE_CODES, RelayError, relay_error_from
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Envelope,
@@ -48,6 +65,10 @@ from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
 Outcome = str | RelayError
+ChainKey = tuple[str, int, str, int]
+"""``(sender user, sender device, receiving user, receiving device)``."""
+Blocked = dict[ChainKey, RelayError]
+"""Retryable refusals so far, by chain key (see "Order across refusals" above)."""
 """What became of one part: ``"stored"``, ``"queued"`` or the refusal."""
 
 
@@ -157,13 +178,18 @@ class Router:
                 assert self._forwarding is not None, "Router.attach() was not called"
                 for dest, entries in remote.items():
                     waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
-            if local:
-                results = await self._store_held([p for _, p in local])
-                for (i, _), result in zip(local, results, strict=True):
+            for dest, wait in waits.items():  # first: a refused request stores nothing here
+                for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
+                    outcomes[i][dest] = outcome
+            refused = {i for i, got in enumerate(outcomes)
+                       if any(isinstance(o, RelayError) for o in got.values())}
+            keep = [(i, p) for i, p in local if i not in refused]
+            if keep:
+                results = await self._store_held([p for _, p in keep])
+                for (i, _), result in zip(keep, results, strict=True):
                     outcomes[i][self._node_id] = result if result is not None else "stored"
-        for dest, wait in waits.items():
-            for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
-                outcomes[i][dest] = outcome
+        for i, _ in local:
+            outcomes[i].setdefault(self._node_id, "stored")  # not written: a refusal answers
         for i, frame in enumerate(frames):
             if answers[i] is None:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
@@ -191,7 +217,7 @@ class Router:
     # ------------------------------------------------------------ storing parts homed here
 
     async def store_parts(
-        self, parts: list[Part], *, peer_id: str | None = None
+        self, parts: list[Part], *, peer_id: str | None = None, blocked: Blocked | None = None,
     ) -> list[RelayError | None]:
         """Check every part and durably enqueue the accepted ones in one ``enqueue_many``
         call, in order; wake the devices' pushers.
@@ -200,6 +226,9 @@ class Router:
             parts: forwards / group forwards whose recipients are all homed here.
             peer_id: the node the parts came from: each part's ``sender_user`` must
                 be homed there (``None``: built here from an authenticated device).
+            blocked: the retryable refusals of earlier calls that the same order
+                covers (one ``forward_batch`` stored in several calls): read, and
+                updated with this call's retryable refusals.
 
         Returns:
             Per part, in order: ``None`` (stored, or already stored: deduplicated by
@@ -216,7 +245,8 @@ class Router:
         users = {r.user_id for part in parts for r in part.recipients}
         relays: dict[str, list[tuple[int, Part]]] = {}
         async with self._homes.hold(users):
-            results = await self._store_held(parts, peer_id=peer_id, relays=relays)
+            results = await self._store_held(parts, peer_id=peer_id, relays=relays,
+                                             blocked=blocked)
         if not relays:
             return results
         assert self._forwarding is not None, "Router.attach() was not called"
@@ -242,7 +272,7 @@ class Router:
 
     async def _store_held(
         self, parts: list[Part], *, peer_id: str | None = None,
-        relays: dict[str, list[tuple[int, Part]]] | None = None,
+        relays: dict[str, list[tuple[int, Part]]] | None = None, blocked: Blocked | None = None,
     ) -> list[RelayError | None]:
         """:meth:`store_parts` while the recipients are held (:meth:`Homes.hold`);
         parts (or their recipients) for users still being handed to this node go
@@ -250,7 +280,17 @@ class Router:
         results: list[RelayError | None] = [None] * len(parts)
         requests: list[EnqueueRequest] = []
         accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
+        blocked = {} if blocked is None else blocked  # see "Order across refusals"
+        keys_of: list[set[ChainKey]] = []
         for i, part in enumerate(parts):
+            keys = _chain_keys(part)
+            keys_of.append(keys)
+            hit = next((blocked[k] for k in keys if k in blocked), None)
+            if hit is not None:
+                results[i] = RelayError(hit.code, "not stored: an earlier message of the same "
+                                        f"sending device was refused ({hit.message or hit.code.value})")
+                blocked.update(dict.fromkeys(keys, hit))
+                continue
             try:
                 if peer_id is not None and not self._relayed_to(part, peer_id):
                     self._check_not_passed_on(part, peer_id)
@@ -262,13 +302,16 @@ class Router:
                 await self.check_local(part.sender_user, part.sender_device, part_members(part))
                 items = part_items(part)
             except KNOWN_REFUSALS as exc:
-                results[i] = relay_error_from(exc)
+                err = results[i] = relay_error_from(exc)
+                if err is not None and err.code.value in RETRYABLE_CODES:
+                    blocked.update(dict.fromkeys(keys, err))
                 continue
             if not items:
                 continue
             accepted.append((i, items))
             requests.append(EnqueueRequest(items, dedupe=dedupe_id(part.sender_user, part.msg_id),
-                                           max_queue=self._max_queue))
+                                           max_queue=self._max_queue,
+                                           sender=(part.sender_user, part.sender_device)))
         if not requests:
             return results
         try:
@@ -277,11 +320,14 @@ class Router:
             err = relay_error_from(exc)
             for i, _ in accepted:
                 results[i] = err
+                if err is not None:
+                    blocked.update(dict.fromkeys(keys_of[i], err))
             return results
         for (i, items), answer in zip(accepted, answers, strict=True):
             if isinstance(answer, Exception):
-                results[i] = relay_error_from(answer) or RelayError(
+                err = results[i] = relay_error_from(answer) or RelayError(
                     ErrorCode.INTERNAL, "the node could not store the message")
+                blocked.update(dict.fromkeys(keys_of[i], err))
             elif answer is not None:
                 for user_id, device_id, _ in items:
                     self._notify(user_id, device_id)
@@ -369,6 +415,15 @@ class Router:
         """Raise ``bad_request`` unless ``sender_user`` is well-formed and homed at
         ``peer_id`` (a peer may only forward what its own users sent)."""
         self._directory.check_homed_at(sender_user, peer_id, "sender")
+
+
+def _chain_keys(part: Part) -> set[ChainKey]:
+    """``(sender user, sender device, user, device)`` per receiving device of a part."""
+    try:
+        members = part_members(part)
+    except (TypeError, ValueError, AttributeError):  # malformed: refused by the checks
+        return set()
+    return {(part.sender_user, part.sender_device, u, d) for u, devs in members for d in devs}
 
 
 def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:

@@ -18,6 +18,8 @@ As processes (``wa-relay serve`` / ``wa-relay cluster``): :func:`free_base_port`
 picks a free port range, :class:`LoggedProcess` starts the program with its
 output logged and reads its ``ready <node_id> <url>`` lines, :func:`tool` and
 :func:`child_env` give the argv prefix and environment of this installation.
+:class:`ProcessCluster` lays out a cluster and runs its nodes as processes, a node
+possibly served by several processes (one address each) over a shared database.
 
 Nothing here is used by a running relay; it imports :mod:`relay.node` but
 nothing imports it back.
@@ -30,6 +32,7 @@ from ._cluster import (
     open_local_cluster,
     reshape_configs,
 )
+from ._homes import ProcessCluster, ProcessFailed
 from ._ports import LOOPBACK, free_base_port, free_ports, port_is_free
 from ._process import LoggedProcess, child_env, file_tail, tool
 
@@ -37,6 +40,8 @@ __all__ = [
     "LOOPBACK",
     "LocalCluster",
     "LoggedProcess",
+    "ProcessCluster",
+    "ProcessFailed",
     "StorageKind",
     "child_env",
     "file_tail",

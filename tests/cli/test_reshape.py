@@ -17,7 +17,7 @@ from cli.features import media, payload
 from cli.features.group_messaging import create_group, send_group_text
 from cli.features.linking import link_device
 from cli.session.state import open_state
-from relay.config.ring import Ring
+from relay.config.ring import Ring, score
 from relay.net.backoff import Backoff
 from relay.services.handoff import mark_prefix
 from relay.testing import LocalCluster, node_configs, reshape_configs
@@ -96,6 +96,13 @@ async def check_homes(cluster: LocalCluster, user_ids: list[str], devices: dict[
                 assert {r.kind for r in await other_st.export_user(uid)} <= {"seq"}, other
 
 
+def _moves_to_a_new_node(user_id: str) -> bool:
+    """Whether rendezvous hashing over n1..n5 puts ``user_id`` on n4 or n5 (the score
+    depends on node ids only: relay.config.ring)."""
+    scores = {f"n{k}": score(f"n{k}", user_id) for k in range(1, 6)}
+    return max(scores, key=lambda n: (scores[n], n)) in ("n4", "n5")
+
+
 async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) -> None:
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with trio.open_nursery() as nursery:
@@ -103,9 +110,12 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
             await cluster.start_all()
             users = {}
             for i, name in enumerate(NAMES):  # homes on every node
+                # dave's home moves at 3 -> 5 (to n4 or n5), so that reshape moves someone
                 users[name] = make_account(tmp_path, name, cluster, stack,
                                            not_on=[f"n{k}" for k in range(1, 4)
-                                                   if k != i % 3 + 1])
+                                                   if k != i % 3 + 1],
+                                           accept=_moves_to_a_new_node if name == "dave"
+                                           else None)
             ids = {n: s.user_id for n, s in users.items()}
             laptops = {}
             for name in ("alice", "bob"):
