@@ -130,6 +130,8 @@ class NodeMetrics:
         self.handoff_users = Gauge(
             "wa_relay_handoff_users", "Users handed over by (out) or to (in) this node since "
             "it started.", ["direction"], registry=r)
+        for direction in ("out", "in"):
+            self.handoff_users.labels(direction).set(0)
         self.handoff_done = Gauge(
             "wa_relay_handoff_done", "1 when no reshape is unfinished at this node.", registry=r)
 
