@@ -100,7 +100,8 @@ def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
     if not cluster_file.exists():
         return
     try:
-        existing = [(n.id, n.url) for n in load_cluster(cluster_file)]
+        # every address: a node given several by hand is not silently cut back to one
+        existing = [(n.id, " ".join(n.urls)) for n in load_cluster(cluster_file)]
     except ConfigError as exc:
         raise ClusterMismatch(
             f"{exc}\nFix the file, or pass --reconfigure to write a new one."

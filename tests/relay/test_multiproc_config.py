@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from relay.config import ConfigError, init_cluster, load_cluster, load_node_config
-from relay.config.cluster_files import format_cluster
+from relay.config.cluster_files import ClusterMismatch, format_cluster
 from relay.config.ring import NodeInfo, Ring, ring_version
 from relay.testing import child_env, free_base_port, tool
 from storage import StorageInUse
@@ -73,6 +73,13 @@ def _two_addresses(tmp_path: Path, storage: str) -> Path:
     node_toml.write_text(re.sub(r'storage = ".*"', f'storage = "{storage}"',
                                 node_toml.read_text()))
     return node_toml
+
+
+def test_init_cluster_does_not_cut_addresses_back(tmp_path) -> None:
+    _two_addresses(tmp_path, "lmdb://data")
+    with pytest.raises(ClusterMismatch, match="ws://127.0.0.1:7500 ws://127.0.0.1:7510"):
+        init_cluster(tmp_path, 1, 7500)
+    assert len(load_cluster(tmp_path / "cluster.toml")[0].urls) == 2
 
 
 def test_a_node_with_several_addresses_needs_postgresql_with_notify(tmp_path) -> None:
