@@ -7,8 +7,8 @@ from __future__ import annotations
 import lmdb
 
 from . import _lmdb_layout as L
-from ._lmdb_ops import Freed
 from ._keys import check_user_id
+from ._lmdb_ops import Freed
 from ._memory_handoff import check_mark, check_records
 from .base import UserRecord
 
