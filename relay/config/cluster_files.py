@@ -116,8 +116,10 @@ def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
         f"{cluster_file} already describes another cluster:\n"
         f"  existing:  {_describe_nodes(existing)}\n"
         f"  arguments: {_describe_nodes(wanted)}\n"
-        f"Changing it means that {'; '.join(consequences)}. Run with the arguments it was "
-        "created with, or pass --reconfigure to rewrite it anyway (docs/operations.md)."
+        f"Rewriting it means that {'; '.join(consequences)}. Run with the arguments it was "
+        "created with; to grow or shrink the cluster and move users with their queues, pass "
+        "--reshape ('wa-relay cluster'); --reconfigure rewrites it without moving anyone "
+        "(docs/operations.md, \"Reshaping a cluster\")."
     )
 
 

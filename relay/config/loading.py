@@ -302,9 +302,11 @@ def load_node_config(
         raise ConfigError(f"{where}: {exc}") from None
     storage = resolve_storage_url(f.storage, base, where)
     cluster = load_cluster(rel(f.cluster))
+    prev_path = previous_cluster_path(rel(f.cluster))
+    previous = load_cluster(prev_path) if prev_path.exists() else ()
     key_path = rel(f.key_file)
     key = load_key(key_path)
-    me = next((n for n in cluster if n.id == f.id), None)
+    me = next((n for n in (*cluster, *previous) if n.id == f.id), None)
     if me is None:
         raise ConfigError(f"{where}: node id {f.id!r} is not in the cluster file")
     if bytes(key.verify_key) != me.public_key:
@@ -323,5 +325,12 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
-        key_file=key_path,
+        key_file=key_path, previous_cluster=previous,
     )
+
+
+def previous_cluster_path(cluster_path: Path) -> Path:
+    """Where the cluster file of an unfinished reshape is kept: ``<cluster>.prev``
+    beside the cluster file (docs/operations.md, "Reshaping a cluster"). A node
+    removed by the reshape is listed there only; it drains, then stops."""
+    return cluster_path.with_name(cluster_path.name + ".prev")

@@ -25,7 +25,13 @@ Nothing here is used by a running relay; it imports :mod:`relay.node` but
 nothing imports it back.
 """
 
-from ._cluster import LocalCluster, StorageKind, node_configs, open_local_cluster
+from ._cluster import (
+    LocalCluster,
+    StorageKind,
+    node_configs,
+    open_local_cluster,
+    reshape_configs,
+)
 from ._homes import ProcessCluster, ProcessFailed
 from ._ports import LOOPBACK, free_base_port, free_ports, port_is_free
 from ._process import LoggedProcess, child_env, file_tail, tool
@@ -43,6 +49,7 @@ __all__ = [
     "free_ports",
     "node_configs",
     "open_local_cluster",
+    "reshape_configs",
     "port_is_free",
     "tool",
 ]

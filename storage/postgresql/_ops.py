@@ -38,11 +38,11 @@ def _clamp(n: int) -> int:
 class Enqueue(Op):
     """One :class:`~storage.base.EnqueueRequest`; value: seqs, or None (duplicate)."""
 
-    __slots__ = ("items", "dedupe", "max_queue", "ts")
+    __slots__ = ("items", "dedupe", "max_queue", "ts", "chain")
     merge = True
 
     def __init__(self, items: list[tuple[str, int, bytes]], dedupe: bytes | None,
-                 max_queue: int | None, ts: float) -> None:
+                 max_queue: int | None, ts: float, chain: frozenset = frozenset()) -> None:
         size = sum(len(env) for _, _, env in items)
         adds = size + ITEM_OVERHEAD * len(items)
         if dedupe is not None:
@@ -52,6 +52,7 @@ class Enqueue(Op):
         self.dedupe = dedupe
         self.max_queue = max_queue
         self.ts = ts
+        self.chain = chain  # chain keys (storage._chains): skipped after a refusal on one
 
     def devices(self) -> list[_Dev]:
         return [(u, d) for u, d, _ in self.items]
@@ -88,6 +89,11 @@ class Enqueue(Op):
         d_ids: list[bytes] = []
         d_ts: list[float] = []
         for op in reqs:
+            blocked = tx.chains.blocking(op.chain) if op.chain else None
+            if blocked is not None:
+                op.error = blocked
+                tx.chains.record(op.chain, blocked)
+                continue
             if op.dedupe is not None and op.dedupe in seen:
                 continue  # value None: a duplicate
             if op.max_queue is not None:
@@ -95,9 +101,11 @@ class Enqueue(Op):
                 full = [k for k, n in per.items() if state[k][1] + n > op.max_queue]
                 if full:
                     op.error = QueueFull(f"queue of {full[0]} would exceed {op.max_queue} envelopes")
+                    tx.chains.record(op.chain, op.error)
                     continue
             if not tx.admit(op.adds):
                 tx.refuse_full(op)
+                tx.chains.record(op.chain, op.error)
                 continue
             seqs = []
             for u, d, env in op.items:

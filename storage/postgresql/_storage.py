@@ -30,12 +30,14 @@ import psycopg_pool
 import trio
 
 from .. import _keys as K
+from .._chains import chain_keys
 from .._running import running_writer
 from ..base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from ..errors import StorageError, StorageUnavailable
 from . import _ops as ops
 from ._directory import PgDirectoryMixin, value_of
 from ._errors import classify, translate
+from ._handoff import PgHandoffMixin
 from ._media import PgMediaMixin
 from ._notify import Changes, channel_of, new_origin, serve_enqueue_watch, serve_watch
 from ._schema import migrate, set_search_path
@@ -46,7 +48,7 @@ T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
+class PostgresStorage(PgHandoffMixin, PgDirectoryMixin, PgMediaMixin):
     """A durable, shareable :class:`~storage.base.Storage` in PostgreSQL.
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that own
@@ -298,12 +300,13 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
             ValueError, TypeError: a malformed argument in any request; nothing stored.
             trio.ClosedResourceError: the storage is closed.
         """
+        token = object()
         batch = []
         for req in requests:
             items = [(*self._dev(u, d), K.check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else K.check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            batch.append(ops.Enqueue(items, dd, req.max_queue, ts))
+            batch.append(ops.Enqueue(items, dd, req.max_queue, ts, chain_keys(token, req)))
         self._check_open()
         return [_answer(op) for op in await self.writer.submit_many(batch)]
 

@@ -58,6 +58,7 @@ import psycopg
 import psycopg_pool
 import trio
 
+from .._chains import Chains
 from ..errors import StorageError, StorageFull, StorageUnavailable
 from ._errors import classify, translate
 from ._notify import Changes, payloads
@@ -130,12 +131,16 @@ class Tx:
 
     ``admit(n)`` is True (and counts ``n`` bytes) if ``n`` more bytes stay within
     ``max_bytes`` (always, without a bound); ``free(n)`` un-counts freed bytes.
+    ``chains``: the refusals so far, by chain key (:mod:`storage._chains`): an
+    enqueue skips a refused sender's later requests to the same devices.
     """
 
     def __init__(self, conn: psycopg.Connection, cur: psycopg.Cursor,
-                 usage: psycopg.Cursor | None, limit: int | None) -> None:
+                 usage: psycopg.Cursor | None, limit: int | None,
+                 chains: Chains | None = None) -> None:
         self.conn = conn
         self.cur = cur
+        self.chains = Chains() if chains is None else chains
         self.delta = 0
         #: what this transaction changed that other processes care about (the notification)
         self.changes = Changes()
@@ -312,11 +317,14 @@ class PgWriter:
     # -- in the writer thread
 
     def _run_sync(self, ops: list[Op]) -> None:
+        # Segments are answered in op order (bisection runs the first half first),
+        # so an op's chain keys are checked against earlier ops' refusals only.
         segments: deque[list[Op]] = deque([ops])
+        chains = Chains()
         while segments:
             seg = segments.popleft()
             try:
-                self._attempt(seg)
+                self._attempt(seg, chains)
             except _Failed as failed:
                 if len(seg) == 1:
                     err = translate(failed.exc)
@@ -326,8 +334,13 @@ class PgWriter:
                 else:
                     half = len(seg) // 2
                     segments.extendleft((seg[half:], seg[:half]))
+                    continue
+            for op in seg:
+                keys = getattr(op, "chain", ())
+                if keys:
+                    chains.record(keys, op.error)
 
-    def _attempt(self, seg: list[Op]) -> None:
+    def _attempt(self, seg: list[Op], chains: Chains) -> None:
         """Commit ``seg`` in one transaction, retrying as the module docstring says;
         set every answer. Raises _Failed for a "full" or "bug" error (nothing kept)."""
         token = secrets.token_bytes(16)
@@ -339,7 +352,7 @@ class PgWriter:
             conn: psycopg.Connection | None = None
             try:
                 conn = self._pool.getconn(timeout=max(deadline - time.monotonic(), 0.05))
-                changes = self._transaction(conn, seg, token, in_doubt)
+                changes = self._transaction(conn, seg, token, in_doubt, chains)
                 self.commits += 1
                 self._announce(conn, changes)
                 return
@@ -405,7 +418,7 @@ class PgWriter:
 
     def _transaction(
         self, conn: psycopg.Connection, seg: list[Op], token: bytes,
-        in_doubt: list[tuple[Any, Exception | None]] | None,
+        in_doubt: list[tuple[Any, Exception | None]] | None, chains: Chains,
     ) -> Changes:
         """One attempt, pipelined (see :class:`Tx`): an enqueue batch costs two round
         trips, its reads and then its writes with the ``COMMIT``. Returns what it
@@ -437,7 +450,7 @@ class PgWriter:
                 if self._limit is not None:
                     usage = conn.cursor()
                     usage.execute("SELECT coalesce(sum(bytes), 0)::bigint FROM wa_usage")
-                tx = Tx(conn, cur, usage, self._limit)
+                tx = Tx(conn, cur, usage, self._limit, chains.fork())
                 for op in seg:
                     op.value, op.error = None, None
                 start = 0

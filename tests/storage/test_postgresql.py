@@ -248,8 +248,8 @@ async def test_migrations_refuse_a_newer_or_unmigrated_schema(pg) -> None:
                 pass
         version, applied = await PostgresStorage.migrate_url(
             f"{conninfo}&schema={schema}")
-        assert (version, applied) == (SCHEMA_VERSION, [f"{SCHEMA_VERSION} queues, key "
-                                                        "directory, outbox, media"])
+        assert (version, applied) == (SCHEMA_VERSION, ["1 queues, key directory, outbox, media",
+                                                       "2 handoff marks"])
         assert await PostgresStorage.migrate_url(
             f"{conninfo}&schema={schema}") == (SCHEMA_VERSION, [])
         async with PostgresStorage.open(conninfo, schema=schema, migrate=False) as st:
@@ -271,7 +271,7 @@ def test_storage_migrate_command(tmp_path: Path, postgres_db: str,
     first = runner.invoke(relay_main, ["storage", "migrate", "--config", str(node_toml)])
     assert first.exit_code == 0, first.output
     assert first.output.splitlines() == [
-        f"applied {SCHEMA_VERSION} queues, key directory, outbox, media",
+        "applied 1 queues, key directory, outbox, media", "applied 2 handoff marks",
         f"schema at version {SCHEMA_VERSION}"]
     again = runner.invoke(relay_main, ["storage", "migrate", "--config", str(node_toml)])
     assert (again.exit_code, again.output) == (0, f"schema at version {SCHEMA_VERSION}\n")
