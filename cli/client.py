@@ -41,7 +41,7 @@ from relay.protocol.frames import (
     UploadKeys,
 )
 
-from . import crypto, devices, linkcode, outbound, payload
+from . import crypto, devices, linkcode, outbound, payload, prekeys
 from .connection import CLIENT_SETTINGS, Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from .errors import ClientError, NoAnswer, RelayError, SendFailed, SendUnknown
@@ -127,7 +127,9 @@ class Client:
         await self.state.asave()
 
     async def upload_keys(self) -> int:
-        """Top the device's one-time keys on the node up to 100 (plus an unpublished fallback key).
+        """Top the device's one-time keys on the node up to 100, and upload a new fallback
+        key when the current one was used or is old (:func:`cli.prekeys.needs_rotation`).
+        Every key is signed by the device key (:func:`cli.prekeys.signed_keys`).
 
         Private halves are saved before the public halves leave. Returns the node's new count.
 
@@ -135,13 +137,24 @@ class Client:
             RelayError, ConnectionLost.
         """
         async with self._keys_lock:
-            ident = self.state.identity
+            state = self.state
+            ident = state.identity
             need = (crypto.ONE_TIME_KEYS_TARGET - self._conn.otk_count
                     - len(ident.unpublished_one_time_keys()))
             ident.generate_one_time_keys(need)
-            keys, fallback = ident.unpublished_one_time_keys(), ident.unpublished_fallback_key()
+            now = time.time()
+            fallback = ident.unpublished_fallback_key()
+            if fallback is None and prekeys.needs_rotation(state.fallback, now):
+                ident.generate_fallback_key()  # the previous private half stays until the next
+                fallback = ident.unpublished_fallback_key()
+            if fallback is not None and fallback.key != state.fallback.key:
+                state.fallback = prekeys.FallbackInfo(fallback.key, now, False)
+            keys = ident.unpublished_one_time_keys()
             if not keys and fallback is None:
                 return self._conn.otk_count
+            keys = prekeys.signed_keys(ident, state.user_id, state.device_id, keys)
+            if fallback is not None:
+                [fallback] = prekeys.signed_keys(ident, state.user_id, state.device_id, [fallback])
             await self.state.asave()
             try:
                 answer = await self._conn.request(UploadKeys, one_time_keys=keys, fallback_key=fallback)
@@ -158,10 +171,15 @@ class Client:
     def _on_key_count(self, count: int) -> None:
         self._conn.otk_count = count
         if count < crypto.ONE_TIME_KEYS_LOW:
-            try:
-                self._low_send.send_nowait(count)
-            except trio.WouldBlock:
-                pass  # a top-up is already scheduled
+            self.schedule_key_upload()
+
+    def schedule_key_upload(self) -> None:
+        """Have the background task run :meth:`upload_keys` soon (one-time keys low, or
+        the fallback key was used)."""
+        try:
+            self._low_send.send_nowait(self._conn.otk_count)
+        except trio.WouldBlock:
+            pass  # an upload is already scheduled
 
     async def _top_up_keys(self) -> None:
         async for _ in self._low_recv:
@@ -409,7 +427,8 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
                                            settings=settings) as conn:
                     client = Client(state, conn)
                     nursery.start_soon(client._top_up_keys)
-                    if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
+                    if (conn.otk_count < crypto.ONE_TIME_KEYS_LOW
+                            or prekeys.needs_rotation(state.fallback, time.time())):
                         await client.upload_keys()
                     if (withdraw_pending and state.pending_withdrawals
                             and state.account_key is not None):

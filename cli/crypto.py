@@ -18,11 +18,9 @@ inbound session was created *and* the message decrypted, and it never advances
 a ratchet on a failed decryption; callers persist the account only after a
 successful decryption, so a forged or corrupted message cannot burn a key.
 
-Known limit (protocol v1): one-time keys are not signed by the device key, so
-a relay could substitute a claimed one-time key with its own. It still cannot
-decrypt (Olm's triple Diffie-Hellman includes the recipient's identity key,
-taken from the account-signed device list), but the first messages of that
-session lose forward secrecy, as with an exhausted key pool.
+One-time and fallback keys are signed by the device key when uploaded and
+checked by the claimer (:mod:`cli.prekeys`), so a relay cannot substitute a
+claimed key with its own.
 """
 
 from __future__ import annotations

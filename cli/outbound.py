@@ -13,7 +13,7 @@ from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Recipient
 from relay.protocol.identity import Device
 
-from . import crypto
+from . import crypto, prekeys
 from .errors import RelayError, SendFailed
 from .state import State
 
@@ -43,7 +43,9 @@ def has_session(state: State, user_id: str, device: Device) -> bool:
 async def ensure_sessions(client: Client, user_id: str, devices: list[Device],
                           lock: trio.Lock) -> list[Device]:
     """Create an outbound Olm session with each of ``user_id``'s ``devices`` that has none,
-    from one-time (else fallback) keys claimed in one request. A device added to its
+    from one-time (else fallback) keys claimed in one request; a claimed key must be
+    signed by the device's key (:func:`cli.prekeys.check_claimed`), else it is not
+    used and the device counts as having no key. A device added to its
     list less than :data:`CLAIM_RETRY_WINDOW` seconds ago may not have uploaded its keys
     yet: the claim is retried for about 3 s. ``lock`` keeps two tasks from claiming
     keys for the same devices.
@@ -64,7 +66,9 @@ async def ensure_sessions(client: Client, user_id: str, devices: list[Device],
                 user_id, [d.device_id for d in missing])}
             for d in missing:
                 key = claimed.get(d.device_id)
-                if key is not None:
+                if key is not None and not prekeys.check_claimed(user_id, d, key):
+                    del claimed[d.device_id]
+                elif key is not None:
                     session = state.identity.create_outbound_session(d.curve25519, key.key)
                     state.add_session(user_id, d.device_id, d.curve25519, session)
             missing = [d for d in missing if d.device_id not in claimed]

@@ -28,7 +28,7 @@ from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, group_messaging, group_receiving, payload
+from . import crypto, group_messaging, group_receiving, payload, prekeys
 from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
@@ -101,10 +101,13 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
     ss = client.state.session_set(env.sender_user, env.sender_device)
     sessions = ss.sessions if ss is not None and ss.identity_key == device.curve25519 else []
     try:
-        plaintext, session, _ = crypto.decrypt(
+        plaintext, session, is_new = crypto.decrypt(
             client.state.identity, sessions, device.curve25519, env.body)
     except crypto.DecryptError as exc:
         return dropped(str(exc))
+    if is_new and prekeys.prekey_one_time_key(env.body) == client.state.fallback.key:
+        client.state.fallback.used = True  # rotated by the next key upload
+        client.schedule_key_upload()
     client.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
     client.state.saw_device(env.sender_user, env.sender_device, env.ts)
     if group_receiving.control_type(plaintext) is not None:  # group state or sender key

@@ -52,6 +52,7 @@ from relay.protocol.frames import SignedDeviceList
 from . import crypto, statecodec, vault
 from .groups import GroupError, GroupStore
 from .inbox import Inbox
+from .prekeys import FallbackInfo
 from .statecodec import CachedList, SessionSet
 from .statestore import StateStore
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
@@ -111,6 +112,9 @@ class State:
         self.pending_withdrawals: set[int] = set()
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
+        self.fallback = FallbackInfo()  # this device's published fallback key (cli.prekeys)
+        # user_id -> highest device-list version seen (lists, and hints in messages)
+        self.highest_list: dict[str, int] = {}
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
 
     # ----------------------------------------------------------- queries

@@ -273,5 +273,6 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
+        otk_claim_burst=f.otk_claim_burst, key_claims_per_account=f.key_claims_per_account,
         key_file=key_path,
     )

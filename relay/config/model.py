@@ -14,6 +14,7 @@ from .schema import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_KEY_CLAIMS_PER_ACCOUNT,
     DEFAULT_LINK_TTL,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME,
@@ -24,6 +25,7 @@ from .schema import (
     DEFAULT_MEDIA_QUOTA,
     DEFAULT_MEDIA_TTL,
     DEFAULT_MEDIA_UPLOAD_TTL,
+    DEFAULT_OTK_CLAIM_BURST,
     DEFAULT_QUEUE_TTL,
     DEFAULT_SHUTDOWN_GRACE,
 )
@@ -71,6 +73,11 @@ class NodeConfig:
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
+        otk_claim_burst: one-time keys one device hands out in a burst; then one
+            per ``600 / otk_claim_burst`` seconds; claims beyond get its fallback key
+            (:mod:`relay.services.claim_limits`).
+        key_claims_per_account: devices one account may claim keys for in a burst;
+            then ``key_claims_per_account / 100`` a second; beyond: ``rate_limited``.
         key_file: where the signing key was read from (``None`` if not from a file).
     """
 
@@ -101,6 +108,8 @@ class NodeConfig:
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
+    otk_claim_burst: int = DEFAULT_OTK_CLAIM_BURST
+    key_claims_per_account: int = DEFAULT_KEY_CLAIMS_PER_ACCOUNT
     key_file: Path | None = None
 
     @property

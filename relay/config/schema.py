@@ -41,6 +41,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_MAILBOXES_PER_IP = 8
+DEFAULT_OTK_CLAIM_BURST = 30
+DEFAULT_KEY_CLAIMS_PER_ACCOUNT = 1000
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 DEFAULT_SHUTDOWN_GRACE = 10.0
 
@@ -83,6 +85,8 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     max_pending_per_ip: Count = DEFAULT_MAX_PENDING_PER_IP
     max_connections: Count = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: Count = DEFAULT_MAX_MAILBOXES_PER_IP
+    otk_claim_burst: Count = DEFAULT_OTK_CLAIM_BURST
+    key_claims_per_account: Count = DEFAULT_KEY_CLAIMS_PER_ACCOUNT
 
 
 class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

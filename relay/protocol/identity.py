@@ -28,6 +28,7 @@ from .frames import SignedDeviceList
 DEVICE_LIST_CONTEXT = b"wa-relay device-list v1\x00"
 AUTH_CONTEXT = b"wa-relay device-auth v1\x00"
 PEER_AUTH_CONTEXT = b"wa-relay peer-auth v1\x00"
+ONE_TIME_KEY_CONTEXT = b"wa-relay one-time-key v1\x00"
 
 USER_ID_LENGTH = 52
 _USER_ID_RE = re.compile(f"[a-z2-7]{{{USER_ID_LENGTH}}}")  # ASCII only
@@ -212,6 +213,15 @@ def peer_auth_message(nonce: bytes, signer_node_id: str, verifier_node_id: str, 
         [PEER_AUTH_CONTEXT, nonce, signer_node_id.encode(), b"\x00", verifier_node_id.encode(),
          b"\x00", ring_version.encode()]
     )
+
+
+def one_time_key_message(user_id: str, device_id: int, key_id: str, key: bytes) -> bytes:
+    """Bytes a device signs (with its Ed25519 device key) to vouch for one of its
+    one-time or fallback keys: the context, ``user_id``, ``device_id``, ``key_id`` and
+    the 32-byte Curve25519 key. A claimer checks it against the device's ``ed25519``
+    in the account-signed device list, so a relay cannot substitute a key."""
+    return b"".join([ONE_TIME_KEY_CONTEXT, user_id.encode(), b"\x00", str(device_id).encode(),
+                     b"\x00", key_id.encode(), b"\x00", key])
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:

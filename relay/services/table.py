@@ -59,7 +59,8 @@ def directory_table(node: Node) -> Table:
 
     async def claim_keys(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, ClaimKeys)
-        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer)
+        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer,
+                                        claimer=caller.user_id)
 
     return {PutDevices: put_devices, GetDevices: get_devices, UploadKeys: upload_keys,
             ClaimKeys: claim_keys}
