@@ -41,7 +41,7 @@ from relay.protocol.frames import (
     UploadKeys,
 )
 
-from . import crypto, devices, linkcode, outbound, payload, prekeys
+from . import crypto, devices, linkcode, listfresh, outbound, payload, prekeys
 from .connection import CLIENT_SETTINGS, Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from .errors import ClientError, NoAnswer, RelayError, SendFailed, SendUnknown
@@ -60,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_SEND_ROUNDS = 3
+LIST_CHECK_INTERVAL = 6 * 3600.0  # seconds between expiry checks of the own list (primary)
 
 
 def now_ms() -> int:
@@ -188,6 +189,12 @@ class Client:
             except ClientError as exc:
                 log.warning("one-time key top-up failed: %s", exc)
 
+    async def _keep_list_fresh(self) -> None:
+        """Primary only: re-sign the account's list before it expires while running."""
+        while True:
+            await trio.sleep(LIST_CHECK_INTERVAL)
+            await devices.refresh_own_list(self)
+
     async def get_devices(self, user_id: str) -> DeviceList:
         """Fetch, verify (account signature, version never goes back) and cache a device list.
 
@@ -231,24 +238,29 @@ class Client:
 
     async def device_list(self, user_id: str, *, fresh: bool = False) -> DeviceList:
         """The verified device list of ``user_id`` to encrypt for: the cached one, or (if
-        none is cached or ``fresh``) fetched from the relay with :meth:`get_devices`.
+        none is cached, ``fresh``, or the cached one is expired or older than a version
+        seen since, :func:`cli.listfresh.is_stale`) fetched with :meth:`get_devices`.
 
         Args:
             fresh: fetch even if a list is cached; the cached one is still returned when
-                the user's home is unreachable (``unavailable``).
+                the user's home is unreachable (``unavailable``) and it is not stale.
 
         Raises:
-            RelayError: ``unknown_user``; ``unavailable`` with nothing cached; ...
-            cli.state.DeviceListRejected: the served list is forged or rolled back.
+            RelayError: ``unknown_user``; ``unavailable`` with nothing usable cached; ...
+            cli.state.DeviceListRejected: the served list is forged, rolled back (below
+                the cached version or a version seen in a message) or expired: nothing
+                is encrypted to an older list.
             ConnectionLost.
         """
         cached = self.state.device_lists.get(user_id)
-        if cached is not None and not fresh:
+        stale = cached is not None and listfresh.is_stale(
+            cached.parsed, self.state.highest_list.get(user_id, 0), time.time())
+        if cached is not None and not fresh and not stale:
             return cached.parsed
         try:
             return await self.get_devices(user_id)
         except RelayError as exc:
-            if exc.code == ErrorCode.UNAVAILABLE and cached is not None:
+            if exc.code == ErrorCode.UNAVAILABLE and cached is not None and not stale:
                 log.info("home of %s unreachable; using its cached device list", user_id[:8])
                 return cached.parsed
             raise
@@ -433,6 +445,9 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
                     if (withdraw_pending and state.pending_withdrawals
                             and state.account_key is not None):
                         await devices.finish_pending_withdrawals(client)
+                    if state.account_key is not None:
+                        await devices.refresh_own_list(client)
+                        nursery.start_soon(client._keep_list_fresh)
                     yield client
             finally:
                 nursery.cancel_scope.cancel()

@@ -42,6 +42,8 @@ from relay.protocol.identity import (
     user_id_from_key,
 )
 
+from .listfresh import LIST_LIFETIME
+
 ONE_TIME_KEYS_TARGET = 100
 """How many one-time keys a device keeps published on its home node."""
 ONE_TIME_KEYS_LOW = 50
@@ -277,20 +279,24 @@ class DeviceEntry:
 
 
 def make_device_list(
-    account_key: nacl.signing.SigningKey, version: int, devices: list[DeviceEntry]
+    account_key: nacl.signing.SigningKey, version: int, devices: list[DeviceEntry],
+    *, lifetime: int = LIST_LIFETIME,
 ) -> tuple[DeviceList, SignedDeviceList]:
-    """Build and sign (with the account key) device list ``version``.
+    """Build and sign (with the account key) device list ``version``, valid for
+    ``lifetime`` seconds from now (:mod:`cli.listfresh`).
 
     Returns:
         ``(parsed list, signed wire form)``.
     """
+    now = int(time.time())
     dl = DeviceList(
         user_id=account_user_id(account_key),
         version=version,
         devices=tuple(
             Device(d.device_id, d.ed25519, d.curve25519, d.name, d.added_at) for d in devices
         ),
-        issued_at=int(time.time()),
+        issued_at=now,
+        expires_at=now + lifetime,
     )
     return dl, sign_device_list(account_key, dl)
 

@@ -37,7 +37,7 @@ from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_de
 from relay.protocol.frames import LinkComplete, LinkFetch, PutDevices, SignedDeviceList
 from relay.protocol.identity import Device
 
-from . import crypto, linkcode
+from . import crypto, linkcode, listfresh
 from .errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
 from .events import DevicesChanged
 from .linkcode import DeviceInfo, LinkCode, LinkCodeError
@@ -312,6 +312,33 @@ async def remove_device(client: Client, device_id: int) -> DeviceList:
                           f"(devices: {', '.join(str(i) for i in sorted(own.device_ids))})")
     remaining = [d for d in own.devices if d.device_id != device_id]
     return await publish_own_list(client, _entries(remaining), own.version + 1)
+
+
+async def refresh_own_list(client: Client) -> DeviceList | None:
+    """Primary: re-sign the account's list (same devices, version + 1) when less than
+    :data:`cli.listfresh.REFRESH_BEFORE` of its lifetime is left, so contacts never
+    see it expire while the primary runs. A failure is logged, not raised.
+
+    Returns:
+        The new list, or ``None`` (not needed, or it failed).
+
+    Raises:
+        ConnectionLost: the connection closed.
+    """
+    state = client.state
+    own = state.own_list()
+    if state.account_key is None or own is None or not listfresh.needs_refresh(own, time.time()):
+        return None
+    try:
+        own = await current_own_list(client)
+        if not listfresh.needs_refresh(own, time.time()):
+            return None
+        new = await publish_own_list(client, _entries(own.devices), own.version + 1)
+    except (RelayError, DeviceListRejected) as exc:
+        log.warning("could not re-sign the account's device list before it expires: %s", exc)
+        return None
+    log.info("re-signed the account's device list as version %d", new.version)
+    return new
 
 
 def device_list_notice(client: Client, sender_user: str, body: bytes) -> DevicesChanged | None:

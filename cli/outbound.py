@@ -13,7 +13,7 @@ from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Recipient
 from relay.protocol.identity import Device
 
-from . import crypto, prekeys
+from . import crypto, listfresh, prekeys
 from .errors import RelayError, SendFailed
 from .state import State
 
@@ -95,7 +95,8 @@ async def encrypt_for(client: Client, lists: dict[str, DeviceList], plaintext: b
     copy encrypted with no ``await`` in between. A device without keys to claim gets
     a withheld copy (:data:`WITHHELD`, an empty body) and a warning naming it: the
     relay wants a copy per listed device, and one device that cannot receive must not
-    stop the message for all the others. A claim refused with ``unknown_device`` (the
+    stop the message for all the others. Every copy's plaintext carries ``dlv``, this
+    account's list version (:func:`cli.listfresh.with_hint`). A claim refused with ``unknown_device`` (the
     cached list of ``lists`` names a device removed since) fetches that user's list
     again, replacing it in ``lists``, at most :data:`MAX_REFRESH` times.
 
@@ -127,6 +128,9 @@ async def encrypt_for(client: Client, lists: dict[str, DeviceList], plaintext: b
         if all(has_session(state, uid, d) or d.device_id in skipped[uid]
                for uid, ds in targets.items() for d in ds):
             break
+    own = state.own_list()
+    if own is not None:  # tell every receiver the newest list of this account known here
+        plaintext = listfresh.with_hint(plaintext, own.version)
     for uid, devs in targets.items():
         without = [d for d in devs if not has_session(state, uid, d)]
         if uid != state.user_id and len(without) == len(devs):

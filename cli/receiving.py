@@ -28,7 +28,7 @@ from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, group_messaging, group_receiving, payload, prekeys
+from . import crypto, group_messaging, group_receiving, listfresh, payload, prekeys
 from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
@@ -110,6 +110,14 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
         client.schedule_key_upload()
     client.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
     client.state.saw_device(env.sender_user, env.sender_device, env.ts)
+    hint = listfresh.read_hint(plaintext)
+    held = client.state.device_lists.get(env.sender_user)
+    if hint is not None and listfresh.note_hint(client.state.highest_list,
+                                                held.parsed if held else None,
+                                                env.sender_user, hint):
+        log.info("a message from %s/%d says its device list is at version %d (have %d); "
+                 "it is fetched again before the next message to it", env.sender_user[:8],
+                 env.sender_device, hint, held.parsed.version if held else 0)
     if group_receiving.control_type(plaintext) is not None:  # group state or sender key
         return group_receiving.on_control(client, env.sender_user, env.sender_device,
                                           env.msg_id, plaintext)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,7 +50,7 @@ import vodozemac
 from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
 from relay.protocol.frames import SignedDeviceList
 
-from . import crypto, statecodec, vault
+from . import crypto, listfresh, statecodec, vault
 from .groups import GroupError, GroupStore
 from .inbox import Inbox
 from .prekeys import FallbackInfo
@@ -195,19 +196,27 @@ class State:
 
         Raises:
             DeviceListRejected: bad signature or body, wrong user, an older version
-                than cached, or a different list under the cached version.
+                than cached, or a different list under the cached version; expired,
+                without expiry, older than a version seen in a message, or a version
+                jump too large (:func:`cli.listfresh.problem`).
         """
         try:
             parsed = verify_device_list(signed, user_id)
         except RemoteProtocolError as exc:
             raise DeviceListRejected(f"device list of {user_id} rejected: {exc.message}") from exc
         cached = self.device_lists.get(user_id)
+        if cached is not None and parsed.version < cached.parsed.version:
+            raise DeviceListRejected(
+                f"device list of {user_id} rolled back from version "
+                f"{cached.parsed.version} to {parsed.version}"
+            )
+        why = listfresh.problem(parsed, cached.parsed if cached else None,
+                                self.highest_list.get(user_id, 0), time.time())
+        if why is not None:
+            raise DeviceListRejected(why)
+        if parsed.version > self.highest_list.get(user_id, 0):
+            self.highest_list[user_id] = parsed.version
         if cached is not None:
-            if parsed.version < cached.parsed.version:
-                raise DeviceListRejected(
-                    f"device list of {user_id} rolled back from version "
-                    f"{cached.parsed.version} to {parsed.version}"
-                )
             if parsed.version == cached.parsed.version:
                 if signed.body != cached.signed.body:
                     raise DeviceListRejected(f"two different device lists of {user_id} "

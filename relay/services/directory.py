@@ -9,13 +9,15 @@ users are cached in a bounded dict.
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 
 from relay.config.ring import Ring
 from relay.errors import RelayError
 from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
 from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
-from relay.protocol.identity import one_time_key_message, verify_signature
+from relay.protocol.identity import MAX_VERSION_STEP, one_time_key_message, verify_signature
 from relay.services.claim_limits import ClaimLimits
 from storage import DuplicateKey, StaleVersion, Storage
 
@@ -121,13 +123,23 @@ class Directory:
 
         Raises:
             RelayError: ``unauthorized`` (bad signature), ``bad_request``
-                (malformed), ``moved`` (not homed here), ``stale_version``
-                (version does not grow).
+                (malformed, expired, or a version more than
+                :data:`~relay.protocol.identity.MAX_VERSION_STEP` above the held one),
+                ``moved`` (not homed here), ``stale_version`` (version does not grow).
             RemoteProtocolError: from :func:`verify_device_list`.
             StorageFull: nothing stored.
         """
         parsed = verify_device_list(signed)
         self.check_home(parsed.user_id)
+        if parsed.expires_at is not None and parsed.expires_at < time.time():
+            raise RelayError(ErrorCode.BAD_REQUEST, "device list has expired",
+                             user_id=parsed.user_id)
+        old = await self.get_device_list(parsed.user_id)
+        if old is not None and parsed.version > old[1].version + MAX_VERSION_STEP:
+            raise RelayError(ErrorCode.BAD_REQUEST,
+                             f"device list version may grow by at most {MAX_VERSION_STEP} "
+                             f"(have {old[1].version}, got {parsed.version})",
+                             user_id=parsed.user_id)
         try:
             await self._storage.put_device_list(parsed.user_id, parsed.version, pack_list(signed))
         except StaleVersion as exc:
