@@ -41,7 +41,7 @@ from relay.protocol.frames import (
     UploadKeys,
 )
 
-from . import crypto, devices, linkcode, listfresh, outbound, payload, prekeys
+from . import crypto, devices, linkcode, listfresh, outbound, payload, prekeys, retry
 from .connection import CLIENT_SETTINGS, Connection, open_connection
 from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from .errors import ClientError, NoAnswer, RelayError, SendFailed, SendUnknown
@@ -81,6 +81,8 @@ class Client:
         self._sessions_lock = trio.Lock()
         self._send_order = SendOrder()
         self._low_send, self._low_recv = trio.open_memory_channel(1)
+        # (user_id, device_id) -> monotonic times of retry requests sent (cli.retry)
+        self.retries_sent: dict[tuple[str, int], list[float]] = {}
         conn.on_key_count = self._on_key_count
 
     @property
@@ -351,6 +353,7 @@ class Client:
             recipients = await self.encrypt(lists, plaintext)
             if not recipients:
                 raise SendFailed("no devices to send to")
+            retry.note_addressed(self, msg_id, retry.addressed(recipients))
             try:
                 answer = await self.request_encrypted(Send, msg_id=msg_id, recipients=recipients)
             except RelayError as exc:

@@ -39,7 +39,7 @@ import msgpack
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import GroupRecipient, GroupSend, Send
 
-from . import group_chain, groups, payload
+from . import group_chain, groups, payload, retry
 from .errors import RelayError, SendFailed
 from .group_state import GroupError, GroupState, SignedGroupState
 from .outbound import has_session
@@ -327,6 +327,8 @@ async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inn
             for uid, dl in lists.items()]
         if body is None or body_session != out.session_id:
             body, body_session = groups.encrypt(out, group_id, inner), out.session_id
+        retry.note_addressed(client, msg_id, {(r.user_id, d) for r in recipients
+                                              for d in r.device_ids})
         try:  # right after encrypting: saved first, sent in ratchet order
             answer = await client.request_encrypted(GroupSend, msg_id=msg_id, body=body,
                                                     recipients=recipients)

@@ -9,8 +9,11 @@ acknowledged, and only then are the events yielded (decrypt -> save -> ack).
 With ``keep=True`` the events to show are kept in the state's inbox
 (:mod:`cli.inbox`) instead, so they are durable before the ack: a caller killed
 after the ack still finds them there, and yields one :class:`Kept` per batch.
-``bounce`` envelopes are reported and, when the original is in local
-history, re-encrypted against a fresh device list and resent with the same id.
+``bounce`` envelopes are reported; a message is resent only to the devices it was
+first addressed to, and only on a bounce from this account's own home or on an
+end-to-end retry request from such a device (:mod:`cli.retry`). A copy that does
+not decrypt (Olm or Megolm) makes this device ask its sender for a resend, over
+a fresh Olm session.
 ``device_list`` envelopes (a contact's new signed list) are verified and cached
 (:func:`cli.devices.device_list_notice`) and reported as ``DevicesChanged``.
 """
@@ -28,7 +31,7 @@ from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, group_messaging, group_receiving, listfresh, payload, prekeys
+from . import crypto, group_receiving, listfresh, payload, prekeys, retry
 from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
@@ -41,10 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RESENDS = 3
 RECEIVE_BATCH = 256
 STEP_TIMEOUT = 30.0  # bound on network work done while processing one delivered envelope
-NO_RESEND = {"unknown_user", "unauthorized", "bad_request", "bad_frame", "too_large"}
+GROUP_UNDECRYPTABLE = ("no group session key", "group message does not decrypt")
 
 
 async def _sender_device(client: Client, user_id: str, device_id: int) -> Device | None:
@@ -81,7 +83,10 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
             log.warning("dropping a device-list notice: %s", exc)
             return Dropped(env.msg_id, env.sender_user, env.sender_device, str(exc))
     if env.kind == "group":  # one Megolm body for the whole group (cli.group_receiving)
-        return await group_receiving.open_group_envelope(client, env)
+        event = await group_receiving.open_group_envelope(client, env)
+        if isinstance(event, Dropped) and event.reason.startswith(GROUP_UNDECRYPTABLE):
+            await retry.request_retry(client, env.sender_user, env.sender_device, env.msg_id)
+        return event
 
     def dropped(reason: str) -> Dropped:
         log.warning("dropping message %s from %s/%d: %s",
@@ -104,6 +109,7 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
         plaintext, session, is_new = crypto.decrypt(
             client.state.identity, sessions, device.curve25519, env.body)
     except crypto.DecryptError as exc:
+        await retry.request_retry(client, env.sender_user, env.sender_device, env.msg_id)
         return dropped(str(exc))
     if is_new and prekeys.prekey_one_time_key(env.body) == client.state.fallback.key:
         client.state.fallback.used = True  # rotated by the next key upload
@@ -118,6 +124,17 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
         log.info("a message from %s/%d says its device list is at version %d (have %d); "
                  "it is fetched again before the next message to it", env.sender_user[:8],
                  env.sender_device, hint, held.parsed.version if held else 0)
+    wrapped = retry.wrapper_type(plaintext)
+    if wrapped is not None:  # an end-to-end retry request, or a message resent on one
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+                            max_map_len=16)
+        if m.get("msg_id") != env.msg_id:
+            return dropped("the msg_id inside the ciphertext differs from the envelope's")
+        client.state.mark_seen(key)
+        if wrapped == retry.RETRY:
+            await retry.on_retry_request(client, env.sender_user, env.sender_device, m)
+            return None
+        return retry.open_resend(client, env, m)
     if group_receiving.control_type(plaintext) is not None:  # group state or sender key
         return group_receiving.on_control(client, env.sender_user, env.sender_device,
                                           env.msg_id, plaintext)
@@ -141,33 +158,8 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
 
 
 async def handle_bounce(client: Client, env: Envelope) -> Bounce:
-    """Report a bounce; re-encrypt and resend the original if it is in local history."""
-    try:
-        info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
-    except (ValueError, msgpack.UnpackException):
-        info = None
-    info = info if isinstance(info, dict) else {}
-    code, message = str(info.get("code", "")), str(info.get("message", ""))
-    user_id = str(info.get("user_id", ""))
-    entry = client.state.find_history(env.msg_id.hex())
-    if (entry is None or entry["direction"] != "out" or code in NO_RESEND
-            or entry.get("resends", 0) >= MAX_RESENDS or entry["from"] != client.state.user_id):
-        return Bounce(env.msg_id, user_id, code, message)
-    entry["resends"] = entry.get("resends", 0) + 1
-    client.state.history_changed(entry)
-    try:
-        p = payload.from_history(env.msg_id, entry)
-    except payload.PayloadError as exc:
-        return Bounce(env.msg_id, user_id, code, message, error=str(exc))
-    try:
-        if entry.get("group_id"):  # a group message: one Megolm body again, same msg_id
-            status = await group_messaging.send_group_payload(
-                client, bytes.fromhex(entry["group_id"]), env.msg_id, p.encode())
-        else:
-            status = await client.send_payload(entry["peer"], env.msg_id, p.encode(), fresh=True)
-    except ClientError as exc:
-        return Bounce(env.msg_id, user_id, code, message, error=str(exc))
-    return Bounce(env.msg_id, user_id, code, message, resent_status=status)
+    """Report a bounce; resend only as :func:`cli.retry.handle_bounce` allows."""
+    return await retry.handle_bounce(client, env)
 
 
 class Receiver:
