@@ -83,6 +83,7 @@ class Client:
         self._low_send, self._low_recv = trio.open_memory_channel(1)
         # (user_id, device_id) -> monotonic times of retry requests sent (cli.retry)
         self.retries_sent: dict[tuple[str, int], list[float]] = {}
+        self._receiver: Receiver | None = None
         conn.on_key_count = self._on_key_count
 
     @property
@@ -407,8 +408,20 @@ class Client:
             keep: keep the events to show in ``state.inbox`` (:mod:`cli.inbox`), durable
                 before the ack, and yield one ``cli.events.Kept`` per batch instead of them
                 (``wa-cli recv`` shows them from there, exactly once).
+
+        A connection syncs once: a later call returns the same receiver, resumed
+        (:meth:`cli.receiving.Receiver.resume`; e.g. after :func:`cli.catchup.catch_up`).
         """
-        return Receiver(self, keep=keep)
+        if self._receiver is None:
+            self._receiver = Receiver(self, keep=keep)
+        else:
+            self._receiver.resume(keep=keep)
+        return self._receiver
+
+    @property
+    def receiving(self) -> bool:
+        """Whether a task is waiting on this client's receiver right now."""
+        return self._receiver is not None and self._receiver.active
 
 
 @asynccontextmanager

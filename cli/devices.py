@@ -344,7 +344,9 @@ async def refresh_own_list(client: Client) -> DeviceList | None:
 def device_list_notice(client: Client, sender_user: str, body: bytes) -> DevicesChanged | None:
     """Apply a ``device_list`` envelope (``sender_user``'s new signed list, pushed by its
     home): verify it, cache it (sessions with removed devices are dropped; sessions
-    with added devices are opened on the next send) and describe the change.
+    with added devices are opened on the next send; this device's sender key of every
+    group ``sender_user`` is in is rotated when a device was removed) and describe the
+    change.
 
     Returns:
         The change, or ``None`` if the list is not newer than the cached one (a late
@@ -381,5 +383,9 @@ def device_list_notice(client: Client, sender_user: str, body: bytes) -> Devices
         if new[i].curve25519 != old[i].curve25519 or new[i].ed25519 != old[i].ed25519:
             removed += ((i, old[i].name),)
             added += ((i, new[i].name),)
+    if removed:  # a removed device must not get anything sent from now on (issue 10, 7)
+        for gid, record in state.groups.groups.items():
+            if sender_user in record.state.members:
+                state.groups.rotate(gid)
     return DevicesChanged(sender_user, state.alias_of(sender_user) or "", parsed.version,
                           added, removed)

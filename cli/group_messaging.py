@@ -40,6 +40,7 @@ from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import GroupRecipient, GroupSend, Send
 
 from . import group_chain, groups, payload, retry
+from .catchup import catch_up
 from .errors import RelayError, SendFailed
 from .group_state import GroupError, GroupState, SignedGroupState
 from .outbound import has_session
@@ -345,10 +346,14 @@ async def send_group(client: Client, group: str, p: payload.Payload) -> GroupSen
     and send it to ``group`` (name or id): one encryption, one ``group_send``. Used for
     text and for files (``p`` a :class:`cli.payload.FilePayload` after the upload).
 
+    First the device processes what is queued for it (:func:`cli.catchup.catch_up`,
+    kept in the inbox), so a removal it missed is adopted before anything leaves.
+
     Raises:
         GroupError: unknown group, not a member.
         SendFailed, RelayError, DeviceListRejected, ConnectionLost.
     """
+    await catch_up(client)  # learn of removals first (issue 10, finding 7)
     state = client.state
     record = state.groups.find(group)
     state.history.append({

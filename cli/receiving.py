@@ -169,7 +169,9 @@ class Receiver:
         client: the connected client.
         keep: put the events to show (:data:`cli.inbox.KEPT_TYPES`) into
             ``client.state.inbox`` before the batch is saved and acknowledged, and
-            yield a :class:`Kept` marker per batch instead of them.
+            yield a :class:`Kept` marker per batch instead of them. Without it, the
+            events already in the inbox (kept by a catch-up before a group send,
+            :mod:`cli.catchup`) are yielded first.
     """
 
     def __init__(self, client: Client, *, keep: bool = False) -> None:
@@ -178,14 +180,54 @@ class Receiver:
         self._ready: deque[Event] = deque()
         self._error: Exception | None = None
         self._started = False
+        self._backlog_done = False
+        self.active = False  # a task is inside __anext__
+
+    def resume(self, *, keep: bool) -> None:
+        """Hand this (already started) receiver to a new reader (a connection syncs once).
+
+        With ``keep=False`` the events a catch-up kept in the inbox
+        (:func:`cli.catchup.catch_up`) are yielded first (and leave the inbox), then a
+        :class:`BacklogDone` if the backlog was passed already; ``Kept`` markers meant
+        for the catch-up are dropped.
+        """
+        self._keep = keep
+        if keep:
+            return
+        self._ready = deque(e for e in self._ready if not isinstance(e, Kept | BacklogDone))
+        self._take_inbox()
+        if self._backlog_done:
+            self._ready.append(BacklogDone())
+
+    def _take_inbox(self) -> None:
+        """``keep=False``: put the events kept in the inbox (by a catch-up) first in line;
+        they leave the inbox (saved with the next batch)."""
+        inbox = self._client.state.inbox
+        pending = inbox.pending()
+        for p in pending:
+            inbox.showing(p.n)
+            inbox.shown(p.n)
+        self._ready.extendleft(reversed([p.event for p in pending]))
 
     def __aiter__(self) -> Receiver:
         return self
 
     async def __anext__(self) -> Event:
+        self.active = True
+        try:
+            event = await self._next()
+        finally:
+            self.active = False
+        if isinstance(event, BacklogDone):
+            self._backlog_done = True
+        return event
+
+    async def _next(self) -> Event:
         conn = self._client.connection
         if not self._started:
             self._started = True
+            if not self._keep:
+                self._take_inbox()
             await conn.send(Sync, stream=True)
         while not self._ready:
             if self._error is not None:

@@ -380,7 +380,9 @@ async def test_stale_member_device_gets_the_key_and_the_message(tmp_path) -> Non
                 client.connection.request = spy
                 result = await send_group_text(client, "g", "two")
             assert result.status == "stored"
-            assert frames.count("group_send") == 2 and "stale_devices" in frames
+            # the catch-up before the send processed the notice of carol's new list, so
+            # the first group_send already names the tablet (no stale_devices round)
+            assert frames.count("group_send") == 1 and "stale_devices" not in frames
             texts = [e.text for e in await events_of(tablet) if isinstance(e, Message)]
             assert texts == ["two"]  # the current key only: "one" was before it joined
             assert tablet.groups.find("g").state.members == tuple(sorted(
