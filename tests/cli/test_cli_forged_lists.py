@@ -12,11 +12,11 @@ import pytest
 import trio
 from test_cli_linkcode import forged_list
 
-from cli import crypto
 from cli.client import Client, DevicesChanged, Dropped, init_account
 from cli.errors import RelayError, SendFailed
-from cli.prekeys import signed_keys
-from cli.state import DeviceListRejected, create_state
+from cli.session import crypto
+from cli.session.prekeys import signed_keys
+from cli.session.state import DeviceListRejected, create_state
 from relay.protocol.frames import (
     Claimed,
     ClaimedKey,

@@ -10,11 +10,12 @@ import msgpack
 import pytest
 import trio
 
-from cli import crypto, payload
 from cli.client import BacklogDone, Bounce, Client, Dropped, Message, init_account
 from cli.events import Kept
-from cli.prekeys import signed_keys
-from cli.state import create_state, seen_key
+from cli.features import payload
+from cli.session import crypto
+from cli.session.prekeys import signed_keys
+from cli.session.state import create_state, seen_key
 from relay.protocol.frames import (
     Claimed,
     ClaimedKey,

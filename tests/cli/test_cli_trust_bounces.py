@@ -11,10 +11,10 @@ from contextlib import ExitStack
 import trio
 from cli_cluster import drain, make_account, publish, run_cluster
 
-from cli import crypto
 from cli.client import Bounce, Dropped, Message, open_client
-from cli.group_messaging import add_member, create_group, send_group_text
-from cli.state import create_state
+from cli.features.group_messaging import add_member, create_group, send_group_text
+from cli.session import crypto
+from cli.session.state import create_state
 from relay.protocol.frames import BounceBack, Envelope, Ok
 from relay.protocol.stored import encode_bounce_body, encode_envelope
 from tests.relay.relay_harness import peer_session

@@ -11,10 +11,9 @@ import pytest
 import trio
 from cli_cluster import drain, make_account, run_cluster
 
-from cli import groups
 from cli.client import Message, open_client
 from cli.events import Dropped, GroupForkSeen
-from cli.group_messaging import (
+from cli.features.group_messaging import (
     GROUP_STATE,
     GroupSendError,
     _control,
@@ -25,7 +24,8 @@ from cli.group_messaging import (
     send_group_text,
     send_pairwise,
 )
-from cli.group_receiving import GroupChanged
+from cli.features.group_receiving import GroupChanged
+from cli.session import groups
 
 DEADLINE = 60
 

@@ -14,9 +14,9 @@ import pytest
 import trio
 from cli_cluster import alice_and_bob, drain, make_account, run_cluster
 
-from cli import prekeys
 from cli.client import Message, open_client
 from cli.errors import RelayError, SendFailed
+from cli.session import prekeys
 
 DEADLINE = 60
 

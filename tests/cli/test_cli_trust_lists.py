@@ -15,10 +15,10 @@ import pytest
 import trio
 from cli_cluster import drain, make_account, publish, run_cluster
 
-from cli import crypto, listfresh
 from cli.client import Message, open_client
 from cli.errors import RelayError
-from cli.state import DeviceListRejected, create_state
+from cli.session import crypto, listfresh
+from cli.session.state import DeviceListRejected, create_state
 from relay.protocol.frames import PutDevices
 from relay.protocol.identity import MAX_VERSION_STEP
 from relay.services.directory import pack_list

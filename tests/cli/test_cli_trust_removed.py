@@ -12,8 +12,8 @@ from cli_cluster import drain, make_account, publish, run_cluster
 from test_cli_trust_bounces import link_second_device
 
 from cli.client import Message, open_client
-from cli.group_messaging import create_group, remove_member, send_group_text
-from cli.group_receiving import GroupChanged
+from cli.features.group_messaging import create_group, remove_member, send_group_text
+from cli.features.group_receiving import GroupChanged
 
 DEADLINE = 60
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import payload, retry
-from .errors import ClientError
+from cli.errors import ClientError
+from cli.features import payload, retry
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["ResendError", "resend"]
 
@@ -28,7 +28,7 @@ class ResendError(ClientError):
     by another device), or its history entry cannot be rebuilt."""
 
 
-async def resend(client: Client, msg_id: bytes) -> tuple[str, dict]:
+async def resend(client: Session, msg_id: bytes) -> tuple[str, dict]:
     """Send again the message ``msg_id`` that this device sent.
 
     Returns:

@@ -27,20 +27,20 @@ from typing import TYPE_CHECKING
 import msgpack
 import trio
 
+from cli.errors import ClientError, ConnectionLost, RelayError
+from cli.events import BacklogDone, Bounce, Dropped, Event, Kept, Message
+from cli.features import group_receiving, payload, retry
+from cli.features.devices import device_list_notice
+from cli.features.outbound import WITHHELD
+from cli.session import crypto, listfresh, prekeys
+from cli.session.inbox import KEPT_TYPES
+from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, group_receiving, listfresh, payload, prekeys, retry
-from .devices import device_list_notice
-from .errors import ClientError, ConnectionLost, RelayError
-from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
-from .inbox import KEPT_TYPES
-from .outbound import WITHHELD
-from .state import DeviceListRejected, seen_key
-
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ STEP_TIMEOUT = 30.0  # bound on network work done while processing one delivered
 GROUP_UNDECRYPTABLE = ("no group session key", "group message does not decrypt")
 
 
-async def _sender_device(client: Client, user_id: str, device_id: int) -> Device | None:
+async def _sender_device(client: Session, user_id: str, device_id: int) -> Device | None:
     cached = client.state.device_lists.get(user_id)
     if cached is not None and cached.parsed.device(device_id) is not None:
         return cached.parsed.device(device_id)
@@ -65,7 +65,7 @@ async def _sender_device(client: Client, user_id: str, device_id: int) -> Device
     return dl.device(device_id)
 
 
-async def open_envelope(client: Client, env: Envelope) -> Event | None:
+async def open_envelope(client: Session, env: Envelope) -> Event | None:
     """Authenticate, decrypt, dedupe and record one delivered envelope (state not saved).
 
     Returns:
@@ -157,13 +157,13 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
                    peer, p.ts, p.type, p.text, alias or p.from_name, p.from_name)
 
 
-async def handle_bounce(client: Client, env: Envelope) -> Bounce:
-    """Report a bounce; resend only as :func:`cli.retry.handle_bounce` allows."""
+async def handle_bounce(client: Session, env: Envelope) -> Bounce:
+    """Report a bounce; resend only as :func:`cli.features.retry.handle_bounce` allows."""
     return await retry.handle_bounce(client, env)
 
 
 class Receiver:
-    """Async iterator over a client's incoming :data:`Event` s (see :meth:`Client.receive`).
+    """Async iterator over a client's incoming :data:`Event` s (see :meth:`cli.client.Client.receive`).
 
     Args:
         client: the connected client.
@@ -174,7 +174,7 @@ class Receiver:
             :mod:`cli.catchup`) are yielded first.
     """
 
-    def __init__(self, client: Client, *, keep: bool = False) -> None:
+    def __init__(self, client: Session, *, keep: bool = False) -> None:
         self._client = client
         self._keep = keep
         self._ready: deque[Event] = deque()

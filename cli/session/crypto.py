@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import nacl.signing
 import vodozemac
 
+from cli.session.listfresh import LIST_LIFETIME
 from relay.protocol.frames import OneTimeKey, SignedDeviceList
 from relay.protocol.identity import (
     Device,
@@ -41,8 +42,6 @@ from relay.protocol.identity import (
     sign_device_list,
     user_id_from_key,
 )
-
-from .listfresh import LIST_LIFETIME
 
 ONE_TIME_KEYS_TARGET = 100
 """How many one-time keys a device keeps published on its home node."""

@@ -38,18 +38,18 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
+from cli.errors import ClientError, RelayError
+from cli.events import Bounce, Dropped, Message
+from cli.features import payload
+from cli.features.outbound import WITHHELD, ensure_sessions, has_session
+from cli.session import crypto, prekeys
+from cli.session.state import seen_key
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Envelope, Recipient, Send
 from relay.protocol.stored import BOUNCE_FROM_HOME
 
-from . import crypto, payload, prekeys
-from .errors import ClientError, RelayError
-from .events import Bounce, Dropped, Message
-from .outbound import WITHHELD, ensure_sessions, has_session
-from .state import seen_key
-
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["MAX_RESENDS", "RESEND", "RETRY", "RETRY_BUDGET", "addressed", "handle_bounce",
            "note_addressed", "on_retry_request", "open_resend", "original_devices",
@@ -87,7 +87,7 @@ def wrapper_type(plaintext: bytes) -> str | None:
     return kind if kind in (RETRY, RESEND) else None
 
 
-def note_addressed(client: Client, msg_id: bytes, devices: Addressed) -> None:
+def note_addressed(client: Session, msg_id: bytes, devices: Addressed) -> None:
     """Record in ``msg_id``'s history entry the devices it is encrypted for (call before
     the frame leaves; the state is saved with it)."""
     entry = client.state.find_history(msg_id.hex())
@@ -105,7 +105,7 @@ def original_devices(entry: dict) -> Addressed:
     return {(u, d) for u, d in entry.get("to_devices", [])}
 
 
-async def _new_sessions(client: Client, user_id: str, devices: list) -> None:
+async def _new_sessions(client: Session, user_id: str, devices: list) -> None:
     """Start a new outbound Olm session with each device (a freshly claimed, signed key);
     it becomes the newest, so the next copy is a pre-key message. Older sessions stay
     (they may still decrypt what is queued)."""
@@ -119,7 +119,7 @@ async def _new_sessions(client: Client, user_id: str, devices: list) -> None:
                               state.identity.create_outbound_session(d.curve25519, key.key))
 
 
-async def send_to_devices(client: Client, wanted: Addressed, msg_id: bytes, plaintext: bytes,
+async def send_to_devices(client: Session, wanted: Addressed, msg_id: bytes, plaintext: bytes,
                    *, fresh_session: bool = False) -> str | None:
     """Olm-encrypt ``plaintext`` for the ``wanted`` devices only (withheld copies for the
     other listed devices of their users) and send it as ``msg_id``; ``None`` if no
@@ -139,7 +139,7 @@ async def send_to_devices(client: Client, wanted: Addressed, msg_id: bytes, plai
         for u, devs in targets.items():
             if fresh_session:
                 await _new_sessions(client, u, devs)
-            await ensure_sessions(client, u, devs, client._sessions_lock)
+            await ensure_sessions(client, u, devs, client.sessions_lock)
         recipients = [
             Recipient(user_id=u, devices_version=lists[u].version, copies=[
                 Copy(device_id=d.device_id,
@@ -160,7 +160,7 @@ async def send_to_devices(client: Client, wanted: Addressed, msg_id: bytes, plai
     return None
 
 
-async def resend_to(client: Client, entry: dict, wanted: Addressed) -> str | None:
+async def resend_to(client: Session, entry: dict, wanted: Addressed) -> str | None:
     """Send message ``entry`` (sent by this device) again, to the devices of ``wanted``
     that it was first addressed to (``to_devices``) and that are still listed, as a
     ``resend`` payload under a new envelope id.
@@ -184,7 +184,7 @@ async def resend_to(client: Client, entry: dict, wanted: Addressed) -> str | Non
     return await send_to_devices(client, devices, msg_id, plaintext)
 
 
-async def handle_bounce(client: Client, env: Envelope) -> Bounce:
+async def handle_bounce(client: Session, env: Envelope) -> Bounce:
     """Report a bounce; resend to the original devices of the bounced user only when the
     bounce comes from this account's own home (``origin: "home"``)."""
     try:
@@ -216,7 +216,7 @@ async def handle_bounce(client: Client, env: Envelope) -> Bounce:
     return Bounce(env.msg_id, user_id, code, message, resent_status=status)
 
 
-async def request_retry(client: Client, sender_user: str, sender_device: int,
+async def request_retry(client: Session, sender_user: str, sender_device: int,
                         about: bytes) -> bool:
     """Ask ``(sender_user, sender_device)`` end to end to resend ``about``, which this
     device could not decrypt, over a fresh Olm session. Failures are logged.
@@ -250,7 +250,7 @@ async def request_retry(client: Client, sender_user: str, sender_device: int,
     return status is not None
 
 
-async def on_retry_request(client: Client, sender_user: str, sender_device: int,
+async def on_retry_request(client: Session, sender_user: str, sender_device: int,
                            m: dict) -> None:
     """Answer a decrypted ``retry`` payload: resend the message to that device if this
     device sent it to that very device (and within :data:`MAX_RESENDS`); the next
@@ -279,7 +279,7 @@ async def on_retry_request(client: Client, sender_user: str, sender_device: int,
              sender_device, status)
 
 
-def open_resend(client: Client, env: Envelope, m: dict) -> Message | Dropped | None:
+def open_resend(client: Session, env: Envelope, m: dict) -> Message | Dropped | None:
     """Show a decrypted ``resend`` payload as the message it carries (``None``: already
     shown). A group message must name a group this account is in, from a member."""
     def dropped(reason: str) -> Dropped:

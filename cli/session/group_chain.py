@@ -34,7 +34,7 @@ whole chain.
 
 from __future__ import annotations
 
-from .group_state import (
+from cli.session.group_state import (
     GroupState,
     GroupStateRejected,
     SignedGroupState,

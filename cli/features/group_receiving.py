@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from . import groups, payload
-from .events import Dropped, GroupChanged, GroupForkSeen, Message
-from .group_chain import MAX_CHAIN, GroupForked
-from .group_messaging import GROUP_KEY, GROUP_STATE
-from .group_state import GroupStateRejected, SignedGroupState
-from .state import seen_key
+from cli.events import Dropped, GroupChanged, GroupForkSeen, Message
+from cli.features import payload
+from cli.features.group_messaging import GROUP_KEY, GROUP_STATE
+from cli.session import groups
+from cli.session.group_chain import MAX_CHAIN, GroupForked
+from cli.session.group_state import GroupStateRejected, SignedGroupState
+from cli.session.state import seen_key
 
 if TYPE_CHECKING:
+    from cli.session.session import Session
     from relay.protocol.frames import Envelope
-
-    from .client import Client
 
 __all__ = ["CONTROL_TYPES", "GroupChanged", "GroupForkSeen", "control_type", "on_control",
            "open_group_envelope"]
@@ -55,7 +55,7 @@ def control_type(plaintext: bytes) -> str | None:
     return kind if kind in CONTROL_TYPES else None
 
 
-def _adopt(client: Client, chain: list[SignedGroupState], sender: str) -> GroupChanged | None:
+def _adopt(client: Session, chain: list[SignedGroupState], sender: str) -> GroupChanged | None:
     """Adopt a received history if it is new and verifies (raises GroupStateRejected,
     GroupForked otherwise)."""
     store, me = client.state.groups, client.state.user_id
@@ -95,7 +95,7 @@ def _fork_seen(exc: GroupForked, sender_user: str) -> GroupForkSeen:
                          exc.held.signer, exc.other.signer, sender_user)
 
 
-def on_control(client: Client, sender_user: str, sender_device: int, msg_id: bytes,
+def on_control(client: Session, sender_user: str, sender_device: int, msg_id: bytes,
                plaintext: bytes) -> GroupChanged | GroupForkSeen | Dropped | None:
     """Handle a decrypted ``group_state`` / ``group_key`` payload from an Olm envelope.
 
@@ -143,7 +143,7 @@ def on_control(client: Client, sender_user: str, sender_device: int, msg_id: byt
     return event
 
 
-async def open_group_envelope(client: Client, env: Envelope) -> Message | Dropped | None:
+async def open_group_envelope(client: Session, env: Envelope) -> Message | Dropped | None:
     """Decrypt a ``group`` envelope (one Megolm body) into a :class:`Message` (``None``:
     duplicate). The sender must be a member in this device's state, and the group
     id and msg_id inside the ciphertext must match."""

@@ -6,12 +6,13 @@ receive the removal. So before a group message leaves, the device processes
 what is queued for it (:func:`catch_up`): a newer group state (or a device
 list without a removed device) is adopted first, which rotates the sender key
 and drops the removed member from the recipients. What it receives is kept in
-the inbox (:mod:`cli.inbox`), as ``wa-cli recv`` keeps it, so nothing is lost:
-the next ``recv`` shows it, and a later :meth:`cli.client.Client.receive` on the
-same client yields it first.
+the inbox (:mod:`cli.session.inbox`), as ``wa-cli recv`` keeps it, so nothing is
+lost: the next ``recv`` shows it, and a later ``receive()`` yields it first.
 
-If a receiver is running on the client already (the daemon, ``recv
---follow``), the state is kept current by it and nothing is done here.
+If a receiver is running on the client already (the daemon, ``recv --follow``),
+the state is kept current by it and nothing is done here. A bare
+:class:`~cli.session.session.Session` cannot receive (only the client facade,
+:class:`cli.client.Client`, has ``receive``): nothing is done either.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .events import BacklogDone
+from cli.events import BacklogDone
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["CATCH_UP_TIMEOUT", "catch_up"]
 
@@ -31,19 +32,21 @@ CATCH_UP_TIMEOUT = 10.0
 """Seconds a catch-up waits for the backlog at most (then the send goes ahead)."""
 
 
-async def catch_up(client: Client) -> bool:
+async def catch_up(session: Session) -> bool:
     """Process this device's queued envelopes (kept in the inbox) up to the backlog marker.
 
     Returns:
-        True if the backlog was processed; False if a receiver is already running on
-        the client, or the backlog did not end within :data:`CATCH_UP_TIMEOUT` seconds.
+        True if the backlog was processed; False if ``session`` cannot receive, a
+        receiver is already running on it, or the backlog did not end within
+        :data:`CATCH_UP_TIMEOUT` seconds.
 
     Raises:
         ClientError: receiving failed (e.g. ``ConnectionLost``).
     """
-    if client.receiving:
+    receive = getattr(session, "receive", None)
+    if receive is None or getattr(session, "receiving", False):
         return False
-    receiver = client.receive(keep=True)
+    receiver = receive(keep=True)
     with trio.move_on_after(CATCH_UP_TIMEOUT):
         async for event in receiver:
             if isinstance(event, BacklogDone):

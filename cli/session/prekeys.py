@@ -30,10 +30,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cli.session.crypto import PREKEY, DeviceIdentity
 from relay.protocol.frames import ClaimedKey, OneTimeKey
 from relay.protocol.identity import Device, one_time_key_message, verify_signature
-
-from .crypto import PREKEY, DeviceIdentity
 
 __all__ = ["FALLBACK_MAX_AGE", "MIN_ROTATE_INTERVAL", "FallbackInfo", "check_claimed",
            "needs_rotation", "prekey_one_time_key", "signed_keys"]
