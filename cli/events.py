@@ -100,7 +100,7 @@ class GroupChanged:
 
 @dataclass(frozen=True, slots=True)
 class GroupForkSeen:
-    """Two different signed states claim one version of a group (:mod:`cli.group_chain`):
+    """Two different signed states claim one version of a group (:mod:`cli.session.group_chain`):
     the held history is kept and nothing more is sent to the group. ``held_signer`` and
     ``other_signer`` signed the two states of ``version``; ``sender`` sent the other one."""
 

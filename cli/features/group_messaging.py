@@ -5,9 +5,9 @@ every target user, own other devices included), as payloads of type
 
 * ``group_state`` ``{v, type, msg_id, ts, state: {body, signature}, chain:
   [{body, signature}, ...]}``: a new account-signed group state
-  (:mod:`cli.group_state`) and the versions before it (:mod:`cli.group_chain`:
+  (:mod:`cli.group_state`) and the versions before it (:mod:`cli.session.group_chain`:
   the whole history from version 1 for a member added by this change, the last
-  :data:`cli.group_chain.CHAIN_TAIL` versions for the others), sent by an
+  :data:`cli.session.group_chain.CHAIN_TAIL` versions for the others), sent by an
   admin's primary device to the old and new members;
 * ``group_key`` ``{v, type, msg_id, ts, group_id, session_id, session_key,
   sender_device, state, chain}``: the sending device's Megolm session key at its
@@ -346,7 +346,7 @@ async def send_group(client: Session, group: str, p: payload.Payload) -> GroupSe
     and send it to ``group`` (name or id): one encryption, one ``group_send``. Used for
     text and for files (``p`` a :class:`cli.payload.FilePayload` after the upload).
 
-    First the device processes what is queued for it (:func:`cli.catchup.catch_up`,
+    First the device processes what is queued for it (:func:`cli.features.catchup.catch_up`,
     kept in the inbox), so a removal it missed is adopted before anything leaves.
 
     Raises:

@@ -3,7 +3,7 @@
 See :mod:`cli.group_messaging` for the payloads. A ``group_state`` is adopted if
 its chain verifies and extends the held one, or, for a group this device does
 not know, starts at version 1 and comes from the member who added this account
-(:func:`cli.group_chain.merge`); otherwise it is dropped with a warning, and the
+(:func:`cli.session.group_chain.merge`); otherwise it is dropped with a warning, and the
 held state stays. A conflicting state for a held version is a fork: it is
 reported as :class:`GroupForked` and the group is marked forked (no more sends
 to it). A ``group_key`` is accepted from a device of a current member (its

@@ -43,7 +43,7 @@ async def ensure_sessions(client: Session, user_id: str, devices: list[Device],
                           lock: trio.Lock) -> list[Device]:
     """Create an outbound Olm session with each of ``user_id``'s ``devices`` that has none,
     from one-time (else fallback) keys claimed in one request; a claimed key must be
-    signed by the device's key (:func:`cli.prekeys.check_claimed`), else it is not
+    signed by the device's key (:func:`cli.session.prekeys.check_claimed`), else it is not
     used and the device counts as having no key. A device added to its
     list less than :data:`CLAIM_RETRY_WINDOW` seconds ago may not have uploaded its keys
     yet: the claim is retried for about 3 s. ``lock`` keeps two tasks from claiming
@@ -97,7 +97,7 @@ async def encrypt_for(client: Session, lists: dict[str, DeviceList], plaintext: 
     a withheld copy (:data:`WITHHELD`, an empty body) and a warning naming it: the
     relay wants a copy per listed device, and one device that cannot receive must not
     stop the message for all the others. Every copy's plaintext carries ``dlv``, this
-    account's list version (:func:`cli.listfresh.with_hint`). A claim refused with ``unknown_device`` (the
+    account's list version (:func:`cli.session.listfresh.with_hint`). A claim refused with ``unknown_device`` (the
     cached list of ``lists`` names a device removed since) fetches that user's list
     again, replacing it in ``lists``, at most :data:`MAX_REFRESH` times.
 

@@ -11,7 +11,7 @@ With ``keep=True`` the events to show are kept in the state's inbox
 after the ack still finds them there, and yields one :class:`Kept` per batch.
 ``bounce`` envelopes are reported; a message is resent only to the devices it was
 first addressed to, and only on a bounce from this account's own home or on an
-end-to-end retry request from such a device (:mod:`cli.retry`). A copy that does
+end-to-end retry request from such a device (:mod:`cli.features.retry`). A copy that does
 not decrypt (Olm or Megolm) makes this device ask its sender for a resend, over
 a fresh Olm session.
 ``device_list`` envelopes (a contact's new signed list) are verified and cached
@@ -171,7 +171,7 @@ class Receiver:
             ``client.state.inbox`` before the batch is saved and acknowledged, and
             yield a :class:`Kept` marker per batch instead of them. Without it, the
             events already in the inbox (kept by a catch-up before a group send,
-            :mod:`cli.catchup`) are yielded first.
+            :mod:`cli.features.catchup`) are yielded first.
     """
 
     def __init__(self, client: Session, *, keep: bool = False) -> None:
@@ -187,7 +187,7 @@ class Receiver:
         """Hand this (already started) receiver to a new reader (a connection syncs once).
 
         With ``keep=False`` the events a catch-up kept in the inbox
-        (:func:`cli.catchup.catch_up`) are yielded first (and leave the inbox), then a
+        (:func:`cli.features.catchup.catch_up`) are yielded first (and leave the inbox), then a
         :class:`BacklogDone` if the backlog was passed already; ``Kept`` markers meant
         for the catch-up are dropped.
         """

@@ -4,7 +4,7 @@ original message id: ``wa-cli send --retry MSG_ID``.
 The sent message is in local history (saved before its frame left, with the exact
 devices it was encrypted for). It is rebuilt from there (:func:`cli.payload.from_history`)
 and encrypted again only for those devices that are still listed (never for a device
-or member added since, :mod:`cli.retry`): a 1:1 message under the *same* ``msg_id``
+or member added since, :mod:`cli.features.retry`): a 1:1 message under the *same* ``msg_id``
 (if the first attempt was delivered after all, the recipient's home stores the id only
 once and devices show it once), a group message pairwise as a ``resend`` payload
 (never with the group's current sender key, which later members hold).

@@ -19,7 +19,7 @@ a ratchet on a failed decryption; callers persist the account only after a
 successful decryption, so a forged or corrupted message cannot burn a key.
 
 One-time and fallback keys are signed by the device key when uploaded and
-checked by the claimer (:mod:`cli.prekeys`), so a relay cannot substitute a
+checked by the claimer (:mod:`cli.session.prekeys`), so a relay cannot substitute a
 claimed key with its own.
 """
 
@@ -282,7 +282,7 @@ def make_device_list(
     *, lifetime: int = LIST_LIFETIME,
 ) -> tuple[DeviceList, SignedDeviceList]:
     """Build and sign (with the account key) device list ``version``, valid for
-    ``lifetime`` seconds from now (:mod:`cli.listfresh`).
+    ``lifetime`` seconds from now (:mod:`cli.session.listfresh`).
 
     Returns:
         ``(parsed list, signed wire form)``.

@@ -6,7 +6,7 @@ key (pynacl Ed25519 over ``GROUP_STATE_CONTEXT || body``). The signer's
 user_id is self-certifying, so anyone can check the signature offline.
 ``prev`` is the hash of the previous version's signed body (empty for version
 1): the versions form a hash chain from the creator-signed version 1
-(:mod:`cli.group_chain` holds the rules for accepting a state with its chain).
+(:mod:`cli.session.group_chain` holds the rules for accepting a state with its chain).
 A single state is accepted after another (:func:`check_update`) only if
 
 * the signature verifies under ``signer`` and the fields are well formed

@@ -92,7 +92,7 @@ class OutboundSession:
 
 @dataclass
 class GroupRecord:
-    """A known group: its verified chain of versions (:mod:`cli.group_chain`), oldest
+    """A known group: its verified chain of versions (:mod:`cli.session.group_chain`), oldest
     first, from the root this device trusts to the current state; ``forked`` is the
     version at which a conflicting state was seen (``None``: none seen)."""
 
@@ -147,7 +147,7 @@ class GroupStore:
 
     def apply(self, chain: list[SignedGroupState], *, sender: str | None, me: str,
               ) -> tuple[GroupState | None, GroupState] | None:
-        """Verify and adopt a received group history (:func:`cli.group_chain.merge`).
+        """Verify and adopt a received group history (:func:`cli.session.group_chain.merge`).
 
         Args:
             chain: consecutive signed states, oldest first (the newest is adopted).
@@ -161,7 +161,7 @@ class GroupStore:
         Raises:
             GroupForked: a conflicting state for a held version; the group is marked
                 ``forked`` (the held chain stays).
-            GroupStateRejected: see :func:`cli.group_chain.merge`.
+            GroupStateRejected: see :func:`cli.session.group_chain.merge`.
         """
         if not chain:
             raise GroupStateRejected("empty group history")

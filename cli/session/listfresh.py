@@ -7,7 +7,7 @@ removed (e.g. stolen) device alive. So:
 * a list carries ``expires_at`` (:data:`LIST_LIFETIME` after signing); the
   primary re-signs its list (same devices, version + 1) when less than
   :data:`REFRESH_BEFORE` is left, on every connection
-  (:func:`cli.devices.refresh_own_list`, from :func:`cli.client.open_client`);
+  (:func:`cli.features.devices.refresh_own_list`, from :func:`cli.client.open_client`);
 * a client refuses an expired list, a list without expiry, a version lower than
   the highest it has seen for that account, and a version more than
   :data:`~relay.protocol.identity.MAX_VERSION_STEP` above the one it holds
@@ -21,7 +21,7 @@ removed (e.g. stolen) device alive. So:
   raise the version by at most ``MAX_VERSION_STEP`` over the held list.
 
 Pure functions over the state's maps; the state raises
-:class:`cli.state.DeviceListRejected` with the text :func:`problem` returns.
+:class:`cli.session.state.DeviceListRejected` with the text :func:`problem` returns.
 """
 
 from __future__ import annotations

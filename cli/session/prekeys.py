@@ -22,7 +22,7 @@ rotation (its Python binding has no ``forget_fallback_key``), so the old
 private half is dropped at most :data:`FALLBACK_MAX_AGE` after it stopped
 being published: the grace period for messages still in flight. A pre-key
 message made with a key dropped since fails to decrypt and is recovered by a
-retry request (:mod:`cli.retry`).
+retry request (:mod:`cli.features.retry`).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class State:
         self.pending_withdrawals: set[int] = set()
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
-        self.fallback = FallbackInfo()  # this device's published fallback key (cli.prekeys)
+        self.fallback = FallbackInfo()  # this device's published fallback key (cli.session.prekeys)
         # user_id -> highest device-list version seen (lists, and hints in messages)
         self.highest_list: dict[str, int] = {}
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
@@ -197,7 +197,7 @@ class State:
             DeviceListRejected: bad signature or body, wrong user, an older version
                 than cached, or a different list under the cached version; expired,
                 without expiry, older than a version seen in a message, or a version
-                jump too large (:func:`cli.listfresh.problem`).
+                jump too large (:func:`cli.session.listfresh.problem`).
         """
         try:
             parsed = verify_device_list(signed, user_id)
