@@ -47,6 +47,9 @@ async def catch_up(session: Session) -> bool:
     if receive is None or getattr(session, "receiving", False):
         return False
     receiver = receive(keep=True)
+    if receiver.backlog_done:  # this connection synced already: take what was pushed since
+        await receiver.process_pushed()
+        return True
     with trio.move_on_after(CATCH_UP_TIMEOUT):
         async for event in receiver:
             if isinstance(event, BacklogDone):

@@ -209,6 +209,31 @@ class Receiver:
             inbox.shown(p.n)
         self._ready.extendleft(reversed([p.event for p in pending]))
 
+    @property
+    def backlog_done(self) -> bool:
+        """Whether the backlog marker was yielded already."""
+        return self._backlog_done
+
+    async def process_pushed(self) -> None:
+        """Process the envelopes pushed so far, without waiting for more (a catch-up after
+        the backlog was passed). Events go where :meth:`__anext__` would put them.
+
+        Raises:
+            ClientError: as :meth:`__anext__` (the error of an earlier batch, or the
+                connection closed).
+        """
+        if self._error is not None:
+            raise self._error
+        batch: list = []
+        while len(batch) < RECEIVE_BATCH:
+            try:
+                batch.append(self._client.connection.pushes.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if batch:
+            with trio.CancelScope(shield=True):  # as in __anext__: a batch is one unit
+                await self._process(batch)
+
     def __aiter__(self) -> Receiver:
         return self
 

@@ -50,6 +50,8 @@ async def test_removed_member_gets_nothing_new_from_any_member(tmp_path) -> None
             # bob sends without having run recv: it catches up first
             async with open_client(bob) as client:
                 after = await send_group_text(client, "g", "from bob, after")
+                with trio.fail_after(5):  # the connection synced already: no new wait
+                    await send_group_text(client, "g", "from bob, again")
             assert erin.user_id not in bob.groups.find("g").state.members
             new_sid = bob.groups.outbound[gid].session_id
             assert new_sid != old_sid  # rotated on the removal
@@ -66,7 +68,7 @@ async def test_removed_member_gets_nothing_new_from_any_member(tmp_path) -> None
             texts = [e.text for e in await events_of(bob) if isinstance(e, Message)]
             assert texts == ["from alice, after"]
             texts = sorted(e.text for e in await events_of(alice) if isinstance(e, Message))
-            assert texts == ["before", "from bob, after"]
+            assert texts == ["before", "from bob, after", "from bob, again"]
 
             # a device removal rotates the sender key too: bob removes his second device
             async with open_client(alice) as client:
