@@ -8,8 +8,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 import trio
-from cli_cluster import drain, make_account, publish, run_cluster
-from test_cli_trust_bounces import link_second_device
+from cli_cluster import drain, link_second_device, make_account, publish, run_cluster
 
 from cli.client import Message, open_client
 from cli.features.group_messaging import create_group, remove_member, send_group_text
