@@ -293,7 +293,8 @@ class GroupStore:
         """Inverse of :meth:`to_map` (``None``: a state saved before groups existed).
 
         Raises:
-            ValueError: corrupt data (pickles, signatures).
+            ValueError: corrupt data (pickles, group-state shapes; signatures were checked
+                when the states were adopted, and the store is sealed).
         """
         store = cls()
         if not m:
@@ -301,13 +302,13 @@ class GroupStore:
         if "chains" in m:
             for chain in m["chains"]:
                 signed = [SignedGroupState(body, sig) for body, sig in chain]
-                store.groups[parse_state(signed[-1]).group_id] = GroupRecord(
-                    [(parse_state(s), s) for s in signed])
+                chain = [(parse_state(s, verified=True), s) for s in signed]
+                store.groups[chain[-1][0].group_id] = GroupRecord(chain)
         else:  # saved before chains: each state is the root this device trusts
             for body, sig in m["groups"]:
                 signed = SignedGroupState(body, sig)
-                store.groups[parse_state(signed).group_id] = GroupRecord(
-                    [(parse_state(signed), signed)])
+                state = parse_state(signed, verified=True)
+                store.groups[state.group_id] = GroupRecord([(state, signed)])
         for gid, version in m.get("forked", []):
             if gid in store.groups:
                 store.groups[gid].forked = version
