@@ -19,8 +19,12 @@ from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
 from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
 from relay.protocol.identity import MAX_VERSION_STEP, one_time_key_message, verify_signature
 from relay.services.claim_limits import ClaimLimits
+from relay.services.homes import Homes
 from storage import DuplicateKey, StaleVersion, Storage
 
+BLOCK_MARK = "blocked/"
+"""Storage marker prefix of accounts an operator blocked (``blocked/<user_id>``: the
+reason); their devices are refused at login (``wa-relay admin user block``)."""
 KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys
 MAX_KEY_ID = 64  # characters
 KEY_SIZE = 32  # Curve25519 public key bytes
@@ -64,16 +68,16 @@ class Directory:
 
     Args:
         storage: the node's storage.
-        ring: the cluster ring (home lookups).
+        ring: the node's :class:`~relay.services.homes.Homes` (a bare ring: no reshape).
         node_id: this node's id.
         cache_size: most parsed device lists kept in memory.
         claim_limits: the key-claim budgets (default: :class:`ClaimLimits` defaults).
     """
 
-    def __init__(self, storage: Storage, ring: Ring, node_id: str, cache_size: int = 4096,
-                 claim_limits: ClaimLimits | None = None) -> None:
+    def __init__(self, storage: Storage, ring: Ring | Homes, node_id: str,
+                 cache_size: int = 4096, claim_limits: ClaimLimits | None = None) -> None:
         self._storage = storage
-        self._ring = ring
+        self._ring = self.homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
         self._node_id = node_id
         self._cache: dict[str, tuple[SignedDeviceList, DeviceList]] = {}
         self._cache_size = cache_size
@@ -97,7 +101,7 @@ class Directory:
         ``node_id`` (a peer speaks only for its own users; ``role`` names the user
         in the message, e.g. ``"sender"``)."""
         self.check_user_id(user_id)
-        if self._ring.home(user_id).id != node_id:
+        if not self.homes.homed_at(user_id, node_id):
             raise RelayError(ErrorCode.BAD_REQUEST, f"{role} is not homed at that peer")
 
     def check_home(self, user_id: str) -> None:
@@ -118,6 +122,16 @@ class Directory:
             del self._cache[next(iter(self._cache))]
         self._cache[user_id] = entry
 
+    def forget(self, user_id: str) -> None:
+        """Drop the cached list of ``user_id`` (another process of this node stored a
+        newer one, or the user was handed to another node); the next lookup reads the
+        storage."""
+        self._cache.pop(user_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached list."""
+        self._cache.clear()
+
     async def put_device_list(self, signed: SignedDeviceList) -> DeviceList:
         """Verify and store a device list for a user homed here.
 
@@ -130,21 +144,23 @@ class Directory:
             StorageFull: nothing stored.
         """
         parsed = verify_device_list(signed)
-        self.check_home(parsed.user_id)
-        if parsed.expires_at is not None and parsed.expires_at < time.time():
-            raise RelayError(ErrorCode.BAD_REQUEST, "device list has expired",
-                             user_id=parsed.user_id)
-        old = await self.get_device_list(parsed.user_id)
-        if old is not None and parsed.version > old[1].version + MAX_VERSION_STEP:
-            raise RelayError(ErrorCode.BAD_REQUEST,
-                             f"device list version may grow by at most {MAX_VERSION_STEP} "
-                             f"(have {old[1].version}, got {parsed.version})",
-                             user_id=parsed.user_id)
-        try:
-            await self._storage.put_device_list(parsed.user_id, parsed.version, pack_list(signed))
-        except StaleVersion as exc:
-            raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
-                             user_id=parsed.user_id) from exc
+        async with self.homes.hold([parsed.user_id]):
+            self.check_home(parsed.user_id)
+            if parsed.expires_at is not None and parsed.expires_at < time.time():
+                raise RelayError(ErrorCode.BAD_REQUEST, "device list has expired",
+                                 user_id=parsed.user_id)
+            old = await self.get_device_list(parsed.user_id)
+            if old is not None and parsed.version > old[1].version + MAX_VERSION_STEP:
+                raise RelayError(ErrorCode.BAD_REQUEST,
+                                 f"device list version may grow by at most {MAX_VERSION_STEP} "
+                                 f"(have {old[1].version}, got {parsed.version})",
+                                 user_id=parsed.user_id)
+            try:
+                await self._storage.put_device_list(parsed.user_id, parsed.version,
+                                                    pack_list(signed))
+            except StaleVersion as exc:
+                raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
+                                 user_id=parsed.user_id) from exc
         self._remember(parsed.user_id, (signed, parsed))
         return parsed
 
@@ -263,6 +279,13 @@ class Directory:
         A device whose one-time keys are claimed faster than its budget
         (:mod:`relay.services.claim_limits`) gets its fallback key instead.
         """
+        async with self.homes.hold([user_id]):
+            self.check_home(user_id)
+            return await self._claim_keys(user_id, device_ids)
+
+    async def _claim_keys(
+        self, user_id: str, device_ids: list[int]
+    ) -> tuple[list[ClaimedKey], dict[int, int]]:
         _, parsed = await self.require_device_list(user_id)
         if len(set(device_ids)) != len(device_ids):
             raise RelayError(ErrorCode.BAD_REQUEST, "repeated device id")
