@@ -29,14 +29,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import trio
+
 from cli.events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
 from cli.features import devices, linkcode, outbound, sending
 from cli.features.devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from cli.features.receiving import Receiver
 from cli.features.sending import MAX_SEND_ROUNDS, now_ms
-from cli.session.connection import CLIENT_SETTINGS
+from cli.session.connection import CLIENT_SETTINGS, Connection
 from cli.session.session import Session, open_session
 from cli.session.state import State
+from cli.session.taskgroups import unwrap_single
 from relay.net import LinkSettings
 from relay.protocol import DeviceList
 from relay.protocol.frames import Recipient
@@ -122,6 +125,15 @@ class Client(Session):
 
     # -------------------------------------------------------------- receiving
 
+    def __init__(self, state: State, conn: Connection) -> None:
+        super().__init__(state, conn)
+        self._receiver: Receiver | None = None
+
+    @property
+    def receiving(self) -> bool:
+        """Whether a task is waiting on this client's receiver right now."""
+        return self._receiver is not None and self._receiver.active
+
     def receive(self, *, keep: bool = False) -> Receiver:
         """Start delivery (``sync``); iterate the returned :class:`Receiver` for events.
 
@@ -135,8 +147,16 @@ class Client(Session):
             keep: keep the events to show in ``state.inbox`` (:mod:`cli.session.inbox`),
                 durable before the ack, and yield one ``cli.events.Kept`` per batch instead
                 of them (``wa-cli recv`` shows them from there, exactly once).
+
+        A connection syncs once: a later call returns the same receiver, resumed
+        (:meth:`cli.features.receiving.Receiver.resume`; e.g. after
+        :func:`cli.features.catchup.catch_up`).
         """
-        return Receiver(self, keep=keep)
+        if self._receiver is None:
+            self._receiver = Receiver(self, keep=keep)
+        else:
+            self._receiver.resume(keep=keep)
+        return self._receiver
 
 
 @asynccontextmanager
@@ -169,4 +189,14 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
                             factory=Client) as client:
         if withdraw_pending and state.pending_withdrawals and state.account_key is not None:
             await devices.finish_pending_withdrawals(client)
-        yield client
+        if state.account_key is None:
+            yield client
+            return
+        await devices.refresh_own_list(client)  # before the account's list can expire
+        with unwrap_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(devices.keep_own_list_fresh, client)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()

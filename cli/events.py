@@ -99,6 +99,20 @@ class GroupChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupForkSeen:
+    """Two different signed states claim one version of a group (:mod:`cli.session.group_chain`):
+    the held history is kept and nothing more is sent to the group. ``held_signer`` and
+    ``other_signer`` signed the two states of ``version``; ``sender`` sent the other one."""
+
+    group_id: str
+    name: str
+    version: int
+    held_signer: str
+    other_signer: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
 class Kept:
     """Marker of ``receive(keep=True)``: ``count`` events of the batch just processed were
     kept in the device's inbox (:class:`cli.inbox.Inbox`, durable before the batch was
@@ -107,7 +121,8 @@ class Kept:
     count: int
 
 
-Event = Message | BacklogDone | Bounce | Dropped | DevicesChanged | GroupChanged | Kept
+Event = (Message | BacklogDone | Bounce | Dropped | DevicesChanged | GroupChanged | GroupForkSeen
+         | Kept)
 """One item of :meth:`cli.client.Client.receive`."""
 
 

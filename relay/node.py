@@ -38,6 +38,7 @@ from relay.config.ring import Ring
 from relay.net.admission import Admission
 from relay.net.wsio import serve_gated_websocket
 from relay.protocol import Limits
+from relay.services.claim_limits import ClaimLimits
 from relay.services.directory import Directory
 from relay.services.federation import Federation
 from relay.services.forwarding import Forwarding
@@ -116,7 +117,9 @@ class Node:
         self.stopping = trio.Event()
         self.started_at = trio.current_time()
         self.directory = Directory(storage, self.homes, config.id,
-                                   max_devices=config.abuse.max_devices)
+                                   max_devices=config.abuse.max_devices,
+                                   claim_limits=ClaimLimits.sized(
+                                       config.otk_claim_burst, config.key_claims_per_account))
         self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
                                      self.limits, log)

@@ -53,7 +53,7 @@ def list_users(txn: lmdb.Transaction, dbs: L.Dbs, after: str, limit: int) -> lis
     queued: list[str] = []
     with txn.cursor(db=dbs.devices) as cur:
         if cur.set_range(start) if start else cur.first():
-            for key, raw in cur:
+            for key in cur.iternext(keys=True, values=False):
                 user = key[:-5].decode()
                 if queued and queued[-1] == user:
                     continue

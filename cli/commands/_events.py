@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from cli.client import Bounce, DevicesChanged, Message
 from cli.commands._common import AppContext, message_row, user_label
-from cli.features.group_receiving import GroupChanged
+from cli.features.group_receiving import GroupChanged, GroupForkSeen
 from cli.output import (
     bounce_human,
     bounce_json,
@@ -42,6 +42,24 @@ def group_changed_human(state: State, change: GroupChanged) -> str:
     return "\n".join(parts) or f"group {name} changed (version {change.version})"
 
 
+def group_fork_json(fork: GroupForkSeen) -> dict:
+    """The ``recv --json`` line of a forked group history::
+
+        {"type": "group_fork", "group", "group_id", "version", "held_by", "other_by", "from"}
+    """
+    return {"type": "group_fork", "group": fork.name, "group_id": fork.group_id,
+            "version": fork.version, "held_by": fork.held_signer, "other_by": fork.other_signer,
+            "from": fork.sender}
+
+
+def group_fork_human(state: State, fork: GroupForkSeen) -> str:
+    """A warning that a group's history forked (nothing more is sent to it)."""
+    return (f"warning: group {escape(fork.name)!r} has two histories at version {fork.version} "
+            f"(one signed by {user_label(state, fork.held_signer)}, one by "
+            f"{user_label(state, fork.other_signer)}, sent by {user_label(state, fork.sender)}); "
+            "kept the one held, nothing more is sent to this group")
+
+
 def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa: ANN001 (an Event)
     """How a receive event is printed: ``(json object or None, human text, note)``.
 
@@ -59,6 +77,8 @@ def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa
                 devices_changed_human(event, own=event.user_id == state.user_id), True)
     if isinstance(event, GroupChanged):
         return group_changed_json(event), group_changed_human(state, event), True
+    if isinstance(event, GroupForkSeen):
+        return group_fork_json(event), group_fork_human(state, event), True
     return None
 
 

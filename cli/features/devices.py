@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 import msgpack
+import trio
 
 from cli.errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
 from cli.events import DevicesChanged
 from cli.features import linkcode
 from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
-from cli.session import crypto
+from cli.session import crypto, listfresh
 from cli.session.state import DeviceListRejected, State
 from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
 from relay.protocol.frames import LinkComplete, LinkFetch, PutDevices, SignedDeviceList
@@ -314,10 +315,55 @@ async def remove_device(client: Session, device_id: int) -> DeviceList:
     return await publish_own_list(client, _entries(remaining), own.version + 1)
 
 
+async def refresh_own_list(client: Session) -> DeviceList | None:
+    """Primary: re-sign the account's list (same devices, version + 1) when less than
+    :data:`cli.session.listfresh.REFRESH_BEFORE` of its lifetime is left, so contacts never
+    see it expire while the primary runs. A failure is logged, not raised.
+
+    Returns:
+        The new list, or ``None`` (not needed, or it failed).
+
+    Raises:
+        ConnectionLost: the connection closed.
+    """
+    state = client.state
+    own = state.own_list()
+    if state.account_key is None or own is None or not listfresh.needs_refresh(own, time.time()):
+        return None
+    try:
+        own = await current_own_list(client)
+        if not listfresh.needs_refresh(own, time.time()):
+            return None
+        new = await publish_own_list(client, _entries(own.devices), own.version + 1)
+    except (RelayError, DeviceListRejected) as exc:
+        log.warning("could not re-sign the account's device list before it expires: %s", exc)
+        return None
+    log.info("re-signed the account's device list as version %d", new.version)
+    return new
+
+
+LIST_CHECK_INTERVAL = 6 * 3600.0
+"""Seconds between expiry checks of the own list while a primary runs."""
+
+
+async def keep_own_list_fresh(client: Session) -> None:
+    """Primary: :func:`refresh_own_list` every :data:`LIST_CHECK_INTERVAL` seconds, until
+    cancelled (a long-running client, e.g. the daemon, never lets its list expire).
+
+    Raises:
+        ConnectionLost: the connection closed.
+    """
+    while True:
+        await trio.sleep(LIST_CHECK_INTERVAL)
+        await refresh_own_list(client)
+
+
 def device_list_notice(client: Session, sender_user: str, body: bytes) -> DevicesChanged | None:
     """Apply a ``device_list`` envelope (``sender_user``'s new signed list, pushed by its
     home): verify it, cache it (sessions with removed devices are dropped; sessions
-    with added devices are opened on the next send) and describe the change.
+    with added devices are opened on the next send; this device's sender key of every
+    group ``sender_user`` is in is rotated when a device was removed) and describe the
+    change.
 
     Returns:
         The change, or ``None`` if the list is not newer than the cached one (a late
@@ -354,5 +400,9 @@ def device_list_notice(client: Session, sender_user: str, body: bytes) -> Device
         if new[i].curve25519 != old[i].curve25519 or new[i].ed25519 != old[i].ed25519:
             removed += ((i, old[i].name),)
             added += ((i, new[i].name),)
+    if removed:  # a removed device must not get anything sent from now on (issue 10, 7)
+        for gid, record in state.groups.groups.items():
+            if sender_user in record.state.members:
+                state.groups.rotate(gid)
     return DevicesChanged(sender_user, state.alias_of(sender_user) or "", parsed.version,
                           added, removed)

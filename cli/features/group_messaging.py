@@ -3,13 +3,16 @@
 Control messages travel pairwise over Olm (the 1:1 path: one copy per device of
 every target user, own other devices included), as payloads of type
 
-* ``group_state`` ``{v, type, msg_id, ts, state: {body, signature}}``: a new
-  account-signed group state (:mod:`cli.group_state`), sent by an admin's
-  primary device to the old and new members;
+* ``group_state`` ``{v, type, msg_id, ts, state: {body, signature}, chain:
+  [{body, signature}, ...]}``: a new account-signed group state
+  (:mod:`cli.group_state`) and the versions before it (:mod:`cli.session.group_chain`:
+  the whole history from version 1 for a member added by this change, the last
+  :data:`cli.session.group_chain.CHAIN_TAIL` versions for the others), sent by an
+  admin's primary device to the old and new members;
 * ``group_key`` ``{v, type, msg_id, ts, group_id, session_id, session_key,
-  sender_device, state}``: the sending device's Megolm session key at its
-  current index, with the group state it was shared under (so a device that
-  joins later, or gets a key before the admin's state, learns the group).
+  sender_device, state, chain}``: the sending device's Megolm session key at its
+  current index, with the group state it was shared under and the versions
+  before it (so a member that missed a change learns it from any member).
 
 A group message is **one** Megolm encryption (:func:`cli.groups.encrypt`) sent
 as ``group_send`` with that single body and every member device except the
@@ -34,10 +37,11 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from cli.errors import RelayError, SendFailed
-from cli.features import outbound, payload
+from cli.features import outbound, payload, retry
+from cli.features.catchup import catch_up
 from cli.features.outbound import has_session
-from cli.session import groups
-from cli.session.group_state import GroupError, GroupState
+from cli.session import group_chain, groups
+from cli.session.group_state import GroupError, GroupState, SignedGroupState
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import GroupRecipient, GroupSend, Send
 
@@ -179,22 +183,35 @@ def _require_admin(client: Session, record: groups.GroupRecord | None) -> None:
         raise NotGroupAdmin(f"you are not an admin of group {record.state.name!r}")
 
 
-async def _publish(client: Session, previous: GroupState | None, members: list[str],
+def _chain_maps(chain: list[SignedGroupState]) -> list[dict]:
+    return [s.to_map() for s in chain]
+
+
+async def _publish(client: Session, previous: groups.GroupRecord | None, members: list[str],
                    admins: list[str], name: str, group_id: bytes, creator: str) -> GroupState:
     state = client.state
+    before = previous.state if previous is not None else None
     for uid in members:  # every member must exist before anything is signed
-        if uid != state.user_id and (previous is None or uid not in previous.members):
+        if uid != state.user_id and (before is None or uid not in before.members):
             await client.device_list(uid, fresh=True)
     new, signed = groups.make_state(
         state.account_key, group_id=group_id, name=name, members=members, admins=admins,
-        version=1 if previous is None else previous.version + 1, creator=creator)
-    state.groups.apply(signed)
-    if previous is not None and set(previous.members) - set(new.members):
+        version=1 if before is None else before.version + 1, creator=creator,
+        prev=previous.signed.digest() if previous is not None else b"")
+    state.groups.apply([signed], sender=None if previous is None else state.user_id,
+                       me=state.user_id)
+    if before is not None and set(before.members) - set(new.members):
         state.groups.rotate(group_id)  # the leaver must not get anything sent from now on
     await state.asave()
-    targets = sorted(set(new.members) | set(previous.members if previous else ()))
-    await send_pairwise(client, targets,
-                        lambda msg_id: _control(GROUP_STATE, msg_id, state=signed.to_map()))
+    record = state.groups.groups[group_id]
+    old = set(before.members) if before else set()
+    newcomers = sorted(set(new.members) - old - {state.user_id})
+    others = sorted((set(new.members) | old) - set(newcomers))
+    for targets, chain in ((newcomers, group_chain.tail(record.chain, None)),
+                           (others, group_chain.tail(record.chain))):
+        if targets:
+            await send_pairwise(client, targets, lambda msg_id, chain=chain: _control(
+                GROUP_STATE, msg_id, state=signed.to_map(), chain=_chain_maps(chain)))
     return new
 
 
@@ -224,7 +241,7 @@ async def add_member(client: Session, group: str, user_id: str) -> GroupState:
     old = record.state
     if user_id in old.members:
         raise GroupError(f"{user_id} is already a member of {old.name!r}")
-    return await _publish(client, old, [*old.members, user_id], list(old.admins), old.name,
+    return await _publish(client, record, [*old.members, user_id], list(old.admins), old.name,
                           old.group_id, old.creator)
 
 
@@ -244,7 +261,7 @@ async def remove_member(client: Session, group: str, user_id: str) -> GroupState
     admins = [a for a in old.admins if a != user_id]
     if not admins:
         raise GroupError("a group needs an admin; make someone else admin first")
-    return await _publish(client, old, [m for m in old.members if m != user_id], admins,
+    return await _publish(client, record, [m for m in old.members if m != user_id], admins,
                           old.name, old.group_id, old.creator)
 
 
@@ -265,7 +282,8 @@ async def _share_key(client: Session, record: groups.GroupRecord, out: groups.Ou
     def build(msg_id: bytes) -> bytes:
         return _control(GROUP_KEY, msg_id, group_id=record.state.group_id,
                         session_id=out.session_id, session_key=session_key,
-                        sender_device=client.state.device_id, state=record.signed.to_map())
+                        sender_device=client.state.device_id, state=record.signed.to_map(),
+                        chain=_chain_maps(group_chain.tail(record.chain)))
 
     await send_pairwise(client, user_ids, build, lists)
     # Only devices that got a real (Olm-encrypted) copy have the key now; a device that
@@ -289,6 +307,11 @@ async def send_group_payload(client: Session, group_id: bytes, msg_id: bytes, in
     record = state.groups.groups.get(group_id)
     if record is None or state.user_id not in record.state.members:
         raise GroupSendError("you are not a member of this group")
+    if record.forked is not None:
+        raise GroupSendError(
+            f"group {record.state.name!r} has two histories (a forked state was seen at "
+            f"version {record.forked}); nothing is sent to it: ask an admin to check who is "
+            "in it, then leave and be added again")
     lists = {uid: await client.device_list(uid) for uid in record.state.members}
     body, body_session = None, None
     for _ in range(MAX_SEND_ROUNDS):
@@ -305,6 +328,8 @@ async def send_group_payload(client: Session, group_id: bytes, msg_id: bytes, in
             for uid, dl in lists.items()]
         if body is None or body_session != out.session_id:
             body, body_session = groups.encrypt(out, group_id, inner), out.session_id
+        retry.note_addressed(client, msg_id, {(r.user_id, d) for r in recipients
+                                              for d in r.device_ids})
         try:  # right after encrypting: saved first, sent in ratchet order
             answer = await client.request_encrypted(GroupSend, msg_id=msg_id, body=body,
                                                     recipients=recipients)
@@ -321,10 +346,14 @@ async def send_group(client: Session, group: str, p: payload.Payload) -> GroupSe
     and send it to ``group`` (name or id): one encryption, one ``group_send``. Used for
     text and for files (``p`` a :class:`cli.payload.FilePayload` after the upload).
 
+    First the device processes what is queued for it (:func:`cli.features.catchup.catch_up`,
+    kept in the inbox), so a removal it missed is adopted before anything leaves.
+
     Raises:
         GroupError: unknown group, not a member.
         SendFailed, RelayError, DeviceListRejected, ConnectionLost.
     """
+    await catch_up(client)  # learn of removals first (issue 10, finding 7)
     state = client.state
     record = state.groups.find(group)
     state.history.append({

@@ -208,9 +208,10 @@ async def open_link(
 
 
 def adopt_groups(state: State, signed: list[SignedGroupState]) -> int:
-    """Adopt the group states the primary sent, each verified exactly like a received
-    ``group_state`` payload (:meth:`cli.groups.GroupStore.apply`: account signature of
-    an admin, shape, first-use rules). A state that fails is skipped with a warning.
+    """Adopt the group states the primary sent: each is verified (account signature of
+    an admin, shape) and becomes the root of that group's chain on this device
+    (:meth:`cli.groups.GroupStore.apply` with no sender: the account's own primary is
+    trusted, the link being authenticated). A state that fails is skipped with a warning.
     No Megolm keys come with them: this device gets the senders' keys as they share
     them from now on, and makes its own outbound session on its first send.
 
@@ -220,7 +221,7 @@ def adopt_groups(state: State, signed: list[SignedGroupState]) -> int:
     adopted = 0
     for group in signed:
         try:
-            if state.groups.apply(group) is not None:
+            if state.groups.apply([group], sender=None, me=state.user_id) is not None:
                 adopted += 1
         except GroupStateRejected as exc:
             log.warning("skipping a group state from the linking material: %s", exc)

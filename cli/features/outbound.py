@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from cli.errors import RelayError, SendFailed
-from cli.session import crypto
+from cli.session import crypto, listfresh, prekeys
 from cli.session.state import State
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Recipient
@@ -42,7 +42,9 @@ def has_session(state: State, user_id: str, device: Device) -> bool:
 async def ensure_sessions(client: Session, user_id: str, devices: list[Device],
                           lock: trio.Lock) -> list[Device]:
     """Create an outbound Olm session with each of ``user_id``'s ``devices`` that has none,
-    from one-time (else fallback) keys claimed in one request. A device added to its
+    from one-time (else fallback) keys claimed in one request; a claimed key must be
+    signed by the device's key (:func:`cli.session.prekeys.check_claimed`), else it is not
+    used and the device counts as having no key. A device added to its
     list less than :data:`CLAIM_RETRY_WINDOW` seconds ago may not have uploaded its keys
     yet: the claim is retried for about 3 s. ``lock`` keeps two tasks from claiming
     keys for the same devices.
@@ -63,7 +65,9 @@ async def ensure_sessions(client: Session, user_id: str, devices: list[Device],
                 user_id, [d.device_id for d in missing])}
             for d in missing:
                 key = claimed.get(d.device_id)
-                if key is not None:
+                if key is not None and not prekeys.check_claimed(user_id, d, key):
+                    del claimed[d.device_id]
+                elif key is not None:
                     session = state.identity.create_outbound_session(d.curve25519, key.key)
                     state.add_session(user_id, d.device_id, d.curve25519, session)
             missing = [d for d in missing if d.device_id not in claimed]
@@ -92,7 +96,8 @@ async def encrypt_for(client: Session, lists: dict[str, DeviceList], plaintext: 
     copy encrypted with no ``await`` in between. A device without keys to claim gets
     a withheld copy (:data:`WITHHELD`, an empty body) and a warning naming it: the
     relay wants a copy per listed device, and one device that cannot receive must not
-    stop the message for all the others. A claim refused with ``unknown_device`` (the
+    stop the message for all the others. Every copy's plaintext carries ``dlv``, this
+    account's list version (:func:`cli.session.listfresh.with_hint`). A claim refused with ``unknown_device`` (the
     cached list of ``lists`` names a device removed since) fetches that user's list
     again, replacing it in ``lists``, at most :data:`MAX_REFRESH` times.
 
@@ -125,6 +130,9 @@ async def encrypt_for(client: Session, lists: dict[str, DeviceList], plaintext: 
         if all(has_session(state, uid, d) or d.device_id in skipped[uid]
                for uid, ds in targets.items() for d in ds):
             break
+    own = state.own_list()
+    if own is not None:  # tell every receiver the newest list of this account known here
+        plaintext = listfresh.with_hint(plaintext, own.version)
     for uid, devs in targets.items():
         without = [d for d in devs if not has_session(state, uid, d)]
         if uid != state.user_id and len(without) == len(devs):

@@ -9,8 +9,11 @@ acknowledged, and only then are the events yielded (decrypt -> save -> ack).
 With ``keep=True`` the events to show are kept in the state's inbox
 (:mod:`cli.inbox`) instead, so they are durable before the ack: a caller killed
 after the ack still finds them there, and yields one :class:`Kept` per batch.
-``bounce`` envelopes are reported and, when the original is in local
-history, re-encrypted against a fresh device list and resent with the same id.
+``bounce`` envelopes are reported; a message is resent only to the devices it was
+first addressed to, and only on a bounce from this account's own home or on an
+end-to-end retry request from such a device (:mod:`cli.features.retry`). A copy that does
+not decrypt (Olm or Megolm) makes this device ask its sender for a resend, over
+a fresh Olm session.
 ``device_list`` envelopes (a contact's new signed list) are verified and cached
 (:func:`cli.devices.device_list_notice`) and reported as ``DevicesChanged``.
 """
@@ -26,10 +29,10 @@ import trio
 
 from cli.errors import ClientError, ConnectionLost, RelayError
 from cli.events import BacklogDone, Bounce, Dropped, Event, Kept, Message
-from cli.features import group_messaging, group_receiving, payload, sending
+from cli.features import group_receiving, payload, retry
 from cli.features.devices import device_list_notice
 from cli.features.outbound import WITHHELD
-from cli.session import crypto
+from cli.session import crypto, listfresh, prekeys
 from cli.session.inbox import KEPT_TYPES
 from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import ErrorCode
@@ -41,10 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RESENDS = 3
 RECEIVE_BATCH = 256
 STEP_TIMEOUT = 30.0  # bound on network work done while processing one delivered envelope
-NO_RESEND = {"unknown_user", "unauthorized", "bad_request", "bad_frame", "too_large"}
+GROUP_UNDECRYPTABLE = ("no group session key", "group message does not decrypt")
 
 
 async def _sender_device(client: Session, user_id: str, device_id: int) -> Device | None:
@@ -81,7 +83,10 @@ async def open_envelope(client: Session, env: Envelope) -> Event | None:
             log.warning("dropping a device-list notice: %s", exc)
             return Dropped(env.msg_id, env.sender_user, env.sender_device, str(exc))
     if env.kind == "group":  # one Megolm body for the whole group (cli.group_receiving)
-        return await group_receiving.open_group_envelope(client, env)
+        event = await group_receiving.open_group_envelope(client, env)
+        if isinstance(event, Dropped) and event.reason.startswith(GROUP_UNDECRYPTABLE):
+            await retry.request_retry(client, env.sender_user, env.sender_device, env.msg_id)
+        return event
 
     def dropped(reason: str) -> Dropped:
         log.warning("dropping message %s from %s/%d: %s",
@@ -101,12 +106,35 @@ async def open_envelope(client: Session, env: Envelope) -> Event | None:
     ss = client.state.session_set(env.sender_user, env.sender_device)
     sessions = ss.sessions if ss is not None and ss.identity_key == device.curve25519 else []
     try:
-        plaintext, session, _ = crypto.decrypt(
+        plaintext, session, is_new = crypto.decrypt(
             client.state.identity, sessions, device.curve25519, env.body)
     except crypto.DecryptError as exc:
+        await retry.request_retry(client, env.sender_user, env.sender_device, env.msg_id)
         return dropped(str(exc))
+    if is_new and prekeys.prekey_one_time_key(env.body) == client.state.fallback.key:
+        client.state.fallback.used = True  # rotated by the next key upload
+        client.schedule_key_upload()
     client.state.add_session(env.sender_user, env.sender_device, device.curve25519, session)
     client.state.saw_device(env.sender_user, env.sender_device, env.ts)
+    hint = listfresh.read_hint(plaintext)
+    held = client.state.device_lists.get(env.sender_user)
+    if hint is not None and listfresh.note_hint(client.state.highest_list,
+                                                held.parsed if held else None,
+                                                env.sender_user, hint):
+        log.info("a message from %s/%d says its device list is at version %d (have %d); "
+                 "it is fetched again before the next message to it", env.sender_user[:8],
+                 env.sender_device, hint, held.parsed.version if held else 0)
+    wrapped = retry.wrapper_type(plaintext)
+    if wrapped is not None:  # an end-to-end retry request, or a message resent on one
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+                            max_map_len=16)
+        if m.get("msg_id") != env.msg_id:
+            return dropped("the msg_id inside the ciphertext differs from the envelope's")
+        client.state.mark_seen(key)
+        if wrapped == retry.RETRY:
+            await retry.on_retry_request(client, env.sender_user, env.sender_device, m)
+            return None
+        return retry.open_resend(client, env, m)
     if group_receiving.control_type(plaintext) is not None:  # group state or sender key
         return group_receiving.on_control(client, env.sender_user, env.sender_device,
                                           env.msg_id, plaintext)
@@ -130,34 +158,8 @@ async def open_envelope(client: Session, env: Envelope) -> Event | None:
 
 
 async def handle_bounce(client: Session, env: Envelope) -> Bounce:
-    """Report a bounce; re-encrypt and resend the original if it is in local history."""
-    try:
-        info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
-    except (ValueError, msgpack.UnpackException):
-        info = None
-    info = info if isinstance(info, dict) else {}
-    code, message = str(info.get("code", "")), str(info.get("message", ""))
-    user_id = str(info.get("user_id", ""))
-    entry = client.state.find_history(env.msg_id.hex())
-    if (entry is None or entry["direction"] != "out" or code in NO_RESEND
-            or entry.get("resends", 0) >= MAX_RESENDS or entry["from"] != client.state.user_id):
-        return Bounce(env.msg_id, user_id, code, message)
-    entry["resends"] = entry.get("resends", 0) + 1
-    client.state.history_changed(entry)
-    try:
-        p = payload.from_history(env.msg_id, entry)
-    except payload.PayloadError as exc:
-        return Bounce(env.msg_id, user_id, code, message, error=str(exc))
-    try:
-        if entry.get("group_id"):  # a group message: one Megolm body again, same msg_id
-            status = await group_messaging.send_group_payload(
-                client, bytes.fromhex(entry["group_id"]), env.msg_id, p.encode())
-        else:
-            status = await sending.send_payload(client, entry["peer"], env.msg_id, p.encode(),
-                                                fresh=True)
-    except ClientError as exc:
-        return Bounce(env.msg_id, user_id, code, message, error=str(exc))
-    return Bounce(env.msg_id, user_id, code, message, resent_status=status)
+    """Report a bounce; resend only as :func:`cli.features.retry.handle_bounce` allows."""
+    return await retry.handle_bounce(client, env)
 
 
 class Receiver:
@@ -167,7 +169,9 @@ class Receiver:
         client: the connected client.
         keep: put the events to show (:data:`cli.inbox.KEPT_TYPES`) into
             ``client.state.inbox`` before the batch is saved and acknowledged, and
-            yield a :class:`Kept` marker per batch instead of them.
+            yield a :class:`Kept` marker per batch instead of them. Without it, the
+            events already in the inbox (kept by a catch-up before a group send,
+            :mod:`cli.features.catchup`) are yielded first.
     """
 
     def __init__(self, client: Session, *, keep: bool = False) -> None:
@@ -176,14 +180,79 @@ class Receiver:
         self._ready: deque[Event] = deque()
         self._error: Exception | None = None
         self._started = False
+        self._backlog_done = False
+        self.active = False  # a task is inside __anext__
+
+    def resume(self, *, keep: bool) -> None:
+        """Hand this (already started) receiver to a new reader (a connection syncs once).
+
+        With ``keep=False`` the events a catch-up kept in the inbox
+        (:func:`cli.features.catchup.catch_up`) are yielded first (and leave the inbox), then a
+        :class:`BacklogDone` if the backlog was passed already; ``Kept`` markers meant
+        for the catch-up are dropped.
+        """
+        self._keep = keep
+        if keep:
+            return
+        self._ready = deque(e for e in self._ready if not isinstance(e, Kept | BacklogDone))
+        self._take_inbox()
+        if self._backlog_done:
+            self._ready.append(BacklogDone())
+
+    def _take_inbox(self) -> None:
+        """``keep=False``: put the events kept in the inbox (by a catch-up) first in line;
+        they leave the inbox (saved with the next batch)."""
+        inbox = self._client.state.inbox
+        pending = inbox.pending()
+        for p in pending:
+            inbox.showing(p.n)
+            inbox.shown(p.n)
+        self._ready.extendleft(reversed([p.event for p in pending]))
+
+    @property
+    def backlog_done(self) -> bool:
+        """Whether the backlog marker was yielded already."""
+        return self._backlog_done
+
+    async def process_pushed(self) -> None:
+        """Process the envelopes pushed so far, without waiting for more (a catch-up after
+        the backlog was passed). Events go where :meth:`__anext__` would put them.
+
+        Raises:
+            ClientError: as :meth:`__anext__` (the error of an earlier batch, or the
+                connection closed).
+        """
+        if self._error is not None:
+            raise self._error
+        batch: list = []
+        while len(batch) < RECEIVE_BATCH:
+            try:
+                batch.append(self._client.connection.pushes.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if batch:
+            with trio.CancelScope(shield=True):  # as in __anext__: a batch is one unit
+                await self._process(batch)
 
     def __aiter__(self) -> Receiver:
         return self
 
     async def __anext__(self) -> Event:
+        self.active = True
+        try:
+            event = await self._next()
+        finally:
+            self.active = False
+        if isinstance(event, BacklogDone):
+            self._backlog_done = True
+        return event
+
+    async def _next(self) -> Event:
         conn = self._client.connection
         if not self._started:
             self._started = True
+            if not self._keep:
+                self._take_inbox()
             await conn.send(Sync, stream=True)
         while not self._ready:
             if self._error is not None:

@@ -1,12 +1,13 @@
 """Retry a message whose answer never came (:class:`cli.errors.SendUnknown`) under its
 original message id: ``wa-cli send --retry MSG_ID``.
 
-The sent message is in local history (saved before its frame left). It is rebuilt from
-there (:func:`cli.payload.from_history`), encrypted again for the recipient's current
-devices (pairwise, or once with the group's sender key) and sent with the *same*
-``msg_id``. If the first attempt was delivered after all, the recipient's home stores
-the id only once (its queues are deduplicated by sender and message id) and devices
-show it once (they drop ids already seen); if it was not, this delivers it.
+The sent message is in local history (saved before its frame left, with the exact
+devices it was encrypted for). It is rebuilt from there (:func:`cli.payload.from_history`)
+and encrypted again only for those devices that are still listed (never for a device
+or member added since, :mod:`cli.features.retry`): a 1:1 message under the *same* ``msg_id``
+(if the first attempt was delivered after all, the recipient's home stores the id only
+once and devices show it once), a group message pairwise as a ``resend`` payload
+(never with the group's current sender key, which later members hold).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cli.errors import ClientError
-from cli.features import group_messaging, payload, sending
+from cli.features import payload, retry
 
 if TYPE_CHECKING:
     from cli.session.session import Session
@@ -35,7 +36,7 @@ async def resend(client: Session, msg_id: bytes) -> tuple[str, dict]:
         (``peer``: the user id, or the group id in hex when ``group_id`` is set).
 
     Raises:
-        ResendError: see the class.
+        ResendError: see the class; also when none of its devices is listed any more.
         SendUnknown: again no answer (retry later, same id).
         SendFailed, RelayError, DeviceListRejected, ConnectionLost: as a first send.
     """
@@ -48,9 +49,15 @@ async def resend(client: Session, msg_id: bytes) -> tuple[str, dict]:
         p = payload.from_history(msg_id, entry)
     except payload.PayloadError as exc:
         raise ResendError(f"message {msg_id.hex()} cannot be rebuilt: {exc}") from exc
+    wanted = retry.original_devices(entry)
+    if not wanted:
+        raise ResendError(f"message {msg_id.hex()} does not record the devices it was sent "
+                          "to; it is not resent")
     if entry.get("group_id"):
-        status = await group_messaging.send_group_payload(
-            client, bytes.fromhex(entry["group_id"]), msg_id, p.encode())
+        status = await retry.resend_to(client, entry, wanted)
     else:
-        status = await sending.send_payload(client, entry["peer"], msg_id, p.encode())
+        status = await retry.send_to_devices(client, wanted, msg_id, p.encode())
+    if status is None:
+        raise ResendError(f"none of the devices message {msg_id.hex()} was sent to is "
+                          "listed any more")
     return status, entry

@@ -9,7 +9,7 @@ import time
 
 from cli.errors import RelayError, SendFailed
 from cli.events import SendResult
-from cli.features import outbound, payload
+from cli.features import outbound, payload, retry
 from cli.session.session import Session
 from relay.protocol import ErrorCode
 from relay.protocol.frames import Send
@@ -55,7 +55,9 @@ async def send_payload(session: Session, user_id: str, msg_id: bytes, plaintext:
                        fresh: bool = False) -> str:
     """Encrypt an encoded payload for ``user_id``'s devices and own other devices; send it.
 
-    Used by :func:`send_text` and to resend a bounced message under its original id.
+    Used by :func:`send_text`. The devices it is encrypted for are recorded in the
+    history entry of ``msg_id`` (:func:`cli.features.retry.note_addressed`): a resend
+    goes to them only.
 
     Args:
         fresh: fetch ``user_id``'s device list instead of using the cached one
@@ -77,6 +79,7 @@ async def send_payload(session: Session, user_id: str, msg_id: bytes, plaintext:
         recipients = await outbound.encrypt_for(session, lists, plaintext)
         if not recipients:
             raise SendFailed("no devices to send to")
+        retry.note_addressed(session, msg_id, retry.addressed(recipients))
         try:
             answer = await session.request_encrypted(Send, msg_id=msg_id, recipients=recipients)
         except RelayError as exc:

@@ -18,11 +18,9 @@ inbound session was created *and* the message decrypted, and it never advances
 a ratchet on a failed decryption; callers persist the account only after a
 successful decryption, so a forged or corrupted message cannot burn a key.
 
-Known limit (protocol v1): one-time keys are not signed by the device key, so
-a relay could substitute a claimed one-time key with its own. It still cannot
-decrypt (Olm's triple Diffie-Hellman includes the recipient's identity key,
-taken from the account-signed device list), but the first messages of that
-session lose forward secrecy, as with an exhausted key pool.
+One-time and fallback keys are signed by the device key when uploaded and
+checked by the claimer (:mod:`cli.session.prekeys`), so a relay cannot substitute a
+claimed key with its own.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 import nacl.signing
 import vodozemac
 
+from cli.session.listfresh import LIST_LIFETIME
 from relay.protocol.frames import OneTimeKey, SignedDeviceList
 from relay.protocol.identity import (
     Device,
@@ -279,20 +278,24 @@ class DeviceEntry:
 
 
 def make_device_list(
-    account_key: nacl.signing.SigningKey, version: int, devices: list[DeviceEntry]
+    account_key: nacl.signing.SigningKey, version: int, devices: list[DeviceEntry],
+    *, lifetime: int = LIST_LIFETIME,
 ) -> tuple[DeviceList, SignedDeviceList]:
-    """Build and sign (with the account key) device list ``version``.
+    """Build and sign (with the account key) device list ``version``, valid for
+    ``lifetime`` seconds from now (:mod:`cli.session.listfresh`).
 
     Returns:
         ``(parsed list, signed wire form)``.
     """
+    now = int(time.time())
     dl = DeviceList(
         user_id=account_user_id(account_key),
         version=version,
         devices=tuple(
             Device(d.device_id, d.ed25519, d.curve25519, d.name, d.added_at) for d in devices
         ),
-        issued_at=int(time.time()),
+        issued_at=now,
+        expires_at=now + lifetime,
     )
     return dl, sign_device_list(account_key, dl)
 

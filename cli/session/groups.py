@@ -29,6 +29,7 @@ import msgpack
 import vodozemac
 
 from cli.session.crypto import b64decode
+from cli.session.group_chain import MAX_CHAIN, Chain, GroupForked, merge
 from cli.session.group_state import (
     GROUP_ID_SIZE,
     MAX_MEMBERS,
@@ -44,7 +45,7 @@ from cli.session.group_state import (
 )
 
 __all__ = [
-    "GROUP_ID_SIZE", "MAX_MEMBERS", "GroupDecryptError", "GroupError", "GroupRecord",
+    "GROUP_ID_SIZE", "MAX_MEMBERS", "GroupDecryptError", "GroupError", "GroupForked", "GroupRecord",
     "GroupState", "GroupStateRejected", "GroupStore", "OutboundSession", "SignedGroupState",
     "check_update", "encrypt", "make_state", "new_group_id", "parse_state", "split_body",
 ]
@@ -91,10 +92,22 @@ class OutboundSession:
 
 @dataclass
 class GroupRecord:
-    """A known group: its current state and the signed form it came in."""
+    """A known group: its verified chain of versions (:mod:`cli.session.group_chain`), oldest
+    first, from the root this device trusts to the current state; ``forked`` is the
+    version at which a conflicting state was seen (``None``: none seen)."""
 
-    state: GroupState
-    signed: SignedGroupState
+    chain: Chain
+    forked: int | None = None
+
+    @property
+    def state(self) -> GroupState:
+        """The current state."""
+        return self.chain[-1][0]
+
+    @property
+    def signed(self) -> SignedGroupState:
+        """The current state's signed form."""
+        return self.chain[-1][1]
 
 
 InboundKey = tuple[str, int, str]  # (sender_user, sender_device, session_id)
@@ -132,27 +145,46 @@ class GroupStore:
 
     # ------------------------------------------------------------ state
 
-    def apply(self, signed: SignedGroupState) -> tuple[GroupState | None, GroupState] | None:
-        """Verify and adopt a received group state.
+    def apply(self, chain: list[SignedGroupState], *, sender: str | None, me: str,
+              ) -> tuple[GroupState | None, GroupState] | None:
+        """Verify and adopt a received group history (:func:`cli.session.group_chain.merge`).
+
+        Args:
+            chain: consecutive signed states, oldest first (the newest is adopted).
+            sender: the user whose device sent it; ``None`` for a trusted source (the
+                account's own primary at linking: its state becomes the root).
+            me: this account's user id.
 
         Returns:
-            ``(previous or None, new)`` if adopted; ``None`` if it is the version
-            already held (nothing to do).
+            ``(previous or None, new)`` if adopted; ``None`` if nothing is newer than held.
 
         Raises:
-            GroupStateRejected: see :func:`parse_state` and :func:`check_update`;
-                an older version than held is rejected too.
+            GroupForked: a conflicting state for a held version; the group is marked
+                ``forked`` (the held chain stays).
+            GroupStateRejected: see :func:`cli.session.group_chain.merge`.
         """
-        new = parse_state(signed)
-        record = self.groups.get(new.group_id)
-        previous = record.state if record is not None else None
-        if previous is not None and new.version == previous.version:
-            if signed.body != record.signed.body:  # type: ignore[union-attr]
-                raise GroupStateRejected(f"two different states claim version {new.version}")
+        if not chain:
+            raise GroupStateRejected("empty group history")
+        record = self.groups.get(parse_state(chain[-1]).group_id)
+        if record is None and sender is None:
+            new_chain = merge(None, chain[-1:], sender=None, me=me)  # a trusted root
+        else:
+            try:
+                new_chain = merge(record.chain if record else None, chain, sender=sender,
+                                  me=me)
+            except GroupForked as exc:
+                if record is not None:
+                    record.forked = exc.other.version
+                raise
+        if not new_chain:
             return None
-        check_update(previous, new)
-        self.groups[new.group_id] = GroupRecord(new, signed)
-        return previous, new
+        if record is None:
+            self.groups[new_chain[-1][0].group_id] = GroupRecord(new_chain)
+            return None, new_chain[-1][0]
+        previous = record.state
+        record.chain.extend(new_chain)
+        del record.chain[:-MAX_CHAIN]
+        return previous, record.state
 
     # ------------------------------------------------------------ outbound
 
@@ -249,6 +281,8 @@ class GroupStore:
         """Msgpack-ready form; Megolm sessions pickled under the 32-byte ``pickle_key``."""
         return {
             "groups": [[r.signed.body, r.signed.signature] for r in self.groups.values()],
+            "chains": [[[s.body, s.signature] for _, s in r.chain] for r in self.groups.values()],
+            "forked": [[gid, r.forked] for gid, r in self.groups.items() if r.forked is not None],
             "outbound": [[gid, o.session.pickle(pickle_key), o.created_at,
                           [list(s) for s in o.shared]] for gid, o in self.outbound.items()],
             "inbound": [[*k, gid, s.pickle(pickle_key)] for k, (gid, s) in self.inbound.items()],
@@ -259,15 +293,25 @@ class GroupStore:
         """Inverse of :meth:`to_map` (``None``: a state saved before groups existed).
 
         Raises:
-            ValueError: corrupt data (pickles, signatures).
+            ValueError: corrupt data (pickles, group-state shapes; signatures were checked
+                when the states were adopted, and the store is sealed).
         """
         store = cls()
         if not m:
             return store
-        for body, sig in m["groups"]:
-            signed = SignedGroupState(body, sig)
-            state = parse_state(signed)
-            store.groups[state.group_id] = GroupRecord(state, signed)
+        if "chains" in m:
+            for chain in m["chains"]:
+                signed = [SignedGroupState(body, sig) for body, sig in chain]
+                chain = [(parse_state(s, verified=True), s) for s in signed]
+                store.groups[chain[-1][0].group_id] = GroupRecord(chain)
+        else:  # saved before chains: each state is the root this device trusts
+            for body, sig in m["groups"]:
+                signed = SignedGroupState(body, sig)
+                state = parse_state(signed, verified=True)
+                store.groups[state.group_id] = GroupRecord([(state, signed)])
+        for gid, version in m.get("forked", []):
+            if gid in store.groups:
+                store.groups[gid].forked = version
         for gid, pickle, created, shared in m["outbound"]:
             store.outbound[gid] = OutboundSession(
                 vodozemac.GroupSession.from_pickle(pickle, pickle_key), created,

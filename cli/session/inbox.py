@@ -48,7 +48,7 @@ import msgpack
 import nacl.exceptions
 import nacl.secret
 
-from cli.events import Bounce, DevicesChanged, GroupChanged, Message
+from cli.events import Bounce, DevicesChanged, GroupChanged, GroupForkSeen, Message
 
 __all__ = ["KEPT_TYPES", "SHOWN_FILE", "Inbox", "Pending", "from_record", "to_record"]
 
@@ -57,12 +57,13 @@ log = logging.getLogger(__name__)
 SHOWN_FILE = "shown.bin"
 _LEN = 4
 _TYPES: dict[str, type] = {"message": Message, "bounce": Bounce,
-                           "devices_changed": DevicesChanged, "group_changed": GroupChanged}
+                           "devices_changed": DevicesChanged, "group_changed": GroupChanged,
+                           "group_fork": GroupForkSeen}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 KEPT_TYPES = tuple(_TYPES.values())
 """The receive events that ``keep=True`` puts into the inbox (the ones a command shows)."""
 
-Shown = Message | Bounce | DevicesChanged | GroupChanged
+Shown = Message | Bounce | DevicesChanged | GroupChanged | GroupForkSeen
 
 
 @dataclass(frozen=True, slots=True)

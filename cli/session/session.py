@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
@@ -25,7 +26,7 @@ from typing import TypeVar
 import trio
 
 from cli.errors import ClientError, NoAnswer, RelayError, SendUnknown
-from cli.session import crypto
+from cli.session import crypto, listfresh, prekeys
 from cli.session.connection import CLIENT_SETTINGS, Connection, open_connection
 from cli.session.sendorder import SendOrder
 from cli.session.state import State
@@ -60,6 +61,8 @@ class Session:
         self.sessions_lock = trio.Lock()
         self._send_order = SendOrder()
         self._low_send, self._low_recv = trio.open_memory_channel(1)
+        # (user_id, device_id) -> monotonic times of retry requests sent (cli.features.retry)
+        self.retries_sent: dict[tuple[str, int], list[float]] = {}
         conn.on_key_count = self._on_key_count
 
     @property
@@ -106,7 +109,9 @@ class Session:
         await self.state.asave()
 
     async def upload_keys(self) -> int:
-        """Top the device's one-time keys on the node up to 100 (plus an unpublished fallback key).
+        """Top the device's one-time keys on the node up to 100, and upload a new fallback
+        key when the current one was used or is old (:func:`cli.session.prekeys.needs_rotation`).
+        Every key is signed by the device key (:func:`cli.session.prekeys.signed_keys`).
 
         Private halves are saved before the public halves leave. Returns the node's new count.
 
@@ -114,13 +119,24 @@ class Session:
             RelayError, ConnectionLost.
         """
         async with self._keys_lock:
-            ident = self.state.identity
+            state = self.state
+            ident = state.identity
             need = (crypto.ONE_TIME_KEYS_TARGET - self._conn.otk_count
                     - len(ident.unpublished_one_time_keys()))
             ident.generate_one_time_keys(need)
-            keys, fallback = ident.unpublished_one_time_keys(), ident.unpublished_fallback_key()
+            now = time.time()
+            fallback = ident.unpublished_fallback_key()
+            if fallback is None and prekeys.needs_rotation(state.fallback, now):
+                ident.generate_fallback_key()  # the previous private half stays until the next
+                fallback = ident.unpublished_fallback_key()
+            if fallback is not None and fallback.key != state.fallback.key:
+                state.fallback = prekeys.FallbackInfo(fallback.key, now, False)
+            keys = ident.unpublished_one_time_keys()
             if not keys and fallback is None:
                 return self._conn.otk_count
+            keys = prekeys.signed_keys(ident, state.user_id, state.device_id, keys)
+            if fallback is not None:
+                [fallback] = prekeys.signed_keys(ident, state.user_id, state.device_id, [fallback])
             await self.state.asave()
             try:
                 answer = await self._conn.request(UploadKeys, one_time_keys=keys, fallback_key=fallback)
@@ -137,10 +153,15 @@ class Session:
     def _on_key_count(self, count: int) -> None:
         self._conn.otk_count = count
         if count < crypto.ONE_TIME_KEYS_LOW:
-            try:
-                self._low_send.send_nowait(count)
-            except trio.WouldBlock:
-                pass  # a top-up is already scheduled
+            self.schedule_key_upload()
+
+    def schedule_key_upload(self) -> None:
+        """Have the background task run :meth:`upload_keys` soon (one-time keys low, or
+        the fallback key was used)."""
+        try:
+            self._low_send.send_nowait(self._conn.otk_count)
+        except trio.WouldBlock:
+            pass  # an upload is already scheduled
 
     async def _top_up_keys(self) -> None:
         async for _ in self._low_recv:
@@ -166,24 +187,29 @@ class Session:
 
     async def device_list(self, user_id: str, *, fresh: bool = False) -> DeviceList:
         """The verified device list of ``user_id`` to encrypt for: the cached one, or (if
-        none is cached or ``fresh``) fetched from the relay with :meth:`get_devices`.
+        none is cached, ``fresh``, or the cached one is expired or older than a version
+        seen since, :func:`cli.session.listfresh.is_stale`) fetched with :meth:`get_devices`.
 
         Args:
             fresh: fetch even if a list is cached; the cached one is still returned when
-                the user's home is unreachable (``unavailable``).
+                the user's home is unreachable (``unavailable``) and it is not stale.
 
         Raises:
-            RelayError: ``unknown_user``; ``unavailable`` with nothing cached; ...
-            cli.session.state.DeviceListRejected: the served list is forged or rolled back.
+            RelayError: ``unknown_user``; ``unavailable`` with nothing usable cached; ...
+            cli.session.state.DeviceListRejected: the served list is forged, rolled back
+                (below the cached version or a version seen in a message) or expired:
+                nothing is encrypted to an older list.
             ConnectionLost.
         """
         cached = self.state.device_lists.get(user_id)
-        if cached is not None and not fresh:
+        stale = cached is not None and listfresh.is_stale(
+            cached.parsed, self.state.highest_list.get(user_id, 0), time.time())
+        if cached is not None and not fresh and not stale:
             return cached.parsed
         try:
             return await self.get_devices(user_id)
         except RelayError as exc:
-            if exc.code == ErrorCode.UNAVAILABLE and cached is not None:
+            if exc.code == ErrorCode.UNAVAILABLE and cached is not None and not stale:
                 log.info("home of %s unreachable; using its cached device list", user_id[:8])
                 return cached.parsed
             raise
@@ -251,7 +277,8 @@ async def open_session(state: State, *, connect_timeout: float = 10.0,
                                            settings=settings) as conn:
                     session = factory(state, conn)
                     nursery.start_soon(session._top_up_keys)
-                    if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
+                    if (conn.otk_count < crypto.ONE_TIME_KEYS_LOW
+                            or prekeys.needs_rotation(state.fallback, time.time())):
                         await session.upload_keys()
                     yield session
             finally:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +47,10 @@ import msgpack
 import nacl.signing
 import vodozemac
 
-from cli.session import crypto, statecodec, vault
+from cli.session import crypto, listfresh, statecodec, vault
 from cli.session.groups import GroupError, GroupStore
 from cli.session.inbox import Inbox
+from cli.session.prekeys import FallbackInfo
 from cli.session.statecodec import CachedList, SessionSet
 from cli.session.statestore import StateStore
 from cli.session.vault import KEY_FILE, STATE_FILE, StateError, StateLocked
@@ -113,6 +115,9 @@ class State:
         self.pending_withdrawals: set[int] = set()
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
+        self.fallback = FallbackInfo()  # this device's published fallback key (cli.session.prekeys)
+        # user_id -> highest device-list version seen (lists, and hints in messages)
+        self.highest_list: dict[str, int] = {}
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
 
     # ----------------------------------------------------------- queries
@@ -193,19 +198,27 @@ class State:
 
         Raises:
             DeviceListRejected: bad signature or body, wrong user, an older version
-                than cached, or a different list under the cached version.
+                than cached, or a different list under the cached version; expired,
+                without expiry, older than a version seen in a message, or a version
+                jump too large (:func:`cli.session.listfresh.problem`).
         """
         try:
             parsed = verify_device_list(signed, user_id)
         except RemoteProtocolError as exc:
             raise DeviceListRejected(f"device list of {user_id} rejected: {exc.message}") from exc
         cached = self.device_lists.get(user_id)
+        if cached is not None and parsed.version < cached.parsed.version:
+            raise DeviceListRejected(
+                f"device list of {user_id} rolled back from version "
+                f"{cached.parsed.version} to {parsed.version}"
+            )
+        why = listfresh.problem(parsed, cached.parsed if cached else None,
+                                self.highest_list.get(user_id, 0), time.time())
+        if why is not None:
+            raise DeviceListRejected(why)
+        if parsed.version > self.highest_list.get(user_id, 0):
+            self.highest_list[user_id] = parsed.version
         if cached is not None:
-            if parsed.version < cached.parsed.version:
-                raise DeviceListRejected(
-                    f"device list of {user_id} rolled back from version "
-                    f"{cached.parsed.version} to {parsed.version}"
-                )
             if parsed.version == cached.parsed.version:
                 if signed.body != cached.signed.body:
                     raise DeviceListRejected(f"two different device lists of {user_id} "

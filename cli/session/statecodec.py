@@ -33,6 +33,7 @@ import vodozemac
 from cli.session import crypto
 from cli.session.groups import GroupStore
 from cli.session.inbox import Inbox
+from cli.session.prekeys import FallbackInfo
 from relay.protocol import DeviceList, verify_device_list
 from relay.protocol.frames import SignedDeviceList
 
@@ -94,6 +95,8 @@ class StateFields(Protocol):
     pending_withdrawals: set[int]
     last_seen: dict[tuple[str, int], int]
     groups: GroupStore
+    fallback: FallbackInfo
+    highest_list: dict[str, int]
     seen: SeenIds
     history: deque[dict]
     inbox: Inbox
@@ -125,6 +128,8 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "sessions": [[uid, did, ss.identity_key, [s.pickle(pk) for s in ss.sessions]]
                      for (uid, did), ss in state.sessions.items()],
         "next_device_id": state.next_device_id,
+        "fallback": state.fallback.to_map(),
+        "highest_list": [[u, v] for u, v in state.highest_list.items()],
         "pending_withdrawals": sorted(state.pending_withdrawals),
         "last_seen": [[uid, did, ts] for (uid, did), ts in state.last_seen.items()],
         "groups": state.groups.to_map(pk),
@@ -158,6 +163,8 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
     state.pending_withdrawals = {int(i) for i in m.get("pending_withdrawals", ())}
     state.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
     state.groups = GroupStore.from_map(m.get("groups"), pk)
+    state.fallback = FallbackInfo.from_map(m.get("fallback"))
+    state.highest_list = {u: v for u, v in m.get("highest_list", [])}
 
 
 class SeenIds:

@@ -44,6 +44,8 @@ DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_MAILBOXES_PER_IP = 8
 DEFAULT_MAX_PENDING = 5_000
+DEFAULT_OTK_CLAIM_BURST = 30
+DEFAULT_KEY_CLAIMS_PER_ACCOUNT = 1000
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 DEFAULT_SHUTDOWN_GRACE = 10.0
 
@@ -125,6 +127,8 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     peer_forward_rate: Rate = _A["peer_forward_rate"]
     peer_forward_burst: Rate = _A["peer_forward_burst"]
     address_rate_factor: Annotated[float, Meta(ge=1)] = _A["address_rate_factor"]
+    otk_claim_burst: Count = DEFAULT_OTK_CLAIM_BURST
+    key_claims_per_account: Count = DEFAULT_KEY_CLAIMS_PER_ACCOUNT
 
 
 class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -29,20 +29,26 @@ class SignedDeviceList:
 
 @dataclass(frozen=True, slots=True)
 class OneTimeKey:
-    """A Curve25519 one-time or fallback key: ``key_id`` (vodozemac's id) and 32 raw bytes."""
+    """A Curve25519 one-time or fallback key: ``key_id`` (vodozemac's id) and 32 raw bytes;
+    ``signature``: the device's Ed25519 signature over
+    :func:`relay.protocol.identity.one_time_key_message` (claimers require it)."""
 
     key_id: str
     key: bytes
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimedKey:
-    """A key handed out by ``claim_keys`` for one device; ``fallback`` if no one-time key was left."""
+    """A key handed out by ``claim_keys`` for one device; ``fallback`` if no one-time key was
+    left (or the device's one-time keys are being claimed too fast); ``signature`` as
+    uploaded (:class:`OneTimeKey`)."""
 
     device_id: int
     key_id: str
     key: bytes
     fallback: bool
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,12 @@
 * ``user_id`` = lowercase RFC 4648 base32, without padding, of the account's
   32-byte Ed25519 public key (52 characters). Anyone can verify what the
   account signs from the user_id alone.
-* A device list is msgpack ``{user_id, version, devices, issued_at}`` signed by
-  the account key with a domain-separation prefix; relays and clients accept
-  a list only if the signature verifies under the user_id's key.
+* A device list is msgpack ``{user_id, version, devices, issued_at, expires_at}``
+  signed by the account key with a domain-separation prefix; relays and clients
+  accept a list only if the signature verifies under the user_id's key. Clients
+  refuse an expired list; a version may grow by at most :data:`MAX_VERSION_STEP`
+  at a time (nodes and clients check), so a stolen account key cannot lock the
+  owner out with a version no one can exceed.
 * Device and node authentication sign fresh challenges, each with its own
   context string, so a signature for one purpose never verifies for another.
 
@@ -28,10 +31,15 @@ from .frames import SignedDeviceList
 DEVICE_LIST_CONTEXT = b"wa-relay device-list v1\x00"
 AUTH_CONTEXT = b"wa-relay device-auth v1\x00"
 PEER_AUTH_CONTEXT = b"wa-relay peer-auth v1\x00"
+ONE_TIME_KEY_CONTEXT = b"wa-relay one-time-key v1\x00"
 
 USER_ID_LENGTH = 52
 _USER_ID_RE = re.compile(f"[a-z2-7]{{{USER_ID_LENGTH}}}")  # ASCII only
 MAX_DEVICES = 64
+MAX_VERSION_STEP = 1024
+"""Most a device-list version may grow by over the previous one a node or client holds."""
+MAX_VERSION = 2**48
+"""Device-list versions stay below this."""
 MAX_DEVICE_LIST_BYTES = 64 * 1024
 """Largest signed device-list body (64 devices with their longest names fit in about
 25 KiB); a larger one is refused ``too_large`` before it is parsed or stored."""
@@ -87,12 +95,15 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class DeviceList:
-    """The account's device list; ``version`` only grows."""
+    """The account's device list; ``version`` only grows. ``issued_at`` and
+    ``expires_at`` are seconds since the Unix epoch (``expires_at`` ``None``: a list
+    signed before lists expired; clients refuse it)."""
 
     user_id: str
     version: int
     devices: tuple[Device, ...]
     issued_at: int
+    expires_at: int | None = None
 
     def device(self, device_id: int) -> Device | None:
         """The entry for ``device_id``, or ``None``."""
@@ -108,8 +119,10 @@ class DeviceList:
 
     def encode(self) -> bytes:
         """Canonical msgpack body that gets signed."""
+        extra = {} if self.expires_at is None else {"expires_at": self.expires_at}
         return msgpack.packb(
             {
+                **extra,
                 "user_id": self.user_id,
                 "version": self.version,
                 "devices": [
@@ -183,8 +196,11 @@ def verify_device_list(signed: SignedDeviceList, user_id: str | None = None) -> 
             ErrorCode.UNAUTHORIZED, "device list is not signed by the user_id's account key"
         ) from exc
     version, issued_at, devs = raw.get("version"), raw.get("issued_at"), raw.get("devices")
-    if type(version) is not int or version < 1 or type(issued_at) is not int:
-        raise _bad("version/issued_at must be integers, version >= 1")
+    expires_at = raw.get("expires_at")
+    if type(version) is not int or not 1 <= version < MAX_VERSION or type(issued_at) is not int:
+        raise _bad(f"version/issued_at must be integers, 1 <= version < {MAX_VERSION}")
+    if expires_at is not None and type(expires_at) is not int:
+        raise _bad("expires_at must be an integer")
     if not isinstance(devs, list) or not devs:
         raise _bad("devices must be a non-empty array")
     devices = []
@@ -203,7 +219,7 @@ def verify_device_list(signed: SignedDeviceList, user_id: str | None = None) -> 
         devices.append(Device(did, ed, cu, name, added))
     if len({d.device_id for d in devices}) != len(devices):
         raise _bad("duplicate device_id")
-    return DeviceList(uid, version, tuple(devices), issued_at)
+    return DeviceList(uid, version, tuple(devices), issued_at, expires_at)
 
 
 def auth_message(nonce: bytes, node_id: str, user_id: str, device_id: int) -> bytes:
@@ -220,6 +236,15 @@ def peer_auth_message(nonce: bytes, signer_node_id: str, verifier_node_id: str, 
         [PEER_AUTH_CONTEXT, nonce, signer_node_id.encode(), b"\x00", verifier_node_id.encode(),
          b"\x00", ring_version.encode()]
     )
+
+
+def one_time_key_message(user_id: str, device_id: int, key_id: str, key: bytes) -> bytes:
+    """Bytes a device signs (with its Ed25519 device key) to vouch for one of its
+    one-time or fallback keys: the context, ``user_id``, ``device_id``, ``key_id`` and
+    the 32-byte Curve25519 key. A claimer checks it against the device's ``ed25519``
+    in the account-signed device list, so a relay cannot substitute a key."""
+    return b"".join([ONE_TIME_KEY_CONTEXT, user_id.encode(), b"\x00", str(device_id).encode(),
+                     b"\x00", key_id.encode(), b"\x00", key])
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -44,11 +44,21 @@ def decode_envelope(data: bytes) -> Envelope:
     return env
 
 
-def encode_bounce_body(code: str, message: str, user_id: str) -> bytes:
-    """The body of a ``bounce`` envelope: msgpack ``{code, message, user_id}`` (why the
-    message to ``user_id`` was not delivered)."""
-    return msgpack.packb({"code": code, "message": message, "user_id": user_id},
-                         use_bin_type=True)
+BOUNCE_FROM_HOME = "home"
+"""``origin`` of a bounce the sender's own home made from its own attempt (its outbox
+was refused, or it refused the copy itself): the proof a client may resend on."""
+BOUNCE_FROM_PEER = "peer"
+"""``origin`` of a bounce another node handed the sender's home (``bounce`` frame):
+unauthenticated end to end, a client reports it and resends nothing."""
+
+
+def encode_bounce_body(code: str, message: str, user_id: str,
+                       origin: str = BOUNCE_FROM_HOME) -> bytes:
+    """The body of a ``bounce`` envelope: msgpack ``{code, message, user_id, origin}``
+    (why the message to ``user_id`` was not delivered, and who says so:
+    :data:`BOUNCE_FROM_HOME` or :data:`BOUNCE_FROM_PEER`, set by the sender's home)."""
+    return msgpack.packb({"code": code, "message": message, "user_id": user_id,
+                          "origin": origin}, use_bin_type=True)
 
 
 def decode_bounce_body(body: bytes) -> tuple[str, str, str]:

@@ -266,7 +266,7 @@ class Pusher:
                          f"limit of {self._max_frame} bytes and was not delivered", self._dev[0])
         bounce = Envelope(msg_id=env.msg_id, sender_user=env.sender_user,
                           sender_device=env.sender_device, ts=int(self._clock() * 1000),
-                          kind="bounce", body=body)
+                          kind="bounce", body=body)  # origin "home" here; a peer marks "peer"
         if not self._is_local(env.sender_user):
             if self._bounce_remote is None:
                 return False

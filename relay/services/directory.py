@@ -11,12 +11,16 @@ of recently used users are cached in a bounded dict.
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 
 from relay.config.ring import Ring
 from relay.errors import RelayError
 from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
 from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
+from relay.protocol.identity import MAX_VERSION_STEP, one_time_key_message, verify_signature
+from relay.services.claim_limits import ClaimLimits
 from relay.services.homes import Homes
 from storage import DuplicateKey, StaleVersion, Storage
 
@@ -27,6 +31,16 @@ DEFAULT_MAX_DEVICES = 8
 KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys
 MAX_KEY_ID = 64  # characters
 KEY_SIZE = 32  # Curve25519 public key bytes
+SIGNATURE_SIZE = 64  # Ed25519; stored right after the key (storage keeps the key bytes opaque)
+
+
+def _stored_key(k: OneTimeKey) -> bytes:
+    return k.key + (k.signature or b"")
+
+
+def _claimed(device_id: int, key_id: str, stored: bytes, fallback: bool) -> ClaimedKey:
+    return ClaimedKey(device_id=device_id, key_id=key_id, key=stored[:KEY_SIZE],
+                      fallback=fallback, signature=stored[KEY_SIZE:] or None)
 
 
 def pack_list(signed: SignedDeviceList) -> bytes:
@@ -61,16 +75,20 @@ class Directory:
         node_id: this node's id.
         cache_size: most parsed device lists kept in memory.
         max_devices: most devices one list may hold.
+        claim_limits: the key-claim budgets (default: :class:`ClaimLimits` defaults).
     """
 
     def __init__(self, storage: Storage, ring: Ring | Homes, node_id: str,
-                 cache_size: int = 4096, *, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
+                 cache_size: int = 4096, claim_limits: ClaimLimits | None = None, *,
+                 max_devices: int = DEFAULT_MAX_DEVICES) -> None:
         self.max_devices = max_devices
         self._storage = storage
         self._ring = self.homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
         self._node_id = node_id
         self._cache: dict[str, tuple[SignedDeviceList, DeviceList]] = {}
         self._cache_size = cache_size
+        # issue 10: claims throttled (relay.services.claim_limits)
+        self.claim_limits = claim_limits if claim_limits is not None else ClaimLimits()
 
     # ------------------------------------------------------------ homes
 
@@ -134,8 +152,10 @@ class Directory:
 
         Raises:
             RelayError: ``unauthorized`` (bad signature), ``bad_request``
-                (malformed), ``moved`` (not homed here), ``stale_version``
-                (version does not grow), ``too_large`` (more than ``max_devices``).
+                (malformed, expired, or a version more than
+                :data:`~relay.protocol.identity.MAX_VERSION_STEP` above the held one),
+                ``moved`` (not homed here), ``stale_version`` (version does not grow),
+                ``too_large`` (more than ``max_devices``).
             RemoteProtocolError: from :func:`verify_device_list`.
             StorageFull: nothing stored.
         """
@@ -143,6 +163,15 @@ class Directory:
         async with self.homes.hold([parsed.user_id]):
             self.check_home(parsed.user_id)
             self.check_device_count(parsed)
+            if parsed.expires_at is not None and parsed.expires_at < time.time():
+                raise RelayError(ErrorCode.BAD_REQUEST, "device list has expired",
+                                 user_id=parsed.user_id)
+            old = await self.get_device_list(parsed.user_id)
+            if old is not None and parsed.version > old[1].version + MAX_VERSION_STEP:
+                raise RelayError(ErrorCode.BAD_REQUEST,
+                                 f"device list version may grow by at most {MAX_VERSION_STEP} "
+                                 f"(have {old[1].version}, got {parsed.version})",
+                                 user_id=parsed.user_id)
             try:
                 await self._storage.put_device_list(parsed.user_id, parsed.version,
                                                     pack_list(signed))
@@ -207,18 +236,33 @@ class Directory:
     ) -> int:
         """Add one-time keys (and replace the fallback key) of a device; return its count.
 
+        A key's ``signature``, if given, must verify under the device's Ed25519 key in
+        its current list (claimers check it again; the node stores it after the key).
+
         Raises:
-            RelayError: ``bad_request`` for a duplicate or malformed key (nothing stored).
+            RelayError: ``bad_request`` for a duplicate or malformed key, or a signature
+                that does not verify (nothing stored).
             StorageFull: nothing stored.
         """
-        for k in [*one_time_keys, *([fallback_key] if fallback_key else [])]:
+        keys = [*one_time_keys, *([fallback_key] if fallback_key else [])]
+        device = None
+        for k in keys:
             if not 0 < len(k.key_id) <= MAX_KEY_ID or len(k.key) != KEY_SIZE:
                 raise RelayError(ErrorCode.BAD_REQUEST,
                                  f"a key needs a 1..{MAX_KEY_ID} char id and {KEY_SIZE} bytes")
+            if k.signature is not None:
+                if device is None:
+                    _, parsed = await self.require_device_list(user_id)
+                    device = parsed.device(device_id)
+                if device is None or not verify_signature(
+                        device.ed25519, one_time_key_message(user_id, device_id, k.key_id, k.key),
+                        k.signature):
+                    raise RelayError(ErrorCode.BAD_REQUEST,
+                                     f"key {k.key_id!r} is not signed by the device's key")
         if one_time_keys:
             try:
                 count = await self._storage.add_one_time_keys(
-                    user_id, device_id, [(k.key_id, k.key) for k in one_time_keys]
+                    user_id, device_id, [(k.key_id, _stored_key(k)) for k in one_time_keys]
                 )
             except DuplicateKey as exc:
                 raise RelayError(ErrorCode.BAD_REQUEST, "duplicate one-time key id") from exc
@@ -226,7 +270,9 @@ class Directory:
             count = await self._storage.count_one_time_keys(user_id, device_id)
         if fallback_key is not None:
             await self._storage.set_fallback_key(user_id, device_id, fallback_key.key_id,
-                                                 fallback_key.key)
+                                                 _stored_key(fallback_key))
+            self.claim_limits.remember_fallback(user_id, device_id, fallback_key.key_id,
+                                                _stored_key(fallback_key))
         return count
 
     async def key_count(self, user_id: str, device_id: int) -> int:
@@ -246,11 +292,13 @@ class Directory:
         Raises:
             RelayError: ``unknown_user``; ``unknown_device`` for a device id not
                 in the list; ``bad_request`` for a repeated device id.
+
+        A device whose one-time keys are claimed faster than its budget
+        (:mod:`relay.services.claim_limits`) gets its fallback key instead.
         """
         async with self.homes.hold([user_id]):
             self.check_home(user_id)
             return await self._claim_keys(user_id, device_ids)
-
 
     async def _claim_keys(
         self, user_id: str, device_ids: list[int]
@@ -265,11 +313,19 @@ class Directory:
         keys: list[ClaimedKey] = []
         low: dict[int, int] = {}
         for d in device_ids:
+            if not self.claim_limits.one_time_allowed(user_id, d):
+                # one-time keys of this device are claimed too fast: its fallback key
+                cached = self.claim_limits.fallback(user_id, d)
+                if cached is not None:
+                    keys.append(_claimed(d, cached[0], cached[1], True))
+                continue
             got = await self._storage.claim_key(user_id, d)
             if got is None:
                 continue
             key_id, key, fallback = got
-            keys.append(ClaimedKey(device_id=d, key_id=key_id, key=key, fallback=fallback))
+            if fallback:
+                self.claim_limits.remember_fallback(user_id, d, key_id, key)
+            keys.append(_claimed(d, key_id, key, fallback))
             if not fallback:
                 left = await self._storage.count_one_time_keys(user_id, d)
                 if left < KEYS_LOW:

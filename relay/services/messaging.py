@@ -40,7 +40,12 @@ from relay.protocol.frames import (
     Ok,
     Results,
 )
-from relay.protocol.stored import decode_bounce_body, encode_envelope
+from relay.protocol.stored import (
+    BOUNCE_FROM_PEER,
+    decode_bounce_body,
+    encode_bounce_body,
+    encode_envelope,
+)
 from relay.services.base import Caller, Table
 from relay.services.router import Blocked
 
@@ -173,9 +178,13 @@ async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
         raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender is not homed at this node",
                          user_id=env.sender_user)
     try:
-        _, _, recipient = decode_bounce_body(env.body)
+        code, message, recipient = decode_bounce_body(env.body)
     except ValueError as exc:
         raise RelayError(ErrorCode.BAD_REQUEST, "unreadable bounce body") from exc
+    # whatever the peer wrote, this bounce is relayed from another node: the sender's
+    # device resends nothing on it (issue 10, finding 5)
+    env = dataclasses.replace(env, body=encode_bounce_body(code, message, recipient,
+                                                           BOUNCE_FROM_PEER))
     node.directory.check_homed_at(recipient, peer_id, "recipient")
     entry = await node.directory.get_device_list(env.sender_user)
     if entry is None or env.sender_device not in entry[1].device_ids:

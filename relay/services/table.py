@@ -79,7 +79,8 @@ def directory_table(node: Node) -> Table:
         if not caller.is_peer:  # the asking device's home counts it (no double count)
             node.rates.take("claim_keys", max(1, len(frame.device_ids)),
                             account=caller.user_id, address=caller.address)
-        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer)
+        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer,
+                                        claimer=caller.user_id)
 
     return {PutDevices: put_devices, GetDevices: get_devices, UploadKeys: upload_keys,
             ClaimKeys: claim_keys}

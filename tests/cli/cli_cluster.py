@@ -6,11 +6,13 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from cli.client import BacklogDone, DevicesChanged, init_account, open_client
+from cli.session import crypto
 from cli.session.state import State, create_state
 from relay.testing import LocalCluster, open_local_cluster
 
 __all__ = [
-    "LocalCluster", "alice_and_bob", "drain", "make_account", "new_account", "publish",
+    "LocalCluster", "alice_and_bob", "drain", "link_second_device", "make_account",
+    "new_account", "publish",
     "run_cluster",
 ]
 
@@ -72,3 +74,24 @@ async def drain(client) -> list:
         if not isinstance(event, DevicesChanged):
             out.append(event)
     raise AssertionError("receive ended before the backlog marker")
+
+
+async def link_second_device(tmp_path, stack, state):
+    """Give ``state``'s account a device 1 (list version + 1), published and connected."""
+    new = stack.enter_context(create_state(tmp_path / f"{state.name}-second-device", name=state.name,
+                                           relay_url=state.relay_url))
+    new.account_key, new.user_id, new.device_id = None, state.user_id, 1
+    own = state.own_list()
+    entries = [crypto.DeviceEntry(d.device_id, d.ed25519, d.curve25519, d.name, d.added_at)
+               for d in own.devices]
+    entries.append(crypto.DeviceEntry(1, new.identity.ed25519, new.identity.curve25519,
+                                      "new", 2))
+    _, signed = crypto.make_device_list(state.account_key, own.version + 1, entries)
+    state.remember_device_list(signed, state.user_id)
+    new.remember_device_list(signed, state.user_id)
+    new.identity.generate_one_time_keys(crypto.ONE_TIME_KEYS_TARGET)
+    new.identity.generate_fallback_key()
+    async with open_client(state) as client:
+        await client.publish_device_list()
+    await publish(new)
+    return new

@@ -13,6 +13,7 @@ from test_cli_forged_lists import Relay, bob_list, pair  # noqa: F401 (pair is a
 from cli.client import Client
 from cli.errors import RelayError
 from cli.session import crypto
+from cli.session.prekeys import signed_keys
 from relay.protocol.frames import Claimed, ClaimedKey, Devices, Error, Send, Sent
 
 DEADLINE = 10
@@ -35,9 +36,11 @@ async def test_device_list_cached_fresh_and_fallback(pair):  # noqa: F811
 
 async def test_encrypt_makes_one_decryptable_copy_per_other_device(pair):  # noqa: F811
     alice, bob = pair
-    otks = iter(bob.identity.unpublished_one_time_keys())
+    otks = iter(signed_keys(bob.identity, bob.user_id, 0,
+                            bob.identity.unpublished_one_time_keys()))
     relay = Relay({"claim_keys": lambda f: Claimed(id=1, keys=[
-        ClaimedKey(device_id=d, key_id=(k := next(otks)).key_id, key=k.key, fallback=False)
+        ClaimedKey(device_id=d, key_id=(k := next(otks)).key_id, key=k.key, fallback=False,
+                   signature=k.signature)
         for d in f["device_ids"]])})
     client = Client(alice, relay)
     with trio.fail_after(DEADLINE):

@@ -15,6 +15,7 @@ from test_cli_linkcode import forged_list
 from cli.client import Client, DevicesChanged, Dropped, init_account
 from cli.errors import RelayError, SendFailed
 from cli.session import crypto
+from cli.session.prekeys import signed_keys
 from cli.session.state import DeviceListRejected, create_state
 from relay.protocol.frames import (
     Claimed,
@@ -87,10 +88,12 @@ def bob_list(bob, version: int, ghost: bool = True, key=None):
 
 
 def relay_for(alice, bob, stale_list):
-    otks = iter(bob.identity.unpublished_one_time_keys())
+    otks = iter(signed_keys(bob.identity, bob.user_id, 0,
+                            bob.identity.unpublished_one_time_keys()))
     return Relay({
         "claim_keys": lambda f: Claimed(id=1, keys=[
-            ClaimedKey(device_id=d, key_id=(k := next(otks)).key_id, key=k.key, fallback=False)
+            ClaimedKey(device_id=d, key_id=(k := next(otks)).key_id, key=k.key, fallback=False,
+                       signature=k.signature)
             for d in f["device_ids"]]),
         "send": lambda f: Error(id=1, code="stale_devices", user_id=bob.user_id,
                                 device_list=stale_list),

@@ -70,7 +70,7 @@ async def test_live_delivery_while_connected(tmp_path):
 
 async def test_one_time_keys_are_topped_up(tmp_path):
     with trio.fail_after(DEADLINE), ExitStack() as stack:
-        async with run_cluster(1) as cluster:
+        async with run_cluster(1, otk_claim_burst=1000) as cluster:  # claims not throttled
             alice, bob = await alice_and_bob(tmp_path, cluster, stack)
             async with open_client(bob) as bob_client:
                 for _ in range(60):

@@ -14,7 +14,8 @@ from cli.client import BacklogDone, Bounce, Client, Dropped, Message, init_accou
 from cli.events import Kept
 from cli.features import payload
 from cli.session import crypto
-from cli.session.state import create_state
+from cli.session.prekeys import signed_keys
+from cli.session.state import create_state, seen_key
 from relay.protocol.frames import (
     Claimed,
     ClaimedKey,
@@ -25,6 +26,7 @@ from relay.protocol.frames import (
     Sent,
     Synced,
 )
+from relay.protocol.stored import encode_bounce_body
 
 
 class ScriptedConn:
@@ -155,7 +157,9 @@ async def test_forged_and_mismatched_copies_are_dropped_but_acked(pair):
     alice, bob = pair
     log = []
     conn = ScriptedConn(log, {"get_devices": lambda f: Devices(
-        id=1, device_list=alice.device_lists[alice.user_id].signed)})
+        id=1, device_list=alice.device_lists[alice.user_id].signed),
+        "claim_keys": lambda f: Claimed(id=1, keys=[]),
+        "send": lambda f: Sent(id=1, status="stored")})
     client = Client(bob, conn)
     inner, outer = b"\x02" * 16, b"\x03" * 16
     body = _olm_to(bob, alice, payload.TextPayload(inner, "x", 1, "alice", bob.user_id).encode())
@@ -168,35 +172,50 @@ async def test_forged_and_mismatched_copies_are_dropped_but_acked(pair):
     assert "differs from the envelope" in events[0].reason
     assert "not in its account-signed device list" in events[1].reason
     assert log[-1] == ("ack", {"seq": 3})
-    assert not bob.seen
+    assert not any(seen_key(alice.user_id, m) in bob.seen
+                   for m in (inner, outer, b"\x04" * 16, b"\x05" * 16))
+    # the undecryptable copy makes bob's device ask alice's device for a resend
+    (sent,) = [f for t, f in log if t == "send"]
+    assert [(r.user_id, [c.device_id for c in r.copies]) for r in sent["recipients"]] == [
+        (alice.user_id, [0])]
 
 
-async def test_bounce_is_reencrypted_and_resent_with_the_same_msg_id(pair):
+async def test_bounce_from_the_own_home_is_resent_to_the_same_devices_only(pair):
     alice, bob = pair
-    otks = iter(bob.identity.unpublished_one_time_keys())
+    otks = iter(signed_keys(bob.identity, bob.user_id, 0, bob.identity.unpublished_one_time_keys()))
     statuses = iter(["queued", "stored"])
     log = []
     conn = ScriptedConn(log, {
         "get_devices": lambda f: Devices(id=1, device_list=bob.device_lists[bob.user_id].signed),
         "claim_keys": lambda f: Claimed(id=1, keys=[
-            ClaimedKey(device_id=0, key_id=(k := next(otks)).key_id, key=k.key, fallback=False)]),
+            ClaimedKey(device_id=0, key_id=(k := next(otks)).key_id, key=k.key, fallback=False,
+                       signature=k.signature)]),
         "send": lambda f: Sent(id=1, status=next(statuses)),
     })
     client = Client(alice, conn)
     result = await client.send_text(bob.user_id, "hello")
     assert result.status == "queued"
-    bounce = msgpack.packb({"code": "stale_devices", "message": "gone", "user_id": bob.user_id})
-    conn.push.send_nowait(Deliver(id=0, items=[DeliverItem(1, Envelope(
-        msg_id=result.msg_id, sender_user=alice.user_id, sender_device=0, ts=1, kind="bounce",
-        body=bounce))]))
+    assert alice.find_history(result.msg_id.hex())["to_devices"] == [[bob.user_id, 0]]
+    relayed = encode_bounce_body("stale_devices", "gone", bob.user_id, "peer")
+    own = encode_bounce_body("stale_devices", "gone", bob.user_id)
+    for seq, body in ((1, relayed), (2, own)):
+        conn.push.send_nowait(Deliver(id=0, items=[DeliverItem(seq, Envelope(
+            msg_id=result.msg_id, sender_user=alice.user_id, sender_device=0, ts=1,
+            kind="bounce", body=body))]))
     with trio.fail_after(5):
-        (event,) = await _events(client, 1)
-    assert isinstance(event, Bounce)
-    assert (event.code, event.user_id, event.resent_status) == ("stale_devices", bob.user_id, "stored")
+        first, second = await _events(client, 2)
+    # a bounce another node relayed is shown, and nothing is resent on it
+    assert isinstance(first, Bounce) and first.resent_status is None
+    assert "not resent" in first.message
+    # the own home's bounce: resent to bob's device 0 (the device it was sent to)
+    assert isinstance(second, Bounce)
+    assert (second.code, second.user_id, second.resent_status) == (
+        "stale_devices", bob.user_id, "stored")
     sends = [f for t, f in log if t == "send"]
-    assert len(sends) == 2 and sends[0]["msg_id"] == sends[1]["msg_id"] == result.msg_id
-    # The resend was re-fetched (fresh device list) and decrypts at bob to the same text.
-    assert [t for t, _ in log].count("get_devices") == 1
+    assert len(sends) == 2 and sends[0]["msg_id"] == result.msg_id
+    assert sends[1]["msg_id"] != result.msg_id  # a new envelope id naming the original
     copy = sends[1]["recipients"][0].copies[0]
     text, _, _ = crypto.decrypt(bob.identity, [], alice.identity.curve25519, copy.body)
-    assert payload.decode(text).text == "hello"
+    m = msgpack.unpackb(text)
+    assert (m["type"], m["about"]) == ("resend", result.msg_id)
+    assert payload.decode(m["payload"]).text == "hello"

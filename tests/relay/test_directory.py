@@ -141,11 +141,11 @@ async def test_concurrent_claims_through_different_nodes(cluster3) -> None:
     with trio.fail_after(20):
         bob = device_homed_at(cluster3.ring, "n2")
         await publish(cluster3.url("n2"), bob)
-        keys = bob.one_time_keys(40)
+        keys = bob.one_time_keys(20)  # fewer than a device's claim burst (30)
         async with session(cluster3.url("n2"), bob) as b:
             up = await b.request(UploadKeys(id=3, one_time_keys=keys,
                                             fallback_key=OneTimeKey("fb", b"f" * 32)))
-            assert up.otk_count == 40
+            assert up.otk_count == 20
         claimers = [device_homed_at(cluster3.ring, "n1"), device_homed_at(cluster3.ring, "n3")]
         for c, home in zip(claimers, ("n1", "n3"), strict=True):
             await publish(cluster3.url(home), c)
@@ -165,4 +165,5 @@ async def test_concurrent_claims_through_different_nodes(cluster3) -> None:
                 nursery.start_soon(claim_many, c, home)
         one_time = [k for k, fallback in got if not fallback]
         assert sorted(one_time) == sorted(k.key_id for k in keys)  # each handed out once
-        assert [k for k, fallback in got if fallback] == ["fb"] * 10
+        # the rest: the fallback key (keys ran out, then the device's claim budget did)
+        assert [k for k, fallback in got if fallback] == ["fb"] * 30
