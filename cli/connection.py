@@ -4,10 +4,19 @@
 owned socket, a reader that always drains it, a bounded writer, pipelined requests
 with a deadline each, keepalive pings), publishes the device's own signed device list
 if the home does not have it yet, authenticates (``auth``) and follows ``error
-moved`` to the user's home, saving the new URL in the state. The yielded
+moved`` to the user's home. The yielded
 :class:`Connection` translates the link's errors into the client's
 (:mod:`cli.errors`) and checks every request against the node's size budget before
 it leaves (``check_budget``).
+
+Cluster pinning (docs/protocol.md, "Cluster pinning"): every node reached must be in
+the state's pinned cluster description and have signed its challenge for this
+connection (:func:`relay.net.open_client_connection`); a newer description signed by
+the same cluster key replaces the pin. ``moved`` is followed only to a node of the
+description, and the new home URL is saved only once ``auth`` succeeded there. A
+state without a pin (made by the library API, or before pinning existed) pins the
+description of the first node it reaches, trust on first use, with a warning;
+``wa-cli init`` and ``link`` pin before connecting (:func:`pin_cluster`).
 
 Pushes: ``key_count`` goes to :attr:`Connection.on_key_count`; ``deliver``,
 ``synced`` and ``error`` (id 0, or ending the ``sync`` stream) to the bounded
@@ -25,13 +34,15 @@ import trio
 
 import relay.net as net
 from relay.protocol import ErrorCode, RemoteProtocolError
+from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
 
 from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, NoAnswer, RelayError
 from .sendorder import SendOrder
 from .state import State
 
-__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection"]
+__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection",
+           "pin_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +250,31 @@ async def _authenticate(link: net.Link, state: State) -> AuthOk | str:
         raise RelayError(exc.frame) from exc
 
 
+async def pin_cluster(state: State, url: str, cluster_key: bytes | None, *,
+                      connect_timeout: float) -> PinnedCluster:
+    """Get the signed cluster description from the node at ``url`` and pin it in
+    ``state`` (saved): signed by ``cluster_key``, or, with ``None``, by the key it
+    carries (trust on first use: the caller has the user confirm
+    :func:`~relay.protocol.cluster.cluster_key_text` of it). The node must be in it
+    and have signed its challenge for this connection.
+
+    Raises:
+        ConnectionFailed: unreachable, no description, another cluster key, a bad
+            signature, a node that is not in the description.
+    """
+    settings = replace(CLIENT_SETTINGS, connect_timeout=connect_timeout)
+    try:
+        async with net.open_client_connection(url, agent=AGENT, settings=settings) as link:
+            pin = await net.fetch_cluster(link, cluster_key)
+    except net.Refused as exc:
+        raise RelayError(exc.frame) from exc
+    except net.ConnectFailed as exc:
+        raise ConnectionFailed(str(exc)) from exc
+    state.cluster = pin
+    await state.asave()
+    return pin
+
+
 @asynccontextmanager
 async def open_connection(
     nursery: trio.Nursery | None, state: State, *, connect_timeout: float,
@@ -261,22 +297,36 @@ async def open_connection(
     """
     settings = replace(settings, connect_timeout=connect_timeout)
     url = state.relay_url
+    if state.cluster is None:
+        log.warning("no pinned cluster: trusting the description of %s on first use", url)
+        await pin_cluster(state, url, None, connect_timeout=connect_timeout)
     for _ in range(MAX_MOVES + 1):
         async with AsyncExitStack() as stack:
             try:
-                link = await stack.enter_async_context(
-                    net.open_client_connection(url, agent=AGENT, settings=settings))
+                link = await stack.enter_async_context(net.open_client_connection(
+                    url, agent=AGENT, settings=settings, cluster=state.cluster))
+                if link.cluster is not None and link.cluster is not state.cluster:
+                    log.info("cluster description version %d replaces version %d",
+                             link.cluster.version, state.cluster.version)
+                    state.cluster = link.cluster
+                    await state.asave()
                 result = await _authenticate(link, state)
             except net.Refused as exc:  # to hello
                 raise RelayError(exc.frame) from exc
             except net.ConnectFailed as exc:
                 raise ConnectionFailed(str(exc)) from exc
             if isinstance(result, AuthOk):
+                if url != state.relay_url:  # saved only now: the node proved itself
+                    log.info("home moved: %s -> %s", state.relay_url, url)
+                    state.relay_url = url
+                    await state.asave()
                 yield Connection(link, result.otk_count)
                 return
         if result == url:
             raise ConnectionFailed(f"{url} redirects to itself")
-        log.info("home moved: %s -> %s", url, result)
-        url = state.relay_url = result
-        await state.asave()
+        if state.cluster.description.node_at(result) is None:
+            raise ConnectionFailed(
+                f"{url} redirects to {result}, which is not a node of the pinned cluster; "
+                f"refused (the saved home stays {state.relay_url})")
+        url = result
     raise ConnectionFailed(f"too many redirects (last: {url})")

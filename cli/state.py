@@ -47,6 +47,7 @@ import nacl.signing
 import vodozemac
 
 from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
+from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import SignedDeviceList
 
 from . import crypto, statecodec, vault
@@ -112,6 +113,8 @@ class State:
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
+        # the pinned cluster description (cli.connection): nodes, their keys, cluster key
+        self.cluster: PinnedCluster | None = None
 
     # ----------------------------------------------------------- queries
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import nacl.signing
 
 from relay.config.ring import NodeInfo
+from relay.protocol.cluster import SignedCluster
 
 from .schema import (
     DEFAULT_ADMIN_HOST,
@@ -72,6 +73,11 @@ class NodeConfig:
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
         key_file: where the signing key was read from (``None`` if not from a file).
+        tls_cert, tls_key: the node's TLS certificate chain and key (PEM); ``None``:
+            plain ``ws://``, which needs ``allow_plain`` and a loopback ``host``.
+        allow_plain: listen on plain ``ws://`` (loopback only) when there is no TLS.
+        cluster_doc: the signed cluster description served to clients
+            (``get_cluster``), or ``None`` (clients cannot pin this cluster).
     """
 
     id: str
@@ -102,6 +108,10 @@ class NodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
     key_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_plain: bool = False
+    cluster_doc: SignedCluster | None = None
 
     @property
     def node(self) -> NodeInfo:

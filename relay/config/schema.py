@@ -83,6 +83,9 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     max_pending_per_ip: Count = DEFAULT_MAX_PENDING_PER_IP
     max_connections: Count = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: Count = DEFAULT_MAX_MAILBOXES_PER_IP
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_plain: bool = False
 
 
 class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -94,10 +97,18 @@ class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     public_key: NonEmpty
 
 
-class ClusterFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``cluster.toml``: at least one ``[[node]]``."""
+class ClusterFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``cluster.toml``: at least one ``[[node]]``, and the signed cluster description's
+    fields (docs/operations.md, "Cluster key"): ``version`` (0: not signed),
+    ``max_frame``/``max_envelope`` (the size budget it announces), ``cluster_key``
+    (``wa-cluster-...``) and ``signature`` (standard base64)."""
 
     node: Annotated[list[ClusterNode], Meta(min_length=1)]
+    version: Annotated[int, Meta(ge=0)] = 0
+    max_frame: Annotated[int, Meta(ge=0)] = 0
+    max_envelope: Bytes = 0
+    cluster_key: str = ""
+    signature: str = ""
 
 
 NODE_SETTINGS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(NodeFile))
