@@ -149,12 +149,12 @@ def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
     if not cluster_file.exists():
         return
     try:
-        existing = [(n.id, _no_scheme(n.url)) for n in load_cluster(cluster_file)]
+        existing = [(n.id, n.url) for n in load_cluster(cluster_file)]
     except ConfigError as exc:
         raise ClusterMismatch(
             f"{exc}\nFix the file, or pass --reconfigure to write a new one."
         ) from exc
-    if existing == [(node_id, _no_scheme(url)) for node_id, url in wanted]:
+    if [(i, _no_scheme(u)) for i, u in existing] == [(i, _no_scheme(u)) for i, u in wanted]:
         return
     removed = [node_id for node_id, _ in existing if node_id not in dict(wanted)]
     consequences = ["users move to other home nodes, and their queued messages stay behind"]
