@@ -41,8 +41,8 @@ from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, NoAnswer, R
 from .sendorder import SendOrder
 from .state import State
 
-__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection",
-           "pin_cluster"]
+__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
+           "open_connection", "pin_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,27 @@ async def _authenticate(link: net.Link, state: State) -> AuthOk | str:
         raise RelayError(exc.frame) from exc
 
 
+async def fetch_pin(url: str, cluster_key: bytes | None,
+                    connect_timeout: float) -> PinnedCluster:
+    """Get the signed cluster description from the node at ``url``: signed by
+    ``cluster_key`` (``None``: by the key it carries; the caller has the user confirm
+    it), the node in it and its challenge signed for this connection. Nothing saved.
+
+    Raises:
+        ConnectionFailed: unreachable, no description, another cluster key, a bad
+            signature, a node that is not in the description.
+        RelayError: the node refused the handshake.
+    """
+    settings = replace(CLIENT_SETTINGS, connect_timeout=connect_timeout)
+    try:
+        async with net.open_client_connection(url, agent=AGENT, settings=settings) as link:
+            return await net.fetch_cluster(link, cluster_key)
+    except net.Refused as exc:
+        raise RelayError(exc.frame) from exc
+    except net.ConnectFailed as exc:
+        raise ConnectionFailed(str(exc)) from exc
+
+
 async def pin_cluster(state: State, url: str, cluster_key: bytes | None, *,
                       connect_timeout: float) -> PinnedCluster:
     """Get the signed cluster description from the node at ``url`` and pin it in
@@ -262,14 +283,7 @@ async def pin_cluster(state: State, url: str, cluster_key: bytes | None, *,
         ConnectionFailed: unreachable, no description, another cluster key, a bad
             signature, a node that is not in the description.
     """
-    settings = replace(CLIENT_SETTINGS, connect_timeout=connect_timeout)
-    try:
-        async with net.open_client_connection(url, agent=AGENT, settings=settings) as link:
-            pin = await net.fetch_cluster(link, cluster_key)
-    except net.Refused as exc:
-        raise RelayError(exc.frame) from exc
-    except net.ConnectFailed as exc:
-        raise ConnectionFailed(str(exc)) from exc
+    pin = await fetch_pin(url, cluster_key, connect_timeout)
     state.cluster = pin
     await state.asave()
     return pin

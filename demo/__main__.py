@@ -111,7 +111,7 @@ def create_account(data: Path, name: str, relay: str, urls: dict[str, str], avoi
     for _ in range(40):
         if home.exists():
             shutil.rmtree(home)
-        acct = one(wa_cli(home, "init", "--name", name, "--relay", relay), "init")
+        acct = one(wa_cli(home, "init", "--trust-on-first-use", "--name", name, "--relay", relay), "init")
         nid = node_of(urls, acct["home"])
         if nid != avoid:
             say(f"   {name}: user_id {acct['user_id']}, device {acct['device_id']}, home node {nid} ({acct['home']})")

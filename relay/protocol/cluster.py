@@ -160,7 +160,7 @@ def parse_cluster_key(text: str) -> bytes:
     Raises:
         ValueError: not the base32 of 32 bytes.
     """
-    raw = text.strip().removeprefix("wa-cluster-").upper()
+    raw = text.strip().lower().removeprefix("wa-cluster-").upper()
     try:
         key = base64.b32decode(raw + "=" * (-len(raw) % 8))
     except (binascii.Error, ValueError) as exc:
