@@ -128,6 +128,8 @@ class Node:
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
         self.router.attach(self.forwarding)
+        self.forwarding.on_outcomes = self.metrics.forwards_done
+        self.outbox.on_finished = self.metrics.outbox_finished
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
                                max_per_owner=config.max_mailboxes_per_ip)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
@@ -149,6 +151,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for ws in sockets:
                     nursery.start_soon(self._going_away, ws)
+                nursery.start_soon(self.federation.go_away)  # our own links to peers
             await self.sockets.wait_empty()  # handlers end right after their socket closed
         if scope.cancelled_caught:
             self.log.warning("stopping: %d connection(s) still open after %g s; dropping them",

@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cli.client import Bounce, DevicesChanged, Message
+from cli.commands._common import AppContext, message_row, user_label
+from cli.features.group_receiving import GroupChanged
+from cli.output import bounce_human, devices_changed_human, devices_changed_json, escape
+from cli.session.state import State
 from relay.protocol import DeviceList
-
-from ..client import Bounce, DevicesChanged, Message
-from ..group_receiving import GroupChanged
-from ..output import bounce_human, devices_changed_human, devices_changed_json, escape
-from ..state import State
-from ._common import AppContext, message_row, user_label
 
 
 def group_changed_json(change: GroupChanged) -> dict:

@@ -16,13 +16,12 @@ import sys
 import click
 import trio
 
+from cli.client import init_account
+from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.output import escape
+from cli.session.connection import fetch_pin
+from cli.session.state import AlreadyInitialized, State, create_state, open_state
 from relay.protocol.cluster import PinnedCluster, cluster_key_text, parse_cluster_key
-
-from ..client import init_account
-from ..connection import fetch_pin
-from ..output import escape
-from ..state import AlreadyInitialized, State, create_state, open_state
-from ._common import AppContext, CliError, check_name, failures, json_option
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

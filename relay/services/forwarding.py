@@ -89,6 +89,9 @@ class Forwarding:
         #: Counters for tests and metrics: frames sent and parts carried.
         self.frames = 0
         self.parts = 0
+        #: ``on_outcomes(dest, outcomes)`` after each lane round; the node counts them
+        #: in metrics (``stored``, ``queued`` or the refusal's code, per part).
+        self.on_outcomes: Callable[[str, list[Outcome]], None] = lambda dest, outcomes: None
 
     def submit(self, dest: str, parts: list[Part]) -> Callable[[], Awaitable[list[Outcome]]]:
         """Append ``parts`` to ``dest``'s lane; return ``wait``, which returns their
@@ -124,6 +127,7 @@ class Forwarding:
             outcomes: list[Outcome] = []
             for chunk in self._pack(parts):
                 outcomes += await self._send(dest, chunk)
+            self.on_outcomes(dest, outcomes)
             at = 0
             for ticket in tickets:
                 ticket.outcomes = outcomes[at:at + len(ticket.parts)]

@@ -18,10 +18,10 @@ import trio
 from cli_cluster import new_account, publish
 
 from cli.client import open_client
-from cli.connection import pin_cluster
 from cli.errors import ConnectionFailed
-from cli.linking import link_device
-from cli.state import open_state
+from cli.features.linking import link_device
+from cli.session.connection import pin_cluster
+from cli.session.state import open_state
 from relay.config import NodeConfig, cluster_description
 from relay.config.ring import NodeInfo
 from relay.protocol.cluster import cluster_key_text, sign_cluster

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from .attachment import Attachment, AttachmentError
+from cli.features.attachment import Attachment, AttachmentError
 
 VERSION = 1
 MAX_TEXT = 60_000  # characters; keeps a copy far below the 1 MiB frame limit

@@ -48,7 +48,7 @@ import msgpack
 import nacl.exceptions
 import nacl.secret
 
-from .events import Bounce, DevicesChanged, GroupChanged, Message
+from cli.events import Bounce, DevicesChanged, GroupChanged, Message
 
 __all__ = ["KEPT_TYPES", "SHOWN_FILE", "Inbox", "Pending", "from_record", "to_record"]
 
