@@ -22,7 +22,7 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     Raises:
         OSError: a file cannot be read. ssl.SSLError: not a certificate and its key.
     """
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
     return ctx
