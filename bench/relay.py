@@ -102,7 +102,9 @@ class NodeProcesses:
         Raises:
             BenchError: a node exited or printed no ready line in time.
         """
-        for config in init_cluster(self.root, self.n, free_base_port(self.n)):
+        # plain loopback ws://: the load generator (bench.relay_wire) speaks raw
+        # trio-websocket frames; TLS costs per connection are in docs/benchmarks.md
+        for config in init_cluster(self.root, self.n, free_base_port(self.n), tls=False):
             node_id = config.parent.name
             if self.storage_url is not None:
                 url = json.dumps(self.storage_url(node_id))  # a valid TOML basic string
