@@ -17,7 +17,7 @@ import relay.__main__ as relay_cli
 from relay.__main__ import main
 from relay.config import load_cluster, load_cluster_doc
 from relay.config.ring import Ring
-from relay.protocol.cluster import parse_cluster_key
+from relay.protocol.cluster import cluster_key_text, parse_cluster_key, verify_cluster
 from relay.protocol.frames import Deliver, Send, Sent, Sync
 from relay.testing import free_base_port
 
@@ -160,3 +160,26 @@ async def test_cluster_process_resumes_on_the_same_data(tmp_path) -> None:
             log = (tmp_path / node / "node.log").read_bytes()
             assert b"listening" in log
             assert alice.user_id.encode() not in log and bob.user_id.encode() not in log
+
+
+def test_sign_cluster_grows_the_version_and_a_changed_file_is_refused(tmp_path) -> None:
+    """``wa-relay sign-cluster`` signs cluster.toml with the cluster key (made if missing)
+    and one version more; a node refuses a file changed after signing (exit 2)."""
+    runner = CliRunner()
+    assert runner.invoke(main, _init_args(tmp_path, 2, 7900)).exit_code == 0
+    first = load_cluster_doc(tmp_path / "cluster.toml")
+    assert first is not None
+    signed = runner.invoke(main, ["sign-cluster", "--cluster", str(tmp_path / "cluster.toml"),
+                                  "--key", str(tmp_path / "cluster.key")])
+    assert signed.exit_code == 0, signed.output
+    assert "version 2" in signed.output
+    assert f"cluster-key {cluster_key_text(first.cluster_key)}" in signed.output
+    second = load_cluster_doc(tmp_path / "cluster.toml")
+    assert second is not None and verify_cluster(second, first.cluster_key).version == 2
+    text = (tmp_path / "cluster.toml").read_text()
+    (tmp_path / "cluster.toml").write_text(text.replace("127.0.0.1:7901", "127.0.0.1:7999"))
+    result = runner.invoke(main, ["check-config", "--config", str(tmp_path / "n1" / "node.toml")])
+    assert result.exit_code == 2 and "sign it again" in result.output
+    other = runner.invoke(main, ["sign-cluster", "--cluster", str(tmp_path / "cluster.toml"),
+                                 "--key", str(tmp_path / "new.key"), "--version", "2"])
+    assert other.exit_code == 2 and "does not grow" in other.output
