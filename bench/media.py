@@ -160,7 +160,7 @@ def _account(root: Path, name: str, nodes: _Nodes, home_node: str) -> tuple[Path
     root.mkdir(parents=True, exist_ok=True)
     for i in range(60):
         home = root / f"{name}-{i}"
-        _, _, out = _run(_cli(home, "init", "--name", name, "--relay", nodes.urls[home_node]),
+        _, _, out = _run(_cli(home, "init", "--trust-on-first-use", "--name", name, "--relay", nodes.urls[home_node]),
                          root / f"{name}-{i}.out")
         info = json.loads(out)
         if info["home"].rstrip("/") == nodes.urls[home_node].rstrip("/"):

@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from relay.config import load_cluster_doc
+from relay.protocol.cluster import cluster_key_text
+
 from .cluster import ClusterProcess, DemoError, child_env, free_base_port, tool
 
 NODES = 3
@@ -92,6 +95,7 @@ def start_cluster(data: Path) -> ClusterProcess:
             continue
         for nid, url in sorted(urls.items()):
             say(f"   {nid} ready at {url}")
+        say(f"   cluster key {cluster_key(data)} (wa-cli init --cluster-key pins it)")
         return cluster
     raise DemoError("unreachable")  # pragma: no cover
 
@@ -104,6 +108,15 @@ def node_of(urls: dict[str, str], url: str) -> str:
     raise DemoError(f"{url} is not one of the cluster's nodes {urls}")
 
 
+def cluster_key(data: Path) -> str:
+    """The cluster key that signed the local cluster's description (``wa-relay cluster``
+    prints it too), which ``wa-cli init --cluster-key`` pins."""
+    doc = load_cluster_doc(data / "relays" / "cluster.toml")
+    if doc is None:
+        raise DemoError("the cluster file is not signed")
+    return cluster_key_text(doc.cluster_key)
+
+
 def create_account(data: Path, name: str, relay: str, urls: dict[str, str], avoid: str | None) -> dict:
     """``wa-cli init`` for ``name``; if its home is ``avoid``, start over in a fresh
     --home (rendezvous hashing of the new user_id picks the home)."""
@@ -111,7 +124,8 @@ def create_account(data: Path, name: str, relay: str, urls: dict[str, str], avoi
     for _ in range(40):
         if home.exists():
             shutil.rmtree(home)
-        acct = one(wa_cli(home, "init", "--name", name, "--relay", relay), "init")
+        acct = one(wa_cli(home, "init", "--name", name, "--relay", relay,
+                          "--cluster-key", cluster_key(data)), "init")
         nid = node_of(urls, acct["home"])
         if nid != avoid:
             say(f"   {name}: user_id {acct['user_id']}, device {acct['device_id']}, home node {nid} ({acct['home']})")

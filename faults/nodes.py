@@ -22,8 +22,14 @@ from pathlib import Path
 
 import trio
 
-from relay.config import load_cluster
-from relay.config.cluster_files import format_cluster, format_node, write_text_atomic
+from relay.config import load_cluster, load_key
+from relay.config.cluster_files import (
+    CLUSTER_KEY_FILE,
+    format_cluster,
+    format_node,
+    sign_cluster_file,
+    write_text_atomic,
+)
 from relay.config.ring import NodeInfo
 from relay.testing import LoggedProcess, child_env, file_tail, free_base_port, tool
 
@@ -53,8 +59,8 @@ class Node:
 
     @property
     def url(self) -> str:
-        """The URL in the cluster file: the proxy's."""
-        return f"ws://127.0.0.1:{self.proxy_port}"
+        """The URL in the cluster file: the proxy's (TLS passes through it untouched)."""
+        return f"wss://127.0.0.1:{self.proxy_port}"
 
     @property
     def running(self) -> bool:
@@ -111,6 +117,7 @@ class NodeSet:
             node.proxy_port = proxy_ports[info.id]
             infos.append(NodeInfo(info.id, node.url, info.public_key))
         write_text_atomic(cluster_file, format_cluster(infos))
+        sign_cluster_file(cluster_file, load_key(self.data / CLUSTER_KEY_FILE))
 
     def node_of_url(self, url: str) -> str:
         """The node id whose (proxy) URL is ``url``. Raises KeyError."""

@@ -49,7 +49,7 @@ async def make_account(world: World, name: str, rng: random.Random) -> Device:
         home.mkdir(parents=True)
         dev = Device(f"{name[0]}0", name, home, trace=world.trace)
         via = rng.choice(sorted(world.nodes.nodes.values(), key=lambda n: n.node_id))
-        out = _must(await dev.run("init", "--name", name, "--relay", via.url), f"init {name}")
+        out = _must(await dev.run("init", "--trust-on-first-use", "--name", name, "--relay", via.url), f"init {name}")
         dev.user_id, dev.device_id, dev.home_url = out["user_id"], out["device_id"], out["home"]
         if world.nodes.node_of_url(dev.home_url) not in taken:
             world.add_device(dev)

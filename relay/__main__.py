@@ -4,10 +4,11 @@ Commands (docs/operations.md)::
 
     wa-relay [--log-level LEVEL] serve --config node.toml
     wa-relay init-cluster --nodes N --base-port P --data DIR [--host H] [--reconfigure]
-                          [--admin-base-port A]
+                          [--admin-base-port A] [--insecure-loopback]
     wa-relay cluster      (the same options: init-cluster, then run every node here)
                           [--reshape]  (a data dir of another size: reshape it, with handoff)
     wa-relay reshape --config node.toml (--cluster NEW.toml | --finish)
+    wa-relay sign-cluster --cluster cluster.toml --key cluster.key [--version V]
     wa-relay --version
     wa-relay keygen --key-file FILE --id ID --url URL
     wa-relay check-config --config node.toml
@@ -21,7 +22,9 @@ Commands (docs/operations.md)::
                                                      (see relay.admin.admin_command)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
-node to stdout (flushed) once it listens, log as :mod:`relay.admin.logs` sets up
+node to stdout (flushed) once it listens, then one line ``cluster-key
+wa-cluster-...`` (the key that signed the cluster description, which users pass to
+``wa-cli init --cluster-key``; ``cluster-key none`` for an unsigned cluster file), log as :mod:`relay.admin.logs` sets up
 (stderr and each node's ``log_file``; SIGHUP reopens the files), and on SIGTERM
 or SIGINT stop gracefully (every WebSocket closed with 1001, storage flushed,
 within ``shutdown_grace``) and exit 0; a second signal stops at once. Every
@@ -58,11 +61,25 @@ from relay.admin.reshape import (
 from relay.admin.reshape import finish as reshape_finish
 from relay.admin.status import cluster_status, format_status
 from relay.admin.storage_command import storage as storage_group
-from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
-from relay.config.cluster_files import format_cluster, format_node, init_cluster, write_key
+from relay.config import (
+    ConfigError,
+    NodeConfig,
+    load_cluster,
+    load_key,
+    load_node_config,
+    parse_node_file,
+)
+from relay.config.cluster_files import (
+    format_cluster,
+    format_node,
+    init_cluster,
+    sign_cluster_file,
+    write_key,
+)
 from relay.config.loading import previous_cluster_path
 from relay.config.ring import NodeInfo, Ring
 from relay.node import serve_node
+from relay.protocol.cluster import cluster_key_text
 from storage import StorageError
 
 
@@ -116,6 +133,9 @@ async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None,
                     port = await nodes.start(partial(serve_node, cfg, stop=stop,
                                                      on_node=on_node))
                     _say(f"ready {cfg.id} {cfg.own_url(port)}")
+                doc = configs[0].cluster_doc
+                _say("cluster-key " + ("none" if doc is None
+                                       else cluster_key_text(doc.cluster_key)))
                 if watch is not None:
                     nodes.start_soon(watch.wait, len(configs), _say)
             nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for
@@ -135,6 +155,8 @@ def _run(configs: list[NodeConfig], watch: ReshapeWatch | None = None) -> None:
         raise RunFailure(f"cannot open a log file: {exc}") from exc
     try:
         trio.run(run_nodes, configs, logs, watch)
+    except* ValueError as group:
+        raise ConfigProblem(str(_first_leaf(group))) from None
     except* OSError as group:
         raise RunFailure(f"cannot run the node: {_first_leaf(group)}") from None
     except* StorageError as group:
@@ -183,6 +205,9 @@ _cluster_options = [
     click.option("--admin-base-port", type=click.IntRange(0, 65535), default=None,
                  help="Admin port of n1 (/metrics, /health, /ready on loopback); nK's is "
                       "admin-base-port + K - 1. Default: base-port + nodes. 0: none."),
+    click.option("--insecure-loopback", is_flag=True,
+                 help="Plain ws:// instead of TLS (wss:// with self-signed certificates, the "
+                      "default); only with a loopback --host (tests, proxies)."),
 ]
 _reshape_option = click.option(
     "--reshape", is_flag=True,
@@ -197,10 +222,10 @@ def _with_cluster_options(fn):
 
 
 def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
-          admin_base_port: int | None) -> list[Path]:
+          admin_base_port: int | None, insecure_loopback: bool) -> list[Path]:
     try:
         return init_cluster(data, nodes, base_port, host, reconfigure=reconfigure,
-                            admin_base_port=admin_base_port)
+                            admin_base_port=admin_base_port, tls=not insecure_loopback)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
     except OSError as exc:
@@ -210,9 +235,10 @@ def _init(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
 @main.command("init-cluster")
 @_with_cluster_options
 def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
-                     admin_base_port: int | None) -> None:
+                     admin_base_port: int | None, insecure_loopback: bool) -> None:
     """Create (or complete) the files of a local N-node cluster under --data."""
-    for path in _init(nodes, base_port, data, host, reconfigure, admin_base_port):
+    for path in _init(nodes, base_port, data, host, reconfigure, admin_base_port,
+                      insecure_loopback):
         click.echo(str(path))
 
 
@@ -220,7 +246,7 @@ def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfig
 @_with_cluster_options
 @_reshape_option
 def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
-            admin_base_port: int | None, reshape: bool) -> None:
+            admin_base_port: int | None, insecure_loopback: bool, reshape: bool) -> None:
     """Run N local nodes in this process (init-cluster first if needed).
 
     With --reshape on a data dir of another size, print what moves once done."""
@@ -228,11 +254,12 @@ def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool
     unfinished = previous_cluster_path(root / "cluster.toml").exists()
     try:
         if (reshape or unfinished) and (root / "cluster.toml").exists():
-            change = prepare_local_reshape(root, nodes, base_port, host, admin_base_port)
+            change = prepare_local_reshape(root, nodes, base_port, host, admin_base_port,
+                                           tls=not insecure_loopback)
             if change is not None:
                 _say(f"reshaping {change[0]} -> {change[1]} nodes")
         else:
-            _init(nodes, base_port, data, host, reconfigure, admin_base_port)
+            _init(nodes, base_port, data, host, reconfigure, admin_base_port, insecure_loopback)
         files = local_node_files(root)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
@@ -277,6 +304,33 @@ def reshape(config_path: Path, new_cluster: Path | None, finish: bool) -> None:
         raise ConfigProblem(str(exc)) from exc
     except OSError as exc:
         raise RunFailure(f"cannot write the cluster file: {exc}") from exc
+
+
+@main.command("sign-cluster")
+@click.option("--cluster", "cluster_path", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The cluster.toml to sign (rewritten in place).")
+@click.option("--key", "key_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The cluster key (32-byte Ed25519 seed, mode 0600); created if missing.")
+@click.option("--version", "version", type=click.IntRange(1), default=None,
+              help="The description's version (default: one more than the file's).")
+def sign_cluster_cmd(cluster_path: Path, key_path: Path, version: int | None) -> None:
+    """Sign cluster.toml with the cluster key: clients pin this key (wa-cli init
+    --cluster-key) and accept a newer description only if it signed it. Prints the key."""
+    try:
+        if key_path.exists():
+            key = load_key(key_path)
+        else:
+            key = nacl.signing.SigningKey.generate()
+            write_key(key_path, key)
+        written = sign_cluster_file(cluster_path, key, version=version)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except OSError as exc:
+        raise RunFailure(f"cannot write {cluster_path}: {exc.strerror}") from exc
+    click.echo(f"signed {cluster_path} version {written}")
+    click.echo(f"cluster-key {cluster_key_text(bytes(key.verify_key))}")
 
 
 @main.command()

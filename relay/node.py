@@ -36,8 +36,10 @@ from relay.admin.metrics import NodeMetrics
 from relay.config import NodeConfig
 from relay.config.ring import Ring
 from relay.net.admission import Admission
+from relay.net.tls import certificate_binding, server_tls_context
 from relay.net.wsio import serve_gated_websocket
 from relay.protocol import Limits
+from relay.protocol.cluster import is_loopback, verify_cluster
 from relay.services.claim_limits import ClaimLimits
 from relay.services.directory import Directory
 from relay.services.federation import Federation
@@ -81,6 +83,10 @@ class Node:
         rates: the token buckets; queue_policy: byte quotas and correspondents
             (:mod:`relay.services.limits`); registration: the registration policy.
         signing_key: the node's Ed25519 key. log: the node's logger.
+        binding: the channel binding of connections to this node (SHA-256 of its TLS
+            certificate; ``b""`` on plain loopback ``ws://``): its challenges, and the
+            ``auth``/``peer_auth`` it accepts, are signed over it.
+        cluster_doc: the signed cluster description it serves (``get_cluster``), or None.
         full_log: rate-limited warnings about ``storage_full`` refusals.
         metrics: the node's :class:`~relay.admin.metrics.NodeMetrics` (its own registry).
         sockets: the accepted WebSockets being served (:mod:`relay.serving.listener` keeps it).
@@ -98,6 +104,10 @@ class Node:
         self.config = config
         self.id = config.id
         self.signing_key = config.signing_key
+        self.binding = certificate_binding(config.tls_cert) if config.tls_cert else b""
+        self.cluster_doc = config.cluster_doc
+        self.cluster_version = (None if config.cluster_doc is None
+                                else verify_cluster(config.cluster_doc).version)
         self.log = log
         self.full_log = StorageFullLog(log)
         self.ring = Ring(config.cluster)
@@ -241,10 +251,18 @@ async def serve_node(
         task_status: ``nursery.start`` gets the bound TCP port (useful with port 0).
 
     Raises:
-        StorageError / ValueError: the storage cannot be opened.
-        OSError: the port (or the admin port) cannot be bound.
+        StorageError / ValueError: the storage cannot be opened; ValueError: no TLS
+            certificate and no ``allow_plain`` on a loopback host.
+        OSError: the port (or the admin port) cannot be bound, or the TLS files cannot
+            be read.
     """
     log = logging.getLogger(f"wa_relay.node.{config.id}")
+    tls = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        tls = server_tls_context(config.tls_cert, config.tls_key)
+    elif not (config.allow_plain and is_loopback(config.host)):
+        raise ValueError(f"node {config.id}: no TLS certificate, and plain ws:// needs "
+                         "allow_plain on a loopback host")
     check_fd_limit(config, log)
     async with AsyncExitStack() as stack:
         if storage is None:
@@ -261,7 +279,7 @@ async def serve_node(
             await nursery.start(node.forwarding.run)
             server = await nursery.start(partial(
                 serve_gated_websocket, partial(handle_websocket, node), config.host, config.port,
-                None,
+                tls,
                 message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
             ))

@@ -205,6 +205,7 @@ async def approve_link(
             proof=(linkcode.link_proof(parsed_code.secret, signed)
                    if parsed_code.secret is not None else None),
             groups=[record.signed for record in state.groups.groups.values()],
+            cluster=None if state.cluster is None else state.cluster.signed,
         )
         try:
             encoded, sent = material.fit()

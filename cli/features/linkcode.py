@@ -39,6 +39,7 @@ import nacl.public
 from cli.features.attachment import Attachment, AttachmentError
 from cli.session.group_state import SignedGroupState
 from relay.protocol import is_user_id
+from relay.protocol.cluster import SignedCluster
 from relay.protocol.frames import SignedDeviceList
 
 CODE_PREFIX = "wa1-"
@@ -183,6 +184,8 @@ class Material:
         proof: :func:`link_proof`, or ``None`` if the code had no secret.
         history_omitted: after :meth:`decode`, how many older history entries the
             primary left out to fit the frame (0 when built locally).
+        cluster: the primary's pinned cluster description (signed), which the new
+            device pins in turn, or ``None`` (not yet verified after :meth:`decode`).
     """
 
     user_id: str
@@ -194,6 +197,7 @@ class Material:
     proof: bytes | None = None
     groups: list[SignedGroupState] = field(default_factory=list)
     history_omitted: int = 0
+    cluster: SignedCluster | None = None
 
     def _map(self, history: list[dict], omitted: int) -> dict:
         return {"user_id": self.user_id, "device_id": self.device_id,
@@ -201,7 +205,10 @@ class Material:
                                 "signature": self.device_list.signature},
                 "name": self.name, "contacts": self.contacts, "history": history,
                 "history_omitted": omitted, "groups": [g.to_map() for g in self.groups],
-                "proof": self.proof}
+                "proof": self.proof,
+                "cluster": None if self.cluster is None else {
+                    "body": self.cluster.body, "signature": self.cluster.signature,
+                    "key": self.cluster.cluster_key}}
 
     def fit(self, budget: int = MATERIAL_BUDGET) -> tuple[bytes, int]:
         """msgpack of the material with as many of the *newest* history entries as fit
@@ -253,6 +260,11 @@ class Material:
         uid, did, dl, name = m.get("user_id"), m.get("device_id"), m.get("device_list"), m.get("name")
         contacts, history, proof = m.get("contacts", {}), m.get("history", []), m.get("proof")
         group_maps, omitted = m.get("groups", []), m.get("history_omitted", 0)
+        pinned = m.get("cluster")
+        cluster = None
+        if isinstance(pinned, dict) and all(isinstance(pinned.get(k), bytes)
+                                            for k in ("body", "signature", "key")):
+            cluster = SignedCluster(pinned["body"], pinned["signature"], pinned["key"])
         if not (isinstance(uid, str) and type(did) is int and isinstance(dl, dict)
                 and isinstance(dl.get("body"), bytes) and isinstance(dl.get("signature"), bytes)
                 and isinstance(name, str) and isinstance(contacts, dict)
@@ -270,7 +282,7 @@ class Material:
             groups=[SignedGroupState(g["body"], g["signature"]) for g in group_maps
                     if isinstance(g, dict) and isinstance(g.get("body"), bytes)
                     and isinstance(g.get("signature"), bytes)],
-            history_omitted=omitted,
+            history_omitted=omitted, cluster=cluster,
         )
 
 

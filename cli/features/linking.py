@@ -43,6 +43,7 @@ from cli.session.group_state import GroupStateRejected, SignedGroupState
 from cli.session.session import Session, open_session
 from cli.session.state import NewHome, State, new_home, seen_key
 from relay.protocol import DeviceList, RemoteProtocolError
+from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import Error, LinkData, LinkOpen, LinkOpened
 from relay.protocol.identity import verify_device_list
 
@@ -237,6 +238,11 @@ def save_linked(fresh: NewHome, linked: LinkedAccount, relay_url: str) -> State:
     state = fresh.create(user_id=m.user_id, device_id=m.device_id, name=m.name,
                          relay_url=relay_url, identity=linked.identity)
     state.remember_device_list(m.device_list, m.user_id)
+    if m.cluster is not None:  # the primary's pin: authentic as the proof-checked material
+        try:
+            state.cluster = PinnedCluster.verify(m.cluster, m.cluster.cluster_key)
+        except RemoteProtocolError as exc:
+            log.warning("ignoring the primary's cluster description: %s", exc)
     state.published_version = linked.device_list.version  # the primary published it
     state.contacts.update(m.contacts)
     adopt_groups(state, m.groups)

@@ -4,10 +4,19 @@
 owned socket, a reader that always drains it, a bounded writer, pipelined requests
 with a deadline each, keepalive pings), publishes the device's own signed device list
 if the home does not have it yet, authenticates (``auth``) and follows ``error
-moved`` to the user's home, saving the new URL in the state. The yielded
+moved`` to the user's home. The yielded
 :class:`Connection` translates the link's errors into the client's
 (:mod:`cli.errors`) and checks every request against the node's size budget before
 it leaves (``check_budget``).
+
+Cluster pinning (docs/protocol.md, "Cluster pinning"): every node reached must be in
+the state's pinned cluster description and have signed its challenge for this
+connection (:func:`relay.net.open_client_connection`); a newer description signed by
+the same cluster key replaces the pin. ``moved`` is followed only to a node of the
+description, and the new home URL is saved only once ``auth`` succeeded there. A
+state without a pin (made by the library API, or before pinning existed) pins the
+description of the first node it reaches, trust on first use, with a warning;
+``wa-cli init`` and ``link`` pin before connecting (:func:`pin_cluster`).
 
 Pushes: ``key_count`` goes to :attr:`Connection.on_key_count`; ``deliver``,
 ``synced`` and ``error`` (id 0, or ending the ``sync`` stream) to the bounded
@@ -35,9 +44,11 @@ from cli.errors import (
 from cli.session.sendorder import SendOrder
 from cli.session.state import State
 from relay.protocol import ErrorCode, RemoteProtocolError
+from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
 
-__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection"]
+__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
+           "open_connection", "pin_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +274,45 @@ async def _remember(state: State, url: str, answer: AuthOk) -> None:
         await state.asave()
 
 
+async def fetch_pin(url: str, cluster_key: bytes | None,
+                    connect_timeout: float) -> PinnedCluster:
+    """Get the signed cluster description from the node at ``url``: signed by
+    ``cluster_key`` (``None``: by the key it carries; the caller has the user confirm
+    it), the node in it and its challenge signed for this connection. Nothing saved.
+
+    Raises:
+        ConnectionFailed: unreachable, no description, another cluster key, a bad
+            signature, a node that is not in the description.
+        RelayError: the node refused the handshake.
+    """
+    settings = replace(CLIENT_SETTINGS, connect_timeout=connect_timeout)
+    try:
+        async with net.open_client_connection(url, agent=AGENT, settings=settings) as link:
+            return await net.fetch_cluster(link, cluster_key)
+    except net.Refused as exc:
+        raise RelayError(exc.frame) from exc
+    except net.ConnectFailed as exc:
+        raise ConnectionFailed(str(exc)) from exc
+
+
+async def pin_cluster(state: State, url: str, cluster_key: bytes | None, *,
+                      connect_timeout: float) -> PinnedCluster:
+    """Get the signed cluster description from the node at ``url`` and pin it in
+    ``state`` (saved): signed by ``cluster_key``, or, with ``None``, by the key it
+    carries (trust on first use: the caller has the user confirm
+    :func:`~relay.protocol.cluster.cluster_key_text` of it). The node must be in it
+    and have signed its challenge for this connection.
+
+    Raises:
+        ConnectionFailed: unreachable, no description, another cluster key, a bad
+            signature, a node that is not in the description.
+    """
+    pin = await fetch_pin(url, cluster_key, connect_timeout)
+    state.cluster = pin
+    await state.asave()
+    return pin
+
+
 @asynccontextmanager
 async def open_connection(
     nursery: trio.Nursery | None, state: State, *, connect_timeout: float,
@@ -280,6 +330,11 @@ async def open_connection(
     breaks off the handshake) the next one is tried, once each, in order. The one
     that answered becomes ``state.relay_url``.
 
+    Every node reached must be a node of the pinned cluster (``state.cluster``,
+    docs/cli.md "Pinning the cluster") and sign its challenge for this connection;
+    ``moved`` is followed only within it, and a new home is saved only after its
+    ``auth_ok``.
+
     Args:
         nursery: unused (the link runs its own tasks); kept for callers.
         state: the device state; ``relay_url``, ``relay_urls`` and
@@ -293,6 +348,10 @@ async def open_connection(
         RelayError: refused (``unknown_user``, ``unauthorized``, ...).
     """
     settings = replace(settings, connect_timeout=connect_timeout)
+    if state.cluster is None:
+        log.warning("no pinned cluster: trusting the description of %s on first use",
+                    state.relay_url)
+        await pin_cluster(state, state.relay_url, None, connect_timeout=connect_timeout)
     first: ClientError | None = None
     for start in _candidates(state):
         stack = AsyncExitStack()
@@ -333,8 +392,13 @@ async def _connect_from(
             async with AsyncExitStack() as attempt:
                 try:
                     try:
-                        link = await attempt.enter_async_context(
-                            net.open_client_connection(candidate, agent=AGENT, settings=settings))
+                        link = await attempt.enter_async_context(net.open_client_connection(
+                            candidate, agent=AGENT, settings=settings, cluster=state.cluster))
+                        if link.cluster is not None and link.cluster is not state.cluster:
+                            log.info("cluster description version %d replaces version %d",
+                                     link.cluster.version, state.cluster.version)
+                            state.cluster = link.cluster
+                            await state.asave()
                         result = await _authenticate(link, state)
                     except net.Refused as exc:  # to hello
                         raise RelayError(exc.frame) from exc
@@ -348,7 +412,7 @@ async def _connect_from(
                     continue
                 if isinstance(result, AuthOk):
                     stack.push_async_exit(attempt.pop_all())
-                    await _remember(state, candidate, result)
+                    await _remember(state, candidate, result)  # only now: the node proved itself
                     if result.cluster and result.cluster != state.cluster_urls:
                         state.cluster_urls = list(result.cluster)
                         await state.asave()
@@ -356,6 +420,10 @@ async def _connect_from(
             break  # moved
         if result == url:
             raise ConnectionFailed(f"{url} redirects to itself")
+        if state.cluster.description.node_at(result) is None:
+            raise ConnectionFailed(
+                f"{url} redirects to {result}, which is not a node of the pinned cluster; "
+                f"refused (the saved home stays {state.relay_url})")
         log.info("home moved: %s -> %s", url, result)
         url = result
     raise ConnectionFailed(f"too many redirects (last: {url})")

@@ -55,6 +55,7 @@ from cli.session.statecodec import CachedList, SessionSet
 from cli.session.statestore import StateStore
 from cli.session.vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
+from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import SignedDeviceList
 
 __all__ = [
@@ -119,6 +120,8 @@ class State:
         # user_id -> highest device-list version seen (lists, and hints in messages)
         self.highest_list: dict[str, int] = {}
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
+        # the pinned cluster description (cli.connection): nodes, their keys, cluster key
+        self.cluster: PinnedCluster | None = None
 
     # ----------------------------------------------------------- queries
 

@@ -10,7 +10,8 @@ Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
      identity: str (vodozemac pickle), published_version, contacts: {alias: user_id},
      device_lists: [[body, signature, user_id]], sessions: [[user_id, device_id,
      identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
-     groups: {...} (cli.groups), pending_withdrawals: [device_id, ...]}
+     groups: {...} (cli.groups), pending_withdrawals: [device_id, ...],
+     cluster: [body, signature, cluster_key] | None (the pinned cluster description)}
 
 History and dedupe keys are in the journal. Formats 1 and 2 kept them in the map
 (``seen``: a list of keys / their concatenation; ``history``: a list of maps / a
@@ -35,6 +36,7 @@ from cli.session.groups import GroupStore
 from cli.session.inbox import Inbox
 from cli.session.prekeys import FallbackInfo
 from relay.protocol import DeviceList, verify_device_list
+from relay.protocol.cluster import PinnedCluster, SignedCluster
 from relay.protocol.frames import SignedDeviceList
 
 __all__ = [
@@ -133,6 +135,9 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "pending_withdrawals": sorted(state.pending_withdrawals),
         "last_seen": [[uid, did, ts] for (uid, did), ts in state.last_seen.items()],
         "groups": state.groups.to_map(pk),
+        "cluster": (None if state.cluster is None else
+                    [state.cluster.signed.body, state.cluster.signed.signature,
+                     state.cluster.key]),
     }
 
 
@@ -165,6 +170,10 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
     state.groups = GroupStore.from_map(m.get("groups"), pk)
     state.fallback = FallbackInfo.from_map(m.get("fallback"))
     state.highest_list = {u: v for u, v in m.get("highest_list", [])}
+    pinned = m.get("cluster")
+    if pinned is not None:
+        body, sig, key = pinned
+        state.cluster = PinnedCluster.verify(SignedCluster(body, sig, key), key)
 
 
 class SeenIds:

@@ -85,9 +85,12 @@ def local_node_files(root: Path) -> list[Path]:
 
 
 def prepare_local_reshape(
-    root: Path, nodes: int, base_port: int, host: str, admin_base_port: int | None,
+    root: Path, nodes: int, base_port: int, host: str, admin_base_port: int | None, *,
+    tls: bool = True,
 ) -> tuple[int, int] | None:
-    """Reshape the local cluster under ``root`` to ``nodes`` nodes (``--reshape``).
+    """Reshape the local cluster under ``root`` to ``nodes`` nodes (``--reshape``);
+    ``tls`` as for :func:`~relay.config.cluster_files.init_cluster` (the new cluster
+    file is signed again with the cluster's key, under a higher version).
 
     Admin ports default to ``base_port + max(old, new count)`` onwards while the
     reshape is unfinished (clear of every node port of both sizes).
@@ -107,7 +110,7 @@ def prepare_local_reshape(
     if [n.id for n in old] == wanted:
         if prev.exists() and admin_base_port is None:
             admin_base_port = base_port + max(len(load_cluster(prev)), nodes)
-        init_cluster(root, nodes, base_port, host, admin_base_port=admin_base_port)
+        init_cluster(root, nodes, base_port, host, admin_base_port=admin_base_port, tls=tls)
         return None
     if prev.exists():
         raise ReshapeError(
@@ -117,7 +120,7 @@ def prepare_local_reshape(
     if admin_base_port is None:  # clear of the node ports of both sizes
         admin_base_port = base_port + max(len(old), nodes)
     init_cluster(root, nodes, base_port, host, reconfigure=True,
-                 admin_base_port=admin_base_port)
+                 admin_base_port=admin_base_port, tls=tls)
     return len(old), nodes
 
 

@@ -37,8 +37,10 @@ from typing import Any
 
 from .loading import (
     ENV_PREFIX,
+    cluster_description,
     env_overrides,
     load_cluster,
+    load_cluster_doc,
     load_key,
     load_node_config,
     parse_node_file,
@@ -69,7 +71,7 @@ __all__ = [
     "DEFAULT_MAX_MAILBOXES_PER_IP", "DEFAULT_MAX_MEDIA_SIZE", "DEFAULT_MAX_PENDING_PER_IP",
     "DEFAULT_MAX_QUEUE", "DEFAULT_MEDIA_QUOTA", "DEFAULT_MEDIA_TTL", "DEFAULT_MEDIA_UPLOAD_TTL",
     "DEFAULT_QUEUE_TTL", "DEFAULT_SHUTDOWN_GRACE", "ENV_PREFIX", "NODE_SETTINGS", "ConfigError",
-    "NodeConfig", "NodeFile", "env_overrides", "load_cluster", "load_key", "load_node_config",
+    "NodeConfig", "NodeFile", "cluster_description", "env_overrides", "load_cluster", "load_cluster_doc", "load_key", "load_node_config",
     "parse_node_file", "read_toml", "resolve_storage_url",
 ]
 

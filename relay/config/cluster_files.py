@@ -19,26 +19,71 @@ import nacl.signing
 import tomli_w
 
 from relay.config import (
+    DEFAULT_MAX_FRAME,
     NODE_SETTINGS,
     ConfigError,
     NodeFile,
+    cluster_description,
     load_cluster,
     load_key,
     read_toml,
 )
+from relay.config.certs import write_self_signed
 from relay.config.ring import NodeInfo
+from relay.protocol.cluster import cluster_key_text, is_loopback, sign_cluster
+
+CLUSTER_KEY_FILE = "cluster.key"
+"""The local cluster's cluster key (Ed25519 seed, 0600) beside ``cluster.toml``."""
 
 
-def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
+def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo],
+                   signed_by: nacl.signing.SigningKey | None = None, *, version: int = 1,
+                   max_frame: int = DEFAULT_MAX_FRAME, max_envelope: int = 0) -> str:
     """The text of a cluster file for ``nodes``: one ``[[node]]`` table each (tomli-w
     would write short ones as an inline array); ``urls`` for a node with several
-    addresses, else ``url``."""
-    return "\n".join(
+    addresses, else ``url``. With ``signed_by`` (the cluster key), first the signed
+    description's fields: ``version``, ``max_frame``, ``max_envelope``,
+    ``cluster_key`` and the ``signature`` over all of it
+    (:func:`relay.config.load_cluster_doc` checks it)."""
+    head = ""
+    if signed_by is not None:
+        doc = sign_cluster(signed_by, cluster_description(nodes, version, max_frame,
+                                                          max_envelope))
+        head = tomli_w.dumps({
+            "version": version, "max_frame": max_frame, "max_envelope": max_envelope,
+            "cluster_key": cluster_key_text(doc.cluster_key),
+            "signature": base64.b64encode(doc.signature).decode("ascii"),
+        }) + "\n"
+    return head + "\n".join(
         "[[node]]\n" + tomli_w.dumps({
             "id": n.id, **({"url": n.url} if len(n.urls) == 1 else {"urls": list(n.urls)}),
             "public_key": base64.b64encode(n.public_key).decode("ascii")})
         for n in nodes
     )
+
+
+def sign_cluster_file(cluster_file: Path, cluster_key: nacl.signing.SigningKey, *,
+                      version: int | None = None, max_frame: int | None = None,
+                      max_envelope: int | None = None) -> int:
+    """Sign ``cluster_file`` (again) with ``cluster_key``: its nodes, the size budget
+    (kept unless given; default :data:`DEFAULT_MAX_FRAME`/0) and ``version`` (default:
+    one more than the file's). Returns the version written.
+
+    Raises:
+        ConfigError: an unreadable or invalid file, or a version that does not grow.
+    """
+    nodes = load_cluster(cluster_file)
+    data = read_toml(cluster_file)
+    old = int(data.get("version", 0))
+    version = old + 1 if version is None else version
+    if version <= old:
+        raise ConfigError(f"{cluster_file}: version {version} does not grow (it is {old})")
+    text = format_cluster(
+        nodes, cluster_key, version=version,
+        max_frame=max_frame or int(data.get("max_frame") or DEFAULT_MAX_FRAME),
+        max_envelope=int(data.get("max_envelope", 0)) if max_envelope is None else max_envelope)
+    write_text_atomic(cluster_file, text)
+    return version
 
 
 def format_node(fields: dict[str, Any]) -> str:
@@ -85,6 +130,12 @@ def _describe_nodes(nodes: list[tuple[str, str]]) -> str:
     return ", ".join(f"{node_id} {url}" for node_id, url in nodes)
 
 
+def _no_scheme(url: str) -> str:
+    """``host:port`` of a ws(s) URL: switching a local cluster between ws:// and wss://
+    moves nobody."""
+    return url.split("://", 1)[-1]
+
+
 def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
     """Refuse to change the cluster file already under ``root``.
 
@@ -106,7 +157,7 @@ def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
         raise ClusterMismatch(
             f"{exc}\nFix the file, or pass --reconfigure to write a new one."
         ) from exc
-    if existing == wanted:
+    if [(i, _no_scheme(u)) for i, u in existing] == [(i, _no_scheme(u)) for i, u in wanted]:
         return
     removed = [node_id for node_id, _ in existing if node_id not in dict(wanted)]
     consequences = ["users move to other home nodes, and their queued messages stay behind"]
@@ -131,7 +182,7 @@ def default_admin_base_port(nodes: int, base_port: int) -> int:
 
 def init_cluster(
     data_dir: str | os.PathLike[str], nodes: int, base_port: int, host: str = "127.0.0.1",
-    *, reconfigure: bool = False, admin_base_port: int | None = None,
+    *, reconfigure: bool = False, admin_base_port: int | None = None, tls: bool = True,
 ) -> list[Path]:
     """Create (or complete) a local cluster layout under ``data_dir``.
 
@@ -141,6 +192,12 @@ def init_cluster(
     :func:`default_admin_base_port`; 0 = none), storage ``lmdb://data`` and
     ``log_file = "node.log"`` (both relative to ``nK/``), and every other setting
     with its default. Directories are created 0700, keys 0600.
+
+    Trust (docs/operations.md, "TLS and the cluster key"): a cluster key
+    ``DIR/cluster.key`` (made once) signs ``cluster.toml`` (the description that
+    clients pin; its ``version`` grows whenever its content changes). With ``tls``
+    (the default) every node gets a self-signed certificate ``nK/tls.{crt,key}`` and a
+    ``wss://`` URL; without, plain ``ws://`` with ``allow_plain`` (loopback hosts only).
 
     Existing key files are kept, so a restart resumes with the same identities
     and data. An existing ``node.toml`` keeps its other settings; its id, host,
@@ -158,7 +215,8 @@ def init_cluster(
 
     Raises:
         ClusterMismatch: see above (a :class:`ConfigError`).
-        ConfigError: bad arguments, or an unreadable existing key file.
+        ConfigError: bad arguments (plain ``ws://`` on a host that is not loopback), or
+            an unreadable existing key file.
     """
     if nodes < 1 or not 0 < base_port <= 65535 - (nodes - 1):
         raise ConfigError("need --nodes >= 1 and ports within 1..65535")
@@ -167,10 +225,20 @@ def init_cluster(
     if admin_base_port and not 0 < admin_base_port <= 65535 - (nodes - 1):
         raise ConfigError("admin ports must be within 1..65535 (--admin-base-port 0: none)")
     root = Path(data_dir).resolve()
+    scheme = "wss" if tls else "ws"
+    if not tls and not is_loopback(host):
+        raise ConfigError(f"plain ws:// (--insecure-loopback) needs a loopback --host, not {host!r}")
     if not reconfigure:
         check_existing_cluster(
-            root, [(f"n{k}", f"ws://{host}:{base_port + k - 1}") for k in range(1, nodes + 1)])
+            root, [(f"n{k}", f"{scheme}://{host}:{base_port + k - 1}")
+                   for k in range(1, nodes + 1)])
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cluster_key_path = root / CLUSTER_KEY_FILE
+    if cluster_key_path.exists():
+        cluster_key = load_key(cluster_key_path)
+    else:
+        cluster_key = nacl.signing.SigningKey.generate()
+        write_key(cluster_key_path, cluster_key)
     infos: list[NodeInfo] = []
     node_files: list[Path] = []
     for k in range(1, nodes + 1):
@@ -184,18 +252,44 @@ def init_cluster(
         else:
             key = nacl.signing.SigningKey.generate()
             write_key(key_path, key)
-        infos.append(NodeInfo(node_id, f"ws://{host}:{port}", bytes(key.verify_key)))
+        infos.append(NodeInfo(node_id, f"{scheme}://{host}:{port}", bytes(key.verify_key)))
+        transport: dict[str, Any] = {"tls_cert": "", "tls_key": "", "allow_plain": True}
+        if tls:
+            if not (node_dir / "tls.key").exists():
+                write_self_signed(node_dir / "tls.crt", node_dir / "tls.key", host, node_id)
+            transport = {"tls_cert": "tls.crt", "tls_key": "tls.key", "allow_plain": False}
         node_file = node_dir / "node.toml"
         node_files.append(node_file)
         _write_node_file(node_file, {
             "id": node_id, "host": host, "port": port,
-            "admin_port": admin_base_port + k - 1 if admin_base_port else 0,
+            "admin_port": admin_base_port + k - 1 if admin_base_port else 0, **transport,
         })
-    cluster_file = root / "cluster.toml"
-    text = format_cluster(infos)
-    if not cluster_file.exists() or cluster_file.read_text(encoding="utf-8") != text:
-        write_text_atomic(cluster_file, text)
+    _write_signed_cluster(root / "cluster.toml", infos, cluster_key, node_files[0])
     return node_files
+
+
+def _write_signed_cluster(cluster_file: Path, infos: list[NodeInfo],
+                          cluster_key: nacl.signing.SigningKey, first_node: Path) -> None:
+    """Write ``cluster_file`` signed by ``cluster_key``, with the size budget of
+    ``first_node``; its version grows only when its content changes."""
+    budget = read_toml(first_node)
+    max_frame = int(budget.get("max_frame", DEFAULT_MAX_FRAME))
+    max_envelope = int(budget.get("max_envelope", 0))
+    version = 1
+    if cluster_file.exists():
+        try:
+            old = read_toml(cluster_file)
+        except ConfigError:
+            old = {}
+        version = int(old.get("version", 0)) or 1
+        same = format_cluster(infos, cluster_key, version=version, max_frame=max_frame,
+                              max_envelope=max_envelope)
+        if cluster_file.read_text(encoding="utf-8") == same:
+            return
+        if old.get("version"):
+            version += 1
+    write_text_atomic(cluster_file, format_cluster(
+        infos, cluster_key, version=version, max_frame=max_frame, max_envelope=max_envelope))
 
 
 def _write_node_file(node_file: Path, wanted: dict[str, Any]) -> None:

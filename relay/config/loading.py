@@ -35,7 +35,15 @@ import msgspec
 import nacl.signing
 
 from relay.config.ring import NodeInfo
-from relay.protocol import Limits
+from relay.protocol import Limits, RemoteProtocolError
+from relay.protocol import cluster as cluster_protocol
+from relay.protocol.cluster import (
+    ClusterDescription,
+    SignedCluster,
+    is_loopback,
+    parse_cluster_key,
+    verify_cluster,
+)
 from storage import UnknownBackend
 from storage.registry import default_registry
 
@@ -135,12 +143,55 @@ def load_cluster(path: str | os.PathLike[str]) -> tuple[NodeInfo, ...]:
     Raises:
         ConfigError: unreadable file, no ``[[node]]``, a bad or unknown field, duplicate ids.
     """
+    return _read_cluster(Path(path))[1]
+
+
+def load_cluster_doc(path: str | os.PathLike[str]) -> SignedCluster | None:
+    """The signed cluster description of a cluster file (its ``version``,
+    ``max_frame``, ``max_envelope``, ``cluster_key`` and ``signature`` over its nodes),
+    or ``None`` if the file is not signed (``version`` 0).
+
+    Raises:
+        ConfigError: as :func:`load_cluster`; a bad cluster key, or a signature that does
+            not verify (the file was changed after it was signed: sign it again with
+            ``wa-relay sign-cluster``).
+    """
     path = Path(path)
+    parsed, nodes = _read_cluster(path)
+    if not parsed.version:
+        return None
+    try:
+        key = parse_cluster_key(parsed.cluster_key)
+        signature = base64.b64decode(parsed.signature, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"{path}: cluster_key/signature: {exc}") from None
+    description = cluster_description(nodes, parsed.version, parsed.max_frame,
+                                      parsed.max_envelope)
+    signed = SignedCluster(description.encode(), signature, key)
+    try:
+        verify_cluster(signed, key)
+    except RemoteProtocolError as exc:
+        raise ConfigError(f"{path}: {exc.message} (the file changed after it was signed? "
+                          "sign it again: wa-relay sign-cluster)") from None
+    return signed
+
+
+def cluster_description(nodes: tuple[NodeInfo, ...] | list[NodeInfo], version: int,
+                        max_frame: int, max_envelope: int = 0) -> ClusterDescription:
+    """The :class:`ClusterDescription` of a cluster file's nodes and fields."""
+    return ClusterDescription(
+        version, tuple(sorted((cluster_protocol.ClusterNode(n.id, n.url, n.public_key)
+                               for n in nodes),
+                              key=lambda n: n.id)), max_frame, max_envelope)
+
+
+def _read_cluster(path: Path) -> tuple[ClusterFile, tuple[NodeInfo, ...]]:
     data = read_toml(path)
     if not data.get("node"):
         raise ConfigError(f"{path}: expected at least one [[node]] table")
     parsed: ClusterFile = _convert(data, ClusterFile, str(path),
-                                   ("node", *ClusterNode.__struct_fields__))
+                                   (*ClusterFile.__struct_fields__,
+                                    *ClusterNode.__struct_fields__))
     nodes: list[NodeInfo] = []
     for i, entry in enumerate(parsed.node):
         where = f"{path}: [[node]] #{i + 1}"
@@ -155,7 +206,7 @@ def load_cluster(path: str | os.PathLike[str]) -> tuple[NodeInfo, ...]:
     ids = [n.id for n in nodes]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: duplicate node id")
-    return tuple(nodes)
+    return parsed, tuple(nodes)
 
 
 def _node_urls(entry: ClusterNode, where: str) -> tuple[str, ...]:
@@ -305,6 +356,7 @@ def load_node_config(
     cluster = load_cluster(rel(f.cluster))
     prev_path = previous_cluster_path(rel(f.cluster))
     previous = load_cluster(prev_path) if prev_path.exists() else ()
+    cluster_doc = load_cluster_doc(rel(f.cluster))
     key_path = rel(f.key_file)
     key = load_key(key_path)
     me = next((n for n in (*cluster, *previous) if n.id == f.id), None)
@@ -314,6 +366,13 @@ def load_node_config(
         raise ConfigError(f"{where}: key_file does not match the public key of {f.id!r}")
     if len(me.urls) > 1:
         storage = shared_storage_url(storage, f.id, where)
+    tls_cert, tls_key = _check_transport(f, me, where, rel)
+    if cluster_doc is not None:
+        budget = verify_cluster(cluster_doc)
+        if (budget.max_frame, budget.max_envelope) != (f.max_frame, f.max_envelope):
+            raise ConfigError(
+                f"{where}: max_frame/max_envelope ({f.max_frame}/{f.max_envelope}) differ from "
+                f"the signed cluster description's ({budget.max_frame}/{budget.max_envelope})")
     return NodeConfig(
         id=f.id, host=f.host, port=f.port, cluster=cluster, signing_key=key, storage=storage,
         log_file=rel(f.log_file) if f.log_file else None, log_level=f.log_level,
@@ -329,6 +388,7 @@ def load_node_config(
         max_pending=f.max_pending,
         otk_claim_burst=f.otk_claim_burst, key_claims_per_account=f.key_claims_per_account,
         key_file=key_path, previous_cluster=previous, abuse=AbuseLimits.from_settings(f),
+        tls_cert=tls_cert, tls_key=tls_key, allow_plain=f.allow_plain, cluster_doc=cluster_doc,
     )
 
 
@@ -337,3 +397,30 @@ def previous_cluster_path(cluster_path: Path) -> Path:
     beside the cluster file (docs/operations.md, "Reshaping a cluster"). A node
     removed by the reshape is listed there only; it drains, then stops."""
     return cluster_path.with_name(cluster_path.name + ".prev")
+
+
+def _check_transport(f: NodeFile, me: NodeInfo, where: str,
+                     rel) -> tuple[Path | None, Path | None]:
+    """``(tls_cert, tls_key)`` resolved, after the transport rules (docs/operations.md,
+    "TLS"): both or neither; without them ``allow_plain`` and a loopback host; the
+    node's URL in the cluster file ``wss://`` with TLS, ``ws://`` without."""
+    if bool(f.tls_cert) != bool(f.tls_key):
+        raise ConfigError(f"{where}: tls_cert and tls_key go together")
+    if f.tls_cert:
+        if not me.url.startswith("wss://"):
+            raise ConfigError(f"{where}: the node serves TLS, its cluster URL must be wss://, "
+                              f"not {me.url}")
+        cert, key = rel(f.tls_cert), rel(f.tls_key)
+        for p in (cert, key):
+            if not p.is_file():
+                raise ConfigError(f"{where}: {p}: file not found")
+        return cert, key
+    if not f.allow_plain:
+        raise ConfigError(f"{where}: no tls_cert/tls_key: give them (wss://), or set "
+                          "allow_plain = true for a loopback-only node (ws://)")
+    if not is_loopback(f.host):
+        raise ConfigError(f"{where}: allow_plain (ws://) is for loopback hosts only, not "
+                          f"{f.host!r}; give tls_cert and tls_key")
+    if not me.url.startswith("ws://"):
+        raise ConfigError(f"{where}: a plain node's cluster URL must be ws://, not {me.url}")
+    return None, None

@@ -10,6 +10,7 @@ import nacl.signing
 
 from relay.config.abuse import AbuseLimits
 from relay.config.ring import NodeInfo
+from relay.protocol.cluster import SignedCluster
 
 from .schema import (
     DEFAULT_ADMIN_HOST,
@@ -90,6 +91,11 @@ class NodeConfig:
             (:mod:`relay.services.handoff`).
         abuse: quotas, rate limits, device count, registration policy
             (:class:`~relay.config.abuse.AbuseLimits`).
+        tls_cert, tls_key: the node's TLS certificate chain and key (PEM); ``None``:
+            plain ``ws://``, which needs ``allow_plain`` and a loopback ``host``.
+        allow_plain: listen on plain ``ws://`` (loopback only) when there is no TLS.
+        cluster_doc: the signed cluster description served to clients
+            (``get_cluster``), or ``None`` (clients cannot pin this cluster).
     """
 
     id: str
@@ -125,6 +131,10 @@ class NodeConfig:
     key_file: Path | None = None
     previous_cluster: tuple[NodeInfo, ...] = ()
     abuse: AbuseLimits = AbuseLimits()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_plain: bool = False
+    cluster_doc: SignedCluster | None = None
 
     @property
     def node(self) -> NodeInfo:

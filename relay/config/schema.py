@@ -129,6 +129,9 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     address_rate_factor: Annotated[float, Meta(ge=1)] = _A["address_rate_factor"]
     otk_claim_burst: Count = DEFAULT_OTK_CLAIM_BURST
     key_claims_per_account: Count = DEFAULT_KEY_CLAIMS_PER_ACCOUNT
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_plain: bool = False
 
 
 class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -143,10 +146,18 @@ class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     urls: list[NonEmpty] | None = None
 
 
-class ClusterFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``cluster.toml``: at least one ``[[node]]``."""
+class ClusterFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``cluster.toml``: at least one ``[[node]]``, and the signed cluster description's
+    fields (docs/operations.md, "Cluster key"): ``version`` (0: not signed),
+    ``max_frame``/``max_envelope`` (the size budget it announces), ``cluster_key``
+    (``wa-cluster-...``) and ``signature`` (standard base64)."""
 
     node: Annotated[list[ClusterNode], Meta(min_length=1)]
+    version: Annotated[int, Meta(ge=0)] = 0
+    max_frame: Annotated[int, Meta(ge=0)] = 0
+    max_envelope: Bytes = 0
+    cluster_key: str = ""
+    signature: str = ""
 
 
 NODE_SETTINGS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(NodeFile))

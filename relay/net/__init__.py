@@ -15,6 +15,7 @@ from relay.protocol.keepalive import KeepaliveConfig
 from .client import (
     PEER_SETTINGS,
     authenticate,
+    fetch_cluster,
     handshake_step,
     open_client_connection,
     open_peer_connection,
@@ -34,7 +35,7 @@ from .websocket import CLOSE_TIMEOUT, OwnedWebSocket, closed_text, failed_text, 
 __all__ = [
     "CLOSE_TIMEOUT", "DEFAULT_SETTINGS", "PEER_SETTINGS", "ConnectFailed", "ConnectionLost",
     "FrameTooLarge", "HandshakeFailed", "KeepaliveConfig", "Link", "LinkSettings", "NetError", "OwnedWebSocket",
-    "Refused", "RequestTimeout", "authenticate", "closed_text", "failed_text",
+    "Refused", "RequestTimeout", "authenticate", "closed_text", "failed_text", "fetch_cluster",
     "handshake_step", "open_client_connection", "open_link", "open_peer_connection",
     "open_websocket",
 ]

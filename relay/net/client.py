@@ -5,9 +5,19 @@ same without ``auth``) and a node's outgoing peer link (``hello`` -> ``challenge
 :class:`~relay.protocol.handshake.Handshake`; the handshake requests travel over the
 link like any other request (same reader, writer and keepalive).
 
+Node identity (docs/protocol.md, "Cluster pinning"): a client that pinned the
+cluster passes its :class:`~relay.protocol.cluster.PinnedCluster`; the node's
+challenge must then be signed by a node of that description (the one at ``url``, if
+the URL is listed) over this connection's channel binding, else the connection is
+refused before anything is sent. A node announcing a newer description gets asked
+for it (``get_cluster``): it replaces the pin only if the same cluster key signed
+it (``link.cluster`` holds the pin the link was checked against). Without a pin
+(first contact), :func:`fetch_cluster` gets the description and checks the node
+against it.
+
 Usage (a device)::
 
-    async with open_client_connection(url, agent="wa-cli/0.1") as link:
+    async with open_client_connection(url, agent="wa-cli/0.1", cluster=pin) as link:
         link.handshake.challenge            # node id, size budget
         await link.request(PutDevices(...)) # allowed before auth
         ok = await authenticate(link, user_id, device_id, sign)
@@ -21,15 +31,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-from relay.protocol import DEFAULT_LIMITS, Limits, RemoteProtocolError
-from relay.protocol.frames import AuthOk, Frame
+from relay.protocol import DEFAULT_LIMITS, ErrorCode, Limits, RemoteProtocolError
+from relay.protocol.cluster import PinnedCluster, SignedCluster
+from relay.protocol.frames import AuthOk, ClusterInfo, Error, Frame, GetCluster
 from relay.protocol.handshake import Handshake, HandshakeRefused, Signer
 
 from .errors import ConnectFailed, ConnectionLost, HandshakeFailed, Refused, RequestTimeout
 from .link import DEFAULT_SETTINGS, Link, LinkSettings, open_link
 
-__all__ = ["PEER_SETTINGS", "authenticate", "handshake_step", "open_client_connection",
-           "open_peer_connection"]
+__all__ = ["PEER_SETTINGS", "authenticate", "fetch_cluster", "handshake_step",
+           "open_client_connection", "open_peer_connection"]
 
 PEER_SETTINGS = LinkSettings(connect_timeout=5.0, request_timeout=None, push_buffer=0,
                              message_queue=4, strict=True, shield_close=False)
@@ -65,10 +76,69 @@ async def _hello(link: Link, handshake: Handshake) -> None:
     await handshake_step(link, handshake.hello(), handshake.receive_challenge)
 
 
+def _cluster_answer(frame: Frame) -> Frame:
+    if isinstance(frame, Error):
+        raise RemoteProtocolError(ErrorCode.NOT_FOUND,
+                                  f"the node serves no signed cluster description ({frame.code})")
+    if not isinstance(frame, ClusterInfo):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unexpected answer to get_cluster: "
+                                                       f"{frame.TYPE}")
+    return frame
+
+
+async def fetch_cluster(link: Link, cluster_key: bytes | None) -> PinnedCluster:
+    """Ask the node for its signed cluster description (``get_cluster``), check it is
+    signed by ``cluster_key`` (``None``: by the key it carries, trust on first use), and
+    check the node's challenge against it (:meth:`Handshake.verify_node`); the link's
+    :attr:`cluster` is set to it.
+
+    Raises:
+        HandshakeFailed: no description, another cluster key, a bad signature, or a
+            node that is not in it or did not sign its challenge for this connection.
+        ConnectFailed: as :func:`handshake_step`.
+    """
+    answer = await handshake_step(link, GetCluster(id=0), _cluster_answer)
+    assert isinstance(answer, ClusterInfo)
+    signed = SignedCluster(answer.body, answer.signature, answer.cluster_key)
+    handshake: Handshake = link.handshake
+    try:
+        pin = PinnedCluster.verify(signed, cluster_key)
+        if handshake.expect_node_id is None:
+            at = pin.description.node_at(link.url)
+            handshake.expect_node_id = at.id if at is not None else None
+        handshake.verify_node(pin.description)
+    except RemoteProtocolError as exc:
+        raise HandshakeFailed(f"{link.url}: {exc.message}") from exc
+    link.cluster = pin
+    return pin
+
+
+async def _check_node(link: Link, handshake: Handshake, pin: PinnedCluster) -> None:
+    """Check the challenge against ``pin`` (or a newer description the node serves)."""
+    ch = handshake.challenge
+    assert ch is not None
+    if ch.cluster_version is not None and ch.cluster_version > pin.version:
+        answer = await handshake_step(link, GetCluster(id=0), _cluster_answer)
+        assert isinstance(answer, ClusterInfo)
+        try:
+            pin = pin.newer(SignedCluster(answer.body, answer.signature, answer.cluster_key))
+        except RemoteProtocolError as exc:
+            raise HandshakeFailed(f"{link.url}: {exc.message}") from exc
+    if handshake.expect_node_id is None:
+        at = pin.description.node_at(link.url)
+        handshake.expect_node_id = at.id if at is not None else None
+    try:
+        handshake.verify_node(pin.description)
+    except RemoteProtocolError as exc:
+        raise HandshakeFailed(f"{link.url}: {exc.message}") from exc
+    link.cluster = pin
+
+
 @asynccontextmanager
 async def open_client_connection(
     url: str, *, agent: str, settings: LinkSettings = DEFAULT_SETTINGS,
     limits: Limits = DEFAULT_LIMITS, expect_node_id: str | None = None,
+    cluster: PinnedCluster | None = None,
 ) -> AsyncIterator[Link]:
     """Connect to a node as a client (a device or a linking device) and yield the link
     once the node's ``challenge`` is accepted; on exit the link closes.
@@ -81,17 +151,27 @@ async def open_client_connection(
         agent: sent in ``hello`` (e.g. ``"wa-cli/0.1"``).
         settings: timeouts, keepalive, window, buffers (:class:`LinkSettings`).
         limits: decoding limits for what the node sends.
-        expect_node_id: refuse a node announcing another id.
+        expect_node_id: refuse a node announcing another id (default with ``cluster``:
+            the node listed at ``url``, if any).
+        cluster: the pinned cluster: the node must be in it and have signed its
+            challenge for this connection (see the module docstring); ``link.cluster``
+            is the pin it was checked against (newer than ``cluster`` if the node
+            served a newer one). ``None``: the node is not checked.
 
     Raises:
-        ConnectFailed: unreachable, refused at the WebSocket handshake, timed out, closed.
-        HandshakeFailed: a wrong answer to ``hello``.
+        ConnectFailed: unreachable, plain ``ws://`` to a host that is not loopback,
+            refused at the WebSocket handshake, timed out, closed.
+        HandshakeFailed: a wrong answer to ``hello``; with ``cluster``, a node that is
+            not in the pinned cluster or whose challenge does not verify.
         Refused: ``error`` answering ``hello`` (``unsupported_version``).
     """
     async with open_link(url, settings=settings, limits=limits) as link:
-        handshake = Handshake("client", agent, expect_node_id=expect_node_id)
+        handshake = Handshake("client", agent, expect_node_id=expect_node_id,
+                              binding=link.socket.binding)
         await _hello(link, handshake)
         link.max_send = handshake.limits.max_frame
+        if cluster is not None:
+            await _check_node(link, handshake, cluster)
         yield link
 
 
@@ -142,7 +222,8 @@ async def open_peer_connection(
     settings = replace(settings, max_message=peer_limits.max_frame + 4096)
     async with open_link(url, settings=settings, limits=peer_limits) as link:
         handshake = Handshake("peer", f"wa-relay/{node_id}", expect_node_id=peer_id,
-                              ring_version=ring_version, budget=budget, peer_key=peer_key)
+                              ring_version=ring_version, budget=budget, peer_key=peer_key,
+                              binding=link.socket.binding)
         await _hello(link, handshake)
         await handshake_step(link, handshake.peer_auth(node_id, sign, os.urandom(32)),
                              handshake.receive_peer_auth_ok)

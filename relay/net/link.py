@@ -33,6 +33,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from relay.protocol import DEFAULT_LIMITS, Limits, RemoteProtocolError, read_frame, write_frame
+from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import Frame
 from relay.protocol.handshake import Handshake
 from relay.protocol.keepalive import KeepaliveAction
@@ -78,6 +79,8 @@ class Link:
             the push is consumed (it must not block).
         handshake: the sans-I/O handshake run over this link (:mod:`relay.net.client`),
             ``None`` for a bare link.
+        cluster: the pinned cluster description the node was checked against
+            (:mod:`relay.net.client`), ``None`` if it was not checked.
         socket: the :class:`~relay.net.websocket.OwnedWebSocket` (for tests and tools
             that write raw bytes with ``socket.ws.send_message``; never read from it).
         close_code: the WebSocket close code once the socket closed (1000 normal, 1006
@@ -101,6 +104,7 @@ class Link:
         self._push_send, self.pushes = trio.open_memory_channel[Frame](settings.push_buffer)
         self.intercept: Callable[[Frame], bool] | None = None
         self.handshake: Handshake | None = None
+        self.cluster: PinnedCluster | None = None
         self._reason: str | None = None
         self._aborted = False
         self._close_with: tuple[int, str | None] | None = None  # the first aclose()'s

@@ -8,6 +8,12 @@ during the opening handshake, and after an abnormal closure (the other end died:
 on every exit; :meth:`OwnedWebSocket.abort` drops it at once (a dead link needs no
 closing handshake).
 
+TLS (``wss://``): the client accepts the node's certificate without a CA check
+(:func:`client_tls_context`): a node is authenticated by its node key, which signs
+its challenge over the connection's channel binding, the SHA-256 of the certificate
+the node presented (:attr:`OwnedWebSocket.binding`; docs/threat-model.md). Plain
+``ws://`` is refused to anything but a loopback address (:func:`check_plain_allowed`).
+
 Also here: the user-facing sentences for a failed connect (:func:`failed_text`) and a
 closed socket (:func:`closed_text`).
 """
@@ -29,11 +35,13 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from relay.protocol.cluster import is_loopback, server_end_point
+
 from ._groups import single_leaf
 from .errors import ConnectFailed
 
-__all__ = ["CLOSE_TIMEOUT", "OwnedWebSocket", "closed_text", "failed_text", "open_websocket",
-           "split_url"]
+__all__ = ["CLOSE_TIMEOUT", "OwnedWebSocket", "check_plain_allowed", "client_tls_context",
+           "closed_text", "failed_text", "is_loopback", "open_websocket", "split_url"]
 
 CLOSE_TIMEOUT = 2.0  # seconds for the closing handshake before the stream is dropped
 
@@ -54,6 +62,31 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     port = port or (443 if parts.scheme == "wss" else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.scheme, parts.hostname, port, resource
+
+
+def check_plain_allowed(url: str) -> None:
+    """Refuse a plain ``ws://`` URL whose host is not a loopback address (no TLS: anyone
+    on the path would read and alter the traffic).
+
+    Raises:
+        ConnectFailed: a ``ws://`` URL to another host (or not a ws/wss URL at all).
+    """
+    scheme, host, _port, _resource = split_url(url)
+    if scheme == "ws" and not is_loopback(host):
+        raise ConnectFailed(f"refusing plain {url}: ws:// is allowed only to a loopback "
+                            "address; use wss://")
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """The TLS context of every outgoing ``wss://`` connection: TLS 1.2 or later, no CA
+    or host name check (the node proves itself with its node key over the channel
+    binding; a CA adds nothing to that pin and local clusters have self-signed
+    certificates)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA store to load: nothing to verify
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def failed_text(url: str, exc: BaseException, limit: float) -> str:
@@ -88,6 +121,14 @@ class OwnedWebSocket:
     ws: WebSocketConnection
     stream: trio.abc.Stream
 
+    @property
+    def binding(self) -> bytes:
+        """The connection's channel binding: SHA-256 of the certificate the node
+        presented (``wss://``), ``b""`` on plain ``ws://``."""
+        if not isinstance(self.stream, trio.SSLStream):
+            return b""
+        return server_end_point(self.stream.getpeercert(binary_form=True))
+
     async def abort(self) -> None:
         """Close the stream now, without a closing handshake (the other end is gone or
         silent). trio-websocket then sees an abnormal closure (1006)."""
@@ -99,7 +140,7 @@ async def _open_stream(scheme: str, host: str, port: int,
     tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
     if scheme != "wss":
         return tcp
-    tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host,
+    tls = trio.SSLStream(tcp, client_tls_context(), server_hostname=host,
                          https_compatible=True)
     try:
         await tls.do_handshake()
@@ -203,10 +244,12 @@ async def open_websocket(
         local_address: the local IP address to connect from (default: the system's choice).
 
     Raises:
-        ConnectFailed: bad URL, unreachable, refused (``http_status``), timed out,
-            closed before the WebSocket handshake was answered (at once, not after the
-            timeout), or not a WebSocket.
+        ConnectFailed: bad URL, plain ``ws://`` to a host that is not loopback,
+            unreachable, refused (``http_status``), timed out, closed before the
+            WebSocket handshake was answered (at once, not after the timeout), or not
+            a WebSocket.
     """
+    check_plain_allowed(url)
     scheme, host, port, resource = split_url(url)
     try:
         with trio.fail_after(connect_timeout):

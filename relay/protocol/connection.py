@@ -22,7 +22,9 @@ belong to the caller, which then calls :meth:`mark_authenticated_client` or
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
+from .cluster import challenge_message
 from .codec import DEFAULT_LIMITS, Limits, decode
 from .errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import (
@@ -37,6 +39,7 @@ from .frames import (
     Forward,
     ForwardBatch,
     Frame,
+    GetCluster,
     GetDevices,
     GroupForward,
     GroupSend,
@@ -80,10 +83,10 @@ class ConnState(enum.Enum):
 
 # Requests a node accepts, per state (and per role while awaiting auth).
 # Linking frames and notify are admitted for issue 3; a node may still refuse them.
-_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen, Ping})
+_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen, Ping, GetCluster})
 _PEER_PRE_AUTH: frozenset[type[Frame]] = frozenset({PeerAuth, Ping})
 _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
-    {PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete,
+    {GetCluster, PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete,
      GroupSend, MediaUpload, MediaStatus, MediaDownload}
 )
 _PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
@@ -217,13 +220,19 @@ class ServerConnection:
 
     # ----------------------------------------------------------- sending side
 
-    def challenge(self, nonce: bytes, node_id: str, ring_version: str) -> Challenge:
+    def challenge(self, nonce: bytes, node_id: str, ring_version: str, *,
+                  sign: Callable[[bytes], bytes] | None = None, binding: bytes = b"",
+                  cluster_version: int | None = None) -> Challenge:
         """The ``challenge`` answering the accepted ``hello`` (id repeated).
 
         Args:
             nonce: 32 fresh random bytes; devices and peers sign over it.
             node_id: this node's id.
             ring_version: this node's ring version.
+            sign: signs with the node key (64 bytes): the challenge then carries the
+                signature over :func:`~relay.protocol.cluster.challenge_message`.
+            binding: this connection's channel binding (``b""`` without TLS).
+            cluster_version: the version of the signed cluster description served.
 
         Raises:
             LocalProtocolError: not right after ``hello``, or a nonce of the wrong size.
@@ -238,6 +247,9 @@ class ServerConnection:
             ring_version=ring_version, nonce=nonce,
             max_frame=self.budget.max_frame, max_envelope=self.budget.max_envelope,
             window=self.window,
+            signature=None if sign is None else sign(
+                challenge_message(nonce, node_id, ring_version, binding)),
+            cluster_version=cluster_version,
         )
 
     def mark_authenticated_client(self, user_id: str, device_id: int) -> None:

@@ -51,7 +51,8 @@ __all__ = [
     "ClaimedKey", "Copy", "DeliverItem", "Envelope", "GroupRecipient", "OneTimeKey", "Recipient",
     "SignedDeviceList",
     # frames
-    "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
+    "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "ClusterInfo",
+    "Deliver", "GetCluster",
     "Devices", "Error",
     "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend",
     "HandoffComplete", "HandoffDone", "HandoffMedia", "HandoffPut", "Hello", "KeyCount",
@@ -82,7 +83,11 @@ class Challenge(Frame):
     nonce, plus the node's size budget (``max_frame``, ``max_envelope``, bytes): a client
     refuses to send an envelope above ``max_envelope``; peers refuse to link when their
     budgets differ (docs/protocol.md, "Size budget"). ``window`` is how many requests
-    the sender may have in flight on this connection (pipelining; answers come by id)."""
+    the sender may have in flight on this connection (pipelining; answers come by id).
+    ``signature`` is the node key's signature over
+    :func:`relay.protocol.cluster.challenge_message` (nonce, node id, ring version,
+    channel binding); ``cluster_version`` the version of the signed cluster description
+    the node serves (``get_cluster``), if any."""
 
     TYPE: ClassVar[str] = "challenge"
     version: int
@@ -92,6 +97,26 @@ class Challenge(Frame):
     max_frame: int | None = None
     max_envelope: int | None = None
     window: int | None = None
+    signature: bytes | None = None
+    cluster_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetCluster(Frame):
+    """Ask for the node's signed cluster description (allowed before ``auth``)."""
+
+    TYPE: ClassVar[str] = "get_cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo(Frame):
+    """Answer to ``get_cluster``: a :class:`relay.protocol.cluster.SignedCluster`
+    (``body``, 64-byte ``signature``, 32-byte ``cluster_key``)."""
+
+    TYPE: ClassVar[str] = "cluster"
+    body: bytes
+    signature: bytes
+    cluster_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +358,7 @@ class Notify(Frame):
 FRAME_TYPES: dict[str, type[Frame]] = {
     cls.TYPE: cls
     for cls in (
-        Hello, Challenge, Auth, AuthOk, PeerAuth, PeerAuthOk,
+        Hello, Challenge, Auth, AuthOk, PeerAuth, PeerAuthOk, GetCluster, ClusterInfo,
         PutDevices, GetDevices, Devices, UploadKeys, KeyCount, ClaimKeys, Claimed,
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,

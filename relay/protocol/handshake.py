@@ -3,7 +3,10 @@
 Steps (docs/protocol.md, "Handshake")::
 
     hello()                 -> hello {versions, role, agent}
-    receive_challenge(f)    <- challenge {version, node_id, ring_version, nonce, max_frame, max_envelope}
+    receive_challenge(f)    <- challenge {version, node_id, ring_version, nonce, max_frame, max_envelope,
+                                          signature, cluster_version}
+    verify_node(cluster)    (the challenge's node is in the pinned cluster description and
+                             signed it for this connection's channel binding)
     client role:
       [any pre-auth request: put_devices, link_open, ping]
       auth(user_id, device_id, sign)        -> auth {signature over auth_message(...)}
@@ -14,7 +17,9 @@ Steps (docs/protocol.md, "Handshake")::
 
 :class:`Handshake` builds each outgoing frame (with ``id`` 0: the I/O layer assigns
 request ids, see :class:`relay.protocol.session.Session`) and checks each answer.
-It holds no keys: signing is a callable the caller passes in. No I/O, no Trio.
+It holds no keys: signing is a callable the caller passes in. The I/O layer passes
+the connection's channel binding (:func:`relay.protocol.cluster.server_end_point`):
+``auth``, ``peer_auth`` and the node's challenge signature cover it. No I/O, no Trio.
 
 Errors: :class:`HandshakeRefused` when the node answered ``error`` (``moved``,
 ``unknown_device``, ``unsupported_version``, ...: the frame is attached);
@@ -29,6 +34,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
+from .cluster import ClusterDescription, ClusterNode, challenge_message, check_challenge
 from .codec import DEFAULT_LIMITS, Limits
 from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .frames import (
@@ -94,8 +100,13 @@ class Handshake:
         ring_version: the ring version the other side must announce (peers).
         budget: the size budget (``max_frame``, ``max_envelope``) the other side
             must announce (peers: the cluster agrees on one budget), or ``None``.
-        peer_key: the other node's 32-byte Ed25519 public key (peer role; checks
-            ``peer_auth_ok``).
+        peer_key: the other node's 32-byte Ed25519 public key (peer role; checks the
+            challenge's signature and ``peer_auth_ok``).
+        binding: the connection's channel binding (32 bytes with TLS, ``b""`` without).
+        cluster: the pinned cluster description (client role): the challenge is checked
+            with :meth:`verify_node` as it arrives. ``None``: the caller calls
+            :meth:`verify_node` itself (after fetching a newer description) or not at
+            all (first contact, before pinning).
 
     Attributes:
         state: the current :class:`HandshakeState`.
@@ -112,7 +123,8 @@ class Handshake:
     def __init__(
         self, role: str, agent: str = "", *, expect_node_id: str | None = None,
         ring_version: str | None = None, budget: Limits | None = None,
-        peer_key: bytes | None = None,
+        peer_key: bytes | None = None, binding: bytes = b"",
+        cluster: ClusterDescription | None = None,
     ) -> None:
         if role not in ROLES:
             raise LocalProtocolError(f"role must be one of {ROLES}, not {role!r}")
@@ -129,6 +141,9 @@ class Handshake:
         self.challenge: Challenge | None = None
         self.limits: Limits = DEFAULT_LIMITS
         self.auth_ok: AuthOk | None = None
+        self.binding = binding
+        self.cluster = cluster
+        self.node: ClusterNode | None = None  # the verified node (client role)
         self._node_id: str | None = None  # ours, peer role
         self._my_nonce: bytes | None = None
 
@@ -196,14 +211,44 @@ class Handshake:
                                           frame.max_envelope)
         except ValueError as exc:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unusable size budget: {exc}") from exc
+        if self.peer_key is not None and (frame.signature is None or not verify_signature(
+                self.peer_key, challenge_message(frame.nonce, frame.node_id, frame.ring_version,
+                                                 self.binding), frame.signature)):
+            raise RemoteProtocolError(ErrorCode.UNAUTHORIZED,
+                                      "the peer's challenge is not signed by its node key for "
+                                      "this connection")
         self.challenge = frame
         self.state = HandshakeState.CHALLENGED
+        if self.cluster is not None:
+            self.verify_node(self.cluster)
         return frame
+
+    def verify_node(self, cluster: ClusterDescription) -> ClusterNode:
+        """Check the accepted challenge against a pinned cluster description: its node is
+        in ``cluster`` (and is ``expect_node_id``, if set), and its signature verifies
+        under that node's key for this connection's channel binding.
+
+        Returns:
+            The node's entry (also kept in :attr:`node`).
+
+        Raises:
+            RemoteProtocolError: ``unauthorized`` (unknown node, another node, a bad or
+                missing signature: e.g. a challenge relayed from another connection).
+            LocalProtocolError: no challenge accepted yet.
+        """
+        ch = self.challenge
+        if ch is None:
+            raise LocalProtocolError("verify_node() before the challenge")
+        self.node = check_challenge(cluster, nonce=ch.nonce, node_id=ch.node_id,
+                                    ring_version=ch.ring_version, signature=ch.signature,
+                                    binding=self.binding, expect_node_id=self.expect_node_id)
+        return self.node
 
     # ------------------------------------------------------------- client role
 
     def auth(self, user_id: str, device_id: int, sign: Signer) -> Auth:
-        """The device's ``auth``: ``sign(auth_message(nonce, node_id, user_id, device_id))``.
+        """The device's ``auth``: ``sign(auth_message(nonce, node_id, user_id, device_id,
+        binding))``.
 
         Raises:
             LocalProtocolError: not a client, or not right after the challenge.
@@ -213,7 +258,7 @@ class Handshake:
             raise LocalProtocolError("auth() is the client role's step")
         ch = self.challenge
         assert ch is not None
-        signature = sign(auth_message(ch.nonce, ch.node_id, user_id, device_id))
+        signature = sign(auth_message(ch.nonce, ch.node_id, user_id, device_id, self.binding))
         self.state = HandshakeState.AWAIT_AUTH_OK
         return Auth(id=0, user_id=user_id, device_id=device_id, signature=signature)
 
@@ -256,7 +301,8 @@ class Handshake:
             raise LocalProtocolError("the nonce must be 32 bytes")
         ch = self.challenge
         assert ch is not None and self.ring_version is not None
-        signature = sign(peer_auth_message(ch.nonce, node_id, ch.node_id, self.ring_version))
+        signature = sign(peer_auth_message(ch.nonce, node_id, ch.node_id, self.ring_version,
+                                           self.binding))
         self._node_id, self._my_nonce = node_id, nonce
         self.state = HandshakeState.AWAIT_AUTH_OK
         return PeerAuth(id=0, node_id=node_id, signature=signature, nonce=nonce)
@@ -276,7 +322,8 @@ class Handshake:
         ch = self.challenge
         assert ch is not None and self._my_nonce is not None and self._node_id is not None
         assert self.peer_key is not None and self.ring_version is not None
-        expected = peer_auth_message(self._my_nonce, ch.node_id, self._node_id, self.ring_version)
+        expected = peer_auth_message(self._my_nonce, ch.node_id, self._node_id, self.ring_version,
+                                     self.binding)
         if not isinstance(frame, PeerAuthOk) or not verify_signature(
                 self.peer_key, expected, frame.signature):
             raise RemoteProtocolError(ErrorCode.UNAUTHORIZED,

@@ -222,19 +222,28 @@ def verify_device_list(signed: SignedDeviceList, user_id: str | None = None) -> 
     return DeviceList(uid, version, tuple(devices), issued_at, expires_at)
 
 
-def auth_message(nonce: bytes, node_id: str, user_id: str, device_id: int) -> bytes:
-    """Bytes a device signs (with its Ed25519 device key) to authenticate to ``node_id``."""
+def _bound(binding: bytes) -> bytes:
+    return b"\x00" + binding if binding else b""
+
+
+def auth_message(nonce: bytes, node_id: str, user_id: str, device_id: int,
+                 binding: bytes = b"") -> bytes:
+    """Bytes a device signs (with its Ed25519 device key) to authenticate to ``node_id``
+    on a connection whose channel binding is ``binding`` (32 bytes with TLS, ``b""`` on
+    plain loopback ``ws://``; :func:`relay.protocol.cluster.server_end_point`)."""
     return b"".join(
         [AUTH_CONTEXT, nonce, node_id.encode(), b"\x00", user_id.encode(), b"\x00",
-         str(device_id).encode()]
+         str(device_id).encode(), _bound(binding)]
     )
 
 
-def peer_auth_message(nonce: bytes, signer_node_id: str, verifier_node_id: str, ring_version: str) -> bytes:
-    """Bytes node ``signer_node_id`` signs to prove itself to ``verifier_node_id``."""
+def peer_auth_message(nonce: bytes, signer_node_id: str, verifier_node_id: str, ring_version: str,
+                      binding: bytes = b"") -> bytes:
+    """Bytes node ``signer_node_id`` signs to prove itself to ``verifier_node_id`` on a
+    connection whose channel binding is ``binding`` (see :func:`auth_message`)."""
     return b"".join(
         [PEER_AUTH_CONTEXT, nonce, signer_node_id.encode(), b"\x00", verifier_node_id.encode(),
-         b"\x00", ring_version.encode()]
+         b"\x00", ring_version.encode(), _bound(binding)]
     )
 
 

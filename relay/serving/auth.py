@@ -1,5 +1,7 @@
 """Checking a connection's ``auth`` (a device) and ``peer_auth`` (a node)
-against its challenge nonce (docs/protocol.md, "Handshake").
+against its challenge nonce and the node's channel binding (docs/protocol.md,
+"Handshake"): a signature made for a challenge relayed over another TLS connection
+(another certificate) does not verify.
 
 The caller (:mod:`relay.serving.server`) then marks the connection authenticated.
 """
@@ -35,7 +37,7 @@ async def check_device_auth(node: Node, nonce: bytes, frame: Auth) -> None:
     device = parsed.device(frame.device_id)
     if device is None:
         raise RelayError(ErrorCode.UNKNOWN_DEVICE, "device is not in the user's device list")
-    message = auth_message(nonce, node.id, frame.user_id, frame.device_id)
+    message = auth_message(nonce, node.id, frame.user_id, frame.device_id, node.binding)
     if not verify_signature(device.ed25519, message, frame.signature):
         raise RelayError(ErrorCode.UNAUTHORIZED, "device signature does not verify")
 
@@ -54,9 +56,10 @@ def check_peer_auth(node: Node, nonce: bytes, frame: PeerAuth) -> PeerAuthOk:
     peer = node.homes.node(frame.node_id)  # either ring: a node being removed still drains
     if peer is None or peer.id == node.id or len(frame.nonce) != 32:
         raise RelayError(ErrorCode.UNAUTHORIZED, "unknown peer node")
-    message = peer_auth_message(nonce, peer.id, node.id, node.ring.version)
+    message = peer_auth_message(nonce, peer.id, node.id, node.ring.version, node.binding)
     if not verify_signature(peer.public_key, message, frame.signature):
         raise RelayError(ErrorCode.UNAUTHORIZED, "peer signature does not verify")
     sig = node.signing_key.sign(
-        peer_auth_message(frame.nonce, node.id, peer.id, node.ring.version)).signature
+        peer_auth_message(frame.nonce, node.id, peer.id, node.ring.version,
+                          node.binding)).signature
     return PeerAuthOk(id=frame.id, signature=sig)

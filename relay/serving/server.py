@@ -54,11 +54,13 @@ from relay.protocol.frames import (
     Auth,
     AuthOk,
     BounceBack,
+    ClusterInfo,
     Envelope,
     Error,
     Forward,
     ForwardBatch,
     Frame,
+    GetCluster,
     GroupForward,
     GroupSend,
     Hello,
@@ -107,6 +109,7 @@ class Connection:
         self._revoked = False
         self._own: dict[type[Frame], Handler] = {
             Hello: self._hello, Ping: self._ping, Auth: self._auth, PeerAuth: self._peer_auth,
+            GetCluster: self._get_cluster,
             LinkOpen: self._link_open, Sync: self._sync,
         }
 
@@ -219,7 +222,18 @@ class Connection:
     # ----------------------------------------------------------------- own requests
 
     async def _hello(self, caller: Caller, frame: Frame) -> Frame:
-        return self._conn.challenge(os.urandom(32), self._node.id, self._node.ring.version)
+        node = self._node
+        return self._conn.challenge(
+            os.urandom(32), node.id, node.ring.version,
+            sign=lambda message: node.signing_key.sign(message).signature,
+            binding=node.binding, cluster_version=node.cluster_version)
+
+    async def _get_cluster(self, caller: Caller, frame: Frame) -> Frame:
+        doc = self._node.cluster_doc
+        if doc is None:
+            raise RelayError(ErrorCode.NOT_FOUND, "this node serves no signed cluster description")
+        return ClusterInfo(id=frame.id, body=doc.body, signature=doc.signature,
+                           cluster_key=doc.cluster_key)
 
     async def _ping(self, caller: Caller, frame: Frame) -> Frame:
         return Ok(id=frame.id)

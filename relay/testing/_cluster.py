@@ -3,6 +3,7 @@ on 127.0.0.1 in one Trio nursery, each startable and stoppable on its own."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -12,9 +13,12 @@ from typing import Any, Literal
 import nacl.signing
 import trio
 
-from relay.config import NodeConfig
+from relay.config import DEFAULT_MAX_FRAME, NodeConfig, cluster_description
+from relay.config.certs import write_self_signed
 from relay.config.ring import NodeInfo, Ring
 from relay.node import serve_node
+from relay.protocol import Limits
+from relay.protocol.cluster import PinnedCluster, sign_cluster
 from storage import Storage
 from storage.memory import MemoryStorage
 
@@ -25,16 +29,24 @@ StorageKind = Literal["memory", "lmdb"]
 
 def node_configs(
     n: int, *, storage: StorageKind = "memory", data_dir: Path | None = None,
-    host: str = LOOPBACK, **overrides: Any,
+    host: str = LOOPBACK, tls: bool = False, cluster_key: nacl.signing.SigningKey | None = None,
+    cluster_version: int = 1, **overrides: Any,
 ) -> list[NodeConfig]:
-    """Configs of an ``n``-node cluster ``n1..nN`` on free ports of ``host``.
+    """Configs of an ``n``-node cluster ``n1..nN`` on free ports of ``host``, with a
+    cluster description signed by a cluster key (``cluster_key``, or a new one).
 
     Args:
         n: number of nodes (>= 1).
         storage: ``"memory"`` (``memory://``) or ``"lmdb"``
             (``lmdb://<data_dir>/nK``, absolute; the directories are created).
         data_dir: where LMDB nodes keep their data; required with ``"lmdb"``.
-        host: the interface every node listens on (its URL is ``ws://host:port``).
+        host: the interface every node listens on (its URL is ``ws://host:port``, or
+            ``wss://`` with ``tls``).
+        tls: give every node a self-signed certificate (in ``data_dir``, or a new
+            temporary directory) and ``wss://`` URLs; else plain loopback ``ws://``
+            (``allow_plain``).
+        cluster_key: signs the cluster description (default: a new key).
+        cluster_version: the description's version.
         overrides: further :class:`~relay.config.NodeConfig` fields, the same for
             every node (e.g. ``link_ttl=0.3``, ``max_queue=3``).
 
@@ -52,8 +64,18 @@ def node_configs(
         raise ValueError("lmdb storage needs a data_dir")
     ports = free_ports(n, host)
     keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
-    infos = tuple(NodeInfo(f"n{i + 1}", f"ws://{host}:{p}", bytes(k.verify_key))
+    scheme = "wss" if tls else "ws"
+    infos = tuple(NodeInfo(f"n{i + 1}", f"{scheme}://{host}:{p}", bytes(k.verify_key))
                   for i, (p, k) in enumerate(zip(ports, keys, strict=True)))
+    limits = Limits.for_node(overrides.get("max_frame", DEFAULT_MAX_FRAME),
+                             overrides.get("max_envelope"))
+    doc = sign_cluster(cluster_key or nacl.signing.SigningKey.generate(),
+                       cluster_description(infos, cluster_version, limits.max_frame,
+                                           overrides.get("max_envelope") or 0))
+    cert_root = None
+    if tls:
+        cert_root = Path(data_dir) if data_dir is not None else Path(
+            tempfile.mkdtemp(prefix="wa-relay-tls-"))
     configs = []
     for info, port, key in zip(infos, ports, keys, strict=True):
         if storage == "lmdb":
@@ -62,8 +84,17 @@ def node_configs(
             url = f"lmdb://{node_dir}"
         else:
             url = "memory://"
+        transport: dict[str, Any] = {"allow_plain": True}
+        if cert_root is not None:
+            cert_dir = (cert_root / f"{info.id}-tls").absolute()
+            cert_dir.mkdir(parents=True, exist_ok=True)
+            cert, tls_key = cert_dir / "tls.crt", cert_dir / "tls.key"
+            if not tls_key.exists():
+                write_self_signed(cert, tls_key, host, info.id)
+            transport = {"tls_cert": cert, "tls_key": tls_key}
         configs.append(NodeConfig(id=info.id, host=host, port=port, cluster=infos,
-                                  signing_key=key, storage=url, **overrides))
+                                  signing_key=key, storage=url, cluster_doc=doc,
+                                  **{**transport, **overrides}))
     return configs
 
 
@@ -78,7 +109,8 @@ class LocalCluster:
     Attributes:
         configs: as given (a list, in id order).
         ring: the cluster's :class:`~relay.config.ring.Ring`.
-        urls: ``{node_id: "ws://host:port"}``.
+        urls: ``{node_id: "ws://host:port"}`` (``wss://`` with TLS).
+        pin: the signed cluster description, verified (what a client pins).
         storages: ``{node_id: Storage}`` handed to :func:`~relay.node.serve_node`.
             A ``memory://`` node gets a :class:`~storage.memory.MemoryStorage` on
             its first start, kept across restarts; a node whose entry a test set
@@ -91,7 +123,9 @@ class LocalCluster:
         self.nursery = nursery
         self.configs = configs
         self.ring = Ring(configs[0].cluster)
-        self.urls = {c.id: c.node.url for c in configs}
+        self.urls = {c.id: c.node.url for c in configs}  # removed nodes of a reshape too
+        doc = configs[0].cluster_doc
+        self.pin = PinnedCluster.verify(doc) if doc is not None else None
         self.storages: dict[str, Storage] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}

@@ -40,6 +40,8 @@ class ProcessCluster:
         host: the loopback address everything listens on.
         settings: ``node.toml`` key -> value as TOML text (e.g. ``"1e9"``), replacing
             the generated line of that key in every node's file.
+        tls: serve ``wss://`` with generated certificates (default: plain loopback
+            ``ws://``, which the benchmark's raw load generator speaks).
 
     Attributes:
         cluster_file: the ``cluster.toml``.
@@ -49,13 +51,13 @@ class ProcessCluster:
 
     def __init__(self, root: Path, n: int, *, processes: dict[str, int] | None = None,
                  storage_url: Callable[[str], str] | None = None, host: str = LOOPBACK,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, tls: bool = False) -> None:
         self.root = root
         self.cluster_file = root / "cluster.toml"
         self.procs: dict[tuple[str, int], LoggedProcess] = {}
         self.configs: dict[str, Path] = {}
         counts = processes or {}
-        for config in init_cluster(root, n, free_base_port(n, host=host), host):
+        for config in init_cluster(root, n, free_base_port(n, host=host), host, tls=tls):
             node_id = config.parent.name
             self.configs[node_id] = config
             values = dict(settings or {})

@@ -32,9 +32,9 @@ def run(*args, env=None):
     "args",
     [
         ["init"],  # --name and --relay missing
-        ["init", "--name", "a"],
-        ["init", "--name", "a", "--relay", "http://127.0.0.1:1"],
-        ["init", "--name", "", "--relay", "ws://127.0.0.1:1"],
+        ["init", "--trust-on-first-use", "--name", "a"],
+        ["init", "--trust-on-first-use", "--name", "a", "--relay", "http://127.0.0.1:1"],
+        ["init", "--trust-on-first-use", "--name", "", "--relay", "ws://127.0.0.1:1"],
         ["contacts", "add", "bob", "not-a-user-id"],
         ["contacts", "add", "bob"],
         ["contacts", "add", BOB, BOB],
@@ -113,17 +113,17 @@ def test_unreachable_relay_is_a_runtime_failure(home):
 
 def test_init_on_an_unreachable_relay_fails_and_can_be_retried(tmp_path):
     h = tmp_path / "x"
-    first = run("--home", str(h), "init", "--name", "x", "--relay", "ws://127.0.0.1:9")
+    first = run("--home", str(h), "init", "--trust-on-first-use", "--name", "x", "--relay", "ws://127.0.0.1:9")
     assert first.exit_code == 1 and "cannot connect" in first.stderr
-    again = run("--home", str(h), "init", "--name", "x", "--relay", "ws://127.0.0.1:9")
+    again = run("--home", str(h), "init", "--trust-on-first-use", "--name", "x", "--relay", "ws://127.0.0.1:9")
     assert again.exit_code == 1 and "cannot connect" in again.stderr  # retried, not "exists"
 
 
 def test_a_retried_init_uses_the_new_relay_and_name(tmp_path):
     h = str(tmp_path / "x")
-    assert run("--home", h, "init", "--name", "x", "--relay", "ws://127.0.0.1:9").exit_code == 1
+    assert run("--home", h, "init", "--trust-on-first-use", "--name", "x", "--relay", "ws://127.0.0.1:9").exit_code == 1
     (before,) = [json.loads(run("--home", h, "--json", "id").stdout)]
-    again = run("--home", h, "init", "--name", "y", "--relay", "ws://127.0.0.1:7")
+    again = run("--home", h, "init", "--trust-on-first-use", "--name", "y", "--relay", "ws://127.0.0.1:7")
     assert again.exit_code == 1 and "cannot connect to ws://127.0.0.1:7" in again.stderr
     after = json.loads(run("--home", h, "--json", "id").stdout)
     assert (after["name"], after["home"]) == ("y", "ws://127.0.0.1:7")

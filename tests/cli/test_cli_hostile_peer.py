@@ -43,7 +43,7 @@ async def wa_json(home, *args) -> list[dict]:
 
 
 async def new_user(tmp_path, relay: str, home: str, name: str) -> str:
-    (made,) = await wa_json(tmp_path / home, "init", "--name", name, "--relay", relay)
+    (made,) = await wa_json(tmp_path / home, "init", "--trust-on-first-use", "--name", name, "--relay", relay)
     return made["user_id"]
 
 
@@ -144,8 +144,8 @@ async def test_control_characters_of_a_peer_cannot_forge_output(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
-    ["init", "--name", "al\nice", "--relay", "ws://127.0.0.1:9"],
-    ["init", "--name", "alice\u202e", "--relay", "ws://127.0.0.1:9"],
+    ["init", "--trust-on-first-use", "--name", "al\nice", "--relay", "ws://127.0.0.1:9"],
+    ["init", "--trust-on-first-use", "--name", "alice\u202e", "--relay", "ws://127.0.0.1:9"],
     ["link", "--name", "lap\x07top", "--relay", "ws://127.0.0.1:9"],
     ["contacts", "add", "bo\x1b[31mb", "b" * 52],
     ["contacts", "add", "bob\t", "b" * 52],

@@ -32,8 +32,8 @@ async def test_cli_send_and_recv_contract(tmp_path):
     with trio.fail_after(DEADLINE):
         async with run_cluster(3) as cluster:
             relay = cluster.urls["n1"]
-            (alice,) = lines(await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay))
-            (bob,) = lines(await wa(tmp_path / "b", "init", "--name", "bob", "--relay", relay))
+            (alice,) = lines(await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay))
+            (bob,) = lines(await wa(tmp_path / "b", "init", "--trust-on-first-use", "--name", "bob", "--relay", relay))
             assert set(alice) == {"user_id", "device_id", "home"}
             assert alice["home"] == cluster.urls[cluster.home_of(alice["user_id"])]
             assert alice["device_id"] == 0
@@ -71,8 +71,8 @@ async def test_recv_follow_prints_live_messages(tmp_path):
     with trio.fail_after(DEADLINE):
         async with run_cluster(2) as cluster:
             relay = cluster.urls["n1"]
-            (bob,) = lines(await wa(tmp_path / "b", "init", "--name", "bob", "--relay", relay))
-            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            (bob,) = lines(await wa(tmp_path / "b", "init", "--trust-on-first-use", "--name", "bob", "--relay", relay))
+            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "cli", "--home", str(tmp_path / "b"), "recv", "--follow",
                  "--json"],

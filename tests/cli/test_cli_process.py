@@ -38,10 +38,10 @@ async def test_init_retried_on_a_reachable_relay_succeeds_there(tmp_path):
     with trio.fail_after(DEADLINE):
         async with run_cluster(1) as cluster:
             relay = cluster.urls["n1"]
-            first = await wa(tmp_path / "a", "init", "--name", "old", "--relay",
+            first = await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "old", "--relay",
                              "ws://127.0.0.1:9", check=False)
             assert first.returncode == 1 and "cannot connect" in first.stderr.decode()
-            (made,) = lines(await wa(tmp_path / "a", "--json", "init", "--name", "alice",
+            (made,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use", "--name", "alice",
                                      "--relay", relay))
             assert made["home"] == relay
             (ident,) = lines(await wa(tmp_path / "a", "--json", "id"))
@@ -104,9 +104,9 @@ async def test_ctrl_c_stops_recv_follow_quietly_with_exit_0(tmp_path):
     with trio.fail_after(DEADLINE):
         async with run_cluster(1) as cluster:
             relay = cluster.urls["n1"]
-            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--name", "bob",
+            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", relay))
-            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
             follow = await Running.start(tmp_path / "b", "recv", "--follow")
             try:
                 await wa(tmp_path / "a", "send", bob["user_id"], "are you there")
@@ -140,9 +140,9 @@ async def test_recv_follow_reconnects_when_the_home_node_restarts(tmp_path):
     with trio.fail_after(DEADLINE):
         async with open_local_cluster(1) as cluster:  # memory storage kept across restarts
             relay = cluster.urls["n1"]
-            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--name", "bob",
+            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", relay))
-            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
             follow = await Running.start(tmp_path / "b", "--json", "recv", "--follow")
             try:
                 await wa(tmp_path / "a", "send", bob["user_id"], "before")
@@ -173,9 +173,9 @@ async def test_send_shows_a_device_list_change_it_ran_into(tmp_path):
     with trio.fail_after(DEADLINE):
         async with run_cluster(1) as cluster:
             relay = cluster.urls["n1"]
-            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--name", "bob",
+            (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", relay))
-            await wa(tmp_path / "a", "init", "--name", "alice", "--relay", relay)
+            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
             await wa(tmp_path / "a", "contacts", "add", "bob", bob["user_id"])
             await wa(tmp_path / "a", "send", "bob", "one")  # alice caches bob's list
 

@@ -158,7 +158,7 @@ async def test_cli_tells_both_sides_when_history_was_trimmed(tmp_path) -> None:
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(1) as cluster:
             relay = cluster.urls["n1"]
-            made = json.loads((await _wa(tmp_path / "a", "--json", "init", "--name", "alice",
+            made = json.loads((await _wa(tmp_path / "a", "--json", "init", "--trust-on-first-use", "--name", "alice",
                                          "--relay", relay)).stdout)
             me = made["user_id"]
             with open_state(tmp_path / "a") as alice:

@@ -9,10 +9,10 @@ import pytest
 from .harness import Cluster
 
 
-def _running(tmp_path, nodes: int) -> Iterator[Cluster]:
+def _running(tmp_path, nodes: int, *, plain: bool = False) -> Iterator[Cluster]:
     """A started cluster of ``nodes`` under ``tmp_path/cluster``; every process is
     stopped when the generator closes, whatever happened."""
-    with Cluster(tmp_path / "cluster", nodes=nodes) as c:
+    with Cluster(tmp_path / "cluster", nodes=nodes, plain=plain) as c:
         c.start_all()
         yield c
 
@@ -28,3 +28,9 @@ def cluster(tmp_path) -> Iterator[Cluster]:
 def single_node(tmp_path) -> Iterator[Cluster]:
     """A one-node cluster (node ``n1``), stopped when the test ends."""
     yield from _running(tmp_path, nodes=1)
+
+
+@pytest.fixture
+def plain_single_node(tmp_path) -> Iterator[Cluster]:
+    """A one-node cluster on plain loopback ``ws://`` (for a proxy that reads frames)."""
+    yield from _running(tmp_path, nodes=1, plain=True)

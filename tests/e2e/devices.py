@@ -66,7 +66,7 @@ class Device:
 
     def init(self, name: str, relay_url: str) -> dict:
         """``init --name NAME --relay URL``; remembers user_id, device_id and home."""
-        out = self.json_one("init", "--name", name, "--relay", relay_url)
+        out = self.json_one("init", "--trust-on-first-use", "--name", name, "--relay", relay_url)
         self.name, self.user_id = name, out["user_id"]
         self.device_id, self.home_url = out["device_id"], out["home"]
         return out

@@ -79,14 +79,17 @@ class Cluster:
     Args:
         root: an empty directory this cluster owns (``data/``, ``logs/`` below it).
         nodes: number of nodes, ids ``n1 .. nN``.
+        plain: plain loopback ``ws://`` (``--insecure-loopback``) instead of the default
+            TLS (``wss://``, self-signed), for tests whose proxy reads the frames.
 
     Use as a context manager (or call :meth:`close`): every process it started
     is stopped on exit, with SIGKILL after :data:`STOP_TIMEOUT` seconds.
     """
 
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    def __init__(self, root: Path, nodes: int = 3, *, plain: bool = False) -> None:
         self.root = Path(root)
         self.size = nodes
+        self.plain = plain
         self.data = self.root / "data"
         self.logs = self.root / "logs"
         self.nodes: dict[str, Node] = {}
@@ -103,6 +106,7 @@ class Cluster:
         argv = [
             *tool("wa-relay"), "init-cluster", "--nodes", str(self.size),
             "--base-port", str(self.base_port), "--data", str(self.data), "--host", HOST,
+            *(["--insecure-loopback"] if self.plain else []),
         ]
         run = subprocess.run(
             argv, capture_output=True, timeout=CLI_TIMEOUT, env=subprocess_env(), check=False

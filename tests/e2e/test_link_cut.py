@@ -49,11 +49,11 @@ def _sends_work(alice: Device, bob: Device) -> None:
     assert _texts(bob.recv()) == [back]
 
 
-def test_answer_lost_after_put_devices_withdraws_the_device_at_once(single_node, tmp_path):
-    with _proxy(single_node) as proxy:
-        alice, bob = _accounts(single_node, tmp_path, proxy.url)
+def test_answer_lost_after_put_devices_withdraws_the_device_at_once(plain_single_node, tmp_path):
+    with _proxy(plain_single_node) as proxy:
+        alice, bob = _accounts(plain_single_node, tmp_path, proxy.url)
         link = Device(home=tmp_path / "devices" / "tablet").start_link(
-            "tablet", single_node.url("n1"))
+            "tablet", plain_single_node.url("n1"))
         proxy.arm("put_devices", "cut")
         run = alice.run("devices", "approve", link.code, "--yes", check=False)
         err = run.stderr.decode()
@@ -66,11 +66,11 @@ def test_answer_lost_after_put_devices_withdraws_the_device_at_once(single_node,
         _sends_work(alice, bob)
 
 
-def test_approver_killed_after_put_devices_the_next_command_withdraws(single_node, tmp_path):
-    with _proxy(single_node) as proxy:
-        alice, bob = _accounts(single_node, tmp_path, proxy.url)
+def test_approver_killed_after_put_devices_the_next_command_withdraws(plain_single_node, tmp_path):
+    with _proxy(plain_single_node) as proxy:
+        alice, bob = _accounts(plain_single_node, tmp_path, proxy.url)
         link = Device(home=tmp_path / "devices" / "tablet").start_link(
-            "tablet", single_node.url("n1"))
+            "tablet", plain_single_node.url("n1"))
         proxy.arm("put_devices", "hold")
         approve = subprocess.Popen(
             [*tool("wa-cli"), "--home", str(alice.home), "--json", "devices", "approve",

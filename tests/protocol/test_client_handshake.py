@@ -45,10 +45,12 @@ def _wire(frame, rid: int):
 
 
 def _challenged(hs: Handshake, server: ServerConnection, node_id: str = "n1",
-                ring_version: str = "rv") -> Challenge:
+                ring_version: str = "rv", key: nacl.signing.SigningKey | None = None) -> Challenge:
     hello = server.receive_data(_wire(hs.hello(), 1))
     assert isinstance(hello, Hello) and hello.role == hs.role
-    challenge = server.challenge(os.urandom(32), node_id, ring_version)
+    challenge = server.challenge(os.urandom(32), node_id, ring_version,
+                                 sign=None if key is None else (lambda m: key.sign(m).signature),
+                                 binding=hs.binding)
     return hs.receive_challenge(read_frame(write_frame(challenge)))
 
 
@@ -73,7 +75,7 @@ def test_peer_handshake_is_mutual() -> None:
     server = ServerConnection(DEFAULT_LIMITS)
     hs = Handshake("peer", "wa-relay/a", expect_node_id="b", ring_version="rv",
                    budget=DEFAULT_LIMITS, peer_key=bytes(b_key.verify_key))
-    ch = _challenged(hs, server, "b", "rv")
+    ch = _challenged(hs, server, "b", "rv", key=b_key)
     nonce = os.urandom(32)
     pa = server.receive_data(_wire(hs.peer_auth("a", lambda m: a_key.sign(m).signature, nonce), 2))
     assert isinstance(pa, PeerAuth) and pa.nonce == nonce

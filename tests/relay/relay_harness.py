@@ -169,6 +169,7 @@ class RawClient:
     async def hello(self, role: str = "client", handshake: Handshake | None = None) -> Challenge:
         """``hello`` (id 1) and the checked challenge; ``handshake`` for a peer role."""
         hs = handshake if handshake is not None else Handshake(role, "test")
+        hs.binding = hs.binding or self.link.socket.binding
         answer = await self.request(dataclasses.replace(hs.hello(), id=1))
         self.challenge = hs.receive_challenge(answer)
         self.handshake = hs

@@ -96,7 +96,7 @@ async def test_accept_errors_are_rate_limited_into_the_node_log(tmp_path) -> Non
         pytest.skip("needs prlimit (util-linux)")
     proc, url = _start(tmp_path, nofile=64)
     log = tmp_path / "data" / "n1" / "node.log"
-    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
     streams = []
     try:
         with trio.fail_after(30):

@@ -15,8 +15,9 @@ from relay_harness import device_homed_at, publish, session
 
 import relay.__main__ as relay_cli
 from relay.__main__ import main
-from relay.config import load_cluster
+from relay.config import load_cluster, load_cluster_doc
 from relay.config.ring import Ring
+from relay.protocol.cluster import cluster_key_text, parse_cluster_key, verify_cluster
 from relay.protocol.frames import Deliver, Send, Sent, Sync
 from relay.testing import free_base_port
 
@@ -28,7 +29,7 @@ def test_init_cluster_command(tmp_path) -> None:
     assert result.output.split() == [str(tmp_path / "n1" / "node.toml"),
                                      str(tmp_path / "n2" / "node.toml")]
     assert [n.url for n in load_cluster(tmp_path / "cluster.toml")] == [
-        "ws://127.0.0.1:7800", "ws://127.0.0.1:7801"]
+        "wss://127.0.0.1:7800", "wss://127.0.0.1:7801"]
 
 
 def _init_args(data, nodes: int, base_port: int, *extra: str) -> list[str]:
@@ -42,8 +43,8 @@ def _init_args(data, nodes: int, base_port: int, *extra: str) -> list[str]:
     [
         (["--nodes", "2", "--base-port", "7400"], "the queues of n3 are no longer served"),
         (["--nodes", "4", "--base-port", "7400"], "users move to other home nodes"),
-        (["--nodes", "3", "--base-port", "7500"], "ws://127.0.0.1:7500"),
-        (["--nodes", "3", "--base-port", "7400", "--host", "127.0.0.2"], "ws://127.0.0.2:7400"),
+        (["--nodes", "3", "--base-port", "7500"], "wss://127.0.0.1:7500"),
+        (["--nodes", "3", "--base-port", "7400", "--host", "127.0.0.2"], "wss://127.0.0.2:7400"),
     ],
     ids=["fewer nodes", "more nodes", "other base port", "other host"],
 )
@@ -58,7 +59,7 @@ def test_other_arguments_do_not_rewrite_an_existing_cluster(
     result = runner.invoke(main, [command, *args, "--data", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "already describes another cluster" in result.output
-    assert ("existing:  n1 ws://127.0.0.1:7400, n2 ws://127.0.0.1:7401, n3 ws://127.0.0.1:7402"
+    assert ("existing:  n1 wss://127.0.0.1:7400, n2 wss://127.0.0.1:7401, n3 wss://127.0.0.1:7402"
             in result.output)
     assert needle in result.output
     assert "--reconfigure" in result.output
@@ -74,8 +75,8 @@ def test_reconfigure_rewrites_the_cluster(tmp_path) -> None:
     result = runner.invoke(main, _init_args(tmp_path, 2, 7410, "--reconfigure"))
     assert result.exit_code == 0, result.output
     cluster = load_cluster(tmp_path / "cluster.toml")
-    assert [(n.id, n.url) for n in cluster] == [("n1", "ws://127.0.0.1:7410"),
-                                               ("n2", "ws://127.0.0.1:7411")]
+    assert [(n.id, n.url) for n in cluster] == [("n1", "wss://127.0.0.1:7410"),
+                                               ("n2", "wss://127.0.0.1:7411")]
     assert [n.public_key for n in cluster] == [
         bytes(nacl.signing.SigningKey(k).verify_key) for k in keys]  # same identities
     assert "port = 7411" in (tmp_path / "n2" / "node.toml").read_text()
@@ -111,13 +112,15 @@ async def _start_cluster(data, base_port: int, nodes: int) -> tuple[trio.Process
     )
     lines: list[str] = []
     buf = b""
-    while len(lines) < nodes:
+    while len(lines) < nodes + 1:  # the ready lines, then the cluster key
         chunk = await proc.stdout.receive_some()
         assert chunk, "the cluster exited before it was ready"
         buf += chunk
         *done, buf = buf.split(b"\n")
         lines += [d.decode() for d in done]
-    return proc, lines
+    key = parse_cluster_key(lines[nodes].removeprefix("cluster-key "))
+    assert key == load_cluster_doc(data / "cluster.toml").cluster_key
+    return proc, lines[:nodes]
 
 
 async def _stop(proc: trio.Process) -> int:
@@ -132,7 +135,8 @@ async def test_cluster_process_resumes_on_the_same_data(tmp_path) -> None:
         port = free_base_port(4)  # two nodes, two admin listeners
         proc, lines = await _start_cluster(tmp_path, port, 2)
         try:
-            assert lines == [f"ready n1 ws://127.0.0.1:{port}", f"ready n2 ws://127.0.0.1:{port + 1}"]
+            assert lines == [f"ready n1 wss://127.0.0.1:{port}",
+                             f"ready n2 wss://127.0.0.1:{port + 1}"]
             ring = Ring(load_cluster(tmp_path / "cluster.toml"))
             alice, bob = device_homed_at(ring, "n1"), device_homed_at(ring, "n2")
             await publish(ring.node("n1").url, alice)
@@ -156,3 +160,26 @@ async def test_cluster_process_resumes_on_the_same_data(tmp_path) -> None:
             log = (tmp_path / node / "node.log").read_bytes()
             assert b"listening" in log
             assert alice.user_id.encode() not in log and bob.user_id.encode() not in log
+
+
+def test_sign_cluster_grows_the_version_and_a_changed_file_is_refused(tmp_path) -> None:
+    """``wa-relay sign-cluster`` signs cluster.toml with the cluster key (made if missing)
+    and one version more; a node refuses a file changed after signing (exit 2)."""
+    runner = CliRunner()
+    assert runner.invoke(main, _init_args(tmp_path, 2, 7900)).exit_code == 0
+    first = load_cluster_doc(tmp_path / "cluster.toml")
+    assert first is not None
+    signed = runner.invoke(main, ["sign-cluster", "--cluster", str(tmp_path / "cluster.toml"),
+                                  "--key", str(tmp_path / "cluster.key")])
+    assert signed.exit_code == 0, signed.output
+    assert "version 2" in signed.output
+    assert f"cluster-key {cluster_key_text(first.cluster_key)}" in signed.output
+    second = load_cluster_doc(tmp_path / "cluster.toml")
+    assert second is not None and verify_cluster(second, first.cluster_key).version == 2
+    text = (tmp_path / "cluster.toml").read_text()
+    (tmp_path / "cluster.toml").write_text(text.replace("127.0.0.1:7901", "127.0.0.1:7999"))
+    result = runner.invoke(main, ["check-config", "--config", str(tmp_path / "n1" / "node.toml")])
+    assert result.exit_code == 2 and "sign it again" in result.output
+    other = runner.invoke(main, ["sign-cluster", "--cluster", str(tmp_path / "cluster.toml"),
+                                 "--key", str(tmp_path / "new.key"), "--version", "2"])
+    assert other.exit_code == 2 and "does not grow" in other.output

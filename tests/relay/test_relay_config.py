@@ -26,7 +26,8 @@ def test_init_cluster_and_load(tmp_path) -> None:
     assert [f.parent.name for f in files] == ["n1", "n2", "n3"]
     cluster = load_cluster(tmp_path / "c" / "cluster.toml")
     assert [(n.id, n.url) for n in cluster] == [
-        ("n1", "ws://127.0.0.1:7400"), ("n2", "ws://127.0.0.1:7401"), ("n3", "ws://127.0.0.1:7402"),
+        ("n1", "wss://127.0.0.1:7400"), ("n2", "wss://127.0.0.1:7401"),
+        ("n3", "wss://127.0.0.1:7402"),
     ]
     cfg = load_node_config(files[1])
     assert cfg.id == "n2" and cfg.port == 7401 and cfg.host == "127.0.0.1"
@@ -55,10 +56,10 @@ def _write(path, text: str):
 
 
 def test_defaults_and_relative_paths(tmp_path) -> None:
-    init_cluster(tmp_path / "c", nodes=1, base_port=7600)
+    init_cluster(tmp_path / "c", nodes=1, base_port=7600, tls=False)
     node = _write(tmp_path / "c" / "n1" / "node.toml",
                   'id = "n1"\nport = 0\ncluster = "../cluster.toml"\nkey_file = "node.key"\n'
-                  'storage = "memory://"\n')
+                  'storage = "memory://"\nallow_plain = true\n')
     cfg = load_node_config(node)
     assert cfg.port == 0 and cfg.log_file is None and cfg.max_queue == 10000
     assert cfg.link_ttl == 120.0
@@ -213,7 +214,7 @@ def test_generated_files_hold_every_setting_and_the_docs_describe_it(tmp_path) -
     assert list(written) == list(NODE_SETTINGS)
     defaults = {f.name: f.default for f in msgspec.structs.fields(NodeFile) if not f.required}
     for key, default in defaults.items():
-        if key not in ("log_file", "admin_port"):
+        if key not in ("log_file", "admin_port", "tls_cert", "tls_key"):
             assert written[key] == default, key
     docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     for key in NODE_SETTINGS:
