@@ -232,8 +232,14 @@ async def open_local_cluster(
             nursery.cancel_scope.cancel()
 
 
-def reshape_configs(configs: list[NodeConfig], n: int) -> list[NodeConfig]:
+def reshape_configs(configs: list[NodeConfig], n: int, *,
+                    cluster_key: nacl.signing.SigningKey | None = None) -> list[NodeConfig]:
     """The configs of a reshape of the cluster of ``configs`` to ``n`` nodes ``n1..nN``.
+
+    With ``cluster_key`` (the key that signed the old description: pass the one given
+    to :func:`node_configs`), every node serves a new description of the new cluster
+    signed by it under the next version, as ``wa-relay sign-cluster`` does, so that
+    clients pinned to the old one accept it; without it the old description stays.
 
     Nodes that stay keep their id, port, key and storage; new nodes get free ports,
     fresh keys and the storage kind of the others (memory, or LMDB beside them).
@@ -257,10 +263,16 @@ def reshape_configs(configs: list[NodeConfig], n: int) -> list[NodeConfig]:
         else:
             infos.append(NodeInfo(nid, f"ws://{host}:{ports[nid]}", bytes(keys[nid].verify_key)))
     previous = base.cluster
+    doc = base.cluster_doc
+    if cluster_key is not None and doc is not None:
+        was = PinnedCluster.verify(doc).description
+        doc = sign_cluster(cluster_key, cluster_description(
+            tuple(infos), was.version + 1, was.max_frame, was.max_envelope))
     out = []
     for info in infos:
         if info.id in old:
-            out.append(replace(old[info.id], cluster=tuple(infos), previous_cluster=previous))
+            out.append(replace(old[info.id], cluster=tuple(infos), previous_cluster=previous,
+                               cluster_doc=doc))
             continue
         storage = "memory://"
         if base.storage.startswith("lmdb://"):
@@ -268,8 +280,10 @@ def reshape_configs(configs: list[NodeConfig], n: int) -> list[NodeConfig]:
             node_dir.mkdir(parents=True, exist_ok=True)
             storage = f"lmdb://{node_dir}"
         out.append(replace(base, id=info.id, port=ports[info.id], signing_key=keys[info.id],
-                           storage=storage, cluster=tuple(infos), previous_cluster=previous))
+                           storage=storage, cluster=tuple(infos), previous_cluster=previous,
+                           cluster_doc=doc))
     for c in configs:
         if c.id not in {i.id for i in infos}:
-            out.append(replace(c, cluster=tuple(infos), previous_cluster=previous))
+            out.append(replace(c, cluster=tuple(infos), previous_cluster=previous,
+                               cluster_doc=doc))
     return out

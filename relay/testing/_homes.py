@@ -10,8 +10,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from relay.config import load_cluster
-from relay.config.cluster_files import format_cluster, init_cluster, write_text_atomic
+from relay.config import load_cluster, load_key
+from relay.config.cluster_files import (
+    CLUSTER_KEY_FILE,
+    format_cluster,
+    init_cluster,
+    sign_cluster_file,
+    write_text_atomic,
+)
 
 from ._ports import LOOPBACK, free_base_port, free_ports
 from ._process import LoggedProcess, child_env, tool
@@ -75,6 +81,7 @@ class ProcessCluster:
                 info = replace(info, urls=(info.url, *more))
             nodes.append(info)
         write_text_atomic(self.cluster_file, format_cluster(nodes))
+        sign_cluster_file(self.cluster_file, load_key(root / CLUSTER_KEY_FILE))  # clients pin it
         self.urls: dict[str, tuple[str, ...]] = {info.id: info.urls for info in nodes}
 
     def start(self, node_id: str, k: int = 0, timeout: float = READY_TIMEOUT) -> LoggedProcess:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -57,10 +58,13 @@ def _account_homed_at(tmp_path, cluster: LocalCluster, node_id: str, stack: Exit
 
 
 async def test_a_redirect_to_a_node_outside_the_pinned_cluster_is_refused(
-        nursery, tmp_path) -> None:
+        nursery, tmp_path, caplog) -> None:
     """n1 is hostile: its own cluster file sends alice's home (n2) to an endpoint of the
     attacker's, which would relay n2's challenge. Alice's client refuses the redirect
-    before connecting there and keeps her saved URL; the honest home still serves her."""
+    before connecting there; without other nodes to ask it fails and keeps her saved
+    URL; knowing the cluster's nodes (``auth_ok.cluster``), it asks the next pinned node
+    and reaches her honest home."""
+    caplog.set_level(logging.INFO, logger="cli.session.connection")
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         key = nacl.signing.SigningKey.generate()
         configs = node_configs(2, tls=True, data_dir=tmp_path, cluster_key=key)
@@ -76,6 +80,7 @@ async def test_a_redirect_to_a_node_outside_the_pinned_cluster_is_refused(
         await pin_cluster(alice, honest["n2"], bytes(key.verify_key), connect_timeout=10)
         await publish(alice)  # at her honest home
         alice.relay_url = honest["n1"]  # e.g. the --relay given to init
+        known, alice.cluster_urls = alice.cluster_urls, []  # no other node to ask
         alice.save()
         with pytest.raises(ConnectionFailed, match="not a node of the pinned cluster"):
             async with open_client(alice, connect_timeout=10):
@@ -83,9 +88,11 @@ async def test_a_redirect_to_a_node_outside_the_pinned_cluster_is_refused(
         # (n1 itself dials the endpoint for its peer link, so its connection count
         # says nothing about the client; the refusal comes before any connect)
         assert alice.relay_url == honest["n1"]
-        alice.relay_url = honest["n2"]
+        alice.cluster_urls = known  # from her earlier auth_ok at n2
         async with open_client(alice, connect_timeout=10) as client:
-            assert client.node_id == "n2" and client.url.startswith("wss://")
+            assert client.node_id == "n2" and client.url == honest["n2"]
+        assert alice.relay_url == honest["n2"]
+        assert any("not a node of the pinned cluster" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_redirect_is_saved_only_after_a_verified_auth(nursery, tmp_path) -> None:

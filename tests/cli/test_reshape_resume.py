@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
+import nacl.signing
 import trio
 from cli_cluster import make_account
 
@@ -41,9 +42,10 @@ async def moving_user(tmp_path, cluster, stack, new_ring, name):
 async def test_resume_after_done_before_delete_and_after_partial_import(tmp_path) -> None:
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with trio.open_nursery() as nursery:
-            old = LocalCluster(nursery, node_configs(2))
+            key = nacl.signing.SigningKey.generate()
+            old = LocalCluster(nursery, node_configs(2, cluster_key=key))
             await old.start_all()
-            configs = reshape_configs(old.configs, 4)
+            configs = reshape_configs(old.configs, 4, cluster_key=key)
             new_ring = LocalCluster(nursery, configs).ring
             done_user = await moving_user(tmp_path, old, stack, new_ring, "d")
             partial_user = await moving_user(tmp_path, old, stack, new_ring, "p")
@@ -96,9 +98,10 @@ async def test_new_account_while_its_old_home_still_hands_over(tmp_path) -> None
     by n1, which says so (``moved``), and n4 serves it at once."""
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with trio.open_nursery() as nursery:
-            old = LocalCluster(nursery, node_configs(2))
+            key = nacl.signing.SigningKey.generate()
+            old = LocalCluster(nursery, node_configs(2, cluster_key=key))
             await old.start_all()
-            configs = reshape_configs(old.configs, 4)
+            configs = reshape_configs(old.configs, 4, cluster_key=key)
             ring = LocalCluster(nursery, configs).ring
             for i in range(200):  # a user of n1 whose new home (n3) stays down
                 stuck = make_account(tmp_path, f"stuck{i}", old, stack)

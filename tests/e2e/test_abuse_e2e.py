@@ -28,7 +28,8 @@ def test_an_invite_node_refuses_an_account_without_a_token_and_accepts_one_with(
     cluster.start("n1")
     url = cluster.url("n1")
     stranger = Device(home=tmp_path / "stranger")
-    run = stranger.run("init", "--name", "stranger", "--relay", url, check=False)
+    run = stranger.run("init", "--name", "stranger", "--relay", url, "--trust-on-first-use",
+                         check=False)
     assert run.returncode == 1
     err = run.stderr.decode()
     assert "unauthorized" in err and "limit registration" in err, err
@@ -40,10 +41,12 @@ def test_an_invite_node_refuses_an_account_without_a_token_and_accepts_one_with(
     tokens = [json.loads(line)["invite"] for line in issued.stdout.decode().splitlines()]
     assert len(tokens) == 2 and len(set(tokens)) == 2
     invited = Device(home=tmp_path / "invited")
-    out = invited.json_one("init", "--name", "invited", "--relay", url, "--invite", tokens[0])
+    out = invited.json_one("init", "--name", "invited", "--relay", url, "--trust-on-first-use",
+                          "--invite", tokens[0])
     assert out["user_id"] and out["home"] == url
     again = Device(home=tmp_path / "again")  # a token is used once
-    reused = again.run("init", "--name", "again", "--relay", url, "--invite", tokens[0],
+    reused = again.run("init", "--name", "again", "--relay", url, "--trust-on-first-use",
+                     "--invite", tokens[0],
                        check=False)
     assert reused.returncode == 1 and "unauthorized" in reused.stderr.decode()
 

@@ -65,7 +65,7 @@ def test_bad_urls_are_refused(tmp_path, entry: str, error: str) -> None:
 
 
 def _two_addresses(tmp_path: Path, storage: str) -> Path:
-    [node_toml] = init_cluster(tmp_path, 1, 7500)
+    [node_toml] = init_cluster(tmp_path, 1, 7500, tls=False)
     cluster = tmp_path / "cluster.toml"
     [n1] = load_cluster(cluster)
     cluster.write_text(format_cluster([NodeInfo(n1.id, n1.url, n1.public_key,
@@ -78,7 +78,7 @@ def _two_addresses(tmp_path: Path, storage: str) -> Path:
 def test_init_cluster_does_not_cut_addresses_back(tmp_path) -> None:
     _two_addresses(tmp_path, "lmdb://data")
     with pytest.raises(ClusterMismatch, match="ws://127.0.0.1:7500 ws://127.0.0.1:7510"):
-        init_cluster(tmp_path, 1, 7500)
+        init_cluster(tmp_path, 1, 7500, tls=False)
     assert len(load_cluster(tmp_path / "cluster.toml")[0].urls) == 2
 
 

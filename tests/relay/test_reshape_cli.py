@@ -53,8 +53,8 @@ def test_reshape_installs_keeps_prev_refuses_and_finishes(tmp_path) -> None:
 
 
 def test_local_reshape_layout(tmp_path) -> None:
-    init_cluster(tmp_path, 3, 7720)
-    assert prepare_local_reshape(tmp_path, 2, 7720, "127.0.0.1", None) == (3, 2)
+    init_cluster(tmp_path, 3, 7720, tls=False)
+    assert prepare_local_reshape(tmp_path, 2, 7720, "127.0.0.1", None, tls=False) == (3, 2)
     assert [p.parent.name for p in local_node_files(tmp_path)] == ["n1", "n2", "n3"]
     removed = load_node_config(tmp_path / "n3" / "node.toml")  # only in the previous file
     assert removed.id not in {n.id for n in removed.cluster}
@@ -62,7 +62,7 @@ def test_local_reshape_layout(tmp_path) -> None:
     # admin ports clear of every node port of both sizes
     assert load_node_config(tmp_path / "n1" / "node.toml").admin_port == 7723
     # the same size again resumes; another size is refused until the reshape is done
-    assert prepare_local_reshape(tmp_path, 2, 7720, "127.0.0.1", None) is None
+    assert prepare_local_reshape(tmp_path, 2, 7720, "127.0.0.1", None, tls=False) is None
     result = CliRunner().invoke(main, ["cluster", "--nodes", "4", "--base-port", "7720",
                                        "--data", str(tmp_path), "--reshape"])
     assert result.exit_code == 2 and "not finished" in result.output
