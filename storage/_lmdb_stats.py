@@ -37,7 +37,10 @@ class LmdbStatsMixin:
         """Sizes of the store, cheap (no scan; on the loop).
 
         Returns:
-            ``queued``: envelopes in all device queues; ``outbox``: outbox entries;
+            ``queued``: envelopes in all device queues; ``queued_bytes``: their bytes
+            (a scan of the per-account totals: one record per account with queued
+            envelopes); ``users``: accounts with a device list here; ``outbox``:
+            outbox entries;
             ``used_bytes``: pages in use (see :meth:`used_bytes`); ``map_bytes``:
             the map size; ``file_bytes``: the size of ``data.mdb`` on disk;
             ``disk_free_bytes``: bytes free for an unprivileged user on its file
@@ -46,14 +49,18 @@ class LmdbStatsMixin:
         Raises:
             StorageUnavailable: LMDB failed. OSError: the directory cannot be stat'ed.
         """
-        def read(txn: lmdb.Transaction) -> tuple[int, int, int]:
+        def read(txn: lmdb.Transaction) -> tuple[int, int, int, int, int]:
+            with txn.cursor(db=self._dbs.accounts) as cur:
+                queued_bytes = sum(L.unpack_u64(v) for v in cur.iternext(keys=False))
             return (txn.stat(self._dbs.queue)["entries"], txn.stat(self._dbs.outbox)["entries"],
-                    self.writer.used_bytes(txn))
+                    self.writer.used_bytes(txn), queued_bytes,
+                    txn.stat(self._dbs.lists)["entries"])
 
-        queued, outbox, used = self._read(read)
+        queued, outbox, used, queued_bytes, users = self._read(read)
         path = self._env.path()
         vfs = os.statvfs(path)
-        return {"queued": queued, "outbox": outbox, "used_bytes": used,
+        return {"queued": queued, "queued_bytes": queued_bytes, "users": users,
+                "outbox": outbox, "used_bytes": used,
                 "map_bytes": self.map_size,
                 "file_bytes": os.stat(os.path.join(path, "data.mdb")).st_size,
                 "disk_free_bytes": vfs.f_bavail * vfs.f_frsize}

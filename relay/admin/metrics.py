@@ -113,6 +113,11 @@ class NodeMetrics:
                                        buckets=COMMIT_SECONDS_BUCKETS, registry=r)
         self.queued = Gauge("wa_relay_queued_envelopes",
                             "Envelopes in all device queues of this node.", registry=r)
+        self.queued_bytes = Gauge("wa_relay_queued_bytes",
+                                  "Envelope bytes in all device queues of this node.", registry=r)
+        self.users = Gauge("wa_relay_users",
+                           "Accounts whose device list this node holds (homed here).",
+                           registry=r)
         self.outbox = Gauge("wa_relay_outbox_entries",
                             f"Outbox entries per peer (counted up to {OUTBOX_COUNT_LIMIT}).",
                             ["peer"], registry=r)
@@ -204,6 +209,8 @@ class NodeMetrics:
         if stats is not None:
             numbers = stats()
             self.queued.set(numbers["queued"])
+            self.queued_bytes.set(numbers.get("queued_bytes", 0))
+            self.users.set(numbers.get("users", 0))
             for kind, key in (("file", "file_bytes"), ("used", "used_bytes"),
                               ("map", "map_bytes"), ("disk_free", "disk_free_bytes")):
                 self.storage_bytes.labels(kind).set(numbers[key])

@@ -77,8 +77,8 @@ def summarize_metrics(text: str) -> dict[str, float]:
     """The headline numbers of a node's ``/metrics`` text.
 
     Returns:
-        ``devices``, ``peers``, ``pending`` (open connections), ``queued``
-        (envelopes), ``outbox`` (entries, all peers), ``links_up``, ``stored``,
+        ``devices``, ``peers``, ``pending`` (open connections), ``users`` (accounts
+        homed here), ``queued`` (envelopes), ``queued_bytes``, ``outbox`` (entries, all peers), ``links_up``, ``stored``,
         ``acked`` (envelope totals), ``storage_file_bytes``, ``disk_free_bytes``
         (absent when the node does not report them).
 
@@ -93,6 +93,10 @@ def summarize_metrics(text: str) -> dict[str, float]:
                 out[labels["kind"] + ("s" if labels["kind"] != "pending" else "")] = value
             elif name == "wa_relay_queued_envelopes":
                 out["queued"] = value
+            elif name == "wa_relay_queued_bytes":
+                out["queued_bytes"] = value
+            elif name == "wa_relay_users":
+                out["users"] = value
             elif name == "wa_relay_outbox_entries":
                 out["outbox"] = out.get("outbox", 0) + value
             elif name == "wa_relay_peer_link_up":
@@ -200,7 +204,8 @@ def format_status(st: NodeStatus) -> str:
     if st.ring_version:
         parts.append(f"ring {st.ring_version[:12]}")
     numbers = " ".join(f"{k}={v:g}" for k, v in st.metrics.items()
-                       if k in ("devices", "peers", "queued", "outbox", "links_up"))
+                       if k in ("users", "devices", "peers", "queued", "queued_bytes", "outbox",
+                                "links_up"))
     if numbers:
         parts.append(numbers)
     if st.handoff.get("reshaping"):

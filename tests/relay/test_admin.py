@@ -54,6 +54,10 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
         assert after[("wa_relay_envelopes_stored_total", ())] == 1
         assert after[("wa_relay_envelope_bytes_stored_total", ())] >= 100
         assert after[("wa_relay_queued_envelopes", ())] == 1
+        assert after[("wa_relay_queued_bytes", ())] >= 100  # the envelope, body included
+        assert after[("wa_relay_users", ())] == 1  # bob's device list
+        summary = summarize_metrics((await http_get(admin["n2"] + "/metrics", 10))[1].decode())
+        assert (summary["users"], summary["queued"]) == (1, 1) and summary["queued_bytes"] >= 100
         assert after[("wa_relay_commit_batch_ops_count", ())] > before.get(
             ("wa_relay_commit_batch_ops_count", ()), 0)
         assert after[("wa_relay_commit_seconds_count", ())] >= 1
@@ -79,6 +83,7 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
                     break
                 await trio.sleep(0.02)
             assert done[("wa_relay_queued_envelopes", ())] == 0
+            assert done[("wa_relay_queued_bytes", ())] == 0
             assert summarize_metrics((await http_get(admin["n2"] + "/metrics", 10))[1].decode())[
                 "devices"] == 1
         status, body = await http_get(admin["n2"] + "/health", 10)
