@@ -317,11 +317,10 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
             charges = check_charges(req.charges)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes,
-                                      chain=chain_keys(token, req)),
-                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(
-                              raw, dd, psize, len("\0".join(charges).encode())),
-                          False))
+            op = ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes,
+                             chain=chain_keys(token, req))
+            specs.append((op, sum(len(e) + 32 for _, e in raw),
+                          ops.enqueue_estimate(raw, dd, psize, op.tags_len), False))
         answers = await self.writer.submit_many(specs)
         return [_answer(answer) for answer in answers]
 
