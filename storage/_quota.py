@@ -8,6 +8,7 @@ a request would cross. Pure Python, no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Protocol
 
@@ -43,8 +44,13 @@ def check_charges(charges: tuple[str, ...]) -> tuple[str, ...]:
         TypeError, ValueError: a malformed tag.
     """
     out = tuple(charges)
-    if not out:
-        return out
+    return _checked_charges(out) if out else out
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_charges(out: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`check_charges` of a non-empty tuple; memoized (a node uses the same few
+    tag tuples for every message of a sender; an unhashable tag raises TypeError)."""
     for tag in out:
         if not isinstance(tag, str):
             raise TypeError(f"a charge tag must be str, not {type(tag).__name__}")
@@ -128,14 +134,15 @@ def _check_one(item: tuple[str, int, int], charges: tuple[str, ...], quota: Queu
     if totals is None and shares is None:
         return
     exempt = user_id in quota.share_exempt
+    many_totals, many_shares = type(totals) is tuple, type(shares) is tuple
     for i, tag in enumerate(charges):
-        bound = totals if totals is None or isinstance(totals, int) else _bound(totals, i)
+        bound = (totals[i] if i < len(totals) else None) if many_totals else totals
         if bound is not None and usage.charge(tag) + n > bound:
             raise QueueFull(f"{tag} would hold more than {bound} bytes "
                             "in this node's queues", quota="charge_bytes", tag=tag)
         if exempt:
             continue
-        bound = shares if shares is None or isinstance(shares, int) else _bound(shares, i)
+        bound = (shares[i] if i < len(shares) else None) if many_shares else shares
         # a tag's share of a queue is at most all the queue holds
         if bound is not None and held > bound and usage.share(user_id, device_id, tag) + n > bound:
             raise QueueFull(f"{tag} would hold more than {bound} bytes of "
