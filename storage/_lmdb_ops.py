@@ -13,6 +13,7 @@ two-phase shape so that a domain error cannot leave half an op in the batch:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -121,6 +122,14 @@ def claim_key(devk: bytes) -> Op:
     return op
 
 
+@functools.lru_cache(maxsize=4096)
+def _encoded_tags(charges: tuple[str, ...]) -> tuple[list[bytes], bytes]:
+    """The tags as UTF-8 and NUL-joined (memoized: a sender's messages share them;
+    the list is never changed by its users)."""
+    tags = [t.encode() for t in charges]
+    return tags, b"\0".join(tags)
+
+
 class _TxnUsage:
     """The byte counts of :mod:`storage._quota`, read from the batch's
     :class:`~storage._lmdb_counters.Counters` (so they include the earlier ops of
@@ -161,8 +170,7 @@ def enqueue(
     ``op.chain`` for the committer, which skips the op after a refusal on one of them;
     ``op.tags_len``: the bytes of the joined tags (for :func:`enqueue_estimate`).
     """
-    tags = [t.encode() for t in charges]
-    packed_tags = b"\0".join(tags)
+    tags, packed_tags = _encoded_tags(charges)
 
     def op(txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:

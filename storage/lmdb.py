@@ -313,7 +313,8 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             sizes = (None if req.quota is None
-                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw, strict=True)])
+                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw, strict=True)]
+                     if len(raw) != 1 else [(req.items[0][0], req.items[0][1], len(raw[0][1]))])
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
             charges = check_charges(req.charges)
