@@ -17,6 +17,7 @@ from typing import Any
 import lmdb
 
 from ._chains import Chains
+from ._lmdb_counters import Counters
 from ._lmdb_layout import Dbs
 from .errors import StorageError, StorageFull, StorageUnavailable
 
@@ -240,6 +241,7 @@ class Committer:
         room: int | None = None
         trial = chains.fork()
         txn = self._env.begin(write=True)
+        counters = Counters(txn, self._dbs)
         committed = False
         try:
             for i, op in enumerate(seg):
@@ -261,12 +263,20 @@ class Committer:
                         continue
                     room -= op.est
                 try:
-                    results.append((op.fn(txn, self._dbs), None))
+                    if getattr(op.fn, "counters", False):
+                        value = op.fn(txn, self._dbs, counters)  # type: ignore[call-arg]
+                    else:
+                        _flush(counters)  # the op may read or write them in txn
+                        value = op.fn(txn, self._dbs)
+                    results.append((value, None))
+                except _Failed:
+                    raise
                 except StorageError as exc:  # validation failed before the op wrote anything
                     results.append((None, exc))
                     trial.record(keys, exc)
                 except Exception as exc:  # an LMDB error, or a bug in this op: it alone fails
                     raise _Failed(i, exc) from exc
+            _flush(counters)
             if self._fault is not None:
                 try:
                     self._fault("commit")
@@ -285,6 +295,19 @@ class Committer:
             op.value, op.error = value, error
             if isinstance(error, StorageFull):
                 self.refused_full += 1
+
+
+def _flush(counters: Counters) -> None:
+    """Write the batch's counters into its transaction (:mod:`storage._lmdb_counters`).
+
+    Raises:
+        _Failed: a write failed (index ``None``: the ops before are to blame, as
+            for a failed commit).
+    """
+    try:
+        counters.flush()
+    except lmdb.Error as exc:
+        raise _Failed(None, exc) from exc
 
 
 def _record(chains: Chains, seg: list[PendingOp]) -> None:

@@ -8,6 +8,7 @@ import lmdb
 
 from . import _lmdb_layout as L
 from ._keys import check_user_id
+from ._lmdb_counters import Counters
 from ._lmdb_ops import Freed
 from ._memory_handoff import check_mark, check_records
 from .base import UserRecord
@@ -104,8 +105,8 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
         with txn.cursor(db=dbs.queue) as cur:
             cur.set_range(devk)
             while (key := cur.key()) and len(key) == len(devk) + 8 and key.startswith(devk):
-                txn.delete(L.ts_key(L.unpack_f64(cur.value())) + b"q" + key, db=dbs.expiry)
-                freed.note(txn, dbs, key, cur.value())
+                tags = txn.pop(L.ts_key(L.unpack_f64(cur.value())) + b"q" + key, db=dbs.expiry)
+                freed.note(key, cur.value(), tags)
                 cur.delete()
                 gone += 1
         for db in (dbs.otk, dbs.claimed):
@@ -120,7 +121,9 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
             rec.store(txn, dbs, devk)
         else:
             txn.delete(devk, db=dbs.devices)
-    freed.apply_totals(txn, dbs)  # the user's account total and its senders' charges
+    counters = Counters(txn, dbs)
+    freed.apply_totals(counters)  # the user's account total and its senders' charges
+    counters.flush()
     return gone
 
 
@@ -169,8 +172,12 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
                 old = txn.get(qk, db=dbs.queue)
                 grown = len(r.value)  # an imported copy carries no charge tags
                 if old is not None:
-                    txn.delete(L.ts_key(L.unpack_f64(old)) + b"q" + qk, db=dbs.expiry)
+                    tags = txn.pop(L.ts_key(L.unpack_f64(old)) + b"q" + qk, db=dbs.expiry)
                     grown -= len(old) - 8
+                    if tags:  # the replaced copy's bytes leave its charges
+                        for tag in tags.split(b"\0"):
+                            L.add_u64(txn, dbs.charges, tag, -(len(old) - 8))
+                            L.add_u64(txn, dbs.shares, devk + tag, -(len(old) - 8))
                 else:
                     rec(r.device_id).queue_len += 1
                 rec(r.device_id).queue_bytes = max(0, rec(r.device_id).queue_bytes + grown)

@@ -16,11 +16,13 @@ devices      devk                               last_seq u64 | queue_len u64 | o
 accounts     user_id                            queue bytes u64 of all the user's devices
 charges      charge tag                         queue bytes u64 charged to the tag
 shares       devk | charge tag                  queue bytes u64 of the tag in one queue
-qcharge      queue key                          the item's charge tags, NUL-separated
+qcharge      queue key (stores written before   the item's charge tags (moved into
+             tags moved into ``expiry``)        ``expiry`` at open; empty after it)
 correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
 invites      SHA-256 of an invite token         expires_at f64
 dedupe       dedupe id                          ts f64
-expiry       ts_key | b"q" | queue key          empty   (time index for :meth:`expire`)
+expiry       ts_key | b"q" | queue key          the item's charge tags, NUL-separated (time
+                                                index for :meth:`expire`; empty: no tags)
              ts_key | b"d" | dedupe id
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
 outbox_dest  len(dest) u16 | dest | outbox_id   empty   (per-destination index of ``outbox``)
@@ -36,7 +38,10 @@ meta         b"format" / b"outbox_last"         b"1" / u64
 Queue bytes are envelope lengths (``accounts``, ``charges``, ``shares`` and
 ``devices.queue_bytes``), kept exact by every enqueue and deletion; a store written
 before they existed gets them counted once at open (``bytes_indexed``); zero
-counters are deleted.
+counters are deleted. The ops of one group-commit batch update them in memory and
+write each once (:mod:`storage._lmdb_counters`). An item's charge tags are the value
+of its ``expiry`` entry, which every deletion of the item removes anyway; a store
+that kept them in ``qcharge`` has them moved there at open.
 
 ``devices.last_seq`` survives acks and purges, so seqs are never reused;
 ``meta.outbox_last`` does the same for outbox ids. ``ts_key`` encodes a float so
@@ -120,6 +125,8 @@ class Dbs:
             if txn.get(BYTES_INDEXED, db=dbs.meta) is None:
                 count_queue_bytes(txn, dbs)
                 txn.put(BYTES_INDEXED, b"1", db=dbs.meta)
+            if txn.stat(dbs.qcharge)["entries"]:
+                move_charge_tags(txn, dbs)
         return dbs
 
     def all(self) -> tuple[lmdb._Database, ...]:
@@ -180,17 +187,24 @@ class DevRec:
     def load(cls, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> DevRec:
         """The device's record, or zeros if it has none (a record written before
         ``queue_bytes`` existed reads with 0 there until :func:`count_queue_bytes`)."""
-        raw = txn.get(devk, db=dbs.devices)
+        return cls.unpack(txn.get(devk, db=dbs.devices))
+
+    @classmethod
+    def unpack(cls, raw: bytes | None) -> DevRec:
+        """The record stored as ``raw`` (zeros for ``None``)."""
         if raw is None:
             return cls()
         if len(raw) == _DEVREC_V1.size:
             return cls(*_DEVREC_V1.unpack(raw))
         return cls(*_DEVREC.unpack(raw))
 
+    def pack(self) -> bytes:
+        """The stored form of the record (32 bytes)."""
+        return _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count, self.queue_bytes)
+
     def store(self, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> None:
         """Write the record (write transaction only)."""
-        txn.put(devk, _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count,
-                                   self.queue_bytes), db=dbs.devices)
+        txn.put(devk, self.pack(), db=dbs.devices)
 
 
 def user_of(devk: bytes) -> bytes:
@@ -232,6 +246,17 @@ def count_queue_bytes(txn: lmdb.Transaction, dbs: Dbs) -> None:
         per_user[user_of(devk)] = per_user.get(user_of(devk), 0) + n
     for user, n in per_user.items():
         txn.put(user, pack_u64(n), db=dbs.accounts)
+
+
+def move_charge_tags(txn: lmdb.Transaction, dbs: Dbs) -> None:
+    """Move the items' charge tags from ``qcharge`` (the first layout of issue 11)
+    into their ``expiry`` entries, and empty ``qcharge`` (once, at open)."""
+    with txn.cursor(db=dbs.qcharge) as cur:
+        for qk, tags in cur:
+            value = txn.get(qk, db=dbs.queue)
+            if value is not None:
+                txn.put(ts_key(unpack_f64(value)) + b"q" + qk, tags, db=dbs.expiry)
+    txn.drop(dbs.qcharge, delete=False)
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:

@@ -13,12 +13,14 @@ two-phase shape so that a domain error cannot leave half an op in the batch:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import lmdb
 
 from . import _lmdb_layout as L
+from ._lmdb_counters import Counters
 from ._quota import check_quota
 from .base import QueueQuota
 from .errors import DuplicateKey, QueueFull, StaleVersion
@@ -48,9 +50,10 @@ def enqueue_estimate(
     total = 64 + 4 * record_estimate(tags_len + 64, 8, psize)
     for devk, envelope in items:
         qk = len(devk) + 8
-        total += record_estimate(qk, 8 + len(envelope), psize) + record_estimate(9 + qk, 0, psize)
+        total += (record_estimate(qk, 8 + len(envelope), psize)
+                  + record_estimate(9 + qk, tags_len, psize))
         if tags_len:
-            total += record_estimate(qk, tags_len, psize) + record_estimate(qk + tags_len, 8, psize)
+            total += record_estimate(qk + tags_len, 8, psize)
     if dedupe is not None:
         total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), 0, psize)
     return total
@@ -119,30 +122,35 @@ def claim_key(devk: bytes) -> Op:
     return op
 
 
+@functools.lru_cache(maxsize=4096)
+def _encoded_tags(charges: tuple[str, ...]) -> tuple[list[bytes], bytes]:
+    """The tags as UTF-8 and NUL-joined (memoized: a sender's messages share them;
+    the list is never changed by its users)."""
+    tags = [t.encode() for t in charges]
+    return tags, b"\0".join(tags)
+
+
 class _TxnUsage:
-    """The byte counts of :mod:`storage._quota`, read in the writer's transaction
-    (so they include the earlier ops of the same batch); device records already
-    loaded by the op are reused."""
+    """The byte counts of :mod:`storage._quota`, read from the batch's
+    :class:`~storage._lmdb_counters.Counters` (so they include the earlier ops of
+    the same batch)."""
 
-    __slots__ = ("txn", "dbs", "recs")
+    __slots__ = ("c",)
 
-    def __init__(self, txn: lmdb.Transaction, dbs: L.Dbs, recs: dict[bytes, L.DevRec]) -> None:
-        self.txn, self.dbs, self.recs = txn, dbs, recs
+    def __init__(self, counters: Counters) -> None:
+        self.c = counters
 
     def device(self, user_id: str, device_id: int) -> int:
-        devk = L.dev_key(user_id.encode(), device_id)
-        rec = self.recs.get(devk)
-        return (rec or L.DevRec.load(self.txn, self.dbs, devk)).queue_bytes
+        return self.c.dev(L.dev_key(user_id.encode(), device_id)).queue_bytes
 
     def account(self, user_id: str) -> int:
-        return L.get_u64(self.txn, self.dbs.accounts, user_id.encode())
+        return self.c.account(user_id.encode())
 
     def charge(self, tag: str) -> int:
-        return L.get_u64(self.txn, self.dbs.charges, tag.encode())
+        return self.c.charge(tag.encode())
 
     def share(self, user_id: str, device_id: int, tag: str) -> int:
-        return L.get_u64(self.txn, self.dbs.shares,
-                         L.dev_key(user_id.encode(), device_id) + tag.encode())
+        return self.c.share(L.dev_key(user_id.encode(), device_id) + tag.encode())
 
 
 def enqueue(
@@ -154,32 +162,35 @@ def enqueue(
     Raises QueueFull (``max_queue`` or a byte bound of ``quota``; ``sizes`` are the
     items as ``(user_id, device_id, len(envelope))``, needed with a quota).
 
-    ``chain``: the request's chain keys (:mod:`storage._chains`), kept on the op as
-    ``op.chain`` for the committer, which skips the op after a refusal on one of them.
-    """
-    tags = [t.encode() for t in charges]
-    packed_tags = b"\0".join(tags)
+    The op is ``(txn, dbs, counters=None) -> seqs``: with the batch's
+    :class:`~storage._lmdb_counters.Counters` it updates the counters there (the
+    committer flushes them), without it in the transaction.
 
-    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> list[int] | None:
+    ``chain``: the request's chain keys (:mod:`storage._chains`), kept on the op as
+    ``op.chain`` for the committer, which skips the op after a refusal on one of them;
+    ``op.tags_len``: the bytes of the joined tags (for :func:`enqueue_estimate`).
+    """
+    tags, packed_tags = _encoded_tags(charges)
+
+    def op(txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
             return None
-        recs: dict[bytes, L.DevRec] = {}
-        adding: dict[bytes, int] = {}
-        for devk, _ in items:
-            if devk not in recs:
-                recs[devk] = L.DevRec.load(txn, dbs, devk)
-            adding[devk] = adding.get(devk, 0) + 1
+        c = Counters(txn, dbs) if counters is None else counters
+        recs = {devk: c.dev(devk) for devk, _ in items}
         if max_queue is not None:
+            adding: dict[bytes, int] = {}
+            for devk, _ in items:
+                adding[devk] = adding.get(devk, 0) + 1
             for devk, n in adding.items():
                 if recs[devk].queue_len + n > max_queue:
                     raise QueueFull(f"a device queue would exceed {max_queue} envelopes")
         if quota is not None:
             assert sizes is not None, "a quota needs the sizes"
-            check_quota(sizes, charges, quota, _TxnUsage(txn, dbs, recs))
+            check_quota(sizes, charges, quota, _TxnUsage(c))
         tsk, tsv = L.ts_key(ts), L.pack_f64(ts)
         seqs: list[int] = []
         per_dev: dict[bytes, int] = {}
-        queue, expiry, qcharge = dbs.queue, dbs.expiry, dbs.qcharge
+        queue, expiry = dbs.queue, dbs.expiry
         for devk, envelope in items:
             rec = recs[devk]
             rec.last_seq += 1
@@ -187,29 +198,23 @@ def enqueue(
             rec.queue_bytes += len(envelope)
             qk = L.queue_key(devk, rec.last_seq)
             txn.put(qk, tsv + envelope, db=queue)
-            txn.put(tsk + b"q" + qk, b"", db=expiry)
-            if tags:
-                txn.put(qk, packed_tags, db=qcharge)
+            txn.put(tsk + b"q" + qk, packed_tags, db=expiry)
             per_dev[devk] = per_dev.get(devk, 0) + len(envelope)
             seqs.append(rec.last_seq)
-        per_user: dict[bytes, int] = {}
-        for devk, rec in recs.items():
-            rec.store(txn, dbs, devk)
-            user = L.user_of(devk)
-            per_user[user] = per_user.get(user, 0) + per_dev[devk]
-        for user, n in per_user.items():
-            L.add_u64(txn, dbs.accounts, user, n)
+        for devk, n in per_dev.items():
+            c.add_account(L.user_of(devk), n)
         if tags:
-            total = sum(per_dev.values())
-            for tag in tags:
-                L.add_u64(txn, dbs.charges, tag, total)
-                for devk, n in per_dev.items():
-                    L.add_u64(txn, dbs.shares, devk + tag, n)
+            for devk, n in per_dev.items():
+                c.add_tags(devk, tags, n)
         if dedupe is not None:
             txn.put(dedupe, tsv, db=dbs.dedupe)
             txn.put(tsk + b"d" + dedupe, b"", db=dbs.expiry)
+        if counters is None:
+            c.flush()
         return seqs
     op.chain = chain  # type: ignore[attr-defined]
+    op.counters = True  # type: ignore[attr-defined]
+    op.tags_len = len(packed_tags)  # type: ignore[attr-defined]
     return op
 
 
@@ -221,63 +226,62 @@ class Freed:
     def __init__(self) -> None:
         self.items: dict[bytes, int] = {}
         self.by_dev: dict[bytes, int] = {}
-        self.by_tag: dict[tuple[bytes, bytes], int] = {}
+        self.by_tag: dict[tuple[bytes, bytes], int] = {}  # (devk, packed tags) -> bytes
 
-    def note(self, txn: lmdb.Transaction, dbs: L.Dbs, qk: bytes, value: bytes) -> None:
-        """Count one deleted item (queue key ``qk``, stored value ``value``) and drop
-        its charge record."""
+    def note(self, qk: bytes, value: bytes, tags: bytes | None) -> None:
+        """Count one deleted item: queue key ``qk``, stored value ``value``, and
+        ``tags``, the value of its ``expiry`` entry (its charge tags, NUL-joined)."""
         devk, n = qk[:-8], len(value) - 8
         self.items[devk] = self.items.get(devk, 0) + 1
         self.by_dev[devk] = self.by_dev.get(devk, 0) + n
-        tags = txn.pop(qk, db=dbs.qcharge)
         if tags:
-            for tag in tags.split(b"\0"):
-                self.by_tag[(devk, tag)] = self.by_tag.get((devk, tag), 0) + n
+            key = (devk, tags)
+            self.by_tag[key] = self.by_tag.get(key, 0) + n
 
-    def apply(self, txn: lmdb.Transaction, dbs: L.Dbs) -> int:
-        """Update ``devices``, ``accounts``, ``charges`` and ``shares``; return the
-        items deleted."""
+    def apply(self, c: Counters) -> int:
+        """Update the device records, ``accounts``, ``charges`` and ``shares``;
+        return the items deleted."""
         for devk, k in self.items.items():
-            rec = L.DevRec.load(txn, dbs, devk)
+            rec = c.dev(devk)
             rec.queue_len -= k
             rec.queue_bytes = max(0, rec.queue_bytes - self.by_dev[devk])
-            rec.store(txn, dbs, devk)
-        self.apply_totals(txn, dbs)
+        self.apply_totals(c)
         return sum(self.items.values())
 
-    def apply_totals(self, txn: lmdb.Transaction, dbs: L.Dbs) -> None:
+    def apply_totals(self, c: Counters) -> None:
         """Update ``accounts``, ``charges`` and ``shares`` (not the device records)."""
-        per_user: dict[bytes, int] = {}
         for devk, n in self.by_dev.items():
-            per_user[L.user_of(devk)] = per_user.get(L.user_of(devk), 0) + n
-        for user, n in per_user.items():
-            L.add_u64(txn, dbs.accounts, user, -n)
-        for (devk, tag), n in self.by_tag.items():
-            L.add_u64(txn, dbs.charges, tag, -n)
-            L.add_u64(txn, dbs.shares, devk + tag, -n)
+            c.add_account(L.user_of(devk), -n)
+        for (devk, tags), n in self.by_tag.items():
+            c.add_tags(devk, tags.split(b"\0"), -n)
 
 
 class Deletion:
     """A freeing op that can also run in pieces, for a map too full to delete
     everything in one transaction (see :mod:`storage._group_commit`).
 
-    ``run(txn, dbs, limit)`` deletes at most ``limit`` records (all if ``None``),
-    leaving a consistent state (a prefix of what the whole op deletes), and returns
-    ``(count, done)``. Called as an op, it runs whole and returns ``count``; the
-    answer of an op run in pieces is the sum of their counts.
+    ``run(txn, dbs, limit, counters)`` deletes at most ``limit`` records (all if
+    ``None``), leaving a consistent state (a prefix of what the whole op deletes),
+    and returns ``(count, done)``; ``counters``: the batch's
+    :class:`~storage._lmdb_counters.Counters`, or ``None`` (the op flushes its own).
+    Called as an op, it runs whole and returns ``count``; the answer of an op run
+    in pieces is the sum of their counts. ``counters`` (the attribute) tells the
+    committer whether to pass the batch's counters (else it flushes them first).
     """
 
-    __slots__ = ("run",)
+    __slots__ = ("run", "counters")
 
-    def __init__(self, run: Callable[[lmdb.Transaction, L.Dbs, int | None], tuple[int, bool]]):
+    def __init__(self, run: Callable[[lmdb.Transaction, L.Dbs, int | None, Counters | None],
+                                     tuple[int, bool]], counters: bool = False):
         self.run = run
+        self.counters = counters
 
-    def __call__(self, txn: lmdb.Transaction, dbs: L.Dbs) -> int:
-        return self.run(txn, dbs, None)[0]
+    def __call__(self, txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> int:
+        return self.run(txn, dbs, None, counters)[0]
 
     def piece(self, limit: int) -> Op:
         """An op deleting at most ``limit`` records: ``(txn, dbs) -> (count, done)``."""
-        return lambda txn, dbs: self.run(txn, dbs, limit)
+        return lambda txn, dbs: self.run(txn, dbs, limit, None)
 
 
 def _delete_queue_range(
@@ -288,6 +292,7 @@ def _delete_queue_range(
     entries, lowest seq first, at most ``limit`` of them (None: no bound); count them
     in ``freed``."""
     gone = 0
+    expiry = dbs.expiry
     with txn.cursor(db=dbs.queue) as cur:
         cur.set_range(devk)
         # cur.key() is b"" once the cursor runs off the end (our keys are never empty).
@@ -297,8 +302,8 @@ def _delete_queue_range(
             if limit is not None and gone >= limit:
                 break
             value = cur.value()
-            txn.delete(L.ts_key(L.unpack_f64(value)) + b"q" + key, db=dbs.expiry)
-            freed.note(txn, dbs, key, value)
+            tags = txn.pop(L.ts_key(L.unpack_f64(value)) + b"q" + key, db=expiry)
+            freed.note(key, value, tags)
             cur.delete()  # moves to the next item
             gone += 1
     return gone
@@ -306,14 +311,18 @@ def _delete_queue_range(
 
 def ack(devk: bytes, up_to_seq: int) -> Deletion:
     """Delete the device's envelopes up to ``up_to_seq``; return how many went."""
-    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
+    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None,
+            counters: Counters | None) -> tuple[int, bool]:
         if up_to_seq < 1:
             return 0, True
+        c = Counters(txn, dbs) if counters is None else counters
         freed = Freed()
         gone = _delete_queue_range(txn, dbs, devk, min(up_to_seq, 2**64 - 1), limit, freed)
-        freed.apply(txn, dbs)
+        freed.apply(c)
+        if counters is None:
+            c.flush()
         return gone, limit is None or gone < limit
-    return Deletion(run)
+    return Deletion(run, counters=True)
 
 
 def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> None:
@@ -326,10 +335,13 @@ def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> 
 def purge_device(devk: bytes) -> Deletion:
     """Delete the device's queue and keys (keeping its seq counter); return the
     envelopes deleted. In pieces: the queue goes first, the keys with the last piece."""
-    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
+    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None,
+            counters: Counters | None) -> tuple[int, bool]:
         freed = Freed()
         gone = _delete_queue_range(txn, dbs, devk, None, limit, freed)
-        freed.apply(txn, dbs)
+        c = Counters(txn, dbs)
+        freed.apply(c)
+        c.flush()
         rec = L.DevRec.load(txn, dbs, devk)
         if limit is not None and gone >= limit:
             return gone, False
@@ -348,7 +360,8 @@ def purge_device(devk: bytes) -> Deletion:
 def expire(older_than: float) -> Deletion:
     """Delete envelopes and dedupe ids enqueued before ``older_than`` (oldest first);
     return the envelopes deleted."""
-    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None) -> tuple[int, bool]:
+    def run(txn: lmdb.Transaction, dbs: L.Dbs, limit: int | None,
+            counters: Counters | None) -> tuple[int, bool]:
         bound = L.ts_key(older_than)
         freed = Freed()
         done = True
@@ -363,12 +376,15 @@ def expire(older_than: float) -> Deletion:
                 if kind == b"q":
                     value = txn.pop(rest, db=dbs.queue)
                     if value is not None:
-                        freed.note(txn, dbs, rest, value)
+                        freed.note(rest, value, cur.value())
                 else:
                     txn.delete(rest, db=dbs.dedupe)
                 cur.delete()
                 n += 1
-        return freed.apply(txn, dbs), done
+        c = Counters(txn, dbs)
+        gone = freed.apply(c)
+        c.flush()
+        return gone, done
     return Deletion(run)
 
 

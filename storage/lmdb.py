@@ -313,15 +313,15 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             sizes = (None if req.quota is None
-                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw, strict=True)])
+                     else [(u, d, len(env)) for (u, d, _), (_, env) in zip(req.items, raw, strict=True)]
+                     if len(raw) != 1 else [(req.items[0][0], req.items[0][1], len(raw[0][1]))])
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
             charges = check_charges(req.charges)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes,
-                                      chain=chain_keys(token, req)),
-                          sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(
-                              raw, dd, psize, len("\0".join(charges).encode())),
-                          False))
+            op = ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes,
+                             chain=chain_keys(token, req))
+            specs.append((op, sum(len(e) + 32 for _, e in raw),
+                          ops.enqueue_estimate(raw, dd, psize, op.tags_len), False))
         answers = await self.writer.submit_many(specs)
         return [_answer(answer) for answer in answers]
 

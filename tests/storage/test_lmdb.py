@@ -17,6 +17,7 @@ import trio
 
 from storage import (
     DuplicateKey,
+    EnqueueRequest,
     QueueFull,
     StaleVersion,
     Storage,
@@ -288,3 +289,43 @@ async def test_a_store_written_before_byte_accounting_is_counted_at_open(tmp_pat
                     await st.queue_bytes(BOB)] == [10, 30, 1]
             assert await st.ack(ALICE, 1, 1) == 1
             assert await st.queue_bytes(ALICE) == 10
+
+
+async def test_charge_tags_kept_in_qcharge_move_into_the_expiry_index_at_open(
+    tmp_path: Path,
+) -> None:
+    """Issue 11: a store whose items' charge tags are ``qcharge`` records (the first
+    layout) gets them moved into their ``expiry`` entries at open; acks and expiry
+    then still take the bytes off the tags."""
+    from storage import _lmdb_layout as L
+
+    with trio.fail_after(20):
+        async with LmdbStorage.open(tmp_path) as st:
+            await st.enqueue_many([
+                EnqueueRequest([(ALICE, 0, b"a" * 10)], charges=("u:bob", "x:strangers")),
+                EnqueueRequest([(ALICE, 0, b"b" * 20)], charges=("u:bob",), now=1.0),
+            ])
+        env = lmdb.open(str(tmp_path), max_dbs=len(L.DB_NAMES) + 2, subdir=True)
+        with env.begin(write=True) as txn:  # turn it back into the first layout
+            dbs = L.Dbs(**{n: env.open_db(n.encode(), txn=txn) for n in L.DB_NAMES})
+            moved = 0
+            with txn.cursor(db=dbs.expiry) as cur:
+                for key, tags in cur:
+                    if key[8:9] == b"q" and tags:
+                        txn.put(key[9:], tags, db=dbs.qcharge)
+                        txn.put(key, b"", db=dbs.expiry)
+                        moved += 1
+            assert moved == 2
+        env.close()
+        async with LmdbStorage.open(tmp_path) as st:
+            assert [await st.charged_bytes("u:bob"), await st.charged_bytes("x:strangers"),
+                    await st.charged_bytes("u:bob", ALICE, 0)] == [30, 10, 30]
+            assert await st.expire(2.0) == 1  # the item of 1.0
+            assert await st.charged_bytes("u:bob") == 10
+            assert await st.ack(ALICE, 0, 1) == 1
+            assert [await st.charged_bytes("u:bob"), await st.charged_bytes("x:strangers"),
+                    await st.queue_bytes(ALICE)] == [0, 0, 0]
+        env = lmdb.open(str(tmp_path), max_dbs=len(L.DB_NAMES) + 2, subdir=True)
+        with env.begin() as txn:
+            assert txn.stat(env.open_db(b"qcharge", txn=txn))["entries"] == 0
+        env.close()
