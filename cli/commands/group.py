@@ -21,7 +21,8 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
-from cli.features.group_messaging import add_member, create_group, remove_member, send_group_text
+from cli.commands.sendtext import send_text
+from cli.features.group_messaging import add_member, create_group, remove_member
 from cli.features.payload import MAX_TEXT
 from cli.output import escape
 from cli.session.group_state import GroupState
@@ -114,7 +115,7 @@ def remove(app: AppContext, name: str, member: str) -> None:
 @click.pass_obj
 def list_(app: AppContext) -> None:
     """List the groups this device knows (no network)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         items = sorted((r.state for r in state.groups.groups.values()), key=lambda g: g.name)
         for g in items:
             role = "admin" if state.user_id in g.admins else (
@@ -133,7 +134,7 @@ def list_(app: AppContext) -> None:
 @click.pass_obj
 def info(app: AppContext, name: str) -> None:
     """Show group NAME (or id): version, members, admins (no network)."""
-    with state_of(app) as state, failures():
+    with state_of(app, readonly=True) as state, failures():
         g = state.groups.find(name).state
         app.out.emit(group_json(state, g), group_human(state, g))
 
@@ -142,15 +143,4 @@ def send_to_group(app: AppContext, name: str, text: str) -> None:
     """``wa-cli send --group NAME TEXT``: prints ``{"id", "status", "group", "group_id"}``."""
     if len(text) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
-    with state_of(app) as state:
-        async def run():
-            async with app.connect(state) as client:
-                return await send_group_text(client, name, text)
-
-        with failures(), lists_shown(app, state):
-            result = trio.run(run)
-    app.out.emit(
-        {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
-         "group_id": result.group_id},
-        f"sent to group {escape(result.name)} ({result.status}) id {result.msg_id.hex()}",
-    )
+    send_text(app, text, group=name)

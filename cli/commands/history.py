@@ -92,7 +92,7 @@ def history(app: AppContext, contact: str | None, limit: int, download: bool,
     linked device received in its history sync). With --json each row has the
     shape of a 'wa-cli recv --json' line. File messages show the file's name, size
     and type, and where it was saved (or that it is not downloaded)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=not download) as state:
         peer = None
         if contact is not None:
             try:

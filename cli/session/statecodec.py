@@ -95,6 +95,7 @@ class StateFields(Protocol):
     seen: SeenIds
     history: deque[dict]
     inbox: Inbox
+    outbox: list[dict]
 
     def _to_map(self) -> dict: ...
 
@@ -124,6 +125,7 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "pending_withdrawals": sorted(state.pending_withdrawals),
         "last_seen": [[uid, did, ts] for (uid, did), ts in state.last_seen.items()],
         "groups": state.groups.to_map(pk),
+        "outbox": state.outbox,
     }
 
 
@@ -152,6 +154,7 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
     state.pending_withdrawals = {int(i) for i in m.get("pending_withdrawals", ())}
     state.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
     state.groups = GroupStore.from_map(m.get("groups"), pk)
+    state.outbox = [dict(e) for e in m.get("outbox", ())]
 
 
 class SeenIds:
