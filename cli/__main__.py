@@ -11,7 +11,7 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         raise SystemExit(130) from None
-    main(prog_name="wa-cli")
+    main(prog_name="wa-cli", obj={"process": True})
 
 
 if __name__ == "__main__":

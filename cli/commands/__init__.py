@@ -132,8 +132,9 @@ def main(ctx: click.Context, home: Path, json_mode: bool, connect_timeout: float
     # a command stopped by Ctrl-C or SIGTERM drops its connection at once instead of
     # waiting up to 2 s for the closing handshake (the node handles a dropped link)
     net = dataclasses.replace(net, shield_close=False)
+    process = isinstance(ctx.obj, dict) and bool(ctx.obj.get("process"))  # cli.__main__.run
     ctx.obj = AppContext(home=home.expanduser(), out=Output(json_mode), net=net,
-                         connect_timeout=connect_timeout)
+                         connect_timeout=connect_timeout, process=process)
 
 
 def _register() -> None:

@@ -29,6 +29,7 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
             except KeyboardInterrupt:
                 if not follow:
                     raise
+                app.stop_now()
                 return
     except RemoteError as exc:
         raise CliError(f"daemon: {exc.message}") from exc

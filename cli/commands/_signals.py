@@ -65,8 +65,6 @@ async def until_signal(fn: Callable[..., Awaitable[T]], *args,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
             result.append(await fn(*args))
-            if guard is not None and guard.committed:  # it happened: no signal may say otherwise
-                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             nursery.cancel_scope.cancel()
     if result:
         return result[0], False
@@ -76,10 +74,27 @@ async def until_signal(fn: Callable[..., Awaitable[T]], *args,
 def run_interruptible(fn: Callable[..., Awaitable[T]], *args, guard: Guard | None = None) -> T:
     """``trio.run(fn, *args)`` with SIGINT and SIGTERM cancelling it (see :func:`until_signal`).
 
+    With a ``guard``, SIGINT and SIGTERM outside the receiver (before it is set up, after
+    it is gone) raise ``KeyboardInterrupt`` only until the guard is committed, and once
+    the action happened both are ignored for the rest of the process (the interpreter's
+    teardown included), so that no late signal turns a done action into exit code 130.
+
     Raises:
         Interrupted: a signal cancelled ``fn`` before it returned.
     """
-    result, interrupted = trio.run(partial(until_signal, fn, guard=guard), *args)
+    if guard is None:
+        result, interrupted = trio.run(partial(until_signal, fn), *args)
+    else:
+        def handler(signum: int, frame: object) -> None:
+            if not guard.committed:
+                raise KeyboardInterrupt
+
+        old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            result, interrupted = trio.run(partial(until_signal, fn, guard=guard), *args)
+        finally:
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN if guard.committed else old[s])
     if interrupted:
         raise Interrupted
     return result  # type: ignore[return-value]

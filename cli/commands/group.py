@@ -10,7 +10,6 @@ the sending device's sender key (see docs/groups.md).
 from __future__ import annotations
 
 import click
-import trio
 
 from cli.commands._common import (
     AppContext,
@@ -21,6 +20,7 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
+from cli.commands._signals import run_interruptible
 from cli.commands.sendtext import send_text
 from cli.features.group_messaging import add_member, create_group, remove_member
 from cli.features.payload import MAX_TEXT
@@ -64,7 +64,7 @@ def _change(app: AppContext, op, *args) -> None:
                 return await op(client, *args)
 
         with failures(), lists_shown(app, state):
-            g = trio.run(run)
+            g = run_interruptible(run)
         app.out.emit(group_json(state, g), group_human(state, g))
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-import trio
 
 from cli.client import init_account
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.commands._signals import run_interruptible
 from cli.output import escape
 from cli.session.state import AlreadyInitialized, State, create_state, open_state
 
@@ -42,7 +42,7 @@ def init(app: AppContext, name: str, relay: str) -> None:
         try:
             with create_state(app.home, name=name, relay_url=relay) as state:
                 init_account(state)
-                home_url = trio.run(_publish, app, state)
+                home_url = run_interruptible(_publish, app, state)
         except AlreadyInitialized:
             with open_state(app.home) as state:
                 if state.published_version:
@@ -51,7 +51,7 @@ def init(app: AppContext, name: str, relay: str) -> None:
                 # this call's --name and --relay win.
                 state.name, state.relay_url = name, relay
                 state.save()
-                home_url = trio.run(_publish, app, state)
+                home_url = run_interruptible(_publish, app, state)
     app.out.emit(
         {"user_id": state.user_id, "device_id": state.device_id, "home": home_url},
         state.user_id,

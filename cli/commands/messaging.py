@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import trio
 
 from cli.commands._common import (
     AppContext,
@@ -17,6 +16,7 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
+from cli.commands._signals import run_interruptible
 from cli.commands.sendtext import send_text
 from cli.errors import SendUnknown
 from cli.features.payload import MAX_TEXT
@@ -161,7 +161,7 @@ def _retry(app: AppContext, retry_id: str) -> None:
         entry = state.find_history(msg_id.hex()) or {}
         to = entry.get("group_id") or entry.get("peer", "")
         with failures(), lists_shown(app, state), _unknown_reported(app, to):
-            status, entry = trio.run(run)
+            status, entry = run_interruptible(run)
         if entry.get("group_id"):
             record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))
             group = record.state.name if record is not None else entry["group_id"]

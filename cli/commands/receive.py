@@ -219,6 +219,9 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None) 
             _reader_gone(app, state)
             return
         screen.finish()
+        if follow:
+            files.check()
+            app.stop_now()  # saved and flushed: skip the interpreter's teardown
         if interrupted:
             click.echo("\ninterrupted", err=True)
             raise click.exceptions.Exit(130)

@@ -105,7 +105,7 @@ class Remote:
         rid, self._next_id = self._next_id, self._next_id + 1
         data = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method,
                            "params": params or {}}).encode() + b"\n"
-        with _held_signals() if shielded else contextlib.nullcontext():
+        with _held_signals() if shielded else contextlib.nullcontext() as held:
             try:
                 self._sock.sendall(data)
             except OSError as exc:
@@ -121,6 +121,8 @@ class Remote:
                     err = msg["error"] if isinstance(msg["error"], dict) else {}
                     raise RemoteError(err.get("code"), str(err.get("message", "error")),
                                       err.get("data"))
+                if held is not None:
+                    held.done = True
                 return msg.get("result")
 
     def notifications(self, idle: float | None = None) -> Iterator[dict]:
@@ -140,18 +142,24 @@ class Remote:
                 yield msg
 
 
+class _Held:
+    done = False  # the action happened: stop signals stay ignored
+
+
 @contextlib.contextmanager
-def _held_signals() -> Iterator[None]:
-    """Block SIGINT and SIGTERM; on exit, drop the ones that came meanwhile."""
+def _held_signals() -> Iterator[_Held]:
+    """Block SIGINT and SIGTERM (this process has no other thread); on exit drop the ones
+    that came meanwhile, and keep ignoring them if the block set ``done``."""
+    held = _Held()
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
     try:
-        yield
+        yield held
     finally:
-        came = signal.sigpending() & _STOP
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in came}
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP}
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)  # a pending ignored signal is dropped
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        if not held.done:
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
 
 def find_daemon(home: Path) -> Remote | None:

@@ -7,10 +7,13 @@ daemon (whose connection comes and goes).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+
+import trio
 
 from cli.errors import ConnectionFailed, ConnectionLost, SendUnknown
 from cli.features import group_messaging, outbox, payload, sending
@@ -93,6 +96,8 @@ async def post_text(state: State, connect: Connect, text: str, *, to: str | None
     except SendUnknown:
         raise
     except (ConnectionFailed, ConnectionLost) as exc:
+        if trio.current_effective_deadline() == -math.inf:
+            raise  # cancelled (Ctrl-C): the link closing under it is not an outage
         if on_commit is not None:
             on_commit()
         outbox.keep(state, msg_id, plain, to=to or "", group_id=gid, ts=ts)

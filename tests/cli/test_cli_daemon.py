@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import stat
 
@@ -241,3 +242,42 @@ async def test_sigterm_stops_recv_follow_within_half_a_second(tmp_path):
     finally:
         if follow is not None:
             await follow.aclose()
+
+
+CTRL_C_TRIALS = int(os.environ.get("WA_CTRL_C_TRIALS", "6"))  # the faults run uses 50
+
+
+async def test_ctrl_c_at_random_moments_of_send(tmp_path):
+    """Exit 0 iff the message reaches the recipient, shown once; 130 iff it does not.
+    The moments spread over start-up, connecting, encrypting, the request in flight
+    and after the answer (seeded, so a failure can be replayed)."""
+    rng = random.Random(int(os.environ.get("WA_CTRL_C_SEED", "1414")))
+    with trio.fail_after(DEADLINE + 4 * CTRL_C_TRIALS):
+        async with run_cluster(1) as cluster:
+            alice, bob = await two_accounts(tmp_path, cluster.urls["n1"])
+            await wa(tmp_path / "a", "send", bob["user_id"], "warm up")
+            (full,) = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.2"))
+            start = trio.current_time()
+            await wa(tmp_path / "a", "send", bob["user_id"], "timed")
+            span = trio.current_time() - start  # how long one whole send takes here
+            codes = {}
+            for i in range(CTRL_C_TRIALS):
+                send = await Running.start(tmp_path / "a", "--json", "send", bob["user_id"],
+                                           f"trial {i}")
+                try:
+                    await trio.sleep(rng.uniform(0.0, span * 1.1))  # the random moment
+                    send.proc.send_signal(signal.SIGINT)
+                    code, err = await send.finish()
+                finally:
+                    await send.aclose()
+                if code == 1 and err.startswith("Fatal Python error: init_import_site"):
+                    code = 130  # the interpreter itself, in its first ~50 ms (docs/cli.md)
+                else:  # -SIGINT: killed before Python set up its handler (a shell shows 130)
+                    assert code in (0, 130, -signal.SIGINT), err
+                    assert "Traceback" not in err, err
+                codes[f"trial {i}"] = code
+            got = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.5"))
+            texts = [g["text"] for g in got if g["text"].startswith("trial ")]
+            assert len(texts) == len(set(texts))  # never shown twice
+            assert sorted(texts) == sorted(t for t, c in codes.items() if c == 0), codes
+            assert full["text"] == "warm up"
