@@ -10,15 +10,15 @@ import trio
 
 from cli.commands._common import AppContext, json_option, state_of
 from cli.commands._signals import until_signal
-from cli.commands.receive import reconnect_delays
 from cli.daemon.server import Listening, serve_daemon
 from cli.session.state import State
+from relay.net.backoff import CLIENT_RECONNECT
 
 
 async def _serve(app: AppContext, state: State, tcp_port: int | None) -> None:
     async with trio.open_nursery() as nursery:
         where: Listening = await nursery.start(functools.partial(
-            serve_daemon, state, lambda s: app.connect(s), reconnect_delays, tcp_port=tcp_port))
+            serve_daemon, state, lambda s: app.connect(s), CLIENT_RECONNECT.delays, tcp_port=tcp_port))
         obj = {"socket": str(where.socket)}
         human = f"serving {where.socket}"
         if where.tcp is not None:

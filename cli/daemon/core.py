@@ -42,7 +42,7 @@ class Device:
         state: the open state (exclusive lock held by the caller).
         connect: opens a client of ``state`` (the command's network settings).
         delays: seconds to wait before each reconnection attempt (endless iterator
-            factory, e.g. :func:`cli.commands.receive.reconnect_delays`).
+            factory, e.g. ``relay.net.backoff.CLIENT_RECONNECT.delays``).
 
     Attributes:
         client: the connected client, ``None`` while there is no connection.
