@@ -22,6 +22,7 @@ import trio
 from cli.client import Client
 from cli.errors import ClientError, ConnectionFailed
 from cli.events import Kept
+from cli.features import outbox
 from cli.session.inbox import Pending
 from cli.session.state import State
 
@@ -59,6 +60,7 @@ class Device:
         self._next_sub = 1
         self._showing = trio.Lock()
         self._folded = 0
+        self._outbox_changed = trio.Event()
 
     # ------------------------------------------------------------ connection
 
@@ -88,7 +90,10 @@ class Device:
                     if outage:
                         log.warning("connected to the home node again")
                     delays, outage = self._delays(), False
-                    await self._receive(client)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send_outbox, client)
+                        await self._receive(client)
+                        nursery.cancel_scope.cancel()
             except ClientError as exc:
                 if not outage:
                     log.warning("no connection to the home node (%s); retrying until stopped",
@@ -99,6 +104,18 @@ class Device:
                 if self.connected.is_set():
                     self.connected = trio.Event()
             await trio.sleep(next(delays))
+
+    def outbox_changed(self) -> None:
+        """A message was kept in the outbox: the connected client sends it (the next
+        connection does anyway)."""
+        self._outbox_changed.set()
+
+    async def _send_outbox(self, client: Client) -> None:
+        while True:
+            if self.state.outbox:
+                await outbox.flush(client)
+            await self._outbox_changed.wait()
+            self._outbox_changed = trio.Event()
 
     async def _receive(self, client: Client) -> None:
         await self.show_pending()

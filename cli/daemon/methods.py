@@ -117,6 +117,8 @@ async def send(device: Device, peer: Peer, params: dict) -> dict:
             raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_group"}) from exc
     with errors():
         posted = await post_text(state, device.session, text, to=user_id, group=group)
+    if posted.status == outbox.PENDING:
+        device.outbox_changed()
     if posted.group_id:
         return {"id": posted.msg_id.hex(), "status": posted.status, "group": posted.group,
                 "group_id": posted.group_id}
