@@ -13,6 +13,8 @@ import click
 
 from cli.commands._common import (
     AppContext,
+    CliError,
+    UnknownName,
     check_name,
     failures,
     json_option,
@@ -22,6 +24,8 @@ from cli.commands._common import (
 from cli.commands._events import lists_shown
 from cli.commands._signals import run_interruptible
 from cli.commands.sendtext import send_text
+from cli.daemon.jsonrpc import USAGE_ERROR
+from cli.daemon.remote import RemoteError, find_daemon
 from cli.features.group_messaging import add_member, create_group, remove_member
 from cli.features.payload import MAX_TEXT
 from cli.output import escape
@@ -57,7 +61,22 @@ def group_human(state: State, g: GroupState) -> str:
     return "\n".join(lines)
 
 
+_RPC = {"create_group": "groupCreate", "add_member": "groupAdd", "remove_member": "groupRemove"}
+
+
 def _change(app: AppContext, op, *args) -> None:
+    remote = find_daemon(app.home)
+    if remote is not None:  # through the daemon of this home (docs/jsonrpc.md)
+        keys = ("name", "members") if op is create_group else ("group", "member")
+        with remote:
+            try:
+                answer = remote.call(_RPC[op.__name__], dict(zip(keys, args, strict=True)))
+            except RemoteError as exc:
+                if exc.code == USAGE_ERROR:
+                    raise UnknownName(exc.message, "unknown_contact", "MEMBER") from exc
+                raise CliError(f"daemon: {escape(exc.message)}") from exc
+        app.out.emit(answer["group"], answer["text"])
+        return
     with state_of(app) as state:
         async def run():
             async with app.connect(state) as client:
@@ -81,7 +100,7 @@ def group() -> None:
 def create(app: AppContext, name: str, members: tuple[str, ...]) -> None:
     """Create group NAME with you (admin) and MEMBERs (contact names or user ids)."""
     check_name(name, "NAME")
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         ids = list(dict.fromkeys(_resolve(state, m) for m in members))
     _change(app, create_group, name, ids)
 
@@ -93,7 +112,7 @@ def create(app: AppContext, name: str, members: tuple[str, ...]) -> None:
 @click.pass_obj
 def add(app: AppContext, name: str, member: str) -> None:
     """Add MEMBER to group NAME (admins, on the primary device)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         user_id = _resolve(state, member)
     _change(app, add_member, name, user_id)
 
@@ -105,7 +124,7 @@ def add(app: AppContext, name: str, member: str) -> None:
 @click.pass_obj
 def remove(app: AppContext, name: str, member: str) -> None:
     """Remove MEMBER from group NAME; they cannot read anything sent afterwards."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         user_id = _resolve(state, member)
     _change(app, remove_member, name, user_id)
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cli.commands._events import render
+from cli.commands.group import group_human, group_json
 from cli.commands.history import _row as history_row
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import (
@@ -27,6 +28,7 @@ from cli.daemon.jsonrpc import (
 )
 from cli.errors import ClientError, SendUnknown
 from cli.features import outbox
+from cli.features.group_messaging import add_member, create_group, remove_member
 from cli.features.payload import MAX_TEXT
 from cli.features.posting import post_text
 from cli.session.group_state import GroupError
@@ -123,6 +125,51 @@ async def send(device: Device, peer: Peer, params: dict) -> dict:
         return {"id": posted.msg_id.hex(), "status": posted.status, "group": posted.group,
                 "group_id": posted.group_id}
     return {"id": posted.msg_id.hex(), "status": posted.status, "to": posted.to}
+
+
+def _client(device: Device):  # noqa: ANN202
+    if device.client is None:
+        raise RpcError(RUNTIME_ERROR, "no connection to the home node right now")
+    return device.client
+
+
+async def _group_change(device: Device, op, *args) -> dict:  # noqa: ANN001
+    state = device.state
+    with errors():
+        g = await op(_client(device), *args)
+    return {"group": group_json(state, g), "text": group_human(state, g)}
+
+
+def _user(device: Device, params: dict, key: str) -> str:
+    try:
+        return device.state.resolve(_str(params, key))
+    except StateError as exc:
+        raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_contact"}) from exc
+
+
+@method("groupCreate")
+async def group_create(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"name", "members": [NAME_OR_USER_ID]}`` -> ``{"group": {...}, "text"}``
+    (the ``group info --json`` object and its human lines)."""
+    members = params.get("members")
+    if not isinstance(members, list) or not members:
+        raise RpcError(INVALID_PARAMS, "'members' must be a non-empty list")
+    ids = list(dict.fromkeys(_user(device, {"m": m}, "m") for m in members))
+    return await _group_change(device, create_group, _str(params, "name"), ids)
+
+
+@method("groupAdd")
+async def group_add(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"group", "member"}`` -> as ``groupCreate``."""
+    return await _group_change(device, add_member, _str(params, "group"),
+                               _user(device, params, "member"))
+
+
+@method("groupRemove")
+async def group_remove(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"group", "member"}`` -> as ``groupCreate``."""
+    return await _group_change(device, remove_member, _str(params, "group"),
+                               _user(device, params, "member"))
 
 
 @method("outbox")

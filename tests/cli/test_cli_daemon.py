@@ -62,6 +62,15 @@ async def test_recv_follow_and_send_on_one_home_at_once(tmp_path):
                 assert f"daemon (process {daemon.proc.pid})" in busy.stderr.decode()
                 (in_a,) = lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.2"))
                 assert in_a["text"] == "from bob"
+                # group commands go through the daemon too
+                (made,) = lines(await wa(tmp_path / "b", "--json", "group", "create", "team",
+                                         alice["user_id"]))
+                assert made["group"] == "team" and made["admin"] is True
+                (to_team,) = lines(await wa(tmp_path / "b", "--json", "send", "--group", "team",
+                                            "to team"))
+                assert (to_team["status"], to_team["group"]) == ("stored", "team")
+                got = lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.3"))
+                assert [g.get("text") for g in got if g.get("type") == "text"] == ["to team"]
                 # SIGTERM stops recv --follow at once, with 0
                 start = trio.current_time()
                 code, err = await follow.stop(signal.SIGTERM)
