@@ -8,7 +8,7 @@ import functools
 import click
 import trio
 
-from cli.commands._common import AppContext, json_option, state_of
+from cli.commands._common import AppContext, failures, json_option, state_of
 from cli.commands._signals import until_signal
 from cli.daemon.server import Listening, serve_daemon
 from cli.session.state import State
@@ -44,7 +44,7 @@ def daemon(app: AppContext, tcp_port: int | None) -> None:
     JSON-RPC 'receive' subscriber listens wait in the device's inbox. Ctrl-C or
     SIGTERM stops it (exit code 0). Methods: docs/jsonrpc.md.
     """
-    with state_of(app) as state:
+    with state_of(app) as state, failures():
         try:
             trio.run(until_signal, _serve, app, state, tcp_port)
         finally:

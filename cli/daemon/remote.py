@@ -12,6 +12,7 @@ import contextlib
 import json
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ def socket_path(home: Path) -> Path:
     return home / SOCKET_FILE
 
 CONNECT_TIMEOUT = 2.0  # seconds to connect to a local socket
+ANSWER_TIMEOUT = 120.0  # seconds; above a send's connect, key claims and request deadlines
 _STOP = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -91,13 +93,16 @@ class Remote:
                 raise RemoteError(None, "the daemon closed the connection")
             self._buf += chunk
 
-    def call(self, method: str, params: dict | None = None, *, shielded: bool = False) -> Any:
+    def call(self, method: str, params: dict | None = None, *, shielded: bool = False,
+             timeout: float | None = ANSWER_TIMEOUT) -> Any:
         """Call ``method`` and wait for its result.
 
         Args:
             shielded: once the request is written, SIGINT and SIGTERM are held back
                 until the answer is in, and then discarded: the action happened, and
                 the caller reports it (``wa-cli send``: exit 0).
+            timeout: seconds to wait for the answer (``None``: forever); a daemon that
+                stays silent longer is given up (``RemoteError``, code ``None``).
 
         Raises:
             RemoteError: an error answer, or the connection broke.
@@ -110,8 +115,12 @@ class Remote:
                 self._sock.sendall(data)
             except OSError as exc:
                 raise RemoteError(None, f"lost the connection to the daemon: {exc}") from exc
+            deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                msg = self._read(None)
+                left = None if deadline is None else max(0.001, deadline - time.monotonic())
+                msg = self._read(left)
+                if msg is None:
+                    raise RemoteError(None, f"no answer from the daemon within {timeout:g}s")
                 if "method" in msg and "id" not in msg:
                     self._queued.append(msg)
                     continue
