@@ -169,6 +169,18 @@ def message_human(msg: Message, sender: str, peer: str) -> str:
     return f"[{_clock(msg.ts)}] {sender}: {text}"
 
 
+def bounce_json(bounce: Bounce) -> dict:
+    """The ``recv --json`` line of a bounce (a message the recipient's home could not
+    deliver; ``resent`` is the status of the automatic resend under the same id, or
+    ``null``; ``error`` why that resend failed, or ``null``)::
+
+        {"type": "bounce", "id", "to", "code", "message", "resent", "error"}
+    """
+    return {"type": "bounce", "id": bounce.msg_id.hex(), "to": bounce.user_id,
+            "code": bounce.code, "message": bounce.message, "resent": bounce.resent_status,
+            "error": bounce.error}
+
+
 def bounce_human(bounce: Bounce) -> str:
     """A one-line description of a bounce and what was done about it."""
     what = (f"message {bounce.msg_id.hex()} to {escape(bounce.user_id[:12]) or '?'} bounced "

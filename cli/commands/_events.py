@@ -9,7 +9,13 @@ from contextlib import contextmanager
 from cli.client import Bounce, DevicesChanged, Message
 from cli.commands._common import AppContext, message_row, user_label
 from cli.features.group_receiving import GroupChanged
-from cli.output import bounce_human, devices_changed_human, devices_changed_json, escape
+from cli.output import (
+    bounce_human,
+    bounce_json,
+    devices_changed_human,
+    devices_changed_json,
+    escape,
+)
 from cli.session.state import State
 from relay.protocol import DeviceList
 
@@ -47,7 +53,7 @@ def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa
         obj, human = message_row(state, event)
         return obj, human, False
     if isinstance(event, Bounce):
-        return None, bounce_human(event), True
+        return bounce_json(event), bounce_human(event), True
     if isinstance(event, DevicesChanged):
         return (devices_changed_json(event),
                 devices_changed_human(event, own=event.user_id == state.user_id), True)
