@@ -15,10 +15,10 @@ import dataclasses
 from pathlib import Path
 
 import click
-import trio
 
 from cli.client import open_client
 from cli.commands._common import AppContext, failures, json_option, message_row, state_of
+from cli.commands._signals import run_interruptible
 from cli.events import Message
 from cli.features import media
 from cli.output import escape, progress_bar
@@ -92,7 +92,7 @@ def history(app: AppContext, contact: str | None, limit: int, download: bool,
     linked device received in its history sync). With --json each row has the
     shape of a 'wa-cli recv --json' line. File messages show the file's name, size
     and type, and where it was saved (or that it is not downloaded)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=not download) as state:
         peer = None
         if contact is not None:
             try:
@@ -103,7 +103,7 @@ def history(app: AppContext, contact: str | None, limit: int, download: bool,
         if download:
             target = downloads if downloads is not None else app.home / media.DOWNLOADS_DIR
             with failures():
-                trio.run(_download, state, entries, target, app)
+                run_interruptible(_download, state, entries, target, app)
         groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
         rows = [_row(state, e, groups) for e in entries]
     for obj, human in rows:

@@ -17,6 +17,7 @@ import segno
 import trio
 
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.commands._signals import run_interruptible
 from cli.commands.init import _check_url
 from cli.errors import ClientError
 from cli.features.linking import open_link, save_linked
@@ -75,7 +76,7 @@ def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
     """
     check_name(name, "--name")
     with failures(), new_home(app.home) as fresh:
-        state, omitted = trio.run(_link, app, fresh, relay, name, timeout)
+        state, omitted = run_interruptible(_link, app, fresh, relay, name, timeout)
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
         n, c, g = len(state.history), len(state.contacts), len(state.groups.groups)
     app.out.emit({"user_id": state.user_id, "device_id": state.device_id},

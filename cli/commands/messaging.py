@@ -7,17 +7,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import trio
 
 from cli.commands._common import (
     AppContext,
     failures,
     json_option,
-    resolve_recipient,
     state_of,
     user_label,
 )
 from cli.commands._events import lists_shown
+from cli.commands._signals import run_interruptible
+from cli.commands.sendtext import send_text
 from cli.errors import SendUnknown
 from cli.features.payload import MAX_TEXT
 from cli.features.resend import resend
@@ -54,6 +54,14 @@ class _SendCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def _from_stdin(text: str) -> str:
+    """``-`` as TEXT: the text is read from stdin (one trailing newline dropped)."""
+    if text != "-":
+        return text
+    data = click.get_text_stream("stdin").read()
+    return data[:-1] if data.endswith("\n") else data
+
+
 def _check_text(text: str) -> None:
     if not text.strip():
         raise click.BadParameter("is empty", param_hint="TEXT")
@@ -85,10 +93,16 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     wa-cli send --group GROUP --file PATH [CAPTION]
     wa-cli send --retry MSG_ID
 
+    TEXT "-" reads the text from stdin.
+
     A recipient and --group are mutually exclusive. Prints the message id and
     the relay's status: "stored" (durable at the recipient's home) or "queued"
     (durable in your home's outbox; the recipient's home is unreachable and
-    will get it later). If the relay's answer never comes (the connection went
+    will get it later), or "pending" (no relay reachable: kept on this device,
+    see 'wa-cli outbox', and sent, once, by the next command that connects or
+    by the daemon). While 'wa-cli daemon' serves this --home, send goes
+    through it. Exit code 0 once stored, queued or pending, even if Ctrl-C
+    came after the message left; 130 if Ctrl-C stopped it before. If the relay's answer never comes (the connection went
     silent or broke after the message left), the status is unknown: send exits
     1 saying so, and 'wa-cli send --retry MSG_ID' sends it again under the same
     id, which the recipient sees once whatever happened to the first attempt.
@@ -108,25 +122,14 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     if group_name is not None:  # wa-cli send --group GROUP TEXT: the one argument is TEXT
         if recipient is None or text is not None:
             raise click.UsageError("usage: wa-cli send --group GROUP TEXT")
-        _check_text(recipient)
-        return group_cmd.send_to_group(app, group_name, recipient)
+        text = _from_stdin(recipient)
+        _check_text(text)
+        return group_cmd.send_to_group(app, group_name, text)
     if recipient is None or text is None:
         raise click.UsageError("usage: wa-cli send NAME|USER_ID TEXT")
+    text = _from_stdin(text)
     _check_text(text)
-    with state_of(app) as state:
-        user_id = resolve_recipient(state, recipient)
-
-        async def run():
-            async with app.connect(state) as client:
-                return await client.send_text(user_id, text)
-
-        with failures(), lists_shown(app, state), _unknown_reported(app, user_id):
-            result = trio.run(run)
-        name = user_label(state, user_id)
-    app.out.emit(
-        {"id": result.msg_id.hex(), "status": result.status, "to": user_id},
-        f"sent to {name} ({result.status}) id {result.msg_id.hex()}",
-    )
+    send_text(app, text, recipient=recipient)
 
 
 @contextmanager
@@ -158,7 +161,7 @@ def _retry(app: AppContext, retry_id: str) -> None:
         entry = state.find_history(msg_id.hex()) or {}
         to = entry.get("group_id") or entry.get("peer", "")
         with failures(), lists_shown(app, state), _unknown_reported(app, to):
-            status, entry = trio.run(run)
+            status, entry = run_interruptible(run)
         if entry.get("group_id"):
             record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))
             group = record.state.name if record is not None else entry["group_id"]
