@@ -35,6 +35,25 @@ class Message:
     declared_name: str
     group: str | None = None
     group_id: str | None = None
+    extra: dict | None = None
+    """The kind-specific fields (``reply_to``, ``reaction``, ``edit_of``, ``deleted``,
+    ``receipt``, ``typing``, ``expires_in``; :func:`cli.effects.event_extra`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """A message request: a stranger's message (``kind`` ``"user"``, ``key`` its user_id)
+    or a group invitation from a non-contact, or a message in such a group (``kind``
+    ``"group"``, ``key`` the group id in hex, ``group`` its name) waits until accepted
+    (``wa-cli requests``). ``msg_id`` (hex) is the held message, ``None`` for the
+    invitation itself."""
+
+    key: str
+    kind: str
+    sender_user: str
+    declared_name: str
+    group: str | None
+    msg_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +126,8 @@ class Kept:
     count: int
 
 
-Event = Message | BacklogDone | Bounce | Dropped | DevicesChanged | GroupChanged | Kept
+Event = (Message | BacklogDone | Bounce | Dropped | DevicesChanged | GroupChanged | Kept
+         | Requested)
 """One item of :meth:`cli.client.Client.receive`."""
 
 

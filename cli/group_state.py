@@ -9,7 +9,10 @@ member accepts a new state (:func:`check_update`) only if
 * the signature verifies under ``signer`` and the fields are well formed
   (admins are members, no repeats, sorted, at most :data:`MAX_MEMBERS` members);
 * for a group it knows: the ``group_id`` and ``creator`` are unchanged, the
-  version grows and the signer is an admin in the *previous* state;
+  version grows and the signer is an admin in the *previous* state -- or the
+  change is the signer *leaving*: a member (admin or not) may sign a state that
+  differs from the previous one only by removing itself (from members and admins;
+  another admin must remain);
 * for a group it does not know: version 1 must be signed by its creator; a later
   version (a member added later, or a device linked later) is trusted on first
   use if signed by one of its own admins.
@@ -176,5 +179,13 @@ def check_update(previous: GroupState | None, new: GroupState) -> None:
     if new.version <= previous.version:
         raise GroupStateRejected(
             f"group version must grow (have {previous.version}, got {new.version})")
-    if new.signer not in previous.admins:
+    if new.signer not in previous.admins and not is_leave(previous, new):
         raise GroupStateRejected(f"change signed by {new.signer[:12]}, who is not an admin")
+
+
+def is_leave(previous: GroupState, new: GroupState) -> bool:
+    """Whether ``new`` is ``previous`` minus its signer (a member leaving on its own)."""
+    me = new.signer
+    return (me in previous.members and new.name == previous.name
+            and set(new.members) == set(previous.members) - {me}
+            and set(new.admins) == set(previous.admins) - {me})

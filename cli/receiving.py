@@ -28,7 +28,7 @@ from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, group_messaging, group_receiving, payload
+from . import crypto, effects, group_messaging, group_receiving, payload, receipts
 from .devices import device_list_notice
 from .errors import ClientError, ConnectionLost, RelayError
 from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
@@ -118,15 +118,8 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
         return dropped("the msg_id inside the ciphertext differs from the envelope's")
     client.state.mark_seen(key)
     own = env.sender_user == client.state.user_id
-    peer = p.to if own else env.sender_user
-    alias = None if own else client.state.alias_of(env.sender_user)
-    client.state.history.append({
-        "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": peer,
-        "from": env.sender_user, "from_device": env.sender_device, "ts": p.ts,
-        "from_name": p.from_name, "resends": 0, **payload.history_fields(p),
-    })
-    return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
-                   peer, p.ts, p.type, p.text, alias or p.from_name, p.from_name)
+    return effects.on_payload(client.state, env.sender_user, env.sender_device, p,
+                              peer=p.to if own else env.sender_user)
 
 
 async def handle_bounce(client: Client, env: Envelope) -> Bounce:
@@ -175,6 +168,7 @@ class Receiver:
         self._ready: deque[Event] = deque()
         self._error: Exception | None = None
         self._started = False
+        self._delivered: dict[str, list[bytes]] = {}  # author -> msg ids to send receipts for
 
     def __aiter__(self) -> Receiver:
         return self
@@ -201,11 +195,17 @@ class Receiver:
             # move_on_after around anext) never leaves state saved but events unshown.
             with trio.CancelScope(shield=True):
                 await self._process(batch)
+            if self._delivered:  # after the ack, outside the shield: best effort
+                due, self._delivered = self._delivered, {}
+                if self._client.state.prefs.receipts:
+                    with trio.move_on_after(STEP_TIMEOUT):
+                        await receipts.send_delivered(self._client, due)
         return self._ready.popleft()
 
     async def _process(self, batch: list) -> None:
         client = self._client
         last_seq = None
+        opened = False
         kept = 0
         for frame in batch:
             if isinstance(frame, Deliver):
@@ -220,7 +220,15 @@ class Receiver:
                         self._error = ClientError(
                             "the relay did not answer while processing a message")
                         break
+                    opened = True
+                    if not item.seq:  # ephemeral (typing): never kept, never acknowledged
+                        if event is not None:
+                            self._ready.append(event)
+                        continue
                     last_seq = item.seq
+                    if (isinstance(event, Message) and event.direction == "in"
+                            and event.type in ("text", "file")):
+                        self._delivered.setdefault(event.sender_user, []).append(event.msg_id)
                     if event is not None and self._keep and isinstance(event, KEPT_TYPES):
                         client.state.inbox.keep(event)
                         kept += 1
@@ -233,6 +241,8 @@ class Receiver:
             elif isinstance(frame, Error):
                 self._error = RelayError(frame)
                 break
+        if opened and last_seq is None:  # only ephemeral items: their ratchets are saved
+            await client.state.asave()
         if last_seq is not None:
             await client.state.asave()
             if kept:

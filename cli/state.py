@@ -52,6 +52,7 @@ from relay.protocol.frames import SignedDeviceList
 from . import crypto, statecodec, vault
 from .groups import GroupError, GroupStore
 from .inbox import Inbox
+from .prefs import Prefs
 from .statecodec import CachedList, SessionSet
 from .statestore import StateStore
 from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
@@ -112,6 +113,7 @@ class State:
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
+        self.prefs = Prefs()  # timers, blocked users, message requests (cli.prefs)
 
     # ----------------------------------------------------------- queries
 
@@ -221,6 +223,11 @@ class State:
         """Record a 16-byte dedupe key (:func:`seen_key`), keeping the last
         :data:`SEEN_LIMIT`; ``False`` if it was already seen."""
         return self.seen.add(key)
+
+    def compact_history(self) -> None:
+        """Have the next save rewrite the journal from the history as it is then, so
+        that removed entries and wiped texts (deleted, expired) leave the disk."""
+        self._store.compact_next()
 
     def history_changed(self, entry: dict) -> None:
         """Report that a history entry was modified in place, so the next save writes it

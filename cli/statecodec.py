@@ -31,6 +31,7 @@ from relay.protocol.frames import SignedDeviceList
 
 from . import crypto
 from .groups import GroupStore
+from .prefs import Prefs
 
 if TYPE_CHECKING:
     from .state import State
@@ -94,6 +95,7 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "pending_withdrawals": sorted(state.pending_withdrawals),
         "last_seen": [[uid, did, ts] for (uid, did), ts in state.last_seen.items()],
         "groups": state.groups.to_map(pk),
+        "prefs": state.prefs.to_map(),
     }
 
 
@@ -122,6 +124,7 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
     state.pending_withdrawals = {int(i) for i in m.get("pending_withdrawals", ())}
     state.last_seen = {(uid, did): ts for uid, did, ts in m.get("last_seen", [])}
     state.groups = GroupStore.from_map(m.get("groups"), pk)
+    state.prefs = Prefs.from_map(m.get("prefs"))
 
 
 class SeenIds:

@@ -165,6 +165,11 @@ class Connection:
         or the connection has ended."""
         return self._out.push_nowait(write_frame(frame))
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the device sent ``sync`` (it reads pushes: ephemeral sends go to it)."""
+        return self._pusher is not None
+
     def kick(self) -> None:
         """Drop this connection (its device authenticated on a newer one)."""
         self._end("replaced by a newer connection of the device")
@@ -386,9 +391,11 @@ class Connection:
                                        message="this device was removed"))
                 i += 1
                 continue
-            if isinstance(item, _SENDS) and self._conn.state is ConnState.CLIENT:
+            if (isinstance(item, _SENDS) and self._conn.state is ConnState.CLIENT
+                    and not getattr(item, "ephemeral", None)):  # ephemeral: the handler table
                 j = i + 1
-                while j < len(batch) and isinstance(batch[j], _SENDS):
+                while (j < len(batch) and isinstance(batch[j], _SENDS)
+                       and not getattr(batch[j], "ephemeral", None)):
                     j += 1
                 user_id, device_id = self._caller.device()
                 answers = await self._node.router.send_batch(user_id, device_id, batch[i:j])  # type: ignore[arg-type]

@@ -82,7 +82,22 @@ def main(ctx: click.Context, home: Path, json_mode: bool, connect_timeout: float
 
 
 def _register() -> None:
-    from . import contacts, devices, group, history, identity, init, link, messaging, receive
+    from . import (
+        basics,
+        contacts,
+        contacts_more,
+        devices,
+        group,
+        group_more,
+        history,
+        identity,
+        init,
+        link,
+        messaging,
+        receive,
+        requests,
+        settings,
+    )
 
     main.add_command(init.init)
     main.add_command(link.link)
@@ -94,6 +109,13 @@ def _register() -> None:
     main.add_command(messaging.send)
     main.add_command(receive.recv)
     main.add_command(group.group)
+    for command in (basics.react, basics.edit, basics.delete, basics.read, basics.typing,
+                    basics.disappear, requests.requests, settings.settings):
+        main.add_command(command)
+    for command in contacts_more.COMMANDS:
+        contacts.contacts.add_command(command)
+    for command in group_more.COMMANDS:
+        group.group.add_command(command)
     _leaves_take_home(main)
 
 

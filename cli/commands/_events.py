@@ -9,8 +9,16 @@ from contextlib import contextmanager
 from relay.protocol import DeviceList
 
 from ..client import Bounce, DevicesChanged, Message
+from ..events import Requested
 from ..group_receiving import GroupChanged
-from ..output import bounce_human, devices_changed_human, devices_changed_json, escape
+from ..output import (
+    bounce_human,
+    devices_changed_human,
+    devices_changed_json,
+    escape,
+    request_human,
+    request_json,
+)
 from ..state import State
 from ._common import AppContext, message_row, user_label
 
@@ -54,6 +62,8 @@ def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa
                 devices_changed_human(event, own=event.user_id == state.user_id), True)
     if isinstance(event, GroupChanged):
         return group_changed_json(event), group_changed_human(state, event), True
+    if isinstance(event, Requested):
+        return request_json(event), request_human(event), True
     return None
 
 

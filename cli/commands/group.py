@@ -12,7 +12,8 @@ from __future__ import annotations
 import click
 import trio
 
-from ..group_messaging import add_member, create_group, remove_member, send_group_text
+from ..actions import send_text
+from ..group_messaging import add_member, create_group, remove_member
 from ..group_state import GroupState
 from ..output import escape
 from ..payload import MAX_TEXT
@@ -26,6 +27,7 @@ from ._common import (
     user_label,
 )
 from ._events import lists_shown
+from .basics import reply_target
 
 
 def _resolve(state: State, member: str) -> str:
@@ -138,19 +140,24 @@ def info(app: AppContext, name: str) -> None:
         app.out.emit(group_json(state, g), group_human(state, g))
 
 
-def send_to_group(app: AppContext, name: str, text: str) -> None:
-    """``wa-cli send --group NAME TEXT``: prints ``{"id", "status", "group", "group_id"}``."""
+def send_to_group(app: AppContext, name: str, text: str, reply_to: str | None = None) -> None:
+    """``wa-cli send --group NAME [--reply-to MSG_ID] TEXT``: prints ``{"id", "status",
+    "group", "group_id"}``."""
     if len(text) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
     with state_of(app) as state:
+        with failures():
+            record = state.groups.find(name)
+        quoted = reply_target(state, reply_to, record.state.hex_id)
+
         async def run():
             async with app.connect(state) as client:
-                return await send_group_text(client, name, text)
+                return await send_text(client, record.state.hex_id, text, reply_to=quoted)
 
         with failures(), lists_shown(app, state):
             result = trio.run(run)
     app.out.emit(
-        {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
-         "group_id": result.group_id},
-        f"sent to group {escape(result.name)} ({result.status}) id {result.msg_id.hex()}",
+        {"id": result.msg_id.hex(), "status": result.status, "group": record.state.name,
+         "group_id": record.state.hex_id},
+        f"sent to group {escape(record.state.name)} ({result.status}) id {result.msg_id.hex()}",
     )

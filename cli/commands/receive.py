@@ -31,7 +31,7 @@ import trio
 
 from ..client import BacklogDone, Client
 from ..errors import ConnectionFailed, ConnectionLost
-from ..events import Kept
+from ..events import Kept, Message
 from ..linesink import ReaderGone
 from ..state import State
 from ..taskgroups import unwrap_single
@@ -112,6 +112,8 @@ async def _receive(client: Client, screen: Screen, idle_s: float | None,
                     break
                 if isinstance(event, Kept):
                     await screen.show_ready()
+                elif isinstance(event, Message):  # ephemeral (typing): never kept
+                    await screen.show_live(event)
                 elif isinstance(event, BacklogDone):
                     backlog_done = True
                     synced()

@@ -202,11 +202,16 @@ class Claimed(Frame):
 @dataclass(frozen=True, slots=True)
 class Send(Frame):
     """Send one message: one copy per device of every recipient (including the
-    sender's own other devices, as a recipient entry for the sender's user_id)."""
+    sender's own other devices, as a recipient entry for the sender's user_id).
+
+    ``ephemeral: true``: pushed only to the recipient devices connected (and syncing)
+    at that moment, never stored, queued or put in an outbox (typing indicators);
+    answered ``sent {status: "ephemeral"}`` whoever got it."""
 
     TYPE: ClassVar[str] = "send"
     msg_id: bytes
     recipients: list[Recipient]
+    ephemeral: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +225,8 @@ class Sent(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Forward(Frame):
-    """Node-to-node: store these copies (all homed at the receiving node)."""
+    """Node-to-node: store these copies (all homed at the receiving node); with
+    ``ephemeral: true``, push them to the connected devices only (see ``send``)."""
 
     TYPE: ClassVar[str] = "forward"
     msg_id: bytes
@@ -228,6 +234,7 @@ class Forward(Frame):
     sender_device: int
     ts: int
     recipients: list[Recipient]
+    ephemeral: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from relay.protocol.frames import (
 )
 from relay.protocol.stored import decode_bounce_body, encode_envelope
 from relay.services.base import Caller, Table
+from relay.services.ephemeral import forward_from_peer
 
 MSG_ID_SIZE = 16
 
@@ -49,6 +50,8 @@ def messaging_table(node: Node) -> Table:
 
     async def forward(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, Forward | GroupForward) and caller.peer_id is not None
+        if isinstance(frame, Forward) and frame.ephemeral:
+            return await forward_from_peer(node, caller, frame)
         (refusal,) = await node.router.store_parts([frame], peer_id=caller.peer_id)
         if refusal is not None:
             raise refusal

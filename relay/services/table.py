@@ -7,7 +7,8 @@ Services and what they serve:
 * device-list notices: ``notify`` (peers);
 * media: ``media_upload``, ``media_status``, ``media_download``;
 * messaging (peers): ``forward``, ``group_forward``, ``forward_batch``
-  (:mod:`relay.services.messaging`).
+  (:mod:`relay.services.messaging`);
+* ephemeral sends: ``send {ephemeral: true}`` (:mod:`relay.services.ephemeral`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from relay.protocol.frames import (
     UploadKeys,
 )
 from relay.services.base import Caller, Table
+from relay.services.ephemeral import ephemeral_table
 from relay.services.messaging import messaging_table
 
 if TYPE_CHECKING:
@@ -113,7 +115,7 @@ def node_table(node: Node) -> Table:
     """
     table: Table = {}
     for part in (directory_table(node), linking_table(node), notices_table(node),
-                 media_table(node), messaging_table(node)):
+                 media_table(node), messaging_table(node), ephemeral_table(node)):
         for cls, handler in part.items():
             if cls in table:
                 raise ValueError(f"{cls.TYPE!r} is served twice")
