@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from relay.cluster_files import init_cluster
+from relay.config.cluster_files import init_cluster
 from relay.testing import LoggedProcess, child_env, free_base_port, tool
 
 from .scenario import BenchContext

@@ -48,7 +48,7 @@ from pathlib import Path
 import trio
 
 from relay.config import load_cluster
-from relay.ring import Ring
+from relay.config.ring import Ring
 
 from . import relay_wire as wire
 from .stats import percentile

@@ -15,6 +15,7 @@ from typing import TypeVar
 import trio
 
 from relay.net import LinkSettings
+from relay.net.backoff import TRANSFER_RETRY, Backoff
 
 from .client import Client, open_client
 from .connection import CLIENT_SETTINGS
@@ -34,14 +35,15 @@ class Reconnecting:
         connect_timeout: seconds per connection attempt.
         settings: keepalive and request deadline (:func:`cli.connection.client_settings`).
         attempts: most tries of one :meth:`run` (the first included).
-        backoff: seconds before the first retry, doubling up to 5 s.
+        backoff: the retry policy (default :data:`relay.net.backoff.TRANSFER_RETRY`: 0.2 s
+            doubling up to 5 s).
         retry_codes: relay error codes worth retrying (default: ``unavailable``).
 
     Use as an async context manager (from one task); the connection is closed on exit.
     """
 
     def __init__(self, state: State, *, connect_timeout: float = 10.0, attempts: int = 6,
-                 backoff: float = 0.2, retry_codes: frozenset[str] = frozenset({"unavailable"}),
+                 backoff: Backoff = TRANSFER_RETRY, retry_codes: frozenset[str] = frozenset({"unavailable"}),
                  settings: LinkSettings = CLIENT_SETTINGS):
         self.state = state
         self._timeout = connect_timeout
@@ -83,7 +85,7 @@ class Reconnecting:
         Raises:
             The last error once :attr:`attempts` tries failed; other errors at once.
         """
-        delay = self._backoff
+        delays = self._backoff.delays()
         for attempt in range(1, self._attempts + 1):
             try:
                 return await step(await self.client())
@@ -93,7 +95,7 @@ class Reconnecting:
                 await self._drop()
                 if attempt == self._attempts:
                     raise
+                delay = next(delays)
                 log.info("transfer interrupted (%s); retrying in %.1fs", exc, delay)
                 await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")  # pragma: no cover

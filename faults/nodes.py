@@ -22,9 +22,9 @@ from pathlib import Path
 
 import trio
 
-from relay.cluster_files import format_cluster, format_node, write_text_atomic
 from relay.config import load_cluster
-from relay.ring import NodeInfo
+from relay.config.cluster_files import format_cluster, format_node, write_text_atomic
+from relay.config.ring import NodeInfo
 from relay.testing import LoggedProcess, child_env, file_tail, free_base_port, tool
 
 from .proxy import Network

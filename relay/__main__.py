@@ -12,10 +12,10 @@ Commands (docs/operations.md)::
     wa-relay status (--data DIR | --config node.toml) [--json] [--timeout S]
     wa-relay backup --config node.toml --out DIR
     wa-relay restore --config node.toml --from DIR
-    wa-relay storage migrate --config node.toml      (see relay.storage_command)
+    wa-relay storage migrate --config node.toml      (see relay.admin.storage_command)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
-node to stdout (flushed) once it listens, log as :mod:`relay.logs` sets up
+node to stdout (flushed) once it listens, log as :mod:`relay.admin.logs` sets up
 (stderr and each node's ``log_file``; SIGHUP reopens the files), and on SIGTERM
 or SIGINT stop gracefully (every WebSocket closed with 1001, storage flushed,
 within ``shutdown_grace``) and exit 0; a second signal stops at once. Every
@@ -41,13 +41,13 @@ import nacl.signing
 import trio
 
 from relay.admin.backup import BackupError, backup, restore
+from relay.admin.logs import LogFiles, configure_logging
 from relay.admin.status import cluster_status, format_status
-from relay.cluster_files import format_cluster, format_node, init_cluster, write_key
+from relay.admin.storage_command import storage as storage_group
 from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
-from relay.logs import LogFiles, configure_logging
+from relay.config.cluster_files import format_cluster, format_node, init_cluster, write_key
+from relay.config.ring import NodeInfo, Ring
 from relay.node import serve_node
-from relay.ring import NodeInfo, Ring
-from relay.storage_command import storage as storage_group
 from storage import StorageError
 
 

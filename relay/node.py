@@ -15,7 +15,7 @@ With ``config.admin_port`` set, the node also serves its admin HTTP listener
 Logs go to the ``wa_relay.node.<id>`` logger: metadata only (user id prefixes,
 device ids, codes), never message bodies or keys. Where they end up (stderr,
 ``config.log_file``, format, level) is set once per process by
-:func:`relay.logs.configure_logging` (the CLI does it); this module adds no handler.
+:func:`relay.admin.logs.configure_logging` (the CLI does it); this module adds no handler.
 """
 
 from __future__ import annotations
@@ -30,24 +30,24 @@ import trio
 import trio_websocket
 
 from relay.admin import serve_admin
-from relay.admission import Admission
+from relay.admin.metered import CountingRegistry, MeteredStorage
+from relay.admin.metrics import NodeMetrics
 from relay.config import NodeConfig
-from relay.directory import Directory
-from relay.federation import Federation
-from relay.forwarding import Forwarding
-from relay.full_log import StorageFullLog
-from relay.linking import Linking
-from relay.listener import SocketSet, handle_websocket
-from relay.media import MediaService
-from relay.metered import CountingRegistry, MeteredStorage
-from relay.metrics import NodeMetrics
-from relay.notices import DeviceListChanges
-from relay.outbox import Outbox
+from relay.config.ring import Ring
+from relay.net.admission import Admission
+from relay.net.wsio import serve_gated_websocket
 from relay.protocol import Limits
-from relay.ring import Ring
-from relay.router import Router
+from relay.services.directory import Directory
+from relay.services.federation import Federation
+from relay.services.forwarding import Forwarding
+from relay.services.full_log import StorageFullLog
+from relay.services.linking import Linking
+from relay.services.media import MediaService
+from relay.services.notices import DeviceListChanges
+from relay.services.outbox import Outbox
+from relay.services.router import Router
 from relay.services.table import node_table
-from relay.wsio import serve_gated_websocket
+from relay.serving.listener import SocketSet, handle_websocket
 from storage import Storage, StorageError, open_storage
 
 FORWARD_TIMEOUT = 5.0  # seconds before a forward is given to the outbox
@@ -55,7 +55,7 @@ FORWARD_TIMEOUT = 5.0  # seconds before a forward is given to the outbox
 EXPIRE_INTERVAL = 300.0  # seconds between TTL sweeps
 FRAME_SLACK = 64 * 1024  # bytes above max_frame that still get a too_large answer
 RECEIVE_BUFFER = 64 * 1024
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # also relay.logs
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # also relay.admin.logs
 CLOSE_GOING_AWAY = 1001
 FD_HEADROOM = 64  # descriptors a node needs beyond its connections (storage, logs, links)
 
@@ -72,12 +72,12 @@ class Node:
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
-        metrics: the node's :class:`~relay.metrics.NodeMetrics` (its own registry).
-        sockets: the accepted WebSockets being served (:mod:`relay.listener` keeps it).
+        metrics: the node's :class:`~relay.admin.metrics.NodeMetrics` (its own registry).
+        sockets: the accepted WebSockets being served (:mod:`relay.serving.listener` keeps it).
         ready: set once the node listens. stopping: set when it starts to stop.
         started_at: ``trio.current_time()`` when the node was built.
 
-    ``storage`` is wrapped in a :class:`~relay.metered.MeteredStorage`; a storage
+    ``storage`` is wrapped in a :class:`~relay.admin.metered.MeteredStorage`; a storage
     that offers ``observe_batches`` (LMDB) reports its group-commit batches.
     """
 
@@ -118,6 +118,8 @@ class Node:
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
         self.router.attach(self.forwarding)
+        self.forwarding.on_outcomes = self.metrics.forwards_done
+        self.outbox.on_finished = self.metrics.outbox_finished
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
                                max_per_owner=config.max_mailboxes_per_ip)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
@@ -139,6 +141,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for ws in sockets:
                     nursery.start_soon(self._going_away, ws)
+                nursery.start_soon(self.federation.go_away)  # our own links to peers
             await self.sockets.wait_empty()  # handlers end right after their socket closed
         if scope.cancelled_caught:
             self.log.warning("stopping: %d connection(s) still open after %g s; dropping them",

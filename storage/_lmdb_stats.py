@@ -1,5 +1,5 @@
 """Observability of :class:`storage.lmdb.LmdbStorage` (optional capabilities that
-``relay.metrics`` looks for): group-commit batch observer, store sizes, outbox
+``relay.admin.metrics`` looks for): group-commit batch observer, store sizes, outbox
 depth per destination. Reads run on the loop like every LMDB read (no scan)."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ queued for this device.
 Without ``--follow`` it returns once the backlog is printed and nothing new came for
 ``--timeout`` seconds. With ``--follow`` it runs until interrupted: Ctrl-C (SIGINT)
 stops it quietly with exit code 0, and once connected it survives its home node
-going away: it reconnects with backoff (:func:`reconnect_delays`), printing one note
+going away: it reconnects with backoff (:data:`relay.net.backoff.CLIENT_RECONNECT`), printing one note
 on stderr per outage.
 
 Exactly once on screen (docs/cli.md): the received events are kept in the device
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import click
 import trio
+
+from relay.net.backoff import CLIENT_RECONNECT
 
 from ..client import BacklogDone, Client
 from ..errors import ConnectionFailed, ConnectionLost
@@ -46,19 +47,6 @@ from ._common import (
 from ._screen import MAX_FILES_WAITING, Screen
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
-RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt of an outage
-RECONNECT_MAX = 30.0  # seconds; the longest wait between attempts
-
-
-def reconnect_delays(first: float = RECONNECT_FIRST, limit: float = RECONNECT_MAX,
-                     rng: Callable[[], float] = random.random) -> Iterator[float]:
-    """Seconds to wait before each reconnection attempt: ``first`` doubling up to
-    ``limit``, each scaled by a random 50-100 % (jitter, so that many clients do not
-    come back at the same instant). Endless."""
-    delay = first
-    while True:
-        yield delay * (0.5 + rng() / 2)
-        delay = min(delay * 2, limit)
 
 
 async def _until_interrupted(fn: Callable[..., Awaitable[object]], *args) -> bool:
@@ -129,20 +117,20 @@ async def _once(app: AppContext, state: State, idle_s: float, screen: Screen) ->
 async def _follow(app: AppContext, state: State, screen: Screen) -> None:
     """Receive until cancelled. A first connection that fails raises; after that a
     lost connection or failed reconnect is retried after the next of
-    :func:`reconnect_delays` (restarted once a connection got through its backlog),
+    :data:`relay.net.backoff.CLIENT_RECONNECT` (restarted once a connection got through its backlog),
     with one note per outage."""
     delays: Iterator[float] | None = None  # None until connected once
     outage = False
 
     def synced() -> None:
         nonlocal delays, outage
-        delays, outage = reconnect_delays(), False
+        delays, outage = CLIENT_RECONNECT.delays(), False
 
     await screen.show_ready()
     while True:
         try:
             async with app.connect(state) as client:
-                delays = delays or reconnect_delays()
+                delays = delays or CLIENT_RECONNECT.delays()
                 await _receive(client, screen, None, synced)
         except (ConnectionLost, ConnectionFailed) as exc:
             if delays is None:

@@ -33,9 +33,9 @@ from typing import Any
 
 import lmdb
 
+from relay.admin.metrics import relay_version
 from relay.config import ConfigError, NodeConfig, load_key, load_node_config, parse_node_file
-from relay.metrics import relay_version
-from relay.ring import Ring
+from relay.config.ring import Ring
 from storage._lmdb_layout import DB_NAMES
 from storage.lmdb import path_from_url
 

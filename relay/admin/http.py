@@ -3,7 +3,7 @@
 Routes (``GET`` or ``HEAD``; anything else is 404 or 405):
 
 ``/metrics``
-    Prometheus text format of the node's own registry (:class:`relay.metrics.NodeMetrics`),
+    Prometheus text format of the node's own registry (:class:`relay.admin.metrics.NodeMetrics`),
     gauges refreshed first.
 ``/health``
     200 ``{"status": "ok", ...}`` while the node runs and its storage answers, else 503
@@ -27,7 +27,7 @@ import h11
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from relay.metrics import relay_version
+from relay.admin.metrics import relay_version
 
 if TYPE_CHECKING:
     from relay.node import Node

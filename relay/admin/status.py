@@ -20,10 +20,10 @@ import h11
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.config.ring import NodeInfo
 from relay.net import ConnectFailed, HandshakeFailed, Refused
 from relay.net.client import open_client_connection
 from relay.net.settings import LinkSettings
-from relay.ring import NodeInfo
 
 MAX_BODY = 4 * 1024 * 1024
 

@@ -21,7 +21,7 @@ defaults in docs/operations.md ("Node settings"), for example::
 
 Modules: :mod:`.schema` (msgspec structs, defaults), :mod:`.model`
 (:class:`NodeConfig`, :class:`ConfigError`), :mod:`.loading` (reading files,
-``WA_RELAY_*`` environment overrides, path resolution). :mod:`relay.cluster_files`
+``WA_RELAY_*`` environment overrides, path resolution). :mod:`relay.config.cluster_files`
 writes the files and lays out a local cluster. Every problem raises
 :class:`ConfigError` with a message naming the file and the key; the CLI turns
 it into exit code 2.
@@ -71,11 +71,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``init_cluster`` and the file writers live in :mod:`relay.cluster_files`;
+    """``init_cluster`` and the file writers live in :mod:`relay.config.cluster_files`;
     importing them from here keeps working."""
     if name in ("init_cluster", "ClusterMismatch", "format_cluster", "format_node",
                 "write_text_atomic", "write_key"):
-        from relay import cluster_files
+        from relay.config import cluster_files
 
         return getattr(cluster_files, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 import msgspec
 import nacl.signing
 
+from relay.config.ring import NodeInfo
 from relay.protocol import Limits
-from relay.ring import NodeInfo
 from storage import UnknownBackend
 from storage.registry import default_registry
 

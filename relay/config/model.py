@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from relay.ring import NodeInfo
+from relay.config.ring import NodeInfo
 
 from .schema import (
     DEFAULT_ADMIN_HOST,

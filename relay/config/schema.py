@@ -2,7 +2,7 @@
 
 Every setting of a node file is one field of :class:`NodeFile`, with its type,
 bounds and default; docs/operations.md documents each one (a test checks that
-the two agree) and :func:`relay.cluster_files.init_cluster` writes every one,
+the two agree) and :func:`relay.config.cluster_files.init_cluster` writes every one,
 with its default, into the files it generates. Unknown keys are refused
 (``forbid_unknown_fields``); :mod:`relay.config.loading` names the closest
 known key in the error.

@@ -7,7 +7,7 @@
   device's) handshake; :func:`open_peer_connection`: a node's outgoing peer link.
 
 Used by ``wa-cli`` (:mod:`cli.connection`, :mod:`cli.linking`), the node's peer links
-(:mod:`relay.federation`) and the tests. Imports :mod:`relay.protocol` only.
+(:mod:`relay.services.federation`) and the tests. Imports :mod:`relay.protocol` only.
 """
 
 from relay.protocol.keepalive import KeepaliveConfig

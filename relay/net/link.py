@@ -103,6 +103,7 @@ class Link:
         self.handshake: Handshake | None = None
         self._reason: str | None = None
         self._aborted = False
+        self._close_with: tuple[int, str | None] | None = None  # the first aclose()'s
         self._closed = trio.Event()
         self._writer_done = trio.Event()
 
@@ -337,16 +338,21 @@ class Link:
         self._aborted = True
         await self._sock.abort()
 
-    async def aclose(self) -> None:
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the link: queued frames are written, then the closing handshake runs
-        (at most ``CLOSE_TIMEOUT`` seconds, shielded if ``settings.shield_close``).
-        Waiting requests fail with :class:`ConnectionLost`. Idempotent."""
+        with ``code`` (RFC 6455 section 7.4; 1001 when a node stops) and ``reason``, for
+        at most ``CLOSE_TIMEOUT`` seconds (shielded if ``settings.shield_close``).
+        Waiting requests fail with :class:`ConnectionLost`. Idempotent: the first
+        call's code and reason are the ones sent."""
+        if self._close_with is None:
+            self._close_with = (code, reason)
+        code, reason = self._close_with
         self._shutdown(f"connection to {self.url} closed")
         if self._aborted:
             return
         with trio.move_on_after(CLOSE_TIMEOUT, shield=self.settings.shield_close):
             await self._writer_done.wait()
-            await self._sock.ws.aclose()
+            await self._sock.ws.aclose(code, reason)
 
 
 @asynccontextmanager

@@ -4,7 +4,7 @@ A peer hands this node the parts of its users' sends for users homed here. A
 ``forward_batch`` is served item by item, in order: every ``forward`` /
 ``group_forward`` item is checked on its own (sender homed at the peer,
 recipients homed here, device lists current) and all accepted items are
-written with one ``enqueue_many`` (:meth:`relay.router.Router.store_parts`);
+written with one ``enqueue_many`` (:meth:`relay.services.router.Router.store_parts`);
 ``notify`` and ``bounce`` items are served like those requests. The answer,
 ``results {items}``, holds one ``ok`` or ``error`` per item.
 

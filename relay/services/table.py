@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay import lookups
 from relay.protocol.frames import (
     ClaimKeys,
     Frame,
@@ -31,6 +30,7 @@ from relay.protocol.frames import (
     PutDevices,
     UploadKeys,
 )
+from relay.services import lookups
 from relay.services.base import Caller, Table
 from relay.services.ephemeral import ephemeral_table
 from relay.services.messaging import messaging_table

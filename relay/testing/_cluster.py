@@ -12,8 +12,8 @@ import nacl.signing
 import trio
 
 from relay.config import NodeConfig
+from relay.config.ring import NodeInfo, Ring
 from relay.node import serve_node
-from relay.ring import NodeInfo, Ring
 from storage import Storage
 from storage.memory import MemoryStorage
 
@@ -76,7 +76,7 @@ class LocalCluster:
 
     Attributes:
         configs: as given (a list, in id order).
-        ring: the cluster's :class:`~relay.ring.Ring`.
+        ring: the cluster's :class:`~relay.config.ring.Ring`.
         urls: ``{node_id: "ws://host:port"}``.
         storages: ``{node_id: Storage}`` handed to :func:`~relay.node.serve_node`.
             A ``memory://`` node gets a :class:`~storage.memory.MemoryStorage` on

@@ -18,6 +18,7 @@ from cli.client import BacklogDone, Message, now_ms, open_client
 from cli.errors import RelayError
 from cli.group_messaging import create_group, send_group
 from cli.payload import FilePayload
+from relay.net.backoff import Backoff
 from relay.testing import LocalCluster, open_local_cluster
 
 K, M = 1024, 1024 * 1024
@@ -53,7 +54,7 @@ def pattern(size: int, marker: bytes = b"") -> bytes:
 
 
 async def send(sender, to_user: str, path: Path, caption: str = "", progress=None):
-    async with media.Reconnecting(sender, backoff=0.05) as rc:
+    async with media.Reconnecting(sender, backoff=Backoff(0.05, 0.05)) as rc:
         att = await media.upload_file(rc, path, **({"progress": progress} if progress else {}))
         result = await media.send_file(rc, to_user, att, caption, source=str(path))
     assert result.status == "stored"
@@ -163,7 +164,7 @@ async def test_upload_resumes_after_a_dropped_connection(tmp_path):
             bob = await account(tmp_path, "bob", cluster, stack, "n2")
             seen: list[int] = []
             async with trio.open_nursery() as nursery, media.Reconnecting(
-                    alice, backoff=0.05) as rc:
+                    alice, backoff=Backoff(0.05, 0.05)) as rc:
                 first = await rc.client()
 
                 def progress(done: int, total: int) -> None:

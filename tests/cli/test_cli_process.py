@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import subprocess
@@ -13,7 +12,6 @@ import trio
 from cli_cluster import run_cluster
 
 from cli.client import open_client
-from cli.commands.receive import reconnect_delays
 from cli.linking import link_device
 from cli.state import open_state
 from relay.testing import open_local_cluster
@@ -162,12 +160,6 @@ async def test_recv_follow_reconnects_when_the_home_node_restarts(tmp_path):
                 await follow.aclose()
             assert code == 0
             assert err.count("lost the connection") == 2, err
-
-
-def test_reconnect_delays_double_up_to_30_s_with_jitter():
-    assert list(itertools.islice(reconnect_delays(rng=lambda: 1.0), 9)) == [
-        0.5, 1, 2, 4, 8, 16, 30, 30, 30]
-    assert list(itertools.islice(reconnect_delays(rng=lambda: 0.0), 3)) == [0.25, 0.5, 1]
 
 
 async def link_a_device(bob_home, device_home, name: str) -> None:

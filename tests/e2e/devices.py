@@ -304,7 +304,7 @@ def make_device(
         landed = cluster.node_for_url(out["home"])
         by_ring = cluster.home_of(dev.user_id)
         if landed != by_ring:
-            raise HarnessError(f"wa-cli says {name}'s home is {landed}, relay.ring says {by_ring}")
+            raise HarnessError(f"wa-cli says {name}'s home is {landed}, relay.config.ring says {by_ring}")
         if (home_node is None or landed == home_node) and landed not in not_on:
             return dev
     raise HarnessError(

@@ -269,8 +269,8 @@ class Cluster:
                 assert "Traceback" not in text, f"node {nid} logged a traceback in {path}:\n{text[-3000:]}"
 
     def home_of(self, user_id: str) -> str:
-        """The node id of ``user_id``'s home by the ring (``relay.ring``) over cluster.toml."""
-        from relay.ring import NodeInfo, Ring  # the node's own rendezvous hashing
+        """The node id of ``user_id``'s home by the ring (``relay.config.ring``) over cluster.toml."""
+        from relay.config.ring import NodeInfo, Ring  # the node's own rendezvous hashing
 
         # Only node ids take part in the hash; keys are irrelevant to the mapping.
         ring = Ring(NodeInfo(n.node_id, n.url, b"") for n in self.nodes.values())

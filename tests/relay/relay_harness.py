@@ -17,6 +17,7 @@ import vodozemac
 from trio_websocket import WebSocketConnection
 
 from relay.config import NodeConfig
+from relay.config.ring import Ring
 from relay.net import KeepaliveConfig, Link, LinkSettings, open_link
 from relay.protocol import (
     Device,
@@ -38,7 +39,6 @@ from relay.protocol.frames import (
     SignedDeviceList,
 )
 from relay.protocol.handshake import Handshake, HandshakeRefused
-from relay.ring import Ring
 from relay.testing import LocalCluster, node_configs
 from relay.testing import free_ports as free_ports  # re-exported for older tests
 

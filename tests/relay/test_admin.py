@@ -65,6 +65,7 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
         n1 = await _metrics(admin["n1"])
         assert n1[("wa_relay_connections_accepted_total", ())] >= 2  # publish + session
         assert n1[("wa_relay_outbox_entries", (("peer", "n2"),))] == 0
+        assert n1[("wa_relay_forwards_total", (("peer", "n2"), ("result", "stored")))] == 1
         async with session(cluster.url("n2"), bob) as b:
             live = await _metrics(admin["n2"])
             assert live[("wa_relay_connections", (("kind", "device"),))] == 1
@@ -90,10 +91,37 @@ async def test_metrics_health_ready_and_counters_that_move(nursery, tmp_path) ->
         assert status == 404
 
 
+async def test_outbox_and_forward_counters_follow_a_peer_outage(nursery, tmp_path) -> None:
+    """A forward to a stopped peer is counted ``queued``; once the peer is back the
+    outbox delivers it and counts it ``delivered``."""
+    cluster = LocalCluster(nursery, _admin_configs(2, tmp_path))
+    with trio.fail_after(30):
+        await cluster.start_all()
+        admin = cluster.config("n1").admin_url
+        alice, bob = device_homed_at(cluster.ring, "n1"), device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), alice)
+        await publish(cluster.url("n2"), bob)
+        async with session(cluster.url("n1"), alice) as a:
+            cluster.stop("n2")
+            sent = await a.request(Send(id=2, msg_id=os.urandom(16),
+                                        recipients=[bob.recipient(b"c" * 10)]))
+            assert sent == Sent(id=2, status="queued")
+        queued = await _metrics(admin)
+        assert queued[("wa_relay_forwards_total", (("peer", "n2"), ("result", "queued")))] == 1
+        assert queued[("wa_relay_outbox_entries", (("peer", "n2"),))] == 1
+        await cluster.start("n2")
+        while True:  # the outbox retries by itself: poll the counter (bounded by fail_after)
+            done = await _metrics(admin)
+            if done.get(("wa_relay_outbox_done_total", (("how", "delivered"),))) == 1:
+                break
+            await trio.sleep(0.05)
+        assert done[("wa_relay_outbox_entries", (("peer", "n2"),))] == 0
+
+
 def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
     from pathlib import Path
 
-    from relay.metrics import NodeMetrics
+    from relay.admin.metrics import NodeMetrics
 
     dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json")
                            .read_text())

@@ -9,8 +9,8 @@ import pytest
 import trio
 from relay_harness import Cluster, RawClient, UserDevice, connect, make_configs, publish
 
-from relay.admission import Admission, HandshakeDeadline, Refused, address_key
 from relay.net import ConnectFailed, ConnectionLost
+from relay.net.admission import Admission, HandshakeDeadline, Refused, address_key
 from relay.protocol.frames import AuthOk, Error, LinkOpen, LinkOpened, Ok, Ping
 
 # ------------------------------------------------------------------ bookkeeping

@@ -8,10 +8,10 @@ import trio
 import trio.testing
 from relay_harness import Cluster, deliveries, device_homed_at, make_configs, publish, session
 
-from relay.delivery import DeviceRegistry, Pusher
 from relay.protocol import read_frame
 from relay.protocol.frames import Deliver, Envelope, Sync, Synced
 from relay.protocol.stored import encode_envelope
+from relay.services.delivery import DeviceRegistry, Pusher
 from storage.memory import MemoryStorage
 
 BOB, ALICE = "b" * 52, "a" * 52

@@ -7,9 +7,9 @@ import time
 import trio
 from relay_harness import Cluster, device_homed_at, make_configs, publish, session
 
-from relay.delivery import DeviceRegistry, Pusher, pack_envelope
 from relay.protocol import read_frame
 from relay.protocol.frames import Deliver, Envelope, Frame, Sync, Synced
+from relay.services.delivery import DeviceRegistry, Pusher, pack_envelope
 from storage.memory import MemoryStorage
 
 

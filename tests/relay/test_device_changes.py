@@ -20,7 +20,6 @@ from relay_harness import (
     session,
 )
 
-from relay.notices import notice_msg_id
 from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     Copy,
@@ -39,6 +38,7 @@ from relay.protocol.frames import (
     Synced,
     UploadKeys,
 )
+from relay.services.notices import notice_msg_id
 
 
 def _notice_list(env: Envelope) -> SignedDeviceList:
@@ -245,10 +245,10 @@ class _CountingStorage:
 async def test_deliver_local_serves_many_users_with_bounded_concurrency(autojump_clock) -> None:
     import logging
 
-    from relay.delivery import DeviceRegistry
-    from relay.directory import Directory
-    from relay.notices import NOTICE_WORKERS, DeviceListChanges
-    from relay.ring import Ring
+    from relay.config.ring import Ring
+    from relay.services.delivery import DeviceRegistry
+    from relay.services.directory import Directory
+    from relay.services.notices import NOTICE_WORKERS, DeviceListChanges
     from storage.memory import MemoryStorage
 
     config = make_configs(1)[0]

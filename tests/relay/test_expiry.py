@@ -7,9 +7,9 @@ import time
 import trio
 from relay_harness import Cluster, UserDevice, device_homed_at, make_configs, publish, session
 
-from relay.delivery import pack_envelope
 from relay.protocol import write_frame
 from relay.protocol.frames import Deliver, Envelope, Forward, Sync
+from relay.services.delivery import pack_envelope
 from storage.memory import MemoryStorage
 
 

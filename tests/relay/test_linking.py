@@ -19,9 +19,8 @@ from relay_harness import (
     session,
 )
 
+from relay.config.ring import Ring
 from relay.errors import RelayError
-from relay.federation import Federation
-from relay.linking import MAX_DEVICE_INFO, Linking
 from relay.protocol import DEFAULT_LIMITS, ErrorCode
 from relay.protocol.frames import (
     AuthOk,
@@ -35,7 +34,8 @@ from relay.protocol.frames import (
     Ok,
     PutDevices,
 )
-from relay.ring import Ring
+from relay.services.federation import Federation
+from relay.services.linking import MAX_DEVICE_INFO, Linking
 
 INFO = b"\x84device-info: keys, ephemeral, name"
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 from relay_harness import connect
 
-from relay.logs import JsonFormatter, RateLimitFilter, logging_dict
+from relay.admin.logs import JsonFormatter, RateLimitFilter, logging_dict
 from relay.testing import LoggedProcess, free_base_port, node_configs, tool
 
 

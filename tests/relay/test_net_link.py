@@ -15,7 +15,6 @@ import trio
 from relay_harness import Cluster, make_configs
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from relay.federation import PEER_LINK_SETTINGS, LinkDown, PeerLink
 from relay.net import (
     ConnectionLost,
     KeepaliveConfig,
@@ -25,6 +24,7 @@ from relay.net import (
 )
 from relay.protocol import DEFAULT_LIMITS, read_frame, write_frame
 from relay.protocol.frames import Deliver, DeliverItem, Envelope, Frame, Ok, Ping, Synced
+from relay.services.federation import PEER_LINK_SETTINGS, LinkDown, PeerLink
 from tests.netproxy import Proxy
 
 DEADLINE = 10

@@ -10,11 +10,11 @@ import pytest
 import trio
 from relay_harness import Cluster, UserDevice, connect, make_configs, publish, session
 
-from relay.federation import UNREACHABLE_WARNING, PeerLink
+from relay.config.ring import Ring
 from relay.net import ConnectionLost
 from relay.protocol import DEFAULT_LIMITS
 from relay.protocol.frames import Ok, Ping
-from relay.ring import Ring
+from relay.services.federation import UNREACHABLE_WARNING, PeerLink
 
 
 def _lines(caplog, level: int, needle: str = "") -> list[str]:
@@ -111,3 +111,27 @@ async def test_device_authentication_is_a_debug_line(node1, caplog) -> None:
     auth = [(r.levelno, r.getMessage()) for r in caplog.records
             if r.getMessage().endswith(" authenticated")]
     assert auth == [(logging.DEBUG, f"device {dev.user_id[:8]}/0 authenticated")]
+
+
+async def test_a_stopping_node_closes_its_peer_links_with_1001(nursery, caplog) -> None:
+    """Node.shut_down (SIGTERM) closes both directions of each peer link with 1001 (going
+    away): the accepted link with the other sockets, its own outgoing link by
+    PeerLink.go_away; the peer sees clean closes, never 1006."""
+    caplog.set_level(logging.DEBUG, logger="wa_relay")
+    cluster = Cluster(nursery, make_configs(2))
+    stop = trio.Event()
+    with trio.fail_after(20):
+        await cluster.start("n1", stop=stop)
+        await cluster.start("n2")
+        await _until_logged(caplog, logging.INFO, "peer link to n2 up")
+        await _until_logged(caplog, logging.INFO, "peer link to n1 up")
+        stop.set()
+        # n2's outgoing link to n1, closed by n1 as an accepted socket
+        await _until_logged(caplog, logging.WARNING, "peer link to n1 down")
+        # n1's outgoing link to n2, closed by n1's PeerLink.go_away
+        await _until_logged(caplog, logging.INFO, "(peer n1) ended")
+    (down,) = _lines(caplog, logging.WARNING, "peer link to n1 down")
+    assert "1001" in down, down
+    (ended,) = _lines(caplog, logging.INFO, "(peer n1) ended")
+    assert "closed by the remote" in ended and "1001" in ended, ended
+    assert "1006" not in " ".join(r.getMessage() for r in caplog.records)

@@ -16,9 +16,9 @@ import trio
 from relay_harness import connect, device_homed_at, publish, session
 
 from relay.config import load_cluster
+from relay.config.ring import Ring
 from relay.net import ConnectionLost
 from relay.protocol.frames import Deliver, Send, Sent, Sync
-from relay.ring import Ring
 from relay.testing import LoggedProcess, free_base_port, tool
 
 

@@ -16,8 +16,8 @@ from relay_harness import device_homed_at, publish, session
 import relay.__main__ as relay_cli
 from relay.__main__ import main
 from relay.config import load_cluster
+from relay.config.ring import Ring
 from relay.protocol.frames import Deliver, Send, Sent, Sync
-from relay.ring import Ring
 from relay.testing import free_base_port
 
 

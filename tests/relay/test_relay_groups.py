@@ -18,7 +18,6 @@ from relay_harness import (
     session,
 )
 
-from relay.delivery import pack_envelope, unpack_envelope
 from relay.protocol import verify_device_list
 from relay.protocol.frames import (
     Deliver,
@@ -35,6 +34,7 @@ from relay.protocol.frames import (
     Sync,
     Synced,
 )
+from relay.services.delivery import pack_envelope, unpack_envelope
 
 DEADLINE = 20
 

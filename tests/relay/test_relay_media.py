@@ -9,8 +9,7 @@ import os
 import trio
 from relay_harness import Cluster, connect, device_homed_at, make_configs, publish, session
 
-from relay.federation import Federation
-from relay.media import MediaService
+from relay.config.ring import Ring
 from relay.protocol import Limits
 from relay.protocol.frames import (
     Error,
@@ -20,7 +19,8 @@ from relay.protocol.frames import (
     MediaStatus,
     MediaUpload,
 )
-from relay.ring import Ring
+from relay.services.federation import Federation
+from relay.services.media import MediaService
 from storage import MEDIA_CHUNK_MAX
 from storage.memory import MemoryStorage
 

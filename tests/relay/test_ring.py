@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from relay.config.ring import NodeInfo, Ring, ring_version, score
 from relay.protocol import user_id_from_key
-from relay.ring import NodeInfo, Ring, ring_version, score
 
 
 def _nodes(n: int) -> list[NodeInfo]:

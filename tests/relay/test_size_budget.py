@@ -18,7 +18,6 @@ from relay_harness import (
     session,
 )
 
-from relay.outbox import DEAD_LETTER
 from relay.protocol import DEFAULT_LIMITS, write_frame
 from relay.protocol.codec import ENVELOPE_OVERHEAD
 from relay.protocol.frames import (
@@ -33,6 +32,7 @@ from relay.protocol.frames import (
     Sync,
     Synced,
 )
+from relay.services.outbox import DEAD_LETTER
 
 MAX_ENV = DEFAULT_LIMITS.max_envelope
 

@@ -10,9 +10,9 @@ import os
 import trio
 from relay_harness import Cluster, device_homed_at, make_configs, publish, session
 
-from relay.full_log import StorageFullLog
 from relay.node import Node
 from relay.protocol.frames import Ack, Deliver, DeliverItem, Error, Send, Sent, Sync, Synced
+from relay.services.full_log import StorageFullLog
 from storage import StorageFull
 from storage.memory import MemoryStorage
 

@@ -20,7 +20,7 @@ import trio
 from click.testing import CliRunner
 
 from relay.__main__ import main as relay_main
-from relay.cluster_files import init_cluster
+from relay.config.cluster_files import init_cluster
 from storage import QueueFull, Storage, StorageUnavailable, open_storage
 from storage.postgresql import SCHEMA_VERSION, PostgresStorage, SchemaError, split_url
 from storage.testing import ALICE, BOB, StorageConformance

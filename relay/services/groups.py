@@ -3,7 +3,7 @@
 A ``group_send {msg_id, body, recipients: [{user_id, devices_version, device_ids}]}``
 carries a single Megolm ciphertext (opaque here) and the member devices that
 get it. The sender's home routes it exactly like a ``send``
-(:meth:`relay.router.Router.send_batch`): split by home node into
+(:meth:`relay.services.router.Router.send_batch`): split by home node into
 ``group_forward`` parts; a part for users homed here is checked per member
 against the member's current signed device list (the sender's own user without
 the sending device; ``stale_devices`` with that user and the list on a

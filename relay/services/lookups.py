@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from relay.errors import RelayError
-from relay.federation import ask_peer
 from relay.protocol import ErrorCode
 from relay.protocol.frames import Claimed, ClaimKeys, Devices, Frame, GetDevices, KeyCount
+from relay.services.federation import ask_peer
 
 if TYPE_CHECKING:
     from relay.node import Node

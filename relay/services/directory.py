@@ -1,6 +1,6 @@
 """The key directory of a home node: signed device lists and one-time / fallback keys.
 
-Only a user's home node (see :mod:`relay.ring`) stores that user's directory
+Only a user's home node (see :mod:`relay.config.ring`) stores that user's directory
 entries. Device lists are stored as msgpack ``{body, signature}`` of the
 :class:`~relay.protocol.frames.SignedDeviceList`, and verified on the way in
 (the account signature is the only authority). Parsed lists of recently used
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import msgpack
 
+from relay.config.ring import Ring
 from relay.errors import RelayError
 from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
 from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
-from relay.ring import Ring
 from storage import DuplicateKey, StaleVersion, Storage
 
 KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys

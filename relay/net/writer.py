@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from relay.wsio import GatedWebSocket
+from relay.net.wsio import GatedWebSocket
 
 QUEUE_SIZE = 256  # frames queued for the writer
 WRITE_BATCH = 64  # most frames written with one socket write

@@ -5,11 +5,11 @@ holds only that node's metrics (no global registry, so several nodes of one
 process, ``wa-relay cluster`` or tests, never mix). Three kinds of sources:
 
 * **counters moved where things happen**: connections accepted and refused and
-  WebSocket frames in and out (:mod:`relay.listener`), envelopes stored, acked,
-  purged and expired and outbox entries added (:class:`relay.metered.MeteredStorage`),
+  WebSocket frames in and out (:mod:`relay.serving.listener`), envelopes stored, acked,
+  purged and expired and outbox entries added (:class:`relay.admin.metered.MeteredStorage`),
   group-commit batches (an observer on the LMDB writer); refusals by error code,
   forwards by peer and result, and finished outbox entries through
-  :meth:`NodeMetrics.refusal`, :meth:`~NodeMetrics.forward` and
+  :meth:`NodeMetrics.refusal`, :meth:`~NodeMetrics.forwards_done` and
   :meth:`~NodeMetrics.outbox_finished`, called by the message path (server,
   router, outbox);
 * **gauges read at scrape time** by :meth:`NodeMetrics.refresh`: connections by
@@ -101,10 +101,10 @@ class NodeMetrics:
                                 registry=r)
         self.forwards = Counter("wa_relay_forwards",
                                 "Forwards to peers by result: stored (answered), queued (to the "
-                                "outbox), refused.", ["peer", "result"], registry=r)
+                                "outbox), or the refusal's error code.", ["peer", "result"], registry=r)
         self.outbox_done = Counter("wa_relay_outbox_done",
                                    "Outbox entries finished, by how: delivered, bounced, "
-                                   "dead_letter.", ["how"], registry=r)
+                                   "dead_letter, dropped.", ["how"], registry=r)
         self.batch_ops = Histogram("wa_relay_commit_batch_ops",
                                    "Operations per group-commit transaction.",
                                    buckets=BATCH_OPS_BUCKETS, registry=r)
@@ -141,15 +141,20 @@ class NodeMetrics:
         """Count one request answered with error ``code`` (e.g. ``"queue_full"``)."""
         self.refusals.labels(code).inc()
 
-    def forward(self, peer: str, result: str) -> None:
-        """Count one forward to ``peer`` with ``result`` (``"stored"``, ``"queued"``,
-        ``"refused"``); called by the router."""
-        self.forwards.labels(peer, result).inc()
+    def forwards_done(self, peer: str, outcomes: list) -> None:
+        """Count forwarded parts to ``peer`` by result: ``"stored"``, ``"queued"``, or the
+        refusal's error code (a :class:`relay.errors.RelayError` outcome); called by
+        :class:`relay.services.forwarding.Forwarding`."""
+        for outcome in outcomes:
+            result = outcome if isinstance(outcome, str) else getattr(
+                getattr(outcome, "code", None), "value", "refused")
+            self.forwards.labels(peer, result).inc()
 
-    def outbox_finished(self, how: str) -> None:
-        """Count one outbox entry gone (``"delivered"``, ``"bounced"``,
-        ``"dead_letter"``); called by the outbox."""
-        self.outbox_done.labels(how).inc()
+    def outbox_finished(self, how: str, n: int = 1) -> None:
+        """Count ``n`` outbox entries gone ``how`` (``"delivered"``, ``"bounced"``,
+        ``"dead_letter"``, ``"dropped"``); called by the outbox."""
+        if n:
+            self.outbox_done.labels(how).inc(n)
 
     def observe_batch(self, ops: int, seconds: float) -> None:
         """Group-commit observer: one batch of ``ops`` ops took ``seconds``."""

@@ -1,7 +1,7 @@
 """Checking a connection's ``auth`` (a device) and ``peer_auth`` (a node)
 against its challenge nonce (docs/protocol.md, "Handshake").
 
-The caller (:mod:`relay.server`) then marks the connection authenticated.
+The caller (:mod:`relay.serving.server`) then marks the connection authenticated.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import msgspec
 import nacl.signing
 import tomli_w
 
-from .config import (
+from relay.config import (
     NODE_SETTINGS,
     ConfigError,
     NodeFile,
@@ -26,7 +26,7 @@ from .config import (
     load_key,
     read_toml,
 )
-from .ring import NodeInfo
+from relay.config.ring import NodeInfo
 
 
 def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:

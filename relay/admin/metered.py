@@ -1,12 +1,12 @@
-"""Thin wrappers that move :class:`relay.metrics.NodeMetrics` counters where things
+"""Thin wrappers that move :class:`relay.admin.metrics.NodeMetrics` counters where things
 happen, without the components knowing about metrics:
 
 * :class:`MeteredStorage` wraps the node's :class:`storage.Storage`: envelopes
   stored, duplicates, acked, purged and expired, outbox entries added, enqueue
   refusals; every other attribute is the wrapped storage's own.
 * (messages and bytes in and out are counted where they pass: the connection's
-  reader and writer, :meth:`relay.metrics.NodeMetrics.read` / ``written``).
-* :class:`CountingRegistry` is a :class:`relay.delivery.DeviceRegistry` that
+  reader and writer, :meth:`relay.admin.metrics.NodeMetrics.read` / ``written``).
+* :class:`CountingRegistry` is a :class:`relay.services.delivery.DeviceRegistry` that
   counts connected devices.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from relay.delivery import DeviceRegistry
-from relay.metrics import NodeMetrics
+from relay.admin.metrics import NodeMetrics
+from relay.services.delivery import DeviceRegistry
 from storage import EnqueueRequest, EnqueueResult, Storage, StorageError
 
 
@@ -109,7 +109,7 @@ class MeteredStorage:
 
 
 class CountingRegistry(DeviceRegistry):
-    """A :class:`~relay.delivery.DeviceRegistry` that counts registered sessions.
+    """A :class:`~relay.services.delivery.DeviceRegistry` that counts registered sessions.
 
     Attributes:
         connected: sessions inside :meth:`register` now (a device's replaced
@@ -122,7 +122,7 @@ class CountingRegistry(DeviceRegistry):
 
     @contextmanager
     def register(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        """See :meth:`relay.delivery.DeviceRegistry.register`."""
+        """See :meth:`relay.services.delivery.DeviceRegistry.register`."""
         with super().register(*args, **kwargs):
             self.connected += 1
             try:

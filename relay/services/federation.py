@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from typing import TypeVar
 
 import nacl.signing
 import trio
 
 import relay.net as net
+from relay.config.ring import NodeInfo, Ring
 from relay.errors import RelayError
+from relay.net.backoff import PEER_BACKOFF
 from relay.protocol import ErrorCode, Limits, write_frame
 from relay.protocol.frames import Error, Frame
-from relay.ring import NodeInfo, Ring
 
-BACKOFF_MIN = 0.2
-BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 5.0
+CLOSE_GOING_AWAY = 1001  # RFC 6455 7.4.1: an endpoint is going away
 UNREACHABLE_WARNING = 60.0  # seconds a peer may stay unreachable before a warning
 
 PEER_LINK_SETTINGS = dataclasses.replace(net.PEER_SETTINGS, connect_timeout=CONNECT_TIMEOUT)
@@ -52,17 +51,6 @@ ping after 20 s of silence, 10 s to answer; callers own request timeouts)."""
 
 class LinkDown(Exception):
     """The peer node could not be reached, or the link broke before the answer came."""
-
-
-def backoff_delays(
-    start: float = BACKOFF_MIN, cap: float = BACKOFF_MAX, rng: random.Random | None = None
-):
-    """Yield reconnect delays in seconds: ``start`` doubling to ``cap``, each +-25 % jitter."""
-    rng = rng or random.Random()
-    delay = start
-    while True:
-        yield delay * rng.uniform(0.75, 1.25)
-        delay = min(delay * 2, cap)
 
 
 class PeerLink:
@@ -95,6 +83,7 @@ class PeerLink:
         self._link: net.Link | None = None
         self._changed = trio.Event()  # set after every connect attempt and disconnect
         self._kick = trio.Event()
+        self._leaving = False  # set by go_away(): the node stops, do not reconnect
         self.connected = trio.Event()  # set while the link is up (replaced when it goes down)
 
     @property
@@ -105,6 +94,14 @@ class PeerLink:
     def kick(self) -> None:
         """Reconnect now instead of waiting out the current backoff delay."""
         self._kick.set()
+
+    async def go_away(self) -> None:
+        """The node is stopping: close the link with 1001 (going away, RFC 6455) so the
+        peer sees a clean close instead of 1006, and do not reconnect afterwards."""
+        self._leaving = True
+        self._kick.set()
+        if self._link is not None:
+            await self._link.aclose(CLOSE_GOING_AWAY, "node stopping")
 
     def _signal_change(self) -> None:
         self._changed.set()
@@ -152,7 +149,7 @@ class PeerLink:
 
     async def run(self) -> None:
         """Keep the link up until cancelled (connect, serve, back off, repeat)."""
-        delays = backoff_delays()
+        delays = PEER_BACKOFF.delays()
         down_since, warned = trio.current_time(), False
         while True:
             try:
@@ -161,7 +158,7 @@ class PeerLink:
                     self.connected.set()
                     self._signal_change()
                     self._log.info("peer link to %s up", self.peer.id)
-                    delays = backoff_delays()
+                    delays = PEER_BACKOFF.delays()
                     await link.wait_closed()
                 self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id,
                                   link.close_reason)
@@ -177,6 +174,8 @@ class PeerLink:
                     self._log.debug("peer link to %s: attempt failed: %s", self.peer.id, exc)
             finally:
                 self._go_down()
+            if self._leaving:
+                await trio.sleep_forever()  # until the node's nursery is cancelled
             self._kick = trio.Event()
             with trio.move_on_after(next(delays)):
                 await self._kick.wait()
@@ -247,6 +246,12 @@ class Federation:
         async with trio.open_nursery() as nursery:
             for link in self.links.values():
                 nursery.start_soon(link.run)
+
+    async def go_away(self) -> None:
+        """Close every peer link with 1001 (the node is stopping); see :meth:`PeerLink.go_away`."""
+        async with trio.open_nursery() as nursery:
+            for link in self.links.values():
+                nursery.start_soon(link.go_away)
 
     async def request(self, dest: str, frame: Frame) -> Frame:
         """Send a request to node ``dest`` and return its answer.

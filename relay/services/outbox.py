@@ -37,7 +37,7 @@ import msgpack
 import trio
 
 from relay.errors import KNOWN_REFUSALS, RelayError
-from relay.federation import Federation, LinkDown, backoff_delays, request_within
+from relay.net.backoff import PEER_BACKOFF
 from relay.protocol import (
     DEFAULT_LIMITS,
     ErrorCode,
@@ -59,6 +59,7 @@ from relay.protocol.frames import (
     Results,
 )
 from relay.protocol.stored import encode_bounce_body, encode_envelope
+from relay.services.federation import Federation, LinkDown, request_within
 from storage import EnqueueRequest, OutboxEntry, Storage
 
 RETRYABLE = frozenset({
@@ -116,6 +117,9 @@ class Outbox:
         #: Counters for tests and metrics: batches sent, entries stored by their destination.
         self.batches = 0
         self.delivered = 0
+        #: ``on_finished(how, n)``: ``n`` entries left the outbox ``how`` (``"delivered"``,
+        #: ``"bounced"``, ``"dead_letter"``, ``"dropped"``); the node counts them in metrics.
+        self.on_finished: Callable[[str, int], None] = lambda how, n: None
         # Pending entries per destination: ids put by this process, plus a flag for
         # entries found in storage at start (cleared once a listing comes back empty).
         self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
@@ -158,7 +162,7 @@ class Outbox:
             task_status.started()
 
     async def _drain(self, dest: str) -> None:
-        delays = backoff_delays()
+        delays = PEER_BACKOFF.delays()
         while True:
             wake = self._wake[dest]
             if wake.is_set():
@@ -170,7 +174,7 @@ class Outbox:
                 continue
             outcome, head = await self._attempt(dest, entries)
             if outcome == "done":
-                delays = backoff_delays()
+                delays = PEER_BACKOFF.delays()
                 continue
             if head is not None:
                 await self._storage.outbox_retry(head)
@@ -260,11 +264,13 @@ class Outbox:
                     kept.append(i)
         await self._delete_many(stored)
         self.delivered += len(stored)
+        self.on_finished("delivered", len(stored))
         if stored:
             self._log.info("outbox: %d entries delivered to %s", len(stored), dest)
         notifies = [f for f in finals if isinstance(f[0].request, Notify | BounceBack)]
         if notifies:
             await self._delete_many([f[0].entry for f in notifies])
+            self.on_finished("dropped", len(notifies))
             for f in notifies:
                 self._log.warning("outbox %d (%s) to %s dropped: %s", f[0].entry.outbox_id,
                                   f[0].request.TYPE, dest, f[1])
@@ -302,6 +308,7 @@ class Outbox:
             return "retry"
         await self._delete_many([entry])
         self.dead_letters += 1
+        self.on_finished("dead_letter", 1)
         self._log.error("outbox %d to %s is %s: kept aside as a dead letter (%d this run)%s",
                         entry.outbox_id, entry.dest, why, self.dead_letters,
                         "; bounced to its sender" if salvaged else "")
@@ -315,6 +322,7 @@ class Outbox:
             item = _Item(entry, request, len(entry.payload))
             return "done" if await self._bounce_many([(item, code, message, user_id)]) else "retry"
         await self._delete_many([entry])
+        self.on_finished("dropped", 1)
         self._log.warning("outbox %d (%s) to %s dropped: %s", entry.outbox_id, request.TYPE,
                           entry.dest, code)
         return "done"
@@ -352,6 +360,7 @@ class Outbox:
             self._log.info("outbox %d to %s bounced: %s", item.entry.outbox_id, item.entry.dest,
                            code)
         await self._delete_many(gone)
+        self.on_finished("bounced", len(gone))
         return len(gone) == len(finals)
 
 

@@ -1,10 +1,10 @@
-"""Accepting connections: admission (:mod:`relay.admission`), then a
-:class:`~relay.server.Connection` per admitted WebSocket.
+"""Accepting connections: admission (:mod:`relay.net.admission`), then a
+:class:`~relay.serving.server.Connection` per admitted WebSocket.
 
 Beyond the node's ``max_connections``, or ``max_pending_per_ip``
 unauthenticated connections from one address, a new connection is refused with
 HTTP 503 (``Retry-After: 5``) at the WebSocket handshake, before any frame; the
-node logs at most one warning per :data:`~relay.admission.REFUSAL_LOG_INTERVAL`
+node logs at most one warning per :data:`~relay.net.admission.REFUSAL_LOG_INTERVAL`
 seconds about refusals. While the node stops (:meth:`relay.node.Node.shut_down`)
 every new connection is refused the same way.
 
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketRequest
 
-from relay.admission import REFUSAL_LOG_INTERVAL, Refused
-from relay.server import CLOSE_TIMEOUT, Connection
+from relay.net.admission import REFUSAL_LOG_INTERVAL, Refused
+from relay.serving.server import CLOSE_TIMEOUT, Connection
 
 if TYPE_CHECKING:
     from relay.node import Node

@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.federation import Federation, LinkDown, request_within
-from relay.outbox import Outbox
 from relay.protocol import Limits, write_frame
 from relay.protocol.errors import ErrorCode
 from relay.protocol.frames import (
@@ -36,7 +34,9 @@ from relay.protocol.frames import (
     Results,
     SignedDeviceList,
 )
-from relay.router import Outcome, Part, outcome_of
+from relay.services.federation import Federation, LinkDown, request_within
+from relay.services.outbox import Outbox
+from relay.services.router import Outcome, Part, outcome_of
 
 BATCH_HEADER = 64
 """Bytes, an upper bound of a ``forward_batch`` frame's own map around its items."""
@@ -89,6 +89,9 @@ class Forwarding:
         #: Counters for tests and metrics: frames sent and parts carried.
         self.frames = 0
         self.parts = 0
+        #: ``on_outcomes(dest, outcomes)`` after each lane round; the node counts them
+        #: in metrics (``stored``, ``queued`` or the refusal's code, per part).
+        self.on_outcomes: Callable[[str, list[Outcome]], None] = lambda dest, outcomes: None
 
     def submit(self, dest: str, parts: list[Part]) -> Callable[[], Awaitable[list[Outcome]]]:
         """Append ``parts`` to ``dest``'s lane; return ``wait``, which returns their
@@ -124,6 +127,7 @@ class Forwarding:
             outcomes: list[Outcome] = []
             for chunk in self._pack(parts):
                 outcomes += await self._send(dest, chunk)
+            self.on_outcomes(dest, outcomes)
             at = 0
             for ticket in tickets:
                 ticket.outcomes = outcomes[at:at + len(ticket.parts)]

@@ -13,7 +13,7 @@ mailbox is gone when the first of these happens: ``link_complete`` succeeded
 ``ttl`` seconds passed (``trio.current_time()``, so a ``MockClock`` drives it).
 An unknown, used or expired mailbox answers ``not_found`` and nothing changes.
 At most ``max_per_owner`` mailboxes are open per remote address (its
-:func:`relay.admission.address_key`), so one address cannot exhaust the node,
+:func:`relay.net.admission.address_key`), so one address cannot exhaust the node,
 and at most ``max_open`` per node, the last resort; beyond either ``link_open``
 answers ``rate_limited``.
 """
@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from relay.config.ring import Ring
 from relay.errors import RelayError
-from relay.federation import Federation, ask_peer
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Error,
@@ -39,7 +39,7 @@ from relay.protocol.frames import (
     LinkOpened,
     Ok,
 )
-from relay.ring import Ring
+from relay.services.federation import Federation, ask_peer
 
 MAILBOX_ID_SIZE = 16  # bytes
 MAX_DEVICE_INFO = 4096  # bytes
@@ -85,7 +85,7 @@ class LinkSlot:
         linking: the node's mailboxes.
         push: queues a frame on the connection without blocking (for ``link_data``).
         send: sends a frame on the connection (for the expiry notice).
-        address: the connection's remote address key (:func:`relay.admission.address_key`).
+        address: the connection's remote address key (:func:`relay.net.admission.address_key`).
     """
 
     def __init__(self, linking: Linking, push: Push,

@@ -33,14 +33,14 @@ from contextlib import contextmanager
 
 import trio
 
-from relay.delivery import DeviceRegistry, pack_envelope
-from relay.directory import Directory, pack_list, unpack_list
+from relay.config.ring import Ring
 from relay.errors import KNOWN_REFUSALS, RelayError
-from relay.federation import Federation, LinkDown, request_within
-from relay.outbox import RETRYABLE, Outbox
 from relay.protocol import DeviceList, ErrorCode, verify_device_list
 from relay.protocol.frames import Envelope, Error, Notify, Ok, SignedDeviceList
-from relay.ring import Ring
+from relay.services.delivery import DeviceRegistry, pack_envelope
+from relay.services.directory import Directory, pack_list, unpack_list
+from relay.services.federation import Federation, LinkDown, request_within
+from relay.services.outbox import RETRYABLE, Outbox
 from storage import QueueFull, Storage, StorageFull, StorageUnavailable
 
 NOTICE_KIND = "device_list"

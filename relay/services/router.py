@@ -11,7 +11,7 @@ node into *parts* (a ``forward`` or ``group_forward`` per home, id 0), then:
   part atomic and deduplicated by ``(sender_user, msg_id)``
   (:meth:`Router.store_parts`);
 * the parts for other homes are handed, in request order, to the per-destination
-  lanes of :class:`relay.forwarding.Forwarding`, which send them in
+  lanes of :class:`relay.services.forwarding.Forwarding`, which send them in
   ``forward_batch`` frames (or to the durable outbox).
 
 Each request is answered on its own: ``stored`` when every home stored its
@@ -26,9 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from relay.directory import Directory
+from relay.config.ring import Ring
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.groups import GROUP_KIND, group_items, group_members
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Envelope,
@@ -41,7 +40,8 @@ from relay.protocol.frames import (
     Sent,
 )
 from relay.protocol.stored import encode_envelope
-from relay.ring import Ring
+from relay.services.directory import Directory
+from relay.services.groups import GROUP_KIND, group_items, group_members
 from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
@@ -80,7 +80,7 @@ def part_items(part: Part) -> list[tuple[str, int, bytes]]:
 
 
 class _Forwarding:
-    """What the router needs from :class:`relay.forwarding.Forwarding` (no import cycle)."""
+    """What the router needs from :class:`relay.services.forwarding.Forwarding` (no import cycle)."""
 
     def submit(self, dest: str, parts: list[Part]) -> Callable[[], Awaitable[list[Outcome]]]:
         """Queue ``parts`` for node ``dest`` and return an awaitable of their outcomes."""

@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import time
 
+from relay.config.ring import Ring
 from relay.errors import RelayError
-from relay.federation import Federation, ask_peer
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     MediaChunk,
@@ -39,7 +39,7 @@ from relay.protocol.frames import (
     MediaStatus,
     MediaUpload,
 )
-from relay.ring import Ring
+from relay.services.federation import Federation, ask_peer
 from storage import MEDIA_CHUNK_MAX, MEDIA_ID_SIZE, MediaConflict, MediaCorrupt, Storage
 
 GiB = 1 << 30

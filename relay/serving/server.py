@@ -4,31 +4,31 @@ Tasks of one connection, all in one nursery:
 
 * the **reader** always drains the WebSocket: it decodes and admits each
   message at once (:class:`~relay.protocol.connection.ServerConnection`), applies
-  an ``ack`` on the spot (clamped, then coalesced: :mod:`relay.acks`) and
+  an ``ack`` on the spot (clamped, then coalesced: :mod:`relay.serving.acks`) and
   queues every other request; it reads ahead at most ``window`` unanswered
   requests (announced in ``challenge``) and ``READ_AHEAD_BYTES``, then waits
   (backpressure);
 * the **handler** (this task) takes *every* queued request at each wakeup and
   serves them in order: a run of consecutive ``send`` / ``group_send`` requests
-  is routed as one batch (:meth:`relay.router.Router.send_batch`: one
+  is routed as one batch (:meth:`relay.services.router.Router.send_batch`: one
   ``enqueue_many`` for the local parts, ``forward_batch`` lanes for the others),
   the rest through the node's per-service handler table
   (:func:`relay.services.table.node_table`). A peer's requests other than
   forwards run concurrently (at most ``PEER_CONCURRENCY``) and are answered by
   id, possibly out of order; a peer's forwards are served in order;
-* the **writer** (:class:`relay.writer.FrameWriter`) is the only task that
+* the **writer** (:class:`relay.net.writer.FrameWriter`) is the only task that
   writes: it takes every encoded frame queued (bounded) and writes them with one
   socket write;
-* after ``sync``, a :class:`~relay.delivery.Pusher` streams the device's queue.
+* after ``sync``, a :class:`~relay.services.delivery.Pusher` streams the device's queue.
 
 Answers are matched by request id. A remote Close waits until every request
-read before it has been answered and written (:mod:`relay.wsio`); a request
+read before it has been answered and written (:mod:`relay.net.wsio`); a request
 read before the node closes is answered (or refused) before the node's Close.
 An answer, push or close for a connection that has already ended is dropped
 with a debug line; it never cancels the connection's other requests.
 
 A connection that opened a linking mailbox (``link_open``) owns it: the
-mailbox goes when the connection ends or opens another (:mod:`relay.linking`);
+mailbox goes when the connection ends or opens another (:mod:`relay.services.linking`);
 if it expires unused, the connection gets ``error not_found`` (id 0).
 A device removed from its list is *revoked*: it gets ``error unknown_device``
 (id 0), nothing more is served, and the connection closes with 1008.
@@ -36,7 +36,7 @@ A device removed from its list is *revoked*: it gets ``error unknown_device``
 A connection that has not authenticated (or opened a linking mailbox) within
 ``handshake_timeout`` seconds gets ``error unauthorized`` (id 0) and close 1008;
 a mailbox extends that by its lifetime. Connections are admitted (or refused)
-by :mod:`relay.listener` before they get here.
+by :mod:`relay.serving.listener` before they get here.
 
 Error handling: protocol problems answer ``error`` (closing when the error
 carries a close code); refusals (:data:`relay.errors.KNOWN_REFUSALS`) answer
@@ -57,12 +57,10 @@ from typing import TYPE_CHECKING
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from relay.acks import AckFlusher
-from relay.admission import HandshakeDeadline, Ticket
-from relay.auth import check_device_auth, check_peer_auth
-from relay.delivery import Pusher
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
-from relay.linking import LinkSlot
+from relay.net.admission import HandshakeDeadline, Ticket
+from relay.net.writer import CLOSE_TIMEOUT, FrameWriter
+from relay.net.wsio import GatedWebSocket
 from relay.protocol import CloseCode, ErrorCode, RemoteProtocolError, write_frame
 from relay.protocol.connection import ConnState, ServerConnection
 from relay.protocol.frames import (
@@ -86,8 +84,10 @@ from relay.protocol.frames import (
     Sync,
 )
 from relay.services.base import Caller, Handler
-from relay.writer import CLOSE_TIMEOUT, FrameWriter
-from relay.wsio import GatedWebSocket
+from relay.services.delivery import Pusher
+from relay.services.linking import LinkSlot
+from relay.serving.acks import AckFlusher
+from relay.serving.auth import check_device_auth, check_peer_auth
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -113,7 +113,7 @@ class _Refusal:
 class Connection:
     """One accepted WebSocket (device or peer node) on ``node``.
 
-    Implements :class:`relay.delivery.Session` for the device registry.
+    Implements :class:`relay.services.delivery.Session` for the device registry.
     """
 
     def __init__(self, node: Node, ws: WebSocketConnection, remote: str, ticket: Ticket) -> None:
@@ -339,7 +339,7 @@ class Connection:
 
     def _ack(self, seq: int) -> None:
         """A cumulative ack: clamp it to what this connection delivered, then delete
-        (coalesced: :class:`relay.acks.AckFlusher`)."""
+        (coalesced: :class:`relay.serving.acks.AckFlusher`)."""
         if self._revoked or self._pusher is None or self._acks is None:
             return  # nothing was delivered on this connection: nothing to delete
         seq = min(seq, self._written)
@@ -455,7 +455,7 @@ class Connection:
         self._cancel.cancel()
 
     async def _settle(self, buffered) -> None:
-        """Close gate (:mod:`relay.wsio`): return once every message read has been
+        """Close gate (:mod:`relay.net.wsio`): return once every message read has been
         served, every answer written and every ack applied."""
         while buffered() or self._requests or self._busy or self._peer_tasks or self._out.unwritten:
             if self._out.done.is_set():
