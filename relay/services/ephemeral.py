@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import RelayError
-from relay.federation import LinkDown, request_within
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Deliver,
@@ -29,8 +28,9 @@ from relay.protocol.frames import (
     Send,
     Sent,
 )
-from relay.router import now_ms, part_members
 from relay.services.base import Caller, Table
+from relay.services.federation import LinkDown, request_within
+from relay.services.router import now_ms, part_members
 
 if TYPE_CHECKING:
     from relay.node import Node
