@@ -167,12 +167,11 @@ def typing(app: AppContext, recipient: str, stop: bool) -> None:
 
 
 @click.command()
-@click.argument("recipient", metavar="[NAME|USER_ID]", required=False)
-@click.argument("seconds", type=click.IntRange(0, MAX_EXPIRES))
+@click.argument("args", nargs=-1, required=True, metavar="[NAME|USER_ID] SECONDS")
 @click.option("--group", "group", metavar="GROUP", help="Set it for a group.")
 @json_option
 @click.pass_obj
-def disappear(app: AppContext, recipient: str | None, seconds: int, group: str | None) -> None:
+def disappear(app: AppContext, args: tuple[str, ...], group: str | None) -> None:
     """Set the disappearing-message timer of a conversation to SECONDS (0: off), for
     everyone in it. Each message then carries the timer inside its encryption and is
     removed from the history of every device SECONDS after it was sent.
@@ -181,6 +180,11 @@ def disappear(app: AppContext, recipient: str | None, seconds: int, group: str |
     wa-cli disappear NAME|USER_ID SECONDS
     wa-cli disappear --group GROUP SECONDS
     """
+    if len(args) > 2 or (len(args) == 2) == (group is not None):
+        raise click.UsageError("usage: wa-cli disappear NAME|USER_ID SECONDS | "
+                               "wa-cli disappear --group GROUP SECONDS")
+    recipient = args[0] if len(args) == 2 else None
+    seconds = click.IntRange(0, MAX_EXPIRES).convert(args[-1], None, click.get_current_context())
     with state_of(app) as state:
         conversation = conversation_of(state, recipient, group)
         result = run_action(app, state, lambda c: actions.set_timer(c, conversation, seconds))

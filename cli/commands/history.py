@@ -52,9 +52,11 @@ def _row(state: State, entry: dict, groups: dict[str, str]) -> tuple[dict, str]:
     """The ``--json`` object and human row of a history entry (see the module docstring),
     with the effects of later messages (:func:`cli.history_view.decorate`)."""
     msg = _message(state, entry, groups)
-    if entry.get("deleted"):
-        msg = dataclasses.replace(msg, text="(deleted)")
     file = entry.get("file") if entry.get("type") == "file" else None
+    if entry.get("deleted"):
+        obj, _ = message_row(state, msg)
+        _, human = message_row(state, dataclasses.replace(msg, text="(deleted)"))
+        return decorate(state, entry, obj, human)
     if not isinstance(file, dict):
         return decorate(state, entry, *message_row(state, msg))
     obj, _ = message_row(state, msg)
