@@ -15,9 +15,10 @@ from contextlib import ExitStack
 
 import trio
 
-from cli import crypto, payload
 from cli.client import init_account
-from cli.state import HISTORY_LIMIT, State, create_state, seen_key
+from cli.features import payload
+from cli.session import crypto
+from cli.session.state import HISTORY_LIMIT, State, create_state, seen_key
 
 from .scenario import BenchContext
 

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from cli.client import init_account, open_client
-from cli.state import State, create_state
+from cli.session.state import State, create_state
 from relay.testing import LocalCluster, open_local_cluster
 
 BenchCluster = LocalCluster

@@ -1,7 +1,7 @@
 """Issue 3: sending to users with 1, 2, 4 and 8 devices.
 
 For each device count ``k``, Bob's account (homed on n2) has a primary and
-``k - 1`` companion devices linked with :func:`cli.linking.link_device`, all
+``k - 1`` companion devices linked with :func:`cli.features.linking.link_device`, all
 connected and receiving live; Alice (n1, one device) sends ``n`` texts. Each
 message is one Olm copy per device, so the figures are:
 
@@ -12,7 +12,7 @@ message is one Olm copy per device, so the figures are:
 * send-to-ack, and send-to-deliver to the *last* of Bob's devices;
 * process CPU per message (all nodes and clients, every device decrypting).
 
-Skipped with a note when the client cannot link devices (no ``cli.linking``).
+Skipped with a note when the client cannot link devices (no ``cli.features.linking``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from contextlib import AsyncExitStack, ExitStack
 
 import trio
 
-from cli import crypto
 from cli.client import Client, open_client
-from cli.state import open_state
+from cli.session import crypto
+from cli.session.state import open_state
 
 from .client_costs import TEXT_SIZE, sample_plaintext
 from .cluster import account_on, open_bench_cluster
@@ -38,16 +38,16 @@ LINK_TIMEOUT = 30.0  # seconds for linking one device
 
 
 def _linking():
-    """``cli.linking`` if the client can link devices, else ``None``."""
+    """``cli.features.linking`` if the client can link devices, else ``None``."""
     try:
-        module = importlib.import_module("cli.linking")
+        module = importlib.import_module("cli.features.linking")
     except ImportError:
         return None
     return module if hasattr(module, "link_device") else None
 
 
 def multi_device_supported() -> bool:
-    """True once ``cli`` can add a device to an account (``cli.linking.link_device``)."""
+    """True once ``cli`` can add a device to an account (``cli.features.linking.link_device``)."""
     return _linking() is not None
 
 
@@ -106,7 +106,7 @@ async def run(ctx: BenchContext) -> None:
     r = ctx.report
     if not multi_device_supported():
         r.note("skipped: the client cannot add a device to an account yet "
-               "(no cli.linking.link_device; issue 3)")
+               "(no cli.features.linking.link_device; issue 3)")
         return
     counts = (1, 2, 4) if ctx.quick else DEVICE_COUNTS
     n, depth = (40, 4) if ctx.quick else (300, 4)

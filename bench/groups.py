@@ -28,10 +28,10 @@ from contextlib import AsyncExitStack, ExitStack
 import trio
 import vodozemac
 
-from cli import groups
 from cli.client import Client, open_client
-from cli.group_messaging import create_group, send_group_text
-from cli.state import State
+from cli.features.group_messaging import create_group, send_group_text
+from cli.session import groups
+from cli.session.state import State
 from relay.protocol.frames import GroupSend
 
 from .client_costs import TEXT_SIZE, sample_plaintext

@@ -189,7 +189,7 @@ def _sha256(path: Path) -> str:
 
 def _transfer(root: Path, size: int) -> dict[str, float]:
     """The process part (blocking; run in a thread)."""
-    from cli.mediacrypt import decrypt_file, encrypt_file
+    from cli.features.mediacrypt import decrypt_file, encrypt_file
 
     nodes = _Nodes(root / "cluster")
     nodes.start()

@@ -1,11 +1,17 @@
 """wa-cli: the wa-relay client. It does all the cryptography (Olm via vodozemac,
 account keys via pynacl) and keeps one device's state encrypted under ``--home``.
 
-Modules: :mod:`cli.crypto` (primitives' wrappers), :mod:`cli.state` (local store),
-:mod:`cli.connection` (one authenticated WebSocket), :mod:`cli.client` (async API),
-:mod:`cli.payload` (end-to-end plaintext format), :mod:`cli.output` (human vs
-``--json``), :mod:`cli.commands` (the Click commands). Multi-device:
-:mod:`cli.linkcode` (linking codes and sealed account material, no I/O),
-:mod:`cli.linking` (the new device's side: ``open_link``, ``link_device``),
-:mod:`cli.devices` (the primary's side: approve, remove; device-list notices).
+Layers (imports only point down; ``tests/cli/test_cli_layers.py`` checks it):
+
+- :mod:`cli.session`: transport and state: :mod:`~cli.session.connection` (one
+  authenticated WebSocket), :mod:`~cli.session.session` (the ``Session`` every feature
+  uses: key directory, ordered encrypted requests), :mod:`~cli.session.state` and its
+  vault, store, journal and inbox, :mod:`~cli.session.crypto` (primitives' wrappers).
+- :mod:`cli.features`: devices, linking (:mod:`~cli.features.linkcode` without I/O,
+  :mod:`~cli.features.linking` the new device's side), 1:1 sending and receiving,
+  groups, media; each takes a ``Session`` and never imports the facade.
+- :mod:`cli.client`: the thin facade (``Client`` = ``Session`` + the features' methods).
+- Front ends: :mod:`cli.commands` (Click) and :mod:`cli.output` (human vs ``--json``).
+
+:mod:`cli.errors` and :mod:`cli.events` are the vocabulary shared by all layers.
 """

@@ -1,4 +1,5 @@
-"""Async client API of one device (trio, over relay.net's connection layer), used by ``wa-cli``, tests and bench.
+"""The client facade of one device (trio, over relay.net's connection layer), used by
+``wa-cli``'s commands, its daemon, tests and bench.
 
 Usage::
 
@@ -7,6 +8,11 @@ Usage::
             result = await client.send_text(bob_user_id, "hi")     # SendResult
             async for event in client.receive():                  # Message | BacklogDone | ...
                 ...
+
+A :class:`Client` is a :class:`cli.session.session.Session` (connection, state, key
+directory, ordered encrypted requests) with the features' entry points as methods;
+the work is done in :mod:`cli.features`, which take a ``Session`` and never import
+this module.
 
 Sending encrypts one Olm copy per device of the recipient (from its verified,
 account-signed device list, cached in the state) and per own other device,
@@ -20,220 +26,50 @@ save -> ack), so a crash never loses or double-shows a message.
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import trio
-
+from cli.events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
+from cli.features import devices, linkcode, outbound, sending
+from cli.features.devices import ApprovedDevice, Confirm, DeviceOffer, init_account
+from cli.features.receiving import Receiver
+from cli.features.sending import MAX_SEND_ROUNDS, now_ms
+from cli.session.connection import CLIENT_SETTINGS
+from cli.session.session import Session, open_session
+from cli.session.state import State
 from relay.net import LinkSettings
-from relay.protocol import DeviceList, ErrorCode
-from relay.protocol.frames import (
-    ClaimedKey,
-    ClaimKeys,
-    Frame,
-    GetDevices,
-    PutDevices,
-    Recipient,
-    Send,
-    UploadKeys,
-)
-
-from . import crypto, devices, linkcode, outbound, payload
-from .connection import CLIENT_SETTINGS, Connection, open_connection
-from .devices import ApprovedDevice, Confirm, DeviceOffer, init_account
-from .errors import ClientError, NoAnswer, RelayError, SendFailed, SendUnknown
-from .events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
-from .receiving import Receiver
-from .sendorder import SendOrder
-from .state import State
-from .taskgroups import unwrap_single
+from relay.protocol import DeviceList
+from relay.protocol.frames import Recipient
 
 __all__ = [
-    "ApprovedDevice", "BacklogDone", "Bounce", "Client", "DeviceOffer", "DevicesChanged",
-    "Dropped", "Event", "Message", "Receiver", "SendResult", "init_account", "now_ms",
-    "open_client",
+    "MAX_SEND_ROUNDS", "ApprovedDevice", "BacklogDone", "Bounce", "Client", "DeviceOffer",
+    "DevicesChanged", "Dropped", "Event", "Message", "Receiver", "SendResult", "init_account",
+    "now_ms", "open_client",
 ]
 
-log = logging.getLogger(__name__)
 
-MAX_SEND_ROUNDS = 3
-
-
-def now_ms() -> int:
-    """Milliseconds since the Unix epoch."""
-    return int(time.time() * 1000)
-
-
-class Client:
-    """An authenticated device session on its home node. Create with :func:`open_client`.
+class Client(Session):
+    """An authenticated device session with the features as methods. Create with
+    :func:`open_client`.
 
     Methods may be called from several tasks at once; one :meth:`receive` at a time.
     """
 
-    def __init__(self, state: State, conn: Connection) -> None:
-        self.state = state
-        self._conn = conn
-        self._keys_lock = trio.Lock()
-        self._sessions_lock = trio.Lock()
-        self._send_order = SendOrder()
-        self._low_send, self._low_recv = trio.open_memory_channel(1)
-        conn.on_key_count = self._on_key_count
-
-    @property
-    def url(self) -> str:
-        """The home node URL this client is connected to."""
-        return self._conn.url
-
-    @property
-    def node_id(self) -> str:
-        """The home node's id."""
-        return self._conn.node_id
-
-    def open_fresh(self, *, connect_timeout: float = 10.0):  # noqa: ANN201 (async CM)
-        """Another client of the same state over a new connection (:func:`open_client`,
-        without finishing pending withdrawals): for a step that must not depend on
-        this client's connection, which may be dead."""
-        return open_client(self.state, connect_timeout=connect_timeout, withdraw_pending=False)
-
-    @property
-    def connection(self) -> Connection:
-        """The underlying :class:`cli.connection.Connection`."""
-        return self._conn
-
-    @property
-    def otk_count(self) -> int:
-        """One-time keys the home node holds for this device, as last reported."""
-        return self._conn.otk_count
-
-    # ------------------------------------------------------------ key directory
-
-    async def publish_device_list(self) -> None:
-        """Store this account's own signed device list on the home (``put_devices``).
-
-        Raises:
-            RelayError: refused (``stale_version`` is treated as already published).
-            ConnectionLost: the connection closed.
-        """
-        own = self.state.device_lists[self.state.user_id]
-        try:
-            await self._conn.request(PutDevices, device_list=own.signed)
-        except RelayError as exc:
-            if exc.code != ErrorCode.STALE_VERSION:
-                raise
-        self.state.published_version = own.parsed.version
-        await self.state.asave()
-
-    async def upload_keys(self) -> int:
-        """Top the device's one-time keys on the node up to 100 (plus an unpublished fallback key).
-
-        Private halves are saved before the public halves leave. Returns the node's new count.
-
-        Raises:
-            RelayError, ConnectionLost.
-        """
-        async with self._keys_lock:
-            ident = self.state.identity
-            need = (crypto.ONE_TIME_KEYS_TARGET - self._conn.otk_count
-                    - len(ident.unpublished_one_time_keys()))
-            ident.generate_one_time_keys(need)
-            keys, fallback = ident.unpublished_one_time_keys(), ident.unpublished_fallback_key()
-            if not keys and fallback is None:
-                return self._conn.otk_count
-            await self.state.asave()
-            try:
-                answer = await self._conn.request(UploadKeys, one_time_keys=keys, fallback_key=fallback)
-            except RelayError as exc:
-                if exc.code != ErrorCode.BAD_REQUEST:
-                    raise
-                log.warning("node refused the key upload (%s); assuming an earlier upload landed", exc)
-            else:
-                self._conn.otk_count = answer.otk_count
-            ident.mark_keys_as_published()
-            await self.state.asave()
-            return self._conn.otk_count
-
-    def _on_key_count(self, count: int) -> None:
-        self._conn.otk_count = count
-        if count < crypto.ONE_TIME_KEYS_LOW:
-            try:
-                self._low_send.send_nowait(count)
-            except trio.WouldBlock:
-                pass  # a top-up is already scheduled
-
-    async def _top_up_keys(self) -> None:
-        async for _ in self._low_recv:
-            try:
-                await self.upload_keys()
-            except ClientError as exc:
-                log.warning("one-time key top-up failed: %s", exc)
-
-    async def get_devices(self, user_id: str) -> DeviceList:
-        """Fetch, verify (account signature, version never goes back) and cache a device list.
-
-        Raises:
-            RelayError: ``unknown_user``, ``unavailable`` (home unreachable), ...
-            cli.state.DeviceListRejected: forged or rolled-back list.
-        """
-        answer = await self._conn.request(GetDevices, user_id=user_id)
-        return self.state.remember_device_list(answer.device_list, user_id)
-
-    async def claim_keys(self, user_id: str, device_ids: list[int]) -> list[ClaimedKey]:
-        """Claim one one-time key (else the fallback key) per listed device of ``user_id``."""
-        answer = await self._conn.request(ClaimKeys, user_id=user_id, device_ids=device_ids)
-        return answer.keys
-
-    # ---------------------------------------------------------------- sending
-
     async def send_text(self, user_id: str, text: str) -> SendResult:
         """Encrypt ``text`` for every device of ``user_id`` (and own other devices) and send it.
 
-        Returns:
-            ``SendResult(msg_id, status, to=user_id)``.
-
-        Raises:
-            ValueError: ``text`` longer than ``payload.MAX_TEXT`` characters.
-            SendFailed: no usable devices/keys, or the device list kept changing.
-            RelayError: the relay refused (``unknown_user``, ``queue_full``, ...).
-            cli.state.DeviceListRejected, ConnectionLost.
+        See :func:`cli.features.sending.send_text` (returns, errors).
         """
-        if len(text) > payload.MAX_TEXT:
-            raise ValueError(f"text is longer than {payload.MAX_TEXT} characters")
-        msg_id = os.urandom(16)
-        p = payload.TextPayload(msg_id, text, now_ms(), self.state.name, user_id)
-        self.state.history.append({
-            "id": msg_id.hex(), "direction": "out", "peer": user_id, "from": self.state.user_id,
-            "from_device": self.state.device_id, "ts": p.ts, "type": "text", "text": text,
-            "from_name": self.state.name, "resends": 0,
-        })
-        status = await self.send_payload(user_id, msg_id, p.encode())
-        return SendResult(msg_id, status, user_id)
+        return await sending.send_text(self, user_id, text)
 
-    async def device_list(self, user_id: str, *, fresh: bool = False) -> DeviceList:
-        """The verified device list of ``user_id`` to encrypt for: the cached one, or (if
-        none is cached or ``fresh``) fetched from the relay with :meth:`get_devices`.
+    async def send_payload(
+        self, user_id: str, msg_id: bytes, plaintext: bytes, *, fresh: bool = False
+    ) -> str:
+        """Encrypt an encoded payload for ``user_id``'s devices and own other devices; send it.
 
-        Args:
-            fresh: fetch even if a list is cached; the cached one is still returned when
-                the user's home is unreachable (``unavailable``).
-
-        Raises:
-            RelayError: ``unknown_user``; ``unavailable`` with nothing cached; ...
-            cli.state.DeviceListRejected: the served list is forged or rolled back.
-            ConnectionLost.
+        See :func:`cli.features.sending.send_payload`; returns ``"stored"`` or ``"queued"``.
         """
-        cached = self.state.device_lists.get(user_id)
-        if cached is not None and not fresh:
-            return cached.parsed
-        try:
-            return await self.get_devices(user_id)
-        except RelayError as exc:
-            if exc.code == ErrorCode.UNAVAILABLE and cached is not None:
-                log.info("home of %s unreachable; using its cached device list", user_id[:8])
-                return cached.parsed
-            raise
+        return await sending.send_payload(self, user_id, msg_id, plaintext, fresh=fresh)
 
     async def encrypt(self, lists: dict[str, DeviceList], plaintext: bytes) -> list[Recipient]:
         """Olm-encrypt ``plaintext`` once for every device in ``lists`` except this one.
@@ -247,97 +83,22 @@ class Client:
 
         Args:
             lists: user_id -> that user's verified device list (see :meth:`device_list`).
-            plaintext: the encoded payload (:mod:`cli.payload`) or control message.
+            plaintext: the encoded payload (:mod:`cli.features.payload`) or control message.
 
         Returns:
             One ``Recipient(user_id, devices_version, copies)`` per user that has a
             device other than this one (may be empty); ``copies[i].body`` is the Olm
-            message (:func:`cli.crypto.encrypt`) for ``copies[i].device_id``.
+            message (:func:`cli.session.crypto.encrypt`) for ``copies[i].device_id``.
 
         A device with no one-time or fallback key to claim (e.g. a link that did not
-        complete) gets a withheld copy (:data:`cli.outbound.WITHHELD`) and a warning
-        naming it (logged), so that it does not stop the message for the others.
+        complete) gets a withheld copy (:data:`cli.features.outbound.WITHHELD`) and a
+        warning naming it (logged), so that it does not stop the message for the others.
 
         Raises:
             SendFailed: no device of a recipient has keys to claim.
             RelayError, ConnectionLost: claiming keys failed.
         """
-        return await outbound.encrypt_for(self, lists, plaintext, self._sessions_lock)
-
-    async def request_encrypted(self, frame_cls: type[Frame], **fields) -> Frame:
-        """Send a request carrying ciphertexts encrypted just before: call it with no
-        ``await`` since the encryption (:meth:`encrypt`, :func:`cli.groups.encrypt`).
-
-        It takes the next place in this client's send order at once, makes the state
-        durable (:meth:`cli.state.State.asave`, a group commit shared with concurrent
-        sends), writes the frame once every earlier place has been written or given
-        up (so each device gets its copies in ratchet order), then waits for the answer.
-
-        Args:
-            frame_cls, fields: the request (``Send``, ``GroupSend``), without ``id``.
-
-        Returns:
-            The answer frame.
-
-        Raises:
-            RelayError: the relay refused (e.g. ``stale_devices``).
-            SendUnknown: the frame left but no answer came (connection lost, keepalive
-                overdue, deadline): retry with the same ``msg_id``.
-            ConnectionLost: the connection closed before the frame left.
-            OSError: the state could not be saved (nothing was sent).
-        """
-        place = self._send_order.take()
-        try:
-            await self.state.asave()  # advanced ratchets are durable before anything leaves
-            return await self._conn.request(frame_cls, place=(self._send_order, place),
-                                            **fields)
-        except NoAnswer as exc:  # it left: delivered or not, only a retry can tell
-            raise SendUnknown(fields["msg_id"], str(exc)) from exc
-        finally:
-            self._send_order.done(place)
-
-    async def send_payload(
-        self, user_id: str, msg_id: bytes, plaintext: bytes, *, fresh: bool = False
-    ) -> str:
-        """Encrypt an encoded payload for ``user_id``'s devices and own other devices; send it.
-
-        Used by :meth:`send_text` and to resend a bounced message under its original id.
-
-        Args:
-            fresh: fetch ``user_id``'s device list instead of using the cached one
-                (the cached one is still used if the home is unreachable).
-
-        Returns:
-            ``"stored"`` or ``"queued"``.
-
-        Raises:
-            SendFailed, RelayError, DeviceListRejected, ConnectionLost: as :meth:`send_text`.
-            OSError: the state could not be saved.
-        """
-        targets = [user_id] if user_id == self.state.user_id else [user_id, self.state.user_id]
-        lists = {uid: await self.device_list(uid, fresh=fresh and uid == user_id)
-                 for uid in targets}
-        for _ in range(MAX_SEND_ROUNDS):
-            recipients = await self.encrypt(lists, plaintext)
-            if not recipients:
-                raise SendFailed("no devices to send to")
-            try:
-                answer = await self.request_encrypted(Send, msg_id=msg_id, recipients=recipients)
-            except RelayError as exc:
-                frame = exc.frame
-                if (exc.code != ErrorCode.STALE_DEVICES or frame.device_list is None
-                        or frame.user_id not in lists):
-                    raise
-                old = lists[frame.user_id].version
-                new = self.state.remember_device_list(frame.device_list, frame.user_id)
-                if new.version <= old:
-                    raise SendFailed(f"relay says the device list of {frame.user_id} is stale but "
-                                     f"served version {new.version} (have {old})") from exc
-                lists[frame.user_id] = new
-                continue
-            return answer.status
-        raise SendFailed(f"the device list of {user_id} kept changing; gave up after "
-                         f"{MAX_SEND_ROUNDS} attempts")
+        return await outbound.encrypt_for(self, lists, plaintext)
 
     # ------------------------------------------------------------ own devices
 
@@ -347,7 +108,7 @@ class Client:
     ) -> ApprovedDevice:
         """Add the device behind a linking code to this account (primary only).
 
-        See :func:`cli.devices.approve_link` (arguments, order of steps, errors).
+        See :func:`cli.features.devices.approve_link` (arguments, order of steps, errors).
         """
         return await devices.approve_link(self, code, confirm=confirm, history=history,
                                           history_limit=history_limit)
@@ -355,7 +116,7 @@ class Client:
     async def remove_device(self, device_id: int) -> DeviceList:
         """Publish the account's list without ``device_id`` (primary only); returns the new list.
 
-        See :func:`cli.devices.remove_device`.
+        See :func:`cli.features.devices.remove_device`.
         """
         return await devices.remove_device(self, device_id)
 
@@ -371,9 +132,9 @@ class Client:
         yielded. Runs until the connection closes (then raises ``ConnectionLost``).
 
         Args:
-            keep: keep the events to show in ``state.inbox`` (:mod:`cli.inbox`), durable
-                before the ack, and yield one ``cli.events.Kept`` per batch instead of them
-                (``wa-cli recv`` shows them from there, exactly once).
+            keep: keep the events to show in ``state.inbox`` (:mod:`cli.session.inbox`),
+                durable before the ack, and yield one ``cli.events.Kept`` per batch instead
+                of them (``wa-cli recv`` shows them from there, exactly once).
         """
         return Receiver(self, keep=keep)
 
@@ -383,37 +144,29 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
                       withdraw_pending: bool = True,
                       settings: LinkSettings = CLIENT_SETTINGS) -> AsyncIterator[Client]:
     """Connect to the device's home (following ``moved``), authenticate, top up one-time
-    keys if the node holds fewer than 50, and yield a :class:`Client`.
+    keys if the node holds fewer than 50, and yield a :class:`Client`
+    (:func:`cli.session.session.open_session`).
 
     On a primary whose state records devices whose linking did not complete
-    (``state.pending_withdrawals``, see :mod:`cli.devices`), they are withdrawn from
-    the account's list first (:func:`cli.devices.finish_pending_withdrawals`), unless
-    ``withdraw_pending`` is false.
+    (``state.pending_withdrawals``, see :mod:`cli.features.devices`), they are withdrawn
+    from the account's list first (:func:`cli.features.devices.finish_pending_withdrawals`),
+    unless ``withdraw_pending`` is false.
 
     The connection closes on exit. A single exception from the body or the
     background tasks is re-raised as itself (not wrapped in an exception group).
 
     Args:
-        state: an open device state (:func:`cli.state.open_state`).
+        state: an open device state (:func:`cli.session.state.open_state`).
         connect_timeout: seconds for each connection attempt and handshake step.
-        settings: keepalive and request deadline (:func:`cli.connection.client_settings`).
+        settings: keepalive and request deadline
+            (:func:`cli.session.connection.client_settings`).
 
     Raises:
-        ConnectionFailed, RelayError: see :func:`cli.connection.open_connection`.
+        ConnectionFailed, RelayError: see :func:`cli.session.connection.open_connection`.
         ConnectionLost: the connection closed while the body was waiting on it.
     """
-    with unwrap_single():
-        async with trio.open_nursery() as nursery:
-            try:
-                async with open_connection(nursery, state, connect_timeout=connect_timeout,
-                                           settings=settings) as conn:
-                    client = Client(state, conn)
-                    nursery.start_soon(client._top_up_keys)
-                    if conn.otk_count < crypto.ONE_TIME_KEYS_LOW:
-                        await client.upload_keys()
-                    if (withdraw_pending and state.pending_withdrawals
-                            and state.account_key is not None):
-                        await devices.finish_pending_withdrawals(client)
-                    yield client
-            finally:
-                nursery.cancel_scope.cancel()
+    async with open_session(state, connect_timeout=connect_timeout, settings=settings,
+                            factory=Client) as client:
+        if withdraw_pending and state.pending_withdrawals and state.account_key is not None:
+            await devices.finish_pending_withdrawals(client)
+        yield client

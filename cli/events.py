@@ -37,7 +37,7 @@ class Message:
     group_id: str | None = None
     extra: dict | None = None
     """The kind-specific fields (``reply_to``, ``reaction``, ``edit_of``, ``deleted``,
-    ``receipt``, ``typing``, ``expires_in``; :func:`cli.effects.event_extra`)."""
+    ``receipt``, ``typing``, ``expires_in``; :func:`cli.features.effects.event_extra`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class GroupChanged:
 @dataclass(frozen=True, slots=True)
 class Kept:
     """Marker of ``receive(keep=True)``: ``count`` events of the batch just processed were
-    kept in the device's inbox (:class:`cli.inbox.Inbox`, durable before the batch was
+    kept in the device's inbox (:class:`cli.session.inbox.Inbox`, durable before the batch was
     acknowledged) instead of being yielded; show them from there."""
 
     count: int

@@ -26,7 +26,7 @@ from datetime import datetime
 
 import click
 
-from .events import Bounce, DevicesChanged, Message, Requested
+from cli.events import Bounce, DevicesChanged, Message, Requested
 
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
                     "\u202a-\u202e\u2066-\u2069]")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import click
 
+from cli.commands._common import CONNECT_TIMEOUT, DEFAULT_HOME, AppContext, home_option
+from cli.output import Output, escape
+from cli.session.connection import REQUEST_TIMEOUT, client_settings
 from relay.protocol.keepalive import DEFAULT_KEEPALIVE
-
-from ..connection import REQUEST_TIMEOUT, client_settings
-from ..output import Output, escape
-from ._common import CONNECT_TIMEOUT, DEFAULT_HOME, AppContext, home_option
 
 _SECONDS = click.FloatRange(min=0, min_open=True)
 

@@ -14,13 +14,10 @@ from pathlib import Path
 
 import click
 
-from relay.net import LinkSettings
-
-from ..client import Client, open_client
-from ..connection import CLIENT_SETTINGS
-from ..errors import ClientError
-from ..events import Message
-from ..output import (
+from cli.client import Client, open_client
+from cli.errors import ClientError
+from cli.events import Message
+from cli.output import (
     Output,
     escape,
     has_unsafe,
@@ -29,7 +26,9 @@ from ..output import (
     scrub,
     sender_label,
 )
-from ..state import STATE_FILE, State, StateError, StateLocked, open_state
+from cli.session.connection import CLIENT_SETTINGS
+from cli.session.state import STATE_FILE, State, StateError, StateLocked, open_state
+from relay.net import LinkSettings
 
 DEFAULT_HOME = "~/.wa-cli"
 CONNECT_TIMEOUT = 10.0

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from relay.protocol import DeviceList
-
-from ..client import Bounce, DevicesChanged, Message
-from ..events import Requested
-from ..group_receiving import GroupChanged
-from ..output import (
+from cli.client import Bounce, DevicesChanged, Message
+from cli.commands._common import AppContext, message_row, user_label
+from cli.events import Requested
+from cli.features.group_receiving import GroupChanged
+from cli.output import (
     bounce_human,
     devices_changed_human,
     devices_changed_json,
@@ -19,8 +18,8 @@ from ..output import (
     request_human,
     request_json,
 )
-from ..state import State
-from ._common import AppContext, message_row, user_label
+from cli.session.state import State
+from relay.protocol import DeviceList
 
 
 def group_changed_json(change: GroupChanged) -> dict:

@@ -21,14 +21,15 @@ import sys
 
 import trio
 
-from ..events import Message
-from ..inbox import Pending
-from ..linesink import LineSink, ReaderGone
-from ..output import json_line, scrub
-from ..state import State
+from cli.commands._common import AppContext
+from cli.commands._events import render
+from cli.commands.linesink import LineSink, ReaderGone
+from cli.events import Message
+from cli.output import json_line, scrub
+from cli.session.inbox import Pending
+from cli.session.state import State
+
 from . import files as file_cmd
-from ._common import AppContext
-from ._events import render
 
 __all__ = ["FOLD_EVERY", "GRACE", "MAX_FILES_WAITING", "MAYBE_PREFIX", "Screen"]
 

@@ -1,5 +1,5 @@
 """``wa-cli react | edit | delete | read | typing | disappear``: the messaging basics
-beside ``send`` (see :mod:`cli.actions`; replies are ``send --reply-to``).
+beside ``send`` (see :mod:`cli.features.actions`; replies are ``send --reply-to``).
 
 MSG_ID is a message id from ``recv``/``history`` (32 hex digits, or a prefix of at
 least 8 that names one message on this device). CONVERSATION is a contact name, a
@@ -14,15 +14,22 @@ from typing import Any
 import click
 import trio
 
-from .. import actions, receipts
-from ..actions import ActionError
-from ..client import Client
-from ..group_state import GroupError
-from ..kinds import MAX_EMOJI, MAX_EXPIRES
-from ..output import escape
-from ..state import State
-from ._common import AppContext, failures, json_option, resolve_recipient, state_of, user_label
-from ._events import lists_shown
+from cli.client import Client
+from cli.commands._common import (
+    AppContext,
+    failures,
+    json_option,
+    resolve_recipient,
+    state_of,
+    user_label,
+)
+from cli.commands._events import lists_shown
+from cli.features import actions, receipts
+from cli.features.actions import ActionError
+from cli.features.kinds import MAX_EMOJI, MAX_EXPIRES
+from cli.output import escape
+from cli.session.group_state import GroupError
+from cli.session.state import State
 
 
 def run_action(app: AppContext, state: State, fn: Callable[[Client], Awaitable[Any]]) -> Any:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
+from cli.commands._common import AppContext, CliError, check_name, failures, json_option, state_of
+from cli.output import escape
 from relay.protocol import is_user_id
-
-from ..output import escape
-from ._common import AppContext, CliError, check_name, failures, json_option, state_of
 
 
 @click.group()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import click
 
+from cli.commands._common import AppContext, json_option, state_of
+from cli.output import escape
+from cli.session.state import State
 from relay.protocol import is_user_id
-
-from ..output import escape
-from ..state import State
-from ._common import AppContext, json_option, state_of
 
 
 def _user(state: State, who: str) -> str:

@@ -7,13 +7,13 @@ from datetime import datetime
 import click
 import trio
 
-from ..client import DeviceOffer
-from ..devices import current_own_list
-from ..errors import ClientError
-from ..linkcode import LinkCode, LinkCodeError, device_fingerprint
-from ..output import escape
-from ..state import State
-from ._common import AppContext, CliError, failures, json_option, state_of
+from cli.client import DeviceOffer
+from cli.commands._common import AppContext, CliError, failures, json_option, state_of
+from cli.errors import ClientError
+from cli.features.devices import current_own_list
+from cli.features.linkcode import LinkCode, LinkCodeError, device_fingerprint
+from cli.output import escape
+from cli.session.state import State
 
 LIST_CONNECT_TIMEOUT = 3.0  # ``devices list`` falls back to the cached list after this
 

@@ -24,14 +24,8 @@ from pathlib import Path
 import click
 import trio
 
-from .. import media
-from ..client import Client, now_ms
-from ..events import Message
-from ..group_messaging import send_group
-from ..output import escape, file_human, progress_bar
-from ..payload import MAX_TEXT, FilePayload
-from ..state import State
-from ._common import (
+from cli.client import Client, now_ms, open_client
+from cli.commands._common import (
     AppContext,
     CliError,
     failures,
@@ -40,7 +34,13 @@ from ._common import (
     state_of,
     user_label,
 )
-from ._events import lists_shown
+from cli.commands._events import lists_shown
+from cli.events import Message
+from cli.features import media
+from cli.features.group_messaging import send_group
+from cli.features.payload import MAX_TEXT, FilePayload
+from cli.output import escape, file_human, progress_bar
+from cli.session.state import State
 
 
 def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: str | None,
@@ -63,7 +63,7 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
 
         async def run() -> dict:
             async with media.Reconnecting(state, connect_timeout=app.connect_timeout,
-                                         settings=app.net) as rc:
+                                         settings=app.net, opener=open_client) as rc:
                 with progress_bar(app.out, f"uploading {path.name}") as bar:
                     att = await media.upload_file(rc, path, progress=bar)
                 info = {"name": att.name, "size": att.size, "mime": att.mime}

@@ -12,13 +12,7 @@ from __future__ import annotations
 import click
 import trio
 
-from ..actions import send_text
-from ..group_messaging import add_member, create_group, remove_member
-from ..group_state import GroupState
-from ..output import escape
-from ..payload import MAX_TEXT
-from ..state import State, StateError
-from ._common import (
+from cli.commands._common import (
     AppContext,
     check_name,
     failures,
@@ -26,8 +20,14 @@ from ._common import (
     state_of,
     user_label,
 )
-from ._events import lists_shown
-from .basics import reply_target
+from cli.commands._events import lists_shown
+from cli.commands.basics import reply_target
+from cli.features.actions import send_text
+from cli.features.group_messaging import add_member, create_group, remove_member
+from cli.features.payload import MAX_TEXT
+from cli.output import escape
+from cli.session.group_state import GroupState
+from cli.session.state import State, StateError
 
 
 def _resolve(state: State, member: str) -> str:

@@ -1,13 +1,13 @@
 """``wa-cli group leave GROUP | rename GROUP NEW_NAME | promote GROUP MEMBER`` (added to the
-``group`` group; primary device). See :mod:`cli.group_admin`."""
+``group`` group; primary device). See :mod:`cli.features.group_admin`."""
 
 from __future__ import annotations
 
 import click
 
-from ..group_admin import leave_group, promote_member, rename_group
-from ._common import AppContext, check_name, json_option, state_of
-from .group import _change, _resolve
+from cli.commands._common import AppContext, check_name, json_option, state_of
+from cli.commands.group import _change, _resolve
+from cli.features.group_admin import leave_group, promote_member, rename_group
 
 
 @click.command("leave")

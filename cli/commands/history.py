@@ -17,13 +17,14 @@ from pathlib import Path
 import click
 import trio
 
-from .. import media
-from ..effects import sweep
-from ..events import Message
-from ..history_view import decorate, export
-from ..output import escape, progress_bar
-from ..state import State, StateError
-from ._common import AppContext, failures, json_option, message_row, state_of
+from cli.client import open_client
+from cli.commands._common import AppContext, failures, json_option, message_row, state_of
+from cli.commands.history_view import decorate, export
+from cli.events import Message
+from cli.features import media
+from cli.features.effects import sweep
+from cli.output import escape, progress_bar
+from cli.session.state import State, StateError
 
 
 def _message(state: State, entry: dict, groups: dict[str, str]) -> Message:
@@ -72,7 +73,7 @@ async def _download(state: State, entries: list[dict], downloads: Path, app: App
     if not todo:
         return
     async with media.Reconnecting(state, connect_timeout=app.connect_timeout,
-                                   settings=app.net) as rc:
+                                   settings=app.net, opener=open_client) as rc:
         for entry in todo:
             name = entry["file"].get("name") or "file"
             with progress_bar(app.out, f"downloading {name}") as bar:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import click
 
+from cli.commands._common import AppContext, json_option, state_of, user_label
+from cli.output import escape
+from cli.session.crypto import safety_fingerprint, safety_number
+from cli.session.state import StateError
 from relay.protocol import key_from_user_id
-
-from ..crypto import safety_fingerprint, safety_number
-from ..output import escape
-from ..state import StateError
-from ._common import AppContext, json_option, state_of, user_label
 
 
 @click.command("id")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 import trio
 
-from ..client import init_account
-from ..output import escape
-from ..state import AlreadyInitialized, State, create_state, open_state
-from ._common import AppContext, CliError, check_name, failures, json_option
+from cli.client import init_account
+from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.output import escape
+from cli.session.state import AlreadyInitialized, State, create_state, open_state
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

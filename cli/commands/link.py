@@ -16,14 +16,13 @@ import click
 import segno
 import trio
 
+from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.commands.init import _check_url
+from cli.errors import ClientError
+from cli.features.linking import open_link, save_linked
+from cli.session.crypto import safety_fingerprint
+from cli.session.state import NewHome, State, new_home
 from relay.protocol import key_from_user_id
-
-from ..crypto import safety_fingerprint
-from ..errors import ClientError
-from ..linking import open_link, save_linked
-from ..state import NewHome, State, new_home
-from ._common import AppContext, CliError, check_name, failures, json_option
-from .init import _check_url
 
 MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
 

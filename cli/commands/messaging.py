@@ -9,14 +9,7 @@ from pathlib import Path
 import click
 import trio
 
-from .. import actions
-from ..errors import SendUnknown
-from ..output import escape
-from ..payload import MAX_TEXT
-from ..resend import resend
-from . import files as file_cmd
-from . import group as group_cmd
-from ._common import (
+from cli.commands._common import (
     AppContext,
     failures,
     json_option,
@@ -24,8 +17,16 @@ from ._common import (
     state_of,
     user_label,
 )
-from ._events import lists_shown
-from .basics import read_text, reply_target
+from cli.commands._events import lists_shown
+from cli.commands.basics import read_text, reply_target
+from cli.errors import SendUnknown
+from cli.features import actions
+from cli.features.payload import MAX_TEXT
+from cli.features.resend import resend
+from cli.output import escape
+
+from . import files as file_cmd
+from . import group as group_cmd
 
 _VALUE_OPTIONS = frozenset({"--file", "--home", "--retry", "--reply-to"})  # options of ``send`` that take a value
 

@@ -28,23 +28,23 @@ from pathlib import Path
 import click
 import trio
 
-from relay.net.backoff import CLIENT_RECONNECT
-
-from ..client import BacklogDone, Client
-from ..errors import ConnectionFailed, ConnectionLost
-from ..events import Kept, Message
-from ..linesink import ReaderGone
-from ..state import State
-from ..taskgroups import unwrap_single
-from . import files as file_cmd
-from ._common import (
+from cli.client import BacklogDone, Client
+from cli.commands._common import (
     AppContext,
     CliError,
     failures,
     json_option,
     state_of,
 )
-from ._screen import MAX_FILES_WAITING, Screen
+from cli.commands._screen import MAX_FILES_WAITING, Screen
+from cli.commands.linesink import ReaderGone
+from cli.errors import ConnectionFailed, ConnectionLost
+from cli.events import Kept, Message
+from cli.session.state import State
+from cli.session.taskgroups import unwrap_single
+from relay.net.backoff import CLIENT_RECONNECT
+
+from . import files as file_cmd
 
 BACKLOG_IDLE_LIMIT = 30.0  # seconds without any frame before ``synced`` -> give up
 

@@ -3,7 +3,7 @@ requests (no network).
 
 A stranger's messages (someone who is not a contact and was never written to or
 accepted) and invitations to a group by a non-contact, with that group's messages,
-are held on this device until accepted (see :mod:`cli.prefs`): ``recv`` announces
+are held on this device until accepted (see :mod:`cli.session.prefs`): ``recv`` announces
 them (a ``request`` line) without showing them and sends no receipt. KEY is the
 stranger's user id or the group id (hex).
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import click
 
-from ..output import escape, sender_label
-from ..state import State
-from ._common import AppContext, check_name, json_option, state_of
-from .history import _row
+from cli.commands._common import AppContext, check_name, json_option, state_of
+from cli.commands.history import _row
+from cli.output import escape, sender_label
+from cli.session.state import State
 
 
 @click.group(invoke_without_command=True)

@@ -1,11 +1,11 @@
 """``wa-cli settings [--receipts on|off] [--requests hold|show]``: this device's messaging
-settings (:mod:`cli.prefs`; no network)."""
+settings (:mod:`cli.session.prefs`; no network)."""
 
 from __future__ import annotations
 
 import click
 
-from ._common import AppContext, json_option, state_of
+from cli.commands._common import AppContext, json_option, state_of
 
 
 @click.command()

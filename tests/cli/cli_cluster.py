@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from cli.client import BacklogDone, DevicesChanged, init_account, open_client
-from cli.state import State, create_state
+from cli.session.state import State, create_state
 from relay.testing import LocalCluster, open_local_cluster
 
 __all__ = [

@@ -10,9 +10,9 @@ import pytest
 import trio
 from test_cli_forged_lists import Relay, bob_list, pair  # noqa: F401 (pair is a fixture)
 
-from cli import crypto
 from cli.client import Client
 from cli.errors import RelayError
+from cli.session import crypto
 from relay.protocol.frames import Claimed, ClaimedKey, Devices, Error, Send, Sent
 
 DEADLINE = 10

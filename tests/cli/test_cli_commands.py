@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli.client import init_account
 from cli.commands import main
-from cli.state import create_state
+from cli.session.state import create_state
 
 BOB = "b" * 52  # syntactically valid user_id (base32 'b' = 1)
 
@@ -231,7 +231,7 @@ def test_help_is_plain_text(path):
 
 def test_a_home_in_use_says_to_stop_recv_follow_first(home, monkeypatch):
     from cli.commands import _common
-    from cli.state import open_state
+    from cli.session.state import open_state
 
     monkeypatch.setattr(_common, "LOCK_TIMEOUT", 0.1)
     with open_state(home):  # e.g. a running 'wa-cli recv --follow'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nacl.signing
 import pytest
 
-from cli import crypto
+from cli.session import crypto
 from relay.protocol import user_id_from_key, verify_device_list, verify_signature
 
 

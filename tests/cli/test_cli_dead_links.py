@@ -19,9 +19,9 @@ from cli_cluster import new_account, run_cluster
 from test_cli_process import lines, wa
 
 from cli.client import open_client
-from cli.connection import client_settings
 from cli.errors import NoAnswer
-from cli.linking import open_link
+from cli.features.linking import open_link
+from cli.session.connection import client_settings
 from tests.netproxy import Proxy, frame_type
 
 DEADLINE = 60

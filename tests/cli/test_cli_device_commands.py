@@ -8,11 +8,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import crypto
 from cli.client import init_account
 from cli.commands import main
-from cli.linkcode import LinkCode
-from cli.state import create_state, new_home, open_state
+from cli.features.linkcode import LinkCode
+from cli.session import crypto
+from cli.session.state import create_state, new_home, open_state
 
 DEAD = "ws://127.0.0.1:9"
 CODE = LinkCode("n1", b"\x01" * 16, b"\x02" * 32, b"\x03" * 16).encode()

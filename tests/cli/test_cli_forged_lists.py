@@ -12,10 +12,10 @@ import pytest
 import trio
 from test_cli_linkcode import forged_list
 
-from cli import crypto
 from cli.client import Client, DevicesChanged, Dropped, init_account
 from cli.errors import RelayError, SendFailed
-from cli.state import DeviceListRejected, create_state
+from cli.session import crypto
+from cli.session.state import DeviceListRejected, create_state
 from relay.protocol.frames import (
     Claimed,
     ClaimedKey,

@@ -11,9 +11,10 @@ from contextlib import ExitStack
 import trio
 from cli_cluster import alice_and_bob, drain, run_cluster
 
-from cli import crypto, devices
 from cli.client import Message, open_client
-from cli.devices import publish_own_list
+from cli.features import devices
+from cli.features.devices import publish_own_list
+from cli.session import crypto
 
 DEADLINE = 30
 
@@ -39,7 +40,7 @@ async def test_a_send_skips_a_device_without_keys_with_a_warning(tmp_path, caplo
             alice.contacts["bob"] = bob.user_id
             await _add_ghost(bob, 5, age=600)  # linked long ago: not waited for
             started = time.monotonic()
-            with caplog.at_level(logging.WARNING, logger="cli.outbound"):
+            with caplog.at_level(logging.WARNING, logger="cli.features.outbound"):
                 async with open_client(alice) as client:
                     result = await client.send_text(bob.user_id, "still delivered")
             assert result.status == "stored"
@@ -74,7 +75,7 @@ async def test_a_recorded_withdrawal_is_finished_by_the_next_connection(tmp_path
             bob.pending_withdrawals.add(1)  # ... during a link the process never finished
             bob.pending_withdrawals.add(2)  # and one whose list never got there
             bob.save()
-            with caplog.at_level(logging.WARNING, logger="cli.devices"):
+            with caplog.at_level(logging.WARNING, logger="cli.features.devices"):
                 async with open_client(bob) as client:
                     served = await client.get_devices(bob.user_id)
             assert served.device_ids == {0} and served.version == 3
@@ -90,7 +91,7 @@ async def test_a_group_key_is_shared_again_with_a_device_that_had_no_keys(tmp_pa
     (no keys to claim yet) was recorded as having the key, so it never got it and could
     read none of that sender's group messages. It is now left out of the shared set and
     gets the key on the sender's next group send."""
-    from cli.group_messaging import create_group, send_group_text
+    from cli.features.group_messaging import create_group, send_group_text
 
     with trio.fail_after(DEADLINE), ExitStack() as stack:
         async with run_cluster(2) as cluster:

@@ -13,11 +13,11 @@ from pathlib import Path
 import trio
 from cli_cluster import new_account, publish, run_cluster
 
-from cli import media
 from cli.client import open_client
-from cli.linkcode import clean_history_entry, recent_history
-from cli.linking import link_device
-from cli.state import open_state
+from cli.features import media
+from cli.features.linkcode import clean_history_entry, recent_history
+from cli.features.linking import link_device
+from cli.session.state import open_state
 
 DEADLINE = 60
 ALICE = "a" * 52
@@ -54,7 +54,7 @@ def test_linked_history_keeps_group_messages():
 
 
 def test_imported_files_are_not_fetched_by_recv(tmp_path):
-    from cli.state import create_state
+    from cli.session.state import create_state
 
     with create_state(tmp_path / "h", name="x", relay_url="ws://127.0.0.1:1") as state:
         state.history.append(clean_history_entry(_file_entry(path="/p")))

@@ -16,12 +16,12 @@ import trio
 from cli_cluster import run_cluster
 from click.testing import CliRunner
 
-from cli import media
-from cli.client import init_account
+from cli.client import init_account, open_client
 from cli.commands import main
-from cli.group_messaging import create_group, send_group_text
+from cli.features import media
+from cli.features.group_messaging import create_group, send_group_text
 from cli.output import UNSAFE
-from cli.state import create_state
+from cli.session.state import create_state
 
 DEADLINE = 60
 
@@ -102,7 +102,7 @@ async def hostile_sender(tmp_path, relay: str, bob: str) -> None:
     group name full of control characters."""
     with create_state(tmp_path / "mallory", name=HOSTILE_NAME, relay_url=relay) as state:
         init_account(state)
-        async with media.Reconnecting(state) as rc:
+        async with media.Reconnecting(state, opener=open_client) as rc:
             client = await rc.client()
             await client.send_text(bob, HOSTILE_TEXT)
             source = tmp_path / "r.pdf"
@@ -162,7 +162,7 @@ def test_names_with_control_characters_are_refused(tmp_path, args):
 def test_log_lines_escape_control_characters():
     from cli.commands import _EscapingFormatter
 
-    record = logging.LogRecord("cli.media", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("cli.features.media", logging.WARNING, __file__, 1,
                                "file %s: %s", (HOSTILE_FILE, "bad"), None)
     line = _EscapingFormatter("wa-cli: %(message)s").format(record)
     assert line == "wa-cli: file r\\n  file FORGED.pdf (1 bytes) saved to \\x1b]0;x\\x07.pdf: bad"

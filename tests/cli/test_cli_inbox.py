@@ -8,11 +8,11 @@ import os
 import pytest
 import trio
 
-from cli import journal
+from cli.commands.linesink import LineSink, ReaderGone
 from cli.events import Bounce, DevicesChanged, GroupChanged, Message
-from cli.inbox import SHOWN_FILE, from_record, to_record
-from cli.linesink import LineSink, ReaderGone
-from cli.state import create_state, open_state
+from cli.session import journal
+from cli.session.inbox import SHOWN_FILE, from_record, to_record
+from cli.session.state import create_state, open_state
 
 
 def _msg(i: int, text: str = "hello") -> Message:

@@ -9,9 +9,9 @@ from contextlib import ExitStack
 import trio
 from cli_cluster import alice_and_bob, drain, make_account, publish, run_cluster
 
-from cli import crypto
 from cli.client import BacklogDone, Message, open_client
-from cli.state import create_state
+from cli.session import crypto
+from cli.session.state import create_state
 
 DEADLINE = 30
 

@@ -6,9 +6,16 @@ from __future__ import annotations
 import pytest
 import trio
 
-from cli import journal, vault
-from cli.journal import JOURNAL_FILE
-from cli.state import HISTORY_LIMIT, STATE_FILE, StateError, create_state, open_state, seen_key
+from cli.session import journal, vault
+from cli.session.journal import JOURNAL_FILE
+from cli.session.state import (
+    HISTORY_LIMIT,
+    STATE_FILE,
+    StateError,
+    create_state,
+    open_state,
+    seen_key,
+)
 
 
 def _entry(i: int, text: str = "t") -> dict:

@@ -8,13 +8,14 @@ import os
 import nacl.signing
 import pytest
 
-from cli import effects, groups, payload
 from cli.client import init_account
-from cli.crypto import account_user_id
 from cli.events import Dropped, Message, Requested
-from cli.group_state import GroupStateRejected
-from cli.kinds import KindPayload
-from cli.state import create_state, open_state
+from cli.features import effects, payload
+from cli.features.kinds import KindPayload
+from cli.session import groups
+from cli.session.crypto import account_user_id
+from cli.session.group_state import GroupStateRejected
+from cli.session.state import create_state, open_state
 
 ALICE = "a" * 52
 CAROL = "c" * 52

@@ -10,10 +10,11 @@ import msgpack
 import nacl.public
 import pytest
 
-from cli import crypto, linkcode
 from cli.errors import LinkFailed
-from cli.linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
-from cli.linking import PendingLink
+from cli.features import linkcode
+from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
+from cli.features.linking import PendingLink
+from cli.session import crypto
 from relay.protocol import DeviceList, verify_device_list
 from relay.protocol.frames import LinkOpened, SignedDeviceList
 from relay.protocol.identity import DEVICE_LIST_CONTEXT

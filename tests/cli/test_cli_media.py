@@ -10,10 +10,10 @@ import os
 import msgpack
 import pytest
 
-from cli import payload
-from cli.attachment import Attachment, AttachmentError, safe_name
-from cli.media import claim_name
-from cli.mediacrypt import (
+from cli.features import payload
+from cli.features.attachment import Attachment, AttachmentError, safe_name
+from cli.features.media import claim_name
+from cli.features.mediacrypt import (
     ABYTES,
     HEADER,
     PLAIN_CHUNK,

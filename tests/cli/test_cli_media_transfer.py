@@ -13,11 +13,11 @@ import pytest
 import trio
 from cli_cluster import new_account, publish
 
-from cli import media
 from cli.client import BacklogDone, Message, now_ms, open_client
 from cli.errors import RelayError
-from cli.group_messaging import create_group, send_group
-from cli.payload import FilePayload
+from cli.features import media
+from cli.features.group_messaging import create_group, send_group
+from cli.features.payload import FilePayload
 from relay.net.backoff import Backoff
 from relay.testing import LocalCluster, open_local_cluster
 

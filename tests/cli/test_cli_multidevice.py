@@ -12,11 +12,11 @@ import trio
 from cli_cluster import alice_and_bob, drain, make_account, run_cluster
 
 from cli.client import DevicesChanged, Message, init_account, open_client
-from cli.devices import MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
 from cli.errors import DeviceRemoved, LinkFailed, NotPrimary, RelayError
-from cli.linkcode import LinkCode
-from cli.linking import link_device, link_devices, open_link, save_linked
-from cli.state import AlreadyInitialized, create_state, new_home, open_state
+from cli.features.devices import MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
+from cli.features.linkcode import LinkCode
+from cli.features.linking import link_device, link_devices, open_link, save_linked
+from cli.session.state import AlreadyInitialized, create_state, new_home, open_state
 from relay.protocol.frames import Error, LinkComplete
 
 DEADLINE = 30

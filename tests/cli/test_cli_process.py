@@ -12,8 +12,8 @@ import trio
 from cli_cluster import run_cluster
 
 from cli.client import open_client
-from cli.linking import link_device
-from cli.state import open_state
+from cli.features.linking import link_device
+from cli.session.state import open_state
 from relay.testing import open_local_cluster
 
 DEADLINE = 60

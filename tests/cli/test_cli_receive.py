@@ -10,10 +10,11 @@ import msgpack
 import pytest
 import trio
 
-from cli import crypto, payload
 from cli.client import BacklogDone, Bounce, Client, Dropped, Message, init_account
 from cli.events import Kept
-from cli.state import create_state
+from cli.features import payload
+from cli.session import crypto
+from cli.session.state import create_state
 from relay.protocol.frames import (
     Claimed,
     ClaimedKey,

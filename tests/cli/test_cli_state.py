@@ -9,9 +9,9 @@ import uuid
 import pytest
 from nacl.pwhash import argon2id
 
-from cli import crypto, vault
 from cli.client import init_account
-from cli.state import (
+from cli.session import crypto, vault
+from cli.session.state import (
     KEY_FILE,
     SEEN_LIMIT,
     STATE_FILE,

@@ -10,13 +10,14 @@ import pytest
 import trio
 from cli_cluster import new_account, publish, run_cluster
 
-from cli import crypto, payload, vault
 from cli.client import open_client
 from cli.events import BacklogDone, Dropped, Message
-from cli.journal import JOURNAL_FILE
-from cli.sendorder import SendOrder
-from cli.state import SEEN_LIMIT, STATE_FILE, create_state, open_state, seen_key
-from cli.statecodec import HistoryTracker, SeenIds
+from cli.features import payload
+from cli.session import crypto, vault
+from cli.session.journal import JOURNAL_FILE
+from cli.session.sendorder import SendOrder
+from cli.session.state import SEEN_LIMIT, STATE_FILE, create_state, open_state, seen_key
+from cli.session.statecodec import HistoryTracker, SeenIds
 
 DEADLINE = 30
 

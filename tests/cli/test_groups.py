@@ -11,11 +11,9 @@ import pytest
 import trio
 from cli_cluster import drain, make_account, run_cluster
 
-from cli import groups
 from cli.client import Message, open_client
-from cli.crypto import account_user_id
 from cli.events import Dropped
-from cli.group_messaging import (
+from cli.features.group_messaging import (
     GROUP_KEY,
     GROUP_STATE,
     NotGroupAdmin,
@@ -26,11 +24,13 @@ from cli.group_messaging import (
     send_group_text,
     send_pairwise,
 )
-from cli.group_receiving import GroupChanged
-from cli.group_state import GroupError, GroupStateRejected, SignedGroupState
-from cli.linking import link_device
-from cli.payload import TextPayload
-from cli.state import create_state, open_state
+from cli.features.group_receiving import GroupChanged
+from cli.features.linking import link_device
+from cli.features.payload import TextPayload
+from cli.session import groups
+from cli.session.crypto import account_user_id
+from cli.session.group_state import GroupError, GroupStateRejected, SignedGroupState
+from cli.session.state import create_state, open_state
 from relay.protocol.frames import GroupRecipient, GroupSend
 
 DEADLINE = 60
@@ -373,7 +373,7 @@ async def test_stale_member_device_gets_the_key_and_the_message(tmp_path) -> Non
 def test_pairwise_control_sends_are_split_to_fit_a_frame() -> None:
     from types import SimpleNamespace
 
-    from cli.group_messaging import SEND_BUDGET, SEND_MAX_COPIES, _chunks
+    from cli.features.group_messaging import SEND_BUDGET, SEND_MAX_COPIES, _chunks
 
     lists = {f"u{i}": SimpleNamespace(devices=[object()] * (1 + i % 3)) for i in range(300)}
     users = list(lists)

@@ -14,12 +14,13 @@ import pytest
 import trio
 from cli_cluster import drain, make_account, run_cluster
 
-from cli import crypto, groups, linkcode
 from cli.client import Message, open_client
-from cli.group_messaging import create_group, send_group_text
-from cli.linkcode import Material
-from cli.linking import adopt_groups, link_device
-from cli.state import create_state, open_state
+from cli.features import linkcode
+from cli.features.group_messaging import create_group, send_group_text
+from cli.features.linkcode import Material
+from cli.features.linking import adopt_groups, link_device
+from cli.session import crypto, groups
+from cli.session.state import create_state, open_state
 
 DEADLINE = 60
 UID = "b" * 52

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from cli.linkcode import LinkCode
+from cli.features.linkcode import LinkCode
 
 from .devices import Device, alice_and_bob, home_node, make_device
 from .procs import find_markers

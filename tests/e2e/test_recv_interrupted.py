@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from cli.client import open_client
-from cli.state import open_state
+from cli.session.state import open_state
 
 from .devices import Device, make_device
 

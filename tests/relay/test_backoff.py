@@ -37,9 +37,9 @@ def test_bad_policies_are_refused(args):
 
 
 #: Doubling waits that are not retries after a failure: polling a pipe the reader has
-#: not drained yet (cli.linesink). Storage backends keep their own short reconnect
+#: not drained yet (cli.commands.linesink). Storage backends keep their own short reconnect
 #: pauses: ``storage`` sits below ``relay`` and imports nothing of it.
-NOT_RETRIES = {"cli/linesink.py", "relay/net/backoff.py"}
+NOT_RETRIES = {"cli/commands/linesink.py", "relay/net/backoff.py"}
 
 
 def test_no_hand_written_backoff_left():

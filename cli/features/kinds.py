@@ -1,6 +1,6 @@
 """The message kinds beside text and file, inside the same end-to-end encrypted payload.
 
-Every kind is a :mod:`cli.payload` plaintext ``{v: 1, type, msg_id, ts, from_name,
+Every kind is a :mod:`cli.features.payload` plaintext ``{v: 1, type, msg_id, ts, from_name,
 to, ...}`` (``to``: the peer's user_id, or the group id in hex) with these fields
 (all checked on receipt; a malformed one is dropped like any bad payload):
 
@@ -19,7 +19,7 @@ to, ...}`` (``to``: the peer's user_id, or the group id in hex) with these field
 
 A ``text`` or ``file`` payload may also carry ``reply_to`` (16-byte msg_id of the
 quoted message) and ``expires`` (seconds: the message disappears ``expires`` seconds
-after its ``ts``, on every device; :mod:`cli.effects`).
+after its ``ts``, on every device; :mod:`cli.features.effects`).
 
 Nothing here touches the network or the state.
 """
@@ -115,7 +115,7 @@ class KindPayload:
 
     Attributes:
         type: the kind.
-        msg_id, ts, from_name, to: as every payload (:mod:`cli.payload`).
+        msg_id, ts, from_name, to: as every payload (:mod:`cli.features.payload`).
         fields: the kind's checked fields (:func:`check_kind`).
     """
 

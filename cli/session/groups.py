@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import msgpack
 import vodozemac
 
-from .crypto import b64decode
-from .group_state import (
+from cli.session.crypto import b64decode
+from cli.session.group_state import (
     GROUP_ID_SIZE,
     MAX_MEMBERS,
     GroupDecryptError,

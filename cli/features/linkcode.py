@@ -36,11 +36,10 @@ import msgpack
 import nacl.exceptions
 import nacl.public
 
+from cli.features.attachment import Attachment, AttachmentError
+from cli.session.group_state import SignedGroupState
 from relay.protocol import is_user_id
 from relay.protocol.frames import SignedDeviceList
-
-from .attachment import Attachment, AttachmentError
-from .group_state import SignedGroupState
 
 CODE_PREFIX = "wa1-"
 MAILBOX_ID_LEN = 16

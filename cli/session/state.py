@@ -46,16 +46,15 @@ import msgpack
 import nacl.signing
 import vodozemac
 
+from cli.session import crypto, statecodec, vault
+from cli.session.groups import GroupError, GroupStore
+from cli.session.inbox import Inbox
+from cli.session.prefs import Prefs
+from cli.session.statecodec import CachedList, SessionSet
+from cli.session.statestore import StateStore
+from cli.session.vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 from relay.protocol import DeviceList, RemoteProtocolError, is_user_id, verify_device_list
 from relay.protocol.frames import SignedDeviceList
-
-from . import crypto, statecodec, vault
-from .groups import GroupError, GroupStore
-from .inbox import Inbox
-from .prefs import Prefs
-from .statecodec import CachedList, SessionSet
-from .statestore import StateStore
-from .vault import KEY_FILE, STATE_FILE, StateError, StateLocked
 
 __all__ = [
     "KEY_FILE", "STATE_FILE", "AlreadyInitialized", "CachedList", "DeviceListRejected",

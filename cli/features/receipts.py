@@ -1,11 +1,11 @@
-"""Delivery and read receipts: ``receipt`` payloads (:mod:`cli.kinds`), end-to-end encrypted.
+"""Delivery and read receipts: ``receipt`` payloads (:mod:`cli.features.kinds`), end-to-end encrypted.
 
 A receipt goes pairwise (Olm) to the author of the messages it names, and to this
 account's other devices (like every 1:1 send), also for group messages. It names at
-most :data:`cli.kinds.MAX_TARGETS` messages; more take several receipts.
+most :data:`cli.features.kinds.MAX_TARGETS` messages; more take several receipts.
 
-* ``delivered``: sent by :class:`cli.receiving.Receiver` (``receipts=True`` in
-  :class:`cli.prefs.Prefs`) for the text and file messages of each received batch,
+* ``delivered``: sent by :class:`cli.features.receiving.Receiver` (``receipts=True`` in
+  :class:`cli.session.prefs.Prefs`) for the text and file messages of each received batch,
   once the batch is saved and acknowledged. Best effort: a receipt that cannot be sent
   (the author's home is unreachable, the process stops) is not retried.
 * ``read``: :func:`mark_read`, for every received message of a conversation not yet
@@ -21,19 +21,20 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .effects import now_ms
-from .errors import ClientError
-from .kinds import MAX_TARGETS, KindPayload
+from cli.errors import ClientError
+from cli.features.effects import now_ms
+from cli.features.kinds import MAX_TARGETS, KindPayload
+from cli.features.sending import send_payload
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["mark_read", "send_receipts", "unread"]
 
 log = logging.getLogger(__name__)
 
 
-async def send_receipts(client: Client, status: str, by_author: dict[str, list[bytes]]) -> int:
+async def send_receipts(session: Session, status: str, by_author: dict[str, list[bytes]]) -> int:
     """Send ``status`` receipts for ``author user_id -> [msg_id]``; returns how many
     receipt messages left.
 
@@ -43,21 +44,21 @@ async def send_receipts(client: Client, status: str, by_author: dict[str, list[b
     """
     sent = 0
     for author, ids in by_author.items():
-        if author == client.state.user_id:
+        if author == session.state.user_id:
             continue
         for i in range(0, len(ids), MAX_TARGETS):
             msg_id = os.urandom(16)
-            p = KindPayload("receipt", msg_id, now_ms(), client.state.name, author,
+            p = KindPayload("receipt", msg_id, now_ms(), session.state.name, author,
                             {"status": status, "targets": ids[i:i + MAX_TARGETS]})
-            await client.send_payload(author, msg_id, p.encode())
+            await send_payload(session, author, msg_id, p.encode())
             sent += 1
     return sent
 
 
-async def send_delivered(client: Client, by_author: dict[str, list[bytes]]) -> None:
+async def send_delivered(session: Session, by_author: dict[str, list[bytes]]) -> None:
     """:func:`send_receipts` of ``delivered``, failures logged (best effort)."""
     try:
-        await send_receipts(client, "delivered", by_author)
+        await send_receipts(session, "delivered", by_author)
     except ClientError as exc:
         log.warning("delivery receipts not sent: %s", exc)
 
@@ -72,7 +73,7 @@ def unread(entries: Iterable[dict], conversation: str | None) -> list[dict]:
                  or (e.get("group_id") or e.get("peer")) == conversation)]
 
 
-async def mark_read(client: Client, conversation: str | None) -> list[dict]:
+async def mark_read(session: Session, conversation: str | None) -> list[dict]:
     """Mark the unread messages of ``conversation`` read (saved first) and send ``read``
     receipts to their authors (when receipts are on); returns the entries.
 
@@ -80,7 +81,7 @@ async def mark_read(client: Client, conversation: str | None) -> list[dict]:
         SendFailed, RelayError, DeviceListRejected, ConnectionLost: a receipt could not
             be sent (the entries stay marked read).
     """
-    state = client.state
+    state = session.state
     entries = unread(state.history, conversation)
     by_author: dict[str, list[bytes]] = {}
     for entry in entries:
@@ -89,5 +90,5 @@ async def mark_read(client: Client, conversation: str | None) -> list[dict]:
         by_author.setdefault(entry["from"], []).append(bytes.fromhex(entry["id"]))
     await state.asave()
     if state.prefs.receipts:
-        await send_receipts(client, "read", by_author)
+        await send_receipts(session, "read", by_author)
     return entries

@@ -1,10 +1,10 @@
-"""Group changes beside create/add/remove (:mod:`cli.group_messaging`): rename, promote, leave.
+"""Group changes beside create/add/remove (:mod:`cli.features.group_messaging`): rename, promote, leave.
 
 Each is a new account-signed group state sent pairwise to the old and new members
-(:func:`cli.group_messaging.publish_state`), so it needs the account key (the
+(:func:`cli.features.group_messaging.publish_state`), so it needs the account key (the
 primary device). Rename and promote are an admin's; *leave* is any member's: the
 state it signs differs from the held one only by the leaver's absence
-(:func:`cli.group_state.is_leave`), which every member accepts. A group keeps an
+(:func:`cli.session.group_state.is_leave`), which every member accepts. A group keeps an
 admin: the last admin promotes someone before leaving. The leaver's sender key is
 dropped and the others rotate theirs (the leaver reads nothing sent afterwards).
 """
@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .group_messaging import _publish as publish_state
-from .group_messaging import _require_admin as require_admin
-from .group_state import GroupError, GroupState
+from cli.features.group_messaging import _publish as publish_state
+from cli.features.group_messaging import _require_admin as require_admin
+from cli.session.group_state import GroupError, GroupState
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["leave_group", "promote_member", "rename_group"]
 
 
-async def rename_group(client: Client, group: str, name: str) -> GroupState:
+async def rename_group(client: Session, group: str, name: str) -> GroupState:
     """Rename ``group`` (name or id); tell every member.
 
     Raises:
@@ -39,7 +39,7 @@ async def rename_group(client: Client, group: str, name: str) -> GroupState:
                                old.group_id, old.creator)
 
 
-async def promote_member(client: Client, group: str, user_id: str) -> GroupState:
+async def promote_member(client: Session, group: str, user_id: str) -> GroupState:
     """Make member ``user_id`` an admin of ``group``.
 
     Raises:
@@ -56,7 +56,7 @@ async def promote_member(client: Client, group: str, user_id: str) -> GroupState
                                old.name, old.group_id, old.creator)
 
 
-async def leave_group(client: Client, group: str) -> GroupState:
+async def leave_group(client: Session, group: str) -> GroupState:
     """Leave ``group``: sign and send the state without this account.
 
     Returns:

@@ -19,27 +19,26 @@ msgpack stream); they are still read, and the next save moves them to the journa
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import msgpack
 import nacl.signing
 import vodozemac
 
+from cli.session import crypto
+from cli.session.groups import GroupStore
+from cli.session.inbox import Inbox
+from cli.session.prefs import Prefs
 from relay.protocol import DeviceList, verify_device_list
 from relay.protocol.frames import SignedDeviceList
 
-from . import crypto
-from .groups import GroupStore
-from .prefs import Prefs
-
-if TYPE_CHECKING:
-    from .state import State
-
 __all__ = [
     "FORMAT_VERSION", "SEEN_KEY_LEN", "CachedList", "HistoryTracker", "SeenIds", "SessionSet",
-    "Snapshot", "load_map", "to_map", "unpack_history",
+    "Snapshot", "StateFields", "load_map", "to_map", "unpack_history",
 ]
 
 FORMAT_VERSION = 3
@@ -72,6 +71,38 @@ class Snapshot:
     entries: list  # history items it holds, with their versions (HistoryTracker)
     seen_mark: int  # SeenIds.saved mark
     inbox_mark: dict = field(default_factory=dict)  # Inbox.saved mark
+
+
+class StateFields(Protocol):
+    """What this module and :mod:`cli.session.statestore` read and fill in a device state:
+    the fields of :class:`cli.session.state.State` (which satisfies this protocol; neither
+    module imports it, so that ``state`` -> ``statestore`` -> ``statecodec`` only points down).
+    """
+
+    home: Path
+    user_id: str
+    device_id: int
+    name: str
+    relay_url: str
+    account_key: nacl.signing.SigningKey | None
+    identity: crypto.DeviceIdentity
+    published_version: int
+    contacts: dict[str, str]
+    device_lists: dict[str, CachedList]
+    sessions: dict[tuple[str, int], SessionSet]
+    next_device_id: int
+    pending_withdrawals: set[int]
+    last_seen: dict[tuple[str, int], int]
+    groups: GroupStore
+    prefs: Prefs
+    seen: SeenIds
+    history: deque[dict]
+    inbox: Inbox
+
+    def _to_map(self) -> dict: ...
+
+
+State = StateFields  # the name the functions below document
 
 
 def to_map(state: State, pickle_key: bytes) -> dict:

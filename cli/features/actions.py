@@ -1,11 +1,11 @@
 """Sending the messaging basics: replies, reactions, edits, deletes, timers, typing.
 
 A *conversation* is a user_id (1:1) or a group id in hex (32 hex digits). Every
-action is a payload (:mod:`cli.payload`, :mod:`cli.kinds`) sent like a message: to
+action is a payload (:mod:`cli.features.payload`, :mod:`cli.features.kinds`) sent like a message: to
 the peer's devices and this account's other devices (Olm), or once with the group's
 sender key (Megolm); this device applies it to its own history at once
-(:func:`cli.effects.on_payload`, as the other devices do on receipt). A text carries
-the conversation's disappearing timer (:attr:`cli.prefs.Prefs.timers`).
+(:func:`cli.features.effects.on_payload`, as the other devices do on receipt). A text carries
+the conversation's disappearing timer (:attr:`cli.session.prefs.Prefs.timers`).
 
 Typing goes with the relay's ``ephemeral`` flag (only connected devices get it,
 nothing is stored) and exists for 1:1 conversations only.
@@ -16,18 +16,18 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from cli.errors import ClientError, RelayError, SendFailed
+from cli.events import SendResult
+from cli.features import effects, group_messaging, outbound, payload
+from cli.features.kinds import MAX_EXPIRES, KindPayload
+from cli.features.sending import send_payload
 from relay.protocol import ErrorCode
 from relay.protocol.frames import Send
 
-from . import effects, group_messaging, payload
-from .errors import ClientError, RelayError, SendFailed
-from .events import SendResult
-from .kinds import MAX_EXPIRES, KindPayload
-
 if TYPE_CHECKING:
-    from .client import Client
-    from .groups import GroupRecord
-    from .state import State
+    from cli.session.groups import GroupRecord
+    from cli.session.session import Session
+    from cli.session.state import State
 
 __all__ = [
     "ActionError", "delete", "edit", "find_message", "group_of", "react", "send_kind",
@@ -74,26 +74,26 @@ def find_message(state: State, msg_id: str) -> dict:
     return entry
 
 
-async def _send(client: Client, conversation: str, p: payload.Payload) -> str:
+async def _send(client: Session, conversation: str, p: payload.Payload) -> str:
     record = group_of(client.state, conversation)
     if record is not None:
         return await group_messaging.send_group_payload(client, record.state.group_id,
                                                         p.msg_id, p.encode())
-    return await client.send_payload(conversation, p.msg_id, p.encode())
+    return await send_payload(client, conversation, p.msg_id, p.encode())
 
 
-def _apply_own(client: Client, conversation: str, p: payload.Payload) -> None:
+def _apply_own(client: Session, conversation: str, p: payload.Payload) -> None:
     state = client.state
     record = group_of(state, conversation)
     effects.on_payload(state, state.user_id, state.device_id, p, peer=conversation,
                        group=(record.state.name, record.state.hex_id) if record else None)
 
 
-async def send_text(client: Client, conversation: str, text: str, *,
+async def send_text(client: Session, conversation: str, text: str, *,
                     reply_to: bytes | None = None) -> SendResult:
     """Send ``text`` to a conversation, optionally as a reply; it carries the
     conversation's disappearing timer. Recorded in history before it leaves; the
-    peer of a 1:1 text counts as accepted (:mod:`cli.prefs`) from now on.
+    peer of a 1:1 text counts as accepted (:mod:`cli.session.prefs`) from now on.
 
     Raises:
         ValueError: text too long. GroupSendError: not a member.
@@ -112,8 +112,8 @@ async def send_text(client: Client, conversation: str, text: str, *,
     return SendResult(p.msg_id, status, conversation)
 
 
-async def send_kind(client: Client, conversation: str, kind: str, fields: dict) -> SendResult:
-    """Send a :mod:`cli.kinds` payload to a conversation, applying it here first.
+async def send_kind(client: Session, conversation: str, kind: str, fields: dict) -> SendResult:
+    """Send a :mod:`cli.features.kinds` payload to a conversation, applying it here first.
 
     Raises:
         As :func:`send_text`.
@@ -125,7 +125,7 @@ async def send_kind(client: Client, conversation: str, kind: str, fields: dict) 
     return SendResult(p.msg_id, status, conversation)
 
 
-async def react(client: Client, msg_id: str, emoji: str) -> tuple[SendResult, dict]:
+async def react(client: Session, msg_id: str, emoji: str) -> tuple[SendResult, dict]:
     """React to a message with ``emoji`` (``""`` removes this account's reaction).
 
     Returns:
@@ -140,7 +140,7 @@ async def react(client: Client, msg_id: str, emoji: str) -> tuple[SendResult, di
     return result, entry
 
 
-def _own(client: Client, msg_id: str, what: str) -> dict:
+def _own(client: Session, msg_id: str, what: str) -> dict:
     entry = find_message(client.state, msg_id)
     if entry.get("from") != client.state.user_id:
         raise ActionError(f"you can only {what} your own messages")
@@ -149,7 +149,7 @@ def _own(client: Client, msg_id: str, what: str) -> dict:
     return entry
 
 
-async def edit(client: Client, msg_id: str, text: str) -> tuple[SendResult, dict]:
+async def edit(client: Session, msg_id: str, text: str) -> tuple[SendResult, dict]:
     """Replace the text of one of this account's messages, on every device.
 
     Raises:
@@ -163,7 +163,7 @@ async def edit(client: Client, msg_id: str, text: str) -> tuple[SendResult, dict
     return result, entry
 
 
-async def delete(client: Client, msg_id: str) -> tuple[SendResult, dict]:
+async def delete(client: Session, msg_id: str) -> tuple[SendResult, dict]:
     """Delete one of this account's messages for everyone (its text and file leave
     every device's history; a row marked deleted stays).
 
@@ -176,7 +176,7 @@ async def delete(client: Client, msg_id: str) -> tuple[SendResult, dict]:
     return result, entry
 
 
-async def set_timer(client: Client, conversation: str, seconds: int) -> SendResult:
+async def set_timer(client: Session, conversation: str, seconds: int) -> SendResult:
     """Set the conversation's disappearing timer (0: off) here and for everyone in it.
 
     Raises:
@@ -187,7 +187,7 @@ async def set_timer(client: Client, conversation: str, seconds: int) -> SendResu
     return await send_kind(client, conversation, "timer", {"expires": seconds})
 
 
-async def typing(client: Client, user_id: str, active: bool) -> int:
+async def typing(client: Session, user_id: str, active: bool) -> int:
     """Tell ``user_id``'s connected devices (and this account's) that this account is
     typing (or stopped); nothing is stored anywhere. Returns the copies sent.
 
@@ -200,7 +200,7 @@ async def typing(client: Client, user_id: str, active: bool) -> int:
     targets = [user_id] if user_id == state.user_id else [user_id, state.user_id]
     lists = {uid: await client.device_list(uid) for uid in targets}
     for _ in range(group_messaging.MAX_SEND_ROUNDS):
-        recipients = await client.encrypt(lists, p.encode())
+        recipients = await outbound.encrypt_for(client, lists, p.encode())
         if not recipients:
             raise SendFailed("no devices to send to")
         try:

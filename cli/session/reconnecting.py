@@ -1,5 +1,5 @@
 """Resumable work over a device connection: :class:`Reconnecting` hands out a live
-:class:`~cli.client.Client` and, after a dropped connection (also one the keepalive
+:class:`~cli.session.session.Session` and, after a dropped connection (also one the keepalive
 declared dead, or a request past its deadline), a failed connect or a retryable
 relay error, reconnects (with backoff) and runs the step again. Steps must
 resume by themselves (media uploads ask ``media_status``, downloads keep a partial file).
@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TypeVar
 
 import trio
 
+from cli.errors import ConnectionFailed, ConnectionLost, RelayError
+from cli.session.connection import CLIENT_SETTINGS
+from cli.session.session import Session, open_session
+from cli.session.state import State
 from relay.net import LinkSettings
 from relay.net.backoff import TRANSFER_RETRY, Backoff
-
-from .client import Client, open_client
-from .connection import CLIENT_SETTINGS
-from .errors import ConnectionFailed, ConnectionLost, RelayError
-from .state import State
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Opener = Callable[..., AbstractAsyncContextManager[Session]]
 
 
 class Reconnecting:
-    """Runs resumable steps on a :class:`Client`, reconnecting after a dropped connection.
+    """Runs resumable steps on a :class:`Session`, reconnecting after a dropped connection.
 
     Args:
         state: the device state.
@@ -38,21 +38,26 @@ class Reconnecting:
         backoff: the retry policy (default :data:`relay.net.backoff.TRANSFER_RETRY`: 0.2 s
             doubling up to 5 s).
         retry_codes: relay error codes worth retrying (default: ``unavailable``).
+        opener: opens a session of ``state`` (keyword arguments ``connect_timeout`` and
+            ``settings``); default :func:`cli.session.session.open_session`, the
+            commands pass :func:`cli.client.open_client`.
 
     Use as an async context manager (from one task); the connection is closed on exit.
     """
 
     def __init__(self, state: State, *, connect_timeout: float = 10.0, attempts: int = 6,
-                 backoff: Backoff = TRANSFER_RETRY, retry_codes: frozenset[str] = frozenset({"unavailable"}),
-                 settings: LinkSettings = CLIENT_SETTINGS):
+                 backoff: Backoff = TRANSFER_RETRY,
+                 retry_codes: frozenset[str] = frozenset({"unavailable"}),
+                 settings: LinkSettings = CLIENT_SETTINGS, opener: Opener = open_session):
         self.state = state
         self._timeout = connect_timeout
         self._settings = settings
         self._attempts = attempts
         self._backoff = backoff
         self._retry_codes = retry_codes
+        self._opener = opener
         self._stack: AsyncExitStack | None = None
-        self._client: Client | None = None
+        self._client: Session | None = None
 
     async def __aenter__(self) -> Reconnecting:
         return self
@@ -60,16 +65,16 @@ class Reconnecting:
     async def __aexit__(self, *exc: object) -> None:
         await self._drop()
 
-    async def client(self) -> Client:
-        """The current client, connecting if there is none.
+    async def client(self) -> Session:
+        """The current session, connecting if there is none.
 
         Raises:
-            ConnectionFailed, RelayError: see :func:`cli.client.open_client`.
+            ConnectionFailed, RelayError: see :func:`cli.session.session.open_session`.
         """
         if self._client is None:
             stack = AsyncExitStack()  # nothing to close if entering fails
             self._client = await stack.enter_async_context(
-                open_client(self.state, connect_timeout=self._timeout, settings=self._settings))
+                self._opener(self.state, connect_timeout=self._timeout, settings=self._settings))
             self._stack = stack
         return self._client
 
@@ -78,8 +83,8 @@ class Reconnecting:
         if stack is not None:
             await stack.aclose()
 
-    async def run(self, step: Callable[[Client], Awaitable[T]]) -> T:
-        """Run ``step(client)``; after a lost connection, a failed connect or a retryable
+    async def run(self, step: Callable[[Session], Awaitable[T]]) -> T:
+        """Run ``step(session)``; after a lost connection, a failed connect or a retryable
         relay error, reconnect and run it again (it must resume by itself).
 
         Raises:

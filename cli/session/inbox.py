@@ -48,7 +48,7 @@ import msgpack
 import nacl.exceptions
 import nacl.secret
 
-from .events import Bounce, DevicesChanged, GroupChanged, Message, Requested
+from cli.events import Bounce, DevicesChanged, GroupChanged, Message, Requested
 
 __all__ = ["KEPT_TYPES", "SHOWN_FILE", "Inbox", "Pending", "from_record", "to_record"]
 

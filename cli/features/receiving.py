@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING
 import msgpack
 import trio
 
+from cli.errors import ClientError, ConnectionLost, RelayError
+from cli.events import BacklogDone, Bounce, Dropped, Event, Kept, Message
+from cli.features import effects, group_messaging, group_receiving, payload, receipts, sending
+from cli.features.devices import device_list_notice
+from cli.features.outbound import WITHHELD
+from cli.session import crypto
+from cli.session.inbox import KEPT_TYPES
+from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import ErrorCode
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
-from . import crypto, effects, group_messaging, group_receiving, payload, receipts
-from .devices import device_list_notice
-from .errors import ClientError, ConnectionLost, RelayError
-from .events import BacklogDone, Bounce, Dropped, Event, Kept, Message
-from .inbox import KEPT_TYPES
-from .outbound import WITHHELD
-from .state import DeviceListRejected, seen_key
-
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ STEP_TIMEOUT = 30.0  # bound on network work done while processing one delivered
 NO_RESEND = {"unknown_user", "unauthorized", "bad_request", "bad_frame", "too_large"}
 
 
-async def _sender_device(client: Client, user_id: str, device_id: int) -> Device | None:
+async def _sender_device(client: Session, user_id: str, device_id: int) -> Device | None:
     cached = client.state.device_lists.get(user_id)
     if cached is not None and cached.parsed.device(device_id) is not None:
         return cached.parsed.device(device_id)
@@ -63,7 +63,7 @@ async def _sender_device(client: Client, user_id: str, device_id: int) -> Device
     return dl.device(device_id)
 
 
-async def open_envelope(client: Client, env: Envelope) -> Event | None:
+async def open_envelope(client: Session, env: Envelope) -> Event | None:
     """Authenticate, decrypt, dedupe and record one delivered envelope (state not saved).
 
     Returns:
@@ -122,7 +122,7 @@ async def open_envelope(client: Client, env: Envelope) -> Event | None:
                               peer=p.to if own else env.sender_user)
 
 
-async def handle_bounce(client: Client, env: Envelope) -> Bounce:
+async def handle_bounce(client: Session, env: Envelope) -> Bounce:
     """Report a bounce; re-encrypt and resend the original if it is in local history."""
     try:
         info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
@@ -146,14 +146,15 @@ async def handle_bounce(client: Client, env: Envelope) -> Bounce:
             status = await group_messaging.send_group_payload(
                 client, bytes.fromhex(entry["group_id"]), env.msg_id, p.encode())
         else:
-            status = await client.send_payload(entry["peer"], env.msg_id, p.encode(), fresh=True)
+            status = await sending.send_payload(client, entry["peer"], env.msg_id, p.encode(),
+                                                fresh=True)
     except ClientError as exc:
         return Bounce(env.msg_id, user_id, code, message, error=str(exc))
     return Bounce(env.msg_id, user_id, code, message, resent_status=status)
 
 
 class Receiver:
-    """Async iterator over a client's incoming :data:`Event` s (see :meth:`Client.receive`).
+    """Async iterator over a client's incoming :data:`Event` s (see :meth:`cli.client.Client.receive`).
 
     Args:
         client: the connected client.
@@ -162,7 +163,7 @@ class Receiver:
             yield a :class:`Kept` marker per batch instead of them.
     """
 
-    def __init__(self, client: Client, *, keep: bool = False) -> None:
+    def __init__(self, client: Session, *, keep: bool = False) -> None:
         self._client = client
         self._keep = keep
         self._ready: deque[Event] = deque()

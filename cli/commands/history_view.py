@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .output import escape, escape_lines
+from cli.output import escape, escape_lines
 
 if TYPE_CHECKING:
-    from .state import State
+    from cli.session.state import State
 
 __all__ = ["EXPORT_FORMAT", "decorate", "export"]
 

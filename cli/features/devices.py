@@ -33,18 +33,18 @@ from typing import TYPE_CHECKING, NoReturn
 
 import msgpack
 
+from cli.errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
+from cli.events import DevicesChanged
+from cli.features import linkcode
+from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
+from cli.session import crypto
+from cli.session.state import DeviceListRejected, State
 from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
 from relay.protocol.frames import LinkComplete, LinkFetch, PutDevices, SignedDeviceList
 from relay.protocol.identity import Device
 
-from . import crypto, linkcode
-from .errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
-from .events import DevicesChanged
-from .linkcode import DeviceInfo, LinkCode, LinkCodeError
-from .state import DeviceListRejected, State
-
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class ApprovedDevice:
 Confirm = Callable[[DeviceOffer], Awaitable[bool]]
 
 
-def _require_primary(client: Client, what: str) -> None:
+def _require_primary(client: Session, what: str) -> None:
     if client.state.account_key is None:
         raise NotPrimary(f"only the primary device (the one holding the account key) can "
                          f"{what}; this is device {client.state.device_id}")
@@ -111,7 +111,7 @@ def _entries(devices: tuple[Device, ...] | list[Device]) -> list[crypto.DeviceEn
             for d in devices]
 
 
-async def current_own_list(client: Client) -> DeviceList:
+async def current_own_list(client: Session) -> DeviceList:
     """The account's list as its home holds it (verified, cached); the cache if unreachable."""
     state = client.state
     try:
@@ -122,7 +122,7 @@ async def current_own_list(client: Client) -> DeviceList:
         raise
 
 
-async def publish_own_list(client: Client, devices: list[crypto.DeviceEntry],
+async def publish_own_list(client: Session, devices: list[crypto.DeviceEntry],
                            version: int) -> DeviceList:
     """Sign ``devices`` as list ``version`` with the account key, publish it, then cache it.
 
@@ -142,7 +142,7 @@ async def publish_own_list(client: Client, devices: list[crypto.DeviceEntry],
 
 
 async def approve_link(
-    client: Client, code: str | LinkCode, *, confirm: Confirm | None = None,
+    client: Session, code: str | LinkCode, *, confirm: Confirm | None = None,
     history: bool = True, history_limit: int = linkcode.HISTORY_DEFAULT,
 ) -> ApprovedDevice:
     """Approve the device behind a linking code (see the module docstring for the order).
@@ -223,7 +223,7 @@ async def approve_link(
                           sent, len(material.history), len(material.groups))
 
 
-async def _withdraw(client: Client, device_id: int, name: str, cause: ClientError) -> NoReturn:
+async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> NoReturn:
     """Linking failed after the device was recorded in ``pending_withdrawals``: take it
     out of the account's list, over this connection if it still works, else over a
     *fresh* one. Always raises :class:`LinkFailed`, naming the device and what became
@@ -248,7 +248,7 @@ async def _withdraw(client: Client, device_id: int, name: str, cause: ClientErro
     raise LinkFailed(f"linking {label} failed ({reason}); {what}") from cause
 
 
-async def finish_withdrawals(client: Client) -> list[tuple[int, str]]:
+async def finish_withdrawals(client: Session) -> list[tuple[int, str]]:
     """Take the devices of ``state.pending_withdrawals`` (links that began and did not
     complete) out of the account's list as the home holds it, and clear the record.
 
@@ -274,7 +274,7 @@ async def finish_withdrawals(client: Client) -> list[tuple[int, str]]:
     return ghosts
 
 
-async def finish_pending_withdrawals(client: Client) -> None:
+async def finish_pending_withdrawals(client: Session) -> None:
     """:func:`finish_withdrawals` when a primary connects (:func:`cli.client.open_client`):
     each device withdrawn is logged as a warning; a refusal is logged and the record
     kept for the next connection.
@@ -294,7 +294,7 @@ async def finish_pending_withdrawals(client: Client) -> None:
                     device_id, name)
 
 
-async def remove_device(client: Client, device_id: int) -> DeviceList:
+async def remove_device(client: Session, device_id: int) -> DeviceList:
     """Publish the account's list without ``device_id`` (primary only). The home then
     purges its queue and refuses it; sessions with it are dropped here.
 
@@ -314,7 +314,7 @@ async def remove_device(client: Client, device_id: int) -> DeviceList:
     return await publish_own_list(client, _entries(remaining), own.version + 1)
 
 
-def device_list_notice(client: Client, sender_user: str, body: bytes) -> DevicesChanged | None:
+def device_list_notice(client: Session, sender_user: str, body: bytes) -> DevicesChanged | None:
     """Apply a ``device_list`` envelope (``sender_user``'s new signed list, pushed by its
     home): verify it, cache it (sessions with removed devices are dropped; sessions
     with added devices are opened on the next send) and describe the change.

@@ -13,7 +13,7 @@
 ``type: "file"`` (:class:`FilePayload`) carries an encrypted file's reference,
 key and hash (:mod:`cli.attachment`), ``text`` being the caption. Text and file
 payloads may carry ``reply_to`` and ``expires``; the other kinds (reactions, edits,
-deletes, receipts, typing, timers) are :class:`cli.kinds.KindPayload` s. Receivers drop
+deletes, receipts, typing, timers) are :class:`cli.features.kinds.KindPayload` s. Receivers drop
 unknown ``v`` or ``type`` values with a warning.
 """
 
@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from .attachment import Attachment, AttachmentError
-from .kinds import KINDS, KindError, KindPayload, check_extras, check_kind
+from cli.features.attachment import Attachment, AttachmentError
+from cli.features.kinds import KINDS, KindError, KindPayload, check_extras, check_kind
 
 VERSION = 1
 MAX_TEXT = 60_000  # characters; keeps a copy far below the 1 MiB frame limit

@@ -24,12 +24,11 @@ from dataclasses import replace
 import trio
 
 import relay.net as net
+from cli.errors import ConnectionFailed, ConnectionLost, DeviceRemoved, NoAnswer, RelayError
+from cli.session.sendorder import SendOrder
+from cli.session.state import State
 from relay.protocol import ErrorCode, RemoteProtocolError
 from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
-
-from .errors import ConnectionFailed, ConnectionLost, DeviceRemoved, NoAnswer, RelayError
-from .sendorder import SendOrder
-from .state import State
 
 __all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "open_connection"]
 

@@ -28,10 +28,9 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from cli.errors import ClientError
+from cli.session.crypto import account_user_id
 from relay.protocol import is_user_id, key_from_user_id
-
-from .crypto import account_user_id
-from .errors import ClientError
 
 GROUP_STATE_CONTEXT = b"wa-relay group-state v1\x00"
 GROUP_ID_SIZE = 16

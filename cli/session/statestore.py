@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import TYPE_CHECKING
 
 import msgpack
 
-from . import statecodec, vault
-from .journal import Journal
-from .statecodec import Snapshot
-
-if TYPE_CHECKING:
-    from .state import State
+from cli.session import statecodec, vault
+from cli.session.journal import Journal
+from cli.session.statecodec import Snapshot
+from cli.session.statecodec import StateFields as State
 
 __all__ = ["StateStore", "pickle_key"]
 

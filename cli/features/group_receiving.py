@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from . import effects, groups, payload
-from .events import Dropped, GroupChanged, Message, Requested
-from .group_messaging import GROUP_KEY, GROUP_STATE
-from .group_state import GroupStateRejected, SignedGroupState
-from .state import seen_key
+from cli.events import Dropped, GroupChanged, Message, Requested
+from cli.features import effects, payload
+from cli.features.group_messaging import GROUP_KEY, GROUP_STATE
+from cli.session import groups
+from cli.session.group_state import GroupStateRejected, SignedGroupState
+from cli.session.state import seen_key
 
 if TYPE_CHECKING:
+    from cli.session.session import Session
     from relay.protocol.frames import Envelope
-
-    from .client import Client
 
 __all__ = ["CONTROL_TYPES", "GroupChanged", "control_type", "on_control", "open_group_envelope"]
 
@@ -46,7 +46,7 @@ def control_type(plaintext: bytes) -> str | None:
     return kind if kind in CONTROL_TYPES else None
 
 
-def _adopt(client: Client, signed: SignedGroupState) -> GroupChanged | None:
+def _adopt(client: Session, signed: SignedGroupState) -> GroupChanged | None:
     """Adopt a state if it is new and verifies (raises GroupStateRejected otherwise)."""
     store, me = client.state.groups, client.state.user_id
     candidate = groups.parse_state(signed)
@@ -72,7 +72,7 @@ def _signed(m: dict) -> SignedGroupState:
     return SignedGroupState(raw["body"], raw["signature"])
 
 
-def on_control(client: Client, sender_user: str, sender_device: int, msg_id: bytes,
+def on_control(client: Session, sender_user: str, sender_device: int, msg_id: bytes,
                plaintext: bytes) -> GroupChanged | Dropped | Requested | None:
     """Handle a decrypted ``group_state`` / ``group_key`` payload from an Olm envelope.
 
@@ -118,7 +118,7 @@ def on_control(client: Client, sender_user: str, sender_device: int, msg_id: byt
     return effects.on_group_changed(client.state, event)
 
 
-async def open_group_envelope(client: Client, env: Envelope
+async def open_group_envelope(client: Session, env: Envelope
                               ) -> Message | Dropped | Requested | None:
     """Decrypt a ``group`` envelope (one Megolm body) into a :class:`Message` (``None``:
     duplicate). The sender must be a member in this device's state, and the group

@@ -27,7 +27,7 @@ from pathlib import Path
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from .errors import ClientError
+from cli.errors import ClientError
 
 PLAIN_CHUNK = 64 * 1024
 HEADER = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES

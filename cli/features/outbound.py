@@ -1,5 +1,5 @@
 """Olm encryption for other devices: sessions made from claimed one-time keys, then one
-copy per device (:func:`encrypt_for`, behind :meth:`cli.client.Client.encrypt`)."""
+copy per device (:func:`encrypt_for`, also :meth:`cli.client.Client.encrypt`)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from cli.errors import RelayError, SendFailed
+from cli.session import crypto
+from cli.session.state import State
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Recipient
 from relay.protocol.identity import Device
 
-from . import crypto
-from .errors import RelayError, SendFailed
-from .state import State
-
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["CLAIM_RETRY_DELAY", "CLAIM_RETRY_MAX", "CLAIM_RETRY_WINDOW", "MAX_REFRESH", "WITHHELD",
            "encrypt_for", "ensure_sessions", "has_session"]
@@ -40,7 +39,7 @@ def has_session(state: State, user_id: str, device: Device) -> bool:
     return ss is not None and bool(ss.sessions) and ss.identity_key == device.curve25519
 
 
-async def ensure_sessions(client: Client, user_id: str, devices: list[Device],
+async def ensure_sessions(client: Session, user_id: str, devices: list[Device],
                           lock: trio.Lock) -> list[Device]:
     """Create an outbound Olm session with each of ``user_id``'s ``devices`` that has none,
     from one-time (else fallback) keys claimed in one request. A device added to its
@@ -85,9 +84,11 @@ def _skip_warning(state: State, user_id: str, devices: list[Device]) -> None:
                     d.device_id, d.name, who)
 
 
-async def encrypt_for(client: Client, lists: dict[str, DeviceList], plaintext: bytes,
-                      lock: trio.Lock) -> list[Recipient]:
-    """:meth:`cli.client.Client.encrypt`: sessions first (all the awaiting), then every
+async def encrypt_for(client: Session, lists: dict[str, DeviceList], plaintext: bytes,
+                      lock: trio.Lock | None = None) -> list[Recipient]:
+    """Olm-encrypt ``plaintext`` for every device in ``lists`` (user_id -> verified
+    device list) except this one, as ``Recipient(user_id, devices_version, copies)``
+    per user with such a device: sessions first (all the awaiting), then every
     copy encrypted with no ``await`` in between. A device without keys to claim gets
     a withheld copy (:data:`WITHHELD`, an empty body) and a warning naming it: the
     relay wants a copy per listed device, and one device that cannot receive must not
@@ -100,6 +101,7 @@ async def encrypt_for(client: Client, lists: dict[str, DeviceList], plaintext: b
         RelayError, ConnectionLost: claiming keys failed.
     """
     state = client.state
+    lock = client.sessions_lock if lock is None else lock
     me = (state.user_id, state.device_id)
     refreshed = 0
     while True:  # another task may drop a session while this one claims keys

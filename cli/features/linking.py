@@ -34,17 +34,17 @@ import nacl.public
 import trio
 
 import relay.net as net
+from cli.errors import ConnectionFailed, LinkFailed, RelayError
+from cli.features import devices, linkcode
+from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
+from cli.session import crypto
+from cli.session.connection import AGENT, CLIENT_SETTINGS
+from cli.session.group_state import GroupStateRejected, SignedGroupState
+from cli.session.session import Session, open_session
+from cli.session.state import NewHome, State, new_home, seen_key
 from relay.protocol import DeviceList, RemoteProtocolError
 from relay.protocol.frames import Error, LinkData, LinkOpen, LinkOpened
 from relay.protocol.identity import verify_device_list
-
-from . import crypto, linkcode
-from .client import Client, open_client
-from .connection import AGENT, CLIENT_SETTINGS
-from .errors import ConnectionFailed, LinkFailed, RelayError
-from .group_state import GroupStateRejected, SignedGroupState
-from .linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
-from .state import NewHome, State, new_home, seen_key
 
 __all__ = [
     "LinkedAccount", "PendingLink", "adopt_groups", "link_device", "link_devices", "open_link", "save_linked",
@@ -249,7 +249,7 @@ def save_linked(fresh: NewHome, linked: LinkedAccount, relay_url: str) -> State:
 
 
 async def link_device(
-    approver: Client, home: str | os.PathLike, device_name: str, *, history: bool = True,
+    approver: Session, home: str | os.PathLike, device_name: str, *, history: bool = True,
     relay_url: str | None = None,
 ) -> LinkedAccount:
     """Add a device to ``approver``'s account in one program: open a mailbox, approve it
@@ -276,16 +276,16 @@ async def link_device(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wait)
-                await approver.approve_link(pending.code, history=history)
+                await devices.approve_link(approver, pending.code, history=history)
         # save_linked fsyncs: keep it off the event loop (the approver is live on it)
         state = await trio.to_thread.run_sync(save_linked, fresh, result[0], url)
-        async with open_client(state):
+        async with open_session(state):
             pass  # authenticates and uploads the one-time keys
     return result[0]
 
 
 async def link_devices(
-    approver: Client, root: str | os.PathLike, count: int, *, name_prefix: str = "device",
+    approver: Session, root: str | os.PathLike, count: int, *, name_prefix: str = "device",
     history: bool = False,
 ) -> list[LinkedAccount]:
     """Add ``count`` devices to ``approver``'s account, one after the other (for tests and

@@ -37,7 +37,7 @@ import msgpack
 import nacl.exceptions
 import nacl.secret
 
-from .vault import StateError, write_atomic
+from cli.session.vault import StateError, write_atomic
 
 __all__ = ["COMPACT_FACTOR", "COMPACT_MIN", "JOURNAL_FILE", "Journal", "Replayed"]
 

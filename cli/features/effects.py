@@ -1,13 +1,13 @@
 """What a decrypted payload does to a device's history, and the event it shows.
 
-:func:`on_payload` is the one place where the receive paths (:mod:`cli.receiving` for
-Olm, :mod:`cli.group_receiving` for Megolm) and the sending helpers
-(:mod:`cli.actions`, for this device's own actions) apply a payload:
+:func:`on_payload` is the one place where the receive paths (:mod:`cli.features.receiving` for
+Olm, :mod:`cli.features.group_receiving` for Megolm) and the sending helpers
+(:mod:`cli.features.actions`, for this device's own actions) apply a payload:
 
 * **text / file**: a history entry (``reply_to`` and ``expires`` kept; ``expires_at``,
   ms, is the sender's ``ts`` plus the timer, the same on every device); a message from
   a stranger, or in a group whose invitation is not accepted, is *held*
-  (:mod:`cli.prefs`): its entry is flagged ``held`` and a :class:`cli.events.Requested`
+  (:mod:`cli.session.prefs`): its entry is flagged ``held`` and a :class:`cli.events.Requested`
   is shown instead.
 * **reaction**: the target entry's ``reactions`` map (user_id -> emoji; one reaction per
   user, ``""`` removes it).
@@ -17,7 +17,7 @@ Olm, :mod:`cli.group_receiving` for Megolm) and the sending helpers
 * **receipt**: the target entries this account sent get ``receipts`` (status ->
   user_ids); this account's own read receipts (copies from its other devices) mark
   the received entries ``read``.
-* **timer**: the conversation's disappearing timer (:attr:`cli.prefs.Prefs.timers`).
+* **timer**: the conversation's disappearing timer (:attr:`cli.session.prefs.Prefs.timers`).
 * **typing**: nothing kept.
 
 Messages from a blocked user are dropped (:class:`cli.events.Dropped`, acknowledged
@@ -30,12 +30,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import payload
-from .events import Dropped, GroupChanged, Message, Requested
-from .kinds import KindPayload
+from cli.events import Dropped, GroupChanged, Message, Requested
+from cli.features import payload
+from cli.features.kinds import KindPayload
 
 if TYPE_CHECKING:
-    from .state import State
+    from cli.session.state import State
 
 __all__ = ["conversation_of", "event_extra", "now_ms", "on_group_changed", "on_payload", "sweep"]
 
@@ -200,7 +200,7 @@ def on_payload(
     sweep(state)
     group_name, group_id = group if group else (None, None)
     conversation = group_id or peer
-    held = not own and prefs.holds(state, sender_user, group_id)
+    held = not own and prefs.holds(sender_user, group_id, state.user_id, state.contacts)
     alias = None if own else state.alias_of(sender_user)
     if isinstance(p, KindPayload):
         if held:
@@ -239,6 +239,6 @@ def on_group_changed(state: State, event: GroupChanged | None) -> GroupChanged |
     if event is None or not state.prefs.hold_requests or event.left:
         return event
     invited = state.user_id in event.added and event.actor != state.user_id
-    if invited and not state.prefs.known(state, event.actor):
+    if invited and not state.prefs.known(event.actor, state.user_id, state.contacts):
         return state.prefs.hold(event.actor, "", None, event.group_id, event.name)
     return event

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import group_messaging, payload
-from .errors import ClientError
+from cli.errors import ClientError
+from cli.features import group_messaging, payload, sending
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = ["ResendError", "resend"]
 
@@ -27,7 +27,7 @@ class ResendError(ClientError):
     by another device), or its history entry cannot be rebuilt."""
 
 
-async def resend(client: Client, msg_id: bytes) -> tuple[str, dict]:
+async def resend(client: Session, msg_id: bytes) -> tuple[str, dict]:
     """Send again the message ``msg_id`` that this device sent.
 
     Returns:
@@ -52,5 +52,5 @@ async def resend(client: Client, msg_id: bytes) -> tuple[str, dict]:
         status = await group_messaging.send_group_payload(
             client, bytes.fromhex(entry["group_id"]), msg_id, p.encode())
     else:
-        status = await client.send_payload(entry["peer"], msg_id, p.encode())
+        status = await sending.send_payload(client, entry["peer"], msg_id, p.encode())
     return status, entry

@@ -38,16 +38,17 @@ from typing import Any
 
 import trio
 
+from cli.errors import ClientError, RelayError
+from cli.events import SendResult
+from cli.features import payload
+from cli.features.attachment import DEFAULT_MIME, Attachment, AttachmentError, safe_name
+from cli.features.mediacrypt import IntegrityError, decrypt_file, encrypt_file
+from cli.features.sending import now_ms, send_payload
+from cli.session.reconnecting import Reconnecting
+from cli.session.session import Session
+from cli.session.state import State
 from relay.protocol import ErrorCode
 from relay.protocol.frames import MediaDownload, MediaStatus, MediaUpload
-
-from . import payload
-from .attachment import DEFAULT_MIME, Attachment, AttachmentError, safe_name
-from .client import Client, SendResult, now_ms
-from .errors import ClientError, RelayError
-from .mediacrypt import IntegrityError, decrypt_file, encrypt_file
-from .reconnecting import Reconnecting
-from .state import State
 
 __all__ = [
     "DOWNLOADS_DIR", "MEDIA_DIR", "IntegrityError", "Progress", "Reconnecting", "claim_name",
@@ -81,7 +82,7 @@ def work_dir(state: State) -> Path:
 # ------------------------------------------------------------------- upload
 
 
-async def upload_blob(client: Client, path: Path, media_id: bytes, size: int,
+async def upload_blob(client: Session, path: Path, media_id: bytes, size: int,
                       progress: Progress = _no_progress) -> None:
     """Upload ciphertext file ``path`` (``size`` bytes, SHA-256 ``media_id``) to the
     client's home node, from where the node says it stopped (``media_status``).
@@ -140,7 +141,7 @@ async def send_file(rc: Reconnecting, user_id: str, att: Attachment, caption: st
     devices), recording it in local history (``source``: the file's absolute local path).
 
     Raises:
-        ValueError: caption longer than ``payload.MAX_TEXT``. As :meth:`Client.send_payload`.
+        ValueError: caption longer than ``payload.MAX_TEXT``. As :func:`cli.features.sending.send_payload`.
     """
     if len(caption) > payload.MAX_TEXT:
         raise ValueError(f"caption is longer than {payload.MAX_TEXT} characters")
@@ -154,7 +155,7 @@ async def send_file(rc: Reconnecting, user_id: str, att: Attachment, caption: st
     }
     entry["file"]["path"] = source
     state.history.append(entry)
-    status = await rc.run(lambda c: c.send_payload(user_id, msg_id, p.encode()))
+    status = await rc.run(lambda s: send_payload(s, user_id, msg_id, p.encode()))
     return SendResult(msg_id, status, user_id)
 
 
@@ -177,7 +178,7 @@ def _open_part(part: Path, total: int) -> tuple[int, Any]:
     return have, digest
 
 
-async def download_blob(client: Client, att: Attachment, part: Path,
+async def download_blob(client: Session, att: Attachment, part: Path,
                         progress: Progress = _no_progress) -> None:
     """Fetch the ciphertext of ``att`` into ``part``, continuing after the bytes it
     already holds, then check its SHA-256.
@@ -241,7 +242,7 @@ def claim_name(tmp: Path, directory: Path, name: str) -> Path:
     raise FileExistsError(f"no free file name for {name!r} in {directory}")
 
 
-async def save_attachment(client: Client, att: Attachment, downloads: Path, *,
+async def save_attachment(client: Session, att: Attachment, downloads: Path, *,
                           state_home: Path, progress: Progress = _no_progress) -> Path:
     """Download, verify, decrypt and save ``att`` into ``downloads``; return the path.
 
@@ -285,7 +286,7 @@ def file_info(file: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-async def fetch_history_file(client: Client, entry: dict[str, Any], downloads: Path, *,
+async def fetch_history_file(client: Session, entry: dict[str, Any], downloads: Path, *,
                              progress: Progress = _no_progress) -> dict[str, Any]:
     """Save the file of a received history ``entry`` (if not saved or failed yet) and
     record the outcome in the entry (``path``, or ``error`` for a permanent failure);

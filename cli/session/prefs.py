@@ -15,13 +15,11 @@ A message in a group is held while the group's invitation waits, whoever sent it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .events import Requested
-
-if TYPE_CHECKING:
-    from .state import State
+from cli.events import Requested
 
 __all__ = ["Prefs"]
 
@@ -51,18 +49,19 @@ class Prefs:
 
     # ------------------------------------------------------------ requests
 
-    def known(self, state: State, user_id: str) -> bool:
-        """Whether ``user_id`` is this account, a contact or accepted."""
-        return (user_id == state.user_id or user_id in self.accepted
-                or state.alias_of(user_id) is not None)
+    def known(self, user_id: str, me: str, contacts: Mapping[str, str]) -> bool:
+        """Whether ``user_id`` is this account (``me``), a contact (``contacts``: alias ->
+        user_id) or accepted."""
+        return user_id == me or user_id in self.accepted or user_id in contacts.values()
 
-    def holds(self, state: State, sender_user: str, group_id: str | None) -> bool:
+    def holds(self, sender_user: str, group_id: str | None, me: str,
+              contacts: Mapping[str, str]) -> bool:
         """Whether a message from ``sender_user`` (in group ``group_id``, hex) is held."""
         if not self.hold_requests:
             return False
         if group_id is not None:
             return group_id in self.requests
-        return not self.known(state, sender_user)
+        return not self.known(sender_user, me, contacts)
 
     def hold(self, sender_user: str, declared: str, msg_id: bytes | None, group_id: str | None,
              group_name: str | None) -> Requested:

@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
+from cli.errors import RelayError, SendFailed
+from cli.features import outbound, payload
+from cli.features.outbound import has_session
+from cli.session import groups
+from cli.session.group_state import GroupError, GroupState
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import GroupRecipient, GroupSend, Send
 
-from . import groups, payload
-from .errors import RelayError, SendFailed
-from .group_state import GroupError, GroupState
-from .outbound import has_session
-
 if TYPE_CHECKING:
-    from .client import Client
+    from cli.session.session import Session
 
 __all__ = [
     "GroupSendError", "GroupSendResult", "NotGroupAdmin", "add_member", "create_group",
@@ -106,7 +106,7 @@ def _chunks(user_ids: list[str], lists: dict[str, DeviceList], size: int) -> lis
 
 
 async def send_pairwise(
-    client: Client, user_ids: list[str], build: Callable[[bytes], bytes],
+    client: Session, user_ids: list[str], build: Callable[[bytes], bytes],
     lists: dict[str, DeviceList] | None = None,
 ) -> str | None:
     """Olm-encrypt a control payload for every device of ``user_ids`` (not this device).
@@ -134,7 +134,7 @@ async def send_pairwise(
         msg_id = os.urandom(16)
         plaintext = build(msg_id)
         for _ in range(MAX_SEND_ROUNDS):
-            recipients = await client.encrypt({u: lists[u] for u in chunk}, plaintext)
+            recipients = await outbound.encrypt_for(client, {u: lists[u] for u in chunk}, plaintext)
             if not recipients:
                 break
             try:
@@ -153,7 +153,7 @@ async def send_pairwise(
     return "queued" if "queued" in statuses else "stored"
 
 
-def _learn_stale(client: Client, exc: RelayError, lists: dict[str, DeviceList]) -> None:
+def _learn_stale(client: Session, exc: RelayError, lists: dict[str, DeviceList]) -> None:
     """Adopt the list of a ``stale_devices`` refusal (verified, must grow); else re-raise."""
     frame = exc.frame
     if exc.code != ErrorCode.STALE_DEVICES or frame.device_list is None or frame.user_id not in lists:
@@ -169,7 +169,7 @@ def _learn_stale(client: Client, exc: RelayError, lists: dict[str, DeviceList]) 
 # ------------------------------------------------------------------ admin changes
 
 
-def _require_admin(client: Client, record: groups.GroupRecord | None) -> None:
+def _require_admin(client: Session, record: groups.GroupRecord | None) -> None:
     state = client.state
     if state.account_key is None:
         raise NotGroupAdmin(
@@ -179,7 +179,7 @@ def _require_admin(client: Client, record: groups.GroupRecord | None) -> None:
         raise NotGroupAdmin(f"you are not an admin of group {record.state.name!r}")
 
 
-async def _publish(client: Client, previous: GroupState | None, members: list[str],
+async def _publish(client: Session, previous: GroupState | None, members: list[str],
                    admins: list[str], name: str, group_id: bytes, creator: str) -> GroupState:
     state = client.state
     for uid in members:  # every member must exist before anything is signed
@@ -198,7 +198,7 @@ async def _publish(client: Client, previous: GroupState | None, members: list[st
     return new
 
 
-async def create_group(client: Client, name: str, members: list[str]) -> GroupState:
+async def create_group(client: Session, name: str, members: list[str]) -> GroupState:
     """Create a group of this account (admin) and ``members`` (user_ids); tell them.
 
     Raises:
@@ -213,7 +213,7 @@ async def create_group(client: Client, name: str, members: list[str]) -> GroupSt
     return await _publish(client, None, [me, *members], [me], name, groups.new_group_id(), me)
 
 
-async def add_member(client: Client, group: str, user_id: str) -> GroupState:
+async def add_member(client: Session, group: str, user_id: str) -> GroupState:
     """Add ``user_id`` to ``group`` (name or id); tell every member, the newcomer included.
 
     Raises:
@@ -228,7 +228,7 @@ async def add_member(client: Client, group: str, user_id: str) -> GroupState:
                           old.group_id, old.creator)
 
 
-async def remove_member(client: Client, group: str, user_id: str) -> GroupState:
+async def remove_member(client: Session, group: str, user_id: str) -> GroupState:
     """Remove ``user_id`` (and its admin role) from ``group``; tell old and new members.
 
     This device's sender key is rotated: the removed member cannot decrypt later messages.
@@ -251,13 +251,13 @@ async def remove_member(client: Client, group: str, user_id: str) -> GroupState:
 # ------------------------------------------------------------------ sending
 
 
-def _recipients(client: Client, lists: dict[str, DeviceList]) -> set[Device3]:
+def _recipients(client: Session, lists: dict[str, DeviceList]) -> set[Device3]:
     me = (client.state.user_id, client.state.device_id)
     return {(uid, d.device_id, d.curve25519) for uid, dl in lists.items() for d in dl.devices
             if (uid, d.device_id) != me}
 
 
-async def _share_key(client: Client, record: groups.GroupRecord, out: groups.OutboundSession,
+async def _share_key(client: Session, record: groups.GroupRecord, out: groups.OutboundSession,
                      user_ids: list[str], lists: dict[str, DeviceList]) -> None:
     """Send the session key at its current index to every device of ``user_ids``."""
     session_key = out.session_key()
@@ -277,7 +277,7 @@ async def _share_key(client: Client, record: groups.GroupRecord, out: groups.Out
                    if (uid, d.device_id) != me and has_session(client.state, uid, d)}
 
 
-async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inner: bytes) -> str:
+async def send_group_payload(client: Session, group_id: bytes, msg_id: bytes, inner: bytes) -> str:
     """Encrypt an encoded :mod:`cli.payload` plaintext once with this device's sender key
     for the group and fan it out with ``group_send``; returns ``"stored"`` or ``"queued"``.
 
@@ -316,7 +316,7 @@ async def send_group_payload(client: Client, group_id: bytes, msg_id: bytes, inn
                      f"{MAX_SEND_ROUNDS} attempts")
 
 
-async def send_group(client: Client, group: str, p: payload.Payload) -> GroupSendResult:
+async def send_group(client: Session, group: str, p: payload.Payload) -> GroupSendResult:
     """Record ``p`` (its ``msg_id``; ``to`` should be the group id in hex) in local history
     and send it to ``group`` (name or id): one encryption, one ``group_send``. Used for
     text and for files (``p`` a :class:`cli.payload.FilePayload` after the upload).
@@ -336,7 +336,7 @@ async def send_group(client: Client, group: str, p: payload.Payload) -> GroupSen
     return GroupSendResult(p.msg_id, status, record.state.hex_id, record.state.name)
 
 
-async def send_group_text(client: Client, group: str, text: str) -> GroupSendResult:
+async def send_group_text(client: Session, group: str, text: str) -> GroupSendResult:
     """Send ``text`` to ``group`` (name or id); see :func:`send_group`.
 
     Raises:

@@ -1,0 +1,1 @@
+"""Transport and state of one device: connection, session, vault, state store, journal, inbox."""
