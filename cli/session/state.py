@@ -112,7 +112,7 @@ class State:
         self.last_seen: dict[tuple[str, int], int] = {}  # (user_id, device_id) -> sender ts, ms
         self.groups = GroupStore()  # groups, Megolm sessions (cli.groups)
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
-        self.prefs = Prefs()  # timers, blocked users, message requests (cli.prefs)
+        self.prefs = Prefs()  # timers, blocked users, message requests (cli.session.prefs)
 
     # ----------------------------------------------------------- queries
 

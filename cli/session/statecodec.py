@@ -9,7 +9,7 @@ Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
      device_lists: [[body, signature, user_id]], sessions: [[user_id, device_id,
      identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
      groups: {...} (cli.groups), pending_withdrawals: [device_id, ...],
-     prefs: {...} (cli.prefs; absent in older states: the defaults)}
+     prefs: {...} (cli.session.prefs; absent in older states: the defaults)}
 
 History and dedupe keys are in the journal. Formats 1 and 2 kept them in the map
 (``seen``: a list of keys / their concatenation; ``history``: a list of maps / a
