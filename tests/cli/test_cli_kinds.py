@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 
 import nacl.signing
 import pytest
+import trio
+from cli_cluster import alice_and_bob, drain, run_cluster
 
-from cli.client import init_account
+from cli.client import BacklogDone, init_account, open_client
 from cli.events import Dropped, Message, Requested
-from cli.features import effects, payload
+from cli.features import actions, effects, payload
 from cli.features.kinds import KindPayload
 from cli.session import groups
 from cli.session.crypto import account_user_id
@@ -128,3 +131,27 @@ def test_a_member_may_sign_only_its_own_leave() -> None:
     v2, leave = groups.make_state(keys[1], group_id=gid, name="team", members=[alice, carol],
                                   admins=[alice], version=2, creator=alice)
     assert store.apply(leave)[1] == v2
+
+
+async def test_typing_crosses_homes_live_and_is_never_queued(tmp_path) -> None:
+    """Ephemeral sends (relay/services/ephemeral.py) from alice's home to bob's, another
+    node: a connected, syncing device gets it with seq 0; offline, nothing is kept."""
+    with trio.fail_after(60), ExitStack() as stack:
+        async with run_cluster(2) as cluster:
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
+            async with open_client(alice) as sender:
+                assert await actions.typing(sender, bob.user_id, True) == 1  # bob's one device
+                async with open_client(bob) as client:
+                    receiver = client.receive()
+                    assert isinstance(await receiver.__anext__(), BacklogDone)
+                    await actions.typing(sender, bob.user_id, False)
+                    event = await receiver.__anext__()
+                    assert isinstance(event, Message) and event.extra == {"typing": False}
+                    assert (event.sender_user, event.type) == (alice.user_id, "typing")
+                    # a real message after it still arrives and is acknowledged normally
+                    sent = await actions.send_text(sender, bob.user_id, "after typing")
+                    event = await receiver.__anext__()
+                    assert event.msg_id == sent.msg_id and event.text == "after typing"
+            async with open_client(bob) as client:  # nothing was queued for bob meanwhile
+                assert await drain(client) == []
+            assert bob.find_history(sent.msg_id.hex())["text"] == "after typing"
