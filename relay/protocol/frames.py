@@ -36,7 +36,15 @@ from ._frame_base import (
     SignedDeviceList,
 )
 from ._group_frames import GroupForward, GroupSend
-from ._linking_frames import LinkComplete, LinkData, LinkFetch, LinkInfo, LinkOpen, LinkOpened
+from ._linking_frames import (
+    LinkComplete,
+    LinkData,
+    LinkFetch,
+    LinkInfo,
+    LinkOpen,
+    LinkOpened,
+    LinkReply,
+)
 from ._media_frames import MediaChunk, MediaDownload, MediaProgress, MediaStatus, MediaUpload
 from .codec import DEFAULT_LIMITS, Limits, encode
 from .errors import ErrorCode, RemoteProtocolError
@@ -53,7 +61,8 @@ __all__ = [
     "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
     "Devices", "Error",
     "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend", "Hello", "KeyCount",
-    "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "MediaChunk",
+    "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "LinkReply",
+    "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
     "PeerAuthOk", "Ping", "PutDevices", "Results", "Send", "Sent", "Sync", "Synced", "UploadKeys",
     # functions
@@ -322,7 +331,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Hello, Challenge, Auth, AuthOk, PeerAuth, PeerAuthOk,
         PutDevices, GetDevices, Devices, UploadKeys, KeyCount, ClaimKeys, Claimed,
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
-        LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
+        LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, LinkReply, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
         GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
     )

@@ -77,6 +77,7 @@ from relay.protocol.frames import (
     GroupSend,
     Hello,
     LinkOpen,
+    LinkReply,
     Ok,
     PeerAuth,
     Ping,
@@ -153,7 +154,7 @@ class Connection:
         self._ended: str | None = None  # why the connection ends (the first reason wins)
         self._own: dict[type[Frame], Handler] = {
             Hello: self._hello, Ping: self._ping, Auth: self._auth, PeerAuth: self._peer_auth,
-            LinkOpen: self._link_open, Sync: self._sync,
+            LinkOpen: self._link_open, LinkReply: self._link_reply, Sync: self._sync,
         }
         if isinstance(ws, GatedWebSocket):
             ws.close_gate = self._settle
@@ -497,9 +498,14 @@ class Connection:
     async def _link_open(self, caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, LinkOpen) and self._nursery is not None
         node = self._node
-        opened = self._link.open(frame.device_info, self._nursery)
+        opened = self._link.open(frame.device_info, self._nursery, short=bool(frame.short))
         self._deadline.extend(node.linking.ttl + node.config.handshake_timeout)
         return dataclasses.replace(opened, id=frame.id)
+
+    async def _link_reply(self, caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, LinkReply)
+        self._link.reply(frame.body)
+        return Ok(id=frame.id)
 
     async def _bounce_remote(self, envelope: Envelope) -> None:
         """Hand a ``bounce`` for a sender homed at another node to the durable outbox."""

@@ -271,7 +271,7 @@ async def test_complete_pushes_once_and_gone_device_is_not_found(autojump_clock)
     pushed: list = []
     box, opened = linking.open(INFO, lambda f: pushed.append(f) is None)
     assert opened.mailbox_id == box.mailbox_id and opened.expires_in == 120
-    assert linking.fetch(box.mailbox_id) == INFO
+    assert linking.fetch(box.mailbox_id) == (INFO, None)
     linking.complete(box.mailbox_id, b"material")
     assert pushed == [LinkData(id=0, body=b"material")]
     with pytest.raises(RelayError) as info:
