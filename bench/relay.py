@@ -20,7 +20,11 @@ the nodes store in PostgreSQL instead (figure keys ``relay_pg.*``): a throwaway
 server started the way the tests start theirs
 (:mod:`storage.testing.postgres_server`), but with ``fsync=on`` like LMDB, one
 schema per node, each node's pool opened in full at start (8 connections), and
-the server's processes (postmaster and every backend) counted in server CPU. ``ws.frames`` (raw trio-websocket) is measured in the same run by the
+the server's processes (postmaster and every backend) counted in server CPU; then
+also ``relay_pg2.online``: one node served by two processes over one schema (two
+addresses in the cluster file), each sender connected to one process and its
+receiver to the other, so every message is stored by one process and pushed by the
+other after the database's notification. ``ws.frames`` (raw trio-websocket) is measured in the same run by the
 ``ws`` scenario, which ``--only relay`` pulls in. Message counts scale with the
 environment variable :data:`SCALE_ENV` (a factor, e.g. ``0.1``; ``--quick``: 0.025).
 """
@@ -31,15 +35,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from relay.config.cluster_files import init_cluster
-from relay.testing import LoggedProcess, child_env, free_base_port, tool
+from relay.testing import LoggedProcess, ProcessCluster, ProcessFailed, child_env
 
 from .scenario import BenchContext
 
@@ -81,41 +83,41 @@ def scale(quick: bool) -> float:
 
 
 class NodeProcesses:
-    """``wa-relay serve`` processes of a fresh ``n``-node cluster laid out under ``root``.
+    """``wa-relay serve`` processes of a fresh ``n``-node cluster laid out under ``root``
+    (:class:`relay.testing.ProcessCluster`); ``processes`` maps a node id to how many
+    processes serve it (one address each; default one).
 
     Attributes:
         cluster_file: the cluster's ``cluster.toml``.
-        procs: ``{node_id: LoggedProcess}`` once :meth:`start` returned.
+        procs: ``{name: LoggedProcess}`` once :meth:`start` returned (``nK`` for a
+            node's first process, ``nK-k`` for its others).
     """
 
-    def __init__(self, root: Path, n: int, storage_url: Callable[[str], str] | None = None
-                 ) -> None:
+    def __init__(self, root: Path, n: int, storage_url: Callable[[str], str] | None = None,
+                 processes: dict[str, int] | None = None) -> None:
         self.root = root
         self.n = n
         self.storage_url = storage_url  # node id -> storage URL (None: the LMDB default)
+        self.processes = processes
         self.cluster_file = root / "cluster.toml"
         self.procs: dict[str, LoggedProcess] = {}
+        self.cluster: ProcessCluster | None = None
 
     def start(self) -> None:
-        """Lay out the cluster and start every node; return once all listen.
+        """Lay out the cluster and start every process; return once all listen.
 
         Raises:
-            BenchError: a node exited or printed no ready line in time.
+            BenchError: a process exited or printed no ready line in time.
         """
-        for config in init_cluster(self.root, self.n, free_base_port(self.n)):
-            node_id = config.parent.name
-            if self.storage_url is not None:
-                url = json.dumps(self.storage_url(node_id))  # a valid TOML basic string
-                lines = [f"storage = {url}" if line.startswith("storage = ") else line
-                         for line in config.read_text().splitlines()]
-                config.write_text("\n".join(lines) + "\n")
-            proc = LoggedProcess([*tool("wa-relay"), "serve", "--config", str(config)],
-                                 stdout_log=self.root / f"{node_id}.out",
-                                 stderr_log=self.root / f"{node_id}.err", cwd=config.parent,
-                                 name=node_id)
-            self.procs[node_id] = proc
-            if proc.next_ready(time.monotonic() + READY_TIMEOUT) is None:
-                raise BenchError(f"node {node_id} did not start: {proc.stderr_tail()}")
+        self.cluster = ProcessCluster(self.root, self.n, processes=self.processes,
+                                      storage_url=self.storage_url)
+        try:
+            for node_id, urls in self.cluster.urls.items():
+                for k in range(len(urls)):
+                    proc = self.cluster.start(node_id, k, READY_TIMEOUT)
+                    self.procs[f"{node_id}-{k}" if k else node_id] = proc
+        except ProcessFailed as exc:
+            raise BenchError(str(exc)) from exc
 
     def pids(self) -> list[int]:
         """The node processes' ids."""
@@ -171,30 +173,35 @@ def run_load(nodes: NodeProcesses, phases: list[str], count: int, *extra: str,
     return json.loads(done.stdout)
 
 
-def _measure(tmp: Path, count: int, storage: str = "lmdb") -> tuple[dict, dict]:
-    """The process part (blocking; run in a thread): one node, then two."""
+def _measure(tmp: Path, count: int, storage: str = "lmdb") -> list[dict]:
+    """The process part (blocking; run in a thread): one node, then two; on
+    PostgreSQL also one node served by two processes (``online`` only)."""
     server = None
     if storage == "postgresql":
         from storage.testing.postgres_server import LocalPostgres
         server = LocalPostgres.start(fsync=True)
     try:
         db = server.create_database("bench") if server is not None else ""
+        runs: list[tuple[int, list[str], tuple[str, ...], dict[str, int] | None]] = [
+            (1, ["online", "store", "drain", "paced"], (), None),
+            (2, ["online"], ("--cross-homes",), None)]
+        if server is not None:
+            runs.append((1, ["online"], ("--spread-addresses",), {"n1": 2}))
         results = []
-        for n, phases, extra in ((1, ["online", "store", "drain", "paced"], ()),
-                                 (2, ["online"], ("--cross-homes",))):
+        for i, (n, phases, extra, processes) in enumerate(runs, start=1):
             url = None
             if server is not None:
-                def url(node_id: str, n: int = n) -> str:
-                    return server.url(db, schema=f"c{n}_{node_id}", pool_min=str(PG_POOL),
+                def url(node_id: str, i: int = i) -> str:
+                    return server.url(db, schema=f"c{i}_{node_id}", pool_min=str(PG_POOL),
                                       pool_max=str(PG_POOL))
-            nodes = NodeProcesses(tmp / f"cluster{n}", n, url)
+            nodes = NodeProcesses(tmp / f"cluster{i}", n, url, processes)
             try:
                 nodes.start()
                 pids = postgres_pids(server) if server is not None else []
                 results.append(run_load(nodes, phases, count, *extra, extra_pids=pids))
             finally:
                 nodes.stop()
-        return results[0], results[1]
+        return results
     finally:
         if server is not None:
             server.stop()
@@ -225,7 +232,7 @@ async def run(ctx: BenchContext) -> None:
         raise ValueError(f"unknown storage {storage!r}; known: {', '.join(STORAGES)}")
     count = max(1, round(COUNT * scale(ctx.quick)))
     load = os.getloadavg()[0]
-    single, double = await trio.to_thread.run_sync(_measure, ctx.tmp, count, storage)
+    single, double, *more = await trio.to_thread.run_sync(_measure, ctx.tmp, count, storage)
     medium = "LMDB with fsync"
     if storage == "postgresql":
         r.section("relay_pg", "Relay alone on PostgreSQL: the same load, nodes storing in a "
@@ -246,3 +253,11 @@ async def run(ctx: BenchContext) -> None:
     r.figure("paced.p99_ms", "  send-to-deliver p99", paced["p99_ms"], "ms", ",.2f")
     r.note(f"  {paced['messages']:,} messages in {paced['seconds']:.2f} s "
            f"({paced['messages'] / paced['seconds']:,.0f} msg/s achieved)")
+    if more:
+        r.section("relay_pg2", "One home served by two relay processes over one PostgreSQL "
+                               "database")
+        r.note("each sender connected to one process, its receiver to the other: every "
+               "message stored by one and pushed by the other, woken by NOTIFY; server CPU "
+               "counts both relay processes and the database's")
+        _record(ctx, "online", "online, one node, two processes", more[0]["online"],
+                latency=True)

@@ -30,7 +30,11 @@ before, closing after. ``gen_cpu_s`` is this process's own CPU in the phase
 
 With ``--cross-homes`` (a cluster of at least two nodes) sender ``i`` is homed on
 node ``i mod N`` and its receiver on the next node, so every message is forwarded.
-The wire details live in :mod:`bench.relay_wire`.
+With ``--spread-addresses`` (a node served by several processes, ``urls`` in the
+cluster file) sender ``i`` connects to the node's address ``i mod K`` and its
+receiver to the next, so every message is stored by one process and pushed by
+another (woken by the database's notification). The wire details live in
+:mod:`bench.relay_wire`.
 """
 
 from __future__ import annotations
@@ -260,8 +264,10 @@ async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: in
     return result
 
 
-async def make_pairs(cluster: Path, n: int, cross_homes: bool) -> list[Pair]:
-    """``n`` sender/receiver pairs with published device lists (see ``--cross-homes``).
+async def make_pairs(cluster: Path, n: int, cross_homes: bool,
+                     spread: bool = False) -> list[Pair]:
+    """``n`` sender/receiver pairs with published device lists (see ``--cross-homes``
+    and ``--spread-addresses``).
 
     Raises:
         ValueError: ``cross_homes`` with a one-node cluster.
@@ -281,7 +287,11 @@ async def make_pairs(cluster: Path, n: int, cross_homes: bool) -> list[Pair]:
     for i in range(n):
         home = nodes[i % len(nodes)] if cross_homes else nodes[0]
         there = nodes[(i + 1) % len(nodes)] if cross_homes else nodes[0]
-        pairs.append(Pair(account_on(home.id), home.url, account_on(there.id), there.url))
+        sender_url, receiver_url = home.url, there.url
+        if spread:  # a node served by several processes: sender and receiver on different ones
+            sender_url = home.urls[i % len(home.urls)]
+            receiver_url = there.urls[(i + 1) % len(there.urls)]
+        pairs.append(Pair(account_on(home.id), sender_url, account_on(there.id), receiver_url))
     async with trio.open_nursery() as nursery:
         for pair in pairs:
             nursery.start_soon(wire.publish, pair.sender_url, pair.sender)
@@ -291,7 +301,7 @@ async def make_pairs(cluster: Path, n: int, cross_homes: bool) -> list[Pair]:
 
 async def main_async(args: argparse.Namespace) -> dict:
     """Create the pairs and run ``args.phases``; returns ``{phase: figures}``."""
-    pairs = await make_pairs(args.cluster, args.pairs, args.cross_homes)
+    pairs = await make_pairs(args.cluster, args.pairs, args.cross_homes, args.spread_addresses)
     body = os.urandom(args.body)
     results: dict[str, dict] = {}
     for phase in args.phases:
@@ -335,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--cross-homes", action="store_true",
                         help="every receiver homed on another node than its sender")
+    parser.add_argument("--spread-addresses", action="store_true",
+                        help="a node with several addresses (processes): sender i connects to "
+                             "address i, its receiver to address i+1 (modulo their number)")
     args = parser.parse_args(argv)
     try:
         results = trio.run(main_async, args)

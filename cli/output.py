@@ -226,6 +226,18 @@ def request_human(req: Requested) -> str:
     return f"{what}: held; 'wa-cli requests accept {req.key}' shows it"
 
 
+def bounce_json(bounce: Bounce) -> dict:
+    """The ``recv --json`` line of a bounce (a message the recipient's home could not
+    deliver; ``resent`` is the status of the automatic resend under the same id, or
+    ``null``; ``error`` why that resend failed, or ``null``)::
+
+        {"type": "bounce", "id", "to", "code", "message", "resent", "error"}
+    """
+    return {"type": "bounce", "id": bounce.msg_id.hex(), "to": bounce.user_id,
+            "code": bounce.code, "message": bounce.message, "resent": bounce.resent_status,
+            "error": bounce.error}
+
+
 def bounce_human(bounce: Bounce) -> str:
     """A one-line description of a bounce and what was done about it."""
     what = (f"message {bounce.msg_id.hex()} to {escape(bounce.user_id[:12]) or '?'} bounced "

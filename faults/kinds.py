@@ -140,7 +140,7 @@ async def peer_dead(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     await _peer_cut(r, DEAD, task_status)
 
 
-@kind("disk_full", known="finding 9 (an outbox entry refused storage_full and overtaken in its batch is bounced; the resend shows after later messages)")
+@kind("disk_full")
 async def disk_full(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """A home node restarted with an LMDB map a few KiB above its data file, then a
     burst of long messages to it that nobody receives until the heal."""

@@ -39,7 +39,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 TEXT = re.compile(r"^fz (\S+) (\d+)(?: .*)?$", re.DOTALL)
-BOUNCE = re.compile(r"message ([0-9a-f]{32}) to \S+ bounced \(.*")
 ACKED = ("stored", "queued")
 DURING, AFTER = "during", "after"  # shown before or after the round's faults healed
 
@@ -108,7 +107,7 @@ class Ledger:
         self.first_shown: dict[str, dict[str, Showing]] = defaultdict(dict)
         self.missing_at_deadline: dict[str, set[str]] = defaultdict(set)
         self.foreign: Counter[str] = Counter()
-        self.bounces: dict[str, str] = {}  # msg_id -> the bounce note the sender printed
+        self.bounces: dict[str, str] = {}  # msg_id -> what the bounce line the sender printed says
         self._seq: Counter[str] = Counter()
 
     def next_send(self, sender: str, round_: int, kind: str, receivers: frozenset[str]) -> Sent:
@@ -137,15 +136,14 @@ class Ledger:
         self.shown[device].append(showing)
         self.first_shown[device].setdefault(showing.msg_id, showing)
 
-    def record_bounces(self, stderr: str) -> tuple[int, int]:
-        """Record the bounce notes a ``recv`` printed on stderr (``message ID to USER
-        bounced (CODE...)...``); returns ``(bounces, resends that failed)``."""
-        bounced = failed = 0
-        for match in BOUNCE.finditer(stderr):
-            self.bounces[match[1]] = match[0][:300]
-            bounced += 1
-            failed += "resend failed" in match[0]
-        return bounced, failed
+    def record_bounce(self, line: dict) -> bool:
+        """Record a bounce line a ``recv --json`` printed (``{"type": "bounce", "id",
+        "code", "resent", "error", ...}``); returns True if its resend failed."""
+        self.bounces[line.get("id", "?")] = (f"bounced ({line.get('code')}: "
+                                             f"{line.get('message')}); resent: "
+                                             f"{line.get('resent')}; error: {line.get('error')}"
+                                             )[:300]
+        return line.get("error") is not None
 
     def missing(self, device: str, *, new_only: bool = False) -> list[Sent]:
         """Acknowledged messages ``device`` must show and has not shown yet (with

@@ -159,15 +159,16 @@ class Round:
         args = ["recv", "--follow"] if follow else ["recv", "--timeout", str(idle)]
 
         def shown(line: dict) -> None:
+            if line.get("type") == "bounce":
+                self.count("bounced", 1)
+                self.count("bounce resend failed", self.world.ledger.record_bounce(line))
+                return
             self.world.ledger.record_shown(device.label, line, self.index, phase)
             if watch is not None:
                 watch(line)
 
         result = await device.run(*args, hang_after=hang_after or self.world.cli_timeout,
                                   interrupt=interrupt, on_line=shown)
-        bounced, failed = self.world.ledger.record_bounces(result.stderr)
-        self.count("bounced", bounced)
-        self.count("bounce resend failed", failed)
         if not result.ok and not result.interrupted:
             self.world.errors[f"recv: {_generic('hung' if result.hung else result.error())}"] += 1
         self.count("hung commands", result.hung and not follow)

@@ -6,6 +6,8 @@ Commands (docs/operations.md)::
     wa-relay init-cluster --nodes N --base-port P --data DIR [--host H] [--reconfigure]
                           [--admin-base-port A]
     wa-relay cluster      (the same options: init-cluster, then run every node here)
+                          [--reshape]  (a data dir of another size: reshape it, with handoff)
+    wa-relay reshape --config node.toml (--cluster NEW.toml | --finish)
     wa-relay --version
     wa-relay keygen --key-file FILE --id ID --url URL
     wa-relay check-config --config node.toml
@@ -13,6 +15,8 @@ Commands (docs/operations.md)::
     wa-relay backup --config node.toml --out DIR
     wa-relay restore --config node.toml --from DIR
     wa-relay storage migrate --config node.toml      (see relay.admin.storage_command)
+    wa-relay admin user show|purge|block|unblock --config node.toml USER_ID
+                                                     (see relay.admin.user_commands)
 
 ``serve`` and ``cluster`` print exactly one line ``ready <node_id> <url>`` per
 node to stdout (flushed) once it listens, log as :mod:`relay.admin.logs` sets up
@@ -41,11 +45,20 @@ import nacl.signing
 import trio
 
 from relay.admin.backup import BackupError, backup, restore
+from relay.admin.commands import admin as admin_group
 from relay.admin.logs import LogFiles, configure_logging
+from relay.admin.reshape import (
+    ReshapeWatch,
+    install_cluster,
+    local_node_files,
+    prepare_local_reshape,
+)
+from relay.admin.reshape import finish as reshape_finish
 from relay.admin.status import cluster_status, format_status
 from relay.admin.storage_command import storage as storage_group
 from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
 from relay.config.cluster_files import format_cluster, format_node, init_cluster, write_key
+from relay.config.loading import previous_cluster_path
 from relay.config.ring import NodeInfo, Ring
 from relay.node import serve_node
 from storage import StorageError
@@ -78,20 +91,31 @@ async def _handle_signals(signals, stop: trio.Event, cancel_scope: trio.CancelSc
             cancel_scope.cancel()
 
 
-async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None) -> None:
+def _say(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None,
+                    watch: ReshapeWatch | None = None) -> None:
     """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT, then
     stop every node gracefully (1001 to every connection, storage flushed, each
-    within its ``shutdown_grace``) and return."""
+    within its ``shutdown_grace``) and return. With ``watch`` (an unfinished reshape),
+    print what moved once every node's handoff is done (nodes that the reshape
+    removes stop by themselves once drained)."""
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, signals, stop, nursery.cancel_scope,
                                logs or LogFiles({}))
             async with trio.open_nursery() as nodes:
+                on_node = watch.on_node if watch is not None else None
                 for cfg in configs:
-                    await nodes.start(partial(serve_node, cfg, stop=stop))
-                    click.echo(f"ready {cfg.id} {cfg.node.url}")
-                    sys.stdout.flush()
+                    port = await nodes.start(partial(serve_node, cfg, stop=stop,
+                                                     on_node=on_node))
+                    _say(f"ready {cfg.id} {cfg.own_url(port)}")
+                if watch is not None:
+                    nodes.start_soon(watch.wait, len(configs), _say)
             nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for
 
 
@@ -101,14 +125,14 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _run(configs: list[NodeConfig]) -> None:
+def _run(configs: list[NodeConfig], watch: ReshapeWatch | None = None) -> None:
     level = click.get_current_context().find_root().params.get("log_level")
     try:
         logs = configure_logging(configs, level)
     except OSError as exc:
         raise RunFailure(f"cannot open a log file: {exc}") from exc
     try:
-        trio.run(run_nodes, configs, logs)
+        trio.run(run_nodes, configs, logs, watch)
     except* OSError as group:
         raise RunFailure(f"cannot run the node: {_first_leaf(group)}") from None
     except* StorageError as group:
@@ -158,6 +182,10 @@ _cluster_options = [
                  help="Admin port of n1 (/metrics, /health, /ready on loopback); nK's is "
                       "admin-base-port + K - 1. Default: base-port + nodes. 0: none."),
 ]
+_reshape_option = click.option(
+    "--reshape", is_flag=True,
+    help="The data dir holds a cluster of another size: reshape it to --nodes, handing "
+         "every moved user's home over to its new node (removed nodes drain, then stop).")
 
 
 def _with_cluster_options(fn):
@@ -188,10 +216,65 @@ def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfig
 
 @main.command()
 @_with_cluster_options
+@_reshape_option
 def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool,
-            admin_base_port: int | None) -> None:
-    """Run N local nodes in this process (init-cluster first if needed)."""
-    _run([_load(p) for p in _init(nodes, base_port, data, host, reconfigure, admin_base_port)])
+            admin_base_port: int | None, reshape: bool) -> None:
+    """Run N local nodes in this process (init-cluster first if needed).
+
+    With --reshape on a data dir of another size, print what moves once done."""
+    root = data.resolve()
+    unfinished = previous_cluster_path(root / "cluster.toml").exists()
+    try:
+        if (reshape or unfinished) and (root / "cluster.toml").exists():
+            change = prepare_local_reshape(root, nodes, base_port, host, admin_base_port)
+            if change is not None:
+                _say(f"reshaping {change[0]} -> {change[1]} nodes")
+        else:
+            _init(nodes, base_port, data, host, reconfigure, admin_base_port)
+        files = local_node_files(root)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except OSError as exc:
+        raise RunFailure(f"cannot write {data}: {exc}") from exc
+    configs = [_load(p) for p in files]
+    unfinished = previous_cluster_path(root / "cluster.toml").exists()
+    _run(configs, ReshapeWatch(root / "cluster.toml") if unfinished else None)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
+@click.option("--cluster", "new_cluster", type=click.Path(dir_okay=False, path_type=Path),
+              help="The new cluster file to install (the current one is kept as .prev).")
+@click.option("--finish", is_flag=True,
+              help="The reshape is done on every node: forget the previous cluster file.")
+def reshape(config_path: Path, new_cluster: Path | None, finish: bool) -> None:
+    """Install a new cluster file for a reshape (then restart the node), or finish one.
+
+    Run on every host with the same new file, then restart every node: users move
+    to their new homes over the peer links; removed nodes drain, then exit 0.
+    'wa-relay status' shows each node's handoff; once all say done, run --finish."""
+    if (new_cluster is None) == (not finish):
+        raise click.UsageError("give exactly one of --cluster FILE and --finish")
+    try:
+        cluster_path = config_path.resolve().parent / parse_node_file(config_path).cluster
+        if finish:
+            if reshape_finish(cluster_path):
+                _say(f"reshape finished: {previous_cluster_path(cluster_path)} removed")
+            else:
+                _say("no reshape to finish")
+            return
+        assert new_cluster is not None
+        nodes = load_cluster(new_cluster)
+        if install_cluster(cluster_path, nodes):
+            _say(f"installed {new_cluster} as {cluster_path} ({len(nodes)} nodes; the previous "
+                 "file is kept as .prev): restart the node to hand users over")
+        else:
+            _say(f"{cluster_path} already lists these nodes")
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except OSError as exc:
+        raise RunFailure(f"cannot write the cluster file: {exc}") from exc
 
 
 @main.command()
@@ -304,6 +387,7 @@ def restore_cmd(config_path: Path, source: Path) -> None:
 
 
 main.add_command(storage_group)
+main.add_command(admin_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

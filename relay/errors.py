@@ -71,3 +71,11 @@ def relay_error_from(exc: Exception) -> RelayError | None:
 
 KNOWN_REFUSALS = (RelayError, RemoteProtocolError, StorageFull, StorageUnavailable, QueueFull)
 """The exception types :func:`relay_error_from` maps (catch these, not ``Exception``)."""
+
+
+RETRYABLE_CODES = frozenset({
+    ErrorCode.STORAGE_FULL.value, ErrorCode.QUEUE_FULL.value, ErrorCode.RATE_LIMITED.value,
+    ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, ErrorCode.STORAGE_UNAVAILABLE.value,
+})
+"""Refusal codes that may pass (a node's outbox keeps such an entry and retries it);
+any other code is final."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
 
@@ -41,11 +42,14 @@ from relay.services.directory import Directory
 from relay.services.federation import Federation
 from relay.services.forwarding import Forwarding
 from relay.services.full_log import StorageFullLog
+from relay.services.handoff import Handoff
+from relay.services.homes import Homes
 from relay.services.linking import Linking
 from relay.services.media import MediaService
 from relay.services.notices import DeviceListChanges
 from relay.services.outbox import Outbox
 from relay.services.router import Router
+from relay.services.siblings import Siblings, watch_of
 from relay.services.table import node_table
 from relay.serving.listener import SocketSet, handle_websocket
 from storage import Storage, StorageError, open_storage
@@ -69,6 +73,7 @@ class Node:
             (``forwarding``: the per-destination ``forward_batch`` lanes).
         handlers: the per-service handler table (:func:`relay.services.table.node_table`).
         linking: the linking mailboxes. changes: device-list changes (watchers, notices).
+        siblings: what the node's other processes commit (a shared storage only).
         media: media uploads and downloads. admission: connection counts and caps.
         signing_key: the node's Ed25519 key. log: the node's logger.
         full_log: rate-limited warnings about ``storage_full`` refusals.
@@ -91,6 +96,8 @@ class Node:
         self.log = log
         self.full_log = StorageFullLog(log)
         self.ring = Ring(config.cluster)
+        self.homes = Homes(config.id, self.ring,
+                           Ring(config.previous_cluster) if config.previous_cluster else None)
         self.limits = Limits.for_node(config.max_frame, config.max_envelope)
         self.admission = Admission(config.max_connections, config.max_pending_per_ip)
         self.metrics = NodeMetrics(config.id, self.ring.version)
@@ -103,17 +110,19 @@ class Node:
         self.ready = trio.Event()
         self.stopping = trio.Event()
         self.started_at = trio.current_time()
-        self.directory = Directory(storage, self.ring, config.id)
+        self.directory = Directory(storage, self.homes, config.id)
         self.registry = CountingRegistry()
-        self.federation = Federation(config.id, config.signing_key, self.ring, self.limits, log)
+        self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
+                                     self.limits, log)
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
                              queue_ttl=config.queue_ttl, timeout=forward_timeout,
                              limits=self.limits, log=log)
         self.changes = DeviceListChanges(
-            config.id, self.ring, storage, self.directory, self.registry, self.federation,
+            config.id, self.homes, storage,  # type: ignore[arg-type]
+            self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
         )
-        self.router = Router(config.id, self.ring, storage, self.directory, self.registry.notify,
+        self.router = Router(config.id, self.homes, storage, self.directory, self.registry.notify,
                              max_queue=config.max_queue, on_stale=self.changes.watch)
         self.forwarding = Forwarding(self.federation, self.outbox, limits=self.limits,
                                      timeout=forward_timeout, log=log)
@@ -126,6 +135,10 @@ class Node:
                                   quota=config.media_quota, ttl=config.media_ttl,
                                   upload_ttl=config.media_upload_ttl,
                                   max_size=config.max_media_size)
+        self.siblings = Siblings(self.registry, self.directory, self.outbox, log)
+        self.handoff = Handoff(self)
+        self.media.reshaping = lambda: self.homes.previous is not None
+        self.outbox.reroute = self.handoff.rerouted
         self.handlers = node_table(self)
 
     async def shut_down(self, grace: float) -> None:
@@ -192,10 +205,13 @@ def check_fd_limit(config: NodeConfig, log: logging.Logger) -> int:
 async def serve_node(
     config: NodeConfig, *, storage: Storage | None = None,
     forward_timeout: float = FORWARD_TIMEOUT, stop: trio.Event | None = None,
+    on_node: Callable[[Node], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled, or until ``stop`` is set and it has stopped
-    gracefully (:meth:`Node.shut_down` within ``config.shutdown_grace``).
+    gracefully (:meth:`Node.shut_down` within ``config.shutdown_grace``). A node that
+    an unfinished reshape removes (listed only in ``config.previous_cluster``) hands
+    its users over, drains its outbox, then stops gracefully by itself.
 
     Args:
         config: the node's configuration (:func:`relay.config.load_node_config`).
@@ -203,6 +219,8 @@ async def serve_node(
             ``config.storage`` (tests); the caller keeps ownership.
         forward_timeout: seconds a forward may take before it goes to the outbox.
         stop: set it to stop gracefully; then this returns (storage flushed and closed).
+        on_node: called with the built :class:`Node` before it serves (e.g. to watch a
+            reshape's handoff).
         task_status: ``nursery.start`` gets the bound TCP port (useful with port 0).
 
     Raises:
@@ -215,7 +233,13 @@ async def serve_node(
         if storage is None:
             storage = await stack.enter_async_context(open_storage(config.storage))
         node = Node(config, storage, log, forward_timeout=forward_timeout)
+        await node.handoff.load()
+        if on_node is not None:
+            on_node(node)
         async with trio.open_nursery() as nursery:
+            watch = watch_of(node.storage)
+            if watch is not None:  # several processes serve this node: hear the others
+                await nursery.start(node.siblings.run, watch)
             await nursery.start(node.outbox.run)
             await nursery.start(node.forwarding.run)
             server = await nursery.start(partial(
@@ -228,13 +252,38 @@ async def serve_node(
                 await nursery.start(serve_admin, node, config.admin_host, config.admin_port)
             nursery.start_soon(node.federation.run)
             nursery.start_soon(node.expire_loop)
+            nursery.start_soon(node.handoff.run)
             port = server.port
             log.info("node %s listening on %s:%d (ring %s)%s", config.id, config.host, port,
                      node.ring.version[:12],
                      f", admin on {config.admin_url}" if config.admin_port else "")
             node.ready.set()
             task_status.started(port)
-            if stop is not None:
+            if not node.homes.in_ring:  # removed by a reshape: drain, then stop
+                drained = trio.Event()
+                nursery.start_soon(_drain_then_stop, node, drained)
+                if stop is not None:
+                    nursery.start_soon(_set_on, stop, drained)
+                await drained.wait()
+                await node.shut_down(config.shutdown_grace)
+                nursery.cancel_scope.cancel()
+            elif stop is not None:
                 await stop.wait()
                 await node.shut_down(config.shutdown_grace)
                 nursery.cancel_scope.cancel()
+
+
+async def _set_on(event: trio.Event, target: trio.Event) -> None:
+    await event.wait()
+    target.set()
+
+
+async def _drain_then_stop(node: Node, drained: trio.Event, poll: float = 0.05) -> None:
+    """Set ``drained`` once a node removed by a reshape handed every user over and its
+    outbox has nothing left for any peer (checked every ``poll`` seconds)."""
+    await node.handoff.drained.wait()
+    links = node.federation.links
+    while any(node.outbox.has_pending(dest) for dest in links):  # noqa: ASYNC110 - no event for "all drained"
+        await trio.sleep(poll)
+    node.log.info("node %s drained (not in the cluster any more): stopping", node.id)
+    drained.set()

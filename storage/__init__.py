@@ -14,6 +14,7 @@ from .base import (
     OutboxEntry,
     QueueItem,
     Storage,
+    UserRecord,
 )
 from .errors import (
     DuplicateKey,
@@ -23,6 +24,7 @@ from .errors import (
     StaleVersion,
     StorageError,
     StorageFull,
+    StorageInUse,
     StorageUnavailable,
     UnknownBackend,
 )
@@ -31,5 +33,6 @@ from .registry import open_storage, register_backend
 __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
     "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem", "StaleVersion", "Storage",
-    "StorageError", "StorageFull", "StorageUnavailable", "UnknownBackend", "open_storage", "register_backend",
+    "StorageError", "StorageFull", "StorageInUse", "StorageUnavailable", "UnknownBackend",
+    "UserRecord", "open_storage", "register_backend",
 ]

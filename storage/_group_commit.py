@@ -27,6 +27,12 @@ not "no room" answers every op of that transaction with ``StorageUnavailable``
 at once: the medium is failing, and retrying the ops one by one would only
 hammer it. The next batch starts afresh.
 
+**Order across refusals.** An enqueue op may carry chain keys (``op.chain``,
+:mod:`storage._chains`): once an op is refused, a later op of the batch sharing
+one of its keys (the same ``enqueue_many`` call, sending device and receiving
+device) is refused alike without running. Ops are answered in submission order
+(splits commit the ops before a failing one first), so only earlier refusals count.
+
 **The map size is a bound.** The map is never grown. Ops that add data are
 admitted only while the pages in use stay below ``map_size - reserve``
 (:func:`default_reserve`); the reserve is kept for *freeing* ops (acks,

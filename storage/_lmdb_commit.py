@@ -16,6 +16,7 @@ from typing import Any
 
 import lmdb
 
+from ._chains import Chains
 from ._lmdb_layout import Dbs
 from .errors import StorageError, StorageFull, StorageUnavailable
 
@@ -107,15 +108,22 @@ class Committer:
         self.stale_readers_cleared = 0
 
     def _run_sync(self, ops: list[PendingOp], check_readers: bool) -> None:
-        """Commit ``ops`` (splitting on failure, see the module docstring); set every answer."""
+        """Commit ``ops`` (splitting on failure, see the module docstring); set every answer.
+
+        Ops are answered in list order (a split commits the ops before the failing
+        one first), so the refusals an op's chain keys (``op.fn.chain``, see
+        :mod:`storage._chains`) are checked against are those of earlier ops only.
+        """
         if check_readers:
             self.check_readers()
         segments: deque[list[PendingOp]] = deque([ops])
+        chains = Chains()
         bumped = False
         while segments:
             seg = segments.popleft()
             try:
-                self._attempt(seg)
+                self._attempt(seg, chains)
+                _record(chains, seg)
                 bumped = False  # the pages this commit freed are pinned until the next one
                 continue
             except _Failed as failed:
@@ -133,6 +141,7 @@ class Committer:
                 segments.extendleft(p for p in (seg[k + 1:], seg[:k]) if p)
             elif len(seg) == 1:
                 self._refuse(seg[0], exc)
+                _record(chains, seg)
             elif k is not None:  # op k's put failed: commit what came before, then k alone
                 segments.extendleft(p for p in (seg[k + 1:], [seg[k]], seg[:k]) if p)
             elif is_full_error(exc):  # no room at commit: bisect
@@ -142,6 +151,7 @@ class Committer:
                 log.error("LMDB commit failed (%d ops refused): %r", len(seg), exc)
                 for op in seg:
                     op.error = translate(exc)
+                _record(chains, seg)
 
     def _refuse(self, op: PendingOp, exc: Exception) -> None:
         """Answer ``op``, which failed alone with ``exc``; a freeing op that found no
@@ -166,7 +176,7 @@ class Committer:
         while limit:
             piece = PendingOp(op.fn.piece(limit), 0, 0, True)  # type: ignore[attr-defined]
             try:
-                self._attempt([piece])
+                self._attempt([piece], Chains())
             except _Failed as failed:
                 if not (isinstance(failed.exc, lmdb.Error) and is_full_error(failed.exc)):
                     return translate(failed.exc) if isinstance(failed.exc, lmdb.Error) \
@@ -218,32 +228,43 @@ class Committer:
             pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return pages * self.psize
 
-    def _attempt(self, seg: list[PendingOp]) -> None:
+    def _attempt(self, seg: list[PendingOp], chains: Chains) -> None:
         """One write transaction over ``seg``: committed with every answer set, or
-        aborted with nothing stored and no answer set.
+        aborted with nothing stored and no answer set. An op whose chain keys hit a
+        refusal (``chains``, then the earlier ops of ``seg``) is skipped unrun.
 
         Raises:
             _Failed: an op or the commit failed; the transaction was aborted.
         """
         results: list[tuple[Any, Exception | None]] = []
         room: int | None = None
+        trial = chains.fork()
         txn = self._env.begin(write=True)
         committed = False
         try:
             for i, op in enumerate(seg):
+                keys = getattr(op.fn, "chain", ())
+                if keys:
+                    blocked = trial.blocking(keys)
+                    if blocked is not None:
+                        results.append((None, blocked))
+                        trial.record(keys, blocked)
+                        continue
                 if not op.freeing:
                     if room is None or op.est > room:
                         room = self.limit_bytes - self.used_bytes(txn)  # exact, when in doubt
                     if op.est > room:
-                        results.append((None, StorageFull(
-                            f"storage full: {op.est} more bytes do not fit within the "
-                            f"{self.limit_bytes}-byte bound")))
+                        full = StorageFull(f"storage full: {op.est} more bytes do not fit "
+                                           f"within the {self.limit_bytes}-byte bound")
+                        results.append((None, full))
+                        trial.record(keys, full)
                         continue
                     room -= op.est
                 try:
                     results.append((op.fn(txn, self._dbs), None))
                 except StorageError as exc:  # validation failed before the op wrote anything
                     results.append((None, exc))
+                    trial.record(keys, exc)
                 except Exception as exc:  # an LMDB error, or a bug in this op: it alone fails
                     raise _Failed(i, exc) from exc
             if self._fault is not None:
@@ -264,3 +285,11 @@ class Committer:
             op.value, op.error = value, error
             if isinstance(error, StorageFull):
                 self.refused_full += 1
+
+
+def _record(chains: Chains, seg: list[PendingOp]) -> None:
+    """Note the answers of ``seg``, now final, for the chain keys of later ops."""
+    for op in seg:
+        keys = getattr(op.fn, "chain", ())
+        if keys:
+            chains.record(keys, op.error)

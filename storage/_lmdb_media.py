@@ -273,6 +273,34 @@ class LmdbMediaMixin:
         await self._media_files()
         return await self._reading(lambda txn: _used(txn, self._dbs))  # type: ignore[attr-defined]
 
+    async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:
+        """See :meth:`storage.base.Storage.media_owned` (a scan of the media records)."""
+        def read(txn: lmdb.Transaction) -> list[bytes]:
+            out: list[bytes] = []
+            with txn.cursor(db=self._dbs.media) as cur:  # type: ignore[attr-defined]
+                if not (cur.set_range(after + b"\0") if after else cur.first()):
+                    return out
+                for key, raw in cur:
+                    info = _unpack(key, raw)
+                    if info.owner == owner and info.complete and key > after:
+                        out.append(bytes(key))
+                        if len(out) >= limit:
+                            break
+            return out
+        if limit <= 0:
+            return []
+        return await self._reading(read)  # type: ignore[attr-defined]
+
+    async def media_delete(self, media_id: bytes) -> bool:
+        """See :meth:`storage.base.Storage.media_delete`: the record goes first, then
+        the file (under the blob's lock, unless an upload re-created it meanwhile)."""
+        files = await self._media_files()
+        async with files.locks.hold(media_id):
+            gone = await self.writer.submit(_op_delete(media_id), freeing=True)  # type: ignore[attr-defined]
+            if gone:
+                await trio.to_thread.run_sync(unlink, files.path(media_id))
+        return gone
+
     async def media_expire(
         self, older_than: float, *, incomplete_older_than: float | None = None
     ) -> int:

@@ -113,9 +113,14 @@ def claim_key(devk: bytes) -> Op:
 
 
 def enqueue(
-    items: list[tuple[bytes, bytes]], dedupe: bytes | None, max_queue: int | None, ts: float
+    items: list[tuple[bytes, bytes]], dedupe: bytes | None, max_queue: int | None, ts: float,
+    chain: frozenset = frozenset(),
 ) -> Op:
-    """Append every ``(devk, envelope)`` atomically; ``None`` if ``dedupe`` is stored. Raises QueueFull."""
+    """Append every ``(devk, envelope)`` atomically; ``None`` if ``dedupe`` is stored. Raises QueueFull.
+
+    ``chain``: the request's chain keys (:mod:`storage._chains`), kept on the op as
+    ``op.chain`` for the committer, which skips the op after a refusal on one of them.
+    """
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
             return None
@@ -145,6 +150,7 @@ def enqueue(
             txn.put(dedupe, tsv, db=dbs.dedupe)
             txn.put(tsk + b"d" + dedupe, b"", db=dbs.expiry)
         return seqs
+    op.chain = chain  # type: ignore[attr-defined]
     return op
 
 

@@ -66,12 +66,16 @@ class OutboxEntry:
 class EnqueueRequest:
     """One message's copies for :meth:`Storage.enqueue_many` (the arguments of
     :meth:`Storage.enqueue` as a value): ``items`` are ``(user_id, device_id,
-    envelope)``; ``dedupe``, ``max_queue`` and ``now`` as there."""
+    envelope)``; ``dedupe``, ``max_queue`` and ``now`` as there. ``sender``, the
+    ``(user_id, device_id)`` of the device that sent the message (``None``: no
+    sending device, e.g. a bounce), orders the requests of one call: see
+    :meth:`Storage.enqueue_many`."""
 
     items: list[tuple[str, int, bytes]]
     dedupe: bytes | None = None
     max_queue: int | None = None
     now: float | None = None
+    sender: tuple[str, int] | None = None
 
 
 EnqueueResult: TypeAlias = list[int] | None | StorageError
@@ -107,6 +111,33 @@ class MediaInfo:
     complete: bool
     owner: str
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """One piece of a user's home state, as :meth:`Storage.export_user` yields it and
+    :meth:`Storage.import_user` takes it (the handoff of a reshape, docs/storage.md).
+
+    ``kind`` and the fields it uses:
+
+    * ``"list"``: the device list; ``seq`` = its version, ``value`` = the signed blob;
+    * ``"watcher"``: ``key`` = a watcher user id;
+    * ``"seq"``: the device's seq counter (highest seq ever assigned): ``device_id``, ``seq``;
+    * ``"fallback"``: ``device_id``, ``key`` = key id, ``value`` = key;
+    * ``"otk"``: an unclaimed one-time key: ``device_id``, ``key``, ``value``;
+    * ``"claimed"``: a claimed one-time key id (never accepted again): ``device_id``, ``key``;
+    * ``"item"``: a queued envelope: ``device_id``, ``seq``, ``ts`` (seconds), ``value``.
+    """
+
+    kind: str
+    device_id: int = 0
+    key: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    value: bytes = b""
+
+
+USER_RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item"})
 
 
 @runtime_checkable
@@ -211,7 +242,17 @@ class Storage(Protocol):
         Requests are applied **in list order** (sequence numbers of one device
         grow along the list), and each gets its own answer: one request's
         refusal (``QueueFull``, ``StorageFull`` for an envelope too big for the
-        store, ...) never fails the others.
+        store, ...) never fails the others, with one exception that keeps order:
+
+        **A refused sender's later requests to the same devices are skipped.**
+        Once a request with a ``sender`` is refused, every *later* request of the
+        same call with the same ``sender`` and an item for any device the refused
+        request had an item for is refused too, with the same error class and
+        nothing written (checked before its dedupe id; a skipped request counts as
+        refused for the requests after it). So a resent refused message can never
+        land after a later message of the same sending device in a device queue
+        (docs/protocol.md, "Order"). Requests without a ``sender``, of other
+        senders, or for other devices are not affected.
 
         Returns:
             One entry per request, in order: its seqs, ``None`` (duplicate), or
@@ -348,3 +389,55 @@ class Storage(Protocol):
         blob whose ``ts`` is before ``incomplete_older_than`` (if given; a stalled
         upload usually gets a shorter life); times in seconds since the epoch.
         Return how many blobs went."""
+
+    # -- handoff: moving a user's home to another node in batches (docs/storage.md)
+
+    async def list_users(self, after: str = "", limit: int = 256) -> list[str]:
+        """Up to ``limit`` user ids, ascending and greater than ``after``, that have a
+        device list, queued envelopes or unclaimed one-time keys here (the users a
+        reshape may have to move)."""
+
+    async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
+        """Up to ``limit`` records of ``user_id``'s state from position ``start`` of a
+        fixed order: the device list, watchers, then per device (ascending) its seq
+        counter, fallback key, one-time keys, claimed key ids and queued envelopes (in
+        seq order). Page with ``start += len(batch)`` until a batch is shorter than
+        ``limit``; the order is stable while nothing of the user is written.
+        ``[]`` for an unknown user."""
+
+    async def import_user(
+        self, user_id: str, records: list[UserRecord], *, reset: bool = False
+    ) -> None:
+        """Durably write ``records`` (from :meth:`export_user` of another store) for
+        ``user_id``, atomically. Idempotent: importing a batch twice stores it once.
+        With ``reset``, the user's existing state here (as :meth:`delete_user`) is
+        removed first, in the same transaction. Seq counters become the larger of
+        the stored and the imported one; an envelope keeps its seq and ``ts``.
+
+        Raises:
+            ValueError: an unknown ``kind`` or malformed record; nothing stored.
+            StorageFull, StorageUnavailable: nothing stored.
+        """
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete ``user_id``'s device list, watchers, keys and queued envelopes
+        (seq counters are kept: seqs are never reused); return how many envelopes
+        went. Freeing: succeeds on a full store."""
+
+    async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:
+        """Up to ``limit`` ids of *complete* blobs uploaded by ``owner``, ascending,
+        greater than ``after`` (a user's media moves with its home)."""
+
+    async def media_delete(self, media_id: bytes) -> bool:
+        """Delete one blob (complete or not); ``False`` if there was none. Freeing."""
+
+    async def get_mark(self, name: str) -> bytes | None:
+        """The value of a small durable named marker (handoff progress), or ``None``."""
+
+    async def set_mark(self, name: str, value: bytes | None) -> None:
+        """Durably set (or, with ``None``, delete) the marker ``name`` (at most 200
+        UTF-8 bytes; the value at most 4 KiB)."""
+
+    async def marks(self, prefix: str) -> dict[str, bytes]:
+        """Every marker whose name starts with ``prefix``."""
+

@@ -38,5 +38,10 @@ class MediaCorrupt(StorageError):
     the blob was deleted."""
 
 
+class StorageInUse(StorageError):
+    """The store is already open in another process and this backend allows one
+    process only (LMDB: the lock file ``wa-relay.lock`` is held); nothing was opened."""
+
+
 class UnknownBackend(StorageError):
     """No backend is registered for the URL's scheme."""

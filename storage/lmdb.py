@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from typing import Self, TypeVar
 
 import lmdb
@@ -33,20 +33,23 @@ import trio
 
 from . import _lmdb_layout as L
 from . import _lmdb_ops as ops
+from ._chains import chain_keys
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
+from ._lmdb_handoff import LmdbHandoffMixin
+from ._lmdb_lock import exclusive_lock
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
 from ._running import running_writer
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailable
 
 T = TypeVar("T")
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
 
 
-class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
+class LmdbStorage(LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
     """A durable :class:`~storage.base.Storage` in one LMDB environment (a directory).
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that
@@ -70,7 +73,7 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
         cls, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
         reserve: int | None = None, max_batch_ops: int = 1024, max_batch_bytes: int = 16 << 20,
         max_readers: int = 1024, reader_check_interval: float = 10.0,
-        fault_hook: FaultHook | None = None,
+        fault_hook: FaultHook | None = None, exclusive: bool = True,
     ) -> AsyncIterator[Self]:
         """Open (creating if needed) the environment in directory ``path``.
 
@@ -94,14 +97,42 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
                 another node process on the environment to clear them.
             fault_hook: test-only fault injection, see
                 :data:`~storage._group_commit.FaultHook`.
+            exclusive: hold the directory's lock file while open (a serving node:
+                one process at a time, :mod:`storage._lmdb_lock`). ``False`` is for
+                short operator tools (``wa-relay admin user``) that read or make small
+                edits next to the running node: LMDB's own writer lock serializes
+                their commits with the node's.
 
         Yields the storage; on exit, queued writes are committed and the
-        environment is closed. Raises StorageError if LMDB cannot open it.
+        environment is closed.
+
+        Raises:
+            StorageInUse: another process (or another open) holds the store.
+            StorageError: LMDB cannot open it.
         """
         if reserve is None:
             reserve = default_reserve(map_size)
         if not 0 <= reserve < map_size:
             raise ValueError(f"reserve must be in 0..map_size-1, not {reserve}")
+        with ExitStack() as lock:
+            try:
+                if exclusive:
+                    lock.enter_context(exclusive_lock(path))
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot lock the LMDB store {os.fspath(path)!r}: "
+                                         f"{exc}") from exc
+            async with cls._open_locked(path, map_size, reserve, max_batch_ops,
+                                        max_batch_bytes, max_readers, reader_check_interval,
+                                        fault_hook) as st:
+                yield st
+
+    @classmethod
+    @asynccontextmanager
+    async def _open_locked(
+        cls, path: str | os.PathLike[str], map_size: int, reserve: int, max_batch_ops: int,
+        max_batch_bytes: int, max_readers: int, reader_check_interval: float,
+        fault_hook: FaultHook | None,
+    ) -> AsyncIterator[Self]:
         env = await open_env(path, map_size, max_readers, 2 * reader_check_interval + 1)
         try:
             try:
@@ -123,17 +154,17 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
             env.close()
 
     @classmethod
-    def from_url(cls, url: str) -> AbstractAsyncContextManager[Self]:
+    def from_url(cls, url: str, *, exclusive: bool = True) -> AbstractAsyncContextManager[Self]:
         """``lmdb:///abs/path[?map_size=BYTES&reserve=BYTES]`` (sizes like ``512M``,
         ``1GiB`` allowed); ``lmdb://rel/path`` is relative to the working directory.
-        See :meth:`open`."""
+        See :meth:`open` (``exclusive`` too)."""
         path, query = path_from_url(url)
         unknown = set(query) - {"map_size", "reserve"}
         if unknown:
             raise ValueError(f"unknown lmdb:// options: {sorted(unknown)}")
         kwargs = {name: parse_size(query[name][-1]) for name in ("map_size", "reserve")
                   if name in query}
-        return cls.open(path, **kwargs)
+        return cls.open(path, exclusive=exclusive, **kwargs)
 
     # -- plumbing
 
@@ -267,19 +298,21 @@ class LmdbStorage(LmdbMediaMixin, LmdbStatsMixin):
     async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
         """See :meth:`storage.base.Storage.enqueue_many`. One submission to the group
         commit; a request that would not fit within ``map_size - reserve`` is refused
-        alone (StorageFull).
+        alone (StorageFull), and a refused sender's later requests to the same devices
+        are skipped by the committer (:mod:`storage._chains`).
 
         Raises:
             ValueError, TypeError: a malformed argument in any request; nothing was stored.
             trio.ClosedResourceError: the storage is closed.
         """
         psize = self.writer.psize
+        token = object()
         specs = []
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            specs.append((ops.enqueue(raw, dd, req.max_queue, ts),
+            specs.append((ops.enqueue(raw, dd, req.max_queue, ts, chain_keys(token, req)),
                           sum(len(e) + 32 for _, e in raw), ops.enqueue_estimate(raw, dd, psize),
                           False))
         answers = await self.writer.submit_many(specs)

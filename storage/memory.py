@@ -21,7 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
+from ._chains import Chains, chain_keys
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
@@ -36,7 +38,7 @@ _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage(MemoryMediaMixin):
+class MemoryStorage(MemoryHandoffMixin, MemoryMediaMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:
@@ -232,17 +234,24 @@ class MemoryStorage(MemoryMediaMixin):
     async def enqueue_many(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
         """See :meth:`storage.base.Storage.enqueue_many`."""
         await self._enter()
+        token = object()
         checked = [
             ([(self._dev(u, d), check_bytes("envelope", env)) for u, d, env in req.items],
-             None if req.dedupe is None else check_dedupe(req.dedupe), req)
+             None if req.dedupe is None else check_dedupe(req.dedupe), req,
+             chain_keys(token, req))
             for req in requests
         ]
+        chains = Chains()
         answers: list[EnqueueResult] = []
-        for items, dedupe, req in checked:
-            try:
-                answers.append(self._enqueue(items, dedupe, req.max_queue, req.now))
-            except StorageError as exc:
-                answers.append(exc)
+        for items, dedupe, req, keys in checked:
+            answer: EnqueueResult | None = chains.blocking(keys)
+            if answer is None:
+                try:
+                    answer = self._enqueue(items, dedupe, req.max_queue, req.now)
+                except StorageError as exc:
+                    answer = exc
+            chains.record(keys, answer if isinstance(answer, StorageError) else None)
+            answers.append(answer)
         return answers
 
     def _enqueue(

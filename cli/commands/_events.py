@@ -12,6 +12,7 @@ from cli.events import Requested
 from cli.features.group_receiving import GroupChanged
 from cli.output import (
     bounce_human,
+    bounce_json,
     devices_changed_human,
     devices_changed_json,
     escape,
@@ -55,7 +56,7 @@ def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa
         obj, human = message_row(state, event)
         return obj, human, False
     if isinstance(event, Bounce):
-        return None, bounce_human(event), True
+        return bounce_json(event), bounce_human(event), True
     if isinstance(event, DevicesChanged):
         return (devices_changed_json(event),
                 devices_changed_human(event, own=event.user_id == state.user_id), True)

@@ -24,7 +24,14 @@ from dataclasses import replace
 import trio
 
 import relay.net as net
-from cli.errors import ConnectionFailed, ConnectionLost, DeviceRemoved, NoAnswer, RelayError
+from cli.errors import (
+    ClientError,
+    ConnectionFailed,
+    ConnectionLost,
+    DeviceRemoved,
+    NoAnswer,
+    RelayError,
+)
 from cli.session.sendorder import SendOrder
 from cli.session.state import State
 from relay.protocol import ErrorCode, RemoteProtocolError
@@ -238,6 +245,22 @@ async def _authenticate(link: net.Link, state: State) -> AuthOk | str:
         raise RelayError(exc.frame) from exc
 
 
+def _addresses(url: str, state: State) -> list[str]:
+    """``url`` first, then the home's other known addresses (``state.relay_urls``, when
+    ``url`` is one of them: a home served by several processes)."""
+    if url not in state.relay_urls:
+        return [url]
+    return [url, *(u for u in state.relay_urls if u != url)]
+
+
+async def _remember(state: State, url: str, answer: AuthOk) -> None:
+    """Keep the address that answered and the home's addresses from ``auth_ok``."""
+    urls = list(answer.urls or ())
+    if state.relay_url != url or state.relay_urls != urls:
+        state.relay_url, state.relay_urls = url, urls
+        await state.asave()
+
+
 @asynccontextmanager
 async def open_connection(
     nursery: trio.Nursery | None, state: State, *, connect_timeout: float,
@@ -245,37 +268,92 @@ async def open_connection(
 ) -> AsyncIterator[Connection]:
     """Connect and authenticate to ``state.relay_url``, following ``moved`` (at most 3 hops),
     and yield the :class:`Connection`; on exit close it and its socket, also after the
-    node broke the connection.
+    node broke the connection. If the saved home cannot be reached or does not know
+    the user (``unknown_user``), every other node of the cluster the device knows
+    (``state.cluster_urls``, from ``auth_ok``) is asked in turn, following ``moved``:
+    a home removed by a reshape is found again.
+
+    A home served by several processes lists its addresses in ``auth_ok``; they are
+    kept in ``state.relay_urls``, and when the address in use cannot be reached (or
+    breaks off the handshake) the next one is tried, once each, in order. The one
+    that answered becomes ``state.relay_url``.
 
     Args:
         nursery: unused (the link runs its own tasks); kept for callers.
-        state: the device state; ``relay_url`` and ``published_version`` are updated and saved.
+        state: the device state; ``relay_url``, ``relay_urls`` and
+            ``published_version`` are updated and saved.
         connect_timeout: seconds for each connection attempt and each handshake step.
         settings: keepalive, request deadline and buffers (see :func:`client_settings`).
 
     Raises:
-        ConnectionFailed: unreachable, timed out, closed, or invalid answers.
+        ConnectionFailed: unreachable (every address), timed out, closed, or invalid answers.
         DeviceRemoved: the device is not in the account's current list (``unknown_device``).
         RelayError: refused (``unknown_user``, ``unauthorized``, ...).
     """
     settings = replace(settings, connect_timeout=connect_timeout)
-    url = state.relay_url
+    first: ClientError | None = None
+    for start in _candidates(state):
+        stack = AsyncExitStack()
+        try:
+            conn, url = await _connect_from(stack, start, state, settings)
+        except (ConnectionFailed, RelayError) as exc:
+            if isinstance(exc, RelayError) and exc.code != ErrorCode.UNKNOWN_USER:
+                raise
+            first = first or exc
+            log.info("home %s: %s; asking another node of the cluster", start, exc)
+            continue
+        async with stack:
+            if url != state.relay_url:
+                log.info("home moved: %s -> %s", state.relay_url, url)
+                state.relay_url = url
+                await state.asave()
+            yield conn
+        return
+    assert first is not None
+    raise first
+
+
+def _candidates(state: State) -> list[str]:
+    """Where to look for the home: the saved URL first, then every other node of the
+    cluster the device knows (the saved home may have been removed by a reshape)."""
+    return [state.relay_url, *(u for u in state.cluster_urls if u != state.relay_url)]
+
+
+async def _connect_from(
+    stack: AsyncExitStack, url: str, state: State, settings: net.LinkSettings
+) -> tuple[Connection, str]:
+    """Connect to ``url``, following ``moved`` (at most :data:`MAX_MOVES` hops); return
+    the authenticated connection (closed with ``stack``) and its URL. Keeps the
+    cluster's node list of ``auth_ok`` in the state."""
     for _ in range(MAX_MOVES + 1):
-        async with AsyncExitStack() as stack:
-            try:
-                link = await stack.enter_async_context(
-                    net.open_client_connection(url, agent=AGENT, settings=settings))
-                result = await _authenticate(link, state)
-            except net.Refused as exc:  # to hello
-                raise RelayError(exc.frame) from exc
-            except net.ConnectFailed as exc:
-                raise ConnectionFailed(str(exc)) from exc
-            if isinstance(result, AuthOk):
-                yield Connection(link, result.otk_count)
-                return
+        candidates = _addresses(url, state)
+        for i, candidate in enumerate(candidates):
+            async with AsyncExitStack() as attempt:
+                try:
+                    try:
+                        link = await attempt.enter_async_context(
+                            net.open_client_connection(candidate, agent=AGENT, settings=settings))
+                        result = await _authenticate(link, state)
+                    except net.Refused as exc:  # to hello
+                        raise RelayError(exc.frame) from exc
+                    except net.ConnectFailed as exc:
+                        raise ConnectionFailed(str(exc)) from exc
+                except ConnectionFailed as exc:
+                    if i + 1 == len(candidates):
+                        raise
+                    log.info("home address %s failed (%s); trying %s", candidate, exc,
+                             candidates[i + 1])
+                    continue
+                if isinstance(result, AuthOk):
+                    stack.push_async_exit(attempt.pop_all())
+                    await _remember(state, candidate, result)
+                    if result.cluster and result.cluster != state.cluster_urls:
+                        state.cluster_urls = list(result.cluster)
+                        await state.asave()
+                    return Connection(link, result.otk_count), candidate
+            break  # moved
         if result == url:
             raise ConnectionFailed(f"{url} redirects to itself")
         log.info("home moved: %s -> %s", url, result)
-        url = state.relay_url = result
-        await state.asave()
+        url = result
     raise ConnectionFailed(f"too many redirects (last: {url})")

@@ -97,6 +97,8 @@ class State:
         self.device_id = 0
         self.name = ""
         self.relay_url = ""
+        self.relay_urls: list[str] = []  # every address of the home, when it has several
+        self.cluster_urls: list[str] = []  # every node of the home's cluster (auth_ok.cluster)
         self.account_key: nacl.signing.SigningKey | None = None
         self.identity = crypto.DeviceIdentity()
         self.published_version = 0  # own device-list version known to be on the home node

@@ -4,7 +4,9 @@ parts (history, dedupe keys) be saved as small appends to ``journal.bin``
 
 Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
 
-    {format: 3, user_id, device_id, name, relay_url, account_key: bytes|None,
+    {format: 3, user_id, device_id, name, relay_url, relay_urls (optional: every
+     address of the home when it has several), cluster_urls (optional: every node's
+     URL, from auth_ok), account_key: bytes|None,
      identity: str (vodozemac pickle), published_version, contacts: {alias: user_id},
      device_lists: [[body, signature, user_id]], sessions: [[user_id, device_id,
      identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
@@ -115,6 +117,8 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "device_id": state.device_id,
         "name": state.name,
         "relay_url": state.relay_url,
+        "relay_urls": state.relay_urls,
+        "cluster_urls": list(state.cluster_urls),
         "account_key": bytes(state.account_key) if state.account_key else None,
         "identity": state.identity.pickle(pk),
         "published_version": state.published_version,
@@ -141,6 +145,8 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
     pk = pickle_key
     state.user_id, state.device_id, state.name = m["user_id"], m["device_id"], m["name"]
     state.relay_url = m["relay_url"]
+    state.relay_urls = [str(u) for u in m.get("relay_urls", ())]
+    state.cluster_urls = [u for u in m.get("cluster_urls", ()) if isinstance(u, str)]
     ak = m["account_key"]
     state.account_key = nacl.signing.SigningKey(ak) if ak else None
     state.identity = crypto.DeviceIdentity.from_pickle(m["identity"], pk)

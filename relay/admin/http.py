@@ -113,5 +113,5 @@ async def route(node: Node, method: str, path: str) -> tuple[int, str, bytes]:
         "status": "ok" if ok else "storage_unavailable", "node": node.id,
         "version": relay_version(), "ring": node.ring.version, "url": node.config.node.url,
         "uptime": round(trio.current_time() - node.started_at, 3),
-        "stopping": node.stopping.is_set(),
+        "stopping": node.stopping.is_set(), "handoff": node.handoff.progress(),
     })

@@ -124,6 +124,14 @@ class NodeMetrics:
                                    registry=r)
         self.storage_ok = Gauge("wa_relay_storage_ok",
                                 "1 if the last scrape could read the storage.", registry=r)
+        self.handoff_remaining = Gauge(
+            "wa_relay_handoff_users_remaining",
+            "Users this node still has to hand to their new homes (a reshape).", registry=r)
+        self.handoff_users = Gauge(
+            "wa_relay_handoff_users", "Users handed over by (out) or to (in) this node since "
+            "it started.", ["direction"], registry=r)
+        self.handoff_done = Gauge(
+            "wa_relay_handoff_done", "1 when no reshape is unfinished at this node.", registry=r)
 
     # -- hooks
 
@@ -174,6 +182,11 @@ class NodeMetrics:
         self.connections.labels("peer").set(max(0, adm.total - pending - devices))
         for peer, link in node.federation.links.items():
             self.links_up.labels(peer).set(1 if link.is_up else 0)
+        handoff = node.handoff
+        self.handoff_remaining.set(handoff.remaining)
+        self.handoff_users.labels("out").set(handoff.stats.users)
+        self.handoff_users.labels("in").set(handoff.stats.users_in)
+        self.handoff_done.set(1 if handoff.done else 0)
         try:
             await self._refresh_storage(node)
         except (StorageError, OSError):

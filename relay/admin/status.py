@@ -121,6 +121,7 @@ class NodeStatus:
     version: str | None = None
     uptime: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    handoff: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -154,6 +155,7 @@ async def _probe_admin(st: NodeStatus, patience: float) -> None:
         health = json.loads(body)
         st.healthy = code == 200
         st.version, st.uptime = health.get("version"), health.get("uptime")
+        st.handoff = health.get("handoff") or {}
         code, _ = await http_get(st.admin_url + "/ready", patience)
         st.ready = code == 200
         code, body = await http_get(st.admin_url + "/metrics", patience)
@@ -201,6 +203,10 @@ def format_status(st: NodeStatus) -> str:
                        if k in ("devices", "peers", "queued", "outbox", "links_up"))
     if numbers:
         parts.append(numbers)
+    if st.handoff.get("reshaping"):
+        parts.append("handoff done" if st.handoff.get("done") else
+                     f"handoff: {st.handoff.get('remaining')} users to hand over, waiting for "
+                     f"{','.join(st.handoff.get('waiting_for') or []) or '-'}")
     if st.admin_url is None:
         parts.append("(no admin URL known)")
     line = "  ".join(parts)

@@ -7,6 +7,10 @@
     url = "ws://127.0.0.1:7400"
     public_key = "<standard base64 of the 32-byte Ed25519 public key>"
 
+A node served by several processes over one database lists every address instead:
+``urls = ["ws://10.0.0.1:7400", "ws://10.0.0.2:7400"]`` (docs/operations.md,
+"One home, several processes").
+
 ``node.toml`` (one per node; every path is relative to its directory): the
 settings of :class:`~relay.config.schema.NodeFile`, all documented with their
 defaults in docs/operations.md ("Node settings"), for example::

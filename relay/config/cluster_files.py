@@ -31,10 +31,12 @@ from relay.config.ring import NodeInfo
 
 def format_cluster(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> str:
     """The text of a cluster file for ``nodes``: one ``[[node]]`` table each (tomli-w
-    would write short ones as an inline array)."""
+    would write short ones as an inline array); ``urls`` for a node with several
+    addresses, else ``url``."""
     return "\n".join(
-        "[[node]]\n" + tomli_w.dumps({"id": n.id, "url": n.url,
-                                      "public_key": base64.b64encode(n.public_key).decode("ascii")})
+        "[[node]]\n" + tomli_w.dumps({
+            "id": n.id, **({"url": n.url} if len(n.urls) == 1 else {"urls": list(n.urls)}),
+            "public_key": base64.b64encode(n.public_key).decode("ascii")})
         for n in nodes
     )
 
@@ -113,8 +115,10 @@ def check_existing_cluster(root: Path, wanted: list[tuple[str, str]]) -> None:
         f"{cluster_file} already describes another cluster:\n"
         f"  existing:  {_describe_nodes(existing)}\n"
         f"  arguments: {_describe_nodes(wanted)}\n"
-        f"Changing it means that {'; '.join(consequences)}. Run with the arguments it was "
-        "created with, or pass --reconfigure to rewrite it anyway (docs/operations.md)."
+        f"Rewriting it means that {'; '.join(consequences)}. Run with the arguments it was "
+        "created with; to grow or shrink the cluster and move users with their queues, pass "
+        "--reshape ('wa-relay cluster'); --reconfigure rewrites it without moving anyone "
+        "(docs/operations.md, \"Reshaping a cluster\")."
     )
 
 

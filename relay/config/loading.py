@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 import nacl.signing
@@ -143,19 +143,43 @@ def load_cluster(path: str | os.PathLike[str]) -> tuple[NodeInfo, ...]:
     nodes: list[NodeInfo] = []
     for i, entry in enumerate(parsed.node):
         where = f"{path}: [[node]] #{i + 1}"
-        if not entry.url.startswith(("ws://", "wss://")):
-            raise ConfigError(f"{where}: url must start with ws:// or wss://")
+        urls = _node_urls(entry, where)
         try:
             key = base64.b64decode(entry.public_key, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ConfigError(f"{where}: public_key is not standard base64") from exc
         if len(key) != 32:
             raise ConfigError(f"{where}: public_key must encode 32 bytes, got {len(key)}")
-        nodes.append(NodeInfo(entry.id, entry.url, key))
+        nodes.append(NodeInfo(entry.id, urls[0], key, urls))
     ids = [n.id for n in nodes]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: duplicate node id")
     return tuple(nodes)
+
+
+def _node_urls(entry: ClusterNode, where: str) -> tuple[str, ...]:
+    """The addresses of one ``[[node]]``: ``urls``, or ``(url,)``.
+
+    Raises:
+        ConfigError: neither given, ``url`` not the first of ``urls``, a repeated
+            address, or one that is not ``ws://``/``wss://``.
+    """
+    if entry.urls is None:
+        if entry.url is None:
+            raise ConfigError(f"{where}: needs url (or urls, a list of addresses)")
+        urls: tuple[str, ...] = (entry.url,)
+    else:
+        urls = tuple(entry.urls)
+        if not urls:
+            raise ConfigError(f"{where}: urls must list at least one address")
+        if entry.url is not None and entry.url != urls[0]:
+            raise ConfigError(f"{where}: url must be the first entry of urls (or be left out)")
+        if len(set(urls)) != len(urls):
+            raise ConfigError(f"{where}: urls lists an address twice")
+    for url in urls:
+        if not url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"{where}: url {url!r} must start with ws:// or wss://")
+    return urls
 
 
 def load_key(path: str | os.PathLike[str]) -> nacl.signing.SigningKey:
@@ -209,6 +233,30 @@ def resolve_storage_url(url: str, base: Path, where: str) -> str:
     return f"lmdb://{absolute}" + (f"?{rest}" if rest else "")
 
 
+def shared_storage_url(url: str, node_id: str, where: str) -> str:
+    """The storage URL of a node listed with several addresses (served by several
+    processes): ``postgresql://`` with ``notify=true`` added when not given, so the
+    processes wake each other (docs/operations.md, "One home, several processes").
+
+    Raises:
+        ConfigError: the storage is not ``postgresql://`` (``lmdb://`` and
+            ``memory://`` are one process each), or it says ``notify=false``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{where}: node {node_id!r} has several addresses (urls) in the cluster file, "
+            f"but its storage {parts.scheme}:// serves one process only; use postgresql://")
+    flags = [v.lower() for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k == "notify"]
+    if not flags:
+        return url + ("&" if parts.query else "?") + "notify=true"
+    if flags[-1] not in ("1", "true", "yes", "on"):
+        raise ConfigError(f"{where}: node {node_id!r} has several addresses, so its storage "
+                          "needs notify=true (the processes wake each other)")
+    return url
+
+
 def parse_node_file(
     path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
 ) -> NodeFile:
@@ -254,13 +302,17 @@ def load_node_config(
         raise ConfigError(f"{where}: {exc}") from None
     storage = resolve_storage_url(f.storage, base, where)
     cluster = load_cluster(rel(f.cluster))
+    prev_path = previous_cluster_path(rel(f.cluster))
+    previous = load_cluster(prev_path) if prev_path.exists() else ()
     key_path = rel(f.key_file)
     key = load_key(key_path)
-    me = next((n for n in cluster if n.id == f.id), None)
+    me = next((n for n in (*cluster, *previous) if n.id == f.id), None)
     if me is None:
         raise ConfigError(f"{where}: node id {f.id!r} is not in the cluster file")
     if bytes(key.verify_key) != me.public_key:
         raise ConfigError(f"{where}: key_file does not match the public key of {f.id!r}")
+    if len(me.urls) > 1:
+        storage = shared_storage_url(storage, f.id, where)
     return NodeConfig(
         id=f.id, host=f.host, port=f.port, cluster=cluster, signing_key=key, storage=storage,
         log_file=rel(f.log_file) if f.log_file else None, log_level=f.log_level,
@@ -273,5 +325,12 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
-        key_file=key_path,
+        key_file=key_path, previous_cluster=previous,
     )
+
+
+def previous_cluster_path(cluster_path: Path) -> Path:
+    """Where the cluster file of an unfinished reshape is kept: ``<cluster>.prev``
+    beside the cluster file (docs/operations.md, "Reshaping a cluster"). A node
+    removed by the reshape is listed there only; it drains, then stops."""
+    return cluster_path.with_name(cluster_path.name + ".prev")

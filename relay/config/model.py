@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nacl.signing
 
@@ -72,6 +73,9 @@ class NodeConfig:
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
         key_file: where the signing key was read from (``None`` if not from a file).
+        previous_cluster: the nodes before an unfinished reshape (``<cluster>.prev``;
+            ``()`` if none): users are handed off from their old homes to the new ones
+            (:mod:`relay.services.handoff`).
     """
 
     id: str
@@ -102,14 +106,27 @@ class NodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
     key_file: Path | None = None
+    previous_cluster: tuple[NodeInfo, ...] = ()
 
     @property
     def node(self) -> NodeInfo:
-        """This node's cluster entry."""
-        for n in self.cluster:
+        """This node's cluster entry (of the previous cluster for a node being removed
+        by a reshape)."""
+        for n in (*self.cluster, *self.previous_cluster):
             if n.id == self.id:
                 return n
         raise ConfigError(f"node {self.id!r} is not in the cluster file")  # pragma: no cover
+
+    def own_url(self, port: int) -> str:
+        """This process's address: the first of the node's ``urls`` whose port is
+        ``port`` (the bound port), else the node's first URL."""
+        for url in self.node.urls:
+            try:
+                if urlsplit(url).port == port:
+                    return url
+            except ValueError:
+                continue
+        return self.node.url
 
     @property
     def admin_url(self) -> str | None:

@@ -11,8 +11,10 @@ the last :data:`HOME_CACHE_SIZE` answers in its own bounded LRU cache (the node
 list never changes for a ring, so a cached home never goes stale).
 
 The *ring version* identifies the node list: the lowercase sha256 hex digest
-of the msgpack array ``[[id, url, public_key], ...]`` sorted by id. Peers
-refuse to link when their ring versions differ.
+of the msgpack array ``[[id, url, public_key], ...]`` sorted by id (a node with
+several addresses adds a fourth element, the list of all of them, so a
+one-address cluster keeps the version it always had). Peers refuse to link
+when their ring versions differ.
 """
 
 from __future__ import annotations
@@ -34,13 +36,22 @@ class NodeInfo:
 
     Attributes:
         id: node id, e.g. ``"n1"``.
-        url: the node's WebSocket URL, e.g. ``"ws://127.0.0.1:7400"``.
+        url: the node's (first) WebSocket URL, e.g. ``"ws://127.0.0.1:7400"``.
         public_key: the node's 32-byte Ed25519 public key (peer authentication).
+        urls: every address of the node, ``url`` first: several when one node id is
+            served by several relay processes over one database (default ``(url,)``).
     """
 
     id: str
     url: str
     public_key: bytes
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.urls) <= 1:  # also ``dataclasses.replace(info, url=...)`` of one address
+            object.__setattr__(self, "urls", (self.url,))
+        elif self.urls[0] != self.url:
+            raise ValueError(f"node {self.id}: url must be the first of urls")
 
 
 def score(node_id: str, user_id: str) -> int:
@@ -51,7 +62,8 @@ def score(node_id: str, user_id: str) -> int:
 
 def ring_version(nodes: Iterable[NodeInfo]) -> str:
     """sha256 hex of the canonical sorted node list (see the module docstring)."""
-    canon = sorted(([n.id, n.url, n.public_key] for n in nodes), key=lambda row: row[0])
+    canon = sorted(([n.id, n.url, n.public_key] + ([list(n.urls)] if len(n.urls) > 1 else [])
+                    for n in nodes), key=lambda row: row[0])
     return hashlib.sha256(msgpack.packb(canon, use_bin_type=True)).hexdigest()
 
 

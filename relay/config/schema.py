@@ -87,11 +87,14 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
 
 class ClusterNode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One ``[[node]]`` of ``cluster.toml``: id, ``ws://``/``wss://`` URL, and the
-    standard base64 of its 32-byte Ed25519 public key."""
+    standard base64 of its 32-byte Ed25519 public key. A node served by several
+    processes lists every address in ``urls`` (``url``, if also given, must be its
+    first entry); at least one of the two is required."""
 
     id: NonEmpty
-    url: NonEmpty
     public_key: NonEmpty
+    url: NonEmpty | None = None
+    urls: list[NonEmpty] | None = None
 
 
 class ClusterFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -5,7 +5,7 @@ A node counts every accepted WebSocket (devices, peers, linking devices) against
 ``max_connections``, and every connection that has not yet authenticated
 (``auth`` / ``peer_auth``) against ``max_pending_per_ip`` for its remote
 address. Beyond either cap a new connection is refused at the HTTP handshake
-(503, :mod:`relay.serving.server`), so idle sockets from one address cannot pile up
+(503, :mod:`relay.net.listener`), so idle sockets from one address cannot pile up
 (the handshake deadline closes each one after ``handshake_timeout`` anyway).
 
 Addresses are grouped by :func:`address_key`: an IPv4 address, or the /64

@@ -109,6 +109,57 @@ async def _open_stream(scheme: str, host: str, port: int,
     return tls
 
 
+class _EofWatch(trio.abc.Stream):
+    """The stream under a client WebSocket, noting when the other end closed or reset it
+    (``eof``, on a read or a write): trio-websocket waits for the answer to its opening handshake until its
+    timeout even when the connection was closed first (a proxy or load balancer whose
+    node is down accepts and closes), so :func:`open_websocket` races the two."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.eof = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.inner.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.eof.set()  # reset: trio-websocket's reader then stops without reading
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.eof.set()
+            raise
+        if not data:
+            self.eof.set()
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _opening_handshake(nursery: trio.Nursery, stream: _EofWatch, host: str,
+                             resource: str, **options: int) -> WebSocketConnection | None:
+    """``wrap_client_stream``, or ``None`` as soon as the other end closed the stream
+    before answering."""
+    ws: WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def closed() -> None:
+            await stream.eof.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(closed)
+        ws = await wrap_client_stream(nursery, stream, host, resource, **options)
+        race.cancel_scope.cancel()
+    return ws
+
+
 @contextmanager
 def _rejections(url: str, limit: float) -> Iterator[None]:
     """Exceptions of trio-websocket's reader task come as a group from its nursery: a
@@ -152,8 +203,9 @@ async def open_websocket(
         local_address: the local IP address to connect from (default: the system's choice).
 
     Raises:
-        ConnectFailed: bad URL, unreachable, refused (``http_status``), timed out, or
-            not a WebSocket.
+        ConnectFailed: bad URL, unreachable, refused (``http_status``), timed out,
+            closed before the WebSocket handshake was answered (at once, not after the
+            timeout), or not a WebSocket.
     """
     scheme, host, port, resource = split_url(url)
     try:
@@ -166,8 +218,9 @@ async def open_websocket(
             async with trio.open_nursery() as nursery:
                 try:
                     with trio.fail_after(connect_timeout):
-                        ws = await wrap_client_stream(
-                            nursery, stream, host if port in (80, 443) else f"{host}:{port}",
+                        opened = await _opening_handshake(
+                            nursery, _EofWatch(stream),
+                            host if port in (80, 443) else f"{host}:{port}",
                             resource, message_queue_size=message_queue_size,
                             max_message_size=max_message_size,
                             receive_buffer_size=receive_buffer_size)
@@ -175,6 +228,11 @@ async def open_websocket(
                     status = exc.status_code if isinstance(exc, ConnectionRejected) else None
                     raise ConnectFailed(failed_text(url, exc, connect_timeout),
                                         http_status=status) from exc
+                if opened is None:
+                    raise ConnectFailed(f"cannot connect to {url}: the connection was closed "
+                                        "before the WebSocket handshake was answered (is the "
+                                        "node running?)")
+                ws = opened
                 try:
                     yield OwnedWebSocket(ws, stream)
                 finally:

@@ -20,6 +20,10 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from relay.net.wsio import GatedWebSocket
 
 QUEUE_SIZE = 256  # frames queued for the writer
+QUEUE_BYTES = 4 * 1024 * 1024
+"""Bytes of frames queued and not yet written after which senders wait (a push is
+refused): with :data:`QUEUE_SIZE`, this bounds a connection's write-side memory
+whatever its frames' sizes. One frame is always let into an empty queue."""
 WRITE_BATCH = 64  # most frames written with one socket write
 WRITE_BYTES = 256 * 1024
 """Bytes after which a socket write takes no further frame (so each write is short
@@ -54,9 +58,11 @@ class FrameWriter:
         on_progress: called after every write (the close gate waits on it).
         on_remote_close: ``on_remote_close(reason)`` when a write finds the
             connection closed by the other end.
+        max_bytes: the byte bound of the queue (:data:`QUEUE_BYTES`).
 
     Attributes:
         unwritten: frames queued and not written yet.
+        unwritten_bytes: their bytes.
         done: set once the writer task has ended (closed, or the connection ended).
         writing_since: ``trio.current_time()`` when the socket write in progress
             began, ``None`` between writes: a write that stays unfinished means the
@@ -65,7 +71,8 @@ class FrameWriter:
 
     def __init__(self, ws: WebSocketConnection, remote: str, *,
                  on_progress: Callable[[], None], on_remote_close: Callable[[str], None],
-                 on_written: Callable[[list[bytes]], None] = lambda batch: None) -> None:
+                 on_written: Callable[[list[bytes]], None] = lambda batch: None,
+                 max_bytes: int = QUEUE_BYTES) -> None:
         self._ws = ws
         self._on_written = on_written
         self._remote = remote
@@ -73,27 +80,42 @@ class FrameWriter:
         self._on_remote_close = on_remote_close
         self._send, self._recv = trio.open_memory_channel[bytes | _Tracked | _Close](QUEUE_SIZE)
         self.unwritten = 0
+        self.unwritten_bytes = 0
+        self._max_bytes = max_bytes
+        self._drained = trio.Event()  # set (and replaced) after each write
         self.done = trio.Event()
         self.writing_since: float | None = None
 
+    def _fits(self, n: int) -> bool:
+        return not self.unwritten_bytes or self.unwritten_bytes + n <= self._max_bytes
+
+    def _count(self, n: int, frames: int = 1) -> None:
+        self.unwritten += frames
+        self.unwritten_bytes += n
+
     def push_nowait(self, data: bytes) -> bool:
-        """Queue a frame without blocking; ``False`` if the queue is full or the
-        connection has ended."""
+        """Queue a frame without blocking; ``False`` if the queue is full (frames or
+        bytes) or the connection has ended."""
+        if not self._fits(len(data)):
+            return False
         try:
             self._send.send_nowait(data)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
-        self.unwritten += 1
+        self._count(len(data))
         return True
 
     async def send(self, data: bytes, on_written: Callable[[], None] | None = None) -> None:
-        """Queue a frame (waits while the queue is full: backpressure); ``on_written()``
-        is called once it has been written to the socket (never if it is dropped)."""
-        self.unwritten += 1
+        """Queue a frame (waits while the queue is full, in frames or bytes:
+        backpressure); ``on_written()`` is called once it has been written to the
+        socket (never if it is dropped)."""
+        while not self._fits(len(data)) and not self.done.is_set():
+            await self._drained.wait()
+        self._count(len(data))
         try:
             await self._send.send(data if on_written is None else _Tracked(data, on_written))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.unwritten -= 1
+            self._count(-len(data), -1)
             log.debug("connection %s ended: a frame of %d bytes was dropped", self._remote,
                       len(data))
 
@@ -101,6 +123,9 @@ class FrameWriter:
         """Queue frames without yielding in between while there is room, so the
         writer takes them all at its next wakeup (one socket write)."""
         for data in frames:
+            if not self._fits(len(data)):
+                await self.send(data)
+                continue
             try:
                 self._send.send_nowait(data)
             except trio.WouldBlock:
@@ -109,7 +134,7 @@ class FrameWriter:
                 log.debug("connection %s ended: %d frames dropped", self._remote, len(frames))
                 return
             else:
-                self.unwritten += 1
+                self._count(len(data))
 
     def close_nowait(self, code: int, reason: str) -> bool:
         """Queue the close after what is queued; ``False`` if that cannot be done now."""
@@ -149,9 +174,12 @@ class FrameWriter:
                     try:
                         if batch:
                             self.writing_since = trio.current_time()
-                            await self._write([_data(i) for i in batch])  # type: ignore[arg-type]
+                            datas = [_data(i) for i in batch]  # type: ignore[arg-type]
+                            await self._write(datas)
                             self.writing_since = None
-                            self.unwritten -= len(batch)
+                            self._count(-sum(map(len, datas)), -len(batch))
+                            self._drained.set()
+                            self._drained = trio.Event()
                             for i in batch:
                                 if isinstance(i, _Tracked):
                                     i.on_written()
@@ -168,6 +196,7 @@ class FrameWriter:
                         self._on_progress()
         finally:
             self.done.set()
+            self._drained.set()  # senders waiting for room: the connection has ended
 
     async def _write(self, batch: list[bytes]) -> None:
         if isinstance(self._ws, GatedWebSocket):

@@ -4,7 +4,7 @@
   replies and closes the TCP stream at once, so requests read just before it
   (five ``send`` frames and a Close in one TCP write) could never be answered.
   :class:`GatedWebSocket` first awaits its ``close_gate`` (set by
-  :class:`relay.serving.server.Connection`), which returns once every message read
+  :class:`relay.net.accepted.AcceptedLink`), which returns once every message read
   before the Close has been answered and written (at most
   :data:`CLOSE_GATE_TIMEOUT` seconds), then closes as usual.
 * **Reading without a task switch per message.**

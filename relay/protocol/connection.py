@@ -40,6 +40,10 @@ from .frames import (
     GetDevices,
     GroupForward,
     GroupSend,
+    HandoffComplete,
+    HandoffDone,
+    HandoffMedia,
+    HandoffPut,
     Hello,
     LinkComplete,
     LinkFetch,
@@ -86,7 +90,8 @@ _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
 )
 _PEER_REQUESTS: frozenset[type[Frame]] = frozenset(
     {Forward, GetDevices, ClaimKeys, Ping, LinkFetch, LinkComplete, Notify, GroupForward,
-     MediaDownload, ForwardBatch, BounceBack}
+     MediaDownload, ForwardBatch, BounceBack, HandoffPut, HandoffMedia, HandoffDone,
+     HandoffComplete}
 )
 _ALL_REQUESTS = _CLIENT_PRE_AUTH | _PEER_PRE_AUTH | _CLIENT_REQUESTS | _PEER_REQUESTS | {Hello}
 

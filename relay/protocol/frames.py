@@ -36,6 +36,7 @@ from ._frame_base import (
     SignedDeviceList,
 )
 from ._group_frames import GroupForward, GroupSend
+from ._handoff_frames import HandoffComplete, HandoffDone, HandoffMedia, HandoffPut
 from ._linking_frames import (
     LinkComplete,
     LinkData,
@@ -60,7 +61,8 @@ __all__ = [
     # frames
     "Ack", "Auth", "AuthOk", "BounceBack", "Challenge", "ClaimKeys", "Claimed", "Deliver",
     "Devices", "Error",
-    "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend", "Hello", "KeyCount",
+    "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend",
+    "HandoffComplete", "HandoffDone", "HandoffMedia", "HandoffPut", "Hello", "KeyCount",
     "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "LinkReply",
     "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
@@ -114,10 +116,16 @@ class Auth(Frame):
 
 @dataclass(frozen=True, slots=True)
 class AuthOk(Frame):
-    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for the device."""
+    """Authentication accepted; ``otk_count`` is how many one-time keys the node holds for
+    the device. ``urls``: every address of this home when several processes serve it
+    (a client that loses its connection may reconnect to any of them); absent otherwise.
+    ``cluster``: the URLs of every node of the cluster (optional), which a client keeps
+    to find its home again if its saved home goes away (docs/protocol.md, "Handoff")."""
 
     TYPE: ClassVar[str] = "auth_ok"
     otk_count: int
+    urls: list[str] | None = None
+    cluster: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +342,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, LinkReply, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
         GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
+        HandoffPut, HandoffMedia, HandoffDone, HandoffComplete,
     )
 }
 

@@ -32,6 +32,9 @@ PEER_AUTH_CONTEXT = b"wa-relay peer-auth v1\x00"
 USER_ID_LENGTH = 52
 _USER_ID_RE = re.compile(f"[a-z2-7]{{{USER_ID_LENGTH}}}")  # ASCII only
 MAX_DEVICES = 64
+MAX_DEVICE_LIST_BYTES = 64 * 1024
+"""Largest signed device-list body (64 devices with their longest names fit in about
+25 KiB); a larger one is refused ``too_large`` before it is parsed or stored."""
 
 
 def user_id_from_key(public_key: bytes) -> str:
@@ -151,8 +154,13 @@ def verify_device_list(signed: SignedDeviceList, user_id: str | None = None) -> 
 
     Raises:
         RemoteProtocolError: ``unauthorized`` if the signature does not verify
-            under the user_id's key; ``bad_request`` for a malformed body.
+            under the user_id's key; ``bad_request`` for a malformed body;
+            ``too_large`` for a body above :data:`MAX_DEVICE_LIST_BYTES`.
     """
+    if len(signed.body) > MAX_DEVICE_LIST_BYTES:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE, f"a device list of {len(signed.body)} bytes exceeds the limit "
+            f"of {MAX_DEVICE_LIST_BYTES} bytes")
     try:
         raw = msgpack.unpackb(
             signed.body, raw=False, strict_map_key=True, max_bin_len=64, max_str_len=256,

@@ -64,6 +64,9 @@ class Session(Protocol):
     def revoke(self) -> None:
         """The device was removed from its account's list: tell it and close soon."""
 
+    def move(self, url: str) -> None:
+        """The user's home moves to ``url`` (a reshape): tell the device and close soon."""
+
 
 class DeviceRegistry:
     """Connected devices and wake-ups of their pushers, for one node.
@@ -96,6 +99,10 @@ class DeviceRegistry:
             if slot[1] == 0 and self._events.get(dev) is slot:
                 del self._events[dev]
 
+    def sessions_of(self, user_id: str) -> list[Session]:
+        """The connected sessions of every device of ``user_id``."""
+        return [s for (u, _), s in self._sessions.items() if u == user_id]
+
     def session(self, user_id: str, device_id: int) -> Session | None:
         """The connected session of the device, or ``None``."""
         return self._sessions.get((user_id, device_id))
@@ -111,6 +118,15 @@ class DeviceRegistry:
         if slot is not None:
             slot[0].set()
             slot[0] = trio.Event()
+
+    def devices(self) -> list[_Dev]:
+        """``(user_id, device_id)`` of every connected device."""
+        return list(self._sessions)
+
+    def notify_all(self) -> None:
+        """Wake every registered pusher (each reads its queue once more)."""
+        for user_id, device_id in list(self._events):
+            self.notify(user_id, device_id)
 
 
 class Pusher:

@@ -15,8 +15,12 @@ from relay.config.ring import Ring
 from relay.errors import RelayError
 from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
 from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
+from relay.services.homes import Homes
 from storage import DuplicateKey, StaleVersion, Storage
 
+BLOCK_MARK = "blocked/"
+"""Storage marker prefix of accounts an operator blocked (``blocked/<user_id>``: the
+reason); their devices are refused at login (``wa-relay admin user block``)."""
 KEYS_LOW = 20  # push key_count to a connected device below this many one-time keys
 MAX_KEY_ID = 64  # characters
 KEY_SIZE = 32  # Curve25519 public key bytes
@@ -50,14 +54,15 @@ class Directory:
 
     Args:
         storage: the node's storage.
-        ring: the cluster ring (home lookups).
+        ring: the node's :class:`~relay.services.homes.Homes` (a bare ring: no reshape).
         node_id: this node's id.
         cache_size: most parsed device lists kept in memory.
     """
 
-    def __init__(self, storage: Storage, ring: Ring, node_id: str, cache_size: int = 4096) -> None:
+    def __init__(self, storage: Storage, ring: Ring | Homes, node_id: str,
+                 cache_size: int = 4096) -> None:
         self._storage = storage
-        self._ring = ring
+        self._ring = self.homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
         self._node_id = node_id
         self._cache: dict[str, tuple[SignedDeviceList, DeviceList]] = {}
         self._cache_size = cache_size
@@ -79,7 +84,7 @@ class Directory:
         ``node_id`` (a peer speaks only for its own users; ``role`` names the user
         in the message, e.g. ``"sender"``)."""
         self.check_user_id(user_id)
-        if self._ring.home(user_id).id != node_id:
+        if not self.homes.homed_at(user_id, node_id):
             raise RelayError(ErrorCode.BAD_REQUEST, f"{role} is not homed at that peer")
 
     def check_home(self, user_id: str) -> None:
@@ -100,6 +105,16 @@ class Directory:
             del self._cache[next(iter(self._cache))]
         self._cache[user_id] = entry
 
+    def forget(self, user_id: str) -> None:
+        """Drop the cached list of ``user_id`` (another process of this node stored a
+        newer one, or the user was handed to another node); the next lookup reads the
+        storage."""
+        self._cache.pop(user_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached list."""
+        self._cache.clear()
+
     async def put_device_list(self, signed: SignedDeviceList) -> DeviceList:
         """Verify and store a device list for a user homed here.
 
@@ -111,12 +126,14 @@ class Directory:
             StorageFull: nothing stored.
         """
         parsed = verify_device_list(signed)
-        self.check_home(parsed.user_id)
-        try:
-            await self._storage.put_device_list(parsed.user_id, parsed.version, pack_list(signed))
-        except StaleVersion as exc:
-            raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
-                             user_id=parsed.user_id) from exc
+        async with self.homes.hold([parsed.user_id]):
+            self.check_home(parsed.user_id)
+            try:
+                await self._storage.put_device_list(parsed.user_id, parsed.version,
+                                                    pack_list(signed))
+            except StaleVersion as exc:
+                raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
+                                 user_id=parsed.user_id) from exc
         self._remember(parsed.user_id, (signed, parsed))
         return parsed
 
@@ -215,6 +232,14 @@ class Directory:
             RelayError: ``unknown_user``; ``unknown_device`` for a device id not
                 in the list; ``bad_request`` for a repeated device id.
         """
+        async with self.homes.hold([user_id]):
+            self.check_home(user_id)
+            return await self._claim_keys(user_id, device_ids)
+
+
+    async def _claim_keys(
+        self, user_id: str, device_ids: list[int]
+    ) -> tuple[list[ClaimedKey], dict[int, int]]:
         _, parsed = await self.require_device_list(user_id)
         if len(set(device_ids)) != len(device_ids):
             raise RelayError(ErrorCode.BAD_REQUEST, "repeated device id")

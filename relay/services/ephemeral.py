@@ -76,7 +76,7 @@ def ephemeral_table(node: Node) -> Table:
         homes: dict[str, list] = {}
         for r in frame.recipients:
             node.directory.check_user_id(r.user_id)
-            homes.setdefault(node.ring.home(r.user_id).id, []).append(r)
+            homes.setdefault(node.homes.home(r.user_id).id, []).append(r)
         ts = now_ms()
         for dest, recipients in homes.items():
             part = Forward(id=0, msg_id=frame.msg_id, sender_user=user_id,

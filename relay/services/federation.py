@@ -85,6 +85,8 @@ class PeerLink:
         self._kick = trio.Event()
         self._leaving = False  # set by go_away(): the node stops, do not reconnect
         self.connected = trio.Event()  # set while the link is up (replaced when it goes down)
+        self._address = 0  # index in peer.urls of the address in use
+        self._tried = 0  # addresses that failed in a row since the last link
 
     @property
     def is_up(self) -> bool:
@@ -141,28 +143,52 @@ class PeerLink:
         except net.ConnectionLost as exc:
             raise LinkDown(f"link to {self.peer.id} broke before the answer ({exc})") from exc
 
+    @property
+    def url(self) -> str:
+        """The peer address the link uses (or tries next)."""
+        return self.peer.urls[self._address]
+
+    def _next_address(self) -> bool:
+        """Move to the peer's next address; True if one is left in this round (the
+        round restarts after a full cycle, then the backoff applies)."""
+        if len(self.peer.urls) == 1:
+            return False
+        self._address = (self._address + 1) % len(self.peer.urls)
+        self._tried += 1
+        if self._tried < len(self.peer.urls):
+            return True
+        self._tried = 0
+        return False
+
     def _open(self):
         return net.open_peer_connection(
-            self.peer.url, node_id=self._node_id, sign=lambda m: self._key.sign(m).signature,
+            self.url, node_id=self._node_id, sign=lambda m: self._key.sign(m).signature,
             peer_id=self.peer.id, peer_key=self.peer.public_key, ring_version=self._ring.version,
             budget=self._budget, settings=self._settings)
 
     async def run(self) -> None:
-        """Keep the link up until cancelled (connect, serve, back off, repeat)."""
+        """Keep the link up until cancelled (connect, serve, back off, repeat). A peer
+        with several addresses (processes of one node): a failed address, or a link
+        that went down, moves to the next one at once; the backoff applies once
+        every address failed in a row."""
         delays = PEER_BACKOFF.delays()
         down_since, warned = trio.current_time(), False
         while True:
+            retry_now = False
             try:
                 async with self._open() as link:
                     self._link = link
+                    self._tried = 0
                     self.connected.set()
                     self._signal_change()
-                    self._log.info("peer link to %s up", self.peer.id)
+                    self._log.info("peer link to %s up%s", self.peer.id,
+                                   f" ({self.url})" if len(self.peer.urls) > 1 else "")
                     delays = PEER_BACKOFF.delays()
                     await link.wait_closed()
                 self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id,
                                   link.close_reason)
                 down_since, warned = trio.current_time(), False
+                retry_now = self._next_address()
             except (net.HandshakeFailed, net.Refused) as exc:
                 self._log.warning("peer link to %s: %s", self.peer.id, exc)
             except net.ConnectFailed as exc:
@@ -172,11 +198,14 @@ class PeerLink:
                     warned = True
                 else:
                     self._log.debug("peer link to %s: attempt failed: %s", self.peer.id, exc)
+                retry_now = self._next_address()
             finally:
                 self._go_down()
             if self._leaving:
                 await trio.sleep_forever()  # until the node's nursery is cancelled
             self._kick = trio.Event()
+            if retry_now:
+                continue
             with trio.move_on_after(next(delays)):
                 await self._kick.wait()
 

@@ -58,11 +58,12 @@ class _Ticket:
 
 
 class _Lane:
-    __slots__ = ("tickets", "wake")
+    __slots__ = ("tickets", "wake", "sending")
 
     def __init__(self) -> None:
         self.tickets: deque[_Ticket] = deque()
         self.wake = trio.Event()
+        self.sending = False
 
 
 class Forwarding:
@@ -107,6 +108,11 @@ class Forwarding:
         lane.wake.set()
         return ticket.wait
 
+    def busy(self, dest: str) -> bool:
+        """True while ``dest``'s lane holds parts not yet answered."""
+        lane = self._lanes.get(dest)
+        return lane is not None and (bool(lane.tickets) or lane.sending)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve every lane until cancelled."""
         async with trio.open_nursery() as nursery:
@@ -125,8 +131,12 @@ class Forwarding:
             lane.tickets.clear()
             parts = [p for t in tickets for p in t.parts]
             outcomes: list[Outcome] = []
-            for chunk in self._pack(parts):
-                outcomes += await self._send(dest, chunk)
+            lane.sending = True
+            try:
+                for chunk in self._pack(parts):
+                    outcomes += await self._send(dest, chunk)
+            finally:
+                lane.sending = False
             self.on_outcomes(dest, outcomes)
             at = 0
             for ticket in tickets:

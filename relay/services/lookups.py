@@ -29,21 +29,36 @@ async def ask_home(
     node: Node, frame: Frame, user_id: str, expected: type[A], *, from_peer: bool
 ) -> A | None:
     """Forward a directory read to ``user_id``'s home and return its answer (of type
-    ``expected``, with ``frame``'s id); ``None`` if this node is the home.
+    ``expected``, with ``frame``'s id); ``None`` if this node is the home. During a
+    reshape the home is where the user is served now (:class:`~relay.services.homes.Homes`):
+    a peer's read for a user still being handed to this node goes on to the old home.
+
+    An old home asked for a user it does not hold answers ``moved``; the new home
+    then serves the user itself (a user created during the reshape).
 
     Raises:
         RelayError: ``bad_request`` (malformed user id, or a peer asking a node
-            that is not the home), ``unavailable``, the home's refusal, or
-            ``internal`` (an answer of another type).
+            that is not the home), ``moved``, ``unavailable``, the home's refusal,
+            or ``internal`` (an answer of another type).
     """
     node.directory.check_user_id(user_id)
-    home = node.ring.home(user_id)
+    homes = node.homes
+    home = homes.home(user_id)
     if home.id == node.id:
         return None
-    if from_peer:
+    if from_peer and not homes.incoming(user_id):  # one more hop only to an old home
+        if homes.previous is not None:  # not held here: the new home is the home
+            raise RelayError(ErrorCode.MOVED, f"the home of this user is {home.id}",
+                             url=home.url, user_id=user_id)
         raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node")
-    return await ask_peer(node.federation, home.id, frame, expected, PEER_REQUEST_TIMEOUT,
-                          holder="home node")
+    try:
+        return await ask_peer(node.federation, home.id, frame, expected, PEER_REQUEST_TIMEOUT,
+                              holder="home node")
+    except RelayError as exc:
+        if exc.code is ErrorCode.MOVED and homes.incoming(user_id):
+            homes.done.add(user_id)  # the old home does not hold the user: served here
+            return None
+        raise
 
 
 async def get_devices(
@@ -59,7 +74,8 @@ async def get_devices(
     watcher = user_id  # a device's own value of the field is ignored
     if peer_id is not None:
         watcher = frame.watcher
-        if watcher is not None:
+        relayed = node.homes.outgoing.get(frame.user_id) == peer_id  # by the user's new home
+        if watcher is not None and not relayed:
             node.directory.check_homed_at(watcher, peer_id, "watcher")
     ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher)
     answer = await ask_home(node, ask, frame.user_id, Devices, from_peer=peer_id is not None)

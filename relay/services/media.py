@@ -12,7 +12,10 @@ only sizes, the uploading user and who downloads. Flows (docs/media.md):
 * ``media_download {node_id, media_id, offset, length}``: served from local
   storage when ``node_id`` is this node, else forwarded over the peer link to
   ``node_id`` (one hop; a peer's request is never forwarded again), one chunk
-  per request, so memory stays bounded whatever the blob size.
+  per request, so memory stays bounded whatever the blob size. A blob that is not
+  found there (``not_found``, or ``unavailable``) while a reshape is unfinished,
+  or that names a node not in the cluster (removed by a reshape), is looked for
+  here and on every other node: a reshape moves blobs with their uploader's home.
 
 Limits (from :class:`relay.config.NodeConfig`): a chunk carries at most 256 KiB
 (``too_large``); a blob is at most ``max_media_size`` bytes (``too_large``);
@@ -26,8 +29,10 @@ node runs periodically.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from relay.config.ring import Ring
 from relay.errors import RelayError
@@ -87,6 +92,8 @@ class MediaService:
         self.upload_ttl = upload_ttl
         self.max_size = max_size
         self.forward_timeout = forward_timeout
+        #: ``reshaping()`` is True while a reshape is unfinished (blobs may be moving).
+        self.reshaping: Callable[[], bool] = lambda: False
 
     async def upload(self, user_id: str, frame: MediaUpload) -> MediaProgress:
         """Append one chunk uploaded by ``user_id`` (an authenticated device of it).
@@ -156,10 +163,24 @@ class MediaService:
             raise RelayError(ErrorCode.TOO_LARGE, f"length is at most {MEDIA_CHUNK_MAX} bytes")
         if frame.offset < 0 or frame.length < 0:
             raise RelayError(ErrorCode.BAD_REQUEST, "offset and length must be >= 0")
-        if frame.node_id != self._node_id:
-            if from_peer:
+        if from_peer:
+            if frame.node_id != self._node_id:
                 raise RelayError(ErrorCode.BAD_REQUEST, "media is not held by this node")
+            return await self._read_local(frame)
+        try:
+            if frame.node_id == self._node_id:
+                return await self._read_local(frame)
             return await self._forward(frame)
+        except RelayError as exc:
+            if exc.code not in (ErrorCode.NOT_FOUND, ErrorCode.UNAVAILABLE) or not (
+                    self.reshaping() or self._ring.node(frame.node_id) is None):
+                raise
+            found = await self._search(frame)  # moved with its uploader by a reshape?
+            if found is None:
+                raise
+            return found
+
+    async def _read_local(self, frame: MediaDownload) -> MediaChunk:
         info = await self._storage.media_status(frame.media_id)
         if info is None or not info.complete:
             raise RelayError(ErrorCode.NOT_FOUND, "no such media on this node")
@@ -169,6 +190,27 @@ class MediaService:
         if data is None:
             raise RelayError(ErrorCode.NOT_FOUND, "no such media on this node")
         return MediaChunk(id=frame.id, data=data, size=info.size)
+
+    async def _search(self, frame: MediaDownload) -> MediaChunk | None:
+        """Look for a blob that is not where its reference says (a reshape moved it with
+        its uploader's home, maybe off a removed node): here, then every other node."""
+        if frame.node_id != self._node_id:
+            try:
+                return await self._read_local(frame)
+            except RelayError as exc:
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+        for node in self._ring.nodes:
+            if node.id in (self._node_id, frame.node_id):
+                continue
+            try:
+                return dataclasses.replace(await ask_peer(
+                    self._federation, node.id, dataclasses.replace(frame, node_id=node.id),
+                    MediaChunk, self.forward_timeout, holder="node"), id=frame.id)
+            except RelayError as exc:
+                if exc.code not in (ErrorCode.NOT_FOUND, ErrorCode.UNAVAILABLE):
+                    raise
+        return None
 
     async def _forward(self, frame: MediaDownload) -> MediaChunk:
         if self._ring.node(frame.node_id) is None:

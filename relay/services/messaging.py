@@ -1,12 +1,15 @@
 """Messaging between nodes: ``forward``, ``group_forward``, ``bounce`` and ``forward_batch``.
 
 A peer hands this node the parts of its users' sends for users homed here. A
-``forward_batch`` is served item by item, in order: every ``forward`` /
-``group_forward`` item is checked on its own (sender homed at the peer,
-recipients homed here, device lists current) and all accepted items are
-written with one ``enqueue_many`` (:meth:`relay.services.router.Router.store_parts`);
-``notify`` and ``bounce`` items are served like those requests. The answer,
-``results {items}``, holds one ``ok`` or ``error`` per item.
+``forward_batch`` is served in item order: every ``forward`` / ``group_forward``
+item is checked on its own (sender homed at the peer, recipients homed here,
+device lists current) and each run of consecutive accepted ones is written with
+one ``enqueue_many`` (:meth:`relay.services.router.Router.store_parts`); a
+``notify`` or ``bounce`` item is served like that request, after the items before
+it and before those after it. A retryable refusal of a sending device's item keeps
+its later items to the same devices out for the whole batch, across runs
+(docs/protocol.md, "Order", rule 5). The answer, ``results {items}``, holds one
+``ok`` or ``error`` per item.
 
 A ``bounce`` hands this node a ``bounce`` envelope for one of its own users'
 devices: a message the sending node (the recipient's home) can never deliver.
@@ -38,6 +41,7 @@ from relay.protocol.frames import (
 from relay.protocol.stored import decode_bounce_body, encode_envelope
 from relay.services.base import Caller, Table
 from relay.services.ephemeral import forward_from_peer
+from relay.services.router import Blocked
 
 MSG_ID_SIZE = 16
 
@@ -60,13 +64,25 @@ def messaging_table(node: Node) -> Table:
     async def forward_batch(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, ForwardBatch) and caller.peer_id is not None
         answers: list[Frame | None] = [None] * len(frame.items)
-        parts = [(i, f) for i, f in enumerate(frame.items) if isinstance(f, Forward | GroupForward)]
-        results = await node.router.store_parts([f for _, f in parts], peer_id=caller.peer_id)
-        for (i, _), refusal in zip(parts, results, strict=True):
-            answers[i] = Ok(id=0) if refusal is None else refusal.to_frame(0)
+        blocked: Blocked = {}
+        run: list[tuple[int, Forward | GroupForward]] = []
+
+        async def store_run() -> None:
+            results = await node.router.store_parts([f for _, f in run], peer_id=caller.peer_id,
+                                                    blocked=blocked)
+            for (i, _), refusal in zip(run, results, strict=True):
+                answers[i] = Ok(id=0) if refusal is None else refusal.to_frame(0)
+            run.clear()
+
         for i, item in enumerate(frame.items):
-            if isinstance(item, Notify | BounceBack):
-                answers[i] = await _one(node, item, caller.peer_id)
+            if isinstance(item, Forward | GroupForward):
+                run.append((i, item))
+                continue
+            if run:
+                await store_run()
+            answers[i] = await _one(node, item, caller.peer_id)  # type: ignore[arg-type]
+        if run:
+            await store_run()
         return fit_results(frame.id, answers, node.limits.max_peer_frame)  # type: ignore[arg-type]
 
     async def bounce_back(caller: Caller, frame: Frame) -> Frame:
@@ -86,7 +102,7 @@ LIST_OMITTED = " (the list is omitted to keep the answer within the frame limit)
 def fit_results(request_id: int, answers: list[Frame], max_frame: int) -> Results:
     """``results {answers}`` within ``max_frame`` bytes: while it would be larger, the
     biggest ``stale_devices`` refusals lose their ``device_list`` (a list may be
-    hundreds of kilobytes, and one batch holds up to 4096 items; an oversized
+    up to 64 KiB, and one batch holds up to 4096 items; an oversized
     ``results`` would break the peer link, and the whole batch would be retried
     forever). The sender's home fetches an omitted list itself."""
     sizes = [len(write_frame(a)) for a in answers]

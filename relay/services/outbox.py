@@ -14,29 +14,33 @@ entry), after which the entry is deleted. Retryable answers (``storage_full``,
 after a backoff (0.2 s doubling to 30 s with jitter; a link coming back up ends
 the wait early).
 
-Order: an entry kept for a retry must not be overtaken by a later entry of the
-same sending device to the same user. If the destination stored such a later
-entry in the same batch (its answers are per item), the kept entry can no
-longer arrive in order: it is bounced instead (the sender's client resends it,
-as a new message, after the later one). A ``notify`` entry has no sending
-device: a final rejection or the TTL just drops it (logged); the watchers'
-clients catch up through ``stale_devices``.
+Order: an entry kept for a retry is never overtaken by a later entry of the
+same sending device to the same device: the destination refuses (with the same
+code, nothing written) a sending device's later items to the devices of one of
+its items it refused with a retryable code in the same batch
+(:meth:`relay.services.router.Router.store_parts`, ``enqueue_many``), so those
+are kept too and retried behind it, oldest first. A ``notify`` entry has no
+sending device: a final rejection or the TTL just drops it (logged); the
+watchers' clients catch up through ``stale_devices``.
 
 While a destination has pending entries, new parts for it go to the outbox too
 (see :meth:`Outbox.has_pending`), so they never overtake older ones.
+
+A ``moved`` answer (a reshape handed the recipient to another node) is not final:
+the entry is sent again towards where its recipients are now (:attr:`Outbox.reroute`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgpack
 import trio
 
-from relay.errors import KNOWN_REFUSALS, RelayError
+from relay.errors import KNOWN_REFUSALS, RETRYABLE_CODES, RelayError
 from relay.net.backoff import PEER_BACKOFF
 from relay.protocol import (
     DEFAULT_LIMITS,
@@ -62,10 +66,7 @@ from relay.protocol.stored import encode_bounce_body, encode_envelope
 from relay.services.federation import Federation, LinkDown, request_within
 from storage import EnqueueRequest, OutboxEntry, Storage
 
-RETRYABLE = frozenset({
-    ErrorCode.STORAGE_FULL.value, ErrorCode.QUEUE_FULL.value, ErrorCode.RATE_LIMITED.value,
-    ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, ErrorCode.STORAGE_UNAVAILABLE.value,
-})
+RETRYABLE = RETRYABLE_CODES
 BATCH = 256
 """Most entries listed per round (then packed to fit one frame)."""
 BATCH_HEADER = 64
@@ -122,6 +123,10 @@ class Outbox:
         self.on_finished: Callable[[str, int], None] = lambda how, n: None
         # Pending entries per destination: ids put by this process, plus a flag for
         # entries found in storage at start (cleared once a listing comes back empty).
+        #: ``await reroute(parts, dest)`` sends forwards that ``dest`` answered ``moved``
+        #: (a reshape handed the recipient over) to where the recipients are now;
+        #: ``None``: such answers bounce like any final refusal.
+        self.reroute: Callable[[list[Forward | GroupForward], str], Awaitable[None]] | None = None
         self._ids: dict[str, set[int]] = {d: set() for d in federation.links}
         self._backlog: dict[str, bool] = {d: False for d in federation.links}
         self._wake: dict[str, trio.Event] = {d: trio.Event() for d in federation.links}
@@ -129,6 +134,16 @@ class Outbox:
     def has_pending(self, dest: str) -> bool:
         """True if ``dest`` has entries not yet delivered (new forwards must queue behind them)."""
         return bool(self._ids.get(dest)) or self._backlog.get(dest, False)
+
+    def note_pending(self, dest: str | None = None) -> None:
+        """Another process of this node put entries for ``dest`` (``None``: maybe for
+        any destination): new forwards to it queue behind them, and this process's
+        drain lists them too (the destination drops a copy it already stored, by
+        message id, if both processes send it)."""
+        for d in self._backlog if dest is None else (dest,):
+            if d in self._backlog:
+                self._backlog[d] = True
+                self._wake[d].set()
 
     async def put(self, request: Request, dest: str) -> int:
         """Durably queue ``request`` for node ``dest``; return its outbox id.
@@ -184,6 +199,14 @@ class Outbox:
                     await link.connected.wait()
                 else:
                     await trio.sleep_forever()
+
+    async def delete_entries(self, entries: list[OutboxEntry]) -> None:
+        """Delete entries taken elsewhere (e.g. handed to a user's new home by a reshape).
+
+        Raises:
+            StorageUnavailable: not deleted.
+        """
+        await self._delete_many(entries)
 
     async def _delete_many(self, entries: list[OutboxEntry]) -> None:
         if not entries:
@@ -250,18 +273,24 @@ class Outbox:
         stored: list[OutboxEntry] = []
         finals: list[tuple[_Item, str, str, str | None]] = []
         kept: list[int] = []  # indexes of entries kept for a retry
+        moved: list[_Item] = []
         for i, (item, result) in enumerate(zip(items, results, strict=True)):
             if isinstance(result, Ok):
                 stored.append(item.entry)
+            elif (isinstance(result, Error) and result.code == ErrorCode.MOVED.value
+                  and self.reroute is not None
+                  and isinstance(item.request, Forward | GroupForward)):
+                moved.append(item)
             elif isinstance(result, Error) and result.code not in RETRYABLE:
                 finals.append((item, result.code, result.message, result.user_id))
             else:
-                code = getattr(result, "code", result.TYPE)
-                if _overtaken(i, items, results):
-                    finals.append((item, code, "a later message was delivered first; "
-                                   f"this one could not be stored ({code})", None))
-                else:
-                    kept.append(i)
+                kept.append(i)
+        if moved:
+            assert self.reroute is not None
+            await self.reroute([m.request for m in moved], dest)  # type: ignore[misc]
+            await self._delete_many([m.entry for m in moved])
+            self._log.info("outbox: %d entries to %s re-sent to the recipients' new homes",
+                           len(moved), dest)
         await self._delete_many(stored)
         self.delivered += len(stored)
         self.on_finished("delivered", len(stored))
@@ -362,27 +391,6 @@ class Outbox:
         await self._delete_many(gone)
         self.on_finished("bounced", len(gone))
         return len(gone) == len(finals)
-
-
-def _recipients(request: Forward | GroupForward) -> set[str]:
-    return {r.user_id for r in request.recipients}
-
-
-def _overtaken(i: int, items: list[_Item], results: list[Frame]) -> bool:
-    """True if a later item of the same sending device to one of the same users was
-    stored in this batch (so item ``i`` can no longer be delivered in order)."""
-    request = items[i].request
-    if not isinstance(request, Forward | GroupForward):
-        return False
-    sender = (request.sender_user, request.sender_device)
-    users = _recipients(request)
-    for item, result in zip(items[i + 1:], results[i + 1:], strict=True):
-        later = item.request
-        if (isinstance(result, Ok) and isinstance(later, Forward | GroupForward)
-                and (later.sender_user, later.sender_device) == sender
-                and users & _recipients(later)):
-            return True
-    return False
 
 
 def _salvage(payload: bytes) -> tuple[str, int, bytes] | None:

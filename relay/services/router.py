@@ -19,15 +19,33 @@ part, ``queued`` when some part went to the outbox, else the first refusal in
 recipient order (e.g. ``stale_devices``). A run returns only once every part of
 it has its outcome, so the runs of one connection are applied strictly one
 after the other (docs/protocol.md, "Order").
+
+**A refused send leaves no copies on the sender's other devices.** When a run
+has parts for other homes *and* parts homed here (the copies for the sender's own
+other devices, or local recipients), the local parts are written only once the
+other homes have answered, and not for a request that another home refused: a
+send answered with a refusal is then in no queue of this home (and a client that
+resends it with the same ``msg_id`` is deduplicated where it was stored). What
+stays possible is the reverse, rarer case: another home stored its part and this
+home then refuses its own (``storage_full``, ``queue_full``); the sender gets the
+refusal, and a resend with the same ``msg_id`` is deduplicated over there.
+
+**Order across refusals.** Within one :meth:`Router.store_parts` call, once a part
+is refused with a retryable code, the same sending device's later parts to any of
+the same devices are refused with that code too (nothing written): checked here
+for the checks before storage, and by ``enqueue_many`` (each request carries its
+``sender``) for the storage's own refusals. So a retried part can never land
+behind a later one (docs/protocol.md, "Order", rule 5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
 from relay.config.ring import Ring
-from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
+from relay.errors import KNOWN_REFUSALS, RETRYABLE_CODES, RelayError, relay_error_from
 from relay.protocol import ErrorCode
 from relay.protocol.frames import (
     Envelope,
@@ -42,10 +60,15 @@ from relay.protocol.frames import (
 from relay.protocol.stored import encode_envelope
 from relay.services.directory import Directory
 from relay.services.groups import GROUP_KIND, group_items, group_members
+from relay.services.homes import Homes
 from storage import EnqueueRequest, Storage
 
 Part = Forward | GroupForward
 Outcome = str | RelayError
+ChainKey = tuple[str, int, str, int]
+"""``(sender user, sender device, receiving user, receiving device)``."""
+Blocked = dict[ChainKey, RelayError]
+"""Retryable refusals so far, by chain key (see "Order across refusals" above)."""
 """What became of one part: ``"stored"``, ``"queued"`` or the refusal."""
 
 
@@ -103,13 +126,13 @@ class Router:
     """
 
     def __init__(
-        self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
+        self, node_id: str, ring: Ring | Homes, storage: Storage, directory: Directory,
         notify: Callable[[str, int], None], *, max_queue: int,
         forwarding: _Forwarding | None = None,
         on_stale: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._node_id = node_id
-        self._ring = ring
+        self._ring = self._homes = ring if isinstance(ring, Homes) else Homes(node_id, ring)
         self._storage = storage
         self._directory = directory
         self._forwarding = forwarding
@@ -137,28 +160,36 @@ class Router:
         plans: list[list[str]] = [[] for _ in frames]  # per request: its homes, in recipient order
         local: list[tuple[int, Part]] = []
         remote: dict[str, list[tuple[int, Part]]] = {}
-        for i, frame in enumerate(frames):
-            try:
-                parts = self._split(frame, sender_user, sender_device, ts)
-            except RelayError as exc:
-                answers[i] = exc.to_frame(frame.id)
-                continue
-            for dest, part in parts:
-                plans[i].append(dest)
-                (local if dest == self._node_id else remote.setdefault(dest, [])).append((i, part))
-        waits = {}
-        if remote:
-            assert self._forwarding is not None, "Router.attach() was not called"
-            for dest, entries in remote.items():
-                waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
         outcomes: list[dict[str, Outcome]] = [{} for _ in frames]
-        if local:
-            results = await self.store_parts([p for _, p in local])
-            for (i, _), result in zip(local, results, strict=True):
-                outcomes[i][self._node_id] = result if result is not None else "stored"
-        for dest, wait in waits.items():
-            for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
-                outcomes[i][dest] = outcome
+        waits = {}
+        users = {r.user_id for f in frames for r in f.recipients}
+        async with self._homes.hold(users):  # no user's handoff starts between split and store
+            for i, frame in enumerate(frames):
+                try:
+                    parts = self._split(frame, sender_user, sender_device, ts)
+                except RelayError as exc:
+                    answers[i] = exc.to_frame(frame.id)
+                    continue
+                for dest, part in parts:
+                    plans[i].append(dest)
+                    (local if dest == self._node_id else remote.setdefault(dest, [])).append(
+                        (i, part))
+            if remote:
+                assert self._forwarding is not None, "Router.attach() was not called"
+                for dest, entries in remote.items():
+                    waits[dest] = self._forwarding.submit(dest, [p for _, p in entries])
+            for dest, wait in waits.items():  # first: a refused request stores nothing here
+                for (i, _), outcome in zip(remote[dest], await wait(), strict=True):
+                    outcomes[i][dest] = outcome
+            refused = {i for i, got in enumerate(outcomes)
+                       if any(isinstance(o, RelayError) for o in got.values())}
+            keep = [(i, p) for i, p in local if i not in refused]
+            if keep:
+                results = await self._store_held([p for _, p in keep])
+                for (i, _), result in zip(keep, results, strict=True):
+                    outcomes[i][self._node_id] = result if result is not None else "stored"
+        for i, _ in local:
+            outcomes[i].setdefault(self._node_id, "stored")  # not written: a refusal answers
         for i, frame in enumerate(frames):
             if answers[i] is None:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
@@ -173,7 +204,7 @@ class Router:
         groups: dict[str, list] = {}
         for r in frame.recipients:
             self._directory.check_user_id(r.user_id)
-            groups.setdefault(self._ring.home(r.user_id).id, []).append(r)
+            groups.setdefault(self._homes.home(r.user_id).id, []).append(r)
         if isinstance(frame, GroupSend):
             return [(dest, GroupForward(id=0, msg_id=frame.msg_id, sender_user=sender_user,
                                         sender_device=sender_device, ts=ts, body=frame.body,
@@ -186,7 +217,7 @@ class Router:
     # ------------------------------------------------------------ storing parts homed here
 
     async def store_parts(
-        self, parts: list[Part], *, peer_id: str | None = None
+        self, parts: list[Part], *, peer_id: str | None = None, blocked: Blocked | None = None,
     ) -> list[RelayError | None]:
         """Check every part and durably enqueue the accepted ones in one ``enqueue_many``
         call, in order; wake the devices' pushers.
@@ -195,30 +226,92 @@ class Router:
             parts: forwards / group forwards whose recipients are all homed here.
             peer_id: the node the parts came from: each part's ``sender_user`` must
                 be homed there (``None``: built here from an authenticated device).
+            blocked: the retryable refusals of earlier calls that the same order
+                covers (one ``forward_batch`` stored in several calls): read, and
+                updated with this call's retryable refusals.
 
         Returns:
             Per part, in order: ``None`` (stored, or already stored: deduplicated by
             ``(sender_user, msg_id)``) or the :class:`RelayError` refusing it alone
             (``bad_request``, ``unknown_user``, ``stale_devices``, ``queue_full``,
-            ``storage_full``, ``storage_unavailable``).
+            ``storage_full``, ``storage_unavailable``, ``moved``: the user was just
+            handed to another node by a reshape).
+
+        During a reshape (docs/protocol.md, "Handoff"), recipients still being handed
+        to this node are passed on to their old home (the outcome is that node's, or
+        ``queued`` in the outbox), and a peer that is the new home of every recipient
+        may pass on parts of any sender.
         """
+        users = {r.user_id for part in parts for r in part.recipients}
+        relays: dict[str, list[tuple[int, Part]]] = {}
+        async with self._homes.hold(users):
+            results = await self._store_held(parts, peer_id=peer_id, relays=relays,
+                                             blocked=blocked)
+        if not relays:
+            return results
+        assert self._forwarding is not None, "Router.attach() was not called"
+        waits = {dest: self._forwarding.submit(dest, [p for _, p in entries])
+                 for dest, entries in relays.items()}
+        try:
+            for dest, entries in relays.items():  # users still being handed to this node
+                outcomes = await waits[dest]()
+                moved = [(i, p) for (i, p), o in zip(entries, outcomes, strict=True)
+                         if isinstance(o, RelayError) and o.code is ErrorCode.MOVED]
+                for _, part in moved:  # the old home does not hold them (any more)
+                    self._homes.done.update(r.user_id for r in part.recipients)
+                retried = dict(zip([i for i, _ in moved],
+                                   await self.store_parts([p for _, p in moved]), strict=True))
+                for (i, _), outcome in zip(entries, outcomes, strict=True):
+                    outcome = retried.get(i, outcome)
+                    if isinstance(outcome, RelayError) and results[i] is None:
+                        results[i] = outcome
+        finally:
+            for dest, entries in relays.items():
+                self._homes.relaying[dest] -= len(entries)
+        return results
+
+    async def _store_held(
+        self, parts: list[Part], *, peer_id: str | None = None,
+        relays: dict[str, list[tuple[int, Part]]] | None = None, blocked: Blocked | None = None,
+    ) -> list[RelayError | None]:
+        """:meth:`store_parts` while the recipients are held (:meth:`Homes.hold`);
+        parts (or their recipients) for users still being handed to this node go
+        into ``relays`` by their old home instead."""
         results: list[RelayError | None] = [None] * len(parts)
         requests: list[EnqueueRequest] = []
         accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
+        blocked = {} if blocked is None else blocked  # see "Order across refusals"
+        keys_of: list[set[ChainKey]] = []
         for i, part in enumerate(parts):
+            keys = _chain_keys(part)
+            keys_of.append(keys)
+            hit = next((blocked[k] for k in keys if k in blocked), None)
+            if hit is not None:
+                results[i] = RelayError(hit.code, "not stored: an earlier message of the same "
+                                        f"sending device was refused ({hit.message or hit.code.value})")
+                blocked.update(dict.fromkeys(keys, hit))
+                continue
             try:
-                if peer_id is not None:
+                if peer_id is not None and not self._relayed_to(part, peer_id):
+                    self._check_not_passed_on(part, peer_id)
                     self.check_from_peer(part.sender_user, peer_id)
+                if relays is not None:
+                    part = self._relay_incoming(i, part, relays)
+                    if part is None:
+                        continue
                 await self.check_local(part.sender_user, part.sender_device, part_members(part))
                 items = part_items(part)
             except KNOWN_REFUSALS as exc:
-                results[i] = relay_error_from(exc)
+                err = results[i] = relay_error_from(exc)
+                if err is not None and err.code.value in RETRYABLE_CODES:
+                    blocked.update(dict.fromkeys(keys, err))
                 continue
             if not items:
                 continue
             accepted.append((i, items))
             requests.append(EnqueueRequest(items, dedupe=dedupe_id(part.sender_user, part.msg_id),
-                                           max_queue=self._max_queue))
+                                           max_queue=self._max_queue,
+                                           sender=(part.sender_user, part.sender_device)))
         if not requests:
             return results
         try:
@@ -227,11 +320,14 @@ class Router:
             err = relay_error_from(exc)
             for i, _ in accepted:
                 results[i] = err
+                if err is not None:
+                    blocked.update(dict.fromkeys(keys_of[i], err))
             return results
         for (i, items), answer in zip(accepted, answers, strict=True):
             if isinstance(answer, Exception):
-                results[i] = relay_error_from(answer) or RelayError(
+                err = results[i] = relay_error_from(answer) or RelayError(
                     ErrorCode.INTERNAL, "the node could not store the message")
+                blocked.update(dict.fromkeys(keys_of[i], err))
             elif answer is not None:
                 for user_id, device_id, _ in items:
                     self._notify(user_id, device_id)
@@ -258,6 +354,10 @@ class Router:
                 raise RelayError(ErrorCode.BAD_REQUEST, "a user appears twice in recipients")
             seen.add(user_id)
             if not self._directory.is_home(user_id):
+                if self._homes.previous is not None:  # handed over during a reshape
+                    home = self._homes.home(user_id)
+                    raise RelayError(ErrorCode.MOVED, f"the home of this user is {home.id}",
+                                     url=home.url, user_id=user_id)
                 raise RelayError(ErrorCode.BAD_REQUEST, "recipient is not homed at this node",
                                  user_id=user_id)
             try:
@@ -268,10 +368,62 @@ class Router:
                     await self._on_stale(user_id, sender_user)
                 raise
 
+    def _relayed_to(self, part: Part, peer_id: str) -> bool:
+        """True if every recipient of ``part`` is being handed from here to ``peer_id``
+        (the new home passes requests for them on; docs/protocol.md, "Handoff")."""
+        outgoing = self._homes.outgoing
+        return all(outgoing.get(r.user_id) == peer_id for r in part.recipients)
+
+    def _check_not_passed_on(self, part: Part, peer_id: str) -> None:
+        """Raise ``moved`` for a part that the recipients' new home ``peer_id`` passed
+        on to this old home although none of them is held here (any more): the new
+        home then stores it itself."""
+        homes = self._homes
+        if homes.previous is None or not part.recipients:
+            return
+        if all(homes.ring.home(r.user_id).id == peer_id and r.user_id not in homes.outgoing
+               for r in part.recipients):
+            home = homes.node(peer_id)
+            raise RelayError(ErrorCode.MOVED, f"the home of these users is {peer_id}",
+                             url=home.url if home else None,
+                             user_id=part.recipients[0].user_id)
+
+    def _relay_incoming(
+        self, i: int, part: Part, relays: dict[str, list[tuple[int, Part]]]
+    ) -> Part | None:
+        """Move the recipients of ``part`` that are still being handed to this node into
+        ``relays`` (by old home); return the rest (``None`` if nothing is left)."""
+        homes = self._homes
+        if homes.previous is None:
+            return part
+        by_dest: dict[str, list] = {}
+        for r in part.recipients:
+            dest = homes.home(r.user_id).id if homes.incoming(r.user_id) else self._node_id
+            by_dest.setdefault(dest, []).append(r)
+        for dest, recipients in by_dest.items():
+            if dest != self._node_id:
+                relays.setdefault(dest, []).append(
+                    (i, dataclasses.replace(part, recipients=recipients)))  # type: ignore[type-var]
+                homes.relaying[dest] = homes.relaying.get(dest, 0) + 1
+        mine = by_dest.get(self._node_id)
+        if mine is None:
+            return None
+        return part if len(mine) == len(part.recipients) else dataclasses.replace(
+            part, recipients=mine)  # type: ignore[type-var]
+
     def check_from_peer(self, sender_user: str, peer_id: str) -> None:
         """Raise ``bad_request`` unless ``sender_user`` is well-formed and homed at
         ``peer_id`` (a peer may only forward what its own users sent)."""
         self._directory.check_homed_at(sender_user, peer_id, "sender")
+
+
+def _chain_keys(part: Part) -> set[ChainKey]:
+    """``(sender user, sender device, user, device)`` per receiving device of a part."""
+    try:
+        members = part_members(part)
+    except (TypeError, ValueError, AttributeError):  # malformed: refused by the checks
+        return set()
+    return {(part.sender_user, part.sender_device, u, d) for u, devs in members for d in devs}
 
 
 def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:

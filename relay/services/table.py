@@ -8,13 +8,16 @@ Services and what they serve:
 * media: ``media_upload``, ``media_status``, ``media_download``;
 * messaging (peers): ``forward``, ``group_forward``, ``forward_batch``
   (:mod:`relay.services.messaging`);
-* ephemeral sends: ``send {ephemeral: true}`` (:mod:`relay.services.ephemeral`).
+* ephemeral sends: ``send {ephemeral: true}`` (:mod:`relay.services.ephemeral`);
+* handoff (peers): ``handoff_put``, ``handoff_done``, ``handoff_complete``
+  (:mod:`relay.services.handoff`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay.protocol import RemoteProtocolError, verify_device_list
 from relay.protocol.frames import (
     ClaimKeys,
     Frame,
@@ -33,6 +36,7 @@ from relay.protocol.frames import (
 from relay.services import lookups
 from relay.services.base import Caller, Table
 from relay.services.ephemeral import ephemeral_table
+from relay.services.handoff import handoff_table
 from relay.services.messaging import messaging_table
 
 if TYPE_CHECKING:
@@ -44,6 +48,10 @@ def directory_table(node: Node) -> Table:
 
     async def put_devices(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, PutDevices)
+        try:  # checked again (and refused) by publish
+            await node.handoff.incoming.settle(verify_device_list(frame.device_list).user_id)
+        except RemoteProtocolError:
+            pass
         await node.changes.publish(frame.device_list)
         return Ok(id=frame.id)
 
@@ -115,7 +123,8 @@ def node_table(node: Node) -> Table:
     """
     table: Table = {}
     for part in (directory_table(node), linking_table(node), notices_table(node),
-                 media_table(node), messaging_table(node), ephemeral_table(node)):
+                 media_table(node), messaging_table(node), handoff_table(node),
+                 ephemeral_table(node)):
         for cls, handler in part.items():
             if cls in table:
                 raise ValueError(f"{cls.TYPE!r} is served twice")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from relay.errors import RelayError
 from relay.protocol import ErrorCode, auth_message, peer_auth_message, verify_signature
 from relay.protocol.frames import Auth, PeerAuth, PeerAuthOk
+from relay.services.directory import BLOCK_MARK
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -21,10 +22,15 @@ async def check_device_auth(node: Node, nonce: bytes, frame: Auth) -> None:
 
     Raises:
         RelayError: ``bad_request`` (not a user id), ``moved`` (homed elsewhere),
-            ``unknown_user``, ``unknown_device``, ``unauthorized`` (bad signature).
+            ``unknown_user``, ``unknown_device``, ``unauthorized`` (bad signature, or
+            an account blocked with ``wa-relay admin user block``).
     """
     node.directory.check_user_id(frame.user_id)
-    node.directory.check_home(frame.user_id)
+    await node.handoff.incoming.settle(frame.user_id)
+    async with node.homes.hold([frame.user_id]):  # a handoff of the user in progress: wait
+        node.directory.check_home(frame.user_id)
+    if await node.storage.get_mark(BLOCK_MARK + frame.user_id) is not None:
+        raise RelayError(ErrorCode.UNAUTHORIZED, "account blocked by the operator")
     _, parsed = await node.directory.require_device_list(frame.user_id)
     device = parsed.device(frame.device_id)
     if device is None:
@@ -45,7 +51,7 @@ def check_peer_auth(node: Node, nonce: bytes, frame: PeerAuth) -> PeerAuthOk:
         RelayError: ``unauthorized`` (unknown node, this node's own id, a nonce
             that is not 32 bytes, or a bad signature).
     """
-    peer = node.ring.node(frame.node_id)
+    peer = node.homes.node(frame.node_id)  # either ring: a node being removed still drains
     if peer is None or peer.id == node.id or len(frame.nonce) != 32:
         raise RelayError(ErrorCode.UNAUTHORIZED, "unknown peer node")
     message = peer_auth_message(nonce, peer.id, node.id, node.ring.version)

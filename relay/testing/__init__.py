@@ -18,12 +18,21 @@ As processes (``wa-relay serve`` / ``wa-relay cluster``): :func:`free_base_port`
 picks a free port range, :class:`LoggedProcess` starts the program with its
 output logged and reads its ``ready <node_id> <url>`` lines, :func:`tool` and
 :func:`child_env` give the argv prefix and environment of this installation.
+:class:`ProcessCluster` lays out a cluster and runs its nodes as processes, a node
+possibly served by several processes (one address each) over a shared database.
 
 Nothing here is used by a running relay; it imports :mod:`relay.node` but
 nothing imports it back.
 """
 
-from ._cluster import LocalCluster, StorageKind, node_configs, open_local_cluster
+from ._cluster import (
+    LocalCluster,
+    StorageKind,
+    node_configs,
+    open_local_cluster,
+    reshape_configs,
+)
+from ._homes import ProcessCluster, ProcessFailed
 from ._ports import LOOPBACK, free_base_port, free_ports, port_is_free
 from ._process import LoggedProcess, child_env, file_tail, tool
 
@@ -31,6 +40,8 @@ __all__ = [
     "LOOPBACK",
     "LocalCluster",
     "LoggedProcess",
+    "ProcessCluster",
+    "ProcessFailed",
     "StorageKind",
     "child_env",
     "file_tail",
@@ -38,6 +49,7 @@ __all__ = [
     "free_ports",
     "node_configs",
     "open_local_cluster",
+    "reshape_configs",
     "port_is_free",
     "tool",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,7 +91,7 @@ class LocalCluster:
         self.nursery = nursery
         self.configs = configs
         self.ring = Ring(configs[0].cluster)
-        self.urls = {info.id: info.url for info in configs[0].cluster}
+        self.urls = {c.id: c.node.url for c in configs}
         self.storages: dict[str, Storage] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
@@ -195,3 +196,46 @@ async def open_local_cluster(
             yield cluster
         finally:
             nursery.cancel_scope.cancel()
+
+
+def reshape_configs(configs: list[NodeConfig], n: int) -> list[NodeConfig]:
+    """The configs of a reshape of the cluster of ``configs`` to ``n`` nodes ``n1..nN``.
+
+    Nodes that stay keep their id, port, key and storage; new nodes get free ports,
+    fresh keys and the storage kind of the others (memory, or LMDB beside them).
+    Every config lists the new cluster and, as ``previous_cluster``, the old one;
+    nodes the reshape removes get a config too (they drain, then stop).
+
+    Returns:
+        The configs of ``n1..nN`` followed by those of the removed nodes.
+    """
+    old = {c.id: c for c in configs}
+    base = configs[0]
+    host = base.host
+    fresh = [f"n{i}" for i in range(1, n + 1) if f"n{i}" not in old]
+    ports = dict(zip(fresh, free_ports(len(fresh), host), strict=True))
+    keys = {nid: nacl.signing.SigningKey.generate() for nid in fresh}
+    infos = []
+    for i in range(1, n + 1):
+        nid = f"n{i}"
+        if nid in old:
+            infos.append(old[nid].node)
+        else:
+            infos.append(NodeInfo(nid, f"ws://{host}:{ports[nid]}", bytes(keys[nid].verify_key)))
+    previous = base.cluster
+    out = []
+    for info in infos:
+        if info.id in old:
+            out.append(replace(old[info.id], cluster=tuple(infos), previous_cluster=previous))
+            continue
+        storage = "memory://"
+        if base.storage.startswith("lmdb://"):
+            node_dir = Path(base.storage.removeprefix("lmdb://")).parent / info.id
+            node_dir.mkdir(parents=True, exist_ok=True)
+            storage = f"lmdb://{node_dir}"
+        out.append(replace(base, id=info.id, port=ports[info.id], signing_key=keys[info.id],
+                           storage=storage, cluster=tuple(infos), previous_cluster=previous))
+    for c in configs:
+        if c.id not in {i.id for i in infos}:
+            out.append(replace(c, cluster=tuple(infos), previous_cluster=previous))
+    return out

@@ -119,6 +119,19 @@ class LoggedProcess:
             if len(parts) == 3 and parts[0] == "ready":
                 return parts[1], parts[2]
 
+    def next_line(self, prefix: str, deadline: float) -> str | None:
+        """The next stdout line starting with ``prefix`` (other lines are skipped), or
+        ``None`` if the child closed its stdout or ``deadline`` (:func:`time.monotonic`)
+        passed."""
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=remaining) if remaining > 0 else None
+            except queue.Empty:
+                line = None
+            if line is None or line.startswith(prefix):
+                return line
+
     def stderr_tail(self, limit: int = 4000) -> str:
         """The last ``limit`` bytes the child (and earlier runs) wrote to stderr."""
         return file_tail(self.stderr_log, limit)

@@ -29,7 +29,9 @@ _CONNECTION = (
     pe.ReadOnlySqlTransaction, pe.TooManyConnections, pe.IdleSessionTimeout,
     psycopg.InterfaceError, psycopg_pool.PoolTimeout,
 )
-_TRANSIENT = (pe.TransactionRollback, pe.LockNotAvailable, pe.QueryCanceled, pe.OutOfMemory)
+_TRANSIENT = (pe.TransactionRollback, pe.SerializationFailure, pe.DeadlockDetected,
+              pe.LockNotAvailable, pe.QueryCanceled, pe.OutOfMemory)
+# (psycopg derives DeadlockDetected from OperationalError, not TransactionRollback.)
 _FULL = (pe.DiskFull, pe.ProgramLimitExceeded)
 LOOK_AGAIN_CONSTRAINTS = frozenset({"dedupe_pkey"})
 """Unique constraints whose violation means "another process was first": look again."""

@@ -38,11 +38,11 @@ def _clamp(n: int) -> int:
 class Enqueue(Op):
     """One :class:`~storage.base.EnqueueRequest`; value: seqs, or None (duplicate)."""
 
-    __slots__ = ("items", "dedupe", "max_queue", "ts")
+    __slots__ = ("items", "dedupe", "max_queue", "ts", "chain")
     merge = True
 
     def __init__(self, items: list[tuple[str, int, bytes]], dedupe: bytes | None,
-                 max_queue: int | None, ts: float) -> None:
+                 max_queue: int | None, ts: float, chain: frozenset = frozenset()) -> None:
         size = sum(len(env) for _, _, env in items)
         adds = size + ITEM_OVERHEAD * len(items)
         if dedupe is not None:
@@ -52,6 +52,10 @@ class Enqueue(Op):
         self.dedupe = dedupe
         self.max_queue = max_queue
         self.ts = ts
+        self.chain = chain  # chain keys (storage._chains): skipped after a refusal on one
+
+    def devices(self) -> list[_Dev]:
+        return [(u, d) for u, d, _ in self.items]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -85,6 +89,11 @@ class Enqueue(Op):
         d_ids: list[bytes] = []
         d_ts: list[float] = []
         for op in reqs:
+            blocked = tx.chains.blocking(op.chain) if op.chain else None
+            if blocked is not None:
+                op.error = blocked
+                tx.chains.record(op.chain, blocked)
+                continue
             if op.dedupe is not None and op.dedupe in seen:
                 continue  # value None: a duplicate
             if op.max_queue is not None:
@@ -92,9 +101,11 @@ class Enqueue(Op):
                 full = [k for k, n in per.items() if state[k][1] + n > op.max_queue]
                 if full:
                     op.error = QueueFull(f"queue of {full[0]} would exceed {op.max_queue} envelopes")
+                    tx.chains.record(op.chain, op.error)
                     continue
             if not tx.admit(op.adds):
                 tx.refuse_full(op)
+                tx.chains.record(op.chain, op.error)
                 continue
             seqs = []
             for u, d, env in op.items:
@@ -114,9 +125,11 @@ class Enqueue(Op):
             op.value = seqs
         if d_ids:
             # The unique constraint decides: an id another process committed after we
-            # looked violates dedupe_pkey, and the writer runs the batch again.
+            # looked violates dedupe_pkey, and the writer runs the batch again. In key
+            # order, so two writers inserting the same ids wait, never deadlock.
+            d_ids, d_ts = zip(*sorted(zip(d_ids, d_ts, strict=True)), strict=True)
             tx.cur.execute("INSERT INTO dedupe (id, ts) SELECT * FROM "
-                           "unnest(%b::bytea[], %b::float8[])", (d_ids, d_ts))
+                           "unnest(%b::bytea[], %b::float8[])", (list(d_ids), list(d_ts)))
         if q_seq:
             tx.cur.execute(
                 "INSERT INTO queue (user_id, device_id, seq, ts, envelope) SELECT * FROM "
@@ -141,6 +154,9 @@ class Ack(Op):
     def __init__(self, user: str, dev: int, seq: int) -> None:
         super().__init__()
         self.user, self.dev, self.seq = user, dev, _clamp(seq)
+
+    def devices(self) -> list[_Dev]:
+        return [(self.user, self.dev)]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -181,6 +197,9 @@ class PurgeDevice(Op):
     def __init__(self, user: str, dev: int) -> None:
         super().__init__()
         self.user, self.dev = user, dev
+
+    def devices(self) -> list[_Dev]:
+        return [(self.user, self.dev)]
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -255,6 +274,7 @@ class OutboxPut(Op):
                 "INSERT INTO outbox (id, dest, payload) SELECT * FROM "
                 "unnest(%b::bigint[], %b::text[], %b::bytea[])",
                 (ids, [d for d, _ in op.entries], [p for _, p in op.entries]))
+            tx.changes.outbox.update(d for d, _ in op.entries)
             op.value = ids
 
 

@@ -159,6 +159,7 @@ class PutDeviceList(Op):
                 RETURNING 1""", (op.user, op.version, op.blob))
             if not stored:
                 raise LookAgain("another process stored a device list meanwhile")
+            tx.changes.lists.add(op.user)
             if old:
                 tx.free(old[0][1] + LIST_OVERHEAD)
 

@@ -30,6 +30,7 @@ ordering is by code point, as Python sorts ``str``:
 ``wa_meta``        ``key`` -> ``value``: ``media_used``
 ``wa_commits``     ``token`` -> ``at``: one row per committed write batch, so a
                    batch whose ``COMMIT`` was lost can tell whether it landed
+``wa_marks``       ``name`` -> ``value``: durable handoff markers (version 2)
 =================  ==============================================================
 """
 
@@ -133,6 +134,12 @@ INSERT INTO wa_meta (key, value) VALUES ('media_used', 0);
 CREATE TABLE wa_commits (
     token bytea PRIMARY KEY,
     at timestamptz NOT NULL DEFAULT now()
+);
+"""),
+    (2, "handoff marks", """
+CREATE TABLE wa_marks (
+    name text COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL
 );
 """),
 ]

@@ -30,14 +30,16 @@ import psycopg_pool
 import trio
 
 from .. import _keys as K
+from .._chains import chain_keys
 from .._running import running_writer
 from ..base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from ..errors import StorageError, StorageUnavailable
 from . import _ops as ops
 from ._directory import PgDirectoryMixin, value_of
 from ._errors import classify, translate
+from ._handoff import PgHandoffMixin
 from ._media import PgMediaMixin
-from ._notify import channel_of, new_origin, serve_enqueue_watch
+from ._notify import Changes, channel_of, new_origin, serve_enqueue_watch, serve_watch
 from ._schema import migrate, set_search_path
 from ._url import DEFAULT_SCHEMA, open_kwargs, split_url
 from ._writer import FaultHook, PgWriter
@@ -46,7 +48,7 @@ T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
+class PostgresStorage(PgHandoffMixin, PgDirectoryMixin, PgMediaMixin):
     """A durable, shareable :class:`~storage.base.Storage` in PostgreSQL.
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that own
@@ -93,7 +95,8 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
             connect_timeout: seconds to reach the server at open.
             max_batch_ops: most ops per group-commit transaction.
             notify: send a notification with every commit that enqueued envelopes,
-                for :meth:`serve_enqueue_watch` in other processes on the schema.
+                stored a device list or put outbox entries, for :meth:`serve_watch`
+                in other processes on the schema.
             fault_hook: test-only, see :data:`~storage.postgresql._writer.FaultHook`.
 
         Raises (on entry):
@@ -172,16 +175,40 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
             raise ValueError(f"bad schema name {schema!r}")
         return await trio.to_thread.run_sync(partial(cls.prepare, conninfo, schema))
 
+    @property
+    def notifies(self) -> bool:
+        """True if this instance was opened with ``notify=True`` (its commits tell
+        other processes on the schema what changed)."""
+        return self.writer._notify is not None
+
+    async def serve_watch(
+        self, on_change: Callable[[Changes | None], None], *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_change(changes)`` whenever *another* storage instance on this
+        schema (opened with ``notify=True``) committed changes (a
+        :class:`~storage.postgresql._notify.Changes`: device queues that got
+        envelopes, users whose device list was stored, outbox destinations that got
+        entries), and ``on_change(None)`` after a lost listening connection came back
+        (anything may have changed meanwhile). Runs until cancelled;
+        ``task_status.started()`` once listening. See :mod:`storage.postgresql._notify`.
+
+        Raises:
+            StorageUnavailable: the first connection or LISTEN failed.
+        """
+        self._check_open()
+        try:
+            await serve_watch(self._conninfo, self.schema, self._origin, on_change,
+                              task_status=task_status)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
     async def serve_enqueue_watch(
         self, on_enqueued: Callable[[set[tuple[str, int]] | None], None], *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Call ``on_enqueued(devices)`` whenever *another* storage instance on this
-        schema (opened with ``notify=True``) committed envelopes for ``devices``
-        (a set of ``(user_id, device_id)``), and ``on_enqueued(None)`` after a lost
-        listening connection came back (wake every local device). Runs until
-        cancelled; ``task_status.started()`` once listening. See
-        :mod:`storage.postgresql._notify`.
+        """:meth:`serve_watch` for device queues only: ``on_enqueued(devices)`` (a set
+        of ``(user_id, device_id)``), ``on_enqueued(None)`` after a reconnect.
 
         Raises:
             StorageUnavailable: the first connection or LISTEN failed.
@@ -273,12 +300,13 @@ class PostgresStorage(PgDirectoryMixin, PgMediaMixin):
             ValueError, TypeError: a malformed argument in any request; nothing stored.
             trio.ClosedResourceError: the storage is closed.
         """
+        token = object()
         batch = []
         for req in requests:
             items = [(*self._dev(u, d), K.check_bytes("envelope", env)) for u, d, env in req.items]
             dd = None if req.dedupe is None else K.check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
-            batch.append(ops.Enqueue(items, dd, req.max_queue, ts))
+            batch.append(ops.Enqueue(items, dd, req.max_queue, ts, chain_keys(token, req)))
         self._check_open()
         return [_answer(op) for op in await self.writer.submit_many(batch)]
 

@@ -51,16 +51,17 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import psycopg
 import psycopg_pool
 import trio
 
+from .._chains import Chains
 from ..errors import StorageError, StorageFull, StorageUnavailable
 from ._errors import classify, translate
-from ._notify import payloads
+from ._notify import Changes, payloads
 from ._schema import USAGE_SLOTS
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,14 @@ FaultHook = Callable[[str, psycopg.Connection], None]
 and ``"committed"`` just after it, with the writer's connection; it may kill that
 connection's backend or raise a ``psycopg.Error``."""
 
+LOCK_DEVICES = (
+    "SELECT 1 FROM devices WHERE (user_id, device_id) IN "
+    "(SELECT * FROM unnest(%b::text[], %b::bigint[])) ORDER BY user_id, device_id FOR UPDATE")
+"""Locks a batch's existing counter rows in key order before any op runs: the ops of
+a batch run by kind in submission order (an enqueue, an ack, another enqueue...), so
+without it two processes' writers lock the same rows in different orders and
+deadlock (PostgreSQL breaks that after ``deadlock_timeout``, 1 s). Rows created by
+the batch (a device's first envelope) are locked when created."""
 TOKEN_TTL = "10 minutes"
 TOKEN_SWEEP_EVERY = 60.0
 LOOK_AGAIN_LIMIT = 50
@@ -104,6 +113,11 @@ class Op:
         Raise only psycopg errors or :class:`LookAgain` (nothing may then be kept)."""
         raise NotImplementedError
 
+    def devices(self) -> Iterable[tuple[str, int]]:
+        """The ``(user_id, device_id)`` whose counter rows (``devices``) the op updates;
+        the transaction locks them all first, in key order (see :data:`LOCK_DEVICES`)."""
+        return ()
+
 
 class Tx:
     """What an op's ``run`` sees: the connection (in pipeline mode), a cursor, and the
@@ -117,15 +131,21 @@ class Tx:
 
     ``admit(n)`` is True (and counts ``n`` bytes) if ``n`` more bytes stay within
     ``max_bytes`` (always, without a bound); ``free(n)`` un-counts freed bytes.
+    ``chains``: the refusals so far, by chain key (:mod:`storage._chains`): an
+    enqueue skips a refused sender's later requests to the same devices.
     """
 
     def __init__(self, conn: psycopg.Connection, cur: psycopg.Cursor,
-                 usage: psycopg.Cursor | None, limit: int | None) -> None:
+                 usage: psycopg.Cursor | None, limit: int | None,
+                 chains: Chains | None = None) -> None:
         self.conn = conn
         self.cur = cur
+        self.chains = Chains() if chains is None else chains
         self.delta = 0
-        #: devices that got envelopes in this transaction (for the notification)
-        self.enqueued: set[tuple[str, int]] = set()
+        #: what this transaction changed that other processes care about (the notification)
+        self.changes = Changes()
+        #: devices that got envelopes in this transaction (``changes.queues``)
+        self.enqueued: set[tuple[str, int]] = self.changes.queues
         self._usage = usage
         self._used: int | None = None
         self._limit = limit
@@ -181,7 +201,8 @@ class PgWriter:
         max_bytes: the accounted-bytes bound, or ``None``.
         retry_for: seconds a batch keeps retrying on connection errors.
         max_batch_ops, max_batch_bytes, queue_size: batch and channel bounds.
-        notify: ``(channel, origin)``: every transaction that enqueued envelopes also
+        notify: ``(channel, origin)``: every transaction that enqueued envelopes, stored
+            a device list or put outbox entries also
             sends ``pg_notify`` (see :mod:`storage.postgresql._notify`); None: not.
         fault_hook: test-only, see :data:`FaultHook`.
     """
@@ -200,6 +221,7 @@ class PgWriter:
         self._slot = secrets.randbelow(USAGE_SLOTS)
         self._next_sweep = time.monotonic() + TOKEN_SWEEP_EVERY
         self._notify = notify
+        self._unannounced = False  # a committed batch's notification was lost
         self.fault_hook = fault_hook
         self._send, self._recv = trio.open_memory_channel[_Ticket](queue_size)
         self.stopped = trio.Event()
@@ -295,11 +317,14 @@ class PgWriter:
     # -- in the writer thread
 
     def _run_sync(self, ops: list[Op]) -> None:
+        # Segments are answered in op order (bisection runs the first half first),
+        # so an op's chain keys are checked against earlier ops' refusals only.
         segments: deque[list[Op]] = deque([ops])
+        chains = Chains()
         while segments:
             seg = segments.popleft()
             try:
-                self._attempt(seg)
+                self._attempt(seg, chains)
             except _Failed as failed:
                 if len(seg) == 1:
                     err = translate(failed.exc)
@@ -309,8 +334,13 @@ class PgWriter:
                 else:
                     half = len(seg) // 2
                     segments.extendleft((seg[half:], seg[:half]))
+                    continue
+            for op in seg:
+                keys = getattr(op, "chain", ())
+                if keys:
+                    chains.record(keys, op.error)
 
-    def _attempt(self, seg: list[Op]) -> None:
+    def _attempt(self, seg: list[Op], chains: Chains) -> None:
         """Commit ``seg`` in one transaction, retrying as the module docstring says;
         set every answer. Raises _Failed for a "full" or "bug" error (nothing kept)."""
         token = secrets.token_bytes(16)
@@ -322,8 +352,9 @@ class PgWriter:
             conn: psycopg.Connection | None = None
             try:
                 conn = self._pool.getconn(timeout=max(deadline - time.monotonic(), 0.05))
-                self._transaction(conn, seg, token, in_doubt)
+                changes = self._transaction(conn, seg, token, in_doubt, chains)
                 self.commits += 1
+                self._announce(conn, changes)
                 return
             except LookAgain:
                 looks += 1
@@ -362,13 +393,36 @@ class PgWriter:
                 if conn is not None:
                     self._pool.putconn(conn)  # a closed or broken one is discarded
 
+    def _announce(self, conn: psycopg.Connection, changes: Changes) -> None:
+        """Send the notifications of a committed batch, in a transaction of their own
+        (see :mod:`storage.postgresql._notify`); never raises: a failure makes the
+        next announcement say "anything may have changed"."""
+        if self._notify is None or not (changes or self._unannounced):
+            return
+        if self._unannounced:
+            changes = Changes(changes.queues, changes.lists, changes.outbox, everything=True)
+        channel, origin = self._notify
+        try:
+            conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                         (channel, payloads(origin, changes)))
+        except psycopg.Error as exc:
+            log.warning("could not notify the other processes (%s); the next "
+                        "notification tells them to look at everything", exc)
+            self._unannounced = True
+            if classify(exc, conn) == "connection":
+                conn.close()
+            else:
+                _rollback(conn)
+            return
+        self._unannounced = False
+
     def _transaction(
         self, conn: psycopg.Connection, seg: list[Op], token: bytes,
-        in_doubt: list[tuple[Any, Exception | None]] | None,
-    ) -> None:
+        in_doubt: list[tuple[Any, Exception | None]] | None, chains: Chains,
+    ) -> Changes:
         """One attempt, pipelined (see :class:`Tx`): an enqueue batch costs two round
-        trips, its reads and then its writes with the ``COMMIT``. Returns once
-        committed with every answer set, or raises; an error once ``COMMIT`` was
+        trips, its reads and then its writes with the ``COMMIT``. Returns what it
+        changed (for :meth:`_announce`) once committed with every answer set, or raises; an error once ``COMMIT`` was
         queued raises :class:`_LostCommit` (carrying the answers) when the connection
         is gone, since the outcome is then unknown."""
         cur = conn.cursor()
@@ -386,14 +440,17 @@ class PgWriter:
                         for op, (value, error) in zip(seg, in_doubt, strict=True):
                             op.value, op.error = value, error
                         self.resolved_by_token += 1
-                        return
+                        return Changes(everything=True)  # what it changed went unannounced
                 else:  # a fresh token cannot conflict: no need to wait for the answer
                     cur.execute("INSERT INTO wa_commits (token) VALUES (%s)", (token,))
+                devs = sorted({dev for op in seg for dev in op.devices()})
+                if devs:  # every counter row of the batch, locked first, in key order
+                    cur.execute(LOCK_DEVICES, ([u for u, _ in devs], [d for _, d in devs]))
                 usage = None
                 if self._limit is not None:
                     usage = conn.cursor()
                     usage.execute("SELECT coalesce(sum(bytes), 0)::bigint FROM wa_usage")
-                tx = Tx(conn, cur, usage, self._limit)
+                tx = Tx(conn, cur, usage, self._limit, chains.fork())
                 for op in seg:
                     op.value, op.error = None, None
                 start = 0
@@ -408,10 +465,6 @@ class PgWriter:
                 if tx.delta:
                     cur.execute("UPDATE wa_usage SET bytes = bytes + %s WHERE slot = %s",
                                 (tx.delta, self._slot))
-                if self._notify is not None and tx.enqueued:
-                    channel, origin = self._notify
-                    for payload in payloads(origin, tx.enqueued):
-                        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
                 now = time.monotonic()
                 if now >= self._next_sweep:
                     self._next_sweep = now + TOKEN_SWEEP_EVERY
@@ -427,6 +480,7 @@ class PgWriter:
                     self.fault_hook("committed", conn)
                 except psycopg.Error as exc:
                     raise _LostCommit(answers, exc) from exc
+            return tx.changes
         except _LostCommit:
             raise
         except psycopg.Error as exc:

@@ -23,7 +23,8 @@ once under 200 concurrent claims, fallback keys), queues (seqs per device,
 contiguous under 500 concurrent enqueues, never reused after ack, purge or
 reopen; dedupe; ``max_queue`` and ``QueueFull`` with nothing stored; atomic
 multi-device enqueue; expiry), the batch methods (``enqueue_many`` answers each
-request alone and in list order, also across the capacity limit; cumulative
+request alone and in list order, also across the capacity limit, and skips a refused
+sender's later requests to the same devices; cumulative
 ``ack_many``; ``claim_keys`` hands a device listed twice two keys; outbox
 batches; a hypothesis state machine of cumulative acks racing new enqueues),
 device-list watchers (idempotent, sorted, durable),
@@ -36,6 +37,7 @@ from ._base import ALICE, BOB, uid
 from ._batches import BatchConformance
 from ._directory import DirectoryConformance
 from ._durability import DurabilityConformance, OutboxConformance
+from ._handoff import HandoffConformance
 from ._queues import QueueConformance
 from ._watchers import WatcherConformance
 from .media import MediaConformance
@@ -45,6 +47,6 @@ __all__ = ["ALICE", "BOB", "AckRaceMachine", "StorageConformance", "uid"]
 
 class StorageConformance(
     DirectoryConformance, QueueConformance, BatchConformance, AckRaceConformance, WatcherConformance, OutboxConformance,
-    DurabilityConformance, MediaConformance,
+    DurabilityConformance, MediaConformance, HandoffConformance,
 ):
     """Subclass in a ``Test*`` class and implement ``make_storage()``; see the module docs."""

@@ -71,6 +71,47 @@ class BatchConformance(ConformanceBase):
                 ])
             assert await st.queue_length(ALICE, 0) == 0
 
+    async def test_enqueue_many_skips_a_refused_senders_later_requests(self) -> None:
+        """Once a sender's request is refused, its later requests of the same call to
+        any of the same devices are refused with the same error, unwritten; other
+        senders, other devices and requests without a sender are stored."""
+        async with self.opened() as st:
+            await st.enqueue([(BOB, 0, b"old")] * 2, now=T0)
+            a0, a1, c0 = (ALICE, 0), (ALICE, 1), (uid("carol"), 0)
+            answers = await st.enqueue_many([
+                EnqueueRequest([(ALICE, 0, b"x1")], sender=a0, now=T0),           # stored
+                EnqueueRequest([(BOB, 0, b"r1")], max_queue=2, sender=a0, now=T0),  # refused
+                EnqueueRequest([(BOB, 0, b"r2"), (BOB, 1, b"r2")], sender=a0, now=T0),  # skipped
+                EnqueueRequest([(BOB, 1, b"r3")], sender=a0, now=T0),  # skipped: r2 had BOB 1
+                EnqueueRequest([(BOB, 0, b"o1")], sender=a1, now=T0),  # another sending device
+                EnqueueRequest([(BOB, 0, b"n1")], now=T0),               # no sender
+                EnqueueRequest([(BOB, 2, b"r4")], sender=a0, now=T0),  # another device of BOB
+                EnqueueRequest([(BOB, 0, b"c1")], dedupe=b"dc1", sender=c0, now=T0),
+            ])
+            assert answers[0] == [1]
+            assert isinstance(answers[1], QueueFull)
+            assert isinstance(answers[2], QueueFull) and isinstance(answers[3], QueueFull)
+            assert answers[4:] == [[3], [4], [1], [5]]
+            assert [i.envelope for i in await st.read_queue(BOB, 0)] == [
+                b"old", b"old", b"o1", b"n1", b"c1"]
+            assert await st.queue_length(BOB, 1) == 0
+            # The skip is scoped to one call: the sender's next call is applied.
+            assert await st.enqueue_many([EnqueueRequest([(BOB, 1, b"r5")], sender=a0, now=T0)]
+                                         ) == [[1]]
+
+    async def test_enqueue_many_skip_is_checked_before_dedupe(self) -> None:
+        a0 = (ALICE, 0)
+        async with self.opened() as st:
+            await st.enqueue([(BOB, 0, b"m2")], dedupe=b"m2", now=T0)
+            answers = await st.enqueue_many([
+                EnqueueRequest([(BOB, 0, b"m1")], max_queue=1, sender=a0, now=T0),
+                EnqueueRequest([(BOB, 0, b"m2")], dedupe=b"m2", sender=a0, now=T0),
+            ])
+            assert isinstance(answers[0], QueueFull) and isinstance(answers[1], QueueFull)
+            assert await st.queue_length(BOB, 0) == 1
+            with pytest.raises(TypeError):
+                await st.enqueue_many([EnqueueRequest([(BOB, 0, b"x")], sender=("a", "0"))])  # type: ignore[arg-type]
+
     async def test_ack_many_is_cumulative_in_list_order(self) -> None:
         async with self.opened() as st:
             await st.enqueue([(ALICE, 0, b"a")] * 5 + [(BOB, 1, b"b")] * 3, now=T0)
@@ -126,6 +167,23 @@ class BatchConformance(ConformanceBase):
             assert answers[:10] + answers[11:] == [[n] for n in range(1, 21)]
             items = await st.read_queue(BOB, 0, limit=100)
             assert [i.envelope[:3] for i in items] == [b"s%02d" % n for n in range(20)]
+
+    @needs("small")
+    async def test_a_sender_refused_for_room_is_not_overtaken_in_its_batch(self) -> None:
+        """One sender's big envelope does not fit, its later small ones would: they are
+        skipped (``StorageFull``); another sender's small ones are stored."""
+        async with self.opened(small=True) as st:
+            a0, b1 = (ALICE, 0), (BOB, 1)
+            huge = EnqueueRequest([(BOB, 0, b"\xee" * (4 << 20))], sender=a0, now=T0)
+            mine = [EnqueueRequest([(BOB, 0, b"a%02d" % n)], sender=a0, now=T0) for n in range(3)]
+            theirs = [EnqueueRequest([(BOB, 0, b"b%02d" % n)], sender=b1, now=T0) for n in range(3)]
+            answers = await st.enqueue_many([mine[0], huge, mine[1], theirs[0], mine[2],
+                                             theirs[1], theirs[2]])
+            assert answers[0] == [1]
+            assert all(isinstance(answers[i], StorageFull) for i in (1, 2, 4))
+            assert [answers[i] for i in (3, 5, 6)] == [[2], [3], [4]]
+            assert [i.envelope for i in await st.read_queue(BOB, 0)] == [
+                b"a00", b"b00", b"b01", b"b02"]
 
     @needs("small")
     async def test_batch_filling_the_store_then_acks_drain_it(self) -> None:

@@ -1,7 +1,7 @@
 """Smoke test of ``python -m bench --only relay --storage postgresql`` at tiny sizes:
 real ``wa-relay serve`` processes storing in a throwaway PostgreSQL (started by the
-scenario itself). Every ``relay_pg.*`` figure exists and is positive; no speed is
-asserted."""
+scenario itself), one home served by two processes included. Every ``relay_pg.*``
+and ``relay_pg2.*`` figure exists and is positive; no speed is asserted."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ KEYS = [
     "relay_pg.online.msgs_per_s", "relay_pg.online.server_us_per_msg", "relay_pg.online.p50_ms",
     "relay_pg.store.msgs_per_s", "relay_pg.store.server_us_per_msg", "relay_pg.drain.msgs_per_s",
     "relay_pg.federated.msgs_per_s", "relay_pg.paced.p99_ms",
+    "relay_pg2.online.msgs_per_s", "relay_pg2.online.server_us_per_msg",
 ]
 
 

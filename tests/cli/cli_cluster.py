@@ -35,14 +35,15 @@ async def publish(state: State) -> str:
         return client.url
 
 
-def make_account(tmp_path, name, cluster, stack, not_on=()):
-    """A fresh account whose home is not in ``not_on``; its relay URL is another node,
-    so that connecting exercises ``moved``."""
-    for i in range(50):
+def make_account(tmp_path, name, cluster, stack, not_on=(), accept=None):
+    """A fresh account whose home is not in ``not_on`` (and whose user id passes
+    ``accept(user_id)``, if given); its relay URL is another node, so that connecting
+    exercises ``moved``."""
+    for i in range(200):
         state = new_account(tmp_path, f"{name}-{i}", "ws://unset", stack)
         state.name = name
         home = cluster.home_of(state.user_id)
-        if home in not_on:
+        if home in not_on or (accept is not None and not accept(state.user_id)):
             continue
         state.relay_url = next((url for nid, url in cluster.urls.items() if nid != home),
                                cluster.urls[home])

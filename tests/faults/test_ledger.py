@@ -67,9 +67,10 @@ def test_padded_texts_and_foreign_lines():
     assert ledger.foreign["a0"] == 1
 
 
-def test_bounce_notes_from_stderr():
+def test_bounce_lines_from_recv_json():
     ledger = Ledger()
-    stderr = ("message " + "ab" * 16 + " to 6uro26ci5gmk bounced (stale_devices); resend "
-              "failed: device 1 has no keys\nnothing else\n")
-    assert ledger.record_bounces(stderr) == (1, 1)
-    assert "resend failed" in ledger.bounces["ab" * 16]
+    line = {"type": "bounce", "id": "ab" * 16, "to": "6uro26ci5gmk", "code": "stale_devices",
+            "message": "", "resent": None, "error": "device 1 has no keys"}
+    assert ledger.record_bounce(line) is True
+    assert "device 1 has no keys" in ledger.bounces["ab" * 16]
+    assert ledger.record_bounce({**line, "id": "cd" * 16, "resent": "stored", "error": None}) is False

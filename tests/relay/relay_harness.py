@@ -20,8 +20,10 @@ from relay.config import NodeConfig
 from relay.config.ring import Ring
 from relay.net import KeepaliveConfig, Link, LinkSettings, open_link
 from relay.protocol import (
+    DEFAULT_LIMITS,
     Device,
     DeviceList,
+    Limits,
     sign_device_list,
     user_id_from_key,
 )
@@ -202,13 +204,15 @@ def peer_handshake(cluster: Cluster, from_id: str, to_id: str) -> Handshake:
 
 
 @asynccontextmanager
-async def connect(url: str, *, local_address: str | None = None) -> AsyncIterator[RawClient]:
-    """A raw client connection (nothing sent yet).
+async def connect(url: str, *, local_address: str | None = None,
+                  limits: Limits = DEFAULT_LIMITS) -> AsyncIterator[RawClient]:
+    """A raw client connection (nothing sent yet); ``limits`` decode what the node sends.
 
     Raises:
         relay.net.ConnectFailed: refused (``http_status`` 503 at admission), unreachable.
     """
-    async with open_link(url, settings=RAW_SETTINGS, local_address=local_address) as link:
+    async with open_link(url, settings=RAW_SETTINGS, local_address=local_address,
+                         limits=limits) as link:
         yield RawClient(link)
 
 
@@ -225,7 +229,7 @@ async def session(url: str, device: UserDevice) -> AsyncIterator[RawClient]:
 @asynccontextmanager
 async def peer_session(cluster: Cluster, from_id: str, to_id: str) -> AsyncIterator[RawClient]:
     """A raw connection to node ``to_id`` authenticated as peer node ``from_id``."""
-    async with connect(cluster.url(to_id)) as c:
+    async with connect(cluster.url(to_id), limits=DEFAULT_LIMITS.for_peers()) as c:
         await c.hello(handshake=peer_handshake(cluster, from_id, to_id))
         ok = await c.peer_auth(from_id, cluster.config(from_id).signing_key)
         assert isinstance(ok, PeerAuthOk), ok

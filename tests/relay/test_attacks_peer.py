@@ -80,7 +80,8 @@ async def test_a_malformed_peer_bounce_is_refused_not_a_crash_of_the_link(cluste
 def _fat_list(device, size: int):
     """A validly signed device list of about ``size`` bytes: a list body may carry
     fields the node does not know (strings of up to 256 characters in maps of up to 16
-    entries), so a user can publish a list far above what its devices need."""
+    entries), so a user can publish a list far above what its devices need (up to the
+    64 KiB a list body may have)."""
     import time
 
     from relay.protocol.frames import SignedDeviceList
@@ -88,8 +89,11 @@ def _fat_list(device, size: int):
 
     pad_map = {f"k{i}": "x" * 250 for i in range(15)}
     pads = {}
-    while len(pads) * 64 * 15 * 256 < size:
-        pads[f"pad{len(pads)}"] = [pad_map] * 64
+    left = size
+    while left > 0:
+        n = min(64, max(1, left // (15 * 256)))
+        pads[f"pad{len(pads)}"] = [pad_map] * n
+        left -= n * 15 * 256
     entry = device.entry()
     body = msgpack.packb({"user_id": device.user_id, "version": 1, "issued_at": int(time.time()),
                           "devices": [{"device_id": entry.device_id, "ed25519": entry.ed25519,
@@ -101,8 +105,9 @@ def _fat_list(device, size: int):
 
 async def test_refusals_carrying_big_lists_do_not_break_the_peer_link(nursery) -> None:
     """One user makes ``stale_devices`` refusals as large as a device list can be (a list
-    padded to ~700 KB); a second user's pipelined sends to it, wrongly addressed, come
-    back in one ``results`` frame. That frame must not exceed the peer frame limit
+    padded to ~60 KB, near the 64 KiB limit); a second user's pipelined sends to it,
+    wrongly addressed, come back in ``results`` frames that would hold 40 such lists.
+    Such a frame must not exceed the peer frame limit
     (which broke the link: every batch then went to the outbox, retried forever, and
     every later message between the two nodes queued behind it)."""
     from relay_harness import publish_list, session
@@ -117,12 +122,13 @@ async def test_refusals_carrying_big_lists_do_not_break_the_peer_link(nursery) -
         bob = device_homed_at(cluster.ring, "n2")
         await publish(cluster.url("n1"), alice)
         await publish(cluster.url("n2"), bob)
-        fat = _fat_list(mallory, 700_000)
+        fat = _fat_list(mallory, 58_000)
+        assert 50_000 < len(fat.body) <= 64 * 1024
         assert (await publish_list(cluster.url("n2"), fat)).TYPE == "ok"
         async with session(cluster.url("n1"), alice) as a:
             stale = [Send(id=10 + i, msg_id=os.urandom(16),
                           recipients=[Recipient(mallory.user_id, 1, [Copy(7, b"x")])])
-                     for i in range(3)]
+                     for i in range(40)]
             for frame in stale:
                 await a.send(frame)
             answers = {}
@@ -130,13 +136,28 @@ async def test_refusals_carrying_big_lists_do_not_break_the_peer_link(nursery) -
                 f = await a.recv()
                 answers[f.id] = f
             codes = [getattr(answers[f.id], "code", answers[f.id].TYPE) for f in stale]
-            assert codes == ["stale_devices"] * 3, [answers[f.id] for f in stale]
+            assert codes == ["stale_devices"] * 40, [answers[f.id] for f in stale]
             # the sender's home fetched the lists the destination left out
             assert all(answers[f.id].device_list == fat for f in stale)
             sent = await a.request(Send(id=20, msg_id=os.urandom(16),
                                         recipients=[bob.recipient()]))
             assert sent == Sent(id=20, status="stored"), sent
         assert await cluster.storages["n1"].outbox_list("n2") == []
+        # one batch of 40 such items at once: its results are fitted to the frame limit
+        from relay.protocol import DEFAULT_LIMITS, write_frame
+        from relay.protocol.frames import Forward, ForwardBatch, Results
+        from relay.services.messaging import LIST_OMITTED
+
+        items = [Forward(id=0, msg_id=os.urandom(16), sender_user=alice.user_id,
+                         sender_device=0, ts=1, recipients=[Recipient(mallory.user_id, 1,
+                                                                      [Copy(7, b"x")])])
+                 for _ in range(40)]
+        async with peer_session(cluster, "n1", "n2") as p:
+            results = await p.request(ForwardBatch(id=5, items=items))
+        assert isinstance(results, Results) and len(results.items) == 40
+        assert len(write_frame(results)) <= DEFAULT_LIMITS.max_peer_frame
+        omitted = [r for r in results.items if r.device_list is None]
+        assert omitted and all(r.message.endswith(LIST_OMITTED) for r in omitted)
 
 
 def test_results_are_fitted_to_the_frame_limit() -> None:

@@ -60,6 +60,10 @@ async def test_forged_device_list_is_unauthorized(node1) -> None:
             garbage = type(signed)(body=b"\x93\x01\x02\x03", signature=b"x" * 64)
             err = await c.request(PutDevices(id=3, device_list=garbage))
             assert isinstance(err, Error) and err.code == "bad_request"
+            huge = type(signed)(body=signed.body + bytes(64 * 1024), signature=signed.signature)
+            err = await c.request(PutDevices(id=4, device_list=huge))
+            assert isinstance(err, Error) and err.code == "too_large"
+            assert "65536 bytes" in err.message
 
 
 async def test_upload_and_claim_keys(cluster3) -> None:

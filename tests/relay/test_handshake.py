@@ -21,7 +21,7 @@ async def test_hello_challenge_and_auth(node1) -> None:
             assert ch.node_id == "n1" and ch.version == 2 and ch.window == 128 and len(ch.nonce) == 32
             assert ch.ring_version == node1.ring.version
             ok = await c.auth(dev)
-            assert ok == AuthOk(id=ok.id, otk_count=0)
+            assert ok == AuthOk(id=ok.id, otk_count=0, cluster=[url])  # every node's URL
             assert await c.request(Ping(id=40)) == Ok(id=40)
 
 

@@ -222,3 +222,28 @@ async def test_a_black_holed_peer_link_goes_down_and_comes_back(nursery, caplog)
         proxy.heal()
         await link.connected.wait()
         assert isinstance(await link.request(Ping(id=0)), Ok)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_connection_closed_before_the_websocket_answer_fails_at_once(nursery, how) -> None:
+    """Fault-suite finding 4: a proxy or load balancer whose node is down accepts TCP and
+    closes (or resets) it; the client fails at once, not after its connect timeout."""
+    from relay.net import ConnectFailed
+
+    async def drop(stream: trio.SocketStream) -> None:
+        if how == "reset":
+            import socket
+            import struct
+
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, drop, 0)
+    port = listeners[0].socket.getsockname()[1]
+    settings = dataclasses.replace(QUIET, connect_timeout=30.0)
+    started = trio.current_time()
+    with trio.fail_after(DEADLINE), pytest.raises(ConnectFailed) as failed:
+        async with open_link(f"ws://127.0.0.1:{port}", settings=settings):
+            pass
+    assert trio.current_time() - started < 5  # not the 30 s connect timeout
+    assert "closed before the WebSocket handshake was answered" in str(failed.value)

@@ -56,3 +56,37 @@ async def test_own_other_devices_are_checked_exactly(cluster3) -> None:
         n1 = cluster3.storages["n1"]
         assert await n1.queue_length(alice.user_id, 2) == 2
         assert await n1.queue_length(alice.user_id, 0) == 1
+
+
+async def test_a_send_the_recipients_home_refuses_leaves_no_copy_on_own_devices(nursery) -> None:
+    """Finding 2 (docs/reliability.md): the recipient's home refuses its part
+    (``storage_full``): the sender's home does not keep the copies for the sender's
+    other devices, so no device shows a message that was answered refused. The
+    next send, which fits, reaches both."""
+    from relay_harness import Cluster, make_configs
+
+    from storage.memory import MemoryStorage
+
+    cluster = Cluster(nursery, make_configs(2))
+    n2 = cluster.storages["n2"] = MemoryStorage(capacity_bytes=8_000)
+    await cluster.start_all()
+    n1 = cluster.storages["n1"]
+    with trio.fail_after(20):
+        alice = device_homed_at(cluster.ring, "n1")
+        laptop = alice.companion(1)
+        bob = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n2"), bob)
+        async with connect(cluster.url("n1")) as c:
+            await c.hello()
+            assert await c.request(PutDevices(id=2, device_list=list_of([alice, laptop], 1))) == Ok(id=2)
+        own = Recipient(alice.user_id, 1, [Copy(1, b"own")])
+        async with session(cluster.url("n1"), alice) as a:
+            big = await a.request(Send(id=3, msg_id=os.urandom(16),
+                                       recipients=[bob.recipient(os.urandom(20_000)), own]))
+            assert isinstance(big, Error) and big.code == "storage_full"
+            assert await n1.queue_length(alice.user_id, 1) == 0
+            mid = os.urandom(16)
+            small = await a.request(Send(id=4, msg_id=mid, recipients=[bob.recipient(), own]))
+            assert small == Sent(id=4, status="stored")
+        assert await n1.queue_length(alice.user_id, 1) == 1
+        assert await n2.queue_length(bob.user_id, 0) == 1

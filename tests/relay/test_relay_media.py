@@ -183,8 +183,8 @@ async def test_download_refusals(cluster3) -> None:
                  "not_found"),
                 (MediaDownload(id=12, node_id="n2", media_id=mid, offset=0, length=10),
                  "not_found"),  # not held here
-                (MediaDownload(id=13, node_id="n9", media_id=mid, offset=0, length=10),
-                 "not_found"),
+                (MediaDownload(id=13, node_id="n9", media_id=os.urandom(32), offset=0,
+                               length=10), "not_found"),  # no node n9, nor the blob anywhere
                 (MediaDownload(id=14, node_id="n1", media_id=mid, offset=0, length=CHUNK + 1),
                  "too_large"),
                 (MediaDownload(id=15, node_id="n1", media_id=mid, offset=1001, length=1),

@@ -1,0 +1,238 @@
+"""The handoff methods of :class:`storage.lmdb.LmdbStorage`: list, export, import and
+delete one user's state, and durable markers (``meta`` keys ``b"mark:" + name``).
+See :class:`storage.base.Storage` and the layout in :mod:`storage._lmdb_layout`."""
+
+from __future__ import annotations
+
+import lmdb
+
+from . import _lmdb_layout as L
+from ._keys import check_user_id
+from ._memory_handoff import check_mark, check_records
+from .base import UserRecord
+
+MARK = b"mark:"
+
+
+def _user_devices(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> list[int]:
+    """Device ids with any per-device record of ``user`` (from ``devices``, ``fallback``)."""
+    prefix = user + b"|"
+    devs: set[int] = set()
+    for db in (dbs.devices, dbs.fallback, dbs.otk, dbs.claimed):
+        with txn.cursor(db=db) as cur:
+            if not cur.set_range(prefix):
+                continue
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    break
+                devs.add(int.from_bytes(key[len(prefix):len(prefix) + 4], "big"))
+    return sorted(devs)
+
+
+def _prefixed(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes):
+    with txn.cursor(db=db) as cur:
+        if not cur.set_range(prefix):
+            return
+        for key, value in cur:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+
+def list_users(txn: lmdb.Transaction, dbs: L.Dbs, after: str, limit: int) -> list[str]:
+    """See :meth:`storage.base.Storage.list_users`."""
+    start = after.encode() + b"\x00" if after else b""
+    listed: list[str] = []
+    with txn.cursor(db=dbs.lists) as cur:
+        if cur.set_range(start) if start else cur.first():
+            for key in cur.iternext(keys=True, values=False):
+                listed.append(key.decode())
+                if len(listed) >= limit:
+                    break
+    queued: list[str] = []
+    with txn.cursor(db=dbs.devices) as cur:
+        if cur.set_range(start) if start else cur.first():
+            for key, raw in cur:
+                user = key[:-5].decode()
+                if queued and queued[-1] == user:
+                    continue
+                last_seq, queue_len, otk_count = L._DEVREC.unpack(raw)
+                if queue_len or otk_count:
+                    if len(queued) >= limit:
+                        break
+                    queued.append(user)
+    return sorted({u for u in listed + queued if u > after})[:limit]
+
+
+def export_user(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> list[UserRecord]:
+    """Every record of ``user`` in the order of :meth:`storage.base.Storage.export_user`."""
+    out: list[UserRecord] = []
+    raw = txn.get(user, db=dbs.lists)
+    if raw is not None:
+        out.append(UserRecord("list", seq=L.unpack_u64(raw[:8]), value=raw[8:]))
+    out += [UserRecord("watcher", key=w) for w in L.watchers(txn, dbs, user)]
+    for d in _user_devices(txn, dbs, user):
+        devk = L.dev_key(user, d)
+        if txn.get(devk, db=dbs.devices) is not None:
+            out.append(UserRecord("seq", device_id=d,
+                                  seq=L.DevRec.load(txn, dbs, devk).last_seq))
+        fb = txn.get(devk, db=dbs.fallback)
+        if fb is not None:
+            key_id, key = L.unpack_fallback(fb)
+            out.append(UserRecord("fallback", device_id=d, key=key_id, value=key))
+        out += [UserRecord("otk", device_id=d, key=k[len(devk):].decode(), value=v)
+                for k, v in _prefixed(txn, dbs.otk, devk)]
+        out += [UserRecord("claimed", device_id=d, key=k[len(devk):].decode())
+                for k, _ in _prefixed(txn, dbs.claimed, devk)]
+        out += [UserRecord("item", device_id=d, seq=i.seq, ts=i.ts, value=i.envelope)
+                for i in L.read_queue(txn, dbs, devk, 0, 2**62)]
+    return out
+
+
+def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
+    gone = 0
+    txn.delete(user, db=dbs.lists)
+    prefix = user + b"|"
+    with txn.cursor(db=dbs.watchers) as cur:
+        cur.set_range(prefix)
+        while (key := cur.key()) and key.startswith(prefix):
+            cur.delete()
+    for d in _user_devices(txn, dbs, user):
+        devk = L.dev_key(user, d)
+        with txn.cursor(db=dbs.queue) as cur:
+            cur.set_range(devk)
+            while (key := cur.key()) and len(key) == len(devk) + 8 and key.startswith(devk):
+                txn.delete(L.ts_key(L.unpack_f64(cur.value())) + b"q" + key, db=dbs.expiry)
+                cur.delete()
+                gone += 1
+        for db in (dbs.otk, dbs.claimed):
+            with txn.cursor(db=db) as cur:
+                cur.set_range(devk)
+                while (key := cur.key()) and key.startswith(devk):
+                    cur.delete()
+        txn.delete(devk, db=dbs.fallback)
+        rec = L.DevRec.load(txn, dbs, devk)
+        if rec.last_seq:
+            rec.queue_len = rec.otk_count = 0
+            rec.store(txn, dbs, devk)
+        else:
+            txn.delete(devk, db=dbs.devices)
+    return gone
+
+
+def delete_user(user: bytes):
+    """The op of :meth:`storage.base.Storage.delete_user`."""
+    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:
+        return _delete(txn, dbs, user)
+    return op
+
+
+def import_user(user: bytes, records: list[UserRecord], reset: bool):
+    """The op of :meth:`storage.base.Storage.import_user` (validated by the caller)."""
+    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
+        if reset:
+            _delete(txn, dbs, user)
+        recs: dict[int, L.DevRec] = {}
+
+        def rec(d: int) -> L.DevRec:
+            if d not in recs:
+                recs[d] = L.DevRec.load(txn, dbs, L.dev_key(user, d))
+            return recs[d]
+        for r in records:
+            devk = L.dev_key(user, r.device_id)
+            if r.kind == "list":
+                old = txn.get(user, db=dbs.lists)
+                if old is None or L.unpack_u64(old[:8]) <= r.seq:
+                    txn.put(user, L.pack_u64(r.seq) + r.value, db=dbs.lists)
+            elif r.kind == "watcher":
+                txn.put(user + b"|" + r.key.encode(), b"", db=dbs.watchers)
+            elif r.kind == "seq":
+                rec(r.device_id).last_seq = max(rec(r.device_id).last_seq, r.seq)
+            elif r.kind == "fallback":
+                txn.put(devk, L.pack_fallback(r.key.encode(), r.value), db=dbs.fallback)
+            elif r.kind == "otk":
+                k = devk + r.key.encode()
+                if txn.get(k, db=dbs.claimed) is None and txn.get(k, db=dbs.otk) is None:
+                    txn.put(k, r.value, db=dbs.otk)
+                    rec(r.device_id).otk_count += 1
+            elif r.kind == "claimed":
+                k = devk + r.key.encode()
+                if txn.delete(k, db=dbs.otk):
+                    rec(r.device_id).otk_count -= 1
+                txn.put(k, b"", db=dbs.claimed)
+            else:  # item
+                qk = L.queue_key(devk, r.seq)
+                old = txn.get(qk, db=dbs.queue)
+                if old is not None:
+                    txn.delete(L.ts_key(L.unpack_f64(old)) + b"q" + qk, db=dbs.expiry)
+                else:
+                    rec(r.device_id).queue_len += 1
+                txn.put(qk, L.pack_f64(r.ts) + r.value, db=dbs.queue)
+                txn.put(L.ts_key(r.ts) + b"q" + qk, b"", db=dbs.expiry)
+                rec(r.device_id).last_seq = max(rec(r.device_id).last_seq, r.seq)
+        for d, r in recs.items():
+            r.store(txn, dbs, L.dev_key(user, d))
+    return op
+
+
+def set_mark(name: bytes, value: bytes | None):
+    """The op of :meth:`storage.base.Storage.set_mark`."""
+    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
+        if value is None:
+            txn.delete(MARK + name, db=dbs.meta)
+        else:
+            txn.put(MARK + name, value, db=dbs.meta)
+    return op
+
+
+class LmdbHandoffMixin:
+    """Handoff methods; relies on the host's ``_dbs``, ``writer`` and ``_reading``."""
+
+    async def list_users(self, after: str = "", limit: int = 256) -> list[str]:
+        """See :meth:`storage.base.Storage.list_users`."""
+        if limit <= 0:
+            return []
+        return await self._reading(lambda txn: list_users(txn, self._dbs, after, limit))  # type: ignore[attr-defined]
+
+    async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
+        """See :meth:`storage.base.Storage.export_user` (reads the user's whole state
+        in one transaction on the loop, then slices it)."""
+        user = check_user_id(user_id)
+        records = await self._reading(lambda txn: export_user(txn, self._dbs, user))  # type: ignore[attr-defined]
+        return records[max(start, 0):max(start, 0) + max(limit, 0)]
+
+    async def import_user(
+        self, user_id: str, records: list[UserRecord], *, reset: bool = False
+    ) -> None:
+        """See :meth:`storage.base.Storage.import_user`."""
+        user = check_user_id(user_id)
+        check_records(records)
+        size = sum(len(r.value) + len(r.key) + 32 for r in records)
+        await self.writer.submit(import_user(user, list(records), reset), size=size,  # type: ignore[attr-defined]
+                                 est=4 * size + 4096)
+
+    async def delete_user(self, user_id: str) -> int:
+        """See :meth:`storage.base.Storage.delete_user`."""
+        user = check_user_id(user_id)
+        return await self.writer.submit(delete_user(user), freeing=True)  # type: ignore[attr-defined]
+
+    async def get_mark(self, name: str) -> bytes | None:
+        """See :meth:`storage.base.Storage.get_mark`."""
+        check_mark(name)
+        key = MARK + name.encode()
+        return await self._reading(lambda txn: txn.get(key, db=self._dbs.meta))  # type: ignore[attr-defined]
+
+    async def set_mark(self, name: str, value: bytes | None) -> None:
+        """See :meth:`storage.base.Storage.set_mark`."""
+        check_mark(name, value)
+        await self.writer.submit(set_mark(name.encode(), value), size=len(value or b""),  # type: ignore[attr-defined]
+                                 freeing=value is None)
+
+    async def marks(self, prefix: str) -> dict[str, bytes]:
+        """See :meth:`storage.base.Storage.marks`."""
+        start = MARK + prefix.encode()
+
+        def read(txn: lmdb.Transaction) -> dict[str, bytes]:
+            return {k[len(MARK):].decode(): bytes(v)
+                    for k, v in _prefixed(txn, self._dbs.meta, start)}  # type: ignore[attr-defined]
+        return await self._reading(read)  # type: ignore[attr-defined]

@@ -1,0 +1,240 @@
+"""The handoff methods of the PostgreSQL backend: list, export, import and delete one
+user's state (:class:`storage.base.Storage`), and durable markers (table ``wa_marks``,
+migration 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._keys import check_user_id
+from .._memory_handoff import check_mark, check_records
+from ..base import UserRecord
+from ._ops import ITEM_OVERHEAD, KEY_OVERHEAD, LIST_OVERHEAD, WATCHER_OVERHEAD
+from ._writer import Op, Tx
+
+_DELETE = """
+WITH l AS (DELETE FROM device_lists WHERE user_id = %(u)s
+           RETURNING octet_length(blob) + %(lo)s AS n),
+w AS (DELETE FROM watchers WHERE user_id = %(u)s
+      RETURNING octet_length(user_id) + octet_length(watcher) + %(wo)s AS n),
+q AS (DELETE FROM queue WHERE user_id = %(u)s RETURNING octet_length(envelope) + %(io)s AS n),
+k AS (DELETE FROM otk WHERE user_id = %(u)s
+      RETURNING octet_length(key_id) + octet_length(key) + %(ko)s AS n),
+c AS (DELETE FROM otk_claimed WHERE user_id = %(u)s RETURNING octet_length(key_id) AS n),
+f AS (DELETE FROM fallback_keys WHERE user_id = %(u)s
+      RETURNING octet_length(key_id) + octet_length(key) + %(ko)s AS n),
+z AS (UPDATE devices SET queue_len = 0 WHERE user_id = %(u)s)
+SELECT (SELECT count(*) FROM q),
+       (SELECT coalesce(sum(n), 0) FROM l) + (SELECT coalesce(sum(n), 0) FROM w)
+       + (SELECT coalesce(sum(n), 0) FROM q) + (SELECT coalesce(sum(n), 0) FROM k)
+       + (SELECT coalesce(sum(n), 0) FROM c) + (SELECT coalesce(sum(n), 0) FROM f)
+"""
+
+
+def _delete(tx: Tx, user: str) -> int:
+    [(count, freed)] = tx.fetch(_DELETE, {"u": user, "lo": LIST_OVERHEAD, "wo": WATCHER_OVERHEAD,
+                                          "io": ITEM_OVERHEAD, "ko": KEY_OVERHEAD})
+    tx.free(int(freed))
+    return int(count)
+
+
+class DeleteUser(Op):
+    """Delete a user's state, keep its counters; value: envelopes deleted."""
+
+    __slots__ = ("user",)
+
+    def __init__(self, user: str) -> None:
+        super().__init__()
+        self.user = user
+
+    @classmethod
+    def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
+        for op in ops:
+            assert isinstance(op, DeleteUser)
+            op.value = _delete(tx, op.user)
+
+
+class ImportUser(Op):
+    """Write exported records of one user (idempotent); ``reset`` deletes first."""
+
+    __slots__ = ("user", "records", "reset")
+
+    def __init__(self, user: str, records: list[UserRecord], reset: bool) -> None:
+        size = sum(len(r.value) + len(r.key) + ITEM_OVERHEAD for r in records)
+        super().__init__(size, size)
+        self.user, self.records, self.reset = user, records, reset
+
+    @classmethod
+    def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
+        for op in ops:
+            assert isinstance(op, ImportUser)
+            if not tx.admit(op.adds):  # an upper bound: rows already there are counted
+                tx.refuse_full(op)
+                continue
+            if op.reset:
+                _delete(tx, op.user)
+            for r in op.records:
+                cls._one(tx, op.user, r)
+
+    @staticmethod
+    def _one(tx: Tx, u: str, r: UserRecord) -> None:
+        d, key = r.device_id, r.key.encode()
+        if r.kind == "list":
+            tx.cur.execute(
+                "INSERT INTO device_lists (user_id, version, blob) VALUES (%s, %s::numeric, %s) "
+                "ON CONFLICT (user_id) DO UPDATE SET version = EXCLUDED.version, "
+                "blob = EXCLUDED.blob WHERE device_lists.version <= EXCLUDED.version",
+                (u, r.seq, r.value))
+        elif r.kind == "watcher":
+            tx.cur.execute("INSERT INTO watchers (user_id, watcher) VALUES (%s, %s) "
+                           "ON CONFLICT DO NOTHING", (u, r.key))
+        elif r.kind in ("seq", "item"):
+            tx.cur.execute(
+                "INSERT INTO devices (user_id, device_id, last_seq) VALUES (%s, %s, %s) "
+                "ON CONFLICT (user_id, device_id) DO UPDATE "
+                "SET last_seq = greatest(devices.last_seq, EXCLUDED.last_seq)", (u, d, r.seq))
+            if r.kind == "item":
+                tx.cur.execute(
+                    "WITH ins AS (INSERT INTO queue (user_id, device_id, seq, ts, envelope) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id, device_id, seq) "
+                    "DO UPDATE SET envelope = EXCLUDED.envelope, ts = EXCLUDED.ts "
+                    "RETURNING (xmax = 0) AS fresh) "
+                    "UPDATE devices SET queue_len = queue_len + 1 "
+                    "WHERE user_id = %s AND device_id = %s AND (SELECT fresh FROM ins)",
+                    (u, d, r.seq, r.ts, r.value, u, d))
+        elif r.kind == "fallback":
+            tx.cur.execute(
+                "INSERT INTO fallback_keys (user_id, device_id, key_id, key) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (user_id, device_id) DO UPDATE SET key_id = EXCLUDED.key_id, "
+                "key = EXCLUDED.key", (u, d, key, r.value))
+        elif r.kind == "otk":
+            tx.cur.execute(
+                "INSERT INTO otk (user_id, device_id, key_id, key) SELECT %s, %s, %s, %s "
+                "WHERE NOT EXISTS (SELECT 1 FROM otk_claimed WHERE user_id = %s "
+                "AND device_id = %s AND key_id = %s) ON CONFLICT DO NOTHING",
+                (u, d, key, r.value, u, d, key))
+        else:  # claimed
+            tx.cur.execute("DELETE FROM otk WHERE user_id = %s AND device_id = %s AND key_id = %s",
+                           (u, d, key))
+            tx.cur.execute("INSERT INTO otk_claimed (user_id, device_id, key_id) "
+                           "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (u, d, key))
+
+
+class SetMark(Op):
+    """Set or delete one marker."""
+
+    __slots__ = ("name", "mark")
+
+    def __init__(self, name: str, mark: bytes | None) -> None:
+        super().__init__(len(mark or b""))
+        self.name, self.mark = name, mark
+
+    @classmethod
+    def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
+        for op in ops:
+            assert isinstance(op, SetMark)
+            if op.mark is None:
+                tx.cur.execute("DELETE FROM wa_marks WHERE name = %s", (op.name,))
+            else:
+                tx.cur.execute("INSERT INTO wa_marks (name, value) VALUES (%s, %s) "
+                               "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                               (op.name, op.mark))
+
+
+_EXPORT = """
+SELECT 0, 'list', 0, '', version, 0.0, blob FROM device_lists WHERE user_id = %(u)s
+UNION ALL SELECT 1, 'watcher', 0, watcher, 0, 0.0, ''::bytea FROM watchers WHERE user_id = %(u)s
+UNION ALL SELECT 2, 'seq', device_id, '', last_seq, 0.0, ''::bytea FROM devices
+    WHERE user_id = %(u)s
+UNION ALL SELECT 3, 'fallback', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, key
+    FROM fallback_keys WHERE user_id = %(u)s
+UNION ALL SELECT 4, 'otk', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, key FROM otk
+    WHERE user_id = %(u)s
+UNION ALL SELECT 5, 'claimed', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, ''::bytea
+    FROM otk_claimed WHERE user_id = %(u)s
+UNION ALL SELECT 6, 'item', device_id, '', seq, ts, envelope FROM queue WHERE user_id = %(u)s
+"""
+
+
+def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    part, device, key, seq = row[0], row[2], row[3], row[4]
+    if part < 2:
+        return (part, -1, 0, key, 0)
+    return (2, device, part, key, int(seq))
+
+
+class PgHandoffMixin:
+    """Handoff methods; relies on the host's ``_fetch``, ``writer`` and ``_check_open``."""
+
+    async def list_users(self, after: str = "", limit: int = 256) -> list[str]:
+        """See :meth:`storage.base.Storage.list_users`."""
+        rows = await self._fetch(  # type: ignore[attr-defined]
+            "SELECT u FROM (SELECT user_id AS u FROM device_lists WHERE user_id > %(a)s "
+            "UNION SELECT user_id FROM devices WHERE user_id > %(a)s AND queue_len > 0 "
+            "UNION SELECT user_id FROM otk WHERE user_id > %(a)s) x ORDER BY u LIMIT %(n)s",
+            {"a": after, "n": max(limit, 0)})
+        return [r[0] for r in rows]
+
+    async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
+        """See :meth:`storage.base.Storage.export_user` (one snapshot query, then sliced)."""
+        check_user_id(user_id)
+        rows = sorted(await self._fetch(_EXPORT, {"u": user_id}), key=_sort_key)  # type: ignore[attr-defined]
+        out = [UserRecord(kind, device_id=int(d), key=k, seq=int(s), ts=float(ts), value=bytes(v))
+               for _, kind, d, k, s, ts, v in rows]
+        return out[max(start, 0):max(start, 0) + max(limit, 0)]
+
+    async def import_user(
+        self, user_id: str, records: list[UserRecord], *, reset: bool = False
+    ) -> None:
+        """See :meth:`storage.base.Storage.import_user`."""
+        check_user_id(user_id)
+        check_records(records)
+        self._check_open()  # type: ignore[attr-defined]
+        await self.writer.submit(ImportUser(user_id, list(records), reset))  # type: ignore[attr-defined]
+
+    async def delete_user(self, user_id: str) -> int:
+        """See :meth:`storage.base.Storage.delete_user`."""
+        check_user_id(user_id)
+        self._check_open()  # type: ignore[attr-defined]
+        return await self.writer.submit(DeleteUser(user_id))  # type: ignore[attr-defined]
+
+    async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:
+        """See :meth:`storage.base.Storage.media_owned`."""
+        rows = await self._fetch(  # type: ignore[attr-defined]
+            "SELECT id FROM media WHERE owner = %s AND complete AND id > %s ORDER BY id LIMIT %s",
+            (owner, after, max(limit, 0)))
+        return [bytes(r[0]) for r in rows]
+
+    async def media_delete(self, media_id: bytes) -> bool:
+        """See :meth:`storage.base.Storage.media_delete`."""
+        def delete(conn: Any, attempt: int) -> bool:
+            with conn.transaction():
+                row = conn.execute("""
+                    WITH gone AS (DELETE FROM media WHERE id = %(id)s RETURNING id, received),
+                    ch AS (DELETE FROM media_chunks c USING gone WHERE c.media_id = gone.id),
+                    m AS (UPDATE wa_meta SET value = value - (SELECT coalesce(sum(received), 0)
+                                                              FROM gone)
+                          WHERE key = 'media_used')
+                    SELECT count(*) FROM gone""", {"id": media_id}).fetchone()
+            return bool(row and row[0])
+        self._check_open()  # type: ignore[attr-defined]
+        return await self._with_conn(delete)  # type: ignore[attr-defined]
+
+    async def get_mark(self, name: str) -> bytes | None:
+        """See :meth:`storage.base.Storage.get_mark`."""
+        check_mark(name)
+        rows = await self._fetch("SELECT value FROM wa_marks WHERE name = %s", (name,))  # type: ignore[attr-defined]
+        return bytes(rows[0][0]) if rows else None
+
+    async def set_mark(self, name: str, value: bytes | None) -> None:
+        """See :meth:`storage.base.Storage.set_mark`."""
+        check_mark(name, value)
+        self._check_open()  # type: ignore[attr-defined]
+        await self.writer.submit(SetMark(name, value))  # type: ignore[attr-defined]
+
+    async def marks(self, prefix: str) -> dict[str, bytes]:
+        """See :meth:`storage.base.Storage.marks`."""
+        rows = await self._fetch(  # type: ignore[attr-defined]
+            "SELECT name, value FROM wa_marks WHERE starts_with(name, %s)", (prefix,))
+        return {n: bytes(v) for n, v in rows}

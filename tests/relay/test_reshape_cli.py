@@ -1,0 +1,68 @@
+"""``wa-relay reshape`` (install a new cluster file beside the previous one, finish) and
+the file side of ``wa-relay cluster --reshape``: exit codes, files, and the node
+configs that result (a removed node still loads, from the previous file)."""
+
+from __future__ import annotations
+
+import nacl.signing
+from click.testing import CliRunner
+
+from relay.__main__ import main
+from relay.admin.reshape import local_node_files, prepare_local_reshape
+from relay.config import load_cluster, load_node_config
+from relay.config.cluster_files import format_cluster, init_cluster
+from relay.config.ring import NodeInfo
+
+
+def test_reshape_installs_keeps_prev_refuses_and_finishes(tmp_path) -> None:
+    files = init_cluster(tmp_path / "old", 3, 7700, admin_base_port=0)
+    node_toml = files[0]
+    cluster_file = tmp_path / "old" / "cluster.toml"
+    new_node = NodeInfo("n4", "ws://127.0.0.1:7703",
+                        bytes(nacl.signing.SigningKey.generate().verify_key))
+    new_cluster = tmp_path / "new.toml"  # what an operator writes: the old nodes and n4
+    new_cluster.write_text(format_cluster([*load_cluster(cluster_file), new_node]))
+    before = cluster_file.read_text()
+    runner = CliRunner()
+
+    result = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
+                                  str(new_cluster)])
+    assert result.exit_code == 0, result.output
+    assert "restart the node" in result.output
+    assert (tmp_path / "old" / "cluster.toml.prev").read_text() == before
+    assert load_cluster(cluster_file) == load_cluster(new_cluster)
+    cfg = load_node_config(tmp_path / "old" / "n2" / "node.toml")
+    assert [n.id for n in cfg.previous_cluster] == ["n1", "n2", "n3"]
+
+    again = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
+                                 str(new_cluster)])
+    assert (again.exit_code, "already lists these nodes" in again.output) == (0, True)
+    other = tmp_path / "other.toml"
+    other.write_text(format_cluster(load_cluster(cluster_file)[:2]))
+    refused = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
+                                   str(other)])
+    assert refused.exit_code == 2 and "not finished" in refused.output
+    usage = runner.invoke(main, ["reshape", "--config", str(node_toml)])
+    assert usage.exit_code == 2
+
+    done = runner.invoke(main, ["reshape", "--config", str(node_toml), "--finish"])
+    assert (done.exit_code, "removed" in done.output) == (0, True)
+    assert not (tmp_path / "old" / "cluster.toml.prev").exists()
+    nothing = runner.invoke(main, ["reshape", "--config", str(node_toml), "--finish"])
+    assert (nothing.exit_code, nothing.output) == (0, "no reshape to finish\n")
+
+
+def test_local_reshape_layout(tmp_path) -> None:
+    init_cluster(tmp_path, 3, 7720)
+    assert prepare_local_reshape(tmp_path, 2, 7720, "127.0.0.1", None) == (3, 2)
+    assert [p.parent.name for p in local_node_files(tmp_path)] == ["n1", "n2", "n3"]
+    removed = load_node_config(tmp_path / "n3" / "node.toml")  # only in the previous file
+    assert removed.id not in {n.id for n in removed.cluster}
+    assert removed.node.url == "ws://127.0.0.1:7722"
+    # admin ports clear of every node port of both sizes
+    assert load_node_config(tmp_path / "n1" / "node.toml").admin_port == 7723
+    # the same size again resumes; another size is refused until the reshape is done
+    assert prepare_local_reshape(tmp_path, 2, 7720, "127.0.0.1", None) is None
+    result = CliRunner().invoke(main, ["cluster", "--nodes", "4", "--base-port", "7720",
+                                       "--data", str(tmp_path), "--reshape"])
+    assert result.exit_code == 2 and "not finished" in result.output
