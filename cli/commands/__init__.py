@@ -139,10 +139,13 @@ def main(ctx: click.Context, home: Path, json_mode: bool, connect_timeout: float
 
 def _register() -> None:
     from . import (
+        basics,
         contacts,
+        contacts_more,
         daemon,
         devices,
         group,
+        group_more,
         history,
         identity,
         init,
@@ -150,6 +153,8 @@ def _register() -> None:
         messaging,
         outbox,
         receive,
+        requests,
+        settings,
     )
 
     main.add_command(init.init)
@@ -164,6 +169,13 @@ def _register() -> None:
     main.add_command(group.group)
     main.add_command(daemon.daemon)
     main.add_command(outbox.outbox)
+    for command in (basics.react, basics.edit, basics.delete, basics.read, basics.typing,
+                    basics.disappear, requests.requests, settings.settings):
+        main.add_command(command)
+    for command in contacts_more.COMMANDS:
+        contacts.contacts.add_command(command)
+    for command in group_more.COMMANDS:
+        group.group.add_command(command)
     _leaves_take_home(main)
 
 

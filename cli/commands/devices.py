@@ -13,6 +13,7 @@ from cli.commands._signals import run_interruptible
 from cli.errors import ClientError
 from cli.features.devices import current_own_list
 from cli.features.linkcode import LinkCode, LinkCodeError, device_fingerprint
+from cli.features.wordcode import WordCode, is_word_code
 from cli.output import escape
 from cli.session.state import State
 
@@ -55,7 +56,8 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     is withdrawn again: at once, or by the next wa-cli command on this device.
     """
     try:
-        parsed = LinkCode.decode(code)
+        parsed: LinkCode | str = (WordCode.decode(code).encode() if is_word_code(code)
+                                  else LinkCode.decode(code))
     except LinkCodeError as exc:
         raise click.BadParameter(str(exc), param_hint="CODE") from exc
 

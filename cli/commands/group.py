@@ -158,8 +158,9 @@ def info(app: AppContext, name: str) -> None:
         app.out.emit(group_json(state, g), group_human(state, g))
 
 
-def send_to_group(app: AppContext, name: str, text: str) -> None:
-    """``wa-cli send --group NAME TEXT``: prints ``{"id", "status", "group", "group_id"}``."""
+def send_to_group(app: AppContext, name: str, text: str, reply_to: str | None = None) -> None:
+    """``wa-cli send --group NAME [--reply-to MSG_ID] TEXT``: prints ``{"id", "status",
+    "group", "group_id"}``."""
     if len(text) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
-    send_text(app, text, group=name)
+    send_text(app, text, group=name, reply_to=reply_to)

@@ -17,6 +17,7 @@ from cli.commands._common import (
 )
 from cli.commands._events import lists_shown
 from cli.commands._signals import run_interruptible
+from cli.commands.basics import read_text
 from cli.commands.sendtext import send_text
 from cli.errors import SendUnknown
 from cli.features.payload import MAX_TEXT
@@ -26,7 +27,7 @@ from cli.output import escape
 from . import files as file_cmd
 from . import group as group_cmd
 
-_VALUE_OPTIONS = frozenset({"--file", "--home", "--retry"})  # options of ``send`` that take a value
+_VALUE_OPTIONS = frozenset({"--file", "--home", "--retry", "--reply-to"})  # options of ``send`` that take a value
 
 
 def _recipient_before_group(args: list[str]) -> bool:
@@ -54,14 +55,6 @@ class _SendCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-def _from_stdin(text: str) -> str:
-    """``-`` as TEXT: the text is read from stdin (one trailing newline dropped)."""
-    if text != "-":
-        return text
-    data = click.get_text_stream("stdin").read()
-    return data[:-1] if data.endswith("\n") else data
-
-
 def _check_text(text: str) -> None:
     if not text.strip():
         raise click.BadParameter("is empty", param_hint="TEXT")
@@ -77,13 +70,16 @@ def _check_text(text: str) -> None:
 @click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Send this file (encrypted, uploaded with a progress bar); TEXT is an "
                    "optional caption.")
+@click.option("--reply-to", "reply_to", metavar="MSG_ID",
+              help="Send TEXT as a reply quoting this message (of the same conversation).")
 @click.option("--retry", "retry_id", metavar="MSG_ID",
               help="Send again, under its own id, a message of this device whose answer never "
                    "came (shown once even if the first attempt was delivered).")
 @json_option
 @click.pass_context
 def send(ctx: click.Context, recipient: str | None, text: str | None,
-         group_name: str | None, file_path: Path | None, retry_id: str | None) -> None:
+         group_name: str | None, file_path: Path | None, reply_to: str | None,
+         retry_id: str | None) -> None:
     """Send TEXT, end-to-end encrypted, to every device of a contact (or of a group).
 
     \b
@@ -92,6 +88,8 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     wa-cli send NAME|USER_ID --file PATH [CAPTION]
     wa-cli send --group GROUP --file PATH [CAPTION]
     wa-cli send --retry MSG_ID
+    wa-cli send NAME|USER_ID --reply-to MSG_ID TEXT
+    wa-cli send NAME|USER_ID -        (TEXT read from stdin)
 
     TEXT "-" reads the text from stdin.
 
@@ -109,7 +107,7 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     """
     app = ctx.find_object(AppContext)
     if retry_id is not None:
-        if recipient is not None or text is not None or group_name or file_path:
+        if recipient is not None or text is not None or group_name or file_path or reply_to:
             raise click.UsageError("usage: wa-cli send --retry MSG_ID (nothing else)")
         return _retry(app, retry_id)
     if group_name is not None and ctx.meta["send.recipient_before_group"]:
@@ -117,19 +115,21 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
             f"a recipient ({recipient!r}) and --group are mutually exclusive: use "
             "'wa-cli send NAME|USER_ID TEXT' or 'wa-cli send --group GROUP TEXT'")
     if file_path is not None:  # wa-cli send NAME --file PATH [CAPTION] (or --group GROUP)
+        if reply_to is not None:
+            raise click.UsageError("--reply-to goes with a text, not with --file")
         return file_cmd.send_file(app, file_path, recipient=recipient, caption=text,
                                   group=group_name)
     if group_name is not None:  # wa-cli send --group GROUP TEXT: the one argument is TEXT
         if recipient is None or text is not None:
             raise click.UsageError("usage: wa-cli send --group GROUP TEXT")
-        text = _from_stdin(recipient)
+        text = read_text(recipient)
         _check_text(text)
-        return group_cmd.send_to_group(app, group_name, text)
+        return group_cmd.send_to_group(app, group_name, text, reply_to)
     if recipient is None or text is None:
         raise click.UsageError("usage: wa-cli send NAME|USER_ID TEXT")
-    text = _from_stdin(text)
+    text = read_text(text)
     _check_text(text)
-    send_text(app, text, recipient=recipient)
+    send_text(app, text, recipient=recipient, reply_to=reply_to)
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from cli.commands._screen import MAX_FILES_WAITING, Screen
 from cli.commands.linesink import ReaderGone
 from cli.daemon.remote import find_daemon
 from cli.errors import ConnectionFailed, ConnectionLost
-from cli.events import Kept
+from cli.events import Kept, Message
 from cli.session.state import State
 from cli.session.taskgroups import unwrap_single
 from relay.net.backoff import CLIENT_RECONNECT
@@ -102,6 +102,8 @@ async def _receive(client: Client, screen: Screen, idle_s: float | None,
                     break
                 if isinstance(event, Kept):
                     await screen.show_ready()
+                elif isinstance(event, Message):  # ephemeral (typing): never kept
+                    await screen.show_live(event)
                 elif isinstance(event, BacklogDone):
                     backlog_done = True
                     synced()

@@ -22,6 +22,7 @@ from cli.commands._common import (
 )
 from cli.commands._events import lists_shown
 from cli.commands._signals import Guard, run_interruptible
+from cli.commands.basics import reply_target
 from cli.daemon.jsonrpc import SEND_UNKNOWN, USAGE_ERROR
 from cli.daemon.remote import RemoteError, find_daemon
 from cli.errors import SendUnknown
@@ -34,33 +35,38 @@ __all__ = ["send_text"]
 
 
 def send_text(app: AppContext, text: str, *, recipient: str | None = None,
-              group: str | None = None) -> None:
+              group: str | None = None, reply_to: str | None = None) -> None:
     """Send ``text`` to ``recipient`` (name or user id) or ``group`` and print
-    ``{"id", "status", "to"}`` (``{"id", "status", "group", "group_id"}``).
+    ``{"id", "status", "to"}`` (``{"id", "status", "group", "group_id"}``); with
+    ``reply_to`` (a message id or a prefix of at least 8 hex digits, of the same
+    conversation) as a reply quoting it.
 
     Raises:
         UnknownName: (exit 2) unknown contact or group.
+        click.BadParameter: (exit 2) unknown ``reply_to`` message, or one of another
+            conversation.
         CliError: (exit 1) the send failed.
         Interrupted: (exit 130) a signal stopped it before the request left.
     """
     remote = find_daemon(app.home)
     if remote is not None:
         with remote:
-            return _via_daemon(app, remote, text, recipient, group)
+            return _via_daemon(app, remote, text, recipient, group, reply_to)
     with state_of(app) as state:
         user_id = None
         if recipient is not None:
-            user_id = resolve_recipient(state, recipient)
+            user_id = conversation = resolve_recipient(state, recipient)
         else:
             try:
-                state.groups.find(group)
+                conversation = state.groups.find(group).state.hex_id
             except GroupError as exc:
                 raise UnknownName(str(exc), "unknown_group", param_hint="--group") from exc
+        quoted = reply_target(state, reply_to, conversation)
         guard = Guard()
 
         async def run() -> Posted:
             return await post_text(state, lambda: app.connect(state), text, to=user_id,
-                                   group=group, on_commit=guard.commit)
+                                   group=group, reply_to=quoted, on_commit=guard.commit)
 
         try:
             with failures(), lists_shown(app, state):
@@ -91,14 +97,16 @@ def _emit(app: AppContext, posted: Posted, name: str) -> None:
 
 
 def _via_daemon(app: AppContext, remote, text: str, recipient: str | None,  # noqa: ANN001
-                group: str | None) -> None:
-    params = {"text": text, **({"to": recipient} if recipient is not None else {"group": group})}
+                group: str | None, reply_to: str | None) -> None:
+    params = {"text": text, **({"to": recipient} if recipient is not None else {"group": group}),
+              **({"reply_to": reply_to} if reply_to is not None else {})}
     try:
         result = remote.call("send", params, shielded=True)
     except RemoteError as exc:
         if exc.code == USAGE_ERROR:
             reason = (exc.data or {}).get("reason", "usage")
-            hint = "--group" if group is not None else "NAME|USER_ID"
+            hint = ("--reply-to" if reason == "bad_reply" else
+                    "--group" if group is not None else "NAME|USER_ID")
             raise UnknownName(exc.message, reason, param_hint=hint) from exc
         if exc.code == SEND_UNKNOWN and app.out.json_mode:
             app.out.emit({"id": (exc.data or {}).get("id", ""), "status": "unknown",

@@ -27,8 +27,10 @@ from cli.daemon.jsonrpc import (
     RpcError,
 )
 from cli.errors import ClientError, SendUnknown
-from cli.features import outbox
+from cli.features import actions, effects, outbox, receipts
+from cli.features.actions import ActionError
 from cli.features.group_messaging import add_member, create_group, remove_member
+from cli.features.kinds import MAX_EMOJI
 from cli.features.payload import MAX_TEXT
 from cli.features.posting import post_text
 from cli.session.group_state import GroupError
@@ -93,11 +95,12 @@ def _int(params: dict, key: str, default: int) -> int:
 
 @method("send")
 async def send(device: Device, peer: Peer, params: dict) -> dict:
-    """``{"to": NAME_OR_USER_ID | "group": NAME_OR_ID, "text": TEXT}`` ->
-    ``{"id", "status": "stored"|"queued"|"pending", "to" | "group", "group_id"}``."""
+    """``{"to": NAME_OR_USER_ID | "group": NAME_OR_ID, "text": TEXT, "reply_to"?: MSG_ID}``
+    -> ``{"id", "status": "stored"|"queued"|"pending", "to" | "group", "group_id"}``."""
     state = device.state
     text = _str(params, "text")
     to, group = _str(params, "to", required=False), _str(params, "group", required=False)
+    reply_to = _str(params, "reply_to", required=False)
     if (to is None) == (group is None):
         raise RpcError(INVALID_PARAMS, "give either 'to' or 'group'")
     if not text.strip() or len(text) > MAX_TEXT:
@@ -117,8 +120,17 @@ async def send(device: Device, peer: Peer, params: dict) -> dict:
             state.groups.find(group)
         except GroupError as exc:
             raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_group"}) from exc
+    quoted = None
+    if reply_to is not None:
+        entry = _target(device, reply_to, "bad_reply")
+        conversation = user_id or state.groups.find(group).state.hex_id
+        if effects.conversation_of(state, entry) != conversation:
+            raise RpcError(USAGE_ERROR, "that message is of another conversation",
+                           {"reason": "bad_reply"})
+        quoted = bytes.fromhex(entry["id"])
     with errors():
-        posted = await post_text(state, device.session, text, to=user_id, group=group)
+        posted = await post_text(state, device.session, text, to=user_id, group=group,
+                                 reply_to=quoted)
     if posted.status == outbox.PENDING:
         device.outbox_changed()
     if posted.group_id:
@@ -131,6 +143,86 @@ def _client(device: Device):  # noqa: ANN202
     if device.client is None:
         raise RpcError(RUNTIME_ERROR, "no connection to the home node right now")
     return device.client
+
+
+def _target(device: Device, msg_id: str, reason: str = "unknown_message") -> dict:
+    """The history entry of ``msg_id`` (32 hex digits or a prefix of at least 8);
+    :data:`USAGE_ERROR` (``data.reason``: ``reason``) if unknown, ambiguous or deleted."""
+    try:
+        return actions.find_message(device.state, msg_id)
+    except ActionError as exc:
+        raise RpcError(USAGE_ERROR, str(exc), {"reason": reason}) from exc
+
+
+def _action_answer(result, entry: dict) -> dict:  # noqa: ANN001
+    return {"id": result.msg_id.hex(), "status": result.status, "target": entry["id"]}
+
+
+@method("sendReaction")
+async def send_reaction(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"target": MSG_ID, "emoji": EMOJI}`` (``""`` removes this account's reaction) ->
+    ``{"id", "status", "target"}`` (as ``wa-cli react --json``); needs the connection."""
+    target, emoji = _str(params, "target"), _str(params, "emoji")
+    if len(emoji) > MAX_EMOJI:
+        raise RpcError(INVALID_PARAMS, f"'emoji' is at most {MAX_EMOJI} characters")
+    entry = _target(device, target)
+    with errors():
+        result, _ = await actions.react(_client(device), entry["id"], emoji)
+    return {**_action_answer(result, entry), "reaction": emoji}
+
+
+@method("edit")
+async def edit(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"target": MSG_ID, "text": TEXT}`` -> ``{"id", "status", "target"}``: replace
+    the text of one of this account's messages on every device (``wa-cli edit``)."""
+    target, text = _str(params, "target"), _str(params, "text")
+    if not text.strip() or len(text) > MAX_TEXT:
+        raise RpcError(USAGE_ERROR, f"text must be 1 to {MAX_TEXT} characters, not blank",
+                       {"reason": "bad_text"})
+    entry = _target(device, target)
+    with errors():
+        try:
+            result, _ = await actions.edit(_client(device), entry["id"], text)
+        except ActionError as exc:  # not this account's text message
+            raise RpcError(USAGE_ERROR, str(exc), {"reason": "not_yours"}) from exc
+    return _action_answer(result, entry)
+
+
+@method("delete")
+async def delete(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"target": MSG_ID}`` -> ``{"id", "status", "target"}``: delete one of this
+    account's messages for everyone (``wa-cli delete``)."""
+    entry = _target(device, _str(params, "target"))
+    with errors():
+        try:
+            result, _ = await actions.delete(_client(device), entry["id"])
+        except ActionError as exc:
+            raise RpcError(USAGE_ERROR, str(exc), {"reason": "not_yours"}) from exc
+    return _action_answer(result, entry)
+
+
+@method("sendReceipt")
+async def send_receipt(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"to"?: NAME_OR_USER_ID | "group"?: NAME_OR_ID}`` (neither: every conversation)
+    -> ``{"read": [MSG_ID]}``: mark the conversation's received messages read and send
+    ``read`` receipts to their authors (``wa-cli read``; none when receipts are off)."""
+    state = device.state
+    to, group = _str(params, "to", required=False), _str(params, "group", required=False)
+    if to is not None and group is not None:
+        raise RpcError(INVALID_PARAMS, "give 'to' or 'group', not both")
+    conversation = None
+    if to is not None:
+        conversation = _user(device, params, "to")
+    elif group is not None:
+        try:
+            conversation = state.groups.find(group).state.hex_id
+        except GroupError as exc:
+            raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_group"}) from exc
+    entries = receipts.unread(state.history, conversation)
+    if entries:
+        with errors():
+            entries = await receipts.mark_read(_client(device), conversation)
+    return {"read": [e["id"] for e in entries]}
 
 
 async def _group_change(device: Device, op, *args) -> dict:  # noqa: ANN001

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import trio
 
 from cli.errors import ConnectionFailed, ConnectionLost, SendUnknown
-from cli.features import group_messaging, outbox, payload, sending
+from cli.features import effects, group_messaging, outbox, payload, sending
 from cli.session.session import Session
 from cli.session.state import State
 
@@ -48,12 +48,18 @@ class Posted:
 
 
 async def post_text(state: State, connect: Connect, text: str, *, to: str | None = None,
-                    group: str | None = None,
+                    group: str | None = None, reply_to: bytes | None = None,
                     on_commit: Callable[[], None] | None = None) -> Posted:
     """Record ``text`` in the local history and send it to user ``to`` (a user_id) or to
     ``group`` (name or id) over a session from ``connect()``; if no connection can be
     had (``ConnectionFailed``) or it drops before the message left (``ConnectionLost``),
     keep it in the outbox (state saved) with status ``"pending"``.
+
+    The text quotes ``reply_to`` (a 16-byte message id of the same conversation, checked
+    by the caller) and carries the conversation's disappearing timer
+    (:attr:`cli.session.prefs.Prefs.timers`); it is recorded the way every device
+    records it (:func:`cli.features.effects.on_payload`), and the peer of a 1:1 text
+    counts as accepted from now on (:mod:`cli.session.prefs`).
 
     ``on_commit()`` is called at the point of no return: when the request may leave
     (:attr:`cli.session.session.Session.commit_hook`) or the outbox takes the message.
@@ -71,21 +77,19 @@ async def post_text(state: State, connect: Connect, text: str, *, to: str | None
     if len(text) > payload.MAX_TEXT:
         raise ValueError(f"text is longer than {payload.MAX_TEXT} characters")
     msg_id, ts = os.urandom(16), sending.now_ms()
-    entry = {"id": msg_id.hex(), "direction": "out", "from": state.user_id,
-             "from_device": state.device_id, "ts": ts, "type": "text", "text": text,
-             "from_name": state.name, "resends": 0}
     if group is not None:
         record = state.groups.find(group)
-        gid = record.state.group_id
-        plain = payload.TextPayload(msg_id, text, ts, state.name, record.state.hex_id).encode()
-        entry.update(peer=record.state.hex_id, group_id=record.state.hex_id)
+        gid, conversation = record.state.group_id, record.state.hex_id
         posted = Posted(msg_id, "", group_id=record.state.hex_id, group=record.state.name)
     else:
-        gid = None
-        plain = payload.TextPayload(msg_id, text, ts, state.name, to).encode()
-        entry.update(peer=to)
+        gid, conversation = None, to
         posted = Posted(msg_id, "", to=to)
-    state.history.append(entry)
+        state.prefs.accepted.add(to)
+    p = payload.TextPayload(msg_id, text, ts, state.name, conversation, reply_to,
+                            state.prefs.timers.get(conversation, 0))
+    plain = p.encode()
+    effects.on_payload(state, state.user_id, state.device_id, p, peer=conversation,
+                       group=(record.state.name, conversation) if gid is not None else None)
     try:
         async with connect() as session:
             session.commit_hook = on_commit

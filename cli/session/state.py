@@ -53,6 +53,7 @@ import vodozemac
 from cli.session import crypto, listfresh, statecodec, vault
 from cli.session.groups import GroupError, GroupStore
 from cli.session.inbox import Inbox
+from cli.session.prefs import Prefs
 from cli.session.prekeys import FallbackInfo
 from cli.session.statecodec import CachedList, SessionSet
 from cli.session.statestore import StateStore
@@ -128,6 +129,7 @@ class State:
         self.cluster: PinnedCluster | None = None
         # sends that found no relay, kept until a connection returns (cli.features.outbox)
         self.outbox: list[dict] = []
+        self.prefs = Prefs()  # timers, blocked users, message requests (cli.session.prefs)
 
     # ----------------------------------------------------------- queries
 
@@ -245,6 +247,11 @@ class State:
         """Record a 16-byte dedupe key (:func:`seen_key`), keeping the last
         :data:`SEEN_LIMIT`; ``False`` if it was already seen."""
         return self.seen.add(key)
+
+    def compact_history(self) -> None:
+        """Have the next save rewrite the journal from the history as it is then, so
+        that removed entries and wiped texts (deleted, expired) leave the disk."""
+        self._store.compact_next()
 
     def history_changed(self, entry: dict) -> None:
         """Report that a history entry was modified in place, so the next save writes it

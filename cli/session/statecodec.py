@@ -12,7 +12,8 @@ Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
      identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
      groups: {...} (cli.groups), pending_withdrawals: [device_id, ...],
      cluster: [body, signature, cluster_key] | None (the pinned cluster description),
-     outbox: [{id, to, group_id, payload, ts}] (cli.features.outbox; absent before)}
+     outbox: [{id, to, group_id, payload, ts}] (cli.features.outbox; absent before),
+     prefs: {...} (cli.session.prefs; absent in older states: the defaults)}
 
 History and dedupe keys are in the journal. Formats 1 and 2 kept them in the map
 (``seen``: a list of keys / their concatenation; ``history``: a list of maps / a
@@ -35,6 +36,7 @@ import vodozemac
 from cli.session import crypto
 from cli.session.groups import GroupStore
 from cli.session.inbox import Inbox
+from cli.session.prefs import Prefs
 from cli.session.prekeys import FallbackInfo
 from relay.protocol import DeviceList, verify_device_list
 from relay.protocol.cluster import PinnedCluster, SignedCluster
@@ -100,6 +102,7 @@ class StateFields(Protocol):
     groups: GroupStore
     fallback: FallbackInfo
     highest_list: dict[str, int]
+    prefs: Prefs
     seen: SeenIds
     history: deque[dict]
     inbox: Inbox
@@ -141,6 +144,7 @@ def to_map(state: State, pickle_key: bytes) -> dict:
                     [state.cluster.signed.body, state.cluster.signed.signature,
                      state.cluster.key]),
         "outbox": state.outbox,
+        "prefs": state.prefs.to_map(),
     }
 
 
@@ -178,6 +182,7 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
         body, sig, key = pinned
         state.cluster = PinnedCluster.verify(SignedCluster(body, sig, key), key)
     state.outbox = [dict(e) for e in m.get("outbox", ())]
+    state.prefs = Prefs.from_map(m.get("prefs"))
 
 
 class SeenIds:

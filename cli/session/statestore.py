@@ -88,6 +88,10 @@ class StateStore:
         self._check_writable()
         await self._commit.write()
 
+    def compact_next(self) -> None:
+        """Make the next write a compacted journal (only what the state holds then)."""
+        self._journal.rewrite = True
+
     def load(self, m: dict) -> None:
         """Fill the state from a decrypted ``state.bin`` map: history and dedupe keys from
         the journal (format 3), or from the map (formats 1 and 2; the next save then

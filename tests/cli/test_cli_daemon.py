@@ -20,9 +20,9 @@ DEADLINE = 60
 
 
 async def two_accounts(tmp_path, relay: str) -> tuple[dict, dict]:
-    (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--name", "alice",
+    (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use", "--name", "alice",
                               "--relay", relay))
-    (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--name", "bob",
+    (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                             "--relay", relay))
     return alice, bob
 
@@ -290,3 +290,58 @@ async def test_ctrl_c_at_random_moments_of_send(tmp_path):
             assert len(texts) == len(set(texts))  # never shown twice
             assert sorted(texts) == sorted(t for t, c in codes.items() if c == 0), codes
             assert full["text"] == "warm up"
+
+
+async def test_the_messaging_basics_over_json_rpc(tmp_path):
+    """sendReaction, send with reply_to, edit, delete and sendReceipt reach the other
+    account as the wa-cli commands' payloads do; bad targets are usage errors."""
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                alice, bob = await two_accounts(tmp_path, cluster.urls["n1"])
+                await wa(tmp_path / "a", "settings", "--receipts", "on")
+                (m1,) = lines(await wa(tmp_path / "b", "--json", "send", alice["user_id"],
+                                       "hello alice"))
+                daemon, where = await start_daemon(tmp_path / "a")
+                rpc = RpcSocket(await trio.open_unix_socket(where["socket"]))
+                await rpc.call(1, "receive")
+                assert (await rpc.note())["params"]["event"]["id"] == m1["id"]
+                react = await rpc.call(2, "sendReaction", {"target": m1["id"][:8], "emoji": "👍"})
+                assert react["result"]["status"] == "stored"
+                assert (react["result"]["target"], react["result"]["reaction"]) == (m1["id"], "👍")
+                reply = await rpc.call(3, "send", {"to": bob["user_id"], "text": "hi bob",
+                                                   "reply_to": m1["id"]})
+                mine = reply["result"]["id"]
+                edited = await rpc.call(4, "edit", {"target": mine, "text": "hi bob!"})
+                assert edited["result"]["target"] == mine
+                read = await rpc.call(5, "sendReceipt", {"to": bob["user_id"]})
+                assert read["result"] == {"read": [m1["id"]]}
+                assert (await rpc.call(6, "sendReceipt", {}))["result"] == {"read": []}
+                deleted = await rpc.call(7, "delete", {"target": mine})
+                assert deleted["result"]["status"] == "stored"
+                # refusals: unknown target, someone else's message, another conversation
+                bad = await rpc.call(8, "sendReaction", {"target": "0" * 32, "emoji": "x"})
+                assert bad["error"]["data"] == {"reason": "unknown_message"}
+                bad = await rpc.call(9, "edit", {"target": m1["id"], "text": "mine now"})
+                assert bad["error"]["data"] == {"reason": "not_yours"}
+                bad = await rpc.call(10, "send", {"group": "nogroup", "text": "x",
+                                                  "reply_to": m1["id"]})
+                assert bad["error"]["data"] == {"reason": "unknown_group"}
+                got = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.5"))
+                seen = [(g["type"], g.get("reaction") or g.get("reply_to") or g.get("edit_of")
+                         or g.get("deleted") or g.get("receipt")) for g in got]
+                assert seen == [
+                    ("receipt", {"status": "delivered", "ids": [m1["id"]]}),
+                    ("reaction", {"target": m1["id"], "emoji": "👍"}),
+                    ("text", m1["id"]),
+                    ("edit", mine),
+                    ("receipt", {"status": "read", "ids": [m1["id"]]}),
+                    ("delete", mine),
+                ]
+                await rpc.stream.aclose()
+                code, _ = await daemon.stop()
+                assert code == 0
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
