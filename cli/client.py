@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from cli.events import BacklogDone, Bounce, DevicesChanged, Dropped, Event, Message, SendResult
-from cli.features import devices, linkcode, outbound, sending
+from cli.features import devices, linkcode, outbound, outbox, sending
 from cli.features.devices import ApprovedDevice, Confirm, DeviceOffer, init_account
 from cli.features.receiving import Receiver
 from cli.features.sending import MAX_SEND_ROUNDS, now_ms
@@ -161,7 +161,7 @@ class Client(Session):
 
 @asynccontextmanager
 async def open_client(state: State, *, connect_timeout: float = 10.0,
-                      withdraw_pending: bool = True,
+                      withdraw_pending: bool = True, flush_outbox: bool = True,
                       settings: LinkSettings = CLIENT_SETTINGS) -> AsyncIterator[Client]:
     """Connect to the device's home (following ``moved``), authenticate, top up one-time
     keys if the node holds fewer than 50, and yield a :class:`Client`
@@ -170,7 +170,8 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
     On a primary whose state records devices whose linking did not complete
     (``state.pending_withdrawals``, see :mod:`cli.features.devices`), they are withdrawn
     from the account's list first (:func:`cli.features.devices.finish_pending_withdrawals`),
-    unless ``withdraw_pending`` is false.
+    unless ``withdraw_pending`` is false. Then what waits in the local outbox is sent
+    (:func:`cli.features.outbox.flush`), unless ``flush_outbox`` is false.
 
     The connection closes on exit. A single exception from the body or the
     background tasks is re-raised as itself (not wrapped in an exception group).
@@ -189,6 +190,8 @@ async def open_client(state: State, *, connect_timeout: float = 10.0,
                             factory=Client) as client:
         if withdraw_pending and state.pending_withdrawals and state.account_key is not None:
             await devices.finish_pending_withdrawals(client)
+        if flush_outbox and state.outbox:
+            await outbox.flush(client)
         if state.account_key is None:
             yield client
             return

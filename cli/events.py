@@ -35,6 +35,25 @@ class Message:
     declared_name: str
     group: str | None = None
     group_id: str | None = None
+    extra: dict | None = None
+    """The kind-specific fields (``reply_to``, ``reaction``, ``edit_of``, ``deleted``,
+    ``receipt``, ``typing``, ``expires_in``; :func:`cli.features.effects.event_extra`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """A message request: a stranger's message (``kind`` ``"user"``, ``key`` its user_id)
+    or a group invitation from a non-contact, or a message in such a group (``kind``
+    ``"group"``, ``key`` the group id in hex, ``group`` its name) waits until accepted
+    (``wa-cli requests``). ``msg_id`` (hex) is the held message, ``None`` for the
+    invitation itself."""
+
+    key: str
+    kind: str
+    sender_user: str
+    declared_name: str
+    group: str | None
+    msg_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +134,14 @@ class GroupForkSeen:
 @dataclass(frozen=True, slots=True)
 class Kept:
     """Marker of ``receive(keep=True)``: ``count`` events of the batch just processed were
-    kept in the device's inbox (:class:`cli.inbox.Inbox`, durable before the batch was
+    kept in the device's inbox (:class:`cli.session.inbox.Inbox`, durable before the batch was
     acknowledged) instead of being yielded; show them from there."""
 
     count: int
 
 
 Event = (Message | BacklogDone | Bounce | Dropped | DevicesChanged | GroupChanged | GroupForkSeen
-         | Kept)
+         | Kept | Requested)
 """One item of :meth:`cli.client.Client.receive`."""
 
 

@@ -26,7 +26,7 @@ from datetime import datetime
 
 import click
 
-from cli.events import Bounce, DevicesChanged, Message
+from cli.events import Bounce, DevicesChanged, Message, Requested
 
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
                     "\u202a-\u202e\u2066-\u2069]")
@@ -145,6 +145,8 @@ def message_json(msg: Message, known: str | None) -> dict:
         obj["to"] = msg.peer
     if msg.group_id is not None:
         obj["group"], obj["group_id"] = msg.group, msg.group_id
+    if msg.extra:
+        obj.update(msg.extra)
     return obj
 
 
@@ -160,6 +162,8 @@ def message_human(msg: Message, sender: str, peer: str) -> str:
     the text keeps its line breaks with :data:`CONTINUATION` lines (:func:`escape_lines`).
     """
     text = escape_lines(msg.text)
+    if msg.extra:
+        text = kind_human(msg.type, msg.extra, text)
     me = f"you (device {msg.sender_device})"
     if msg.group_id is not None:
         who = me if msg.direction == "out" else sender
@@ -167,6 +171,59 @@ def message_human(msg: Message, sender: str, peer: str) -> str:
     if msg.direction == "out":
         return f"[{_clock(msg.ts)}] {me} -> {peer}: {text}"
     return f"[{_clock(msg.ts)}] {sender}: {text}"
+
+
+def kind_human(kind: str, extra: dict, text: str) -> str:
+    """The text part of a row for a message with kind fields (:attr:`cli.events.Message.extra`):
+    ``(reply to 1a2b3c4d) text``, ``reacted 👍 to 1a2b3c4d``, ``edited 1a2b3c4d: text``,
+    ``deleted 1a2b3c4d``, ``read 1a2b3c4d, ...``, ``is typing``, ``set disappearing
+    messages to 60 s``; ids shortened to 8 hex digits, everything escaped."""
+    def short(msg_id: str) -> str:
+        return escape(msg_id[:8])
+
+    if "reaction" in extra:
+        r = extra["reaction"]
+        if not r["emoji"]:
+            return f"removed the reaction to {short(r['target'])}"
+        return f"reacted {escape(r['emoji'])} to {short(r['target'])}"
+    if "edit_of" in extra:
+        return f"edited {short(extra['edit_of'])}: {text}"
+    if "deleted" in extra:
+        return f"deleted {short(extra['deleted'])}"
+    if "receipt" in extra:
+        r = extra["receipt"]
+        return f"{escape(r['status'])} {', '.join(short(i) for i in r['ids'])}"
+    if "typing" in extra:
+        return "is typing" if extra["typing"] else "stopped typing"
+    if kind == "timer":
+        n = extra["expires_in"]
+        return f"set disappearing messages to {n} s" if n else "turned disappearing messages off"
+    if "reply_to" in extra:
+        text = f"(reply to {short(extra['reply_to'])}) {text}"
+    if extra.get("expires_in"):
+        text += f"  (disappears after {extra['expires_in']} s)"
+    return text
+
+
+def request_json(req: Requested) -> dict:
+    """The ``recv --json`` line of a held message request::
+
+        {"type": "request", "kind": "user"|"group", "key", "from", "declared_name",
+         "group", "id"}
+    """
+    return {"type": "request", "kind": req.kind, "key": req.key, "from": req.sender_user,
+            "declared_name": req.declared_name, "group": req.group, "id": req.msg_id}
+
+
+def request_human(req: Requested) -> str:
+    """One line announcing a held message or invitation, and how to accept it."""
+    who = sender_label(None, req.declared_name, req.sender_user)
+    if req.kind == "group":
+        what = (f"invitation to group {escape(req.group or '?')!r} from {who}"
+                if req.msg_id is None else f"message in group {escape(req.group or '?')!r}")
+    else:
+        what = f"message request from {who}"
+    return f"{what}: held; 'wa-cli requests accept {req.key}' shows it"
 
 
 def bounce_json(bounce: Bounce) -> dict:

@@ -2,11 +2,16 @@
 
 Exit codes (DESIGN.md): 0 ok, 1 runtime failure (:class:`CliError`: network,
 refused by the relay, locked or missing home), 2 usage error (Click's
-``UsageError``/``BadParameter``).
+``UsageError``/``BadParameter``, :class:`UnknownName` for an unknown contact or group),
+130 interrupted before the action happened. With ``--json`` an error is printed on
+stdout as ``{"error": {"code": CODE, "message": TEXT}}`` (:func:`error_code`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +20,7 @@ from pathlib import Path
 import click
 
 from cli.client import Client, open_client
+from cli.daemon.remote import find_daemon
 from cli.errors import ClientError
 from cli.events import Message
 from cli.output import (
@@ -28,6 +34,7 @@ from cli.output import (
 )
 from cli.session.connection import CLIENT_SETTINGS
 from cli.session.state import STATE_FILE, State, StateError, StateLocked, open_state
+from cli.session.vault import holder_pid
 from relay.net import LinkSettings
 
 DEFAULT_HOME = "~/.wa-cli"
@@ -39,11 +46,33 @@ class CliError(click.ClickException):
     """A runtime failure; exit code 1, message on stderr (control characters escaped)."""
 
     exit_code = 1
+    code = "failed"
 
     def format_message(self) -> str:
         """The message as Click prints it: control characters escaped except newline and
         tab (:func:`cli.output.scrub`)."""
         return scrub(self.message)
+
+
+class UnknownName(click.BadParameter):
+    """A contact or group that this device does not know (exit code 2).
+
+    Args:
+        code: ``unknown_contact`` or ``unknown_group`` (the ``--json`` error code).
+    """
+
+    def __init__(self, message: str, code: str, param_hint: str) -> None:
+        super().__init__(message, param_hint=param_hint)
+        self.code = code
+
+
+def error_code(exc: click.ClickException) -> str:
+    """The ``--json`` error code of a command's error: its ``code`` attribute, else
+    ``usage`` (exit 2) or ``failed``."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    return "usage" if isinstance(exc, click.UsageError) else "failed"
 
 
 def check_name(value: str, param_hint: str) -> str:
@@ -72,6 +101,19 @@ class AppContext:
     out: Output
     net: LinkSettings = field(default=CLIENT_SETTINGS)
     connect_timeout: float = CONNECT_TIMEOUT
+    process: bool = False  # run as the wa-cli program (not in a test's CliRunner)
+
+    def stop_now(self) -> None:
+        """After a command stopped by a signal has flushed and saved everything: end the
+        process at once with exit code 0, skipping the interpreter's teardown (a few
+        hundred ms), so that ``recv --follow`` stops within 0.5 s. Returns (does
+        nothing) when not run as the program."""
+        if not self.process:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(0)
 
     def connect(self, state: State, *,
                 connect_timeout: float | None = None) -> AbstractAsyncContextManager[Client]:
@@ -119,7 +161,7 @@ def resolve_recipient(state: State, recipient: str) -> str:
     try:
         user_id = state.resolve(recipient)
     except StateError as exc:
-        raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+        raise UnknownName(str(exc), "unknown_contact", param_hint="NAME|USER_ID") from exc
     own = state.own_list()
     if user_id == state.user_id and own is not None and own.device_ids <= {state.device_id}:
         raise CliError("you have no other devices; nothing to send to yourself "
@@ -137,12 +179,15 @@ def message_row(state: State, msg: Message) -> tuple[dict, str]:
 
 
 @contextmanager
-def state_of(app: AppContext):
-    """Open (and lock) the device state of ``--home``, translating errors.
+def state_of(app: AppContext, *, readonly: bool = False):
+    """Open the device state of ``--home``, translating errors.
 
-    One wa-cli process uses a device at a time: the home stays locked until the
+    One wa-cli process changes a device at a time: the home stays locked until the
     command ends (``recv --follow`` holds it until stopped), and another process
-    waits :data:`LOCK_TIMEOUT` seconds for it.
+    waits :data:`LOCK_TIMEOUT` seconds for it. A ``readonly`` command only takes the
+    readers' shared lock and runs beside it (the state as last saved; never saved).
+    While a daemon serves the home (:mod:`cli.daemon`), a changing command that does
+    not go through it fails at once, naming the daemon's process id.
 
     Raises:
         CliError: the home holds no account (nothing is created then); another
@@ -150,12 +195,22 @@ def state_of(app: AppContext):
     """
     if not (app.home / STATE_FILE).is_file():
         raise CliError(f"no account here ({app.home}): run 'wa-cli init' or 'wa-cli link'")
+    if not readonly:
+        remote = find_daemon(app.home)
+        if remote is not None:
+            remote.close()
+            pid = holder_pid(app.home)
+            raise CliError(f"{app.home} is served by the wa-cli daemon (process {pid}); this "
+                           "command does not go through it yet: stop the daemon first (or "
+                           "use its JSON-RPC methods, docs/jsonrpc.md)")
     with failures(), ExitStack() as stack:
         try:
-            state = stack.enter_context(open_state(app.home, lock_timeout=LOCK_TIMEOUT))
+            state = stack.enter_context(open_state(app.home, lock_timeout=LOCK_TIMEOUT,
+                                                   readonly=readonly))
         except StateLocked as exc:
-            raise CliError(f"{exc}; a device is used by one wa-cli process at a time: stop "
-                           "'wa-cli recv --follow' (or the other command) first") from exc
+            raise CliError(f"{exc}; one wa-cli process changes a device at a time: stop it "
+                           "first, or run 'wa-cli daemon' to share the device between "
+                           "commands") from exc
         yield state
 
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from cli.client import Bounce, DevicesChanged, Message
 from cli.commands._common import AppContext, message_row, user_label
+from cli.events import Requested
 from cli.features.group_receiving import GroupChanged, GroupForkSeen
 from cli.output import (
     bounce_human,
@@ -15,6 +16,8 @@ from cli.output import (
     devices_changed_human,
     devices_changed_json,
     escape,
+    request_human,
+    request_json,
 )
 from cli.session.state import State
 from relay.protocol import DeviceList
@@ -79,6 +82,8 @@ def render(state: State, event) -> tuple[dict | None, str, bool] | None:  # noqa
         return group_changed_json(event), group_changed_human(state, event), True
     if isinstance(event, GroupForkSeen):
         return group_fork_json(event), group_fork_human(state, event), True
+    if isinstance(event, Requested):
+        return request_json(event), request_human(event), True
     return None
 
 

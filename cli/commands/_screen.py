@@ -100,6 +100,21 @@ class Screen:
         text = scrub((MAYBE_PREFIX if p.maybe_shown else "") + human)
         return (self._err if note or json_mode else self._out), text
 
+    async def show_live(self, event: Message) -> None:
+        """Show an event that is never kept (an ephemeral one: typing) right away; it is
+        not in the inbox, so it is shown at most once and may be lost with the process.
+
+        Raises:
+            ReaderGone: the reader closed the stream. OSError: a write failed.
+        """
+        shape = render(self._state, event)
+        if shape is None:
+            return
+        sink, line = self._line(Pending(-1, event), shape)
+        async with self._showing:
+            sink.write(line)
+            await sink.taken()
+
     async def _show(self, p: Pending, shape: tuple[dict | None, str, bool]) -> None:
         """Announce, write, wait until taken, mark shown (see :mod:`cli.inbox`).
 

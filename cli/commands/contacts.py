@@ -58,7 +58,7 @@ def add(app: AppContext, name: str, user_id: str, force: bool) -> None:
 @click.pass_obj
 def list_(app: AppContext) -> None:
     """List contacts, one per line."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         items = sorted(state.contacts.items())
     for name, user_id in items:
         app.out.emit({"name": name, "user_id": user_id}, f"{escape(name)}\t{user_id}")

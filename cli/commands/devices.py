@@ -9,9 +9,11 @@ import trio
 
 from cli.client import DeviceOffer
 from cli.commands._common import AppContext, CliError, failures, json_option, state_of
+from cli.commands._signals import run_interruptible
 from cli.errors import ClientError
 from cli.features.devices import current_own_list
 from cli.features.linkcode import LinkCode, LinkCodeError, device_fingerprint
+from cli.features.wordcode import WordCode, is_word_code
 from cli.output import escape
 from cli.session.state import State
 
@@ -54,7 +56,8 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     is withdrawn again: at once, or by the next wa-cli command on this device.
     """
     try:
-        parsed = LinkCode.decode(code)
+        parsed: LinkCode | str = (WordCode.decode(code).encode() if is_word_code(code)
+                                  else LinkCode.decode(code))
     except LinkCodeError as exc:
         raise click.BadParameter(str(exc), param_hint="CODE") from exc
 
@@ -73,7 +76,7 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     with state_of(app) as state:
         _require_primary(state, "approve new devices")
         with failures():
-            done = trio.run(run, state)
+            done = run_interruptible(run, state)
     app.out.emit(
         {"device_id": done.device_id, "name": done.name, "fingerprint": done.fingerprint,
          "version": done.version, "history_sent": done.history_sent,
@@ -119,7 +122,7 @@ def list_(app: AppContext) -> None:
 
     with state_of(app) as state:
         try:
-            trio.run(refresh, state)
+            run_interruptible(refresh, state)
         except ClientError as exc:
             app.out.note(f"showing the cached device list ({escape(str(exc))})")
         own = state.own_list()
@@ -163,6 +166,6 @@ def remove(app: AppContext, device_id: int, yes: bool) -> None:
         if not yes and not _ask(f"Remove {label}? It will get no more messages."):
             raise CliError("not removed; nothing changed")
         with failures():
-            new_list = trio.run(run, state)
+            new_list = run_interruptible(run, state)
     app.out.emit({"removed": device_id, "version": new_list.version},
                  f"removed {label}; device list version {new_list.version}")

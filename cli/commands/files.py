@@ -28,7 +28,6 @@ import os
 from pathlib import Path
 
 import click
-import trio
 
 from cli.client import Client, now_ms, open_client
 from cli.commands._common import (
@@ -41,6 +40,7 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
+from cli.commands._signals import run_interruptible
 from cli.events import Message
 from cli.features import media
 from cli.features.group_messaging import send_group
@@ -84,7 +84,7 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
                 return await _send_to_group(await rc.client(), group, att, caption, info)  # type: ignore[arg-type]
 
         with failures(), lists_shown(app, state):
-            out = trio.run(run)
+            out = run_interruptible(run)
         to = escape(out["group"]) if "group" in out else user_label(state, out["to"])
     app.out.emit(out, f"sent {escape(path.name)} to {to} ({out['status']}) id {out['id']}")
 

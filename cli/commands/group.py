@@ -10,10 +10,11 @@ the sending device's sender key (see docs/groups.md).
 from __future__ import annotations
 
 import click
-import trio
 
 from cli.commands._common import (
     AppContext,
+    CliError,
+    UnknownName,
     check_name,
     failures,
     json_option,
@@ -21,7 +22,11 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
-from cli.features.group_messaging import add_member, create_group, remove_member, send_group_text
+from cli.commands._signals import run_interruptible
+from cli.commands.sendtext import send_text
+from cli.daemon.jsonrpc import USAGE_ERROR
+from cli.daemon.remote import RemoteError, find_daemon
+from cli.features.group_messaging import add_member, create_group, remove_member
 from cli.features.payload import MAX_TEXT
 from cli.output import escape
 from cli.session.group_state import GroupState
@@ -56,14 +61,29 @@ def group_human(state: State, g: GroupState) -> str:
     return "\n".join(lines)
 
 
+_RPC = {"create_group": "groupCreate", "add_member": "groupAdd", "remove_member": "groupRemove"}
+
+
 def _change(app: AppContext, op, *args) -> None:
+    remote = find_daemon(app.home)
+    if remote is not None:  # through the daemon of this home (docs/jsonrpc.md)
+        keys = ("name", "members") if op is create_group else ("group", "member")
+        with remote:
+            try:
+                answer = remote.call(_RPC[op.__name__], dict(zip(keys, args, strict=True)))
+            except RemoteError as exc:
+                if exc.code == USAGE_ERROR:
+                    raise UnknownName(exc.message, "unknown_contact", "MEMBER") from exc
+                raise CliError(f"daemon: {escape(exc.message)}") from exc
+        app.out.emit(answer["group"], answer["text"])
+        return
     with state_of(app) as state:
         async def run():
             async with app.connect(state) as client:
                 return await op(client, *args)
 
         with failures(), lists_shown(app, state):
-            g = trio.run(run)
+            g = run_interruptible(run)
         app.out.emit(group_json(state, g), group_human(state, g))
 
 
@@ -80,7 +100,7 @@ def group() -> None:
 def create(app: AppContext, name: str, members: tuple[str, ...]) -> None:
     """Create group NAME with you (admin) and MEMBERs (contact names or user ids)."""
     check_name(name, "NAME")
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         ids = list(dict.fromkeys(_resolve(state, m) for m in members))
     _change(app, create_group, name, ids)
 
@@ -92,7 +112,7 @@ def create(app: AppContext, name: str, members: tuple[str, ...]) -> None:
 @click.pass_obj
 def add(app: AppContext, name: str, member: str) -> None:
     """Add MEMBER to group NAME (admins, on the primary device)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         user_id = _resolve(state, member)
     _change(app, add_member, name, user_id)
 
@@ -104,7 +124,7 @@ def add(app: AppContext, name: str, member: str) -> None:
 @click.pass_obj
 def remove(app: AppContext, name: str, member: str) -> None:
     """Remove MEMBER from group NAME; they cannot read anything sent afterwards."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         user_id = _resolve(state, member)
     _change(app, remove_member, name, user_id)
 
@@ -114,7 +134,7 @@ def remove(app: AppContext, name: str, member: str) -> None:
 @click.pass_obj
 def list_(app: AppContext) -> None:
     """List the groups this device knows (no network)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         items = sorted((r.state for r in state.groups.groups.values()), key=lambda g: g.name)
         for g in items:
             role = "admin" if state.user_id in g.admins else (
@@ -133,24 +153,14 @@ def list_(app: AppContext) -> None:
 @click.pass_obj
 def info(app: AppContext, name: str) -> None:
     """Show group NAME (or id): version, members, admins (no network)."""
-    with state_of(app) as state, failures():
+    with state_of(app, readonly=True) as state, failures():
         g = state.groups.find(name).state
         app.out.emit(group_json(state, g), group_human(state, g))
 
 
-def send_to_group(app: AppContext, name: str, text: str) -> None:
-    """``wa-cli send --group NAME TEXT``: prints ``{"id", "status", "group", "group_id"}``."""
+def send_to_group(app: AppContext, name: str, text: str, reply_to: str | None = None) -> None:
+    """``wa-cli send --group NAME [--reply-to MSG_ID] TEXT``: prints ``{"id", "status",
+    "group", "group_id"}``."""
     if len(text) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="TEXT")
-    with state_of(app) as state:
-        async def run():
-            async with app.connect(state) as client:
-                return await send_group_text(client, name, text)
-
-        with failures(), lists_shown(app, state):
-            result = trio.run(run)
-    app.out.emit(
-        {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
-         "group_id": result.group_id},
-        f"sent to group {escape(result.name)} ({result.status}) id {result.msg_id.hex()}",
-    )
+    send_text(app, text, group=name, reply_to=reply_to)

@@ -15,12 +15,14 @@ import dataclasses
 from pathlib import Path
 
 import click
-import trio
 
 from cli.client import open_client
 from cli.commands._common import AppContext, failures, json_option, message_row, state_of
+from cli.commands._signals import run_interruptible
+from cli.commands.history_view import decorate, export
 from cli.events import Message
 from cli.features import media
+from cli.features.effects import sweep
 from cli.output import escape, progress_bar
 from cli.session.state import State, StateError
 
@@ -48,15 +50,20 @@ def _file_line(file: dict) -> str:
 
 
 def _row(state: State, entry: dict, groups: dict[str, str]) -> tuple[dict, str]:
-    """The ``--json`` object and human row of a history entry (see the module docstring)."""
+    """The ``--json`` object and human row of a history entry (see the module docstring),
+    with the effects of later messages (:func:`cli.history_view.decorate`)."""
     msg = _message(state, entry, groups)
     file = entry.get("file") if entry.get("type") == "file" else None
+    if entry.get("deleted"):
+        obj, _ = message_row(state, msg)
+        _, human = message_row(state, dataclasses.replace(msg, text="(deleted)"))
+        return decorate(state, entry, obj, human)
     if not isinstance(file, dict):
-        return message_row(state, msg)
+        return decorate(state, entry, *message_row(state, msg))
     obj, _ = message_row(state, msg)
     _, human = message_row(state, dataclasses.replace(msg, text=msg.text or "(file)"))
     obj["file"] = media.file_info(file)
-    return obj, human + "\n  " + _file_line(file)
+    return decorate(state, entry, obj, human + "\n  " + _file_line(file))
 
 
 async def _download(state: State, entries: list[dict], downloads: Path, app: AppContext) -> None:
@@ -84,26 +91,41 @@ async def _download(state: State, entries: list[dict], downloads: Path, app: App
                    "(needs the relay).")
 @click.option("--downloads", type=click.Path(file_okay=False, path_type=Path),
               help="Where --download saves files  [default: HOME/downloads]")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every stored message of the selection (not only the --limit "
+                   "newest) to this file as one JSON document, and print nothing else.")
 @json_option
 @click.pass_obj
 def history(app: AppContext, contact: str | None, limit: int, download: bool,
-            downloads: Path | None) -> None:
+            downloads: Path | None, export_path: Path | None) -> None:
     """Show recent messages stored on this device, oldest first (also those a
     linked device received in its history sync). With --json each row has the
     shape of a 'wa-cli recv --json' line. File messages show the file's name, size
     and type, and where it was saved (or that it is not downloaded)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=not download) as state:
         peer = None
         if contact is not None:
             try:
                 peer = state.resolve(contact)
             except StateError as exc:
                 raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
-        entries = [e for e in state.history if peer is None or e.get("peer") == peer][-limit:]
+        if sweep(state):  # disappearing messages whose time is up
+            with failures():
+                state.save()
+        selected = [e for e in state.history if not e.get("held")
+                    and (peer is None or e.get("peer") == peer)]
+        if export_path is not None:
+            groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
+            with failures():
+                n = export(export_path, state, [_row(state, e, groups)[0] for e in selected])
+            app.out.emit({"exported": n, "path": str(export_path)},
+                         f"exported {n} message{'s' * (n != 1)} to {escape(str(export_path))}")
+            return
+        entries = selected[-limit:]
         if download:
             target = downloads if downloads is not None else app.home / media.DOWNLOADS_DIR
             with failures():
-                trio.run(_download, state, entries, target, app)
+                run_interruptible(_download, state, entries, target, app)
         groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
         rows = [_row(state, e, groups) for e in entries]
     for obj, human in rows:

@@ -17,7 +17,7 @@ from relay.protocol import key_from_user_id
 @click.pass_obj
 def id_(app: AppContext) -> None:
     """Show the user id, device id, home node and safety fingerprint (no network)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
         obj = {"user_id": state.user_id, "device_id": state.device_id,
                "fingerprint": fingerprint, "home": state.relay_url, "name": state.name}
@@ -41,7 +41,7 @@ def verify(app: AppContext, contact: str) -> None:
     It is derived from the two account keys only, so it stays the same when
     either of you links or removes a device.
     """
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         try:
             user_id = state.resolve(contact)
         except StateError as exc:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import sys
 
 import click
-import trio
 
 from cli.client import init_account
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.commands._signals import run_interruptible
 from cli.output import escape
 from cli.session.connection import fetch_pin
 from cli.session.state import AlreadyInitialized, State, create_state, open_state
@@ -58,7 +58,7 @@ def _confirm(pin: PinnedCluster, relay: str) -> bool:
 
 def _pin(app: AppContext, state: State, relay: str, key: bytes | None, tofu: bool) -> None:
     """Pin the cluster description of ``relay`` in ``state`` (saved)."""
-    pin = trio.run(fetch_pin, relay, key, app.connect_timeout)
+    pin = run_interruptible(fetch_pin, relay, key, app.connect_timeout)
     if key is None and not tofu and not _confirm(pin, relay):
         raise CliError("cluster key not confirmed; nothing was published (run init again, "
                        "with --cluster-key KEY)")
@@ -101,7 +101,7 @@ def init(app: AppContext, name: str, relay: str, cluster_key: bytes | None, tofu
                 init_account(state)
                 state.invite = invite
                 _pin(app, state, relay, cluster_key, tofu)
-                home_url = trio.run(_publish, app, state)
+                home_url = run_interruptible(_publish, app, state)
         except AlreadyInitialized:
             with open_state(app.home) as state:
                 if state.published_version:
@@ -112,7 +112,7 @@ def init(app: AppContext, name: str, relay: str, cluster_key: bytes | None, tofu
                 state.save()
                 state.invite = invite
                 _pin(app, state, relay, cluster_key, tofu)
-                home_url = trio.run(_publish, app, state)
+                home_url = run_interruptible(_publish, app, state)
     app.out.emit(
         {"user_id": state.user_id, "device_id": state.device_id, "home": home_url},
         state.user_id,

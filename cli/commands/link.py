@@ -17,6 +17,7 @@ import segno
 import trio
 
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
+from cli.commands._signals import run_interruptible
 from cli.commands.init import _check_url
 from cli.errors import ClientError
 from cli.features.linking import open_link, save_linked
@@ -28,11 +29,11 @@ MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
 
 
 async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
-                wait_s: float) -> tuple[State, int]:
+                wait_s: float, short: bool = False) -> tuple[State, int]:
     """Link and save; returns the state and how many older history messages the primary
     left out (they did not fit the linking frame)."""
     async with open_link(relay, name, connect_timeout=app.connect_timeout,
-                         settings=app.net) as pending:
+                         settings=app.net, short=short) as pending:
         app.out.emit({"code": pending.code}, pending.code)
         if not app.out.json_mode:
             segno.make(pending.code, error="l").terminal(out=sys.stderr, compact=True)
@@ -63,9 +64,12 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
               help="This device's name in the account's device list, e.g. laptop.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=MAILBOX_LIFETIME,
               show_default=True, help="Seconds to wait for the primary's approval.")
+@click.option("--short", is_flag=True,
+              help="Show a short word code (n1-4821-lamp-mint-moss) to type on the primary, "
+                   "authenticated with a PAKE (SPAKE2), instead of the long code.")
 @json_option
 @click.pass_obj
-def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
+def link(app: AppContext, relay: str, name: str, timeout: float, short: bool) -> None:
     """Join an existing account as a new device of it.
 
     Prints a linking code (and a QR code of it); approve it on the primary with
@@ -75,7 +79,7 @@ def link(app: AppContext, relay: str, name: str, timeout: float) -> None:
     """
     check_name(name, "--name")
     with failures(), new_home(app.home) as fresh:
-        state, omitted = trio.run(_link, app, fresh, relay, name, timeout)
+        state, omitted = run_interruptible(_link, app, fresh, relay, name, timeout, short)
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
         n, c, g = len(state.history), len(state.contacts), len(state.groups.groups)
     app.out.emit({"user_id": state.user_id, "device_id": state.device_id},

@@ -7,17 +7,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import trio
 
 from cli.commands._common import (
     AppContext,
     failures,
     json_option,
-    resolve_recipient,
     state_of,
     user_label,
 )
 from cli.commands._events import lists_shown
+from cli.commands._signals import run_interruptible
+from cli.commands.basics import read_text
+from cli.commands.sendtext import send_text
 from cli.errors import SendUnknown
 from cli.features.payload import MAX_TEXT
 from cli.features.resend import resend
@@ -26,7 +27,7 @@ from cli.output import escape
 from . import files as file_cmd
 from . import group as group_cmd
 
-_VALUE_OPTIONS = frozenset({"--file", "--home", "--retry"})  # options of ``send`` that take a value
+_VALUE_OPTIONS = frozenset({"--file", "--home", "--retry", "--reply-to"})  # options of ``send`` that take a value
 
 
 def _recipient_before_group(args: list[str]) -> bool:
@@ -69,13 +70,16 @@ def _check_text(text: str) -> None:
 @click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Send this file (encrypted, uploaded with a progress bar); TEXT is an "
                    "optional caption.")
+@click.option("--reply-to", "reply_to", metavar="MSG_ID",
+              help="Send TEXT as a reply quoting this message (of the same conversation).")
 @click.option("--retry", "retry_id", metavar="MSG_ID",
               help="Send again, under its own id, a message of this device whose answer never "
                    "came (shown once even if the first attempt was delivered).")
 @json_option
 @click.pass_context
 def send(ctx: click.Context, recipient: str | None, text: str | None,
-         group_name: str | None, file_path: Path | None, retry_id: str | None) -> None:
+         group_name: str | None, file_path: Path | None, reply_to: str | None,
+         retry_id: str | None) -> None:
     """Send TEXT, end-to-end encrypted, to every device of a contact (or of a group).
 
     \b
@@ -84,18 +88,26 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     wa-cli send NAME|USER_ID --file PATH [CAPTION]
     wa-cli send --group GROUP --file PATH [CAPTION]
     wa-cli send --retry MSG_ID
+    wa-cli send NAME|USER_ID --reply-to MSG_ID TEXT
+    wa-cli send NAME|USER_ID -        (TEXT read from stdin)
+
+    TEXT "-" reads the text from stdin.
 
     A recipient and --group are mutually exclusive. Prints the message id and
     the relay's status: "stored" (durable at the recipient's home) or "queued"
     (durable in your home's outbox; the recipient's home is unreachable and
-    will get it later). If the relay's answer never comes (the connection went
+    will get it later), or "pending" (no relay reachable: kept on this device,
+    see 'wa-cli outbox', and sent, once, by the next command that connects or
+    by the daemon). While 'wa-cli daemon' serves this --home, send goes
+    through it. Exit code 0 once stored, queued or pending, even if Ctrl-C
+    came after the message left; 130 if Ctrl-C stopped it before. If the relay's answer never comes (the connection went
     silent or broke after the message left), the status is unknown: send exits
     1 saying so, and 'wa-cli send --retry MSG_ID' sends it again under the same
     id, which the recipient sees once whatever happened to the first attempt.
     """
     app = ctx.find_object(AppContext)
     if retry_id is not None:
-        if recipient is not None or text is not None or group_name or file_path:
+        if recipient is not None or text is not None or group_name or file_path or reply_to:
             raise click.UsageError("usage: wa-cli send --retry MSG_ID (nothing else)")
         return _retry(app, retry_id)
     if group_name is not None and ctx.meta["send.recipient_before_group"]:
@@ -103,30 +115,21 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
             f"a recipient ({recipient!r}) and --group are mutually exclusive: use "
             "'wa-cli send NAME|USER_ID TEXT' or 'wa-cli send --group GROUP TEXT'")
     if file_path is not None:  # wa-cli send NAME --file PATH [CAPTION] (or --group GROUP)
+        if reply_to is not None:
+            raise click.UsageError("--reply-to goes with a text, not with --file")
         return file_cmd.send_file(app, file_path, recipient=recipient, caption=text,
                                   group=group_name)
     if group_name is not None:  # wa-cli send --group GROUP TEXT: the one argument is TEXT
         if recipient is None or text is not None:
             raise click.UsageError("usage: wa-cli send --group GROUP TEXT")
-        _check_text(recipient)
-        return group_cmd.send_to_group(app, group_name, recipient)
+        text = read_text(recipient)
+        _check_text(text)
+        return group_cmd.send_to_group(app, group_name, text, reply_to)
     if recipient is None or text is None:
         raise click.UsageError("usage: wa-cli send NAME|USER_ID TEXT")
+    text = read_text(text)
     _check_text(text)
-    with state_of(app) as state:
-        user_id = resolve_recipient(state, recipient)
-
-        async def run():
-            async with app.connect(state) as client:
-                return await client.send_text(user_id, text)
-
-        with failures(), lists_shown(app, state), _unknown_reported(app, user_id):
-            result = trio.run(run)
-        name = user_label(state, user_id)
-    app.out.emit(
-        {"id": result.msg_id.hex(), "status": result.status, "to": user_id},
-        f"sent to {name} ({result.status}) id {result.msg_id.hex()}",
-    )
+    send_text(app, text, recipient=recipient, reply_to=reply_to)
 
 
 @contextmanager
@@ -158,7 +161,7 @@ def _retry(app: AppContext, retry_id: str) -> None:
         entry = state.find_history(msg_id.hex()) or {}
         to = entry.get("group_id") or entry.get("peer", "")
         with failures(), lists_shown(app, state), _unknown_reported(app, to):
-            status, entry = trio.run(run)
+            status, entry = run_interruptible(run)
         if entry.get("group_id"):
             record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))
             group = record.state.name if record is not None else entry["group_id"]

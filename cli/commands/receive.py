@@ -36,10 +36,12 @@ from cli.commands._common import (
     json_option,
     state_of,
 )
+from cli.commands._remote_recv import recv_via_daemon
 from cli.commands._screen import MAX_FILES_WAITING, Screen
 from cli.commands.linesink import ReaderGone
+from cli.daemon.remote import find_daemon
 from cli.errors import ConnectionFailed, ConnectionLost
-from cli.events import Kept
+from cli.events import Kept, Message
 from cli.session.state import State
 from cli.session.taskgroups import unwrap_single
 from relay.net.backoff import CLIENT_RECONNECT
@@ -66,7 +68,7 @@ async def _until_interrupted(fn: Callable[..., Awaitable[object]], *args) -> boo
             scope.cancel()
             return
 
-    with unwrap_single(), trio.open_signal_receiver(signal.SIGINT) as signals:
+    with unwrap_single(), trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
             await fn(*args)
@@ -100,6 +102,8 @@ async def _receive(client: Client, screen: Screen, idle_s: float | None,
                     break
                 if isinstance(event, Kept):
                     await screen.show_ready()
+                elif isinstance(event, Message):  # ephemeral (typing): never kept
+                    await screen.show_live(event)
                 elif isinstance(event, BacklogDone):
                     backlog_done = True
                     synced()
@@ -186,10 +190,16 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
     stops it quietly with exit code 0. If the home node goes away it reconnects
     (after 0.5 s, doubling up to 30 s), with one note on stderr per outage.
 
-    A device is used by one wa-cli process at a time: while 'recv --follow'
-    runs, other commands on the same --home (send, contacts, ...) wait 5 s and
-    fail. Stop it first (Ctrl-C), or send from another device of the account.
+    While 'wa-cli daemon' serves this --home, recv goes through it (several
+    at once, beside 'send'). Without a daemon, recv --follow holds the device:
+    other changing commands of the same --home (send, contacts add, ...) fail,
+    naming its process id; read-only ones (id, history, contacts list, outbox)
+    run beside it. Ctrl-C and SIGTERM stop --follow with exit code 0.
     """
+    remote = find_daemon(app.home)
+    if remote is not None:
+        with remote:
+            return recv_via_daemon(app, remote, follow, timeout)
     with state_of(app) as state, failures():
         files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads),
                                       auto_download)
@@ -205,6 +215,9 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
             _reader_gone(app, state)
             return
         screen.finish()
+        if follow:
+            files.check()
+            app.stop_now()  # saved and flushed: skip the interpreter's teardown
         if interrupted:
             click.echo("\ninterrupted", err=True)
             raise click.exceptions.Exit(130)

@@ -25,6 +25,7 @@ record stays in the state and the next connection of this primary
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,12 +37,12 @@ import trio
 
 from cli.errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
 from cli.events import DevicesChanged
-from cli.features import linkcode
+from cli.features import linkcode, wordcode
 from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
 from cli.session import crypto, listfresh
 from cli.session.state import DeviceListRejected, State
 from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
-from relay.protocol.frames import LinkComplete, LinkFetch, PutDevices, SignedDeviceList
+from relay.protocol.frames import LinkComplete, LinkFetch, LinkInfo, PutDevices, SignedDeviceList
 from relay.protocol.identity import Device
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing changed"
 MISMATCH_MESSAGE = "code does not match the device; nothing changed"
+REPLY_POLL = 0.2  # seconds between reads of a word-code mailbox while its device answers
+REPLY_WAIT = 30.0  # seconds the new device gets to answer our PAKE message
 
 
 def init_account(state: State, *, device_name: str = "primary") -> None:
@@ -166,21 +169,18 @@ async def approve_link(
         RelayError, ConnectionLost: other refusals / network failures.
     """
     _require_primary(client, "approve new devices")
-    parsed_code = code if isinstance(code, LinkCode) else LinkCode.decode(code)
+    if isinstance(code, str) and wordcode.is_word_code(code):
+        parsed_code: LinkCode | wordcode.WordCode = wordcode.WordCode.decode(code)
+        info, seal, proof_secret = await _pake_exchange(client, parsed_code)
+    else:
+        parsed_code = code if isinstance(code, LinkCode) else LinkCode.decode(code)
+        answer = await _fetch(client, parsed_code.node_id, parsed_code.mailbox_id)
+        if linkcode.info_digest(answer.device_info) != parsed_code.digest:
+            raise LinkFailed(MISMATCH_MESSAGE)
+        info = _device_info(answer.device_info)
+        seal = functools.partial(linkcode.seal, info.ephemeral)
+        proof_secret = parsed_code.secret
     state = client.state
-    try:
-        answer = await client.connection.request(
-            LinkFetch, node_id=parsed_code.node_id, mailbox_id=parsed_code.mailbox_id)
-    except RelayError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
-        raise
-    if linkcode.info_digest(answer.device_info) != parsed_code.digest:
-        raise LinkFailed(MISMATCH_MESSAGE)
-    try:
-        info = DeviceInfo.decode(answer.device_info)
-    except LinkCodeError as exc:
-        raise LinkFailed(f"the new device sent malformed info ({exc}); nothing changed") from exc
     offer = DeviceOffer(info.name, info.fingerprint, info.ed25519, info.curve25519)
     if confirm is not None and not await confirm(offer):
         raise LinkFailed("not approved; nothing changed")
@@ -202,8 +202,8 @@ async def approve_link(
             contacts=dict(state.contacts),
             history=(linkcode.recent_history(list(state.history), history_limit)
                      if history else []),
-            proof=(linkcode.link_proof(parsed_code.secret, signed)
-                   if parsed_code.secret is not None else None),
+            proof=(linkcode.link_proof(proof_secret, signed)
+                   if proof_secret is not None else None),
             groups=[record.signed for record in state.groups.groups.values()],
             cluster=None if state.cluster is None else state.cluster.signed,
         )
@@ -214,7 +214,7 @@ async def approve_link(
         if sent < len(material.history):
             log.info("history sync: %d of %d recent messages fit in the linking frame",
                      sent, len(material.history))
-        body = linkcode.seal(info.ephemeral, encoded)
+        body = seal(encoded)
         await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
                                          mailbox_id=parsed_code.mailbox_id, body=body)
     except ClientError as exc:
@@ -223,6 +223,73 @@ async def approve_link(
     await state.asave()
     return ApprovedDevice(device_id, info.name, info.fingerprint, new_list.version,
                           sent, len(material.history), len(material.groups))
+
+
+async def _fetch(client: Session, node_id: str, mailbox_id: bytes) -> LinkInfo:
+    try:
+        return await client.connection.request(LinkFetch, node_id=node_id, mailbox_id=mailbox_id)
+    except RelayError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
+        raise
+
+
+def _device_info(blob: bytes) -> DeviceInfo:
+    try:
+        return DeviceInfo.decode(blob)
+    except LinkCodeError as exc:
+        raise LinkFailed(f"the new device sent malformed info ({exc}); nothing changed") from exc
+
+
+async def _pake_exchange(
+    client: Session, code: wordcode.WordCode,
+) -> tuple[DeviceInfo, Callable[[bytes], bytes], None]:
+    """A word code (:mod:`cli.features.wordcode`): read the new device's SPAKE2 message,
+    answer with ours (``link_complete {more}``), then wait for its info sealed under the
+    PAKE key (``link_info.reply``, polled every :data:`REPLY_POLL` s for at most
+    :data:`REPLY_WAIT` s). Nothing is published before that info decrypted.
+
+    Returns:
+        ``(device info, seal for the material, None)`` (no code secret: the PAKE key
+        authenticates the material).
+
+    Raises:
+        LinkFailed: unknown or expired mailbox, not a word-code mailbox, no answer in
+            time, or the answer does not decrypt (a wrong code: the link is over).
+    """
+    answer = await _fetch(client, code.node_id, code.mailbox_id)
+    try:
+        m = msgpack.unpackb(answer.device_info, raw=False, max_map_len=4, max_bin_len=256)
+        theirs = m["pake"] if isinstance(m, dict) and m.get("v") == 2 else None
+    except (ValueError, TypeError, msgpack.UnpackException):
+        theirs = None
+    if not isinstance(theirs, bytes):
+        raise LinkFailed("that mailbox is not waiting for a word code; nothing changed")
+    pake = wordcode.Pake(code.words, primary=True)
+    try:
+        n2p, p2n = pake.finish(theirs)
+    except LinkCodeError as exc:
+        raise LinkFailed(f"{exc}; nothing changed") from exc
+    try:
+        await client.connection.request(LinkComplete, node_id=code.node_id,
+                                         mailbox_id=code.mailbox_id, body=pake.message, more=True)
+    except RelayError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
+        raise
+    with trio.move_on_after(REPLY_WAIT):
+        while answer.reply is None:
+            await trio.sleep(REPLY_POLL)
+            answer = await _fetch(client, code.node_id, code.mailbox_id)
+    if answer.reply is None:
+        raise LinkFailed(f"the new device did not answer within {REPLY_WAIT:g} s; nothing "
+                         "changed")
+    try:
+        info = _device_info(wordcode.open_box(n2p, answer.reply))
+    except LinkCodeError as exc:
+        raise LinkFailed(f"{exc}; nothing changed. Check the code and run 'wa-cli link' "
+                         "again") from exc
+    return info, functools.partial(wordcode.seal_box, p2n), None
 
 
 async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> NoReturn:

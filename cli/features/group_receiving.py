@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from cli.events import Dropped, GroupChanged, GroupForkSeen, Message
-from cli.features import payload
+from cli.events import Dropped, GroupChanged, GroupForkSeen, Message, Requested
+from cli.features import effects, payload
 from cli.features.group_messaging import GROUP_KEY, GROUP_STATE
 from cli.session import groups
 from cli.session.group_chain import MAX_CHAIN, GroupForked
@@ -96,7 +96,7 @@ def _fork_seen(exc: GroupForked, sender_user: str) -> GroupForkSeen:
 
 
 def on_control(client: Session, sender_user: str, sender_device: int, msg_id: bytes,
-               plaintext: bytes) -> GroupChanged | GroupForkSeen | Dropped | None:
+               plaintext: bytes) -> GroupChanged | GroupForkSeen | Dropped | Requested | None:
     """Handle a decrypted ``group_state`` / ``group_key`` payload from an Olm envelope.
 
     The caller already authenticated the sender device (Olm) and checked dedupe;
@@ -127,7 +127,7 @@ def on_control(client: Session, sender_user: str, sender_device: int, msg_id: by
             return dropped(f"group change rejected: {exc}")
         event = None  # a key share under an older state than ours: the key may still do
     if m["type"] == GROUP_STATE:
-        return event
+        return effects.on_group_changed(client.state, event)
     group_id, sid, key = m.get("group_id"), m.get("session_id"), m.get("session_key")
     if not (isinstance(group_id, bytes) and isinstance(sid, str) and isinstance(key, str)):
         return dropped("malformed group key share")
@@ -140,10 +140,11 @@ def on_control(client: Session, sender_user: str, sender_device: int, msg_id: by
         store.add_inbound(group_id, sender_user, sender_device, sid, key)
     except groups.GroupDecryptError as exc:
         return dropped(str(exc))
-    return event
+    return effects.on_group_changed(client.state, event)
 
 
-async def open_group_envelope(client: Session, env: Envelope) -> Message | Dropped | None:
+async def open_group_envelope(client: Session, env: Envelope
+                              ) -> Message | Dropped | Requested | None:
     """Decrypt a ``group`` envelope (one Megolm body) into a :class:`Message` (``None``:
     duplicate). The sender must be a member in this device's state, and the group
     id and msg_id inside the ciphertext must match."""
@@ -172,15 +173,7 @@ async def open_group_envelope(client: Session, env: Envelope) -> Message | Dropp
     if p.msg_id != env.msg_id:
         return dropped("the msg_id inside the ciphertext differs from the envelope's")
     state.mark_seen(key)
-    own = env.sender_user == state.user_id
     hex_id = record.state.hex_id
-    state.history.append({
-        "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": hex_id,
-        "group_id": hex_id, "from": env.sender_user, "from_device": env.sender_device,
-        "ts": p.ts, "from_name": p.from_name, "resends": 0, **payload.history_fields(p),
-    })
-    alias = None if own else state.alias_of(env.sender_user)
-    return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
-                   hex_id, p.ts, p.type, p.text, alias or p.from_name, p.from_name,
-                   group=record.state.name, group_id=hex_id)
+    return effects.on_payload(state, env.sender_user, env.sender_device, p, peer=hex_id,
+                              group=(record.state.name, hex_id))
 

@@ -30,13 +30,15 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import msgpack
 import nacl.public
 import trio
 
 import relay.net as net
 from cli.errors import ConnectionFailed, LinkFailed, RelayError
-from cli.features import devices, linkcode
+from cli.features import devices, linkcode, wordcode
 from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError, Material
+from cli.features.wordcode import Pake, WordCode
 from cli.session import crypto
 from cli.session.connection import AGENT, CLIENT_SETTINGS
 from cli.session.group_state import GroupStateRejected, SignedGroupState
@@ -44,7 +46,7 @@ from cli.session.session import Session, open_session
 from cli.session.state import NewHome, State, new_home, seen_key
 from relay.protocol import DeviceList, RemoteProtocolError
 from relay.protocol.cluster import PinnedCluster
-from relay.protocol.frames import Error, LinkData, LinkOpen, LinkOpened
+from relay.protocol.frames import Error, LinkData, LinkOpen, LinkOpened, LinkReply
 from relay.protocol.identity import verify_device_list
 
 __all__ = [
@@ -93,18 +95,42 @@ class PendingLink:
 
     def __init__(self, link: net.Link | None, identity: crypto.DeviceIdentity,
                  ephemeral: nacl.public.PrivateKey, info: DeviceInfo, secret: bytes,
-                 opened: LinkOpened) -> None:
+                 opened: LinkOpened, pake: tuple[tuple[str, ...], Pake] | None = None) -> None:
         self._link = link
         self._identity = identity
         self._ephemeral = ephemeral
         self._secret = secret
+        self._info = info
+        self._pake = pake
+        self._keys: tuple[bytes, bytes] | None = None  # PAKE session keys, once derived
         self.node_id = opened.node_id
         self.mailbox_id = opened.mailbox_id
         self.expires_in = opened.expires_in
         self.fingerprint = info.fingerprint
         self.device_name = info.name
-        self.code = LinkCode(opened.node_id, opened.mailbox_id,
-                             linkcode.info_digest(info.encode()), secret).encode()
+        self.code = (WordCode(opened.node_id, opened.mailbox_id, pake[0]).encode()
+                     if pake is not None else
+                     LinkCode(opened.node_id, opened.mailbox_id,
+                              linkcode.info_digest(info.encode()), secret).encode())
+
+    async def _pake_step(self, body: bytes) -> None:
+        """A word-code link: the primary's SPAKE2 message came; derive the keys and post
+        this device's info under them (``link_reply``)."""
+        assert self._pake is not None and self._link is not None
+        try:
+            self._keys = self._pake[1].finish(body)
+        except LinkCodeError as exc:
+            raise LinkFailed(f"unusable linking answer: {exc}; not linked") from exc
+        reply = wordcode.seal_box(self._keys[0], self._info.encode())
+        try:
+            answer = await self._link.request(LinkReply(id=0, body=reply),
+                                              timeout=self._link.settings.connect_timeout)
+        except (net.RequestTimeout, net.ConnectionLost) as exc:
+            raise LinkFailed(f"lost the relay while linking ({exc}); nothing was saved. Run "
+                             "'wa-cli link' again") from exc
+        if isinstance(answer, Error):
+            raise LinkFailed(f"the relay refused this device's answer ({answer.code}: "
+                             f"{answer.message}); nothing was saved")
 
     async def wait(self) -> LinkedAccount:
         """Wait for the primary's answer and verify it. The caller bounds the wait.
@@ -126,6 +152,9 @@ class PendingLink:
                 raise LinkFailed(
                     f"the relay closed the linking mailbox ({self._link.close_reason}); the "
                     "code has expired or was used. Run 'wa-cli link' again") from None
+            if isinstance(frame, LinkData) and self._pake is not None and self._keys is None:
+                await self._pake_step(frame.body)
+                continue
             if isinstance(frame, LinkData):
                 return self._verify(frame.body)
             if isinstance(frame, Error) and frame.code == "not_found":
@@ -136,10 +165,12 @@ class PendingLink:
 
     def _verify(self, body: bytes) -> LinkedAccount:
         try:
-            material = Material.decode(linkcode.unseal(self._ephemeral, body))
+            plain = (wordcode.open_box(self._keys[1], body) if self._keys is not None
+                     else linkcode.unseal(self._ephemeral, body))
+            material = Material.decode(plain)
         except LinkCodeError as exc:
             raise LinkFailed(f"unusable linking answer: {exc}; not linked") from exc
-        if not linkcode.proof_ok(self._secret, material):
+        if self._keys is None and not linkcode.proof_ok(self._secret, material):
             raise LinkFailed("the linking answer was not made by a device that read this "
                              "code (relay tampering?); not linked")
         try:
@@ -154,10 +185,11 @@ class PendingLink:
         return LinkedAccount(self._identity, material, dl)
 
 
-async def _open_mailbox(link: net.Link, blob: bytes) -> LinkOpened:
+async def _open_mailbox(link: net.Link, blob: bytes, *, short: bool = False) -> LinkOpened:
     limit = link.settings.connect_timeout
     try:
-        opened = await link.request(LinkOpen(id=0, device_info=blob), timeout=limit)
+        opened = await link.request(LinkOpen(id=0, device_info=blob, short=short or None),
+                                    timeout=limit)
     except net.RequestTimeout as exc:
         raise ConnectionFailed(f"the relay did not open a mailbox within {limit:g}s") from exc
     except net.ConnectionLost as exc:
@@ -173,8 +205,13 @@ async def _open_mailbox(link: net.Link, blob: bytes) -> LinkOpened:
 async def open_link(
     relay_url: str, device_name: str, *, identity: crypto.DeviceIdentity | None = None,
     connect_timeout: float = 10.0, settings: net.LinkSettings = CLIENT_SETTINGS,
+    short: bool = False,
 ) -> AsyncIterator[PendingLink]:
     """Create device keys, open a mailbox on ``relay_url`` and yield the :class:`PendingLink`.
+
+    With ``short``, the code is a word code (:mod:`cli.features.wordcode`): the mailbox
+    carries this device's SPAKE2 message, and its keys and name go to the primary only
+    under the PAKE key, once the primary answered (see :meth:`PendingLink.wait`).
 
     The connection (and so the mailbox) stays open until the block exits.
 
@@ -204,8 +241,14 @@ async def open_link(
             raise RelayError(exc.frame) from exc
         except net.ConnectFailed as exc:
             raise ConnectionFailed(str(exc)) from exc
-        opened = await _open_mailbox(link, info.encode())
-        yield PendingLink(link, identity, ephemeral, info, secret, opened)
+        pake = None
+        blob = info.encode()
+        if short:
+            words = wordcode.new_words()
+            pake = (words, Pake(words, primary=False))
+            blob = msgpack.packb({"v": 2, "pake": pake[1].message}, use_bin_type=True)
+        opened = await _open_mailbox(link, blob, short=short)
+        yield PendingLink(link, identity, ephemeral, info, secret, opened, pake)
 
 
 def adopt_groups(state: State, signed: list[SignedGroupState]) -> int:

@@ -11,7 +11,9 @@
   show what was sent).
 
 ``type: "file"`` (:class:`FilePayload`) carries an encrypted file's reference,
-key and hash (:mod:`cli.attachment`), ``text`` being the caption. Receivers drop
+key and hash (:mod:`cli.attachment`), ``text`` being the caption. Text and file
+payloads may carry ``reply_to`` and ``expires``; the other kinds (reactions, edits,
+deletes, receipts, typing, timers) are :class:`cli.features.kinds.KindPayload` s. Receivers drop
 unknown ``v`` or ``type`` values with a warning.
 """
 
@@ -23,6 +25,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from cli.features.attachment import Attachment, AttachmentError
+from cli.features.kinds import KINDS, KindError, KindPayload, check_extras, check_kind
 
 VERSION = 1
 MAX_TEXT = 60_000  # characters; keeps a copy far below the 1 MiB frame limit
@@ -42,12 +45,15 @@ class TextPayload:
     ts: int
     from_name: str
     to: str
+    reply_to: bytes | None = None
+    expires: int = 0
 
     def encode(self) -> bytes:
         """The msgpack plaintext to encrypt."""
         return msgpack.packb(
             {"v": VERSION, "type": "text", "text": self.text, "msg_id": self.msg_id,
-             "ts": self.ts, "from_name": self.from_name, "to": self.to},
+             "ts": self.ts, "from_name": self.from_name, "to": self.to,
+             **_extras(self.reply_to, self.expires)},
             use_bin_type=True,
         )
 
@@ -63,26 +69,43 @@ class FilePayload:
     from_name: str
     to: str
     attachment: Attachment
+    reply_to: bytes | None = None
+    expires: int = 0
 
     def encode(self) -> bytes:
         """The msgpack plaintext to encrypt."""
         return msgpack.packb(
             {"v": VERSION, "type": "file", "text": self.text, "msg_id": self.msg_id,
              "ts": self.ts, "from_name": self.from_name, "to": self.to,
-             **self.attachment.to_map()},
+             **self.attachment.to_map(), **_extras(self.reply_to, self.expires)},
             use_bin_type=True,
         )
 
 
-Payload = TextPayload | FilePayload
+def _extras(reply_to: bytes | None, expires: int) -> dict[str, Any]:
+    extras: dict[str, Any] = {}
+    if reply_to is not None:
+        extras["reply_to"] = reply_to
+    if expires:
+        extras["expires"] = expires
+    return extras
+
+
+Payload = TextPayload | FilePayload | KindPayload
 
 
 def history_fields(p: Payload) -> dict[str, Any]:
     """The ``type``/``text`` (and for files ``file``: the attachment map plus ``path``,
-    the saved path once downloaded) of a local history entry for ``p``."""
+    the saved path once downloaded; ``reply_to`` in hex and ``expires`` (s) when set)
+    of a local history entry for a text or file payload ``p``."""
     fields: dict[str, Any] = {"type": p.type, "text": p.text}
     if isinstance(p, FilePayload):
         fields["file"] = {**p.attachment.to_map(), "path": None}
+    if isinstance(p, TextPayload | FilePayload):
+        if p.reply_to is not None:
+            fields["reply_to"] = p.reply_to.hex()
+        if p.expires:
+            fields["expires"] = p.expires
     return fields
 
 
@@ -92,14 +115,20 @@ def from_history(msg_id: bytes, entry: dict[str, Any]) -> Payload:
     Raises:
         PayloadError: a file entry whose attachment fields are malformed.
     """
+    reply_to = bytes.fromhex(entry["reply_to"]) if entry.get("reply_to") else None
+    expires = entry.get("expires", 0)
     if entry.get("type") == "file":
         try:
             att = Attachment.from_map(entry["file"])
         except (AttachmentError, KeyError) as exc:
             raise PayloadError(f"history entry of a file is malformed: {exc}") from exc
         return FilePayload(msg_id, entry["text"], entry["ts"], entry["from_name"], entry["peer"],
-                           att)
-    return TextPayload(msg_id, entry["text"], entry["ts"], entry["from_name"], entry["peer"])
+                           att, reply_to, expires)
+    if entry.get("type") in KINDS:
+        return KindPayload(entry["type"], msg_id, entry["ts"], entry["from_name"], entry["peer"],
+                           dict(entry.get("fields", {})))
+    return TextPayload(msg_id, entry["text"], entry["ts"], entry["from_name"], entry["peer"],
+                       reply_to, expires)
 
 
 def decode(plaintext: bytes) -> Payload:
@@ -115,18 +144,29 @@ def decode(plaintext: bytes) -> Payload:
         raise PayloadError(f"payload is not msgpack: {exc}") from exc
     if not isinstance(m, dict) or m.get("v") != VERSION:
         raise PayloadError("unknown payload version")
-    if m.get("type") not in ("text", "file"):
-        raise PayloadError(f"unsupported payload type {m.get('type')!r}")
-    text, msg_id, ts = m.get("text"), m.get("msg_id"), m.get("ts")
+    kind = m.get("type")
+    if kind not in ("text", "file") and kind not in KINDS:
+        raise PayloadError(f"unsupported payload type {kind!r}")
+    text, msg_id, ts = m.get("text", ""), m.get("msg_id"), m.get("ts")
     from_name, to = m.get("from_name", ""), m.get("to", "")
     if not (isinstance(text, str) and isinstance(msg_id, bytes) and len(msg_id) == 16
             and type(ts) is int and isinstance(from_name, str) and isinstance(to, str)):
         raise PayloadError("payload fields have wrong types")
-    if m["type"] == "file":
+    try:
+        if kind in KINDS:
+            return KindPayload(kind, msg_id, ts, from_name[:100], to,
+                               check_kind(kind, m, MAX_TEXT))
+        if "text" not in m:
+            raise KindError(f"a {kind} payload has no text")
+        reply_to, expires = check_extras(m)
+    except KindError as exc:
+        raise PayloadError(str(exc)) from exc
+    if kind == "file":
         try:
             att = Attachment.from_map(m)
         except AttachmentError as exc:
             raise PayloadError(str(exc)) from exc
         return FilePayload(msg_id=msg_id, text=text, ts=ts, from_name=from_name[:100], to=to,
-                           attachment=att)
-    return TextPayload(msg_id=msg_id, text=text, ts=ts, from_name=from_name[:100], to=to)
+                           attachment=att, reply_to=reply_to, expires=expires)
+    return TextPayload(msg_id=msg_id, text=text, ts=ts, from_name=from_name[:100], to=to,
+                       reply_to=reply_to, expires=expires)

@@ -29,7 +29,7 @@ import trio
 
 from cli.errors import ClientError, ConnectionLost, RelayError
 from cli.events import BacklogDone, Bounce, Dropped, Event, Kept, Message
-from cli.features import group_receiving, payload, retry
+from cli.features import effects, group_receiving, payload, receipts, retry
 from cli.features.devices import device_list_notice
 from cli.features.outbound import WITHHELD
 from cli.session import crypto, listfresh, prekeys
@@ -146,15 +146,8 @@ async def open_envelope(client: Session, env: Envelope) -> Event | None:
         return dropped("the msg_id inside the ciphertext differs from the envelope's")
     client.state.mark_seen(key)
     own = env.sender_user == client.state.user_id
-    peer = p.to if own else env.sender_user
-    alias = None if own else client.state.alias_of(env.sender_user)
-    client.state.history.append({
-        "id": env.msg_id.hex(), "direction": "out" if own else "in", "peer": peer,
-        "from": env.sender_user, "from_device": env.sender_device, "ts": p.ts,
-        "from_name": p.from_name, "resends": 0, **payload.history_fields(p),
-    })
-    return Message(env.msg_id, env.sender_user, env.sender_device, "out" if own else "in",
-                   peer, p.ts, p.type, p.text, alias or p.from_name, p.from_name)
+    return effects.on_payload(client.state, env.sender_user, env.sender_device, p,
+                              peer=p.to if own else env.sender_user)
 
 
 async def handle_bounce(client: Session, env: Envelope) -> Bounce:
@@ -182,6 +175,7 @@ class Receiver:
         self._started = False
         self._backlog_done = False
         self.active = False  # a task is inside __anext__
+        self._delivered: dict[str, list[bytes]] = {}  # author -> msg ids to send receipts for
 
     def resume(self, *, keep: bool) -> None:
         """Hand this (already started) receiver to a new reader (a connection syncs once).
@@ -271,11 +265,17 @@ class Receiver:
             # move_on_after around anext) never leaves state saved but events unshown.
             with trio.CancelScope(shield=True):
                 await self._process(batch)
+            if self._delivered:  # after the ack, outside the shield: best effort
+                due, self._delivered = self._delivered, {}
+                if self._client.state.prefs.receipts:
+                    with trio.move_on_after(STEP_TIMEOUT):
+                        await receipts.send_delivered(self._client, due)
         return self._ready.popleft()
 
     async def _process(self, batch: list) -> None:
         client = self._client
         last_seq = None
+        opened = False
         kept = 0
         for frame in batch:
             if isinstance(frame, Deliver):
@@ -290,7 +290,15 @@ class Receiver:
                         self._error = ClientError(
                             "the relay did not answer while processing a message")
                         break
+                    opened = True
+                    if not item.seq:  # ephemeral (typing): never kept, never acknowledged
+                        if event is not None:
+                            self._ready.append(event)
+                        continue
                     last_seq = item.seq
+                    if (isinstance(event, Message) and event.direction == "in"
+                            and event.type in ("text", "file")):
+                        self._delivered.setdefault(event.sender_user, []).append(event.msg_id)
                     if event is not None and self._keep and isinstance(event, KEPT_TYPES):
                         client.state.inbox.keep(event)
                         kept += 1
@@ -303,6 +311,8 @@ class Receiver:
             elif isinstance(frame, Error):
                 self._error = RelayError(frame)
                 break
+        if opened and last_seq is None:  # only ephemeral items: their ratchets are saved
+            await client.state.asave()
         if last_seq is not None:
             await client.state.asave()
             if kept:

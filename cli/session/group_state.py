@@ -13,7 +13,10 @@ A single state is accepted after another (:func:`check_update`) only if
   (admins are members, no repeats, sorted, at most :data:`MAX_MEMBERS` members);
 * the ``group_id`` and ``creator`` are unchanged, the version is one more, the
   ``prev`` hash names the previous body and the signer is an admin of the
-  *previous* state.
+  *previous* state -- or the change is the signer *leaving* (:func:`is_leave`):
+  a member (admin or not) may sign the next version when it differs from the
+  previous one only by removing itself (from members and admins; another admin
+  must remain, as every state needs one).
 """
 
 from __future__ import annotations
@@ -191,7 +194,8 @@ def check_update(previous: GroupState, previous_signed: SignedGroupState,
     Raises:
         GroupStateRejected: another group or creator, a version that is not one more,
             a ``prev`` hash that does not name the previous body, or a signer who is
-            not an admin of the previous state.
+            not an admin of the previous state (unless ``new`` is its signer leaving,
+            :func:`is_leave`).
     """
     if new.group_id != previous.group_id or new.creator != previous.creator:
         raise GroupStateRejected("group id or creator changed")
@@ -201,7 +205,7 @@ def check_update(previous: GroupState, previous_signed: SignedGroupState,
     if new.prev != previous_signed.digest():
         raise GroupStateRejected(f"version {new.version} does not name version "
                                  f"{previous.version} as its previous one")
-    if new.signer not in previous.admins:
+    if new.signer not in previous.admins and not is_leave(previous, new):
         raise GroupStateRejected(f"change signed by {new.signer[:12]}, who is not an admin")
 
 
@@ -216,3 +220,11 @@ def check_genesis(first: GroupState) -> None:
             f"the group's history must start at version 1 (got version {first.version})")
     if first.signer != first.creator or first.creator not in first.admins:
         raise GroupStateRejected("version 1 of a group must be signed by its creator")
+
+
+def is_leave(previous: GroupState, new: GroupState) -> bool:
+    """Whether ``new`` is ``previous`` minus its signer (a member leaving on its own)."""
+    me = new.signer
+    return (me in previous.members and new.name == previous.name
+            and set(new.members) == set(previous.members) - {me}
+            and set(new.admins) == set(previous.admins) - {me})

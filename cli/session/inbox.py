@@ -48,7 +48,7 @@ import msgpack
 import nacl.exceptions
 import nacl.secret
 
-from cli.events import Bounce, DevicesChanged, GroupChanged, GroupForkSeen, Message
+from cli.events import Bounce, DevicesChanged, GroupChanged, GroupForkSeen, Message, Requested
 
 __all__ = ["KEPT_TYPES", "SHOWN_FILE", "Inbox", "Pending", "from_record", "to_record"]
 
@@ -58,12 +58,12 @@ SHOWN_FILE = "shown.bin"
 _LEN = 4
 _TYPES: dict[str, type] = {"message": Message, "bounce": Bounce,
                            "devices_changed": DevicesChanged, "group_changed": GroupChanged,
-                           "group_fork": GroupForkSeen}
+                           "group_fork": GroupForkSeen, "request": Requested}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 KEPT_TYPES = tuple(_TYPES.values())
 """The receive events that ``keep=True`` puts into the inbox (the ones a command shows)."""
 
-Shown = Message | Bounce | DevicesChanged | GroupChanged | GroupForkSeen
+Shown = Message | Bounce | DevicesChanged | GroupChanged | GroupForkSeen | Requested
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,8 @@ def from_record(record: dict) -> Shown:
         KeyError, TypeError: not such a map.
     """
     cls = _TYPES[record["event"]]
-    return cls(**{f.name: _tuples(record[f.name]) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: _tuples(record[f.name]) for f in dataclasses.fields(cls)
+                  if f.name in record or f.default is dataclasses.MISSING})
 
 
 class _Marks:

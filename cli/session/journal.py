@@ -133,8 +133,9 @@ class Journal:
         self.size = self.base_size = len(record)
         self.rewrite = False
 
-    def load(self) -> Replayed:
-        """Read the journal (empty if there is none), truncating a torn last record.
+    def load(self, *, truncate: bool = True) -> Replayed:
+        """Read the journal (empty if there is none), truncating a torn last record
+        (unless not ``truncate``: a reader beside the writing process skips it).
 
         Raises:
             StateError: a complete record does not open or is malformed.
@@ -178,7 +179,7 @@ class Journal:
                 raise StateError(f"corrupt history journal {self.path} at byte {pos}: "
                                  f"{exc}") from exc
             pos += _LEN + n
-        if pos < len(data):
+        if pos < len(data) and truncate:
             with open(self.path, "r+b") as f:
                 f.truncate(pos)
                 os.fsync(f.fileno())

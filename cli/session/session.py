@@ -52,7 +52,12 @@ class Session:
         sessions_lock: held while Olm sessions are being created for a send
             (:func:`cli.features.outbound.encrypt_for`), so two sends never claim keys
             for the same device at once.
+        commit_hook: if set, called when :meth:`request_encrypted` begins: from there the
+            request may reach the relay, so a front end stops treating Ctrl-C as
+            "nothing happened" (``wa-cli send``).
     """
+
+    commit_hook: Callable[[], None] | None = None
 
     def __init__(self, state: State, conn: Connection) -> None:
         self.state = state
@@ -239,6 +244,8 @@ class Session:
             ConnectionLost: the connection closed before the frame left.
             OSError: the state could not be saved (nothing was sent).
         """
+        if self.commit_hook is not None:
+            self.commit_hook()
         place = self._send_order.take()
         try:
             await self.state.asave()  # advanced ratchets are durable before anything leaves

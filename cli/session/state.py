@@ -11,7 +11,10 @@ Files in ``DIR`` (created mode 0700):
   seen (dedupe), as appended records each sealed in a ``SecretBox`` under the same key.
 * ``shown.bin`` -- (see :mod:`cli.inbox`) sealed marks of the kept events a command has
   shown; the kept events themselves (decrypted, not yet shown) are in the journal.
-* ``lock`` -- ``fcntl.flock`` target: one ``wa-cli`` process per home at a time.
+* ``lock`` -- ``fcntl.flock`` target: one writing ``wa-cli`` process per home at a time
+  (its process id written inside, named when another command finds the home busy).
+* ``readers.lock`` -- shared by read-only commands (``open_state(readonly=True)``), which
+  run beside the writing process; exclusive while a home is being created.
 
 The state holds the account key (primary device only), the vodozemac device
 account and Olm sessions (pickled again under a key derived from the storage
@@ -50,6 +53,7 @@ import vodozemac
 from cli.session import crypto, listfresh, statecodec, vault
 from cli.session.groups import GroupError, GroupStore
 from cli.session.inbox import Inbox
+from cli.session.prefs import Prefs
 from cli.session.prekeys import FallbackInfo
 from cli.session.statecodec import CachedList, SessionSet
 from cli.session.statestore import StateStore
@@ -92,9 +96,10 @@ class State:
     Not thread-safe; one process at a time per home (see :func:`open_state`).
     """
 
-    def __init__(self, home: Path, storage_key: bytes, header: bytes) -> None:
+    def __init__(self, home: Path, storage_key: bytes, header: bytes, *,
+                 readonly: bool = False) -> None:
         self.home = home
-        self._store = StateStore(self, storage_key, header)
+        self._store = StateStore(self, storage_key, header, readonly=readonly)
         self.user_id = ""
         self.device_id = 0
         self.name = ""
@@ -122,6 +127,9 @@ class State:
         self.inbox = Inbox(home, storage_key)  # received events kept until shown (cli.inbox)
         # the pinned cluster description (cli.connection): nodes, their keys, cluster key
         self.cluster: PinnedCluster | None = None
+        # sends that found no relay, kept until a connection returns (cli.features.outbox)
+        self.outbox: list[dict] = []
+        self.prefs = Prefs()  # timers, blocked users, message requests (cli.session.prefs)
 
     # ----------------------------------------------------------- queries
 
@@ -240,6 +248,11 @@ class State:
         :data:`SEEN_LIMIT`; ``False`` if it was already seen."""
         return self.seen.add(key)
 
+    def compact_history(self) -> None:
+        """Have the next save rewrite the journal from the history as it is then, so
+        that removed entries and wiped texts (deleted, expired) leave the disk."""
+        self._store.compact_next()
+
     def history_changed(self, entry: dict) -> None:
         """Report that a history entry was modified in place, so the next save writes it
         again (appended entries need no report)."""
@@ -338,7 +351,7 @@ def new_home(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterator[
         StateLocked: another process holds the home.
     """
     path = Path(home).expanduser().absolute()
-    with vault.locked(path, lock_timeout):
+    with vault.locked(path, lock_timeout, create=True):
         if (path / STATE_FILE).exists():
             raise AlreadyInitialized(f"{path} already holds an account")
         yield NewHome(path)
@@ -366,12 +379,16 @@ def create_state(
 
 
 @contextmanager
-def open_state(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterator[State]:
+def open_state(home: str | os.PathLike, *, lock_timeout: float = 5.0,
+               readonly: bool = False) -> Iterator[State]:
     """Lock ``home`` and load its state; the lock is released on exit (state is not auto-saved).
 
     Args:
         home: the device directory.
         lock_timeout: seconds to wait for another process to release the home.
+        readonly: only take the readers' shared lock, beside a writing process (a
+            daemon, ``recv --follow``): the state is as last saved, a torn journal
+            tail is skipped (not truncated), and saving raises ``StateError``.
 
     Raises:
         NotInitialized: no state in ``home``.
@@ -379,14 +396,17 @@ def open_state(home: str | os.PathLike, *, lock_timeout: float = 5.0) -> Iterato
         StateError: wrong key or passphrase, or a corrupt file.
     """
     path = Path(home).expanduser().absolute()
-    with vault.locked(path, lock_timeout):
+    if readonly and not path.is_dir():
+        raise NotInitialized(f"{path} has no account; run 'wa-cli init' first")
+    lock = (vault.shared(path, lock_timeout) if readonly else vault.locked(path, lock_timeout))
+    with lock:
         try:
             data = (path / STATE_FILE).read_bytes()
         except FileNotFoundError:
             raise NotInitialized(f"{path} has no account; run 'wa-cli init' first") from None
         key, header, box = vault.load_key(path, data)
         plain = vault.unseal(key, box, path / STATE_FILE)
-        state = State(path, key, header)
+        state = State(path, key, header, readonly=readonly)
         try:
             state._from_map(msgpack.unpackb(plain, raw=False))
         except (KeyError, TypeError, ValueError, crypto.CryptoError, RemoteProtocolError,

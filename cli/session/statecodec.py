@@ -11,7 +11,9 @@ Format 3 (``state.bin``, msgpack, then sealed by :mod:`cli.vault`)::
      device_lists: [[body, signature, user_id]], sessions: [[user_id, device_id,
      identity_key, [pickle, ...]]], next_device_id, last_seen: [[user_id, device_id, ts]],
      groups: {...} (cli.groups), pending_withdrawals: [device_id, ...],
-     cluster: [body, signature, cluster_key] | None (the pinned cluster description)}
+     cluster: [body, signature, cluster_key] | None (the pinned cluster description),
+     outbox: [{id, to, group_id, payload, ts}] (cli.features.outbox; absent before),
+     prefs: {...} (cli.session.prefs; absent in older states: the defaults)}
 
 History and dedupe keys are in the journal. Formats 1 and 2 kept them in the map
 (``seen``: a list of keys / their concatenation; ``history``: a list of maps / a
@@ -34,6 +36,7 @@ import vodozemac
 from cli.session import crypto
 from cli.session.groups import GroupStore
 from cli.session.inbox import Inbox
+from cli.session.prefs import Prefs
 from cli.session.prekeys import FallbackInfo
 from relay.protocol import DeviceList, verify_device_list
 from relay.protocol.cluster import PinnedCluster, SignedCluster
@@ -99,9 +102,11 @@ class StateFields(Protocol):
     groups: GroupStore
     fallback: FallbackInfo
     highest_list: dict[str, int]
+    prefs: Prefs
     seen: SeenIds
     history: deque[dict]
     inbox: Inbox
+    outbox: list[dict]
 
     def _to_map(self) -> dict: ...
 
@@ -138,6 +143,8 @@ def to_map(state: State, pickle_key: bytes) -> dict:
         "cluster": (None if state.cluster is None else
                     [state.cluster.signed.body, state.cluster.signed.signature,
                      state.cluster.key]),
+        "outbox": state.outbox,
+        "prefs": state.prefs.to_map(),
     }
 
 
@@ -174,6 +181,8 @@ def load_map(state: State, m: dict, pickle_key: bytes) -> None:
     if pinned is not None:
         body, sig, key = pinned
         state.cluster = PinnedCluster.verify(SignedCluster(body, sig, key), key)
+    state.outbox = [dict(e) for e in m.get("outbox", ())]
+    state.prefs = Prefs.from_map(m.get("prefs"))
 
 
 class SeenIds:

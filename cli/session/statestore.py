@@ -42,8 +42,10 @@ class StateStore:
         tracker: which history entries the journal lacks (``State.history_changed``).
     """
 
-    def __init__(self, state: State, storage_key: bytes, header: bytes) -> None:
+    def __init__(self, state: State, storage_key: bytes, header: bytes, *,
+                 readonly: bool = False) -> None:
         self._state = state
+        self.readonly = readonly
         self._storage_key = storage_key
         self._header = header
         self.pickle_key = pickle_key(storage_key)
@@ -64,13 +66,31 @@ class StateStore:
         """The encrypted ``state.bin`` of the state as it is now."""
         return self.seal(msgpack.packb(self._state._to_map(), use_bin_type=True))
 
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise vault.StateError(f"{self._state.home} was opened read-only")
+
     def save(self) -> None:
-        """Snapshot and write now, blocking. See :meth:`cli.vault.GroupCommit.write_blocking`."""
+        """Snapshot and write now, blocking. See :meth:`cli.vault.GroupCommit.write_blocking`.
+
+        Raises:
+            StateError: the state was opened read-only.
+        """
+        self._check_writable()
         self._commit.write_blocking()
 
     async def asave(self) -> None:
-        """Group-committed save. See :meth:`cli.vault.GroupCommit.write`."""
+        """Group-committed save. See :meth:`cli.vault.GroupCommit.write`.
+
+        Raises:
+            StateError: the state was opened read-only.
+        """
+        self._check_writable()
         await self._commit.write()
+
+    def compact_next(self) -> None:
+        """Make the next write a compacted journal (only what the state holds then)."""
+        self._journal.rewrite = True
 
     def load(self, m: dict) -> None:
         """Fill the state from a decrypted ``state.bin`` map: history and dedupe keys from
@@ -91,7 +111,7 @@ class StateStore:
             state.history = deque(statecodec.unpack_history(m["history"]), maxlen=limit)
             self._journal.rewrite = True
         else:
-            replayed = self._journal.load()
+            replayed = self._journal.load(truncate=not self.readonly)
             state.seen = statecodec.SeenIds(seen_limit, replayed.seen)
             state.history = deque(self.tracker.adopt(replayed.history[-limit:]), maxlen=limit)
             state.inbox.load(replayed.inbox, replayed.inbox_next)

@@ -25,6 +25,7 @@ from nacl.pwhash import argon2id
 STATE_FILE = "state.bin"
 KEY_FILE = "storage.key"
 LOCK_FILE = "lock"
+READERS_FILE = "readers.lock"
 MAGIC = b"WAST"
 MODE_KEYFILE = 1
 MODE_PASSPHRASE = 2
@@ -192,34 +193,78 @@ def load_key(home: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
     raise StateError(f"unknown state file mode {data[4]}")
 
 
+def _flock(fd: int, how: int, deadline: float, busy: Callable[[], StateLocked]) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise busy() from None
+            time.sleep(0.05)
+
+
+def holder_pid(home: Path) -> int | None:
+    """The process id written in ``home/lock`` by the process holding it (or that held it
+    last), ``None`` if unknown."""
+    try:
+        text = (home / LOCK_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _busy(home: Path, timeout: float) -> StateLocked:
+    pid = holder_pid(home)
+    who = f"wa-cli process {pid}" if pid else "another wa-cli process"
+    return StateLocked(f"{home} is in use by {who} (waited {timeout:g}s)")
+
+
 @contextmanager
-def locked(home: Path, timeout: float) -> Iterator[None]:
-    """Hold ``home/lock`` (``flock``), creating ``home`` (0700); wait at most ``timeout`` s.
+def locked(home: Path, timeout: float, *, create: bool = False) -> Iterator[None]:
+    """Hold ``home/lock`` exclusively (``flock``; one writing process per home), creating
+    ``home`` (0700), and a shared hold on ``home/readers.lock`` (exclusive if ``create``:
+    while a home is being created, no reader may open it); wait at most ``timeout`` s.
+    The holder's process id is written in ``home/lock`` (:func:`holder_pid`).
 
     Raises:
-        StateLocked: still held by another process after ``timeout`` seconds.
+        StateLocked: still held by another process after ``timeout`` seconds; the
+            message names the holder's process id.
     """
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
     fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StateLocked(
-                        f"{home} is in use by another wa-cli process (waited {timeout:g}s)"
-                    ) from None
-                time.sleep(0.05)
+        _flock(fd, fcntl.LOCK_EX, deadline, lambda: _busy(home, timeout))
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            with shared(home, max(0.0, deadline - time.monotonic()), exclusive=create):
+                yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def shared(home: Path, timeout: float, *, exclusive: bool = False) -> Iterator[None]:
+    """Hold ``home/readers.lock`` shared (read-only commands, alongside the writing
+    process) or ``exclusive``; wait at most ``timeout`` s.
+
+    Raises:
+        StateLocked: held the other way after ``timeout`` seconds (a home being created).
+    """
+    fd = os.open(home / READERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH,
+               time.monotonic() + timeout, lambda: _busy(home, timeout))
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
 
 
 def seal(key: bytes, header: bytes, plaintext: bytes) -> bytes:

@@ -97,8 +97,33 @@ def failed_text(url: str, exc: BaseException, limit: float) -> str:
     if isinstance(exc, ConnectionRejected):
         if exc.status_code == 503:
             return f"cannot connect to {url}: the node is busy (HTTP 503); retry in a few seconds"
+        if exc.status_code < 300 or exc.status_code == 404:
+            return (f"cannot connect to {url}: it answers HTTP {exc.status_code} but is not a "
+                    "wa-relay node (no WebSocket upgrade); check the URL and port")
         return f"cannot connect to {url}: the node refused the connection (HTTP {exc.status_code})"
+    tls = _tls_error(exc)
+    if tls is not None:
+        if url.startswith("wss://"):
+            return (f"cannot connect to {url}: the TLS handshake failed ({tls}); if the node "
+                    "serves plain WebSocket on this port, use ws://")
+        return f"cannot connect to {url}: TLS error ({tls})"
+    if url.startswith("ws://") and isinstance(exc, (HandshakeError, trio.BrokenResourceError)):
+        return (f"cannot connect to {url}: the other end broke off the WebSocket handshake "
+                f"({str(exc) or type(exc).__name__}); if it serves TLS on this port, use wss://")
     return f"cannot connect to {url}: {str(exc) or type(exc).__name__}"
+
+
+def _tls_error(exc: BaseException) -> str | None:
+    """The reason of a failed TLS handshake behind ``exc`` (trio wraps ``ssl.SSLError``
+    in ``BrokenResourceError``), else ``None``."""
+    seen = exc
+    for _ in range(4):
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        if seen.__cause__ is None and seen.__context__ is None:
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def closed_text(url: str, reason: CloseReason | None) -> str:

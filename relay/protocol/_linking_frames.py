@@ -23,6 +23,10 @@ class LinkOpen(Frame):
 
     TYPE: ClassVar[str] = "link_open"
     device_info: bytes
+    short: bool | None = None
+    """``true``: a short mailbox id (2 bytes, written as a number in a word code) for a
+    PAKE-authenticated link; ``device_info`` then carries the new device's SPAKE2
+    message and the keys follow in ``link_reply`` (docs/protocol.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class LinkInfo(Frame):
 
     TYPE: ClassVar[str] = "link_info"
     device_info: bytes
+    reply: bytes | None = None
+    """What the new device posted with ``link_reply`` (a PAKE link), once it has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,19 @@ class LinkComplete(Frame):
     TYPE: ClassVar[str] = "link_complete"
     node_id: str
     mailbox_id: bytes
+    body: bytes
+    more: bool | None = None
+    """``true``: push ``link_data`` and keep the mailbox open (a PAKE link's first step)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReply(Frame):
+    """The new device (before ``auth``, on the connection holding the mailbox) posts one
+    answer to its own mailbox, which the primary reads with ``link_fetch`` (``reply``).
+    Answer ``ok``; ``not_found`` without an open mailbox, ``bad_request`` if it already
+    holds a reply, ``too_large`` above 4 KiB."""
+
+    TYPE: ClassVar[str] = "link_reply"
     body: bytes
 
 

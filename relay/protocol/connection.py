@@ -51,6 +51,7 @@ from .frames import (
     LinkComplete,
     LinkFetch,
     LinkOpen,
+    LinkReply,
     MediaDownload,
     MediaStatus,
     MediaUpload,
@@ -83,7 +84,8 @@ class ConnState(enum.Enum):
 
 # Requests a node accepts, per state (and per role while awaiting auth).
 # Linking frames and notify are admitted for issue 3; a node may still refuse them.
-_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen, Ping, GetCluster})
+_CLIENT_PRE_AUTH: frozenset[type[Frame]] = frozenset({Auth, PutDevices, LinkOpen, LinkReply,
+                                                      Ping, GetCluster})
 _PEER_PRE_AUTH: frozenset[type[Frame]] = frozenset({PeerAuth, Ping})
 _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
     {GetCluster, PutDevices, GetDevices, UploadKeys, ClaimKeys, Send, Sync, Ack, Ping, LinkFetch, LinkComplete,

@@ -37,7 +37,15 @@ from ._frame_base import (
 )
 from ._group_frames import GroupForward, GroupSend
 from ._handoff_frames import HandoffComplete, HandoffDone, HandoffMedia, HandoffPut
-from ._linking_frames import LinkComplete, LinkData, LinkFetch, LinkInfo, LinkOpen, LinkOpened
+from ._linking_frames import (
+    LinkComplete,
+    LinkData,
+    LinkFetch,
+    LinkInfo,
+    LinkOpen,
+    LinkOpened,
+    LinkReply,
+)
 from ._media_frames import MediaChunk, MediaDownload, MediaProgress, MediaStatus, MediaUpload
 from .codec import DEFAULT_LIMITS, Limits, encode
 from .errors import ErrorCode, RemoteProtocolError
@@ -56,7 +64,8 @@ __all__ = [
     "Devices", "Error",
     "Forward", "ForwardBatch", "Frame", "GetDevices", "GroupForward", "GroupSend",
     "HandoffComplete", "HandoffDone", "HandoffMedia", "HandoffPut", "Hello", "KeyCount",
-    "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "MediaChunk",
+    "LinkComplete", "LinkData", "LinkFetch", "LinkInfo", "LinkOpen", "LinkOpened", "LinkReply",
+    "MediaChunk",
     "MediaDownload", "MediaProgress", "MediaStatus", "MediaUpload", "Notify", "Ok", "PeerAuth",
     "PeerAuthOk", "Ping", "PutDevices", "Results", "Send", "Sent", "Sync", "Synced", "UploadKeys",
     # functions
@@ -240,11 +249,16 @@ class Claimed(Frame):
 @dataclass(frozen=True, slots=True)
 class Send(Frame):
     """Send one message: one copy per device of every recipient (including the
-    sender's own other devices, as a recipient entry for the sender's user_id)."""
+    sender's own other devices, as a recipient entry for the sender's user_id).
+
+    ``ephemeral: true``: pushed only to the recipient devices connected (and syncing)
+    at that moment, never stored, queued or put in an outbox (typing indicators);
+    answered ``sent {status: "ephemeral"}`` whoever got it."""
 
     TYPE: ClassVar[str] = "send"
     msg_id: bytes
     recipients: list[Recipient]
+    ephemeral: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +272,8 @@ class Sent(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Forward(Frame):
-    """Node-to-node: store these copies (all homed at the receiving node)."""
+    """Node-to-node: store these copies (all homed at the receiving node); with
+    ``ephemeral: true``, push them to the connected devices only (see ``send``)."""
 
     TYPE: ClassVar[str] = "forward"
     msg_id: bytes
@@ -266,6 +281,7 @@ class Forward(Frame):
     sender_device: int
     ts: int
     recipients: list[Recipient]
+    ephemeral: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +377,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Hello, Challenge, Auth, AuthOk, PeerAuth, PeerAuthOk, GetCluster, ClusterInfo,
         PutDevices, GetDevices, Devices, UploadKeys, KeyCount, ClaimKeys, Claimed,
         Send, Sent, Forward, Sync, Deliver, Synced, Ack, Ping, Ok, Error,
-        LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, Notify,
+        LinkOpen, LinkOpened, LinkFetch, LinkInfo, LinkComplete, LinkData, LinkReply, Notify,
         MediaUpload, MediaStatus, MediaProgress, MediaDownload, MediaChunk,
         GroupSend, GroupForward, ForwardBatch, Results, BounceBack,
         HandoffPut, HandoffMedia, HandoffDone, HandoffComplete,

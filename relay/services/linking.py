@@ -6,6 +6,11 @@ Flow (docs/protocol.md, "Linking a companion device")::
     prim -> home H   link_fetch {M, mailbox_id}          -> link_info {device_info}   (H forwards to M)
     prim -> home H   link_complete {M, mailbox_id, body} -> ok; M pushes link_data {body} to new
 
+A PAKE link (``link_open {short: true}``) gets a 2-byte mailbox id (a number in a
+word code) and two more steps: ``link_complete {more: true}`` pushes ``link_data``
+and keeps the mailbox open, and the new device answers once with ``link_reply
+{body}``, which ``link_fetch`` returns as ``link_info.reply``.
+
 Mailboxes live only in the memory of the node that opened them (no
 persistence), owned by :class:`Linking`, which the node owns (no globals). A
 mailbox is gone when the first of these happens: ``link_complete`` succeeded
@@ -42,6 +47,7 @@ from relay.protocol.frames import (
 from relay.services.federation import Federation, ask_peer
 
 MAILBOX_ID_SIZE = 16  # bytes
+SHORT_ID_SIZE = 2  # bytes of a PAKE link's mailbox id (guessing one gives one PAKE attempt)
 MAX_DEVICE_INFO = 4096  # bytes
 MAX_MAILBOXES = 1000  # open mailboxes per node
 MAX_MAILBOXES_PER_OWNER = 8  # open mailboxes per remote address
@@ -67,6 +73,7 @@ class Mailbox:
         self.device_info = device_info
         self.push = push
         self.expires_at = expires_at
+        self.reply: bytes | None = None
 
     @property
     def is_open(self) -> bool:
@@ -97,7 +104,23 @@ class LinkSlot:
         self._box: Mailbox | None = None
         self._timer = trio.CancelScope()
 
-    def open(self, device_info: bytes, nursery: trio.Nursery) -> LinkOpened:
+    def reply(self, body: bytes) -> None:
+        """Post the new device's one answer to the held mailbox (``link_reply``).
+
+        Raises:
+            RelayError: ``not_found`` (no open mailbox), ``bad_request`` (answered
+                already), ``too_large`` (above 4 KiB).
+        """
+        if self._box is None or not self._box.is_open:
+            raise RelayError(ErrorCode.NOT_FOUND, "this connection holds no open mailbox")
+        if len(body) > MAX_DEVICE_INFO:
+            raise RelayError(ErrorCode.TOO_LARGE, f"a reply exceeds {MAX_DEVICE_INFO} bytes")
+        if self._box.reply is not None:
+            raise RelayError(ErrorCode.BAD_REQUEST, "this mailbox holds a reply already")
+        self._box.reply = body
+
+    def open(self, device_info: bytes, nursery: trio.Nursery, *,
+             short: bool = False) -> LinkOpened:
         """Open a mailbox, replacing (closing) the one held before; a task in
         ``nursery`` sends ``error not_found`` (id 0) if it expires unused.
 
@@ -105,7 +128,8 @@ class LinkSlot:
             RelayError: see :meth:`Linking.open` (the old mailbox is closed anyway).
         """
         self.close()
-        self._box, opened = self._linking.open(device_info, self._push, self._address)
+        self._box, opened = self._linking.open(device_info, self._push, self._address,
+                                               short=short)
         self._timer = trio.CancelScope()
         nursery.start_soon(self._expire, self._box, self._timer)
         return opened
@@ -181,7 +205,8 @@ class Linking:
                 break
             self._forget(first)
 
-    def open(self, device_info: bytes, push: Push, address: str = "") -> tuple[Mailbox, LinkOpened]:
+    def open(self, device_info: bytes, push: Push, address: str = "", *,
+             short: bool = False) -> tuple[Mailbox, LinkOpened]:
         """Open a mailbox for a new device whose connection pushes with ``push``.
 
         Args:
@@ -190,6 +215,7 @@ class Linking:
             push: queues a frame on the new device's connection without blocking;
                 ``False`` if that connection is gone or saturated.
             address: the remote address key of that connection.
+            short: a 2-byte mailbox id, unused among the open ones (a PAKE link).
 
         Returns:
             The mailbox (the caller closes it when its connection ends) and the
@@ -211,7 +237,9 @@ class Linking:
         if len(self._boxes) >= self._max_open:
             raise RelayError(ErrorCode.RATE_LIMITED,
                              "too many linking mailboxes are open on this node; retry later")
-        mailbox_id = os.urandom(MAILBOX_ID_SIZE)
+        mailbox_id = os.urandom(SHORT_ID_SIZE if short else MAILBOX_ID_SIZE)
+        while mailbox_id in self._boxes:  # short ids: at most max_open of 65536 are taken
+            mailbox_id = os.urandom(len(mailbox_id))
         box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl, address)
         self._boxes[mailbox_id] = box
         self._per_owner[address] = self._per_owner.get(address, 0) + 1
@@ -227,16 +255,18 @@ class Linking:
                              "no such linking code: it is wrong, already used or expired")
         return box
 
-    def fetch(self, mailbox_id: bytes) -> bytes:
-        """The ``device_info`` of an open mailbox on this node (it stays open).
+    def fetch(self, mailbox_id: bytes) -> tuple[bytes, bytes | None]:
+        """The ``device_info`` and ``reply`` of an open mailbox on this node (it stays open).
 
         Raises:
             RelayError: ``not_found`` (unknown, used or expired).
         """
-        return self._live(mailbox_id).device_info
+        box = self._live(mailbox_id)
+        return box.device_info, box.reply
 
-    def complete(self, mailbox_id: bytes, body: bytes) -> None:
-        """Push ``link_data {body}`` to the waiting device and close the mailbox.
+    def complete(self, mailbox_id: bytes, body: bytes, *, more: bool = False) -> None:
+        """Push ``link_data {body}`` to the waiting device and close the mailbox (with
+        ``more``: keep it open for the device's ``link_reply``).
 
         Raises:
             RelayError: ``not_found`` (unknown, used or expired, or the new
@@ -246,7 +276,8 @@ class Linking:
         if not box.push(LinkData(id=0, body=body)):
             box.close()
             raise RelayError(ErrorCode.NOT_FOUND, "the new device is no longer connected")
-        box.close()
+        if not more:
+            box.close()
 
     # ------------------------------------------------------------ requests
 
@@ -267,8 +298,9 @@ class Linking:
         """
         if frame.node_id == self._node_id:
             if isinstance(frame, LinkFetch):
-                return LinkInfo(id=frame.id, device_info=self.fetch(frame.mailbox_id))
-            self.complete(frame.mailbox_id, frame.body)
+                info, reply = self.fetch(frame.mailbox_id)
+                return LinkInfo(id=frame.id, device_info=info, reply=reply)
+            self.complete(frame.mailbox_id, frame.body, more=bool(frame.more))
             return Ok(id=frame.id)
         if from_peer:
             raise RelayError(ErrorCode.BAD_REQUEST, "that mailbox is not on this node")

@@ -47,6 +47,7 @@ from relay.protocol.stored import (
     encode_envelope,
 )
 from relay.services.base import Caller, Table
+from relay.services.ephemeral import forward_from_peer
 from relay.services.router import Blocked
 
 MSG_ID_SIZE = 16
@@ -61,6 +62,8 @@ def messaging_table(node: Node) -> Table:
     async def forward(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, Forward | GroupForward) and caller.peer_id is not None
         node.rates.take("peer_forward", copies([frame]), account=caller.peer_id)
+        if isinstance(frame, Forward) and frame.ephemeral:
+            return await forward_from_peer(node, caller, frame)
         (refusal,) = await node.router.store_parts([frame], peer_id=caller.peer_id)
         if refusal is not None:
             raise refusal

@@ -13,6 +13,7 @@ per device claimed) and ``media_upload`` (one per byte) are served; a first devi
 list also passes the registration policy (:mod:`relay.services.registration`).
 * messaging (peers): ``forward``, ``group_forward``, ``forward_batch``
   (:mod:`relay.services.messaging`);
+* ephemeral sends: ``send {ephemeral: true}`` (:mod:`relay.services.ephemeral`);
 * handoff (peers): ``handoff_put``, ``handoff_done``, ``handoff_complete``
   (:mod:`relay.services.handoff`).
 """
@@ -39,6 +40,7 @@ from relay.protocol.frames import (
 )
 from relay.services import lookups
 from relay.services.base import Caller, Table
+from relay.services.ephemeral import ephemeral_table
 from relay.services.handoff import handoff_table
 from relay.services.messaging import messaging_table
 
@@ -137,7 +139,8 @@ def node_table(node: Node) -> Table:
     """
     table: Table = {}
     for part in (directory_table(node), linking_table(node), notices_table(node),
-                 media_table(node), messaging_table(node), handoff_table(node)):
+                 media_table(node), messaging_table(node), handoff_table(node),
+                 ephemeral_table(node)):
         for cls, handler in part.items():
             if cls in table:
                 raise ValueError(f"{cls.TYPE!r} is served twice")

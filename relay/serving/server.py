@@ -65,6 +65,7 @@ from relay.protocol.frames import (
     GroupSend,
     Hello,
     LinkOpen,
+    LinkReply,
     Ok,
     PeerAuth,
     Ping,
@@ -110,7 +111,7 @@ class Connection:
         self._own: dict[type[Frame], Handler] = {
             Hello: self._hello, Ping: self._ping, Auth: self._auth, PeerAuth: self._peer_auth,
             GetCluster: self._get_cluster,
-            LinkOpen: self._link_open, Sync: self._sync,
+            LinkOpen: self._link_open, LinkReply: self._link_reply, Sync: self._sync,
         }
 
     # ----------------------------------------------------------------- Session
@@ -119,6 +120,11 @@ class Connection:
         """Queue a push (e.g. ``key_count``) without blocking; ``False`` if saturated
         or the connection has ended."""
         return self._link.push_nowait(frame)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the device sent ``sync`` (it reads pushes: ephemeral sends go to it)."""
+        return self._pusher is not None
 
     def kick(self) -> None:
         """Drop this connection (its device authenticated on a newer one)."""
@@ -176,9 +182,11 @@ class Connection:
                                        message="this device was removed"))
                 i += 1
                 continue
-            if isinstance(item, _SENDS) and self._conn.state is ConnState.CLIENT:
+            if (isinstance(item, _SENDS) and self._conn.state is ConnState.CLIENT
+                    and not getattr(item, "ephemeral", None)):  # ephemeral: the handler table
                 j = i + 1
-                while j < len(frames) and isinstance(frames[j], _SENDS):
+                while (j < len(frames) and isinstance(frames[j], _SENDS)
+                       and not getattr(frames[j], "ephemeral", None)):
                     j += 1
                 user_id, device_id = self._caller.device()
                 answers = await self._node.router.send_batch(
@@ -267,9 +275,15 @@ class Connection:
         assert isinstance(frame, LinkOpen) and self._link.nursery is not None
         node = self._node
         node.rates.take("link_open", address=self._link.address)
-        opened = self._link_slot.open(frame.device_info, self._link.nursery)
+        opened = self._link_slot.open(frame.device_info, self._link.nursery,
+                                      short=bool(frame.short))
         self._link.linking_deadline(node.linking.ttl + node.config.handshake_timeout)
         return dataclasses.replace(opened, id=frame.id)
+
+    async def _link_reply(self, caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, LinkReply)
+        self._link_slot.reply(frame.body)
+        return Ok(id=frame.id)
 
     async def _bounce_remote(self, envelope: Envelope) -> None:
         """Hand a ``bounce`` for a sender homed at another node to the durable outbox."""

@@ -95,9 +95,12 @@ class Running:
         return code, self.err + err.decode()
 
     async def aclose(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
+        """Kill and reap the child, also inside an expired ``fail_after`` (shielded, with
+        its own deadline), so that no test leaves an unreaped child to the next."""
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            if self.proc.returncode is None:
+                self.proc.kill()
+            await self.proc.wait()
 
 
 async def test_ctrl_c_stops_recv_follow_quietly_with_exit_0(tmp_path):

@@ -115,9 +115,13 @@ def test_missing_and_existing_homes(tmp_path):
 def test_second_process_on_one_home_waits_then_fails_clearly(tmp_path):
     home = _new_home(tmp_path)
     with open_state(home):
-        with pytest.raises(StateLocked, match="in use by another wa-cli"):
+        with pytest.raises(StateLocked, match=f"in use by wa-cli process {os.getpid()} "):
             with open_state(home, lock_timeout=0.1):
                 pass
+        with open_state(home, lock_timeout=0.1, readonly=True) as reader:  # beside the writer
+            assert reader.name == "alice"
+            with pytest.raises(StateError, match="read-only"):
+                reader.save()
     with open_state(home, lock_timeout=0.1) as state:  # released on exit
         assert state.name == "alice"
 

@@ -101,7 +101,8 @@ def test_tampered_chunk_is_an_integrity_error_and_saves_nothing(cluster, tmp_pat
     assert run.returncode == 1
     err = run.stderr.decode()
     assert "report.pdf" in err and "SHA-256" in err and "nothing was saved" in err
-    (row,) = rows
+    row, error = rows  # --json: the error as a JSON object on stdout too
+    assert "SHA-256" in error["error"]["message"] and error["error"]["code"] == "failed"
     assert row["file"]["path"] is None and "SHA-256" in row["file"]["error"]
     assert not downloads.exists() or list(downloads.iterdir()) == []
     assert list((bob.home / "media").iterdir()) == []

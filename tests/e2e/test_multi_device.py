@@ -5,6 +5,7 @@ with devices, removal, and clear errors for wrong, reused or expired codes."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -80,7 +81,9 @@ def test_wrong_reused_expired_and_malformed_codes(cluster, tmp_path):
     def approve_fails(code: str, exit_code: int) -> str:
         run = bob.run("devices", "approve", code, "--yes", check=False)
         assert run.returncode == exit_code, run.stderr
-        assert run.stdout == b""
+        error = json.loads(run.stdout)["error"]  # --json: the error on stdout too
+        assert error["code"] == ("usage" if exit_code == 2 else "failed")
+        assert error["message"] in run.stderr.decode()
         return run.stderr.decode()
 
     assert "starts with 'wa1-'" in approve_fails("hello", 2)
@@ -88,7 +91,7 @@ def test_wrong_reused_expired_and_malformed_codes(cluster, tmp_path):
 
     expired = Device(home=tmp_path / "devices" / "expired").start_link("x", url, timeout=0.5)
     code, out, err = expired.finish_raw()
-    assert code == 1 and out == []
+    assert code == 1 and [json.loads(line)["error"]["code"] for line in out] == ["failed"]
     assert "not approved within 0.5 s" in err
     assert not (expired.device.home / "state.bin").exists()
     assert "wrong, already used or expired; nothing changed" in approve_fails(expired.code, 1)

@@ -277,7 +277,7 @@ async def test_complete_pushes_once_and_gone_device_is_not_found(autojump_clock)
     pushed: list = []
     box, opened = linking.open(INFO, lambda f: pushed.append(f) is None)
     assert opened.mailbox_id == box.mailbox_id and opened.expires_in == 120
-    assert linking.fetch(box.mailbox_id) == INFO
+    assert linking.fetch(box.mailbox_id) == (INFO, None)
     linking.complete(box.mailbox_id, b"material")
     assert pushed == [LinkData(id=0, body=b"material")]
     with pytest.raises(RelayError) as info:
@@ -287,3 +287,21 @@ async def test_complete_pushes_once_and_gone_device_is_not_found(autojump_clock)
     with pytest.raises(RelayError) as info:
         linking.complete(dead.mailbox_id, b"material")
     assert info.value.code is ErrorCode.NOT_FOUND and len(linking) == 0
+
+
+async def test_short_mailbox_more_and_reply(autojump_clock) -> None:
+    """A PAKE link's mailbox: a 2-byte id, link_complete {more} keeps it open, one reply."""
+    linking = _linking(max_open=50)
+    pushed: list = []
+    boxes = [linking.open(INFO, lambda f: pushed.append(f) is None, f"10.0.0.{i}",
+                          short=True)[0] for i in range(50)]
+    assert all(len(b.mailbox_id) == 2 for b in boxes)
+    assert len({b.mailbox_id for b in boxes}) == 50  # unique among the open ones
+    box = boxes[0]
+    linking.complete(box.mailbox_id, b"pake B", more=True)
+    assert pushed == [LinkData(id=0, body=b"pake B")] and box.is_open
+    assert linking.fetch(box.mailbox_id) == (INFO, None)
+    box.reply = b"sealed device info"  # what LinkSlot.reply stores for link_reply
+    assert linking.fetch(box.mailbox_id) == (INFO, b"sealed device info")
+    linking.complete(box.mailbox_id, b"material")
+    assert pushed[-1] == LinkData(id=0, body=b"material") and not box.is_open

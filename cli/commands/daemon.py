@@ -1,0 +1,52 @@
+"""``wa-cli daemon [--tcp PORT]``: keep this device connected and serve JSON-RPC 2.0
+(docs/jsonrpc.md) on ``HOME/daemon.sock``; the other commands of the home go through it."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+import trio
+
+from cli.commands._common import AppContext, failures, json_option, state_of
+from cli.commands._signals import until_signal
+from cli.daemon.server import Listening, serve_daemon
+from cli.session.state import State
+from relay.net.backoff import CLIENT_RECONNECT
+
+
+async def _serve(app: AppContext, state: State, tcp_port: int | None) -> None:
+    async with trio.open_nursery() as nursery:
+        where: Listening = await nursery.start(functools.partial(
+            serve_daemon, state, lambda s: app.connect(s), CLIENT_RECONNECT.delays, tcp_port=tcp_port))
+        obj = {"socket": str(where.socket)}
+        human = f"serving {where.socket}"
+        if where.tcp is not None:
+            obj["tcp"] = f"{where.tcp[0]}:{where.tcp[1]}"
+            human += f" and tcp {obj['tcp']}"
+        app.out.emit(obj, human + " (Ctrl-C to stop)")
+
+
+@click.command()
+@click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Also serve JSON-RPC on 127.0.0.1:PORT (0: any free port). Anyone who "
+                   "can connect to this machine's loopback can use it: only on single-user "
+                   "machines and containers.")
+@json_option
+@click.pass_obj
+def daemon(app: AppContext, tcp_port: int | None) -> None:
+    """Keep this device connected and serve JSON-RPC 2.0 on HOME/daemon.sock.
+
+    The first line says where ({"socket": PATH} with --json). While it runs,
+    'wa-cli send' and 'wa-cli recv' (also --follow, several at once) of the same
+    --home go through it, and read-only commands (id, history, contacts list,
+    outbox, ...) read the state beside it. Messages received while no 'recv' or
+    JSON-RPC 'receive' subscriber listens wait in the device's inbox. Ctrl-C or
+    SIGTERM stops it (exit code 0). Methods: docs/jsonrpc.md.
+    """
+    with state_of(app) as state, failures():
+        try:
+            trio.run(until_signal, _serve, app, state, tcp_port)
+        finally:
+            state.inbox.settle()
+            state.save()

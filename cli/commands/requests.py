@@ -1,0 +1,116 @@
+"""``wa-cli requests [list] | accept KEY [--name NAME] | decline KEY [--block]``: message
+requests (no network).
+
+A stranger's messages (someone who is not a contact and was never written to or
+accepted) and invitations to a group by a non-contact, with that group's messages,
+are held on this device until accepted (see :mod:`cli.session.prefs`): ``recv`` announces
+them (a ``request`` line) without showing them and sends no receipt. KEY is the
+stranger's user id or the group id (hex).
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.commands._common import AppContext, check_name, json_option, state_of
+from cli.commands.history import _row
+from cli.output import escape, sender_label
+from cli.session.state import State
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def requests(ctx: click.Context) -> None:
+    """Message requests from strangers and group invitations from non-contacts."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_)
+
+
+def _held(state: State, key: str) -> list[dict]:
+    return [e for e in state.history if e.get("held")
+            and (e.get("group_id") == key or (not e.get("group_id") and e.get("from") == key))]
+
+
+def _find(state: State, key: str) -> tuple[str, dict]:
+    key = key.lower()
+    hits = [k for k in state.prefs.requests if k.startswith(key)] if len(key) >= 8 else []
+    if len(hits) != 1:
+        raise click.BadParameter(f"no single waiting request matches {key!r} (see "
+                                 "'wa-cli requests')", param_hint="KEY")
+    return hits[0], state.prefs.requests[hits[0]]
+
+
+@requests.command("list")
+@json_option
+@click.pass_obj
+def list_(app: AppContext) -> None:
+    """List what waits, one request per line."""
+    with state_of(app) as state:
+        rows = []
+        for key, req in state.prefs.requests.items():
+            n = len(_held(state, key))
+            who = sender_label(None, req.get("declared", ""), req["from"])
+            what = (f"group {escape(req.get('group') or '?')!r} (invited by {who})"
+                    if req["kind"] == "group" else who)
+            rows.append(({"key": key, "kind": req["kind"], "from": req["from"],
+                          "declared_name": req.get("declared", ""), "group": req.get("group"),
+                          "messages": n},
+                         f"{key}\t{what}\t{n} message{'s' * (n != 1)}"))
+    for obj, human in rows:
+        app.out.emit(obj, human)
+    if not rows and not app.out.json_mode:
+        app.out.note("no message requests")
+
+
+@requests.command("accept")
+@click.argument("key")
+@click.option("--name", help="Also add the stranger as a contact with this name.")
+@json_option
+@click.pass_obj
+def accept(app: AppContext, key: str, name: str | None) -> None:
+    """Accept a request: its held messages are shown now, later ones as any other."""
+    if name is not None:
+        check_name(name, "--name")
+    with state_of(app) as state:
+        key, req = _find(state, key)
+        if name is not None and req["kind"] == "user":
+            if name in state.contacts:
+                raise click.BadParameter(f"contact {name!r} already exists", param_hint="--name")
+            state.contacts[name] = key
+        state.prefs.accept(key)
+        held = _held(state, key)
+        for entry in held:
+            del entry["held"]
+            state.history_changed(entry)
+        state.save()
+        groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
+        rows = [_row(state, e, groups) for e in held]
+    for obj, human in rows:
+        app.out.emit(obj, human)
+    app.out.note(f"accepted {key}; {len(rows)} held message{'s' * (len(rows) != 1)} shown")
+
+
+@requests.command("decline")
+@click.argument("key")
+@click.option("--block", is_flag=True, help="Also block the stranger (or the inviter).")
+@json_option
+@click.pass_obj
+def decline(app: AppContext, key: str, block: bool) -> None:
+    """Decline a request: its held messages are removed from this device (a declined
+    group is forgotten here; a later message asks again unless --block)."""
+    with state_of(app) as state:
+        key, req = _find(state, key)
+        del state.prefs.requests[key]
+        held = {id(e) for e in _held(state, key)}
+        keep = [e for e in state.history if id(e) not in held]
+        state.history.clear()
+        state.history.extend(keep)
+        state.compact_history()
+        if req["kind"] == "group":
+            state.groups.groups.pop(bytes.fromhex(key), None)
+        if block:
+            state.prefs.blocked.add(req["from"])
+        state.save()
+    app.out.emit({"key": key, "declined": True, "blocked": block,
+                  "removed": len(held)}, f"declined {key}" + (" and blocked" if block else ""))
+

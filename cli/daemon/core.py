@@ -1,0 +1,165 @@
+"""The daemon's device: one state, one connection kept up, received events handed to
+subscribers.
+
+:class:`Device` holds the open (exclusively locked) state of a home and keeps a
+:class:`~cli.client.Client` connected to the home node for as long as it runs
+(:meth:`Device.serve`): it reconnects after an outage with the backoff of ``recv
+--follow`` (each connection first sends what waits in the local outbox, see
+:func:`cli.client.open_client`), receives with the events kept in the state's inbox
+(:mod:`cli.session.inbox`) and hands each kept event to the subscribers
+(:meth:`Device.subscribe`): an event is marked shown once written to a subscriber,
+and waits in the inbox while nobody is subscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import trio
+
+from cli.client import Client
+from cli.errors import ClientError, ConnectionFailed
+from cli.events import Kept
+from cli.features import outbox
+from cli.session.inbox import Pending
+from cli.session.state import State
+
+__all__ = ["Device", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+FOLD_EVERY = 4096  # shown marks appended before they are folded into the state file
+
+Subscriber = Callable[[Pending], Awaitable[bool]]
+"""Writes one kept event to a subscriber; ``False`` if it could not (gone)."""
+
+
+class Device:
+    """One device home served by the daemon.
+
+    Args:
+        state: the open state (exclusive lock held by the caller).
+        connect: opens a client of ``state`` (the command's network settings).
+        delays: seconds to wait before each reconnection attempt (endless iterator
+            factory, e.g. ``relay.net.backoff.CLIENT_RECONNECT.delays``).
+
+    Attributes:
+        client: the connected client, ``None`` while there is no connection.
+    """
+
+    def __init__(self, state: State, connect: Callable[[State], AbstractAsyncContextManager[Client]],
+                 delays: Callable[[], Iterator[float]]) -> None:
+        self.state = state
+        self._connect = connect
+        self._delays = delays
+        self.client: Client | None = None
+        self.connected = trio.Event()  # set while connected; replaced when lost
+        self._subscribers: dict[int, Subscriber] = {}
+        self._next_sub = 1
+        self._showing = trio.Lock()
+        self._folded = 0
+        self._outbox_changed = trio.Event()
+
+    # ------------------------------------------------------------ connection
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Client]:
+        """The live client (for :func:`cli.features.posting.post_text`).
+
+        Raises:
+            ConnectionFailed: no connection right now.
+        """
+        client = self.client
+        if client is None:
+            raise ConnectionFailed("no connection to the home node")
+        yield client
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        """Stay connected and receive until cancelled (started at once; connecting goes on
+        in the background)."""
+        task_status.started()
+        delays = self._delays()
+        outage = False
+        while True:
+            try:
+                async with self._connect(self.state) as client:
+                    self.client = client
+                    self.connected.set()
+                    if outage:
+                        log.warning("connected to the home node again")
+                    delays, outage = self._delays(), False
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send_outbox, client)
+                        await self._receive(client)
+                        nursery.cancel_scope.cancel()
+            except ClientError as exc:
+                if not outage:
+                    log.warning("no connection to the home node (%s); retrying until stopped",
+                                exc)
+                outage = True
+            finally:
+                self.client = None
+                if self.connected.is_set():
+                    self.connected = trio.Event()
+            await trio.sleep(next(delays))
+
+    def outbox_changed(self) -> None:
+        """A message was kept in the outbox: the connected client sends it (the next
+        connection does anyway)."""
+        self._outbox_changed.set()
+
+    async def _send_outbox(self, client: Client) -> None:
+        while True:
+            if self.state.outbox:
+                await outbox.flush(client)
+            await self._outbox_changed.wait()
+            self._outbox_changed = trio.Event()
+
+    async def _receive(self, client: Client) -> None:
+        await self.show_pending()
+        async for event in client.receive(keep=True):
+            if isinstance(event, Kept):
+                await self.show_pending()
+
+    # ------------------------------------------------------------ subscribers
+
+    def subscribe(self, write: Subscriber) -> int:
+        """Add a subscriber; returns its id. What waits in the inbox is written to it by
+        the next :meth:`show_pending` (call it)."""
+        sid, self._next_sub = self._next_sub, self._next_sub + 1
+        self._subscribers[sid] = write
+        return sid
+
+    def unsubscribe(self, sid: int) -> bool:
+        """Remove a subscriber; ``False`` if there was none with that id."""
+        return self._subscribers.pop(sid, None) is not None
+
+    async def show_pending(self) -> None:
+        """Write every event waiting in the inbox, in order, to every subscriber; mark it
+        shown once some subscriber took it. Stops (the rest waits) with no subscriber."""
+        async with self._showing:
+            inbox = self.state.inbox
+            for p in inbox.pending():
+                if not self._subscribers:
+                    break
+                if p.n not in inbox:
+                    continue
+                inbox.showing(p.n)
+                taken = False
+                for sid, write in list(self._subscribers.items()):
+                    if await write(p):
+                        taken = True
+                    else:
+                        self._subscribers.pop(sid, None)
+                if taken:
+                    inbox.shown(p.n)
+                else:
+                    inbox.withdraw(p.n)
+            if inbox.marks - self._folded >= FOLD_EVERY:
+                marks = inbox.marks
+                await self.state.asave()
+                if inbox.marks == marks and inbox.announced is None:
+                    inbox.reset_marks()
+                self._folded = marks

@@ -1,0 +1,178 @@
+"""JSON-RPC 2.0 (https://www.jsonrpc.org/specification) over a byte stream, one JSON
+value per line (newline-delimited, UTF-8), on Trio. No I/O policy beyond framing and
+dispatch: what the methods do is :mod:`cli.daemon.methods`.
+
+A :class:`Peer` serves one connection: it reads requests one line at a time (at most
+:data:`MAX_LINE` bytes; a longer line is a parse error and ends the connection),
+runs each with the method table, writes the response, and lets the methods write
+notifications (:meth:`Peer.notify`) to it at any time; writes never interleave.
+Requests of one connection run one after the other, in order; batches (arrays) are
+answered with an array; notifications from the client (no ``id``) get no answer.
+
+Errors: the spec's codes (:data:`PARSE_ERROR` ... :data:`INTERNAL_ERROR`) and the
+daemon's own, in the range the spec leaves to servers (see docs/jsonrpc.md):
+:data:`RUNTIME_ERROR` (what exits 1 on the command line), :data:`USAGE_ERROR`
+(exit 2: unknown contact or group, bad text), :data:`SEND_UNKNOWN` (the message
+left and no answer came; ``data.id`` names it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+__all__ = [
+    "INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "MAX_LINE", "METHOD_NOT_FOUND",
+    "PARSE_ERROR", "RUNTIME_ERROR", "SEND_UNKNOWN", "USAGE_ERROR", "Handler", "Peer", "RpcError",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 1 << 20  # bytes of one request line
+WRITE_TIMEOUT = 10.0  # seconds a peer may leave a line unread before it is dropped
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RUNTIME_ERROR = -32000
+USAGE_ERROR = -32001
+SEND_UNKNOWN = -32002
+
+
+class RpcError(Exception):
+    """An error answer: ``{"code": code, "message": message[, "data": data]}``."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def to_json(self) -> dict:
+        """The ``error`` member of the response."""
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+Handler = Callable[["Peer", dict], Awaitable[Any]]
+"""A method: ``await handler(peer, params)`` returns the JSON-able result or raises
+:class:`RpcError` (params are always an object; positional params are refused)."""
+
+
+class Peer:
+    """One JSON-RPC connection.
+
+    Args:
+        stream: the connection (closed by the caller).
+        methods: method name -> :data:`Handler`.
+        name: for log lines.
+
+    Attributes:
+        closed: set once the connection ended (subscriptions end with it).
+        subscriptions: ids of the subscriptions made on this connection (for the
+            methods; the server ends them when the connection ends).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, methods: dict[str, Handler], name: str) -> None:
+        self._stream = stream
+        self._methods = methods
+        self.name = name
+        self._write_lock = trio.Lock()
+        self.closed = trio.Event()
+        self.subscriptions: set[int] = set()
+        self._after: list[Callable[[], Awaitable[None]]] = []
+
+    def after_reply(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``await fn()`` once the answer to the current request is written (e.g. the
+        first notifications of a subscription, which must follow its id)."""
+        self._after.append(fn)
+
+    async def notify(self, method: str, params: dict) -> bool:
+        """Write a notification; ``False`` (and the connection closed) if the peer is gone
+        or left :data:`WRITE_TIMEOUT` seconds of output unread."""
+        return await self._write({"jsonrpc": "2.0", "method": method, "params": params})
+
+    async def _write(self, obj: Any) -> bool:
+        if self.closed.is_set():
+            return False
+        data = (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        async with self._write_lock:
+            with trio.move_on_after(WRITE_TIMEOUT) as scope:
+                try:
+                    await self._stream.send_all(data)
+                    return True
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if scope.cancelled_caught:
+                log.info("%s: output not read for %gs; dropped", self.name, WRITE_TIMEOUT)
+        self.closed.set()
+        return False
+
+    async def serve(self) -> None:
+        """Answer requests until the peer closes its side (or sends a line that is too long)."""
+        buf = bytearray()
+        try:
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_LINE:
+                        await self._write(_error(None, RpcError(PARSE_ERROR, "line too long")))
+                        return
+                    try:
+                        chunk = await self._stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    if not chunk:
+                        return
+                    buf += chunk
+                    continue
+                line, buf = bytes(buf[:nl]), buf[nl + 1:]
+                if line.strip():
+                    reply = await self._handle_line(line)
+                    if reply is not None and not await self._write(reply):
+                        return
+                    after, self._after = self._after, []
+                    for fn in after:
+                        await fn()
+        finally:
+            self.closed.set()
+
+    async def _handle_line(self, line: bytes) -> Any:
+        try:
+            msg = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON"))
+        if isinstance(msg, list):
+            if not msg:
+                return _error(None, RpcError(INVALID_REQUEST, "empty batch"))
+            replies = [r for r in [await self._handle(m) for m in msg] if r is not None]
+            return replies or None
+        return await self._handle(msg)
+
+    async def _handle(self, msg: Any) -> dict | None:
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" \
+                or not isinstance(msg.get("method"), str):
+            rid = msg.get("id") if isinstance(msg, dict) else None
+            return _error(rid, RpcError(INVALID_REQUEST, "invalid request"))
+        rid, is_call = msg.get("id"), "id" in msg
+        params = msg.get("params", {})
+        try:
+            if not isinstance(params, dict):
+                raise RpcError(INVALID_PARAMS, "params must be an object")
+            handler = self._methods.get(msg["method"])
+            if handler is None:
+                raise RpcError(METHOD_NOT_FOUND, f"no method {msg['method']!r}")
+            result = await handler(self, params)
+        except RpcError as exc:
+            return _error(rid, exc) if is_call else None
+        return {"jsonrpc": "2.0", "id": rid, "result": result} if is_call else None
+
+
+def _error(rid: Any, exc: RpcError) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "error": exc.to_json()}

@@ -1,0 +1,115 @@
+"""JSON-RPC 2.0 framing of the daemon (:mod:`cli.daemon.jsonrpc`) over an in-memory
+stream pair: answers, errors, batches, notifications both ways, limits."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+import trio.testing
+
+from cli.daemon.jsonrpc import MAX_LINE, Peer, RpcError
+
+TIMEOUT = 5
+
+
+async def echo(peer: Peer, params: dict) -> dict:
+    return {"echo": params}
+
+
+async def fails(peer: Peer, params: dict) -> None:
+    raise RpcError(-32001, "unknown contact 'x'", {"reason": "unknown_contact"})
+
+
+async def subscribe(peer: Peer, params: dict) -> dict:
+    async def first() -> None:
+        await peer.notify("receive", {"n": 1})
+
+    peer.after_reply(first)
+    return {"subscription": 1}
+
+
+METHODS = {"echo": echo, "fails": fails, "subscribe": subscribe}
+
+
+class Client:
+    def __init__(self, stream) -> None:  # noqa: ANN001
+        self.stream, self.buf = stream, b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def line(self):  # noqa: ANN201
+        while b"\n" not in self.buf:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+async def served(fn) -> None:  # noqa: ANN001
+    a, b = trio.testing.memory_stream_pair()
+    peer = Peer(b, METHODS, "test")
+
+    async def serve() -> None:  # as the daemon's server does: close once served
+        await peer.serve()
+        await b.aclose()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await fn(Client(a), peer)
+            await a.aclose()
+    assert peer.closed.is_set()
+
+
+async def test_answers_errors_and_notifications_in_order():
+    async def body(c: Client, peer: Peer) -> None:
+        await c.send(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"a":[1]}}\n')
+        assert await c.line() == {"jsonrpc": "2.0", "id": 1, "result": {"echo": {"a": [1]}}}
+        await c.send(b'{"jsonrpc":"2.0","id":"x","method":"fails"}\n')
+        assert await c.line() == {"jsonrpc": "2.0", "id": "x", "error": {
+            "code": -32001, "message": "unknown contact 'x'",
+            "data": {"reason": "unknown_contact"}}}
+        await c.send(b'{"jsonrpc":"2.0","id":2,"method":"subscribe"}\n')
+        assert (await c.line())["result"] == {"subscription": 1}  # the answer first,
+        assert await c.line() == {"jsonrpc": "2.0", "method": "receive", "params": {"n": 1}}
+        # a notification from the client gets no answer; the next request does
+        await c.send(b'{"jsonrpc":"2.0","method":"echo"}\n{"jsonrpc":"2.0","id":3,"method":"echo"}\n')
+        assert (await c.line())["id"] == 3
+
+    await served(body)
+
+
+async def test_bad_input_gets_the_spec_codes():
+    async def body(c: Client, peer: Peer) -> None:
+        cases = [
+            (b"{not json\n", -32700),
+            (b'{"jsonrpc":"1.0","id":1,"method":"echo"}\n', -32600),
+            (b'{"jsonrpc":"2.0","id":1}\n', -32600),
+            (b'{"jsonrpc":"2.0","id":1,"method":"nope"}\n', -32601),
+            (b'{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}\n', -32602),
+            (b"[]\n", -32600),
+            (b"\xff\xfe\n", -32700),
+        ]
+        for data, code in cases:
+            await c.send(data)
+            assert (await c.line())["error"]["code"] == code, data
+        await c.send(b'[{"jsonrpc":"2.0","id":1,"method":"echo"},{"jsonrpc":"2.0","method":"echo"},'
+                     b'{"jsonrpc":"2.0","id":2,"method":"nope"}]\n')
+        batch = await c.line()
+        assert [r["id"] for r in batch] == [1, 2] and batch[1]["error"]["code"] == -32601
+
+    await served(body)
+
+
+async def test_a_line_over_the_limit_ends_the_connection():
+    async def body(c: Client, peer: Peer) -> None:
+        await c.send(b"[" + b" " * MAX_LINE)
+        assert (await c.line())["error"] == {"code": -32700, "message": "line too long"}
+        assert await c.line() is None  # closed by the daemon
+        await peer.closed.wait()
+
+    await served(body)

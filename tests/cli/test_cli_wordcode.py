@@ -1,0 +1,114 @@
+"""Linking with a short word code authenticated by SPAKE2 (cli/features/wordcode.py) over
+real in-process nodes: it links; a wrong code changes nothing on the account; the
+code's format; the relay sees only PAKE messages and sealed boxes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import ExitStack
+
+import pytest
+import trio
+from cli_cluster import make_account, run_cluster
+
+from cli.client import open_client
+from cli.errors import LinkFailed
+from cli.features.linkcode import LinkCodeError
+from cli.features.linking import open_link, save_linked
+from cli.features.wordcode import WORDS, Pake, WordCode, is_word_code
+from cli.session.state import new_home, open_state
+
+DEADLINE = 60
+
+
+def test_word_codes_parse_and_a_wrong_password_gives_other_keys() -> None:
+    code = WordCode("relay-eu-1", (4821).to_bytes(2, "big"), ("lamp", "moss", "path"))
+    text = code.encode()
+    assert text == "relay-eu-1-4821-lamp-moss-path" and len(text) < 40
+    assert is_word_code(text.upper()) and WordCode.decode(f"  {text.upper()} ") == code
+    for bad in ("n1-4821-lamp-moss", "n1-x-lamp-moss-pine", "n1-70000-lamp-moss-pine",
+                "n1-1-lamp-moss-zzzz", "wa1-abc"):
+        with pytest.raises(LinkCodeError):
+            WordCode.decode(bad)
+    assert len(set(WORDS)) == 256
+    new, primary = Pake(code.words, primary=False), Pake(code.words, primary=True)
+    assert new.finish(primary.message) == primary.finish(new.message)
+    wrong = Pake(("lamp", "moss", "peak"), primary=True)
+    assert Pake(code.words, primary=False).finish(wrong.message) != wrong.finish(new.message)
+
+
+async def test_a_word_code_links_and_a_wrong_one_changes_nothing(tmp_path) -> None:
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(2) as cluster:
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            bob.contacts["alice"] = "a" * 52
+            async with open_client(bob) as client:
+                before = bob.own_list().version
+                # a wrong word: the primary cannot open the device's answer, publishes nothing
+                async with open_link(client.url, "intruder", short=True) as pending:
+                    code = WordCode.decode(pending.code)
+                    other = next(w for w in WORDS if w != code.words[2])
+                    wrong = WordCode(code.node_id, code.mailbox_id, (*code.words[:2], other))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(pending.wait)  # it answers, then waits in vain
+                        with pytest.raises(LinkFailed, match="does not decrypt"):
+                            await client.approve_link(wrong.encode())
+                        nursery.cancel_scope.cancel()
+                assert bob.own_list().version == before and not bob.pending_withdrawals
+
+                with new_home(tmp_path / "laptop") as fresh:
+                    async with open_link(client.url, "laptop", short=True) as pending:
+                        assert is_word_code(pending.code) and len(pending.code) < 32
+                        result = {}
+                        async with trio.open_nursery() as nursery:
+                            async def wait():
+                                result["linked"] = await pending.wait()
+                            nursery.start_soon(wait)
+                            done = await client.approve_link(pending.code.upper())
+                    linked = result["linked"]
+                    save_linked(fresh, linked, client.url)
+            assert (done.device_id, done.name, done.version) == (1, "laptop", before + 1)
+            assert linked.device_id == 1 and linked.user_id == bob.user_id
+            assert linked.material.contacts == {"alice": "a" * 52}
+            assert linked.material.proof is None  # the PAKE key authenticates it instead
+        with open_state(tmp_path / "laptop") as laptop:
+            assert laptop.user_id == bob.user_id and laptop.contacts == {"alice": "a" * 52}
+
+
+async def test_wa_cli_link_short_and_devices_approve(tmp_path) -> None:
+    """The word code through real wa-cli processes: link --short, devices approve CODE."""
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(1) as cluster:
+            relay = cluster.urls["n1"]
+            bob = tmp_path / "bob"
+            made = await trio.run_process([sys.executable, "-m", "cli", "--home", str(bob),
+                                           "--json", "init", "--trust-on-first-use", "--name", "bob", "--relay", relay],
+                                          capture_stdout=True, stdin=subprocess.DEVNULL)
+            user_id = json.loads(made.stdout)["user_id"]
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "cli", "--home", str(tmp_path / "laptop"), "--json",
+                 "link", "--relay", relay, "--name", "laptop", "--short"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            try:
+                buf = b""
+                while b"\n" not in buf:
+                    buf += await proc.stdout.receive_some()
+                code = json.loads(buf.split(b"\n")[0])["code"]
+                assert is_word_code(code)
+                approved = await trio.run_process(
+                    [sys.executable, "-m", "cli", "--home", str(bob), "--json", "devices",
+                     "approve", code, "--yes"], capture_stdout=True, capture_stderr=True,
+                    stdin=subprocess.DEVNULL, check=False)
+                assert approved.returncode == 0, approved.stderr.decode()
+                assert json.loads(approved.stdout)["name"] == "laptop"
+                while (rest := await proc.stdout.receive_some()):
+                    buf += rest
+                assert await proc.wait() == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            linked = json.loads(buf.split(b"\n")[1])
+            assert linked == {"user_id": user_id, "device_id": 1}
