@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -55,3 +56,17 @@ def postgres_db(postgres_server: LocalPostgres, request: pytest.FixtureRequest) 
     """A fresh database for this test module; its ``postgresql://`` URL (no schema)."""
     prefix = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.rsplit(".", 1)[-1].lower())[:30]
     return postgres_server.url(postgres_server.create_database(prefix))
+
+
+@pytest.fixture(autouse=True)
+def _restore_stop_signals() -> Iterator[None]:
+    """Put SIGINT and SIGTERM back after each test. A ``wa-cli`` command that has done
+    its action ignores both for the rest of its process (cli.commands._signals); run
+    in-process (Click's runner) it would leave this pytest process ignoring SIGTERM,
+    and every child started afterwards (``wa-relay serve``) would inherit that."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
