@@ -4,6 +4,7 @@ forwards of that peer (issue 11: a peer is bounded as a whole)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgpack
@@ -11,7 +12,7 @@ import trio
 from relay_harness import Cluster, device_homed_at, make_configs, peer_session, publish
 
 from relay.config.abuse import AbuseLimits
-from relay.protocol.frames import Envelope, ForwardBatch, Notify, SignedDeviceList
+from relay.protocol.frames import BounceBack, Envelope, ForwardBatch, Notify, SignedDeviceList
 from relay.protocol.identity import DEVICE_LIST_CONTEXT
 from relay.services.notices import NOTICE_KIND, notice_msg_id
 
@@ -58,8 +59,29 @@ async def test_peer_notices_cannot_fill_a_queue_past_its_quotas(nursery) -> None
         await publish(cluster.url("n1"), victim)
         async with peer_session(cluster, "n2", "n1") as p:
             for v in range(2, 22):  # 20 notices of ~48 KiB: ~1 MiB, 4x the quotas
-                answer = await p.request(ForwardBatch(id=0, items=[
+                await p.request(ForwardBatch(id=0, items=[
                     _notice(mallory, v, [victim.user_id])]))
         held = await cluster.storages["n1"].queue_bytes(victim.user_id)
         assert held <= QUEUE, f"{held} bytes of notices queued past a {QUEUE}-byte quota"
 
+
+async def test_peer_bounces_cannot_fill_a_queue_past_its_quotas(nursery) -> None:
+    """n2 (hostile) sends ``bounce`` envelopes of fresh msg_ids for a user homed at n1:
+    each is queued (deduplicated only by msg_id), past every byte quota of the queue."""
+    abuse = AbuseLimits(queue_device_bytes=QUEUE, queue_account_bytes=QUEUE,
+                        queue_peer_bytes=QUEUE)
+    cluster = Cluster(nursery, make_configs(2, abuse=abuse))
+    await cluster.start_all()
+    with trio.fail_after(30):
+        victim = device_homed_at(cluster.ring, "n1")
+        mallory = device_homed_at(cluster.ring, "n2")
+        await publish(cluster.url("n1"), victim)
+        body = msgpack.packb({"code": "too_large", "message": "m" * (48 * 1024),
+                              "user_id": mallory.user_id}, use_bin_type=True)
+        async with peer_session(cluster, "n2", "n1") as p:
+            for _ in range(20):  # ~1 MiB, 4x the quotas
+                await p.request(ForwardBatch(id=0, items=[BounceBack(id=0, envelope=Envelope(
+                    msg_id=os.urandom(16), sender_user=victim.user_id, sender_device=0,
+                    ts=1, kind="bounce", body=body))]))
+        held = await cluster.storages["n1"].queue_bytes(victim.user_id)
+        assert held <= QUEUE, f"{held} bytes of bounces queued past a {QUEUE}-byte quota"
