@@ -39,8 +39,8 @@ from relay.protocol import DeviceList, ErrorCode, verify_device_list
 from relay.protocol.frames import Envelope, Error, Notify, Ok, SignedDeviceList
 from relay.services.delivery import DeviceRegistry, pack_envelope
 from relay.services.directory import Directory, pack_list, unpack_list
-from relay.services.limits import QueuePolicy
 from relay.services.federation import Federation, LinkDown, request_within
+from relay.services.limits import QueuePolicy
 from relay.services.outbox import RETRYABLE, Outbox
 from storage import EnqueueRequest, QueueFull, Storage, StorageFull, StorageUnavailable
 
