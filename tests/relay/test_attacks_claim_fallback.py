@@ -1,23 +1,20 @@
 """Draining a device's one-time-key budget must leave its fallback key to claimers.
 
-The fallback key handed out past the budget comes from an in-memory cache filled at
-``upload_keys`` (or when storage runs out of one-time keys): after a restart (or a
-reshape, or at another process of a multi-process home) the cache is empty, and a
-device with 30+ one-time keys left gets *no key at all* for every claimer once anyone
-claimed 30 of them; one claim per 20 s keeps it so, and no session can be started
-with that device."""
+The fallback key handed out past the budget came only from an in-memory cache filled
+at ``upload_keys``: after a restart (or a reshape, or at another process of a
+multi-process home) the cache was empty, and a device with 30+ one-time keys left
+gave *no key at all* to every claimer once anyone claimed 30 of them. The node now
+reads the fallback key from storage (``Storage.get_fallback_key``) when its cache has
+none."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 from relay_harness import Cluster, UserDevice, make_configs, publish, session
 
 from relay.protocol.frames import ClaimKeys, KeyCount, OneTimeKey, UploadKeys
 
 
-@pytest.mark.xfail(strict=True, reason="open: needs a storage read of the fallback key "
-                   "(claim_keys hands out nothing when the fallback cache is cold)")
 async def test_a_drained_device_still_hands_out_its_fallback_key_after_a_restart(
         nursery) -> None:
     cluster = Cluster(nursery, make_configs(1))
