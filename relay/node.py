@@ -146,6 +146,7 @@ class Node:
         )
         self.rates = RateLimits(config.abuse)
         self.queue_policy = QueuePolicy(config.abuse, storage)
+        self.changes.policy = self.queue_policy
         self.registration = Registration(config.abuse.registration, storage, self.rates)
         self.router = Router(config.id, self.homes, storage, self.directory, self.registry.notify,
                              max_queue=config.max_queue, on_stale=self.changes.watch,

@@ -228,6 +228,10 @@ class Storage(Protocol):
     async def set_fallback_key(self, user_id: str, device_id: int, key_id: str, key: bytes) -> None:
         """Replace the device's fallback key (handed out when no one-time key is left)."""
 
+    async def get_fallback_key(self, user_id: str, device_id: int) -> tuple[str, bytes] | None:
+        """The device's fallback key ``(key_id, key)`` without claiming anything; ``None``
+        if it has none (a read: the node serves it to claimers over their budget)."""
+
     async def claim_key(self, user_id: str, device_id: int) -> tuple[str, bytes, bool] | None:
         """Atomically take one key for the device: ``(key_id, key, is_fallback)``.
 

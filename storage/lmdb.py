@@ -280,6 +280,18 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
             [(ops.claim_key(devk), 0, None, True) for devk in devks])
         return [_value(answer) for answer in answers]
 
+    async def get_fallback_key(self, user_id: str, device_id: int) -> tuple[str, bytes] | None:
+        """See :meth:`storage.base.Storage.get_fallback_key`."""
+        devk = self._devk(user_id, device_id)
+
+        def read(txn: lmdb.Transaction) -> tuple[str, bytes] | None:
+            raw = txn.get(devk, db=self._dbs.fallback)
+            if raw is None:
+                return None
+            key_id, key = L.unpack_fallback(raw)
+            return key_id, bytes(key)
+        return await self._reading(read)
+
     async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.count_one_time_keys`."""
         devk = self._devk(user_id, device_id)

@@ -217,6 +217,11 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
             return (fb[0], fb[1], True)
         return None
 
+    async def get_fallback_key(self, user_id: str, device_id: int) -> tuple[str, bytes] | None:
+        """See :meth:`storage.base.Storage.get_fallback_key`."""
+        await self._enter()
+        return self._fallback.get(self._dev(user_id, device_id))
+
     async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.count_one_time_keys`."""
         await self._enter()

@@ -316,6 +316,10 @@ class Directory:
             if not self.claim_limits.one_time_allowed(user_id, d):
                 # one-time keys of this device are claimed too fast: its fallback key
                 cached = self.claim_limits.fallback(user_id, d)
+                if cached is None:  # not seen since start (a restart, a reshape, a sibling)
+                    cached = await self._storage.get_fallback_key(user_id, d)
+                    if cached is not None:
+                        self.claim_limits.remember_fallback(user_id, d, *cached)
                 if cached is not None:
                     keys.append(_claimed(d, cached[0], cached[1], True))
                 continue

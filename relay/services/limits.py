@@ -162,6 +162,16 @@ class QueuePolicy:
             return self._charges(sender, peer_id, strangers=True), quota
         return self._build(sender, peer_id, exempt)
 
+    def quota_of_peer(self, peer_id: str) -> tuple[tuple[str, ...], QueueQuota]:
+        """The charges and quota of an envelope that peer ``peer_id`` queues for a user
+        homed here on its own behalf (a ``bounce``): the queue and account quotas and the
+        peer's byte quota and share; no sender is charged (the envelope names the
+        receiving user as its sender)."""
+        a = self._abuse
+        return (PEER_TAG + peer_id,), QueueQuota(
+            device_bytes=a.queue_device_bytes, account_bytes=a.queue_account_bytes,
+            charge_bytes=(a.queue_peer_bytes,), share_bytes=(self._peer_share,))
+
     @staticmethod
     def _charges(sender: str, peer_id: str | None, *, strangers: bool) -> tuple[str, ...]:
         charges = (SENDER_TAG + sender,)

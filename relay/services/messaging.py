@@ -49,6 +49,7 @@ from relay.protocol.stored import (
 from relay.services.base import Caller, Table
 from relay.services.ephemeral import forward_from_peer
 from relay.services.router import Blocked
+from storage import EnqueueRequest
 
 MSG_ID_SIZE = 16
 
@@ -193,9 +194,19 @@ async def store_bounce(node: Node, frame: BounceBack, peer_id: str) -> None:
     if entry is None or env.sender_device not in entry[1].device_ids:
         raise RelayError(ErrorCode.BAD_REQUEST, "the bounced sender device is not listed",
                          user_id=env.sender_user)
-    seqs = await node.storage.enqueue(
+    # charged to the peer (queue, account and peer quotas): else a peer could queue
+    # any number of bounces of fresh msg_ids, up to max_envelope each, for any user
+    charges, quota = node.queue_policy.quota_of_peer(peer_id)
+    (seqs,) = await node.storage.enqueue_many([EnqueueRequest(
         [(env.sender_user, env.sender_device, encode_envelope(env))],
         dedupe=b"bounce-back\0" + env.sender_user.encode() + b"\0" + env.msg_id
-        + recipient.encode(), max_queue=node.config.max_queue)
+        + recipient.encode(), max_queue=node.config.max_queue, charges=charges, quota=quota)])
+    if isinstance(seqs, Exception):
+        err = relay_error_from(seqs)
+        if err is None:
+            raise seqs
+        if err.code is ErrorCode.QUOTA_EXCEEDED:
+            err.retry_after_ms = node.queue_policy.retry_after_ms
+        raise err
     if seqs is not None:
         node.registry.notify(env.sender_user, env.sender_device)

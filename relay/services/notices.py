@@ -34,14 +34,15 @@ from contextlib import contextmanager
 import trio
 
 from relay.config.ring import Ring
-from relay.errors import KNOWN_REFUSALS, RelayError
+from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
 from relay.protocol import DeviceList, ErrorCode, verify_device_list
 from relay.protocol.frames import Envelope, Error, Notify, Ok, SignedDeviceList
 from relay.services.delivery import DeviceRegistry, pack_envelope
 from relay.services.directory import Directory, pack_list, unpack_list
 from relay.services.federation import Federation, LinkDown, request_within
+from relay.services.limits import QueuePolicy
 from relay.services.outbox import RETRYABLE, Outbox
-from storage import QueueFull, Storage, StorageFull, StorageUnavailable
+from storage import EnqueueRequest, QueueFull, Storage, StorageFull, StorageUnavailable
 
 NOTICE_KIND = "device_list"
 NOTIFY_BATCH = 1024  # user ids per notify frame (below the codec's array bound)
@@ -88,6 +89,8 @@ class DeviceListChanges:
         self._log = log
         self._watched: dict[tuple[str, str], None] = {}
         self._locks: dict[str, list] = {}  # user_id -> [trio.Lock, users]
+        self.policy: QueuePolicy | None = None
+        """Byte quotas charged to notices from peer nodes (set by the node)."""
 
     # ------------------------------------------------------------ watchers
 
@@ -239,29 +242,50 @@ class DeviceListChanges:
             if not self._directory.is_home(u):
                 raise RelayError(ErrorCode.BAD_REQUEST, "user is not homed at this node",
                                  user_id=u)
-        await self.deliver_local(frame.user_ids, env)
+        await self.deliver_local(frame.user_ids, env, peer_id=peer_id)
 
-    async def deliver_local(self, user_ids: list[str], env: Envelope) -> None:
+    async def deliver_local(self, user_ids: list[str], env: Envelope, *,
+                            peer_id: str | None = None) -> None:
         """Queue ``env`` for every current device of each user (homed here), once per
         user; users without a list are skipped, a full queue skips its user (logged).
         At most :data:`NOTICE_WORKERS` users are served at a time.
 
+        A notice from peer node ``peer_id`` is charged like a forward of that peer
+        (sender, peer and strangers' quotas, :meth:`QueuePolicy.quota_for`): else a
+        peer could queue any number of list versions of its own accounts, up to
+        64 KiB each, in the queues of any user homed here.
+
         Raises:
             StorageFull: some users were not served (the others are, deduplicated).
+            RelayError: ``quota_exceeded`` (retryable) for users over a byte quota
+                (the others are served).
         """
         packed = pack_envelope(env)
         full: list[StorageFull | StorageUnavailable] = []
+        over: list[QueueFull] = []
 
         async def one(user_id: str) -> None:
             entry = await self._directory.get_device_list(user_id)
             if entry is None:
                 return
             items = [(user_id, d, packed) for d in sorted(entry[1].device_ids)]
+            dedupe = notice_dedupe(env.sender_user, env.msg_id, user_id)
             try:
-                seqs = await self._storage.enqueue(
-                    items, dedupe=notice_dedupe(env.sender_user, env.msg_id, user_id),
-                    max_queue=self._max_queue,
-                )
+                if peer_id is not None and self.policy is not None:
+                    charges, quota = await self.policy.quota_for(env.sender_user, [user_id],
+                                                                 peer_id)
+                    (answer,) = await self._storage.enqueue_many([EnqueueRequest(
+                        items, dedupe=dedupe, max_queue=self._max_queue, charges=charges,
+                        quota=quota)])
+                    if isinstance(answer, QueueFull) and answer.quota != "queue_len":
+                        over.append(answer)
+                        return
+                    if isinstance(answer, Exception):
+                        raise answer
+                    seqs = answer
+                else:
+                    seqs = await self._storage.enqueue(items, dedupe=dedupe,
+                                                       max_queue=self._max_queue)
             except QueueFull:
                 self._log.warning("notice for %s skipped: a device queue is full", user_id[:8])
                 return
@@ -283,3 +307,8 @@ class DeviceListChanges:
                 nursery.start_soon(worker)
         if full:
             raise full[0]
+        if over:
+            err = relay_error_from(over[0])
+            assert err is not None and self.policy is not None
+            err.retry_after_ms = self.policy.retry_after_ms
+            raise err

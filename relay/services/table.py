@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.protocol import verify_device_list
+from relay.errors import RelayError
+from relay.protocol import ErrorCode, verify_device_list
 from relay.protocol.frames import (
     ClaimKeys,
     Frame,
@@ -55,10 +56,17 @@ def directory_table(node: Node) -> Table:
         assert isinstance(frame, PutDevices)
         parsed = verify_device_list(frame.device_list)
         await node.handoff.incoming.settle(parsed.user_id)
-        node.rates.take("put_devices", account=parsed.user_id, address=caller.address)
         node.directory.check_home(parsed.user_id)
         node.directory.check_device_count(parsed)
-        if await node.directory.get_device_list(parsed.user_id) is None:
+        current = await node.directory.get_device_list(parsed.user_id)
+        # a replayed list (lists are public) is refused before any token is taken: else
+        # anyone could drain the account's put_devices bucket and keep its owner from
+        # publishing a change (removing a stolen device, re-signing before expiry)
+        if current is not None and parsed.version <= current[1].version:
+            raise RelayError(ErrorCode.STALE_VERSION, "device list version must grow",
+                             user_id=parsed.user_id)
+        node.rates.take("put_devices", account=parsed.user_id, address=caller.address)
+        if current is None:
             await node.registration.admit(frame.invite, caller.address)
         await node.changes.publish(frame.device_list)
         return Ok(id=frame.id)

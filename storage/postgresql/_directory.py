@@ -94,6 +94,18 @@ class PgDirectoryMixin:
         self._check_open()
         return [value_of(op) for op in await self.writer.submit_many(batch)]
 
+    async def get_fallback_key(self, user_id: str, device_id: int) -> tuple[str, bytes] | None:
+        """See :meth:`storage.base.Storage.get_fallback_key`."""
+        user, dev = self._dev(user_id, device_id)
+        rows = await self._fetch(
+            "SELECT key_id, key FROM fallback_keys WHERE user_id = %s AND device_id = %s",
+            (user, dev))
+        if not rows:
+            return None
+        key_id = rows[0][0]
+        return (bytes(key_id).decode() if not isinstance(key_id, str) else key_id,
+                bytes(rows[0][1]))
+
     async def count_one_time_keys(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.count_one_time_keys`."""
         user, dev = self._dev(user_id, device_id)

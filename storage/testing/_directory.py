@@ -17,6 +17,16 @@ def _keys(prefix: str, n: int) -> list[tuple[str, bytes]]:
 
 
 class DirectoryConformance(ConformanceBase):
+
+    async def test_get_fallback_key_reads_without_claiming(self) -> None:
+        async with self.opened() as st:
+            assert await st.get_fallback_key(ALICE, 0) is None
+            await st.set_fallback_key(ALICE, 0, "fb1", b"F" * 32)
+            await st.add_one_time_keys(ALICE, 0, [("k1", b"K" * 32)])
+            assert await st.get_fallback_key(ALICE, 0) == ("fb1", b"F" * 32)
+            assert await st.count_one_time_keys(ALICE, 0) == 1  # nothing claimed
+            await st.set_fallback_key(ALICE, 0, "fb2", b"G" * 32)
+            assert await st.get_fallback_key(ALICE, 0) == ("fb2", b"G" * 32)
     """Device lists and keys."""
 
     # -- device lists
