@@ -172,7 +172,7 @@ def _load(path: Path) -> NodeConfig:
         raise ConfigProblem(str(exc)) from exc
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wa-relay", prog_name="wa-relay")
 @click.option("--log-level", default=None,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),

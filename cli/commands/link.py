@@ -59,7 +59,7 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
 
 @click.command()
 @click.option("--relay", required=True, callback=_check_url,
-              help="WebSocket URL of any node of the federation, e.g. ws://127.0.0.1:7400.")
+              help="WebSocket URL of any node of the federation, e.g. wss://127.0.0.1:7400.")
 @click.option("--name", required=True,
               help="This device's name in the account's device list, e.g. laptop.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=MAILBOX_LIFETIME,
