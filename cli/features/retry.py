@@ -43,7 +43,7 @@ from cli.events import Bounce, Dropped, Message
 from cli.features import payload
 from cli.features.outbound import WITHHELD, ensure_sessions, has_session
 from cli.session import crypto, prekeys
-from cli.session.state import seen_key
+from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Envelope, Recipient, Send
 from relay.protocol.stored import BOUNCE_FROM_HOME
@@ -160,10 +160,12 @@ async def send_to_devices(client: Session, wanted: Addressed, msg_id: bytes, pla
     return None
 
 
-async def resend_to(client: Session, entry: dict, wanted: Addressed) -> str | None:
+async def resend_to(client: Session, entry: dict, wanted: Addressed,
+                    also: Addressed = frozenset()) -> str | None:
     """Send message ``entry`` (sent by this device) again, to the devices of ``wanted``
-    that it was first addressed to (``to_devices``) and that are still listed, as a
-    ``resend`` payload under a new envelope id.
+    that it was first addressed to (``to_devices``), and to ``also`` (devices shown to
+    have been listed when it was sent, :func:`_listed_when_sent`), those still listed,
+    as a ``resend`` payload under a new envelope id.
 
     Returns:
         The send status, or ``None`` if there was no such device.
@@ -172,7 +174,7 @@ async def resend_to(client: Session, entry: dict, wanted: Addressed) -> str | No
         payload.PayloadError: the history entry cannot be rebuilt.
         SendFailed, RelayError, DeviceListRejected, ConnectionLost.
     """
-    devices = wanted & original_devices(entry)
+    devices = (wanted & original_devices(entry)) | also
     if not devices:
         return None
     about = bytes.fromhex(entry["id"])
@@ -206,14 +208,36 @@ async def handle_bounce(client: Session, env: Envelope) -> Bounce:
             or entry.get("resends", 0) >= MAX_RESENDS):
         return Bounce(env.msg_id, user_id, code, message)
     wanted = {(u, d) for u, d in original_devices(entry) if u == user_id}
+    also: Addressed = set()
+    if code == ErrorCode.STALE_DEVICES.value and not entry.get("group_id"):
+        also = await _listed_when_sent(client, user_id, entry)
     try:
-        status = await resend_to(client, entry, wanted)
+        status = await resend_to(client, entry, wanted, also)
     except (ClientError, payload.PayloadError) as exc:
         return Bounce(env.msg_id, user_id, code, message, error=str(exc))
     if status is None:
         return Bounce(env.msg_id, user_id, code, message,
                       error="none of the devices it was sent to is listed any more")
     return Bounce(env.msg_id, user_id, code, message, resent_status=status)
+
+
+async def _listed_when_sent(client: Session, user_id: str, entry: dict) -> Addressed:
+    """Devices of ``user_id`` that were listed when the message was sent, though this
+    device's copy of the list was older then (the home refused the copy as
+    ``stale_devices``): every device of the current list, if that list was surely
+    issued before the message (``issued_at``, whole seconds, + 1 <= its ``ts``); else
+    none. A device added
+    after the message still gets nothing (issue 10, finding 5). The list is signed by
+    the account key, so a relay cannot add a device to it; clocks of the two accounts'
+    devices are assumed to agree within the time between linking and sending."""
+    try:
+        current = await client.device_list(user_id, fresh=True)
+    except (ClientError, DeviceListRejected) as exc:
+        log.info("could not read the current device list of %s: %s", user_id[:8], exc)
+        return set()
+    if current.issued_at + 1 > entry.get("ts", 0) / 1000:  # issued_at: whole seconds
+        return set()
+    return {(user_id, d.device_id) for d in current.devices}
 
 
 async def request_retry(client: Session, sender_user: str, sender_device: int,
