@@ -141,14 +141,13 @@ async def test_cluster_reshape_3_5_2_with_kill_9_during_handoff(tmp_path) -> Non
         cluster.kill()                   # ... and every node dies with kill -9
         assert (cluster.data / "cluster.toml.prev").exists()
         cluster.start(5, reshape=True)  # resumes
-        line = cluster.wait_line("reshaped:")
+        cluster.wait_line("reshaped:")
         # Usually the killed run had not finished (the old homes retry a new node that
         # was not up yet with a backoff of >= 0.15 s, and the kill came right after the
         # last ready), so the resumed run still moves users. Whether it does depends on
         # timing and on where the six random accounts hash (about 1 run in 20 none moves
         # to n4/n5), so it is not asserted; what is asserted is that every message
         # arrives exactly once, in order, on every device, and the homes moved.
-        assert int(line.split()[2]) >= 0, line
         assert not (cluster.data / "cluster.toml.prev").exists()
         await send_round("between")
 
