@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 
 import trio
 from cli_cluster import run_cluster
+from cli_procs import Running, lines, wa
 
 from cli.client import open_client
 from cli.features.linking import link_device
@@ -17,21 +15,6 @@ from cli.session.state import open_state
 from relay.testing import open_local_cluster
 
 DEADLINE = 60
-
-
-async def wa(home, *args, check=True) -> subprocess.CompletedProcess:
-    """Run ``wa-cli --home HOME ARGS``; returns the completed process."""
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), *args],
-        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr.decode()
-    return proc
-
-
-def lines(proc: subprocess.CompletedProcess) -> list[dict]:
-    return [json.loads(line) for line in proc.stdout.decode().split("\n") if line]
 
 
 async def test_init_retried_on_a_reachable_relay_succeeds_there(tmp_path):
@@ -47,60 +30,6 @@ async def test_init_retried_on_a_reachable_relay_succeeds_there(tmp_path):
             (ident,) = lines(await wa(tmp_path / "a", "--json", "id"))
             assert (ident["name"], ident["home"], ident["user_id"]) == (
                 "alice", relay, made["user_id"])
-
-
-class Running:
-    """A ``wa-cli`` subprocess whose stdout and stderr are read line by line."""
-
-    def __init__(self, proc: trio.Process) -> None:
-        self.proc = proc
-        self._bufs = {"out": b"", "err": b""}
-        self.err = ""  # every stderr line read so far
-
-    @classmethod
-    async def start(cls, home, *args) -> Running:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cli", "--home", str(home), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        return cls(proc)
-
-    async def _line(self, which: str) -> str:
-        stream = self.proc.stdout if which == "out" else self.proc.stderr
-        while b"\n" not in self._bufs[which]:
-            chunk = await stream.receive_some()
-            assert chunk, f"the process closed its std{which}: {self.err}"
-            self._bufs[which] += chunk
-        line, self._bufs[which] = self._bufs[which].split(b"\n", 1)
-        return line.decode()
-
-    async def line(self) -> str:
-        """The next line on stdout."""
-        return await self._line("out")
-
-    async def err_line(self) -> str:
-        """The next line on stderr (also kept in :attr:`err`)."""
-        line = await self._line("err")
-        self.err += line + "\n"
-        return line
-
-    async def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
-        """Send ``sig``; returns the exit code and everything on stderr."""
-        self.proc.send_signal(sig)
-        err = self._bufs["err"]
-        while chunk := await self.proc.stderr.receive_some():
-            err += chunk
-        code = await self.proc.wait()
-        await self.proc.stdout.aclose()
-        await self.proc.stderr.aclose()
-        return code, self.err + err.decode()
-
-    async def aclose(self) -> None:
-        """Kill and reap the child, also inside an expired ``fail_after`` (shielded, with
-        its own deadline), so that no test leaves an unreaped child to the next."""
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
-            if self.proc.returncode is None:
-                self.proc.kill()
-            await self.proc.wait()
 
 
 async def test_ctrl_c_stops_recv_follow_quietly_with_exit_0(tmp_path):
