@@ -16,7 +16,7 @@ from contextlib import ExitStack
 import pytest
 import trio
 from cli_cluster import new_account, run_cluster
-from test_cli_process import lines, wa
+from cli_procs import lines, wa
 
 from cli.client import open_client
 from cli.errors import NoAnswer
