@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             args.data.mkdir(parents=True, exist_ok=True)
             return run_demo(args.data.resolve())
         with tempfile.TemporaryDirectory(prefix="wa-relay-demo-") as tmp:
-            return run_demo(Path(tmp))
+            code = run_demo(Path(tmp))
+            say(f"(removed the working directory {tmp}; keep it with: python -m demo --data DIR)")
+            return code
     except DemoError as exc:
         say(f"demo FAILED: {exc}")
         return 1

@@ -11,6 +11,8 @@ import pathlib
 
 import pytest
 
+from tests.importgraph import cycles
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("relay", "storage", "cli")
 
@@ -75,38 +77,8 @@ def _ours(deps: set[str]) -> set[str]:
 
 
 def _cycles() -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    out: list[list[str]] = []
-
-    def strong(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in _ours(GRAPH[v]):
-            if w not in index:
-                strong(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in sorted(GRAPH):
-        if v not in index:
-            strong(v)
-    return out
+    """Import cycles among our modules."""
+    return cycles({name: _ours(deps) for name, deps in GRAPH.items()})
 
 
 def _within(name: str, prefix: str) -> bool:
