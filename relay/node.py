@@ -128,8 +128,7 @@ class Node:
         self.started_at = trio.current_time()
         self.directory = Directory(storage, self.homes, config.id,
                                    max_devices=config.abuse.max_devices,
-                                   claim_limits=ClaimLimits.sized(
-                                       config.otk_claim_burst, config.key_claims_per_account))
+                                   claim_limits=ClaimLimits(config.otk_claim_burst))
         self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
                                      self.limits, log)
