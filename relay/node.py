@@ -156,6 +156,7 @@ class Node:
         self.forwarding.on_outcomes = self.metrics.forwards_done
         self.outbox.on_finished = self.metrics.outbox_finished
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
+                               max_open=config.max_mailboxes,
                                max_per_owner=config.max_mailboxes_per_ip)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,

@@ -20,6 +20,7 @@ from .schema import (
     DEFAULT_LINK_TTL,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_MAILBOXES,
     DEFAULT_MAX_MAILBOXES_PER_IP,
     DEFAULT_MAX_MEDIA_SIZE,
     DEFAULT_MAX_PENDING,
@@ -76,6 +77,8 @@ class NodeConfig:
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
+        max_mailboxes: most linking mailboxes open at once on the node; when full,
+            they are shared fairly among addresses (:mod:`relay.services.linking`).
         max_pending: most unauthenticated connections in all; the rest of
             ``max_connections`` is reserved for authenticated devices, peers and
             linking devices (the oldest pending connection is evicted for a new one).
@@ -123,6 +126,7 @@ class NodeConfig:
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
+    max_mailboxes: int = DEFAULT_MAX_MAILBOXES
     max_pending: int = DEFAULT_MAX_PENDING
     otk_claim_burst: int = DEFAULT_OTK_CLAIM_BURST
     key_file: Path | None = None
