@@ -203,6 +203,11 @@ class Linking:
             if not owned:
                 del self._owned[box.address]
 
+    @staticmethod
+    def _retry_after_ms(box: Mailbox) -> int:
+        """Milliseconds until ``box`` expires (when a place frees at the latest), >= 1."""
+        return max(1, math.ceil((box.expires_at - trio.current_time()) * 1000))
+
     def _make_room(self, address: str) -> None:
         """Withdraw the oldest mailbox of the address holding the most, if it holds
         at least two more than ``address`` (fair share of a full node).
@@ -211,15 +216,17 @@ class Linking:
             RelayError: ``rate_limited``: no address holds that many.
         """
         mine = self.open_from(address)
-        holder, boxes = max(self._owned.items(), key=lambda kv: len(kv[1]))
+        _, boxes = max(self._owned.items(), key=lambda kv: len(kv[1]))
         if len(boxes) < mine + 2:
             raise RelayError(ErrorCode.RATE_LIMITED,
-                             "too many linking mailboxes are open on this node; retry later")
+                             "too many linking mailboxes are open on this node; retry later",
+                             quota="node_mailboxes",
+                             retry_after_ms=self._retry_after_ms(next(iter(self._boxes.values()))))
         oldest = next(iter(boxes.values()))
         oldest.close()
         oldest.push(Error(id=0, code=ErrorCode.NOT_FOUND.value,
-                          message="the linking code was withdrawn (the node holds too many "
-                                  "from your address); open a new one"))
+                          message="the linking code was withdrawn (the node is full and your "
+                                  "address holds the most codes); open a new one"))
 
     def _prune(self) -> None:
         now = trio.current_time()
@@ -247,9 +254,10 @@ class Linking:
 
         Raises:
             RelayError: ``bad_request`` (empty info), ``too_large`` (info above
-                4 KiB), ``rate_limited`` (``address`` holds ``max_per_owner``
-                mailboxes, or ``max_open`` are open on the node and no address
-                holds two more than ``address``).
+                4 KiB), ``rate_limited`` (``quota`` ``address_mailboxes``: ``address``
+                holds ``max_per_owner`` mailboxes, or ``node_mailboxes``: ``max_open``
+                are open on the node and no address holds two more than ``address``;
+                ``retry_after_ms``: until the oldest of those mailboxes expires).
         """
         if not device_info:
             raise RelayError(ErrorCode.BAD_REQUEST, "device_info is empty")
@@ -257,8 +265,10 @@ class Linking:
             raise RelayError(ErrorCode.TOO_LARGE, f"device_info exceeds {MAX_DEVICE_INFO} bytes")
         self._prune()
         if self.open_from(address) >= self._max_per_owner:
+            oldest = next(iter(self._owned[address].values()))
             raise RelayError(ErrorCode.RATE_LIMITED,
-                             "too many linking mailboxes are open from your address; retry later")
+                             "too many linking mailboxes are open from your address; retry later",
+                             quota="address_mailboxes", retry_after_ms=self._retry_after_ms(oldest))
         if len(self._boxes) >= self._max_open:
             self._make_room(address)
         mailbox_id = os.urandom(SHORT_ID_SIZE if short else MAILBOX_ID_SIZE)

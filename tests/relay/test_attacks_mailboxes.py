@@ -45,6 +45,7 @@ async def test_a_crowd_of_addresses_cannot_lock_a_new_one_out_of_linking(nursery
                 await c.hello()
                 refused = await c.request(LinkOpen(id=0, device_info=b"attacker"))
                 assert isinstance(refused, Error) and refused.code == "rate_limited"
+                assert refused.quota == "address_mailboxes" and refused.retry_after_ms > 1000
             async with connect(url, local_address="127.0.0.9") as new_device:
                 await new_device.hello()
                 opened = await new_device.request(LinkOpen(id=0, device_info=b"honest"))

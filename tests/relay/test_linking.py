@@ -243,6 +243,7 @@ async def test_mailboxes_per_address_are_capped(autojump_clock) -> None:
     with pytest.raises(RelayError) as info:  # full, and nobody holds 1 + 2
         linking.open(INFO, lambda f: True, "10.0.0.2")
     assert "open on this node" in info.value.message
+    assert (info.value.quota, info.value.retry_after_ms) == ("node_mailboxes", 10_000)
     a[1].close()
     a[1].close()  # idempotent: counted once
     assert (linking.open_from("10.0.0.1"), len(linking)) == (1, 4)
