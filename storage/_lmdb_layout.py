@@ -12,7 +12,7 @@ claimed      devk | key_id                      empty (a claimed id is never reu
 fallback     devk                               len(key_id) u16 | key_id | key
 queue        devk | seq u64                     ts f64 | envelope
 devices      devk                               last_seq u64 | queue_len u64 | otk_count u64
-                                                | queue_bytes u64 | shares_counted u8
+                                                | queue_bytes u64 | shares_counted bool (1 byte)
 accounts     user_id                            queue bytes u64 of all the user's devices
 charges      charge tag                         queue bytes u64 charged to the tag
 shares       devk | charge tag                  queue bytes u64 of the tag in one queue
@@ -80,7 +80,7 @@ OUTBOX_INDEXED = b"outbox_indexed"
 
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
-_DEVREC = struct.Struct(">QQQQB")
+_DEVREC = struct.Struct(">QQQQ?")
 _DEVREC_V2 = struct.Struct(">QQQQ")
 _DEVREC_V1 = struct.Struct(">QQQ")
 _OUTBOX_HDR = struct.Struct(">IH")
@@ -208,8 +208,7 @@ class DevRec:
         if raw is None:
             return cls()
         if len(raw) == _DEVREC.size:
-            *counts, counted = _DEVREC.unpack(raw)
-            return cls(*counts, bool(counted))
+            return cls(*_DEVREC.unpack(raw))
         if len(raw) == _DEVREC_V1.size:  # older layouts kept every share: counted
             return cls(*_DEVREC_V1.unpack(raw), shares_counted=True)
         return cls(*_DEVREC_V2.unpack(raw), shares_counted=True)
