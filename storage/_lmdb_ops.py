@@ -130,16 +130,6 @@ def _encoded_tags(charges: tuple[str, ...]) -> tuple[list[bytes], bytes]:
     return tags, b"\0".join(tags)
 
 
-@functools.lru_cache(maxsize=1024)
-def _share_floor(quota: QueueQuota) -> int | None:
-    """The lowest share bound of ``quota`` (``None``: it bounds no share): a queue
-    must have its shares counted before an enqueue takes it above this."""
-    shares = quota.share_bytes
-    if shares is None or isinstance(shares, int):
-        return shares
-    return min((b for b in shares if b is not None), default=None)
-
-
 @functools.lru_cache(maxsize=4096)
 def _tag_map(charges: tuple[str, ...]) -> dict[str, bytes]:
     """Each tag of ``charges`` to its UTF-8 (memoized as :func:`_encoded_tags`; never
@@ -212,7 +202,7 @@ def enqueue(
     ``op.tags_len``: the bytes of the joined tags (for :func:`enqueue_estimate`).
     """
     tags, packed_tags = _encoded_tags(charges)
-    floor = _share_floor(quota) if tags and quota is not None else None
+    floor = quota.share_floor if tags and quota is not None else None
 
     def op(txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
