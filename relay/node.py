@@ -128,8 +128,7 @@ class Node:
         self.started_at = trio.current_time()
         self.directory = Directory(storage, self.homes, config.id,
                                    max_devices=config.abuse.max_devices,
-                                   claim_limits=ClaimLimits.sized(
-                                       config.otk_claim_burst, config.key_claims_per_account))
+                                   claim_limits=ClaimLimits(config.otk_claim_burst))
         self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
                                      self.limits, log)
@@ -157,6 +156,7 @@ class Node:
         self.forwarding.on_outcomes = self.metrics.forwards_done
         self.outbox.on_finished = self.metrics.outbox_finished
         self.linking = Linking(config.id, self.ring, self.federation, ttl=config.link_ttl,
+                               max_open=config.max_mailboxes,
                                max_per_owner=config.max_mailboxes_per_ip)
         self.media = MediaService(config.id, self.ring, storage, self.federation, log,
                                   quota=config.media_quota, ttl=config.media_ttl,

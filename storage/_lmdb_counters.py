@@ -5,7 +5,8 @@ bytes) and the byte counters ``accounts``, ``charges`` and ``shares`` (layout:
 :mod:`storage._lmdb_layout`). In a group-commit batch the same few records are hit
 again and again (16 senders and 16 receivers share a batch of 64 messages), so the
 ops of a batch update them in a :class:`Counters` and the committer writes each
-changed record once, with :meth:`Counters.flush` before the commit. The counts stay
+changed record once, with :meth:`Counters.flush` before the commit. ``shares`` are
+counted only for queues whose record says so (:meth:`Counters.count_shares`). The counts stay
 exact: reads see every update of the earlier ops of the batch, the counters are
 flushed before any op that reads or writes these records in the transaction itself
 (an op without a ``counters`` attribute), and an aborted transaction discards them.
@@ -83,16 +84,41 @@ class Counters:
         cell = self._cell(self._shares, self.dbs.shares, devk_tag)
         cell[1] = max(0, cell[1] + delta)
 
-    def add_tags(self, devk: bytes, tags: list[bytes], delta: int) -> None:
-        """:meth:`add_charge` and :meth:`add_share` (in ``devk``'s queue) of ``delta``
-        for each of ``tags`` (the hot path of one copy)."""
-        charges, shares, cell_of = self._charges, self._shares, self._cell
+    def add_tags(self, devk: bytes, tags: list[bytes], delta: int, shares: bool) -> None:
+        """:meth:`add_charge` of ``delta`` for each of ``tags`` and, if ``shares`` (the
+        queue's shares are counted), :meth:`add_share` in ``devk``'s queue too (the
+        hot path of one copy)."""
+        charges, cell_of = self._charges, self._cell
         for tag in tags:
             cell = charges.get(tag) or cell_of(charges, self.dbs.charges, tag)
             cell[1] = max(0, cell[1] + delta)
-            key = devk + tag
-            cell = shares.get(key) or cell_of(shares, self.dbs.shares, key)
-            cell[1] = max(0, cell[1] + delta)
+        if shares:
+            for tag in tags:
+                self.add_share(devk + tag, delta)
+
+    def count_shares(self, devk: bytes) -> None:
+        """Start counting the shares of ``devk``'s queue: set each (device, tag) count
+        from the tags of the items queued now, any older count of the queue zeroed,
+        and mark the record ``shares_counted`` (no-op if it is). One pass over the
+        queue's items (see :mod:`storage._lmdb_layout`)."""
+        rec = self.dev(devk)
+        if rec.shares_counted:
+            return
+        shares = self._shares
+        with self.txn.cursor(db=self.dbs.shares) as cur:  # stale counts, if any
+            cur.set_range(devk)
+            while (key := cur.key()) and key.startswith(devk):
+                self._cell(shares, self.dbs.shares, key)
+                if not cur.next():
+                    break
+        for key, cell in shares.items():
+            if key.startswith(devk):
+                cell[1] = 0
+        for n, tags in L.queue_tags(self.txn, self.dbs, devk):
+            if tags:
+                for tag in tags.split(b"\0"):
+                    self.add_share(devk + tag, n)
+        rec.shares_counted = True
 
     def flush(self) -> None:
         """Write every changed record into the transaction and empty the cache.

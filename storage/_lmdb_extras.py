@@ -60,8 +60,13 @@ class LmdbExtrasMixin:
         raw = tag.encode()
         if user_id is None or device_id is None:
             return await self._reading(lambda txn: L.get_u64(txn, self._dbs.charges, raw))
-        key = L.dev_key(check_user_id(user_id), check_device_id(device_id)) + raw
-        return await self._reading(lambda txn: L.get_u64(txn, self._dbs.shares, key))
+        devk = L.dev_key(check_user_id(user_id), check_device_id(device_id))
+
+        def share(txn: lmdb.Transaction) -> int:
+            if L.DevRec.load(txn, self._dbs, devk).shares_counted:
+                return L.get_u64(txn, self._dbs.shares, devk + raw)
+            return L.share_of_queue(txn, self._dbs, devk, raw)
+        return await self._reading(share)
 
     async def add_correspondents(self, user_id: str, others: list[str]) -> None:
         """See :meth:`storage.base.Storage.add_correspondents`. Pairs already stored

@@ -100,6 +100,7 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
         while (key := cur.key()) and key.startswith(prefix):
             cur.delete()
     freed = Freed()
+    counted: set[bytes] = set()
     for d in _user_devices(txn, dbs, user):
         devk = L.dev_key(user, d)
         with txn.cursor(db=dbs.queue) as cur:
@@ -116,13 +117,16 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
                     cur.delete()
         txn.delete(devk, db=dbs.fallback)
         rec = L.DevRec.load(txn, dbs, devk)
+        if rec.shares_counted:
+            counted.add(devk)
         if rec.last_seq:
             rec.queue_len = rec.otk_count = rec.queue_bytes = 0
+            rec.shares_counted = False
             rec.store(txn, dbs, devk)
         else:
             txn.delete(devk, db=dbs.devices)
     counters = Counters(txn, dbs)
-    freed.apply_totals(counters)  # the user's account total and its senders' charges
+    freed.apply_totals(counters, counted)  # the user's account total and its senders' charges
     counters.flush()
     return gone
 
@@ -177,7 +181,8 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
                     if tags:  # the replaced copy's bytes leave its charges
                         for tag in tags.split(b"\0"):
                             L.add_u64(txn, dbs.charges, tag, -(len(old) - 8))
-                            L.add_u64(txn, dbs.shares, devk + tag, -(len(old) - 8))
+                            if rec(r.device_id).shares_counted:
+                                L.add_u64(txn, dbs.shares, devk + tag, -(len(old) - 8))
                 else:
                     rec(r.device_id).queue_len += 1
                 rec(r.device_id).queue_bytes = max(0, rec(r.device_id).queue_bytes + grown)

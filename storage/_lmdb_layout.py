@@ -12,10 +12,11 @@ claimed      devk | key_id                      empty (a claimed id is never reu
 fallback     devk                               len(key_id) u16 | key_id | key
 queue        devk | seq u64                     ts f64 | envelope
 devices      devk                               last_seq u64 | queue_len u64 | otk_count u64
-                                                | queue_bytes u64
+                                                | queue_bytes u64 | shares_counted bool (1 byte)
 accounts     user_id                            queue bytes u64 of all the user's devices
 charges      charge tag                         queue bytes u64 charged to the tag
 shares       devk | charge tag                  queue bytes u64 of the tag in one queue
+                                                (kept only while ``shares_counted``)
 qcharge      queue key (stores written before   the item's charge tags (moved into
              tags moved into ``expiry``)        ``expiry`` at open; empty after it)
 correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
@@ -43,6 +44,15 @@ write each once (:mod:`storage._lmdb_counters`). An item's charge tags are the v
 of its ``expiry`` entry, which every deletion of the item removes anyway; a store
 that kept them in ``qcharge`` has them moved there at open.
 
+``shares`` are kept per device queue only while the queue's record says
+``shares_counted``: a queue starts uncounted, is counted once (a scan of its items'
+tags, :meth:`storage._lmdb_counters.Counters.count_shares`) when an enqueue with a share bound would take it above
+the lowest of those bounds (the only time the quota check reads a share), and goes
+back to uncounted when it is empty (every share is 0 then). Online devices keep
+their queues nearly empty, so their messages update no ``shares`` record at all;
+a scan costs one pass over a queue that grew by at least the share bound since it
+was last empty. A record written before this flag existed reads as counted.
+
 ``devices.last_seq`` survives acks and purges, so seqs are never reused;
 ``meta.outbox_last`` does the same for outbox ids. ``ts_key`` encodes a float so
 that byte order is numeric order (also for negative values).
@@ -51,6 +61,7 @@ that byte order is numeric order (also for negative values).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lmdb
@@ -69,7 +80,8 @@ OUTBOX_INDEXED = b"outbox_indexed"
 
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
-_DEVREC = struct.Struct(">QQQQ")
+_DEVREC = struct.Struct(">QQQQ?")
+_DEVREC_V2 = struct.Struct(">QQQQ")
 _DEVREC_V1 = struct.Struct(">QQQ")
 _OUTBOX_HDR = struct.Struct(">IH")
 _FB_HDR = struct.Struct(">H")
@@ -182,6 +194,7 @@ class DevRec:
     queue_len: int = 0
     otk_count: int = 0
     queue_bytes: int = 0
+    shares_counted: bool = False
 
     @classmethod
     def load(cls, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> DevRec:
@@ -194,13 +207,16 @@ class DevRec:
         """The record stored as ``raw`` (zeros for ``None``)."""
         if raw is None:
             return cls()
-        if len(raw) == _DEVREC_V1.size:
-            return cls(*_DEVREC_V1.unpack(raw))
-        return cls(*_DEVREC.unpack(raw))
+        if len(raw) == _DEVREC.size:
+            return cls(*_DEVREC.unpack(raw))
+        if len(raw) == _DEVREC_V1.size:  # older layouts kept every share: counted
+            return cls(*_DEVREC_V1.unpack(raw), shares_counted=True)
+        return cls(*_DEVREC_V2.unpack(raw), shares_counted=True)
 
     def pack(self) -> bytes:
-        """The stored form of the record (32 bytes)."""
-        return _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count, self.queue_bytes)
+        """The stored form of the record (33 bytes)."""
+        return _DEVREC.pack(self.last_seq, self.queue_len, self.otk_count, self.queue_bytes,
+                            self.shares_counted)
 
     def store(self, txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> None:
         """Write the record (write transaction only)."""
@@ -246,6 +262,26 @@ def count_queue_bytes(txn: lmdb.Transaction, dbs: Dbs) -> None:
         per_user[user_of(devk)] = per_user.get(user_of(devk), 0) + n
     for user, n in per_user.items():
         txn.put(user, pack_u64(n), db=dbs.accounts)
+
+
+def queue_tags(txn: lmdb.Transaction, dbs: Dbs, devk: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(envelope bytes, NUL-joined charge tags)`` of every item queued for ``devk``
+    (tags ``b""``: none), in seq order."""
+    with txn.cursor(db=dbs.queue) as cur:
+        cur.set_range(devk)
+        # cur.key() is b"" once the cursor runs off the end (our keys are never empty).
+        while (key := cur.key()) and len(key) == len(devk) + 8 and key.startswith(devk):
+            value = cur.value()
+            tags = txn.get(ts_key(unpack_f64(value)) + b"q" + key, db=dbs.expiry)
+            yield len(value) - 8, tags or b""
+            if not cur.next():
+                break
+
+
+def share_of_queue(txn: lmdb.Transaction, dbs: Dbs, devk: bytes, tag: bytes) -> int:
+    """Queue bytes of ``tag`` in one device queue, counted from its items (for a
+    queue whose shares are not counted)."""
+    return sum(n for n, tags in queue_tags(txn, dbs, devk) if tag in tags.split(b"\0"))
 
 
 def move_charge_tags(txn: lmdb.Transaction, dbs: Dbs) -> None:

@@ -14,7 +14,7 @@ two-phase shape so that a domain error cannot leave half an op in the batch:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import lmdb
@@ -130,6 +130,13 @@ def _encoded_tags(charges: tuple[str, ...]) -> tuple[list[bytes], bytes]:
     return tags, b"\0".join(tags)
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag_map(charges: tuple[str, ...]) -> dict[str, bytes]:
+    """Each tag of ``charges`` to its UTF-8 (memoized as :func:`_encoded_tags`; never
+    changed by its users)."""
+    return dict(zip(charges, _encoded_tags(charges)[0], strict=True))
+
+
 class _TxnUsage:
     """The byte counts of :mod:`storage._quota`, read from the batch's
     :class:`~storage._lmdb_counters.Counters` (so they include the earlier ops of
@@ -153,6 +160,28 @@ class _TxnUsage:
         return self.c.share(L.dev_key(user_id.encode(), device_id) + tag.encode())
 
 
+class _OneUsage:
+    """:class:`_TxnUsage` of a request of one copy, for queue ``devk``: no encoding."""
+
+    __slots__ = ("c", "devk", "rec", "tags")
+
+    def __init__(self, counters: Counters, devk: bytes, rec: L.DevRec,
+                 tags: dict[str, bytes]) -> None:
+        self.c, self.devk, self.rec, self.tags = counters, devk, rec, tags
+
+    def device(self, user_id: str, device_id: int) -> int:
+        return self.rec.queue_bytes
+
+    def account(self, user_id: str) -> int:
+        return self.c.account(L.user_of(self.devk))
+
+    def charge(self, tag: str) -> int:
+        return self.c.charge(self.tags[tag])
+
+    def share(self, user_id: str, device_id: int, tag: str) -> int:
+        return self.c.share(self.devk + self.tags[tag])
+
+
 def enqueue(
     items: list[tuple[bytes, bytes]], dedupe: bytes | None, max_queue: int | None, ts: float,
     charges: tuple[str, ...] = (), quota: QueueQuota | None = None,
@@ -164,13 +193,16 @@ def enqueue(
 
     The op is ``(txn, dbs, counters=None) -> seqs``: with the batch's
     :class:`~storage._lmdb_counters.Counters` it updates the counters there (the
-    committer flushes them), without it in the transaction.
+    committer flushes them), without it in the transaction. A queue this request
+    would take above the quota's lowest share bound has its shares counted first
+    (:meth:`~storage._lmdb_counters.Counters.count_shares`).
 
     ``chain``: the request's chain keys (:mod:`storage._chains`), kept on the op as
     ``op.chain`` for the committer, which skips the op after a refusal on one of them;
     ``op.tags_len``: the bytes of the joined tags (for :func:`enqueue_estimate`).
     """
     tags, packed_tags = _encoded_tags(charges)
+    floor = quota.share_floor if tags and quota is not None else None
 
     def op(txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> list[int] | None:
         if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
@@ -186,7 +218,21 @@ def enqueue(
                     raise QueueFull(f"a device queue would exceed {max_queue} envelopes")
         if quota is not None:
             assert sizes is not None, "a quota needs the sizes"
-            check_quota(sizes, charges, quota, _TxnUsage(c))
+            if len(items) == 1:
+                devk = items[0][0]
+                rec = recs[devk]
+                if (floor is not None and not rec.shares_counted
+                        and rec.queue_bytes + sizes[0][2] > floor):
+                    c.count_shares(devk)  # before the check reads a share
+                usage: _TxnUsage | _OneUsage = _OneUsage(c, devk, rec, _tag_map(charges))
+            else:
+                if floor is not None:
+                    added = sum(n for _, _, n in sizes)
+                    for devk, rec in recs.items():
+                        if not rec.shares_counted and rec.queue_bytes + added > floor:
+                            c.count_shares(devk)
+                usage = _TxnUsage(c)
+            check_quota(sizes, charges, quota, usage)
         tsk, tsv = L.ts_key(ts), L.pack_f64(ts)
         seqs: list[int] = []
         per_dev: dict[bytes, int] = {}
@@ -205,7 +251,7 @@ def enqueue(
             c.add_account(L.user_of(devk), n)
         if tags:
             for devk, n in per_dev.items():
-                c.add_tags(devk, tags, n)
+                c.add_tags(devk, tags, n, recs[devk].shares_counted)
         if dedupe is not None:
             txn.put(dedupe, tsv, db=dbs.dedupe)
             txn.put(tsk + b"d" + dedupe, b"", db=dbs.expiry)
@@ -239,21 +285,28 @@ class Freed:
             self.by_tag[key] = self.by_tag.get(key, 0) + n
 
     def apply(self, c: Counters) -> int:
-        """Update the device records, ``accounts``, ``charges`` and ``shares``;
-        return the items deleted."""
+        """Update the device records, ``accounts``, ``charges`` and ``shares`` (of
+        the queues whose shares are counted; a queue left empty is counted no
+        more); return the items deleted."""
+        counted = set()
         for devk, k in self.items.items():
             rec = c.dev(devk)
+            if rec.shares_counted:
+                counted.add(devk)
             rec.queue_len -= k
             rec.queue_bytes = max(0, rec.queue_bytes - self.by_dev[devk])
-        self.apply_totals(c)
+            if rec.queue_len <= 0:
+                rec.shares_counted = False
+        self.apply_totals(c, counted)
         return sum(self.items.values())
 
-    def apply_totals(self, c: Counters) -> None:
-        """Update ``accounts``, ``charges`` and ``shares`` (not the device records)."""
+    def apply_totals(self, c: Counters, counted: Container[bytes]) -> None:
+        """Update ``accounts``, ``charges`` and the ``shares`` of the queues in
+        ``counted`` (not the device records)."""
         for devk, n in self.by_dev.items():
             c.add_account(L.user_of(devk), -n)
         for (devk, tags), n in self.by_tag.items():
-            c.add_tags(devk, tags.split(b"\0"), -n)
+            c.add_tags(devk, tags.split(b"\0"), -n, devk in counted)
 
 
 class Deletion:

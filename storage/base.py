@@ -34,7 +34,7 @@ Contract for every backend (checked by :mod:`storage.testing`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .errors import StorageError
@@ -79,6 +79,8 @@ class QueueQuota:
             one device queue (one bound, or a tuple as for ``charge_bytes``).
         share_exempt: users whose queues ``share_bytes`` does not bound (e.g. the
             sender's own account, accounts that wrote to the sender).
+        share_floor: the lowest of ``share_bytes`` (``None``: no share bound), set
+            at construction (a backend may keep share counts only for queues above it).
     """
 
     device_bytes: int | None = None
@@ -86,6 +88,13 @@ class QueueQuota:
     charge_bytes: int | tuple[int | None, ...] | None = None
     share_bytes: int | tuple[int | None, ...] | None = None
     share_exempt: frozenset[str] = frozenset()
+    share_floor: int | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shares = self.share_bytes
+        floor = (shares if shares is None or isinstance(shares, int)
+                 else min((b for b in shares if b is not None), default=None))
+        object.__setattr__(self, "share_floor", floor)
 
 
 @dataclass(frozen=True, slots=True)

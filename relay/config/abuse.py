@@ -39,6 +39,8 @@ DEFAULT_ABUSE: dict[str, Any] = {
     "send_bytes_burst": 64.0 * MiB,
     "claim_keys_rate": 20.0,
     "claim_keys_burst": 400.0,
+    "get_devices_rate": 10.0,
+    "get_devices_burst": 500.0,
     "upload_keys_rate": 1.0,
     "upload_keys_burst": 30.0,
     "put_devices_rate": 0.2,
@@ -55,8 +57,8 @@ DEFAULT_ABUSE: dict[str, Any] = {
 }
 """Every abuse setting and its default (the schema's defaults come from here)."""
 
-RATE_ACTIONS = ("send", "send_bytes", "claim_keys", "upload_keys", "put_devices", "link_open",
-                "media_upload", "account_create", "peer_forward")
+RATE_ACTIONS = ("send", "send_bytes", "claim_keys", "get_devices", "upload_keys",
+                "put_devices", "link_open", "media_upload", "account_create", "peer_forward")
 """The token-bucket actions, each with a ``<action>_rate`` and ``<action>_burst`` setting."""
 ADDRESS_ACTIONS = ("link_open", "account_create")
 """Actions counted per source address only: their settings are the address's buckets
@@ -89,7 +91,7 @@ class AbuseLimits:
         <action>_rate, <action>_burst: token buckets (tokens per second, most tokens)
             per account; ``send`` counts copies, ``send_bytes`` and ``media_upload``
             bytes, ``claim_keys`` keys, ``peer_forward`` copies per peer node, the
-            others requests; ``link_open`` and ``account_create`` are per address.
+            others (``get_devices``, ``upload_keys``, ``put_devices``...) requests; ``link_open`` and ``account_create`` are per address.
         address_rate_factor: a source address (IPv4, or IPv6 /64) gets this many
             times an account's buckets.
     """
@@ -114,6 +116,8 @@ class AbuseLimits:
     send_bytes_burst: float = DEFAULT_ABUSE["send_bytes_burst"]
     claim_keys_rate: float = DEFAULT_ABUSE["claim_keys_rate"]
     claim_keys_burst: float = DEFAULT_ABUSE["claim_keys_burst"]
+    get_devices_rate: float = DEFAULT_ABUSE["get_devices_rate"]
+    get_devices_burst: float = DEFAULT_ABUSE["get_devices_burst"]
     upload_keys_rate: float = DEFAULT_ABUSE["upload_keys_rate"]
     upload_keys_burst: float = DEFAULT_ABUSE["upload_keys_burst"]
     put_devices_rate: float = DEFAULT_ABUSE["put_devices_rate"]

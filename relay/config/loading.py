@@ -385,8 +385,9 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
+        max_mailboxes=f.max_mailboxes,
         max_pending=f.max_pending,
-        otk_claim_burst=f.otk_claim_burst, key_claims_per_account=f.key_claims_per_account,
+        otk_claim_burst=f.otk_claim_burst,
         key_file=key_path, previous_cluster=previous, abuse=AbuseLimits.from_settings(f),
         tls_cert=tls_cert, tls_key=tls_key, allow_plain=f.allow_plain, cluster_doc=cluster_doc,
     )

@@ -17,10 +17,10 @@ from .schema import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_KEY_CLAIMS_PER_ACCOUNT,
     DEFAULT_LINK_TTL,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_MAILBOXES,
     DEFAULT_MAX_MAILBOXES_PER_IP,
     DEFAULT_MAX_MEDIA_SIZE,
     DEFAULT_MAX_PENDING,
@@ -77,14 +77,15 @@ class NodeConfig:
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
+        max_mailboxes: most linking mailboxes open at once on the node; when full,
+            they are shared fairly among addresses (:mod:`relay.services.linking`).
         max_pending: most unauthenticated connections in all; the rest of
             ``max_connections`` is reserved for authenticated devices, peers and
             linking devices (the oldest pending connection is evicted for a new one).
         otk_claim_burst: one-time keys one device hands out in a burst; then one
             per ``600 / otk_claim_burst`` seconds; claims beyond get its fallback key
-            (:mod:`relay.services.claim_limits`).
-        key_claims_per_account: devices one account may claim keys for in a burst;
-            then ``key_claims_per_account / 100`` a second; beyond: ``rate_limited``.
+            (:mod:`relay.services.claim_limits`). Claimers are limited by the
+            ``claim_keys`` bucket of ``abuse`` only.
         key_file: where the signing key was read from (``None`` if not from a file).
         previous_cluster: the nodes before an unfinished reshape (``<cluster>.prev``;
             ``()`` if none): users are handed off from their old homes to the new ones
@@ -125,9 +126,9 @@ class NodeConfig:
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
+    max_mailboxes: int = DEFAULT_MAX_MAILBOXES
     max_pending: int = DEFAULT_MAX_PENDING
     otk_claim_burst: int = DEFAULT_OTK_CLAIM_BURST
-    key_claims_per_account: int = DEFAULT_KEY_CLAIMS_PER_ACCOUNT
     key_file: Path | None = None
     previous_cluster: tuple[NodeInfo, ...] = ()
     abuse: AbuseLimits = AbuseLimits()

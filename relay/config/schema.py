@@ -43,9 +43,9 @@ DEFAULT_KEEPALIVE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_MAILBOXES_PER_IP = 8
+DEFAULT_MAX_MAILBOXES = 1000
 DEFAULT_MAX_PENDING = 5_000
 DEFAULT_OTK_CLAIM_BURST = 30
-DEFAULT_KEY_CLAIMS_PER_ACCOUNT = 1000
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 DEFAULT_SHUTDOWN_GRACE = 10.0
 
@@ -92,6 +92,7 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     max_pending_per_ip: Count = DEFAULT_MAX_PENDING_PER_IP
     max_connections: Count = DEFAULT_MAX_CONNECTIONS
     max_mailboxes_per_ip: Count = DEFAULT_MAX_MAILBOXES_PER_IP
+    max_mailboxes: Count = DEFAULT_MAX_MAILBOXES
     max_pending: Count = DEFAULT_MAX_PENDING
     # abuse limits (relay.config.abuse; docs/operations.md, "Abuse limits")
     queue_device_bytes: Count = _A["queue_device_bytes"]
@@ -114,6 +115,8 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     send_bytes_burst: Rate = _A["send_bytes_burst"]
     claim_keys_rate: Rate = _A["claim_keys_rate"]
     claim_keys_burst: Rate = _A["claim_keys_burst"]
+    get_devices_rate: Rate = _A["get_devices_rate"]
+    get_devices_burst: Rate = _A["get_devices_burst"]
     upload_keys_rate: Rate = _A["upload_keys_rate"]
     upload_keys_burst: Rate = _A["upload_keys_burst"]
     put_devices_rate: Rate = _A["put_devices_rate"]
@@ -128,7 +131,6 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     peer_forward_burst: Rate = _A["peer_forward_burst"]
     address_rate_factor: Annotated[float, Meta(ge=1)] = _A["address_rate_factor"]
     otk_claim_burst: Count = DEFAULT_OTK_CLAIM_BURST
-    key_claims_per_account: Count = DEFAULT_KEY_CLAIMS_PER_ACCOUNT
     tls_cert: str = ""
     tls_key: str = ""
     allow_plain: bool = False

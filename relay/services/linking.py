@@ -18,9 +18,16 @@ mailbox is gone when the first of these happens: ``link_complete`` succeeded
 ``ttl`` seconds passed (``trio.current_time()``, so a ``MockClock`` drives it).
 An unknown, used or expired mailbox answers ``not_found`` and nothing changes.
 At most ``max_per_owner`` mailboxes are open per remote address (its
-:func:`relay.net.admission.address_key`), so one address cannot exhaust the node,
-and at most ``max_open`` per node, the last resort; beyond either ``link_open``
-answers ``rate_limited``.
+:func:`relay.net.admission.address_key`: an IPv4 address or an IPv6 /64), and at
+most ``max_open`` per node. When the node is full, the node's mailboxes are
+shared fairly among addresses: a ``link_open`` from an address holding ``k``
+mailboxes withdraws the oldest mailbox of the address holding the most, if that
+address holds at least ``k + 2`` (its device gets ``error not_found``, id 0, and
+opens again); otherwise it answers ``rate_limited``. So no set of addresses can
+keep a new address from linking unless each of them holds at most one mailbox
+(``max_open`` addresses: 1,000 by default), and the per-address cap alone no
+longer decides how few addresses fill the node. Finding the holder is a scan of
+the addresses (at most ``max_open``), done only when the node is full.
 """
 
 from __future__ import annotations
@@ -158,7 +165,7 @@ class Linking:
         ring: the cluster (to tell a known node id from a wrong code).
         federation: peer links, for mailboxes on other nodes.
         ttl: seconds a mailbox lives at most.
-        max_open: most open mailboxes on this node.
+        max_open: most open mailboxes on this node (then shared fairly, see above).
         max_per_owner: most open mailboxes per remote address.
         peer_timeout: seconds a forwarded request may take.
     """
@@ -174,7 +181,7 @@ class Linking:
         self.ttl = ttl
         self._max_open = max_open
         self._max_per_owner = max_per_owner
-        self._per_owner: dict[str, int] = {}  # address -> open mailboxes
+        self._owned: dict[str, dict[bytes, Mailbox]] = {}  # address -> its mailboxes, oldest first
         self._peer_timeout = peer_timeout
         self._boxes: dict[bytes, Mailbox] = {}  # insertion order = expiry order (fixed ttl)
 
@@ -186,16 +193,40 @@ class Linking:
 
     def open_from(self, address: str) -> int:
         """How many mailboxes remote address ``address`` holds open."""
-        return self._per_owner.get(address, 0)
+        return len(self._owned.get(address, ()))
 
     def _forget(self, box: Mailbox) -> None:
         if self._boxes.get(box.mailbox_id) is box:
             del self._boxes[box.mailbox_id]
-            left = self._per_owner[box.address] - 1
-            if left:
-                self._per_owner[box.address] = left
-            else:
-                del self._per_owner[box.address]
+            owned = self._owned[box.address]
+            del owned[box.mailbox_id]
+            if not owned:
+                del self._owned[box.address]
+
+    @staticmethod
+    def _retry_after_ms(box: Mailbox) -> int:
+        """Milliseconds until ``box`` expires (when a place frees at the latest), >= 1."""
+        return max(1, math.ceil((box.expires_at - trio.current_time()) * 1000))
+
+    def _make_room(self, address: str) -> None:
+        """Withdraw the oldest mailbox of the address holding the most, if it holds
+        at least two more than ``address`` (fair share of a full node).
+
+        Raises:
+            RelayError: ``rate_limited``: no address holds that many.
+        """
+        mine = self.open_from(address)
+        _, boxes = max(self._owned.items(), key=lambda kv: len(kv[1]))
+        if len(boxes) < mine + 2:
+            raise RelayError(ErrorCode.RATE_LIMITED,
+                             "too many linking mailboxes are open on this node; retry later",
+                             quota="node_mailboxes",
+                             retry_after_ms=self._retry_after_ms(next(iter(self._boxes.values()))))
+        oldest = next(iter(boxes.values()))
+        oldest.close()
+        oldest.push(Error(id=0, code=ErrorCode.NOT_FOUND.value,
+                          message="the linking code was withdrawn (the node is full and your "
+                                  "address holds the most codes); open a new one"))
 
     def _prune(self) -> None:
         now = trio.current_time()
@@ -223,26 +254,29 @@ class Linking:
 
         Raises:
             RelayError: ``bad_request`` (empty info), ``too_large`` (info above
-                4 KiB), ``rate_limited`` (``address`` holds ``max_per_owner``
-                mailboxes, or ``max_open`` are open on the node).
+                4 KiB), ``rate_limited`` (``quota`` ``address_mailboxes``: ``address``
+                holds ``max_per_owner`` mailboxes, or ``node_mailboxes``: ``max_open``
+                are open on the node and no address holds two more than ``address``;
+                ``retry_after_ms``: until the oldest of those mailboxes expires).
         """
         if not device_info:
             raise RelayError(ErrorCode.BAD_REQUEST, "device_info is empty")
         if len(device_info) > MAX_DEVICE_INFO:
             raise RelayError(ErrorCode.TOO_LARGE, f"device_info exceeds {MAX_DEVICE_INFO} bytes")
         self._prune()
-        if self._per_owner.get(address, 0) >= self._max_per_owner:
+        if self.open_from(address) >= self._max_per_owner:
+            oldest = next(iter(self._owned[address].values()))
             raise RelayError(ErrorCode.RATE_LIMITED,
-                             "too many linking mailboxes are open from your address; retry later")
+                             "too many linking mailboxes are open from your address; retry later",
+                             quota="address_mailboxes", retry_after_ms=self._retry_after_ms(oldest))
         if len(self._boxes) >= self._max_open:
-            raise RelayError(ErrorCode.RATE_LIMITED,
-                             "too many linking mailboxes are open on this node; retry later")
+            self._make_room(address)
         mailbox_id = os.urandom(SHORT_ID_SIZE if short else MAILBOX_ID_SIZE)
         while mailbox_id in self._boxes:  # short ids: at most max_open of 65536 are taken
             mailbox_id = os.urandom(len(mailbox_id))
         box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl, address)
         self._boxes[mailbox_id] = box
-        self._per_owner[address] = self._per_owner.get(address, 0) + 1
+        self._owned.setdefault(address, {})[mailbox_id] = box
         opened = LinkOpened(id=0, mailbox_id=mailbox_id, node_id=self._node_id,
                             expires_in=max(1, math.ceil(self.ttl)))
         return box, opened

@@ -87,19 +87,15 @@ async def get_devices(
     return Devices(id=frame.id, device_list=signed)
 
 
-async def claim_keys(node: Node, frame: ClaimKeys, *, from_peer: bool,
-                     claimer: str | None = None) -> Claimed:
+async def claim_keys(node: Node, frame: ClaimKeys, *, from_peer: bool) -> Claimed:
     """Serve ``claim_keys``; the home pushes ``key_count`` to devices running low.
-
-    ``claimer`` (the connected device's user) is charged one claim per device asked
-    for, at the node it is connected to (:mod:`relay.services.claim_limits`).
+    (The claimer's ``claim_keys`` bucket is taken by the handler of the node it is
+    connected to; a device's one-time-key budget applies at its home:
+    :mod:`relay.services.claim_limits`.)
 
     Raises:
-        RelayError: ``rate_limited`` (the claimer's budget is spent); see
-            :func:`ask_home` and :meth:`Directory.claim_keys`.
+        RelayError: see :func:`ask_home` and :meth:`Directory.claim_keys`.
     """
-    if claimer is not None:
-        node.directory.claim_limits.charge_claimer(claimer, len(frame.device_ids))
     answer = await ask_home(node, frame, frame.user_id, Claimed, from_peer=from_peer)
     if answer is not None:
         return answer

@@ -10,9 +10,11 @@ requests wait out). A refusal says how long until the request would pass.
 
 Pure bookkeeping: the caller passes the time (``trio.current_time()``, so tests
 can use an autojump clock); no I/O, no Trio, no global state. Memory is bounded:
-when more than ``max_keys`` keys are held, buckets that have refilled completely
-are forgotten (they are indistinguishable from new ones), and if that is not
-enough, the oldest are.
+the buckets are kept in least-recently-taken order, and a new key beyond
+``max_keys`` forgets the least recently taken one (one bucket per new key:
+amortised O(1), never a scan of the table). That bucket has almost always refilled
+completely (then it is indistinguishable from a new one); :attr:`TokenBuckets.forgiven`
+counts those that had not (a debt forgotten: the table is too small for the load).
 
 Why not the ``limits`` package: its in-memory storage expires keys with a
 background timer thread and counts windows, not tokens with a debt; the dozen
@@ -22,6 +24,7 @@ lines here are the whole algorithm and follow Trio's clock.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 DEFAULT_MAX_KEYS = 100_000
@@ -45,7 +48,13 @@ class TokenBuckets:
     Args:
         rate: tokens gained per second (> 0).
         burst: most tokens a bucket holds (> 0); a new key starts full.
-        max_keys: keys kept before full buckets are forgotten.
+        max_keys: most keys kept; a new key beyond forgets the least recently
+            taken one.
+
+    Attributes:
+        evicted: buckets forgotten to make room (each new key beyond ``max_keys``
+            forgets exactly one).
+        forgiven: of those, buckets that had not refilled completely.
 
     Raises:
         ValueError: ``rate`` or ``burst`` not positive.
@@ -57,10 +66,17 @@ class TokenBuckets:
         self.rate = float(rate)
         self.burst = float(burst)
         self._max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        # key -> (tokens, at), least recently taken first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.evicted = 0
+        self.forgiven = 0
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a bucket is held for ``key`` (else it would start full)."""
+        return key in self._buckets
 
     def level(self, key: str, now: float) -> float:
         """The tokens ``key`` holds at ``now`` (negative: a debt)."""
@@ -81,13 +97,12 @@ class TokenBuckets:
         ``None`` (taken) or the :class:`Limited` refusal (nothing taken)."""
         refused = self.check(key, cost, now)
         if refused is None:
-            self._buckets[key] = (self.level(key, now) - cost, now)
-            if len(self._buckets) > self._max_keys:
-                self._prune(now)
+            buckets = self._buckets
+            buckets[key] = (self.level(key, now) - cost, now)
+            buckets.move_to_end(key)
+            if len(buckets) > self._max_keys:
+                _, (tokens, at) = buckets.popitem(last=False)
+                self.evicted += 1
+                if tokens + (now - at) * self.rate < self.burst:
+                    self.forgiven += 1
         return refused
-
-    def _prune(self, now: float) -> None:
-        self._buckets = {k: v for k, v in self._buckets.items()
-                         if v[0] + (now - v[1]) * self.rate < self.burst}
-        while len(self._buckets) > self._max_keys:
-            del self._buckets[next(iter(self._buckets))]

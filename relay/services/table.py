@@ -73,6 +73,8 @@ def directory_table(node: Node) -> Table:
 
     async def get_devices(caller: Caller, frame: Frame) -> Frame:
         assert isinstance(frame, GetDevices)
+        if not caller.is_peer:  # the asking device's node counts it (no double count)
+            node.rates.take("get_devices", account=caller.user_id, address=caller.address)
         return await lookups.get_devices(node, frame, user_id=caller.user_id,
                                          peer_id=caller.peer_id)
 
@@ -89,8 +91,7 @@ def directory_table(node: Node) -> Table:
         if not caller.is_peer:  # the asking device's home counts it (no double count)
             node.rates.take("claim_keys", max(1, len(frame.device_ids)),
                             account=caller.user_id, address=caller.address)
-        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer,
-                                        claimer=caller.user_id)
+        return await lookups.claim_keys(node, frame, from_peer=caller.is_peer)
 
     return {PutDevices: put_devices, GetDevices: get_devices, UploadKeys: upload_keys,
             ClaimKeys: claim_keys}

@@ -17,6 +17,7 @@ from cli_cluster import alice_and_bob, drain, make_account, run_cluster
 from cli.client import Message, open_client
 from cli.errors import RelayError, SendFailed
 from cli.session import prekeys
+from relay.config.abuse import AbuseLimits
 
 DEADLINE = 60
 
@@ -54,7 +55,9 @@ async def test_substituted_one_time_key_is_detected_by_signature(tmp_path, caplo
 
 async def test_draining_one_time_keys_is_throttled(tmp_path) -> None:
     with trio.fail_after(DEADLINE), ExitStack() as stack:
-        async with run_cluster(2, otk_claim_burst=30, key_claims_per_account=50) as cluster:
+        # mallory's claim_keys bucket: 50, refilled slowly (the only claimer limit)
+        abuse = AbuseLimits(claim_keys_burst=50, claim_keys_rate=0.01)
+        async with run_cluster(2, otk_claim_burst=30, abuse=abuse) as cluster:
             alice, bob = await alice_and_bob(tmp_path, cluster, stack)
             mallory = make_account(tmp_path, "mallory", cluster, stack,
                                    not_on=[cluster.home_of(bob.user_id)])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import AsyncExitStack
 
+import pytest
 import trio
 from relay_harness import (
     Cluster,
@@ -40,6 +42,7 @@ from relay.protocol.frames import (
     UploadKeys,
 )
 from relay.services.registration import issue_invite
+from storage.lmdb import LmdbStorage
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -106,10 +109,25 @@ async def test_fan_out_attack_is_refused_before_the_store_grows_past_the_quota(n
             assert isinstance(keys, KeyCount) and keys.otk_count == 10
 
 
-async def test_a_stranger_cannot_fill_a_victims_queue_and_a_contact_gets_through(nursery) -> None:
+@pytest.mark.parametrize("backend", ["memory", "lmdb"])
+async def test_a_stranger_cannot_fill_a_victims_queue_and_a_contact_gets_through(
+        tmp_path, backend) -> None:
     abuse = dataclasses.replace(GENEROUS, queue_device_bytes=256 * KiB,
                                 queue_sender_share=0.25, queue_strangers_share=0.5)
-    cluster = await _one_node(nursery, abuse)
+    async with AsyncExitStack() as stack:
+        store = None
+        if backend == "lmdb":  # LMDB counts a queue's shares only once it may need them
+            store = await stack.enter_async_context(LmdbStorage.open(tmp_path / "n1"))
+        async with trio.open_nursery() as node_nursery:  # ends before the store closes
+            cluster = Cluster(node_nursery, make_configs(1, abuse=abuse))
+            if store is not None:
+                cluster.storages["n1"] = store
+            await cluster.start("n1")
+            await _stranger_and_contact(cluster)
+            cluster.stop("n1")
+
+
+async def _stranger_and_contact(cluster: Cluster) -> None:
     url, store = cluster.url("n1"), cluster.storages["n1"]
     with trio.fail_after(30):
         victim, contact, stranger, stranger2 = (UserDevice() for _ in range(4))

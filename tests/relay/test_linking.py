@@ -236,15 +236,16 @@ async def test_mailboxes_per_address_are_capped(autojump_clock) -> None:
         linking.open(INFO, lambda f: True, "10.0.0.1")
     assert info.value.code is ErrorCode.RATE_LIMITED
     assert info.value.message == "too many linking mailboxes are open from your address; retry later"
-    # other addresses are not affected, up to the node-wide cap (the last resort)
+    # other addresses are not affected, up to the node-wide cap
     linking.open(INFO, lambda f: True, "10.0.0.2")
     linking.open(INFO, lambda f: True, "10.0.0.3")
     linking.open(INFO, lambda f: True, "10.0.0.4")
-    with pytest.raises(RelayError) as info:
-        linking.open(INFO, lambda f: True, "10.0.0.5")
+    with pytest.raises(RelayError) as info:  # full, and nobody holds 1 + 2
+        linking.open(INFO, lambda f: True, "10.0.0.2")
     assert "open on this node" in info.value.message
-    a[0].close()
-    a[0].close()  # idempotent: counted once
+    assert (info.value.quota, info.value.retry_after_ms) == ("node_mailboxes", 10_000)
+    a[1].close()
+    a[1].close()  # idempotent: counted once
     assert (linking.open_from("10.0.0.1"), len(linking)) == (1, 4)
     linking.open(INFO, lambda f: True, "10.0.0.1")
     with pytest.raises(RelayError):
@@ -255,6 +256,29 @@ async def test_mailboxes_per_address_are_capped(autojump_clock) -> None:
     box, _ = linking.open(INFO, lambda f: True, "10.0.0.1")
     linking.complete(box.mailbox_id, b"material")  # a used mailbox is uncounted too
     assert linking.open_from("10.0.0.1") == 1
+
+
+async def test_a_full_node_shares_its_mailboxes_fairly_among_addresses(autojump_clock) -> None:
+    linking = _linking(ttl=10, max_open=6, max_per_owner=3)
+    told: list[Error] = []
+    hog = [linking.open(INFO, told.append, "10.0.0.1")[0] for _ in range(3)]
+    linking.open(INFO, lambda f: True, "10.0.0.2")
+    linking.open(INFO, lambda f: True, "10.0.0.2")
+    linking.open(INFO, lambda f: True, "10.0.0.3")
+    assert len(linking) == 6
+    # a new address takes the oldest mailbox of the biggest holder (3 >= 0 + 2)
+    fresh, _ = linking.open(INFO, lambda f: True, "10.0.0.4")
+    assert fresh.is_open and not hog[0].is_open and hog[1].is_open and len(linking) == 6
+    assert [(f.code, f.id) for f in told] == [("not_found", 0)]
+    with pytest.raises(RelayError):
+        linking.fetch(hog[0].mailbox_id)
+    # now every address holds at most 2: one holding 1 cannot take from one holding 2
+    for address in ("10.0.0.3", "10.0.0.4"):
+        with pytest.raises(RelayError) as info:
+            linking.open(INFO, lambda f: True, address)
+        assert info.value.code is ErrorCode.RATE_LIMITED
+    linking.open(INFO, lambda f: True, "10.0.0.5")  # a new one still can
+    assert len(linking) == 6 and linking.open_from("10.0.0.5") == 1
 
 
 async def test_mailbox_bound_is_rate_limited(autojump_clock) -> None:
