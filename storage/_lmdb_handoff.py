@@ -88,7 +88,41 @@ def export_user(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> list[UserReco
                 for k, _ in _prefixed(txn, dbs.claimed, devk)]
         out += [UserRecord("item", device_id=d, seq=i.seq, ts=i.ts, value=i.envelope)
                 for i in L.read_queue(txn, dbs, devk, 0, 2**62)]
+    link = L.dedupe_link(user, b"")
+    for k, _ in _prefixed(txn, dbs.dedupe_user, link):
+        raw = txn.get(k[len(link):], db=dbs.dedupe)
+        if raw is not None:
+            out.append(UserRecord("dedupe", ts=L.unpack_f64(raw), value=k[len(link):]))
     return out
+
+
+def _unlink_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> None:
+    """Delete ``user``'s dedupe links, and each id no other user is linked to."""
+    link = L.dedupe_link(user, b"")
+    ids = [k[len(link):] for k, _ in _prefixed(txn, dbs.dedupe_user, link)]
+    for dedupe in ids:
+        txn.delete(link + dedupe, db=dbs.dedupe_user)
+        ek = L.dedupe_expiry_key(txn, dbs, dedupe)
+        if ek is None:
+            continue
+        users = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u and u != user]
+        if users:
+            txn.put(ek, b"\0".join(users), db=dbs.expiry)
+        else:
+            txn.delete(ek, db=dbs.expiry)
+            txn.delete(dedupe, db=dbs.dedupe)
+
+
+def _import_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes, r: UserRecord) -> None:
+    """Store one imported dedupe id (unless stored) and link it to ``user``."""
+    ek = L.dedupe_expiry_key(txn, dbs, r.value)
+    if ek is None:
+        txn.put(r.value, L.pack_f64(r.ts), db=dbs.dedupe)
+        ek = L.ts_key(r.ts) + b"d" + r.value
+    users = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u]
+    if user not in users:
+        txn.put(ek, b"\0".join(sorted([*users, user])), db=dbs.expiry)
+    txn.put(L.dedupe_link(user, r.value), b"", db=dbs.dedupe_user)
 
 
 def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
@@ -124,6 +158,7 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
     counters = Counters(txn, dbs)
     freed.apply_totals(counters)  # the user's account total and its senders' charges
     counters.flush()
+    _unlink_dedupe(txn, dbs, user)
     return gone
 
 
@@ -167,6 +202,8 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
                 if txn.delete(k, db=dbs.otk):
                     rec(r.device_id).otk_count -= 1
                 txn.put(k, b"", db=dbs.claimed)
+            elif r.kind == "dedupe":
+                _import_dedupe(txn, dbs, user, r)
             else:  # item
                 qk = L.queue_key(devk, r.seq)
                 old = txn.get(qk, db=dbs.queue)

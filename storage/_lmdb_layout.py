@@ -21,9 +21,12 @@ qcharge      queue key (stores written before   the item's charge tags (moved in
 correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
 invites      SHA-256 of an invite token         expires_at f64
 dedupe       dedupe id                          ts f64
+dedupe_user  user_id | "|" | dedupe id          empty   (the ids linked to a user: they
+                                                move with its home)
 expiry       ts_key | b"q" | queue key          the item's charge tags, NUL-separated (time
                                                 index for :meth:`expire`; empty: no tags)
-             ts_key | b"d" | dedupe id
+             ts_key | b"d" | dedupe id          the id's linked user ids, NUL-separated
+                                                (empty: none, or written before links)
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
 outbox_dest  len(dest) u16 | dest | outbox_id   empty   (per-destination index of ``outbox``)
 watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
@@ -61,7 +64,7 @@ FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
     "meta", "watchers", "media", "media_time", "outbox_dest", "accounts", "charges", "shares",
-    "qcharge", "correspond", "invites",
+    "qcharge", "correspond", "invites", "dedupe_user",
 )
 OUTBOX_LAST = b"outbox_last"
 BYTES_INDEXED = b"bytes_indexed"
@@ -99,6 +102,7 @@ class Dbs:
     qcharge: lmdb._Database
     correspond: lmdb._Database
     invites: lmdb._Database
+    dedupe_user: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:
@@ -257,6 +261,17 @@ def move_charge_tags(txn: lmdb.Transaction, dbs: Dbs) -> None:
             if value is not None:
                 txn.put(ts_key(unpack_f64(value)) + b"q" + qk, tags, db=dbs.expiry)
     txn.drop(dbs.qcharge, delete=False)
+
+
+def dedupe_link(user: bytes, dedupe: bytes) -> bytes:
+    """The ``dedupe_user`` key linking ``dedupe`` to ``user``."""
+    return user + b"|" + dedupe
+
+
+def dedupe_expiry_key(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes) -> bytes | None:
+    """The ``expiry`` key of a stored dedupe id, or ``None`` if the id is not stored."""
+    raw = txn.get(dedupe, db=dbs.dedupe)
+    return None if raw is None else ts_key(unpack_f64(raw)) + b"d" + dedupe
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:

@@ -55,7 +55,11 @@ def enqueue_estimate(
         if tags_len:
             total += record_estimate(qk + tags_len, 8, psize)
     if dedupe is not None:
-        total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), 0, psize)
+        users = {L.user_of(devk) for devk, _ in items}
+        links = sum(len(u) + 1 for u in users)
+        total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), links,
+                                                                          psize)
+        total += sum(record_estimate(len(u) + 1 + len(dedupe), 0, psize) for u in users)
     return total
 
 
@@ -207,8 +211,11 @@ def enqueue(
             for devk, n in per_dev.items():
                 c.add_tags(devk, tags, n)
         if dedupe is not None:
+            users = sorted({L.user_of(devk) for devk, _ in items})
             txn.put(dedupe, tsv, db=dbs.dedupe)
-            txn.put(tsk + b"d" + dedupe, b"", db=dbs.expiry)
+            txn.put(tsk + b"d" + dedupe, b"\0".join(users), db=dbs.expiry)
+            for user in users:  # the handoff moves the id with each of its users
+                txn.put(L.dedupe_link(user, dedupe), b"", db=dbs.dedupe_user)
         if counters is None:
             c.flush()
         return seqs
@@ -379,6 +386,8 @@ def expire(older_than: float) -> Deletion:
                         freed.note(rest, value, cur.value())
                 else:
                     txn.delete(rest, db=dbs.dedupe)
+                    for user in filter(None, cur.value().split(b"\0")):
+                        txn.delete(L.dedupe_link(user, rest), db=dbs.dedupe_user)
                 cur.delete()
                 n += 1
         c = Counters(txn, dbs)

@@ -24,6 +24,7 @@ import trio
 from ._chains import Chains, chain_keys
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._memory_extras import MemoryExtrasMixin
+from ._memory_handoff import DEDUPE_OVERHEAD as _DEDUPE_OVERHEAD
 from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
 from ._quota import check_charges, check_quota
@@ -35,7 +36,6 @@ _Dev = tuple[str, int]
 # Accounted overheads in bytes per record (roughly the fixed-size key parts on disk).
 _LIST_OVERHEAD = 8
 _ITEM_OVERHEAD = 16
-_DEDUPE_OVERHEAD = 8
 _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
@@ -68,6 +68,8 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         self._queues: dict[_Dev, dict[int, QueueItem]] = {}
         self._seq: dict[_Dev, int] = {}
         self._dedupe: dict[bytes, float] = {}
+        self._dedupe_users: dict[bytes, set[str]] = {}  # dedupe id -> its items' users
+        self._user_dedupe: dict[str, set[bytes]] = {}  # user -> dedupe ids (the handoff's)
         self._outbox: dict[int, OutboxEntry] = {}
         self._outbox_last = 0
         self._init_extras()
@@ -292,6 +294,7 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
             seqs.append(seq)
         if dedupe is not None:
             self._dedupe[dedupe] = ts
+            self._link_dedupe(dedupe, {dev[0] for dev, _ in checked})
         return seqs
 
     async def read_queue(
@@ -368,6 +371,7 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
                 gone += self._drop(dev, old)
         for d in [d for d, ts in self._dedupe.items() if ts < older_than]:
             del self._dedupe[d]
+            self._unlink_dedupe(d)
             self._used -= len(d) + _DEDUPE_OVERHEAD
         return gone
 

@@ -10,7 +10,14 @@ from typing import Any
 from .._keys import check_user_id
 from .._memory_handoff import check_mark, check_records
 from ..base import UserRecord
-from ._ops import CHARGE_CTES, ITEM_OVERHEAD, KEY_OVERHEAD, LIST_OVERHEAD, WATCHER_OVERHEAD
+from ._ops import (
+    CHARGE_CTES,
+    DEDUPE_OVERHEAD,
+    ITEM_OVERHEAD,
+    KEY_OVERHEAD,
+    LIST_OVERHEAD,
+    WATCHER_OVERHEAD,
+)
 from ._writer import Op, Tx
 
 _DELETE = """
@@ -34,10 +41,21 @@ SELECT (SELECT count(*) FROM q),
 """
 
 
+_UNLINK = """
+WITH dd AS (DELETE FROM dedupe d WHERE d.id IN (SELECT id FROM dedupe_users WHERE user_id = %(u)s)
+            AND NOT EXISTS (SELECT 1 FROM dedupe_users o WHERE o.id = d.id AND o.user_id <> %(u)s)
+            RETURNING octet_length(d.id) + %(do)s AS n)
+SELECT coalesce(sum(n), 0) FROM dd
+"""
+"""Delete the dedupe ids only ``u`` is linked to (their links go by the cascade)."""
+
+
 def _delete(tx: Tx, user: str) -> int:
     [(count, freed)] = tx.fetch(_DELETE, {"u": user, "lo": LIST_OVERHEAD, "wo": WATCHER_OVERHEAD,
                                           "io": ITEM_OVERHEAD, "ko": KEY_OVERHEAD})
-    tx.free(int(freed))
+    [(unlinked,)] = tx.fetch(_UNLINK, {"u": user, "do": DEDUPE_OVERHEAD})
+    tx.cur.execute("DELETE FROM dedupe_users WHERE user_id = %s", (user,))
+    tx.free(int(freed) + int(unlinked))
     return int(count)
 
 
@@ -119,6 +137,11 @@ class ImportUser(Op):
                 "WHERE NOT EXISTS (SELECT 1 FROM otk_claimed WHERE user_id = %s "
                 "AND device_id = %s AND key_id = %s) ON CONFLICT DO NOTHING",
                 (u, d, key, r.value, u, d, key))
+        elif r.kind == "dedupe":
+            tx.cur.execute("INSERT INTO dedupe (id, ts) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                           (r.value, r.ts))
+            tx.cur.execute("INSERT INTO dedupe_users (user_id, id) VALUES (%s, %s) "
+                           "ON CONFLICT DO NOTHING", (u, r.value))
         else:  # claimed
             tx.cur.execute("DELETE FROM otk WHERE user_id = %s AND device_id = %s AND key_id = %s",
                            (u, d, key))
@@ -159,14 +182,18 @@ UNION ALL SELECT 4, 'otk', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, key 
 UNION ALL SELECT 5, 'claimed', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, ''::bytea
     FROM otk_claimed WHERE user_id = %(u)s
 UNION ALL SELECT 6, 'item', device_id, '', seq, ts, envelope FROM queue WHERE user_id = %(u)s
+UNION ALL SELECT 7, 'dedupe', 0, '', 0, d.ts, d.id FROM dedupe_users l
+    JOIN dedupe d ON d.id = l.id WHERE l.user_id = %(u)s
 """
 
 
 def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     part, device, key, seq = row[0], row[2], row[3], row[4]
     if part < 2:
-        return (part, -1, 0, key, 0)
-    return (2, device, part, key, int(seq))
+        return (part, -1, 0, key, 0, b"")
+    if part == 7:  # dedupe ids last, ascending
+        return (3, 0, 0, "", 0, bytes(row[6]))
+    return (2, device, part, key, int(seq), b"")
 
 
 class PgHandoffMixin:

@@ -152,6 +152,7 @@ class Enqueue(Op):
         q_charges: list[str | None] = []
         d_ids: list[bytes] = []
         d_ts: list[float] = []
+        links: set[tuple[str, bytes]] = set()
         for op in reqs:
             blocked = tx.chains.blocking(op.chain) if op.chain else None
             if blocked is not None:
@@ -194,6 +195,7 @@ class Enqueue(Op):
                 seen.add(op.dedupe)
                 d_ids.append(op.dedupe)
                 d_ts.append(op.ts)
+                links.update((u, op.dedupe) for u, _, _ in op.items)
             op.value = seqs
         if d_ids:
             # The unique constraint decides: an id another process committed after we
@@ -202,6 +204,10 @@ class Enqueue(Op):
             d_ids, d_ts = zip(*sorted(zip(d_ids, d_ts, strict=True)), strict=True)
             tx.cur.execute("INSERT INTO dedupe (id, ts) SELECT * FROM "
                            "unnest(%b::bytea[], %b::float8[])", (list(d_ids), list(d_ts)))
+            if links:  # the handoff moves each id with the users it queued copies for
+                l_users, l_ids = zip(*sorted(links), strict=True)
+                tx.cur.execute("INSERT INTO dedupe_users (user_id, id) SELECT * FROM "
+                               "unnest(%b::text[], %b::bytea[])", (list(l_users), list(l_ids)))
         if q_seq:
             tx.cur.execute(
                 "INSERT INTO queue (user_id, device_id, seq, ts, envelope, charges) SELECT * "

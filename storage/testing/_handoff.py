@@ -78,6 +78,51 @@ class HandoffConformance(ConformanceBase):
             # the seq counter stays after a delete: a later enqueue never reuses a seq
             assert await dst.enqueue([(ALICE, 0, b"later")]) == [4]
 
+    async def test_dedupe_ids_move_with_their_users(self) -> None:
+        carol = uid("carol")
+        async with self.opened() as st:
+            assert await st.enqueue([(ALICE, 0, b"a0"), (ALICE, 1, b"a1")], dedupe=b"m1",
+                                    now=1000.0) == [1, 1]
+            await st.enqueue([(ALICE, 0, b"a"), (BOB, 0, b"b")], dedupe=b"m2", now=1001.0)
+            await st.enqueue([(BOB, 0, b"b")], dedupe=b"m3", now=1002.0)
+            await st.enqueue([(ALICE, 0, b"a")], dedupe=b"m4", now=1003.0)
+            await st.enqueue([(ALICE, 0, b"a")], dedupe=b"old", now=1.0)
+            await st.enqueue([(ALICE, 0, b"a")], now=1004.0)  # no id
+            assert await st.expire(10.0) == 1  # an expired id moves no more
+            await st.ack(ALICE, 0, 10)  # acknowledged copies' ids move all the same
+            records = await _export_all(st, ALICE)
+            assert [(r.value, r.ts) for r in records if r.kind == "dedupe"] == [
+                (b"m1", 1000.0), (b"m2", 1001.0), (b"m4", 1003.0)]
+            assert records[-3:] == [r for r in records if r.kind == "dedupe"]  # last
+            assert [r.value for r in await _export_all(st, BOB) if r.kind == "dedupe"] == [
+                b"m2", b"m3"]
+            await st.delete_user(ALICE)
+            assert [r for r in await st.export_user(ALICE) if r.kind == "dedupe"] == []
+            # ids only alice had are gone; those bob has too stay
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"m4") == [1]
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"m1") == [2]
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"m2") is None
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"old") == [3]
+            await st.delete_user(carol)
+            # the new home: a sender's retry for alice is a duplicate again
+            await st.import_user(ALICE, records[:2], reset=True)
+            await st.import_user(ALICE, records[2:])
+            await st.import_user(ALICE, records[-2:])  # idempotent
+            for dd in (b"m1", b"m2", b"m4"):
+                assert await st.enqueue([(ALICE, 0, b"again")], dedupe=dd) is None, dd
+            assert [(r.value, r.ts) for r in await _export_all(st, ALICE)
+                    if r.kind == "dedupe"] == [(b"m1", 1000.0), (b"m2", 1001.0), (b"m4", 1003.0)]
+            assert [r.value for r in await _export_all(st, BOB) if r.kind == "dedupe"] == [
+                b"m2", b"m3"]
+            # expiry forgets the links with the ids
+            await st.expire(1001.5)
+            assert [r.value for r in await _export_all(st, ALICE) if r.kind == "dedupe"] == [
+                b"m4"]
+            assert [r.value for r in await _export_all(st, BOB) if r.kind == "dedupe"] == [
+                b"m3"]
+            with pytest.raises(ValueError):
+                await st.import_user(ALICE, [UserRecord("dedupe", value=b"")])
+
     async def test_import_reset_replaces_partial_state(self) -> None:
         async with self.opened() as st:
             await st.enqueue([(ALICE, 0, b"stale")])
