@@ -11,6 +11,7 @@ from relay.__main__ import main
 from relay.admin.reshape import local_node_files, prepare_local_reshape
 from relay.config import load_cluster, load_node_config
 from relay.config.cluster_files import format_cluster, init_cluster
+from relay.config.loading import load_cluster_doc
 from relay.config.ring import NodeInfo
 
 
@@ -24,13 +25,23 @@ def test_reshape_installs_keeps_prev_refuses_and_finishes(tmp_path) -> None:
     new_cluster.write_text(format_cluster([*load_cluster(cluster_file), new_node]))
     before = cluster_file.read_text()
     runner = CliRunner()
+    # the current file is signed: an unsigned one (clients would not follow) is refused
+    unsigned = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
+                                    str(new_cluster)])
+    assert unsigned.exit_code == 2 and "sign" in unsigned.output, unsigned.output
+    assert not (tmp_path / "old" / "cluster.toml.prev").exists()
+    signed = runner.invoke(main, ["sign-cluster", "--cluster", str(new_cluster), "--key",
+                                  str(tmp_path / "old" / "cluster.key"), "--version", "2"])
+    assert signed.exit_code == 0, signed.output
 
     result = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
                                   str(new_cluster)])
     assert result.exit_code == 0, result.output
-    assert "restart the node" in result.output
+    assert "running node picks it up" in result.output
     assert (tmp_path / "old" / "cluster.toml.prev").read_text() == before
     assert load_cluster(cluster_file) == load_cluster(new_cluster)
+    assert cluster_file.read_text() == new_cluster.read_text()  # signature kept
+    assert load_cluster_doc(cluster_file) == load_cluster_doc(new_cluster) is not None
     cfg = load_node_config(tmp_path / "old" / "n2" / "node.toml")
     assert [n.id for n in cfg.previous_cluster] == ["n1", "n2", "n3"]
 
