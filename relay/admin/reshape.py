@@ -187,15 +187,23 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-async def watch_cluster_file(config_path: Path, running: NodeConfig,
-                             poll: float = CLUSTER_POLL) -> NodeConfig:
-    """Wait until the cluster file of the node of ``config_path`` lists other nodes than
-    the ring ``running`` serves (``wa-relay reshape --cluster`` installed a new one),
-    and return the node's config loaded anew (with the previous file, for the handoff).
+async def watch_cluster_file(
+    config_path: Path, running: NodeConfig, poll: float = CLUSTER_POLL, *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> NodeConfig:
+    """Wait until ``wa-relay reshape --cluster`` installed a new cluster file for the
+    node of ``config_path`` (the file lists other nodes than the ring ``running``
+    serves, and its ``.prev`` is that ring), and return the node's config loaded anew
+    (with the previous file, for the handoff).
 
-    A file that changed but does not load (or lists the same nodes: a new signature,
-    ``--finish``) is logged once per change and otherwise ignored: the node keeps
-    serving. Looks every ``poll`` seconds (one ``stat`` per file) until cancelled.
+    A file that changed but does not load, lists the same nodes (a new signature,
+    ``--finish``) or other nodes without that ``.prev`` (a hand edit: restart the
+    node to use it) is logged and otherwise ignored: the node keeps serving. Looks
+    every ``poll`` seconds (one ``stat`` per file) until cancelled; ``task_status``
+    is started once it has taken its first look.
+
+    Raises:
+        ConfigError: ``config_path`` cannot be read at the start.
     """
     cluster_path = await trio.to_thread.run_sync(
         lambda: config_path.resolve().parent / parse_node_file(config_path).cluster)
@@ -203,6 +211,7 @@ async def watch_cluster_file(config_path: Path, running: NodeConfig,
     version = Ring(running.cluster).version
     log = logging.getLogger(f"wa_relay.node.{running.id}")  # into the node's log file
     seen = [await trio.to_thread.run_sync(_file_state, p) for p in paths]
+    task_status.started()
     while True:
         await trio.sleep(poll)
         now = [await trio.to_thread.run_sync(_file_state, p) for p in paths]
@@ -215,8 +224,14 @@ async def watch_cluster_file(config_path: Path, running: NodeConfig,
             log.error("cluster file %s changed but cannot be used (still serving ring %s): "
                       "%s", cluster_path, version[:12], exc)
             continue
-        if Ring(fresh.cluster).version != version:
-            log.info("cluster file %s lists new nodes (ring %s -> %s): restarting the node "
-                     "to hand users over", cluster_path, version[:12],
-                     Ring(fresh.cluster).version[:12])
-            return fresh
+        if Ring(fresh.cluster).version == version:
+            continue
+        if not fresh.previous_cluster or Ring(fresh.previous_cluster).version != version:
+            log.warning("cluster file %s lists other nodes, but not as a reshape of the ring "
+                        "served (wa-relay reshape --cluster keeps that as .prev): restart "
+                        "the node to use it", cluster_path)
+            continue
+        log.info("cluster file %s lists new nodes (ring %s -> %s): restarting the node "
+                 "to hand users over", cluster_path, version[:12],
+                 Ring(fresh.cluster).version[:12])
+        return fresh
