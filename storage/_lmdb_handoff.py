@@ -114,15 +114,14 @@ def _unlink_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> None:
 
 
 def _import_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes, r: UserRecord) -> None:
-    """Store one imported dedupe id (unless stored) and link it to ``user``."""
+    """Store one imported dedupe id (unless stored; marked ``b"i"``: a duplicate only
+    for its linked users) and link it to ``user``."""
     ek = L.dedupe_expiry_key(txn, dbs, r.value)
     if ek is None:
-        txn.put(r.value, L.pack_f64(r.ts), db=dbs.dedupe)
+        txn.put(r.value, L.pack_f64(r.ts) + b"i", db=dbs.dedupe)
         ek = L.ts_key(r.ts) + b"d" + r.value
-    users = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u]
-    if user not in users:
-        txn.put(ek, b"\0".join(sorted([*users, user])), db=dbs.expiry)
-    txn.put(L.dedupe_link(user, r.value), b"", db=dbs.dedupe_user)
+        txn.put(ek, b"", db=dbs.expiry)
+    L.link_dedupe(txn, dbs, r.value, ek, [user])
 
 
 def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:

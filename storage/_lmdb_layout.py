@@ -20,7 +20,7 @@ qcharge      queue key (stores written before   the item's charge tags (moved in
              tags moved into ``expiry``)        ``expiry`` at open; empty after it)
 correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
 invites      SHA-256 of an invite token         expires_at f64
-dedupe       dedupe id                          ts f64
+dedupe       dedupe id                          ts f64 (| b"i": only import_user stored it)
 dedupe_user  user_id | "|" | dedupe id          empty   (the ids linked to a user: they
                                                 move with its home)
 expiry       ts_key | b"q" | queue key          the item's charge tags, NUL-separated (time
@@ -272,6 +272,28 @@ def dedupe_expiry_key(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes) -> bytes |
     """The ``expiry`` key of a stored dedupe id, or ``None`` if the id is not stored."""
     raw = txn.get(dedupe, db=dbs.dedupe)
     return None if raw is None else ts_key(unpack_f64(raw)) + b"d" + dedupe
+
+
+def link_dedupe(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes, ek: bytes,
+                users: list[bytes]) -> None:
+    """Link the stored id ``dedupe`` (``expiry`` key ``ek``) to ``users`` as well."""
+    have = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u]
+    more = [u for u in users if u not in have]
+    if more:
+        txn.put(ek, b"\0".join(sorted([*have, *more])), db=dbs.expiry)
+    for user in more:
+        txn.put(dedupe_link(user, dedupe), b"", db=dbs.dedupe_user)
+
+
+def dedupe_duplicate(txn: lmdb.Transaction, dbs: Dbs, raw: bytes | None, dedupe: bytes,
+                     users: list[bytes]) -> bool:
+    """Whether an enqueue with id ``dedupe`` (stored value ``raw``) for ``users`` is a
+    duplicate: the id is stored, and, if only a handoff brought it (``b"i"``), linked
+    to every one of ``users`` (another part of the message may still come)."""
+    if raw is None:
+        return False
+    return raw[8:] != b"i" or all(
+        txn.get(dedupe_link(u, dedupe), db=dbs.dedupe_user) is not None for u in users)
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:

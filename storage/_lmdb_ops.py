@@ -176,8 +176,11 @@ def enqueue(
     """
     tags, packed_tags = _encoded_tags(charges)
 
+    users = sorted({L.user_of(devk) for devk, _ in items})
+
     def op(txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> list[int] | None:
-        if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
+        held = None if dedupe is None else txn.get(dedupe, db=dbs.dedupe)
+        if dedupe is not None and L.dedupe_duplicate(txn, dbs, held, dedupe, users):
             return None
         c = Counters(txn, dbs) if counters is None else counters
         recs = {devk: c.dev(devk) for devk, _ in items}
@@ -210,12 +213,14 @@ def enqueue(
         if tags:
             for devk, n in per_dev.items():
                 c.add_tags(devk, tags, n)
-        if dedupe is not None:
-            users = sorted({L.user_of(devk) for devk, _ in items})
+        if dedupe is not None and held is None:
             txn.put(dedupe, tsv, db=dbs.dedupe)
             txn.put(tsk + b"d" + dedupe, b"\0".join(users), db=dbs.expiry)
             for user in users:  # the handoff moves the id with each of its users
                 txn.put(L.dedupe_link(user, dedupe), b"", db=dbs.dedupe_user)
+        elif dedupe is not None and held is not None:  # an imported id: now for everyone
+            txn.put(dedupe, held[:8], db=dbs.dedupe)
+            L.link_dedupe(txn, dbs, dedupe, L.ts_key(L.unpack_f64(held)) + b"d" + dedupe, users)
         if counters is None:
             c.flush()
         return seqs

@@ -48,6 +48,7 @@ class MemoryHandoffMixin:
     _dedupe: dict[bytes, float]
     _dedupe_users: dict[bytes, set[str]]
     _user_dedupe: dict[str, set[bytes]]
+    _dedupe_imported: set[bytes]
     _used: int
 
     async def _enter(self) -> None: ...  # pragma: no cover - provided by MemoryStorage
@@ -61,6 +62,14 @@ class MemoryHandoffMixin:
         self._dedupe_users.setdefault(dedupe, set()).update(users)
         for u in users:
             self._user_dedupe.setdefault(u, set()).add(dedupe)
+
+    def _is_duplicate(self, dedupe: bytes, users: set[str]) -> bool:
+        """Whether an enqueue with id ``dedupe`` for ``users`` is a duplicate: the id is
+        stored, and, if only a handoff brought it, linked to every one of ``users``
+        (another part of the same message for other users may still come)."""
+        if dedupe not in self._dedupe:
+            return False
+        return dedupe not in self._dedupe_imported or users <= self._dedupe_users.get(dedupe, set())
 
     def _unlink_dedupe(self, dedupe: bytes) -> None:
         """Forget the users of an expired dedupe id."""
@@ -139,6 +148,7 @@ class MemoryHandoffMixin:
             users.discard(user_id)
             if not users and d in self._dedupe:  # no other user here needs the id
                 self._dedupe_users.pop(d, None)
+                self._dedupe_imported.discard(d)
                 del self._dedupe[d]
                 self._used -= len(d) + DEDUPE_OVERHEAD
         return gone
@@ -187,6 +197,7 @@ class MemoryHandoffMixin:
         elif r.kind == "dedupe":
             if r.value not in self._dedupe:
                 self._dedupe[r.value] = r.ts
+                self._dedupe_imported.add(r.value)
                 self._used += len(r.value) + DEDUPE_OVERHEAD
             self._link_dedupe(r.value, {user_id})
         else:  # item

@@ -162,7 +162,10 @@ class UserRecord:
     * ``"item"``: a queued envelope: ``device_id``, ``seq``, ``ts`` (seconds), ``value``;
     * ``"dedupe"``: the dedupe id (``value``, 1..255 bytes) of an enqueue that queued a
       copy for the user, with its ``ts``: a sender's retry of that request at the new
-      home is answered as a duplicate (the id is kept there for the user).
+      home is answered as a duplicate (the id is kept there for the user). An id that
+      only an import stored is a duplicate only for requests whose users are all
+      linked to it; any other request with it is stored (and links its users), so a
+      later part of the same message for other users is never lost.
     """
 
     kind: str

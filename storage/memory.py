@@ -70,6 +70,7 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         self._dedupe: dict[bytes, float] = {}
         self._dedupe_users: dict[bytes, set[str]] = {}  # dedupe id -> its items' users
         self._user_dedupe: dict[str, set[bytes]] = {}  # user -> dedupe ids (the handoff's)
+        self._dedupe_imported: set[bytes] = set()  # ids only import_user stored
         self._outbox: dict[int, OutboxEntry] = {}
         self._outbox_last = 0
         self._init_extras()
@@ -270,7 +271,8 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         self, checked: list[tuple[_Dev, bytes]], dedupe: bytes | None, max_queue: int | None,
         now: float | None, req: EnqueueRequest,
     ) -> list[int] | None:
-        if dedupe is not None and dedupe in self._dedupe:
+        users = {dev[0] for dev, _ in checked}
+        if dedupe is not None and self._is_duplicate(dedupe, users):
             return None
         ts = time.time() if now is None else float(now)
         per_dev: dict[_Dev, int] = {}
@@ -282,7 +284,7 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
                     raise QueueFull(f"queue of {dev} would exceed {max_queue} envelopes")
         check_quota([(u, d, len(env)) for (u, d), env in checked], req.charges, req.quota, self)
         size = sum(len(env) + _ITEM_OVERHEAD for _, env in checked)
-        if dedupe is not None:
+        if dedupe is not None and dedupe not in self._dedupe:
             size += len(dedupe) + _DEDUPE_OVERHEAD
         self._reserve(size)
         seqs: list[int] = []
@@ -293,8 +295,9 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
             self._count_added(dev, seq, len(env), req.charges)
             seqs.append(seq)
         if dedupe is not None:
-            self._dedupe[dedupe] = ts
-            self._link_dedupe(dedupe, {dev[0] for dev, _ in checked})
+            self._dedupe.setdefault(dedupe, ts)
+            self._dedupe_imported.discard(dedupe)
+            self._link_dedupe(dedupe, users)
         return seqs
 
     async def read_queue(
@@ -371,6 +374,7 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
                 gone += self._drop(dev, old)
         for d in [d for d, ts in self._dedupe.items() if ts < older_than]:
             del self._dedupe[d]
+            self._dedupe_imported.discard(d)
             self._unlink_dedupe(d)
             self._used -= len(d) + _DEDUPE_OVERHEAD
         return gone

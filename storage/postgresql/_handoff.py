@@ -138,8 +138,8 @@ class ImportUser(Op):
                 "AND device_id = %s AND key_id = %s) ON CONFLICT DO NOTHING",
                 (u, d, key, r.value, u, d, key))
         elif r.kind == "dedupe":
-            tx.cur.execute("INSERT INTO dedupe (id, ts) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                           (r.value, r.ts))
+            tx.cur.execute("INSERT INTO dedupe (id, ts, imported) VALUES (%s, %s, true) "
+                           "ON CONFLICT DO NOTHING", (r.value, r.ts))
             tx.cur.execute("INSERT INTO dedupe_users (user_id, id) VALUES (%s, %s) "
                            "ON CONFLICT DO NOTHING", (u, r.value))
         else:  # claimed

@@ -33,7 +33,9 @@ ordering is by code point, as Python sorts ``str``:
 ``wa_marks``       ``name`` -> ``value``: durable handoff markers (version 3)
 ``dedupe_users``   (``user_id``, ``id``): the users an enqueue with dedupe id ``id``
                    queued copies for (version 4; the id moves with each user's
-                   home); deleted with the ``dedupe`` row (``ON DELETE CASCADE``)
+                   home); deleted with the ``dedupe`` row (``ON DELETE CASCADE``).
+                   ``dedupe.imported``: only ``import_user`` stored the id (a
+                   duplicate only for its linked users)
 =================  ==============================================================
 
 Version 2 adds exact queue byte accounting: ``devices.queue_bytes`` (envelope
@@ -182,6 +184,7 @@ CREATE TABLE wa_marks (
 );
 """),
     (4, "dedupe ids linked to their users", """
+ALTER TABLE dedupe ADD COLUMN imported boolean NOT NULL DEFAULT false;
 CREATE TABLE dedupe_users (
     user_id text COLLATE "C" NOT NULL,
     id bytea NOT NULL REFERENCES dedupe (id) ON DELETE CASCADE,

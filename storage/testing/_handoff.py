@@ -123,6 +123,28 @@ class HandoffConformance(ConformanceBase):
             with pytest.raises(ValueError):
                 await st.import_user(ALICE, [UserRecord("dedupe", value=b"")])
 
+    async def test_an_imported_dedupe_id_answers_only_for_its_users(self) -> None:
+        """An id that only a handoff brought is a duplicate for its users alone: another
+        part of the same message, for users of the new home that had no copy yet, is
+        still stored (nothing lost), and from then on the id is a duplicate for all."""
+        carol = uid("carol")
+        async with self.opened() as st:
+            await st.enqueue([(BOB, 0, b"b")], dedupe=b"full", now=50.0)
+            await st.import_user(ALICE, [UserRecord("dedupe", ts=100.0, value=b"moved"),
+                                         UserRecord("dedupe", ts=40.0, value=b"full")])
+            assert await st.enqueue([(ALICE, 0, b"again")], dedupe=b"moved") is None
+            assert await st.enqueue([(ALICE, 1, b"again")], dedupe=b"moved") is None
+            assert await st.enqueue([(BOB, 0, b"late part")], dedupe=b"moved") == [2]
+            assert await st.enqueue([(BOB, 0, b"b")], dedupe=b"moved") is None
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"moved") is None
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"full") is None
+            assert [i.envelope for i in await st.read_queue(BOB, 0)] == [b"b", b"late part"]
+            assert await st.read_queue(ALICE, 0) == [] and await st.read_queue(carol, 0) == []
+            ids = {r.value: r.ts for r in await _export_all(st, BOB) if r.kind == "dedupe"}
+            assert ids == {b"full": 50.0, b"moved": 100.0}
+            await st.expire(101.0)
+            assert await st.enqueue([(ALICE, 0, b"new")], dedupe=b"moved") == [1]
+
     async def test_import_reset_replaces_partial_state(self) -> None:
         async with self.opened() as st:
             await st.enqueue([(ALICE, 0, b"stale")])
