@@ -27,7 +27,9 @@ wa-cluster-...`` (the key that signed the cluster description, which users pass 
 ``wa-cli init --cluster-key``; ``cluster-key none`` for an unsigned cluster file), log as :mod:`relay.admin.logs` sets up
 (stderr and each node's ``log_file``; SIGHUP reopens the files), and on SIGTERM
 or SIGINT stop gracefully (every WebSocket closed with 1001, storage flushed,
-within ``shutdown_grace``) and exit 0; a second signal stops at once. Every
+within ``shutdown_grace``) and exit 0; a second signal stops at once. A ``serve``
+node whose cluster file ``wa-relay reshape --cluster`` replaced restarts in place
+(gracefully, then ``ready`` again) to hand users over. Every
 command runs with umask 077. Exit codes: 0 ok, 1 runtime failure (port in use,
 storage cannot be opened, a node unreachable for ``status``, a failed backup),
 2 usage or configuration error, including a data dir whose ``cluster.toml``
@@ -152,7 +154,11 @@ async def _run_once(configs: list[NodeConfig], stop: trio.Event, watch: ReshapeW
         run_stop.set()
 
     async def reload(path: Path) -> None:
-        fresh.append(await watch_cluster_file(path, configs[0]))
+        try:
+            fresh.append(await watch_cluster_file(path, configs[0]))
+        except ConfigError as exc:  # the node file went away meanwhile: serve on
+            logging.getLogger("wa_relay").error("not watching the cluster file: %s", exc)
+            return
         run_stop.set()
 
     async with trio.open_nursery() as helpers:
