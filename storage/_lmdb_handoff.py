@@ -88,20 +88,23 @@ def export_user(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> list[UserReco
                 for k, _ in _prefixed(txn, dbs.claimed, devk)]
         out += [UserRecord("item", device_id=d, seq=i.seq, ts=i.ts, value=i.envelope)
                 for i in L.read_queue(txn, dbs, devk, 0, 2**62)]
-    link = L.dedupe_link(user, b"")
+    link = user + b"|"
+    ids = []
     for k, _ in _prefixed(txn, dbs.dedupe_user, link):
-        raw = txn.get(k[len(link):], db=dbs.dedupe)
+        dedupe = k[len(link) + 8:]
+        raw = txn.get(dedupe, db=dbs.dedupe)
         if raw is not None:
-            out.append(UserRecord("dedupe", ts=L.unpack_f64(raw), value=k[len(link):]))
-    return out
+            ids.append(UserRecord("dedupe", ts=L.unpack_f64(raw), value=dedupe))
+    return out + sorted(ids, key=lambda r: r.value)
 
 
 def _unlink_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> None:
     """Delete ``user``'s dedupe links, and each id no other user is linked to."""
-    link = L.dedupe_link(user, b"")
-    ids = [k[len(link):] for k, _ in _prefixed(txn, dbs.dedupe_user, link)]
-    for dedupe in ids:
-        txn.delete(link + dedupe, db=dbs.dedupe_user)
+    link = user + b"|"
+    keys = [k for k, _ in _prefixed(txn, dbs.dedupe_user, link)]
+    for key in keys:
+        txn.delete(key, db=dbs.dedupe_user)
+        dedupe = key[len(link) + 8:]
         ek = L.dedupe_expiry_key(txn, dbs, dedupe)
         if ek is None:
             continue

@@ -21,8 +21,8 @@ qcharge      queue key (stores written before   the item's charge tags (moved in
 correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
 invites      SHA-256 of an invite token         expires_at f64
 dedupe       dedupe id                          ts f64 (| b"i": only import_user stored it)
-dedupe_user  user_id | "|" | dedupe id          empty   (the ids linked to a user: they
-                                                move with its home)
+dedupe_user  user_id | "|" | ts_key | dedupe id empty   (the ids linked to a user, in time
+                                                order: they move with its home)
 expiry       ts_key | b"q" | queue key          the item's charge tags, NUL-separated (time
                                                 index for :meth:`expire`; empty: no tags)
              ts_key | b"d" | dedupe id          the id's linked user ids, NUL-separated
@@ -263,9 +263,10 @@ def move_charge_tags(txn: lmdb.Transaction, dbs: Dbs) -> None:
     txn.drop(dbs.qcharge, delete=False)
 
 
-def dedupe_link(user: bytes, dedupe: bytes) -> bytes:
-    """The ``dedupe_user`` key linking ``dedupe`` to ``user``."""
-    return user + b"|" + dedupe
+def dedupe_link(user: bytes, tsk: bytes, dedupe: bytes) -> bytes:
+    """The ``dedupe_user`` key linking ``dedupe`` (stored at time key ``tsk``) to
+    ``user``: a user's links are in time order, so an enqueue appends to its last page."""
+    return user + b"|" + tsk + dedupe
 
 
 def dedupe_expiry_key(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes) -> bytes | None:
@@ -276,13 +277,14 @@ def dedupe_expiry_key(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes) -> bytes |
 
 def link_dedupe(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes, ek: bytes,
                 users: list[bytes]) -> None:
-    """Link the stored id ``dedupe`` (``expiry`` key ``ek``) to ``users`` as well."""
+    """Link the stored id ``dedupe`` (``expiry`` key ``ek``: time key, ``d``, id) to
+    ``users`` as well."""
     have = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u]
     more = [u for u in users if u not in have]
     if more:
         txn.put(ek, b"\0".join(sorted([*have, *more])), db=dbs.expiry)
     for user in more:
-        txn.put(dedupe_link(user, dedupe), b"", db=dbs.dedupe_user)
+        txn.put(dedupe_link(user, ek[:8], dedupe), b"", db=dbs.dedupe_user)
 
 
 def dedupe_duplicate(txn: lmdb.Transaction, dbs: Dbs, raw: bytes | None, dedupe: bytes,
@@ -292,8 +294,9 @@ def dedupe_duplicate(txn: lmdb.Transaction, dbs: Dbs, raw: bytes | None, dedupe:
     to every one of ``users`` (another part of the message may still come)."""
     if raw is None:
         return False
+    tsk = ts_key(unpack_f64(raw))
     return raw[8:] != b"i" or all(
-        txn.get(dedupe_link(u, dedupe), db=dbs.dedupe_user) is not None for u in users)
+        txn.get(dedupe_link(u, tsk, dedupe), db=dbs.dedupe_user) is not None for u in users)
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:

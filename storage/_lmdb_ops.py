@@ -217,7 +217,7 @@ def enqueue(
             txn.put(dedupe, tsv, db=dbs.dedupe)
             txn.put(tsk + b"d" + dedupe, b"\0".join(users), db=dbs.expiry)
             for user in users:  # the handoff moves the id with each of its users
-                txn.put(L.dedupe_link(user, dedupe), b"", db=dbs.dedupe_user)
+                txn.put(L.dedupe_link(user, tsk, dedupe), b"", db=dbs.dedupe_user)
         elif dedupe is not None and held is not None:  # an imported id: now for everyone
             txn.put(dedupe, held[:8], db=dbs.dedupe)
             L.link_dedupe(txn, dbs, dedupe, L.ts_key(L.unpack_f64(held)) + b"d" + dedupe, users)
@@ -392,7 +392,7 @@ def expire(older_than: float) -> Deletion:
                 else:
                     txn.delete(rest, db=dbs.dedupe)
                     for user in filter(None, cur.value().split(b"\0")):
-                        txn.delete(L.dedupe_link(user, rest), db=dbs.dedupe_user)
+                        txn.delete(L.dedupe_link(user, key[:8], rest), db=dbs.dedupe_user)
                 cur.delete()
                 n += 1
         c = Counters(txn, dbs)
