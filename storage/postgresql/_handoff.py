@@ -171,7 +171,9 @@ class SetMark(Op):
 
 
 _EXPORT = """
-SELECT 0, 'list', 0, '', version, 0.0, blob FROM device_lists WHERE user_id = %(u)s
+SELECT kind, device_id, k, s, ts, v FROM (
+SELECT 0 AS part, 'list' AS kind, 0::bigint AS device_id, ''::text AS k, version AS s,
+    0.0::float8 AS ts, blob AS v FROM device_lists WHERE user_id = %(u)s
 UNION ALL SELECT 1, 'watcher', 0, watcher, 0, 0.0, ''::bytea FROM watchers WHERE user_id = %(u)s
 UNION ALL SELECT 2, 'seq', device_id, '', last_seq, 0.0, ''::bytea FROM devices
     WHERE user_id = %(u)s
@@ -184,16 +186,14 @@ UNION ALL SELECT 5, 'claimed', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, 
 UNION ALL SELECT 6, 'item', device_id, '', seq, ts, envelope FROM queue WHERE user_id = %(u)s
 UNION ALL SELECT 7, 'dedupe', 0, '', 0, d.ts, d.id FROM dedupe_users l
     JOIN dedupe d ON d.id = l.id WHERE l.user_id = %(u)s
+) x
+ORDER BY CASE WHEN part < 2 THEN part WHEN part = 7 THEN 3 ELSE 2 END,
+         CASE WHEN part < 2 OR part = 7 THEN -1 ELSE device_id END,
+         part, k COLLATE "C", s, CASE WHEN part = 7 THEN v END
+OFFSET %(start)s LIMIT %(limit)s
 """
-
-
-def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    part, device, key, seq = row[0], row[2], row[3], row[4]
-    if part < 2:
-        return (part, -1, 0, key, 0, b"")
-    if part == 7:  # dedupe ids last, ascending
-        return (3, 0, 0, "", 0, bytes(row[6]))
-    return (2, device, part, key, int(seq), b"")
+"""One page of a user's export, ordered as :meth:`storage.base.Storage.export_user`
+says (the server sorts and skips: a page costs no transfer of the pages before it)."""
 
 
 class PgHandoffMixin:
@@ -209,12 +209,13 @@ class PgHandoffMixin:
         return [r[0] for r in rows]
 
     async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
-        """See :meth:`storage.base.Storage.export_user` (one snapshot query, then sliced)."""
+        """See :meth:`storage.base.Storage.export_user` (one query per page, sorted and
+        sliced by the server)."""
         check_user_id(user_id)
-        rows = sorted(await self._fetch(_EXPORT, {"u": user_id}), key=_sort_key)  # type: ignore[attr-defined]
-        out = [UserRecord(kind, device_id=int(d), key=k, seq=int(s), ts=float(ts), value=bytes(v))
-               for _, kind, d, k, s, ts, v in rows]
-        return out[max(start, 0):max(start, 0) + max(limit, 0)]
+        rows = await self._fetch(_EXPORT, {"u": user_id, "start": max(start, 0),  # type: ignore[attr-defined]
+                                           "limit": max(limit, 0)})
+        return [UserRecord(kind, device_id=int(d), key=k, seq=int(s), ts=float(ts), value=bytes(v))
+                for kind, d, k, s, ts, v in rows]
 
     async def import_user(
         self, user_id: str, records: list[UserRecord], *, reset: bool = False

@@ -145,6 +145,20 @@ class HandoffConformance(ConformanceBase):
             await st.expire(101.0)
             assert await st.enqueue([(ALICE, 0, b"new")], dedupe=b"moved") == [1]
 
+    async def test_export_pages_are_slices_of_the_whole_export(self) -> None:
+        async with self.opened() as st:
+            await _fill(st, ALICE)
+            await st.add_one_time_keys(ALICE, 3, [("x", b"X" * 32)])
+            for i in range(40):
+                await st.enqueue([(ALICE, 0, b"a%d" % i), (ALICE, 3, b"c%d" % i)],
+                                 dedupe=b"id%02d" % i)
+            whole = await st.export_user(ALICE, limit=10**6)
+            assert len(whole) > 100 and whole[-1].kind == "dedupe"
+            for size in (1, 7, 50):
+                assert await _export_all(st, ALICE, page=size) == whole, size
+            assert await st.export_user(ALICE, start=len(whole)) == []
+            assert await st.export_user(ALICE, start=5, limit=0) == []
+
     async def test_import_reset_replaces_partial_state(self) -> None:
         async with self.opened() as st:
             await st.enqueue([(ALICE, 0, b"stale")])
