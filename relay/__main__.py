@@ -27,7 +27,9 @@ wa-cluster-...`` (the key that signed the cluster description, which users pass 
 ``wa-cli init --cluster-key``; ``cluster-key none`` for an unsigned cluster file), log as :mod:`relay.admin.logs` sets up
 (stderr and each node's ``log_file``; SIGHUP reopens the files), and on SIGTERM
 or SIGINT stop gracefully (every WebSocket closed with 1001, storage flushed,
-within ``shutdown_grace``) and exit 0; a second signal stops at once. Every
+within ``shutdown_grace``) and exit 0; a second signal stops at once. A ``serve``
+node whose cluster file ``wa-relay reshape --cluster`` replaced restarts in place
+(gracefully, then ``ready`` again) to hand users over. Every
 command runs with umask 077. Exit codes: 0 ok, 1 runtime failure (port in use,
 storage cannot be opened, a node unreachable for ``status``, a failed backup),
 2 usage or configuration error, including a data dir whose ``cluster.toml``
@@ -53,10 +55,12 @@ from relay.admin.backup import BackupError, backup, restore
 from relay.admin.commands import admin as admin_group
 from relay.admin.logs import LogFiles, configure_logging
 from relay.admin.reshape import (
+    CLUSTER_POLL,
     ReshapeWatch,
     install_cluster,
     local_node_files,
     prepare_local_reshape,
+    watch_cluster_file,
 )
 from relay.admin.reshape import finish as reshape_finish
 from relay.admin.status import cluster_status, format_status
@@ -116,29 +120,64 @@ def _say(line: str) -> None:
 
 
 async def run_nodes(configs: list[NodeConfig], logs: LogFiles | None = None,
-                    watch: ReshapeWatch | None = None) -> None:
+                    watch: ReshapeWatch | None = None, reload_from: Path | None = None) -> None:
     """Start every node, print its ``ready`` line, run until SIGTERM/SIGINT, then
     stop every node gracefully (1001 to every connection, storage flushed, each
     within its ``shutdown_grace``) and return. With ``watch`` (an unfinished reshape),
     print what moved once every node's handoff is done (nodes that the reshape
-    removes stop by themselves once drained)."""
+    removes stop by themselves once drained).
+
+    With ``reload_from`` (``serve``: the one node's ``node.toml``), a new cluster file
+    installed meanwhile (``wa-relay reshape --cluster``) restarts the node in place:
+    it stops gracefully, loads its config anew and starts again (``ready`` again),
+    handing users over (:func:`relay.admin.reshape.watch_cluster_file`)."""
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, signals, stop, nursery.cancel_scope,
                                logs or LogFiles({}))
-            async with trio.open_nursery() as nodes:
-                on_node = watch.on_node if watch is not None else None
-                for cfg in configs:
-                    port = await nodes.start(partial(serve_node, cfg, stop=stop,
-                                                     on_node=on_node))
-                    _say(f"ready {cfg.id} {cfg.own_url(port)}")
-                doc = configs[0].cluster_doc
-                _say("cluster-key " + ("none" if doc is None
-                                       else cluster_key_text(doc.cluster_key)))
-                if watch is not None:
-                    nodes.start_soon(watch.wait, len(configs), _say)
+            while configs:
+                configs = await _run_once(configs, stop, watch, reload_from)
+                watch = None
             nursery.cancel_scope.cancel()  # every node stopped: no more signals to wait for
+
+
+async def _run_once(configs: list[NodeConfig], stop: trio.Event, watch: ReshapeWatch | None,
+                    reload_from: Path | None) -> list[NodeConfig]:
+    """One run of the nodes (see :func:`run_nodes`); the configs to run next (a new
+    cluster file was installed), or ``[]``."""
+    run_stop = trio.Event()
+    fresh: list[NodeConfig] = []
+
+    async def stop_on(event: trio.Event) -> None:
+        await event.wait()
+        run_stop.set()
+
+    async def reload(path: Path) -> None:
+        try:
+            fresh.append(await watch_cluster_file(path, configs[0]))
+        except ConfigError as exc:  # the node file went away meanwhile: serve on
+            logging.getLogger("wa_relay").error("not watching the cluster file: %s", exc)
+            return
+        run_stop.set()
+
+    async with trio.open_nursery() as helpers:
+        helpers.start_soon(stop_on, stop)
+        if reload_from is not None:
+            helpers.start_soon(reload, reload_from)
+        async with trio.open_nursery() as nodes:
+            on_node = watch.on_node if watch is not None else None
+            for cfg in configs:
+                port = await nodes.start(partial(serve_node, cfg, stop=run_stop,
+                                                 on_node=on_node))
+                _say(f"ready {cfg.id} {cfg.own_url(port)}")
+            doc = configs[0].cluster_doc
+            _say("cluster-key " + ("none" if doc is None
+                                   else cluster_key_text(doc.cluster_key)))
+            if watch is not None:
+                nodes.start_soon(watch.wait, len(configs), _say)
+        helpers.cancel_scope.cancel()
+    return [] if stop.is_set() else fresh
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -147,14 +186,15 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _run(configs: list[NodeConfig], watch: ReshapeWatch | None = None) -> None:
+def _run(configs: list[NodeConfig], watch: ReshapeWatch | None = None,
+         reload_from: Path | None = None) -> None:
     level = click.get_current_context().find_root().params.get("log_level")
     try:
         logs = configure_logging(configs, level)
     except OSError as exc:
         raise RunFailure(f"cannot open a log file: {exc}") from exc
     try:
-        trio.run(run_nodes, configs, logs, watch)
+        trio.run(run_nodes, configs, logs, watch, reload_from)
     except* ValueError as group:
         raise ConfigProblem(str(_first_leaf(group))) from None
     except* OSError as group:
@@ -188,8 +228,12 @@ def main(ctx: click.Context, log_level: str | None) -> None:
 @click.option("--config", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="The node.toml file.")
 def serve(config_path: Path) -> None:
-    """Run one node in the foreground."""
-    _run([_load(config_path)])
+    """Run one node in the foreground.
+
+    A new cluster file installed while it runs (wa-relay reshape --cluster) restarts
+    the node in place to hand users over (a node the new file removes drains, then
+    exits 0)."""
+    _run([_load(config_path)], reload_from=config_path)
 
 
 _cluster_options = [
@@ -278,11 +322,13 @@ def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool
 @click.option("--finish", is_flag=True,
               help="The reshape is done on every node: forget the previous cluster file.")
 def reshape(config_path: Path, new_cluster: Path | None, finish: bool) -> None:
-    """Install a new cluster file for a reshape (then restart the node), or finish one.
+    """Install a new cluster file for a reshape, or finish one.
 
-    Run on every host with the same new file, then restart every node: users move
-    to their new homes over the peer links; removed nodes drain, then exit 0.
-    'wa-relay status' shows each node's handoff; once all say done, run --finish."""
+    Run on every host with the same new file (signed like the current one, with a
+    higher version): a running 'wa-relay serve' node picks it up by itself and
+    restarts in place; users move to their new homes over the peer links; removed
+    nodes drain, then exit 0. 'wa-relay status' shows each node's handoff; once all
+    say done, run --finish."""
     if (new_cluster is None) == (not finish):
         raise click.UsageError("give exactly one of --cluster FILE and --finish")
     try:
@@ -295,9 +341,10 @@ def reshape(config_path: Path, new_cluster: Path | None, finish: bool) -> None:
             return
         assert new_cluster is not None
         nodes = load_cluster(new_cluster)
-        if install_cluster(cluster_path, nodes):
+        if install_cluster(cluster_path, new_cluster):
             _say(f"installed {new_cluster} as {cluster_path} ({len(nodes)} nodes; the previous "
-                 "file is kept as .prev): restart the node to hand users over")
+                 "file is kept as .prev): a running node picks it up within "
+                 f"{CLUSTER_POLL:g} s and restarts in place to hand users over")
         else:
             _say(f"{cluster_path} already lists these nodes")
     except ConfigError as exc:

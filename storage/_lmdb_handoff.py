@@ -66,29 +66,118 @@ def list_users(txn: lmdb.Transaction, dbs: L.Dbs, after: str, limit: int) -> lis
     return sorted({u for u in listed + queued if u > after})[:limit]
 
 
-def export_user(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> list[UserRecord]:
-    """Every record of ``user`` in the order of :meth:`storage.base.Storage.export_user`."""
-    out: list[UserRecord] = []
+class _Page:
+    """Collects the records at positions ``start .. start + limit - 1`` of a user's
+    export while the sections are walked in order; what comes before is only counted."""
+
+    def __init__(self, start: int, limit: int) -> None:
+        self.start, self.end = start, start + limit
+        self.pos = 0
+        self.out: list[UserRecord] = []
+
+    @property
+    def full(self) -> bool:
+        return self.pos >= self.end
+
+    def add(self, make) -> None:
+        """Count one record; build it (``make()``) if it is on the page."""
+        if self.start <= self.pos < self.end:
+            self.out.append(make())
+        self.pos += 1
+
+
+def export_user(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes, start: int = 0,
+                limit: int = 2**62) -> list[UserRecord]:
+    """The records of ``user`` at positions ``start`` .. ``start + limit - 1`` in the
+    order of :meth:`storage.base.Storage.export_user`. Records before the page are
+    counted, not built (queued envelopes are skipped by key), so paging through a
+    large queue costs about one pass, not one pass per page."""
+    page = _Page(max(start, 0), max(limit, 0))
     raw = txn.get(user, db=dbs.lists)
     if raw is not None:
-        out.append(UserRecord("list", seq=L.unpack_u64(raw[:8]), value=raw[8:]))
-    out += [UserRecord("watcher", key=w) for w in L.watchers(txn, dbs, user)]
+        page.add(lambda: UserRecord("list", seq=L.unpack_u64(raw[:8]), value=raw[8:]))
+    for w in L.watchers(txn, dbs, user):
+        page.add(lambda w=w: UserRecord("watcher", key=w))
     for d in _user_devices(txn, dbs, user):
+        if page.full:
+            return page.out
         devk = L.dev_key(user, d)
-        if txn.get(devk, db=dbs.devices) is not None:
-            out.append(UserRecord("seq", device_id=d,
-                                  seq=L.DevRec.load(txn, dbs, devk).last_seq))
+        n = len(devk)
+        rec = txn.get(devk, db=dbs.devices)
+        if rec is not None:
+            page.add(lambda d=d, rec=rec: UserRecord("seq", device_id=d,
+                                                     seq=L.DevRec.unpack(rec).last_seq))
         fb = txn.get(devk, db=dbs.fallback)
         if fb is not None:
             key_id, key = L.unpack_fallback(fb)
-            out.append(UserRecord("fallback", device_id=d, key=key_id, value=key))
-        out += [UserRecord("otk", device_id=d, key=k[len(devk):].decode(), value=v)
-                for k, v in _prefixed(txn, dbs.otk, devk)]
-        out += [UserRecord("claimed", device_id=d, key=k[len(devk):].decode())
-                for k, _ in _prefixed(txn, dbs.claimed, devk)]
-        out += [UserRecord("item", device_id=d, seq=i.seq, ts=i.ts, value=i.envelope)
-                for i in L.read_queue(txn, dbs, devk, 0, 2**62)]
-    return out
+            page.add(lambda d=d, k=key_id, v=key: UserRecord("fallback", device_id=d, key=k,
+                                                              value=v))
+        for k, v in _prefixed(txn, dbs.otk, devk):
+            page.add(lambda d=d, k=k, v=v, n=n: UserRecord(
+                "otk", device_id=d, key=k[n:].decode(), value=v))
+        for k, _ in _prefixed(txn, dbs.claimed, devk):
+            page.add(lambda d=d, k=k, n=n: UserRecord("claimed", device_id=d,
+                                                               key=k[n:].decode()))
+        _items(txn, dbs, devk, d, page)
+    if page.full:
+        return page.out
+    link = user + b"|"
+    ids = []
+    for k, _ in _prefixed(txn, dbs.dedupe_user, link):
+        dedupe = k[len(link) + 8:]
+        held = txn.get(dedupe, db=dbs.dedupe)
+        if held is not None:
+            ids.append((dedupe, L.unpack_f64(held)))
+    for dedupe, ts in sorted(ids):
+        page.add(lambda v=dedupe, t=ts: UserRecord("dedupe", ts=t, value=v))
+    return page.out
+
+
+def _items(txn: lmdb.Transaction, dbs: L.Dbs, devk: bytes, d: int, page: _Page) -> None:
+    """The device's queued envelopes (seq order) into ``page``; keys only until it starts."""
+    with txn.cursor(db=dbs.queue) as cur:
+        if not cur.set_range(devk):
+            return
+        while not page.full:
+            key = cur.key()
+            if len(key) != len(devk) + 8 or not key.startswith(devk):
+                return
+            if page.pos >= page.start:
+                value = cur.value()
+                page.out.append(UserRecord("item", device_id=d, seq=L.unpack_u64(key[-8:]),
+                                           ts=L.unpack_f64(value), value=value[8:]))
+            page.pos += 1
+            if not cur.next():
+                return
+
+
+def _unlink_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> None:
+    """Delete ``user``'s dedupe links, and each id no other user is linked to."""
+    link = user + b"|"
+    keys = [k for k, _ in _prefixed(txn, dbs.dedupe_user, link)]
+    for key in keys:
+        txn.delete(key, db=dbs.dedupe_user)
+        dedupe = key[len(link) + 8:]
+        ek = L.dedupe_expiry_key(txn, dbs, dedupe)
+        if ek is None:
+            continue
+        users = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u and u != user]
+        if users:
+            txn.put(ek, b"\0".join(users), db=dbs.expiry)
+        else:
+            txn.delete(ek, db=dbs.expiry)
+            txn.delete(dedupe, db=dbs.dedupe)
+
+
+def _import_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes, r: UserRecord) -> None:
+    """Store one imported dedupe id (unless stored; marked ``b"i"``: a duplicate only
+    for its linked users) and link it to ``user``."""
+    ek = L.dedupe_expiry_key(txn, dbs, r.value)
+    if ek is None:
+        txn.put(r.value, L.pack_f64(r.ts) + b"i", db=dbs.dedupe)
+        ek = L.ts_key(r.ts) + b"d" + r.value
+        txn.put(ek, b"", db=dbs.expiry)
+    L.link_dedupe(txn, dbs, r.value, ek, [user])
 
 
 def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
@@ -128,6 +217,7 @@ def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
     counters = Counters(txn, dbs)
     freed.apply_totals(counters, counted)  # the user's account total and its senders' charges
     counters.flush()
+    _unlink_dedupe(txn, dbs, user)
     return gone
 
 
@@ -171,6 +261,8 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
                 if txn.delete(k, db=dbs.otk):
                     rec(r.device_id).otk_count -= 1
                 txn.put(k, b"", db=dbs.claimed)
+            elif r.kind == "dedupe":
+                _import_dedupe(txn, dbs, user, r)
             else:  # item
                 qk = L.queue_key(devk, r.seq)
                 old = txn.get(qk, db=dbs.queue)
@@ -215,11 +307,11 @@ class LmdbHandoffMixin:
         return await self._reading(lambda txn: list_users(txn, self._dbs, after, limit))  # type: ignore[attr-defined]
 
     async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
-        """See :meth:`storage.base.Storage.export_user` (reads the user's whole state
-        in one transaction on the loop, then slices it)."""
+        """See :meth:`storage.base.Storage.export_user` (one read transaction on the
+        loop; see :func:`export_user`)."""
         user = check_user_id(user_id)
-        records = await self._reading(lambda txn: export_user(txn, self._dbs, user))  # type: ignore[attr-defined]
-        return records[max(start, 0):max(start, 0) + max(limit, 0)]
+        return await self._reading(  # type: ignore[attr-defined]
+            lambda txn: export_user(txn, self._dbs, user, start, limit))  # type: ignore[attr-defined]
 
     async def import_user(
         self, user_id: str, records: list[UserRecord], *, reset: bool = False

@@ -21,10 +21,13 @@ qcharge      queue key (stores written before   the item's charge tags (moved in
              tags moved into ``expiry``)        ``expiry`` at open; empty after it)
 correspond   user_id | "|" | other user_id      empty   (user_id sent to other)
 invites      SHA-256 of an invite token         expires_at f64
-dedupe       dedupe id                          ts f64
+dedupe       dedupe id                          ts f64 (| b"i": only import_user stored it)
+dedupe_user  user_id | "|" | ts_key | dedupe id empty   (the ids linked to a user, in time
+                                                order: they move with its home)
 expiry       ts_key | b"q" | queue key          the item's charge tags, NUL-separated (time
                                                 index for :meth:`expire`; empty: no tags)
-             ts_key | b"d" | dedupe id
+             ts_key | b"d" | dedupe id          the id's linked user ids, NUL-separated
+                                                (empty: none, or written before links)
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
 outbox_dest  len(dest) u16 | dest | outbox_id   empty   (per-destination index of ``outbox``)
 watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
@@ -72,7 +75,7 @@ FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
     "meta", "watchers", "media", "media_time", "outbox_dest", "accounts", "charges", "shares",
-    "qcharge", "correspond", "invites",
+    "qcharge", "correspond", "invites", "dedupe_user",
 )
 OUTBOX_LAST = b"outbox_last"
 BYTES_INDEXED = b"bytes_indexed"
@@ -111,6 +114,7 @@ class Dbs:
     qcharge: lmdb._Database
     correspond: lmdb._Database
     invites: lmdb._Database
+    dedupe_user: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:
@@ -293,6 +297,42 @@ def move_charge_tags(txn: lmdb.Transaction, dbs: Dbs) -> None:
             if value is not None:
                 txn.put(ts_key(unpack_f64(value)) + b"q" + qk, tags, db=dbs.expiry)
     txn.drop(dbs.qcharge, delete=False)
+
+
+def dedupe_link(user: bytes, tsk: bytes, dedupe: bytes) -> bytes:
+    """The ``dedupe_user`` key linking ``dedupe`` (stored at time key ``tsk``) to
+    ``user``: a user's links are in time order, so an enqueue appends to its last page."""
+    return user + b"|" + tsk + dedupe
+
+
+def dedupe_expiry_key(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes) -> bytes | None:
+    """The ``expiry`` key of a stored dedupe id, or ``None`` if the id is not stored."""
+    raw = txn.get(dedupe, db=dbs.dedupe)
+    return None if raw is None else ts_key(unpack_f64(raw)) + b"d" + dedupe
+
+
+def link_dedupe(txn: lmdb.Transaction, dbs: Dbs, dedupe: bytes, ek: bytes,
+                users: list[bytes]) -> None:
+    """Link the stored id ``dedupe`` (``expiry`` key ``ek``: time key, ``d``, id) to
+    ``users`` as well."""
+    have = [u for u in (txn.get(ek, db=dbs.expiry) or b"").split(b"\0") if u]
+    more = [u for u in users if u not in have]
+    if more:
+        txn.put(ek, b"\0".join(sorted([*have, *more])), db=dbs.expiry)
+    for user in more:
+        txn.put(dedupe_link(user, ek[:8], dedupe), b"", db=dbs.dedupe_user)
+
+
+def dedupe_duplicate(txn: lmdb.Transaction, dbs: Dbs, raw: bytes | None, dedupe: bytes,
+                     users: list[bytes]) -> bool:
+    """Whether an enqueue with id ``dedupe`` (stored value ``raw``) for ``users`` is a
+    duplicate: the id is stored, and, if only a handoff brought it (``b"i"``), linked
+    to every one of ``users`` (another part of the message may still come)."""
+    if raw is None:
+        return False
+    tsk = ts_key(unpack_f64(raw))
+    return raw[8:] != b"i" or all(
+        txn.get(dedupe_link(u, tsk, dedupe), db=dbs.dedupe_user) is not None for u in users)
 
 
 def pack_fallback(key_id: bytes, key: bytes) -> bytes:

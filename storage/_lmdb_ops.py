@@ -55,7 +55,11 @@ def enqueue_estimate(
         if tags_len:
             total += record_estimate(qk + tags_len, 8, psize)
     if dedupe is not None:
-        total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), 0, psize)
+        users = {L.user_of(devk) for devk, _ in items}
+        links = sum(len(u) + 1 for u in users)
+        total += record_estimate(len(dedupe), 8, psize) + record_estimate(9 + len(dedupe), links,
+                                                                          psize)
+        total += sum(record_estimate(len(u) + 1 + len(dedupe), 0, psize) for u in users)
     return total
 
 
@@ -204,8 +208,11 @@ def enqueue(
     tags, packed_tags = _encoded_tags(charges)
     floor = quota.share_floor if tags and quota is not None else None
 
+    users = sorted({L.user_of(devk) for devk, _ in items})
+
     def op(txn: lmdb.Transaction, dbs: L.Dbs, counters: Counters | None = None) -> list[int] | None:
-        if dedupe is not None and txn.get(dedupe, db=dbs.dedupe) is not None:
+        held = None if dedupe is None else txn.get(dedupe, db=dbs.dedupe)
+        if dedupe is not None and L.dedupe_duplicate(txn, dbs, held, dedupe, users):
             return None
         c = Counters(txn, dbs) if counters is None else counters
         recs = {devk: c.dev(devk) for devk, _ in items}
@@ -252,9 +259,14 @@ def enqueue(
         if tags:
             for devk, n in per_dev.items():
                 c.add_tags(devk, tags, n, recs[devk].shares_counted)
-        if dedupe is not None:
+        if dedupe is not None and held is None:
             txn.put(dedupe, tsv, db=dbs.dedupe)
-            txn.put(tsk + b"d" + dedupe, b"", db=dbs.expiry)
+            txn.put(tsk + b"d" + dedupe, b"\0".join(users), db=dbs.expiry)
+            for user in users:  # the handoff moves the id with each of its users
+                txn.put(L.dedupe_link(user, tsk, dedupe), b"", db=dbs.dedupe_user)
+        elif dedupe is not None and held is not None:  # an imported id: now for everyone
+            txn.put(dedupe, held[:8], db=dbs.dedupe)
+            L.link_dedupe(txn, dbs, dedupe, L.ts_key(L.unpack_f64(held)) + b"d" + dedupe, users)
         if counters is None:
             c.flush()
         return seqs
@@ -432,6 +444,8 @@ def expire(older_than: float) -> Deletion:
                         freed.note(rest, value, cur.value())
                 else:
                     txn.delete(rest, db=dbs.dedupe)
+                    for user in filter(None, cur.value().split(b"\0")):
+                        txn.delete(L.dedupe_link(user, key[:8], rest), db=dbs.dedupe_user)
                 cur.delete()
                 n += 1
         c = Counters(txn, dbs)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._keys import check_user_id
+from ._keys import check_dedupe, check_user_id
 from .base import USER_RECORD_KINDS, QueueItem, UserRecord
 
 MARK_NAME_MAX = 200
 MARK_VALUE_MAX = 4096
+DEDUPE_OVERHEAD = 8
+"""Accounted bytes of one dedupe id beyond its own length (memory backend)."""
 
 
 def check_records(records: list[UserRecord]) -> None:
@@ -21,6 +23,8 @@ def check_records(records: list[UserRecord]) -> None:
             raise ValueError(f"malformed user record: {r!r}")
         if r.device_id < 0 or r.device_id >= 2**32 or r.seq < 0:
             raise ValueError(f"malformed user record: {r!r}")
+        if r.kind == "dedupe":
+            check_dedupe(r.value)
 
 
 def check_mark(name: str, value: bytes | None = None) -> None:
@@ -41,6 +45,10 @@ class MemoryHandoffMixin:
     _fallback: dict[tuple[str, int], tuple[str, bytes]]
     _queues: dict[tuple[str, int], dict[int, QueueItem]]
     _seq: dict[tuple[str, int], int]
+    _dedupe: dict[bytes, float]
+    _dedupe_users: dict[bytes, set[str]]
+    _user_dedupe: dict[str, set[bytes]]
+    _dedupe_imported: set[bytes]
     _used: int
 
     async def _enter(self) -> None: ...  # pragma: no cover - provided by MemoryStorage
@@ -48,6 +56,29 @@ class MemoryHandoffMixin:
 
     def _marks(self) -> dict[str, bytes]:
         return self.__dict__.setdefault("_handoff_marks", {})
+
+    def _link_dedupe(self, dedupe: bytes, users: set[str]) -> None:
+        """Record that the request with id ``dedupe`` queued copies for ``users``."""
+        self._dedupe_users.setdefault(dedupe, set()).update(users)
+        for u in users:
+            self._user_dedupe.setdefault(u, set()).add(dedupe)
+
+    def _is_duplicate(self, dedupe: bytes, users: set[str]) -> bool:
+        """Whether an enqueue with id ``dedupe`` for ``users`` is a duplicate: the id is
+        stored, and, if only a handoff brought it, linked to every one of ``users``
+        (another part of the same message for other users may still come)."""
+        if dedupe not in self._dedupe:
+            return False
+        return dedupe not in self._dedupe_imported or users <= self._dedupe_users.get(dedupe, set())
+
+    def _unlink_dedupe(self, dedupe: bytes) -> None:
+        """Forget the users of an expired dedupe id."""
+        for u in self._dedupe_users.pop(dedupe, ()):
+            ids = self._user_dedupe.get(u)
+            if ids is not None:
+                ids.discard(dedupe)
+                if not ids:
+                    del self._user_dedupe[u]
 
     def _devices_of(self, user_id: str) -> list[int]:
         devs: set[int] = set()
@@ -82,6 +113,8 @@ class MemoryHandoffMixin:
                     for k in sorted(self._claimed.get(dev, ()))]
             out += [UserRecord("item", device_id=d, seq=i.seq, ts=i.ts, value=i.envelope)
                     for _, i in sorted(self._queues.get(dev, {}).items())]
+        out += [UserRecord("dedupe", ts=self._dedupe[d], value=d)
+                for d in sorted(self._user_dedupe.get(user_id, ())) if d in self._dedupe]
         return out
 
     async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
@@ -110,6 +143,14 @@ class MemoryHandoffMixin:
                 self._used -= len(item.envelope) + 16
                 self._count_dropped(dev, item.seq, len(item.envelope))  # type: ignore[attr-defined]
                 gone += 1
+        for d in self._user_dedupe.pop(user_id, set()):
+            users = self._dedupe_users.get(d, set())
+            users.discard(user_id)
+            if not users and d in self._dedupe:  # no other user here needs the id
+                self._dedupe_users.pop(d, None)
+                self._dedupe_imported.discard(d)
+                del self._dedupe[d]
+                self._used -= len(d) + DEDUPE_OVERHEAD
         return gone
 
     async def import_user(
@@ -153,6 +194,12 @@ class MemoryHandoffMixin:
         elif r.kind == "claimed":
             self._otks.get(dev, {}).pop(r.key, None)
             self._claimed.setdefault(dev, set()).add(r.key)
+        elif r.kind == "dedupe":
+            if r.value not in self._dedupe:
+                self._dedupe[r.value] = r.ts
+                self._dedupe_imported.add(r.value)
+                self._used += len(r.value) + DEDUPE_OVERHEAD
+            self._link_dedupe(r.value, {user_id})
         else:  # item
             queue = self._queues.setdefault(dev, {})
             old_item = queue.get(r.seq)

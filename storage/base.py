@@ -168,7 +168,13 @@ class UserRecord:
     * ``"fallback"``: ``device_id``, ``key`` = key id, ``value`` = key;
     * ``"otk"``: an unclaimed one-time key: ``device_id``, ``key``, ``value``;
     * ``"claimed"``: a claimed one-time key id (never accepted again): ``device_id``, ``key``;
-    * ``"item"``: a queued envelope: ``device_id``, ``seq``, ``ts`` (seconds), ``value``.
+    * ``"item"``: a queued envelope: ``device_id``, ``seq``, ``ts`` (seconds), ``value``;
+    * ``"dedupe"``: the dedupe id (``value``, 1..255 bytes) of an enqueue that queued a
+      copy for the user, with its ``ts``: a sender's retry of that request at the new
+      home is answered as a duplicate (the id is kept there for the user). An id that
+      only an import stored is a duplicate only for requests whose users are all
+      linked to it; any other request with it is stored (and links its users), so a
+      later part of the same message for other users is never lost.
     """
 
     kind: str
@@ -179,7 +185,8 @@ class UserRecord:
     value: bytes = b""
 
 
-USER_RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item"})
+USER_RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item",
+                               "dedupe"})
 
 
 @runtime_checkable
@@ -271,6 +278,8 @@ class Storage(Protocol):
             dedupe: if given, an id (e.g. ``msg_id + user_id``). If the same
                 ``dedupe`` id was enqueued before (and not yet expired), nothing is
                 stored and ``None`` is returned: a retried request is idempotent.
+                The id is linked to every user with a copy in ``items``, so that it
+                moves with the user's home (:meth:`export_user`).
             max_queue: if given, the most envelopes one device queue may hold.
             now: the enqueue time in seconds (default: ``time.time()``).
 
@@ -488,7 +497,8 @@ class Storage(Protocol):
         """Up to ``limit`` records of ``user_id``'s state from position ``start`` of a
         fixed order: the device list, watchers, then per device (ascending) its seq
         counter, fallback key, one-time keys, claimed key ids and queued envelopes (in
-        seq order). Page with ``start += len(batch)`` until a batch is shorter than
+        seq order), then the unexpired dedupe ids of enqueues that had a copy for the
+        user (ascending; acknowledged copies too). Page with ``start += len(batch)`` until a batch is shorter than
         ``limit``; the order is stable while nothing of the user is written.
         ``[]`` for an unknown user."""
 
@@ -499,7 +509,9 @@ class Storage(Protocol):
         ``user_id``, atomically. Idempotent: importing a batch twice stores it once.
         With ``reset``, the user's existing state here (as :meth:`delete_user`) is
         removed first, in the same transaction. Seq counters become the larger of
-        the stored and the imported one; an envelope keeps its seq and ``ts``.
+        the stored and the imported one; an envelope keeps its seq and ``ts``; a
+        dedupe id is stored (with its ``ts``, unless already stored) and linked to
+        ``user_id``.
 
         Raises:
             ValueError: an unknown ``kind`` or malformed record; nothing stored.
@@ -508,7 +520,8 @@ class Storage(Protocol):
 
     async def delete_user(self, user_id: str) -> int:
         """Delete ``user_id``'s device list, watchers, keys and queued envelopes
-        (seq counters are kept: seqs are never reused); return how many envelopes
+        (seq counters are kept: seqs are never reused) and its links to dedupe ids
+        (an id no other user here is linked to goes too); return how many envelopes
         went. Freeing: succeeds on a full store."""
 
     async def media_owned(self, owner: str, after: bytes = b"", limit: int = 256) -> list[bytes]:

@@ -24,6 +24,7 @@ import trio
 from ._chains import Chains, chain_keys
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
 from ._memory_extras import MemoryExtrasMixin
+from ._memory_handoff import DEDUPE_OVERHEAD as _DEDUPE_OVERHEAD
 from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
 from ._quota import check_charges, check_quota
@@ -35,7 +36,6 @@ _Dev = tuple[str, int]
 # Accounted overheads in bytes per record (roughly the fixed-size key parts on disk).
 _LIST_OVERHEAD = 8
 _ITEM_OVERHEAD = 16
-_DEDUPE_OVERHEAD = 8
 _OUTBOX_OVERHEAD = 16
 _WATCHER_OVERHEAD = 8
 
@@ -68,6 +68,9 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         self._queues: dict[_Dev, dict[int, QueueItem]] = {}
         self._seq: dict[_Dev, int] = {}
         self._dedupe: dict[bytes, float] = {}
+        self._dedupe_users: dict[bytes, set[str]] = {}  # dedupe id -> its items' users
+        self._user_dedupe: dict[str, set[bytes]] = {}  # user -> dedupe ids (the handoff's)
+        self._dedupe_imported: set[bytes] = set()  # ids only import_user stored
         self._outbox: dict[int, OutboxEntry] = {}
         self._outbox_last = 0
         self._init_extras()
@@ -268,7 +271,8 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         self, checked: list[tuple[_Dev, bytes]], dedupe: bytes | None, max_queue: int | None,
         now: float | None, req: EnqueueRequest,
     ) -> list[int] | None:
-        if dedupe is not None and dedupe in self._dedupe:
+        users = {dev[0] for dev, _ in checked}
+        if dedupe is not None and self._is_duplicate(dedupe, users):
             return None
         ts = time.time() if now is None else float(now)
         per_dev: dict[_Dev, int] = {}
@@ -280,7 +284,7 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
                     raise QueueFull(f"queue of {dev} would exceed {max_queue} envelopes")
         check_quota([(u, d, len(env)) for (u, d), env in checked], req.charges, req.quota, self)
         size = sum(len(env) + _ITEM_OVERHEAD for _, env in checked)
-        if dedupe is not None:
+        if dedupe is not None and dedupe not in self._dedupe:
             size += len(dedupe) + _DEDUPE_OVERHEAD
         self._reserve(size)
         seqs: list[int] = []
@@ -291,7 +295,9 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
             self._count_added(dev, seq, len(env), req.charges)
             seqs.append(seq)
         if dedupe is not None:
-            self._dedupe[dedupe] = ts
+            self._dedupe.setdefault(dedupe, ts)
+            self._dedupe_imported.discard(dedupe)
+            self._link_dedupe(dedupe, users)
         return seqs
 
     async def read_queue(
@@ -368,6 +374,8 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
                 gone += self._drop(dev, old)
         for d in [d for d, ts in self._dedupe.items() if ts < older_than]:
             del self._dedupe[d]
+            self._dedupe_imported.discard(d)
+            self._unlink_dedupe(d)
             self._used -= len(d) + _DEDUPE_OVERHEAD
         return gone
 

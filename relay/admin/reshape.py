@@ -10,6 +10,8 @@ nodes listed only in the previous file drain, then stop.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +20,18 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from relay.config import ConfigError, load_cluster
-from relay.config.cluster_files import format_cluster, init_cluster, write_text_atomic
-from relay.config.loading import previous_cluster_path
+from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config, parse_node_file
+from relay.config.cluster_files import init_cluster, write_text_atomic
+from relay.config.loading import load_cluster_doc, previous_cluster_path
 from relay.config.ring import NodeInfo, Ring
+from relay.protocol.cluster import PinnedCluster
 
 if TYPE_CHECKING:
     from relay.node import Node
 
 WATCH_INTERVAL = 0.1  # seconds between looks at the nodes' handoff state
+CLUSTER_POLL = 1.0
+"""Seconds between looks of a running ``serve`` node at its cluster file."""
 
 
 class ReshapeError(ConfigError):
@@ -37,19 +42,33 @@ def _same_nodes(a: tuple[NodeInfo, ...], b: tuple[NodeInfo, ...]) -> bool:
     return Ring(a).version == Ring(b).version
 
 
-def install_cluster(cluster_path: Path, new_nodes: tuple[NodeInfo, ...]) -> bool:
-    """Make ``new_nodes`` the cluster of ``cluster_path``, keeping the current file as
-    ``<cluster_path>.prev`` for the handoff.
+def _signed_version(path: Path) -> tuple[bytes, int] | None:
+    """``(cluster key, version)`` of a signed cluster file, ``None`` if it is unsigned.
+    Raises ConfigError (a signature that does not verify)."""
+    doc = load_cluster_doc(path)
+    if doc is None:
+        return None
+    return doc.cluster_key, PinnedCluster.verify(doc).version
+
+
+def install_cluster(cluster_path: Path, new_file: Path) -> bool:
+    """Make ``new_file`` (as written, signature included) the cluster file
+    ``cluster_path``, keeping the current file as ``<cluster_path>.prev`` for the handoff.
 
     Returns:
-        ``False`` if ``cluster_path`` already lists ``new_nodes`` (nothing changed).
+        ``False`` if ``cluster_path`` already lists the nodes of ``new_file`` (nothing
+        changed).
 
     Raises:
         ReshapeError: an earlier reshape to another cluster is unfinished (its
-            ``.prev`` file exists): it must be finished first.
-        ConfigError: a file cannot be read. OSError: a file cannot be written.
+            ``.prev`` file exists): it must be finished first; or the current file is
+            signed and ``new_file`` is not signed by the same cluster key with a higher
+            version (clients pinned to the key would refuse to follow users to new nodes).
+        ConfigError: a file cannot be read or its signature does not verify.
+        OSError: a file cannot be written.
     """
     current = load_cluster(cluster_path)
+    new_nodes = load_cluster(new_file)
     if _same_nodes(current, new_nodes):
         return False
     prev = previous_cluster_path(cluster_path)
@@ -58,10 +77,17 @@ def install_cluster(cluster_path: Path, new_nodes: tuple[NodeInfo, ...]) -> bool
             f"{prev} exists: the reshape to the nodes of {cluster_path} is not finished. "
             "Let it finish (wa-relay status shows 'handoff done' on every node), then run "
             "wa-relay reshape --finish, or go on with the same cluster file.")
+    was, will = _signed_version(cluster_path), _signed_version(new_file)
+    if was is not None and (will is None or will[0] != was[0] or will[1] <= was[1]):
+        raise ReshapeError(
+            f"{cluster_path} is signed (version {was[1]}): sign {new_file} with the same "
+            f"cluster key and a higher version first (wa-relay sign-cluster --cluster "
+            f"{new_file} --key CLUSTER_KEY), or clients will not follow their homes")
+    text = new_file.read_text(encoding="utf-8")
     tmp = prev.with_name(prev.name + ".tmp")
     shutil.copyfile(cluster_path, tmp)
     tmp.replace(prev)
-    write_text_atomic(cluster_path, format_cluster(list(new_nodes)))
+    write_text_atomic(cluster_path, text)
     return True
 
 
@@ -151,3 +177,61 @@ class ReshapeWatch:
         finish(self.cluster_file)
         report(f"reshaped: moved {users} users, {envelopes} envelopes, {size} bytes")
 
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+async def watch_cluster_file(
+    config_path: Path, running: NodeConfig, poll: float = CLUSTER_POLL, *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> NodeConfig:
+    """Wait until ``wa-relay reshape --cluster`` installed a new cluster file for the
+    node of ``config_path`` (the file lists other nodes than the ring ``running``
+    serves, and its ``.prev`` is that ring), and return the node's config loaded anew
+    (with the previous file, for the handoff).
+
+    A file that changed but does not load, lists the same nodes (a new signature,
+    ``--finish``) or other nodes without that ``.prev`` (a hand edit: restart the
+    node to use it) is logged and otherwise ignored: the node keeps serving. Looks
+    every ``poll`` seconds (one ``stat`` per file) until cancelled; ``task_status``
+    is started once it has taken its first look.
+
+    Raises:
+        ConfigError: ``config_path`` cannot be read at the start.
+    """
+    cluster_path = await trio.to_thread.run_sync(
+        lambda: config_path.resolve().parent / parse_node_file(config_path).cluster)
+    paths = (cluster_path, previous_cluster_path(cluster_path))
+    version = Ring(running.cluster).version
+    log = logging.getLogger(f"wa_relay.node.{running.id}")  # into the node's log file
+    seen = [await trio.to_thread.run_sync(_file_state, p) for p in paths]
+    task_status.started()
+    while True:
+        await trio.sleep(poll)
+        now = [await trio.to_thread.run_sync(_file_state, p) for p in paths]
+        if now == seen:
+            continue
+        seen = now
+        try:
+            fresh = await trio.to_thread.run_sync(load_node_config, config_path)
+        except (ConfigError, OSError) as exc:
+            log.error("cluster file %s changed but cannot be used (still serving ring %s): "
+                      "%s", cluster_path, version[:12], exc)
+            continue
+        if Ring(fresh.cluster).version == version:
+            continue
+        if not fresh.previous_cluster or Ring(fresh.previous_cluster).version != version:
+            log.warning("cluster file %s lists other nodes, but not as a reshape of the ring "
+                        "served (wa-relay reshape --cluster keeps that as .prev): restart "
+                        "the node to use it", cluster_path)
+            continue
+        log.info("cluster file %s lists new nodes (ring %s -> %s): restarting the node "
+                 "to hand users over", cluster_path, version[:12],
+                 Ring(fresh.cluster).version[:12])
+        return fresh

@@ -27,7 +27,8 @@ import msgpack
 from ._frame_base import Frame
 from .errors import ErrorCode, RemoteProtocolError
 
-RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item"})
+RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item",
+                          "dedupe"})
 Record = tuple[str, int, str, int, float, bytes]
 """``(kind, device_id, key, seq, ts, value)``: one piece of a user's home state."""
 

@@ -195,6 +195,12 @@ class LocalCluster:
         for config in self.configs:
             await self.start(config.id)
 
+    def ended(self, node_id: str) -> bool:
+        """True once the task of ``node_id`` ended: stopped by :meth:`stop`, or, for a
+        node a reshape removes, by itself once it was drained."""
+        stopped = self._stopped.get(node_id)
+        return stopped is not None and stopped.is_set()
+
     def stop(self, node_id: str) -> None:
         """Cancel ``node_id`` (it stops at its next checkpoint; :meth:`start` waits
         for that). Raises KeyError if it is not running."""

@@ -10,7 +10,14 @@ from typing import Any
 from .._keys import check_user_id
 from .._memory_handoff import check_mark, check_records
 from ..base import UserRecord
-from ._ops import CHARGE_CTES, ITEM_OVERHEAD, KEY_OVERHEAD, LIST_OVERHEAD, WATCHER_OVERHEAD
+from ._ops import (
+    CHARGE_CTES,
+    DEDUPE_OVERHEAD,
+    ITEM_OVERHEAD,
+    KEY_OVERHEAD,
+    LIST_OVERHEAD,
+    WATCHER_OVERHEAD,
+)
 from ._writer import Op, Tx
 
 _DELETE = """
@@ -34,10 +41,21 @@ SELECT (SELECT count(*) FROM q),
 """
 
 
+_UNLINK = """
+WITH dd AS (DELETE FROM dedupe d WHERE d.id IN (SELECT id FROM dedupe_users WHERE user_id = %(u)s)
+            AND NOT EXISTS (SELECT 1 FROM dedupe_users o WHERE o.id = d.id AND o.user_id <> %(u)s)
+            RETURNING octet_length(d.id) + %(do)s AS n)
+SELECT coalesce(sum(n), 0) FROM dd
+"""
+"""Delete the dedupe ids only ``u`` is linked to (their links go by the cascade)."""
+
+
 def _delete(tx: Tx, user: str) -> int:
     [(count, freed)] = tx.fetch(_DELETE, {"u": user, "lo": LIST_OVERHEAD, "wo": WATCHER_OVERHEAD,
                                           "io": ITEM_OVERHEAD, "ko": KEY_OVERHEAD})
-    tx.free(int(freed))
+    [(unlinked,)] = tx.fetch(_UNLINK, {"u": user, "do": DEDUPE_OVERHEAD})
+    tx.cur.execute("DELETE FROM dedupe_users WHERE user_id = %s", (user,))
+    tx.free(int(freed) + int(unlinked))
     return int(count)
 
 
@@ -119,6 +137,11 @@ class ImportUser(Op):
                 "WHERE NOT EXISTS (SELECT 1 FROM otk_claimed WHERE user_id = %s "
                 "AND device_id = %s AND key_id = %s) ON CONFLICT DO NOTHING",
                 (u, d, key, r.value, u, d, key))
+        elif r.kind == "dedupe":
+            tx.cur.execute("INSERT INTO dedupe (id, ts, imported) VALUES (%s, %s, true) "
+                           "ON CONFLICT DO NOTHING", (r.value, r.ts))
+            tx.cur.execute("INSERT INTO dedupe_users (user_id, id) VALUES (%s, %s) "
+                           "ON CONFLICT DO NOTHING", (u, r.value))
         else:  # claimed
             tx.cur.execute("DELETE FROM otk WHERE user_id = %s AND device_id = %s AND key_id = %s",
                            (u, d, key))
@@ -148,7 +171,9 @@ class SetMark(Op):
 
 
 _EXPORT = """
-SELECT 0, 'list', 0, '', version, 0.0, blob FROM device_lists WHERE user_id = %(u)s
+SELECT kind, device_id, k, s, ts, v FROM (
+SELECT 0 AS part, 'list' AS kind, 0::bigint AS device_id, ''::text AS k, version AS s,
+    0.0::float8 AS ts, blob AS v FROM device_lists WHERE user_id = %(u)s
 UNION ALL SELECT 1, 'watcher', 0, watcher, 0, 0.0, ''::bytea FROM watchers WHERE user_id = %(u)s
 UNION ALL SELECT 2, 'seq', device_id, '', last_seq, 0.0, ''::bytea FROM devices
     WHERE user_id = %(u)s
@@ -159,14 +184,16 @@ UNION ALL SELECT 4, 'otk', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, key 
 UNION ALL SELECT 5, 'claimed', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, ''::bytea
     FROM otk_claimed WHERE user_id = %(u)s
 UNION ALL SELECT 6, 'item', device_id, '', seq, ts, envelope FROM queue WHERE user_id = %(u)s
+UNION ALL SELECT 7, 'dedupe', 0, '', 0, d.ts, d.id FROM dedupe_users l
+    JOIN dedupe d ON d.id = l.id WHERE l.user_id = %(u)s
+) x
+ORDER BY CASE WHEN part < 2 THEN part WHEN part = 7 THEN 3 ELSE 2 END,
+         CASE WHEN part < 2 OR part = 7 THEN -1 ELSE device_id END,
+         part, k COLLATE "C", s, CASE WHEN part = 7 THEN v END
+OFFSET %(start)s LIMIT %(limit)s
 """
-
-
-def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    part, device, key, seq = row[0], row[2], row[3], row[4]
-    if part < 2:
-        return (part, -1, 0, key, 0)
-    return (2, device, part, key, int(seq))
+"""One page of a user's export, ordered as :meth:`storage.base.Storage.export_user`
+says (the server sorts and skips: a page costs no transfer of the pages before it)."""
 
 
 class PgHandoffMixin:
@@ -182,12 +209,13 @@ class PgHandoffMixin:
         return [r[0] for r in rows]
 
     async def export_user(self, user_id: str, *, start: int = 0, limit: int = 256) -> list[UserRecord]:
-        """See :meth:`storage.base.Storage.export_user` (one snapshot query, then sliced)."""
+        """See :meth:`storage.base.Storage.export_user` (one query per page, sorted and
+        sliced by the server)."""
         check_user_id(user_id)
-        rows = sorted(await self._fetch(_EXPORT, {"u": user_id}), key=_sort_key)  # type: ignore[attr-defined]
-        out = [UserRecord(kind, device_id=int(d), key=k, seq=int(s), ts=float(ts), value=bytes(v))
-               for _, kind, d, k, s, ts, v in rows]
-        return out[max(start, 0):max(start, 0) + max(limit, 0)]
+        rows = await self._fetch(_EXPORT, {"u": user_id, "start": max(start, 0),  # type: ignore[attr-defined]
+                                           "limit": max(limit, 0)})
+        return [UserRecord(kind, device_id=int(d), key=k, seq=int(s), ts=float(ts), value=bytes(v))
+                for kind, d, k, s, ts, v in rows]
 
     async def import_user(
         self, user_id: str, records: list[UserRecord], *, reset: bool = False

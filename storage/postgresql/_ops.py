@@ -128,7 +128,11 @@ class Enqueue(Op):
                 "RETURNING user_id, device_id, last_seq, queue_len, queue_bytes",
                 ([u for u, _ in devs], [d for _, d in devs]))
         if wanted:
-            dupes = tx.query("SELECT id FROM dedupe WHERE id = ANY(%b::bytea[])", (wanted,))
+            # an id only a handoff brought (imported) is a duplicate for its users alone
+            dupes = tx.query(
+                "SELECT d.id, d.imported, array_remove(array_agg(l.user_id), NULL) FROM dedupe d "
+                "LEFT JOIN dedupe_users l ON l.id = d.id AND d.imported "
+                "WHERE d.id = ANY(%b::bytea[]) GROUP BY d.id, d.imported", (wanted,))
         quota_reads = cls._quota_reads(tx, reqs, devs)
         # One round trip for all reads (and whatever was queued before them).
         state: dict[_Dev, list[int]] = {}
@@ -142,8 +146,14 @@ class Enqueue(Op):
             {} if shares_cur is None else {(u, d, t): int(n)
                                            for u, d, t, n in shares_cur.fetchall()})
         seen: set[bytes] = set()
+        imported: dict[bytes, set[str]] = {}
         if dupes is not None:
-            seen = {bytes(r[0]) for r in dupes.fetchall()}
+            for d_id, is_imported, linked in dupes.fetchall():
+                if is_imported:
+                    imported[bytes(d_id)] = set(linked)
+                else:
+                    seen.add(bytes(d_id))
+        promoted: list[bytes] = []
         q_user: list[str] = []
         q_dev: list[int] = []
         q_seq: list[int] = []
@@ -152,6 +162,7 @@ class Enqueue(Op):
         q_charges: list[str | None] = []
         d_ids: list[bytes] = []
         d_ts: list[float] = []
+        links: set[tuple[str, bytes]] = set()
         for op in reqs:
             blocked = tx.chains.blocking(op.chain) if op.chain else None
             if blocked is not None:
@@ -160,6 +171,8 @@ class Enqueue(Op):
                 continue
             if op.dedupe is not None and op.dedupe in seen:
                 continue  # value None: a duplicate
+            if op.dedupe in imported and {u for u, _, _ in op.items} <= imported[op.dedupe]:
+                continue  # a duplicate for the users the handoff brought the id for
             if op.max_queue is not None:
                 per = Counter((u, d) for u, d, _ in op.items)
                 full = [k for k, n in per.items() if state[k][1] + n > op.max_queue]
@@ -192,8 +205,12 @@ class Enqueue(Op):
                 q_charges.append(TAG_SEP.join(op.charges) if op.charges else None)
             if op.dedupe is not None:
                 seen.add(op.dedupe)
-                d_ids.append(op.dedupe)
-                d_ts.append(op.ts)
+                if op.dedupe in imported:
+                    promoted.append(op.dedupe)  # stored now: a duplicate for everyone
+                else:
+                    d_ids.append(op.dedupe)
+                    d_ts.append(op.ts)
+                links.update((u, op.dedupe) for u, _, _ in op.items)
             op.value = seqs
         if d_ids:
             # The unique constraint decides: an id another process committed after we
@@ -202,6 +219,14 @@ class Enqueue(Op):
             d_ids, d_ts = zip(*sorted(zip(d_ids, d_ts, strict=True)), strict=True)
             tx.cur.execute("INSERT INTO dedupe (id, ts) SELECT * FROM "
                            "unnest(%b::bytea[], %b::float8[])", (list(d_ids), list(d_ts)))
+        if promoted:
+            tx.cur.execute("UPDATE dedupe SET imported = false WHERE id = ANY(%b::bytea[])",
+                           (sorted(promoted),))
+        if links:  # the handoff moves each id with the users it queued copies for
+            l_users, l_ids = zip(*sorted(links), strict=True)
+            tx.cur.execute("INSERT INTO dedupe_users (user_id, id) SELECT * FROM "
+                           "unnest(%b::text[], %b::bytea[]) ON CONFLICT DO NOTHING",
+                           (list(l_users), list(l_ids)))
         if q_seq:
             tx.cur.execute(
                 "INSERT INTO queue (user_id, device_id, seq, ts, envelope, charges) SELECT * "

@@ -31,6 +31,11 @@ ordering is by code point, as Python sorts ``str``:
 ``wa_commits``     ``token`` -> ``at``: one row per committed write batch, so a
                    batch whose ``COMMIT`` was lost can tell whether it landed
 ``wa_marks``       ``name`` -> ``value``: durable handoff markers (version 3)
+``dedupe_users``   (``user_id``, ``id``): the users an enqueue with dedupe id ``id``
+                   queued copies for (version 4; the id moves with each user's
+                   home); deleted with the ``dedupe`` row (``ON DELETE CASCADE``).
+                   ``dedupe.imported``: only ``import_user`` stored the id (a
+                   duplicate only for its linked users)
 =================  ==============================================================
 
 Version 2 adds exact queue byte accounting: ``devices.queue_bytes`` (envelope
@@ -177,6 +182,15 @@ CREATE TABLE wa_marks (
     name text COLLATE "C" PRIMARY KEY,
     value bytea NOT NULL
 );
+"""),
+    (4, "dedupe ids linked to their users", """
+ALTER TABLE dedupe ADD COLUMN imported boolean NOT NULL DEFAULT false;
+CREATE TABLE dedupe_users (
+    user_id text COLLATE "C" NOT NULL,
+    id bytea NOT NULL REFERENCES dedupe (id) ON DELETE CASCADE,
+    PRIMARY KEY (user_id, id)
+);
+CREATE INDEX dedupe_users_id ON dedupe_users (id);
 """),
 ]
 LATEST = MIGRATIONS[-1][0]

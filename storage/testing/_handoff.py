@@ -78,6 +78,87 @@ class HandoffConformance(ConformanceBase):
             # the seq counter stays after a delete: a later enqueue never reuses a seq
             assert await dst.enqueue([(ALICE, 0, b"later")]) == [4]
 
+    async def test_dedupe_ids_move_with_their_users(self) -> None:
+        carol = uid("carol")
+        async with self.opened() as st:
+            assert await st.enqueue([(ALICE, 0, b"a0"), (ALICE, 1, b"a1")], dedupe=b"m1",
+                                    now=1000.0) == [1, 1]
+            await st.enqueue([(ALICE, 0, b"a"), (BOB, 0, b"b")], dedupe=b"m2", now=1001.0)
+            await st.enqueue([(BOB, 0, b"b")], dedupe=b"m3", now=1002.0)
+            await st.enqueue([(ALICE, 0, b"a")], dedupe=b"m4", now=1003.0)
+            await st.enqueue([(ALICE, 0, b"a")], dedupe=b"old", now=1.0)
+            await st.enqueue([(ALICE, 0, b"a")], now=1004.0)  # no id
+            assert await st.expire(10.0) == 1  # an expired id moves no more
+            await st.ack(ALICE, 0, 10)  # acknowledged copies' ids move all the same
+            records = await _export_all(st, ALICE)
+            assert [(r.value, r.ts) for r in records if r.kind == "dedupe"] == [
+                (b"m1", 1000.0), (b"m2", 1001.0), (b"m4", 1003.0)]
+            assert records[-3:] == [r for r in records if r.kind == "dedupe"]  # last
+            assert [r.value for r in await _export_all(st, BOB) if r.kind == "dedupe"] == [
+                b"m2", b"m3"]
+            await st.delete_user(ALICE)
+            assert [r for r in await st.export_user(ALICE) if r.kind == "dedupe"] == []
+            # ids only alice had are gone; those bob has too stay
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"m4") == [1]
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"m1") == [2]
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"m2") is None
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"old") == [3]
+            await st.delete_user(carol)
+            # the new home: a sender's retry for alice is a duplicate again
+            await st.import_user(ALICE, records[:2], reset=True)
+            await st.import_user(ALICE, records[2:])
+            await st.import_user(ALICE, records[-2:])  # idempotent
+            for dd in (b"m1", b"m2", b"m4"):
+                assert await st.enqueue([(ALICE, 0, b"again")], dedupe=dd) is None, dd
+            assert [(r.value, r.ts) for r in await _export_all(st, ALICE)
+                    if r.kind == "dedupe"] == [(b"m1", 1000.0), (b"m2", 1001.0), (b"m4", 1003.0)]
+            assert [r.value for r in await _export_all(st, BOB) if r.kind == "dedupe"] == [
+                b"m2", b"m3"]
+            # expiry forgets the links with the ids
+            await st.expire(1001.5)
+            assert [r.value for r in await _export_all(st, ALICE) if r.kind == "dedupe"] == [
+                b"m4"]
+            assert [r.value for r in await _export_all(st, BOB) if r.kind == "dedupe"] == [
+                b"m3"]
+            with pytest.raises(ValueError):
+                await st.import_user(ALICE, [UserRecord("dedupe", value=b"")])
+
+    async def test_an_imported_dedupe_id_answers_only_for_its_users(self) -> None:
+        """An id that only a handoff brought is a duplicate for its users alone: another
+        part of the same message, for users of the new home that had no copy yet, is
+        still stored (nothing lost), and from then on the id is a duplicate for all."""
+        carol = uid("carol")
+        async with self.opened() as st:
+            await st.enqueue([(BOB, 0, b"b")], dedupe=b"full", now=50.0)
+            await st.import_user(ALICE, [UserRecord("dedupe", ts=100.0, value=b"moved"),
+                                         UserRecord("dedupe", ts=40.0, value=b"full")])
+            assert await st.enqueue([(ALICE, 0, b"again")], dedupe=b"moved") is None
+            assert await st.enqueue([(ALICE, 1, b"again")], dedupe=b"moved") is None
+            assert await st.enqueue([(BOB, 0, b"late part")], dedupe=b"moved") == [2]
+            assert await st.enqueue([(BOB, 0, b"b")], dedupe=b"moved") is None
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"moved") is None
+            assert await st.enqueue([(carol, 0, b"c")], dedupe=b"full") is None
+            assert [i.envelope for i in await st.read_queue(BOB, 0)] == [b"b", b"late part"]
+            assert await st.read_queue(ALICE, 0) == [] and await st.read_queue(carol, 0) == []
+            ids = {r.value: r.ts for r in await _export_all(st, BOB) if r.kind == "dedupe"}
+            assert ids == {b"full": 50.0, b"moved": 100.0}
+            await st.expire(101.0)
+            assert await st.enqueue([(ALICE, 0, b"new")], dedupe=b"moved") == [1]
+
+    async def test_export_pages_are_slices_of_the_whole_export(self) -> None:
+        async with self.opened() as st:
+            await _fill(st, ALICE)
+            await st.add_one_time_keys(ALICE, 3, [("x", b"X" * 32)])
+            for i in range(40):
+                await st.enqueue([(ALICE, 0, b"a%d" % i), (ALICE, 3, b"c%d" % i)],
+                                 dedupe=b"id%02d" % i)
+            whole = await st.export_user(ALICE, limit=10**6)
+            assert len(whole) > 100 and whole[-1].kind == "dedupe"
+            for size in (1, 7, 50):
+                assert await _export_all(st, ALICE, page=size) == whole, size
+            assert await st.export_user(ALICE, start=len(whole)) == []
+            assert await st.export_user(ALICE, start=5, limit=0) == []
+
     async def test_import_reset_replaces_partial_state(self) -> None:
         async with self.opened() as st:
             await st.enqueue([(ALICE, 0, b"stale")])

@@ -89,18 +89,24 @@ async def texts_of(state) -> list[tuple[str, str]]:
                 if isinstance(e, Message) and e.direction == "in"]
 
 
-async def check_homes(cluster: LocalCluster, user_ids: list[str], devices: dict[str, int]) -> None:
+async def check_homes(cluster: LocalCluster, user_ids: list[str], devices: dict[str, int],
+                      media: dict[str, list[bytes]]) -> None:
     """Every user's state is at its home only: device list there, one-time keys for every
-    device; nothing but seq counters anywhere else."""
+    device, the blobs it uploaded (``media``); nothing but seq counters anywhere else, and
+    no copy of its blobs."""
     for uid in user_ids:
         home = cluster.ring.home(uid).id
         st = cluster.storages[home]
         assert await st.get_device_list(uid) is not None, (uid[:8], home)
         for d in range(devices[uid]):
             assert await st.count_one_time_keys(uid, d) > 0
+        assert await st.media_owned(uid) == media.get(uid, []), (uid[:8], home)
         for other, other_st in cluster.storages.items():
             if other != home:
                 assert {r.kind for r in await other_st.export_user(uid)} <= {"seq"}, other
+                assert await other_st.media_owned(uid) == [], other
+                for media_id in media.get(uid, []):
+                    assert await other_st.media_status(media_id) is None, other
 
 
 def _moves_to_a_new_node(user_id: str) -> bool:
@@ -164,7 +170,8 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
             await wait_handed_over(cluster)
             await send_round("between")
             devices = {uid: 2 if n in laptops else 1 for n, uid in ids.items()}
-            await check_homes(cluster, list(ids.values()), devices)
+            blobs = {ids["frank"]: [att.media_id]}
+            await check_homes(cluster, list(ids.values()), devices, blobs)
             moved_5 = sum(Ring(cluster.configs[0].previous_cluster).home(u).id
                           != cluster.ring.home(u).id for u in ids.values())
             assert moved_5 >= 1
@@ -173,9 +180,14 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
             await send_round("during2", group=False)
             await wait_handed_over(cluster)
             await send_round("after")
-            await check_homes(cluster, list(ids.values()), devices)
-            for removed in ("n3", "n4", "n5"):
-                assert await cluster.storages[removed].list_users() == []
+            await check_homes(cluster, list(ids.values()), devices, blobs)
+            for removed in ("n3", "n4", "n5"):  # drained, then stopped by themselves
+                while not cluster.ended(removed):  # noqa: ASYNC110 - polling under fail_after
+                    await trio.sleep(0.02)
+                st = cluster.storages[removed]
+                assert await st.list_users() == [], removed
+                assert await st.outbox_list() == [], removed
+                assert await st.media_usage() == 0, removed
 
             # every queued message exactly once, in order, on every device; the clients
             # whose saved home was removed find their home by themselves

@@ -5,12 +5,24 @@ configs that result (a removed node still loads, from the previous file)."""
 from __future__ import annotations
 
 import nacl.signing
+import trio
 from click.testing import CliRunner
 
 from relay.__main__ import main
-from relay.admin.reshape import local_node_files, prepare_local_reshape
-from relay.config import load_cluster, load_node_config
-from relay.config.cluster_files import format_cluster, init_cluster
+from relay.admin.reshape import (
+    install_cluster,
+    local_node_files,
+    prepare_local_reshape,
+    watch_cluster_file,
+)
+from relay.config import load_cluster, load_key, load_node_config
+from relay.config.cluster_files import (
+    format_cluster,
+    init_cluster,
+    sign_cluster_file,
+    write_text_atomic,
+)
+from relay.config.loading import load_cluster_doc
 from relay.config.ring import NodeInfo
 
 
@@ -24,13 +36,23 @@ def test_reshape_installs_keeps_prev_refuses_and_finishes(tmp_path) -> None:
     new_cluster.write_text(format_cluster([*load_cluster(cluster_file), new_node]))
     before = cluster_file.read_text()
     runner = CliRunner()
+    # the current file is signed: an unsigned one (clients would not follow) is refused
+    unsigned = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
+                                    str(new_cluster)])
+    assert unsigned.exit_code == 2 and "sign" in unsigned.output, unsigned.output
+    assert not (tmp_path / "old" / "cluster.toml.prev").exists()
+    signed = runner.invoke(main, ["sign-cluster", "--cluster", str(new_cluster), "--key",
+                                  str(tmp_path / "old" / "cluster.key"), "--version", "2"])
+    assert signed.exit_code == 0, signed.output
 
     result = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
                                   str(new_cluster)])
     assert result.exit_code == 0, result.output
-    assert "restart the node" in result.output
+    assert "running node picks it up" in result.output
     assert (tmp_path / "old" / "cluster.toml.prev").read_text() == before
     assert load_cluster(cluster_file) == load_cluster(new_cluster)
+    assert cluster_file.read_text() == new_cluster.read_text()  # signature kept
+    assert load_cluster_doc(cluster_file) == load_cluster_doc(new_cluster) is not None
     cfg = load_node_config(tmp_path / "old" / "n2" / "node.toml")
     assert [n.id for n in cfg.previous_cluster] == ["n1", "n2", "n3"]
 
@@ -66,3 +88,42 @@ def test_local_reshape_layout(tmp_path) -> None:
     result = CliRunner().invoke(main, ["cluster", "--nodes", "4", "--base-port", "7720",
                                        "--data", str(tmp_path), "--reshape"])
     assert result.exit_code == 2 and "not finished" in result.output
+
+
+async def test_a_running_node_takes_only_an_installed_reshape(tmp_path, caplog) -> None:
+    """``watch_cluster_file`` (what ``serve`` runs): a broken file and a hand edit are
+    logged and ignored; a file installed by ``wa-relay reshape`` is returned, with the
+    previous ring."""
+    files = init_cluster(tmp_path, 2, 7740, admin_base_port=0)
+    running = load_node_config(files[0])
+    cluster_file = tmp_path / "cluster.toml"
+    good = cluster_file.read_text()
+    got: list = []
+
+    async def watch(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        got.append(await watch_cluster_file(files[0], running, poll=0.01,
+                                            task_status=task_status))
+
+    async def logged(text: str) -> None:
+        while text not in caplog.text:  # noqa: ASYNC110 - polling under fail_after
+            await trio.sleep(0.01)
+
+    key = nacl.signing.SigningKey.generate()
+    n3 = NodeInfo("n3", "wss://127.0.0.1:7742", bytes(key.verify_key))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch)  # it has taken its first look at the files
+            cluster_file.write_text("[[node]]\nid = \n")
+            await logged("cannot be used")
+            write_text_atomic(cluster_file, format_cluster([*running.cluster, n3]))
+            await logged("not as a reshape")
+            assert got == []
+            cluster_file.write_text(good)
+            new = tmp_path / "new.toml"
+            new.write_text(format_cluster([*running.cluster, n3]))
+            sign_cluster_file(new, load_key(tmp_path / "cluster.key"), version=2)
+            assert install_cluster(cluster_file, new)
+            while not got:  # noqa: ASYNC110 - polling under fail_after
+                await trio.sleep(0.01)
+    assert [n.id for n in got[0].cluster] == ["n1", "n2", "n3"]
+    assert got[0].previous_cluster == running.cluster

@@ -250,7 +250,8 @@ async def test_migrations_refuse_a_newer_or_unmigrated_schema(pg) -> None:
             f"{conninfo}&schema={schema}")
         assert (version, applied) == (SCHEMA_VERSION, [
             "1 queues, key directory, outbox, media",
-            "2 queue byte accounting, correspondents, invites", "3 handoff marks"])
+            "2 queue byte accounting, correspondents, invites", "3 handoff marks",
+            "4 dedupe ids linked to their users"])
         assert await PostgresStorage.migrate_url(
             f"{conninfo}&schema={schema}") == (SCHEMA_VERSION, [])
         async with PostgresStorage.open(conninfo, schema=schema, migrate=False) as st:
@@ -274,6 +275,7 @@ def test_storage_migrate_command(tmp_path: Path, postgres_db: str,
     assert first.output.splitlines() == [
         "applied 1 queues, key directory, outbox, media",
         "applied 2 queue byte accounting, correspondents, invites", "applied 3 handoff marks",
+        "applied 4 dedupe ids linked to their users",
         f"schema at version {SCHEMA_VERSION}"]
     again = runner.invoke(relay_main, ["storage", "migrate", "--config", str(node_toml)])
     assert (again.exit_code, again.output) == (0, f"schema at version {SCHEMA_VERSION}\n")
