@@ -55,9 +55,14 @@ async def test_recv_follow_and_send_on_one_home_at_once(tmp_path):
                 assert ident["user_id"] == bob["user_id"]
                 (mine,) = lines(await wa(tmp_path / "b", "--json", "history", "--limit", "1"))
                 assert mine["text"] == "to bob"
-                # a changing command that does not go through it names the daemon's pid
-                busy = await wa(tmp_path / "b", "contacts", "add", "al", alice["user_id"],
-                                check=False)
+                # changing commands go through it too, and the readers see the change
+                (added,) = lines(await wa(tmp_path / "b", "--json", "contacts", "add", "al",
+                                          alice["user_id"]))
+                assert added == {"name": "al", "user_id": alice["user_id"]}
+                listed = lines(await wa(tmp_path / "b", "--json", "contacts", "list"))
+                assert {"name": "al", "user_id": alice["user_id"]} in listed
+                # what needs the device to itself names the daemon's pid
+                busy = await wa(tmp_path / "b", "daemon", check=False)
                 assert busy.returncode == 1
                 assert f"daemon (process {daemon.proc.pid})" in busy.stderr.decode()
                 (in_a,) = lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.2"))
