@@ -22,7 +22,7 @@ from cli.session.state import State
 @json_option
 @click.pass_obj
 def settings(app: AppContext, receipts: str | None, requests_: str | None) -> None:
-    """Show or change this device's messaging settings (both off by default)."""
+    """Show or change this device's messaging settings (both on by default: receipts on, requests hold)."""
     if receipts is None and requests_ is None:
         with state_of(app, readonly=True) as state:
             _show(state.prefs, app.out)
