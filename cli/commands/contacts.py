@@ -30,8 +30,18 @@ def add(app: AppContext, name: str, user_id: str, force: bool) -> None:
     --force (exit 1 without it, nothing changed). Your own user id cannot be a
     contact.
     """
+    _check_contact(name, user_id)
     run_routed(app, "contactsAdd", {"name": name, "user_id": user_id, "force": force},
                add_contact)
+
+
+def _check_contact(name: str, user_id: str) -> None:
+    if not is_user_id(user_id):
+        raise click.BadParameter("not a user id (52 lowercase base32 characters)",
+                                 param_hint="USER_ID")
+    if is_user_id(name):
+        raise click.BadParameter("must not be a user id", param_hint="NAME")
+    check_name(name, "NAME")
 
 
 async def add_contact(state: State, out: Output, connect: Connect, name: str, user_id: str,
@@ -42,12 +52,7 @@ async def add_contact(state: State, out: Output, connect: Connect, name: str, us
         click.BadParameter: (exit 2) not a user id, a bad name, or this account.
         CliError: (exit 1) the name or the user id is taken and not ``force``.
     """
-    if not is_user_id(user_id):
-        raise click.BadParameter("not a user id (52 lowercase base32 characters)",
-                                 param_hint="USER_ID")
-    if is_user_id(name):
-        raise click.BadParameter("must not be a user id", param_hint="NAME")
-    check_name(name, "NAME")
+    _check_contact(name, user_id)
     if user_id == state.user_id:
         raise click.BadParameter("that is your own user id; a contact is another account",
                                  param_hint="USER_ID")

@@ -56,15 +56,31 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     after the new list was published (or this command is killed), the device
     is withdrawn again: at once, or by the next wa-cli command on this device.
     """
+    _parse_code(code)  # a malformed code is a usage error before anything else
     if yes:
         params = {"code": code, "history": not no_history, "yes": True}
-    elif find_daemon(app.home) is not None:  # no prompt in the daemon: compare here first
+    elif _daemon_runs(app):  # no prompt in the daemon: compare here first
         fingerprint = click.prompt("The daemon serves this home: type the key fingerprint "
                                    "that the new device shows", err=True)
         params = {"code": code, "history": not no_history, "fingerprint": fingerprint}
     else:
         params = {"code": code, "history": not no_history}
     run_routed(app, "devicesApprove", params, approve_device)
+
+
+def _parse_code(code: str) -> LinkCode | str:
+    try:
+        return WordCode.decode(code).encode() if is_word_code(code) else LinkCode.decode(code)
+    except LinkCodeError as exc:
+        raise click.BadParameter(str(exc), param_hint="CODE") from exc
+
+
+def _daemon_runs(app: AppContext) -> bool:
+    remote = find_daemon(app.home)
+    if remote is None:
+        return False
+    remote.close()
+    return True
 
 
 def _same_fingerprint(a: str, b: str) -> bool:
@@ -84,11 +100,7 @@ async def approve_device(state: State, out: Output, connect: Connect, code: str,
             user said no; ClientError: the link failed.
     """
     _require_primary(state, "approve new devices")
-    try:
-        parsed: LinkCode | str = (WordCode.decode(code).encode() if is_word_code(code)
-                                  else LinkCode.decode(code))
-    except LinkCodeError as exc:
-        raise click.BadParameter(str(exc), param_hint="CODE") from exc
+    parsed = _parse_code(code)
     mismatch = False
 
     async def confirm(offer: DeviceOffer) -> bool:
@@ -103,7 +115,13 @@ async def approve_device(state: State, out: Output, connect: Connect, code: str,
         return await trio.to_thread.run_sync(_ask, "Link this device to your account?")
 
     async with connect() as client:
-        done = await client.approve_link(parsed, confirm=confirm, history=history)
+        try:
+            done = await client.approve_link(parsed, confirm=confirm, history=history)
+        except ClientError as exc:
+            if mismatch:
+                raise CliError("the key fingerprint differs from the one given: not linked; "
+                               "nothing changed") from exc
+            raise
     out.emit(
         {"device_id": done.device_id, "name": done.name, "fingerprint": done.fingerprint,
          "version": done.version, "history_sent": done.history_sent,

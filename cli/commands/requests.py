@@ -70,6 +70,8 @@ def list_(app: AppContext) -> None:
 @click.pass_obj
 def accept(app: AppContext, key: str, name: str | None) -> None:
     """Accept a request: its held messages are shown now, later ones as any other."""
+    if name is not None:
+        check_name(name, "--name")
     run_routed(app, "requestAccept", {"key": key, "name": name}, accept_request)
 
 
