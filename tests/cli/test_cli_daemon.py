@@ -167,6 +167,9 @@ async def test_a_plain_socket_client_sends_and_subscribes(tmp_path):
                 assert (got["text"], got["id"]) == ("hi bob", sent["result"]["id"])
                 assert receipts == [{"status": "delivered", "ids": [before["id"]]}]
                 await wa(tmp_path / "b", "send", alice["user_id"], "live")
+                receipt = await rpc.note()  # bob's recv above said "hi bob" was delivered
+                assert receipt["params"]["event"]["receipt"] == {
+                    "status": "delivered", "ids": [sent["result"]["id"]]}
                 live = await rpc.note()
                 assert live["params"]["event"]["text"] == "live"
                 assert live["params"]["subscription"] == 1
