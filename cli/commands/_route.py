@@ -15,7 +15,7 @@ runtime failures 1).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, ExitStack
 from typing import Any
 
 import click
@@ -125,10 +125,11 @@ def remote_failure(exc: RemoteError) -> click.ClickException:
 
 def run_routed(app: AppContext, method: str, params: dict,
                core: Callable[..., Awaitable[None]], *,
-               connect_timeout: float | None = None) -> None:
+               connect_timeout: float | None = None, show_lists: bool = False) -> None:
     """Run a command: through the daemon of ``app.home`` if one runs, else ``core`` here
     (see the module docstring; Ctrl-C or SIGTERM stop it with exit code 130;
-    ``connect_timeout``: at most this many seconds to connect here).
+    ``connect_timeout``: at most this many seconds to connect here; ``show_lists``: print
+    the device-list changes that a send learned, :func:`cli.commands._events.lists_shown`).
 
     Raises:
         click.ClickException: the core's errors (or the daemon's, :func:`call_daemon`).
@@ -137,7 +138,9 @@ def run_routed(app: AppContext, method: str, params: dict,
     if routed:
         replay(app.out, result)
         return
-    with state_of(app) as state, failures(), lists_shown(app, state):
+    with state_of(app) as state, failures(), ExitStack() as stack:
+        if show_lists:
+            stack.enter_context(lists_shown(app, state))
         run_interruptible(lambda: core(
             state, app.out, lambda: app.connect(state, connect_timeout=connect_timeout),
             **params))

@@ -184,7 +184,7 @@ def read(app: AppContext, recipient: str | None, group: str | None, all_: bool) 
 def typing(app: AppContext, recipient: str, stop: bool) -> None:
     """Tell RECIPIENT's connected devices that you are typing (or stopped): sent
     ephemeral, never stored or queued; a device that is offline never sees it."""
-    run_routed(app, "sendTyping", {"to": recipient, "stop": stop}, send_typing)
+    run_routed(app, "sendTyping", {"to": recipient, "stop": stop}, send_typing, show_lists=True)
 
 
 async def send_typing(state: State, out: Output, connect: Connect, to: str,
@@ -223,7 +223,7 @@ def disappear(app: AppContext, args: tuple[str, ...], group: str | None) -> None
     recipient = args[0] if len(args) == 2 else None
     seconds = click.IntRange(0, MAX_EXPIRES).convert(args[-1], None, click.get_current_context())
     run_routed(app, "setTimer", {"to": recipient, "group": group, "seconds": seconds},
-               set_timer)
+               set_timer, show_lists=True)
 
 
 async def set_timer(state: State, out: Output, connect: Connect, seconds: int,

@@ -132,7 +132,7 @@ def _retry(app: AppContext, retry_id: str) -> None:
         msg_id = b""
     if len(msg_id) != 16:
         raise click.BadParameter("must be a message id: 32 hex digits", param_hint="--retry")
-    run_routed(app, "resend", {"id": retry_id.lower()}, resend_message)
+    run_routed(app, "resend", {"id": retry_id.lower()}, resend_message, show_lists=True)
 
 
 async def resend_message(state: State, out: Output, connect: Connect, id: str) -> None:  # noqa: A002
