@@ -15,14 +15,16 @@ from cli.session.state import State
 @click.command()
 @click.option("--receipts", type=click.Choice(["on", "off"]),
               help="Send delivery receipts on receipt and read receipts on 'wa-cli read' "
-                   "(end-to-end encrypted).")
+                   "(end-to-end encrypted; on by default).")
 @click.option("--requests", "requests_", type=click.Choice(["hold", "show"]),
               help="hold: a stranger's messages and group invitations from non-contacts "
-                   "wait in 'wa-cli requests' until accepted; show: shown like any message.")
+                   "wait in 'wa-cli requests' until accepted (the default); show: shown like any "
+                   "message.")
 @json_option
 @click.pass_obj
 def settings(app: AppContext, receipts: str | None, requests_: str | None) -> None:
-    """Show or change this device's messaging settings (both on by default: receipts on, requests hold)."""
+    """Show or change this device's messaging settings (by default receipts on and
+    requests hold)."""
     if receipts is None and requests_ is None:
         with state_of(app, readonly=True) as state:
             _show(state.prefs, app.out)

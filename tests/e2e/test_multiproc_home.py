@@ -42,6 +42,7 @@ def account_on(root: Path, name: str, ring: Ring, node_id: str, url: str,
         state = stack.enter_context(create_state(root / f"{name}-{i}", name=name, relay_url=url))
         if ring.home(state.user_id).id == node_id:
             init_account(state)
+            state.prefs.receipts = state.prefs.hold_requests = False  # counts texts of strangers
             state.save()
             return state
     raise AssertionError(f"no account landed on {node_id}")
