@@ -87,6 +87,7 @@ async def test_two_processes_one_home_kill_one_during_a_burst(home: ProcessClust
             alice_id = alice.user_id
         with open_state(tmp_path / "alice-laptop") as laptop:  # the second device: on B
             laptop.relay_url = b_url
+            laptop.prefs.receipts = laptop.prefs.hold_requests = False  # counts bob's texts
             laptop.save()
         phone = Device(alice.home).start_recv("--follow")
         pc = Device(tmp_path / "alice-laptop").start_recv("--follow")
