@@ -44,6 +44,9 @@ def new_account(home: Path, name: str, relay_url: str, stack: ExitStack) -> Stat
     (locked) until ``stack`` closes. Published by the first :func:`open_client`."""
     state = stack.enter_context(create_state(home, name=name, relay_url=relay_url))
     init_account(state)
+    # the benchmarks measure the message path: no receipts back (on by default) and
+    # no message requests between the benchmark's strangers
+    state.prefs.receipts = state.prefs.hold_requests = False
     return state
 
 

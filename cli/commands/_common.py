@@ -186,8 +186,9 @@ def state_of(app: AppContext, *, readonly: bool = False):
     command ends (``recv --follow`` holds it until stopped), and another process
     waits :data:`LOCK_TIMEOUT` seconds for it. A ``readonly`` command only takes the
     readers' shared lock and runs beside it (the state as last saved; never saved).
-    While a daemon serves the home (:mod:`cli.daemon`), a changing command that does
-    not go through it fails at once, naming the daemon's process id.
+    While a daemon serves the home (:mod:`cli.daemon`), the changing commands go
+    through it (:mod:`cli.commands._route`); one that needs the device to itself
+    (``daemon``, ``link``) fails at once, naming the daemon's process id.
 
     Raises:
         CliError: the home holds no account (nothing is created then); another
@@ -200,9 +201,8 @@ def state_of(app: AppContext, *, readonly: bool = False):
         if remote is not None:
             remote.close()
             pid = holder_pid(app.home)
-            raise CliError(f"{app.home} is served by the wa-cli daemon (process {pid}); this "
-                           "command does not go through it yet: stop the daemon first (or "
-                           "use its JSON-RPC methods, docs/jsonrpc.md)")
+            raise CliError(f"{app.home} is served by the wa-cli daemon (process {pid}), and "
+                           "this needs the device to itself: stop the daemon first")
     with failures(), ExitStack() as stack:
         try:
             state = stack.enter_context(open_state(app.home, lock_timeout=LOCK_TIMEOUT,

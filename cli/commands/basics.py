@@ -23,11 +23,12 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
+from cli.commands._route import Connect, call_daemon, run_routed
 from cli.commands._signals import run_interruptible
 from cli.features import actions, receipts
 from cli.features.actions import ActionError
 from cli.features.kinds import MAX_EMOJI, MAX_EXPIRES
-from cli.output import escape
+from cli.output import Output, escape
 from cli.session.group_state import GroupError
 from cli.session.state import State
 
@@ -106,10 +107,12 @@ def react(app: AppContext, msg_id: str, emoji: str | None, remove: bool) -> None
         raise click.UsageError("usage: wa-cli react MSG_ID EMOJI | wa-cli react MSG_ID --remove")
     if emoji is not None and not 0 < len(emoji) <= MAX_EMOJI:
         raise click.BadParameter(f"must be 1 to {MAX_EMOJI} characters", param_hint="EMOJI")
+    what = "removed your reaction" if remove else f"reacted {escape(emoji or '')}"
+    if _through_daemon(app, "sendReaction", {"target": msg_id, "emoji": emoji or ""}, what):
+        return
     with state_of(app) as state:
         entry = target_of(state, msg_id)
         result, _ = run_action(app, state, lambda c: actions.react(c, entry["id"], emoji or ""))
-        what = "removed your reaction" if remove else f"reacted {escape(emoji or '')}"
         _emit(app, state, what, result, entry, reaction=emoji or "")
 
 
@@ -122,6 +125,8 @@ def edit(app: AppContext, msg_id: str, text: str) -> None:
     """Replace the text of your message MSG_ID on every device of the conversation
     (TEXT '-' reads it from stdin)."""
     text = read_text(text)
+    if _through_daemon(app, "edit", {"target": msg_id, "text": text}, "edited"):
+        return
     with state_of(app) as state:
         entry = target_of(state, msg_id)
         result, _ = run_action(app, state, lambda c: actions.edit(c, entry["id"], text))
@@ -135,6 +140,8 @@ def edit(app: AppContext, msg_id: str, text: str) -> None:
 def delete(app: AppContext, msg_id: str) -> None:
     """Delete your message MSG_ID for everyone: its text (and file) leave the history
     of every device of the conversation; a row marked deleted stays."""
+    if _through_daemon(app, "delete", {"target": msg_id}, "deleted"):
+        return
     with state_of(app) as state:
         entry = target_of(state, msg_id)
         result, _ = run_action(app, state, lambda c: actions.delete(c, entry["id"]))
@@ -150,6 +157,16 @@ def delete(app: AppContext, msg_id: str) -> None:
 def read(app: AppContext, recipient: str | None, group: str | None, all_: bool) -> None:
     """Mark the received messages of a conversation read and send read receipts to
     their authors (end-to-end encrypted; your other devices mark them read too)."""
+    if all_ and (recipient is not None or group is not None):
+        raise click.UsageError("--all names no conversation")
+    params = {} if all_ else {"to": recipient} if group is None else {"group": group}
+    if not all_ and (recipient is None) == (group is None):
+        raise click.UsageError("name one conversation: NAME|USER_ID or --group GROUP")
+    routed, answer = call_daemon(app, "sendReceipt", params)
+    if routed:
+        ids = list(answer["read"])
+        app.out.emit({"read": ids}, f"marked {len(ids)} message{'s' * (len(ids) != 1)} read")
+        return
     with state_of(app) as state:
         conversation = None if all_ else conversation_of(state, recipient, group)
         entries = receipts.unread(state.history, conversation)
@@ -167,11 +184,23 @@ def read(app: AppContext, recipient: str | None, group: str | None, all_: bool) 
 def typing(app: AppContext, recipient: str, stop: bool) -> None:
     """Tell RECIPIENT's connected devices that you are typing (or stopped): sent
     ephemeral, never stored or queued; a device that is offline never sees it."""
-    with state_of(app) as state:
-        user_id = resolve_recipient(state, recipient)
-        copies = run_action(app, state, lambda c: actions.typing(c, user_id, not stop))
-    app.out.emit({"to": user_id, "typing": not stop, "copies": copies},
-                 f"told {user_label(state, user_id)} you {'stopped' if stop else 'are'} typing")
+    run_routed(app, "sendTyping", {"to": recipient, "stop": stop}, send_typing, show_lists=True)
+
+
+async def send_typing(state: State, out: Output, connect: Connect, to: str,
+                      stop: bool = False) -> None:
+    """The core of ``typing`` (JSON-RPC ``sendTyping``): emits ``{"to", "typing",
+    "copies"}`` (copies: devices it reached).
+
+    Raises:
+        click.BadParameter: (exit 2) unknown contact.
+        ClientError: no connection, or the relay refused.
+    """
+    user_id = resolve_recipient(state, to)
+    async with connect() as client:
+        copies = await actions.typing(client, user_id, not stop)
+    out.emit({"to": user_id, "typing": not stop, "copies": copies},
+             f"told {user_label(state, user_id)} you {'stopped' if stop else 'are'} typing")
 
 
 @click.command()
@@ -193,13 +222,37 @@ def disappear(app: AppContext, args: tuple[str, ...], group: str | None) -> None
                                "wa-cli disappear --group GROUP SECONDS")
     recipient = args[0] if len(args) == 2 else None
     seconds = click.IntRange(0, MAX_EXPIRES).convert(args[-1], None, click.get_current_context())
-    with state_of(app) as state:
-        conversation = conversation_of(state, recipient, group)
-        result = run_action(app, state, lambda c: actions.set_timer(c, conversation, seconds))
-        label = conversation_label(state, conversation)
+    run_routed(app, "setTimer", {"to": recipient, "group": group, "seconds": seconds},
+               set_timer, show_lists=True)
+
+
+async def set_timer(state: State, out: Output, connect: Connect, seconds: int,
+                    to: str | None = None, group: str | None = None) -> None:
+    """The core of ``disappear`` (JSON-RPC ``setTimer``): emits ``{"id", "status",
+    "expires_in"}``.
+
+    Raises:
+        click.BadParameter: (exit 2) unknown conversation, or seconds out of range.
+        ClientError: no connection, or the relay refused.
+    """
+    if not 0 <= seconds <= MAX_EXPIRES:
+        raise click.BadParameter(f"must be 0 to {MAX_EXPIRES}", param_hint="SECONDS")
+    conversation = conversation_of(state, to, group)
+    async with connect() as client:
+        result = await actions.set_timer(client, conversation, seconds)
+    label = conversation_label(state, conversation)
     what = f"disappearing messages {'off' if not seconds else f'{seconds} s'} for {label}"
-    app.out.emit({"id": result.msg_id.hex(), "status": result.status, "expires_in": seconds},
-                 f"{what} ({result.status})")
+    out.emit({"id": result.msg_id.hex(), "status": result.status, "expires_in": seconds},
+             f"{what} ({result.status})")
+
+
+def _through_daemon(app: AppContext, method: str, params: dict, what: str) -> bool:
+    """``react``, ``edit``, ``delete`` through the daemon if one runs (``False`` if none):
+    prints ``{"id", "status", "target"[, "reaction"]}`` as the command does."""
+    routed, answer = call_daemon(app, method, params)
+    if routed:
+        app.out.emit(answer, f"{what} ({answer['status']}) id {answer['id']}")
+    return routed
 
 
 def read_text(text: str) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.commands._common import AppContext, CliError, check_name, failures, json_option, state_of
-from cli.output import escape
+from cli.commands._common import AppContext, CliError, check_name, json_option, state_of
+from cli.commands._route import Connect, run_routed
+from cli.output import Output, escape
+from cli.session.state import State
 from relay.protocol import is_user_id
 
 
@@ -28,29 +30,45 @@ def add(app: AppContext, name: str, user_id: str, force: bool) -> None:
     --force (exit 1 without it, nothing changed). Your own user id cannot be a
     contact.
     """
+    _check_contact(name, user_id)
+    run_routed(app, "contactsAdd", {"name": name, "user_id": user_id, "force": force},
+               add_contact)
+
+
+def _check_contact(name: str, user_id: str) -> None:
     if not is_user_id(user_id):
         raise click.BadParameter("not a user id (52 lowercase base32 characters)",
                                  param_hint="USER_ID")
     if is_user_id(name):
         raise click.BadParameter("must not be a user id", param_hint="NAME")
     check_name(name, "NAME")
-    with state_of(app) as state, failures():
-        if user_id == state.user_id:
-            raise click.BadParameter("that is your own user id; a contact is another account",
-                                     param_hint="USER_ID")
-        old_id, old_name = state.contacts.get(name), state.alias_of(user_id)
-        if old_id != user_id:
-            if old_id is not None and not force:
-                raise CliError(f"contact {name!r} already exists; to change it "
-                               f"({old_id} -> {user_id}) run again with --force")
-            if old_name is not None and not force:
-                raise CliError(f"{user_id} is already your contact {old_name!r}; to rename it "
-                               f"({old_name!r} -> {name!r}) run again with --force")
-            if old_name is not None:
-                del state.contacts[old_name]
-            state.contacts[name] = user_id
-            state.save()
-    app.out.emit({"name": name, "user_id": user_id}, f"{escape(name)} = {user_id}")
+
+
+async def add_contact(state: State, out: Output, connect: Connect, name: str, user_id: str,
+                      force: bool = False) -> None:
+    """The core of ``contacts add`` (JSON-RPC ``contactsAdd``): call ``user_id`` ``name``.
+
+    Raises:
+        click.BadParameter: (exit 2) not a user id, a bad name, or this account.
+        CliError: (exit 1) the name or the user id is taken and not ``force``.
+    """
+    _check_contact(name, user_id)
+    if user_id == state.user_id:
+        raise click.BadParameter("that is your own user id; a contact is another account",
+                                 param_hint="USER_ID")
+    old_id, old_name = state.contacts.get(name), state.alias_of(user_id)
+    if old_id != user_id:
+        if old_id is not None and not force:
+            raise CliError(f"contact {name!r} already exists; to change it "
+                           f"({old_id} -> {user_id}) run again with --force")
+        if old_name is not None and not force:
+            raise CliError(f"{user_id} is already your contact {old_name!r}; to rename it "
+                           f"({old_name!r} -> {name!r}) run again with --force")
+        if old_name is not None:
+            del state.contacts[old_name]
+        state.contacts[name] = user_id
+        await state.asave()
+    out.emit({"name": name, "user_id": user_id}, f"{escape(name)} = {user_id}")
 
 
 @contacts.command("list")

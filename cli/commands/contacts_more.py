@@ -11,7 +11,8 @@ from __future__ import annotations
 import click
 
 from cli.commands._common import AppContext, json_option, state_of
-from cli.output import escape
+from cli.commands._route import Connect, run_routed
+from cli.output import Output, escape
 from cli.session.state import State
 from relay.protocol import is_user_id
 
@@ -32,25 +33,39 @@ def _user(state: State, who: str) -> str:
 def remove(app: AppContext, name: str) -> None:
     """Forget contact NAME (its history stays; a later message from it is a message
     request again)."""
-    with state_of(app) as state:
-        user_id = state.contacts.pop(name, None)
-        if user_id is None:
-            raise click.BadParameter(f"unknown contact {name!r}", param_hint="NAME")
-        state.prefs.accepted.discard(user_id)
-        state.save()
-    app.out.emit({"name": name, "user_id": user_id, "removed": True},
-                 f"removed contact {escape(name)} ({user_id})")
+    run_routed(app, "contactsRemove", {"name": name}, remove_contact)
 
 
-def _set_blocked(app: AppContext, who: str, blocked: bool) -> None:
-    with state_of(app) as state:
-        user_id = _user(state, who)
-        if user_id == state.user_id:
-            raise click.BadParameter("that is your own account", param_hint="NAME|USER_ID")
-        (state.prefs.blocked.add if blocked else state.prefs.blocked.discard)(user_id)
-        state.save()
-    app.out.emit({"user_id": user_id, "blocked": blocked},
-                 f"{'blocked' if blocked else 'unblocked'} {escape(who)}")
+async def remove_contact(state: State, out: Output, connect: Connect, name: str) -> None:
+    """The core of ``contacts remove`` (JSON-RPC ``contactsRemove``).
+
+    Raises:
+        click.BadParameter: (exit 2) no such contact.
+    """
+    user_id = state.contacts.get(name)
+    if user_id is None:
+        raise click.BadParameter(f"unknown contact {name!r}", param_hint="NAME")
+    del state.contacts[name]
+    state.prefs.accepted.discard(user_id)
+    await state.asave()
+    out.emit({"name": name, "user_id": user_id, "removed": True},
+             f"removed contact {escape(name)} ({user_id})")
+
+
+async def set_blocked(state: State, out: Output, connect: Connect, who: str,
+                      blocked: bool) -> None:
+    """The core of ``contacts block|unblock`` (JSON-RPC ``block``, ``unblock``).
+
+    Raises:
+        click.BadParameter: (exit 2) unknown contact and not a user id, or this account.
+    """
+    user_id = _user(state, who)
+    if user_id == state.user_id:
+        raise click.BadParameter("that is your own account", param_hint="NAME|USER_ID")
+    (state.prefs.blocked.add if blocked else state.prefs.blocked.discard)(user_id)
+    await state.asave()
+    out.emit({"user_id": user_id, "blocked": blocked},
+             f"{'blocked' if blocked else 'unblocked'} {escape(who)}")
 
 
 @click.command("block")
@@ -59,7 +74,7 @@ def _set_blocked(app: AppContext, who: str, blocked: bool) -> None:
 @click.pass_obj
 def block(app: AppContext, who: str) -> None:
     """Drop every message from NAME|USER_ID on this device from now on."""
-    _set_blocked(app, who, True)
+    run_routed(app, "block", {"who": who, "blocked": True}, set_blocked)
 
 
 @click.command("unblock")
@@ -68,15 +83,15 @@ def block(app: AppContext, who: str) -> None:
 @click.pass_obj
 def unblock(app: AppContext, who: str) -> None:
     """Show messages from NAME|USER_ID again (those dropped meanwhile are gone)."""
-    _set_blocked(app, who, False)
+    run_routed(app, "block", {"who": who, "blocked": False}, set_blocked)
 
 
 @click.command("blocked")
 @json_option
 @click.pass_obj
 def blocked(app: AppContext) -> None:
-    """List the blocked user ids."""
-    with state_of(app) as state:
+    """List the blocked user ids (read-only: runs beside a daemon)."""
+    with state_of(app, readonly=True) as state:
         items = sorted(state.prefs.blocked)
         rows = [(u, state.alias_of(u)) for u in items]
     for user_id, alias in rows:

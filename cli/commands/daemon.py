@@ -38,8 +38,9 @@ def daemon(app: AppContext, tcp_port: int | None) -> None:
     """Keep this device connected and serve JSON-RPC 2.0 on HOME/daemon.sock.
 
     The first line says where ({"socket": PATH} with --json). While it runs,
-    'wa-cli send' and 'wa-cli recv' (also --follow, several at once) of the same
-    --home go through it, and read-only commands (id, history, contacts list,
+    the other commands of the same --home use it: 'wa-cli recv' (also --follow,
+    several at once), send, react, contacts add, devices approve and the other
+    changing ones go through it, and read-only ones (id, history, contacts list,
     outbox, ...) read the state beside it. Messages received while no 'recv' or
     JSON-RPC 'receive' subscriber listens wait in the device's inbox. Ctrl-C or
     SIGTERM stops it (exit code 0). Methods: docs/jsonrpc.md.

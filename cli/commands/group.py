@@ -61,19 +61,27 @@ def group_human(state: State, g: GroupState) -> str:
     return "\n".join(lines)
 
 
-_RPC = {"create_group": "groupCreate", "add_member": "groupAdd", "remove_member": "groupRemove"}
+_RPC = {"create_group": ("groupCreate", ("name", "members")),
+        "add_member": ("groupAdd", ("group", "member")),
+        "remove_member": ("groupRemove", ("group", "member")),
+        "leave_group": ("groupLeave", ("group",)),
+        "rename_group": ("groupRename", ("group", "name")),
+        "promote_member": ("groupPromote", ("group", "member"))}
+"""JSON-RPC method and parameter names of each group change (docs/jsonrpc.md)."""
 
 
 def _change(app: AppContext, op, *args) -> None:
     remote = find_daemon(app.home)
     if remote is not None:  # through the daemon of this home (docs/jsonrpc.md)
-        keys = ("name", "members") if op is create_group else ("group", "member")
+        name, keys = _RPC[op.__name__]
         with remote:
             try:
-                answer = remote.call(_RPC[op.__name__], dict(zip(keys, args, strict=True)))
+                answer = remote.call(name, dict(zip(keys, args, strict=True)))
             except RemoteError as exc:
                 if exc.code == USAGE_ERROR:
-                    raise UnknownName(exc.message, "unknown_contact", "MEMBER") from exc
+                    reason = (exc.data or {}).get("reason", "unknown_contact")
+                    raise UnknownName(exc.message, reason, "MEMBER" if reason ==
+                                      "unknown_contact" else "GROUP") from exc
                 raise CliError(f"daemon: {escape(exc.message)}") from exc
         app.out.emit(answer["group"], answer["text"])
         return

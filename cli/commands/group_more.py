@@ -38,7 +38,7 @@ def rename(app: AppContext, name: str, new_name: str) -> None:
 @click.pass_obj
 def promote(app: AppContext, name: str, member: str) -> None:
     """Make MEMBER an admin of GROUP (admins)."""
-    with state_of(app) as state:
+    with state_of(app, readonly=True) as state:
         user_id = _resolve(state, member)
     _change(app, promote_member, name, user_id)
 

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from cli.commands._common import (
-    AppContext,
-    failures,
-    json_option,
-    state_of,
-    user_label,
-)
-from cli.commands._events import lists_shown
-from cli.commands._signals import run_interruptible
+from cli.commands._common import AppContext, json_option, user_label
+from cli.commands._route import Connect, run_routed
 from cli.commands.basics import read_text
 from cli.commands.sendtext import send_text
 from cli.errors import SendUnknown
 from cli.features.payload import MAX_TEXT
 from cli.features.resend import resend
-from cli.output import escape
+from cli.output import Output, escape
+from cli.session.state import State
 
 from . import files as file_cmd
 from . import group as group_cmd
@@ -132,43 +124,48 @@ def send(ctx: click.Context, recipient: str | None, text: str | None,
     send_text(app, text, recipient=recipient, reply_to=reply_to)
 
 
-@contextmanager
-def _unknown_reported(app: AppContext, to: str) -> Iterator[None]:
-    """In ``--json`` mode, print ``{"id", "status": "unknown", "to"}`` for a message whose
-    answer never came, before the error (exit 1) explains it on stderr."""
-    try:
-        yield
-    except SendUnknown as exc:
-        if app.out.json_mode:
-            app.out.emit({"id": exc.msg_id.hex(), "status": "unknown", "to": to}, "")
-        raise
-
-
 def _retry(app: AppContext, retry_id: str) -> None:
-    """``wa-cli send --retry MSG_ID``: see :mod:`cli.resend`."""
+    """``wa-cli send --retry MSG_ID``: see :mod:`cli.features.resend`."""
     try:
         msg_id = bytes.fromhex(retry_id)
     except ValueError:
         msg_id = b""
     if len(msg_id) != 16:
         raise click.BadParameter("must be a message id: 32 hex digits", param_hint="--retry")
-    with state_of(app) as state:
+    run_routed(app, "resend", {"id": retry_id.lower()}, resend_message, show_lists=True)
 
-        async def run():
-            async with app.connect(state) as client:
-                return await resend(client, msg_id)
 
-        entry = state.find_history(msg_id.hex()) or {}
-        to = entry.get("group_id") or entry.get("peer", "")
-        with failures(), lists_shown(app, state), _unknown_reported(app, to):
-            status, entry = run_interruptible(run)
-        if entry.get("group_id"):
-            record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))
-            group = record.state.name if record is not None else entry["group_id"]
-            name = f"group {escape(group)}"
-            obj = {"id": retry_id.lower(), "status": status, "group": group,
-                   "group_id": entry["group_id"]}
-        else:
-            name = user_label(state, entry["peer"])
-            obj = {"id": retry_id.lower(), "status": status, "to": entry["peer"]}
-    app.out.emit(obj, f"sent again to {name} ({status}) id {retry_id.lower()}")
+async def resend_message(state: State, out: Output, connect: Connect, id: str) -> None:  # noqa: A002
+    """The core of ``send --retry`` (JSON-RPC ``resend``): send again, under its own id,
+    a message of this device whose answer never came; emits ``{"id", "status", "to"}``
+    (``"group", "group_id"`` for a group's).
+
+    Raises:
+        click.BadParameter: (exit 2) not a message id.
+        SendUnknown: the answer did not come this time either (``--json``: an
+            ``{"id", "status": "unknown", "to"}`` line is emitted first); ClientError.
+    """
+    try:
+        msg_id = bytes.fromhex(id)
+    except ValueError:
+        msg_id = b""
+    if len(msg_id) != 16:
+        raise click.BadParameter("must be a message id: 32 hex digits", param_hint="--retry")
+    entry = state.find_history(msg_id.hex()) or {}
+    to = entry.get("group_id") or entry.get("peer", "")
+    try:
+        async with connect() as client:
+            status, entry = await resend(client, msg_id)
+    except SendUnknown as exc:
+        if out.json_mode:
+            out.emit({"id": exc.msg_id.hex(), "status": "unknown", "to": to}, "")
+        raise
+    if entry.get("group_id"):
+        record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))
+        group = record.state.name if record is not None else entry["group_id"]
+        name = f"group {escape(group)}"
+        obj = {"id": id, "status": status, "group": group, "group_id": entry["group_id"]}
+    else:
+        name = user_label(state, entry["peer"])
+        obj = {"id": id, "status": status, "to": entry["peer"]}
+    out.emit(obj, f"sent again to {name} ({status}) id {id}")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import click
 
 from cli.commands._common import AppContext, check_name, json_option, state_of
+from cli.commands._route import Connect, run_routed
 from cli.commands.history import _row
-from cli.output import escape, sender_label
+from cli.output import Output, escape, sender_label
 from cli.session.state import State
 
 
@@ -44,8 +45,8 @@ def _find(state: State, key: str) -> tuple[str, dict]:
 @json_option
 @click.pass_obj
 def list_(app: AppContext) -> None:
-    """List what waits, one request per line."""
-    with state_of(app) as state:
+    """List what waits, one request per line (read-only: runs beside a daemon)."""
+    with state_of(app, readonly=True) as state:
         rows = []
         for key, req in state.prefs.requests.items():
             n = len(_held(state, key))
@@ -71,23 +72,35 @@ def accept(app: AppContext, key: str, name: str | None) -> None:
     """Accept a request: its held messages are shown now, later ones as any other."""
     if name is not None:
         check_name(name, "--name")
-    with state_of(app) as state:
-        key, req = _find(state, key)
-        if name is not None and req["kind"] == "user":
-            if name in state.contacts:
-                raise click.BadParameter(f"contact {name!r} already exists", param_hint="--name")
-            state.contacts[name] = key
-        state.prefs.accept(key)
-        held = _held(state, key)
-        for entry in held:
-            del entry["held"]
-            state.history_changed(entry)
-        state.save()
-        groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
-        rows = [_row(state, e, groups) for e in held]
+    run_routed(app, "requestAccept", {"key": key, "name": name}, accept_request)
+
+
+async def accept_request(state: State, out: Output, connect: Connect, key: str,
+                         name: str | None = None) -> None:
+    """The core of ``requests accept`` (JSON-RPC ``requestAccept``): the held messages
+    are emitted (as ``history`` rows) and shown from now on.
+
+    Raises:
+        click.BadParameter: (exit 2) no single request matches ``key``, bad or taken name.
+    """
+    if name is not None:
+        check_name(name, "--name")
+    key, req = _find(state, key)
+    if name is not None and req["kind"] == "user":
+        if name in state.contacts:
+            raise click.BadParameter(f"contact {name!r} already exists", param_hint="--name")
+        state.contacts[name] = key
+    state.prefs.accept(key)
+    held = _held(state, key)
+    for entry in held:
+        del entry["held"]
+        state.history_changed(entry)
+    await state.asave()
+    groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
+    rows = [_row(state, e, groups) for e in held]
     for obj, human in rows:
-        app.out.emit(obj, human)
-    app.out.note(f"accepted {key}; {len(rows)} held message{'s' * (len(rows) != 1)} shown")
+        out.emit(obj, human)
+    out.note(f"accepted {key}; {len(rows)} held message{'s' * (len(rows) != 1)} shown")
 
 
 @requests.command("decline")
@@ -98,19 +111,27 @@ def accept(app: AppContext, key: str, name: str | None) -> None:
 def decline(app: AppContext, key: str, block: bool) -> None:
     """Decline a request: its held messages are removed from this device (a declined
     group is forgotten here; a later message asks again unless --block)."""
-    with state_of(app) as state:
-        key, req = _find(state, key)
-        del state.prefs.requests[key]
-        held = {id(e) for e in _held(state, key)}
-        keep = [e for e in state.history if id(e) not in held]
-        state.history.clear()
-        state.history.extend(keep)
-        state.compact_history()
-        if req["kind"] == "group":
-            state.groups.groups.pop(bytes.fromhex(key), None)
-        if block:
-            state.prefs.blocked.add(req["from"])
-        state.save()
-    app.out.emit({"key": key, "declined": True, "blocked": block,
-                  "removed": len(held)}, f"declined {key}" + (" and blocked" if block else ""))
+    run_routed(app, "requestDecline", {"key": key, "block": block}, decline_request)
 
+
+async def decline_request(state: State, out: Output, connect: Connect, key: str,
+                          block: bool = False) -> None:
+    """The core of ``requests decline`` (JSON-RPC ``requestDecline``).
+
+    Raises:
+        click.BadParameter: (exit 2) no single request matches ``key``.
+    """
+    key, req = _find(state, key)
+    del state.prefs.requests[key]
+    held = {id(e) for e in _held(state, key)}
+    keep = [e for e in state.history if id(e) not in held]
+    state.history.clear()
+    state.history.extend(keep)
+    state.compact_history()
+    if req["kind"] == "group":
+        state.groups.groups.pop(bytes.fromhex(key), None)
+    if block:
+        state.prefs.blocked.add(req["from"])
+    await state.asave()
+    out.emit({"key": key, "declined": True, "blocked": block, "removed": len(held)},
+             f"declined {key}" + (" and blocked" if block else ""))

@@ -3,11 +3,12 @@
 * ``timers``: conversation (user_id or group id in hex) -> disappearing timer, seconds.
 * ``blocked``: user_ids whose messages are dropped (and acknowledged).
 * ``hold_requests``: hold a stranger's messages, and invitations to groups by a
-  non-contact, until accepted (``wa-cli settings --requests hold``; off by default).
+  non-contact, until accepted (on by default; ``wa-cli settings --requests show``
+  turns it off).
 * ``accepted``: user_ids accepted without becoming contacts (and every user this
   device wrote to); ``requests``: what waits, per user_id or group id (hex).
-* ``receipts``: send delivery and read receipts (``wa-cli settings --receipts on``; off
-  by default).
+* ``receipts``: send delivery and read receipts (on by default; ``wa-cli settings
+  --receipts off`` turns them off).
 
 A *stranger* is a user who is not this account, not a contact and not accepted.
 A message in a group is held while the group's invitation waits, whoever sent it.
@@ -32,10 +33,10 @@ class Prefs:
 
     timers: dict[str, int] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
-    hold_requests: bool = False
+    hold_requests: bool = True
     accepted: set[str] = field(default_factory=set)
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
-    receipts: bool = False
+    receipts: bool = True
     next_expiry: int | None = None  # ms: the earliest expires_at in history (None: none)
 
     # ------------------------------------------------------------ timers

@@ -10,11 +10,19 @@ never acknowledged). Copies for users homed at other nodes go in one ``forward
 {ephemeral: true}`` per home, asked once with a short deadline
 (:data:`PEER_DEADLINE`); an unreachable home simply gets nothing. The answer is
 ``sent {status: "ephemeral"}`` in every case that passed the checks.
+
+A home served by several processes over one shared storage (docs/operations.md,
+"One home, several processes"): a recipient device may be connected to a sibling
+process. Copies for devices not streaming here are handed to the siblings through
+the storage's ``announce_ephemeral`` (PostgreSQL NOTIFY; nothing is stored), and each
+sibling pushes those of its connected devices (:func:`push_copy`, called by
+:class:`relay.services.siblings.Siblings`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 from relay.errors import RelayError
 from relay.protocol import ErrorCode
@@ -32,11 +40,14 @@ from relay.protocol.frames import (
 from relay.services.base import Caller, Table
 from relay.services.federation import LinkDown, request_within
 from relay.services.router import now_ms, part_members
+from storage import StorageUnavailable
 
 if TYPE_CHECKING:
     from relay.node import Node
 
-__all__ = ["PEER_DEADLINE", "ephemeral_table", "forward_from_peer", "push_forward"]
+__all__ = ["PEER_DEADLINE", "ephemeral_table", "forward_from_peer", "push_copy", "push_forward"]
+
+log = logging.getLogger(__name__)
 
 PEER_DEADLINE = 2.0  # seconds a home of other recipients gets to take an ephemeral forward
 STATUS = "ephemeral"
@@ -51,16 +62,39 @@ async def push_forward(node: Node, frame: Forward) -> int:
     """
     await node.router.check_local(frame.sender_user, frame.sender_device, part_members(frame))
     pushed = 0
+    elsewhere = []
     for r in frame.recipients:
         for copy in r.copies:
-            session = node.registry.session(r.user_id, copy.device_id)
-            if session is None or not getattr(session, "streaming", False):
-                continue
             env = Envelope(msg_id=frame.msg_id, sender_user=frame.sender_user,
                            sender_device=frame.sender_device, ts=frame.ts, kind="olm",
                            body=copy.body)
-            pushed += session.push_nowait(Deliver(id=0, items=[DeliverItem(seq=0, envelope=env)]))
+            if push_copy(node.registry, r.user_id, copy.device_id, env):
+                pushed += 1
+            else:
+                elsewhere.append((r.user_id, copy.device_id, env))
+    announce = getattr(node.storage, "announce_ephemeral", None)
+    if elsewhere and announce is not None and getattr(node.storage, "notifies", False):
+        await _to_siblings(announce, elsewhere)
     return pushed
+
+
+def push_copy(registry: Any, user_id: str, device_id: int, env: Envelope) -> bool:
+    """Push ``env`` (``seq`` 0) to device ``(user_id, device_id)`` if it is connected
+    to this process and streaming; whether it was."""
+    session = registry.session(user_id, device_id)
+    if session is None or not getattr(session, "streaming", False):
+        return False
+    return bool(session.push_nowait(Deliver(id=0, items=[DeliverItem(seq=0, envelope=env)])))
+
+
+async def _to_siblings(announce: Any, copies: list[tuple[str, int, Envelope]]) -> None:
+    """``storage.announce_ephemeral`` (a shared storage's, see
+    ``storage.postgresql.PostgresStorage``), best effort."""
+    try:
+        await announce([(u, d, env.msg_id, env.sender_user, env.sender_device, env.ts,
+                         env.body) for u, d, env in copies])
+    except StorageUnavailable as exc:  # best effort, like every ephemeral copy
+        log.info("ephemeral copies not handed to the other processes: %s", exc)
 
 
 def ephemeral_table(node: Node) -> Table:

@@ -17,6 +17,9 @@ commits make stale; the storage tells it what changed
 * **outbox**: entries were put for a destination: this process's forwards to it
   queue behind them, and its drain sends them too (so entries of a process that
   died are not stranded);
+* **ephemeral**: copies of an ephemeral send (typing) that another process could
+  not push to a device of its own: pushed here if the device is connected here
+  (:func:`relay.services.ephemeral.push_copy`);
 * ``None`` (the listening connection was lost and is back; something may have
   been missed), or a change that says ``everything`` (another process could not
   announce a commit): all of the above, for everything.
@@ -34,8 +37,10 @@ from typing import Protocol
 import trio
 
 from relay.errors import KNOWN_REFUSALS
+from relay.protocol.frames import Envelope
 from relay.services.delivery import DeviceRegistry
 from relay.services.directory import Directory
+from relay.services.ephemeral import push_copy
 from relay.services.outbox import Outbox
 
 RETRY_DELAY = 1.0  # seconds before a device-list check that failed is tried again
@@ -92,6 +97,10 @@ class Siblings:
             return
         for user_id, device_id in changes.queues:
             self._registry.notify(user_id, device_id)
+        for c in getattr(changes, "ephemeral", ()):
+            push_copy(self._registry, c.user_id, c.device_id,
+                      Envelope(msg_id=c.msg_id, sender_user=c.sender_user,
+                               sender_device=c.sender_device, ts=c.ts, kind="olm", body=c.body))
         for dest in changes.outbox:
             self._outbox.note_pending(dest)
         if changes.lists:

@@ -14,7 +14,9 @@ Channel: ``wa.<schema>`` (at most 63 bytes). Payload: ``<origin>|<kind>|<items>`
 ``origin`` a random token per storage instance (a process skips its own
 notifications: it acted on them itself), ``kind`` one of ``q`` (items
 ``user:device``), ``l`` (user ids), ``o`` (outbox destinations, percent-encoded),
-``a`` (no items: anything may have changed), items joined by ``,``; split into
+``a`` (no items: anything may have changed), ``e`` (ephemeral copies to push, see
+:class:`EphemeralCopy`: nothing was committed, :func:`ephemeral_payloads`), items
+joined by ``,``; split into
 several notifications so that each stays under PostgreSQL's 8000-byte payload
 limit.
 
@@ -36,6 +38,8 @@ at its queue once, and cached lists be dropped.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -57,6 +61,37 @@ PAYLOAD_MAX = 7900  # bytes per notification (PostgreSQL's limit is 8000)
 Devices = set[tuple[str, int]]
 
 
+@dataclass(frozen=True)
+class EphemeralCopy:
+    """One copy of an ephemeral send (typing...) for a device that may be connected to
+    another process: ``user_id``/``device_id`` the recipient device, then the envelope's
+    ``msg_id`` (16 bytes), ``sender_user``, ``sender_device``, ``ts`` (ms), ``body``."""
+
+    user_id: str
+    device_id: int
+    msg_id: bytes
+    sender_user: str
+    sender_device: int
+    ts: int
+    body: bytes
+
+    def item(self) -> str:
+        """The copy as one ``e`` item (``:``-separated; bytes in base64)."""
+        return ":".join((self.user_id, str(self.device_id), self.msg_id.hex(), self.sender_user,
+                         str(self.sender_device), str(self.ts),
+                         base64.b64encode(self.body).decode()))
+
+    @classmethod
+    def parse(cls, item: str) -> EphemeralCopy:
+        """Inverse of :meth:`item`. Raises ValueError if it is malformed."""
+        try:
+            user, dev, msg_id, sender, sdev, ts, body = item.split(":")
+            return cls(user, int(dev), bytes.fromhex(msg_id), sender, int(sdev), int(ts),
+                       base64.b64decode(body, validate=True))
+        except binascii.Error as exc:
+            raise ValueError(f"bad body in an ephemeral item: {exc}") from exc
+
+
 @dataclass
 class Changes:
     """What one or more commits of another process changed.
@@ -67,15 +102,19 @@ class Changes:
         outbox: outbox destinations that got entries.
         everything: anything may have changed (a commit whose notification could
             not be sent): act as after a lost listening connection.
+        ephemeral: copies of ephemeral sends to push to devices connected here
+            (nothing committed; lost if no process has the device).
     """
 
     queues: Devices = field(default_factory=set)
     lists: set[str] = field(default_factory=set)
     outbox: set[str] = field(default_factory=set)
     everything: bool = False
+    ephemeral: list[EphemeralCopy] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.queues or self.lists or self.outbox or self.everything)
+        return bool(self.queues or self.lists or self.outbox or self.everything
+                    or self.ephemeral)
 
 
 def channel_of(schema: str) -> str:
@@ -115,6 +154,13 @@ def payloads(origin: str, changes: Changes | Devices) -> list[str]:
             *_split(origin, "o", (quote(d, safe="") for d in sorted(changes.outbox)))]
 
 
+def ephemeral_payloads(origin: str, copies: Iterable[EphemeralCopy]) -> list[str]:
+    """Ephemeral copies as ``e`` notification payloads of at most :data:`PAYLOAD_MAX`
+    bytes (a copy too large for one is left out: it is only a typing indicator)."""
+    items = [c.item() for c in copies]
+    return _split(origin, "e", (i for i in items if len(i) + len(origin) + 3 <= PAYLOAD_MAX))
+
+
 def parse(payload: str) -> tuple[str, Changes]:
     """``(origin, changes)`` of a payload. Raises ValueError if it is malformed."""
     origin, _, rest = payload.partition("|")
@@ -133,6 +179,8 @@ def parse(payload: str) -> tuple[str, Changes]:
         changes.outbox.update(unquote(i) for i in items)
     elif kind == "a":
         changes.everything = True
+    elif kind == "e":
+        changes.ephemeral.extend(EphemeralCopy.parse(i) for i in items)
     else:
         raise ValueError(f"unknown notification kind {kind!r}")
     return origin, changes

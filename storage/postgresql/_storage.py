@@ -41,7 +41,15 @@ from ._errors import classify, translate
 from ._extras import PgExtrasMixin
 from ._handoff import PgHandoffMixin
 from ._media import PgMediaMixin
-from ._notify import Changes, channel_of, new_origin, serve_enqueue_watch, serve_watch
+from ._notify import (
+    Changes,
+    EphemeralCopy,
+    channel_of,
+    ephemeral_payloads,
+    new_origin,
+    serve_enqueue_watch,
+    serve_watch,
+)
 from ._schema import migrate, set_search_path
 from ._url import DEFAULT_SCHEMA, open_kwargs, split_url
 from ._writer import FaultHook, PgWriter
@@ -204,6 +212,32 @@ class PostgresStorage(PgExtrasMixin, PgHandoffMixin, PgDirectoryMixin, PgMediaMi
                               task_status=task_status)
         except psycopg.Error as exc:
             raise translate(exc) from exc
+
+    async def announce_ephemeral(
+        self, copies: list[tuple[str, int, bytes, str, int, int, bytes]],
+    ) -> None:
+        """Hand ephemeral copies (typing indicators) to the other processes on this
+        schema (their :meth:`serve_watch` callbacks get them in
+        :attr:`~storage.postgresql._notify.Changes.ephemeral`); nothing is stored. Does
+        nothing unless opened with ``notify=True``.
+
+        Args:
+            copies: ``(user_id, device_id, msg_id, sender_user, sender_device, ts,
+                body)`` each, the fields of :class:`~storage.postgresql._notify.EphemeralCopy`.
+
+        Raises:
+            StorageUnavailable: the notification could not be sent.
+        """
+        self._check_open()
+        if not self.notifies or not copies:
+            return
+        notes = ephemeral_payloads(self._origin, [EphemeralCopy(*c) for c in copies])
+        channel = channel_of(self.schema)
+
+        def send(conn: psycopg.Connection, attempt: int) -> None:
+            conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (channel, notes))
+
+        await self._with_conn(send)
 
     async def serve_enqueue_watch(
         self, on_enqueued: Callable[[set[tuple[str, int]] | None], None], *,

@@ -12,7 +12,7 @@ from relay.testing import LocalCluster, open_local_cluster
 
 __all__ = [
     "LocalCluster", "alice_and_bob", "drain", "link_second_device", "make_account",
-    "new_account", "publish",
+    "new_account", "publish", "quiet",
     "run_cluster",
 ]
 
@@ -24,11 +24,22 @@ def run_cluster(n: int = 3, **options):
     return open_local_cluster(n, **options)
 
 
+def quiet(state: State) -> State:
+    """Turn off delivery/read receipts and message requests on ``state`` (both on by
+    default): for the library-level tests of transport, trust, groups and devices,
+    whose strangers write to each other and which count the messages they get. The
+    features themselves are tested with their defaults (test_cli_basics,
+    test_cli_kinds, test_cli_daemon*, and the wa-cli process tests)."""
+    state.prefs.receipts = False
+    state.prefs.hold_requests = False
+    return state
+
+
 def new_account(tmp_path, name: str, relay_url: str, stack: ExitStack) -> State:
-    """Create and keep open (locked) a fresh primary device state."""
+    """Create and keep open (locked) a fresh primary device state (:func:`quiet`)."""
     state = stack.enter_context(create_state(tmp_path / name, name=name, relay_url=relay_url))
     init_account(state)
-    return state
+    return quiet(state)
 
 
 async def publish(state: State) -> str:
@@ -80,6 +91,7 @@ async def link_second_device(tmp_path, stack, state):
     """Give ``state``'s account a device 1 (list version + 1), published and connected."""
     new = stack.enter_context(create_state(tmp_path / f"{state.name}-second-device", name=state.name,
                                            relay_url=state.relay_url))
+    quiet(new)
     new.account_key, new.user_id, new.device_id = None, state.user_id, 1
     own = state.own_list()
     entries = [crypto.DeviceEntry(d.device_id, d.ed25519, d.curve25519, d.name, d.added_at)

@@ -20,11 +20,22 @@ DEADLINE = 60
 
 
 async def two_accounts(tmp_path, relay: str) -> tuple[dict, dict]:
+    """alice (home a) and bob (home b), each the other's contact (so no message request
+    holds what they send each other)."""
     (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use", "--name", "alice",
                               "--relay", relay))
     (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                             "--relay", relay))
+    await wa(tmp_path / "a", "contacts", "add", "bob", bob["user_id"])
+    await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])
     return alice, bob
+
+
+def texts_and_receipts(got: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``recv --json`` lines split into the text messages and the receipts (on by
+    default: each text that reaches a device sends its author a ``delivered`` one)."""
+    return ([g for g in got if g["type"] == "text"],
+            [g["receipt"] for g in got if g["type"] == "receipt"])
 
 
 async def start_daemon(home) -> tuple[Running, dict]:
@@ -47,7 +58,8 @@ async def test_recv_follow_and_send_on_one_home_at_once(tmp_path):
                 (sent,) = lines(await wa(tmp_path / "b", "--json", "send", alice["user_id"],
                                          "from bob"))
                 assert sent["status"] == "stored" and sent["to"] == alice["user_id"]
-                await wa(tmp_path / "a", "send", bob["user_id"], "to bob")
+                (to_bob,) = lines(await wa(tmp_path / "a", "--json", "send", bob["user_id"],
+                                           "to bob"))
                 got = await follow.json()
                 assert (got["text"], got["from"]) == ("to bob", alice["user_id"])
                 # read-only commands read the state beside the daemon
@@ -55,13 +67,21 @@ async def test_recv_follow_and_send_on_one_home_at_once(tmp_path):
                 assert ident["user_id"] == bob["user_id"]
                 (mine,) = lines(await wa(tmp_path / "b", "--json", "history", "--limit", "1"))
                 assert mine["text"] == "to bob"
-                # a changing command that does not go through it names the daemon's pid
-                busy = await wa(tmp_path / "b", "contacts", "add", "al", alice["user_id"],
-                                check=False)
+                # changing commands go through it too, and the readers see the change
+                (added,) = lines(await wa(tmp_path / "b", "--json", "contacts", "add", "someone",
+                                          "b" * 52))
+                assert added == {"name": "someone", "user_id": "b" * 52}
+                listed = lines(await wa(tmp_path / "b", "--json", "contacts", "list"))
+                assert {"name": "someone", "user_id": "b" * 52} in listed
+                # what needs the device to itself names the daemon's pid
+                busy = await wa(tmp_path / "b", "daemon", check=False)
                 assert busy.returncode == 1
                 assert f"daemon (process {daemon.proc.pid})" in busy.stderr.decode()
-                (in_a,) = lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.2"))
-                assert in_a["text"] == "from bob"
+                got, receipts = texts_and_receipts(
+                    lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.2")))
+                assert [g["text"] for g in got] == ["from bob"]
+                # bob's daemon told alice that "to bob" was delivered
+                assert receipts == [{"status": "delivered", "ids": [to_bob["id"]]}]
                 # group commands go through the daemon too
                 (made,) = lines(await wa(tmp_path / "b", "--json", "group", "create", "team",
                                          alice["user_id"]))
@@ -129,7 +149,8 @@ async def test_a_plain_socket_client_sends_and_subscribes(tmp_path):
         with trio.fail_after(DEADLINE):
             async with run_cluster(1) as cluster:
                 alice, bob = await two_accounts(tmp_path, cluster.urls["n1"])
-                await wa(tmp_path / "b", "send", alice["user_id"], "waiting before")
+                (before,) = lines(await wa(tmp_path / "b", "--json", "send", alice["user_id"],
+                                           "waiting before"))
                 daemon, where = await start_daemon(tmp_path / "a")
                 rpc = RpcSocket(await trio.open_unix_socket(where["socket"]))
                 sub = await rpc.call(1, "receive")
@@ -141,9 +162,14 @@ async def test_a_plain_socket_client_sends_and_subscribes(tmp_path):
                 sent = await rpc.call(2, "send", {"to": bob["user_id"], "text": "hi bob"})
                 assert sent["result"]["status"] == "stored"
                 assert len(sent["result"]["id"]) == 32
-                (got,) = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.2"))
+                (got,), receipts = texts_and_receipts(
+                    lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.2")))
                 assert (got["text"], got["id"]) == ("hi bob", sent["result"]["id"])
+                assert receipts == [{"status": "delivered", "ids": [before["id"]]}]
                 await wa(tmp_path / "b", "send", alice["user_id"], "live")
+                receipt = await rpc.note()  # bob's recv above said "hi bob" was delivered
+                assert receipt["params"]["event"]["receipt"] == {
+                    "status": "delivered", "ids": [sent["result"]["id"]]}
                 live = await rpc.note()
                 assert live["params"]["event"]["text"] == "live"
                 assert live["params"]["subscription"] == 1

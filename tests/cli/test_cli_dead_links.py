@@ -112,7 +112,9 @@ async def test_send_without_an_answer_is_unknown_and_a_retry_shows_it_once(tmp_p
             proxy = await _proxied(nursery, cluster)
             (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", cluster.urls["n1"]))
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", proxy.url)
+            (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                      "--name", "alice", "--relay", proxy.url))
+            await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
             # the send frame reaches the node; its answer (and all else) is then lost
             proxy.blackhole_at(lambda payload: frame_type(payload) == "send")
             send = await Proc.start(tmp_path / "a", "--json", "send", bob["user_id"], "hi")
@@ -141,7 +143,9 @@ async def test_recv_follow_reconnects_after_a_black_hole_and_shows_everything_on
             proxy = await _proxied(nursery, cluster)
             (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", proxy.url))
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", cluster.urls["n1"])
+            (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                      "--name", "alice", "--relay", cluster.urls["n1"]))
+            await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
             follow = await Proc.start(tmp_path / "b", "--json", "recv", "--follow")
             try:
                 await wa(tmp_path / "a", "send", bob["user_id"], "before")
@@ -174,7 +178,8 @@ async def test_devices_approve_on_a_black_holed_link_fails_instead_of_hanging(tm
     with trio.fail_after(DEADLINE):
         async with run_cluster(1) as cluster, trio.open_nursery() as nursery:
             proxy = await _proxied(nursery, cluster)
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", proxy.url)
+            (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                      "--name", "alice", "--relay", proxy.url))
             async with open_link(cluster.urls["n1"], "laptop") as pending:
                 approve = await Proc.start(tmp_path / "a", "devices", "approve", pending.code)
                 try:

@@ -55,6 +55,8 @@ async def test_an_unknown_sender_cannot_pass_for_a_contact(tmp_path):
             bob = await new_user(tmp_path, relay, "bob", "bob")
             mallory = await new_user(tmp_path, relay, "mallory", "alice")  # claims to be alice
             await wa(tmp_path / "bob", "contacts", "add", "alice", alice)
+            # how a stranger's messages are shown (not held as message requests)
+            await wa(tmp_path / "bob", "settings", "--requests", "show")
 
             await wa(tmp_path / "alice", "send", bob, "from the real alice")
             await wa(tmp_path / "mallory", "send", bob, "from mallory")
@@ -119,6 +121,8 @@ async def test_control_characters_of_a_peer_cannot_forge_output(tmp_path):
         async with run_cluster(1) as cluster:
             relay = cluster.urls["n1"]
             bob = await new_user(tmp_path, relay, "bob", "bob")
+            # how a stranger's messages are shown (not held as message requests)
+            await wa(tmp_path / "bob", "settings", "--requests", "show")
             await hostile_sender(tmp_path, relay, bob)
 
             got = await wa(tmp_path / "bob", "recv", "--timeout", "0.2")

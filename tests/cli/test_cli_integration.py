@@ -7,7 +7,7 @@ import time
 from contextlib import ExitStack
 
 import trio
-from cli_cluster import alice_and_bob, drain, make_account, publish, run_cluster
+from cli_cluster import alice_and_bob, drain, make_account, publish, quiet, run_cluster
 
 from cli.client import BacklogDone, Message, open_client
 from cli.session import crypto
@@ -94,8 +94,8 @@ async def _bob_with_two_devices(tmp_path, cluster, stack):
     alice, bob = await alice_and_bob(tmp_path, cluster, stack)
     async with open_client(alice) as client:
         assert (await client.send_text(bob.user_id, "before")).status == "stored"
-    bob1 = stack.enter_context(
-        create_state(tmp_path / "bob-device-1", name="bob", relay_url=bob.relay_url))
+    bob1 = quiet(stack.enter_context(
+        create_state(tmp_path / "bob-device-1", name="bob", relay_url=bob.relay_url)))
     bob1.account_key, bob1.user_id, bob1.device_id = None, bob.user_id, 1
     entries = [crypto.DeviceEntry(d.device_id, d.ed25519, d.curve25519, d.name, d.added_at)
                for d in bob.own_list().devices]

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import nacl.signing
 import pytest
 import trio
-from cli_cluster import alice_and_bob, drain, run_cluster
+from cli_cluster import alice_and_bob, drain, quiet, run_cluster
 
 from cli.client import BacklogDone, init_account, open_client
 from cli.events import Dropped, Message, Requested
@@ -59,6 +59,7 @@ def test_every_kind_round_trips_and_bad_fields_are_refused() -> None:
 def test_effects_on_history(tmp_path) -> None:
     with create_state(tmp_path / "bob", name="bob", relay_url="ws://unset") as bob:
         init_account(bob)
+        quiet(bob)  # the effects of each kind, not message requests
         m1 = text(bob.user_id, "hello", expires=1)
         shown = effects.on_payload(bob, ALICE, 0, m1, peer=ALICE)
         assert isinstance(shown, Message) and shown.extra == {"expires_in": 1}

@@ -42,6 +42,10 @@ async def test_cli_send_and_recv_contract(tmp_path):
             assert ident["name"] == "bob"
 
             await wa(tmp_path / "a", "contacts", "add", "bob", bob["user_id"])
+            # this contract is that of a stranger's message shown as it comes (message
+            # requests, on by default, would hold it: test_cli_basics covers them)
+            (shown,) = lines(await wa(tmp_path / "b", "settings", "--requests", "show"))
+            assert shown["requests"] == "show"
             sent = [lines(await wa(tmp_path / "a", "send", "bob", t))[0] for t in ("x", "y ✓")]
             assert [s["status"] for s in sent] == ["stored", "stored"]
             assert all(s["to"] == bob["user_id"] and len(s["id"]) == 32 for s in sent)
@@ -63,6 +67,11 @@ async def test_cli_send_and_recv_contract(tmp_path):
             await wa(tmp_path / "a", "send", "bob", "again")
             (m,) = lines(await wa(tmp_path / "b", "recv", "--timeout", "0.2"))
             assert m["from_name"] == "al"  # the local alias wins over the declared name
+            # bob's device told alice's that each message was delivered (receipts are on)
+            receipts = lines(await wa(tmp_path / "a", "recv", "--timeout", "0.2"))
+            assert {r["type"] for r in receipts} == {"receipt"}
+            delivered = [i for r in receipts for i in r["receipt"]["ids"]]
+            assert sorted(delivered) == sorted([s["id"] for s in sent] + [by_id["id"], m["id"]])
             human = await wa(tmp_path / "a", "--help", check=False)
             assert human.returncode == 0
 
@@ -72,7 +81,9 @@ async def test_recv_follow_prints_live_messages(tmp_path):
         async with run_cluster(2) as cluster:
             relay = cluster.urls["n1"]
             (bob,) = lines(await wa(tmp_path / "b", "init", "--trust-on-first-use", "--name", "bob", "--relay", relay))
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
+            (alice,) = lines(await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice",
+                                      "--relay", relay))
+            await wa(tmp_path / "b", "contacts", "add", "al", alice["user_id"])  # not a request
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "cli", "--home", str(tmp_path / "b"), "recv", "--follow",
                  "--json"],
@@ -86,8 +97,8 @@ async def test_recv_follow_prints_live_messages(tmp_path):
                     assert chunk, "recv --follow exited early"
                     buf += chunk
                 msg = json.loads(buf.split(b"\n")[0])
-                assert (msg["text"], msg["declared_name"], msg["direction"]) == (
-                    "live one", "alice", "in")
+                assert (msg["text"], msg["from_name"], msg["direction"]) == (
+                    "live one", "al", "in")
             finally:
                 proc.terminate()
                 await proc.wait()

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 
 import pytest
 import trio
-from cli_cluster import alice_and_bob, drain, make_account, run_cluster
+from cli_cluster import alice_and_bob, drain, make_account, quiet, run_cluster
 
 from cli.client import DevicesChanged, Message, init_account, open_client
 from cli.errors import DeviceRemoved, LinkFailed, NotPrimary, RelayError
@@ -69,8 +69,8 @@ async def test_phone_and_laptop_get_everything_once_and_own_devices_see_outgoing
             a2 = await add_device(alice, tmp_path / "alice-tablet", "tablet")
             b1 = await add_device(bob, tmp_path / "bob-laptop", "laptop")
             assert (a2.device_id, b1.device_id) == (1, 1)
-            alice2 = stack.enter_context(open_state(tmp_path / "alice-tablet"))
-            laptop = stack.enter_context(open_state(tmp_path / "bob-laptop"))
+            alice2 = quiet(stack.enter_context(open_state(tmp_path / "alice-tablet")))
+            laptop = quiet(stack.enter_context(open_state(tmp_path / "bob-laptop")))
             assert alice2.contacts == {"bob": bob.user_id} and alice2.account_key is None
             assert laptop.user_id == bob.user_id and laptop.device_id == 1
 
@@ -112,7 +112,7 @@ async def test_stale_cached_list_reaches_the_new_tablet_through_stale_devices(tm
                 assert (await client.send_text(bob.user_id, "before")).status == "stored"
             assert alice.device_lists[bob.user_id].parsed.version == 1
             await add_device(bob, tmp_path / "bob-tablet", "tablet")
-            tablet = stack.enter_context(open_state(tmp_path / "bob-tablet"))
+            tablet = quiet(stack.enter_context(open_state(tmp_path / "bob-tablet")))
             async with open_client(bob) as client:  # use up the tablet's one-time keys
                 for _ in range(101):
                     (key,) = await client.claim_keys(bob.user_id, [1])
@@ -144,7 +144,7 @@ async def test_notices_removal_and_a_removed_device_gets_nothing(tmp_path):
             async with open_client(alice) as client:  # alice now holds bob's list (a watcher)
                 await client.send_text(bob.user_id, "hi")
             await add_device(bob, tmp_path / "bob-laptop", "laptop")
-            laptop = stack.enter_context(open_state(tmp_path / "bob-laptop"))
+            laptop = quiet(stack.enter_context(open_state(tmp_path / "bob-laptop")))
             change = await next_change(alice)
             assert change == DevicesChanged(bob.user_id, "bob", 2, ((1, "laptop"),), ())
 
@@ -302,7 +302,7 @@ async def test_link_devices_adds_n_devices_in_one_program(tmp_path):
             async with open_client(alice) as client:
                 await client.send_text(bob.user_id, "to four devices")
             for i in (1, 2, 3):
-                state = stack.enter_context(open_state(tmp_path / "bob-devices" / f"device-{i}"))
+                state = quiet(stack.enter_context(open_state(tmp_path / "bob-devices" / f"device-{i}")))
                 assert state.device_id == i
                 assert [m.text for m in await messages(state)] == ["to four devices"]
 

@@ -38,7 +38,9 @@ async def test_ctrl_c_stops_recv_follow_quietly_with_exit_0(tmp_path):
             relay = cluster.urls["n1"]
             (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", relay))
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
+            (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                      "--name", "alice", "--relay", relay))
+            await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
             follow = await Running.start(tmp_path / "b", "recv", "--follow")
             try:
                 await wa(tmp_path / "a", "send", bob["user_id"], "are you there")
@@ -74,7 +76,9 @@ async def test_recv_follow_reconnects_when_the_home_node_restarts(tmp_path):
             relay = cluster.urls["n1"]
             (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", relay))
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
+            (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                      "--name", "alice", "--relay", relay))
+            await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
             follow = await Running.start(tmp_path / "b", "--json", "recv", "--follow")
             try:
                 await wa(tmp_path / "a", "send", bob["user_id"], "before")
@@ -107,7 +111,9 @@ async def test_send_shows_a_device_list_change_it_ran_into(tmp_path):
             relay = cluster.urls["n1"]
             (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use", "--name", "bob",
                                     "--relay", relay))
-            await wa(tmp_path / "a", "init", "--trust-on-first-use", "--name", "alice", "--relay", relay)
+            (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                      "--name", "alice", "--relay", relay))
+            await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
             await wa(tmp_path / "a", "contacts", "add", "bob", bob["user_id"])
             await wa(tmp_path / "a", "send", "bob", "one")  # alice caches bob's list
 

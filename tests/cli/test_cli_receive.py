@@ -9,6 +9,7 @@ from contextlib import ExitStack
 import msgpack
 import pytest
 import trio
+from cli_cluster import quiet
 
 from cli.client import BacklogDone, Bounce, Client, Dropped, Message, init_account
 from cli.events import Kept
@@ -60,7 +61,7 @@ def pair(tmp_path):
             s = stack.enter_context(
                 create_state(tmp_path / name, name=name, relay_url="ws://scripted"))
             init_account(s)
-            states.append(s)
+            states.append(quiet(s))
         alice, bob = states
         bob.remember_device_list(alice.device_lists[alice.user_id].signed, alice.user_id)
         alice.remember_device_list(bob.device_lists[bob.user_id].signed, bob.user_id)

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 
 import pytest
 import trio
-from cli_cluster import drain, make_account, publish, run_cluster
+from cli_cluster import drain, make_account, publish, quiet, run_cluster
 
 from cli.client import Message, open_client
 from cli.errors import RelayError
@@ -42,8 +42,8 @@ async def test_rolled_back_device_list_is_refused(tmp_path) -> None:
             for s in (bob, alice, carol):
                 await publish(s)
             # bob links a second device (the one that will be stolen): list version 2
-            thief = stack.enter_context(
-                create_state(tmp_path / "bob-1", name="bob", relay_url=bob.relay_url))
+            thief = quiet(stack.enter_context(
+                create_state(tmp_path / "bob-1", name="bob", relay_url=bob.relay_url)))
             thief.account_key, thief.user_id, thief.device_id = None, bob.user_id, 1
             more = [*entries(bob.own_list().devices), crypto.DeviceEntry(
                 1, thief.identity.ed25519, thief.identity.curve25519, "phone", 2)]

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import nacl.signing
 import pytest
 import trio
-from cli_cluster import drain, make_account, run_cluster
+from cli_cluster import drain, make_account, quiet, run_cluster
 
 from cli.client import Message, open_client
 from cli.events import Dropped
@@ -173,7 +173,7 @@ async def two_devices(tmp_path, name, cluster, stack, not_on=()) -> list:
     primary = make_account(tmp_path, name, cluster, stack, not_on=not_on)
     async with open_client(primary) as client:
         await link_device(client, tmp_path / f"{name}-laptop", "laptop", history=False)
-    return [primary, stack.enter_context(open_state(tmp_path / f"{name}-laptop"))]
+    return [primary, quiet(stack.enter_context(open_state(tmp_path / f"{name}-laptop")))]
 
 
 async def events_of(state) -> list:
@@ -364,7 +364,7 @@ async def test_stale_member_device_gets_the_key_and_the_message(tmp_path) -> Non
             # carol links a tablet; alice's cached list of carol is now stale
             async with open_client(carol) as client:
                 await link_device(client, tmp_path / "carol-tablet", "tablet", history=False)
-            tablet = stack.enter_context(open_state(tmp_path / "carol-tablet"))
+            tablet = quiet(stack.enter_context(open_state(tmp_path / "carol-tablet")))
             frames = []
             async with open_client(alice) as client:
                 original = client.connection.request

@@ -12,7 +12,7 @@ import msgpack
 import nacl.signing
 import pytest
 import trio
-from cli_cluster import drain, make_account, run_cluster
+from cli_cluster import drain, make_account, quiet, run_cluster
 
 from cli.client import Message, open_client
 from cli.features import linkcode
@@ -112,7 +112,7 @@ async def test_laptop_linked_after_the_group_lists_and_sends_to_it(tmp_path) -> 
                 await send_group_text(client, "team", "before the laptop")
                 linked = await link_device(client, tmp_path / "alice-laptop", "laptop")
             assert linked.material.groups == [alice.groups.groups[made.group_id].signed]
-            laptop = stack.enter_context(open_state(tmp_path / "alice-laptop"))
+            laptop = quiet(stack.enter_context(open_state(tmp_path / "alice-laptop")))
             # the laptop knows the group from the material alone ...
             assert laptop.groups.find("team").state == made
             # ... and its synced history points at it

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import nacl.signing
 import trio
-from cli_cluster import drain, make_account
+from cli_cluster import drain, make_account, quiet
 
 from cli.client import Message, now_ms, open_client
 from cli.errors import ConnectionFailed, ConnectionLost, SendUnknown
@@ -135,7 +135,7 @@ async def test_reshape_3_5_2_moves_every_home_and_keeps_every_message(tmp_path) 
                 async with open_client(users[name]) as client:
                     await link_device(client, tmp_path / f"{name}-laptop", "laptop",
                                       history=False)
-                laptops[name] = stack.enter_context(open_state(tmp_path / f"{name}-laptop"))
+                laptops[name] = quiet(stack.enter_context(open_state(tmp_path / f"{name}-laptop")))
             for name in NAMES[2:]:
                 async with open_client(users[name]):
                     pass

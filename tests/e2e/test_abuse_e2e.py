@@ -57,6 +57,7 @@ def test_a_non_contacts_file_and_a_too_large_one_are_listed_not_downloaded(
     alice = make_device(cluster, tmp_path, "alice")
     bob = make_device(cluster, tmp_path, "bob")
     alice.add_contact("bob", bob.user_id)  # bob has not added alice
+    bob.run("settings", "--requests", "show")  # shown, not held as a message request
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(300 * 1024))
     sent = alice.json_lines("send", "bob", "--file", str(src), "from a stranger")[-1]

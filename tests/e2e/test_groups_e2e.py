@@ -37,6 +37,8 @@ def test_group_lifecycle_over_real_nodes(cluster, tmp_path):
     for name, dev in (("bob", bob), ("carol", carol), ("dave", dave)):
         alice.add_contact(name, dev.user_id)
     bob.add_contact("alice", alice.user_id)
+    for dev in (carol, dave):  # alice's invitation is not a message request for them
+        dev.add_contact("alice", alice.user_id)
     markers = [f"GROUP-MARKER-{i}-{uuid.uuid4().hex}" for i in range(4)]
 
     made = alice.json_one("group", "create", "team", "bob", "carol", dave.user_id)

@@ -59,8 +59,12 @@ def test_linked_laptop_history_messages_and_removal(cluster, tmp_path):
     reply = laptop.send("alice", "from the laptop")  # the primary stays offline
     assert reply["status"] == "stored"
     assert [(m["text"], m["from_device"]) for m in alice.recv()] == [("from the laptop", 1)]
-    (own,) = bob.recv()
+    got = bob.recv()
+    (own,) = [m for m in got if m.get("type") == "text"]
     assert (own["direction"], own["to"], own["from_device"]) == ("out", alice.user_id, 1)
+    # alice's device said it got the laptop's message (receipts are on by default)
+    assert {"status": "delivered", "ids": [reply["id"]]} in [
+        m["receipt"] for m in got if m.get("type") == "receipt"]
 
     assert bob.remove_device(1) == {"removed": 1, "version": 3}
     refused = laptop.run("recv", "--timeout", "0.2", check=False)

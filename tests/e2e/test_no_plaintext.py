@@ -23,8 +23,10 @@ def test_no_plaintext_marker_in_relay_files(cluster, tmp_path):
     # 2: left in bob's queue; 3: left in alice's home's outbox while bob's home is down.
     assert alice.send("bob", f"hello {markers[0]}")["status"] == "stored"
     assert [m["text"] for m in bob.recv(timeout=1.0)] == [f"hello {markers[0]}"]
-    assert bob.send("alice", f"reply {markers[1]}")["status"] == "stored"
-    assert [m["text"] for m in alice.recv(timeout=1.0)] == [f"reply {markers[1]}"]
+    reply = bob.send("alice", f"reply {markers[1]}")
+    assert reply["status"] == "stored"
+    assert [m["text"] for m in alice.recv(timeout=1.0)
+            if m.get("type") == "text"] == [f"reply {markers[1]}"]  # and bob's receipt
     assert alice.send("bob", f"queued at home {markers[2]}")["status"] == "stored"
     cluster.stop(bob_home)
     assert alice.send("bob", f"in the outbox {markers[3]}")["status"] == "queued"
@@ -33,8 +35,12 @@ def test_no_plaintext_marker_in_relay_files(cluster, tmp_path):
     assert while_pending == {}, f"plaintext found while pending: {while_pending}"
 
     cluster.restart(bob_home)
-    got = bob.recv_until(2, deadline=time.monotonic() + DELIVERY_DEADLINE)
-    assert [m["text"] for m in got] == [f"queued at home {markers[2]}", f"in the outbox {markers[3]}"]
+    # the two texts, and alice's delivered receipt for the reply (receipts are on)
+    got = bob.recv_until(3, deadline=time.monotonic() + DELIVERY_DEADLINE)
+    assert [m["text"] for m in got if m["type"] == "text"] == [
+        f"queued at home {markers[2]}", f"in the outbox {markers[3]}"]
+    assert [m["receipt"] for m in got if m["type"] == "receipt"] == [
+        {"status": "delivered", "ids": [reply["id"]]}]
     assert alice.send("bob", f"after restart {markers[4]}")["status"] == "stored"
     last = bob.recv(timeout=1.0)
     assert [m["text"] for m in last] == [f"after restart {markers[4]}"]

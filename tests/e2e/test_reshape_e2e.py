@@ -104,6 +104,7 @@ async def test_cluster_reshape_3_5_2_with_kill_9_during_handoff(tmp_path) -> Non
                 state = stack.enter_context(create_state(
                     tmp_path / f"{name}-{i}", name=name, relay_url="ws://unset"))
                 init_account(state)
+                state.prefs.receipts = state.prefs.hold_requests = False  # strangers, counted
                 want = f"n{NAMES.index(name) % 3 + 1}"
                 if ring.home(state.user_id).id == want:
                     break
@@ -116,6 +117,7 @@ async def test_cluster_reshape_3_5_2_with_kill_9_during_handoff(tmp_path) -> Non
             async with open_client(users[name]) as client:
                 await link_device(client, tmp_path / f"{name}-laptop", "laptop", history=False)
             laptops[name] = stack.enter_context(open_state(tmp_path / f"{name}-laptop"))
+            laptops[name].prefs.receipts = laptops[name].prefs.hold_requests = False
         async with open_client(users["alice"]) as client:
             await create_group(client, "team", [ids[n] for n in NAMES if n != "alice"])
         for state in [*users.values(), *laptops.values()]:

@@ -52,6 +52,7 @@ async def test_show_purge_block_unblock(tmp_path) -> None:
                           for n in ("alice", "bob"))
             for state in (alice, bob):
                 init_account(state)
+                state.prefs.receipts = state.prefs.hold_requests = False  # strangers, counted
                 async with open_client(state):
                     pass
             async with open_client(alice) as client:
