@@ -29,10 +29,11 @@ from pathlib import Path
 
 import click
 
-from cli.client import Client, now_ms, open_client
+from cli.client import Client, open_client
 from cli.commands._common import (
     AppContext,
     CliError,
+    UnknownName,
     failures,
     message_row,
     resolve_recipient,
@@ -40,12 +41,14 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
-from cli.commands._signals import run_interruptible
+from cli.commands._signals import Guard, run_interruptible
+from cli.commands.files_remote import send_file_via_daemon
+from cli.daemon.remote import find_daemon
 from cli.events import Message
 from cli.features import media
-from cli.features.group_messaging import send_group
-from cli.features.payload import MAX_TEXT, FilePayload
+from cli.features.payload import MAX_TEXT
 from cli.output import escape, file_human, progress_bar
+from cli.session.group_state import GroupError
 from cli.session.state import State
 from relay.protocol import is_user_id
 
@@ -66,10 +69,21 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
     if len(caption) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="CAPTION")
     source = os.path.abspath(path)
+    remote = find_daemon(app.home)
+    if remote is not None:
+        with remote:
+            return send_file_via_daemon(app, remote, source, recipient=recipient,
+                                        caption=caption, group=group)
     with state_of(app) as state:
         user_id = None
         if group is None:
             user_id = resolve_recipient(state, recipient)  # type: ignore[arg-type]
+        else:
+            try:
+                state.groups.find(group)
+            except GroupError as exc:
+                raise UnknownName(str(exc), "unknown_group", param_hint="--group") from exc
+        guard = Guard()
 
         async def run() -> dict:
             async with media.Reconnecting(state, connect_timeout=app.connect_timeout,
@@ -78,24 +92,19 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
                     att = await media.upload_file(rc, path, progress=bar)
                 info = {"name": att.name, "size": att.size, "mime": att.mime}
                 if user_id is not None:
-                    result = await media.send_file(rc, user_id, att, caption, source=source)
+                    result = await media.send_file(rc, user_id, att, caption, source=source,
+                                                   on_commit=guard.commit)
                     return {"id": result.msg_id.hex(), "status": result.status, "to": user_id,
                             "file": info}
-                return await _send_to_group(await rc.client(), group, att, caption, info)  # type: ignore[arg-type]
+                g = await media.send_group_file(rc, group, att, caption,  # type: ignore[arg-type]
+                                                on_commit=guard.commit)
+                return {"id": g.msg_id.hex(), "status": g.status, "group": g.name,
+                        "group_id": g.group_id, "file": info}
 
         with failures(), lists_shown(app, state):
-            out = run_interruptible(run)
+            out = run_interruptible(run, guard=guard)
         to = escape(out["group"]) if "group" in out else user_label(state, out["to"])
     app.out.emit(out, f"sent {escape(path.name)} to {to} ({out['status']}) id {out['id']}")
-
-
-async def _send_to_group(client: Client, group: str, att, caption: str, info: dict) -> dict:  # noqa: ANN001
-    record = client.state.groups.find(group)
-    p = FilePayload(os.urandom(16), caption, now_ms(), client.state.name, record.state.hex_id,
-                    att)
-    result = await send_group(client, group, p)
-    return {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
-            "group_id": result.group_id, "file": info}
 
 
 class FileReceiver:

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from cli.client import Client
+from cli.daemon import methods_files  # noqa: F401 (registers the file methods)
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import Peer
 from cli.daemon.methods import bind
