@@ -99,17 +99,26 @@ class _Reporter:
         self._wake.set()
 
     async def run(self) -> None:
+        """Write the newest progress at most every :data:`PROGRESS_EVERY` s until cancelled."""
         while True:
             await self._wake.wait()
-            self._wake = trio.Event()
-            done, total = self._latest  # type: ignore[misc]
-            if not await self._peer.notify("progress", {
-                    "transfer": self._transfer, "name": self._name, "done": done,
-                    "total": total}):
-                self.gone = True
-                self._scope.cancel()
+            if not await self.flush():
                 return
             await trio.sleep(PROGRESS_EVERY)
+
+    async def flush(self) -> bool:
+        """Write the newest progress if not written yet; ``False`` (and the transfer
+        cancelled) if the caller is gone."""
+        if not self._wake.is_set():
+            return True
+        self._wake = trio.Event()
+        done, total = self._latest  # type: ignore[misc]
+        if await self._peer.notify("progress", {"transfer": self._transfer, "name": self._name,
+                                                "done": done, "total": total}):
+            return True
+        self.gone = True
+        self._scope.cancel()
+        return False
 
 
 async def _transfer(peer: Peer, params: dict, transfer: str, name: str, fn) -> Any:  # noqa: ANN001
@@ -125,6 +134,8 @@ async def _transfer(peer: Peer, params: dict, transfer: str, name: str, fn) -> A
                 nursery.start_soon(reporter.run)
             result = await fn(reporter if progress else _quiet)
             nursery.cancel_scope.cancel()
+        if progress:
+            await reporter.flush()  # the last one (100%), if the pacing held it back
         return result
     raise RpcError(RUNTIME_ERROR, f"the {transfer} was cancelled: its caller went away")
 
