@@ -136,7 +136,9 @@ def history(app: AppContext, contact: str | None, limit: int, download: bool,
                 peer = state.resolve(contact)
             except StateError as exc:
                 raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
-        if sweep(state):  # disappearing messages whose time is up
+        # disappearing messages whose time is up: gone from the output now; read-only
+        # (beside a daemon or recv --follow) the next writing command drops them on disk
+        if sweep(state) and not state.readonly:
             with failures():
                 state.save()
         selected = [e for e in state.history if not e.get("held")

@@ -282,6 +282,11 @@ class State:
         """Durable writes of the state by this object so far (one may cover many saves)."""
         return self._store.writes
 
+    @property
+    def readonly(self) -> bool:
+        """Opened with ``open_state(readonly=True)``: saving raises ``StateError``."""
+        return self._store.readonly
+
     def save(self) -> None:
         """Write the state atomically and durably (blocking; fsyncs). Not while an
         :meth:`asave` runs (``RuntimeError``): use it where no client is running.
