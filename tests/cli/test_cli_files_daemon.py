@@ -7,12 +7,15 @@ pseudo-terminal, never with ``--json`` or on a pipe."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
+import signal
 from pathlib import Path
 
 import trio
 from cli_cluster import run_cluster
-from cli_procs import Running, lines, wa
+from cli_procs import Running, lines, signal_before_our_code, wa
 from cli_pty import OnTty
 
 DEADLINE = 60
@@ -181,3 +184,60 @@ async def test_progress_bar_shows_bytes_and_rate_on_a_terminal_only(tmp_path):
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+FILE_TRIALS = int(os.environ.get("WA_CTRL_C_FILE_TRIALS", "6"))  # per mode
+
+
+async def test_ctrl_c_at_random_moments_of_send_file(tmp_path):
+    """Without and with a daemon: exit 0 iff the file message reaches the recipient
+    (once), 130 (or killed by the signal before Python's handler) iff it does not; the
+    moments spread over start-up, the upload and the send."""
+    rng = random.Random(int(os.environ.get("WA_CTRL_C_SEED", "1415")))
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE + 8 * FILE_TRIALS):
+            async with run_cluster(1) as cluster:
+                await contacts(tmp_path, cluster.urls["n1"])
+                codes: dict[str, int] = {}
+                for mode in ("alone", "daemon"):
+                    if mode == "daemon":
+                        daemon = await Running.start(tmp_path / "b", "--json", "daemon")
+                        await daemon.json()
+                    start = trio.current_time()
+                    await wa(tmp_path / "b", "send", "alice", "--file", str(
+                        _file(tmp_path, f"{mode}-timed.bin")))
+                    span = trio.current_time() - start
+                    for i in range(FILE_TRIALS):
+                        name = f"{mode}-{i}.bin"
+                        send = await Running.start(tmp_path / "b", "--json", "send", "alice",
+                                                   "--file", str(_file(tmp_path, name)))
+                        try:
+                            await trio.sleep(rng.uniform(0.0, span * 1.1))  # the random moment
+                            send.proc.send_signal(signal.SIGINT)
+                            code, err = await send.finish()
+                        finally:
+                            await send.aclose()
+                        if signal_before_our_code(code, err):
+                            code = 130  # the interpreter itself, in its first ~50 ms (docs/cli.md)
+                        else:  # -SIGINT: killed before Python set up its handler (a shell shows 130)
+                            assert code in (0, 130, -signal.SIGINT), err
+                            assert "Traceback" not in err, err
+                        codes[name] = code
+                if daemon is not None:
+                    code, _ = await daemon.stop()
+                    assert code == 0
+                got = lines(await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.5"))
+                names = [g["file"]["name"] for g in got if g.get("type") == "file"
+                         and "-timed" not in g["file"]["name"]]
+                assert len(names) == len(set(names))  # never shown twice
+                assert sorted(names) == sorted(n for n, c in codes.items() if c == 0), codes
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
+
+
+def _file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(pattern(1024 * 1024, len(name)))
+    return path
