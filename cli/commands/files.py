@@ -107,6 +107,29 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
     app.out.emit(out, f"sent {escape(path.name)} to {to} ({out['status']}) id {out['id']}")
 
 
+def held_reason(state: State, entry: dict, auto_max: int) -> str | None:
+    """Why ``recv`` does not download the file of history ``entry`` by itself (from
+    someone not in the contacts, or larger than ``auto_max`` bytes), or ``None``."""
+    peer = entry.get("from") or entry.get("peer") or ""
+    size = entry["file"].get("size") or 0
+    if peer != state.user_id and state.alias_of(peer) is None:
+        return "from someone not in your contacts"
+    if size > auto_max:
+        return f"larger than the automatic download limit of {auto_max} bytes"
+    return None
+
+
+def hold(state: State, entry: dict, reason: str) -> dict:
+    """Mark ``entry``'s file as held (listed, not fetched; the caller saves) and return
+    its ``recv --json`` info with ``held`` and ``fetch`` (the command that fetches it)."""
+    entry["file"]["held"] = reason
+    state.history_changed(entry)
+    peer = entry.get("peer") or ""
+    who = (state.alias_of(peer) or peer) if is_user_id(peer) else ""
+    fetch = f"wa-cli history {who} --download" if who else "wa-cli history --download"
+    return {**media.file_info(entry["file"]), "held": reason, "fetch": fetch}
+
+
 class FileReceiver:
     """Downloads the files of ``recv`` and prints their messages (see the module docstring).
 
@@ -126,23 +149,10 @@ class FileReceiver:
 
     def held(self, entry: dict) -> str | None:
         """Why the file of history ``entry`` is not downloaded automatically, or ``None``."""
-        peer = entry.get("from") or entry.get("peer") or ""
-        size = entry["file"].get("size") or 0
-        if peer != self._state.user_id and self._state.alias_of(peer) is None:
-            return "from someone not in your contacts"
-        if size > self._auto_max:
-            return f"larger than the automatic download limit of {self._auto_max} bytes"
-        return None
+        return held_reason(self._state, entry, self._auto_max)
 
     def _hold(self, entry: dict, reason: str) -> dict:
-        """Mark ``entry``'s file as held (listed, not fetched) and return its
-        ``recv --json`` info with ``held`` and ``fetch`` (the command that fetches it)."""
-        entry["file"]["held"] = reason
-        self._state.history_changed(entry)
-        peer = entry.get("peer") or ""
-        who = (self._state.alias_of(peer) or peer) if is_user_id(peer) else ""
-        fetch = f"wa-cli history {who} --download" if who else "wa-cli history --download"
-        return {**media.file_info(entry["file"]), "held": reason, "fetch": fetch}
+        return hold(self._state, entry, reason)
 
     async def _fetch(self, client: Client, entry: dict) -> dict:
         name = entry["file"].get("name") or "file"

@@ -22,16 +22,21 @@ from cli.daemon.jsonrpc import USAGE_ERROR
 from cli.daemon.remote import Remote, RemoteError
 from cli.output import escape, progress_bar
 
-__all__ = ["download_via_daemon", "send_file_via_daemon"]
+__all__ = ["download_via_daemon", "fetch_received", "send_file_via_daemon"]
 
 
-def _drawing(bar: Callable[[int, int], None]) -> Callable[[dict], None]:
-    def on_notification(msg: dict) -> None:
+def _drawing(bar: Callable[[int, int], None]) -> Callable[[dict], bool]:
+    """An ``on_notification`` for :meth:`Remote.call` that draws ``progress`` on ``bar``
+    (and leaves the other notifications, e.g. ``receive``, queued)."""
+
+    def on_notification(msg: dict) -> bool:
         params = msg.get("params")
-        if msg.get("method") == "progress" and isinstance(params, dict):
-            done, total = params.get("done"), params.get("total")
-            if isinstance(done, int) and isinstance(total, int):
-                bar(done, total)
+        if msg.get("method") != "progress" or not isinstance(params, dict):
+            return False
+        done, total = params.get("done"), params.get("total")
+        if isinstance(done, int) and isinstance(total, int):
+            bar(done, total)
+        return True
 
     return on_notification
 
@@ -87,3 +92,24 @@ def download_via_daemon(app: AppContext, remote: Remote, files: list[tuple[str, 
                             timeout=None, on_notification=_drawing(bar))
     except RemoteError as exc:
         raise _failed(exc, "NAME|USER_ID") from exc
+
+
+def fetch_received(app: AppContext, remote: Remote, msg_id: str, name: str, downloads: Path,
+                   auto_max: int) -> dict | None:
+    """``recv`` through the daemon: have it download the file of the received message
+    ``msg_id`` by ``recv``'s rules (contacts only, at most ``auto_max`` bytes; otherwise
+    held) into ``downloads``; returns the ``"file"`` object of ``recv --json``, ``None``
+    if the message is no longer in the device's history.
+
+    Raises:
+        RemoteError: the daemon went away or refused otherwise.
+    """
+    try:
+        with progress_bar(app.out, f"downloading {name}") as bar:
+            return remote.call("download", {"id": msg_id, "dir": str(downloads.absolute()),
+                                            "progress": True, "auto_max": auto_max},
+                               timeout=None, on_notification=_drawing(bar))
+    except RemoteError as exc:
+        if exc.code == USAGE_ERROR and (exc.data or {}).get("reason") == "unknown_message":
+            return None
+        raise

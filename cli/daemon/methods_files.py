@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from cli.commands.files import held_reason, hold
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import INVALID_PARAMS, RUNTIME_ERROR, USAGE_ERROR, Peer, RpcError
 from cli.daemon.methods import errors, method
@@ -235,17 +236,31 @@ async def send_file(device: Device, peer: Peer, params: dict) -> dict:
 
 @method("download")
 async def download(device: Device, peer: Peer, params: dict) -> dict:
-    """``{"id": MSG_ID, "dir"?: ABS_PATH, "progress"?: bool}`` -> the ``"file"`` object
-    of ``recv --json`` (``{"name", "size", "mime", "path"}``, ``path`` null if it could
-    not be fetched now, plus ``"error"`` for a permanent failure): fetch, verify and
-    decrypt the file of a received (or imported) file message into ``dir`` (default
-    ``HOME/downloads``); a file already saved is not fetched again."""
+    """``{"id": MSG_ID, "dir"?: ABS_PATH, "progress"?: bool, "auto_max"?: BYTES}`` -> the
+    ``"file"`` object of ``recv --json`` (``{"name", "size", "mime", "path"}``, ``path``
+    null if it could not be fetched now, plus ``"error"`` for a permanent failure):
+    fetch, verify and decrypt the file of a received (or imported) file message into
+    ``dir`` (default ``HOME/downloads``); a file already saved is not fetched again.
+    With ``auto_max`` the rules of ``recv``'s automatic downloads apply: a file from
+    someone not in the contacts, or larger than ``auto_max`` bytes, is not fetched but
+    marked held (``"path": null, "held": REASON, "fetch": COMMAND``)."""
     msg_id = _text(params, "id")
     entry = device.state.find_history(msg_id.lower())  # type: ignore[union-attr]
     if entry is None or entry.get("type") != "file" or not isinstance(entry.get("file"), dict):
         raise RpcError(USAGE_ERROR, f"no file message {msg_id} in this device's history",
                        {"reason": "unknown_message"})
     target = _abs_path(params, "dir", required=False) or device.state.home / media.DOWNLOADS_DIR
+    auto_max = params.get("auto_max")
+    if auto_max is not None:
+        if not isinstance(auto_max, int) or isinstance(auto_max, bool) or auto_max < 0:
+            raise RpcError(INVALID_PARAMS, "'auto_max' must be a non-negative integer")
+        file = entry["file"]
+        if not (file.get("path") or file.get("error")):
+            reason = held_reason(device.state, entry, auto_max)
+            if reason is not None:
+                info = hold(device.state, entry, reason)
+                await device.state.asave()
+                return info
     name = str(entry["file"].get("name") or "file")
     rc = _reconnecting(device)
     async with rc:

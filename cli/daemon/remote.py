@@ -95,7 +95,7 @@ class Remote:
 
     def call(self, method: str, params: dict | None = None, *, shielded: bool = False,
              timeout: float | None = ANSWER_TIMEOUT,
-             on_notification: Callable[[dict], None] | None = None) -> Any:
+             on_notification: Callable[[dict], bool] | None = None) -> Any:
         """Call ``method`` and wait for its result.
 
         Args:
@@ -105,7 +105,8 @@ class Remote:
             timeout: seconds to wait for the answer (``None``: forever); a daemon that
                 stays silent longer is given up (``RemoteError``, code ``None``).
             on_notification: called with each notification that arrives before the
-                answer (e.g. ``progress``), instead of queueing it.
+                answer (e.g. ``progress``); one it returns ``False`` for is queued for
+                :meth:`notifications` as usual.
 
         Raises:
             RemoteError: an error answer, or the connection broke.
@@ -125,9 +126,7 @@ class Remote:
                 if msg is None:
                     raise RemoteError(None, f"no answer from the daemon within {timeout:g}s")
                 if "method" in msg and "id" not in msg:
-                    if on_notification is not None:
-                        on_notification(msg)
-                    else:
+                    if on_notification is None or not on_notification(msg):
                         self._queued.append(msg)
                     continue
                 if msg.get("id") != rid:

@@ -80,16 +80,28 @@ async def test_files_through_the_daemon_cli_and_json_rpc(tmp_path):
                 assert sent["status"] == "stored" and sent["to"] == alice["user_id"]
                 assert sent["file"] == {"name": "photo.bin", "size": 600_000,
                                         "mime": "application/octet-stream"}
-                # alice's recv goes through her daemon: the message, not yet the file
+                # alice's recv goes through her daemon; above --auto-download the file
+                # is held (listed with the command that fetches it), as without a daemon
                 got = [g for g in lines(await wa(tmp_path / "a", "--json", "recv", "--timeout",
-                                                 "0.5")) if g.get("type") == "file"]
+                                                 "0.5", "--auto-download", "1000"))
+                       if g.get("type") == "file"]
                 assert [g["id"] for g in got] == [sent["id"]]
+                assert got[0]["file"]["path"] is None
+                assert got[0]["file"]["fetch"] == "wa-cli history bob --download"
                 # history --download: her daemon fetches it, this process shows it
                 rows = lines(await wa(tmp_path / "a", "--json", "history", "--download"))
                 (row,) = [r for r in rows if r["id"] == sent["id"]]
                 saved = Path(row["file"]["path"])
                 assert saved.parent == tmp_path / "a" / "downloads"
                 assert content(saved) == content(photo)
+                # under the limit, recv through the daemon downloads it before printing it
+                (small,) = lines(await wa(tmp_path / "b", "--json", "send", "alice", "--file",
+                                          str(photo)))
+                got = [g for g in lines(await wa(tmp_path / "a", "--json", "recv", "--timeout",
+                                                 "0.5")) if g.get("type") == "file"]
+                assert [g["id"] for g in got] == [small["id"]]
+                assert got[0]["file"]["path"] != str(saved)
+                assert content(got[0]["file"]["path"]) == content(photo)
                 # an unknown contact is a usage error (exit 2) before anything is uploaded
                 bad = await wa(tmp_path / "b", "send", "nobody", "--file", str(photo),
                                check=False)
@@ -124,7 +136,8 @@ async def test_files_through_the_daemon_cli_and_json_rpc(tmp_path):
                 used = await rpc_b.call(6, "sendFile", {"to": "alice", "upload": up["upload"]})
                 assert used["error"]["data"] == {"reason": "unknown_upload"}
                 # alice downloads both over her socket into a directory of her choosing
-                await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.5")
+                await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.5",
+                         "--auto-download", "0")
                 rpc_a = Rpc(await trio.open_unix_socket(str(tmp_path / "a" / "daemon.sock")))
                 into = tmp_path / "into"
                 for rid, msg_id in ((1, res["id"]), (2, ok["result"]["id"])):
