@@ -1,8 +1,8 @@
 """Wrong endpoints give one line at once, with real ``wa-cli`` processes (issue 14): a
-``--relay`` URL that answers HTTP but is not wa-relay, and ``wss://`` to a plain node.
-Each exits 1 within a few seconds (not after the 10 s connect timeout), on one line of
-stderr, without a traceback. (``ws://`` to a TLS node is not named at once yet: the
-node holds the plain connection until its own connect timeout.)"""
+``--relay`` URL that answers HTTP but is not wa-relay, ``wss://`` to a plain node, and
+``ws://`` to a TLS node (which closes a connection whose TLS handshake failed at once,
+relay.net.wsio). Each exits 1 within a few seconds (not after the 10 s connect
+timeout), on one line of stderr, without a traceback."""
 
 from __future__ import annotations
 
@@ -50,4 +50,9 @@ async def test_wrong_endpoints_are_named_in_one_line_at_once(tmp_path):
                 assert url.startswith("ws://")
                 err = await _init(tmp_path, "tls-to-plain", "wss://" + url[len("ws://"):])
                 assert "TLS handshake failed" in err and "use ws://" in err
+            async with run_cluster(1, tls=True) as tls:
+                url = tls.urls["n1"]
+                assert url.startswith("wss://")
+                err = await _init(tmp_path, "plain-to-tls", "ws://" + url[len("wss://"):])
+                assert "closed before the WebSocket handshake" in err and "use wss://" in err
             nursery.cancel_scope.cancel()
