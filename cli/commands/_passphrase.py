@@ -25,7 +25,7 @@ from cli.output import escape
 from cli.session import secret
 from cli.session.vault import Passphrase, env_passphrase
 
-__all__ = ["for_home", "for_new_home", "interactive"]
+__all__ = ["for_home", "for_new_home", "interactive", "keeping", "new_passphrase"]
 
 
 def interactive() -> bool:
@@ -60,8 +60,34 @@ def for_home(home: Path) -> Passphrase:
     return source
 
 
+def new_passphrase(home: Path, *, ask: bool, keyring: bool) -> str | None:
+    """The passphrase for a new ``home`` (module docstring), asked for now if needed:
+    ``WA_PASSPHRASE``; else with ``ask`` or ``keyring`` on a terminal, a prompt asked
+    twice; else with ``keyring`` a random one; else ``None`` (a key file)."""
+    phrase = env_passphrase()
+    if phrase is None and (ask or keyring) and interactive():
+        phrase = click.prompt(f"New passphrase for {escape(str(home))}", hide_input=True,
+                              confirmation_prompt=True, err=True)
+    if phrase is None and keyring:
+        phrase = secrets.token_urlsafe(32)
+    return phrase
+
+
+def keeping(home: Path, phrase: str | None, *, keyring: bool) -> Passphrase:
+    """A source giving ``phrase``, first stored in the OS keyring if ``keyring`` (when
+    the home is created, :func:`cli.session.vault.new_key`)."""
+
+    def source() -> str | None:
+        if keyring and phrase is not None:
+            secret.store(home, phrase)
+        return phrase
+
+    return source
+
+
 def for_new_home(home: Path, *, ask: bool, keyring: bool) -> Passphrase:
-    """The passphrase source for creating ``home`` (module docstring).
+    """The passphrase source for creating ``home`` (module docstring), asking only when
+    the home is found empty.
 
     Args:
         ask: ``--passphrase``: protect the home with a passphrase.
@@ -71,14 +97,7 @@ def for_new_home(home: Path, *, ask: bool, keyring: bool) -> Passphrase:
     """
 
     def source() -> str | None:
-        phrase = env_passphrase()
-        if phrase is None and (ask or keyring) and interactive():
-            phrase = click.prompt(f"New passphrase for {escape(str(home))}", hide_input=True,
-                                  confirmation_prompt=True, err=True)
-        if phrase is None and keyring:
-            phrase = secrets.token_urlsafe(32)
-        if keyring and phrase is not None:
-            secret.store(home, phrase)
-        return phrase
+        return keeping(home, new_passphrase(home, ask=ask, keyring=keyring),
+                       keyring=keyring)()
 
     return source

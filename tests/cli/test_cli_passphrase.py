@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 from cli_cluster import run_cluster
-from cli_procs import lines, wa
+from cli_procs import Running, lines, wa
 from cli_pty import OnTty
 
 from cli.session.vault import KEY_FILE, MAGIC, MODE_PASSPHRASE, STATE_FILE
@@ -128,6 +128,31 @@ async def test_keyring_keeps_the_passphrase_outside_the_home(tmp_path):
             none = await wa(home, "id", env=failing, check=False)
             err = none.stderr.decode()
             assert none.returncode == 1 and "no OS keyring" in err and "Traceback" not in err
+
+
+async def test_a_linked_device_keeps_its_own_passphrase_in_the_keyring(tmp_path, monkeypatch):
+    for key, value in environment(tmp_path, PYTHON_KEYRING_BACKEND=PLAIN_FILE).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WA_PASSPHRASE", raising=False)
+    laptop = tmp_path / "laptop"
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(1) as cluster:
+            (made,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                                     "--name", "alice", "--relay", cluster.urls["n1"]))
+            link = await Running.start(laptop, "--json", "link", "--keyring", "--relay",
+                                       cluster.urls["n1"], "--name", "laptop")
+            try:
+                code = (await link.json())["code"]
+                await wa(tmp_path / "a", "devices", "approve", code, "--yes")
+                assert (await link.json()) == {"user_id": made["user_id"], "device_id": 1}
+                status, err = await link.finish()
+                assert status == 0, err
+            finally:
+                await link.aclose()
+            assert passphrase_mode(laptop) and not passphrase_mode(tmp_path / "a")
+            assert json.loads((laptop / "keyring.json").read_text())["username"] == str(laptop)
+            (ident,) = lines(await wa(laptop, "--json", "id"))
+            assert (ident["user_id"], ident["device_id"]) == (made["user_id"], 1)
 
 
 async def test_init_keyring_without_a_usable_backend_creates_nothing(tmp_path):
