@@ -1,9 +1,12 @@
 """The file parts of ``wa-cli send ... --file PATH`` and ``wa-cli recv --downloads DIR``.
 
 ``send NAME --file PATH [CAPTION]`` (or ``send --group GROUP --file PATH [CAPTION]``)
-encrypts and uploads the file with a progress bar on stderr (human mode), then
-sends a ``file`` message; it prints ``{"id", "status", "to" | "group", "group_id",
-"file": {"name", "size", "mime"}}``.
+encrypts and uploads the file with a progress bar on stderr (human mode on a
+terminal), then sends a ``file`` message; it prints ``{"id", "status", "to" | "group",
+"group_id", "file": {"name", "size", "mime"}}``. While a daemon serves the home it
+goes through it (:mod:`cli.commands.files_remote`). Exit codes as ``send``: 0 once the
+message may have left (a signal after that point is held back), 130 if Ctrl-C or
+SIGTERM stopped it before (during the upload: nothing is sent).
 
 ``recv`` downloads, verifies and decrypts each received file into the downloads
 directory (default ``<home>/downloads``) and prints the message with
