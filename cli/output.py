@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import click
+import tqdm
 
 from cli.events import Bounce, DevicesChanged, Message, Requested
 
@@ -275,34 +276,44 @@ def devices_changed_human(change: DevicesChanged, own: bool) -> str:
 
 
 def progress_bar(out: Output, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
-    """A ``progress(done, total)`` callback (bytes) that draws a bar on stderr in human
-    mode and does nothing with ``--json``. Use as a context manager; the bar is
-    created on the first call (when the total is known) and finished on exit."""
-    return _ProgressBar(None if out.json_mode else label)
+    """A ``progress(done, total)`` callback (bytes) that draws a bar on stderr: bytes
+    done and total, percent, rate (bytes/s) and time left (a ``tqdm`` bar). Drawn only
+    in human mode when stderr is a terminal; with ``--json``, or stderr redirected to a
+    file or pipe, it does nothing. Use as a context manager; the bar is created on the
+    first call (when the total is known) and finished on exit."""
+    return _ProgressBar(label if not out.json_mode and _is_terminal(sys.stderr) else None)
+
+
+def _is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except ValueError:  # closed
+        return False
 
 
 class _ProgressBar(contextlib.AbstractContextManager):
     def __init__(self, label: str | None) -> None:
         self._label = None if label is None else escape(label)
-        self._stack = contextlib.ExitStack()
-        self._bar = None
+        self._bar: tqdm.tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if self._label is None:
             return
         if self._bar is None:
-            self._bar = self._stack.enter_context(click.progressbar(
-                length=max(total, 1), label=self._label, file=sys.stderr, show_pos=False,
-                show_percent=True, show_eta=True))
-        if done < self._bar.pos:  # a transfer that had to start over
-            self._bar.pos = 0
-        self._bar.update(done - self._bar.pos)
+            self._bar = tqdm.tqdm(total=max(total, 1), desc=self._label, file=sys.stderr,
+                                  unit="B", unit_scale=True, unit_divisor=1024,
+                                  dynamic_ncols=True, mininterval=0.2, leave=True)
+        if done < self._bar.n:  # a transfer that had to start over
+            self._bar.reset(total=max(total, 1))
+        self._bar.update(done - self._bar.n)
 
     def __enter__(self) -> Callable[[int, int], None]:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def file_human(file: dict) -> str:

@@ -96,8 +96,11 @@ class _Root(click.Group):
                     "stopped the action ('recv --follow' and 'daemon' stop with 0). With "
                     "--json, errors are {\"error\": {\"code\", \"message\"}} on stdout.\n\n"
                     "Environment: WA_HOME (--home); WA_PASSPHRASE: the passphrase of a home "
-                    "created with it set (its key is then derived from it, no storage.key "
-                    "file); WA_CONNECT_TIMEOUT, WA_REQUEST_TIMEOUT, WA_KEEPALIVE, "
+                    "created with a passphrase ('wa-cli init' with WA_PASSPHRASE set, "
+                    "--passphrase or --keyring: its key is then derived from it, no "
+                    "storage.key file); without it, the passphrase is read from the OS "
+                    "keyring (homes made with 'init --keyring') or asked for when stdin is a "
+                    "terminal; WA_CONNECT_TIMEOUT, WA_REQUEST_TIMEOUT, WA_KEEPALIVE, "
                     "WA_KEEPALIVE_TIMEOUT; WA_DEBUG=1 shows tracebacks of unexpected errors.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="WA_HOME",
               default=DEFAULT_HOME, show_default=True,

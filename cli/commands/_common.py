@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from cli.client import Client, open_client
+from cli.commands._passphrase import for_home
 from cli.daemon.remote import find_daemon
 from cli.errors import ClientError
 from cli.events import Message
@@ -205,8 +206,9 @@ def state_of(app: AppContext, *, readonly: bool = False):
                            "this needs the device to itself: stop the daemon first")
     with failures(), ExitStack() as stack:
         try:
-            state = stack.enter_context(open_state(app.home, lock_timeout=LOCK_TIMEOUT,
-                                                   readonly=readonly))
+            state = stack.enter_context(open_state(
+                app.home, lock_timeout=LOCK_TIMEOUT, readonly=readonly,
+                passphrase_source=for_home(app.home.expanduser().absolute())))
         except StateLocked as exc:
             raise CliError(f"{exc}; one wa-cli process changes a device at a time: stop it "
                            "first, or run 'wa-cli daemon' to share the device between "

@@ -38,6 +38,8 @@ class Guard:
 
     def __init__(self) -> None:
         self.committed = False
+        self.in_run = False  # inside trio.run (a signal must not raise there)
+        self.signalled = False  # a stop signal came inside trio.run, outside the receiver
 
     def commit(self) -> None:
         """The action is under way and cannot be taken back (e.g. a request is leaving)."""
@@ -62,6 +64,8 @@ async def until_signal(fn: Callable[..., Awaitable[T]], *args,
             return
 
     with unwrap_single(), trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        if guard is not None and guard.signalled and not guard.committed:
+            return None, True  # it came while Trio was starting: nothing happened yet
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
             result.append(await fn(*args))
@@ -74,10 +78,13 @@ async def until_signal(fn: Callable[..., Awaitable[T]], *args,
 def run_interruptible(fn: Callable[..., Awaitable[T]], *args, guard: Guard | None = None) -> T:
     """``trio.run(fn, *args)`` with SIGINT and SIGTERM cancelling it (see :func:`until_signal`).
 
-    With a ``guard``, SIGINT and SIGTERM outside the receiver (before it is set up, after
-    it is gone) raise ``KeyboardInterrupt`` only until the guard is committed, and once
-    the action happened both are ignored for the rest of the process (the interpreter's
-    teardown included), so that no late signal turns a done action into exit code 130.
+    With a ``guard``, SIGINT and SIGTERM outside the receiver count only until the guard
+    is committed: before ``trio.run`` they raise ``KeyboardInterrupt``; inside it (Trio
+    starting, or ending after ``fn`` returned) they are noted, never raised into Trio's
+    own code (a ``TrioInternalError``), and a noted one stops ``fn`` before it starts.
+    Once the action happened both are ignored for the rest of the process (the
+    interpreter's teardown included), so that no late signal turns a done action into
+    exit code 130.
 
     Raises:
         Interrupted: a signal cancelled ``fn`` before it returned.
@@ -86,13 +93,19 @@ def run_interruptible(fn: Callable[..., Awaitable[T]], *args, guard: Guard | Non
         result, interrupted = trio.run(partial(until_signal, fn), *args)
     else:
         def handler(signum: int, frame: object) -> None:
-            if not guard.committed:
-                raise KeyboardInterrupt
+            if guard.committed:
+                return
+            if guard.in_run:
+                guard.signalled = True
+                return
+            raise KeyboardInterrupt
 
         old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
+            guard.in_run = True
             result, interrupted = trio.run(partial(until_signal, fn, guard=guard), *args)
         finally:
+            guard.in_run = False
             for s in STOP_SIGNALS:
                 signal.signal(s, signal.SIG_IGN if guard.committed else old[s])
     if interrupted:

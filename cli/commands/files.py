@@ -1,9 +1,12 @@
 """The file parts of ``wa-cli send ... --file PATH`` and ``wa-cli recv --downloads DIR``.
 
 ``send NAME --file PATH [CAPTION]`` (or ``send --group GROUP --file PATH [CAPTION]``)
-encrypts and uploads the file with a progress bar on stderr (human mode), then
-sends a ``file`` message; it prints ``{"id", "status", "to" | "group", "group_id",
-"file": {"name", "size", "mime"}}``.
+encrypts and uploads the file with a progress bar on stderr (human mode on a
+terminal), then sends a ``file`` message; it prints ``{"id", "status", "to" | "group",
+"group_id", "file": {"name", "size", "mime"}}``. While a daemon serves the home it
+goes through it (:mod:`cli.commands.files_remote`). Exit codes as ``send``: 0 once the
+message may have left (a signal after that point is held back), 130 if Ctrl-C or
+SIGTERM stopped it before (during the upload: nothing is sent).
 
 ``recv`` downloads, verifies and decrypts each received file into the downloads
 directory (default ``<home>/downloads``) and prints the message with
@@ -29,10 +32,11 @@ from pathlib import Path
 
 import click
 
-from cli.client import Client, now_ms, open_client
+from cli.client import Client, open_client
 from cli.commands._common import (
     AppContext,
     CliError,
+    UnknownName,
     failures,
     message_row,
     resolve_recipient,
@@ -40,12 +44,14 @@ from cli.commands._common import (
     user_label,
 )
 from cli.commands._events import lists_shown
-from cli.commands._signals import run_interruptible
+from cli.commands._signals import Guard, run_interruptible
+from cli.commands.files_remote import send_file_via_daemon
+from cli.daemon.remote import find_daemon
 from cli.events import Message
 from cli.features import media
-from cli.features.group_messaging import send_group
-from cli.features.payload import MAX_TEXT, FilePayload
+from cli.features.payload import MAX_TEXT
 from cli.output import escape, file_human, progress_bar
+from cli.session.group_state import GroupError
 from cli.session.state import State
 from relay.protocol import is_user_id
 
@@ -66,10 +72,21 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
     if len(caption) > MAX_TEXT:
         raise click.BadParameter(f"longer than {MAX_TEXT} characters", param_hint="CAPTION")
     source = os.path.abspath(path)
+    remote = find_daemon(app.home)
+    if remote is not None:
+        with remote:
+            return send_file_via_daemon(app, remote, source, recipient=recipient,
+                                        caption=caption, group=group)
     with state_of(app) as state:
         user_id = None
         if group is None:
             user_id = resolve_recipient(state, recipient)  # type: ignore[arg-type]
+        else:
+            try:
+                state.groups.find(group)
+            except GroupError as exc:
+                raise UnknownName(str(exc), "unknown_group", param_hint="--group") from exc
+        guard = Guard()
 
         async def run() -> dict:
             async with media.Reconnecting(state, connect_timeout=app.connect_timeout,
@@ -78,24 +95,42 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
                     att = await media.upload_file(rc, path, progress=bar)
                 info = {"name": att.name, "size": att.size, "mime": att.mime}
                 if user_id is not None:
-                    result = await media.send_file(rc, user_id, att, caption, source=source)
+                    result = await media.send_file(rc, user_id, att, caption, source=source,
+                                                   on_commit=guard.commit)
                     return {"id": result.msg_id.hex(), "status": result.status, "to": user_id,
                             "file": info}
-                return await _send_to_group(await rc.client(), group, att, caption, info)  # type: ignore[arg-type]
+                g = await media.send_group_file(rc, group, att, caption,  # type: ignore[arg-type]
+                                                on_commit=guard.commit)
+                return {"id": g.msg_id.hex(), "status": g.status, "group": g.name,
+                        "group_id": g.group_id, "file": info}
 
         with failures(), lists_shown(app, state):
-            out = run_interruptible(run)
+            out = run_interruptible(run, guard=guard)
         to = escape(out["group"]) if "group" in out else user_label(state, out["to"])
     app.out.emit(out, f"sent {escape(path.name)} to {to} ({out['status']}) id {out['id']}")
 
 
-async def _send_to_group(client: Client, group: str, att, caption: str, info: dict) -> dict:  # noqa: ANN001
-    record = client.state.groups.find(group)
-    p = FilePayload(os.urandom(16), caption, now_ms(), client.state.name, record.state.hex_id,
-                    att)
-    result = await send_group(client, group, p)
-    return {"id": result.msg_id.hex(), "status": result.status, "group": result.name,
-            "group_id": result.group_id, "file": info}
+def held_reason(state: State, entry: dict, auto_max: int) -> str | None:
+    """Why ``recv`` does not download the file of history ``entry`` by itself (from
+    someone not in the contacts, or larger than ``auto_max`` bytes), or ``None``."""
+    peer = entry.get("from") or entry.get("peer") or ""
+    size = entry["file"].get("size") or 0
+    if peer != state.user_id and state.alias_of(peer) is None:
+        return "from someone not in your contacts"
+    if size > auto_max:
+        return f"larger than the automatic download limit of {auto_max} bytes"
+    return None
+
+
+def hold(state: State, entry: dict, reason: str) -> dict:
+    """Mark ``entry``'s file as held (listed, not fetched; the caller saves) and return
+    its ``recv --json`` info with ``held`` and ``fetch`` (the command that fetches it)."""
+    entry["file"]["held"] = reason
+    state.history_changed(entry)
+    peer = entry.get("peer") or ""
+    who = (state.alias_of(peer) or peer) if is_user_id(peer) else ""
+    fetch = f"wa-cli history {who} --download" if who else "wa-cli history --download"
+    return {**media.file_info(entry["file"]), "held": reason, "fetch": fetch}
 
 
 class FileReceiver:
@@ -117,23 +152,10 @@ class FileReceiver:
 
     def held(self, entry: dict) -> str | None:
         """Why the file of history ``entry`` is not downloaded automatically, or ``None``."""
-        peer = entry.get("from") or entry.get("peer") or ""
-        size = entry["file"].get("size") or 0
-        if peer != self._state.user_id and self._state.alias_of(peer) is None:
-            return "from someone not in your contacts"
-        if size > self._auto_max:
-            return f"larger than the automatic download limit of {self._auto_max} bytes"
-        return None
+        return held_reason(self._state, entry, self._auto_max)
 
     def _hold(self, entry: dict, reason: str) -> dict:
-        """Mark ``entry``'s file as held (listed, not fetched) and return its
-        ``recv --json`` info with ``held`` and ``fetch`` (the command that fetches it)."""
-        entry["file"]["held"] = reason
-        self._state.history_changed(entry)
-        peer = entry.get("peer") or ""
-        who = (self._state.alias_of(peer) or peer) if is_user_id(peer) else ""
-        fetch = f"wa-cli history {who} --download" if who else "wa-cli history --download"
-        return {**media.file_info(entry["file"]), "held": reason, "fetch": fetch}
+        return hold(self._state, entry, reason)
 
     async def _fetch(self, client: Client, entry: dict) -> dict:
         name = entry["file"].get("name") or "file"

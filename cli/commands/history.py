@@ -19,7 +19,9 @@ import click
 from cli.client import open_client
 from cli.commands._common import AppContext, failures, json_option, message_row, state_of
 from cli.commands._signals import run_interruptible
+from cli.commands.files_remote import download_via_daemon
 from cli.commands.history_view import decorate, export
+from cli.daemon.remote import find_daemon
 from cli.events import Message
 from cli.features import media
 from cli.features.effects import sweep
@@ -82,6 +84,24 @@ async def _download(state: State, entries: list[dict], downloads: Path, app: App
             await state.asave()
 
 
+def _download_via_daemon(app: AppContext, remote, contact: str | None, limit: int,  # noqa: ANN001
+                         downloads: Path | None) -> None:
+    with state_of(app, readonly=True) as state:
+        peer = None
+        if contact is not None:
+            try:
+                peer = state.resolve(contact)
+            except StateError as exc:
+                raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
+        entries = [e for e in state.history if not e.get("held")
+                   and (peer is None or e.get("peer") == peer)][-limit:]
+        todo = [(e["id"], str(e["file"].get("name") or "file")) for e in entries
+                if e.get("type") == "file" and isinstance(e.get("file"), dict)
+                and not e["file"].get("path") and not e["file"].get("error")]
+    target = downloads if downloads is not None else app.home / media.DOWNLOADS_DIR
+    download_via_daemon(app, remote, todo, target)
+
+
 @click.command()
 @click.argument("contact", metavar="[NAME|USER_ID]", required=False)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
@@ -101,7 +121,14 @@ def history(app: AppContext, contact: str | None, limit: int, download: bool,
     """Show recent messages stored on this device, oldest first (also those a
     linked device received in its history sync). With --json each row has the
     shape of a 'wa-cli recv --json' line. File messages show the file's name, size
-    and type, and where it was saved (or that it is not downloaded)."""
+    and type, and where it was saved (or that it is not downloaded). While 'wa-cli
+    daemon' serves this --home, --download goes through it."""
+    if download and export_path is None:
+        remote = find_daemon(app.home)
+        if remote is not None:  # the daemon fetches; this process then reads beside it
+            with remote:
+                _download_via_daemon(app, remote, contact, limit, downloads)
+            download = False
     with state_of(app, readonly=not download) as state:
         peer = None
         if contact is not None:
@@ -109,7 +136,9 @@ def history(app: AppContext, contact: str | None, limit: int, download: bool,
                 peer = state.resolve(contact)
             except StateError as exc:
                 raise click.BadParameter(str(exc), param_hint="NAME|USER_ID") from exc
-        if sweep(state):  # disappearing messages whose time is up
+        # disappearing messages whose time is up: gone from the output now; read-only
+        # (beside a daemon or recv --follow) the next writing command drops them on disk
+        if sweep(state) and not state.readonly:
             with failures():
                 state.save()
         selected = [e for e in state.history if not e.get("held")

@@ -7,6 +7,10 @@ state. It must be signed by ``--cluster-key`` (``WA_CLUSTER_KEY``; printed by
 ``wa-relay cluster`` and ``wa-relay serve``); without it, an interactive terminal
 shows the key and asks the user to confirm it, and a non-interactive run needs
 ``--trust-on-first-use`` to accept whatever key the relay presents (else exit 2).
+
+Storage key (:mod:`cli.commands._passphrase`): a random key in ``storage.key`` unless
+``WA_PASSPHRASE`` is set, ``--passphrase`` asks for one, or ``--keyring`` keeps one in
+the OS keyring (:mod:`cli.session.secret`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import sys
 import click
 
 from cli.client import init_account
+from cli.commands import _passphrase
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
 from cli.commands._signals import run_interruptible
 from cli.output import escape
+from cli.session import secret
 from cli.session.connection import fetch_pin
 from cli.session.state import AlreadyInitialized, State, create_state, open_state
+from cli.session.vault import PASSPHRASE_ENV, env_passphrase
 from relay.protocol.cluster import PinnedCluster, cluster_key_text, parse_cluster_key
 
 
@@ -78,10 +85,18 @@ def _pin(app: AppContext, state: State, relay: str, key: bytes | None, tofu: boo
                    "without asking (scripts; an attacker on the first connection wins).")
 @click.option("--invite", default=None, metavar="TOKEN",
               help="An invite token from the operator of a node that registers by invite.")
+@click.option("--passphrase", "ask", is_flag=True,
+              help="Protect this home with a passphrase instead of a storage.key file: "
+                   "WA_PASSPHRASE, else asked for (twice) on the terminal. Later commands "
+                   "read WA_PASSPHRASE or ask for it.")
+@click.option("--keyring", "use_keyring", is_flag=True,
+              help="Protect this home with a passphrase kept in the OS keyring (WA_PASSPHRASE, "
+                   "else asked for on a terminal, else a random one); later commands read "
+                   "it from there. Fails if no keyring backend is usable.")
 @json_option
 @click.pass_obj
 def init(app: AppContext, name: str, relay: str, cluster_key: bytes | None, tofu: bool,
-         invite: str | None) -> None:
+         invite: str | None, ask: bool, use_keyring: bool) -> None:
     """Create a new account with this device as its primary (device 0).
 
     Pins the cluster (see --cluster-key), publishes the account-signed device list
@@ -90,20 +105,36 @@ def init(app: AppContext, name: str, relay: str, cluster_key: bytes | None, tofu
     publication failed (e.g. the relay was unreachable) retries it with the --name,
     --relay and cluster key given this time. A home whose registration is by invite
     needs --invite (a token from its operator, used once).
+
+    The state in --home is encrypted at rest. Its key is a random storage.key
+    file next to it, unless a passphrase protects it: WA_PASSPHRASE set in the
+    environment (then no key file: the key is derived from the passphrase with
+    Argon2id), --passphrase (asked for twice when WA_PASSPHRASE is not set), or
+    --keyring (kept in the OS keyring). Every later command of this home then
+    needs the passphrase: from WA_PASSPHRASE, from the OS keyring (--keyring),
+    or typed at a prompt when stdin is a terminal.
     """
     check_name(name, "--name")
     if cluster_key is None and not tofu and not sys.stdin.isatty():
         raise click.UsageError("not a terminal: pass --cluster-key KEY (printed by 'wa-relay "
                                "cluster' / 'wa-relay serve') or --trust-on-first-use")
+    if ask and not use_keyring and env_passphrase() is None and not _passphrase.interactive():
+        raise click.UsageError(f"not a terminal: set {PASSPHRASE_ENV} to give --passphrase "
+                               "its passphrase")
+    home = app.home.expanduser().absolute()
     with failures():
+        if use_keyring:
+            secret.check()
+        source = _passphrase.for_new_home(home, ask=ask, keyring=use_keyring)
         try:
-            with create_state(app.home, name=name, relay_url=relay) as state:
+            with create_state(app.home, name=name, relay_url=relay,
+                              passphrase_source=source) as state:
                 init_account(state)
                 state.invite = invite
                 _pin(app, state, relay, cluster_key, tofu)
                 home_url = run_interruptible(_publish, app, state)
         except AlreadyInitialized:
-            with open_state(app.home) as state:
+            with open_state(app.home, passphrase_source=_passphrase.for_home(home)) as state:
                 if state.published_version:
                     raise CliError(f"{app.home} already holds account {state.user_id}") from None
                 # An earlier init never got its account published: keep its keys, but

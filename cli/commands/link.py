@@ -16,13 +16,16 @@ import click
 import segno
 import trio
 
+from cli.commands import _passphrase
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
 from cli.commands._signals import run_interruptible
 from cli.commands.init import _check_url
 from cli.errors import ClientError
 from cli.features.linking import open_link, save_linked
+from cli.session import secret
 from cli.session.crypto import safety_fingerprint
 from cli.session.state import NewHome, State, new_home
+from cli.session.vault import PASSPHRASE_ENV, env_passphrase
 from relay.protocol import key_from_user_id
 
 MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
@@ -67,18 +70,36 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
 @click.option("--short", is_flag=True,
               help="Show a short word code (n1-4821-lamp-mint-moss) to type on the primary, "
                    "authenticated with a PAKE (SPAKE2), instead of the long code.")
+@click.option("--passphrase", "ask", is_flag=True,
+              help="Protect this device's home with a passphrase (WA_PASSPHRASE, else asked "
+                   "for twice now), as 'wa-cli init --passphrase'.")
+@click.option("--keyring", "use_keyring", is_flag=True,
+              help="Protect it with a passphrase kept in the OS keyring, as 'wa-cli init "
+                   "--keyring'.")
 @json_option
 @click.pass_obj
-def link(app: AppContext, relay: str, name: str, timeout: float, short: bool) -> None:
+def link(app: AppContext, relay: str, name: str, timeout: float, short: bool, ask: bool,
+         use_keyring: bool) -> None:
     """Join an existing account as a new device of it.
 
     Prints a linking code (and a QR code of it); approve it on the primary with
     'wa-cli devices approve CODE'. The primary then sends this device the
     account's signed device list, contacts and recent history, sealed to a key
     that only this device holds. Nothing is saved unless the link completes.
+    Its home is encrypted at rest as 'wa-cli init' says (storage.key, or a
+    passphrase: WA_PASSPHRASE, --passphrase, --keyring).
     """
     check_name(name, "--name")
-    with failures(), new_home(app.home) as fresh:
+    if ask and not use_keyring and env_passphrase() is None and not _passphrase.interactive():
+        raise click.UsageError(f"not a terminal: set {PASSPHRASE_ENV} to give --passphrase "
+                               "its passphrase")
+    home = app.home.expanduser().absolute()
+    with failures():
+        if use_keyring:
+            secret.check()
+        phrase = _passphrase.new_passphrase(home, ask=ask, keyring=use_keyring)
+    source = _passphrase.keeping(home, phrase, keyring=use_keyring)
+    with failures(), new_home(app.home, passphrase_source=source) as fresh:
         state, omitted = run_interruptible(_link, app, fresh, relay, name, timeout, short)
         fingerprint = safety_fingerprint(key_from_user_id(state.user_id), state.user_id)
         n, c, g = len(state.history), len(state.contacts), len(state.groups.groups)

@@ -36,7 +36,7 @@ from cli.commands._common import (
     json_option,
     state_of,
 )
-from cli.commands._remote_recv import recv_via_daemon
+from cli.commands._remote_recv import Files, recv_via_daemon
 from cli.commands._screen import MAX_FILES_WAITING, Screen
 from cli.commands.linesink import ReaderGone
 from cli.daemon.remote import find_daemon
@@ -199,7 +199,8 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
     remote = find_daemon(app.home)
     if remote is not None:
         with remote:
-            return recv_via_daemon(app, remote, follow, timeout)
+            return recv_via_daemon(app, remote, follow, timeout, Files(
+                file_cmd.default_downloads(app, downloads), auto_download))
     with state_of(app) as state, failures():
         files = file_cmd.FileReceiver(app, state, file_cmd.default_downloads(app, downloads),
                                       auto_download)

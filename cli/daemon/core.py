@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -47,6 +48,8 @@ class Device:
 
     Attributes:
         client: the connected client, ``None`` while there is no connection.
+        uploads: upload token -> uploaded attachment waiting for ``sendFile``
+            (:mod:`cli.daemon.methods_files`, which bounds it).
     """
 
     def __init__(self, state: State, connect: Callable[[State], AbstractAsyncContextManager[Client]],
@@ -61,6 +64,7 @@ class Device:
         self._showing = trio.Lock()
         self._folded = 0
         self._outbox_changed = trio.Event()
+        self.uploads: dict[str, Any] = {}
 
     # ------------------------------------------------------------ connection
 

@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,8 @@ class Remote:
             self._buf += chunk
 
     def call(self, method: str, params: dict | None = None, *, shielded: bool = False,
-             timeout: float | None = ANSWER_TIMEOUT) -> Any:
+             timeout: float | None = ANSWER_TIMEOUT,
+             on_notification: Callable[[dict], bool] | None = None) -> Any:
         """Call ``method`` and wait for its result.
 
         Args:
@@ -103,6 +104,9 @@ class Remote:
                 the caller reports it (``wa-cli send``: exit 0).
             timeout: seconds to wait for the answer (``None``: forever); a daemon that
                 stays silent longer is given up (``RemoteError``, code ``None``).
+            on_notification: called with each notification that arrives before the
+                answer (e.g. ``progress``); one it returns ``False`` for is queued for
+                :meth:`notifications` as usual.
 
         Raises:
             RemoteError: an error answer, or the connection broke.
@@ -122,7 +126,8 @@ class Remote:
                 if msg is None:
                     raise RemoteError(None, f"no answer from the daemon within {timeout:g}s")
                 if "method" in msg and "id" not in msg:
-                    self._queued.append(msg)
+                    if on_notification is None or not on_notification(msg):
+                        self._queued.append(msg)
                     continue
                 if msg.get("id") != rid:
                     continue

@@ -19,7 +19,10 @@ from pathlib import Path
 import trio
 
 from cli.client import Client
-from cli.daemon import methods_more  # noqa: F401 (registers the commands' methods)
+from cli.daemon import (
+    methods_files,  # noqa: F401 (registers the file methods)
+    methods_more,  # noqa: F401 (registers the commands' methods)
+)
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import Peer
 from cli.daemon.methods import bind

@@ -42,6 +42,7 @@ from cli.errors import ClientError, RelayError
 from cli.events import SendResult
 from cli.features import payload
 from cli.features.attachment import DEFAULT_MIME, Attachment, AttachmentError, safe_name
+from cli.features.group_messaging import GroupSendResult, send_group
 from cli.features.mediacrypt import IntegrityError, decrypt_file, encrypt_file
 from cli.features.sending import now_ms, send_payload
 from cli.session.reconnecting import Reconnecting
@@ -52,8 +53,8 @@ from relay.protocol.frames import MediaDownload, MediaStatus, MediaUpload
 
 __all__ = [
     "DOWNLOADS_DIR", "MEDIA_DIR", "IntegrityError", "Progress", "Reconnecting", "claim_name",
-    "download_blob", "fetch_history_file", "save_attachment", "send_file", "upload_blob",
-    "upload_file",
+    "download_blob", "fetch_history_file", "save_attachment", "send_file", "send_group_file",
+    "upload_blob", "upload_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,12 @@ async def upload_file(rc: Reconnecting, path: Path, *,
 
 
 async def send_file(rc: Reconnecting, user_id: str, att: Attachment, caption: str = "", *,
-                    source: str | None = None) -> SendResult:
+                    source: str | None = None,
+                    on_commit: Callable[[], None] | None = None) -> SendResult:
     """Send a ``file`` message for an uploaded attachment to ``user_id`` (and own other
     devices), recording it in local history (``source``: the file's absolute local path).
+    ``on_commit()`` is called when the message may leave (the point of no return,
+    :attr:`cli.session.session.Session.commit_hook`).
 
     Raises:
         ValueError: caption longer than ``payload.MAX_TEXT``. As :func:`cli.features.sending.send_payload`.
@@ -155,8 +159,38 @@ async def send_file(rc: Reconnecting, user_id: str, att: Attachment, caption: st
     }
     entry["file"]["path"] = source
     state.history.append(entry)
-    status = await rc.run(lambda s: send_payload(s, user_id, msg_id, p.encode()))
+
+    async def step(session: Session) -> str:
+        session.commit_hook = on_commit
+        try:
+            return await send_payload(session, user_id, msg_id, p.encode())
+        finally:
+            session.commit_hook = None
+
+    status = await rc.run(step)
     return SendResult(msg_id, status, user_id)
+
+
+async def send_group_file(rc: Reconnecting, group: str, att: Attachment, caption: str = "", *,
+                          on_commit: Callable[[], None] | None = None) -> GroupSendResult:
+    """Send a ``file`` message for an uploaded attachment to ``group`` (name or id),
+    recording it in local history; ``on_commit`` as :func:`send_file`.
+
+    Raises:
+        ValueError: caption too long. As :func:`cli.features.group_messaging.send_group`.
+    """
+    if len(caption) > payload.MAX_TEXT:
+        raise ValueError(f"caption is longer than {payload.MAX_TEXT} characters")
+    state = rc.state
+    record = state.groups.find(group)
+    p = payload.FilePayload(os.urandom(16), caption, now_ms(), state.name, record.state.hex_id,
+                            att)
+    session = await rc.client()
+    session.commit_hook = on_commit
+    try:
+        return await send_group(session, group, p)
+    finally:
+        session.commit_hook = None
 
 
 # ------------------------------------------------------------------- download

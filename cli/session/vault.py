@@ -2,8 +2,12 @@
 
 File layout (``state.bin``): ``b"WAST" || mode || [KDF parameters] || SecretBox``.
 Mode 1 keeps a random 32-byte key in ``storage.key`` (mode 0600); mode 2
-derives it with Argon2id from ``WA_PASSPHRASE`` (salt and cost in the header,
-no key file). See :mod:`cli.state` for the threat model.
+derives it with Argon2id from a passphrase (salt and cost in the header, no key
+file). The passphrase comes from a :data:`Passphrase` source, asked only when a
+key is made or a mode-2 file is opened: by default ``WA_PASSPHRASE``
+(:func:`env_passphrase`); the command line adds the OS keyring and a prompt
+(:mod:`cli.commands._passphrase`). The passphrase itself is never written
+anywhere. See :mod:`cli.state` for the threat model.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ PASSPHRASE_OPSLIMIT = argon2id.OPSLIMIT_MODERATE  # libsodium's "moderate": ~0.5
 PASSPHRASE_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
 
 T = TypeVar("T")
+
+Passphrase = Callable[[], "str | None"]
+"""A passphrase source: ``source()`` returns the passphrase, or ``None`` if there is
+none (key file mode for a new home; an error for a home that needs one). It may
+raise :class:`StateError` (e.g. the keyring cannot be read)."""
+
+
+def env_passphrase() -> str | None:
+    """The default :data:`Passphrase` source: ``WA_PASSPHRASE`` if set and not empty."""
+    return os.environ.get(PASSPHRASE_ENV) or None
 
 
 class StateError(Exception):
@@ -151,12 +165,16 @@ def passphrase_key(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:
                         opslimit=ops, memlimit=mem)
 
 
-def new_key(home: Path) -> tuple[bytes, bytes]:
+def new_key(home: Path, passphrase_source: Passphrase = env_passphrase) -> tuple[bytes, bytes]:
     """A new storage key for ``home`` and the file header naming how to get it again.
 
-    Writes ``storage.key`` unless ``WA_PASSPHRASE`` is set.
+    Derives it from ``passphrase_source()`` (called once) if that gives a passphrase,
+    else makes a random key and writes ``storage.key``.
+
+    Raises:
+        StateError: from the source.
     """
-    passphrase = os.environ.get(PASSPHRASE_ENV)
+    passphrase = passphrase_source()
     if passphrase:
         salt = nacl.utils.random(argon2id.SALTBYTES)
         ops, mem = PASSPHRASE_OPSLIMIT, PASSPHRASE_MEMLIMIT
@@ -168,11 +186,14 @@ def new_key(home: Path) -> tuple[bytes, bytes]:
     return key, MAGIC + bytes([MODE_KEYFILE])
 
 
-def load_key(home: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
+def load_key(home: Path, data: bytes,
+             passphrase_source: Passphrase = env_passphrase) -> tuple[bytes, bytes, bytes]:
     """Split a state file and recover its key: returns ``(key, header, sealed box)``.
+    ``passphrase_source()`` is called (once) only for a passphrase-protected file.
 
     Raises:
-        StateError: not a state file, key file missing, passphrase needed, unknown mode.
+        StateError: not a state file, key file missing, passphrase needed (the source
+            gave none), unknown mode; or from the source.
     """
     if data[:4] != MAGIC or len(data) < 5:
         raise StateError(f"{home / STATE_FILE} is not a wa-cli state file")
@@ -183,9 +204,11 @@ def load_key(home: Path, data: bytes) -> tuple[bytes, bytes, bytes]:
             raise StateError(f"{home / KEY_FILE} is missing; the state cannot be opened") from None
         return key, data[:5], data[5:]
     if data[4] == MODE_PASSPHRASE:
-        passphrase = os.environ.get(PASSPHRASE_ENV)
+        passphrase = passphrase_source()
         if not passphrase:
-            raise StateError(f"this home is protected by a passphrase; set {PASSPHRASE_ENV}")
+            raise StateError(f"{home} is protected by a passphrase: set {PASSPHRASE_ENV}, "
+                             "run the command on a terminal to be asked for it, or keep it "
+                             "in the OS keyring ('wa-cli init --keyring')")
         salt, rest = data[5:5 + argon2id.SALTBYTES], data[5 + argon2id.SALTBYTES:]
         ops, mem = int.from_bytes(rest[:4], "big"), int.from_bytes(rest[4:12], "big")
         end = 5 + argon2id.SALTBYTES + 12

@@ -297,9 +297,11 @@ async def open_websocket(
                     raise ConnectFailed(failed_text(url, exc, connect_timeout),
                                         http_status=status) from exc
                 if opened is None:
+                    hint = ("; if it serves TLS on this port, use wss://"
+                            if url.startswith("ws://") else "")
                     raise ConnectFailed(f"cannot connect to {url}: the connection was closed "
                                         "before the WebSocket handshake was answered (is the "
-                                        "node running?)")
+                                        f"node running?){hint}")
                 ws = opened
                 try:
                     yield OwnedWebSocket(ws, stream)

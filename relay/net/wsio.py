@@ -87,6 +87,11 @@ class GatedWebSocket(WebSocketConnection):
                 raise ConnectionClosed(self._close_reason) from None
 
 
+async def _cancel_when_closed(connection: GatedWebSocket, scope: trio.CancelScope) -> None:
+    await connection._close_handshake.wait()  # set when the reader found the stream broken
+    scope.cancel()
+
+
 class _GatedServer(WebSocketServer):
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         # trio-websocket 0.12's WebSocketServer._handle_connection, building a GatedWebSocket.
@@ -97,9 +102,16 @@ class _GatedServer(WebSocketServer):
                 max_message_size=self._max_message_size,
                 receive_buffer_size=self._receive_buffer_size)
             nursery.start_soon(connection._reader_task)
-            with trio.move_on_after(self._connect_timeout) as connect_scope:
-                request = await connection._get_request()
-            if connect_scope.cancelled_caught:
+            request = None
+            with trio.move_on_after(self._connect_timeout):
+                async with trio.open_nursery() as opening:
+                    # A stream that broke before the request (e.g. a plain ws:// client
+                    # on a TLS port: the TLS handshake failed) is closed at once, so the
+                    # client learns of it now, not after the connect timeout.
+                    opening.start_soon(_cancel_when_closed, connection, opening.cancel_scope)
+                    request = await connection._get_request()
+                    opening.cancel_scope.cancel()
+            if request is None:
                 nursery.cancel_scope.cancel()
                 await stream.aclose()
                 return

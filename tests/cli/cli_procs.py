@@ -10,12 +10,25 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
-__all__ = ["Running", "lines", "wa"]
+__all__ = ["Running", "lines", "signal_before_our_code", "wa"]
 
 REAP_DEADLINE = 10.0  # seconds for a killed child to be reaped
+OUR_CODE = str(Path(__file__).resolve().parents[2] / "cli")
+
+
+def signal_before_our_code(code: int, err: str) -> bool:
+    """Whether a SIGINT hit the interpreter's own start-up, before any line of wa-cli ran
+    (site, runpy; docs/cli.md "Exit codes"): Python then reports it itself, with exit 1
+    and "Fatal Python error: init_import_site", or dies of the signal after printing its
+    ``KeyboardInterrupt`` traceback. Such a traceback has no frame of ours."""
+    if code == 1 and err.startswith("Fatal Python error: init_import_site"):
+        return True
+    return (code == -signal.SIGINT and err.startswith("Traceback")
+            and err.rstrip().endswith("KeyboardInterrupt") and OUR_CODE not in err)
 
 
 async def wa(home, *args, check: bool = True, stdin: bytes | None = None,

@@ -12,7 +12,7 @@ import stat
 
 import trio
 from cli_cluster import run_cluster
-from cli_procs import Running, lines, wa
+from cli_procs import Running, lines, signal_before_our_code, wa
 
 from relay.testing import open_local_cluster
 
@@ -279,7 +279,7 @@ async def test_sigterm_stops_recv_follow_within_half_a_second(tmp_path):
             await follow.aclose()
 
 
-CTRL_C_TRIALS = int(os.environ.get("WA_CTRL_C_TRIALS", "6"))  # the faults run uses 50
+CTRL_C_TRIALS = int(os.environ.get("WA_CTRL_C_TRIALS", "50"))  # issue 14: 50 trials (~25 s)
 
 
 async def test_ctrl_c_at_random_moments_of_send(tmp_path):
@@ -305,7 +305,7 @@ async def test_ctrl_c_at_random_moments_of_send(tmp_path):
                     code, err = await send.finish()
                 finally:
                     await send.aclose()
-                if code == 1 and err.startswith("Fatal Python error: init_import_site"):
+                if signal_before_our_code(code, err):
                     code = 130  # the interpreter itself, in its first ~50 ms (docs/cli.md)
                 else:  # -SIGINT: killed before Python set up its handler (a shell shows 130)
                     assert code in (0, 130, -signal.SIGINT), err
