@@ -8,10 +8,16 @@
   before the Close has been answered and written (at most
   :data:`CLOSE_GATE_TIMEOUT` seconds), then closes as usual.
 * **Reading without a task switch per message.**
-  :meth:`GatedWebSocket.get_message_nowait` takes an already buffered message.
-* **Several frames per write.** :meth:`GatedWebSocket.send_messages` frames a
-  list of binary messages and writes them with one ``send_all`` (also while the
-  close gate holds the Close reply back).
+  :meth:`GatedWebSocket.get_message_nowait` takes an already buffered message, and
+  a :attr:`GatedWebSocket.message_hook` takes each complete message straight from
+  trio-websocket's reader task while nothing is buffered (no memory-channel hop, no
+  wake-up of another task); a message the hook declines (backpressure) and every
+  one after it while any is buffered go through the channel as before, in order.
+* **Several frames per write, without a yield when the socket takes them.**
+  :meth:`GatedWebSocket.send_messages` frames a list of binary messages and writes
+  them with one socket write (also while the close gate holds the Close reply
+  back); on a plain TCP stream whose send buffer has room the write is a single
+  non-blocking ``send`` under the stream lock, without a Trio checkpoint.
 
 Both reach into trio-websocket's internals (``_handle_close_connection_event``,
 ``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
@@ -21,6 +27,7 @@ trio-websocket 0.12) and mirror its own ``_send``;
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -28,7 +35,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 CLOSE_GATE_TIMEOUT = 5.0
 """Seconds a remote Close waits for the answers to the requests read before it."""
@@ -40,9 +47,29 @@ is how many received messages still wait in trio-websocket's queue."""
 
 class GatedWebSocket(WebSocketConnection):
     """A server-side :class:`~trio_websocket.WebSocketConnection` whose reply to a
-    remote Close waits for :attr:`close_gate` (see the module docstring)."""
+    remote Close waits for :attr:`close_gate` (see the module docstring).
+
+    Attributes:
+        close_gate: see :data:`CloseGate`.
+        message_hook: ``hook(message) -> bool`` called from the reader task with each
+            complete message while none is buffered; ``True``: taken (it must not
+            block), ``False``: buffered for ``get_message`` instead.
+    """
 
     close_gate: CloseGate | None = None
+    message_hook: Callable[[bytes | str], bool] | None = None
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        hook = self.message_hook
+        if (hook is None or not event.message_finished or self._message_parts
+                or len(event.data) > self._max_message_size
+                or self._recv_channel.statistics().current_buffer_used):
+            await super()._handle_message_event(event)
+            return
+        data = event.data
+        message = data if isinstance(data, str | bytes) else bytes(data)
+        if not hook(message):
+            await super()._handle_message_event(event)
 
     def buffered(self) -> int:
         """Received messages not yet taken with ``get_message``."""
@@ -78,13 +105,40 @@ class GatedWebSocket(WebSocketConnection):
             proto = self._wsproto.connection._proto
             data = b"".join(proto.send_data(m, True) for m in messages)
         else:
-            data = b"".join(self._wsproto.send(BytesMessage(data=m)) for m in messages)
-        async with self._stream_lock:
+            data = b"".join([self._wsproto.send(BytesMessage(data=m)) for m in messages])
+        sock = self._plain_socket()
+        if sock is not None and not self._stream_lock.locked():
+            self._stream_lock.acquire_nowait()  # held across the awaits below, if any
             try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._abort_web_socket()
-                raise ConnectionClosed(self._close_reason) from None
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = -1
+                if sent == len(data):
+                    return
+                if sent >= 0:
+                    await self._send_rest(memoryview(data)[sent:])
+                    return
+            finally:
+                self._stream_lock.release()
+        async with self._stream_lock:
+            await self._send_rest(data)
+
+    async def _send_rest(self, data: bytes | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._abort_web_socket()
+            raise ConnectionClosed(self._close_reason) from None
+
+    def _plain_socket(self) -> socket.socket | None:
+        """The non-blocking OS socket under a plain TCP stream (``None`` under TLS)."""
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return None
+        return stream.socket._sock  # type: ignore[attr-defined]
 
 
 class _GatedServer(WebSocketServer):
