@@ -45,6 +45,25 @@ CloseGate = Callable[[Callable[[], int]], Awaitable[None]]
 is how many received messages still wait in trio-websocket's queue."""
 
 
+_FRAMING_STATES = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
+
+
+def frame_binary(messages: list[bytes]) -> bytes:
+    """Unmasked, unfragmented binary WebSocket frames (RFC 6455 5.2, as a server
+    sends them, no extension) of ``messages``, concatenated."""
+    parts: list[bytes] = []
+    for m in messages:
+        n = len(m)
+        if n < 126:
+            parts.append(bytes((0x82, n)))
+        elif n < 65536:
+            parts.append(b"\x82\x7e" + n.to_bytes(2, "big"))
+        else:
+            parts.append(b"\x82\x7f" + n.to_bytes(8, "big"))
+        parts.append(m)
+    return b"".join(parts)
+
+
 class GatedWebSocket(WebSocketConnection):
     """A server-side :class:`~trio_websocket.WebSocketConnection` whose reply to a
     remote Close waits for :attr:`close_gate` (see the module docstring).
@@ -63,7 +82,7 @@ class GatedWebSocket(WebSocketConnection):
         hook = self.message_hook
         if (hook is None or not event.message_finished or self._message_parts
                 or len(event.data) > self._max_message_size
-                or self._recv_channel.statistics().current_buffer_used):
+                or self._recv_channel._state.data):  # buffered (statistics() costs more)
             await super()._handle_message_event(event)
             return
         data = event.data
@@ -98,11 +117,17 @@ class GatedWebSocket(WebSocketConnection):
         """
         if self._close_reason:
             raise ConnectionClosed(self._close_reason)
-        if self._wsproto.state == ConnectionState.REMOTE_CLOSING and self._wsproto.connection:
-            # Inside the close gate: wsproto refuses messages once it parsed the
-            # remote's Close, but RFC 6455 (5.5.1) lets us finish what we owe before
-            # our Close reply, so frame them with its frame protocol directly.
-            proto = self._wsproto.connection._proto
+        state = self._wsproto.state
+        conn = self._wsproto.connection
+        proto = conn._proto if conn is not None else None
+        if (state in _FRAMING_STATES and proto is not None and not proto.client
+                and not proto.extensions and proto._outbound_opcode is None):
+            # What wsproto would write, framed here (its framing copies each payload):
+            # also inside the close gate, where wsproto refuses messages once it parsed
+            # the remote's Close, but RFC 6455 (5.5.1) lets us finish what we owe
+            # before our Close reply.
+            data = frame_binary(messages)
+        elif state == ConnectionState.REMOTE_CLOSING and proto is not None:
             data = b"".join(proto.send_data(m, True) for m in messages)
         else:
             data = b"".join([self._wsproto.send(BytesMessage(data=m)) for m in messages])
@@ -184,4 +209,5 @@ async def serve_gated_websocket(
     await server.run(task_status=task_status)
 
 
-__all__ = ["CLOSE_GATE_TIMEOUT", "CloseGate", "GatedWebSocket", "serve_gated_websocket"]
+__all__ = ["CLOSE_GATE_TIMEOUT", "CloseGate", "GatedWebSocket", "frame_binary",
+           "serve_gated_websocket"]
