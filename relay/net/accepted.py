@@ -163,6 +163,7 @@ class AcceptedLink:
         self._tasks = 0
         self._slots = trio.Semaphore(settings.concurrency)
         self._progress = trio.Event()
+        self._settling = 0  # close gates waiting on _progress
         self._out = FrameWriter(ws, remote, on_progress=self._signal, on_remote_close=self.end,
                                 on_written=metrics.written)
         self._cancel = trio.CancelScope()
@@ -287,8 +288,9 @@ class AcceptedLink:
                        trio.current_time() - self._started, self._ended or "closed")
 
     def _signal(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._settling:  # only the close gate waits on progress: no event churn otherwise
+            self._progress.set()
+            self._progress = trio.Event()
 
     async def _handshake_deadline(self) -> None:
         if not await self._deadline.wait():
@@ -467,6 +469,10 @@ class AcceptedLink:
         while buffered() or self._requests or self._busy or self._tasks or self._out.unwritten:
             if self._out.done.is_set():
                 return
-            await self._progress.wait()
+            self._settling += 1
+            try:
+                await self._progress.wait()
+            finally:
+                self._settling -= 1
         assert self._dispatcher is not None
         await self._dispatcher.settled()
