@@ -43,6 +43,10 @@ admitted only while the pages in use stay below ``map_size - reserve``
 purges, expiry, claims, outbox deletes and retries), which LMDB needs a few free
 pages for too (it is copy-on-write). So a full store refuses new data with
 ``StorageFull`` long before LMDB's own ``MapFullError``, and can always drain.
+Each adding op's estimate (an upper bound) is taken from the room left; the pages
+in use are read exactly (a stat of every sub-database) when an op might not fit,
+after a failed attempt and every ``ROOM_RECHECK`` commits, and in between the
+room left is carried from one batch to the next (so a small batch pays no stats).
 Pages freed by a commit are reused by later ones; because LMDB keeps the previous
 snapshot, pages freed by the last commit become reusable only after one more,
 so on a ``MapFullError`` the writer first commits a one-record "bump" and
