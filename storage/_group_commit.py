@@ -2,13 +2,17 @@
 
 Callers :meth:`GroupCommitWriter.submit` one op, or :meth:`~GroupCommitWriter.submit_many`
 a list of ops (a function ``(txn, dbs) -> result`` each, see :mod:`storage._lmdb_ops`),
-into a bounded Trio memory channel and wait for their own results. The writer
-task takes the first submission, drains whatever else is already queued (up to
-``max_batch_ops`` ops or ``max_batch_bytes``), and runs the whole batch in
-**one** write transaction inside **one** ``trio.to_thread.run_sync`` call: the
-puts, the commit and its fsync all happen in that thread, never on the event
-loop, and no write transaction ever lives across an ``await``. Then it wakes
-every caller with the answer of each of its ops.
+into a bounded queue and wait for their own results. One **commit thread**, started
+by :meth:`GroupCommitWriter.serve` and living as long as it, takes the first
+submission, drains whatever else is already queued (up to ``max_batch_ops`` ops or
+``max_batch_bytes``), and runs the whole batch in **one** write transaction: the
+puts, the commit and its fsync all happen in that thread, never on the event loop,
+and no write transaction ever lives across an ``await``. Then it hands the batch
+back to the event loop (``TrioToken.run_sync_soon``), which wakes every caller with
+the answer of each of its ops. Whatever is submitted while a batch commits forms
+the next batch. (A persistent thread fed by a queue costs about half of a
+``trio.to_thread.run_sync`` call per batch, and no Trio task sits between the
+callers and the thread: docs/benchmarks.md, "Paced latency".)
 
 **Every op gets its own answer.** Ops run in submission order (the ops of one
 ``submit_many`` stay together and in list order). Each op validates before it
@@ -39,6 +43,10 @@ admitted only while the pages in use stay below ``map_size - reserve``
 purges, expiry, claims, outbox deletes and retries), which LMDB needs a few free
 pages for too (it is copy-on-write). So a full store refuses new data with
 ``StorageFull`` long before LMDB's own ``MapFullError``, and can always drain.
+Each adding op's estimate (an upper bound) is taken from the room left; the pages
+in use are read exactly (a stat of every sub-database) when an op might not fit,
+after a failed attempt and every ``ROOM_RECHECK`` commits, and in between the
+room left is carried from one batch to the next (so a small batch pays no stats).
 Pages freed by a commit are reused by later ones; because LMDB keeps the previous
 snapshot, pages freed by the last commit become reusable only after one more,
 so on a ``MapFullError`` the writer first commits a one-record "bump" and
@@ -48,22 +56,25 @@ retries once.
 reader slot behind; enough of them fill the reader table (``MDB_READERS_FULL``)
 and pin old pages. The writer runs ``env.reader_check()`` in its thread every
 ``reader_check_interval`` seconds (Trio's clock): before a batch once the
-interval has passed, and when it has been idle that long.
+interval has passed (by ``time.monotonic``), and when it has been idle that long.
 
 Ops submitted concurrently may be applied in any order; ops of one task, which
 awaits each before the next, are applied in order.
 
-This module is the Trio side (submission, batching, the writer task); the
-transactions themselves run in :class:`storage._lmdb_commit.Committer`, its base.
+This module is the submission, batching and the commit thread; the transactions
+themselves run in :class:`storage._lmdb_commit.Committer`, its base.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import lmdb
+import outcome
 import trio
 
 from ._lmdb_commit import (
@@ -91,6 +102,11 @@ class _Ticket:
         self.done = trio.Event()
 
 
+_STOP = object()
+"""Queued by :meth:`GroupCommitWriter.close` (and when :meth:`~GroupCommitWriter.serve`
+is cancelled): the commit thread ends once it takes it."""
+
+
 class GroupCommitWriter(Committer):
     """The single writer of one environment. Run :meth:`serve` in a nursery.
 
@@ -99,7 +115,8 @@ class GroupCommitWriter(Committer):
         max_batch_ops: most ops per transaction (one ``submit_many`` is never split
             across batches, so it may exceed this alone).
         max_batch_bytes: a batch stops growing once its ops' payload bytes reach this.
-        queue_size: bound of the submission channel (callers wait when it is full).
+        queue_size: most submissions queued and not yet taken by the commit thread
+            (callers wait when it is full).
         limit_bytes: adding ops are refused (``StorageFull``) once the pages in use
             would exceed this; ``None``: ``map_size - default_reserve(map_size)``.
         reader_check_interval: seconds between ``env.reader_check()`` calls.
@@ -116,14 +133,20 @@ class GroupCommitWriter(Committer):
         self._max_ops = max_batch_ops
         self._max_bytes = max_batch_bytes
         self._reader_interval = reader_check_interval
-        self._next_reader_check = 0.0  # set when serve() starts
-        self._send, self._recv = trio.open_memory_channel[_Ticket](queue_size)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Ticket or _STOP
+        self._queue_size = queue_size
+        self._queued = 0  # tickets put and not yet handed back (event loop only)
+        self._room = trio.Event()  # set (and replaced) when tickets are handed back
+        self._closed = False  # no more submissions (event loop only)
+        self._abandon = False  # the thread answers what is left unrun (serve was cancelled)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ended: outcome.Outcome[None] | None = None  # how the commit thread ended
         self.stopped = trio.Event()
         #: Counters for tests and metrics (more in Committer).
         self.batches = 0
         self.ops = 0
         #: Optional observer, called on the event loop after every batch with
-        #: ``(ops in the batch, seconds the batch's thread call took)``; it must
+        #: ``(ops in the batch, seconds the batch's commit took)``; it must
         #: not raise or block (metrics: :meth:`storage.lmdb.LmdbStorage.observe_batches`).
         self.on_batch: Callable[[int, float], None] | None = None
 
@@ -148,7 +171,7 @@ class GroupCommitWriter(Committer):
         applied (entirely or not at all).
         """
         pending = PendingOp(op, size, 2 * size + 256 if est is None else est, freeing)
-        await self._queue(_Ticket([pending], size))
+        await self._queue_ticket(_Ticket([pending], size))
         if pending.error is not None:
             raise pending.error
         return pending.value
@@ -169,77 +192,138 @@ class GroupCommitWriter(Committer):
             return []
         pending = [PendingOp(fn, size, 2 * size + 256 if est is None else est, freeing)
                    for fn, size, est, freeing in ops]
-        await self._queue(_Ticket(pending, sum(p.size for p in pending)))
+        await self._queue_ticket(_Ticket(pending, sum(p.size for p in pending)))
         return [(p.value, p.error) for p in pending]
 
-    async def _queue(self, ticket: _Ticket) -> None:
-        """Queue ``ticket`` and wait until its ops are answered."""
-        try:
-            await self._send.send(ticket)
-        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
-            raise trio.ClosedResourceError("storage is closed") from exc
+    async def _queue_ticket(self, ticket: _Ticket) -> None:
+        """Queue ``ticket`` for the commit thread and wait until its ops are answered."""
+        while self._queued >= self._queue_size and not self._closed:
+            await self._room.wait()
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("storage is closed")
+        self._queued += 1
+        self._queue.put(ticket)  # checked and put without yielding: close() cannot slip between
         await ticket.done.wait()
 
     def close(self) -> None:
         """Accept no more ops; :meth:`serve` commits what is queued, then returns."""
-        self._send.close()
+        if not self._closed:
+            self._closed = True
+            self._room.set()
+            self._queue.put(_STOP)
 
-    # -- the writer task
+    # -- the commit thread and its lifetime
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run batches until :meth:`close` and the queue is drained (or cancelled)."""
-        batch: list[_Ticket] = []
+        """Run the commit thread until :meth:`close` and the queue is drained, or until
+        cancelled (then the batch being committed completes, what is still queued is
+        answered with ``trio.ClosedResourceError``).
+
+        Raises:
+            Exception: a bug in the batch runner (ops answer their own errors); the
+                batch in progress and everything queued are answered with
+                ``trio.ClosedResourceError``.
+        """
+        self._token = trio.lowlevel.current_trio_token()
+        threading.Thread(target=self._thread_main, name="wa-relay lmdb commit",
+                         daemon=True).start()
         try:
             task_status.started()
-            self._next_reader_check = trio.current_time() + self._reader_interval
-            while True:
-                first: _Ticket | None = None
-                with trio.move_on_at(self._next_reader_check):
-                    try:
-                        first = await self._recv.receive()
-                    except trio.EndOfChannel:
-                        return
-                check = trio.current_time() >= self._next_reader_check
-                if check:
-                    self._next_reader_check = trio.current_time() + self._reader_interval
-                if first is None:  # idle for a whole interval
-                    await trio.to_thread.run_sync(self.check_readers)
-                    continue
-                batch = [first]
-                nops = len(first.ops)
-                nbytes = first.size
-                while nops < self._max_ops and nbytes < self._max_bytes:
-                    try:
-                        more = self._recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    batch.append(more)
-                    nops += len(more.ops)
-                    nbytes += more.size
-                ops = batch[0].ops if len(batch) == 1 else [
-                    op for ticket in batch for op in ticket.ops]
-                # Not cancellable: the transaction always runs to commit or abort in its thread.
-                started = time.perf_counter()
-                await trio.to_thread.run_sync(self._run_sync, ops, check)
-                self.batches += 1
-                self.ops += len(ops)
-                if self.on_batch is not None:
-                    self.on_batch(len(ops), time.perf_counter() - started)
-                for ticket in batch:
-                    ticket.done.set()
-                batch = []
+            await self.stopped.wait()
         finally:
-            # Cancelled or closed: nobody may wait forever on an op that will never run.
-            stranded = list(batch)
-            while True:
+            if not self.stopped.is_set():  # cancelled: stop the thread, answer the rest
+                self._abandon = True
+                self.close()
+                with trio.CancelScope(shield=True):
+                    await self.stopped.wait()
+        if isinstance(self._ended, outcome.Error):
+            self._ended.unwrap()
+
+    def _thread_main(self) -> None:
+        """The commit thread: take a batch, run it, hand it back; until ``_STOP``."""
+        assert self._token is not None
+        token = self._token
+        next_check = time.monotonic() + self._reader_interval
+        stop = False
+        ended: outcome.Outcome[None] = outcome.Value(None)
+        batch: list[_Ticket] = []
+        while not stop:
+            try:
+                first = self._queue.get(timeout=max(0.0, next_check - time.monotonic()))
+            except queue.Empty:  # idle for a whole interval
+                next_check = time.monotonic() + self._reader_interval
+                self.check_readers()
+                continue
+            if first is _STOP:
+                break
+            check = time.monotonic() >= next_check
+            if check:
+                next_check = time.monotonic() + self._reader_interval
+            batch = [first]
+            nops = len(first.ops)
+            nbytes = first.size
+            while nops < self._max_ops and nbytes < self._max_bytes:
                 try:
-                    stranded.append(self._recv.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
+                    more = self._queue.get_nowait()
+                except queue.Empty:
                     break
-            self._recv.close()  # later submits fail with ClosedResourceError
-            for ticket in stranded:
-                if not ticket.done.is_set():  # its ops never ran
-                    for op in ticket.ops:
-                        op.error = trio.ClosedResourceError("storage writer stopped")
-                    ticket.done.set()
-            self.stopped.set()
+                if more is _STOP:
+                    stop = True
+                    break
+                batch.append(more)
+                nops += len(more.ops)
+                nbytes += more.size
+            if self._abandon:
+                _strand(batch)
+                token.run_sync_soon(self._handed_back, batch, None)
+                continue
+            ops = batch[0].ops if len(batch) == 1 else [
+                op for ticket in batch for op in ticket.ops]
+            started = time.perf_counter()
+            ended = outcome.capture(self._run_sync, ops, check)
+            if isinstance(ended, outcome.Error):  # a bug: stop, answer this batch unrun
+                _strand(batch)
+                token.run_sync_soon(self._handed_back, batch, None)
+                break
+            token.run_sync_soon(self._handed_back, batch, time.perf_counter() - started)
+        # Closed (or a bug above): answer whatever is left, unrun.
+        left: list[_Ticket] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                left.append(item)
+        _strand(left)
+        token.run_sync_soon(self._thread_ended, left, ended)
+
+    def _handed_back(self, batch: list[_Ticket], elapsed: float | None) -> None:
+        """On the event loop: a batch's answers are set (``elapsed``: seconds its
+        commit took; ``None``: it was not run); wake its callers."""
+        self._queued -= len(batch)
+        self._room.set()
+        self._room = trio.Event()
+        if elapsed is not None:
+            self.batches += 1
+            nops = sum(len(t.ops) for t in batch)
+            self.ops += nops
+            if self.on_batch is not None:
+                self.on_batch(nops, elapsed)
+        for ticket in batch:
+            ticket.done.set()
+
+    def _thread_ended(self, left: list[_Ticket], ended: outcome.Outcome[None]) -> None:
+        """On the event loop: the commit thread has ended (``ended``: how)."""
+        self._closed = True
+        self._ended = ended
+        self._handed_back(left, None)
+        self.stopped.set()
+
+
+def _strand(tickets: list[_Ticket]) -> None:
+    """Answer every op of ``tickets`` as never run."""
+    for ticket in tickets:
+        for op in ticket.ops:
+            op.error = trio.ClosedResourceError("storage writer stopped")

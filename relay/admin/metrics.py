@@ -22,6 +22,7 @@ Metric names and meanings: docs/operations.md, "Metrics".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,20 @@ def relay_version() -> str:
         return "unknown"
 
 
+class _BeforeCollect:
+    """A collector of no metric that calls ``fn()`` whenever the registry is collected."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+
+    def collect(self) -> list:
+        self._fn()
+        return []
+
+    def describe(self) -> list:
+        return []
+
+
 class NodeMetrics:
     """The metrics of one node and their registry.
 
@@ -60,6 +75,12 @@ class NodeMetrics:
 
     def __init__(self, node_id: str, ring_version: str) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # Frames and bytes in and out are counted in plain ints on the message path
+        # (a prometheus_client inc takes a lock: ~1.4 us, several per message) and
+        # added to their counters when the registry is collected: registered first,
+        # so every scrape sees them.
+        self._io = [0, 0, 0, 0]  # frames in, bytes in, frames out, bytes out
+        r.register(_BeforeCollect(self._flush_io))
         info = Gauge("wa_relay_info", "Constant 1, labelled with the node's version, id and ring.",
                      ["version", "node", "ring"], registry=r)
         info.labels(relay_version(), node_id, ring_version[:12]).set(1)
@@ -144,13 +165,23 @@ class NodeMetrics:
 
     def read(self, message: bytes | str) -> None:
         """One WebSocket message was read from a connection."""
-        self.frames_in.inc()
-        self.bytes_in.inc(len(message))
+        io = self._io
+        io[0] += 1
+        io[1] += len(message)
 
     def written(self, batch: list[bytes]) -> None:
         """``batch`` of WebSocket messages was written to a connection."""
-        self.frames_out.inc(len(batch))
-        self.bytes_out.inc(sum(len(m) for m in batch))
+        io = self._io
+        io[2] += len(batch)
+        io[3] += sum(map(len, batch))
+
+    def _flush_io(self) -> None:
+        """Add the frames and bytes counted since the last collection to their counters."""
+        io, self._io = self._io, [0, 0, 0, 0]
+        for counter, n in zip((self.frames_in, self.bytes_in, self.frames_out, self.bytes_out),
+                              io, strict=True):
+            if n:
+                counter.inc(n)
 
     def refusal(self, code: str) -> None:
         """Count one request answered with error ``code`` (e.g. ``"queue_full"``)."""

@@ -7,7 +7,9 @@ belongs to its :class:`Dispatcher` (the node's, :mod:`relay.serving.server`). Ta
 of one link, all in one nursery:
 
 * the **reader** always drains the WebSocket: it decodes and admits each message at
-  once (``ServerConnection.receive_data``), hands an ``ack`` to
+  once (``ServerConnection.receive_data``; while nothing is buffered, right in
+  trio-websocket's reader task through :attr:`~relay.net.wsio.GatedWebSocket.message_hook`,
+  without waking a task of ours), hands an ``ack`` to
   :meth:`Dispatcher.on_ack` on the spot and queues every other request (or its
   refusal, in reading order); it reads ahead at most ``window`` unanswered requests
   (announced in ``challenge``) and :attr:`AcceptSettings.read_ahead_bytes`, then
@@ -156,10 +158,12 @@ class AcceptedLink:
         self._more = trio.Event()  # the reader queued something (or ended)
         self._room = trio.Event()  # the handler took the queue
         self._reading = True
+        self._bug: Exception | None = None  # raised in trio-websocket's task by _direct
         self._busy = False
         self._tasks = 0
         self._slots = trio.Semaphore(settings.concurrency)
         self._progress = trio.Event()
+        self._settling = 0  # close gates waiting on _progress
         self._out = FrameWriter(ws, remote, on_progress=self._signal, on_remote_close=self.end,
                                 on_written=metrics.written)
         self._cancel = trio.CancelScope()
@@ -168,6 +172,7 @@ class AcceptedLink:
         self._ended: str | None = None  # why the link ends (the first reason wins)
         if isinstance(ws, GatedWebSocket):
             ws.close_gate = self._settle
+            ws.message_hook = self._direct
         ticket.on_evict = self._evicted
 
     def attach(self, dispatcher: Dispatcher) -> None:
@@ -223,11 +228,15 @@ class AcceptedLink:
         await self._out.send(write_frame(frame))
 
     async def send_data(self, data: bytes, on_written: Callable[[], None] | None = None) -> None:
-        """Queue an encoded frame; ``on_written()`` once it was written to the socket."""
-        await self._out.send(data, on_written)
+        """Queue an encoded frame; ``on_written()`` once it was written to the socket.
+        Only for tasks of this link (the frame may be written from the calling task:
+        :meth:`relay.net.writer.FrameWriter.send` with ``direct``)."""
+        await self._out.send(data, on_written, direct=True)
 
     async def send_many(self, frames: list[Frame]) -> None:
-        """Queue frames so that the writer takes them together (one socket write)."""
+        """Queue frames so that the writer takes them together (one socket write), or
+        write them from the calling task when nothing is queued; only for tasks of
+        this link (:meth:`relay.net.writer.FrameWriter.send_many`)."""
         await self._out.send_many([write_frame(f) for f in frames])
 
     def close_nowait(self, code: int, reason: str) -> bool:
@@ -279,8 +288,9 @@ class AcceptedLink:
                        trio.current_time() - self._started, self._ended or "closed")
 
     def _signal(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._settling:  # only the close gate waits on progress: no event churn otherwise
+            self._progress.set()
+            self._progress = trio.Event()
 
     async def _handshake_deadline(self) -> None:
         if not await self._deadline.wait():
@@ -360,6 +370,21 @@ class AcceptedLink:
             self._more.set()
             self._signal()
 
+    def _direct(self, message: bytes | str) -> bool:
+        """trio-websocket's reader hands over a message while none is buffered: take it
+        now if the read-ahead bounds allow (``False``: it is buffered for the reader)."""
+        if (self.nursery is None or not self._reading or self._bug is not None
+                or len(self._requests) >= self.conn.window
+                or self._queued_bytes >= self._settings.read_ahead_bytes):
+            return False
+        self._last_rx = trio.current_time()
+        try:
+            self._take(message)
+        except Exception as exc:  # noqa: BLE001 - a bug: re-raised by the handler, at the boundary
+            self._bug = exc
+            self._more.set()
+        return True
+
     def _take(self, message: bytes | str) -> None:
         """Decode and admit one message; hand an ack over now, queue anything else."""
         self._metrics.read(message)
@@ -385,6 +410,8 @@ class AcceptedLink:
         """Serve queued requests until the reader ended and everything read is answered."""
         async with trio.open_nursery() as tasks:
             while True:
+                if self._bug is not None:
+                    raise self._bug
                 if not self._requests:
                     if not self._reading:
                         return  # the task nursery waits for requests still running
@@ -442,6 +469,10 @@ class AcceptedLink:
         while buffered() or self._requests or self._busy or self._tasks or self._out.unwritten:
             if self._out.done.is_set():
                 return
-            await self._progress.wait()
+            self._settling += 1
+            try:
+                await self._progress.wait()
+            finally:
+                self._settling -= 1
         assert self._dispatcher is not None
         await self._dispatcher.settled()

@@ -2,7 +2,12 @@
 task that writes them, several per socket write.
 
 Everything a connection sends (answers, pushes, its close) goes through
-:class:`FrameWriter`. Once the connection has ended, whatever is still queued
+:class:`FrameWriter`. The hot paths (:meth:`FrameWriter.send_many`, the node's
+answers to a run of requests, and :meth:`FrameWriter.send` with ``direct=True``,
+its ``deliver`` frames) write from the caller's task when nothing is queued or being
+written (on a plain TCP stream with room in the send buffer, without a single
+yield: :meth:`relay.net.wsio.GatedWebSocket.send_messages`), so an answer costs no
+wake-up of the writer task; otherwise they queue as before and order is kept. Once the connection has ended, whatever is still queued
 or sent is dropped with a debug line: an ended connection never raises into the
 code that answers or pushes (a device or peer that closed while a push, an
 answer or a close was on its way is no error).
@@ -85,6 +90,36 @@ class FrameWriter:
         self._drained = trio.Event()  # set (and replaced) after each write
         self.done = trio.Event()
         self.writing_since: float | None = None
+        self._direct = isinstance(ws, GatedWebSocket)
+        self._closing = False  # a close was queued: nothing is written past it
+
+    def _idle(self) -> bool:
+        """Whether a frame may be written from the caller's task now: nothing queued,
+        nothing being written, no close queued."""
+        return (self._direct and not self.unwritten and self.writing_since is None
+                and not self._closing and not self.done.is_set())
+
+    async def _write_now(self, datas: list[bytes],
+                         on_written: Callable[[], None] | None = None) -> None:
+        """Write ``datas`` from the caller's task (see the module docstring)."""
+        n = sum(map(len, datas))
+        self._count(n, len(datas))
+        self.writing_since = trio.current_time()
+        try:
+            await self._write(datas)
+        except ConnectionClosed as exc:
+            reason = exc.reason.code if exc.reason is not None else "?"
+            self._on_remote_close(f"closed by the remote ({reason})")
+            self._send.close()  # the writer task ends; later frames are dropped
+            return
+        finally:
+            self.writing_since = None
+            self._count(-n, -len(datas))
+            self._drained.set()
+            self._drained = trio.Event()
+            self._on_progress()
+        if on_written is not None:
+            on_written()
 
     def _fits(self, n: int) -> bool:
         return not self.unwritten_bytes or self.unwritten_bytes + n <= self._max_bytes
@@ -105,10 +140,16 @@ class FrameWriter:
         self._count(len(data))
         return True
 
-    async def send(self, data: bytes, on_written: Callable[[], None] | None = None) -> None:
+    async def send(self, data: bytes, on_written: Callable[[], None] | None = None, *,
+                   direct: bool = False) -> None:
         """Queue a frame (waits while the queue is full, in frames or bytes:
         backpressure); ``on_written()`` is called once it has been written to the
-        socket (never if it is dropped)."""
+        socket (never if it is dropped). ``direct``: write it from this task when the
+        queue is idle (only for tasks of the connection itself: a task cancelled
+        in the middle of a write would cut the stream)."""
+        if direct and self._idle():
+            await self._write_now([data], on_written)
+            return
         while not self._fits(len(data)) and not self.done.is_set():
             await self._drained.wait()
         self._count(len(data))
@@ -121,7 +162,12 @@ class FrameWriter:
 
     async def send_many(self, frames: list[bytes]) -> None:
         """Queue frames without yielding in between while there is room, so the
-        writer takes them all at its next wakeup (one socket write)."""
+        writer takes them all at its next wakeup (one socket write); when the queue
+        is idle, write them from this task instead (only for tasks of the connection
+        itself, as :meth:`send` with ``direct``)."""
+        if frames and self._idle() and len(frames) <= WRITE_BATCH:
+            await self._write_now(frames)
+            return
         for data in frames:
             if not self._fits(len(data)):
                 await self.send(data)
@@ -142,11 +188,13 @@ class FrameWriter:
             self._send.send_nowait(_Close(code, reason))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self._closing = True
         return True
 
     async def close(self, code: int, reason: str) -> None:
         """Queue the close after what is queued and wait (at most ``CLOSE_TIMEOUT``
         seconds) until the writer has written everything and closed."""
+        self._closing = True
         try:
             await self._send.send(_Close(code, reason))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

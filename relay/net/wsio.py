@@ -8,10 +8,21 @@
   before the Close has been answered and written (at most
   :data:`CLOSE_GATE_TIMEOUT` seconds), then closes as usual.
 * **Reading without a task switch per message.**
-  :meth:`GatedWebSocket.get_message_nowait` takes an already buffered message.
-* **Several frames per write.** :meth:`GatedWebSocket.send_messages` frames a
-  list of binary messages and writes them with one ``send_all`` (also while the
-  close gate holds the Close reply back).
+  :meth:`GatedWebSocket.get_message_nowait` takes an already buffered message, and
+  a :attr:`GatedWebSocket.message_hook` takes each complete message straight from
+  trio-websocket's reader task while nothing is buffered (no memory-channel hop, no
+  wake-up of another task); a message the hook declines (backpressure) and every
+  one after it while any is buffered go through the channel as before, in order.
+* **Parsing the common frame without wsproto's generators.** :class:`FastServerWS`
+  (the server's ``WSConnection``) unmasks complete, unfragmented binary frames at a
+  frame boundary itself and leaves everything else (control frames, text,
+  fragments, partial or malformed frames, 64-bit lengths) to wsproto, which then
+  sees the same bytes it would have at that boundary.
+* **Several frames per write, without a yield when the socket takes them.**
+  :meth:`GatedWebSocket.send_messages` frames a list of binary messages and writes
+  them with one socket write (also while the close gate holds the Close reply
+  back); on a plain TCP stream whose send buffer has room the write is a single
+  non-blocking ``send`` under the stream lock, without a Trio checkpoint.
 
 Both reach into trio-websocket's internals (``_handle_close_connection_event``,
 ``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
@@ -21,14 +32,16 @@ trio-websocket 0.12) and mirror its own ``_send``;
 
 from __future__ import annotations
 
+import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection
+from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
 
 CLOSE_GATE_TIMEOUT = 5.0
 """Seconds a remote Close waits for the answers to the requests read before it."""
@@ -38,11 +51,118 @@ CloseGate = Callable[[Callable[[], int]], Awaitable[None]]
 is how many received messages still wait in trio-websocket's queue."""
 
 
+_FRAMING_STATES = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
+
+
+def unmask(payload: bytes | bytearray | memoryview, key: bytes | bytearray | memoryview) -> bytes:
+    """``payload`` XOR the 4-byte masking ``key`` repeated (RFC 6455 5.3)."""
+    n = len(payload)
+    if not n:
+        return b""
+    mask = (bytes(key) * ((n + 3) // 4))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+
+
+def take_binary_frames(data: bytes | bytearray, out: deque[BytesMessage]) -> int:
+    """Parse complete, final, masked binary frames (a client's, RFC 6455 5.2) from the
+    start of ``data`` into ``out``; stop at the first other frame or at an incomplete
+    one and return how many bytes were taken."""
+    view = memoryview(data)
+    end = len(data)
+    i = 0
+    while i + 6 <= end:
+        b1 = data[i + 1]
+        if data[i] != 0x82 or not b1 & 0x80:  # FIN + binary, masked: else wsproto's
+            break
+        n = b1 & 0x7F
+        head = 2
+        if n == 126:
+            if i + 8 > end:
+                break
+            n = int.from_bytes(view[i + 2:i + 4], "big")
+            if n < 126:  # not the minimal encoding: wsproto refuses it
+                break
+            head = 4
+        elif n == 127:
+            break
+        start = i + head + 4
+        if start + n > end:
+            break
+        out.append(BytesMessage(data=unmask(view[start:start + n], view[i + head:start]),
+                                frame_finished=True, message_finished=True))
+        i = start + n
+    return i
+
+
+class FastServerWS(WSConnection):
+    """The server side of wsproto with the common frame parsed here (see the module
+    docstring): same events, in the same order."""
+
+    def __init__(self) -> None:
+        super().__init__(ConnectionType.SERVER)
+        self._parsed: deque[BytesMessage] = deque()
+
+    def receive_data(self, data: bytes | None) -> None:
+        conn = self.connection
+        if data and conn is not None and conn.state is ConnectionState.OPEN:
+            proto = conn._proto
+            decoder = proto._frame_decoder
+            if (not conn._events and decoder.header is None and not len(decoder.buffer)
+                    and proto._message_decoder.opcode is None and not proto.extensions):
+                taken = take_binary_frames(data, self._parsed)
+                if taken == len(data):
+                    return
+                data = data[taken:]
+        super().receive_data(data)
+
+    def events(self) -> Generator[Event, None, None]:
+        parsed = self._parsed
+        while parsed:
+            yield parsed.popleft()
+        yield from super().events()
+
+
+def frame_binary(messages: list[bytes]) -> bytes:
+    """Unmasked, unfragmented binary WebSocket frames (RFC 6455 5.2, as a server
+    sends them, no extension) of ``messages``, concatenated."""
+    parts: list[bytes] = []
+    for m in messages:
+        n = len(m)
+        if n < 126:
+            parts.append(bytes((0x82, n)))
+        elif n < 65536:
+            parts.append(b"\x82\x7e" + n.to_bytes(2, "big"))
+        else:
+            parts.append(b"\x82\x7f" + n.to_bytes(8, "big"))
+        parts.append(m)
+    return b"".join(parts)
+
+
 class GatedWebSocket(WebSocketConnection):
     """A server-side :class:`~trio_websocket.WebSocketConnection` whose reply to a
-    remote Close waits for :attr:`close_gate` (see the module docstring)."""
+    remote Close waits for :attr:`close_gate` (see the module docstring).
+
+    Attributes:
+        close_gate: see :data:`CloseGate`.
+        message_hook: ``hook(message) -> bool`` called from the reader task with each
+            complete message while none is buffered; ``True``: taken (it must not
+            block), ``False``: buffered for ``get_message`` instead.
+    """
 
     close_gate: CloseGate | None = None
+    message_hook: Callable[[bytes | str], bool] | None = None
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        hook = self.message_hook
+        if (hook is None or not event.message_finished or self._message_parts
+                or len(event.data) > self._max_message_size
+                or self._recv_channel._state.data):  # buffered (statistics() costs more)
+            await super()._handle_message_event(event)
+            return
+        data = event.data
+        message = data if isinstance(data, str | bytes) else bytes(data)
+        if not hook(message):
+            await super()._handle_message_event(event)
 
     def buffered(self) -> int:
         """Received messages not yet taken with ``get_message``."""
@@ -71,20 +191,53 @@ class GatedWebSocket(WebSocketConnection):
         """
         if self._close_reason:
             raise ConnectionClosed(self._close_reason)
-        if self._wsproto.state == ConnectionState.REMOTE_CLOSING and self._wsproto.connection:
-            # Inside the close gate: wsproto refuses messages once it parsed the
-            # remote's Close, but RFC 6455 (5.5.1) lets us finish what we owe before
-            # our Close reply, so frame them with its frame protocol directly.
-            proto = self._wsproto.connection._proto
+        state = self._wsproto.state
+        conn = self._wsproto.connection
+        proto = conn._proto if conn is not None else None
+        if (state in _FRAMING_STATES and proto is not None and not proto.client
+                and not proto.extensions and proto._outbound_opcode is None):
+            # What wsproto would write, framed here (its framing copies each payload):
+            # also inside the close gate, where wsproto refuses messages once it parsed
+            # the remote's Close, but RFC 6455 (5.5.1) lets us finish what we owe
+            # before our Close reply.
+            data = frame_binary(messages)
+        elif state == ConnectionState.REMOTE_CLOSING and proto is not None:
             data = b"".join(proto.send_data(m, True) for m in messages)
         else:
-            data = b"".join(self._wsproto.send(BytesMessage(data=m)) for m in messages)
-        async with self._stream_lock:
+            data = b"".join([self._wsproto.send(BytesMessage(data=m)) for m in messages])
+        sock = self._plain_socket()
+        if sock is not None and not self._stream_lock.locked():
+            self._stream_lock.acquire_nowait()  # held across the awaits below, if any
             try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._abort_web_socket()
-                raise ConnectionClosed(self._close_reason) from None
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = -1
+                if sent == len(data):
+                    return
+                if sent >= 0:
+                    await self._send_rest(memoryview(data)[sent:])
+                    return
+            finally:
+                self._stream_lock.release()
+        async with self._stream_lock:
+            await self._send_rest(data)
+
+    async def _send_rest(self, data: bytes | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._abort_web_socket()
+            raise ConnectionClosed(self._close_reason) from None
+
+    def _plain_socket(self) -> socket.socket | None:
+        """The non-blocking OS socket under a plain TCP stream (``None`` under TLS)."""
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return None
+        return stream.socket._sock  # type: ignore[attr-defined]
 
 
 async def _cancel_when_closed(connection: GatedWebSocket, scope: trio.CancelScope) -> None:
@@ -97,7 +250,7 @@ class _GatedServer(WebSocketServer):
         # trio-websocket 0.12's WebSocketServer._handle_connection, building a GatedWebSocket.
         async with trio.open_nursery() as nursery:
             connection = GatedWebSocket(
-                stream, WSConnection(ConnectionType.SERVER),
+                stream, FastServerWS(),
                 message_queue_size=self._message_queue_size,
                 max_message_size=self._max_message_size,
                 receive_buffer_size=self._receive_buffer_size)
@@ -142,4 +295,5 @@ async def serve_gated_websocket(
     await server.run(task_status=task_status)
 
 
-__all__ = ["CLOSE_GATE_TIMEOUT", "CloseGate", "GatedWebSocket", "serve_gated_websocket"]
+__all__ = ["CLOSE_GATE_TIMEOUT", "CloseGate", "FastServerWS", "GatedWebSocket", "frame_binary",
+           "serve_gated_websocket", "take_binary_frames", "unmask"]

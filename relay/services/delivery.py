@@ -224,8 +224,8 @@ class Pusher:
                 await self._drop_head(blocked)
                 cursor = blocked.seq
                 continue
-            if items:
-                continue
+            if len(items) >= room:  # perhaps more: read on (fewer: the queue is drained
+                continue            # up to the read; a later enqueue has set ``wake``)
             if not synced:
                 await self._send(write_frame(Synced(id=0)))
                 synced = True

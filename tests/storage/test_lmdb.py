@@ -172,6 +172,41 @@ async def test_aclose_flushes_and_then_refuses(tmp_path: Path) -> None:
             assert await st.queue_length(ALICE, 0) == 50
 
 
+async def test_cancelled_writer_answers_every_queued_op(tmp_path: Path) -> None:
+    """The commit thread's owner is cancelled with 300 enqueues queued or committing:
+    each caller gets an answer (stored, or ClosedResourceError for what never ran),
+    none hangs, and exactly the ones answered as stored are there after reopening."""
+    answers: list[bool] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            holder: dict[str, LmdbStorage] = {}
+
+            async def own(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    async with LmdbStorage.open(tmp_path / "db") as st:
+                        holder["st"] = st
+                        task_status.started(scope)
+                        await trio.sleep_forever()
+
+            scope = await outer.start(own)
+
+            async def one(i: int) -> None:
+                try:
+                    await holder["st"].enqueue([(ALICE, 0, b"%d" % i)], now=T0)
+                except trio.ClosedResourceError:
+                    answers.append(False)
+                else:
+                    answers.append(True)
+
+            for i in range(300):
+                outer.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+        assert len(answers) == 300
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            assert await st.queue_length(ALICE, 0) == sum(answers)
+
+
 async def test_body_exception_is_not_wrapped_in_a_group(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         async with LmdbStorage.open(tmp_path / "db"):
