@@ -79,6 +79,7 @@ async def _bob_devices(ctx: BenchContext, cluster, stack: ExitStack, ac: AsyncEx
         with trio.fail_after(LINK_TIMEOUT):
             await linking.link_device(clients[0], home, f"dev{j}", history=False)
         state = stack.enter_context(open_state(home))
+        state.prefs.receipts = state.prefs.hold_requests = False  # as bench.cluster.new_account
         clients.append(await ac.enter_async_context(open_client(state)))
     return primary.user_id, clients
 

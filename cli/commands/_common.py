@@ -189,7 +189,8 @@ def state_of(app: AppContext, *, readonly: bool = False):
     readers' shared lock and runs beside it (the state as last saved; never saved).
     While a daemon serves the home (:mod:`cli.daemon`), the changing commands go
     through it (:mod:`cli.commands._route`); one that needs the device to itself
-    (``daemon``, ``link``) fails at once, naming the daemon's process id.
+    (a second ``daemon``; for now ``send --file`` and ``history --download``) fails at
+    once, naming the daemon's process id.
 
     Raises:
         CliError: the home holds no account (nothing is created then); another
