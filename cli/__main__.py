@@ -20,7 +20,7 @@ def run() -> None:
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
         try:
-            from cli.commands import main
+            from cli.commands.root import main
         finally:
             if signal.SIGTERM in signal.sigpending():
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # dropped when unblocked

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.client import init_account
-from cli.commands import main
+from cli.commands.root import main
 from cli.session.state import create_state
 
 BOB = "b" * 52  # syntactically valid user_id (base32 'b' = 1)

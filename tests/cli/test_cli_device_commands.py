@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.client import init_account
-from cli.commands import main
+from cli.commands.root import main
 from cli.features.linkcode import LinkCode
 from cli.session import crypto
 from cli.session.state import create_state, new_home, open_state

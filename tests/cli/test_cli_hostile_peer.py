@@ -17,7 +17,7 @@ from cli_cluster import run_cluster
 from click.testing import CliRunner
 
 from cli.client import init_account, open_client
-from cli.commands import main
+from cli.commands.root import main
 from cli.features import media
 from cli.features.group_messaging import create_group, send_group_text
 from cli.output import UNSAFE
@@ -164,7 +164,7 @@ def test_names_with_control_characters_are_refused(tmp_path, args):
 
 
 def test_log_lines_escape_control_characters():
-    from cli.commands import _EscapingFormatter
+    from cli.commands.root import _EscapingFormatter
 
     record = logging.LogRecord("cli.features.media", logging.WARNING, __file__, 1,
                                "file %s: %s", (HOSTILE_FILE, "bad"), None)

@@ -40,7 +40,13 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
                 target = node.module or ""
             subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
             found.update(subs or [target])
-    return {m for m in found if m in mods and m != name}
+    # importing a.b.c runs the package a.b's __init__ first: an edge too (except to the
+    # importer's own packages, which are being initialised already)
+    own = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
+    for m in list(found):
+        parts = m.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return {m for m in found if m in mods and m != name and m not in own}
 
 
 def _graph() -> dict[str, set[str]]:
