@@ -371,3 +371,37 @@ async def test_the_messaging_basics_over_json_rpc(tmp_path):
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+async def test_tcp_on_loopback_serves_the_same_methods(tmp_path):
+    """``daemon --tcp 0``: the first line names a 127.0.0.1 port; a plain TCP client
+    calls the same methods as over the Unix socket, and nothing listens elsewhere."""
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                alice, bob = await two_accounts(tmp_path, cluster.urls["n1"])
+                daemon = await Running.start(tmp_path / "a", "--json", "daemon", "--tcp", "0")
+                where = await daemon.json()
+                host, _, port = where["tcp"].rpartition(":")
+                assert host == "127.0.0.1" and int(port) > 0
+                assert set(where) == {"socket", "tcp"}
+                rpc = RpcSocket(await trio.open_tcp_stream("127.0.0.1", int(port)))
+                who = await rpc.call(1, "id")
+                assert who["result"]["user_id"] == alice["user_id"]
+                rid = 10
+                while not who["result"]["connected"]:  # the first line comes before the connection
+                    await trio.sleep(0.05)
+                    rid += 1
+                    who = await rpc.call(rid, "id")
+                sent = await rpc.call(2, "send", {"to": "bob", "text": "over tcp"})
+                assert sent["result"]["status"] == "stored"
+                texts, _ = texts_and_receipts(
+                    lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.2")))
+                assert [(t["text"], t["id"]) for t in texts] == [("over tcp", sent["result"]["id"])]
+                await rpc.stream.aclose()
+                code, _ = await daemon.stop()
+                assert code == 0
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
