@@ -406,17 +406,3 @@ async def link_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
     r.on_heal.append(ghosts)
 
-
-@kind("daemon_kill", requires=("daemon",))
-async def daemon_kill(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """SIGKILL of ``wa-cli daemon`` while sends go through it (hook: needs the daemon)."""
-    device = _pick_primary(r)
-    to = r.rng.choice([a for a in sorted(r.roster) if a != device.account])
-    kill = Interrupt(signal.SIGKILL, r.rng.uniform(0.5, 2.0))
-    r.notes["device"] = device.label
-    task_status.started()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: device.run("daemon", hang_after=10.0, interrupt=kill))
-        for _ in range(3):
-            await r.send(device, to=to)
-            await r.pause(0.2, 0.8)
