@@ -91,6 +91,7 @@ class Device:
     device_id: int = 0
     home_url: str = ""
     trace: Callable[[str], None] | None = None  # gets one line per finished command
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of its commands
 
     async def run(self, *args: str, hang_after: float = CLI_TIMEOUT,
                   interrupt: Interrupt | None = None,
@@ -104,7 +105,7 @@ class Device:
         """
         started = trio.current_time()
         result = await run_cli(self.home, args, hang_after=hang_after, interrupt=interrupt,
-                               on_line=on_line)
+                               on_line=on_line, env=self.env)
         result.seconds = trio.current_time() - started
         if self.trace is not None:
             state = "hung" if result.hung else f"exit {result.code}"
@@ -117,7 +118,8 @@ class Device:
 
 async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_TIMEOUT,
                   interrupt: Interrupt | None = None,
-                  on_line: Callable[[dict], None] | None = None) -> CliResult:
+                  on_line: Callable[[dict], None] | None = None,
+                  env: dict[str, str] | None = None) -> CliResult:
     """Run ``wa-cli --home HOME --json ARGS`` and collect what it printed.
 
     Args:
@@ -126,6 +128,7 @@ async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_
         hang_after: seconds before it is SIGKILLed and counted as hung.
         interrupt: see :class:`Interrupt`.
         on_line: called with every JSON object as soon as it is printed.
+        env: variables added to its environment (e.g. ``WA_KEEPALIVE``).
 
     Returns:
         The :class:`CliResult` (never raises for the command's own failure).
@@ -134,7 +137,7 @@ async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_
     argv = [*tool("wa-cli"), "--home", str(home), "--json", *args]
     proc = await trio.lowlevel.open_process(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=child_env())
+        env={**child_env(), **(env or {})})
     stderr = bytearray()
 
     async def read_stdout() -> None:

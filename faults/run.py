@@ -45,6 +45,7 @@ class Config:
     deadline: float = 45.0
     cli_timeout: float = 30.0
     dead_ttl: float = 60.0
+    keepalive: float | None = 4.0  # nodes' and wa-cli's keepalive interval and timeout, s
     workdir: Path | None = None
     quiet: bool = False
 
@@ -142,9 +143,11 @@ async def run_suite(cfg: Config) -> Report:
     root = Path(tempfile.mkdtemp(prefix="wa-faults-")) if own_dir else cfg.workdir
     root.mkdir(parents=True, exist_ok=True)
     network = Network(dead_ttl=cfg.dead_ttl)
-    nodes = NodeSet(root, cfg.nodes, network)
+    nodes = NodeSet(root, cfg.nodes, network, keepalive=cfg.keepalive)
+    cli_env = ({} if cfg.keepalive is None else
+               {"WA_KEEPALIVE": f"{cfg.keepalive:g}", "WA_KEEPALIVE_TIMEOUT": f"{cfg.keepalive:g}"})
     world = World(root, nodes, network, Ledger(), cli_timeout=cfg.cli_timeout,
-                  deadline=cfg.deadline)
+                  deadline=cfg.deadline, cli_env=cli_env)
     nodes.trace = network.trace = world.trace
     missing_kinds = await unavailable(cfg.kinds)
     kinds = [k for k in cfg.kinds if k not in missing_kinds]

@@ -33,6 +33,7 @@ class World:
         accounts: account name -> labels of its active devices, primary first.
         groups: group name -> member account names.
         counters: run-wide events (hung commands, ghost devices, ...).
+        cli_env: environment added to every ``wa-cli`` command (keepalive settings).
     """
 
     root: Path
@@ -41,6 +42,7 @@ class World:
     ledger: Ledger
     cli_timeout: float = CLI_TIMEOUT
     deadline: float = 45.0  # seconds after a heal for a message to be shown
+    cli_env: dict[str, str] = field(default_factory=dict)  # every device's extra environment
     devices: dict[str, Device] = field(default_factory=dict)
     accounts: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
@@ -56,6 +58,7 @@ class World:
     def add_device(self, device: Device) -> Device:
         """Register ``device`` under its label (its commands are traced)."""
         device.trace = self.trace
+        device.env = self.cli_env
         self.devices[device.label] = device
         return device
 
