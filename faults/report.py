@@ -146,7 +146,7 @@ def build_report(world: World, cfg: Config, plan: list[str], records: list[dict]
         "aborted": aborted, "workdir": str(workdir),
         "config": {"nodes": cfg.nodes, "sends": cfg.sends, "linked": cfg.linked,
                    "deadline": cfg.deadline, "cli_timeout": cfg.cli_timeout,
-                   "dead_ttl": cfg.dead_ttl, "keepalive": cfg.keepalive,
+                   "dead_ttl": cfg.dead_ttl, "keepalive": cfg.keepalive, "launch": cfg.launch,
                    "kinds": list(cfg.kinds)},
         "kinds": {row["kind"]: row for row in rows[:-1]},
         "total": total,

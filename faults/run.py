@@ -21,6 +21,7 @@ import trio
 
 from .clients import run_cli
 from .kinds import KINDS
+from .launch import Zygote
 from .ledger import Ledger
 from .nodes import NodeError, NodeSet
 from .proxy import Network, open_listener, serve_proxy
@@ -30,6 +31,7 @@ from .workload import drain, heal, run_workload
 from .world import Round, World
 
 DEFAULT_KINDS = tuple(KINDS)
+EXEC_SPAWN_S = 0.45  # seconds of imports before an exec'd wa-cli works (2 idle cores)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Config:
     cli_timeout: float = 30.0
     dead_ttl: float = 60.0
     keepalive: float | None = 4.0  # nodes' and wa-cli's keepalive interval and timeout, s
+    launch: str = "fork"  # "fork": wa-cli commands forked by faults.zygote; "exec": the script
     workdir: Path | None = None
     quiet: bool = False
 
@@ -160,6 +163,11 @@ async def run_suite(cfg: Config) -> Report:
     try:
         async with trio.open_nursery() as nursery:
             await nodes.init()
+            if cfg.launch == "fork":
+                world.launcher = Zygote()
+                await world.launcher.start()
+            else:
+                world.spawn_s = EXEC_SPAWN_S
             listeners = {node_id: await open_listener() for node_id in nodes.nodes}
             nodes.point_at_proxies({n: lis.socket.getsockname()[1] for n, lis in listeners.items()})
             try:
@@ -182,6 +190,8 @@ async def run_suite(cfg: Config) -> Report:
             finally:
                 with trio.CancelScope(shield=True):
                     await nodes.close()
+                    if world.launcher is not None:
+                        await world.launcher.close()
                 nursery.cancel_scope.cancel()
         finished = True
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from .clients import CLI_TIMEOUT, CliResult, Device, Interrupt
+from .launch import Zygote
 from .ledger import DURING, Ledger, message_text
 from .nodes import NodeSet
 from .proxy import Network
@@ -43,6 +44,8 @@ class World:
     cli_timeout: float = CLI_TIMEOUT
     deadline: float = 45.0  # seconds after a heal for a message to be shown
     cli_env: dict[str, str] = field(default_factory=dict)  # every device's extra environment
+    launcher: Zygote | None = None  # the wa-cli fork server, if commands are forked
+    spawn_s: float = 0.0  # seconds a command spends starting before it works (exec: imports)
     devices: dict[str, Device] = field(default_factory=dict)
     accounts: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class World:
         """Register ``device`` under its label (its commands are traced)."""
         device.trace = self.trace
         device.env = self.cli_env
+        device.launcher = self.launcher
         self.devices[device.label] = device
         return device
 
