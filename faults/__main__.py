@@ -46,13 +46,17 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--launch", type=click.Choice(["fork", "exec"]), default="fork",
               show_default=True, help="fork: wa-cli commands are forked from a process "
               "that imported wa-cli once (faults/zygote.py); exec: each is a fresh wa-cli.")
+@click.option("--max-seconds", type=click.FloatRange(min=0),
+              help="Start no new round after this many seconds; the report covers the "
+                   "rounds run (e.g. '120 of 1000 rounds').")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep nodes' data, logs and device homes here (default: a temporary "
                    "directory, removed if the run passed).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 @click.option("--list-kinds", is_flag=True, help="List the fault kinds and exit.")
 def main(seed: int, rounds: int, kinds: tuple[str, ...], json_path: Path | None, nodes: int,
-         sends: int, deadline: float, keepalive: float, launch: str, workdir: Path | None,
+         sends: int, deadline: float, keepalive: float, launch: str,
+         max_seconds: float | None, workdir: Path | None,
          quiet: bool,
          list_kinds: bool) -> None:
     """Drive real wa-relay nodes and wa-cli devices through seeded faults and check
@@ -63,7 +67,7 @@ def main(seed: int, rounds: int, kinds: tuple[str, ...], json_path: Path | None,
             click.echo(f"{kind.name:14} {kind.doc}{known}")
         return
     cfg = Config(seed=seed, rounds=rounds, kinds=kinds, nodes=nodes, sends=sends,
-                 deadline=deadline, keepalive=keepalive or None, launch=launch, workdir=workdir, quiet=quiet)
+                 deadline=deadline, keepalive=keepalive or None, launch=launch, max_seconds=max_seconds, workdir=workdir, quiet=quiet)
     report = trio.run(run_suite, cfg)
     click.echo(report.table)
     if json_path is not None:

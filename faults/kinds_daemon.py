@@ -6,8 +6,8 @@ life the suite connects twice to ``HOME/daemon.sock``: one connection
 subscribes (``receive``) and every ``receive`` notification it reads counts as
 shown on that device (a notification handed over = shown, as the daemon
 promises); the other sends one to three suite messages with JSON-RPC ``send``
-(a result with status ``stored`` or ``queued`` = acknowledged, as for ``wa-cli
-send``). Meanwhile another account's primary sends to the device's account.
+(a result with status ``stored``, ``queued`` or ``pending`` = acknowledged, as
+for ``wa-cli send``). Meanwhile another account's primary sends to the device's account.
 Each life ends with SIGKILL or SIGINT, either while the device receives
 (between sends) or while the life's last ``send`` is in flight (0-300 ms after
 its request was written). After the second life the daemon stays down: the

@@ -49,6 +49,7 @@ class Config:
     dead_ttl: float = 60.0
     keepalive: float | None = 4.0  # nodes' and wa-cli's keepalive interval and timeout, s
     launch: str = "fork"  # "fork": wa-cli commands forked by faults.zygote; "exec": the script
+    max_seconds: float | None = None  # start no round after this many seconds of the run
     workdir: Path | None = None
     quiet: bool = False
 
@@ -183,6 +184,11 @@ async def run_suite(cfg: Config) -> Report:
                           f"{', '.join(d.label for d in world.active())} on "
                           f"{', '.join(f'{a}@{world.home_node(a)}' for a in world.accounts)}")
                 for index, kind in enumerate(plan, 1):
+                    if cfg.max_seconds is not None and \
+                            time.monotonic() - started > cfg.max_seconds:
+                        _say(cfg, f"stopping after {index - 1} rounds: --max-seconds "
+                                  f"{cfg.max_seconds:g} passed")
+                        break
                     records.append(await run_round(world, cfg, index, kind))
                 in_history = await diagnose(world)
             except NodeError as exc:
