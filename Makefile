@@ -25,12 +25,12 @@ test: lint
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench
 
-# The fault suite (docs/reliability.md): make faults [ROUNDS=1000] [SEED=7] [KINDS=a,b]
+# The fault suite (docs/reliability.md): make faults [ROUNDS=1000] [SEED=7] [KINDS=a,b] [MAX_SECONDS=3600]
 ROUNDS ?= 15
 SEED ?= 1
 FAULTS_JSON ?= faults-report.json
 faults: $(VENV)/.installed
-	$(BIN)/python -m faults --seed $(SEED) --rounds $(ROUNDS) --json $(FAULTS_JSON) $(if $(KINDS),--kinds $(KINDS))
+	$(BIN)/python -m faults --seed $(SEED) --rounds $(ROUNDS) --json $(FAULTS_JSON) $(if $(KINDS),--kinds $(KINDS)) $(if $(MAX_SECONDS),--max-seconds $(MAX_SECONDS))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

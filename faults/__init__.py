@@ -8,5 +8,8 @@ Modules, bottom up: :mod:`.owners` (which process opened a connection),
 processes behind the proxies), :mod:`.clients` (``wa-cli`` processes),
 :mod:`.ledger` (the checker), :mod:`.world` (accounts, devices, one round's
 operations), :mod:`.setup`, :mod:`.workload` (traffic, heal, drain),
-:mod:`.kinds` (the fault kinds), :mod:`.report`, :mod:`.run`.
+:mod:`.kinds` (the fault kinds), :mod:`.rpc` and :mod:`.kinds_daemon` (the
+daemon's kind, registered here), :mod:`.report`, :mod:`.run`.
 """
+
+from . import kinds_daemon  # noqa: F401  (registers daemon_kill in kinds.KINDS)

@@ -40,13 +40,25 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
               help="Messages each primary sends per round.")
 @click.option("--deadline", type=click.FloatRange(min=1), default=45.0, show_default=True,
               help="Seconds after the heal for every acknowledged message to be shown.")
+@click.option("--keepalive", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="Keepalive interval and timeout (seconds) of the nodes and of wa-cli "
+                   "(WA_KEEPALIVE, WA_KEEPALIVE_TIMEOUT); 0: their defaults (20 and 10).")
+@click.option("--launch", type=click.Choice(["fork", "exec"]), default="fork",
+              show_default=True, help="fork: wa-cli commands are forked from a process "
+              "that imported wa-cli once (faults/zygote.py); exec: each is a fresh wa-cli.")
+@click.option("--max-seconds", type=click.FloatRange(min=0),
+              help="Start no new round after this many seconds; the report covers the "
+                   "rounds run (e.g. '120 of 1000 rounds').")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep nodes' data, logs and device homes here (default: a temporary "
                    "directory, removed if the run passed).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 @click.option("--list-kinds", is_flag=True, help="List the fault kinds and exit.")
 def main(seed: int, rounds: int, kinds: tuple[str, ...], json_path: Path | None, nodes: int,
-         sends: int, deadline: float, workdir: Path | None, quiet: bool, list_kinds: bool) -> None:
+         sends: int, deadline: float, keepalive: float, launch: str,
+         max_seconds: float | None, workdir: Path | None,
+         quiet: bool,
+         list_kinds: bool) -> None:
     """Drive real wa-relay nodes and wa-cli devices through seeded faults and check
     that every acknowledged message is shown once, in order, on every device."""
     if list_kinds:
@@ -55,7 +67,7 @@ def main(seed: int, rounds: int, kinds: tuple[str, ...], json_path: Path | None,
             click.echo(f"{kind.name:14} {kind.doc}{known}")
         return
     cfg = Config(seed=seed, rounds=rounds, kinds=kinds, nodes=nodes, sends=sends,
-                 deadline=deadline, workdir=workdir, quiet=quiet)
+                 deadline=deadline, keepalive=keepalive or None, launch=launch, max_seconds=max_seconds, workdir=workdir, quiet=quiet)
     report = trio.run(run_suite, cfg)
     click.echo(report.table)
     if json_path is not None:

@@ -19,6 +19,8 @@ import trio
 
 from relay.testing import child_env, tool
 
+from .launch import Zygote
+
 CLI_TIMEOUT = 30.0  # seconds before a command counts as hung and is killed
 
 
@@ -91,6 +93,8 @@ class Device:
     device_id: int = 0
     home_url: str = ""
     trace: Callable[[str], None] | None = None  # gets one line per finished command
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of its commands
+    launcher: Zygote | None = None  # fork commands through it (else exec ``wa-cli``)
 
     async def run(self, *args: str, hang_after: float = CLI_TIMEOUT,
                   interrupt: Interrupt | None = None,
@@ -104,7 +108,7 @@ class Device:
         """
         started = trio.current_time()
         result = await run_cli(self.home, args, hang_after=hang_after, interrupt=interrupt,
-                               on_line=on_line)
+                               on_line=on_line, env=self.env, launcher=self.launcher)
         result.seconds = trio.current_time() - started
         if self.trace is not None:
             state = "hung" if result.hung else f"exit {result.code}"
@@ -117,7 +121,9 @@ class Device:
 
 async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_TIMEOUT,
                   interrupt: Interrupt | None = None,
-                  on_line: Callable[[dict], None] | None = None) -> CliResult:
+                  on_line: Callable[[dict], None] | None = None,
+                  env: dict[str, str] | None = None,
+                  launcher: Zygote | None = None) -> CliResult:
     """Run ``wa-cli --home HOME --json ARGS`` and collect what it printed.
 
     Args:
@@ -126,15 +132,22 @@ async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_
         hang_after: seconds before it is SIGKILLed and counted as hung.
         interrupt: see :class:`Interrupt`.
         on_line: called with every JSON object as soon as it is printed.
+        env: variables added to its environment (e.g. ``WA_KEEPALIVE``).
+        launcher: fork it through this fork server (:mod:`faults.zygote`) instead of
+            starting the ``wa-cli`` script.
 
     Returns:
         The :class:`CliResult` (never raises for the command's own failure).
     """
     result = CliResult(tuple(args))
-    argv = [*tool("wa-cli"), "--home", str(home), "--json", *args]
-    proc = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=child_env())
+    argv = ["--home", str(home), "--json", *args]
+    full_env = {**child_env(), **(env or {})}
+    if launcher is not None:
+        proc = await launcher.spawn(argv, full_env)
+    else:
+        proc = await trio.lowlevel.open_process(
+            [*tool("wa-cli"), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=full_env)
     stderr = bytearray()
 
     async def read_stdout() -> None:

@@ -56,6 +56,13 @@ def kind(name: str, *, known: str | None = None, requires: tuple[str, ...] = ())
 # -- helpers
 
 
+def _after(r: Round, low: float, high: float) -> float:
+    """Seconds after a command's start to interrupt it: a random moment of its work,
+    ``[low, high]`` s in, plus what starting the process costs (``world.spawn_s``:
+    about 0 for forked commands, the imports for exec'd ones)."""
+    return r.world.spawn_s + r.rng.uniform(low, high)
+
+
 def _node_ids(r: Round) -> list[str]:
     return sorted(r.world.nodes.nodes)
 
@@ -80,7 +87,7 @@ async def _cut_for_a_while(r: Round, pairs: set[tuple[str, str]], mode: str) -> 
 async def _strike(r: Round, variant: str, node_id: str) -> None:
     """A short fault at a random moment: cut the clients of ``node_id`` (``reset``)
     or SIGKILL it (``node_kill``), then heal."""
-    await r.pause(0.0, 1.5)
+    await trio.sleep(_after(r, 0.0, 0.6))
     if variant == "client_reset":
         r.world.network.cut({(CLIENT, node_id)}, RESET)
         await r.pause(0.5, 2.0)
@@ -282,14 +289,14 @@ async def _recv_interrupted(r: Round, interrupt: Interrupt, follow: bool, task_s
 @kind("recv_kill")
 async def recv_kill(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGKILL of ``wa-cli recv`` (or ``recv --follow``) while messages arrive."""
-    sig = Interrupt(signal.SIGKILL, r.rng.uniform(0.5, 3.0))
+    sig = Interrupt(signal.SIGKILL, _after(r, 0.0, 1.2))
     await _recv_interrupted(r, sig, r.rng.random() < 0.5, task_status)
 
 
 @kind("recv_int")
 async def recv_int(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGINT (Ctrl-C) of ``wa-cli recv`` (or ``recv --follow``) while messages arrive."""
-    sig = Interrupt(signal.SIGINT, r.rng.uniform(0.5, 3.0))
+    sig = Interrupt(signal.SIGINT, _after(r, 0.0, 1.2))
     await _recv_interrupted(r, sig, r.rng.random() < 0.5, task_status)
 
 
@@ -304,7 +311,7 @@ async def recv_pipe(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
 async def send_kill(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGKILL or SIGINT of ``wa-cli send`` at a random moment, three times."""
     sender = _pick_primary(r)
-    plan = [(r.rng.choice([signal.SIGKILL, signal.SIGINT]), r.rng.uniform(0.05, 1.0),
+    plan = [(r.rng.choice([signal.SIGKILL, signal.SIGINT]), _after(r, 0.0, 0.3),
              r.rng.choice([a for a in sorted(r.roster) if a != sender.account]))
             for _ in range(3)]
     r.notes["sender"] = sender.label
@@ -330,7 +337,7 @@ async def group_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     name = f"g{r.index}"
     variant = _variant(r)
     victim = r.rng.randrange(4)  # sigkill: which command (0 = create)
-    after = r.rng.uniform(0.05, 0.8)
+    after = _after(r, 0.0, 0.25)
     r.world.groups[name] = [creator.account, *members]
     r.notes.update(creator=creator.label, group=name, members=members)
     task_status.started()
@@ -353,7 +360,7 @@ async def media_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
     to = r.rng.choice([a for a in sorted(r.roster) if a != sender.account])
     variant = _variant(r)
     files = [await _random_file(r, f"r{r.index}-{i}.bin", 32, 400) for i in range(2)]
-    kill = Interrupt(signal.SIGKILL, r.rng.uniform(0.1, 1.0))
+    kill = Interrupt(signal.SIGKILL, _after(r, 0.0, 0.5))
     r.notes.update(sender=sender.label, to=to)
     task_status.started()
     async with trio.open_nursery() as nursery:
@@ -406,17 +413,3 @@ async def link_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
     r.on_heal.append(ghosts)
 
-
-@kind("daemon_kill", requires=("daemon",))
-async def daemon_kill(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """SIGKILL of ``wa-cli daemon`` while sends go through it (hook: needs the daemon)."""
-    device = _pick_primary(r)
-    to = r.rng.choice([a for a in sorted(r.roster) if a != device.account])
-    kill = Interrupt(signal.SIGKILL, r.rng.uniform(0.5, 2.0))
-    r.notes["device"] = device.label
-    task_status.started()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: device.run("daemon", hang_after=10.0, interrupt=kill))
-        for _ in range(3):
-            await r.send(device, to=to)
-            await r.pause(0.2, 0.8)

@@ -4,8 +4,10 @@ Every message the suite sends carries ``fz <sender label> <seq>`` as its text
 (or file caption): ``seq`` grows by one per send of that sending device, so
 the order per (sending device, receiving device) can be checked.
 
-A message is **acknowledged** when ``wa-cli send --json`` printed its result
-with status ``stored`` or ``queued``. Its **receivers** are the devices that
+A message is **acknowledged** when ``wa-cli send --json`` (or the daemon's
+JSON-RPC ``send``) answered with status ``stored`` or ``queued`` (a node holds
+it), or ``pending`` (the device kept it in its sealed state, to be sent once by
+its next connection: docs/cli.md, "local outbox"). Its **receivers** are the devices that
 must show it: every active device of the recipient (or of every group member)
 and the sender's own other devices, as they were when its round began.
 
@@ -39,7 +41,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 TEXT = re.compile(r"^fz (\S+) (\d+)(?: .*)?$", re.DOTALL)
-ACKED = ("stored", "queued")
+ACKED = ("stored", "queued", "pending")
 DURING, AFTER = "during", "after"  # shown before or after the round's faults healed
 
 
@@ -59,12 +61,12 @@ class Sent:
     kind: str
     receivers: frozenset[str]
     msg_id: str | None = None
-    status: str | None = None  # "stored", "queued", or None (failed, killed, hung)
+    status: str | None = None  # "stored", "queued", "pending", or None (failed, killed, hung)
     refusal: str | None = None  # the relay's refusal, if the send printed one
 
     @property
     def acked(self) -> bool:
-        """Whether ``wa-cli send`` reported it ``stored`` or ``queued``."""
+        """Whether ``wa-cli send`` reported it ``stored``, ``queued`` or ``pending``."""
         return self.status in ACKED
 
 
@@ -229,7 +231,7 @@ class Ledger:
         return late
 
     def send_outcomes(self, kind: str | None = None) -> Counter[str]:
-        """How the sends of ``kind`` (all if ``None``) ended: ``stored``, ``queued``,
+        """How the sends of ``kind`` (all if ``None``) ended: ``stored``, ``queued``, ``pending``,
         ``failed``."""
         out: Counter[str] = Counter()
         for sent in self.sends.values():

@@ -80,9 +80,13 @@ class NodeSet:
         root: a directory this set owns.
         count: number of nodes (ids ``n1 .. nN``).
         network: the proxies' rules; its ``owners`` map is kept up to date here.
+        keepalive: if given, every node's ``keepalive_interval`` and ``keepalive_timeout``
+            (seconds; docs/operations.md) instead of the defaults (20 and 10).
     """
 
-    def __init__(self, root: Path, count: int, network: Network) -> None:
+    def __init__(self, root: Path, count: int, network: Network,
+                 keepalive: float | None = None) -> None:
+        self.keepalive = keepalive
         self.root = root
         self.data = root / "data"
         self.logs = root / "logs"
@@ -105,6 +109,9 @@ class NodeSet:
         for k in range(1, self.count + 1):
             config = self.data / f"n{k}" / "node.toml"
             fields = tomllib.loads(config.read_text())
+            if self.keepalive is not None:
+                fields.update(keepalive_interval=self.keepalive, keepalive_timeout=self.keepalive)
+                write_text_atomic(config, format_node(fields))
             self.nodes[f"n{k}"] = Node(f"n{k}", config, fields["port"], storage=fields["storage"])
 
     def point_at_proxies(self, proxy_ports: dict[str, int]) -> None:

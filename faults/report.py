@@ -63,8 +63,9 @@ def _row(world: World, kind: str | None, rounds: list[dict]) -> dict:
     row = _sum(ledger.stats(kind))
     outcomes = ledger.send_outcomes(kind)
     row.update(kind=kind or "total", rounds=len(rounds), sends=sum(outcomes.values()),
-               acked=outcomes["stored"] + outcomes["queued"], stored=outcomes["stored"],
-               queued=outcomes["queued"], failed_sends=outcomes["failed"])
+               acked=outcomes["stored"] + outcomes["queued"] + outcomes["pending"],
+               stored=outcomes["stored"], queued=outcomes["queued"], pending=outcomes["pending"],
+               failed_sends=outcomes["failed"])
     for key, event in EVENTS.items():
         row[key] = sum(r["notes"].get("events", {}).get(event, 0) for r in rounds)
     for key in ("expected", *VIOLATIONS, "never", "after_heal", "late", "unacked_shown",
@@ -123,7 +124,7 @@ def build_report(world: World, cfg: Config, plan: list[str], records: list[dict]
         f"wa-relay fault run: seed {cfg.seed}, {len(records)} of {cfg.rounds} rounds, "
         f"{cfg.nodes} nodes, {seconds:.0f} s",
         _table(rows),
-        f"acknowledged = send printed stored/queued; deliveries = acknowledged x receiving "
+        f"acknowledged = send printed stored/queued/pending; deliveries = acknowledged x receiving "
         f"devices; lost ones found in the device's history (received, never shown): "
         f"{lost_in_history}",
         "hung = a command still running after its time limit; stuck = recv --follow did "
@@ -146,7 +147,8 @@ def build_report(world: World, cfg: Config, plan: list[str], records: list[dict]
         "aborted": aborted, "workdir": str(workdir),
         "config": {"nodes": cfg.nodes, "sends": cfg.sends, "linked": cfg.linked,
                    "deadline": cfg.deadline, "cli_timeout": cfg.cli_timeout,
-                   "dead_ttl": cfg.dead_ttl, "kinds": list(cfg.kinds)},
+                   "dead_ttl": cfg.dead_ttl, "keepalive": cfg.keepalive, "launch": cfg.launch,
+                   "kinds": list(cfg.kinds)},
         "kinds": {row["kind"]: row for row in rows[:-1]},
         "total": total,
         "devices": {label: asdict(st) for label, st in world.ledger.stats().items()},

@@ -21,6 +21,7 @@ import trio
 
 from .clients import run_cli
 from .kinds import KINDS
+from .launch import Zygote
 from .ledger import Ledger
 from .nodes import NodeError, NodeSet
 from .proxy import Network, open_listener, serve_proxy
@@ -30,6 +31,7 @@ from .workload import drain, heal, run_workload
 from .world import Round, World
 
 DEFAULT_KINDS = tuple(KINDS)
+EXEC_SPAWN_S = 0.45  # seconds of imports before an exec'd wa-cli works (2 idle cores)
 
 
 @dataclass
@@ -45,6 +47,9 @@ class Config:
     deadline: float = 45.0
     cli_timeout: float = 30.0
     dead_ttl: float = 60.0
+    keepalive: float | None = 4.0  # nodes' and wa-cli's keepalive interval and timeout, s
+    launch: str = "fork"  # "fork": wa-cli commands forked by faults.zygote; "exec": the script
+    max_seconds: float | None = None  # start no round after this many seconds of the run
     workdir: Path | None = None
     quiet: bool = False
 
@@ -142,9 +147,11 @@ async def run_suite(cfg: Config) -> Report:
     root = Path(tempfile.mkdtemp(prefix="wa-faults-")) if own_dir else cfg.workdir
     root.mkdir(parents=True, exist_ok=True)
     network = Network(dead_ttl=cfg.dead_ttl)
-    nodes = NodeSet(root, cfg.nodes, network)
+    nodes = NodeSet(root, cfg.nodes, network, keepalive=cfg.keepalive)
+    cli_env = ({} if cfg.keepalive is None else
+               {"WA_KEEPALIVE": f"{cfg.keepalive:g}", "WA_KEEPALIVE_TIMEOUT": f"{cfg.keepalive:g}"})
     world = World(root, nodes, network, Ledger(), cli_timeout=cfg.cli_timeout,
-                  deadline=cfg.deadline)
+                  deadline=cfg.deadline, cli_env=cli_env)
     nodes.trace = network.trace = world.trace
     missing_kinds = await unavailable(cfg.kinds)
     kinds = [k for k in cfg.kinds if k not in missing_kinds]
@@ -157,6 +164,11 @@ async def run_suite(cfg: Config) -> Report:
     try:
         async with trio.open_nursery() as nursery:
             await nodes.init()
+            if cfg.launch == "fork":
+                world.launcher = Zygote()
+                await world.launcher.start()
+            else:
+                world.spawn_s = EXEC_SPAWN_S
             listeners = {node_id: await open_listener() for node_id in nodes.nodes}
             nodes.point_at_proxies({n: lis.socket.getsockname()[1] for n, lis in listeners.items()})
             try:
@@ -172,6 +184,11 @@ async def run_suite(cfg: Config) -> Report:
                           f"{', '.join(d.label for d in world.active())} on "
                           f"{', '.join(f'{a}@{world.home_node(a)}' for a in world.accounts)}")
                 for index, kind in enumerate(plan, 1):
+                    if cfg.max_seconds is not None and \
+                            time.monotonic() - started > cfg.max_seconds:
+                        _say(cfg, f"stopping after {index - 1} rounds: --max-seconds "
+                                  f"{cfg.max_seconds:g} passed")
+                        break
                     records.append(await run_round(world, cfg, index, kind))
                 in_history = await diagnose(world)
             except NodeError as exc:
@@ -179,6 +196,8 @@ async def run_suite(cfg: Config) -> Report:
             finally:
                 with trio.CancelScope(shield=True):
                     await nodes.close()
+                    if world.launcher is not None:
+                        await world.launcher.close()
                 nursery.cancel_scope.cancel()
         finished = True
     finally:

@@ -47,7 +47,8 @@ async def make_account(world: World, name: str, rng: random.Random) -> Device:
     for attempt in range(INIT_ATTEMPTS):
         home = world.root / "devices" / f"{name}-init{attempt}"
         home.mkdir(parents=True)
-        dev = Device(f"{name[0]}0", name, home, trace=world.trace)
+        dev = Device(f"{name[0]}0", name, home, trace=world.trace, env=world.cli_env,
+                     launcher=world.launcher)
         via = rng.choice(sorted(world.nodes.nodes.values(), key=lambda n: n.node_id))
         out = _must(await dev.run("init", "--trust-on-first-use", "--name", name, "--relay", via.url), f"init {name}")
         dev.user_id, dev.device_id, dev.home_url = out["user_id"], out["device_id"], out["home"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from .clients import CLI_TIMEOUT, CliResult, Device, Interrupt
+from .launch import Zygote
 from .ledger import DURING, Ledger, message_text
 from .nodes import NodeSet
 from .proxy import Network
@@ -33,6 +34,7 @@ class World:
         accounts: account name -> labels of its active devices, primary first.
         groups: group name -> member account names.
         counters: run-wide events (hung commands, ghost devices, ...).
+        cli_env: environment added to every ``wa-cli`` command (keepalive settings).
     """
 
     root: Path
@@ -41,6 +43,9 @@ class World:
     ledger: Ledger
     cli_timeout: float = CLI_TIMEOUT
     deadline: float = 45.0  # seconds after a heal for a message to be shown
+    cli_env: dict[str, str] = field(default_factory=dict)  # every device's extra environment
+    launcher: Zygote | None = None  # the wa-cli fork server, if commands are forked
+    spawn_s: float = 0.0  # seconds a command spends starting before it works (exec: imports)
     devices: dict[str, Device] = field(default_factory=dict)
     accounts: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
@@ -56,6 +61,8 @@ class World:
     def add_device(self, device: Device) -> Device:
         """Register ``device`` under its label (its commands are traced)."""
         device.trace = self.trace
+        device.env = self.cli_env
+        device.launcher = self.launcher
         self.devices[device.label] = device
         return device
 

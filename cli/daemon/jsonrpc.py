@@ -7,7 +7,9 @@ A :class:`Peer` serves one connection: it reads requests one line at a time (at 
 runs each with the method table, writes the response, and lets the methods write
 notifications (:meth:`Peer.notify`) to it at any time; writes never interleave.
 Requests of one connection run one after the other, in order; batches (arrays) are
-answered with an array; notifications from the client (no ``id``) get no answer.
+answered with an array; notifications from the client (no ``id``) get no answer. A
+request that was read runs to its answer even when the daemon is stopped meanwhile
+(at most :data:`FINISH_LIMIT` seconds), so that no ``send`` vanishes unanswered.
 
 Errors: the spec's codes (:data:`PARSE_ERROR` ... :data:`INTERNAL_ERROR`) and the
 daemon's own, in the range the spec leaves to servers (see docs/jsonrpc.md):
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20  # bytes of one request line
 WRITE_TIMEOUT = 10.0  # seconds a peer may leave a line unread before it is dropped
+FINISH_LIMIT = 60.0  # seconds a request already read may still run once the daemon stops
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -134,8 +137,14 @@ class Peer:
                     continue
                 line, buf = bytes(buf[:nl]), buf[nl + 1:]
                 if line.strip():
-                    reply = await self._handle_line(line)
-                    if reply is not None and not await self._write(reply):
+                    # A request that was read is finished and answered even if the daemon
+                    # is stopped meanwhile (Ctrl-C): a send on its way reports how it went
+                    # (stored, or SEND_UNKNOWN with its id) instead of vanishing unanswered.
+                    with trio.CancelScope(shield=True) as finishing:
+                        finishing.deadline = trio.current_time() + FINISH_LIMIT
+                        reply = await self._handle_line(line)
+                        written = reply is None or await self._write(reply)
+                    if not written:
                         return
                     after, self._after = self._after, []
                     for fn in after:

@@ -405,3 +405,52 @@ async def test_tcp_on_loopback_serves_the_same_methods(tmp_path):
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+async def test_ctrl_c_answers_the_send_in_flight_before_the_daemon_exits(tmp_path):
+    """A JSON-RPC ``send`` already read when SIGINT comes is finished and answered
+    (``stored``; ``pending``: kept and sent by the next daemon; or -32002 with the
+    message id to retry), never dropped without an answer; an answered message reaches
+    the recipient once (fault suite,
+    ``daemon_kill``: SIGINT during a send left the client without any answer)."""
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                alice, bob = await two_accounts(tmp_path, cluster.urls["n1"])
+                daemon, where = await start_daemon(tmp_path / "a")
+                rpc = RpcSocket(await trio.open_unix_socket(where["socket"]))
+                for rid in range(100, 10**6):  # poll until connected (else: pending)
+                    if (await rpc.call(rid, "id"))["result"]["connected"]:
+                        break
+                    await trio.sleep(0.02)
+                request = {"jsonrpc": "2.0", "id": 2, "method": "send",
+                           "params": {"to": bob["user_id"], "text": "in flight"}}
+                await rpc.stream.send_all(json.dumps(request).encode() + b"\n")
+                daemon.proc.send_signal(signal.SIGINT)  # while the send runs
+                answer = await rpc.line()  # the connection must not close unanswered
+                assert answer["id"] == 2, answer
+                await rpc.stream.aclose()
+                code, _ = await daemon.finish()
+                assert code == 0
+                if "result" in answer and answer["result"]["status"] == "pending":
+                    # kept in the device's outbox: the next daemon sends it, once
+                    daemon, where = await start_daemon(tmp_path / "a")
+                    rpc = RpcSocket(await trio.open_unix_socket(where["socket"]))
+                    for rid in range(3, 10**6):  # poll until the outbox is empty
+                        if not (await rpc.call(rid, "outbox"))["result"]:
+                            break
+                        await trio.sleep(0.05)
+                    await rpc.stream.aclose()
+                    code, _ = await daemon.stop()
+                    assert code == 0
+                got = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.3"))
+                if "result" in answer:
+                    assert answer["result"]["status"] in ("stored", "pending"), answer
+                    assert [g["id"] for g in got] == [answer["result"]["id"]]
+                else:
+                    assert answer["error"]["code"] == -32002, answer
+                    assert [g["id"] for g in got] in ([], [answer["error"]["data"]["id"]])
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
