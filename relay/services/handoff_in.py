@@ -63,7 +63,11 @@ class HandoffIn:
     def _check_sender(self, user_id: str, peer_id: str) -> None:
         homes = self._homes
         old = homes.old_home(user_id)
-        if old is None or old.id != peer_id or homes.ring.home(user_id).id != homes.node_id:
+        if (old is None or old.id != peer_id or homes.ring.home(user_id).id != homes.node_id
+                or (peer_id in homes.complete and user_id not in homes.done)):
+            # it said it hands nothing more over, so the user is served here since
+            # (created during the reshape, perhaps): a late batch would wipe (reset)
+            # or plant state; a retry for a user handed over stays a no-op
             raise RelayError(ErrorCode.BAD_REQUEST,
                              "the user is not handed from that node to this one")
 
@@ -72,7 +76,8 @@ class HandoffIn:
 
         Raises:
             RelayError: ``bad_request`` (not a handoff from that node to this one,
-                malformed records); StorageError: nothing stored.
+                or that node already said ``handoff_complete``; malformed records);
+                StorageError: nothing stored.
         """
         self._node.directory.check_user_id(frame.user_id)
         self._check_sender(frame.user_id, peer_id)
