@@ -11,13 +11,13 @@ import trio
 from relay_harness import Cluster, UserDevice, peer_session, publish
 
 from relay.config.ring import Ring
+from relay.protocol._handoff_frames import encode_records
 from relay.protocol.frames import (
     Error,
     HandoffComplete,
     HandoffMedia,
     HandoffPut,
     Ok,
-    encode_records,
 )
 from relay.testing import node_configs, reshape_configs
 
