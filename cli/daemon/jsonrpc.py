@@ -145,9 +145,11 @@ class Peer:
 
     async def _handle_line(self, line: bytes) -> Any:
         try:
-            msg = json.loads(line)
+            msg = json.loads(line, parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError):
             return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON"))
+        except RecursionError:  # arrays/objects nested thousands deep
+            return _error(None, RpcError(PARSE_ERROR, "parse error: nested too deeply"))
         if isinstance(msg, list):
             if not msg:
                 return _error(None, RpcError(INVALID_REQUEST, "empty batch"))
@@ -172,6 +174,11 @@ class Peer:
         except RpcError as exc:
             return _error(rid, exc) if is_call else None
         return {"jsonrpc": "2.0", "id": rid, "result": result} if is_call else None
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (RFC 8259 6); Python's parser takes them."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _error(rid: Any, exc: RpcError) -> dict:
