@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import trio
 from cli_cluster import run_cluster
 from cli_procs import Running, lines, wa
@@ -45,6 +47,57 @@ async def test_two_downloads_of_one_file_at_once_both_get_the_file(tmp_path):
                 assert [p.name for p in (tmp_path / "a" / "downloads").iterdir()] == ["photo.bin"]
                 for rpc in rpcs:
                     await rpc.stream.aclose()
+                code, err = await daemon.stop()
+                assert code == 0 and "Traceback" not in err
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
+
+
+def _browser_post(port: int, body: bytes) -> bytes:
+    """What a web page's ``fetch("http://127.0.0.1:PORT/", {method: "POST", mode:
+    "no-cors", body})`` makes a browser write: a "simple" request (text/plain), sent
+    without any preflight or permission."""
+    return (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: Mozilla/5.0\r\n"
+            f"Origin: https://evil.example\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def test_a_web_page_cannot_drive_the_tcp_listener_through_the_browser(tmp_path):
+    """Cross-protocol request: any web page the user visits can have the browser POST
+    to ``127.0.0.1:PORT``. The daemon answered each header line with a parse error and
+    ran the JSON-RPC line of the body: the page could send messages as the device (or
+    send out any readable file with ``sendFile``). A connection that starts like an
+    HTTP request is closed at once, without running anything."""
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                alice, bob = await contacts(tmp_path, cluster.urls["n1"])
+                daemon = await Running.start(tmp_path / "b", "--json", "daemon", "--tcp", "0")
+                port = int((await daemon.json())["tcp"].rsplit(":", 1)[1])
+                rpc = Rpc(await trio.open_tcp_stream("127.0.0.1", port))
+                while not (await rpc.call(1, "id", {}))["result"]["connected"]:  # noqa: ASYNC110 - another process: poll, bounded
+                    await trio.sleep(0.05)
+                body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "send",
+                                   "params": {"to": "alice", "text": "sent by a web page"}})
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(_browser_post(port, body.encode() + b"\n"))
+                answer, closed = b"", False
+                with trio.move_on_after(5):
+                    while chunk := await stream.receive_some():
+                        answer += chunk
+                    closed = True
+                await stream.aclose()
+                assert b'"result"' not in answer and closed, answer
+                # the same line from a JSON-RPC client over TCP still works
+                ok = await rpc.call(2, "send", {"to": "alice", "text": "from a real client"})
+                assert ok["result"]["status"] == "stored", ok
+                await rpc.stream.aclose()
+                got = [g["text"] for g in lines(await wa(tmp_path / "a", "--json", "recv",
+                                                         "--timeout", "0.5"))
+                       if g.get("type") == "text"]
+                assert got == ["from a real client"]
                 code, err = await daemon.stop()
                 assert code == 0 and "Traceback" not in err
     finally:
