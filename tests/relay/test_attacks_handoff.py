@@ -5,7 +5,9 @@ was the old home of, and nothing more once it said ``handoff_complete``."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import time
 
 import trio
 from relay_harness import Cluster, UserDevice, peer_session, publish
@@ -67,4 +69,35 @@ async def test_an_old_home_that_said_complete_cannot_wipe_or_poison_a_user_serve
                     assert isinstance(answer, Error) and answer.code == "bad_request", answer
                 assert await st.export_user(victim.user_id) == before
                 assert await st.get_device_list(victim.user_id) is not None
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
+    """Queued items and dedupe ids expire by their time: one from the future (a hostile
+    old home, or a node whose clock runs ahead) is taken as now, and a time that is not
+    a number is refused (NaN never compares as old enough)."""
+    old_configs = node_configs(2)
+    configs = reshape_configs(old_configs, 3)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, configs)
+            await cluster.start("n3")
+            user = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+            st = cluster.storages["n3"]
+            async with peer_session(cluster, "n1", "n3") as p:
+                before = time.time()
+                future = await p.request(HandoffPut(
+                    id=3, user_id=user.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([("dedupe", 0, "", 0, 4e9, os.urandom(32)),
+                                            ("item", 0, "", 1, 4e9, b"an envelope")])))
+                assert isinstance(future, Ok), future
+                stamps = [r.ts for r in await st.export_user(user.user_id)
+                          if r.kind in ("dedupe", "item")]
+                assert len(stamps) == 2 and all(before <= t <= time.time() for t in stamps)
+                nan = await p.request(HandoffPut(
+                    id=4, user_id=user.user_id, start=2, reset=False, outbox=[],
+                    records=encode_records([("dedupe", 0, "", 0, math.nan, os.urandom(32))])))
+                assert isinstance(nan, Error) and nan.code == "bad_request", nan
+                assert len([r for r in await st.export_user(user.user_id)
+                            if r.kind == "dedupe"]) == 1
             nursery.cancel_scope.cancel()
