@@ -63,7 +63,8 @@ def _browser_post(port: int, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def test_a_web_page_cannot_drive_the_tcp_listener_through_the_browser(tmp_path):
+async def test_a_web_page_cannot_drive_the_tcp_listener_nor_a_batch_subscribe_200_times(
+        tmp_path):
     """Cross-protocol request: any web page the user visits can have the browser POST
     to ``127.0.0.1:PORT``. The daemon answered each header line with a parse error and
     ran the JSON-RPC line of the body: the page could send messages as the device (or
@@ -93,6 +94,18 @@ async def test_a_web_page_cannot_drive_the_tcp_listener_through_the_browser(tmp_
                 # the same line from a JSON-RPC client over TCP still works
                 ok = await rpc.call(2, "send", {"to": "alice", "text": "from a real client"})
                 assert ok["result"]["status"] == "stored", ok
+                # a batch line of 200 subscriptions: each event would be written 200 times
+                # while every other subscriber waits; past 16 per connection, refused
+                batch = [{"jsonrpc": "2.0", "id": 100 + i, "method": "receive"}
+                         for i in range(200)]
+                await rpc.stream.send_all(json.dumps(batch).encode() + b"\n")
+                while b"\n" not in rpc.buf:
+                    rpc.buf += await rpc.stream.receive_some()
+                line, rpc.buf = rpc.buf.split(b"\n", 1)
+                answers = json.loads(line)
+                assert len([a for a in answers if "result" in a]) == 16
+                assert {a["error"]["data"]["reason"] for a in answers if "error" in a} == {
+                    "too_many_subscriptions"}
                 await rpc.stream.aclose()
                 got = [g["text"] for g in lines(await wa(tmp_path / "a", "--json", "recv",
                                                          "--timeout", "0.5"))
