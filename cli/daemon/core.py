@@ -50,6 +50,8 @@ class Device:
         client: the connected client, ``None`` while there is no connection.
         uploads: upload token -> uploaded attachment waiting for ``sendFile``
             (:mod:`cli.daemon.methods_files`, which bounds it).
+        downloading: blob key -> lock held while that blob is downloaded (its
+            ``.part`` file has one writer; :mod:`cli.daemon.methods_files`).
     """
 
     def __init__(self, state: State, connect: Callable[[State], AbstractAsyncContextManager[Client]],
@@ -65,6 +67,7 @@ class Device:
         self._folded = 0
         self._outbox_changed = trio.Event()
         self.uploads: dict[str, Any] = {}
+        self.downloading: dict[Any, trio.Lock] = {}
 
     # ------------------------------------------------------------ connection
 

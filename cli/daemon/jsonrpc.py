@@ -3,7 +3,9 @@ value per line (newline-delimited, UTF-8), on Trio. No I/O policy beyond framing
 dispatch: what the methods do is :mod:`cli.daemon.methods`.
 
 A :class:`Peer` serves one connection: it reads requests one line at a time (at most
-:data:`MAX_LINE` bytes; a longer line is a parse error and ends the connection),
+:data:`MAX_LINE` bytes; a longer line is a parse error and ends the connection; an
+HTTP request line ends it unanswered: a web page can make a browser send an HTTP
+request with a JSON-RPC line as its body to a loopback port),
 runs each with the method table, writes the response, and lets the methods write
 notifications (:meth:`Peer.notify`) to it at any time; writes never interleave.
 Requests of one connection run one after the other, in order; batches (arrays) are
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +49,9 @@ INTERNAL_ERROR = -32603
 RUNTIME_ERROR = -32000
 USAGE_ERROR = -32001
 SEND_UNKNOWN = -32002
+
+_HTTP_REQUEST = re.compile(rb"[A-Z]{3,10} \S+ HTTP/\d(\.\d)?\r?")
+"""An HTTP request line (RFC 9112 3): what a web browser writes first."""
 
 
 class RpcError(Exception):
@@ -118,7 +124,8 @@ class Peer:
         return False
 
     async def serve(self) -> None:
-        """Answer requests until the peer closes its side (or sends a line that is too long)."""
+        """Answer requests until the peer closes its side (or sends a line that is too
+        long, or an HTTP request line)."""
         buf = bytearray()
         try:
             while True:
@@ -136,6 +143,12 @@ class Peer:
                     buf += chunk
                     continue
                 line, buf = bytes(buf[:nl]), buf[nl + 1:]
+                if _HTTP_REQUEST.fullmatch(line):
+                    # a web page's request through the browser (cross-protocol: its
+                    # body could hold a JSON-RPC line): closed, nothing in it is run
+                    log.warning("%s: an HTTP request (a web page?) closed unanswered",
+                                self.name)
+                    return
                 if line.strip():
                     # A request that was read is finished and answered even if the daemon
                     # is stopped meanwhile (Ctrl-C): a send on its way reports how it went
@@ -154,9 +167,11 @@ class Peer:
 
     async def _handle_line(self, line: bytes) -> Any:
         try:
-            msg = json.loads(line)
+            msg = json.loads(line, parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError):
             return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON"))
+        except RecursionError:  # arrays/objects nested thousands deep
+            return _error(None, RpcError(PARSE_ERROR, "parse error: nested too deeply"))
         if isinstance(msg, list):
             if not msg:
                 return _error(None, RpcError(INVALID_REQUEST, "empty batch"))
@@ -181,6 +196,11 @@ class Peer:
         except RpcError as exc:
             return _error(rid, exc) if is_call else None
         return {"jsonrpc": "2.0", "id": rid, "result": result} if is_call else None
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (RFC 8259 6); Python's parser takes them."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _error(rid: Any, exc: RpcError) -> dict:

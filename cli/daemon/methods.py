@@ -283,12 +283,21 @@ def _event_params(device: Device, sid: int, p: Pending) -> dict:
             "maybe_shown": p.maybe_shown}
 
 
+MAX_SUBSCRIPTIONS = 16
+"""``receive`` subscriptions one connection may hold at once."""
+
+
 @method("receive")
 async def receive(device: Device, peer: Peer, params: dict) -> dict:
     """``{}`` -> ``{"subscription": N}``; then one ``receive`` notification per event
     (``{"subscription", "event": recv --json object | null, "text": human line,
     "note": bool, "maybe_shown": bool}``), first what waits, until the connection
-    closes or ``unsubscribe``."""
+    closes or ``unsubscribe``. At most :data:`MAX_SUBSCRIPTIONS` per connection
+    (``RUNTIME_ERROR`` past them: a batch line of thousands would have every event
+    written thousands of times while the other subscribers wait)."""
+    if len(peer.subscriptions) >= MAX_SUBSCRIPTIONS:
+        raise RpcError(RUNTIME_ERROR, f"at most {MAX_SUBSCRIPTIONS} subscriptions per "
+                       "connection", {"reason": "too_many_subscriptions"})
     sid = 0
 
     async def write(p: Pending) -> bool:

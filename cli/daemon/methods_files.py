@@ -262,11 +262,32 @@ async def download(device: Device, peer: Peer, params: dict) -> dict:
                 await device.state.asave()
                 return info
     name = str(entry["file"].get("name") or "file")
-    rc = _reconnecting(device)
-    async with rc:
-        with errors():
-            info = await _transfer(peer, params, "download", name, lambda progress: rc.run(
-                lambda client: media.fetch_history_file(client, entry, target,
-                                                        progress=progress)))
-            await device.state.asave()
+    async with _one_download(device, entry):
+        rc = _reconnecting(device)
+        async with rc:
+            with errors():
+                info = await _transfer(peer, params, "download", name, lambda progress: rc.run(
+                    lambda client: media.fetch_history_file(client, entry, target,
+                                                            progress=progress)))
+                await device.state.asave()
     return info
+
+
+@asynccontextmanager
+async def _one_download(device: Device, entry: dict) -> AsyncIterator[None]:
+    """Hold the download of the blob of ``entry`` (a file history entry): callers that
+    download the same blob at once (two ``history --download``, or a message and
+    another one forwarding the same file) take turns, so its ``.part`` file has one
+    writer (two appending to it at once made it fail authentication, which marked
+    the message failed for good); the second then finds the file saved."""
+    ref = entry["file"].get("ref")
+    media_id = ref.get("media_id") if isinstance(ref, dict) else None
+    key = media_id if isinstance(media_id, bytes | str) else entry.get("id")
+    locks = device.downloading
+    lock = locks.setdefault(key, trio.Lock())
+    try:
+        async with lock:
+            yield
+    finally:
+        if not lock.locked() and not lock.statistics().tasks_waiting:
+            locks.pop(key, None)

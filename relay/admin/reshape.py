@@ -24,6 +24,7 @@ from relay.config import ConfigError, NodeConfig, load_cluster, load_node_config
 from relay.config.cluster_files import init_cluster, write_text_atomic
 from relay.config.loading import load_cluster_doc, previous_cluster_path
 from relay.config.ring import NodeInfo, Ring
+from relay.protocol import RemoteProtocolError
 from relay.protocol.cluster import PinnedCluster
 
 if TYPE_CHECKING:
@@ -179,6 +180,22 @@ class ReshapeWatch:
 
 
 
+def _not_followed(running: NodeConfig, fresh: NodeConfig) -> str | None:
+    """Why clients pinned to the description ``running`` serves would refuse the one
+    of ``fresh`` (unsigned while the served one is signed, another cluster key, a
+    version not above the served one), ``None`` if they would follow it (as
+    :func:`install_cluster` checks)."""
+    if running.cluster_doc is None:
+        return None
+    if fresh.cluster_doc is None:
+        return "it is not signed and the served description is"
+    try:
+        PinnedCluster.verify(running.cluster_doc).newer(fresh.cluster_doc)
+    except RemoteProtocolError as exc:
+        return exc.message
+    return None
+
+
 def _file_state(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -197,8 +214,10 @@ async def watch_cluster_file(
     (with the previous file, for the handoff).
 
     A file that changed but does not load, lists the same nodes (a new signature,
-    ``--finish``) or other nodes without that ``.prev`` (a hand edit: restart the
-    node to use it) is logged and otherwise ignored: the node keeps serving. Looks
+    ``--finish``), other nodes without that ``.prev`` (a hand edit: restart the
+    node to use it), or, while the served description is signed, is not signed by
+    the same cluster key with a higher version (clients would not follow it) is
+    logged and otherwise ignored: the node keeps serving. Looks
     every ``poll`` seconds (one ``stat`` per file) until cancelled; ``task_status``
     is started once it has taken its first look.
 
@@ -230,6 +249,13 @@ async def watch_cluster_file(
             log.warning("cluster file %s lists other nodes, but not as a reshape of the ring "
                         "served (wa-relay reshape --cluster keeps that as .prev): restart "
                         "the node to use it", cluster_path)
+            continue
+        why = _not_followed(running, fresh)
+        if why is not None:
+            log.error("cluster file %s refused (still serving ring %s): %s; install one "
+                      "signed by the cluster key with a higher version (wa-relay "
+                      "sign-cluster, wa-relay reshape --cluster)", cluster_path, version[:12],
+                      why)
             continue
         log.info("cluster file %s lists new nodes (ring %s -> %s): restarting the node "
                  "to hand users over", cluster_path, version[:12],

@@ -6,6 +6,8 @@ is the old home's side)."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from typing import TYPE_CHECKING
 
 from relay.errors import RelayError
@@ -42,8 +44,17 @@ class HandoffStats:
     users_in: int = 0
 
 
-def _from_record(r: Record) -> UserRecord:
-    return UserRecord(r[0], device_id=r[1], key=r[2], seq=r[3], ts=r[4], value=r[5])
+def _from_record(r: Record, now: float) -> UserRecord:
+    """The record to import; a time after ``now`` (another node's clock, or a hostile
+    old home's way to keep a queued item or a dedupe id forever: they expire by it)
+    is taken as ``now``.
+
+    Raises:
+        ValueError: a time that is not a finite number.
+    """
+    if not math.isfinite(r[4]):
+        raise ValueError("a record's time is not a finite number")
+    return UserRecord(r[0], device_id=r[1], key=r[2], seq=r[3], ts=min(r[4], now), value=r[5])
 
 
 class HandoffIn:
@@ -63,7 +74,11 @@ class HandoffIn:
     def _check_sender(self, user_id: str, peer_id: str) -> None:
         homes = self._homes
         old = homes.old_home(user_id)
-        if old is None or old.id != peer_id or homes.ring.home(user_id).id != homes.node_id:
+        if (old is None or old.id != peer_id or homes.ring.home(user_id).id != homes.node_id
+                or (peer_id in homes.complete and user_id not in homes.done)):
+            # it said it hands nothing more over, so the user is served here since
+            # (created during the reshape, perhaps): a late batch would wipe (reset)
+            # or plant state; a retry for a user handed over stays a no-op
             raise RelayError(ErrorCode.BAD_REQUEST,
                              "the user is not handed from that node to this one")
 
@@ -72,14 +87,16 @@ class HandoffIn:
 
         Raises:
             RelayError: ``bad_request`` (not a handoff from that node to this one,
-                malformed records); StorageError: nothing stored.
+                or that node already said ``handoff_complete``; malformed records);
+                StorageError: nothing stored.
         """
         self._node.directory.check_user_id(frame.user_id)
         self._check_sender(frame.user_id, peer_id)
         if frame.user_id in self._homes.done:
             return
         try:
-            records = [_from_record(r) for r in decode_records(
+            now = time.time()
+            records = [_from_record(r, now) for r in decode_records(
                 frame.records, self._node.limits.max_peer_frame)]
             await self._storage.import_user(frame.user_id, records,
                                             reset=frame.reset and frame.start == 0)

@@ -113,3 +113,21 @@ async def test_a_line_over_the_limit_ends_the_connection():
         await peer.closed.wait()
 
     await served(body)
+
+
+async def test_deeply_nested_json_and_nan_are_parse_errors_and_the_connection_goes_on():
+    """A line of arrays nested 100,000 deep made Python's parser raise RecursionError,
+    which ended the connection with a traceback instead of a parse error; ``NaN`` was
+    taken (and echoed ids came back as invalid JSON)."""
+    async def body(c: Client, peer: Peer) -> None:
+        for data in (b"[" * 100_000 + b"]" * 100_000 + b"\n",
+                     b'{"jsonrpc":"2.0","id":1,"method":"echo","params":' + b'{"a":' * 50_000
+                     + b"1" + b"}" * 50_001 + b"\n",
+                     b'{"jsonrpc":"2.0","id":NaN,"method":"echo"}\n'):
+            await c.send(data)
+            answer = await c.line()
+            assert answer["id"] is None and answer["error"]["code"] == -32700, answer
+        await c.send(b'{"jsonrpc":"2.0","id":3,"method":"echo"}\n')
+        assert (await c.line())["id"] == 3
+
+    await served(body)

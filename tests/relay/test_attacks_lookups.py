@@ -75,3 +75,26 @@ async def test_claim_keys_has_one_claimer_limit(nursery) -> None:
                 answer = await c.request(ask)
                 assert isinstance(answer, Claimed), answer
             _limited(await c.request(ask), "claim_keys")
+
+
+async def test_lookups_of_a_victim_do_not_spend_the_victims_own_budget(nursery) -> None:
+    """The ``get_devices`` buckets are the asker's: a crowd of accounts asking for a
+    victim's list until each is refused leaves the victim's own lookups (of itself,
+    of anyone) untouched."""
+    url = await _node(nursery)
+    with trio.fail_after(30):
+        victim, other = UserDevice(), UserDevice()
+        attackers = [UserDevice() for _ in range(4)]
+        for d in (victim, other, *attackers):
+            await publish(url, d)
+        ask = GetDevices(id=0, user_id=victim.user_id)
+        for i, attacker in enumerate(attackers):
+            async with _session(url, attacker, f"127.0.1.{i + 1}") as s:
+                while isinstance(await s.request(ask), Devices):
+                    pass
+        async with _session(url, victim, "127.0.2.1") as v:
+            for i in range(20):  # the victim's whole burst is still there
+                whom = victim if i % 2 else other
+                answer = await v.request(GetDevices(id=1, user_id=whom.user_id))
+                assert isinstance(answer, Devices), (i, answer)
+            _limited(await v.request(ask), "get_devices")  # and it is its own

@@ -24,6 +24,7 @@ from relay.config.cluster_files import (
 )
 from relay.config.loading import load_cluster_doc
 from relay.config.ring import NodeInfo
+from relay.protocol.cluster import PinnedCluster
 
 
 def test_reshape_installs_keeps_prev_refuses_and_finishes(tmp_path) -> None:
@@ -127,3 +128,54 @@ async def test_a_running_node_takes_only_an_installed_reshape(tmp_path, caplog) 
                 await trio.sleep(0.01)
     assert [n.id for n in got[0].cluster] == ["n1", "n2", "n3"]
     assert got[0].previous_cluster == running.cluster
+
+
+async def test_a_running_node_refuses_a_reshape_file_its_clients_would_not_follow(
+        tmp_path, caplog) -> None:
+    """A file put in place by hand as ``wa-relay reshape`` would (the current file
+    kept as ``.prev``) but unsigned, signed by another cluster key, or not newer than
+    the served description (a restored backup) is logged and ignored: the node serves
+    on (restarting with it would serve a description clients pinned to the cluster key
+    refuse). A properly signed one is then still taken."""
+    files = init_cluster(tmp_path, 2, 7750, admin_base_port=0)
+    running = load_node_config(files[0])
+    cluster_file = tmp_path / "cluster.toml"
+    prev = tmp_path / "cluster.toml.prev"
+    good = cluster_file.read_text()
+    served = load_cluster_doc(cluster_file)
+    assert served is not None
+    version = PinnedCluster.verify(served).version
+    got: list = []
+
+    async def watch(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        got.append(await watch_cluster_file(files[0], running, poll=0.01,
+                                            task_status=task_status))
+
+    async def refused(times: int) -> None:
+        while caplog.text.count("refused") < times and not got:  # noqa: ASYNC110 - polling under fail_after
+            await trio.sleep(0.01)
+
+    n3 = NodeInfo("n3", "wss://127.0.0.1:7752",
+                  bytes(nacl.signing.SigningKey.generate().verify_key))
+    new = tmp_path / "new.toml"
+    cases = [(None, 0), (nacl.signing.SigningKey.generate(), version + 1),
+             (load_key(tmp_path / "cluster.key"), version)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch)
+            for i, (key, v) in enumerate(cases, 1):
+                new.write_text(format_cluster([*running.cluster, n3]))
+                if key is not None:
+                    sign_cluster_file(new, key, version=v)
+                write_text_atomic(prev, good)  # what install_cluster does, by hand
+                write_text_atomic(cluster_file, new.read_text())
+                await refused(i)
+                assert got == []
+                prev.unlink()
+                write_text_atomic(cluster_file, good)
+            new.write_text(format_cluster([*running.cluster, n3]))
+            sign_cluster_file(new, load_key(tmp_path / "cluster.key"), version=version + 1)
+            assert install_cluster(cluster_file, new)
+            while not got:  # noqa: ASYNC110 - polling under fail_after
+                await trio.sleep(0.01)
+    assert [n.id for n in got[0].cluster] == ["n1", "n2", "n3"]

@@ -111,3 +111,60 @@ def test_common_frames_are_taken_without_wsproto() -> None:
     assert take_binary_frames(data[:-1], deque()) == len(data) - 1008  # the last one (8-byte head) is cut
     ping = bytes(proto.ping(b"p"))
     assert take_binary_frames(data[:8] + ping, out) == 6  # the empty message; the ping is not ours
+
+
+def _hostile(rng: random.Random) -> bytes:
+    """Client frames that a hostile client writes, among valid binary ones: RSV bits,
+    reserved opcodes, 64-bit lengths (minimal or not, top bit set), control frames
+    too long or fragmented, continuation without a start, close frames with bad codes
+    or bad UTF-8, zero-length frames, a 16-bit length frame split from its mask."""
+    proto = FrameProtocol(client=True, extensions=[])
+    key = os.urandom(4)
+    out: list[bytes] = []
+    for _ in range(rng.randrange(1, 30)):
+        kind = rng.randrange(12)
+        if kind < 3:
+            out.append(bytes(proto.send_data(os.urandom(rng.choice([0, 1, 126, 4000])), True)))
+        elif kind == 3:
+            out.append(bytes([0x80 | rng.randrange(1, 8) << 4 | 2, 0x83]) + key + b"abc")
+        elif kind == 4:
+            out.append(bytes([0x80 | rng.choice([3, 7, 11, 15]), 0x81]) + key + b"x")
+        elif kind == 5:
+            n = rng.choice([3, 200, 70000, 1 << 63])
+            body = b"y" * min(n, 70000)
+            out.append(bytes([0x82, 0xFF]) + n.to_bytes(8, "big") + key + body)
+        elif kind == 6:
+            out.append(bytes([0x89, 0x80 | 126, 0, 126]) + key + b"p" * 126)
+        elif kind == 7:
+            out.append(bytes([0x09, 0x81]) + key + b"p")  # a fragmented ping
+        elif kind == 8:
+            out.append(bytes([0x80, 0x83]) + key + b"cnt")  # continuation, nothing started
+        elif kind == 9:
+            code = rng.choice([0, 999, 1004, 1005, 1006, 1015, 2999, 5000])
+            out.append(bytes([0x88, 0x82]) + key + bytes(
+                b ^ key[i % 4] for i, b in enumerate(code.to_bytes(2, "big"))))
+        elif kind == 10:
+            body = (1000).to_bytes(2, "big") + b"\xff\xfe"
+            out.append(bytes([0x88, 0x80 | len(body)]) + key + bytes(
+                b ^ key[i % 4] for i, b in enumerate(body)))
+        else:
+            out.append(bytes(proto.send_data(b"frag", False)) + bytes(proto.ping(b"in between"))
+                       + bytes(proto.send_data(b"ment", True)))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_fast_parser_yields_what_wsproto_yields_on_hostile_frames(seed: int) -> None:
+    """Whatever a hostile client writes, in whatever pieces (byte by byte too), the
+    fast parser's events are wsproto's: no frame is taken for another."""
+    rng = random.Random(1000 + seed)
+    data = _hostile(rng)
+    if seed % 8 == 0:
+        cuts = list(range(1, min(len(data), 400)))  # the first bytes one at a time
+    else:
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(0, 20))))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    plain, fast = WSConnection(ConnectionType.SERVER), FastServerWS()
+    _opened(plain)
+    _opened(fast)
+    assert _events(fast, chunks) == _events(plain, chunks)

@@ -1,0 +1,103 @@
+"""Attacks by a hostile peer node (valid node keys, a member of the previous ring) on
+the handoff of a reshape (docs/protocol.md, "Handoff"): it may only hand over users it
+was the old home of, and nothing more once it said ``handoff_complete``."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+
+import trio
+from relay_harness import Cluster, UserDevice, peer_session, publish
+
+from relay.config.ring import Ring
+from relay.protocol._handoff_frames import encode_records
+from relay.protocol.frames import (
+    Error,
+    HandoffComplete,
+    HandoffMedia,
+    HandoffPut,
+    Ok,
+)
+from relay.testing import node_configs, reshape_configs
+
+DEADLINE = 20
+
+
+def _moving(old: Ring, new: Ring, old_home: str, new_home: str) -> UserDevice:
+    """A fresh device whose user moves from ``old_home`` to ``new_home``."""
+    while True:
+        d = UserDevice()
+        if old.home(d.user_id).id == old_home and new.home(d.user_id).id == new_home:
+            return d
+
+
+async def test_an_old_home_that_said_complete_cannot_wipe_or_poison_a_user_served_since() -> None:
+    """After ``handoff_complete`` the new home serves the old home's users itself (a
+    user created during the reshape lives only there). A later ``handoff_put`` from that
+    old home (hostile, or a stale retry) must be refused: with ``reset`` it would wipe
+    the user's state, without it plant records (dedupe ids suppressing the user's
+    future messages, one-time keys, device lists)."""
+    old_configs = node_configs(2)
+    configs = reshape_configs(old_configs, 3)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, configs)
+            await cluster.start("n3")
+            victim = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+            async with peer_session(cluster, "n1", "n3") as p:
+                done = await p.request(HandoffComplete(id=3, ring_version=cluster.ring.version))
+                assert isinstance(done, Ok), done
+                # the victim's account is created at its new home, served there
+                put = await publish(cluster.url("n3"), victim)
+                assert not isinstance(put, Error), put
+                st = cluster.storages["n3"]
+                before = await st.export_user(victim.user_id)
+                assert {r.kind for r in before} >= {"list"}, before
+                wipe = await p.request(HandoffPut(id=4, user_id=victim.user_id, start=0,
+                                                  reset=True, records=encode_records([]),
+                                                  outbox=[]))
+                poison = await p.request(HandoffPut(
+                    id=5, user_id=victim.user_id, start=1, reset=False, outbox=[],
+                    records=encode_records([("dedupe", 0, "", 0, 4e9, os.urandom(32))])))
+                blob = await p.request(HandoffMedia(id=6, user_id=victim.user_id,
+                                                    media_id=hashlib.sha256(b"abc").digest(), size=3,
+                                                    offset=0, chunk=b"abc"))
+                for answer in (wipe, poison, blob):
+                    assert isinstance(answer, Error) and answer.code == "bad_request", answer
+                assert await st.export_user(victim.user_id) == before
+                assert await st.get_device_list(victim.user_id) is not None
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
+    """Queued items and dedupe ids expire by their time: one from the future (a hostile
+    old home, or a node whose clock runs ahead) is taken as now, and a time that is not
+    a number is refused (NaN never compares as old enough)."""
+    old_configs = node_configs(2)
+    configs = reshape_configs(old_configs, 3)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, configs)
+            await cluster.start("n3")
+            user = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+            st = cluster.storages["n3"]
+            async with peer_session(cluster, "n1", "n3") as p:
+                before = time.time()
+                future = await p.request(HandoffPut(
+                    id=3, user_id=user.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([("dedupe", 0, "", 0, 4e9, os.urandom(32)),
+                                            ("item", 0, "", 1, 4e9, b"an envelope")])))
+                assert isinstance(future, Ok), future
+                stamps = [r.ts for r in await st.export_user(user.user_id)
+                          if r.kind in ("dedupe", "item")]
+                assert len(stamps) == 2 and all(before <= t <= time.time() for t in stamps)
+                nan = await p.request(HandoffPut(
+                    id=4, user_id=user.user_id, start=2, reset=False, outbox=[],
+                    records=encode_records([("dedupe", 0, "", 0, math.nan, os.urandom(32))])))
+                assert isinstance(nan, Error) and nan.code == "bad_request", nan
+                assert len([r for r in await st.export_user(user.user_id)
+                            if r.kind == "dedupe"]) == 1
+            nursery.cancel_scope.cancel()
