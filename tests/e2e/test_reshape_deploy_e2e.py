@@ -94,6 +94,7 @@ async def test_one_command_per_host_reshapes_serve_nodes(tmp_path) -> None:
             state = stack.enter_context(create_state(tmp_path / f"u{i}", name=f"u{i}",
                                                      relay_url=ring.node("n1").url))
             init_account(state)
+            state.prefs.receipts = state.prefs.hold_requests = False  # strangers, counted
             home = ring.home(state.user_id).id
             if per_node[home] >= 2:
                 continue
