@@ -71,6 +71,26 @@ class RelayError(ClientError):
         self.retry_after_ms = frame.retry_after_ms
 
 
+class PartialSend(RelayError):
+    """Some recipients' homes stored a message, the others' refused it (an ``error``
+    with ``refused_users``). Exit 1: the send is not complete. ``wa-cli send --retry
+    MSG_ID`` sends it again, under the same id, to the refused users only.
+
+    Attributes:
+        msg_id: the 16-byte message id.
+        refused_users: the user ids whose homes refused.
+    """
+
+    def __init__(self, frame: Error, msg_id: bytes, names: list[str]) -> None:
+        super().__init__(frame)
+        self.msg_id = msg_id
+        self.refused_users = list(frame.refused_users or ())
+        self.args = (
+            f"message {msg_id.hex()} was stored for the other members but refused for "
+            f"{', '.join(names)} ({frame.code}: their home did not store it); once it has "
+            f"room, 'wa-cli send --retry {msg_id.hex()}' sends it to them (shown once)",)
+
+
 def _seconds(ms: int) -> str:
     """``ms`` as a short human duration: ``250 ms``, ``1.5 s``, ``2 min``."""
     if ms < 1000:

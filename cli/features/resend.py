@@ -50,6 +50,9 @@ async def resend(client: Session, msg_id: bytes) -> tuple[str, dict]:
     except payload.PayloadError as exc:
         raise ResendError(f"message {msg_id.hex()} cannot be rebuilt: {exc}") from exc
     wanted = retry.original_devices(entry)
+    refused = entry.get("refused_users")
+    if refused:  # a partial send: the other users' homes stored it already
+        wanted = frozenset((u, d) for u, d in wanted if u in refused)
     if not wanted:
         raise ResendError(f"message {msg_id.hex()} does not record the devices it was sent "
                           "to; it is not resent")
@@ -60,4 +63,7 @@ async def resend(client: Session, msg_id: bytes) -> tuple[str, dict]:
     if status is None:
         raise ResendError(f"none of the devices message {msg_id.hex()} was sent to is "
                           "listed any more")
+    if refused:
+        del entry["refused_users"]
+        state.history_changed(entry)
     return status, entry

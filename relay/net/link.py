@@ -108,6 +108,7 @@ class Link:
         self._reason: str | None = None
         self._aborted = False
         self._close_with: tuple[int, str | None] | None = None  # the first aclose()'s
+        self._closing: trio.Event | None = None  # set once the first aclose() is done
         self._closed = trio.Event()
         self._writer_done = trio.Event()
 
@@ -347,16 +348,27 @@ class Link:
         with ``code`` (RFC 6455 section 7.4; 1001 when a node stops) and ``reason``, for
         at most ``CLOSE_TIMEOUT`` seconds (shielded if ``settings.shield_close``).
         Waiting requests fail with :class:`ConnectionLost`. Idempotent: the first
-        call's code and reason are the ones sent."""
+        call's code and reason are the ones sent, and a later call returns once the
+        first one is done (so :func:`open_link`'s exit never drops the stream while a
+        :meth:`aclose` elsewhere, e.g. a stopping node's, waits for the peer's Close;
+        fault-suite finding 14)."""
         if self._close_with is None:
             self._close_with = (code, reason)
         code, reason = self._close_with
         self._shutdown(f"connection to {self.url} closed")
         if self._aborted:
             return
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=self.settings.shield_close):
-            await self._writer_done.wait()
-            await self._sock.ws.aclose(code, reason)
+        if self._closing is not None:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=self.settings.shield_close):
+                await self._closing.wait()
+            return
+        self._closing = trio.Event()
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=self.settings.shield_close):
+                await self._writer_done.wait()
+                await self._sock.ws.aclose(code, reason)
+        finally:
+            self._closing.set()
 
 
 @asynccontextmanager

@@ -347,6 +347,9 @@ class Error(Frame):
             e.g. ``device_queue_bytes``, ``account_queue_bytes``, ``sender_bytes``,
             ``sender_share``, ``peer_bytes``, ``peer_share``, ``media_account``,
             ``outbox_sender``, ``outbox_total``, ``fanout``, or the rate-limited action.
+        refused_users: for a ``send`` / ``group_send`` refused by some recipients'
+            homes while the others' homes stored (or queued) it: the user ids whose
+            homes did not store it (a partial send; resend with the same ``msg_id``).
     """
 
     TYPE: ClassVar[str] = "error"
@@ -357,6 +360,7 @@ class Error(Frame):
     device_list: SignedDeviceList | None = None
     retry_after_ms: int | None = None
     quota: str | None = None
+    refused_users: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

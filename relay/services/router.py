@@ -26,7 +26,9 @@ charged to its sender (and forwarding node) under the byte quotas of
 
 Each request is answered on its own: ``stored`` when every home stored its
 part, ``queued`` when some part went to the outbox, else the first refusal in
-recipient order (e.g. ``stale_devices``). A run returns only once every part of
+recipient order (e.g. ``stale_devices``); when other homes stored (or queued)
+their parts, that refusal is a *partial* one: its ``refused_users`` lists the
+recipient users whose homes did not store it (fault-suite finding 13). A run returns only once every part of
 it has its outcome, so the runs of one connection are applied strictly one
 after the other (docs/protocol.md, "Order").
 
@@ -193,6 +195,7 @@ class Router:
             except RelayError:
                 pass  # some frames of the run pass: take them one by one below
         outcomes: list[dict[str, Outcome]] = [{} for _ in frames]
+        users_at: list[dict[str, list[str]]] = [{} for _ in frames]  # per request, by home
         waits = {}
         users = {r.user_id for f in frames for r in f.recipients}
         async with self._homes.hold(users):  # no user's handoff starts between split and store
@@ -208,6 +211,7 @@ class Router:
                     continue
                 for dest, part in parts:
                     plans[i].append(dest)
+                    users_at[i][dest] = [u for u, devs in part_members(part) if devs]
                     (local if dest == self._node_id else remote.setdefault(dest, [])).append(
                         (i, part))
             if remote:
@@ -224,11 +228,15 @@ class Router:
                 results = await self._store_held([p for _, p in keep])
                 for (i, _), result in zip(keep, results, strict=True):
                     outcomes[i][self._node_id] = result if result is not None else "stored"
-        for i, _ in local:
-            outcomes[i].setdefault(self._node_id, "stored")  # not written: a refusal answers
+        skipped = {i for i, _ in local if self._node_id not in outcomes[i]}  # not written
+        for i in skipped:
+            outcomes[i][self._node_id] = "stored"  # a refusal elsewhere answers the request
         for i, frame in enumerate(frames):
             if answers[i] is None:
                 answers[i] = _answer(frame.id, [outcomes[i][d] for d in plans[i]])
+                if isinstance(answers[i], Error):
+                    answers[i] = _partial(answers[i], users_at[i], outcomes[i],
+                                          self._node_id if i in skipped else None)
         return answers  # type: ignore[return-value]
 
     def _check_limits(self, costs: tuple[int, int], sender_user: str, address: str | None,
@@ -496,6 +504,32 @@ def _answer(request_id: int, outcomes: list[Outcome]) -> Frame:
         if isinstance(outcome, RelayError):
             return outcome.to_frame(request_id)
     return Sent(id=request_id, status="queued" if "queued" in outcomes else "stored")
+
+
+def _partial(answer: Error, users_at: dict[str, list[str]],
+             outcomes: dict[str, Outcome], unwritten: str | None) -> Error:
+    """``answer`` (a request's first refusal) naming, when some other home stored or
+    queued its part, the recipient users whose homes did not (``refused_users``).
+
+    Args:
+        answer: the refusal chosen by :func:`_answer`.
+        users_at: per home node id, the recipient user ids of its part that have
+            devices to store for (a group's sender user may have none).
+        outcomes: per home node id, its part's outcome.
+        unwritten: this node's id when its part was not written (another home
+            refused), else ``None``.
+    """
+    refused_homes = {d for d, o in outcomes.items() if isinstance(o, RelayError)}
+    if unwritten is not None:
+        refused_homes.add(unwritten)
+    if not set(outcomes) - refused_homes:
+        return answer  # nothing of it was stored anywhere
+    refused = sorted({u for d in refused_homes for u in users_at.get(d, ())})
+    total = sum(len(users) for users in users_at.values())
+    return dataclasses.replace(answer, refused_users=refused, message=(
+        f"{answer.message or answer.code}; stored at the homes of the other recipients, "
+        f"not for {len(refused)} of {total} recipient user(s): send it again "
+        "with the same msg_id (deduplicated where it was stored)"))
 
 
 def outcome_of(answer: Frame, dest: str) -> Outcome:
