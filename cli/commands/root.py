@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -28,7 +29,7 @@ from cli.commands._common import (
     error_code,
     home_option,
 )
-from cli.commands._signals import Interrupted
+from cli.commands._signals import STOP_SIGNALS, Interrupted
 from cli.output import Output, escape, json_line, scrub
 from cli.session.connection import REQUEST_TIMEOUT, client_settings
 from relay.protocol.keepalive import DEFAULT_KEEPALIVE
@@ -67,7 +68,13 @@ class _Root(click.Group):
     traceback (``WA_DEBUG=1`` shows it)."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 (Click's signature)
+        # In a wa-cli process (cli.__main__.run) SIGINT and SIGTERM stay blocked until
+        # here and are blocked again once the command is over: a signal in Click's own
+        # parsing or teardown would otherwise be Click's "Aborted!" with exit code 1.
+        process = isinstance(ctx.obj, dict) and bool(ctx.obj.get("process"))
         try:
+            if process:
+                _take_signals()
             return super().invoke(ctx)
         except (KeyboardInterrupt, Interrupted):
             _fail(ctx, "interrupted", "interrupted", 130)
@@ -87,6 +94,25 @@ class _Root(click.Group):
                 raise
             _fail(ctx, "internal", f"wa-cli: unexpected error: {type(exc).__name__}: {exc} "
                   "(WA_DEBUG=1 shows where)", 1)
+        finally:
+            if process:  # the action is over: a late signal no longer changes the exit code
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _take_signals() -> None:
+    """Unblock SIGINT and SIGTERM (held since start-up by :func:`cli.__main__.run`).
+
+    Raises:
+        KeyboardInterrupt: one of them came while they were held (the command has not
+            started: exit code 130).
+    """
+    pending = signal.sigpending() & set(STOP_SIGNALS)
+    if pending:
+        for signum in pending:
+            signal.signal(signum, signal.SIG_IGN)  # drop it when unblocked
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        raise KeyboardInterrupt
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]},
