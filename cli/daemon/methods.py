@@ -93,20 +93,19 @@ def _int(params: dict, key: str, default: int) -> int:
 # ------------------------------------------------------------------ sending
 
 
-@method("send")
-async def send(device: Device, peer: Peer, params: dict) -> dict:
-    """``{"to": NAME_OR_USER_ID | "group": NAME_OR_ID, "text": TEXT, "reply_to"?: MSG_ID}``
-    -> ``{"id", "status": "stored"|"queued"|"pending", "to" | "group", "group_id"}``."""
+def recipient(device: Device, params: dict) -> tuple[str | None, str | None]:
+    """``(user_id, None)`` or ``(None, group)`` from the ``to`` / ``group`` params (one
+    of the two) of a sending method.
+
+    Raises:
+        RpcError: -32602 neither or both; -32001 (``unknown_contact`` /
+            ``unknown_group``) nobody of that name; -32000 a message to oneself
+            without another device.
+    """
     state = device.state
-    text = _str(params, "text")
     to, group = _str(params, "to", required=False), _str(params, "group", required=False)
-    reply_to = _str(params, "reply_to", required=False)
     if (to is None) == (group is None):
         raise RpcError(INVALID_PARAMS, "give either 'to' or 'group'")
-    if not text.strip() or len(text) > MAX_TEXT:
-        raise RpcError(USAGE_ERROR, f"text must be 1 to {MAX_TEXT} characters, not blank",
-                       {"reason": "bad_text"})
-    user_id = None
     if to is not None:
         try:
             user_id = state.resolve(to)
@@ -115,11 +114,25 @@ async def send(device: Device, peer: Peer, params: dict) -> dict:
         own = state.own_list()
         if user_id == state.user_id and own is not None and own.device_ids <= {state.device_id}:
             raise RpcError(RUNTIME_ERROR, "you have no other devices; nothing to send to yourself")
-    else:
-        try:
-            state.groups.find(group)
-        except GroupError as exc:
-            raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_group"}) from exc
+        return user_id, None
+    try:
+        state.groups.find(group)
+    except GroupError as exc:
+        raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_group"}) from exc
+    return None, group
+
+
+@method("send")
+async def send(device: Device, peer: Peer, params: dict) -> dict:
+    """``{"to": NAME_OR_USER_ID | "group": NAME_OR_ID, "text": TEXT, "reply_to"?: MSG_ID}``
+    -> ``{"id", "status": "stored"|"queued"|"pending", "to" | "group", "group_id"}``."""
+    state = device.state
+    text = _str(params, "text")
+    reply_to = _str(params, "reply_to", required=False)
+    user_id, group = recipient(device, params)
+    if not text.strip() or len(text) > MAX_TEXT:
+        raise RpcError(USAGE_ERROR, f"text must be 1 to {MAX_TEXT} characters, not blank",
+                       {"reason": "bad_text"})
     quoted = None
     if reply_to is not None:
         entry = _target(device, reply_to, "bad_reply")

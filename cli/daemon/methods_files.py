@@ -31,14 +31,12 @@ import trio
 from cli.commands.files import held_reason, hold
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import INVALID_PARAMS, RUNTIME_ERROR, USAGE_ERROR, Peer, RpcError
-from cli.daemon.methods import errors, method
+from cli.daemon.methods import errors, method, recipient
 from cli.errors import ConnectionFailed
 from cli.features import media
 from cli.features.attachment import Attachment
 from cli.features.payload import MAX_TEXT
-from cli.session.group_state import GroupError
 from cli.session.session import Session
-from cli.session.state import StateError
 
 __all__ = ["MAX_UPLOADS", "PROGRESS_EVERY"]
 
@@ -141,28 +139,6 @@ async def _transfer(peer: Peer, params: dict, transfer: str, name: str, fn) -> A
     raise RpcError(RUNTIME_ERROR, f"the {transfer} was cancelled: its caller went away")
 
 
-def _recipient(device: Device, params: dict) -> tuple[str | None, str | None]:
-    """``(user_id, None)`` or ``(None, group)`` from ``to`` / ``group``."""
-    state = device.state
-    to, group = _text(params, "to", required=False), _text(params, "group", required=False)
-    if (to is None) == (group is None):
-        raise RpcError(INVALID_PARAMS, "give either 'to' or 'group'")
-    if to is not None:
-        try:
-            user_id = state.resolve(to)
-        except StateError as exc:
-            raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_contact"}) from exc
-        own = state.own_list()
-        if user_id == state.user_id and own is not None and own.device_ids <= {state.device_id}:
-            raise RpcError(RUNTIME_ERROR, "you have no other devices; nothing to send to yourself")
-        return user_id, None
-    try:
-        state.groups.find(group)
-    except GroupError as exc:
-        raise RpcError(USAGE_ERROR, str(exc), {"reason": "unknown_group"}) from exc
-    return None, group
-
-
 def _file(att: Attachment) -> dict:
     return {"name": att.name, "size": att.size, "mime": att.mime}
 
@@ -186,7 +162,7 @@ async def upload(device: Device, peer: Peer, params: dict) -> dict:
     ``to`` or ``group`` given is checked first (an unknown one fails before uploading)."""
     path = _abs_path(params, "path")
     if "to" in params or "group" in params:
-        _recipient(device, params)
+        recipient(device, params)
     att = await _upload(device, peer, params, path)  # type: ignore[arg-type]
     token = os.urandom(12).hex()
     uploads = device.uploads
@@ -206,7 +182,7 @@ async def send_file(device: Device, peer: Peer, params: dict) -> dict:
     if len(caption) > MAX_TEXT:
         raise RpcError(USAGE_ERROR, f"caption is longer than {MAX_TEXT} characters",
                        {"reason": "bad_text"})
-    user_id, group = _recipient(device, params)
+    user_id, group = recipient(device, params)
     token, path = _text(params, "upload", required=False), _abs_path(params, "path",
                                                                       required=False)
     if (token is None) == (path is None):
