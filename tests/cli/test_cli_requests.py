@@ -69,3 +69,18 @@ async def test_history_sync_to_a_linked_device_leaves_held_requests_out(tmp_path
             assert [r["id"] for r in await wa(tmp_path / "laptop", "history")] == [mine["id"]]
             (waiting,) = await wa(u["bob"][0], "requests")  # still waits on bob's phone
             assert (waiting["key"], waiting["messages"]) == (u["dave"][1], 2)
+
+
+async def test_accepting_a_request_sends_the_held_delivery_receipts(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(2) as cluster:
+            u = await users(tmp_path, cluster, "bob", "dave")
+            ids = await held_from_dave(u)
+            assert await recv(u["dave"][0]) == []  # held: no receipt yet
+            shown = await wa(u["bob"][0], "requests", "accept", u["dave"][1])
+            assert [r["id"] for r in shown] == ids
+            got = [m["receipt"] for m in await recv(u["dave"][0]) if m["type"] == "receipt"]
+            assert got == [{"status": "delivered", "ids": ids}]  # delivered, not read
+            rows = {r["id"]: r for r in await wa(u["dave"][0], "history")}
+            assert all(rows[i]["receipt"]["delivered"] == [u["bob"][1]] for i in ids)
+
