@@ -84,3 +84,19 @@ async def test_accepting_a_request_sends_the_held_delivery_receipts(tmp_path):
             rows = {r["id"]: r for r in await wa(u["dave"][0], "history")}
             assert all(rows[i]["receipt"]["delivered"] == [u["bob"][1]] for i in ids)
 
+
+async def test_adding_a_contact_accepts_their_request(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(2) as cluster:
+            u = await users(tmp_path, cluster, "bob", "dave")
+            ids = await held_from_dave(u)
+            assert await wa(u["bob"][0], "history") == []
+            (added,) = await wa(u["bob"][0], "contacts", "add", "dave", u["dave"][1])
+            assert added == {"name": "dave", "user_id": u["dave"][1]}
+            assert await wa(u["bob"][0], "requests") == []
+            rows = await wa(u["bob"][0], "history")
+            assert [(r["id"], r["from_name"]) for r in rows] == [(i, "dave") for i in ids]
+            got = [m["receipt"] for m in await recv(u["dave"][0]) if m["type"] == "receipt"]
+            assert got == [{"status": "delivered", "ids": ids}]
+            (later,) = await wa(u["dave"][0], "send", u["bob"][1], "later")
+            assert [m["id"] for m in await recv(u["bob"][0])] == [later["id"]]
