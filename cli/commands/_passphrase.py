@@ -3,7 +3,8 @@
 Opening a passphrase-protected home (:func:`for_home`): ``WA_PASSPHRASE`` if set;
 else the OS keyring if the home keeps it there (``wa-cli init --keyring``,
 :mod:`cli.session.secret`); else, when stdin is a terminal, a prompt on stderr with
-hidden input; else none (the command fails, exit 1, saying how to give it).
+hidden input; else it raises ``StateError`` (the command fails, exit 1, saying how to
+give it: an existing home cannot start keeping it in the keyring).
 
 Creating a home (:func:`for_new_home`, ``wa-cli init``): ``WA_PASSPHRASE`` if set;
 else with ``--passphrase`` or ``--keyring`` on a terminal, a prompt asked twice;
@@ -23,7 +24,7 @@ import click
 
 from cli.output import escape
 from cli.session import secret
-from cli.session.vault import Passphrase, env_passphrase
+from cli.session.vault import PASSPHRASE_ENV, Passphrase, StateError, env_passphrase
 
 __all__ = ["for_home", "for_new_home", "interactive", "keeping", "new_passphrase"]
 
@@ -37,7 +38,8 @@ def for_home(home: Path) -> Passphrase:
     """The passphrase source for opening the existing home ``home`` (module docstring).
 
     The source raises ``KeyringUnavailable`` (a ``StateError``) if the home keeps its
-    passphrase in a keyring that cannot be read and there is no terminal to ask on.
+    passphrase in a keyring that cannot be read and there is no terminal to ask on,
+    and ``StateError`` if no source gives one.
     """
 
     def source() -> str | None:
@@ -55,7 +57,10 @@ def for_home(home: Path) -> Passphrase:
         if interactive():
             return click.prompt(f"Passphrase of {escape(str(home))}", hide_input=True,
                                 err=True)
-        return None
+        raise StateError(f"{home} is protected by a passphrase: set {PASSPHRASE_ENV} or run "
+                         "the command on a terminal to be asked for it (this home does not "
+                         "keep it in the OS keyring; only a home made with 'init --keyring' "
+                         "or 'link --keyring' does)")
 
     return source
 

@@ -6,6 +6,7 @@ import click
 
 from cli.commands._common import AppContext, CliError, check_name, json_option, state_of
 from cli.commands._route import Connect, run_routed
+from cli.commands.requests import release, send_held_receipts
 from cli.output import Output, escape
 from cli.session.state import State
 from relay.protocol import is_user_id
@@ -28,7 +29,7 @@ def add(app: AppContext, name: str, user_id: str, force: bool) -> None:
 
     A name names one user id and a user id has one name: changing either needs
     --force (exit 1 without it, nothing changed). Your own user id cannot be a
-    contact.
+    contact. A message request from USER_ID is accepted, as by 'requests accept'.
     """
     _check_contact(name, user_id)
     run_routed(app, "contactsAdd", {"name": name, "user_id": user_id, "force": force},
@@ -47,6 +48,9 @@ def _check_contact(name: str, user_id: str) -> None:
 async def add_contact(state: State, out: Output, connect: Connect, name: str, user_id: str,
                       force: bool = False) -> None:
     """The core of ``contacts add`` (JSON-RPC ``contactsAdd``): call ``user_id`` ``name``.
+    A message request of ``user_id`` waiting here is accepted as by ``requests accept``
+    (:func:`cli.commands.requests.release`): its held messages go into history and
+    their delivery receipts are sent.
 
     Raises:
         click.BadParameter: (exit 2) not a user id, a bad name, or this account.
@@ -67,8 +71,16 @@ async def add_contact(state: State, out: Output, connect: Connect, name: str, us
         if old_name is not None:
             del state.contacts[old_name]
         state.contacts[name] = user_id
+    req = state.prefs.requests.get(user_id)
+    released = release(state, user_id) if req is not None and req["kind"] == "user" else []
+    if old_id != user_id or req is not None:
         await state.asave()
+    await send_held_receipts(state, connect, released)
     out.emit({"name": name, "user_id": user_id}, f"{escape(name)} = {user_id}")
+    if req is not None:
+        n = len(released)
+        out.note(f"accepted the message request of {escape(name)}: {n} held "
+                 f"message{'s' * (n != 1)} now in history")
 
 
 @contacts.command("list")

@@ -5,18 +5,30 @@ A stranger's messages (someone who is not a contact and was never written to or
 accepted) and invitations to a group by a non-contact, with that group's messages,
 are held on this device until accepted (see :mod:`cli.session.prefs`): ``recv`` announces
 them (a ``request`` line) without showing them and sends no receipt. KEY is the
-stranger's user id or the group id (hex).
+stranger's user id or the group id (hex). Accepting (``requests accept``, or
+``contacts add`` for a user's request) releases the held messages into history and
+sends their authors the ``delivered`` receipts held back (when receipts are on; never
+``read``: that waits for ``wa-cli read``).
 """
 
 from __future__ import annotations
 
+import logging
+
 import click
+import trio
 
 from cli.commands._common import AppContext, check_name, json_option, state_of
 from cli.commands._route import Connect, run_routed
 from cli.commands.history import _row
+from cli.errors import ClientError
+from cli.features import receipts
 from cli.output import Output, escape, sender_label
 from cli.session.state import State
+
+log = logging.getLogger(__name__)
+
+RECEIPT_TIMEOUT = 30.0  # seconds: bound on connecting and sending the held receipts
 
 
 @click.group(invoke_without_command=True)
@@ -69,7 +81,8 @@ def list_(app: AppContext) -> None:
 @json_option
 @click.pass_obj
 def accept(app: AppContext, key: str, name: str | None) -> None:
-    """Accept a request: its held messages are shown now, later ones as any other."""
+    """Accept a request: its held messages are shown now (their senders get delivery
+    receipts), later ones as any other."""
     if name is not None:
         check_name(name, "--name")
     run_routed(app, "requestAccept", {"key": key, "name": name}, accept_request)
@@ -78,7 +91,8 @@ def accept(app: AppContext, key: str, name: str | None) -> None:
 async def accept_request(state: State, out: Output, connect: Connect, key: str,
                          name: str | None = None) -> None:
     """The core of ``requests accept`` (JSON-RPC ``requestAccept``): the held messages
-    are emitted (as ``history`` rows) and shown from now on.
+    are emitted (as ``history`` rows) and shown from now on; their authors get the
+    ``delivered`` receipts held back (:func:`send_held_receipts`).
 
     Raises:
         click.BadParameter: (exit 2) no single request matches ``key``, bad or taken name.
@@ -90,17 +104,57 @@ async def accept_request(state: State, out: Output, connect: Connect, key: str,
         if name in state.contacts:
             raise click.BadParameter(f"contact {name!r} already exists", param_hint="--name")
         state.contacts[name] = key
-    state.prefs.accept(key)
-    held = _held(state, key)
-    for entry in held:
-        del entry["held"]
-        state.history_changed(entry)
+    held = release(state, key)
     await state.asave()
+    await send_held_receipts(state, connect, held)
     groups = {r.state.hex_id: r.state.name for r in state.groups.groups.values()}
     rows = [_row(state, e, groups) for e in held]
     for obj, human in rows:
         out.emit(obj, human)
     out.note(f"accepted {key}; {len(rows)} held message{'s' * (len(rows) != 1)} shown")
+
+
+def release(state: State, key: str) -> list[dict]:
+    """Accept the request waiting under ``key`` (a user id or group id in hex, exact) and
+    release its held history entries (no longer ``held``; the state is not saved).
+
+    Returns:
+        The released entries, oldest first.
+
+    Raises:
+        KeyError: no request waits under ``key``.
+    """
+    state.prefs.accept(key)
+    held = _held(state, key)
+    for entry in held:
+        del entry["held"]
+        state.history_changed(entry)
+    return held
+
+
+async def send_held_receipts(state: State, connect: Connect, entries: list[dict]) -> int:
+    """Send the ``delivered`` receipts held back for released ``entries`` (received
+    text and file messages) to their authors, when this device sends receipts; best
+    effort, as for received messages (:func:`cli.features.receipts.send_delivered`):
+    a failure to connect or send is logged, not raised, within
+    :data:`RECEIPT_TIMEOUT` seconds.
+
+    Returns:
+        How many messages the receipts name (0 when receipts are off or none apply).
+    """
+    by_author: dict[str, list[bytes]] = {}
+    for entry in entries:
+        if entry.get("direction") == "in" and entry.get("type", "text") in ("text", "file"):
+            by_author.setdefault(entry["from"], []).append(bytes.fromhex(entry["id"]))
+    if not state.prefs.receipts or not by_author:
+        return 0
+    try:
+        with trio.move_on_after(RECEIPT_TIMEOUT):
+            async with connect() as client:
+                await receipts.send_delivered(client, by_author)
+    except ClientError as exc:
+        log.warning("delivery receipts for accepted messages not sent: %s", exc)
+    return sum(len(ids) for ids in by_author.values())
 
 
 @requests.command("decline")

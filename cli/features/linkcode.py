@@ -336,8 +336,12 @@ def clean_history_entry(entry: object) -> dict | None:
 
 
 def recent_history(history: list[dict], limit: int = HISTORY_DEFAULT) -> list[dict]:
-    """The last ``limit`` entries of a local history, cleaned for sending."""
-    recent = history[-limit:] if limit > 0 else []
+    """The last ``limit`` entries of a local history, cleaned for sending.
+
+    Held message requests (``held``, :mod:`cli.session.prefs`) are never sent: they
+    are not history until accepted on this device."""
+    shown = [e for e in history if not (isinstance(e, dict) and e.get("held"))]
+    recent = shown[-limit:] if limit > 0 else []
     return [e for e in (clean_history_entry(x) for x in recent) if e is not None]
 
 

@@ -84,6 +84,9 @@ async def test_prompt_on_a_terminal_and_wa_passphrase(tmp_path):
             assert none.returncode == 1
             err = none.stderr.decode()
             assert "WA_PASSPHRASE" in err and "Traceback" not in err
+            # an existing home cannot take up the keyring: no 'init --keyring' advice
+            assert "keep it in the OS keyring ('wa-cli init" not in err
+            assert "does not keep it in the OS keyring" in err
             # WA_PASSPHRASE, no terminal
             (ident,) = lines(await wa(home, "--json", "id",
                                       env={**env, "WA_PASSPHRASE": "tulip-anvil-42"}))
