@@ -58,10 +58,13 @@ class Running:
         self.err = ""  # every stderr line read so far
 
     @classmethod
-    async def start(cls, home, *args) -> Running:
+    async def start(cls, home, *args, env: dict | None = None,
+                    stdin: int = subprocess.DEVNULL) -> Running:
+        """Start ``wa-cli --home HOME ARGS`` (``env``: its whole environment;
+        ``stdin=subprocess.PIPE`` to write to it through ``proc.stdin``)."""
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cli", "--home", str(home), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            [sys.executable, "-m", "cli", "--home", str(home), *args], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin)
         return cls(proc)
 
     async def _line(self, which: str) -> str:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from contextlib import ExitStack
 
 import pytest
 import trio
 from cli_cluster import new_account, run_cluster
-from cli_procs import lines, wa
+from cli_procs import Running, lines, wa
 
 from cli.client import open_client
 from cli.errors import NoAnswer
@@ -32,52 +31,9 @@ ENV = {**os.environ, "WA_KEEPALIVE": str(KEEPALIVE), "WA_KEEPALIVE_TIMEOUT":
        str(KEEPALIVE_TIMEOUT), "WA_CONNECT_TIMEOUT": "1"}
 
 
-class Proc:
-    """A ``wa-cli`` subprocess with the short keepalive settings; stdout and stderr read
-    line by line, stdin writable."""
-
-    def __init__(self, proc: trio.Process) -> None:
-        self.proc = proc
-        self._bufs = {"out": b"", "err": b""}
-        self.err = ""
-
-    @classmethod
-    async def start(cls, home, *args) -> Proc:
-        return cls(await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cli", "--home", str(home), *args], env=ENV,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE))
-
-    async def _line(self, which: str) -> str:
-        stream = self.proc.stdout if which == "out" else self.proc.stderr
-        while b"\n" not in self._bufs[which]:
-            chunk = await stream.receive_some()
-            assert chunk, f"the process closed its std{which}: {self.err}"
-            self._bufs[which] += chunk
-        line, self._bufs[which] = self._bufs[which].split(b"\n", 1)
-        return line.decode()
-
-    async def line(self) -> str:
-        return await self._line("out")
-
-    async def err_line(self) -> str:
-        line = await self._line("err")
-        self.err += line + "\n"
-        return line
-
-    async def finish(self) -> tuple[int, str]:
-        """Wait for the exit; returns the code and all of stderr."""
-        err = self._bufs["err"]
-        while chunk := await self.proc.stderr.receive_some():
-            err += chunk
-        code = await self.proc.wait()
-        return code, self.err + err.decode()
-
-    async def aclose(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            await stream.aclose()
+async def keepalive_cli(home, *args) -> Running:
+    """A ``wa-cli`` process with the short keepalive settings, its stdin writable."""
+    return await Running.start(home, *args, env=ENV, stdin=subprocess.PIPE)
 
 
 async def _proxied(nursery: trio.Nursery, cluster) -> Proxy:
@@ -117,7 +73,7 @@ async def test_send_without_an_answer_is_unknown_and_a_retry_shows_it_once(tmp_p
             await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
             # the send frame reaches the node; its answer (and all else) is then lost
             proxy.blackhole_at(lambda payload: frame_type(payload) == "send")
-            send = await Proc.start(tmp_path / "a", "--json", "send", bob["user_id"], "hi")
+            send = await keepalive_cli(tmp_path / "a", "--json", "send", bob["user_id"], "hi")
             try:
                 unknown = json.loads(await send.line())
                 code, err = await send.finish()
@@ -146,7 +102,7 @@ async def test_recv_follow_reconnects_after_a_black_hole_and_shows_everything_on
             (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
                                       "--name", "alice", "--relay", cluster.urls["n1"]))
             await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])  # no request
-            follow = await Proc.start(tmp_path / "b", "--json", "recv", "--follow")
+            follow = await keepalive_cli(tmp_path / "b", "--json", "recv", "--follow")
             try:
                 await wa(tmp_path / "a", "send", bob["user_id"], "before")
                 assert json.loads(await follow.line())["text"] == "before"
@@ -181,7 +137,7 @@ async def test_devices_approve_on_a_black_holed_link_fails_instead_of_hanging(tm
             (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
                                       "--name", "alice", "--relay", proxy.url))
             async with open_link(cluster.urls["n1"], "laptop") as pending:
-                approve = await Proc.start(tmp_path / "a", "devices", "approve", pending.code)
+                approve = await keepalive_cli(tmp_path / "a", "devices", "approve", pending.code)
                 try:
                     while not (await approve.err_line()).startswith("key fingerprint:"):
                         pass  # now asking "Link this device to your account?"
