@@ -65,6 +65,21 @@ def for_home(home: Path) -> Passphrase:
     return source
 
 
+def check_new(*, ask: bool, keyring: bool) -> None:
+    """Before a new home is made (``init``, ``link``): a passphrase can be had and the
+    keyring works.
+
+    Raises:
+        click.UsageError: ``--passphrase`` without a terminal or ``WA_PASSPHRASE``.
+        KeyringUnavailable: ``keyring`` and no usable OS keyring.
+    """
+    if ask and not keyring and env_passphrase() is None and not interactive():
+        raise click.UsageError(f"not a terminal: set {PASSPHRASE_ENV} to give --passphrase "
+                               "its passphrase")
+    if keyring:
+        secret.check()
+
+
 def new_passphrase(home: Path, *, ask: bool, keyring: bool) -> str | None:
     """The passphrase for a new ``home`` (module docstring), asked for now if needed:
     ``WA_PASSPHRASE``; else with ``ask`` or ``keyring`` on a terminal, a prompt asked

@@ -24,10 +24,8 @@ from cli.commands import _passphrase
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
 from cli.commands._signals import run_interruptible
 from cli.output import escape
-from cli.session import secret
 from cli.session.connection import fetch_pin
 from cli.session.state import AlreadyInitialized, State, create_state, open_state
-from cli.session.vault import PASSPHRASE_ENV, env_passphrase
 from relay.protocol.cluster import PinnedCluster, cluster_key_text, parse_cluster_key
 
 
@@ -118,13 +116,9 @@ def init(app: AppContext, name: str, relay: str, cluster_key: bytes | None, tofu
     if cluster_key is None and not tofu and not sys.stdin.isatty():
         raise click.UsageError("not a terminal: pass --cluster-key KEY (printed by 'wa-relay "
                                "cluster' / 'wa-relay serve') or --trust-on-first-use")
-    if ask and not use_keyring and env_passphrase() is None and not _passphrase.interactive():
-        raise click.UsageError(f"not a terminal: set {PASSPHRASE_ENV} to give --passphrase "
-                               "its passphrase")
     home = app.home.expanduser().absolute()
     with failures():
-        if use_keyring:
-            secret.check()
+        _passphrase.check_new(ask=ask, keyring=use_keyring)
         source = _passphrase.for_new_home(home, ask=ask, keyring=use_keyring)
         try:
             with create_state(app.home, name=name, relay_url=relay,

@@ -22,10 +22,8 @@ from cli.commands._signals import run_interruptible
 from cli.commands.init import _check_url
 from cli.errors import ClientError
 from cli.features.linking import open_link, save_linked
-from cli.session import secret
 from cli.session.crypto import safety_fingerprint
 from cli.session.state import NewHome, State, new_home
-from cli.session.vault import PASSPHRASE_ENV, env_passphrase
 from relay.protocol import key_from_user_id
 
 MAILBOX_LIFETIME = 120.0  # seconds a node keeps a mailbox (docs/protocol.md)
@@ -90,13 +88,9 @@ def link(app: AppContext, relay: str, name: str, timeout: float, short: bool, as
     passphrase: WA_PASSPHRASE, --passphrase, --keyring).
     """
     check_name(name, "--name")
-    if ask and not use_keyring and env_passphrase() is None and not _passphrase.interactive():
-        raise click.UsageError(f"not a terminal: set {PASSPHRASE_ENV} to give --passphrase "
-                               "its passphrase")
     home = app.home.expanduser().absolute()
     with failures():
-        if use_keyring:
-            secret.check()
+        _passphrase.check_new(ask=ask, keyring=use_keyring)
         phrase = _passphrase.new_passphrase(home, ask=ask, keyring=use_keyring)
     source = _passphrase.keeping(home, phrase, keyring=use_keyring)
     with failures(), new_home(app.home, passphrase_source=source) as fresh:
