@@ -23,10 +23,18 @@ from ._frame_base import Envelope, Frame
 @dataclass(frozen=True, slots=True)
 class ForwardBatch(Frame):
     """Node-to-node: ``items`` are ``Forward`` / ``GroupForward`` / ``Notify`` frames
-    (id 0), applied in order, each answered on its own in ``results``."""
+    (id 0), applied in order, each answered on its own in ``results``.
+
+    ``queued: true`` (an outbox drain) says every item was already answered
+    ``queued`` to its sending device: a recipient whose device list has only
+    *lost* devices since the copies were made gets the copies of the devices it
+    still has (the others are dropped) instead of a ``stale_devices`` bounce that
+    the sender could only resend behind its later messages (docs/protocol.md,
+    "Order", rule 6)."""
 
     TYPE: ClassVar[str] = "forward_batch"
     items: list[Frame]
+    queued: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -482,6 +482,11 @@ def _parse_batch(cls: type[Frame], data: dict[str, Any], limits: Limits) -> Fram
             raise RemoteProtocolError(
                 ErrorCode.BAD_FRAME, f"items[{i}]: a {frame.TYPE!r} cannot be in a {cls.TYPE}")
         frames.append(frame)
+    if cls is ForwardBatch:
+        queued = data.get("queued")
+        if queued is not None and type(queued) is not bool:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "field 'queued': expected bool")
+        return ForwardBatch(rid, frames, queued)
     return cls(rid, frames)  # type: ignore[call-arg]
 
 
@@ -519,6 +524,8 @@ def to_wire(frame: Frame) -> dict[str, Any]:
     """The msgpack-ready map of ``frame`` (``None`` fields are omitted)."""
     if type(frame) in _BATCHES:
         out = {"id": frame.id, "items": [to_wire(f) for f in frame.items]}  # type: ignore[attr-defined]
+        if isinstance(frame, ForwardBatch) and frame.queued is not None:
+            out["queued"] = frame.queued
         out["t"] = frame.TYPE
         return out
     writer = _WRITERS.get(type(frame))

@@ -203,8 +203,9 @@ class Directory:
         return entry
 
     async def check_devices(
-        self, user_id: str, device_ids: list[int], sender: tuple[str, int] | None = None
-    ) -> None:
+        self, user_id: str, device_ids: list[int], sender: tuple[str, int] | None = None,
+        *, removed_ok: bool = False,
+    ) -> frozenset[int]:
         """Check that ``device_ids`` are exactly the user's current devices, once each.
 
         Args:
@@ -212,6 +213,13 @@ class Directory:
             device_ids: the devices a message addresses (one copy each).
             sender: ``(user_id, device_id)`` of the sending device; when the
                 recipient is the sender's own user, that device needs no copy.
+            removed_ok: accept copies for devices no longer in the list, as long
+                as every current device has one (a part already answered
+                ``queued``: docs/protocol.md, "Order", rule 6).
+
+        Returns:
+            The device ids whose copies are to be dropped (removed devices; empty
+            unless ``removed_ok``).
 
         Raises:
             RelayError: ``unknown_user``; ``stale_devices`` with the current
@@ -222,11 +230,14 @@ class Directory:
         if sender is not None and sender[0] == user_id:
             expected = expected - {sender[1]}
         given = set(device_ids)
-        if len(given) != len(device_ids) or given != expected:
-            raise RelayError(
-                ErrorCode.STALE_DEVICES, f"copies do not match device list v{parsed.version}",
-                user_id=user_id, device_list=signed,
-            )
+        if len(given) == len(device_ids) and given == expected:
+            return frozenset()
+        if removed_ok and len(given) == len(device_ids) and expected and given > expected:
+            return frozenset(given - expected)
+        raise RelayError(
+            ErrorCode.STALE_DEVICES, f"copies do not match device list v{parsed.version}",
+            user_id=user_id, device_list=signed,
+        )
 
     # ------------------------------------------------------------ keys
 

@@ -83,7 +83,7 @@ def messaging_table(node: Node) -> Table:
 
         async def store_run() -> None:
             results = await node.router.store_parts([f for _, f in run], peer_id=caller.peer_id,
-                                                    blocked=blocked)
+                                                    blocked=blocked, queued=bool(frame.queued))
             for (i, _), refusal in zip(run, results, strict=True):
                 answers[i] = Ok(id=0) if refusal is None else refusal.to_frame(0)
             run.clear()

@@ -274,7 +274,8 @@ class Outbox:
             return "done", None
         try:
             answer = await request_within(
-                self._federation, dest, ForwardBatch(id=0, items=[i.request for i in items]),
+                self._federation, dest, ForwardBatch(id=0, items=[i.request for i in items],
+                                             queued=True),
                 self._timeout)
         except LinkDown:
             return "down", items[0].entry.outbox_id

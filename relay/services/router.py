@@ -273,6 +273,7 @@ class Router:
 
     async def store_parts(
         self, parts: list[Part], *, peer_id: str | None = None, blocked: Blocked | None = None,
+        queued: bool = False,
     ) -> list[RelayError | None]:
         """Check every part and durably enqueue the accepted ones in one ``enqueue_many``
         call, in order; wake the devices' pushers.
@@ -284,6 +285,9 @@ class Router:
             blocked: the retryable refusals of earlier calls that the same order
                 covers (one ``forward_batch`` stored in several calls): read, and
                 updated with this call's retryable refusals.
+            queued: every part was already answered ``queued`` to its sender (a
+                ``forward_batch`` with ``queued: true``): copies for recipient
+                devices removed since are dropped (:meth:`check_local`).
 
         Returns:
             Per part, in order: ``None`` (stored, or already stored: deduplicated by
@@ -301,7 +305,7 @@ class Router:
         relays: dict[str, list[tuple[int, Part]]] = {}
         async with self._homes.hold(users):
             results = await self._store_held(parts, peer_id=peer_id, relays=relays,
-                                             blocked=blocked)
+                                             blocked=blocked, queued=queued)
         if not relays:
             return results
         assert self._forwarding is not None, "Router.attach() was not called"
@@ -328,6 +332,7 @@ class Router:
     async def _store_held(
         self, parts: list[Part], *, peer_id: str | None = None,
         relays: dict[str, list[tuple[int, Part]]] | None = None, blocked: Blocked | None = None,
+        queued: bool = False,
     ) -> list[RelayError | None]:
         """:meth:`store_parts` while the recipients are held (:meth:`Homes.hold`);
         parts (or their recipients) for users still being handed to this node go
@@ -355,8 +360,11 @@ class Router:
                     if part is None:
                         continue
                 members = part_members(part)
-                await self.check_local(part.sender_user, part.sender_device, members)
+                drop = await self.check_local(part.sender_user, part.sender_device, members,
+                                              queued=queued)
                 items = part_items(part)
+                if drop:
+                    items = [it for it in items if (it[0], it[1]) not in drop]
                 charges, quota = (), None
                 if self._policy is not None:
                     charges, quota = await self._policy.quota_for(
@@ -398,13 +406,20 @@ class Router:
         return results
 
     async def check_local(
-        self, sender_user: str, sender_device: int, members: list[tuple[str, list[int]]]
-    ) -> None:
+        self, sender_user: str, sender_device: int, members: list[tuple[str, list[int]]],
+        *, queued: bool = False,
+    ) -> set[tuple[str, int]]:
         """Check one home's part before anything of it is written.
 
         Args:
             sender_user, sender_device: the sending device (it needs no copy).
             members: ``(user_id, device_ids)`` per recipient user.
+            queued: the part was already answered ``queued`` to its sender (an
+                outbox drain): copies for devices removed since are dropped
+                instead of refusing the part (docs/protocol.md, "Order", rule 6).
+
+        Returns:
+            ``(user_id, device_id)`` of the copies to drop (empty unless ``queued``).
 
         Raises:
             RelayError: ``bad_request`` (malformed, not homed here, a user twice),
@@ -412,6 +427,7 @@ class Router:
                 the sender's user as a watcher of that user's list).
         """
         seen: set[str] = set()
+        drop: set[tuple[str, int]] = set()
         for user_id, device_ids in members:
             self._directory.check_user_id(user_id)
             if user_id in seen:
@@ -425,12 +441,14 @@ class Router:
                 raise RelayError(ErrorCode.BAD_REQUEST, "recipient is not homed at this node",
                                  user_id=user_id)
             try:
-                await self._directory.check_devices(user_id, device_ids,
-                                                    (sender_user, sender_device))
+                gone = await self._directory.check_devices(
+                    user_id, device_ids, (sender_user, sender_device), removed_ok=queued)
             except RelayError as exc:
                 if exc.code is ErrorCode.STALE_DEVICES and self._on_stale is not None:
                     await self._on_stale(user_id, sender_user)
                 raise
+            drop.update((user_id, d) for d in gone)
+        return drop
 
     def _relayed_to(self, part: Part, peer_id: str) -> bool:
         """True if every recipient of ``part`` is being handed from here to ``peer_id``
