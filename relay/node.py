@@ -42,7 +42,7 @@ from relay.protocol import Limits
 from relay.protocol.cluster import is_loopback, verify_cluster
 from relay.services.claim_limits import ClaimLimits
 from relay.services.directory import Directory
-from relay.services.federation import Federation
+from relay.services.federation import Federation, peer_link_settings
 from relay.services.forwarding import Forwarding
 from relay.services.full_log import StorageFullLog
 from relay.services.handoff import Handoff
@@ -131,7 +131,9 @@ class Node:
                                    claim_limits=ClaimLimits(config.otk_claim_burst))
         self.registry = CountingRegistry()
         self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
-                                     self.limits, log)
+                                     self.limits, log,
+                                     peer_link_settings(config.keepalive_interval,
+                                                        config.keepalive_timeout))
         self.outbox = Outbox(storage, self.federation, self.registry.notify,
                              queue_ttl=config.queue_ttl, timeout=forward_timeout,
                              limits=self.limits, log=log,

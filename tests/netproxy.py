@@ -72,7 +72,8 @@ class _ClientFrames:
 
 
 class Proxy:
-    """Forwards ``127.0.0.1:port`` (chosen at :meth:`serve`) to ``127.0.0.1:target``.
+    """Forwards ``127.0.0.1:port`` (``port`` if given, else chosen at :meth:`serve`)
+    to ``127.0.0.1:target``.
 
     Attributes:
         port: the listening port (after :meth:`serve` started).
@@ -80,9 +81,9 @@ class Proxy:
         blackholed_at: ``trio.current_time()`` when the last black-hole began.
     """
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, port: int = 0) -> None:
         self.target = target
-        self.port = 0
+        self.port = port
         self.connections = 0
         self._open = trio.Event()
         self._open.set()
@@ -111,7 +112,7 @@ class Proxy:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled (``nursery.start`` it)."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)

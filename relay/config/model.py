@@ -67,9 +67,10 @@ class NodeConfig:
         media_upload_ttl: seconds after its last chunk when an unfinished upload is deleted.
         max_media_size: largest accepted media blob (encrypted file), bytes.
         keepalive_interval: seconds without a received message after which the
-            node sends a WebSocket ping on a connection (0: never).
-        keepalive_timeout: seconds for the pong; without it the node ends the
-            connection and frees the device.
+            node sends a WebSocket ping on a connection (0: never); its own
+            outgoing peer links ping after as long a silence (a ``ping`` request).
+        keepalive_timeout: seconds for the pong (or the peer's answer); without it
+            the node ends the connection and frees the device (or reconnects).
         handshake_timeout: seconds a new connection has to authenticate
             (``auth``/``peer_auth``) or open a linking mailbox; then close 1008.
         max_pending_per_ip: most unauthenticated connections from one address

@@ -254,19 +254,33 @@ async def ask_peer(
     return dataclasses.replace(answer, id=frame.id)
 
 
+def peer_link_settings(keepalive_interval: float, keepalive_timeout: float) -> net.LinkSettings:
+    """:data:`PEER_LINK_SETTINGS` with the node's keepalive (config ``keepalive_interval``
+    and ``keepalive_timeout``, seconds; interval 0: no pings).
+
+    Raises:
+        ValueError: a negative interval or a timeout that is not positive.
+    """
+    if keepalive_interval < 0 or not keepalive_timeout > 0:
+        raise ValueError(f"bad keepalive {keepalive_interval}/{keepalive_timeout} s")
+    return dataclasses.replace(
+        PEER_LINK_SETTINGS, keepalive=net.KeepaliveConfig(keepalive_interval, keepalive_timeout))
+
+
 class Federation:
     """All outgoing peer links of one node.
 
     Args:
         node_id, signing_key, ring, limits, log: see :class:`PeerLink`.
+        settings: the settings of every link (:func:`peer_link_settings`).
     """
 
     def __init__(
         self, node_id: str, signing_key: nacl.signing.SigningKey, ring: Ring, limits: Limits,
-        log: logging.Logger,
+        log: logging.Logger, settings: net.LinkSettings = PEER_LINK_SETTINGS,
     ) -> None:
         self.links: dict[str, PeerLink] = {
-            n.id: PeerLink(node_id, signing_key, ring, n, limits, log)
+            n.id: PeerLink(node_id, signing_key, ring, n, limits, log, settings)
             for n in ring.nodes if n.id != node_id
         }
 
