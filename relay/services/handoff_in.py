@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from relay.errors import RelayError
-from relay.protocol import ErrorCode, RemoteProtocolError, read_frame
+from relay.protocol import ErrorCode, RemoteProtocolError, read_frame, verify_device_list
 from relay.protocol._handoff_frames import Record, decode_records
 from relay.protocol.frames import (
     Error,
@@ -23,6 +23,7 @@ from relay.protocol.frames import (
     HandoffMedia,
     HandoffPut,
 )
+from relay.services.directory import unpack_list
 from relay.services.federation import LinkDown, request_within
 from relay.services.requeue import requeue
 from storage import MediaConflict, MediaCorrupt, UserRecord
@@ -55,6 +56,22 @@ def _from_record(r: Record, now: float) -> UserRecord:
     if not math.isfinite(r[4]):
         raise ValueError("a record's time is not a finite number")
     return UserRecord(r[0], device_id=r[1], key=r[2], seq=r[3], ts=min(r[4], now), value=r[5])
+
+
+def _check_list(user_id: str, r: UserRecord) -> None:
+    """Verify a handed-over signed device list as ``put_devices`` would: the account
+    signature of ``user_id`` and the version the record claims (a hostile old home
+    must not plant a device in the user's list).
+
+    Raises:
+        ValueError: the list does not verify, or its version differs from ``r.seq``.
+    """
+    try:
+        parsed = verify_device_list(unpack_list(r.value), user_id)
+    except (RelayError, RemoteProtocolError) as exc:
+        raise ValueError(f"device list: {exc.message}") from exc
+    if parsed.version != r.seq:
+        raise ValueError(f"device list v{parsed.version} stored as v{r.seq}")
 
 
 class HandoffIn:
@@ -98,6 +115,9 @@ class HandoffIn:
             now = time.time()
             records = [_from_record(r, now) for r in decode_records(
                 frame.records, self._node.limits.max_peer_frame)]
+            for r in records:
+                if r.kind == "list":
+                    _check_list(frame.user_id, r)
             await self._storage.import_user(frame.user_id, records,
                                             reset=frame.reset and frame.start == 0)
         except (RemoteProtocolError, ValueError) as exc:

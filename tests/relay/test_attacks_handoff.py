@@ -101,3 +101,46 @@ async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
                 assert len([r for r in await st.export_user(user.user_id)
                             if r.kind == "dedupe"]) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_an_old_home_cannot_plant_a_device_in_a_handed_over_list() -> None:
+    """A handed-over device list is verified as ``put_devices`` would verify it: a
+    hostile old home that adds its own device to a user's list (signed with another
+    key), or relabels an honest list's version, is refused and nothing is stored; the
+    honest list is taken."""
+    from relay_harness import list_of
+
+    from relay.protocol.frames import SignedDeviceList
+    from relay.protocol.identity import DEVICE_LIST_CONTEXT, DeviceList
+    from relay.services.directory import pack_list
+
+    old_configs = node_configs(2)
+    configs = reshape_configs(old_configs, 3)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, configs)
+            await cluster.start("n3")
+            victim = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+            evil = UserDevice()  # the attacker's own account key and device
+            planted = DeviceList(victim.user_id, 2, (victim.entry(), evil.companion(1).entry()),
+                                 int(time.time()))
+            body = planted.encode()  # signed with the attacker's key, not the victim's
+            forged = SignedDeviceList(body=body, signature=evil.account_key.sign(
+                DEVICE_LIST_CONTEXT + body).signature)
+            honest = list_of([victim], 1)
+            st = cluster.storages["n3"]
+
+            def put(i: int, version: int, signed) -> HandoffPut:
+                return HandoffPut(id=i, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                                  records=encode_records([("list", 0, "", version, time.time(),
+                                                           pack_list(signed))]))
+
+            async with peer_session(cluster, "n1", "n3") as p:
+                for i, (version, signed) in enumerate(((2, forged), (5, honest)), start=3):
+                    answer = await p.request(put(i, version, signed))
+                    assert isinstance(answer, Error) and answer.code == "bad_request", answer
+                    assert "device list" in answer.message
+                    assert await st.get_device_list(victim.user_id) is None
+                assert isinstance(await p.request(put(9, 1, honest)), Ok)
+                assert await st.get_device_list(victim.user_id) is not None
+            nursery.cancel_scope.cancel()
