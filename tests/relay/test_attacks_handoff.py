@@ -8,6 +8,8 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 from relay_harness import Cluster, UserDevice, peer_session, publish
@@ -34,19 +36,26 @@ def _moving(old: Ring, new: Ring, old_home: str, new_home: str) -> UserDevice:
             return d
 
 
+@asynccontextmanager
+async def _reshape_to_n3() -> AsyncIterator[tuple[Cluster, UserDevice]]:
+    """A 2-node cluster growing to 3; only the new node n3 runs (the test plays n1,
+    the old home) and a fresh user moves from n1 to n3."""
+    old_configs = node_configs(2)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery, reshape_configs(old_configs, 3))
+        await cluster.start("n3")
+        yield cluster, _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+        nursery.cancel_scope.cancel()
+
+
 async def test_an_old_home_that_said_complete_cannot_wipe_or_poison_a_user_served_since() -> None:
     """After ``handoff_complete`` the new home serves the old home's users itself (a
     user created during the reshape lives only there). A later ``handoff_put`` from that
     old home (hostile, or a stale retry) must be refused: with ``reset`` it would wipe
     the user's state, without it plant records (dedupe ids suppressing the user's
     future messages, one-time keys, device lists)."""
-    old_configs = node_configs(2)
-    configs = reshape_configs(old_configs, 3)
     with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            cluster = Cluster(nursery, configs)
-            await cluster.start("n3")
-            victim = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+        async with _reshape_to_n3() as (cluster, victim):
             async with peer_session(cluster, "n1", "n3") as p:
                 done = await p.request(HandoffComplete(id=3, ring_version=cluster.ring.version))
                 assert isinstance(done, Ok), done
@@ -69,20 +78,14 @@ async def test_an_old_home_that_said_complete_cannot_wipe_or_poison_a_user_serve
                     assert isinstance(answer, Error) and answer.code == "bad_request", answer
                 assert await st.export_user(victim.user_id) == before
                 assert await st.get_device_list(victim.user_id) is not None
-            nursery.cancel_scope.cancel()
 
 
 async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
     """Queued items and dedupe ids expire by their time: one from the future (a hostile
     old home, or a node whose clock runs ahead) is taken as now, and a time that is not
     a number is refused (NaN never compares as old enough)."""
-    old_configs = node_configs(2)
-    configs = reshape_configs(old_configs, 3)
     with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            cluster = Cluster(nursery, configs)
-            await cluster.start("n3")
-            user = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+        async with _reshape_to_n3() as (cluster, user):
             st = cluster.storages["n3"]
             async with peer_session(cluster, "n1", "n3") as p:
                 before = time.time()
@@ -100,7 +103,6 @@ async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
                 assert isinstance(nan, Error) and nan.code == "bad_request", nan
                 assert len([r for r in await st.export_user(user.user_id)
                             if r.kind == "dedupe"]) == 1
-            nursery.cancel_scope.cancel()
 
 
 async def test_an_old_home_cannot_plant_a_device_in_a_handed_over_list() -> None:
@@ -114,13 +116,8 @@ async def test_an_old_home_cannot_plant_a_device_in_a_handed_over_list() -> None
     from relay.protocol.identity import DEVICE_LIST_CONTEXT, DeviceList
     from relay.services.directory import pack_list
 
-    old_configs = node_configs(2)
-    configs = reshape_configs(old_configs, 3)
     with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            cluster = Cluster(nursery, configs)
-            await cluster.start("n3")
-            victim = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+        async with _reshape_to_n3() as (cluster, victim):
             evil = UserDevice()  # the attacker's own account key and device
             planted = DeviceList(victim.user_id, 2, (victim.entry(), evil.companion(1).entry()),
                                  int(time.time()))
@@ -143,4 +140,3 @@ async def test_an_old_home_cannot_plant_a_device_in_a_handed_over_list() -> None
                     assert await st.get_device_list(victim.user_id) is None
                 assert isinstance(await p.request(put(9, 1, honest)), Ok)
                 assert await st.get_device_list(victim.user_id) is not None
-            nursery.cancel_scope.cancel()

@@ -6,7 +6,15 @@ import os
 
 import msgpack
 import trio
-from relay_harness import deliveries, device_homed_at, list_of, publish_list, published, session
+from relay_harness import (
+    UserDevice,
+    deliveries,
+    device_homed_at,
+    list_of,
+    publish_list,
+    published,
+    session,
+)
 
 from relay.protocol.frames import Copy, Ok, Recipient, Send, Sent, Sync, Synced
 
@@ -58,16 +66,21 @@ async def test_final_rejection_bounces_once(cluster2_n1_only) -> None:
             assert await cluster.storages["n1"].queue_length(alice.user_id, 0) == 1
 
 
+async def _alice_and_bob_with_laptop(cluster) -> tuple[UserDevice, UserDevice]:
+    """alice at n1; bob at n2 with a phone (0) and a laptop (1) in list v1."""
+    (alice,) = await published(cluster, "n1")
+    bob = device_homed_at(cluster.ring, "n2")
+    assert await publish_list(cluster.url("n2"), list_of([bob, bob.companion(1)], 1)) == Ok(id=2)
+    return alice, bob
+
+
 async def test_queued_copy_for_a_removed_device_keeps_order(cluster2) -> None:
     """docs/protocol.md "Order", rule 6 (docs/reliability.md finding 15): a part
     answered ``queued`` whose recipient lost a device meanwhile is stored for the
     devices left, in order, instead of being bounced and resent behind later ones."""
     cluster = cluster2
     with trio.fail_after(20):
-        (alice,) = await published(cluster, "n1")
-        bob = device_homed_at(cluster.ring, "n2")
-        laptop = bob.companion(1)
-        assert await publish_list(cluster.url("n2"), list_of([bob, laptop], 1)) == Ok(id=2)
+        alice, bob = await _alice_and_bob_with_laptop(cluster)
         assert await publish_list(cluster.url("n2"), list_of([bob], 2)) == Ok(id=2)
         cluster.stop("n2")
         stale = Recipient(bob.user_id, 1, [Copy(0, b"first"), Copy(1, b"for the laptop")])
@@ -97,10 +110,7 @@ async def test_queued_part_missing_a_new_device_still_bounces(cluster2) -> None:
     since is bounced (``stale_devices``) so the sender re-encrypts for it."""
     cluster = cluster2
     with trio.fail_after(20):
-        (alice,) = await published(cluster, "n1")
-        bob = device_homed_at(cluster.ring, "n2")
-        laptop = bob.companion(1)
-        assert await publish_list(cluster.url("n2"), list_of([bob, laptop], 1)) == Ok(id=2)
+        alice, bob = await _alice_and_bob_with_laptop(cluster)
         cluster.stop("n2")
         mid = os.urandom(16)
         async with session(cluster.url("n1"), alice) as a:
