@@ -225,7 +225,7 @@ async def send_receipt(device: Device, peer: Peer, params: dict) -> dict:
         raise RpcError(INVALID_PARAMS, "give 'to' or 'group', not both")
     conversation = None
     if to is not None:
-        conversation = _user(device, params, "to")
+        conversation = user_param(device, params, "to")
     elif group is not None:
         try:
             conversation = state.groups.find(group).state.hex_id
@@ -238,14 +238,26 @@ async def send_receipt(device: Device, peer: Peer, params: dict) -> dict:
     return {"read": [e["id"] for e in entries]}
 
 
-async def _group_change(device: Device, op, *args) -> dict:  # noqa: ANN001
+async def group_change(device: Device, op, *args) -> dict:  # noqa: ANN001
+    """Run the group operation ``await op(client, *args)`` and answer
+    ``{"group": <group info --json object>, "text": <its human lines>}``.
+
+    Raises:
+        RpcError: the operation's failure, mapped by :func:`errors`.
+    """
     state = device.state
     with errors():
         g = await op(_client(device), *args)
     return {"group": group_json(state, g), "text": group_human(state, g)}
 
 
-def _user(device: Device, params: dict, key: str) -> str:
+def user_param(device: Device, params: dict, key: str) -> str:
+    """The user id named by ``params[key]`` (a contact name or a user id).
+
+    Raises:
+        RpcError: ``INVALID_PARAMS`` without a string there; ``USAGE_ERROR`` (reason
+            ``unknown_contact``) for a name that is no contact.
+    """
     try:
         return device.state.resolve(_str(params, key))
     except StateError as exc:
@@ -259,22 +271,22 @@ async def group_create(device: Device, peer: Peer, params: dict) -> dict:
     members = params.get("members")
     if not isinstance(members, list) or not members:
         raise RpcError(INVALID_PARAMS, "'members' must be a non-empty list")
-    ids = list(dict.fromkeys(_user(device, {"m": m}, "m") for m in members))
-    return await _group_change(device, create_group, _str(params, "name"), ids)
+    ids = list(dict.fromkeys(user_param(device, {"m": m}, "m") for m in members))
+    return await group_change(device, create_group, _str(params, "name"), ids)
 
 
 @method("groupAdd")
 async def group_add(device: Device, peer: Peer, params: dict) -> dict:
     """``{"group", "member"}`` -> as ``groupCreate``."""
-    return await _group_change(device, add_member, _str(params, "group"),
-                               _user(device, params, "member"))
+    return await group_change(device, add_member, _str(params, "group"),
+                               user_param(device, params, "member"))
 
 
 @method("groupRemove")
 async def group_remove(device: Device, peer: Peer, params: dict) -> dict:
     """``{"group", "member"}`` -> as ``groupCreate``."""
-    return await _group_change(device, remove_member, _str(params, "group"),
-                               _user(device, params, "member"))
+    return await group_change(device, remove_member, _str(params, "group"),
+                               user_param(device, params, "member"))
 
 
 @method("outbox")

@@ -19,7 +19,7 @@ from cli.commands._common import check_name, error_code
 from cli.commands._route import Recorder
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import INVALID_PARAMS, RUNTIME_ERROR, USAGE_ERROR, Peer, RpcError
-from cli.daemon.methods import _group_change, _user, errors, method
+from cli.daemon.methods import errors, group_change, method, user_param
 from cli.features.group_admin import leave_group, promote_member, rename_group
 
 __all__ = ["click_errors"]
@@ -121,7 +121,7 @@ def _group(params: dict) -> str:
 @method("groupLeave")
 async def group_leave(device: Device, peer: Peer, params: dict) -> dict:
     """``{"group"}`` -> as ``groupCreate``: leave the group (``wa-cli group leave``)."""
-    return await _group_change(device, leave_group, _group(params))
+    return await group_change(device, leave_group, _group(params))
 
 
 @method("groupRename")
@@ -132,12 +132,12 @@ async def group_rename(device: Device, peer: Peer, params: dict) -> dict:
         raise RpcError(INVALID_PARAMS, "'name' must be a string")
     with click_errors():
         check_name(name, "NEW_NAME")
-    return await _group_change(device, rename_group, _group(params), name)
+    return await group_change(device, rename_group, _group(params), name)
 
 
 @method("groupPromote")
 async def group_promote(device: Device, peer: Peer, params: dict) -> dict:
     """``{"group", "member": NAME_OR_USER_ID}`` -> as ``groupCreate`` (``wa-cli group
     promote``; admins)."""
-    return await _group_change(device, promote_member, _group(params),
-                               _user(device, params, "member"))
+    return await group_change(device, promote_member, _group(params),
+                               user_param(device, params, "member"))
