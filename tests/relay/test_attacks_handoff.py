@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgpack
 import trio
 from relay_harness import Cluster, UserDevice, peer_session, publish
 
 from relay.config.ring import Ring
 from relay.protocol._handoff_frames import encode_records
 from relay.protocol.frames import (
+    Envelope,
     Error,
     HandoffComplete,
     HandoffMedia,
@@ -34,6 +36,15 @@ def _moving(old: Ring, new: Ring, old_home: str, new_home: str) -> UserDevice:
         d = UserDevice()
         if old.home(d.user_id).id == old_home and new.home(d.user_id).id == new_home:
             return d
+
+
+def _envelope(sender: UserDevice, body: bytes = b"ciphertext") -> bytes:
+    """An envelope in stored form (as a queue holds it), from ``sender``'s device 0."""
+    from relay.protocol.stored import encode_envelope
+
+    return encode_envelope(Envelope(msg_id=os.urandom(16), sender_user=sender.user_id,
+                                    sender_device=0, ts=int(time.time() * 1000), kind="olm",
+                                    body=body))
 
 
 @asynccontextmanager
@@ -92,7 +103,7 @@ async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
                 future = await p.request(HandoffPut(
                     id=3, user_id=user.user_id, start=0, reset=True, outbox=[],
                     records=encode_records([("dedupe", 0, "", 0, 4e9, os.urandom(32)),
-                                            ("item", 0, "", 1, 4e9, b"an envelope")])))
+                                            ("item", 0, "", 1, 4e9, _envelope(user))])))
                 assert isinstance(future, Ok), future
                 stamps = [r.ts for r in await st.export_user(user.user_id)
                           if r.kind in ("dedupe", "item")]
@@ -140,3 +151,45 @@ async def test_an_old_home_cannot_plant_a_device_in_a_handed_over_list() -> None
                     assert await st.get_device_list(victim.user_id) is None
                 assert isinstance(await p.request(put(9, 1, honest)), Ok)
                 assert await st.get_device_list(victim.user_id) is not None
+
+
+async def test_an_old_home_cannot_hand_over_an_envelope_that_breaks_the_device_queue() -> None:
+    """Queued envelopes are written into ``deliver`` frames as stored, without being
+    decoded again (relay/protocol/stored.py). A handed-over ``item`` that is not an
+    envelope (garbage, or a map that swallows the next items of the frame) made every
+    ``deliver`` frame of the device's queue undecodable: the device was disconnected on
+    each sync and never got the envelopes behind it. Such a batch is refused; honest
+    envelopes are taken and delivered."""
+    from relay_harness import deliveries, list_of, session
+
+    from relay.protocol.frames import HandoffDone, Sync
+    from relay.services.directory import pack_list
+
+    with trio.fail_after(DEADLINE):
+        async with _reshape_to_n3() as (cluster, victim):
+            now = time.time()
+            honest = _envelope(victim)
+            listed = ("list", 0, "", 1, now, pack_list(list_of([victim], 1)))
+            bad_items = [b"an envelope",  # not msgpack of a map
+                         b"\x87" + honest[1:],  # a map header that claims one more entry
+                         honest + b"\xc0",  # trailing bytes after the map
+                         msgpack.packb({"msg_id": 5, "sender_user": "x", "sender_device": 0,
+                                        "ts": 1, "kind": "olm", "body": b"b"})]
+            st = cluster.storages["n3"]
+            async with peer_session(cluster, "n1", "n3") as p:
+                for i, bad in enumerate(bad_items, start=3):
+                    answer = await p.request(HandoffPut(
+                        id=i, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                        records=encode_records([listed, ("item", 0, "", 1, now, bad),
+                                                ("item", 0, "", 2, now, honest)])))
+                    assert isinstance(answer, Error) and answer.code == "bad_request", answer
+                    assert await st.read_queue(victim.user_id, 0) == []
+                ok = await p.request(HandoffPut(
+                    id=20, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([listed, ("item", 0, "", 2, now, honest)])))
+                assert isinstance(ok, Ok), ok
+                assert isinstance(await p.request(HandoffDone(id=21, user_id=victim.user_id)), Ok)
+            async with session(cluster.url("n3"), victim) as c:
+                await c.send(Sync(id=30))
+                (item,) = await deliveries(c, 1)
+                assert (item.seq, item.envelope.body) == (2, b"ciphertext")
