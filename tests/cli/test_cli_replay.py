@@ -53,6 +53,33 @@ async def test_a_group_message_replayed_after_the_dedupe_window_is_not_shown_aga
                 "replayed group message (index 0 of its session was decrypted before)"]
 
 
+async def test_a_pairwise_message_replayed_after_the_dedupe_window_is_not_shown_again(
+        tmp_path) -> None:
+    """An old Olm envelope no longer decrypts (its message key is spent), but the
+    failure used to ask the sender for a resend, which its client sent, and which was
+    shown as new. Now a message id already in the history is neither asked for again
+    nor shown again."""
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1) as cluster:
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack)
+            async with open_client(alice) as client:
+                await client.send_text(bob.user_id, "pay carol 100")
+            storage = cluster.storages[cluster.home_of(bob.user_id)]
+            (old,) = [q.envelope for q in await storage.read_queue(bob.user_id, 0)
+                      if decode_envelope(q.envelope).kind == "olm"]
+            shown = [e.text for e in await _events(bob) if isinstance(e, Message)]
+            assert shown == ["pay carol 100"]
+            for _ in range(SEEN_LIMIT):
+                bob.mark_seen(os.urandom(16))
+            bob.save()
+            await storage.enqueue([(bob.user_id, 0, old)])
+            replayed = await _events(bob)
+            assert [type(e) for e in replayed] == [Dropped], replayed
+            assert await _events(alice) == []  # alice's client answers retry requests here
+            assert not [e for e in await _events(bob) if isinstance(e, Message)]
+            assert await storage.read_queue(bob.user_id, 0) == []  # no resend on its way
+
+
 def test_decrypted_indices_survive_a_save_and_bound_their_memory() -> None:
     """The indices are saved with the group store (a replay after a restart is still
     one), a store saved before replay checks loads, and a session's window stays
