@@ -115,7 +115,8 @@ class Node:
                            Ring(config.previous_cluster) if config.previous_cluster else None)
         self.limits = Limits.for_node(config.max_frame, config.max_envelope)
         self.admission = Admission(config.max_connections, config.max_pending_per_ip,
-                                   min(config.max_pending, config.max_connections))
+                                   min(config.max_pending, config.max_connections),
+                                   max_per_ip=config.max_connections_per_ip)
         #: Connections not yet upgraded to a WebSocket (idle sockets hold descriptors).
         self.opening = Admission(config.max_pending, config.max_pending_per_ip,
                                  config.max_pending)
