@@ -271,12 +271,11 @@ class Directory:
                     raise RelayError(ErrorCode.BAD_REQUEST,
                                      f"key {k.key_id!r} is not signed by the device's key")
         if one_time_keys:
+            pairs = [(k.key_id, _stored_key(k)) for k in one_time_keys]
             try:
-                count = await self._storage.add_one_time_keys(
-                    user_id, device_id, [(k.key_id, _stored_key(k)) for k in one_time_keys]
-                )
-            except DuplicateKey as exc:
-                raise RelayError(ErrorCode.BAD_REQUEST, "duplicate one-time key id") from exc
+                count = await self._storage.add_one_time_keys(user_id, device_id, pairs)
+            except DuplicateKey:
+                count = await self._add_keys_one_by_one(user_id, device_id, pairs)
         else:
             count = await self._storage.count_one_time_keys(user_id, device_id)
         if fallback_key is not None:
@@ -284,6 +283,31 @@ class Directory:
                                                  _stored_key(fallback_key))
             self.claim_limits.remember_fallback(user_id, device_id, fallback_key.key_id,
                                                 _stored_key(fallback_key))
+        return count
+
+    async def _add_keys_one_by_one(
+        self, user_id: str, device_id: int, pairs: list[tuple[str, bytes]]
+    ) -> int:
+        """Add the keys of a batch that clashed, each on its own, leaving out those whose
+        id is stored or was claimed already (a retried upload whose answer was lost,
+        or ``claimed`` ids a hostile old home handed over for the ids a device uses
+        next: vodozemac's ids are counters). One clash no longer refuses the whole
+        upload, fallback key included, which left such a device without a key to claim.
+
+        Raises:
+            RelayError: ``bad_request`` when no key of the batch could be added.
+            StorageFull: a key could not be stored.
+        """
+        count, added = None, 0
+        for pair in pairs:
+            try:
+                count = await self._storage.add_one_time_keys(user_id, device_id, [pair])
+                added += 1
+            except DuplicateKey:
+                continue
+        if not added:
+            raise RelayError(ErrorCode.BAD_REQUEST, "duplicate one-time key id")
+        assert count is not None
         return count
 
     async def key_count(self, user_id: str, device_id: int) -> int:

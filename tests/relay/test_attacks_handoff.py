@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import msgpack
 import trio
+import vodozemac
 from relay_harness import Cluster, UserDevice, peer_session, publish
 
 from relay.config.ring import Ring
@@ -193,3 +194,52 @@ async def test_an_old_home_cannot_hand_over_an_envelope_that_breaks_the_device_q
                 await c.send(Sync(id=30))
                 (item,) = await deliveries(c, 1)
                 assert (item.seq, item.envelope.body) == (2, b"ciphertext")
+
+
+async def test_an_old_home_cannot_lock_a_device_out_of_uploading_keys() -> None:
+    """One-time key ids are vodozemac's counters (``AAAAAAAAAAA``, ``AAAAAAAAAAE``, ...),
+    and a claimed id is never accepted again. An old home handing over ``claimed``
+    records for the ids a device will use next (and no keys) made every upload of that
+    device fail as a whole (``duplicate one-time key id``), its fallback key included:
+    the device had no key to claim, so no one could start a session with it. Now only
+    the clashing keys are left out; the others and the fallback key are stored."""
+    from relay_harness import list_of, session
+
+    from relay.protocol.frames import (
+        Claimed,
+        ClaimKeys,
+        HandoffDone,
+        KeyCount,
+        OneTimeKey,
+        UploadKeys,
+    )
+    from relay.services.directory import pack_list
+
+    with trio.fail_after(DEADLINE):
+        async with _reshape_to_n3() as (cluster, victim):
+            now = time.time()
+            probe = vodozemac.Account()  # the same counter as the victim's own account
+            probe.generate_one_time_keys(5)
+            planted = [("claimed", 0, key_id, 0, now, b"") for key_id in probe.one_time_keys]
+            async with peer_session(cluster, "n1", "n3") as p:
+                put = await p.request(HandoffPut(
+                    id=3, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([("list", 0, "", 1, now,
+                                             pack_list(list_of([victim], 1))), *planted])))
+                assert isinstance(put, Ok), put
+                assert isinstance(await p.request(HandoffDone(id=4, user_id=victim.user_id)), Ok)
+            keys = victim.one_time_keys(8)  # the device's first keys: 5 of them clash
+            victim.olm.generate_fallback_key()
+            ((fb_id, fb_key),) = victim.olm.fallback_key.items()
+            fallback = OneTimeKey(fb_id, fb_key.to_bytes())
+            async with session(cluster.url("n3"), victim) as c:
+                answer = await c.request(UploadKeys(id=10, one_time_keys=keys,
+                                                    fallback_key=fallback))
+                assert isinstance(answer, KeyCount) and answer.otk_count == 3, answer
+                claimed = await c.request(ClaimKeys(id=11, user_id=victim.user_id,
+                                                    device_ids=[0]))
+            assert isinstance(claimed, Claimed) and len(claimed.keys) == 1, claimed
+            assert claimed.keys[0].key_id not in probe.one_time_keys
+            assert not claimed.keys[0].fallback
+            assert await cluster.storages["n3"].get_fallback_key(victim.user_id, 0) == (
+                fb_id, fb_key.to_bytes())
