@@ -251,8 +251,9 @@ class Directory:
         its current list (claimers check it again; the node stores it after the key).
 
         Raises:
-            RelayError: ``bad_request`` for a duplicate or malformed key, or a signature
-                that does not verify (nothing stored).
+            RelayError: ``bad_request`` for a malformed key or a signature that does
+                not verify (nothing stored). A one-time key whose id is stored or was
+                claimed already is left out (see :meth:`_add_keys_one_by_one`).
             StorageFull: nothing stored.
         """
         keys = [*one_time_keys, *([fallback_key] if fallback_key else [])]
@@ -293,22 +294,17 @@ class Directory:
         or ``claimed`` ids a hostile old home handed over for the ids a device uses
         next: vodozemac's ids are counters). One clash no longer refuses the whole
         upload, fallback key included, which left such a device without a key to claim.
+        Returns the device's count (a batch of such ids only adds nothing: a retry).
 
         Raises:
-            RelayError: ``bad_request`` when no key of the batch could be added.
             StorageFull: a key could not be stored.
         """
-        count, added = None, 0
         for pair in pairs:
             try:
-                count = await self._storage.add_one_time_keys(user_id, device_id, [pair])
-                added += 1
+                await self._storage.add_one_time_keys(user_id, device_id, [pair])
             except DuplicateKey:
                 continue
-        if not added:
-            raise RelayError(ErrorCode.BAD_REQUEST, "duplicate one-time key id")
-        assert count is not None
-        return count
+        return await self._storage.count_one_time_keys(user_id, device_id)
 
     async def key_count(self, user_id: str, device_id: int) -> int:
         """How many unclaimed one-time keys the device has."""
