@@ -115,7 +115,11 @@ class Node:
                            Ring(config.previous_cluster) if config.previous_cluster else None)
         self.limits = Limits.for_node(config.max_frame, config.max_envelope)
         self.admission = Admission(config.max_connections, config.max_pending_per_ip,
-                                   min(config.max_pending, config.max_connections))
+                                   min(config.max_pending, config.max_connections),
+                                   max_per_ip=config.max_connections_per_ip)
+        #: Connections not yet upgraded to a WebSocket (idle sockets hold descriptors).
+        self.opening = Admission(config.max_pending, config.max_pending_per_ip,
+                                 config.max_pending)
         self.metrics = NodeMetrics(config.id, self.ring.version)
         observe = getattr(storage, "observe_batches", None)
         if observe is not None:
@@ -285,6 +289,7 @@ async def serve_node(
                 tls,
                 message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
+                opening=node.opening,
             ))
             if config.admin_port:
                 await nursery.start(serve_admin, node, config.admin_host, config.admin_port)

@@ -112,9 +112,14 @@ def send_file(app: AppContext, path: Path, *, recipient: str | None, caption: st
 
 def held_reason(state: State, entry: dict, auto_max: int) -> str | None:
     """Why ``recv`` does not download the file of history ``entry`` by itself (from
-    someone not in the contacts, or larger than ``auto_max`` bytes), or ``None``."""
+    someone not in the contacts, or larger than ``auto_max`` bytes), or ``None``.
+    The size is the larger of the announced plaintext size and the ciphertext size,
+    which is what a download fetches (a sender may announce any plaintext size up
+    to it)."""
     peer = entry.get("from") or entry.get("peer") or ""
-    size = entry["file"].get("size") or 0
+    ref = entry["file"].get("ref")
+    fetched = ref.get("size") if isinstance(ref, dict) else None
+    size = max(entry["file"].get("size") or 0, fetched if type(fetched) is int else 0)
     if peer != state.user_id and state.alias_of(peer) is None:
         return "from someone not in your contacts"
     if size > auto_max:

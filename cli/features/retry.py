@@ -43,7 +43,7 @@ from cli.events import Bounce, Dropped, Message
 from cli.features import payload
 from cli.features.outbound import WITHHELD, ensure_sessions, has_session
 from cli.session import crypto, prekeys
-from cli.session.state import DeviceListRejected, seen_key
+from cli.session.state import DeviceListRejected, State, seen_key
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Envelope, Recipient, Send
 from relay.protocol.stored import BOUNCE_FROM_HOME
@@ -240,6 +240,15 @@ async def _listed_when_sent(client: Session, user_id: str, entry: dict) -> Addre
     return {(user_id, d.device_id) for d in current.devices}
 
 
+def _shown(state: State, sender_user: str, msg_id: bytes) -> bool:
+    """Whether ``msg_id`` from ``sender_user`` is in the history already. Dedupe keys
+    cover only the last ``SEEN_LIMIT`` ids: a node that replays an envelope older than
+    that (it fails to decrypt, its Olm key is spent) would otherwise get a retry
+    request sent, and the sender's resend shown a second time (tests/cli/test_cli_replay.py)."""
+    entry = state.find_history(msg_id.hex())
+    return entry is not None and entry.get("from") == sender_user
+
+
 async def request_retry(client: Session, sender_user: str, sender_device: int,
                         about: bytes) -> bool:
     """Ask ``(sender_user, sender_device)`` end to end to resend ``about``, which this
@@ -250,6 +259,10 @@ async def request_retry(client: Session, sender_user: str, sender_device: int,
     """
     state = client.state
     if sender_user == state.user_id and sender_device == state.device_id:
+        return False
+    if _shown(state, sender_user, about):
+        log.warning("not asking %s/%d to resend %s: shown already (a replayed envelope?)",
+                    sender_user[:8], sender_device, about.hex()[:8])
         return False
     if not state.mark_seen(seen_key(sender_user, b"retry\0" + about)):
         return False  # asked already
@@ -322,7 +335,7 @@ def open_resend(client: Session, env: Envelope, m: dict) -> Message | Dropped | 
     if p.msg_id != about:
         return dropped("the resent message's id differs from the one it names")
     key = seen_key(env.sender_user, about)
-    if key in state.seen:
+    if key in state.seen or _shown(state, env.sender_user, about):
         return None
     own = env.sender_user == state.user_id
     group = hex_id = None

@@ -43,6 +43,7 @@ from cli.session.group_state import (
     new_group_id,
     parse_state,
 )
+from cli.session.replay import IndexWindow
 
 __all__ = [
     "GROUP_ID_SIZE", "MAX_MEMBERS", "GroupDecryptError", "GroupError", "GroupForked", "GroupRecord",
@@ -125,6 +126,9 @@ class GroupStore:
         # -> (group_id, session)
         self.inbound: OrderedDict[InboundKey, tuple[bytes, vodozemac.InboundGroupSession]] = (
             OrderedDict())
+        #: Message indices decrypted per inbound session (replay detection:
+        #: :mod:`cli.session.replay`).
+        self.decrypted: dict[InboundKey, IndexWindow] = {}
 
     # ------------------------------------------------------------ lookups
 
@@ -242,7 +246,8 @@ class GroupStore:
         self.inbound[key] = (group_id, inbound)
         self.inbound.move_to_end(key)
         while len(self.inbound) > MAX_INBOUND:
-            self.inbound.popitem(last=False)
+            gone, _ = self.inbound.popitem(last=False)
+            self.decrypted.pop(gone, None)
         return True
 
     def decrypt(self, sender_user: str, sender_device: int, body: bytes) -> tuple[bytes, bytes]:
@@ -254,17 +259,23 @@ class GroupStore:
         Raises:
             GroupDecryptError: malformed, no key from that sender device for the
                 session (e.g. sent before this device joined, or after it left),
-                or the Megolm message does not verify.
+                the Megolm message does not verify, or its index was decrypted
+                before (a replay: :mod:`cli.session.replay`).
         """
         session_id, message = split_body(body)
-        held = self.inbound.get((sender_user, sender_device, session_id))
+        key = (sender_user, sender_device, session_id)
+        held = self.inbound.get(key)
         if held is None:
             raise GroupDecryptError("no group session key from this sender device")
         group_id, inbound = held
         try:
-            plain = inbound.decrypt(message).plaintext
+            decrypted = inbound.decrypt(message)
         except ValueError as exc:
             raise GroupDecryptError(f"group message does not decrypt: {exc}") from exc
+        plain = decrypted.plaintext
+        if not self.decrypted.setdefault(key, IndexWindow()).add(decrypted.message_index):
+            raise GroupDecryptError(f"replayed group message (index {decrypted.message_index} "
+                                    "of its session was decrypted before)")
         try:
             m = msgpack.unpackb(plain, raw=False, strict_map_key=True, max_ext_len=0,
                                 max_map_len=8)
@@ -286,6 +297,8 @@ class GroupStore:
             "outbound": [[gid, o.session.pickle(pickle_key), o.created_at,
                           [list(s) for s in o.shared]] for gid, o in self.outbound.items()],
             "inbound": [[*k, gid, s.pickle(pickle_key)] for k, (gid, s) in self.inbound.items()],
+            "decrypted": [[*k, w.to_list()] for k, w in self.decrypted.items()
+                          if k in self.inbound],
         }
 
     @classmethod
@@ -319,6 +332,9 @@ class GroupStore:
         for user, device, sid, gid, pickle in m["inbound"]:
             store.inbound[(user, device, sid)] = (
                 gid, vodozemac.InboundGroupSession.from_pickle(pickle, pickle_key))
+        for user, device, sid, window in m.get("decrypted", []):  # absent before replay checks
+            if (user, device, sid) in store.inbound:
+                store.decrypted[(user, device, sid)] = IndexWindow.from_list(window)
         return store
 
 

@@ -385,6 +385,7 @@ def load_node_config(
         keepalive_interval=float(f.keepalive_interval),
         keepalive_timeout=float(f.keepalive_timeout),
         max_connections=f.max_connections, max_mailboxes_per_ip=f.max_mailboxes_per_ip,
+        max_connections_per_ip=f.max_connections_per_ip,
         max_mailboxes=f.max_mailboxes,
         max_pending=f.max_pending,
         otk_claim_burst=f.otk_claim_burst,

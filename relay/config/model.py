@@ -19,6 +19,7 @@ from .schema import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_LINK_TTL,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_MAILBOXES,
     DEFAULT_MAX_MAILBOXES_PER_IP,
@@ -76,6 +77,8 @@ class NodeConfig:
         max_pending_per_ip: most unauthenticated connections from one address
             (an IPv4 address or an IPv6 /64); more are refused (HTTP 503).
         max_connections: most connections of all kinds at once; more are refused (HTTP 503).
+        max_connections_per_ip: most connections of all kinds at once from one address
+            (authenticated ones included); more are refused (HTTP 503).
         max_mailboxes_per_ip: most linking mailboxes open at once from one
             address; more ``link_open`` get ``rate_limited``.
         max_mailboxes: most linking mailboxes open at once on the node; when full,
@@ -126,6 +129,7 @@ class NodeConfig:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
     max_mailboxes_per_ip: int = DEFAULT_MAX_MAILBOXES_PER_IP
     max_mailboxes: int = DEFAULT_MAX_MAILBOXES
     max_pending: int = DEFAULT_MAX_PENDING

@@ -42,6 +42,7 @@ DEFAULT_KEEPALIVE_INTERVAL = 20.0
 DEFAULT_KEEPALIVE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING_PER_IP = 64
 DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_CONNECTIONS_PER_IP = 512
 DEFAULT_MAX_MAILBOXES_PER_IP = 8
 DEFAULT_MAX_MAILBOXES = 1000
 DEFAULT_MAX_PENDING = 5_000
@@ -91,6 +92,7 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     keepalive_timeout: Positive = DEFAULT_KEEPALIVE_TIMEOUT
     max_pending_per_ip: Count = DEFAULT_MAX_PENDING_PER_IP
     max_connections: Count = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_ip: Count = DEFAULT_MAX_CONNECTIONS_PER_IP
     max_mailboxes_per_ip: Count = DEFAULT_MAX_MAILBOXES_PER_IP
     max_mailboxes: Count = DEFAULT_MAX_MAILBOXES
     max_pending: Count = DEFAULT_MAX_PENDING

@@ -7,6 +7,9 @@ A node counts every accepted WebSocket (devices, peers, linking devices) against
 ``max_pending_per_ip`` for its remote address and against ``max_pending`` in all.
 So ``max_connections - max_pending`` slots are reserved for authenticated devices,
 peer nodes and linking devices: unauthenticated traffic can never take them.
+With ``max_per_ip``, an address also holds at most that many connections of every
+kind: accounts are free and each lists up to 8 devices, so one address could
+otherwise fill every reserved slot with authenticated connections.
 
 When a new connection finds its address (or the whole pending pool) at its cap,
 the *oldest* unauthenticated connection of that address (of the pool) that has
@@ -95,7 +98,7 @@ class Ticket:
         if self._open:
             self.authenticated()
             self._open = False
-            self._owner.total -= 1
+            self._owner._leave(self)
 
     def __enter__(self) -> Ticket:
         return self
@@ -115,6 +118,8 @@ class Admission:
         max_pending: most not-yet-authenticated connections in all (default: half
             of ``max_connections``; the rest is reserved for authenticated ones).
         clock: the time source (default ``trio.current_time``).
+        max_per_ip: most connections of all kinds per :func:`address_key`
+            (``None``: no such cap).
 
     Attributes:
         total: connections admitted and not yet released.
@@ -123,8 +128,11 @@ class Admission:
 
     def __init__(self, max_connections: int, max_pending_per_ip: int,
                  max_pending: int | None = None,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time, *,
+                 max_per_ip: int | None = None) -> None:
         self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self._per_key: dict[str, int] = {}  # key -> connections of every kind
         self.max_pending_per_ip = max_pending_per_ip
         self.max_pending = max(1, max_connections // 2) if max_pending is None else max_pending
         self.total = 0
@@ -153,12 +161,16 @@ class Admission:
             Its :class:`Ticket` (release it when the connection ends).
 
         Raises:
-            Refused: ``max_connections`` are open, or a pending cap is reached and
-                no pending connection is old enough to evict.
+            Refused: ``max_connections`` are open (or ``max_per_ip`` from the
+                address), or a pending cap is reached and no pending connection is
+                old enough to evict.
         """
         now = self._clock()
         key = address_key(address)
         mine = self._pending.get(key, {})
+        if (self.max_per_ip is not None and self._per_key.get(key, 0) >= self.max_per_ip
+                and not self._evict(mine, now)):
+            raise Refused(f"too many connections from {key}")
         if len(mine) >= self.max_pending_per_ip and not self._evict(mine, now):
             raise Refused(f"too many unauthenticated connections from {key}")
         if len(self._queue) >= self.max_pending and not self._evict(self._queue, now):
@@ -169,7 +181,16 @@ class Admission:
         self._pending.setdefault(key, {})[ticket] = None
         self._queue[ticket] = None
         self.total += 1
+        self._per_key[key] = self._per_key.get(key, 0) + 1
         return ticket
+
+    def _leave(self, ticket: Ticket) -> None:
+        self.total -= 1
+        left = self._per_key[ticket.key] - 1
+        if left:
+            self._per_key[ticket.key] = left
+        else:
+            del self._per_key[ticket.key]
 
     def _evict(self, tickets: dict[Ticket, None], now: float) -> bool:
         """Evict the oldest ticket of ``tickets`` if it is past the grace period."""

@@ -28,6 +28,14 @@ Both reach into trio-websocket's internals (``_handle_close_connection_event``,
 ``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
 trio-websocket 0.12) and mirror its own ``_send``;
 :func:`serve_gated_websocket` is ``serve_websocket`` building this class.
+
+* **Caps before the upgrade request.** A TCP (or TLS) connection that has not sent
+  its WebSocket upgrade request yet holds a socket for up to ``connect_timeout``
+  seconds, before :class:`relay.net.admission.Admission` counts it. With an
+  ``opening`` admission, such connections are counted per address and in all from
+  the moment they are accepted: over a cap the oldest one past the grace period
+  is closed, or else the new one is closed at once, so idle sockets from one
+  address cannot use up the node's file descriptors (slowloris).
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
+
+from .admission import Admission, Refused, Ticket
 
 CLOSE_GATE_TIMEOUT = 5.0
 """Seconds a remote Close waits for the answers to the requests read before it."""
@@ -245,8 +255,31 @@ async def _cancel_when_closed(connection: GatedWebSocket, scope: trio.CancelScop
     scope.cancel()
 
 
+def _peer_host(stream: trio.abc.Stream) -> str:
+    """The remote address of an accepted (TCP or TLS-over-TCP) stream, else ``"?"``."""
+    inner = getattr(stream, "transport_stream", stream)
+    try:
+        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return "?"
+
+
 class _GatedServer(WebSocketServer):
+    opening: Admission | None = None
+
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        if self.opening is None:
+            await self._handle_opened(stream, None)
+            return
+        try:
+            ticket = self.opening.admit(_peer_host(stream))
+        except Refused:  # over a cap before the upgrade request: close at once
+            await trio.aclose_forcefully(stream)
+            return
+        with ticket:
+            await self._handle_opened(stream, ticket)
+
+    async def _handle_opened(self, stream: trio.abc.Stream, ticket: Ticket | None) -> None:
         # trio-websocket 0.12's WebSocketServer._handle_connection, building a GatedWebSocket.
         async with trio.open_nursery() as nursery:
             connection = GatedWebSocket(
@@ -256,7 +289,9 @@ class _GatedServer(WebSocketServer):
                 receive_buffer_size=self._receive_buffer_size)
             nursery.start_soon(connection._reader_task)
             request = None
-            with trio.move_on_after(self._connect_timeout):
+            with trio.move_on_after(self._connect_timeout) as waiting:
+                if ticket is not None:
+                    ticket.on_evict = waiting.cancel
                 async with trio.open_nursery() as opening:
                     # A stream that broke before the request (e.g. a plain ws:// client
                     # on a TLS port: the TLS handshake failed) is closed at once, so the
@@ -264,6 +299,8 @@ class _GatedServer(WebSocketServer):
                     opening.start_soon(_cancel_when_closed, connection, opening.cancel_scope)
                     request = await connection._get_request()
                     opening.cancel_scope.cancel()
+            if ticket is not None:
+                ticket.release()  # from here the node's admission counts it
             if request is None:
                 nursery.cancel_scope.cancel()
                 await stream.aclose()
@@ -279,10 +316,16 @@ async def serve_gated_websocket(
     handler: Callable[[WebSocketRequest], Awaitable[None]], host: str | None, port: int,
     ssl_context: ssl.SSLContext | None, *, message_queue_size: int, max_message_size: int,
     receive_buffer_size: int, connect_timeout: float, disconnect_timeout: float,
+    opening: Admission | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``trio_websocket.serve_websocket`` whose connections are :class:`GatedWebSocket`;
-    runs until cancelled and supports ``nursery.start`` (started with the server)."""
+    runs until cancelled and supports ``nursery.start`` (started with the server).
+
+    Args:
+        opening: counts and caps connections from their accept until their upgrade
+            request came (or ``connect_timeout`` seconds passed): see the module
+            docstring; ``None``: not counted."""
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:
@@ -292,6 +335,7 @@ async def serve_gated_websocket(
         handler, listeners, message_queue_size=message_queue_size,
         max_message_size=max_message_size, receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout)
+    server.opening = opening
     await server.run(task_status=task_status)
 
 

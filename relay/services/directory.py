@@ -251,8 +251,9 @@ class Directory:
         its current list (claimers check it again; the node stores it after the key).
 
         Raises:
-            RelayError: ``bad_request`` for a duplicate or malformed key, or a signature
-                that does not verify (nothing stored).
+            RelayError: ``bad_request`` for a malformed key or a signature that does
+                not verify (nothing stored). A one-time key whose id is stored or was
+                claimed already is left out (see :meth:`_add_keys_one_by_one`).
             StorageFull: nothing stored.
         """
         keys = [*one_time_keys, *([fallback_key] if fallback_key else [])]
@@ -271,12 +272,11 @@ class Directory:
                     raise RelayError(ErrorCode.BAD_REQUEST,
                                      f"key {k.key_id!r} is not signed by the device's key")
         if one_time_keys:
+            pairs = [(k.key_id, _stored_key(k)) for k in one_time_keys]
             try:
-                count = await self._storage.add_one_time_keys(
-                    user_id, device_id, [(k.key_id, _stored_key(k)) for k in one_time_keys]
-                )
-            except DuplicateKey as exc:
-                raise RelayError(ErrorCode.BAD_REQUEST, "duplicate one-time key id") from exc
+                count = await self._storage.add_one_time_keys(user_id, device_id, pairs)
+            except DuplicateKey:
+                count = await self._add_keys_one_by_one(user_id, device_id, pairs)
         else:
             count = await self._storage.count_one_time_keys(user_id, device_id)
         if fallback_key is not None:
@@ -285,6 +285,26 @@ class Directory:
             self.claim_limits.remember_fallback(user_id, device_id, fallback_key.key_id,
                                                 _stored_key(fallback_key))
         return count
+
+    async def _add_keys_one_by_one(
+        self, user_id: str, device_id: int, pairs: list[tuple[str, bytes]]
+    ) -> int:
+        """Add the keys of a batch that clashed, each on its own, leaving out those whose
+        id is stored or was claimed already (a retried upload whose answer was lost,
+        or ``claimed`` ids a hostile old home handed over for the ids a device uses
+        next: vodozemac's ids are counters). One clash no longer refuses the whole
+        upload, fallback key included, which left such a device without a key to claim.
+        Returns the device's count (a batch of such ids only adds nothing: a retry).
+
+        Raises:
+            StorageFull: a key could not be stored.
+        """
+        for pair in pairs:
+            try:
+                await self._storage.add_one_time_keys(user_id, device_id, [pair])
+            except DuplicateKey:
+                continue
+        return await self._storage.count_one_time_keys(user_id, device_id)
 
     async def key_count(self, user_id: str, device_id: int) -> int:
         """How many unclaimed one-time keys the device has."""

@@ -11,9 +11,16 @@ import time
 from typing import TYPE_CHECKING
 
 from relay.errors import RelayError
-from relay.protocol import ErrorCode, RemoteProtocolError, read_frame, verify_device_list
+from relay.protocol import (
+    ErrorCode,
+    Limits,
+    RemoteProtocolError,
+    read_frame,
+    verify_device_list,
+)
 from relay.protocol._handoff_frames import Record, decode_records
 from relay.protocol.frames import (
+    Deliver,
     Error,
     Forward,
     GetDevices,
@@ -23,6 +30,7 @@ from relay.protocol.frames import (
     HandoffMedia,
     HandoffPut,
 )
+from relay.protocol.stored import encode_deliver, encode_envelope
 from relay.services.directory import unpack_list
 from relay.services.federation import LinkDown, request_within
 from relay.services.requeue import requeue
@@ -74,6 +82,25 @@ def _check_list(user_id: str, r: UserRecord) -> None:
         raise ValueError(f"device list v{parsed.version} stored as v{r.seq}")
 
 
+def _check_item(r: UserRecord, limits: Limits) -> None:
+    """Check a handed-over queued envelope as its device will read it: queued bytes go
+    into ``deliver`` frames as they are (:func:`relay.protocol.stored.encode_deliver`),
+    so anything but one envelope map as this node writes it (garbage, a map header
+    that swallows the next items, trailing bytes, fields a device refuses) would make
+    every ``deliver`` frame of the queue undecodable and block it for good.
+
+    Raises:
+        ValueError: not an envelope in stored form.
+    """
+    try:
+        frame = read_frame(encode_deliver([(max(r.seq, 1), r.value)]), limits)
+    except RemoteProtocolError as exc:
+        raise ValueError(f"queued item {r.seq}: not an envelope ({exc.message})") from exc
+    if (not isinstance(frame, Deliver) or len(frame.items) != 1
+            or encode_envelope(frame.items[0].envelope) != r.value):
+        raise ValueError(f"queued item {r.seq}: not an envelope in stored form")
+
+
 class HandoffIn:
     """Receives users handed to this node.
 
@@ -118,6 +145,8 @@ class HandoffIn:
             for r in records:
                 if r.kind == "list":
                     _check_list(frame.user_id, r)
+                elif r.kind == "item":
+                    _check_item(r, self._node.limits)
             await self._storage.import_user(frame.user_id, records,
                                             reset=frame.reset and frame.start == 0)
         except (RemoteProtocolError, ValueError) as exc:

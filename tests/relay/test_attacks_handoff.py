@@ -11,12 +11,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgpack
 import trio
+import vodozemac
 from relay_harness import Cluster, UserDevice, peer_session, publish
 
 from relay.config.ring import Ring
 from relay.protocol._handoff_frames import encode_records
 from relay.protocol.frames import (
+    Envelope,
     Error,
     HandoffComplete,
     HandoffMedia,
@@ -34,6 +37,15 @@ def _moving(old: Ring, new: Ring, old_home: str, new_home: str) -> UserDevice:
         d = UserDevice()
         if old.home(d.user_id).id == old_home and new.home(d.user_id).id == new_home:
             return d
+
+
+def _envelope(sender: UserDevice, body: bytes = b"ciphertext") -> bytes:
+    """An envelope in stored form (as a queue holds it), from ``sender``'s device 0."""
+    from relay.protocol.stored import encode_envelope
+
+    return encode_envelope(Envelope(msg_id=os.urandom(16), sender_user=sender.user_id,
+                                    sender_device=0, ts=int(time.time() * 1000), kind="olm",
+                                    body=body))
 
 
 @asynccontextmanager
@@ -92,7 +104,7 @@ async def test_an_old_home_cannot_plant_state_that_never_expires() -> None:
                 future = await p.request(HandoffPut(
                     id=3, user_id=user.user_id, start=0, reset=True, outbox=[],
                     records=encode_records([("dedupe", 0, "", 0, 4e9, os.urandom(32)),
-                                            ("item", 0, "", 1, 4e9, b"an envelope")])))
+                                            ("item", 0, "", 1, 4e9, _envelope(user))])))
                 assert isinstance(future, Ok), future
                 stamps = [r.ts for r in await st.export_user(user.user_id)
                           if r.kind in ("dedupe", "item")]
@@ -140,3 +152,94 @@ async def test_an_old_home_cannot_plant_a_device_in_a_handed_over_list() -> None
                     assert await st.get_device_list(victim.user_id) is None
                 assert isinstance(await p.request(put(9, 1, honest)), Ok)
                 assert await st.get_device_list(victim.user_id) is not None
+
+
+async def test_an_old_home_cannot_hand_over_an_envelope_that_breaks_the_device_queue() -> None:
+    """Queued envelopes are written into ``deliver`` frames as stored, without being
+    decoded again (relay/protocol/stored.py). A handed-over ``item`` that is not an
+    envelope (garbage, or a map that swallows the next items of the frame) made every
+    ``deliver`` frame of the device's queue undecodable: the device was disconnected on
+    each sync and never got the envelopes behind it. Such a batch is refused; honest
+    envelopes are taken and delivered."""
+    from relay_harness import deliveries, list_of, session
+
+    from relay.protocol.frames import HandoffDone, Sync
+    from relay.services.directory import pack_list
+
+    with trio.fail_after(DEADLINE):
+        async with _reshape_to_n3() as (cluster, victim):
+            now = time.time()
+            honest = _envelope(victim)
+            listed = ("list", 0, "", 1, now, pack_list(list_of([victim], 1)))
+            bad_items = [b"an envelope",  # not msgpack of a map
+                         b"\x87" + honest[1:],  # a map header that claims one more entry
+                         honest + b"\xc0",  # trailing bytes after the map
+                         msgpack.packb({"msg_id": 5, "sender_user": "x", "sender_device": 0,
+                                        "ts": 1, "kind": "olm", "body": b"b"})]
+            st = cluster.storages["n3"]
+            async with peer_session(cluster, "n1", "n3") as p:
+                for i, bad in enumerate(bad_items, start=3):
+                    answer = await p.request(HandoffPut(
+                        id=i, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                        records=encode_records([listed, ("item", 0, "", 1, now, bad),
+                                                ("item", 0, "", 2, now, honest)])))
+                    assert isinstance(answer, Error) and answer.code == "bad_request", answer
+                    assert await st.read_queue(victim.user_id, 0) == []
+                ok = await p.request(HandoffPut(
+                    id=20, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([listed, ("item", 0, "", 2, now, honest)])))
+                assert isinstance(ok, Ok), ok
+                assert isinstance(await p.request(HandoffDone(id=21, user_id=victim.user_id)), Ok)
+            async with session(cluster.url("n3"), victim) as c:
+                await c.send(Sync(id=30))
+                (item,) = await deliveries(c, 1)
+                assert (item.seq, item.envelope.body) == (2, b"ciphertext")
+
+
+async def test_an_old_home_cannot_lock_a_device_out_of_uploading_keys() -> None:
+    """One-time key ids are vodozemac's counters (``AAAAAAAAAAA``, ``AAAAAAAAAAE``, ...),
+    and a claimed id is never accepted again. An old home handing over ``claimed``
+    records for the ids a device will use next (and no keys) made every upload of that
+    device fail as a whole (``duplicate one-time key id``), its fallback key included:
+    the device had no key to claim, so no one could start a session with it. Now only
+    the clashing keys are left out; the others and the fallback key are stored."""
+    from relay_harness import list_of, session
+
+    from relay.protocol.frames import (
+        Claimed,
+        ClaimKeys,
+        HandoffDone,
+        KeyCount,
+        OneTimeKey,
+        UploadKeys,
+    )
+    from relay.services.directory import pack_list
+
+    with trio.fail_after(DEADLINE):
+        async with _reshape_to_n3() as (cluster, victim):
+            now = time.time()
+            probe = vodozemac.Account()  # the same counter as the victim's own account
+            probe.generate_one_time_keys(5)
+            planted = [("claimed", 0, key_id, 0, now, b"") for key_id in probe.one_time_keys]
+            async with peer_session(cluster, "n1", "n3") as p:
+                put = await p.request(HandoffPut(
+                    id=3, user_id=victim.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([("list", 0, "", 1, now,
+                                             pack_list(list_of([victim], 1))), *planted])))
+                assert isinstance(put, Ok), put
+                assert isinstance(await p.request(HandoffDone(id=4, user_id=victim.user_id)), Ok)
+            keys = victim.one_time_keys(8)  # the device's first keys: 5 of them clash
+            victim.olm.generate_fallback_key()
+            ((fb_id, fb_key),) = victim.olm.fallback_key.items()
+            fallback = OneTimeKey(fb_id, fb_key.to_bytes())
+            async with session(cluster.url("n3"), victim) as c:
+                answer = await c.request(UploadKeys(id=10, one_time_keys=keys,
+                                                    fallback_key=fallback))
+                assert isinstance(answer, KeyCount) and answer.otk_count == 3, answer
+                claimed = await c.request(ClaimKeys(id=11, user_id=victim.user_id,
+                                                    device_ids=[0]))
+            assert isinstance(claimed, Claimed) and len(claimed.keys) == 1, claimed
+            assert claimed.keys[0].key_id not in probe.one_time_keys
+            assert not claimed.keys[0].fallback
+            assert await cluster.storages["n3"].get_fallback_key(victim.user_id, 0) == (
+                fb_id, fb_key.to_bytes())

@@ -77,8 +77,11 @@ async def test_upload_and_claim_keys(cluster3) -> None:
         async with session(cluster3.url("n2"), bob) as b:
             count = await b.request(UploadKeys(id=3, one_time_keys=keys, fallback_key=fallback))
             assert count == KeyCount(id=3, otk_count=3)
+            # an id stored (or claimed) already is left out, the rest is stored
             dup = await b.request(UploadKeys(id=4, one_time_keys=[keys[0], OneTimeKey("new", b"n" * 32)]))
-            assert isinstance(dup, Error) and dup.code == "bad_request"
+            assert dup == KeyCount(id=4, otk_count=4)
+            again = await b.request(UploadKeys(id=6, one_time_keys=[keys[1]]))  # a retry
+            assert again == KeyCount(id=6, otk_count=4)
             bad = await b.request(UploadKeys(id=5, one_time_keys=[OneTimeKey("short", b"k")]))
             assert isinstance(bad, Error) and bad.code == "bad_request"
         async with session(cluster3.url("n2"), bob) as b:
@@ -86,13 +89,14 @@ async def test_upload_and_claim_keys(cluster3) -> None:
             assert b.challenge is not None
         async with session(cluster3.url("n3"), alice) as a:
             got = []
-            for i in range(4):
+            for i in range(5):
                 claimed = await a.request(ClaimKeys(id=10 + i, user_id=bob.user_id, device_ids=[0]))
                 assert isinstance(claimed, Claimed) and len(claimed.keys) == 1
                 got.append(claimed.keys[0])
-            assert sorted((k.key_id, k.key) for k in got[:3]) == sorted((k.key_id, k.key) for k in keys)
-            assert [k.fallback for k in got] == [False, False, False, True]
-            assert got[3].key_id == "fb1" and got[3].key == b"f" * 32
+            assert sorted((k.key_id, k.key) for k in got[:4]) == sorted(
+                [(k.key_id, k.key) for k in keys] + [("new", b"n" * 32)])
+            assert [k.fallback for k in got] == [False, False, False, False, True]
+            assert got[4].key_id == "fb1" and got[4].key == b"f" * 32
             err = await a.request(ClaimKeys(id=20, user_id=bob.user_id, device_ids=[5]))
             assert isinstance(err, Error) and err.code == "unknown_device"
 
