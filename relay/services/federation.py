@@ -44,7 +44,7 @@ from relay.protocol.frames import Error, Frame
 CONNECT_TIMEOUT = 5.0
 CLOSE_GOING_AWAY = 1001  # RFC 6455 7.4.1: an endpoint is going away
 UNREACHABLE_WARNING = 60.0  # seconds a peer may stay unreachable before a warning
-STABLE_LINK = 10.0
+STABLE_LINK = 2.0
 """Seconds a link must have stayed up for the backoff to start again from its first
 delay when it goes down; a link that drops sooner (a peer that closes it at once,
 a flapping path) keeps backing off, so it is not reconnected in a loop."""
