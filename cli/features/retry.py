@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from cli.errors import ClientError, RelayError
+from cli.errors import ClientError, PartialSend, RelayError
 from cli.events import Bounce, Dropped, Message
 from cli.features import payload
 from cli.features.outbound import WITHHELD, ensure_sessions, has_session
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from cli.session.session import Session
 
 __all__ = ["MAX_RESENDS", "RESEND", "RETRY", "RETRY_BUDGET", "addressed", "handle_bounce",
-           "note_addressed", "on_retry_request", "open_resend", "original_devices",
+           "note_addressed", "note_partial", "on_retry_request", "open_resend", "original_devices",
            "request_retry", "resend_to", "send_to_devices", "wrapper_type"]
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,26 @@ def note_addressed(client: Session, msg_id: bytes, devices: Addressed) -> None:
     if entry is not None:
         entry["to_devices"] = sorted([u, d] for u, d in devices)
         client.state.history_changed(entry)
+
+
+def note_partial(client: Session, msg_id: bytes, exc: RelayError) -> None:
+    """Keep, in the history entry of ``msg_id``, the users whose homes refused it while
+    the others' stored it (``exc.frame.refused_users``: ``send --retry`` sends it to
+    them only), then raise. For a 1:1 send the refused user can only be this account
+    (the copies for its other devices; the recipient's home stored it).
+
+    Raises:
+        PartialSend: always.
+    """
+    state = client.state
+    refused = list(exc.frame.refused_users or ())
+    entry = state.find_history(msg_id.hex())
+    if entry is not None:
+        entry["refused_users"] = refused
+        state.history_changed(entry)
+    names = ["your other devices" if u == state.user_id else state.alias_of(u) or u
+             for u in refused]
+    raise PartialSend(exc.frame, msg_id, names) from exc
 
 
 def addressed(recipients: list[Recipient]) -> Addressed:
