@@ -46,7 +46,7 @@ from cli.session import crypto, prekeys
 from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import DeviceList, ErrorCode
 from relay.protocol.frames import Copy, Envelope, Recipient, Send
-from relay.protocol.stored import BOUNCE_FROM_HOME
+from relay.protocol.stored import BOUNCE_FROM_HOME, decode_bounce
 
 if TYPE_CHECKING:
     from cli.session.session import Session
@@ -210,15 +210,12 @@ async def handle_bounce(client: Session, env: Envelope) -> Bounce:
     """Report a bounce; resend to the original devices of the bounced user only when the
     bounce comes from this account's own home (``origin: "home"``)."""
     try:
-        info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
-    except (ValueError, msgpack.UnpackException):
-        info = None
-    info = info if isinstance(info, dict) else {}
-    code, message = str(info.get("code", "")), str(info.get("message", ""))
-    user_id = str(info.get("user_id", ""))
+        code, message, user_id, origin = decode_bounce(env.body)
+    except ValueError:
+        code = message = user_id = origin = ""  # shown as a bounce, nothing resent
     state = client.state
     entry = state.find_history(env.msg_id.hex())
-    if info.get("origin") != BOUNCE_FROM_HOME:
+    if origin != BOUNCE_FROM_HOME:
         log.warning("bounce of %s relayed by another node: shown, nothing resent",
                     env.msg_id.hex()[:8])
         return Bounce(env.msg_id, user_id, code,
