@@ -45,6 +45,7 @@ from cli.features.outbound import WITHHELD, ensure_sessions, has_session
 from cli.session import crypto, prekeys
 from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import DeviceList, ErrorCode
+from relay.protocol.codec import refuse_ext
 from relay.protocol.frames import Copy, Envelope, Recipient, Send
 from relay.protocol.stored import BOUNCE_FROM_HOME, decode_bounce
 
@@ -79,7 +80,7 @@ def _control(kind: str, **fields) -> tuple[bytes, bytes]:
 def wrapper_type(plaintext: bytes) -> str | None:
     """``"retry"`` or ``"resend"`` if ``plaintext`` is such a payload, else ``None``."""
     try:
-        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=16)
     except (ValueError, msgpack.UnpackException):
         return None

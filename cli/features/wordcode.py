@@ -35,6 +35,7 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.spake2 import SPAKEError
 
 from cli.features.linkcode import LinkCodeError
+from relay.protocol.codec import refuse_ext
 
 __all__ = ["WORDS", "Pake", "WordCode", "is_word_code", "new_words", "open_box", "pake_info",
            "password", "read_pake_info",
@@ -170,7 +171,7 @@ def read_pake_info(blob: bytes) -> bytes | None:
     """The SPAKE2 message of a :func:`pake_info` blob, or ``None`` if ``blob`` is not one
     (a mailbox opened for a scanned linking code)."""
     try:
-        m = msgpack.unpackb(blob, raw=False, max_map_len=4, max_bin_len=256, max_ext_len=0)
+        m = msgpack.unpackb(blob, raw=False, max_map_len=4, max_bin_len=256, ext_hook=refuse_ext)
     except (ValueError, TypeError, msgpack.UnpackException):
         return None
     theirs = m.get("pake") if isinstance(m, dict) and m.get("v") == 2 else None

@@ -25,6 +25,7 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from .codec import refuse_ext
 from .errors import ErrorCode, RemoteProtocolError
 from .frames import SignedDeviceList
 
@@ -173,7 +174,7 @@ def decode_signed_list(blob: bytes, max_body: int = 1 << 16) -> SignedDeviceList
     """
     try:
         m = msgpack.unpackb(blob, raw=False, max_bin_len=max_body, max_str_len=64,
-                            max_map_len=4, max_array_len=0, max_ext_len=0)
+                            max_map_len=4, max_array_len=0, ext_hook=refuse_ext)
         signed = SignedDeviceList(body=m["body"], signature=m["signature"])
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise _bad("malformed signed device list") from exc
@@ -205,7 +206,7 @@ def verify_device_list(signed: SignedDeviceList, user_id: str | None = None) -> 
     try:
         raw = msgpack.unpackb(
             signed.body, raw=False, strict_map_key=True, max_bin_len=64, max_str_len=256,
-            max_array_len=MAX_DEVICES, max_map_len=16, max_ext_len=0,
+            max_array_len=MAX_DEVICES, max_map_len=16, ext_hook=refuse_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise _bad(f"body is not msgpack ({exc})") from exc
