@@ -50,7 +50,7 @@ async def main(path):
         out["refused"] = refused
         ok, failed = 0, []
         for u in users:
-            for step in range(1, stored[u] + 1, 7):
+            for step in range(1, stored[u] + 1, 40):
                 try:
                     await st.ack(u, 0, step)
                     ok += 1
@@ -82,5 +82,5 @@ def test_acks_succeed_when_the_disk_is_full(tmp_path: Path) -> None:
     out = json.loads(proc.stdout.decode().splitlines()[-1])
     assert out["refused"] == ["StorageFull"] * 4, out
     assert out["acks_failed"] == [0], out
-    assert out["acks_ok"] > 100 and out["left"] == 0, out
+    assert out["acks_ok"] > 50 and out["left"] == 0, out
     assert out["after"] == "stored" and out["size_ok"], out
