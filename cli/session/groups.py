@@ -43,7 +43,6 @@ from cli.session.group_state import (
     new_group_id,
     parse_state,
 )
-from relay.protocol.codec import refuse_ext
 
 __all__ = [
     "GROUP_ID_SIZE", "MAX_MEMBERS", "GroupDecryptError", "GroupError", "GroupForked", "GroupRecord",
@@ -267,7 +266,7 @@ class GroupStore:
         except ValueError as exc:
             raise GroupDecryptError(f"group message does not decrypt: {exc}") from exc
         try:
-            m = msgpack.unpackb(plain, raw=False, strict_map_key=True, ext_hook=refuse_ext,
+            m = msgpack.unpackb(plain, raw=False, strict_map_key=True, max_ext_len=0,
                                 max_map_len=8)
             inner_group, inner = m["group_id"], m["payload"]
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
