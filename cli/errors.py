@@ -86,7 +86,7 @@ class PartialSend(RelayError):
         self.msg_id = msg_id
         self.refused_users = list(frame.refused_users or ())
         self.args = (
-            f"message {msg_id.hex()} was stored for the other members but refused for "
+            f"message {msg_id.hex()} was stored for the other recipients but refused for "
             f"{', '.join(names)} ({frame.code}: their home did not store it); once it has "
             f"room, 'wa-cli send --retry {msg_id.hex()}' sends it to them (shown once)",)
 

@@ -297,6 +297,7 @@ class GroupCommitWriter(Committer):
             if item is not _STOP:
                 left.append(item)
         _strand(left)
+        self.headroom.close()
         token.run_sync_soon(self._thread_ended, left, ended)
 
     def _handed_back(self, batch: list[_Ticket], elapsed: float | None) -> None:

@@ -18,12 +18,13 @@ import lmdb
 
 from ._chains import Chains
 from ._lmdb_counters import Counters
+from ._lmdb_headroom import DiskHeadroom
 from ._lmdb_layout import Dbs
 from .errors import StorageError, StorageFull, StorageUnavailable
 
 log = logging.getLogger("storage._group_commit")
 
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 BUMP_KEY = b"bump"
 ROOM_RECHECK = 64
 """Commits after which the room left in the map is read exactly again (see Committer)."""
@@ -104,6 +105,9 @@ class Committer:
         self.limit_bytes = map_size - default_reserve(map_size) if limit_bytes is None else limit_bytes
         self.psize: int = env.stat()["psize"]
         self._fault = fault_hook
+        #: data.mdb kept allocated ahead of the pages in use (:mod:`storage._lmdb_headroom`)
+        self.headroom = DiskHeadroom(env, map_size, max(0, map_size - self.limit_bytes))
+        self._disk_full = False
         # Room left after the last commit, carried to the next batch (reading it exactly
         # is a stat of every sub-database, ~20-30 us: most of a small batch's overhead).
         # It only shrinks by the ops' estimates (upper bounds; freeing ops never add),
@@ -126,6 +130,8 @@ class Committer:
         """
         if check_readers:
             self.check_readers()
+        adding = sum(op.est for op in ops if not op.freeing)
+        self._disk_full = bool(adding) and not self.headroom.ensure(adding, self._used_now)
         segments: deque[list[PendingOp]] = deque([ops])
         chains = Chains()
         bumped = False
@@ -230,6 +236,10 @@ class Committer:
             return False
         return True
 
+    def _used_now(self) -> int:
+        with self._env.begin() as txn:
+            return self.used_bytes(txn)
+
     def used_bytes(self, txn: lmdb.Transaction) -> int:
         """Bytes of the pages the transaction's snapshot uses (all sub-databases, the
         main database and the two meta pages; not the free list)."""
@@ -263,6 +273,12 @@ class Committer:
                         results.append((None, blocked))
                         trial.record(keys, blocked)
                         continue
+                if not op.freeing and self._disk_full:
+                    full = StorageFull("storage full: the disk has no room for data.mdb "
+                                       "to grow (freeing ops still work)")
+                    results.append((None, full))
+                    trial.record(keys, full)
+                    continue
                 if not op.freeing:
                     if room is None or op.est > room:
                         room = self.limit_bytes - self.used_bytes(txn)  # exact, when in doubt

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
-from cli.commands._common import AppContext, json_option, user_label
+from cli.commands._common import AppContext, json_option, state_of, user_label
 from cli.commands._route import Connect, run_routed
 from cli.commands.basics import read_text
 from cli.commands.sendtext import send_text
+from cli.daemon.jsonrpc import SEND_UNKNOWN
+from cli.daemon.remote import RemoteError
 from cli.errors import SendUnknown
 from cli.features.payload import MAX_TEXT
 from cli.features.resend import resend
@@ -133,7 +135,22 @@ def _retry(app: AppContext, retry_id: str) -> None:
         msg_id = b""
     if len(msg_id) != 16:
         raise click.BadParameter("must be a message id: 32 hex digits", param_hint="--retry")
-    run_routed(app, "resend", {"id": retry_id.lower()}, resend_message, show_lists=True)
+    try:
+        run_routed(app, "resend", {"id": retry_id.lower()}, resend_message, show_lists=True)
+    except click.ClickException as exc:
+        cause = exc.__cause__  # through a daemon: its -32002 answer (the core's line is lost)
+        if app.out.json_mode and isinstance(cause, RemoteError) and cause.code == SEND_UNKNOWN:
+            with state_of(app, readonly=True) as state:
+                app.out.emit(_unknown(state, msg_id), "")
+        raise
+
+
+def _unknown(state: State, msg_id: bytes) -> dict:
+    """The ``--json`` line of a resend whose answer never came: ``{"id", "status":
+    "unknown", "to"}`` (``to``: the user id, or the group id of a group message)."""
+    entry = state.find_history(msg_id.hex()) or {}
+    return {"id": msg_id.hex(), "status": "unknown",
+            "to": entry.get("group_id") or entry.get("peer", "")}
 
 
 async def resend_message(state: State, out: Output, connect: Connect, id: str) -> None:  # noqa: A002
@@ -152,14 +169,12 @@ async def resend_message(state: State, out: Output, connect: Connect, id: str) -
         msg_id = b""
     if len(msg_id) != 16:
         raise click.BadParameter("must be a message id: 32 hex digits", param_hint="--retry")
-    entry = state.find_history(msg_id.hex()) or {}
-    to = entry.get("group_id") or entry.get("peer", "")
     try:
         async with connect() as client:
             status, entry = await resend(client, msg_id)
-    except SendUnknown as exc:
-        if out.json_mode:
-            out.emit({"id": exc.msg_id.hex(), "status": "unknown", "to": to}, "")
+    except SendUnknown:
+        if out.json_mode:  # (through a daemon, the command prints it: see _retry)
+            out.emit(_unknown(state, msg_id), "")
         raise
     if entry.get("group_id"):
         record = state.groups.groups.get(bytes.fromhex(entry["group_id"]))

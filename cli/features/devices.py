@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-import msgpack
 import trio
 
 from cli.errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
@@ -42,8 +41,8 @@ from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
 from cli.session import crypto, listfresh
 from cli.session.state import DeviceListRejected, State
 from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
-from relay.protocol.frames import LinkComplete, LinkFetch, LinkInfo, PutDevices, SignedDeviceList
-from relay.protocol.identity import Device
+from relay.protocol.frames import LinkComplete, LinkFetch, LinkInfo, PutDevices
+from relay.protocol.identity import Device, decode_signed_list
 
 if TYPE_CHECKING:
     from cli.session.session import Session
@@ -258,12 +257,8 @@ async def _pake_exchange(
             time, or the answer does not decrypt (a wrong code: the link is over).
     """
     answer = await _fetch(client, code.node_id, code.mailbox_id)
-    try:
-        m = msgpack.unpackb(answer.device_info, raw=False, max_map_len=4, max_bin_len=256)
-        theirs = m["pake"] if isinstance(m, dict) and m.get("v") == 2 else None
-    except (ValueError, TypeError, msgpack.UnpackException):
-        theirs = None
-    if not isinstance(theirs, bytes):
+    theirs = wordcode.read_pake_info(answer.device_info)
+    if theirs is None:
         raise LinkFailed("that mailbox is not waiting for a word code; nothing changed")
     pake = wordcode.Pake(code.words, primary=True)
     try:
@@ -442,12 +437,8 @@ def device_list_notice(client: Session, sender_user: str, body: bytes) -> Device
             different list under the cached version.
     """
     try:
-        raw = msgpack.unpackb(body, raw=False, max_ext_len=0, max_map_len=4,
-                              max_bin_len=64 * 1024)
-        signed = SignedDeviceList(body=raw["body"], signature=raw["signature"])
-        if not (isinstance(signed.body, bytes) and isinstance(signed.signature, bytes)):
-            raise TypeError("body and signature must be bytes")
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        signed = decode_signed_list(body)
+    except RemoteProtocolError as exc:
         raise DeviceListRejected(f"malformed device-list notice from {sender_user}") from exc
     state = client.state
     try:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from cli.errors import PartialSend, RelayError, SendFailed
+from cli.errors import RelayError, SendFailed
 from cli.features import outbound, payload, retry
 from cli.features.catchup import catch_up
 from cli.features.outbound import has_session
@@ -155,24 +155,6 @@ async def send_pairwise(
     if not statuses:
         return None
     return "queued" if "queued" in statuses else "stored"
-
-
-def _note_partial(client: Session, msg_id: bytes, exc: RelayError) -> None:
-    """Keep, in the history entry of ``msg_id``, the users whose homes refused it while
-    the others' stored it (``send --retry`` sends it to them only), then raise.
-
-    Raises:
-        PartialSend: always.
-    """
-    state = client.state
-    refused = list(exc.frame.refused_users or ())
-    entry = state.find_history(msg_id.hex())
-    if entry is not None:
-        entry["refused_users"] = refused
-        state.history_changed(entry)
-    names = ["your other devices" if u == state.user_id else state.alias_of(u) or u
-             for u in refused]
-    raise PartialSend(exc.frame, msg_id, names) from exc
 
 
 def _learn_stale(client: Session, exc: RelayError, lists: dict[str, DeviceList]) -> None:
@@ -355,7 +337,7 @@ async def send_group_payload(client: Session, group_id: bytes, msg_id: bytes, in
                                                     recipients=recipients)
         except RelayError as exc:
             if exc.frame.refused_users:
-                _note_partial(client, msg_id, exc)
+                retry.note_partial(client, msg_id, exc)
             _learn_stale(client, exc, lists)
             continue
         return answer.status

@@ -31,6 +31,7 @@ from cli.session import groups
 from cli.session.group_chain import MAX_CHAIN, GroupForked
 from cli.session.group_state import GroupStateRejected, SignedGroupState
 from cli.session.state import seen_key
+from relay.protocol.codec import refuse_ext
 
 if TYPE_CHECKING:
     from cli.session.session import Session
@@ -47,7 +48,7 @@ CONTROL_TYPES = frozenset({GROUP_STATE, GROUP_KEY})
 def control_type(plaintext: bytes) -> str | None:
     """The payload type if ``plaintext`` is a group control payload, else ``None``."""
     try:
-        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=16, max_array_len=MAX_CHAIN)
     except (ValueError, msgpack.UnpackException):
         return None
@@ -107,7 +108,7 @@ def on_control(client: Session, sender_user: str, sender_device: int, msg_id: by
                     msg_id.hex()[:8], sender_user[:8], sender_device, reason)
         return Dropped(msg_id, sender_user, sender_device, reason)
 
-    m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+    m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                         max_map_len=16, max_array_len=MAX_CHAIN)
     if m.get("v") != payload.VERSION:
         return dropped("unknown group control payload version")

@@ -40,6 +40,7 @@ from cli.features.attachment import Attachment, AttachmentError
 from cli.session.group_state import SignedGroupState
 from relay.protocol import is_user_id
 from relay.protocol.cluster import SignedCluster
+from relay.protocol.codec import refuse_ext
 from relay.protocol.frames import SignedDeviceList
 
 CODE_PREFIX = "wa1-"
@@ -61,7 +62,7 @@ class LinkCodeError(ValueError):
 
 def _unpack(data: bytes, what: str, **limits) -> object:
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0, **limits)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=refuse_ext, **limits)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise LinkCodeError(f"{what} is malformed (not msgpack)") from exc
 

@@ -30,7 +30,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import msgpack
 import nacl.public
 import trio
 
@@ -246,7 +245,7 @@ async def open_link(
         if short:
             words = wordcode.new_words()
             pake = (words, Pake(words, primary=False))
-            blob = msgpack.packb({"v": 2, "pake": pake[1].message}, use_bin_type=True)
+            blob = wordcode.pake_info(pake[1].message)
         opened = await _open_mailbox(link, blob, short=short)
         yield PendingLink(link, identity, ephemeral, info, secret, opened, pake)
 

@@ -26,6 +26,7 @@ import msgpack
 
 from cli.features.attachment import Attachment, AttachmentError
 from cli.features.kinds import KINDS, KindError, KindPayload, check_extras, check_kind
+from relay.protocol.codec import refuse_ext
 
 VERSION = 1
 MAX_TEXT = 60_000  # characters; keeps a copy far below the 1 MiB frame limit
@@ -138,7 +139,7 @@ def decode(plaintext: bytes) -> Payload:
         PayloadError: not msgpack, unknown version or type, missing or mistyped fields.
     """
     try:
-        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=32, max_array_len=32)
     except (ValueError, msgpack.UnpackException) as exc:
         raise PayloadError(f"payload is not msgpack: {exc}") from exc

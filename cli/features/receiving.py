@@ -36,6 +36,7 @@ from cli.session import crypto, listfresh, prekeys
 from cli.session.inbox import KEPT_TYPES
 from cli.session.state import DeviceListRejected, seen_key
 from relay.protocol import ErrorCode
+from relay.protocol.codec import refuse_ext
 from relay.protocol.frames import Ack, Deliver, Envelope, Error, Sync, Synced
 from relay.protocol.identity import Device
 
@@ -126,7 +127,7 @@ async def open_envelope(client: Session, env: Envelope) -> Event | None:
                  env.sender_device, hint, held.parsed.version if held else 0)
     wrapped = retry.wrapper_type(plaintext)
     if wrapped is not None:  # an end-to-end retry request, or a message resent on one
-        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=16)
         if m.get("msg_id") != env.msg_id:
             return dropped("the msg_id inside the ciphertext differs from the envelope's")

@@ -38,21 +38,22 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from cli.errors import ClientError, RelayError
+from cli.errors import ClientError, PartialSend, RelayError
 from cli.events import Bounce, Dropped, Message
 from cli.features import payload
 from cli.features.outbound import WITHHELD, ensure_sessions, has_session
 from cli.session import crypto, prekeys
 from cli.session.state import DeviceListRejected, State, seen_key
 from relay.protocol import DeviceList, ErrorCode
+from relay.protocol.codec import refuse_ext
 from relay.protocol.frames import Copy, Envelope, Recipient, Send
-from relay.protocol.stored import BOUNCE_FROM_HOME
+from relay.protocol.stored import BOUNCE_FROM_HOME, decode_bounce
 
 if TYPE_CHECKING:
     from cli.session.session import Session
 
 __all__ = ["MAX_RESENDS", "RESEND", "RETRY", "RETRY_BUDGET", "addressed", "handle_bounce",
-           "note_addressed", "on_retry_request", "open_resend", "original_devices",
+           "note_addressed", "note_partial", "on_retry_request", "open_resend", "original_devices",
            "request_retry", "resend_to", "send_to_devices", "wrapper_type"]
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def _control(kind: str, **fields) -> tuple[bytes, bytes]:
 def wrapper_type(plaintext: bytes) -> str | None:
     """``"retry"`` or ``"resend"`` if ``plaintext`` is such a payload, else ``None``."""
     try:
-        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=16)
     except (ValueError, msgpack.UnpackException):
         return None
@@ -94,6 +95,26 @@ def note_addressed(client: Session, msg_id: bytes, devices: Addressed) -> None:
     if entry is not None:
         entry["to_devices"] = sorted([u, d] for u, d in devices)
         client.state.history_changed(entry)
+
+
+def note_partial(client: Session, msg_id: bytes, exc: RelayError) -> None:
+    """Keep, in the history entry of ``msg_id``, the users whose homes refused it while
+    the others' stored it (``exc.frame.refused_users``: ``send --retry`` sends it to
+    them only), then raise. For a 1:1 send the refused user can only be this account
+    (the copies for its other devices; the recipient's home stored it).
+
+    Raises:
+        PartialSend: always.
+    """
+    state = client.state
+    refused = list(exc.frame.refused_users or ())
+    entry = state.find_history(msg_id.hex())
+    if entry is not None:
+        entry["refused_users"] = refused
+        state.history_changed(entry)
+    names = ["your other devices" if u == state.user_id else state.alias_of(u) or u
+             for u in refused]
+    raise PartialSend(exc.frame, msg_id, names) from exc
 
 
 def addressed(recipients: list[Recipient]) -> Addressed:
@@ -190,15 +211,12 @@ async def handle_bounce(client: Session, env: Envelope) -> Bounce:
     """Report a bounce; resend to the original devices of the bounced user only when the
     bounce comes from this account's own home (``origin: "home"``)."""
     try:
-        info = msgpack.unpackb(env.body, raw=False, max_ext_len=0, max_map_len=16)
-    except (ValueError, msgpack.UnpackException):
-        info = None
-    info = info if isinstance(info, dict) else {}
-    code, message = str(info.get("code", "")), str(info.get("message", ""))
-    user_id = str(info.get("user_id", ""))
+        code, message, user_id, origin = decode_bounce(env.body)
+    except ValueError:
+        code = message = user_id = origin = ""  # shown as a bounce, nothing resent
     state = client.state
     entry = state.find_history(env.msg_id.hex())
-    if info.get("origin") != BOUNCE_FROM_HOME:
+    if origin != BOUNCE_FROM_HOME:
         log.warning("bounce of %s relayed by another node: shown, nothing resent",
                     env.msg_id.hex()[:8])
         return Bounce(env.msg_id, user_id, code,

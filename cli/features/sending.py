@@ -69,6 +69,8 @@ async def send_payload(session: Session, user_id: str, msg_id: bytes, plaintext:
     Raises:
         SendFailed, RelayError, DeviceListRejected, ConnectionLost: as :func:`send_text`.
         SendUnknown: the request left but no answer came (retry with the same ``msg_id``).
+        PartialSend: the recipient's home stored it, this node refused the copies for
+            this account's other devices (recorded for ``send --retry``).
         OSError: the state could not be saved.
     """
     state = session.state
@@ -84,6 +86,8 @@ async def send_payload(session: Session, user_id: str, msg_id: bytes, plaintext:
             answer = await session.request_encrypted(Send, msg_id=msg_id, recipients=recipients)
         except RelayError as exc:
             frame = exc.frame
+            if frame.refused_users:  # stored for the recipient, not for own other devices
+                retry.note_partial(session, msg_id, exc)
             if (exc.code != ErrorCode.STALE_DEVICES or frame.device_list is None
                     or frame.user_id not in lists):
                 raise

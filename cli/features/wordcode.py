@@ -28,14 +28,17 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+import msgpack
 import nacl.exceptions
 import nacl.secret
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.spake2 import SPAKEError
 
 from cli.features.linkcode import LinkCodeError
+from relay.protocol.codec import refuse_ext
 
-__all__ = ["WORDS", "Pake", "WordCode", "is_word_code", "new_words", "open_box", "password",
+__all__ = ["WORDS", "Pake", "WordCode", "is_word_code", "new_words", "open_box", "pake_info",
+           "password", "read_pake_info",
            "seal_box", "session_keys"]
 
 WORDS = tuple("""
@@ -156,3 +159,20 @@ def open_box(key: bytes, box: bytes) -> bytes:
     except (nacl.exceptions.CryptoError, ValueError) as exc:
         raise LinkCodeError("the linking exchange does not decrypt: a wrong code, or the "
                             "relay tampered with it") from exc
+
+
+def pake_info(message: bytes) -> bytes:
+    """The ``device_info`` a new device puts in a word-code mailbox: msgpack ``{v: 2,
+    pake: its SPAKE2 message}`` (opaque to the relay; read by :func:`read_pake_info`)."""
+    return msgpack.packb({"v": 2, "pake": message}, use_bin_type=True)
+
+
+def read_pake_info(blob: bytes) -> bytes | None:
+    """The SPAKE2 message of a :func:`pake_info` blob, or ``None`` if ``blob`` is not one
+    (a mailbox opened for a scanned linking code)."""
+    try:
+        m = msgpack.unpackb(blob, raw=False, max_map_len=4, max_bin_len=256, ext_hook=refuse_ext)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    theirs = m.get("pake") if isinstance(m, dict) and m.get("v") == 2 else None
+    return theirs if isinstance(theirs, bytes) else None

@@ -33,6 +33,7 @@ import nacl.signing
 from cli.errors import ClientError
 from cli.session.crypto import account_user_id
 from relay.protocol import is_user_id, key_from_user_id
+from relay.protocol.codec import refuse_ext
 
 GROUP_STATE_CONTEXT = b"wa-relay group-state v1\x00"
 GROUP_ID_SIZE = 16
@@ -159,7 +160,7 @@ def parse_state(signed: SignedGroupState, *, verified: bool = False) -> GroupSta
         GroupStateRejected: bad signature, not msgpack, missing or mistyped fields.
     """
     try:
-        m = msgpack.unpackb(signed.body, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(signed.body, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=16, max_array_len=MAX_MEMBERS)
         state = GroupState(
             m["group_id"], m["name"], tuple(m["members"]), tuple(m["admins"]), m["version"],

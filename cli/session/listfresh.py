@@ -29,6 +29,7 @@ from __future__ import annotations
 import msgpack
 
 from relay.protocol import DeviceList
+from relay.protocol.codec import refuse_ext
 from relay.protocol.identity import MAX_VERSION_STEP
 
 __all__ = ["HINT_FIELD", "LIST_LIFETIME", "REFRESH_BEFORE", "is_stale", "needs_refresh",
@@ -92,7 +93,7 @@ def with_hint(plaintext: bytes, version: int) -> bytes:
 def read_hint(plaintext: bytes) -> int | None:
     """The ``dlv`` of a decrypted Olm payload, or ``None``."""
     try:
-        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, max_ext_len=0,
+        m = msgpack.unpackb(plaintext, raw=False, strict_map_key=True, ext_hook=refuse_ext,
                             max_map_len=64, max_array_len=4096)
     except (ValueError, msgpack.UnpackException):
         return None

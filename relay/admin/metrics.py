@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from relay.services.outbox import DEAD_LETTER
 from storage import StorageError
 
 if TYPE_CHECKING:
@@ -142,6 +143,10 @@ class NodeMetrics:
         self.outbox = Gauge("wa_relay_outbox_entries",
                             f"Outbox entries per peer (counted up to {OUTBOX_COUNT_LIMIT}).",
                             ["peer"], registry=r)
+        self.dead_letters = Gauge(
+            "wa_relay_outbox_dead_letters",
+            f"Outbox entries kept aside because they can never be sent (counted up to "
+            f"{OUTBOX_COUNT_LIMIT}; docs/protocol.md, 'Size budget').", registry=r)
         self.links_up = Gauge("wa_relay_peer_link_up",
                               "1 while this node's link to the peer is up.", ["peer"], registry=r)
         self.storage_bytes = Gauge("wa_relay_storage_bytes",
@@ -246,12 +251,14 @@ class NodeMetrics:
                               ("map", "map_bytes"), ("disk_free", "disk_free_bytes")):
                 self.storage_bytes.labels(kind).set(numbers[key])
         counts = getattr(storage, "outbox_counts", None)
+        dests = [*peers, DEAD_LETTER]
         if counts is not None:
-            depth = counts(peers, OUTBOX_COUNT_LIMIT)
+            depth = counts(dests, OUTBOX_COUNT_LIMIT)
         else:  # a backend without the capability: list (bounded lower, payloads are read)
-            depth = {p: len(await storage.outbox_list(p, limit=1000)) for p in peers}
+            depth = {p: len(await storage.outbox_list(p, limit=1000)) for p in dests}
         for peer in peers:
             self.outbox.labels(peer).set(depth[peer])
+        self.dead_letters.set(depth[DEAD_LETTER])
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -78,7 +78,8 @@ def summarize_metrics(text: str) -> dict[str, float]:
 
     Returns:
         ``devices``, ``peers``, ``pending`` (open connections), ``users`` (accounts
-        homed here), ``queued`` (envelopes), ``queued_bytes``, ``outbox`` (entries, all peers), ``links_up``, ``stored``,
+        homed here), ``queued`` (envelopes), ``queued_bytes``, ``outbox`` (entries, all peers),
+        ``dead_letters`` (outbox entries kept aside), ``links_up``, ``stored``,
         ``acked`` (envelope totals), ``storage_file_bytes``, ``disk_free_bytes``
         (absent when the node does not report them).
 
@@ -99,6 +100,8 @@ def summarize_metrics(text: str) -> dict[str, float]:
                 out["users"] = value
             elif name == "wa_relay_outbox_entries":
                 out["outbox"] = out.get("outbox", 0) + value
+            elif name == "wa_relay_outbox_dead_letters":
+                out["dead_letters"] = value
             elif name == "wa_relay_peer_link_up":
                 out["links_up"] = out.get("links_up", 0) + value
             elif name == "wa_relay_envelopes_stored_total":
@@ -205,7 +208,7 @@ def format_status(st: NodeStatus) -> str:
         parts.append(f"ring {st.ring_version[:12]}")
     numbers = " ".join(f"{k}={v:g}" for k, v in st.metrics.items()
                        if k in ("users", "devices", "peers", "queued", "queued_bytes", "outbox",
-                                "links_up"))
+                                "links_up") or (k == "dead_letters" and v))
     if numbers:
         parts.append(numbers)
     if st.handoff.get("reshaping"):

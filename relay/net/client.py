@@ -156,7 +156,8 @@ async def open_client_connection(
         cluster: the pinned cluster: the node must be in it and have signed its
             challenge for this connection (see the module docstring); ``link.cluster``
             is the pin it was checked against (newer than ``cluster`` if the node
-            served a newer one). ``None``: the node is not checked.
+            served a newer one). ``None``: the node is not checked. A size budget
+            in it larger than the defaults raises what the link accepts.
 
     Raises:
         ConnectFailed: unreachable, plain ``ws://`` to a host that is not loopback,
@@ -165,6 +166,8 @@ async def open_client_connection(
             not in the pinned cluster or whose challenge does not verify.
         Refused: ``error`` answering ``hello`` (``unsupported_version``).
     """
+    if cluster is not None:
+        settings, limits = _fit_budget(cluster, settings, limits)
     async with open_link(url, settings=settings, limits=limits) as link:
         handshake = Handshake("client", agent, expect_node_id=expect_node_id,
                               binding=link.socket.binding)
@@ -173,6 +176,23 @@ async def open_client_connection(
         if cluster is not None:
             await _check_node(link, handshake, cluster)
         yield link
+
+
+def _fit_budget(cluster: PinnedCluster, settings: LinkSettings,
+                limits: Limits) -> tuple[LinkSettings, Limits]:
+    """``settings`` and ``limits`` raised, where the pinned cluster's size budget is
+    larger, so that every frame a node of it may send (a ``deliver`` of up to its
+    ``max_frame``) is accepted. The WebSocket's message limit is fixed when it opens,
+    so it comes from the pin: a budget raised since is taken from the next connection
+    on (the pin is renewed by the handshake)."""
+    d = cluster.description
+    budget = Limits.for_node(d.max_frame, d.max_envelope or None)
+    if budget.max_frame > limits.max_frame:
+        limits = replace(limits, max_frame=budget.max_frame,
+                         max_envelope=max(limits.max_envelope, budget.max_envelope),
+                         max_bin=max(limits.max_bin, budget.max_bin))
+    return replace(settings, max_message=max(settings.max_message,
+                                             budget.max_peer_frame)), limits
 
 
 async def authenticate(link: Link, user_id: str, device_id: int, sign: Signer) -> AuthOk:

@@ -25,6 +25,7 @@ from typing import ClassVar
 import msgpack
 
 from ._frame_base import Frame
+from .codec import refuse_ext
 from .errors import ErrorCode, RemoteProtocolError
 
 RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item",
@@ -91,7 +92,8 @@ def decode_records(blob: bytes, max_len: int) -> list[Record]:
     """
     try:
         rows = msgpack.unpackb(blob, raw=False, max_bin_len=max_len, max_str_len=max_len,
-                               max_array_len=max(len(blob), 16), max_map_len=0)
+                               max_array_len=max(len(blob), 16), max_map_len=0,
+                               ext_hook=refuse_ext)
     except (ValueError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "unreadable handoff records") from exc
     out: list[Record] = []

@@ -30,6 +30,7 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from .codec import refuse_ext
 from .errors import ErrorCode, RemoteProtocolError
 from .identity import verify_signature
 
@@ -206,7 +207,7 @@ def verify_cluster(signed: SignedCluster, cluster_key: bytes | None = None) -> C
     try:
         raw = msgpack.unpackb(signed.body, raw=False, strict_map_key=True, max_bin_len=64,
                               max_str_len=2048, max_array_len=MAX_NODES, max_map_len=8,
-                              max_ext_len=0)
+                              ext_hook=refuse_ext)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise _bad(f"body is not msgpack ({exc})") from exc
     if not isinstance(raw, dict):

@@ -105,8 +105,13 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
-    """msgpack ``ext_hook``: no frame field is an ext type, whatever its length."""
+def refuse_ext(code: int, data: bytes) -> Any:
+    """msgpack ``ext_hook``: no frame field (nor any other structure of the protocol) is
+    an ext type, whatever its length (``max_ext_len=0`` lets a zero-length one through).
+
+    Raises:
+        ValueError: always.
+    """
     raise ValueError(f"ext type {code} is not accepted")
 
 
@@ -152,7 +157,7 @@ def decode(data: bytes | bytearray | str, limits: Limits = DEFAULT_LIMITS) -> di
             max_array_len=limits.max_array,
             max_map_len=limits.max_map,
             max_ext_len=0,
-            ext_hook=_refuse_ext,  # a zero-length ext passes max_ext_len=0; refuse it here
+            ext_hook=refuse_ext,  # a zero-length ext passes max_ext_len=0; refuse it here
         )
     except (msgpack.StackError, RecursionError) as exc:
         raise RemoteProtocolError(

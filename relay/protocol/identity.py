@@ -25,6 +25,7 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from .codec import refuse_ext
 from .errors import ErrorCode, RemoteProtocolError
 from .frames import SignedDeviceList
 
@@ -154,6 +155,34 @@ def sign_device_list(signing_key: nacl.signing.SigningKey, device_list: DeviceLi
     return SignedDeviceList(body=body, signature=sig)
 
 
+def encode_signed_list(signed: SignedDeviceList) -> bytes:
+    """msgpack ``{body, signature}``: the body of a ``device_list`` envelope (a node's
+    notice of a changed list) and the form a node stores a list in."""
+    return msgpack.packb({"body": signed.body, "signature": signed.signature},
+                         use_bin_type=True)
+
+
+def decode_signed_list(blob: bytes, max_body: int = 1 << 16) -> SignedDeviceList:
+    """Inverse of :func:`encode_signed_list` (not verified here: see
+    :func:`verify_device_list`).
+
+    Args:
+        max_body: the largest ``body`` accepted, bytes.
+
+    Raises:
+        RemoteProtocolError: ``bad_request``: not such a map (ext types included).
+    """
+    try:
+        m = msgpack.unpackb(blob, raw=False, max_bin_len=max_body, max_str_len=64,
+                            max_map_len=4, max_array_len=0, ext_hook=refuse_ext)
+        signed = SignedDeviceList(body=m["body"], signature=m["signature"])
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise _bad("malformed signed device list") from exc
+    if not isinstance(signed.body, bytes) or not isinstance(signed.signature, bytes):
+        raise _bad("malformed signed device list")
+    return signed
+
+
 def _bad(msg: str) -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.BAD_REQUEST, f"invalid device list: {msg}")
 
@@ -177,7 +206,7 @@ def verify_device_list(signed: SignedDeviceList, user_id: str | None = None) -> 
     try:
         raw = msgpack.unpackb(
             signed.body, raw=False, strict_map_key=True, max_bin_len=64, max_str_len=256,
-            max_array_len=MAX_DEVICES, max_map_len=16, max_ext_len=0,
+            max_array_len=MAX_DEVICES, max_map_len=16, ext_hook=refuse_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise _bad(f"body is not msgpack ({exc})") from exc

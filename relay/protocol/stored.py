@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import msgpack
 
 from ._frame_base import Envelope
+from .codec import refuse_ext
 
 _HEADER_MAX = 1 + 2 + 8 + 3 + 1 + 6 + 5  # fixmap3, "t":"deliver", "id":0, "items":array32
 _ITEM_MAX = 1 + 4 + 9 + 9  # fixmap2, "seq": uint64, "envelope"
@@ -36,7 +37,7 @@ def decode_envelope(data: bytes) -> Envelope:
         ValueError: ``data`` is not a stored envelope (corrupt storage).
     """
     try:
-        m = msgpack.unpackb(data, raw=False)
+        m = msgpack.unpackb(data, raw=False, ext_hook=refuse_ext)
         env = Envelope(m["msg_id"], m["sender_user"], m["sender_device"], m["ts"], m["kind"],
                        m["body"])
     except (ValueError, msgpack.UnpackException, KeyError, TypeError) as exc:
@@ -67,14 +68,42 @@ def decode_bounce_body(body: bytes) -> tuple[str, str, str]:
     Raises:
         ValueError: not a bounce body.
     """
-    try:
-        m = msgpack.unpackb(body, raw=False)
-        code, message, user_id = m["code"], m["message"], m["user_id"]
-    except (ValueError, msgpack.UnpackException, KeyError, TypeError) as exc:
-        raise ValueError("not a bounce body") from exc
-    if not (isinstance(code, str) and isinstance(message, str) and isinstance(user_id, str)):
-        raise ValueError("not a bounce body")
+    code, message, user_id, _ = decode_bounce(body)
     return code, message, user_id
+
+
+def decode_bounce(body: bytes) -> tuple[str, str, str, str]:
+    """``(code, message, user_id, origin)`` of a ``bounce`` envelope's body (as a client
+    reads it: ``origin`` is ``""`` when absent, which is not :data:`BOUNCE_FROM_HOME`).
+
+    Raises:
+        ValueError: not a bounce body (not a map of strings with those keys, ext types).
+    """
+    try:
+        m = msgpack.unpackb(body, raw=False, max_map_len=16, ext_hook=refuse_ext)
+        code, message, user_id = m["code"], m["message"], m["user_id"]
+        origin = m.get("origin", "")
+    except (ValueError, msgpack.UnpackException, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError("not a bounce body") from exc
+    if not all(isinstance(v, str) for v in (code, message, user_id, origin)):
+        raise ValueError("not a bounce body")
+    return code, message, user_id, origin
+
+
+def salvage_forward(payload: bytes) -> tuple[str, int, bytes] | None:
+    """``(sender_user, sender_device, msg_id)`` of a stored ``forward`` frame that does not
+    parse as a frame (read without frame limits: it is the node's own data), else
+    ``None``: enough to bounce it to its sender."""
+    try:
+        m = msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=refuse_ext)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if not isinstance(m, dict):
+        return None
+    user, dev, msg_id = m.get("sender_user"), m.get("sender_device"), m.get("msg_id")
+    if isinstance(user, str) and type(dev) is int and isinstance(msg_id, bytes):
+        return user, dev, msg_id
+    return None
 
 
 def deliver_size(envelope_sizes: Sequence[int]) -> int:

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import time
 
-import msgpack
-
 from relay.config.ring import Ring
 from relay.errors import RelayError
-from relay.protocol import DeviceList, ErrorCode, is_user_id, verify_device_list
+from relay.protocol import (
+    DeviceList,
+    ErrorCode,
+    RemoteProtocolError,
+    is_user_id,
+    verify_device_list,
+)
 from relay.protocol.frames import ClaimedKey, OneTimeKey, SignedDeviceList
-from relay.protocol.identity import MAX_VERSION_STEP, one_time_key_message, verify_signature
+from relay.protocol.identity import (
+    MAX_VERSION_STEP,
+    decode_signed_list,
+    encode_signed_list,
+    one_time_key_message,
+    verify_signature,
+)
 from relay.services.claim_limits import ClaimLimits
 from relay.services.homes import Homes
 from storage import DuplicateKey, StaleVersion, Storage
@@ -45,8 +55,8 @@ def _claimed(device_id: int, key_id: str, stored: bytes, fallback: bool) -> Clai
 
 def pack_list(signed: SignedDeviceList) -> bytes:
     """msgpack ``{body, signature}``: the stored form of a signed list, and the body
-    of a ``device_list`` envelope."""
-    return msgpack.packb({"body": signed.body, "signature": signed.signature}, use_bin_type=True)
+    of a ``device_list`` envelope (:func:`relay.protocol.identity.encode_signed_list`)."""
+    return encode_signed_list(signed)
 
 
 def unpack_list(blob: bytes) -> SignedDeviceList:
@@ -56,14 +66,9 @@ def unpack_list(blob: bytes) -> SignedDeviceList:
         RelayError: ``bad_request`` if ``blob`` is not such a map (it is not verified here).
     """
     try:
-        m = msgpack.unpackb(blob, raw=False, max_bin_len=1 << 16, max_str_len=64,
-                            max_map_len=4, max_array_len=0)
-        signed = SignedDeviceList(body=m["body"], signature=m["signature"])
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        return decode_signed_list(blob)
+    except RemoteProtocolError as exc:
         raise RelayError(ErrorCode.BAD_REQUEST, "malformed signed device list") from exc
-    if not isinstance(signed.body, bytes) or not isinstance(signed.signature, bytes):
-        raise RelayError(ErrorCode.BAD_REQUEST, "malformed signed device list")
-    return signed
 
 
 class Directory:

@@ -14,8 +14,9 @@ the link by request id; the accepting node may answer them out of order. The
 link pings after 20 s of silence and is closed when nothing arrives 10 s later
 (a black-holed peer is noticed). A broken link fails its pending requests with
 :class:`LinkDown` and reconnects with exponential backoff (0.2 s doubling to a
-30 s cap, +-25 % jitter); a request made while the link is down triggers one
-immediate attempt.
+30 s cap, +-25 % jitter; it starts again from 0.2 s only after a link that stayed up
+for :data:`STABLE_LINK` seconds, so a link the peer drops at once is not reopened in a
+loop); a request made while the link is down triggers one immediate attempt.
 
 Logging: one info line when a link comes up, one warning when a link that was
 up goes down; failed attempts while a peer is down are debug lines (at start-up
@@ -43,6 +44,10 @@ from relay.protocol.frames import Error, Frame
 CONNECT_TIMEOUT = 5.0
 CLOSE_GOING_AWAY = 1001  # RFC 6455 7.4.1: an endpoint is going away
 UNREACHABLE_WARNING = 60.0  # seconds a peer may stay unreachable before a warning
+STABLE_LINK = 2.0
+"""Seconds a link must have stayed up for the backoff to start again from its first
+delay when it goes down; a link that drops sooner (a peer that closes it at once,
+a flapping path) keeps backing off, so it is not reconnected in a loop."""
 
 PEER_LINK_SETTINGS = dataclasses.replace(net.PEER_SETTINGS, connect_timeout=CONNECT_TIMEOUT)
 """The settings of every outgoing peer link (:data:`relay.net.PEER_SETTINGS`: keepalive
@@ -183,8 +188,10 @@ class PeerLink:
                     self._signal_change()
                     self._log.info("peer link to %s up%s", self.peer.id,
                                    f" ({self.url})" if len(self.peer.urls) > 1 else "")
-                    delays = PEER_BACKOFF.delays()
+                    up_at = trio.current_time()
                     await link.wait_closed()
+                if trio.current_time() - up_at >= STABLE_LINK:
+                    delays = PEER_BACKOFF.delays()
                 self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id,
                                   link.close_reason)
                 down_since, warned = trio.current_time(), False

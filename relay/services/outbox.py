@@ -45,7 +45,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import msgpack
 import trio
 
 from relay.errors import KNOWN_REFUSALS, RETRYABLE_CODES, RelayError
@@ -70,7 +69,7 @@ from relay.protocol.frames import (
     Ok,
     Results,
 )
-from relay.protocol.stored import encode_bounce_body, encode_envelope
+from relay.protocol.stored import encode_bounce_body, encode_envelope, salvage_forward
 from relay.services.federation import Federation, LinkDown, request_within
 from relay.services.outbox_caps import OutboxCaps
 from storage import EnqueueRequest, OutboxEntry, Storage
@@ -346,7 +345,7 @@ class Outbox:
     async def _dead_letter(self, entry: OutboxEntry, why: str) -> str:
         """Keep an entry that can never be sent aside (destination :data:`DEAD_LETTER`),
         bounce to its sender when the sender can still be read, never drop it."""
-        salvaged = _salvage(entry.payload)
+        salvaged = salvage_forward(entry.payload)
         if salvaged is not None:
             sender_user, sender_device, msg_id = salvaged
             body = encode_bounce_body(ErrorCode.INTERNAL.value,
@@ -422,18 +421,3 @@ class Outbox:
         await self._delete_many(gone)
         self.on_finished("bounced", len(gone))
         return len(gone) == len(finals)
-
-
-def _salvage(payload: bytes) -> tuple[str, int, bytes] | None:
-    """``(sender_user, sender_device, msg_id)`` of a stored forward that does not parse
-    as a frame (read without frame limits: it is this node's own data), else ``None``."""
-    try:
-        m = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException):
-        return None
-    if not isinstance(m, dict):
-        return None
-    user, dev, msg_id = m.get("sender_user"), m.get("sender_device"), m.get("msg_id")
-    if isinstance(user, str) and type(dev) is int and isinstance(msg_id, bytes):
-        return user, dev, msg_id
-    return None

@@ -4,8 +4,8 @@ over the next runs, in per-sender order (issue 15, item 10; docs/cli.md).
 
 The backlog (300 messages from two senders) is queued with the client library in this
 process; the receiver is a real ``wa-cli recv`` process against a real node. (The
-node's logs are not checked here: a device closing while a push is on its way is
-still logged as a crash by the node, issue 15 item 7, fixed apart.)
+node's logs are not checked here; a device closing while a push is on its way,
+issue 15 item 7, is tested in tests/relay/test_quiet_close.py.)
 """
 
 from __future__ import annotations
