@@ -44,6 +44,7 @@ from cli.session.group_state import (
     parse_state,
 )
 from cli.session.replay import IndexWindow
+from relay.protocol.codec import refuse_ext
 
 __all__ = [
     "GROUP_ID_SIZE", "MAX_MEMBERS", "GroupDecryptError", "GroupError", "GroupForked", "GroupRecord",
@@ -277,8 +278,8 @@ class GroupStore:
             raise GroupDecryptError(f"replayed group message (index {decrypted.message_index} "
                                     "of its session was decrypted before)")
         try:
-            m = msgpack.unpackb(plain, raw=False, strict_map_key=True, max_ext_len=0,
-                                max_map_len=8)
+            m = msgpack.unpackb(plain, raw=False, strict_map_key=True, ext_hook=refuse_ext,
+                                max_ext_len=0, max_map_len=8)
             inner_group, inner = m["group_id"], m["payload"]
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             raise GroupDecryptError(f"malformed group plaintext: {exc}") from exc
