@@ -71,19 +71,21 @@ def main(argv: list[str] | None = None) -> int:
                         figures = run_load(nodes[code], phases, args.count, *extra)[phases[0]]
                         n = figures["messages"]
                         row = (figures["server_cpu_s"] / n * 1e6, n / figures["seconds"],
-                               figures.get("p50_ms", 0.0), figures.get("p99_ms", 0.0))
+                               figures.get("p50_ms", 0.0), figures.get("p99_ms", 0.0),
+                               figures["gen_cpu_s"] / figures["seconds"] * 100)
                         rows.setdefault((rate, code), []).append(row)
                         print(f"round {r} {code} rate {rate:g}: node {row[0]:.0f} us/msg, "
-                              f"{row[1]:.0f} msg/s, p50 {row[2]:.1f} p99 {row[3]:.1f} ms "
+                              f"{row[1]:.0f} msg/s, p50 {row[2]:.1f} p99 {row[3]:.1f} ms, "
+                              f"generator {row[4]:.0f} % of a core "
                               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         finally:
             for proc in nodes.values():
                 proc.stop()
     print("medians:")
     for (rate, code), got in sorted(rows.items()):
-        cpu, rate_out, p50, p99 = (statistics.median(x) for x in zip(*got, strict=True))
+        cpu, rate_out, p50, p99, gen = (statistics.median(x) for x in zip(*got, strict=True))
         print(f"{code} rate {rate:g}: node {cpu:.0f} us/msg, {rate_out:.0f} msg/s, "
-              f"p50 {p50:.1f} p99 {p99:.1f} ms (n={len(got)})")
+              f"p50 {p50:.1f} p99 {p99:.1f} ms, generator {gen:.0f} % (n={len(got)})")
     return 0
 
 

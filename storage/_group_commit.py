@@ -58,6 +58,19 @@ and pin old pages. The writer runs ``env.reader_check()`` in its thread every
 ``reader_check_interval`` seconds (Trio's clock): before a batch once the
 interval has passed (by ``time.monotonic``), and when it has been idle that long.
 
+**The GIL.** The commit thread needs the GIL back twice per batch: when it wakes for
+a submission and when the commit's fsync returns. A busy event loop keeps the GIL
+until the interpreter's switch interval (5 ms by default) forces a hand-over, so
+without help a busy node adds up to ~10 ms to every batch, the latency of every
+durable answer and delivery. While it may wait (asleep on its queue, in
+``begin``, in the commit and fsync) the thread therefore sets the interval to
+:data:`HANDOVER_INTERVAL` (0.2 ms), and back to the interval found at start while
+it runs a transaction's ops (Python holding the GIL, when a short interval would
+only bounce the GIL between the loop and the ops). The interval is one per
+process: the first commit thread notes it, the last one to stop puts it back
+(``handover_interval=0`` leaves it alone). Measured in docs/benchmarks.md,
+"Session 5: paced latency".
+
 Ops submitted concurrently may be applied in any order; ops of one task, which
 awaits each before the next, are applied in order.
 
@@ -68,6 +81,7 @@ themselves run in :class:`storage._lmdb_commit.Committer`, its base.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -102,6 +116,42 @@ class _Ticket:
         self.done = trio.Event()
 
 
+HANDOVER_INTERVAL = 0.0002
+"""Seconds: the interpreter's switch interval while a commit thread waits for the GIL
+(see "The GIL" in the module docstring)."""
+
+
+class _SwitchInterval:
+    """The interpreter's switch interval (``sys.setswitchinterval``), which is one per
+    process, shared by the commit threads of every writer in it: the first to start
+    notes the interval in force, the last to stop puts it back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._normal = 0.0
+
+    def enter(self, handover: float) -> tuple[float, float]:
+        """A commit thread starts: returns ``(waiting, running)`` intervals for it and
+        sets the waiting one."""
+        with self._lock:
+            if self._users == 0:
+                self._normal = sys.getswitchinterval()
+            self._users += 1
+            waiting = min(handover, self._normal)
+            sys.setswitchinterval(waiting)
+            return waiting, self._normal
+
+    def exit(self) -> None:
+        """A commit thread ends; the last one puts the noted interval back."""
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                sys.setswitchinterval(self._normal)
+
+
+_SWITCH = _SwitchInterval()
+
 _STOP = object()
 """Queued by :meth:`GroupCommitWriter.close` (and when :meth:`~GroupCommitWriter.serve`
 is cancelled): the commit thread ends once it takes it."""
@@ -120,6 +170,8 @@ class GroupCommitWriter(Committer):
         limit_bytes: adding ops are refused (``StorageFull``) once the pages in use
             would exceed this; ``None``: ``map_size - default_reserve(map_size)``.
         reader_check_interval: seconds between ``env.reader_check()`` calls.
+        handover_interval: seconds, the switch interval while the commit thread waits
+            for the GIL (:data:`HANDOVER_INTERVAL`); 0: leave the interpreter's alone.
         fault_hook: test-only, see :data:`FaultHook`.
     """
 
@@ -127,9 +179,10 @@ class GroupCommitWriter(Committer):
         self, env: lmdb.Environment, dbs: Dbs, *, max_batch_ops: int = 1024,
         max_batch_bytes: int = 16 * 1024 * 1024, queue_size: int = 1024,
         limit_bytes: int | None = None, reader_check_interval: float = 10.0,
-        fault_hook: FaultHook | None = None,
+        handover_interval: float = HANDOVER_INTERVAL, fault_hook: FaultHook | None = None,
     ) -> None:
         super().__init__(env, dbs, limit_bytes=limit_bytes, fault_hook=fault_hook)
+        self._handover = handover_interval
         self._max_ops = max_batch_ops
         self._max_bytes = max_batch_bytes
         self._reader_interval = reader_check_interval
@@ -244,6 +297,20 @@ class GroupCommitWriter(Committer):
         """The commit thread: take a batch, run it, hand it back; until ``_STOP``."""
         assert self._token is not None
         token = self._token
+        if self._handover > 0:
+            self._switch = _SWITCH.enter(self._handover)
+        try:
+            left, ended = self._commit_loop(token)
+        finally:
+            if self._switch is not None:
+                self._switch = None
+                _SWITCH.exit()
+        token.run_sync_soon(self._thread_ended, left, ended)
+
+    def _commit_loop(self, token: trio.lowlevel.TrioToken
+                     ) -> tuple[list[_Ticket], outcome.Outcome[None]]:
+        """:meth:`_thread_main`'s loop; returns the tickets left unrun (answered as
+        such) and how the loop ended."""
         next_check = time.monotonic() + self._reader_interval
         stop = False
         ended: outcome.Outcome[None] = outcome.Value(None)
@@ -297,7 +364,7 @@ class GroupCommitWriter(Committer):
             if item is not _STOP:
                 left.append(item)
         _strand(left)
-        token.run_sync_soon(self._thread_ended, left, ended)
+        return left, ended
 
     def _handed_back(self, batch: list[_Ticket], elapsed: float | None) -> None:
         """On the event loop: a batch's answers are set (``elapsed``: seconds its

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +105,10 @@ class Committer:
         self.limit_bytes = map_size - default_reserve(map_size) if limit_bytes is None else limit_bytes
         self.psize: int = env.stat()["psize"]
         self._fault = fault_hook
+        # (waiting, running): the interpreter's switch interval while this thread may wait
+        # for the GIL (begin, commit, fsync, queue) and while it runs a transaction's ops;
+        # None: left alone. Set by the commit thread (storage._group_commit, "GIL").
+        self._switch: tuple[float, float] | None = None
         # Room left after the last commit, carried to the next batch (reading it exactly
         # is a stat of every sub-database, ~20-30 us: most of a small batch's overhead).
         # It only shrinks by the ops' estimates (upper bounds; freeing ops never add),
@@ -254,6 +259,9 @@ class Committer:
         txn = self._env.begin(write=True)
         counters = Counters(txn, self._dbs)
         committed = False
+        switch = self._switch
+        if switch is not None:  # the ops hold the GIL: a busy loop waits the usual interval
+            sys.setswitchinterval(switch[1])
         try:
             for i, op in enumerate(seg):
                 keys = getattr(op.fn, "chain", ())
@@ -294,12 +302,16 @@ class Committer:
                     self._fault("commit")
                 except lmdb.Error as exc:
                     raise _Failed(None, exc) from exc
+            if switch is not None:  # the commit releases the GIL: take it back soon after
+                sys.setswitchinterval(switch[0])
             try:
                 txn.commit()
             except lmdb.Error as exc:
                 raise _Failed(None, exc) from exc
             committed = True
         finally:
+            if switch is not None:
+                sys.setswitchinterval(switch[0])
             if not committed:
                 txn.abort()  # a no-op after a failed commit
         self.commits += 1
