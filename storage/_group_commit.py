@@ -64,12 +64,15 @@ until the interpreter's switch interval (5 ms by default) forces a hand-over, so
 without help a busy node adds up to ~10 ms to every batch, the latency of every
 durable answer and delivery. While it may wait (asleep on its queue, in
 ``begin``, in the commit and fsync) the thread therefore sets the interval to
-:data:`HANDOVER_INTERVAL` (0.2 ms), and back to the interval found at start while
+:data:`HANDOVER_INTERVAL` (1 ms), and back to the interval found at start while
 it runs a transaction's ops (Python holding the GIL, when a short interval would
 only bounce the GIL between the loop and the ops). The interval is one per
 process: the first commit thread notes it, the last one to stop puts it back
-(``handover_interval=0`` leaves it alone). Measured in docs/benchmarks.md,
-"Session 5: paced latency".
+(``handover_interval=0`` leaves it alone). Why 1 ms and not less: the thread then
+also takes the GIL from a loop that is still queueing a burst of submissions, and
+batches shrink (1,000 concurrent enqueues took up to 21 transactions at 0.2 ms, at
+most 8 at 1 ms, 2-4 at 5 ms). Measured in docs/benchmarks.md, "Session 5: paced
+latency".
 
 Ops submitted concurrently may be applied in any order; ops of one task, which
 awaits each before the next, are applied in order.
@@ -116,7 +119,7 @@ class _Ticket:
         self.done = trio.Event()
 
 
-HANDOVER_INTERVAL = 0.0002
+HANDOVER_INTERVAL = 0.001
 """Seconds: the interpreter's switch interval while a commit thread waits for the GIL
 (see "The GIL" in the module docstring)."""
 
