@@ -58,11 +58,13 @@ and pin old pages. The writer runs ``env.reader_check()`` in its thread every
 ``reader_check_interval`` seconds (Trio's clock): before a batch once the
 interval has passed (by ``time.monotonic``), and when it has been idle that long.
 
-**The GIL.** The commit thread needs the GIL back twice per batch: when it wakes for
-a submission and when the commit's fsync returns. A busy event loop keeps the GIL
-until the interpreter's switch interval (5 ms by default) forces a hand-over, so
-without help a busy node adds up to ~10 ms to every batch, the latency of every
-durable answer and delivery. While it may wait (asleep on its queue, in
+**The GIL.** The commit thread needs the GIL back when it wakes for a submission,
+when the commit's fsync returns, and after any LMDB call around which py-lmdb lets
+the GIL go (each put) if the loop took it meanwhile. A busy event loop keeps the
+GIL until the interpreter's switch interval (5 ms by default) forces a hand-over,
+so without help a busy node adds up to 5 ms per such wait to every batch, the
+latency of every durable answer and delivery (in a loaded node the thread waited
+about 8 times as long for the GIL as for its fsync: docs/benchmarks.md). While it may wait (asleep on its queue, in
 ``begin``, in the commit and fsync) the thread therefore sets the interval to
 :data:`HANDOVER_INTERVAL` (1 ms), and back to the interval found at start while
 it runs a transaction's ops (Python holding the GIL, when a short interval would
