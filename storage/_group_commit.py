@@ -64,8 +64,9 @@ the GIL go (each put) if the loop took it meanwhile. A busy event loop keeps the
 GIL until the interpreter's switch interval (5 ms by default) forces a hand-over,
 so without help a busy node adds up to 5 ms per such wait to every batch, the
 latency of every durable answer and delivery (in a loaded node the thread waited
-about 8 times as long for the GIL as for its fsync: docs/benchmarks.md). While it may wait (asleep on its queue, in
-``begin``, in the commit and fsync) the thread therefore sets the interval to
+about 8 times as long for the GIL as for its fsync: docs/benchmarks.md). While it
+may wait (asleep on its queue, in ``begin``, in the commit and fsync) the thread
+therefore sets the interval to
 :data:`HANDOVER_INTERVAL` (1 ms), and back to the interval found at start while
 it runs a transaction's ops (Python holding the GIL, when a short interval would
 only bounce the GIL between the loop and the ops). The interval is one per

@@ -260,7 +260,7 @@ class Committer:
         counters = Counters(txn, self._dbs)
         committed = False
         switch = self._switch
-        if switch is not None:  # the ops hold the GIL: a busy loop waits the usual interval
+        if switch is not None:  # the ops run Python: the loop waits the usual interval
             sys.setswitchinterval(switch[1])
         try:
             for i, op in enumerate(seg):
