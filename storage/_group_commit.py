@@ -66,10 +66,10 @@ so without help a busy node adds up to 5 ms per such wait to every batch, the
 latency of every durable answer and delivery (in a loaded node the thread waited
 about 8 times as long for the GIL as for its fsync: docs/benchmarks.md). While it
 may wait (asleep on its queue, in ``begin``, in the commit and fsync) the thread
-therefore sets the interval to
-:data:`HANDOVER_INTERVAL` (1 ms), and back to the interval found at start while
-it runs a transaction's ops (Python holding the GIL, when a short interval would
-only bounce the GIL between the loop and the ops). The interval is one per
+therefore sets the interval to :data:`HANDOVER_INTERVAL` (1 ms), and back to the
+interval found at start while it runs a transaction's ops (mostly Python, when a
+short interval would bounce the GIL between the loop and the ops; measured
+alike). The interval is one per
 process: the first commit thread notes it, the last one to stop puts it back
 (``handover_interval=0`` leaves it alone). Why 1 ms and not less: the thread then
 also takes the GIL from a loop that is still queueing a burst of submissions, and
