@@ -199,7 +199,8 @@ def _transfer(root: Path, size: int) -> dict[str, float]:
         logs = root / "logs"
         logs.mkdir()
         _run(_cli(alice, "contacts", "add", "bob", bob_id), logs / "contact.out")
-        # recv fetches by itself only a contact's file, up to --auto-download bytes
+        # recv fetches by itself only a contact's file, up to --auto-download bytes (of
+        # ciphertext, a little more than the file: 1 MiB of room covers the overhead)
         _run(_cli(bob, "contacts", "add", "alice", alice_id), logs / "contact-bob.out")
         _, text_send_kib, _ = _run(_cli(alice, "send", "bob", "hello"), logs / "text.out")
         _, text_recv_kib, _ = _run(_cli(bob, "recv", "--timeout", "0.5"), logs / "text-recv.out")
@@ -211,7 +212,7 @@ def _transfer(root: Path, size: int) -> dict[str, float]:
         downloads = root / "downloads"
         down_s, recv_kib, out = _run(
             _cli(bob, "recv", "--timeout", "0.5", "--downloads", str(downloads),
-                 "--auto-download", str(size)),
+                 "--auto-download", str(size + MiB)),
             logs / "recv.out")
         hwm1 = {nid: _hwm_kib(pid) for nid, pid in pids.items()}
         row = json.loads(out.splitlines()[0])

@@ -7,8 +7,13 @@ current checkout if none is given) and runs the same phase of
 so that load from other jobs hits every variant alike. Prints, per round and as
 medians: the node's CPU per message (``utime + stime`` over the phase, from
 ``/proc``), messages per second, and (phases with receivers) the send-to-deliver
-p50 / p99. CPU per message is the figure to compare on a busy machine; latencies
-follow the neighbours' load.
+p50 / p99, the load generator's CPU as a share of a core, and the node's group
+commits in the run (from its ``/metrics``: ``wa_relay_commit_seconds`` and
+``wa_relay_commit_batch_ops``): how many, ops per commit and the mean time of one
+(ops, commit and fsync in the commit thread, and its wait for the GIL after the
+fsync). CPU per message is the figure to compare on a busy machine; latencies
+follow the neighbours' load, and a commit time well above the disk's fsync
+time is the commit thread waiting for the GIL or for a CPU.
 
 Examples::
 
@@ -24,11 +29,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from bench.relay import NodeProcesses, run_load
+from relay.config import load_node_config
+
+_COMMIT_METRICS = re.compile(
+    r"^(wa_relay_commit_seconds_(?:sum|count)|wa_relay_commit_batch_ops_sum) ([0-9.e+-]+)$",
+    re.MULTILINE)
+
+
+def commit_totals(admin_url: str | None) -> tuple[float, float, float]:
+    """``(commits, seconds, ops)`` so far from a node's ``/metrics`` (zeros without an
+    admin listener).
+
+    Raises:
+        OSError: the node did not answer.
+    """
+    if admin_url is None:
+        return 0.0, 0.0, 0.0
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=10) as response:
+        return parse_commit_totals(response.read().decode())
+
+
+def parse_commit_totals(text: str) -> tuple[float, float, float]:
+    """``(commits, seconds, ops)`` from a node's ``/metrics`` text (Prometheus format)."""
+    got = {name: float(value) for name, value in _COMMIT_METRICS.findall(text)}
+    return (got.get("wa_relay_commit_seconds_count", 0.0),
+            got.get("wa_relay_commit_seconds_sum", 0.0),
+            got.get("wa_relay_commit_batch_ops_sum", 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ["PYTHONPATH"] = code  # the node process imports this tree
                 nodes[code] = NodeProcesses(Path(tmp) / f"v{i}", 1)
                 nodes[code].start()
+            admin = {code: load_node_config(Path(tmp) / f"v{i}" / "n1" / "node.toml").admin_url
+                     for i, code in enumerate(codes)}
             if saved is None:
                 os.environ.pop("PYTHONPATH", None)
             else:
@@ -68,22 +103,31 @@ def main(argv: list[str] | None = None) -> int:
                     for code in order:
                         extra = ("--rate", str(rate), "--paced-seconds", str(args.seconds)) \
                             if paced else ()
+                        before = commit_totals(admin[code])
                         figures = run_load(nodes[code], phases, args.count, *extra)[phases[0]]
+                        commits, seconds, ops = (b - a for a, b in zip(
+                            before, commit_totals(admin[code]), strict=True))
                         n = figures["messages"]
                         row = (figures["server_cpu_s"] / n * 1e6, n / figures["seconds"],
-                               figures.get("p50_ms", 0.0), figures.get("p99_ms", 0.0))
+                               figures.get("p50_ms", 0.0), figures.get("p99_ms", 0.0),
+                               figures["gen_cpu_s"] / figures["seconds"] * 100,
+                               seconds / max(commits, 1) * 1e3, ops / max(commits, 1))
                         rows.setdefault((rate, code), []).append(row)
                         print(f"round {r} {code} rate {rate:g}: node {row[0]:.0f} us/msg, "
-                              f"{row[1]:.0f} msg/s, p50 {row[2]:.1f} p99 {row[3]:.1f} ms "
+                              f"{row[1]:.0f} msg/s, p50 {row[2]:.1f} p99 {row[3]:.1f} ms, "
+                              f"generator {row[4]:.0f} % of a core; {commits:.0f} commits "
+                              f"of {row[6]:.1f} ops, {row[5]:.2f} ms each "
                               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         finally:
             for proc in nodes.values():
                 proc.stop()
     print("medians:")
     for (rate, code), got in sorted(rows.items()):
-        cpu, rate_out, p50, p99 = (statistics.median(x) for x in zip(*got, strict=True))
+        cpu, rate_out, p50, p99, gen, commit_ms, per_commit = (
+            statistics.median(x) for x in zip(*got, strict=True))
         print(f"{code} rate {rate:g}: node {cpu:.0f} us/msg, {rate_out:.0f} msg/s, "
-              f"p50 {p50:.1f} p99 {p99:.1f} ms (n={len(got)})")
+              f"p50 {p50:.1f} p99 {p99:.1f} ms, generator {gen:.0f} %, commits of "
+              f"{per_commit:.1f} ops, {commit_ms:.2f} ms each (n={len(got)})")
     return 0
 
 

@@ -58,6 +58,25 @@ and pin old pages. The writer runs ``env.reader_check()`` in its thread every
 ``reader_check_interval`` seconds (Trio's clock): before a batch once the
 interval has passed (by ``time.monotonic``), and when it has been idle that long.
 
+**The GIL.** The commit thread needs the GIL back when it wakes for a submission,
+when the commit's fsync returns, and after any LMDB call around which py-lmdb lets
+the GIL go (each put) if the loop took it meanwhile. A busy event loop keeps the
+GIL until the interpreter's switch interval (5 ms by default) forces a hand-over,
+so without help a busy node adds up to 5 ms per such wait to every batch, the
+latency of every durable answer and delivery (in a loaded node the thread waited
+about 8 times as long for the GIL as for its fsync: docs/benchmarks.md). While it
+may wait (asleep on its queue, in ``begin``, in the commit and fsync) the thread
+therefore sets the interval to :data:`HANDOVER_INTERVAL` (1 ms), and back to the
+interval found at start while it runs a transaction's ops (mostly Python, when a
+short interval would bounce the GIL between the loop and the ops; measured
+alike). The interval is one per
+process: the first commit thread notes it, the last one to stop puts it back
+(``handover_interval=0`` leaves it alone). Why 1 ms and not less: the thread then
+also takes the GIL from a loop that is still queueing a burst of submissions, and
+batches shrink (1,000 concurrent enqueues took up to 21 transactions at 0.2 ms, at
+most 8 at 1 ms, 2-4 at 5 ms). Measured in docs/benchmarks.md, "Session 5: paced
+latency".
+
 Ops submitted concurrently may be applied in any order; ops of one task, which
 awaits each before the next, are applied in order.
 
@@ -68,6 +87,7 @@ themselves run in :class:`storage._lmdb_commit.Committer`, its base.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -102,6 +122,42 @@ class _Ticket:
         self.done = trio.Event()
 
 
+HANDOVER_INTERVAL = 0.001
+"""Seconds: the interpreter's switch interval while a commit thread waits for the GIL
+(see "The GIL" in the module docstring)."""
+
+
+class _SwitchInterval:
+    """The interpreter's switch interval (``sys.setswitchinterval``), which is one per
+    process, shared by the commit threads of every writer in it: the first to start
+    notes the interval in force, the last to stop puts it back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._normal = 0.0
+
+    def enter(self, handover: float) -> tuple[float, float]:
+        """A commit thread starts: returns ``(waiting, running)`` intervals for it and
+        sets the waiting one."""
+        with self._lock:
+            if self._users == 0:
+                self._normal = sys.getswitchinterval()
+            self._users += 1
+            waiting = min(handover, self._normal)
+            sys.setswitchinterval(waiting)
+            return waiting, self._normal
+
+    def exit(self) -> None:
+        """A commit thread ends; the last one puts the noted interval back."""
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                sys.setswitchinterval(self._normal)
+
+
+_SWITCH = _SwitchInterval()
+
 _STOP = object()
 """Queued by :meth:`GroupCommitWriter.close` (and when :meth:`~GroupCommitWriter.serve`
 is cancelled): the commit thread ends once it takes it."""
@@ -120,6 +176,8 @@ class GroupCommitWriter(Committer):
         limit_bytes: adding ops are refused (``StorageFull``) once the pages in use
             would exceed this; ``None``: ``map_size - default_reserve(map_size)``.
         reader_check_interval: seconds between ``env.reader_check()`` calls.
+        handover_interval: seconds, the switch interval while the commit thread waits
+            for the GIL (:data:`HANDOVER_INTERVAL`); 0: leave the interpreter's alone.
         fault_hook: test-only, see :data:`FaultHook`.
     """
 
@@ -127,9 +185,10 @@ class GroupCommitWriter(Committer):
         self, env: lmdb.Environment, dbs: Dbs, *, max_batch_ops: int = 1024,
         max_batch_bytes: int = 16 * 1024 * 1024, queue_size: int = 1024,
         limit_bytes: int | None = None, reader_check_interval: float = 10.0,
-        fault_hook: FaultHook | None = None,
+        handover_interval: float = HANDOVER_INTERVAL, fault_hook: FaultHook | None = None,
     ) -> None:
         super().__init__(env, dbs, limit_bytes=limit_bytes, fault_hook=fault_hook)
+        self._handover = handover_interval
         self._max_ops = max_batch_ops
         self._max_bytes = max_batch_bytes
         self._reader_interval = reader_check_interval
@@ -244,6 +303,20 @@ class GroupCommitWriter(Committer):
         """The commit thread: take a batch, run it, hand it back; until ``_STOP``."""
         assert self._token is not None
         token = self._token
+        if self._handover > 0:
+            self._switch = _SWITCH.enter(self._handover)
+        try:
+            left, ended = self._commit_loop(token)
+        finally:
+            if self._switch is not None:
+                self._switch = None
+                _SWITCH.exit()
+        token.run_sync_soon(self._thread_ended, left, ended)
+
+    def _commit_loop(self, token: trio.lowlevel.TrioToken
+                     ) -> tuple[list[_Ticket], outcome.Outcome[None]]:
+        """:meth:`_thread_main`'s loop; returns the tickets left unrun (answered as
+        such) and how the loop ended."""
         next_check = time.monotonic() + self._reader_interval
         stop = False
         ended: outcome.Outcome[None] = outcome.Value(None)
@@ -298,7 +371,7 @@ class GroupCommitWriter(Committer):
                 left.append(item)
         _strand(left)
         self.headroom.close()
-        token.run_sync_soon(self._thread_ended, left, ended)
+        return left, ended
 
     def _handed_back(self, batch: list[_Ticket], elapsed: float | None) -> None:
         """On the event loop: a batch's answers are set (``elapsed``: seconds its

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,10 @@ class Committer:
         #: data.mdb kept allocated ahead of the pages in use (:mod:`storage._lmdb_headroom`)
         self.headroom = DiskHeadroom(env, map_size, max(0, map_size - self.limit_bytes))
         self._disk_full = False
+        # (waiting, running): the interpreter's switch interval while this thread may wait
+        # for the GIL (begin, commit, fsync, queue) and while it runs a transaction's ops;
+        # None: left alone. Set by the commit thread (storage._group_commit, "GIL").
+        self._switch: tuple[float, float] | None = None
         # Room left after the last commit, carried to the next batch (reading it exactly
         # is a stat of every sub-database, ~20-30 us: most of a small batch's overhead).
         # It only shrinks by the ops' estimates (upper bounds; freeing ops never add),
@@ -264,6 +269,9 @@ class Committer:
         txn = self._env.begin(write=True)
         counters = Counters(txn, self._dbs)
         committed = False
+        switch = self._switch
+        if switch is not None:  # the ops run Python: the loop waits the usual interval
+            sys.setswitchinterval(switch[1])
         try:
             for i, op in enumerate(seg):
                 keys = getattr(op.fn, "chain", ())
@@ -310,12 +318,16 @@ class Committer:
                     self._fault("commit")
                 except lmdb.Error as exc:
                     raise _Failed(None, exc) from exc
+            if switch is not None:  # the commit releases the GIL: take it back soon after
+                sys.setswitchinterval(switch[0])
             try:
                 txn.commit()
             except lmdb.Error as exc:
                 raise _Failed(None, exc) from exc
             committed = True
         finally:
+            if switch is not None:
+                sys.setswitchinterval(switch[0])
             if not committed:
                 txn.abort()  # a no-op after a failed commit
         self.commits += 1

@@ -346,6 +346,20 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
             lambda txn: L.read_queue(txn, self._dbs, devk, after_seq, limit)
         )
 
+    def read_queue_now(
+        self, user_id: str, device_id: int, after_seq: int = 0, limit: int = 256
+    ) -> list[QueueItem]:
+        """:meth:`read_queue` without its checkpoint (a short read in place, on the
+        loop), for a caller that was scheduled just now: a pusher woken by an enqueue
+        (:class:`relay.services.delivery.Pusher`) saves a trip through the scheduler
+        between the commit and the ``deliver``.
+
+        Raises:
+            trio.ClosedResourceError: the storage is closed. StorageError: LMDB failed.
+        """
+        devk = self._devk(user_id, device_id)
+        return self._read(lambda txn: L.read_queue(txn, self._dbs, devk, after_seq, limit))
+
     async def queue_length(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.queue_length`."""
         devk = self._devk(user_id, device_id)

@@ -197,12 +197,25 @@ class Pusher:
         user_id, device_id = self._dev
         cursor = 0
         synced = False
+        # A backend's read without a checkpoint (LMDB), for the first read after a
+        # wake-up: the task was just scheduled, so a checkpoint would only cost the
+        # delivery one more round of the scheduler. Reading on (more than a batch
+        # queued) goes through read_queue and its checkpoint, so a long backlog
+        # never holds the loop.
+        read_now = getattr(self._storage, "read_queue_now", None)
+        woken = False
         while True:
             wake = self._registry.wakeup(user_id, device_id)
             while len(self._in_flight) >= self._window:
                 await self._acked.wait()
+                woken = True
             room = min(READ_BATCH, self._window - len(self._in_flight))
-            items = await self._storage.read_queue(user_id, device_id, after_seq=cursor, limit=room)
+            if woken and read_now is not None:
+                items = read_now(user_id, device_id, after_seq=cursor, limit=room)
+            else:
+                items = await self._storage.read_queue(user_id, device_id, after_seq=cursor,
+                                                       limit=room)
+            woken = False
             oldest = -float("inf") if self._queue_ttl is None else self._clock() - self._queue_ttl
             ready: list[tuple[int, bytes]] = []
             blocked: QueueItem | None = None
@@ -230,6 +243,7 @@ class Pusher:
                 await self._send(write_frame(Synced(id=0)))
                 synced = True
             await wake.wait()
+            woken = True
 
     async def _drop_head(self, item: QueueItem) -> None:
         """Bounce an envelope that no ``deliver`` frame can carry and remove it, once
