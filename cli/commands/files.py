@@ -123,7 +123,8 @@ def held_reason(state: State, entry: dict, auto_max: int) -> str | None:
     if peer != state.user_id and state.alias_of(peer) is None:
         return "from someone not in your contacts"
     if size > auto_max:
-        return f"larger than the automatic download limit of {auto_max} bytes"
+        return (f"{size} bytes to fetch (encrypted), more than the automatic download "
+                f"limit of {auto_max} bytes")
     return None
 
 

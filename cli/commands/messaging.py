@@ -68,8 +68,9 @@ def _check_text(text: str) -> None:
               help="Send TEXT as a reply quoting this message (of the same conversation).")
 @click.option("--retry", "retry_id", metavar="MSG_ID",
               help="Send again, under its own id, a message of this device whose answer never "
-                   "came, or a group message some members' homes refused (to them only; "
-                   "shown once even if the first attempt was delivered).")
+                   "came, or a message some homes refused (a group's members, or your own "
+                   "other devices: to them only; shown once even if the first attempt was "
+                   "delivered).")
 @json_option
 @click.pass_context
 def send(ctx: click.Context, recipient: str | None, text: str | None,

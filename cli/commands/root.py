@@ -127,7 +127,9 @@ def _take_signals() -> None:
                     "storage.key file); without it, the passphrase is read from the OS "
                     "keyring (homes made with 'init --keyring') or asked for when stdin is a "
                     "terminal; WA_CONNECT_TIMEOUT, WA_REQUEST_TIMEOUT, WA_KEEPALIVE, "
-                    "WA_KEEPALIVE_TIMEOUT; WA_DEBUG=1 shows tracebacks of unexpected errors.")
+                    "WA_KEEPALIVE_TIMEOUT; WA_CLUSTER_KEY ('init --cluster-key'); "
+                    "WA_AUTO_DOWNLOAD ('recv --auto-download'); WA_DEBUG=1 shows tracebacks "
+                    "of unexpected errors.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="WA_HOME",
               default=DEFAULT_HOME, show_default=True,
               help="Directory of this device's state (env WA_HOME).")
