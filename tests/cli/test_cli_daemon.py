@@ -298,7 +298,7 @@ async def test_ctrl_c_at_random_moments_of_send(tmp_path):
             codes = {}
             for i in range(CTRL_C_TRIALS):
                 send = await Running.start(tmp_path / "a", "--json", "send", bob["user_id"],
-                                           f"trial {i}")
+                                           f"trial {i}", fresh=True)  # start-up is a moment
                 try:
                     await trio.sleep(rng.uniform(0.0, span * 1.1))  # the random moment
                     send.proc.send_signal(signal.SIGINT)
