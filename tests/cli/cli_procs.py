@@ -2,7 +2,7 @@
 one running and read its lines (:class:`Running`).
 
 Each command is its own process, forked by the session's fork server
-(:mod:`forkserver`, set up by ``tests/cli/conftest.py``) once it runs, else a fresh
+(:mod:`tests.forkserver`) when the session has one, else a fresh
 ``python -m cli``; ``fresh=True`` always starts a fresh interpreter (for the tests of
 start-up itself: a signal in the interpreter's first instructions).
 
@@ -19,22 +19,13 @@ import sys
 from pathlib import Path
 
 import trio
-from forkserver import ForkServer
 
-__all__ = ["Running", "lines", "serve_forks", "signal_before_our_code", "wa"]
+from tests.forkserver import current
+
+__all__ = ["Running", "lines", "signal_before_our_code", "wa"]
 
 REAP_DEADLINE = 10.0  # seconds for a killed child to be reaped
 OUR_CODE = str(Path(__file__).resolve().parents[2] / "cli")
-
-# The session's fork server (tests/cli/conftest.py), if any: the one piece of state this
-# module keeps, so that the hundreds of ``wa(...)`` calls need no fixture argument.
-_SERVER: list[ForkServer] = []
-
-
-def serve_forks(server: ForkServer | None) -> None:
-    """Fork every later command (but ``fresh=True`` ones) through ``server``; ``None``:
-    start each as a fresh ``python -m cli`` again."""
-    _SERVER[:] = [] if server is None else [server]
 
 
 def _argv(home, args) -> list[str]:
@@ -43,9 +34,10 @@ def _argv(home, args) -> list[str]:
 
 async def _forked(home, args, *, env: dict | None, stdin: int | None):
     """A forked ``wa-cli`` command, or None without a fork server."""
-    if not _SERVER:
+    server = current()
+    if server is None:
         return None
-    return await _SERVER[0].spawn(_argv(home, args), dict(os.environ if env is None else env),
+    return await server.spawn(_argv(home, args), dict(os.environ if env is None else env),
                                   stdin=stdin)
 
 
@@ -147,7 +139,7 @@ class Running:
         """Start ``wa-cli --home HOME ARGS`` (``env``: its whole environment;
         ``stdin=subprocess.PIPE`` to write to it through ``proc.stdin``; ``fresh``: a
         new interpreter even with a fork server, for tests of start-up itself)."""
-        if not fresh and _SERVER:
+        if not fresh and current() is not None:
             if stdin == subprocess.PIPE:
                 read_end, write_end = os.pipe()
                 try:

@@ -1,25 +1,11 @@
-"""Fixtures of the CLI tests: one ``wa-cli`` fork server for the session
-(:mod:`forkserver`), through which :mod:`cli_procs` starts its commands."""
+"""Fixtures of the CLI tests: their ``wa-cli`` commands (:mod:`cli_procs`) go through
+the session's fork server (``wa_cli_forks``, tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from cli_procs import serve_forks
-from forkserver import ForkServer, enabled
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _wa_cli_fork_server() -> Iterator[None]:
-    if not enabled():
-        yield
-        return
-    server = ForkServer()
-    server.start()
-    serve_forks(server)
-    try:
-        yield
-    finally:
-        serve_forks(None)
-        server.close()
+@pytest.fixture(autouse=True)
+def _forked_wa_cli(wa_cli_forks: None) -> None:
+    """Every CLI test runs with the fork server up."""
