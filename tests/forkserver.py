@@ -1,7 +1,7 @@
 """One ``wa-cli`` fork server (:mod:`faults.zygote`) for the whole test session.
 
 Starting ``wa-cli`` costs ~0.5 s of CPU in imports before the command does anything,
-and the CLI tests start about a thousand of them. The fork server imports the program
+and the CLI and e2e tests start hundreds of them. The fork server imports the program
 once and forks a real, separate process per command (its own pid, signals, exit code,
 stdin/stdout/stderr pipes) that runs exactly what the ``wa-cli`` script runs
 (:func:`cli.__main__.run`); only the imports are shared. Tests of the interpreter's
