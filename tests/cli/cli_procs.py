@@ -38,7 +38,7 @@ async def _forked(home, args, *, env: dict | None, stdin: int | None):
     if server is None:
         return None
     return await server.spawn(_argv(home, args), dict(os.environ if env is None else env),
-                                  stdin=stdin)
+                              stdin=stdin)
 
 
 async def _drain(stream, into: bytearray) -> None:
@@ -46,12 +46,13 @@ async def _drain(stream, into: bytearray) -> None:
         into += chunk
 
 
-async def _feed(fd: int, data: bytes) -> None:
-    async with trio.lowlevel.FdStream(fd) as stream:
-        try:
-            await stream.send_all(data)
-        except trio.BrokenResourceError:
-            pass  # the command exited without reading it all, as with trio.run_process
+async def _feed(stream: trio.lowlevel.FdStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass  # the command exited without reading it all, as with trio.run_process
+    finally:
+        await stream.aclose()
 
 
 async def _run_forked(home, args, *, stdin: bytes | None,
@@ -59,34 +60,37 @@ async def _run_forked(home, args, *, stdin: bytes | None,
     """Run a forked command to the end (None without a fork server); killed and reaped
     if the caller is cancelled."""
     read_end, write_end = os.pipe() if stdin is not None else (None, None)
+    feed = None if write_end is None else trio.lowlevel.FdStream(write_end)  # owns it now
     try:
         proc = await _forked(home, args, env=env, stdin=read_end)
     except BaseException:
-        if write_end is not None:
-            os.close(write_end)
+        if feed is not None:
+            await feed.aclose()
         raise
     finally:
         if read_end is not None:
             os.close(read_end)
     if proc is None:
-        if write_end is not None:
-            os.close(write_end)
+        if feed is not None:
+            await feed.aclose()
         return None
     out, err = bytearray(), bytearray()
     try:
         async with trio.open_nursery() as nursery:
-            if write_end is not None:
-                nursery.start_soon(_feed, write_end, stdin)
+            if feed is not None:
+                nursery.start_soon(_feed, feed, stdin)
             nursery.start_soon(_drain, proc.stdout, out)
             nursery.start_soon(_drain, proc.stderr, err)
         code = await proc.wait()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(REAP_DEADLINE):
+            if feed is not None:
+                await feed.aclose()  # again is harmless
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        await proc.stdout.aclose()
-        await proc.stderr.aclose()
+            await proc.stdout.aclose()
+            await proc.stderr.aclose()
     return subprocess.CompletedProcess([sys.executable, "-m", "cli", *_argv(home, args)],
                                        code, bytes(out), bytes(err))
 
