@@ -97,10 +97,12 @@ async def _run_forked(home, args, *, stdin: bytes | None,
 
 def signal_before_our_code(code: int, err: str) -> bool:
     """Whether a SIGINT hit the interpreter's own start-up, before any line of wa-cli ran
-    (site, runpy; docs/cli.md "Exit codes"): Python then reports it itself, with exit 1
-    and "Fatal Python error: init_import_site", or dies of the signal after printing its
-    ``KeyboardInterrupt`` traceback. Such a traceback has no frame of ours."""
-    if code == 1 and err.startswith("Fatal Python error: init_import_site"):
+    (its own set-up, site, runpy; docs/cli.md "Exit codes"): Python then reports it
+    itself, with exit 1 and "Fatal Python error: init_..." (``init_import_site``,
+    ``init_sys_streams``: whichever step of its initialisation it was in), or dies of
+    the signal after printing its ``KeyboardInterrupt`` traceback. Such a traceback has
+    no frame of ours."""
+    if code == 1 and err.startswith("Fatal Python error: init_"):
         return True
     return (code == -signal.SIGINT and err.startswith("Traceback")
             and err.rstrip().endswith("KeyboardInterrupt") and OUR_CODE not in err)
