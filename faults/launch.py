@@ -110,12 +110,14 @@ class Zygote:
             await self._proc.stdout.aclose()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    async def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProcess:
-        """Fork ``wa-cli ARGV`` with environment ``env`` (stdin /dev/null, stdout and
-        stderr pipes to us). Raises ZygoteError if the server does not answer."""
+    async def spawn(self, argv: list[str], env: dict[str, str], *,
+                    stdin: int | None = None) -> ForkedProcess:
+        """Fork ``wa-cli ARGV`` with environment ``env`` (stdin /dev/null, or the
+        descriptor ``stdin``, which the caller keeps and closes; stdout and stderr pipes
+        to us). Raises ZygoteError if the server does not answer."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY)
+        null = os.open(os.devnull, os.O_RDONLY) if stdin is None else os.dup(stdin)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await sock.connect(str(self.path))

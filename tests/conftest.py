@@ -58,6 +58,25 @@ def postgres_db(postgres_server: LocalPostgres, request: pytest.FixtureRequest) 
     return postgres_server.url(postgres_server.create_database(prefix))
 
 
+@pytest.fixture(scope="session")
+def wa_cli_forks() -> Iterator[None]:
+    """Start ``wa-cli`` commands of this session through one fork server (unless
+    ``WA_TEST_FORK_SERVER=0``); stopped at the end of the session."""
+    from tests.forkserver import ForkServer, enabled, serve_forks
+
+    if not enabled():
+        yield
+        return
+    server = ForkServer()
+    server.start()
+    serve_forks(server)
+    try:
+        yield
+    finally:
+        serve_forks(None)
+        server.close()
+
+
 @pytest.fixture(autouse=True)
 def _restore_stop_signals() -> Iterator[None]:
     """Put SIGINT and SIGTERM back after each test. A ``wa-cli`` command that has done

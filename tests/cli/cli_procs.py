@@ -1,5 +1,10 @@
-"""``wa-cli`` as real processes (``python -m cli``) for the tests: run one to the end
-(:func:`wa`), or keep one running and read its lines (:class:`Running`).
+"""``wa-cli`` as real processes for the tests: run one to the end (:func:`wa`), or keep
+one running and read its lines (:class:`Running`).
+
+Each command is its own process, forked by the session's fork server
+(:mod:`tests.forkserver`) when the session has one, else a fresh
+``python -m cli``; ``fresh=True`` always starts a fresh interpreter (for the tests of
+start-up itself: a signal in the interpreter's first instructions).
 
 Cleanup never runs inside an expired deadline: :meth:`Running.aclose` is shielded and
 bounded by its own deadline, and always reaps the child."""
@@ -7,6 +12,7 @@ bounded by its own deadline, and always reaps the child."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,31 +20,107 @@ from pathlib import Path
 
 import trio
 
+from tests.forkserver import current
+
 __all__ = ["Running", "lines", "signal_before_our_code", "wa"]
 
 REAP_DEADLINE = 10.0  # seconds for a killed child to be reaped
 OUR_CODE = str(Path(__file__).resolve().parents[2] / "cli")
 
 
+def _argv(home, args) -> list[str]:
+    return ["--home", str(home), *(str(a) for a in args)]
+
+
+async def _forked(home, args, *, env: dict | None, stdin: int | None):
+    """A forked ``wa-cli`` command, or None without a fork server."""
+    server = current()
+    if server is None:
+        return None
+    return await server.spawn(_argv(home, args), dict(os.environ if env is None else env),
+                              stdin=stdin)
+
+
+async def _drain(stream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk
+
+
+async def _feed(stream: trio.lowlevel.FdStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass  # the command exited without reading it all, as with trio.run_process
+    finally:
+        await stream.aclose()
+
+
+async def _run_forked(home, args, *, stdin: bytes | None,
+                      env: dict | None) -> subprocess.CompletedProcess | None:
+    """Run a forked command to the end (None without a fork server); killed and reaped
+    if the caller is cancelled."""
+    read_end, write_end = os.pipe() if stdin is not None else (None, None)
+    feed = None if write_end is None else trio.lowlevel.FdStream(write_end)  # owns it now
+    try:
+        proc = await _forked(home, args, env=env, stdin=read_end)
+    except BaseException:
+        if feed is not None:
+            await feed.aclose()
+        raise
+    finally:
+        if read_end is not None:
+            os.close(read_end)
+    if proc is None:
+        if feed is not None:
+            await feed.aclose()
+        return None
+    out, err = bytearray(), bytearray()
+    try:
+        async with trio.open_nursery() as nursery:
+            if feed is not None:
+                nursery.start_soon(_feed, feed, stdin)
+            nursery.start_soon(_drain, proc.stdout, out)
+            nursery.start_soon(_drain, proc.stderr, err)
+        code = await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(REAP_DEADLINE):
+            if feed is not None:
+                await feed.aclose()  # again is harmless
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.stdout.aclose()
+            await proc.stderr.aclose()
+    return subprocess.CompletedProcess([sys.executable, "-m", "cli", *_argv(home, args)],
+                                       code, bytes(out), bytes(err))
+
+
 def signal_before_our_code(code: int, err: str) -> bool:
     """Whether a SIGINT hit the interpreter's own start-up, before any line of wa-cli ran
-    (site, runpy; docs/cli.md "Exit codes"): Python then reports it itself, with exit 1
-    and "Fatal Python error: init_import_site", or dies of the signal after printing its
-    ``KeyboardInterrupt`` traceback. Such a traceback has no frame of ours."""
-    if code == 1 and err.startswith("Fatal Python error: init_import_site"):
+    (its own set-up, site, runpy; docs/cli.md "Exit codes"): Python then reports it
+    itself, with exit 1 and "Fatal Python error: init_..." (``init_import_site``,
+    ``init_sys_streams``: whichever step of its initialisation it was in), or dies of
+    the signal after printing its ``KeyboardInterrupt`` traceback. Such a traceback has
+    no frame of ours."""
+    if code == 1 and err.startswith("Fatal Python error: init_"):
         return True
     return (code == -signal.SIGINT and err.startswith("Traceback")
             and err.rstrip().endswith("KeyboardInterrupt") and OUR_CODE not in err)
 
 
 async def wa(home, *args, check: bool = True, stdin: bytes | None = None,
-             env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``wa-cli --home HOME ARGS`` to the end; returns the completed process."""
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), *args],
-        capture_stdout=True, capture_stderr=True, check=False,
-        stdin=stdin if stdin is not None else subprocess.DEVNULL, env=env,
-    )
+             env: dict | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``wa-cli --home HOME ARGS`` to the end (``stdin``: bytes written to it, else
+    /dev/null; ``env``: its whole environment, default ours; ``fresh``: a new
+    interpreter even with a fork server); returns the completed process with stdout
+    and stderr. Asserts exit code 0 if ``check``."""
+    proc = None if fresh else await _run_forked(home, args, stdin=stdin, env=env)
+    if proc is None:
+        proc = await trio.run_process(
+            [sys.executable, "-m", "cli", *_argv(home, args)],
+            capture_stdout=True, capture_stderr=True, check=False,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL, env=env,
+        )
     if check:
         assert proc.returncode == 0, proc.stderr.decode()
     return proc
@@ -52,18 +134,34 @@ def lines(proc: subprocess.CompletedProcess) -> list[dict]:
 class Running:
     """A ``wa-cli`` subprocess whose stdout and stderr are read line by line."""
 
-    def __init__(self, proc: trio.Process) -> None:
-        self.proc = proc
+    def __init__(self, proc) -> None:
+        self.proc = proc  # a trio.Process, or a faults.launch.ForkedProcess (same methods)
         self._bufs = {"out": b"", "err": b""}
         self.err = ""  # every stderr line read so far
 
     @classmethod
     async def start(cls, home, *args, env: dict | None = None,
-                    stdin: int = subprocess.DEVNULL) -> Running:
+                    stdin: int = subprocess.DEVNULL, fresh: bool = False) -> Running:
         """Start ``wa-cli --home HOME ARGS`` (``env``: its whole environment;
-        ``stdin=subprocess.PIPE`` to write to it through ``proc.stdin``)."""
+        ``stdin=subprocess.PIPE`` to write to it through ``proc.stdin``; ``fresh``: a
+        new interpreter even with a fork server, for tests of start-up itself)."""
+        if not fresh and current() is not None:
+            if stdin == subprocess.PIPE:
+                read_end, write_end = os.pipe()
+                try:
+                    proc = await _forked(home, args, env=env, stdin=read_end)
+                except BaseException:
+                    os.close(write_end)
+                    raise
+                finally:
+                    os.close(read_end)
+                proc.stdin = trio.lowlevel.FdStream(write_end)
+            else:
+                assert stdin == subprocess.DEVNULL, stdin
+                proc = await _forked(home, args, env=env, stdin=None)
+            return cls(proc)
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cli", "--home", str(home), *args], env=env,
+            [sys.executable, "-m", "cli", *_argv(home, args)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin)
         return cls(proc)
 
@@ -112,3 +210,5 @@ class Running:
             if self.proc.returncode is None:
                 self.proc.kill()
             await self.proc.wait()
+            if getattr(self.proc, "stdin", None) is not None:
+                await self.proc.stdin.aclose()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import cli_procs
 import trio
 from cli_cluster import run_cluster
 
@@ -23,14 +24,7 @@ DEADLINE = 120
 
 async def wa(home, *args, check=True, stdin: bytes | None = None):
     """Run ``wa-cli --home HOME --json ARGS``; returns the completed process."""
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), "--json", *args],
-        capture_stdout=True, capture_stderr=True, check=False,
-        stdin=stdin if stdin is not None else subprocess.DEVNULL,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr.decode()
-    return proc
+    return await cli_procs.wa(home, "--json", *args, check=check, stdin=stdin)
 
 
 def lines(proc) -> list[dict]:

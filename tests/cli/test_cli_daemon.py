@@ -293,12 +293,12 @@ async def test_ctrl_c_at_random_moments_of_send(tmp_path):
             await wa(tmp_path / "a", "send", bob["user_id"], "warm up")
             (full,) = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.2"))
             start = trio.current_time()
-            await wa(tmp_path / "a", "send", bob["user_id"], "timed")
+            await wa(tmp_path / "a", "send", bob["user_id"], "timed", fresh=True)
             span = trio.current_time() - start  # how long one whole send takes here
             codes = {}
             for i in range(CTRL_C_TRIALS):
                 send = await Running.start(tmp_path / "a", "--json", "send", bob["user_id"],
-                                           f"trial {i}")
+                                           f"trial {i}", fresh=True)  # start-up is a moment
                 try:
                     await trio.sleep(rng.uniform(0.0, span * 1.1))  # the random moment
                     send.proc.send_signal(signal.SIGINT)

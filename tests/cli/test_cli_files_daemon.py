@@ -219,12 +219,13 @@ async def test_ctrl_c_at_random_moments_of_send_file(tmp_path):
                         await daemon.json()
                     start = trio.current_time()
                     await wa(tmp_path / "b", "send", "alice", "--file", str(
-                        _file(tmp_path, f"{mode}-timed.bin")))
+                        _file(tmp_path, f"{mode}-timed.bin")), fresh=True)  # as the trials
                     span = trio.current_time() - start
                     for i in range(FILE_TRIALS):
                         name = f"{mode}-{i}.bin"
                         send = await Running.start(tmp_path / "b", "--json", "send", "alice",
-                                                   "--file", str(_file(tmp_path, name)))
+                                                   "--file", str(_file(tmp_path, name)),
+                                                   fresh=True)  # start-up is a moment
                         try:
                             await trio.sleep(rng.uniform(0.0, span * 1.1))  # the random moment
                             send.proc.send_signal(signal.SIGINT)

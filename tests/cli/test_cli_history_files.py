@@ -5,11 +5,10 @@ device fetches the file itself with ``history --download`` while the relay has i
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+import cli_procs
 import trio
 from cli_cluster import new_account, publish, run_cluster
 
@@ -64,10 +63,7 @@ def test_imported_files_are_not_fetched_by_recv(tmp_path):
 
 
 async def _wa(home: Path, *args: str) -> list[dict]:
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), "--json", *args],
-        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = await cli_procs.wa(home, "--json", *args)
     return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
 
 

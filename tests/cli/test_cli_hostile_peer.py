@@ -9,8 +9,8 @@ import json
 import logging
 import re
 import subprocess
-import sys
 
+import cli_procs
 import pytest
 import trio
 from cli_cluster import run_cluster
@@ -28,13 +28,7 @@ DEADLINE = 60
 
 async def wa(home, *args, check=True) -> subprocess.CompletedProcess:
     """Run ``wa-cli --home HOME ARGS`` (human output unless ARGS has ``--json``)."""
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), *args],
-        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr.decode()
-    return proc
+    return await cli_procs.wa(home, *args, check=check)
 
 
 async def wa_json(home, *args) -> list[dict]:

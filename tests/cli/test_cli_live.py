@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import cli_procs
 import trio
 from cli_cluster import run_cluster
 
@@ -15,13 +16,7 @@ DEADLINE = 60
 
 async def wa(home, *args, check=True):
     """Run ``wa-cli --home HOME --json ARGS``; returns the completed process."""
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), "--json", *args],
-        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr.decode()
-    return proc
+    return await cli_procs.wa(home, "--json", *args, check=check)
 
 
 def lines(proc) -> list[dict]:

@@ -10,9 +10,9 @@ import dataclasses
 import json
 import logging
 import subprocess
-import sys
 from contextlib import ExitStack
 
+import cli_procs
 import nacl.signing
 import pytest
 import trio
@@ -148,9 +148,7 @@ async def test_a_newer_description_replaces_the_pin_only_under_the_same_key(
 
 
 async def wa(home, *args) -> subprocess.CompletedProcess:
-    return await trio.run_process([sys.executable, "-m", "cli", "--home", str(home), *args],
-                                  capture_stdout=True, capture_stderr=True, check=False,
-                                  stdin=subprocess.DEVNULL)
+    return await cli_procs.wa(home, *args, check=False)
 
 
 async def test_init_pins_the_cluster_key_it_is_given(tmp_path) -> None:

@@ -6,9 +6,8 @@ delivery receipts held back meanwhile (never a read receipt)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
+import cli_procs
 import trio
 from cli_cluster import run_cluster
 
@@ -21,10 +20,7 @@ DEADLINE = 60
 
 async def wa(home, *args) -> list[dict]:
     """``wa-cli --home HOME --json ARGS`` (must exit 0); its JSON lines."""
-    proc = await trio.run_process(
-        [sys.executable, "-m", "cli", "--home", str(home), "--json", *args],
-        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = await cli_procs.wa(home, "--json", *args)
     return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from contextlib import ExitStack
 
+import cli_procs
 import msgpack
 import nacl.signing
 import pytest
@@ -147,11 +148,7 @@ async def _read_all(stream) -> bytes:
 
 
 async def _wa(home, *args) -> subprocess.CompletedProcess:
-    proc = await trio.run_process([sys.executable, "-m", "cli", "--home", str(home), *args],
-                                  capture_stdout=True, capture_stderr=True, check=False,
-                                  stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc
+    return await cli_procs.wa(home, *args)
 
 
 async def test_cli_tells_both_sides_when_history_was_trimmed(tmp_path) -> None:

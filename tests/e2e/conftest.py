@@ -9,6 +9,12 @@ import pytest
 from .harness import Cluster
 
 
+@pytest.fixture(autouse=True)
+def _forked_wa_cli(wa_cli_forks: None) -> None:
+    """Every e2e test runs with the session's ``wa-cli`` fork server up: the devices'
+    one-shot commands (:meth:`.devices.Device.run`) are forked through it."""
+
+
 def _running(tmp_path, nodes: int, *, plain: bool = False) -> Iterator[Cluster]:
     """A started cluster of ``nodes`` under ``tmp_path/cluster``; every process is
     stopped when the generator closes, whatever happened."""

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.forkserver import current
+
 from .harness import Cluster
 from .procs import HarnessError, subprocess_env, tool
 
@@ -28,14 +30,19 @@ class Device:
     home_url: str = ""
 
     def run(self, *args: str, timeout: float = CLI_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
-        """Run ``wa-cli --home HOME --json ARGS``; raise HarnessError on a non-zero
-        exit if ``check``."""
+        """Run ``wa-cli --home HOME --json ARGS`` (forked by the session's fork server if
+        it has one, else a fresh process); raise HarnessError on a non-zero exit if
+        ``check``."""
         argv = [*tool("wa-cli"), "--home", str(self.home), "--json", *args]
+        forks = current()  # the session's fork server (tests/forkserver.py), if any
         try:
-            run = subprocess.run(
-                argv, capture_output=True, timeout=timeout, env=subprocess_env(), check=False,
-                stdin=subprocess.DEVNULL,
-            )
+            if forks is not None:
+                run = forks.run(argv[len(tool("wa-cli")):], subprocess_env(), timeout)
+            else:
+                run = subprocess.run(
+                    argv, capture_output=True, timeout=timeout, env=subprocess_env(),
+                    check=False, stdin=subprocess.DEVNULL,
+                )
         except subprocess.TimeoutExpired as exc:
             raise HarnessError(f"{argv} did not finish within {timeout}s") from exc
         if check and run.returncode != 0:

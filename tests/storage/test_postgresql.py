@@ -459,8 +459,10 @@ async def test_notifications_name_device_lists_and_outbox_destinations(pg) -> No
 
 async def test_enqueues_from_several_processes_keep_seqs_and_dedupe(pg) -> None:
     """Three processes enqueue the same 60 dedupe ids for one device at once (each
-    starting at another third): each id is stored once, seqs are 1..60 without
-    gaps, and each process's envelopes got increasing seqs in the order it sent them."""
+    starting at another third; all three have their first four in before any goes on,
+    so that a process the scheduler starves on a loaded machine still takes part):
+    each id is stored once, seqs are 1..60 without gaps, and each process's envelopes
+    got increasing seqs in the order it sent them."""
     conninfo, schema = pg
     with trio.fail_after(60):
         async with PostgresStorage.open(conninfo, schema=schema):
@@ -481,20 +483,30 @@ async def test_enqueues_from_several_processes_keep_seqs_and_dedupe(pg) -> None:
                         async with trio.open_nursery() as n:
                             for j in range(r, r + 4):
                                 n.start_soon(one, (j + 20 * k) % 60)
+                        if r == 0:  # each has its first round in before any goes on, so
+                            print("first", flush=True)  # a starved one still takes part
+                            sys.stdin.readline()
             trio.run(main, int(sys.argv[1]))
         """)
+
+        async def each_says(word: bytes) -> None:
+            for proc in procs:
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await proc.stdout.receive_some(100)
+                    assert chunk, f"a child exited before it said {word!r}"
+                    line += chunk
+                assert line == word + b"\n"
+
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         procs = [await trio.lowlevel.open_process(
             [sys.executable, "-c", child, str(k)], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE) for k in range(3)]
         try:
+            await each_says(b"ready")
             for proc in procs:
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = await proc.stdout.receive_some(100)
-                    assert chunk, "a child exited before it was ready"
-                    line += chunk
-                assert line == b"ready\n"
+                await proc.stdin.send_all(b"go\n")
+            await each_says(b"first")
             for proc in procs:
                 await proc.stdin.send_all(b"go\n")
             assert [await proc.wait() for proc in procs] == [0, 0, 0]
