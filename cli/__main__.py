@@ -1,7 +1,14 @@
 """``python -m cli`` = ``wa-cli`` (:func:`run`)."""
 
-import signal
-import sys
+# Hold SIGINT and SIGTERM before anything else of ours runs: the built-in ``_signal``
+# needs no import work (``signal`` builds its enums first, a window in which a Ctrl-C
+# was a KeyboardInterrupt traceback through this module).
+import _signal
+
+_signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGTERM})
+
+import signal  # noqa: E402
+import sys  # noqa: E402
 
 _STOP = {signal.SIGINT, signal.SIGTERM}
 

@@ -30,6 +30,7 @@ import json
 import os
 import random
 import selectors
+import signal
 import socket
 import sys
 
@@ -85,6 +86,10 @@ def serve(path: str) -> None:
     """Listen on ``path`` and fork a ``wa-cli`` child per request until stdin closes."""
     import cli.__main__  # noqa: F401  (the point: import once, before any fork)
     import cli.commands  # noqa: F401
+
+    # cli.__main__ holds SIGINT/SIGTERM from its first line (for wa-cli's own start-up);
+    # the server itself must stay stoppable, and each child's run() holds them again
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
