@@ -79,5 +79,5 @@ def test_a_non_contacts_file_and_a_too_large_one_are_listed_not_downloaded(
     rows = bob.json_lines("recv", "--timeout", "1", "--downloads", str(tmp_path / "d2"),
                           "--auto-download", "100000")
     [row] = [r for r in rows if r.get("id") == sent["id"]]
-    assert row["file"]["path"] is None and "larger than" in row["file"]["held"]
+    assert row["file"]["path"] is None and "more than the automatic download limit" in row["file"]["held"]
     assert row["file"]["fetch"] == "wa-cli history alice --download"
