@@ -26,6 +26,22 @@ async def _events(state) -> list:
         return await drain(client)
 
 
+async def _replayed_after_the_window(cluster, bob, kind: str) -> list:
+    """Show bob's queued ``kind`` envelope ("pay carol 100"), fill his dedupe window
+    with SEEN_LIMIT other ids, have the node queue the old envelope again; return the
+    events of bob's next receive."""
+    storage = cluster.storages[cluster.home_of(bob.user_id)]
+    (old,) = [q.envelope for q in await storage.read_queue(bob.user_id, 0)
+              if decode_envelope(q.envelope).kind == kind]
+    shown = [e.text for e in await _events(bob) if isinstance(e, Message)]
+    assert shown == ["pay carol 100"]
+    for _ in range(SEEN_LIMIT):
+        bob.mark_seen(os.urandom(16))
+    bob.save()
+    await storage.enqueue([(bob.user_id, 0, old)])
+    return await _events(bob)
+
+
 async def test_a_group_message_replayed_after_the_dedupe_window_is_not_shown_again(
         tmp_path) -> None:
     with trio.fail_after(DEADLINE), ExitStack() as stack:
@@ -36,18 +52,9 @@ async def test_a_group_message_replayed_after_the_dedupe_window_is_not_shown_aga
             await _events(bob)
             async with open_client(alice) as client:
                 await send_group_text(client, "g", "pay carol 100")
-            storage = cluster.storages[cluster.home_of(bob.user_id)]
-            (old,) = [q.envelope for q in await storage.read_queue(bob.user_id, 0)
-                      if decode_envelope(q.envelope).kind == "group"]
-            shown = [e.text for e in await _events(bob) if isinstance(e, Message)]
-            assert shown == ["pay carol 100"]
             # bob's device goes on to receive SEEN_LIMIT other messages (their ids
             # fill its dedupe window), then the node queues the old envelope again
-            for _ in range(SEEN_LIMIT):
-                bob.mark_seen(os.urandom(16))
-            bob.save()
-            await storage.enqueue([(bob.user_id, 0, old)])
-            again = await _events(bob)
+            again = await _replayed_after_the_window(cluster, bob, "group")
             assert not [e for e in again if isinstance(e, Message)], again
             assert [e.reason for e in again if isinstance(e, Dropped)] == [
                 "replayed group message (index 0 of its session was decrypted before)"]
@@ -64,16 +71,8 @@ async def test_a_pairwise_message_replayed_after_the_dedupe_window_is_not_shown_
             alice, bob = await alice_and_bob(tmp_path, cluster, stack)
             async with open_client(alice) as client:
                 await client.send_text(bob.user_id, "pay carol 100")
+            replayed = await _replayed_after_the_window(cluster, bob, "olm")
             storage = cluster.storages[cluster.home_of(bob.user_id)]
-            (old,) = [q.envelope for q in await storage.read_queue(bob.user_id, 0)
-                      if decode_envelope(q.envelope).kind == "olm"]
-            shown = [e.text for e in await _events(bob) if isinstance(e, Message)]
-            assert shown == ["pay carol 100"]
-            for _ in range(SEEN_LIMIT):
-                bob.mark_seen(os.urandom(16))
-            bob.save()
-            await storage.enqueue([(bob.user_id, 0, old)])
-            replayed = await _events(bob)
             assert [type(e) for e in replayed] == [Dropped], replayed
             assert await _events(alice) == []  # alice's client answers retry requests here
             assert not [e for e in await _events(bob) if isinstance(e, Message)]
