@@ -32,6 +32,7 @@ __all__ = ["Device", "Subscriber"]
 log = logging.getLogger(__name__)
 
 FOLD_EVERY = 4096  # shown marks appended before they are folded into the state file
+CONNECT_WAIT = 10.0  # seconds a request waits for the daemon's connection when there is none
 
 Subscriber = Callable[[Pending], Awaitable[bool]]
 """Writes one kept event to a subscriber; ``False`` if it could not (gone)."""
@@ -45,6 +46,9 @@ class Device:
         connect: opens a client of ``state`` (the command's network settings).
         delays: seconds to wait before each reconnection attempt (endless iterator
             factory, e.g. ``relay.net.backoff.CLIENT_RECONNECT.delays``).
+        connect_wait: seconds a request waits for the connection while the daemon is
+            (re)connecting, before it fails with "no connection" (default
+            :data:`CONNECT_WAIT`, as long as a command's own connect timeout).
 
     Attributes:
         client: the connected client, ``None`` while there is no connection.
@@ -55,8 +59,10 @@ class Device:
     """
 
     def __init__(self, state: State, connect: Callable[[State], AbstractAsyncContextManager[Client]],
-                 delays: Callable[[], Iterator[float]]) -> None:
+                 delays: Callable[[], Iterator[float]], *,
+                 connect_wait: float = CONNECT_WAIT) -> None:
         self.state = state
+        self.connect_wait = connect_wait
         self._connect = connect
         self._delays = delays
         self.client: Client | None = None
@@ -71,17 +77,41 @@ class Device:
 
     # ------------------------------------------------------------ connection
 
+    async def live(self, wait: float | None = None) -> Client:
+        """The connected client, waiting up to ``wait`` seconds (default
+        :attr:`connect_wait`) while the daemon reconnects: a request made just after an
+        outage healed is served, not refused, as a command that connects itself would be.
+
+        Raises:
+            ConnectionFailed: still no connection after ``wait`` seconds.
+        """
+        with trio.move_on_after(self.connect_wait if wait is None else wait):
+            while self.client is None:
+                await self.connected.wait()
+        if self.client is None:
+            raise ConnectionFailed("no connection to the home node")
+        return self.client
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Client]:
-        """The live client (for :func:`cli.features.posting.post_text`).
+        """The live client for a request that needs the home node now (``resend``,
+        approvals, group changes), as :meth:`live`.
+
+        Raises:
+            ConnectionFailed: no connection after :attr:`connect_wait` seconds.
+        """
+        yield await self.live()
+
+    @asynccontextmanager
+    async def session_now(self) -> AsyncIterator[Client]:
+        """The live client without waiting (for :func:`cli.features.posting.post_text`,
+        which keeps the message in the outbox when there is no connection: the daemon
+        sends it once connected again).
 
         Raises:
             ConnectionFailed: no connection right now.
         """
-        client = self.client
-        if client is None:
-            raise ConnectionFailed("no connection to the home node")
-        yield client
+        yield await self.live(0)
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
         """Stay connected and receive until cancelled (started at once; connecting goes on

@@ -26,7 +26,7 @@ from cli.daemon.jsonrpc import (
     Peer,
     RpcError,
 )
-from cli.errors import ClientError, SendUnknown
+from cli.errors import ClientError, ConnectionFailed, SendUnknown
 from cli.features import actions, effects, outbox, receipts
 from cli.features.actions import ActionError
 from cli.features.group_messaging import add_member, create_group, remove_member
@@ -142,7 +142,7 @@ async def send(device: Device, peer: Peer, params: dict) -> dict:
                            {"reason": "bad_reply"})
         quoted = bytes.fromhex(entry["id"])
     with errors():
-        posted = await post_text(state, device.session, text, to=user_id, group=group,
+        posted = await post_text(state, device.session_now, text, to=user_id, group=group,
                                  reply_to=quoted)
     if posted.status == outbox.PENDING:
         device.outbox_changed()
@@ -152,10 +152,13 @@ async def send(device: Device, peer: Peer, params: dict) -> dict:
     return {"id": posted.msg_id.hex(), "status": posted.status, "to": posted.to}
 
 
-def _client(device: Device):  # noqa: ANN202
-    if device.client is None:
-        raise RpcError(RUNTIME_ERROR, "no connection to the home node right now")
-    return device.client
+async def _client(device: Device):  # noqa: ANN202
+    """The daemon's client, waiting for it while the daemon reconnects
+    (:meth:`Device.live`); :data:`RUNTIME_ERROR` if there is still none."""
+    try:
+        return await device.live()
+    except ConnectionFailed as exc:
+        raise RpcError(RUNTIME_ERROR, f"{exc} right now") from exc
 
 
 def _target(device: Device, msg_id: str, reason: str = "unknown_message") -> dict:
@@ -180,7 +183,7 @@ async def send_reaction(device: Device, peer: Peer, params: dict) -> dict:
         raise RpcError(INVALID_PARAMS, f"'emoji' is at most {MAX_EMOJI} characters")
     entry = _target(device, target)
     with errors():
-        result, _ = await actions.react(_client(device), entry["id"], emoji)
+        result, _ = await actions.react(await _client(device), entry["id"], emoji)
     return {**_action_answer(result, entry), "reaction": emoji}
 
 
@@ -195,7 +198,7 @@ async def edit(device: Device, peer: Peer, params: dict) -> dict:
     entry = _target(device, target)
     with errors():
         try:
-            result, _ = await actions.edit(_client(device), entry["id"], text)
+            result, _ = await actions.edit(await _client(device), entry["id"], text)
         except ActionError as exc:  # not this account's text message
             raise RpcError(USAGE_ERROR, str(exc), {"reason": "not_yours"}) from exc
     return _action_answer(result, entry)
@@ -208,7 +211,7 @@ async def delete(device: Device, peer: Peer, params: dict) -> dict:
     entry = _target(device, _str(params, "target"))
     with errors():
         try:
-            result, _ = await actions.delete(_client(device), entry["id"])
+            result, _ = await actions.delete(await _client(device), entry["id"])
         except ActionError as exc:
             raise RpcError(USAGE_ERROR, str(exc), {"reason": "not_yours"}) from exc
     return _action_answer(result, entry)
@@ -234,7 +237,7 @@ async def send_receipt(device: Device, peer: Peer, params: dict) -> dict:
     entries = receipts.unread(state.history, conversation)
     if entries:
         with errors():
-            entries = await receipts.mark_read(_client(device), conversation)
+            entries = await receipts.mark_read(await _client(device), conversation)
     return {"read": [e["id"] for e in entries]}
 
 
@@ -247,7 +250,7 @@ async def group_change(device: Device, op, *args) -> dict:  # noqa: ANN001
     """
     state = device.state
     with errors():
-        g = await op(_client(device), *args)
+        g = await op(await _client(device), *args)
     return {"group": group_json(state, g), "text": group_human(state, g)}
 
 

@@ -32,7 +32,6 @@ from cli.commands.files import held_reason, hold
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import INVALID_PARAMS, RUNTIME_ERROR, USAGE_ERROR, Peer, RpcError
 from cli.daemon.methods import errors, method, recipient
-from cli.errors import ConnectionFailed
 from cli.features import media
 from cli.features.attachment import Attachment
 from cli.features.payload import MAX_TEXT
@@ -69,11 +68,7 @@ def _reconnecting(device: Device) -> media.Reconnecting:
 
     @asynccontextmanager
     async def current(state, *, connect_timeout: float, **_: Any) -> AsyncIterator[Session]:  # noqa: ANN001
-        with trio.move_on_after(connect_timeout):
-            await device.connected.wait()
-        if device.client is None:
-            raise ConnectionFailed("no connection to the home node")
-        yield device.client
+        yield await device.live(connect_timeout)
 
     return media.Reconnecting(device.state, connect_timeout=CONNECT_WAIT, opener=current)
 
