@@ -22,6 +22,7 @@ from relay.testing import child_env, tool
 from .launch import Zygote
 
 CLI_TIMEOUT = 30.0  # seconds before a command counts as hung and is killed
+HUNG_STDERR = 3000  # characters of a hung command's stderr written to the trace
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ class Device:
             self.trace(f"{self.label} {' '.join(args)[:80]}: {state} after "
                        f"{result.seconds:.2f} s, {len(result.lines)} lines{extra} "
                        f"{result.error() if not result.ok else ''}".rstrip())
+            if result.hung and result.stderr.strip():
+                tail = result.stderr.strip()[-HUNG_STDERR:]
+                self.trace(f"{self.label} hung; its stderr ended with:\n    "
+                           + tail.replace("\n", "\n    "))
         return result
 
 

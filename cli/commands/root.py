@@ -129,7 +129,8 @@ def _take_signals() -> None:
                     "terminal; WA_CONNECT_TIMEOUT, WA_REQUEST_TIMEOUT, WA_KEEPALIVE, "
                     "WA_KEEPALIVE_TIMEOUT; WA_CLUSTER_KEY ('init --cluster-key'); "
                     "WA_AUTO_DOWNLOAD ('recv --auto-download'); WA_DEBUG=1 shows tracebacks "
-                    "of unexpected errors.")
+                    "of unexpected errors; WA_LOG_LEVEL (e.g. INFO, DEBUG; default "
+                    "WARNING) for what wa-cli logs on stderr.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="WA_HOME",
               default=DEFAULT_HOME, show_default=True,
               help="Directory of this device's state (env WA_HOME).")
@@ -157,7 +158,9 @@ def main(ctx: click.Context, home: Path, json_mode: bool, connect_timeout: float
     """wa-cli: end-to-end encrypted messaging over wa-relay nodes."""
     handler = logging.StreamHandler()
     handler.setFormatter(_EscapingFormatter("wa-cli: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    level = os.environ.get("WA_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "WARNING",
+                        handlers=[handler])
     net = client_settings(keepalive=keepalive, keepalive_timeout=keepalive_timeout,
                           request_timeout=request_timeout)
     # a command stopped by Ctrl-C or SIGTERM drops its connection at once instead of
