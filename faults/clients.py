@@ -22,7 +22,8 @@ from relay.testing import child_env, tool
 from .launch import Zygote
 
 CLI_TIMEOUT = 30.0  # seconds before a command counts as hung and is killed
-HUNG_STDERR = 3000  # characters of a hung command's stderr written to the trace
+HUNG_STDERR = 6000  # characters of a hung command's stderr written to the trace
+TASK_DUMP_WAIT = 1.0  # seconds a hung command gets to write its task tree (SIGUSR1)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_
             signal_scope.cancel()
             if waited.cancelled_caught:
                 result.hung = True
+                if launcher is not None:  # its Trio task tree first (faults.zygote)
+                    proc.send_signal(signal.SIGUSR1)
+                    with trio.move_on_after(TASK_DUMP_WAIT):
+                        await proc.wait()
                 proc.kill()
                 await proc.wait()
             nursery.cancel_scope.deadline = trio.current_time() + 5  # pipes may be held open

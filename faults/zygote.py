@@ -37,10 +37,40 @@ import sys
 MAX_HEADER = 1 << 20  # bytes of a request line
 
 
+def _dump_tasks(signum: int, frame: object) -> None:
+    """SIGUSR1 in a child: write its Trio task tree, each task with the frames it
+    awaits in, to stderr (the suite sends it to a hung command before killing it)."""
+    import trio
+
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        root = None
+    out = ["--- SIGUSR1: Trio tasks ---"]
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        pad = "  " * depth
+        out.append(f"{pad}task {task.name}")
+        out.extend(f"{pad}  {f.f_code.co_filename.rsplit('/', 2)[-1]}:{lineno} "
+                   f"{f.f_code.co_name}" for f, lineno in task.iter_await_frames())
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    if root is None:
+        out.append("(no Trio run)")
+    else:
+        walk(root, 0)
+    sys.stderr.write("\n".join(out) + "\n")
+    sys.stderr.flush()
+
+
 def _child(argv: list[str], env: dict[str, str], fds: list[int]) -> None:
-    """In the forked child: become ``wa-cli ARGV`` on the given stdio; never returns."""
+    """In the forked child: become ``wa-cli ARGV`` on the given stdio; never returns.
+    SIGUSR1 writes its Trio task tree to stderr (:func:`_dump_tasks`)."""
     code = 1
     try:
+        signal.signal(signal.SIGUSR1, _dump_tasks)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096)
