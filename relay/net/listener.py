@@ -78,7 +78,11 @@ async def accept_websocket(
         log: for the rate-limited refusal warning.
         on_refused, on_accepted: counters.
     """
-    endpoint = request.remote
+    try:
+        endpoint = request.remote
+    except OSError as exc:  # reset before we asked (ENOTCONN): nobody left to answer
+        log.debug("connection reset before its upgrade was answered (%s)", exc)
+        return
     if isinstance(endpoint, Endpoint):
         address, remote = str(endpoint.address), f"{endpoint.address}:{endpoint.port}"
     else:
