@@ -24,6 +24,7 @@ from .launch import Zygote
 CLI_TIMEOUT = 30.0  # seconds before a command counts as hung and is killed
 HUNG_STDERR = 6000  # characters of a hung command's stderr written to the trace
 TASK_DUMP_WAIT = 1.0  # seconds a hung command gets to write its task tree (SIGUSR1)
+SLOW_DUMP_AFTER = 15.0  # seconds after which a running command writes its task tree once
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class CliResult:
         garbage: complete stdout lines that were not JSON objects.
         stderr: its stderr, decoded.
         hung: it did not finish within its ``hang_after`` seconds and was killed.
+        dumped: it was still running after :data:`SLOW_DUMP_AFTER` s and was asked
+            (SIGUSR1) for its Trio task tree, which its stderr then holds.
         interrupted: it was interrupted as asked (the signal was sent, or stdout closed).
         seconds: how long it ran (set by :meth:`Device.run`).
     """
@@ -65,6 +68,7 @@ class CliResult:
     garbage: list[str] = field(default_factory=list)
     stderr: str = ""
     hung: bool = False
+    dumped: bool = False  # it ran past SLOW_DUMP_AFTER and wrote its Trio task tree
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -118,9 +122,9 @@ class Device:
             self.trace(f"{self.label} {' '.join(args)[:80]}: {state} after "
                        f"{result.seconds:.2f} s, {len(result.lines)} lines{extra} "
                        f"{result.error() if not result.ok else ''}".rstrip())
-            if result.hung and result.stderr.strip():
+            if (result.hung or result.dumped) and result.stderr.strip():
                 tail = result.stderr.strip()[-HUNG_STDERR:]
-                self.trace(f"{self.label} hung; its stderr ended with:\n    "
+                self.trace(f"{self.label} {'hung' if result.hung else 'slow'}; its stderr ended with:\n    "
                            + tail.replace("\n", "\n    "))
         return result
 
@@ -192,6 +196,12 @@ async def run_cli(home: Path, args: tuple[str, ...], *, hang_after: float = CLI_
             if interrupt is not None and interrupt.sig is not None:
                 nursery.start_soon(signal_later, interrupt.sig, interrupt.after, interrupt.when)
             with trio.move_on_after(hang_after) as waited:
+                if launcher is not None and hang_after > SLOW_DUMP_AFTER:
+                    with trio.move_on_after(SLOW_DUMP_AFTER):
+                        await proc.wait()
+                    if proc.returncode is None:  # slow: what is it waiting for?
+                        result.dumped = True
+                        proc.send_signal(signal.SIGUSR1)
                 await proc.wait()
             signal_scope.cancel()
             if waited.cancelled_caught:
