@@ -79,6 +79,7 @@ class Proxy:
         port: the listening port (after :meth:`serve` started).
         connections: connections accepted so far.
         blackholed_at: ``trio.current_time()`` when the last black-hole began.
+        holding: set when a black-hole begins (a new event after each :meth:`heal`).
     """
 
     def __init__(self, target: int, port: int = 0) -> None:
@@ -89,6 +90,7 @@ class Proxy:
         self._open.set()
         self._trigger: Callable[[bytes], bool] | None = None
         self.blackholed_at: float | None = None
+        self.holding = trio.Event()
 
     @property
     def url(self) -> str:
@@ -99,11 +101,14 @@ class Proxy:
         if self._open.is_set():
             self._open = trio.Event()
             self.blackholed_at = trio.current_time()
+            self.holding.set()
 
     def heal(self) -> None:
         """Forward again (what was held back goes through)."""
         self._trigger = None
         self._open.set()
+        if self.holding.is_set():
+            self.holding = trio.Event()
 
     def blackhole_at(self, predicate: Callable[[bytes], bool]) -> None:
         """Black-hole (as :meth:`blackhole`) right after forwarding the first client

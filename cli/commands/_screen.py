@@ -186,8 +186,15 @@ class Screen:
 
     async def wait_files(self, limit: int) -> None:
         """Wait until at most ``limit`` file messages wait for their download
-        (:meth:`serve_files` must be running)."""
+        (:meth:`serve_files` must be running).
+
+        Wakes :meth:`serve_files` first: a file message may have been kept without a
+        :meth:`show_ready` after it (the receiver's batch was processed and kept, but
+        the wait for its ``Kept`` marker was cancelled, e.g. by ``recv --timeout``
+        while the batch's delivery receipts were being sent); without the wake both
+        would wait for each other for good (finding 16, docs/reliability.md)."""
         while self._files_waiting() > limit:
+            self._notify()
             await self._wait_change()
 
     # ------------------------------------------------------------ folding

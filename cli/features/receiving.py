@@ -269,8 +269,13 @@ class Receiver:
             if self._delivered:  # after the ack, outside the shield: best effort
                 due, self._delivered = self._delivered, {}
                 if self._client.state.prefs.receipts:
-                    with trio.move_on_after(STEP_TIMEOUT):
-                        await receipts.send_delivered(self._client, due)
+                    try:
+                        with trio.move_on_after(STEP_TIMEOUT):
+                            await receipts.send_delivered(self._client, due)
+                    except trio.Cancelled:  # the caller stopped waiting: the next batch
+                        for author, ids in due.items():  # sends them (repeats are harmless)
+                            self._delivered.setdefault(author, [])[:0] = ids
+                        raise
         return self._ready.popleft()
 
     async def _process(self, batch: list) -> None:
