@@ -27,6 +27,19 @@ class NoAnswer(ConnectionLost):
     Requests that carry their own id (``send``: ``msg_id``) are safe to repeat with it."""
 
 
+class NotOpenedYet(ClientError):
+    """A received envelope could not be opened for now: opening it needed the relay
+    (e.g. the sender's device list or identity from the sender's home node) and the
+    relay could not serve that (``unavailable``) or did not answer in time. Nothing
+    was acknowledged from it on: it stays queued at the home node, and the envelopes
+    behind it wait with it (order per sender), until a later receive opens it.
+    ``recv --follow`` and the daemon retry with backoff; ``recv`` exits 1."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"a received message cannot be opened yet ({reason}); it stays "
+                         "queued at your home node and the next receive tries it again")
+
+
 class SendUnknown(NoAnswer):
     """A message (``send``, ``group_send``) left but the relay's answer never came: it may
     or may not have been delivered. Retrying with the same ``msg_id`` is safe: the

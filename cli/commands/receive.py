@@ -40,7 +40,7 @@ from cli.commands._remote_recv import Files, recv_via_daemon
 from cli.commands._screen import MAX_FILES_WAITING, Screen
 from cli.commands.linesink import ReaderGone
 from cli.daemon.remote import find_daemon
-from cli.errors import ConnectionFailed, ConnectionLost
+from cli.errors import ConnectionFailed, ConnectionLost, NotOpenedYet
 from cli.events import Kept, Message
 from cli.session.state import State
 from cli.session.taskgroups import unwrap_single
@@ -118,7 +118,8 @@ async def _once(app: AppContext, state: State, idle_s: float, screen: Screen) ->
 
 async def _follow(app: AppContext, state: State, screen: Screen) -> None:
     """Receive until cancelled. A first connection that fails raises; after that a
-    lost connection or failed reconnect is retried after the next of
+    lost connection, a failed reconnect or a message that cannot be opened yet
+    (:class:`~cli.errors.NotOpenedYet`) is retried after the next of
     :data:`relay.net.backoff.CLIENT_RECONNECT` (restarted once a connection got through its backlog),
     with one note per outage."""
     delays: Iterator[float] | None = None  # None until connected once
@@ -134,12 +135,14 @@ async def _follow(app: AppContext, state: State, screen: Screen) -> None:
             async with app.connect(state) as client:
                 delays = delays or CLIENT_RECONNECT.delays()
                 await _receive(client, screen, None, synced)
-        except (ConnectionLost, ConnectionFailed) as exc:
+        except (ConnectionLost, ConnectionFailed, NotOpenedYet) as exc:
             if delays is None:
                 raise
             if not outage:
                 outage = True
-                app.out.note(f"lost the connection to the home node ({exc}); "
+                app.out.note(f"{exc}; retrying until interrupted"
+                             if isinstance(exc, NotOpenedYet) else
+                             f"lost the connection to the home node ({exc}); "
                              "reconnecting until interrupted")
             await trio.sleep(next(delays))
 

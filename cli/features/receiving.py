@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import msgpack
 import trio
 
-from cli.errors import ClientError, ConnectionLost, RelayError
+from cli.errors import ClientError, ConnectionLost, NotOpenedYet, RelayError
 from cli.events import BacklogDone, Bounce, Dropped, Event, Kept, Message
 from cli.features import effects, group_receiving, payload, receipts, retry
 from cli.features.devices import device_list_notice
@@ -289,12 +289,16 @@ class Receiver:
                     try:
                         with trio.fail_after(STEP_TIMEOUT):
                             event = await open_envelope(client, item.envelope)
-                    except ClientError as exc:  # e.g. sender's home unavailable: retry on next sync
+                    except RelayError as exc:  # e.g. the sender's home is unreachable
+                        self._error = (NotOpenedYet(str(exc))
+                                       if exc.code == ErrorCode.UNAVAILABLE else exc)
+                        break
+                    except ClientError as exc:  # retried on the next sync
                         self._error = exc
                         break
                     except trio.TooSlowError:
-                        self._error = ClientError(
-                            "the relay did not answer while processing a message")
+                        self._error = NotOpenedYet(
+                            "the relay did not answer while it was being processed")
                         break
                     opened = True
                     if not item.seq:  # ephemeral (typing): never kept, never acknowledged
