@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from cli.client import Client
-from cli.errors import ClientError, ConnectionFailed
+from cli.errors import ClientError, ConnectionFailed, NotOpenedYet
 from cli.events import Kept
 from cli.features import outbox
 from cli.session.inbox import Pending
@@ -133,8 +133,11 @@ class Device:
                         nursery.cancel_scope.cancel()
             except ClientError as exc:
                 if not outage:
-                    log.warning("no connection to the home node (%s); retrying until stopped",
-                                exc)
+                    if isinstance(exc, NotOpenedYet):
+                        log.warning("%s; retrying until stopped", exc)
+                    else:
+                        log.warning("no connection to the home node (%s); retrying until "
+                                    "stopped", exc)
                 outage = True
             finally:
                 self.client = None
