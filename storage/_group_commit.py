@@ -77,13 +77,8 @@ batches shrink (1,000 concurrent enqueues took up to 21 transactions at 0.2 ms, 
 most 8 at 1 ms, 2-4 at 5 ms). Measured in docs/benchmarks.md, "Session 5: paced
 latency".
 
-**Submission order.** Submissions are applied in the order of the calls that made
-them: a call queues its ops before its first checkpoint, or, while the queue is full
-(or earlier calls still wait for room), waits in line and is queued in call order as
-room frees; the thread takes them first in, first out (the same batch or a later
-one). So a task may make a submission, let another task make the next one while the
-first is still committing, and rely on the first being applied first (a
-connection's pipelined runs, :mod:`relay.serving.runs`).
+Ops submitted concurrently may be applied in any order; ops of one task, which
+awaits each before the next, are applied in order.
 
 This module is the submission, batching and the commit thread; the transactions
 themselves run in :class:`storage._lmdb_commit.Committer`, its base.
@@ -95,7 +90,6 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -121,7 +115,7 @@ class _Ticket:
     """One submission (one or more ops), the event its caller waits on, and what to
     call on the event loop once its batch committed (before the caller wakes)."""
 
-    __slots__ = ("ops", "size", "done", "after", "admitted", "queued")
+    __slots__ = ("ops", "size", "done", "after")
 
     def __init__(self, ops: list[PendingOp], size: int,
                  after: Callable[[list[PendingOp]], None] | None = None) -> None:
@@ -129,8 +123,6 @@ class _Ticket:
         self.size = size
         self.done = trio.Event()
         self.after = after
-        self.admitted: trio.Event | None = None  # while it waits for room in the queue
-        self.queued = False  # put on the commit thread's queue
 
 
 HANDOVER_INTERVAL = 0.001
@@ -206,7 +198,7 @@ class GroupCommitWriter(Committer):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Ticket or _STOP
         self._queue_size = queue_size
         self._queued = 0  # tickets put and not yet handed back (event loop only)
-        self._waiting: deque[_Ticket] = deque()  # waiting for room, in call order
+        self._room = trio.Event()  # set (and replaced) when tickets are handed back
         self._closed = False  # no more submissions (event loop only)
         self._abandon = False  # the thread answers what is left unrun (serve was cancelled)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -219,11 +211,6 @@ class GroupCommitWriter(Committer):
         #: ``(ops in the batch, seconds the batch's commit took)``; it must
         #: not raise or block (metrics: :meth:`storage.lmdb.LmdbStorage.observe_batches`).
         self.on_batch: Callable[[int, float], None] | None = None
-
-    @property
-    def queued(self) -> int:
-        """Submissions queued for the commit thread and not yet answered (tests)."""
-        return self._queued
 
     # -- callers
 
@@ -279,48 +266,21 @@ class GroupCommitWriter(Committer):
         return [(p.value, p.error) for p in pending]
 
     async def _queue_ticket(self, ticket: _Ticket) -> None:
-        """Queue ``ticket`` for the commit thread and wait until its ops are answered.
-
-        Submissions reach the queue in the order of the calls: at once (no checkpoint
-        before), or, while the queue is full or others wait for room, in that order
-        as room frees (see "Submission order" in the module docstring). A caller
-        cancelled while it waits for room queues nothing.
-        """
-        if not self._closed and self._queued < self._queue_size and not self._waiting:
-            self._put(ticket)  # checked and put without yielding: close() cannot slip between
-        elif not self._closed:
-            ticket.admitted = trio.Event()
-            self._waiting.append(ticket)
-            try:
-                await ticket.admitted.wait()
-            finally:
-                if not ticket.queued:
-                    self._waiting.remove(ticket)
-        if not ticket.queued:
+        """Queue ``ticket`` for the commit thread and wait until its ops are answered."""
+        while self._queued >= self._queue_size and not self._closed:
+            await self._room.wait()
+        if self._closed:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("storage is closed")
-        await ticket.done.wait()
-
-    def _put(self, ticket: _Ticket) -> None:
         self._queued += 1
-        ticket.queued = True
-        self._queue.put(ticket)
-
-    def _admit(self) -> None:
-        """Queue waiting submissions, oldest first, while there is room (event loop)."""
-        while self._waiting and self._queued < self._queue_size and not self._closed:
-            ticket = self._waiting.popleft()
-            self._put(ticket)
-            assert ticket.admitted is not None
-            ticket.admitted.set()
+        self._queue.put(ticket)  # checked and put without yielding: close() cannot slip between
+        await ticket.done.wait()
 
     def close(self) -> None:
         """Accept no more ops; :meth:`serve` commits what is queued, then returns."""
         if not self._closed:
             self._closed = True
-            for ticket in self._waiting:  # they queue nothing: ClosedResourceError
-                assert ticket.admitted is not None
-                ticket.admitted.set()
+            self._room.set()
             self._queue.put(_STOP)
 
     # -- the commit thread and its lifetime
@@ -428,7 +388,8 @@ class GroupCommitWriter(Committer):
         """On the event loop: a batch's answers are set (``elapsed``: seconds its
         commit took; ``None``: it was not run); wake its callers."""
         self._queued -= len(batch)
-        self._admit()
+        self._room.set()
+        self._room = trio.Event()
         if elapsed is not None:
             self.batches += 1
             nops = sum(len(t.ops) for t in batch)

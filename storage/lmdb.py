@@ -65,12 +65,6 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
     :meth:`aclose`, methods raise :class:`trio.ClosedResourceError`.
     """
 
-    submits_in_call_order = True
-    """``enqueue_many`` calls are applied in the order they were made, also when the
-    second is made while the first still commits (:mod:`storage._group_commit`,
-    "Submission order"): a device connection pipelines its runs of sends on this
-    (:mod:`relay.serving.runs`)."""
-
     def __init__(self, env: lmdb.Environment, dbs: L.Dbs, writer: GroupCommitWriter) -> None:
         self._env = env
         self._dbs = dbs

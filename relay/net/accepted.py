@@ -93,13 +93,9 @@ class Dispatcher(Protocol):
         :meth:`AcceptedLink.send` / :meth:`AcceptedLink.send_many` by its id. May
         close the link (:meth:`AcceptedLink.close`). Raises only for a bug."""
 
-    async def answered(self) -> None:
-        """Return once every request handed to :meth:`serve` is answered (a dispatcher
-        may answer after ``serve`` returned: a device's pipelined runs of sends)."""
-
     async def settled(self) -> None:
         """Return once what the dispatcher applies in the background for requests
-        already read (e.g. coalesced acks, answers still owed) is applied."""
+        already read (e.g. coalesced acks) is applied."""
 
 
 class LinkMetrics(Protocol):
@@ -418,7 +414,6 @@ class AcceptedLink:
                     raise self._bug
                 if not self._requests:
                     if not self._reading:
-                        await dispatcher.answered()
                         return  # the task nursery waits for requests still running
                     self._more = trio.Event()
                     await self._more.wait()
@@ -446,7 +441,6 @@ class AcceptedLink:
                     run = []
             if isinstance(item, _Refusal):
                 self._log.debug("connection %s: %s (%s)", self.remote, item.code, self.who())
-                await dispatcher.answered()  # in reading order, before a close
                 await self.send(item.error)
                 if item.close_code is not None:
                     await self.close(item.close_code, item.code)
@@ -471,20 +465,14 @@ class AcceptedLink:
 
     async def _settle(self, buffered: Callable[[], int]) -> None:
         """Close gate (:mod:`relay.net.wsio`): return once every message read has been
-        served, every answer written and the dispatcher has settled (answers it owes
-        after that, a device's pipelined runs, are written too)."""
-        assert self._dispatcher is not None
-        while True:
-            while (buffered() or self._requests or self._busy or self._tasks
-                   or self._out.unwritten):
-                if self._out.done.is_set():
-                    return
-                self._settling += 1
-                try:
-                    await self._progress.wait()
-                finally:
-                    self._settling -= 1
-            await self._dispatcher.settled()
-            if not (buffered() or self._requests or self._busy or self._tasks
-                    or self._out.unwritten):
+        served, every answer written and the dispatcher has settled."""
+        while buffered() or self._requests or self._busy or self._tasks or self._out.unwritten:
+            if self._out.done.is_set():
                 return
+            self._settling += 1
+            try:
+                await self._progress.wait()
+            finally:
+                self._settling -= 1
+        assert self._dispatcher is not None
+        await self._dispatcher.settled()

@@ -166,7 +166,7 @@ class Router:
 
     async def send_batch(
         self, sender_user: str, sender_device: int, frames: list[Send | GroupSend], *,
-        address: str | None = None, submitted: Callable[[], None] | None = None,
+        address: str | None = None,
     ) -> list[Frame]:
         """Route a run of one device's ``send`` / ``group_send`` requests, in order.
 
@@ -174,10 +174,6 @@ class Router:
             sender_user, sender_device: the authenticated sending device.
             frames: the run, in reading order.
             address: the connection's address key (for per-address rate limits).
-            submitted: called right before the run's local parts go to
-                ``enqueue_many`` (after every other home answered), with no
-                checkpoint in between; not called when nothing is stored here
-                (a pipelining connection: :mod:`relay.serving.runs`).
 
         Returns:
             One answer per request, in order: ``sent {status}`` or ``error``.
@@ -229,7 +225,7 @@ class Router:
                        if any(isinstance(o, RelayError) for o in got.values())}
             keep = [(i, p) for i, p in local if i not in refused]
             if keep:
-                results = await self._store_held([p for _, p in keep], submitted=submitted)
+                results = await self._store_held([p for _, p in keep])
                 for (i, _), result in zip(keep, results, strict=True):
                     outcomes[i][self._node_id] = result if result is not None else "stored"
         skipped = {i for i, _ in local if self._node_id not in outcomes[i]}  # not written
@@ -336,11 +332,11 @@ class Router:
     async def _store_held(
         self, parts: list[Part], *, peer_id: str | None = None,
         relays: dict[str, list[tuple[int, Part]]] | None = None, blocked: Blocked | None = None,
-        queued: bool = False, submitted: Callable[[], None] | None = None,
+        queued: bool = False,
     ) -> list[RelayError | None]:
         """:meth:`store_parts` while the recipients are held (:meth:`Homes.hold`);
         parts (or their recipients) for users still being handed to this node go
-        into ``relays`` by their old home instead. ``submitted``: see :meth:`send_batch`."""
+        into ``relays`` by their old home instead."""
         results: list[RelayError | None] = [None] * len(parts)
         requests: list[EnqueueRequest] = []
         accepted: list[tuple[int, list[tuple[str, int, bytes]]]] = []
@@ -387,8 +383,6 @@ class Router:
                                            sender=(part.sender_user, part.sender_device)))
         if not requests:
             return results
-        if submitted is not None:
-            submitted()
         try:
             answers = await self._storage.enqueue_many(requests)
         except KNOWN_REFUSALS as exc:  # the whole call failed (e.g. the storage is gone)

@@ -9,10 +9,8 @@ one connection layer. :class:`Connection` is what the link hands requests to
 * a run of requests read in order: consecutive ``send`` / ``group_send`` requests
   of a device are routed as one batch (:meth:`relay.services.router.Router.send_batch`:
   one ``enqueue_many`` for the local parts, ``forward_batch`` lanes for the others),
-  and the next run is routed while this one commits (:mod:`relay.serving.runs`);
-  the rest go one after the other, once every run before them is answered, through
-  the handshake's own handlers and the node's per-service handler table
-  (:func:`relay.services.table.node_table`);
+  the rest go one after the other through the handshake's own handlers and the
+  node's per-service handler table (:func:`relay.services.table.node_table`);
 * a peer's requests other than forwards are *concurrent*: the link runs each in a
   task of its own (at most ``PEER_CONCURRENCY``) and they are answered by id,
   possibly out of order; a peer's forwards are served in order;
@@ -44,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -80,7 +77,6 @@ from relay.services.delivery import Pusher
 from relay.services.linking import LinkSlot
 from relay.serving.acks import AckFlusher
 from relay.serving.auth import check_device_auth, check_peer_auth
-from relay.serving.runs import Runs
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -112,7 +108,6 @@ class Connection:
         self._link_slot = LinkSlot(node.linking, self.push_nowait, link.send, link.address)
         link.exits.callback(self._link_slot.close)
         self._revoked = False
-        self._runs: Runs | None = None  # a device's runs of sends, once authenticated
         self._own: dict[type[Frame], Handler] = {
             Hello: self._hello, Ping: self._ping, Auth: self._auth, PeerAuth: self._peer_auth,
             GetCluster: self._get_cluster,
@@ -172,15 +167,8 @@ class Connection:
         """A peer's requests other than forwards run concurrently."""
         return self._conn.state is ConnState.PEER and not isinstance(frame, _ORDERED_PEER)
 
-    async def answered(self) -> None:
-        """Return once every run of sends handed to :meth:`serve` is answered."""
-        if self._runs is not None:
-            await self._runs.drained()
-
     async def settled(self) -> None:
-        """Return once every run of sends is answered and the acks read so far are
-        applied."""
-        await self.answered()
+        """Return once the acks read so far are applied."""
         if self._acks is not None:
             await self._acks.flushed()
 
@@ -190,7 +178,6 @@ class Connection:
         while i < len(frames):
             item = frames[i]
             if self._revoked:  # refuse what was read; the close (1008) follows
-                await self.answered()
                 await self._send(Error(id=item.id, code=ErrorCode.UNKNOWN_DEVICE.value,
                                        message="this device was removed"))
                 i += 1
@@ -201,31 +188,16 @@ class Connection:
                 while (j < len(frames) and isinstance(frames[j], _SENDS)
                        and not getattr(frames[j], "ephemeral", None)):
                     j += 1
-                await self._device_runs().start(frames[i:j])  # type: ignore[arg-type]
-                i = j
-                continue
-            await self.answered()
-            await self._request(item)
-            i += 1
-
-    def _device_runs(self) -> Runs:
-        if self._runs is None:
-            user_id, device_id = self._caller.device()
-            router, address = self._node.router, self._link.address
-
-            async def route(run: list[Send | GroupSend],
-                            submitted: Callable[[], None] | None) -> list[Frame]:
-                answers = await router.send_batch(user_id, device_id, run, address=address,
-                                                  submitted=submitted)
+                user_id, device_id = self._caller.device()
+                answers = await self._node.router.send_batch(
+                    user_id, device_id, frames[i:j], address=self._link.address)  # type: ignore[arg-type]
                 for answer in answers:
                     self._note_refusal(answer)
-                return answers
-
-            assert self._link.nursery is not None
-            self._runs = Runs(route, self._link.send_many, self._link.nursery,
-                              pipelined=bool(getattr(self._node.storage,
-                                                     "submits_in_call_order", False)))
-        return self._runs
+                await self._link.send_many(answers)
+                i = j
+                continue
+            await self._request(item)
+            i += 1
 
     async def _request(self, frame: Frame) -> None:
         handler = self._own.get(type(frame)) or self._node.handlers.get(type(frame))
