@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -62,6 +63,8 @@ QUICK_SCALE = 0.025
 READY_TIMEOUT = 30.0  # seconds for a node to print its ready line
 STOP_TIMEOUT = 10.0
 STORAGES = ("lmdb", "postgresql")
+MAX_DROPPED_KEYS = 30  # NodeProcesses.start(drop_unknown_keys=True)
+_UNKNOWN_KEY = re.compile(r"unknown key '([A-Za-z0-9_]+)'")
 PG_POOL = 8  # connections per node, all opened at start (their backends' CPU is counted)
 BENCH_SETTINGS = {"send_rate": 1e9, "send_burst": 1e9, "send_bytes_rate": 1e12,
                   "send_bytes_burst": 1e12, "peer_forward_rate": 1e9, "peer_forward_burst": 1e9,
@@ -117,8 +120,12 @@ class NodeProcesses:
         self.procs: dict[str, LoggedProcess] = {}
         self.cluster: ProcessCluster | None = None
 
-    def start(self) -> None:
+    def start(self, drop_unknown_keys: bool = False) -> None:
         """Lay out the cluster and start every process; return once all listen.
+
+        ``drop_unknown_keys``: for nodes that run an older source tree (``bench.relay_ab``),
+        a ``node.toml`` setting the node refuses as ``unknown key 'K'`` (added since) is
+        removed from that node's file and the process started again.
 
         Raises:
             BenchError: a process exited or printed no ready line in time.
@@ -126,13 +133,25 @@ class NodeProcesses:
         settings = {k: repr(float(v)) for k, v in BENCH_SETTINGS.items()}
         self.cluster = ProcessCluster(self.root, self.n, processes=self.processes,
                                       storage_url=self.storage_url, settings=settings)
-        try:
-            for node_id, urls in self.cluster.urls.items():
-                for k in range(len(urls)):
-                    proc = self.cluster.start(node_id, k, READY_TIMEOUT)
-                    self.procs[f"{node_id}-{k}" if k else node_id] = proc
-        except ProcessFailed as exc:
-            raise BenchError(str(exc)) from exc
+        for node_id, urls in self.cluster.urls.items():
+            for k in range(len(urls)):
+                self.procs[f"{node_id}-{k}" if k else node_id] = self._start_one(
+                    node_id, k, drop_unknown_keys)
+
+    def _start_one(self, node_id: str, k: int, drop_unknown_keys: bool) -> LoggedProcess:
+        assert self.cluster is not None
+        for _ in range(MAX_DROPPED_KEYS):
+            try:
+                return self.cluster.start(node_id, k, READY_TIMEOUT)
+            except ProcessFailed as exc:
+                unknown = _UNKNOWN_KEY.search(str(exc))
+                if not drop_unknown_keys or unknown is None:
+                    raise BenchError(str(exc)) from exc
+                config = self.cluster.configs[node_id]
+                config.write_text("".join(
+                    line for line in config.read_text().splitlines(keepends=True)
+                    if line.split(" = ", 1)[0].strip() != unknown.group(1)))
+        raise BenchError(f"{node_id}: more than {MAX_DROPPED_KEYS} unknown settings")
 
     def pids(self) -> list[int]:
         """The node processes' ids."""

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, code in enumerate(codes):
                 os.environ["PYTHONPATH"] = code  # the node process imports this tree
                 nodes[code] = NodeProcesses(Path(tmp) / f"v{i}", 1)
-                nodes[code].start()
+                nodes[code].start(drop_unknown_keys=True)
             admin = {code: load_node_config(Path(tmp) / f"v{i}" / "n1" / "node.toml").admin_url
                      for i, code in enumerate(codes)}
             if saved is None:

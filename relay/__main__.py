@@ -84,6 +84,7 @@ from relay.config.loading import previous_cluster_path
 from relay.config.ring import NodeInfo, Ring
 from relay.node import serve_node
 from relay.protocol.cluster import cluster_key_text
+from relay.serving import gc_policy
 from storage import StorageError
 
 
@@ -193,6 +194,7 @@ def _run(configs: list[NodeConfig], watch: ReshapeWatch | None = None,
         logs = configure_logging(configs, level)
     except OSError as exc:
         raise RunFailure(f"cannot open a log file: {exc}") from exc
+    gc_policy.settle()  # start-up's objects frozen, rarer young collections (its docstring)
     try:
         trio.run(run_nodes, configs, logs, watch, reload_from)
     except* ValueError as group:

@@ -112,14 +112,17 @@ __all__ = ["FaultHook", "GroupCommitWriter", "Op", "default_reserve", "is_full_e
 
 
 class _Ticket:
-    """One submission (one or more ops) and the event its caller waits on."""
+    """One submission (one or more ops), the event its caller waits on, and what to
+    call on the event loop once its batch committed (before the caller wakes)."""
 
-    __slots__ = ("ops", "size", "done")
+    __slots__ = ("ops", "size", "done", "after")
 
-    def __init__(self, ops: list[PendingOp], size: int) -> None:
+    def __init__(self, ops: list[PendingOp], size: int,
+                 after: Callable[[list[PendingOp]], None] | None = None) -> None:
         self.ops = ops
         self.size = size
         self.done = trio.Event()
+        self.after = after
 
 
 HANDOVER_INTERVAL = 0.001
@@ -236,12 +239,20 @@ class GroupCommitWriter(Committer):
         return pending.value
 
     async def submit_many(
-        self, ops: list[tuple[Op, int, int | None, bool]]
+        self, ops: list[tuple[Op, int, int | None, bool]], *,
+        after: Callable[[list[PendingOp]], None] | None = None,
     ) -> list[tuple[Any, Exception | None]]:
         """Run ``(op, size, est, freeing)`` tuples (see :meth:`submit`) in list order,
         together in the next batch; return ``(value, error)`` per op, in order.
 
         Each op is atomic on its own; one op's error never fails another.
+
+        ``after(pending)``, if given, is called on the event loop as soon as the batch
+        is handed back, before this call returns (and before any caller of that batch
+        resumes), with the ops' :class:`PendingOp` records (``value`` / ``error`` set);
+        not called if the ops were never run. It must not raise or block (it runs in
+        the hand-back callback): :meth:`storage.lmdb.LmdbStorage.notify_enqueued` wakes
+        pushers from there, a scheduler round before the enqueuing task would.
 
         Raises:
             trio.ClosedResourceError: the writer is closed or stopped.
@@ -251,7 +262,7 @@ class GroupCommitWriter(Committer):
             return []
         pending = [PendingOp(fn, size, 2 * size + 256 if est is None else est, freeing)
                    for fn, size, est, freeing in ops]
-        await self._queue_ticket(_Ticket(pending, sum(p.size for p in pending)))
+        await self._queue_ticket(_Ticket(pending, sum(p.size for p in pending), after))
         return [(p.value, p.error) for p in pending]
 
     async def _queue_ticket(self, ticket: _Ticket) -> None:
@@ -386,6 +397,8 @@ class GroupCommitWriter(Committer):
             if self.on_batch is not None:
                 self.on_batch(nops, elapsed)
         for ticket in batch:
+            if elapsed is not None and ticket.after is not None:
+                ticket.after(ticket.ops)
             ticket.done.set()
 
     def _thread_ended(self, left: list[_Ticket], ended: outcome.Outcome[None]) -> None:

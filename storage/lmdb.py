@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
+from functools import partial
 from typing import Self, TypeVar
 
 import lmdb
@@ -36,6 +37,7 @@ from . import _lmdb_ops as ops
 from ._chains import chain_keys
 from ._group_commit import FaultHook, GroupCommitWriter, default_reserve, translate
 from ._keys import check_bytes, check_dedupe, check_device_id, check_key_id, check_user_id
+from ._lmdb_commit import PendingOp
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
 from ._lmdb_extras import LmdbExtrasMixin
 from ._lmdb_handoff import LmdbHandoffMixin
@@ -68,6 +70,7 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         self._dbs = dbs
         self.writer = writer
         self._closed = False
+        self._on_enqueued: Callable[[str, int], None] | None = None  # notify_enqueued
 
     @classmethod
     @asynccontextmanager
@@ -334,8 +337,19 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
                              chain=chain_keys(token, req))
             specs.append((op, sum(len(e) + 32 for _, e in raw),
                           ops.enqueue_estimate(raw, dd, psize, op.tags_len), False))
-        answers = await self.writer.submit_many(specs)
+        hook = self._on_enqueued
+        answers = await self.writer.submit_many(
+            specs, after=None if hook is None else partial(_report_enqueued, hook, requests))
         return [_answer(answer) for answer in answers]
+
+    def notify_enqueued(self, hook: Callable[[str, int], None]) -> bool:
+        """Call ``hook(user_id, device_id)`` on the event loop for every device an
+        enqueue adds envelopes to, as soon as its commit is handed back, before the
+        enqueuing caller resumes (a woken pusher then reads in the same scheduler round
+        as the caller, not the next: docs/benchmarks.md, "Session 6"). It must not
+        raise or block. Replaces an earlier hook; returns True (this backend reports)."""
+        self._on_enqueued = hook
+        return True
 
     async def read_queue(
         self, user_id: str, device_id: int, after_seq: int = 0, limit: int = 256
@@ -454,6 +468,16 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
     @staticmethod
     def _devk(user_id: str, device_id: int) -> bytes:
         return L.dev_key(check_user_id(user_id), check_device_id(device_id))
+
+
+def _report_enqueued(hook: Callable[[str, int], None], requests: list[EnqueueRequest],
+                     pending: list[PendingOp]) -> None:
+    """:meth:`LmdbStorage.notify_enqueued`'s call for one committed ``enqueue_many``:
+    the devices of every request that stored envelopes (not refused, not a duplicate)."""
+    for req, op in zip(requests, pending, strict=True):
+        if op.error is None and op.value is not None:
+            for user_id, device_id, _ in req.items:
+                hook(user_id, device_id)
 
 
 def _answer(answer: tuple[T, Exception | None]) -> T | StorageError:

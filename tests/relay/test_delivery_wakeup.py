@@ -75,3 +75,34 @@ async def test_a_woken_pusher_takes_one_step_per_delivery(tmp_path) -> None:
     delivered = [i.seq for f in sent[1:] if isinstance(f, Deliver) for i in f.items]
     assert delivered == [1, 2, 3, 4, 5]
     assert steps.steps == 5  # woken, read, written: one step each (was two: read's checkpoint)
+
+
+async def test_a_pusher_woken_by_the_commit_delivers_in_the_enqueuers_round(tmp_path) -> None:
+    """With ``notify_enqueued`` (what a node does on LMDB) nobody calls ``notify``: the
+    commit's hand-back wakes the pusher together with the enqueuing task, so the
+    ``deliver`` is written by the time that task has taken one more scheduler round."""
+    registry = DeviceRegistry()
+    sent: list[object] = []
+    arrived = trio.Event()
+
+    async def send(data: bytes) -> None:
+        sent.append(read_frame(data))
+        arrived.set()
+
+    with trio.fail_after(20):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            assert st.notify_enqueued(registry.notify)
+            pusher = Pusher(st, registry, BOB, 0, send)
+            with registry.register(BOB, 0, object()):  # type: ignore[arg-type]
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pusher.run)
+                    while not sent:
+                        await arrived.wait()
+                    for i in range(1, 6):
+                        before = len(sent)
+                        await st.enqueue([(BOB, 0, _env(i))])
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        assert len(sent) == before + 1  # already written
+                    nursery.cancel_scope.cancel()
+    delivered = [i.seq for f in sent[1:] if isinstance(f, Deliver) for i in f.items]
+    assert delivered == [1, 2, 3, 4, 5]
