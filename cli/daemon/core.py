@@ -22,7 +22,7 @@ import trio
 
 from cli.client import Client
 from cli.errors import ClientError, ConnectionFailed, NotOpenedYet
-from cli.events import Kept
+from cli.events import BacklogDone, Kept
 from cli.features import outbox
 from cli.session.inbox import Pending
 from cli.session.state import State
@@ -115,30 +115,37 @@ class Device:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
         """Stay connected and receive until cancelled (started at once; connecting goes on
-        in the background)."""
+        in the background). The reconnection backoff restarts once a connection got
+        through its backlog, so a message that cannot be opened yet
+        (:class:`~cli.errors.NotOpenedYet`) is retried ever more slowly, not at once."""
         task_status.started()
         delays = self._delays()
-        outage = False
+        outage: str | None = None  # "link" (no connection) or "open" (NotOpenedYet)
+
+        def synced() -> None:  # the backlog went through: the outage is over
+            nonlocal delays, outage
+            delays, outage = self._delays(), None
+
         while True:
             try:
                 async with self._connect(self.state) as client:
                     self.client = client
                     self.connected.set()
-                    if outage:
+                    if outage == "link":
                         log.warning("connected to the home node again")
-                    delays, outage = self._delays(), False
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._send_outbox, client)
-                        await self._receive(client)
+                        await self._receive(client, synced)
                         nursery.cancel_scope.cancel()
+            except NotOpenedYet as exc:  # the backoff keeps growing until it opens
+                if outage != "open":
+                    log.warning("%s; retrying until stopped", exc)
+                outage = "open"
             except ClientError as exc:
-                if not outage:
-                    if isinstance(exc, NotOpenedYet):
-                        log.warning("%s; retrying until stopped", exc)
-                    else:
-                        log.warning("no connection to the home node (%s); retrying until "
-                                    "stopped", exc)
-                outage = True
+                if outage != "link":
+                    log.warning("no connection to the home node (%s); retrying until "
+                                "stopped", exc)
+                outage = "link"
             finally:
                 self.client = None
                 if self.connected.is_set():
@@ -157,11 +164,13 @@ class Device:
             await self._outbox_changed.wait()
             self._outbox_changed = trio.Event()
 
-    async def _receive(self, client: Client) -> None:
+    async def _receive(self, client: Client, synced: Callable[[], None]) -> None:
         await self.show_pending()
         async for event in client.receive(keep=True):
             if isinstance(event, Kept):
                 await self.show_pending()
+            elif isinstance(event, BacklogDone):
+                synced()
 
     # ------------------------------------------------------------ subscribers
 
