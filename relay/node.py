@@ -289,7 +289,7 @@ async def serve_node(
                 tls,
                 message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
-                opening=node.opening,
+                opening=node.opening, log=node.log,
             ))
             if config.admin_port:
                 await nursery.start(serve_admin, node, config.admin_host, config.admin_port)

@@ -40,16 +40,24 @@ trio-websocket 0.12) and mirror its own ``_send``;
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+)
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from .admission import Admission, Refused, Ticket
 
@@ -186,6 +194,24 @@ class GatedWebSocket(WebSocketConnection):
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return None
 
+    async def _handle_ping_event(self, event: Ping) -> None:
+        # Once our Close is sent (LOCAL_CLOSING) wsproto refuses a Pong; the remote's
+        # Close is what is left to wait for (RFC 6455 5.5.1), so the Ping goes unanswered.
+        if self._wsproto.state is ConnectionState.OPEN:
+            await super()._handle_ping_event(event)
+
+    async def _send(self, event: Event) -> None:
+        # trio-websocket's _send, but an event that wsproto refuses in the connection's
+        # state (a Pong or a 1009 Close after our Close, a handshake answer after the
+        # other one) ends the connection like a broken stream (ConnectionClosed, which
+        # the reader task and the handshake's callers expect) instead of raising
+        # LocalProtocolError out of the reader task and the server.
+        try:
+            await super()._send(event)
+        except LocalProtocolError as exc:
+            await self._abort_web_socket()
+            raise ConnectionClosed(self._close_reason or CloseReason(1006, None)) from exc
+
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         gate = self.close_gate
         if gate is not None and self._wsproto.state == ConnectionState.REMOTE_CLOSING:
@@ -250,9 +276,24 @@ class GatedWebSocket(WebSocketConnection):
         return stream.socket._sock  # type: ignore[attr-defined]
 
 
-async def _cancel_when_closed(connection: GatedWebSocket, scope: trio.CancelScope) -> None:
-    await connection._close_handshake.wait()  # set when the reader found the stream broken
+async def _cancel_when_closed(connection: GatedWebSocket, reading: trio.Event,
+                              scope: trio.CancelScope) -> None:
+    async with trio.open_nursery() as either:
+        for event in (connection._close_handshake, reading):  # the reader found the stream
+            either.start_soon(_cancel_on, event, either.cancel_scope)  # broken, or it ended
     scope.cancel()
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _read(connection: GatedWebSocket, done: trio.Event) -> None:
+    try:
+        await connection._reader_task()
+    finally:
+        done.set()
 
 
 def _peer_host(stream: trio.abc.Stream) -> str:
@@ -266,13 +307,26 @@ def _peer_host(stream: trio.abc.Stream) -> str:
 
 class _GatedServer(WebSocketServer):
     opening: Admission | None = None
+    log: logging.Logger = logging.getLogger(__name__)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        # The per-connection boundary: trio-websocket's server has none, so an error out
+        # of one connection's tasks (its reader task, the handler's accept or reject)
+        # would end the server's nursery and stop the node. Log it and go on; the
+        # stream is closed by trio.serve_listeners (aclose_forcefully) on return.
+        host = _peer_host(stream)
+        try:
+            await self._handle_admitted(stream, host)
+        except* Exception as group:  # noqa: BLE001 - the per-connection boundary
+            self.log.error("connection from %s: unexpected error, dropped", host,
+                           exc_info=group)
+
+    async def _handle_admitted(self, stream: trio.abc.Stream, host: str) -> None:
         if self.opening is None:
             await self._handle_opened(stream, None)
             return
         try:
-            ticket = self.opening.admit(_peer_host(stream))
+            ticket = self.opening.admit(host)
         except Refused:  # over a cap before the upgrade request: close at once
             await trio.aclose_forcefully(stream)
             return
@@ -287,16 +341,19 @@ class _GatedServer(WebSocketServer):
                 message_queue_size=self._message_queue_size,
                 max_message_size=self._max_message_size,
                 receive_buffer_size=self._receive_buffer_size)
-            nursery.start_soon(connection._reader_task)
+            reading = trio.Event()
+            nursery.start_soon(_read, connection, reading)
             request = None
             with trio.move_on_after(self._connect_timeout) as waiting:
                 if ticket is not None:
                     ticket.on_evict = waiting.cancel
                 async with trio.open_nursery() as opening:
                     # A stream that broke before the request (e.g. a plain ws:// client
-                    # on a TLS port: the TLS handshake failed) is closed at once, so the
-                    # client learns of it now, not after the connect timeout.
-                    opening.start_soon(_cancel_when_closed, connection, opening.cancel_scope)
+                    # on a TLS port: the TLS handshake failed), or a request the reader
+                    # refused (HTTP 400), is closed at once, so the client learns of it
+                    # now and its place is free, not after the connect timeout.
+                    opening.start_soon(_cancel_when_closed, connection, reading,
+                                       opening.cancel_scope)
                     request = await connection._get_request()
                     opening.cancel_scope.cancel()
             if ticket is not None:
@@ -310,13 +367,19 @@ class _GatedServer(WebSocketServer):
             finally:
                 with trio.move_on_after(self._disconnect_timeout):
                     await connection.aclose()
+                # A refused request (HTTP 503) leaves aclose nothing to do and the
+                # reader reading whatever the client still sends: it gets
+                # ``disconnect_timeout`` seconds to see the client go, then the
+                # stream is closed, so a refused client cannot keep its socket.
+                nursery.cancel_scope.deadline = min(
+                    nursery.cancel_scope.deadline, trio.current_time() + self._disconnect_timeout)
 
 
 async def serve_gated_websocket(
     handler: Callable[[WebSocketRequest], Awaitable[None]], host: str | None, port: int,
     ssl_context: ssl.SSLContext | None, *, message_queue_size: int, max_message_size: int,
     receive_buffer_size: int, connect_timeout: float, disconnect_timeout: float,
-    opening: Admission | None = None,
+    opening: Admission | None = None, log: logging.Logger | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``trio_websocket.serve_websocket`` whose connections are :class:`GatedWebSocket`;
@@ -325,7 +388,9 @@ async def serve_gated_websocket(
     Args:
         opening: counts and caps connections from their accept until their upgrade
             request came (or ``connect_timeout`` seconds passed): see the module
-            docstring; ``None``: not counted."""
+            docstring; ``None``: not counted.
+        log: where an unexpected error of one connection is logged (that connection
+            is dropped, the server goes on); default: this module's logger."""
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:
@@ -336,6 +401,8 @@ async def serve_gated_websocket(
         max_message_size=max_message_size, receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout)
     server.opening = opening
+    if log is not None:
+        server.log = log
     await server.run(task_status=task_status)
 
 
