@@ -32,13 +32,13 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from relay.protocol.cluster import is_loopback, server_end_point
 
 from ._groups import single_leaf
 from .errors import ConnectFailed
+from .wsclose import wrap_client_stream
 
 __all__ = ["CLOSE_TIMEOUT", "OwnedWebSocket", "check_plain_allowed", "client_tls_context",
            "closed_text", "failed_text", "is_loopback", "open_websocket", "split_url"]

@@ -24,10 +24,19 @@
   back); on a plain TCP stream whose send buffer has room the write is a single
   non-blocking ``send`` under the stream lock, without a Trio checkpoint.
 
-Both reach into trio-websocket's internals (``_handle_close_connection_event``,
-``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
-trio-websocket 0.12) and mirror its own ``_send``;
+:class:`GatedWebSocket` is a :class:`relay.net.wsclose.SafeWebSocket` (no Pong or
+1009 Close that wsproto would refuse after our Close). Both reach into
+trio-websocket's internals (``_handle_close_connection_event``, ``_wsproto``,
+``_stream``, ``_stream_lock``, ``_recv_channel``, as of trio-websocket 0.12) and
+mirror its own ``_send``;
 :func:`serve_gated_websocket` is ``serve_websocket`` building this class.
+
+* **One boundary per connection.** trio-websocket's server has none: an exception
+  out of one connection's tasks would stop the node. :func:`serve_gated_websocket`
+  logs it with the connection's address and goes on; a connection refused at the
+  upgrade (400, 503) is closed ``disconnect_timeout`` seconds after its answer at
+  the latest (trio-websocket's reader otherwise read on for as long as the client
+  kept it open).
 
 * **Caps before the upgrade request.** A TCP (or TLS) connection that has not sent
   its WebSocket upgrade request yet holds a socket for up to ``connect_timeout``
@@ -47,19 +56,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 
 import trio
-from trio_websocket import (
-    CloseReason,
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-)
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
-from wsproto.utilities import LocalProtocolError
+from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
 
 from .admission import Admission, Refused, Ticket
+from .wsclose import SafeWebSocket
 
 CLOSE_GATE_TIMEOUT = 5.0
 """Seconds a remote Close waits for the answers to the requests read before it."""
@@ -156,8 +159,8 @@ def frame_binary(messages: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-class GatedWebSocket(WebSocketConnection):
-    """A server-side :class:`~trio_websocket.WebSocketConnection` whose reply to a
+class GatedWebSocket(SafeWebSocket):
+    """A server-side :class:`~relay.net.wsclose.SafeWebSocket` whose reply to a
     remote Close waits for :attr:`close_gate` (see the module docstring).
 
     Attributes:
@@ -193,24 +196,6 @@ class GatedWebSocket(WebSocketConnection):
             return self._recv_channel.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return None
-
-    async def _handle_ping_event(self, event: Ping) -> None:
-        # Once our Close is sent (LOCAL_CLOSING) wsproto refuses a Pong; the remote's
-        # Close is what is left to wait for (RFC 6455 5.5.1), so the Ping goes unanswered.
-        if self._wsproto.state is ConnectionState.OPEN:
-            await super()._handle_ping_event(event)
-
-    async def _send(self, event: Event) -> None:
-        # trio-websocket's _send, but an event that wsproto refuses in the connection's
-        # state (a Pong or a 1009 Close after our Close, a handshake answer after the
-        # other one) ends the connection like a broken stream (ConnectionClosed, which
-        # the reader task and the handshake's callers expect) instead of raising
-        # LocalProtocolError out of the reader task and the server.
-        try:
-            await super()._send(event)
-        except LocalProtocolError as exc:
-            await self._abort_web_socket()
-            raise ConnectionClosed(self._close_reason or CloseReason(1006, None)) from exc
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         gate = self.close_gate

@@ -1,0 +1,68 @@
+"""trio-websocket's connection with its closing-state sends made safe, for both ends.
+
+trio-websocket 0.12's reader task answers a Ping with a Pong and an oversized
+message with a 1009 Close whatever the connection's state, and wsproto refuses both
+once our own Close is out (``LocalProtocolError: ... cannot be sent in state
+LOCAL_CLOSING``). That error left the reader task, the connection's nursery and,
+on a node, trio-websocket's server (which has no per-connection boundary) or the
+peer link's task: one Ping from the other end, sent after our Close, stopped the
+whole node. :class:`SafeWebSocket` answers no Ping after our Close (RFC 6455 5.5.1:
+only the other end's Close is awaited then), and turns any send that wsproto
+refuses in the connection's state into :class:`~trio_websocket.ConnectionClosed`
+(what the reader task and the opening handshake's callers expect of a broken
+stream), after marking the connection aborted.
+
+:func:`wrap_client_stream` is trio-websocket's function of that name building a
+:class:`SafeWebSocket` (the node's peer links and ``wa-cli`` connect with it); the
+accepting side's :class:`relay.net.wsio.GatedWebSocket` derives from it. Both reach
+into trio-websocket's internals (``_send``, ``_handle_ping_event``,
+``_abort_web_socket``, ``_reader_task``, ``_open_handshake``), as of 0.12.
+"""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import Event, Ping
+from wsproto.utilities import LocalProtocolError
+
+__all__ = ["SafeWebSocket", "wrap_client_stream"]
+
+
+class SafeWebSocket(WebSocketConnection):
+    """A :class:`~trio_websocket.WebSocketConnection` whose reader task never raises
+    wsproto's ``LocalProtocolError`` (see the module docstring)."""
+
+    async def _handle_ping_event(self, event: Ping) -> None:
+        if self._wsproto.state is ConnectionState.OPEN:
+            await super()._handle_ping_event(event)
+
+    async def _send(self, event: Event) -> None:
+        try:
+            await super()._send(event)
+        except LocalProtocolError as exc:  # raised before anything was written
+            await self._abort_web_socket()
+            raise ConnectionClosed(self._close_reason or CloseReason(1006, None)) from exc
+
+
+async def wrap_client_stream(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, *,
+    message_queue_size: int, max_message_size: int, receive_buffer_size: int,
+) -> SafeWebSocket:
+    """Open a client WebSocket over ``stream``: ``trio_websocket.wrap_client_stream``
+    (same arguments, no subprotocols or extra headers) building a :class:`SafeWebSocket`;
+    its reader task runs in ``nursery``. Returns once the node accepted the upgrade.
+
+    Raises:
+        trio_websocket.ConnectionRejected: (from the reader task, through ``nursery``)
+            the upgrade was refused, e.g. HTTP 503.
+    """
+    connection = SafeWebSocket(
+        stream, WSConnection(ConnectionType.CLIENT), host=host, path=resource,
+        message_queue_size=message_queue_size, max_message_size=max_message_size,
+        receive_buffer_size=receive_buffer_size)
+    nursery.start_soon(connection._reader_task)
+    await connection._open_handshake.wait()
+    return connection
