@@ -10,7 +10,11 @@ whole node. :class:`SafeWebSocket` answers no Ping after our Close (RFC 6455 5.5
 only the other end's Close is awaited then), and turns any send that wsproto
 refuses in the connection's state into :class:`~trio_websocket.ConnectionClosed`
 (what the reader task and the opening handshake's callers expect of a broken
-stream), after marking the connection aborted.
+stream), after marking the connection aborted. The same holds for an upgrade
+answer that h11 refuses: the reader task answered 400 to a request whose body
+turned out malformed (``Transfer-Encoding: chunked`` and a bad chunk) while the
+node's handler was accepting it (``h11.LocalProtocolError: ... without a pending
+proposal``), which stopped the node just the same.
 
 :func:`wrap_client_stream` is trio-websocket's function of that name building a
 :class:`SafeWebSocket` (the node's peer links and ``wa-cli`` connect with it); the
@@ -21,6 +25,7 @@ into trio-websocket's internals (``_send``, ``_handle_ping_event``,
 
 from __future__ import annotations
 
+import h11
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
@@ -42,9 +47,20 @@ class SafeWebSocket(WebSocketConnection):
     async def _send(self, event: Event) -> None:
         try:
             await super()._send(event)
-        except LocalProtocolError as exc:  # raised before anything was written
+        except (LocalProtocolError, h11.LocalProtocolError) as exc:  # nothing was written
             await self._abort_web_socket()
             raise ConnectionClosed(self._close_reason or CloseReason(1006, None)) from exc
+
+    async def _abort_web_socket(self) -> None:
+        try:
+            await super()._abort_web_socket()
+        except (LocalProtocolError, h11.LocalProtocolError):
+            # wsproto says OPEN but cannot frame the Close the base sends first (an
+            # upgrade answer that h11 refused half-way): mark it aborted all the same.
+            if self._close_reason is None:
+                await self._close_web_socket(1006)
+            self._reader_running = False
+            self._close_handshake.set()
 
 
 async def wrap_client_stream(
