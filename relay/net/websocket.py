@@ -177,7 +177,8 @@ async def _open_stream(scheme: str, host: str, port: int,
 
 class _EofWatch(trio.abc.Stream):
     """The stream under a client WebSocket, noting when the other end closed or reset it
-    (``eof``, on a read or a write): trio-websocket waits for the answer to its opening handshake until its
+    (``eof``, on a read or a write) or trio-websocket closed it (a malformed upgrade
+    answer): trio-websocket waits for the answer to its opening handshake until its
     timeout even when the connection was closed first (a proxy or load balancer whose
     node is down accepts and closes), so :func:`open_websocket` races the two."""
 
@@ -206,6 +207,7 @@ class _EofWatch(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
+        self.eof.set()  # trio-websocket closed it (e.g. a malformed upgrade answer)
         await self.inner.aclose()
 
 

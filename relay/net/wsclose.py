@@ -14,7 +14,10 @@ stream), after marking the connection aborted. The same holds for an upgrade
 answer that h11 refuses: the reader task answered 400 to a request whose body
 turned out malformed (``Transfer-Encoding: chunked`` and a bad chunk) while the
 node's handler was accepting it (``h11.LocalProtocolError: ... without a pending
-proposal``), which stopped the node just the same.
+proposal``), which stopped the node just the same; and for the reader's 400 answer
+to a malformed HTTP message, which wsproto also hands to a *client* (a malformed
+upgrade answer from whatever listens at a peer's address: h11 cannot send a
+response as the client, and that error left the node's peer link).
 
 :func:`wrap_client_stream` is trio-websocket's function of that name building a
 :class:`SafeWebSocket` (the node's peer links and ``wa-cli`` connect with it); the
@@ -30,7 +33,7 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import Event, Ping
+from wsproto.events import Event, Ping, RejectConnection
 from wsproto.utilities import LocalProtocolError
 
 __all__ = ["SafeWebSocket", "wrap_client_stream"]
@@ -49,6 +52,11 @@ class SafeWebSocket(WebSocketConnection):
             await super()._send(event)
         except (LocalProtocolError, h11.LocalProtocolError) as exc:  # nothing was written
             await self._abort_web_socket()
+            if isinstance(event, RejectConnection):
+                # The reader's answer to a malformed HTTP message (wsproto's hint, sent
+                # outside the reader's ConnectionClosed handling, then the stream is
+                # closed): a client cannot answer one, nor a server twice. Nothing to say.
+                return
             raise ConnectionClosed(self._close_reason or CloseReason(1006, None)) from exc
 
     async def _abort_web_socket(self) -> None:

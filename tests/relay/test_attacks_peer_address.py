@@ -1,11 +1,16 @@
 """Whatever listens at a peer's address (a stale address after a reshape, a port
 taken by another program, a network attacker on the path of a plain link) could
-stop the node dialling it: the node's outgoing link closes after a refused
-handshake, and a Ping sent after that Close made trio-websocket's reader answer
-with a Pong that wsproto refuses (``LocalProtocolError`` in ``LOCAL_CLOSING``); the
-error left the peer link's task and the node's nursery. The connecting side now
-uses :class:`relay.net.wsclose.SafeWebSocket` too: the link just goes down and is
-retried, and the node keeps serving."""
+stop the node dialling it, two ways:
+
+* the node's outgoing link closes after a refused handshake, and a Ping sent after
+  that Close made trio-websocket's reader answer with a Pong that wsproto refuses
+  (``LocalProtocolError`` in ``LOCAL_CLOSING``);
+* an upgrade answer that is not HTTP made the reader "answer" 400 as the client
+  (wsproto's hint for a malformed message), which h11 refuses.
+
+Either error left the peer link's task and the node's nursery. The connecting side
+now uses :class:`relay.net.wsclose.SafeWebSocket` too: the link just goes down and
+is retried, and the node keeps serving."""
 
 from __future__ import annotations
 
@@ -76,5 +81,28 @@ async def test_a_ping_after_the_nodes_close_on_its_peer_link_does_not_stop_it(nu
     with trio.fail_after(30):
         await cluster.start("n1")  # n1 dials n2's address: the impostor
         await second_close.wait()  # twice: the link is retried, the node lives
+        async with connect(cluster.url("n1")) as honest:
+            assert len((await honest.hello()).nonce) >= 16
+
+
+async def test_an_answer_to_its_upgrade_that_is_not_http_does_not_stop_the_node(nursery) -> None:
+    configs = make_configs(2)
+    answered = 0
+    second = trio.Event()
+
+    async def impostor(stream: trio.SocketStream) -> None:
+        nonlocal answered
+        await read_response(stream)
+        await stream.send_all(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+        answered += 1
+        if answered == 2:
+            second.set()
+        await stream.receive_some(65536)  # until the node drops it
+
+    await nursery.start(trio.serve_tcp, impostor, port_of(configs[1].node.url))
+    cluster = Cluster(nursery, configs)
+    with trio.fail_after(30):
+        await cluster.start("n1")
+        await second.wait()  # retried: the node lives
         async with connect(cluster.url("n1")) as honest:
             assert len((await honest.hello()).nonce) >= 16
