@@ -10,12 +10,15 @@ stop the node dialling it, two ways:
 
 Either error left the peer link's task and the node's nursery. The connecting side
 now uses :class:`relay.net.wsclose.SafeWebSocket` too: the link just goes down and
-is retried, and the node keeps serving."""
+is retried, and the node keeps serving. (The peer link's task also got a boundary of
+its own, :meth:`relay.services.federation.PeerLink.run`: an unexpected error is
+logged and the link retried; these tests check that nothing unexpected happens.)"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 
 import msgpack
 import trio
@@ -47,7 +50,9 @@ async def _client_frame(stream: trio.SocketStream, buf: bytearray) -> tuple[int,
         buf += more
 
 
-async def test_a_ping_after_the_nodes_close_on_its_peer_link_does_not_stop_it(nursery) -> None:
+async def test_a_ping_after_the_nodes_close_on_its_peer_link_does_not_stop_it(nursery,
+                                                                            caplog) -> None:
+    caplog.set_level(logging.ERROR)
     configs = make_configs(2)
     closes_seen = 0
     second_close = trio.Event()
@@ -83,9 +88,12 @@ async def test_a_ping_after_the_nodes_close_on_its_peer_link_does_not_stop_it(nu
         await second_close.wait()  # twice: the link is retried, the node lives
         async with connect(cluster.url("n1")) as honest:
             assert len((await honest.hello()).nonce) >= 16
+    assert [r.getMessage() for r in caplog.records] == []  # a link down, nothing unexpected
 
 
-async def test_an_answer_to_its_upgrade_that_is_not_http_does_not_stop_the_node(nursery) -> None:
+async def test_an_answer_to_its_upgrade_that_is_not_http_does_not_stop_the_node(nursery,
+                                                                             caplog) -> None:
+    caplog.set_level(logging.ERROR)
     configs = make_configs(2)
     answered = 0
     second = trio.Event()
@@ -106,3 +114,4 @@ async def test_an_answer_to_its_upgrade_that_is_not_http_does_not_stop_the_node(
         await second.wait()  # retried: the node lives
         async with connect(cluster.url("n1")) as honest:
             assert len((await honest.hello()).nonce) >= 16
+    assert [r.getMessage() for r in caplog.records] == []  # a link down, nothing unexpected
