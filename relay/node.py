@@ -37,7 +37,7 @@ from relay.config import NodeConfig
 from relay.config.ring import Ring
 from relay.net.admission import Admission
 from relay.net.tls import certificate_binding, server_tls_context
-from relay.net.wsio import serve_gated_websocket
+from relay.net.wsserver import serve_gated_websocket
 from relay.protocol import Limits
 from relay.protocol.cluster import is_loopback, verify_cluster
 from relay.services.claim_limits import ClaimLimits

@@ -17,7 +17,10 @@ node's handler was accepting it (``h11.LocalProtocolError: ... without a pending
 proposal``), which stopped the node just the same; and for the reader's 400 answer
 to a malformed HTTP message, which wsproto also hands to a *client* (a malformed
 upgrade answer from whatever listens at a peer's address: h11 cannot send a
-response as the client, and that error left the node's peer link).
+response as the client, and that error left the node's peer link). That 400 answer
+is also dropped when the stream broke meanwhile: a malformed upgrade request
+followed at once by an RST made trio-websocket's reader raise ConnectionClosed,
+which stopped the node every time.
 
 :func:`wrap_client_stream` is trio-websocket's function of that name building a
 :class:`SafeWebSocket` (the node's peer links and ``wa-cli`` connect with it); the
@@ -53,11 +56,18 @@ class SafeWebSocket(WebSocketConnection):
         except (LocalProtocolError, h11.LocalProtocolError) as exc:  # nothing was written
             await self._abort_web_socket()
             if isinstance(event, RejectConnection):
-                # The reader's answer to a malformed HTTP message (wsproto's hint, sent
-                # outside the reader's ConnectionClosed handling, then the stream is
-                # closed): a client cannot answer one, nor a server twice. Nothing to say.
-                return
+                return  # see below
             raise ConnectionClosed(self._close_reason or CloseReason(1006, None)) from exc
+        except ConnectionClosed:  # the stream broke (trio-websocket aborted it already)
+            if isinstance(event, RejectConnection):
+                # The reader task sends wsproto's 400 answer to a malformed HTTP message
+                # outside its ConnectionClosed handling, then closes the stream: a
+                # client gone meanwhile (a malformed request, then an RST), a client
+                # that cannot answer one (we are the client), or a request answered
+                # already leave nothing to say. Callers of request.reject() see the
+                # connection closed at their next send.
+                return
+            raise
 
     async def _abort_web_socket(self) -> None:
         try:
