@@ -36,16 +36,8 @@ from .wsio import FastServerWS, GatedWebSocket
 __all__ = ["ERROR_LOG_INTERVAL", "serve_gated_websocket"]
 
 
-async def _cancel_when_closed(connection: GatedWebSocket, reading: trio.Event,
-                              scope: trio.CancelScope) -> None:
-    async with trio.open_nursery() as either:
-        for event in (connection._close_handshake, reading):  # the reader found the stream
-            either.start_soon(_cancel_on, event, either.cancel_scope)  # broken, or it ended
-    scope.cancel()
-
-
-async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
+async def _cancel_when_read(reading: trio.Event, scope: trio.CancelScope) -> None:
+    await reading.wait()  # the reader found the stream broken, or refused the request
     scope.cancel()
 
 
@@ -131,8 +123,7 @@ class _GatedServer(WebSocketServer):
                     # on a TLS port: the TLS handshake failed), or a request the reader
                     # refused (HTTP 400), is closed at once, so the client learns of it
                     # now and its place is free, not after the connect timeout.
-                    opening.start_soon(_cancel_when_closed, connection, reading,
-                                       opening.cancel_scope)
+                    opening.start_soon(_cancel_when_read, reading, opening.cancel_scope)
                     request = await connection._get_request()
                     opening.cancel_scope.cancel()
             if ticket is not None:
