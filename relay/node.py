@@ -37,7 +37,7 @@ from relay.config import NodeConfig
 from relay.config.ring import Ring
 from relay.net.admission import Admission
 from relay.net.tls import certificate_binding, server_tls_context
-from relay.net.wsio import serve_gated_websocket
+from relay.net.wsserver import serve_gated_websocket
 from relay.protocol import Limits
 from relay.protocol.cluster import is_loopback, verify_cluster
 from relay.services.claim_limits import ClaimLimits
@@ -299,7 +299,7 @@ async def serve_node(
                 tls,
                 message_queue_size=4, max_message_size=node.limits.max_peer_frame + FRAME_SLACK,
                 receive_buffer_size=RECEIVE_BUFFER, connect_timeout=10, disconnect_timeout=5,
-                opening=node.opening,
+                opening=node.opening, log=node.log,
             ))
             if config.admin_port:
                 await nursery.start(serve_admin, node, config.admin_host, config.admin_port)

@@ -12,9 +12,14 @@ Routes (``GET`` or ``HEAD``; anything else is 404 or 405):
 ``/ready``
     200 ``{"ready": true}`` once the node listens and until it starts stopping; else 503.
 
-One request per connection (``Connection: close``), at most :data:`MAX_CLIENTS` at
-once (more wait in the kernel's backlog), each bounded by :data:`REQUEST_TIMEOUT`
-seconds. Bind it to loopback or a private network: it has no authentication.
+One request per connection (``Connection: close``), each bounded by
+:data:`REQUEST_TIMEOUT` seconds. At most :data:`MAX_CLIENTS` connections are open at
+once: a new one past that closes the oldest that has not sent its whole request yet
+(a probe sends it at once, an idle or slow client does not), or, if every one is
+being answered, is closed at once. So idle connections can neither hold the health
+checks off (16 of them used to stall ``/ready`` for 10 s each round) nor use up the
+node's file descriptors (every accepted one used to wait, without a timeout, for a
+free slot). Bind it to loopback or a private network: it has no authentication.
 """
 
 from __future__ import annotations
@@ -48,25 +53,65 @@ async def serve_admin(
         OSError: the address cannot be bound.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
-    limiter = trio.CapacityLimiter(MAX_CLIENTS)
+    clients = _Clients(MAX_CLIENTS)
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_listeners, partial(_serve_one, node, limiter),
+        await nursery.start(partial(trio.serve_listeners, partial(_serve_one, node, clients),
                                     listeners))
         task_status.started(listeners[0].socket.getsockname()[1])
 
 
-async def _serve_one(node: Node, limiter: trio.CapacityLimiter, stream: trio.SocketStream) -> None:
-    async with limiter, stream:
-        with trio.move_on_after(REQUEST_TIMEOUT):
+class _Client:
+    """One open admin connection: its deadline scope, and whether its request is in."""
+
+    __slots__ = ("answering", "scope")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.answering = False
+
+
+class _Clients:
+    """The open admin connections, oldest first, at most ``cap`` of them."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.open: list[_Client] = []
+
+    def admit(self, client: _Client) -> bool:
+        """Count ``client`` in; at the cap, first close the oldest one still reading
+        its request. ``False`` (not counted): every open one is being answered."""
+        if len(self.open) >= self.cap:
+            reading = next((c for c in self.open if not c.answering), None)
+            if reading is None:
+                return False
+            self.open.remove(reading)
+            reading.scope.cancel()
+        self.open.append(client)
+        return True
+
+    def discard(self, client: _Client) -> None:
+        """``client`` is done (no-op if it was closed for a newer one)."""
+        if client in self.open:
+            self.open.remove(client)
+
+
+async def _serve_one(node: Node, clients: _Clients, stream: trio.SocketStream) -> None:
+    async with stream:
+        with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+            client = _Client(scope)
+            if not clients.admit(client):
+                return  # every slot is answering a request: close this one at once
             try:
-                await _exchange(node, stream)
+                await _exchange(node, stream, client)
             except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # a broken or malformed client: nothing to answer
             except Exception:  # noqa: BLE001 - the per-connection boundary: log, the node goes on
                 node.log.exception("admin request failed")
+            finally:
+                clients.discard(client)
 
 
-async def _exchange(node: Node, stream: trio.SocketStream) -> None:
+async def _exchange(node: Node, stream: trio.SocketStream, client: _Client) -> None:
     conn = h11.Connection(h11.SERVER)
     request: h11.Request | None = None
     while True:
@@ -77,6 +122,7 @@ async def _exchange(node: Node, stream: trio.SocketStream) -> None:
         if isinstance(event, h11.Request):
             request = event
         elif isinstance(event, h11.EndOfMessage) and request is not None:
+            client.answering = True
             break
         elif isinstance(event, h11.ConnectionClosed):
             return

@@ -32,13 +32,13 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from relay.protocol.cluster import is_loopback, server_end_point
 
 from ._groups import single_leaf
 from .errors import ConnectFailed
+from .wsclose import wrap_client_stream
 
 __all__ = ["CLOSE_TIMEOUT", "OwnedWebSocket", "check_plain_allowed", "client_tls_context",
            "closed_text", "failed_text", "is_loopback", "open_websocket", "split_url"]
@@ -177,7 +177,8 @@ async def _open_stream(scheme: str, host: str, port: int,
 
 class _EofWatch(trio.abc.Stream):
     """The stream under a client WebSocket, noting when the other end closed or reset it
-    (``eof``, on a read or a write): trio-websocket waits for the answer to its opening handshake until its
+    (``eof``, on a read or a write) or trio-websocket closed it (a malformed upgrade
+    answer): trio-websocket waits for the answer to its opening handshake until its
     timeout even when the connection was closed first (a proxy or load balancer whose
     node is down accepts and closes), so :func:`open_websocket` races the two."""
 
@@ -206,6 +207,7 @@ class _EofWatch(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
+        self.eof.set()  # trio-websocket closed it (e.g. a malformed upgrade answer)
         await self.inner.aclose()
 
 

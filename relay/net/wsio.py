@@ -24,34 +24,27 @@
   back); on a plain TCP stream whose send buffer has room the write is a single
   non-blocking ``send`` under the stream lock, without a Trio checkpoint.
 
-Both reach into trio-websocket's internals (``_handle_close_connection_event``,
-``_wsproto``, ``_stream``, ``_stream_lock``, ``_recv_channel``, as of
-trio-websocket 0.12) and mirror its own ``_send``;
-:func:`serve_gated_websocket` is ``serve_websocket`` building this class.
-
-* **Caps before the upgrade request.** A TCP (or TLS) connection that has not sent
-  its WebSocket upgrade request yet holds a socket for up to ``connect_timeout``
-  seconds, before :class:`relay.net.admission.Admission` counts it. With an
-  ``opening`` admission, such connections are counted per address and in all from
-  the moment they are accepted: over a cap the oldest one past the grace period
-  is closed, or else the new one is closed at once, so idle sockets from one
-  address cannot use up the node's file descriptors (slowloris).
+:class:`GatedWebSocket` is a :class:`relay.net.wsclose.SafeWebSocket` (no Pong or
+1009 Close that wsproto would refuse after our Close). Both reach into
+trio-websocket's internals (``_handle_close_connection_event``, ``_wsproto``,
+``_stream``, ``_stream_lock``, ``_recv_channel``, as of trio-websocket 0.12) and
+mirror its own ``_send``;
+:func:`relay.net.wsserver.serve_gated_websocket` serves connections of this class.
 """
 
 from __future__ import annotations
 
 import socket
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
 
-from .admission import Admission, Refused, Ticket
+from .wsclose import SafeWebSocket
 
 CLOSE_GATE_TIMEOUT = 5.0
 """Seconds a remote Close waits for the answers to the requests read before it."""
@@ -148,8 +141,8 @@ def frame_binary(messages: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-class GatedWebSocket(WebSocketConnection):
-    """A server-side :class:`~trio_websocket.WebSocketConnection` whose reply to a
+class GatedWebSocket(SafeWebSocket):
+    """A server-side :class:`~relay.net.wsclose.SafeWebSocket` whose reply to a
     remote Close waits for :attr:`close_gate` (see the module docstring).
 
     Attributes:
@@ -250,94 +243,5 @@ class GatedWebSocket(WebSocketConnection):
         return stream.socket._sock  # type: ignore[attr-defined]
 
 
-async def _cancel_when_closed(connection: GatedWebSocket, scope: trio.CancelScope) -> None:
-    await connection._close_handshake.wait()  # set when the reader found the stream broken
-    scope.cancel()
-
-
-def _peer_host(stream: trio.abc.Stream) -> str:
-    """The remote address of an accepted (TCP or TLS-over-TCP) stream, else ``"?"``."""
-    inner = getattr(stream, "transport_stream", stream)
-    try:
-        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
-    except (AttributeError, OSError, IndexError, TypeError):
-        return "?"
-
-
-class _GatedServer(WebSocketServer):
-    opening: Admission | None = None
-
-    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
-        if self.opening is None:
-            await self._handle_opened(stream, None)
-            return
-        try:
-            ticket = self.opening.admit(_peer_host(stream))
-        except Refused:  # over a cap before the upgrade request: close at once
-            await trio.aclose_forcefully(stream)
-            return
-        with ticket:
-            await self._handle_opened(stream, ticket)
-
-    async def _handle_opened(self, stream: trio.abc.Stream, ticket: Ticket | None) -> None:
-        # trio-websocket 0.12's WebSocketServer._handle_connection, building a GatedWebSocket.
-        async with trio.open_nursery() as nursery:
-            connection = GatedWebSocket(
-                stream, FastServerWS(),
-                message_queue_size=self._message_queue_size,
-                max_message_size=self._max_message_size,
-                receive_buffer_size=self._receive_buffer_size)
-            nursery.start_soon(connection._reader_task)
-            request = None
-            with trio.move_on_after(self._connect_timeout) as waiting:
-                if ticket is not None:
-                    ticket.on_evict = waiting.cancel
-                async with trio.open_nursery() as opening:
-                    # A stream that broke before the request (e.g. a plain ws:// client
-                    # on a TLS port: the TLS handshake failed) is closed at once, so the
-                    # client learns of it now, not after the connect timeout.
-                    opening.start_soon(_cancel_when_closed, connection, opening.cancel_scope)
-                    request = await connection._get_request()
-                    opening.cancel_scope.cancel()
-            if ticket is not None:
-                ticket.release()  # from here the node's admission counts it
-            if request is None:
-                nursery.cancel_scope.cancel()
-                await stream.aclose()
-                return
-            try:
-                await self._handler(request)
-            finally:
-                with trio.move_on_after(self._disconnect_timeout):
-                    await connection.aclose()
-
-
-async def serve_gated_websocket(
-    handler: Callable[[WebSocketRequest], Awaitable[None]], host: str | None, port: int,
-    ssl_context: ssl.SSLContext | None, *, message_queue_size: int, max_message_size: int,
-    receive_buffer_size: int, connect_timeout: float, disconnect_timeout: float,
-    opening: Admission | None = None,
-    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """``trio_websocket.serve_websocket`` whose connections are :class:`GatedWebSocket`;
-    runs until cancelled and supports ``nursery.start`` (started with the server).
-
-    Args:
-        opening: counts and caps connections from their accept until their upgrade
-            request came (or ``connect_timeout`` seconds passed): see the module
-            docstring; ``None``: not counted."""
-    if ssl_context is None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    else:
-        listeners = await trio.open_ssl_over_tcp_listeners(
-            port, ssl_context, host=host, https_compatible=True)
-    server = _GatedServer(
-        handler, listeners, message_queue_size=message_queue_size,
-        max_message_size=max_message_size, receive_buffer_size=receive_buffer_size,
-        connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout)
-    server.opening = opening
-    await server.run(task_status=task_status)
-
-
 __all__ = ["CLOSE_GATE_TIMEOUT", "CloseGate", "FastServerWS", "GatedWebSocket", "frame_binary",
-           "serve_gated_websocket", "take_binary_frames", "unmask"]
+           "take_binary_frames", "unmask"]

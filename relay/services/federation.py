@@ -206,6 +206,11 @@ class PeerLink:
                 else:
                     self._log.debug("peer link to %s: attempt failed: %s", self.peer.id, exc)
                 retry_now = self._next_address()
+            except Exception:  # noqa: BLE001 - the per-link boundary: log, back off, retry
+                # Anything else from one link (a trio-websocket quirk that whatever
+                # listens at the peer's address can trigger) must not stop the node.
+                self._log.exception("peer link to %s (%s): unexpected error", self.peer.id,
+                                    self.url)
             finally:
                 self._go_down()
             if self._leaving:
