@@ -191,12 +191,15 @@ class ServerConnection:
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "'hello' was already received")
         if self.state is ConnState.AWAIT_AUTH:
             allowed = _CLIENT_PRE_AUTH if self.role == "client" else _PEER_PRE_AUTH
-            if self.nonce is None:
-                raise LocalProtocolError("challenge() must answer hello before more frames")
             if cls not in allowed:
                 raise RemoteProtocolError(
                     ErrorCode.UNAUTHORIZED, f"{frame.TYPE!r} needs an authenticated {self.role}"
                 )
+            if self.nonce is None and cls in (Auth, PeerAuth):
+                # read before the node answered hello (frames are read ahead of the
+                # handlers): an auth cannot sign a challenge it has not seen yet
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_REQUEST, f"{frame.TYPE!r} before the challenge was sent")
             return
         allowed = _CLIENT_REQUESTS if self.state is ConnState.CLIENT else _PEER_REQUESTS
         if cls in (Auth, PeerAuth):

@@ -171,3 +171,24 @@ def test_any_input_sequence_raises_only_remote_protocol_error(messages) -> None:
             continue
         if isinstance(frame, Hello):
             conn.challenge(NONCE, "n1", "rv")
+
+
+def test_frames_read_before_the_challenge_are_the_remotes_not_ours() -> None:
+    """A node reads frames ahead of its handlers, so a client's keepalive ping (or
+    anything pipelined after ``hello``) can be read before the node answered the hello.
+    That used to raise LocalProtocolError (a node bug: "unexpected error", logged with a
+    traceback, close 1011); it is the remote's frame: admitted if allowed before auth,
+    and an ``auth`` that cannot have seen the nonce yet is refused."""
+    for role, early in (("client", Ping(id=2)), ("peer", Ping(id=2))):
+        conn = ServerConnection()
+        conn.receive_data(_hello(role))
+        assert conn.receive_data(write_frame(early)) == early
+        err = _error(conn, write_frame(
+            Auth(id=3, user_id=UID, device_id=0, signature=b"s") if role == "client"
+            else PeerAuth(id=3, node_id="n2", signature=b"s", nonce=NONCE)))
+        assert err.code is ErrorCode.BAD_REQUEST and err.close_code is None, err
+        conn.challenge(NONCE, "n1", "rv")
+        frame = conn.receive_data(write_frame(
+            Auth(id=4, user_id=UID, device_id=0, signature=b"s") if role == "client"
+            else PeerAuth(id=4, node_id="n2", signature=b"s", nonce=NONCE)))
+        assert frame.id == 4
