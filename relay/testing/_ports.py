@@ -10,15 +10,29 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 
 
-def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
-    """``n`` distinct TCP ports of ``host`` the kernel just handed out.
+def free_ports(n: int, host: str = LOOPBACK, *, rng: random.Random | None = None) -> list[int]:
+    """``n`` distinct TCP ports of ``host`` that are free right now.
 
-    All ``n`` sockets are bound at once (so the ports differ), then released:
-    another process may take one before the caller binds it.
+    Taken between 20000 and the kernel's ephemeral range where it can (as
+    :func:`free_base_port`): a port the kernel hands out for outgoing connections
+    can be taken by one (a peer link, a wa-cli) while its node is down and about
+    to be restarted, and the restart then fails with EADDRINUSE. Falls back to
+    ports the kernel hands out. Another process may still take one before the
+    caller binds it.
 
     Raises:
         OSError: a socket could not be bound.
     """
+    rng = rng or random.Random()
+    upper = min(_ephemeral_low(), 65536)
+    if upper - 20000 > 4 * n:
+        chosen: list[int] = []
+        for _ in range(200 * n):
+            port = rng.randrange(20000, upper)
+            if port not in chosen and port_is_free(port, host):
+                chosen.append(port)
+                if len(chosen) == n:
+                    return chosen
     socks: list[socket.socket] = []
     try:
         for _ in range(n):
