@@ -74,11 +74,19 @@ def read_at(path: Path, offset: int, length: int) -> bytes:
 
 
 def unlink(path: Path) -> None:
-    """Remove ``path``; a file that is already gone is fine."""
+    """Remove ``path``; a file that is already gone is fine.
+
+    Raises:
+        StorageError: any other failure (EIO, EROFS, ...), via :func:`file_error`, so
+            that a caller's storage-error handling covers it (the expiry sweep logs
+            and retries it; a file left behind is an orphan, removed at the next open).
+    """
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise file_error(exc) from exc
 
 
 def file_error(exc: OSError) -> StorageError:

@@ -315,3 +315,27 @@ async def test_an_ack_too_big_for_one_transaction_runs_in_pieces(tmp_path: Path)
             assert await st.queue_length(ALICE, 0) == 0
             assert await st.expire(T0 + n + 1) == 0  # the dedupe ids, also in pieces if need be
             assert await st.enqueue([(ALICE, 0, b"again")], now=T0) == [stored + 1]
+
+
+async def test_media_expiry_that_cannot_unlink_a_file_is_a_storage_error(tmp_path: Path) -> None:
+    """A blob file that cannot be removed (here: a directory stands where the file was,
+    so unlink fails with EISDIR, as it would with EIO or EROFS) used to raise a bare
+    OSError out of ``media_expire``, past the node's expiry loop, which stops the node.
+    It is a ``StorageError`` now: the loop logs it and tries again later."""
+    import hashlib
+
+    from storage import StorageError
+    from storage._media_files import MediaFiles
+
+    async with LmdbStorage.open(tmp_path / "db", map_size=1 << 22) as store:
+        data = b"blob" * 100
+        media_id = hashlib.sha256(data).digest()
+        await store.media_append(media_id, len(data), 0, data, owner=ALICE, now=1000.0)
+        path = MediaFiles(tmp_path / "db" / "media").path(media_id)
+        assert path.exists(), path
+        path.unlink()
+        path.mkdir()
+        (path / "in-the-way").write_bytes(b"x")
+        with pytest.raises(StorageError):
+            await store.media_expire(10_000.0)
+        assert await store.media_status(media_id) is None  # the record went; the file waits
