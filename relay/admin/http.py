@@ -52,7 +52,11 @@ async def serve_admin(
     Raises:
         OSError: the address cannot be bound.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # name the address: "Address already in use" alone does not
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} (admin): "
+                                 f"{exc.strerror or exc}") from exc
     clients = _Clients(MAX_CLIENTS)
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(trio.serve_listeners, partial(_serve_one, node, clients),

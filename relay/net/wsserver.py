@@ -164,11 +164,15 @@ async def serve_gated_websocket(
             is dropped, the server goes on); default: this module's logger.
         error_log_interval: seconds between two such log lines (the errors between
             are counted in the next line)."""
-    if ssl_context is None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    else:
-        listeners = await trio.open_ssl_over_tcp_listeners(
-            port, ssl_context, host=host, https_compatible=True)
+    try:
+        if ssl_context is None:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        else:
+            listeners = await trio.open_ssl_over_tcp_listeners(
+                port, ssl_context, host=host, https_compatible=True)
+    except OSError as exc:  # name the address: "Address already in use" alone does not
+        raise OSError(exc.errno, f"cannot listen on {host or '*'}:{port}: "
+                                 f"{exc.strerror or exc}") from exc
     server = _GatedServer(
         handler, listeners, message_queue_size=message_queue_size,
         max_message_size=max_message_size, receive_buffer_size=receive_buffer_size,
