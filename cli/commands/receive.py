@@ -191,7 +191,10 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
 
     With --follow it keeps printing new messages until interrupted; Ctrl-C then
     stops it quietly with exit code 0. If the home node goes away it reconnects
-    (after 0.5 s, doubling up to 30 s), with one note on stderr per outage.
+    (after 0.5 s, doubling up to 30 s), with one note on stderr per outage; so it
+    does when a message cannot be opened yet (its sender's home node, needed for a
+    new contact's keys, is unreachable): that message and those behind it wait at
+    the home node until it can (without --follow, recv exits 1 saying so).
 
     While 'wa-cli daemon' serves this --home, recv goes through it (several
     at once, beside 'send'). Without a daemon, recv --follow holds the device:
