@@ -86,6 +86,7 @@ from relay.node import serve_node
 from relay.protocol.cluster import cluster_key_text
 from relay.serving import gc_policy
 from storage import StorageError
+from storage.lmdb import lock_holder
 
 
 class ConfigProblem(click.ClickException):
@@ -288,6 +289,26 @@ def init_cluster_cmd(nodes: int, base_port: int, data: Path, host: str, reconfig
         click.echo(str(path))
 
 
+def _refuse_if_running(root: Path) -> None:
+    """Exit 1 if a node of the local cluster under ``root`` is running (its LMDB store
+    is locked by another process): ``--reshape`` or ``--reconfigure`` would install
+    new files under it, and its nodes could not start anyway.
+
+    Raises:
+        RunFailure: a store is held (the message names it and its pid).
+    """
+    for lock in sorted([*root.glob("*/wa-relay.lock"), *root.glob("*/*/wa-relay.lock")]):
+        try:
+            pid = lock_holder(lock.parent)
+        except OSError:
+            continue  # unreadable: the node's own open reports it
+        if pid is not None:
+            raise RunFailure(
+                f"the local cluster under {root} is running ({lock.parent} is held by pid "
+                f"{pid}): stop it first (Ctrl-C or SIGTERM), then run this again; nothing "
+                "was changed")
+
+
 @main.command()
 @_with_cluster_options
 @_reshape_option
@@ -298,6 +319,7 @@ def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool
     With --reshape on a data dir of another size, print what moves once done."""
     root = data.resolve()
     unfinished = previous_cluster_path(root / "cluster.toml").exists()
+    _refuse_if_running(root)  # before anything is written (a reshape installs files)
     try:
         if (reshape or unfinished) and (root / "cluster.toml").exists():
             change = prepare_local_reshape(root, nodes, base_port, host, admin_base_port,

@@ -48,3 +48,27 @@ def exclusive_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def lock_holder(directory: str | os.PathLike[str]) -> str | None:
+    """The pid (as written by the holder) of the process holding the store in
+    ``directory``, or ``None`` if nobody holds it (or there is no store). Nothing is
+    created; the lock is not kept.
+
+    Raises:
+        OSError: the lock file exists but cannot be opened.
+    """
+    path = os.path.join(os.fspath(directory), LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

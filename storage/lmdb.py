@@ -41,7 +41,7 @@ from ._lmdb_commit import PendingOp
 from ._lmdb_env import DEFAULT_MAP_SIZE, open_env, parse_size, path_from_url
 from ._lmdb_extras import LmdbExtrasMixin
 from ._lmdb_handoff import LmdbHandoffMixin
-from ._lmdb_lock import exclusive_lock
+from ._lmdb_lock import exclusive_lock, lock_holder
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
 from ._quota import check_charges
@@ -50,7 +50,7 @@ from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import StorageError, StorageUnavailable
 
 T = TypeVar("T")
-__all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "parse_size", "path_from_url"]
+__all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "lock_holder", "parse_size", "path_from_url"]
 
 
 class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):

@@ -179,3 +179,23 @@ async def test_a_running_node_refuses_a_reshape_file_its_clients_would_not_follo
             while not got:  # noqa: ASYNC110 - polling under fail_after
                 await trio.sleep(0.01)
     assert [n.id for n in got[0].cluster] == ["n1", "n2", "n3"]
+
+
+async def test_cluster_reshape_of_a_running_cluster_changes_nothing(tmp_path) -> None:
+    """``wa-relay cluster --reshape`` next to the same cluster still running used to
+    install the new cluster file (and ``.prev``) before its nodes failed on the held
+    LMDB stores, leaving the running nodes on an "OTHER RING" (README walkthrough,
+    session 6). It now refuses before writing anything, naming the holder."""
+    from storage.lmdb import LmdbStorage
+
+    root = tmp_path / "c"
+    init_cluster(root, 3, 7720, admin_base_port=0)
+    before = (root / "cluster.toml").read_text()
+    async with LmdbStorage.open(root / "n1" / "data"):  # n1 is running
+        result = CliRunner().invoke(main, [
+            "cluster", "--nodes", "5", "--base-port", "7720", "--data", str(root),
+            "--reshape"])
+    assert result.exit_code == 1, result.output
+    assert "is running" in result.output and "nothing was changed" in result.output
+    assert (root / "cluster.toml").read_text() == before
+    assert not (root / "cluster.toml.prev").exists()
