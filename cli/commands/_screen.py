@@ -66,7 +66,7 @@ class Screen:
         self._showing = trio.Lock()
         self._out = LineSink(sys.stdout)
         self._err = LineSink(sys.stderr, watch=False)  # notes: a parent may read them late
-        self.messages = 0  # messages shown
+        self.shown = 0  # lines shown for kept events (messages, requests, notes, ...)
         self._changed: trio.Event | None = None
         self._folded = 0  # inbox marks already folded
 
@@ -141,7 +141,7 @@ class Screen:
             inbox.withdraw(p.n)
             raise
         inbox.shown(p.n)
-        self.messages += isinstance(p.event, Message)
+        self.shown += 1
         self._notify()
 
     async def show_ready(self) -> None:

@@ -228,6 +228,6 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
         if interrupted:
             click.echo("\ninterrupted", err=True)
             raise click.exceptions.Exit(130)
-        if not follow and not screen.messages and not app.out.json_mode:
+        if not follow and not screen.shown and not app.out.json_mode:
             app.out.note("no new messages")
     files.check()
