@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import h11
@@ -135,7 +136,8 @@ async def _exchange(node: Node, stream: trio.SocketStream, client: _Client) -> N
     status, ctype, body = await route(node, method, path)
     headers = [("Content-Type", ctype), ("Content-Length", str(len(body))),
                ("Connection", "close"), ("Cache-Control", "no-store")]
-    out = conn.send(h11.Response(status_code=status, headers=headers))
+    out = conn.send(h11.Response(status_code=status, headers=headers,
+                                 reason=HTTPStatus(status).phrase.encode()))
     if method != "HEAD":
         out += conn.send(h11.Data(data=body))
     out += conn.send(h11.EndOfMessage())
