@@ -212,3 +212,17 @@ class Running:
             await self.proc.wait()
             if getattr(self.proc, "stdin", None) is not None:
                 await self.proc.stdin.aclose()
+
+
+async def bob_and_a_stranger_elsewhere(tmp_path, cluster) -> tuple[dict[str, dict], str, str]:
+    """``wa-cli init`` bob and a few others (homes under ``tmp_path / NAME``) on a
+    cluster of two or more nodes; returns ``(users by name, the name of one whose home
+    node is not bob's, that home's node id)``."""
+    users: dict[str, dict] = {}
+    for name in ("bob", "alice", "carol", "dave", "erin", "fred"):
+        (users[name],) = lines(await wa(tmp_path / name, "--json", "init",
+                                        "--trust-on-first-use", "--name", name,
+                                        "--relay", cluster.urls["n1"]))
+    homes = {name: cluster.home_of(u["user_id"]) for name, u in users.items()}
+    sender = next(n for n in users if homes[n] != homes["bob"])
+    return users, sender, homes[sender]

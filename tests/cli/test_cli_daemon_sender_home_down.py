@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 import trio
-from cli_procs import Running, lines, wa
+from cli_procs import Running, bob_and_a_stranger_elsewhere, wa
 
 from relay.testing import open_local_cluster
 
@@ -27,15 +27,10 @@ async def test_daemon_backs_off_while_a_message_cannot_be_opened(tmp_path, caplo
     try:
         with trio.fail_after(DEADLINE):
             async with open_local_cluster(2) as cluster:
-                users: dict[str, dict] = {}
-                for name in ("bob", "alice", "carol", "dave", "erin", "fred"):
-                    (users[name],) = lines(await wa(
-                        tmp_path / name, "--json", "init", "--trust-on-first-use",
-                        "--name", name, "--relay", cluster.urls["n1"]))
-                homes = {name: cluster.home_of(u["user_id"]) for name, u in users.items()}
-                sender = next(n for n in users if homes[n] != homes["bob"])
+                users, sender, sender_home = await bob_and_a_stranger_elsewhere(
+                    tmp_path, cluster)
                 await wa(tmp_path / sender, "send", users["bob"]["user_id"], "hello")
-                cluster.stop(homes[sender])
+                cluster.stop(sender_home)
                 bob_device = f"device {users['bob']['user_id'][:8]}/"
 
                 def bob_connections() -> int:
@@ -51,7 +46,7 @@ async def test_daemon_backs_off_while_a_message_cannot_be_opened(tmp_path, caplo
                 made = bob_connections() - start
                 assert made <= MOST, f"{made} connections in {WINDOW} s"
 
-                await cluster.start(homes[sender])
+                await cluster.start(sender_home)
                 follow = await Running.start(tmp_path / "bob", "--json", "recv", "--follow")
                 shown = await follow.json()  # handed over by the daemon
                 assert (shown["type"], shown["from"]) == ("request", users[sender]["user_id"])

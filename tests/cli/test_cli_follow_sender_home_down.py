@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 
 import trio
-from cli_procs import Running, lines, wa
+from cli_procs import Running, bob_and_a_stranger_elsewhere, wa
 
 from relay.testing import open_local_cluster
 
@@ -23,22 +23,17 @@ async def test_follow_waits_for_the_senders_home_and_then_shows_the_message(tmp_
     try:
         with trio.fail_after(DEADLINE):
             async with open_local_cluster(2) as cluster:
-                users: dict[str, dict] = {}
-                for name in ("bob", "alice", "carol", "dave", "erin", "fred"):
-                    (users[name],) = lines(await wa(
-                        tmp_path / name, "--json", "init", "--trust-on-first-use",
-                        "--name", name, "--relay", cluster.urls["n1"]))
-                homes = {name: cluster.home_of(u["user_id"]) for name, u in users.items()}
-                sender = next(n for n in users if homes[n] != homes["bob"])
+                users, sender, sender_home = await bob_and_a_stranger_elsewhere(
+                    tmp_path, cluster)
                 await wa(tmp_path / sender, "send", users["bob"]["user_id"], "hello")
-                cluster.stop(homes[sender])
+                cluster.stop(sender_home)
 
                 follow = await Running.start(tmp_path / "bob", "--json", "recv", "--follow")
                 note = await follow.err_line()
                 assert "cannot be opened yet" in note and "unavailable" in note, note
                 assert follow.proc.returncode is None  # still following
 
-                await cluster.start(homes[sender])
+                await cluster.start(sender_home)
                 shown = await follow.json()  # not a contact yet: a message request
                 assert (shown["type"], shown["from"], shown["declared_name"]) == (
                     "request", users[sender]["user_id"], sender), shown
