@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -161,8 +162,20 @@ async def run_suite(cfg: Config) -> Report:
     in_history: dict[str, list[str]] = {}
     started = time.monotonic()
     finished = False
+
+    async def stop_on_sigterm(scope: trio.CancelScope) -> None:
+        """SIGTERM ends the run like a failed node: nodes and fork server stopped, the
+        report of the rounds so far printed, no node process left behind."""
+        nonlocal aborted
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                aborted = "stopped by SIGTERM"
+                scope.cancel()
+                return
+
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
             await nodes.init()
             if cfg.launch == "fork":
                 world.launcher = Zygote()
