@@ -192,8 +192,12 @@ class PeerLink:
                     await link.wait_closed()
                 if trio.current_time() - up_at >= STABLE_LINK:
                     delays = PEER_BACKOFF.delays()
-                self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id,
-                                  link.close_reason)
+                if self._leaving:  # our own going-away close: nothing to report
+                    self._log.info("peer link to %s closed: this node is stopping",
+                                   self.peer.id)
+                else:
+                    self._log.warning("peer link to %s down: %s; reconnecting", self.peer.id,
+                                      link.close_reason)
                 down_since, warned = trio.current_time(), False
                 retry_now = self._next_address()
             except (net.HandshakeFailed, net.Refused) as exc:
