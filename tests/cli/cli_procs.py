@@ -215,14 +215,19 @@ class Running:
 
 
 async def bob_and_a_stranger_elsewhere(tmp_path, cluster) -> tuple[dict[str, dict], str, str]:
-    """``wa-cli init`` bob and a few others (homes under ``tmp_path / NAME``) on a
-    cluster of two or more nodes; returns ``(users by name, the name of one whose home
-    node is not bob's, that home's node id)``."""
+    """``wa-cli init`` bob, then others (homes under ``tmp_path / NAME``) until one has
+    a home node other than bob's (user ids are random: any number of them may hash
+    to bob's node, so this draws until one does not, at most 40 tries); returns
+    ``(users by name, the name of that one, its home node id)``."""
     users: dict[str, dict] = {}
-    for name in ("bob", "alice", "carol", "dave", "erin", "fred"):
+    for i in range(41):
+        name = "bob" if i == 0 else f"user{i}"
         (users[name],) = lines(await wa(tmp_path / name, "--json", "init",
                                         "--trust-on-first-use", "--name", name,
                                         "--relay", cluster.urls["n1"]))
-    homes = {name: cluster.home_of(u["user_id"]) for name, u in users.items()}
-    sender = next(n for n in users if homes[n] != homes["bob"])
-    return users, sender, homes[sender]
+        home = cluster.home_of(users[name]["user_id"])
+        if i == 0:
+            bob_home = home
+        elif home != bob_home:
+            return users, name, home
+    raise AssertionError("40 accounts all hashed to bob's home node")
