@@ -107,14 +107,15 @@ class Client(Session):
 
     async def approve_link(
         self, code: str | linkcode.LinkCode, *, confirm: Confirm | None = None, history: bool = True,
-        history_limit: int = linkcode.HISTORY_DEFAULT,
+        history_limit: int = linkcode.HISTORY_DEFAULT, confirm_wait: float = devices.CONFIRM_WAIT,
     ) -> ApprovedDevice:
-        """Add the device behind a linking code to this account (primary only).
+        """Add the device behind a linking code to this account (primary only); returns once
+        the new device reached its home (it holds keys there).
 
         See :func:`cli.features.devices.approve_link` (arguments, order of steps, errors).
         """
         return await devices.approve_link(self, code, confirm=confirm, history=history,
-                                          history_limit=history_limit)
+                                          history_limit=history_limit, confirm_wait=confirm_wait)
 
     async def remove_device(self, device_id: int) -> DeviceList:
         """Publish the account's list without ``device_id`` (primary only); returns the new list.

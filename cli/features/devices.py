@@ -11,15 +11,25 @@ before the list is published).
 Approval order (nothing changes until the code is proven good): ``link_fetch``
 -> check BLAKE2b(device_info) against the code -> confirm -> record the new
 device in ``state.pending_withdrawals`` (saved) -> publish the list with the new
-device -> ``link_complete`` with the sealed material -> clear the record (saved).
+device -> ``link_complete`` with the sealed material -> wait for the new device
+to confirm -> clear the record (saved).
+
+The new device confirms by reaching its home: it saves the material, connects
+and uploads its keys. The primary polls ``get_devices {keys}`` until the home
+lists the device among those holding keys (at most :data:`CONFIRM_WAIT` s). An
+answer to ``link_complete`` alone proves nothing: the node holding the linking
+mailbox may die before the new device reads the material (docs/reliability.md,
+finding 17), and that device would stay in the list with no keys (a ghost).
 
 Linking is atomic from the user's view: a device whose link did not complete
 never stays in the account's list. If anything fails after the record was saved
-(the ``put_devices`` answer lost, the connection cut, ``link_complete`` refused),
-a list without the device is published over a *fresh* connection
-(:func:`finish_withdrawals`); if that fails too, or the process was killed, the
-record stays in the state and the next connection of this primary
-(:func:`cli.client.open_client`) finishes the withdrawal. Errors name the device.
+(the ``put_devices`` answer lost, the connection cut, ``link_complete`` refused,
+no confirmation in time), a list without the device is published over a *fresh*
+connection (:func:`finish_withdrawals`); if that fails too, or the process was
+killed, the record stays in the state and the next connection of this primary
+(:func:`cli.client.open_client`) finishes the withdrawal. A recorded device that
+has confirmed by then (it holds keys at the home) is kept, not withdrawn. Errors
+name the device.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
 from cli.session import crypto, listfresh
 from cli.session.state import DeviceListRejected, State
 from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
-from relay.protocol.frames import LinkComplete, LinkFetch, LinkInfo, PutDevices
+from relay.net.backoff import Backoff
+from relay.protocol.frames import GetDevices, LinkComplete, LinkFetch, LinkInfo, PutDevices
 from relay.protocol.identity import Device, decode_signed_list
 
 if TYPE_CHECKING:
@@ -53,6 +64,8 @@ NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing
 MISMATCH_MESSAGE = "code does not match the device; nothing changed"
 REPLY_POLL = 0.2  # seconds between reads of a word-code mailbox while its device answers
 REPLY_WAIT = 30.0  # seconds the new device gets to answer our PAKE message
+CONFIRM_WAIT = 30.0  # seconds the new device gets to reach its home after link_complete
+CONFIRM_POLL = Backoff(first=0.05, cap=1.0)  # get_devices {keys} while waiting for it
 
 
 def init_account(state: State, *, device_name: str = "primary") -> None:
@@ -147,13 +160,20 @@ async def publish_own_list(client: Session, devices: list[crypto.DeviceEntry],
 async def approve_link(
     client: Session, code: str | LinkCode, *, confirm: Confirm | None = None,
     history: bool = True, history_limit: int = linkcode.HISTORY_DEFAULT,
+    confirm_wait: float = CONFIRM_WAIT,
 ) -> ApprovedDevice:
     """Approve the device behind a linking code (see the module docstring for the order).
+
+    Returns only once the new device confirmed (it holds keys at the home), so the
+    new device's side (:meth:`cli.features.linking.PendingLink.wait`, saving, the
+    first connection) must run concurrently (:func:`cli.features.linking.link_device`).
 
     Args:
         client: the primary's connected client.
         code: as printed by ``wa-cli link`` (or parsed).
         confirm: awaited with the :class:`DeviceOffer`; ``False`` stops with nothing changed.
+        confirm_wait: seconds the new device gets to reach its home after the
+            material was handed over; then it is withdrawn.
         history: send the last ``history_limit`` messages (the oldest are left out
             when they do not fit one frame; the result says how many went).
 
@@ -164,7 +184,8 @@ async def approve_link(
         LinkCodeError: the code is malformed (a usage error).
         NotPrimary: this device has no account key.
         LinkFailed: wrong, used or expired code; hash mismatch; declined; or the
-            completion failed (the device is withdrawn again).
+            completion failed or was not confirmed in time (the device is withdrawn
+            again).
         RelayError, ConnectionLost: other refusals / network failures.
     """
     _require_primary(client, "approve new devices")
@@ -193,8 +214,9 @@ async def approve_link(
     entries = _entries(own.devices)
     entries.append(crypto.DeviceEntry(device_id, info.ed25519, info.curve25519, info.name,
                                       int(time.time())))
+    version, sent, history_total, groups = own.version + 1, 0, 0, 0
     try:
-        new_list = await publish_own_list(client, entries, own.version + 1)
+        version = (await publish_own_list(client, entries, version)).version
         signed = state.device_lists[state.user_id].signed
         material = linkcode.Material(
             user_id=state.user_id, device_id=device_id, device_list=signed, name=state.name,
@@ -210,18 +232,54 @@ async def approve_link(
             encoded, sent = material.fit()
         except ValueError as exc:
             raise LinkFailed(str(exc)) from exc
-        if sent < len(material.history):
+        history_total, groups = len(material.history), len(material.groups)
+        if sent < history_total:
             log.info("history sync: %d of %d recent messages fit in the linking frame",
-                     sent, len(material.history))
+                     sent, history_total)
         body = seal(encoded)
         await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
                                          mailbox_id=parsed_code.mailbox_id, body=body)
+        await _await_confirmation(client, device_id, confirm_wait)
     except ClientError as exc:
-        await _withdraw(client, device_id, info.name, exc)
+        await _withdraw(client, device_id, info.name, exc)  # returns if it confirmed after all
     state.pending_withdrawals.discard(device_id)
     await state.asave()
-    return ApprovedDevice(device_id, info.name, info.fingerprint, new_list.version,
-                          sent, len(material.history), len(material.groups))
+    return ApprovedDevice(device_id, info.name, info.fingerprint, version, sent, history_total,
+                          groups)
+
+
+async def keyed_devices(client: Session) -> tuple[DeviceList, frozenset[int]]:
+    """The account's own list as the home holds it (verified, cached) and the ids of its
+    devices that hold keys there (``get_devices {keys}``).
+
+    Raises:
+        RelayError, ConnectionLost; DeviceListRejected.
+    """
+    user_id = client.state.user_id
+    answer = await client.connection.request(GetDevices, user_id=user_id, keys=True)
+    own = client.state.remember_device_list(answer.device_list, user_id)
+    return own, frozenset(answer.keyed or ())
+
+
+async def _await_confirmation(client: Session, device_id: int, wait: float) -> None:
+    """Poll the home until ``device_id`` holds keys there (the new device saved the
+    material and reached its home), at most ``wait`` seconds.
+
+    Raises:
+        LinkFailed: no confirmation in time, or the device left the list meanwhile.
+        RelayError, ConnectionLost.
+    """
+    delays = CONFIRM_POLL.delays()
+    with trio.move_on_after(wait):
+        while True:
+            own, keyed = await keyed_devices(client)
+            if device_id in keyed:
+                return
+            if own.device(device_id) is None:
+                raise LinkFailed("it left the account's list while linking")
+            await trio.sleep(next(delays))
+    raise LinkFailed(f"the new device did not reach its home within {wait:g} s (it did not "
+                     "get the account, or could not connect)")
 
 
 async def _fetch(client: Session, node_id: str, mailbox_id: bytes) -> LinkInfo:
@@ -287,38 +345,58 @@ async def _pake_exchange(
     return info, functools.partial(wordcode.seal_box, p2n), None
 
 
-async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> NoReturn:
+async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> None:
     """Linking failed after the device was recorded in ``pending_withdrawals``: take it
     out of the account's list, over this connection if it still works, else over a
-    *fresh* one. Always raises :class:`LinkFailed`, naming the device and what became
-    of it."""
+    *fresh* one. Returns only if the device confirmed after all (it holds keys at the
+    home: the link did complete, and the device is kept).
+
+    Raises:
+        LinkFailed: always otherwise, naming the device and what became of it.
+    """
     reason = (NOT_FOUND_MESSAGE.split(";")[0] if isinstance(cause, RelayError)
               and cause.code == ErrorCode.NOT_FOUND else str(cause))
     label = f"device {device_id} ({name})"
-    withdrawn = None
+    done = None
     try:
         if not isinstance(cause, ConnectionLost):
             with contextlib.suppress(ConnectionLost):  # it died too: a fresh one below
-                withdrawn = await finish_withdrawals(client)
-        if withdrawn is None:
+                done = await finish_withdrawals(client)
+        if done is None:
             async with client.open_fresh() as fresh:
-                withdrawn = await finish_withdrawals(fresh)
+                done = await finish_withdrawals(fresh)
     except ClientError as exc:
         raise LinkFailed(f"linking {label} failed ({reason}) and it could not be withdrawn "
                          f"yet ({exc}); the next wa-cli command on this device withdraws "
-                         "it") from cause
+                         "it unless it reaches its home first") from cause
+    if device_id in done.confirmed:
+        log.info("linking %s: %s, but the device reached its home after all", label, reason)
+        return
     what = ("it was withdrawn from the account again"
-            if device_id in {i for i, _ in withdrawn} else "it was not added to the account")
+            if device_id in {i for i, _ in done.withdrawn} else "it was not added to the account")
     raise LinkFailed(f"linking {label} failed ({reason}); {what}") from cause
 
 
-async def finish_withdrawals(client: Session) -> list[tuple[int, str]]:
+@dataclass(frozen=True)
+class Withdrawals:
+    """What :func:`finish_withdrawals` did.
+
+    Attributes:
+        withdrawn: ``(device_id, name)`` of each recorded device that was in the
+            home's list and is now withdrawn.
+        confirmed: recorded devices kept because they hold keys at the home (their
+            link completed after all).
+    """
+
+    withdrawn: list[tuple[int, str]]
+    confirmed: frozenset[int]
+
+
+async def finish_withdrawals(client: Session) -> Withdrawals:
     """Take the devices of ``state.pending_withdrawals`` (links that began and did not
     complete) out of the account's list as the home holds it, and clear the record.
-
-    Returns:
-        ``(device_id, name)`` of each device that was in the home's list and is now
-        withdrawn (the others never got there).
+    A recorded device that holds keys at the home confirmed its link (it got the
+    material and reached its home): it is kept.
 
     Raises:
         NotPrimary; RelayError, ConnectionLost (the record stays for the next try).
@@ -326,16 +404,18 @@ async def finish_withdrawals(client: Session) -> list[tuple[int, str]]:
     state = client.state
     pending = set(state.pending_withdrawals)
     if not pending:
-        return []
-    own = await client.get_devices(state.user_id)  # never the cache: it may lack the device
-    ghosts = [(d.device_id, d.name) for d in own.devices if d.device_id in pending]
+        return Withdrawals([], frozenset())
+    own, keyed = await keyed_devices(client)  # never the cache: it may lack the device
+    confirmed = frozenset(pending & keyed)
+    ghosts = [(d.device_id, d.name) for d in own.devices
+              if d.device_id in pending and d.device_id not in confirmed]
     if ghosts:
         await publish_own_list(client, _entries([d for d in own.devices
-                                                 if d.device_id not in pending]),
+                                                 if d.device_id not in pending - confirmed]),
                                own.version + 1)
     state.pending_withdrawals -= pending
     await state.asave()
-    return ghosts
+    return Withdrawals(ghosts, confirmed)
 
 
 async def finish_pending_withdrawals(client: Session) -> None:
@@ -347,15 +427,18 @@ async def finish_pending_withdrawals(client: Session) -> None:
         ConnectionLost: the connection closed.
     """
     try:
-        withdrawn = await finish_withdrawals(client)
+        done = await finish_withdrawals(client)
     except RelayError as exc:
         log.warning("could not withdraw the devices whose linking did not complete (%s): %s; "
                     "will retry on the next connection",
                     ", ".join(str(i) for i in sorted(client.state.pending_withdrawals)), exc)
         return
-    for device_id, name in withdrawn:
+    for device_id, name in done.withdrawn:
         log.warning("withdrew device %d (%s) from the account: its linking did not complete",
                     device_id, name)
+    for device_id in sorted(done.confirmed):
+        log.info("device %d completed its linking after all (it reached its home); kept",
+                 device_id)
 
 
 async def remove_device(client: Session, device_id: int) -> DeviceList:

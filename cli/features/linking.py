@@ -7,8 +7,8 @@ Usage (one trio program can add a device to an account whose primary it also run
             print(pending.code)                      # shown to the user / scanned as QR
             linked = await pending.wait()            # caller bounds it (fail_after)
         state = save_linked(fresh, linked, relay_url)
-        async with open_client(state):               # uploads one-time keys
-            pass
+        async with open_client(state):               # uploads one-time keys: the primary
+            pass                                     # waits for them (the confirmation)
 
 or simply ``await link_device(primary_client, home, "laptop")``.
 
@@ -49,7 +49,7 @@ from relay.protocol.frames import Error, LinkData, LinkOpen, LinkOpened, LinkRep
 from relay.protocol.identity import verify_device_list
 
 __all__ = [
-    "LinkedAccount", "PendingLink", "adopt_groups", "link_device", "link_devices", "open_link", "save_linked",
+    "LinkedAccount", "PendingLink", "adopt_groups", "complete_link", "link_device", "link_devices", "open_link", "save_linked",
 ]
 
 log = logging.getLogger(__name__)
@@ -316,21 +316,34 @@ async def link_device(
         LinkFailed, ConnectionFailed, RelayError, AlreadyInitialized.
     """
     url = relay_url or approver.url
+    result: list[LinkedAccount] = []
     with new_home(Path(home)) as fresh:
         async with open_link(url, device_name) as pending:
-            result: list[LinkedAccount] = []
 
-            async def wait() -> None:
-                result.append(await pending.wait())
+            async def new_device() -> None:
+                result.append(await complete_link(pending, fresh, url))
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(wait)
+                nursery.start_soon(new_device)
                 await devices.approve_link(approver, pending.code, history=history)
-        # save_linked fsyncs: keep it off the event loop (the approver is live on it)
-        state = await trio.to_thread.run_sync(save_linked, fresh, result[0], url)
-        async with open_session(state):
-            pass  # authenticates and uploads the one-time keys
     return result[0]
+
+
+async def complete_link(pending: PendingLink, fresh: NewHome, relay_url: str) -> LinkedAccount:
+    """The new device's side of a link, to run concurrently with the primary's
+    :func:`cli.features.devices.approve_link` (which returns only once this device
+    reached its home): wait for the material, save it in ``fresh`` (off the event
+    loop: it fsyncs) and connect once, which uploads the keys that confirm the link.
+
+    Raises:
+        LinkFailed, ConnectionFailed, RelayError (as :meth:`PendingLink.wait` and
+        :func:`cli.session.session.open_session`).
+    """
+    linked = await pending.wait()
+    state = await trio.to_thread.run_sync(save_linked, fresh, linked, relay_url)
+    async with open_session(state):
+        pass  # authenticates and uploads the one-time keys: the confirmation
+    return linked
 
 
 async def link_devices(

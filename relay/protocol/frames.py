@@ -194,19 +194,28 @@ class GetDevices(Frame):
 
     ``watcher`` is set only node-to-node: the user on whose behalf the forwarding
     node asks, whom the home records as a watcher of ``user_id``'s list (a client's
-    value is ignored; the home uses the authenticated user)."""
+    value is ignored; the home uses the authenticated user).
+
+    ``keys`` asks the home to say which listed devices hold keys there (``keyed``
+    in the answer): a primary confirms that a device it just linked reached its
+    home (docs/protocol.md, "Linking a companion device")."""
 
     TYPE: ClassVar[str] = "get_devices"
     user_id: str
     watcher: str | None = None
+    keys: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Devices(Frame):
-    """Answer to ``get_devices``."""
+    """Answer to ``get_devices``. ``keyed`` (only when asked with ``keys``): the ids
+    of the listed devices that uploaded keys to the home (a fallback key or any
+    one-time key), ascending. The home's word, unsigned: a hint for the account's
+    own primary, never a reason to encrypt to a device."""
 
     TYPE: ClassVar[str] = "devices"
     device_list: SignedDeviceList
+    keyed: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,6 +311,17 @@ class Directory:
                 continue
         return await self._storage.count_one_time_keys(user_id, device_id)
 
+    async def keyed_devices(self, user_id: str, device_ids: list[int]) -> list[int]:
+        """Those of ``device_ids`` (devices of a user homed here) that hold a fallback
+        key or at least one one-time key, ascending: the devices that reached this
+        home since they were linked (``get_devices {keys}``)."""
+        keyed = []
+        for device_id in sorted(set(device_ids)):
+            if (await self._storage.get_fallback_key(user_id, device_id) is not None
+                    or await self._storage.count_one_time_keys(user_id, device_id) > 0):
+                keyed.append(device_id)
+        return keyed
+
     async def key_count(self, user_id: str, device_id: int) -> int:
         """How many unclaimed one-time keys the device has."""
         return await self._storage.count_one_time_keys(user_id, device_id)

@@ -78,13 +78,17 @@ async def get_devices(
         relayed = node.homes.outgoing.get(frame.user_id) == peer_id  # by the user's new home
         if watcher is not None and not relayed:
             node.directory.check_homed_at(watcher, peer_id, "watcher")
-    ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher)
+    ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher, keys=frame.keys)
     answer = await ask_home(node, ask, frame.user_id, Devices, from_peer=peer_id is not None)
     if answer is not None:  # a list from the user's home: this node checks its size too
         node.directory.check_device_count(verify_device_list(answer.device_list, frame.user_id))
         return answer
     signed = await node.changes.fetch(frame.user_id, watcher)
-    return Devices(id=frame.id, device_list=signed)
+    keyed = None
+    if frame.keys:
+        listed = [d.device_id for d in verify_device_list(signed, frame.user_id).devices]
+        keyed = await node.directory.keyed_devices(frame.user_id, listed)
+    return Devices(id=frame.id, device_list=signed, keyed=keyed)
 
 
 async def claim_keys(node: Node, frame: ClaimKeys, *, from_peer: bool) -> Claimed:

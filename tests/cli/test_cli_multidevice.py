@@ -15,7 +15,13 @@ from cli.client import DevicesChanged, Message, init_account, open_client
 from cli.errors import DeviceRemoved, LinkFailed, NotPrimary, RelayError
 from cli.features.devices import MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
 from cli.features.linkcode import LinkCode
-from cli.features.linking import link_device, link_devices, open_link, save_linked
+from cli.features.linking import (
+    complete_link,
+    link_device,
+    link_devices,
+    open_link,
+    save_linked,
+)
 from cli.session.state import AlreadyInitialized, create_state, new_home, open_state
 from relay.protocol.frames import Error, LinkComplete
 
@@ -43,6 +49,20 @@ async def add_device(primary, home, name, **kw):
     async with open_client(primary) as client:
         linked = await link_device(client, home, name, **kw)
     return linked
+
+
+async def approve_and_join(client, pending, home):
+    """Approve ``pending`` with the primary's ``client`` while the new device waits,
+    saves into ``home`` and reaches its home (the confirmation the approval waits for).
+    Returns ``(ApprovedDevice, LinkedAccount)``."""
+    result = {}
+    with new_home(home) as fresh:
+        async with trio.open_nursery() as nursery:
+            async def join():
+                result["linked"] = await complete_link(pending, fresh, client.url)
+            nursery.start_soon(join)
+            result["approved"] = await client.approve_link(pending.code)
+    return result["approved"], result["linked"]
 
 
 def spy(client, log: list) -> None:
@@ -217,9 +237,9 @@ async def test_wrong_used_expired_mismatched_or_declined_codes_change_nothing(tm
                     assert offers[0].fingerprint == pending.fingerprint
                     assert snapshot() == before
 
-                    approved = await client.approve_link(pending.code)  # still valid
+                    approved, linked = await approve_and_join(client, pending,
+                                                              tmp_path / "laptop")  # still valid
                     assert (approved.device_id, approved.version) == (1, 2)
-                    linked = await pending.wait()
                     assert linked.device_id == 1
                     with pytest.raises(LinkFailed, match=NOT_FOUND_MESSAGE):  # single use
                         await client.approve_link(pending.code)
@@ -283,9 +303,9 @@ async def test_a_used_home_cannot_be_linked_and_a_link_is_saved_once(tmp_path):
             bob = make_account(tmp_path, "bob", cluster, stack)
             with new_home(tmp_path / "fresh") as fresh:
                 async with open_client(bob) as client, open_link(client.url, "x") as pending:
-                    await client.approve_link(pending.code)
-                    linked = await pending.wait()
-                save_linked(fresh, linked, bob.relay_url)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(client.approve_link, pending.code)
+                        linked = await complete_link(pending, fresh, bob.relay_url)
                 with pytest.raises(AlreadyInitialized, match="already created"):
                     save_linked(fresh, linked, bob.relay_url)
 
@@ -318,3 +338,46 @@ async def test_an_expired_mailbox_tells_the_waiting_device_and_refuses_approval(
                     with pytest.raises(LinkFailed, match=NOT_FOUND_MESSAGE):
                         await client.approve_link(pending.code)
             assert bob.own_list().version == 1 and bob.next_device_id == 1
+
+
+async def test_a_device_that_never_reaches_its_home_is_withdrawn(tmp_path):
+    """Finding 17 (docs/reliability.md): ``link_complete`` was answered, but the new device
+    never got the material (here: it never reads its mailbox, as when the node holding it
+    dies at that moment). The primary waits for the device's keys at the home, then
+    withdraws it: no ghost stays in the list for contacts to fail on."""
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(2) as cluster:
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            async with open_client(bob) as client, open_link(client.url, "ghost") as pending:
+                with pytest.raises(LinkFailed, match=r"device 1 \(ghost\).*did not reach its "
+                                   r"home within 1 s.*withdrawn from the account again"):
+                    await client.approve_link(pending.code, confirm_wait=1.0)
+                served = await client.get_devices(bob.user_id)
+            assert served.device_ids == {0} and served.version == 3
+            assert not bob.pending_withdrawals
+
+
+async def test_a_late_confirmation_keeps_the_device_an_absent_one_is_withdrawn(tmp_path):
+    """The primary's approval stops while it waits for the confirmation (a Ctrl-C, a
+    kill): the record stays. Its next connection keeps a device that reached its home
+    meanwhile and withdraws one that did not."""
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1) as cluster:
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            for name, joins in (("late", True), ("absent", False)):
+                with new_home(tmp_path / name) as fresh:
+                    async with open_client(bob) as client, open_link(client.url, name) as pending:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(client.approve_link, pending.code)
+                            linked = await pending.wait()
+                            nursery.cancel_scope.cancel()  # the primary stops waiting
+                    device_id = linked.device_id
+                    assert bob.pending_withdrawals == {device_id}
+                    if joins:
+                        state = save_linked(fresh, linked, bob.relay_url)
+                        async with open_client(state):
+                            pass  # uploads its keys
+                async with open_client(bob) as client:  # finishes the record
+                    served = await client.get_devices(bob.user_id)
+                assert not bob.pending_withdrawals
+                assert (device_id in served.device_ids) is joins, (name, served.device_ids)

@@ -16,7 +16,7 @@ from cli_cluster import make_account, run_cluster
 from cli.client import open_client
 from cli.errors import LinkFailed
 from cli.features.linkcode import LinkCodeError
-from cli.features.linking import open_link, save_linked
+from cli.features.linking import complete_link, open_link
 from cli.features.wordcode import WORDS, Pake, WordCode, is_word_code
 from cli.session.state import new_home, open_state
 
@@ -63,12 +63,12 @@ async def test_a_word_code_links_and_a_wrong_one_changes_nothing(tmp_path) -> No
                         assert is_word_code(pending.code) and len(pending.code) < 32
                         result = {}
                         async with trio.open_nursery() as nursery:
-                            async def wait():
-                                result["linked"] = await pending.wait()
-                            nursery.start_soon(wait)
+                            async def join():
+                                result["linked"] = await complete_link(pending, fresh,
+                                                                       client.url)
+                            nursery.start_soon(join)
                             done = await client.approve_link(pending.code.upper())
                     linked = result["linked"]
-                    save_linked(fresh, linked, client.url)
             assert (done.device_id, done.name, done.version) == (1, "laptop", before + 1)
             assert linked.device_id == 1 and linked.user_id == bob.user_id
             assert linked.material.contacts == {"alice": "a" * 52}
