@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -50,8 +50,8 @@ from cli.features import linkcode, wordcode
 from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
 from cli.session import crypto, listfresh
 from cli.session.state import DeviceListRejected, State
-from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
 from relay.net.backoff import Backoff
+from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
 from relay.protocol.frames import GetDevices, LinkComplete, LinkFetch, LinkInfo, PutDevices
 from relay.protocol.identity import Device, decode_signed_list
 
