@@ -398,16 +398,24 @@ async def link_cut(r: Round, task_status=trio.TASK_STATUS_IGNORED) -> None:
         code_seen.set()
     r.notes["link"] = outcome
     r.count("hung commands", outcome["hung"])
-    if device is not None and not outcome["half"]:
+    approved = outcome.get("approve") == "ok"
+    if device is not None and approved and not outcome["half"]:
         r.joined.append(device)
 
     async def ghosts() -> None:
+        candidate = None
         if device is not None and outcome["half"]:  # do what link asked for, after the heal
             finished = await r.recv(device, phase=AFTER)
             r.notes["finished_by_recv"] = finished.ok
-            if finished.ok:  # takes part from the next round
+            if finished.ok and approved:  # takes part from the next round
                 world.accounts[account].append(device.label)
-        found = await find_ghosts(world, account)
+            elif finished.ok:
+                candidate = device
+        elif device is not None and not approved:  # linked; kept if it reached its home
+            candidate = device
+        found = await find_ghosts(world, account, candidate)
+        r.notes["kept_unreported"] = candidate is not None and candidate.label in \
+            world.accounts[account]
         r.notes["ghosts"] = found
         r.count("ghost devices", len(found))
 

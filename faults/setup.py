@@ -102,11 +102,13 @@ async def link_device(world: World, account: str, *, relay_url: str | None = Non
         on_code: set once the linking code was printed (a fault may then start).
 
     Returns:
-        ``(device, outcome)``: the device if the approval succeeded and the new home
-        holds the account (else ``None``), and what each command did (``link``,
-        ``approve``: ``"ok"`` or the error; ``hung``: how many had to be killed;
-        ``half``: link failed after saving the account, and asked for ``wa-cli
-        recv`` to finish publishing the device's keys).
+        ``(device, outcome)``: the device if the new home holds the account (else
+        ``None``), and what each command did (``link``, ``approve``: ``"ok"`` or the
+        error; ``hung``: how many had to be killed; ``half``: link failed after saving
+        the account, and asked for ``wa-cli recv`` to finish publishing the device's
+        keys). A device whose ``approve`` failed may still be in the account: the
+        approval waits for the new device to reach its home, and the primary keeps a
+        device that did (finding 17); the caller settles that after the heal.
     """
     primary = world.primary(account)
     label = world.next_label(account)
@@ -143,7 +145,7 @@ async def link_device(world: World, account: str, *, relay_url: str | None = Non
     outcome["link"] = "ok" if link.ok else (link.error() or f"exit {link.code}")
     outcome["hung"] = outcome.get("hung", 0) + link.hung
     ident = await dev.run("id")  # does the new home hold an account, whatever link said?
-    if not ident.ok or outcome.get("approve") != "ok":
+    if not ident.ok or "approve" not in outcome:
         return None, outcome
     info = ident.last() or {}
     dev.user_id, dev.device_id = info.get("user_id", ""), info.get("device_id", -1)
@@ -162,13 +164,20 @@ async def remove_device(world: World, device: Device) -> bool:
     return result.ok
 
 
-async def find_ghosts(world: World, account: str) -> list[int]:
+async def find_ghosts(world: World, account: str, candidate: Device | None = None) -> list[int]:
     """Device ids in ``account``'s published list that no device of the suite holds
-    (a link that failed half-way left them); removes them and returns their ids."""
+    (a link that failed half-way left them); removes them and returns their ids.
+
+    ``candidate``: a new device that holds the account although its approval was not
+    reported (the primary's ``devices list`` first settles such a link: it keeps a
+    device that reached its home); listed, it joins ``world.accounts``."""
     primary = world.primary(account)
     listed = await primary.run("devices", "list", hang_after=world.cli_timeout)
     if not listed.ok:
         return []
+    ids = {line["device_id"] for line in listed.lines if "device_id" in line}
+    if candidate is not None and candidate.device_id in ids:
+        world.accounts[account].append(candidate.label)
     known = {world.devices[label].device_id for label in world.accounts[account]}
     ghosts = [line["device_id"] for line in listed.lines
               if "device_id" in line and line["device_id"] not in known]
