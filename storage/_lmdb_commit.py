@@ -37,8 +37,15 @@ may raise ``lmdb.Error`` to simulate a failing medium (the transaction is aborte
 
 def default_reserve(map_size: int) -> int:
     """Bytes of the map kept free for freeing ops: 1/8 of it, at least 64 KiB and
-    at most 64 MiB, never more than a quarter of the map."""
-    return min(max(map_size // 8, 64 << 10), 64 << 20, map_size // 4)
+    at most 16 MiB, never more than a quarter of the map.
+
+    16 MiB holds the copy-on-write pages of a few of the largest freeing batches
+    (1,024 deletions, each touching a leaf and its branch path: about 4 MiB) before
+    LMDB can reuse the pages they free. The reserve is also kept *allocated* on disk
+    ahead of the pages in use (:mod:`storage._lmdb_headroom`), so it is what an empty
+    node's ``data.mdb`` costs from its first write: 64 MiB made that 129 MB per node
+    (15 GB of the test suite's temporary files)."""
+    return min(max(map_size // 8, 64 << 10), 16 << 20, map_size // 4)
 
 
 def _errno_of(exc: lmdb.Error) -> int | None:

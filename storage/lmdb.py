@@ -90,7 +90,7 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
             reserve: bytes of the map kept for freeing ops (acks, purges, expiry,
                 claims, outbox deletes): a write that would raise the pages in use
                 above ``map_size - reserve`` is refused with StorageFull. Default
-                :func:`~storage._group_commit.default_reserve` (1/8, 64 KiB..64 MiB).
+                :func:`~storage._group_commit.default_reserve` (1/8, 64 KiB..16 MiB).
             max_batch_ops, max_batch_bytes: group-commit batch bounds.
             max_readers: LMDB reader slots (read transactions of all processes at
                 once; 64 bytes each in ``lock.mdb``). Set by the first process that
