@@ -248,9 +248,10 @@ async def approve_link(
                           groups)
 
 
-async def keyed_devices(client: Session) -> tuple[DeviceList, frozenset[int]]:
+async def keyed_devices(client: Session) -> tuple[DeviceList, frozenset[int] | None]:
     """The account's own list as the home holds it (verified, cached) and the ids of its
-    devices that hold keys there (``get_devices {keys}``).
+    devices that hold keys there (``get_devices {keys}``); ``None`` from a home that
+    does not answer ``keyed`` (a node before this field: it cannot confirm a link).
 
     Raises:
         RelayError, ConnectionLost; DeviceListRejected.
@@ -258,7 +259,7 @@ async def keyed_devices(client: Session) -> tuple[DeviceList, frozenset[int]]:
     user_id = client.state.user_id
     answer = await client.connection.request(GetDevices, user_id=user_id, keys=True)
     own = client.state.remember_device_list(answer.device_list, user_id)
-    return own, frozenset(answer.keyed or ())
+    return own, None if answer.keyed is None else frozenset(answer.keyed)
 
 
 async def _await_confirmation(client: Session, device_id: int, wait: float) -> None:
@@ -273,6 +274,10 @@ async def _await_confirmation(client: Session, device_id: int, wait: float) -> N
     with trio.move_on_after(wait):
         while True:
             own, keyed = await keyed_devices(client)
+            if keyed is None:
+                log.warning("the home node cannot confirm that device %d got the account "
+                            "(no 'keyed' in its answer: an older node); not waiting", device_id)
+                return
             if device_id in keyed:
                 return
             if own.device(device_id) is None:
@@ -406,7 +411,7 @@ async def finish_withdrawals(client: Session) -> Withdrawals:
     if not pending:
         return Withdrawals([], frozenset())
     own, keyed = await keyed_devices(client)  # never the cache: it may lack the device
-    confirmed = frozenset(pending & keyed)
+    confirmed = frozenset(pending & (keyed or frozenset()))
     ghosts = [(d.device_id, d.name) for d in own.devices
               if d.device_id in pending and d.device_id not in confirmed]
     if ghosts:
