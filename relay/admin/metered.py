@@ -46,10 +46,9 @@ class MeteredStorage:
 
     def _stored(self, items: list[tuple[str, int, bytes]], result: list[int] | None) -> None:
         if result is None:
-            self._m.duplicates.inc()
+            self._m.duplicate_now()
         else:
-            self._m.stored.inc(len(items))
-            self._m.stored_bytes.inc(sum(len(env) for _, _, env in items))
+            self._m.stored_now(len(items), sum(len(env) for _, _, env in items))
 
     async def enqueue(self, items: list[tuple[str, int, bytes]], **kwargs: Any) -> list[int] | None:
         """See :meth:`storage.base.Storage.enqueue`."""

@@ -81,6 +81,8 @@ class NodeMetrics:
         # added to their counters when the registry is collected: registered first,
         # so every scrape sees them.
         self._io = [0, 0, 0, 0]  # frames in, bytes in, frames out, bytes out
+        # The same for envelope copies stored, their bytes and duplicates (per request).
+        self._stores = [0, 0, 0]
         r.register(_BeforeCollect(self._flush_io))
         info = Gauge("wa_relay_info", "Constant 1, labelled with the node's version, id and ring.",
                      ["version", "node", "ring"], registry=r)
@@ -180,11 +182,24 @@ class NodeMetrics:
         io[2] += len(batch)
         io[3] += sum(map(len, batch))
 
+    def stored_now(self, copies: int, nbytes: int) -> None:
+        """``copies`` envelope copies of ``nbytes`` bytes were stored by one request."""
+        stores = self._stores
+        stores[0] += copies
+        stores[1] += nbytes
+
+    def duplicate_now(self) -> None:
+        """One enqueue request was dropped as a duplicate."""
+        self._stores[2] += 1
+
     def _flush_io(self) -> None:
-        """Add the frames and bytes counted since the last collection to their counters."""
+        """Add the frames, bytes and stores counted since the last collection to their
+        counters."""
         io, self._io = self._io, [0, 0, 0, 0]
-        for counter, n in zip((self.frames_in, self.bytes_in, self.frames_out, self.bytes_out),
-                              io, strict=True):
+        stores, self._stores = self._stores, [0, 0, 0]
+        for counter, n in zip((self.frames_in, self.bytes_in, self.frames_out, self.bytes_out,
+                               self.stored, self.stored_bytes, self.duplicates),
+                              io + stores, strict=True):
             if n:
                 counter.inc(n)
 
