@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 
 import click
@@ -52,16 +53,27 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     Shows the device's name and key fingerprint (compare it with what the new
     device prints) and asks to confirm. Then signs and publishes the new device
     list and sends the device its account material, sealed to a key only it
-    holds. A wrong, used or expired code changes nothing. If the link fails
-    after the new list was published (or this command is killed), the device
-    is withdrawn again: at once, or by the next wa-cli command on this device.
+    holds. It then waits (at most 30 s, silently) for the new device to reach
+    its home and upload its keys, and only then reports the device linked.
+    A wrong, used or expired code changes nothing. If the link fails after the
+    new list was published, the device does not reach its home in time, or
+    this command is killed, the device is withdrawn again: at once, or by the
+    next wa-cli command on this device (which keeps it if it reached its home
+    meanwhile). When the daemon serves this home, you type the fingerprint the
+    new device shows instead of answering a yes/no question.
     """
     _parse_code(code)  # a malformed code is a usage error before anything else
     if yes:
         params = {"code": code, "history": not no_history, "yes": True}
     elif _daemon_runs(app):  # no prompt in the daemon: compare here first
-        fingerprint = click.prompt("The daemon serves this home: type the key fingerprint "
-                                   "that the new device shows", err=True)
+        try:
+            fingerprint = click.prompt("The daemon serves this home: type the key fingerprint "
+                                       "that the new device shows", err=True)
+        except click.Abort:
+            if sys.stdin.isatty():  # Ctrl-C at the terminal: interrupted (exit 130)
+                raise
+            # end of input (a pipe, /dev/null): as the prompt without the daemon
+            raise CliError("not approved; nothing changed (no fingerprint was typed)") from None
         params = {"code": code, "history": not no_history, "fingerprint": fingerprint}
     else:
         params = {"code": code, "history": not no_history}
