@@ -128,7 +128,10 @@ async def approve_device(state: State, out: Output, connect: Connect, code: str,
 
     async with connect() as client:
         try:
-            done = await client.approve_link(parsed, confirm=confirm, history=history)
+            done = await client.approve_link(
+                parsed, confirm=confirm, history=history,
+                handed_over=lambda: out.note("sent the account to the new device; waiting for "
+                                             "it to reach its home (at most 30 s)..."))
         except ClientError as exc:
             if mismatch:
                 raise CliError("the key fingerprint differs from the one given: not linked; "

@@ -160,7 +160,7 @@ async def publish_own_list(client: Session, devices: list[crypto.DeviceEntry],
 async def approve_link(
     client: Session, code: str | LinkCode, *, confirm: Confirm | None = None,
     history: bool = True, history_limit: int = linkcode.HISTORY_DEFAULT,
-    confirm_wait: float = CONFIRM_WAIT,
+    confirm_wait: float = CONFIRM_WAIT, handed_over: Callable[[], None] | None = None,
 ) -> ApprovedDevice:
     """Approve the device behind a linking code (see the module docstring for the order).
 
@@ -174,6 +174,7 @@ async def approve_link(
         confirm: awaited with the :class:`DeviceOffer`; ``False`` stops with nothing changed.
         confirm_wait: seconds the new device gets to reach its home after the
             material was handed over; then it is withdrawn.
+        handed_over: called once ``link_complete`` was answered, before the wait.
         history: send the last ``history_limit`` messages (the oldest are left out
             when they do not fit one frame; the result says how many went).
 
@@ -239,6 +240,8 @@ async def approve_link(
         body = seal(encoded)
         await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
                                          mailbox_id=parsed_code.mailbox_id, body=body)
+        if handed_over is not None:
+            handed_over()
         await _await_confirmation(client, device_id, confirm_wait)
     except ClientError as exc:
         await _withdraw(client, device_id, info.name, exc)  # returns if it confirmed after all
