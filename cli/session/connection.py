@@ -45,9 +45,33 @@ from cli.session.sendorder import SendOrder
 from cli.session.state import State
 from relay.protocol import ErrorCode, RemoteProtocolError
 from relay.protocol.cluster import PinnedCluster
-from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
+from relay.protocol.frames import (
+    AuthOk,
+    Claimed,
+    ClaimKeys,
+    Devices,
+    Error,
+    Frame,
+    GetDevices,
+    GroupSend,
+    KeyCount,
+    LinkComplete,
+    LinkFetch,
+    LinkInfo,
+    MediaChunk,
+    MediaDownload,
+    MediaProgress,
+    MediaStatus,
+    MediaUpload,
+    Ok,
+    PutDevices,
+    Send,
+    Sent,
+    UploadKeys,
+    check_budget,
+)
 
-__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
+__all__ = ["AGENT", "ANSWERS", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
            "open_connection", "pin_cluster"]
 
 log = logging.getLogger(__name__)
@@ -56,6 +80,14 @@ AGENT = "wa-cli/0.1"
 MAX_MOVES = 3
 PUSH_BUFFER = 1024  # > the node's 256 unacknowledged deliveries in flight per connection
 REQUEST_TIMEOUT = 30.0  # seconds; above every deadline a node uses inside one request (<= 10 s)
+
+ANSWERS: dict[type[Frame], type[Frame]] = {
+    PutDevices: Ok, GetDevices: Devices, UploadKeys: KeyCount, ClaimKeys: Claimed,
+    Send: Sent, GroupSend: Sent, LinkFetch: LinkInfo, LinkComplete: Ok,
+    MediaStatus: MediaProgress, MediaUpload: MediaProgress, MediaDownload: MediaChunk,
+}
+"""The answer each request of a device gets besides ``error`` (docs/protocol.md); any
+other frame under the request's id is a broken or hostile relay: :class:`NoAnswer`."""
 
 CLIENT_SETTINGS = net.LinkSettings(request_timeout=REQUEST_TIMEOUT, push_buffer=PUSH_BUFFER)
 """The link settings of a device connection: keepalive ping after 20 s of silence,
@@ -141,13 +173,14 @@ class Connection:
             fields: the frame's fields (not ``id``).
 
         Returns:
-            The answer frame (never an ``Error``).
+            The answer frame (never an ``Error``), of the type :data:`ANSWERS` names.
 
         Raises:
             RelayError: the node answered ``error``; or ``too_large`` before sending
                 (the node's size budget).
             NoAnswer: the frame left but no answer came (connection lost, keepalive
-                overdue, or deadline): the node may have acted on it.
+                overdue, or deadline), or a frame of another type came under its id
+                (a broken or hostile relay): the node may have acted on it.
             ConnectionLost: the connection ended before the frame left.
         """
         frame = frame_cls(id=0, **fields)
@@ -172,6 +205,10 @@ class Connection:
                 order.done(turn)
         if isinstance(answer, Error):
             raise RelayError(answer)
+        expected = ANSWERS.get(frame_cls)
+        if expected is not None and not isinstance(answer, expected):
+            raise NoAnswer(f"no answer to {frame.TYPE}: {self.url} answered with "
+                           f"{answer.TYPE} instead of {expected.TYPE}")
         return answer
 
     async def send(self, frame_cls: type[Frame], *, stream: bool = False, **fields) -> int:
