@@ -66,3 +66,32 @@ class _Got:
 
     async def wait(self):
         return self._linked
+
+
+async def test_only_the_users_own_devices_learn_which_devices_hold_keys(tmp_path):
+    """``get_devices {keys}`` answered ``keyed`` to anyone: another account (on the same
+    node or through another one) learned which of a user's devices had come online since
+    they were linked, without spending a one-time key. Now only the user's own devices
+    get ``keyed``."""
+    from cli_cluster import alice_and_bob, link_second_device
+
+    from relay.protocol.frames import GetDevices
+
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(2) as cluster:
+            alice, bob = await alice_and_bob(tmp_path, cluster, stack, apart=True)
+            carol = make_account(tmp_path, "carol", cluster, stack,
+                                 accept=lambda u: cluster.home_of(u) == cluster.home_of(
+                                     bob.user_id))
+            await publish(carol)
+            await link_second_device(tmp_path, stack, bob)
+            for stranger in (alice, carol):  # through bob's home's peer, and at it
+                async with open_client(stranger) as client:
+                    answer = await client.connection.request(GetDevices, user_id=bob.user_id,
+                                                             keys=True)
+                listed = stranger.remember_device_list(answer.device_list, bob.user_id)
+                assert listed.device_ids == {0, 1}
+                assert answer.keyed is None
+            async with open_client(bob) as client:
+                _, keyed = await devices.keyed_devices(client)
+            assert keyed == {0, 1}
