@@ -109,7 +109,7 @@ class Mitm:
             pass
         finally:
             self.clients.remove(client)
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await client.aclose()
 
     async def _pump(self, src: WebSocketConnection, dst: WebSocketConnection, way: str,
