@@ -6,13 +6,18 @@ the command's normal end, in its deadline, and nothing lost."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import cli_procs
 import trio
 from cli_cluster import run_cluster
+from cli_procs import Running
 from wsmitm import Mitm, encode
 
 DEADLINE = 60
+DAEMON_ENV = {**os.environ, "WA_KEEPALIVE": "1", "WA_KEEPALIVE_TIMEOUT": "1",
+              "WA_CONNECT_TIMEOUT": "2"}
 COMMAND = 15  # seconds a command gets here (its own deadlines are shorter)
 
 
@@ -118,3 +123,41 @@ async def test_an_answer_of_another_type_is_a_clear_error(tmp_path):
             texts = [r["text"] for r in rows if r.get("type") == "text"]
             assert texts == ["hello once"]
             nursery.cancel_scope.cancel()
+
+
+async def test_the_daemon_outlives_an_answer_of_another_type(tmp_path):
+    """The daemon's key top-up runs in the background: an ``upload_keys`` answered with
+    ``ok`` (not ``key_count``) ended the whole daemon with exit 1 ("unexpected error:
+    AttributeError"). Now the top-up fails with a warning and the daemon serves on."""
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster, trio.open_nursery() as nursery:
+                mitm = Mitm(cluster.urls["n1"])
+                await nursery.start(mitm.serve)
+                bob = await init(tmp_path / "bob", "bob", cluster.urls["n1"])
+                alice = await init(tmp_path / "a", "alice", mitm.url)
+                await wa(tmp_path / "a", "contacts", "add", "bob", bob)
+                rewrite_answers(mitm, "upload_keys", lambda f: {"t": "ok", "id": f["id"]})
+                daemon = await Running.start(tmp_path / "a", "--json", "daemon", env=DAEMON_ENV)
+                await daemon.json()  # listening
+                await mitm.wait_for("sync")
+                await mitm.inject(encode({"t": "key_count", "id": 0, "otk_count": 0}))  # top up
+                line = await daemon.err_line()
+                assert "one-time key top-up failed: no answer to upload_keys" in line, line
+                assert "answered with ok instead of key_count" in line
+
+                honest(mitm)
+                await wa(tmp_path / "bob", "send", alice, "still served")
+                got = await wa(tmp_path / "a", "--json", "recv", "--timeout", "1")
+                assert got.returncode == 0, got.stderr
+                rows = cli_procs.lines(got)
+                assert [r["text"] for r in rows if r.get("type") == "text"] == ["still served"]
+                assert daemon.proc.returncode is None
+                code, err = await daemon.stop(signal.SIGINT)
+                assert code == 0, err
+                assert "unexpected error" not in err
+                nursery.cancel_scope.cancel()
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
