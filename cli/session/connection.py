@@ -44,32 +44,9 @@ from cli.errors import (
 from cli.session.sendorder import SendOrder
 from cli.session.state import State
 from relay.protocol import ErrorCode, RemoteProtocolError
+from relay.protocol import frames as wire
 from relay.protocol.cluster import PinnedCluster
-from relay.protocol.frames import (
-    AuthOk,
-    Claimed,
-    ClaimKeys,
-    Devices,
-    Error,
-    Frame,
-    GetDevices,
-    GroupSend,
-    KeyCount,
-    LinkComplete,
-    LinkFetch,
-    LinkInfo,
-    MediaChunk,
-    MediaDownload,
-    MediaProgress,
-    MediaStatus,
-    MediaUpload,
-    Ok,
-    PutDevices,
-    Send,
-    Sent,
-    UploadKeys,
-    check_budget,
-)
+from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
 
 __all__ = ["AGENT", "ANSWERS", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
            "open_connection", "pin_cluster"]
@@ -82,9 +59,11 @@ PUSH_BUFFER = 1024  # > the node's 256 unacknowledged deliveries in flight per c
 REQUEST_TIMEOUT = 30.0  # seconds; above every deadline a node uses inside one request (<= 10 s)
 
 ANSWERS: dict[type[Frame], type[Frame]] = {
-    PutDevices: Ok, GetDevices: Devices, UploadKeys: KeyCount, ClaimKeys: Claimed,
-    Send: Sent, GroupSend: Sent, LinkFetch: LinkInfo, LinkComplete: Ok,
-    MediaStatus: MediaProgress, MediaUpload: MediaProgress, MediaDownload: MediaChunk,
+    wire.PutDevices: wire.Ok, wire.GetDevices: wire.Devices, wire.UploadKeys: wire.KeyCount,
+    wire.ClaimKeys: wire.Claimed, wire.Send: wire.Sent, wire.GroupSend: wire.Sent,
+    wire.LinkFetch: wire.LinkInfo, wire.LinkComplete: wire.Ok,
+    wire.MediaStatus: wire.MediaProgress, wire.MediaUpload: wire.MediaProgress,
+    wire.MediaDownload: wire.MediaChunk,
 }
 """The answer each request of a device gets besides ``error`` (docs/protocol.md); any
 other frame under the request's id is a broken or hostile relay: :class:`NoAnswer`."""
