@@ -392,8 +392,16 @@ async def open_connection(
 
 def _candidates(state: State) -> list[str]:
     """Where to look for the home: the saved URL first, then every other node of the
-    cluster the device knows (the saved home may have been removed by a reshape)."""
-    return [state.relay_url, *(u for u in state.cluster_urls if u != state.relay_url)]
+    cluster the device knows (the saved home may have been removed by a reshape), only
+    those of the pinned cluster (a URL a node planted in ``auth_ok`` is not tried)."""
+    return [state.relay_url, *(u for u in _pinned(state, state.cluster_urls)
+                               if u != state.relay_url)]
+
+
+def _pinned(state: State, urls: list[str]) -> list[str]:
+    """Those of ``urls`` that are addresses of nodes of the pinned cluster description."""
+    d = state.cluster.description if state.cluster is not None else None
+    return [u for u in urls if d is not None and d.node_at(u) is not None]
 
 
 async def _connect_from(
@@ -429,8 +437,9 @@ async def _connect_from(
                 if isinstance(result, AuthOk):
                     stack.push_async_exit(attempt.pop_all())
                     await _remember(state, candidate, result)  # only now: the node proved itself
-                    if result.cluster and result.cluster != state.cluster_urls:
-                        state.cluster_urls = list(result.cluster)
+                    urls = _pinned(state, list(result.cluster or ()))  # never a planted one
+                    if urls and urls != state.cluster_urls:
+                        state.cluster_urls = urls
                         await state.asave()
                     return Connection(link, result.otk_count), candidate
             break  # moved

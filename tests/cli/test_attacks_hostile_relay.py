@@ -161,3 +161,39 @@ async def test_the_daemon_outlives_an_answer_of_another_type(tmp_path):
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+async def test_cluster_addresses_outside_the_pin_are_not_kept(tmp_path):
+    """``auth_ok.cluster`` (where to look for the home if it goes away) was saved as the
+    node sent it: a hostile home (or anything on a plain ``ws://`` path) could plant
+    thousands of addresses that never answer, and every later command whose home was
+    unreachable tried each of them for its connect timeout (here 20 x 1 s, and the
+    command's deadline passed first). Only the addresses of nodes of the pinned cluster
+    are kept and tried now: the node is found at its own address at once."""
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(1) as cluster, trio.open_nursery() as nursery:
+            silent = (await nursery.start(trio.serve_tcp, _hold, 0))[0]  # accepts, says nothing
+            port = silent.socket.getsockname()[1]
+            planted = [f"ws://127.0.0.1:{port}/{i}" for i in range(20)]
+            async with trio.open_nursery() as home:
+                mitm = Mitm(cluster.urls["n1"])
+                await home.start(mitm.serve)
+                await init(tmp_path / "a", "a", mitm.url)
+                rewrite_answers(mitm, "auth", lambda f: {**f, "cluster": planted})
+                got = await wa(tmp_path / "a", "--json", "recv", "--timeout", "0.1")
+                assert got.returncode == 0, got.stderr
+                home.cancel_scope.cancel()  # the home is gone: its address refuses connections
+            env = {**os.environ, "WA_CONNECT_TIMEOUT": "1"}
+            start = trio.current_time()
+            with trio.fail_after(COMMAND):
+                got = await cli_procs.wa(tmp_path / "a", "recv", "--timeout", "0.1", check=False,
+                                         env=env)
+            assert trio.current_time() - start < 8, got.stderr  # not 20 x 1 s
+            assert got.returncode == 0, got.stderr  # found at the node's pinned address
+            nursery.cancel_scope.cancel()
+
+
+async def _hold(stream: trio.SocketStream) -> None:
+    async with stream:
+        await trio.sleep_forever()
+
