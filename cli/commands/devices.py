@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 
 import click
 import trio
@@ -16,7 +15,7 @@ from cli.errors import ClientError
 from cli.features.devices import current_own_list
 from cli.features.linkcode import LinkCode, LinkCodeError, device_fingerprint
 from cli.features.wordcode import WordCode, is_word_code
-from cli.output import Output, escape
+from cli.output import Output, clock, escape
 from cli.session.state import State
 
 LIST_CONNECT_TIMEOUT = 3.0  # ``devices list`` falls back to the cached list after this
@@ -157,7 +156,7 @@ async def approve_device(state: State, out: Output, connect: Connect, code: str,
 def _clock(ts_ms: int | None) -> str:
     if not ts_ms:
         return "-"
-    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return clock(ts_ms)  # the relay's ts of a message: any int
 
 
 @devices.command("list")

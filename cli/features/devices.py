@@ -355,8 +355,8 @@ async def _pake_exchange(
 
 async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> None:
     """Linking failed after the device was recorded in ``pending_withdrawals``: take it
-    out of the account's list, over this connection if it still works, else over a
-    *fresh* one. Returns only if the device confirmed after all (it holds keys at the
+    (and only it: other recorded devices may belong to approvals still running) out of
+    the account's list, over this connection if it still works, else over a *fresh* one. Returns only if the device confirmed after all (it holds keys at the
     home: the link did complete, and the device is kept).
 
     Raises:
@@ -369,10 +369,10 @@ async def _withdraw(client: Session, device_id: int, name: str, cause: ClientErr
     try:
         if not isinstance(cause, ConnectionLost):
             with contextlib.suppress(ConnectionLost):  # it died too: a fresh one below
-                done = await finish_withdrawals(client)
+                done = await finish_withdrawals(client, only={device_id})
         if done is None:
             async with client.open_fresh() as fresh:
-                done = await finish_withdrawals(fresh)
+                done = await finish_withdrawals(fresh, only={device_id})
     except ClientError as exc:
         raise LinkFailed(f"linking {label} failed ({reason}) and it could not be withdrawn "
                          f"yet ({exc}); the next wa-cli command on this device withdraws "
@@ -400,17 +400,24 @@ class Withdrawals:
     confirmed: frozenset[int]
 
 
-async def finish_withdrawals(client: Session) -> Withdrawals:
+async def finish_withdrawals(client: Session, *, only: set[int] | None = None) -> Withdrawals:
     """Take the devices of ``state.pending_withdrawals`` (links that began and did not
     complete) out of the account's list as the home holds it, and clear the record.
     A recorded device that holds keys at the home confirmed its link (it got the
     material and reached its home): it is kept.
+
+    Args:
+        only: handle just these recorded devices (a failed approval withdraws its own
+            device: another approval of this process may be waiting for its device,
+            recorded too; the daemon serves requests concurrently).
 
     Raises:
         NotPrimary; RelayError, ConnectionLost (the record stays for the next try).
     """
     state = client.state
     pending = set(state.pending_withdrawals)
+    if only is not None:
+        pending &= only
     if not pending:
         return Withdrawals([], frozenset())
     own, keyed = await keyed_devices(client)  # never the cache: it may lack the device
