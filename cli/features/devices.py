@@ -356,8 +356,9 @@ async def _pake_exchange(
 async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> None:
     """Linking failed after the device was recorded in ``pending_withdrawals``: take it
     (and only it: other recorded devices may belong to approvals still running) out of
-    the account's list, over this connection if it still works, else over a *fresh* one. Returns only if the device confirmed after all (it holds keys at the
-    home: the link did complete, and the device is kept).
+    the account's list, over this connection if it still works, else over a *fresh*
+    one. Returns only if the device confirmed after all (it holds keys at the home:
+    the link did complete, and the device is kept).
 
     Raises:
         LinkFailed: always otherwise, naming the device and what became of it.
