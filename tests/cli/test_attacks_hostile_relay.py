@@ -48,11 +48,7 @@ async def wa(home, *args):
         return await cli_procs.wa(home, *args, check=False)
 
 
-async def init(home, name: str, url: str) -> str:
-    made = await wa(home, "--json", "init", "--trust-on-first-use", "--name", name,
-                    "--relay", url)
-    assert made.returncode == 0, made.stderr
-    return json.loads(made.stdout)["user_id"]
+init = cli_procs.init_account
 
 
 async def test_a_negative_key_count_does_not_hang_wa_cli(tmp_path):

@@ -6,8 +6,6 @@ Real ``wa-cli`` processes."""
 
 from __future__ import annotations
 
-import json
-
 import cli_procs
 import pytest
 import trio
@@ -32,10 +30,7 @@ REWRITES = {
 }
 
 
-async def init(home, name: str, url: str) -> str:
-    made = await cli_procs.wa(home, "--json", "init", "--trust-on-first-use", "--name", name,
-                              "--relay", url)
-    return json.loads(made.stdout)["user_id"]
+init = cli_procs.init_account
 
 
 @pytest.mark.parametrize("attack", sorted(REWRITES))
