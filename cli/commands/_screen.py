@@ -152,22 +152,32 @@ class Screen:
         Wakes the download task for new file messages."""
         self._notify()
         async with self._showing:  # the receive loop and serve_files both call this
-            held: set[tuple[str, int]] = set()  # senders with a file message still waiting
-            for p in self._state.inbox.pending():
-                sender = _sender(p)
-                if _is_file(p):
-                    held.add(sender)  # type: ignore[arg-type]
-                    continue
-                if sender in held or p.n not in self._state.inbox:
-                    continue
-                shape = render(self._state, p.event)
-                if shape is not None:
-                    await self._show(p, shape)
+            await self._show_unheld()
         if self._state.inbox.marks - self._folded >= FOLD_EVERY:
             await self._fold()
 
+    async def _show_unheld(self) -> None:
+        """The body of :meth:`show_ready`; the caller holds ``self._showing``."""
+        held: set[tuple[str, int]] = set()  # senders with a file message still waiting
+        for p in self._state.inbox.pending():
+            sender = _sender(p)
+            if _is_file(p):
+                held.add(sender)  # type: ignore[arg-type]
+                continue
+            if sender in held or p.n not in self._state.inbox:
+                continue
+            shape = render(self._state, p.event)
+            if shape is not None:
+                await self._show(p, shape)
+
     async def serve_files(self, client, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
         """Download and show the inbox's file messages, oldest first, until cancelled.
+
+        A downloaded file message is shown under the same lock as :meth:`show_ready`,
+        after everything older than it in the inbox (it is the oldest file message,
+        so nothing older is held back): a line of its sender that was kept before it
+        and is still being shown can never come after it (finding 18,
+        docs/reliability.md).
 
         Raises:
             ConnectionLost: the connection dropped (the file message stays pending).
@@ -181,7 +191,9 @@ class Screen:
                 continue
             info = await self.files.fetch(client, p.event)  # type: ignore[arg-type]
             obj, human = self.files.row(p.event, info)  # type: ignore[arg-type]
-            await self._show(p, (obj, human, False))
+            async with self._showing:
+                await self._show_unheld()  # what came before it, first
+                await self._show(p, (obj, human, False))
             await self.show_ready()  # what its sender sent after it was held back
 
     async def wait_files(self, limit: int) -> None:
