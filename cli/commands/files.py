@@ -12,7 +12,8 @@ SIGTERM stopped it before (during the upload: nothing is sent).
 directory (default ``<home>/downloads``) and prints the message with
 ``"file": {"name", "size", "mime", "path"}`` (``path`` is where it was saved;
 ``null`` plus ``"error"`` if it failed). A file message is printed once its download
-has finished (or failed); the messages behind it do not wait for it (docs/cli.md).
+has finished (or failed), after everything received before it; other senders'
+messages behind it do not wait for it, its own sender's do (docs/cli.md).
 Downloads of messages already printed that did not finish resume first, reported
 as ``{"type": "file_saved", "id", "file"}``. A file that fails its
 integrity check is not saved and makes ``recv`` exit 1 after printing everything.

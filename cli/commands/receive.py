@@ -185,8 +185,8 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
     killed, 'recv | head -n 5') did not show is shown by the next one, first.
     A message that a killed recv was printing at that very moment is shown
     again, marked "maybe shown before" ("maybe_shown": true with --json).
-    File messages are printed when their download has finished; the messages
-    behind them do not wait. Only files from contacts up to --auto-download bytes
+    File messages are printed when their download has finished; other senders'
+    messages behind them do not wait, the same sender's do (order per sender). Only files from contacts up to --auto-download bytes
     are downloaded; others are listed with the command that fetches them.
 
     With --follow it keeps printing new messages until interrupted; Ctrl-C then
