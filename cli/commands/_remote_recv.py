@@ -1,10 +1,20 @@
 """``wa-cli recv`` through the daemon of the home (:mod:`cli.daemon`): a ``receive``
 subscription printed as ``recv`` prints (the daemon renders each event; this process
 writes its line). Without ``--follow`` it returns after ``--timeout`` seconds without
-an event; with ``--follow`` Ctrl-C or SIGTERM end it with exit code 0."""
+an event; with ``--follow`` Ctrl-C or SIGTERM end it with exit code 0.
+
+Exactly once on screen, as without a daemon (docs/cli.md): the subscription confirms
+(``receive {"confirm": true}``, docs/jsonrpc.md), so the daemon marks an event shown
+only once this process answers ``shown`` for it, after its line was written and
+taken by the reader of stdout (:mod:`cli.commands.linesink`). An event not printed
+(interrupted during its file's download, or the reader closed stdout) is answered
+``"taken": false`` and waits for the next ``recv``; one this process was killed
+while printing comes back flagged "maybe shown before"."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +22,7 @@ from cli.commands._common import AppContext, CliError
 from cli.commands._screen import MAYBE_PREFIX
 from cli.commands._signals import sigterm_interrupts
 from cli.commands.files_remote import fetch_received
+from cli.commands.linesink import LineSink, ReaderGone, drop_stdout
 from cli.daemon.remote import Remote, RemoteError
 from cli.output import file_human
 
@@ -37,17 +48,23 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
             everything was printed if a file failed its integrity check.
     """
     shown = 0
+    sink = LineSink(sys.stdout)
     try:
         with sigterm_interrupts():
             try:
-                remote.call("receive")
+                sub = remote.call("receive", {"confirm": True})["subscription"]
                 for msg in remote.notifications(None if follow else timeout):
                     if msg.get("method") != "receive" or not isinstance(msg.get("params"), dict):
                         continue
                     params = msg["params"]
-                    if files is not None:
-                        _with_file(app, remote, params, files)
-                    shown += _print(app, params)
+                    try:
+                        printed = _show(app, remote, params, files, sink)
+                    except ReaderGone:
+                        _answer(remote, sub, params, taken=False)
+                        _output_closed(app)
+                        return
+                    shown += printed
+                    _answer(remote, sub, params, taken=True)
             except KeyboardInterrupt:
                 if not follow:
                     raise
@@ -59,6 +76,51 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
         app.out.note("no new messages")
     if files is not None and files.failed:
         raise CliError("not saved: " + "; ".join(files.failed))
+
+
+def _show(app: AppContext, remote: Remote, params: dict, files: Files | None,
+          sink: LineSink) -> int:
+    """Fetch the event's file (if any), print its line and wait until the reader took it;
+    returns the lines shown on stdout (0 or 1). Answers the daemon itself when
+    interrupted: ``"taken": false`` before the line was written; after, nothing if the
+    reader has not taken it yet (the daemon then flags it "maybe shown before").
+
+    Raises:
+        ReaderGone: the reader closed stdout first (the line was not taken).
+        KeyboardInterrupt: Ctrl-C or SIGTERM (answered as above).
+    """
+    printed = None
+    try:
+        if files is not None:
+            _with_file(app, remote, params, files)
+        try:
+            printed = _print(app, params)
+        except BrokenPipeError as exc:
+            raise ReaderGone("the reader closed the output stream") from exc
+        sink.wait_taken()
+        return printed
+    except KeyboardInterrupt:
+        if printed is None:
+            _answer(remote, params.get("subscription"), params, taken=False)
+        else:
+            with contextlib.suppress(OSError):
+                if not sink.unread():
+                    _answer(remote, params.get("subscription"), params, taken=True)
+        raise
+
+
+def _answer(remote: Remote, sub: object, params: dict, *, taken: bool) -> None:
+    """Tell the daemon whether the event of ``params`` was shown (``shown``)."""
+    with contextlib.suppress(RemoteError):  # the daemon is gone: it flags what it handed out
+        remote.call("shown", {"subscription": sub, "n": params.get("n"), "taken": taken})
+
+
+def _output_closed(app: AppContext) -> None:
+    """stdout was closed by its reader: quiet exit 0, as ``recv`` without a daemon."""
+    drop_stdout()
+    with contextlib.suppress(BrokenPipeError):
+        app.out.note("the output was closed; what was not shown waits for the next "
+                     "'wa-cli recv'")
 
 
 def _with_file(app: AppContext, remote: Remote, params: dict, files: Files) -> None:

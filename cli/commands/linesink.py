@@ -26,15 +26,29 @@ import os
 import select
 import stat
 import struct
+import sys
 import termios
+import time
 from typing import TextIO
 
 import trio
 
-__all__ = ["POLL_FIRST", "POLL_MAX", "LineSink", "ReaderGone"]
+__all__ = ["POLL_FIRST", "POLL_MAX", "LineSink", "ReaderGone", "drop_stdout"]
 
 POLL_FIRST = 0.0005  # seconds: first wait for a pipe's reader
 POLL_MAX = 0.05  # seconds: the longest wait between two looks at a pipe
+
+
+def drop_stdout() -> None:
+    """stdout's reader closed it: point file descriptor 1 at /dev/null, so what Python
+    still buffers for it goes nowhere (no error at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (tests): nothing buffered to drop
+        pass
+    finally:
+        os.close(devnull)
 
 
 class ReaderGone(Exception):
@@ -115,4 +129,18 @@ class LineSink:
             if self._reader_closed():
                 raise ReaderGone("the reader closed the output stream before reading it all")
             await trio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+
+    def wait_taken(self) -> None:
+        """:meth:`taken` for a blocking caller (``wa-cli recv`` through the daemon, which
+        has no event loop): the same polls, slept on the calling thread.
+
+        Raises:
+            ReaderGone: the reader closed the stream with bytes unread.
+        """
+        delay = POLL_FIRST
+        while self.unread():
+            if self._reader_closed():
+                raise ReaderGone("the reader closed the output stream before reading it all")
+            time.sleep(delay)
             delay = min(delay * 2, POLL_MAX)

@@ -19,9 +19,7 @@ after a SIGKILL, the next ``recv`` shows the rest.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -38,7 +36,7 @@ from cli.commands._common import (
 )
 from cli.commands._remote_recv import Files, recv_via_daemon
 from cli.commands._screen import MAX_FILES_WAITING, Screen
-from cli.commands.linesink import ReaderGone
+from cli.commands.linesink import ReaderGone, drop_stdout
 from cli.daemon.remote import find_daemon
 from cli.errors import ConnectionFailed, ConnectionLost, NotOpenedYet
 from cli.events import Kept, Message
@@ -150,13 +148,7 @@ async def _follow(app: AppContext, state: State, screen: Screen) -> None:
 def _reader_gone(app: AppContext, state: State) -> None:
     """stdout was closed by its reader: send what Python still buffers for it to
     /dev/null (no error at exit) and say how much is left for the next run."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # not a real file (tests): nothing buffered to drop
-        pass
-    finally:
-        os.close(devnull)
+    drop_stdout()
     left = len(state.inbox)
     with contextlib.suppress(BrokenPipeError):  # stderr closed too: nobody to tell
         app.out.note(f"the output was closed; {left} event{'s' * (left != 1)} kept for "

@@ -7,8 +7,11 @@ subscribers.
 --follow`` (each connection first sends what waits in the local outbox, see
 :func:`cli.client.open_client`), receives with the events kept in the state's inbox
 (:mod:`cli.session.inbox`) and hands each kept event to the subscribers
-(:meth:`Device.subscribe`): an event is marked shown once written to a subscriber,
-and waits in the inbox while nobody is subscribed.
+(:meth:`Device.subscribe`): an event is marked shown once a subscriber took it
+(written to a JSON-RPC program; printed and read, for ``wa-cli recv``, which
+confirms each line), and waits in the inbox while nobody is subscribed. One task
+shows (:meth:`Device.want_show` wakes it), so a subscriber that takes its time never
+holds up receiving.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ log = logging.getLogger(__name__)
 FOLD_EVERY = 4096  # shown marks appended before they are folded into the state file
 CONNECT_WAIT = 10.0  # seconds a request waits for the daemon's connection when there is none
 
-Subscriber = Callable[[Pending], Awaitable[bool]]
-"""Writes one kept event to a subscriber; ``False`` if it could not (gone)."""
+Subscriber = Callable[[Pending], Awaitable[bool | None]]
+"""Hands one kept event to a subscriber: ``True`` taken, ``False`` not taken (gone
+before it was written, or the subscriber said it did not show it), ``None`` unsure
+(written, and the subscriber went away without saying whether it showed it)."""
 
 
 class Device:
@@ -70,6 +75,7 @@ class Device:
         self._subscribers: dict[int, Subscriber] = {}
         self._next_sub = 1
         self._showing = trio.Lock()
+        self._show_wanted = trio.Event()
         self._folded = 0
         self._outbox_changed = trio.Event()
         self.uploads: dict[str, Any] = {}
@@ -118,7 +124,12 @@ class Device:
         in the background). The reconnection backoff restarts once a connection got
         through its backlog, so a message that cannot be opened yet
         (:class:`~cli.errors.NotOpenedYet`) is retried ever more slowly, not at once."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._shower)
+            task_status.started()
+            await self._stay_connected()
+
+    async def _stay_connected(self) -> None:
         delays = self._delays()
         outage: str | None = None  # "link" (no connection) or "open" (NotOpenedYet)
 
@@ -165,10 +176,10 @@ class Device:
             self._outbox_changed = trio.Event()
 
     async def _receive(self, client: Client, synced: Callable[[], None]) -> None:
-        await self.show_pending()
+        self.want_show()
         async for event in client.receive(keep=True):
             if isinstance(event, Kept):
-                await self.show_pending()
+                self.want_show()
             elif isinstance(event, BacklogDone):
                 synced()
 
@@ -181,13 +192,27 @@ class Device:
         self._subscribers[sid] = write
         return sid
 
+    def want_show(self) -> None:
+        """Wake the showing task: what waits in the inbox goes to the subscribers
+        (:meth:`show_pending`)."""
+        self._show_wanted.set()
+
+    async def _shower(self) -> None:
+        while True:
+            await self._show_wanted.wait()
+            self._show_wanted = trio.Event()
+            await self.show_pending()
+
     def unsubscribe(self, sid: int) -> bool:
         """Remove a subscriber; ``False`` if there was none with that id."""
         return self._subscribers.pop(sid, None) is not None
 
     async def show_pending(self) -> None:
-        """Write every event waiting in the inbox, in order, to every subscriber; mark it
-        shown once some subscriber took it. Stops (the rest waits) with no subscriber."""
+        """Hand every event waiting in the inbox, in order, to every subscriber; mark it
+        shown once some subscriber took it; flag it ``maybe_shown`` (kept, shown again
+        with the flag) if none took it and one went away unsure (:data:`Subscriber`).
+        A subscriber that did not take an event is dropped. Stops (the rest waits)
+        with no subscriber."""
         async with self._showing:
             inbox = self.state.inbox
             for p in inbox.pending():
@@ -196,14 +221,16 @@ class Device:
                 if p.n not in inbox:
                     continue
                 inbox.showing(p.n)
-                taken = False
+                outcomes = []
                 for sid, write in list(self._subscribers.items()):
-                    if await write(p):
-                        taken = True
-                    else:
+                    outcomes.append(taken := await write(p))
+                    if taken is not True:
                         self._subscribers.pop(sid, None)
-                if taken:
+                if True in outcomes:
                     inbox.shown(p.n)
+                elif None in outcomes:
+                    inbox.unsure(p.n)
+                    await self.state.asave()  # the flag outlives a daemon killed next
                 else:
                     inbox.withdraw(p.n)
             if inbox.marks - self._folded >= FOLD_EVERY:

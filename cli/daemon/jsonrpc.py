@@ -86,6 +86,8 @@ class Peer:
         closed: set once the connection ended (subscriptions end with it).
         subscriptions: ids of the subscriptions made on this connection (for the
             methods; the server ends them when the connection ends).
+        confirming: subscription id -> the answer a confirming ``receive``
+            subscription owes (:mod:`cli.daemon.methods`).
     """
 
     def __init__(self, stream: trio.abc.Stream, methods: dict[str, Handler], name: str) -> None:
@@ -95,6 +97,7 @@ class Peer:
         self._write_lock = trio.Lock()
         self.closed = trio.Event()
         self.subscriptions: set[int] = set()
+        self.confirming: dict[int, Any] = {}
         self._after: list[Callable[[], Awaitable[None]]] = []
 
     def after_reply(self, fn: Callable[[], Awaitable[None]]) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import trio
+
 from cli.commands._events import render
 from cli.commands.group import group_human, group_json
 from cli.commands.history import _row as history_row
@@ -308,42 +310,103 @@ def _event_params(device: Device, sid: int, p: Pending) -> dict:
     else:
         obj, text, note = shape
     return {"subscription": sid, "event": obj, "text": text, "note": note,
-            "maybe_shown": p.maybe_shown}
+            "maybe_shown": p.maybe_shown, "n": p.n}
 
 
 MAX_SUBSCRIPTIONS = 16
 """``receive`` subscriptions one connection may hold at once."""
 
 
+class _Confirmation:
+    """The answer a confirming subscriber owes for the event it was handed last."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.taken: bool | None = None  # None: no answer (yet)
+        self.done = trio.Event()
+
+
+async def _first(*events: trio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
+
+
 @method("receive")
 async def receive(device: Device, peer: Peer, params: dict) -> dict:
-    """``{}`` -> ``{"subscription": N}``; then one ``receive`` notification per event
-    (``{"subscription", "event": recv --json object | null, "text": human line,
-    "note": bool, "maybe_shown": bool}``), first what waits, until the connection
-    closes or ``unsubscribe``. At most :data:`MAX_SUBSCRIPTIONS` per connection
+    """``{"confirm"?: bool}`` -> ``{"subscription": N}``; then one ``receive``
+    notification per event (``{"subscription", "event": recv --json object | null,
+    "text": human line, "note": bool, "maybe_shown": bool, "n": int}``), first what
+    waits, until the connection closes or ``unsubscribe``. Without ``confirm`` an
+    event counts as shown once written to the connection. With ``confirm`` (``wa-cli
+    recv``), only once the subscriber answers ``shown {"subscription", "n"}``; the
+    next event waits for that answer; ``"taken": false`` leaves the event waiting
+    (and ends the subscription); a connection that ends without an answer leaves it
+    waiting flagged ``maybe_shown``. At most :data:`MAX_SUBSCRIPTIONS` per connection
     (``RUNTIME_ERROR`` past them: a batch line of thousands would have every event
     written thousands of times while the other subscribers wait)."""
     if len(peer.subscriptions) >= MAX_SUBSCRIPTIONS:
         raise RpcError(RUNTIME_ERROR, f"at most {MAX_SUBSCRIPTIONS} subscriptions per "
                        "connection", {"reason": "too_many_subscriptions"})
+    confirm = params.get("confirm", False)
+    if not isinstance(confirm, bool):
+        raise RpcError(INVALID_PARAMS, "confirm must be true or false")
     sid = 0
 
-    async def write(p: Pending) -> bool:
-        return await peer.notify("receive", _event_params(device, sid, p))
+    async def write(p: Pending) -> bool | None:
+        if not confirm:
+            return await peer.notify("receive", _event_params(device, sid, p))
+        slot = peer.confirming[sid] = _Confirmation(p.n)
+        try:
+            if not await peer.notify("receive", _event_params(device, sid, p)):
+                return False
+            await _first(slot.done, peer.closed)
+            return slot.taken
+        finally:
+            peer.confirming.pop(sid, None)
 
     sid = device.subscribe(write)
     peer.subscriptions.add(sid)
-    peer.after_reply(device.show_pending)
+
+    async def wake() -> None:
+        device.want_show()
+
+    peer.after_reply(wake)
     return {"subscription": sid}
+
+
+@method("shown")
+async def shown(device: Device, peer: Peer, params: dict) -> bool:
+    """``{"subscription": N, "n": int, "taken"?: bool}`` -> ``true`` if it answered the
+    event that confirming subscription was handed last (see ``receive``)."""
+    sid = params.get("subscription")
+    slot = peer.confirming.get(sid) if isinstance(sid, int) else None
+    taken = params.get("taken", True)
+    if not isinstance(taken, bool):
+        raise RpcError(INVALID_PARAMS, "taken must be true or false")
+    if slot is None or slot.n != params.get("n") or slot.done.is_set():
+        return False
+    slot.taken = taken
+    slot.done.set()
+    return True
 
 
 @method("unsubscribe")
 async def unsubscribe(device: Device, peer: Peer, params: dict) -> bool:
-    """``{"subscription": N}`` -> ``true`` if it was this connection's subscription."""
+    """``{"subscription": N}`` -> ``true`` if it was this connection's subscription
+    (an event it was handed and did not answer stays waiting, flagged ``maybe_shown``)."""
     sid = params.get("subscription")
-    if sid not in peer.subscriptions:
+    if not isinstance(sid, int) or sid not in peer.subscriptions:
         return False
     peer.subscriptions.discard(sid)
+    slot = peer.confirming.get(sid) if isinstance(sid, int) else None
+    if slot is not None:
+        slot.done.set()
     return device.unsubscribe(sid)
 
 

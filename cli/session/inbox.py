@@ -239,6 +239,14 @@ class Inbox:
         self._marks.append([], None)
         self._announced = None
 
+    def unsure(self, n: int) -> None:
+        """Event ``n`` was announced and handed to a reader that went away without
+        saying whether it showed it (a ``wa-cli recv`` through the daemon, killed):
+        it stays pending, flagged ``maybe_shown`` (durable with the next save)."""
+        self._marks.append([], None)
+        self._announced = None
+        self._flag(n)
+
     def settle(self) -> None:
         """Before a final save: an event announced and not marked shown (the reader may
         still read it) is flagged ``maybe_shown`` in the state itself, so that
