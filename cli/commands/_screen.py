@@ -5,7 +5,8 @@ The receiver keeps every event to show in the inbox of the device state
 first: each is announced, written, flushed and taken by the reader of the stream
 (:mod:`cli.linesink`), then marked shown. A file message is handed to a download
 task (:meth:`Screen.serve_files`) and shown once its download has finished or
-failed, so the messages behind it never wait for a download.
+failed, after everything kept before it; other senders' messages behind it do not
+wait for the download, its own sender's do (order per sender holds on screen).
 
 Notes on stderr (human device-list and group changes, bounces) count as shown
 once written: stderr is for diagnostics, which a parent may read only at its end.
