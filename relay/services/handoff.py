@@ -65,6 +65,10 @@ EXPORT_PAGE = 256
 """Records read per ``export_user`` call."""
 PUT_HEADER = 1024
 """Bytes reserved in a ``handoff_put`` frame for everything but the records."""
+ENTRY_OVERHEAD = 8
+"""Bytes an outbox entry adds to a ``handoff_put`` besides its payload (a bin header)."""
+OUTBOX_PER_PUT = 1024
+"""Most outbox entries in one ``handoff_put`` (well within the decoders' 4096 array items)."""
 MEDIA_CHUNK = 128 * 1024
 """Bytes of media per ``handoff_media`` frame (within every peer frame limit)."""
 REQUEST_TIMEOUT = 10.0
@@ -293,11 +297,15 @@ class Handoff:
         outbox: list[bytes] = []
         outbox_bytes = 0
         for entry in entries:
-            if outbox and batch_bytes + outbox_bytes + len(entry.payload) > budget:
+            # the records already in the batch count too, and every entry adds its bin
+            # header; an array holds at most OUTBOX_PER_PUT (the decoder's max_array)
+            n = len(entry.payload) + ENTRY_OVERHEAD
+            if (batch or outbox) and (batch_bytes + outbox_bytes + n > budget
+                                      or len(outbox) >= OUTBOX_PER_PUT):
                 await flush(outbox)
                 outbox, outbox_bytes = [], 0
             outbox.append(entry.payload)
-            outbox_bytes += len(entry.payload)
+            outbox_bytes += n
         await flush(outbox)  # at least one put, even for a user with nothing but a name
         for media_id in await self._media_of(user):
             size += await self._copy_media(user, dest, media_id)
