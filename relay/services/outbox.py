@@ -72,7 +72,7 @@ from relay.protocol.frames import (
 from relay.protocol.stored import encode_bounce_body, encode_envelope, salvage_forward
 from relay.services.federation import Federation, LinkDown, request_within
 from relay.services.outbox_caps import OutboxCaps
-from storage import EnqueueRequest, OutboxEntry, Storage
+from storage import EnqueueRequest, OutboxEntry, Storage, StorageFull, StorageUnavailable
 
 RETRYABLE = RETRYABLE_CODES
 START_COUNT = 100_000
@@ -210,17 +210,23 @@ class Outbox:
             wake = self._wake[dest]
             if wake.is_set():
                 self._wake[dest] = wake = trio.Event()
-            entries = await self._storage.outbox_list(dest, limit=BATCH)
-            if not entries:
-                self._backlog[dest] = False
-                await wake.wait()
-                continue
-            outcome, head = await self._attempt(dest, entries)
-            if outcome == "done":
-                delays = PEER_BACKOFF.delays()
-                continue
-            if head is not None:
-                await self._storage.outbox_retry(head)
+            try:
+                entries = await self._storage.outbox_list(dest, limit=BATCH)
+                if not entries:
+                    self._backlog[dest] = False
+                    await wake.wait()
+                    continue
+                outcome, head = await self._attempt(dest, entries)
+                if outcome == "done":
+                    delays = PEER_BACKOFF.delays()
+                    continue
+                if head is not None:
+                    await self._storage.outbox_retry(head)
+            except (StorageFull, StorageUnavailable) as exc:
+                # e.g. EIO on the delete after the destination stored a batch: the
+                # entries stay and go again (deduplicated there); the node lives on
+                self._log.warning("outbox to %s: storage failed (%s); retrying", dest, exc)
+                outcome = "retry"
             link = self._federation.links[dest]
             with trio.move_on_after(next(delays)):
                 if outcome == "down":
