@@ -122,8 +122,10 @@ class Zygote:
         try:
             await sock.connect(str(self.path))
             header = json.dumps({"argv": argv, "env": env}).encode() + b"\n"
-            await sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array("i", [null, out_w, err_w]))])
+            sent = await sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                  array.array("i", [null, out_w, err_w]))])
+            while sent < len(header):  # a long argv: the rest of the line (fds went first)
+                sent += await sock.send(header[sent:])
         except BaseException:
             sock.close()
             for fd in (out_r, err_r):

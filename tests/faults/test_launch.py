@@ -39,5 +39,8 @@ async def test_forked_commands_print_exit_and_die_like_exec_ones(tmp_path):
             assert bad.code == 2 and "--connect-timeout" in bad.stderr, bad
             again = await run_cli(home, ("id",), launcher=zygote)
             assert again.code == 1  # the server keeps forking after a killed child
+            # an argv longer than one socket write (the line's tail follows its fds)
+            long = await run_cli(home, ("id", "x" * 400_000), launcher=zygote)
+            assert long.code == 2 and "x" * 50 in long.stderr, long
     finally:
         await zygote.close()
