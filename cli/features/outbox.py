@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 
 from cli.errors import ConnectionLost, RelayError, SendFailed, SendUnknown
+from cli.events import Bounce
 from cli.features import group_messaging, sending
 from cli.session.group_state import GroupError
 from cli.session.session import Session
 from cli.session.state import State
 from relay.protocol import ErrorCode
 
-__all__ = ["PENDING", "entries", "flush", "keep"]
+__all__ = ["NOT_SENT", "PENDING", "entries", "flush", "keep"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,17 @@ def keep(state: State, msg_id: bytes, plaintext: bytes, *, to: str = "",
                          "ts": sending.now_ms() if ts is None else ts})
 
 
+NOT_SENT = "not_sent"
+"""The bounce code of an outbox entry the client itself could not send."""
+
+
+def _tell(state: State, entry: dict, code: str, message: str) -> None:
+    """Keep a bounce for a dropped entry in the inbox (saved with the entry's removal)."""
+    where = entry["to"] or (f"group {entry['group_id'].hex()}" if entry["group_id"] else "")
+    state.inbox.keep(Bounce(entry["id"], where, str(code),
+                            f"kept while offline (pending), then not sent: {message}"))
+
+
 def entries(state: State) -> list[dict]:
     """What waits, oldest first: ``{"id": hex, "to": user_id or "", "group_id": hex or
     None, "ts": ms}`` per message."""
@@ -63,7 +75,10 @@ async def flush(session: Session) -> list[tuple[bytes, str]]:
 
     A connection problem (lost, no answer) stops the flush and keeps the rest; a
     relay refusal that cannot change by waiting (``unknown_user``, not a group member,
-    ...) drops that entry with a warning.
+    ...) drops that entry with a warning and keeps a :class:`~cli.events.Bounce` in
+    the inbox, so the next ``recv`` (or the daemon's subscribers) tells the user that
+    the message they were told is ``pending`` was not sent (code ``not_sent`` when
+    the client itself gave up: no keys, not a member).
 
     Returns:
         ``(msg_id, status)`` of each message sent.
@@ -91,9 +106,11 @@ async def flush(session: Session) -> list[tuple[bytes, str]]:
                 log.info("outbox: %s; kept for the next connection", exc)
                 break
             log.warning("outbox: message %s was refused (%s); dropped", entry["id"].hex(), exc)
+            _tell(state, entry, exc.code, str(exc))
             status = None
         except (SendFailed, GroupError) as exc:
             log.warning("outbox: message %s cannot be sent (%s); dropped", entry["id"].hex(), exc)
+            _tell(state, entry, NOT_SENT, str(exc))
             status = None
         if state.outbox and state.outbox[0] is entry:
             state.outbox.pop(0)
