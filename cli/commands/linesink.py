@@ -29,6 +29,7 @@ import struct
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 import trio
@@ -117,9 +118,9 @@ class LineSink:
         poller.register(fd, select.POLLOUT)
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
 
-    async def taken(self) -> None:
-        """Return once the reader has taken everything written (at once unless
-        :attr:`watched`).
+    def _polls(self) -> Iterator[float]:
+        """The waits (seconds) between looks while the reader has bytes unread; ends
+        once it has none.
 
         Raises:
             ReaderGone: the reader closed the stream with bytes unread.
@@ -128,8 +129,18 @@ class LineSink:
         while self.unread():
             if self._reader_closed():
                 raise ReaderGone("the reader closed the output stream before reading it all")
-            await trio.sleep(delay)
+            yield delay
             delay = min(delay * 2, POLL_MAX)
+
+    async def taken(self) -> None:
+        """Return once the reader has taken everything written (at once unless
+        :attr:`watched`).
+
+        Raises:
+            ReaderGone: the reader closed the stream with bytes unread.
+        """
+        for delay in self._polls():
+            await trio.sleep(delay)
 
     def wait_taken(self) -> None:
         """:meth:`taken` for a blocking caller (``wa-cli recv`` through the daemon, which
@@ -138,9 +149,5 @@ class LineSink:
         Raises:
             ReaderGone: the reader closed the stream with bytes unread.
         """
-        delay = POLL_FIRST
-        while self.unread():
-            if self._reader_closed():
-                raise ReaderGone("the reader closed the output stream before reading it all")
+        for delay in self._polls():
             time.sleep(delay)
-            delay = min(delay * 2, POLL_MAX)
