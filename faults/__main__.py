@@ -46,6 +46,9 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--launch", type=click.Choice(["fork", "exec"]), default="fork",
               show_default=True, help="fork: wa-cli commands are forked from a process "
               "that imported wa-cli once (faults/zygote.py); exec: each is a fresh wa-cli.")
+@click.option("--plain", is_flag=True,
+              help="Nodes listen on plain ws:// on loopback (init-cluster "
+                   "--insecure-loopback), as behind a local TLS proxy; default wss://.")
 @click.option("--max-seconds", type=click.FloatRange(min=0),
               help="Start no new round after this many seconds; the report covers the "
                    "rounds run (e.g. '120 of 1000 rounds').")
@@ -55,7 +58,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 @click.option("--list-kinds", is_flag=True, help="List the fault kinds and exit.")
 def main(seed: int, rounds: int, kinds: tuple[str, ...], json_path: Path | None, nodes: int,
-         sends: int, deadline: float, keepalive: float, launch: str,
+         sends: int, deadline: float, keepalive: float, launch: str, plain: bool,
          max_seconds: float | None, workdir: Path | None,
          quiet: bool,
          list_kinds: bool) -> None:
@@ -67,7 +70,8 @@ def main(seed: int, rounds: int, kinds: tuple[str, ...], json_path: Path | None,
             click.echo(f"{kind.name:14} {kind.doc}{known}")
         return
     cfg = Config(seed=seed, rounds=rounds, kinds=kinds, nodes=nodes, sends=sends,
-                 deadline=deadline, keepalive=keepalive or None, launch=launch, max_seconds=max_seconds, workdir=workdir, quiet=quiet)
+                 deadline=deadline, keepalive=keepalive or None, launch=launch, plain=plain,
+                 max_seconds=max_seconds, workdir=workdir, quiet=quiet)
     report = trio.run(run_suite, cfg)
     click.echo(report.table)
     if json_path is not None:

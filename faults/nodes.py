@@ -56,11 +56,12 @@ class Node:
     child: LoggedProcess | None = None
     starts: int = 0
     kills: int = field(default=0)
+    scheme: str = "wss"  # "ws" for a plain node (NodeSet plain)
 
     @property
     def url(self) -> str:
         """The URL in the cluster file: the proxy's (TLS passes through it untouched)."""
-        return f"wss://127.0.0.1:{self.proxy_port}"
+        return f"{self.scheme}://127.0.0.1:{self.proxy_port}"
 
     @property
     def running(self) -> bool:
@@ -82,11 +83,13 @@ class NodeSet:
         network: the proxies' rules; its ``owners`` map is kept up to date here.
         keepalive: if given, every node's ``keepalive_interval`` and ``keepalive_timeout``
             (seconds; docs/operations.md) instead of the defaults (20 and 10).
+        plain: nodes listen on plain ``ws://`` (``init-cluster --insecure-loopback``).
     """
 
     def __init__(self, root: Path, count: int, network: Network,
-                 keepalive: float | None = None) -> None:
+                 keepalive: float | None = None, plain: bool = False) -> None:
         self.keepalive = keepalive
+        self.plain = plain
         self.root = root
         self.data = root / "data"
         self.logs = root / "logs"
@@ -101,7 +104,8 @@ class NodeSet:
         self.logs.mkdir(parents=True, exist_ok=True)
         base = free_base_port(self.count)
         argv = [*tool("wa-relay"), "init-cluster", "--nodes", str(self.count), "--base-port",
-                str(base), "--data", str(self.data), "--host", "127.0.0.1"]
+                str(base), "--data", str(self.data), "--host", "127.0.0.1",
+                *(["--insecure-loopback"] if self.plain else [])]
         run = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
                                      env=child_env(), check=False)
         if run.returncode != 0:
@@ -112,7 +116,8 @@ class NodeSet:
             if self.keepalive is not None:
                 fields.update(keepalive_interval=self.keepalive, keepalive_timeout=self.keepalive)
                 write_text_atomic(config, format_node(fields))
-            self.nodes[f"n{k}"] = Node(f"n{k}", config, fields["port"], storage=fields["storage"])
+            self.nodes[f"n{k}"] = Node(f"n{k}", config, fields["port"], storage=fields["storage"],
+                                       scheme="ws" if self.plain else "wss")
 
     def point_at_proxies(self, proxy_ports: dict[str, int]) -> None:
         """Rewrite the cluster file so that node ``nid``'s URL is its proxy on

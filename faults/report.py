@@ -142,7 +142,7 @@ def build_report(world: World, cfg: Config, plan: list[str], records: list[dict]
     if aborted:
         lines.append(f"ABORTED: {aborted}")
     lines.append(f"reproduce: python -m faults --seed {cfg.seed} --rounds {cfg.rounds} "
-                 f"--kinds {','.join(cfg.kinds)}")
+                 f"--kinds {','.join(cfg.kinds)}{' --plain' if cfg.plain else ''}")
     data = {
         "seed": cfg.seed, "rounds_planned": cfg.rounds, "rounds_run": len(records),
         "seconds": round(seconds, 1), "passed": passed, "passed_unknown": passed_unknown,

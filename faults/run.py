@@ -50,6 +50,7 @@ class Config:
     dead_ttl: float = 60.0
     keepalive: float | None = 4.0  # nodes' and wa-cli's keepalive interval and timeout, s
     launch: str = "fork"  # "fork": wa-cli commands forked by faults.zygote; "exec": the script
+    plain: bool = False  # nodes on plain ws:// (loopback) instead of wss://
     max_seconds: float | None = None  # start no round after this many seconds of the run
     workdir: Path | None = None
     quiet: bool = False
@@ -148,7 +149,7 @@ async def run_suite(cfg: Config) -> Report:
     root = Path(tempfile.mkdtemp(prefix="wa-faults-")) if own_dir else cfg.workdir
     root.mkdir(parents=True, exist_ok=True)
     network = Network(dead_ttl=cfg.dead_ttl)
-    nodes = NodeSet(root, cfg.nodes, network, keepalive=cfg.keepalive)
+    nodes = NodeSet(root, cfg.nodes, network, keepalive=cfg.keepalive, plain=cfg.plain)
     cli_env = ({} if cfg.keepalive is None else
                {"WA_KEEPALIVE": f"{cfg.keepalive:g}", "WA_KEEPALIVE_TIMEOUT": f"{cfg.keepalive:g}"})
     world = World(root, nodes, network, Ledger(), cli_timeout=cfg.cli_timeout,
