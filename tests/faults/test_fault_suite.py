@@ -16,7 +16,10 @@ from pathlib import Path
 import trio
 
 from faults.kinds import KINDS
+from faults.nodes import NodeSet
+from faults.proxy import Network
 from faults.run import Config, run_suite
+from relay.config import load_cluster
 
 SMOKE_KINDS = ("node_kill", "peer_reset", "peer_silent", "send_kill", "recv_kill", "group_cut",
                "daemon_kill")
@@ -61,3 +64,17 @@ async def test_seeded_run_loses_nothing(tmp_path):
     assert sum(n["kills"] for n in data["nodes"].values()) >= 1  # node_kill killed one
     daemon = next(r for r in data["rounds"] if r["kind"] == "daemon_kill")
     assert daemon["notes"]["life1_connected"] and "life2_exit" in daemon["notes"], daemon
+
+
+async def test_plain_nodes_are_laid_out_on_ws(tmp_path):
+    """``--plain``: every node listens without TLS (allow_plain) and the cluster file
+    the clients pin names their proxies with ``ws://`` URLs."""
+    nodes = NodeSet(tmp_path, 2, Network(dead_ttl=60.0), plain=True)
+    with trio.fail_after(60):
+        await nodes.init()
+    nodes.point_at_proxies({"n1": 4001, "n2": 4002})
+    urls = sorted(info.url for info in load_cluster(tmp_path / "data" / "cluster.toml"))
+    assert urls == ["ws://127.0.0.1:4001", "ws://127.0.0.1:4002"]
+    for node in nodes.nodes.values():
+        text = node.config.read_text()
+        assert "allow_plain = true" in text and 'tls_cert = ""' in text, text
