@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import trio
 
 from tests.forkserver import current
 
-__all__ = ["Running", "lines", "signal_before_our_code", "wa"]
+__all__ = ["Running", "lines", "signal_before_our_code", "wa", "without_site_report"]
 
 REAP_DEADLINE = 10.0  # seconds for a killed child to be reaped
 OUR_CODE = str(Path(__file__).resolve().parents[2] / "cli")
@@ -106,6 +107,20 @@ def signal_before_our_code(code: int, err: str) -> bool:
         return True
     return (code == -signal.SIGINT and err.startswith("Traceback")
             and err.rstrip().endswith("KeyboardInterrupt") and OUR_CODE not in err)
+
+
+SITE_REPORT = re.compile(r"Error processing line \d+ of [^\n]*\.pth:\n.*?Remainder of file "
+                         r"ignored\n?", re.DOTALL)
+
+
+def without_site_report(err: str) -> str:
+    """``err`` without the report Python's ``site`` prints when a SIGINT lands while it
+    runs an import line of a ``.pth`` file (the editable install's finder,
+    setuptools' ``distutils-precedence.pth``): the interpreter's own start-up, before
+    any line of wa-cli. ``site`` prints the ``KeyboardInterrupt``'s traceback and
+    "Remainder of file ignored", and goes on: the command then runs as if no signal
+    had come (docs/cli.md, "Ctrl-C during start-up")."""
+    return SITE_REPORT.sub(lambda m: "" if "KeyboardInterrupt" in m.group() else m.group(), err)
 
 
 async def wa(home, *args, check: bool = True, stdin: bytes | None = None,

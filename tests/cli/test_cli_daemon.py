@@ -12,7 +12,7 @@ import stat
 
 import trio
 from cli_cluster import run_cluster
-from cli_procs import Running, lines, signal_before_our_code, wa
+from cli_procs import Running, lines, signal_before_our_code, wa, without_site_report
 
 from relay.testing import open_local_cluster
 
@@ -305,6 +305,7 @@ async def test_ctrl_c_at_random_moments_of_send(tmp_path):
                     code, err = await send.finish()
                 finally:
                     await send.aclose()
+                err = without_site_report(err)
                 if signal_before_our_code(code, err):
                     code = 130  # the interpreter itself, in its first ~50 ms (docs/cli.md)
                 else:  # -SIGINT: killed before Python set up its handler (a shell shows 130)
