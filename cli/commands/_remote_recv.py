@@ -52,7 +52,7 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
     try:
         with sigterm_interrupts():
             try:
-                sub = remote.call("receive", {"confirm": True})["subscription"]
+                remote.call("receive", {"confirm": True})
                 for msg in remote.notifications(None if follow else timeout):
                     if msg.get("method") != "receive" or not isinstance(msg.get("params"), dict):
                         continue
@@ -60,11 +60,11 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
                     try:
                         printed = _show(app, remote, params, files, sink)
                     except ReaderGone:
-                        _answer(remote, sub, params, taken=False)
+                        _answer(remote, params, taken=False)
                         _output_closed(app)
                         return
                     shown += printed
-                    _answer(remote, sub, params, taken=True)
+                    _answer(remote, params, taken=True)
             except KeyboardInterrupt:
                 if not follow:
                     raise
@@ -82,17 +82,19 @@ def _show(app: AppContext, remote: Remote, params: dict, files: Files | None,
           sink: LineSink) -> int:
     """Fetch the event's file (if any), print its line and wait until the reader took it;
     returns the lines shown on stdout (0 or 1). Answers the daemon itself when
-    interrupted: ``"taken": false`` before the line was written; after, nothing if the
-    reader has not taken it yet (the daemon then flags it "maybe shown before").
+    interrupted: ``"taken": false`` before the line's write began, ``true`` if it was
+    written and taken; otherwise nothing (the daemon then flags it "maybe shown before").
 
     Raises:
         ReaderGone: the reader closed stdout first (the line was not taken).
         KeyboardInterrupt: Ctrl-C or SIGTERM (answered as above).
     """
+    writing = False
     printed = None
     try:
         if files is not None:
             _with_file(app, remote, params, files)
+        writing = True
         try:
             printed = _print(app, params)
         except BrokenPipeError as exc:
@@ -100,19 +102,20 @@ def _show(app: AppContext, remote: Remote, params: dict, files: Files | None,
         sink.wait_taken()
         return printed
     except KeyboardInterrupt:
-        if printed is None:
-            _answer(remote, params.get("subscription"), params, taken=False)
-        else:
+        if not writing:
+            _answer(remote, params, taken=False)
+        elif printed is not None:
             with contextlib.suppress(OSError):
                 if not sink.unread():
-                    _answer(remote, params.get("subscription"), params, taken=True)
+                    _answer(remote, params, taken=True)
         raise
 
 
-def _answer(remote: Remote, sub: object, params: dict, *, taken: bool) -> None:
+def _answer(remote: Remote, params: dict, *, taken: bool) -> None:
     """Tell the daemon whether the event of ``params`` was shown (``shown``)."""
     with contextlib.suppress(RemoteError):  # the daemon is gone: it flags what it handed out
-        remote.call("shown", {"subscription": sub, "n": params.get("n"), "taken": taken})
+        remote.call("shown", {"subscription": params.get("subscription"), "n": params.get("n"),
+                              "taken": taken})
 
 
 def _output_closed(app: AppContext) -> None:

@@ -178,8 +178,9 @@ def recv(app: AppContext, follow: bool, timeout: float, downloads: Path | None,
     A message that a killed recv was printing at that very moment is shown
     again, marked "maybe shown before" ("maybe_shown": true with --json).
     File messages are printed when their download has finished; other senders'
-    messages behind them do not wait, the same sender's do (order per sender). Only files from contacts up to --auto-download bytes
-    are downloaded; others are listed with the command that fetches them.
+    messages behind them do not wait, the same sender's do (order per sender).
+    Only files from contacts up to --auto-download bytes are downloaded; others
+    are listed with the command that fetches them.
 
     With --follow it keeps printing new messages until interrupted; Ctrl-C then
     stops it quietly with exit code 0. If the home node goes away it reconnects

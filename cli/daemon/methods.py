@@ -404,7 +404,7 @@ async def unsubscribe(device: Device, peer: Peer, params: dict) -> bool:
     if not isinstance(sid, int) or sid not in peer.subscriptions:
         return False
     peer.subscriptions.discard(sid)
-    slot = peer.confirming.get(sid) if isinstance(sid, int) else None
+    slot = peer.confirming.get(sid)
     if slot is not None:
         slot.done.set()
     return device.unsubscribe(sid)
