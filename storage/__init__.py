@@ -16,6 +16,7 @@ from .base import (
     QueueQuota,
     Storage,
     UserRecord,
+    WatchAdded,
 )
 from .errors import (
     DuplicateKey,
@@ -35,5 +36,5 @@ __all__ = [
     "MEDIA_CHUNK_MAX", "MEDIA_ID_SIZE", "MediaConflict", "MediaCorrupt", "MediaInfo",
     "DuplicateKey", "EnqueueRequest", "EnqueueResult", "OutboxEntry", "QueueFull", "QueueItem",
     "QueueQuota", "StaleVersion", "Storage", "StorageError", "StorageFull", "StorageInUse",
-    "StorageUnavailable", "UnknownBackend", "UserRecord", "open_storage", "register_backend",
+    "StorageUnavailable", "UnknownBackend", "UserRecord", "WatchAdded", "open_storage", "register_backend",
 ]

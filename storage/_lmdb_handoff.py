@@ -4,9 +4,12 @@ See :class:`storage.base.Storage` and the layout in :mod:`storage._lmdb_layout`.
 
 from __future__ import annotations
 
+import time
+
 import lmdb
 
 from . import _lmdb_layout as L
+from . import _lmdb_watchers as W
 from ._keys import check_user_id
 from ._lmdb_counters import Counters
 from ._lmdb_ops import Freed
@@ -96,8 +99,8 @@ def export_user(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes, start: int = 0,
     raw = txn.get(user, db=dbs.lists)
     if raw is not None:
         page.add(lambda: UserRecord("list", seq=L.unpack_u64(raw[:8]), value=raw[8:]))
-    for w in L.watchers(txn, dbs, user):
-        page.add(lambda w=w: UserRecord("watcher", key=w))
+    for w, ts in W.records(txn, dbs, user):
+        page.add(lambda w=w, ts=ts: UserRecord("watcher", key=w, ts=ts))
     for d in _user_devices(txn, dbs, user):
         if page.full:
             return page.out
@@ -183,11 +186,7 @@ def _import_dedupe(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes, r: UserRecord
 def _delete(txn: lmdb.Transaction, dbs: L.Dbs, user: bytes) -> int:
     gone = 0
     txn.delete(user, db=dbs.lists)
-    prefix = user + b"|"
-    with txn.cursor(db=dbs.watchers) as cur:
-        cur.set_range(prefix)
-        while (key := cur.key()) and key.startswith(prefix):
-            cur.delete()
+    W.delete_user(txn, dbs, user)
     freed = Freed()
     counted: set[bytes] = set()
     for d in _user_devices(txn, dbs, user):
@@ -233,6 +232,7 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
         if reset:
             _delete(txn, dbs, user)
+        now = time.time()  # a watcher from a home without times is refreshed now
         recs: dict[int, L.DevRec] = {}
 
         def rec(d: int) -> L.DevRec:
@@ -246,7 +246,7 @@ def import_user(user: bytes, records: list[UserRecord], reset: bool):
                 if old is None or L.unpack_u64(old[:8]) <= r.seq:
                     txn.put(user, L.pack_u64(r.seq) + r.value, db=dbs.lists)
             elif r.kind == "watcher":
-                txn.put(user + b"|" + r.key.encode(), b"", db=dbs.watchers)
+                W.put(txn, dbs, user, r.key.encode(), r.ts or now)
             elif r.kind == "seq":
                 rec(r.device_id).last_seq = max(rec(r.device_id).last_seq, r.seq)
             elif r.kind == "fallback":

@@ -30,7 +30,8 @@ expiry       ts_key | b"q" | queue key          the item's charge tags, NUL-sepa
                                                 (empty: none, or written before links)
 outbox       outbox_id u64                      attempts u32 | len(dest) u16 | dest | payload
 outbox_dest  len(dest) u16 | dest | outbox_id   empty   (per-destination index of ``outbox``)
-watchers     user_id | "|" | watcher user_id    empty   (who fetched user_id's device list)
+watchers     user_id | "|" | watcher user_id    last refresh f64 (who fetched user_id's list;
+                                                indexes in ``watch_idx``: storage._lmdb_watchers)
 media        media_id (32 bytes)                see storage._lmdb_media (blob record)
 media_time   b"c"/b"p" | ts_key | media_id      empty   (time index for media_expire)
 meta         b"format" / b"outbox_last"         b"1" / u64
@@ -75,7 +76,7 @@ FORMAT = b"1"
 DB_NAMES = (
     "lists", "otk", "claimed", "fallback", "queue", "devices", "dedupe", "expiry", "outbox",
     "meta", "watchers", "media", "media_time", "outbox_dest", "accounts", "charges", "shares",
-    "qcharge", "correspond", "invites", "dedupe_user",
+    "qcharge", "correspond", "invites", "dedupe_user", "watch_idx",
 )
 OUTBOX_LAST = b"outbox_last"
 BYTES_INDEXED = b"bytes_indexed"
@@ -115,6 +116,7 @@ class Dbs:
     correspond: lmdb._Database
     invites: lmdb._Database
     dedupe_user: lmdb._Database
+    watch_idx: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Dbs:

@@ -73,13 +73,6 @@ def put_device_list(user: bytes, version: int, blob: bytes) -> Op:
     return op
 
 
-def add_watcher(key: bytes) -> Op:
-    """Record the ``user | watcher`` pair (idempotent)."""
-    def op(txn: lmdb.Transaction, dbs: L.Dbs) -> None:
-        txn.put(key, b"", db=dbs.watchers, overwrite=False)
-    return op
-
-
 def add_one_time_keys(devk: bytes, keys: list[tuple[bytes, bytes]]) -> Op:
     """Add ``(key_id, key)`` pairs; return the count. Raises DuplicateKey (stored or claimed id)."""
     def op(txn: lmdb.Transaction, dbs: L.Dbs) -> int:

@@ -3,7 +3,7 @@ delete of one user's state; durable markers). See :class:`storage.base.Storage`.
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
 from ._keys import check_dedupe, check_user_id
 from .base import USER_RECORD_KINDS, QueueItem, UserRecord
@@ -39,7 +39,7 @@ class MemoryHandoffMixin:
     """Handoff methods over the dicts of :class:`storage.memory.MemoryStorage`."""
 
     _lists: dict[str, tuple[int, bytes]]
-    _watchers: dict[str, set[str]]
+    _watchers: dict[str, dict[str, float]]
     _otks: dict[tuple[str, int], dict[str, bytes]]
     _claimed: dict[tuple[str, int], set[str]]
     _fallback: dict[tuple[str, int], tuple[str, bytes]]
@@ -99,7 +99,8 @@ class MemoryHandoffMixin:
         if user_id in self._lists:
             version, blob = self._lists[user_id]
             out.append(UserRecord("list", seq=version, value=blob))
-        out += [UserRecord("watcher", key=w) for w in sorted(self._watchers.get(user_id, ()))]
+        out += [UserRecord("watcher", key=w, ts=ts)
+                for w, ts in sorted(self._watchers.get(user_id, {}).items())]
         for d in self._devices_of(user_id):
             dev = (user_id, d)
             if dev in self._seq:
@@ -128,8 +129,8 @@ class MemoryHandoffMixin:
         old = self._lists.pop(user_id, None)
         if old is not None:
             self._used -= len(old[1]) + 8
-        for w in self._watchers.pop(user_id, set()):
-            self._used -= len(w) + 8
+        for w in list(self._watchers.get(user_id, ())):
+            self._drop_watcher(user_id, w)  # type: ignore[attr-defined]
         for d in self._devices_of(user_id):
             dev = (user_id, d)
             for k, v in self._otks.pop(dev, {}).items():
@@ -170,17 +171,13 @@ class MemoryHandoffMixin:
 
     def _apply(self, user_id: str, r: UserRecord) -> None:
         dev = (user_id, r.device_id)
-        add: Any
         if r.kind == "list":
             old = self._lists.get(user_id)
             if old is None or old[0] <= r.seq:
                 self._used += len(r.value) + 8 - (len(old[1]) + 8 if old else 0)
                 self._lists[user_id] = (r.seq, r.value)
-        elif r.kind == "watcher":
-            add = self._watchers.setdefault(user_id, set())
-            if r.key not in add:
-                add.add(r.key)
-                self._used += len(r.key) + 8
+        elif r.kind == "watcher":  # a record from a home without times: refreshed now
+            self._put_watcher(user_id, r.key, r.ts or time.time())  # type: ignore[attr-defined]
         elif r.kind == "seq":
             self._seq[dev] = max(self._seq.get(dev, 0), r.seq)
         elif r.kind == "fallback":

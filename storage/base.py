@@ -163,7 +163,8 @@ class UserRecord:
     ``kind`` and the fields it uses:
 
     * ``"list"``: the device list; ``seq`` = its version, ``value`` = the signed blob;
-    * ``"watcher"``: ``key`` = a watcher user id;
+    * ``"watcher"``: ``key`` = a watcher user id, ``ts`` = when it was last refreshed
+      (``0.0`` from a home that predates the time: the importer records its own now);
     * ``"seq"``: the device's seq counter (highest seq ever assigned): ``device_id``, ``seq``;
     * ``"fallback"``: ``device_id``, ``key`` = key id, ``value`` = key;
     * ``"otk"``: an unclaimed one-time key: ``device_id``, ``key``, ``value``;
@@ -183,6 +184,21 @@ class UserRecord:
     seq: int = 0
     ts: float = 0.0
     value: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchAdded:
+    """What :meth:`Storage.add_watcher` did.
+
+    Attributes:
+        recorded: the pair is stored (new, or refreshed); false: refused because the
+            watcher already watches ``max_watching`` users here.
+        evicted: the watcher of the same user dropped to make room
+            (``max_watchers``), or ``None``.
+    """
+
+    recorded: bool
+    evicted: str | None = None
 
 
 USER_RECORD_KINDS = frozenset({"list", "watcher", "seq", "fallback", "otk", "claimed", "item",
@@ -213,12 +229,24 @@ class Storage(Protocol):
 
     # -- device-list watchers (who holds a copy of whose list)
 
-    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
-        """Durably record that ``watcher_user_id`` fetched ``user_id``'s device list.
+    async def add_watcher(
+        self, user_id: str, watcher_user_id: str, *, ts: float | None = None,
+        max_watchers: int | None = None, max_watching: int | None = None,
+    ) -> WatchAdded:
+        """Durably record that ``watcher_user_id`` fetched ``user_id``'s device list at
+        ``ts`` (seconds since the epoch; default now).
 
-        Idempotent: recording a pair that is already stored changes nothing.
         The home node notifies every watcher's devices when ``user_id``'s list
-        changes (docs/protocol.md, "Device-list changes").
+        changes (docs/protocol.md, "Device-list changes"). A pair already stored is
+        refreshed: its time becomes the later of the two (never earlier).
+
+        Bounds (``None``: none), checked for a new pair only, in this order:
+
+        * ``max_watching``: a watcher already recorded for that many users here is
+          refused (nothing stored, ``recorded`` false);
+        * ``max_watchers``: when ``user_id`` already has that many watchers, the
+          least recently refreshed one (lowest time, then lowest id) is dropped in
+          the same transaction (``evicted``).
 
         Raises:
             StorageFull: nothing stored.
@@ -227,6 +255,18 @@ class Storage(Protocol):
     async def watchers(self, user_id: str) -> list[str]:
         """The user ids recorded by :meth:`add_watcher` for ``user_id``, each once,
         in ascending order (``[]`` if none)."""
+
+    async def watching_count(self, user_id: str) -> int:
+        """How many users ``user_id`` is recorded as a watcher of here (the count
+        :meth:`add_watcher` bounds with ``max_watching``)."""
+
+    async def expire_watchers(self, older_than: float) -> int:
+        """Drop every watcher pair last refreshed before ``older_than`` (seconds since
+        the epoch); return how many.
+
+        Raises:
+            StorageFull, StorageUnavailable: nothing dropped (retry later).
+        """
 
     # -- one-time keys and fallback keys
 

@@ -44,6 +44,7 @@ from ._lmdb_handoff import LmdbHandoffMixin
 from ._lmdb_lock import exclusive_lock, lock_holder
 from ._lmdb_media import LmdbMediaMixin
 from ._lmdb_stats import LmdbStatsMixin
+from ._lmdb_watchers import LmdbWatchersMixin, index_once
 from ._quota import check_charges
 from ._running import running_writer
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
@@ -53,7 +54,8 @@ T = TypeVar("T")
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStorage", "lock_holder", "parse_size", "path_from_url"]
 
 
-class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin):
+class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMixin,
+                  LmdbWatchersMixin):
     """A durable :class:`~storage.base.Storage` in one LMDB environment (a directory).
 
     Open it with :meth:`open` or :meth:`from_url` (async context managers that
@@ -144,6 +146,7 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
                 # Slots of killed processes would fill the reader table: clear them first.
                 cleared = await trio.to_thread.run_sync(env.reader_check)
                 dbs = await trio.to_thread.run_sync(L.Dbs.open, env)
+                await trio.to_thread.run_sync(index_once, env, dbs)
             except lmdb.Error as exc:
                 raise translate(exc) from exc
             writer = GroupCommitWriter(
@@ -230,21 +233,6 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         if not 0 <= version < 2**64:
             raise ValueError(f"device list version out of range: {version}")
         await self.writer.submit(ops.put_device_list(user, version, blob), size=len(blob))
-
-    # -- watchers
-
-    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
-        """See :meth:`storage.base.Storage.add_watcher`. A pair already stored
-        costs a read on the loop, no write."""
-        key = check_user_id(user_id) + b"|" + check_user_id(watcher_user_id)
-        if await self._reading(lambda txn: txn.get(key, db=self._dbs.watchers)) is not None:
-            return
-        await self.writer.submit(ops.add_watcher(key), size=len(key))
-
-    async def watchers(self, user_id: str) -> list[str]:
-        """See :meth:`storage.base.Storage.watchers`."""
-        user = check_user_id(user_id)
-        return await self._reading(lambda txn: L.watchers(txn, self._dbs, user))
 
     # -- one-time keys
 

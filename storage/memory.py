@@ -27,6 +27,7 @@ from ._memory_extras import MemoryExtrasMixin
 from ._memory_handoff import DEDUPE_OVERHEAD as _DEDUPE_OVERHEAD
 from ._memory_handoff import MemoryHandoffMixin
 from ._memory_media import MemoryMediaMixin
+from ._memory_watchers import MemoryWatchersMixin
 from ._quota import check_charges, check_quota
 from .base import EnqueueRequest, EnqueueResult, OutboxEntry, QueueItem
 from .errors import DuplicateKey, QueueFull, StaleVersion, StorageError, StorageFull
@@ -37,10 +38,9 @@ _Dev = tuple[str, int]
 _LIST_OVERHEAD = 8
 _ITEM_OVERHEAD = 16
 _OUTBOX_OVERHEAD = 16
-_WATCHER_OVERHEAD = 8
 
 
-class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
+class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin, MemoryWatchersMixin):
     """A :class:`~storage.base.Storage` in process memory.
 
     Args:
@@ -61,7 +61,8 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         self._used = 0
         self._closed = False
         self._lists: dict[str, tuple[int, bytes]] = {}
-        self._watchers: dict[str, set[str]] = {}
+        self._watchers: dict[str, dict[str, float]] = {}  # user -> watcher -> refreshed
+        self._watching: dict[str, int] = {}  # watcher -> users it watches
         self._otks: dict[_Dev, dict[str, bytes]] = {}
         self._claimed: dict[_Dev, set[str]] = {}
         self._fallback: dict[_Dev, tuple[str, bytes]] = {}
@@ -140,25 +141,6 @@ class MemoryStorage(MemoryExtrasMixin, MemoryHandoffMixin, MemoryMediaMixin):
         old_size = len(old[1]) + _LIST_OVERHEAD if old else 0
         self._reserve(len(blob) + _LIST_OVERHEAD - old_size)
         self._lists[user_id] = (version, blob)
-
-    # -- watchers
-
-    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
-        """See :meth:`storage.base.Storage.add_watcher`."""
-        await self._enter()
-        check_user_id(user_id)
-        check_user_id(watcher_user_id)
-        have = self._watchers.get(user_id)
-        if have is not None and watcher_user_id in have:
-            return
-        self._reserve(len(user_id.encode()) + len(watcher_user_id.encode()) + _WATCHER_OVERHEAD)
-        self._watchers.setdefault(user_id, set()).add(watcher_user_id)
-
-    async def watchers(self, user_id: str) -> list[str]:
-        """See :meth:`storage.base.Storage.watchers`."""
-        await self._enter()
-        check_user_id(user_id)
-        return sorted(self._watchers.get(user_id, ()))
 
     # -- one-time keys
 
