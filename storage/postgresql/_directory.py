@@ -7,11 +7,13 @@ read on a pooled connection in a worker thread), ``_check_open()`` and ``_dev()`
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import trio
 
 from .. import _keys as K
+from ..base import WatchAdded
 from ..errors import DuplicateKey
 from . import _ops_keys as kops
 from ._writer import Op
@@ -40,14 +42,21 @@ class PgDirectoryMixin:
 
     # -- watchers
 
-    async def add_watcher(self, user_id: str, watcher_user_id: str) -> None:
-        """See :meth:`storage.base.Storage.add_watcher`. A stored pair costs one read."""
+    async def add_watcher(
+        self, user_id: str, watcher_user_id: str, *, ts: float | None = None,
+        max_watchers: int | None = None, max_watching: int | None = None,
+    ) -> WatchAdded:
+        """See :meth:`storage.base.Storage.add_watcher`. A pair stored with this time or
+        a later one costs one read."""
         K.check_user_id(user_id)
         K.check_user_id(watcher_user_id)
-        if await self._fetch("SELECT 1 FROM watchers WHERE user_id = %s AND watcher = %s",
-                             (user_id, watcher_user_id)):
-            return
-        await self.writer.submit(kops.AddWatcher(user_id, watcher_user_id))
+        now = time.time() if ts is None else float(ts)
+        if await self._fetch("SELECT 1 FROM watchers WHERE user_id = %s AND watcher = %s "
+                             "AND ts >= %s", (user_id, watcher_user_id, now)):
+            return WatchAdded(True)
+        self._check_open()
+        return await self.writer.submit(
+            kops.AddWatcher(user_id, watcher_user_id, now, max_watchers, max_watching))
 
     async def watchers(self, user_id: str) -> list[str]:
         """See :meth:`storage.base.Storage.watchers`."""
@@ -55,6 +64,18 @@ class PgDirectoryMixin:
         rows = await self._fetch(
             "SELECT watcher FROM watchers WHERE user_id = %s ORDER BY watcher", (user_id,))
         return [r[0] for r in rows]
+
+    async def watching_count(self, user_id: str) -> int:
+        """See :meth:`storage.base.Storage.watching_count`."""
+        K.check_user_id(user_id)
+        [(n,)] = await self._fetch("SELECT count(*) FROM watchers WHERE watcher = %s",
+                                   (user_id,))
+        return int(n)
+
+    async def expire_watchers(self, older_than: float) -> int:
+        """See :meth:`storage.base.Storage.expire_watchers` (an index on ``ts``)."""
+        self._check_open()
+        return await self.writer.submit(kops.ExpireWatchers(float(older_than)))
 
     # -- one-time keys
 

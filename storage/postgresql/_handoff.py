@@ -4,6 +4,7 @@ migration 2)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,8 +108,9 @@ class ImportUser(Op):
                 "blob = EXCLUDED.blob WHERE device_lists.version <= EXCLUDED.version",
                 (u, r.seq, r.value))
         elif r.kind == "watcher":
-            tx.cur.execute("INSERT INTO watchers (user_id, watcher) VALUES (%s, %s) "
-                           "ON CONFLICT DO NOTHING", (u, r.key))
+            tx.cur.execute("INSERT INTO watchers (user_id, watcher, ts) VALUES (%s, %s, %s) "
+                           "ON CONFLICT (user_id, watcher) DO UPDATE SET ts = greatest("
+                           "watchers.ts, EXCLUDED.ts)", (u, r.key, r.ts or time.time()))
         elif r.kind in ("seq", "item"):
             tx.cur.execute(
                 "INSERT INTO devices (user_id, device_id, last_seq) VALUES (%s, %s, %s) "
@@ -174,7 +176,7 @@ _EXPORT = """
 SELECT kind, device_id, k, s, ts, v FROM (
 SELECT 0 AS part, 'list' AS kind, 0::bigint AS device_id, ''::text AS k, version AS s,
     0.0::float8 AS ts, blob AS v FROM device_lists WHERE user_id = %(u)s
-UNION ALL SELECT 1, 'watcher', 0, watcher, 0, 0.0, ''::bytea FROM watchers WHERE user_id = %(u)s
+UNION ALL SELECT 1, 'watcher', 0, watcher, 0, ts, ''::bytea FROM watchers WHERE user_id = %(u)s
 UNION ALL SELECT 2, 'seq', device_id, '', last_seq, 0.0, ''::bytea FROM devices
     WHERE user_id = %(u)s
 UNION ALL SELECT 3, 'fallback', device_id, convert_from(key_id, 'UTF8'), 0, 0.0, key

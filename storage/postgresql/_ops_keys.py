@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..base import WatchAdded
 from ..errors import DuplicateKey, StaleVersion
 from ._ops import KEY_OVERHEAD, LIST_OVERHEAD, WATCHER_OVERHEAD
 from ._writer import LookAgain, Op, Tx
@@ -165,14 +166,22 @@ class PutDeviceList(Op):
 
 
 class AddWatcher(Op):
-    """Record that ``watcher`` fetched ``user``'s device list (idempotent)."""
+    """Record or refresh that ``watcher`` fetched ``user``'s device list at ``ts``,
+    within the bounds of :meth:`storage.base.Storage.add_watcher`; value: a
+    :class:`~storage.base.WatchAdded`.
 
-    __slots__ = ("user", "watcher")
+    Several relay processes adding watchers of one user at once may each drop
+    one: the drop takes every watcher beyond the bound, so the count returns to
+    ``max_watchers`` with the next new pair."""
 
-    def __init__(self, user: str, watcher: str) -> None:
+    __slots__ = ("user", "watcher", "ts", "max_watchers", "max_watching")
+
+    def __init__(self, user: str, watcher: str, ts: float, max_watchers: int | None,
+                 max_watching: int | None) -> None:
         n = len(user.encode()) + len(watcher.encode())
         super().__init__(n, n + WATCHER_OVERHEAD)
-        self.user, self.watcher = user, watcher
+        self.user, self.watcher, self.ts = user, watcher, ts
+        self.max_watchers, self.max_watching = max_watchers, max_watching
 
     @classmethod
     def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
@@ -181,6 +190,55 @@ class AddWatcher(Op):
             if not tx.admit(op.adds):
                 tx.refuse_full(op)
                 continue
-            if not tx.fetch("INSERT INTO watchers (user_id, watcher) VALUES (%s, %s) "
-                            "ON CONFLICT DO NOTHING RETURNING 1", (op.user, op.watcher)):
+            op.value = cls._add(tx, op)
+
+    @staticmethod
+    def _add(tx: Tx, op: AddWatcher) -> WatchAdded:
+        p = {"u": op.user, "w": op.watcher, "t": op.ts, "m": op.max_watchers,
+             "o": WATCHER_OVERHEAD}
+        if tx.fetch("UPDATE watchers SET ts = greatest(ts, %(t)s) "
+                    "WHERE user_id = %(u)s AND watcher = %(w)s RETURNING 1", p):
+            tx.free(op.adds)
+            return WatchAdded(True)
+        if op.max_watching is not None:
+            [(n,)] = tx.fetch("SELECT count(*) FROM watchers WHERE watcher = %(w)s", p)
+            if n >= op.max_watching:
                 tx.free(op.adds)
+                return WatchAdded(False)
+        evicted = None
+        if op.max_watchers is not None:
+            gone = tx.fetch(
+                "DELETE FROM watchers WHERE user_id = %(u)s AND watcher IN ("
+                " SELECT watcher FROM watchers WHERE user_id = %(u)s ORDER BY ts, watcher"
+                " LIMIT greatest(0, (SELECT count(*) FROM watchers WHERE user_id = %(u)s)"
+                " - %(m)s + 1)) RETURNING watcher, ts,"
+                " octet_length(user_id) + octet_length(watcher) + %(o)s", p)
+            tx.free(sum(int(n) for _, _, n in gone))
+            if gone:
+                evicted = min(gone, key=lambda g: (g[1], g[0]))[0]
+        if not tx.fetch("INSERT INTO watchers (user_id, watcher, ts) VALUES (%(u)s, %(w)s, %(t)s) "
+                        "ON CONFLICT (user_id, watcher) DO UPDATE SET ts = greatest("
+                        "watchers.ts, EXCLUDED.ts) RETURNING (xmax = 0)", p)[0][0]:
+            tx.free(op.adds)  # another process stored it meanwhile
+        return WatchAdded(True, evicted)
+
+
+class ExpireWatchers(Op):
+    """Drop the watcher pairs refreshed before ``before``; value: how many."""
+
+    __slots__ = ("before",)
+
+    def __init__(self, before: float) -> None:
+        super().__init__()
+        self.before = before
+
+    @classmethod
+    def run(cls, tx: Tx, ops: Sequence[Op]) -> None:
+        for op in ops:
+            assert isinstance(op, ExpireWatchers)
+            [(count, freed)] = tx.fetch(
+                "WITH d AS (DELETE FROM watchers WHERE ts < %s RETURNING"
+                " octet_length(user_id) + octet_length(watcher) + %s AS n)"
+                " SELECT count(*), coalesce(sum(n), 0) FROM d", (op.before, WATCHER_OVERHEAD))
+            tx.free(int(freed))
+            op.value = int(count)

@@ -38,6 +38,11 @@ ordering is by code point, as Python sorts ``str``:
                    duplicate only for its linked users)
 =================  ==============================================================
 
+Version 5 gives ``watchers`` a ``ts`` (last refresh, seconds; existing pairs get the
+time of the migration) and indexes (``user_id``, ``ts``, ``watcher``) for the least
+recently refreshed watcher of a user, ``ts`` for expiry and ``watcher`` for the count
+of users one watcher watches (the bounds of ``add_watcher``).
+
 Version 2 adds exact queue byte accounting: ``devices.queue_bytes`` (envelope
 bytes per device; a user's total is the sum of its rows), ``queue.charges`` (the
 item's charge tags joined by U+001F, NULL for none), ``queue_charges`` (``tag`` -> bytes) and
@@ -191,6 +196,13 @@ CREATE TABLE dedupe_users (
     PRIMARY KEY (user_id, id)
 );
 CREATE INDEX dedupe_users_id ON dedupe_users (id);
+"""),
+    (5, "watcher refresh times", """
+ALTER TABLE watchers ADD COLUMN ts float8 NOT NULL DEFAULT 0;
+UPDATE watchers SET ts = extract(epoch FROM now());
+CREATE INDEX watchers_age ON watchers (user_id, ts, watcher);
+CREATE INDEX watchers_ts ON watchers (ts);
+CREATE INDEX watchers_watcher ON watchers (watcher);
 """),
 ]
 LATEST = MIGRATIONS[-1][0]

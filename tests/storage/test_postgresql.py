@@ -251,7 +251,7 @@ async def test_migrations_refuse_a_newer_or_unmigrated_schema(pg) -> None:
         assert (version, applied) == (SCHEMA_VERSION, [
             "1 queues, key directory, outbox, media",
             "2 queue byte accounting, correspondents, invites", "3 handoff marks",
-            "4 dedupe ids linked to their users"])
+            "4 dedupe ids linked to their users", "5 watcher refresh times"])
         assert await PostgresStorage.migrate_url(
             f"{conninfo}&schema={schema}") == (SCHEMA_VERSION, [])
         async with PostgresStorage.open(conninfo, schema=schema, migrate=False) as st:
