@@ -158,6 +158,7 @@ class Node:
             config.id, self.homes, storage,  # type: ignore[arg-type]
             self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
+            abuse=config.abuse,
         )
         self.rates = RateLimits(config.abuse)
         self.queue_policy = QueuePolicy(config.abuse, storage)
@@ -212,7 +213,7 @@ class Node:
             pass
 
     async def expire_loop(self, interval: float = EXPIRE_INTERVAL) -> None:
-        """Delete queued envelopes and media blobs older than their TTLs, every
+        """Delete queued envelopes, media blobs and watchers older than their TTLs, every
         ``interval`` s (default :data:`EXPIRE_INTERVAL`); runs until cancelled.
 
         A sweep that fails with a :class:`storage.StorageError` (e.g.
@@ -225,6 +226,8 @@ class Node:
                 if gone:
                     self.log.info("expired %d queued envelopes", gone)
                 await self.media.expire()
+                if watchers := await self.changes.expire_watchers():
+                    self.log.info("expired %d device-list watchers", watchers)
             except StorageError as exc:
                 self.log.warning("expiry sweep failed (%s: %s); retrying in %g s",
                                  type(exc).__name__, exc, interval)

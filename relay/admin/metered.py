@@ -3,7 +3,7 @@ happen, without the components knowing about metrics:
 
 * :class:`MeteredStorage` wraps the node's :class:`storage.Storage`: envelopes
   stored, duplicates, acked, purged and expired, outbox entries added, enqueue
-  refusals; every other attribute is the wrapped storage's own.
+  refusals, device-list watchers dropped (evicted, refused, expired); every other attribute is the wrapped storage's own.
 * (messages and bytes in and out are counted where they pass: the connection's
   reader and writer, :meth:`relay.admin.metrics.NodeMetrics.read` / ``written``).
 * :class:`CountingRegistry` is a :class:`relay.services.delivery.DeviceRegistry` that
@@ -18,7 +18,7 @@ from typing import Any
 
 from relay.admin.metrics import NodeMetrics
 from relay.services.delivery import DeviceRegistry
-from storage import EnqueueRequest, EnqueueResult, Storage, StorageError
+from storage import EnqueueRequest, EnqueueResult, Storage, StorageError, WatchAdded
 
 
 class MeteredStorage:
@@ -92,6 +92,22 @@ class MeteredStorage:
         """See :meth:`storage.base.Storage.expire`."""
         gone = await self._storage.expire(older_than)
         self._m.dropped.labels("expired").inc(gone)
+        return gone
+
+    async def add_watcher(self, user_id: str, watcher_user_id: str,
+                          **kwargs: Any) -> WatchAdded:
+        """See :meth:`storage.base.Storage.add_watcher`."""
+        added = await self._storage.add_watcher(user_id, watcher_user_id, **kwargs)
+        if added.evicted is not None:
+            self._m.watchers_dropped.labels("evicted").inc()
+        if not added.recorded:
+            self._m.watchers_dropped.labels("refused").inc()
+        return added
+
+    async def expire_watchers(self, older_than: float) -> int:
+        """See :meth:`storage.base.Storage.expire_watchers`."""
+        gone = await self._storage.expire_watchers(older_than)
+        self._m.watchers_dropped.labels("expired").inc(gone)
         return gone
 
     async def outbox_put(self, dest: str, payload: bytes) -> int:

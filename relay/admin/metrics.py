@@ -114,6 +114,12 @@ class NodeMetrics:
         self.dropped = Counter("wa_relay_envelopes_removed",
                                "Queued envelopes deleted otherwise, by reason.", ["reason"],
                                registry=r)
+        self.watchers_dropped = Counter(
+            "wa_relay_watchers_dropped",
+            "Device-list watcher records dropped or not recorded, by reason: evicted (the "
+            "user's least recently refreshed, for a new one over watchers_per_user), refused "
+            "(the account watches watching_per_account users here), expired (watcher_ttl).",
+            ["reason"], registry=r)
         self.outbox_added = Counter("wa_relay_outbox_added",
                                     "Requests written to the outbox (a peer was unreachable).",
                                     registry=r)

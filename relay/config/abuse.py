@@ -27,6 +27,10 @@ DEFAULT_ABUSE: dict[str, Any] = {
     "max_devices": 8,
     "registration": "open",
     "invite_ttl": 7 * 24 * 3600.0,
+    # device-list watchers (relay.services.notices)
+    "watchers_per_user": 2048,
+    "watching_per_account": 4096,
+    "watcher_ttl": 90 * 24 * 3600.0,
     # media
     "media_account_quota": 1024 * MiB,
     # outbox toward an unreachable peer
@@ -85,6 +89,12 @@ class AbuseLimits:
         max_devices: most devices one device list may hold.
         registration: ``"open"``, ``"invite"`` or ``"closed"`` (new accounts).
         invite_ttl: seconds an invite token of ``wa-relay admin invite`` stays valid.
+        watchers_per_user: most watchers one user homed here may have (users notified of
+            its list changes); a new one drops the least recently refreshed.
+        watching_per_account: most users homed here one account may watch; beyond it
+            a new pair is not recorded (the account learns lists by ``stale_devices``).
+        watcher_ttl: seconds after which a watcher that did not fetch the list again
+            is dropped.
         media_account_quota: media bytes one account may hold on this node.
         outbox_sender_bytes, outbox_total_bytes: bytes the outbox toward unreachable
             peers may hold for one sending account, and in all.
@@ -107,6 +117,9 @@ class AbuseLimits:
     max_devices: int = DEFAULT_ABUSE["max_devices"]
     registration: str = DEFAULT_ABUSE["registration"]
     invite_ttl: float = DEFAULT_ABUSE["invite_ttl"]
+    watchers_per_user: int = DEFAULT_ABUSE["watchers_per_user"]
+    watching_per_account: int = DEFAULT_ABUSE["watching_per_account"]
+    watcher_ttl: float = DEFAULT_ABUSE["watcher_ttl"]
     media_account_quota: int = DEFAULT_ABUSE["media_account_quota"]
     outbox_sender_bytes: int = DEFAULT_ABUSE["outbox_sender_bytes"]
     outbox_total_bytes: int = DEFAULT_ABUSE["outbox_total_bytes"]

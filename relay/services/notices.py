@@ -6,7 +6,15 @@ See docs/protocol.md, "Device-list changes":
   forwarded, with the asking user in ``get_devices.watcher``), and when a
   ``send`` is refused with ``stale_devices`` (which hands out the list too),
   U's home records the asking user as a watcher of U (:meth:`watch`; durable,
-  idempotent, remembered in a bounded in-memory set to skip repeated writes).
+  idempotent, with the time of that fetch; a pair this process stored less than
+  :data:`WATCH_REFRESH` ago is not written again). Bounded (issue 11, settings
+  ``watchers_per_user``, ``watching_per_account``, ``watcher_ttl``): a user keeps
+  its most recently refreshed watchers (a new one drops the least recently
+  refreshed), an account watches a bounded number of users here (beyond it,
+  nothing is recorded), and a watcher that did not fetch again within the TTL
+  is dropped (:meth:`expire_watchers`). A watcher that is not recorded still
+  learns a changed list: its next ``send`` to U is refused ``stale_devices``
+  with the list.
 * **Publishing** a new list (:meth:`publish`) is serialised per user. A device
   dropped by the new list has its queue and keys purged and its live
   connection closed (``error unknown_device``, close 1008); it can no longer
@@ -28,11 +36,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
 
+from relay.config.abuse import AbuseLimits
 from relay.config.ring import Ring
 from relay.errors import KNOWN_REFUSALS, RelayError, relay_error_from
 from relay.protocol import DeviceList, ErrorCode, verify_device_list
@@ -48,6 +57,9 @@ NOTICE_KIND = "device_list"
 NOTIFY_BATCH = 1024  # user ids per notify frame (below the codec's array bound)
 NOTICE_WORKERS = 32  # users served at once by one deliver_local (bounded tasks and memory)
 WATCH_CACHE = 65536  # (user, watcher) pairs known to be stored
+WATCH_REFRESH = 24 * 3600.0
+"""Seconds during which this process does not write a stored pair again: a watcher's
+refresh time is exact to a day (the bounds and the TTL are far coarser)."""
 
 
 def notice_msg_id(user_id: str, version: int) -> bytes:
@@ -70,12 +82,15 @@ class DeviceListChanges:
         max_queue: bound of one device queue.
         timeout: seconds a ``notify`` may take before it goes to the outbox.
         log: for metadata-only log lines.
+        abuse: the node's limits (the watcher bounds and TTL; default: the defaults).
+        clock: wall-clock seconds since the epoch (watcher refresh times).
     """
 
     def __init__(
         self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
         registry: DeviceRegistry, federation: Federation, outbox: Outbox, *, max_queue: int,
-        timeout: float, log: logging.Logger,
+        timeout: float, log: logging.Logger, abuse: AbuseLimits | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
@@ -87,7 +102,9 @@ class DeviceListChanges:
         self._max_queue = max_queue
         self._timeout = timeout
         self._log = log
-        self._watched: dict[tuple[str, str], None] = {}
+        self._abuse = abuse if abuse is not None else AbuseLimits()
+        self._clock = clock
+        self._watched: dict[tuple[str, str], float] = {}  # pair -> when this process wrote it
         self._locks: dict[str, list] = {}  # user_id -> [trio.Lock, users]
         self.policy: QueuePolicy | None = None
         """Byte quotas charged to notices from peer nodes (set by the node)."""
@@ -97,18 +114,45 @@ class DeviceListChanges:
     async def watch(self, user_id: str, watcher: str) -> None:
         """Durably record ``watcher`` as a watcher of ``user_id`` (a user homed here).
 
-        A user never watches itself (its own devices always get notices).
+        A user never watches itself (its own devices always get notices). Within the
+        bounds of ``watchers_per_user`` (the least recently refreshed watcher of
+        ``user_id`` is dropped) and ``watching_per_account`` (a watcher at its bound
+        is not recorded; logged at debug).
 
         Raises:
             StorageFull: not recorded.
         """
         pair = (user_id, watcher)
-        if watcher == user_id or pair in self._watched:
+        now = self._clock()
+        last = self._watched.get(pair)
+        if watcher == user_id or last is not None and 0 <= now - last < WATCH_REFRESH:
             return
-        await self._storage.add_watcher(user_id, watcher)
+        a = self._abuse
+        added = await self._storage.add_watcher(user_id, watcher, ts=now,
+                                                max_watchers=a.watchers_per_user,
+                                                max_watching=a.watching_per_account)
+        if added.evicted is not None:
+            self._watched.pop((user_id, added.evicted), None)
+        if not added.recorded:
+            self._log.debug("watcher %s of %s not recorded: it watches %d users here",
+                            watcher[:8], user_id[:8], a.watching_per_account)
+        self._watched.pop(pair, None)
         if len(self._watched) >= WATCH_CACHE:
             del self._watched[next(iter(self._watched))]
-        self._watched[pair] = None
+        self._watched[pair] = now
+
+    async def expire_watchers(self) -> int:
+        """Drop the watchers that did not fetch a list again within ``watcher_ttl``;
+        return how many.
+
+        Raises:
+            StorageFull, StorageUnavailable: nothing dropped (retry at the next sweep).
+        """
+        bound = self._clock() - self._abuse.watcher_ttl
+        gone = await self._storage.expire_watchers(bound)
+        for pair in [p for p, ts in self._watched.items() if ts < bound]:
+            del self._watched[pair]
+        return gone
 
     async def fetch(self, user_id: str, watcher: str | None) -> SignedDeviceList:
         """The current signed list of a user homed here, recording ``watcher`` first.

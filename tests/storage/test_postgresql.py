@@ -275,7 +275,7 @@ def test_storage_migrate_command(tmp_path: Path, postgres_db: str,
     assert first.output.splitlines() == [
         "applied 1 queues, key directory, outbox, media",
         "applied 2 queue byte accounting, correspondents, invites", "applied 3 handoff marks",
-        "applied 4 dedupe ids linked to their users",
+        "applied 4 dedupe ids linked to their users", "applied 5 watcher refresh times",
         f"schema at version {SCHEMA_VERSION}"]
     again = runner.invoke(relay_main, ["storage", "migrate", "--config", str(node_toml)])
     assert (again.exit_code, again.output) == (0, f"schema at version {SCHEMA_VERSION}\n")

@@ -1,0 +1,169 @@
+"""Device-list watchers are bounded (issue 11) against real nodes on 127.0.0.1: one
+account watching every user, a swarm of fresh accounts watching one user, and expiry.
+The bounds hold (``watching_per_account``, ``watchers_per_user``, ``watcher_ttl``),
+one list change fans out to at most ``watchers_per_user`` watchers, honest watchers
+still get their notices, and a watcher that is not (or no longer) recorded still
+learns a changed list through ``stale_devices``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import trio
+from relay_harness import (
+    Cluster,
+    UserDevice,
+    deliveries,
+    device_homed_at,
+    list_of,
+    make_configs,
+    publish,
+    publish_list,
+    session,
+)
+
+from relay.config.abuse import AbuseLimits
+from relay.node import Node
+from relay.protocol.frames import Devices, Error, GetDevices, Ok, Send, Sync
+from relay.services.notices import notice_msg_id
+
+BOUNDS = AbuseLimits(watchers_per_user=4, watching_per_account=5, get_devices_burst=1000,
+                     put_devices_burst=1000, account_create_burst=10_000)
+
+
+async def _cluster(nursery, n: int, abuse: AbuseLimits = BOUNDS) -> tuple[Cluster, dict]:
+    cluster = Cluster(nursery, make_configs(n, abuse=abuse))
+    nodes: dict[str, Node] = {}
+    for config in cluster.configs:
+        await cluster.start(config.id, on_node=lambda node, i=config.id: nodes.__setitem__(i, node))
+    return cluster, nodes
+
+
+def _dropped(node: Node, reason: str) -> float:
+    value = node.metrics.registry.get_sample_value("wa_relay_watchers_dropped_total",
+                                                    {"reason": reason})
+    return value or 0.0
+
+
+async def _fetch(url: str, asker: UserDevice, users: list[UserDevice]) -> None:
+    async with session(url, asker) as s:
+        for i, u in enumerate(users):
+            assert isinstance(await s.request(GetDevices(id=10 + i, user_id=u.user_id)), Devices)
+
+
+async def _stale_send(url: str, sender: UserDevice, to: UserDevice, new_version: int) -> None:
+    """A send to ``to``'s old list is refused ``stale_devices`` with the new list."""
+    async with session(url, sender) as s:
+        err = await s.request(Send(id=3, msg_id=os.urandom(16), recipients=[to.recipient()]))
+    assert isinstance(err, Error) and err.code == "stale_devices", err
+    assert err.device_list is not None and err.user_id == to.user_id
+
+
+async def test_one_account_watching_many_users_is_bound(nursery) -> None:
+    cluster, nodes = await _cluster(nursery, 2)
+    store = cluster.storages["n2"]
+    with trio.fail_after(30):
+        victims = [device_homed_at(cluster.ring, "n2") for _ in range(8)]
+        scraper = device_homed_at(cluster.ring, "n1")
+        honest = device_homed_at(cluster.ring, "n1")
+        for d in [*victims, scraper, honest]:
+            assert await publish(cluster.url(cluster.home_of(d.user_id)), d) == Ok(id=2)
+        # the scraper asks its own node, which forwards each get_devices to n2 naming it
+        await _fetch(cluster.url("n1"), scraper, victims)
+        assert await store.watching_count(scraper.user_id) == 5
+        watched = [v for v in victims if scraper.user_id in await store.watchers(v.user_id)]
+        assert watched == victims[:5]
+        assert _dropped(nodes["n2"], "refused") == 3
+        # an honest contact of a victim the scraper could not add is recorded and notified
+        last = victims[-1]
+        await _fetch(cluster.url("n1"), honest, [last])
+        assert await store.watchers(last.user_id) == [honest.user_id]
+        async with session(cluster.url("n1"), honest) as h:
+            await h.send(Sync(id=2))
+            new_list = list_of([last, last.companion(1)], 2)
+            assert await publish_list(cluster.url("n2"), new_list) == Ok(id=2)
+            (notice,) = await deliveries(h, 1)
+            assert (notice.envelope.kind, notice.envelope.sender_user) == (
+                "device_list", last.user_id)
+        assert await cluster.storages["n1"].queue_length(scraper.user_id, 0) == 0
+        # the scraper, not recorded, still learns the new list when it writes
+        await _stale_send(cluster.url("n1"), scraper, last, 2)
+
+
+async def test_a_swarm_watching_one_user_is_bound_and_honest_watchers_get_notices(
+        nursery) -> None:
+    cluster, nodes = await _cluster(nursery, 2)
+    store = cluster.storages["n1"]
+    with trio.fail_after(30):
+        victim = device_homed_at(cluster.ring, "n1")
+        honest = device_homed_at(cluster.ring, "n2")
+        swarm = [UserDevice() for _ in range(10)]
+        for d in [victim, honest, *swarm]:
+            assert await publish(cluster.url(cluster.home_of(d.user_id)), d) == Ok(id=2)
+        await _fetch(cluster.url("n2"), honest, [victim])
+        for s in swarm:  # each fresh account asks once, at its own home
+            await _fetch(cluster.url(cluster.home_of(s.user_id)), s, [victim])
+        have = await store.watchers(victim.user_id)
+        assert len(have) == 4 and honest.user_id not in have
+        assert set(have) == {s.user_id for s in swarm[-4:]}  # the most recently refreshed
+        assert _dropped(nodes["n1"], "evicted") == 7
+        # the honest watcher was dropped: its next send learns the new list, and
+        # records it again (dropping the swarm's least recently refreshed)
+        v2 = list_of([victim, victim.companion(1)], 2)
+        assert await publish_list(cluster.url("n1"), v2) == Ok(id=2)
+        await _stale_send(cluster.url("n2"), honest, victim, 2)
+        have = await store.watchers(victim.user_id)
+        assert len(have) == 4 and honest.user_id in have
+        assert _dropped(nodes["n1"], "evicted") == 8
+        # the next change reaches the honest watcher (it missed v2's notice: not recorded then)
+        v3 = list_of([victim, victim.companion(1), victim.companion(2)], 3)
+        async with session(cluster.url("n2"), honest) as h:
+            await h.send(Sync(id=2))
+            assert await publish_list(cluster.url("n1"), v3) == Ok(id=2)
+            (notice,) = await deliveries(h, 1)
+            assert notice.envelope.msg_id == notice_msg_id(victim.user_id, 3)
+
+
+async def test_swarm_notices_fan_out_to_the_bound_only(nursery) -> None:
+    cluster, nodes = await _cluster(nursery, 1)
+    store = cluster.storages["n1"]
+    url = cluster.url("n1")
+    with trio.fail_after(30):
+        victim, honest = UserDevice(), UserDevice()
+        swarm = [UserDevice() for _ in range(12)]
+        for d in [victim, honest, *swarm]:
+            assert await publish(url, d) == Ok(id=2)
+        for s in swarm:
+            await _fetch(url, s, [victim])
+        await _fetch(url, honest, [victim])  # the most recent fetch: kept
+        assert len(await store.watchers(victim.user_id)) == 4
+        assert await publish_list(url, list_of([victim, victim.companion(1)], 2)) == Ok(id=2)
+        notified = [s for s in swarm if await store.queue_length(s.user_id, 0)]
+        assert notified == swarm[-3:]  # 3 of the swarm and the honest watcher: 4 notices
+        async with session(url, honest) as h:
+            await h.send(Sync(id=2))
+            (notice,) = await deliveries(h, 1)
+            assert (notice.envelope.kind, notice.envelope.sender_user) == (
+                "device_list", victim.user_id)
+
+
+async def test_watchers_not_refreshed_within_the_ttl_expire(nursery) -> None:
+    abuse = dataclasses.replace(BOUNDS, watcher_ttl=0.001)
+    cluster, nodes = await _cluster(nursery, 1, abuse)
+    store, url = cluster.storages["n1"], cluster.url("n1")
+    with trio.fail_after(30):
+        victim, contact = UserDevice(), UserDevice()
+        for d in (victim, contact):
+            assert await publish(url, d) == Ok(id=2)
+        await _fetch(url, contact, [victim])
+        assert await store.watchers(victim.user_id) == [contact.user_id]
+        gone = 0
+        while not gone:  # the pair is older than the 1 ms TTL after a round trip or two
+            gone = await nodes["n1"].changes.expire_watchers()
+        assert gone == 1 and await store.watchers(victim.user_id) == []
+        assert _dropped(nodes["n1"], "expired") == 1
+        # the contact learns the next list when it writes, and is a watcher again
+        assert await publish_list(url, list_of([victim, victim.companion(1)], 2)) == Ok(id=2)
+        await _stale_send(url, contact, victim, 2)
+        assert await store.watchers(victim.user_id) == [contact.user_id]
