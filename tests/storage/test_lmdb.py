@@ -6,6 +6,7 @@ import os
 import struct
 import sys
 import textwrap
+import time
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from pathlib import Path
@@ -362,3 +363,26 @@ async def test_charge_tags_kept_in_qcharge_move_into_the_expiry_index_at_open(
         with env.begin() as txn:
             assert txn.stat(env.open_db(b"qcharge", txn=txn))["entries"] == 0
         env.close()
+
+
+async def test_watchers_of_an_old_store_are_indexed_once_at_open(tmp_path: Path) -> None:
+    carol = uid("carol")
+    with trio.fail_after(20):
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            await st.add_watcher(BOB, carol, ts=5.0)  # a pair with a time: kept as it is
+            with st._env.begin(write=True) as txn:  # the layout before watcher times
+                for w in (BOB, carol):
+                    txn.put(ALICE.encode() + b"|" + w.encode(), b"", db=st._dbs.watchers)
+                txn.delete(b"watch_indexed", db=st._dbs.meta)
+        before = time.time()
+        async with LmdbStorage.open(tmp_path / "db") as st:
+            assert await st.watchers(ALICE) == sorted([BOB, carol])
+            assert await st.watching_count(carol) == 2 and await st.watching_count(BOB) == 1
+            assert await st.expire_watchers(before) == 1  # only the timed pair is older
+            assert await st.watchers(BOB) == []
+            # the old pairs were refreshed at open: a newer watcher drops one of them
+            added = await st.add_watcher(ALICE, uid("dave"), max_watchers=2)
+            assert added.recorded and added.evicted == min(BOB, carol)
+        async with LmdbStorage.open(tmp_path / "db") as st:  # indexed once: nothing redone
+            assert await st.watchers(ALICE) == sorted([max(BOB, carol), uid("dave")])
+            assert await st.watching_count(carol) == (1 if carol > BOB else 0)
