@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from pathlib import Path
 
+import pytest
 import trio
 from relay_harness import (
     Cluster,
@@ -25,19 +30,36 @@ from relay_harness import (
 
 from relay.config.abuse import AbuseLimits
 from relay.node import Node
+from relay.protocol import verify_device_list
 from relay.protocol.frames import Devices, Error, GetDevices, Ok, Send, Sync
 from relay.services.notices import notice_msg_id
+from storage.lmdb import LmdbStorage
 
+BACKENDS = pytest.mark.parametrize("backend", ["memory", "lmdb"])
 BOUNDS = AbuseLimits(watchers_per_user=4, watching_per_account=5, get_devices_burst=1000,
                      put_devices_burst=1000, account_create_burst=10_000)
 
 
-async def _cluster(nursery, n: int, abuse: AbuseLimits = BOUNDS) -> tuple[Cluster, dict]:
-    cluster = Cluster(nursery, make_configs(n, abuse=abuse))
-    nodes: dict[str, Node] = {}
-    for config in cluster.configs:
-        await cluster.start(config.id, on_node=lambda node, i=config.id: nodes.__setitem__(i, node))
-    return cluster, nodes
+@asynccontextmanager
+async def _cluster(tmp_path: Path, backend: str, n: int,
+                   abuse: AbuseLimits = BOUNDS) -> AsyncIterator[tuple[Cluster, dict]]:
+    """``n`` nodes on memory storage, or on LMDB stores this test opens (so that it can
+    read them while the nodes run)."""
+    async with AsyncExitStack() as stack:
+        stores = {}
+        if backend == "lmdb":
+            for i in range(1, n + 1):
+                stores[f"n{i}"] = await stack.enter_async_context(
+                    LmdbStorage.open(tmp_path / f"n{i}"))
+        async with trio.open_nursery() as nursery:  # ends before the stores close
+            cluster = Cluster(nursery, make_configs(n, abuse=abuse))
+            cluster.storages.update(stores)
+            nodes: dict[str, Node] = {}
+            for config in cluster.configs:
+                await cluster.start(config.id, on_node=partial(nodes.__setitem__, config.id))
+            yield cluster, nodes
+            for config in cluster.configs:
+                cluster.stop(config.id)
 
 
 def _dropped(node: Node, reason: str) -> float:
@@ -58,10 +80,16 @@ async def _stale_send(url: str, sender: UserDevice, to: UserDevice, new_version:
         err = await s.request(Send(id=3, msg_id=os.urandom(16), recipients=[to.recipient()]))
     assert isinstance(err, Error) and err.code == "stale_devices", err
     assert err.device_list is not None and err.user_id == to.user_id
+    assert verify_device_list(err.device_list, to.user_id).version == new_version
 
 
-async def test_one_account_watching_many_users_is_bound(nursery) -> None:
-    cluster, nodes = await _cluster(nursery, 2)
+@BACKENDS
+async def test_one_account_watching_many_users_is_bound(tmp_path, backend) -> None:
+    async with _cluster(tmp_path, backend, 2) as (cluster, nodes):
+        await _one_account(cluster, nodes)
+
+
+async def _one_account(cluster: Cluster, nodes: dict) -> None:
     store = cluster.storages["n2"]
     with trio.fail_after(30):
         victims = [device_homed_at(cluster.ring, "n2") for _ in range(8)]
@@ -91,9 +119,14 @@ async def test_one_account_watching_many_users_is_bound(nursery) -> None:
         await _stale_send(cluster.url("n1"), scraper, last, 2)
 
 
+@BACKENDS
 async def test_a_swarm_watching_one_user_is_bound_and_honest_watchers_get_notices(
-        nursery) -> None:
-    cluster, nodes = await _cluster(nursery, 2)
+        tmp_path, backend) -> None:
+    async with _cluster(tmp_path, backend, 2) as (cluster, nodes):
+        await _swarm(cluster, nodes)
+
+
+async def _swarm(cluster: Cluster, nodes: dict) -> None:
     store = cluster.storages["n1"]
     with trio.fail_after(30):
         victim = device_homed_at(cluster.ring, "n1")
@@ -125,8 +158,13 @@ async def test_a_swarm_watching_one_user_is_bound_and_honest_watchers_get_notice
             assert notice.envelope.msg_id == notice_msg_id(victim.user_id, 3)
 
 
-async def test_swarm_notices_fan_out_to_the_bound_only(nursery) -> None:
-    cluster, nodes = await _cluster(nursery, 1)
+@BACKENDS
+async def test_swarm_notices_fan_out_to_the_bound_only(tmp_path, backend) -> None:
+    async with _cluster(tmp_path, backend, 1) as (cluster, nodes):
+        await _fan_out(cluster)
+
+
+async def _fan_out(cluster: Cluster) -> None:
     store = cluster.storages["n1"]
     url = cluster.url("n1")
     with trio.fail_after(30):
@@ -138,6 +176,12 @@ async def test_swarm_notices_fan_out_to_the_bound_only(nursery) -> None:
             await _fetch(url, s, [victim])
         await _fetch(url, honest, [victim])  # the most recent fetch: kept
         assert len(await store.watchers(victim.user_id)) == 4
+        times = {r.key: r.ts for r in await store.export_user(victim.user_id, limit=100)
+                 if r.kind == "watcher"}
+        await _fetch(url, honest, [victim])  # within a day: not written again
+        assert {r.key: r.ts for r in await store.export_user(victim.user_id, limit=100)
+                if r.kind == "watcher"} == times
+        assert times[honest.user_id] == max(times.values())
         assert await publish_list(url, list_of([victim, victim.companion(1)], 2)) == Ok(id=2)
         notified = [s for s in swarm if await store.queue_length(s.user_id, 0)]
         assert notified == swarm[-3:]  # 3 of the swarm and the honest watcher: 4 notices
@@ -148,9 +192,14 @@ async def test_swarm_notices_fan_out_to_the_bound_only(nursery) -> None:
                 "device_list", victim.user_id)
 
 
-async def test_watchers_not_refreshed_within_the_ttl_expire(nursery) -> None:
+@BACKENDS
+async def test_watchers_not_refreshed_within_the_ttl_expire(tmp_path, backend) -> None:
     abuse = dataclasses.replace(BOUNDS, watcher_ttl=0.001)
-    cluster, nodes = await _cluster(nursery, 1, abuse)
+    async with _cluster(tmp_path, backend, 1, abuse) as (cluster, nodes):
+        await _expiry(cluster, nodes)
+
+
+async def _expiry(cluster: Cluster, nodes: dict) -> None:
     store, url = cluster.storages["n1"], cluster.url("n1")
     with trio.fail_after(30):
         victim, contact = UserDevice(), UserDevice()
