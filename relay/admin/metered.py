@@ -3,7 +3,8 @@ happen, without the components knowing about metrics:
 
 * :class:`MeteredStorage` wraps the node's :class:`storage.Storage`: envelopes
   stored, duplicates, acked, purged and expired, outbox entries added, enqueue
-  refusals, device-list watchers dropped (evicted, refused, expired); every other attribute is the wrapped storage's own.
+  refusals, device-list watchers dropped (evicted, refused, expired); every other
+  attribute is the wrapped storage's own.
 * (messages and bytes in and out are counted where they pass: the connection's
   reader and writer, :meth:`relay.admin.metrics.NodeMetrics.read` / ``written``).
 * :class:`CountingRegistry` is a :class:`relay.services.delivery.DeviceRegistry` that

@@ -58,8 +58,9 @@ NOTIFY_BATCH = 1024  # user ids per notify frame (below the codec's array bound)
 NOTICE_WORKERS = 32  # users served at once by one deliver_local (bounded tasks and memory)
 WATCH_CACHE = 65536  # (user, watcher) pairs known to be stored
 WATCH_REFRESH = 24 * 3600.0
-"""Seconds during which this process does not write a stored pair again: a watcher's
-refresh time is exact to a day (the bounds and the TTL are far coarser)."""
+"""Seconds during which this process does not write a stored pair again (at most half
+``watcher_ttl``): a watcher's refresh time is exact to a day (the bounds and the TTL
+are far coarser)."""
 
 
 def notice_msg_id(user_id: str, version: int) -> bytes:
@@ -125,9 +126,10 @@ class DeviceListChanges:
         pair = (user_id, watcher)
         now = self._clock()
         last = self._watched.get(pair)
-        if watcher == user_id or last is not None and 0 <= now - last < WATCH_REFRESH:
-            return
         a = self._abuse
+        refresh = min(WATCH_REFRESH, a.watcher_ttl / 2)  # a refreshed pair never expires
+        if watcher == user_id or last is not None and 0 <= now - last < refresh:
+            return
         added = await self._storage.add_watcher(user_id, watcher, ts=now,
                                                 max_watchers=a.watchers_per_user,
                                                 max_watching=a.watching_per_account)
