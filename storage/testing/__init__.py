@@ -27,7 +27,8 @@ request alone and in list order, also across the capacity limit, and skips a ref
 sender's later requests to the same devices; cumulative
 ``ack_many``; ``claim_keys`` hands a device listed twice two keys; outbox
 batches; a hypothesis state machine of cumulative acks racing new enqueues),
-device-list watchers (idempotent, sorted, durable), exact queue byte counts
+device-list watchers (idempotent, sorted, durable; refresh times, both bounds, expiry,
+times across a handoff), exact queue byte counts
 (per device, user, charge tag and share; across enqueue, ack, purge, expiry and
 reopen) with the byte quotas of ``QueueQuota``, correspondents, single-use invites,
 the outbox, media blobs (ordered chunked appends, hash check, conflicts, quota,
