@@ -12,7 +12,8 @@ So :meth:`~storage.base.Storage.add_watcher` finds the least recently refreshed
 watcher of a user with one cursor step, checks both bounds with two reads, and
 :meth:`~storage.base.Storage.expire_watchers` costs what expires, not what is stored.
 A store written before the times existed (``watchers`` values empty) is indexed once
-at open, every pair refreshed at that moment (``meta`` ``watch_indexed``).
+at open, every pair refreshed at that moment (``meta`` ``watch_indexed``); in a map
+too full for that, those pairs are dropped instead.
 """
 
 from __future__ import annotations
@@ -149,19 +150,32 @@ def expire_op(older_than: float) -> Deletion:
 
 def index_once(env: lmdb.Environment, dbs: L.Dbs) -> int:
     """Give the pairs of a store written before watcher times the time now, with
-    their index entries and counts (blocking; once per store). Returns how many."""
-    with env.begin(write=True) as txn:
+    their index entries and counts (blocking; once per store). Returns how many.
+
+    A map too full for the indexes drops those pairs instead (a watcher that is
+    not recorded still learns a changed list through ``stale_devices``), so the
+    store still opens; returns ``-count`` then.
+    """
+    with env.begin() as txn:
         if txn.get(WATCH_INDEXED, db=dbs.meta) is not None:
             return 0
-        now = time.time()
         with txn.cursor(db=dbs.watchers) as cur:
             old = [key for key, value in cur if not value]
-        for key in old:
-            user, _, watcher = key.partition(b"|")
-            txn.delete(key, db=dbs.watchers)
-            put(txn, dbs, user, watcher, now)
-        txn.put(WATCH_INDEXED, b"1", db=dbs.meta)
-    return len(old)
+    try:
+        with env.begin(write=True) as txn:
+            now = time.time()
+            for key in old:
+                user, _, watcher = key.partition(b"|")
+                txn.delete(key, db=dbs.watchers)
+                put(txn, dbs, user, watcher, now)
+            txn.put(WATCH_INDEXED, b"1", db=dbs.meta)
+        return len(old)
+    except lmdb.MapFullError:
+        with env.begin(write=True) as txn:
+            for key in old:
+                txn.delete(key, db=dbs.watchers)
+            txn.put(WATCH_INDEXED, b"1", db=dbs.meta)
+        return -len(old)
 
 
 class LmdbWatchersMixin:

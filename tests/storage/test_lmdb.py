@@ -386,3 +386,19 @@ async def test_watchers_of_an_old_store_are_indexed_once_at_open(tmp_path: Path)
         async with LmdbStorage.open(tmp_path / "db") as st:  # indexed once: nothing redone
             assert await st.watchers(ALICE) == sorted([max(BOB, carol), uid("dave")])
             assert await st.watching_count(carol) == (1 if carol > BOB else 0)
+
+
+async def test_old_watchers_that_do_not_fit_the_indexes_are_dropped_at_open(
+        tmp_path: Path) -> None:
+    path, size = tmp_path / "db", 1 << 20
+    with trio.fail_after(20):
+        async with LmdbStorage.open(path, map_size=size) as st:
+            with st._env.begin(write=True) as txn:  # the layout before watcher times
+                for i in range(3000):
+                    txn.put(ALICE.encode() + b"|" + uid(f"w{i}").encode(), b"",
+                            db=st._dbs.watchers)
+                txn.delete(b"watch_indexed", db=st._dbs.meta)
+        async with LmdbStorage.open(path, map_size=size) as st:  # opens all the same
+            assert await st.watchers(ALICE) == []
+            assert (await st.add_watcher(ALICE, BOB)).recorded
+            assert await st.watchers(ALICE) == [BOB]
