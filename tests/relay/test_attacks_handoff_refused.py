@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import trio
@@ -31,6 +32,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from relay.admin.reshape import ReshapeWatch
 from relay.admin.status import cluster_status, format_status, http_get
 from relay.config import NodeConfig
 from relay.config.ring import Ring
@@ -204,6 +206,9 @@ async def test_a_handoff_refused_for_good_stops_is_shown_and_the_user_stays_serv
     with trio.fail_after(DEADLINE):
         s = await _reshape_against(nursery, refuse, code)
         n1, mover = s.n1, s.mover
+        watch, said = ReshapeWatch(Path("unused")), []  # what `wa-relay cluster` prints
+        watch.on_node(n1)
+        nursery.start_soon(watch.wait, 1, said.append)
         while not n1.handoff.refusals.is_stuck(mover.user_id):  # noqa: ASYNC110 - poll, deadline above
             await trio.sleep(0.02)
         stuck_at = trio.current_time()
@@ -228,6 +233,9 @@ async def test_a_handoff_refused_for_good_stops_is_shown_and_the_user_stays_serv
                     and "stopped retrying" in r.getMessage()]
         assert len(warnings) == 1 and mover.user_id[:8] in warnings[0], warnings
         assert f"({code}: refused by a hostile home)" in warnings[0]
+        while not said:  # noqa: ASYNC110 - poll, deadline above
+            await trio.sleep(0.02)
+        assert said[0].startswith(f"handoff n1: {mover.user_id} to n3 STUCK, refused 3 times")
 
         # the user is served at its old home as before: what was queued, and new traffic
         storage = s.cluster.storages["n1"]
@@ -250,6 +258,8 @@ async def test_a_handoff_refused_for_good_stops_is_shown_and_the_user_stays_serv
         await trio.sleep_until(stuck_at + QUIET)  # watching for a retry that must not come
         assert s.front.refused == MAX_REFUSALS
         assert n1.handoff.remaining == 1 and not n1.handoff.done
+        assert len(said) == 1 and len([r for r in caplog.records
+                                        if "stopped retrying" in r.getMessage()]) == 1
 
         # the new home is fixed and comes back (its link anew): tried again, handed over
         s.front.refusing = False
