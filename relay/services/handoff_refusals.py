@@ -8,10 +8,10 @@ or not at all (the link is down, no answer in time) is asked again after the bac
 without end: the cause passes by itself. Any other refusal (``bad_request``,
 ``too_large``, ``internal``, an unknown code: a record the new home will never take, an
 older version, a buggy or hostile node) will be the same next time: after
-:data:`MAX_REFUSALS` of them in a row the user is *stuck*. The old home stops asking,
-serves the user as before (its state stays here, nothing is lost), warns once, counts it
-in ``wa_relay_handoff_users_stuck{peer}`` and shows it in ``/health`` and ``wa-relay
-status``. A stuck user is tried again (another :data:`MAX_REFUSALS` attempts) when the
+:data:`MAX_REFUSALS` of them (retryable ones between do not count) the user is *stuck*.
+The old home stops asking, serves the user as before (its state stays here, nothing is
+lost), warns once, counts it in ``wa_relay_handoff_users_stuck{peer}`` and shows it in
+``/health`` and ``wa-relay status``. A stuck user is tried again (another :data:`MAX_REFUSALS` attempts) when the
 old home's link to the new home comes up anew (the new home restarted, e.g. after an
 upgrade or a fix) and at every start of the old home. The reshape is unfinished until
 every stuck user is handed over.
@@ -30,7 +30,7 @@ RETRYABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.STORAGE_FULL,
                        ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.RATE_LIMITED})
 """Refusals a new home may answer differently later: retried after the backoff, forever."""
 MAX_REFUSALS = 3
-"""Other refusals in a row after which a user's handoff is stuck (not tried again)."""
+"""Other refusals after which a user's handoff is stuck (not tried again)."""
 STATUS_USERS = 20
 """Most stuck users listed one by one in ``/health`` and ``wa-relay status`` (all are
 counted)."""
@@ -53,7 +53,7 @@ class Refusal:
         user_id: the user. peer: its new home (node id).
         code, message: the last refusal (``message`` on one line, at most
             :data:`MESSAGE_CHARS` characters).
-        attempts: refusals in a row (reset to 0 when the user is tried again after
+        attempts: permanent refusals so far (reset to 0 when the user is tried again after
             being stuck). since: wall-clock time (Unix seconds) of the first refusal.
         stuck: the user is not tried again until :meth:`Refusals.retry`.
         mark: the new home's link session when the user got stuck (any object that
@@ -82,7 +82,7 @@ class Refusals:
 
     Args:
         log: the node's logger (the one warning per stuck user goes there).
-        limit: refusals in a row after which a user is stuck (:data:`MAX_REFUSALS`).
+        limit: permanent refusals after which a user is stuck (:data:`MAX_REFUSALS`).
 
     Attributes:
         limit: as given.
@@ -95,7 +95,7 @@ class Refusals:
 
     def refused(self, user_id: str, peer: str, exc: RelayError, mark: object) -> Refusal:
         """Record one permanent refusal of ``user_id``'s handoff to ``peer``; the user is
-        stuck from the :data:`MAX_REFUSALS`-th in a row on (then a warning is logged,
+        stuck from the :data:`MAX_REFUSALS`-th on (then a warning is logged,
         once). ``mark``: the link session it came over (see :meth:`retry_due`).
 
         Returns:
