@@ -198,10 +198,11 @@ async def _stuck_gauge(admin: str) -> str:
                 if line.startswith('wa_relay_handoff_users_stuck{peer="n3"}'))
 
 
-@pytest.mark.parametrize(("refuse", "code"), [("handoff_put", "bad_request"),
-                                               ("handoff_done", "too_large")])
+@pytest.mark.parametrize(("refuse", "code", "retry"), [
+    ("handoff_put", "bad_request", "the new home comes back"),
+    ("handoff_done", "too_large", "the old home restarts")])
 async def test_a_handoff_refused_for_good_stops_is_shown_and_the_user_stays_served(
-        nursery, caplog, refuse: str, code: str) -> None:
+        nursery, caplog, refuse: str, code: str, retry: str) -> None:
     caplog.set_level(logging.INFO, logger="wa_relay.node.n1")
     with trio.fail_after(DEADLINE):
         s = await _reshape_against(nursery, refuse, code)
@@ -261,9 +262,16 @@ async def test_a_handoff_refused_for_good_stops_is_shown_and_the_user_stays_serv
         assert len(said) == 1 and len([r for r in caplog.records
                                         if "stopped retrying" in r.getMessage()]) == 1
 
-        # the new home is fixed and comes back (its link anew): tried again, handed over
+        # the new home is fixed; it comes back (the old home's link to it anew), or the
+        # old home restarts: the user is tried again and handed over
         s.front.refusing = False
-        await s.front.drop_links()
+        if retry == "the new home comes back":
+            await s.front.drop_links()
+        else:
+            s.cluster.stop("n1")
+            restarted: list[Node] = []
+            await s.cluster.start("n1", on_node=restarted.append)
+            n1 = restarted[0]
         while n1.handoff.remaining:  # noqa: ASYNC110 - poll, deadline above
             await trio.sleep(0.02)
         assert s.front.refused == MAX_REFUSALS
