@@ -18,11 +18,9 @@ the current ring homes elsewhere (*outgoing*) and moves them one by one:
    the marker, let the writes go on here and try again later (from step 1).
    Without an answer the user stays held and ``handoff_done`` is sent again.
 
-A refusal that waiting will not change (``bad_request``, ``too_large``, ...: see
-:mod:`relay.services.handoff_refusals`) is retried a few times, then the user is
-*stuck*: it stays served here (marker cleared, writes let go) and is not tried again
-until the new home's link comes up anew or this node restarts; the reshape stays
-unfinished meanwhile (``/health``, ``wa-relay status`` and a metric show it).
+A refusal that waiting will not change is retried a few times, then the user is *stuck*:
+served here, not tried again until the new home's link comes up anew or this node
+restarts (:mod:`relay.services.handoff_refusals`).
 
 When nothing is left it sends ``handoff_complete`` to every node of the new ring
 (retrying until each answered) and sets :attr:`Handoff.drained`. A node that the
@@ -250,10 +248,13 @@ class Handoff:
                 envelopes, size, entries = 0, 0, await self._outbox_of(user)
             answer = await self._request(dest, HandoffDone(id=0, user_id=user))
             if isinstance(answer, Error):  # refused: the new home does not serve the user
-                await self._storage.set_mark(f"{self._prefix}out/{user}", None)
-                del self._unconfirmed[user]
-                if answer.code != ErrorCode.UNAVAILABLE.value:
-                    raise RelayError.from_frame(answer)
+                refusal = RelayError.from_frame(answer)
+                put_off = refusal.code == ErrorCode.UNAVAILABLE
+                if put_off or permanent(refusal):  # (else held: done is sent again)
+                    await self._storage.set_mark(f"{self._prefix}out/{user}", None)
+                    del self._unconfirmed[user]
+                if not put_off:
+                    raise refusal
                 # unavailable: requests in flight; later, from scratch
                 self._log.info("handoff of %s to %s put off: %s", user[:8], dest, answer.message)
                 return False
