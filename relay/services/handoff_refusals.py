@@ -113,11 +113,10 @@ class Refusals:
             self._log.warning(
                 "handoff of %s to %s refused %d times (%s: %s): stopped retrying; the user "
                 "stays served by this node and the reshape cannot finish until it is handed "
-                "over. Look in %s's log and at the user (wa-relay status --json lists it; "
-                "wa-relay admin user show), fix the cause (an older version on %s, a "
-                "record it refuses), then restart %s or this node to try again "
-                "(docs/operations.md, 'A stuck handoff')",
-                user_id[:8], peer, r.attempts, r.code, r.message or "-", peer, peer, peer)
+                "over. Fix the cause (an older version on %s? a record it refuses: wa-relay "
+                "status --json names the user, wa-relay admin user show shows it), then "
+                "restart %s or this node to try again (docs/operations.md, 'A stuck "
+                "handoff')", user_id[:8], peer, r.attempts, r.code, r.message or "-", peer, peer)
         elif not r.stuck:
             self._log.info("handoff of %s to %s refused (%s: %s; %d of %d); retrying",
                            user_id[:8], peer, r.code, r.message or "-", r.attempts, self.limit)
