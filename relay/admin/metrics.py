@@ -173,6 +173,10 @@ class NodeMetrics:
             self.handoff_users.labels(direction).set(0)
         self.handoff_done = Gauge(
             "wa_relay_handoff_done", "1 when no reshape is unfinished at this node.", registry=r)
+        self.handoff_stuck = Gauge(
+            "wa_relay_handoff_users_stuck", "Users whose handoff the new home (peer) refused "
+            "for good: not retried, served here until fixed (docs/operations.md).", ["peer"],
+            registry=r)
 
     # -- hooks
 
@@ -251,6 +255,9 @@ class NodeMetrics:
         self.handoff_users.labels("out").set(handoff.stats.users)
         self.handoff_users.labels("in").set(handoff.stats.users_in)
         self.handoff_done.set(1 if handoff.done else 0)
+        stuck = handoff.refusals.stuck_by_peer()
+        for peer in sorted(node.federation.links):
+            self.handoff_stuck.labels(peer).set(stuck.get(peer, 0))
         try:
             await self._refresh_storage(node)
         except (StorageError, OSError):

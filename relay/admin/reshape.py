@@ -164,8 +164,19 @@ class ReshapeWatch:
 
     async def wait(self, expected: int, report: Callable[[str], None]) -> None:
         """Wait until ``expected`` nodes started and each one's handoff is done, then
-        ``report`` what moved and forget the previous cluster file."""
-        while len(self.nodes) < expected or not all(n.handoff.done for n in self.nodes):  # noqa: ASYNC110 - many nodes, no single event
+        ``report`` what moved and forget the previous cluster file. A user whose
+        handoff is stuck (its new home refused it for good) is reported once meanwhile."""
+        stuck: set[tuple[str, str]] = set()
+        while len(self.nodes) < expected or not all(n.handoff.done for n in self.nodes):
+            for n in self.nodes:
+                for r in n.handoff.refusals.stuck():
+                    if (n.id, r.user_id) not in stuck:
+                        stuck.add((n.id, r.user_id))
+                        report(f"handoff {n.id}: {r.user_id} to {r.peer} STUCK, refused "
+                               f"{r.attempts} times ({r.code}: {r.message or '-'}); the "
+                               "user stays served by its old home: fix the cause, then "
+                               "restart the cluster to retry (docs/operations.md, 'A stuck "
+                               "handoff')")
             await trio.sleep(WATCH_INTERVAL)
         users = sum(n.handoff.stats.users for n in self.nodes)
         envelopes = sum(n.handoff.stats.envelopes for n in self.nodes)

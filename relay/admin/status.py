@@ -211,11 +211,29 @@ def format_status(st: NodeStatus) -> str:
                                 "links_up") or (k == "dead_letters" and v))
     if numbers:
         parts.append(numbers)
+    stuck = st.handoff.get("stuck") or 0
     if st.handoff.get("reshaping"):
         parts.append("handoff done" if st.handoff.get("done") else
-                     f"handoff: {st.handoff.get('remaining')} users to hand over, waiting for "
+                     f"handoff: {st.handoff.get('remaining')} users to hand over"
+                     + (f" ({stuck} STUCK)" if stuck else "") + ", waiting for "
                      f"{','.join(st.handoff.get('waiting_for') or []) or '-'}")
     if st.admin_url is None:
         parts.append("(no admin URL known)")
     line = "  ".join(parts)
-    return line + "".join(f"\n       {e}" for e in st.errors)
+    return line + "".join(f"\n       {e}" for e in [*_stuck_lines(st.handoff), *st.errors])
+
+
+def _stuck_lines(handoff: dict[str, Any]) -> list[str]:
+    """The detail lines of a node's stuck handoffs (docs/operations.md, "A stuck handoff")."""
+    users = [u for u in handoff.get("stuck_users") or [] if isinstance(u, dict)]
+    lines = [f"handoff of {u.get('user_id')} to {u.get('peer')} STUCK: refused "
+             f"{u.get('attempts')} times ({u.get('code')}: {u.get('message') or '-'})"
+             for u in users]
+    more = (handoff.get("stuck") or 0) - len(users)
+    if more > 0:
+        lines.append(f"... and {more} more stuck users (by new home: "
+                     f"{handoff.get('stuck_by')})")
+    if lines:
+        lines.append("fix the cause, then restart the new home or this node to retry "
+                     "(docs/operations.md, 'A stuck handoff')")
+    return lines

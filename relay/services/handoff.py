@@ -18,13 +18,17 @@ the current ring homes elsewhere (*outgoing*) and moves them one by one:
    the marker, let the writes go on here and try again later (from step 1).
    Without an answer the user stays held and ``handoff_done`` is sent again.
 
+A refusal that waiting will not change is retried a few times, then the user is *stuck*:
+served here, not tried again until the new home's link comes up anew or this node
+restarts (:mod:`relay.services.handoff_refusals`).
+
 When nothing is left it sends ``handoff_complete`` to every node of the new ring
 (retrying until each answered) and sets :attr:`Handoff.drained`. A node that the
 reshape removes stops then.
 
-**New home** (:func:`handoff_table`): imports each batch, re-queues the outbox
-entries, and records ``in/<user>`` (durable) when ``handoff_done`` arrives; from
-then on it serves the user. ``handoff_complete`` records ``complete/<node>``.
+**New home** (:mod:`relay.services.handoff_in`): imports each batch, re-queues the
+outbox entries, and records ``in/<user>`` (durable) when ``handoff_done`` arrives;
+from then on it serves the user. ``handoff_complete`` records ``complete/<node>``.
 
 Every step is idempotent and every marker durable, so a kill -9 of either side at
 any point resumes: the old home finds the user's state (or its marker) again at
@@ -52,9 +56,9 @@ from relay.protocol.frames import (
     HandoffPut,
     Ok,
 )
-from relay.services.base import Caller, Table
 from relay.services.federation import LinkDown, request_within
 from relay.services.handoff_in import HandoffIn, HandoffStats
+from relay.services.handoff_refusals import STATUS_USERS, Refusals, permanent
 from relay.services.requeue import requeue, reroute_removed
 from storage import OutboxEntry, StorageError, UserRecord
 
@@ -73,6 +77,9 @@ MEDIA_CHUNK = 128 * 1024
 """Bytes of media per ``handoff_media`` frame (within every peer frame limit)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds for the new home to answer one handoff request."""
+STUCK_POLL = 1.0
+"""Seconds between looks at the links of stuck users' new homes (when nothing else is
+left to hand over)."""
 
 
 def mark_prefix(ring_version: str) -> str:
@@ -93,6 +100,8 @@ class Handoff:
 
     Attributes:
         stats: :class:`HandoffStats`.
+        refusals: the permanent refusals and stuck users
+            (:class:`relay.services.handoff_refusals.Refusals`).
         incoming: the new-home side (:class:`relay.services.handoff_in.HandoffIn`).
         drained: set once this node has nothing left to hand over and told every
             node of the new ring so (at once when no reshape is unfinished).
@@ -107,6 +116,7 @@ class Handoff:
         self._prefix = mark_prefix(node.homes.version)
         self._unconfirmed: dict[str, str] = {}  # users with an out/ marker: done not confirmed
         self.stats = HandoffStats()
+        self.refusals = Refusals(node.log)
         self.drained = trio.Event()
         self.incoming = HandoffIn(node, self._prefix, self.stats)
 
@@ -131,12 +141,18 @@ class Handoff:
         return self.drained.is_set() and not self.waiting_for()
 
     def progress(self) -> dict[str, object]:
-        """The handoff's state for ``/health`` and ``wa-relay status``."""
+        """The handoff's state for ``/health`` and ``wa-relay status``: ``stuck`` counts
+        the users whose new home refused them for good (``stuck_by``: per new home),
+        ``stuck_users`` lists the first :data:`~relay.services.handoff_refusals.STATUS_USERS`
+        of them (``user_id``, ``peer``, ``code``, ``message``, ``attempts``, ``since``)."""
+        by_peer = self.refusals.stuck_by_peer()
         return {
             "reshaping": self._homes.previous is not None, "done": self.done,
             "remaining": self.remaining, "waiting_for": self.waiting_for(),
             "users_out": self.stats.users, "envelopes_out": self.stats.envelopes,
             "bytes_out": self.stats.bytes, "users_in": self.stats.users_in,
+            "stuck": sum(by_peer.values()), "stuck_by": by_peer,
+            "stuck_users": [r.as_dict() for r in self.refusals.stuck(STATUS_USERS)],
         }
 
     # ------------------------------------------------------------ start
@@ -190,15 +206,30 @@ class Handoff:
             return
         delays = PEER_BACKOFF.delays()
         while self._homes.outgoing:
-            progress = False
+            progress, tried = False, False
             for user in sorted(self._homes.outgoing):
+                if self.refusals.is_stuck(user) and not self._retry_due(user):
+                    continue
+                tried = True
                 progress |= await self._move(user)
             if self._homes.outgoing:
-                await trio.sleep(0 if progress else next(delays))
+                await trio.sleep(0 if progress else next(delays) if tried else STUCK_POLL)
         await self._announce()
         self.drained.set()
         self._log.info("handoff: done (%d users, %d envelopes, %d bytes handed over)",
                        self.stats.users, self.stats.envelopes, self.stats.bytes)
+
+    def _link_session(self, dest: str) -> tuple[object, bool]:
+        """The current session of the link to ``dest`` (an object replaced every time
+        the link goes down) and whether it is up."""
+        link = self._node.federation.links.get(dest)
+        if link is None:
+            return None, False
+        return link.connected, link.is_up
+
+    def _retry_due(self, user: str) -> bool:
+        dest = self._homes.outgoing[user]
+        return self.refusals.retry_due(user, *self._link_session(dest))
 
     async def _move(self, user: str) -> bool:
         homes, dest = self._homes, self._homes.outgoing[user]
@@ -216,10 +247,16 @@ class Handoff:
             else:
                 envelopes, size, entries = 0, 0, await self._outbox_of(user)
             answer = await self._request(dest, HandoffDone(id=0, user_id=user))
-            if isinstance(answer, Error):  # unavailable: requests in flight; later, from scratch
+            if isinstance(answer, Error):  # refused: the new home does not serve the user
+                refusal = RelayError.from_frame(answer)
+                put_off = refusal.code == ErrorCode.UNAVAILABLE
+                if put_off or permanent(refusal):  # (else held: done is sent again)
+                    await self._storage.set_mark(f"{self._prefix}out/{user}", None)
+                    del self._unconfirmed[user]
+                if not put_off:
+                    raise refusal
+                # unavailable: requests in flight; later, from scratch
                 self._log.info("handoff of %s to %s put off: %s", user[:8], dest, answer.message)
-                await self._storage.set_mark(f"{self._prefix}out/{user}", None)
-                del self._unconfirmed[user]
                 return False
             gone = await self._storage.delete_user(user)
             for media_id in await self._media_of(user):
@@ -229,6 +266,7 @@ class Handoff:
             del self._unconfirmed[user]
             self._node.directory.forget(user)
             handed = True
+            self.refusals.cleared(user)
             self.stats.users += 1
             self.stats.envelopes += max(envelopes, gone)
             self.stats.bytes += size
@@ -236,6 +274,10 @@ class Handoff:
                            max(envelopes, gone))
             return True
         except (LinkDown, RelayError, StorageError) as exc:
+            if permanent(exc) and user not in self._unconfirmed:  # a refusal, not held
+                assert isinstance(exc, RelayError)
+                self.refusals.refused(user, dest, exc, self._link_session(dest)[0])
+                return False
             self._log.info("handoff of %s to %s: %s; retrying", user[:8], dest, exc)
             return False
         finally:
@@ -243,9 +285,15 @@ class Handoff:
                 homes.end_move(user, handed_over=handed)
 
     async def _request(self, dest: str, frame: Frame) -> Frame:
+        """The new home's ``ok``; for ``handoff_done`` also its ``error`` (a refusal:
+        the caller clears the marker first).
+
+        Raises:
+            LinkDown: no answer; RelayError: a refusal, or another answer.
+        """
         answer = await request_within(self._node.federation, dest, frame, self._timeout)
         if isinstance(answer, Error):
-            if answer.code == ErrorCode.UNAVAILABLE.value and isinstance(frame, HandoffDone):
+            if isinstance(frame, HandoffDone):
                 return answer
             raise RelayError.from_frame(answer)
         if not isinstance(answer, Ok):
@@ -364,29 +412,3 @@ class Handoff:
                     self._homes.done.add(r.user_id)
         await requeue(self._node, parts)
 
-
-def handoff_table(node: Node) -> Table:
-    """Handlers of the handoff frames (peer links only)."""
-
-    async def put(caller: Caller, frame: Frame) -> Frame:
-        assert isinstance(frame, HandoffPut) and caller.peer_id is not None
-        await node.handoff.incoming.receive_put(frame, caller.peer_id)
-        return Ok(id=frame.id)
-
-    async def done(caller: Caller, frame: Frame) -> Frame:
-        assert isinstance(frame, HandoffDone) and caller.peer_id is not None
-        await node.handoff.incoming.receive_done(frame, caller.peer_id)
-        return Ok(id=frame.id)
-
-    async def complete(caller: Caller, frame: Frame) -> Frame:
-        assert isinstance(frame, HandoffComplete) and caller.peer_id is not None
-        await node.handoff.incoming.receive_complete(frame, caller.peer_id)
-        return Ok(id=frame.id)
-
-    async def media(caller: Caller, frame: Frame) -> Frame:
-        assert isinstance(frame, HandoffMedia) and caller.peer_id is not None
-        await node.handoff.incoming.receive_media(frame, caller.peer_id)
-        return Ok(id=frame.id)
-
-    return {HandoffPut: put, HandoffMedia: media, HandoffDone: done,
-            HandoffComplete: complete}

@@ -1,7 +1,7 @@
 """The new home's side of the handoff (docs/protocol.md, "Handoff"): importing a
 moving user's batches and blobs, serving the user once ``handoff_done`` came, and
-recording that an old home has nothing more to hand over (:mod:`relay.services.handoff`
-is the old home's side)."""
+recording that an old home has nothing more to hand over; :func:`handoff_table`, the
+handlers of the handoff frames (:mod:`relay.services.handoff` is the old home's side)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,17 @@ from relay.protocol.frames import (
     Deliver,
     Error,
     Forward,
+    Frame,
     GetDevices,
     GroupForward,
     HandoffComplete,
     HandoffDone,
     HandoffMedia,
     HandoffPut,
+    Ok,
 )
 from relay.protocol.stored import encode_deliver, encode_envelope
+from relay.services.base import Caller, Table
 from relay.services.directory import unpack_list
 from relay.services.federation import LinkDown, request_within
 from relay.services.requeue import requeue
@@ -241,3 +244,30 @@ class HandoffIn:
             return
         if isinstance(answer, Error) and answer.code == ErrorCode.MOVED.value:
             homes.done.add(user_id)
+
+
+def handoff_table(node: Node) -> Table:
+    """Handlers of the handoff frames (peer links only)."""
+
+    async def put(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, HandoffPut) and caller.peer_id is not None
+        await node.handoff.incoming.receive_put(frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    async def done(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, HandoffDone) and caller.peer_id is not None
+        await node.handoff.incoming.receive_done(frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    async def complete(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, HandoffComplete) and caller.peer_id is not None
+        await node.handoff.incoming.receive_complete(frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    async def media(caller: Caller, frame: Frame) -> Frame:
+        assert isinstance(frame, HandoffMedia) and caller.peer_id is not None
+        await node.handoff.incoming.receive_media(frame, caller.peer_id)
+        return Ok(id=frame.id)
+
+    return {HandoffPut: put, HandoffMedia: media, HandoffDone: done,
+            HandoffComplete: complete}

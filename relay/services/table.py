@@ -42,7 +42,7 @@ from relay.protocol.frames import (
 from relay.services import lookups
 from relay.services.base import Caller, Table
 from relay.services.ephemeral import ephemeral_table
-from relay.services.handoff import handoff_table
+from relay.services.handoff_in import handoff_table
 from relay.services.messaging import messaging_table
 
 if TYPE_CHECKING:

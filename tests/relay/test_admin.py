@@ -134,7 +134,7 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
              for s in family.samples} | {
         "wa_relay_refusals_total", "wa_relay_storage_refusals_total",  # labelled: no sample yet
         "wa_relay_outbox_entries", "wa_relay_peer_link_up", "wa_relay_connections",
-        "wa_relay_storage_bytes"}
+        "wa_relay_storage_bytes", "wa_relay_handoff_users_stuck"}
     used = {m for panel in dashboard["panels"] for t in panel["targets"]
             for m in re.findall(r"\bwa_relay_\w+", t["expr"])}
     assert len(dashboard["panels"]) >= 10 and used and used <= names, used - names
