@@ -396,8 +396,9 @@ async def _pake_exchange(
             try:
                 answer = await _fetch(client, code.node_id, code.mailbox_id)
             except LinkFailed as exc:  # gone after our message went: its device left
-                raise LinkFailed("the new device stopped waiting before it answered; "
-                                 "nothing changed. Run 'wa-cli link --short' again") from exc
+                raise LinkFailed("the new device stopped waiting (or its code expired) before "
+                                 "it answered; nothing changed. Run 'wa-cli link --short' "
+                                 "again") from exc
     if answer.reply is None:
         raise LinkFailed(f"the new device did not answer within {REPLY_WAIT:g} s; nothing "
                          "changed")
@@ -419,8 +420,11 @@ async def _withdraw(client: Session, device_id: int, name: str, cause: ClientErr
     Raises:
         LinkFailed: always otherwise, naming the device and what became of it.
     """
-    reason = (NOT_FOUND_MESSAGE.split(";")[0] if isinstance(cause, RelayError)
-              and cause.code == ErrorCode.NOT_FOUND else str(cause))
+    reason = str(cause)
+    if isinstance(cause, RelayError) and cause.code == ErrorCode.NOT_FOUND:
+        reason = NOT_FOUND_MESSAGE.split(";")[0]
+    elif isinstance(cause, RelayError) and cause.code == ErrorCode.ALREADY_USED:
+        reason = "the new device's linking mailbox closed: it stopped waiting"
     label = f"device {device_id} ({name})"
     done = None
     try:
