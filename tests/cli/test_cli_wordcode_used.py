@@ -134,15 +134,13 @@ async def test_a_relay_changing_the_exchange_is_still_tampering(tmp_path):
 
             other = Pake(tuple(WORDS[:3]), primary=True).message  # a well-formed forgery
             rewrite_link_data(mitm, 0, lambda body: other)
-            new, code = await start_link(tmp_path / "laptop", mitm.url, "--timeout", "5")
+            new, code = await start_link(tmp_path / "laptop", mitm.url)
             try:
                 approved = await wa(bob, "--json", "devices", "approve", code, "--yes")
                 assert approved.returncode == 1
                 assert error_of(approved)["code"] == "failed"
                 assert TAMPERED in approved.stderr.decode()
-                status, last, err = await finished(new)
-                assert status == 1 and "declined" not in err  # it never heard back
-                assert "not approved within 5 s" in last["error"]["message"]
+                assert new.proc.returncode is None  # it heard nothing back: still waiting
             finally:
                 await new.aclose()
 
