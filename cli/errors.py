@@ -123,7 +123,18 @@ class NotPrimary(ClientError):
 
 class LinkFailed(ClientError):
     """Linking a device did not complete (wrong, used or expired code, mismatch, timeout,
-    or material that does not verify). The message says whether anything changed."""
+    or material that does not verify). The message says whether anything changed.
+
+    Attributes:
+        reason: the ``--json`` error code (and daemon ``data.reason``) when the failure
+            has its own: ``link_code_used`` (the code served an approval already),
+            ``link_declined`` (the primary declined this device); else ``None``
+            (``failed``).
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DeviceRemoved(ClientError):

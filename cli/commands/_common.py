@@ -127,11 +127,15 @@ class AppContext:
 
 @contextmanager
 def failures() -> Iterator[None]:
-    """Translate the library's domain errors into :class:`CliError` (exit 1)."""
+    """Translate the library's domain errors into :class:`CliError` (exit 1; its ``--json``
+    code is the error's ``reason`` where it has one, :class:`cli.errors.LinkFailed`)."""
     try:
         yield
     except (ClientError, StateError) as exc:
-        raise CliError(escape(str(exc))) from exc
+        err = CliError(escape(str(exc)))
+        if isinstance(getattr(exc, "reason", None), str):  # LinkFailed's own --json code
+            err.code = exc.reason
+        raise err from exc
     except OSError as exc:
         raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
 

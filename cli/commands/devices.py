@@ -54,7 +54,9 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     list and sends the device its account material, sealed to a key only it
     holds. It then waits (at most 30 s, silently) for the new device to reach
     its home and upload its keys, and only then reports the device linked.
-    A wrong, used or expired code changes nothing. If the link fails after the
+    A wrong, used or expired code changes nothing (a code used by an approval
+    already, a word code even by a declined one, exits 1 with --json error code
+    link_code_used); answering no to a word code's device tells it so. If the link fails after the
     new list was published, the device does not reach its home in time, or
     this command is killed, the device is withdrawn again: at once, or by the
     next wa-cli command on this device (which keeps it if it reached its home

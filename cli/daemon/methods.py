@@ -65,13 +65,15 @@ def bind(device: Device) -> dict[str, Handler]:
 def errors() -> Iterator[None]:
     """Translate the client's errors into error answers: a message whose answer never
     came -> :data:`SEND_UNKNOWN` (``data.id``); other client, state and OS errors ->
-    :data:`RUNTIME_ERROR`."""
+    :data:`RUNTIME_ERROR` (``data.reason``: a :class:`cli.errors.LinkFailed`'s ``reason``)."""
     try:
         yield
     except SendUnknown as exc:
         raise RpcError(SEND_UNKNOWN, str(exc), {"id": exc.msg_id.hex()}) from exc
     except (ClientError, StateError) as exc:
-        raise RpcError(RUNTIME_ERROR, str(exc)) from exc
+        reason = getattr(exc, "reason", None)  # LinkFailed's own --json code
+        raise RpcError(RUNTIME_ERROR, str(exc),
+                       {"reason": reason} if isinstance(reason, str) else None) from exc
     except OSError as exc:
         raise RpcError(RUNTIME_ERROR, f"{exc.strerror or exc}") from exc
 

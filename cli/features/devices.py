@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing changed"
+USED_MESSAGE = ("this code was already used; run 'wa-cli link --short' again for a new code (it "
+                "served another approval, declined or not; nothing changed)")
+LONG_USED_MESSAGE = ("this linking code was already used; run 'wa-cli link' again for a new "
+                     "code (nothing changed)")
 MISMATCH_MESSAGE = "code does not match the device; nothing changed"
 REPLY_POLL = 0.2  # seconds between reads of a word-code mailbox while its device answers
 REPLY_WAIT = 30.0  # seconds the new device gets to answer our PAKE message
@@ -184,9 +188,10 @@ async def approve_link(
     Raises:
         LinkCodeError: the code is malformed (a usage error).
         NotPrimary: this device has no account key.
-        LinkFailed: wrong, used or expired code; hash mismatch; declined; or the
-            completion failed or was not confirmed in time (the device is withdrawn
-            again).
+        LinkFailed: wrong, used or expired code (``reason`` ``link_code_used`` when the
+            relay says it served an approval already); hash mismatch; declined (a word
+            code's device is told so, under the PAKE key); or the completion failed or
+            was not confirmed in time (the device is withdrawn again).
         RelayError, ConnectionLost: other refusals / network failures.
     """
     _require_primary(client, "approve new devices")
@@ -204,7 +209,10 @@ async def approve_link(
     state = client.state
     offer = DeviceOffer(info.name, info.fingerprint, info.ed25519, info.curve25519)
     if confirm is not None and not await confirm(offer):
-        raise LinkFailed("not approved; nothing changed")
+        told = (isinstance(parsed_code, wordcode.WordCode)
+                and await _tell_declined(client, parsed_code, seal))
+        raise LinkFailed("not approved; nothing changed" +
+                         (" (the new device was told it was declined)" if told else ""))
 
     own = await current_own_list(client)
     if any(d.ed25519 == info.ed25519 or d.curve25519 == info.curve25519 for d in own.devices):
@@ -290,13 +298,50 @@ async def _await_confirmation(client: Session, device_id: int, wait: float) -> N
                      "get the account, or could not connect)")
 
 
-async def _fetch(client: Session, node_id: str, mailbox_id: bytes) -> LinkInfo:
+def _used(short: bool) -> LinkFailed:
+    """The failure of a code that served an approval already (``link_code_used``)."""
+    return LinkFailed(USED_MESSAGE if short else LONG_USED_MESSAGE, reason="link_code_used")
+
+
+async def _fetch(client: Session, node_id: str, mailbox_id: bytes, *,
+                 short: bool = False) -> LinkInfo:
+    """``link_fetch``.
+
+    Raises:
+        LinkFailed: ``not_found`` or ``already_used`` (:func:`_used`; ``short``: a word
+            code's wording).
+        RelayError, ConnectionLost.
+    """
     try:
         return await client.connection.request(LinkFetch, node_id=node_id, mailbox_id=mailbox_id)
     except RelayError as exc:
         if exc.code == ErrorCode.NOT_FOUND:
             raise LinkFailed(NOT_FOUND_MESSAGE) from exc
+        if exc.code == ErrorCode.ALREADY_USED:
+            raise _used(short) from exc
         raise
+
+
+async def _tell_declined(client: Session, code: wordcode.WordCode,
+                         seal: Callable[[bytes], bytes]) -> bool:
+    """Tell a word code's waiting device that its user declined it: :data:`wordcode.DECLINED`
+    sealed under the PAKE key (so a relay cannot forge it, nor an approval), as the
+    ``link_complete`` that closes the mailbox. Best effort: a refusal or a lost
+    connection is logged (the device then waits until its code expires).
+
+    Returns:
+        Whether the relay took it.
+
+    Raises:
+        nothing of the client's (see above).
+    """
+    try:
+        await client.connection.request(LinkComplete, node_id=code.node_id,
+                                         mailbox_id=code.mailbox_id, body=seal(wordcode.DECLINED))
+    except (RelayError, ConnectionLost) as exc:
+        log.info("could not tell the new device that it was declined: %s", exc)
+        return False
+    return True
 
 
 def _device_info(blob: bytes) -> DeviceInfo:
@@ -319,13 +364,18 @@ async def _pake_exchange(
         authenticates the material).
 
     Raises:
-        LinkFailed: unknown or expired mailbox, not a word-code mailbox, no answer in
-            time, or the answer does not decrypt (a wrong code: the link is over).
+        LinkFailed: unknown or expired mailbox, used already (``reason``
+            ``link_code_used``: another approval's exchange took it; the relay says so,
+            or the device's answer is there before ours was sent), not a word-code
+            mailbox, no answer in time, or the answer does not decrypt (a wrong code or
+            tampering: the link is over).
     """
-    answer = await _fetch(client, code.node_id, code.mailbox_id)
+    answer = await _fetch(client, code.node_id, code.mailbox_id, short=True)
     theirs = wordcode.read_pake_info(answer.device_info)
     if theirs is None:
         raise LinkFailed("that mailbox is not waiting for a word code; nothing changed")
+    if answer.reply is not None:  # answered someone else's PAKE message already
+        raise _used(True)
     pake = wordcode.Pake(code.words, primary=True)
     try:
         n2p, p2n = pake.finish(theirs)
@@ -337,11 +387,18 @@ async def _pake_exchange(
     except RelayError as exc:
         if exc.code == ErrorCode.NOT_FOUND:
             raise LinkFailed(NOT_FOUND_MESSAGE) from exc
+        if exc.code == ErrorCode.ALREADY_USED:
+            raise _used(True) from exc
         raise
     with trio.move_on_after(REPLY_WAIT):
         while answer.reply is None:
             await trio.sleep(REPLY_POLL)
-            answer = await _fetch(client, code.node_id, code.mailbox_id)
+            try:
+                answer = await _fetch(client, code.node_id, code.mailbox_id)
+            except LinkFailed as exc:  # gone after our message went: its device left
+                raise LinkFailed("the new device stopped waiting (or its code expired) before "
+                                 "it answered; nothing changed. Run 'wa-cli link --short' "
+                                 "again") from exc
     if answer.reply is None:
         raise LinkFailed(f"the new device did not answer within {REPLY_WAIT:g} s; nothing "
                          "changed")
@@ -363,8 +420,11 @@ async def _withdraw(client: Session, device_id: int, name: str, cause: ClientErr
     Raises:
         LinkFailed: always otherwise, naming the device and what became of it.
     """
-    reason = (NOT_FOUND_MESSAGE.split(";")[0] if isinstance(cause, RelayError)
-              and cause.code == ErrorCode.NOT_FOUND else str(cause))
+    reason = str(cause)
+    if isinstance(cause, RelayError) and cause.code == ErrorCode.NOT_FOUND:
+        reason = NOT_FOUND_MESSAGE.split(";")[0]
+    elif isinstance(cause, RelayError) and cause.code == ErrorCode.ALREADY_USED:
+        reason = "the new device's linking mailbox closed: it stopped waiting"
     label = f"device {device_id} ({name})"
     done = None
     try:

@@ -54,6 +54,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DECLINED_MESSAGE = ("declined on the other device: its user answered no to linking this "
+                    "device; nothing was saved. Run 'wa-cli link --short' again for a new code")
+
 
 @dataclass
 class LinkedAccount:
@@ -135,8 +138,9 @@ class PendingLink:
         """Wait for the primary's answer and verify it. The caller bounds the wait.
 
         Raises:
-            LinkFailed: the relay closed the mailbox (expired) or sent an error, or the
-                answer does not verify (nothing is saved in any case).
+            LinkFailed: the relay closed the mailbox (expired) or sent an error, the
+                answer does not verify, or (a word code) the primary declined this
+                device (``reason`` ``link_declined``); nothing is saved in any case.
         """
         assert self._link is not None
         while True:
@@ -163,9 +167,17 @@ class PendingLink:
                 raise LinkFailed(f"the relay ended the link ({frame.code}: {frame.message})")
 
     def _verify(self, body: bytes) -> LinkedAccount:
+        """Open and check the primary's answer (a word code's answer may be its decline).
+
+        Raises:
+            LinkFailed: it does not open or verify; ``reason`` ``link_declined``: the
+                primary's user declined this device (authentic: under the PAKE key).
+        """
         try:
             plain = (wordcode.open_box(self._keys[1], body) if self._keys is not None
                      else linkcode.unseal(self._ephemeral, body))
+            if self._keys is not None and plain == wordcode.DECLINED:
+                raise LinkFailed(DECLINED_MESSAGE, reason="link_declined")
             material = Material.decode(plain)
         except LinkCodeError as exc:
             raise LinkFailed(f"unusable linking answer: {exc}; not linked") from exc

@@ -17,7 +17,10 @@ side gets one online guess per code, 1 in 2**24, and a wrong guess makes the lin
 ``SecretBox``), one per direction (:func:`session_keys`): the new device's keys and
 name reach the primary under one (so the relay cannot swap them: the primary publishes
 them only after they decrypted), and the account material reaches the new device under
-the other (so only the primary that read the code could have made it).
+the other (so only the primary that read the code could have made it). When the
+user declines the device shown, the primary seals :data:`DECLINED` under that key
+instead: the waiting device learns it was declined, and a relay can neither forge that
+(only drop it: denial of service) nor pass it off as material.
 
 Pure functions; no I/O.
 """
@@ -37,7 +40,8 @@ from spake2.spake2 import SPAKEError
 from cli.features.linkcode import LinkCodeError
 from relay.protocol.codec import refuse_ext
 
-__all__ = ["WORDS", "Pake", "WordCode", "is_word_code", "new_words", "open_box", "pake_info",
+__all__ = ["DECLINED", "WORDS", "Pake", "WordCode", "is_word_code", "new_words", "open_box",
+           "pake_info",
            "password", "read_pake_info",
            "seal_box", "session_keys"]
 
@@ -61,6 +65,9 @@ WORDS = tuple("""
 """.split())
 """256 short words; three of them are the secret part of a code."""
 N_WORDS = 3
+DECLINED = b"wa-link-declined"
+"""What the primary seals (primary -> new device key) instead of the material when its
+user declines the device: never a msgpack map, so never taken for material."""
 ID_A, ID_B = b"wa-link-new-device", b"wa-link-primary"
 SHORT_ID_SIZE = 2
 

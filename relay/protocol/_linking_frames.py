@@ -62,7 +62,8 @@ class LinkInfo(Frame):
 class LinkComplete(Frame):
     """The primary posts the sealed account material; the mailbox node pushes it
     as ``link_data`` to the waiting device and closes the mailbox (single use).
-    Answer ``ok``, or ``not_found`` for an unknown, used or expired mailbox."""
+    Answer ``ok``, ``not_found`` for an unknown or expired mailbox, ``already_used`` for
+    a used one (also ``more`` on a mailbox that was used: one approval per word code)."""
 
     TYPE: ClassVar[str] = "link_complete"
     node_id: str

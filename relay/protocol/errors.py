@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  # slow down; ``retry_after_ms`` says when to retry
     QUOTA_EXCEEDED = "quota_exceeded"  # a byte quota is used up; ``quota`` names it
     NOT_FOUND = "not_found"  # unknown, used or expired linking mailbox (or other named object)
+    ALREADY_USED = "already_used"  # a linking mailbox that served an approval already (single use)
     UNAVAILABLE = "unavailable"  # a peer node needed for the answer is unreachable (read paths)
     INTERNAL = "internal"  # bug or unexpected failure on the node
 

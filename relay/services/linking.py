@@ -16,7 +16,14 @@ persistence), owned by :class:`Linking`, which the node owns (no globals). A
 mailbox is gone when the first of these happens: ``link_complete`` succeeded
 (single use), the opening connection closed (or opened another mailbox), or
 ``ttl`` seconds passed (``trio.current_time()``, so a ``MockClock`` drives it).
-An unknown, used or expired mailbox answers ``not_found`` and nothing changes.
+An unknown or expired mailbox answers ``not_found`` and nothing changes. A mailbox
+that was *used* (a ``link_complete`` pushed ``link_data`` through it) answers
+``already_used`` instead: to a second ``link_complete {more}`` while it is open (a
+second approval of a word code: its PAKE exchange is taken), and to anything for
+``ttl`` seconds after it closed (a tombstone: at most ``max_open`` are kept, the
+oldest dropped first; a short id is not handed out again while it has one). So a
+second approval learns that the code was used, not that its exchange failed to
+decrypt (docs/protocol.md, "Linking with a word code").
 At most ``max_per_owner`` mailboxes are open per remote address (its
 :func:`relay.net.admission.address_key`: an IPv4 address or an IPv6 /64), and at
 most ``max_open`` per node. When the node is full, the node's mailboxes are
@@ -81,6 +88,8 @@ class Mailbox:
         self.push = push
         self.expires_at = expires_at
         self.reply: bytes | None = None
+        self.used = False
+        """A ``link_complete`` pushed ``link_data`` through it (it served an approval)."""
 
     @property
     def is_open(self) -> bool:
@@ -184,6 +193,7 @@ class Linking:
         self._owned: dict[str, dict[bytes, Mailbox]] = {}  # address -> its mailboxes, oldest first
         self._peer_timeout = peer_timeout
         self._boxes: dict[bytes, Mailbox] = {}  # insertion order = expiry order (fixed ttl)
+        self._used: dict[bytes, float] = {}  # closed after use -> until when it says so (ditto)
 
     def __len__(self) -> int:
         """How many mailboxes are open (expired ones not yet pruned included)."""
@@ -202,6 +212,11 @@ class Linking:
             del owned[box.mailbox_id]
             if not owned:
                 del self._owned[box.address]
+            if box.used:  # a tombstone: later requests learn it was used, not "not found"
+                self._used.pop(box.mailbox_id, None)
+                self._used[box.mailbox_id] = trio.current_time() + self.ttl
+                while len(self._used) > self._max_open:
+                    del self._used[next(iter(self._used))]
 
     @staticmethod
     def _retry_after_ms(box: Mailbox) -> int:
@@ -235,6 +250,8 @@ class Linking:
             if first.expires_at > now:
                 break
             self._forget(first)
+        while self._used and next(iter(self._used.values())) <= now:
+            del self._used[next(iter(self._used))]
 
     def open(self, device_info: bytes, push: Push, address: str = "", *,
              short: bool = False) -> tuple[Mailbox, LinkOpened]:
@@ -272,7 +289,8 @@ class Linking:
         if len(self._boxes) >= self._max_open:
             self._make_room(address)
         mailbox_id = os.urandom(SHORT_ID_SIZE if short else MAILBOX_ID_SIZE)
-        while mailbox_id in self._boxes:  # short ids: at most max_open of 65536 are taken
+        while mailbox_id in self._boxes or mailbox_id in self._used:  # short ids: at most
+            # 2 * max_open of 65536 are taken
             mailbox_id = os.urandom(len(mailbox_id))
         box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl, address)
         self._boxes[mailbox_id] = box
@@ -284,6 +302,9 @@ class Linking:
     def _live(self, mailbox_id: bytes) -> Mailbox:
         self._prune()
         box = self._boxes.get(mailbox_id)
+        if box is None and mailbox_id in self._used:
+            raise RelayError(ErrorCode.ALREADY_USED,
+                             "this linking code was already used: it serves one approval")
         if box is None:
             raise RelayError(ErrorCode.NOT_FOUND,
                              "no such linking code: it is wrong, already used or expired")
@@ -293,23 +314,31 @@ class Linking:
         """The ``device_info`` and ``reply`` of an open mailbox on this node (it stays open).
 
         Raises:
-            RelayError: ``not_found`` (unknown, used or expired).
+            RelayError: ``not_found`` (unknown or expired), ``already_used`` (closed
+                after it served an approval, within ``ttl``).
         """
         box = self._live(mailbox_id)
         return box.device_info, box.reply
 
     def complete(self, mailbox_id: bytes, body: bytes, *, more: bool = False) -> None:
         """Push ``link_data {body}`` to the waiting device and close the mailbox (with
-        ``more``: keep it open for the device's ``link_reply``).
+        ``more``: keep it open for the device's ``link_reply``). Either way the mailbox
+        is *used* from then on.
 
         Raises:
-            RelayError: ``not_found`` (unknown, used or expired, or the new
-                device's connection is gone); nothing changes then.
+            RelayError: ``not_found`` (unknown or expired, or the new device's
+                connection is gone), ``already_used`` (closed after use, or ``more`` on
+                a mailbox that was used: a second approval of a word code); nothing
+                changes then.
         """
         box = self._live(mailbox_id)
+        if more and box.used:
+            raise RelayError(ErrorCode.ALREADY_USED,
+                             "this linking code was already used by another approval")
         if not box.push(LinkData(id=0, body=body)):
             box.close()
             raise RelayError(ErrorCode.NOT_FOUND, "the new device is no longer connected")
+        box.used = True
         if not more:
             box.close()
 

@@ -166,6 +166,9 @@ async def test_every_command_runs_against_a_home_served_by_the_daemon(tmp_path):
                 approved = await one(b, "devices", "approve", code, "--yes")
                 assert approved["name"] == "laptop"
                 assert (await link.finish())[0] == 0
+                again = await wa(b, "--json", "devices", "approve", code, "--yes", check=False)
+                assert again.returncode == 1 and b"already used" in again.stderr  # its reason
+                assert lines(again)[-1]["error"]["code"] == "link_code_used"  # via the daemon
                 ids = [r["device_id"] for r in lines(await wa(b, "--json", "devices", "list"))]
                 assert ids == [0, approved["device_id"]]
                 removed = await one(b, "devices", "remove", str(approved["device_id"]), "--yes")

@@ -5,6 +5,7 @@ code errors, history sync, companions working while the primary is offline."""
 from __future__ import annotations
 
 import os
+import re
 from contextlib import ExitStack
 
 import pytest
@@ -13,7 +14,7 @@ from cli_cluster import alice_and_bob, drain, make_account, quiet, run_cluster
 
 from cli.client import DevicesChanged, Message, init_account, open_client
 from cli.errors import DeviceRemoved, LinkFailed, NotPrimary, RelayError
-from cli.features.devices import MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
+from cli.features.devices import LONG_USED_MESSAGE, MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
 from cli.features.linkcode import LinkCode
 from cli.features.linking import (
     complete_link,
@@ -241,8 +242,9 @@ async def test_wrong_used_expired_mismatched_or_declined_codes_change_nothing(tm
                                                               tmp_path / "laptop")  # still valid
                     assert (approved.device_id, approved.version) == (1, 2)
                     assert linked.device_id == 1
-                    with pytest.raises(LinkFailed, match=NOT_FOUND_MESSAGE):  # single use
+                    with pytest.raises(LinkFailed, match=re.escape(LONG_USED_MESSAGE)) as used:
                         await client.approve_link(pending.code)
+                    assert used.value.reason == "link_code_used"
             assert bob.own_list().version == 2 and bob.next_device_id == 2
 
 

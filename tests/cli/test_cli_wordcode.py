@@ -15,10 +15,12 @@ from cli_cluster import make_account, run_cluster
 
 from cli.client import open_client
 from cli.errors import LinkFailed
+from cli.features.devices import USED_MESSAGE
 from cli.features.linkcode import LinkCodeError
 from cli.features.linking import complete_link, open_link
 from cli.features.wordcode import WORDS, Pake, WordCode, is_word_code
 from cli.session.state import new_home, open_state
+from relay.protocol.frames import LinkComplete
 
 DEADLINE = 60
 
@@ -112,3 +114,26 @@ async def test_wa_cli_link_short_and_devices_approve(tmp_path) -> None:
                     await proc.wait()
             linked = json.loads(buf.split(b"\n")[1])
             assert linked == {"user_id": user_id, "device_id": 1}
+
+
+async def test_a_word_code_whose_exchange_began_elsewhere_is_used(tmp_path) -> None:
+    """Another approval's PAKE message reached the mailbox first (its device has not
+    answered yet, so the mailbox holds no reply): the node refuses ours ``already_used``
+    instead of pushing it to the device (which would take it for its sealed answer: "the
+    relay tampered"), and the approval fails ``link_code_used``, changing nothing."""
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1) as cluster:
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            async with open_client(bob) as client:
+                before = bob.own_list().version
+                async with open_link(client.url, "laptop", short=True) as pending:
+                    code = WordCode.decode(pending.code)
+                    first = Pake(code.words, primary=True)
+                    await client.connection.request(  # the exchange that came first
+                        LinkComplete, node_id=code.node_id, mailbox_id=code.mailbox_id,
+                        body=first.message, more=True)
+                    with pytest.raises(LinkFailed) as used:
+                        await client.approve_link(pending.code)
+                    assert str(used.value) == USED_MESSAGE
+                    assert used.value.reason == "link_code_used"
+            assert bob.own_list().version == before and not bob.pending_withdrawals

@@ -82,11 +82,11 @@ def test_wrong_reused_expired_and_malformed_codes(cluster, tmp_path):
     bob = make_device(cluster, tmp_path, "bob")
     url = cluster.url(home_node(cluster, bob))
 
-    def approve_fails(code: str, exit_code: int) -> str:
+    def approve_fails(code: str, exit_code: int, json_code: str = "failed") -> str:
         run = bob.run("devices", "approve", code, "--yes", check=False)
         assert run.returncode == exit_code, run.stderr
         error = json.loads(run.stdout)["error"]  # --json: the error on stdout too
-        assert error["code"] == ("usage" if exit_code == 2 else "failed")
+        assert error["code"] == ("usage" if exit_code == 2 else json_code)
         assert error["message"] in run.stderr.decode()
         return run.stderr.decode()
 
@@ -109,7 +109,8 @@ def test_wrong_reused_expired_and_malformed_codes(cluster, tmp_path):
     assert [d["device_id"] for d in bob.devices()] == [0]
     assert bob.approve(link.code)["device_id"] == 1
     link.finish()
-    assert "wrong, already used or expired; nothing changed" in approve_fails(link.code, 1)
+    reused = approve_fails(link.code, 1, "link_code_used")  # the node says so (already_used)
+    assert "this linking code was already used; run 'wa-cli link' again" in reused
     assert [d["device_id"] for d in bob.devices()] == [0, 1]
 
     companion = link.device.run("devices", "approve", link.code, "--yes", check=False)

@@ -63,9 +63,9 @@ async def test_link_happy_path_across_nodes(cluster3) -> None:
             assert await new.recv() == LinkData(id=0, body=sealed)
             # single use: a second complete or fetch changes nothing
             err = await p.request(LinkComplete(id=7, node_id="n1", mailbox_id=box, body=b"x"))
-            assert isinstance(err, Error) and err.code == "not_found" and "used" in err.message
+            assert isinstance(err, Error) and err.code == "already_used" and "used" in err.message
             err = await p.request(LinkFetch(id=8, node_id="n1", mailbox_id=box))
-            assert isinstance(err, Error) and err.code == "not_found"
+            assert isinstance(err, Error) and err.code == "already_used"  # forwarded as such
             # n1 is not the account's home: the new device is sent there
             moved = await new.auth(laptop)
             assert isinstance(moved, Error) and moved.code == "moved"
@@ -306,7 +306,7 @@ async def test_complete_pushes_once_and_gone_device_is_not_found(autojump_clock)
     assert pushed == [LinkData(id=0, body=b"material")]
     with pytest.raises(RelayError) as info:
         linking.complete(box.mailbox_id, b"again")
-    assert info.value.code is ErrorCode.NOT_FOUND and len(pushed) == 1
+    assert info.value.code is ErrorCode.ALREADY_USED and len(pushed) == 1
     dead, _ = linking.open(INFO, lambda f: False)  # its connection cannot take frames
     with pytest.raises(RelayError) as info:
         linking.complete(dead.mailbox_id, b"material")
@@ -329,3 +329,62 @@ async def test_short_mailbox_more_and_reply(autojump_clock) -> None:
     assert linking.fetch(box.mailbox_id) == (INFO, b"sealed device info")
     linking.complete(box.mailbox_id, b"material")
     assert pushed[-1] == LinkData(id=0, body=b"material") and not box.is_open
+
+
+async def test_a_used_mailbox_says_so_until_its_tombstone_expires(autojump_clock) -> None:
+    """A word code serves one approval: a second ``link_complete {more}`` (a second
+    approval's PAKE message) is refused ``already_used`` and not pushed to the device,
+    which would read it as tampering; once the mailbox closed after use, fetches and
+    completes answer ``already_used`` for ``ttl`` seconds, then ``not_found``. A mailbox
+    closed unused (its device left) stays plain ``not_found``."""
+    linking = _linking(ttl=10, max_open=2)
+    pushed: list = []
+    box, _ = linking.open(INFO, lambda f: pushed.append(f) is None, "10.0.0.1", short=True)
+    linking.complete(box.mailbox_id, b"pake B", more=True)
+    box.reply = b"sealed device info"
+    with pytest.raises(RelayError) as info:
+        linking.complete(box.mailbox_id, b"pake B of a second approval", more=True)
+    assert info.value.code is ErrorCode.ALREADY_USED and pushed == [LinkData(id=0, body=b"pake B")]
+    assert linking.fetch(box.mailbox_id) == (INFO, b"sealed device info")  # the first polls on
+    linking.complete(box.mailbox_id, b"sealed decline")  # the first approval ends it
+    assert pushed[-1] == LinkData(id=0, body=b"sealed decline") and not box.is_open
+    for ask in (lambda: linking.fetch(box.mailbox_id),
+                lambda: linking.complete(box.mailbox_id, b"x", more=True),
+                lambda: linking.complete(box.mailbox_id, b"x")):
+        with pytest.raises(RelayError) as info:
+            ask()
+        assert info.value.code is ErrorCode.ALREADY_USED and "already used" in info.value.message
+    assert len(pushed) == 2
+
+    unused, _ = linking.open(INFO, lambda f: True, "10.0.0.2", short=True)
+    unused.close()  # its device disconnected before any approval
+    with pytest.raises(RelayError) as info:
+        linking.fetch(unused.mailbox_id)
+    assert info.value.code is ErrorCode.NOT_FOUND
+
+    left, _ = linking.open(INFO, lambda f: True, "10.0.0.3", short=True)
+    linking.complete(left.mailbox_id, b"pake B", more=True)
+    left.close()  # used, then its device disconnected: a tombstone too
+    with pytest.raises(RelayError) as info:
+        linking.fetch(left.mailbox_id)
+    assert info.value.code is ErrorCode.ALREADY_USED
+
+    await trio.sleep(10.5)  # the tombstones expire
+    with pytest.raises(RelayError) as info:
+        linking.fetch(box.mailbox_id)
+    assert info.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_tombstones_are_bounded_and_block_short_ids(autojump_clock) -> None:
+    """At most ``max_open`` tombstones (oldest dropped first); a short id with one is not
+    handed out again (a new device's code must not read "already used")."""
+    linking = _linking(ttl=100, max_open=3, max_per_owner=100)
+    used = []
+    for i in range(5):
+        box, _ = linking.open(INFO, lambda f: True, f"10.0.1.{i}", short=True)
+        linking.complete(box.mailbox_id, b"material")
+        used.append(box.mailbox_id)
+    assert len(linking._used) == 3 and list(linking._used) == used[2:]
+    fresh = {linking.open(INFO, lambda f: True, f"10.0.2.{i}", short=True)[0].mailbox_id
+             for i in range(3)}
+    assert not fresh & set(used[2:])
