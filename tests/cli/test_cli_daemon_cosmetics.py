@@ -1,0 +1,72 @@
+"""What a user sees of ``wa-cli daemon`` and of the commands that go through it, with
+real ``wa-cli`` processes against in-process relay nodes on 127.0.0.1: the same as
+without a daemon. ``recv``'s download bar names the file (on a pseudo-terminal),
+``devices approve`` prints its notes when they happen, in the order of its output
+without a daemon, and the daemon's first line says how to stop it: "Ctrl-C" only
+in the terminal's foreground, else ``kill PID``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import trio
+from cli_cluster import run_cluster
+from cli_procs import Running, lines, wa
+from cli_pty import OnTty
+
+DEADLINE = 60
+ROW_TIME = re.compile(r"^\[[^\]]*\] ")
+
+
+def pattern(size: int, seed: int) -> bytes:
+    block = bytes((i * 31 + seed) % 251 for i in range(4096))
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def contacts(tmp_path: Path, relay: str) -> tuple[dict, dict]:
+    """Accounts alice (home ``a``) and bob (``b``), each the other's contact."""
+    (alice,) = lines(await wa(tmp_path / "a", "--json", "init", "--trust-on-first-use",
+                              "--name", "alice", "--relay", relay))
+    (bob,) = lines(await wa(tmp_path / "b", "--json", "init", "--trust-on-first-use",
+                            "--name", "bob", "--relay", relay))
+    await wa(tmp_path / "a", "contacts", "add", "bob", bob["user_id"])
+    await wa(tmp_path / "b", "contacts", "add", "alice", alice["user_id"])
+    return alice, bob
+
+
+async def recv_on_tty(home: Path) -> tuple[str, str]:
+    """``wa-cli recv`` with stderr on a terminal: (terminal, stdout without the times)."""
+    tty = await OnTty.start(home, "recv", "--timeout", "0.5")
+    assert await tty.finish() == 0, tty.tty
+    return tty.tty, ROW_TIME.sub("", tty.out)
+
+
+async def test_recv_download_bar_names_the_file_with_and_without_the_daemon(tmp_path):
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                await contacts(tmp_path, cluster.urls["n1"])
+                for name, seed in (("first.bin", 1), ("second.bin", 2)):
+                    (tmp_path / name).write_bytes(pattern(300_000, seed))
+                # without a daemon
+                await wa(tmp_path / "b", "send", "alice", "--file", str(tmp_path / "first.bin"))
+                alone_tty, alone_out = await recv_on_tty(tmp_path / "a")
+                assert "downloading first.bin" in alone_tty, alone_tty
+                saved = tmp_path / "a" / "downloads" / "first.bin"
+                assert alone_out == f"bob: (file)\n  file first.bin (300000 bytes) saved to " \
+                                    f"{saved}\n", alone_out
+                # through alice's daemon: the same bar and the same lines
+                daemon = await Running.start(tmp_path / "a", "--json", "daemon")
+                await daemon.json()
+                await wa(tmp_path / "b", "send", "alice", "--file", str(tmp_path / "second.bin"))
+                routed_tty, routed_out = await recv_on_tty(tmp_path / "a")
+                assert "downloading second.bin" in routed_tty, routed_tty
+                assert "downloading file" not in routed_tty, routed_tty
+                assert routed_out == alone_out.replace("first.bin", "second.bin"), routed_out
+                code, err = await daemon.stop()
+                assert code == 0 and "Traceback" not in err, err
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
