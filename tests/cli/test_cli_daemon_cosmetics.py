@@ -8,6 +8,9 @@ in the terminal's foreground, else ``kill PID``."""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
@@ -70,3 +73,74 @@ async def test_recv_download_bar_names_the_file_with_and_without_the_daemon(tmp_
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+async def approve_while_the_device_waits(b: Path, link: Running) -> list[str]:
+    """``wa-cli devices approve CODE --yes`` on home ``b`` with stdout and stderr on one
+    pipe (as on a terminal), while the new device (``link``, stopped) cannot reach its
+    home yet: its notes up to "waiting" must come while it waits (read before the
+    device may go on), the rest after it; returns all the lines in order."""
+    code = (await link.json())["code"]
+    link.proc.send_signal(signal.SIGSTOP)
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "cli", "--home", str(b), "devices", "approve", code, "--yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        buf = b""
+        while b"waiting for it to reach its home" not in buf:  # the device is stopped
+            chunk = await proc.stdout.receive_some()
+            assert chunk, f"approve ended before its 'waiting' note: {buf!r}"
+            buf += chunk
+        assert b"approved device" not in buf, buf
+        link.proc.send_signal(signal.SIGCONT)
+        while chunk := await proc.stdout.receive_some():
+            buf += chunk
+        assert await proc.wait() == 0, buf
+    finally:
+        link.proc.send_signal(signal.SIGCONT)
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await proc.stdout.aclose()
+    assert (await link.finish())[0] == 0
+    return buf.decode().splitlines()
+
+
+def shape(out: list[str]) -> list[str]:
+    """Lines without what differs from one link to the next (name, ids, fingerprint)."""
+    return [re.sub(r"[0-9a-f]{4}( [0-9a-f]{4})+|version \d+", "X",
+                   re.sub(r"device \d+ \(\w+\)", "device N (NAME)", line))
+            .replace("laptop", "NAME").replace("tablet", "NAME") for line in out]
+
+
+async def test_devices_approve_notes_come_as_they_happen_with_and_without_the_daemon(tmp_path):
+    b = tmp_path / "b"
+    daemon = link = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                relay = cluster.urls["n1"]
+                await contacts(tmp_path, relay)
+                link = await Running.start(tmp_path / "laptop", "--json", "link", "--relay",
+                                           relay, "--name", "laptop")
+                alone = await approve_while_the_device_waits(b, link)
+                starts = ["device to link: laptop", "key fingerprint: ", "sent the account to "
+                          "the new device; waiting for it to reach its home (at most 30 s)...",
+                          "approved device 1 (laptop), key fingerprint ", "history sync: sent "]
+                assert len(alone) == len(starts), alone
+                assert all(line.startswith(s) for line, s in zip(alone, starts, strict=True)), \
+                    alone
+                daemon = await Running.start(b, "--json", "daemon")
+                await daemon.json()
+                link = await Running.start(tmp_path / "tablet", "--json", "link", "--relay",
+                                           relay, "--name", "tablet")
+                routed = await approve_while_the_device_waits(b, link)
+                assert shape(routed) == shape(alone), (routed, alone)
+                assert "approved device 2 (tablet)" in routed[3], routed
+                code, err = await daemon.stop()
+                assert code == 0 and "Traceback" not in err, err
+    finally:
+        for proc in (daemon, link):
+            if proc is not None:
+                await proc.aclose()
