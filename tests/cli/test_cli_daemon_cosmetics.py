@@ -7,10 +7,14 @@ in the terminal's foreground, else ``kill PID``."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
 import re
 import signal
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import trio
@@ -144,3 +148,79 @@ async def test_devices_approve_notes_come_as_they_happen_with_and_without_the_da
         for proc in (daemon, link):
             if proc is not None:
                 await proc.aclose()
+
+
+def _take_terminal() -> None:  # in the child, after setsid: fd 0 becomes the controlling tty
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+async def first_line(proc: trio.Process) -> str:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = await proc.stdout.receive_some()
+        assert chunk, f"it ended before its first line: {buf!r}"
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode()
+
+
+async def stop_hint(argv: list[str], *, terminal: bool, stop) -> str:  # noqa: ANN001
+    """Start ``argv`` in a new session (with ``terminal``, a pty as its controlling
+    terminal and its stdin and stderr), read the daemon's first line, ``await
+    stop(proc, line, master)`` and check it ended with exit code 0; returns the line."""
+    master = None
+    if terminal:
+        master, slave = pty.openpty()
+        io = {"stdin": slave, "stderr": slave, "preexec_fn": _take_terminal}
+    else:
+        io = {"stdin": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    try:
+        proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE,
+                                                start_new_session=True, **io)
+    finally:
+        if terminal:
+            os.close(slave)
+    try:
+        line = await first_line(proc)
+        await stop(proc, line, master)
+        assert await proc.wait() == 0, line
+        return line
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await proc.stdout.aclose()
+            if master is not None:
+                os.close(master)
+
+
+async def ctrl_c(proc: trio.Process, line: str, master: int | None) -> None:
+    os.write(master, b"\x03")  # typed on the terminal: SIGINT to its foreground
+
+
+async def kill_named_pid(proc: trio.Process, line: str, master: int | None) -> None:
+    named = re.fullmatch(r".* \(stop it with: kill (\d+)\)", line)
+    assert named, line
+    os.kill(int(named[1]), signal.SIGTERM)
+
+
+async def test_the_daemon_says_ctrl_c_only_in_the_foreground_else_kill_pid(tmp_path):
+    home = tmp_path / "a"
+    daemon = [sys.executable, "-m", "cli", "--home", str(home), "daemon"]
+    with trio.fail_after(DEADLINE):
+        async with run_cluster(1) as cluster:
+            await wa(home, "init", "--trust-on-first-use", "--name", "alice", "--relay",
+                     cluster.urls["n1"])
+            sock = home / "daemon.sock"
+            # in the foreground of its terminal: Ctrl-C there stops it
+            line = await stop_hint(daemon, terminal=True, stop=ctrl_c)
+            assert line == f"serving {sock} (Ctrl-C to stop)", line
+            # `wa-cli daemon &` in a shell with job control: a background job, which
+            # the terminal's Ctrl-C does not reach; `kill PID` (SIGTERM) stops it
+            job = ["bash", "-c", 'set -m; "$@" & wait $!', "bash", *daemon]
+            line = await stop_hint(job, terminal=True, stop=kill_named_pid)
+            assert re.fullmatch(rf"serving {re.escape(str(sock))} \(stop it with: kill \d+\)",
+                                line), line
+            # no terminal at all (a service, a pipe)
+            line = await stop_hint(daemon, terminal=False, stop=kill_named_pid)
+            assert "Ctrl-C" not in line, line
