@@ -9,7 +9,10 @@ command runs the core here, on the home it locks (:func:`run_routed`); with one,
 calls the core's JSON-RPC method (:mod:`cli.daemon.methods_more`), where the core runs
 on the daemon's state and connection with a :class:`Recorder` as ``out``, and prints
 the recorded results (:func:`replay`), with the same exit codes (usage errors 2,
-runtime failures 1).
+runtime failures 1). The notes the core writes before its first result come as
+``note`` notifications while it runs (``"stream": true``) and are printed at once, so
+the output has the order it has without a daemon (``devices approve``'s "waiting"
+note while it waits).
 """
 
 from __future__ import annotations

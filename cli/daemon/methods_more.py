@@ -1,7 +1,9 @@
 """The daemon's methods for the rest of the ``wa-cli`` commands (docs/jsonrpc.md): each
 runs the command's core (:mod:`cli.commands._route`) on the daemon's state and
 connection, and answers ``{"items": [OBJ], "text": [HUMAN], "notes": [TEXT]}``: the
-objects ``wa-cli CMD --json`` prints, their human lines and the notes (stderr).
+objects ``wa-cli CMD --json`` prints, their human lines and the notes (stderr). With
+``"stream": true`` the notes written before the first result are sent as ``note``
+notifications as they come instead (:class:`_Notes`).
 
 Registered into :data:`cli.daemon.methods.METHODS` on import (by :mod:`cli.daemon.server`).
 """
