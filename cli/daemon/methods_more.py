@@ -88,8 +88,8 @@ def _core_method(name: str, core: Callable[..., Awaitable[None]],
             try:
                 with errors(), click_errors():
                     await core(device.state, out, device.session, **kwargs)
-            except RpcError as exc:  # raised after the nursery: not in an exception group
-                failure = exc
+            except RpcError as exc:  # raised below: the notes before it are written first
+                failure = exc  # (raised here, it would cancel their task)
             finally:
                 notes.close()  # its task writes what is left, then ends
         if failure is not None:
@@ -124,8 +124,8 @@ class _Notes:
         self._wake.set()
 
     async def run(self) -> None:
-        """Write the notes as they come until :meth:`close` (never cancelled in the
-        middle of a line)."""
+        """Write the notes as they come until :meth:`close` (the end of the core does
+        not cancel it: it ends after the last note, never within a line)."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()

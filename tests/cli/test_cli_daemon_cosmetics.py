@@ -142,6 +142,17 @@ async def test_devices_approve_notes_come_as_they_happen_with_and_without_the_da
                 routed = await approve_while_the_device_waits(b, link)
                 assert shape(routed) == shape(alone), (routed, alone)
                 assert "approved device 2 (tablet)" in routed[3], routed
+                # a failure: the notes written before it still come, then the error
+                link = await Running.start(tmp_path / "phone", "--json", "link", "--relay",
+                                           relay, "--name", "phone")
+                code = (await link.json())["code"]
+                wrong = await wa(b, "devices", "approve", code, stdin=b"0000 0000\n",
+                                 check=False)
+                assert wrong.returncode == 1, wrong.stderr
+                err = wrong.stderr.decode()
+                assert "device to link: phone" in err, err
+                assert err.index("device to link: phone") < err.index(
+                    "the key fingerprint differs"), err
                 code, err = await daemon.stop()
                 assert code == 0 and "Traceback" not in err, err
     finally:
