@@ -7,6 +7,7 @@ in the terminal's foreground, else ``kill PID``."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -218,20 +219,28 @@ async def kill_named_pid(proc: trio.Process, line: str, master: int | None) -> N
 async def test_the_daemon_says_ctrl_c_only_in_the_foreground_else_kill_pid(tmp_path):
     home = tmp_path / "a"
     daemon = [sys.executable, "-m", "cli", "--home", str(home), "daemon"]
-    with trio.fail_after(DEADLINE):
-        async with run_cluster(1) as cluster:
-            await wa(home, "init", "--trust-on-first-use", "--name", "alice", "--relay",
-                     cluster.urls["n1"])
-            sock = home / "daemon.sock"
-            # in the foreground of its terminal: Ctrl-C there stops it
-            line = await stop_hint(daemon, terminal=True, stop=ctrl_c)
-            assert line == f"serving {sock} (Ctrl-C to stop)", line
-            # `wa-cli daemon &` in a shell with job control: a background job, which
-            # the terminal's Ctrl-C does not reach; `kill PID` (SIGTERM) stops it
-            job = ["bash", "-c", 'set -m; "$@" & wait $!', "bash", *daemon]
-            line = await stop_hint(job, terminal=True, stop=kill_named_pid)
-            assert re.fullmatch(rf"serving {re.escape(str(sock))} \(stop it with: kill \d+\)",
-                                line), line
-            # no terminal at all (a service, a pipe)
-            line = await stop_hint(daemon, terminal=False, stop=kill_named_pid)
-            assert "Ctrl-C" not in line, line
+    pidfile = tmp_path / "job.pid"
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                await wa(home, "init", "--trust-on-first-use", "--name", "alice", "--relay",
+                         cluster.urls["n1"])
+                sock = home / "daemon.sock"
+                # in the foreground of its terminal: Ctrl-C there stops it
+                line = await stop_hint(daemon, terminal=True, stop=ctrl_c)
+                assert line == f"serving {sock} (Ctrl-C to stop)", line
+                # `wa-cli daemon &` in a shell with job control: a background job, which
+                # the terminal's Ctrl-C does not reach; `kill PID` (SIGTERM) stops it
+                job = ["bash", "-c", 'set -m; f=$1; shift; "$@" & echo $! > "$f"; wait $!',
+                       "bash", str(pidfile), *daemon]
+                line = await stop_hint(job, terminal=True, stop=kill_named_pid)
+                assert line == f"serving {sock} (stop it with: kill " \
+                               f"{pidfile.read_text().strip()})", line
+                pidfile.unlink()  # it ended (the shell waited for it)
+                # no terminal at all (a service, a pipe)
+                line = await stop_hint(daemon, terminal=False, stop=kill_named_pid)
+                assert "Ctrl-C" not in line, line
+    finally:  # a background job outlives its shell: never leave it running on a failure
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
