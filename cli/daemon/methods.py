@@ -306,9 +306,11 @@ async def outbox_(device: Device, peer: Peer, params: dict) -> list[dict]:
 
 
 def _event_params(device: Device, sid: int, p: Pending) -> dict:
-    shape = render(device.state, p.event)
+    shape: tuple[dict | None, str, bool] | None
     if isinstance(p.event, Message) and p.event.type == "file":  # with the file's name
         shape = (*announced_file_row(device.state, p.event), False)
+    else:
+        shape = render(device.state, p.event)
     if shape is None:
         obj, text, note = None, "", True
     else:
