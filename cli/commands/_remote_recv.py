@@ -135,9 +135,9 @@ def _with_file(app: AppContext, remote: Remote, params: dict, files: Files) -> N
         return
     name = str((obj.get("file") or {}).get("name") or "file")
     info = fetch_received(app, remote, obj["id"], name, files.downloads, files.auto_max)
-    if info is None:
-        return
     obj["file"] = info
+    if info is None:  # no longer in the history: as recv without a daemon
+        return
     params["text"] = str(params.get("text", "")) + "\n  " + file_human(info)
     if info.get("error"):
         files.failed.append(f"{info.get('name')}: {info['error']}")

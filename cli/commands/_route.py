@@ -9,7 +9,10 @@ command runs the core here, on the home it locks (:func:`run_routed`); with one,
 calls the core's JSON-RPC method (:mod:`cli.daemon.methods_more`), where the core runs
 on the daemon's state and connection with a :class:`Recorder` as ``out``, and prints
 the recorded results (:func:`replay`), with the same exit codes (usage errors 2,
-runtime failures 1).
+runtime failures 1). The notes the core writes before its first result come as
+``note`` notifications while it runs (``"stream": true``) and are printed at once, so
+the output has the order it has without a daemon (``devices approve``'s "waiting"
+note while it waits).
 """
 
 from __future__ import annotations
@@ -36,28 +39,40 @@ Connect = Callable[[], AbstractAsyncContextManager[Client]]
 
 class Recorder:
     """An :class:`~cli.output.Output` that keeps what a core writes, for a JSON-RPC
-    answer (:meth:`result`): human mode (notes meant for human mode are kept)."""
+    answer (:meth:`result`): human mode (notes meant for human mode are kept).
+
+    Args:
+        stream: if given, the notes written before the first result or heading go to
+            it as they come (the caller shows them at once) instead of into the answer;
+            later ones are kept, and printed after the results, in their order.
+    """
 
     json_mode = False
 
-    def __init__(self) -> None:
+    def __init__(self, stream: Callable[[str], None] | None = None) -> None:
         self.items: list[dict] = []
         self.text: list[str] = []
         self.notes: list[str] = []
         self.heading_text: str | None = None
+        self._stream = stream
 
     def emit(self, obj: dict, human: str) -> None:
         """One result: its JSON object and its human line(s)."""
+        self._stream = None
         self.items.append(obj)
         self.text.append(human)
 
     def heading(self, text: str) -> None:
         """The header row of a table (human mode)."""
+        self._stream = None
         self.heading_text = text
 
     def note(self, text: str) -> None:
         """A note (stderr on the command line)."""
-        self.notes.append(text)
+        if self._stream is not None:
+            self._stream(text)
+        else:
+            self.notes.append(text)
 
     def result(self) -> dict:
         """``{"items": [OBJ], "text": [HUMAN], "notes": [TEXT]}`` (plus ``"heading"``)."""
@@ -87,9 +102,12 @@ def replay(out: Output, result: Any) -> None:
         out.note(str(note))
 
 
-def call_daemon(app: AppContext, method: str, params: dict) -> tuple[bool, Any]:
+def call_daemon(app: AppContext, method: str, params: dict, *,
+                stream: bool = False) -> tuple[bool, Any]:
     """Call ``method`` on the daemon of ``app.home``: ``(True, result)``, or ``(False,
-    None)`` when no daemon runs there.
+    None)`` when no daemon runs there. ``stream``: a command's method (:class:`Recorder`)
+    called with ``"stream": true``, whose ``note`` notifications are printed as notes
+    as they come.
 
     Raises:
         UnknownName, click.UsageError: (exit 2) a usage error answer (``data.reason``
@@ -99,9 +117,20 @@ def call_daemon(app: AppContext, method: str, params: dict) -> tuple[bool, Any]:
     remote = find_daemon(app.home)
     if remote is None:
         return False, None
+
+    def show_note(msg: dict) -> bool:
+        params = msg.get("params")
+        if msg.get("method") != "note" or not isinstance(params, dict):
+            return False
+        app.out.note(str(params.get("text", "")))
+        return True
+
     with remote:
         try:
-            return True, remote.call(method, params)
+            if not stream:
+                return True, remote.call(method, params)
+            return True, remote.call(method, {**params, "stream": True},
+                                     on_notification=show_note)
         except RemoteError as exc:
             raise remote_failure(exc) from exc
 
@@ -134,7 +163,7 @@ def run_routed(app: AppContext, method: str, params: dict,
     Raises:
         click.ClickException: the core's errors (or the daemon's, :func:`call_daemon`).
     """
-    routed, result = call_daemon(app, method, params)
+    routed, result = call_daemon(app, method, params, stream=True)
     if routed:
         replay(app.out, result)
         return

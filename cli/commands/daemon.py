@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import click
 import trio
@@ -24,7 +25,26 @@ async def _serve(app: AppContext, state: State, tcp_port: int | None) -> None:
         if where.tcp is not None:
             obj["tcp"] = f"{where.tcp[0]}:{where.tcp[1]}"
             human += f" and tcp {obj['tcp']}"
-        app.out.emit(obj, human + " (Ctrl-C to stop)")
+        app.out.emit(obj, f"{human} ({how_to_stop()})")
+
+
+def how_to_stop() -> str:
+    """How a user stops this process: ``Ctrl-C to stop`` when it runs in the foreground
+    of its controlling terminal (its process group is the terminal's foreground one,
+    which gets the terminal's SIGINT), else ``stop it with: kill PID`` (SIGTERM): a
+    background job (``wa-cli daemon &``), or no terminal at all (a service, a pipe)."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)  # the controlling terminal
+    except OSError:  # none
+        foreground = False
+    else:
+        try:
+            foreground = os.tcgetpgrp(tty) == os.getpgrp()
+        except OSError:
+            foreground = False
+        finally:
+            os.close(tty)
+    return "Ctrl-C to stop" if foreground else f"stop it with: kill {os.getpid()}"
 
 
 @click.command()
@@ -42,8 +62,9 @@ def daemon(app: AppContext, tcp_port: int | None) -> None:
     several at once), send, react, contacts add, devices approve and the other
     changing ones go through it, and read-only ones (id, history, contacts list,
     outbox, ...) read the state beside it. Messages received while no 'recv' or
-    JSON-RPC 'receive' subscriber listens wait in the device's inbox. Ctrl-C or
-    SIGTERM stops it (exit code 0). Methods: docs/jsonrpc.md.
+    JSON-RPC 'receive' subscriber listens wait in the device's inbox. Ctrl-C (in
+    the terminal's foreground) or SIGTERM ('kill PID', as the first line says when
+    it runs in the background) stops it (exit code 0). Methods: docs/jsonrpc.md.
     """
     with state_of(app) as state, failures():
         try:

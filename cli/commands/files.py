@@ -205,17 +205,38 @@ class FileReceiver:
 
     def row(self, event: Message, info: dict | None) -> tuple[dict, str]:
         """The ``--json`` object and the human row of a file message with its file info."""
-        obj, _ = message_row(self._state, event)
-        obj["file"] = info
-        _, human = message_row(self._state, dataclasses.replace(event, text=event.text or "(file)"))
-        if info is not None:
-            human += "\n  " + file_human(info)
-        return obj, human
+        return file_row(self._state, event, info)
 
     def check(self) -> None:
         """Raise :class:`CliError` (exit 1) if a file failed for good."""
         if self.failed:
             raise CliError("not saved: " + "; ".join(self.failed))
+
+
+def file_row(state: State, event: Message, info: dict | None) -> tuple[dict, str]:
+    """The ``recv --json`` object and the human row of the file message ``event`` with
+    ``info``, the ``"file"`` object of ``recv --json`` (``None``: the message is no
+    longer in the history): the message line (``(file)`` for an empty caption) and,
+    with ``info``, a second line saying where the file was saved or why not."""
+    obj, _ = message_row(state, event)
+    obj["file"] = info
+    _, human = message_row(state, dataclasses.replace(event, text=event.text or "(file)"))
+    if info is not None:
+        human += "\n  " + file_human(info)
+    return obj, human
+
+
+def announced_file_row(state: State, event: Message) -> tuple[dict, str]:
+    """How the daemon announces the file message ``event`` to ``receive`` subscribers
+    (docs/jsonrpc.md): :func:`file_row` without the file's line (a subscriber that
+    downloads it adds that line), its ``"file"`` the history's ``{"name", "size",
+    "mime", "path"}`` (``path`` null until saved; ``None`` if the message is no
+    longer in the history)."""
+    entry = state.find_history(event.msg_id.hex())
+    file = entry.get("file") if entry is not None else None
+    obj, human = file_row(state, event, None)
+    obj["file"] = media.file_info(file) if isinstance(file, dict) else None
+    return obj, human
 
 
 def default_downloads(app: AppContext, downloads: Path | None) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from cli.commands._events import render
+from cli.commands.files import announced_file_row
 from cli.commands.group import group_human, group_json
 from cli.commands.history import _row as history_row
 from cli.daemon.core import Device
@@ -29,6 +30,7 @@ from cli.daemon.jsonrpc import (
     RpcError,
 )
 from cli.errors import ClientError, ConnectionFailed, SendUnknown
+from cli.events import Message
 from cli.features import actions, effects, outbox, receipts
 from cli.features.actions import ActionError
 from cli.features.group_messaging import add_member, create_group, remove_member
@@ -306,7 +308,11 @@ async def outbox_(device: Device, peer: Peer, params: dict) -> list[dict]:
 
 
 def _event_params(device: Device, sid: int, p: Pending) -> dict:
-    shape = render(device.state, p.event)
+    shape: tuple[dict | None, str, bool] | None
+    if isinstance(p.event, Message) and p.event.type == "file":  # with the file's name
+        shape = (*announced_file_row(device.state, p.event), False)
+    else:
+        shape = render(device.state, p.event)
     if shape is None:
         obj, text, note = None, "", True
     else:

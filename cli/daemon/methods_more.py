@@ -1,18 +1,22 @@
 """The daemon's methods for the rest of the ``wa-cli`` commands (docs/jsonrpc.md): each
 runs the command's core (:mod:`cli.commands._route`) on the daemon's state and
 connection, and answers ``{"items": [OBJ], "text": [HUMAN], "notes": [TEXT]}``: the
-objects ``wa-cli CMD --json`` prints, their human lines and the notes (stderr).
+objects ``wa-cli CMD --json`` prints, their human lines and the notes (stderr). With
+``"stream": true`` the notes written before the first result are sent as ``note``
+notifications as they come instead (:class:`_Notes`).
 
 Registered into :data:`cli.daemon.methods.METHODS` on import (by :mod:`cli.daemon.server`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
+import trio
 
 from cli.commands import basics, contacts, contacts_more, devices, messaging, requests, settings
 from cli.commands._common import check_name, error_code
@@ -70,16 +74,68 @@ def _core_method(name: str, core: Callable[..., Awaitable[None]],
     :data:`REQUIRED`); ``check``: more validation of the parameters."""
 
     async def handler(device: Device, peer: Peer, params: dict) -> dict:
-        kwargs = _check(params, spec)
+        stream = params.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RpcError(INVALID_PARAMS, "'stream' must be true or false")
+        kwargs = _check({k: v for k, v in params.items() if k != "stream"}, spec)
         if check is not None:
             check(kwargs)
-        out = Recorder()
-        with errors(), click_errors():
-            await core(device.state, out, device.session, **kwargs)
+        notes = _Notes(peer)
+        out = Recorder(notes if stream else None)
+        failure: RpcError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(notes.run)
+            try:
+                with errors(), click_errors():
+                    await core(device.state, out, device.session, **kwargs)
+            except RpcError as exc:  # raised below: the notes before it are written first
+                failure = exc  # (raised here, it would cancel their task)
+            finally:
+                notes.close()  # its task writes what is left, then ends
+        if failure is not None:
+            raise failure
         return out.result()
 
     handler.__doc__ = core.__doc__
     method(name)(handler)
+
+
+class _Notes:
+    """The notes of a command's core, written to its caller as ``note`` notifications
+    (``{"text": TEXT}``) as they come (:meth:`run`), in order and before the answer.
+    Holds at most the notes written meanwhile (a core writes a few); after the caller
+    went away they are dropped."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+        self._pending: deque[str] = deque()
+        self._wake = trio.Event()
+        self._closed = False
+        self._gone = False
+
+    def __call__(self, text: str) -> None:
+        if not self._gone:
+            self._pending.append(text)
+            self._wake.set()
+
+    def close(self) -> None:
+        """No more notes: :meth:`run` returns once it wrote the pending ones."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write the notes as they come until :meth:`close` (the end of the core does
+        not cancel it: it ends after the last note, never within a line)."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._pending:
+                text = self._pending.popleft()
+                if not await self._peer.notify("note", {"text": text}):
+                    self._gone = True
+                    self._pending.clear()
+            if self._closed:
+                return
 
 
 def _approve_check(kwargs: dict) -> None:
