@@ -47,12 +47,19 @@ import trio
 from cli.errors import ClientError, ConnectionLost, LinkFailed, NotPrimary, RelayError
 from cli.events import DevicesChanged
 from cli.features import linkcode, wordcode
-from cli.features.linkcode import DeviceInfo, LinkCode, LinkCodeError
+from cli.features.link_mailbox import (
+    NOT_FOUND_MESSAGE,
+    device_info,
+    fetch_mailbox,
+    pake_exchange,
+    tell_declined,
+)
+from cli.features.linkcode import LinkCode
 from cli.session import crypto, listfresh
 from cli.session.state import DeviceListRejected, State
 from relay.net.backoff import Backoff
 from relay.protocol import DeviceList, ErrorCode, RemoteProtocolError, verify_device_list
-from relay.protocol.frames import GetDevices, LinkComplete, LinkFetch, LinkInfo, PutDevices
+from relay.protocol.frames import GetDevices, LinkComplete, PutDevices
 from relay.protocol.identity import Device, decode_signed_list
 
 if TYPE_CHECKING:
@@ -60,14 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing changed"
-USED_MESSAGE = ("this code was already used; run 'wa-cli link --short' again for a new code (it "
-                "served another approval, declined or not; nothing changed)")
-LONG_USED_MESSAGE = ("this linking code was already used; run 'wa-cli link' again for a new "
-                     "code (nothing changed)")
 MISMATCH_MESSAGE = "code does not match the device; nothing changed"
-REPLY_POLL = 0.2  # seconds between reads of a word-code mailbox while its device answers
-REPLY_WAIT = 30.0  # seconds the new device gets to answer our PAKE message
 CONFIRM_WAIT = 30.0  # seconds the new device gets to reach its home after link_complete
 CONFIRM_POLL = Backoff(first=0.05, cap=1.0)  # get_devices {keys} while waiting for it
 
@@ -197,20 +197,20 @@ async def approve_link(
     _require_primary(client, "approve new devices")
     if isinstance(code, str) and wordcode.is_word_code(code):
         parsed_code: LinkCode | wordcode.WordCode = wordcode.WordCode.decode(code)
-        info, seal, proof_secret = await _pake_exchange(client, parsed_code)
+        info, seal, proof_secret = await pake_exchange(client, parsed_code)
     else:
         parsed_code = code if isinstance(code, LinkCode) else LinkCode.decode(code)
-        answer = await _fetch(client, parsed_code.node_id, parsed_code.mailbox_id)
+        answer = await fetch_mailbox(client, parsed_code.node_id, parsed_code.mailbox_id)
         if linkcode.info_digest(answer.device_info) != parsed_code.digest:
             raise LinkFailed(MISMATCH_MESSAGE)
-        info = _device_info(answer.device_info)
+        info = device_info(answer.device_info)
         seal = functools.partial(linkcode.seal, info.ephemeral)
         proof_secret = parsed_code.secret
     state = client.state
     offer = DeviceOffer(info.name, info.fingerprint, info.ed25519, info.curve25519)
     if confirm is not None and not await confirm(offer):
         told = (isinstance(parsed_code, wordcode.WordCode)
-                and await _tell_declined(client, parsed_code, seal))
+                and await tell_declined(client, parsed_code, seal))
         raise LinkFailed("not approved; nothing changed" +
                          (" (the new device was told it was declined)" if told else ""))
 
@@ -296,118 +296,6 @@ async def _await_confirmation(client: Session, device_id: int, wait: float) -> N
             await trio.sleep(next(delays))
     raise LinkFailed(f"the new device did not reach its home within {wait:g} s (it did not "
                      "get the account, or could not connect)")
-
-
-def _used(short: bool) -> LinkFailed:
-    """The failure of a code that served an approval already (``link_code_used``)."""
-    return LinkFailed(USED_MESSAGE if short else LONG_USED_MESSAGE, reason="link_code_used")
-
-
-async def _fetch(client: Session, node_id: str, mailbox_id: bytes, *,
-                 short: bool = False) -> LinkInfo:
-    """``link_fetch``.
-
-    Raises:
-        LinkFailed: ``not_found`` or ``already_used`` (:func:`_used`; ``short``: a word
-            code's wording).
-        RelayError, ConnectionLost.
-    """
-    try:
-        return await client.connection.request(LinkFetch, node_id=node_id, mailbox_id=mailbox_id)
-    except RelayError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
-        if exc.code == ErrorCode.ALREADY_USED:
-            raise _used(short) from exc
-        raise
-
-
-async def _tell_declined(client: Session, code: wordcode.WordCode,
-                         seal: Callable[[bytes], bytes]) -> bool:
-    """Tell a word code's waiting device that its user declined it: :data:`wordcode.DECLINED`
-    sealed under the PAKE key (so a relay cannot forge it, nor an approval), as the
-    ``link_complete`` that closes the mailbox. Best effort: a refusal or a lost
-    connection is logged (the device then waits until its code expires).
-
-    Returns:
-        Whether the relay took it.
-
-    Raises:
-        nothing of the client's (see above).
-    """
-    try:
-        await client.connection.request(LinkComplete, node_id=code.node_id,
-                                         mailbox_id=code.mailbox_id, body=seal(wordcode.DECLINED))
-    except (RelayError, ConnectionLost) as exc:
-        log.info("could not tell the new device that it was declined: %s", exc)
-        return False
-    return True
-
-
-def _device_info(blob: bytes) -> DeviceInfo:
-    try:
-        return DeviceInfo.decode(blob)
-    except LinkCodeError as exc:
-        raise LinkFailed(f"the new device sent malformed info ({exc}); nothing changed") from exc
-
-
-async def _pake_exchange(
-    client: Session, code: wordcode.WordCode,
-) -> tuple[DeviceInfo, Callable[[bytes], bytes], None]:
-    """A word code (:mod:`cli.features.wordcode`): read the new device's SPAKE2 message,
-    answer with ours (``link_complete {more}``), then wait for its info sealed under the
-    PAKE key (``link_info.reply``, polled every :data:`REPLY_POLL` s for at most
-    :data:`REPLY_WAIT` s). Nothing is published before that info decrypted.
-
-    Returns:
-        ``(device info, seal for the material, None)`` (no code secret: the PAKE key
-        authenticates the material).
-
-    Raises:
-        LinkFailed: unknown or expired mailbox, used already (``reason``
-            ``link_code_used``: another approval's exchange took it; the relay says so,
-            or the device's answer is there before ours was sent), not a word-code
-            mailbox, no answer in time, or the answer does not decrypt (a wrong code or
-            tampering: the link is over).
-    """
-    answer = await _fetch(client, code.node_id, code.mailbox_id, short=True)
-    theirs = wordcode.read_pake_info(answer.device_info)
-    if theirs is None:
-        raise LinkFailed("that mailbox is not waiting for a word code; nothing changed")
-    if answer.reply is not None:  # answered someone else's PAKE message already
-        raise _used(True)
-    pake = wordcode.Pake(code.words, primary=True)
-    try:
-        n2p, p2n = pake.finish(theirs)
-    except LinkCodeError as exc:
-        raise LinkFailed(f"{exc}; nothing changed") from exc
-    try:
-        await client.connection.request(LinkComplete, node_id=code.node_id,
-                                         mailbox_id=code.mailbox_id, body=pake.message, more=True)
-    except RelayError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
-        if exc.code == ErrorCode.ALREADY_USED:
-            raise _used(True) from exc
-        raise
-    with trio.move_on_after(REPLY_WAIT):
-        while answer.reply is None:
-            await trio.sleep(REPLY_POLL)
-            try:
-                answer = await _fetch(client, code.node_id, code.mailbox_id)
-            except LinkFailed as exc:  # gone after our message went: its device left
-                raise LinkFailed("the new device stopped waiting (or its code expired) before "
-                                 "it answered; nothing changed. Run 'wa-cli link --short' "
-                                 "again") from exc
-    if answer.reply is None:
-        raise LinkFailed(f"the new device did not answer within {REPLY_WAIT:g} s; nothing "
-                         "changed")
-    try:
-        info = _device_info(wordcode.open_box(n2p, answer.reply))
-    except LinkCodeError as exc:
-        raise LinkFailed(f"{exc}; nothing changed. Check the code and run 'wa-cli link' "
-                         "again") from exc
-    return info, functools.partial(wordcode.seal_box, p2n), None
 
 
 async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> None:

@@ -14,7 +14,8 @@ from cli_cluster import alice_and_bob, drain, make_account, quiet, run_cluster
 
 from cli.client import DevicesChanged, Message, init_account, open_client
 from cli.errors import DeviceRemoved, LinkFailed, NotPrimary, RelayError
-from cli.features.devices import LONG_USED_MESSAGE, MISMATCH_MESSAGE, NOT_FOUND_MESSAGE
+from cli.features.devices import MISMATCH_MESSAGE
+from cli.features.link_mailbox import LONG_USED_MESSAGE, NOT_FOUND_MESSAGE
 from cli.features.linkcode import LinkCode
 from cli.features.linking import (
     complete_link,

@@ -15,7 +15,7 @@ from cli_cluster import make_account, run_cluster
 
 from cli.client import open_client
 from cli.errors import LinkFailed
-from cli.features.devices import USED_MESSAGE
+from cli.features.link_mailbox import USED_MESSAGE
 from cli.features.linkcode import LinkCodeError
 from cli.features.linking import complete_link, open_link
 from cli.features.wordcode import WORDS, Pake, WordCode, is_word_code
