@@ -31,9 +31,11 @@ within ``shutdown_grace``) and exit 0; a second signal stops at once. A ``serve`
 node whose cluster file ``wa-relay reshape --cluster`` replaced restarts in place
 (gracefully, then ``ready`` again) to hand users over. Every
 command runs with umask 077. Exit codes: 0 ok, 1 runtime failure (port in use,
-storage cannot be opened, a node unreachable for ``status``, a failed backup),
-2 usage or configuration error, including a data dir whose ``cluster.toml``
-lists other nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
+storage cannot be opened, a node unreachable for ``status`` or for ``reshape
+--finish``, a failed backup), 2 usage or configuration error, including a data dir
+whose ``cluster.toml`` lists other nodes or URLs than the arguments
+(``--reconfigure`` rewrites it anyway) and a reshape that cannot be started or
+finished yet (``reshape --finish`` while the node's handoff is not done).
 """
 
 from __future__ import annotations
