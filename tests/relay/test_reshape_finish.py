@@ -65,11 +65,10 @@ async def test_finish_refuses_until_the_node_says_its_handoff_is_done(
         admin = cluster.config("n1").admin_url or ""
         assert admin.endswith(str(base + 3))
 
-        # a user at n1 whose new home is n3
         assert prepare_local_reshape(root, 3, base, "127.0.0.1", base + 3, tls=False) == (2, 3)
         new = [load_node_config(root / f"n{k}" / "node.toml") for k in (1, 2, 3)]
         old_ring, new_ring = cluster.ring, Ring(new[0].cluster)
-        mover = UserDevice()
+        mover = UserDevice()  # a user at n1 whose new home is n3
         while not (old_ring.home(mover.user_id).id == "n1"
                    and new_ring.home(mover.user_id).id == "n3"):
             mover = UserDevice()
@@ -95,11 +94,14 @@ async def test_finish_refuses_until_the_node_says_its_handoff_is_done(
         assert code == 2, out
         assert "node n1's handoff is not done: 1 users to hand over" in out, out
         assert "would strand" in out and prev.exists()
+        code, out = await _finish(files[1])  # n2 has nobody to hand over, but waits for n1
+        assert code == 2, out
+        assert "node n2's handoff is not done: users may still come in from n1" in out, out
 
         # n3 comes up behind a front that refuses the user for good: stuck (n1 restarts
         # to try at once, not after the backoff its failed tries grew meanwhile)
-        await nursery.start(front.serve)
         await cluster.start("n3")
+        await nursery.start(front.serve)  # after n3: it connects every link through at once
         cluster.stop("n1")
         await cluster.start("n1")
         await _until(admin, stuck=1)
