@@ -7,7 +7,7 @@ Commands (docs/operations.md)::
                           [--admin-base-port A] [--insecure-loopback]
     wa-relay cluster      (the same options: init-cluster, then run every node here)
                           [--reshape]  (a data dir of another size: reshape it, with handoff)
-    wa-relay reshape --config node.toml (--cluster NEW.toml | --finish)
+    wa-relay reshape --config node.toml (--cluster NEW.toml | --finish [--force])
     wa-relay sign-cluster --cluster cluster.toml --key cluster.key [--version V]
     wa-relay --version
     wa-relay keygen --key-file FILE --id ID --url URL
@@ -31,9 +31,11 @@ within ``shutdown_grace``) and exit 0; a second signal stops at once. A ``serve`
 node whose cluster file ``wa-relay reshape --cluster`` replaced restarts in place
 (gracefully, then ``ready`` again) to hand users over. Every
 command runs with umask 077. Exit codes: 0 ok, 1 runtime failure (port in use,
-storage cannot be opened, a node unreachable for ``status``, a failed backup),
-2 usage or configuration error, including a data dir whose ``cluster.toml``
-lists other nodes or URLs than the arguments (``--reconfigure`` rewrites it anyway).
+storage cannot be opened, a node unreachable for ``status`` or for ``reshape
+--finish``, a failed backup), 2 usage or configuration error, including a data dir
+whose ``cluster.toml`` lists other nodes or URLs than the arguments
+(``--reconfigure`` rewrites it anyway) and a reshape that cannot be started or
+finished yet (``reshape --finish`` while the node's handoff is not done).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from relay.admin.reshape import (
     watch_cluster_file,
 )
 from relay.admin.reshape import finish as reshape_finish
+from relay.admin.reshape_finish import NodeSilent, check_finish
 from relay.admin.status import cluster_status, format_status
 from relay.admin.storage_command import storage as storage_group
 from relay.config import (
@@ -344,22 +347,40 @@ def cluster(nodes: int, base_port: int, data: Path, host: str, reconfigure: bool
 @click.option("--cluster", "new_cluster", type=click.Path(dir_okay=False, path_type=Path),
               help="The new cluster file to install (the current one is kept as .prev).")
 @click.option("--finish", is_flag=True,
-              help="The reshape is done on every node: forget the previous cluster file.")
-def reshape(config_path: Path, new_cluster: Path | None, finish: bool) -> None:
+              help="The reshape is done at this node: forget the previous cluster file. "
+                   "Asks the node first (its admin listener's /health) and refuses (exit 2) "
+                   "while it has users to hand over or to take in, or a stuck handoff, "
+                   "and (exit 1) when it does not answer.")
+@click.option("--force", is_flag=True,
+              help="With --finish: finish even though the node does not answer (only for "
+                   "a node that is down for good: users it had not handed over stay "
+                   "stranded in its data). A node that answers is never overridden.")
+def reshape(config_path: Path, new_cluster: Path | None, finish: bool, force: bool) -> None:
     """Install a new cluster file for a reshape, or finish one.
 
     Run on every host with the same new file (signed like the current one, with a
     higher version): a running 'wa-relay serve' node picks it up by itself and
     restarts in place; users move to their new homes over the peer links; removed
     nodes drain, then exit 0. 'wa-relay status' shows each node's handoff; once all
-    say done, run --finish."""
+    say done, run --finish on every host whose node runs (a node that is down for
+    good, such as a removed node that drained and exited 0: --finish --force)."""
     if (new_cluster is None) == (not finish):
         raise click.UsageError("give exactly one of --cluster FILE and --finish")
+    if force and not finish:
+        raise click.UsageError("--force goes with --finish")
     try:
         cluster_path = config_path.resolve().parent / parse_node_file(config_path).cluster
         if finish:
+            prev = previous_cluster_path(cluster_path)
+            if not prev.exists():
+                _say("no reshape to finish")
+                return
+            warning = trio.run(partial(check_finish, load_node_config(config_path),
+                                       force=force))
+            if warning is not None:
+                click.echo(f"warning: {warning}", err=True)
             if reshape_finish(cluster_path):
-                _say(f"reshape finished: {previous_cluster_path(cluster_path)} removed")
+                _say(f"reshape finished: {prev} removed")
             else:
                 _say("no reshape to finish")
             return
@@ -373,6 +394,10 @@ def reshape(config_path: Path, new_cluster: Path | None, finish: bool) -> None:
             _say(f"{cluster_path} already lists these nodes")
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
+    except NodeSilent as exc:
+        raise RunFailure(f"{exc}; reshape not finished. If the node is down for good, "
+                         "--finish --force finishes anyway (docs/operations.md, "
+                         "'Reshaping a cluster')") from exc
     except OSError as exc:
         raise RunFailure(f"cannot write the cluster file: {exc}") from exc
 

@@ -220,10 +220,10 @@ def format_status(st: NodeStatus) -> str:
     if st.admin_url is None:
         parts.append("(no admin URL known)")
     line = "  ".join(parts)
-    return line + "".join(f"\n       {e}" for e in [*_stuck_lines(st.handoff), *st.errors])
+    return line + "".join(f"\n       {e}" for e in [*stuck_lines(st.handoff), *st.errors])
 
 
-def _stuck_lines(handoff: dict[str, Any]) -> list[str]:
+def stuck_lines(handoff: dict[str, Any]) -> list[str]:
     """The detail lines of a node's stuck handoffs (docs/operations.md, "A stuck handoff")."""
     users = [u for u in handoff.get("stuck_users") or [] if isinstance(u, dict)]
     lines = [f"handoff of {u.get('user_id')} to {u.get('peer')} STUCK: refused "

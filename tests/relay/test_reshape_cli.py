@@ -68,8 +68,16 @@ def test_reshape_installs_keeps_prev_refuses_and_finishes(tmp_path) -> None:
     usage = runner.invoke(main, ["reshape", "--config", str(node_toml)])
     assert usage.exit_code == 2
 
-    done = runner.invoke(main, ["reshape", "--config", str(node_toml), "--finish"])
-    assert (done.exit_code, "removed" in done.output) == (0, True)
+    # no admin listener here (admin_port = 0): the node cannot be asked, so only --force
+    asked = runner.invoke(main, ["reshape", "--config", str(node_toml), "--finish"])
+    assert asked.exit_code == 1 and "no admin listener" in asked.output, asked.output
+    assert "--force" in asked.output and (tmp_path / "old" / "cluster.toml.prev").exists()
+    forced_install = runner.invoke(main, ["reshape", "--config", str(node_toml), "--cluster",
+                                          str(new_cluster), "--force"])
+    assert forced_install.exit_code == 2  # --force goes with --finish only
+    done = runner.invoke(main, ["reshape", "--config", str(node_toml), "--finish", "--force"])
+    assert (done.exit_code, "removed" in done.output) == (0, True), done.output
+    assert "finishing anyway (--force)" in done.output
     assert not (tmp_path / "old" / "cluster.toml.prev").exists()
     nothing = runner.invoke(main, ["reshape", "--config", str(node_toml), "--finish"])
     assert (nothing.exit_code, nothing.output) == (0, "no reshape to finish\n")
