@@ -158,7 +158,7 @@ class Node:
             config.id, self.homes, storage,  # type: ignore[arg-type]
             self.directory, self.registry, self.federation,
             self.outbox, max_queue=config.max_queue, timeout=forward_timeout, log=log,
-            abuse=config.abuse,
+            abuse=config.abuse, shared=watch_of(storage) is not None,
         )
         self.rates = RateLimits(config.abuse)
         self.queue_policy = QueuePolicy(config.abuse, storage)

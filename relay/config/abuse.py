@@ -51,6 +51,8 @@ DEFAULT_ABUSE: dict[str, Any] = {
     "put_devices_burst": 20.0,
     "link_open_rate": 0.1,
     "link_open_burst": 10.0,
+    "link_miss_rate": 0.1,
+    "link_miss_burst": 20.0,
     "media_upload_rate": 4.0 * MiB,
     "media_upload_burst": 256.0 * MiB,
     "account_create_rate": 0.05,
@@ -62,7 +64,8 @@ DEFAULT_ABUSE: dict[str, Any] = {
 """Every abuse setting and its default (the schema's defaults come from here)."""
 
 RATE_ACTIONS = ("send", "send_bytes", "claim_keys", "get_devices", "upload_keys",
-                "put_devices", "link_open", "media_upload", "account_create", "peer_forward")
+                "put_devices", "link_open", "link_miss", "media_upload", "account_create",
+                "peer_forward")
 """The token-bucket actions, each with a ``<action>_rate`` and ``<action>_burst`` setting."""
 ADDRESS_ACTIONS = ("link_open", "account_create")
 """Actions counted per source address only: their settings are the address's buckets
@@ -101,7 +104,9 @@ class AbuseLimits:
         <action>_rate, <action>_burst: token buckets (tokens per second, most tokens)
             per account; ``send`` counts copies, ``send_bytes`` and ``media_upload``
             bytes, ``claim_keys`` keys, ``peer_forward`` copies per peer node, the
-            others (``get_devices``, ``upload_keys``, ``put_devices``...) requests; ``link_open`` and ``account_create`` are per address.
+            others (``get_devices``, ``upload_keys``, ``put_devices``...) requests; ``link_open`` and ``account_create`` are per address;
+            ``link_miss`` counts a client's ``link_fetch`` / ``link_complete`` that found
+            no open mailbox (a word code's 2-byte numbers cannot be scanned).
         address_rate_factor: a source address (IPv4, or IPv6 /64) gets this many
             times an account's buckets.
     """
@@ -137,6 +142,8 @@ class AbuseLimits:
     put_devices_burst: float = DEFAULT_ABUSE["put_devices_burst"]
     link_open_rate: float = DEFAULT_ABUSE["link_open_rate"]
     link_open_burst: float = DEFAULT_ABUSE["link_open_burst"]
+    link_miss_rate: float = DEFAULT_ABUSE["link_miss_rate"]
+    link_miss_burst: float = DEFAULT_ABUSE["link_miss_burst"]
     media_upload_rate: float = DEFAULT_ABUSE["media_upload_rate"]
     media_upload_burst: float = DEFAULT_ABUSE["media_upload_burst"]
     account_create_rate: float = DEFAULT_ABUSE["account_create_rate"]

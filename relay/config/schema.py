@@ -128,6 +128,8 @@ class NodeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     put_devices_burst: Rate = _A["put_devices_burst"]
     link_open_rate: Rate = _A["link_open_rate"]
     link_open_burst: Rate = _A["link_open_burst"]
+    link_miss_rate: Rate = _A["link_miss_rate"]
+    link_miss_burst: Rate = _A["link_miss_burst"]
     media_upload_rate: Rate = _A["media_upload_rate"]
     media_upload_burst: Rate = _A["media_upload_burst"]
     account_create_rate: Rate = _A["account_create_rate"]

@@ -150,13 +150,38 @@ class HandoffIn:
                     _check_list(frame.user_id, r)
                 elif r.kind == "item":
                     _check_item(r, self._node.limits)
-            await self._storage.import_user(frame.user_id, records,
-                                            reset=frame.reset and frame.start == 0)
+            reset = frame.reset and frame.start == 0
+            records = await self._bound_watchers(frame.user_id, records, reset)
+            await self._storage.import_user(frame.user_id, records, reset=reset)
         except (RemoteProtocolError, ValueError) as exc:
             raise RelayError(ErrorCode.BAD_REQUEST, f"bad handoff batch: {exc}") from exc
         self._node.directory.forget(frame.user_id)
         if frame.outbox:
             await self._requeue(frame.user_id, frame.outbox)
+
+    async def _bound_watchers(self, user: str, records: list[UserRecord],
+                              reset: bool) -> list[UserRecord]:
+        """``records`` without the new watchers beyond ``watchers_per_user`` (those the
+        user holds here already stay, then this batch's most recently refreshed are
+        kept; later batches' only while there is room): a hostile old home (or one with
+        a larger bound) must not plant more watchers than the bound, each one told of
+        every list change for ``watcher_ttl``. An old home with the same bound never
+        loses one here.
+
+        Raises:
+            StorageError: the user's watchers could not be read.
+        """
+        watchers = [r for r in records if r.kind == "watcher"]
+        if not watchers:
+            return records
+        held = set() if reset else set(await self._storage.watchers(user))
+        new: dict[str, UserRecord] = {}
+        for r in watchers:
+            if r.key not in held and (r.key not in new or r.ts > new[r.key].ts):
+                new[r.key] = r
+        room = max(0, self._node.config.abuse.watchers_per_user - len(held))
+        kept = {r.key for r in sorted(new.values(), key=lambda r: -r.ts)[:room]}
+        return [r for r in records if r.kind != "watcher" or r.key in held or r.key in kept]
 
     async def _requeue(self, user: str, payloads: list[bytes]) -> None:
         """Queue the user's pending forwards here, each to its recipients' home now."""

@@ -70,6 +70,15 @@ class RateLimits:
         """
         self.take_many([(action, cost)], account=account, address=address)
 
+    def give_back(self, action: str, cost: float = 1, *, account: str | None = None,
+                  address: str | None = None) -> None:
+        """Return ``cost`` tokens of ``action`` that :meth:`take` took (the request
+        turned out not to count, e.g. a ``link_miss`` token of a mailbox that was found)."""
+        now = self._clock()
+        for buckets, key in ((self._accounts, account), (self._addresses, address)):
+            if key is not None:
+                buckets[action].give_back(key, cost, now)
+
     def take_many(self, costs: list[tuple[str, float]], *, account: str | None = None,
                    address: str | None = None) -> None:
         """:meth:`take` for several ``(action, cost)`` at once: all are taken, or none.

@@ -66,6 +66,7 @@ MAX_DEVICE_INFO = 4096  # bytes
 MAX_MAILBOXES = 1000  # open mailboxes per node
 MAX_MAILBOXES_PER_OWNER = 8  # open mailboxes per remote address
 PEER_TIMEOUT = 5.0  # seconds for a forwarded link_fetch / link_complete
+ID_DRAWS = 64  # random draws for a free mailbox id before refusing (2**-64 when half full)
 
 Push = Callable[[Frame], bool]
 
@@ -273,7 +274,8 @@ class Linking:
             RelayError: ``bad_request`` (empty info), ``too_large`` (info above
                 4 KiB), ``rate_limited`` (``quota`` ``address_mailboxes``: ``address``
                 holds ``max_per_owner`` mailboxes, or ``node_mailboxes``: ``max_open``
-                are open on the node and no address holds two more than ``address``;
+                are open on the node and no address holds two more than ``address``,
+                or no short id is free;
                 ``retry_after_ms``: until the oldest of those mailboxes expires).
         """
         if not device_info:
@@ -288,16 +290,32 @@ class Linking:
                              quota="address_mailboxes", retry_after_ms=self._retry_after_ms(oldest))
         if len(self._boxes) >= self._max_open:
             self._make_room(address)
-        mailbox_id = os.urandom(SHORT_ID_SIZE if short else MAILBOX_ID_SIZE)
-        while mailbox_id in self._boxes or mailbox_id in self._used:  # short ids: at most
-            # 2 * max_open of 65536 are taken
-            mailbox_id = os.urandom(len(mailbox_id))
+        mailbox_id = self._free_id(SHORT_ID_SIZE if short else MAILBOX_ID_SIZE)
         box = Mailbox(self, mailbox_id, device_info, push, trio.current_time() + self.ttl, address)
         self._boxes[mailbox_id] = box
         self._owned.setdefault(address, {})[mailbox_id] = box
         opened = LinkOpened(id=0, mailbox_id=mailbox_id, node_id=self._node_id,
                             expires_in=max(1, math.ceil(self.ttl)))
         return box, opened
+
+    def _free_id(self, size: int) -> bytes:
+        """A random ``size``-byte id neither open nor a tombstone.
+
+        Raises:
+            RelayError: ``rate_limited`` (``quota`` ``node_mailboxes``): no free id in
+                :data:`ID_DRAWS` draws; only short ids can run out (at most ``2 *
+                max_open`` of 65,536 are taken: a node whose ``max_mailboxes`` is set
+                above 32,767 would otherwise spin forever here, its loop blocked).
+        """
+        for _ in range(ID_DRAWS):
+            mailbox_id = os.urandom(size)
+            if mailbox_id not in self._boxes and mailbox_id not in self._used:
+                return mailbox_id
+        oldest = next(iter(self._boxes.values()), None)
+        raise RelayError(ErrorCode.RATE_LIMITED,
+                         "no free word-code number on this node; retry later",
+                         quota="node_mailboxes",
+                         retry_after_ms=self._retry_after_ms(oldest) if oldest else 1000)
 
     def _live(self, mailbox_id: bytes) -> Mailbox:
         self._prune()

@@ -85,13 +85,15 @@ class DeviceListChanges:
         log: for metadata-only log lines.
         abuse: the node's limits (the watcher bounds and TTL; default: the defaults).
         clock: wall-clock seconds since the epoch (watcher refresh times).
+        shared: other processes serve this node over the same storage (they may drop a
+            pair this process wrote: a cached pair is then checked, one read).
     """
 
     def __init__(
         self, node_id: str, ring: Ring, storage: Storage, directory: Directory,
         registry: DeviceRegistry, federation: Federation, outbox: Outbox, *, max_queue: int,
         timeout: float, log: logging.Logger, abuse: AbuseLimits | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, shared: bool = False,
     ) -> None:
         self._node_id = node_id
         self._ring = ring
@@ -105,6 +107,7 @@ class DeviceListChanges:
         self._log = log
         self._abuse = abuse if abuse is not None else AbuseLimits()
         self._clock = clock
+        self._shared = shared
         self._watched: dict[tuple[str, str], float] = {}  # pair -> when this process wrote it
         self._locks: dict[str, list] = {}  # user_id -> [trio.Lock, users]
         self.policy: QueuePolicy | None = None
@@ -128,8 +131,13 @@ class DeviceListChanges:
         last = self._watched.get(pair)
         a = self._abuse
         refresh = min(WATCH_REFRESH, a.watcher_ttl / 2)  # a refreshed pair never expires
-        if watcher == user_id or last is not None and 0 <= now - last < refresh:
+        if watcher == user_id:
             return
+        if last is not None and 0 <= now - last < refresh:
+            if not self._shared:
+                return
+            now = last  # another process may have dropped it: stored with this time or
+            # later, add_watcher costs one read; else it is recorded again
         added = await self._storage.add_watcher(user_id, watcher, ts=now,
                                                 max_watchers=a.watchers_per_user,
                                                 max_watching=a.watching_per_account)

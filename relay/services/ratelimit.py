@@ -92,6 +92,12 @@ class TokenBuckets:
             return None
         return Limited((need - tokens) / self.rate)
 
+    def give_back(self, key: str, cost: float, now: float) -> None:
+        """Return ``cost`` tokens taken from ``key``'s bucket (never above ``burst``;
+        nothing if the bucket is no longer held)."""
+        if key in self._buckets:
+            self._buckets[key] = (min(self.burst, self.level(key, now) + cost), now)
+
     def take(self, key: str, cost: float, now: float) -> Limited | None:
         """Take ``cost`` tokens from ``key``'s bucket if it holds ``min(cost, burst)``:
         ``None`` (taken) or the :class:`Limited` refusal (nothing taken)."""

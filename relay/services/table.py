@@ -102,8 +102,23 @@ def linking_table(node: Node) -> Table:
     served by its connection, which owns the mailbox)."""
 
     async def link(caller: Caller, frame: Frame) -> Frame:
+        """A client's request takes a ``link_miss`` token first (refused
+        ``rate_limited`` before the mailbox is looked at when there is none) and gets
+        it back unless the answer is ``not_found`` or ``already_used``: a word code's
+        2-byte numbers cannot be scanned (docs/protocol.md, "Linking")."""
         assert isinstance(frame, LinkFetch | LinkComplete)
-        return await node.linking.handle(frame, from_peer=caller.is_peer)
+        if caller.is_peer:  # the asking device's node counted it
+            return await node.linking.handle(frame, from_peer=True)
+        who = {"account": caller.user_id, "address": caller.address}
+        node.rates.take("link_miss", **who)
+        try:
+            answer = await node.linking.handle(frame, from_peer=False)
+        except RelayError as exc:
+            if exc.code not in (ErrorCode.NOT_FOUND, ErrorCode.ALREADY_USED):
+                node.rates.give_back("link_miss", **who)
+            raise
+        node.rates.give_back("link_miss", **who)
+        return answer
 
     return {LinkFetch: link, LinkComplete: link}
 

@@ -4,6 +4,7 @@ was the old home of, and nothing more once it said ``handoff_complete``."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -16,6 +17,7 @@ import trio
 import vodozemac
 from relay_harness import Cluster, UserDevice, peer_session, publish
 
+from relay.config.abuse import AbuseLimits
 from relay.config.ring import Ring
 from relay.protocol._handoff_frames import encode_records
 from relay.protocol.frames import (
@@ -243,3 +245,34 @@ async def test_an_old_home_cannot_lock_a_device_out_of_uploading_keys() -> None:
             assert not claimed.keys[0].fallback
             assert await cluster.storages["n3"].get_fallback_key(victim.user_id, 0) == (
                 fb_id, fb_key.to_bytes())
+
+
+async def test_an_old_home_cannot_plant_more_watchers_than_the_bound() -> None:
+    """attack9: the new home kept every watcher record a handoff carried, so an old home
+    (hostile, or with a larger bound) could give a user any number of watchers, each
+    notified of every list change for ``watcher_ttl``: ``watchers_per_user`` was not
+    applied to imports. Now at most that many are kept: the first batch's most recently
+    refreshed, then none while the user holds the bound."""
+    old_configs = node_configs(2)
+    bound = AbuseLimits(watchers_per_user=4)
+    configs = [dataclasses.replace(c, abuse=bound) for c in reshape_configs(old_configs, 3)]
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, configs)
+            await cluster.start("n3")
+            user = _moving(Ring(old_configs[0].cluster), cluster.ring, "n1", "n3")
+            crowd = sorted(UserDevice().user_id for _ in range(10))
+            now = time.time()
+            async with peer_session(cluster, "n1", "n3") as p:
+                first = await p.request(HandoffPut(
+                    id=3, user_id=user.user_id, start=0, reset=True, outbox=[],
+                    records=encode_records([("watcher", 0, w, 0, now - 100 + i, b"")
+                                            for i, w in enumerate(crowd[:6])])))
+                assert isinstance(first, Ok), first
+                second = await p.request(HandoffPut(
+                    id=4, user_id=user.user_id, start=6, reset=False, outbox=[],
+                    records=encode_records([("watcher", 0, w, 0, now - 50 + i, b"")
+                                            for i, w in enumerate(crowd[6:])])))
+                assert isinstance(second, Ok), second
+            assert await cluster.storages["n3"].watchers(user.user_id) == sorted(crowd[2:6])
+            nursery.cancel_scope.cancel()

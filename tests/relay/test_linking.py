@@ -388,3 +388,23 @@ async def test_tombstones_are_bounded_and_block_short_ids(autojump_clock) -> Non
     fresh = {linking.open(INFO, lambda f: True, f"10.0.2.{i}", short=True)[0].mailbox_id
              for i in range(3)}
     assert not fresh & set(used[2:])
+
+
+@pytest.mark.timeout(60)
+async def test_short_ids_running_out_are_refused_not_spun_on(autojump_clock) -> None:
+    """attack9: with ``max_mailboxes`` above 32,767, open mailboxes and tombstones could
+    take all 65,536 short ids; ``link_open {short}`` then looped forever on the node's
+    only thread. Now it answers ``rate_limited`` and long codes still open."""
+    linking = _linking(ttl=100, max_open=70_000, max_per_owner=70_000)
+    refused = None
+    for _ in range(70_000):
+        try:
+            linking.open(INFO, lambda f: True, "10.0.3.1", short=True)
+        except RelayError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.code is ErrorCode.RATE_LIMITED
+    assert refused.quota == "node_mailboxes" and refused.retry_after_ms > 0
+    assert 50_000 < len(linking) < 65_536  # refused only once nearly every number is taken
+    box, opened = linking.open(INFO, lambda f: True, "10.0.3.2")
+    assert len(opened.mailbox_id) == 16 and box.is_open
