@@ -65,6 +65,9 @@ async def serve_daemon(
     finish_limit: float = FINISH_LIMIT, task_status=trio.TASK_STATUS_IGNORED,  # noqa: ANN001
 ) -> None:
     """Serve the device of ``state`` until cancelled; the socket file is removed on exit.
+    Once cancelled, no new request is read; those read before are answered first
+    (each within ``finish_limit`` seconds), over the device's connection, which is
+    closed after them.
 
     Args:
         state: the open state (exclusive lock held by the caller for the whole run).
@@ -105,11 +108,24 @@ async def serve_daemon(
                     device.unsubscribe(sid)
                 await stream.aclose()
 
+        # The device's connection outlives the stop until the requests read before it
+        # are answered (each at most finish_limit later, jsonrpc.Peer): an upload or a
+        # send under way finishes over it. Then the device stops too.
+        device_scope = trio.CancelScope(shield=True)
+
+        async def run_device(task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+            with device_scope:
+                await device.serve(task_status=task_status)
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(device.serve)
-            for listener in listeners:
-                nursery.start_soon(trio.serve_listeners, handle, [listener])
-            task_status.started(Listening(path, tcp))
+            await nursery.start(run_device)
+            try:
+                async with trio.open_nursery() as rpc:
+                    for listener in listeners:
+                        rpc.start_soon(trio.serve_listeners, handle, [listener])
+                    task_status.started(Listening(path, tcp))
+            finally:
+                device_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             for listener in listeners:
