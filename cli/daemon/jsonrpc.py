@@ -187,6 +187,8 @@ class Peer:
                 # body could hold a JSON-RPC line): closed, nothing in it is run
                 log.warning("%s: an HTTP request (a web page?) closed unanswered", self.name)
                 return
+            if self._stop_at < math.inf:  # stopping: a request read after it is not run
+                return
             if line.strip():
                 if not await self._answer(line):
                     return

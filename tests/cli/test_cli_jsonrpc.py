@@ -191,12 +191,13 @@ async def test_a_request_longer_than_the_finish_limit_is_answered(autojump_clock
 
 async def test_a_stop_during_a_request_still_answers_it(autojump_clock):
     async def body(c: Client, slow: Slow, stop) -> None:  # noqa: ANN001
-        await c.send(b'{"jsonrpc":"2.0","id":1,"method":"slow","params":{"s":50}}\n')
+        await c.send(b'{"jsonrpc":"2.0","id":1,"method":"slow","params":{"s":50}}\n'
+                     b'{"jsonrpc":"2.0","id":2,"method":"echo"}\n')  # pipelined
         await slow.started.wait()
         await trio.sleep(30)  # the request has run 30 s (over a limit from its start)
         stop()
         assert await c.line() == {"jsonrpc": "2.0", "id": 1, "result": {"slept": 50}}
-        assert await c.line() is None  # then closed: nothing more is read
+        assert await c.line() is None  # then closed: the next request is not run
 
     await stoppable(body, finish_limit=40)
 
