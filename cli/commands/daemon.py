@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import click
@@ -11,15 +12,36 @@ import trio
 
 from cli.commands._common import AppContext, failures, json_option, state_of
 from cli.commands._signals import until_signal
+from cli.daemon.jsonrpc import FINISH_LIMIT
 from cli.daemon.server import Listening, serve_daemon
 from cli.session.state import State
 from relay.net.backoff import CLIENT_RECONNECT
 
+FINISH_LIMIT_ENV = "WA_DAEMON_FINISH_LIMIT"
+"""Seconds a request read before the stop may still run after it (default
+:data:`cli.daemon.jsonrpc.FINISH_LIMIT`); for tests and service managers with a
+shorter stop timeout."""
 
-async def _serve(app: AppContext, state: State, tcp_port: int | None) -> None:
+
+def _finish_limit() -> float:
+    raw = os.environ.get(FINISH_LIMIT_ENV)
+    if raw is None:
+        return FINISH_LIMIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise click.UsageError(f"{FINISH_LIMIT_ENV}={raw!r}: must be a positive number of seconds")
+    return value
+
+
+async def _serve(app: AppContext, state: State, tcp_port: int | None,
+                 finish_limit: float) -> None:
     async with trio.open_nursery() as nursery:
         where: Listening = await nursery.start(functools.partial(
-            serve_daemon, state, lambda s: app.connect(s), CLIENT_RECONNECT.delays, tcp_port=tcp_port))
+            serve_daemon, state, lambda s: app.connect(s), CLIENT_RECONNECT.delays,
+            tcp_port=tcp_port, finish_limit=finish_limit))
         obj = {"socket": str(where.socket)}
         human = f"serving {where.socket}"
         if where.tcp is not None:
@@ -66,9 +88,10 @@ def daemon(app: AppContext, tcp_port: int | None) -> None:
     the terminal's foreground) or SIGTERM ('kill PID', as the first line says when
     it runs in the background) stops it (exit code 0). Methods: docs/jsonrpc.md.
     """
+    finish_limit = _finish_limit()
     with state_of(app) as state, failures():
         try:
-            trio.run(until_signal, _serve, app, state, tcp_port)
+            trio.run(until_signal, _serve, app, state, tcp_port, finish_limit)
         finally:
             state.inbox.settle()
             state.save()

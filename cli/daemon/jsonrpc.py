@@ -10,8 +10,12 @@ runs each with the method table, writes the response, and lets the methods write
 notifications (:meth:`Peer.notify`) to it at any time; writes never interleave.
 Requests of one connection run one after the other, in order; batches (arrays) are
 answered with an array; notifications from the client (no ``id``) get no answer. A
-request that was read runs to its answer even when the daemon is stopped meanwhile
-(at most :data:`FINISH_LIMIT` seconds), so that no ``send`` vanishes unanswered.
+request has no deadline of its own here (a method bounds its own waits). A request
+that was read runs to its answer even when the daemon is stopped meanwhile, for at
+most ``finish_limit`` (default :data:`FINISH_LIMIT`) seconds from the moment the stop
+began, so that no ``send`` vanishes unanswered; one still running then is cut off and
+answered :data:`RUNTIME_ERROR` with ``data.reason`` ``"stopped"``, and the connection
+is closed.
 
 Errors: the spec's codes (:data:`PARSE_ERROR` ... :data:`INTERNAL_ERROR`) and the
 daemon's own, in the range the spec leaves to servers (see docs/jsonrpc.md):
@@ -24,15 +28,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from cli.session.taskgroups import unwrap_single
+
 __all__ = [
     "INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "MAX_LINE", "METHOD_NOT_FOUND",
-    "PARSE_ERROR", "RUNTIME_ERROR", "SEND_UNKNOWN", "USAGE_ERROR", "Handler", "Peer", "RpcError",
+    "PARSE_ERROR", "RUNTIME_ERROR", "SEND_UNKNOWN", "STOPPED", "USAGE_ERROR", "Handler", "Peer",
+    "RpcError",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_LINE = 1 << 20  # bytes of one request line
 WRITE_TIMEOUT = 10.0  # seconds a peer may leave a line unread before it is dropped
 FINISH_LIMIT = 60.0  # seconds a request already read may still run once the daemon stops
+STOPPED = "stopped"  # data.reason of a request cut off by the stop (after finish_limit)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -81,6 +90,8 @@ class Peer:
         stream: the connection (closed by the caller).
         methods: method name -> :data:`Handler`.
         name: for log lines.
+        finish_limit: seconds a request read before the daemon began stopping may
+            still run after that moment (then it is cut off and answered -32000).
 
     Attributes:
         closed: set once the connection ended (subscriptions end with it).
@@ -90,8 +101,12 @@ class Peer:
             subscription owes (:mod:`cli.daemon.methods`).
     """
 
-    def __init__(self, stream: trio.abc.Stream, methods: dict[str, Handler], name: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, methods: dict[str, Handler], name: str,
+                 *, finish_limit: float = FINISH_LIMIT) -> None:
         self._stream = stream
+        self._finish_limit = finish_limit
+        self._stop_at = math.inf  # trio time by which a running request must end
+        self._finishing: trio.CancelScope | None = None  # the running request's
         self._methods = methods
         self.name = name
         self._write_lock = trio.Lock()
@@ -128,47 +143,83 @@ class Peer:
 
     async def serve(self) -> None:
         """Answer requests until the peer closes its side (or sends a line that is too
-        long, or an HTTP request line)."""
-        buf = bytearray()
+        long, or an HTTP request line), or until cancelled (the daemon stops): a request
+        being run then still runs to its answer, for at most ``finish_limit`` seconds."""
         try:
-            while True:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    if len(buf) > MAX_LINE:
-                        await self._write(_error(None, RpcError(PARSE_ERROR, "line too long")))
-                        return
-                    try:
-                        chunk = await self._stream.receive_some(65536)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-                    if not chunk:
-                        return
-                    buf += chunk
-                    continue
-                line, buf = bytes(buf[:nl]), buf[nl + 1:]
-                if _HTTP_REQUEST.fullmatch(line):
-                    # a web page's request through the browser (cross-protocol: its
-                    # body could hold a JSON-RPC line): closed, nothing in it is run
-                    log.warning("%s: an HTTP request (a web page?) closed unanswered",
-                                self.name)
-                    return
-                if line.strip():
-                    # A request that was read is finished and answered even if the daemon
-                    # is stopped meanwhile (Ctrl-C): a send on its way reports how it went
-                    # (stored, or SEND_UNKNOWN with its id) instead of vanishing unanswered.
-                    with trio.CancelScope(shield=True) as finishing:
-                        finishing.deadline = trio.current_time() + FINISH_LIMIT
-                        reply = await self._handle_line(line)
-                        written = reply is None or await self._write(reply)
-                    if not written:
-                        return
-                    after, self._after = self._after, []
-                    for fn in after:
-                        await fn()
+            with unwrap_single():  # a method's unexpected error, as itself
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_stop)
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
         finally:
             self.closed.set()
 
-    async def _handle_line(self, line: bytes) -> Any:
+    async def _watch_stop(self) -> None:
+        """Wait until cancelled: by the end of :meth:`serve`, or by the daemon stopping,
+        from which moment the running request (and the next, which cannot start: its
+        read is cancelled) has ``finish_limit`` seconds left."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stop_at = trio.current_time() + self._finish_limit
+            if self._finishing is not None:
+                self._finishing.deadline = self._stop_at
+
+    async def _read_loop(self) -> None:
+        buf = bytearray()
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > MAX_LINE:
+                    await self._write(_error(None, RpcError(PARSE_ERROR, "line too long")))
+                    return
+                try:
+                    chunk = await self._stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                continue
+            line, buf = bytes(buf[:nl]), buf[nl + 1:]
+            if _HTTP_REQUEST.fullmatch(line):
+                # a web page's request through the browser (cross-protocol: its
+                # body could hold a JSON-RPC line): closed, nothing in it is run
+                log.warning("%s: an HTTP request (a web page?) closed unanswered", self.name)
+                return
+            if self._stop_at < math.inf:  # stopping: a request read after it is not run
+                return
+            if line.strip():
+                if not await self._answer(line):
+                    return
+                after, self._after = self._after, []
+                for fn in after:
+                    await fn()
+
+    async def _answer(self, line: bytes) -> bool:
+        """Run the request(s) of ``line`` and write the answer; ``False`` if the
+        connection is to end (the peer is gone, or the request was cut off)."""
+        # A request that was read is finished and answered even if the daemon is
+        # stopped meanwhile (Ctrl-C): a send on its way reports how it went (stored,
+        # or SEND_UNKNOWN with its id) instead of vanishing unanswered. The shield has
+        # no deadline until the stop begins (_watch_stop), then finish_limit.
+        done: list[dict | None] = []  # the answers to the members of a batch run so far
+        with trio.CancelScope(shield=True, deadline=self._stop_at) as finishing:
+            self._finishing = finishing
+            try:
+                reply = await self._handle_line(line, done)
+            finally:
+                self._finishing = None
+        cut = finishing.cancelled_caught
+        if cut:
+            log.warning("%s: a request still running %gs after the stop began was cut off",
+                        self.name, self._finish_limit)
+            reply = _cut_off(line, done, self._finish_limit)
+        with trio.CancelScope(shield=True):  # bounded by WRITE_TIMEOUT
+            written = reply is None or await self._write(reply)
+        return written and not cut
+
+    async def _handle_line(self, line: bytes, done: list[dict | None]) -> Any:
         try:
             msg = json.loads(line, parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError):
@@ -178,8 +229,9 @@ class Peer:
         if isinstance(msg, list):
             if not msg:
                 return _error(None, RpcError(INVALID_REQUEST, "empty batch"))
-            replies = [r for r in [await self._handle(m) for m in msg] if r is not None]
-            return replies or None
+            for m in msg:
+                done.append(await self._handle(m))
+            return [r for r in done if r is not None] or None
         return await self._handle(msg)
 
     async def _handle(self, msg: Any) -> dict | None:
@@ -204,6 +256,19 @@ class Peer:
 def _no_constant(name: str) -> Any:
     """``NaN``/``Infinity`` are not JSON (RFC 8259 6); Python's parser takes them."""
     raise ValueError(f"{name} is not JSON")
+
+
+def _cut_off(line: bytes, done: list[dict | None], limit: float) -> Any:
+    """The answer to the request(s) of ``line`` (valid JSON: it was parsed) cut off by
+    the stop: :data:`RUNTIME_ERROR` (``data.reason`` :data:`STOPPED`) for each call not
+    answered yet, after the answers of the members of a batch already run (``done``)."""
+    msg = json.loads(line)
+    exc = RpcError(RUNTIME_ERROR, f"the daemon stopped; this request was cut off {limit:g}s later",
+                   {"reason": STOPPED})
+    if not isinstance(msg, list):
+        return _error(msg.get("id"), exc) if isinstance(msg, dict) and "id" in msg else None
+    cut = [_error(m.get("id"), exc) for m in msg[len(done):] if isinstance(m, dict) and "id" in m]
+    return [r for r in done if r is not None] + cut or None
 
 
 def _error(rid: Any, exc: RpcError) -> dict:

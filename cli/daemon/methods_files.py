@@ -32,10 +32,12 @@ from cli.commands.files import held_reason, hold
 from cli.daemon.core import Device
 from cli.daemon.jsonrpc import INVALID_PARAMS, RUNTIME_ERROR, USAGE_ERROR, Peer, RpcError
 from cli.daemon.methods import errors, method, recipient
+from cli.errors import ConnectionFailed
 from cli.features import media
 from cli.features.attachment import Attachment
 from cli.features.payload import MAX_TEXT
 from cli.session.session import Session
+from cli.session.taskgroups import unwrap_single
 
 __all__ = ["MAX_UPLOADS", "PROGRESS_EVERY"]
 
@@ -63,12 +65,25 @@ def _abs_path(params: dict, key: str, *, required: bool = True) -> Path | None:
 
 
 def _reconnecting(device: Device) -> media.Reconnecting:
-    """A :class:`Reconnecting` over the daemon's connection (waits up to
-    :data:`CONNECT_WAIT` s for it when there is none)."""
+    """A :class:`Reconnecting` over the daemon's connection. While the daemon has no
+    connection, the transfer waits for it at most :data:`CONNECT_WAIT` s in all (from
+    the first try that found none; a connection handed out starts the count afresh),
+    then fails with -32000 ``no connection to the home node right now`` at once: the
+    daemon's own reconnection is the retrying, so the transfer's retries (its
+    ``attempts``) are not spent waiting 10 s each."""
+    outage_ends: float | None = None  # trio time the current wait for a connection ends
 
     @asynccontextmanager
     async def current(state, *, connect_timeout: float, **_: Any) -> AsyncIterator[Session]:  # noqa: ANN001
-        yield await device.live(connect_timeout)
+        nonlocal outage_ends
+        if outage_ends is None:
+            outage_ends = trio.current_time() + connect_timeout
+        try:
+            client = await device.live(max(0.0, outage_ends - trio.current_time()))
+        except ConnectionFailed as exc:
+            raise RpcError(RUNTIME_ERROR, f"{exc} right now") from exc
+        outage_ends = None
+        yield client
 
     return media.Reconnecting(device.state, connect_timeout=CONNECT_WAIT, opener=current)
 
@@ -123,11 +138,12 @@ async def _transfer(peer: Peer, params: dict, transfer: str, name: str, fn) -> A
         raise RpcError(INVALID_PARAMS, "'progress' must be true or false")
     with trio.CancelScope() as scope:
         reporter = _Reporter(peer, transfer, name, scope)
-        async with trio.open_nursery() as nursery:
-            if progress:
-                nursery.start_soon(reporter.run)
-            result = await fn(reporter if progress else _quiet)
-            nursery.cancel_scope.cancel()
+        with unwrap_single():  # fn's error as itself, for errors() and the answer
+            async with trio.open_nursery() as nursery:
+                if progress:
+                    nursery.start_soon(reporter.run)
+                result = await fn(reporter if progress else _quiet)
+                nursery.cancel_scope.cancel()
         if progress:
             await reporter.flush()  # the last one (100%), if the pacing held it back
         return result

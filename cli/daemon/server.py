@@ -24,7 +24,7 @@ from cli.daemon import (
     methods_more,  # noqa: F401 (registers the commands' methods)
 )
 from cli.daemon.core import Device
-from cli.daemon.jsonrpc import Peer
+from cli.daemon.jsonrpc import FINISH_LIMIT, Peer
 from cli.daemon.methods import bind
 from cli.daemon.remote import SOCKET_FILE, socket_path
 from cli.session.state import State
@@ -62,9 +62,12 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
 async def serve_daemon(
     state: State, connect: Callable[[State], AbstractAsyncContextManager[Client]],
     delays: Callable[[], Iterator[float]], *, tcp_port: int | None = None,
-    task_status=trio.TASK_STATUS_IGNORED,  # noqa: ANN001
+    finish_limit: float = FINISH_LIMIT, task_status=trio.TASK_STATUS_IGNORED,  # noqa: ANN001
 ) -> None:
     """Serve the device of ``state`` until cancelled; the socket file is removed on exit.
+    Once cancelled, no new request is read; those read before are answered first
+    (each within ``finish_limit`` seconds), over the device's connection, which is
+    closed after them.
 
     Args:
         state: the open state (exclusive lock held by the caller for the whole run).
@@ -72,6 +75,8 @@ async def serve_daemon(
         delays: reconnection delays (see :class:`~cli.daemon.core.Device`).
         tcp_port: also listen on ``127.0.0.1:tcp_port`` (0: any free port). Anyone on
             this machine can connect to it: for single-user machines and containers.
+        finish_limit: seconds a request read before the stop (cancellation) began may
+            still run after it (see :class:`~cli.daemon.jsonrpc.Peer`).
 
     ``task_status.started(Listening(...))`` once the listeners are bound (the
     connection to the home node is made in the background).
@@ -92,7 +97,8 @@ async def serve_daemon(
         counter = iter(range(1, 1 << 62))
 
         async def handle(stream: trio.SocketStream) -> None:
-            peer = Peer(stream, methods, f"rpc client {next(counter)}")
+            peer = Peer(stream, methods, f"rpc client {next(counter)}",
+                        finish_limit=finish_limit)
             try:
                 await peer.serve()
             except Exception:  # the per-connection boundary: log, close, keep serving
@@ -102,11 +108,24 @@ async def serve_daemon(
                     device.unsubscribe(sid)
                 await stream.aclose()
 
+        # The device's connection outlives the stop until the requests read before it
+        # are answered (each at most finish_limit later, jsonrpc.Peer): an upload or a
+        # send under way finishes over it. Then the device stops too.
+        device_scope = trio.CancelScope(shield=True)
+
+        async def run_device(task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+            with device_scope:
+                await device.serve(task_status=task_status)
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(device.serve)
-            for listener in listeners:
-                nursery.start_soon(trio.serve_listeners, handle, [listener])
-            task_status.started(Listening(path, tcp))
+            await nursery.start(run_device)
+            try:
+                async with trio.open_nursery() as rpc:
+                    for listener in listeners:
+                        rpc.start_soon(trio.serve_listeners, handle, [listener])
+                    task_status.started(Listening(path, tcp))
+            finally:
+                device_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             for listener in listeners:

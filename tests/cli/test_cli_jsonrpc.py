@@ -131,3 +131,92 @@ async def test_deeply_nested_json_and_nan_are_parse_errors_and_the_connection_go
         assert (await c.line())["id"] == 3
 
     await served(body)
+
+
+class Slow:
+    """Methods that take time: ``slow`` sleeps ``params["s"]`` seconds (its own wait),
+    ``stuck`` never returns; ``started`` is set once either began."""
+
+    def __init__(self) -> None:
+        self.started = trio.Event()
+
+    async def slow(self, peer: Peer, params: dict) -> dict:
+        self.started.set()
+        await trio.sleep(params["s"])
+        return {"slept": params["s"]}
+
+    async def stuck(self, peer: Peer, params: dict) -> None:
+        self.started.set()
+        await trio.sleep_forever()
+
+
+async def stoppable(body, *, finish_limit: float) -> None:  # noqa: ANN001
+    """Serve a peer with :class:`Slow`'s methods in a scope that ``body(client, slow,
+    stop)`` cancels with ``stop()`` (the daemon stopping: only the serving side)."""
+    slow = Slow()
+    a, b = trio.testing.memory_stream_pair()
+    methods = {**METHODS, "slow": slow.slow, "stuck": slow.stuck}
+    peer = Peer(b, methods, "test", finish_limit=finish_limit)
+    daemon = trio.CancelScope()
+    finished = []
+
+    async def serve() -> None:
+        with daemon:
+            try:
+                await peer.serve()
+            finally:
+                await b.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await body(Client(a), slow, daemon.cancel)
+        finished.append(True)
+        await a.aclose()
+    assert finished and peer.closed.is_set()
+
+
+async def test_a_request_longer_than_the_finish_limit_is_answered(autojump_clock):
+    """The shield's limit was set on every request: one running over 60 s was cancelled,
+    left ``written`` unbound and the connection dropped with a traceback, unanswered."""
+    async def body(c: Client, slow: Slow, stop) -> None:  # noqa: ANN001
+        start = trio.current_time()
+        await c.send(b'{"jsonrpc":"2.0","id":1,"method":"slow","params":{"s":150}}\n')
+        assert await c.line() == {"jsonrpc": "2.0", "id": 1, "result": {"slept": 150}}
+        assert trio.current_time() - start >= 150
+        await c.send(b'{"jsonrpc":"2.0","id":2,"method":"echo"}\n')  # the connection goes on
+        assert (await c.line())["id"] == 2
+
+    await stoppable(body, finish_limit=60)
+
+
+async def test_a_stop_during_a_request_still_answers_it(autojump_clock):
+    async def body(c: Client, slow: Slow, stop) -> None:  # noqa: ANN001
+        await c.send(b'{"jsonrpc":"2.0","id":1,"method":"slow","params":{"s":50}}\n'
+                     b'{"jsonrpc":"2.0","id":2,"method":"echo"}\n')  # pipelined
+        await slow.started.wait()
+        await trio.sleep(30)  # the request has run 30 s (over a limit from its start)
+        stop()
+        assert await c.line() == {"jsonrpc": "2.0", "id": 1, "result": {"slept": 50}}
+        assert await c.line() is None  # then closed: the next request is not run
+
+    await stoppable(body, finish_limit=40)
+
+
+async def test_a_request_past_the_limit_after_the_stop_is_cut_off_with_an_answer(autojump_clock):
+    async def body(c: Client, slow: Slow, stop) -> None:  # noqa: ANN001
+        await c.send(b'[{"jsonrpc":"2.0","id":1,"method":"echo"},'
+                     b'{"jsonrpc":"2.0","id":2,"method":"stuck"},'
+                     b'{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","id":3,"method":"echo"}]\n')
+        await slow.started.wait()
+        stopped = trio.current_time()
+        stop()
+        batch = await c.line()
+        assert trio.current_time() - stopped == 5  # autojump: exactly the limit
+        assert batch[0] == {"jsonrpc": "2.0", "id": 1, "result": {"echo": {}}}
+        cut = {"code": -32000, "message": "the daemon stopped; this request was cut off 5s later",
+               "data": {"reason": "stopped"}}
+        assert batch[1:] == [{"jsonrpc": "2.0", "id": 2, "error": cut},
+                             {"jsonrpc": "2.0", "id": 3, "error": cut}]
+        assert await c.line() is None  # closed cleanly
+
+    await stoppable(body, finish_limit=5)
