@@ -46,29 +46,37 @@ class Guard:
         self.committed = True
 
 
-async def until_signal(fn: Callable[..., Awaitable[T]], *args,
-                       guard: Guard | None = None) -> tuple[T | None, bool]:
+async def until_signal(fn: Callable[..., Awaitable[T]], *args, guard: Guard | None = None,
+                       again: Callable[[], None] | None = None) -> tuple[T | None, bool]:
     """``await fn(*args)``, cancelled by the first SIGINT or SIGTERM unless ``guard`` was
     committed by then; returns ``(result, False)``, or ``(None, True)`` if a signal
-    cancelled it. Errors of ``fn`` are raised as themselves. Must run in the main thread."""
+    cancelled it. ``again()``, if given, is called for every later signal while ``fn``
+    still runs (a process that finishes work after the first one: the second one means
+    "now"). Errors of ``fn`` are raised as themselves. Must run in the main thread."""
     interrupted = False
     result: list[T] = []
 
     async def cancel_on_signal(signals, scope: trio.CancelScope) -> None:  # noqa: ANN001
         nonlocal interrupted
         async for _ in signals:
+            if interrupted:
+                if again is not None:
+                    again()
+                continue
             if guard is not None and guard.committed:
                 continue  # it finishes and says how it went
             interrupted = True
             scope.cancel()
-            return
+            if again is None:
+                return
 
     with unwrap_single(), trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         if guard is not None and guard.signalled and not guard.committed:
             return None, True  # it came while Trio was starting: nothing happened yet
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
-            result.append(await fn(*args))
+            with trio.CancelScope() as work:
+                nursery.start_soon(cancel_on_signal, signals, work)
+                result.append(await fn(*args))
             nursery.cancel_scope.cancel()
     if result:
         return result[0], False

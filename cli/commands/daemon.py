@@ -37,11 +37,11 @@ def _finish_limit() -> float:
 
 
 async def _serve(app: AppContext, state: State, tcp_port: int | None,
-                 finish_limit: float) -> None:
+                 finish_limit: float, stop_now: trio.Event) -> None:
     async with trio.open_nursery() as nursery:
         where: Listening = await nursery.start(functools.partial(
             serve_daemon, state, lambda s: app.connect(s), CLIENT_RECONNECT.delays,
-            tcp_port=tcp_port, finish_limit=finish_limit))
+            tcp_port=tcp_port, finish_limit=finish_limit, stop_now=stop_now))
         obj = {"socket": str(where.socket)}
         human = f"serving {where.socket}"
         if where.tcp is not None:
@@ -86,12 +86,16 @@ def daemon(app: AppContext, tcp_port: int | None) -> None:
     outbox, ...) read the state beside it. Messages received while no 'recv' or
     JSON-RPC 'receive' subscriber listens wait in the device's inbox. Ctrl-C (in
     the terminal's foreground) or SIGTERM ('kill PID', as the first line says when
-    it runs in the background) stops it (exit code 0). Methods: docs/jsonrpc.md.
+    it runs in the background) stops it (exit code 0): requests already read are
+    answered first (at most WA_DAEMON_FINISH_LIMIT, 60 s, an upload for instance); a
+    second Ctrl-C or SIGTERM cuts them off at once. Methods: docs/jsonrpc.md.
     """
     finish_limit = _finish_limit()
+    stop_now = trio.Event()  # a second signal: cut off what is still running
     with state_of(app) as state, failures():
         try:
-            trio.run(until_signal, _serve, app, state, tcp_port, finish_limit)
+            trio.run(functools.partial(until_signal, again=stop_now.set), _serve, app, state,
+                     tcp_port, finish_limit, stop_now)
         finally:
             state.inbox.settle()
             state.save()

@@ -154,6 +154,13 @@ class Peer:
         finally:
             self.closed.set()
 
+    def cut_now(self) -> None:
+        """The daemon must stop at once (a second Ctrl-C or SIGTERM): the request still
+        running is cut off now (answered -32000 ``stopped``) and nothing more is read."""
+        self._stop_at = trio.current_time()
+        if self._finishing is not None:
+            self._finishing.deadline = self._stop_at
+
     async def _watch_stop(self) -> None:
         """Wait until cancelled: by the end of :meth:`serve`, or by the daemon stopping,
         from which moment the running request (and the next, which cannot start: its
@@ -212,8 +219,8 @@ class Peer:
                 self._finishing = None
         cut = finishing.cancelled_caught
         if cut:
-            log.warning("%s: a request still running %gs after the stop began was cut off",
-                        self.name, self._finish_limit)
+            log.warning("%s: a request still running at the stop's deadline was cut off",
+                        self.name)
             reply = _cut_off(line, done, self._finish_limit)
         with trio.CancelScope(shield=True):  # bounded by WRITE_TIMEOUT
             written = reply is None or await self._write(reply)

@@ -62,7 +62,8 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
 async def serve_daemon(
     state: State, connect: Callable[[State], AbstractAsyncContextManager[Client]],
     delays: Callable[[], Iterator[float]], *, tcp_port: int | None = None,
-    finish_limit: float = FINISH_LIMIT, task_status=trio.TASK_STATUS_IGNORED,  # noqa: ANN001
+    finish_limit: float = FINISH_LIMIT, stop_now: trio.Event | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,  # noqa: ANN001
 ) -> None:
     """Serve the device of ``state`` until cancelled; the socket file is removed on exit.
     Once cancelled, no new request is read; those read before are answered first
@@ -77,6 +78,9 @@ async def serve_daemon(
             this machine can connect to it: for single-user machines and containers.
         finish_limit: seconds a request read before the stop (cancellation) began may
             still run after it (see :class:`~cli.daemon.jsonrpc.Peer`).
+        stop_now: once set (after the cancellation: a second Ctrl-C or SIGTERM), the
+            requests still running are cut off at once and the device's connection
+            closes: the daemon ends without waiting for ``finish_limit``.
 
     ``task_status.started(Listening(...))`` once the listeners are bound (the
     connection to the home node is made in the background).
@@ -95,15 +99,18 @@ async def serve_daemon(
             listeners += tcp_listeners
             tcp = tcp_listeners[0].socket.getsockname()[:2]
         counter = iter(range(1, 1 << 62))
+        peers: set[Peer] = set()
 
         async def handle(stream: trio.SocketStream) -> None:
             peer = Peer(stream, methods, f"rpc client {next(counter)}",
                         finish_limit=finish_limit)
+            peers.add(peer)
             try:
                 await peer.serve()
             except Exception:  # the per-connection boundary: log, close, keep serving
                 log.exception("%s: closed after an unexpected error", peer.name)
             finally:
+                peers.discard(peer)
                 for sid in peer.subscriptions:
                     device.unsubscribe(sid)
                 await stream.aclose()
@@ -117,15 +124,31 @@ async def serve_daemon(
             with device_scope:
                 await device.serve(task_status=task_status)
 
+        # A second signal (stop_now) must end the daemon even while requests finish:
+        # waited for under a shield, since the first signal cancelled everything else.
+        forcing = trio.CancelScope(shield=True)
+
+        async def force_on_stop_now() -> None:
+            with forcing:
+                if stop_now is None:
+                    await trio.sleep_forever()
+                await stop_now.wait()
+                log.info("stopping now: what %d connections still run is cut off", len(peers))
+                for peer in list(peers):
+                    peer.cut_now()
+                device_scope.cancel()
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_device)
+            nursery.start_soon(force_on_stop_now)
             try:
+                await nursery.start(run_device)
                 async with trio.open_nursery() as rpc:
                     for listener in listeners:
                         rpc.start_soon(trio.serve_listeners, handle, [listener])
                     task_status.started(Listening(path, tcp))
             finally:
                 device_scope.cancel()
+                forcing.cancel()
     finally:
         with trio.CancelScope(shield=True):
             for listener in listeners:

@@ -184,3 +184,40 @@ async def test_file_methods_during_an_outage_answer_within_the_connect_wait(tmp_
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+async def test_a_second_signal_stops_the_daemon_at_once(tmp_path):
+    """The first SIGTERM lets an upload that waits for the lost node finish (up to the
+    60 s limit); a second one cuts it off now: answered -32000 ``stopped`` and the
+    daemon exits 0, long before the limit or the upload's own 10 s connect wait."""
+    daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                await contacts(tmp_path, cluster.urls["n1"])
+                daemon = await daemon_with_limit(tmp_path / "b", 60)
+                big = tmp_path / "big.bin"
+                big.write_bytes(pattern(8 * 1024 * 1024, 9))
+                rpc = Rpc(await trio.open_unix_socket(str(tmp_path / "b" / "daemon.sock")))
+                await request(rpc, 1, "upload", {"path": str(big), "progress": True})
+
+                async def outage_then_stop_twice() -> None:
+                    cluster.stop("n1")
+                    daemon.proc.send_signal(signal.SIGTERM)
+                    # another signal number: Trio delivers a signal that comes again
+                    # before it was read once (a person's second Ctrl-C comes later)
+                    daemon.proc.send_signal(signal.SIGINT)
+
+                started = trio.current_time()
+                answer = await first_progress_then(rpc, outage_then_stop_twice)
+                assert answer["error"]["code"] == -32000, answer
+                assert answer["error"].get("data") == {"reason": "stopped"}, answer
+                assert await next_message(rpc) is None
+                await rpc.stream.aclose()
+                code, err = await daemon.finish()
+                assert code == 0 and "Traceback" not in err, err
+                assert trio.current_time() - started < CONNECT_WAIT / 2, \
+                    "the second signal did not cut the upload off"
+    finally:
+        if daemon is not None:
+            await daemon.aclose()
