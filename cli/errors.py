@@ -75,7 +75,8 @@ class RelayError(ClientError):
         extra = ""
         if frame.quota:
             extra += f"; limit {frame.quota}"
-        if frame.retry_after_ms is not None:
+        if frame.retry_after_ms is not None and "retry in" not in (frame.message or ""):
+            # a rate_limited message says when already ("...; retry in 6.5 s")
             extra += f"; retry in {_seconds(frame.retry_after_ms)}"
         super().__init__(f"relay refused the request ({frame.code}{detail}{extra})")
         self.code = frame.code

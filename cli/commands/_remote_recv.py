@@ -23,7 +23,7 @@ from cli.commands._screen import MAYBE_PREFIX
 from cli.commands._signals import sigterm_interrupts
 from cli.commands.files_remote import fetch_received
 from cli.commands.linesink import LineSink, ReaderGone, drop_stdout
-from cli.daemon.remote import Remote, RemoteError
+from cli.daemon.remote import DaemonGone, Remote, RemoteError
 from cli.output import file_human
 
 
@@ -44,7 +44,8 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
     its message is printed, with the file's outcome, as ``recv`` does without a daemon.
 
     Raises:
-        CliError: the daemon went away or refused; without ``follow``, also after
+        CliError: the daemon went away (it stopped: exit 1, saying to run ``recv``
+            again) or refused; without ``follow``, also after
             everything was printed if a file failed its integrity check.
     """
     shown = 0
@@ -70,6 +71,9 @@ def recv_via_daemon(app: AppContext, remote: Remote, follow: bool, timeout: floa
                     raise
                 app.stop_now()
                 return
+    except DaemonGone as exc:  # e.g. stopped with SIGTERM while recv --follow went through it
+        raise CliError(f"daemon: {exc.message} (it stopped); run 'wa-cli recv' again: it "
+                       "runs on its own now, or through a new daemon") from exc
     except RemoteError as exc:
         raise CliError(f"daemon: {exc.message}") from exc
     if not follow and not shown and not app.out.json_mode:

@@ -46,8 +46,9 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
         with trio.move_on_after(wait_s):
             linked = await pending.wait()
         if linked is None:
+            again = "wa-cli link --short" if short else "wa-cli link"
             raise CliError(f"not approved within {wait_s:g} s; the linking code is no longer "
-                           "valid and nothing was saved. Run 'wa-cli link' again")
+                           f"valid and nothing was saved. Run '{again}' again")
     state = await trio.to_thread.run_sync(save_linked, fresh, linked, relay)  # fsyncs
     try:
         async with app.connect(state):

@@ -20,7 +20,7 @@ from typing import Any
 
 from cli.daemon.jsonrpc import MAX_LINE
 
-__all__ = ["SOCKET_FILE", "Remote", "RemoteError", "find_daemon", "socket_path"]
+__all__ = ["SOCKET_FILE", "DaemonGone", "Remote", "RemoteError", "find_daemon", "socket_path"]
 
 SOCKET_FILE = "daemon.sock"
 
@@ -41,6 +41,11 @@ class RemoteError(Exception):
     def __init__(self, code: int | None, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.code, self.message, self.data = code, message, data
+
+
+class DaemonGone(RemoteError):
+    """The daemon closed the connection or it broke (``code`` None): the daemon stopped
+    (SIGTERM, Ctrl-C) or died."""
 
 
 class Remote:
@@ -88,9 +93,9 @@ class Remote:
             except TimeoutError:
                 return None
             except OSError as exc:
-                raise RemoteError(None, f"lost the connection to the daemon: {exc}") from exc
+                raise DaemonGone(None, f"lost the connection to the daemon: {exc}") from exc
             if not chunk:
-                raise RemoteError(None, "the daemon closed the connection")
+                raise DaemonGone(None, "the daemon closed the connection")
             self._buf += chunk
 
     def call(self, method: str, params: dict | None = None, *, shielded: bool = False,
@@ -118,7 +123,7 @@ class Remote:
             try:
                 self._sock.sendall(data)
             except OSError as exc:
-                raise RemoteError(None, f"lost the connection to the daemon: {exc}") from exc
+                raise DaemonGone(None, f"lost the connection to the daemon: {exc}") from exc
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 left = None if deadline is None else max(0.001, deadline - time.monotonic())

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND_MESSAGE = "the linking code is wrong, already used or expired; nothing changed"
 USED_MESSAGE = ("this code was already used; run 'wa-cli link --short' again for a new code (it "
-                "served another approval, declined or not; nothing changed)")
+                "served another approval: approved, declined or with mistyped words; nothing "
+                "changed)")
 LONG_USED_MESSAGE = ("this linking code was already used; run 'wa-cli link' again for a new "
                      "code (nothing changed)")
 REPLY_POLL = 0.2  # seconds between reads of a word-code mailbox while its device answers
@@ -140,6 +141,9 @@ async def pake_exchange(
     try:
         info = device_info(wordcode.open_box(n2p, answer.reply))
     except LinkCodeError as exc:
-        raise LinkFailed(f"{exc}; nothing changed. Check the code and run 'wa-cli link' "
-                         "again") from exc
+        # the new device answered this attempt: the code is spent (a retry with the right
+        # words is refused as used), so the advice is a new code, not another approve
+        raise LinkFailed(f"{exc}; nothing changed. This code cannot be used again: run "
+                         "'wa-cli link --short' again on the new device (stop the waiting "
+                         "one) and check the words of the new code") from exc
     return info, functools.partial(wordcode.seal_box, p2n), None

@@ -213,10 +213,14 @@ def format_status(st: NodeStatus) -> str:
         parts.append(numbers)
     stuck = st.handoff.get("stuck") or 0
     if st.handoff.get("reshaping"):
+        # "may still come in from": the nodes of the old file that have not said they
+        # are done (the words of reshape --finish); nothing when none ("waiting for -"
+        # read as "waiting for nobody" beside users still to hand over)
+        incoming = ",".join(st.handoff.get("waiting_for") or [])
         parts.append("handoff done" if st.handoff.get("done") else
                      f"handoff: {st.handoff.get('remaining')} users to hand over"
-                     + (f" ({stuck} STUCK)" if stuck else "") + ", waiting for "
-                     f"{','.join(st.handoff.get('waiting_for') or []) or '-'}")
+                     + (f" ({stuck} STUCK)" if stuck else "")
+                     + (f", users may still come in from {incoming}" if incoming else ""))
     if st.admin_url is None:
         parts.append("(no admin URL known)")
     line = "  ".join(parts)

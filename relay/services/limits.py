@@ -38,6 +38,10 @@ MAX_KNOWN_PAIRS = 200_000
 """Correspondent pairs kept in memory (a cache of the durable record) before it is cleared."""
 
 
+# what a refused user did, where "too many <action> requests" does not say it
+_WHAT = {"link_miss": "wrong, used or expired linking codes"}
+
+
 class RateLimits:
     """The token buckets of one node.
 
@@ -98,10 +102,9 @@ class RateLimits:
                 worst = (refused.retry_after, action)
         if worst is not None:
             wait, action = worst
-            raise RelayError(ErrorCode.RATE_LIMITED,
-                             f"too many {action.replace('_', ' ')} requests; retry in "
-                             f"{wait:.3g} s", retry_after_ms=max(1, int(wait * 1000) + 1),
-                             quota=action)
+            what = _WHAT.get(action, action.replace("_", " ") + " requests")
+            raise RelayError(ErrorCode.RATE_LIMITED, f"too many {what}; retry in {wait:.3g} s",
+                             retry_after_ms=max(1, int(wait * 1000) + 1), quota=action)
         for _, bucket, key, cost in checks:
             bucket.take(key, cost, now)
 

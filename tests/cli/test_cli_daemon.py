@@ -279,6 +279,38 @@ async def test_sigterm_stops_recv_follow_within_half_a_second(tmp_path):
             await follow.aclose()
 
 
+async def test_recv_follow_through_a_daemon_that_stops_says_to_run_recv_again(tmp_path):
+    """The README's two terminals: ``recv --follow`` goes through the daemon; SIGTERM
+    to the daemon ends it with exit 1 and a hint, not a bare "the daemon closed the
+    connection"; ``recv`` then runs on its own and gets what came meanwhile."""
+    follow = daemon = None
+    try:
+        with trio.fail_after(DEADLINE):
+            async with run_cluster(1) as cluster:
+                alice, bob = await two_accounts(tmp_path, cluster.urls["n1"])
+                daemon, _ = await start_daemon(tmp_path / "b")
+                follow = await Running.start(tmp_path / "b", "--json", "recv", "--follow")
+                await wa(tmp_path / "a", "send", bob["user_id"], "hello")
+                assert (await follow.json())["text"] == "hello"
+                code, err = await daemon.stop(signal.SIGTERM)
+                assert (code, "Traceback" in err) == (0, False), err
+                code, err = await follow.finish()
+                assert code == 1 and "Traceback" not in err, err
+                assert "the daemon closed the connection (it stopped); run 'wa-cli recv' again" \
+                    in err, err
+                await wa(tmp_path / "a", "send", bob["user_id"], "after")
+                got = lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.3"))
+                texts = [(g["text"], g.get("maybe_shown", False)) for g in got
+                         if g["type"] == "text"]
+                # "hello" again only if the daemon stopped before recv's "shown" answer
+                # reached it, and then flagged (docs/cli.md, "Exactly once on screen")
+                assert texts in ([("after", False)], [("hello", True), ("after", False)]), texts
+    finally:
+        for proc in (follow, daemon):
+            if proc is not None:
+                await proc.aclose()
+
+
 CTRL_C_TRIALS = int(os.environ.get("WA_CTRL_C_TRIALS", "50"))  # issue 14: 50 trials (~25 s)
 
 

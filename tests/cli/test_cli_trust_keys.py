@@ -67,8 +67,11 @@ async def test_draining_one_time_keys_is_throttled(tmp_path) -> None:
                          for _ in range(50)]
                 # 30 one-time keys, then only the fallback key
                 assert kinds == [False] * 30 + [True] * 20
-                with pytest.raises(RelayError, match="rate_limited"):  # mallory's budget
+                with pytest.raises(RelayError, match="rate_limited") as refused:  # mallory's budget
                     await client.claim_keys(bob.user_id, [0])
+                # the node's message says when to retry; the client does not say it again
+                assert str(refused.value).count("retry in") == 1, str(refused.value)
+                assert refused.value.quota == "claim_keys" and refused.value.retry_after_ms
             assert await storage.count_one_time_keys(bob.user_id, 0) == 70
 
             # honest path: alice still starts a session (bob's fallback key) and bob reads

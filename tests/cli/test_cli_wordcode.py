@@ -5,6 +5,7 @@ code's format; the relay sees only PAKE messages and sealed boxes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -55,8 +56,15 @@ async def test_a_word_code_links_and_a_wrong_one_changes_nothing(tmp_path) -> No
                     wrong = WordCode(code.node_id, code.mailbox_id, (*code.words[:2], other))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(pending.wait)  # it answers, then waits in vain
-                        with pytest.raises(LinkFailed, match="does not decrypt"):
+                        with pytest.raises(LinkFailed, match="does not decrypt") as typo:
                             await client.approve_link(wrong.encode())
+                        assert "run 'wa-cli link --short' again on the new device" in str(
+                            typo.value)
+                        # the code is spent: the right words now are refused as used
+                        with pytest.raises(LinkFailed, match=re.escape(USED_MESSAGE)) as again:
+                            await client.approve_link(pending.code)
+                        assert again.value.reason == "link_code_used"
+                        assert "mistyped words" in USED_MESSAGE
                         nursery.cancel_scope.cancel()
                 assert bob.own_list().version == before and not bob.pending_withdrawals
 
@@ -114,6 +122,14 @@ async def test_wa_cli_link_short_and_devices_approve(tmp_path) -> None:
                     await proc.wait()
             linked = json.loads(buf.split(b"\n")[1])
             assert linked == {"user_id": user_id, "device_id": 1}
+            # not approved in time: the advice is the same kind of code again
+            late = await trio.run_process(
+                [sys.executable, "-m", "cli", "--home", str(tmp_path / "tablet"), "link",
+                 "--relay", relay, "--name", "tablet", "--short", "--timeout", "0.3"],
+                capture_stdout=True, capture_stderr=True, stdin=subprocess.DEVNULL, check=False)
+            assert late.returncode == 1
+            assert "not approved within 0.3 s" in late.stderr.decode()
+            assert "Run 'wa-cli link --short' again" in late.stderr.decode()
 
 
 async def test_a_word_code_whose_exchange_began_elsewhere_is_used(tmp_path) -> None:

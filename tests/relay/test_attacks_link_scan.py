@@ -47,6 +47,8 @@ async def test_a_scanner_of_word_code_numbers_is_stopped_before_it_finds_one(nur
                 codes = [a.code for a in answers if isinstance(a, Error)]
                 assert codes == ["not_found"] * BURST + ["rate_limited"] * BURST, codes
                 assert all(a.retry_after_ms > 0 for a in answers[BURST:])
+                assert answers[BURST].message.startswith(
+                    "too many wrong, used or expired linking codes; retry in "), answers[BURST]
                 # out of tokens: the real number tells the scanner nothing, and its
                 # link_complete {more} does not spoil the new device's code
                 probe = await s.request(LinkFetch(id=40, node_id="n1", mailbox_id=box))

@@ -69,9 +69,10 @@ def test_status_lists_stuck_users_and_counts_the_rest() -> None:
                              "waiting_for": [], "stuck": 25, "stuck_by": {"n3": 25},
                              "stuck_users": users})
     text = format_status(st)
-    assert "handoff: 30 users to hand over (25 STUCK), waiting for -" in text
+    assert "handoff: 30 users to hand over (25 STUCK)\n" in text  # none coming in: no "waiting for -"
     assert text.count(" STUCK: refused 3 times (bad_request: bad handoff batch)") == 20
     assert "... and 5 more stuck users" in text
     assert "restart the new home or this node to retry" in text
     st.handoff = {"reshaping": True, "done": False, "remaining": 2, "waiting_for": ["n2"]}
     assert "STUCK" not in format_status(st)  # a node of an older version: no such fields
+    assert "handoff: 2 users to hand over, users may still come in from n2" in format_status(st)
