@@ -397,7 +397,8 @@ def reshape(config_path: Path, new_cluster: Path | None, finish: bool, force: bo
     except NodeSilent as exc:
         raise RunFailure(f"{exc}; reshape not finished. If the node is down for good, "
                          "--finish --force finishes anyway (docs/operations.md, "
-                         "'Reshaping a cluster')") from exc
+                         "'Reshaping a cluster'); a local cluster run by 'wa-relay cluster' "
+                         "finishes its reshape itself: run that again instead") from exc
     except OSError as exc:
         raise RunFailure(f"cannot write the cluster file: {exc}") from exc
 
