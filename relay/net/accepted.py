@@ -233,6 +233,13 @@ class AcceptedLink:
         :meth:`relay.net.writer.FrameWriter.send` with ``direct``)."""
         await self._out.send(data, on_written, direct=True)
 
+    def send_data_nowait(self, datas: list[bytes],
+                         on_written: Callable[[], None] | None = None) -> bool:
+        """Write encoded frames now if the writer is idle, without yielding (callable
+        outside a task); ``False``: nothing written, send them another way
+        (:meth:`relay.net.writer.FrameWriter.write_nowait`)."""
+        return self._out.write_nowait(datas, on_written)
+
     async def send_many(self, frames: list[Frame]) -> None:
         """Queue frames so that the writer takes them together (one socket write), or
         write them from the calling task when nothing is queued; only for tasks of
