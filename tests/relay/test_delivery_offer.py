@@ -212,3 +212,48 @@ async def test_a_node_delivers_in_order_through_a_full_socket(nursery, tmp_path)
                 assert pusher is not None and pusher.offered > 0
                 assert got == sent
     assert await nodes[0].storage.queue_length(bob.user_id, 0) == 0
+
+
+async def test_an_owed_tail_goes_before_a_pong(nursery) -> None:
+    """A write from outside a task that the socket took in part: nothing else is written
+    from then on (a second one is refused), and trio-websocket's Pong to the client's
+    Ping writes the owed tail first, so every message arrives whole and in order."""
+    from functools import partial
+
+    from trio_websocket import WebSocketRequest, open_websocket_url
+
+    from relay.net.wsio import GatedWebSocket
+    from relay.net.wsserver import serve_gated_websocket
+
+    owed = trio.Event()
+    done = trio.Event()
+    written: list[bytes] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        assert isinstance(ws, GatedWebSocket)
+        while not owed.is_set():
+            message = os.urandom(256 * 1024)
+            left = ws.send_nowait([message])
+            assert left is not None  # the stream is free and open
+            written.append(message)
+            if left:
+                owed.set()
+        assert ws.send_nowait([b"not now"]) is None  # a tail is owed
+        await done.wait()
+
+    server = await nursery.start(partial(
+        serve_gated_websocket, handler, "127.0.0.1", 0, None, message_queue_size=4,
+        max_message_size=1 << 20, receive_buffer_size=65536, connect_timeout=5,
+        disconnect_timeout=1))
+    with trio.fail_after(30):
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/",
+                                      message_queue_size=1, max_message_size=1 << 20) as ws:
+            await owed.wait()
+            got: list[bytes] = []
+            async with trio.open_nursery() as inner:
+                inner.start_soon(ws.ping)  # answered after the owed tail
+                while len(got) < len(written):
+                    got.append(await ws.get_message())
+            assert got == written
+            done.set()
