@@ -233,6 +233,14 @@ class AcceptedLink:
         :meth:`relay.net.writer.FrameWriter.send` with ``direct``)."""
         await self._out.send(data, on_written, direct=True)
 
+    def fail(self, exc: Exception) -> None:
+        """A bug found outside the link's tasks (e.g. in a commit's hand-back): the
+        handler re-raises it at the per-connection boundary (logged, ``error internal``,
+        close 1011); nothing more is served."""
+        if self._bug is None:
+            self._bug = exc
+        self._more.set()
+
     def send_data_nowait(self, datas: list[bytes],
                          on_written: Callable[[], None] | None = None) -> bool:
         """Write encoded frames now if the writer is idle, without yielding (callable

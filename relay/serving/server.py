@@ -154,7 +154,11 @@ class Connection:
         (:meth:`relay.services.delivery.Pusher.offer`); ``False``: wake it instead."""
         if self._pusher is None or self._revoked:
             return False
-        return self._pusher.offer(items)
+        try:
+            return self._pusher.offer(items)
+        except Exception as exc:  # noqa: BLE001 - a bug: this connection's boundary, not the loop's
+            self._link.fail(exc)  # (raised here it would end the event loop: run_sync_soon)
+            return False
 
     # ----------------------------------------------------------------- Dispatcher
 
