@@ -241,6 +241,11 @@ class AcceptedLink:
             self._bug = exc
         self._more.set()
 
+    @property
+    def writes_nowait(self) -> bool:
+        """Whether :meth:`send_data_nowait` can ever write (plain TCP, not TLS)."""
+        return self._out.writes_nowait
+
     def send_data_nowait(self, datas: list[bytes],
                          on_written: Callable[[], None] | None = None) -> bool:
         """Write encoded frames now if the writer is idle, without yielding (callable

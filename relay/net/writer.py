@@ -102,6 +102,8 @@ class FrameWriter:
         self.done = trio.Event()
         self.writing_since: float | None = None
         self._direct = isinstance(ws, GatedWebSocket)
+        #: :meth:`write_nowait` can write (a plain TCP stream; under TLS it never does).
+        self.writes_nowait = self._direct and ws._plain_socket() is not None  # type: ignore[union-attr]
         self._closing = False  # a close was queued: nothing is written past it
 
     def _idle(self) -> bool:

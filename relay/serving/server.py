@@ -331,7 +331,8 @@ class Connection:
                               max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
                               is_local=node.directory.is_home, notify=node.registry.notify,
                               bounce_remote=self._bounce_remote, log=node.log,
-                              send_nowait=self._push_nowait)
+                              send_nowait=self._push_nowait if self._link.writes_nowait
+                              else None)  # under TLS: never offered, woken as before
         self._acks = AckFlusher(node.storage, user_id, device_id, node.log)
         assert self._link.nursery is not None
         self._link.nursery.start_soon(self._pusher.run)

@@ -257,3 +257,37 @@ async def test_an_owed_tail_goes_before_a_pong(nursery) -> None:
                     got.append(await ws.get_message())
             assert got == written
             done.set()
+
+
+async def test_under_tls_the_pusher_is_woken_as_before(nursery, tmp_path) -> None:
+    """``wss://``: nothing is written from the hand-back (no plain socket to write to);
+    live deliveries still arrive in order through the pusher's own reads."""
+    from relay.testing import node_configs
+
+    cluster = Cluster(nursery, node_configs(1, storage="lmdb", tls=True, data_dir=tmp_path))
+    nodes: list[Node] = []
+    alice = device_homed_at(cluster.ring, "n1")
+    bob = device_homed_at(cluster.ring, "n1")
+    url = cluster.url("n1")
+    with trio.fail_after(30):
+        await cluster.start("n1", on_node=nodes.append)
+        assert url.startswith("wss://")
+        await publish(url, alice)
+        await publish(url, bob)
+        async with session(url, alice) as a, session(url, bob) as b:
+            await b.send(Sync(id=b.next_id()))
+            assert isinstance(await b.recv(), Synced)
+            sent = []
+            for _ in range(5):
+                sent.append(os.urandom(16))
+                answer = await a.request(Send(id=a.next_id(), msg_id=sent[-1],
+                                              recipients=[bob.recipient(b"x")]))
+                assert isinstance(answer, Sent), answer
+            got: list[bytes] = []
+            while len(got) < len(sent):
+                frame = await b.recv()
+                if isinstance(frame, Deliver):
+                    got += [i.envelope.msg_id for i in frame.items]
+            assert got == sent
+            pusher = nodes[0].registry.session(bob.user_id, 0)._pusher  # type: ignore[union-attr]
+            assert pusher is not None and pusher.offered == 0 and pusher.delivered == 5
