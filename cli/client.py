@@ -26,7 +26,7 @@ save -> ack), so a crash never loses or double-shows a message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -108,6 +108,7 @@ class Client(Session):
     async def approve_link(
         self, code: str | linkcode.LinkCode, *, confirm: Confirm | None = None, history: bool = True,
         history_limit: int = linkcode.HISTORY_DEFAULT, confirm_wait: float = devices.CONFIRM_WAIT,
+        handed_over: Callable[[], None] | None = None,
     ) -> ApprovedDevice:
         """Add the device behind a linking code to this account (primary only); returns once
         the new device reached its home (it holds keys there).
@@ -115,7 +116,8 @@ class Client(Session):
         See :func:`cli.features.devices.approve_link` (arguments, order of steps, errors).
         """
         return await devices.approve_link(self, code, confirm=confirm, history=history,
-                                          history_limit=history_limit, confirm_wait=confirm_wait)
+                                          history_limit=history_limit, confirm_wait=confirm_wait,
+                                          handed_over=handed_over)
 
     async def remove_device(self, device_id: int) -> DeviceList:
         """Publish the account's list without ``device_id`` (primary only); returns the new list.

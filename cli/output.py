@@ -151,8 +151,15 @@ def message_json(msg: Message, known: str | None) -> dict:
     return obj
 
 
-def _clock(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+def clock(ts_ms: int) -> str:
+    """``ts_ms`` (milliseconds since the Unix epoch) as local ``YYYY-MM-DD HH:MM:SS``; a
+    time no calendar shows (a sender's or relay's ``ts`` is their word: year 3 million,
+    or before year 1) as ``?ts=N``, never an error (it broke ``recv`` and ``history``
+    for good: the message stayed in the inbox, failing every next run)."""
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"?ts={ts_ms}"
 
 
 def message_human(msg: Message, sender: str, peer: str) -> str:
@@ -168,10 +175,10 @@ def message_human(msg: Message, sender: str, peer: str) -> str:
     me = f"you (device {msg.sender_device})"
     if msg.group_id is not None:
         who = me if msg.direction == "out" else sender
-        return f"[{_clock(msg.ts)}] {who} @ {escape(msg.group or '')}: {text}"
+        return f"[{clock(msg.ts)}] {who} @ {escape(msg.group or '')}: {text}"
     if msg.direction == "out":
-        return f"[{_clock(msg.ts)}] {me} -> {peer}: {text}"
-    return f"[{_clock(msg.ts)}] {sender}: {text}"
+        return f"[{clock(msg.ts)}] {me} -> {peer}: {text}"
+    return f"[{clock(msg.ts)}] {sender}: {text}"
 
 
 def kind_human(kind: str, extra: dict, text: str) -> str:

@@ -102,7 +102,10 @@ async def _one_life(r: Round, device: Device, n: int, life: dict) -> None:
             r.notes["notifications"] = r.notes.get("notifications", 0) + 1
             if params.get("maybe_shown"):
                 r.count("daemon maybe_shown")
-            ledger.record_shown(device.label, event, r.index, "during")
+            odd = ledger.record_shown(device.label, event, r.index, "during",
+                                      maybe=bool(params.get("maybe_shown")))
+            if odd is not None:
+                world.trace(f"{odd} (round {r.index}, daemon)")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_daemon)

@@ -19,7 +19,13 @@ lost
 never
     the lost ones that were never shown, up to the end of the run.
 duplicates
-    extra showings of a message id already shown on this device.
+    extra showings of a message id already shown on this device, not flagged
+    ``maybe_shown``.
+flagged
+    extra showings flagged ``maybe_shown`` ("maybe shown before"): an earlier run was
+    killed between writing the line and marking it shown, so no program can know
+    whether its reader took it (docs/cli.md, "exactly once on screen"). Said on
+    screen, so not a violation; counted to watch that the window stays small.
 reordered
     acknowledged messages shown after a later message (higher seq) of the same
     sending device (counted once per late message).
@@ -79,6 +85,7 @@ class Showing:
     seq: int | None
     round: int
     phase: str
+    maybe: bool = False  # flagged "maybe shown before" by the command that printed it
 
 
 @dataclass
@@ -90,6 +97,7 @@ class DeviceStats:
     lost: int = 0
     never: int = 0
     duplicates: int = 0
+    flagged: int = 0
     reordered: int = 0
     after_heal: int = 0
     late: int = 0
@@ -110,6 +118,7 @@ class Ledger:
         self.missing_at_deadline: dict[str, set[str]] = defaultdict(set)
         self.foreign: Counter[str] = Counter()
         self.bounces: dict[str, str] = {}  # msg_id -> what the bounce line the sender printed says
+        self._top: dict[str, dict[str, int]] = defaultdict(dict)  # device -> sender -> highest seq
         self._seq: Counter[str] = Counter()
 
     def next_send(self, sender: str, round_: int, kind: str, receivers: frozenset[str]) -> Sent:
@@ -126,17 +135,35 @@ class Ledger:
         sent.msg_id, sent.status = line["id"], line.get("status")
         self.by_id[sent.msg_id] = sent
 
-    def record_shown(self, device: str, line: dict, round_: int, phase: str) -> None:
-        """Record one ``recv --json`` line of ``device`` (non-message lines are ignored)."""
+    def record_shown(self, device: str, line: dict, round_: int, phase: str, *,
+                     maybe: bool | None = None) -> str | None:
+        """Record one ``recv --json`` line of ``device`` (non-message lines are ignored);
+        ``maybe``: whether it was flagged "maybe shown before" (default: the line's own
+        ``maybe_shown``).
+
+        Returns:
+            A one-line description if this showing is a duplicate, a flagged repeat or
+            shown after a later message of its sender (for the trace), else ``None``.
+        """
         if "id" not in line or "from_device" not in line:
-            return
+            return None
         match = TEXT.match(line.get("text") or "")
         sender, seq = (match[1], int(match[2])) if match else (None, None)
         if match is None:
             self.foreign[device] += 1
-        showing = Showing(line["id"], sender, seq, round_, phase)
+        flagged = bool(line.get("maybe_shown")) if maybe is None else maybe
+        showing = Showing(line["id"], sender, seq, round_, phase, flagged)
+        again = showing.msg_id in self.first_shown[device]
         self.shown[device].append(showing)
         self.first_shown[device].setdefault(showing.msg_id, showing)
+        if again:
+            return (f"{device} showed {sender} {seq} again"
+                    f"{' (flagged maybe shown)' if flagged else ''}")
+        if sender is None or seq is None:
+            return None
+        top = self._top[device].get(sender, 0)
+        self._top[device][sender] = max(top, seq)
+        return f"{device} showed {sender} {seq} after {top}" if seq < top else None
 
     def record_bounce(self, line: dict) -> bool:
         """Record a bounce line a ``recv --json`` printed (``{"type": "bounce", "id",
@@ -192,11 +219,20 @@ class Ledger:
                 st.shown += 1
                 st.after_heal += showing.phase == AFTER or showing.round > sent.round
                 st.late += missed
-            times = Counter(s.msg_id for s in self.shown[device])
-            for msg_id, n in times.items():
+            repeats: Counter[str] = Counter()
+            said: Counter[str] = Counter()  # repeats that said "maybe shown before"
+            first_seen: set[str] = set()
+            for showing in self.shown[device]:
+                if showing.msg_id not in first_seen:
+                    first_seen.add(showing.msg_id)
+                    continue
+                repeats[showing.msg_id] += 1
+                said[showing.msg_id] += showing.maybe
+            for msg_id in first_seen:
                 sent = self.by_id.get(msg_id) or self._by_text(device, msg_id)
                 if counted(sent) or (sent is None and kind is None):
-                    st.duplicates += n - 1
+                    st.flagged += said[msg_id]
+                    st.duplicates += repeats[msg_id] - said[msg_id]
                 if sent is not None and counted(sent) and not sent.acked:
                     st.unacked_shown += 1
                     st.refused_shown += sent.refusal is not None

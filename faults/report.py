@@ -69,7 +69,7 @@ def _row(world: World, kind: str | None, rounds: list[dict]) -> dict:
     for key, event in EVENTS.items():
         row[key] = sum(r["notes"].get("events", {}).get(event, 0) for r in rounds)
     for key in ("expected", *VIOLATIONS, "never", "after_heal", "late", "unacked_shown",
-                "refused_shown"):
+                "refused_shown", "flagged"):
         row.setdefault(key, 0)
     bad = any(row[v] for v in (*VIOLATIONS, *PROBLEMS))
     known = KINDS[kind].known if kind in KINDS else None
@@ -130,6 +130,8 @@ def build_report(world: World, cfg: Config, plan: list[str], records: list[dict]
         "hung = a command still running after its time limit; stuck = recv --follow did "
         "not show a message sent after the heal; ghosts = devices left in a device list "
         "by a failed link",
+        f"shown again flagged 'maybe shown before' (a run killed between writing a line "
+        f"and marking it shown; not counted as dup): {total['flagged']}",
         f"bounced messages: {total['bounced']} (their resend failed: "
         f"{total['resend_failed']}); refused sends shown on a device anyway: "
         f"{total['refused_shown']}; recv --follow exited: {total['follow_exited']}; "

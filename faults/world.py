@@ -170,7 +170,9 @@ class Round:
                 self.count("bounced", 1)
                 self.count("bounce resend failed", self.world.ledger.record_bounce(line))
                 return
-            self.world.ledger.record_shown(device.label, line, self.index, phase)
+            odd = self.world.ledger.record_shown(device.label, line, self.index, phase)
+            if odd is not None:
+                self.world.trace(f"{odd} (round {self.index}, {phase}, recv)")
             if watch is not None:
                 watch(line)
 

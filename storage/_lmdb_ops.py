@@ -47,26 +47,6 @@ def enqueue_estimate(
 ) -> int:
     """Bytes an :func:`enqueue` of ``(devk, envelope)`` items may add (admission check);
     ``tags_len``: bytes of the NUL-joined charge tags (0: none)."""
-    if len(items) == 1:  # the common request: one copy; its estimate depends on lengths only
-        devk, envelope = items[0]
-        return _one_copy_estimate(len(devk), len(envelope),
-                                  None if dedupe is None else len(dedupe), psize, tags_len)
-    return _estimate(items, dedupe, psize, tags_len)
-
-
-@functools.lru_cache(maxsize=1024)
-def _one_copy_estimate(devk_len: int, envelope_len: int, dedupe_len: int | None, psize: int,
-                       tags_len: int) -> int:
-    """:func:`enqueue_estimate` of one copy, from the lengths (memoized: a device's
-    messages mostly share them)."""
-    devk = bytes(devk_len)
-    return _estimate([(devk, bytes(envelope_len))],
-                     None if dedupe_len is None else bytes(dedupe_len), psize, tags_len)
-
-
-def _estimate(
-    items: list[tuple[bytes, bytes]], dedupe: bytes | None, psize: int, tags_len: int
-) -> int:
     total = 64 + 4 * record_estimate(tags_len + 64, 8, psize)
     for devk, envelope in items:
         qk = len(devk) + 8

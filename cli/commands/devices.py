@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import sys
 
 import click
 import trio
@@ -15,7 +15,7 @@ from cli.errors import ClientError
 from cli.features.devices import current_own_list
 from cli.features.linkcode import LinkCode, LinkCodeError, device_fingerprint
 from cli.features.wordcode import WordCode, is_word_code
-from cli.output import Output, escape
+from cli.output import Output, clock, escape
 from cli.session.state import State
 
 LIST_CONNECT_TIMEOUT = 3.0  # ``devices list`` falls back to the cached list after this
@@ -52,16 +52,27 @@ def approve(app: AppContext, code: str, yes: bool, no_history: bool) -> None:
     Shows the device's name and key fingerprint (compare it with what the new
     device prints) and asks to confirm. Then signs and publishes the new device
     list and sends the device its account material, sealed to a key only it
-    holds. A wrong, used or expired code changes nothing. If the link fails
-    after the new list was published (or this command is killed), the device
-    is withdrawn again: at once, or by the next wa-cli command on this device.
+    holds. It then waits (at most 30 s, silently) for the new device to reach
+    its home and upload its keys, and only then reports the device linked.
+    A wrong, used or expired code changes nothing. If the link fails after the
+    new list was published, the device does not reach its home in time, or
+    this command is killed, the device is withdrawn again: at once, or by the
+    next wa-cli command on this device (which keeps it if it reached its home
+    meanwhile). When the daemon serves this home, you type the fingerprint the
+    new device shows instead of answering a yes/no question.
     """
     _parse_code(code)  # a malformed code is a usage error before anything else
     if yes:
         params = {"code": code, "history": not no_history, "yes": True}
     elif _daemon_runs(app):  # no prompt in the daemon: compare here first
-        fingerprint = click.prompt("The daemon serves this home: type the key fingerprint "
-                                   "that the new device shows", err=True)
+        try:
+            fingerprint = click.prompt("The daemon serves this home: type the key fingerprint "
+                                       "that the new device shows", err=True)
+        except click.Abort:
+            if sys.stdin.isatty():  # Ctrl-C at the terminal: interrupted (exit 130)
+                raise
+            # end of input (a pipe, /dev/null): as the prompt without the daemon
+            raise CliError("not approved; nothing changed (no fingerprint was typed)") from None
         params = {"code": code, "history": not no_history, "fingerprint": fingerprint}
     else:
         params = {"code": code, "history": not no_history}
@@ -116,7 +127,10 @@ async def approve_device(state: State, out: Output, connect: Connect, code: str,
 
     async with connect() as client:
         try:
-            done = await client.approve_link(parsed, confirm=confirm, history=history)
+            done = await client.approve_link(
+                parsed, confirm=confirm, history=history,
+                handed_over=lambda: out.note("sent the account to the new device; waiting for "
+                                             "it to reach its home (at most 30 s)..."))
         except ClientError as exc:
             if mismatch:
                 raise CliError("the key fingerprint differs from the one given: not linked; "
@@ -142,7 +156,7 @@ async def approve_device(state: State, out: Output, connect: Connect, code: str,
 def _clock(ts_ms: int | None) -> str:
     if not ts_ms:
         return "-"
-    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return clock(ts_ms)  # the relay's ts of a message: any int
 
 
 @devices.command("list")

@@ -20,7 +20,7 @@ from cli.commands import _passphrase
 from cli.commands._common import AppContext, CliError, check_name, failures, json_option
 from cli.commands._signals import run_interruptible
 from cli.commands.init import _check_url
-from cli.errors import ClientError
+from cli.errors import ClientError, DeviceRemoved
 from cli.features.linking import open_link, save_linked
 from cli.session.crypto import safety_fingerprint
 from cli.session.state import NewHome, State, new_home
@@ -52,6 +52,11 @@ async def _link(app: AppContext, fresh: NewHome, relay: str, name: str,
     try:
         async with app.connect(state):
             pass  # authenticates and uploads this device's one-time keys
+    except DeviceRemoved as exc:  # the primary withdrew it first: the home is of no use
+        fresh.discard()
+        raise CliError(f"the account withdrew this device (device {state.device_id}) before "
+                       "it reached its home: the primary waits at most 30 s for it. Nothing "
+                       "was kept; run 'wa-cli link' again") from exc
     except ClientError as exc:
         raise CliError(f"linked as device {state.device_id}, but publishing this device's keys "
                        f"failed ({exc}); run 'wa-cli recv' to retry") from exc

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import click
 
 from cli.commands._common import AppContext, json_option, state_of, user_label
 from cli.features import outbox as outbox_feature
-from cli.output import escape
+from cli.output import clock, escape
 
 
 @click.command()
@@ -26,7 +24,7 @@ def outbox(app: AppContext) -> None:
         for e in items:
             to = (f"group {escape(groups.get(e['group_id'], e['group_id']))}" if e["group_id"]
                   else user_label(state, e["to"]))
-            when = datetime.fromtimestamp(e["ts"] / 1000).strftime("%Y-%m-%d %H:%M:%S")
+            when = clock(e["ts"])
             rows.append((e, f"{when}  to {to}  id {e['id']}"))
     for obj, human in rows:
         app.out.emit(obj, human)

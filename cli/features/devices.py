@@ -160,7 +160,7 @@ async def publish_own_list(client: Session, devices: list[crypto.DeviceEntry],
 async def approve_link(
     client: Session, code: str | LinkCode, *, confirm: Confirm | None = None,
     history: bool = True, history_limit: int = linkcode.HISTORY_DEFAULT,
-    confirm_wait: float = CONFIRM_WAIT,
+    confirm_wait: float = CONFIRM_WAIT, handed_over: Callable[[], None] | None = None,
 ) -> ApprovedDevice:
     """Approve the device behind a linking code (see the module docstring for the order).
 
@@ -174,6 +174,7 @@ async def approve_link(
         confirm: awaited with the :class:`DeviceOffer`; ``False`` stops with nothing changed.
         confirm_wait: seconds the new device gets to reach its home after the
             material was handed over; then it is withdrawn.
+        handed_over: called once ``link_complete`` was answered, before the wait.
         history: send the last ``history_limit`` messages (the oldest are left out
             when they do not fit one frame; the result says how many went).
 
@@ -239,6 +240,8 @@ async def approve_link(
         body = seal(encoded)
         await client.connection.request(LinkComplete, node_id=parsed_code.node_id,
                                          mailbox_id=parsed_code.mailbox_id, body=body)
+        if handed_over is not None:
+            handed_over()
         await _await_confirmation(client, device_id, confirm_wait)
     except ClientError as exc:
         await _withdraw(client, device_id, info.name, exc)  # returns if it confirmed after all
@@ -352,9 +355,10 @@ async def _pake_exchange(
 
 async def _withdraw(client: Session, device_id: int, name: str, cause: ClientError) -> None:
     """Linking failed after the device was recorded in ``pending_withdrawals``: take it
-    out of the account's list, over this connection if it still works, else over a
-    *fresh* one. Returns only if the device confirmed after all (it holds keys at the
-    home: the link did complete, and the device is kept).
+    (and only it: other recorded devices may belong to approvals still running) out of
+    the account's list, over this connection if it still works, else over a *fresh*
+    one. Returns only if the device confirmed after all (it holds keys at the home:
+    the link did complete, and the device is kept).
 
     Raises:
         LinkFailed: always otherwise, naming the device and what became of it.
@@ -366,10 +370,10 @@ async def _withdraw(client: Session, device_id: int, name: str, cause: ClientErr
     try:
         if not isinstance(cause, ConnectionLost):
             with contextlib.suppress(ConnectionLost):  # it died too: a fresh one below
-                done = await finish_withdrawals(client)
+                done = await finish_withdrawals(client, only={device_id})
         if done is None:
             async with client.open_fresh() as fresh:
-                done = await finish_withdrawals(fresh)
+                done = await finish_withdrawals(fresh, only={device_id})
     except ClientError as exc:
         raise LinkFailed(f"linking {label} failed ({reason}) and it could not be withdrawn "
                          f"yet ({exc}); the next wa-cli command on this device withdraws "
@@ -397,17 +401,24 @@ class Withdrawals:
     confirmed: frozenset[int]
 
 
-async def finish_withdrawals(client: Session) -> Withdrawals:
+async def finish_withdrawals(client: Session, *, only: set[int] | None = None) -> Withdrawals:
     """Take the devices of ``state.pending_withdrawals`` (links that began and did not
     complete) out of the account's list as the home holds it, and clear the record.
     A recorded device that holds keys at the home confirmed its link (it got the
     material and reached its home): it is kept.
+
+    Args:
+        only: handle just these recorded devices (a failed approval withdraws its own
+            device: another approval of this process may be waiting for its device,
+            recorded too; the daemon serves requests concurrently).
 
     Raises:
         NotPrimary; RelayError, ConnectionLost (the record stays for the next try).
     """
     state = client.state
     pending = set(state.pending_withdrawals)
+    if only is not None:
+        pending &= only
     if not pending:
         return Withdrawals([], frozenset())
     own, keyed = await keyed_devices(client)  # never the cache: it may lack the device

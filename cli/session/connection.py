@@ -44,10 +44,11 @@ from cli.errors import (
 from cli.session.sendorder import SendOrder
 from cli.session.state import State
 from relay.protocol import ErrorCode, RemoteProtocolError
+from relay.protocol import frames as wire
 from relay.protocol.cluster import PinnedCluster
 from relay.protocol.frames import AuthOk, Error, Frame, KeyCount, PutDevices, check_budget
 
-__all__ = ["AGENT", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
+__all__ = ["AGENT", "ANSWERS", "CLIENT_SETTINGS", "Connection", "client_settings", "fetch_pin",
            "open_connection", "pin_cluster"]
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,16 @@ AGENT = "wa-cli/0.1"
 MAX_MOVES = 3
 PUSH_BUFFER = 1024  # > the node's 256 unacknowledged deliveries in flight per connection
 REQUEST_TIMEOUT = 30.0  # seconds; above every deadline a node uses inside one request (<= 10 s)
+
+ANSWERS: dict[type[Frame], type[Frame]] = {
+    wire.PutDevices: wire.Ok, wire.GetDevices: wire.Devices, wire.UploadKeys: wire.KeyCount,
+    wire.ClaimKeys: wire.Claimed, wire.Send: wire.Sent, wire.GroupSend: wire.Sent,
+    wire.LinkFetch: wire.LinkInfo, wire.LinkComplete: wire.Ok,
+    wire.MediaStatus: wire.MediaProgress, wire.MediaUpload: wire.MediaProgress,
+    wire.MediaDownload: wire.MediaChunk,
+}
+"""The answer each request of a device gets besides ``error`` (docs/protocol.md); any
+other frame under the request's id is a broken or hostile relay: :class:`NoAnswer`."""
 
 CLIENT_SETTINGS = net.LinkSettings(request_timeout=REQUEST_TIMEOUT, push_buffer=PUSH_BUFFER)
 """The link settings of a device connection: keepalive ping after 20 s of silence,
@@ -141,13 +152,14 @@ class Connection:
             fields: the frame's fields (not ``id``).
 
         Returns:
-            The answer frame (never an ``Error``).
+            The answer frame (never an ``Error``), of the type :data:`ANSWERS` names.
 
         Raises:
             RelayError: the node answered ``error``; or ``too_large`` before sending
                 (the node's size budget).
             NoAnswer: the frame left but no answer came (connection lost, keepalive
-                overdue, or deadline): the node may have acted on it.
+                overdue, or deadline), or a frame of another type came under its id
+                (a broken or hostile relay): the node may have acted on it.
             ConnectionLost: the connection ended before the frame left.
         """
         frame = frame_cls(id=0, **fields)
@@ -172,6 +184,10 @@ class Connection:
                 order.done(turn)
         if isinstance(answer, Error):
             raise RelayError(answer)
+        expected = ANSWERS.get(frame_cls)
+        if expected is not None and not isinstance(answer, expected):
+            raise NoAnswer(f"no answer to {frame.TYPE}: {self.url} answered with "
+                           f"{answer.TYPE} instead of {expected.TYPE}")
         return answer
 
     async def send(self, frame_cls: type[Frame], *, stream: bool = False, **fields) -> int:
@@ -376,8 +392,16 @@ async def open_connection(
 
 def _candidates(state: State) -> list[str]:
     """Where to look for the home: the saved URL first, then every other node of the
-    cluster the device knows (the saved home may have been removed by a reshape)."""
-    return [state.relay_url, *(u for u in state.cluster_urls if u != state.relay_url)]
+    cluster the device knows (the saved home may have been removed by a reshape), only
+    those of the pinned cluster (a URL a node planted in ``auth_ok`` is not tried)."""
+    return [state.relay_url, *(u for u in _pinned(state, state.cluster_urls)
+                               if u != state.relay_url)]
+
+
+def _pinned(state: State, urls: list[str]) -> list[str]:
+    """Those of ``urls`` that are addresses of nodes of the pinned cluster description."""
+    d = state.cluster.description if state.cluster is not None else None
+    return [u for u in urls if d is not None and d.node_at(u) is not None]
 
 
 async def _connect_from(
@@ -413,8 +437,9 @@ async def _connect_from(
                 if isinstance(result, AuthOk):
                     stack.push_async_exit(attempt.pop_all())
                     await _remember(state, candidate, result)  # only now: the node proved itself
-                    if result.cluster and result.cluster != state.cluster_urls:
-                        state.cluster_urls = list(result.cluster)
+                    urls = _pinned(state, list(result.cluster or ()))  # never a planted one
+                    if urls and urls != state.cluster_urls:
+                        state.cluster_urls = urls
                         await state.asave()
                     return Connection(link, result.otk_count), candidate
             break  # moved

@@ -126,8 +126,10 @@ class Session:
         async with self._keys_lock:
             state = self.state
             ident = state.identity
-            need = (crypto.ONE_TIME_KEYS_TARGET - self._conn.otk_count
-                    - len(ident.unpublished_one_time_keys()))
+            # the node's count, bounded: a hostile relay's negative count must not have
+            # this device generate keys for hours (vodozemac's generation is CPU-bound)
+            held = min(max(self._conn.otk_count, 0), crypto.ONE_TIME_KEYS_TARGET)
+            need = crypto.ONE_TIME_KEYS_TARGET - held - len(ident.unpublished_one_time_keys())
             ident.generate_one_time_keys(need)
             now = time.time()
             fallback = ident.unpublished_fallback_key()

@@ -57,6 +57,7 @@ import vodozemac
 from cli.session import crypto, listfresh, statecodec, vault
 from cli.session.groups import GroupError, GroupStore
 from cli.session.inbox import Inbox
+from cli.session.journal import JOURNAL_FILE
 from cli.session.prefs import Prefs
 from cli.session.prekeys import FallbackInfo
 from cli.session.statecodec import CachedList, SessionSet
@@ -349,6 +350,16 @@ class NewHome:
             state.identity = identity
         self.state = state
         return state
+
+    def discard(self) -> None:
+        """Remove what :meth:`create` and the state's saves wrote (``state.bin``,
+        ``journal.bin``, ``storage.key``), so the home is empty again and
+        can be used anew; the lock stays held until the :func:`new_home` block exits.
+        For a link the account withdrew before this device ever connected.
+        """
+        for name in (STATE_FILE, JOURNAL_FILE, KEY_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        self.state = None
 
 
 @contextmanager

@@ -65,6 +65,8 @@ async def get_devices(
     node: Node, frame: GetDevices, *, user_id: str | None, peer_id: str | None
 ) -> Devices:
     """Serve ``get_devices`` for an authenticated device of ``user_id`` or for peer ``peer_id``.
+    ``keys`` is honoured only when the asking user (the device's, or the watcher a peer
+    names) is ``frame.user_id``: another user's answer has no ``keyed``.
 
     Raises:
         RelayError: see :func:`ask_home`; ``unknown_user``; ``bad_request`` if a
@@ -78,14 +80,17 @@ async def get_devices(
         relayed = node.homes.outgoing.get(frame.user_id) == peer_id  # by the user's new home
         if watcher is not None and not relayed:
             node.directory.check_homed_at(watcher, peer_id, "watcher")
-    ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher, keys=frame.keys)
+    # ``keyed`` only for the user's own devices: it told anyone which of a user's devices
+    # came online since they were linked, without spending a key (docs/protocol.md)
+    keys = bool(frame.keys) and watcher == frame.user_id or None
+    ask = GetDevices(id=frame.id, user_id=frame.user_id, watcher=watcher, keys=keys)
     answer = await ask_home(node, ask, frame.user_id, Devices, from_peer=peer_id is not None)
     if answer is not None:  # a list from the user's home: this node checks its size too
         node.directory.check_device_count(verify_device_list(answer.device_list, frame.user_id))
         return answer
     signed = await node.changes.fetch(frame.user_id, watcher)
     keyed = None
-    if frame.keys:
+    if keys:
         listed = [d.device_id for d in verify_device_list(signed, frame.user_id).devices]
         keyed = await node.directory.keyed_devices(frame.user_id, listed)
     return Devices(id=frame.id, device_list=signed, keyed=keyed)

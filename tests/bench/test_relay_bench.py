@@ -21,9 +21,12 @@ KEYS = [
     "relay.online.p99_ms", "relay.store.msgs_per_s", "relay.store.server_us_per_msg",
     "relay.drain.msgs_per_s", "relay.drain.server_us_per_msg", "relay.federated.msgs_per_s",
     "relay.federated.server_us_per_msg", "relay.paced.p50_ms", "relay.paced.p99_ms",
-    "relay.limits.checks_us", "relay.limits.accounting_us", "relay.limits.overhead_pct",
-    "ws.frames",
+    "relay.limits.checks_us", "relay.limits.overhead_pct", "ws.frames",
 ]
+# A difference of two CPU measurements (charged minus plain enqueues), clamped at 0: at
+# the quick sizes the true cost (a few µs) is within the noise of a shared machine, so
+# 0 is an honest reading; it must exist and be a finite, non-negative number.
+DIFFERENCE_KEYS = ["relay.limits.accounting_us"]
 
 
 async def test_quick_relay_scenario_writes_every_key(monkeypatch):
@@ -35,6 +38,9 @@ async def test_quick_relay_scenario_writes_every_key(monkeypatch):
     for key in KEYS:
         assert key in figures, key
         assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+    for key in DIFFERENCE_KEYS:
+        assert key in figures, key
+        assert math.isfinite(figures[key]) and figures[key] >= 0, (key, figures[key])
     assert figures["relay.online.p99_ms"] >= figures["relay.online.p50_ms"]
     text = out.getvalue()
     assert "16 senders -> 16 receivers, 50 messages each" in text

@@ -126,6 +126,14 @@ async def wa(home, *args, check: bool = True, stdin: bytes | None = None,
     return proc
 
 
+async def init_account(home, name: str, url: str) -> str:
+    """``wa-cli init`` a new account named ``name`` at ``url`` (trust on first use) in
+    ``home``; returns its user id."""
+    made = await wa(home, "--json", "init", "--trust-on-first-use", "--name", name,
+                    "--relay", url)
+    return json.loads(made.stdout)["user_id"]
+
+
 def lines(proc: subprocess.CompletedProcess) -> list[dict]:
     """The JSON lines of a finished process's stdout."""
     return [json.loads(line) for line in proc.stdout.decode().split("\n") if line]

@@ -10,7 +10,7 @@ import trio
 from cli_cluster import run_cluster
 from cli_procs import Running, lines, wa
 
-DEADLINE = 90
+DEADLINE = 150  # about 40 commands, one after another, each a process start
 POLL = 0.05
 
 

@@ -125,7 +125,9 @@ async def test_recv_follow_reconnects_after_a_black_hole_and_shows_everything_on
                 code, err = await follow.finish()
             finally:
                 await follow.aclose()
-            assert code == 0 and err.count("lost the connection") == 1, err
+            # one black hole, one notice; on a loaded machine the 0.3 s keepalive may also
+            # give up on the new connection once (a second notice): never a message twice
+            assert code == 0 and err.count("lost the connection") >= 1, err
             assert lines(await wa(tmp_path / "b", "--json", "recv", "--timeout", "0.2")) == []
             nursery.cancel_scope.cancel()
 

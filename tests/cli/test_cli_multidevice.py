@@ -381,3 +381,32 @@ async def test_a_late_confirmation_keeps_the_device_an_absent_one_is_withdrawn(t
                     served = await client.get_devices(bob.user_id)
                 assert not bob.pending_withdrawals
                 assert (device_id in served.device_ids) is joins, (name, served.device_ids)
+
+
+async def test_a_withdrawn_new_device_is_refused_and_its_home_can_be_discarded(tmp_path):
+    """The approval gave up on the new device (it was too slow): the device got the
+    material, but its first connection is refused (``DeviceRemoved``), and discarding
+    what it saved leaves a home that links again (``wa-cli link`` does this)."""
+    with trio.fail_after(DEADLINE), ExitStack() as stack:
+        async with run_cluster(1) as cluster:
+            bob = make_account(tmp_path, "bob", cluster, stack)
+            home = tmp_path / "slow"
+            with new_home(home) as fresh:
+                async with open_client(bob) as client, open_link(client.url, "slow") as pending:
+                    async with trio.open_nursery() as nursery:
+                        got = {}
+
+                        async def device():
+                            got["linked"] = await pending.wait()  # then too slow to connect
+
+                        nursery.start_soon(device)
+                        with pytest.raises(LinkFailed, match="withdrawn"):
+                            await client.approve_link(pending.code, confirm_wait=0.5)
+                state = save_linked(fresh, got["linked"], bob.relay_url)
+                with pytest.raises(DeviceRemoved):
+                    async with open_client(state):
+                        pass
+                fresh.discard()
+            assert sorted(p.name for p in home.iterdir()) == ["lock", "readers.lock"]
+            with new_home(home):  # empty again: a new link may use it
+                pass

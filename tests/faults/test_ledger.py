@@ -74,3 +74,30 @@ def test_bounce_lines_from_recv_json():
     assert ledger.record_bounce(line) is True
     assert "device 1 has no keys" in ledger.bounces["ab" * 16]
     assert ledger.record_bounce({**line, "id": "cd" * 16, "resent": "stored", "error": None}) is False
+
+
+def test_a_repeat_flagged_maybe_shown_is_counted_apart_from_duplicates():
+    ledger = Ledger()
+    sent = ledger.next_send("b0", 1, "k", frozenset({"a0"}))
+    ledger.answered(sent, {"id": "ab" * 16, "status": "stored"})
+    line = {"id": "ab" * 16, "from_device": 0, "text": f"fz b0 {sent.seq}"}
+    assert ledger.record_shown("a0", line, 1, "during") is None
+    note = ledger.record_shown("a0", {**line, "maybe_shown": True}, 1, "after")
+    assert note == "a0 showed b0 1 again (flagged maybe shown)"
+    st = ledger.stats()["a0"]
+    assert (st.duplicates, st.flagged) == (0, 1)
+    assert ledger.record_shown("a0", line, 2, "after") == "a0 showed b0 1 again"
+    st = ledger.stats()["a0"]
+    assert (st.duplicates, st.flagged) == (1, 1)
+
+
+def test_a_showing_after_a_later_message_of_its_sender_is_described():
+    ledger = Ledger()
+    for msg_id in ("01" * 16, "02" * 16):
+        sent = ledger.next_send("b0", 1, "k", frozenset({"a0"}))
+        ledger.answered(sent, {"id": msg_id, "status": "stored"})
+    assert ledger.record_shown("a0", {"id": "02" * 16, "from_device": 0,
+                                      "text": "fz b0 2"}, 1, "during") is None
+    assert ledger.record_shown("a0", {"id": "01" * 16, "from_device": 0,
+                                      "text": "fz b0 1"}, 1, "after") == "a0 showed b0 1 after 2"
+    assert ledger.stats()["a0"].reordered == 1

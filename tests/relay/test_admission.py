@@ -241,7 +241,10 @@ async def test_many_idle_sockets_from_one_address(nursery) -> None:
         async with trio.open_nursery() as n:
             for _ in range(80):
                 n.start_soon(one)
-        assert (closed, refused) == ([1008] * 64, [503] * 16)
+        # 64 pending at most per address: the rest are refused (503) or, if the first ones
+        # are older than 1 s by then (a loaded machine), take their place (closed 1008)
+        assert set(closed) <= {1008} and set(refused) <= {503}, (closed, refused)
+        assert len(closed) + len(refused) == 80 and len(closed) >= 64, (closed, refused)
         await _eventually_accepted(url)
         async with connect(url) as c:
             await c.hello()
