@@ -250,7 +250,11 @@ class AcceptedLink:
                          on_written: Callable[[], None] | None = None) -> bool:
         """Write encoded frames now if the writer is idle, without yielding (callable
         outside a task); ``False``: nothing written, send them another way
-        (:meth:`relay.net.writer.FrameWriter.write_nowait`)."""
+        (:meth:`relay.net.writer.FrameWriter.write_nowait`); also once the link was
+        cancelled (:meth:`cancel`) or failed (:meth:`fail`): it is ending, its tasks may
+        not have unwound yet, and nothing more is written for it."""
+        if self._cancel.cancel_called or self._bug is not None:
+            return False
         return self._out.write_nowait(datas, on_written)
 
     async def send_many(self, frames: list[Frame]) -> None:

@@ -150,8 +150,12 @@ class FrameWriter:
         now); the caller sends them another way. ``True``: written, or the socket took
         a part and the writer task writes the rest before any later frame
         (:meth:`relay.net.wsio.GatedWebSocket.send_nowait`); ``on_written()`` is called
-        once everything was written."""
-        if not self._idle() or not datas or len(datas) > WRITE_BATCH:
+        once everything was written. Frames the writer task would not take in one
+        write (more than :data:`WRITE_BATCH`, or more than one frame and above
+        :data:`WRITE_BYTES`) are refused too: an owed tail stays within a socket write's
+        bound (the queue's byte bound and :attr:`writing_since`'s sign of progress)."""
+        if (not self._idle() or not datas or len(datas) > WRITE_BATCH
+                or (len(datas) > 1 and sum(map(len, datas)) > WRITE_BYTES)):
             return False
         left = self._ws.send_nowait(datas)  # type: ignore[attr-defined]
         if left is None:

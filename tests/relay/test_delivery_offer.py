@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import trio
 from relay_harness import Cluster, device_homed_at, make_configs, publish, session
 
@@ -259,6 +260,46 @@ async def test_an_owed_tail_goes_before_a_pong(nursery) -> None:
             done.set()
 
 
+async def test_a_write_from_the_hand_back_stays_within_one_writes_bound(nursery) -> None:
+    """``FrameWriter.write_nowait`` takes what the writer task would take in one write:
+    several frames above ``WRITE_BYTES`` are refused (nothing written: the pusher sends
+    them), one frame of any size is taken (an owed tail at most one frame long)."""
+    from functools import partial
+
+    from trio_websocket import WebSocketRequest, open_websocket_url
+
+    from relay.net.writer import WRITE_BYTES, FrameWriter
+    from relay.net.wsserver import serve_gated_websocket
+
+    done = trio.Event()
+    big = os.urandom(WRITE_BYTES + 1)
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        async with trio.open_nursery() as inner:
+            writer = FrameWriter(ws, "test", on_progress=lambda: None,
+                                 on_remote_close=lambda reason: None)
+            inner.start_soon(writer.run, inner.cancel_scope)
+            half = WRITE_BYTES // 2 + 1
+            assert not writer.write_nowait([b"x" * half, b"y" * half])
+            assert writer.write_nowait([b"a", b"b"])
+            assert writer.write_nowait([big])
+            await writer.send(b"end")
+            await done.wait()
+            inner.cancel_scope.cancel()
+
+    server = await nursery.start(partial(
+        serve_gated_websocket, handler, "127.0.0.1", 0, None, message_queue_size=4,
+        max_message_size=1 << 20, receive_buffer_size=65536, connect_timeout=5,
+        disconnect_timeout=1))
+    with trio.fail_after(30):
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/",
+                                      message_queue_size=4, max_message_size=1 << 20) as ws:
+            got = [await ws.get_message() for _ in range(4)]
+            assert got == [b"a", b"b", big, b"end"]
+            done.set()
+
+
 async def test_under_tls_the_pusher_is_woken_as_before(nursery, tmp_path) -> None:
     """``wss://``: nothing is written from the hand-back (no plain socket to write to);
     live deliveries still arrive in order through the pusher's own reads."""
@@ -291,3 +332,108 @@ async def test_under_tls_the_pusher_is_woken_as_before(nursery, tmp_path) -> Non
             assert got == sent
             pusher = nodes[0].registry.session(bob.user_id, 0)._pusher  # type: ignore[union-attr]
             assert pusher is not None and pusher.offered == 0 and pusher.delivered == 5
+
+
+async def test_pipelined_senders_keep_their_order_per_receiver(nursery, tmp_path) -> None:
+    """Three devices each write 40 sends at once (no waiting for answers) to one caught-up
+    device: their runs commit together and are offered from the hand-backs; the receiver
+    gets every message once, and each sender's in the order that sender wrote them
+    (docs/protocol.md, "Order")."""
+    (config,) = make_configs(1, storage="lmdb", data_dir=tmp_path)
+    cluster = Cluster(nursery, [config])
+    nodes: list[Node] = []
+    senders = [device_homed_at(cluster.ring, "n1") for _ in range(3)]
+    bob = device_homed_at(cluster.ring, "n1")
+    url = cluster.url("n1")
+    order: dict[bytes, tuple[int, int]] = {}  # msg_id -> (sender, position)
+
+    async def pipeline(k: int, client) -> None:
+        ids = []
+        for i in range(40):
+            msg_id = os.urandom(16)
+            order[msg_id] = (k, i)
+            ids.append(client.next_id())
+            await client.send(Send(id=ids[-1], msg_id=msg_id,
+                                   recipients=[bob.recipient(b"m%d" % i)]))
+        answers = {}
+        while len(answers) < len(ids):
+            frame = await client.recv()
+            answers[frame.id] = frame
+        assert all(isinstance(answers[i], Sent) for i in ids), answers
+
+    with trio.fail_after(60):
+        await cluster.start("n1", on_node=nodes.append)
+        for d in [*senders, bob]:
+            await publish(url, d)
+        async with session(url, bob) as b:
+            await b.send(Sync(id=b.next_id()))
+            assert isinstance(await b.recv(), Synced)
+            async with session(url, senders[0]) as c0, session(url, senders[1]) as c1, \
+                    session(url, senders[2]) as c2, trio.open_nursery() as inner:
+                for k, c in enumerate((c0, c1, c2)):
+                    inner.start_soon(pipeline, k, c)
+            got: list[bytes] = []
+            while len(got) < len(order):
+                frame = await b.recv()
+                if isinstance(frame, Deliver):
+                    got += [i.envelope.msg_id for i in frame.items]
+                    await b.send(Ack(id=0, seq=frame.items[-1].seq))
+            pusher = nodes[0].registry.session(bob.user_id, 0)._pusher  # type: ignore[union-attr]
+            assert pusher is not None and pusher.offered > 0
+    assert sorted(got) == sorted(order)
+    for k in range(3):
+        assert [order[m][1] for m in got if order[m][0] == k] == list(range(40))
+
+
+class _BrokenHandBack(LmdbStorage):
+    """A bug in what a commit hands back: the stored envelopes come out as ``None``
+    (the offer raises TypeError in the commit's hand-back, on the event loop)."""
+
+    def deliver_enqueued(self, hook) -> bool:
+        return super().deliver_enqueued(
+            lambda user_id, device_id, items: hook(user_id, device_id,
+                                                    [(s, ts, None) for s, ts, _ in items]))
+
+
+async def test_a_bug_in_an_offer_ends_only_that_connection(tmp_path) -> None:
+    """An exception raised by an offer in a commit's hand-back ends the receiving device's
+    connection at its boundary (``error internal``, close 1011), never the event loop:
+    the sender's send is answered, the node serves on, and the message is delivered
+    on the device's next connection (the pusher's own read)."""
+    from relay.net import ConnectionLost
+    from relay.protocol.frames import Error, Ok, Ping
+
+    (config,) = make_configs(1)
+    with trio.fail_after(30):
+        async with _BrokenHandBack.open(tmp_path / "n1") as st, \
+                trio.open_nursery() as node_nursery:  # ends before the store closes
+            cluster = Cluster(node_nursery, [config])
+            cluster.storages["n1"] = st
+            alice = device_homed_at(cluster.ring, "n1")
+            bob = device_homed_at(cluster.ring, "n1")
+            url = cluster.url("n1")
+            await cluster.start("n1")
+            await publish(url, alice)
+            await publish(url, bob)
+            async with session(url, alice) as a:
+                async with session(url, bob) as b:
+                    await b.send(Sync(id=b.next_id()))
+                    assert isinstance(await b.recv(), Synced)
+                    msg_id = os.urandom(16)
+                    answer = await a.request(Send(id=a.next_id(), msg_id=msg_id,
+                                                  recipients=[bob.recipient(b"x")]))
+                    assert isinstance(answer, Sent), answer
+                    frames = []
+                    with pytest.raises(ConnectionLost):
+                        while True:
+                            frames.append(await b.recv())
+                    assert b.close_code == 1011
+                    assert any(isinstance(f, Error) and f.code == "internal" for f in frames)
+                ping = Ping(id=a.next_id())
+                assert await a.request(ping) == Ok(id=ping.id)  # the node serves on
+                async with session(url, bob) as b:
+                    await b.send(Sync(id=b.next_id()))
+                    frame = await b.recv()
+                    assert isinstance(frame, Deliver)
+                    assert frame.items[0].envelope.msg_id == msg_id
+            cluster.stop("n1")
