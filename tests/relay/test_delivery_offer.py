@@ -260,6 +260,48 @@ async def test_an_owed_tail_goes_before_a_pong(nursery) -> None:
             done.set()
 
 
+async def test_an_owed_tail_goes_before_a_keepalive_ping(nursery) -> None:
+    """The node's own keepalive Ping (``ws.ping()``, as :class:`AcceptedLink` sends it)
+    while a tail is owed: the tail is written first, then the Ping, which the client
+    answers once it has read every message whole."""
+    from functools import partial
+
+    from trio_websocket import WebSocketRequest, open_websocket_url
+
+    from relay.net.wsio import GatedWebSocket
+    from relay.net.wsserver import serve_gated_websocket
+
+    owed = trio.Event()
+    ponged = trio.Event()
+    written: list[bytes] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        assert isinstance(ws, GatedWebSocket)
+        while not owed.is_set():
+            message = os.urandom(256 * 1024)
+            left = ws.send_nowait([message])
+            assert left is not None
+            written.append(message)
+            if left:
+                owed.set()
+        await ws.ping(b"keepalive")  # returns once the client's Pong arrived
+        ponged.set()
+        await trio.sleep_forever()
+
+    server = await nursery.start(partial(
+        serve_gated_websocket, handler, "127.0.0.1", 0, None, message_queue_size=4,
+        max_message_size=1 << 20, receive_buffer_size=65536, connect_timeout=5,
+        disconnect_timeout=1))
+    with trio.fail_after(30):
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/",
+                                      message_queue_size=1, max_message_size=1 << 20) as ws:
+            await owed.wait()
+            got = [await ws.get_message() for _ in range(len(written))]
+            assert got == written
+            await ponged.wait()
+
+
 async def test_a_write_from_the_hand_back_stays_within_one_writes_bound(nursery) -> None:
     """``FrameWriter.write_nowait`` takes what the writer task would take in one write:
     several frames above ``WRITE_BYTES`` are refused (nothing written: the pusher sends
