@@ -115,16 +115,14 @@ class _Ticket:
     """One submission (one or more ops), the event its caller waits on, and what to
     call on the event loop once its batch committed (before the caller wakes)."""
 
-    __slots__ = ("ops", "size", "done", "after", "answered")
+    __slots__ = ("ops", "size", "done", "after")
 
     def __init__(self, ops: list[PendingOp], size: int,
-                 after: Callable[[list[PendingOp]], None] | None = None,
-                 answered: Callable[[list[PendingOp]], None] | None = None) -> None:
+                 after: Callable[[list[PendingOp]], None] | None = None) -> None:
         self.ops = ops
         self.size = size
         self.done = trio.Event()
         self.after = after
-        self.answered = answered  # a submission without a waiting caller (submit_many_nowait)
 
 
 HANDOVER_INTERVAL = 0.001
@@ -267,26 +265,6 @@ class GroupCommitWriter(Committer):
         await self._queue_ticket(_Ticket(pending, sum(p.size for p in pending), after))
         return [(p.value, p.error) for p in pending]
 
-    def submit_many_nowait(
-        self, ops: list[tuple[Op, int, int | None, bool]],
-        answered: Callable[[list[PendingOp]], None],
-    ) -> bool:
-        """Queue ``(op, size, est, freeing)`` tuples (see :meth:`submit_many`) for the next
-        batch without waiting (on the event loop, from a task or a callback): no task
-        waits for the answers; ``answered(pending)`` is called on the event loop when
-        the batch is handed back, with the ops' :class:`PendingOp` records (``value`` /
-        ``error`` set; ``error`` is ``trio.ClosedResourceError`` for ops never run). It
-        must not raise or block; it may submit again. Returns ``False`` (nothing queued)
-        if the writer is closed or its queue of submissions is full: submit another way.
-        """
-        if self._closed or self._queued >= self._queue_size or not ops:
-            return False
-        pending = [PendingOp(fn, size, 2 * size + 256 if est is None else est, freeing)
-                   for fn, size, est, freeing in ops]
-        self._queued += 1
-        self._queue.put(_Ticket(pending, sum(p.size for p in pending), answered=answered))
-        return True
-
     async def _queue_ticket(self, ticket: _Ticket) -> None:
         """Queue ``ticket`` for the commit thread and wait until its ops are answered."""
         while self._queued >= self._queue_size and not self._closed:
@@ -421,8 +399,6 @@ class GroupCommitWriter(Committer):
         for ticket in batch:
             if elapsed is not None and ticket.after is not None:
                 ticket.after(ticket.ops)
-            if ticket.answered is not None:
-                ticket.answered(ticket.ops)
             ticket.done.set()
 
     def _thread_ended(self, left: list[_Ticket], ended: outcome.Outcome[None]) -> None:

@@ -415,26 +415,6 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         specs = [(ops.ack(self._devk(u, d), seq), 0, None, True) for u, d, seq in acks]
         return [_value(answer) for answer in await self.writer.submit_many(specs)]
 
-    def ack_many_nowait(self, acks: list[tuple[str, int, int]],
-                        on_done: Callable[[list[int] | Exception], None]) -> bool:
-        """:meth:`ack_many` without waiting (on the event loop, e.g. from the task that
-        read the acks): ``on_done`` is called on the event loop once the acks' batch is
-        handed back (durable), with what :meth:`ack_many` returns or the first error
-        it would raise (``trio.ClosedResourceError``: the writer stopped before running
-        them). It must not raise or block. Returns ``False`` (nothing submitted) if the
-        writer is closed or its queue is full: call :meth:`ack_many` instead.
-
-        Raises:
-            ValueError, TypeError: a malformed id; nothing was submitted.
-        """
-        specs = [(ops.ack(self._devk(u, d), seq), 0, None, True) for u, d, seq in acks]
-
-        def answered(pending: list[PendingOp]) -> None:
-            error = next((p.error for p in pending if p.error is not None), None)
-            on_done(error if error is not None else [p.value for p in pending])
-
-        return self.writer.submit_many_nowait(specs, answered)
-
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.purge_device`. Also forgets the device's
         claimed key ids and fallback key; keeps its seq counter."""

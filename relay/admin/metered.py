@@ -12,7 +12,7 @@ happen, without the components knowing about metrics:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,21 +81,6 @@ class MeteredStorage:
         gone = await self._storage.ack_many(acks)
         self._m.acked.inc(sum(gone))
         return gone
-
-    def ack_many_nowait(self, acks: list[tuple[str, int, int]],
-                        on_done: Callable[[list[int] | Exception], None]) -> bool:
-        """The backend's ``ack_many_nowait`` (:meth:`storage.lmdb.LmdbStorage.ack_many_nowait`),
-        counted like :meth:`ack_many`; ``False`` if the backend has none."""
-        submit = getattr(self._storage, "ack_many_nowait", None)
-        if submit is None:
-            return False
-
-        def done(result: list[int] | Exception) -> None:
-            if not isinstance(result, Exception):
-                self._m.acked.inc(sum(result))
-            on_done(result)
-
-        return submit(acks, done)
 
     async def purge_device(self, user_id: str, device_id: int) -> int:
         """See :meth:`storage.base.Storage.purge_device`."""
