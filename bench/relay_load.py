@@ -115,12 +115,13 @@ class Run:
     statuses: Counter = field(default_factory=Counter)
     delivered: int = 0
     start: float = 0.0  # trio clock at go, for pacing
+    transport: str = "lean"  # the generator's WebSocket client (bench.relay_wire.open_ws)
 
 
 async def _sender(run: Run, pair: Pair, msgs: list[tuple[int, bytes, bytes]], window: int,
                   interval: float | None, offset: float, done: Countdown,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
-    async with wire.session(pair.sender_url, pair.sender) as ws:
+    async with wire.session(pair.sender_url, pair.sender, run.transport) as ws:
         task_status.started()
         await run.go.wait()
         slots = trio.Semaphore(window)
@@ -154,7 +155,7 @@ async def _sender(run: Run, pair: Pair, msgs: list[tuple[int, bytes, bytes]], wi
 
 async def _receiver(run: Run, pair: Pair, expected: int, drain: bool, done: Countdown,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-    async with wire.session(pair.receiver_url, pair.receiver) as ws:
+    async with wire.session(pair.receiver_url, pair.receiver, run.transport) as ws:
         if not drain:  # live: synced (empty queue) before the phase starts
             await ws.send_message(wire.sync_frame(wire.FIRST_REQUEST_ID))
             while not any(e.kind == "synced" for e in wire.events(await ws.get_message())):
@@ -220,7 +221,7 @@ def _messages(pairs: list[Pair], count: int, body: bytes) -> list[list[tuple[int
 
 
 async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: int, window: int,
-                    body: bytes, rate: float | None = None) -> dict:
+                    body: bytes, rate: float | None = None, transport: str = "lean") -> dict:
     """Run one phase (see the module docstring) and return its figures.
 
     Raises:
@@ -228,7 +229,7 @@ async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: in
             than :data:`PHASE_TIMEOUT`. OSError, ConnectionClosed, WireError: a
             node went away or refused the handshake.
     """
-    run = Run()
+    run = Run(transport=transport)
     n = len(pairs)
     senders = phase != "drain"
     receivers = phase != "store"
@@ -314,7 +315,8 @@ async def main_async(args: argparse.Namespace) -> dict:
                 raise LoadError("paced needs --rate or an online phase before it")
             count = max(1, min(args.count, math.ceil(rate * args.paced_seconds / args.pairs)))
         results[phase] = await run_phase(phase, pairs, args.pid, count=count,
-                                         window=args.window, body=body, rate=rate)
+                                         window=args.window, body=body, rate=rate,
+                                         transport=args.transport)
         if rate is not None:
             results[phase]["rate"] = rate
     return results
@@ -343,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", type=int, default=100, help="body bytes")
     parser.add_argument("--rate", type=float, help="paced phase: messages/s over all senders")
     parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--transport", choices=wire.TRANSPORTS, default="lean",
+                        help="the generator's WebSocket client: lean (bench.lean_ws, ws:// only) "
+                             "or trio-websocket (as wa-cli)")
     parser.add_argument("--cross-homes", action="store_true",
                         help="every receiver homed on another node than its sender")
     parser.add_argument("--spread-addresses", action="store_true",
