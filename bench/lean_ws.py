@@ -81,12 +81,32 @@ class LeanWebSocket:
     async def _send(self, frame: bytes) -> None:
         if self._closed:
             raise LeanClosed("the connection is closed")
+        if type(self._stream) is trio.SocketStream and not self._send_lock.locked():
+            self._send_lock.acquire_nowait()  # held until the frame is whole on the socket
+            try:  # one system call, as the node writes (relay.net.wsio), no Trio wrapper
+                try:
+                    sent = self._stream.socket._sock.send(frame)  # type: ignore[attr-defined]
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self._closed = True
+                    raise LeanClosed(str(exc)) from exc
+                if sent < len(frame):
+                    await self._send_all(memoryview(frame)[sent:])
+                else:
+                    await trio.lowlevel.checkpoint()
+            finally:
+                self._send_lock.release()
+            return
         async with self._send_lock:
-            try:
-                await self._stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._closed = True
-                raise LeanClosed(str(exc)) from exc
+            await self._send_all(frame)
+
+    async def _send_all(self, data: bytes | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._closed = True
+            raise LeanClosed(str(exc)) from exc
 
     async def get_message(self) -> bytes:
         """The next binary message from the node.
