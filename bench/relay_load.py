@@ -46,6 +46,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,17 +115,55 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     delivered: int = 0
-    start: float = 0.0  # trio clock at go, for pacing
+    start: float = 0.0  # trio clock at go, for pacing (Pacer)
+    transport: str = "lean"  # the generator's WebSocket client (bench.relay_wire.open_ws)
 
 
-async def _sender(run: Run, pair: Pair, msgs: list[tuple[int, bytes, bytes]], window: int,
-                  interval: float | None, offset: float, done: Countdown,
+class Pacer:
+    """The ``paced`` phase's schedule, kept by one task for every sender: message ``k``
+    of sender ``i`` (of ``n``) is written at ``start + (k + i / n) * interval``.
+
+    One timer wake-up writes every message that is due. Trio's timers wake with the
+    resolution of ``epoll_wait`` (1 ms), so a task per sender sleeping until each of
+    its messages woke once per message anyway, and paid a cancel scope and a task
+    switch each time; the node sees the same arrivals either way, the generator
+    spends less CPU (docs/benchmarks.md, "Session 9").
+    """
+
+    def __init__(self, n: int, interval: float) -> None:
+        self.interval = interval
+        self.lanes: list[Callable[[int], Awaitable[None]] | None] = [None] * n
+        self.finished = trio.Event()
+
+    async def run(self, start: float, count: int) -> None:
+        """Write ``count`` messages per sender on schedule from trio time ``start``
+        (a lane whose window is full holds up the others: the node is saturated)."""
+        n = len(self.lanes)
+        try:
+            for k in range(count):
+                for i, send in enumerate(self.lanes):
+                    assert send is not None, "every sender registers before go"
+                    due = start + (k + i / n) * self.interval
+                    if trio.current_time() < due:
+                        await trio.sleep_until(due)
+                    await send(k)
+        finally:
+            self.finished.set()
+
+
+async def _sender(run: Run, pair: Pair, index: int, msgs: list[tuple[int, bytes, bytes]],
+                  window: int, pacer: Pacer | None, done: Countdown,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
-    async with wire.session(pair.sender_url, pair.sender) as ws:
-        task_status.started()
-        await run.go.wait()
+    async with wire.session(pair.sender_url, pair.sender, run.transport) as ws:
         slots = trio.Semaphore(window)
         in_flight: set[int] = set()
+
+        async def send(k: int) -> None:
+            request_id, msg_id, data = msgs[k]
+            await slots.acquire()
+            in_flight.add(request_id)
+            run.sent_at[msg_id] = time.perf_counter()
+            await ws.send_message(data)
 
         async def answers() -> None:
             answered = 0
@@ -139,22 +178,24 @@ async def _sender(run: Run, pair: Pair, msgs: list[tuple[int, bytes, bytes]], wi
                     if not event.ok:
                         raise LoadError(f"send answered error {event.status!r}")
 
+        if pacer is not None:
+            pacer.lanes[index] = send
+        task_status.started()
+        await run.go.wait()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(answers)
-            for i, (request_id, msg_id, data) in enumerate(msgs):
-                if interval is not None:
-                    await trio.sleep_until(run.start + offset + i * interval)
-                await slots.acquire()
-                in_flight.add(request_id)
-                run.sent_at[msg_id] = time.perf_counter()
-                await ws.send_message(data)
+            if pacer is None:
+                for k in range(len(msgs)):
+                    await send(k)
+            else:
+                await pacer.finished.wait()
         done.arrive()
         await run.close.wait()
 
 
 async def _receiver(run: Run, pair: Pair, expected: int, drain: bool, done: Countdown,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-    async with wire.session(pair.receiver_url, pair.receiver) as ws:
+    async with wire.session(pair.receiver_url, pair.receiver, run.transport) as ws:
         if not drain:  # live: synced (empty queue) before the phase starts
             await ws.send_message(wire.sync_frame(wire.FIRST_REQUEST_ID))
             while not any(e.kind == "synced" for e in wire.events(await ws.get_message())):
@@ -220,7 +261,7 @@ def _messages(pairs: list[Pair], count: int, body: bytes) -> list[list[tuple[int
 
 
 async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: int, window: int,
-                    body: bytes, rate: float | None = None) -> dict:
+                    body: bytes, rate: float | None = None, transport: str = "lean") -> dict:
     """Run one phase (see the module docstring) and return its figures.
 
     Raises:
@@ -228,12 +269,12 @@ async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: in
             than :data:`PHASE_TIMEOUT`. OSError, ConnectionClosed, WireError: a
             node went away or refused the handshake.
     """
-    run = Run()
+    run = Run(transport=transport)
     n = len(pairs)
     senders = phase != "drain"
     receivers = phase != "store"
     batches = _messages(pairs, count, body) if senders else []
-    interval = n / rate if phase == "paced" and rate else None
+    pacer = Pacer(n, n / rate) if phase == "paced" and rate else None
     done = Countdown((n if senders else 0) + (n if receivers else 0))
     with trio.fail_after(PHASE_TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -241,14 +282,14 @@ async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: in
                 if receivers:
                     await nursery.start(_receiver, run, pair, count, phase == "drain", done)
                 if senders:
-                    offset = 0.0 if interval is None else interval * i / n
-                    await nursery.start(_sender, run, pair, batches[i], window, interval, offset,
-                                        done)
+                    await nursery.start(_sender, run, pair, i, batches[i], window, pacer, done)
             cpu0 = sum(cpu_seconds(p) for p in pids)
             gen0 = time.process_time()
             t0 = time.perf_counter()
             run.start = trio.current_time()
             run.go.set()
+            if pacer is not None:
+                nursery.start_soon(pacer.run, run.start, count)
             await done.event.wait()
             seconds = time.perf_counter() - t0
             server = sum(cpu_seconds(p) for p in pids) - cpu0
@@ -314,7 +355,8 @@ async def main_async(args: argparse.Namespace) -> dict:
                 raise LoadError("paced needs --rate or an online phase before it")
             count = max(1, min(args.count, math.ceil(rate * args.paced_seconds / args.pairs)))
         results[phase] = await run_phase(phase, pairs, args.pid, count=count,
-                                         window=args.window, body=body, rate=rate)
+                                         window=args.window, body=body, rate=rate,
+                                         transport=args.transport)
         if rate is not None:
             results[phase]["rate"] = rate
     return results
@@ -343,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", type=int, default=100, help="body bytes")
     parser.add_argument("--rate", type=float, help="paced phase: messages/s over all senders")
     parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--transport", choices=wire.TRANSPORTS, default="lean",
+                        help="the generator's WebSocket client: lean (bench.lean_ws, ws:// only) "
+                             "or trio-websocket (as wa-cli)")
     parser.add_argument("--cross-homes", action="store_true",
                         help="every receiver homed on another node than its sender")
     parser.add_argument("--spread-addresses", action="store_true",

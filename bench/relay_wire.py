@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import nacl.signing
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from bench.lean_ws import LeanWebSocket, open_lean_websocket
 from relay.protocol import (
     Device,
     DeviceList,
@@ -49,6 +50,7 @@ from relay.protocol.frames import (
 )
 from relay.protocol.handshake import Handshake
 
+TRANSPORTS = ("lean", "trio-websocket")  # the generator's WebSocket client (--transport)
 RECEIVE_BUFFER = 64 * 1024  # bytes, as the node and wa-cli use
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes, largest WebSocket message accepted
 FIRST_REQUEST_ID = 10  # request ids below this are the handshake's
@@ -157,14 +159,20 @@ def is_ping_answer(event: Event) -> bool:
 
 
 @asynccontextmanager
-async def open_ws(url: str) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket to ``url`` with the relay's transport settings."""
+async def open_ws(url: str, transport: str = "lean") -> AsyncIterator[WebSocketConnection | LeanWebSocket]:
+    """A WebSocket to ``url``: ``"lean"`` (:mod:`bench.lean_ws`, ``ws://`` only: the
+    generator's own cost kept low) or ``"trio-websocket"`` (as ``wa-cli`` connects,
+    with the relay's transport settings; a ``wss://`` URL needs it)."""
+    if transport == "lean" and url.startswith("ws://"):
+        async with open_lean_websocket(url, MAX_MESSAGE) as ws:
+            yield ws
+        return
     async with open_websocket_url(url, receive_buffer_size=RECEIVE_BUFFER,
                                   max_message_size=MAX_MESSAGE) as ws:
         yield ws
 
 
-async def _request(ws: WebSocketConnection, data: bytes, request_id: int):
+async def _request(ws: WebSocketConnection | LeanWebSocket, data: bytes, request_id: int):
     await ws.send_message(data)
     while True:
         frame = read_frame(await ws.get_message())
@@ -172,7 +180,7 @@ async def _request(ws: WebSocketConnection, data: bytes, request_id: int):
             return frame
 
 
-async def _hello(ws: WebSocketConnection) -> Handshake:
+async def _hello(ws: WebSocketConnection | LeanWebSocket) -> Handshake:
     """``hello`` and the checked ``challenge``, by the one sans-I/O handshake
     (:class:`relay.protocol.handshake.Handshake`)."""
     hs = Handshake("client", "wa-relay bench")
@@ -198,15 +206,17 @@ async def publish(url: str, account: Account) -> None:
 
 
 @asynccontextmanager
-async def session(url: str, account: Account) -> AsyncIterator[WebSocketConnection]:
-    """An authenticated connection of ``account``'s device to its home ``url``.
+async def session(url: str, account: Account, transport: str = "lean",
+                  ) -> AsyncIterator[WebSocketConnection | LeanWebSocket]:
+    """An authenticated connection of ``account``'s device to its home ``url`` over
+    ``transport`` (see :func:`open_ws`).
 
     Requests on it use ids from :data:`FIRST_REQUEST_ID` up.
 
     Raises:
         WireError: the handshake failed.
     """
-    async with open_ws(url) as ws:
+    async with open_ws(url, transport) as ws:
         hs = await _hello(ws)
         auth = hs.auth(account.user_id, account.device_id,
                        lambda message: account.device_key.sign(message).signature)

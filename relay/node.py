@@ -141,8 +141,13 @@ class Node:
         # A storage that wakes pushers from its commit's hand-back (LMDB) makes the
         # router's own wake-up after enqueue_many redundant (it would cost the pusher
         # an empty read when it already ran).
+        # A storage that hands what it stored to the registry (LMDB) lets an idle,
+        # caught-up pusher write it from the hand-back (no wake-up, no read).
+        delivers = getattr(storage, "deliver_enqueued", None)
         reports = getattr(storage, "notify_enqueued", None)
-        notify_stored = (_already_notified if reports is not None and reports(self.registry.notify)
+        notify_stored = (_already_notified
+                         if (delivers is not None and delivers(self.registry.stored))
+                         or (reports is not None and reports(self.registry.notify))
                          else self.registry.notify)
         self.federation = Federation(config.id, config.signing_key, self.homes,  # type: ignore[arg-type]
                                      self.limits, log,

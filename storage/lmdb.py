@@ -73,6 +73,7 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         self.writer = writer
         self._closed = False
         self._on_enqueued: Callable[[str, int], None] | None = None  # notify_enqueued
+        self._on_stored: Callable[[str, int, list[tuple[int, float, bytes]]], None] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -313,6 +314,7 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         psize = self.writer.psize
         token = object()
         specs = []
+        tss: list[float] = []
         for req in requests:
             raw = [(self._devk(u, d), check_bytes("envelope", env)) for u, d, env in req.items]
             sizes = (None if req.quota is None
@@ -320,14 +322,17 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
                      if len(raw) != 1 else [(req.items[0][0], req.items[0][1], len(raw[0][1]))])
             dd = None if req.dedupe is None else check_dedupe(req.dedupe)
             ts = time.time() if req.now is None else float(req.now)
+            tss.append(ts)
             charges = check_charges(req.charges)
             op = ops.enqueue(raw, dd, req.max_queue, ts, charges, req.quota, sizes,
                              chain=chain_keys(token, req))
             specs.append((op, sum(len(e) + 32 for _, e in raw),
                           ops.enqueue_estimate(raw, dd, psize, op.tags_len), False))
-        hook = self._on_enqueued
-        answers = await self.writer.submit_many(
-            specs, after=None if hook is None else partial(_report_enqueued, hook, requests))
+        hook, stored = self._on_enqueued, self._on_stored
+        after = (None if hook is None and stored is None
+                 else partial(_report_enqueued, hook, requests) if stored is None
+                 else partial(_report_stored, stored, requests, tss))
+        answers = await self.writer.submit_many(specs, after=after)
         return [_answer(answer) for answer in answers]
 
     def notify_enqueued(self, hook: Callable[[str, int], None]) -> bool:
@@ -337,6 +342,20 @@ class LmdbStorage(LmdbExtrasMixin, LmdbHandoffMixin, LmdbMediaMixin, LmdbStatsMi
         as the caller, not the next: docs/benchmarks.md, "Session 6"). It must not
         raise or block. Replaces an earlier hook; returns True (this backend reports)."""
         self._on_enqueued = hook
+        return True
+
+    def deliver_enqueued(
+        self, hook: Callable[[str, int, list[tuple[int, float, bytes]]], None]
+    ) -> bool:
+        """As :meth:`notify_enqueued`, but with what was stored: call
+        ``hook(user_id, device_id, items)`` on the event loop once per device and
+        committed ``enqueue_many``, as soon as its commit is handed back (durable),
+        before the enqueuing caller resumes; ``items`` are ``(seq, ts, stored
+        envelope)`` in seq order (the node writes them to an idle, caught-up device
+        from there: :meth:`relay.services.delivery.DeviceRegistry.stored`). It must not
+        raise or block. Takes precedence over :meth:`notify_enqueued`'s hook; returns
+        True (this backend reports)."""
+        self._on_stored = hook
         return True
 
     async def read_queue(
@@ -466,6 +485,21 @@ def _report_enqueued(hook: Callable[[str, int], None], requests: list[EnqueueReq
         if op.error is None and op.value is not None:
             for user_id, device_id, _ in req.items:
                 hook(user_id, device_id)
+
+
+def _report_stored(hook: Callable[[str, int, list[tuple[int, float, bytes]]], None],
+                   requests: list[EnqueueRequest], tss: list[float],
+                   pending: list[PendingOp]) -> None:
+    """:meth:`LmdbStorage.deliver_enqueued`'s call for one committed ``enqueue_many``:
+    per device, the ``(seq, ts, envelope)`` items stored by every request that was not
+    refused or a duplicate, in seq order (the ops ran in list order)."""
+    stored: dict[tuple[str, int], list[tuple[int, float, bytes]]] = {}
+    for req, ts, op in zip(requests, tss, pending, strict=True):
+        if op.error is None and op.value is not None:
+            for (user_id, device_id, envelope), seq in zip(req.items, op.value, strict=True):
+                stored.setdefault((user_id, device_id), []).append((seq, ts, bytes(envelope)))
+    for (user_id, device_id), items in stored.items():
+        hook(user_id, device_id, items)
 
 
 def _answer(answer: tuple[T, Exception | None]) -> T | StorageError:

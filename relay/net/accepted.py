@@ -233,6 +233,30 @@ class AcceptedLink:
         :meth:`relay.net.writer.FrameWriter.send` with ``direct``)."""
         await self._out.send(data, on_written, direct=True)
 
+    def fail(self, exc: Exception) -> None:
+        """A bug found outside the link's tasks (e.g. in a commit's hand-back): the
+        handler re-raises it at the per-connection boundary (logged, ``error internal``,
+        close 1011); nothing more is served."""
+        if self._bug is None:
+            self._bug = exc
+        self._more.set()
+
+    @property
+    def writes_nowait(self) -> bool:
+        """Whether :meth:`send_data_nowait` can ever write (plain TCP, not TLS)."""
+        return self._out.writes_nowait
+
+    def send_data_nowait(self, datas: list[bytes],
+                         on_written: Callable[[], None] | None = None) -> bool:
+        """Write encoded frames now if the writer is idle, without yielding (callable
+        outside a task); ``False``: nothing written, send them another way
+        (:meth:`relay.net.writer.FrameWriter.write_nowait`); also once the link was
+        cancelled (:meth:`cancel`) or failed (:meth:`fail`): it is ending, its tasks may
+        not have unwound yet, and nothing more is written for it."""
+        if self._cancel.cancel_called or self._bug is not None:
+            return False
+        return self._out.write_nowait(datas, on_written)
+
     async def send_many(self, frames: list[Frame]) -> None:
         """Queue frames so that the writer takes them together (one socket write), or
         write them from the calling task when nothing is queued; only for tasks of

@@ -50,7 +50,18 @@ class _Tracked:
     on_written: Callable[[], None]
 
 
-def _data(item: bytes | _Tracked) -> bytes:
+@dataclass(frozen=True, slots=True)
+class _Owed:
+    """Queued after a :meth:`FrameWriter.write_nowait` the socket took only in part:
+    the writer writes the owed ``size`` bytes (before anything queued after it), then
+    calls ``on_written``."""
+    size: int
+    on_written: Callable[[], None] | None
+
+
+def _data(item: bytes | _Tracked | _Owed) -> bytes:
+    if isinstance(item, _Owed):
+        return b""  # the bytes are the WebSocket's owed tail, written before any frame
     return item.data if isinstance(item, _Tracked) else item
 
 
@@ -83,7 +94,7 @@ class FrameWriter:
         self._remote = remote
         self._on_progress = on_progress
         self._on_remote_close = on_remote_close
-        self._send, self._recv = trio.open_memory_channel[bytes | _Tracked | _Close](QUEUE_SIZE)
+        self._send, self._recv = trio.open_memory_channel[bytes | _Tracked | _Owed | _Close](QUEUE_SIZE)
         self.unwritten = 0
         self.unwritten_bytes = 0
         self._max_bytes = max_bytes
@@ -91,6 +102,8 @@ class FrameWriter:
         self.done = trio.Event()
         self.writing_since: float | None = None
         self._direct = isinstance(ws, GatedWebSocket)
+        #: :meth:`write_nowait` can write (a plain TCP stream; under TLS it never does).
+        self.writes_nowait = self._direct and ws._plain_socket() is not None  # type: ignore[union-attr]
         self._closing = False  # a close was queued: nothing is written past it
 
     def _idle(self) -> bool:
@@ -127,6 +140,39 @@ class FrameWriter:
     def _count(self, n: int, frames: int = 1) -> None:
         self.unwritten += frames
         self.unwritten_bytes += n
+
+    def write_nowait(self, datas: list[bytes],
+                     on_written: Callable[[], None] | None = None) -> bool:
+        """Write frames now, without yielding, when the queue is idle (nothing queued or
+        being written, no close queued): callable outside any task, e.g. from a commit's
+        hand-back on the event loop. ``False``: nothing was written (not idle, not a
+        plain-TCP :class:`~relay.net.wsio.GatedWebSocket`, or the socket takes nothing
+        now); the caller sends them another way. ``True``: written, or the socket took
+        a part and the writer task writes the rest before any later frame
+        (:meth:`relay.net.wsio.GatedWebSocket.send_nowait`); ``on_written()`` is called
+        once everything was written. Frames the writer task would not take in one
+        write (more than :data:`WRITE_BATCH`, or more than one frame and above
+        :data:`WRITE_BYTES`) are refused too: an owed tail stays within a socket write's
+        bound (the queue's byte bound and :attr:`writing_since`'s sign of progress)."""
+        if (not self._idle() or not datas or len(datas) > WRITE_BATCH
+                or (len(datas) > 1 and sum(map(len, datas)) > WRITE_BYTES)):
+            return False
+        left = self._ws.send_nowait(datas)  # type: ignore[attr-defined]
+        if left is None:
+            return False
+        self._on_written(datas)
+        if not left:
+            self._on_progress()
+            if on_written is not None:
+                on_written()
+            return True
+        try:
+            self._send.send_nowait(_Owed(left, on_written))  # the queue was empty: room
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.debug("connection %s ended: %d owed bytes dropped", self._remote, left)
+            return True
+        self._count(left)
+        return True
 
     def push_nowait(self, data: bytes) -> bool:
         """Queue a frame without blocking; ``False`` if the queue is full (frames or
@@ -210,26 +256,33 @@ class FrameWriter:
                 async for item in self._recv:
                     batch = [item]
                     size = 0 if isinstance(item, _Close) else len(_data(item))
+                    owed = item.size if isinstance(item, _Owed) else 0
                     while (len(batch) < WRITE_BATCH and size < WRITE_BYTES
                            and not isinstance(batch[-1], _Close)):
                         try:
                             batch.append(self._recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        if not isinstance(batch[-1], _Close):
+                        if isinstance(batch[-1], _Owed):
+                            owed += batch[-1].size  # type: ignore[union-attr]
+                        elif not isinstance(batch[-1], _Close):
                             size += len(_data(batch[-1]))  # type: ignore[arg-type]
                     close = batch.pop() if isinstance(batch[-1], _Close) else None
                     try:
                         if batch:
                             self.writing_since = trio.current_time()
-                            datas = [_data(i) for i in batch]  # type: ignore[arg-type]
-                            await self._write(datas)
+                            datas = [_data(i) for i in batch  # type: ignore[arg-type]
+                                     if not isinstance(i, _Owed)]
+                            if datas:
+                                await self._write(datas)  # an owed tail goes first
+                            else:
+                                await self._ws.flush_owed()  # type: ignore[attr-defined]
                             self.writing_since = None
-                            self._count(-sum(map(len, datas)), -len(batch))
+                            self._count(-sum(map(len, datas)) - owed, -len(batch))
                             self._drained.set()
                             self._drained = trio.Event()
                             for i in batch:
-                                if isinstance(i, _Tracked):
+                                if isinstance(i, _Tracked | _Owed) and i.on_written is not None:
                                     i.on_written()
                         if close is not None:
                             with trio.move_on_after(CLOSE_TIMEOUT):

@@ -23,6 +23,13 @@
   them with one socket write (also while the close gate holds the Close reply
   back); on a plain TCP stream whose send buffer has room the write is a single
   non-blocking ``send`` under the stream lock, without a Trio checkpoint.
+* **Writing from a callback.** :meth:`GatedWebSocket.send_nowait` frames and writes
+  binary messages synchronously (e.g. from a commit's hand-back on the event loop,
+  outside any task) when the stream is free; what the socket does not take is
+  *owed*: every later write to the stream (:meth:`~GatedWebSocket.send_messages`,
+  :meth:`~GatedWebSocket.flush_owed`, trio-websocket's own ``_send`` of a Pong or a
+  Close) writes it first, under the stream lock, so a frame is never cut or
+  interleaved.
 
 :class:`GatedWebSocket` is a :class:`relay.net.wsclose.SafeWebSocket` (no Pong or
 1009 Close that wsproto would refuse after our Close). Both reach into
@@ -154,6 +161,7 @@ class GatedWebSocket(SafeWebSocket):
 
     close_gate: CloseGate | None = None
     message_hook: Callable[[bytes | str], bool] | None = None
+    _owed: bytes | memoryview = b""  # the tail of a send_nowait the socket did not take
 
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
         hook = self.message_hook
@@ -212,6 +220,9 @@ class GatedWebSocket(SafeWebSocket):
         if sock is not None and not self._stream_lock.locked():
             self._stream_lock.acquire_nowait()  # held across the awaits below, if any
             try:
+                if self._owed:
+                    data = bytes(self._owed) + data
+                    self._owed = b""
                 try:
                     sent = sock.send(data)
                 except BlockingIOError:
@@ -226,7 +237,59 @@ class GatedWebSocket(SafeWebSocket):
             finally:
                 self._stream_lock.release()
         async with self._stream_lock:
+            if self._owed:
+                data = bytes(self._owed) + data
+                self._owed = b""
             await self._send_rest(data)
+
+    def send_nowait(self, messages: list[bytes]) -> int | None:
+        """Frame binary ``messages`` and write them now, without yielding (callable
+        outside a task, e.g. from a ``run_sync_soon`` callback).
+
+        Returns:
+            ``None``: nothing was written (no plain TCP stream, the stream is being
+            written, a tail is still owed, the connection is not open, or the socket
+            takes nothing now); else how many bytes the socket did not take (0: all
+            written). Those bytes are owed: the next write to the stream writes them
+            first; :meth:`flush_owed` writes them alone.
+        """
+        if self._close_reason or self._owed or self._stream_lock.locked():
+            return None
+        conn = self._wsproto.connection
+        proto = conn._proto if conn is not None else None
+        if (self._wsproto.state is not ConnectionState.OPEN or proto is None or proto.client
+                or proto.extensions or proto._outbound_opcode is not None):
+            return None
+        sock = self._plain_socket()
+        if sock is None:
+            return None
+        data = frame_binary(messages)
+        try:
+            sent = sock.send(data)
+        except OSError:  # nothing taken (full, or broken: the next write finds out)
+            return None
+        if sent < len(data):
+            self._owed = memoryview(data)[sent:]
+        return len(data) - sent
+
+    async def flush_owed(self) -> None:
+        """Write what :meth:`send_nowait` left owed, if anything (under the stream lock).
+
+        Raises:
+            ConnectionClosed: the stream broke.
+        """
+        async with self._stream_lock:
+            if self._owed:
+                data, self._owed = self._owed, b""
+                await self._send_rest(data)
+
+    async def _send(self, event: Event) -> None:
+        # trio-websocket's own writes (Pong, Close, ...): an owed tail goes first. No
+        # yield lies between flush_owed's release and the base's acquire of the lock,
+        # and a send_nowait never writes while the lock is held or awaited.
+        if self._owed:
+            await self.flush_owed()
+        await super()._send(event)
 
     async def _send_rest(self, data: bytes | memoryview) -> None:
         try:

@@ -16,6 +16,12 @@
   frame would exceed ``max_frame``, e.g. stored under an older configuration)
   is bounced to its sender and removed once everything before it was
   acknowledged, so it does not block the queue.
+* A commit's hand-back may offer a device the envelopes it just stored
+  (:meth:`DeviceRegistry.stored` -> :meth:`Pusher.offer`): a pusher that is idle
+  and caught up (waiting for a wake-up, the offered seqs following its cursor
+  without a gap, room in its window) writes them at once from the hand-back,
+  without a wake-up of its task or a read of the queue; anything else is a
+  wake-up as before (docs/protocol.md, "Order").
 """
 
 from __future__ import annotations
@@ -66,6 +72,11 @@ class Session(Protocol):
 
     def move(self, url: str) -> None:
         """The user's home moves to ``url`` (a reshape): tell the device and close soon."""
+
+    def offer(self, items: list[tuple[int, float, bytes]]) -> bool:
+        """Deliver just-committed ``(seq, ts, stored envelope)`` items now if the
+        connection's pusher is idle and caught up (:meth:`Pusher.offer`); ``False``:
+        not taken, wake the pusher instead."""
 
 
 class DeviceRegistry:
@@ -119,6 +130,16 @@ class DeviceRegistry:
             slot[0].set()
             slot[0] = trio.Event()
 
+    def stored(self, user_id: str, device_id: int, items: list[tuple[int, float, bytes]]) -> None:
+        """A commit stored ``items``, ``(seq, ts, stored envelope)`` in seq order, in the
+        device's queue (called from the commit's hand-back, before any other task
+        sees the commit's answers): the connected session delivers them at once if its
+        pusher is idle and caught up (:meth:`Session.offer`); otherwise :meth:`notify`."""
+        session = self._sessions.get((user_id, device_id))
+        offer = getattr(session, "offer", None)
+        if offer is None or not offer(items):
+            self.notify(user_id, device_id)
+
     def devices(self) -> list[_Dev]:
         """``(user_id, device_id)`` of every connected device."""
         return list(self._sessions)
@@ -150,6 +171,9 @@ class Pusher:
             envelope for a sender homed at another node to that node (the outbox);
             ``None``: such bounces are only logged.
         log: for metadata-only log lines.
+        send_nowait: ``send_nowait(frames, last_seq) -> bool`` writes encoded frames
+            now without yielding if the connection's writer is idle (``False``:
+            nothing written), for :meth:`offer`; ``None``: nothing is ever offered.
     """
 
     def __init__(
@@ -161,8 +185,12 @@ class Pusher:
         notify: Callable[[str, int], None] = lambda user_id, device_id: None,
         bounce_remote: Callable[[Envelope], Awaitable[object]] | None = None,
         log: logging.Logger | None = None,
+        send_nowait: Callable[[list[bytes], int], bool] | None = None,
     ) -> None:
         self._bounce_remote = bounce_remote
+        self._send_nowait = send_nowait
+        self._cursor = 0  # the highest seq read (delivered or skipped)
+        self._parked: trio.Event | None = None  # the wake-up awaited while caught up
         self._storage = storage
         self._registry = registry
         self._dev = (user_id, device_id)
@@ -179,6 +207,7 @@ class Pusher:
         self.delivered = 0
         """The highest seq delivered on this connection (0 before the first)."""
         self.frames = 0  # deliver frames written (tests, metrics)
+        self.offered = 0  # envelopes delivered from a commit's hand-back (tests, metrics)
 
     @property
     def in_flight(self) -> int:
@@ -192,10 +221,39 @@ class Pusher:
         self._acked.set()
         self._acked = trio.Event()
 
+    def offer(self, items: list[tuple[int, float, bytes]]) -> bool:
+        """Deliver just-committed ``(seq, ts, stored envelope)`` items of this device,
+        in seq order, now, from the caller (a commit's hand-back on the event loop),
+        if that keeps every rule of :meth:`run`: the pusher is waiting for a wake-up
+        after a read that found its queue drained (``synced`` sent), no wake-up is
+        pending, the first seq follows its cursor and the rest follow without a gap
+        (so nothing older is unsent), none has expired, each fits a frame, the window
+        has room, and the connection's writer is idle. Returns ``False`` (nothing
+        done: wake the pusher instead) otherwise."""
+        wake = self._parked
+        if wake is None or wake.is_set() or self._send_nowait is None or not items:
+            return False
+        if len(self._in_flight) + len(items) > self._window:
+            return False
+        oldest = -float("inf") if self._queue_ttl is None else self._clock() - self._queue_ttl
+        seq = self._cursor
+        for s, ts, envelope in items:
+            seq += 1
+            if s != seq or ts < oldest or not fits_alone(envelope, self._max_frame):
+                return False
+        frames = pack_deliveries([(s, env) for s, _, env in items], self._max_frame)
+        if not self._send_nowait([data for data, _ in frames], seq):
+            return False
+        for _, seqs in frames:
+            self._in_flight.extend(seqs)
+        self.frames += len(frames)
+        self.delivered = self._cursor = seq
+        self.offered += len(items)
+        return True
+
     async def run(self) -> None:
         """Push the backlog, then ``synced`` once, then live envelopes; runs until cancelled."""
         user_id, device_id = self._dev
-        cursor = 0
         synced = False
         # A backend's read without a checkpoint (LMDB), for the first read after a
         # wake-up: the task was just scheduled, so a checkpoint would only cost the
@@ -211,23 +269,23 @@ class Pusher:
                 woken = True
             room = min(READ_BATCH, self._window - len(self._in_flight))
             if woken and read_now is not None:
-                items = read_now(user_id, device_id, after_seq=cursor, limit=room)
+                items = read_now(user_id, device_id, after_seq=self._cursor, limit=room)
             else:
-                items = await self._storage.read_queue(user_id, device_id, after_seq=cursor,
-                                                       limit=room)
+                items = await self._storage.read_queue(user_id, device_id,
+                                                       after_seq=self._cursor, limit=room)
             woken = False
             oldest = -float("inf") if self._queue_ttl is None else self._clock() - self._queue_ttl
             ready: list[tuple[int, bytes]] = []
             blocked: QueueItem | None = None
             for item in items:
                 if item.ts < oldest:
-                    cursor = item.seq
+                    self._cursor = item.seq
                     continue  # expired: deleted by the next sweep or an ack covering it
                 if not fits_alone(item.envelope, self._max_frame):
                     blocked = item
                     break
                 ready.append((item.seq, item.envelope))
-                cursor = item.seq
+                self._cursor = item.seq
             for data, seqs in pack_deliveries(ready, self._max_frame):
                 self._in_flight.extend(seqs)
                 self.delivered = seqs[-1]
@@ -235,14 +293,18 @@ class Pusher:
                 await self._send(data)
             if blocked is not None:
                 await self._drop_head(blocked)
-                cursor = blocked.seq
+                self._cursor = blocked.seq
                 continue
             if len(items) >= room:  # perhaps more: read on (fewer: the queue is drained
                 continue            # up to the read; a later enqueue has set ``wake``)
             if not synced:
                 await self._send(write_frame(Synced(id=0)))
                 synced = True
-            await wake.wait()
+            self._parked = wake  # caught up: offer() may deliver until the wake-up
+            try:
+                await wake.wait()
+            finally:
+                self._parked = None
             woken = True
 
     async def _drop_head(self, item: QueueItem) -> None:

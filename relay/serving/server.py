@@ -149,6 +149,17 @@ class Connection:
                   message="the home of this user moved; connect there"),
             CloseCode.GOING_AWAY, "home moved")
 
+    def offer(self, items: list[tuple[int, float, bytes]]) -> bool:
+        """Deliver just-committed envelopes now if the pusher is idle and caught up
+        (:meth:`relay.services.delivery.Pusher.offer`); ``False``: wake it instead."""
+        if self._pusher is None or self._revoked:
+            return False
+        try:
+            return self._pusher.offer(items)
+        except Exception as exc:  # noqa: BLE001 - a bug: this connection's boundary, not the loop's
+            self._link.fail(exc)  # (raised here it would end the event loop: run_sync_soon)
+            return False
+
     # ----------------------------------------------------------------- Dispatcher
 
     def on_ack(self, seq: int) -> None:
@@ -303,6 +314,14 @@ class Connection:
 
         await self._link.send_data(data, written)
 
+    def _push_nowait(self, frames: list[bytes], last_seq: int) -> bool:
+        """The pusher's :meth:`~relay.services.delivery.Pusher.offer` write: now, if
+        the writer is idle; acks are clamped to it once written, as for :meth:`_push`."""
+        def written() -> None:
+            self._written = max(self._written, last_seq)
+
+        return self._link.send_data_nowait(frames, written)
+
     async def _sync(self, caller: Caller, frame: Frame) -> None:
         if self._pusher is not None:
             raise RelayError(ErrorCode.BAD_REQUEST, "already syncing")
@@ -311,7 +330,9 @@ class Connection:
         self._pusher = Pusher(node.storage, node.registry, user_id, device_id, self._push,
                               max_frame=node.limits.max_frame, queue_ttl=node.config.queue_ttl,
                               is_local=node.directory.is_home, notify=node.registry.notify,
-                              bounce_remote=self._bounce_remote, log=node.log)
+                              bounce_remote=self._bounce_remote, log=node.log,
+                              send_nowait=self._push_nowait if self._link.writes_nowait
+                              else None)  # under TLS: never offered, woken as before
         self._acks = AckFlusher(node.storage, user_id, device_id, node.log)
         assert self._link.nursery is not None
         self._link.nursery.start_soon(self._pusher.run)
