@@ -119,36 +119,48 @@ async def test_a_stop_during_an_upload_still_answers_it(tmp_path):
             await daemon.aclose()
 
 
-async def test_a_request_still_running_at_the_limit_after_the_stop_is_cut_off_answered(
-        tmp_path):
-    """The node goes away mid-upload, so the upload waits for a connection; the
-    daemon is stopped meanwhile: after the limit the request is answered -32000
-    (``stopped``) and the connection closed, without a traceback."""
+async def upload_then_outage_and_stop(tmp_path, limit: float, *signals: int) -> float:  # noqa: ANN001
+    """An 8 MiB upload through a daemon with finish limit ``limit``; at its first
+    progress note the node goes away (so the upload waits for a connection) and the
+    daemon gets ``signals``. Asserts the answer is -32000 ``stopped``, the connection
+    then closed and the daemon exited 0 without a traceback; returns the seconds from
+    the request to the daemon's exit."""
     daemon = None
     try:
         with trio.fail_after(DEADLINE):
             async with run_cluster(1) as cluster:
                 await contacts(tmp_path, cluster.urls["n1"])
-                daemon = await daemon_with_limit(tmp_path / "b", 0.5)
+                daemon = await daemon_with_limit(tmp_path / "b", limit)
                 big = tmp_path / "big.bin"
                 big.write_bytes(pattern(8 * 1024 * 1024, 7))
                 rpc = Rpc(await trio.open_unix_socket(str(tmp_path / "b" / "daemon.sock")))
+                started = trio.current_time()
                 await request(rpc, 1, "upload", {"path": str(big), "progress": True})
 
                 async def outage_then_stop() -> None:
                     cluster.stop("n1")
-                    daemon.proc.send_signal(signal.SIGTERM)
+                    for sig in signals:
+                        daemon.proc.send_signal(sig)
 
                 answer = await first_progress_then(rpc, outage_then_stop)
                 assert answer["error"]["code"] == -32000, answer
-                assert answer["error"]["data"] == {"reason": "stopped"}, answer
+                assert answer["error"].get("data") == {"reason": "stopped"}, answer
                 assert await next_message(rpc) is None
                 await rpc.stream.aclose()
                 code, err = await daemon.finish()
                 assert code == 0 and "Traceback" not in err, err
+                return trio.current_time() - started
     finally:
         if daemon is not None:
             await daemon.aclose()
+
+
+async def test_a_request_still_running_at_the_limit_after_the_stop_is_cut_off_answered(
+        tmp_path):
+    """The node goes away mid-upload, so the upload waits for a connection; the
+    daemon is stopped meanwhile: after the limit the request is answered -32000
+    (``stopped``) and the connection closed, without a traceback."""
+    await upload_then_outage_and_stop(tmp_path, 0.5, signal.SIGTERM)
 
 
 async def test_file_methods_during_an_outage_answer_within_the_connect_wait(tmp_path):
@@ -188,36 +200,9 @@ async def test_file_methods_during_an_outage_answer_within_the_connect_wait(tmp_
 
 async def test_a_second_signal_stops_the_daemon_at_once(tmp_path):
     """The first SIGTERM lets an upload that waits for the lost node finish (up to the
-    60 s limit); a second one cuts it off now: answered -32000 ``stopped`` and the
-    daemon exits 0, long before the limit or the upload's own 10 s connect wait."""
-    daemon = None
-    try:
-        with trio.fail_after(DEADLINE):
-            async with run_cluster(1) as cluster:
-                await contacts(tmp_path, cluster.urls["n1"])
-                daemon = await daemon_with_limit(tmp_path / "b", 60)
-                big = tmp_path / "big.bin"
-                big.write_bytes(pattern(8 * 1024 * 1024, 9))
-                rpc = Rpc(await trio.open_unix_socket(str(tmp_path / "b" / "daemon.sock")))
-                await request(rpc, 1, "upload", {"path": str(big), "progress": True})
-
-                async def outage_then_stop_twice() -> None:
-                    cluster.stop("n1")
-                    daemon.proc.send_signal(signal.SIGTERM)
-                    # another signal number: Trio delivers a signal that comes again
-                    # before it was read once (a person's second Ctrl-C comes later)
-                    daemon.proc.send_signal(signal.SIGINT)
-
-                started = trio.current_time()
-                answer = await first_progress_then(rpc, outage_then_stop_twice)
-                assert answer["error"]["code"] == -32000, answer
-                assert answer["error"].get("data") == {"reason": "stopped"}, answer
-                assert await next_message(rpc) is None
-                await rpc.stream.aclose()
-                code, err = await daemon.finish()
-                assert code == 0 and "Traceback" not in err, err
-                assert trio.current_time() - started < CONNECT_WAIT / 2, \
-                    "the second signal did not cut the upload off"
-    finally:
-        if daemon is not None:
-            await daemon.aclose()
+    60 s limit); a second signal cuts it off now: answered -32000 ``stopped`` and the
+    daemon exits 0, long before the limit or the upload's own 10 s connect wait. (The
+    second is another signal number: Trio delivers a signal that comes again before it
+    was read once; a person's second Ctrl-C comes later.)"""
+    took = await upload_then_outage_and_stop(tmp_path, 60, signal.SIGTERM, signal.SIGINT)
+    assert took < CONNECT_WAIT / 2, "the second signal did not cut the upload off"
