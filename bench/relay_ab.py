@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="paced: seconds per run")
     parser.add_argument("--count", type=int, default=2000, help="messages per sender (other phases)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transport", default=None,
+                        help="the load generator's WebSocket client (bench.relay_load "
+                             "--transport: trio-websocket, the default, or lean)")
     args = parser.parse_args(argv)
     codes = [str(Path(c).resolve()) for c in args.code] or [str(Path.cwd())]
     phases = args.phase.split(",")
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     for code in order:
                         extra = ("--rate", str(rate), "--paced-seconds", str(args.seconds)) \
                             if paced else ()
+                        if args.transport is not None:
+                            extra += ("--transport", args.transport)
                         before = commit_totals(admin[code])
                         figures = run_load(nodes[code], phases, args.count, *extra)[phases[0]]
                         commits, seconds, ops = (b - a for a, b in zip(

@@ -116,7 +116,7 @@ class Run:
     statuses: Counter = field(default_factory=Counter)
     delivered: int = 0
     start: float = 0.0  # trio clock at go, for pacing (Pacer)
-    transport: str = "lean"  # the generator's WebSocket client (bench.relay_wire.open_ws)
+    transport: str = wire.DEFAULT_TRANSPORT  # the generator's WebSocket client (wire.open_ws)
 
 
 class Pacer:
@@ -261,7 +261,8 @@ def _messages(pairs: list[Pair], count: int, body: bytes) -> list[list[tuple[int
 
 
 async def run_phase(phase: str, pairs: list[Pair], pids: list[int], *, count: int, window: int,
-                    body: bytes, rate: float | None = None, transport: str = "lean") -> dict:
+                    body: bytes, rate: float | None = None,
+                    transport: str = wire.DEFAULT_TRANSPORT) -> dict:
     """Run one phase (see the module docstring) and return its figures.
 
     Raises:
@@ -385,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", type=int, default=100, help="body bytes")
     parser.add_argument("--rate", type=float, help="paced phase: messages/s over all senders")
     parser.add_argument("--paced-seconds", type=float, default=10.0)
-    parser.add_argument("--transport", choices=wire.TRANSPORTS, default="lean",
-                        help="the generator's WebSocket client: lean (bench.lean_ws, ws:// only) "
-                             "or trio-websocket (as wa-cli)")
+    parser.add_argument("--transport", choices=wire.TRANSPORTS, default=wire.DEFAULT_TRANSPORT,
+                        help="the generator's WebSocket client: trio-websocket (as wa-cli; the "
+                             "default) or lean (bench.lean_ws, ws:// only)")
     parser.add_argument("--cross-homes", action="store_true",
                         help="every receiver homed on another node than its sender")
     parser.add_argument("--spread-addresses", action="store_true",

@@ -50,7 +50,8 @@ from relay.protocol.frames import (
 )
 from relay.protocol.handshake import Handshake
 
-TRANSPORTS = ("lean", "trio-websocket")  # the generator's WebSocket client (--transport)
+TRANSPORTS = ("trio-websocket", "lean")  # the generator's WebSocket client (--transport)
+DEFAULT_TRANSPORT = "trio-websocket"  # the figures of every session so far (docs/benchmarks.md, "Session 9")
 RECEIVE_BUFFER = 64 * 1024  # bytes, as the node and wa-cli use
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes, largest WebSocket message accepted
 FIRST_REQUEST_ID = 10  # request ids below this are the handshake's
@@ -159,10 +160,12 @@ def is_ping_answer(event: Event) -> bool:
 
 
 @asynccontextmanager
-async def open_ws(url: str, transport: str = "lean") -> AsyncIterator[WebSocketConnection | LeanWebSocket]:
-    """A WebSocket to ``url``: ``"lean"`` (:mod:`bench.lean_ws`, ``ws://`` only: the
-    generator's own cost kept low) or ``"trio-websocket"`` (as ``wa-cli`` connects,
-    with the relay's transport settings; a ``wss://`` URL needs it)."""
+async def open_ws(url: str, transport: str = DEFAULT_TRANSPORT,
+                  ) -> AsyncIterator[WebSocketConnection | LeanWebSocket]:
+    """A WebSocket to ``url``: ``"trio-websocket"`` (as ``wa-cli`` connects, with the
+    relay's transport settings; the default) or ``"lean"`` (:mod:`bench.lean_ws`,
+    ``ws://`` only: the generator's own cost kept low; a ``wss://`` URL falls back to
+    trio-websocket)."""
     if transport == "lean" and url.startswith("ws://"):
         async with open_lean_websocket(url, MAX_MESSAGE) as ws:
             yield ws
@@ -206,7 +209,7 @@ async def publish(url: str, account: Account) -> None:
 
 
 @asynccontextmanager
-async def session(url: str, account: Account, transport: str = "lean",
+async def session(url: str, account: Account, transport: str = DEFAULT_TRANSPORT,
                   ) -> AsyncIterator[WebSocketConnection | LeanWebSocket]:
     """An authenticated connection of ``account``'s device to its home ``url`` over
     ``transport`` (see :func:`open_ws`).

@@ -65,7 +65,8 @@ async def test_a_session_with_a_real_node(tmp_path):
         account = wire.Account()
         with trio.fail_after(30):
             await wire.publish(url, account)
-            async with wire.session(url, account) as ws:
+            async with wire.session(url, account, "lean") as ws:
+                assert isinstance(ws, LeanWebSocket)
                 await ws.send_message(wire.ping_frame(wire.FIRST_REQUEST_ID))
                 events = wire.events(await ws.get_message())
                 assert [wire.is_ping_answer(e) for e in events] == [True]
