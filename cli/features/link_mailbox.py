@@ -39,6 +39,17 @@ def used_code(short: bool) -> LinkFailed:
     return LinkFailed(USED_MESSAGE if short else LONG_USED_MESSAGE, reason="link_code_used")
 
 
+def _link_failed(exc: RelayError, short: bool) -> LinkFailed | None:
+    """What a mailbox request's refusal means to the approver: ``not_found`` and
+    ``already_used`` as :class:`LinkFailed` (``short``: a word code's wording);
+    ``None``: any other refusal, raised as itself."""
+    if exc.code == ErrorCode.NOT_FOUND:
+        return LinkFailed(NOT_FOUND_MESSAGE)
+    if exc.code == ErrorCode.ALREADY_USED:
+        return used_code(short)
+    return None
+
+
 async def fetch_mailbox(client: Session, node_id: str, mailbox_id: bytes, *,
                  short: bool = False) -> LinkInfo:
     """``link_fetch``.
@@ -51,11 +62,10 @@ async def fetch_mailbox(client: Session, node_id: str, mailbox_id: bytes, *,
     try:
         return await client.connection.request(LinkFetch, node_id=node_id, mailbox_id=mailbox_id)
     except RelayError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
-        if exc.code == ErrorCode.ALREADY_USED:
-            raise used_code(short) from exc
-        raise
+        failed = _link_failed(exc, short)
+        if failed is None:
+            raise
+        raise failed from exc
 
 
 async def tell_declined(client: Session, code: wordcode.WordCode,
@@ -121,11 +131,10 @@ async def pake_exchange(
         await client.connection.request(LinkComplete, node_id=code.node_id,
                                          mailbox_id=code.mailbox_id, body=pake.message, more=True)
     except RelayError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            raise LinkFailed(NOT_FOUND_MESSAGE) from exc
-        if exc.code == ErrorCode.ALREADY_USED:
-            raise used_code(True) from exc
-        raise
+        failed = _link_failed(exc, True)
+        if failed is None:
+            raise
+        raise failed from exc
     with trio.move_on_after(REPLY_WAIT):
         while answer.reply is None:
             await trio.sleep(REPLY_POLL)
